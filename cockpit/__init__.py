@@ -1,0 +1,1 @@
+"""nanochat cockpit: run, watch and resume training experiments."""

@@ -1,0 +1,513 @@
+"""The experiment registry: `experiments.toml` -> typed Settings, Experiment and Leg objects.
+
+The registry is the researcher's plan written as data: where experiment dirs go, what must
+never be written, and every experiment with its legs (trainer args merged over experiment and
+global defaults), its baseline, its decision, and the figures of legs that ran elsewhere.
+
+Every problem in the file is reported as one `RegistryError` whose text is
+`path:line: message`, so the CLI can print it on one line and exit 2.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_REGISTRY = "experiments.toml"
+DEVICES = ("cuda", "cpu")
+FAILURE_POLICIES = ("stop", "continue")
+RECORDED_METRICS = ("tok_per_sec", "dt_ms", "mfu", "peak_mem_mib", "total_time_min")
+EXP_DIR_PLACEHOLDER = "{exp_dir}"
+
+
+class RegistryError(Exception):
+    """A problem in the registry file, located at `path:line`."""
+
+    def __init__(self, path: Path | str, line: int | None, message: str):
+        self.path = str(path)
+        self.line = line
+        self.message = message
+        where = f"{self.path}:{line}" if line else self.path
+        super().__init__(f"{where}: {message}")
+
+
+# ----------------------------------------------------------------------------------------------
+# typed objects
+
+
+@dataclass(frozen=True)
+class GpuIdle:
+    """When a GPU counts as idle for the preflight, and how long to wait for it."""
+
+    max_util_pct: float = 5.0
+    max_mem_mib: float = 1024.0
+    wait_s: float = 600.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    name: str
+    exp_root: Path
+    read_only: tuple[Path, ...]
+    branch: str | None
+    tail: int
+    gpu_idle: GpuIdle
+    on_failure: str  # "stop" or "continue": what the queue does after a failed leg
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """Figures of a leg that ran elsewhere (copied from a report), not measured here."""
+
+    tok_per_sec: float | None = None
+    dt_ms: float | None = None
+    mfu: float | None = None
+    peak_mem_mib: float | None = None
+    total_time_min: float | None = None
+    dir: str | None = None
+    source: str | None = None
+
+    def metrics(self) -> dict[str, float | None]:
+        return {k: getattr(self, k) for k in RECORDED_METRICS}
+
+
+@dataclass(frozen=True)
+class Leg:
+    name: str
+    experiment: str
+    module: str
+    device: str
+    nproc_per_node: int
+    args: dict[str, Any]  # merged: defaults < experiment < leg, in that insertion order
+    recorded: Recorded | None
+    description: str | None
+    line: int | None
+
+    @property
+    def is_recorded(self) -> bool:
+        return self.recorded is not None
+
+    def trainer_args(self, exp_dir: Path | str | None = None) -> list[str]:
+        """The trainer's flags as an argv list; `{exp_dir}` in a value becomes the leg's dir."""
+        return render_args(self.args, exp_dir)
+
+    def argv(self, exp_dir: Path | str | None = None, torchrun: str = "torchrun") -> list[str]:
+        """The exact command, as the seed's execution template writes it."""
+        return [
+            torchrun,
+            "--standalone",
+            f"--nproc_per_node={self.nproc_per_node}",
+            "-m",
+            self.module,
+            "--",
+            *self.trainer_args(exp_dir),
+        ]
+
+
+@dataclass(frozen=True)
+class Experiment:
+    id: str
+    title: str | None
+    device: str
+    nproc_per_node: int
+    legs: tuple[Leg, ...]
+    baseline: str | None  # a leg of this experiment, or "<experiment>/<leg>"
+    decision: str | None
+    hypothesis: str | None
+    notes: tuple[str, ...]
+    line: int | None
+
+    def leg(self, name: str) -> Leg | None:
+        return next((leg for leg in self.legs if leg.name == name), None)
+
+    @property
+    def gpus_needed(self) -> int:
+        return 0 if self.device == "cpu" else self.nproc_per_node
+
+
+@dataclass(frozen=True)
+class Registry:
+    path: Path
+    settings: Settings
+    experiments: tuple[Experiment, ...]
+    raw: dict[str, Any] = field(repr=False)  # the file as parsed: the plan's snapshot
+
+    def experiment(self, exp_id: str) -> Experiment | None:
+        return next((e for e in self.experiments if e.id == exp_id), None)
+
+    def find_leg(self, ref: str, default_experiment: str | None = None) -> Leg | None:
+        """A leg by `name` (in default_experiment) or `experiment/name`."""
+        exp_id, _, name = ref.rpartition("/")
+        exp = self.experiment(exp_id or (default_experiment or ""))
+        return exp.leg(name) if exp else None
+
+
+def render_args(args: dict[str, Any], exp_dir: Path | str | None = None) -> list[str]:
+    """`true` -> bare flag, `false` -> left out, anything else -> `--key value`."""
+    out: list[str] = []
+    for key, value in args.items():
+        if value is True:
+            out.append(f"--{key}")
+        elif value is False:
+            continue
+        else:
+            text = str(value)
+            if exp_dir is not None:
+                text = text.replace(EXP_DIR_PLACEHOLDER, str(exp_dir))
+            out += [f"--{key}", text]
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# where each key sits in the file (tomllib gives values, not lines)
+
+_HEADER = re.compile(r"^\s*(\[\[?)\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
+_KEY = re.compile(r'^\s*((?:[A-Za-z0-9_-]+|"[^"]*"|\'[^\']*\')(?:\s*\.\s*(?:[A-Za-z0-9_-]+|"[^"]*"|\'[^\']*\'))*)\s*=')
+
+
+def _split_dotted(text: str) -> list[str]:
+    parts = re.findall(r'"([^"]*)"|\'([^\']*)\'|([A-Za-z0-9_-]+)', text)
+    return [a or b or c for a, b, c in parts]
+
+
+def locate_keys(text: str) -> dict[tuple, int]:
+    """Map each table and key path (array items by index) to its 1-based line number.
+
+    Enough of TOML for a hand-written registry: headers, arrays of tables, dotted and quoted
+    keys. Keys inside inline tables and multi-line values are located at their parent's line.
+    """
+    lines: dict[tuple, int] = {}
+    counts: dict[tuple, int] = {}
+    table: tuple = ()
+    depth = 0  # open brackets of a multi-line value: its lines hold no keys of the table
+    for no, raw in enumerate(text.splitlines(), start=1):
+        line = _strip_comment(raw)
+        if depth > 0:
+            depth += _bracket_balance(line)
+            continue
+        m = _HEADER.match(line)
+        if m:
+            path = tuple(_split_dotted(m.group(2)))
+            resolved: tuple = ()
+            for i, part in enumerate(path):
+                resolved += (part,)
+                # a header inside an array of tables refers to its latest item
+                if i < len(path) - 1 and resolved in counts:
+                    resolved += (counts[resolved] - 1,)
+            if m.group(1) == "[[":
+                idx = counts.get(resolved, 0)
+                counts[resolved] = idx + 1
+                lines.setdefault(resolved, no)
+                resolved += (idx,)
+            table = resolved
+            lines[table] = no
+            continue
+        k = _KEY.match(line)
+        if k:
+            path = table + tuple(_split_dotted(k.group(1)))
+            lines.setdefault(path, no)
+            depth = max(0, _bracket_balance(line[k.end():]))
+    return lines
+
+
+def _strip_comment(line: str) -> str:
+    out, quote = [], None
+    for ch in line:
+        if quote:
+            if ch == quote:
+                quote = None
+        elif ch in "\"'":
+            quote = ch
+        elif ch == "#":
+            break
+        out.append(ch)
+    return "".join(out)
+
+
+def _bracket_balance(text: str) -> int:
+    text = re.sub(r'"[^"]*"|\'[^\']*\'', "", text)
+    return text.count("[") + text.count("{") - text.count("]") - text.count("}")
+
+
+# ----------------------------------------------------------------------------------------------
+# validation
+
+
+_SCHEMA: dict[str, dict[str, tuple[type, ...]]] = {
+    "": {"project": (dict,), "defaults": (dict,), "experiment": (list,)},
+    "project": {
+        "name": (str,),
+        "exp_root": (str,),
+        "read_only": (list,),
+        "branch": (str,),
+        "tail": (int,),
+        "on_failure": (str,),
+        "gpu_idle": (dict,),
+    },
+    "gpu_idle": {"max_util_pct": (int, float), "max_mem_mib": (int, float), "wait_s": (int, float)},
+    "defaults": {"module": (str,), "nproc_per_node": (int,), "device": (str,), "args": (dict,)},
+    "experiment": {
+        "id": (str,),
+        "title": (str,),
+        "device": (str,),
+        "nproc_per_node": (int,),
+        "baseline": (str,),
+        "decision": (str,),
+        "hypothesis": (str,),
+        "notes": (list,),
+        "args": (dict,),
+        "leg": (list,),
+    },
+    "leg": {
+        "name": (str,),
+        "description": (str,),
+        "nproc_per_node": (int,),
+        "args": (dict,),
+        "recorded": (dict,),
+    },
+    "recorded": {
+        **{m: (int, float) for m in RECORDED_METRICS},
+        "dir": (str,),
+        "source": (str,),
+    },
+}
+
+_ARG_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+
+
+def _type_name(types: tuple[type, ...]) -> str:
+    names = {dict: "table", list: "array", str: "string", int: "integer", float: "number", bool: "boolean"}
+    return " or ".join(names.get(t, t.__name__) for t in types)
+
+
+def _is_a(value: Any, types: tuple[type, ...]) -> bool:
+    if isinstance(value, bool):  # bool is an int in Python, never in a registry
+        return bool in types
+    return isinstance(value, types)
+
+
+def _bad_name(name: str) -> str | None:
+    """Why a leg name or experiment id cannot be a file name, or None when it can."""
+    if not name.strip():
+        return "is empty"
+    if name in (".", "..") or "/" in name or "\\" in name:
+        return "cannot be a file name (no '/', '\\', '.' or '..')"
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        return "holds a control character"
+    if name.startswith("-"):
+        return "cannot start with '-'"
+    return None
+
+
+class _Loader:
+    def __init__(self, path: Path, text: str):
+        self.path = path
+        self.lines = locate_keys(text)
+
+    def line(self, loc: tuple) -> int | None:
+        while loc:
+            if loc in self.lines:
+                return self.lines[loc]
+            loc = loc[:-1]
+        return None
+
+    def fail(self, loc: tuple, message: str) -> RegistryError:
+        return RegistryError(self.path, self.line(loc), message)
+
+    def check_table(self, table: dict, kind: str, loc: tuple) -> None:
+        schema = _SCHEMA[kind]
+        for key, value in table.items():
+            where = ".".join(str(p) for p in loc + (key,) if not isinstance(p, int)) or key
+            if key not in schema:
+                hint = difflib.get_close_matches(key, list(schema), n=1)
+                more = f"; did you mean '{hint[0]}'?" if hint else f"; known: {', '.join(schema)}"
+                raise self.fail(loc + (key,), f"unknown key '{where}'{more}")
+            if not _is_a(value, schema[key]):
+                raise self.fail(
+                    loc + (key,),
+                    f"'{where}' must be a {_type_name(schema[key])}, not {type(value).__name__} {value!r}",
+                )
+
+    def check_args(self, args: dict, loc: tuple) -> dict:
+        for key, value in args.items():
+            if not _ARG_KEY.match(key):
+                raise self.fail(loc + (key,), f"trainer arg '{key}' is not a flag name")
+            if isinstance(value, dict | list) or value is None:
+                raise self.fail(
+                    loc + (key,),
+                    f"trainer arg '{key}' must be a string, number or boolean, not {type(value).__name__}",
+                )
+        return dict(args)
+
+
+def load(path: Path | str = DEFAULT_REGISTRY) -> Registry:
+    """Read and validate a registry file. Raises RegistryError (one line, with file:line)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise RegistryError(path, None, "registry file not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise RegistryError(path, None, f"cannot read registry: {e}") from None
+    return loads(text, path)
+
+
+def loads(text: str, path: Path | str = DEFAULT_REGISTRY) -> Registry:
+    path = Path(path)
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        m = re.search(r"\(at line (\d+), column (\d+)\)", str(e))
+        msg = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(e))
+        raise RegistryError(path, int(m.group(1)) if m else None, f"TOML syntax error: {msg}") from None
+    ld = _Loader(path, text)
+    ld.check_table(raw, "", ())
+
+    proj = raw.get("project", {})
+    ld.check_table(proj, "project", ("project",))
+    base = path.resolve().parent
+    if "exp_root" not in proj:
+        raise ld.fail(("project",), "missing key 'project.exp_root' (where experiment dirs are created)")
+    exp_root = _resolve(proj["exp_root"], base)
+    read_only: list[Path] = []
+    for i, p in enumerate(proj.get("read_only", [])):
+        if not isinstance(p, str):
+            raise ld.fail(("project", "read_only"), f"'project.read_only' item {i} must be a string path")
+        read_only.append(_resolve(p, base))
+    for ro in read_only:
+        if exp_root == ro or ro in exp_root.parents:
+            raise ld.fail(
+                ("project", "exp_root"),
+                f"exp_root '{exp_root}' lies inside read-only path '{ro}': experiments could never be written",
+            )
+    tail = proj.get("tail", 50)
+    if tail < 1:
+        raise ld.fail(("project", "tail"), f"'project.tail' must be at least 1, not {tail}")
+    on_failure = proj.get("on_failure", "stop")
+    if on_failure not in FAILURE_POLICIES:
+        raise ld.fail(
+            ("project", "on_failure"), f"'project.on_failure' must be one of {FAILURE_POLICIES}, not {on_failure!r}"
+        )
+    idle = proj.get("gpu_idle", {})
+    ld.check_table(idle, "gpu_idle", ("project", "gpu_idle"))
+    settings = Settings(
+        name=proj.get("name", base.name),
+        exp_root=exp_root,
+        read_only=tuple(read_only),
+        branch=proj.get("branch"),
+        tail=tail,
+        gpu_idle=GpuIdle(**{k: float(v) for k, v in idle.items()}),
+        on_failure=on_failure,
+    )
+
+    defaults = raw.get("defaults", {})
+    ld.check_table(defaults, "defaults", ("defaults",))
+    d_args = ld.check_args(defaults.get("args", {}), ("defaults", "args"))
+    module = defaults.get("module", "nanochat.base_train")
+    d_device = _check_device(ld, defaults.get("device", "cuda"), ("defaults", "device"))
+    d_nproc = _check_nproc(ld, defaults.get("nproc_per_node", 1), ("defaults", "nproc_per_node"))
+
+    experiments: list[Experiment] = []
+    seen_ids: dict[str, int | None] = {}
+    for i, exp in enumerate(raw.get("experiment", [])):
+        loc = ("experiment", i)
+        if not isinstance(exp, dict):
+            raise ld.fail(loc, "each [[experiment]] must be a table")
+        ld.check_table(exp, "experiment", loc)
+        exp_id = exp.get("id")
+        if exp_id is None:
+            raise ld.fail(loc, "experiment without 'id'")
+        if why := _bad_name(exp_id):
+            raise ld.fail(loc + ("id",), f"experiment id {exp_id!r} {why}")
+        if exp_id in seen_ids:
+            raise ld.fail(loc + ("id",), f"duplicate experiment id '{exp_id}' (first at line {seen_ids[exp_id]})")
+        seen_ids[exp_id] = ld.line(loc + ("id",))
+        device = _check_device(ld, exp.get("device", d_device), loc + ("device",))
+        nproc = _check_nproc(ld, exp.get("nproc_per_node", d_nproc), loc + ("nproc_per_node",))
+        e_args = {**d_args, **ld.check_args(exp.get("args", {}), loc + ("args",))}
+        notes = exp.get("notes", [])
+        if not all(isinstance(n, str) for n in notes):
+            raise ld.fail(loc + ("notes",), f"'{exp_id}'.notes must be an array of strings")
+
+        legs: list[Leg] = []
+        seen_legs: dict[str, int | None] = {}
+        for j, leg in enumerate(exp.get("leg", [])):
+            lloc = loc + ("leg", j)
+            if not isinstance(leg, dict):
+                raise ld.fail(lloc, "each [[experiment.leg]] must be a table")
+            ld.check_table(leg, "leg", lloc)
+            name = leg.get("name")
+            if name is None:
+                raise ld.fail(lloc, f"leg {j} of '{exp_id}' has no 'name'")
+            if why := _bad_name(name):
+                raise ld.fail(lloc + ("name",), f"leg name {name!r} in '{exp_id}' {why}")
+            if name in seen_legs:
+                raise ld.fail(
+                    lloc + ("name",),
+                    f"duplicate leg name '{name}' in '{exp_id}' (first at line {seen_legs[name]})",
+                )
+            seen_legs[name] = ld.line(lloc + ("name",))
+            recorded = None
+            if "recorded" in leg:
+                ld.check_table(leg["recorded"], "recorded", lloc + ("recorded",))
+                recorded = Recorded(
+                    **{k: (float(v) if k in RECORDED_METRICS else v) for k, v in leg["recorded"].items()}
+                )
+            legs.append(
+                Leg(
+                    name=name,
+                    experiment=exp_id,
+                    module=module,
+                    device=device,
+                    nproc_per_node=_check_nproc(ld, leg.get("nproc_per_node", nproc), lloc + ("nproc_per_node",)),
+                    args={**e_args, **ld.check_args(leg.get("args", {}), lloc + ("args",))},
+                    recorded=recorded,
+                    description=leg.get("description"),
+                    line=ld.line(lloc),
+                )
+            )
+        experiments.append(
+            Experiment(
+                id=exp_id,
+                title=exp.get("title"),
+                device=device,
+                nproc_per_node=nproc,
+                legs=tuple(legs),
+                baseline=exp.get("baseline"),
+                decision=exp.get("decision"),
+                hypothesis=exp.get("hypothesis"),
+                notes=tuple(notes),
+                line=ld.line(loc),
+            )
+        )
+
+    registry = Registry(path=path, settings=settings, experiments=tuple(experiments), raw=raw)
+    for i, exp in enumerate(registry.experiments):
+        if exp.baseline and registry.find_leg(exp.baseline, exp.id) is None:
+            raise ld.fail(
+                ("experiment", i, "baseline"),
+                f"baseline '{exp.baseline}' of '{exp.id}' names no leg"
+                + (f" (legs: {', '.join(leg.name for leg in exp.legs)})" if exp.legs else ""),
+            )
+    return registry
+
+
+def _resolve(p: str, base: Path) -> Path:
+    path = Path(p).expanduser()
+    return (path if path.is_absolute() else base / path).resolve()
+
+
+def _check_device(ld: _Loader, device: str, loc: tuple) -> str:
+    if device not in DEVICES:
+        raise ld.fail(loc, f"device must be one of {DEVICES}, not {device!r}")
+    return device
+
+
+def _check_nproc(ld: _Loader, n: Any, loc: tuple) -> int:
+    if not _is_a(n, (int,)) or n < 1:
+        raise ld.fail(loc, f"nproc_per_node must be a positive integer, not {n!r}")
+    return n

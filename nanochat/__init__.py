@@ -1,0 +1,1 @@
+"""A compact GPT trainer with Mixture-of-Experts and FP8."""
