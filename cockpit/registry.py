@@ -166,7 +166,9 @@ def render_args(args: dict[str, Any], exp_dir: Path | str | None = None) -> list
 # where each key sits in the file (tomllib gives values, not lines)
 
 _HEADER = re.compile(r"^\s*(\[\[?)\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
-_KEY = re.compile(r'^\s*((?:[A-Za-z0-9_-]+|"[^"]*"|\'[^\']*\')(?:\s*\.\s*(?:[A-Za-z0-9_-]+|"[^"]*"|\'[^\']*\'))*)\s*=')
+_KEY = re.compile(
+    r'^\s*((?:[A-Za-z0-9_-]+|"[^"]*"|\'[^\']*\')(?:\s*\.\s*(?:[A-Za-z0-9_-]+|"[^"]*"|\'[^\']*\'))*)\s*='
+)
 
 
 def _split_dotted(text: str) -> list[str]:
@@ -210,7 +212,7 @@ def locate_keys(text: str) -> dict[tuple, int]:
         if k:
             path = table + tuple(_split_dotted(k.group(1)))
             lines.setdefault(path, no)
-            depth = max(0, _bracket_balance(line[k.end():]))
+            depth = max(0, _bracket_balance(line[k.end() :]))
     return lines
 
 
@@ -390,7 +392,8 @@ def loads(text: str, path: Path | str = DEFAULT_REGISTRY) -> Registry:
     on_failure = proj.get("on_failure", "stop")
     if on_failure not in FAILURE_POLICIES:
         raise ld.fail(
-            ("project", "on_failure"), f"'project.on_failure' must be one of {FAILURE_POLICIES}, not {on_failure!r}"
+            ("project", "on_failure"),
+            f"'project.on_failure' must be one of {FAILURE_POLICIES}, not {on_failure!r}",
         )
     idle = proj.get("gpu_idle", {})
     ld.check_table(idle, "gpu_idle", ("project", "gpu_idle"))
@@ -424,7 +427,9 @@ def loads(text: str, path: Path | str = DEFAULT_REGISTRY) -> Registry:
         if why := _bad_name(exp_id):
             raise ld.fail(loc + ("id",), f"experiment id {exp_id!r} {why}")
         if exp_id in seen_ids:
-            raise ld.fail(loc + ("id",), f"duplicate experiment id '{exp_id}' (first at line {seen_ids[exp_id]})")
+            raise ld.fail(
+                loc + ("id",), f"duplicate experiment id '{exp_id}' (first at line {seen_ids[exp_id]})"
+            )
         seen_ids[exp_id] = ld.line(loc + ("id",))
         device = _check_device(ld, exp.get("device", d_device), loc + ("device",))
         nproc = _check_nproc(ld, exp.get("nproc_per_node", d_nproc), loc + ("nproc_per_node",))
@@ -463,7 +468,9 @@ def loads(text: str, path: Path | str = DEFAULT_REGISTRY) -> Registry:
                     experiment=exp_id,
                     module=module,
                     device=device,
-                    nproc_per_node=_check_nproc(ld, leg.get("nproc_per_node", nproc), lloc + ("nproc_per_node",)),
+                    nproc_per_node=_check_nproc(
+                        ld, leg.get("nproc_per_node", nproc), lloc + ("nproc_per_node",)
+                    ),
                     args={**e_args, **ld.check_args(leg.get("args", {}), lloc + ("args",))},
                     recorded=recorded,
                     description=leg.get("description"),
