@@ -1,0 +1,753 @@
+"""Trainer logs: follow a growing file, parse its lines, summarize a leg from its tail.
+
+A leg's log is the combined stdout+stderr of `torchrun ... -m nanochat.base_train`. The lines
+that matter (DESIGN.md, "Log lines"):
+
+    step 00042/00280 (15.00%) | loss: 6.123456 | bal: 1.0123 | lrm: 1.00 | dt: 650.67ms | ...
+    moe step 00042 | drop: 1.20% | load: 0.131,0.122,... | bal: 1.0023
+    Step 00250 | Validation bpb: 0.8123
+    Peak memory usage: 18987.83MiB
+    Total training time: 2.97m
+
+plus whatever else torch, torchrun and Python print, including a traceback and torchrun's
+failure summary when a leg crashes. Fields are read by name in any order; anything unknown is
+kept aside or ignored, never fatal. The same code reads this trainer, upstream nanochat
+(`bf16_mfu:`, older `mfu:`) and the user's fork (`| bal: 24.0000` after `loss`).
+
+Three layers, each usable alone:
+- `LineSplitter`: bytes in any chunking -> complete text lines (`\\r` and `\\n` end a line).
+- `parse_step` / `parse_line`: one line -> a typed record, or None.
+- `LogState`: an accumulator fed with lines (the follower's or a file's) that knows the tail
+  window, the final lines and the failure evidence; `summarize(path)` builds one from the
+  end of a file without reading all of it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+MAX_LINE_BYTES = 64 * 1024  # a longer line is cut here: memory stays bounded whatever the file holds
+READ_CHUNK = 1 << 20
+SMALL_LOG_BYTES = 4 << 20  # a log up to this size is read whole (exact step count)
+FAILURE_LINES = 8  # how many lines of a traceback are kept as the failure reason
+RUNNING_STALE_S = 300.0  # a log without final lines that grew this recently counts as running
+
+
+# ----------------------------------------------------------------------------------------------
+# records
+
+
+@dataclass(slots=True)
+class StepLine:
+    """One `step ...` line. Fields the line does not carry stay None; unknown ones go to extra."""
+
+    step: int
+    total: int | None = None
+    pct: float | None = None
+    loss: float | None = None
+    bal: float | None = None
+    lrm: float | None = None
+    dt_ms: float | None = None
+    tok_per_sec: float | None = None
+    mfu: float | None = None
+    epoch: int | None = None
+    total_time_min: float | None = None
+    eta_min: float | None = None
+    drop_pct: float | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class MoeLine:
+    """The trainer's routing line: `moe step 00042 | drop: 1.20% | load: a,b,... | bal: 1.0023`."""
+
+    step: int
+    drop_pct: float | None = None
+    load: tuple[float, ...] = ()
+    bal: float | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class ValLine:
+    """An evaluation line: `Step 00250 | Validation bpb: 0.8123` (also CORE metric, val loss)."""
+
+    step: int | None
+    name: str
+    value: float
+
+
+@dataclass(slots=True)
+class FinalLine:
+    """`Peak memory usage: ...MiB` (kind "peak_mem_mib") or `Total training time: ...m`."""
+
+    kind: str
+    value: float
+
+
+# ----------------------------------------------------------------------------------------------
+# numbers with units
+
+
+def _num(text: str) -> float | None:
+    """A number as the trainer prints it: `806,400`, `9.76`, `1.20%`, `650.67ms`, `nan`."""
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    t = text.strip().replace(",", "").replace("_", "")
+    end = len(t)
+    while end and not (t[end - 1].isdigit() or t[end - 1] == "."):
+        end -= 1
+    try:
+        return float(t[:end] if end else t)
+    except ValueError:
+        return None
+
+
+def _ms(text: str) -> float | None:
+    """A duration in milliseconds: `650.67ms`, `0.65s`."""
+    t = text.strip()
+    if t.endswith("ms"):
+        return _num(t[:-2])
+    if t.endswith("s"):
+        v = _num(t[:-1])
+        return None if v is None else v * 1000.0
+    return _num(t)
+
+
+def _minutes(text: str) -> float | None:
+    """A duration in minutes: `2.97m`, `45s`, `1.5h`."""
+    t = text.strip()
+    scale = 1.0
+    if t.endswith("h"):
+        scale, t = 60.0, t[:-1]
+    elif t.endswith("s") and not t.endswith("ms"):
+        scale, t = 1 / 60.0, t[:-1]
+    elif t.endswith("m"):
+        t = t[:-1]
+    v = _num(t)
+    return None if v is None else v * scale
+
+
+def _int(text: str) -> int | None:
+    try:
+        return int(text)
+    except ValueError:
+        v = _num(text)
+        return None if v is None or v != v else int(v)
+
+
+# field name in the log -> (StepLine attribute, converter)
+_STEP_FIELDS = {
+    "loss": ("loss", _num),
+    "bal": ("bal", _num),
+    "lrm": ("lrm", _num),
+    "dt": ("dt_ms", _ms),
+    "tok/sec": ("tok_per_sec", _num),
+    "bf16_mfu": ("mfu", _num),
+    "mfu": ("mfu", _num),
+    "epoch": ("epoch", _int),
+    "total time": ("total_time_min", _minutes),
+    "eta": ("eta_min", _minutes),
+    "drop": ("drop_pct", _num),
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# line parsers
+
+
+def _strip_rank_prefix(line: str) -> str:
+    """torchrun may prefix worker output (`[rank0]: `, `[default0]:`); the parser looks past it."""
+    if line[:1] == "[":
+        close = line.find("]:")
+        if 0 < close < 32:
+            rest = line[close + 2 :]
+            return rest[1:] if rest[:1] == " " else rest  # one space after the prefix; indentation stays
+    return line
+
+
+def parse_step(line: str) -> StepLine | None:
+    """A `step NNNNN/TTTTT (P%) | name: value | ...` line, or None for any other line."""
+    if not line.startswith("step "):
+        if line[:1] != "[":
+            return None
+        line = _strip_rank_prefix(line)
+        if not line.startswith("step "):
+            return None
+    parts = line.rstrip().split(" | ")
+    head = parts[0][5:].split()
+    if not head:
+        return None
+    num, _, tot = head[0].partition("/")
+    try:
+        rec = StepLine(step=int(num))
+    except ValueError:
+        return None  # "step function ..." or other prose that starts with "step "
+    if tot:
+        try:
+            rec.total = int(tot)
+        except ValueError:
+            pass
+    if len(head) > 1 and head[1].startswith("(") and head[1].endswith("%)"):
+        rec.pct = _num(head[1][1:-2])
+    fields = _STEP_FIELDS
+    for part in parts[1:]:
+        name, sep, value = part.partition(": ")
+        if not sep:
+            continue
+        known = fields.get(name)
+        if known is None:
+            rec.extra[name.strip()] = value.strip()
+            continue
+        v = known[1](value)
+        if v is None:
+            rec.extra[name] = value.strip()
+        else:
+            setattr(rec, known[0], v)
+    return rec
+
+
+def parse_moe(line: str) -> MoeLine | None:
+    """`moe step 00042 | drop: 1.20% | load: 0.131,0.122 | bal: 1.0023`, or None."""
+    if not line.startswith("moe step "):
+        return None
+    parts = line.rstrip().split(" | ")
+    step = _int(parts[0][9:].strip())
+    if step is None:
+        return None
+    rec = MoeLine(step=step)
+    for part in parts[1:]:
+        name, sep, value = part.partition(": ")
+        if not sep:
+            continue
+        if name == "drop":
+            rec.drop_pct = _num(value)
+        elif name == "bal":
+            rec.bal = _num(value)
+        elif name == "load":
+            loads = [_num(x) for x in value.split(",")]
+            if all(x is not None for x in loads):
+                rec.load = tuple(loads)  # type: ignore[arg-type]
+            else:
+                rec.extra[name] = value.strip()
+        else:
+            rec.extra[name.strip()] = value.strip()
+    return rec
+
+
+_VAL_NAMES = ("Validation bpb", "Validation loss", "val bpb", "val loss", "CORE metric")
+
+
+def parse_val(line: str) -> ValLine | None:
+    """`Step 00250 | Validation bpb: 0.8123` (upstream nanochat), also CORE metric and val loss."""
+    step = None
+    body = line
+    if line.startswith("Step "):
+        head, sep, body = line.partition(" | ")
+        if not sep:
+            return None
+        step = _int(head[5:].strip())
+    for name in _VAL_NAMES:
+        if body.startswith(name + ":"):
+            v = _num(body[len(name) + 1 :].strip())
+            return None if v is None else ValLine(step=step, name=name, value=v)
+    return None
+
+
+def parse_final(line: str) -> FinalLine | None:
+    """`Peak memory usage: 18987.83MiB` or `Total training time: 2.97m`, or None."""
+    if line.startswith("Peak memory usage:"):
+        text = line[18:].strip()
+        scale = 1024.0 if text.endswith("GiB") else 1.0
+        v = _num(text)
+        return None if v is None else FinalLine("peak_mem_mib", v * scale)
+    if line.startswith("Total training time:"):
+        v = _minutes(line[20:].strip())
+        return None if v is None else FinalLine("total_time_min", v)
+    return None
+
+
+def parse_line(line: str) -> StepLine | MoeLine | ValLine | FinalLine | None:
+    """Any line the cockpit knows, typed; None for everything else (never raises)."""
+    c = line[:1]
+    if c == "s":
+        return parse_step(line)
+    if c == "[":
+        inner = _strip_rank_prefix(line)
+        return parse_line(inner) if inner is not line and inner[:1] != "[" else None
+    if c == "m":
+        return parse_moe(line)
+    if c in "SVC":
+        return parse_val(line)
+    if c in "PT":
+        return parse_final(line)
+    return None
+
+
+# ----------------------------------------------------------------------------------------------
+# failure evidence: a Python traceback, torchrun's failure summary
+
+
+class FailureTracker:
+    """Spots a Python traceback or torchrun's failure summary and keeps its last lines.
+
+    The first traceback is the root cause (a worker's; torchrun's own comes after it), so its
+    last lines are kept as the reason, and `error_line` prefers a worker's exception line
+    (`torch.OutOfMemoryError: ...`) over torchrun's `ChildFailedError`. The owner clears the
+    evidence when training goes on after it (a non-fatal traceback, a restart).
+    """
+
+    def __init__(self) -> None:
+        self.seen = False
+        self.lines: deque[str] = deque(maxlen=FAILURE_LINES)
+        self.exceptions: list[str] = []
+        self.root_cause: list[str] = []
+        self._in_tb = False
+        self._captured = False  # the first traceback is complete: later ones are not kept
+        self._in_root = False
+
+    def clear(self) -> None:
+        self.__init__()
+
+    def feed(self, line: str) -> None:
+        body = _strip_rank_prefix(line)
+        if self._in_root:
+            if body.startswith("====="):
+                self._in_root = False
+            elif body.strip() and len(self.root_cause) < 16:
+                self.root_cause.append(body.strip())
+            return
+        if body.startswith("Traceback (most recent call last)"):
+            self.seen = True
+            self._in_tb = True
+            if not self._captured:
+                self.lines.append(line.rstrip())
+            return
+        if body.startswith("Root Cause (first observed failure)"):
+            self.seen = True
+            self._in_root = True
+            self.root_cause = []
+            return
+        if self._in_tb:
+            if not self._captured:
+                self.lines.append(line.rstrip())
+            if body[:1] not in " \t" and not body.startswith(("During handling", "The above exception")):
+                self._in_tb = False  # the exception line closes a traceback
+                self._captured = True
+                self._exception(body.strip())
+            return
+        if "ChildFailedError" in body or "failed (exitcode:" in body:
+            self.seen = True
+            self._exception(body.strip())
+
+    def _exception(self, text: str) -> None:
+        if len(self.exceptions) < 8:
+            self.exceptions.append(text)
+
+    @property
+    def error_line(self) -> str | None:
+        """The line that says what went wrong: a worker's exception before torchrun's."""
+        for text in self.exceptions:
+            if "ChildFailedError" not in text and "failed (exitcode:" not in text:
+                return text
+        return self.exceptions[0] if self.exceptions else None
+
+    @property
+    def reason(self) -> list[str]:
+        out = list(self.lines)
+        if not out and self.error_line:
+            out.append(self.error_line)
+        out += [ln for ln in self.root_cause if ln.startswith(("exitcode", "rank", "host"))]
+        return out
+
+
+# ----------------------------------------------------------------------------------------------
+# the accumulator
+
+
+class LogState:
+    """Everything the cockpit reads from one log, fed line by line (any source, any chunking).
+
+    `keep_steps` bounds the step lines kept for tables and plots (None keeps them all, for a
+    full parse); the tail window for means is always the last `tail` step lines.
+    """
+
+    def __init__(self, tail: int = 50, keep_steps: int | None = 0):
+        self.tail = tail
+        self.window: deque[StepLine] = deque(maxlen=tail)
+        self.steps: list[StepLine] | deque[StepLine] = (
+            [] if keep_steps is None else deque(maxlen=keep_steps)
+        )
+        self.keep = keep_steps != 0
+        self.steps_observed = 0
+        self.first_step: int | None = None
+        self.last: StepLine | None = None
+        self.moe: MoeLine | None = None
+        self.val: dict[str, ValLine] = {}
+        self.peak_mem_mib: float | None = None
+        self.total_time_min: float | None = None
+        self.finished = False
+        self.failure = FailureTracker()
+        self.failed_after_finish = False
+        self.lines_seen = 0
+
+    def feed(self, line: str) -> None:
+        self.lines_seen += 1
+        c = line[:1]
+        if c == "s" and line.startswith("step "):
+            rec = parse_step(line)
+            if rec is not None:
+                self._step(rec)
+                return
+        rec2 = parse_line(line) if c in "smSVCPT[" else None
+        if rec2 is None:
+            self.failure.feed(line)
+        elif type(rec2) is StepLine:
+            self._step(rec2)
+        elif type(rec2) is MoeLine:
+            self.moe = rec2
+        elif type(rec2) is ValLine:
+            self.val[rec2.name] = rec2
+        elif type(rec2) is FinalLine:
+            if rec2.kind == "peak_mem_mib":
+                self.peak_mem_mib = rec2.value
+            else:
+                self.total_time_min = rec2.value
+                self.finished = True
+            if self.failure.seen:
+                self.failure.clear()  # a traceback before the final lines did not stop training
+
+    def feed_many(self, lines: list[str]) -> None:
+        for line in lines:
+            self.feed(line)
+
+    def _step(self, rec: StepLine) -> None:
+        if self.failure.seen:
+            self.failure.clear()
+        if self.first_step is None:
+            self.first_step = rec.step
+        self.steps_observed += 1
+        self.last = rec
+        self.window.append(rec)
+        if self.keep:
+            self.steps.append(rec)
+
+    @property
+    def failed(self) -> bool:
+        return self.failure.seen
+
+    def tail_mean(self, attr: str) -> float | None:
+        vals = [v for r in self.window if (v := getattr(r, attr)) is not None]
+        return sum(vals) / len(vals) if vals else None
+
+
+# ----------------------------------------------------------------------------------------------
+# bytes -> lines
+
+
+class LineSplitter:
+    """Bytes in any chunking -> the same complete lines.
+
+    `\\r` and `\\n` both end a line (progress bars redraw with `\\r`); empty lines are dropped;
+    invalid UTF-8 becomes U+FFFD; a line longer than MAX_LINE_BYTES is cut there, so a file
+    with no newline at all costs bounded memory.
+    """
+
+    def __init__(self, max_line: int = MAX_LINE_BYTES):
+        self.max_line = max_line
+        self.partial = b""
+        self.overflow = False  # the partial line hit max_line: drop bytes until its end
+
+    def feed(self, data: bytes) -> list[str]:
+        if b"\r" in data:
+            data = data.replace(b"\r", b"\n")
+        cut = data.rfind(b"\n")
+        if cut < 0:
+            self._hold(data)
+            return []
+        head, rest = data[: cut + 1], data[cut + 1 :]
+        if self.partial or self.overflow:
+            first = head.find(b"\n")
+            if not self.overflow:
+                self.partial += head[:first][: self.max_line - len(self.partial)]
+            complete = [self.partial] if self.partial else []
+            self.partial, self.overflow = b"", False
+            head = head[first + 1 :]
+        else:
+            complete = []
+        out = [p.decode("utf-8", "replace") for p in complete]
+        if len(head) > self.max_line and max(map(len, blines := head.split(b"\n"))) > self.max_line:
+            out += [b[: self.max_line].decode("utf-8", "replace") for b in blines if b]
+        else:
+            out += [t for t in head.decode("utf-8", "replace").split("\n") if t]
+        self._hold(rest)
+        return out
+
+    def flush(self) -> list[str]:
+        """The held partial line as a line (end of file, or the writer is gone)."""
+        line, self.partial, self.overflow = self.partial, b"", False
+        return [line.decode("utf-8", "replace")] if line else []
+
+    def _hold(self, data: bytes) -> None:
+        if self.overflow or not data:
+            return
+        room = self.max_line - len(self.partial)
+        if len(data) >= room:
+            self.partial += data[:room]
+            self.overflow = True
+        else:
+            self.partial += data
+
+
+# ----------------------------------------------------------------------------------------------
+# following a growing file
+
+
+class LogFollower:
+    """Reads only the new bytes of a growing log at each `poll()`.
+
+    Holds a partial last line until its newline; starts over when the file is truncated or
+    replaced (another inode at the path); returns at most `max_bytes` worth of lines per poll
+    (the next poll goes on), so memory is bounded whatever the file size.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], offset: int = 0, max_bytes: int = 8 << 20):
+        self.path = Path(path)
+        self.offset = offset
+        self.max_bytes = max_bytes
+        self.splitter = LineSplitter()
+        self._file = None
+        self._ino: tuple[int, int] | None = None
+        self.resets = 0  # how many times truncation or replacement made it start over
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def __del__(self) -> None:
+        self.close()
+
+    def _reset(self) -> None:
+        self.close()
+        self.offset = 0
+        self.splitter = LineSplitter()
+        self.resets += 1
+
+    def poll(self) -> list[str]:
+        """Complete new lines since the last poll ([] when nothing new or no file yet)."""
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return []
+        ino = (st.st_dev, st.st_ino)
+        if self._ino is not None and ino != self._ino:
+            self._reset()  # replaced: a new file at the path
+        elif st.st_size < self.offset:
+            self._reset()  # truncated
+        if self._file is None:
+            try:
+                self._file = open(self.path, "rb")  # noqa: SIM115 - kept open between polls
+            except OSError:
+                return []
+            self._ino = ino
+        if st.st_size <= self.offset:
+            return []
+        self._file.seek(self.offset)
+        data = self._file.read(min(self.max_bytes, st.st_size - self.offset))
+        self.offset += len(data)
+        return self.splitter.feed(data)
+
+    def flush(self) -> list[str]:
+        return self.splitter.flush()
+
+
+def read_lines(path: str | os.PathLike[str], start: int = 0, chunk: int = READ_CHUNK):
+    """Every line of a file from byte `start`, in chunks (a full parse); partial last line included."""
+    splitter = LineSplitter()
+    with open(path, "rb") as f:
+        f.seek(start)
+        while data := f.read(chunk):
+            yield from splitter.feed(data)
+    yield from splitter.flush()
+
+
+def parse_file(path: str | os.PathLike[str], tail: int = 50, keep_steps: int | None = None) -> LogState:
+    """A full parse of a log: every step line kept (for CSVs and plots)."""
+    state = LogState(tail=tail, keep_steps=keep_steps)
+    splitter = LineSplitter()
+    feed = state.feed
+    with open(path, "rb") as f:
+        while data := f.read(READ_CHUNK):
+            for line in splitter.feed(data):
+                feed(line)
+    for line in splitter.flush():
+        feed(line)
+    return state
+
+
+# ----------------------------------------------------------------------------------------------
+# a leg's summary from the end of its log
+
+
+@dataclass
+class LegSummary:
+    path: str
+    run: str  # the log's file stem
+    last_step: int | None = None
+    total_steps: int | None = None
+    pct: float | None = None
+    last_loss: float | None = None
+    steps_observed: int = 0
+    tail_n: int = 0  # step lines in the tail window (<= tail)
+    tok_per_sec: float | None = None  # tail means
+    dt_ms: float | None = None
+    mfu: float | None = None
+    peak_mem_mib: float | None = None
+    total_time_min: float | None = None
+    eta_min: float | None = None
+    finished: bool = False  # the final lines were seen
+    failed: bool = False  # a traceback / torchrun failure after the last step line
+    failure: list[str] = field(default_factory=list)
+    error_line: str | None = None
+    status: str = "unknown"  # completed / running / failed / unknown
+    bal: float | None = None
+    drop_pct: float | None = None
+    moe_load: tuple[float, ...] = ()
+    val: dict[str, float] = field(default_factory=dict)
+    size: int = 0
+    mtime: float | None = None
+    exact_count: bool = True  # steps_observed counted line by line (else first..last step)
+    error: str | None = None  # the log could not be read (missing, permissions)
+
+    @property
+    def has_metrics(self) -> bool:
+        return self.tok_per_sec is not None or self.peak_mem_mib is not None
+
+
+def summarize(path: str | os.PathLike[str], tail: int = 50, now: float | None = None) -> LegSummary:
+    """A leg's summary: reads a small log whole, a large one backwards from its end.
+
+    Never raises: an unreadable file gives a summary with `error` set and status "unknown".
+    `status` from the log alone: completed (final lines), failed (traceback or torchrun
+    failure after the last step), running (grew within RUNNING_STALE_S), else unknown.
+    """
+    p = Path(path)
+    summary = LegSummary(path=str(p), run=p.stem)
+    try:
+        with open(p, "rb") as f:
+            st = os.fstat(f.fileno())
+            summary.size, summary.mtime = st.st_size, st.st_mtime
+            if st.st_size <= SMALL_LOG_BYTES:
+                state = _state_of(f.read(), tail)
+            else:
+                state = _state_from_tail(f, st.st_size, tail)
+                summary.exact_count = False
+                first = _first_step(f)
+                if state.last is not None and first is not None and first <= state.last.step:
+                    state.first_step = first
+                    state.steps_observed = max(state.steps_observed, state.last.step - first + 1)
+    except OSError as e:
+        summary.error = f"{p}: {e.strerror or e}"
+        return summary
+    _fill(summary, state, now)
+    return summary
+
+
+def summary_of(state: LogState, path: str | os.PathLike[str], now: float | None = None) -> LegSummary:
+    """A summary of lines already fed to a LogState (the TUI's followers use this)."""
+    p = Path(path)
+    summary = LegSummary(path=str(p), run=p.stem)
+    try:
+        st = os.stat(p)
+        summary.size, summary.mtime = st.st_size, st.st_mtime
+    except OSError:
+        pass
+    _fill(summary, state, now)
+    return summary
+
+
+def _state_of(data: bytes, tail: int) -> LogState:
+    state = LogState(tail=tail)
+    splitter = LineSplitter()
+    state.feed_many(splitter.feed(data))
+    state.feed_many(splitter.flush())
+    return state
+
+
+def _state_from_tail(f, size: int, tail: int) -> LogState:
+    """Read blocks backwards until the tail window holds `tail` step lines (or the file ends)."""
+    block = READ_CHUNK
+    start = size
+    data = b""
+    while start > 0:
+        start = max(0, start - block)
+        f.seek(start)
+        data = f.read(size - start)
+        if start > 0:
+            nl = data.find(b"\n")
+            body = data[nl + 1 :] if nl >= 0 else b""
+        else:
+            body = data
+        # enough step lines? count cheaply before parsing
+        if start == 0 or body.count(b"\nstep ") + body.startswith(b"step ") >= tail + 1:
+            return _state_of(body, tail)
+        block *= 2
+    return _state_of(data, tail)
+
+
+def _first_step(f) -> int | None:
+    """The first step number near the head of a big log (for the observed-steps count)."""
+    f.seek(0)
+    head = f.read(SMALL_LOG_BYTES)
+    for line in LineSplitter().feed(head):
+        rec = parse_step(line) if line.startswith(("step ", "[")) else None
+        if rec is not None:
+            return rec.step
+    return None
+
+
+def _fill(s: LegSummary, state: LogState, now: float | None) -> None:
+    s.tail_n = len(state.window)
+    s.steps_observed = state.steps_observed
+    s.tok_per_sec = state.tail_mean("tok_per_sec")
+    s.dt_ms = state.tail_mean("dt_ms")
+    s.mfu = state.tail_mean("mfu")
+    s.peak_mem_mib = state.peak_mem_mib
+    s.total_time_min = state.total_time_min
+    s.finished = state.finished
+    s.failed = state.failed
+    s.failure = state.failure.reason
+    s.error_line = state.failure.error_line
+    if state.moe is not None:
+        s.drop_pct, s.moe_load = state.moe.drop_pct, state.moe.load
+    s.val = {k: v.value for k, v in state.val.items()}
+    last = state.last
+    if last is not None:
+        s.last_step, s.total_steps, s.last_loss = last.step, last.total, last.loss
+        s.bal = last.bal if last.bal is not None else (state.moe.bal if state.moe else None)
+        if last.drop_pct is not None:
+            s.drop_pct = last.drop_pct
+        if last.total:
+            s.pct = min(100.0, 100.0 * (last.step + 1) / last.total)
+        elif last.pct is not None:
+            s.pct = last.pct
+        if not state.finished:
+            if last.eta_min is not None:
+                s.eta_min = last.eta_min
+            elif last.total and s.dt_ms is not None:
+                s.eta_min = max(0, last.total - last.step - 1) * s.dt_ms / 60000.0
+    if s.failed:
+        s.status = "failed"
+    elif s.finished:
+        s.status = "completed"
+    elif last is not None and s.mtime is not None and (now or time.time()) - s.mtime < RUNNING_STALE_S:
+        s.status = "running"
+    else:
+        s.status = "unknown"
