@@ -58,6 +58,78 @@ def render_status(registry: reg.Registry) -> str:
     return "\n".join(out)
 
 
+def cmd_launch(args: argparse.Namespace) -> int:
+    from cockpit import runs
+
+    registry = reg.load(args.registry)
+    legs = [n.strip() for n in args.legs.split(",") if n.strip()] if args.legs else None
+    try:
+        plan = runs.plan_launch(registry, args.experiment, legs, args.rerun)
+        if args.dry_run:
+            print(runs.dry_run_text(registry, plan))
+            return 0
+        for name, why in plan.skipped:
+            print(f"skip {name}: {why}")
+        if not plan.legs:
+            print(f"nothing to run in {args.experiment}")
+            return 0
+        exp_dir = runs.launch(registry, args.experiment, foreground=args.foreground, plan=plan)
+    except runs.RunError as e:
+        raise UsageError(str(e)) from None
+    if not args.foreground:
+        print(exp_dir)
+        return 0
+    d = runs.open_dir(exp_dir)
+    for name in d.legs:
+        st = d.states.get(name)
+        print(f"{name}: {st.status if st else 'not run'}")
+    print(exp_dir)
+    return 0 if all(s.status == "done" for s in d.states.values()) else 1
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from cockpit import runs
+
+    try:
+        if Path(args.target).expanduser().is_dir():
+            exp_dir = Path(args.target).expanduser().resolve()
+        else:
+            exp_dir = runs.find_dir(reg.load(args.registry).settings.exp_root, args.target)
+        d = runs.stop(exp_dir, args.leg, grace_s=args.grace)
+    except runs.RunError as e:
+        raise UsageError(str(e)) from None
+    for name in [args.leg] if args.leg else d.legs:
+        st = d.states.get(name)
+        print(f"{name}: {st.status if st else 'not run'}" + (f" ({st.note})" if st and st.note else ""))
+    print(exp_dir)
+    return 0
+
+
+def cmd_gpus(args: argparse.Namespace) -> int:
+    import time
+
+    from cockpit import gpus, runs
+
+    sampler = gpus.GpuSampler(history=1)
+    time.sleep(0.25)  # a CPU percentage needs an interval
+    snap = sampler.sample()
+    pid_legs: dict[int, str] = {}
+    pids = [pid for g in snap.gpus for pid in g.pids]
+    if pids:
+        try:
+            exp_root = reg.load(args.registry).settings.exp_root
+        except reg.RegistryError:
+            exp_root = None
+        if exp_root is not None:
+            legs = [(f"{d.path.name}/{st.leg}", st.pid, st.create_time) for d in runs.discover(exp_root)
+                    for st in d.running]
+            pid_legs = gpus.leg_for_pids(pids, legs)
+    print(gpus.render_table(snap, pid_legs))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cockpit",
@@ -74,6 +146,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="experiments and legs at a glance")
     _add_registry(p)
     p.set_defaults(func=cmd_status)
+    p = sub.add_parser("launch", help="run an experiment's legs in a fresh dir (detached supervisor)")
+    p.add_argument("experiment", help="experiment id from the registry")
+    p.add_argument("--legs", metavar="A,B", help="only these legs, in this order")
+    p.add_argument("--rerun", action="store_true", help="run legs that are done or recorded, again")
+    p.add_argument("--dry-run", action="store_true", help="print the exact commands; write nothing")
+    p.add_argument("--foreground", action="store_true", help="run the supervisor in this process")
+    _add_registry(p)
+    p.set_defaults(func=cmd_launch)
+    p = sub.add_parser("stop", help="stop a running leg, or a dir's whole queue")
+    p.add_argument("target", metavar="DIR|EXPERIMENT", help="an experiment dir, or an experiment id (its newest dir)")
+    p.add_argument("leg", nargs="?", help="only this leg (the queue goes on with the next)")
+    p.add_argument("--grace", type=float, default=10.0, help="seconds between SIGTERM and SIGKILL (default 10)")
+    _add_registry(p)
+    p.set_defaults(func=cmd_stop)
+    p = sub.add_parser("gpus", help="GPUs (NVML) and host at a glance")
+    _add_registry(p)
+    p.set_defaults(func=cmd_gpus)
     return parser
 
 

@@ -1,0 +1,729 @@
+"""Experiment dirs on disk: the plan, each leg's state, discovery, reattach, launch and stop.
+
+An experiment dir is the one place a launch writes to:
+
+    <exp_root>/<YYYYmmdd_HHMMSS>_<experiment>/
+        plan.json             written once at launch: every leg's argv, the registry, git, host
+        <leg>.log             the leg's combined torchrun output (the supervisor is not in the path)
+        ckpt_root/            the legs' --checkpoint-root
+        state/<leg>.json      status, pids, times, exit code (written atomically)
+        state/supervisor.*    the supervisor's own record, log and lock
+        report.md             regenerated after every leg
+
+Every client (the CLI, the TUI) reads the same files and reconciles them with the process
+table: a leg recorded as running whose torchrun is gone (its supervisor was killed) is judged
+from its log's final lines, with the exit code marked unknown. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import fcntl
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from cockpit import logs
+from cockpit import registry as reg
+
+LEG_STATUSES = ("queued", "waiting", "running", "done", "failed", "stopped")
+ACTIVE_STATUSES = ("queued", "waiting", "running")
+STAMP_FORMAT = "%Y%m%d_%H%M%S"
+DIR_NAME = re.compile(r"^(\d{8}_\d{6})_(.+)$")
+STATE_DIR = "state"
+SUPERVISOR = "supervisor"  # state/supervisor.{json,log,lock}: reserved, never a leg name
+LOCK_DIR = ".cockpit-locks"  # <exp_root>/.cockpit-locks/<experiment>.lock: one queue per experiment
+STOP_GRACE_S = 10.0  # after SIGTERM to torchrun, how long before every process left is killed
+ERROR_TAIL = 20  # lines of the log kept in a failed leg's state
+# Args that name trainer inputs: they may point into a read-only path (read, never written).
+INPUT_ARGS = ("data-dir", "tokenizer-dir", "data", "tokenizer")
+
+
+class RunError(Exception):
+    """A refusal or a bad request: one line, shown by the CLI with exit code 2."""
+
+
+# ----------------------------------------------------------------------------------------------
+# leg state
+
+
+@dataclass
+class LegState:
+    leg: str
+    status: str  # one of LEG_STATUSES
+    pid: int | None = None  # torchrun's pid
+    create_time: float | None = None  # torchrun's psutil create time: guards against pid reuse
+    supervisor_pid: int | None = None
+    supervisor_create_time: float | None = None
+    started_at: str | None = None  # ISO times
+    ended_at: str | None = None
+    exit_code: int | None = None
+    exit_code_known: bool = True  # False when the outcome came from the log (supervisor gone)
+    error_tail: list[str] = field(default_factory=list)
+    waiting_reason: str | None = None  # why a leg waits (busy GPUs), while status is "waiting"
+    note: str | None = None  # e.g. "preflight skipped: NVML unavailable: ...", why it stopped
+    log: str | None = None  # path of <exp_dir>/<leg>.log
+
+    @property
+    def active(self) -> bool:
+        return self.status in ACTIVE_STATUSES
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LegState:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def now_iso() -> str:
+    return dt.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+def state_path(exp_dir: Path | str, leg: str) -> Path:
+    return Path(exp_dir) / STATE_DIR / f"{leg}.json"
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write to a temp file in the same dir, then rename over: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2, default=str)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_state(exp_dir: Path | str, state: LegState) -> None:
+    write_json_atomic(state_path(exp_dir, state.leg), asdict(state))
+
+
+def read_state(exp_dir: Path | str, leg: str) -> LegState | None:
+    """The leg's state as recorded (not reconciled); None when there is none or it is unreadable."""
+    try:
+        data = json.loads(state_path(exp_dir, leg).read_text(encoding="utf-8"))
+        return LegState.from_dict(data) if isinstance(data, dict) and "status" in data else None
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def is_alive(pid: int | None, create_time: float | None) -> bool:
+    """Is this exact process still running? A reused pid (other create time) or a zombie is not."""
+    if not pid:
+        return False
+    try:
+        p = psutil.Process(pid)
+        if create_time is not None and abs(p.create_time() - create_time) > 1.0:
+            return False
+        return p.status() != psutil.STATUS_ZOMBIE
+    except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError):
+        return False
+
+
+def process_identity(pid: int) -> float | None:
+    try:
+        return psutil.Process(pid).create_time()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
+
+
+# ----------------------------------------------------------------------------------------------
+# reading a leg's log: finished, crashed, or neither
+
+
+def log_outcome(log: Path | str) -> tuple[str, list[str]]:
+    """How a leg ended, judged from its log's final lines: ("done"|"failed"|"unknown", error tail)."""
+    s = logs.summarize(log)
+    if s.failed:
+        tail = list(s.failure)[-ERROR_TAIL:]
+        if s.error_line and s.error_line not in tail:
+            tail.append(s.error_line)
+        return "failed", tail or tail_lines(log, ERROR_TAIL)
+    if s.finished:
+        return "done", []
+    return "unknown", tail_lines(log, ERROR_TAIL)
+
+
+def tail_lines(path: Path | str, n: int, max_bytes: int = 64 * 1024) -> list[str]:
+    """The last n non-empty lines of a file (reads at most max_bytes from its end)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - max_bytes))
+            data = f.read()
+    except OSError:
+        return []
+    text = data.decode("utf-8", errors="replace").replace("\r", "\n")
+    return [ln.rstrip() for ln in text.split("\n") if ln.strip()][-n:]
+
+
+# ----------------------------------------------------------------------------------------------
+# experiment dirs
+
+
+@dataclass
+class ExpDir:
+    path: Path
+    experiment: str  # from plan.json, else from the dir name
+    created: str  # the YYYYmmdd_HHMMSS stamp of the dir name ("" when it has none)
+    plan: dict | None
+    legs: list[str]  # planned legs, else the stems of the dir's *.log files
+    states: dict[str, LegState]  # reconciled with the process table
+    supervisor: dict | None = None  # state/supervisor.json as written
+    supervisor_alive: bool = False
+
+    @property
+    def running(self) -> list[LegState]:
+        return [s for s in self.states.values() if s.status == "running"]
+
+    @property
+    def active(self) -> bool:
+        return any(s.active for s in self.states.values())
+
+    def log(self, leg: str) -> Path:
+        return self.path / f"{leg}.log"
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return data if isinstance(data, dict) else None
+    except (OSError, ValueError):
+        return None
+
+
+def open_dir(path: Path | str) -> ExpDir:
+    """Read one experiment dir (ours, or a manual one holding only logs) and reconcile its states."""
+    path = Path(path)
+    plan = _read_json(path / "plan.json")
+    m = DIR_NAME.match(path.name)
+    experiment = (plan or {}).get("experiment") or (m.group(2) if m else path.name)
+    created = m.group(1) if m else ""
+    if plan and isinstance(plan.get("legs"), list):
+        legs = [leg["name"] for leg in plan["legs"] if isinstance(leg, dict) and "name" in leg]
+    else:
+        legs = sorted(p.stem for p in path.glob("*.log") if p.is_file())
+    sup = _read_json(path / STATE_DIR / f"{SUPERVISOR}.json")
+    sup_alive = bool(sup) and is_alive(sup.get("pid"), sup.get("create_time")) and not sup.get("ended_at")
+    states = {}
+    for leg in legs:
+        st = read_state(path, leg)
+        if st is not None:
+            states[leg] = reconcile(path, st, sup_alive)
+    return ExpDir(path, experiment, created, plan, legs, states, sup, sup_alive)
+
+
+def reconcile(exp_dir: Path, st: LegState, supervisor_alive: bool) -> LegState:
+    """The state as it stands now. Only a dead supervisor leaves a state stale; fix it in memory."""
+    if supervisor_alive or not st.active:
+        return st
+    if st.status == "running":
+        if is_alive(st.pid, st.create_time):
+            return st  # the supervisor was killed; torchrun goes on logging
+        outcome, tail = log_outcome(st.log or exp_dir / f"{st.leg}.log")
+        st.status = "done" if outcome == "done" else "failed"
+        st.exit_code, st.exit_code_known = None, False
+        st.error_tail = tail if st.status == "failed" else []
+        st.note = "supervisor gone: outcome read from the log's final lines" + (
+            "" if outcome != "unknown" else " (neither finished nor crashed)"
+        )
+        return st
+    # queued or waiting, and nobody left to start it
+    st.status = "stopped"
+    st.note = "supervisor gone before the leg started"
+    return st
+
+
+def discover(exp_root: Path | str) -> list[ExpDir]:
+    """Every experiment dir under exp_root (ours or manual ones with logs), oldest first."""
+    root = Path(exp_root)
+    try:
+        entries = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    except OSError:
+        return []
+    out = []
+    for p in entries:
+        if (p / "plan.json").exists() or (p / STATE_DIR).is_dir() or any(p.glob("*.log")):
+            out.append(open_dir(p))
+    return sorted(out, key=lambda d: (d.created or "99999999_999999", d.path.name))
+
+
+def find_dir(exp_root: Path | str, ref: str) -> Path:
+    """A dir given as a path, a dir name under exp_root, or an experiment id (its newest dir)."""
+    p = Path(ref).expanduser()
+    if p.is_dir():
+        return p.resolve()
+    root = Path(exp_root)
+    if (root / ref).is_dir():
+        return (root / ref).resolve()
+    mine = [d for d in discover(root) if d.experiment == ref]
+    if mine:
+        active = [d for d in mine if d.active]
+        return (active or mine)[-1].path
+    raise RunError(f"no experiment dir '{ref}' (not a dir, and no dir of that experiment under {root})")
+
+
+def done_legs(exp_root: Path | str, experiment: str) -> dict[str, Path]:
+    """Legs of an experiment that finished here: leg -> the newest dir it finished in."""
+    out: dict[str, Path] = {}
+    for d in discover(exp_root):
+        if d.experiment != experiment:
+            continue
+        for leg in d.legs:
+            st = d.states.get(leg)
+            if st is not None:
+                if st.status == "done":
+                    out[leg] = d.path
+            elif d.plan is None:
+                # a manual dir: no state, only a log; trust its final lines
+                if log_outcome(d.log(leg))[0] == "done":
+                    out[leg] = d.path
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# launching
+
+
+@dataclass
+class LaunchPlan:
+    experiment: reg.Experiment
+    legs: list[reg.Leg]  # to run, in order
+    skipped: list[tuple[str, str]]  # (leg, why)
+    torchrun: str
+    cwd: Path  # the checkout that holds the registry: the legs run from here
+
+
+def find_torchrun() -> str | None:
+    """torchrun next to this Python (the venv's bin), else on PATH."""
+    here = Path(sys.executable).parent / "torchrun"
+    if here.is_file() and os.access(here, os.X_OK):
+        return str(here)
+    return shutil.which("torchrun")
+
+
+def plan_launch(
+    registry: reg.Registry, exp_id: str, legs: list[str] | None = None, rerun: bool = False
+) -> LaunchPlan:
+    """What a launch would run and skip, or RunError. Reads only; writes nothing."""
+    exp = registry.experiment(exp_id)
+    if exp is None:
+        known = ", ".join(e.id for e in registry.experiments)
+        raise RunError(f"no experiment '{exp_id}' in {registry.path} (known: {known})")
+    if legs:
+        unknown = [n for n in legs if exp.leg(n) is None]
+        if unknown:
+            names = ", ".join(leg.name for leg in exp.legs)
+            raise RunError(f"'{exp_id}' has no leg {', '.join(unknown)} (legs: {names})")
+        chosen = [exp.leg(n) for n in dict.fromkeys(legs)]
+    else:
+        chosen = list(exp.legs)
+    if not chosen:
+        raise RunError(f"'{exp_id}' has no legs")
+    for leg in chosen:
+        if leg.name == SUPERVISOR:
+            raise RunError(f"leg name '{SUPERVISOR}' is reserved for the supervisor's own files")
+
+    done = {} if rerun else done_legs(registry.settings.exp_root, exp_id)
+    run: list[reg.Leg] = []
+    skipped: list[tuple[str, str]] = []
+    for leg in chosen:
+        if not rerun and leg.is_recorded:
+            where = f" in {leg.recorded.dir}" if leg.recorded and leg.recorded.dir else ""
+            skipped.append((leg.name, f"recorded in the registry (ran elsewhere{where}); --rerun runs it"))
+        elif leg.name in done:
+            skipped.append((leg.name, f"done in {done[leg.name]}; --rerun runs it"))
+        else:
+            run.append(leg)
+    return LaunchPlan(exp, run, skipped, find_torchrun() or "torchrun", registry.path.resolve().parent)
+
+
+def check_gpus(legs: list[reg.Leg]) -> str | None:
+    """Why these legs cannot run on this machine's GPUs, or None. CPU legs need none."""
+    need = max((leg.nproc_per_node for leg in legs if leg.device == "cuda"), default=0)
+    if need == 0:
+        return None
+    from cockpit import gpus
+
+    count, reason = gpus.visible_gpus()
+    if count is None:
+        return f"NVML unavailable: {reason}"
+    if count < need:
+        return f"needs {need} GPUs, {count} visible"
+    return None
+
+
+def _inside(path: Path, parent: Path) -> bool:
+    return path == parent or parent in path.parents
+
+
+def check_paths(registry: reg.Registry, legs: list[reg.Leg], exp_dir: Path, cwd: Path) -> str | None:
+    """Why a leg's args would write outside exp_root or into a read-only path, or None.
+
+    Path-like values: those of keys naming a root/dir/path/file, and any value that looks like a
+    path ('/', '~', './'). `--checkpoint-root` must lie inside the experiment dir; input args
+    (--data-dir, --tokenizer-dir) may point into a read-only path, which the trainer only reads.
+    """
+    s = registry.settings
+    if not _inside(exp_dir, s.exp_root):
+        return f"experiment dir {exp_dir} lies outside exp_root {s.exp_root}"
+    for ro in s.read_only:
+        if _inside(exp_dir, ro):
+            return f"experiment dir {exp_dir} lies inside read-only path {ro}"
+    for leg in legs:
+        for key, value in leg.args.items():
+            if not isinstance(value, str):
+                continue
+            text = value.replace(reg.EXP_DIR_PLACEHOLDER, str(exp_dir))
+            pathish = re.search(r"(root|dir|path|file)$", key) or text.startswith(("/", "~", "."))
+            if not pathish and "/" not in text:
+                continue
+            p = Path(text).expanduser()
+            p = (p if p.is_absolute() else cwd / p).resolve()
+            where = f"{leg.experiment}/{leg.name} --{key} {value}"
+            ro_hit = next((ro for ro in s.read_only if _inside(p, ro)), None)
+            if key == "checkpoint-root" and not _inside(p, exp_dir):
+                return f"{where}: checkpoint root {p} must lie inside the experiment dir (use {{exp_dir}}/ckpt_root)"
+            if ro_hit is not None:
+                if key in INPUT_ARGS:
+                    continue
+                return f"{where}: {p} lies inside read-only path {ro_hit}"
+            if not _inside(p, s.exp_root):
+                return f"{where}: {p} lies outside exp_root {s.exp_root}"
+    return None
+
+
+def running_elsewhere(exp_root: Path | str, experiment: str) -> ExpDir | None:
+    """A dir of this experiment with a live queue or a live leg, if any."""
+    for d in discover(exp_root):
+        if d.experiment == experiment and (d.supervisor_alive or d.active):
+            return d
+    return None
+
+
+def experiment_lock(exp_root: Path, experiment: str) -> int:
+    """Take the experiment's queue lock (non-blocking) and return its fd, or raise RunError.
+
+    launch takes it before creating the dir and hands the fd to the supervisor, which holds it
+    for the queue's lifetime: two concurrent launches of one experiment cannot both pass.
+    """
+    lock_dir = exp_root / LOCK_DIR
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_dir / f"{experiment}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise RunError(f"'{experiment}' is being launched or run by another cockpit; stop it first") from None
+    return fd
+
+
+def new_exp_dir(exp_root: Path | str, experiment_id: str) -> Path:
+    """Create `<exp_root>/<YYYYmmdd_HHMMSS>_<experiment>/`: always a new dir, never an existing one.
+
+    mkdir is atomic, so two launches in the same second cannot share a dir: the second one waits
+    for the next second (the name stays the seed's `<stamp>_<experiment>`).
+    """
+    root = Path(exp_root)
+    root.mkdir(parents=True, exist_ok=True)
+    for _ in range(30):
+        path = root / f"{dt.datetime.now().strftime(STAMP_FORMAT)}_{experiment_id}"
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            time.sleep(1.0 - (time.time() % 1.0) + 0.01)
+    raise RunError(f"could not create a fresh dir for '{experiment_id}' under {root}")
+
+
+def git_info(cwd: Path) -> dict[str, str | None]:
+    """Branch and commit of the checkout, read only (no command here changes git state)."""
+    env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0"}
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(
+                ["git", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=5, check=True
+            )
+            return out.stdout.strip() or None
+        except (OSError, subprocess.SubprocessError):
+            return None
+
+    return {"branch": git("rev-parse", "--abbrev-ref", "HEAD"), "commit": git("rev-parse", "HEAD")}
+
+
+def format_command(leg: reg.Leg, exp_dir: Path | str, torchrun: str = "torchrun") -> str:
+    """The leg's command as the seed's execution template writes it, one flag per line."""
+    argv = leg.argv(exp_dir, torchrun)
+    head = argv.index("--") + 1
+    parts = [" ".join(shlex.quote(a) for a in argv[:head])]
+    rest = argv[head:]
+    i = 0
+    while i < len(rest):
+        if i + 1 < len(rest) and not rest[i + 1].startswith("--"):
+            parts.append(f"{shlex.quote(rest[i])} {shlex.quote(rest[i + 1])}")
+            i += 2
+        else:
+            parts.append(shlex.quote(rest[i]))
+            i += 1
+    log = shlex.quote(str(Path(exp_dir) / f"{leg.name}.log"))
+    return " \\\n  ".join(parts) + f" > {log} 2>&1"
+
+
+def dry_run_text(registry: reg.Registry, plan: LaunchPlan) -> str:
+    """The exact commands a launch would run, as shell text; nothing is written."""
+    root = registry.settings.exp_root
+    exp_dir = root / f"{dt.datetime.now().strftime(STAMP_FORMAT)}_{plan.experiment.id}"
+    out = [f"# dry run: {plan.experiment.id}, nothing written"]
+    out += [f"# skip {name}: {why}" for name, why in plan.skipped]
+    if not plan.legs:
+        out.append("# nothing to run")
+        return "\n".join(out)
+    if why := check_gpus(plan.legs):
+        out.append(f"# a real launch would be refused here: {why}")
+    if why := check_paths(registry, plan.legs, exp_dir, plan.cwd):
+        out.append(f"# a real launch would be refused here: {why}")
+    out += [f"cd {shlex.quote(str(plan.cwd))}", f"EXP_DIR={shlex.quote(str(exp_dir))}", 'mkdir -p "$EXP_DIR/ckpt_root"']
+    for leg in plan.legs:
+        out += ["", f"# leg {leg.name}" + (f": {leg.description}" if leg.description else "")]
+        out.append(format_command(leg, exp_dir, plan.torchrun))
+    return "\n".join(out)
+
+
+def write_plan(registry: reg.Registry, plan: LaunchPlan, exp_dir: Path) -> dict:
+    data = {
+        "experiment": plan.experiment.id,
+        "dir": str(exp_dir),
+        "created_at": now_iso(),
+        "host": socket.gethostname(),
+        "user": os.environ.get("USER"),
+        "cwd": str(plan.cwd),
+        "python": sys.executable,
+        "torchrun": plan.torchrun,
+        "git": git_info(plan.cwd),
+        "on_failure": registry.settings.on_failure,
+        "gpu_idle": asdict(registry.settings.gpu_idle),
+        "legs": [
+            {
+                "name": leg.name,
+                "device": leg.device,
+                "nproc_per_node": leg.nproc_per_node,
+                "argv": leg.argv(exp_dir, plan.torchrun),
+                "log": str(exp_dir / f"{leg.name}.log"),
+            }
+            for leg in plan.legs
+        ],
+        "skipped": [{"leg": name, "why": why} for name, why in plan.skipped],
+        "registry": {"path": str(registry.path.resolve()), "raw": registry.raw},
+    }
+    path = exp_dir / "plan.json"
+    with open(path, "x", encoding="utf-8") as f:  # "x": written once, never over an existing plan
+        json.dump(data, f, indent=2, default=str)
+        f.write("\n")
+    return data
+
+
+def launch(
+    registry: reg.Registry,
+    exp_id: str,
+    legs: list[str] | None = None,
+    rerun: bool = False,
+    foreground: bool = False,
+    plan: LaunchPlan | None = None,
+) -> Path | None:
+    """Make a fresh dir, write plan.json and run the supervisor for it (detached unless foreground).
+
+    Returns the dir, or None when every leg was skipped (nothing is written then). Raises
+    RunError, with nothing written, when the machine or the paths refuse the launch.
+    """
+    plan = plan or plan_launch(registry, exp_id, legs, rerun)
+    if not plan.legs:
+        return None
+    if find_torchrun() is None:
+        raise RunError("torchrun not found next to this Python or on PATH (install the 'train' extra)")
+    if why := check_gpus(plan.legs):
+        raise RunError(why)
+    root = registry.settings.exp_root
+    probe = root / f"{dt.datetime.now().strftime(STAMP_FORMAT)}_{exp_id}"
+    if why := check_paths(registry, plan.legs, probe, plan.cwd):
+        raise RunError(why)
+    if (busy := running_elsewhere(root, exp_id)) is not None:
+        raise RunError(f"'{exp_id}' is running in {busy.path}; stop it first: cockpit stop {busy.path}")
+    lock_fd = experiment_lock(root, exp_id)
+    try:
+        if (busy := running_elsewhere(root, exp_id)) is not None:  # again, now under the lock
+            raise RunError(f"'{exp_id}' is running in {busy.path}; stop it first: cockpit stop {busy.path}")
+        exp_dir = new_exp_dir(root, exp_id)
+        write_plan(registry, plan, exp_dir)
+        (exp_dir / STATE_DIR).mkdir()
+        if foreground:
+            from cockpit import supervisor
+
+            supervisor.Supervisor(exp_dir, lock_fd=lock_fd, echo=True).run()
+        else:
+            _spawn_supervisor(exp_dir, lock_fd)
+        return exp_dir
+    finally:
+        try:
+            os.close(lock_fd)
+        except OSError:
+            pass
+
+
+def _spawn_supervisor(exp_dir: Path, lock_fd: int, wait_s: float = 15.0) -> None:
+    """Start the detached supervisor and wait until it has taken over (its record is written)."""
+    log = open(exp_dir / STATE_DIR / f"{SUPERVISOR}.log", "ab")
+    try:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "cockpit.supervisor", str(exp_dir), "--lock-fd", str(lock_fd)],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+            pass_fds=(lock_fd,),
+            close_fds=True,
+            env=env,
+        )
+    finally:
+        log.close()
+    deadline = time.monotonic() + wait_s
+    record = exp_dir / STATE_DIR / f"{SUPERVISOR}.json"
+    while time.monotonic() < deadline:
+        if record.exists():
+            return
+        if proc.poll() is not None:
+            tail = tail_lines(exp_dir / STATE_DIR / f"{SUPERVISOR}.log", 1)
+            raise RunError(f"supervisor exited at once ({proc.returncode}): {tail[-1] if tail else 'no output'}")
+        time.sleep(0.05)
+    raise RunError(f"supervisor did not start within {wait_s:.0f}s (see {exp_dir}/state/supervisor.log)")
+
+
+# ----------------------------------------------------------------------------------------------
+# stopping
+
+
+def process_tree(pid: int | None, create_time: float | None) -> list[psutil.Process]:
+    """The process and all its descendants (pid-reuse safe), parents first."""
+    if not is_alive(pid, create_time):
+        return []
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return []
+
+
+def terminate_tree(pid: int, create_time: float | None, grace_s: float = STOP_GRACE_S, waiter=None) -> list[int]:
+    """SIGTERM torchrun, wait up to grace_s, then SIGKILL every process left of its tree.
+
+    The tree is collected before any signal (torchrun's workers run in their own sessions and are
+    re-parented once torchrun exits, so they could not be found afterwards), and re-scanned while
+    waiting in case something new was spawned. `waiter(timeout)` reaps torchrun when it is our
+    child. Returns the pids that needed SIGKILL.
+    """
+    procs = {p.pid: p for p in process_tree(pid, create_time)}
+    if not procs:
+        return []
+    try:
+        procs[pid].send_signal(signal.SIGTERM)
+    except (psutil.NoSuchProcess, psutil.AccessDenied, KeyError):
+        pass
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        if waiter is not None:
+            waiter(0.05)
+        for p in list(procs.values()):
+            try:
+                for c in p.children(recursive=True):
+                    procs.setdefault(c.pid, c)
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                pass
+        alive = [p for p in procs.values() if _running(p)]
+        if not alive:
+            return []
+        time.sleep(0.05)
+    killed = []
+    for p in procs.values():
+        if _running(p):
+            try:
+                p.kill()
+                killed.append(p.pid)
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                pass
+    if waiter is not None:
+        waiter(2.0)
+    psutil.wait_procs([p for p in procs.values()], timeout=2.0)
+    return killed
+
+
+def _running(p: psutil.Process) -> bool:
+    try:
+        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
+
+
+def stop(exp_dir: Path | str, leg: str | None = None, grace_s: float = STOP_GRACE_S, wait_s: float | None = None) -> ExpDir:
+    """Stop one leg, or the whole queue, of an experiment dir; return the dir as it stands after.
+
+    With a live supervisor, ask it (SIGTERM for the queue; a stop request file plus SIGUSR1 for
+    one leg) and wait for it to record the outcome. Without one (it was killed), stop the leg's
+    process tree here and record the leg as stopped.
+    """
+    exp_dir = Path(exp_dir)
+    d = open_dir(exp_dir)
+    if leg is not None and leg not in d.legs:
+        raise RunError(f"{exp_dir} has no leg '{leg}' (legs: {', '.join(d.legs)})")
+    targets = [leg] if leg else [n for n in d.legs if n in d.states and d.states[n].active]
+    if not targets and not d.supervisor_alive:
+        raise RunError(f"nothing running in {exp_dir}")
+    wait_s = grace_s + 10.0 if wait_s is None else wait_s
+    if d.supervisor_alive and d.supervisor:
+        sup_pid = d.supervisor["pid"]
+        if leg is None:
+            sig = signal.SIGTERM
+        else:
+            write_json_atomic(exp_dir / STATE_DIR / f"{leg}.stop", {"requested_at": now_iso()})
+            sig = signal.SIGUSR1
+        try:
+            os.kill(sup_pid, sig)
+        except ProcessLookupError:
+            pass
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            d = open_dir(exp_dir)
+            if leg is None and not d.supervisor_alive:
+                break
+            if leg is not None and (leg not in d.states or not d.states[leg].active):
+                break
+            if leg is not None and d.states[leg].status == "queued" and (exp_dir / STATE_DIR / f"{leg}.stop").exists():
+                break  # the supervisor will skip it when its turn comes
+            time.sleep(0.1)
+        return open_dir(exp_dir)
+    # no supervisor: the legs still alive are orphans; stop them here
+    for name in targets:
+        st = read_state(exp_dir, name)
+        if st is None or not st.active:
+            continue
+        if st.status == "running" and is_alive(st.pid, st.create_time):
+            terminate_tree(st.pid, st.create_time, grace_s)
+            st.note = "stopped by request (supervisor gone; exit code unknown)"
+        else:
+            st.note = "stopped by request before it started (supervisor gone)"
+        st.status, st.ended_at, st.exit_code, st.exit_code_known = "stopped", now_iso(), None, False
+        write_state(exp_dir, st)
+    return open_dir(exp_dir)
