@@ -1,0 +1,274 @@
+"""FP8 training (nanochat/fp8.py) on CPU: numerics of the emulated FP8 matmuls against bf16,
+scale edge cases, CUDA's _scaled_mm rules enforced on CPU, the MoE expert paths, model conversion,
+static compile of an FP8 MoE block, and one cpu-smoke MoE leg under torchrun with FP8.
+
+Tolerances (relative Frobenius error against a bf16 matmul of the same inputs): forward <= 6%
+(e4m3 keeps 3 mantissa bits: unit roundoff 2^-4), backward <= 10% (the gradient is e5m2, 2
+mantissa bits: unit roundoff 2^-3); an expert MLP (two FP8 matmuls with relu^2 between, which
+doubles the relative error of its input) <= 10% forward, <= 15% backward. Errors of random data sit near a third of these bounds; each
+test also requires a nonzero error, so a path that silently skipped FP8 would fail.
+"""
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+
+from nanochat import fp8
+from nanochat.moe import Experts, MoE
+
+FWD_TOL, BWD_TOL = 0.06, 0.10
+MLP_FWD_TOL, MLP_BWD_TOL = 0.10, 0.15  # expert MLPs: two FP8 matmuls in a row, relu^2 between
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.double(), b.double()
+    return ((a - b).norm() / b.norm().clamp(min=1e-30)).item()
+
+
+def fwd_bwd(fn, *inputs, grad=None):
+    """Run fn on leaf copies of inputs; return output and input gradients (float32)."""
+    leaves = [t.detach().clone().requires_grad_() for t in inputs]
+    out = fn(*leaves)
+    if grad is None:
+        grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(7))
+    (out.float() * grad).sum().backward()
+    return out.float(), [t.grad.float() for t in leaves]
+
+
+def assert_fp8_close(got, ref, fwd_tol=FWD_TOL, bwd_tol=BWD_TOL):
+    out, grads = got
+    rout, rgrads = ref
+    assert 1e-4 < rel(out, rout) < fwd_tol, rel(out, rout)
+    for g, rg in zip(grads, rgrads, strict=True):
+        assert torch.isfinite(g).all()
+        assert 1e-4 < rel(g, rg) < bwd_tol, rel(g, rg)
+
+
+# -----------------------------------------------------------------------------
+# dense linear
+
+
+@pytest.mark.parametrize("tokens", [64, 77])  # 77: the token dim is padded to a multiple of 16
+def test_linear_forward_backward_against_bf16(tokens):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(tokens, 256, generator=g).bfloat16()
+    w = torch.randn(384, 256, generator=g) * 0.05  # fp32 master weight, as in training
+    got = fwd_bwd(fp8.fp8_linear, x, w)
+    ref = fwd_bwd(lambda a, b: a @ b.bfloat16().t(), x, w)
+    assert got[0].shape == (tokens, 384)
+    assert_fp8_close(got, ref)
+    # outputs bf16; gradients come back in the dtypes of x and of the master weight
+    xl, wl = x.clone().requires_grad_(), w.clone().requires_grad_()
+    y = fp8.fp8_linear(xl, wl)
+    y.float().sum().backward()
+    assert (y.dtype, xl.grad.dtype, wl.grad.dtype) == (torch.bfloat16, torch.bfloat16, torch.float32)
+
+
+def test_amax_zero_gives_zeros_not_nan():
+    x = torch.zeros(32, 128, requires_grad=True)
+    w = torch.zeros(128, 128, requires_grad=True)
+    q, inv = fp8.quantize(x.detach(), fp8.E4M3)
+    assert torch.isfinite(inv) and inv > 0 and (q.float() == 0).all()
+    y = fp8.fp8_linear(x, w)
+    y.float().sum().backward()  # the gradient w.r.t. y is 1: nonzero, but both products are zero
+    for t in (y, x.grad, w.grad):
+        assert torch.isfinite(t).all() and (t == 0).all()
+
+
+def test_values_past_fp8_range_saturate_and_stay_accurate():
+    g = torch.Generator().manual_seed(1)
+    # magnitudes far past e4m3's 448 (and e5m2's 57344) in both forward and backward
+    x = torch.randn(64, 128, generator=g) * 1e6
+    w = torch.randn(256, 128, generator=g) * 1e3
+    grad = torch.randn(64, 256, generator=g) * 1e7
+    got = fwd_bwd(fp8.fp8_linear, x, w, grad=grad)
+    ref = fwd_bwd(lambda a, b: a @ b.t(), x, w, grad=grad)
+    assert torch.isfinite(got[0]).all()
+    assert_fp8_close(got, ref)
+    # the cast itself saturates: scaled values that round past the max land on the max
+    for amax in (3.0, 1e-7, 7.77e5, 123456.789):
+        t = torch.tensor([amax, -amax, amax / 3])
+        for dtype, fmax in ((fp8.E4M3, 448.0), (fp8.E5M2, 57344.0)):
+            q, inv = fp8.quantize(t, dtype)
+            assert torch.isfinite(q.float()).all()
+            assert q.float().abs().max().item() == fmax
+            assert rel(q.float() * inv, t) < 0.13
+    # one outlier: everything else is scaled down with it, nothing overflows
+    t = torch.tensor([1e30, 1.0, -2.0])
+    q, inv = fp8.quantize(t, fp8.E4M3)
+    assert torch.isfinite(q.float()).all() and q.float()[0] == 448.0
+
+
+def test_emulation_matches_cpu_scaled_mm_kernel():
+    # CPU's torch._scaled_mm is a real FP8 kernel: same operands and scales, same answer
+    g = torch.Generator().manual_seed(2)
+    a, _ = fp8.quantize(torch.randn(48, 64, generator=g), fp8.E5M2)
+    b, _ = fp8.quantize(torch.randn(32, 64, generator=g), fp8.E4M3)
+    sa, sb = torch.tensor(0.37), torch.tensor(2.5)
+    ours = fp8.fp8_mm(a, b.t(), sa, sb, torch.float32, use_scaled_mm=False)
+    kernel = torch._scaled_mm(a, b.t(), scale_a=sa, scale_b=sb, out_dtype=torch.float32)
+    assert rel(ours, kernel) < 1e-6
+
+
+def test_cuda_scaled_mm_rules_are_enforced_on_cpu():
+    a = torch.zeros(32, 64).to(fp8.E4M3)
+    b_cm = torch.zeros(48, 64).to(fp8.E4M3).t()  # [64, 48] column-major: allowed
+    one = torch.tensor(1.0)
+    assert fp8.fp8_mm(a, b_cm, one, one).shape == (32, 48)
+    with pytest.raises(ValueError, match="column-major"):
+        fp8.fp8_mm(a, b_cm.contiguous(), one, one)  # row-major second operand: CUDA rejects
+    with pytest.raises(ValueError, match="row-major"):
+        fp8.fp8_mm(a.t().contiguous().t(), b_cm, one, one)
+    with pytest.raises(ValueError, match="multiples of 16"):
+        fp8.fp8_mm(torch.zeros(32, 40).to(fp8.E4M3), torch.zeros(48, 40).to(fp8.E4M3).t(), one, one)
+    with pytest.raises(ValueError, match="e5m2 x e5m2"):
+        fp8.fp8_mm(a.to(fp8.E5M2), b_cm.t().contiguous().to(fp8.E5M2).t(), one, one)
+
+
+def test_backend_choice():
+    assert not fp8.uses_scaled_mm(torch.device("cpu"))  # CPU always emulates
+    assert not fp8.device_has_fp8_matmul("cpu")
+
+
+# -----------------------------------------------------------------------------
+# MoE experts (the real call sites in moe.py)
+
+
+def _experts(n_experts=4, dim=128, hidden=256, seed=3):
+    torch.manual_seed(seed)
+    ex = Experts(n_experts, dim, hidden)
+    nn.init.normal_(ex.w_fc, std=dim**-0.5)
+    nn.init.normal_(ex.w_proj, std=hidden**-0.5)
+    # experts with very different weight ranges: per-expert scales keep the small one accurate
+    with torch.no_grad():
+        ex.w_fc[0] *= 300.0
+        ex.w_proj[1] *= 1e-3
+    return ex
+
+
+def _run_experts(ex, fp8_on, fn, *inputs):
+    ex.fp8 = fp8_on
+    ex.zero_grad()
+    out, grads = fwd_bwd(fn, *inputs)
+    return out, grads + [ex.w_fc.grad.clone(), ex.w_proj.grad.clone()]
+
+
+def test_experts_fixed_capacity_against_bf16():
+    ex = _experts()
+    x = torch.randn(4, 48, 128).bfloat16()  # [E, C, D], C = 48
+    f = lambda t: ex.forward_capacity(t)
+    got = _run_experts(ex, True, f, x)
+    ref = _run_experts(ex, False, f, x)
+    assert_fp8_close(got, ref, MLP_FWD_TOL, MLP_BWD_TOL)
+    # per expert: the experts with huge or tiny weights are as accurate as the others (one scale
+    # per tensor would crush experts 2 and 3 toward zero next to expert 0's huge activations)
+    for e in range(4):
+        assert rel(got[0][e], ref[0][e]) < MLP_FWD_TOL
+        for g, rg in zip(got[1], ref[1], strict=True):
+            assert rel(g[e], rg[e]) < MLP_BWD_TOL
+
+
+def test_experts_dropless_against_bf16():
+    ex = _experts()
+    x = torch.randn(90, 128).bfloat16()
+    offs = torch.tensor([20, 20, 70, 90], dtype=torch.int32)  # expert 1 gets no rows
+    f = lambda t: ex.forward_grouped(t, offs)
+    got = _run_experts(ex, True, f, x)
+    ref = _run_experts(ex, False, f, x)
+    assert_fp8_close((got[0], got[1][:1]), (ref[0], ref[1][:1]), MLP_FWD_TOL, MLP_BWD_TOL)
+    starts = [0, 20, 20, 70]
+    for e in (0, 2, 3):
+        rows = slice(starts[e], int(offs[e]))
+        assert rel(got[0][rows], ref[0][rows]) < MLP_FWD_TOL
+        assert rel(got[1][0][rows], ref[1][0][rows]) < MLP_BWD_TOL
+        for g, rg in zip(got[1][1:], ref[1][1:], strict=True):
+            assert rel(g[e], rg[e]) < MLP_BWD_TOL
+    for g, rg in zip(got[1][1:], ref[1][1:], strict=True):  # the empty expert's weight grads: zero
+        assert (g[1] == 0).all() and (rg[1] == 0).all()
+
+
+def test_fp8_bmm_matches_fp8_grouped_mm():
+    # one quantization recipe for both dispatch modes: same rows, same answer
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(3, 32, 128, generator=g)
+    w = torch.randn(3, 128, 128, generator=g) * 0.1
+    a = fp8.fp8_bmm(x, w).float().reshape(96, 128)
+    offs = torch.tensor([32, 64, 96], dtype=torch.int32)
+    b = fp8.fp8_grouped_mm(x.reshape(96, 128), w, offs).float()
+    assert rel(a, b) < 1e-2
+
+
+# -----------------------------------------------------------------------------
+# conversion and compile
+
+
+class _Block(nn.Module):
+    """A transformer-ish block with the names nanochat's gpt.py uses, an MoE FFN and a head."""
+
+    def __init__(self, dim=128, vocab=512, capacity_factor=1.0):
+        super().__init__()
+        self.attn = nn.Module()
+        self.attn.c_q = nn.Linear(dim, dim, bias=False)
+        self.attn.c_proj = nn.Linear(dim, dim, bias=False)
+        self.small = nn.Linear(dim, 40, bias=False)  # 40 is not a multiple of 16: skipped
+        self.moe = MoE(dim, n_experts=4, topk=2, hidden_mult=2, capacity_factor=capacity_factor)
+        for p in self.moe.experts.parameters():
+            nn.init.normal_(p, std=0.05)
+        self.lm_head = nn.Linear(dim, vocab, bias=False)
+
+    def forward(self, x):
+        x = x + self.attn.c_proj(torch.relu(self.attn.c_q(x)))
+        y, aux = self.moe(x)
+        return self.lm_head(x + y).float(), aux["aux_loss"]
+
+
+def test_convert_to_fp8_counts_kinds_and_log_line():
+    m = _Block()
+    params_before = {n: p for n, p in m.named_parameters()}
+    info = fp8.convert_to_fp8(m, include_experts=True)
+    assert isinstance(m.attn.c_q, fp8.Fp8Linear) and isinstance(m.attn.c_proj, fp8.Fp8Linear)
+    assert type(m.moe.router) is nn.Linear and type(m.lm_head) is nn.Linear
+    assert type(m.small) is nn.Linear and info["skipped"] == ["small"]
+    assert m.moe.experts.fp8 is True
+    assert info["linear"] == 2 and info["expert_matrices"] == 8 and info["converted"] == 10
+    # same parameter objects: optimizer groups built before conversion stay valid
+    assert all(p is params_before[n] for n, p in m.named_parameters())
+    line = info["log_line"]
+    assert "\n" not in line
+    assert line.startswith("✓ FP8 training enabled (tensorwise scaling, MoE experts included)")
+    assert "converted 10 layers, skipped 1" in line
+    assert "attn c_q/c_proj x2" in line and "experts w_fc/w_proj x8" in line
+    assert "router" in line and "lm_head" in line
+    assert "EMULATED on cpu" in line  # said once, in the same line
+
+    m2 = _Block()
+    info2 = fp8.convert_to_fp8(m2, include_experts=False)
+    assert m2.moe.experts.fp8 is False and info2["expert_matrices"] == 0
+    assert "MoE experts in bf16" in info2["log_line"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("capacity_factor", [1.0, 0.0])
+def test_static_compile_fp8_moe_block_fullgraph_no_recompile(capacity_factor):
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    torch.manual_seed(5)
+    m = _Block(capacity_factor=capacity_factor)
+    fp8.convert_to_fp8(m, include_experts=True)
+    compiled = torch.compile(m, fullgraph=True, dynamic=False, backend="aot_eager")
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    frames_before = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for step in range(3):  # new data each step, so routing (and drops / offs) change
+            x = torch.randn(2, 32, 128, generator=torch.Generator().manual_seed(step))
+            logits, aux = compiled(x)
+            loss = logits.logsumexp(-1).mean() + aux
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            assert torch.isfinite(loss)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] - frames_before == 1
