@@ -1,0 +1,53 @@
+"""The confirmation screen: the exact command(s) and the fresh dir, before anything starts or
+stops. A done leg needs the explicit re-run key; a plain `y` is not enough."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.screen import ModalScreen
+from textual.widgets import Button, Static
+
+
+class ConfirmScreen(ModalScreen[bool]):
+    BINDINGS = [
+        Binding("escape,n", "answer(False)", "Cancel"),
+    ]
+
+    def __init__(self, title: str, body: Text | str, confirm_label: str = "Launch", confirm_key: str = "y",
+                 danger: bool = False) -> None:
+        super().__init__()
+        self.title_text = title
+        self.body = body
+        self.confirm_label = confirm_label
+        self.confirm_key = confirm_key
+        self.danger = danger
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="confirm-box", classes="danger" if self.danger else ""):
+            yield Static(Text(self.title_text, style="bold"), id="confirm-title")
+            with VerticalScroll(id="confirm-body"):
+                yield Static(self.body)
+            with Horizontal(id="confirm-buttons"):
+                yield Button(f"{self.confirm_label} [{self.confirm_key}]", id="confirm-yes",
+                             variant="error" if self.danger else "primary")
+                yield Button("Cancel [n/esc]", id="confirm-no")
+
+    def on_mount(self) -> None:
+        self.query_one("#confirm-no", Button).focus()
+
+    def on_key(self, event) -> None:
+        if event.key == self.confirm_key:
+            event.stop()
+            self.dismiss(True)
+        elif event.key == "y":  # a done leg: the reflexive `y` does not re-run it
+            event.stop()
+            self.notify(f"this needs an explicit [{self.confirm_key}]", severity="warning")
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        self.dismiss(event.button.id == "confirm-yes")
+
+    def action_answer(self, yes: bool) -> None:
+        self.dismiss(yes)

@@ -1,0 +1,142 @@
+"""The experiments tree: experiments, their legs with state marks, and the dirs they ran in."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rich.text import Text
+from textual.widgets import Tree
+from textual.widgets.tree import TreeNode
+
+from cockpit.tui import fmt
+from cockpit.tui.state import CockpitView, DirView, ExperimentView, LegView
+
+GLYPH = {
+    "recorded": ("✔", "green"),
+    "done": ("✔", "bold green"),
+    "running": ("▶", "bold cyan"),
+    "queued": ("…", "cyan"),
+    "waiting": ("⧗", "yellow"),
+    "failed": ("✘", "bold red"),
+    "stopped": ("■", "yellow"),
+    "pending": ("○", "dim"),
+}
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What a tree node stands for; the app acts on the node under the cursor."""
+
+    kind: str  # "experiment", "leg", "dir", "dirleg"
+    exp_id: str
+    leg: str | None = None
+    exp_dir: str | None = None
+
+
+def mark(status: str) -> Text:
+    glyph, style = GLYPH.get(status, ("?", "magenta"))
+    return Text(f"{glyph} ", style=style)
+
+
+def leg_label(leg: LegView) -> Text:
+    text = mark(leg.mark)
+    text.append(leg.name, style="bold" if leg.mark == "running" else "")
+    if leg.baseline:
+        text.append(" (baseline)", style="italic dim")
+    text.append(f"  {leg.mark}", style=GLYPH.get(leg.mark, ("", ""))[1])
+    if leg.figures.get("tok_per_sec") is not None:
+        text.append(f"  {fmt.num(leg.figures['tok_per_sec'], 0, comma=True)} tok/s", style="dim")
+    return text
+
+
+def experiment_label(exp: ExperimentView) -> Text:
+    counts: dict[str, int] = {}
+    for leg in exp.legs:
+        counts[leg.mark] = counts.get(leg.mark, 0) + 1
+    text = Text(exp.id, style="bold")
+    where = "cpu" if exp.device == "cpu" else f"{exp.gpus_needed} GPUs"
+    text.append(f"  [{where}]", style="dim")
+    parts = [f"{n} {m}" for m, n in counts.items()]
+    if parts:
+        text.append("  " + ", ".join(parts), style="dim")
+    return text
+
+
+def dir_label(d: DirView) -> Text:
+    text = Text("▸ ", style="dim")
+    text.append(d.name, style="blue")
+    text.append(f"  {len(d.legs)} log(s)", style="dim")
+    return text
+
+
+def dirleg_label(status: str, name: str) -> Text:
+    text = mark(status)
+    text.append(f"{name}  {status}")
+    return text
+
+
+class ExperimentTree(Tree[Selection]):
+    """The registry as a tree; rebuilt only when its shape changes, relabelled otherwise."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__("experiments", **kwargs)
+        self.show_root = False
+        self.guide_depth = 2
+        self._shape: tuple = ()
+        self._by_sel: dict[Selection, TreeNode[Selection]] = {}
+
+    def show(self, view: CockpitView) -> None:
+        shape = tuple(
+            (e.id, tuple(leg.name for leg in e.legs), tuple((d.path, tuple(x.name for x in d.legs)) for d in e.dirs))
+            for e in view.experiments
+        )
+        if shape != self._shape:
+            self._rebuild(view)
+            self._shape = shape
+            return
+        for exp in view.experiments:
+            self._relabel(Selection("experiment", exp.id), experiment_label(exp))
+            for leg in exp.legs:
+                self._relabel(Selection("leg", exp.id, leg.name), leg_label(leg))
+            for d in exp.dirs:
+                self._relabel(Selection("dir", exp.id, exp_dir=d.path), dir_label(d))
+                for x in d.legs:
+                    self._relabel(Selection("dirleg", exp.id, x.name, d.path), dirleg_label(x.status, x.name))
+
+    def _relabel(self, sel: Selection, label: Text) -> None:
+        node = self._by_sel.get(sel)
+        if node is not None and node.label != label:
+            node.set_label(label)
+
+    def _rebuild(self, view: CockpitView) -> None:
+        expanded = {sel for sel, node in self._by_sel.items() if node.is_expanded}
+        known = set(self._by_sel)
+        cursor = self.cursor_node.data if self.cursor_node is not None else None
+        self.clear()
+        self._by_sel = {}
+        for exp in view.experiments:
+            sel = Selection("experiment", exp.id)
+            enode = self.root.add(experiment_label(exp), data=sel)
+            self._by_sel[sel] = enode
+            for leg in exp.legs:
+                lsel = Selection("leg", exp.id, leg.name)
+                self._by_sel[lsel] = enode.add_leaf(leg_label(leg), data=lsel)
+            for d in exp.dirs:
+                dsel = Selection("dir", exp.id, exp_dir=d.path)
+                dnode = enode.add(dir_label(d), data=dsel)
+                self._by_sel[dsel] = dnode
+                for x in d.legs:
+                    xsel = Selection("dirleg", exp.id, x.name, d.path)
+                    self._by_sel[xsel] = dnode.add_leaf(dirleg_label(x.status, x.name), data=xsel)
+                if dsel in expanded:
+                    dnode.expand()
+            # Experiments open by default: the legs and their marks are the point of the screen.
+            if sel not in known or sel in expanded:
+                enode.expand()
+        if cursor is not None and cursor in self._by_sel:
+            self.move_cursor(self._by_sel[cursor])
+
+    @property
+    def selection(self) -> Selection | None:
+        node = self.cursor_node
+        return node.data if node is not None else None

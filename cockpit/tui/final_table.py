@@ -1,0 +1,86 @@
+"""Final metrics of the selected experiment dir: the report table (the seed's columns) with the
+delta of each run against the experiment's baseline."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.widgets import DataTable
+
+from cockpit.tui import fmt
+from cockpit.tui.state import METRICS, ReportView
+
+DIGITS = {"tok_per_sec": 2, "dt_ms": 2, "mfu": 4, "peak_mem_mib": 2, "total_time_min": 2}
+# tok/sec and mfu: higher is better; dt, memory and time: lower is better.
+HIGHER_IS_BETTER = {"tok_per_sec": True, "dt_ms": False, "mfu": True, "peak_mem_mib": False, "total_time_min": False}
+
+
+def columns(tail: int) -> tuple[str, ...]:
+    return (
+        "run",
+        f"tail{tail} tok/sec",
+        f"tail{tail} dt (ms)",
+        f"tail{tail} mfu",
+        "peak mem (MiB)",
+        "total time (min)",
+        "status",
+    )
+
+
+def delta_text(metric: str, d: float | None) -> Text:
+    good = d is not None and ((d >= 0) == HIGHER_IS_BETTER[metric])
+    return Text(fmt.delta(d), style="dim" if d is None or d == 0 else ("green" if good else "red"))
+
+
+class FinalTable(DataTable):
+    """One row per run; with a baseline, each figure has its signed delta on a second line."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(cursor_type="row", zebra_stripes=True, **kwargs)
+        self._key: tuple | None = None
+
+    def show(self, report: ReportView | None) -> None:
+        key = (report,)
+        if key == self._key:
+            return
+        self._key = key
+        self.clear(columns=True)
+        tail = report.tail if report else 50
+        for c in columns(tail):
+            self.add_column(c)
+        blank = [""] * (len(columns(tail)) - 1)
+        if report is None:
+            self.border_title = "Final metrics"
+            self.border_subtitle = ""
+            self.add_row(Text("select an experiment or a dir", style="dim"), *blank)
+            return
+        self.border_title = f"Final metrics: {report.title}"
+        self.border_subtitle = f"second line: Δ vs baseline {report.baseline}" if report.baseline else "no baseline"
+        runs = {r.run for r in report.rows}
+        if report.baseline and report.baseline_figures and report.baseline not in runs:
+            self.add_row(
+                Text(f"{report.baseline}\n(baseline)", style="italic"),
+                *(fmt.num(report.baseline_figures.get(m), DIGITS[m]) for m in METRICS),
+                Text("recorded", style="green"),
+                height=2,
+            )
+        with_deltas = any(r.deltas for r in report.rows)
+        for r in report.rows:
+            name = Text(r.run, style="bold")
+            if r.run == report.baseline or report.baseline and report.baseline.endswith("/" + r.run):
+                name.append("\n(baseline)", style="italic dim")
+            cells: list = [name]
+            for m in METRICS:
+                cell = Text(fmt.num(r.figures.get(m), DIGITS[m]))
+                if with_deltas:
+                    cell.append("\n")
+                    cell.append_text(delta_text(m, r.deltas.get(m)))
+                cells.append(cell)
+            cells.append(Text(r.status, style=status_style(r.status)))
+            self.add_row(*cells, height=2 if with_deltas else 1)
+        if not report.rows:
+            self.add_row(Text(report.note or "no logs in this dir yet", style="dim"), *blank)
+
+
+def status_style(status: str) -> str:
+    return {"completed": "green", "done": "green", "recorded": "green", "running": "cyan",
+            "failed": "bold red"}.get(status, "yellow")

@@ -1,0 +1,88 @@
+"""Text shapes the widgets share: bars, sparklines, numbers, deltas, commands.
+
+Pure functions of their arguments (no state, no I/O), so every widget formats a figure the same
+way and the tests can pin them.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Iterable, Sequence
+
+SPARK = "▁▂▃▄▅▆▇█"
+DASH = "-"
+
+
+def spark(values: Iterable[float | None], width: int = 16) -> str:
+    """The last `width` values as a block sparkline scaled to their own min..max."""
+    vals = [v for v in values if v is not None][-width:]
+    if not vals:
+        return ""
+    lo, hi = min(vals), max(vals)
+    span = hi - lo
+    if span <= 0:
+        return SPARK[len(SPARK) // 2] * len(vals) if hi > 0 else SPARK[0] * len(vals)
+    return "".join(SPARK[min(len(SPARK) - 1, int((v - lo) / span * (len(SPARK) - 1) + 0.5))] for v in vals)
+
+
+def bar(pct: float | None, width: int = 10) -> str:
+    """A horizontal bar for 0..100 %, in eighths of a cell."""
+    if pct is None:
+        return "·" * width
+    pct = max(0.0, min(100.0, pct))
+    eighths = round(pct / 100 * width * 8)
+    full, part = divmod(eighths, 8)
+    text = "█" * full + ("▏▎▍▌▋▊▉"[part - 1] if part else "")
+    return text.ljust(width, " ")
+
+
+def num(value: float | None, digits: int = 2, comma: bool = False) -> str:
+    if value is None:
+        return DASH
+    return f"{value:,.{digits}f}" if comma else f"{value:.{digits}f}"
+
+
+def pct(value: float | None, digits: int = 1) -> str:
+    return DASH if value is None else f"{value:.{digits}f}%"
+
+
+def delta(value: float | None) -> str:
+    """A signed percentage as the seed writes it: `+2.70%`, `-2.93%`."""
+    return DASH if value is None else f"{value:+.2f}%"
+
+
+def mib(value: float | None) -> str:
+    if value is None:
+        return DASH
+    return f"{value / 1024:.1f}G" if value >= 1024 else f"{value:.0f}M"
+
+
+def minutes(value: float | None) -> str:
+    if value is None:
+        return DASH
+    if value >= 60:
+        return f"{int(value // 60)}h{int(value % 60):02d}m"
+    return f"{value:.1f}m"
+
+
+def command(argv: Sequence[str]) -> str:
+    """An argv list as one copy-pasteable shell line (quoted where a shell needs it)."""
+    return shlex.join(list(argv))
+
+
+def command_lines(argv: Sequence[str]) -> str:
+    """An argv as the seed writes a command: one flag and its value per line, `\\`-continued."""
+    words = [shlex.quote(a) for a in argv]
+    if "--" not in argv:
+        return " ".join(words)
+    cut = list(argv).index("--") + 1
+    lines = [" ".join(words[:cut])]
+    i = cut
+    while i < len(words):
+        if i + 1 < len(words) and not argv[i + 1].startswith("--"):
+            lines.append("  " + words[i] + " " + words[i + 1])
+            i += 2
+        else:
+            lines.append("  " + words[i])
+            i += 1
+    return " \\\n".join(lines)

@@ -1,0 +1,151 @@
+"""Log panes: a tab per running or selected leg, each following its log live.
+
+Lines arrive from a worker (the app polls `logs.LogFollower` off the UI thread) and are written
+here. Scrolling up pauses following: new lines wait (bounded), and the pane says how many; back
+at the bottom, or `f`, writes them and follows again. Memory stays bounded for any log size: the
+pane keeps `max_lines` lines, and the waiting buffer as many.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.containers import Vertical
+from textual.widgets import Log, Static, TabbedContent, TabPane
+
+MAX_LINES = 2000
+
+
+class LogView(Vertical):
+    def __init__(self, key: str, path: str, max_lines: int = MAX_LINES, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.key = key
+        self.path = path
+        self.max_lines = max_lines
+        self.following = True
+        self.waiting: deque[str] = deque(maxlen=max_lines)
+        self.waiting_count = 0  # lines that arrived while paused (some may have left `waiting`)
+        self.written = 0
+
+    def compose(self) -> ComposeResult:
+        yield Log(max_lines=self.max_lines, auto_scroll=False, highlight=False, classes="log-lines")
+        yield Static(classes="log-status")
+
+    @property
+    def log(self) -> Log:
+        return self.query_one(Log)
+
+    def on_mount(self) -> None:
+        self.flush()
+
+    @property
+    def paused(self) -> bool:
+        """Not following: switched off, or the reader scrolled away from the bottom."""
+        if not self.following:
+            return True
+        if not self.is_mounted:
+            return False
+        return not self.log.is_vertical_scroll_end
+
+    def append(self, lines: list[str]) -> None:
+        if not lines:
+            return
+        if not self.is_mounted or self.paused:
+            self.waiting.extend(lines)
+            self.waiting_count += len(lines)
+        else:
+            self._write(lines)
+        self.show_status()
+
+    def flush(self) -> None:
+        """Write the waiting lines if following (called on each UI tick)."""
+        if self.waiting_count and not self.paused:
+            skipped = self.waiting_count - len(self.waiting)
+            lines = list(self.waiting)
+            if skipped > 0:
+                lines.insert(0, f"... {skipped} lines not shown (pane keeps the last {self.max_lines}) ...")
+            self.waiting.clear()
+            self.waiting_count = 0
+            self._write(lines)
+        self.show_status()
+
+    def _write(self, lines: list[str]) -> None:
+        self.log.write_lines(lines, scroll_end=True)
+        self.written += len(lines)
+
+    def set_following(self, on: bool) -> None:
+        self.following = on
+        if on and self.is_mounted:
+            self.log.scroll_end(animate=False, immediate=True)
+        self.flush()
+
+    def show_status(self) -> None:
+        if not self.is_mounted:
+            return
+        status = self.query_one(".log-status", Static)
+        text = Text(no_wrap=True, overflow="ellipsis")
+        if self.paused:
+            text.append(f"⏸ paused: {self.waiting_count} new lines waiting", style="bold yellow")
+            text.append("  (f or End: follow)", style="dim")
+        else:
+            text.append("● following", style="green")
+        text.append(f"  {self.path}", style="dim")
+        status.update(text)
+
+
+class LogPanes(TabbedContent):
+    """A TabbedContent whose panes are LogViews keyed by `exp_dir/leg`."""
+
+    def __init__(self, max_lines: int = MAX_LINES, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.max_lines = max_lines
+        self._ids: dict[str, str] = {}  # key -> pane id
+        self._seq = 0
+
+    def sync(self, tabs: list[tuple[str, str, str]]) -> None:
+        """Show exactly these tabs: (key, title, log path), in order; keep the ones that stay."""
+        wanted = {key for key, _, _ in tabs}
+        for key in [k for k in self._ids if k not in wanted]:
+            self.remove_pane(self._ids.pop(key))
+        for key, title, path in tabs:
+            if key not in self._ids:
+                self._seq += 1
+                pane_id = f"log-{self._seq}"
+                self._ids[key] = pane_id
+                self.add_pane(TabPane(title, LogView(key, path, self.max_lines), id=pane_id))
+
+    def view(self, key: str) -> LogView | None:
+        pane_id = self._ids.get(key)
+        if pane_id is None:
+            return None
+        try:
+            return self.get_pane(pane_id).query_one(LogView)
+        except Exception:  # a pane being mounted or removed this tick
+            return None
+
+    def views(self) -> list[LogView]:
+        return [v for v in (self.view(k) for k in self._ids) if v is not None]
+
+    @property
+    def keys(self) -> list[str]:
+        return list(self._ids)
+
+    def current(self) -> LogView | None:
+        pane = self.active_pane
+        if pane is None:
+            return None
+        found = pane.query(LogView)
+        return found.first() if found else None
+
+    def select(self, key: str) -> None:
+        if key in self._ids:
+            self.active = self._ids[key]
+
+    def cycle(self, step: int) -> None:
+        ids = list(self._ids.values())
+        if not ids:
+            return
+        i = ids.index(self.active) if self.active in ids else -1
+        self.active = ids[(i + step) % len(ids)]

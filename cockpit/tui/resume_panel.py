@@ -1,0 +1,37 @@
+"""The resume panel: completed work (do not re-run), what remains, the exact next command and
+the safety rules; the live form of the seed's resume guide."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.widgets import Static
+
+from cockpit.tui import fmt
+from cockpit.tui.state import ResumeView
+
+
+class ResumePanel(Static):
+    def show(self, resume: ResumeView, errors: tuple[str, ...] = ()) -> None:
+        out = Text()
+        for e in errors:
+            out.append(f"⚠ {e}\n", style="bold red")
+        out.append("Completed (do not re-run)\n", style="bold green")
+        for line in resume.completed or ("nothing yet",):
+            out.append(f"  ✔ {line}\n", style="" if resume.completed else "dim")
+        out.append("Remaining\n", style="bold yellow")
+        for line in resume.remaining or ("nothing: every leg is done",):
+            out.append(f"  ○ {line}\n", style="" if resume.remaining else "dim")
+        out.append("Next\n", style="bold cyan")
+        if resume.next_argv:
+            out.append(f"  {resume.next_label}\n", style="bold")
+            if resume.next_dir:
+                out.append("  fresh dir: ", style="dim")
+                out.append(f"{resume.next_dir}\n")
+            out.append(fmt.command_lines(resume.next_argv) + "\n", style="cyan")
+        else:
+            out.append("  " + (resume.next_label or "no pending leg") + "\n", style="dim")
+        out.append("Safety\n", style="bold red")
+        for rule in resume.rules:
+            out.append(f"  • {rule}\n")
+        out.rstrip()
+        self.update(out)

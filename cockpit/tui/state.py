@@ -1,0 +1,177 @@
+"""The cockpit's view-model: plain, frozen data that the widgets render.
+
+Everything here is computed off the UI thread (in a worker) from the core modules: the registry,
+the resume state (`resume.build_state`, the one model of where things stand), the GPU sampler,
+and the log summaries. The widgets get these objects and only format them; they never read a
+file, join the registry with the dirs, or decide what a leg's state is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+MARKS = ("recorded", "done", "running", "queued", "waiting", "failed", "stopped", "pending")
+METRICS = ("tok_per_sec", "dt_ms", "mfu", "peak_mem_mib", "total_time_min")
+
+
+@dataclass(frozen=True)
+class LegView:
+    exp_id: str
+    name: str
+    mark: str  # one of MARKS
+    description: str | None = None
+    baseline: bool = False
+    exp_dir: str | None = None  # the dir of its latest run here, if any
+    log: str | None = None
+    figures: dict[str, float | None] = field(default_factory=dict)  # recorded or measured
+    source: str = ""  # "recorded" (ran elsewhere), "measured" (a log here), ""
+
+    @property
+    def key(self) -> str:
+        return f"{self.exp_id}/{self.name}"
+
+    @property
+    def is_done(self) -> bool:
+        return self.mark in ("recorded", "done")
+
+
+@dataclass(frozen=True)
+class DirLegView:
+    name: str
+    status: str  # a mark
+    log: str
+
+
+@dataclass(frozen=True)
+class DirView:
+    path: str
+    name: str
+    experiment: str
+    legs: tuple[DirLegView, ...] = ()
+
+
+@dataclass(frozen=True)
+class ExperimentView:
+    id: str
+    title: str | None
+    device: str
+    gpus_needed: int
+    baseline: str | None
+    hypothesis: str | None
+    decision: str | None
+    legs: tuple[LegView, ...]
+    dirs: tuple[DirView, ...] = ()
+
+    def leg(self, name: str) -> LegView | None:
+        return next((leg for leg in self.legs if leg.name == name), None)
+
+    @property
+    def remaining(self) -> tuple[LegView, ...]:
+        return tuple(leg for leg in self.legs if leg.mark in ("pending", "failed", "stopped"))
+
+
+@dataclass(frozen=True)
+class LiveView:
+    """A running leg as its log shows it so far."""
+
+    key: str  # "<exp_dir>/<leg>": unique across dirs
+    exp_id: str
+    leg: str
+    exp_dir: str
+    log: str
+    step: int | None = None
+    total: int | None = None
+    pct: float | None = None
+    loss: float | None = None
+    dt_ms: float | None = None
+    tok_per_sec: float | None = None
+    mfu: float | None = None
+    tail_tok_per_sec: float | None = None
+    tail_n: int = 0
+    eta_min: float | None = None
+    delta_tok_pct: float | None = None  # tail tok/sec vs the experiment's baseline
+    baseline: str | None = None
+    tok_hist: tuple[float, ...] = ()
+    loss_hist: tuple[float, ...] = ()
+
+
+@dataclass(frozen=True)
+class RowView:
+    run: str
+    status: str
+    figures: dict[str, float | None]
+    deltas: dict[str, float | None] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ReportView:
+    exp_dir: str | None
+    title: str
+    tail: int
+    rows: tuple[RowView, ...] = ()
+    baseline: str | None = None
+    baseline_figures: dict[str, float | None] = field(default_factory=dict)
+    note: str | None = None  # why there are no rows
+
+
+@dataclass(frozen=True)
+class ResumeView:
+    completed: tuple[str, ...] = ()
+    remaining: tuple[str, ...] = ()
+    next_label: str | None = None
+    next_argv: tuple[str, ...] = ()
+    next_dir: str | None = None
+    rules: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class GpuRow:
+    index: int
+    name: str
+    util_pct: float | None
+    mem_used_mib: float | None
+    mem_total_mib: float | None
+    temp_c: float | None
+    power_w: float | None
+    leg: str | None
+    util_hist: tuple[float, ...] = ()
+
+
+@dataclass(frozen=True)
+class HostRow:
+    cpu_pct: float | None
+    ram_used_mib: float | None
+    ram_total_mib: float | None
+    load1: float | None
+    cpu_hist: tuple[float, ...] = ()
+
+
+@dataclass(frozen=True)
+class GpuView:
+    available: bool
+    reason: str | None
+    gpus: tuple[GpuRow, ...]
+    host: HostRow | None
+    summary: str  # "8 GPUs idle", "no NVML"
+
+
+@dataclass(frozen=True)
+class CockpitView:
+    project: str
+    registry_path: str
+    exp_root: str
+    branch: str | None
+    expected_branch: str | None
+    training: str  # "paused" or "2 legs running"
+    experiments: tuple[ExperimentView, ...]
+    gpu: GpuView | None
+    live: tuple[LiveView, ...] = ()
+    resume: ResumeView = ResumeView()
+    errors: tuple[str, ...] = ()  # problems found while computing (shown, never raised)
+
+    def experiment(self, exp_id: str) -> ExperimentView | None:
+        return next((e for e in self.experiments if e.id == exp_id), None)
+
+    def leg_marks(self) -> dict[str, str]:
+        """`exp_dir/leg` -> status of every leg run here: the app compares two of these to notify."""
+        return {f"{d.path}/{leg.name}": leg.status for e in self.experiments for d in e.dirs for leg in d.legs}
