@@ -130,11 +130,22 @@ def cmd_gpus(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tui(args: argparse.Namespace) -> int:
+    """No subcommand: the Textual app. A registry that fails to load is shown inside it."""
+    from cockpit.tui.app import CockpitApp  # Textual loads only for the app
+
+    app = CockpitApp(args.registry)
+    app.run()
+    if app.return_code:
+        return app.return_code
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cockpit",
         description="Run, watch and resume nanochat MoE/FP8 experiments. "
-        "With no subcommand: the status view.",
+        "With no subcommand: the terminal app.",
     )
     parser.add_argument(
         "--registry",
@@ -169,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    func: Callable[[argparse.Namespace], int] = getattr(args, "func", cmd_status)
+    func: Callable[[argparse.Namespace], int] = getattr(args, "func", cmd_tui)
     try:
         return func(args)
     except (reg.RegistryError, UsageError) as e:
