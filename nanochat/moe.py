@@ -1,0 +1,245 @@
+"""
+Mixture-of-Experts feed-forward block: router, Switch-style balance loss, and two dispatch paths.
+
+- dropless (`capacity_factor == 0`): every (token, expert) assignment is computed. Assignments are
+  sorted by expert and run through one grouped matmul per weight (`torch._grouped_mm`).
+- fixed capacity (`capacity_factor > 0`): each expert gets C slots,
+  C = ceil(cf * T * k / E) rounded up to a multiple of 16. Slots are assigned on the device with a
+  cumsum over one-hot expert choices, in priority order (every token's first choice before any
+  second choice), so every shape is static and nothing syncs with the host: the block compiles
+  with fullgraph=True, dynamic=False and never recompiles when the routing changes. Assignments
+  past capacity are dropped (their expert output is zero; the residual stream carries the token)
+  and counted.
+
+Weight layouts (nanochat/fp8.py reads these):
+    MoE.router.weight   [E, D]     logits = x @ router.weight.T, always in fp32
+    Experts.w_fc        [E, D, H]  h = x @ w_fc[e]                  (H = expert_hidden_mult * D)
+    Experts.w_proj      [E, H, D]  y = relu(h)^2 @ w_proj[e]
+Both expert matmuls are "activation @ weight" with a row-major [K, N] weight per expert, and go
+through the two module-level call sites below, which take the same shapes with or without FP8:
+    expert_bmm(x [E, C, K], w [E, K, N])                    -> [E, C, N]   (fixed capacity)
+    expert_grouped_mm(x [M, K], w [E, K, N], offs int32 [E]) -> [M, N]     (dropless)
+        rows offs[e-1]:offs[e] of x belong to expert e (offs[-1] == M; empty groups allowed).
+With `Experts.fp8 = True` they call nanochat.fp8.fp8_bmm / fp8_grouped_mm instead.
+Activations reach the experts already in the autocast dtype (bf16 on GPU): the gathers then move
+half the bytes, and grouped_mm, which autocast does not cover, gets matching dtypes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# ---------------------------------------------------------------------------------------------
+# the two expert matmul call sites (FP8 swaps them)
+
+
+def expert_bmm(x: torch.Tensor, w: torch.Tensor, fp8: bool = False) -> torch.Tensor:
+    """[E, C, K] @ [E, K, N] -> [E, C, N], batched over experts."""
+    if fp8:
+        from nanochat.fp8 import fp8_bmm
+
+        return fp8_bmm(x, w)
+    return torch.bmm(x, w.to(x.dtype))
+
+
+def expert_grouped_mm(x: torch.Tensor, w: torch.Tensor, offs: torch.Tensor, fp8: bool = False) -> torch.Tensor:
+    """[M, K] rows grouped by expert (int32 cumulative ends `offs`) @ [E, K, N] -> [M, N]."""
+    if fp8:
+        from nanochat.fp8 import fp8_grouped_mm
+
+        return fp8_grouped_mm(x, w, offs)
+    return torch._grouped_mm(x, w.to(x.dtype), offs=offs)
+
+
+# Whether torch._grouped_mm runs (forward and backward) for a (device type, dtype, K, N): it needs
+# a recent torch, sm90+ on CUDA, and 16-byte aligned rows. Probed once, eagerly, before compile;
+# where it does not run, dropless falls back to the capacity path with C = T (exact, but E/k times
+# the expert FLOPs), and says so once.
+_GROUPED_MM_OK: dict[tuple, bool] = {}
+
+
+def probe_grouped_mm(device: torch.device, dtype: torch.dtype, k: int, n: int) -> bool:
+    key = (torch.device(device).type, dtype, k, n)
+    if key not in _GROUPED_MM_OK:
+        ok = hasattr(torch, "_grouped_mm")
+        if ok:
+            try:
+                x = torch.randn(32, k, device=device, dtype=dtype, requires_grad=True)
+                w = torch.randn(2, k, n, device=device, dtype=dtype, requires_grad=True)
+                offs = torch.tensor([16, 32], device=device, dtype=torch.int32)
+                torch._grouped_mm(x, w, offs=offs).backward(torch.ones(32, n, device=device, dtype=dtype))
+            except (RuntimeError, NotImplementedError):
+                ok = False
+        _GROUPED_MM_OK[key] = ok
+    return _GROUPED_MM_OK[key]
+
+
+# ---------------------------------------------------------------------------------------------
+# routing statistics
+
+
+def balance_loss(probs: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """Switch-style load balance, normalized so perfect balance gives 1.0.
+
+    probs: [T, E] router probabilities; counts: [E] routed assignments per expert (all k choices).
+    E * sum_i f_i * P_i with f_i = counts_i / sum(counts) and P_i = mean_t probs[t, i].
+    Gradients flow through P only (f is a count), as in Switch Transformer.
+    """
+    n_experts = probs.shape[-1]
+    f = counts.float() / counts.sum().clamp(min=1).float()
+    p = probs.float().mean(0)
+    return n_experts * (f * p).sum()
+
+
+def expert_capacity(n_tokens: int, topk: int, n_experts: int, capacity_factor: float) -> int:
+    """C = ceil(cf * T * k / E), rounded up to a multiple of 16 (tensor-core friendly), and no more
+    than T rounded up (an expert is chosen at most once per token, so T slots never drop)."""
+    c = math.ceil(capacity_factor * n_tokens * topk / n_experts)
+    c = min(c, n_tokens)
+    return max(16, (c + 15) // 16 * 16)
+
+
+# ---------------------------------------------------------------------------------------------
+# modules
+
+
+class Experts(nn.Module):
+    """E ReLU^2 MLPs as two 3D weights (one parameter per matrix kind, not a list of modules)."""
+
+    fp8: bool = False
+
+    def __init__(self, n_experts: int, dim: int, hidden: int):
+        super().__init__()
+        self.n_experts, self.dim, self.hidden = n_experts, dim, hidden
+        self.w_fc = nn.Parameter(torch.empty(n_experts, dim, hidden))
+        self.w_proj = nn.Parameter(torch.empty(n_experts, hidden, dim))
+
+    def forward_capacity(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [E, C, D] -> [E, C, D]."""
+        h = expert_bmm(x, self.w_fc, self.fp8)
+        h = F.relu(h).square()
+        return expert_bmm(h, self.w_proj, self.fp8)
+
+    def forward_grouped(self, x: torch.Tensor, offs: torch.Tensor) -> torch.Tensor:
+        """x: [M, D] sorted by expert, offs: int32 [E] cumulative group ends -> [M, D]."""
+        h = expert_grouped_mm(x, self.w_fc, offs, self.fp8)
+        h = F.relu(h).square()
+        return expert_grouped_mm(h, self.w_proj, offs, self.fp8)
+
+
+class MoE(nn.Module):
+    def __init__(
+        self,
+        dim: int,
+        n_experts: int,
+        topk: int,
+        hidden_mult: float,
+        capacity_factor: float = 0.0,
+        balance_coeff: float = 0.0,
+    ):
+        super().__init__()
+        if not 1 <= topk <= n_experts:
+            raise ValueError(f"expert topk {topk} must be in 1..n_experts ({n_experts})")
+        if capacity_factor < 0:
+            raise ValueError(f"capacity factor {capacity_factor} must be >= 0")
+        self.dim, self.n_experts, self.topk = dim, n_experts, topk
+        self.capacity_factor = float(capacity_factor)
+        self.balance_coeff = float(balance_coeff)
+        self.router = nn.Linear(dim, n_experts, bias=False)
+        self.experts = Experts(n_experts, dim, int(hidden_mult * dim))
+
+    @property
+    def dropless(self) -> bool:
+        return self.capacity_factor == 0.0
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """x: [B, T, D] -> (y [B, T, D], aux). aux holds `aux_loss` (balance_coeff * bal, to add
+        to the training loss), and detached statistics: `bal` (1.0 = perfect balance), `load`
+        ([E] routed assignments per expert), `dropped` (assignments past capacity) and
+        `assigned` (T * k)."""
+        shape = x.shape
+        x = x.reshape(-1, shape[-1])
+        n_tok, k, n_exp = x.shape[0], self.topk, self.n_experts
+
+        # router in fp32, outside autocast: top-k choices are sensitive to rounding
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            logits = F.linear(x.float(), self.router.weight.float())
+        probs = logits.softmax(dim=-1)
+        gates, choice = probs.topk(k, dim=-1)  # [T, k], sorted: column 0 is the first choice
+        gates = gates / gates.sum(dim=-1, keepdim=True)
+
+        # Assignments in priority order: all first choices (token order), then all second choices.
+        expert_of = choice.t().reshape(-1)  # [k*T]
+        gate_of = gates.t().reshape(-1)  # [k*T]
+        token_of = torch.arange(n_tok, device=x.device).repeat(k)  # [k*T]
+
+        # activations travel in the compute dtype (bf16 under autocast)
+        if torch.is_autocast_enabled(x.device.type):
+            x = x.to(torch.get_autocast_dtype(x.device.type))
+
+        use_grouped = self.dropless and (
+            self.experts.fp8
+            or _GROUPED_MM_OK.get((x.device.type, x.dtype, self.dim, self.experts.hidden), False)
+        )
+        if use_grouped:
+            y, counts, dropped = self._dropless(x, expert_of, gate_of, token_of)
+        else:
+            if self.dropless:
+                cap = expert_capacity(n_tok, k, n_exp, 1.0 * n_exp / k)  # C = T: exact, no drops
+            else:
+                cap = expert_capacity(n_tok, k, n_exp, self.capacity_factor)
+            y, counts, dropped = self._capacity(x, expert_of, gate_of, token_of, cap)
+
+        bal = balance_loss(probs, counts)
+        aux = {
+            "aux_loss": self.balance_coeff * bal,
+            "bal": bal.detach(),
+            "load": counts.detach().float(),
+            "dropped": dropped.detach().float(),
+            "assigned": torch.full((), float(n_tok * k), device=x.device),
+        }
+        return y.view(shape), aux
+
+    def _capacity(self, x, expert_of, gate_of, token_of, cap: int):
+        """Fixed capacity: every expert gets `cap` slots; static shapes, no host sync."""
+        n_tok, dim = x.shape
+        n_exp = self.n_experts
+        # position of each assignment within its expert's queue, from a cumsum of one-hot choices
+        onehot = F.one_hot(expert_of, n_exp).to(torch.int32)  # [kT, E]
+        cums = onehot.cumsum(dim=0, dtype=torch.int32)
+        pos = cums.gather(1, expert_of[:, None]).squeeze(1) - 1  # [kT]
+        counts = cums[-1]  # [E] routed assignments per expert
+        keep = pos < cap
+        dropped = (~keep).sum()
+        n_slots = n_exp * cap
+        # slot of each kept assignment; dropped ones go to a dummy slot past the end
+        slot = torch.where(keep, expert_of * cap + pos, n_slots)
+        # inverse map slot -> token. Empty slots read token 0: computed, never read back, and their
+        # gradient is zero, so there is no padded buffer to zero-fill (no memset per forward).
+        slot_token = torch.zeros(n_slots + 1, dtype=torch.long, device=x.device)
+        slot_token = slot_token.scatter(0, slot, token_of)[:n_slots]
+        xb = x.index_select(0, slot_token).view(n_exp, cap, dim)
+        yb = self.experts.forward_capacity(xb).view(n_slots, dim)
+        # combine: y[t] = sum_j gate_j * expert_out; a dropped assignment contributes zero
+        w = (gate_of * keep).to(yb.dtype)
+        y = yb.index_select(0, slot.clamp(max=n_slots - 1)) * w[:, None]  # [kT, D]
+        y = y.view(-1, n_tok, dim).sum(dim=0)
+        return y, counts, dropped
+
+    def _dropless(self, x, expert_of, gate_of, token_of):
+        """Dropless: sort assignments by expert, one grouped matmul per weight."""
+        n_tok, dim = x.shape
+        order = torch.argsort(expert_of, stable=True)
+        tok_sorted = token_of[order]
+        counts = torch.zeros(self.n_experts, dtype=torch.int32, device=x.device)
+        counts = counts.scatter_add(0, expert_of, torch.ones_like(expert_of, dtype=torch.int32))
+        offs = counts.cumsum(0, dtype=torch.int32)
+        ys = self.experts.forward_grouped(x.index_select(0, tok_sorted), offs)  # [kT, D]
+        w = gate_of[order].to(ys.dtype)
+        y = torch.zeros(n_tok, dim, dtype=ys.dtype, device=x.device)
+        y = y.index_add(0, tok_sorted, ys * w[:, None])
+        return y, counts, torch.zeros((), device=x.device)
