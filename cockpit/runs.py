@@ -503,7 +503,7 @@ def dry_run_text(registry: reg.Registry, plan: LaunchPlan) -> str:
     return "\n".join(out)
 
 
-def write_plan(registry: reg.Registry, plan: LaunchPlan, exp_dir: Path) -> dict:
+def write_plan(registry: reg.Registry, plan: LaunchPlan, exp_dir: Path, grace_s: float = STOP_GRACE_S) -> dict:
     data = {
         "experiment": plan.experiment.id,
         "dir": str(exp_dir),
@@ -515,6 +515,7 @@ def write_plan(registry: reg.Registry, plan: LaunchPlan, exp_dir: Path) -> dict:
         "torchrun": plan.torchrun,
         "git": git_info(plan.cwd),
         "on_failure": registry.settings.on_failure,
+        "stop_grace_s": grace_s,
         "gpu_idle": asdict(registry.settings.gpu_idle),
         "legs": [
             {
@@ -543,6 +544,7 @@ def launch(
     rerun: bool = False,
     foreground: bool = False,
     plan: LaunchPlan | None = None,
+    grace_s: float = STOP_GRACE_S,
 ) -> Path | None:
     """Make a fresh dir, write plan.json and run the supervisor for it (detached unless foreground).
 
@@ -567,12 +569,12 @@ def launch(
         if (busy := running_elsewhere(root, exp_id)) is not None:  # again, now under the lock
             raise RunError(f"'{exp_id}' is running in {busy.path}; stop it first: cockpit stop {busy.path}")
         exp_dir = new_exp_dir(root, exp_id)
-        write_plan(registry, plan, exp_dir)
+        write_plan(registry, plan, exp_dir, grace_s)
         (exp_dir / STATE_DIR).mkdir()
         if foreground:
             from cockpit import supervisor
 
-            supervisor.Supervisor(exp_dir, lock_fd=lock_fd, echo=True).run()
+            supervisor.Supervisor(exp_dir, lock_fd=lock_fd, echo=True, grace_s=grace_s).run()
         else:
             _spawn_supervisor(exp_dir, lock_fd)
         return exp_dir
@@ -691,7 +693,8 @@ def stop(exp_dir: Path | str, leg: str | None = None, grace_s: float = STOP_GRAC
     targets = [leg] if leg else [n for n in d.legs if n in d.states and d.states[n].active]
     if not targets and not d.supervisor_alive:
         raise RunError(f"nothing running in {exp_dir}")
-    wait_s = grace_s + 10.0 if wait_s is None else wait_s
+    if wait_s is None:  # the supervisor stops with the plan's grace period, then records it
+        wait_s = float((d.plan or {}).get("stop_grace_s", grace_s)) + 10.0
     if d.supervisor_alive and d.supervisor:
         sup_pid = d.supervisor["pid"]
         if leg is None:

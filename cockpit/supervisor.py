@@ -52,14 +52,14 @@ class Supervisor:
         exp_dir: Path | str,
         lock_fd: int | None = None,
         echo: bool = True,
-        grace_s: float = STOP_GRACE_S,
+        grace_s: float | None = None,
         sampler: gpus.GpuSampler | None = None,
         poll_s: float = 5.0,
     ):
         self.exp_dir = Path(exp_dir).resolve()
         self.lock_fd = lock_fd
         self.echo = echo
-        self.grace_s = grace_s
+        self.grace_s = grace_s  # None: the plan's stop_grace_s
         self.sampler = sampler
         self.poll_s = poll_s
         self.stop_all = False  # set by SIGTERM / SIGINT
@@ -96,6 +96,8 @@ class Supervisor:
             plan = json.loads(plan_path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as e:
             raise RunError(f"{plan_path}: cannot read the plan: {e}") from None
+        if self.grace_s is None:
+            self.grace_s = float(plan.get("stop_grace_s", STOP_GRACE_S))
         state_dir = self.exp_dir / STATE_DIR
         state_dir.mkdir(exist_ok=True)
         fds = [self._lock(state_dir / f"{SUPERVISOR}.lock", f"experiment dir {self.exp_dir}")]
@@ -303,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m cockpit.supervisor", description=__doc__.split("\n")[0])
     p.add_argument("exp_dir")
     p.add_argument("--lock-fd", type=int, default=None, help="the experiment lock, handed over by launch")
-    p.add_argument("--grace", type=float, default=STOP_GRACE_S, help="seconds between SIGTERM and SIGKILL")
+    p.add_argument("--grace", type=float, default=None, help="seconds between SIGTERM and SIGKILL (default: the plan's)")
     args = p.parse_args(argv)
     try:
         return Supervisor(args.exp_dir, lock_fd=args.lock_fd, grace_s=args.grace).run()

@@ -1,0 +1,216 @@
+"""runs.py without torchrun: dirs, states, reconcile, the done guard, refusals, dry run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from runner_util import cockpit, write_registry
+
+from cockpit import gpus, runs
+from cockpit import registry as reg
+
+REPO = Path(__file__).resolve().parents[1]
+FINAL = "step 00009/00010 (90.00%) | loss: 3.0 | dt: 10ms | tok/sec: 1,000\nPeak memory usage: 1.00MiB\nTotal training time: 0.10m\n"
+CRASH = (
+    "step 00003/00010 (30.00%) | loss: 3.0 | dt: 10ms | tok/sec: 1,000\n"
+    "Traceback (most recent call last):\n  File \"x.py\", line 1, in <module>\n"
+    "RuntimeError: CUDA error: out of memory\n"
+)
+
+
+def dead_process() -> tuple[int, float]:
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    ct = psutil.Process(p.pid).create_time()
+    p.wait()
+    return p.pid, ct
+
+
+def test_state_roundtrip_atomic(tmp_path):
+    st = runs.LegState("a", "running", pid=12, create_time=1.5, error_tail=["x"], log=str(tmp_path / "a.log"))
+    runs.write_state(tmp_path, st)
+    assert runs.read_state(tmp_path, "a") == st
+    assert sorted(p.name for p in (tmp_path / "state").iterdir()) == ["a.json"]  # no temp file left
+    (tmp_path / "state" / "b.json").write_text("{half")
+    assert runs.read_state(tmp_path, "b") is None
+    assert runs.read_state(tmp_path, "missing") is None
+
+
+def test_is_alive_guards_pid_reuse():
+    me = os.getpid()
+    ct = psutil.Process(me).create_time()
+    assert runs.is_alive(me, ct)
+    assert not runs.is_alive(me, ct - 3600)  # same pid, another process
+    pid, ct = dead_process()
+    assert not runs.is_alive(pid, ct)
+    assert not runs.is_alive(None, None)
+
+
+def test_new_exp_dir_is_always_fresh(tmp_path):
+    stamp = time.strftime(runs.STAMP_FORMAT)
+    taken = tmp_path / f"{stamp}_x"
+    taken.mkdir()
+    (taken / "keep.log").write_text("old\n")
+    dirs = [runs.new_exp_dir(tmp_path, "x") for _ in range(2)]
+    assert len({taken, *dirs}) == 3
+    assert (taken / "keep.log").read_text() == "old\n"
+    for d in dirs:
+        assert runs.DIR_NAME.match(d.name).group(2) == "x" and not any(d.iterdir())
+
+
+def test_discover_manual_and_planned_dirs(tmp_path):
+    manual = tmp_path / "20260224_175412_moe-v1-resume"
+    manual.mkdir()
+    (manual / "static_cap1p0.log").write_text(FINAL)
+    (manual / "dynamic_cap1p0.log").write_text(CRASH)
+    planned = tmp_path / "20260301_120000_exp"
+    (planned / "state").mkdir(parents=True)
+    (planned / "plan.json").write_text(json.dumps({"experiment": "exp", "legs": [{"name": "a"}, {"name": "b"}]}))
+    runs.write_state(planned, runs.LegState("a", "done", exit_code=0))
+    (tmp_path / ".cockpit-locks").mkdir()
+    (tmp_path / "empty").mkdir()
+    found = runs.discover(tmp_path)
+    assert [d.path.name for d in found] == [manual.name, planned.name]
+    m, p = found
+    assert (m.experiment, m.created, m.plan, m.legs) == ("moe-v1-resume", "20260224_175412", None, ["dynamic_cap1p0", "static_cap1p0"])
+    assert p.experiment == "exp" and p.legs == ["a", "b"] and list(p.states) == ["a"]
+    assert runs.done_legs(tmp_path, "moe-v1-resume") == {"static_cap1p0": manual}
+    assert runs.done_legs(tmp_path, "exp") == {"a": planned}
+
+
+def _orphan_dir(tmp_path: Path, log_text: str, legs=("a", "b")) -> Path:
+    d = tmp_path / "20260301_120000_exp"
+    (d / "state").mkdir(parents=True)
+    (d / "plan.json").write_text(json.dumps({"experiment": "exp", "legs": [{"name": n} for n in legs]}))
+    sup_pid, sup_ct = dead_process()
+    (d / "state" / "supervisor.json").write_text(json.dumps({"pid": sup_pid, "create_time": sup_ct, "ended_at": None}))
+    pid, ct = dead_process()
+    (d / "a.log").write_text(log_text)
+    runs.write_state(d, runs.LegState("a", "running", pid=pid, create_time=ct, supervisor_pid=sup_pid,
+                                      log=str(d / "a.log")))
+    runs.write_state(d, runs.LegState("b", "queued", supervisor_pid=sup_pid))
+    return d
+
+
+def test_reconcile_after_supervisor_killed_finished(tmp_path):
+    d = runs.open_dir(_orphan_dir(tmp_path, FINAL))
+    assert not d.supervisor_alive
+    a, b = d.states["a"], d.states["b"]
+    assert (a.status, a.exit_code, a.exit_code_known) == ("done", None, False)
+    assert "supervisor gone" in a.note
+    assert b.status == "stopped" and "before the leg started" in b.note
+    assert runs.read_state(d.path, "a").status == "running"  # reconciled in memory, the file is untouched
+
+
+def test_reconcile_after_supervisor_killed_crashed(tmp_path):
+    a = runs.open_dir(_orphan_dir(tmp_path, CRASH)).states["a"]
+    assert (a.status, a.exit_code_known) == ("failed", False)
+    assert any("out of memory" in ln for ln in a.error_tail)
+
+
+def test_running_leg_with_live_pid_stays_running(tmp_path):
+    d = _orphan_dir(tmp_path, "step 00001/00010 (10.00%) | loss: 3.0\n")
+    me = psutil.Process()
+    st = runs.read_state(d, "a")
+    st.pid, st.create_time = me.pid, me.create_time()
+    runs.write_state(d, st)
+    assert runs.open_dir(d).states["a"].status == "running"
+    assert [s.leg for s in runs.open_dir(d).running] == ["a"]
+
+
+# ----------------------------------------------------------------------------------------------
+# launch refusals and the done guard (no torchrun: everything here is refused or skipped)
+
+
+def test_plan_skips_recorded_and_done_legs(tmp_path):
+    bundled = reg.load(REPO / "experiments.toml")
+    plan = runs.plan_launch(bundled, "moe-fp8-capacity-ablation-v1")
+    assert plan.legs == [] and len(plan.skipped) == 5
+    assert all("recorded in the registry" in why for _, why in plan.skipped)
+    assert len(runs.plan_launch(bundled, "moe-fp8-capacity-ablation-v1", rerun=True).legs) == 5
+    with pytest.raises(runs.RunError, match="has no leg nope"):
+        runs.plan_launch(bundled, "cpu-smoke", ["dense", "nope"])
+    with pytest.raises(runs.RunError, match="no experiment 'zzz'"):
+        runs.plan_launch(bundled, "zzz")
+
+
+def test_gpu_need_refused_before_anything_is_written(tmp_path, monkeypatch):
+    path = write_registry(tmp_path, {"big": 'model-tag = "big"'}, device="cuda", nproc=8)
+    count, reason = gpus.visible_gpus()
+    if count is None:  # a machine without a driver (CI, this laptop): the real NVML refuses
+        r = cockpit("--registry", str(path), "launch", "fake")
+        assert r.returncode == 2 and r.stdout == ""
+        assert r.stderr.strip() == f"cockpit: NVML unavailable: {reason}"
+        assert not (tmp_path / "exp").exists()
+    registry = reg.load(path)
+    monkeypatch.setattr(gpus, "visible_gpus", lambda nvml=None: (0, None))
+    with pytest.raises(runs.RunError, match="^needs 8 GPUs, 0 visible$"):
+        runs.launch(registry, "fake")
+    monkeypatch.setattr(gpus, "visible_gpus", lambda nvml=None: (8, None))
+    assert runs.check_gpus(list(registry.experiment("fake").legs)) is None
+    assert not (tmp_path / "exp").exists()
+
+
+@pytest.mark.parametrize(
+    "args, why",
+    [
+        ('checkpoint-root = "{exp_dir}/../elsewhere"', "must lie inside the experiment dir"),
+        ('checkpoint-root = "ro/ckpt"', "must lie inside the experiment dir"),
+        ('out-dir = "ro/out"', "lies inside read-only path"),
+        ('out-dir = "/tmp"', "lies outside exp_root"),
+        ('out-dir = "./results"', "lies outside exp_root"),  # relative: inside the checkout
+        ('report-file = "~/r.md"', "lies outside exp_root"),
+    ],
+)
+def test_path_policy_refusals(tmp_path, args, why):
+    path = write_registry(tmp_path, {"a": args})
+    r = cockpit("--registry", str(path), "launch", "fake")
+    assert r.returncode == 2, r.stderr
+    assert why in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "exp").exists()
+
+
+def test_path_policy_allows_inputs_from_read_only(tmp_path):
+    registry = reg.load(write_registry(tmp_path, {"a": 'data-dir = "ro/base_data"'}))
+    legs = list(registry.experiment("fake").legs)
+    exp_dir = registry.settings.exp_root / "20260101_000000_fake"
+    assert runs.check_paths(registry, legs, exp_dir, tmp_path) is None
+
+
+def test_dry_run_prints_commands_and_writes_nothing(tmp_path):
+    path = write_registry(tmp_path, {"a": 'model-tag = "a"', "b": 'model-tag = "b", fail-at-step = 3'})
+    r = cockpit("--registry", str(path), "launch", "fake", "--dry-run")
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    assert "-m tests.fake_trainer -- \\\n  --num-iterations 20 \\\n  --step-sleep 0.05" in out
+    assert "--fail-at-step 3" in out and out.count("--nproc_per_node=2") == 2
+    exp_dir = out.split("EXP_DIR=")[1].split("\n")[0]
+    assert f"--checkpoint-root {exp_dir}/ckpt_root" in out and f"> {exp_dir}/b.log 2>&1" in out
+    assert not (tmp_path / "exp").exists()
+
+
+def test_launch_refused_while_another_launch_holds_the_experiment(tmp_path):
+    path = write_registry(tmp_path, {"a": 'model-tag = "a"'})
+    root = reg.load(path).settings.exp_root
+    fd = runs.experiment_lock(root, "fake")
+    try:
+        r = cockpit("--registry", str(path), "launch", "fake")
+    finally:
+        os.close(fd)
+    assert r.returncode == 2 and "being launched or run by another cockpit" in r.stderr
+    assert [p.name for p in root.iterdir()] == [".cockpit-locks"]
+
+
+def test_stop_unknown_targets(tmp_path):
+    path = write_registry(tmp_path, {"a": 'model-tag = "a"'})
+    r = cockpit("--registry", str(path), "stop", "fake")
+    assert r.returncode == 2 and "no experiment dir 'fake'" in r.stderr
+    d = _orphan_dir(tmp_path, FINAL)
+    r = cockpit("--registry", str(path), "stop", str(d), "zz")
+    assert r.returncode == 2 and "has no leg 'zz'" in r.stderr
