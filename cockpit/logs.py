@@ -24,6 +24,7 @@ Three layers, each usable alone:
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections import deque
@@ -444,7 +445,7 @@ class LogState:
 
     def tail_mean(self, attr: str) -> float | None:
         vals = [v for r in self.window if (v := getattr(r, attr)) is not None]
-        return sum(vals) / len(vals) if vals else None
+        return math.fsum(vals) / len(vals) if vals else None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -677,7 +678,9 @@ def _state_of(data: bytes, tail: int) -> LogState:
     state = LogState(tail=tail)
     splitter = LineSplitter()
     state.feed_many(splitter.feed(data))
-    state.feed_many(splitter.flush())
+    # an unterminated last line is being written: a step line's numbers may be cut, so it
+    # waits for its newline; any other text (a crash's last words) counts as it is
+    state.feed_many([ln for ln in splitter.flush() if parse_step(ln) is None])
     return state
 
 
@@ -705,11 +708,14 @@ def _state_from_tail(f, size: int, tail: int) -> LogState:
 def _first_step(f) -> int | None:
     """The first step number near the head of a big log (for the observed-steps count)."""
     f.seek(0)
-    head = f.read(SMALL_LOG_BYTES)
-    for line in LineSplitter().feed(head):
-        rec = parse_step(line) if line.startswith(("step ", "[")) else None
-        if rec is not None:
-            return rec.step
+    splitter = LineSplitter()
+    read = 0
+    while read < SMALL_LOG_BYTES and (data := f.read(64 * 1024)):
+        read += len(data)
+        for line in splitter.feed(data):
+            rec = parse_step(line) if line.startswith(("step ", "[")) else None
+            if rec is not None:
+                return rec.step
     return None
 
 

@@ -1,0 +1,281 @@
+"""logs.py: line formats (golden), chunking invariance (hypothesis), the follower, summaries."""
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from cockpit import logs
+
+FIXTURES = Path(__file__).parent / "fixtures"
+GOLDEN = Path(__file__).parent / "golden"
+FORMAT_FIXTURES = ["fork-log-excerpt", "upstream-bf16", "upstream-old-mfu", "trainer-junk", "crashed-torchrun"]
+
+
+def records(path: Path) -> list:
+    """Every known line of a fixture as [kind, fields] (what the golden files hold)."""
+    out = []
+    for line in logs.read_lines(path):
+        rec = logs.parse_line(line)
+        if rec is not None:
+            out.append([type(rec).__name__, dataclasses.asdict(rec)])
+    return json.loads(json.dumps(out))  # tuples -> lists, as in the file
+
+
+@pytest.mark.parametrize("name", FORMAT_FIXTURES)
+def test_line_formats_match_golden(name):
+    got = records(FIXTURES / f"{name}.log")
+    golden = GOLDEN / f"parse-{name}.json"
+    if os.environ.get("UPDATE_GOLDEN"):
+        golden.write_text(json.dumps(got, indent=1) + "\n")
+    assert got == json.loads(golden.read_text())
+
+
+def test_fork_line_fields():
+    line = (
+        "step 00279/00280 (99.64%) | loss: 3.723798 | bal: 24.0192 | lrm: 0.06 | dt: 637.19ms | "
+        "tok/sec: 822,814 | bf16_mfu: 9.96 | epoch: 1 | total time: 2.97m | eta: 0.0m"
+    )
+    r = logs.parse_step(line)
+    assert (r.step, r.total, r.pct, r.loss, r.bal, r.lrm) == (279, 280, 99.64, 3.723798, 24.0192, 0.06)
+    assert (r.dt_ms, r.tok_per_sec, r.mfu, r.epoch, r.total_time_min, r.eta_min) == (637.19, 822814, 9.96, 1, 2.97, 0.0)
+    assert r.extra == {}
+
+
+def test_fields_by_name_any_order_units_and_unknowns():
+    r = logs.parse_step("step 7/10 | mfu: 1.5 | tok/sec: 1,234,567 | dt: 0.5s | new: x | drop: 2.5% | loss: nan")
+    assert (r.step, r.total, r.pct, r.mfu, r.tok_per_sec, r.dt_ms, r.drop_pct) == (7, 10, None, 1.5, 1234567, 500, 2.5)
+    assert r.loss != r.loss  # nan stays a float
+    assert r.extra == {"new": "x"}
+    bad = logs.parse_step("step 00001/00002 (50.00%) | loss: ??? | dt: 5ms")
+    assert bad.loss is None and bad.extra == {"loss": "???"} and bad.dt_ms == 5
+    assert logs.parse_step("step function of the scheduler") is None
+    assert logs.parse_step("moe step 00001 | drop: 0.0%") is None
+    assert logs.parse_step("[default3]:step 00004/00010 (40.00%) | loss: 1.5").step == 4
+
+
+def test_moe_val_final_lines():
+    m = logs.parse_moe("moe step 00042 | drop: 1.20% | load: 0.131,0.122,0.125 | bal: 1.0023")
+    assert (m.step, m.drop_pct, m.load, m.bal) == (42, 1.2, (0.131, 0.122, 0.125), 1.0023)
+    v = logs.parse_val("Step 00250 | Validation bpb: 0.8123")
+    assert (v.step, v.name, v.value) == (250, "Validation bpb", 0.8123)
+    assert logs.parse_final("Peak memory usage: 18987.83MiB").value == 18987.83
+    assert logs.parse_final("Total training time: 2.97m").value == 2.97
+    assert logs.parse_line("Total training time: soon") is None
+    for junk in ["", "\x00\x01", "Traceback (most recent call last):", "step", "[", "[rank0]: [", "Step x | y"]:
+        assert logs.parse_line(junk) is None
+
+
+# ---------------------------------------------------------------------------------------------
+# chunking: any split of a byte stream gives the same lines and the same summary
+
+FIXTURE_BYTES = [(FIXTURES / f"{n}.log").read_bytes() for n in FORMAT_FIXTURES]
+JUNK = [b"\r", b"\r\n", b"\n", b"\xff\xfe", b"\xc3", b"\xe2\x82", b"junk | : |", b"step ", b"step 0000", b"moe step"]
+
+
+@st.composite
+def streams(draw):
+    pieces = []
+    for _ in range(draw(st.integers(1, 12))):
+        if draw(st.booleans()):
+            data = draw(st.sampled_from(FIXTURE_BYTES))
+            a = draw(st.integers(0, len(data)))
+            pieces.append(data[a : a + draw(st.integers(0, 600))])
+        else:
+            pieces.append(draw(st.sampled_from(JUNK)))
+    data = b"".join(pieces)
+    cuts = sorted(draw(st.lists(st.integers(0, len(data)), max_size=20)))
+    return data, cuts
+
+
+def split_at(data: bytes, cuts: list[int]) -> list[bytes]:
+    out, prev = [], 0
+    for c in cuts:
+        out.append(data[prev:c])
+        prev = c
+    return out + [data[prev:]]
+
+
+def fingerprint(state: logs.LogState):
+    s = logs.summary_of(state, "x.log", now=0)
+    return (
+        [dataclasses.asdict(r) for r in state.steps],
+        {k: v for k, v in dataclasses.asdict(s).items() if k not in ("path", "size", "mtime")},
+    )
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(streams(), st.integers(8, 200))
+def test_any_chunking_parses_the_same(stream, max_line):
+    data, cuts = stream
+    whole = logs.LineSplitter(max_line=max_line)
+    expected = whole.feed(data) + whole.flush()
+    chunked = logs.LineSplitter(max_line=max_line)
+    got = []
+    for part in split_at(data, cuts):
+        got += chunked.feed(part)
+    got += chunked.flush()
+    assert got == expected
+    assert all("\r" not in ln and "\n" not in ln and ln for ln in got)
+    assert all(len(ln.encode("utf-8", "surrogatepass")) <= 3 * max_line for ln in got)
+
+    a, b = logs.LogState(keep_steps=None), logs.LogState(keep_steps=None)
+    a.feed_many(expected)
+    for ln in got:
+        b.feed(ln)
+    assert fingerprint(a) == fingerprint(b)
+
+
+def test_splitter_lines_are_the_bytes_lines():
+    data = b"a\r\nb\rc\n\n\xffd\ne"
+    sp = logs.LineSplitter()
+    assert sp.feed(data) == ["a", "b", "c", "\ufffdd"]
+    assert sp.flush() == ["e"] and sp.flush() == []
+
+
+def test_splitter_bounds_a_line_without_newline():
+    sp = logs.LineSplitter(max_line=100)
+    for _ in range(1000):
+        assert sp.feed(b"x" * 1000) == []
+        assert len(sp.partial) <= 100
+    assert sp.feed(b"yyy\nnext\n") == ["x" * 100, "next"]
+
+
+# ---------------------------------------------------------------------------------------------
+# the follower
+
+
+def test_follower_reads_only_new_bytes_and_holds_partial_lines(tmp_path):
+    p = tmp_path / "leg.log"
+    f = logs.LogFollower(p)
+    assert f.poll() == []  # no file yet
+    p.write_bytes(b"one\ntw")
+    assert f.poll() == ["one"]
+    assert f.poll() == []
+    with open(p, "ab") as w:
+        w.write(b"o\rthree\xff\n")
+    assert f.poll() == ["two", "three\ufffd"]
+    assert f.offset == p.stat().st_size
+
+
+def test_follower_starts_over_on_truncation_and_replacement(tmp_path):
+    p = tmp_path / "leg.log"
+    p.write_bytes(b"step 00001/00002 (50.00%) | loss: 2.0\nold tail\n")
+    f = logs.LogFollower(p)
+    assert len(f.poll()) == 2
+    p.write_bytes(b"new\n")  # truncated (shorter) and rewritten
+    assert f.poll() == ["new"] and f.resets == 1
+    q = tmp_path / "other.log"
+    q.write_bytes(b"replaced line one\nreplaced line two, long enough to pass the old offset\n")
+    os.replace(q, p)  # a new inode at the path
+    assert f.poll() == ["replaced line one", "replaced line two, long enough to pass the old offset"]
+    assert f.resets == 2
+    p.unlink()
+    assert f.poll() == []  # gone: nothing, no error
+    f.close()
+
+
+def test_follower_reads_a_big_backlog_in_bounded_polls(tmp_path):
+    p = tmp_path / "leg.log"
+    p.write_bytes(b"line\n" * 100_000)
+    f = logs.LogFollower(p, max_bytes=64 * 1024)
+    total, polls = 0, 0
+    while lines := f.poll():
+        assert len(lines) <= 64 * 1024 // 5 + 1
+        total += len(lines)
+        polls += 1
+    assert total == 100_000 and polls > 5
+
+
+# ---------------------------------------------------------------------------------------------
+# summaries
+
+
+def test_summary_of_a_finished_fork_log():
+    s = logs.summarize(FIXTURES / "fork-log-excerpt.log")
+    assert s.status == "completed" and s.finished and not s.failed
+    assert (s.last_step, s.total_steps, s.pct, s.last_loss, s.steps_observed, s.tail_n) == (279, 280, 100.0, 3.723798, 20, 20)
+    assert (s.peak_mem_mib, s.total_time_min, s.bal) == (18987.83, 2.97, 24.0192)
+    s5 = logs.summarize(FIXTURES / "fork-log-excerpt.log", tail=5)  # steps 275-279
+    assert s5.tail_n == 5
+    assert f"{s5.tok_per_sec:.2f}" == f"{(820467 + 814217 + 828865 + 833149 + 822814) / 5:.2f}"
+    assert f"{s5.dt_ms:.2f}" == "636.39" and f"{s5.mfu:.4f}" == "9.9700"
+
+
+def test_summary_of_a_crash_keeps_the_reason():
+    s = logs.summarize(FIXTURES / "crashed-torchrun.log")
+    assert s.status == "failed" and s.failed and not s.finished
+    assert s.error_line.startswith("torch.OutOfMemoryError: CUDA out of memory")
+    assert s.failure[0].startswith("[rank3]:")  # the worker's traceback, not torchrun's
+    assert "exitcode  : 1 (pid: 4253)" in s.failure
+    assert (s.last_step, s.drop_pct, s.moe_load[0]) == (2, 1.31, 0.131)
+
+
+def test_torchrun_summary_alone_is_a_failure(tmp_path):
+    p = tmp_path / "x.log"
+    text = (FIXTURES / "crashed-torchrun.log").read_text().split("W1126 04:10:31")[1]
+    p.write_text("step 00001/00002 (50.00%) | loss: 2.0\nW1126 04:10:31" + text)
+    s = logs.summarize(p)
+    assert s.failed and "failed (exitcode: 1)" in s.error_line
+
+
+def test_training_that_goes_on_after_a_traceback_is_not_failed(tmp_path):
+    p = tmp_path / "x.log"
+    p.write_text(
+        "Traceback (most recent call last):\n  File 'x', line 1\nUserWarning: meh\n"
+        "step 00001/00002 (50.00%) | loss: 2.0\nPeak memory usage: 1.00MiB\nTotal training time: 0.10m\n"
+    )
+    s = logs.summarize(p)
+    assert s.status == "completed" and not s.failed
+
+
+def test_unfinished_log_is_running_while_fresh_then_unknown(tmp_path):
+    p = tmp_path / "x.log"
+    p.write_bytes((FIXTURES / "upstream-old-mfu.log").read_bytes())
+    mtime = p.stat().st_mtime
+    s = logs.summarize(p, now=mtime + 10)
+    assert s.status == "running" and s.last_step == 3  # the cut last line waits for its newline
+    assert s.eta_min is not None and s.peak_mem_mib is None
+    assert logs.summarize(p, now=mtime + 3600).status == "unknown"
+
+
+def test_summary_never_raises(tmp_path):
+    s = logs.summarize(tmp_path / "missing.log")
+    assert s.error and s.status == "unknown"
+    (tmp_path / "bin.log").write_bytes(os.urandom(50_000))
+    assert logs.summarize(tmp_path / "bin.log").status in ("unknown", "failed", "running")
+    (tmp_path / "empty.log").write_bytes(b"")
+    assert logs.summarize(tmp_path / "empty.log").steps_observed == 0
+
+
+def test_big_log_is_read_from_its_end_with_the_same_figures(tmp_path, monkeypatch):
+    p = tmp_path / "big.log"
+    lines = [f"junk line {i} " + "x" * 80 for i in range(60_000)]  # ~6 MB of noise first
+    lines += [
+        f"step {i:05d}/00400 ({i / 4:.2f}%) | loss: {5 - i / 100:.6f} | lrm: 1.00 | dt: {600 + i % 7:.2f}ms | "
+        f"tok/sec: {800_000 + i:,} | bf16_mfu: {9 + (i % 3) / 10:.2f} | epoch: 0 | total time: {i / 100:.2f}m"
+        for i in range(400)
+    ]
+    lines += ["Peak memory usage: 100.00MiB", "Total training time: 4.00m"]
+    p.write_text("\n".join(lines) + "\n")
+    full = logs.parse_file(p)
+    reads = []
+    real_open = open
+
+    def spy_open(*a, **k):
+        f = real_open(*a, **k)
+        orig = f.read
+        f.read = lambda n=-1: (reads.append(n), orig(n))[1]
+        return f
+
+    monkeypatch.setattr("builtins.open", spy_open)
+    s = logs.summarize(p)
+    monkeypatch.undo()
+    assert p.stat().st_size > logs.SMALL_LOG_BYTES and not s.exact_count
+    assert sum(n for n in reads if n and n > 0) < p.stat().st_size  # not the whole file
+    assert (s.tok_per_sec, s.dt_ms, s.mfu) == (full.tail_mean("tok_per_sec"), full.tail_mean("dt_ms"), full.tail_mean("mfu"))
+    assert (s.last_step, s.steps_observed, s.peak_mem_mib, s.status) == (399, 400, 100.0, "completed")
