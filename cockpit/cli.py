@@ -130,6 +130,39 @@ def cmd_gpus(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tail(args: argparse.Namespace) -> int:
+    """--tail, else the registry's tail when there is a registry file, else 50."""
+    from pathlib import Path
+
+    if args.tail is not None:
+        if args.tail < 1:
+            raise UsageError(f"--tail must be at least 1, not {args.tail}")
+        return args.tail
+    path = getattr(args, "registry", reg.DEFAULT_REGISTRY)
+    return reg.load(path).settings.tail if Path(path).exists() else 50
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """The seed's metric table (+ status, + deltas) of one dir; markdown to stdout or a file."""
+    from pathlib import Path
+
+    from cockpit import report
+
+    tail = _tail(args)
+    exp_dir = Path(args.exp_dir).expanduser()
+    try:
+        if args.out_md:
+            out = report.write_report(exp_dir, args.out_md, args.baseline, tail, plots=not args.no_plots)
+            print(out)
+        else:
+            print(report.render_report(exp_dir, args.baseline, tail), end="")
+    except report.ReportError as e:
+        raise UsageError(str(e)) from None
+    except OSError as e:
+        raise UsageError(f"{e.filename or args.out_md}: {e.strerror or e}") from None
+    return 0
+
+
 def cmd_tui(args: argparse.Namespace) -> int:
     """No subcommand: the Textual app. A registry that fails to load is shown inside it."""
     from cockpit.tui.app import CockpitApp  # Textual loads only for the app
@@ -171,6 +204,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grace", type=float, default=10.0, help="seconds between SIGTERM and SIGKILL (default 10)")
     _add_registry(p)
     p.set_defaults(func=cmd_stop)
+    p = sub.add_parser("report", help="final metrics, status and deltas of an experiment dir (markdown)")
+    p.add_argument("--exp-dir", required=True, metavar="DIR", help="an experiment dir (or any dir of *.log files)")
+    p.add_argument("--out-md", metavar="FILE", help="write here, with CSVs and PNG plots beside it (default: stdout)")
+    p.add_argument("--baseline", metavar="RUN", help="a run in the dir, or OTHER_DIR/RUN: adds delta tables")
+    p.add_argument("--tail", type=int, metavar="N", help="mean over the last N step lines (default: registry, 50)")
+    p.add_argument("--no-plots", action="store_true", help="with --out-md: CSVs only, no PNGs")
+    _add_registry(p)
+    p.set_defaults(func=cmd_report)
     p = sub.add_parser("gpus", help="GPUs (NVML) and host at a glance")
     _add_registry(p)
     p.set_defaults(func=cmd_gpus)

@@ -1,0 +1,188 @@
+"""report.py and `cockpit report`: the seed's tables from plain logs, deltas, status, files."""
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import psutil
+import pytest
+
+from cockpit import cli, report
+
+FIXTURES = Path(__file__).parent / "fixtures"
+GOLDEN = Path(__file__).parent / "golden"
+V1 = "20260224_175412_moe-fp8-capacity-ablation-v1"
+V2 = "20260224_182427_moe-fp8-capacity-opt-v2-buffer"
+SEED_ORDER = ["static_cap0p0_baseline", "static_cap1p0", "static_cap1p25", "dynamic_cap1p0", "nocompile_cap1p0"]
+NOW = 1_800_000_000.0  # fixed "now": no log counts as running, the Generated line is stable
+
+
+def copy_logs(src: Path, dst: Path, names: list[str]) -> Path:
+    """Copy logs and give them increasing mtimes in `names` order (the order they ran)."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for i, name in enumerate(names):
+        shutil.copy(src / f"{name}.log", dst / f"{name}.log")
+        os.utime(dst / f"{name}.log", (NOW - 10_000 + i, NOW - 10_000 + i))
+    return dst
+
+
+def normalized(text: str, exp_dir: Path) -> str:
+    lines = [ln for ln in text.replace(str(exp_dir), "$EXP_DIR").splitlines() if not ln.startswith("Generated: ")]
+    return "\n".join(lines) + "\n"
+
+
+def check_golden(name: str, text: str) -> None:
+    path = GOLDEN / name
+    if os.environ.get("UPDATE_GOLDEN"):
+        path.write_text(text)
+    assert text == path.read_text()
+
+
+def seed_dirs(tmp_path: Path) -> tuple[Path, Path]:
+    v1 = copy_logs(FIXTURES / "seed" / V1, tmp_path / V1, SEED_ORDER)
+    v2 = copy_logs(FIXTURES / "seed" / V2, tmp_path / V2, ["static_cap1p0_bufreuse"])
+    return v1, v2
+
+
+def test_seed_numbers_and_deltas_format_like_the_seed():
+    pairs = [
+        ("tok_per_sec", 785203.42, 806400.06, "+2.70%"),
+        ("dt_ms", 670.31, 650.67, "-2.93%"),
+        ("mfu", 9.5014, 9.7588, "+2.71%"),
+        ("peak_mem_mib", 18983.58, 18987.83, "+0.02%"),
+        ("total_time_min", 3.00, 2.97, "-1.00%"),
+    ]
+    for _attr, base, run, delta in pairs:
+        assert report.fmt_delta(report.pct_change(base, run)) == delta
+    assert [report.fmt_value(a, b) for a, b, _, _ in pairs] == ["785203.42", "670.31", "9.5014", "18983.58", "3.00"]
+    assert report.fmt_delta(report.pct_change(0.0, 1.0)) == "-" and report.fmt_value("mfu", None) == "-"
+    assert report.fmt_delta(0.0) == "+0.00%"
+
+
+def test_seed_style_dir_of_plain_logs_gives_the_seed_table(tmp_path):
+    v1, _ = seed_dirs(tmp_path)
+    text = report.render_report(v1, now=NOW)
+    seed_table = "\n".join(
+        [
+            "| run | tail50 tok/sec | tail50 dt (ms) | tail50 mfu | peak mem (MiB) | total time (min) |",
+            "| --- | ---: | ---: | ---: | ---: | ---: |",
+            "| static_cap0p0_baseline | 468782.94 | 1120.38 | 5.6722 | 22790.06 | 5.21 |",
+            "| static_cap1p0 | 785203.42 | 670.31 | 9.5014 | 18983.58 | 3.00 |",
+            "| static_cap1p25 | 747298.44 | 706.31 | 9.0426 | 19722.27 | 3.13 |",
+            "| dynamic_cap1p0 | 749886.60 | 701.27 | 9.0742 | 19057.08 | 3.15 |",
+            "| nocompile_cap1p0 | 363122.12 | 1449.95 | 4.3932 | 22808.69 | 6.34 |",
+        ]
+    )
+    assert seed_table in text  # the seed resume guide's table, character for character
+    check_golden("report-seed-v1.md", normalized(text, v1))
+
+
+def test_delta_against_a_run_in_another_dir_matches_the_seed(tmp_path):
+    _, v2 = seed_dirs(tmp_path)
+    text = report.render_report(v2, baseline=f"{V1}/static_cap1p0", now=NOW)
+    for line in [
+        "| tail50 tok/sec | 785203.42 | 806400.06 | +2.70% |",
+        "| tail50 dt (ms) | 670.31 | 650.67 | -2.93% |",
+        "| tail50 mfu | 9.5014 | 9.7588 | +2.71% |",
+        "| peak mem (MiB) | 18983.58 | 18987.83 | +0.02% |",
+        "| total time (min) | 3.00 | 2.97 | -1.00% |",
+    ]:
+        assert line in text
+    check_golden("report-seed-v2-delta.md", normalized(text, v2))
+    # the same through a path, and a baseline inside the dir
+    assert "+2.70%" in report.render_report(v2, baseline=str(tmp_path / V1 / "static_cap1p0"), now=NOW)
+    rows = report.rows(tmp_path / V1, now=NOW)
+    deltas = report.delta_rows(rows[1], rows[0])
+    assert [d.metric for d in deltas][0] == "tail50 tok/sec" and f"{deltas[0].delta_pct:+.2f}" == "-40.30"
+
+
+def test_mixed_formats_failed_and_unfinished_runs(tmp_path):
+    names = ["fork-log-excerpt", "upstream-bf16", "upstream-old-mfu", "trainer-junk", "crashed-torchrun"]
+    d = copy_logs(FIXTURES, tmp_path / "mixed", names)
+    text = report.render_report(d, now=NOW, tail=5)
+    assert "tail5 tok/sec" in text
+    assert "| crashed-torchrun | failed | 3 | 2/280 | 9.785769 | torch.OutOfMemoryError: CUDA out of memory." in text
+    assert "`upstream-old-mfu`: log ended without its final lines" in text
+    assert "| upstream-old-mfu | unknown | 4 | 3/21400 | 9.953140 |" in text
+    check_golden("report-mixed.md", normalized(text, d))
+
+
+def write_plan(d: Path, experiment: str, legs: list[str], states: dict[str, str], supervisor: bool = False) -> None:
+    """A dir in the RUNNER's format: plan.json and state/<leg>.json; a live supervisor is this process."""
+    d.mkdir(parents=True, exist_ok=True)
+    plan = {"experiment": experiment, "dir": str(d), "legs": [{"name": n, "log": str(d / f"{n}.log")} for n in legs]}
+    (d / "plan.json").write_text(json.dumps(plan))
+    (d / "state").mkdir(exist_ok=True)
+    if supervisor:
+        me = {"pid": os.getpid(), "create_time": psutil.Process().create_time()}
+        (d / "state" / "supervisor.json").write_text(json.dumps(me))
+    for leg, status in states.items():
+        (d / "state" / f"{leg}.json").write_text(json.dumps({"leg": leg, "status": status, "log": str(d / f"{leg}.log")}))
+
+
+def test_planned_legs_without_logs_show_as_not_run(tmp_path):
+    d = tmp_path / "20261126_040000_cpu-smoke"
+    legs = ["dense", "moe_dropless", "moe_cap1p0"]
+    write_plan(d, "cpu-smoke", legs, {"dense": "done", "moe_dropless": "queued"}, supervisor=True)
+    shutil.copy(FIXTURES / "fork-log-excerpt.log", d / "dense.log")
+    rows = report.rows(d, now=NOW)
+    assert [(r.run, r.status) for r in rows] == [("dense", "completed"), ("moe_dropless", "queued"), ("moe_cap1p0", "not run")]
+    text = report.render_report(d, now=NOW)
+    assert "- Not run yet: `moe_cap1p0`." in text and "| moe_dropless | queued |" in text
+    (d / "state" / "supervisor.json").unlink()  # the supervisor is gone: nobody will start the queued leg
+    assert report.rows(d, now=NOW)[1].status == "stopped"
+
+
+def test_write_report_files_and_bad_logs_never_raise(tmp_path):
+    d = copy_logs(FIXTURES, tmp_path / "exp", ["fork-log-excerpt", "crashed-torchrun"])
+    (d / "garbage.log").write_bytes(os.urandom(20_000))
+    (d / "dir.log").mkdir()  # not a file: ignored
+    out = report.write_report(d, now=NOW)
+    assert out == d / "report.md"
+    text = out.read_text()
+    for name in ["report_steps.csv", "report_summary.csv", "report_loss.png", "report_tok_per_sec.png",
+                 "report_mfu.png", "report_dt_ms.png"]:
+        assert (d / name).is_file() and f"]({name})" in text
+    steps = (d / "report_steps.csv").read_text().splitlines()
+    assert steps[0].startswith("run,step,total,loss") and len(steps) == 1 + 20 + 3
+    summary = (d / "report_summary.csv").read_text().splitlines()
+    assert len(summary) == 4 and any(ln.startswith("crashed-torchrun,failed,log,3,2,280,") for ln in summary)
+    assert (d / "report_loss.png").read_bytes()[:4] == b"\x89PNG"
+    # only the report, CSVs and plots were written; the logs are untouched
+    assert sorted(p.name for p in d.iterdir() if p.suffix == ".log") == ["crashed-torchrun.log", "dir.log",
+                                                                          "fork-log-excerpt.log", "garbage.log"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert "No run has step lines yet." in report.write_report(empty, plots=True, now=NOW).read_text()
+
+
+def test_cli_report(tmp_path, capsys):
+    v1, v2 = seed_dirs(tmp_path)
+    reg_file = tmp_path / "none.toml"  # no registry: the tail is 50
+    assert cli.main(["report", "--registry", str(reg_file), "--exp-dir", str(v1)]) == 0
+    assert "| static_cap1p0 | 785203.42 | 670.31 | 9.5014 | 18983.58 | 3.00 |" in capsys.readouterr().out
+    out_md = tmp_path / "reports" / "v2.md"
+    assert cli.main(["report", "--registry", str(reg_file), "--exp-dir", str(v2), "--out-md", str(out_md),
+                     "--baseline", f"{V1}/static_cap1p0", "--no-plots"]) == 0
+    assert capsys.readouterr().out.strip() == str(out_md)
+    assert "+2.70%" in out_md.read_text() and (tmp_path / "reports" / "v2_steps.csv").is_file()
+    assert not (tmp_path / "reports" / "v2_loss.png").exists()
+    assert cli.main(["report", "--registry", str(reg_file), "--exp-dir", str(v1), "--tail", "3"]) == 0
+    assert "tail3 tok/sec" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--exp-dir", "/no/such/dir"], "no such experiment dir"),
+        (["--exp-dir", "{v1}", "--baseline", "nope"], "baseline 'nope': no log at"),
+        (["--exp-dir", "{v1}", "--tail", "0"], "--tail must be at least 1"),
+    ],
+)
+def test_cli_report_bad_input_is_one_line_exit_2(tmp_path, capsys, argv, message):
+    v1, _ = seed_dirs(tmp_path)
+    argv = [a.replace("{v1}", str(v1)) for a in argv]
+    assert cli.main(["report", "--registry", str(tmp_path / "none.toml"), *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
