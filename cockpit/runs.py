@@ -147,13 +147,36 @@ def log_outcome(log: Path | str) -> tuple[str, list[str]]:
     """How a leg ended, judged from its log's final lines: ("done"|"failed"|"unknown", error tail)."""
     s = logs.summarize(log)
     if s.failed:
-        tail = list(s.failure)[-ERROR_TAIL:]
-        if s.error_line and s.error_line not in tail:
-            tail.append(s.error_line)
-        return "failed", tail or tail_lines(log, ERROR_TAIL)
+        return "failed", error_tail(log)
     if s.finished:
         return "done", []
-    return "unknown", tail_lines(log, ERROR_TAIL)
+    return "unknown", error_tail(log)
+
+
+_GLOG = re.compile(r"^[WIE]\d{4} \d\d:\d\d:\d\d")  # torch.distributed's own log prefix
+
+
+def error_tail(log: Path | str, n: int = ERROR_TAIL) -> list[str]:
+    """The lines that say why a leg failed: the workers' last output before torchrun's report.
+
+    torchrun ends a failed run with its own traceback and a ChildFailedError box, which name
+    the failed rank but not the cause; the cause (a worker's traceback, an argparse error) is
+    just above, often twice (every rank prints it). So: the worker lines above torchrun's
+    `failed (exitcode: ...)` line, duplicates dropped, then that line itself.
+    """
+    lines = tail_lines(log, 400)
+    cut = next((i for i, ln in enumerate(lines) if "failed (exitcode:" in ln), None)
+    if cut is None:
+        return lines[-n:]
+    seen: set[str] = set()
+    worker = []
+    for ln in lines[:cut]:
+        if _GLOG.match(ln) or ln in seen:
+            continue
+        seen.add(ln)
+        worker.append(ln)
+    summary = ln if (ln := lines[cut]).find("failed (exitcode:") < 0 else ln[ln.find("failed (exitcode:"):]
+    return [*worker[-(n - 1):], f"torchrun: {summary}"]
 
 
 def tail_lines(path: Path | str, n: int, max_bytes: int = 64 * 1024) -> list[str]:
@@ -666,9 +689,12 @@ def terminate_tree(pid: int, create_time: float | None, grace_s: float = STOP_GR
                 killed.append(p.pid)
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 pass
-    if waiter is not None:
-        waiter(2.0)
-    psutil.wait_procs([p for p in procs.values()], timeout=2.0)
+    # SIGKILL cannot be ignored; wait (briefly) until the kernel has them all gone or zombie
+    deadline = time.monotonic() + 5.0
+    while time.monotonic() < deadline and any(_running(p) for p in procs.values()):
+        if waiter is not None:
+            waiter(0.02)
+        time.sleep(0.02)
     return killed
 
 

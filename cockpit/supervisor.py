@@ -28,18 +28,16 @@ from pathlib import Path
 
 from cockpit import gpus
 from cockpit.runs import (
-    ERROR_TAIL,
     LOCK_DIR,
     STATE_DIR,
     STOP_GRACE_S,
     SUPERVISOR,
     LegState,
     RunError,
-    log_outcome,
+    error_tail,
     now_iso,
     process_identity,
     read_state,
-    tail_lines,
     terminate_tree,
     write_json_atomic,
     write_state,
@@ -242,8 +240,7 @@ class Supervisor:
             return self._finish(name, "stopped", note="stopped by request", exit_code=rc)
         if rc == 0:
             return self._finish(name, "done", exit_code=0)
-        _, tail = log_outcome(log_path)
-        return self._finish(name, "failed", exit_code=rc, error_tail=tail or tail_lines(log_path, ERROR_TAIL))
+        return self._finish(name, "failed", exit_code=rc, error_tail=error_tail(log_path))
 
     # ------------------------------------------------------------------------------------------
     def _report(self) -> None:

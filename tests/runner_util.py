@@ -79,6 +79,28 @@ def wait_for(pred, timeout: float = 30.0, every: float = 0.05, what: str = "cond
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
+def tree_of(pid: int, n: int) -> list[psutil.Process] | None:
+    """The process tree of pid once it holds at least n processes, else None."""
+    t = tree(pid)
+    return t if len(t) >= n else None
+
+
+def kill_leftovers(marker: str) -> list[int]:
+    """Kill any process whose command line mentions marker (a test's tmp_path); return their pids."""
+    me = os.getpid()
+    found = []
+    for p in psutil.process_iter(["cmdline"]):
+        if p.pid != me and marker in " ".join(p.info["cmdline"] or []):
+            found.append(p)
+    for p in found:
+        for c in [*p.children(recursive=True), p] if p.is_running() else []:
+            try:
+                c.kill()
+            except psutil.NoSuchProcess:
+                pass
+    return [p.pid for p in found]
+
+
 def tree(pid: int) -> list[psutil.Process]:
     try:
         p = psutil.Process(pid)
