@@ -82,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fp8", action="store_true", help="FP8 matmuls for the linear layers (nanochat/fp8.py)")
     p.add_argument("--fp8-include-moe-experts", action="store_true", help="FP8 for the expert matmuls too")
     p.add_argument("--compile-mode", choices=["auto", "static", "dynamic", "none"], default="auto")
+    p.add_argument("--compile-backend", type=str, default="inductor", help="torch.compile backend (tests: aot_eager)")
     # batch / schedule
     p.add_argument("--device-batch-size", type=int, default=16, help="sequences per rank per micro-step")
     p.add_argument("--total-batch-size", type=int, default=524288, help="tokens per optimizer step")
@@ -197,8 +198,6 @@ def allreduce_mean_grads(params: list[torch.nn.Parameter], world_size: int) -> N
 
 
 def main(argv: list[str] | None = None) -> int:
-    set_pdeathsig()
-    install_sigterm_exit()
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--"]:  # `torchrun -m nanochat.base_train -- <flags>`
         argv = argv[1:]
@@ -224,6 +223,13 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         compute_cleanup()
+
+
+def compiled_graphs() -> int:
+    """Graphs torch.compile has produced so far in this process (dynamo's own counter)."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
 
 
 def default_model_tag(args: argparse.Namespace) -> str:
@@ -319,7 +325,7 @@ def train(args: argparse.Namespace) -> int:
         print0(f"torch.compile disabled [compile_mode={args.compile_mode}]")
     else:
         dynamic = mode == "dynamic"
-        train_model = torch.compile(model, dynamic=dynamic)
+        train_model = torch.compile(model, dynamic=dynamic, backend=args.compile_backend)
         label = args.compile_mode if args.compile_mode == mode else f"{args.compile_mode} -> {mode}"
         print0(f"torch.compile(dynamic={dynamic}) [compile_mode={label}]")
 
@@ -435,6 +441,7 @@ def train(args: argparse.Namespace) -> int:
     timed_time, timed_steps = 0.0, 0
     x, y = next(loader)
     loader_state = loader.state_dict()
+    graphs_first_step = 0
     for step in range(start_step, num_iterations):
         synchronize(device)
         t0 = time.perf_counter()
@@ -465,8 +472,7 @@ def train(args: argparse.Namespace) -> int:
         train_loss = vals[0] / n_micro
         smooth_loss = ema_beta * smooth_loss + (1 - ema_beta) * train_loss
         debiased = smooth_loss / (1 - ema_beta ** (step + 1))
-        local_steps = step - start_step + 1
-        if local_steps > 10:  # the first steps include compilation
+        if step - start_step > 10:  # as upstream: the first steps (compilation, warmup) are not timed
             total_training_time += dt
             timed_time += dt
             timed_steps += 1
@@ -491,14 +497,22 @@ def train(args: argparse.Namespace) -> int:
                 f"moe step {step:05d} | drop: {100 * drop_frac:.2f}% | "
                 f"load: {','.join(f'{v / total:.3f}' for v in load)} | bal: {vals[1] / n_micro:.4f}"
             )
+        if step == start_step:
+            graphs_first_step = compiled_graphs()
         step_done = step + 1
         if step_done == num_iterations or (args.save_every > 0 and step_done % args.save_every == 0):
             save(step_done, train_loss, loader_state)
 
+    if mode != "none":
+        recompiles = compiled_graphs() - graphs_first_step
+        print0(f"torch.compile: {graphs_first_step} graph(s) in the first step, {recompiles} recompile(s) after it")
     print0(f"Peak memory usage: {peak_memory_mib(device):.2f}MiB")
     print0(f"Total training time: {total_training_time / 60:.2f}m")
     return 0
 
 
 if __name__ == "__main__":
+    # as a process of its own (torchrun's worker): die with torchrun, end quietly on SIGTERM
+    set_pdeathsig()
+    install_sigterm_exit()
     sys.exit(main())

@@ -1,0 +1,194 @@
+"""MoE block: dispatch correctness, drop order, balance loss, compile without recompiles."""
+
+import math
+
+import pytest
+import torch
+import torch._dynamo
+import torch._dynamo.testing
+
+from nanochat import moe as moe_lib
+from nanochat.moe import MoE, balance_loss, expert_capacity
+
+D, E, K, HMULT = 32, 4, 2, 2
+
+
+def make_moe(cf: float, seed: int = 0, coeff: float = 0.01) -> MoE:
+    torch.manual_seed(seed)
+    m = MoE(D, E, K, HMULT, capacity_factor=cf, balance_coeff=coeff)
+    with torch.no_grad():
+        m.router.weight.normal_(0, 0.5)
+        m.experts.w_fc.normal_(0, D**-0.5)
+        m.experts.w_proj.normal_(0, (HMULT * D) ** -0.5)
+    return m
+
+
+def clone_with_cf(m: MoE, cf: float) -> MoE:
+    other = MoE(D, E, K, HMULT, capacity_factor=cf, balance_coeff=m.balance_coeff)
+    other.load_state_dict(m.state_dict())
+    return other
+
+
+def fwd_bwd(m: MoE, x: torch.Tensor):
+    x = x.clone().requires_grad_(True)
+    y, aux = m(x)
+    g = torch.linspace(-1, 1, y.numel()).view_as(y)
+    ((y * g).sum() + aux["aux_loss"]).backward()
+    grads = {n: p.grad.clone() for n, p in m.named_parameters()}
+    return y.detach(), x.grad.clone(), grads, aux
+
+
+def reference(m: MoE, x: torch.Tensor, cap: int | None):
+    """Python loop over assignments in priority order (all first choices, then second choices)."""
+    xf = x.reshape(-1, D)
+    probs = torch.softmax(xf @ m.router.weight.t(), dim=-1)
+    gates, choice = probs.topk(K, dim=-1)
+    gates = gates / gates.sum(-1, keepdim=True)
+    y = torch.zeros_like(xf)
+    fill = [0] * E
+    kept = torch.zeros(xf.shape[0], K, dtype=torch.bool)
+    for j in range(K):
+        for t in range(xf.shape[0]):
+            e = int(choice[t, j])
+            if cap is not None and fill[e] >= cap:
+                continue
+            fill[e] += 1
+            kept[t, j] = True
+            h = torch.relu(xf[t] @ m.experts.w_fc[e]).square()
+            y[t] += gates[t, j] * (h @ m.experts.w_proj[e])
+    return y.view_as(x), kept, choice
+
+
+def test_capacity_formula():
+    # C = ceil(cf * T * k / E), rounded up to a multiple of 16, at most T (rounded)
+    assert expert_capacity(1024, 2, 8, 1.0) == 256
+    assert expert_capacity(1000, 2, 8, 1.0) == 256  # 250 -> 256
+    assert expert_capacity(16384, 2, 8, 1.25) == math.ceil(1.25 * 16384 * 2 / 8)
+    assert expert_capacity(64, 2, 4, 100.0) == 64
+    assert expert_capacity(10, 1, 4, 0.01) == 16
+
+
+@pytest.mark.parametrize("grouped", [True, False])
+def test_large_capacity_equals_dropless(grouped, monkeypatch):
+    """With a capacity that drops nothing, fixed capacity == dropless: outputs and gradients."""
+    torch.manual_seed(1)
+    x = torch.randn(3, 40, D)
+    dropless = make_moe(0.0)
+    if grouped:
+        assert moe_lib.probe_grouped_mm(torch.device("cpu"), torch.float32, D, HMULT * D)
+    else:  # the fallback dropless path (no grouped_mm): capacity T per expert
+        monkeypatch.setattr(moe_lib, "_GROUPED_MM_OK", {})
+    fixed = clone_with_cf(dropless, float(E))  # C = T: no assignment can be dropped
+    y0, gx0, g0, aux0 = fwd_bwd(dropless, x)
+    y1, gx1, g1, aux1 = fwd_bwd(fixed, x)
+    assert float(aux1["dropped"]) == 0.0
+    torch.testing.assert_close(y1, y0, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(gx1, gx0, rtol=1e-5, atol=1e-6)
+    for n in g0:
+        torch.testing.assert_close(g1[n], g0[n], rtol=1e-5, atol=1e-6, msg=n)
+    torch.testing.assert_close(aux1["aux_loss"], aux0["aux_loss"])
+    torch.testing.assert_close(aux1["load"], aux0["load"])
+    # and both equal the straightforward per-assignment loop
+    with torch.no_grad():
+        y_ref, _, _ = reference(dropless, x, cap=None)
+    torch.testing.assert_close(y0, y_ref, rtol=1e-4, atol=1e-5)
+
+
+def test_small_capacity_drops_exactly_past_capacity_first_choices_first():
+    m = make_moe(0.25, seed=3)
+    with torch.no_grad():  # skew the router so some experts overflow
+        m.router.weight[0] += 0.8
+        m.router.weight[1] += 0.4
+    torch.manual_seed(2)
+    x = torch.randn(2, 48, D)
+    n_tok = x.shape[0] * x.shape[1]
+    cap = expert_capacity(n_tok, K, E, 0.25)
+    assert cap == 16
+    with torch.no_grad():
+        y, aux = m(x)
+        y_ref, kept, choice = reference(m, x, cap)
+    n_dropped = int((~kept).sum())
+    assert n_dropped > 0  # the test exercises drops
+    assert float(aux["dropped"]) == n_dropped
+    assert float(aux["assigned"]) == n_tok * K
+    torch.testing.assert_close(y, y_ref, rtol=1e-4, atol=1e-5)
+    # priority: for each expert, no second choice is kept while a first choice was dropped
+    for e in range(E):
+        first_dropped = bool(((choice[:, 0] == e) & ~kept[:, 0]).any())
+        second_kept = bool(((choice[:, 1] == e) & kept[:, 1]).any())
+        assert not (first_dropped and second_kept), e
+    # each expert keeps exactly min(routed, cap)
+    for e in range(E):
+        routed = int((choice == e).sum())
+        assert int(((choice == e) & kept).sum()) == min(routed, cap)
+    torch.testing.assert_close(aux["load"], torch.bincount(choice.flatten(), minlength=E).float())
+
+
+def test_balance_loss_is_coeff_at_uniform_and_rises_with_imbalance():
+    coeff = 0.05
+    m = make_moe(1.0, coeff=coeff)
+    x = torch.randn(4, 32, D)
+    with torch.no_grad():
+        m.router.weight.zero_()  # uniform router probabilities
+        _, aux = m(x)
+    torch.testing.assert_close(aux["aux_loss"], torch.tensor(coeff))
+    torch.testing.assert_close(aux["bal"], torch.tensor(1.0))
+    values = []
+    for skew in (0.5, 2.0, 8.0):  # push the router towards expert 0, harder each time
+        with torch.no_grad():
+            m.router.weight.zero_()
+            m.router.weight[0] = skew * x.reshape(-1, D).mean(0) / x.reshape(-1, D).mean(0).norm() ** 2
+            _, aux = m(x)
+        values.append(float(aux["bal"]))
+    assert 1.0 < values[0] < values[1] < values[2] <= E
+    # the formula itself: perfectly balanced routing -> 1.0, all on one expert -> E
+    probs = torch.full((8, E), 1.0 / E)
+    assert float(balance_loss(probs, torch.full((E,), 4))) == pytest.approx(1.0)
+    probs = torch.zeros(8, E)
+    probs[:, 0] = 1.0
+    assert float(balance_loss(probs, torch.tensor([8, 0, 0, 0]))) == pytest.approx(E)
+
+
+def test_fixed_capacity_compiles_fullgraph_static_without_recompiles():
+    torch._dynamo.reset()
+    m = make_moe(1.0)
+    counter = torch._dynamo.testing.CompileCounter()
+    compiled = torch.compile(m, backend=counter, fullgraph=True, dynamic=False)
+    opt = torch.optim.AdamW(m.parameters(), lr=0.05)
+    loads = []
+    for step in range(5):
+        torch.manual_seed(100 + step)
+        x = torch.randn(2, 64, D) * (1 + step)  # different routing each step
+        y, aux = compiled(x)
+        (y.square().mean() + aux["aux_loss"]).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        loads.append(aux["load"].tolist())
+    assert counter.frame_count == 1
+    assert len({tuple(v) for v in loads}) > 1  # routing did change between steps
+    torch._dynamo.reset()
+
+
+def test_gpt_training_steps_do_not_recompile():
+    """The whole model, with MoE in fixed-capacity mode, over training steps (dynamo only)."""
+    from nanochat.gpt import GPT, GPTConfig
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    cfg = GPTConfig(
+        sequence_len=32, vocab_size=64, n_layer=2, n_head=2, n_embd=32, use_moe=True, n_experts=4,
+        expert_topk=2, moe_capacity_factor=1.0,
+    )
+    model = GPT(cfg)
+    model.init_weights()
+    counter = torch._dynamo.testing.CompileCounter()
+    compiled = torch.compile(model, backend=counter, fullgraph=True, dynamic=False)
+    opt = model.setup_optimizer(0.2, 0.004, 0.01)
+    for step in range(4):
+        idx = torch.randint(0, 64, (2, 32), generator=torch.Generator().manual_seed(step))
+        loss, stats = compiled(idx, idx.roll(-1, 1))
+        loss.backward()
+        opt.step()
+        model.zero_grad(set_to_none=True)
+    assert counter.frame_count == 1
+    torch._dynamo.reset()
