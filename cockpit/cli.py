@@ -29,33 +29,27 @@ def _add_registry(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    """Where things stand in a few lines: the resume state (registry + experiment dirs + GPUs)."""
+    from cockpit import resume
+
     registry = reg.load(args.registry)
-    print(render_status(registry))
+    print(resume.render_status(resume.build_state(registry)))
     return 0
 
 
-def render_status(registry: reg.Registry) -> str:
-    """The registry at a glance: experiments, their legs with state, baseline and decision."""
-    s = registry.settings
-    out = [f"{s.name}  ({registry.path})", f"exp_root: {s.exp_root}"]
-    for exp in registry.experiments:
-        where = "cpu" if exp.device == "cpu" else f"{exp.nproc_per_node} GPUs"
-        out += ["", f"{exp.id}  [{where}]" + (f"  {exp.title}" if exp.title else "")]
-        width = max((len(leg.name) for leg in exp.legs), default=0)
-        for leg in exp.legs:
-            state = "recorded-done" if leg.is_recorded else "pending"
-            figures = ""
-            if leg.recorded and leg.recorded.tok_per_sec is not None:
-                figures = f"  {leg.recorded.tok_per_sec:,.0f} tok/s, mfu {leg.recorded.mfu}"
-            mark = "  (baseline)" if exp.baseline == leg.name else ""
-            out.append(f"  {leg.name:<{width}}  {state}{figures}{mark}")
-        if exp.baseline and exp.leg(exp.baseline) is None:
-            out.append(f"  baseline: {exp.baseline}")
-        if exp.hypothesis:
-            out.append(f"  hypothesis: {exp.hypothesis}")
-        if exp.decision:
-            out.append(f"  decision: {exp.decision}")
-    return "\n".join(out)
+def cmd_resume(args: argparse.Namespace) -> int:
+    """The resume guide (markdown) generated from the registry and every experiment dir."""
+    from cockpit import resume
+
+    registry = reg.load(args.registry)
+    if not args.out_md:
+        print(resume.render_guide(resume.build_state(registry)), end="")
+        return 0
+    try:
+        print(resume.write_guide(registry, args.out_md))
+    except OSError as e:
+        raise UsageError(f"{e.filename or args.out_md}: {e.strerror or e}") from None
+    return 0
 
 
 def cmd_launch(args: argparse.Namespace) -> int:
@@ -73,6 +67,9 @@ def cmd_launch(args: argparse.Namespace) -> int:
         if not plan.legs:
             print(f"nothing to run in {args.experiment}")
             return 0
+        want, have = registry.settings.branch, runs.git_info(plan.cwd)["branch"]
+        if want and have and want != have:
+            print(f"cockpit: warning: the checkout is on branch {have}, the registry expects {want}", file=sys.stderr)
         exp_dir = runs.launch(registry, args.experiment, foreground=args.foreground, plan=plan)
     except runs.RunError as e:
         raise UsageError(str(e)) from None
@@ -190,6 +187,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="experiments and legs at a glance")
     _add_registry(p)
     p.set_defaults(func=cmd_status)
+    p = sub.add_parser("resume", help="the resume guide: state, completed work, next command, safety")
+    p.add_argument("--out-md", metavar="FILE", help="write the guide here (default: stdout)")
+    _add_registry(p)
+    p.set_defaults(func=cmd_resume)
     p = sub.add_parser("launch", help="run an experiment's legs in a fresh dir (detached supervisor)")
     p.add_argument("experiment", help="experiment id from the registry")
     p.add_argument("--legs", metavar="A,B", help="only these legs, in this order")

@@ -485,7 +485,11 @@ def git_info(cwd: Path) -> dict[str, str | None]:
         except (OSError, subprocess.SubprocessError):
             return None
 
-    return {"branch": git("rev-parse", "--abbrev-ref", "HEAD"), "commit": git("rev-parse", "HEAD")}
+    top = git("rev-parse", "--show-toplevel")
+    if top is None:
+        here = Path(__file__).resolve().parents[1]  # the checkout cockpit runs from, if it is one
+        return git_info(here) if here != cwd.resolve() else {"dir": None, "branch": None, "commit": None}
+    return {"dir": top, "branch": git("rev-parse", "--abbrev-ref", "HEAD"), "commit": git("rev-parse", "HEAD")}
 
 
 def format_command(leg: reg.Leg, exp_dir: Path | str, torchrun: str = "torchrun") -> str:

@@ -1,0 +1,63 @@
+"""The real trainer under the real `cockpit launch --foreground`: two legs of the bundled cpu-smoke
+experiment (copied into a temp registry, exp_root in tmp_path), the done guard, --rerun."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from runner_util import REPO, cockpit
+
+from cockpit import logs, runs
+
+pytestmark = pytest.mark.slow
+LEGS = ("dense", "moe_cap1p0")
+
+
+def smoke_registry(tmp_path):
+    """experiments.toml as bundled, with exp_root and read_only moved into tmp_path."""
+    text = (REPO / "experiments.toml").read_text()
+    text = re.sub(r'(?m)^exp_root = .*$', f'exp_root = "{tmp_path}/exp"', text)
+    text = re.sub(r"(?ms)^read_only = \[.*?\]", f'read_only = ["{tmp_path}/ro"]', text)
+    path = tmp_path / "experiments.toml"
+    path.write_text(text)
+    return path
+
+
+def test_foreground_two_legs_then_skip_then_rerun(tmp_path):
+    reg_path = smoke_registry(tmp_path)
+    r = cockpit("--registry", str(reg_path), "launch", "cpu-smoke", "--legs", ",".join(LEGS), "--foreground", timeout=240)
+    assert r.returncode == 0, r.stdout + r.stderr
+    exp_dir = runs.Path(r.stdout.strip().splitlines()[-1])
+    assert exp_dir.parent == tmp_path / "exp" and exp_dir.name.endswith("_cpu-smoke")
+    d = runs.open_dir(exp_dir)
+    assert d.legs == list(LEGS) and d.plan["git"]["commit"]
+    for leg in LEGS:
+        st = d.states[leg]
+        assert (st.status, st.exit_code, st.exit_code_known) == ("done", 0, True)
+        assert st.note == "cpu leg: no GPU preflight" and st.pid and st.started_at and st.ended_at
+        s = logs.summarize(exp_dir / f"{leg}.log")
+        assert s.finished and not s.failed and s.steps_observed == 40 and s.last_step == 39
+        assert (exp_dir / "ckpt_root").is_dir()
+    argv = d.plan["legs"][0]["argv"]
+    assert argv[1:6] == ["--standalone", "--nproc_per_node=2", "-m", "nanochat.base_train", "--"]
+    assert f"{exp_dir}/ckpt_root" in argv
+    report = (exp_dir / "report.md").read_text()
+    table = report.split("| run | tail50 tok/sec")[1].split("\n\n")[0].splitlines()[2:]
+    assert [row.split("|")[1].strip() for row in table] == list(LEGS)
+
+    again = cockpit("--registry", str(reg_path), "launch", "cpu-smoke", "--legs", ",".join(LEGS))
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.splitlines() == [
+        *(f"skip {leg}: done in {exp_dir}; --rerun runs it" for leg in LEGS),
+        "nothing to run in cpu-smoke",
+    ]
+    assert [p.name for p in (tmp_path / "exp").iterdir() if not p.name.startswith(".")] == [exp_dir.name]
+
+    rerun = cockpit("--registry", str(reg_path), "launch", "cpu-smoke", "--legs", "dense", "--rerun", "--foreground",
+                    timeout=240)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    new_dir = runs.Path(rerun.stdout.strip().splitlines()[-1])
+    assert new_dir != exp_dir and new_dir.parent == exp_dir.parent
+    assert runs.open_dir(new_dir).states["dense"].status == "done"
+    assert runs.open_dir(exp_dir).states["dense"].status == "done"  # the first dir is untouched
