@@ -173,7 +173,7 @@ def rows(exp_dir: Path | str, tail: int = 50, now: float | None = None) -> list[
         state = states.get(leg)
         if log is None:
             status = state if state in ("queued", "waiting", "stopped", "failed") else STATUS_NOT_RUN
-            out.append(ReportRow(run=leg, source=SOURCE_LOG, status=status, note="no log yet"))
+            out.append(ReportRow(run=leg, source=SOURCE_LOG, status=status))
             continue
         s = logs.summarize(log, tail=tail, now=now)
         out.append(row_from_summary(s, _status(s, state)))

@@ -1,0 +1,547 @@
+"""Where things stand: the registry joined with every experiment dir, and the resume guide.
+
+`build_state()` is the one model of where things stand: per experiment and leg a mark
+(recorded, done, running, queued, waiting, failed, stopped, pending) with its dir and figures,
+the running legs, the next pending leg with its exact command, and the GPUs. `cockpit status`,
+`cockpit resume` and the TUI all render this state; none of them joins registry and dirs alone.
+
+`render_guide()` writes it as the seed's hand-written resume guide: current state, latest
+reports, completed work (do not re-run) with tables and decisions, remaining work with the next
+command, and the safety constraints.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cockpit import logs, report
+from cockpit import registry as reg
+
+MARKS = ("recorded", "done", "running", "queued", "waiting", "failed", "stopped", "pending")
+FINISHED_MARKS = ("recorded", "done")  # never launched again unless asked
+ACTIVE_MARKS = ("running", "queued", "waiting")
+TODO_MARKS = ("pending", "failed", "stopped")  # what a next launch would run
+
+
+@dataclass
+class LegMark:
+    experiment: str
+    leg: str
+    mark: str  # one of MARKS
+    dir: str | None = None  # the experiment dir the mark comes from (a recorded leg: where it ran)
+    row: report.ReportRow | None = None  # figures: from the log here, or recorded (row.source)
+    summary: logs.LegSummary | None = None  # the log's summary (progress of a running leg)
+    note: str | None = None  # why failed/stopped/waiting, or "log ended without its final lines"
+    description: str | None = None
+    is_baseline: bool = False
+
+    @property
+    def ref(self) -> str:
+        return f"{self.experiment}/{self.leg}"
+
+
+@dataclass
+class ExperimentState:
+    id: str
+    title: str | None
+    device: str
+    nproc_per_node: int
+    baseline: str | None  # "leg" or "experiment/leg", as in the registry
+    decision: str | None
+    hypothesis: str | None
+    notes: tuple[str, ...]
+    legs: list[LegMark]
+    dirs: list[str]  # this experiment's dirs under exp_root, oldest first
+    baseline_mark: LegMark | None = None
+
+    @property
+    def finished(self) -> list[LegMark]:
+        return [m for m in self.legs if m.mark in FINISHED_MARKS]
+
+    @property
+    def todo(self) -> list[LegMark]:
+        return [m for m in self.legs if m.mark in TODO_MARKS]
+
+    @property
+    def baseline_row(self) -> report.ReportRow | None:
+        return self.baseline_mark.row if self.baseline_mark else None
+
+
+@dataclass
+class NextLeg:
+    experiment: str
+    leg: str
+    mark: str  # pending, or failed/stopped when nothing is pending
+    description: str | None
+    exp_dir_template: str  # <exp_root>/$(date +%Y%m%d_%H%M%S)_<experiment>
+    command: str  # the seed's execution template: EXP_DIR=..., mkdir -p, torchrun ... | tee
+    report_command: str
+    cockpit: str  # the one-key equivalent
+
+
+@dataclass
+class GpuStatus:
+    state: str  # "idle" | "busy" | "unknown"
+    text: str  # one line for humans
+    count: int = 0
+    busy: list[int] = field(default_factory=list)
+
+
+@dataclass
+class ResumeState:
+    generated: str
+    project: str
+    registry_path: str
+    branch: str | None
+    exp_root: str
+    tail: int
+    experiments: list[ExperimentState]
+    running: list[LegMark]
+    active: list[LegMark]  # running, queued and waiting
+    next: NextLeg | None
+    gpus: GpuStatus
+    reports: list[str]  # latest report.md files, newest first
+    safety: list[str]
+
+    def marks(self) -> list[LegMark]:
+        return [m for e in self.experiments for m in e.legs]
+
+    def find(self, ref: str) -> LegMark | None:
+        return next((m for m in self.marks() if m.ref == ref), None)
+
+
+# ----------------------------------------------------------------------------------------------
+# building the state
+
+
+def _leg_mark(exp: reg.Experiment, leg: reg.Leg, dirs: list[Any], tail: int, now: float | None) -> LegMark:
+    """The leg's mark from its dirs (newest first decides what is active) and the registry."""
+    m = LegMark(exp.id, leg.name, "pending", description=leg.description)
+    newest_first = list(reversed(dirs))
+    done_in = None
+    last_outcome = None  # (mark, dir, summary, note) of the newest run that did not finish
+    for d in newest_first:
+        if leg.name not in d.legs:
+            continue
+        st = d.states.get(leg.name)
+        log = d.log(leg.name)
+        summary = logs.summarize(log, tail=tail, now=now) if log.exists() else None
+        if st is not None and st.status in ACTIVE_MARKS:
+            note = st.waiting_reason if st.status == "waiting" else st.note
+            return LegMark(exp.id, leg.name, st.status, str(d.path),
+                           report.row_from_summary(summary, st.status) if summary else None,
+                           summary, note, leg.description)
+        if st is None and summary is not None and d.plan is None and summary.status == "running":
+            # a manual run (no state) whose log is still growing
+            return LegMark(exp.id, leg.name, "running", str(d.path), report.row_from_summary(summary),
+                           summary, "log growing (no cockpit state)", leg.description)
+        if st is not None:
+            outcome = "done" if st.status == "done" else st.status
+            note = st.note or (st.error_tail[-1] if st.error_tail else None)
+        elif summary is not None:
+            outcome = {"completed": "done", "failed": "failed"}.get(summary.status, "stopped")
+            note = summary.error_line if outcome == "failed" else (
+                "log ended without its final lines" if outcome == "stopped" else None)
+        else:
+            continue
+        if outcome == "done":
+            if done_in is None:
+                done_in = (d, summary)
+        elif last_outcome is None and done_in is None:
+            if outcome == "failed" and summary and summary.error_line:
+                note = summary.error_line
+            last_outcome = (outcome, d, summary, note)
+    if done_in is not None:
+        d, summary = done_in
+        m.mark, m.dir, m.summary = "done", str(d.path), summary
+        m.row = report.row_from_summary(summary, "completed") if summary else None
+        return m
+    if leg.recorded is not None:
+        m.mark, m.dir = "recorded", leg.recorded.dir
+        m.row = report.row_from_recorded(leg.name, leg.recorded)
+        m.note = leg.recorded.source
+        return m
+    if last_outcome is not None:
+        outcome, d, summary, note = last_outcome
+        m.mark, m.dir, m.summary, m.note = outcome, str(d.path), summary, note
+        m.row = report.row_from_summary(summary, outcome) if summary else None
+    return m
+
+
+def gpu_status(registry: reg.Registry, sampler: Any | None = None) -> GpuStatus:
+    """Idle or busy by the registry's thresholds, from NVML; unknown (with why) without it."""
+    try:
+        if sampler is None:
+            from cockpit import gpus
+
+            sampler = gpus.GpuSampler(history=1)
+        snap = sampler.sample()
+    except Exception as e:  # noqa: BLE001 - no GPU sampler is a normal state, shown as unknown
+        return GpuStatus("unknown", f"unknown (GPU sampler failed: {type(e).__name__}: {e})")
+    if not snap.available:
+        return GpuStatus("unknown", f"unknown (NVML unavailable: {snap.reason})")
+    if not snap.gpus:
+        return GpuStatus("unknown", "unknown (NVML sees no GPU)")
+    idle = registry.settings.gpu_idle
+    busy = [
+        g for g in snap.gpus
+        if (g.util_pct is not None and g.util_pct > idle.max_util_pct)
+        or (g.mem_used_mib is not None and g.mem_used_mib > idle.max_mem_mib)
+    ]
+    at = dt.datetime.fromtimestamp(snap.time or dt.datetime.now().timestamp()).astimezone().strftime("%H:%M %z")
+    n = len(snap.gpus)
+    util = max((g.util_pct or 0 for g in snap.gpus), default=0)
+    mem = max((g.mem_used_mib or 0 for g in snap.gpus), default=0)
+    if not busy:
+        return GpuStatus("idle", f"{n} GPUs are idle (max `{util:.0f}% util`, max `{mem:.0f} MiB` used, at {at})", n)
+    detail = ", ".join(f"GPU {g.index} ({g.util_pct or 0:.0f}% util, {g.mem_used_mib or 0:.0f} MiB)" for g in busy)
+    return GpuStatus("busy", f"{len(busy)} of {n} GPUs are busy at {at}: {detail}", n, [g.index for g in busy])
+
+
+def _dq(text: str) -> str:
+    """Double-quote for the shell, keeping `$EXP_DIR` and `$(date ...)` live."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("`", "\\`") + '"'
+
+
+def _shell_arg(arg: str) -> str:
+    if "$EXP_DIR" in arg:
+        return _dq(arg)
+    return shlex.quote(arg)
+
+
+def execution_template(registry: reg.Registry, leg: reg.Leg) -> tuple[str, str]:
+    """The seed's execution template for a leg in a fresh dir: (EXP_DIR value, whole text)."""
+    exp_dir_value = f"{registry.settings.exp_root}/$(date +%Y%m%d_%H%M%S)_{leg.experiment}"
+    argv = leg.argv("$EXP_DIR")
+    cut = argv.index("--") + 1
+    lines = [" ".join(shlex.quote(a) for a in argv[:cut])]
+    rest = argv[cut:]
+    i = 0
+    while i < len(rest):
+        if i + 1 < len(rest) and not rest[i + 1].startswith("--"):
+            lines.append(f"{_shell_arg(rest[i])} {_shell_arg(rest[i + 1])}")
+            i += 2
+        else:
+            lines.append(_shell_arg(rest[i]))
+            i += 1
+    lines[-1] += f' 2>&1 | tee "$EXP_DIR/{leg.name}.log"'
+    text = "\n".join(
+        [
+            "source .venv/bin/activate",
+            f"EXP_DIR={_dq(exp_dir_value)}",
+            'mkdir -p "$EXP_DIR/ckpt_root"',
+            "",
+            " \\\n  ".join(lines),
+        ]
+    )
+    return exp_dir_value, text
+
+
+def _cockpit_cmd(registry: reg.Registry, *args: str) -> str:
+    extra = []
+    if registry.path.resolve() != (Path.cwd() / reg.DEFAULT_REGISTRY).resolve():
+        extra = ["--registry", str(registry.path)]
+    return " ".join(shlex.quote(a) for a in ["cockpit", *args, *extra])
+
+
+def next_leg(registry: reg.Registry, experiments: list[ExperimentState]) -> NextLeg | None:
+    """The first pending leg in registry order; else the first failed or stopped one."""
+    marks = [m for e in experiments for m in e.legs]
+    pick = next((m for m in marks if m.mark == "pending"), None) or next(
+        (m for m in marks if m.mark in ("failed", "stopped")), None
+    )
+    if pick is None:
+        return None
+    leg = registry.find_leg(pick.ref)
+    assert leg is not None  # marks come from the registry
+    value, text = execution_template(registry, leg)
+    return NextLeg(
+        experiment=pick.experiment,
+        leg=pick.leg,
+        mark=pick.mark,
+        description=leg.description,
+        exp_dir_template=value,
+        command=text,
+        report_command='cockpit report --exp-dir "$EXP_DIR" --out-md "$EXP_DIR/report.md"',
+        cockpit=_cockpit_cmd(registry, "launch", pick.experiment, "--legs", pick.leg),
+    )
+
+
+def safety_lines(registry: reg.Registry) -> list[str]:
+    s = registry.settings
+    out = []
+    if s.branch:
+        out.append(f"Main branch must remain `{s.branch}`.")
+    out.append(f"Only write experiment outputs/checkpoints under: `{s.exp_root}/`")
+    for ro in s.read_only:
+        out.append(f"Treat `{ro}` as read-only.")
+    out += [
+        f"Every launch makes a fresh dir `{s.exp_root}/<YYYYmmdd_HHMMSS>_<experiment>`; never reuse or overwrite an old one.",
+        "Do not re-run completed legs (done here, or recorded) unless explicitly requested (`cockpit launch --rerun`).",
+        "Preserve unrelated dirty/untracked files: the cockpit runs no git command that changes state.",
+    ]
+    return out
+
+
+def build_state(
+    registry: reg.Registry, sampler: Any | None = None, now: float | None = None, gpus: GpuStatus | None = None
+) -> ResumeState:
+    """Join the registry with every experiment dir under exp_root. Reads only; writes nothing.
+
+    `sampler`: a GpuSampler (or anything with .sample()); by default one is made here. `gpus`:
+    an already computed GPU status (the TUI samples on its own timer).
+    """
+    from cockpit import runs
+
+    s = registry.settings
+    tail = s.tail
+    dirs = runs.discover(s.exp_root)
+    experiments: list[ExperimentState] = []
+    for exp in registry.experiments:
+        mine = [d for d in dirs if d.experiment == exp.id]
+        marks = [_leg_mark(exp, leg, mine, tail, now) for leg in exp.legs]
+        for m in marks:
+            m.is_baseline = exp.baseline == m.leg
+        experiments.append(
+            ExperimentState(
+                exp.id, exp.title, exp.device, exp.nproc_per_node, exp.baseline, exp.decision, exp.hypothesis,
+                exp.notes, marks, [str(d.path) for d in mine],
+            )
+        )
+    by_ref = {m.ref: m for e in experiments for m in e.legs}
+    for e in experiments:
+        if e.baseline:
+            ref = e.baseline if "/" in e.baseline else f"{e.id}/{e.baseline}"
+            e.baseline_mark = by_ref.get(ref)
+    reports = []
+    for d in dirs:
+        p = d.path / "report.md"
+        try:
+            reports.append((p.stat().st_mtime, str(p)))
+        except OSError:
+            continue
+    marks = [m for e in experiments for m in e.legs]
+    return ResumeState(
+        generated=dt.datetime.fromtimestamp(now if now is not None else dt.datetime.now().timestamp())
+        .astimezone()
+        .strftime("%Y-%m-%d %H:%M %z"),
+        project=s.name,
+        registry_path=str(registry.path),
+        branch=s.branch,
+        exp_root=str(s.exp_root),
+        tail=tail,
+        experiments=experiments,
+        running=[m for m in marks if m.mark == "running"],
+        active=[m for m in marks if m.mark in ACTIVE_MARKS],
+        next=next_leg(registry, experiments),
+        gpus=gpus if gpus is not None else gpu_status(registry, sampler),
+        reports=[p for _, p in sorted(reports, reverse=True)[:5]],
+        safety=safety_lines(registry),
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# rendering
+
+
+def progress(m: LegMark) -> str:
+    """`step 42/280 (15.0%), loss 6.1235, 806,400 tok/s, ETA 2.6m` from the leg's log."""
+    s = m.summary
+    if s is None or s.last_step is None:
+        return "no step lines yet"
+    parts = [f"step {s.last_step}/{s.total_steps}" if s.total_steps else f"step {s.last_step}"]
+    if s.pct is not None:
+        parts[0] += f" ({s.pct:.1f}%)"
+    if s.last_loss is not None:
+        parts.append(f"loss {s.last_loss:.4f}")
+    if s.tok_per_sec is not None:
+        parts.append(f"{s.tok_per_sec:,.0f} tok/s")
+    if s.eta_min is not None:
+        parts.append(f"ETA {s.eta_min:.1f}m")
+    return ", ".join(parts)
+
+
+def _mark_line(m: LegMark) -> str:
+    where = f" in `{m.dir}`" if m.dir else ""
+    note = f" ({m.note})" if m.note else ""
+    if m.mark in ACTIVE_MARKS:
+        return f"`{m.ref}` {m.mark}{where}: {progress(m) if m.mark == 'running' else (m.note or 'waiting its turn')}"
+    return f"`{m.ref}` {m.mark}{where}{note}"
+
+
+def _title(e: ExperimentState) -> str:
+    return f"{e.title} (`{e.id}`)" if e.title else f"`{e.id}`"
+
+
+def render_guide(state: ResumeState) -> str:
+    """The resume guide as markdown, with the seed's sections."""
+    out = [
+        "# Nanochat Resume Guide",
+        "",
+        f"Last updated: {state.generated}",
+    ]
+    if state.branch:
+        out.append(f"Branch: `{state.branch}`")
+    out += [f"Registry: `{state.registry_path}`", f"Experiment root: `{state.exp_root}`", "", "## Current State", ""]
+    if state.running:
+        out += [f"- Running: {_mark_line(m)}" for m in state.running]
+    else:
+        out.append("- Training is currently paused (no leg running).")
+    out += [f"- {m.mark.capitalize()}: {_mark_line(m)}" for m in state.active if m.mark != "running"]
+    out.append(f"- GPUs: {state.gpus.text}" if state.gpus.state == "unknown" else f"- {state.gpus.text}")
+    if state.reports:
+        out.append("- Latest reports:")
+        out += [f"  - `{p}`" for p in state.reports]
+    else:
+        out.append("- Latest reports: none yet (no experiment dir holds a report.md).")
+
+    out += ["", "## Completed Work (Do Not Re-run)"]
+    done_any = False
+    for e in state.experiments:
+        fin = [m for m in e.finished if m.row is not None]
+        if not fin:
+            continue
+        done_any = True
+        out += ["", f"### {_title(e)}", ""]
+        dirs = list(dict.fromkeys(m.dir for m in fin if m.dir))
+        if dirs:
+            out.append("Experiment directories:")
+            for d in dirs:
+                kinds = sorted({"recorded" if m.mark == "recorded" else "run here" for m in fin if m.dir == d})
+                out.append(f"- `{d}` ({', '.join(kinds)})")
+            out.append("")
+        out += ["Final metrics snapshot:", "", report.render_table([m.row for m in fin], state.tail, source_column=True)]
+        sources = sorted({m.note for m in fin if m.mark == "recorded" and m.note})
+        if sources:
+            out += ["", "Recorded figures (not measured here) come from: " + "; ".join(sources) + "."]
+        others = [m for m in e.todo + [x for x in e.legs if x.mark in ACTIVE_MARKS]]
+        if others:
+            out += ["", "Not complete: " + ", ".join(f"`{m.leg}` ({m.mark})" for m in others) + "."]
+        if e.notes:
+            out += ["", "Notes:", *[f"- {n}" for n in e.notes]]
+        if e.decision:
+            out += ["", "Decision:", f"- {e.decision}"]
+        base = e.baseline_mark
+        if base is not None and base.row is not None and base.row.has_figures:
+            for m in fin:
+                if m.ref == base.ref or not m.row.has_figures:
+                    continue
+                label = f"baseline {base.leg}" + (" (recorded)" if base.mark == "recorded" else "")
+                run = report.ReportRow(**{**m.row.__dict__, "run": m.leg + (" (recorded)" if m.mark == "recorded" else "")})
+                out += ["", f"Result of `{m.leg}` vs baseline `{e.baseline}`:", "",
+                        report.render_delta(base.row, run, state.tail, base_label=label)]
+    if not done_any:
+        out += ["", "Nothing completed yet."]
+
+    out += ["", "## Resume Environment", "", "```bash", f"cd {shlex.quote(str(Path(state.registry_path).resolve().parent))}"]
+    if state.branch:
+        out.append(f"git checkout {shlex.quote(state.branch)}")
+    out += ["git status --short --branch", "source .venv/bin/activate", "```"]
+
+    out += ["", "## Remaining Work", ""]
+    nxt = state.next
+    if nxt is None:
+        out.append("Nothing pending: every leg in the registry is done, recorded or under way.")
+    else:
+        out.append(
+            "Goal: run the next pending leg; do not re-run completed legs (done or recorded) unless explicitly requested."
+        )
+    for e in state.experiments:
+        todo = e.todo
+        if not todo:
+            continue
+        out += ["", f"### {_title(e)}", ""]
+        if e.hypothesis:
+            out += ["Hypothesis:", f"- {e.hypothesis}", ""]
+        if e.baseline:
+            out.append(f"Baseline: `{e.baseline}`" + (f" ({e.baseline_mark.mark})" if e.baseline_mark else ""))
+        out += [f"- {_mark_line(m)}" for m in todo]
+    if nxt is not None:
+        what = f"`{nxt.experiment}/{nxt.leg}`" + (f" ({nxt.description})" if nxt.description else "")
+        again = f", again: it {nxt.mark}" if nxt.mark != "pending" else ""
+        out += [
+            "",
+            f"Next leg: {what}{again}.",
+            "",
+            "Execution template (new fresh dir, never reuse an old dir):",
+            "",
+            "```bash",
+            nxt.command,
+            "```",
+            "",
+            "Then regenerate the report immediately:",
+            "",
+            "```bash",
+            nxt.report_command,
+            "```",
+            "",
+            f"Or in one step with the cockpit (fresh dir, waits for idle GPUs, writes report.md after each leg): "
+            f"`{nxt.cockpit}`",
+        ]
+
+    out += ["", "## Safety/Path Constraints Reminder", "", *[f"- {line}" for line in state.safety]]
+    return "\n".join(out) + "\n"
+
+
+def _figures(m: LegMark) -> str:
+    r = m.row
+    if r is None or r.tok_per_sec is None:
+        return ""
+    text = f"  {r.tok_per_sec:.2f} tok/s"
+    if r.mfu is not None:
+        text += f", mfu {r.mfu:.4f}"
+    return text + ("  [recorded]" if r.source == report.SOURCE_RECORDED else "")
+
+
+def render_status(state: ResumeState) -> str:
+    """`cockpit status`: the same state in a few lines."""
+    out = [
+        f"{state.project}  ({state.registry_path})",
+        f"exp_root: {state.exp_root}",
+        f"GPUs: {state.gpus.text}",
+    ]
+    if state.running:
+        out += [f"running: {m.ref}  {progress(m)}" for m in state.running]
+    else:
+        out.append("running: none (training paused)")
+    for e in state.experiments:
+        where = "cpu" if e.device == "cpu" else f"{e.nproc_per_node} GPUs"
+        counts: dict[str, int] = {}
+        for m in e.legs:
+            counts[m.mark] = counts.get(m.mark, 0) + 1
+        summary = ", ".join(f"{n} {k}" for k, n in counts.items())
+        out += ["", f"{e.id}  [{where}]  {summary}"]
+        width = max((len(m.leg) for m in e.legs), default=0)
+        for m in e.legs:
+            base = "  (baseline)" if m.is_baseline else ""
+            extra = f"  {progress(m)}" if m.mark == "running" else _figures(m)
+            out.append(f"  {m.leg:<{width}}  {m.mark:<8}{extra}{base}")
+    if state.next:
+        out += ["", f"next: {state.next.experiment}/{state.next.leg}  ->  {state.next.cockpit}"]
+    else:
+        out += ["", "next: nothing pending"]
+    return "\n".join(out)
+
+
+GUIDE_NAME = "resume-guide.md"
+
+
+def write_guide(
+    registry: reg.Registry, out_md: Path | str | None = None, sampler: Any | None = None, now: float | None = None
+) -> Path:
+    """Write the guide (default `<exp_root>/resume-guide.md`, regenerated in place) atomically."""
+    import os
+
+    text = render_guide(build_state(registry, sampler=sampler, now=now))
+    out = Path(out_md).expanduser() if out_md is not None else registry.settings.exp_root / GUIDE_NAME
+    if out.is_dir():
+        raise IsADirectoryError(21, "is a directory (give a file name)", str(out))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, out)
+    return out

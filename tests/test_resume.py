@@ -1,0 +1,165 @@
+"""resume.py: the one model of where things stand, and the guide rendered from it."""
+
+import shlex
+
+import pytest
+from metrics_util import NOW, FakeSampler, bundled_registry, check_golden, gpu, make_dir, normalized
+
+from cockpit import report, resume
+
+NO_NVML = FakeSampler(False, "NVML Shared Library Not Found")
+SMOKE = "20261126_043113_cpu-smoke"
+SMOKE_LOGS = {"dense": ("done", "cpu-smoke/dense.log"), "moe_dropless": ("done", "cpu-smoke/moe_dropless.log"),
+              "moe_cap1p0": ("done", "cpu-smoke/moe_cap1p0.log")}
+
+
+def marks(state: resume.ResumeState) -> dict[str, str]:
+    return {m.ref: m.mark for m in state.marks()}
+
+
+def test_guide_for_the_bundled_registry_with_no_dirs(tmp_path):
+    registry = bundled_registry(tmp_path)
+    state = resume.build_state(registry, sampler=NO_NVML, now=NOW)
+    assert set(marks(state).values()) == {"recorded", "pending"}
+    assert state.running == [] and state.reports == [] and state.gpus.state == "unknown"
+    nxt = state.next
+    assert (nxt.experiment, nxt.leg, nxt.mark) == ("moe-fp8-capacity-opt-v3", "moe_fp8_experts_static_cap1p0_v3", "pending")
+    text = resume.render_guide(state)
+    for section in ["## Current State", "## Completed Work (Do Not Re-run)", "## Remaining Work",
+                    "## Safety/Path Constraints Reminder", "## Resume Environment"]:
+        assert section in text
+    assert "- Training is currently paused (no leg running)." in text
+    assert "- GPUs: unknown (NVML unavailable: NVML Shared Library Not Found)" in text
+    # the seed's buffer-reuse comparison, from recorded figures, marked as recorded
+    assert "| metric | baseline static_cap1p0 (recorded) | static_cap1p0_bufreuse (recorded) | delta |" in text
+    assert "| tail50 tok/sec | 785203.42 | 806400.06 | +2.70% |" in text
+    assert "| static_cap1p0 | 785203.42 | 670.31 | 9.5014 | 18983.58 | 3.00 | recorded |" in text
+    # the seed's execution template, in a fresh dir
+    assert f'EXP_DIR="{tmp_path}/exp/$(date +%Y%m%d_%H%M%S)_moe-fp8-capacity-opt-v3"' in text
+    assert '  --checkpoint-root "$EXP_DIR/ckpt_root" \\\n' in text
+    assert '  --moe-capacity-factor 1.0 2>&1 | tee "$EXP_DIR/moe_fp8_experts_static_cap1p0_v3.log"' in text
+    assert "`cockpit launch moe-fp8-capacity-opt-v3 --legs moe_fp8_experts_static_cap1p0_v3 --registry " in text
+    check_golden("resume-bundled.md", normalized(text, tmp_path))
+    assert not (tmp_path / "exp").exists()  # building the state wrote nothing
+
+
+def test_execution_template_is_the_legs_exact_argv(tmp_path):
+    registry = bundled_registry(tmp_path)
+    for exp in registry.experiments:
+        for leg in exp.legs:
+            value, text = resume.execution_template(registry, leg)
+            lines = text.split("\n")
+            assert lines[:3] == ["source .venv/bin/activate", f'EXP_DIR="{value}"', 'mkdir -p "$EXP_DIR/ckpt_root"']
+            command = text.split("\n\n", 1)[1].replace(" \\\n", " ")
+            command = command.replace("$EXP_DIR", "/x/exp dir")  # the shell expands it inside "..."
+            argv = shlex.split(command)
+            assert argv[-4:] == ["2>&1", "|", "tee", f"/x/exp dir/{leg.name}.log"]
+            assert argv[:-4] == leg.argv("/x/exp dir")
+
+
+def test_guide_with_a_finished_cpu_smoke_dir(tmp_path):
+    registry = bundled_registry(tmp_path)
+    d = make_dir(registry.settings.exp_root, SMOKE, SMOKE_LOGS)
+    report.write_report(d, plots=False, now=NOW)
+    state = resume.build_state(registry, sampler=FakeSampler(gpus_=[gpu(i) for i in range(8)]), now=NOW)
+    m = marks(state)
+    assert [m[f"cpu-smoke/{leg}"] for leg in SMOKE_LOGS] == ["done", "done", "done"]
+    assert m["moe-fp8-capacity-ablation-v1/static_cap1p0"] == "recorded"
+    assert state.next.leg == "moe_fp8_experts_static_cap1p0_v3"
+    assert state.reports == [str(d / "report.md")]
+    assert state.gpus.state == "idle" and state.gpus.text.startswith("8 GPUs are idle")
+    smoke = next(e for e in state.experiments if e.id == "cpu-smoke")
+    assert smoke.baseline_mark.leg == "dense" and smoke.baseline_row.source == "log"
+    assert smoke.dirs == [str(d)] and all(x.dir == str(d) for x in smoke.legs)
+    text = resume.render_guide(state)
+    dense = smoke.legs[0].row
+    assert f"| dense | {dense.tok_per_sec:.2f} | {dense.dt_ms:.2f} | {dense.mfu:.4f} | {dense.peak_mem_mib:.2f} | " in text
+    assert "Result of `moe_cap1p0` vs baseline `dense`:" in text
+    assert f"- `{d}` (run here)" in text
+    check_golden("resume-cpu-smoke.md", normalized(text, tmp_path))
+    # nothing pending in cpu-smoke: a registry of cpu-smoke alone has no next leg
+    only = bundled_registry(tmp_path, (tmp_path / "experiments.toml").read_text().split("# ---")[0]
+                            + "[[experiment]]" + (tmp_path / "experiments.toml").read_text().split("[[experiment]]")[-1])
+    assert [e.id for e in only.experiments] == ["cpu-smoke"]
+    state = resume.build_state(only, sampler=NO_NVML, now=NOW)
+    assert state.next is None
+    assert "Nothing pending: every leg in the registry is done, recorded or under way." in resume.render_guide(state)
+
+
+def test_marks_from_states_and_logs(tmp_path):
+    registry = bundled_registry(tmp_path)
+    root = registry.settings.exp_root
+    # an older dir where dense finished and moe_cap1p0 crashed; a newer live queue
+    make_dir(root, "20261126_010000_cpu-smoke", {"dense": ("done", "cpu-smoke/dense.log"),
+                                                  "moe_cap1p0": ("failed", "crashed-torchrun.log")})
+    live = make_dir(root, "20261126_020000_cpu-smoke", {"moe_dropless": ("running", "upstream-old-mfu.log"),
+                                                        "moe_cap1p0": ("waiting", None)}, supervisor=True)
+    # a manual dir of plain logs for the v3 experiment: its log ended without final lines
+    manual = root / "20261126_030000_moe-fp8-capacity-opt-v3"
+    manual.mkdir()
+    (manual / "moe_fp8_experts_static_cap1p0_v3.log").write_text("step 00001/00280 (0.36%) | loss: 9.0\n")
+    state = resume.build_state(registry, sampler=FakeSampler(gpus_=[gpu(0, util=97, mem=30000), gpu(1)]), now=NOW)
+    m = marks(state)
+    assert m["cpu-smoke/dense"] == "done"
+    assert m["cpu-smoke/moe_dropless"] == "running" and m["cpu-smoke/moe_cap1p0"] == "waiting"
+    assert m["moe-fp8-capacity-opt-v3/moe_fp8_experts_static_cap1p0_v3"] == "stopped"
+    assert [x.ref for x in state.running] == ["cpu-smoke/moe_dropless"]
+    running = state.running[0]
+    assert running.dir == str(live) and resume.progress(running).startswith("step 3/21400 (0.0%), loss 9.9531")
+    waiting = state.find("cpu-smoke/moe_cap1p0")
+    assert waiting.note == "GPU 0 busy: util 97% > 5%"
+    assert state.gpus.state == "busy" and state.gpus.busy == [0]
+    # next: nothing pending, so the first failed or stopped leg
+    assert (state.next.leg, state.next.mark) == ("moe_fp8_experts_static_cap1p0_v3", "stopped")
+    text = resume.render_guide(state)
+    assert "- Running: `cpu-smoke/moe_dropless` running in " in text
+    assert "- Waiting: `cpu-smoke/moe_cap1p0` waiting in " in text
+    assert "1 of 2 GPUs are busy at " in text
+    assert "`moe-fp8-capacity-opt-v3/moe_fp8_experts_static_cap1p0_v3` stopped in " in text
+    assert "log ended without its final lines" in text
+
+    # the queue is gone (supervisor and the leg's process): the failed run of the older dir shows
+    (live / "state" / "supervisor.json").unlink()
+    (live / "state" / "moe_dropless.json").unlink()
+    (live / "moe_dropless.log").unlink()
+    state = resume.build_state(registry, sampler=NO_NVML, now=NOW)
+    failed = state.find("cpu-smoke/moe_cap1p0")
+    assert failed.mark == "stopped"  # the newest record: queued/waiting with nobody to start it
+    (live / "state" / "moe_cap1p0.json").unlink()
+    state = resume.build_state(registry, sampler=NO_NVML, now=NOW)
+    failed = state.find("cpu-smoke/moe_cap1p0")
+    assert failed.mark == "failed" and failed.note.startswith("torch.OutOfMemoryError")
+    assert state.find("cpu-smoke/moe_dropless").mark == "pending"
+    assert (state.next.experiment, state.next.leg, state.next.mark) == ("cpu-smoke", "moe_dropless", "pending")
+
+
+@pytest.mark.parametrize(
+    "sampler, state_, text",
+    [
+        (NO_NVML, "unknown", "unknown (NVML unavailable: NVML Shared Library Not Found)"),
+        (FakeSampler(gpus_=[]), "unknown", "unknown (NVML sees no GPU)"),
+        (FakeSampler(gpus_=[gpu(0, 3, 1000), gpu(1, 5, 1024)]), "idle", "2 GPUs are idle (max `5% util`, max `1024 MiB`"),
+        (FakeSampler(gpus_=[gpu(0), gpu(1, 0, 1025)]), "busy", "1 of 2 GPUs are busy at "),
+    ],
+)
+def test_gpu_status_by_registry_thresholds(tmp_path, sampler, state_, text):
+    g = resume.gpu_status(bundled_registry(tmp_path), sampler)
+    assert g.state == state_ and text in g.text
+
+
+def test_gpu_sampler_errors_are_unknown(tmp_path):
+    class Broken:
+        def sample(self):
+            raise RuntimeError("driver went away")
+
+    g = resume.gpu_status(bundled_registry(tmp_path), Broken())
+    assert g.state == "unknown" and "driver went away" in g.text
+
+
+def test_write_guide(tmp_path):
+    registry = bundled_registry(tmp_path)
+    out = resume.write_guide(registry, sampler=NO_NVML, now=NOW)
+    assert out == registry.settings.exp_root / "resume-guide.md"
+    assert out.read_text().startswith("# Nanochat Resume Guide\n")
+    with pytest.raises(IsADirectoryError):
+        resume.write_guide(registry, tmp_path, sampler=NO_NVML)
