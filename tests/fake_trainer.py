@@ -28,6 +28,7 @@ def main() -> None:
     p.add_argument("--ignore-sigterm", action="store_true", help="workers ignore SIGTERM (forces SIGKILL)")
     p.add_argument("--spawn-child", action="store_true", help="each worker starts a sleeping grandchild")
     p.add_argument("--line-bytes", type=int, default=0, help="pad each step line's extra field to this size")
+    p.add_argument("--progress-file", default=None, help="rank 0 records '<last step> <bytes written>' here")
     args = p.parse_args()
 
     rank = int(os.environ.get("RANK", "0"))
@@ -36,8 +37,11 @@ def main() -> None:
     child = None
     if args.spawn_child:
         child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=True)
+    if args.progress_file and rank == 0:
+        os.makedirs(os.path.dirname(os.path.abspath(args.progress_file)), exist_ok=True)
     n = args.num_iterations
     t0 = time.time()
+    written = 0
     for step in range(n):
         time.sleep(args.step_sleep)
         if step == args.fail_at_step:
@@ -46,12 +50,19 @@ def main() -> None:
             dt_ms = args.step_sleep * 1000.0
             pad = f" | pad: {'x' * args.line_bytes}" if args.line_bytes else ""
             eta = f" | eta: {(n - step - 1) * args.step_sleep / 60:.1f}m" if step >= 11 else ""
-            print(
+            line = (
                 f"step {step:05d}/{n:05d} ({100 * step / n:.2f}%) | loss: {10 - step * 0.01:.6f} | lrm: 1.00 | "
                 f"dt: {dt_ms:.2f}ms | tok/sec: {int(1024 / args.step_sleep):,} | bf16_mfu: 1.00 | epoch: 0 | "
-                f"total time: {(time.time() - t0) / 60:.2f}m{eta}{pad}",
-                flush=True,
+                f"total time: {(time.time() - t0) / 60:.2f}m{eta}{pad}\n"
             )
+            sys.stdout.write(line)
+            sys.stdout.flush()  # the line is in the kernel (the log file) from here on
+            written += len(line.encode())
+            if args.progress_file:  # the soak's witness: what the log must hold, whatever kills us next
+                tmp = f"{args.progress_file}.tmp"
+                with open(tmp, "w") as f:
+                    f.write(f"{step} {written}\n")
+                os.replace(tmp, args.progress_file)
     if args.checkpoint_root and rank == 0:
         os.makedirs(args.checkpoint_root, exist_ok=True)
         with open(os.path.join(args.checkpoint_root, f"{args.model_tag}.done"), "w") as f:
