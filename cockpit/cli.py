@@ -99,7 +99,10 @@ def cmd_stop(args: argparse.Namespace) -> int:
         raise UsageError(str(e)) from None
     for name in [args.leg] if args.leg else d.legs:
         st = d.states.get(name)
-        print(f"{name}: {st.status if st else 'not run'}" + (f" ({st.note})" if st and st.note else ""))
+        if st is not None and st.status == "queued" and (exp_dir / runs.STATE_DIR / f"{name}.stop").exists():
+            print(f"{name}: queued, stop requested: it will not start")
+        else:
+            print(f"{name}: {st.status if st else 'not run'}" + (f" ({st.note})" if st and st.note else ""))
     print(exp_dir)
     return 0
 

@@ -617,6 +617,8 @@ def _spawn_supervisor(exp_dir: Path, lock_fd: int, wait_s: float = 15.0) -> None
     log = open(exp_dir / STATE_DIR / f"{SUPERVISOR}.log", "ab")
     try:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        here = str(Path(__file__).resolve().parents[1])  # `-m cockpit.supervisor` imports this cockpit
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH", "")) if p)
         proc = subprocess.Popen(
             [sys.executable, "-m", "cockpit.supervisor", str(exp_dir), "--lock-fd", str(lock_fd)],
             stdin=subprocess.DEVNULL,
