@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -62,6 +63,8 @@ def test_kill9_supervisor_leg_finishes_and_is_reconciled(tmp_path):
     d = runs.open_dir(exp_dir)
     assert not d.supervisor_alive and d.states["a"].status == "running"  # torchrun goes on
     assert runs.is_alive(st.pid, st.create_time)
+    status = cockpit("--registry", str(path), "status")
+    assert status.returncode == 0 and "running: fake/a" in status.stdout, status.stdout + status.stderr
     wait_for(lambda: not runs.is_alive(st.pid, st.create_time), timeout=60, what="leg a to end")
     d = runs.open_dir(exp_dir)
     a, b = d.states["a"], d.states["b"]
@@ -71,6 +74,8 @@ def test_kill9_supervisor_leg_finishes_and_is_reconciled(tmp_path):
     assert [int(ln[5:10]) for ln in lines] == list(range(80))
     assert open(exp_dir / "a.log").read().rstrip().splitlines()[-1].startswith("Total training time:")
     assert not (exp_dir / "b.log").exists()
+    status = cockpit("--registry", str(path), "status").stdout
+    assert re.search(r"(?m)^\s+a\s+done\b", status) and "running: none" in status, status
     # no process of the leg is left behind
     assert not [p for p in psutil.process_iter(["cmdline"]) if str(exp_dir) in " ".join(p.info["cmdline"] or [])]
 
@@ -115,6 +120,22 @@ def test_stop_the_queue(tmp_path):
     assert runs.stop.__name__ and "queue stopped" not in (d.states["a"].note or "")
     r = cockpit("stop", str(exp_dir))
     assert r.returncode == 2 and "nothing running" in r.stderr
+
+
+def test_stop_orphaned_leg_after_supervisor_killed(tmp_path):
+    path = write_registry(tmp_path, {"a": 'model-tag = "a", num-iterations = 2000, ignore-sigterm = true, spawn-child = true'})
+    exp_dir = runs.launch(reg.load(path), "fake")
+    st = running_state(exp_dir, "a")
+    procs = wait_for(lambda: tree_of(st.pid, 5), what="torchrun, 2 workers, 2 grandchildren")
+    os.kill(runs.open_dir(exp_dir).supervisor["pid"], signal.SIGKILL)
+    wait_for(lambda: not runs.open_dir(exp_dir).supervisor_alive, what="supervisor gone")
+    t0 = time.monotonic()
+    d = runs.stop(exp_dir, grace_s=1.0)  # no supervisor: the client stops the tree itself
+    assert time.monotonic() - t0 < 4.0
+    assert alive(procs) == []
+    a = d.states["a"]
+    assert (a.status, a.exit_code_known) == ("stopped", False) and "supervisor gone" in a.note
+    assert runs.read_state(exp_dir, "a").status == "stopped"  # recorded on disk
 
 
 @pytest.mark.parametrize("policy, b_status", [("stop", "stopped"), ("continue", "done")])
