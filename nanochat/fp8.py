@@ -50,6 +50,7 @@ AMAX_EPS = 1e-12  # amax floor: an all-zero tensor gets a finite scale (448e12),
 _BACKEND = "auto"  # "auto" or "emulate" (forces emulation everywhere; for tests and the GPU bench)
 _CUDA_FP8: dict[int, bool] = {}  # device index -> has FP8 tensor cores (filled outside compiled code)
 _GROUPED_FP8: dict[int, bool] = {}  # device index -> torch._scaled_grouped_mm works and matches (probed)
+_GROUPED_MM: dict[tuple, bool] = {}  # (type, index) -> bf16 torch._grouped_mm works there (probed)
 
 
 def set_backend(name: str) -> None:
@@ -286,11 +287,35 @@ def _grouped_fp8_ok(device: torch.device) -> bool:
     return _GROUPED_FP8.get(device.index if device.index is not None else torch.cuda.current_device(), False)
 
 
+def grouped_mm_native(device: torch.device) -> bool:
+    """Whether the dropless path can use torch._grouped_mm (bf16) here: sm90+ GPUs with a recent
+    torch, and CPU. Probed once by probe_grouped(); an unprobed device is assumed to have it."""
+    return _GROUPED_MM.get((device.type, device.index), True)
+
+
+def _gmm(a, b, offs, row_expert, native):
+    """Grouped a[M,K] @ b[e][K,N] -> [M,N]. Without _grouped_mm: every expert on every row, each
+    row keeping its own expert's result (E x the FLOPs, static shapes, exact)."""
+    if native:
+        return torch._grouped_mm(a, b, offs=offs)
+    out = a.new_zeros(a.size(0), b.size(2))
+    for e in range(b.size(0)):
+        out = torch.where((row_expert == e)[:, None], a @ b[e], out)
+    return out
+
+
+def _gmm_wgrad(a, g, offs, row_expert, n_experts, native):
+    """Per expert a_e.T @ g_e over its rows -> [E,K,N]."""
+    if native:
+        return torch._grouped_mm(a.t(), g, offs=offs)
+    return torch.stack([(a * (row_expert == e)[:, None]).t() @ g for e in range(n_experts)])
+
+
 class _Fp8GroupedMm(torch.autograd.Function):
     """Dropless experts: x [M,K] (rows grouped by expert) @ w[e] [K,N] -> [M,N]."""
 
     @staticmethod
-    def forward(ctx, x, w, offs, grouped_fp8):
+    def forward(ctx, x, w, offs, grouped_fp8, native):
         n_exp = w.size(0)
         row_expert = _row_expert(offs, x.size(0))
         x8, x_inv = quantize_grouped(x, E4M3, row_expert, n_exp)  # x_inv [M,1]
@@ -301,9 +326,9 @@ class _Fp8GroupedMm(torch.autograd.Function):
             # Grouped GEMM on the dequantized FP8 values, in bf16 (_grouped_mm's dtype under
             # compile and on GPU): FP8 numerics, the speed of the bf16 kernel.
             bf16 = torch.bfloat16
-            out = torch._grouped_mm(_dequant(x8, x_inv, bf16), _dequant(w8, w_inv, bf16), offs=offs)
+            out = _gmm(_dequant(x8, x_inv, bf16), _dequant(w8, w_inv, bf16), offs, row_expert, native)
         ctx.save_for_backward(x8, x_inv, w8, w_inv, offs, row_expert)
-        ctx.x_dtype, ctx.w_dtype = x.dtype, w.dtype
+        ctx.x_dtype, ctx.w_dtype, ctx.native = x.dtype, w.dtype, native
         return out.to(torch.bfloat16)
 
     @staticmethod
@@ -314,9 +339,9 @@ class _Fp8GroupedMm(torch.autograd.Function):
         g8, g_inv = quantize_grouped(grad_out.contiguous(), E5M2, row_expert, w8.size(0))
         bf16 = torch.bfloat16
         g, w, x = _dequant(g8, g_inv, bf16), _dequant(w8, w_inv, bf16), _dequant(x8, x_inv, bf16)
-        grad_x = torch._grouped_mm(g, w.transpose(1, 2), offs=offs)  # [M,N] @ w[e].T -> [M,K]
-        grad_w = torch._grouped_mm(x.t(), g, offs=offs)  # per group x_e.T @ g_e -> [E,K,N]
-        return grad_x.to(ctx.x_dtype), grad_w.to(ctx.w_dtype), None, None
+        grad_x = _gmm(g, w.transpose(1, 2), offs, row_expert, ctx.native)  # [M,N] @ w[e].T -> [M,K]
+        grad_w = _gmm_wgrad(x, g, offs, row_expert, w.size(0), ctx.native)  # x_e.T @ g_e -> [E,K,N]
+        return grad_x.to(ctx.x_dtype), grad_w.to(ctx.w_dtype), None, None, None
 
 
 def fp8_grouped_mm(x: torch.Tensor, w: torch.Tensor, offs: torch.Tensor) -> torch.Tensor:
@@ -326,14 +351,28 @@ def fp8_grouped_mm(x: torch.Tensor, w: torch.Tensor, offs: torch.Tensor) -> torc
     otherwise, and for the backward, grouped GEMMs on the dequantized FP8 values."""
     if w.size(1) % 16 or w.size(2) % 16:
         raise ValueError(f"fp8 grouped mm: K and N must be multiples of 16, got {tuple(w.shape[1:])}")
-    return _Fp8GroupedMm.apply(x, w, offs, _grouped_fp8_ok(x.device))
+    return _Fp8GroupedMm.apply(x, w, offs, _grouped_fp8_ok(x.device), grouped_mm_native(x.device))
 
 
 def probe_grouped(device: torch.device) -> bool:
-    """Run torch._scaled_grouped_mm once on a tiny problem and compare it with the emulation; the
-    FP8 grouped forward is used only where this passes (its rules vary across torch versions and
-    GPUs). Call outside compiled code (convert_to_fp8 does)."""
+    """Probe the grouped kernels once, outside compiled code (convert_to_fp8 calls it): whether bf16
+    torch._grouped_mm runs here (both the 2d x 3d and the 2d x 2d form), and whether
+    torch._scaled_grouped_mm runs and matches the emulation on a tiny problem (its rules vary
+    across torch versions and GPUs). Returns the latter: the FP8 grouped forward is used only then."""
     device = torch.device(device)
+    if (device.type, device.index) not in _GROUPED_MM:
+        ok = hasattr(torch, "_grouped_mm")
+        if ok:
+            try:
+                a = torch.ones(48, 32, device=device, dtype=torch.bfloat16)
+                b = torch.ones(2, 32, 16, device=device, dtype=torch.bfloat16)
+                offs = torch.tensor([24, 48], device=device, dtype=torch.int32)
+                ok = bool((torch._grouped_mm(a, b, offs=offs) == 32).all().item())
+                g = torch.ones(48, 16, device=device, dtype=torch.bfloat16)
+                ok = ok and bool((torch._grouped_mm(a.t(), g, offs=offs) == 24).all().item())
+            except (RuntimeError, NotImplementedError, TypeError, ValueError):
+                ok = False
+        _GROUPED_MM[(device.type, device.index)] = ok
     if not uses_scaled_mm(device) or not hasattr(torch, "_scaled_grouped_mm"):
         return False
     index = device.index if device.index is not None else torch.cuda.current_device()
@@ -350,7 +389,7 @@ def probe_grouped(device: torch.device) -> bool:
             ref = torch._grouped_mm(_dequant(x8, x_inv, torch.bfloat16),
                                     _dequant(w8, w_inv, torch.bfloat16), offs=offs).float()
             ok = bool(((got - ref).norm() / ref.norm()).item() < 1e-2)
-        except (RuntimeError, TypeError, NotImplementedError):
+        except (RuntimeError, TypeError, NotImplementedError, ValueError):
             ok = False
         _GROUPED_FP8[index] = ok
     return _GROUPED_FP8[index]
@@ -430,6 +469,7 @@ def convert_to_fp8(model: nn.Module, include_experts: bool) -> dict:
                 expert_leaves.append(pn)
 
     grouped = probe_grouped(device) if include_experts and n_expert_layers else False
+    native = grouped_mm_native(device)
     emulated = not uses_scaled_mm(device)
     parts = [f"{fam} {'/'.join(kinds[fam])} x{counts[fam]}" for fam in counts]
     if n_expert_layers:
@@ -446,7 +486,9 @@ def convert_to_fp8(model: nn.Module, include_experts: bool) -> dict:
         why = "forced" if _BACKEND == "emulate" else "needs CUDA compute capability >= 8.9"
         line += f" | FP8 EMULATED on {device.type} (no FP8 matmul: {why}): FP8 numerics, no speed-up"
     elif n_expert_layers:
-        line += f" | experts: {'_scaled_grouped_mm' if grouped else 'grouped bf16 GEMM on FP8 values'} (dropless), _scaled_mm per expert (fixed capacity)"
+        dropless = ("_scaled_grouped_mm" if grouped else
+                    "grouped bf16 GEMM on FP8 values" if native else "per-expert masked GEMMs on FP8 values")
+        line += f" | experts: _scaled_mm per expert (fixed capacity), {dropless} (dropless)"
     return {
         "converted": n_linear + n_expert_mats,
         "linear": n_linear,
@@ -457,5 +499,6 @@ def convert_to_fp8(model: nn.Module, include_experts: bool) -> dict:
         "kept": kept,
         "emulated": emulated,
         "grouped_fp8": grouped,
+        "grouped_mm_native": native,
         "log_line": line,
     }

@@ -205,6 +205,22 @@ def test_fp8_bmm_matches_fp8_grouped_mm():
     assert rel(a, b) < 1e-2
 
 
+def test_dropless_fallback_without_grouped_mm_matches(monkeypatch):
+    # GPUs without torch._grouped_mm (pre-sm90) take masked per-expert GEMMs: same FP8 numerics
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(50, 128, generator=g).bfloat16()
+    w = torch.randn(3, 128, 144, generator=g) * 0.1
+    offs = torch.tensor([17, 17, 50], dtype=torch.int32)
+    f = lambda a, b: fp8.fp8_grouped_mm(a, b, offs)
+    grad = torch.randn(50, 144, generator=g)
+    native = fwd_bwd(f, x, w, grad=grad)
+    monkeypatch.setitem(fp8._GROUPED_MM, ("cpu", None), False)
+    assert not fp8.grouped_mm_native(torch.device("cpu"))
+    masked = fwd_bwd(f, x, w, grad=grad)
+    for a, b in zip([native[0], *native[1]], [masked[0], *masked[1]], strict=True):
+        assert rel(a, b) < 1e-2
+
+
 # -----------------------------------------------------------------------------
 # conversion and compile
 
