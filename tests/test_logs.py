@@ -254,12 +254,13 @@ def test_summary_never_raises(tmp_path):
 
 def test_big_log_is_read_from_its_end_with_the_same_figures(tmp_path, monkeypatch):
     p = tmp_path / "big.log"
-    lines = [f"junk line {i} " + "x" * 80 for i in range(60_000)]  # ~6 MB of noise first
-    lines += [
-        f"step {i:05d}/00400 ({i / 4:.2f}%) | loss: {5 - i / 100:.6f} | lrm: 1.00 | dt: {600 + i % 7:.2f}ms | "
-        f"tok/sec: {800_000 + i:,} | bf16_mfu: {9 + (i % 3) / 10:.2f} | epoch: 0 | total time: {i / 100:.2f}m"
-        for i in range(400)
-    ]
+    lines = [f"junk line {i} " + "x" * 80 for i in range(30_000)]  # ~2.7 MB of noise first
+    for i in range(400):  # then steps, each followed by 5 KB of noise
+        lines += [
+            f"step {i:05d}/00400 ({i / 4:.2f}%) | loss: {5 - i / 100:.6f} | lrm: 1.00 | dt: {600 + i % 7:.2f}ms | "
+            f"tok/sec: {800_000 + i:,} | bf16_mfu: {9 + (i % 3) / 10:.2f} | epoch: 0 | total time: {i / 100:.2f}m",
+            "W noise " + "y" * 5000,
+        ]
     lines += ["Peak memory usage: 100.00MiB", "Total training time: 4.00m"]
     p.write_text("\n".join(lines) + "\n")
     full = logs.parse_file(p)
@@ -279,3 +280,110 @@ def test_big_log_is_read_from_its_end_with_the_same_figures(tmp_path, monkeypatc
     assert sum(n for n in reads if n and n > 0) < p.stat().st_size  # not the whole file
     assert (s.tok_per_sec, s.dt_ms, s.mfu) == (full.tail_mean("tok_per_sec"), full.tail_mean("dt_ms"), full.tail_mean("mfu"))
     assert (s.last_step, s.steps_observed, s.peak_mem_mib, s.status) == (399, 400, 100.0, "completed")
+    # no step line in the head: the count is what the tail read saw, marked as not exact
+    p.write_text("\n".join(["x" * 100] * 50_000 + lines[30_000:]) + "\n")
+    s = logs.summarize(p)
+    assert not s.exact_count and s.steps_observed == 50 and s.tail_n == 50
+
+
+# ---------------------------------------------------------------------------------------------
+# the full parse reads step lines in bulk: it must give exactly what the line parser gives
+
+
+def per_line(path: Path, tail: int = 50) -> logs.LogState:
+    state = logs.LogState(tail=tail, keep_steps=None)
+    splitter = logs.LineSplitter()
+    state.feed_many(splitter.feed(path.read_bytes()))
+    state.feed_many([ln for ln in splitter.flush() if logs.parse_step(ln) is None])
+    return state
+
+
+def canon(x):
+    """NaN-aware structure for ==: each NaN becomes the string 'nan'."""
+    if isinstance(x, float) and x != x:
+        return "nan"
+    if isinstance(x, dict):
+        return {k: canon(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [canon(v) for v in x]
+    return x
+
+
+def same_state(a: logs.LogState, b: logs.LogState) -> None:
+    assert canon(a.table.cols) == canon(b.table.cols) and a.table.extra == b.table.extra
+    sa, sb = logs.summary_of(a, "x.log", now=0), logs.summary_of(b, "x.log", now=0)
+    assert canon(dataclasses.asdict(sa)) == canon(dataclasses.asdict(sb))
+    assert a.lines_seen == b.lines_seen
+    assert canon([dataclasses.asdict(r) for r in a.window]) == canon([dataclasses.asdict(r) for r in b.window])
+
+
+@pytest.mark.parametrize("name", FORMAT_FIXTURES + ["seed/20260224_175412_moe-fp8-capacity-ablation-v1/static_cap1p0",
+                                                    "cpu-smoke/moe_cap1p0"])
+def test_bulk_full_parse_equals_the_line_parser(name):
+    path = FIXTURES / f"{name}.log"
+    bulk_rows = []
+    real = logs._bulk_columns
+
+    def spy(lines):
+        cols = real(lines)
+        bulk_rows.append(0 if cols is None else len(lines))
+        return cols
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(logs, "_bulk_columns", spy)
+        state = logs.parse_file(path)
+    same_state(state, per_line(path))
+    assert len(state.table) == state.steps_observed > 0
+    if name != "trainer-junk":  # its step lines carry an unknown field: read line by line
+        assert sum(bulk_rows) == state.steps_observed  # every step line was read in bulk
+
+
+def test_bulk_full_parse_of_many_layouts_and_oddities(tmp_path):
+    lines = []
+    for i in range(3000):
+        base = f"step {i:05d}/03000 ({i / 30:.2f}%) | loss: {6 - i / 1000:.6f} | lrm: 1.00 | dt: {600 + i % 9:.2f}ms"
+        tail = f" | tok/sec: {800_000 + i * 7:,} | bf16_mfu: {9 + i % 5 / 10:.2f} | epoch: 0 | total time: {i / 100:.2f}m"
+        kind = i % 23
+        if kind == 1:
+            line = base + tail + f" | eta: {i / 10:.1f}m | drop: {i % 3:.2f}%"
+        elif kind == 2:
+            line = base.replace("ms", "s") + tail.replace("bf16_mfu", "mfu")  # other units and names
+        elif kind == 3:
+            line = base + tail + " | flag: on"  # an unknown field: extra
+        elif kind == 4:
+            line = f"step {i}/3000 | loss: nan | dt: 1.5e2ms | tok/sec: 12_000"  # odd numbers
+        elif kind == 5:
+            line = "step function of the scheduler: cosine"
+        elif kind == 6:
+            line = f"[rank0]:step {i:05d}/03000 ({i / 30:.2f}%) | loss: 1.0"
+        elif kind == 7:
+            line = "Traceback (most recent call last):\n  File 'x'\nValueError: transient"
+        elif kind == 8:
+            line = f"moe step {i:05d} | drop: 1.20% | load: 0.5,0.5 | bal: 1.0{i % 10}"
+        elif kind == 9:
+            line = base + " | loss: 1..2" + tail
+        else:
+            line = base + tail
+        lines.append(line)
+    lines += ["Peak memory usage: 100.00MiB", "Total training time: 4.00m"]
+    p = tmp_path / "many.log"
+    p.write_text("\n".join(lines) + "\n")
+    for chunk in (logs.READ_CHUNK, 4096, 333):
+        old = logs.READ_CHUNK
+        logs.READ_CHUNK = chunk
+        try:
+            state = logs.parse_file(p)
+        finally:
+            logs.READ_CHUNK = old
+        expected = per_line(p)
+        same_state(state, expected)
+    assert expected.table.extra and expected.steps_observed > 2500 and not expected.failed
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(streams())
+def test_bulk_full_parse_of_any_stream(tmp_path, stream):
+    data, _ = stream
+    p = tmp_path / "s.log"
+    p.write_bytes(data)
+    same_state(logs.parse_file(p), per_line(p))

@@ -1,0 +1,163 @@
+"""Benchmark of the log code: `python -m cockpit.bench_logs [--scale 1.0] [--keep]`.
+
+Generates trainer logs under a temp dir (about 2 GB at scale 1, deleted at the end) and prints,
+side by side in one run:
+
+1. full parse throughput (lines/s) against a plain `for line in file` read of the same bytes;
+2. the tail-N summary of a 1 GB log (it seeks from the end);
+3. `cockpit report` (markdown to stdout, a fresh process) on a dir of 10 legs of 100 MB each.
+
+Targets: full parse >= 0.3x the plain read; 1 GB tail summary < 0.2 s; 10-leg report < 1 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from cockpit import logs, report
+
+MB = 1 << 20
+
+
+def step_line(step: int, total: int, rng: random.Random) -> str:
+    dt = 650 + rng.uniform(-30, 30)
+    return (
+        f"step {step:05d}/{total:05d} ({100 * step / total:.2f}%) | loss: {3.7 + rng.random():.6f} | "
+        f"bal: {1 + rng.random() / 50:.4f} | lrm: 1.00 | dt: {dt:.2f}ms | tok/sec: {int(524288 / dt * 1000):,} | "
+        f"bf16_mfu: {9.7 + rng.random() / 5:.2f} | epoch: 1 | total time: {step * dt / 60000:.2f}m | "
+        f"eta: {(total - step) * dt / 60000:.1f}m | drop: {rng.random() * 3:.2f}%"
+    )
+
+
+def write_log(path: Path, size: int, seed: int = 0) -> int:
+    """A log of the trainer's lines (a step line every step, a moe line every 10, some noise),
+    about `size` bytes, ending with the final lines. Returns the number of lines."""
+    rng = random.Random(seed)
+    block_lines = []
+    for i in range(2000):
+        block_lines.append(step_line(i, 10**6, rng))
+        if i % 10 == 0:
+            block_lines.append(f"moe step {i:05d} | drop: 1.20% | load: {','.join(['0.125'] * 8)} | bal: 1.0023")
+        if i % 500 == 0:
+            block_lines.append("W1126 04:00:00.000000 1234 torch/_dynamo/convert_frame.py:844] recompile (noise)")
+    block = ("\n".join(block_lines) + "\n").encode()
+    n_blocks = max(1, size // len(block))
+    header = b"Autodetected device type: cuda\nEstimated FLOPs per token: 7.301376e+08\n"
+    tail = b"Peak memory usage: 18987.83MiB\nTotal training time: 2.97m\n"
+    with open(path, "wb") as f:
+        f.write(header)
+        for _ in range(n_blocks):
+            f.write(block)
+        f.write(tail)
+    return 2 + n_blocks * len(block_lines) + 2
+
+
+def plain_read(path: Path) -> tuple[int, float]:
+    t0 = time.perf_counter()
+    n = 0
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for _ in f:
+            n += 1
+    return n, time.perf_counter() - t0
+
+
+def full_parse(path: Path) -> tuple[int, float]:
+    t0 = time.perf_counter()
+    state = logs.parse_file(path)
+    dt = time.perf_counter() - t0
+    return state.lines_seen, dt
+
+
+def best(fn, repeat: int) -> tuple[float, object]:
+    times, out = [], None
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    return min(times), out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m cockpit.bench_logs", description=__doc__.split("\n")[0])
+    ap.add_argument("--scale", type=float, default=1.0, help="size factor of every generated log (default 1)")
+    ap.add_argument("--parse-mb", type=float, default=200, help="size of the full-parse log in MB (default 200)")
+    ap.add_argument("--keep", action="store_true", help="keep the generated logs")
+    args = ap.parse_args(argv)
+
+    root = Path(tempfile.mkdtemp(prefix="cockpit-bench-"))
+    rows: list[tuple[str, str, str, str]] = []
+    try:
+        # 1. full parse vs plain read, same file, each best of 3 (warm page cache for both)
+        p = root / "parse.log"
+        n_lines = write_log(p, int(args.parse_mb * args.scale * MB))
+        size_mb = p.stat().st_size / MB
+        plain_t = min(plain_read(p)[1] for _ in range(3))
+        parse_runs = [full_parse(p) for _ in range(3)]
+        parse_t = min(t for _, t in parse_runs)
+        assert parse_runs[0][0] == n_lines, (parse_runs[0][0], n_lines)
+        ratio = plain_t / parse_t
+        rows.append(("plain `for line in file`", f"{size_mb:.0f} MB, {n_lines:,} lines",
+                     f"{plain_t:.3f} s", f"{n_lines / plain_t:,.0f} lines/s"))
+        rows.append(("full parse (logs.parse_file)", f"{size_mb:.0f} MB, {n_lines:,} lines",
+                     f"{parse_t:.3f} s", f"{n_lines / parse_t:,.0f} lines/s = {ratio:.2f}x plain (target >= 0.3x)"))
+        p.unlink()
+
+        # 2. tail-N summary of a 1 GB log
+        big = root / "big.log"
+        write_log(big, int(1024 * args.scale * MB), seed=1)
+        big_mb = big.stat().st_size / MB
+        t_first = time.perf_counter()
+        s = logs.summarize(big)
+        t_first = time.perf_counter() - t_first
+        t_tail, s = best(lambda: logs.summarize(big), 5)
+        assert s.finished and s.tail_n == 50, s
+        rows.append(("tail-50 summary (logs.summarize)", f"{big_mb:.0f} MB",
+                     f"{t_tail * 1000:.1f} ms", f"first call {t_first * 1000:.1f} ms (target < 200 ms)"))
+        big.unlink()
+
+        # 3. cockpit report on 10 legs of 100 MB
+        exp = root / "20261126_000000_bench"
+        exp.mkdir()
+        first = exp / "leg_00.log"
+        write_log(first, int(100 * args.scale * MB), seed=2)
+        for i in range(1, 10):
+            shutil.copyfile(first, exp / f"leg_{i:02d}.log")
+        leg_mb = first.stat().st_size / MB
+        t_inproc, text = best(lambda: report.render_report(exp), 3)
+        assert text.count("| leg_") == 20, text
+        cmd = [sys.executable, "-m", "cockpit.cli", "report", "--registry", str(root / "none.toml"), "--exp-dir", str(exp)]
+        t_cli = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+            t_cli.append(time.perf_counter() - t0)
+        assert out.count("| leg_") == 20
+        rows.append(("report.render_report (in process)", f"10 x {leg_mb:.0f} MB", f"{t_inproc * 1000:.1f} ms", ""))
+        rows.append(("`cockpit report --exp-dir` (new process)", f"10 x {leg_mb:.0f} MB",
+                     f"{min(t_cli) * 1000:.1f} ms", "target < 1000 ms, Python start and imports included"))
+    finally:
+        if args.keep:
+            print(f"logs kept in {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+
+    w = [max(len(r[i]) for r in rows) for i in range(4)]
+    print(f"{'benchmark':<{w[0]}}  {'input':<{w[1]}}  {'time':>{w[2]}}  rate / note")
+    for r in rows:
+        print(f"{r[0]:<{w[0]}}  {r[1]:<{w[1]}}  {r[2]:>{w[2]}}  {r[3]}")
+    print(f"cpu count: {os.cpu_count()}, python {sys.version.split()[0]}")
+    print(f"full parse / plain read = {ratio:.2f}x; 1 GB tail summary {t_tail * 1000:.0f} ms; "
+          f"10 x 100 MB report {min(t_cli) * 1000:.0f} ms")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
