@@ -353,15 +353,15 @@ def _cell(v) -> str:
     return "" if v is None else (repr(v) if isinstance(v, float) else str(v))
 
 
-def write_csvs(rows_: list[ReportRow], steps: dict[str, list[logs.StepLine]], steps_csv: Path, summary_csv: Path) -> None:
+def write_csvs(rows_: list[ReportRow], steps: dict[str, logs.StepTable], steps_csv: Path, summary_csv: Path) -> None:
     """Per-step CSV (one line per step line of every run) and summary CSV (one line per run)."""
     tmp = steps_csv.with_name(f".{steps_csv.name}.{os.getpid()}.tmp")
     with open(tmp, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(["run", *STEP_COLUMNS])
-        for run, recs in steps.items():
-            for rec in recs:
-                w.writerow([run, *(_cell(getattr(rec, c)) for c in STEP_COLUMNS)])
+        for run, table in steps.items():
+            cols = [[_cell(v) for v in table.cols[c]] for c in STEP_COLUMNS]
+            w.writerows(zip([run] * len(table), *cols, strict=True))
     os.replace(tmp, steps_csv)
     tmp = summary_csv.with_name(f".{summary_csv.name}.{os.getpid()}.tmp")
     with open(tmp, "w", newline="", encoding="utf-8") as f:
@@ -380,7 +380,7 @@ def write_csvs(rows_: list[ReportRow], steps: dict[str, list[logs.StepLine]], st
     os.replace(tmp, summary_csv)
 
 
-def write_plots(steps: dict[str, list[logs.StepLine]], out_dir: Path, prefix: str) -> dict[str, str]:
+def write_plots(steps: dict[str, logs.StepTable], out_dir: Path, prefix: str) -> dict[str, str]:
     """PNG per metric (loss, tok/sec, MFU, dt) per step, one line per run. Returns label -> file name.
 
     matplotlib is imported here, with the Agg backend, only when plots are drawn.
@@ -392,10 +392,11 @@ def write_plots(steps: dict[str, list[logs.StepLine]], out_dir: Path, prefix: st
 
     made: dict[str, str] = {}
     for attr, label in PLOTS:
-        series = {
-            run: [(r.step, v) for r in recs if (v := getattr(r, attr)) is not None] for run, recs in steps.items()
-        }
-        series = {k: v for k, v in series.items() if v}
+        series = {}
+        for run, table in steps.items():
+            pts = [(x, y) for x, y in zip(table.cols["step"], table.cols[attr], strict=True) if y is not None]
+            if pts:
+                series[run] = pts
         if not series:
             continue
         fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
@@ -438,13 +439,15 @@ def write_report(
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = out.stem
     all_rows = rows(exp_dir, tail, now)
-    steps: dict[str, list[logs.StepLine]] = {}
+    steps: dict[str, logs.StepTable] = {}
     for r in all_rows:
         if r.path and r.summary and not r.summary.error:
             try:
-                steps[r.run] = list(logs.parse_file(r.path, tail=tail, keep_steps=None).steps)
+                table = logs.parse_file(r.path, tail=tail, keep_steps=None).table
             except OSError:
                 continue
+            if table is not None:
+                steps[r.run] = table
     links: dict[str, str] = {}
     steps_csv, summary_csv = out_dir / f"{stem}_steps.csv", out_dir / f"{stem}_summary.csv"
     write_csvs(all_rows, steps, steps_csv, summary_csv)
