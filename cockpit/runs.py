@@ -81,9 +81,30 @@ class LegState:
         return self.status in ACTIVE_STATUSES
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> LegState:
+    def from_dict(cls, data: dict[str, Any]) -> LegState | None:
+        """A state from its JSON, or None when it is not one (a hand-edited or foreign file)."""
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        st = cls(**{k: v for k, v in data.items() if k in known})
+        ok = (
+            isinstance(st.leg, str)
+            and st.status in LEG_STATUSES
+            and all(_is_int(v) for v in (st.pid, st.supervisor_pid, st.exit_code) if v is not None)
+            and all(_is_num(v) for v in (st.create_time, st.supervisor_create_time) if v is not None)
+            and isinstance(st.exit_code_known, bool)
+            and isinstance(st.error_tail, list)
+            and all(isinstance(v, str) for v in st.error_tail)
+            and all(v is None or isinstance(v, str)
+                    for v in (st.started_at, st.ended_at, st.waiting_reason, st.note, st.log))
+        )
+        return st if ok else None
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
 
 
 def now_iso() -> str:
@@ -115,13 +136,13 @@ def read_state(exp_dir: Path | str, leg: str) -> LegState | None:
     try:
         data = json.loads(state_path(exp_dir, leg).read_text(encoding="utf-8"))
         return LegState.from_dict(data) if isinstance(data, dict) and "status" in data else None
-    except (OSError, ValueError, TypeError):
+    except (OSError, ValueError, TypeError):  # unreadable, not JSON, unknown keys of wrong kinds
         return None
 
 
 def is_alive(pid: int | None, create_time: float | None) -> bool:
     """Is this exact process still running? A reused pid (other create time) or a zombie is not."""
-    if not pid:
+    if not _is_int(pid) or pid <= 0 or (create_time is not None and not _is_num(create_time)):
         return False
     try:
         p = psutil.Process(pid)
@@ -233,12 +254,16 @@ def open_dir(path: Path | str) -> ExpDir:
     path = Path(path)
     plan = _read_json(path / "plan.json")
     m = DIR_NAME.match(path.name)
-    experiment = (plan or {}).get("experiment") or (m.group(2) if m else path.name)
+    named = (plan or {}).get("experiment")
+    experiment = named if isinstance(named, str) and named else (m.group(2) if m else path.name)
     created = m.group(1) if m else ""
     if plan and isinstance(plan.get("legs"), list):
-        legs = [leg["name"] for leg in plan["legs"] if isinstance(leg, dict) and "name" in leg]
+        legs = [leg["name"] for leg in plan["legs"] if isinstance(leg, dict) and _leg_name(leg.get("name"))]
     else:
-        legs = sorted(p.stem for p in path.glob("*.log") if p.is_file())
+        try:
+            legs = sorted(p.stem for p in path.glob("*.log") if p.is_file())
+        except OSError:
+            legs = []
     sup = _read_json(path / STATE_DIR / f"{SUPERVISOR}.json")
     sup_alive = bool(sup) and is_alive(sup.get("pid"), sup.get("create_time")) and not sup.get("ended_at")
     states = {}
@@ -247,6 +272,10 @@ def open_dir(path: Path | str) -> ExpDir:
         if st is not None:
             states[leg] = reconcile(path, st, sup_alive)
     return ExpDir(path, experiment, created, plan, legs, states, sup, sup_alive)
+
+
+def _leg_name(name: Any) -> bool:
+    return isinstance(name, str) and bool(name) and "/" not in name and name not in (".", "..")
 
 
 def reconcile(exp_dir: Path, st: LegState, supervisor_alive: bool) -> LegState:
@@ -279,8 +308,11 @@ def discover(exp_root: Path | str) -> list[ExpDir]:
         return []
     out = []
     for p in entries:
-        if (p / "plan.json").exists() or (p / STATE_DIR).is_dir() or any(p.glob("*.log")):
-            out.append(open_dir(p))
+        try:
+            if (p / "plan.json").exists() or (p / STATE_DIR).is_dir() or any(p.glob("*.log")):
+                out.append(open_dir(p))
+        except OSError:  # a dir we may not read is not ours to show
+            continue
     return sorted(out, key=lambda d: (d.created or "99999999_999999", d.path.name))
 
 

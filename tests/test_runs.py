@@ -214,3 +214,23 @@ def test_stop_unknown_targets(tmp_path):
     d = _orphan_dir(tmp_path, FINAL)
     r = cockpit("--registry", str(path), "stop", str(d), "zz")
     assert r.returncode == 2 and "has no leg 'zz'" in r.stderr
+
+
+def test_garbage_on_disk_never_crashes_discovery(tmp_path):
+    root = tmp_path / "exp"
+    d = root / "20260301_120000_exp"
+    (d / "state").mkdir(parents=True)
+    (d / "plan.json").write_text(json.dumps({"experiment": 7, "legs": [{"name": "a"}, {"name": 3}, "x", {"name": "../b"}]}))
+    (d / "state" / "a.json").write_text(json.dumps({"leg": "a", "status": "running", "pid": "12", "create_time": "x"}))
+    (d / "state" / "supervisor.json").write_text(json.dumps({"pid": [1], "create_time": None}))
+    other = root / "20260301_120001_exp"
+    (other / "state").mkdir(parents=True)
+    (other / "plan.json").write_text("{not json")
+    (other / "state" / "a.json").write_text(json.dumps({"leg": "a", "status": "exploded"}))
+    (other / "a.log").write_bytes(b"\x00\xff garbage\nstep 1/x\n")
+    found = runs.discover(root)
+    assert [(x.experiment, x.legs, list(x.states)) for x in found] == [("exp", ["a"], []), ("exp", ["a"], [])]
+    assert not found[0].supervisor_alive
+    path = write_registry(tmp_path, {"a": 'model-tag = "a"'}, exp_id="exp")
+    r = cockpit("--registry", str(path), "status")
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
