@@ -285,7 +285,8 @@ def test_static_compile_fp8_moe_block_fullgraph_no_recompile(capacity_factor):
     with torch._dynamo.config.patch(error_on_recompile=True):
         for step in range(3):  # new data each step, so routing (and drops / offs) change
             x = torch.randn(2, 32, 128, generator=torch.Generator().manual_seed(step))
-            logits, aux = compiled(x)
+            with torch.autocast("cpu", dtype=torch.bfloat16):  # as the trainer runs on GPU
+                logits, aux = compiled(x)
             loss = logits.logsumexp(-1).mean() + aux
             loss.backward()
             opt.step()
