@@ -474,7 +474,7 @@ def convert_to_fp8(model: nn.Module, include_experts: bool) -> dict:
     parts = [f"{fam} {'/'.join(kinds[fam])} x{counts[fam]}" for fam in counts]
     if n_expert_layers:
         parts.append(f"experts {'/'.join(expert_leaves)} x{n_expert_mats} "
-                     f"({n_expert_layers} MoE layers x {experts_per_layer} experts, per-expert weight scales)")
+                     f"({n_expert_layers} MoE layers x {experts_per_layer} experts, per-expert scales)")
     kept_txt = ", ".join(f"{k} x{kept.count(k)}" if kept.count(k) > 1 else k for k in dict.fromkeys(kept))
     scope = "MoE experts included" if include_experts else "MoE experts in bf16"
     line = (f"✓ FP8 training enabled (tensorwise scaling, {scope}) - converted {n_linear + n_expert_mats} "
