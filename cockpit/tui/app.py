@@ -19,6 +19,7 @@ from textual import work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.css.query import NoMatches
 from textual.screen import Screen
 from textual.widgets import Footer, Tree
 
@@ -67,7 +68,7 @@ class CockpitApp(App[None]):
         ("g", "write_guide", "write the resume guide"),
         ("f", "toggle_follow", "follow the current log on/off (scrolling up pauses it too)"),
         ("[ / ]", "cycle_tab", "previous / next log tab"),
-        ("tab / shift+tab", "focus_next", "move between panes"),
+        ("tab / shift+tab", "focus_next focus_previous", "move between panes"),
         ("?", "help", "this list"),
         ("q", "quit", "quit (running legs go on)"),
     ]
@@ -95,6 +96,7 @@ class CockpitApp(App[None]):
         self.selection: Selection | None = None
         self._stopping = False
         self.finished: list[str] = []  # leg transitions notified (tests read it)
+        self.quit_message: str | None = None
 
     # ------------------------------------------------------------------------------------------
     # layout
@@ -113,15 +115,19 @@ class CockpitApp(App[None]):
                 yield LogPanes(id="logs", max_lines=self.max_log_lines)
         yield Footer()
 
+    def main(self, selector):
+        """A widget of the main screen, also while a confirmation or the help is on top."""
+        return self.screen_stack[0].query_one(selector)
+
     def on_mount(self) -> None:
-        self.query_one("#experiments").border_title = "Experiments"
-        self.query_one("#resume-box").border_title = "Resume"
-        self.query_one("#gpus").border_title = "GPUs"
-        self.query_one("#live").border_title = "Live metrics"
-        self.query_one("#final").border_title = "Final metrics"
-        self.query_one("#logs").border_title = "Logs"
-        self.query_one(CockpitHeader).show(None)
-        self.query_one(ExperimentTree).focus()
+        self.main("#experiments").border_title = "Experiments"
+        self.main("#resume-box").border_title = "Resume"
+        self.main("#gpus").border_title = "GPUs"
+        self.main("#live").border_title = "Live metrics"
+        self.main("#final").border_title = "Final metrics"
+        self.main("#logs").border_title = "Logs"
+        self.main(CockpitHeader).show(None)
+        self.main(ExperimentTree).focus()
         self._collect()
         self.set_interval(self.refresh_s, self.tick)
 
@@ -131,6 +137,7 @@ class CockpitApp(App[None]):
 
         worker = get_current_worker()
         c = self.collector
+        c.sample()
         c.compute()
         self._call(self.tick)  # the first full paint does not wait for the timer
         c.run(lambda: worker.is_cancelled or self._stopping, period=self.poll_s)
@@ -152,12 +159,20 @@ class CockpitApp(App[None]):
     # applying what the worker computed (UI thread, at most twice a second)
 
     def tick(self) -> None:
+        if self._stopping or not self.screen_stack:
+            return
+        try:
+            self._tick()
+        except NoMatches:  # a tick racing the app's shutdown: nothing left to paint
+            pass
+
+    def _tick(self) -> None:
         pub = self.collector.take()
         if pub.seq != self.applied_seq:
             self.applied_seq = pub.seq
             self.apply(pub.view, pub.error)
-            self.query_one(FinalTable).show(pub.report)
-        panes = self.query_one(LogPanes)
+            self.main(FinalTable).show(pub.report)
+        panes = self.main(LogPanes)
         for key, lines in pub.lines.items():
             v = panes.view(key)
             if v is not None:
@@ -166,27 +181,27 @@ class CockpitApp(App[None]):
             v.flush()
 
     def apply(self, view: CockpitView | None, error: str | None) -> None:
-        header = self.query_one(CockpitHeader)
+        header = self.main(CockpitHeader)
         if error and error != self.error:
             self.notify(error, title="registry", severity="error", timeout=10)
         self.error = error
         if view is None:
             header.show(None, error)
             if error:
-                self.query_one(ResumePanel).update(Text(f"⚠ {error}\n\nFix the registry: the cockpit "
+                self.main(ResumePanel).update(Text(f"⚠ {error}\n\nFix the registry: the cockpit "
                                                         "reloads it every second.", style="bold red"))
             return
         old = self.view
         self.view = view
         header.show(view)
-        tree = self.query_one(ExperimentTree)
+        tree = self.main(ExperimentTree)
         tree.show(view)
         if self.selection is None and tree.selection is not None:
             self.select(tree.selection)
-        self.query_one(GpuPanel).show(view.gpu)
-        self.query_one(LiveTable).show(view.live, self.collector.registry.settings.tail
+        self.main(GpuPanel).show(view.gpu)
+        self.main(LiveTable).show(view.live, self.collector.registry.settings.tail
                                        if self.collector.registry else 50)
-        self.query_one(ResumePanel).show(view.resume, view.errors + ((error,) if error else ()))
+        self.main(ResumePanel).show(view.resume, view.errors + ((error,) if error else ()))
         if old is not None:
             self.announce(old, view)
         self.sync_tabs()
@@ -211,7 +226,7 @@ class CockpitApp(App[None]):
         sel = self.selected_log()
         if sel is not None and sel[0] not in {t[0] for t in tabs}:
             tabs.append(sel)
-        panes = self.query_one(LogPanes)
+        panes = self.main(LogPanes)
         panes.sync(tabs)
         self.collector.request.tabs = tuple((k, p) for k, _, p in tabs)
 
@@ -236,6 +251,8 @@ class CockpitApp(App[None]):
 
     def on_tree_node_highlighted(self, event: Tree.NodeHighlighted) -> None:
         sel = event.node.data
+        if self._stopping or not self.screen_stack:  # the app is closing
+            return
         if isinstance(sel, Selection) and sel != self.selection:
             self.select(sel)
 
@@ -246,7 +263,7 @@ class CockpitApp(App[None]):
         self.sync_tabs()
         key = self.selected_log()
         if key is not None:
-            self.query_one(LogPanes).select(key[0])
+            self.main(LogPanes).select(key[0])
 
     # ------------------------------------------------------------------------------------------
     # keys
@@ -255,10 +272,10 @@ class CockpitApp(App[None]):
         self.push_screen(HelpScreen([(k, d) for k, _, d in self.KEYS]))
 
     def action_cycle_tab(self, step: int) -> None:
-        self.query_one(LogPanes).cycle(step)
+        self.main(LogPanes).cycle(step)
 
     def action_toggle_follow(self) -> None:
-        v = self.query_one(LogPanes).current()
+        v = self.main(LogPanes).current()
         if v is None:
             self.notify("no log pane open: select a leg that has a log", severity="warning")
             return
@@ -270,6 +287,7 @@ class CockpitApp(App[None]):
         msg = "cockpit closed; legs are never touched by closing it"
         if running:
             msg = f"cockpit closed; {running} running leg{'s' if running != 1 else ''} go on (detached)"
+        self.quit_message = msg
         self._stopping = True
         self.collector.wake.set()
         self.exit(message=msg)
@@ -277,7 +295,7 @@ class CockpitApp(App[None]):
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
         for key, action, desc in self.KEYS:
-            if action in ("focus_next", "cycle_tab", "help", "quit"):
+            if action in ("focus_next focus_previous", "cycle_tab", "help", "quit"):
                 continue
             yield SystemCommand(desc.split(" (")[0].capitalize(), f"key: {key}",
                                 lambda a=action: self.run_action(a))

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cockpit import logs, runs
+from cockpit import logs, report, runs
 from cockpit import registry as reg
 from cockpit.tui import state as vm
 
@@ -88,7 +88,7 @@ class Collector:
 
     def run(self, stopped: Callable[[], bool], period: float = 0.25, state_every: float = 1.0,
             gpu_every: float = 1.0) -> None:
-        last_state = last_gpu = -1e9
+        last_state = last_gpu = time.monotonic()  # the caller has just sampled and computed
         while not stopped():
             now = time.monotonic()
             try:
@@ -200,10 +200,78 @@ class Collector:
 # the view, from the core's answers
 
 
-def _gpu_view(snapshot: Any | None, sampler: Any | None, owners: dict[int, str]) -> vm.GpuView | None:
-    if snapshot is None:
-        return None
-    hist = getattr(sampler, "history", {}) or {}
+class _Taken:
+    """A sampler that returns a snapshot already taken (the GPU status needs no second sample)."""
+
+    def __init__(self, snapshot: Any):
+        self.snapshot = snapshot
+
+    def sample(self) -> Any:
+        return self.snapshot
+
+
+def build_view(registry: reg.Registry, snapshot: Any | None, sampler: Any | None, branch: str | None,
+               now: dt.datetime, followed: dict[str, logs.LogState]) -> vm.CockpitView:
+    """The view of everything, from `resume.build_state` (marks, next leg, safety, GPU status),
+    `runs.discover` (the dirs and their legs' states) and the followed logs (live figures)."""
+    from cockpit import resume
+
+    gpus = resume.gpu_status(registry, _Taken(snapshot)) if snapshot is not None else None
+    state = resume.build_state(registry, now=now.timestamp(), gpus=gpus or resume.GpuStatus("unknown", "sampling"))
+    dirs = {str(d.path): d for d in runs.discover(registry.settings.exp_root)}
+    experiments = []
+    for e in state.experiments:
+        legs = tuple(_leg_view(e, m) for m in e.legs)
+        dir_views = tuple(_dir_view(dirs[p]) for p in e.dirs if p in dirs)
+        base = e.baseline_row
+        experiments.append(vm.ExperimentView(e.id, e.title, e.device, 0 if e.device == "cpu" else e.nproc_per_node,
+                                             e.baseline, e.hypothesis, e.decision, legs, dir_views,
+                                             {k: base.value(k) for k in vm.METRICS} if base is not None else {}))
+    live = tuple(_live_view(state, m, followed.get(f"{m.dir}/{m.leg}")) for m in state.running if m.dir)
+    owners: dict[int, str] = {}
+    if snapshot is not None and snapshot.available and state.running:
+        from cockpit.gpus import leg_for_pids
+
+        running = [(m.leg, st.pid, st.create_time) for m in state.running if m.dir and str(m.dir) in dirs
+                   for st in [dirs[str(m.dir)].states.get(m.leg)] if st is not None]
+        owners = leg_for_pids([p for g in snapshot.gpus for p in g.pids], running)
+    n = len(state.running)
+    queued = len(state.active) - n
+    training = f"{n} leg{'s' if n != 1 else ''} running" if n else "paused"
+    if queued:
+        training += f", {queued} queued"
+    return vm.CockpitView(
+        project=state.project,
+        registry_path=state.registry_path,
+        exp_root=state.exp_root,
+        branch=branch,
+        expected_branch=registry.settings.branch,
+        training=training,
+        experiments=tuple(experiments),
+        gpu=_gpu_view(snapshot, gpus, owners, getattr(sampler, "history", None) or {}) if snapshot is not None else None,
+        live=live,
+        resume=_resume_view(state),
+    )
+
+
+def _leg_view(e: Any, m: Any) -> vm.LegView:
+    figures = {k: m.row.value(k) for k in vm.METRICS} if m.row is not None else {}
+    log = str(Path(m.dir) / f"{m.leg}.log") if m.dir and m.mark != "recorded" else None
+    return vm.LegView(e.id, m.leg, m.mark, m.description, m.is_baseline, m.dir if log else None, log,
+                      figures, m.row.source if m.row is not None else "")
+
+
+def _dir_view(d: runs.ExpDir) -> vm.DirView:
+    legs = []
+    for name in d.legs:
+        st = d.states.get(name)
+        status = st.status if st is not None else ("log" if d.log(name).exists() else "pending")
+        legs.append(vm.DirLegView(name, status, str(d.log(name))))
+    return vm.DirView(str(d.path), d.path.name, d.experiment, tuple(legs))
+
+
+def _gpu_view(snapshot: Any, status: Any, owners: dict[int, str], hist: dict) -> vm.GpuView:
+    """GPU rows from the snapshot and the sampler's history; the summary from the core's status."""
 
     def h(key: str) -> tuple[float, ...]:
         return tuple(v for v in hist.get(key, ()) if v is not None)
@@ -215,175 +283,83 @@ def _gpu_view(snapshot: Any | None, sampler: Any | None, owners: dict[int, str])
     )
     host = snapshot.host
     host_row = vm.HostRow(host.cpu_pct, host.ram_used_mib, host.ram_total_mib, host.load1, h("host.cpu_pct"))
-    if not snapshot.available:
-        summary = "no NVML"
-    elif not rows:
-        summary = "no GPUs"
+    if status.state == "idle":
+        summary = f"{status.count} GPUs idle"
+    elif status.state == "busy":
+        summary = f"{len(status.busy)}/{status.count} GPUs busy"
     else:
-        busy = sum(1 for g in rows if (g.util_pct or 0) > 5 or g.leg)
-        summary = f"{len(rows)} GPUs idle" if busy == 0 else f"{busy}/{len(rows)} GPUs busy"
+        summary = "GPUs unknown (no NVML)" if not snapshot.available else "GPUs unknown"
     return vm.GpuView(snapshot.available, snapshot.reason, rows, host_row, summary)
 
 
-def build_view(registry: reg.Registry, snapshot: Any | None, sampler: Any | None, branch: str | None,
-               now: dt.datetime, followed: dict[str, logs.LogState]) -> vm.CockpitView:
-    s = registry.settings
-    dirs = runs.discover(s.exp_root)
-    errors: list[str] = []
-    by_exp: dict[str, list[vm.DirView]] = {}
-    running: list[tuple[runs.ExpDir, runs.LegState]] = []
-    for d in dirs:
-        legs = []
-        for name in d.legs:
-            st = d.states.get(name)
-            status = st.status if st else _log_status(d.log(name))
-            legs.append(vm.DirLegView(name, status, str(d.log(name))))
-            if st is not None and st.status == "running":
-                running.append((d, st))
-        by_exp.setdefault(d.experiment, []).append(vm.DirView(str(d.path), d.path.name, d.experiment, tuple(legs)))
-    experiments = []
-    for exp in registry.experiments:
-        exp_dirs = tuple(by_exp.get(exp.id, ()))
-        legs = []
-        for leg in exp.legs:
-            mark, where, log, figures, source = "pending", None, None, {}, ""
-            if leg.recorded is not None:
-                mark, figures, source = "recorded", leg.recorded.metrics(), "recorded"
-            for dv in exp_dirs:  # newest dir last: its state wins
-                for x in dv.legs:
-                    if x.name == leg.name:
-                        mark, where, log = x.status, dv.path, x.log
-            legs.append(vm.LegView(exp.id, leg.name, mark, leg.description,
-                                   _is_baseline(exp, leg.name), where, log, figures, source))
-        experiments.append(vm.ExperimentView(exp.id, exp.title, exp.device, exp.gpus_needed, exp.baseline,
-                                             exp.hypothesis, exp.decision, tuple(legs), exp_dirs))
-    live = []
-    owners: dict[int, str] = {}
-    for d, st in running:
-        key = f"{d.path}/{st.leg}"
-        state = followed.get(key)
-        live.append(_live_view(registry, d, st, state))
-    if snapshot is not None and snapshot.available and running:
-        from cockpit.gpus import leg_for_pids
-
-        pids = [p for g in snapshot.gpus for p in g.pids]
-        owners = leg_for_pids(pids, [(st.leg, st.pid, st.create_time) for _, st in running])
-    n = len(running)
-    training = f"{n} leg{'s' if n != 1 else ''} running" if n else "paused"
-    return vm.CockpitView(
-        project=s.name,
-        registry_path=str(registry.path),
-        exp_root=str(s.exp_root),
-        branch=branch,
-        expected_branch=s.branch,
-        training=training,
-        experiments=tuple(experiments),
-        gpu=_gpu_view(snapshot, sampler, owners),
-        live=tuple(live),
-        resume=_resume_view(registry, experiments, now),
-        errors=tuple(errors),
-    )
-
-
-def _is_baseline(exp: reg.Experiment, leg: str) -> bool:
-    return exp.baseline is not None and exp.baseline in (leg, f"{exp.id}/{leg}")
-
-
-def _log_status(log: Path) -> str:
-    s = logs.summarize(log)
-    return {"completed": "done", "running": "running", "failed": "failed"}.get(s.status, "stopped")
-
-
-def _live_view(registry: reg.Registry, d: runs.ExpDir, st: runs.LegState,
-               state: logs.LogState | None) -> vm.LiveView:
-    key = f"{d.path}/{st.leg}"
-    log = st.log or str(d.log(st.leg))
-    if state is None:
-        summary = logs.summarize(log, tail=registry.settings.tail)
-        last = None
-        hist_tok: tuple[float, ...] = ()
-        hist_loss: tuple[float, ...] = ()
-    else:
-        summary = logs.summary_of(state, log)
-        last = state.last
-        hist_tok = tuple(r.tok_per_sec for r in state.steps if r.tok_per_sec is not None)
-        hist_loss = tuple(r.loss for r in state.steps if r.loss is not None)
-    exp = registry.experiment(d.experiment)
-    base = _baseline_figures(registry, exp) if exp else {}
-    base_tok = base.get("tok_per_sec")
-    delta = None
-    if base_tok and summary.tok_per_sec is not None:
-        delta = 100.0 * (summary.tok_per_sec - base_tok) / base_tok
+def _live_view(state: Any, m: Any, followed: logs.LogState | None) -> vm.LiveView:
+    log = str(Path(m.dir) / f"{m.leg}.log")
+    if followed is not None:
+        summary, last = logs.summary_of(followed, log), followed.last
+        tok_hist = tuple(r.tok_per_sec for r in followed.steps if r.tok_per_sec is not None)
+        loss_hist = tuple(r.loss for r in followed.steps if r.loss is not None)
+    else:  # not followed yet (the first pass): the core's summary of the log
+        summary, last, tok_hist, loss_hist = m.summary or logs.summarize(log, tail=state.tail), None, (), ()
+    exp = next(e for e in state.experiments if e.id == m.experiment)
+    base = exp.baseline_row
+    base_tok = base.tok_per_sec if base is not None and not (exp.baseline_mark and exp.baseline_mark.leg == m.leg
+                                                             and exp.baseline_mark.experiment == m.experiment) else None
     return vm.LiveView(
-        key=key, exp_id=d.experiment, leg=st.leg, exp_dir=str(d.path), log=log,
+        key=f"{m.dir}/{m.leg}", exp_id=m.experiment, leg=m.leg, exp_dir=str(m.dir), log=log,
         step=summary.last_step, total=summary.total_steps, pct=summary.pct, loss=summary.last_loss,
         dt_ms=last.dt_ms if last else summary.dt_ms, tok_per_sec=last.tok_per_sec if last else summary.tok_per_sec,
         mfu=last.mfu if last else summary.mfu, tail_tok_per_sec=summary.tok_per_sec, tail_n=summary.tail_n,
-        eta_min=summary.eta_min, delta_tok_pct=delta, baseline=exp.baseline if exp else None,
-        tok_hist=hist_tok, loss_hist=hist_loss,
+        eta_min=summary.eta_min, delta_tok_pct=report.pct_change(base_tok, summary.tok_per_sec),
+        baseline=exp.baseline, tok_hist=tok_hist, loss_hist=loss_hist,
     )
 
 
-def _baseline_figures(registry: reg.Registry, exp: reg.Experiment) -> dict[str, float | None]:
-    if not exp.baseline:
-        return {}
-    leg = registry.find_leg(exp.baseline, exp.id)
-    if leg is not None and leg.recorded is not None:
-        return leg.recorded.metrics()
-    return {}
+def _group(marks: list[Any]) -> tuple[str, ...]:
+    """`experiment (mark): leg, leg` lines, in registry order."""
+    out: dict[tuple[str, str], list[str]] = {}
+    for m in marks:
+        out.setdefault((m.experiment, m.mark), []).append(m.leg)
+    return tuple(f"{exp} ({mark}): {', '.join(legs)}" for (exp, mark), legs in out.items())
 
 
-def _resume_view(registry: reg.Registry, experiments: list[vm.ExperimentView], now: dt.datetime) -> vm.ResumeView:
-    completed, remaining = [], []
-    nxt: tuple[str, reg.Leg] | None = None
-    for e in experiments:
-        for leg in e.legs:
-            if leg.is_done:
-                completed.append(f"{e.id}/{leg.name} ({leg.mark})")
-            elif leg.mark not in ("running", "queued", "waiting"):
-                remaining.append(f"{e.id}/{leg.name} ({leg.mark})")
-                if nxt is None:
-                    nxt = (e.id, registry.find_leg(leg.name, e.id))
-    s = registry.settings
-    rules = [
-        "every launch makes a fresh dir; an existing dir is never reused",
-        f"write only under {s.exp_root}",
-        *(f"read-only: {p}" for p in s.read_only),
-        "done and recorded legs are not re-run unless asked explicitly",
-    ]
-    if s.branch:
-        rules.append(f"the checkout stays on branch {s.branch}")
+def _resume_view(state: Any) -> vm.ResumeView:
+    finished = [m for e in state.experiments for m in e.finished]
+    todo = [m for e in state.experiments for m in e.todo]
+    nxt = state.next
     if nxt is None:
-        return vm.ResumeView(tuple(completed), tuple(remaining), None, (), None, tuple(rules))
-    exp_id, leg = nxt
-    fresh = s.exp_root / f"{now.strftime(runs.STAMP_FORMAT)}_{exp_id}"
-    return vm.ResumeView(tuple(completed), tuple(remaining), f"{exp_id}/{leg.name}", tuple(leg.argv(fresh)),
-                         str(fresh), tuple(rules))
+        return vm.ResumeView(_group(finished), _group(todo), None, None, None, None, tuple(state.safety),
+                             tuple(_group(state.active)), state.gpus.text)
+    return vm.ResumeView(_group(finished), _group(todo), f"{nxt.experiment}/{nxt.leg} ({nxt.mark})", nxt.command,
+                         nxt.exp_dir_template, nxt.cockpit, tuple(state.safety), tuple(_group(state.active)),
+                         state.gpus.text)
 
 
 def build_report(registry: reg.Registry, view: vm.CockpitView, exp_id: str | None,
                  exp_dir: str | None) -> vm.ReportView | None:
-    """The final table of a dir (or of the experiment's newest dir): summaries of its logs."""
+    """The final table of a dir (or of the experiment's newest dir): `report.rows`, with each
+    run's delta against the experiment's baseline (a run of the dir, else its figures elsewhere)."""
     if exp_id is None:
         return None
     exp = view.experiment(exp_id)
     if exp is None:
         return None
-    if exp_dir is None:
-        if not exp.dirs:
-            rec = tuple(
-                vm.RowView(leg.name, "recorded", dict(leg.figures))
-                for leg in exp.legs if leg.source == "recorded"
-            )
-            return vm.ReportView(None, f"{exp_id} (recorded in the registry)", registry.settings.tail, rec,
-                                 exp.baseline, {}, None if rec else "no dir and no recorded figures")
-        exp_dir = exp.dirs[-1].path
     tail = registry.settings.tail
-    d = next((x for x in exp.dirs if x.path == exp_dir), None)
-    rows = []
-    for x in d.legs if d else ():
-        s = logs.summarize(x.log, tail=tail)
-        rows.append(vm.RowView(x.name, s.status, {
-            "tok_per_sec": s.tok_per_sec, "dt_ms": s.dt_ms, "mfu": s.mfu,
-            "peak_mem_mib": s.peak_mem_mib, "total_time_min": s.total_time_min}))
-    return vm.ReportView(exp_dir, Path(exp_dir).name, tail, tuple(rows), exp.baseline, {})
+    base_name = exp.baseline.rpartition("/")[2] if exp.baseline else None
+    if exp_dir is None and not exp.dirs:
+        rec = [vm.RowView(leg.name, leg.mark, dict(leg.figures)) for leg in exp.legs if leg.source == "recorded"]
+        rows = tuple(_with_deltas(r, exp.baseline_figures) for r in rec)
+        return vm.ReportView(None, f"{exp_id}: recorded in the registry (ran elsewhere)", tail, rows,
+                             exp.baseline, exp.baseline_figures if base_name not in {r.run for r in rec} else {},
+                             None if rec else "not run yet: no dir, no recorded figures")
+    exp_dir = exp_dir or exp.dirs[-1].path
+    rows_ = [vm.RowView(r.run, r.status, {m: r.value(m) for m in vm.METRICS}) for r in report.rows(exp_dir, tail)]
+    here = next((r for r in rows_ if r.run == base_name and any(v is not None for v in r.figures.values())), None)
+    base = dict(here.figures) if here is not None else exp.baseline_figures
+    return vm.ReportView(exp_dir, Path(exp_dir).name, tail, tuple(_with_deltas(r, base) for r in rows_),
+                         exp.baseline, base if here is None else {})
+
+
+def _with_deltas(r: vm.RowView, base: dict[str, float | None]) -> vm.RowView:
+    if not base or r.figures == base:  # the baseline itself
+        return r
+    return vm.RowView(r.run, r.status, r.figures, {m: report.pct_change(base.get(m), r.figures.get(m)) for m in vm.METRICS})

@@ -63,9 +63,11 @@ def experiment_label(exp: ExperimentView) -> Text:
 
 
 def dir_label(d: DirView) -> Text:
-    text = Text("▸ ", style="dim")
-    text.append(d.name, style="blue")
-    text.append(f"  {len(d.legs)} log(s)", style="dim")
+    counts: dict[str, int] = {}
+    for x in d.legs:
+        counts[x.status] = counts.get(x.status, 0) + 1
+    text = Text(d.name, style="blue")
+    text.append("  " + (", ".join(f"{n} {m}" for m, n in counts.items()) or "no legs"), style="dim")
     return text
 
 
@@ -77,6 +79,9 @@ def dirleg_label(status: str, name: str) -> Text:
 
 class ExperimentTree(Tree[Selection]):
     """The registry as a tree; rebuilt only when its shape changes, relabelled otherwise."""
+
+    ICON_NODE = "+ "  # not the default triangles: ▶ marks a running leg here
+    ICON_NODE_EXPANDED = "- "
 
     def __init__(self, **kwargs) -> None:
         super().__init__("experiments", **kwargs)
@@ -133,8 +138,15 @@ class ExperimentTree(Tree[Selection]):
             # Experiments open by default: the legs and their marks are the point of the screen.
             if sel not in known or sel in expanded:
                 enode.expand()
+        # Tree lines are laid out on the next refresh: put the cursor back after it.
         if cursor is not None and cursor in self._by_sel:
-            self.move_cursor(self._by_sel[cursor])
+            self.call_after_refresh(self._restore, self._by_sel[cursor])
+        elif not known and self._by_sel:
+            self.call_after_refresh(self._restore, next(iter(self._by_sel.values())))  # the first experiment
+
+    def _restore(self, node: TreeNode[Selection]) -> None:
+        if self.cursor_line < 0:  # unless the reader has moved since the rebuild
+            self.move_cursor(node)
 
     @property
     def selection(self) -> Selection | None:

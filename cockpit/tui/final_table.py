@@ -17,12 +17,12 @@ HIGHER_IS_BETTER = {"tok_per_sec": True, "dt_ms": False, "mfu": True, "peak_mem_
 def columns(tail: int) -> tuple[str, ...]:
     return (
         "run",
+        "status",
         f"tail{tail} tok/sec",
         f"tail{tail} dt (ms)",
         f"tail{tail} mfu",
         "peak mem (MiB)",
         "total time (min)",
-        "status",
     )
 
 
@@ -58,24 +58,23 @@ class FinalTable(DataTable):
         runs = {r.run for r in report.rows}
         if report.baseline and report.baseline_figures and report.baseline not in runs:
             self.add_row(
-                Text(f"{report.baseline}\n(baseline)", style="italic"),
+                Text(report.baseline, style="italic"),
+                Text("baseline", style="italic"),
                 *(fmt.num(report.baseline_figures.get(m), DIGITS[m]) for m in METRICS),
-                Text("recorded", style="green"),
-                height=2,
             )
         with_deltas = any(r.deltas for r in report.rows)
         for r in report.rows:
-            name = Text(r.run, style="bold")
-            if r.run == report.baseline or report.baseline and report.baseline.endswith("/" + r.run):
-                name.append("\n(baseline)", style="italic dim")
-            cells: list = [name]
+            is_base = r.run == report.baseline or bool(report.baseline and report.baseline.endswith("/" + r.run))
+            status = Text(r.status, style=status_style(r.status))
+            if is_base:
+                status.append("\nbaseline" if with_deltas else " (baseline)", style="italic")
+            cells: list = [Text(r.run, style="bold"), status]
             for m in METRICS:
                 cell = Text(fmt.num(r.figures.get(m), DIGITS[m]))
                 if with_deltas:
                     cell.append("\n")
                     cell.append_text(delta_text(m, r.deltas.get(m)))
                 cells.append(cell)
-            cells.append(Text(r.status, style=status_style(r.status)))
             self.add_row(*cells, height=2 if with_deltas else 1)
         if not report.rows:
             self.add_row(Text(report.note or "no logs in this dir yet", style="dim"), *blank)

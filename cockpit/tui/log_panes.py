@@ -18,6 +18,22 @@ from textual.widgets import Log, Static, TabbedContent, TabPane
 MAX_LINES = 2000
 
 
+class FollowLog(Log):
+    """A Log that knows whether its reader is at the bottom.
+
+    The app only ever scrolls down, so any upward move of scroll_y is the reader's (wheel, keys,
+    scrollbar): that unpins. Reaching the bottom again pins."""
+
+    pinned = True
+
+    def watch_scroll_y(self, old_value: float, new_value: float) -> None:
+        super().watch_scroll_y(old_value, new_value)
+        if new_value < old_value:
+            self.pinned = False
+        if new_value >= self.max_scroll_y:
+            self.pinned = True
+
+
 class LogView(Vertical):
     def __init__(self, key: str, path: str, max_lines: int = MAX_LINES, **kwargs) -> None:
         super().__init__(**kwargs)
@@ -30,12 +46,12 @@ class LogView(Vertical):
         self.written = 0
 
     def compose(self) -> ComposeResult:
-        yield Log(max_lines=self.max_lines, auto_scroll=False, highlight=False, classes="log-lines")
+        yield FollowLog(max_lines=self.max_lines, auto_scroll=False, highlight=False, classes="log-lines")
         yield Static(classes="log-status")
 
     @property
-    def log(self) -> Log:
-        return self.query_one(Log)
+    def log(self) -> FollowLog:
+        return self.query_one(FollowLog)
 
     def on_mount(self) -> None:
         self.flush()
@@ -47,7 +63,7 @@ class LogView(Vertical):
             return True
         if not self.is_mounted:
             return False
-        return not self.log.is_vertical_scroll_end
+        return not self.log.pinned
 
     def append(self, lines: list[str]) -> None:
         if not lines:
@@ -60,7 +76,9 @@ class LogView(Vertical):
         self.show_status()
 
     def flush(self) -> None:
-        """Write the waiting lines if following (called on each UI tick)."""
+        """Write the waiting lines if following, and keep to the bottom (called on each UI tick)."""
+        if self.is_mounted and not self.paused and not self.log.is_vertical_scroll_end:
+            self.log.scroll_end(animate=False)  # the pane grew or was resized since the last write
         if self.waiting_count and not self.paused:
             skipped = self.waiting_count - len(self.waiting)
             lines = list(self.waiting)
@@ -72,13 +90,15 @@ class LogView(Vertical):
         self.show_status()
 
     def _write(self, lines: list[str]) -> None:
-        self.log.write_lines(lines, scroll_end=True)
+        self.log.write_lines(lines, scroll_end=False)
+        self.log.scroll_end(animate=False)  # after the next layout: right also for a pane not sized yet
         self.written += len(lines)
 
     def set_following(self, on: bool) -> None:
         self.following = on
         if on and self.is_mounted:
-            self.log.scroll_end(animate=False, immediate=True)
+            self.log.pinned = True
+            self.log.scroll_end(animate=False)
         self.flush()
 
     def show_status(self) -> None:
@@ -103,6 +123,7 @@ class LogPanes(TabbedContent):
         self.max_lines = max_lines
         self._ids: dict[str, str] = {}  # key -> pane id
         self._seq = 0
+        self.opened: list[str] = []  # every key that had a tab (tests and the benchmark read it)
 
     def sync(self, tabs: list[tuple[str, str, str]]) -> None:
         """Show exactly these tabs: (key, title, log path), in order; keep the ones that stay."""
@@ -114,6 +135,7 @@ class LogPanes(TabbedContent):
                 self._seq += 1
                 pane_id = f"log-{self._seq}"
                 self._ids[key] = pane_id
+                self.opened.append(key)
                 self.add_pane(TabPane(title, LogView(key, path, self.max_lines), id=pane_id))
 
     def view(self, key: str) -> LogView | None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widgets import Static
 
-from cockpit.tui import fmt
 from cockpit.tui.state import ResumeView
 
 
@@ -15,6 +14,10 @@ class ResumePanel(Static):
         out = Text()
         for e in errors:
             out.append(f"⚠ {e}\n", style="bold red")
+        if resume.active:
+            out.append("Running now\n", style="bold cyan")
+            for line in resume.active:
+                out.append(f"  ▶ {line}\n")
         out.append("Completed (do not re-run)\n", style="bold green")
         for line in resume.completed or ("nothing yet",):
             out.append(f"  ✔ {line}\n", style="" if resume.completed else "dim")
@@ -22,14 +25,20 @@ class ResumePanel(Static):
         for line in resume.remaining or ("nothing: every leg is done",):
             out.append(f"  ○ {line}\n", style="" if resume.remaining else "dim")
         out.append("Next\n", style="bold cyan")
-        if resume.next_argv:
+        if resume.next_command:
             out.append(f"  {resume.next_label}\n", style="bold")
+            if resume.next_cockpit:
+                out.append("  one key: select it, press l; or: ", style="dim")
+                out.append(f"{resume.next_cockpit}\n")
             if resume.next_dir:
                 out.append("  fresh dir: ", style="dim")
                 out.append(f"{resume.next_dir}\n")
-            out.append(fmt.command_lines(resume.next_argv) + "\n", style="cyan")
+            out.append(resume.next_command + "\n", style="cyan")
         else:
-            out.append("  " + (resume.next_label or "no pending leg") + "\n", style="dim")
+            out.append("  no pending leg\n", style="dim")
+        if resume.gpus:
+            out.append("GPUs: ", style="bold")
+            out.append(resume.gpus + "\n")
         out.append("Safety\n", style="bold red")
         for rule in resume.rules:
             out.append(f"  • {rule}\n")

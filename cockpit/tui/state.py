@@ -61,6 +61,7 @@ class ExperimentView:
     decision: str | None
     legs: tuple[LegView, ...]
     dirs: tuple[DirView, ...] = ()
+    baseline_figures: dict[str, float | None] = field(default_factory=dict)  # wherever the baseline ran
 
     def leg(self, name: str) -> LegView | None:
         return next((leg for leg in self.legs if leg.name == name), None)
@@ -116,12 +117,15 @@ class ReportView:
 
 @dataclass(frozen=True)
 class ResumeView:
-    completed: tuple[str, ...] = ()
+    completed: tuple[str, ...] = ()  # "experiment: leg (mark), ...", one line per experiment
     remaining: tuple[str, ...] = ()
-    next_label: str | None = None
-    next_argv: tuple[str, ...] = ()
-    next_dir: str | None = None
+    next_label: str | None = None  # "experiment/leg (pending)"
+    next_command: str | None = None  # the seed's execution template, exactly as the guide writes it
+    next_dir: str | None = None  # the fresh dir's template
+    next_cockpit: str | None = None  # the one-command equivalent
     rules: tuple[str, ...] = ()
+    active: tuple[str, ...] = ()
+    gpus: str | None = None
 
 
 @dataclass(frozen=True)

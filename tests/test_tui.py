@@ -1,0 +1,380 @@
+"""The cockpit app through Pilot: every key, the confirmations, follow/pause, notifications.
+
+Launches here run `tests/fake_trainer.py` under the real torchrun and the real detached
+supervisor (seconds, no torch import): the keys reach the runner exactly as they would with the
+trainer. The real trainer runs in test_tui_e2e.py.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from runner_util import REPO, write_registry
+from textual.widgets import Log
+from tui_util import FakeSampler, bundled_registry, fixed_clock, log_lines, write_dir
+
+from cockpit import runs
+from cockpit.tui.app import CockpitApp
+from cockpit.tui.confirm import ConfirmScreen
+from cockpit.tui.experiments import ExperimentTree, Selection
+from cockpit.tui.help import HelpScreen
+from cockpit.tui.log_panes import LogPanes, LogView
+from cockpit.tui.resume_panel import ResumePanel
+
+SIZE = (160, 48)
+
+
+def make_app(registry: Path, **kw) -> CockpitApp:
+    kw.setdefault("sampler", FakeSampler(nvml=False))
+    kw.setdefault("branch", "main")
+    kw.setdefault("clock", fixed_clock)
+    return CockpitApp(registry, **kw)
+
+
+async def until(pilot, cond, timeout: float = 15.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = cond()
+        if value:
+            return value
+        await pilot.pause(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+async def ready(pilot, app: CockpitApp) -> None:
+    await until(pilot, lambda: app.view is not None, what="the first view")
+    await pilot.pause(0.1)
+
+
+async def select(pilot, app: CockpitApp, sel: Selection) -> None:
+    tree = app.query_one(ExperimentTree)
+    await until(pilot, lambda: tree.cursor_line >= 0, what="the tree's cursor")
+    tree.move_cursor(tree._by_sel[sel])
+    await until(pilot, lambda: app.selection == sel, what=f"selection {sel}")
+
+
+def screen_text(app: CockpitApp) -> str:
+    return "\n".join(s.text for s in app.screen._compositor.render_strips())
+
+
+@pytest.fixture
+def fake_env(monkeypatch):
+    """Legs run `-m tests.fake_trainer`: the supervisor's children must import it from the checkout."""
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+
+
+def fake_registry(tmp_path: Path, **kw) -> Path:
+    legs = kw.pop("legs", {"a": 'model-tag = "a"', "b": 'model-tag = "b"'})
+    kw.setdefault("common", 'num-iterations = 6\nstep-sleep = 0.02\ncheckpoint-root = "{exp_dir}/ckpt_root"')
+    return write_registry(tmp_path, legs, nproc=1, **kw)
+
+
+def exp_dirs(tmp_path: Path) -> list[Path]:
+    root = tmp_path / "exp"
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) if root.exists() else []
+
+
+# ----------------------------------------------------------------------------------------------
+# opening
+
+
+async def test_opens_bundled_registry(tmp_path):
+    app = make_app(bundled_registry(tmp_path))
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot, app)
+        text = screen_text(app)
+        for what in ("Experiments", "moe-fp8-capacity-ablation-v1", "static_cap1p0", "cpu-smoke", "GPUs",
+                     "NVML Shared Library Not Found", "host cpu", "Resume", "Completed (do not re-run)",
+                     "expected yxb/moe-add-sft-claude", "training paused", "no NVML"):
+            assert what in text, what
+        marks = {leg.key: leg.mark for e in app.view.experiments for leg in e.legs}
+        assert marks["moe-fp8-capacity-ablation-v1/static_cap1p0"] == "recorded"
+        assert marks["cpu-smoke/dense"] == "pending"
+
+
+async def test_broken_registry_is_shown_in_the_app_then_reloaded(tmp_path):
+    bad = tmp_path / "reg.toml"
+    bad.write_text('[project]\nname = "x"\nexp_root = 3\n')
+    app = make_app(bad)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: app.error, what="the registry error")
+        await pilot.pause(0.6)
+        assert app.error.startswith(f"{bad}:3:"), app.error
+        assert f"{bad.name}:3:" in screen_text(app)
+        assert app.view is None
+        await pilot.press("l")  # keys with no registry: a notification, never a crash
+        bad.write_text(f'[project]\nname = "fixed"\nexp_root = "{tmp_path / "exp"}"\n')
+        await until(pilot, lambda: app.view is not None, what="the reload")
+        assert app.error is None
+
+
+async def test_reopening_finds_running_legs_and_follows_them(tmp_path):
+    reg_path = bundled_registry(tmp_path)
+    d = write_dir(tmp_path / "exp", "20260224_175412_cpu-smoke", "cpu-smoke", {
+        "dense": ("done", log_lines(40, 40)),
+        "moe_dropless": ("running", log_lines(23, 40, finished=False)),
+        "moe_cap1p0": ("queued", []),
+    }, supervisor_alive=True)
+    app = make_app(reg_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot, app)
+        assert app.view.training == "1 leg running, 1 queued"
+        (live,) = app.view.live
+        assert (live.leg, live.step, live.total) == ("moe_dropless", 22, 40)
+        key = f"{d}/moe_dropless"
+        panes = app.query_one(LogPanes)
+        await until(pilot, lambda: panes.view(key) and panes.view(key).written >= 25, what="the log pane")
+        with open(d / "moe_dropless.log", "a") as f:  # the leg goes on writing
+            f.write("".join(x + "\n" for x in log_lines(30, 40, finished=False)[25:]))
+        await until(pilot, lambda: app.view.live and app.view.live[0].step == 29, what="live step 29")
+        assert "moe_dropless" in screen_text(app)
+
+
+# ----------------------------------------------------------------------------------------------
+# keys
+
+
+async def test_help_lists_every_binding(tmp_path):
+    app = make_app(bundled_registry(tmp_path))
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot, app)
+        listed = " ".join(action for _, action, _ in app.KEYS).split()
+        for b in app.BINDINGS:
+            assert b.action.split("(")[0] in listed, b.action
+        await pilot.press("question_mark")
+        await pilot.pause(0.2)
+        assert isinstance(app.screen, HelpScreen)
+        text = screen_text(app)
+        for key, _, desc in app.KEYS:
+            assert key in text and desc[:30] in text, key
+        await pilot.press("escape")
+        assert not isinstance(app.screen, HelpScreen)
+
+
+async def test_command_palette_offers_the_actions(tmp_path):
+    app = make_app(bundled_registry(tmp_path))
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot, app)
+        titles = [c.title for c in app.get_system_commands(app.screen)]
+        for want in ("Launch the selected leg", "Launch all remaining legs of the selected experiment",
+                     "Stop the selected running leg, or the queue of the selected dir",
+                     "Write the report of the selected experiment dir", "Write the resume guide",
+                     "Follow the current log on/off", "Keys"):
+            assert want in titles, titles
+        await pilot.press("ctrl+p")
+        await pilot.press(*"resume guide")
+        await pilot.pause(0.3)
+        assert "Write the resume guide" in screen_text(app)
+        await pilot.press("escape")
+
+
+async def test_tab_moves_between_panes(tmp_path):
+    app = make_app(bundled_registry(tmp_path))
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot, app)
+        seen = {app.focused.id if app.focused else None}
+        for _ in range(4):
+            await pilot.press("tab")
+            seen.add(app.focused.id if app.focused else None)
+        assert {"experiments", "live", "final"} <= seen
+        await pilot.press("shift+tab")
+
+
+async def test_quit_says_running_legs_go_on(tmp_path):
+    write_dir(tmp_path / "exp", "20260224_175412_cpu-smoke", "cpu-smoke", {
+        "dense": ("running", log_lines(3, 40, finished=False))}, supervisor_alive=True)
+    app = make_app(bundled_registry(tmp_path))
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot, app)
+        await pilot.press("q")
+    assert app.quit_message == "cockpit closed; 1 running leg go on (detached)"
+    state = json.loads((tmp_path / "exp/20260224_175412_cpu-smoke/state/dense.json").read_text())
+    assert state["status"] == "running"  # closing never touches a leg
+
+
+async def test_launch_leg_confirm_cancel_then_launch(tmp_path, fake_env):
+    reg_path = fake_registry(tmp_path)
+    app = make_app(reg_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot, app)
+        await select(pilot, app, Selection("leg", "fake", "a"))
+        await pilot.press("l")
+        screen = await until(pilot, lambda: isinstance(app.screen, ConfirmScreen) and app.screen, what="confirm")
+        body = str(screen.body)
+        assert "fresh dir: " + str(tmp_path / "exp") in body
+        assert "-m tests.fake_trainer --" in body and "--num-iterations 6" in body and "--model-tag a" in body
+        assert "--model-tag b" not in body
+        await pilot.press("n")
+        await pilot.pause(0.2)
+        assert not isinstance(app.screen, ConfirmScreen) and exp_dirs(tmp_path) == []
+
+        bells = []
+        app.bell = lambda: bells.append(1)
+        await pilot.press("l")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="confirm")
+        await pilot.press("y")
+        (d,) = await until(pilot, lambda: exp_dirs(tmp_path), what="the fresh dir")
+        await until(pilot, lambda: app.finished, timeout=30, what="the leg to finish")
+        assert app.finished == [f"{d}/a:done"] and bells
+        assert json.loads((d / "plan.json").read_text())["legs"][0]["name"] == "a"
+        assert app.view.experiment("fake").leg("a").mark == "done"
+
+
+async def test_launch_all_remaining_then_done_leg_needs_explicit_rerun(tmp_path, fake_env):
+    reg_path = fake_registry(tmp_path)
+    app = make_app(reg_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot, app)
+        await select(pilot, app, Selection("experiment", "fake"))
+        await pilot.press("L")
+        screen = await until(pilot, lambda: isinstance(app.screen, ConfirmScreen) and app.screen, what="confirm")
+        assert "Launch 2 legs of fake?" == screen.title_text
+        assert "1. a" in str(screen.body) and "2. b" in str(screen.body)
+        await pilot.press("y")
+        await until(pilot, lambda: len(app.finished) == 2, timeout=40, what="both legs")
+        (d,) = exp_dirs(tmp_path)
+        panes = app.query_one(LogPanes)
+        assert {f"{d}/a", f"{d}/b"} <= set(panes.opened)  # each leg's log had a tab while it ran
+
+        # a done leg: `l` asks for an explicit re-run; `y` is not enough
+        await pilot.pause(0.6)
+        await select(pilot, app, Selection("leg", "fake", "a"))
+        await pilot.press("l")
+        screen = await until(pilot, lambda: isinstance(app.screen, ConfirmScreen) and app.screen, what="rerun")
+        assert screen.danger and screen.confirm_key == "R" and "is DONE" in str(screen.body)
+        await pilot.press("y")
+        await pilot.pause(0.3)
+        assert isinstance(app.screen, ConfirmScreen) and len(exp_dirs(tmp_path)) == 1
+        await pilot.press("R")
+        await until(pilot, lambda: len(exp_dirs(tmp_path)) == 2, what="the re-run's fresh dir")
+
+        # nothing remains: `L` says so and opens no confirmation
+        await until(pilot, lambda: len(app.finished) == 3, timeout=30, what="the re-run")
+        await select(pilot, app, Selection("experiment", "fake"))
+        await pilot.press("L")
+        await pilot.pause(0.5)
+        assert not isinstance(app.screen, ConfirmScreen)
+
+
+async def test_stop_running_leg(tmp_path, fake_env):
+    reg_path = fake_registry(tmp_path, legs={"slow": 'model-tag = "slow", num-iterations = 2000'})
+    app = make_app(reg_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot, app)
+        await select(pilot, app, Selection("leg", "fake", "slow"))
+        await pilot.press("s")  # nothing runs yet
+        await pilot.pause(0.2)
+        assert not isinstance(app.screen, ConfirmScreen)
+        await pilot.press("l")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="confirm")
+        await pilot.press("y")
+        await until(pilot, lambda: app.view.live, timeout=30, what="the leg running")
+        await pilot.press("s")
+        screen = await until(pilot, lambda: isinstance(app.screen, ConfirmScreen) and app.screen, what="stop")
+        assert screen.title_text == "Stop slow?"
+        await pilot.press("y")
+        await until(pilot, lambda: app.view.experiment("fake").leg("slow").mark == "stopped", timeout=30,
+                    what="stopped")
+        assert any(f.endswith("/slow:stopped") for f in app.finished)
+
+
+async def test_write_report_and_guide(tmp_path):
+    d = write_dir(tmp_path / "exp", "20260224_175412_cpu-smoke", "cpu-smoke",
+                  {"dense": ("done", log_lines(40, 40)), "moe_dropless": ("done", log_lines(40, 40, tok=1200))})
+    app = make_app(bundled_registry(tmp_path))
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot, app)
+        await select(pilot, app, Selection("dir", "cpu-smoke", exp_dir=str(d)))
+        await pilot.press("r")
+        await until(pilot, lambda: (d / "report.md").exists(), what="report.md")
+        assert "| dense |" in (d / "report.md").read_text()
+        await pilot.press("g")
+        guide = await until(pilot, lambda: sorted((tmp_path / "exp").glob("*resume*.md")), what="the guide")
+        assert "moe_cap1p0" in guide[0].read_text()
+
+
+async def test_follow_pause_and_resume(tmp_path):
+    d = write_dir(tmp_path / "exp", "20260224_175412_cpu-smoke", "cpu-smoke",
+                  {"dense": ("running", log_lines(60, 400, finished=False))}, supervisor_alive=True)
+    app = make_app(bundled_registry(tmp_path))
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot, app)
+        panes = app.query_one(LogPanes)
+        key = f"{d}/dense"
+        view: LogView = await until(pilot, lambda: panes.view(key) and panes.view(key).written and panes.view(key),
+                                    what="the pane")
+        log = view.query_one(Log)
+        await until(pilot, lambda: log.is_vertical_scroll_end and log.max_scroll_y > 0, what="the bottom")
+        assert not view.paused
+
+        log.scroll_home(animate=False)  # the reader scrolls up: following pauses
+        await pilot.pause(0.1)
+        assert view.paused
+        with open(d / "dense.log", "a") as f:
+            f.write("".join(x + "\n" for x in log_lines(80, 400, finished=False)[62:]))
+        await until(pilot, lambda: view.waiting_count == 20, what="20 lines waiting")
+        assert "20 new lines waiting" in screen_text(app)
+        written = view.written
+
+        await pilot.press("f")  # follow off ...
+        assert not view.following
+        await pilot.press("f")  # ... and on: to the bottom, the waiting lines written
+        await until(pilot, lambda: view.written == written + 20 and not view.paused, what="flush")
+        assert "following" in screen_text(app)
+
+
+async def test_log_pane_memory_is_bounded(tmp_path):
+    d = write_dir(tmp_path / "exp", "20260224_175412_cpu-smoke", "cpu-smoke",
+                  {"dense": ("running", log_lines(5000, 5000, finished=False))}, supervisor_alive=True)
+    app = make_app(bundled_registry(tmp_path), max_log_lines=300)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot, app)
+        panes = app.query_one(LogPanes)
+        view = await until(pilot, lambda: panes.view(f"{d}/dense"), what="the pane")
+        await until(pilot, lambda: view.written, what="lines")
+        await pilot.pause(0.5)
+        assert view.query_one(Log).line_count <= 301
+        assert "step 04999/05000" in view.query_one(Log).lines[-1]
+
+
+async def test_tabs_cycle_and_finish_notifies(tmp_path):
+    root = tmp_path / "exp"
+    a = write_dir(root, "20260224_170000_cpu-smoke", "cpu-smoke",
+                  {"dense": ("running", log_lines(5, 40, finished=False))}, supervisor_alive=True)
+    b = write_dir(root, "20260224_180000_moe-fp8-capacity-opt-v3", "moe-fp8-capacity-opt-v3",
+                  {"moe_fp8_experts_static_cap1p0_v3": ("running", log_lines(5, 40, finished=False))},
+                  supervisor_alive=True)
+    app = make_app(bundled_registry(tmp_path))
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot, app)
+        panes = app.query_one(LogPanes)
+        await until(pilot, lambda: len(panes.keys) == 2, what="two tabs")
+        await pilot.pause(0.2)
+        first = panes.active
+        await pilot.press("right_square_bracket")
+        assert panes.active != first
+        await pilot.press("left_square_bracket")
+        assert panes.active == first
+
+        bells = []
+        app.bell = lambda: bells.append(1)
+        st = runs.read_state(a, "dense")
+        st.status = "failed"
+        runs.write_state(a, st)
+        await until(pilot, lambda: app.finished, what="the notification")
+        assert app.finished == [f"{a}/dense:failed"] and bells == [1]
+        assert app.view.experiment("cpu-smoke").leg("dense").mark == "failed"
+        assert f"{b}/moe_fp8_experts_static_cap1p0_v3" in panes.keys
+
+
+async def test_resume_panel_shows_next_command(tmp_path):
+    app = make_app(bundled_registry(tmp_path))
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot, app)
+        text = str(app.query_one(ResumePanel).render())
+        assert "moe-fp8-capacity-opt-v3/moe_fp8_experts_static_cap1p0_v3" in text
+        assert f"{tmp_path / 'exp'}/$(date +%Y%m%d_%H%M%S)_moe-fp8-capacity-opt-v3" in text
+        assert "--moe-capacity-factor 1.0" in text and "--compile-mode static" in text
