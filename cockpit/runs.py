@@ -767,8 +767,8 @@ def stop(exp_dir: Path | str, leg: str | None = None, grace_s: float = STOP_GRAC
             write_json_atomic(exp_dir / STATE_DIR / f"{leg}.stop", {"requested_at": now_iso()})
             sig = signal.SIGUSR1
         try:
-            os.kill(sup_pid, sig)
-        except ProcessLookupError:
+            psutil.Process(sup_pid).send_signal(sig)  # psutil refuses a pid that was reused meanwhile
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
             pass
         deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline:
