@@ -48,7 +48,7 @@ AMAX_EPS = 1e-12  # amax floor: an all-zero tensor gets a finite scale (448e12),
 # Backend choice: torch._scaled_mm on capable CUDA devices, emulation elsewhere.
 
 _BACKEND = "auto"  # "auto" or "emulate" (forces emulation everywhere; for tests and the GPU bench)
-_CUDA_FP8: dict[int, bool] = {}  # device index -> has FP8 tensor cores (filled outside compiled code)
+_CUDA_FP8: dict[int | None, bool] = {}  # CUDA device index -> has FP8 tensor cores
 _GROUPED_FP8: dict[int, bool] = {}  # device index -> torch._scaled_grouped_mm works and matches (probed)
 _GROUPED_MM: dict[tuple, bool] = {}  # (type, index) -> bf16 torch._grouped_mm works there (probed)
 
@@ -62,14 +62,21 @@ def set_backend(name: str) -> None:
 
 
 def device_has_fp8_matmul(device: torch.device | str) -> bool:
-    """True where torch._scaled_mm runs on FP8 tensor cores: CUDA with compute capability >= 8.9."""
-    device = torch.device(device)
-    if device.type != "cuda" or not torch.cuda.is_available():
+    """True where torch._scaled_mm runs on FP8 tensor cores: CUDA with compute capability >= 8.9.
+    Cached per device index; convert_to_fp8 fills the cache before compile, so compiled code only
+    reads a dict (no torch.cuda query inside a graph)."""
+    if isinstance(device, str):
+        device = torch.device(device)
+    if device.type != "cuda":
         return False
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    if index not in _CUDA_FP8:
-        _CUDA_FP8[index] = torch.cuda.get_device_capability(index) >= (8, 9)
-    return _CUDA_FP8[index]
+    if device.index in _CUDA_FP8:
+        return _CUDA_FP8[device.index]
+    ok = torch.cuda.is_available()
+    if ok:
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        ok = torch.cuda.get_device_capability(index) >= (8, 9)
+    _CUDA_FP8[device.index] = ok
+    return ok
 
 
 def uses_scaled_mm(device: torch.device) -> bool:

@@ -132,9 +132,20 @@ def test_cuda_scaled_mm_rules_are_enforced_on_cpu():
         fp8.fp8_mm(a.to(fp8.E5M2), b_cm.t().contiguous().to(fp8.E5M2).t(), one, one)
 
 
-def test_backend_choice():
+def test_backend_choice(monkeypatch):
     assert not fp8.uses_scaled_mm(torch.device("cpu"))  # CPU always emulates
     assert not fp8.device_has_fp8_matmul("cpu")
+    # on a GPU, compiled code decides the path from the cache convert_to_fp8 filled: a dict read
+    # that dynamo folds into the graph (no torch.cuda query, no graph break)
+    monkeypatch.setitem(fp8._CUDA_FP8, 0, True)
+    f = torch.compile(lambda x: x + 1 if fp8.uses_scaled_mm(torch.device("cuda", 0)) else x - 1,
+                      fullgraph=True, backend="eager")
+    assert f(torch.zeros(2)).tolist() == [1.0, 1.0]
+    fp8.set_backend("emulate")
+    try:
+        assert not fp8.uses_scaled_mm(torch.device("cuda", 0))
+    finally:
+        fp8.set_backend("auto")
 
 
 # -----------------------------------------------------------------------------
