@@ -445,7 +445,7 @@ def convert_to_fp8(model: nn.Module, include_experts: bool) -> dict:
         if type(mod) is not nn.Linear:  # exact type: Fp8Linear layers are already converted
             continue
         family, leaf = _kind(name)
-        if any(r in p for p in name.split(".") for r in ROUTER_NAMES):
+        if any(part in ROUTER_NAMES for part in name.split(".")):
             kept.append("router")
         elif name.split(".")[-1] == "lm_head":
             kept.append("lm_head")
