@@ -95,14 +95,15 @@ def lost_bytes(exp_dir: Path, leg: str) -> tuple[int, int]:
     return written, max(0, written - have)
 
 
+def _alive(p: psutil.Process) -> bool:
+    try:
+        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 def leftovers(exp_dir: Path, tree: list[psutil.Process]) -> list[int]:
-    pids = set()
-    for p in tree:
-        try:
-            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
-                pids.add(p.pid)
-        except psutil.NoSuchProcess:
-            pass
+    pids = {p.pid for p in tree if _alive(p)}
     for p in psutil.process_iter(["cmdline", "status"]):
         if str(exp_dir) in " ".join(p.info["cmdline"] or []) and p.info["status"] != psutil.STATUS_ZOMBIE:
             pids.add(p.pid)
@@ -131,6 +132,7 @@ def one_round(i: int, mode: str, deaf: bool, base: Path) -> dict:
     st = wait_for(running_a, 60, "leg a running")
     want = 5 if deaf else 3  # torchrun, 2 workers (+ 2 grandchildren)
     tree = wait_for(lambda: (t := runs.process_tree(st.pid, st.create_time)) and len(t) >= want and t, 30, "tree")
+    t_stop = time.monotonic()
     if mode == "stop-leg":
         r = cockpit("stop", str(exp_dir), "a", cwd=work)
     elif mode == "stop-queue":
@@ -141,6 +143,11 @@ def one_round(i: int, mode: str, deaf: bool, base: Path) -> dict:
         r = cockpit("stop", str(exp_dir), cwd=work)
     if mode != "finish" and r.returncode != 0:
         raise SystemExit(f"soak: stop failed: {r.stderr.strip()}")
+    # `cockpit stop` returns once the leg is recorded stopped: an upper bound on its processes' end
+    stop_s = time.monotonic() - t_stop if mode != "finish" else None
+    late = [p.pid for p in tree if _alive(p)] if stop_s is not None else []
+    if late:
+        print(f"  round {i}: leg a's processes {late} still alive when `cockpit stop` returned", file=sys.stderr)
     wait_for(lambda: not (d := runs.open_dir(exp_dir)).supervisor_alive and not d.active, 120, "queue end")
     d = runs.open_dir(exp_dir)
     sup = d.supervisor or {}
@@ -165,9 +172,13 @@ def one_round(i: int, mode: str, deaf: bool, base: Path) -> dict:
             pass
     return {
         "round": i, "mode": mode, "deaf": deaf, "a": d.states["a"].status,
-        "b": d.states["b"].status if "b" in d.states else "-", "secs": time.monotonic() - t0,
+        "b": d.states["b"].status if "b" in d.states else "-", "secs": time.monotonic() - t0, "stop_s": stop_s,
         "orphans": len(orphans), "written": written, "lost": lost,
     }
+
+
+def _s(x: float | None) -> str:
+    return "-" if x is None else f"{x:.1f}"
 
 
 def main() -> None:
@@ -177,13 +188,14 @@ def main() -> None:
     args = ap.parse_args()
     base = Path(tempfile.mkdtemp(prefix="cockpit-soak-"))
     rows = []
-    print(f"{'round':>5}  {'mode':<10} {'deaf':<5} {'a':<8} {'b':<8} {'secs':>5} {'orphans':>7} {'log bytes':>9} {'lost':>4}")
+    print(f"{'round':>5}  {'mode':<10} {'deaf':<5} {'a':<8} {'b':<8} {'secs':>5} {'stop s':>6} {'orphans':>7} "
+          f"{'log bytes':>9} {'lost':>4}")
     try:
         for i in range(args.n):
             row = one_round(i, MODES[i % len(MODES)], deaf=bool((i // len(MODES)) % 2 == 0), base=base)
             rows.append(row)
             print(f"{row['round']:>5}  {row['mode']:<10} {'yes' if row['deaf'] else 'no':<5} {row['a']:<8} "
-                  f"{row['b']:<8} {row['secs']:>5.1f} {row['orphans']:>7} {row['written']:>9} {row['lost']:>4}",
+                  f"{row['b']:<8} {row['secs']:>5.1f} {_s(row['stop_s']):>6} {row['orphans']:>7} {row['written']:>9} {row['lost']:>4}",
                   flush=True)
     finally:
         if not args.keep:
