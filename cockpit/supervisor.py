@@ -35,6 +35,7 @@ from cockpit.runs import (
     LegState,
     RunError,
     error_tail,
+    is_alive,
     now_iso,
     process_identity,
     read_state,
@@ -99,10 +100,20 @@ class Supervisor:
         state_dir = self.exp_dir / STATE_DIR
         state_dir.mkdir(exist_ok=True)
         fds = [self._lock(state_dir / f"{SUPERVISOR}.lock", f"experiment dir {self.exp_dir}")]
-        if self.lock_fd is None:  # started by hand: take the experiment's queue lock ourselves
-            lock_dir = self.exp_dir.parent / LOCK_DIR
-            lock_dir.mkdir(exist_ok=True)
-            fds.append(self._lock(lock_dir / f"{plan['experiment']}.lock", f"experiment '{plan['experiment']}'"))
+        try:
+            if self.lock_fd is None:  # started by hand: take the experiment's queue lock ourselves
+                lock_dir = self.exp_dir.parent / LOCK_DIR
+                lock_dir.mkdir(exist_ok=True)
+                fds.append(self._lock(lock_dir / f"{plan['experiment']}.lock", f"experiment '{plan['experiment']}'"))
+            for spec in plan["legs"]:  # a leg left running by a killed supervisor is never started twice
+                prev = read_state(self.exp_dir, spec["name"])
+                if prev is not None and prev.status == "running" and is_alive(prev.pid, prev.create_time):
+                    raise RunError(f"leg {spec['name']} still runs (torchrun pid {prev.pid}) from an earlier "
+                                   f"supervisor; stop it first: cockpit stop {self.exp_dir} {spec['name']}")
+        except BaseException:
+            for fd in fds:
+                os.close(fd)
+            raise
         record = {"pid": self.me, "create_time": self.my_create_time, "started_at": now_iso(), "ended_at": None}
         old = self._install_signals()
         try:

@@ -234,3 +234,18 @@ def test_garbage_on_disk_never_crashes_discovery(tmp_path):
     path = write_registry(tmp_path, {"a": 'model-tag = "a"'}, exp_id="exp")
     r = cockpit("--registry", str(path), "status")
     assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+
+
+def test_supervisor_never_starts_a_leg_that_still_runs(tmp_path):
+    from cockpit import supervisor
+
+    d = _orphan_dir(tmp_path, "step 00001/00010 (10.00%) | loss: 3.0\n")
+    me = psutil.Process()
+    st = runs.read_state(d, "a")
+    st.pid, st.create_time = me.pid, me.create_time()  # "torchrun" is alive: this test process
+    runs.write_state(d, st)
+    with pytest.raises(runs.RunError, match=f"leg a still runs \\(torchrun pid {me.pid}\\)"):
+        supervisor.Supervisor(d, echo=False).run()
+    assert runs.read_state(d, "a").status == "running" and not (d / "state" / "supervisor.log").exists()
+    r = subprocess.run([sys.executable, "-m", "cockpit.supervisor", str(d)], capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.startswith("supervisor: leg a still runs")
