@@ -205,7 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("stop", help="stop a running leg, or a dir's whole queue")
     p.add_argument("target", metavar="DIR|EXPERIMENT", help="an experiment dir, or an experiment id (its newest dir)")
     p.add_argument("leg", nargs="?", help="only this leg (the queue goes on with the next)")
-    p.add_argument("--grace", type=float, default=10.0, help="seconds between SIGTERM and SIGKILL (default 10)")
+    p.add_argument("--grace", type=float, default=10.0, help="seconds between SIGTERM and SIGKILL when the supervisor is gone (default 10; "
+                   "a live supervisor uses its own, 10 s)")
     _add_registry(p)
     p.set_defaults(func=cmd_stop)
     p = sub.add_parser("report", help="final metrics, status and deltas of an experiment dir (markdown)")
