@@ -217,6 +217,40 @@ def resolve_baseline(exp_dir: Path, ref: str, tail: int = 50, now: float | None 
     raise ReportError(f"baseline '{ref}': no log at {where}")
 
 
+def plan_baseline(exp_dir: Path, tail: int = 50, now: float | None = None) -> ReportRow | None:
+    """The baseline the registry names for this dir's experiment (a dir launched by the cockpit):
+    its log in this dir, else its newest finished log in another dir under exp_root, else its
+    recorded figures. None when there is no plan, registry or baseline; never raises."""
+    try:
+        import json
+
+        from cockpit import registry as reg
+        from cockpit import runs
+
+        plan = json.loads((exp_dir / "plan.json").read_text(encoding="utf-8"))
+        registry = reg.load(plan["registry"]["path"])
+        exp = registry.experiment(plan["experiment"])
+        leg = registry.find_leg(exp.baseline, exp.id) if exp and exp.baseline else None
+        if leg is None:
+            return None
+        here = exp_dir / f"{leg.name}.log"
+        if leg.experiment == exp.id and here.is_file():
+            return row_from_summary(logs.summarize(here, tail=tail, now=now))
+        for d in reversed(runs.discover(registry.settings.exp_root)):
+            if d.experiment != leg.experiment or leg.name not in d.legs or d.path.resolve() == exp_dir.resolve():
+                continue
+            s = logs.summarize(d.log(leg.name), tail=tail, now=now)
+            if s.finished and not s.failed:
+                row = row_from_summary(s)
+                row.run = f"{d.path.name}/{leg.name}"
+                return row
+        if leg.recorded is not None:
+            return row_from_recorded(f"{leg.experiment}/{leg.name} (recorded)", leg.recorded)
+    except Exception:  # noqa: BLE001 - a missing or broken plan/registry only means no baseline
+        return None
+    return None
+
+
 # ----------------------------------------------------------------------------------------------
 # markdown
 
@@ -312,9 +346,12 @@ def render_report(
     if notes:
         out += ["", *notes]
     out += ["", "## Status", "", render_status_table(all_rows)]
-    if baseline:
-        base = resolve_baseline(exp_dir, baseline, tail, now)
-        out += ["", f"## Delta vs baseline `{base.run}`"]
+    base = resolve_baseline(exp_dir, baseline, tail, now) if baseline else plan_baseline(exp_dir, tail, now)
+    if base is not None and base.has_figures:
+        why = "" if baseline else " (the registry's baseline of this experiment)"
+        out += ["", f"## Delta vs baseline `{base.run}`{why}"]
+        if base.source == SOURCE_RECORDED and base.note:
+            out += ["", f"Baseline figures {base.note} (not measured here)."]
         for r in all_rows:
             if r.run == base.run or not r.has_figures:
                 continue

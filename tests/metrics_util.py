@@ -34,6 +34,7 @@ def make_dir(
     legs: dict[str, tuple[str | None, str | None]],
     supervisor: bool = False,
     mtime: float = NOW - 5000,
+    registry: reg.Registry | None = None,
 ) -> Path:
     """An experiment dir in the RUNNER's format: plan.json, state/<leg>.json, <leg>.log.
 
@@ -45,6 +46,8 @@ def make_dir(
     experiment = name.split("_", 2)[2]
     plan = {"experiment": experiment, "dir": str(d),
             "legs": [{"name": leg, "log": str(d / f"{leg}.log")} for leg in legs]}
+    if registry is not None:
+        plan["registry"] = {"path": str(registry.path)}
     (d / "plan.json").write_text(json.dumps(plan, indent=2))
     me = {"pid": os.getpid(), "create_time": psutil.Process().create_time()}
     if supervisor:

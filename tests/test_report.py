@@ -7,6 +7,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from metrics_util import bundled_registry, make_dir
 
 from cockpit import cli, report
 
@@ -186,3 +187,25 @@ def test_cli_report_bad_input_is_one_line_exit_2(tmp_path, capsys, argv, message
     assert cli.main(["report", "--registry", str(tmp_path / "none.toml"), *argv]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_registry_baseline_of_a_launched_dir(tmp_path):
+    """No --baseline: a dir the cockpit launched is compared with its experiment's registry baseline."""
+    registry = bundled_registry(tmp_path)
+    root = registry.settings.exp_root
+    v3 = make_dir(root, "20261126_050000_moe-fp8-capacity-opt-v3",
+                  {"moe_fp8_experts_static_cap1p0_v3": ("done", f"seed/{V1}/static_cap1p25.log")}, registry=registry)
+    text = report.render_report(v3, now=NOW)
+    assert "## Delta vs baseline `moe-fp8-capacity-opt-v2-buffer/static_cap1p0_bufreuse (recorded)`" in text
+    assert "Baseline figures recorded: seed resume guide, 2026-02-24 (8 GPUs) (not measured here)." in text
+    assert "| tail50 tok/sec | 806400.06 | 747298.44 | -7.33% |" in text
+    # a finished run of the baseline leg here takes precedence over the recorded figures
+    smoke = make_dir(root, "20261126_040000_cpu-smoke", {"dense": ("done", "cpu-smoke/dense.log"),
+                                                         "moe_cap1p0": ("done", "cpu-smoke/moe_cap1p0.log")},
+                     registry=registry)
+    text = report.render_report(smoke, now=NOW)
+    assert "## Delta vs baseline `dense` (the registry's baseline of this experiment)" in text
+    assert "| tail50 tok/sec | 9744.48 | 6694.57 | -31.30% |" in text
+    # the plan's registry is gone: no baseline, still a report
+    registry.path.unlink()
+    assert "## Delta" not in report.render_report(smoke, now=NOW)
