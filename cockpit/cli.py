@@ -67,12 +67,12 @@ def cmd_launch(args: argparse.Namespace) -> int:
         if not plan.legs:
             print(f"nothing to run in {args.experiment}")
             return 0
-        want, have = registry.settings.branch, runs.git_info(plan.cwd)["branch"]
-        if want and have and want != have:
-            print(f"cockpit: warning: the checkout is on branch {have}, the registry expects {want}", file=sys.stderr)
         exp_dir = runs.launch(registry, args.experiment, foreground=args.foreground, plan=plan)
     except runs.RunError as e:
         raise UsageError(str(e)) from None
+    want, have = registry.settings.branch, ((runs.open_dir(exp_dir).plan or {}).get("git") or {}).get("branch")
+    if want and have and want != have:
+        print(f"cockpit: warning: the checkout is on branch {have}, the registry expects {want}", file=sys.stderr)
     if not args.foreground:
         print(exp_dir)
         return 0
