@@ -197,7 +197,8 @@ def gpu_status(registry: reg.Registry, sampler: Any | None = None) -> GpuStatus:
     util = max((g.util_pct or 0 for g in snap.gpus), default=0)
     mem = max((g.mem_used_mib or 0 for g in snap.gpus), default=0)
     if not busy:
-        return GpuStatus("idle", f"{n} GPUs are idle (max `{util:.0f}% util`, max `{mem:.0f} MiB` used, at {at})", n)
+        what = "1 GPU is" if n == 1 else f"{n} GPUs are"
+        return GpuStatus("idle", f"{what} idle (max `{util:.0f}% util`, max `{mem:.0f} MiB` used, at {at})", n)
     detail = ", ".join(f"GPU {g.index} ({g.util_pct or 0:.0f}% util, {g.mem_used_mib or 0:.0f} MiB)" for g in busy)
     return GpuStatus("busy", f"{len(busy)} of {n} GPUs are busy at {at}: {detail}", n, [g.index for g in busy])
 
@@ -519,7 +520,7 @@ def render_status(state: ResumeState) -> str:
         for m in e.legs:
             base = "  (baseline)" if m.is_baseline else ""
             extra = f"  {progress(m)}" if m.mark == "running" else _figures(m)
-            out.append(f"  {m.leg:<{width}}  {m.mark:<8}{extra}{base}")
+            out.append(f"  {m.leg:<{width}}  {m.mark:<8}{extra}{base}".rstrip())
     if state.next:
         out += ["", f"next: {state.next.experiment}/{state.next.leg}  ->  {state.next.cockpit}"]
     else:

@@ -140,6 +140,7 @@ def test_marks_from_states_and_logs(tmp_path):
         (FakeSampler(gpus_=[]), "unknown", "unknown (NVML sees no GPU)"),
         (FakeSampler(gpus_=[gpu(0, 3, 1000), gpu(1, 5, 1024)]), "idle", "2 GPUs are idle (max `5% util`, max `1024 MiB`"),
         (FakeSampler(gpus_=[gpu(0), gpu(1, 0, 1025)]), "busy", "1 of 2 GPUs are busy at "),
+        (FakeSampler(gpus_=[gpu(0, None, None)]), "idle", "1 GPU is idle (max `0% util`, max `0 MiB` used"),
     ],
 )
 def test_gpu_status_by_registry_thresholds(tmp_path, sampler, state_, text):
