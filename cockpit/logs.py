@@ -747,6 +747,8 @@ def _bulk_columns(lines: list[bytes]) -> dict[str, list] | None:
     np = _np
     key = lines[0].translate(None, _KEY_DELETE)
     if key not in _layouts:
+        if len(_layouts) > 1024:  # junk can make many keys: the cache stays bounded
+            _layouts.clear()
         _layouts[key] = _layout(key, lines[0])
     layout = _layouts[key]
     if layout is None:
