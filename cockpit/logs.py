@@ -440,7 +440,6 @@ class LogState:
         self.total_time_min: float | None = None
         self.finished = False
         self.failure = FailureTracker()
-        self.failed_after_finish = False
         self.lines_seen = 0
 
     def feed(self, line: str) -> None:
@@ -1004,7 +1003,7 @@ def _fill(s: LegSummary, state: LogState, now: float | None) -> None:
         s.status = "failed"
     elif s.finished:
         s.status = "completed"
-    elif last is not None and s.mtime is not None and (now or time.time()) - s.mtime < RUNNING_STALE_S:
+    elif last is not None and s.mtime is not None and (time.time() if now is None else now) - s.mtime < RUNNING_STALE_S:
         s.status = "running"
     else:
         s.status = "unknown"
