@@ -162,6 +162,30 @@ def test_follower_reads_only_new_bytes_and_holds_partial_lines(tmp_path):
     assert f.offset == p.stat().st_size
 
 
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(streams(), st.integers(1, 4096))
+def test_follower_sees_a_growing_file_as_the_whole(tmp_path, stream, max_bytes):
+    """Bytes appended in any chunks, polled in between, read at most max_bytes a poll."""
+    data, cuts = stream
+    p = tmp_path / "grow.log"
+    p.write_bytes(b"")
+    f = logs.LogFollower(p, max_bytes=max_bytes)
+    got = []
+    with open(p, "ab") as w:
+        for part in split_at(data, cuts):
+            w.write(part)
+            w.flush()
+            got += f.poll()
+    while lines := f.poll():
+        got += lines
+    while f.offset < len(data):  # a poll may return no complete line yet still read bytes
+        got += f.poll()
+    got += f.flush()
+    whole = logs.LineSplitter()
+    assert got == whole.feed(data) + whole.flush()
+    f.close()
+
+
 def test_follower_starts_over_on_truncation_and_replacement(tmp_path):
     p = tmp_path / "leg.log"
     p.write_bytes(b"step 00001/00002 (50.00%) | loss: 2.0\nold tail\n")
