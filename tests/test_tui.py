@@ -52,7 +52,11 @@ async def ready(pilot, app: CockpitApp) -> None:
 async def select(pilot, app: CockpitApp, sel: Selection) -> None:
     tree = app.query_one(ExperimentTree)
     await until(pilot, lambda: tree.cursor_line >= 0, what="the tree's cursor")
-    tree.move_cursor(tree._by_sel[sel])
+    node = tree._by_sel[sel]
+    if node.parent is not None and not node.parent.is_expanded:
+        node.parent.expand()
+        await pilot.pause(0.1)
+    tree.move_cursor(node)
     await until(pilot, lambda: app.selection == sel, what=f"selection {sel}")
 
 
@@ -171,7 +175,7 @@ async def test_command_palette_offers_the_actions(tmp_path):
         await pilot.press("escape")
 
 
-async def test_tab_moves_between_panes(tmp_path):
+async def test_tab_moves_between_panes_and_m_maximizes(tmp_path):
     app = make_app(bundled_registry(tmp_path))
     async with app.run_test(size=SIZE) as pilot:
         await ready(pilot, app)
@@ -181,6 +185,13 @@ async def test_tab_moves_between_panes(tmp_path):
             seen.add(app.focused.id if app.focused else None)
         assert {"experiments", "live", "final"} <= seen
         await pilot.press("shift+tab")
+
+        app.query_one("#resume-box").focus()  # `m` maximizes the focused pane, `m` again restores
+        await pilot.pause(0.1)
+        await pilot.press("m")
+        assert app.screen.maximized is app.query_one("#resume-box")
+        await pilot.press("m")
+        assert app.screen.maximized is None
 
 
 async def test_quit_says_running_legs_go_on(tmp_path):

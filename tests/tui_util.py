@@ -110,11 +110,11 @@ class FakeSampler:
         host = HostInfo(cpu_pct=12.5, ram_used_mib=6144.0, ram_total_mib=24576.0, load1=0.42)
         self.history["host.cpu_pct"] = deque([10.0, 12.0, 15.0, 11.0, 12.5] * 3)
         if not self.nvml:
-            return Snapshot(False, "NVML Shared Library Not Found", [], host, 0.0)
+            return Snapshot(False, "NVML Shared Library Not Found", [], host, CLOCK.timestamp())
         gpus = []
         for i in range(self.n):
             on = i in self.busy
             gpus.append(GpuInfo(i, "NVIDIA H100 80GB HBM3", 97.0 if on else 0.0, 18987.0 if on else 0.0,
                                 81559.0, 64.0 if on else 31.0, 612.0 if on else 71.0, [os.getpid()] if on else []))
             self.history[f"gpu{i}.util_pct"] = deque([0.0, 40.0, 95.0, 97.0, 96.0, 97.0] if on else [0.0] * 6)
-        return Snapshot(True, None, gpus, host, 0.0)
+        return Snapshot(True, None, gpus, host, CLOCK.timestamp())

@@ -18,7 +18,7 @@ from rich.text import Text
 from textual import work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.containers import Horizontal, Vertical
 from textual.css.query import NoMatches
 from textual.screen import Screen
 from textual.widgets import Footer, Tree
@@ -34,7 +34,7 @@ from cockpit.tui.header import CockpitHeader
 from cockpit.tui.help import HelpScreen
 from cockpit.tui.live_table import LiveTable
 from cockpit.tui.log_panes import LogPanes
-from cockpit.tui.resume_panel import ResumePanel
+from cockpit.tui.resume_panel import ResumeBox, ResumePanel
 from cockpit.tui.state import CockpitView, LegView
 
 ACTIVE = ("running", "queued", "waiting")
@@ -52,6 +52,7 @@ class CockpitApp(App[None]):
         Binding("r", "write_report", "Report"),
         Binding("g", "write_guide", "Resume guide"),
         Binding("f", "toggle_follow", "Follow"),
+        Binding("m", "toggle_maximize", "Maximize"),
         Binding("left_square_bracket", "cycle_tab(-1)", "Prev log", show=False),
         Binding("right_square_bracket", "cycle_tab(1)", "Next log", show=False),
         Binding("tab", "focus_next", "Next pane", show=False),
@@ -68,6 +69,7 @@ class CockpitApp(App[None]):
         ("g", "write_guide", "write the resume guide"),
         ("f", "toggle_follow", "follow the current log on/off (scrolling up pauses it too)"),
         ("[ / ]", "cycle_tab", "previous / next log tab"),
+        ("m", "toggle_maximize", "maximize the focused pane / restore"),
         ("tab / shift+tab", "focus_next focus_previous", "move between panes"),
         ("?", "help", "this list"),
         ("q", "quit", "quit (running legs go on)"),
@@ -106,7 +108,7 @@ class CockpitApp(App[None]):
         with Horizontal(id="main"):
             with Vertical(id="left"):
                 yield ExperimentTree(id="experiments")
-                with VerticalScroll(id="resume-box"):
+                with ResumeBox(id="resume-box"):
                     yield ResumePanel(id="resume")
             with Vertical(id="right"):
                 yield GpuPanel(id="gpus")
@@ -281,6 +283,13 @@ class CockpitApp(App[None]):
             return
         v.set_following(not v.following)
         self.notify(f"{'following' if v.following else 'paused'}: {Path(v.path).name}")
+
+    def action_toggle_maximize(self) -> None:
+        screen = self.screen_stack[0]
+        if screen.maximized is not None:
+            screen.minimize()
+        elif self.focused is None or not screen.maximize(self.focused):
+            self.notify("focus a pane first (tab)", severity="warning")
 
     def action_quit(self) -> None:
         running = len(self.view.live) if self.view else 0

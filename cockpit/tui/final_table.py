@@ -43,41 +43,47 @@ class FinalTable(DataTable):
         if key == self._key:
             return
         self._key = key
-        self.clear(columns=True)
         tail = report.tail if report else 50
-        for c in columns(tail):
-            self.add_column(c)
-        blank = [""] * (len(columns(tail)) - 1)
+        heads = columns(tail)
+        blank = [""] * (len(heads) - 1)
+        rows: list[tuple[list, int]] = []  # (cells, height)
         if report is None:
-            self.border_title = "Final metrics"
-            self.border_subtitle = ""
-            self.add_row(Text("select an experiment or a dir", style="dim"), *blank)
-            return
-        self.border_title = f"Final metrics: {report.title}"
-        self.border_subtitle = f"second line: Δ vs baseline {report.baseline}" if report.baseline else "no baseline"
-        runs = {r.run for r in report.rows}
-        if report.baseline and report.baseline_figures and report.baseline not in runs:
-            self.add_row(
-                Text(report.baseline, style="italic"),
-                Text("baseline", style="italic"),
-                *(fmt.num(report.baseline_figures.get(m), DIGITS[m]) for m in METRICS),
-            )
-        with_deltas = any(r.deltas for r in report.rows)
-        for r in report.rows:
-            is_base = r.run == report.baseline or bool(report.baseline and report.baseline.endswith("/" + r.run))
-            status = Text(r.status, style=status_style(r.status))
-            if is_base:
-                status.append("\nbaseline" if with_deltas else " (baseline)", style="italic")
-            cells: list = [Text(r.run, style="bold"), status]
-            for m in METRICS:
-                cell = Text(fmt.num(r.figures.get(m), DIGITS[m]))
-                if with_deltas:
-                    cell.append("\n")
-                    cell.append_text(delta_text(m, r.deltas.get(m)))
-                cells.append(cell)
-            self.add_row(*cells, height=2 if with_deltas else 1)
-        if not report.rows:
-            self.add_row(Text(report.note or "no logs in this dir yet", style="dim"), *blank)
+            self.border_title, self.border_subtitle = "Final metrics", ""
+            rows.append(([Text("select an experiment or a dir", style="dim"), *blank], 1))
+        else:
+            self.border_title = f"Final metrics: {report.title}"
+            self.border_subtitle = f"second line: Δ vs baseline {report.baseline}" if report.baseline else "no baseline"
+            names = {r.run for r in report.rows}
+            if report.baseline and report.baseline_figures and report.baseline not in names:
+                rows.append(([Text(report.baseline, style="italic"), Text("baseline", style="italic"),
+                              *(Text(fmt.num(report.baseline_figures.get(m), DIGITS[m])) for m in METRICS)], 1))
+            with_deltas = any(r.deltas for r in report.rows)
+            for r in report.rows:
+                is_base = r.run == report.baseline or bool(report.baseline and report.baseline.endswith("/" + r.run))
+                status = Text(r.status, style=status_style(r.status))
+                if is_base:
+                    status.append("\nbaseline" if with_deltas else " (baseline)", style="italic")
+                cells: list = [Text(r.run, style="bold"), status]
+                for m in METRICS:
+                    cell = Text(fmt.num(r.figures.get(m), DIGITS[m]))
+                    if with_deltas:
+                        cell.append("\n")
+                        cell.append_text(delta_text(m, r.deltas.get(m)))
+                    cells.append(cell)
+                rows.append((cells, 2 if with_deltas else 1))
+            if not report.rows:
+                rows.append(([Text(report.note or "no logs in this dir yet", style="dim"), *blank], 1))
+        # Fixed widths from the content: a table rebuilt before its first layout renders the same.
+        widths = [len(h) for h in heads]
+        for cells, _ in rows:
+            for i, c in enumerate(cells):
+                text = c.plain if isinstance(c, Text) else str(c)
+                widths[i] = max(widths[i], *(len(line) for line in text.split("\n")))
+        self.clear(columns=True)
+        for h, w in zip(heads, widths, strict=True):
+            self.add_column(h, width=w)
+        for cells, height in rows:
+            self.add_row(*cells, height=height)
 
 
 def status_style(status: str) -> str:

@@ -12,6 +12,7 @@ from cockpit.tui.state import GpuView
 
 
 class GpuPanel(Static):
+    ALLOW_MAXIMIZE = True
     def show(self, gpu: GpuView | None) -> None:
         if gpu is None:
             self.update(Text("sampling GPUs...", style="dim"))

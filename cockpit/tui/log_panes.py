@@ -118,6 +118,8 @@ class LogView(Vertical):
 class LogPanes(TabbedContent):
     """A TabbedContent whose panes are LogViews keyed by `exp_dir/leg`."""
 
+    ALLOW_MAXIMIZE = True  # `m` on a log maximizes the panes with their tabs and status line
+
     def __init__(self, max_lines: int = MAX_LINES, **kwargs) -> None:
         super().__init__(**kwargs)
         self.max_lines = max_lines

@@ -4,9 +4,16 @@ the safety rules; the live form of the seed's resume guide."""
 from __future__ import annotations
 
 from rich.text import Text
+from textual.containers import VerticalScroll
 from textual.widgets import Static
 
 from cockpit.tui.state import ResumeView
+
+
+class ResumeBox(VerticalScroll):
+    """The panel's scrolling frame; `m` maximizes it to read the whole next command."""
+
+    ALLOW_MAXIMIZE = True
 
 
 class ResumePanel(Static):

@@ -1,0 +1,113 @@
+"""SVG snapshots of the cockpit (pytest-textual-snapshot): the screens a researcher sees.
+
+Each case builds its dirs under a fixed temp path, with a fixed clock, branch and GPU figures,
+so the same screen comes out every run. `pytest --snapshot-update` rewrites the SVGs in
+tests/__snapshots__/ after a deliberate change; review them by eye before committing.
+"""
+
+from __future__ import annotations
+
+import time
+
+from textual.widgets import Log
+from tui_util import FakeSampler, bundled_registry, case_dir, fixed_clock, log_lines, write_dir
+
+from cockpit.tui.app import CockpitApp
+from cockpit.tui.experiments import ExperimentTree, Selection
+from cockpit.tui.log_panes import LogPanes
+
+SIZE = (160, 48)
+
+
+def app_for(case: str, sampler: FakeSampler, dirs=None) -> CockpitApp:
+    base = case_dir(case)
+    registry = bundled_registry(base)
+    if dirs:
+        dirs(base / "exp")
+    return CockpitApp(registry, sampler=sampler, branch="main", clock=fixed_clock)
+
+
+def settled(select: Selection | None = None, maximize_resume: bool = False):
+    """run_before: wait for the first view, the selection, the log panes at their bottom."""
+
+    async def run_before(pilot) -> None:
+        app: CockpitApp = pilot.app
+        deadline = time.monotonic() + 20
+        while app.view is None and time.monotonic() < deadline:
+            await pilot.pause(0.05)
+        tree = app.query_one(ExperimentTree)
+        while tree.cursor_line < 0 and time.monotonic() < deadline:
+            await pilot.pause(0.05)
+        if select is not None:
+            node = tree._by_sel[select]
+            if node.parent is not None:
+                node.parent.expand()  # a dir's legs are folded
+            await pilot.pause(0.1)
+            tree.move_cursor(node)
+            while app.selection != select and time.monotonic() < deadline:
+                await pilot.pause(0.05)
+        await pilot.pause(1.2)  # two ticks: the report of the selection, the log tabs filled
+        panes = app.query_one(LogPanes)
+        for v in panes.views():
+            while (not v.written or not v.query_one(Log).is_vertical_scroll_end) and time.monotonic() < deadline:
+                await pilot.pause(0.05)
+        if maximize_resume:
+            app.query_one("#resume-box").focus()
+            await pilot.pause(0.1)
+            await pilot.press("m")
+        await pilot.pause(0.2)
+
+    return run_before
+
+
+def running_dirs(root):
+    write_dir(root, "20260224_175412_cpu-smoke", "cpu-smoke", {
+        "dense": ("done", log_lines(40, 40)),
+        "moe_dropless": ("running", log_lines(23, 40, tok=900, finished=False)),
+        "moe_cap1p0": ("queued", []),
+    }, supervisor_alive=True)
+
+
+def failed_dirs(root):
+    write_dir(root, "20260224_170000_cpu-smoke", "cpu-smoke", {
+        "dense": ("done", log_lines(40, 40)),
+        "moe_dropless": ("failed", log_lines(12, 40, tok=1100, crash=True)),
+    })
+
+
+def test_snapshot_nothing_run(snap_compare):
+    """The bundled registry, nothing run here: recorded legs, pending legs, 8 idle GPUs."""
+    app = app_for("nothing-run", FakeSampler())
+    assert snap_compare(app, terminal_size=SIZE, run_before=settled())
+
+
+def test_snapshot_legs_running(snap_compare):
+    """cpu-smoke: dense done, moe_dropless running (live table, log tab), moe_cap1p0 queued; 8 busy GPUs."""
+    app = app_for("legs-running", FakeSampler(busy=tuple(range(8))), running_dirs)
+    assert snap_compare(app, terminal_size=SIZE,
+                        run_before=settled(Selection("experiment", "cpu-smoke")))
+
+
+def test_snapshot_failed_leg(snap_compare):
+    """A failed leg selected: its traceback in the log tab, its dir's final table, the failed mark."""
+    app = app_for("failed-leg", FakeSampler(), failed_dirs)
+    sel = Selection("dirleg", "cpu-smoke", "moe_dropless", str(case_dir_path("failed-leg")))
+    assert snap_compare(app, terminal_size=SIZE, run_before=settled(sel))
+
+
+def test_snapshot_no_nvml(snap_compare):
+    """No NVML on the machine: the GPU panel says why and shows the host's CPU and RAM."""
+    app = app_for("no-nvml", FakeSampler(nvml=False))
+    assert snap_compare(app, terminal_size=SIZE, run_before=settled())
+
+
+def test_snapshot_resume_panel(snap_compare):
+    """The resume panel maximized (`m`): completed, remaining, the next leg's exact command, safety."""
+    app = app_for("resume-panel", FakeSampler(), failed_dirs)
+    assert snap_compare(app, terminal_size=SIZE, run_before=settled(maximize_resume=True))
+
+
+def case_dir_path(case: str):
+    from tui_util import SNAP_ROOT
+
+    return SNAP_ROOT / case / "exp" / "20260224_170000_cpu-smoke"
