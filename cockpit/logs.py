@@ -25,6 +25,7 @@ Three layers, each usable alone:
 from __future__ import annotations
 
 import math
+import mmap
 import operator
 import os
 import time
@@ -37,6 +38,7 @@ from pathlib import Path
 MAX_LINE_BYTES = 64 * 1024  # a longer line is cut here: memory stays bounded whatever the file holds
 READ_CHUNK = 1 << 20
 SMALL_LOG_BYTES = 4 << 20  # a log up to this size is read whole (exact step count)
+TAIL_TEXT_BYTES = 8 << 20  # a big log's summary parses at most this much text besides its step lines
 FAILURE_LINES = 8  # how many lines of a traceback are kept as the failure reason
 RUNNING_STALE_S = 300.0  # a log without final lines that grew this recently counts as running
 
@@ -921,8 +923,8 @@ def summary_of(state: LogState, path: str | os.PathLike[str], now: float | None 
     return summary
 
 
-def _state_of(data: bytes, tail: int) -> LogState:
-    state = LogState(tail=tail)
+def _state_of(data: bytes, tail: int, state: LogState | None = None) -> LogState:
+    state = state or LogState(tail=tail)
     splitter = LineSplitter()
     state.feed_many(splitter.feed(data))
     # an unterminated last line is being written: a step line's numbers may be cut, so it
@@ -932,27 +934,32 @@ def _state_of(data: bytes, tail: int) -> LogState:
 
 
 def _state_from_tail(f, size: int, tail: int) -> LogState:
-    """Read blocks backwards until they hold `tail` step lines, then parse from the first of them.
+    """The state of a big log from its end, through a memory map (no big read, bounded memory).
 
-    Everything after the window (final lines, a traceback) is parsed too; what lies before it
-    (older validation or moe lines) is not read at all.
+    Step lines are found backwards (`rfind`) until the window holds `tail` of them; the text
+    from the first of them to the end is parsed. When that text is longer than
+    TAIL_TEXT_BYTES (a flood of noise between or after the steps), only the window's step
+    lines and the last TAIL_TEXT_BYTES are parsed: final lines and a crash's traceback are at
+    the end. Older lines (validation, moe) before the window are not read.
     """
-    block = 64 * 1024
-    while True:
-        start = max(0, size - block)
-        f.seek(start)
-        data = f.read(size - start)
-        body = data if start == 0 else data[data.find(b"\n") + 1 :] if b"\n" in data else b""
+    with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        size = len(mm)
         # an unterminated last line is not counted: _state_of leaves a cut step line out
-        pos = len(body) if body.endswith(b"\n") else max(0, body.rfind(b"\n"))
-        found = 0
-        while found < tail and (i := body.rfind(b"\nstep ", 0, pos)) >= 0:
-            found, pos = found + 1, i
-        if found == tail:
-            return _state_of(body[pos + 1 :], tail)
-        if start == 0:
-            return _state_of(body, tail)
-        block *= 4
+        pos = size if mm[size - 1 : size] == b"\n" else max(0, mm.rfind(b"\n"))
+        starts: list[int] = []  # where the window's step lines start, newest first
+        while len(starts) < tail and (i := mm.rfind(b"\nstep ", 0, pos)) >= 0:
+            starts.append(i + 1)
+            pos = i
+        if len(starts) < tail and mm[:5] == b"step ":
+            starts.append(0)
+        # fewer than `tail` step lines in the whole file: the window holds them all, read from the start
+        begin = starts[-1] if len(starts) == tail else 0
+        if size - begin <= TAIL_TEXT_BYTES:
+            return _state_of(mm[begin:], tail)
+        cut = mm.find(b"\n", size - TAIL_TEXT_BYTES) + 1 or size
+        window = [mm[p : mm.find(b"\n", p)] for p in reversed(starts) if p < cut]
+        state = _state_of(b"\n".join(window) + b"\n", tail) if window else LogState(tail=tail)
+        return _state_of(mm[cut:], tail, state)
 
 
 def _first_step(f) -> int | None:

@@ -411,3 +411,27 @@ def test_bulk_full_parse_of_any_stream(tmp_path, stream):
     p = tmp_path / "s.log"
     p.write_bytes(data)
     same_state(logs.parse_file(p), per_line(p))
+
+
+def test_big_log_with_a_flood_of_noise_reads_bounded_text(tmp_path, monkeypatch):
+    """Noise between and after the window's steps: only the steps and the last text are parsed."""
+    monkeypatch.setattr(logs, "SMALL_LOG_BYTES", 16 * 1024)
+    monkeypatch.setattr(logs, "TAIL_TEXT_BYTES", 32 * 1024)
+    step = "step {i:05d}/00060 ({p:.2f}%) | loss: {l:.6f} | lrm: 1.00 | dt: {d:.2f}ms | tok/sec: {t:,} | bf16_mfu: 9.00"
+    lines = []
+    for i in range(60):
+        lines.append(step.format(i=i, p=i / 0.6, l=5 - i / 100, d=600 + i, t=800_000 + i))
+        lines += [f"noise {i} " + "z" * 100] * 20  # ~2 KB of noise after each step
+    crash = (FIXTURES / "crashed-torchrun.log").read_text().split("[rank3]: Traceback")[1]
+    lines += ["z" * 100] * 200 + ["[rank3]: Traceback" + crash]
+    p = tmp_path / "flood.log"
+    p.write_text("\n".join(lines) + "\n")
+    s = logs.summarize(p, tail=50)
+    full = logs.parse_file(p, tail=50)
+    assert p.stat().st_size > 3 * logs.TAIL_TEXT_BYTES
+    assert (s.tail_n, s.last_step, s.steps_observed) == (50, 59, 60)
+    assert (s.tok_per_sec, s.dt_ms) == (full.tail_mean("tok_per_sec"), full.tail_mean("dt_ms"))
+    assert s.failed and s.error_line.startswith("torch.OutOfMemoryError") and full.failed
+    # fewer step lines than the window in the whole file: all of them, still bounded text
+    s3 = logs.summarize(p, tail=100)
+    assert (s3.tail_n, s3.last_step) == (60, 59) and s3.failed
