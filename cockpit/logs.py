@@ -37,7 +37,8 @@ from pathlib import Path
 
 MAX_LINE_BYTES = 64 * 1024  # a longer line is cut here: memory stays bounded whatever the file holds
 READ_CHUNK = 1 << 20
-SMALL_LOG_BYTES = 4 << 20  # a log up to this size is read whole (exact step count)
+SMALL_LOG_BYTES = 256 << 10  # a log up to this size is parsed whole (exact step count; 280 steps are ~60 KB)
+HEAD_SCAN_BYTES = 4 << 20  # how far into a big log its first step line is looked for
 TAIL_TEXT_BYTES = 8 << 20  # a big log's summary parses at most this much text besides its step lines
 FAILURE_LINES = 8  # how many lines of a traceback are kept as the failure reason
 RUNNING_STALE_S = 300.0  # a log without final lines that grew this recently counts as running
@@ -967,7 +968,7 @@ def _first_step(f) -> int | None:
     f.seek(0)
     splitter = LineSplitter()
     read = 0
-    while read < SMALL_LOG_BYTES and (data := f.read(64 * 1024)):
+    while read < HEAD_SCAN_BYTES and (data := f.read(64 * 1024)):
         read += len(data)
         for line in splitter.feed(data):
             rec = parse_step(line) if line.startswith(("step ", "[")) else None
