@@ -295,7 +295,8 @@ class CockpitApp(App[None]):
         running = len(self.view.live) if self.view else 0
         msg = "cockpit closed; legs are never touched by closing it"
         if running:
-            msg = f"cockpit closed; {running} running leg{'s' if running != 1 else ''} go on (detached)"
+            legs = "1 running leg goes on" if running == 1 else f"{running} running legs go on"
+            msg = f"cockpit closed; {legs} (detached; closing the cockpit never touches a leg)"
         self.quit_message = msg
         self._stopping = True
         self.collector.wake.set()
