@@ -295,9 +295,11 @@ def train(args: argparse.Namespace) -> int:
             f"MoE: {config.n_moe_layers}/{config.n_layer} layers, {args.n_experts} experts, top-{args.expert_topk}, "
             f"hidden {int(args.expert_hidden_mult * model_dim)}, {route}, balance coeff {args.balance_loss_coeff:g}"
         )
-        if dropless and not moe_lib.probe_grouped_mm(device, compute_dtype, model_dim, int(args.expert_hidden_mult * model_dim)):
+        expert_hidden = int(args.expert_hidden_mult * model_dim)
+        grouped_ok = moe_lib.probe_grouped_mm(device, compute_dtype, model_dim, expert_hidden)
+        if dropless and not grouped_ok and not args.fp8_include_moe_experts:
             print0(
-                "MoE dropless: torch._grouped_mm is not available here; computing every assignment "
+                "MoE dropless: torch._grouped_mm does not run here (it needs sm90+ on CUDA); computing every assignment "
                 "with T slots per expert instead (exact, E/k x the expert FLOPs)"
             )
 

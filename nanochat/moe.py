@@ -52,13 +52,22 @@ def expert_grouped_mm(x: torch.Tensor, w: torch.Tensor, offs: torch.Tensor, fp8:
         from nanochat.fp8 import fp8_grouped_mm
 
         return fp8_grouped_mm(x, w, offs)
+    if x.dtype != torch.bfloat16 and torch.compiler.is_compiling():
+        return _grouped_mm_outside_graph(x, w.to(x.dtype), offs)
     return torch._grouped_mm(x, w.to(x.dtype), offs=offs)
+
+
+@torch.compiler.disable
+def _grouped_mm_outside_graph(x: torch.Tensor, w: torch.Tensor, offs: torch.Tensor) -> torch.Tensor:
+    # The op's meta kernel, which torch.compile traces with, accepts only bf16, while the eager
+    # CPU kernel also runs fp32: in fp32 (CPU runs) the grouped matmul runs eagerly, between graphs.
+    return torch._grouped_mm(x, w, offs=offs)
 
 
 # Whether torch._grouped_mm runs (forward and backward) for a (device type, dtype, K, N): it needs
 # a recent torch, sm90+ on CUDA, and 16-byte aligned rows. Probed once, eagerly, before compile;
 # where it does not run, dropless falls back to the capacity path with C = T (exact, but E/k times
-# the expert FLOPs), and says so once.
+# the expert FLOPs); the trainer says so in its log.
 _GROUPED_MM_OK: dict[tuple, bool] = {}
 
 
@@ -76,6 +85,10 @@ def probe_grouped_mm(device: torch.device, dtype: torch.dtype, k: int, n: int) -
                 ok = False
         _GROUPED_MM_OK[key] = ok
     return _GROUPED_MM_OK[key]
+
+
+def grouped_mm_usable(device: torch.device, dtype: torch.dtype, k: int, n: int) -> bool:
+    return _GROUPED_MM_OK.get((torch.device(device).type, dtype, k, n), False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -182,8 +195,7 @@ class MoE(nn.Module):
             x = x.to(torch.get_autocast_dtype(x.device.type))
 
         use_grouped = self.dropless and (
-            self.experts.fp8
-            or _GROUPED_MM_OK.get((x.device.type, x.dtype, self.dim, self.experts.hidden), False)
+            self.experts.fp8 or grouped_mm_usable(x.device, x.dtype, self.dim, self.experts.hidden)
         )
         if use_grouped:
             y, counts, dropped = self._dropless(x, expert_of, gate_of, token_of)
@@ -207,7 +219,7 @@ class MoE(nn.Module):
     def _capacity(self, x, expert_of, gate_of, token_of, cap: int):
         """Fixed capacity: every expert gets `cap` slots; static shapes, no host sync."""
         n_tok, dim = x.shape
-        n_exp = self.n_experts
+        n_exp, k = self.n_experts, self.topk
         # position of each assignment within its expert's queue, from a cumsum of one-hot choices
         onehot = F.one_hot(expert_of, n_exp).to(torch.int32)  # [kT, E]
         cums = onehot.cumsum(dim=0, dtype=torch.int32)
@@ -216,30 +228,107 @@ class MoE(nn.Module):
         keep = pos < cap
         dropped = (~keep).sum()
         n_slots = n_exp * cap
-        # slot of each kept assignment; dropped ones go to a dummy slot past the end
-        slot = torch.where(keep, expert_of * cap + pos, n_slots)
-        # inverse map slot -> token. Empty slots read token 0: computed, never read back, and their
-        # gradient is zero, so there is no padded buffer to zero-fill (no memset per forward).
+        slot = expert_of * cap + pos
+        # inverse map slot -> token; dropped assignments write to a dummy slot past the end.
+        # Empty slots read token 0: computed, never read back, and their gradient is zero, so
+        # there is no padded buffer to zero-fill (no memset per forward, nothing to keep around).
         slot_token = torch.zeros(n_slots + 1, dtype=torch.long, device=x.device)
-        slot_token = slot_token.scatter(0, slot, token_of)[:n_slots]
-        xb = x.index_select(0, slot_token).view(n_exp, cap, dim)
-        yb = self.experts.forward_capacity(xb).view(n_slots, dim)
-        # combine: y[t] = sum_j gate_j * expert_out; a dropped assignment contributes zero
-        w = (gate_of * keep).to(yb.dtype)
-        y = yb.index_select(0, slot.clamp(max=n_slots - 1)) * w[:, None]  # [kT, D]
-        y = y.view(-1, n_tok, dim).sum(dim=0)
+        slot_token = slot_token.scatter(0, torch.where(keep, slot, n_slots), token_of)[:n_slots]
+        if n_slots >= k * n_tok:
+            # Enough slots in total (cf >= 1): if anything was dropped, some expert has an empty
+            # slot, whose gradient is exactly zero; point dropped choices there, and the dispatch
+            # backward needs no mask. The least loaded expert's first free slot is one.
+            fewest, least = counts.min(dim=0)
+            spare = least * cap + fewest.clamp(max=cap - 1)
+            slot_of = torch.where(keep, slot, spare).view(k, n_tok)
+            mask = None
+        else:
+            slot_of = torch.where(keep, slot, 0).view(k, n_tok)  # any valid slot, masked out
+            mask = keep.view(k, n_tok)
+        xb = _Dispatch.apply(x, slot_token, slot_of, mask)
+        yb = self.experts.forward_capacity(xb.view(n_exp, cap, dim)).view(n_slots, dim)
+        # combine: y[t] = sum_j gate_j * expert_out; a dropped assignment has weight zero
+        w = (gate_of * keep).view(k, n_tok)
+        y = _Combine.apply(yb, w, slot_of, slot_token)
         return y, counts, dropped
 
     def _dropless(self, x, expert_of, gate_of, token_of):
         """Dropless: sort assignments by expert, one grouped matmul per weight."""
         n_tok, dim = x.shape
-        order = torch.argsort(expert_of, stable=True)
+        k = self.topk
+        order = torch.argsort(expert_of, stable=True)  # sorted position -> assignment
         tok_sorted = token_of[order]
+        # assignment -> its row in the sorted order
+        rank_of = torch.empty_like(order).scatter(0, order, torch.arange(order.numel(), device=x.device))
         counts = torch.zeros(self.n_experts, dtype=torch.int32, device=x.device)
         counts = counts.scatter_add(0, expert_of, torch.ones_like(expert_of, dtype=torch.int32))
         offs = counts.cumsum(0, dtype=torch.int32)
-        ys = self.experts.forward_grouped(x.index_select(0, tok_sorted), offs)  # [kT, D]
-        w = gate_of[order].to(ys.dtype)
-        y = torch.zeros(n_tok, dim, dtype=ys.dtype, device=x.device)
-        y = y.index_add(0, tok_sorted, ys * w[:, None])
+        slot_of = rank_of.view(k, n_tok)
+        xs = _Dispatch.apply(x, tok_sorted, slot_of, None)  # [kT, D]
+        ys = self.experts.forward_grouped(xs, offs)
+        y = _Combine.apply(ys, gate_of.view(k, n_tok), slot_of, tok_sorted)
         return y, counts, torch.zeros((), device=x.device)
+
+
+# ---------------------------------------------------------------------------------------------
+# dispatch and combine as gathers both ways
+#
+# The plain autograd of `x[index]` is a scatter-add (index_add into a zero-filled tensor) in the
+# backward. Each token sits in at most k slots and each slot holds at most one token, so both maps
+# have a transpose that is again a gather plus a sum over the k choices; these two functions use
+# it: no atomics on GPU, no zero fills, and deterministic on every device.
+#   slot_token [S]      token read by each slot (empty slots: any token, their gradient is zero)
+#   slot_of    [k, T]   slot of each token's j-th choice (valid index even where dropped)
+#   keep       [k, T]   choice j of token t has a slot (None: all do)
+
+
+def _sum_over_choices(rows: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    """rows [k, T, D], weight [k, T] or None -> sum_j weight[j] * rows[j], [T, D]."""
+    if weight is None:
+        return rows.sum(0)
+    weight = weight.to(rows.dtype)[..., None]
+    out = rows[0] * weight[0]
+    for j in range(1, rows.shape[0]):  # k is small (top-k), not the number of experts
+        out = out.addcmul_(rows[j], weight[j])
+    return out
+
+
+class _Dispatch(torch.autograd.Function):
+    """xb[s] = x[slot_token[s]]."""
+
+    @staticmethod
+    def forward(ctx, x, slot_token, slot_of, keep):
+        ctx.save_for_backward(slot_of, keep)
+        return x.index_select(0, slot_token)
+
+    @staticmethod
+    def backward(ctx, dxb):
+        slot_of, keep = ctx.saved_tensors
+        k, n = slot_of.shape
+        rows = dxb.index_select(0, slot_of.reshape(-1)).view(k, n, -1)
+        return _sum_over_choices(rows, keep), None, None, None
+
+
+class _Combine(torch.autograd.Function):
+    """y[t] = sum_j w[j, t] * yb[slot_of[j, t]]; w is zero where a choice was dropped."""
+
+    @staticmethod
+    def forward(ctx, yb, w, slot_of, slot_token):
+        k, n = slot_of.shape
+        rows = yb.index_select(0, slot_of.reshape(-1)).view(k, n, -1)
+        ctx.save_for_backward(rows, w, slot_of, slot_token)
+        return _sum_over_choices(rows, w)
+
+    @staticmethod
+    def backward(ctx, dy):
+        rows, w, slot_of, slot_token = ctx.saved_tensors
+        k, n = slot_of.shape
+        # weight of each slot's assignment (zero for empty slots and for dropped choices)
+        w_slot = torch.zeros(slot_token.shape[0] + 1, dtype=w.dtype, device=w.device)
+        target = torch.where(w.reshape(-1) != 0, slot_of.reshape(-1), slot_token.shape[0])
+        w_slot = w_slot.scatter(0, target, w.reshape(-1))[:-1]
+        dyb = dy.index_select(0, slot_token).mul_(w_slot[:, None].to(dy.dtype))
+        dw = None
+        if ctx.needs_input_grad[1]:
+            dw = (rows * dy[None]).sum(-1, dtype=torch.float32).to(w.dtype)
+        return dyb, dw, None, None

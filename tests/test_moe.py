@@ -94,24 +94,31 @@ def test_large_capacity_equals_dropless(grouped, monkeypatch):
     torch.testing.assert_close(y0, y_ref, rtol=1e-4, atol=1e-5)
 
 
-def test_small_capacity_drops_exactly_past_capacity_first_choices_first():
-    m = make_moe(0.25, seed=3)
+@pytest.mark.parametrize("cf,n_tok", [(0.25, 96), (1.0, 128)])
+def test_small_capacity_drops_exactly_past_capacity_first_choices_first(cf, n_tok):
+    m = make_moe(cf, seed=3, coeff=0.0)  # no balance loss: the reference has none
     with torch.no_grad():  # skew the router so some experts overflow
         m.router.weight[0] += 0.8
         m.router.weight[1] += 0.4
     torch.manual_seed(2)
-    x = torch.randn(2, 48, D)
-    n_tok = x.shape[0] * x.shape[1]
-    cap = expert_capacity(n_tok, K, E, 0.25)
-    assert cap == 16
-    with torch.no_grad():
-        y, aux = m(x)
-        y_ref, kept, choice = reference(m, x, cap)
+    x = torch.randn(2, n_tok // 2, D)
+    cap = expert_capacity(n_tok, K, E, cf)
+    assert cap == {0.25: 16, 1.0: 64}[cf]
+    y, gx, grads, aux = fwd_bwd(m, x)
+    # the reference, differentiated by autograd, gives the same gradients
+    xr = x.clone().requires_grad_(True)
+    m.zero_grad()
+    y_ref, kept, choice = reference(m, xr, cap)
+    g = torch.linspace(-1, 1, y_ref.numel()).view_as(y_ref)
+    (y_ref * g).sum().backward()
     n_dropped = int((~kept).sum())
     assert n_dropped > 0  # the test exercises drops
     assert float(aux["dropped"]) == n_dropped
     assert float(aux["assigned"]) == n_tok * K
-    torch.testing.assert_close(y, y_ref, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(y, y_ref.detach(), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(gx, xr.grad, rtol=1e-4, atol=1e-5)
+    for name in ("experts.w_fc", "experts.w_proj", "router.weight"):
+        torch.testing.assert_close(grads[name], dict(m.named_parameters())[name].grad, rtol=1e-4, atol=1e-5)
     # priority: for each expert, no second choice is kept while a first choice was dropped
     for e in range(E):
         first_dropped = bool(((choice[:, 0] == e) & ~kept[:, 0]).any())

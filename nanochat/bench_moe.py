@@ -1,0 +1,126 @@
+"""
+Forward+backward time of one feed-forward block, side by side in one run: a dense ReLU^2 MLP with
+the same active FLOPs as the MoE (hidden = k x expert hidden), and the MoE block dropless, at fixed
+capacity 1.0 and at fixed capacity 1.25; each eager and torch.compile'd.
+
+    python -m nanochat.bench_moe                   # CPU default size
+    python -m nanochat.bench_moe --device cuda --tokens 16384 --dim 768
+
+At capacity 1.0 the expert matmuls do exactly the dense MLP's FLOPs, so `cap1.0/dense` measures
+what routing and dispatch cost. Variants are timed in interleaved rounds, so background load hits
+them alike; the ratios use each variant's best round (other processes only ever add time), the
+median is shown beside it. The last line is the ratio that matters, the worse of eager and compiled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from nanochat.common import synchronize
+from nanochat.gpt import MLP
+from nanochat.moe import MoE, expert_capacity, probe_grouped_mm
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(prog="bench_moe", description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--tokens", type=int, default=4096, help="tokens in the block's input (B*T)")
+    p.add_argument("--dim", type=int, default=256)
+    p.add_argument("--n-experts", type=int, default=8)
+    p.add_argument("--topk", type=int, default=2)
+    p.add_argument("--expert-hidden-mult", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=25)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--no-compile", action="store_true", help="eager variants only")
+    args = p.parse_args()
+
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    d, e, k, mult = args.dim, args.n_experts, args.topk, args.expert_hidden_mult
+    bf16 = device.type == "cuda"
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16)
+
+    def make(kind: str):
+        if kind == "dense":
+            m = MLP(d, k * mult * d)
+        else:
+            cf = {"dropless": 0.0, "cap1.0": 1.0, "cap1.25": 1.25}[kind]
+            m = MoE(d, e, k, mult, capacity_factor=cf, balance_coeff=0.01)
+        m = m.to(device)
+        with torch.no_grad():
+            for prm in m.parameters():
+                prm.normal_(0, prm.shape[-2] ** -0.5 if prm.dim() > 1 else 1.0)
+        return m
+
+    probe_grouped_mm(device, dtype, d, mult * d)
+    x = torch.randn(1, args.tokens, d, device=device)
+    g = torch.randn(1, args.tokens, d, device=device)
+
+    def step_fn(m, moe: bool):
+        def run():
+            xi = x.detach().requires_grad_(True)
+            with autocast:
+                out = m(xi)
+            if moe:
+                y, aux = out
+                torch.autograd.backward([y.float(), aux["aux_loss"]], [g, torch.ones((), device=device)])
+            else:
+                out.float().backward(g)
+            m.zero_grad(set_to_none=True)
+
+        return run
+
+    kinds = ["dense", "dropless", "cap1.0", "cap1.25"]
+    variants: dict[str, callable] = {}
+    for kind in kinds:
+        variants[f"{kind} eager"] = step_fn(make(kind), kind != "dense")
+    if not args.no_compile:
+        for kind in kinds:
+            m = make(kind)
+            dynamic = kind == "dropless"  # as --compile-mode auto
+            variants[f"{kind} compiled"] = step_fn(torch.compile(m, dynamic=dynamic), kind != "dense")
+
+    t0 = time.perf_counter()
+    for fn in variants.values():  # warmup, compilation included
+        for _ in range(args.warmup):
+            fn()
+    synchronize(device)
+    warm_s = time.perf_counter() - t0
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(args.rounds):
+        for name, fn in variants.items():
+            synchronize(device)
+            t = time.perf_counter()
+            fn()
+            synchronize(device)
+            times[name].append(time.perf_counter() - t)
+
+    cap = expert_capacity(args.tokens, k, e, 1.0)
+    print(
+        f"one FFN block fwd+bwd on {device.type} ({torch.get_num_threads()} threads, {dtype}): "
+        f"{args.tokens} tokens, dim {d}, {e} experts top-{k}, expert hidden {mult * d}, "
+        f"dense hidden {k * mult * d}; cap1.0 = {cap} slots/expert; warmup+compile {warm_s:.1f}s; "
+        f"{args.rounds} interleaved rounds"
+    )
+    # best of the rounds: on a shared machine other processes only ever add time
+    best = {name: min(v) * 1000 for name, v in times.items()}
+    med = {name: statistics.median(v) * 1000 for name, v in times.items()}
+    print(f"| {'variant':<18} | {'best (ms)':>9} | {'median (ms)':>11} | {'best vs dense':>13} |")
+    print(f"| {'-' * 18} | {'-' * 8}: | {'-' * 10}: | {'-' * 12}: |")
+    for name in times:
+        base = best["dense " + name.split()[1]]
+        print(f"| {name:<18} | {best[name]:>9.2f} | {med[name]:>11.2f} | {best[name] / base:>13.2f} |")
+    modes = [m for m in ("eager", "compiled") if f"dense {m}" in best]
+    ratios = {m: best[f"cap1.0 {m}"] / best[f"dense {m}"] for m in modes}
+    for m, r in ratios.items():
+        print(f"cap1.0/dense fwd+bwd ({m}): {r:.2f}")
+    print(f"cap1.0/dense fwd+bwd: {max(ratios.values()):.2f}")
+
+
+if __name__ == "__main__":
+    main()
