@@ -103,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-every", type=int, default=-1)
     p.add_argument("--core-metric-every", type=int, default=-1)
     p.add_argument("--sample-every", type=int, default=-1)
-    p.add_argument("--save-every", type=int, default=-1, help="-1 = only at the end")
+    p.add_argument("--save-every", type=int, default=-1, help="-1 = only at the end; 0 = never (benchmarks)")
     # checkpoints
     p.add_argument("--checkpoint-root", type=str, default="checkpoints")
     p.add_argument("--model-tag", type=str, default="", help="default: d<depth>[_moe]")
@@ -143,7 +143,7 @@ def validate(args: argparse.Namespace, world_size: int) -> None:
     need(args.moe_log_every == -1 or args.moe_log_every >= 1, "--moe-log-every must be >= 1 or -1")
     need(args.num_iterations == -1 or args.num_iterations >= 1, "--num-iterations must be >= 1 or -1")
     need(args.target_param_data_ratio > 0, "--target-param-data-ratio must be > 0")
-    need(args.save_every == -1 or args.save_every >= 1, "--save-every must be >= 1 or -1")
+    need(args.save_every >= -1, "--save-every must be >= 1, -1 (only at the end) or 0 (never)")
     for name in ("eval_every", "core_metric_every", "sample_every"):
         v = getattr(args, name)
         need(v == -1 or v >= 1, f"--{name.replace('_', '-')} must be >= 1 or -1 (got {v})")
@@ -502,7 +502,8 @@ def train(args: argparse.Namespace) -> int:
         if step == start_step:
             graphs_first_step = compiled_graphs()
         step_done = step + 1
-        if step_done == num_iterations or (args.save_every > 0 and step_done % args.save_every == 0):
+        at_end = step_done == num_iterations and args.save_every != 0
+        if at_end or (args.save_every > 0 and step_done % args.save_every == 0):
             save(step_done, train_loss, loader_state)
 
     if mode != "none":
