@@ -16,10 +16,13 @@ import datetime as dt
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cockpit import logs, report
 from cockpit import registry as reg
+
+if TYPE_CHECKING:
+    from cockpit.runs import ExpDir, LegState
 
 MARKS = ("recorded", "done", "running", "queued", "waiting", "failed", "stopped", "pending")
 FINISHED_MARKS = ("recorded", "done")  # never launched again unless asked
@@ -38,6 +41,12 @@ class LegMark:
     note: str | None = None  # why failed/stopped/waiting, or "log ended without its final lines"
     description: str | None = None
     is_baseline: bool = False
+    state: LegState | None = None  # the supervisor's record (reconciled): pid, times, exit code
+
+    @property
+    def pid(self) -> int | None:
+        """torchrun's pid of a leg the cockpit runs (None for a manual run or no state)."""
+        return self.state.pid if self.state is not None else None
 
     @property
     def ref(self) -> str:
@@ -106,6 +115,7 @@ class ResumeState:
     gpus: GpuStatus
     reports: list[str]  # latest report.md files, newest first
     safety: list[str]
+    dirs: list[ExpDir] = field(default_factory=list)  # every experiment dir under exp_root, oldest first
 
     def marks(self) -> list[LegMark]:
         return [m for e in self.experiments for m in e.legs]
@@ -123,7 +133,7 @@ def _leg_mark(exp: reg.Experiment, leg: reg.Leg, dirs: list[Any], tail: int, now
     m = LegMark(exp.id, leg.name, "pending", description=leg.description)
     newest_first = list(reversed(dirs))
     done_in = None
-    last_outcome = None  # (mark, dir, summary, note) of the newest run that did not finish
+    last_outcome = None  # (mark, dir, summary, note, state) of the newest run that did not finish
     for d in newest_first:
         if leg.name not in d.legs:
             continue
@@ -134,7 +144,7 @@ def _leg_mark(exp: reg.Experiment, leg: reg.Leg, dirs: list[Any], tail: int, now
             note = st.waiting_reason if st.status == "waiting" else st.note
             return LegMark(exp.id, leg.name, st.status, str(d.path),
                            report.row_from_summary(summary, st.status) if summary else None,
-                           summary, note, leg.description)
+                           summary, note, leg.description, state=st)
         if st is None and summary is not None and d.plan is None and summary.status == "running":
             # a manual run (no state) whose log is still growing
             return LegMark(exp.id, leg.name, "running", str(d.path), report.row_from_summary(summary),
@@ -150,13 +160,13 @@ def _leg_mark(exp: reg.Experiment, leg: reg.Leg, dirs: list[Any], tail: int, now
             continue
         if outcome == "done":
             if done_in is None:
-                done_in = (d, summary)
+                done_in = (d, summary, st)
         elif last_outcome is None and done_in is None:
             if outcome == "failed" and summary and summary.error_line:
                 note = summary.error_line
-            last_outcome = (outcome, d, summary, note)
+            last_outcome = (outcome, d, summary, note, st)
     if done_in is not None:
-        d, summary = done_in
+        d, summary, m.state = done_in
         m.mark, m.dir, m.summary = "done", str(d.path), summary
         m.row = report.row_from_summary(summary, "completed") if summary else None
         return m
@@ -166,7 +176,7 @@ def _leg_mark(exp: reg.Experiment, leg: reg.Leg, dirs: list[Any], tail: int, now
         m.note = leg.recorded.source
         return m
     if last_outcome is not None:
-        outcome, d, summary, note = last_outcome
+        outcome, d, summary, note, m.state = last_outcome
         m.mark, m.dir, m.summary, m.note = outcome, str(d.path), summary, note
         m.row = report.row_from_summary(summary, outcome) if summary else None
     return m
@@ -342,6 +352,7 @@ def build_state(
         gpus=gpus if gpus is not None else gpu_status(registry, sampler),
         reports=[p for _, p in sorted(reports, reverse=True)[:5]],
         safety=safety_lines(registry),
+        dirs=dirs,
     )
 
 
@@ -498,6 +509,47 @@ def _figures(m: LegMark) -> str:
     return text + ("  [recorded]" if r.source == report.SOURCE_RECORDED else "")
 
 
+def running_line(m: LegMark) -> str:
+    """A running leg in one line: `cpu-smoke/dense  pid 4242  step 20/40 (52.5%), loss 1.9, 7,000 tok/s, ETA 0.1m`.
+
+    tok/s is the tail mean; ETA is the trainer's (`eta:`), else remaining steps x tail dt; a
+    figure the log does not give yet reads n/a, so the line always has the same parts.
+    """
+    pid = f"pid {m.pid}" if m.pid is not None else "no cockpit state (manual run)"
+    s = m.summary
+    if s is None or s.last_step is None:
+        return f"{m.ref}  {pid}  no step lines yet"
+    step = f"step {s.last_step}/{s.total_steps}" if s.total_steps else f"step {s.last_step}/?"
+    if s.pct is not None:
+        step += f" ({s.pct:.1f}%)"
+    parts = [step]
+    if s.last_loss is not None:
+        parts.append(f"loss {s.last_loss:.4f}")
+    parts.append(f"{s.tok_per_sec:,.0f} tok/s" if s.tok_per_sec is not None else "tok/s n/a")
+    parts.append(f"ETA {s.eta_min:.1f}m" if s.eta_min is not None else "ETA n/a")
+    return f"{m.ref}  {pid}  " + ", ".join(parts)
+
+
+def dir_line(d: ExpDir, known: bool = True) -> str:
+    """An experiment dir in one line: its name, its supervisor, each leg's state."""
+    legs = []
+    for leg in d.legs:
+        st = d.states.get(leg)
+        if st is not None:
+            pid = f" (pid {st.pid})" if st.status == "running" and st.pid is not None else ""
+            legs.append(f"{leg} {st.status}{pid}")
+        elif d.log(leg).exists():
+            legs.append(f"{leg} {'log' if d.plan else 'manual log'}")
+        else:
+            legs.append(f"{leg} not started")
+    sup = ""
+    if d.supervisor:
+        pid = d.supervisor.get("pid")
+        sup = f"  supervisor pid {pid} alive;" if d.supervisor_alive else "  supervisor gone;"
+    other = "" if known else f"  (experiment '{d.experiment}' is not in the registry)"
+    return f"{d.path.name}{sup}  {', '.join(legs) or 'no legs, no logs'}{other}"
+
+
 def render_status(state: ResumeState) -> str:
     """`cockpit status`: the same state in a few lines."""
     out = [
@@ -506,7 +558,8 @@ def render_status(state: ResumeState) -> str:
         f"GPUs: {state.gpus.text}",
     ]
     if state.running:
-        out += [f"running: {m.ref}  {progress(m)}" for m in state.running]
+        for m in state.running:
+            out += [f"running: {running_line(m)}", f"  dir: {m.dir}"]
     else:
         out.append("running: none (training paused)")
     for e in state.experiments:
@@ -519,8 +572,12 @@ def render_status(state: ResumeState) -> str:
         width = max((len(m.leg) for m in e.legs), default=0)
         for m in e.legs:
             base = "  (baseline)" if m.is_baseline else ""
-            extra = f"  {progress(m)}" if m.mark == "running" else _figures(m)
+            pid = f"pid {m.pid}  " if m.pid is not None else ""
+            extra = f"  {pid}{progress(m)}" if m.mark == "running" else _figures(m)
             out.append(f"  {m.leg:<{width}}  {m.mark:<8}{extra}{base}".rstrip())
+    known = {e.id for e in state.experiments}
+    out += ["", f"dirs under exp_root: {len(state.dirs) or 'none yet'}"]
+    out += [f"  {dir_line(d, d.experiment in known)}" for d in state.dirs]
     if state.next:
         out += ["", f"next: {state.next.experiment}/{state.next.leg}  ->  {state.next.cockpit}"]
     else:

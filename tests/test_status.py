@@ -1,5 +1,6 @@
 """`cockpit status` and `cockpit resume`: the resume state through the CLI."""
 
+import os
 
 from metrics_util import NOW, bundled_registry, make_dir
 
@@ -30,16 +31,52 @@ def test_status_of_the_bundled_registry(tmp_path, capsys):
     assert len(lines) < 30
 
 
-def test_status_shows_running_and_done_legs(tmp_path, capsys):
+def test_status_shows_running_legs_with_pid_progress_eta_and_every_dir(tmp_path, capsys):
     registry = bundled_registry(tmp_path)
-    make_dir(registry.settings.exp_root, "20261126_043113_cpu-smoke",
-             {"dense": ("done", "cpu-smoke/dense.log"), "moe_dropless": ("running", "cpu-smoke/moe_dropless.log"),
-              "moe_cap1p0": ("queued", None)}, supervisor=True, mtime=NOW)
+    root = registry.settings.exp_root
+    # a live queue: its supervisor and its running leg are this test process (pid + create_time alive)
+    live = make_dir(root, "20261126_043113_cpu-smoke",
+                    {"dense": ("done", "cpu-smoke/dense.log"), "moe_dropless": ("running", "cpu-smoke/moe_dropless.log"),
+                     "moe_cap1p0": ("queued", None)}, supervisor=True, mtime=NOW)
+    log = live / "moe_dropless.log"  # the leg is halfway: its log ends at step 20 (no final lines)
+    lines = log.read_text().splitlines(keepends=True)
+    log.write_text("".join(lines[: next(i for i, ln in enumerate(lines) if ln.startswith("step 00020/")) + 1]))
+    older = make_dir(root, "20261126_010000_cpu-smoke", {"moe_cap1p0": ("failed", "crashed-torchrun.log")})
+    manual = root / "20261126_050000_scratch"  # a manual dir of an experiment the registry does not know
+    manual.mkdir()
+    (manual / "probe.log").write_text("hello\n")
     code, out, _ = run(capsys, "status", "--registry", str(registry.path))
     assert code == 0
-    assert "running: cpu-smoke/moe_dropless  step 39/40 (100.0%), loss 1.6702, 5,940 tok/s" in out
-    assert "cpu-smoke  [cpu]  1 done, 1 running, 1 queued" in out
-    assert "  dense         done      9744.48 tok/s, mfu 0.0000  (baseline)" in out
+    pid = os.getpid()
+    lines = out.splitlines()
+    i = lines.index(f"running: cpu-smoke/moe_dropless  pid {pid}  step 20/40 (52.5%), loss 2.0788, 4,871 tok/s, ETA 0.1m")
+    assert lines[i + 1] == f"  dir: {live}"
+    assert "cpu-smoke  [cpu]  1 done, 1 running, 1 queued" in lines
+    assert f"  moe_dropless  running   pid {pid}  step 20/40 (52.5%), loss 2.0788, 4,871 tok/s, ETA 0.1m" in lines
+    assert "  dense         done      9744.48 tok/s, mfu 0.0000  (baseline)" in lines
+    # every dir under exp_root, oldest first, with its supervisor and each leg's state
+    i = lines.index("dirs under exp_root: 3")
+    assert lines[i + 1 : i + 4] == [
+        f"  {older.name}  moe_cap1p0 failed",
+        f"  {live.name}  supervisor pid {pid} alive;  dense done, moe_dropless running (pid {pid}), moe_cap1p0 queued",
+        f"  {manual.name}  probe manual log  (experiment 'scratch' is not in the registry)",
+    ]
+
+
+def test_status_running_leg_without_eta_or_state(tmp_path, capsys):
+    """A manual run (no cockpit state) whose log has no eta yet: the same parts, read n/a."""
+    registry = bundled_registry(tmp_path)
+    d = registry.settings.exp_root / "20261126_060000_cpu-smoke"
+    d.mkdir(parents=True)
+    (d / "dense.log").write_text("step 00003/00040 (7.50%) | loss: 9.000000 | dt: 100.00ms\n")
+    code, out, _ = run(capsys, "status", "--registry", str(registry.path))
+    assert code == 0
+    # no tok/sec field; ETA from the remaining 36 steps x 100 ms
+    assert "running: cpu-smoke/dense  no cockpit state (manual run)  step 3/40 (10.0%), loss 9.0000, tok/s n/a, ETA 0.1m" in out
+    (d / "dense.log").write_text("step 00003 | loss: 9.000000\n")
+    out = run(capsys, "status", "--registry", str(registry.path))[1]
+    assert "running: cpu-smoke/dense  no cockpit state (manual run)  step 3/?, loss 9.0000, tok/s n/a, ETA n/a" in out
+    assert f"  dir: {d}" in out and "dirs under exp_root: 1" in out
 
 
 def test_resume_to_stdout_and_file(tmp_path, capsys):
