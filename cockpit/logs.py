@@ -28,6 +28,7 @@ import math
 import mmap
 import operator
 import os
+import re
 import time
 import warnings
 from collections import deque
@@ -305,8 +306,16 @@ def parse_line(line: str) -> StepLine | MoeLine | ValLine | FinalLine | None:
 # failure evidence: a Python traceback, torchrun's failure summary
 
 
+# argparse's `%(prog)s: error: %(message)s`: `base_train.py: error: unrecognized arguments: --bogus 1`
+_ARGPARSE_ERROR = re.compile(r"[\w.\-]+: error: \S")
+
+
 class FailureTracker:
-    """Spots a Python traceback or torchrun's failure summary and keeps its last lines.
+    """Spots a Python traceback, an argparse error or torchrun's failure summary and keeps its last lines.
+
+    An argparse error (`usage: base_train.py [-h] ...` then `base_train.py: error: ...`, exit
+    code 2; this trainer prints the error line alone) has no traceback: its error line is the
+    cause, kept with the usage line right above it when there is one.
 
     The first traceback is the root cause (a worker's; torchrun's own comes after it), so its
     last lines are kept as the reason, and `error_line` prefers a worker's exception line
@@ -322,6 +331,7 @@ class FailureTracker:
         self._in_tb = False
         self._captured = False  # the first traceback is complete: later ones are not kept
         self._in_root = False
+        self._usage: str | None = None  # the last `usage:` line (an argparse error follows it)
 
     def clear(self) -> None:
         self.__init__()
@@ -353,6 +363,19 @@ class FailureTracker:
                 self._captured = True
                 self._exception(body.strip())
             return
+        if body.startswith("usage: "):
+            self._usage = line.rstrip()
+            return
+        if _ARGPARSE_ERROR.match(body):
+            self.seen = True
+            if not self._captured:
+                self.lines.extend([self._usage, line.rstrip()] if self._usage else [line.rstrip()])
+                self._captured = True
+            self._usage = None
+            self._exception(body.strip())
+            return
+        if self._usage is not None and body[:1] not in " \t":
+            self._usage = None  # not the usage block's continuation: the usage line was not an error's
         if "ChildFailedError" in body or "failed (exitcode:" in body:
             self.seen = True
             self._exception(body.strip())

@@ -247,6 +247,45 @@ def test_torchrun_summary_alone_is_a_failure(tmp_path):
     assert s.failed and "failed (exitcode: 1)" in s.error_line
 
 
+def test_argparse_error_is_the_failure_cause(tmp_path):
+    """A bad flag: argparse's usage + `prog: error:` (exit 2, no traceback), then torchrun's summary."""
+    torchrun = (FIXTURES / "crashed-torchrun.log").read_text().split("W1126 04:10:31")[1]
+    torchrun = "W1126 04:10:31" + torchrun.replace("exitcode: 1", "exitcode: 2").replace("exitcode  : 1", "exitcode  : 2")
+    usage = "[rank0]: usage: base_train.py [-h] [--run RUN] [--device-type DEVICE_TYPE] [--depth DEPTH]"
+    error = "[rank0]: base_train.py: error: unrecognized arguments: --bogus 1"
+    p = tmp_path / "bad_flag.log"
+    p.write_text(f"Autodetected device type: cuda\n{usage}\n[rank0]:                      [--aspect-ratio N]\n{error}\n{torchrun}")
+    s = logs.summarize(p)
+    assert s.status == "failed" and s.failed and not s.finished and s.last_step is None
+    assert s.error_line == "base_train.py: error: unrecognized arguments: --bogus 1"  # before torchrun's lines
+    assert s.failure[:2] == [usage, error] and "exitcode  : 2 (pid: 4253)" in s.failure
+    assert not any("ChildFailedError" in ln for ln in s.failure)  # torchrun's own traceback is not the cause
+    full = logs.parse_file(p)
+    assert full.failed and full.failure.error_line == s.error_line
+    # this trainer prints the error line alone (no usage block), unprefixed
+    p.write_text("base_train: error: unrecognized arguments: --bogus 1\n")
+    s = logs.summarize(p)
+    assert s.status == "failed" and s.error_line == "base_train: error: unrecognized arguments: --bogus 1"
+    assert s.failure == ["base_train: error: unrecognized arguments: --bogus 1"]
+
+
+def test_usage_lines_and_error_words_alone_are_not_failures(tmp_path):
+    p = tmp_path / "x.log"
+    p.write_text(
+        "usage: some_tool [-h]\nstep 00000/00002 (0.00%) | loss: 2.0\n"  # a usage block then training: not a failure
+        "NCCL INFO comm error: none\ntotal error: 0.1\n  indented: error: x\n"  # not `prog: error:`
+        "step 00001/00002 (50.00%) | loss: 1.0\nPeak memory usage: 1.00MiB\nTotal training time: 0.10m\n"
+        "usage: summary printed after the run\n"
+    )
+    s = logs.summarize(p)
+    assert s.status == "completed" and not s.failed and s.failure == [] and s.error_line is None
+    # an argparse error after training went on and finished: failed (the last word wins)
+    with open(p, "a") as f:
+        f.write("eval.py: error: argument --task: invalid choice: 'x'\n")
+    s = logs.summarize(p)
+    assert s.failed and s.failure == ["usage: summary printed after the run", "eval.py: error: argument --task: invalid choice: 'x'"]
+
+
 def test_training_that_goes_on_after_a_traceback_is_not_failed(tmp_path):
     p = tmp_path / "x.log"
     p.write_text(
