@@ -29,7 +29,7 @@ def main() -> None:
     p = argparse.ArgumentParser(prog="bench_moe", description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cpu")
     p.add_argument("--tokens", type=int, default=4096, help="tokens in the block's input (B*T)")
-    p.add_argument("--dim", type=int, default=256)
+    p.add_argument("--dim", type=int, default=384)
     p.add_argument("--n-experts", type=int, default=8)
     p.add_argument("--topk", type=int, default=2)
     p.add_argument("--expert-hidden-mult", type=int, default=2)

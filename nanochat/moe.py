@@ -27,7 +27,7 @@ half the bytes, and grouped_mm, which autocast does not cover, gets matching dty
 
 from __future__ import annotations
 
-import math
+from fractions import Fraction
 
 import torch
 import torch.nn as nn
@@ -108,12 +108,19 @@ def balance_loss(probs: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
     return n_experts * (f * p).sum()
 
 
-def expert_capacity(n_tokens: int, topk: int, n_experts: int, capacity_factor: float) -> int:
+def expert_capacity(n_tokens: int, topk: int, n_experts: int, capacity_factor: float | Fraction) -> int:
     """C = ceil(cf * T * k / E), rounded up to a multiple of 16 (tensor-core friendly), and no more
-    than T rounded up (an expert is chosen at most once per token, so T slots never drop)."""
-    c = math.ceil(capacity_factor * n_tokens * topk / n_experts)
+    than T rounded up (an expert is chosen at most once per token, so T slots never drop).
+    Integer arithmetic only (cf as a fraction), so under torch.compile(dynamic=True) the capacity is
+    a plain integer expression of T."""
+    cf = capacity_factor if isinstance(capacity_factor, Fraction) else _as_fraction(capacity_factor)
+    c = -((-cf.numerator * n_tokens * topk) // (cf.denominator * n_experts))  # ceil division
     c = min(c, n_tokens)
     return max(16, (c + 15) // 16 * 16)
+
+
+def _as_fraction(x: float) -> Fraction:
+    return Fraction(x).limit_denominator(1_000_000)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -161,13 +168,16 @@ class MoE(nn.Module):
             raise ValueError(f"capacity factor {capacity_factor} must be >= 0")
         self.dim, self.n_experts, self.topk = dim, n_experts, topk
         self.capacity_factor = float(capacity_factor)
+        # fixed at construction as Python constants: compile treats them as such (no float symbols)
+        self.is_dropless = capacity_factor == 0
+        self._cf = _as_fraction(capacity_factor)
         self.balance_coeff = float(balance_coeff)
         self.router = nn.Linear(dim, n_experts, bias=False)
         self.experts = Experts(n_experts, dim, int(hidden_mult * dim))
 
     @property
     def dropless(self) -> bool:
-        return self.capacity_factor == 0.0
+        return self.is_dropless
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """x: [B, T, D] -> (y [B, T, D], aux). aux holds `aux_loss` (balance_coeff * bal, to add
@@ -201,9 +211,9 @@ class MoE(nn.Module):
             y, counts, dropped = self._dropless(x, expert_of, gate_of, token_of)
         else:
             if self.dropless:
-                cap = expert_capacity(n_tok, k, n_exp, 1.0 * n_exp / k)  # C = T: exact, no drops
+                cap = expert_capacity(n_tok, k, n_exp, Fraction(n_exp, k))  # C = T: exact, no drops
             else:
-                cap = expert_capacity(n_tok, k, n_exp, self.capacity_factor)
+                cap = expert_capacity(n_tok, k, n_exp, self._cf)
             y, counts, dropped = self._capacity(x, expert_of, gate_of, token_of, cap)
 
         bal = balance_loss(probs, counts)

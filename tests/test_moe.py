@@ -199,3 +199,26 @@ def test_gpt_training_steps_do_not_recompile():
         model.zero_grad(set_to_none=True)
     assert counter.frame_count == 1
     torch._dynamo.reset()
+
+
+def test_fixed_capacity_compiles_dynamic_over_batch_shapes():
+    """--compile-mode dynamic with a fixed capacity: one graph serves every batch shape (the
+    capacity is an integer expression of the token count, no float symbols)."""
+    from nanochat.gpt import GPT, GPTConfig
+
+    torch._dynamo.reset()
+    cfg = GPTConfig(
+        sequence_len=64, vocab_size=64, n_layer=2, n_head=2, n_embd=32, use_moe=True, n_experts=4,
+        expert_topk=2, moe_capacity_factor=1.25,
+    )
+    model = GPT(cfg)
+    model.init_weights()
+    counter = torch._dynamo.testing.CompileCounter()
+    compiled = torch.compile(model, backend=counter, dynamic=True)
+    for b, t in [(2, 32), (3, 64), (4, 48)]:
+        idx = torch.randint(0, 64, (b, t))
+        loss, stats = compiled(idx, idx)
+        loss.backward()
+        assert float(stats["assigned"]) == cfg.n_layer * b * t * 2
+    assert counter.frame_count == 1
+    torch._dynamo.reset()
