@@ -366,6 +366,15 @@ def loads(text: str, path: Path | str = DEFAULT_REGISTRY) -> Registry:
         m = re.search(r"\(at line (\d+), column (\d+)\)", str(e))
         msg = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(e))
         raise RegistryError(path, int(m.group(1)) if m else None, f"TOML syntax error: {msg}") from None
+    return from_raw(raw, path, text)
+
+
+def from_raw(raw: dict[str, Any], path: Path | str = DEFAULT_REGISTRY, text: str = "") -> Registry:
+    """A registry from an already parsed table (plan.json's snapshot `registry.raw`); `path` is
+    where relative paths resolve from, `text` (the file, when there is one) locates errors."""
+    path = Path(path)
+    if not isinstance(raw, dict):
+        raise RegistryError(path, None, "registry snapshot is not a table")
     ld = _Loader(path, text)
     ld.check_table(raw, "", ())
 

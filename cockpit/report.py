@@ -217,20 +217,49 @@ def resolve_baseline(exp_dir: Path, ref: str, tail: int = 50, now: float | None 
     raise ReportError(f"baseline '{ref}': no log at {where}")
 
 
-def plan_baseline(exp_dir: Path, tail: int = 50, now: float | None = None) -> ReportRow | None:
-    """The baseline the registry names for this dir's experiment (a dir launched by the cockpit):
-    its log in this dir, else its newest finished log in another dir under exp_root, else its
-    recorded figures. None when there is no plan, registry or baseline; never raises."""
-    try:
-        import json
+def _plan_experiment(exp_dir: Path):
+    """(registry, experiment) of a dir the cockpit launched, from its plan.json: the registry file
+    the plan names (as it is now), else the plan's snapshot of it (the file moved, broke or no
+    longer has the experiment). None for a dir without a plan; raises on a broken plan."""
+    import json
 
-        from cockpit import registry as reg
+    from cockpit import registry as reg
+
+    try:
+        text = (exp_dir / "plan.json").read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    plan = json.loads(text)
+    exp_id, snap = plan["experiment"], plan.get("registry") or {}
+    path = snap.get("path") or exp_dir / "plan.json"
+    loaders = [lambda: reg.load(path)] if snap.get("path") else []
+    if isinstance(snap.get("raw"), dict):
+        loaders.append(lambda: reg.from_raw(snap["raw"], path))
+    for load in loaders:
+        try:
+            registry = load()
+        except reg.RegistryError:
+            continue
+        exp = registry.experiment(exp_id)
+        if exp is not None:
+            return registry, exp
+    return None
+
+
+def plan_baseline(exp_dir: Path, tail: int = 50, now: float | None = None) -> ReportRow | None:
+    """The baseline the registry names for this dir's experiment (a dir launched by the cockpit,
+    so `write_report(exp_dir)` from the supervisor gets deltas): its log in this dir, else its
+    newest finished log in another dir under exp_root, else its recorded figures. The registry
+    is the file plan.json names, else plan.json's snapshot of it. None when there is no plan,
+    registry or baseline; never raises."""
+    try:
         from cockpit import runs
 
-        plan = json.loads((exp_dir / "plan.json").read_text(encoding="utf-8"))
-        registry = reg.load(plan["registry"]["path"])
-        exp = registry.experiment(plan["experiment"])
-        leg = registry.find_leg(exp.baseline, exp.id) if exp and exp.baseline else None
+        found = _plan_experiment(exp_dir)
+        if found is None:
+            return None
+        registry, exp = found
+        leg = registry.find_leg(exp.baseline, exp.id) if exp.baseline else None
         if leg is None:
             return None
         here = exp_dir / f"{leg.name}.log"

@@ -47,7 +47,7 @@ def make_dir(
     plan = {"experiment": experiment, "dir": str(d),
             "legs": [{"name": leg, "log": str(d / f"{leg}.log")} for leg in legs]}
     if registry is not None:
-        plan["registry"] = {"path": str(registry.path)}
+        plan["registry"] = {"path": str(registry.path), "raw": registry.raw}  # as runs.write_plan writes it
     (d / "plan.json").write_text(json.dumps(plan, indent=2))
     me = {"pid": os.getpid(), "create_time": psutil.Process().create_time()}
     if supervisor:

@@ -9,7 +9,7 @@ import psutil
 import pytest
 from metrics_util import bundled_registry, make_dir
 
-from cockpit import cli, report
+from cockpit import cli, report, runs
 
 FIXTURES = Path(__file__).parent / "fixtures"
 GOLDEN = Path(__file__).parent / "golden"
@@ -206,6 +206,35 @@ def test_registry_baseline_of_a_launched_dir(tmp_path):
     text = report.render_report(smoke, now=NOW)
     assert "## Delta vs baseline `dense` (the registry's baseline of this experiment)" in text
     assert "| tail50 tok/sec | 9744.48 | 6694.57 | -31.30% |" in text
-    # the plan's registry is gone: no baseline, still a report
+    # the plan's registry file is broken or gone: the plan's snapshot of it names the baseline
+    registry.path.write_text("[project\n")
+    assert "| tail50 tok/sec | 9744.48 | 6694.57 | -31.30% |" in report.render_report(smoke, now=NOW)
     registry.path.unlink()
+    assert "| tail50 tok/sec | 9744.48 | 6694.57 | -31.30% |" in report.render_report(smoke, now=NOW)
+    # neither the file nor a snapshot: no baseline, still a report
+    plan = json.loads((smoke / "plan.json").read_text())
+    del plan["registry"]["raw"]
+    (smoke / "plan.json").write_text(json.dumps(plan))
     assert "## Delta" not in report.render_report(smoke, now=NOW)
+    (smoke / "plan.json").write_text("{not json")
+    assert "## Delta" not in report.render_report(smoke, now=NOW)
+
+
+def test_supervisor_report_has_deltas_against_the_experiments_baseline(tmp_path):
+    """`report.write_report(exp_dir)`, as the supervisor calls it after every leg, on a dir whose
+    plan.json is the RUNNER's own (runs.write_plan): deltas against the registry's baseline."""
+    registry = bundled_registry(tmp_path)
+    root = registry.settings.exp_root
+    old = make_dir(root, "20261126_040000_cpu-smoke", {"dense": ("done", "cpu-smoke/dense.log")}, registry=registry)
+    d = root / "20261126_050000_cpu-smoke"
+    d.mkdir()
+    runs.write_plan(registry, runs.plan_launch(registry, "cpu-smoke", ["moe_cap1p0"]), d)
+    shutil.copy(FIXTURES / "cpu-smoke" / "moe_cap1p0.log", d / "moe_cap1p0.log")
+    head = f"## Delta vs baseline `{old.name}/dense` (the registry's baseline of this experiment)"
+    delta = "| tail50 tok/sec | 9744.48 | 6694.57 | -31.30% |"
+    text = report.write_report(d, plots=False, now=NOW).read_text()
+    assert head in text and delta in text and "### moe_cap1p0" in text
+    # edited since launch so that the experiment is gone: the plan's snapshot still knows it
+    registry.path.write_text(registry.path.read_text().replace('id = "cpu-smoke"', 'id = "cpu-smoke-renamed"'))
+    text = report.write_report(d, plots=False, now=NOW).read_text()
+    assert head in text and delta in text
