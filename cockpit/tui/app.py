@@ -10,6 +10,7 @@ Closing the app never touches a leg: the supervisors are detached processes.
 from __future__ import annotations
 
 import datetime as dt
+import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -98,6 +99,10 @@ class CockpitApp(App[None]):
         self.selection: Selection | None = None
         self._stopping = False
         self.finished: list[str] = []  # leg transitions notified (tests read it)
+        # The first pass (GPU sample, state, report) starts now, in parallel with Textual's own
+        # startup; the collector worker picks up from it. It touches no widget.
+        self._first = threading.Thread(target=self._first_pass, name="cockpit-first-pass", daemon=True)
+        self._first.start()
         self.quit_message: str | None = None
 
     # ------------------------------------------------------------------------------------------
@@ -125,7 +130,6 @@ class CockpitApp(App[None]):
         self.main("#experiments").border_title = "Experiments"
         self.main("#resume-box").border_title = "Resume"
         self.main("#gpus").border_title = "GPUs"
-        self.main("#live").border_title = "Live metrics"
         self.main("#final").border_title = "Final metrics"
         self.main("#logs").border_title = "Logs"
         self.main(CockpitHeader).show(None)
@@ -139,10 +143,16 @@ class CockpitApp(App[None]):
 
         worker = get_current_worker()
         c = self.collector
-        c.sample()
-        c.compute()
+        self._first.join()
         self._call(self.tick)  # the first full paint does not wait for the timer
         c.run(lambda: worker.is_cancelled or self._stopping, period=self.poll_s)
+
+    def _first_pass(self) -> None:
+        try:
+            self.collector.sample()
+            self.collector.compute()
+        except Exception as e:  # shown by the app, never raised into Textual's startup
+            self.collector.error = f"cockpit internal error: {type(e).__name__}: {e}"
 
     def _call(self, fn: Callable, *args) -> Any:
         """Run fn on the UI thread from a worker; quietly nothing once the app is closing."""
@@ -175,6 +185,7 @@ class CockpitApp(App[None]):
             self.apply(pub.view, pub.error)
             self.main(FinalTable).show(pub.report)
         panes = self.main(LogPanes)
+        panes.mark_visible()
         for key, lines in pub.lines.items():
             v = panes.view(key)
             if v is not None:

@@ -9,6 +9,7 @@ timer. Nothing here knows a widget.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import threading
 import time
@@ -82,24 +83,35 @@ class Collector:
         self._branch_at = -1e9
         self._snapshot: Any | None = None
         self._seq = 0
+        self._stamp: tuple | None = None
+        self._state: Any | None = None  # the last resume state: the running legs for the live rows
+        self._owners: list[tuple[str, int | None, float | None]] = []
 
     # ------------------------------------------------------------------------------------------
     # the worker's loop
 
-    def run(self, stopped: Callable[[], bool], period: float = 0.25, state_every: float = 1.0,
-            gpu_every: float = 1.0) -> None:
-        last_state = last_gpu = time.monotonic()  # the caller has just sampled and computed
+    def run(self, stopped: Callable[[], bool], period: float = 0.25, state_every: float = 2.0,
+            gpu_every: float = 1.0, live_every: float = 0.5) -> None:
+        """Until stopped: follow the logs every `period`; the live rows and the GPUs are
+        republished at most every `live_every`; the whole state (dirs, marks, report) is
+        recomputed every `state_every`, or at once when poked (a launch, a stop, a selection)."""
+        last_state = last_gpu = last_live = time.monotonic()  # the caller has just sampled and computed
+        fresh = False  # new lines or a new GPU sample since the last publication
         while not stopped():
             now = time.monotonic()
             try:
                 if now - last_gpu >= gpu_every:
                     self.sample()
-                    last_gpu = now
+                    last_gpu, fresh = now, True
                 if now - last_state >= state_every or self.wake.is_set():
                     self.wake.clear()
                     self.compute()
-                    last_state = now
-                self.poll_logs()
+                    last_state = last_live = now
+                    fresh = False
+                elif fresh and now - last_live >= live_every:
+                    self.refresh_live()
+                    last_live, fresh = now, False
+                fresh = self.poll_logs() or fresh
             except Exception as e:  # never let the worker die: show it and go on
                 self.error = f"cockpit internal error: {type(e).__name__}: {e}"
                 self._publish(self.published.view, self.published.report)
@@ -112,11 +124,20 @@ class Collector:
     # ------------------------------------------------------------------------------------------
 
     def load(self) -> reg.Registry | None:
+        """The registry, re-read only when its file changed (a fix is picked up within a pass)."""
+        try:
+            st = self.registry_path.stat()
+            stamp: tuple | None = (st.st_mtime_ns, st.st_size, st.st_ino)
+        except OSError:
+            stamp = None
+        if stamp is not None and stamp == self._stamp:
+            return self.registry
         try:
             self.registry = reg.load(self.registry_path)
             self.error = None
         except reg.RegistryError as e:
             self.registry, self.error = None, str(e)
+        self._stamp = stamp
         return self.registry
 
     def sample(self) -> None:
@@ -143,11 +164,26 @@ class Collector:
         if registry is None:
             self._publish(None, None)
             return
-        view = build_view(registry, self._snapshot, self.sampler, self.branch(), self.clock(),
-                          {k: f.state for k, f in self.followed.items()})
+        view, self._state, self._owners = build_view(
+            registry, self._snapshot, self.sampler, self.branch(), self.clock(),
+            {k: f.state for k, f in self.followed.items()})
         req = self.request
         report = build_report(registry, view, req.report_exp, req.report_dir)
         self._publish(view, report)
+
+    def refresh_live(self) -> None:
+        """Between two full passes: the live rows from the followed logs, and the GPUs."""
+        view, registry = self.published.view, self.registry
+        if view is None or registry is None or self._state is None:
+            return
+        followed = {k: f.state for k, f in self.followed.items()}
+        live = tuple(_live_view(self._state, m, followed.get(f"{m.dir}/{m.leg}"))
+                     for m in self._state.running if m.dir)
+        gpu = view.gpu
+        if self._snapshot is not None:
+            gpu = _gpu_view(self._snapshot, _gpu_status(registry, self._snapshot),
+                            _owners(self._snapshot, self._owners), getattr(self.sampler, "history", None) or {})
+        self._publish(dataclasses.replace(view, live=live, gpu=gpu), self.published.report)
 
     def _publish(self, view: vm.CockpitView | None, report: vm.ReportView | None) -> None:
         with self.lock:
@@ -158,7 +194,9 @@ class Collector:
     # ------------------------------------------------------------------------------------------
     # logs
 
-    def poll_logs(self) -> None:
+    def poll_logs(self) -> bool:
+        """Read what the followed logs gained; True when some did."""
+        got = False
         wanted = dict(self.request.tabs)
         for key in [k for k in self.followed if k not in wanted]:
             self.followed.pop(key).follower.close()
@@ -171,12 +209,14 @@ class Collector:
                 lines, f.skip_partial = lines[1:], False
             if not lines:
                 continue
+            got = True
             f.state.feed_many(lines)
             with self.lock:
                 out = self.published.lines.setdefault(key, [])
                 out.extend(lines)
                 if len(out) > self.max_log_lines:  # the pane keeps no more than this anyway
                     del out[: len(out) - self.max_log_lines]
+        return got
 
     def _open(self, key: str, path: Path) -> Followed:
         tail = self.registry.settings.tail if self.registry else 50
@@ -211,12 +251,12 @@ class _Taken:
 
 
 def build_view(registry: reg.Registry, snapshot: Any | None, sampler: Any | None, branch: str | None,
-               now: dt.datetime, followed: dict[str, logs.LogState]) -> vm.CockpitView:
+               now: dt.datetime, followed: dict[str, logs.LogState]) -> tuple[vm.CockpitView, Any, list]:
     """The view of everything, from `resume.build_state` (marks, next leg, safety, GPU status),
     `runs.discover` (the dirs and their legs' states) and the followed logs (live figures)."""
     from cockpit import resume
 
-    gpus = resume.gpu_status(registry, _Taken(snapshot)) if snapshot is not None else None
+    gpus = _gpu_status(registry, snapshot) if snapshot is not None else None
     state = resume.build_state(registry, now=now.timestamp(), gpus=gpus or resume.GpuStatus("unknown", "sampling"))
     dirs = {str(d.path): d for d in runs.discover(registry.settings.exp_root)}
     experiments = []
@@ -228,19 +268,15 @@ def build_view(registry: reg.Registry, snapshot: Any | None, sampler: Any | None
                                              e.baseline, e.hypothesis, e.decision, legs, dir_views,
                                              {k: base.value(k) for k in vm.METRICS} if base is not None else {}))
     live = tuple(_live_view(state, m, followed.get(f"{m.dir}/{m.leg}")) for m in state.running if m.dir)
-    owners: dict[int, str] = {}
-    if snapshot is not None and snapshot.available and state.running:
-        from cockpit.gpus import leg_for_pids
-
-        running = [(m.leg, st.pid, st.create_time) for m in state.running if m.dir and str(m.dir) in dirs
-                   for st in [dirs[str(m.dir)].states.get(m.leg)] if st is not None]
-        owners = leg_for_pids([p for g in snapshot.gpus for p in g.pids], running)
+    running = [(m.leg, st.pid, st.create_time) for m in state.running if m.dir and str(m.dir) in dirs
+               for st in [dirs[str(m.dir)].states.get(m.leg)] if st is not None]
+    owners = _owners(snapshot, running) if snapshot is not None else {}
     n = len(state.running)
     queued = len(state.active) - n
     training = f"{n} leg{'s' if n != 1 else ''} running" if n else "paused"
     if queued:
         training += f", {queued} queued"
-    return vm.CockpitView(
+    view = vm.CockpitView(
         project=state.project,
         registry_path=state.registry_path,
         exp_root=state.exp_root,
@@ -252,6 +288,22 @@ def build_view(registry: reg.Registry, snapshot: Any | None, sampler: Any | None
         live=live,
         resume=_resume_view(state),
     )
+    return view, state, running
+
+
+def _gpu_status(registry: reg.Registry, snapshot: Any) -> Any:
+    from cockpit import resume
+
+    return resume.gpu_status(registry, _Taken(snapshot))
+
+
+def _owners(snapshot: Any, running: list[tuple[str, int | None, float | None]]) -> dict[int, str]:
+    """GPU pid -> the running leg whose process tree holds it (the core's leg_for_pids)."""
+    if not snapshot.available or not running:
+        return {}
+    from cockpit.gpus import leg_for_pids
+
+    return leg_for_pids([p for g in snapshot.gpus for p in g.pids], running)
 
 
 def _leg_view(e: Any, m: Any) -> vm.LegView:

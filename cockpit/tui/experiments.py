@@ -88,9 +88,13 @@ class ExperimentTree(Tree[Selection]):
         self.show_root = False
         self.guide_depth = 2
         self._shape: tuple = ()
+        self._last: tuple | None = None
         self._by_sel: dict[Selection, TreeNode[Selection]] = {}
 
     def show(self, view: CockpitView) -> None:
+        if view.experiments == self._last:
+            return
+        self._last = view.experiments
         shape = tuple(
             (e.id, tuple(leg.name for leg in e.legs), tuple((d.path, tuple(x.name for x in d.legs)) for d in e.dirs))
             for e in view.experiments

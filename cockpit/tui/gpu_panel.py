@@ -13,9 +13,18 @@ from cockpit.tui.state import GpuView
 
 class GpuPanel(Static):
     ALLOW_MAXIMIZE = True
+    _last: GpuView | None = None
+    _rows = -1
+
     def show(self, gpu: GpuView | None) -> None:
+        if gpu is not None and gpu == self._last:
+            return
+        self._last = gpu
+        # A relayout of the screen only when the panel's height changes (GPUs appear or go).
+        rows = -1 if gpu is None else (len(gpu.gpus) if gpu.available and gpu.gpus else -2)
+        layout, self._rows = rows != self._rows, rows
         if gpu is None:
-            self.update(Text("sampling GPUs...", style="dim"))
+            self.update(Text("sampling GPUs...", style="dim"), layout=layout)
             return
         table = Table.grid(padding=(0, 1))
         if gpu.available and gpu.gpus:
@@ -39,7 +48,7 @@ class GpuPanel(Static):
                     Text("-" if g.power_w is None else f"{g.power_w:.0f}W".rjust(5)),
                     Text(g.leg or "", style="bold cyan" if g.leg else "dim"),
                 )
-            self.update(table)
+            self.update(table, layout=layout)
             return
         out = Text()
         out.append("no GPU view: ", style="bold yellow")
@@ -56,4 +65,4 @@ class GpuPanel(Static):
             out.append(f" {fmt.mib(h.ram_used_mib)}/{fmt.mib(h.ram_total_mib)}")
             if h.load1 is not None:
                 out.append(f"  load {h.load1:.2f}")
-        self.update(out)
+        self.update(out, layout=layout)

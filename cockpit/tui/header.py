@@ -11,12 +11,19 @@ from cockpit.tui.state import CockpitView
 class CockpitHeader(Static):
     """Renders a CockpitView's headline; holds nothing of its own."""
 
+    _last: tuple | None = None
+
     def show(self, view: CockpitView | None, error: str | None = None) -> None:
+        key = (error,) if view is None else (view.project, view.branch, view.expected_branch, view.training,
+                                             view.gpu.summary if view.gpu else None, view.errors)
+        if key == self._last:
+            return
+        self._last = key
         text = Text(no_wrap=True, overflow="ellipsis")
         if view is None:
             text.append(" cockpit ", style="bold reverse")
             text.append("  " + (error or "loading the registry..."), style="bold red" if error else "dim")
-            self.update(text)
+            self.update(text, layout=False)  # one line, always
             return
         text.append(f" {view.project} ", style="bold reverse")
         text.append("  branch ")
@@ -33,4 +40,4 @@ class CockpitHeader(Static):
         text.append(view.gpu.summary if view.gpu else "GPUs: sampling...", style="bold")
         if view.errors:
             text.append(f"  │  ⚠ {len(view.errors)} problem(s): see the resume panel", style="bold red")
-        self.update(text)
+        self.update(text, layout=False)  # one line, always

@@ -4,11 +4,13 @@ the delta against the experiment's baseline so far, and sparklines of tok/sec an
 from __future__ import annotations
 
 from rich.text import Text
+from textual.coordinate import Coordinate
 from textual.widgets import DataTable
 
 from cockpit.tui import fmt
 from cockpit.tui.state import LiveView
 
+SPARK_WIDTH = 16
 COLUMNS = ("leg", "step", "%", "loss", "dt (ms)", "tok/sec", "mfu", "tail tok/sec", "eta", "Δ base", "tok/sec", "loss")
 
 
@@ -16,21 +18,30 @@ class LiveTable(DataTable):
     def __init__(self, **kwargs) -> None:
         super().__init__(cursor_type="row", zebra_stripes=True, **kwargs)
         self._rows: tuple | None = None
+        self._keys: tuple = ()
 
     def on_mount(self) -> None:
-        for c in COLUMNS:
-            self.add_column(c)
+        for i, c in enumerate(COLUMNS):
+            # the sparklines get their full width up front: they fill as the steps come in
+            self.add_column(c, width=SPARK_WIDTH if i >= len(COLUMNS) - 2 else None)
 
     def show(self, live: tuple[LiveView, ...], tail: int) -> None:
         rows = tuple(self.row(v) for v in live)
         if rows == self._rows:
             return
-        self._rows = rows
+        old, self._rows = self._rows, rows
+        keys = tuple(v.key for v in live)
+        if live and old is not None and keys == self._keys:  # the same legs: only the changed cells
+            for r, (new_row, old_row) in enumerate(zip(rows, old, strict=True)):
+                for c, (a, b) in enumerate(zip(new_row, old_row, strict=True)):
+                    if a != b:
+                        self.update_cell_at(Coordinate(r, c), a, update_width=True)
+            return
+        self._keys = keys
         self.clear()
         for v, row in zip(live, rows, strict=True):
             self.add_row(*row, key=v.key)
-        if not live:
-            self.add_row(Text("no leg running", style="dim"), *[""] * (len(COLUMNS) - 1))
+        self.border_title = "Live metrics" if live else "Live metrics: no leg running"
         self.border_subtitle = f"tail = last {tail} steps"
 
     @staticmethod
@@ -49,6 +60,6 @@ class LiveTable(DataTable):
             fmt.num(v.tail_tok_per_sec, 0, comma=True) + (f" (n={v.tail_n})" if v.tail_n else ""),
             fmt.minutes(v.eta_min),
             Text(fmt.delta(d), style=dstyle),
-            Text(fmt.spark(v.tok_hist, 16), style="green"),
-            Text(fmt.spark(v.loss_hist, 16), style="yellow"),
+            Text(fmt.spark(v.tok_hist, SPARK_WIDTH), style="green"),
+            Text(fmt.spark(v.loss_hist, SPARK_WIDTH), style="yellow"),
         )

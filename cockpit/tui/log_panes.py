@@ -44,6 +44,8 @@ class LogView(Vertical):
         self.waiting: deque[str] = deque(maxlen=max_lines)
         self.waiting_count = 0  # lines that arrived while paused (some may have left `waiting`)
         self.written = 0
+        self.received = 0  # every line handed to this pane
+        self.visible = True  # the active tab; a hidden one keeps its lines (bounded) until shown
 
     def compose(self) -> ComposeResult:
         yield FollowLog(max_lines=self.max_lines, auto_scroll=False, highlight=False, classes="log-lines")
@@ -55,6 +57,12 @@ class LogView(Vertical):
 
     def on_mount(self) -> None:
         self.flush()
+
+    def show_tab(self, visible: bool) -> None:
+        """Hidden panes do no rendering work: their lines wait (bounded) and are written on show."""
+        self.visible = visible
+        if visible:
+            self.flush()
 
     @property
     def paused(self) -> bool:
@@ -68,7 +76,8 @@ class LogView(Vertical):
     def append(self, lines: list[str]) -> None:
         if not lines:
             return
-        if not self.is_mounted or self.paused:
+        self.received += len(lines)
+        if not self.is_mounted or self.paused or not self.visible:
             self.waiting.extend(lines)
             self.waiting_count += len(lines)
         else:
@@ -77,6 +86,8 @@ class LogView(Vertical):
 
     def flush(self) -> None:
         """Write the waiting lines if following, and keep to the bottom (called on each UI tick)."""
+        if not self.visible:
+            return
         if self.is_mounted and not self.paused and not self.log.is_vertical_scroll_end:
             self.log.scroll_end(animate=False)  # the pane grew or was resized since the last write
         if self.waiting_count and not self.paused:
@@ -90,8 +101,12 @@ class LogView(Vertical):
         self.show_status()
 
     def _write(self, lines: list[str]) -> None:
-        self.log.write_lines(lines, scroll_end=False)
-        self.log.scroll_end(animate=False)  # after the next layout: right also for a pane not sized yet
+        log = self.log
+        if log.size.height:  # laid out: scroll in the same frame as the write
+            log.write_lines(lines, scroll_end=True)
+        else:  # not sized yet: scroll after the first layout
+            log.write_lines(lines, scroll_end=False)
+            log.scroll_end(animate=False)
         self.written += len(lines)
 
     def set_following(self, on: bool) -> None:
@@ -102,7 +117,7 @@ class LogView(Vertical):
         self.flush()
 
     def show_status(self) -> None:
-        if not self.is_mounted:
+        if not self.is_mounted or not self.visible:
             return
         status = self.query_one(".log-status", Static)
         text = Text(no_wrap=True, overflow="ellipsis")
@@ -112,7 +127,7 @@ class LogView(Vertical):
         else:
             text.append("● following", style="green")
         text.append(f"  {self.path}", style="dim")
-        status.update(text)
+        status.update(text, layout=False)  # one line, always
 
 
 class LogPanes(TabbedContent):
@@ -151,6 +166,18 @@ class LogPanes(TabbedContent):
 
     def views(self) -> list[LogView]:
         return [v for v in (self.view(k) for k in self._ids) if v is not None]
+
+    def mark_visible(self) -> None:
+        """Tell each pane whether it is the active tab (only that one renders)."""
+        for key, pane_id in self._ids.items():
+            v = self.view(key)
+            if v is not None:
+                visible = pane_id == self.active
+                if visible != v.visible:
+                    v.show_tab(visible)
+
+    def on_tabbed_content_tab_activated(self, event: TabbedContent.TabActivated) -> None:
+        self.mark_visible()
 
     @property
     def keys(self) -> list[str]:

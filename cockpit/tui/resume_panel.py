@@ -17,7 +17,12 @@ class ResumeBox(VerticalScroll):
 
 
 class ResumePanel(Static):
+    _last: tuple | None = None
+
     def show(self, resume: ResumeView, errors: tuple[str, ...] = ()) -> None:
+        if (resume, errors) == self._last:
+            return
+        self._last = (resume, errors)
         out = Text()
         for e in errors:
             out.append(f"⚠ {e}\n", style="bold red")
