@@ -166,7 +166,8 @@ async def test_command_palette_offers_the_actions(tmp_path):
         for want in ("Launch the selected leg", "Launch all remaining legs of the selected experiment",
                      "Stop the selected running leg, or the queue of the selected dir",
                      "Write the report of the selected experiment dir", "Write the resume guide",
-                     "Follow the current log on/off", "Keys"):
+                     "Follow the current log on/off", "Maximize the focused pane / restore", "Next log tab",
+                     "Previous log tab", "Next pane", "Previous pane", "Keys", "Quit"):
             assert want in titles, titles
         await pilot.press("ctrl+p")
         await pilot.press(*"resume guide")

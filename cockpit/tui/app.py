@@ -317,9 +317,13 @@ class CockpitApp(App[None]):
         yield from super().get_system_commands(screen)
         for key, action, desc in self.KEYS:
             if action in ("focus_next focus_previous", "cycle_tab", "help", "quit"):
-                continue
+                continue  # below, one command each (Textual's own list already has Quit)
             yield SystemCommand(desc.split(" (")[0].capitalize(), f"key: {key}",
                                 lambda a=action: self.run_action(a))
+        yield SystemCommand("Next log tab", "key: ]", lambda: self.action_cycle_tab(1))
+        yield SystemCommand("Previous log tab", "key: [", lambda: self.action_cycle_tab(-1))
+        yield SystemCommand("Next pane", "key: tab", self.action_focus_next)
+        yield SystemCommand("Previous pane", "key: shift+tab", self.action_focus_previous)
         yield SystemCommand("Keys", "every key of the cockpit (?)", self.action_help)
 
     # launching -------------------------------------------------------------------------------
