@@ -91,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--embedding-lr", type=float, default=0.2)
     p.add_argument("--unembedding-lr", type=float, default=0.004)
     p.add_argument("--matrix-lr", type=float, default=0.004)
+    p.add_argument("--router-lr", type=float, default=-1.0, help="MoE router lr; -1 = --matrix-lr")
     p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--grad-clip", type=float, default=1.0, help="0 = no clipping")
     p.add_argument("--warmup-ratio", type=float, default=0.0)
@@ -370,6 +371,7 @@ def train(args: argparse.Namespace) -> int:
         args.unembedding_lr,
         args.matrix_lr,
         weight_decay=args.weight_decay,
+        router_lr=None if args.router_lr < 0 else args.router_lr,
         fused=device_type == "cuda",
     )
     params = [p for p in model.parameters() if p.requires_grad]

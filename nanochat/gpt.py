@@ -227,6 +227,7 @@ class GPT(nn.Module):
         unembedding_lr: float,
         matrix_lr: float,
         weight_decay: float = 0.0,
+        router_lr: float | None = None,
         betas: tuple[float, float] = (0.8, 0.95),
         fused: bool = False,
     ) -> torch.optim.AdamW:
@@ -237,12 +238,17 @@ class GPT(nn.Module):
         emb = [self.transformer.wte.weight]
         head = [self.lm_head.weight]
         seen = {id(p) for p in emb + head}
+        routers = [m.router.weight for m in self.moe_modules()]
+        seen |= {id(p) for p in routers}
         matrices = [p for p in self.parameters() if id(p) not in seen]
+        router_lr = matrix_lr if router_lr is None else router_lr
         groups = [
             {"params": emb, "lr": embedding_lr * scale, "weight_decay": 0.0},
             {"params": head, "lr": unembedding_lr * scale, "weight_decay": 0.0},
             {"params": matrices, "lr": matrix_lr * scale, "weight_decay": weight_decay},
         ]
+        if routers:
+            groups.append({"params": routers, "lr": router_lr * scale, "weight_decay": 0.0})
         for g in groups:
             g["initial_lr"] = g["lr"]
         return torch.optim.AdamW(groups, betas=betas, eps=1e-10, fused=fused)
