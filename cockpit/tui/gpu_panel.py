@@ -1,9 +1,8 @@
-"""The GPU panel: a row per GPU (utilization and memory bars, history, temperature, power, the
-leg owning its processes); without NVML, the reason and the host's CPU and RAM instead."""
+"""The GPU panel: a row per GPU (utilization and memory bars, temperature, power, the leg owning
+its processes, utilization history); without NVML, the reason and the host's CPU and RAM instead."""
 
 from __future__ import annotations
 
-from rich.table import Table
 from rich.text import Text
 from textual.widgets import Static
 
@@ -26,29 +25,30 @@ class GpuPanel(Static):
         if gpu is None:
             self.update(Text("sampling GPUs...", style="dim"), layout=layout)
             return
-        table = Table.grid(padding=(0, 1))
         if gpu.available and gpu.gpus:
-            for col in ("gpu", "util", "", "mem", "", "history", "temp", "power", "leg"):
-                table.add_column(col, no_wrap=True)
-            for g in gpu.gpus:
+            # One fixed-width line per GPU: a narrow terminal crops the leg column at the right.
+            out = Text(no_wrap=True, overflow="crop")
+            leg_w = max(len(g.leg or "-") for g in gpu.gpus)
+            for n, g in enumerate(gpu.gpus):
                 mem_pct = (
                     100.0 * g.mem_used_mib / g.mem_total_mib
                     if g.mem_used_mib is not None and g.mem_total_mib
                     else None
                 )
                 busy = (g.util_pct or 0) > 5 or (mem_pct or 0) > 5
-                table.add_row(
-                    Text(f"{g.index}", style="bold"),
-                    Text(fmt.bar(g.util_pct, 8), style="green" if busy else "dim"),
-                    Text(fmt.pct(g.util_pct, 0).rjust(4)),
-                    Text(fmt.bar(mem_pct, 6), style="magenta" if busy else "dim"),
-                    Text(f"{fmt.mib(g.mem_used_mib)}/{fmt.mib(g.mem_total_mib)}".rjust(11)),
-                    Text(fmt.spark(g.util_hist, 12).ljust(12), style="cyan"),
-                    Text("-" if g.temp_c is None else f"{g.temp_c:.0f}°C"),
-                    Text("-" if g.power_w is None else f"{g.power_w:.0f}W".rjust(5)),
-                    Text(g.leg or "", style="bold cyan" if g.leg else "dim"),
-                )
-            self.update(table, layout=layout)
+                if n:
+                    out.append("\n")
+                out.append(f"{g.index:>2} ", style="bold")
+                out.append(fmt.bar(g.util_pct, 8), style="green" if busy else "dim")
+                out.append(f" {fmt.pct(g.util_pct, 0):>4} ")
+                out.append(fmt.bar(mem_pct, 6), style="magenta" if busy else "dim")
+                out.append(f" {fmt.mib(g.mem_used_mib) + '/' + fmt.mib(g.mem_total_mib):>11} ")
+                out.append(f" {'-' if g.temp_c is None else f'{g.temp_c:.0f}°C':>5}")
+                out.append(f" {'-' if g.power_w is None else f'{g.power_w:.0f}W':>5}  ")
+                out.append((g.leg or "-").ljust(leg_w), style="bold cyan" if g.leg else "dim")
+                out.append("  ")
+                out.append(fmt.spark(g.util_hist, 12), style="cyan")
+            self.update(out, layout=layout)
             return
         out = Text()
         out.append("no GPU view: ", style="bold yellow")
