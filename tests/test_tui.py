@@ -390,3 +390,38 @@ async def test_resume_panel_shows_next_command(tmp_path):
         assert "moe-fp8-capacity-opt-v3/moe_fp8_experts_static_cap1p0_v3" in text
         assert f"{tmp_path / 'exp'}/$(date +%Y%m%d_%H%M%S)_moe-fp8-capacity-opt-v3" in text
         assert "--moe-capacity-factor 1.0" in text and "--compile-mode static" in text
+
+
+async def test_gpu_panel_with_the_real_sampler_over_fake_nvml(tmp_path):
+    """The real GpuSampler (over a stand-in NVML module): a row per GPU, the owning leg by pid."""
+    import os
+
+    import pynvml
+    from fake_nvml import FakeNVML
+
+    from cockpit.gpus import GpuSampler
+    from cockpit.tui.gpu_panel import GpuPanel
+
+    d = write_dir(tmp_path / "exp", "20260224_175412_cpu-smoke", "cpu-smoke",
+                  {"dense": ("running", log_lines(5, 40, finished=False))}, supervisor_alive=True)
+    nv = FakeNVML(8)
+    for i in (0, 1):  # this process is the leg's "torchrun": its GPUs are the leg's
+        nv.util[i], nv.mem_used_mib[i], nv.pids[i] = 97.0, 18987.0, [os.getpid()]
+    app = make_app(bundled_registry(tmp_path), sampler=GpuSampler(nvml=nv))
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot, app)
+        gpu = await until(pilot, lambda: app.view.gpu if app.view.gpu and app.view.gpu.gpus else None, what="GPUs")
+        assert len(gpu.gpus) == 8 and [g.leg for g in gpu.gpus[:3]] == ["dense", "dense", None]
+        assert gpu.summary == "2/8 GPUs busy"
+        text = str(app.query_one(GpuPanel).render())
+        assert text.count("dense") == 2 and "97%" in text and "18.5G/79.6G" in text
+        assert "2/8 GPUs busy" in screen_text(app)
+    assert d.exists()
+
+    (tmp_path / "b").mkdir()
+    broken = make_app(bundled_registry(tmp_path / "b"),
+                      sampler=GpuSampler(nvml=FakeNVML(init_error=pynvml.NVML_ERROR_DRIVER_NOT_LOADED)))
+    async with broken.run_test(size=SIZE) as pilot:
+        await ready(pilot, broken)
+        assert not broken.view.gpu.available and "Driver Not Loaded" in screen_text(broken)
+        assert "host cpu" in screen_text(broken)
