@@ -113,6 +113,8 @@ async def test_broken_registry_is_shown_in_the_app_then_reloaded(tmp_path):
         bad.write_text(f'[project]\nname = "fixed"\nexp_root = "{tmp_path / "exp"}"\n')
         await until(pilot, lambda: app.view is not None, what="the reload")
         assert app.error is None
+        await pilot.pause(0.6)
+        assert "Completed (do not re-run)" in screen_text(app) and "⚠" not in screen_text(app)
 
 
 async def test_reopening_finds_running_legs_and_follows_them(tmp_path):

@@ -201,8 +201,7 @@ class CockpitApp(App[None]):
         if view is None:
             header.show(None, error)
             if error:
-                self.main(ResumePanel).update(Text(f"⚠ {error}\n\nFix the registry: the cockpit "
-                                                        "reloads it every second.", style="bold red"))
+                self.main(ResumePanel).show_error(error)
             return
         old = self.view
         self.view = view
@@ -271,7 +270,11 @@ class CockpitApp(App[None]):
 
     def select(self, sel: Selection) -> None:
         self.selection = sel
-        self.collector.request = Request(self.collector.request.tabs, sel.exp_dir, sel.exp_id)
+        report_dir = sel.exp_dir
+        if report_dir is None and sel.kind == "leg":  # a leg: the dir of its latest run here
+            leg = self.selected_leg()
+            report_dir = leg.exp_dir if leg is not None else None
+        self.collector.request = Request(self.collector.request.tabs, report_dir, sel.exp_id)
         self.collector.poke()
         self.sync_tabs()
         key = self.selected_log()

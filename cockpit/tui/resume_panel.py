@@ -19,6 +19,12 @@ class ResumeBox(VerticalScroll):
 class ResumePanel(Static):
     _last: tuple | None = None
 
+    def show_error(self, error: str) -> None:
+        """The registry could not be loaded: its file:line message instead of the state."""
+        self._last = None
+        self.update(Text(f"⚠ {error}\n\nFix the registry: the cockpit reloads it as soon as the file changes.",
+                         style="bold red"))
+
     def show(self, resume: ResumeView, errors: tuple[str, ...] = ()) -> None:
         if (resume, errors) == self._last:
             return
