@@ -336,6 +336,12 @@ class FailureTracker:
     def clear(self) -> None:
         self.__init__()
 
+    def went_on(self) -> None:
+        """Training went on (a step or final line): nothing before it is the cause. Afterwards
+        the tracker is always fresh, so a bulk parse may call this once after a run of steps."""
+        if self.seen or self._usage is not None:
+            self.clear()
+
     def feed(self, line: str) -> None:
         body = _strip_rank_prefix(line)
         if self._in_root:
@@ -491,16 +497,14 @@ class LogState:
             else:
                 self.total_time_min = rec2.value
                 self.finished = True
-            if self.failure.seen:
-                self.failure.clear()  # a traceback before the final lines did not stop training
+            self.failure.went_on()  # a traceback before the final lines did not stop training
 
     def feed_many(self, lines: list[str]) -> None:
         for line in lines:
             self.feed(line)
 
     def _step(self, rec: StepLine) -> None:
-        if self.failure.seen:
-            self.failure.clear()
+        self.failure.went_on()
         if self.first_step is None:
             self.first_step = rec.step
         self.steps_observed += 1
@@ -739,10 +743,83 @@ def _numpy():
     return _np or None
 
 
+_TOKEN_MAX = 15  # chars of a number read by numpy: below 10**15 < 2**53, its digits make an exact float
+_code = None  # byte -> its digit 0-9; "." -> 10; " " -> 11; anything else -> 255
+_p10 = None  # 10.0**i, exact for i <= 22
+
+
+def _token_columns(text: bytes, n: int, k: int, wanted: list[int]) -> dict[int, object] | None:
+    """Columns `wanted` of n lines of k numbers each (`text` as `_NUM_TABLE` leaves it: digits,
+    dots and signs between spaces), as float() reads every number; None when a column holds
+    anything but plain decimals of at most 15 chars (np.fromstring then reads them all).
+
+    The lines share one layout, so token j of every line is field j: numpy finds where the
+    tokens start and end, then reads each column by its widths (a column has one or a few).
+    """
+    global _code, _p10
+    np = _np
+    if _code is None:
+        code = np.full(256, 255, np.uint8)
+        code[48:58] = np.arange(10)
+        code[46], code[32] = 10, 11
+        _code, _p10 = code, 10.0 ** np.arange(_TOKEN_MAX + 1)
+    v = _code[np.frombuffer(text, np.uint8)]
+    edge = np.zeros(len(v) + 2, np.int8)
+    np.not_equal(v, 11, out=edge[1:-1].view(np.bool_))
+    bounds = np.flatnonzero(np.diff(edge))  # token starts and ends, alternating
+    if len(bounds) != 2 * n * k:
+        return None
+    bounds = bounds.reshape(n, k, 2)
+    out = {}
+    for j in wanted:
+        starts = bounds[:, j, 0]
+        lengths = bounds[:, j, 1] - starts
+        lo, hi = int(lengths.min()), int(lengths.max())
+        if hi > _TOKEN_MAX or hi - lo > 4:
+            return None
+        if lo == hi:
+            col = _decimals(v, starts, lo)
+        else:
+            col = np.empty(n)
+            for w in range(lo, hi + 1):
+                rows = np.flatnonzero(lengths == w)
+                part = _decimals(v, starts[rows], w) if len(rows) else col[:0]
+                if part is None:
+                    return None
+                col[rows] = part
+        if col is None:
+            return None
+        out[j] = col
+    return out
+
+
+def _decimals(v, starts, w: int):
+    """float() of the w-char tokens at `starts` of the coded text `v`, when each is digits with
+    the dot (if any) at one place for all: their digits are read as an exact integer (below
+    2**53) and divided once by 10**f, which rounds correctly, as float() does. Else None."""
+    np = _np
+    g = v[starts[:, None] + np.arange(w)]
+    if g.max() > 10:
+        return None  # a sign or another char: not a plain decimal
+    place = np.arange(w - 1, -1, -1)
+    dots = np.flatnonzero(g[0] == 10)
+    f = 0
+    if len(dots):
+        at = int(dots[0])
+        if len(dots) > 1 or w == 1 or not (g[:, at] == 10).all() or np.count_nonzero(g == 10) != len(g):
+            return None
+        f = w - 1 - at
+        place = np.where(place > f, place - 1, place)
+        place[at] = -1
+    elif np.count_nonzero(g == 10):
+        return None
+    weights = np.where(place >= 0, _p10[np.maximum(place, 0)], 0.0)
+    return (g @ weights) / _p10[f]
+
+
 def _layout(key: bytes, first: bytes) -> tuple[int, list[tuple[str, int, float | None]]] | None:
     """(numbers per line, [(field, column, scale)]) for lines of this key, or None (per line)."""
     parts = key.split(b" | ")
-    first = first.replace(b"| bf16_mfu: ", b"| bf_mfu: ")  # the key lost its digits too
     fparts = first.rstrip().split(b" | ")
     if parts[0] not in (b"step / (.%)", b"step / (%)") or len(fparts) != len(parts) or first != first.rstrip():
         return None
@@ -756,11 +833,12 @@ def _layout(key: bytes, first: bytes) -> tuple[int, list[tuple[str, int, float |
         if not sep:
             col += n  # per line such a part is ignored; its numbers are skipped here
             continue
-        known = _STEP_FIELDS.get("bf16_mfu" if name == b"bf_mfu" else name.decode("ascii", "replace"))
-        if known is None or n != 1 or residue not in _SCALES[known[1]]:
+        skip = int(name == b"bf_mfu")  # the 16 of bf16_mfu is a number of its own, before the value
+        known = _STEP_FIELDS.get("bf16_mfu" if skip else name.decode("ascii", "replace"))
+        if known is None or n != 1 + skip or residue not in _SCALES[known[1]]:
             return None
-        fields.append((known[0], col, _SCALES[known[1]][residue]))
-        col += 1
+        fields.append((known[0], col + skip, _SCALES[known[1]][residue]))
+        col += n
     first_head = fparts[0].split(b" ")
     if len(first_head) != 3 or len(fparts[0].translate(_NUM_TABLE, b",").split()) != 3:
         return None
@@ -782,27 +860,31 @@ def _bulk_columns(lines: list[bytes]) -> dict[str, list] | None:
     text = b"\n".join(lines)
     if not text.isascii():
         return None
-    if b"bf_mfu" in key:  # every one of them must have been bf16_mfu (bf1_mfu has the same key)
-        if text.count(b"| bf16_mfu: ") != len(lines) * key.count(b"| bf_mfu: "):
+    # every one of them must have been bf16_mfu (bf1_mfu has the same key); its 16 is a column skipped
+    if b"bf_mfu" in key and text.count(b"| bf16_mfu: ") != len(lines) * key.count(b"| bf_mfu: "):
+        return None
+    text = text.translate(_NUM_TABLE, b",")
+    n = len(lines)
+    found = _token_columns(text, n, k, [j for _, j, _ in fields])
+    if found is None:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                arr = np.fromstring(text, sep=" ")
+        except (ValueError, DeprecationWarning):
             return None
-        text = text.replace(b"| bf16_mfu: ", b"| bf_mfu: ")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")
-            arr = np.fromstring(text.translate(_NUM_TABLE, b","), sep=" ")
-    except (ValueError, DeprecationWarning):
-        return None
-    if arr.size != k * len(lines):
-        return None
-    arr = arr.reshape(len(lines), k)
+        if arr.size != k * n:
+            return None
+        arr = arr.reshape(n, k)
+        found = {j: arr[:, j] for _, j, _ in fields}
     cols: dict[str, list] = {}
     for name, j, scale in fields:
         if name in _INT_FIELDS:
-            cols[name] = arr[:, j].astype(np.int64).tolist()
+            cols[name] = found[j].astype(np.int64).tolist()
         elif scale is None:
-            cols[name] = arr[:, j].tolist()
+            cols[name] = found[j].tolist()
         else:
-            cols[name] = (arr[:, j] * scale).tolist()
+            cols[name] = (found[j] * scale).tolist()
     return cols
 
 
@@ -831,6 +913,34 @@ def _steps_columns(step_lines: list[bytes]) -> dict[str, list] | None:
     return out
 
 
+def _feed_others(state: LogState, blines: list[bytes]) -> None:
+    """Feed the lines that are not step lines, in order, as `feed` would. A well-formed
+    `moe step N | ...` line only sets `state.moe` (nothing else reads it), so of a run of them
+    only the last is parsed. A moe line that might parse otherwise (rank prefix, odd head,
+    trailing blank) sends the run line by line, where its order counts."""
+    rest: list[bytes] = []
+    moe = None
+    n_moe = 0
+    for b in blines:
+        if b.startswith(b"moe step "):
+            i = b.find(b" | ")
+            # head digits only, and the line ends in a printable char: parse_moe reads it for sure
+            if i > 9 and 32 < b[-1] < 127 and b[9:i].strip().isdigit():
+                moe, n_moe = b, n_moe + 1
+                continue
+            moe = b""  # not sure: keep the order
+        elif b[:1] == b"[" and b"moe step " in b:
+            moe = b""
+        rest.append(b)
+    if moe == b"":
+        state.feed_many([b.decode("utf-8", "replace") for b in blines])
+        return
+    state.feed_many([b.decode("utf-8", "replace") for b in rest])
+    if moe is not None:
+        state.lines_seen += n_moe
+        state.moe = parse_moe(moe.decode("utf-8", "replace"))
+
+
 def _bulk_feed(state: LogState, blines: list[bytes]) -> None:
     """Feed a chunk of complete byte lines to a full-parse state: step lines in bulk, the
     others (a few) line by line, with the same outcome as feeding every line in order."""
@@ -838,7 +948,7 @@ def _bulk_feed(state: LogState, blines: list[bytes]) -> None:
         return
     flags = list(map(bytes.startswith, blines, repeat(b"step ")))
     if True not in flags:
-        state.feed_many([b.decode("utf-8", "replace") for b in blines])
+        _feed_others(state, blines)
         return
     last = len(flags) - 1 - flags[::-1].index(True)
     before = list(compress(blines[:last], map(operator.not_, flags[:last])))
@@ -849,11 +959,10 @@ def _bulk_feed(state: LogState, blines: list[bytes]) -> None:
     if cols is None:
         state.feed_many([b.decode("utf-8", "replace") for b in blines])
         return
-    state.feed_many([b.decode("utf-8", "replace") for b in before])
+    _feed_others(state, before)
     n = len(step_lines)
     state.lines_seen += n
-    if state.failure.seen:
-        state.failure.clear()  # step lines came after the evidence: training went on
+    state.failure.went_on()  # step lines came after the evidence: training went on
     table = state.table
     assert table is not None
     start = len(table)
@@ -863,7 +972,7 @@ def _bulk_feed(state: LogState, blines: list[bytes]) -> None:
     state.steps_observed += n
     state.window.extend(table.rows(max(start, len(table) - state.tail)))
     state.last = state.window[-1]
-    state.feed_many([b.decode("utf-8", "replace") for b in blines[last + 1 :]])
+    _feed_others(state, blines[last + 1 :])
 
 
 # ----------------------------------------------------------------------------------------------
