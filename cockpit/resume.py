@@ -299,18 +299,24 @@ def safety_lines(registry: reg.Registry) -> list[str]:
 
 
 def build_state(
-    registry: reg.Registry, sampler: Any | None = None, now: float | None = None, gpus: GpuStatus | None = None
+    registry: reg.Registry,
+    sampler: Any | None = None,
+    now: float | None = None,
+    gpus: GpuStatus | None = None,
+    dirs: list[ExpDir] | None = None,
 ) -> ResumeState:
     """Join the registry with every experiment dir under exp_root. Reads only; writes nothing.
 
     `sampler`: a GpuSampler (or anything with .sample()); by default one is made here. `gpus`:
-    an already computed GPU status (the TUI samples on its own timer).
+    an already computed GPU status (the TUI samples on its own timer). `dirs`: the dirs of
+    `runs.discover(exp_root)` when the caller has them already (the TUI discovers once a pass).
     """
     from cockpit import runs
 
     s = registry.settings
     tail = s.tail
-    dirs = runs.discover(s.exp_root)
+    if dirs is None:
+        dirs = runs.discover(s.exp_root)
     experiments: list[ExperimentState] = []
     for exp in registry.experiments:
         mine = [d for d in dirs if d.experiment == exp.id]

@@ -2,9 +2,9 @@
 
 import os
 
-from metrics_util import NOW, bundled_registry, make_dir
+from metrics_util import NOW, FakeSampler, bundled_registry, make_dir
 
-from cockpit import cli
+from cockpit import cli, resume, runs
 
 
 def run(capsys, *argv):
@@ -77,6 +77,11 @@ def test_status_running_leg_without_eta_or_state(tmp_path, capsys):
     out = run(capsys, "status", "--registry", str(registry.path))[1]
     assert "running: cpu-smoke/dense  no cockpit state (manual run)  step 3/?, loss 9.0000, tok/s n/a, ETA n/a" in out
     assert f"  dir: {d}" in out and "dirs under exp_root: 1" in out
+    # dirs the caller discovered already (the TUI) give the same state
+    dirs = runs.discover(registry.settings.exp_root)
+    given = resume.build_state(registry, sampler=FakeSampler(False, "x"), dirs=dirs)
+    assert given.dirs is dirs and resume.render_status(given) == resume.render_status(
+        resume.build_state(registry, sampler=FakeSampler(False, "x")))
 
 
 def test_resume_to_stdout_and_file(tmp_path, capsys):
