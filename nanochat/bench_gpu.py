@@ -91,7 +91,7 @@ def main() -> None:
     ap.add_argument("--total-batch-size", type=int, default=32768, help="tokens per step (2 micro-steps)")
     ap.add_argument("--fp8", action="store_true", help="run the legs with --fp8 (experts too for MoE)")
     ap.add_argument("--legs", default=",".join(LEGS), help="comma-separated subset of " + ",".join(LEGS))
-    ap.add_argument("--leg-timeout", type=int, default=240)
+    ap.add_argument("--leg-timeout", type=int, default=190, help="seconds per leg (3 legs < 10 min)")
     ap.add_argument("--cpu-check", action="store_true", help="tiny model on CPU: checks this script only")
     args = ap.parse_args()
 

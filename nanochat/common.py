@@ -97,8 +97,6 @@ def compute_init(device_type: str) -> tuple[bool, int, int, int, torch.device]:
             raise RuntimeError("--device-type cuda but torch sees no CUDA device")
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
     elif device_type == "mps":
         device = torch.device("mps")
     else:
