@@ -308,7 +308,8 @@ def train(args: argparse.Namespace) -> int:
     if args.resume_from_step >= 0:
         model_state, optim_state, resume_meta = load_checkpoint(ckpt_dir, args.resume_from_step, device)
         if resume_meta.get("config") != config.to_dict():
-            print0(f"{PROG}: error: checkpoint {ckpt_dir} step {args.resume_from_step} has another model config")
+            msg = f"checkpoint {ckpt_dir} step {args.resume_from_step} has another model config"
+            print0(f"{PROG}: error: {msg}", file=sys.stderr)
             return 2
         model.load_state_dict(model_state)
         print0(f"Resumed model from {ckpt_dir} step {args.resume_from_step}")
@@ -379,7 +380,11 @@ def train(args: argparse.Namespace) -> int:
     # ---------------------------------------------------------------------------------------
     # data
     if args.data == "parquet":
-        loader = ParquetStream(args.data_dir, args.device_batch_size, args.max_seq_len, device, rank, world_size)
+        try:
+            loader = ParquetStream(args.data_dir, args.device_batch_size, args.max_seq_len, device, rank, world_size)
+        except (ImportError, OSError, ValueError) as e:  # no pyarrow, unreadable shard, no `text` column
+            print0(f"{PROG}: error: --data-dir {args.data_dir}: {e}", file=sys.stderr)
+            return 2
     else:
         loader = SyntheticStream(args.vocab_size, args.device_batch_size, args.max_seq_len, device, args.seed, rank)
 

@@ -145,8 +145,13 @@ class ParquetStream:
     def _take(self, n: int) -> list[int]:
         out: list[int] = []
         p = self.pos
+        empty_groups = 0
         while len(out) < n:
             docs = self._docs(p["group"])
+            if not docs:
+                empty_groups += 1
+                if empty_groups > len(self.groups):
+                    raise ValueError("no documents in any row group of this rank")
             if p["doc"] >= len(docs):
                 p["doc"], p["offset"] = 0, 0
                 p["group"] += 1
