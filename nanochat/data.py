@@ -59,7 +59,7 @@ class SyntheticStream:
 
     def batch(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         B, T1 = self.B, self.T + 1
-        g = torch.Generator().manual_seed((self.seed * 1_000_003 + self.rank) * 1_000_000_007 + index)
+        g = torch.Generator().manual_seed(((self.seed * 1_000_003 + self.rank) * 1_000_000_007 + index) % 2**63)
         fresh = torch.randint(0, self.V, (B, T1), generator=g)
         reset = torch.rand(B, T1, generator=g) < self.p_reset
         pos = torch.arange(T1).expand(B, T1)
