@@ -309,8 +309,9 @@ def _owners(snapshot: Any, running: list[tuple[str, int | None, float | None]]) 
 def _leg_view(e: Any, m: Any) -> vm.LegView:
     figures = {k: m.row.value(k) for k in vm.METRICS} if m.row is not None else {}
     log = str(Path(m.dir) / f"{m.leg}.log") if m.dir and m.mark != "recorded" else None
+    note = m.note if m.mark in ("failed", "stopped", "waiting") else None
     return vm.LegView(e.id, m.leg, m.mark, m.description, m.is_baseline, m.dir if log else None, log,
-                      figures, m.row.source if m.row is not None else "")
+                      figures, m.row.source if m.row is not None else "", note)
 
 
 def _dir_view(d: runs.ExpDir) -> vm.DirView:

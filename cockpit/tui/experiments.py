@@ -44,7 +44,9 @@ def leg_label(leg: LegView) -> Text:
     if leg.baseline:
         text.append(" (baseline)", style="italic dim")
     text.append(f"  {leg.mark}", style=GLYPH.get(leg.mark, ("", ""))[1])
-    if leg.figures.get("tok_per_sec") is not None:
+    if leg.note:
+        text.append(f"  {leg.note}", style="red" if leg.mark == "failed" else "yellow")
+    elif leg.figures.get("tok_per_sec") is not None:
         text.append(f"  {fmt.num(leg.figures['tok_per_sec'], 0, comma=True)} tok/s", style="dim")
     return text
 

@@ -25,6 +25,7 @@ class LegView:
     log: str | None = None
     figures: dict[str, float | None] = field(default_factory=dict)  # recorded or measured
     source: str = ""  # "recorded" (ran elsewhere), "measured" (a log here), ""
+    note: str | None = None  # why failed, stopped or waiting (the core's words)
 
     @property
     def key(self) -> str:
