@@ -65,7 +65,8 @@ def _grouped_mm_outside_graph(x: torch.Tensor, w: torch.Tensor, offs: torch.Tens
 
 
 # Whether torch._grouped_mm runs (forward and backward) for a (device type, dtype, K, N): it needs
-# a recent torch, sm90+ on CUDA, and 16-byte aligned rows. Probed once, eagerly, before compile;
+# a recent torch, sm90+ on CUDA, and 16-byte aligned rows. Probed once, eagerly (the trainer probes
+# before compiling; an eager forward probes on first use);
 # where it does not run, dropless falls back to the capacity path with C = T (exact, but E/k times
 # the expert FLOPs); the trainer says so in its log.
 _GROUPED_MM_OK: dict[tuple, bool] = {}
@@ -77,10 +78,12 @@ def probe_grouped_mm(device: torch.device, dtype: torch.dtype, k: int, n: int) -
         ok = hasattr(torch, "_grouped_mm")
         if ok:
             try:
-                x = torch.randn(32, k, device=device, dtype=dtype, requires_grad=True)
-                w = torch.randn(2, k, n, device=device, dtype=dtype, requires_grad=True)
-                offs = torch.tensor([16, 32], device=device, dtype=torch.int32)
-                torch._grouped_mm(x, w, offs=offs).backward(torch.ones(32, n, device=device, dtype=dtype))
+                with torch.inference_mode(False), torch.enable_grad():
+                    x = torch.randn(32, k, device=device, dtype=dtype, requires_grad=True)
+                    w = torch.randn(2, k, n, device=device, dtype=dtype, requires_grad=True)
+                    offs = torch.tensor([16, 32], device=device, dtype=torch.int32)
+                    g = torch.ones(32, n, device=device, dtype=dtype)
+                    torch._grouped_mm(x, w, offs=offs).backward(g)
             except (RuntimeError, NotImplementedError):
                 ok = False
         _GROUPED_MM_OK[key] = ok
@@ -204,6 +207,8 @@ class MoE(nn.Module):
         if torch.is_autocast_enabled(x.device.type):
             x = x.to(torch.get_autocast_dtype(x.device.type))
 
+        if self.dropless and not torch.compiler.is_compiling():
+            probe_grouped_mm(x.device, x.dtype, self.dim, self.experts.hidden)  # once per kind; eager
         use_grouped = self.dropless and (
             self.experts.fp8 or grouped_mm_usable(x.device, x.dtype, self.dim, self.experts.hidden)
         )

@@ -74,11 +74,13 @@ def test_large_capacity_equals_dropless(grouped, monkeypatch):
     torch.manual_seed(1)
     x = torch.randn(3, 40, D)
     dropless = make_moe(0.0)
-    if grouped:
-        assert moe_lib.probe_grouped_mm(torch.device("cpu"), torch.float32, D, HMULT * D)
-    else:  # the fallback dropless path (no grouped_mm): capacity T per expert
-        monkeypatch.setattr(moe_lib, "_GROUPED_MM_OK", {})
+    monkeypatch.setattr(moe_lib, "_GROUPED_MM_OK", {})
+    if not grouped:  # the fallback dropless path (no grouped_mm): capacity T per expert
+        monkeypatch.setattr(moe_lib, "probe_grouped_mm", lambda *a: False)
     fixed = clone_with_cf(dropless, float(E))  # C = T: no assignment can be dropped
+    with torch.no_grad():  # an eager forward probes grouped_mm itself, even under no_grad
+        dropless(x)
+    assert moe_lib.grouped_mm_usable(x.device, x.dtype, D, HMULT * D) == grouped
     y0, gx0, g0, aux0 = fwd_bwd(dropless, x)
     y1, gx1, g1, aux1 = fwd_bwd(fixed, x)
     assert float(aux1["dropped"]) == 0.0
