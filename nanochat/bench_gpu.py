@@ -95,6 +95,10 @@ def main() -> None:
     ap.add_argument("--cpu-check", action="store_true", help="tiny model on CPU: checks this script only")
     args = ap.parse_args()
 
+    unknown = [name for name in args.legs.split(",") if name not in LEGS]
+    if unknown:
+        ap.error(f"unknown leg(s) {','.join(unknown)}; choose from {','.join(LEGS)}")
+
     import torch  # only to name the device
 
     if args.cpu_check:  # the pipeline, not the figures: depth 2, seq 128, eager, on CPU
