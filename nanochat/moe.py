@@ -236,7 +236,8 @@ class MoE(nn.Module):
         n_tok, dim = x.shape
         n_exp, k = self.n_experts, self.topk
         # position of each assignment within its expert's queue, from a cumsum of one-hot choices
-        onehot = F.one_hot(expert_of, n_exp).to(torch.int32)  # [kT, E]
+        # (a comparison, not F.one_hot: eager one_hot validates its input with a host sync on GPU)
+        onehot = (expert_of[:, None] == torch.arange(n_exp, device=x.device)).to(torch.int32)  # [kT, E]
         cums = onehot.cumsum(dim=0, dtype=torch.int32)
         pos = cums.gather(1, expert_of[:, None]).squeeze(1) - 1  # [kT]
         counts = cums[-1]  # [E] routed assignments per expert
