@@ -147,7 +147,7 @@ def _int(text: str) -> int | None:
         return int(text)
     except ValueError:
         v = _num(text)
-        return None if v is None or v != v else int(v)
+        return None if v is None or not math.isfinite(v) else int(v)  # nan, inf: not an int
 
 
 # field name in the log -> (StepLine attribute, converter)
@@ -727,6 +727,7 @@ _SCALES = {  # converter -> unit residue -> multiplier, exactly as the converter
     _int: {b"": None},
 }
 _INT_FIELDS = ("step", "total", "epoch")
+_HEAD_COMMA = re.compile(rb"\nstep [0-9/ (.%)]*,")  # a comma in the head of a step line (not the first)
 _layouts: dict[bytes, tuple[int, list[tuple[str, int, float | None]]] | None] = {}
 _np = None
 
@@ -763,9 +764,9 @@ def _token_columns(text: bytes, n: int, k: int, wanted: list[int]) -> dict[int, 
         code[48:58] = np.arange(10)
         code[46], code[32] = 10, 11
         _code, _p10 = code, 10.0 ** np.arange(_TOKEN_MAX + 1)
-    v = _code[np.frombuffer(text, np.uint8)]
+    v = np.frombuffer(text, np.uint8)
     edge = np.zeros(len(v) + 2, np.int8)
-    np.not_equal(v, 11, out=edge[1:-1].view(np.bool_))
+    np.not_equal(v, 32, out=edge[1:-1].view(np.bool_))
     bounds = np.flatnonzero(np.diff(edge))  # token starts and ends, alternating
     if len(bounds) != 2 * n * k:
         return None
@@ -794,11 +795,11 @@ def _token_columns(text: bytes, n: int, k: int, wanted: list[int]) -> dict[int, 
 
 
 def _decimals(v, starts, w: int):
-    """float() of the w-char tokens at `starts` of the coded text `v`, when each is digits with
+    """float() of the w-char tokens at `starts` of the text `v` (uint8), when each is digits with
     the dot (if any) at one place for all: their digits are read as an exact integer (below
     2**53) and divided once by 10**f, which rounds correctly, as float() does. Else None."""
     np = _np
-    g = v[starts[:, None] + np.arange(w)]
+    g = _code[v[starts[:, None] + np.arange(w)]]
     if g.max() > 10:
         return None  # a sign or another char: not a plain decimal
     place = np.arange(w - 1, -1, -1)
@@ -845,10 +846,12 @@ def _layout(key: bytes, first: bytes) -> tuple[int, list[tuple[str, int, float |
     return col, fields
 
 
-def _bulk_columns(lines: list[bytes]) -> dict[str, list] | None:
-    """Columns of step lines that share one key, or None when they must go line by line."""
+def _bulk_columns(lines: list[bytes], text: bytes | None = None, key: bytes | None = None) -> dict[str, list] | None:
+    """Columns of step lines that share one key, or None when they must go line by line.
+    `text` and `key`: the lines joined and their key, when the caller has them."""
     np = _np
-    key = lines[0].translate(None, _KEY_DELETE)
+    if key is None:
+        key = lines[0].translate(None, _KEY_DELETE)
     if key not in _layouts:
         if len(_layouts) > 1024:  # junk can make many keys: the cache stays bounded
             _layouts.clear()
@@ -857,8 +860,12 @@ def _bulk_columns(lines: list[bytes]) -> dict[str, list] | None:
     if layout is None:
         return None
     k, fields = layout
-    text = b"\n".join(lines)
+    if text is None:
+        text = b"\n".join(lines)
     if not text.isascii():
+        return None
+    # parse_step reads the head's step and total with int(): a comma there is not a number
+    if b"," in text and (b"," in lines[0].split(b" | ", 1)[0] or _HEAD_COMMA.search(text)):
         return None
     # every one of them must have been bf16_mfu (bf1_mfu has the same key); its 16 is a column skipped
     if b"bf_mfu" in key and text.count(b"| bf16_mfu: ") != len(lines) * key.count(b"| bf_mfu: "):
@@ -877,6 +884,8 @@ def _bulk_columns(lines: list[bytes]) -> dict[str, list] | None:
             return None
         arr = arr.reshape(n, k)
         found = {j: arr[:, j] for _, j, _ in fields}
+        if any(name in _INT_FIELDS and not (np.abs(found[j]) < 2**53).all() for name, j, _ in fields):
+            return None  # int() of a long number is exact, a float is not
     cols: dict[str, list] = {}
     for name, j, scale in fields:
         if name in _INT_FIELDS:
@@ -890,10 +899,13 @@ def _bulk_columns(lines: list[bytes]) -> dict[str, list] | None:
 
 def _steps_columns(step_lines: list[bytes]) -> dict[str, list] | None:
     """Columns of a chunk's step lines in file order, or None (the chunk goes line by line)."""
-    keys = b"\n".join(step_lines).translate(None, _KEY_DELETE).split(b"\n")
+    joined = b"\n".join(step_lines)
+    keys = joined.translate(None, _KEY_DELETE)
     n = len(step_lines)
-    if keys.count(keys[0]) == n:
-        return _bulk_columns(step_lines)
+    first = keys[: keys.find(b"\n")] if n > 1 else keys
+    if len(keys) == n * (len(first) + 1) - 1 and keys == b"\n".join(repeat(first, n)):
+        return _bulk_columns(step_lines, joined, first)  # one layout (the usual case)
+    keys = keys.split(b"\n")
     groups: dict[bytes, list[int]] = {}
     for i, key in enumerate(keys):
         groups.setdefault(key, []).append(i)
