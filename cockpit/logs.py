@@ -765,9 +765,9 @@ def _token_columns(text: bytes, n: int, k: int, wanted: list[int]) -> dict[int, 
         code[46], code[32] = 10, 11
         _code, _p10 = code, 10.0 ** np.arange(_TOKEN_MAX + 1)
     v = np.frombuffer(text, np.uint8)
-    edge = np.zeros(len(v) + 2, np.int8)
-    np.not_equal(v, 32, out=edge[1:-1].view(np.bool_))
-    bounds = np.flatnonzero(np.diff(edge))  # token starts and ends, alternating
+    inside = np.zeros(len(v) + 2, np.bool_)
+    np.not_equal(v, 32, out=inside[1:-1])
+    bounds = np.flatnonzero(inside[1:] != inside[:-1])  # token starts and ends, alternating
     if len(bounds) != 2 * n * k:
         return None
     bounds = bounds.reshape(n, k, 2)
