@@ -5,7 +5,8 @@ total batch, for three legs side by side in one run:
 
     dense               the same model with a 4x ReLU^2 MLP (the same active FLOPs as top-2 of 8
                         experts with 2x hidden)
-    moe_dropless        --moe-capacity-factor 0.0, --compile-mode auto (dynamic)
+    moe_dropless        --moe-capacity-factor 0.0, --compile-mode static (the seed's baseline leg;
+                        grouped_mm keeps every shape static, so it compiles like the others)
     moe_cap1p0_static   --moe-capacity-factor 1.0, --compile-mode static
 
     PYTHONPATH=. python -m nanochat.bench_gpu                  # about 5 minutes on one H100
@@ -45,7 +46,7 @@ DEVICE = ["cuda"]
 
 LEGS = {
     "dense": ["--compile-mode", "static"],
-    "moe_dropless": ["--use-moe", "--moe-capacity-factor", "0.0", "--compile-mode", "auto"],
+    "moe_dropless": ["--use-moe", "--moe-capacity-factor", "0.0", "--compile-mode", "static"],
     "moe_cap1p0_static": ["--use-moe", "--moe-capacity-factor", "1.0", "--compile-mode", "static"],
 }
 
