@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import os
 import threading
 import time
 from collections import deque
@@ -86,16 +87,19 @@ class Collector:
         self._stamp: tuple | None = None
         self._state: Any | None = None  # the last resume state: the running legs for the live rows
         self._owners: list[tuple[str, int | None, float | None]] = []
+        self._fp: tuple | None = None
 
     # ------------------------------------------------------------------------------------------
     # the worker's loop
 
-    def run(self, stopped: Callable[[], bool], period: float = 0.25, state_every: float = 2.0,
-            gpu_every: float = 1.0, live_every: float = 0.5) -> None:
-        """Until stopped: follow the logs every `period`; the live rows and the GPUs are
-        republished at most every `live_every`; the whole state (dirs, marks, report) is
-        recomputed every `state_every`, or at once when poked (a launch, a stop, a selection)."""
-        last_state = last_gpu = last_live = time.monotonic()  # the caller has just sampled and computed
+    def run(self, stopped: Callable[[], bool], period: float = 0.25, state_every: float = 10.0,
+            gpu_every: float = 1.0, live_every: float = 0.5, report_every: float = 2.0) -> None:
+        """Until stopped: follow the logs every `period`; republish the live rows and the GPUs at
+        most every `live_every`; recompute the whole state (dirs, marks, next leg, report) when the
+        experiment dirs or the registry change on disk (a cheap stat fingerprint, every pass),
+        when poked (a launch, a stop, a selection), and at least every `state_every` (a process
+        that died without a word); the final table of a dir with a running leg every `report_every`."""
+        last_state = last_gpu = last_live = last_report = time.monotonic()  # the first pass just ran
         fresh = False  # new lines or a new GPU sample since the last publication
         while not stopped():
             now = time.monotonic()
@@ -103,19 +107,60 @@ class Collector:
                 if now - last_gpu >= gpu_every:
                     self.sample()
                     last_gpu, fresh = now, True
-                if now - last_state >= state_every or self.wake.is_set():
+                if self.wake.is_set() or self.fingerprint() != self._fp or now - last_state >= state_every:
                     self.wake.clear()
                     self.compute()
-                    last_state = last_live = now
+                    last_state = last_live = last_report = now
                     fresh = False
-                elif fresh and now - last_live >= live_every:
-                    self.refresh_live()
-                    last_live, fresh = now, False
+                else:
+                    if now - last_report >= report_every and self.report_is_live():
+                        self.refresh_report()
+                        last_report = now
+                    if fresh and now - last_live >= live_every:
+                        self.refresh_live()
+                        last_live, fresh = now, False
                 fresh = self.poll_logs() or fresh
             except Exception as e:  # never let the worker die: show it and go on
                 self.error = f"cockpit internal error: {type(e).__name__}: {e}"
                 self._publish(self.published.view, self.published.report)
             self.wake.wait(period)
+
+    def fingerprint(self) -> tuple:
+        """What a full pass depends on that a stat can see: the registry file, and each
+        experiment dir with its state/ dir (a new log, plan or state file, an atomic replace)."""
+        out: list[tuple] = []
+        try:
+            st = self.registry_path.stat()
+            out.append((st.st_mtime_ns, st.st_size))
+        except OSError:
+            out.append(None)
+        root = self.registry.settings.exp_root if self.registry else None
+        if root is None:
+            return tuple(out)
+        try:
+            with os.scandir(root) as it:
+                for e in it:
+                    if e.name.startswith(".") or not e.is_dir():
+                        continue
+                    try:
+                        state = os.stat(os.path.join(e.path, runs.STATE_DIR)).st_mtime_ns
+                    except OSError:
+                        state = None
+                    out.append((e.name, e.stat().st_mtime_ns, state))
+        except OSError:
+            pass
+        return tuple(sorted(out, key=repr))
+
+    def report_is_live(self) -> bool:
+        """Is the shown final table a dir with a leg still running (its figures still move)?"""
+        rep = self.published.report
+        return rep is not None and any(r.status in ("running", "queued", "waiting") for r in rep.rows)
+
+    def refresh_report(self) -> None:
+        view, registry, req = self.published.view, self.registry, self.request
+        if view is None or registry is None:
+            return
+        self._publish(view, build_report(registry, view, req.report_exp, req.report_dir))
 
     def poke(self) -> None:
         """Recompute now (after a launch, a stop, a selection)."""
@@ -161,6 +206,7 @@ class Collector:
 
     def compute(self) -> None:
         registry = self.load()
+        self._fp = self.fingerprint()  # taken first: a change during this pass shows in the next
         if registry is None:
             self._publish(None, None)
             return
