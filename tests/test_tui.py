@@ -288,7 +288,12 @@ async def test_stop_running_leg(tmp_path, fake_env):
         await until(pilot, lambda: app.view.live, timeout=30, what="the leg running")
         await pilot.press("s")
         screen = await until(pilot, lambda: isinstance(app.screen, ConfirmScreen) and app.screen, what="stop")
-        assert screen.title_text == "Stop slow?"
+        assert screen.title_text == "Stop slow?" and screen.danger
+        await pilot.press("escape")  # cancelled: nothing stops
+        await pilot.pause(0.6)
+        assert not isinstance(app.screen, ConfirmScreen) and app.view.experiment("fake").leg("slow").mark == "running"
+        await pilot.press("s")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="stop again")
         await pilot.press("y")
         await until(pilot, lambda: app.view.experiment("fake").leg("slow").mark == "stopped", timeout=30,
                     what="stopped")
@@ -371,6 +376,15 @@ async def test_tabs_cycle_and_finish_notifies(tmp_path):
         await pilot.press("right_square_bracket")
         assert panes.active != first
         await pilot.press("left_square_bracket")
+        assert panes.active == first
+        live = app.query_one("#live")  # moving along the live rows brings each leg's tab forward
+        live.focus()
+        await pilot.pause(0.1)
+        await pilot.press("down")
+        await pilot.pause(0.1)
+        assert panes.active != first
+        await pilot.press("up")
+        await pilot.pause(0.1)
         assert panes.active == first
 
         bells = []

@@ -22,7 +22,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.css.query import NoMatches
 from textual.screen import Screen
-from textual.widgets import Footer, Tree
+from textual.widgets import DataTable, Footer, Tree
 
 from cockpit import registry as reg
 from cockpit import runs
@@ -280,6 +280,13 @@ class CockpitApp(App[None]):
         key = self.selected_log()
         if key is not None:
             self.main(LogPanes).select(key[0])
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        """A live row under the cursor brings its leg's log tab to the front."""
+        if self._stopping or not self.screen_stack:  # the app is closing
+            return
+        if event.data_table.id == "live" and event.row_key is not None and event.row_key.value:
+            self.main(LogPanes).select(event.row_key.value)
 
     # ------------------------------------------------------------------------------------------
     # keys
