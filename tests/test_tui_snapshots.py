@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 
+import pytest
 from textual.widgets import Log
 from tui_util import FakeSampler, bundled_registry, case_dir, fixed_clock, log_lines, write_dir
 
@@ -17,6 +18,16 @@ from cockpit.tui.experiments import ExperimentTree, Selection
 from cockpit.tui.log_panes import LogPanes
 
 SIZE = (160, 48)
+
+
+@pytest.fixture(autouse=True)
+def utc(monkeypatch):
+    """The GPU line of the resume panel prints a local time: make it the same everywhere."""
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
 
 
 def app_for(case: str, sampler: FakeSampler, dirs=None) -> CockpitApp:

@@ -12,7 +12,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from collections import deque
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import psutil
 from cockpit.gpus import GpuInfo, HostInfo, Snapshot
 
 REPO = Path(__file__).resolve().parents[1]
-SNAP_ROOT = Path(tempfile.gettempdir()) / "cockpit-tui-snap"
+SNAP_ROOT = Path("/tmp/cockpit-tui-snap")  # not $TMPDIR: the SVGs show these paths
 CLOCK = dt.datetime(2026, 2, 24, 19, 12, 0)
 
 
