@@ -60,6 +60,11 @@ async def select(pilot, app: CockpitApp, sel: Selection) -> None:
     await until(pilot, lambda: app.selection == sel, what=f"selection {sel}")
 
 
+def notes(app: CockpitApp) -> list[str]:
+    """The notifications shown so far (Textual keeps the live ones)."""
+    return [n.message for n in app._notifications]
+
+
 def screen_text(app: CockpitApp) -> str:
     return "\n".join(s.text for s in app.screen._compositor.render_strips())
 
@@ -231,6 +236,7 @@ async def test_launch_leg_confirm_cancel_then_launch(tmp_path, fake_env):
         await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="confirm")
         await pilot.press("y")
         (d,) = await until(pilot, lambda: exp_dirs(tmp_path), what="the fresh dir")
+        await until(pilot, lambda: any(f"a in {d}" in m for m in notes(app)), what="the launched note")
         await until(pilot, lambda: app.finished, timeout=30, what="the leg to finish")
         assert app.finished == [f"{d}/a:done"] and bells
         assert json.loads((d / "plan.json").read_text())["legs"][0]["name"] == "a"
@@ -269,7 +275,7 @@ async def test_launch_all_remaining_then_done_leg_needs_explicit_rerun(tmp_path,
         await until(pilot, lambda: len(app.finished) == 3, timeout=30, what="the re-run")
         await select(pilot, app, Selection("experiment", "fake"))
         await pilot.press("L")
-        await pilot.pause(0.5)
+        await until(pilot, lambda: any("nothing remains to run in fake" in m for m in notes(app)), what="the note")
         assert not isinstance(app.screen, ConfirmScreen)
 
 
@@ -441,3 +447,20 @@ async def test_gpu_panel_with_the_real_sampler_over_fake_nvml(tmp_path):
         await ready(pilot, broken)
         assert not broken.view.gpu.available and "Driver Not Loaded" in screen_text(broken)
         assert "host cpu" in screen_text(broken)
+
+
+async def test_a_refused_launch_is_a_notification(tmp_path):
+    """A 64-GPU leg (no machine here has them): the runner refuses; the app says why and goes on."""
+    reg_path = fake_registry(tmp_path, legs={"big": 'model-tag = "big"'}, device="cuda")
+    reg_path.write_text(reg_path.read_text().replace("nproc_per_node = 1", "nproc_per_node = 64"))
+    app = make_app(reg_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot, app)
+        await select(pilot, app, Selection("leg", "fake", "big"))
+        await pilot.press("l")
+        screen = await until(pilot, lambda: isinstance(app.screen, ConfirmScreen) and app.screen, what="confirm")
+        assert "--nproc_per_node=64" in str(screen.body)
+        await pilot.press("y")
+        await until(pilot, lambda: any(n.title == "launch failed" for n in app._notifications), what="the refusal")
+        assert exp_dirs(tmp_path) == []  # nothing written
+        assert app.view is not None and app.is_running

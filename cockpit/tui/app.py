@@ -154,12 +154,18 @@ class CockpitApp(App[None]):
         except Exception as e:  # shown by the app, never raised into Textual's startup
             self.collector.error = f"cockpit internal error: {type(e).__name__}: {e}"
 
-    def _call(self, fn: Callable, *args) -> Any:
+    def _fail(self, title: str, e: Exception) -> None:
+        """An action that failed, from a worker: one line in a notification."""
+        known = isinstance(e, (runs.RunError, reg.RegistryError))
+        self._call(self.notify, str(e) if known else f"{type(e).__name__}: {e}", title=title, severity="error",
+                   timeout=10)
+
+    def _call(self, fn: Callable, *args, **kwargs) -> Any:
         """Run fn on the UI thread from a worker; quietly nothing once the app is closing."""
         if self._stopping:
             return None
         try:
-            return self.call_from_thread(fn, *args)
+            return self.call_from_thread(fn, *args, **kwargs)
         except RuntimeError:
             return None
 
@@ -376,8 +382,8 @@ class CockpitApp(App[None]):
                 self._call(self.notify, f"nothing remains to run in {exp_id} ({why}). Select a leg and press l "
                            "to re-run one.", title="launch", severity="warning", timeout=8)
                 return
-        except runs.RunError as e:
-            self._call(self.notify, str(e), title="launch", severity="error", timeout=10)
+        except Exception as e:  # a refusal (RunError) or anything else: a notification, never a crash
+            self._fail("launch", e)
             return
         fresh = registry.settings.exp_root / f"{dt.datetime.now().strftime(runs.STAMP_FORMAT)}_{exp_id}"
         self._call(self._confirm_launch, registry, plan, fresh, rerun)
@@ -416,8 +422,8 @@ class CockpitApp(App[None]):
     def _launch(self, registry: reg.Registry, plan: runs.LaunchPlan) -> None:
         try:
             exp_dir = runs.launch(registry, plan.experiment.id, plan=plan)
-        except (runs.RunError, OSError) as e:
-            self._call(self.notify, str(e), title="launch failed", severity="error", timeout=10)
+        except Exception as e:
+            self._fail("launch failed", e)
             return
         if exp_dir is None:
             self._call(self.notify, "nothing to launch", severity="warning")
@@ -468,8 +474,8 @@ class CockpitApp(App[None]):
     def _stop(self, exp_dir: str, leg: str | None) -> None:
         try:
             runs.stop(exp_dir, leg)
-        except (runs.RunError, OSError) as e:
-            self._call(self.notify, str(e), title="stop", severity="error", timeout=10)
+        except Exception as e:
+            self._fail("stop", e)
             return
         self.collector.poke()
         self._call(self.notify, f"stopped {leg or 'queue'} in {Path(exp_dir).name}", title="stop")
@@ -492,7 +498,7 @@ class CockpitApp(App[None]):
 
             out = report.write_report(Path(exp_dir))
         except Exception as e:  # a report problem is a notification, never a crash
-            self._call(self.notify, f"{type(e).__name__}: {e}", title="report", severity="error", timeout=10)
+            self._fail("report", e)
             return
         self._call(self.notify, str(out), title="report written")
 
@@ -507,6 +513,6 @@ class CockpitApp(App[None]):
 
             out = resume.write_guide(self.collector.registry)
         except Exception as e:
-            self._call(self.notify, f"{type(e).__name__}: {e}", title="resume guide", severity="error", timeout=10)
+            self._fail("resume guide", e)
             return
         self._call(self.notify, str(out), title="resume guide written")
