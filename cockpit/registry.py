@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import difflib
 import re
+import shlex
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -144,6 +146,23 @@ class Registry:
         exp_id, _, name = ref.rpartition("/")
         exp = self.experiment(exp_id or (default_experiment or ""))
         return exp.leg(name) if exp else None
+
+
+def command_lines(argv: list[str], quote: Callable[[str], str] = shlex.quote) -> list[str]:
+    """An argv laid out as the seed's execution template writes it: the launcher up to `--` on
+    the first line, then one flag per line, with its value when it has one."""
+    cut = argv.index("--") + 1 if "--" in argv else 0
+    lines = [" ".join(quote(a) for a in argv[:cut])] if cut else []
+    rest = argv[cut:]
+    i = 0
+    while i < len(rest):
+        if i + 1 < len(rest) and not rest[i + 1].startswith("--"):
+            lines.append(f"{quote(rest[i])} {quote(rest[i + 1])}")
+            i += 2
+        else:
+            lines.append(quote(rest[i]))
+            i += 1
+    return lines
 
 
 def render_args(args: dict[str, Any], exp_dir: Path | str | None = None) -> list[str]:

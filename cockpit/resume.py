@@ -227,18 +227,7 @@ def _shell_arg(arg: str) -> str:
 def execution_template(registry: reg.Registry, leg: reg.Leg) -> tuple[str, str]:
     """The seed's execution template for a leg in a fresh dir: (EXP_DIR value, whole text)."""
     exp_dir_value = f"{registry.settings.exp_root}/$(date +%Y%m%d_%H%M%S)_{leg.experiment}"
-    argv = leg.argv("$EXP_DIR")
-    cut = argv.index("--") + 1
-    lines = [" ".join(shlex.quote(a) for a in argv[:cut])]
-    rest = argv[cut:]
-    i = 0
-    while i < len(rest):
-        if i + 1 < len(rest) and not rest[i + 1].startswith("--"):
-            lines.append(f"{_shell_arg(rest[i])} {_shell_arg(rest[i + 1])}")
-            i += 2
-        else:
-            lines.append(_shell_arg(rest[i]))
-            i += 1
+    lines = reg.command_lines(leg.argv("$EXP_DIR"), _shell_arg)
     lines[-1] += f' 2>&1 | tee "$EXP_DIR/{leg.name}.log"'
     text = "\n".join(
         [

@@ -477,12 +477,20 @@ def experiment_lock(exp_root: Path, experiment: str) -> int:
     """
     lock_dir = exp_root / LOCK_DIR
     lock_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(lock_dir / f"{experiment}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    return try_lock(
+        lock_dir / f"{experiment}.lock", f"'{experiment}' is being launched or run by another cockpit; stop it first"
+    )
+
+
+def try_lock(path: Path, held_message: str) -> int:
+    """Take an exclusive flock on `path` without waiting and return its fd; RunError(held_message)
+    when another process holds it. The lock lasts as long as the fd stays open."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
-        raise RunError(f"'{experiment}' is being launched or run by another cockpit; stop it first") from None
+        raise RunError(held_message) from None
     return fd
 
 
@@ -526,18 +534,7 @@ def git_info(cwd: Path) -> dict[str, str | None]:
 
 def format_command(leg: reg.Leg, exp_dir: Path | str, torchrun: str = "torchrun") -> str:
     """The leg's command as the seed's execution template writes it, one flag per line."""
-    argv = leg.argv(exp_dir, torchrun)
-    head = argv.index("--") + 1
-    parts = [" ".join(shlex.quote(a) for a in argv[:head])]
-    rest = argv[head:]
-    i = 0
-    while i < len(rest):
-        if i + 1 < len(rest) and not rest[i + 1].startswith("--"):
-            parts.append(f"{shlex.quote(rest[i])} {shlex.quote(rest[i + 1])}")
-            i += 2
-        else:
-            parts.append(shlex.quote(rest[i]))
-            i += 1
+    parts = reg.command_lines(leg.argv(exp_dir, torchrun))
     log = shlex.quote(str(Path(exp_dir) / f"{leg.name}.log"))
     return " \\\n  ".join(parts) + f" > {log} 2>&1"
 

@@ -16,7 +16,6 @@ file `state/<leg>.stop` (`cockpit stop DIR LEG`).
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import os
 import signal
@@ -40,6 +39,7 @@ from cockpit.runs import (
     process_identity,
     read_state,
     terminate_tree,
+    try_lock,
     write_json_atomic,
     write_state,
 )
@@ -79,13 +79,7 @@ class Supervisor:
         return self.stop_all or (self.exp_dir / STATE_DIR / f"{leg}.stop").exists()
 
     def _lock(self, path: Path, what: str) -> int:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise RunError(f"{what} is held by another supervisor") from None
-        return fd
+        return try_lock(path, f"{what} is held by another supervisor")
 
     # ------------------------------------------------------------------------------------------
     def run(self) -> int:
