@@ -549,33 +549,13 @@ class LineSplitter:
         self.overflow = False  # the partial line hit max_line: drop bytes until its end
 
     def feed(self, data: bytes) -> list[str]:
-        if b"\r" in data:
-            data = data.replace(b"\r", b"\n")
-        cut = data.rfind(b"\n")
-        if cut < 0:
-            self._hold(data)
-            return []
-        head, rest = data[: cut + 1], data[cut + 1 :]
-        if self.partial or self.overflow:
-            first = head.find(b"\n")
-            if not self.overflow:
-                self.partial += head[:first][: self.max_line - len(self.partial)]
-            complete = [self.partial] if self.partial else []
-            self.partial, self.overflow = b"", False
-            head = head[first + 1 :]
-        else:
-            complete = []
-        out = [p.decode("utf-8", "replace") for p in complete]
-        if len(head) > self.max_line and max(map(len, blines := head.split(b"\n"))) > self.max_line:
-            out += [b[: self.max_line].decode("utf-8", "replace") for b in blines if b]
-        else:
-            out += [t for t in head.decode("utf-8", "replace").split("\n") if t]
-        self._hold(rest)
-        return out
+        # one decode for the whole chunk: a line holds no b"\n", so none is split or merged
+        lines = self.feed_bytes(data)
+        return b"\n".join(lines).decode("utf-8", "replace").split("\n") if lines else []
 
     def feed_bytes(self, data: bytes) -> list[bytes]:
-        """Like feed(), but the lines stay bytes (undecoded): the full parse decodes only the
-        lines it does not parse in bulk. Decoding these lines one by one gives feed()'s lines."""
+        """The complete lines in `data`, still bytes: the full parse decodes only the lines it
+        does not parse in bulk; feed() decodes them all."""
         if b"\r" in data:
             data = data.replace(b"\r", b"\n")
         cut = data.rfind(b"\n")
