@@ -61,8 +61,8 @@ async def select(pilot, app: CockpitApp, sel: Selection) -> None:
 
 
 def notes(app: CockpitApp) -> list[str]:
-    """The notifications shown so far (Textual keeps the live ones)."""
-    return [n.message for n in app._notifications]
+    """The messages of every notification shown so far."""
+    return [message for _, message in app.notes]
 
 
 def screen_text(app: CockpitApp) -> str:
@@ -236,7 +236,7 @@ async def test_launch_leg_confirm_cancel_then_launch(tmp_path, fake_env):
         await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="confirm")
         await pilot.press("y")
         (d,) = await until(pilot, lambda: exp_dirs(tmp_path), what="the fresh dir")
-        await until(pilot, lambda: any(f"a in {d}" in m for m in notes(app)), what="the launched note")
+        await until(pilot, lambda: any(f"a in {d}" in m for m in notes(app)), timeout=30, what="the launched note")
         await until(pilot, lambda: app.finished, timeout=30, what="the leg to finish")
         assert app.finished == [f"{d}/a:done"] and bells
         assert json.loads((d / "plan.json").read_text())["legs"][0]["name"] == "a"
@@ -461,6 +461,6 @@ async def test_a_refused_launch_is_a_notification(tmp_path):
         screen = await until(pilot, lambda: isinstance(app.screen, ConfirmScreen) and app.screen, what="confirm")
         assert "--nproc_per_node=64" in str(screen.body)
         await pilot.press("y")
-        await until(pilot, lambda: any(n.title == "launch failed" for n in app._notifications), what="the refusal")
+        await until(pilot, lambda: any(title == "launch failed" for title, _ in app.notes), what="the refusal")
         assert exp_dirs(tmp_path) == []  # nothing written
         assert app.view is not None and app.is_running

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
+from collections import deque
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -104,6 +105,7 @@ class CockpitApp(App[None]):
         self._first = threading.Thread(target=self._first_pass, name="cockpit-first-pass", daemon=True)
         self._first.start()
         self.quit_message: str | None = None
+        self.notes: deque[tuple[str, str]] = deque(maxlen=200)  # (title, message) of every notification
 
     # ------------------------------------------------------------------------------------------
     # layout
@@ -153,6 +155,12 @@ class CockpitApp(App[None]):
             self.collector.compute()
         except Exception as e:  # shown by the app, never raised into Textual's startup
             self.collector.error = f"cockpit internal error: {type(e).__name__}: {e}"
+
+    def notify(self, message: str, *, title: str = "", **kwargs) -> None:
+        """Textual's notification, also kept in `notes` (a toast expires; the tests read them)."""
+        self.notes.append((title, message))
+        kwargs.setdefault("markup", False)  # paths and error text may hold [brackets]
+        super().notify(message, title=title, **kwargs)
 
     def _fail(self, title: str, e: Exception) -> None:
         """An action that failed, from a worker: one line in a notification."""
