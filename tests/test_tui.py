@@ -464,3 +464,17 @@ async def test_a_refused_launch_is_a_notification(tmp_path):
         await until(pilot, lambda: any(title == "launch failed" for title, _ in app.notes), what="the refusal")
         assert exp_dirs(tmp_path) == []  # nothing written
         assert app.view is not None and app.is_running
+
+
+async def test_names_with_brackets_are_shown_as_written(tmp_path):
+    """Leg names and messages are text, never markup: `x[red]y` shows as `x[red]y`."""
+    reg_path = fake_registry(tmp_path, legs={"x[red]y": 'model-tag = "x"'})
+    write_dir(tmp_path / "exp", "20260224_175412_fake", "fake",
+              {"x[red]y": ("running", log_lines(5, 40, finished=False))}, supervisor_alive=True)
+    app = make_app(reg_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot, app)
+        panes = app.query_one(LogPanes)
+        await until(pilot, lambda: panes.keys, what="the tab")
+        await pilot.pause(0.6)
+        assert screen_text(app).count("x[red]y") >= 3  # tree, live row, tab

@@ -13,6 +13,7 @@ from collections import deque
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Vertical
+from textual.content import Content
 from textual.widgets import Log, Static, TabbedContent, TabPane
 
 MAX_LINES = 2000
@@ -153,7 +154,8 @@ class LogPanes(TabbedContent):
                 pane_id = f"log-{self._seq}"
                 self._ids[key] = pane_id
                 self.opened.append(key)
-                self.add_pane(TabPane(title, LogView(key, path, self.max_lines), id=pane_id))
+                # Content(...): a leg name is shown as written, never parsed as markup
+                self.add_pane(TabPane(Content(title), LogView(key, path, self.max_lines), id=pane_id))
 
     def view(self, key: str) -> LogView | None:
         pane_id = self._ids.get(key)
