@@ -1,10 +1,12 @@
 """The worker side of the cockpit: everything that touches a file, a process or NVML.
 
-One `Collector` runs in a Textual thread worker. Each pass it (re)loads the registry when asked,
-samples the GPUs, asks the core for the state of things (the resume state, the experiment dirs,
-the report rows of the selected dir) and follows the logs of the legs on screen. It publishes
-an immutable `CockpitView` plus the new log lines; the UI thread picks them up on its own 0.5 s
-timer. Nothing here knows a widget.
+One `Collector` runs in a Textual thread worker. Every 0.25 s it follows the logs of the legs on
+screen (new lines, and the live figures parsed from them); every second it samples the GPUs.
+When the registry or the experiment dirs change on disk (a stat fingerprint), when poked (a
+launch, a stop, a selection), and at least every 10 s, it asks the core for the whole state: the
+resume state (marks, next leg, safety), the dirs, the report rows of the selected dir. It
+publishes an immutable `CockpitView` plus the new log lines; the UI thread picks them up on its
+own 0.5 s timer. Nothing here knows a widget; nothing here joins the registry with the dirs.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ import datetime as dt
 import os
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,14 +31,12 @@ HIST = 120  # steps kept per leg for the sparklines
 
 @dataclass
 class Followed:
-    """A log followed for the screen: its follower, what it has parsed, and lines not yet shown."""
+    """A log followed for the screen: its follower and what it has parsed (the live row's figures)."""
 
     key: str
     path: Path
     follower: logs.LogFollower
     state: logs.LogState
-    pending: deque[str]
-    pending_count: int = 0
     skip_partial: bool = False  # opened mid-file: the first line is a fragment
 
 
@@ -272,7 +271,7 @@ class Collector:
             size = 0
         offset = max(0, size - FOLLOW_TAIL_BYTES)
         return Followed(key, path, logs.LogFollower(path, offset=offset),
-                        logs.LogState(tail=tail, keep_steps=HIST), deque(), skip_partial=offset > 0)
+                        logs.LogState(tail=tail, keep_steps=HIST), skip_partial=offset > 0)
 
     def take(self) -> Published:
         """The latest publication, with the log lines gathered since the last take."""
