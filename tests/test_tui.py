@@ -478,3 +478,15 @@ async def test_names_with_brackets_are_shown_as_written(tmp_path):
         await until(pilot, lambda: panes.keys, what="the tab")
         await pilot.pause(0.6)
         assert screen_text(app).count("x[red]y") >= 3  # tree, live row, tab
+
+
+def test_text_shapes():
+    from cockpit.tui import fmt
+
+    assert fmt.delta(2.7) == "+2.70%" and fmt.delta(-2.93) == "-2.93%" and fmt.delta(None) == "-"
+    assert fmt.spark([1, 2, 3, 4, 5, 6, 7, 8]) == "▁▂▃▄▅▆▇█" and fmt.spark([]) == ""
+    assert fmt.spark([5, 5, 5]) == "▅▅▅" and fmt.spark([0, 0]) == "▁▁" and len(fmt.spark(range(100), 16)) == 16
+    assert fmt.bar(100, 4) == "████" and fmt.bar(0, 4) == "    " and fmt.bar(50, 4) == "██  " and fmt.bar(None, 3) == "···"
+    assert fmt.bar(5, 4) == "▎   " and len(fmt.bar(250, 6)) == 6
+    assert fmt.mib(18987.0) == "18.5G" and fmt.mib(512) == "512M" and fmt.minutes(75) == "1h15m"
+    assert fmt.num(806400.06, 0, comma=True) == "806,400" and fmt.pct(57.5) == "57.5%"

@@ -1,4 +1,4 @@
-"""Text shapes the widgets share: bars, sparklines, numbers, deltas, commands.
+"""Text shapes the widgets share: bars, sparklines, numbers, deltas.
 
 Pure functions of their arguments (no state, no I/O), so every widget formats a figure the same
 way and the tests can pin them.
@@ -6,8 +6,7 @@ way and the tests can pin them.
 
 from __future__ import annotations
 
-import shlex
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
 SPARK = "▁▂▃▄▅▆▇█"
 DASH = "-"
@@ -63,26 +62,3 @@ def minutes(value: float | None) -> str:
     if value >= 60:
         return f"{int(value // 60)}h{int(value % 60):02d}m"
     return f"{value:.1f}m"
-
-
-def command(argv: Sequence[str]) -> str:
-    """An argv list as one copy-pasteable shell line (quoted where a shell needs it)."""
-    return shlex.join(list(argv))
-
-
-def command_lines(argv: Sequence[str]) -> str:
-    """An argv as the seed writes a command: one flag and its value per line, `\\`-continued."""
-    words = [shlex.quote(a) for a in argv]
-    if "--" not in argv:
-        return " ".join(words)
-    cut = list(argv).index("--") + 1
-    lines = [" ".join(words[:cut])]
-    i = cut
-    while i < len(words):
-        if i + 1 < len(words) and not argv[i + 1].startswith("--"):
-            lines.append("  " + words[i] + " " + words[i + 1])
-            i += 2
-        else:
-            lines.append("  " + words[i])
-            i += 1
-    return " \\\n".join(lines)
