@@ -42,7 +42,7 @@ class LiveTable(DataTable):
         for v, row in zip(live, rows, strict=True):
             self.add_row(*row, key=v.key)
         self.border_title = "Live metrics" if live else "Live metrics: no leg running"
-        self.border_subtitle = f"tail = last {tail} steps"
+        self.border_subtitle = f"tail = last {tail} steps; Δ base = tail tok/sec vs the experiment's baseline"
 
     @staticmethod
     def row(v: LiveView) -> tuple:
