@@ -494,14 +494,26 @@ def try_lock(path: Path, held_message: str) -> int:
     return fd
 
 
-def new_exp_dir(exp_root: Path | str, experiment_id: str) -> Path:
+def fresh_dir_name(exp_root: Path | str, experiment_id: str) -> Path:
+    """The path a launch made now would create (nothing is created)."""
+    return Path(exp_root) / f"{dt.datetime.now().strftime(STAMP_FORMAT)}_{experiment_id}"
+
+
+def new_exp_dir(exp_root: Path | str, experiment_id: str, preferred: Path | None = None) -> Path:
     """Create `<exp_root>/<YYYYmmdd_HHMMSS>_<experiment>/`: always a new dir, never an existing one.
 
     mkdir is atomic, so two launches in the same second cannot share a dir: the second one waits
-    for the next second (the name stays the seed's `<stamp>_<experiment>`).
+    for the next second (the name stays the seed's `<stamp>_<experiment>`). `preferred` (the
+    name a confirmation showed, from fresh_dir_name) is taken when it is still free.
     """
     root = Path(exp_root)
     root.mkdir(parents=True, exist_ok=True)
+    if preferred is not None and preferred.parent == root and preferred.name.endswith(f"_{experiment_id}"):
+        try:
+            preferred.mkdir()
+            return preferred
+        except FileExistsError:
+            pass
     for _ in range(30):
         path = root / f"{dt.datetime.now().strftime(STAMP_FORMAT)}_{experiment_id}"
         try:
@@ -601,11 +613,13 @@ def launch(
     foreground: bool = False,
     plan: LaunchPlan | None = None,
     grace_s: float = STOP_GRACE_S,
+    exp_dir: Path | None = None,
 ) -> Path | None:
     """Make a fresh dir, write plan.json and run the supervisor for it (detached unless foreground).
 
     Returns the dir, or None when every leg was skipped (nothing is written then). Raises
-    RunError, with nothing written, when the machine or the paths refuse the launch.
+    RunError, with nothing written, when the machine or the paths refuse the launch. `exp_dir`
+    is the fresh dir a confirmation showed: used when still free, else the next fresh name.
     """
     plan = plan or plan_launch(registry, exp_id, legs, rerun)
     if not plan.legs:
@@ -615,7 +629,7 @@ def launch(
     if why := check_gpus(plan.legs):
         raise RunError(why)
     root = registry.settings.exp_root
-    probe = root / f"{dt.datetime.now().strftime(STAMP_FORMAT)}_{exp_id}"
+    probe = exp_dir or fresh_dir_name(root, exp_id)
     if why := check_paths(registry, plan.legs, probe, plan.cwd):
         raise RunError(why)
     if (busy := running_elsewhere(root, exp_id)) is not None:
@@ -624,7 +638,7 @@ def launch(
     try:
         if (busy := running_elsewhere(root, exp_id)) is not None:  # again, now under the lock
             raise RunError(f"'{exp_id}' is running in {busy.path}; stop it first: cockpit stop {busy.path}")
-        exp_dir = new_exp_dir(root, exp_id)
+        exp_dir = new_exp_dir(root, exp_id, preferred=exp_dir)
         write_plan(registry, plan, exp_dir, grace_s)
         (exp_dir / STATE_DIR).mkdir()
         if foreground:

@@ -64,6 +64,18 @@ def test_new_exp_dir_is_always_fresh(tmp_path):
         assert runs.DIR_NAME.match(d.name).group(2) == "x" and not any(d.iterdir())
 
 
+def test_new_exp_dir_takes_the_confirmed_name_only_while_free(tmp_path):
+    shown = runs.fresh_dir_name(tmp_path, "x")
+    assert not shown.exists()
+    assert runs.new_exp_dir(tmp_path, "x", preferred=shown) == shown
+    (shown / "keep.log").write_text("old\n")
+    again = runs.new_exp_dir(tmp_path, "x", preferred=shown)  # taken now: the next fresh name
+    assert again != shown and runs.DIR_NAME.match(again.name).group(2) == "x"
+    assert (shown / "keep.log").read_text() == "old\n"
+    outside = tmp_path / "elsewhere" / shown.name
+    assert runs.new_exp_dir(tmp_path, "x", preferred=outside).parent == tmp_path
+
+
 def test_discover_manual_and_planned_dirs(tmp_path):
     manual = tmp_path / "20260224_175412_moe-v1-resume"
     manual.mkdir()

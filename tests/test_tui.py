@@ -233,9 +233,11 @@ async def test_launch_leg_confirm_cancel_then_launch(tmp_path, fake_env):
         bells = []
         app.bell = lambda: bells.append(1)
         await pilot.press("l")
-        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="confirm")
+        screen = await until(pilot, lambda: isinstance(app.screen, ConfirmScreen) and app.screen, what="confirm")
+        shown = str(screen.body).split("fresh dir: ", 1)[1].split("\n", 1)[0]
         await pilot.press("y")
         (d,) = await until(pilot, lambda: exp_dirs(tmp_path), what="the fresh dir")
+        assert str(d) == shown  # the dir the confirmation showed is the one launched
         await until(pilot, lambda: any(f"a in {d}" in m for m in notes(app)), timeout=30, what="the launched note")
         await until(pilot, lambda: app.finished, timeout=30, what="the leg to finish")
         assert app.finished == [f"{d}/a:done"] and bells

@@ -393,7 +393,7 @@ class CockpitApp(App[None]):
         except Exception as e:  # a refusal (RunError) or anything else: a notification, never a crash
             self._fail("launch", e)
             return
-        fresh = registry.settings.exp_root / f"{dt.datetime.now().strftime(runs.STAMP_FORMAT)}_{exp_id}"
+        fresh = runs.fresh_dir_name(registry.settings.exp_root, exp_id)
         self._call(self._confirm_launch, registry, plan, fresh, rerun)
 
     def _confirm_launch(self, registry: reg.Registry, plan: runs.LaunchPlan, fresh: Path, rerun: bool) -> None:
@@ -404,7 +404,7 @@ class CockpitApp(App[None]):
             body.append("Re-running it makes a new dir; nothing of the earlier run is touched.\n\n", style="yellow")
         body.append("fresh dir: ", style="bold")
         body.append(f"{fresh}\n", style="cyan")
-        body.append("(created at launch, named by the launch time; never an existing dir)\n\n", style="dim")
+        body.append("(created on confirm; if another launch took the name first, the next free one: never an existing dir)\n\n", style="dim")
         for i, leg in enumerate(plan.legs, 1):
             body.append(f"{i}. {leg.name}\n", style="bold")
             body.append(runs.format_command(leg, fresh, plan.torchrun) + "\n\n")
@@ -420,16 +420,16 @@ class CockpitApp(App[None]):
 
         def done(yes: bool | None) -> None:
             if yes:
-                self._launch(registry, plan)
+                self._launch(registry, plan, fresh)
             else:
                 self.notify("launch cancelled")
 
         self.push_screen(screen, done)
 
     @work(thread=True, group="actions", exit_on_error=False)
-    def _launch(self, registry: reg.Registry, plan: runs.LaunchPlan) -> None:
+    def _launch(self, registry: reg.Registry, plan: runs.LaunchPlan, fresh: Path) -> None:
         try:
-            exp_dir = runs.launch(registry, plan.experiment.id, plan=plan)
+            exp_dir = runs.launch(registry, plan.experiment.id, plan=plan, exp_dir=fresh)
         except Exception as e:
             self._fail("launch failed", e)
             return
