@@ -302,8 +302,11 @@ def build_view(registry: reg.Registry, snapshot: Any | None, sampler: Any | None
     from cockpit import resume
 
     gpus = _gpu_status(registry, snapshot) if snapshot is not None else None
-    state = resume.build_state(registry, now=now.timestamp(), gpus=gpus or resume.GpuStatus("unknown", "sampling"))
-    dirs = {str(d.path): d for d in runs.discover(registry.settings.exp_root)}
+    found = runs.discover(registry.settings.exp_root)  # once a pass: the state and the tree share it
+    state = resume.build_state(
+        registry, now=now.timestamp(), gpus=gpus or resume.GpuStatus("unknown", "sampling"), dirs=found
+    )
+    dirs = {str(d.path): d for d in found}
     experiments = []
     for e in state.experiments:
         legs = tuple(_leg_view(e, m) for m in e.legs)
