@@ -7,7 +7,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from metrics_util import bundled_registry, make_dir
+from metrics_util import bundled_registry, check_golden, make_dir
 
 from cockpit import cli, report, runs
 
@@ -33,11 +33,6 @@ def normalized(text: str, exp_dir: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def check_golden(name: str, text: str) -> None:
-    path = GOLDEN / name
-    if os.environ.get("UPDATE_GOLDEN"):
-        path.write_text(text)
-    assert text == path.read_text()
 
 
 def seed_dirs(tmp_path: Path) -> tuple[Path, Path]:

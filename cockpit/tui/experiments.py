@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 from rich.text import Text
@@ -52,9 +53,7 @@ def leg_label(leg: LegView) -> Text:
 
 
 def experiment_label(exp: ExperimentView) -> Text:
-    counts: dict[str, int] = {}
-    for leg in exp.legs:
-        counts[leg.mark] = counts.get(leg.mark, 0) + 1
+    counts = Counter(leg.mark for leg in exp.legs)
     text = Text(exp.id, style="bold")
     where = "cpu" if exp.device == "cpu" else f"{exp.gpus_needed} GPUs"
     text.append(f"  [{where}]", style="dim")
@@ -65,9 +64,7 @@ def experiment_label(exp: ExperimentView) -> Text:
 
 
 def dir_label(d: DirView) -> Text:
-    counts: dict[str, int] = {}
-    for x in d.legs:
-        counts[x.status] = counts.get(x.status, 0) + 1
+    counts = Counter(x.status for x in d.legs)
     text = Text(d.name, style="blue")
     text.append("  " + (", ".join(f"{n} {m}" for m, n in counts.items()) or "no legs"), style="dim")
     return text
