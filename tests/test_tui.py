@@ -8,13 +8,12 @@ trainer. The real trainer runs in test_tui_e2e.py.
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
 from runner_util import REPO, write_registry
 from textual.widgets import Log
-from tui_util import FakeSampler, bundled_registry, fixed_clock, log_lines, write_dir
+from tui_util import FakeSampler, bundled_registry, fixed_clock, log_lines, until, write_dir
 
 from cockpit import runs
 from cockpit.tui.app import CockpitApp
@@ -32,16 +31,6 @@ def make_app(registry: Path, **kw) -> CockpitApp:
     kw.setdefault("branch", "main")
     kw.setdefault("clock", fixed_clock)
     return CockpitApp(registry, **kw)
-
-
-async def until(pilot, cond, timeout: float = 15.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        await pilot.pause(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 async def ready(pilot, app: CockpitApp) -> None:

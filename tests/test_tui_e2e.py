@@ -8,27 +8,16 @@ The smallest run that proves it: the bundled registry with two of cpu-smoke's le
 from __future__ import annotations
 
 import re
-import time
 
 import pytest
 from textual.widgets import DataTable
-from tui_util import bundled_registry
+from tui_util import bundled_registry, until
 
 from cockpit.tui.app import CockpitApp
 from cockpit.tui.confirm import ConfirmScreen
 from cockpit.tui.experiments import ExperimentTree, Selection
 from cockpit.tui.final_table import FinalTable
 from cockpit.tui.log_panes import LogPanes
-
-
-async def until(pilot, cond, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        await pilot.pause(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 @pytest.mark.slow

@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shutil
+import time
 from collections import deque
 from pathlib import Path
 
@@ -117,3 +118,14 @@ class FakeSampler:
                                 81559.0, 64.0 if on else 31.0, 612.0 if on else 71.0, [os.getpid()] if on else []))
             self.history[f"gpu{i}.util_pct"] = deque([0.0, 40.0, 95.0, 97.0, 96.0, 97.0] if on else [0.0] * 6)
         return Snapshot(True, None, gpus, host, CLOCK.timestamp())
+
+
+async def until(pilot, cond, timeout: float = 15.0, what: str = "condition", step: float = 0.05):
+    """Let the app run until cond() is truthy; return its value, or fail naming what was awaited."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = cond()
+        if value:
+            return value
+        await pilot.pause(step)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
