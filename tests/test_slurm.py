@@ -220,12 +220,12 @@ def launch(tmp_path: Path, legs: list[slurm.LegCommand], nodes: int = 1, on_fail
     return slurm.launch_chain(plan, tmp_path)
 
 
-def trainer_processes(marker: str) -> list[psutil.Process]:
+def trainer_processes(marker: str, module: str = "nanochat.base_train") -> list[psutil.Process]:
     """This test's trainer processes (torchrun or worker): their command line holds `marker`."""
     found = []
     for p in psutil.process_iter(["cmdline"]):
         cmd = " ".join(p.info["cmdline"] or [])
-        if "nanochat.base_train" in cmd and marker in cmd:
+        if module in cmd and marker in cmd:
             found.append(p)
     return found
 
@@ -309,16 +309,23 @@ def test_cancel_mid_leg_leaves_nothing(tmp_path):
 @pytest.mark.slow
 @pytest.mark.usefixtures("slurm_cluster")
 def test_node_lost_mid_leg_fails_with_node_fail(tmp_path):
-    [job] = launch(tmp_path, [leg("a", ["--num-iterations", "1000", "--step-sleep", "0.1"], "tests.fake_trainer")],
-                   nodes=2)
+    marker = str(tmp_path / "ckpt")
+    args = ["--num-iterations", "1000", "--step-sleep", "0.1", "--checkpoint-root", marker]
+    [job] = launch(tmp_path, [leg("a", args, "tests.fake_trainer")], nodes=2)
     try:
         wait_for_line(tmp_path / "a.log", r"^step 00001/")
+        assert len(trainer_processes(marker, "tests.fake_trainer")) >= 4  # a torchrun and a worker per node
         subprocess.run(["scontrol", "update", "nodename=n2", "state=down", "reason=test"], check=True)
         st = wait_for(job.job_id, ("completed", "failed"), timeout_s=60)
     finally:
         resume_node("n2")
     assert (st.phase, st.reason, st.slurm_state, st.ran) == ("failed", "NODE_FAIL", "NODE_FAIL", True)
     assert slurm.queued([job.job_id]) == []
+    # the scheduler kills the job's processes on both nodes (here the downed one is still reachable)
+    deadline = time.monotonic() + 10
+    while trainer_processes(marker, "tests.fake_trainer") and time.monotonic() < deadline:
+        time.sleep(0.25)
+    assert trainer_processes(marker, "tests.fake_trainer") == []
 
 
 @pytest.mark.usefixtures("slurm_cluster")

@@ -182,6 +182,8 @@ def render_batch_script(
     `workdir` is the checkout the legs run from (`-m nanochat.base_train` imports from there), on
     the same path on every node. Pure: reads nothing, writes nothing.
     """
+    if int(settings.nodes) < 1 or int(cmd.nproc_per_node) < 1:
+        raise SlurmError(f"leg {cmd.leg}: nodes and nproc_per_node must be at least 1")
     log = _output_path(leg_log(exp_dir, cmd.leg))
     opts = [
         f"--job-name={_sbatch_value('--job-name', job_name)}",
@@ -238,6 +240,8 @@ def script_path(exp_dir: Path | str, leg: str) -> Path:
 
 def write_script(exp_dir: Path | str, leg: str, text: str) -> Path:
     """Save a leg's batch script as a new file (never over an existing one, never through a symlink)."""
+    if not leg or "/" in leg or leg in (".", ".."):
+        raise SlurmError(f"leg name {leg!r} cannot name a file")
     path = script_path(exp_dir, leg)
     path.parent.mkdir(exist_ok=True)
     if path.parent.is_symlink():
@@ -440,12 +444,13 @@ def cancel(job_ids: list[str], timeout_s: float = 60.0, poll_s: float = 0.2) -> 
     if not job_ids:
         return
     proc = _run(["scancel", *reversed(job_ids)])
+    if proc.returncode != 0:  # ids already ended or forgotten are no error to scancel: this is one
+        raise _failed(proc, "scancel")
     deadline = time.monotonic() + timeout_s
     left = queued(job_ids)
     while left:
         if time.monotonic() > deadline:
-            why = f" (scancel: {_last_line(proc.stderr)})" if proc.returncode != 0 else ""
-            raise SlurmError(f"jobs {','.join(left)} still queued {timeout_s:.0f}s after scancel{why}")
+            raise SlurmError(f"jobs {','.join(left)} still queued {timeout_s:.0f}s after scancel")
         time.sleep(poll_s)
         left = queued(left)
 
