@@ -3,9 +3,9 @@
 One `Collector` runs in a Textual thread worker. Every 0.25 s it follows the logs of the legs on
 screen (new lines, and the live figures parsed from them); every second it samples the GPUs.
 When the registry or the experiment dirs change on disk (a stat fingerprint), when poked (a
-launch, a stop, a selection), and at least every 10 s, it asks the core for the whole state: the
-resume state (marks, next leg, safety), the dirs, the report rows of the selected dir. It
-publishes an immutable `CockpitView` plus the new log lines; the UI thread picks them up on its
+launch, a stop, a selection), and at least every 10 s, it asks the core for the whole state (see
+build.py): the resume state (marks, next leg, safety), the dirs, the report rows of the selected
+dir. It publishes an immutable `CockpitView` plus the new log lines; the UI thread picks them up on its
 own 0.5 s timer. Nothing here knows a widget; nothing here joins the registry with the dirs.
 """
 
@@ -19,10 +19,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from cockpit import logs, report, runs
+from cockpit import gpus, logs, resume, runs
 from cockpit import registry as reg
+from cockpit.tui import build
 from cockpit.tui import state as vm
 
 FOLLOW_TAIL_BYTES = 2 << 20  # a log opened mid-way is read from this far before its end
@@ -62,7 +62,7 @@ class Collector:
     def __init__(
         self,
         registry_path: Path | str,
-        sampler: Any | None = None,
+        sampler: build.Sampler | None = None,
         branch: Callable[[], str | None] | str | None = None,
         clock: Callable[[], dt.datetime] | None = None,
         max_log_lines: int = 2000,
@@ -81,11 +81,11 @@ class Collector:
         self.published = Published(None, None, None, 0)
         self._branch: str | None = None
         self._branch_at = -1e9
-        self._snapshot: Any | None = None
+        self._snapshot: gpus.Snapshot | None = None
         self._seq = 0
         self._stamp: tuple | None = None
-        self._state: Any | None = None  # the last resume state: the running legs for the live rows
-        self._owners: list[tuple[str, int | None, float | None]] = []
+        self._state: resume.ResumeState | None = None  # the last resume state: the running legs for the live rows
+        self._running: list[build.RunningLeg] = []
         self._fp: tuple | None = None
 
     # ------------------------------------------------------------------------------------------
@@ -153,13 +153,13 @@ class Collector:
     def report_is_live(self) -> bool:
         """Is the shown final table a dir with a leg still running (its figures still move)?"""
         rep = self.published.report
-        return rep is not None and any(r.status in ("running", "queued", "waiting") for r in rep.rows)
+        return rep is not None and any(r.status in runs.ACTIVE_STATUSES for r in rep.rows)
 
     def refresh_report(self) -> None:
         view, registry, req = self.published.view, self.registry, self.request
         if view is None or registry is None:
             return
-        self._publish(view, build_report(registry, view, req.report_exp, req.report_dir))
+        self._publish(view, build.build_report(registry, view, req.report_exp, req.report_dir))
 
     def poke(self) -> None:
         """Recompute now (after a launch, a stop, a selection)."""
@@ -186,9 +186,7 @@ class Collector:
 
     def sample(self) -> None:
         if self.sampler is None:
-            from cockpit.gpus import GpuSampler
-
-            self.sampler = GpuSampler(history=HIST)
+            self.sampler = gpus.GpuSampler(history=HIST)
         self._snapshot = self.sampler.sample()
 
     def branch(self) -> str | None:
@@ -209,12 +207,11 @@ class Collector:
         if registry is None:
             self._publish(None, None)
             return
-        view, self._state, self._owners = build_view(
-            registry, self._snapshot, self.sampler, self.branch(), self.clock(),
+        view, self._state, self._running = build.build_view(
+            registry, self._snapshot, self.sampler, self.branch(), self.clock().timestamp(),
             {k: f.state for k, f in self.followed.items()})
         req = self.request
-        report = build_report(registry, view, req.report_exp, req.report_dir)
-        self._publish(view, report)
+        self._publish(view, build.build_report(registry, view, req.report_exp, req.report_dir))
 
     def refresh_live(self) -> None:
         """Between two full passes: the live rows from the followed logs, and the GPUs."""
@@ -222,12 +219,12 @@ class Collector:
         if view is None or registry is None or self._state is None:
             return
         followed = {k: f.state for k, f in self.followed.items()}
-        live = tuple(_live_view(self._state, m, followed.get(f"{m.dir}/{m.leg}"))
+        live = tuple(build.live_view(self._state, m, followed.get(f"{m.dir}/{m.leg}"))
                      for m in self._state.running if m.dir)
         gpu = view.gpu
         if self._snapshot is not None:
-            gpu = _gpu_view(self._snapshot, _gpu_status(registry, self._snapshot),
-                            _owners(self._snapshot, self._owners), getattr(self.sampler, "history", None) or {})
+            gpu = build.gpu_view(self._snapshot, build.gpu_status(registry, self._snapshot),
+                                 build.owners(self._snapshot, self._running), self.sampler)
         self._publish(dataclasses.replace(view, live=live, gpu=gpu), self.published.report)
 
     def _publish(self, view: vm.CockpitView | None, report: vm.ReportView | None) -> None:
@@ -279,188 +276,3 @@ class Collector:
             pub = self.published
             self.published = Published(pub.view, pub.error, pub.report, pub.seq, {})
         return pub
-
-
-# ----------------------------------------------------------------------------------------------
-# the view, from the core's answers
-
-
-class _Taken:
-    """A sampler that returns a snapshot already taken (the GPU status needs no second sample)."""
-
-    def __init__(self, snapshot: Any):
-        self.snapshot = snapshot
-
-    def sample(self) -> Any:
-        return self.snapshot
-
-
-def build_view(registry: reg.Registry, snapshot: Any | None, sampler: Any | None, branch: str | None,
-               now: dt.datetime, followed: dict[str, logs.LogState]) -> tuple[vm.CockpitView, Any, list]:
-    """The view of everything, from `resume.build_state` (marks, next leg, safety, GPU status),
-    `runs.discover` (the dirs and their legs' states) and the followed logs (live figures)."""
-    from cockpit import resume
-
-    gpus = _gpu_status(registry, snapshot) if snapshot is not None else None
-    found = runs.discover(registry.settings.exp_root)  # once a pass: the state and the tree share it
-    state = resume.build_state(
-        registry, now=now.timestamp(), gpus=gpus or resume.GpuStatus("unknown", "sampling"), dirs=found
-    )
-    dirs = {str(d.path): d for d in found}
-    experiments = []
-    for e in state.experiments:
-        legs = tuple(_leg_view(e, m) for m in e.legs)
-        dir_views = tuple(_dir_view(dirs[p]) for p in e.dirs if p in dirs)
-        base = e.baseline_row
-        experiments.append(vm.ExperimentView(e.id, e.title, e.device, 0 if e.device == "cpu" else e.nproc_per_node,
-                                             e.baseline, e.hypothesis, e.decision, legs, dir_views,
-                                             {k: base.value(k) for k in vm.METRICS} if base is not None else {}))
-    live = tuple(_live_view(state, m, followed.get(f"{m.dir}/{m.leg}")) for m in state.running if m.dir)
-    running = [(m.leg, st.pid, st.create_time) for m in state.running if m.dir and str(m.dir) in dirs
-               for st in [dirs[str(m.dir)].states.get(m.leg)] if st is not None]
-    owners = _owners(snapshot, running) if snapshot is not None else {}
-    n = len(state.running)
-    queued = len(state.active) - n
-    training = f"{n} leg{'s' if n != 1 else ''} running" if n else "paused"
-    if queued:
-        training += f", {queued} queued"
-    view = vm.CockpitView(
-        project=state.project,
-        registry_path=state.registry_path,
-        exp_root=state.exp_root,
-        branch=branch,
-        expected_branch=registry.settings.branch,
-        training=training,
-        experiments=tuple(experiments),
-        gpu=_gpu_view(snapshot, gpus, owners, getattr(sampler, "history", None) or {}) if snapshot is not None else None,
-        live=live,
-        resume=_resume_view(state),
-    )
-    return view, state, running
-
-
-def _gpu_status(registry: reg.Registry, snapshot: Any) -> Any:
-    from cockpit import resume
-
-    return resume.gpu_status(registry, _Taken(snapshot))
-
-
-def _owners(snapshot: Any, running: list[tuple[str, int | None, float | None]]) -> dict[int, str]:
-    """GPU pid -> the running leg whose process tree holds it (the core's leg_for_pids)."""
-    if not snapshot.available or not running:
-        return {}
-    from cockpit.gpus import leg_for_pids
-
-    return leg_for_pids([p for g in snapshot.gpus for p in g.pids], running)
-
-
-def _leg_view(e: Any, m: Any) -> vm.LegView:
-    figures = {k: m.row.value(k) for k in vm.METRICS} if m.row is not None else {}
-    log = str(Path(m.dir) / f"{m.leg}.log") if m.dir and m.mark != "recorded" else None
-    note = m.note if m.mark in ("failed", "stopped", "waiting") else None
-    return vm.LegView(e.id, m.leg, m.mark, m.description, m.is_baseline, m.dir if log else None, log,
-                      figures, m.row.source if m.row is not None else "", note)
-
-
-def _dir_view(d: runs.ExpDir) -> vm.DirView:
-    legs = []
-    for name in d.legs:
-        st = d.states.get(name)
-        status = st.status if st is not None else ("log" if d.log(name).exists() else "pending")
-        legs.append(vm.DirLegView(name, status, str(d.log(name))))
-    return vm.DirView(str(d.path), d.path.name, d.experiment, tuple(legs))
-
-
-def _gpu_view(snapshot: Any, status: Any, owners: dict[int, str], hist: dict) -> vm.GpuView:
-    """GPU rows from the snapshot and the sampler's history; the summary from the core's status."""
-
-    def h(key: str) -> tuple[float, ...]:
-        return tuple(v for v in hist.get(key, ()) if v is not None)
-
-    rows = tuple(
-        vm.GpuRow(g.index, g.name or "?", g.util_pct, g.mem_used_mib, g.mem_total_mib, g.temp_c, g.power_w,
-                  next((owners[p] for p in g.pids if p in owners), None), h(f"gpu{g.index}.util_pct"))
-        for g in snapshot.gpus
-    )
-    host = snapshot.host
-    host_row = vm.HostRow(host.cpu_pct, host.ram_used_mib, host.ram_total_mib, host.load1, h("host.cpu_pct"))
-    if status.state == "idle":
-        summary = f"{status.count} GPUs idle"
-    elif status.state == "busy":
-        summary = f"{len(status.busy)}/{status.count} GPUs busy"
-    else:
-        summary = "GPUs unknown (no NVML)" if not snapshot.available else "GPUs unknown"
-    return vm.GpuView(snapshot.available, snapshot.reason, rows, host_row, summary)
-
-
-def _live_view(state: Any, m: Any, followed: logs.LogState | None) -> vm.LiveView:
-    log = str(Path(m.dir) / f"{m.leg}.log")
-    if followed is not None:
-        summary, last = logs.summary_of(followed, log), followed.last
-        tok_hist = tuple(r.tok_per_sec for r in followed.steps if r.tok_per_sec is not None)
-        loss_hist = tuple(r.loss for r in followed.steps if r.loss is not None)
-    else:  # not followed yet (the first pass): the core's summary of the log
-        summary, last, tok_hist, loss_hist = m.summary or logs.summarize(log, tail=state.tail), None, (), ()
-    exp = next(e for e in state.experiments if e.id == m.experiment)
-    base = exp.baseline_row
-    base_tok = base.tok_per_sec if base is not None and not (exp.baseline_mark and exp.baseline_mark.leg == m.leg
-                                                             and exp.baseline_mark.experiment == m.experiment) else None
-    return vm.LiveView(
-        key=f"{m.dir}/{m.leg}", exp_id=m.experiment, leg=m.leg, exp_dir=str(m.dir), log=log,
-        step=summary.last_step, total=summary.total_steps, pct=summary.pct, loss=summary.last_loss,
-        dt_ms=last.dt_ms if last else summary.dt_ms, tok_per_sec=last.tok_per_sec if last else summary.tok_per_sec,
-        mfu=last.mfu if last else summary.mfu, tail_tok_per_sec=summary.tok_per_sec, tail_n=summary.tail_n,
-        eta_min=summary.eta_min, delta_tok_pct=report.pct_change(base_tok, summary.tok_per_sec),
-        baseline=exp.baseline, tok_hist=tok_hist, loss_hist=loss_hist,
-    )
-
-
-def _group(marks: list[Any]) -> tuple[str, ...]:
-    """`experiment (mark): leg, leg` lines, in registry order."""
-    out: dict[tuple[str, str], list[str]] = {}
-    for m in marks:
-        out.setdefault((m.experiment, m.mark), []).append(m.leg)
-    return tuple(f"{exp} ({mark}): {', '.join(legs)}" for (exp, mark), legs in out.items())
-
-
-def _resume_view(state: Any) -> vm.ResumeView:
-    finished = [m for e in state.experiments for m in e.finished]
-    todo = [m for e in state.experiments for m in e.todo]
-    nxt = state.next
-    if nxt is None:
-        return vm.ResumeView(_group(finished), _group(todo), None, None, None, None, tuple(state.safety),
-                             tuple(_group(state.active)), state.gpus.text)
-    return vm.ResumeView(_group(finished), _group(todo), f"{nxt.experiment}/{nxt.leg} ({nxt.mark})", nxt.command,
-                         nxt.exp_dir_template, nxt.cockpit, tuple(state.safety), tuple(_group(state.active)),
-                         state.gpus.text)
-
-
-def build_report(registry: reg.Registry, view: vm.CockpitView, exp_id: str | None,
-                 exp_dir: str | None) -> vm.ReportView | None:
-    """The final table of a dir (or of the experiment's newest dir): `report.rows`, with each
-    run's delta against the experiment's baseline (a run of the dir, else its figures elsewhere)."""
-    if exp_id is None:
-        return None
-    exp = view.experiment(exp_id)
-    if exp is None:
-        return None
-    tail = registry.settings.tail
-    base_name = exp.baseline.rpartition("/")[2] if exp.baseline else None
-    if exp_dir is None and not exp.dirs:
-        rec = [vm.RowView(leg.name, leg.mark, dict(leg.figures)) for leg in exp.legs if leg.source == "recorded"]
-        rows = tuple(_with_deltas(r, exp.baseline_figures) for r in rec)
-        return vm.ReportView(None, f"{exp_id}: recorded in the registry (ran elsewhere)", tail, rows,
-                             exp.baseline, exp.baseline_figures if base_name not in {r.run for r in rec} else {},
-                             None if rec else "not run yet: no dir, no recorded figures")
-    exp_dir = exp_dir or exp.dirs[-1].path
-    rows_ = [vm.RowView(r.run, r.status, {m: r.value(m) for m in vm.METRICS}) for r in report.rows(exp_dir, tail)]
-    here = next((r for r in rows_ if r.run == base_name and any(v is not None for v in r.figures.values())), None)
-    base = dict(here.figures) if here is not None else exp.baseline_figures
-    return vm.ReportView(exp_dir, Path(exp_dir).name, tail, tuple(_with_deltas(r, base) for r in rows_),
-                         exp.baseline, base if here is None else {})
-
-
-def _with_deltas(r: vm.RowView, base: dict[str, float | None]) -> vm.RowView:
-    if not base or r.figures == base:  # the baseline itself
-        return r
-    return vm.RowView(r.run, r.status, r.figures, {m: report.pct_change(base.get(m), r.figures.get(m)) for m in vm.METRICS})
