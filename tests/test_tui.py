@@ -20,7 +20,8 @@ from cockpit.tui.app import CockpitApp
 from cockpit.tui.confirm import ConfirmScreen
 from cockpit.tui.experiments import ExperimentTree, Selection
 from cockpit.tui.help import HelpScreen
-from cockpit.tui.log_panes import LogPanes, LogView
+from cockpit.tui.log_panes import LogPanes
+from cockpit.tui.log_view import LogView
 from cockpit.tui.resume_panel import ResumePanel
 
 SIZE = (160, 48)
@@ -41,7 +42,7 @@ async def ready(pilot, app: CockpitApp) -> None:
 async def select(pilot, app: CockpitApp, sel: Selection) -> None:
     tree = app.query_one(ExperimentTree)
     await until(pilot, lambda: tree.cursor_line >= 0, what="the tree's cursor")
-    node = tree._by_sel[sel]
+    node = tree.node_for(sel)
     if node.parent is not None and not node.parent.is_expanded:
         node.parent.expand()
         await pilot.pause(0.1)

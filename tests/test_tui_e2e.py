@@ -31,7 +31,7 @@ async def test_keys_launch_cpu_smoke_and_the_tables_fill(tmp_path):
         tree = app.query_one(ExperimentTree)
         await until(pilot, lambda: tree.cursor_line >= 0, 10, "the tree")
         sel = Selection("experiment", "cpu-smoke")
-        tree.move_cursor(tree._by_sel[sel])
+        tree.move_cursor(tree.node_for(sel))
         await until(pilot, lambda: app.selection == sel, 10, "the selection")
 
         await pilot.press("L")

@@ -50,7 +50,7 @@ def settled(select: Selection | None = None, maximize_resume: bool = False):
         while tree.cursor_line < 0 and time.monotonic() < deadline:
             await pilot.pause(0.05)
         if select is not None:
-            node = tree._by_sel[select]
+            node = tree.node_for(select)
             if node.parent is not None:
                 node.parent.expand()  # a dir's legs are folded
             await pilot.pause(0.1)

@@ -36,7 +36,8 @@ from cockpit.tui.header import CockpitHeader
 from cockpit.tui.help import HelpScreen
 from cockpit.tui.live_table import LiveTable
 from cockpit.tui.log_panes import LogPanes
-from cockpit.tui.resume_panel import ResumeBox, ResumePanel
+from cockpit.tui.resume_box import ResumeBox
+from cockpit.tui.resume_panel import ResumePanel
 from cockpit.tui.state import CockpitView, LegView
 
 ACTIVE = ("running", "queued", "waiting")
@@ -134,7 +135,6 @@ class CockpitApp(App[None]):
         self.main("#gpus").border_title = "GPUs"
         self.main("#final").border_title = "Final metrics"
         self.main("#logs").border_title = "Logs"
-        self.main(CockpitHeader).show(None)
         self.main(ExperimentTree).focus()
         self._collect()
         self.set_interval(self.refresh_s, self.tick)
@@ -197,37 +197,32 @@ class CockpitApp(App[None]):
         if pub.seq != self.applied_seq:
             self.applied_seq = pub.seq
             self.apply(pub.view, pub.error)
-            self.main(FinalTable).show(pub.report)
-        panes = self.main(LogPanes)
-        panes.mark_visible()
-        for key, lines in pub.lines.items():
-            v = panes.view(key)
-            if v is not None:
-                v.append(lines)
-        for v in panes.views():
-            v.flush()
+            self.main(FinalTable).report = pub.report
+        self.main(LogPanes).append(pub.lines)
 
     def apply(self, view: CockpitView | None, error: str | None) -> None:
         header = self.main(CockpitHeader)
         if error and error != self.error:
             self.notify(error, title="registry", severity="error", timeout=10)
         self.error = error
+        panel = self.main(ResumePanel)
+        header.headline = view.headline if view is not None else None
+        header.error = error
+        panel.registry_error = error if view is None else None
         if view is None:
-            header.show(None, error)
-            if error:
-                self.main(ResumePanel).show_error(error)
             return
         old = self.view
         self.view = view
-        header.show(view)
         tree = self.main(ExperimentTree)
-        tree.show(view)
+        tree.experiments = view.experiments
         if self.selection is None and tree.selection is not None:
             self.select(tree.selection)
-        self.main(GpuPanel).show(view.gpu)
-        self.main(LiveTable).show(view.live, self.collector.registry.settings.tail
-                                       if self.collector.registry else 50)
-        self.main(ResumePanel).show(view.resume, view.errors + ((error,) if error else ()))
+        self.main(GpuPanel).gpu = view.gpu
+        live = self.main(LiveTable)
+        live.tail = view.tail
+        live.live = view.live
+        panel.resume = view.resume
+        panel.problems = view.errors + ((error,) if error else ())
         if old is not None:
             self.announce(old, view)
         self.sync_tabs()
