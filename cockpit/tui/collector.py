@@ -1,12 +1,12 @@
 """The worker side of the cockpit: everything that touches a file, a process or NVML.
 
-One `Collector` runs in a Textual thread worker. Every 0.25 s it follows the logs of the legs on
-screen (new lines, and the live figures parsed from them); every second it samples the GPUs.
+One `Collector` loop runs in a Textual thread worker. Every 0.25 s it follows the logs of the legs
+on screen (new lines, and the live figures parsed from them); every second it samples the GPUs.
 When the registry or the experiment dirs change on disk (a stat fingerprint), when poked (a
 launch, a stop, a selection), and at least every 10 s, it asks the core for the whole state (see
-build.py): the resume state (marks, next leg, safety), the dirs, the report rows of the selected
-dir. It publishes an immutable `CockpitView` plus the new log lines; the UI thread picks them up on its
-own 0.5 s timer. Nothing here knows a widget; nothing here joins the registry with the dirs.
+build.py). Each new immutable view, and the new log lines, go to the screen as messages
+(messages.py), at most twice a second. Nothing here knows a widget; nothing here joins the
+registry with the dirs.
 """
 
 from __future__ import annotations
@@ -17,13 +17,16 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+
+from textual.message import Message
 
 from cockpit import gpus, logs, resume, runs
 from cockpit import registry as reg
 from cockpit.tui import build
 from cockpit.tui import state as vm
+from cockpit.tui.messages import LogLines, ViewPublished
 
 FOLLOW_TAIL_BYTES = 2 << 20  # a log opened mid-way is read from this far before its end
 HIST = 120  # steps kept per leg for the sparklines
@@ -40,22 +43,13 @@ class Followed:
     skip_partial: bool = False  # opened mid-file: the first line is a fragment
 
 
-@dataclass
+@dataclass(frozen=True)
 class Request:
-    """What the UI wants from the next pass (set from the UI thread, read by the worker)."""
+    """What the screen wants from the next pass. The UI thread replaces it whole; the worker reads it."""
 
     tabs: tuple[tuple[str, str], ...] = ()  # (key, log path) of the log panes
     report_dir: str | None = None  # the dir whose final table is shown
     report_exp: str | None = None
-
-
-@dataclass
-class Published:
-    view: vm.CockpitView | None
-    error: str | None  # the registry could not be loaded: its file:line message
-    report: vm.ReportView | None
-    seq: int
-    lines: dict[str, list[str]] = field(default_factory=dict)
 
 
 class Collector:
@@ -73,34 +67,40 @@ class Collector:
         self.clock = clock or dt.datetime.now
         self.max_log_lines = max_log_lines
         self.registry: reg.Registry | None = None
-        self.error: str | None = None
         self.request = Request()
         self.followed: dict[str, Followed] = {}
-        self.lock = threading.Lock()
-        self.wake = threading.Event()
-        self.published = Published(None, None, None, 0)
+        self.wake = threading.Event()  # set: the loop's wait ends now (a poke, or stop)
+        self.stopped = threading.Event()  # set: the loop ends at its next turn
+        # The latest results (the worker's own; the screen gets them through messages).
+        self.view: vm.CockpitView | None = None
+        self.report: vm.ReportView | None = None
+        self.error: str | None = None  # the registry's load error, or the loop's last internal error
+        self._posted: tuple | None = None  # (view, error, report) as last posted
+        self._lines: dict[str, list[str]] = {}  # new log lines not posted yet, by pane key
         self._branch: str | None = None
         self._branch_at = -1e9
         self._snapshot: gpus.Snapshot | None = None
-        self._seq = 0
         self._stamp: tuple | None = None
-        self._state: resume.ResumeState | None = None  # the last resume state: the running legs for the live rows
+        self._state: resume.ResumeState | None = None  # the last resume state: its running legs
         self._running: list[build.RunningLeg] = []
         self._fp: tuple | None = None
 
     # ------------------------------------------------------------------------------------------
     # the worker's loop
 
-    def run(self, stopped: Callable[[], bool], period: float = 0.25, state_every: float = 10.0,
-            gpu_every: float = 1.0, live_every: float = 0.5, report_every: float = 2.0) -> None:
-        """Until stopped: follow the logs every `period`; republish the live rows and the GPUs at
+    def run(self, post: Callable[[Message], object], cancelled: Callable[[], bool], period: float = 0.25,
+            post_every: float = 0.5, state_every: float = 10.0, gpu_every: float = 1.0,
+            live_every: float = 0.5, report_every: float = 2.0) -> None:
+        """Until stopped (or `cancelled()`): follow the logs every `period`; recompute the live rows and the GPUs at
         most every `live_every`; recompute the whole state (dirs, marks, next leg, report) when the
         experiment dirs or the registry change on disk (a cheap stat fingerprint, every pass),
         when poked (a launch, a stop, a selection), and at least every `state_every` (a process
-        that died without a word); the final table of a dir with a running leg every `report_every`."""
-        last_state = last_gpu = last_live = last_report = time.monotonic()  # the first pass just ran
-        fresh = False  # new lines or a new GPU sample since the last publication
-        while not stopped():
+        that died without a word); the final table of a dir with a running leg every `report_every`.
+        What changed goes out through `post` at most every `post_every`; the first view at once."""
+        never = -1e9
+        last_state = last_gpu = last_live = last_report = last_post = never
+        fresh = False  # new lines or a new GPU sample since the live rows were computed
+        while not self.stopped.is_set() and not cancelled():
             now = time.monotonic()
             try:
                 if now - last_gpu >= gpu_every:
@@ -121,13 +121,37 @@ class Collector:
                 fresh = self.poll_logs() or fresh
             except Exception as e:  # never let the worker die: show it and go on
                 self.error = f"cockpit internal error: {type(e).__name__}: {e}"
-                self._publish(self.published.view, self.published.report)
-            self.wake.wait(period)
+            wait = period
+            if self._lines or self._news() is not None:
+                due = last_post + post_every - time.monotonic()
+                if due <= 0:
+                    self.post_news(post)
+                    last_post = time.monotonic()
+                else:
+                    wait = min(period, due)
+            self.wake.wait(wait)
+
+    def post_news(self, post: Callable[[Message], object]) -> None:
+        """Post what changed since the last call: the latest view, then the new log lines."""
+        news = self._news()
+        if news is not None:
+            self._posted = news
+            post(ViewPublished(*news))
+        if self._lines:
+            lines, self._lines = self._lines, {}
+            post(LogLines(lines))
+
+    def _news(self) -> tuple | None:
+        """(view, error, report) when it differs from what was last posted, else None."""
+        now = (self.view, self.error, self.report)
+        if self._posted is not None and all(a is b for a, b in zip(now, self._posted, strict=True)):
+            return None  # the common case, cheap: nothing recomputed since
+        return None if now == self._posted else now
 
     def fingerprint(self) -> tuple:
         """What a full pass depends on that a stat can see: the registry file, and each
         experiment dir with its state/ dir (a new log, plan or state file, an atomic replace)."""
-        out: list[tuple] = []
+        out: list[tuple | None] = []
         try:
             st = self.registry_path.stat()
             out.append((st.st_mtime_ns, st.st_size))
@@ -152,17 +176,22 @@ class Collector:
 
     def report_is_live(self) -> bool:
         """Is the shown final table a dir with a leg still running (its figures still move)?"""
-        rep = self.published.report
+        rep = self.report
         return rep is not None and any(r.status in runs.ACTIVE_STATUSES for r in rep.rows)
 
     def refresh_report(self) -> None:
-        view, registry, req = self.published.view, self.registry, self.request
+        view, registry, req = self.view, self.registry, self.request
         if view is None or registry is None:
             return
-        self._publish(view, build.build_report(registry, view, req.report_exp, req.report_dir))
+        self.report = build.build_report(registry, view, req.report_exp, req.report_dir)
 
     def poke(self) -> None:
-        """Recompute now (after a launch, a stop, a selection)."""
+        """Recompute now (after a launch, a stop, a selection). Called from the UI thread."""
+        self.wake.set()
+
+    def stop(self) -> None:
+        """End the loop without waiting out its period (the screen is closing)."""
+        self.stopped.set()
         self.wake.set()
 
     # ------------------------------------------------------------------------------------------
@@ -202,36 +231,30 @@ class Collector:
         return fn
 
     def compute(self) -> None:
+        """The whole state: the view, and the final table the screen asks for."""
         registry = self.load()
         self._fp = self.fingerprint()  # taken first: a change during this pass shows in the next
         if registry is None:
-            self._publish(None, None)
+            self.view, self.report = None, None
             return
         view, self._state, self._running = build.build_view(
             registry, self._snapshot, self.sampler, self.branch(), self.clock().timestamp(),
             {k: f.state for k, f in self.followed.items()})
         req = self.request
-        self._publish(view, build.build_report(registry, view, req.report_exp, req.report_dir))
+        self.view, self.report = view, build.build_report(registry, view, req.report_exp, req.report_dir)
 
     def refresh_live(self) -> None:
         """Between two full passes: the live rows from the followed logs, and the GPUs."""
-        view, registry = self.published.view, self.registry
-        if view is None or registry is None or self._state is None:
+        view, registry, state = self.view, self.registry, self._state
+        if view is None or registry is None or state is None:
             return
         followed = {k: f.state for k, f in self.followed.items()}
-        live = tuple(build.live_view(self._state, m, followed.get(f"{m.dir}/{m.leg}"))
-                     for m in self._state.running if m.dir)
+        live = tuple(build.live_view(state, m, followed.get(f"{m.dir}/{m.leg}")) for m in state.running if m.dir)
         gpu = view.gpu
         if self._snapshot is not None:
             gpu = build.gpu_view(self._snapshot, build.gpu_status(registry, self._snapshot),
                                  build.owners(self._snapshot, self._running), self.sampler)
-        self._publish(dataclasses.replace(view, live=live, gpu=gpu), self.published.report)
-
-    def _publish(self, view: vm.CockpitView | None, report: vm.ReportView | None) -> None:
-        with self.lock:
-            self._seq += 1
-            lines = self.published.lines
-            self.published = Published(view, self.error, report, self._seq, lines)
+        self.view = dataclasses.replace(view, live=live, gpu=gpu)
 
     # ------------------------------------------------------------------------------------------
     # logs
@@ -253,11 +276,10 @@ class Collector:
                 continue
             got = True
             f.state.feed_many(lines)
-            with self.lock:
-                out = self.published.lines.setdefault(key, [])
-                out.extend(lines)
-                if len(out) > self.max_log_lines:  # the pane keeps no more than this anyway
-                    del out[: len(out) - self.max_log_lines]
+            out = self._lines.setdefault(key, [])
+            out.extend(lines)
+            if len(out) > self.max_log_lines:  # the pane keeps no more than this anyway
+                del out[: len(out) - self.max_log_lines]
         return got
 
     def _open(self, key: str, path: Path) -> Followed:
@@ -269,10 +291,3 @@ class Collector:
         offset = max(0, size - FOLLOW_TAIL_BYTES)
         return Followed(key, path, logs.LogFollower(path, offset=offset),
                         logs.LogState(tail=tail, keep_steps=HIST), skip_partial=offset > 0)
-
-    def take(self) -> Published:
-        """The latest publication, with the log lines gathered since the last take."""
-        with self.lock:
-            pub = self.published
-            self.published = Published(pub.view, pub.error, pub.report, pub.seq, {})
-        return pub
