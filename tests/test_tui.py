@@ -333,13 +333,16 @@ async def test_stop_running_leg(tmp_path, fake_env):
 async def test_write_report_and_guide(tmp_path):
     d = write_dir(tmp_path / "exp", "20260224_175412_cpu-smoke", "cpu-smoke",
                   {"dense": ("done", log_lines(40, 40)), "moe_dropless": ("done", log_lines(40, 40, tok=1200))})
-    app = make_app(bundled_registry(tmp_path))
+    reg_path = bundled_registry(tmp_path)
+    reg_path.write_text(reg_path.read_text().replace("\ntail = 50 ", "\ntail = 20 ", 1))
+    app = make_app(reg_path)
     async with app.run_test(size=SIZE) as pilot:
         await ready(pilot, app)
         await select(pilot, app, Selection("dir", "cpu-smoke", exp_dir=str(d)))
         await pilot.press("r")
         await until(pilot, lambda: (d / "report.md").exists(), what="report.md")
-        assert "| dense |" in (d / "report.md").read_text()
+        text = (d / "report.md").read_text()
+        assert "| dense |" in text and "tail20 tok/sec" in text  # the registry's tail, as on screen
         await pilot.press("g")
         guide = await until(pilot, lambda: sorted((tmp_path / "exp").glob("*resume*.md")), what="the guide")
         assert "moe_cap1p0" in guide[0].read_text()

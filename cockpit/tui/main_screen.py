@@ -427,14 +427,14 @@ class MainScreen(Screen[None]):
         if exp is None or not exp.dirs:
             self.notify("select an experiment dir first (one that has logs)", severity="warning")
             return
-        self._write_report(sel.exp_dir or exp.dirs[-1].path)
+        self._write_report(sel.exp_dir or exp.dirs[-1].path, view.tail)
 
     @work(thread=True, group="actions", exit_on_error=False)
-    def _write_report(self, exp_dir: str) -> None:
+    def _write_report(self, exp_dir: str, tail: int) -> None:
         """The dir's report.md, CSVs and plots. Its deltas are against the baseline the dir's plan
         names (the report reads it there), as the supervisor's report after each leg."""
         try:
-            out = report.write_report(Path(exp_dir))
+            out = report.write_report(Path(exp_dir), tail=tail)
         except Exception as e:  # a report problem is a notification, never a crash
             self._fail("report", e)
             return
