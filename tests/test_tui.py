@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -19,12 +21,14 @@ from tui_util import FakeSampler, bundled_registry, fixed_clock, log_lines, unti
 
 from cockpit import runs
 from cockpit.tui.app import CockpitApp
+from cockpit.tui.collector import Collector, Request
 from cockpit.tui.commands import BindingCommands
 from cockpit.tui.confirm import ConfirmScreen
 from cockpit.tui.experiments import ExperimentTree, Selection
 from cockpit.tui.log_panes import LogPanes
 from cockpit.tui.log_view import LogView
 from cockpit.tui.main_screen import MainScreen
+from cockpit.tui.messages import LogLines, ViewPublished
 from cockpit.tui.resume_panel import ResumePanel
 
 SIZE = (160, 48)
@@ -518,3 +522,38 @@ def test_text_shapes():
     assert fmt.mib(18987.0) == "18.5G" and fmt.mib(512) == "512M" and fmt.minutes(75) == "1h15m"
     assert fmt.num(806400.06, 0, comma=True) == "806,400" and fmt.pct(57.5) == "57.5%"
 
+
+def test_collector_posts_at_most_twice_a_second_and_loses_no_line(tmp_path):
+    """The worker side alone: the first view is posted at once; after that views and log lines
+    go out at most every 0.5 s (however fast the log grows), and every line arrives, in order."""
+    d = write_dir(tmp_path / "exp", "20260224_175412_cpu-smoke", "cpu-smoke",
+                  {"dense": ("running", log_lines(5, 400, finished=False))}, supervisor_alive=True)
+    c = Collector(bundled_registry(tmp_path), sampler=FakeSampler(), branch="main", clock=fixed_clock)
+    key = f"{d}/dense"
+    c.request = Request(tabs=((key, str(d / "dense.log")),))
+    posted: list[tuple[float, object]] = []
+    worker = threading.Thread(target=c.run, args=(lambda m: posted.append((time.monotonic(), m)), lambda: False),
+                              kwargs={"period": 0.02})
+    t0 = time.monotonic()
+    worker.start()
+    more = log_lines(150, 400, finished=False)[7:]  # the steps after the 5 already there
+    with open(d / "dense.log", "a") as f:
+        for line in more:  # a line every 20 ms: 50 lines/s, for about 3 s
+            f.write(line + "\n")
+            f.flush()
+            time.sleep(0.02)
+    time.sleep(0.8)  # the last lines' post
+    c.stop()
+    worker.join(timeout=10)
+    assert not worker.is_alive()
+
+    views = [(t, m) for t, m in posted if isinstance(m, ViewPublished)]
+    batches = [(t, m) for t, m in posted if isinstance(m, LogLines)]
+    assert views[0][0] - t0 < 3.0 and views[0][1].view is not None  # the first view: no waiting for a period
+    for kind in (views, batches):
+        gaps = [b[0] - a[0] for a, b in zip(kind, kind[1:], strict=False)]
+        assert gaps and min(gaps) >= 0.45, gaps
+    assert len(batches) >= 4  # lines kept coming: several posts, not one at the end
+    got = [line for _, m in batches for line in m.lines[key]]
+    assert got == log_lines(150, 400, finished=False)  # the whole file, in order: nothing lost or doubled
+    assert views[-1][1].view.live[0].step == 149  # the live row follows the log to its last step
