@@ -24,7 +24,9 @@ from textual.widgets import DataTable, Footer, Tree
 from textual.worker import get_current_worker
 
 from cockpit import registry as reg
-from cockpit import report, resume, runs
+from cockpit import runs
+from cockpit.report import write_report
+from cockpit.resume import write_guide
 from cockpit.tui.collector import Collector
 from cockpit.tui.commands import BindingCommands
 from cockpit.tui.confirm import ConfirmScreen
@@ -434,7 +436,7 @@ class MainScreen(Screen[None]):
         """The dir's report.md, CSVs and plots. Its deltas are against the baseline the dir's plan
         names (the report reads it there), as the supervisor's report after each leg."""
         try:
-            out = report.write_report(Path(exp_dir), tail=tail)
+            out = write_report(Path(exp_dir), tail=tail)
         except Exception as e:  # a report problem is a notification, never a crash
             self._fail("report", e)
             return
@@ -450,7 +452,7 @@ class MainScreen(Screen[None]):
     @work(thread=True, group="actions", exit_on_error=False)
     def _write_guide(self, registry: reg.Registry) -> None:
         try:
-            out = resume.write_guide(registry)
+            out = write_guide(registry)
         except Exception as e:
             self._fail("resume guide", e)
             return
