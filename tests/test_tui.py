@@ -7,20 +7,28 @@ trainer. The real trainer runs in test_tui_e2e.py.
 
 from __future__ import annotations
 
+import io
 import json
+import threading
+import time
 from pathlib import Path
 
 import pytest
 from runner_util import REPO, write_registry
-from textual.widgets import Log
+from textual.widgets import HelpPanel, Log
+from textual.widgets._key_panel import BindingsTable
 from tui_util import FakeSampler, bundled_registry, fixed_clock, log_lines, until, write_dir
 
 from cockpit import runs
 from cockpit.tui.app import CockpitApp
+from cockpit.tui.collector import Collector, Request
+from cockpit.tui.commands import BindingCommands
 from cockpit.tui.confirm import ConfirmScreen
 from cockpit.tui.experiments import ExperimentTree, Selection
-from cockpit.tui.help import HelpScreen
-from cockpit.tui.log_panes import LogPanes, LogView
+from cockpit.tui.log_panes import LogPanes
+from cockpit.tui.log_view import LogView
+from cockpit.tui.main_screen import MainScreen
+from cockpit.tui.messages import LogLines, ViewPublished
 from cockpit.tui.resume_panel import ResumePanel
 
 SIZE = (160, 48)
@@ -33,20 +41,23 @@ def make_app(registry: Path, **kw) -> CockpitApp:
     return CockpitApp(registry, **kw)
 
 
-async def ready(pilot, app: CockpitApp) -> None:
-    await until(pilot, lambda: app.view is not None, what="the first view")
+async def ready(pilot, app: CockpitApp) -> MainScreen:
+    """The main screen once it shows its first view."""
+    main = app.main_screen
+    await until(pilot, lambda: main.view is not None, what="the first view")
     await pilot.pause(0.1)
+    return main
 
 
 async def select(pilot, app: CockpitApp, sel: Selection) -> None:
     tree = app.query_one(ExperimentTree)
     await until(pilot, lambda: tree.cursor_line >= 0, what="the tree's cursor")
-    node = tree._by_sel[sel]
+    node = tree.node_for(sel)
     if node.parent is not None and not node.parent.is_expanded:
         node.parent.expand()
         await pilot.pause(0.1)
     tree.move_cursor(node)
-    await until(pilot, lambda: app.selection == sel, what=f"selection {sel}")
+    await until(pilot, lambda: app.main_screen.selection == sel, what=f"selection {sel}")
 
 
 def notes(app: CockpitApp) -> list[str]:
@@ -82,13 +93,13 @@ def exp_dirs(tmp_path: Path) -> list[Path]:
 async def test_opens_bundled_registry(tmp_path):
     app = make_app(bundled_registry(tmp_path))
     async with app.run_test(size=SIZE) as pilot:
-        await ready(pilot, app)
+        main = await ready(pilot, app)
         text = screen_text(app)
         for what in ("Experiments", "moe-fp8-capacity-ablation-v1", "static_cap1p0", "cpu-smoke", "GPUs",
                      "NVML Shared Library Not Found", "host cpu", "Resume", "Completed (do not re-run)",
                      "expected yxb/moe-add-sft-claude", "training paused", "no NVML"):
             assert what in text, what
-        marks = {leg.key: leg.mark for e in app.view.experiments for leg in e.legs}
+        marks = {leg.key: leg.mark for e in main.view.experiments for leg in e.legs}
         assert marks["moe-fp8-capacity-ablation-v1/static_cap1p0"] == "recorded"
         assert marks["cpu-smoke/dense"] == "pending"
 
@@ -98,15 +109,16 @@ async def test_broken_registry_is_shown_in_the_app_then_reloaded(tmp_path):
     bad.write_text('[project]\nname = "x"\nexp_root = 3\n')
     app = make_app(bad)
     async with app.run_test(size=SIZE) as pilot:
-        await until(pilot, lambda: app.error, what="the registry error")
+        main = app.main_screen
+        await until(pilot, lambda: main.error, what="the registry error")
         await pilot.pause(0.6)
-        assert app.error.startswith(f"{bad}:3:"), app.error
+        assert main.error.startswith(f"{bad}:3:"), main.error
         assert f"{bad.name}:3:" in screen_text(app)
-        assert app.view is None
+        assert main.view is None
         await pilot.press("l")  # keys with no registry: a notification, never a crash
         bad.write_text(f'[project]\nname = "fixed"\nexp_root = "{tmp_path / "exp"}"\n')
-        await until(pilot, lambda: app.view is not None, what="the reload")
-        assert app.error is None
+        await until(pilot, lambda: main.view is not None, what="the reload")
+        assert main.error is None
         await pilot.pause(0.6)
         assert "Completed (do not re-run)" in screen_text(app) and "⚠" not in screen_text(app)
 
@@ -120,16 +132,16 @@ async def test_reopening_finds_running_legs_and_follows_them(tmp_path):
     }, supervisor_alive=True)
     app = make_app(reg_path)
     async with app.run_test(size=SIZE) as pilot:
-        await ready(pilot, app)
-        assert app.view.training == "1 leg running, 1 queued"
-        (live,) = app.view.live
+        main = await ready(pilot, app)
+        assert main.view.training == "1 leg running, 1 queued"
+        (live,) = main.view.live
         assert (live.leg, live.step, live.total) == ("moe_dropless", 22, 40)
         key = f"{d}/moe_dropless"
         panes = app.query_one(LogPanes)
         await until(pilot, lambda: panes.view(key) and panes.view(key).written >= 25, what="the log pane")
         with open(d / "moe_dropless.log", "a") as f:  # the leg goes on writing
             f.write("".join(x + "\n" for x in log_lines(30, 40, finished=False)[25:]))
-        await until(pilot, lambda: app.view.live and app.view.live[0].step == 29, what="live step 29")
+        await until(pilot, lambda: main.view.live and main.view.live[0].step == 29, what="live step 29")
         assert "moe_dropless" in screen_text(app)
 
 
@@ -137,39 +149,64 @@ async def test_reopening_finds_running_legs_and_follows_them(tmp_path):
 # keys
 
 
-async def test_help_lists_every_binding(tmp_path):
+KEYS = ("l", "L", "s", "r", "g", "f", "m", "left_square_bracket", "right_square_bracket", "tab", "shift+tab",
+        "question_mark", "q")  # every key of the main screen (the README's table)
+
+
+def bindings_text(app: CockpitApp) -> str:
+    """The keys panel's table as plain text, wide enough that no tooltip wraps."""
+    from rich.console import Console
+
+    console = Console(width=300, file=io.StringIO())
+    console.print(app.screen.query_one(BindingsTable).render_bindings_table())
+    return console.file.getvalue()
+
+
+async def test_keys_panel_lists_every_binding(tmp_path):
+    """`?` opens Textual's keys panel: every binding with its key, description and tooltip, from
+    the one list (MainScreen.BINDINGS); `?` again closes it."""
     app = make_app(bundled_registry(tmp_path))
     async with app.run_test(size=SIZE) as pilot:
         await ready(pilot, app)
-        listed = " ".join(action for _, action, _ in app.KEYS).split()
-        for b in app.BINDINGS:
-            assert b.action.split("(")[0] in listed, b.action
+        bindings = {b.key: b for b in MainScreen.BINDINGS}
+        assert set(KEYS) <= set(bindings), set(KEYS) - set(bindings)
         await pilot.press("question_mark")
+        await until(pilot, lambda: app.screen.query(BindingsTable), what="the keys panel")
         await pilot.pause(0.2)
-        assert isinstance(app.screen, HelpScreen)
-        text = screen_text(app)
-        for key, _, desc in app.KEYS:
-            assert key in text and desc[:30] in text, key
-        await pilot.press("escape")
-        assert not isinstance(app.screen, HelpScreen)
+        text = bindings_text(app)
+        for key in KEYS:
+            b = bindings[key]
+            assert b.description and b.description in text, key
+            assert app.get_key_display(b) in text, key
+            assert b.tooltip and b.tooltip in text, key
+        assert "Launch remaining" in screen_text(app)  # the panel is on screen, beside the panes
+        await pilot.press("question_mark")
+        await until(pilot, lambda: not app.screen.query(HelpPanel), what="the panel to close")
 
 
-async def test_command_palette_offers_the_actions(tmp_path):
+async def test_command_palette_offers_every_binding(tmp_path):
+    """The palette offers each binding and runs its action, as the key does. Textual's own list
+    already has Keys, Quit and Maximize (with a pane focused): those are not offered twice."""
     app = make_app(bundled_registry(tmp_path))
     async with app.run_test(size=SIZE) as pilot:
-        await ready(pilot, app)
-        titles = [c.title for c in app.get_system_commands(app.screen)]
+        main = await ready(pilot, app)
+        offered = [f"{hit.text} {hit.help}" async for hit in BindingCommands(main).discover()]
+        offered += [c.title for c in app.get_system_commands(main)]
+        for b in MainScreen.BINDINGS:
+            assert any(b.description in o for o in offered), b.description
         for want in ("Launch the selected leg", "Launch all remaining legs of the selected experiment",
                      "Stop the selected running leg, or the queue of the selected dir",
                      "Write the report of the selected experiment dir", "Write the resume guide",
-                     "Follow the current log on/off", "Maximize the focused pane / restore", "Next log tab",
-                     "Previous log tab", "Next pane", "Previous pane", "Keys", "Quit"):
-            assert want in titles, titles
+                     "Follow the current log on/off", "Maximize", "Next log tab",
+                     "Previous log tab", "Next pane", "Previous pane", "Keys", "Quit", "key: g", "key: ["):
+            assert any(want in o for o in offered), (want, offered)
         await pilot.press("ctrl+p")
         await pilot.press(*"resume guide")
         await pilot.pause(0.3)
-        assert "Write the resume guide" in screen_text(app)
-        await pilot.press("escape")
+        assert "Write the resume guide (key: g)" in screen_text(app)
+        await pilot.press("enter")  # runs `g`: the guide is written
+        guide = await until(pilot, lambda: sorted((tmp_path / "exp").glob("*resume*.md")), what="the guide")
+        assert "moe_cap1p0" in guide[0].read_text()
 
 
 async def test_tab_moves_between_panes_and_m_maximizes(tmp_path):
@@ -207,7 +244,7 @@ async def test_launch_leg_confirm_cancel_then_launch(tmp_path, fake_env):
     reg_path = fake_registry(tmp_path)
     app = make_app(reg_path)
     async with app.run_test(size=SIZE) as pilot:
-        await ready(pilot, app)
+        main = await ready(pilot, app)
         await select(pilot, app, Selection("leg", "fake", "a"))
         await pilot.press("l")
         screen = await until(pilot, lambda: isinstance(app.screen, ConfirmScreen) and app.screen, what="confirm")
@@ -228,24 +265,24 @@ async def test_launch_leg_confirm_cancel_then_launch(tmp_path, fake_env):
         (d,) = await until(pilot, lambda: exp_dirs(tmp_path), what="the fresh dir")
         assert str(d) == shown  # the dir the confirmation showed is the one launched
         await until(pilot, lambda: any(f"a in {d}" in m for m in notes(app)), timeout=30, what="the launched note")
-        await until(pilot, lambda: app.finished, timeout=30, what="the leg to finish")
-        assert app.finished == [f"{d}/a:done"] and bells
+        await until(pilot, lambda: main.finished, timeout=30, what="the leg to finish")
+        assert main.finished == [f"{d}/a:done"] and bells
         assert json.loads((d / "plan.json").read_text())["legs"][0]["name"] == "a"
-        assert app.view.experiment("fake").leg("a").mark == "done"
+        assert main.view.experiment("fake").leg("a").mark == "done"
 
 
 async def test_launch_all_remaining_then_done_leg_needs_explicit_rerun(tmp_path, fake_env):
     reg_path = fake_registry(tmp_path)
     app = make_app(reg_path)
     async with app.run_test(size=SIZE) as pilot:
-        await ready(pilot, app)
+        main = await ready(pilot, app)
         await select(pilot, app, Selection("experiment", "fake"))
         await pilot.press("L")
         screen = await until(pilot, lambda: isinstance(app.screen, ConfirmScreen) and app.screen, what="confirm")
         assert "Launch 2 legs of fake?" == screen.title_text
         assert "1. a" in str(screen.body) and "2. b" in str(screen.body)
         await pilot.press("y")
-        await until(pilot, lambda: len(app.finished) == 2, timeout=40, what="both legs")
+        await until(pilot, lambda: len(main.finished) == 2, timeout=40, what="both legs")
         (d,) = exp_dirs(tmp_path)
         panes = app.query_one(LogPanes)
         assert {f"{d}/a", f"{d}/b"} <= set(panes.opened)  # each leg's log had a tab while it ran
@@ -263,7 +300,7 @@ async def test_launch_all_remaining_then_done_leg_needs_explicit_rerun(tmp_path,
         await until(pilot, lambda: len(exp_dirs(tmp_path)) == 2, what="the re-run's fresh dir")
 
         # nothing remains: `L` says so and opens no confirmation
-        await until(pilot, lambda: len(app.finished) == 3, timeout=30, what="the re-run")
+        await until(pilot, lambda: len(main.finished) == 3, timeout=30, what="the re-run")
         await select(pilot, app, Selection("experiment", "fake"))
         await pilot.press("L")
         await until(pilot, lambda: any("nothing remains to run in fake" in m for m in notes(app)), what="the note")
@@ -274,7 +311,7 @@ async def test_stop_running_leg(tmp_path, fake_env):
     reg_path = fake_registry(tmp_path, legs={"slow": 'model-tag = "slow", num-iterations = 2000'})
     app = make_app(reg_path)
     async with app.run_test(size=SIZE) as pilot:
-        await ready(pilot, app)
+        main = await ready(pilot, app)
         await select(pilot, app, Selection("leg", "fake", "slow"))
         await pilot.press("s")  # nothing runs yet
         await pilot.pause(0.2)
@@ -282,31 +319,34 @@ async def test_stop_running_leg(tmp_path, fake_env):
         await pilot.press("l")
         await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="confirm")
         await pilot.press("y")
-        await until(pilot, lambda: app.view.live, timeout=30, what="the leg running")
+        await until(pilot, lambda: main.view.live, timeout=30, what="the leg running")
         await pilot.press("s")
         screen = await until(pilot, lambda: isinstance(app.screen, ConfirmScreen) and app.screen, what="stop")
         assert screen.title_text == "Stop slow?" and screen.danger
         await pilot.press("escape")  # cancelled: nothing stops
         await pilot.pause(0.6)
-        assert not isinstance(app.screen, ConfirmScreen) and app.view.experiment("fake").leg("slow").mark == "running"
+        assert not isinstance(app.screen, ConfirmScreen) and main.view.experiment("fake").leg("slow").mark == "running"
         await pilot.press("s")
         await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="stop again")
         await pilot.press("y")
-        await until(pilot, lambda: app.view.experiment("fake").leg("slow").mark == "stopped", timeout=30,
+        await until(pilot, lambda: main.view.experiment("fake").leg("slow").mark == "stopped", timeout=30,
                     what="stopped")
-        assert any(f.endswith("/slow:stopped") for f in app.finished)
+        assert any(f.endswith("/slow:stopped") for f in main.finished)
 
 
 async def test_write_report_and_guide(tmp_path):
     d = write_dir(tmp_path / "exp", "20260224_175412_cpu-smoke", "cpu-smoke",
                   {"dense": ("done", log_lines(40, 40)), "moe_dropless": ("done", log_lines(40, 40, tok=1200))})
-    app = make_app(bundled_registry(tmp_path))
+    reg_path = bundled_registry(tmp_path)
+    reg_path.write_text(reg_path.read_text().replace("\ntail = 50 ", "\ntail = 20 ", 1))
+    app = make_app(reg_path)
     async with app.run_test(size=SIZE) as pilot:
         await ready(pilot, app)
         await select(pilot, app, Selection("dir", "cpu-smoke", exp_dir=str(d)))
         await pilot.press("r")
         await until(pilot, lambda: (d / "report.md").exists(), what="report.md")
-        assert "| dense |" in (d / "report.md").read_text()
+        text = (d / "report.md").read_text()
+        assert "| dense |" in text and "tail20 tok/sec" in text  # the registry's tail, as on screen
         await pilot.press("g")
         guide = await until(pilot, lambda: sorted((tmp_path / "exp").glob("*resume*.md")), what="the guide")
         assert "moe_cap1p0" in guide[0].read_text()
@@ -365,7 +405,7 @@ async def test_tabs_cycle_and_finish_notifies(tmp_path):
                   supervisor_alive=True)
     app = make_app(bundled_registry(tmp_path))
     async with app.run_test(size=SIZE) as pilot:
-        await ready(pilot, app)
+        main = await ready(pilot, app)
         panes = app.query_one(LogPanes)
         await until(pilot, lambda: len(panes.keys) == 2, what="two tabs")
         await pilot.pause(0.2)
@@ -389,9 +429,9 @@ async def test_tabs_cycle_and_finish_notifies(tmp_path):
         st = runs.read_state(a, "dense")
         st.status = "failed"
         runs.write_state(a, st)
-        await until(pilot, lambda: app.finished, what="the notification")
-        assert app.finished == [f"{a}/dense:failed"] and bells == [1]
-        assert app.view.experiment("cpu-smoke").leg("dense").mark == "failed"
+        await until(pilot, lambda: main.finished, what="the notification")
+        assert main.finished == [f"{a}/dense:failed"] and bells == [1]
+        assert main.view.experiment("cpu-smoke").leg("dense").mark == "failed"
         assert f"{b}/moe_fp8_experts_static_cap1p0_v3" in panes.keys
 
 
@@ -422,8 +462,8 @@ async def test_gpu_panel_with_the_real_sampler_over_fake_nvml(tmp_path):
         nv.util[i], nv.mem_used_mib[i], nv.pids[i] = 97.0, 18987.0, [os.getpid()]
     app = make_app(bundled_registry(tmp_path), sampler=GpuSampler(nvml=nv))
     async with app.run_test(size=SIZE) as pilot:
-        await ready(pilot, app)
-        gpu = await until(pilot, lambda: app.view.gpu if app.view.gpu and app.view.gpu.gpus else None, what="GPUs")
+        main = await ready(pilot, app)
+        gpu = await until(pilot, lambda: main.view.gpu if main.view.gpu and main.view.gpu.gpus else None, what="GPUs")
         assert len(gpu.gpus) == 8 and [g.leg for g in gpu.gpus[:3]] == ["dense", "dense", None]
         assert gpu.summary == "2/8 GPUs busy"
         text = str(app.query_one(GpuPanel).render())
@@ -435,8 +475,8 @@ async def test_gpu_panel_with_the_real_sampler_over_fake_nvml(tmp_path):
     broken = make_app(bundled_registry(tmp_path / "b"),
                       sampler=GpuSampler(nvml=FakeNVML(init_error=pynvml.NVML_ERROR_DRIVER_NOT_LOADED)))
     async with broken.run_test(size=SIZE) as pilot:
-        await ready(pilot, broken)
-        assert not broken.view.gpu.available and "Driver Not Loaded" in screen_text(broken)
+        main = await ready(pilot, broken)
+        assert not main.view.gpu.available and "Driver Not Loaded" in screen_text(broken)
         assert "host cpu" in screen_text(broken)
 
 
@@ -446,7 +486,7 @@ async def test_a_refused_launch_is_a_notification(tmp_path):
     reg_path.write_text(reg_path.read_text().replace("nproc_per_node = 1", "nproc_per_node = 64"))
     app = make_app(reg_path)
     async with app.run_test(size=SIZE) as pilot:
-        await ready(pilot, app)
+        main = await ready(pilot, app)
         await select(pilot, app, Selection("leg", "fake", "big"))
         await pilot.press("l")
         screen = await until(pilot, lambda: isinstance(app.screen, ConfirmScreen) and app.screen, what="confirm")
@@ -454,7 +494,7 @@ async def test_a_refused_launch_is_a_notification(tmp_path):
         await pilot.press("y")
         await until(pilot, lambda: any(title == "launch failed" for title, _ in app.notes), what="the refusal")
         assert exp_dirs(tmp_path) == []  # nothing written
-        assert app.view is not None and app.is_running
+        assert main.view is not None and app.is_running
 
 
 async def test_names_with_brackets_are_shown_as_written(tmp_path):
@@ -481,3 +521,39 @@ def test_text_shapes():
     assert fmt.bar(5, 4) == "▎   " and len(fmt.bar(250, 6)) == 6
     assert fmt.mib(18987.0) == "18.5G" and fmt.mib(512) == "512M" and fmt.minutes(75) == "1h15m"
     assert fmt.num(806400.06, 0, comma=True) == "806,400" and fmt.pct(57.5) == "57.5%"
+
+
+def test_collector_posts_at_most_twice_a_second_and_loses_no_line(tmp_path):
+    """The worker side alone: the first view is posted at once; after that views and log lines
+    go out at most every 0.5 s (however fast the log grows), and every line arrives, in order."""
+    d = write_dir(tmp_path / "exp", "20260224_175412_cpu-smoke", "cpu-smoke",
+                  {"dense": ("running", log_lines(5, 400, finished=False))}, supervisor_alive=True)
+    c = Collector(bundled_registry(tmp_path), sampler=FakeSampler(), branch="main", clock=fixed_clock)
+    key = f"{d}/dense"
+    c.request = Request(tabs=((key, str(d / "dense.log")),))
+    posted: list[tuple[float, object]] = []
+    worker = threading.Thread(target=c.run, args=(lambda m: posted.append((time.monotonic(), m)), lambda: False),
+                              kwargs={"period": 0.02})
+    t0 = time.monotonic()
+    worker.start()
+    more = log_lines(150, 400, finished=False)[7:]  # the steps after the 5 already there
+    with open(d / "dense.log", "a") as f:
+        for line in more:  # a line every 20 ms: 50 lines/s, for about 3 s
+            f.write(line + "\n")
+            f.flush()
+            time.sleep(0.02)
+    time.sleep(0.8)  # the last lines' post
+    c.stop()
+    worker.join(timeout=10)
+    assert not worker.is_alive()
+
+    views = [(t, m) for t, m in posted if isinstance(m, ViewPublished)]
+    batches = [(t, m) for t, m in posted if isinstance(m, LogLines)]
+    assert views[0][0] - t0 < 3.0 and views[0][1].view is not None  # the first view: no waiting for a period
+    for kind in (views, batches):
+        gaps = [b[0] - a[0] for a, b in zip(kind, kind[1:], strict=False)]
+        assert gaps and min(gaps) >= 0.45, gaps
+    assert len(batches) >= 4  # lines kept coming: several posts, not one at the end
+    got = [line for _, m in batches for line in m.lines[key]]
+    assert got == log_lines(150, 400, finished=False)  # the whole file, in order: nothing lost or doubled
+    assert views[-1][1].view.live[0].step == 149  # the live row follows the log to its last step

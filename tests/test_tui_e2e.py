@@ -27,12 +27,13 @@ async def test_keys_launch_cpu_smoke_and_the_tables_fill(tmp_path):
     path.write_text(text)
     app = CockpitApp(path, branch="main")  # the real GPU sampler: no NVML here, shown as such
     async with app.run_test(size=(160, 48)) as pilot:
-        await until(pilot, lambda: app.view is not None, 20, "the first view")
+        main = app.main_screen
+        await until(pilot, lambda: main.view is not None, 20, "the first view")
         tree = app.query_one(ExperimentTree)
         await until(pilot, lambda: tree.cursor_line >= 0, 10, "the tree")
         sel = Selection("experiment", "cpu-smoke")
-        tree.move_cursor(tree._by_sel[sel])
-        await until(pilot, lambda: app.selection == sel, 10, "the selection")
+        tree.move_cursor(tree.node_for(sel))
+        await until(pilot, lambda: main.selection == sel, 10, "the selection")
 
         await pilot.press("L")
         screen = await until(pilot, lambda: isinstance(app.screen, ConfirmScreen) and app.screen, 20, "confirm")
@@ -46,19 +47,19 @@ async def test_keys_launch_cpu_smoke_and_the_tables_fill(tmp_path):
         filled: set[str] = set()
 
         def progress() -> bool:
-            for v in app.view.live if app.view else ():
+            for v in main.view.live if main.view else ():
                 if v.step is not None:
                     seen_live.add(v.leg)
             for view in panes.views():  # the active tab shows its lines; a hidden one keeps them
                 shown = any(line.startswith("step ") for line in view.query_one("Log").lines)
                 if view.received and (shown or not view.visible):
                     filled.add(view.key.rpartition("/")[2])
-            return len([f for f in app.finished if f.endswith(":done")]) == 2
+            return len([f for f in main.finished if f.endswith(":done")]) == 2
 
         await until(pilot, progress, 120, "both legs to finish")
         assert filled == {"dense", "moe_cap1p0"}, filled
         assert seen_live, "the live table never showed a running leg"
-        assert [m.mark for m in app.view.experiment("cpu-smoke").legs] == ["done", "done"]
+        assert [m.mark for m in main.view.experiment("cpu-smoke").legs] == ["done", "done"]
 
         # the final table of the new dir: one completed row per leg, with figures
         table = app.query_one(FinalTable)

@@ -43,21 +43,22 @@ def settled(select: Selection | None = None, maximize_resume: bool = False):
 
     async def run_before(pilot) -> None:
         app: CockpitApp = pilot.app
+        main = app.main_screen
         deadline = time.monotonic() + 20
-        while app.view is None and time.monotonic() < deadline:
+        while main.view is None and time.monotonic() < deadline:
             await pilot.pause(0.05)
         tree = app.query_one(ExperimentTree)
         while tree.cursor_line < 0 and time.monotonic() < deadline:
             await pilot.pause(0.05)
         if select is not None:
-            node = tree._by_sel[select]
+            node = tree.node_for(select)
             if node.parent is not None:
                 node.parent.expand()  # a dir's legs are folded
             await pilot.pause(0.1)
             tree.move_cursor(node)
-            while app.selection != select and time.monotonic() < deadline:
+            while main.selection != select and time.monotonic() < deadline:
                 await pilot.pause(0.05)
-        await pilot.pause(1.2)  # two ticks: the report of the selection, the log tabs filled
+        await pilot.pause(1.2)  # two posts of the collector (0.5 s apart): the selection's report, the log tabs
         panes = app.query_one(LogPanes)
         for v in panes.views():
             while (not v.written or not v.query_one(Log).is_vertical_scroll_end) and time.monotonic() < deadline:

@@ -6,11 +6,12 @@ from collections import Counter
 from dataclasses import dataclass
 
 from rich.text import Text
+from textual.reactive import var
 from textual.widgets import Tree
 from textual.widgets.tree import TreeNode
 
 from cockpit.tui import fmt
-from cockpit.tui.state import CockpitView, DirView, ExperimentView, LegView
+from cockpit.tui.state import DirView, ExperimentView, LegView
 
 GLYPH = {
     "recorded": ("✔", "green"),
@@ -82,27 +83,29 @@ class ExperimentTree(Tree[Selection]):
     ICON_NODE = "+ "  # not the default triangles: ▶ marks a running leg here
     ICON_NODE_EXPANDED = "- "
 
+    experiments: var[tuple[ExperimentView, ...]] = var((), init=False)
+
     def __init__(self, **kwargs) -> None:
         super().__init__("experiments", **kwargs)
         self.show_root = False
         self.guide_depth = 2
         self._shape: tuple = ()
-        self._last: tuple | None = None
         self._by_sel: dict[Selection, TreeNode[Selection]] = {}
 
-    def show(self, view: CockpitView) -> None:
-        if view.experiments == self._last:
-            return
-        self._last = view.experiments
+    def node_for(self, sel: Selection) -> TreeNode[Selection] | None:
+        """The node that stands for `sel`, if the tree has one."""
+        return self._by_sel.get(sel)
+
+    def watch_experiments(self, experiments: tuple[ExperimentView, ...]) -> None:
         shape = tuple(
             (e.id, tuple(leg.name for leg in e.legs), tuple((d.path, tuple(x.name for x in d.legs)) for d in e.dirs))
-            for e in view.experiments
+            for e in experiments
         )
         if shape != self._shape:
-            self._rebuild(view)
+            self._rebuild(experiments)
             self._shape = shape
             return
-        for exp in view.experiments:
+        for exp in experiments:
             self._relabel(Selection("experiment", exp.id), experiment_label(exp))
             for leg in exp.legs:
                 self._relabel(Selection("leg", exp.id, leg.name), leg_label(leg))
@@ -116,13 +119,13 @@ class ExperimentTree(Tree[Selection]):
         if node is not None and node.label != label:
             node.set_label(label)
 
-    def _rebuild(self, view: CockpitView) -> None:
+    def _rebuild(self, experiments: tuple[ExperimentView, ...]) -> None:
         expanded = {sel for sel, node in self._by_sel.items() if node.is_expanded}
         known = set(self._by_sel)
         cursor = self.cursor_node.data if self.cursor_node is not None else None
         self.clear()
         self._by_sel = {}
-        for exp in view.experiments:
+        for exp in experiments:
             sel = Selection("experiment", exp.id)
             enode = self.root.add(experiment_label(exp), data=sel)
             self._by_sel[sel] = enode

@@ -1,9 +1,10 @@
-"""Final metrics of the selected experiment dir: the report table (the seed's columns) with the
-delta of each run against the experiment's baseline."""
+"""Final metrics of the selected experiment dir: the report's table (`cockpit report`'s columns)
+with the delta of each run against the experiment's baseline."""
 
 from __future__ import annotations
 
 from rich.text import Text
+from textual.reactive import var
 from textual.widgets import DataTable
 
 from cockpit.tui import fmt
@@ -34,15 +35,12 @@ def delta_text(metric: str, d: float | None) -> Text:
 class FinalTable(DataTable):
     """One row per run; with a baseline, each figure has its signed delta on a second line."""
 
+    report: var[ReportView | None] = var(None)
+
     def __init__(self, **kwargs) -> None:
         super().__init__(cursor_type="row", zebra_stripes=True, **kwargs)
-        self._key: tuple | None = None
 
-    def show(self, report: ReportView | None) -> None:
-        key = (report,)
-        if key == self._key:
-            return
-        self._key = key
+    def watch_report(self, report: ReportView | None) -> None:
         tail = report.tail if report else 50
         heads = columns(tail)
         blank = [""] * (len(heads) - 1)

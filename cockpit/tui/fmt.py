@@ -46,7 +46,7 @@ def pct(value: float | None, digits: int = 1) -> str:
 
 
 def delta(value: float | None) -> str:
-    """A signed percentage as the seed writes it: `+2.70%`, `-2.93%`."""
+    """A signed percentage, as the report writes deltas: `+2.70%`, `-2.93%`."""
     return DASH if value is None else f"{value:+.2f}%"
 
 

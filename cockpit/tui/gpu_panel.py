@@ -4,6 +4,7 @@ its processes, utilization history); without NVML, the reason and the host's CPU
 from __future__ import annotations
 
 from rich.text import Text
+from textual.reactive import reactive
 from textual.widgets import Static
 
 from cockpit.tui import fmt
@@ -12,19 +13,18 @@ from cockpit.tui.state import GpuView
 
 class GpuPanel(Static):
     ALLOW_MAXIMIZE = True
-    _last: GpuView | None = None
-    _rows = -1
 
-    def show(self, gpu: GpuView | None) -> None:
-        if gpu is not None and gpu == self._last:
-            return
-        self._last = gpu
+    gpu: reactive[GpuView | None] = reactive(None)
+
+    def watch_gpu(self, old: GpuView | None, new: GpuView | None) -> None:
         # A relayout of the screen only when the panel's height changes (GPUs appear or go).
-        rows = -1 if gpu is None else (len(gpu.gpus) if gpu.available and gpu.gpus else -2)
-        layout, self._rows = rows != self._rows, rows
+        if _lines(old) != _lines(new):
+            self.refresh(layout=True)
+
+    def render(self) -> Text:
+        gpu = self.gpu
         if gpu is None:
-            self.update(Text("sampling GPUs...", style="dim"), layout=layout)
-            return
+            return Text("sampling GPUs...", style="dim")
         if gpu.available and gpu.gpus:
             # One fixed-width line per GPU: a narrow terminal crops the leg column at the right.
             out = Text(no_wrap=True, overflow="crop")
@@ -48,8 +48,7 @@ class GpuPanel(Static):
                 out.append((g.leg or "-").ljust(leg_w), style="bold cyan" if g.leg else "dim")
                 out.append("  ")
                 out.append(fmt.spark(g.util_hist, 12), style="cyan")
-            self.update(out, layout=layout)
-            return
+            return out
         out = Text()
         out.append("no GPU view: ", style="bold yellow")
         out.append((gpu.reason or "no GPUs found") + "\n", style="yellow")
@@ -65,4 +64,9 @@ class GpuPanel(Static):
             out.append(f" {fmt.mib(h.ram_used_mib)}/{fmt.mib(h.ram_total_mib)}")
             if h.load1 is not None:
                 out.append(f"  load {h.load1:.2f}")
-        self.update(out, layout=layout)
+        return out
+
+
+def _lines(gpu: GpuView | None) -> int:
+    """The panel's height class: one line (sampling), a line per GPU, or the no-GPU text."""
+    return -1 if gpu is None else (len(gpu.gpus) if gpu.available and gpu.gpus else -2)

@@ -3,41 +3,38 @@
 from __future__ import annotations
 
 from rich.text import Text
+from textual.reactive import reactive
 from textual.widgets import Static
 
-from cockpit.tui.state import CockpitView
+from cockpit.tui.state import Headline
 
 
 class CockpitHeader(Static):
-    """Renders a CockpitView's headline; holds nothing of its own."""
+    """Renders a Headline, or the registry's error while there is none; one line, always."""
 
-    _last: tuple | None = None
+    headline: reactive[Headline | None] = reactive(None)
+    error: reactive[str | None] = reactive(None)
 
-    def show(self, view: CockpitView | None, error: str | None = None) -> None:
-        key = (error,) if view is None else (view.project, view.branch, view.expected_branch, view.training,
-                                             view.gpu.summary if view.gpu else None, view.errors)
-        if key == self._last:
-            return
-        self._last = key
+    def render(self) -> Text:
+        h = self.headline
         text = Text(no_wrap=True, overflow="ellipsis")
-        if view is None:
+        if h is None:
             text.append(" cockpit ", style="bold reverse")
-            text.append("  " + (error or "loading the registry..."), style="bold red" if error else "dim")
-            self.update(text, layout=False)  # one line, always
-            return
-        text.append(f" {view.project} ", style="bold reverse")
+            text.append("  " + (self.error or "loading the registry..."), style="bold red" if self.error else "dim")
+            return text
+        text.append(f" {h.project} ", style="bold reverse")
         text.append("  branch ")
-        if view.branch is None:
+        if h.branch is None:
             text.append("(not a git checkout)", style="dim")
         else:
-            ok = view.expected_branch is None or view.branch == view.expected_branch
-            text.append(view.branch, style="bold" if ok else "bold yellow")
+            ok = h.expected_branch is None or h.branch == h.expected_branch
+            text.append(h.branch, style="bold" if ok else "bold yellow")
             if not ok:
-                text.append(f" ⚠ expected {view.expected_branch}", style="bold yellow")
+                text.append(f" ⚠ expected {h.expected_branch}", style="bold yellow")
         text.append("  │  training ")
-        text.append(view.training, style="bold green" if "running" in view.training else "bold")
+        text.append(h.training, style="bold green" if "running" in h.training else "bold")
         text.append("  │  ")
-        text.append(view.gpu.summary if view.gpu else "GPUs: sampling...", style="bold")
-        if view.errors:
-            text.append(f"  │  ⚠ {len(view.errors)} problem(s): see the resume panel", style="bold red")
-        self.update(text, layout=False)  # one line, always
+        text.append(h.gpus or "GPUs: sampling...", style="bold")
+        if h.problems:
+            text.append(f"  │  ⚠ {h.problems} problem(s): see the resume panel", style="bold red")
+        return text

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from rich.text import Text
 from textual.coordinate import Coordinate
+from textual.reactive import var
 from textual.widgets import DataTable
 
 from cockpit.tui import fmt
@@ -15,34 +16,35 @@ COLUMNS = ("leg", "step", "%", "loss", "dt (ms)", "tok/sec", "mfu", "tail tok/se
 
 
 class LiveTable(DataTable):
+    """A row per running leg, keyed by `exp_dir/leg`; only the cells that changed are rewritten."""
+
+    live: var[tuple[LiveView, ...]] = var(())
+    tail: var[int] = var(50)  # the tail window the means are over (the subtitle says it)
+
     def __init__(self, **kwargs) -> None:
         super().__init__(cursor_type="row", zebra_stripes=True, **kwargs)
-        self._rows: tuple | None = None
-        self._keys: tuple = ()
 
     def on_mount(self) -> None:
         for i, c in enumerate(COLUMNS):
             # the sparklines get their full width up front: they fill as the steps come in
             self.add_column(c, width=SPARK_WIDTH if i >= len(COLUMNS) - 2 else None)
 
-    def show(self, live: tuple[LiveView, ...], tail: int) -> None:
-        rows = tuple(self.row(v) for v in live)
-        if rows == self._rows:
-            return
-        old, self._rows = self._rows, rows
-        keys = tuple(v.key for v in live)
-        if live and old is not None and keys == self._keys:  # the same legs: only the changed cells
-            for r, (new_row, old_row) in enumerate(zip(rows, old, strict=True)):
-                for c, (a, b) in enumerate(zip(new_row, old_row, strict=True)):
+    def watch_tail(self, tail: int) -> None:
+        self.border_subtitle = f"tail = last {tail} steps; Δ base = tail tok/sec vs the experiment's baseline"
+
+    def watch_live(self, old: tuple[LiveView, ...], live: tuple[LiveView, ...]) -> None:
+        self.border_title = "Live metrics" if live else "Live metrics: no leg running"
+        if live and [v.key for v in old] == [v.key for v in live] and self.row_count == len(live):
+            for r, (was, now) in enumerate(zip(old, live, strict=True)):  # the same legs: changed cells only
+                if was == now:
+                    continue
+                for c, (a, b) in enumerate(zip(self.row(now), self.row(was), strict=True)):
                     if a != b:
                         self.update_cell_at(Coordinate(r, c), a, update_width=True)
             return
-        self._keys = keys
         self.clear()
-        for v, row in zip(live, rows, strict=True):
-            self.add_row(*row, key=v.key)
-        self.border_title = "Live metrics" if live else "Live metrics: no leg running"
-        self.border_subtitle = f"tail = last {tail} steps; Δ base = tail tok/sec vs the experiment's baseline"
+        for v in live:
+            self.add_row(*self.row(v), key=v.key)
 
     @staticmethod
     def row(v: LiveView) -> tuple:

@@ -1,36 +1,32 @@
 """The resume panel: completed work (do not re-run), what remains, the exact next command and
-the safety rules; the live form of the seed's resume guide."""
+the safety rules; the live form of the resume guide that `cockpit resume` writes."""
 
 from __future__ import annotations
 
 from rich.text import Text
-from textual.containers import VerticalScroll
+from textual.reactive import reactive
 from textual.widgets import Static
 
 from cockpit.tui.state import ResumeView
 
 
-class ResumeBox(VerticalScroll):
-    """The panel's scrolling frame; `m` maximizes it to read the whole next command."""
-
-    ALLOW_MAXIMIZE = True
-
-
 class ResumePanel(Static):
-    _last: tuple | None = None
+    """Renders a ResumeView and the problems found computing it; or, while the registry cannot
+    be loaded, its file:line message. Its height follows the text (the frame around it scrolls)."""
 
-    def show_error(self, error: str) -> None:
-        """The registry could not be loaded: its file:line message instead of the state."""
-        self._last = None
-        self.update(Text(f"⚠ {error}\n\nFix the registry: the cockpit reloads it as soon as the file changes.",
-                         style="bold red"))
+    resume: reactive[ResumeView | None] = reactive(None, layout=True)
+    problems: reactive[tuple[str, ...]] = reactive((), layout=True)
+    registry_error: reactive[str | None] = reactive(None, layout=True)
 
-    def show(self, resume: ResumeView, errors: tuple[str, ...] = ()) -> None:
-        if (resume, errors) == self._last:
-            return
-        self._last = (resume, errors)
+    def render(self) -> Text:
+        if self.registry_error:
+            return Text(f"⚠ {self.registry_error}\n\nFix the registry: the cockpit reloads it as soon as the "
+                        "file changes.", style="bold red")
+        resume = self.resume
+        if resume is None:
+            return Text()
         out = Text()
-        for e in errors:
+        for e in self.problems:
             out.append(f"⚠ {e}\n", style="bold red")
         if resume.active:
             out.append("Running now\n", style="bold cyan")
@@ -61,4 +57,4 @@ class ResumePanel(Static):
         for rule in resume.rules:
             out.append(f"  • {rule}\n")
         out.rstrip()
-        self.update(out)
+        return out

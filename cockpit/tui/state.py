@@ -1,24 +1,27 @@
 """The cockpit's view-model: plain, frozen data that the widgets render.
 
-Everything here is computed off the UI thread (in a worker) from the core modules: the registry,
-the resume state (`resume.build_state`, the one model of where things stand), the GPU sampler,
-and the log summaries. The widgets get these objects and only format them; they never read a
-file, join the registry with the dirs, or decide what a leg's state is.
+Everything here is computed off the UI thread (in a worker, see build.py) from the core modules:
+the registry, the resume state (`resume.build_state`, the one model of where things stand), the
+GPU sampler, and the log summaries. The widgets get these objects and only format them; they
+never read a file, join the registry with the dirs, or decide what a leg's state is. The words
+(marks, statuses, metric names) are the core's own.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-MARKS = ("recorded", "done", "running", "queued", "waiting", "failed", "stopped", "pending")
-METRICS = ("tok_per_sec", "dt_ms", "mfu", "peak_mem_mib", "total_time_min")
+from cockpit import report
+
+# The report's metrics by attribute name, in its column order.
+METRICS: tuple[str, ...] = tuple(attr for attr, *_ in report.METRICS)
 
 
 @dataclass(frozen=True)
 class LegView:
     exp_id: str
     name: str
-    mark: str  # one of MARKS
+    mark: str  # one of resume.MARKS
     description: str | None = None
     baseline: bool = False
     exp_dir: str | None = None  # the dir of its latest run here, if any
@@ -31,15 +34,11 @@ class LegView:
     def key(self) -> str:
         return f"{self.exp_id}/{self.name}"
 
-    @property
-    def is_done(self) -> bool:
-        return self.mark in ("recorded", "done")
-
 
 @dataclass(frozen=True)
 class DirLegView:
     name: str
-    status: str  # a mark
+    status: str  # a leg status of the dir's state files, or "log" / "pending" without one
     log: str
 
 
@@ -66,10 +65,6 @@ class ExperimentView:
 
     def leg(self, name: str) -> LegView | None:
         return next((leg for leg in self.legs if leg.name == name), None)
-
-    @property
-    def remaining(self) -> tuple[LegView, ...]:
-        return tuple(leg for leg in self.legs if leg.mark in ("pending", "failed", "stopped"))
 
 
 @dataclass(frozen=True)
@@ -121,7 +116,7 @@ class ResumeView:
     completed: tuple[str, ...] = ()  # "experiment: leg (mark), ...", one line per experiment
     remaining: tuple[str, ...] = ()
     next_label: str | None = None  # "experiment/leg (pending)"
-    next_command: str | None = None  # the seed's execution template, exactly as the guide writes it
+    next_command: str | None = None  # the shell recipe (EXP_DIR=..., torchrun ... | tee), as the guide writes it
     next_dir: str | None = None  # the fresh dir's template
     next_cockpit: str | None = None  # the one-command equivalent
     rules: tuple[str, ...] = ()
@@ -161,6 +156,18 @@ class GpuView:
 
 
 @dataclass(frozen=True)
+class Headline:
+    """What the top line shows: the project, the checkout's branch, training and GPU state."""
+
+    project: str
+    branch: str | None
+    expected_branch: str | None
+    training: str
+    gpus: str | None  # the GPU summary; None until the first sample
+    problems: int = 0  # problems found while computing (listed in the resume panel)
+
+
+@dataclass(frozen=True)
 class CockpitView:
     project: str
     registry_path: str
@@ -173,9 +180,15 @@ class CockpitView:
     live: tuple[LiveView, ...] = ()
     resume: ResumeView = ResumeView()
     errors: tuple[str, ...] = ()  # problems found while computing (shown, never raised)
+    tail: int = 50  # the registry's tail window: live and final tables average the last `tail` steps
 
     def experiment(self, exp_id: str) -> ExperimentView | None:
         return next((e for e in self.experiments if e.id == exp_id), None)
+
+    @property
+    def headline(self) -> Headline:
+        return Headline(self.project, self.branch, self.expected_branch, self.training,
+                        self.gpu.summary if self.gpu else None, len(self.errors))
 
     def leg_marks(self) -> dict[str, str]:
         """`exp_dir/leg` -> status of every leg run here: the app compares two of these to notify."""

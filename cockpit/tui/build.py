@@ -1,0 +1,224 @@
+"""From the core's answers to the cockpit's view-model (state.py), off the UI thread.
+
+`build_view` asks the core once a pass: `runs.discover` for the experiment dirs, then
+`resume.build_state` for the marks, the next leg, the safety rules and the GPU status. It adds the
+live figures of the logs the collector follows and the GPU rows of the latest sample. Nothing here
+decides what a leg's state is: that is the resume state's job. `build_report` gives the final
+table of one dir from `report.rows`, with deltas against the experiment's baseline.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Protocol
+
+from cockpit import gpus, logs, report, resume, runs
+from cockpit import registry as reg
+from cockpit.tui import state as vm
+
+# Marks whose note (the core's words: why it failed, stopped or waits) the experiments tree shows.
+NOTED_MARKS = ("failed", "stopped", "waiting")
+
+# (label, torchrun pid, its create time) of a running leg: what `gpus.leg_for_pids` matches
+RunningLeg = tuple[str, int | None, float | None]
+
+
+class Sampler(Protocol):
+    """A GPU sampler: `gpus.GpuSampler`, or a stand-in with fixed figures (tests)."""
+
+    history: Mapping[str, Iterable[float | None]]  # metric key -> recent values, oldest first
+
+    def sample(self) -> gpus.Snapshot: ...
+
+
+class _Taken:
+    """A sampler that returns a snapshot already taken (the GPU status needs no second sample)."""
+
+    def __init__(self, snapshot: gpus.Snapshot):
+        self.snapshot = snapshot
+
+    def sample(self) -> gpus.Snapshot:
+        return self.snapshot
+
+
+def build_view(registry: reg.Registry, snapshot: gpus.Snapshot | None, sampler: Sampler | None,
+               branch: str | None, now: float,
+               followed: Mapping[str, logs.LogState]) -> tuple[vm.CockpitView, resume.ResumeState, list[RunningLeg]]:
+    """The view of everything, the resume state it came from, and the running legs' processes.
+
+    `followed`: the parsed state of each log the collector follows, by `exp_dir/leg`."""
+    status = gpu_status(registry, snapshot) if snapshot is not None else None
+    found = runs.discover(registry.settings.exp_root)  # once a pass: the state and the tree share it
+    state = resume.build_state(
+        registry, now=now, gpus=status or resume.GpuStatus("unknown", "sampling"), dirs=found
+    )
+    dirs = {str(d.path): d for d in found}
+    experiments = []
+    for e in state.experiments:
+        base = e.baseline_row
+        experiments.append(vm.ExperimentView(
+            id=e.id, title=e.title, device=e.device, gpus_needed=0 if e.device == "cpu" else e.nproc_per_node,
+            baseline=e.baseline, hypothesis=e.hypothesis, decision=e.decision,
+            legs=tuple(_leg_view(e, m) for m in e.legs),
+            dirs=tuple(_dir_view(dirs[p]) for p in e.dirs if p in dirs),
+            baseline_figures={k: base.value(k) for k in vm.METRICS} if base is not None else {},
+        ))
+    live = tuple(live_view(state, m, followed.get(f"{m.dir}/{m.leg}")) for m in state.running if m.dir)
+    running = [(m.leg, st.pid, st.create_time) for m in state.running if m.dir and str(m.dir) in dirs
+               for st in [dirs[str(m.dir)].states.get(m.leg)] if st is not None]
+    n = len(state.running)
+    queued = len(state.active) - n
+    training = f"{n} leg{'s' if n != 1 else ''} running" if n else "paused"
+    if queued:
+        training += f", {queued} queued"
+    view = vm.CockpitView(
+        project=state.project,
+        registry_path=state.registry_path,
+        exp_root=state.exp_root,
+        branch=branch,
+        expected_branch=registry.settings.branch,
+        training=training,
+        experiments=tuple(experiments),
+        gpu=gpu_view(snapshot, status, owners(snapshot, running), sampler) if snapshot is not None and status else None,
+        live=live,
+        resume=_resume_view(state),
+        tail=registry.settings.tail,
+    )
+    return view, state, running
+
+
+def gpu_status(registry: reg.Registry, snapshot: gpus.Snapshot) -> resume.GpuStatus:
+    """Idle, busy or unknown by the registry's thresholds: the core's verdict on this snapshot."""
+    return resume.gpu_status(registry, _Taken(snapshot))
+
+
+def owners(snapshot: gpus.Snapshot, running: list[RunningLeg]) -> dict[int, str]:
+    """GPU pid -> the running leg whose process tree holds it (the core's leg_for_pids)."""
+    if not snapshot.available or not running:
+        return {}
+    return gpus.leg_for_pids([p for g in snapshot.gpus for p in g.pids], running)
+
+
+def _leg_view(e: resume.ExperimentState, m: resume.LegMark) -> vm.LegView:
+    figures = {k: m.row.value(k) for k in vm.METRICS} if m.row is not None else {}
+    log = str(Path(m.dir) / f"{m.leg}.log") if m.dir and m.mark != "recorded" else None
+    return vm.LegView(
+        exp_id=e.id, name=m.leg, mark=m.mark, description=m.description, baseline=m.is_baseline,
+        exp_dir=m.dir if log else None, log=log, figures=figures,
+        source=m.row.source if m.row is not None else "", note=m.note if m.mark in NOTED_MARKS else None,
+    )
+
+
+def _dir_view(d: runs.ExpDir) -> vm.DirView:
+    legs = []
+    for name in d.legs:
+        st = d.states.get(name)
+        status = st.status if st is not None else ("log" if d.log(name).exists() else "pending")
+        legs.append(vm.DirLegView(name, status, str(d.log(name))))
+    return vm.DirView(str(d.path), d.path.name, d.experiment, tuple(legs))
+
+
+def gpu_view(snapshot: gpus.Snapshot, status: resume.GpuStatus, owners: dict[int, str],
+             sampler: Sampler | None) -> vm.GpuView:
+    """GPU rows from the snapshot and the sampler's history; the summary from the core's status."""
+    hist = sampler.history if sampler is not None else {}
+
+    def h(key: str) -> tuple[float, ...]:
+        return tuple(v for v in hist.get(key, ()) if v is not None)
+
+    rows = tuple(
+        vm.GpuRow(g.index, g.name or "?", g.util_pct, g.mem_used_mib, g.mem_total_mib, g.temp_c, g.power_w,
+                  next((owners[p] for p in g.pids if p in owners), None), h(f"gpu{g.index}.util_pct"))
+        for g in snapshot.gpus
+    )
+    host = snapshot.host
+    host_row = vm.HostRow(host.cpu_pct, host.ram_used_mib, host.ram_total_mib, host.load1, h("host.cpu_pct"))
+    if status.state == "idle":
+        summary = f"{status.count} GPUs idle"
+    elif status.state == "busy":
+        summary = f"{len(status.busy)}/{status.count} GPUs busy"
+    else:
+        summary = "GPUs unknown (no NVML)" if not snapshot.available else "GPUs unknown"
+    return vm.GpuView(snapshot.available, snapshot.reason, rows, host_row, summary)
+
+
+def live_view(state: resume.ResumeState, m: resume.LegMark, followed: logs.LogState | None) -> vm.LiveView:
+    """A running leg's live row: from its followed log, else (not followed yet) the core's summary."""
+    log = str(Path(m.dir) / f"{m.leg}.log")
+    if followed is not None:
+        summary, last = logs.summary_of(followed, log), followed.last
+        tok_hist = tuple(r.tok_per_sec for r in followed.steps if r.tok_per_sec is not None)
+        loss_hist = tuple(r.loss for r in followed.steps if r.loss is not None)
+    else:
+        summary, last, tok_hist, loss_hist = m.summary or logs.summarize(log, tail=state.tail), None, (), ()
+    exp = next(e for e in state.experiments if e.id == m.experiment)
+    base = exp.baseline_row
+    is_base = exp.baseline_mark is not None and exp.baseline_mark.ref == m.ref  # no delta against itself
+    base_tok = base.tok_per_sec if base is not None and not is_base else None
+    return vm.LiveView(
+        key=f"{m.dir}/{m.leg}", exp_id=m.experiment, leg=m.leg, exp_dir=str(m.dir), log=log,
+        step=summary.last_step, total=summary.total_steps, pct=summary.pct, loss=summary.last_loss,
+        dt_ms=last.dt_ms if last else summary.dt_ms, tok_per_sec=last.tok_per_sec if last else summary.tok_per_sec,
+        mfu=last.mfu if last else summary.mfu, tail_tok_per_sec=summary.tok_per_sec, tail_n=summary.tail_n,
+        eta_min=summary.eta_min, delta_tok_pct=report.pct_change(base_tok, summary.tok_per_sec),
+        baseline=exp.baseline, tok_hist=tok_hist, loss_hist=loss_hist,
+    )
+
+
+def _group(marks: list[resume.LegMark]) -> tuple[str, ...]:
+    """`experiment (mark): leg, leg` lines, in registry order."""
+    out: dict[tuple[str, str], list[str]] = {}
+    for m in marks:
+        out.setdefault((m.experiment, m.mark), []).append(m.leg)
+    return tuple(f"{exp} ({mark}): {', '.join(legs)}" for (exp, mark), legs in out.items())
+
+
+def _resume_view(state: resume.ResumeState) -> vm.ResumeView:
+    nxt = state.next
+    return vm.ResumeView(
+        completed=_group([m for e in state.experiments for m in e.finished]),
+        remaining=_group([m for e in state.experiments for m in e.todo]),
+        next_label=f"{nxt.experiment}/{nxt.leg} ({nxt.mark})" if nxt else None,
+        next_command=nxt.command if nxt else None,
+        next_dir=nxt.exp_dir_template if nxt else None,
+        next_cockpit=nxt.cockpit if nxt else None,
+        rules=tuple(state.safety),
+        active=_group(state.active),
+        gpus=state.gpus.text,
+    )
+
+
+def build_report(registry: reg.Registry, view: vm.CockpitView, exp_id: str | None,
+                 exp_dir: str | None) -> vm.ReportView | None:
+    """The final table of a dir (or of the experiment's newest dir): `report.rows`, with each
+    run's delta against the experiment's baseline (a run of the dir, else its figures elsewhere)."""
+    if exp_id is None:
+        return None
+    exp = view.experiment(exp_id)
+    if exp is None:
+        return None
+    tail = registry.settings.tail
+    base_name = exp.baseline.rpartition("/")[2] if exp.baseline else None
+    if exp_dir is None and not exp.dirs:
+        rec = [vm.RowView(leg.name, leg.mark, dict(leg.figures)) for leg in exp.legs if leg.source == "recorded"]
+        return vm.ReportView(
+            exp_dir=None, title=f"{exp_id}: recorded in the registry (ran elsewhere)", tail=tail,
+            rows=tuple(_with_deltas(r, exp.baseline_figures) for r in rec), baseline=exp.baseline,
+            baseline_figures=exp.baseline_figures if base_name not in {r.run for r in rec} else {},
+            note=None if rec else "not run yet: no dir, no recorded figures",
+        )
+    exp_dir = exp_dir or exp.dirs[-1].path
+    rows = [vm.RowView(r.run, r.status, {m: r.value(m) for m in vm.METRICS}) for r in report.rows(exp_dir, tail)]
+    here = next((r for r in rows if r.run == base_name and any(v is not None for v in r.figures.values())), None)
+    base = dict(here.figures) if here is not None else exp.baseline_figures
+    return vm.ReportView(exp_dir=exp_dir, title=Path(exp_dir).name, tail=tail,
+                         rows=tuple(_with_deltas(r, base) for r in rows), baseline=exp.baseline,
+                         baseline_figures=base if here is None else {})
+
+
+def _with_deltas(r: vm.RowView, base: dict[str, float | None]) -> vm.RowView:
+    if not base or r.figures == base:  # the baseline itself
+        return r
+    return vm.RowView(r.run, r.status, r.figures,
+                      {m: report.pct_change(base.get(m), r.figures.get(m)) for m in vm.METRICS})
