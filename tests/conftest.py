@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
+import psutil
 import pytest
 
-from cockpit import procs, runs
+from cockpit import fsutil, procs, runs
+
+_spawned: list[subprocess.Popen] = []  # live legs of the running test (killed when it ends)
+_locks: list[int] = []  # supervisor locks this test process holds (released when it ends)
+_bin: list[Path] = []
 
 
 def fake_torchrun(bin_dir: Path) -> Path:
@@ -47,3 +55,42 @@ def leg_process(tmp_path):
     for p in started:
         p.kill()
         p.wait()
+
+
+def _shared_torchrun() -> Path:
+    if not _bin:
+        d = Path(tempfile.mkdtemp(prefix="cockpit-test-bin-"))
+        atexit.register(shutil.rmtree, d, True)
+        _bin.append(fake_torchrun(d))
+    return _bin[0]
+
+
+def live_leg(exp_dir: Path, leg: str) -> tuple[int, float, list[str]]:
+    """A process that is provably the leg's torchrun until the test ends: (pid, create time, the
+    argv its plan must record). Put both in the dir's plan and the leg's state."""
+    argv = [str(_shared_torchrun()), "--standalone", "--nproc_per_node=1", "-m", "tests.fake_trainer", "--",
+            "--model-tag", leg]
+    p = spawn_leg_process(Path(exp_dir), leg, argv)
+    _spawned.append(p)
+    return p.pid, psutil.Process(p.pid).create_time(), argv
+
+
+def hold_supervisor_lock(exp_dir: Path) -> dict:
+    """Make this test process the dir's live supervisor, provably (it holds state/supervisor.lock
+    until the test ends): returns the record to write as state/supervisor.json."""
+    fd = fsutil.try_lock(Path(exp_dir) / runs.STATE_DIR / f"{runs.SUPERVISOR}.lock")
+    assert fd is not None
+    _locks.append(fd)
+    me = psutil.Process()
+    return {"pid": me.pid, "create_time": me.create_time(), "ended_at": None}
+
+
+@pytest.fixture(autouse=True)
+def _end_live_legs_and_locks():
+    yield
+    while _spawned:
+        p = _spawned.pop()
+        p.kill()
+        p.wait()
+    while _locks:
+        os.close(_locks.pop())

@@ -16,7 +16,7 @@ import time
 from collections import deque
 from pathlib import Path
 
-import psutil
+from conftest import hold_supervisor_lock, live_leg
 
 from cockpit.gpus import GpuInfo, HostInfo, Snapshot
 
@@ -76,24 +76,26 @@ def write_dir(exp_root: Path, name: str, experiment: str, legs: dict[str, tuple[
               supervisor_alive: bool = False) -> Path:
     """An experiment dir: plan.json, `<leg>.log` and state/<leg>.json per leg (status, log lines).
 
-    A live supervisor (this test process) keeps "running"/"queued" states as they are written."""
+    A live supervisor (this test process, holding the dir's lock) keeps "running"/"queued" states
+    as they are written; a "running" leg is a live stand-in torchrun (conftest.live_leg)."""
     d = exp_root / name
     (d / "state").mkdir(parents=True)
-    (d / "plan.json").write_text(json.dumps({"experiment": experiment, "legs": [{"name": n} for n in legs]}))
-    me = psutil.Process(os.getpid())
+    plan = {"experiment": experiment, "legs": [{"name": n} for n in legs]}
     for leg, (status, lines) in legs.items():
         if lines or status != "queued":
             (d / f"{leg}.log").write_text("".join(x + "\n" for x in lines))
         state = {"leg": leg, "status": status, "log": str(d / f"{leg}.log"),
                  "started_at": "2026-02-24T19:00:00+08:00"}
-        if status == "running":
-            state |= {"pid": me.pid, "create_time": me.create_time()}
+        if status == "running":  # a live process, provably this leg's torchrun
+            pid, created, argv = live_leg(d, leg)
+            state |= {"pid": pid, "create_time": created}
+            next(x for x in plan["legs"] if x["name"] == leg)["argv"] = argv
         if status in ("done", "failed", "stopped"):
             state |= {"ended_at": "2026-02-24T19:05:00+08:00", "exit_code": 0 if status == "done" else 1}
         (d / "state" / f"{leg}.json").write_text(json.dumps(state))
+    (d / "plan.json").write_text(json.dumps(plan))
     if supervisor_alive:
-        (d / "state" / "supervisor.json").write_text(
-            json.dumps({"pid": me.pid, "create_time": me.create_time(), "ended_at": None}))
+        (d / "state" / "supervisor.json").write_text(json.dumps(hold_supervisor_lock(d)))
     return d
 
 
