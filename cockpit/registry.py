@@ -408,7 +408,7 @@ class _Loader:
     def check_range(self, value: int | float, lo: float, hi: float, loc: tuple, what: str) -> None:
         """A number within [lo, hi] (finite), or a located error that says the range."""
         if not (isinstance(value, int | float) and lo <= value <= hi):
-            raise self.fail(loc, f"'{what}' must be between {lo:g} and {hi:g}, not {_show(value)}")
+            raise self.fail(loc, f"'{what}' must be between {_plain(lo)} and {_plain(hi)}, not {_show(value)}")
 
     def check_args(self, args: dict, loc: tuple) -> dict:
         for key, value in args.items():
@@ -424,6 +424,11 @@ class _Loader:
             if isinstance(value, str) and "\x00" in value:
                 raise self.fail(loc + (key,), f"trainer arg '{key}' holds a NUL byte (no command line can)")
         return dict(args)
+
+
+def _plain(x: float) -> str:
+    """A bound as a person writes it: 1000000, 0.5."""
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
 
 
 def _cut(text: str, n: int = 100) -> str:

@@ -346,6 +346,9 @@ def open_dir(path: Path | str) -> ExpDir:
             problems.append(f"state/supervisor.json unreadable: {_why(e)}")
     sup_alive = supervisor_identity(path, sup).alive
     d = ExpDir(path, experiment, created, plan, legs, {}, sup, sup_alive)
+    odd = [f"{leg}.log" for leg in legs if os.path.lexists(d.log(leg)) and not fsutil.is_regular(d.log(leg))]
+    if odd:
+        problems.append(f"not a regular file: {', '.join(odd)}")
     for leg in legs:
         st = read_state(path, leg)
         if st is not None:

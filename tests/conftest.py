@@ -75,6 +75,11 @@ def live_leg(exp_dir: Path, leg: str) -> tuple[int, float, list[str]]:
     return p.pid, psutil.Process(p.pid).create_time(), argv
 
 
+def live_leg_pids() -> list[int]:
+    """Pids of the live legs the running test started, oldest first."""
+    return [p.pid for p in _spawned]
+
+
 def hold_supervisor_lock(exp_dir: Path) -> dict:
     """Make this test process the dir's live supervisor, provably (it holds state/supervisor.lock
     until the test ends): returns the record to write as state/supervisor.json."""
@@ -94,3 +99,22 @@ def _end_live_legs_and_locks():
         p.wait()
     while _locks:
         os.close(_locks.pop())
+
+
+def mount_tmpfs(where: Path, options: str) -> bool:
+    """Mount a small tmpfs at `where` (root with mount rights only); False when it cannot be done."""
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        return False
+    where.mkdir(parents=True, exist_ok=True)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True)
+    return r.returncode == 0
+
+
+@pytest.fixture
+def readonly_dir(tmp_path):
+    """A directory on a read-only filesystem (a tmpfs mounted ro), or the test is skipped."""
+    d = tmp_path / "ro-fs"
+    if not mount_tmpfs(d, "size=1m,ro"):
+        pytest.skip("cannot mount a read-only tmpfs here (needs root and mount rights)")
+    yield d
+    subprocess.run(["umount", "-l", str(d)], capture_output=True)

@@ -16,7 +16,7 @@ import time
 from collections import deque
 from pathlib import Path
 
-from conftest import hold_supervisor_lock, live_leg
+from conftest import hold_supervisor_lock, live_leg, live_leg_pids
 
 from cockpit.gpus import GpuInfo, HostInfo, Snapshot
 
@@ -100,7 +100,8 @@ def write_dir(exp_root: Path, name: str, experiment: str, legs: dict[str, tuple[
 
 
 class FakeSampler:
-    """Fixed GPU figures: `n` GPUs (those in `busy` at 97% with this process on them), or no NVML."""
+    """Fixed GPU figures: `n` GPUs (those in `busy` at 97%, with the newest live leg's torchrun on
+    them, else this process), or no NVML."""
 
     def __init__(self, n: int = 8, busy: tuple[int, ...] = (), nvml: bool = True):
         self.n, self.busy, self.nvml = n, busy, nvml
@@ -117,7 +118,8 @@ class FakeSampler:
         for i in range(self.n):
             on = i in self.busy
             gpus.append(GpuInfo(i, "NVIDIA H100 80GB HBM3", 97.0 if on else 0.0, 18987.0 if on else 0.0,
-                                81559.0, 64.0 if on else 31.0, 612.0 if on else 71.0, [os.getpid()] if on else []))
+                                81559.0, 64.0 if on else 31.0, 612.0 if on else 71.0,
+                                (live_leg_pids()[-1:] or [os.getpid()]) if on else []))
             self.history[f"gpu{i}.util_pct"] = deque([0.0, 40.0, 95.0, 97.0, 96.0, 97.0] if on else [0.0] * 6)
         return Snapshot(True, None, gpus, host, CLOCK.timestamp())
 
