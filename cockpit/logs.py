@@ -1114,37 +1114,57 @@ def _state_of(data: bytes, tail: int, state: LogState | None = None) -> LogState
 def _state_from_tail(f, size: int, tail: int) -> LogState:
     """The state of a big log from its end, read backwards in chunks (bounded memory).
 
-    Lines are taken from the end until the window holds `tail` step lines; that text is
-    parsed. When it grows past TAIL_TEXT_BYTES first (a flood of noise between or after the
-    steps), only the last TAIL_TEXT_BYTES are kept, and the scan goes on back for the window's
-    step lines alone: final lines and a crash's traceback are at the end. Older lines
-    (validation, moe) before the window are not read.
+    Lines are scanned from the end until the window holds `tail` step lines; the text from
+    there to the end is parsed. When that text would be longer than TAIL_TEXT_BYTES (a flood
+    of noise between or after the steps), only its last TAIL_TEXT_BYTES are parsed, and the
+    scan goes on back for the window's step lines alone: final lines and a crash's traceback
+    are at the end. Older lines (validation, moe) before the window are not read. What is
+    kept meanwhile is positions and at most `tail` step lines, never the text's lines.
     """
     f.seek(size - 1)
     terminated = f.read(1) in (b"\n", b"\r")
-    recent: list[bytes] = []  # newest first
-    text = steps = 0
-    first = None  # where the oldest line read starts
+    steps = 0
+    begin = size  # the text to parse is [begin, size)
+    newest = None  # where the last line starts
     for start, line in _lines_backwards(f, size):
+        newest = start if newest is None else newest
+        if size - start > TAIL_TEXT_BYTES:
+            break  # this line crosses the text budget: the text starts after it
+        begin = start
         # an unterminated last line is being written: a step line there is not counted (see _state_of)
-        if _is_step(line) and (terminated or recent):
+        if _is_step(line) and (terminated or start != newest):
             steps += 1
-        recent.append(line)
-        text += len(line) + 1
-        first = start
-        if steps >= tail or text > TAIL_TEXT_BYTES:
+        if steps >= tail:
             break
-    tail_text = b"\n".join(reversed(recent)) + (b"\n" if terminated else b"")
-    if steps >= tail or first is None or first == 0 or text <= TAIL_TEXT_BYTES:
-        return _state_of(tail_text, tail)
+    else:  # read back to the first line, within the budget: the window is all there is
+        return _state_of_range(f, begin, size, tail)
+    if steps >= tail:
+        return _state_of_range(f, begin, size, tail)
     window: list[bytes] = []
-    for _, line in _lines_backwards(f, first - 1, need=b"step "):
+    # the step lines before the text: those before `begin`, or when not one line fitted the
+    # budget, every complete one (an unterminated last line is not one)
+    end = begin - 1 if begin < size else (size if terminated else max(0, (newest or 0) - 1))
+    for _, line in _lines_backwards(f, end, need=b"step "):
         if _is_step(line):
             window.append(line)
             if steps + len(window) >= tail:
                 break
     state = _state_of(b"\n".join(reversed(window)) + b"\n", tail) if window else LogState(tail=tail)
-    return _state_of(tail_text, tail, state)
+    return _state_of_range(f, begin, size, tail, state)
+
+
+def _state_of_range(f, begin: int, end: int, tail: int, state: LogState | None = None) -> LogState:
+    """_state_of for the bytes [begin, end) of a file, fed a chunk at a time: the lines of at
+    most one chunk exist at once, whatever the range holds."""
+    state = state or LogState(tail=tail)
+    splitter = LineSplitter()
+    f.seek(begin)
+    left = end - begin
+    while left > 0 and (data := f.read(min(64 << 10, left))):
+        left -= len(data)
+        state.feed_many(splitter.feed(data))
+    state.feed_many([ln for ln in splitter.flush() if parse_step(ln) is None])
+    return state
 
 
 def _is_step(line: bytes) -> bool:

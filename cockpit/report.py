@@ -107,7 +107,7 @@ def pct_change(baseline: float | None, run: float | None) -> float | None:
     """(run - baseline) / baseline in percent; None when that is not a finite number."""
     if no_delta_why(baseline, run) is not None:
         return None
-    return (run - baseline) / baseline * 100.0
+    return (run - baseline) / baseline * 100.0 + 0.0  # + 0.0: no "-0.00%"
 
 
 def fmt_delta(pct: float | None) -> str:
