@@ -208,6 +208,44 @@ def terminate(root: psutil.Process, grace_s: float, waiter: Callable[[float], No
     return killed
 
 
+def marked(environ: Mapping[str, str]) -> list[psutil.Process]:
+    """The processes (this one aside) whose environment holds every one of these variables: a
+    leg's processes carry its marker (ENV_EXP_DIR, ENV_LEG) from the supervisor, so its workers
+    are found even after torchrun is gone (they were its children; they are orphans now)."""
+    out = []
+    me = os.getpid()
+    for p in psutil.process_iter():
+        if p.pid == me:
+            continue
+        try:
+            env = p.environ()
+        except psutil.Error:
+            continue
+        if all(env.get(k) == v for k, v in environ.items()):
+            out.append(p)
+    return out
+
+
+def terminate_all(processes: list[psutil.Process], grace_s: float) -> list[int]:
+    """SIGTERM each (proven) process, wait up to grace_s, SIGKILL those left. Returns the
+    pids that needed SIGKILL."""
+    for p in processes:
+        try:
+            p.send_signal(signal.SIGTERM)
+        except psutil.Error:
+            pass
+    _, left = psutil.wait_procs(processes, timeout=grace_s)
+    killed = []
+    for p in left:
+        try:
+            p.kill()
+            killed.append(p.pid)
+        except psutil.Error:
+            pass
+    psutil.wait_procs(left, timeout=5.0)
+    return killed
+
+
 def signal_proven(ident: Identity, sig: int) -> bool:
     """Send `sig` to a proven process; False (nothing sent) for anything else."""
     if not ident.alive or ident.process is None:

@@ -923,6 +923,7 @@ def stop(
                 continue  # reconciled as unknown a moment ago; said by the caller from the state
             if ident.alive and ident.process is not None:
                 procs.terminate(ident.process, grace_s)
+            procs.terminate_all(procs.marked(leg_env(exp_dir, name)), grace_s)  # workers torchrun left
             st.note = "stopped by request (supervisor gone; exit code unknown)"
         else:
             st.note = "stopped by request before it started (supervisor gone)"

@@ -366,6 +366,7 @@ class Supervisor:
         except subprocess.TimeoutExpired:
             proc.kill()
             rc = proc.wait()
+        self._end_leftovers(name)
         if stopped:
             return self._finish(name, "stopped", note="stopped by request", exit_code=rc)
         if rc == 0:
@@ -375,6 +376,15 @@ class Supervisor:
             tail = [*tail[-9:], cause]
             return self._finish(name, "failed", note=cause, exit_code=rc, error_tail=tail)
         return self._finish(name, "failed", exit_code=rc, error_tail=tail)
+
+    def _end_leftovers(self, name: str) -> None:
+        """torchrun is gone; its workers must be too. A worker left (torchrun was killed, its
+        workers run in their own sessions) carries this leg's marker: stop it, say so."""
+        left = procs.marked(leg_env(self.exp_dir, name))
+        if left:
+            killed = procs.terminate_all(left, min(self.grace_s, 5.0))
+            self.say(f"{name}: stopped {len(left)} processes left behind by torchrun "
+                     f"({len(killed)} needed SIGKILL): {', '.join(str(p.pid) for p in left)}")
 
     # ------------------------------------------------------------------------------------------
     def _report(self) -> None:

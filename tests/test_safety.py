@@ -754,3 +754,23 @@ def test_a_killed_torchrun_is_said_as_the_cause(tmp_path):
     assert a.error_tail[-1].startswith("torchrun was killed by SIGKILL (signal 9)") and a.note == a.error_tail[-1]
     assert a.error_tail[:-1] == [STEP.format(i=i, p=i * 10.0, loss=5 - i / 10) for i in range(3)]
     assert supervisor.signal_cause(-15).startswith("torchrun was killed by SIGTERM") and supervisor.signal_cause(1) is None
+
+
+def test_workers_left_behind_by_a_killed_torchrun_are_stopped(tmp_path):
+    """torchrun killed, its workers (own sessions) live on: they carry the leg's marker, and the
+    supervisor stops them when the leg ends; nothing else is touched."""
+    code = ("import os, subprocess, sys, time\n"
+            "w = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'], start_new_session=True)\n"
+            "open(os.path.join(os.getcwd(), 'worker.pid'), 'w').write(str(w.pid))\n"
+            "time.sleep(0.2)\nos.kill(os.getpid(), 9)\n")
+    d = plan_dir(tmp_path / "exp", {"a": code})
+    bystander = _victim()  # not of this leg: no marker
+    try:
+        assert supervisor.Supervisor(d, echo=False).run() == 1
+        worker = int((d / "worker.pid").read_text())
+        assert not psutil.pid_exists(worker) or psutil.Process(worker).status() == psutil.STATUS_ZOMBIE
+        assert bystander.poll() is None
+        assert runs.read_state(d, "a").error_tail[-1].startswith("torchrun was killed by SIGKILL")
+    finally:
+        bystander.kill()
+        bystander.wait()
