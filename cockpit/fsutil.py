@@ -240,6 +240,9 @@ class StagedFiles:
         self._staged: list[tuple[int, str, str]] = []  # (dir fd, temp name, final name)
 
     def open(self, path: os.PathLike | str, mode: str = "w") -> IO:
+        """A new temp file beside `path` for writing ("w" text, "wb" bytes); it becomes `path`
+        at commit. Refused: a name too long, a directory or special file at `path`, a symlinked
+        dir below the root."""
         path = Path(os.path.abspath(path))
         if not name_fits(path.name):
             raise UnsafePath(path, f"file name longer than {NAME_MAX} bytes", errno.ENAMETOOLONG)
@@ -257,8 +260,9 @@ class StagedFiles:
             raise
         os.set_blocking(fd, True)
         self._staged.append((dfd, tmp, path.name))
-        kw = {"newline": ""} if "b" not in mode else {}
-        return os.fdopen(fd, mode.replace("x", "w"), encoding=None if "b" in mode else "utf-8", **kw)
+        if "b" in mode:
+            return os.fdopen(fd, "wb")
+        return os.fdopen(fd, "w", encoding="utf-8", newline="")  # newline="": csv writes its own
 
     def commit(self) -> None:
         try:

@@ -50,9 +50,9 @@ class RegistryError(Exception):
     def __init__(self, path: Path | str, line: int | None, message: str):
         self.path = str(path)
         self.line = line
-        self.message = message
+        self.message = safetext.oneline(message)  # whatever the file held: one printable line
         where = f"{self.path}:{line}" if line else self.path
-        super().__init__(f"{where}: {message}")
+        super().__init__(f"{where}: {self.message}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -413,7 +413,7 @@ class _Loader:
     def check_args(self, args: dict, loc: tuple) -> dict:
         for key, value in args.items():
             if not _ARG_KEY.match(key):
-                raise self.fail(loc + (key,), f"trainer arg '{key}' is not a flag name")
+                raise self.fail(loc + (key,), f"trainer arg {_show(key)} is not a flag name")
             if isinstance(value, dict | list) or value is None:
                 raise self.fail(
                     loc + (key,),

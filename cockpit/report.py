@@ -22,6 +22,7 @@ import csv
 import datetime as dt
 import io
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -234,7 +235,7 @@ def resolve_baseline(exp_dir: Path, ref: str, tail: int = 50, now: float | None 
     candidates = [exp_dir / f"{ref}.log"]
     if "/" in ref:
         candidates += [Path(f"{ref}.log").expanduser(), exp_dir.parent / f"{ref}.log"]
-    candidates = list(dict.fromkeys(Path(fsutil_abspath(c)) for c in candidates))
+    candidates = list(dict.fromkeys(Path(os.path.abspath(c)) for c in candidates))
     for path in candidates:
         if fsutil.is_regular(path):
             row = row_from_summary(logs.summarize(path, tail=tail, now=now))
@@ -445,11 +446,6 @@ def _md_text(text: str) -> str:
     return safetext.printable(text).replace("\n", " ")
 
 
-def fsutil_abspath(p: Path) -> str:
-    import os
-
-    return os.path.abspath(p)
-
 
 # ----------------------------------------------------------------------------------------------
 # files: report.md, CSVs, plots
@@ -599,7 +595,7 @@ def write_report(
     exp_dir = Path(exp_dir)
     if not fsutil.is_dir(exp_dir):
         raise ReportError(f"{safetext.oneline(str(exp_dir))}: no such experiment dir")
-    out = Path(fsutil_abspath(Path(out_md).expanduser())) if out_md is not None else exp_dir / "report.md"
+    out = Path(os.path.abspath(os.path.expanduser(out_md))) if out_md is not None else exp_dir / "report.md"
     check_output(out, plots)
     files = output_files(out, plots)
     root = exp_dir if fsutil.is_inside(out.parent, exp_dir) else None

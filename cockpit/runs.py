@@ -361,10 +361,6 @@ def _why(e: BaseException) -> str:
     return safetext.oneline(fsutil.oneline(e))[:200]
 
 
-def _leg_name(name: Any) -> bool:
-    return leg_name_ok(name)
-
-
 def reconcile(exp_dir: Path, st: LegState, supervisor_alive: bool, expect: procs.Expect | None = None) -> LegState:
     """The state as it stands now. Only a dead supervisor leaves a state stale; fix it in memory.
 

@@ -59,7 +59,7 @@ from cockpit.runs import (
 )
 
 
-def check_plan(plan: object, exp_dir: Path) -> str | None:
+def check_plan(plan: object) -> str | None:
     """Why a plan.json cannot be run (one line), or None. A plan is a file: it may be anything."""
     if not isinstance(plan, dict):
         return "not a JSON object"
@@ -150,7 +150,7 @@ class Supervisor:
             plan = json.loads(fsutil.read_bytes(plan_path, PLAN_MAX_BYTES))
         except (OSError, ValueError, RecursionError) as e:
             raise RunError(f"{plan_path}: cannot read the plan: {fsutil.oneline(e)}") from None
-        if why := check_plan(plan, self.exp_dir):
+        if why := check_plan(plan):
             raise RunError(f"{plan_path}: {why}")
         if self.grace_s is None:
             g = plan.get("stop_grace_s", STOP_GRACE_S)

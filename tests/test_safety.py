@@ -774,3 +774,16 @@ def test_workers_left_behind_by_a_killed_torchrun_are_stopped(tmp_path):
     finally:
         bystander.kill()
         bystander.wait()
+
+
+def test_the_safety_primitives_are_layer_0():
+    """fsutil, procs and safetext import nothing from the cockpit (everything else builds on them)."""
+    import ast
+
+    for name in ("fsutil", "procs", "safetext"):
+        tree = ast.parse((REPO / "cockpit" / f"{name}.py").read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                assert not (node.module or "").startswith("cockpit"), (name, node.module)
+            if isinstance(node, ast.Import):
+                assert not any(a.name.startswith("cockpit") for a in node.names), name
