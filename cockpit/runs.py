@@ -152,9 +152,10 @@ def read_state(exp_dir: Path | str, leg: str) -> LegState | None:
     """The leg's state as recorded (not reconciled); None when there is none or it is unreadable."""
     try:
         data = read_json(state_path(exp_dir, leg))
-        return LegState.from_dict(data) if isinstance(data, dict) and "status" in data else None
+        st = LegState.from_dict(data) if isinstance(data, dict) and "status" in data else None
     except (OSError, ValueError, TypeError, RecursionError):  # unreadable, not JSON, keys of wrong kinds
         return None
+    return st if st is not None and st.leg == leg else None  # another leg's (or no leg's) record: not this one
 
 
 def is_alive(pid: int | None, create_time: float | None) -> bool:
@@ -846,7 +847,7 @@ def process_tree(pid: int | None, create_time: float | None) -> list[psutil.Proc
     return procs.tree(same.process) if same.alive and same.process is not None else []
 
 
-def _grace(plan: dict | None, default: float) -> float:
+def plan_grace(plan: dict | None, default: float = STOP_GRACE_S) -> float:
     """The plan's stop grace period, when it is a sane number (a plan is a file: it may lie)."""
     v = (plan or {}).get("stop_grace_s", default)
     return float(v) if isinstance(v, int | float) and not isinstance(v, bool) and 0 <= v <= 3600 else default
@@ -879,7 +880,7 @@ def stop(
     targets = [n for n in names if n in d.states and d.states[n].active]
     sup = supervisor_identity(exp_dir, d.supervisor)
     if wait_s is None:  # the supervisor stops with the plan's grace period, then records it
-        wait_s = _grace(d.plan, grace_s) + 10.0
+        wait_s = plan_grace(d.plan, grace_s) + 10.0
     if sup.alive:
         if leg is None:
             sig = signal.SIGTERM

@@ -40,7 +40,6 @@ from cockpit.runs import (
     LOCK_DIR,
     PLAN_MAX_BYTES,
     STATE_DIR,
-    STOP_GRACE_S,
     SUPERVISOR,
     UNKNOWN,
     LegState,
@@ -50,6 +49,7 @@ from cockpit.runs import (
     leg_expect,
     leg_name_ok,
     now_iso,
+    plan_grace,
     process_identity,
     read_state,
     reconcile,
@@ -153,9 +153,7 @@ class Supervisor:
         if why := check_plan(plan):
             raise RunError(f"{plan_path}: {why}")
         if self.grace_s is None:
-            g = plan.get("stop_grace_s", STOP_GRACE_S)
-            self.grace_s = float(g) if isinstance(g, int | float) and not isinstance(g, bool) and 0 <= g <= 3600 \
-                else STOP_GRACE_S
+            self.grace_s = plan_grace(plan)
         state_dir = self.exp_dir / STATE_DIR
         try:
             fsutil.make_dirs(state_dir, root=self.exp_dir)

@@ -165,6 +165,11 @@ def test_planted_links_for_state_report_lock_stop_and_guide_are_never_followed(t
     assert victim.read_text() == "keep me\n"
     for rel in ("report.md", "report_summary.csv", "state/a.json", "state/a.stop"):
         assert not (d2 / rel).is_symlink() and (d2 / rel).is_file()
+    # a state file that names another leg ("../../x") is not that leg's, and is never written back
+    (d2 / "state" / "b.json").write_text(json.dumps({"leg": "../../../victim", "status": "running", "pid": 1}))
+    assert runs.read_state(d2, "b") is None
+    with pytest.raises(fsutil.UnsafePath, match="lies outside"):
+        runs.write_state(d2, runs.LegState("../../../x", "done"))
     # a lock file that is a symlink: refused
     os.symlink(victim, d2 / "state" / "a.lock")
     with pytest.raises(runs.RunError, match="is a symlink"):
