@@ -2,6 +2,8 @@
 
 Every subcommand takes `--registry PATH` (default ./experiments.toml). Bad input of any kind
 (a broken registry, a wrong name, a missing dir) is one line on stderr and exit code 2.
+Everything printed goes through one sanitizer (`say`, `safetext.printable`): text read from a
+log or a file (names, error lines, paths) never reaches the terminal with a control character.
 """
 
 from __future__ import annotations
@@ -10,13 +12,20 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
+from cockpit import fsutil, safetext
 from cockpit import registry as reg
 
 EXIT_BAD_INPUT = 2
+GRACE_MAX_S = 3600.0
 
 
 class UsageError(Exception):
     """Bad input found after parsing (a name that is not in the registry, a missing dir...)."""
+
+
+def say(text: str = "", end: str = "\n", file=None) -> None:
+    """Print, with control characters and escape sequences made harmless (see safetext)."""
+    print(safetext.printable(text), end=end, file=file or sys.stdout)
 
 
 def _add_registry(p: argparse.ArgumentParser) -> None:
@@ -33,7 +42,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from cockpit import resume
 
     registry = reg.load(args.registry)
-    print(resume.render_status(resume.build_state(registry)))
+    say(resume.render_status(resume.build_state(registry)))
     return 0
 
 
@@ -42,13 +51,15 @@ def cmd_resume(args: argparse.Namespace) -> int:
     from cockpit import resume
 
     registry = reg.load(args.registry)
-    if not args.out_md:
-        print(resume.render_guide(resume.build_state(registry)), end="")
+    if args.out_md is None:
+        say(resume.render_guide(resume.build_state(registry)), end="")
         return 0
     try:
-        print(resume.write_guide(registry, args.out_md))
+        say(str(resume.write_guide(registry, args.out_md)))
+    except fsutil.UnsafePath as e:
+        raise UsageError(f"--out-md: {e.strerror}") from None
     except OSError as e:
-        raise UsageError(f"{e.filename or args.out_md}: {e.strerror or e}") from None
+        raise UsageError(f"--out-md: {fsutil.oneline(e)}") from None
     return 0
 
 
@@ -60,50 +71,54 @@ def cmd_launch(args: argparse.Namespace) -> int:
     try:
         plan = runs.plan_launch(registry, args.experiment, legs, args.rerun)
         if args.dry_run:
-            print(runs.dry_run_text(registry, plan))
+            say(runs.dry_run_text(registry, plan))
             return 0
         for name, why in plan.skipped:
-            print(f"skip {name}: {why}")
+            say(f"skip {name}: {why}")
         if not plan.legs:
-            print(f"nothing to run in {args.experiment}")
+            say(f"nothing to run in {args.experiment}")
             return 0
         exp_dir = runs.launch(registry, args.experiment, foreground=args.foreground, plan=plan)
     except runs.RunError as e:
         raise UsageError(str(e)) from None
     want, have = registry.settings.branch, ((runs.open_dir(exp_dir).plan or {}).get("git") or {}).get("branch")
     if want and have and want != have:
-        print(f"cockpit: warning: the checkout is on branch {have}, the registry expects {want}", file=sys.stderr)
+        say(f"cockpit: warning: the checkout is on branch {have}, the registry expects {want}", file=sys.stderr)
     if not args.foreground:
-        print(exp_dir)
+        say(str(exp_dir))
         return 0
     d = runs.open_dir(exp_dir)
     for name in d.legs:
         st = d.states.get(name)
-        print(f"{name}: {st.status if st else 'not run'}")
-    print(exp_dir)
+        say(f"{name}: {st.status if st else 'not run'}" + (f" ({st.note})" if st and st.status == "failed" and st.note else ""))
+    say(str(exp_dir))
     return 0 if all(s.status == "done" for s in d.states.values()) else 1
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
+    """Stop a dir's queue or one leg. Only dirs under the registry's exp_root; only processes
+    proven to be the leg's are signalled (see runs.stop)."""
     from cockpit import runs
 
+    if not args.target.strip():
+        raise UsageError("stop: no experiment dir given (an empty name): give a dir under exp_root or an experiment id")
+    if args.leg is not None and not args.leg.strip():
+        raise UsageError("stop: the leg name is empty")
+    if not 0 <= args.grace <= GRACE_MAX_S:  # nan fails too
+        raise UsageError(f"--grace must be between 0 and {GRACE_MAX_S:g} seconds, not {args.grace}")
+    exp_root = reg.load(args.registry).settings.exp_root
     try:
-        if Path(args.target).expanduser().is_dir():
-            exp_dir = Path(args.target).expanduser().resolve()
-        else:
-            exp_dir = runs.find_dir(reg.load(args.registry).settings.exp_root, args.target)
-        d = runs.stop(exp_dir, args.leg, grace_s=args.grace)
+        exp_dir = runs.find_dir(exp_root, args.target)
+        d = runs.stop(exp_dir, args.leg, grace_s=args.grace, exp_root=exp_root)
     except runs.RunError as e:
         raise UsageError(str(e)) from None
     for name in [args.leg] if args.leg else d.legs:
         st = d.states.get(name)
         if st is not None and st.status == "queued" and (exp_dir / runs.STATE_DIR / f"{name}.stop").exists():
-            print(f"{name}: queued, stop requested: it will not start")
+            say(f"{name}: queued, stop requested: it will not start")
         else:
-            print(f"{name}: {st.status if st else 'not run'}" + (f" ({st.note})" if st and st.note else ""))
-    print(exp_dir)
+            say(f"{name}: {st.status if st else 'not run'}" + (f" ({st.note})" if st and st.note else ""))
+    say(str(exp_dir))
     return 0
 
 
@@ -126,7 +141,7 @@ def cmd_gpus(args: argparse.Namespace) -> int:
             legs = [(f"{d.path.name}/{st.leg}", st.pid, st.create_time) for d in runs.discover(exp_root)
                     for st in d.running]
             pid_legs = gpus.leg_for_pids(pids, legs)
-    print(gpus.render_table(snap, pid_legs))
+    say(gpus.render_table(snap, pid_legs))
     return 0
 
 
@@ -137,6 +152,8 @@ def _tail(args: argparse.Namespace) -> int:
     if args.tail is not None:
         if args.tail < 1:
             raise UsageError(f"--tail must be at least 1, not {args.tail}")
+        if args.tail > reg.TAIL_MAX:
+            raise UsageError(f"--tail must be at most {reg.TAIL_MAX}, not {safetext.oneline(str(args.tail))[:40]}")
         return args.tail
     path = getattr(args, "registry", reg.DEFAULT_REGISTRY)
     return reg.load(path).settings.tail if Path(path).exists() else 50
@@ -149,17 +166,26 @@ def cmd_report(args: argparse.Namespace) -> int:
     from cockpit import report
 
     tail = _tail(args)
+    if not args.exp_dir.strip():
+        raise UsageError("--exp-dir is empty: give an experiment dir (or any dir of *.log files)")
     exp_dir = Path(args.exp_dir).expanduser()
     try:
-        if args.out_md:
-            out = report.write_report(exp_dir, args.out_md, args.baseline, tail, plots=not args.no_plots)
-            print(out)
+        if not fsutil.is_dir(exp_dir):
+            raise report.ReportError(f"{exp_dir}: no such experiment dir")
+        rows_ = report.rows(exp_dir, tail)
+        if not rows_:
+            raise report.ReportError(f"{exp_dir}: no *.log file and no planned leg here: nothing to report "
+                                     "(give the dir of an experiment, or any dir of *.log files)")
+        if all(r.summary is None for r in rows_):
+            raise report.ReportError(f"{exp_dir}: no leg has a log yet, nothing to report (see: cockpit status)")
+        if args.out_md is not None:
+            say(str(report.write_report(exp_dir, args.out_md, args.baseline, tail, plots=not args.no_plots)))
         else:
-            print(report.render_report(exp_dir, args.baseline, tail), end="")
+            say(report.render_report(exp_dir, args.baseline, tail, rows_=rows_), end="")
     except report.ReportError as e:
         raise UsageError(str(e)) from None
     except OSError as e:
-        raise UsageError(f"{e.filename or args.out_md}: {e.strerror or e}") from None
+        raise UsageError(f"report not written: {fsutil.oneline(e)}") from None
     return 0
 
 
@@ -230,7 +256,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return func(args)
     except (reg.RegistryError, UsageError) as e:
-        print(f"cockpit: {e}", file=sys.stderr)
+        print(f"cockpit: {safetext.oneline(str(e))}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         return 130

@@ -15,17 +15,22 @@ kept aside or ignored, never fatal. The same code reads this trainer, upstream n
 (`bf16_mfu:`, older `mfu:`) and the user's fork (`| bal: 24.0000` after `loss`).
 
 Three layers, each usable alone:
-- `LineSplitter`: bytes in any chunking -> complete text lines (`\\r` and `\\n` end a line).
+- `LineSplitter`: bytes in any chunking -> complete text lines (`\\r` and `\\n` end a line,
+  terminal escape sequences such as colour codes are dropped: a green step line is a step line).
 - `parse_step` / `parse_line`: one line -> a typed record, or None.
 - `LogState`: an accumulator fed with lines (the follower's or a file's) that knows the tail
   window, the final lines and the failure evidence; `summarize(path)` builds one from the
   end of a file without reading all of it.
+
+Memory is bounded whatever the file holds (a 5 GB log, one line without a newline, a sparse
+file of zeros): a summary reads the file backwards in chunks and keeps at most the tail window's
+step lines and TAIL_TEXT_BYTES of text; a full parse streams its step columns to a callback
+chunk by chunk (`parse_file(on_steps=...)`) when the caller does not want them all at once.
 """
 
 from __future__ import annotations
 
 import math
-import mmap
 import operator
 import os
 import re
@@ -35,6 +40,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from itertools import compress, repeat
 from pathlib import Path
+
+from cockpit import fsutil, safetext
 
 MAX_LINE_BYTES = 64 * 1024  # a longer line is cut here: memory stays bounded whatever the file holds
 READ_CHUNK = 1 << 20
@@ -428,6 +435,11 @@ class StepTable:
     def __len__(self) -> int:
         return len(self.cols["step"])
 
+    def clear(self) -> None:
+        for col in self.cols.values():
+            col.clear()
+        self.extra.clear()
+
     def append(self, rec: StepLine) -> None:
         if rec.extra:
             self.extra[len(self)] = rec.extra
@@ -476,6 +488,8 @@ class LogState:
 
     def feed(self, line: str) -> None:
         self.lines_seen += 1
+        if "\x1b" in line:  # lines from a LineSplitter have none left; others may
+            line = safetext.strip_escapes(line)
         c = line[:1]
         if c == "s" and line.startswith("step "):
             rec = parse_step(line)
@@ -577,11 +591,13 @@ class LineSplitter:
             blines = [b[: self.max_line] for b in blines]
         out += filter(None, blines)
         self._hold(rest)
+        if b"\x1b" in head or (out and b"\x1b" in out[0]):
+            out = [x for b in out if (x := safetext.strip_escapes_bytes(b))]
         return out
 
     def flush(self) -> list[str]:
         """The held partial line as a line (end of file, or the writer is gone)."""
-        line, self.partial, self.overflow = self.partial, b"", False
+        line, self.partial, self.overflow = safetext.strip_escapes_bytes(self.partial), b"", False
         return [line.decode("utf-8", "replace")] if line else []
 
     def _hold(self, data: bytes) -> None:
@@ -643,7 +659,7 @@ class LogFollower:
             self._reset()  # truncated
         if self._file is None:
             try:
-                self._file = open(self.path, "rb")  # noqa: SIM115 - kept open between polls
+                self._file = fsutil.open_read(self.path)  # kept open between polls; a FIFO is refused
             except OSError:
                 return []
             self._ino = ino
@@ -658,34 +674,68 @@ class LogFollower:
         return self.splitter.flush()
 
 
+def _chunks(f, chunk: int = READ_CHUNK):
+    """The file's bytes in chunks, from where it is; a hole of a sparse file (zeros, no line end
+    in it) is given as just enough zeros to make the line it falls in as long as a line gets."""
+    fd = f.fileno()
+    size = os.fstat(fd).st_size
+    pos = f.tell()
+    while True:
+        data_at = fsutil.next_data(fd, pos, size)
+        if data_at - pos > 2 * chunk:
+            yield bytes(MAX_LINE_BYTES + 1)
+            pos = data_at
+            f.seek(pos)
+        data = f.read(chunk)
+        if not data:
+            return
+        pos += len(data)
+        yield data
+
+
 def read_lines(path: str | os.PathLike[str], start: int = 0, chunk: int = READ_CHUNK):
     """Every line of a file from byte `start`, in chunks (a full parse); partial last line included."""
     splitter = LineSplitter()
-    with open(path, "rb") as f:
+    with fsutil.open_read(path) as f:
         f.seek(start)
         while data := f.read(chunk):
             yield from splitter.feed(data)
     yield from splitter.flush()
 
 
-def parse_file(path: str | os.PathLike[str], tail: int = 50, keep_steps: int | None = None) -> LogState:
+def parse_file(
+    path: str | os.PathLike[str], tail: int = 50, keep_steps: int | None = None, on_steps=None
+) -> LogState:
     """A full parse of a log: with keep_steps=None every step line is kept, as columns.
 
     Step lines are parsed in bulk (see `_bulk_feed`): the same records as `parse_step` line
     by line, several times faster; anything unusual falls back to the line-by-line parser.
+    `on_steps(table)`: called with the step lines of each chunk read (a StepTable), which is
+    emptied afterwards, so the memory a parse holds is one chunk's, whatever the file's size.
     """
+    if on_steps is not None:
+        keep_steps = None
     state = LogState(tail=tail, keep_steps=keep_steps)
     splitter = LineSplitter()
     bulk = state.table is not None and _numpy() is not None
-    with open(path, "rb") as f:
-        while data := f.read(READ_CHUNK):
+    table = state.table
+
+    def hand_over() -> None:
+        if on_steps is not None and table is not None and len(table):
+            on_steps(table)
+            table.clear()
+
+    with fsutil.open_read(path) as f:
+        for data in _chunks(f):
             if bulk:
                 _bulk_feed(state, splitter.feed_bytes(data))
             else:
                 state.feed_many(splitter.feed(data))
+            hand_over()
     for line in splitter.flush():
         if parse_step(line) is None:  # a cut step line waits for its newline (see _state_of)
             state.feed(line)
+    hand_over()
     return state
 
 
@@ -1016,7 +1066,7 @@ def summarize(path: str | os.PathLike[str], tail: int = 50, now: float | None = 
     p = Path(path)
     summary = LegSummary(path=str(p), run=p.stem)
     try:
-        with open(p, "rb") as f:
+        with fsutil.open_read(p) as f:
             st = os.fstat(f.fileno())
             summary.size, summary.mtime = st.st_size, st.st_mtime
             if st.st_size <= SMALL_LOG_BYTES:
@@ -1030,6 +1080,9 @@ def summarize(path: str | os.PathLike[str], tail: int = 50, now: float | None = 
                     state.steps_observed = max(state.steps_observed, state.last.step - first + 1)
     except OSError as e:
         summary.error = f"{p}: {e.strerror or e}"
+        return summary
+    except ValueError as e:  # a path the OS cannot take (a NUL byte)
+        summary.error = f"{p}: {e}"
         return summary
     _fill(summary, state, now)
     return summary
@@ -1059,32 +1112,136 @@ def _state_of(data: bytes, tail: int, state: LogState | None = None) -> LogState
 
 
 def _state_from_tail(f, size: int, tail: int) -> LogState:
-    """The state of a big log from its end, through a memory map (no big read, bounded memory).
+    """The state of a big log from its end, read backwards in chunks (bounded memory).
 
-    Step lines are found backwards (`rfind`) until the window holds `tail` of them; the text
-    from the first of them to the end is parsed. When that text is longer than
-    TAIL_TEXT_BYTES (a flood of noise between or after the steps), only the window's step
-    lines and the last TAIL_TEXT_BYTES are parsed: final lines and a crash's traceback are at
-    the end. Older lines (validation, moe) before the window are not read.
+    Lines are scanned from the end until the window holds `tail` step lines; the text from
+    there to the end is parsed. When that text would be longer than TAIL_TEXT_BYTES (a flood
+    of noise between or after the steps), only its last TAIL_TEXT_BYTES are parsed, and the
+    scan goes on back for the window's step lines alone: final lines and a crash's traceback
+    are at the end. Older lines (validation, moe) before the window are not read. What is
+    kept meanwhile is positions and at most `tail` step lines, never the text's lines.
     """
-    with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-        size = len(mm)
-        # an unterminated last line is not counted: _state_of leaves a cut step line out
-        pos = size if mm[size - 1 : size] == b"\n" else max(0, mm.rfind(b"\n"))
-        starts: list[int] = []  # where the window's step lines start, newest first
-        while len(starts) < tail and (i := mm.rfind(b"\nstep ", 0, pos)) >= 0:
-            starts.append(i + 1)
-            pos = i
-        if len(starts) < tail and mm[:5] == b"step ":
-            starts.append(0)
-        # fewer than `tail` step lines in the whole file: the window holds them all, read from the start
-        begin = starts[-1] if len(starts) == tail else 0
-        if size - begin <= TAIL_TEXT_BYTES:
-            return _state_of(mm[begin:], tail)
-        cut = mm.find(b"\n", size - TAIL_TEXT_BYTES) + 1 or size
-        window = [mm[p : mm.find(b"\n", p)] for p in reversed(starts) if p < cut]
-        state = _state_of(b"\n".join(window) + b"\n", tail) if window else LogState(tail=tail)
-        return _state_of(mm[cut:], tail, state)
+    f.seek(size - 1)
+    terminated = f.read(1) in (b"\n", b"\r")
+    steps = 0
+    begin = size  # the text to parse is [begin, size)
+    newest = None  # where the last line starts
+    for start, line in _lines_backwards(f, size):
+        newest = start if newest is None else newest
+        if size - start > TAIL_TEXT_BYTES:
+            break  # this line crosses the text budget: the text starts after it
+        begin = start
+        # an unterminated last line is being written: a step line there is not counted (see _state_of)
+        if _is_step(line) and (terminated or start != newest):
+            steps += 1
+        if steps >= tail:
+            break
+    else:  # read back to the first line, within the budget: the window is all there is
+        return _state_of_range(f, begin, size, tail)
+    if steps >= tail:
+        return _state_of_range(f, begin, size, tail)
+    window: list[bytes] = []
+    # the step lines before the text: those before `begin`, or when not one line fitted the
+    # budget, every complete one (an unterminated last line is not one)
+    end = begin - 1 if begin < size else (size if terminated else max(0, (newest or 0) - 1))
+    for _, line in _lines_backwards(f, end, need=b"step "):
+        if _is_step(line):
+            window.append(line)
+            if steps + len(window) >= tail:
+                break
+    state = _state_of(b"\n".join(reversed(window)) + b"\n", tail) if window else LogState(tail=tail)
+    return _state_of_range(f, begin, size, tail, state)
+
+
+def _state_of_range(f, begin: int, end: int, tail: int, state: LogState | None = None) -> LogState:
+    """_state_of for the bytes [begin, end) of a file, fed a chunk at a time: the lines of at
+    most one chunk exist at once, whatever the range holds."""
+    state = state or LogState(tail=tail)
+    splitter = LineSplitter()
+    f.seek(begin)
+    left = end - begin
+    while left > 0 and (data := f.read(min(64 << 10, left))):
+        left -= len(data)
+        state.feed_many(splitter.feed(data))
+    state.feed_many([ln for ln in splitter.flush() if parse_step(ln) is None])
+    return state
+
+
+def _is_step(line: bytes) -> bool:
+    if b"step " not in line:
+        return False
+    text = safetext.strip_escapes(line.decode("utf-8", "replace"))
+    return parse_step(text) is not None
+
+
+def _lines_backwards(f, end: int, need: bytes | None = None, max_line: int = MAX_LINE_BYTES, chunk: int = READ_CHUNK):
+    """The non-empty lines of the file before byte `end`, newest first, as (start, bytes).
+
+    Lines end at `\\n` or `\\r` and are cut to their first `max_line` bytes, as LineSplitter
+    cuts them. Reads `chunk` bytes at a time from the end; a line longer than max_line (a
+    gigabyte with no newline) costs a scan, never its size in memory: its head is read again
+    once its start is found. `need`: only lines holding these bytes are wanted (the others
+    may be skipped unread).
+    """
+    pos = end
+    line_end = end  # where the line being assembled ends
+    part = b""  # its bytes after `pos` (while it is no longer than max_line)
+    long = False  # it is longer: its head is read again from its start
+
+    def finish(start: int) -> bytes:
+        if long:
+            f.seek(start)
+            return f.read(min(max_line, line_end - start))
+        return part[:max_line]
+
+    fd = f.fileno()
+    size = os.fstat(fd).st_size
+    while pos > 0:
+        hole = fsutil.hole_start(fd, pos, size)
+        if pos - hole > 2 * chunk:
+            # a hole of a sparse file reads as zeros: no line ends in it, the line goes on through it
+            part, long, pos = b"", True, hole
+            continue
+        lo = max(0, pos - chunk)
+        f.seek(lo)
+        data = f.read(pos - lo)
+        if len(data) < pos - lo:  # the file shrank under us: read what is there
+            data += bytes(pos - lo - len(data))
+        if b"\r" in data:
+            data = data.replace(b"\r", b"\n")
+        i = len(data)
+        j = data.rfind(b"\n")
+        if j >= 0:
+            # the line being assembled starts after this newline
+            seg = data[j + 1 : i]
+            if not long:
+                part = seg + part
+                if len(part) > max_line:
+                    long = True
+            line = finish(lo + j + 1)
+            if line and (need is None or need in line):
+                yield lo + j + 1, line
+            part, long, i = b"", False, j
+            if need is not None and need not in data[:j]:
+                # no wanted line lies wholly in this chunk: skip to its first newline
+                k = data.find(b"\n")
+                line_end, i = lo + k, k
+            else:
+                line_end = lo + j
+                while (j := data.rfind(b"\n", 0, i)) >= 0:
+                    line = data[j + 1 : i][:max_line]
+                    if line and (need is None or need in line):
+                        yield lo + j + 1, line
+                    line_end, i = lo + j, j
+        # data[:i] is the end of a line that starts before this chunk
+        if not long:
+            part = data[:i] + part
+            if len(part) > max_line:
+                part, long = b"", True
+        pos = lo
+    line = finish(0)
+    if line and (need is None or need in line):
+        yield 0, line
 
 
 def _first_step(f) -> int | None:

@@ -11,6 +11,8 @@ Every problem in the file is reported as one `RegistryError` whose text is
 from __future__ import annotations
 
 import difflib
+import math
+import os
 import re
 import shlex
 import tomllib
@@ -19,11 +21,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cockpit import fsutil, safetext
+
 DEFAULT_REGISTRY = "experiments.toml"
 DEVICES = ("cuda", "cpu")
 FAILURE_POLICIES = ("stop", "continue")
 RECORDED_METRICS = ("tok_per_sec", "dt_ms", "mfu", "peak_mem_mib", "total_time_min")
 EXP_DIR_PLACEHOLDER = "{exp_dir}"
+REGISTRY_MAX_BYTES = 16 << 20  # a registry is a hand-written file: a bigger one is not a registry
+# Bounds of the numbers a registry holds: each is checked with its file:line.
+TAIL_MAX = 1_000_000  # step lines in the report's tail window
+NPROC_MAX = 128  # processes per node (torchrun --nproc_per_node)
+WAIT_S_MAX = 7 * 24 * 3600.0  # how long a leg may wait for idle GPUs
+# The files the cockpit names after an experiment id or a leg name, so both must fit the
+# filesystem's limits with the longest of these around them (see runs.py):
+#   <exp_root>/<YYYYmmdd_HHMMSS>_<id>/state/<leg>.json, .../<leg>.log, .lock, .stop
+#   <exp_root>/.cockpit-locks/<id>.lock
+DIR_STAMP = "YYYYmmdd_HHMMSS_"
+LEG_SUFFIXES = (".log", ".json", ".lock", ".stop")
+EXPERIMENT_FILES = (f"{DIR_STAMP}{{}}", "{}.lock")  # its dirs, its queue lock
+LEG_FILES = tuple(f"{{}}{s}" for s in LEG_SUFFIXES)
+_MODULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
 
 class RegistryError(Exception):
@@ -32,9 +50,9 @@ class RegistryError(Exception):
     def __init__(self, path: Path | str, line: int | None, message: str):
         self.path = str(path)
         self.line = line
-        self.message = message
+        self.message = safetext.oneline(message)  # whatever the file held: one printable line
         where = f"{self.path}:{line}" if line else self.path
-        super().__init__(f"{where}: {message}")
+        super().__init__(f"{where}: {self.message}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -311,16 +329,42 @@ def _is_a(value: Any, types: tuple[type, ...]) -> bool:
     return isinstance(value, types)
 
 
-def _bad_name(name: str) -> str | None:
-    """Why a leg name or experiment id cannot be a file name, or None when it can."""
+def _bad_name(name: str, files: tuple[str, ...] = ()) -> str | None:
+    """Why a leg name or experiment id cannot be a file name, or None when it can.
+
+    `files`: the names the cockpit makes of it (`"{}.json"`); each must fit in one path
+    component (NAME_MAX bytes).
+    """
     if not name.strip():
         return "is empty"
     if name in (".", "..") or "/" in name or "\\" in name:
         return "cannot be a file name (no '/', '\\', '.' or '..')"
-    if any(ord(c) < 32 or ord(c) == 127 for c in name):
-        return "holds a control character"
+    if (bad := safetext.bad_chars(name)) is not None:
+        kind = "a control character" if bad.endswith("(Cc)") else "a character that hides or reorders text"
+        return f"holds {kind}: {bad}"
     if name.startswith("-"):
         return "cannot start with '-'"
+    if name.startswith("."):
+        return "cannot start with '.' (hidden files are not listed)"
+    if name != name.strip():
+        return "cannot start or end with a space"
+    longest = max(files, key=len, default="{}")
+    if not fsutil.name_fits(longest.format(name)):
+        n = len(os.fsencode(name))
+        room = fsutil.NAME_MAX - len(os.fsencode(longest.format("")))
+        return (f"is too long for a file name: {n} bytes, at most {room} (the cockpit names a file "
+                f"'{longest.format('<name>')}', and a file name has at most {fsutil.NAME_MAX} bytes)")
+    return None
+
+
+def _bad_text(text: str) -> str | None:
+    """Why free text (a title, a note) may not be shown as it is: a control character other
+    than tab and newline, or a bidi override that reorders what the reader sees."""
+    for c in text:
+        if c in "\n\t":
+            continue
+        if (bad := safetext.bad_chars(c)) is not None and not bad.endswith("(Zs)"):
+            return f"holds {bad}"
     return None
 
 
@@ -350,35 +394,71 @@ class _Loader:
             if not _is_a(value, schema[key]):
                 raise self.fail(
                     loc + (key,),
-                    f"'{where}' must be a {_type_name(schema[key])}, not {type(value).__name__} {value!r}",
+                    f"'{where}' must be a {_type_name(schema[key])}, not {type(value).__name__} {_show(value)}",
                 )
+            if isinstance(value, float) and not math.isfinite(value):
+                raise self.fail(loc + (key,), f"'{where}' must be a finite number, not {value!r}")
+            if isinstance(value, str) and (why := _bad_text(value)):
+                raise self.fail(loc + (key,), f"'{where}' {why}")
+            if isinstance(value, list):
+                for item in value:
+                    if isinstance(item, str) and (why := _bad_text(item)):
+                        raise self.fail(loc + (key,), f"an item of '{where}' {why}")
+
+    def check_range(self, value: int | float, lo: float, hi: float, loc: tuple, what: str) -> None:
+        """A number within [lo, hi] (finite), or a located error that says the range."""
+        if not (isinstance(value, int | float) and lo <= value <= hi):
+            raise self.fail(loc, f"'{what}' must be between {_plain(lo)} and {_plain(hi)}, not {_show(value)}")
 
     def check_args(self, args: dict, loc: tuple) -> dict:
         for key, value in args.items():
             if not _ARG_KEY.match(key):
-                raise self.fail(loc + (key,), f"trainer arg '{key}' is not a flag name")
+                raise self.fail(loc + (key,), f"trainer arg {_show(key)} is not a flag name")
             if isinstance(value, dict | list) or value is None:
                 raise self.fail(
                     loc + (key,),
                     f"trainer arg '{key}' must be a string, number or boolean, not {type(value).__name__}",
                 )
+            if isinstance(value, float) and not math.isfinite(value):
+                raise self.fail(loc + (key,), f"trainer arg '{key}' must be a finite number, not {value!r}")
+            if isinstance(value, str) and "\x00" in value:
+                raise self.fail(loc + (key,), f"trainer arg '{key}' holds a NUL byte (no command line can)")
         return dict(args)
+
+
+def _plain(x: float) -> str:
+    """A bound as a person writes it: 1000000, 0.5."""
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
+def _cut(text: str, n: int = 100) -> str:
+    """A long path or name cut in its middle, for a message that must stay readable."""
+    return text if len(text) <= n else f"{text[: n // 2 - 2]}...{text[-(n // 2 - 1):]}"
+
+
+def _show(value: Any) -> str:
+    """A value in a message: its repr, cut to a readable length (one line: repr escapes controls)."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def load(path: Path | str = DEFAULT_REGISTRY) -> Registry:
     """Read and validate a registry file. Raises RegistryError (one line, with file:line)."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = fsutil.read_text(path, REGISTRY_MAX_BYTES)
     except FileNotFoundError:
         raise RegistryError(path, None, "registry file not found") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise RegistryError(path, None, f"cannot read registry: {e}") from None
+    except UnicodeDecodeError as e:
+        raise RegistryError(path, None, f"cannot read registry: not UTF-8 text (byte {e.start})") from None
+    except OSError as e:
+        raise RegistryError(path, None, f"cannot read registry: {fsutil.oneline(e)}") from None
     return loads(text, path)
 
 
 def loads(text: str, path: Path | str = DEFAULT_REGISTRY) -> Registry:
     path = Path(path)
+    text = text.removeprefix("\ufeff")  # a UTF-8 byte order mark, as some editors write one
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
@@ -402,12 +482,14 @@ def from_raw(raw: dict[str, Any], path: Path | str = DEFAULT_REGISTRY, text: str
     base = path.resolve().parent
     if "exp_root" not in proj:
         raise ld.fail(("project",), "missing key 'project.exp_root' (where experiment dirs are created)")
-    exp_root = _resolve(proj["exp_root"], base)
+    exp_root = _resolve(proj["exp_root"], base, ld, ("project", "exp_root"), "project.exp_root")
+    if why := _root_problem(exp_root):
+        raise ld.fail(("project", "exp_root"), f"exp_root '{_cut(str(exp_root))}' {why}")
     read_only: list[Path] = []
     for i, p in enumerate(proj.get("read_only", [])):
         if not isinstance(p, str):
             raise ld.fail(("project", "read_only"), f"'project.read_only' item {i} must be a string path")
-        read_only.append(_resolve(p, base))
+        read_only.append(_resolve(p, base, ld, ("project", "read_only"), f"project.read_only item {i}"))
     for ro in read_only:
         if exp_root == ro or ro in exp_root.parents:
             raise ld.fail(
@@ -417,6 +499,7 @@ def from_raw(raw: dict[str, Any], path: Path | str = DEFAULT_REGISTRY, text: str
     tail = proj.get("tail", 50)
     if tail < 1:
         raise ld.fail(("project", "tail"), f"'project.tail' must be at least 1, not {tail}")
+    ld.check_range(tail, 1, TAIL_MAX, ("project", "tail"), "project.tail")
     on_failure = proj.get("on_failure", "stop")
     if on_failure not in FAILURE_POLICIES:
         raise ld.fail(
@@ -425,6 +508,9 @@ def from_raw(raw: dict[str, Any], path: Path | str = DEFAULT_REGISTRY, text: str
         )
     idle = proj.get("gpu_idle", {})
     ld.check_table(idle, "gpu_idle", ("project", "gpu_idle"))
+    for key, hi in (("max_util_pct", 100.0), ("max_mem_mib", 1e9), ("wait_s", WAIT_S_MAX)):
+        if key in idle:
+            ld.check_range(idle[key], 0.0, hi, ("project", "gpu_idle", key), f"project.gpu_idle.{key}")
     settings = Settings(
         name=proj.get("name", base.name),
         exp_root=exp_root,
@@ -439,6 +525,9 @@ def from_raw(raw: dict[str, Any], path: Path | str = DEFAULT_REGISTRY, text: str
     ld.check_table(defaults, "defaults", ("defaults",))
     d_args = ld.check_args(defaults.get("args", {}), ("defaults", "args"))
     module = defaults.get("module", "nanochat.base_train")
+    if not _MODULE.match(module):
+        raise ld.fail(("defaults", "module"),
+                      f"'defaults.module' must be a Python module name (like nanochat.base_train), not {_show(module)}")
     d_device = _check_device(ld, defaults.get("device", "cuda"), ("defaults", "device"))
     d_nproc = _check_nproc(ld, defaults.get("nproc_per_node", 1), ("defaults", "nproc_per_node"))
 
@@ -452,8 +541,8 @@ def from_raw(raw: dict[str, Any], path: Path | str = DEFAULT_REGISTRY, text: str
         exp_id = exp.get("id")
         if exp_id is None:
             raise ld.fail(loc, "experiment without 'id'")
-        if why := _bad_name(exp_id):
-            raise ld.fail(loc + ("id",), f"experiment id {exp_id!r} {why}")
+        if why := _bad_name(exp_id, EXPERIMENT_FILES):
+            raise ld.fail(loc + ("id",), f"experiment id {_show(exp_id)} {why}")
         if exp_id in seen_ids:
             raise ld.fail(
                 loc + ("id",), f"duplicate experiment id '{exp_id}' (first at line {seen_ids[exp_id]})"
@@ -476,8 +565,10 @@ def from_raw(raw: dict[str, Any], path: Path | str = DEFAULT_REGISTRY, text: str
             name = leg.get("name")
             if name is None:
                 raise ld.fail(lloc, f"leg {j} of '{exp_id}' has no 'name'")
-            if why := _bad_name(name):
-                raise ld.fail(lloc + ("name",), f"leg name {name!r} in '{exp_id}' {why}")
+            if why := _bad_name(name, LEG_FILES):
+                raise ld.fail(lloc + ("name",), f"leg name {_show(name)} in '{exp_id}' {why}")
+            if why := _path_too_long(exp_root, exp_id, name):
+                raise ld.fail(lloc + ("name",), why)
             if name in seen_legs:
                 raise ld.fail(
                     lloc + ("name",),
@@ -487,6 +578,10 @@ def from_raw(raw: dict[str, Any], path: Path | str = DEFAULT_REGISTRY, text: str
             recorded = None
             if "recorded" in leg:
                 ld.check_table(leg["recorded"], "recorded", lloc + ("recorded",))
+                for k in RECORDED_METRICS:
+                    if k in leg["recorded"]:
+                        ld.check_range(leg["recorded"][k], 0.0, 1e15, lloc + ("recorded", k),
+                                       f"{exp_id}/{name} recorded.{k}")
                 recorded = Recorded(
                     **{k: (float(v) if k in RECORDED_METRICS else v) for k, v in leg["recorded"].items()}
                 )
@@ -531,9 +626,59 @@ def from_raw(raw: dict[str, Any], path: Path | str = DEFAULT_REGISTRY, text: str
     return registry
 
 
-def _resolve(p: str, base: Path) -> Path:
-    path = Path(p).expanduser()
-    return (path if path.is_absolute() else base / path).resolve()
+def _resolve(p: str, base: Path, ld: _Loader | None = None, loc: tuple = (), what: str = "path") -> Path:
+    """A registry path made absolute (relative to the registry's dir, `~` expanded), or a located
+    error: an empty path, `~user` of no such user, a NUL byte."""
+    def bad(why: str) -> Exception:
+        return ld.fail(loc, f"'{what}' {why}") if ld is not None else ValueError(why)
+
+    if not p.strip():
+        raise bad("is empty (give a directory)")
+    if "\x00" in p:
+        raise bad("holds a NUL byte")
+    path = Path(os.path.expanduser(p))  # unchanged when there is no such user (Path's would raise)
+    if p.startswith("~") and str(path).startswith("~"):
+        user = p[1:].split("/", 1)[0]
+        raise bad(f"names the home of user '{user}', who does not exist here" if user else "needs a HOME to expand '~'")
+    try:
+        return (path if path.is_absolute() else base / path).resolve()
+    except (OSError, RuntimeError) as e:
+        raise bad(f"cannot be resolved: {e}") from None
+
+
+def _root_problem(root: Path) -> str | None:
+    """Why exp_root can never hold experiment dirs (it, or a dir above it, is a file), or None.
+    A missing exp_root is made by the first launch; a read-only one is refused at launch."""
+    if len(os.fsencode(str(root))) >= fsutil.PATH_MAX - 2 * fsutil.NAME_MAX:
+        return f"is too long a path ({len(os.fsencode(str(root)))} bytes) to hold experiment dirs"
+    here = root
+    while True:
+        try:
+            st = os.stat(here)
+        except (FileNotFoundError, NotADirectoryError):
+            if here.parent == here:
+                return None
+            here = here.parent
+            continue
+        except OSError:
+            return None  # no permission to look: a launch will say what it cannot do
+        if here == root and not os.path.isdir(here):
+            return "is a file, not a directory"
+        if not os.path.isdir(here):
+            return f"lies under {here}, which is a file, not a directory"
+        del st
+        return None
+
+
+def _path_too_long(exp_root: Path, exp_id: str, leg: str) -> str | None:
+    """Why the longest path the cockpit writes for this leg would exceed PATH_MAX, or None."""
+    longest = max(LEG_SUFFIXES, key=len)
+    path = f"{exp_root}/{DIR_STAMP}{exp_id}/state/{leg}{longest}"
+    n = len(os.fsencode(path))
+    if n >= fsutil.PATH_MAX:
+        return (f"leg '{exp_id}/{leg}': its files under exp_root would have paths of {n} bytes, "
+                f"more than the {fsutil.PATH_MAX - 1} a path may have")
+    return None
 
 
 def _check_device(ld: _Loader, device: str, loc: tuple) -> str:
@@ -543,6 +688,6 @@ def _check_device(ld: _Loader, device: str, loc: tuple) -> str:
 
 
 def _check_nproc(ld: _Loader, n: Any, loc: tuple) -> int:
-    if not _is_a(n, (int,)) or n < 1:
-        raise ld.fail(loc, f"nproc_per_node must be a positive integer, not {n!r}")
+    if not _is_a(n, (int,)) or not 1 <= n <= NPROC_MAX:
+        raise ld.fail(loc, f"nproc_per_node must be a positive integer up to {NPROC_MAX}, not {_show(n)}")
     return n

@@ -5,18 +5,28 @@ DataTables; `render_*` turn the same rows into markdown. A dir holding only the 
 of manual runs (no plan, no state) is a valid input: each log is a run named by its stem.
 
 Numbers are formatted exactly like the seed's tables: tok/sec, dt, peak memory and total time
-with 2 decimals, MFU with 4, deltas as signed percentages with 2 (`+2.70%`).
+with 2 decimals, MFU with 4, deltas as signed percentages with 2 (`+2.70%`); a delta that is
+not a number (a figure missing, zero, nan or inf) is `-`, and the table says why.
+
+Everything taken from a log or a file name (run names, error lines) is made printable and
+escaped for markdown. Output files are checked before anything is written (a directory, a path
+under a file, a read-only place: one line, nothing written), then written as temps and renamed
+into place together. A log of any size costs bounded memory: its step lines stream into the
+per-step CSV, and the plots keep at most PLOT_POINTS points per run.
 """
 
 from __future__ import annotations
 
+import array
 import csv
 import datetime as dt
+import io
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from cockpit import logs
+from cockpit import fsutil, logs, safetext
 
 # (attribute, header after the tail prefix or alone, format)
 METRICS = (
@@ -27,6 +37,7 @@ METRICS = (
     ("total_time_min", "total time (min)", ".2f", False),
 )
 STATUS_NOT_RUN = "not run"
+PLOT_POINTS = 4000  # points per run and metric in a plot: a longer series is thinned evenly
 SOURCE_LOG = "log"
 SOURCE_RECORDED = "recorded"
 
@@ -66,6 +77,7 @@ class DeltaRow:
     baseline: float | None
     run: float | None
     delta_pct: float | None
+    why: str | None = None  # why there is no delta (delta_pct None), e.g. "the baseline's figure is 0"
 
 
 def headers(tail: int) -> list[str]:
@@ -79,14 +91,28 @@ def fmt_value(attr: str, value: float | None) -> str:
     return f"{value:{spec}}"
 
 
+def no_delta_why(baseline: float | None, run: float | None) -> str | None:
+    """Why a percentage change cannot be given, or None when it can."""
+    for who, v in (("the baseline", baseline), ("the run", run)):
+        if v is None:
+            return f"{who} has no figure"
+        if not math.isfinite(v):
+            return f"{who}'s figure is {v}"
+    if baseline == 0:
+        return "the baseline's figure is 0"
+    pct = (run - baseline) / baseline * 100.0
+    return None if math.isfinite(pct) else "the change overflows"
+
+
 def pct_change(baseline: float | None, run: float | None) -> float | None:
-    if baseline is None or run is None or baseline == 0:
+    """(run - baseline) / baseline in percent; None when that is not a finite number."""
+    if no_delta_why(baseline, run) is not None:
         return None
-    return (run - baseline) / baseline * 100.0
+    return (run - baseline) / baseline * 100.0 + 0.0  # + 0.0: no "-0.00%"
 
 
 def fmt_delta(pct: float | None) -> str:
-    return "-" if pct is None else f"{pct:+.2f}%"
+    return "-" if pct is None or not math.isfinite(pct) else f"{pct:+.2f}%"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -194,7 +220,7 @@ def delta_rows(base: ReportRow, run: ReportRow, tail: int = 50) -> list[DeltaRow
     out = []
     for (attr, _, _, _), head in zip(METRICS, headers(tail), strict=True):
         b, r = base.value(attr), run.value(attr)
-        out.append(DeltaRow(head, attr, b, r, pct_change(b, r)))
+        out.append(DeltaRow(head, attr, b, r, pct_change(b, r), no_delta_why(b, r)))
     return out
 
 
@@ -203,33 +229,42 @@ def resolve_baseline(exp_dir: Path, ref: str, tail: int = 50, now: float | None 
 
     OTHER_DIR may be a path, or a sibling dir's name (under the same exp_root).
     """
+    if not ref.strip():
+        raise ReportError("--baseline is empty: give RUN (a log in the dir) or OTHER_DIR/RUN")
     ref = ref.removesuffix(".log")
     candidates = [exp_dir / f"{ref}.log"]
     if "/" in ref:
         candidates += [Path(f"{ref}.log").expanduser(), exp_dir.parent / f"{ref}.log"]
+    candidates = list(dict.fromkeys(Path(os.path.abspath(c)) for c in candidates))
     for path in candidates:
-        if path.is_file():
+        if fsutil.is_regular(path):
             row = row_from_summary(logs.summarize(path, tail=tail, now=now))
             if path.parent.resolve() != exp_dir.resolve():
                 row.run = f"{path.parent.name}/{row.run}"
             return row
-    where = ", ".join(str(c) for c in candidates)
-    raise ReportError(f"baseline '{ref}': no log at {where}")
+    shown = safetext.oneline(ref)
+    if len(candidates) == 1:
+        c = candidates[0]
+        where = f"no log at {c}" + ("" if fsutil.is_dir(c.parent) else f" ({c.parent} is not a dir)")
+    else:
+        missing = [c for c in candidates if not fsutil.is_dir(c.parent)]
+        where = "no log at " + ", ".join(str(c) for c in candidates)
+        if len(missing) == len(candidates):
+            where = f"no log '{Path(ref).name}.log': none of {', '.join(str(c.parent) for c in candidates)} is a dir"
+    raise ReportError(f"baseline '{shown}': {safetext.oneline(where)} (give RUN, a log of this dir, or DIR/RUN)")
 
 
 def _plan_experiment(exp_dir: Path):
     """(registry, experiment) of a dir the cockpit launched, from its plan.json: the registry file
     the plan names (as it is now), else the plan's snapshot of it (the file moved, broke or no
     longer has the experiment). None for a dir without a plan; raises on a broken plan."""
-    import json
-
     from cockpit import registry as reg
+    from cockpit import runs
 
     try:
-        text = (exp_dir / "plan.json").read_text(encoding="utf-8")
+        plan = runs.read_json(exp_dir / "plan.json", runs.PLAN_MAX_BYTES)
     except FileNotFoundError:
         return None
-    plan = json.loads(text)
     exp_id, snap = plan["experiment"], plan.get("registry") or {}
     path = snap.get("path") or exp_dir / "plan.json"
     loaders = [lambda: reg.load(path)] if snap.get("path") else []
@@ -285,7 +320,8 @@ def plan_baseline(exp_dir: Path, tail: int = 50, now: float | None = None) -> Re
 
 
 def _md_row(cells: list[str]) -> str:
-    return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+    """A markdown table row; each cell made printable, with pipes and backticks escaped."""
+    return "| " + " | ".join(safetext.md_cell(c) for c in cells) + " |"
 
 
 def render_table(rows_: list[ReportRow], tail: int = 50, source_column: bool = False) -> str:
@@ -304,8 +340,13 @@ def render_delta(base: ReportRow, run: ReportRow, tail: int = 50, base_label: st
     """`metric | baseline | run | delta`, as the seed's buffer-reuse comparison."""
     label = base_label or f"baseline {base.run}"
     lines = [_md_row(["metric", label, run.run, "delta"]), "| --- | ---: | ---: | ---: |"]
+    why = []
     for d in delta_rows(base, run, tail):
         lines.append(_md_row([d.metric, fmt_value(d.attr, d.baseline), fmt_value(d.attr, d.run), fmt_delta(d.delta_pct)]))
+        if d.delta_pct is None and d.why and d.baseline is not None and d.run is not None:
+            why.append(f"{d.metric}: {d.why}")
+    if why:  # a missing figure speaks for itself; a zero, nan or inf one is said
+        lines += ["", "No delta (`-`) where " + "; ".join(why) + "."]
     return "\n".join(lines)
 
 
@@ -340,17 +381,19 @@ def render_report(
     links: dict[str, str] | None = None,
     now: float | None = None,
     rows_: list[ReportRow] | None = None,
+    base: ReportRow | None = None,
 ) -> str:
-    """The whole report as markdown. `links`: label -> relative path of the CSVs and plots."""
+    """The whole report as markdown. `links`: label -> relative path of the CSVs and plots.
+    `base`: the baseline's row when the caller resolved it already."""
     exp_dir = Path(exp_dir)
-    if not exp_dir.is_dir():
-        raise ReportError(f"{exp_dir}: no such experiment dir")
+    if not fsutil.is_dir(exp_dir):
+        raise ReportError(f"{safetext.oneline(str(exp_dir))}: no such experiment dir")
     all_rows = rows(exp_dir, tail, now) if rows_ is None else rows_
     stamp = dt.datetime.fromtimestamp(now if now is not None else dt.datetime.now().timestamp()).astimezone()
     out = [
-        f"# Report: {exp_dir.name}",
+        f"# Report: {safetext.printable(exp_dir.name, newlines=False)}",
         "",
-        f"Experiment directory: `{exp_dir}`",
+        f"Experiment directory: {safetext.md_code(str(exp_dir))}",
         f"Generated: {stamp.strftime('%Y-%m-%d %H:%M %z')}",
         "",
         "## Final metrics",
@@ -361,38 +404,47 @@ def render_report(
         out.append(render_table(with_figures, tail))
     else:
         out.append("No run has step lines yet.")
-    notes = [f"- `{r.run}`: {r.note}" for r in all_rows if r.note and r.status != STATUS_NOT_RUN]
+    code, text_ = safetext.md_code, _md_text
+    notes = [f"- {code(r.run)}: {text_(r.note)}" for r in all_rows if r.note and r.status != STATUS_NOT_RUN]
     not_run = [r.run for r in all_rows if r.status == STATUS_NOT_RUN]
     if not_run:
-        notes.append("- Not run yet: " + ", ".join(f"`{n}`" for n in not_run) + ".")
+        notes.append("- Not run yet: " + ", ".join(code(n) for n in not_run) + ".")
     short = [r for r in with_figures if r.summary and r.summary.tail_n < tail]
     if short:
         notes.append(
             f"- Fewer than {tail} step lines (mean over all of them): "
-            + ", ".join(f"`{r.run}` ({r.summary.tail_n})" for r in short if r.summary)
+            + ", ".join(f"{code(r.run)} ({r.summary.tail_n})" for r in short if r.summary)
             + "."
         )
     if notes:
         out += ["", *notes]
     out += ["", "## Status", "", render_status_table(all_rows)]
-    base = resolve_baseline(exp_dir, baseline, tail, now) if baseline else plan_baseline(exp_dir, tail, now)
+    if base is None:
+        base = resolve_baseline(exp_dir, baseline, tail, now) if baseline is not None else plan_baseline(exp_dir, tail, now)
     if base is not None and base.has_figures:
         why = "" if baseline else " (the registry's baseline of this experiment)"
-        out += ["", f"## Delta vs baseline `{base.run}`{why}"]
+        out += ["", f"## Delta vs baseline {safetext.md_code(base.run)}{why}"]
         if base.source == SOURCE_RECORDED and base.note:
-            out += ["", f"Baseline figures {base.note} (not measured here)."]
+            out += ["", f"Baseline figures {_md_text(base.note)} (not measured here)."]
         for r in all_rows:
             if r.run == base.run or not r.has_figures:
                 continue
-            out += ["", f"### {r.run}", "", render_delta(base, r, tail)]
+            out += ["", f"### {_md_text(r.run)}", "", render_delta(base, r, tail)]
     if links:
         out += ["", "## Files", ""]
         for label, rel in links.items():
+            link = rel.replace(" ", "%20").replace("(", "%28").replace(")", "%29")
             if rel.endswith(".png"):
-                out.append(f"![{label}]({rel})")
+                out.append(f"![{label}]({link})")
             else:
-                out.append(f"- [{label}]({rel})")
+                out.append(f"- [{label}]({link})")
     return "\n".join(out) + "\n"
+
+
+def _md_text(text: str) -> str:
+    """Text from a file or log in running markdown: printable, on one line."""
+    return safetext.printable(text).replace("\n", " ")
+
 
 
 # ----------------------------------------------------------------------------------------------
@@ -409,45 +461,74 @@ SUMMARY_COLUMNS = (
 PLOTS = (("loss", "loss"), ("tok_per_sec", "tok/sec"), ("mfu", "MFU (%)"), ("dt_ms", "dt (ms)"))
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def _cell(v) -> str:
     return "" if v is None else (repr(v) if isinstance(v, float) else str(v))
 
 
-def write_csvs(rows_: list[ReportRow], steps: dict[str, logs.StepTable], steps_csv: Path, summary_csv: Path) -> None:
-    """Per-step CSV (one line per step line of every run) and summary CSV (one line per run)."""
-    tmp = steps_csv.with_name(f".{steps_csv.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["run", *STEP_COLUMNS])
-        for run, table in steps.items():
+class Thinned:
+    """At most about `cap` points of a series of any length: every k-th point, with k doubling
+    whenever the kept points reach 2 x cap (so they stay evenly spread). Finite values only."""
+
+    def __init__(self, cap: int = PLOT_POINTS):
+        self.cap, self.k, self.i = cap, 1, 0
+        self.xs, self.ys = array.array("d"), array.array("d")
+
+    def add(self, x, y) -> None:
+        if self.i % self.k == 0 and y is not None and x is not None and math.isfinite(y):
+            self.xs.append(x)
+            self.ys.append(y)
+            if len(self.xs) >= 2 * self.cap:
+                self.xs, self.ys, self.k = self.xs[::2], self.ys[::2], self.k * 2
+        self.i += 1
+
+    def __len__(self) -> int:
+        return len(self.xs)
+
+
+def _summary_rows(rows_: list[ReportRow]):
+    yield SUMMARY_COLUMNS
+    for r in rows_:
+        s = r.summary
+        yield [
+            safetext.printable(r.run), r.status, r.source,
+            _cell(s.steps_observed if s else None), _cell(s.last_step if s else None),
+            _cell(s.total_steps if s else None), _cell(s.last_loss if s else None),
+            _cell(s.tail_n if s else None),
+            *(_cell(r.value(a)) for a, *_ in METRICS),
+            safetext.printable((s.error_line or s.error or "") if s else ""),
+        ]
+
+
+def stream_steps(rows_: list[ReportRow], writer, tail: int = 50) -> dict[str, dict[str, Thinned]]:
+    """Write every step line of every run's log to `writer` (a csv writer: one row per step
+    line), a chunk at a time, and return each run's thinned series for the plots."""
+    writer.writerow(["run", *STEP_COLUMNS])
+    series: dict[str, dict[str, Thinned]] = {}
+    for r in rows_:
+        if not (r.path and r.summary and not r.summary.error):
+            continue
+        run = safetext.printable(r.run)
+        kept = {attr: Thinned() for attr, _ in PLOTS}
+
+        def sink(table: logs.StepTable, run: str = run, kept: dict = kept) -> None:
             cols = [[_cell(v) for v in table.cols[c]] for c in STEP_COLUMNS]
-            w.writerows(zip([run] * len(table), *cols, strict=True))
-    os.replace(tmp, steps_csv)
-    tmp = summary_csv.with_name(f".{summary_csv.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(SUMMARY_COLUMNS)
-        for r in rows_:
-            s = r.summary
-            w.writerow([
-                r.run, r.status, r.source,
-                _cell(s.steps_observed if s else None), _cell(s.last_step if s else None),
-                _cell(s.total_steps if s else None), _cell(s.last_loss if s else None),
-                _cell(s.tail_n if s else None),
-                *(_cell(r.value(a)) for a, *_ in METRICS),
-                (s.error_line or s.error or "") if s else "",
-            ])
-    os.replace(tmp, summary_csv)
+            writer.writerows(zip([run] * len(table), *cols, strict=True))
+            steps = table.cols["step"]
+            for attr, t in kept.items():
+                for x, y in zip(steps, table.cols[attr], strict=True):
+                    t.add(x, y)
+
+        try:
+            logs.parse_file(r.path, tail=tail, on_steps=sink)
+        except (OSError, ValueError):
+            continue
+        if any(len(t) for t in kept.values()):
+            series[r.run] = kept
+    return series
 
 
-def write_plots(steps: dict[str, logs.StepTable], out_dir: Path, prefix: str) -> dict[str, str]:
-    """PNG per metric (loss, tok/sec, MFU, dt) per step, one line per run. Returns label -> file name.
+def draw_plots(series: dict[str, dict[str, Thinned]]) -> dict[str, bytes]:
+    """PNG per metric (loss, tok/sec, MFU, dt) per step, one line per run: attr -> PNG bytes.
 
     matplotlib is imported here, with the Agg backend, only when plots are drawn.
     """
@@ -456,31 +537,44 @@ def write_plots(steps: dict[str, logs.StepTable], out_dir: Path, prefix: str) ->
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    made: dict[str, str] = {}
+    made: dict[str, bytes] = {}
     for attr, label in PLOTS:
-        series = {}
-        for run, table in steps.items():
-            pts = [(x, y) for x, y in zip(table.cols["step"], table.cols[attr], strict=True) if y is not None]
-            if pts:
-                series[run] = pts
-        if not series:
+        lines = {run: kept[attr] for run, kept in series.items() if len(kept[attr])}
+        if not lines:
             continue
         fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
-        for run, pts in series.items():
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], label=run, linewidth=1.2)
+        thinned = False
+        for run, t in lines.items():
+            ax.plot(t.xs, t.ys, label=safetext.printable(run, newlines=False), linewidth=1.2)
+            thinned |= t.k > 1
         ax.set_xlabel("step")
         ax.set_ylabel(label)
-        ax.set_title(f"{label} per step")
+        ax.set_title(f"{label} per step" + (" (long runs thinned evenly)" if thinned else ""))
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
         fig.tight_layout()
-        name = f"{prefix}{attr}.png"
-        tmp = out_dir / f".{name}.{os.getpid()}.tmp.png"
-        fig.savefig(tmp)
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png")
         plt.close(fig)
-        os.replace(tmp, out_dir / name)
-        made[label] = name
+        made[attr] = buf.getvalue()
     return made
+
+
+def output_files(out: Path, plots: bool = True) -> dict[str, Path]:
+    """Every file a report at `out` writes: the markdown, its two CSVs, its plots."""
+    files = {"report": out, "steps": out.with_name(f"{out.stem}_steps.csv"),
+             "summary": out.with_name(f"{out.stem}_summary.csv")}
+    if plots:
+        files.update({attr: out.with_name(f"{out.stem}_{attr}.png") for attr, _ in PLOTS})
+    return files
+
+
+def check_output(out: Path, plots: bool = True) -> None:
+    """Raise ReportError (one line) when any file of a report at `out` cannot be written there;
+    checked before anything is written anywhere."""
+    for path in output_files(out, plots).values():
+        if why := fsutil.output_problem(path):
+            raise ReportError(f"--out-md {safetext.oneline(str(out))}: {safetext.oneline(why)}")
 
 
 def write_report(
@@ -495,39 +589,38 @@ def write_report(
 
     The supervisor calls this after every leg: a log it cannot read becomes a row saying so,
     and a plot that cannot be drawn becomes a note; only an unusable exp_dir or out path, or an
-    unknown baseline, raises (ReportError or OSError).
+    unknown baseline, raises (ReportError or OSError), and then nothing is written. Files
+    inside the dir are never written through a symlink planted there.
     """
     exp_dir = Path(exp_dir)
-    if not exp_dir.is_dir():
-        raise ReportError(f"{exp_dir}: no such experiment dir")
-    out = Path(out_md) if out_md is not None else exp_dir / "report.md"
-    out_dir = out.parent
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stem = out.stem
+    if not fsutil.is_dir(exp_dir):
+        raise ReportError(f"{safetext.oneline(str(exp_dir))}: no such experiment dir")
+    out = Path(os.path.abspath(os.path.expanduser(out_md))) if out_md is not None else exp_dir / "report.md"
+    check_output(out, plots)
+    files = output_files(out, plots)
+    root = exp_dir if fsutil.is_inside(out.parent, exp_dir) else None
     all_rows = rows(exp_dir, tail, now)
-    steps: dict[str, logs.StepTable] = {}
-    for r in all_rows:
-        if r.path and r.summary and not r.summary.error:
+    base = resolve_baseline(exp_dir, baseline, tail, now) if baseline is not None else None  # fails before writing
+    links = {"per-step CSV": files["steps"].name, "summary CSV": files["summary"].name}
+    with fsutil.StagedFiles(root) as staged:
+        with staged.open(files["steps"], "w") as f:
+            series = stream_steps(all_rows, csv.writer(f), tail)
+        with staged.open(files["summary"], "w") as f:
+            csv.writer(f).writerows(_summary_rows(all_rows))
+        plot_note = None
+        if plots and series:
             try:
-                table = logs.parse_file(r.path, tail=tail, keep_steps=None).table
-            except OSError:
-                continue
-            if table is not None:
-                steps[r.run] = table
-    links: dict[str, str] = {}
-    steps_csv, summary_csv = out_dir / f"{stem}_steps.csv", out_dir / f"{stem}_summary.csv"
-    write_csvs(all_rows, steps, steps_csv, summary_csv)
-    links["per-step CSV"] = steps_csv.name
-    links["summary CSV"] = summary_csv.name
-    plot_note = None
-    if plots and steps:
-        try:
-            for label, name in write_plots(steps, out_dir, f"{stem}_").items():
-                links[label] = name
-        except Exception as e:  # noqa: BLE001 - a plot problem must not lose the report
-            plot_note = f"plots not drawn: {type(e).__name__}: {e}"
-    text = render_report(exp_dir, baseline, tail, links, now, rows_=all_rows)
-    if plot_note:
-        text += f"\n{plot_note}\n"
-    _atomic_write(out, text)
+                pngs = draw_plots(series)
+            except Exception as e:  # noqa: BLE001 - a plot problem must not lose the report
+                pngs, plot_note = {}, f"plots not drawn: {type(e).__name__}: {e}"
+            for attr, label in PLOTS:
+                if attr in pngs:
+                    with staged.open(files[attr], "wb") as f:
+                        f.write(pngs[attr])
+                    links[label] = files[attr].name
+        text = render_report(exp_dir, baseline, tail, links, now, rows_=all_rows, base=base)
+        if plot_note:
+            text += f"\n{_md_text(plot_note)}\n"
+        with staged.open(out, "w") as f:
+            f.write(text)
     return out

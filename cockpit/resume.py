@@ -18,16 +18,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cockpit import logs, report
+from cockpit import fsutil, logs, report, safetext
 from cockpit import registry as reg
 
 if TYPE_CHECKING:
     from cockpit.runs import ExpDir, LegState
 
-MARKS = ("recorded", "done", "running", "queued", "waiting", "failed", "stopped", "pending")
+MARKS = ("recorded", "done", "running", "queued", "waiting", "failed", "stopped", "pending", "unknown")
 FINISHED_MARKS = ("recorded", "done")  # never launched again unless asked
 ACTIVE_MARKS = ("running", "queued", "waiting")
 TODO_MARKS = ("pending", "failed", "stopped")  # what a next launch would run
+# "unknown": recorded as running, and a process is there that cannot be proven the leg's: it may
+# still run (so it is not launched again) and it is never signalled (so it cannot be stopped here)
+UNKNOWN_MARK = "unknown"
+NOTED_MARKS = ("failed", "stopped", "waiting", UNKNOWN_MARK)  # marks whose note says why
 
 
 @dataclass
@@ -139,7 +143,11 @@ def _leg_mark(exp: reg.Experiment, leg: reg.Leg, dirs: list[Any], tail: int, now
             continue
         st = d.states.get(leg.name)
         log = d.log(leg.name)
-        summary = logs.summarize(log, tail=tail, now=now) if log.exists() else None
+        summary = logs.summarize(log, tail=tail, now=now) if fsutil.is_regular(log) else None
+        if st is not None and st.status == UNKNOWN_MARK:
+            return LegMark(exp.id, leg.name, UNKNOWN_MARK, str(d.path),
+                           report.row_from_summary(summary, UNKNOWN_MARK) if summary else None,
+                           summary, st.note, leg.description, state=st)
         if st is not None and st.status in ACTIVE_MARKS:
             note = st.waiting_reason if st.status == "waiting" else st.note
             return LegMark(exp.id, leg.name, st.status, str(d.path),
@@ -328,7 +336,7 @@ def build_state(
         p = d.path / "report.md"
         try:
             reports.append((p.stat().st_mtime, str(p)))
-        except OSError:
+        except (OSError, ValueError):
             continue
     marks = [m for e in experiments for m in e.legs]
     return ResumeState(
@@ -373,11 +381,16 @@ def progress(m: LegMark) -> str:
 
 
 def _mark_line(m: LegMark) -> str:
-    where = f" in `{m.dir}`" if m.dir else ""
-    note = f" ({m.note})" if m.note else ""
+    where = f" in {safetext.md_code(m.dir)}" if m.dir else ""
+    note = f" ({_text(m.note)})" if m.note else ""
     if m.mark in ACTIVE_MARKS:
-        return f"`{m.ref}` {m.mark}{where}: {progress(m) if m.mark == 'running' else (m.note or 'waiting its turn')}"
+        return f"`{m.ref}` {m.mark}{where}: {progress(m) if m.mark == 'running' else _text(m.note or 'waiting its turn')}"
     return f"`{m.ref}` {m.mark}{where}{note}"
+
+
+def _text(text: str) -> str:
+    """Text from a file (a note, an error line) in running markdown: printable, one line."""
+    return safetext.printable(text).replace("\n", " ")
 
 
 def _title(e: ExperimentState) -> str:
@@ -399,10 +412,14 @@ def render_guide(state: ResumeState) -> str:
     else:
         out.append("- Training is currently paused (no leg running).")
     out += [f"- {m.mark.capitalize()}: {_mark_line(m)}" for m in state.active if m.mark != "running"]
+    out += [f"- Unknown: {_mark_line(m)}" for m in state.marks() if m.mark == UNKNOWN_MARK]
+    for d in state.dirs:
+        if d.problem:
+            out.append(f"- Unreadable: {safetext.md_code(str(d.path))}: {_text(d.problem)}")
     out.append(f"- GPUs: {state.gpus.text}" if state.gpus.state == "unknown" else f"- {state.gpus.text}")
     if state.reports:
         out.append("- Latest reports:")
-        out += [f"  - `{p}`" for p in state.reports]
+        out += [f"  - {safetext.md_code(p)}" for p in state.reports]
     else:
         out.append("- Latest reports: none yet (no experiment dir holds a report.md).")
 
@@ -419,7 +436,7 @@ def render_guide(state: ResumeState) -> str:
             out.append("Experiment directories:")
             for d in dirs:
                 kinds = sorted({"recorded" if m.mark == "recorded" else "run here" for m in fin if m.dir == d})
-                out.append(f"- `{d}` ({', '.join(kinds)})")
+                out.append(f"- {safetext.md_code(d)} ({', '.join(kinds)})")
             out.append("")
         out += ["Final metrics snapshot:", "", report.render_table([m.row for m in fin], state.tail, source_column=True)]
         sources = sorted({m.note for m in fin if m.mark == "recorded" and m.note})
@@ -526,14 +543,14 @@ def running_line(m: LegMark) -> str:
 
 
 def dir_line(d: ExpDir, known: bool = True) -> str:
-    """An experiment dir in one line: its name, its supervisor, each leg's state."""
+    """An experiment dir in one line: its name, its supervisor, each leg's state, its problem."""
     legs = []
     for leg in d.legs:
         st = d.states.get(leg)
         if st is not None:
             pid = f" (pid {st.pid})" if st.status == "running" and st.pid is not None else ""
             legs.append(f"{leg} {st.status}{pid}")
-        elif d.log(leg).exists():
+        elif fsutil.is_regular(d.log(leg)):
             legs.append(f"{leg} {'log' if d.plan else 'manual log'}")
         else:
             legs.append(f"{leg} not started")
@@ -542,7 +559,8 @@ def dir_line(d: ExpDir, known: bool = True) -> str:
         pid = d.supervisor.get("pid")
         sup = f"  supervisor pid {pid} alive;" if d.supervisor_alive else "  supervisor gone;"
     other = "" if known else f"  (experiment '{d.experiment}' is not in the registry)"
-    return f"{d.path.name}{sup}  {', '.join(legs) or 'no legs, no logs'}{other}"
+    problem = f"  [problem: {d.problem}]" if d.problem else ""
+    return f"{d.path.name}{sup}  {', '.join(legs) or 'no legs, no logs'}{other}{problem}"
 
 
 def render_status(state: ResumeState) -> str:
@@ -569,7 +587,8 @@ def render_status(state: ResumeState) -> str:
             base = "  (baseline)" if m.is_baseline else ""
             pid = f"pid {m.pid}  " if m.pid is not None else ""
             extra = f"  {pid}{progress(m)}" if m.mark == "running" else _figures(m)
-            out.append(f"  {m.leg:<{width}}  {m.mark:<8}{extra}{base}".rstrip())
+            why = f"  ({m.note})" if m.note and m.mark in NOTED_MARKS else ""
+            out.append(f"  {m.leg:<{width}}  {m.mark:<8}{extra}{base}{why}".rstrip())
     known = {e.id for e in state.experiments}
     out += ["", f"dirs under exp_root: {len(state.dirs) or 'none yet'}"]
     out += [f"  {dir_line(d, d.experiment in known)}" for d in state.dirs]
@@ -586,15 +605,18 @@ GUIDE_NAME = "resume-guide.md"
 def write_guide(
     registry: reg.Registry, out_md: Path | str | None = None, sampler: Any | None = None, now: float | None = None
 ) -> Path:
-    """Write the guide (default `<exp_root>/resume-guide.md`, regenerated in place) atomically."""
+    """Write the guide (default `<exp_root>/resume-guide.md`, regenerated in place) atomically.
+
+    A place it cannot go (a directory, a path under a file, a read-only filesystem) is refused
+    before anything is written: fsutil.UnsafePath, whose strerror is the one line to show.
+    Inside exp_root, no symlink planted there is followed.
+    """
     import os
 
+    root = registry.settings.exp_root
+    out = Path(os.path.abspath(os.path.expanduser(out_md))) if out_md is not None else root / GUIDE_NAME
+    if why := fsutil.output_problem(out):
+        raise fsutil.UnsafePath(out, why)
     text = render_guide(build_state(registry, sampler=sampler, now=now))
-    out = Path(out_md).expanduser() if out_md is not None else registry.settings.exp_root / GUIDE_NAME
-    if out.is_dir():
-        raise IsADirectoryError(21, "is a directory (give a file name)", str(out))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, out)
+    fsutil.atomic_write(out, text, root=root if fsutil.is_inside(out.parent, root) else None)
     return out

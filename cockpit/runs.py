@@ -12,13 +12,17 @@ An experiment dir is the one place a launch writes to:
 
 Every client (the CLI, the TUI) reads the same files and reconciles them with the process
 table: a leg recorded as running whose torchrun is gone (its supervisor was killed) is judged
-from its log's final lines, with the exit code marked unknown. Nothing here imports torch.
+from its log's final lines, with the exit code marked unknown. A recorded process counts as the
+leg's only when proven (pid, create time, torchrun with the plan's args and this dir's marker:
+see procs.py); one that cannot be proven is `unknown` and is never signalled. Every file
+written here is created inside its dir without following a planted link (see fsutil.py), and a
+dir that cannot be read is that dir's problem (`ExpDir.problem`), never the whole view's.
+Nothing here imports torch.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import fcntl
 import json
 import os
 import re
@@ -35,11 +39,14 @@ from typing import Any
 
 import psutil
 
-from cockpit import logs
+from cockpit import fsutil, logs, procs, safetext
 from cockpit import registry as reg
 
 LEG_STATUSES = ("queued", "waiting", "running", "done", "failed", "stopped")
 ACTIVE_STATUSES = ("queued", "waiting", "running")
+# Not written by a supervisor: what a client says of a leg recorded as running whose process
+# is there but cannot be proven to be the leg's (no create time recorded, another command line).
+UNKNOWN = "unknown"
 STAMP_FORMAT = "%Y%m%d_%H%M%S"
 DIR_NAME = re.compile(r"^(\d{8}_\d{6})_(.+)$")
 STATE_DIR = "state"
@@ -47,6 +54,8 @@ SUPERVISOR = "supervisor"  # state/supervisor.{json,log,lock}: reserved, never a
 LOCK_DIR = ".cockpit-locks"  # <exp_root>/.cockpit-locks/<experiment>.lock: one queue per experiment
 STOP_GRACE_S = 10.0  # after SIGTERM to torchrun, how long before every process left is killed
 ERROR_TAIL = 20  # lines of the log kept in a failed leg's state
+STATE_MAX_BYTES = 1 << 20  # a state file is a few hundred bytes; a bigger one is not ours
+PLAN_MAX_BYTES = 64 << 20  # plan.json holds the registry: a few KB, a big registry some MB
 # Args that name trainer inputs: they may point into a read-only path (read, never written).
 INPUT_ARGS = ("data-dir", "tokenizer-dir", "data", "tokenizer")
 
@@ -75,6 +84,7 @@ class LegState:
     waiting_reason: str | None = None  # why a leg waits (busy GPUs), while status is "waiting"
     note: str | None = None  # e.g. "preflight skipped: NVML unavailable: ...", why it stopped
     log: str | None = None  # path of <exp_dir>/<leg>.log
+    log_id: list[int] | None = None  # (device, inode) of the log the supervisor created: only it is appended to
 
     @property
     def active(self) -> bool:
@@ -95,6 +105,8 @@ class LegState:
             and all(isinstance(v, str) for v in st.error_tail)
             and all(v is None or isinstance(v, str)
                     for v in (st.started_at, st.ended_at, st.waiting_reason, st.note, st.log))
+            and (st.log_id is None or (isinstance(st.log_id, list) and len(st.log_id) == 2
+                                       and all(_is_int(v) for v in st.log_id)))
         )
         return st if ok else None
 
@@ -107,6 +119,12 @@ def _is_num(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool)
 
 
+def leg_name_ok(name: Any) -> bool:
+    """A leg name read from disk (a plan, a log's stem) that the cockpit can name files after."""
+    return (isinstance(name, str) and bool(name) and "/" not in name and "\x00" not in name
+            and name not in (".", "..") and all(fsutil.name_fits(f.format(name)) for f in reg.LEG_FILES))
+
+
 def now_iso() -> str:
     return dt.datetime.now().astimezone().isoformat(timespec="seconds")
 
@@ -115,49 +133,79 @@ def state_path(exp_dir: Path | str, leg: str) -> Path:
     return Path(exp_dir) / STATE_DIR / f"{leg}.json"
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write to a temp file in the same dir, then rename over: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, default=str)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def write_json_atomic(path: Path, data: Any, root: Path | str | None = None) -> None:
+    """Write to a temp file in the same dir, then rename over: readers never see half a file.
+    `root`: the dir it must lie in, reached without following a link (default: its own dir)."""
+    fsutil.atomic_write_json(path, data, root if root is not None else Path(path).parent)
 
 
 def write_state(exp_dir: Path | str, state: LegState) -> None:
-    write_json_atomic(state_path(exp_dir, state.leg), asdict(state))
+    write_json_atomic(state_path(exp_dir, state.leg), asdict(state), root=exp_dir)
+
+
+def read_json(path: Path | str, limit: int = STATE_MAX_BYTES) -> Any:
+    """A small JSON file (a regular file, at most `limit` bytes); OSError or ValueError."""
+    return json.loads(fsutil.read_bytes(path, limit))
 
 
 def read_state(exp_dir: Path | str, leg: str) -> LegState | None:
     """The leg's state as recorded (not reconciled); None when there is none or it is unreadable."""
     try:
-        data = json.loads(state_path(exp_dir, leg).read_text(encoding="utf-8"))
-        return LegState.from_dict(data) if isinstance(data, dict) and "status" in data else None
-    except (OSError, ValueError, TypeError):  # unreadable, not JSON, unknown keys of wrong kinds
+        data = read_json(state_path(exp_dir, leg))
+        st = LegState.from_dict(data) if isinstance(data, dict) and "status" in data else None
+    except (OSError, ValueError, TypeError, RecursionError):  # unreadable, not JSON, keys of wrong kinds
         return None
+    return st if st is not None and st.leg == leg else None  # another leg's (or no leg's) record: not this one
 
 
 def is_alive(pid: int | None, create_time: float | None) -> bool:
-    """Is this exact process still running? A reused pid (other create time) or a zombie is not."""
-    if not _is_int(pid) or pid <= 0 or (create_time is not None and not _is_num(create_time)):
-        return False
-    try:
-        p = psutil.Process(pid)
-        if create_time is not None and abs(p.create_time() - create_time) > 1.0:
-            return False
-        return p.status() != psutil.STATUS_ZOMBIE
-    except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError):
-        return False
+    """Is this exact process (pid and create time, both required) still running? A reused pid
+    (another create time) or a zombie is not; a record without a create time proves nothing."""
+    return procs.alive(pid, create_time)
 
 
 def process_identity(pid: int) -> float | None:
-    try:
-        return psutil.Process(pid).create_time()
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
+    return procs.create_time(pid)
+
+
+def leg_expect(exp_dir: Path | str, leg: str, argv: Any) -> procs.Expect | None:
+    """What the leg's torchrun runs: the plan's argv, with this dir's marker in its environment
+    (the supervisor puts it there). None when the plan gives no usable argv."""
+    if not (isinstance(argv, list) and argv and all(isinstance(a, str) for a in argv)):
         return None
+    return procs.Expect(
+        program=os.path.basename(argv[0]),
+        argv=tuple(argv[1:]),
+        environ={procs.ENV_EXP_DIR: os.path.realpath(exp_dir), procs.ENV_LEG: leg},
+    )
+
+
+def leg_env(exp_dir: Path | str, leg: str) -> dict[str, str]:
+    """The marker the supervisor puts in a leg's environment (see leg_expect)."""
+    return {procs.ENV_EXP_DIR: os.path.realpath(exp_dir), procs.ENV_LEG: leg}
+
+
+def supervisor_identity(exp_dir: Path | str, record: dict | None) -> procs.Identity:
+    """Is the supervisor that `state/supervisor.json` names alive, and provably this dir's?
+
+    Proof: its pid and create time, and it holds this dir's `state/supervisor.lock` (a
+    regular file with one link: /proc/locks names the holder). Where the system cannot say who
+    holds a lock, its command line must be `-m cockpit.supervisor <this dir>`.
+    """
+    if not record or not isinstance(record, dict):
+        return procs.Identity(procs.GONE, "no supervisor record")
+    if record.get("ended_at"):
+        return procs.Identity(procs.GONE, "the supervisor recorded its end")
+    pid, created = record.get("pid"), record.get("create_time")
+    same = procs.same_process(pid, created)
+    if not same.alive:
+        return same
+    holders = fsutil.lock_holders(Path(exp_dir) / STATE_DIR / f"{SUPERVISOR}.lock")
+    if holders is None:
+        return procs.identify(pid, created, procs.Expect(argv=("cockpit.supervisor", os.path.realpath(exp_dir))))
+    if pid not in holders:
+        return procs.Identity(procs.UNPROVEN, f"pid {pid} runs, but does not hold this dir's supervisor lock")
+    return procs.Identity(procs.ALIVE, f"pid {pid} holds this dir's supervisor lock", same.process)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -203,14 +251,14 @@ def error_tail(log: Path | str, n: int = ERROR_TAIL) -> list[str]:
 def tail_lines(path: Path | str, n: int, max_bytes: int = 64 * 1024) -> list[str]:
     """The last n non-empty lines of a file (reads at most max_bytes from its end)."""
     try:
-        with open(path, "rb") as f:
+        with fsutil.open_read(path) as f:
             f.seek(0, os.SEEK_END)
             size = f.tell()
             f.seek(max(0, size - max_bytes))
-            data = f.read()
-    except OSError:
+            data = f.read(max_bytes)
+    except (OSError, ValueError):
         return []
-    text = data.decode("utf-8", errors="replace").replace("\r", "\n")
+    text = safetext.strip_escapes(data.decode("utf-8", errors="replace")).replace("\r", "\n")
     return [ln.rstrip() for ln in text.split("\n") if ln.strip()][-n:]
 
 
@@ -227,7 +275,8 @@ class ExpDir:
     legs: list[str]  # planned legs, else the stems of the dir's *.log files
     states: dict[str, LegState]  # reconciled with the process table
     supervisor: dict | None = None  # state/supervisor.json as written
-    supervisor_alive: bool = False
+    supervisor_alive: bool = False  # proven (see supervisor_identity)
+    problem: str | None = None  # what could not be read here (one line); the rest is what could
 
     @property
     def running(self) -> list[LegState]:
@@ -240,51 +289,96 @@ class ExpDir:
     def log(self, leg: str) -> Path:
         return self.path / f"{leg}.log"
 
+    def expect(self, leg: str) -> procs.Expect | None:
+        """What the leg's torchrun must be running to be proven the leg's (from the plan)."""
+        spec = next((x for x in (self.plan or {}).get("legs", []) if isinstance(x, dict) and x.get("name") == leg), None)
+        return leg_expect(self.path, leg, spec.get("argv")) if spec else None
 
-def _read_json(path: Path) -> dict | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        return data if isinstance(data, dict) else None
-    except (OSError, ValueError):
-        return None
+
+def _plan_problem(plan: Any) -> str | None:
+    if not isinstance(plan, dict):
+        return "plan.json is not a JSON object"
+    if not isinstance(plan.get("legs"), list):
+        return "plan.json has no list of legs"
+    bad = [x.get("name") if isinstance(x, dict) else x for x in plan["legs"]
+           if not (isinstance(x, dict) and leg_name_ok(x.get("name")))]
+    if bad:
+        return f"plan.json names {len(bad)} leg(s) no file can be named after: {safetext.oneline(repr(bad[0]))[:60]}"
+    return None
 
 
 def open_dir(path: Path | str) -> ExpDir:
-    """Read one experiment dir (ours, or a manual one holding only logs) and reconcile its states."""
+    """Read one experiment dir (ours, or a manual one holding only logs) and reconcile its states.
+
+    Never raises for what the dir holds: what cannot be read (a broken plan, an unreadable
+    dir, names no file can have) is said in `problem`, and the rest is read as far as it goes.
+    """
     path = Path(path)
-    plan = _read_json(path / "plan.json")
+    problems: list[str] = []
+    plan = None
+    if os.path.lexists(path / "plan.json"):
+        try:
+            plan = read_json(path / "plan.json", PLAN_MAX_BYTES)
+        except (OSError, ValueError, RecursionError) as e:
+            problems.append(f"plan.json unreadable: {_why(e)}")
+        if plan is not None and (why := _plan_problem(plan)):
+            problems.append(why)
+            if not isinstance(plan, dict):
+                plan = None
     m = DIR_NAME.match(path.name)
     named = (plan or {}).get("experiment")
     experiment = named if isinstance(named, str) and named else (m.group(2) if m else path.name)
     created = m.group(1) if m else ""
     if plan and isinstance(plan.get("legs"), list):
-        legs = [leg["name"] for leg in plan["legs"] if isinstance(leg, dict) and _leg_name(leg.get("name"))]
+        legs = list(dict.fromkeys(leg["name"] for leg in plan["legs"]
+                                  if isinstance(leg, dict) and leg_name_ok(leg.get("name"))))
     else:
         try:
-            legs = sorted(p.stem for p in path.glob("*.log") if p.is_file())
-        except OSError:
+            legs = sorted(p.stem for p in path.glob("*.log") if fsutil.is_regular(p) and leg_name_ok(p.stem))
+        except OSError as e:
             legs = []
-    sup = _read_json(path / STATE_DIR / f"{SUPERVISOR}.json")
-    sup_alive = bool(sup) and is_alive(sup.get("pid"), sup.get("create_time")) and not sup.get("ended_at")
-    states = {}
+            problems.append(f"cannot list the dir: {_why(e)}")
+    sup = None
+    if os.path.lexists(path / STATE_DIR / f"{SUPERVISOR}.json"):
+        try:
+            sup = read_json(path / STATE_DIR / f"{SUPERVISOR}.json")
+            sup = sup if isinstance(sup, dict) else None
+        except (OSError, ValueError, RecursionError) as e:
+            problems.append(f"state/supervisor.json unreadable: {_why(e)}")
+    sup_alive = supervisor_identity(path, sup).alive
+    d = ExpDir(path, experiment, created, plan, legs, {}, sup, sup_alive)
+    odd = [f"{leg}.log" for leg in legs if os.path.lexists(d.log(leg)) and not fsutil.is_regular(d.log(leg))]
+    if odd:
+        problems.append(f"not a regular file: {', '.join(odd)}")
     for leg in legs:
         st = read_state(path, leg)
         if st is not None:
-            states[leg] = reconcile(path, st, sup_alive)
-    return ExpDir(path, experiment, created, plan, legs, states, sup, sup_alive)
+            d.states[leg] = reconcile(path, st, sup_alive, d.expect(leg))
+    d.problem = "; ".join(problems) or None
+    return d
 
 
-def _leg_name(name: Any) -> bool:
-    return isinstance(name, str) and bool(name) and "/" not in name and name not in (".", "..")
+def _why(e: BaseException) -> str:
+    return safetext.oneline(fsutil.oneline(e))[:200]
 
 
-def reconcile(exp_dir: Path, st: LegState, supervisor_alive: bool) -> LegState:
-    """The state as it stands now. Only a dead supervisor leaves a state stale; fix it in memory."""
+def reconcile(exp_dir: Path, st: LegState, supervisor_alive: bool, expect: procs.Expect | None = None) -> LegState:
+    """The state as it stands now. Only a dead supervisor leaves a state stale; fix it in memory.
+
+    A leg recorded as running is judged by its process: proven alive, it runs on (the
+    supervisor was killed, torchrun goes on logging); gone, it is judged from its log's final
+    lines; there but not proven the leg's (`expect`), it is UNKNOWN and nothing may signal it.
+    """
     if supervisor_alive or not st.active:
         return st
     if st.status == "running":
-        if is_alive(st.pid, st.create_time):
+        ident = procs.identify(st.pid, st.create_time, expect)
+        if ident.alive:
             return st  # the supervisor was killed; torchrun goes on logging
+        if ident.verdict == procs.UNPROVEN:
+            st.status = UNKNOWN
+            st.note = f"{UNKNOWN}: {procs.NOT_PROVEN} ({ident.why}); nothing will be signalled"
+            return st
         outcome, tail = log_outcome(st.log or exp_dir / f"{st.leg}.log")
         st.status = "done" if outcome == "done" else "failed"
         st.exit_code, st.exit_code_known = None, False
@@ -300,35 +394,51 @@ def reconcile(exp_dir: Path, st: LegState, supervisor_alive: bool) -> LegState:
 
 
 def discover(exp_root: Path | str) -> list[ExpDir]:
-    """Every experiment dir under exp_root (ours or manual ones with logs), oldest first."""
+    """Every experiment dir under exp_root (ours or manual ones with logs), oldest first.
+
+    A dir that cannot be read at all is still listed, with its `problem`: one bad dir is that
+    dir's problem, never the whole view's.
+    """
     root = Path(exp_root)
     try:
-        entries = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
+        entries = [p for p in root.iterdir() if not p.name.startswith(".") and fsutil.is_dir(p)]
     except OSError:
         return []
     out = []
     for p in entries:
         try:
-            if (p / "plan.json").exists() or (p / STATE_DIR).is_dir() or any(p.glob("*.log")):
+            if os.path.lexists(p / "plan.json") or fsutil.is_dir(p / STATE_DIR) or any(p.glob("*.log")):
                 out.append(open_dir(p))
-        except OSError:  # a dir we may not read is not ours to show
-            continue
+        except Exception as e:  # noqa: BLE001 - one dir's trouble, shown on that dir
+            m = DIR_NAME.match(p.name)
+            out.append(ExpDir(p, m.group(2) if m else p.name, m.group(1) if m else "", None, [], {},
+                              problem=f"unreadable: {_why(e)}"))
     return sorted(out, key=lambda d: (d.created or "99999999_999999", d.path.name))
 
 
 def find_dir(exp_root: Path | str, ref: str) -> Path:
-    """A dir given as a path, a dir name under exp_root, or an experiment id (its newest dir)."""
-    p = Path(ref).expanduser()
-    if p.is_dir():
-        return p.resolve()
-    root = Path(exp_root)
-    if (root / ref).is_dir():
-        return (root / ref).resolve()
+    """A dir given as a path, a dir name under exp_root, or an experiment id (its newest dir).
+
+    Only dirs inside exp_root are found: a path elsewhere is refused (the cockpit acts only on
+    the dirs it owns).
+    """
+    if not ref or not ref.strip():
+        raise RunError("no experiment dir given (an empty name): give a dir under exp_root or an experiment id")
+    root = Path(exp_root).resolve()
+    p = Path(os.path.expanduser(ref))
+    candidates = [p] if p.is_absolute() or os.sep in ref or ref.startswith(".") else [root / ref, p]
+    for c in candidates:
+        if fsutil.is_dir(c):
+            real = c.resolve()
+            if not fsutil.is_inside(real, root) or real == root:
+                raise RunError(f"{safetext.oneline(str(real))} is not an experiment dir under exp_root {root}: "
+                               "the cockpit acts only on the dirs it owns")
+            return real
     mine = [d for d in discover(root) if d.experiment == ref]
     if mine:
         active = [d for d in mine if d.active]
         return (active or mine)[-1].path
-    raise RunError(f"no experiment dir '{ref}' (not a dir, and no dir of that experiment under {root})")
+    raise RunError(f"no experiment dir '{safetext.oneline(ref)}' (not a dir, and no dir of that experiment under {root})")
 
 
 def done_legs(exp_root: Path | str, experiment: str) -> dict[str, Path]:
@@ -469,28 +579,30 @@ def running_elsewhere(exp_root: Path | str, experiment: str) -> ExpDir | None:
     return None
 
 
+def lock_path(exp_root: Path | str, experiment: str) -> Path:
+    return Path(exp_root) / LOCK_DIR / f"{experiment}.lock"
+
+
 def experiment_lock(exp_root: Path, experiment: str) -> int:
     """Take the experiment's queue lock (non-blocking) and return its fd, or raise RunError.
 
     launch takes it before creating the dir and hands the fd to the supervisor, which holds it
     for the queue's lifetime: two concurrent launches of one experiment cannot both pass.
     """
-    lock_dir = exp_root / LOCK_DIR
-    lock_dir.mkdir(parents=True, exist_ok=True)
-    return try_lock(
-        lock_dir / f"{experiment}.lock", f"'{experiment}' is being launched or run by another cockpit; stop it first"
-    )
+    return try_lock(lock_path(exp_root, experiment),
+                    f"'{experiment}' is being launched or run by another cockpit; stop it first", root=exp_root)
 
 
-def try_lock(path: Path, held_message: str) -> int:
+def try_lock(path: Path, held_message: str, root: Path | str | None = None) -> int:
     """Take an exclusive flock on `path` without waiting and return its fd; RunError(held_message)
-    when another process holds it. The lock lasts as long as the fd stays open."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    when another process holds it. The lock lasts as long as the fd stays open. The lock file is
+    created inside `root` (default: its own dir), never through a symlink."""
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise RunError(held_message) from None
+        fd = fsutil.try_lock(path, root if root is not None else Path(path).parent)
+    except OSError as e:
+        raise RunError(f"cannot take the lock {path}: {_why(e)}") from None
+    if fd is None:
+        raise RunError(held_message)
     return fd
 
 
@@ -507,7 +619,10 @@ def new_exp_dir(exp_root: Path | str, experiment_id: str, preferred: Path | None
     name a confirmation showed, from fresh_dir_name) is taken when it is still free.
     """
     root = Path(exp_root)
-    root.mkdir(parents=True, exist_ok=True)
+    try:
+        fsutil.make_dirs(root)
+    except OSError as e:
+        raise RunError(f"cannot create exp_root: {_why(e)}") from None
     if preferred is not None and preferred.parent == root and preferred.name.endswith(f"_{experiment_id}"):
         try:
             preferred.mkdir()
@@ -551,8 +666,39 @@ def format_command(leg: reg.Leg, exp_dir: Path | str, torchrun: str = "torchrun"
     return " \\\n  ".join(parts) + f" > {log} 2>&1"
 
 
+def check_exp_root(exp_root: Path) -> str | None:
+    """Why no experiment dir can be made under exp_root (a file there or above, a read-only
+    filesystem, no permission), or None. Checks only; writes nothing."""
+    if fsutil.is_dir(exp_root):
+        if why := fsutil.output_problem(exp_root / ".cockpit-probe"):
+            return f"exp_root {exp_root}: {why}"
+        return None
+    why = fsutil.output_problem(exp_root)
+    return f"exp_root {exp_root} cannot be created: {why}" if why else None
+
+
+def launch_refusals(registry: reg.Registry, plan: LaunchPlan, exp_dir: Path) -> list[str]:
+    """Every reason a launch of `plan` into `exp_dir` would be refused now ([] when none).
+    Reads only: the dry run lists these, a real launch raises the first."""
+    out = []
+    if find_torchrun() is None:
+        out.append("torchrun not found next to this Python or on PATH (install the 'train' extra)")
+    for why in (check_gpus(plan.legs), check_exp_root(registry.settings.exp_root),
+                check_paths(registry, plan.legs, exp_dir, plan.cwd)):
+        if why:
+            out.append(why)
+    root = registry.settings.exp_root
+    exp_id = plan.experiment.id
+    if (busy := running_elsewhere(root, exp_id)) is not None:
+        out.append(f"'{exp_id}' is running in {busy.path}; stop it first: cockpit stop {busy.path}")
+    elif fsutil.lock_holders(lock_path(root, exp_id)):
+        out.append(f"'{exp_id}' is being launched or run by another cockpit; stop it first")
+    return out
+
+
 def dry_run_text(registry: reg.Registry, plan: LaunchPlan) -> str:
-    """The exact commands a launch would run, as shell text; nothing is written."""
+    """The exact commands a launch would run, as shell text; nothing is written. Whatever a
+    real launch would refuse is said first."""
     root = registry.settings.exp_root
     exp_dir = root / f"{dt.datetime.now().strftime(STAMP_FORMAT)}_{plan.experiment.id}"
     out = [f"# dry run: {plan.experiment.id}, nothing written"]
@@ -560,9 +706,7 @@ def dry_run_text(registry: reg.Registry, plan: LaunchPlan) -> str:
     if not plan.legs:
         out.append("# nothing to run")
         return "\n".join(out)
-    if why := check_gpus(plan.legs):
-        out.append(f"# a real launch would be refused here: {why}")
-    if why := check_paths(registry, plan.legs, exp_dir, plan.cwd):
+    for why in launch_refusals(registry, plan, exp_dir):
         out.append(f"# a real launch would be refused here: {why}")
     out += [f"cd {shlex.quote(str(plan.cwd))}", f"EXP_DIR={shlex.quote(str(exp_dir))}", 'mkdir -p "$EXP_DIR/ckpt_root"']
     for leg in plan.legs:
@@ -598,8 +742,8 @@ def write_plan(registry: reg.Registry, plan: LaunchPlan, exp_dir: Path, grace_s:
         "skipped": [{"leg": name, "why": why} for name, why in plan.skipped],
         "registry": {"path": str(registry.path.resolve()), "raw": registry.raw},
     }
-    path = exp_dir / "plan.json"
-    with open(path, "x", encoding="utf-8") as f:  # "x": written once, never over an existing plan
+    fd = fsutil.create_new(exp_dir / "plan.json", root=exp_dir)  # written once, never over anything
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
         json.dump(data, f, indent=2, default=str)
         f.write("\n")
     return data
@@ -624,23 +768,20 @@ def launch(
     plan = plan or plan_launch(registry, exp_id, legs, rerun)
     if not plan.legs:
         return None
-    if find_torchrun() is None:
-        raise RunError("torchrun not found next to this Python or on PATH (install the 'train' extra)")
-    if why := check_gpus(plan.legs):
-        raise RunError(why)
     root = registry.settings.exp_root
     probe = exp_dir or fresh_dir_name(root, exp_id)
-    if why := check_paths(registry, plan.legs, probe, plan.cwd):
-        raise RunError(why)
-    if (busy := running_elsewhere(root, exp_id)) is not None:
-        raise RunError(f"'{exp_id}' is running in {busy.path}; stop it first: cockpit stop {busy.path}")
+    if refused := launch_refusals(registry, plan, probe):
+        raise RunError(refused[0])
     lock_fd = experiment_lock(root, exp_id)
     try:
         if (busy := running_elsewhere(root, exp_id)) is not None:  # again, now under the lock
             raise RunError(f"'{exp_id}' is running in {busy.path}; stop it first: cockpit stop {busy.path}")
         exp_dir = new_exp_dir(root, exp_id, preferred=exp_dir)
-        write_plan(registry, plan, exp_dir, grace_s)
-        (exp_dir / STATE_DIR).mkdir()
+        try:
+            write_plan(registry, plan, exp_dir, grace_s)
+            fsutil.make_dirs(exp_dir / STATE_DIR, root=exp_dir)
+        except OSError as e:
+            raise RunError(f"cannot write the plan in {exp_dir}: {_why(e)}") from None
         if foreground:
             from cockpit import supervisor
 
@@ -656,8 +797,16 @@ def launch(
 
 
 def _spawn_supervisor(exp_dir: Path, lock_fd: int, wait_s: float = 15.0) -> None:
-    """Start the detached supervisor and wait until it has taken over (its record is written)."""
-    log = open(exp_dir / STATE_DIR / f"{SUPERVISOR}.log", "ab")
+    """Start the detached supervisor and wait until it has taken over (its record is written).
+
+    It runs in its own session, and a thread here reaps it when it ends: the TUI launches and
+    lives on, and must not collect <defunct> children.
+    """
+    log_path = exp_dir / STATE_DIR / f"{SUPERVISOR}.log"
+    try:
+        log_fd = fsutil.create_or_append(log_path, root=exp_dir)
+    except OSError as e:
+        raise RunError(f"cannot create the supervisor's log: {_why(e)}") from None
     try:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         here = str(Path(__file__).resolve().parents[1])  # `-m cockpit.supervisor` imports this cockpit
@@ -665,23 +814,25 @@ def _spawn_supervisor(exp_dir: Path, lock_fd: int, wait_s: float = 15.0) -> None
         proc = subprocess.Popen(
             [sys.executable, "-m", "cockpit.supervisor", str(exp_dir), "--lock-fd", str(lock_fd)],
             stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
+            stdout=log_fd,
+            stderr=log_fd,
             start_new_session=True,
             pass_fds=(lock_fd,),
             close_fds=True,
             env=env,
         )
     finally:
-        log.close()
+        os.close(log_fd)
+    procs.reap_when_done(proc)
     deadline = time.monotonic() + wait_s
     record = exp_dir / STATE_DIR / f"{SUPERVISOR}.json"
     while time.monotonic() < deadline:
         if record.exists():
             return
         if proc.poll() is not None:
-            tail = tail_lines(exp_dir / STATE_DIR / f"{SUPERVISOR}.log", 1)
-            raise RunError(f"supervisor exited at once ({proc.returncode}): {tail[-1] if tail else 'no output'}")
+            tail = tail_lines(log_path, 1)
+            raise RunError(f"supervisor exited at once ({proc.returncode}): "
+                           f"{safetext.oneline(tail[-1]) if tail else 'no output'}")
         time.sleep(0.05)
     raise RunError(f"supervisor did not start within {wait_s:.0f}s (see {exp_dir}/state/supervisor.log)")
 
@@ -691,96 +842,55 @@ def _spawn_supervisor(exp_dir: Path, lock_fd: int, wait_s: float = 15.0) -> None
 
 
 def process_tree(pid: int | None, create_time: float | None) -> list[psutil.Process]:
-    """The process and all its descendants (pid-reuse safe), parents first."""
-    if not is_alive(pid, create_time):
-        return []
-    try:
-        root = psutil.Process(pid)
-        return [root, *root.children(recursive=True)]
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
-        return []
+    """The process and all its descendants (pid-reuse safe: pid and create time), parents first."""
+    same = procs.same_process(pid, create_time)
+    return procs.tree(same.process) if same.alive and same.process is not None else []
 
 
-def terminate_tree(pid: int, create_time: float | None, grace_s: float = STOP_GRACE_S, waiter=None) -> list[int]:
-    """SIGTERM torchrun, wait up to grace_s, then SIGKILL every process left of its tree.
-
-    The tree is collected before any signal (torchrun's workers run in their own sessions and are
-    re-parented once torchrun exits, so they could not be found afterwards), and re-scanned while
-    waiting in case something new was spawned. `waiter(timeout)` reaps torchrun when it is our
-    child. Returns the pids that needed SIGKILL.
-    """
-    procs = {p.pid: p for p in process_tree(pid, create_time)}
-    if not procs:
-        return []
-    try:
-        procs[pid].send_signal(signal.SIGTERM)
-    except (psutil.NoSuchProcess, psutil.AccessDenied, KeyError):
-        pass
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline:
-        if waiter is not None:
-            waiter(0.05)
-        for p in list(procs.values()):
-            try:
-                for c in p.children(recursive=True):
-                    procs.setdefault(c.pid, c)
-            except (psutil.NoSuchProcess, psutil.AccessDenied):
-                pass
-        alive = [p for p in procs.values() if _running(p)]
-        if not alive:
-            return []
-        time.sleep(0.05)
-    killed = []
-    for p in procs.values():
-        if _running(p):
-            try:
-                p.kill()
-                killed.append(p.pid)
-            except (psutil.NoSuchProcess, psutil.AccessDenied):
-                pass
-    # SIGKILL cannot be ignored; wait (briefly) until the kernel has them all gone or zombie
-    deadline = time.monotonic() + 5.0
-    while time.monotonic() < deadline and any(_running(p) for p in procs.values()):
-        if waiter is not None:
-            waiter(0.02)
-        time.sleep(0.02)
-    return killed
+def plan_grace(plan: dict | None, default: float = STOP_GRACE_S) -> float:
+    """The plan's stop grace period, when it is a sane number (a plan is a file: it may lie)."""
+    v = (plan or {}).get("stop_grace_s", default)
+    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) and 0 <= v <= 3600 else default
 
 
-def _running(p: psutil.Process) -> bool:
-    try:
-        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
-        return False
-
-
-def stop(exp_dir: Path | str, leg: str | None = None, grace_s: float = STOP_GRACE_S, wait_s: float | None = None) -> ExpDir:
+def stop(
+    exp_dir: Path | str,
+    leg: str | None = None,
+    grace_s: float = STOP_GRACE_S,
+    wait_s: float | None = None,
+    exp_root: Path | str | None = None,
+) -> ExpDir:
     """Stop one leg, or the whole queue, of an experiment dir; return the dir as it stands after.
 
-    With a live supervisor, ask it (SIGTERM for the queue; a stop request file plus SIGUSR1 for
-    one leg) and wait for it to record the outcome. Without one (it was killed), stop the leg's
-    process tree here and record the leg as stopped.
+    With a live supervisor (proven: see supervisor_identity), ask it (SIGTERM for the queue; a
+    stop request file plus SIGUSR1 for one leg) and wait for it to record the outcome. Without
+    one (it was killed), stop the leg's process tree here, if proven the leg's, and record the
+    leg as stopped. Nothing unproven is signalled: RunError says so. With `exp_root`, a dir
+    outside it is refused before anything is read or written.
     """
     exp_dir = Path(exp_dir)
+    if exp_root is not None and not (fsutil.is_inside(exp_dir.resolve(), Path(exp_root).resolve())
+                                     and exp_dir.resolve() != Path(exp_root).resolve()):
+        raise RunError(f"{safetext.oneline(str(exp_dir))} is not an experiment dir under exp_root {exp_root}: "
+                       "the cockpit acts only on the dirs it owns")
     d = open_dir(exp_dir)
     if leg is not None and leg not in d.legs:
-        raise RunError(f"{exp_dir} has no leg '{leg}' (legs: {', '.join(d.legs)})")
-    targets = [leg] if leg else [n for n in d.legs if n in d.states and d.states[n].active]
-    if not targets and not d.supervisor_alive:
-        raise RunError(f"nothing running in {exp_dir}")
+        raise RunError(f"{exp_dir} has no leg '{safetext.oneline(leg)}' (legs: {', '.join(d.legs) or 'none'})")
+    names = [leg] if leg else list(d.legs)
+    targets = [n for n in names if n in d.states and d.states[n].active]
+    sup = supervisor_identity(exp_dir, d.supervisor)
     if wait_s is None:  # the supervisor stops with the plan's grace period, then records it
-        wait_s = float((d.plan or {}).get("stop_grace_s", grace_s)) + 10.0
-    if d.supervisor_alive and d.supervisor:
-        sup_pid = d.supervisor["pid"]
+        wait_s = plan_grace(d.plan, grace_s) + 10.0
+    if sup.alive:
         if leg is None:
             sig = signal.SIGTERM
         else:
-            write_json_atomic(exp_dir / STATE_DIR / f"{leg}.stop", {"requested_at": now_iso()})
+            try:
+                write_json_atomic(exp_dir / STATE_DIR / f"{leg}.stop", {"requested_at": now_iso()}, root=exp_dir)
+            except OSError as e:
+                raise RunError(f"cannot write the stop request: {_why(e)}") from None
             sig = signal.SIGUSR1
-        try:
-            psutil.Process(sup_pid).send_signal(sig)  # psutil refuses a pid that was reused meanwhile
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            pass
+        procs.signal_proven(sup, sig)
         deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline:
             d = open_dir(exp_dir)
@@ -792,16 +902,31 @@ def stop(exp_dir: Path | str, leg: str | None = None, grace_s: float = STOP_GRAC
                 break  # the supervisor will skip it when its turn comes
             time.sleep(0.1)
         return open_dir(exp_dir)
-    # no supervisor: the legs still alive are orphans; stop them here
+    unproven = [f"leg {n}: {d.states[n].note}" for n in names if n in d.states and d.states[n].status == UNKNOWN]
+    if sup.verdict == procs.UNPROVEN:
+        unproven.insert(0, f"supervisor: {UNKNOWN}: {procs.NOT_PROVEN} ({sup.why})")
+    if not targets:
+        if unproven:
+            raise RunError(f"nothing stopped in {exp_dir}: " + "; ".join(unproven))
+        raise RunError(f"nothing running in {exp_dir}")
+    # no supervisor: the legs still alive are orphans; stop them here, if proven theirs
     for name in targets:
         st = read_state(exp_dir, name)
         if st is None or not st.active:
             continue
-        if st.status == "running" and is_alive(st.pid, st.create_time):
-            terminate_tree(st.pid, st.create_time, grace_s)
+        if st.status == "running":
+            ident = procs.identify(st.pid, st.create_time, d.expect(name))
+            if ident.verdict == procs.UNPROVEN:
+                continue  # reconciled as unknown a moment ago; said by the caller from the state
+            if ident.alive and ident.process is not None:
+                procs.terminate(ident.process, grace_s)
+            procs.terminate_all(procs.marked(leg_env(exp_dir, name)), grace_s)  # workers torchrun left
             st.note = "stopped by request (supervisor gone; exit code unknown)"
         else:
             st.note = "stopped by request before it started (supervisor gone)"
         st.status, st.ended_at, st.exit_code, st.exit_code_known = "stopped", now_iso(), None, False
-        write_state(exp_dir, st)
+        try:
+            write_state(exp_dir, st)
+        except OSError as e:
+            raise RunError(f"leg {name} stopped, but its state could not be recorded: {_why(e)}") from None
     return open_dir(exp_dir)

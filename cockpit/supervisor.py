@@ -11,38 +11,84 @@ report.md, and on a failure stops the queue or goes on, per the registry's `on_f
 Signals: SIGTERM/SIGINT stop the queue (the running leg is stopped: SIGTERM to torchrun, a grace
 period, then SIGKILL to every process left in its tree); SIGUSR1 makes it look for a stop request
 file `state/<leg>.stop` (`cockpit stop DIR LEG`).
+
+Faults: a leg's log is created new (`<leg>.log` taken by anything else, a planted symlink
+included, fails the leg before it starts, with that reason); any OSError of the supervisor's own
+(a read-only or full filesystem, an I/O error) fails the leg it hit, recorded on the leg where it
+still can be and in the supervisor's log as one line, and the queue goes on or stops per policy.
+The supervisor always ends with its exit code, never with a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import signal
+import stat as stat_
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
-from cockpit import gpus
+import psutil
+
+from cockpit import fsutil, gpus, procs, safetext
 from cockpit.runs import (
     LOCK_DIR,
+    PLAN_MAX_BYTES,
     STATE_DIR,
-    STOP_GRACE_S,
     SUPERVISOR,
+    UNKNOWN,
     LegState,
     RunError,
     error_tail,
-    is_alive,
+    leg_env,
+    leg_expect,
+    leg_name_ok,
     now_iso,
+    plan_grace,
     process_identity,
     read_state,
-    terminate_tree,
+    reconcile,
     try_lock,
     write_json_atomic,
     write_state,
 )
+
+
+def check_plan(plan: object) -> str | None:
+    """Why a plan.json cannot be run (one line), or None. A plan is a file: it may be anything."""
+    if not isinstance(plan, dict):
+        return "not a JSON object"
+    if not isinstance(plan.get("experiment"), str) or not plan["experiment"]:
+        return "no experiment id"
+    legs = plan.get("legs")
+    if not isinstance(legs, list) or not legs:
+        return "no legs"
+    seen = set()
+    for i, spec in enumerate(legs):
+        name = spec.get("name") if isinstance(spec, dict) else None
+        if not leg_name_ok(name) or name == SUPERVISOR or name in seen:
+            return f"leg {i}: {safetext.oneline(repr(name))[:60]} is not a leg name a file can have (or is repeated)"
+        seen.add(name)
+        argv = spec.get("argv")
+        if not (isinstance(argv, list) and argv and all(isinstance(a, str) and "\x00" not in a for a in argv)):
+            return f"leg {name}: argv is not a list of strings"
+    return None
+
+
+def signal_cause(rc: int) -> str | None:
+    """`torchrun was killed by SIGKILL (signal 9)` for a negative return code, else None."""
+    if rc >= 0:
+        return None
+    try:
+        name = signal.Signals(-rc).name
+    except ValueError:
+        name = f"signal {-rc}"
+    return f"torchrun was killed by {name} (signal {-rc}): not by the trainer's own error"
 
 
 class Supervisor:
@@ -63,47 +109,72 @@ class Supervisor:
         self.poll_s = poll_s
         self.stop_all = False  # set by SIGTERM / SIGINT
         self.states: dict[str, LegState] = {}
+        self.faults: list[str] = []  # the OSErrors met, one line each (also in the log)
         self.me = os.getpid()
         self.my_create_time = process_identity(self.me)
 
     # ------------------------------------------------------------------------------------------
     def say(self, msg: str) -> None:
         if self.echo:
-            print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+            try:
+                print(f"[{time.strftime('%H:%M:%S')}] {safetext.oneline(msg)}", flush=True)
+            except OSError:
+                pass  # the log itself cannot be written (a full or read-only disk): nothing to say it with
+
+    def fault(self, what: str, e: BaseException) -> str:
+        """An OSError the supervisor met: one line in its log, kept for the record."""
+        line = f"{what}: {fsutil.oneline(e)}"
+        self.faults.append(line)
+        self.say(f"fault: {line}")
+        return line
 
     def put(self, st: LegState) -> None:
+        """Record the leg's state: in memory always, on disk when the disk lets us."""
         self.states[st.leg] = st
-        write_state(self.exp_dir, st)
+        try:
+            write_state(self.exp_dir, st)
+        except OSError as e:
+            self.fault(f"{st.leg}: state not recorded ({st.status})", e)
 
     def stop_requested(self, leg: str) -> bool:
         return self.stop_all or (self.exp_dir / STATE_DIR / f"{leg}.stop").exists()
 
     def _lock(self, path: Path, what: str) -> int:
-        return try_lock(path, f"{what} is held by another supervisor")
+        return try_lock(path, f"{what} is held by another supervisor", root=self.exp_dir)
 
     # ------------------------------------------------------------------------------------------
     def run(self) -> int:
         """Run the queue; 0 when every leg is done, 1 otherwise. RunError when it cannot start."""
         plan_path = self.exp_dir / "plan.json"
         try:
-            plan = json.loads(plan_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:
-            raise RunError(f"{plan_path}: cannot read the plan: {e}") from None
+            plan = json.loads(fsutil.read_bytes(plan_path, PLAN_MAX_BYTES))
+        except (OSError, ValueError, RecursionError) as e:
+            raise RunError(f"{plan_path}: cannot read the plan: {fsutil.oneline(e)}") from None
+        if why := check_plan(plan):
+            raise RunError(f"{plan_path}: {why}")
         if self.grace_s is None:
-            self.grace_s = float(plan.get("stop_grace_s", STOP_GRACE_S))
+            self.grace_s = plan_grace(plan)
         state_dir = self.exp_dir / STATE_DIR
-        state_dir.mkdir(exist_ok=True)
+        try:
+            fsutil.make_dirs(state_dir, root=self.exp_dir)
+        except OSError as e:
+            raise RunError(f"cannot make {state_dir}: {fsutil.oneline(e)}") from None
         fds = [self._lock(state_dir / f"{SUPERVISOR}.lock", f"experiment dir {self.exp_dir}")]
         try:
             if self.lock_fd is None:  # started by hand: take the experiment's queue lock ourselves
-                lock_dir = self.exp_dir.parent / LOCK_DIR
-                lock_dir.mkdir(exist_ok=True)
-                fds.append(self._lock(lock_dir / f"{plan['experiment']}.lock", f"experiment '{plan['experiment']}'"))
+                root = self.exp_dir.parent
+                fds.append(try_lock(root / LOCK_DIR / f"{plan['experiment']}.lock",
+                                    f"experiment '{plan['experiment']}' is held by another supervisor", root=root))
             for spec in plan["legs"]:  # a leg left running by a killed supervisor is never started twice
                 prev = read_state(self.exp_dir, spec["name"])
-                if prev is not None and prev.status == "running" and is_alive(prev.pid, prev.create_time):
-                    raise RunError(f"leg {spec['name']} still runs (torchrun pid {prev.pid}) from an earlier "
-                                   f"supervisor; stop it first: cockpit stop {self.exp_dir} {spec['name']}")
+                if prev is not None and prev.status == "running":
+                    now = reconcile(self.exp_dir, prev, False, leg_expect(self.exp_dir, spec["name"], spec["argv"]))
+                    if now.status == "running":
+                        raise RunError(f"leg {spec['name']} still runs (torchrun pid {prev.pid}) from an earlier "
+                                       f"supervisor; stop it first: cockpit stop {self.exp_dir} {spec['name']}")
+                    if now.status == UNKNOWN:
+                        raise RunError(f"leg {spec['name']} may still run (pid {prev.pid}): {now.note}; "
+                                       f"make sure it is gone before running this dir again")
         except BaseException:
             for fd in fds:
                 os.close(fd)
@@ -111,38 +182,58 @@ class Supervisor:
         record = {"pid": self.me, "create_time": self.my_create_time, "started_at": now_iso(), "ended_at": None}
         old = self._install_signals()
         try:
-            write_json_atomic(state_dir / f"{SUPERVISOR}.json", record)
-            legs = plan["legs"]
-            for spec in legs:  # everything queued first, so a client sees the whole plan at once
-                prev = read_state(self.exp_dir, spec["name"])
-                if prev is None or prev.status != "done":
-                    self.put(LegState(spec["name"], "queued", log=spec["log"], supervisor_pid=self.me,
-                                      supervisor_create_time=self.my_create_time))
-            self.say(f"supervisor {self.me}: {len(legs)} legs of {plan['experiment']} in {self.exp_dir}")
-            for spec in legs:
-                name = spec["name"]
-                if name not in self.states:
-                    continue  # done in an earlier run of this dir
-                if self.stop_requested(name):
-                    self._finish(name, "stopped", note="stopped by request before it started")
-                    continue
-                st = self._run_leg(plan, spec)
-                self._report()
-                if st.status == "failed" and plan.get("on_failure", "stop") == "stop":
-                    self.say(f"{name} failed: stopping the queue (on_failure = stop)")
-                    for rest in legs[legs.index(spec) + 1 :]:
-                        if rest["name"] in self.states:
-                            self._finish(rest["name"], "stopped", note=f"queue stopped after {name} failed (on_failure = stop)")
-                    break
-            ok = all(s.status == "done" for s in self.states.values())
-            record["status"] = "finished" if ok else "ended with legs not done"
-            return 0 if ok else 1
+            try:
+                write_json_atomic(state_dir / f"{SUPERVISOR}.json", record, root=self.exp_dir)
+            except OSError as e:
+                raise RunError(f"cannot write {state_dir}/{SUPERVISOR}.json: {fsutil.oneline(e)}") from None
+            return self._queue(plan, record)
         finally:
             record["ended_at"] = now_iso()
-            write_json_atomic(state_dir / f"{SUPERVISOR}.json", record)
+            if self.faults:
+                record["faults"] = self.faults[-20:]
+            try:
+                write_json_atomic(state_dir / f"{SUPERVISOR}.json", record, root=self.exp_dir)
+            except OSError as e:
+                self.fault("the supervisor's end not recorded", e)
             self._restore_signals(old)
             for fd in fds:
                 os.close(fd)
+
+    def _queue(self, plan: dict, record: dict) -> int:
+        legs = plan["legs"]
+        for spec in legs:  # everything queued first, so a client sees the whole plan at once
+            prev = read_state(self.exp_dir, spec["name"])
+            if prev is None or prev.status != "done":
+                self.put(LegState(spec["name"], "queued", log=str(self.log_path(spec["name"])),
+                                  log_id=prev.log_id if prev is not None else None,
+                                  supervisor_pid=self.me, supervisor_create_time=self.my_create_time))
+        self.say(f"supervisor {self.me}: {len(legs)} legs of {plan['experiment']} in {self.exp_dir}")
+        for spec in legs:
+            name = spec["name"]
+            if name not in self.states:
+                continue  # done in an earlier run of this dir
+            if self.stop_requested(name):
+                self._finish(name, "stopped", note="stopped by request before it started")
+                continue
+            try:
+                st = self._run_leg(plan, spec)
+            except (OSError, RunError) as e:  # the supervisor's own I/O failed under this leg: the leg failed
+                line = self.fault(name, e)
+                st = self._finish(name, "failed", note=f"supervisor fault: {line}", error_tail=[f"supervisor: {line}"])
+            self._report()
+            if st.status == "failed" and plan.get("on_failure", "stop") == "stop":
+                self.say(f"{name} failed: stopping the queue (on_failure = stop)")
+                for rest in legs[legs.index(spec) + 1 :]:
+                    if rest["name"] in self.states:
+                        self._finish(rest["name"], "stopped", note=f"queue stopped after {name} failed (on_failure = stop)")
+                break
+        ok = all(s.status == "done" for s in self.states.values())
+        record["status"] = "finished" if ok else "ended with legs not done"
+        return 0 if ok else 1
+
+    def log_path(self, leg: str) -> Path:
+        """Where a leg's output goes: always `<exp_dir>/<leg>.log`, whatever a plan says."""
+        return self.exp_dir / f"{leg}.log"
 
     def _finish(self, leg: str, status: str, note: str | None = None, **kw) -> LegState:
         st = self.states[leg]
@@ -165,11 +256,12 @@ class Supervisor:
         if spec.get("device") == "cpu":
             st.note = "cpu leg: no GPU preflight"
             return None
-        idle = plan.get("gpu_idle", {})
-        max_util, max_mem = idle.get("max_util_pct", 5.0), idle.get("max_mem_mib", 1024.0)
-        wait_s = idle.get("wait_s", 600.0)
+        idle = plan.get("gpu_idle") if isinstance(plan.get("gpu_idle"), dict) else {}
+        max_util = _number(idle.get("max_util_pct"), 5.0, 0.0, 100.0)
+        max_mem = _number(idle.get("max_mem_mib"), 1024.0, 0.0, 1e9)
+        wait_s = _number(idle.get("wait_s"), 600.0, 0.0, 7 * 24 * 3600.0)
         sampler = self.sampler or gpus.GpuSampler(history=1)
-        indices = gpus.leg_gpu_indices(spec.get("nproc_per_node", 1))
+        indices = gpus.leg_gpu_indices(int(_number(spec.get("nproc_per_node"), 1, 1, 128)))
         deadline = time.monotonic() + wait_s
         since = now_iso()
         while True:
@@ -203,24 +295,51 @@ class Supervisor:
         finally:
             os.close(leg_fd)
 
+    def _open_log(self, st: LegState) -> int | str:
+        """The leg's log, for torchrun's output: created new, or (a leg run again in its dir)
+        the very file this supervisor created before, by its recorded (device, inode). Returns
+        a write fd, or why the log path is taken (one line): nothing else is ever written to."""
+        path = self.log_path(st.leg)
+        try:
+            fd = fsutil.create_new(path, root=self.exp_dir)
+        except FileExistsError:
+            if st.log_id is None:
+                return (f"log path taken: {path} exists and was not created by the supervisor "
+                        f"({_what_is(path)}); nothing started")
+            try:
+                return fsutil.open_append(path, root=self.exp_dir, expect=tuple(st.log_id))
+            except OSError as e:
+                return f"log path taken: {fsutil.oneline(e)}; nothing started"
+        except OSError as e:
+            if e.errno in (errno.ELOOP, errno.ENOTDIR, errno.EPERM):
+                return f"log path refused: {fsutil.oneline(e)}; nothing started"
+            raise  # the filesystem's trouble (read-only, full...): a supervisor fault
+        st.log_id = list(fsutil.file_id(fd))
+        return fd
+
     def _start_and_wait(self, plan: dict, spec: dict) -> LegState:
         name = spec["name"]
         st = self.states[name]
-        cwd = plan.get("cwd") or str(self.exp_dir)
+        cwd = plan.get("cwd") if isinstance(plan.get("cwd"), str) else str(self.exp_dir)
         env = dict(os.environ)
         env["PYTHONUNBUFFERED"] = "1"
         env["PYTHONPATH"] = os.pathsep.join(p for p in (cwd, env.get("PYTHONPATH", "")) if p)
-        argv = [str(a) for a in spec["argv"]]
-        log_path = Path(spec["log"])
+        env.update(leg_env(self.exp_dir, name))  # proves, later, that its processes are this leg's
+        argv = list(spec["argv"])
+        log_path = self.log_path(name)
+        log_fd = self._open_log(st)
+        if isinstance(log_fd, str):
+            return self._finish(name, "failed", note=log_fd, exit_code=None, error_tail=[log_fd], started_at=now_iso())
         try:
-            with open(log_path, "ab") as log:  # the child holds its own copy of this fd
-                proc = subprocess.Popen(
-                    argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                    start_new_session=True,  # our signals only: a Ctrl-C at the terminal reaches us, not it
-                )
-        except OSError as e:
+            proc = subprocess.Popen(
+                argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=log_fd, stderr=subprocess.STDOUT,
+                start_new_session=True,  # our signals only: a Ctrl-C at the terminal reaches us, not it
+            )
+        except (OSError, ValueError) as e:
             return self._finish(name, "failed", note="could not start torchrun", exit_code=None,
-                                error_tail=[f"{argv[0]}: {e}"], started_at=now_iso())
+                                error_tail=[f"{argv[0]}: {fsutil.oneline(e)}"], started_at=now_iso())
+        finally:
+            os.close(log_fd)  # the child holds its own copy
         st.pid, st.create_time = proc.pid, process_identity(proc.pid)
         st.status, st.started_at, st.waiting_reason = "running", now_iso(), None
         self.put(st)
@@ -230,7 +349,11 @@ class Supervisor:
         while proc.poll() is None:
             if self.stop_requested(name):
                 self.say(f"{name}: stopping (SIGTERM, then SIGKILL after {self.grace_s:g}s)")
-                killed = terminate_tree(proc.pid, st.create_time, self.grace_s, waiter=_waiter(proc))
+                try:
+                    root = psutil.Process(proc.pid)  # our own unreaped child: its pid cannot be reused
+                    killed = procs.terminate(root, self.grace_s, waiter=_waiter(proc))
+                except psutil.NoSuchProcess:
+                    killed = []
                 if killed:
                     self.say(f"{name}: killed {len(killed)} processes left after the grace period")
                 stopped = True
@@ -241,26 +364,35 @@ class Supervisor:
         except subprocess.TimeoutExpired:
             proc.kill()
             rc = proc.wait()
+        self._end_leftovers(name)
         if stopped:
             return self._finish(name, "stopped", note="stopped by request", exit_code=rc)
         if rc == 0:
             return self._finish(name, "done", exit_code=0)
-        return self._finish(name, "failed", exit_code=rc, error_tail=error_tail(log_path))
+        tail = error_tail(log_path)
+        if cause := signal_cause(rc):  # the log holds no cause of a kill: say it, last (the line shown)
+            tail = [*tail[-9:], cause]
+            return self._finish(name, "failed", note=cause, exit_code=rc, error_tail=tail)
+        return self._finish(name, "failed", exit_code=rc, error_tail=tail)
+
+    def _end_leftovers(self, name: str) -> None:
+        """torchrun is gone; its workers must be too. A worker left (torchrun was killed, its
+        workers run in their own sessions) carries this leg's marker: stop it, say so."""
+        left = procs.marked(leg_env(self.exp_dir, name))
+        if left:
+            killed = procs.terminate_all(left, min(self.grace_s, 5.0))
+            self.say(f"{name}: stopped {len(left)} processes left behind by torchrun "
+                     f"({len(killed)} needed SIGKILL): {', '.join(str(p.pid) for p in left)}")
 
     # ------------------------------------------------------------------------------------------
     def _report(self) -> None:
         """Regenerate report.md; a report problem is logged, never fatal to the queue."""
         try:
-            try:
-                from cockpit import report
-            except ImportError:
-                report = None
-            if report is not None and hasattr(report, "write_report"):
-                report.write_report(self.exp_dir)
-            else:
-                _minimal_report(self.exp_dir, self.states)
+            from cockpit import report
+
+            report.write_report(self.exp_dir)
         except Exception as e:  # noqa: BLE001 - the queue must go on whatever the report does
-            self.say(f"report.md not regenerated: {type(e).__name__}: {e}")
+            self.say(f"report.md not regenerated: {fsutil.oneline(e)}")
 
     def _on_term(self, signum, frame) -> None:
         self.stop_all = True
@@ -292,15 +424,24 @@ def _waiter(proc: subprocess.Popen):
     return wait
 
 
-def _minimal_report(exp_dir: Path, states: dict[str, LegState]) -> None:
-    """Until cockpit/report.py exists: one row per leg with its status and exit code."""
-    rows = ["| run | status | exit code | started | ended |", "| --- | --- | ---: | --- | --- |"]
-    for st in states.values():
-        code = st.exit_code if st.exit_code_known and st.exit_code is not None else "n/a"
-        rows.append(f"| {st.leg} | {st.status} | {code} | {st.started_at or ''} | {st.ended_at or ''} |")
-    tmp = exp_dir / ".report.md.tmp"
-    tmp.write_text(f"# {exp_dir.name}\n\n" + "\n".join(rows) + "\n", encoding="utf-8")
-    os.replace(tmp, exp_dir / "report.md")
+def _number(v: object, default: float, lo: float, hi: float) -> float:
+    """A number from the plan when it is one within [lo, hi], else the default (a plan may lie)."""
+    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) and lo <= v <= hi else default
+
+
+def _what_is(path: Path) -> str:
+    """What stands at a path, in a few words (a symlink says where it points)."""
+    try:
+        if path.is_symlink():
+            return f"a symlink to {safetext.oneline(os.readlink(path))[:120]}"
+        st = os.lstat(path)
+    except OSError as e:
+        return fsutil.oneline(e)
+    if stat_.S_ISDIR(st.st_mode):
+        return "a directory"
+    if stat_.S_ISREG(st.st_mode):
+        return f"a file of {st.st_size} bytes"
+    return "not a regular file"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -312,8 +453,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return Supervisor(args.exp_dir, lock_fd=args.lock_fd, grace_s=args.grace).run()
     except RunError as e:
-        print(f"supervisor: {e}", file=sys.stderr)
+        _last_words(f"supervisor: {e}")
         return 2
+    except OSError as e:  # anything the queue's own handling did not catch: one line, no traceback
+        _last_words(f"supervisor: {fsutil.oneline(e)}")
+        return 1
+
+
+def _last_words(line: str) -> None:
+    try:
+        print(safetext.oneline(line), file=sys.stderr, flush=True)
+    except OSError:
+        pass
 
 
 if __name__ == "__main__":

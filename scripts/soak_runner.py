@@ -134,13 +134,13 @@ def one_round(i: int, mode: str, deaf: bool, base: Path) -> dict:
     tree = wait_for(lambda: (t := runs.process_tree(st.pid, st.create_time)) and len(t) >= want and t, 30, "tree")
     t_stop = time.monotonic()
     if mode == "stop-leg":
-        r = cockpit("stop", str(exp_dir), "a", cwd=work)
+        r = cockpit("--registry", "reg.toml", "stop", str(exp_dir), "a", cwd=work)
     elif mode == "stop-queue":
-        r = cockpit("stop", str(exp_dir), cwd=work)
+        r = cockpit("--registry", "reg.toml", "stop", str(exp_dir), cwd=work)
     elif mode == "kill9":
         os.kill(runs.open_dir(exp_dir).supervisor["pid"], signal.SIGKILL)
         wait_for(lambda: not runs.open_dir(exp_dir).supervisor_alive, 10, "supervisor gone")
-        r = cockpit("stop", str(exp_dir), cwd=work)
+        r = cockpit("--registry", "reg.toml", "stop", str(exp_dir), cwd=work)
     if mode != "finish" and r.returncode != 0:
         raise SystemExit(f"soak: stop failed: {r.stderr.strip()}")
     # `cockpit stop` returns once the leg is recorded stopped: an upper bound on its processes' end

@@ -7,7 +7,7 @@ import re
 import shutil
 from pathlib import Path
 
-import psutil
+from conftest import hold_supervisor_lock, live_leg
 
 from cockpit import gpus
 from cockpit import registry as reg
@@ -39,7 +39,8 @@ def make_dir(
     """An experiment dir in the RUNNER's format: plan.json, state/<leg>.json, <leg>.log.
 
     legs: name -> (state status or None, fixture log path relative to tests/fixtures or None).
-    A "running" state names this test process (alive); a live supervisor is this process too.
+    A "running" state names a live stand-in torchrun (conftest.live_leg); a live supervisor is
+    this test process, holding the dir's lock.
     """
     d = exp_root / name
     (d / "state").mkdir(parents=True)
@@ -48,18 +49,18 @@ def make_dir(
             "legs": [{"name": leg, "log": str(d / f"{leg}.log")} for leg in legs]}
     if registry is not None:
         plan["registry"] = {"path": str(registry.path), "raw": registry.raw}  # as runs.write_plan writes it
-    (d / "plan.json").write_text(json.dumps(plan, indent=2))
-    me = {"pid": os.getpid(), "create_time": psutil.Process().create_time()}
     if supervisor:
-        (d / "state" / "supervisor.json").write_text(json.dumps(me))
+        (d / "state" / "supervisor.json").write_text(json.dumps(hold_supervisor_lock(d)))
     for i, (leg, (status, fixture)) in enumerate(legs.items()):
         if fixture is not None:
             shutil.copy(FIXTURES / fixture, d / f"{leg}.log")
             os.utime(d / f"{leg}.log", (mtime + i, mtime + i))
         if status is not None:
             st = {"leg": leg, "status": status, "log": str(d / f"{leg}.log"), "exit_code": None}
-            if status == "running":
-                st.update(me)
+            if status == "running":  # a live process, provably this leg's torchrun
+                pid, created, argv = live_leg(d, leg)
+                st.update(pid=pid, create_time=created)
+                plan["legs"][i]["argv"] = argv
             if status == "done":
                 st["exit_code"] = 0
             if status == "failed":
@@ -68,6 +69,7 @@ def make_dir(
             if status == "waiting":
                 st["waiting_reason"] = "GPU 0 busy: util 97% > 5%"
             (d / "state" / f"{leg}.json").write_text(json.dumps(st))
+    (d / "plan.json").write_text(json.dumps(plan, indent=2))
     return d
 
 

@@ -5,8 +5,8 @@ import os
 import shutil
 from pathlib import Path
 
-import psutil
 import pytest
+from conftest import hold_supervisor_lock
 from metrics_util import bundled_registry, check_golden, make_dir
 
 from cockpit import cli, report, runs
@@ -111,8 +111,7 @@ def write_plan(d: Path, experiment: str, legs: list[str], states: dict[str, str]
     (d / "plan.json").write_text(json.dumps(plan))
     (d / "state").mkdir(exist_ok=True)
     if supervisor:
-        me = {"pid": os.getpid(), "create_time": psutil.Process().create_time()}
-        (d / "state" / "supervisor.json").write_text(json.dumps(me))
+        (d / "state" / "supervisor.json").write_text(json.dumps(hold_supervisor_lock(d)))
     for leg, status in states.items():
         (d / "state" / f"{leg}.json").write_text(json.dumps({"leg": leg, "status": status, "log": str(d / f"{leg}.log")}))
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from conftest import fake_torchrun
 from runner_util import cockpit, write_registry
 
 from cockpit import gpus, runs
@@ -96,10 +97,17 @@ def test_discover_manual_and_planned_dirs(tmp_path):
     assert runs.done_legs(tmp_path, "exp") == {"a": planned}
 
 
+LEG_ARGV = ["--standalone", "--nproc_per_node=1", "-m", "tests.fake_trainer", "--", "--num-iterations", "10"]
+
+
 def _orphan_dir(tmp_path: Path, log_text: str, legs=("a", "b")) -> Path:
-    d = tmp_path / "20260301_120000_exp"
+    """A dir under tmp_path/exp whose supervisor was killed: leg a was running (its torchrun is
+    gone too), leg b queued. The plan's torchrun is a fake one in tmp_path/bin."""
+    d = tmp_path / "exp" / "20260301_120000_exp"
     (d / "state").mkdir(parents=True)
-    (d / "plan.json").write_text(json.dumps({"experiment": "exp", "legs": [{"name": n} for n in legs]}))
+    torchrun = str(fake_torchrun(tmp_path / "bin"))
+    (d / "plan.json").write_text(json.dumps({"experiment": "exp", "legs": [
+        {"name": n, "argv": [torchrun, *LEG_ARGV]} for n in legs]}))
     sup_pid, sup_ct = dead_process()
     (d / "state" / "supervisor.json").write_text(json.dumps({"pid": sup_pid, "create_time": sup_ct, "ended_at": None}))
     pid, ct = dead_process()
@@ -126,14 +134,39 @@ def test_reconcile_after_supervisor_killed_crashed(tmp_path):
     assert any("out of memory" in ln for ln in a.error_tail)
 
 
-def test_running_leg_with_live_pid_stays_running(tmp_path):
+def test_running_leg_with_live_pid_stays_running(tmp_path, leg_process):
     d = _orphan_dir(tmp_path, "step 00001/00010 (10.00%) | loss: 3.0\n")
-    me = psutil.Process()
+    p = leg_process(d, "a", [str(tmp_path / "bin" / "torchrun"), *LEG_ARGV])
     st = runs.read_state(d, "a")
-    st.pid, st.create_time = me.pid, me.create_time()
+    st.pid, st.create_time = p.pid, psutil.Process(p.pid).create_time()
     runs.write_state(d, st)
     assert runs.open_dir(d).states["a"].status == "running"
     assert [s.leg for s in runs.open_dir(d).running] == ["a"]
+
+
+def test_a_live_pid_that_is_not_the_legs_is_unknown_and_never_signalled(tmp_path, leg_process):
+    """The same live pid and create time, but not this leg's torchrun: not proven, not touched."""
+    d = _orphan_dir(tmp_path, "step 00001/00010 (10.00%) | loss: 3.0\n")
+    path = write_registry(tmp_path, {"a": 'model-tag = "a"'}, exp_id="exp")
+    torchrun = str(tmp_path / "bin" / "torchrun")
+    others = {
+        "this test process": None,
+        "torchrun of other args": leg_process(d, "a", [torchrun, "--standalone", "-m", "other"]),
+        "torchrun of another dir": leg_process(d, "a", [torchrun, *LEG_ARGV], marker=False),
+    }
+    for what, p in others.items():
+        proc = psutil.Process(p.pid if p else os.getpid())
+        for created in (proc.create_time(), None):  # and a record without a create time
+            st = runs.read_state(d, "a")
+            st.status, st.pid, st.create_time = "running", proc.pid, created
+            runs.write_state(d, st)
+            a = runs.open_dir(d).states["a"]
+            assert a.status == "unknown" and "process identity not proven" in a.note, (what, a.note)
+            r = cockpit("--registry", str(path), "stop", str(d), "a")
+            assert r.returncode == 2 and "process identity not proven" in r.stderr, (what, r.stderr)
+            assert "nothing" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+            assert proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE, what
+            assert runs.read_state(d, "a").status == "running"  # nothing written either
 
 
 # ----------------------------------------------------------------------------------------------
@@ -248,16 +281,21 @@ def test_garbage_on_disk_never_crashes_discovery(tmp_path):
     assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
 
 
-def test_supervisor_never_starts_a_leg_that_still_runs(tmp_path):
+def test_supervisor_never_starts_a_leg_that_still_runs(tmp_path, leg_process):
     from cockpit import supervisor
 
     d = _orphan_dir(tmp_path, "step 00001/00010 (10.00%) | loss: 3.0\n")
-    me = psutil.Process()
+    p = leg_process(d, "a", [str(tmp_path / "bin" / "torchrun"), *LEG_ARGV])  # "torchrun" is alive
     st = runs.read_state(d, "a")
-    st.pid, st.create_time = me.pid, me.create_time()  # "torchrun" is alive: this test process
+    st.pid, st.create_time = p.pid, psutil.Process(p.pid).create_time()
     runs.write_state(d, st)
-    with pytest.raises(runs.RunError, match=f"leg a still runs \\(torchrun pid {me.pid}\\)"):
+    with pytest.raises(runs.RunError, match=f"leg a still runs \\(torchrun pid {p.pid}\\)"):
         supervisor.Supervisor(d, echo=False).run()
     assert runs.read_state(d, "a").status == "running" and not (d / "state" / "supervisor.log").exists()
     r = subprocess.run([sys.executable, "-m", "cockpit.supervisor", str(d)], capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.startswith("supervisor: leg a still runs")
+    # a live process that cannot be proven the leg's (this test process) is not proven gone either
+    st.pid, st.create_time = os.getpid(), psutil.Process().create_time()
+    runs.write_state(d, st)
+    with pytest.raises(runs.RunError, match="leg a may still run .*process identity not proven"):
+        supervisor.Supervisor(d, echo=False).run()

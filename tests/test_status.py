@@ -34,7 +34,7 @@ def test_status_of_the_bundled_registry(tmp_path, capsys):
 def test_status_shows_running_legs_with_pid_progress_eta_and_every_dir(tmp_path, capsys):
     registry = bundled_registry(tmp_path)
     root = registry.settings.exp_root
-    # a live queue: its supervisor and its running leg are this test process (pid + create_time alive)
+    # a live queue: its supervisor is this test process, its running leg a live stand-in torchrun
     live = make_dir(root, "20261126_043113_cpu-smoke",
                     {"dense": ("done", "cpu-smoke/dense.log"), "moe_dropless": ("running", "cpu-smoke/moe_dropless.log"),
                      "moe_cap1p0": ("queued", None)}, supervisor=True, mtime=NOW)
@@ -47,7 +47,7 @@ def test_status_shows_running_legs_with_pid_progress_eta_and_every_dir(tmp_path,
     (manual / "probe.log").write_text("hello\n")
     code, out, _ = run(capsys, "status", "--registry", str(registry.path))
     assert code == 0
-    pid = os.getpid()
+    pid, sup = runs.read_state(live, "moe_dropless").pid, os.getpid()
     lines = out.splitlines()
     i = lines.index(f"running: cpu-smoke/moe_dropless  pid {pid}  step 20/40 (52.5%), loss 2.0788, 4,871 tok/s, ETA 0.1m")
     assert lines[i + 1] == f"  dir: {live}"
@@ -58,7 +58,7 @@ def test_status_shows_running_legs_with_pid_progress_eta_and_every_dir(tmp_path,
     i = lines.index("dirs under exp_root: 3")
     assert lines[i + 1 : i + 4] == [
         f"  {older.name}  moe_cap1p0 failed",
-        f"  {live.name}  supervisor pid {pid} alive;  dense done, moe_dropless running (pid {pid}), moe_cap1p0 queued",
+        f"  {live.name}  supervisor pid {sup} alive;  dense done, moe_dropless running (pid {pid}), moe_cap1p0 queued",
         f"  {manual.name}  probe manual log  (experiment 'scratch' is not in the registry)",
     ]
 

@@ -94,7 +94,7 @@ def test_stop_one_leg_kills_its_whole_tree_and_the_queue_goes_on(tmp_path):
     st = running_state(exp_dir, "a")
     procs = wait_for(lambda: tree_of(st.pid, 5), what="torchrun, 2 workers, 2 grandchildren")
     t0 = time.monotonic()
-    r = cockpit("stop", str(exp_dir), "a")
+    r = cockpit("--registry", str(path), "stop", str(exp_dir), "a")  # stop acts under the registry's exp_root
     took = time.monotonic() - t0
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines()[0].startswith("a: stopped")
@@ -123,7 +123,7 @@ def test_stop_the_queue(tmp_path):
     assert not d.supervisor_alive
     assert [d.states[n].status for n in ("a", "b")] == ["stopped", "stopped"]
     assert d.states["a"].note == "stopped by request" and "before it started" in d.states["b"].note
-    r = cockpit("stop", str(exp_dir))
+    r = cockpit("--registry", str(path), "stop", str(exp_dir))
     assert r.returncode == 2 and "nothing running" in r.stderr
 
 

@@ -447,7 +447,6 @@ async def test_resume_panel_shows_next_command(tmp_path):
 
 async def test_gpu_panel_with_the_real_sampler_over_fake_nvml(tmp_path):
     """The real GpuSampler (over a stand-in NVML module): a row per GPU, the owning leg by pid."""
-    import os
 
     import pynvml
     from fake_nvml import FakeNVML
@@ -458,8 +457,9 @@ async def test_gpu_panel_with_the_real_sampler_over_fake_nvml(tmp_path):
     d = write_dir(tmp_path / "exp", "20260224_175412_cpu-smoke", "cpu-smoke",
                   {"dense": ("running", log_lines(5, 40, finished=False))}, supervisor_alive=True)
     nv = FakeNVML(8)
-    for i in (0, 1):  # this process is the leg's "torchrun": its GPUs are the leg's
-        nv.util[i], nv.mem_used_mib[i], nv.pids[i] = 97.0, 18987.0, [os.getpid()]
+    leg_pid = json.loads((d / "state" / "dense.json").read_text())["pid"]  # the leg's stand-in torchrun
+    for i in (0, 1):  # its GPUs are the leg's
+        nv.util[i], nv.mem_used_mib[i], nv.pids[i] = 97.0, 18987.0, [leg_pid]
     app = make_app(bundled_registry(tmp_path), sampler=GpuSampler(nvml=nv))
     async with app.run_test(size=SIZE) as pilot:
         main = await ready(pilot, app)

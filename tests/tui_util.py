@@ -16,7 +16,7 @@ import time
 from collections import deque
 from pathlib import Path
 
-import psutil
+from conftest import hold_supervisor_lock, live_leg, live_leg_pids
 
 from cockpit.gpus import GpuInfo, HostInfo, Snapshot
 
@@ -76,29 +76,32 @@ def write_dir(exp_root: Path, name: str, experiment: str, legs: dict[str, tuple[
               supervisor_alive: bool = False) -> Path:
     """An experiment dir: plan.json, `<leg>.log` and state/<leg>.json per leg (status, log lines).
 
-    A live supervisor (this test process) keeps "running"/"queued" states as they are written."""
+    A live supervisor (this test process, holding the dir's lock) keeps "running"/"queued" states
+    as they are written; a "running" leg is a live stand-in torchrun (conftest.live_leg)."""
     d = exp_root / name
     (d / "state").mkdir(parents=True)
-    (d / "plan.json").write_text(json.dumps({"experiment": experiment, "legs": [{"name": n} for n in legs]}))
-    me = psutil.Process(os.getpid())
+    plan = {"experiment": experiment, "legs": [{"name": n} for n in legs]}
     for leg, (status, lines) in legs.items():
         if lines or status != "queued":
             (d / f"{leg}.log").write_text("".join(x + "\n" for x in lines))
         state = {"leg": leg, "status": status, "log": str(d / f"{leg}.log"),
                  "started_at": "2026-02-24T19:00:00+08:00"}
-        if status == "running":
-            state |= {"pid": me.pid, "create_time": me.create_time()}
+        if status == "running":  # a live process, provably this leg's torchrun
+            pid, created, argv = live_leg(d, leg)
+            state |= {"pid": pid, "create_time": created}
+            next(x for x in plan["legs"] if x["name"] == leg)["argv"] = argv
         if status in ("done", "failed", "stopped"):
             state |= {"ended_at": "2026-02-24T19:05:00+08:00", "exit_code": 0 if status == "done" else 1}
         (d / "state" / f"{leg}.json").write_text(json.dumps(state))
+    (d / "plan.json").write_text(json.dumps(plan))
     if supervisor_alive:
-        (d / "state" / "supervisor.json").write_text(
-            json.dumps({"pid": me.pid, "create_time": me.create_time(), "ended_at": None}))
+        (d / "state" / "supervisor.json").write_text(json.dumps(hold_supervisor_lock(d)))
     return d
 
 
 class FakeSampler:
-    """Fixed GPU figures: `n` GPUs (those in `busy` at 97% with this process on them), or no NVML."""
+    """Fixed GPU figures: `n` GPUs (those in `busy` at 97%, with the newest live leg's torchrun on
+    them, else this process), or no NVML."""
 
     def __init__(self, n: int = 8, busy: tuple[int, ...] = (), nvml: bool = True):
         self.n, self.busy, self.nvml = n, busy, nvml
@@ -115,7 +118,8 @@ class FakeSampler:
         for i in range(self.n):
             on = i in self.busy
             gpus.append(GpuInfo(i, "NVIDIA H100 80GB HBM3", 97.0 if on else 0.0, 18987.0 if on else 0.0,
-                                81559.0, 64.0 if on else 31.0, 612.0 if on else 71.0, [os.getpid()] if on else []))
+                                81559.0, 64.0 if on else 31.0, 612.0 if on else 71.0,
+                                (live_leg_pids()[-1:] or [os.getpid()]) if on else []))
             self.history[f"gpu{i}.util_pct"] = deque([0.0, 40.0, 95.0, 97.0, 96.0, 97.0] if on else [0.0] * 6)
         return Snapshot(True, None, gpus, host, CLOCK.timestamp())
 

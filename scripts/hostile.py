@@ -1,0 +1,593 @@
+"""Replay the hostile user's list against the real CLI and supervisor; one line per case.
+
+    python scripts/hostile.py [-k WORD] [--keep]
+
+Each case plants what a hostile user (or a failing disk) would, runs the real `cockpit` CLI (a
+subprocess) or the real supervisor (`python -m cockpit.supervisor`, torchrun and
+tests/fake_trainer.py where a live leg matters), and prints `held` or `broken` with what it saw.
+Everything happens under a fresh temp dir with its own HOME and exp_root; nothing outside it is
+written. Cases that need a read-only filesystem mount a small tmpfs there when this user may
+(root), and say "(simulated)" when they fall back to injected OSErrors instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import psutil  # noqa: E402
+
+from cockpit import fsutil, procs, runs, supervisor  # noqa: E402
+from cockpit import registry as reg  # noqa: E402
+
+STEP = "step {i:05d}/00010 ({p:.2f}%) | loss: 3.000000 | dt: 10.00ms | tok/sec: 1,000 | bf16_mfu: 1.00"
+FINAL = "Peak memory usage: 1.00MiB\nTotal training time: 0.01m\n"
+ESC = "\x1b]0;PWNED\x07\x1b[2J\x1b]52;c;ZXZpbA==\x07"
+
+
+class Broken(Exception):
+    """A case saw what must not happen."""
+
+
+def check(cond: bool, what: str) -> None:
+    if not cond:
+        raise Broken(what)
+
+
+class Env:
+    """A temp world: HOME, a checkout-like work dir, exp_root under it."""
+
+    def __init__(self, base: Path):
+        self.base = base
+        self.home = base / "home"
+        self.home.mkdir()
+        self.env = {**os.environ, "HOME": str(self.home), "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+        self.n = 0
+
+    def work(self) -> Path:
+        self.n += 1
+        w = self.base / f"case{self.n:02d}"
+        w.mkdir()
+        return w
+
+    def cockpit(self, *args: str, cwd: Path, timeout: float = 180) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "cockpit.cli", *args], cwd=cwd, env=self.env,
+                              capture_output=True, text=True, timeout=timeout)
+
+    def registry(self, w: Path, legs: dict[str, str], project: str = "", exp_id: str = "x", trainer: bool = False,
+                 on_failure: str = "continue") -> Path:
+        module = "tests.fake_trainer" if trainer else "nanochat.base_train"
+        text = (f'[project]\nexp_root = "exp"\non_failure = "{on_failure}"\n{project}\n[defaults]\nmodule = "{module}"\n'
+                f'device = "cpu"\nnproc_per_node = 1\n[defaults.args]\nstep-sleep = 0.05\n'
+                f'checkpoint-root = "{{exp_dir}}/ckpt_root"\n[[experiment]]\nid = "{exp_id}"\n')
+        text += "".join(f'[[experiment.leg]]\nname = "{n}"\nargs = {{ {a} }}\n' for n, a in legs.items())
+        (w / "reg.toml").write_text(text)
+        return w / "reg.toml"
+
+
+def one_line_2(r: subprocess.CompletedProcess, *words: str) -> str:
+    err = r.stderr
+    check(r.returncode == 2, f"exit {r.returncode}, not 2: {err.strip()[:160]}")
+    check(err.count("\n") == 1 and "Traceback" not in err, f"not one line: {err[:200]!r}")
+    for w in words:
+        check(w in err, f"{w!r} not in {err.strip()[:200]!r}")
+    return err.strip()
+
+
+def listing(*dirs: Path) -> dict:
+    out = {}
+    for top in dirs:
+        for b, ds, fs in os.walk(top):
+            for n in ds + fs:
+                p = os.path.join(b, n)
+                st = os.lstat(p)
+                out[p] = (st.st_mode, st.st_size, st.st_mtime_ns)
+    return out
+
+
+def wait_for(pred, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if v := pred():
+            return v
+        time.sleep(0.05)
+    raise Broken(f"timed out waiting for {what}")
+
+
+def quick_plan(d: Path, legs: dict[str, str], on_failure: str = "continue") -> Path:
+    """A dir whose plan runs `python -c CODE` per leg (the supervisor runs any planned argv)."""
+    (d / "state").mkdir(parents=True)
+    plan = {"experiment": "x", "on_failure": on_failure, "cwd": str(d), "stop_grace_s": 2,
+            "legs": [{"name": n, "device": "cpu", "argv": [sys.executable, "-c", c]} for n, c in legs.items()]}
+    (d / "plan.json").write_text(json.dumps(plan))
+    return d
+
+
+def leg_code(fail: str | None = None, steps: int = 3) -> str:
+    lines = [STEP.format(i=i, p=i * 10.0) for i in range(steps)]
+    code = f"import sys\nfor ln in {lines!r}:\n    print(ln, flush=True)\n"
+    return code + (f"sys.stderr.write({fail!r} + '\\n')\nsys.exit(1)\n" if fail else f"sys.stdout.write({FINAL!r})\n")
+
+
+def run_supervisor(d: Path, env: Env, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cockpit.supervisor", str(d)], env=env.env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def mount(where: Path, options: str) -> bool:
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        return False
+    where.mkdir(parents=True, exist_ok=True)
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True).returncode == 0
+
+
+def umount(where: Path) -> None:
+    subprocess.run(["umount", "-l", str(where)], capture_output=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# 1. writes that escape
+
+
+def case_symlink_leg_log(env: Env) -> str:
+    """A symlink planted at a not-yet-started leg's log (real launch, torchrun): that leg fails before
+    starting, with the reason in its state and in status; the link's target is untouched."""
+    w = env.work()
+    victim = w / "elsewhere" / "victim.txt"
+    victim.parent.mkdir()
+    victim.write_text("keep me\n")
+    path = env.registry(w, {"a": 'model-tag = "a", num-iterations = 60', "b": 'model-tag = "b", num-iterations = 3'},
+                        trainer=True)
+    r = env.cockpit("--registry", str(path), "launch", "x", cwd=w)
+    check(r.returncode == 0, f"launch failed: {r.stderr.strip()}")
+    d = Path(r.stdout.strip().splitlines()[-1])
+    os.symlink(victim, d / "b.log")
+    wait_for(lambda: (st := runs.read_state(d, "b")) and st.status in ("failed", "done"), 120, "leg b to end")
+    b = runs.read_state(d, "b")
+    check(victim.read_text() == "keep me\n", "the symlink's target was written")
+    check(b.status == "failed" and "log path taken" in (b.note or ""), f"leg b: {b.status} {b.note}")
+    s = env.cockpit("--registry", str(path), "status", cwd=w)
+    check("log path taken" in s.stdout, "status does not say why b failed")
+    return "b failed before starting: " + b.note.split(" (")[0]
+
+
+def case_planted_links_in_dir(env: Env) -> str:
+    """Symlinks planted for the state dir, report.md, a state file and the resume guide: never written through."""
+    w = env.work()
+    victim = w / "victim.txt"
+    victim.write_text("keep me\n")
+    d = quick_plan(w / "exp" / "20260101_000000_x", {"a": leg_code()})
+    os.symlink(victim, d / "report.md")
+    os.symlink(victim, d / "state" / "a.json")
+    r = run_supervisor(d, env)
+    check(r.returncode == 0, f"supervisor exit {r.returncode}: {r.stderr.strip()[:200]}")
+    check(victim.read_text() == "keep me\n" and not (d / "report.md").is_symlink(), "written through a link")
+    d2 = quick_plan(w / "exp" / "20260101_000001_x", {"a": leg_code()})
+    shutil.rmtree(d2 / "state")
+    os.symlink(w, d2 / "state")
+    r = run_supervisor(d2, env)
+    check(r.returncode == 2 and "is a symlink" in r.stderr and r.stderr.count("\n") == 1, f"state link: {r.stderr[:200]}")
+    path = env.registry(w, {"a": 'model-tag = "a"'})
+    os.symlink(victim, w / "exp" / "resume-guide.md")
+    r = env.cockpit("--registry", str(path), "resume", "--out-md", str(w / "exp" / "resume-guide.md"), cwd=w)
+    check(r.returncode == 0 and victim.read_text() == "keep me\n", "guide written through a link")
+    return "state dir link refused; report.md, state file, guide links replaced; target untouched"
+
+
+# ----------------------------------------------------------------------------------------------
+# 2. outputs
+
+
+def _logs_dir(w: Path) -> Path:
+    d = w / "exp" / "20260101_000000_x"
+    d.mkdir(parents=True)
+    (d / "a.log").write_text("".join(STEP.format(i=i, p=i * 10.0) + "\n" for i in range(5)) + FINAL)
+    return d
+
+
+def case_out_md_directory(env: Env) -> str:
+    """--out-md naming a directory, a path under a file, a read-only place: one line, exit 2, nothing written."""
+    w = env.work()
+    d = _logs_dir(w)
+    outdir = w / "out"
+    outdir.mkdir()
+    (w / "afile").write_text("x")
+    ro = w / "ro"
+    mounted = mount(ro, "size=1m,ro")
+    try:
+        before = listing(w)
+        seen = []
+        bad = [str(outdir), str(outdir) + "/", str(w / "afile" / "x.md")] + ([str(ro / "r.md")] if mounted else [])
+        for out in bad:
+            r = env.cockpit("report", "--exp-dir", str(d), "--out-md", out, cwd=w)
+            seen.append(one_line_2(r).split(": ", 2)[-1][:60])
+        check(listing(w) == before, "something was written")
+        check(not (w / "out_steps.csv").exists(), "wrote beside the directory")
+    finally:
+        if mounted:
+            umount(ro)
+    return f"{len(bad)} refused, nothing written" + ("" if mounted else " (no read-only mount here)")
+
+
+# ----------------------------------------------------------------------------------------------
+# 3. signals
+
+
+def case_stop_unproven(env: Env) -> str:
+    """A state saying running with an unrelated process's pid (no create_time), and a dir outside
+    exp_root holding such a file: nothing signalled, nothing written there."""
+    w = env.work()
+    path = env.registry(w, {"a": 'model-tag = "a"'})
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        d = quick_plan(w / "exp" / "20260101_000000_x", {"a": leg_code()})
+        (d / "state" / "a.json").write_text(json.dumps({"leg": "a", "status": "running", "pid": sleeper.pid}))
+        (d / "state" / "supervisor.json").write_text(json.dumps({"pid": sleeper.pid}))
+        r = env.cockpit("--registry", str(path), "stop", str(d), cwd=w)
+        one_line_2(r, "process identity not proven")
+        s = env.cockpit("--registry", str(path), "status", cwd=w)
+        check("unknown: process identity not proven" in s.stdout, "status does not say unknown")
+        out = quick_plan(w / "outside" / "20260101_000000_x", {"a": leg_code()})
+        ct = psutil.Process(sleeper.pid).create_time()
+        (out / "state" / "a.json").write_text(json.dumps({"leg": "a", "status": "running", "pid": sleeper.pid,
+                                                          "create_time": ct}))
+        before = listing(out)
+        r = env.cockpit("--registry", str(path), "stop", str(out), cwd=w)
+        one_line_2(r, "not an experiment dir under exp_root")
+        r = env.cockpit("--registry", str(path), "stop", str(out), "a", cwd=w)
+        one_line_2(r, "not an experiment dir under exp_root")
+        check(listing(out) == before, "wrote into a dir outside exp_root")
+        check(sleeper.poll() is None, "the unrelated process was signalled")
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    return "unknown: process identity not proven; outside exp_root refused; the process lives"
+
+
+# ----------------------------------------------------------------------------------------------
+# 4. one bad thing
+
+
+def case_long_leg_name(env: Env) -> str:
+    """A 300-character leg name: refused at load with file:line; other registries on the same
+    exp_root, and a bad dir there, never crash status."""
+    w = env.work()
+    path = env.registry(w, {"y" * 300: 'model-tag = "a"'})
+    r = env.cockpit("--registry", str(path), "launch", "x", cwd=w)
+    one_line_2(r, f"{path}:", "too long for a file name")
+    ok = env.registry(w, {"a": 'model-tag = "a"'}, exp_id="other")
+    (w / "exp").mkdir(exist_ok=True)
+    bad = w / "exp" / "20260101_000000_x"
+    (bad / "state").mkdir(parents=True)
+    (bad / "plan.json").write_text(json.dumps({"experiment": "x", "legs": [{"name": "y" * 300}]}))
+    fifo = w / "exp" / "20260101_000001_x"
+    (fifo / "state").mkdir(parents=True)
+    os.mkfifo(fifo / "plan.json")
+    os.symlink("/dev/zero", fifo / "a.log")
+    r = env.cockpit("--registry", str(ok), "status", timeout=60, cwd=w)
+    check(r.returncode == 0 and "Traceback" not in r.stderr, f"status: {r.returncode} {r.stderr[:200]}")
+    check(r.stdout.count("[problem: ") >= 2, "the bad dirs are not shown as their own problem")
+    r = env.cockpit("--registry", str(ok), "resume", timeout=60, cwd=w)
+    check(r.returncode == 0 and "Unreadable: " in r.stdout, "resume does not show the bad dirs")
+    return "refused at load; status and resume show 2 bad dirs as their problem"
+
+
+# ----------------------------------------------------------------------------------------------
+# 5. tracebacks
+
+
+def case_one_line_not_traceback(env: Env) -> str:
+    """A 250-character id; exp_root a file, read-only, ~nosuchuser; --tail and tail overflowing."""
+    w = env.work()
+    seen = 0
+    for exp_id, project in (("i" * 250, ""),):
+        one_line_2(env.cockpit("--registry", str(env.registry(w, {"a": ""}, exp_id=exp_id, project=project)),
+                               "launch", exp_id, "--dry-run", cwd=w), "too long")
+        seen += 1
+    for root in ("/etc/passwd", "~nosuchuser-hostile/x"):
+        (w / "r.toml").write_text(f'[project]\nexp_root = "{root}"\n')
+        for cmd in (["status"], ["launch", "x"]):
+            one_line_2(env.cockpit("--registry", str(w / "r.toml"), *cmd, cwd=w), f"{w / 'r.toml'}:2:")
+            seen += 1
+    (w / "r.toml").write_text('[project]\nexp_root = "exp"\ntail = 99999999999999999999\n')
+    one_line_2(env.cockpit("--registry", str(w / "r.toml"), "status", cwd=w), ":3:", "'project.tail' must be between")
+    d = _logs_dir(w)
+    one_line_2(env.cockpit("report", "--exp-dir", str(d), "--tail", "99999999999999999999999", cwd=w), "--tail")
+    seen += 2
+    ro = w / "ro"
+    if mount(ro, "size=1m,ro"):
+        try:
+            path = env.registry(w, {"a": 'model-tag = "a"'}, trainer=True)
+            path.write_text(path.read_text().replace('exp_root = "exp"', f'exp_root = "{ro}/exp"'))
+            dry = env.cockpit("--registry", str(path), "launch", "x", "--dry-run", cwd=w)
+            check("a real launch would be refused here" in dry.stdout and "read-only" in dry.stdout,
+                  "dry run does not say the read-only refusal")
+            one_line_2(env.cockpit("--registry", str(path), "launch", "x", cwd=w), "read-only filesystem")
+            seen += 2
+        finally:
+            umount(ro)
+    return f"{seen} one-line refusals, no traceback"
+
+
+# ----------------------------------------------------------------------------------------------
+# 6. supervisor faults, reaping
+
+
+def case_supervisor_erofs(env: Env) -> str:
+    """The dir turns read-only while a leg runs (it was saving a checkpoint): the supervisor
+    records what it can, logs one line per fault, goes on or stops per policy, exits cleanly."""
+    return _supervisor_faults_simulated(env, env.work())
+
+
+def case_supervisor_enospc(env: Env) -> str:
+    """A real full filesystem (a 4 MB tmpfs) under a real queue (torchrun): the supervisor ends
+    cleanly, every leg accounted for, no traceback. Skipped where no tmpfs can be mounted."""
+    w = env.work()
+    fs = w / "fs"
+    if not mount(fs, "size=4m"):
+        return "(skipped: no tmpfs can be mounted here)"
+    try:
+        path = env.registry(w, {
+            "a": 'model-tag = "a", num-iterations = 2000, line-bytes = 20000',
+            "b": 'model-tag = "b", num-iterations = 3'}, trainer=True)
+        registry = reg.load(path)
+        plan = runs.plan_launch(registry, "x")
+        d = runs.new_exp_dir(fs, "x")
+        runs.write_plan(registry, plan, d)
+        (d / "state").mkdir()
+        sup = subprocess.run([sys.executable, "-m", "cockpit.supervisor", str(d)], env=env.env, capture_output=True,
+                             text=True, timeout=300)
+        out, err = sup.stdout, sup.stderr
+        check("Traceback" not in err + out, f"traceback: {(err + out)[-300:]}")
+        check(sup.returncode == 1, f"exit {sup.returncode}: {err.strip()[-200:]}")
+        states = {n: runs.read_state(d, n) for n in "ab"}
+        faults = [ln for ln in out.splitlines() if "fault: " in ln]
+        said = ", ".join(f"{n} {st.status if st else '(state not written)'}" for n, st in states.items())
+        return f"exit 1, {said}, {len(faults)} fault lines" + (f", e.g. {faults[0].split('] ', 1)[1][:60]}" if faults else "")
+    finally:
+        umount(fs)
+
+
+def _supervisor_faults_simulated(env: Env, w: Path) -> str:
+    d = quick_plan(w / "exp" / "20260101_000000_x", {"a": leg_code(fail="OSError: [Errno 30] Read-only file system"),
+                                                    "b": leg_code(), "c": leg_code()})
+    real = {n: getattr(fsutil, n) for n in ("atomic_write_json", "create_new", "create_or_append")}
+    on = {"x": False}
+
+    def failing(real_fn):
+        def call(path, *a, **kw):
+            if on["x"]:
+                raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+            return real_fn(path, *a, **kw)
+        return call
+
+    for n, f in real.items():
+        setattr(fsutil, n, failing(f))
+    try:
+        s = supervisor.Supervisor(d, echo=False)
+        put = s.put
+        s.put = lambda st: (put(st), on.update(x=on["x"] or (st.leg == "a" and st.status == "running")))
+        rc = s.run()
+    finally:
+        for n, f in real.items():
+            setattr(fsutil, n, f)
+    check(rc == 1 and s.faults, f"rc {rc}, faults {s.faults}")
+    check(all(s.states[n].status == "failed" for n in "bc"), "policy not followed")
+    return f"(simulated) exit 1, {len(s.faults)} faults recorded, b and c failed per policy"
+
+
+def case_supervisor_reaped(env: Env) -> str:
+    """A supervisor launched from a long-lived process (as the TUI does, runs.launch) is reaped."""
+    w = env.work()
+    path = env.registry(w, {"a": 'model-tag = "a", num-iterations = 3'}, trainer=True)
+    old = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = str(REPO)
+    try:
+        d = runs.launch(reg.load(path), "x")
+    finally:
+        if old is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = old
+    pid = json.loads((d / "state" / "supervisor.json").read_text())["pid"]
+    wait_for(lambda: pid not in {c.pid for c in psutil.Process().children()}, 120, "the supervisor to end and be reaped")
+    check(procs.zombie_children() == [], f"zombies: {procs.zombie_children()}")
+    return f"supervisor {pid} ended and was reaped; no <defunct> child"
+
+
+# ----------------------------------------------------------------------------------------------
+# 7, 8. escapes and colours
+
+
+def case_terminal_escapes(env: Env) -> str:
+    """OSC/CSI in an error line, a note and a file name never reach stdout; a backtick or pipe in a name is escaped."""
+    w = env.work()
+    d = w / "exp" / "20260101_000000_x"
+    d.mkdir(parents=True)
+    steps = "".join(STEP.format(i=i, p=i * 10.0) + "\n" for i in range(3))
+    (d / "a.log").write_text(steps + f"Traceback (most recent call last):\nRuntimeError: boom {ESC}\n")
+    (d / "we`ird|name.log").write_text(steps + FINAL)
+    (d / f"t{ESC[:9]}.log").write_text(steps + FINAL)
+    path = env.registry(w, {"a": 'model-tag = "a"'})
+    outs = [env.cockpit("report", "--exp-dir", str(d), cwd=w), env.cockpit("--registry", str(path), "status", cwd=w),
+            env.cockpit("--registry", str(path), "resume", cwd=w), env.cockpit("--registry", str(path), "stop", f"x{ESC}", cwd=w)]
+    for r in outs:
+        check("\x1b" not in r.stdout + r.stderr and "\x07" not in r.stdout + r.stderr, f"escape reached: {r.args[3:]}")
+    check("| we\\`ird\\|name |" in outs[0].stdout and "``we`ird|name``" in outs[0].stdout, "markdown not escaped")
+    return "report, status, resume, stop: no ESC/BEL on the terminal; `|` and ` escaped in cells and code spans"
+
+
+def case_coloured_log(env: Env) -> str:
+    """Step lines wrapped in SGR colour codes read as step lines (small and big logs)."""
+    w = env.work()
+    d = w / "exp" / "20260101_000000_x"
+    d.mkdir(parents=True)
+    body = "".join(f"\x1b[32m{STEP.format(i=i, p=i * 10.0)}\x1b[0m\n" for i in range(10)) + FINAL
+    (d / "small.log").write_text(body)
+    (d / "big.log").write_text("noise\n" * 60_000 + body)  # over 256 KB: read from its end
+    r = env.cockpit("report", "--exp-dir", str(d), cwd=w)
+    check(r.returncode == 0 and "no step lines" not in r.stdout, r.stdout[-300:])
+    check("| small | 1000.00 |" in r.stdout and "| big | 1000.00 |" in r.stdout, "figures missing")
+    return "both logs give tok/sec 1000.00"
+
+
+# ----------------------------------------------------------------------------------------------
+# 9. memory
+
+
+PEAK = ("import sys\nfrom cockpit import cli\nrc = cli.main(sys.argv[1:])\n"
+        "hwm = next(ln for ln in open('/proc/self/status') if ln.startswith('VmHWM:')).split()[1]\n"
+        "print('PEAK', hwm, file=sys.stderr)\nsys.exit(rc)\n")
+
+
+def case_sparse_5gb(env: Env) -> str:
+    """A 5 GB sparse log: `cockpit report` with and without --out-md keeps its memory small."""
+    w = env.work()
+    d = w / "exp" / "20260101_000000_x"
+    d.mkdir(parents=True)
+    with open(d / "big.log", "wb") as f:
+        f.write(STEP.format(i=0, p=0.0).encode() + b"\n")
+        f.truncate(5 << 30)
+        f.seek(0, 2)
+        f.write(b"\n" + STEP.format(i=9, p=90.0).encode() + b"\n" + FINAL.encode())
+    figures = []
+    for extra in ([], ["--out-md", str(w / "r.md")]):
+        t0 = time.monotonic()
+        r = subprocess.run([sys.executable, "-c", PEAK, "report", "--exp-dir", str(d), *extra], env=env.env,
+                           capture_output=True, text=True, timeout=600)
+        check(r.returncode == 0, r.stderr[-200:])
+        mib = int(r.stderr.split("PEAK")[1].split()[0]) / 1024
+        check(mib < 250, f"peak {mib:.0f} MiB")
+        figures.append(f"{'--out-md' if extra else 'stdout'} {mib:.0f} MiB in {time.monotonic() - t0:.1f}s")
+    return "peak RSS " + ", ".join(figures)
+
+
+# ----------------------------------------------------------------------------------------------
+# 10, 11. numbers and messages
+
+
+def case_numbers(env: Env) -> str:
+    """nproc 100000, wait_s -5, max_util nan, recorded inf, module --help / 'os; import os', exp_root "",
+    U+202E in a name: one line with file:line each; a BOM is accepted; no +nan% delta."""
+    w = env.work()
+    bad = [
+        ('[defaults]\nnproc_per_node = 100000\n', "nproc_per_node"), ('[project.gpu_idle]\nwait_s = -5\n', "wait_s"),
+        ('[project.gpu_idle]\nmax_util_pct = nan\n', "finite"), ('[defaults]\nmodule = "--help"\n', "module name"),
+        ('[defaults]\nmodule = "os; import os"\n', "module name"),
+        ('[[experiment]]\nid = "e"\n[[experiment.leg]]\nname = "a\u202eb"\n', "U+202E"),
+        ('[[experiment]]\nid = "e"\n[[experiment.leg]]\nname = "l"\n[experiment.leg.recorded]\nmfu = inf\n', "finite"),
+    ]
+    for text, word in bad:
+        (w / "r.toml").write_text('[project]\nexp_root = "exp"\n' + text)
+        one_line_2(env.cockpit("--registry", str(w / "r.toml"), "status", cwd=w), f"{w / 'r.toml'}:", word)
+    (w / "r.toml").write_text('[project]\nexp_root = ""\n')
+    one_line_2(env.cockpit("--registry", str(w / "r.toml"), "status", cwd=w), ":2:", "empty")
+    (w / "r.toml").write_bytes(b'\xef\xbb\xbf[project]\nexp_root = "exp"\n')
+    check(env.cockpit("--registry", str(w / "r.toml"), "status", cwd=w).returncode == 0, "BOM refused")
+    d = w / "exp" / "20260101_000000_x"
+    d.mkdir(parents=True)
+    for name, tok in (("base", "0"), ("run", "1,000"), ("nanrun", "nan")):
+        (d / f"{name}.log").write_text(STEP.replace("1,000", tok).format(i=1, p=10.0) + "\n" + FINAL)
+    r = env.cockpit("report", "--exp-dir", str(d), "--baseline", "base", cwd=w)
+    check(r.returncode == 0 and "nan%" not in r.stdout and "inf%" not in r.stdout, "a nan or inf delta printed")
+    check("the baseline's figure is 0" in r.stdout, "no reason given for '-'")
+    return f"{len(bad) + 1} refused with file:line; BOM accepted; deltas '-' with the reason"
+
+
+def case_messages(env: Env) -> str:
+    """--out-md /etc/passwd/x.md, --baseline /nonexist/run, stop "", --baseline '', report of a dir with no log,
+    and kill -9 of torchrun (real launch): each a line that says what is wrong."""
+    w = env.work()
+    d = _logs_dir(w)
+    one_line_2(env.cockpit("report", "--exp-dir", str(d), "--out-md", "/etc/passwd/x.md", cwd=w),
+               "/etc/passwd is a file, not a directory")
+    err = one_line_2(env.cockpit("report", "--exp-dir", str(d), "--baseline", "/nonexist/run", cwd=w))
+    check(err.count("/nonexist/run.log") == 1, f"path listed more than once: {err}")
+    one_line_2(env.cockpit("report", "--exp-dir", str(d), "--baseline", "", cwd=w), "--baseline is empty")
+    path = env.registry(w, {"a": 'model-tag = "a", num-iterations = 400'}, exp_id="k9", trainer=True)
+    one_line_2(env.cockpit("--registry", str(path), "stop", "", cwd=w), "no experiment dir given")
+    empty = w / "exp" / "20260101_000009_x"
+    empty.mkdir()
+    one_line_2(env.cockpit("report", "--exp-dir", str(empty), cwd=w), "no *.log file")
+    r = env.cockpit("--registry", str(path), "launch", "k9", cwd=w)
+    check(r.returncode == 0 and "nothing to run" not in r.stdout, r.stdout + r.stderr)
+    x = Path(r.stdout.strip().splitlines()[-1])
+    st = wait_for(lambda: (s := runs.read_state(x, "a")) and s.status == "running" and s.pid and s, 90, "leg a running")
+    wait_for(lambda: (x / "a.log").exists() and b"step " in (x / "a.log").read_bytes(), 60, "steps")
+    os.kill(st.pid, signal.SIGKILL)
+    a = wait_for(lambda: (s := runs.read_state(x, "a")) and s.status == "failed" and s, 60, "leg a failed")
+    check(a.error_tail and "killed by SIGKILL" in a.error_tail[-1], f"error tail: {a.error_tail[-2:]}")
+    wait_for(lambda: not runs.open_dir(x).supervisor_alive, 60, "queue end")
+    time.sleep(1.0)  # the supervisor records its end, then exits
+    leftovers = [p for p in psutil.process_iter(["cmdline"]) if str(x) in " ".join(p.info["cmdline"] or [])]
+    leftovers += procs.marked({procs.ENV_EXP_DIR: str(x.resolve())})
+    for p in leftovers:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    check(not leftovers, f"processes left after torchrun was killed: {[p.pid for p in leftovers]}")
+    return f"6 messages clear, no worker left; error tail ends: {a.error_tail[-1][:60]}"
+
+
+CASES = [
+    ("1", "symlink at a leg's log", case_symlink_leg_log),
+    ("1", "planted links in a dir", case_planted_links_in_dir),
+    ("2", "--out-md a directory", case_out_md_directory),
+    ("3", "stop of an unproven process", case_stop_unproven),
+    ("4", "300-character leg name, bad dirs", case_long_leg_name),
+    ("5", "one line, not a traceback", case_one_line_not_traceback),
+    ("6", "supervisor under EROFS", case_supervisor_erofs),
+    ("6", "supervisor on a full disk", case_supervisor_enospc),
+    ("6", "supervisor reaped", case_supervisor_reaped),
+    ("7", "terminal escapes", case_terminal_escapes),
+    ("8", "ANSI-coloured log", case_coloured_log),
+    ("9", "5 GB sparse log", case_sparse_5gb),
+    ("10", "numbers without bounds", case_numbers),
+    ("11", "unclear messages", case_messages),
+]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("-k", default="", help="only cases whose title holds this")
+    ap.add_argument("--keep", action="store_true", help="keep the temp dir")
+    args = ap.parse_args()
+    base = Path(tempfile.mkdtemp(prefix="cockpit-hostile-"))
+    env = Env(base)
+    broken = 0
+    try:
+        for item, title, fn in CASES:
+            if args.k and args.k not in title:
+                continue
+            t0 = time.monotonic()
+            try:
+                detail, verdict = fn(env), "held"
+            except Broken as e:
+                detail, verdict = str(e), "broken"
+            except Exception as e:  # noqa: BLE001 - a case that crashes is a broken case, said in one line
+                detail, verdict = f"{type(e).__name__}: {e} at {traceback.extract_tb(e.__traceback__)[-1].lineno}", "broken"
+            broken += verdict == "broken"
+            print(f"{verdict:<6} {item:>2}. {title:<36} {time.monotonic() - t0:5.1f}s  {detail}", flush=True)
+    finally:
+        if not args.keep:
+            shutil.rmtree(base, ignore_errors=True)
+    print(f"hostile: {len(CASES) if not args.k else 'some'} cases, {broken} broken")
+    return 1 if broken else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
