@@ -3,8 +3,8 @@ Forward+backward time of one feed-forward block, side by side in one run: a dens
 the same active FLOPs as the MoE (hidden = k x expert hidden), and the MoE block dropless, at fixed
 capacity 1.0 and at fixed capacity 1.25; each eager and torch.compile'd.
 
-    python -m nanochat.bench_moe                   # CPU default size
-    python -m nanochat.bench_moe --device cuda --tokens 16384 --dim 768
+    python -m bench.moe                   # CPU default size
+    python -m bench.moe --device cuda --tokens 16384 --dim 768
 
 At capacity 1.0 the expert matmuls do exactly the dense MLP's FLOPs, so `cap1.0/dense` measures
 what routing and dispatch cost. Variants are timed in interleaved rounds, so background load hits
@@ -26,7 +26,7 @@ from nanochat.moe import MoE, expert_capacity, probe_grouped_mm
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(prog="bench_moe", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="bench.moe", description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cpu")
     p.add_argument("--tokens", type=int, default=4096, help="tokens in the block's input (B*T)")
     p.add_argument("--dim", type=int, default=384)
