@@ -1,13 +1,16 @@
 """
 Forward+backward time of one feed-forward block, side by side in one run: a dense ReLU^2 MLP with
-the same active FLOPs as the MoE (hidden = k x expert hidden), and the MoE block dropless, at fixed
-capacity 1.0 and at fixed capacity 1.25; each eager and torch.compile'd.
+the same active FLOPs as the MoE (hidden = k x expert hidden), the MoE block dropless, at fixed
+capacity 1.0 and at fixed capacity 1.25, and "experts only": the same expert matmuls on a
+routing-free layout (each token copied k times, in order, into E equal groups; outputs summed),
+the floor any routing sits on; each eager and torch.compile'd.
 
     python -m bench.moe                   # CPU default size
     python -m bench.moe --device cuda --tokens 16384 --dim 768
 
 At capacity 1.0 the expert matmuls do exactly the dense MLP's FLOPs, so `cap1.0/dense` measures
-what routing, dispatch and combine cost. Variants are timed in interleaved rounds, so background
+what the MoE block costs beyond its FLOPs: E smaller matmuls instead of one big one (on a CPU,
+`experts/dense` alone) and routing, dispatch and combine (`cap1.0/experts`). Variants are timed in interleaved rounds, so background
 load hits them alike; each ratio is given on the median round and on the best round (other
 processes only ever add time). The last lines are the ratio that matters, eager and compiled,
 then the worse of the two: `cap1.0/dense fwd+bwd: median X, best Y`. On a machine other
@@ -24,7 +27,22 @@ import torch
 
 from nanochat.common import synchronize
 from nanochat.gpt import MLP
-from nanochat.moe import MoE, expert_capacity, probe_grouped_mm
+from nanochat.moe import Experts, MoE, expert_capacity, probe_grouped_mm
+
+
+class ExpertsOnly(torch.nn.Module):
+    """The MoE's expert matmuls without routing: token t's k copies go to slots in order, so every
+    expert gets exactly k*T/E rows; the k outputs of a token are summed. Same FLOPs, same shapes."""
+
+    def __init__(self, dim: int, n_experts: int, topk: int, hidden: int):
+        super().__init__()
+        self.n_experts, self.topk = n_experts, topk
+        self.experts = Experts(n_experts, dim, hidden)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n_tok, dim = x.shape[-2], x.shape[-1]
+        xb = x.reshape(n_tok, dim).repeat(self.topk, 1).view(self.n_experts, -1, dim)
+        return self.experts.forward_capacity(xb).view(self.topk, n_tok, dim).sum(0).view_as(x)
 
 
 def main() -> None:
@@ -53,6 +71,8 @@ def main() -> None:
     def make(kind: str):
         if kind == "dense":
             m = MLP(d, k * mult * d)
+        elif kind == "experts":
+            m = ExpertsOnly(d, e, k, mult * d)
         else:
             cf = {"dropless": 0.0, "cap1.0": 1.0, "cap1.25": 1.25}[kind]
             m = MoE(d, e, k, mult, capacity_factor=cf, balance_coeff=0.01)
@@ -80,13 +100,16 @@ def main() -> None:
 
         return run
 
-    kinds = ["dense", "dropless", "cap1.0", "cap1.25"]
+    if (k * args.tokens) % e:
+        p.error("--tokens * --topk must be a multiple of --n-experts (the experts-only layout)")
+    kinds = ["dense", "experts", "dropless", "cap1.0", "cap1.25"]
+    moe_kinds = {"dropless", "cap1.0", "cap1.25"}
     variants: dict[str, callable] = {}
     for kind in kinds:
-        variants[f"{kind} eager"] = step_fn(make(kind), kind != "dense")
+        variants[f"{kind} eager"] = step_fn(make(kind), kind in moe_kinds)
     if not args.no_compile:
         for kind in kinds:  # static shapes in every variant, as the trainer's --compile-mode auto
-            variants[f"{kind} compiled"] = step_fn(torch.compile(make(kind), dynamic=False), kind != "dense")
+            variants[f"{kind} compiled"] = step_fn(torch.compile(make(kind), dynamic=False), kind in moe_kinds)
 
     t0 = time.perf_counter()
     for fn in variants.values():  # warmup, compilation included
@@ -120,6 +143,11 @@ def main() -> None:
               f"{best[name] / best['dense ' + mode]:>13.2f} |")
     modes = [m for m in ("eager", "compiled") if f"dense {m}" in best]
     ratios = {m: (med[f"cap1.0 {m}"] / med[f"dense {m}"], best[f"cap1.0 {m}"] / best[f"dense {m}"]) for m in modes}
+    for m in modes:
+        print(f"experts/dense fwd+bwd ({m}): median {med[f'experts {m}'] / med[f'dense {m}']:.2f}, "
+              f"best {best[f'experts {m}'] / best[f'dense {m}']:.2f}   (E small matmuls vs one big one)")
+        print(f"cap1.0/experts fwd+bwd ({m}): median {med[f'cap1.0 {m}'] / med[f'experts {m}']:.2f}, "
+              f"best {best[f'cap1.0 {m}'] / best[f'experts {m}']:.2f}   (routing, dispatch and combine)")
     for m, (r_med, r_best) in ratios.items():
         print(f"cap1.0/dense fwd+bwd ({m}): median {r_med:.2f}, best {r_best:.2f}")
     worst = max(ratios.values())

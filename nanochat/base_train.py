@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import importlib.util
 import math
 import os
 import sys
@@ -173,6 +174,8 @@ def validate(args: argparse.Namespace, world_size: int) -> None:
     need(args.eval_tokens >= 1, f"--eval-tokens must be >= 1 (got {args.eval_tokens})")
     if args.data == "parquet":
         need(args.vocab_size is None, "--vocab-size is for --data synthetic; with parquet data the tokenizer gives the vocab")
+        for module in ("pyarrow", "tiktoken"):
+            need(importlib.util.find_spec(module) is not None, f"--data parquet needs {module}: pip install -e '.[train]'")
         split_files(args.data_dir or DEFAULT_DATA_DIR, "train")  # DataDirError: one line saying how to make it
     else:
         need(args.vocab_size is None or args.vocab_size >= 2, f"--vocab-size must be >= 2 (got {args.vocab_size})")
@@ -454,8 +457,11 @@ def train(args: argparse.Namespace, tokenizer: Tokenizer | None) -> int:
         states = loop.get("loader_states") or []
         if rank < len(states):
             loader.load_state_dict(states[rank])
-        else:
+        elif tokenizer is None:  # synthetic batches are a function of their index
             loader.load_state_dict({"batch_index": start_step * grad_accum_steps, "epoch": 0})
+        else:
+            print0(f"{PROG}: error: checkpoint {ckpt_dir} step {start_step} has no data position", file=sys.stderr)
+            return 2
         if start_step >= num_iterations:
             print0(f"Checkpoint step {start_step} >= --num-iterations {num_iterations}: nothing to train")
 
