@@ -10,8 +10,9 @@ each printing PASS / FAIL / SKIP and what it measured:
 2. dropless == fixed capacity at C = T, on the device under bf16 autocast: outputs and gradients.
 3. no host sync: an eager forward+backward of the fixed-capacity and dropless blocks under
    torch.cuda.set_sync_debug_mode("error") (any .item(), nonzero, or sync-ing copy raises).
-4. static compile: the fixed-capacity and dropless blocks, fullgraph, dynamic=False, inductor,
-   over steps whose routing changes, with recompiles made errors.
+4. static compile: the fixed-capacity and dropless blocks traced whole (fullgraph, dynamic=False,
+   forward and backward through AOTAutograd; no code generation, which bench.gpu's legs do) over
+   steps whose routing changes, with recompiles made errors.
 5. Muon in bf16 on the device: singular values after Newton-Schulz, and a step of the optimizer.
 6. FP8: which kernels the FP8 linear and expert matmuls call (aten::_scaled_mm, and
    aten::_scaled_grouped_mm for dropless where it runs), numerics against bf16 (bench.fp8_gpu).
@@ -119,7 +120,7 @@ def check_static_compile(device):
     for cf in (1.0, 0.0):
         torch._dynamo.reset()
         m = make_block(cf, device)
-        compiled = torch.compile(m, fullgraph=True, dynamic=False)
+        compiled = torch.compile(m, fullgraph=True, dynamic=False, backend="aot_eager")
         loads = []
         with torch._dynamo.config.patch(error_on_recompile=True):
             for step in range(4):
@@ -135,9 +136,10 @@ def check_static_compile(device):
 
 
 def check_muon(device):
-    g = torch.randn(8, 768, 1536, device=device)
+    shape = (8, 768, 1536) if device.type == "cuda" else (2, 192, 384)  # a d12 expert bank on the GPU
+    g = torch.randn(*shape, device=device)
     s = torch.linalg.svdvals(orthogonalize(g).float())
-    p = torch.nn.Parameter(torch.randn(8, 768, 1536, device=device) * 0.02)
+    p = torch.nn.Parameter(torch.randn(*shape, device=device) * 0.02)
     p.grad = g
     opt = MuonAdamW([dict(kind="muon", params=[p], lr=0.02, momentum=0.95, beta2=0.95, ns_steps=5,
                           weight_decay=0.1, in_out=True)])  # fmt: skip

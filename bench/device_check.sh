@@ -13,6 +13,7 @@
 #   2. bench.gpu          the trainer's d12 legs (FP8 cap 1.0 static, bf16 dropless static) beside
 #                         the fork's per-GPU tok/sec; each static leg must report 0 recompiles
 #   3. bench.fp8_gpu      d12 bf16 vs FP8 vs FP8+experts tok/sec (per-block compile), within a budget
+#                         (its path and numerics checks already ran in step 1)
 # The last lines give each step's exit code and time.
 set -u
 cd "$(dirname "$0")/.." || exit 2
@@ -42,11 +43,11 @@ command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.used,memo
 if [ $CPU -eq 0 ]; then
     step "cuda_checks" 150 -m bench.cuda_checks
     step "bench.gpu" 270 -m bench.gpu --leg-timeout 125
-    step "bench.fp8_gpu" 130 -m bench.fp8_gpu --depths 12 --warmup 3 --steps 10 --budget-s 110
+    step "bench.fp8_gpu" 130 -m bench.fp8_gpu --no-checks --depths 12 --warmup 3 --steps 10 --budget-s 110
 else
     step "cuda_checks" 150 -m bench.cuda_checks --device cpu
     step "bench.gpu" 270 -m bench.gpu --cpu-check --steps 6
-    step "bench.fp8_gpu" 130 -m bench.fp8_gpu --device cpu --depths 2 --seq 128 --vocab 512 --batch 2 --steps 2 --warmup 1 --compile none
+    step "bench.fp8_gpu" 130 -m bench.fp8_gpu --no-checks --device cpu --depths 2 --seq 128 --vocab 512 --batch 2 --steps 2 --warmup 1 --compile none
 fi
 
 echo
