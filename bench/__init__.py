@@ -1,7 +1,7 @@
 """Benchmarks of the trainer, run from the repository root as `python -m bench.<name>`:
 
     bench.moe        one MoE block fwd+bwd on any device: dense vs dropless vs fixed capacity
-    bench.gpu        one GPU: the seed's d12 legs through the trainer, tok/sec and MFU beside the fork's
+    bench.gpu        one GPU: the fork's d12 MoE legs through the trainer, tok/sec and MFU beside the fork's
     bench.fp8_gpu    one GPU: FP8 kernel path, numerics, bf16 vs FP8 throughput
     device_check.sh  everything above that needs CUDA, as one script for a borrowed GPU
 

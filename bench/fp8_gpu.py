@@ -9,7 +9,7 @@ GPU check of FP8 training (nanochat/fp8.py): one script, one GPU, under 8 minute
    one eager forward+backward; elsewhere it says the run is emulated.
 2. Numerics on the real kernels: FP8 linear, fixed-capacity experts and dropless experts against
    bf16 (the CPU tests' tolerances), and _scaled_mm against the emulation on the same inputs.
-3. Throughput of the seed's leg config on this one GPU (d12, 8 experts top-2, moe-freq 1,
+3. Throughput of the fork's capacity-ablation leg config on this one GPU (d12, 8 experts top-2, moe-freq 1,
    expert-hidden-mult 2, seq 1024, device batch 16, fixed capacity 1.0, static compile), with
    the trainer's model, autocast and optimizer (Muon + AdamW): bf16 vs --fp8 vs
    --fp8 --fp8-include-moe-experts, then the same at d20 (device batch 8 by default: d20 MoE at
@@ -141,7 +141,7 @@ def check_path_and_numerics(device: torch.device) -> tuple[bool, list[str]]:
 
 
 # -----------------------------------------------------------------------------
-# 3: throughput of the seed's leg on one GPU
+# 3: throughput of the fork's ablation leg on one GPU
 
 
 def bench_config(args, device, depth: int, batch: int, use_fp8: bool, experts: bool) -> dict:
@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="path and numerics only")
     p.add_argument("--no-checks", action="store_true", help="throughput only (bench.cuda_checks ran the checks)")
     p.add_argument("--depths", default="12,20")
-    p.add_argument("--batch", type=int, default=16, help="device batch size at d12 (the seed's)")
+    p.add_argument("--batch", type=int, default=16, help="device batch size at d12 (the fork's runs)")
     p.add_argument("--batch-d20", type=int, default=8, help="device batch size at depths > 12")
     p.add_argument("--seq", type=int, default=1024)
     p.add_argument("--vocab", type=int, default=32768, help="the fork tokenizer's")

@@ -1,5 +1,6 @@
 """
-One-GPU throughput of the trainer at the seed's d12 leg config, beside the user's fork's per-GPU
+One-GPU throughput of the trainer at the d12 MoE leg config of the user's nanochat fork
+(xiaobo-yang/nanochat, MoE branch), beside the fork's per-GPU
 figures, measured through `python -m nanochat.base_train` itself (each leg its own process, cold
 compile included), synthetic data at the fork tokenizer's vocab, 32,768:
 
@@ -11,8 +12,8 @@ compile included), synthetic data at the fork tokenizer's vocab, 32,768:
     PYTHONPATH=. python -m bench.gpu --legs all      # + bf16 cap 1.0 and dense
     python -m bench.gpu --cpu-check                  # tiny model on CPU: checks this script, not figures
 
-The fork's figures are tail-50 means of its 8-GPU logs divided by 8 (seed resume guide and the
-fork's compile sweep, 2026-02-24): FP8 incl. experts, fixed capacity 1.0, static compile:
+The fork's figures are tail-50 means of its 8-GPU logs divided by 8 (its capacity ablation and
+compile sweep, 2026-02-24): FP8 incl. experts, fixed capacity 1.0, static compile:
 785,203 tok/s = 98,150 per GPU; bf16, dropless, static: 1,080,430 tok/s = 135,054 per GPU.
 MFU is given for both at the same peak (this GPU's bf16 dense peak) and the same FLOPs per token
 (the trainer's estimate for this config), so the MFU ratio is the tok/sec ratio. (The fork's own

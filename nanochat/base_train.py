@@ -4,10 +4,10 @@ Pretrain the nanochat GPT (dense or Mixture-of-Experts) on one process or under 
     torchrun --standalone --nproc_per_node=8 -m nanochat.base_train -- --depth 12 --use-moe ...
     python -m nanochat.base_train --device-type cpu --depth 2 ...          # one process
 
-It takes every flag of the seed's execution template with the same meaning, trains with upstream
+It takes every flag of the fork's ablation runs (its base_train) with the same meaning, trains with upstream
 nanochat's recipe (BPE-tokenized parquet shards packed best-fit, Muon for the matrices and AdamW
 for the embeddings, warmup/warmdown schedule, validation bits per byte) or on a synthetic stream,
-and prints upstream nanochat's log lines (the cockpit parses them; see DESIGN.md):
+and prints upstream nanochat's log lines (the cockpit parses them; see README.md):
 
     step 00042/00280 (15.00%) | loss: 6.123456 | bal: 1.0123 | lrm: 1.00 | dt: 650.67ms | ...
     moe step 00042 | drop: 1.20% | load: 0.131,0.122,... | bal: 1.0023
