@@ -1,8 +1,8 @@
 """
 One-GPU throughput of the trainer at the d12 MoE leg config of the user's nanochat fork
-(xiaobo-yang/nanochat, MoE branch), beside the fork's per-GPU
-figures, measured through `python -m nanochat.base_train` itself (each leg its own process, cold
-compile included), synthetic data at the fork tokenizer's vocab, 32,768:
+(xiaobo-yang/nanochat, MoE branch), beside the fork's per-GPU figures, measured through
+`python -m nanochat.base_train` itself (each leg its own process, cold compile included),
+synthetic data at the fork tokenizer's vocab, 32,768:
 
     depth 12, aspect 64, head dim 64, seq 1024, device batch 16, 8 experts top-2, expert hidden 2x,
     moe-freq 1, balance coeff 0.01; total batch 65,536 tokens = 4 micro-steps, as one of the fork's
