@@ -20,7 +20,6 @@ from __future__ import annotations
 import bisect
 from pathlib import Path
 
-import numpy as np
 import torch
 
 DEFAULT_DATA_DIR = "~/.cache/nanochat/base_data"
@@ -238,6 +237,8 @@ class BestFitLoader:
         return self._waiting.pop(key[1])[1][:room]
 
     def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        import numpy as np  # fills rows from token lists fast; only the parquet path needs it
+
         width = self.T + 1
         rows = np.empty((self.B, width), dtype=np.int64)
         for b in range(self.B):
