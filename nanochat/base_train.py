@@ -4,24 +4,29 @@ Pretrain the nanochat GPT (dense or Mixture-of-Experts) on one process or under 
     torchrun --standalone --nproc_per_node=8 -m nanochat.base_train -- --depth 12 --use-moe ...
     python -m nanochat.base_train --device-type cpu --depth 2 ...          # one process
 
-It takes every flag of the seed's execution template with the same meaning, and prints upstream
-nanochat's log lines (the cockpit parses them; see DESIGN.md):
+It takes every flag of the fork's ablation runs (its base_train) with the same meaning, trains with upstream
+nanochat's recipe (BPE-tokenized parquet shards packed best-fit, Muon for the matrices and AdamW
+for the embeddings, warmup/warmdown schedule, validation bits per byte) or on a synthetic stream,
+and prints upstream nanochat's log lines (the cockpit parses them; see README.md):
 
     step 00042/00280 (15.00%) | loss: 6.123456 | bal: 1.0123 | lrm: 1.00 | dt: 650.67ms | ...
     moe step 00042 | drop: 1.20% | load: 0.131,0.122,... | bal: 1.0023
+    Step 00250 | Validation bpb: 0.812345
     Peak memory usage: 18987.83MiB
     Total training time: 2.97m
+    Minimum validation bpb: 0.801234
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
+import importlib.util
 import math
 import os
 import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -40,8 +45,10 @@ from nanochat.common import (
     set_pdeathsig,
     synchronize,
 )
-from nanochat.data import BYTE_VOCAB, ParquetStream, SyntheticStream, list_parquet_files
+from nanochat.data import DEFAULT_DATA_DIR, BestFitLoader, DataDirError, SyntheticStream, split_files
 from nanochat.gpt import GPT, GPTConfig, model_dims
+from nanochat.loss_eval import evaluate_bpb
+from nanochat.tokenizer import DEFAULT_TOKENIZER_DIR, Tokenizer, TokenizerError
 
 PROG = "base_train"
 
@@ -68,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--aspect-ratio", type=int, default=64, help="model_dim = depth * aspect_ratio")
     p.add_argument("--head-dim", type=int, default=64)
     p.add_argument("--max-seq-len", type=int, default=1024)
-    p.add_argument("--vocab-size", type=int, default=65536)
+    p.add_argument("--vocab-size", type=int, default=None, help="--data synthetic only (default 32768); parquet: the tokenizer's")
     # mixture of experts
     p.add_argument("--use-moe", action="store_true", help="MoE block instead of the MLP")
     p.add_argument("--n-experts", type=int, default=8)
@@ -88,18 +95,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--total-batch-size", type=int, default=524288, help="tokens per optimizer step")
     p.add_argument("--num-iterations", type=int, default=-1, help="-1 = from --target-param-data-ratio")
     p.add_argument("--target-param-data-ratio", type=float, default=20.0)
-    p.add_argument("--embedding-lr", type=float, default=0.2)
-    p.add_argument("--unembedding-lr", type=float, default=0.004)
-    p.add_argument("--matrix-lr", type=float, default=0.004)
-    p.add_argument("--router-lr", type=float, default=-1.0, help="MoE router lr; -1 = --matrix-lr")
-    p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--grad-clip", type=float, default=1.0, help="0 = no clipping")
-    p.add_argument("--warmup-ratio", type=float, default=0.0)
-    p.add_argument("--warmdown-ratio", type=float, default=0.2)
-    p.add_argument("--final-lr-frac", type=float, default=0.0)
+    p.add_argument("--embedding-lr", type=float, default=0.3, help="AdamW, token embedding (x 1/sqrt(width/768))")
+    p.add_argument("--unembedding-lr", type=float, default=0.004, help="AdamW, lm_head (x 1/sqrt(width/768))")
+    p.add_argument("--matrix-lr", type=float, default=0.02, help="Muon, every matrix in the blocks")
+    p.add_argument("--router-lr", type=float, default=-1.0, help="Muon, MoE routers; -1 = --matrix-lr")
+    p.add_argument("--weight-decay", type=float, default=0.2, help="Muon's cautious weight decay, falls linearly to 0")
+    p.add_argument("--grad-clip", type=float, default=0.0, help="clip the global gradient norm; 0 = no clipping")
+    p.add_argument("--warmup-ratio", type=float, default=0.0, help="fraction of steps with lr rising linearly")
+    p.add_argument("--warmdown-ratio", type=float, default=0.5, help="fraction of steps with lr falling linearly")
+    p.add_argument("--final-lr-frac", type=float, default=0.0, help="lr at the end, as a fraction of the peak")
     # data
     p.add_argument("--data", choices=["synthetic", "parquet"], default="synthetic")
-    p.add_argument("--data-dir", type=str, default="", help="parquet shards with a `text` column")
+    p.add_argument("--data-dir", type=str, default="", help=f"parquet shards; default {DEFAULT_DATA_DIR}")
+    p.add_argument("--tokenizer-dir", type=str, default="", help=f"tokenizer.pkl + token_bytes.pt; default {DEFAULT_TOKENIZER_DIR}")
+    p.add_argument("--eval-tokens", type=int, default=40 * 524288, help="validation tokens per evaluation")
     # periodic actions (-1 disables, as upstream)
     p.add_argument("--eval-every", type=int, default=-1)
     p.add_argument("--core-metric-every", type=int, default=-1)
@@ -125,7 +134,6 @@ def validate(args: argparse.Namespace, world_size: int) -> None:
     need(args.aspect_ratio >= 1, f"--aspect-ratio must be >= 1 (got {args.aspect_ratio})")
     need(args.head_dim >= 2 and args.head_dim % 2 == 0, f"--head-dim must be even and >= 2 (got {args.head_dim})")
     need(args.max_seq_len >= 1, f"--max-seq-len must be >= 1 (got {args.max_seq_len})")
-    need(args.vocab_size >= 2, f"--vocab-size must be >= 2 (got {args.vocab_size})")
     need(args.device_batch_size >= 1, f"--device-batch-size must be >= 1 (got {args.device_batch_size})")
     need(args.n_experts >= 1, f"--n-experts must be >= 1 (got {args.n_experts})")
     need(
@@ -148,7 +156,7 @@ def validate(args: argparse.Namespace, world_size: int) -> None:
     for name in ("eval_every", "core_metric_every", "sample_every"):
         v = getattr(args, name)
         need(v == -1 or v >= 1, f"--{name.replace('_', '-')} must be >= 1 or -1 (got {v})")
-    for name in ("embedding_lr", "unembedding_lr", "matrix_lr", "weight_decay", "grad_clip", "peak_flops"):
+    for name in ("embedding_lr", "unembedding_lr", "matrix_lr", "weight_decay", "grad_clip", "peak_flops", "final_lr_frac"):
         need(getattr(args, name) >= 0, f"--{name.replace('_', '-')} must be >= 0")
     need(0 <= args.warmup_ratio <= 1 and 0 <= args.warmdown_ratio <= 1, "--warmup/warmdown-ratio must be in [0, 1]")
     need(args.warmup_ratio + args.warmdown_ratio <= 1, "--warmup-ratio + --warmdown-ratio must be <= 1")
@@ -163,14 +171,16 @@ def validate(args: argparse.Namespace, world_size: int) -> None:
         f"--total-batch-size {args.total_batch_size} is not a multiple of device_batch_size * max_seq_len * "
         f"world_size = {args.device_batch_size} * {args.max_seq_len} * {world_size} = {tokens_per_fwdbwd}",
     )
+    need(args.eval_tokens >= 1, f"--eval-tokens must be >= 1 (got {args.eval_tokens})")
     if args.data == "parquet":
-        need(args.data_dir != "", "--data parquet needs --data-dir")
-        d = Path(args.data_dir).expanduser()
-        need(d.is_dir(), f"--data-dir {args.data_dir}: no such directory")
-        need(bool(list_parquet_files(d)), f"--data-dir {args.data_dir}: no *.parquet files")
-        need(args.vocab_size >= BYTE_VOCAB, f"--data parquet uses a byte tokenizer: --vocab-size must be >= {BYTE_VOCAB}")
-    elif args.data_dir:
-        raise UsageError("--data-dir is only used with --data parquet")
+        need(args.vocab_size is None, "--vocab-size is for --data synthetic; with parquet data the tokenizer gives the vocab")
+        for module in ("pyarrow", "tiktoken"):
+            need(importlib.util.find_spec(module) is not None, f"--data parquet needs {module}: pip install -e '.[train]'")
+        split_files(args.data_dir or DEFAULT_DATA_DIR, "train")  # DataDirError: one line saying how to make it
+    else:
+        need(args.vocab_size is None or args.vocab_size >= 2, f"--vocab-size must be >= 2 (got {args.vocab_size})")
+        need(not args.data_dir and not args.tokenizer_dir, "--data-dir and --tokenizer-dir are only used with --data parquet")
+        need(args.eval_every == -1, "--eval-every needs --data parquet: bits per byte needs a tokenizer's token bytes")
 
 
 def lr_multiplier(step: int, num_iterations: int, warmup_ratio: float, warmdown_ratio: float, final_frac: float) -> float:
@@ -185,17 +195,15 @@ def lr_multiplier(step: int, num_iterations: int, warmup_ratio: float, warmdown_
     return progress + (1 - progress) * final_frac
 
 
-def allreduce_mean_grads(params: list[torch.nn.Parameter], world_size: int) -> None:
-    """Average gradients over ranks with one collective on a flat buffer (gloo has no AVG op)."""
-    grads = [p.grad for p in params if p.grad is not None]
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-    flat.div_(world_size)
-    offset = 0
-    for g in grads:
-        n = g.numel()
-        g.copy_(flat[offset : offset + n].view_as(g))
-        offset += n
+def muon_momentum(step: int) -> float:
+    """Muon's momentum warms up from 0.85 to 0.95 over the first 300 steps (the fork's schedule)."""
+    frac = min(step / 300, 1.0)
+    return 0.85 + frac * (0.95 - 0.85)
+
+
+def muon_weight_decay(step: int, num_iterations: int, weight_decay: float) -> float:
+    """Muon's weight decay falls linearly to 0 at the last step (the fork's schedule)."""
+    return weight_decay * (1 - step / num_iterations)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -210,16 +218,24 @@ def main(argv: list[str] | None = None) -> int:
             raise UsageError("--device-type cuda but torch sees no CUDA device")
         if args.resume_from_step >= 0:
             tag = args.model_tag or default_model_tag(args)
-            paths = checkpoint_paths(checkpoint_dir(args.checkpoint_root, tag), args.resume_from_step)
+            rank = int(os.environ.get("RANK", "0"))
+            paths = checkpoint_paths(checkpoint_dir(args.checkpoint_root, tag), args.resume_from_step, rank)
             for key in ("model", "meta", "optim"):
                 if not paths[key].is_file():
                     raise UsageError(f"--resume-from-step {args.resume_from_step}: no checkpoint file {paths[key]}")
-    except UsageError as e:
+        tokenizer = None
+        if args.data == "parquet":
+            tokenizer = Tokenizer.from_dir(args.tokenizer_dir or DEFAULT_TOKENIZER_DIR)
+    except (UsageError, DataDirError, TokenizerError) as e:
         if is_rank0():
             print(f"{PROG}: error: {e}", file=sys.stderr, flush=True)
         return 2
     try:
-        return train(args)
+        return train(args, tokenizer)
+    except DataDirError as e:  # a shard that cannot be read, found once training has started
+        if is_rank0():
+            print(f"{PROG}: error: {e}", file=sys.stderr, flush=True)
+        return 2
     except KeyboardInterrupt:
         return 130
     finally:
@@ -237,7 +253,7 @@ def default_model_tag(args: argparse.Namespace) -> str:
     return f"d{args.depth}" + ("_moe" if args.use_moe else "")
 
 
-def train(args: argparse.Namespace) -> int:
+def train(args: argparse.Namespace, tokenizer: Tokenizer | None) -> int:
     # ---------------------------------------------------------------------------------------
     # device, process group
     autodetected = args.device_type == ""
@@ -254,11 +270,24 @@ def train(args: argparse.Namespace) -> int:
     compute_dtype = torch.bfloat16 if device_type == "cuda" else torch.float32
 
     # ---------------------------------------------------------------------------------------
+    # data source and vocab: the tokenizer's with parquet shards, --vocab-size with synthetic data
+    if tokenizer is not None:
+        vocab_size = tokenizer.vocab_size
+        data_dir = args.data_dir or DEFAULT_DATA_DIR
+        n_train = len(split_files(data_dir, "train"))
+        print0(f"Data: parquet {data_dir} ({n_train} training shard(s) + 1 validation shard), "
+               f"tokenizer {args.tokenizer_dir or DEFAULT_TOKENIZER_DIR}, BOS-aligned best-fit rows")  # fmt: skip
+    else:
+        vocab_size = args.vocab_size or 32768
+        print0(f"Data: synthetic (a learnable Markov stream, seed {args.seed})")
+    print0(f"Vocab size: {vocab_size:,}")
+
+    # ---------------------------------------------------------------------------------------
     # model
     model_dim, n_head = model_dims(args.depth, args.aspect_ratio, args.head_dim)
     config = GPTConfig(
         sequence_len=args.max_seq_len,
-        vocab_size=args.vocab_size,
+        vocab_size=vocab_size,
         n_layer=args.depth,
         n_head=n_head,
         n_embd=model_dim,
@@ -306,9 +335,14 @@ def train(args: argparse.Namespace) -> int:
 
     resume_meta = None
     if args.resume_from_step >= 0:
-        model_state, optim_state, resume_meta = load_checkpoint(ckpt_dir, args.resume_from_step, device)
+        model_state, optim_state, resume_meta = load_checkpoint(ckpt_dir, args.resume_from_step, device, rank)
+        msg = None
         if resume_meta.get("config") != config.to_dict():
             msg = f"checkpoint {ckpt_dir} step {args.resume_from_step} has another model config"
+        elif resume_meta.get("world_size", world_size) != world_size:
+            msg = (f"checkpoint {ckpt_dir} step {args.resume_from_step} was written by {resume_meta['world_size']} "
+                   f"rank(s) (each holds its share of Muon's state): resume with {resume_meta['world_size']}")  # fmt: skip
+        if msg:
             print0(f"{PROG}: error: {msg}", file=sys.stderr)
             return 2
         model.load_state_dict(model_state)
@@ -320,10 +354,12 @@ def train(args: argparse.Namespace) -> int:
         info = convert_to_fp8(model, include_experts=args.fp8_include_moe_experts)
         print0(info["log_line"])
 
-    # torch.compile: static shapes with a fixed capacity, dynamic when dropless (auto)
+    # torch.compile. Every shape here is static: the batch is fixed, a fixed capacity gives static
+    # expert buffers, and dropless keeps k*T rows in one grouped matmul (only the group offsets,
+    # values on the device, change). So `auto` is static; `dynamic` stays for experiments.
     mode = args.compile_mode
     if mode == "auto":
-        mode = "dynamic" if dropless else "static"
+        mode = "static"
     if mode == "none":
         train_model = model
         print0(f"torch.compile disabled [compile_mode={args.compile_mode}]")
@@ -350,60 +386,82 @@ def train(args: argparse.Namespace) -> int:
         print0(f"Calculated number of iterations from target data:param ratio: {num_iterations:,}")
     not_done = [
         f"{flag} {v}"
-        for flag, v in (
-            ("--eval-every", args.eval_every),
-            ("--core-metric-every", args.core_metric_every),
-            ("--sample-every", args.sample_every),
-        )
+        for flag, v in (("--core-metric-every", args.core_metric_every), ("--sample-every", args.sample_every))
         if v != -1
     ]
     if not_done:
-        print0(f"Not implemented in this trainer, skipped: {', '.join(not_done)} (validation, CORE metric, sampling)")
+        print0(f"Not implemented in this trainer, skipped: {', '.join(not_done)} (CORE metric, sampling)")
     if args.run != "dummy":
         print0(f"No experiment tracker in this trainer: --run {args.run} is recorded in checkpoint meta only")
 
     peak_name, peak_flops = device_peak_flops(device)
     if args.peak_flops > 0:
         peak_flops = args.peak_flops
-    if peak_flops == 0:
-        print0(f"bf16 peak FLOPS unknown for {peak_name}: bf16_mfu reads 0 (set --peak-flops)")
+        print0(f"bf16 peak FLOPS per device: {peak_flops:.3e} (--peak-flops)")
+    elif peak_flops > 0:
+        print0(f"GPU: {peak_name} | bf16 peak FLOPS: {peak_flops:.3e}")
+    elif device.type == "cuda":
+        print0(f"GPU: {peak_name} is not in the bf16 peak FLOPS table: bf16_mfu reads 0; "
+               f"pass --peak-flops <bf16 dense FLOPS per GPU> to measure MFU")  # fmt: skip
+    else:
+        print0(f"bf16_mfu reads 0 on {device.type} (no peak FLOPS for it; --peak-flops sets one)")
     optimizer = model.setup_optimizer(
         args.embedding_lr,
         args.unembedding_lr,
         args.matrix_lr,
         weight_decay=args.weight_decay,
         router_lr=None if args.router_lr < 0 else args.router_lr,
-        fused=device_type == "cuda",
+        rank=rank,
+        world_size=world_size,
+        max_grad_norm=args.grad_clip,
     )
-    params = [p for p in model.parameters() if p.requires_grad]
+    print0(f"Optimizer: {optimizer.describe()}")
 
     # ---------------------------------------------------------------------------------------
     # data
-    if args.data == "parquet":
-        try:
-            loader = ParquetStream(args.data_dir, args.device_batch_size, args.max_seq_len, device, rank, world_size)
-        except (ImportError, OSError, ValueError) as e:  # no pyarrow, unreadable shard, no `text` column
-            print0(f"{PROG}: error: --data-dir {args.data_dir}: {e}", file=sys.stderr)
-            return 2
+    if tokenizer is not None:
+        loader = BestFitLoader(tokenizer, data_dir, "train", args.device_batch_size, args.max_seq_len, device,
+                               rank, world_size)  # fmt: skip
     else:
-        loader = SyntheticStream(args.vocab_size, args.device_batch_size, args.max_seq_len, device, args.seed, rank)
+        loader = SyntheticStream(vocab_size, args.device_batch_size, args.max_seq_len, device, args.seed, rank)
+
+    # validation: the same rows every time, read once (eval_tokens over all ranks)
+    eval_steps = max(1, args.eval_tokens // tokens_per_fwdbwd)
+    val_batches: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def validation_bpb() -> float:
+        if not val_batches:
+            val_loader = BestFitLoader(tokenizer, data_dir, "val", args.device_batch_size, args.max_seq_len, device,
+                                       rank, world_size)  # fmt: skip
+            val_batches.extend(next(val_loader) for _ in range(eval_steps))
+        return evaluate_bpb(train_model, val_batches, token_bytes, autocast_ctx)
+
+    if args.eval_every > 0:
+        token_bytes = tokenizer.token_bytes.to(device)
+        print0(f"Validation: {eval_steps} x {tokens_per_fwdbwd:,} tokens every {args.eval_every} steps and at the end")
 
     # ---------------------------------------------------------------------------------------
     # resume
     start_step = 0
     smooth_loss = 0.0
     prior_training_time = 0.0
+    min_val_bpb, val_bpb = float("inf"), None
     if resume_meta is not None:
         optimizer.load_state_dict(optim_state)
         start_step = int(resume_meta["step"])
         loop = resume_meta.get("loop", {})
         smooth_loss = float(loop.get("smooth_loss", 0.0))
         prior_training_time = float(loop.get("total_training_time", 0.0))
+        min_val_bpb = float(loop.get("min_val_bpb", float("inf")))
+        val_bpb = loop.get("val_bpb")
         states = loop.get("loader_states") or []
         if rank < len(states):
             loader.load_state_dict(states[rank])
-        else:
+        elif tokenizer is None:  # synthetic batches are a function of their index
             loader.load_state_dict({"batch_index": start_step * grad_accum_steps, "epoch": 0})
+        else:
+            print0(f"{PROG}: error: checkpoint {ckpt_dir} step {start_step} has no data position", file=sys.stderr)
+            return 2
         if start_step >= num_iterations:
             print0(f"Checkpoint step {start_step} >= --num-iterations {num_iterations}: nothing to train")
 
@@ -424,6 +482,7 @@ def train(args: argparse.Namespace) -> int:
         if ddp:
             loader_states = [None] * world_size
             dist.all_gather_object(loader_states, loader_state)
+        meta = None
         if is_master:
             meta = {
                 "step": step_done,
@@ -438,20 +497,35 @@ def train(args: argparse.Namespace) -> int:
                     "smooth_loss": smooth_loss,
                     "total_training_time": total_training_time,
                     "loader_states": loader_states,
+                    "min_val_bpb": min_val_bpb,
+                    "val_bpb": val_bpb,
                 },
             }
-            path = save_checkpoint(ckpt_dir, step_done, model.state_dict(), optimizer.state_dict(), meta)
-            print0(f"Saved checkpoint: {path}")
+        path = save_checkpoint(ckpt_dir, step_done, model.state_dict(), optimizer.state_dict(),
+                               meta if is_master else None, rank, barrier=dist.barrier if ddp else None)  # fmt: skip
+        print0(f"Saved checkpoint: {path}")
 
     # ---------------------------------------------------------------------------------------
-    # the loop
+    # the loop: step counts finished optimizer steps; the last pass only evaluates and saves
     ema_beta = 0.9
     total_training_time = prior_training_time
     timed_time, timed_steps = 0.0, 0
     x, y = next(loader)
     loader_state = loader.state_dict()
+    train_loss = float("nan")
     graphs_first_step = 0
-    for step in range(start_step, num_iterations):
+    for step in range(start_step, num_iterations + 1):
+        last_step = step == num_iterations
+        if args.eval_every > 0 and (last_step or step % args.eval_every == 0):
+            val_bpb = validation_bpb()
+            min_val_bpb = min(min_val_bpb, val_bpb)
+            print0(f"Step {step:05d} | Validation bpb: {val_bpb:.6f}")
+        if step > start_step and args.save_every != 0 and (last_step or (args.save_every > 0 and step % args.save_every == 0)):
+            gc.collect()  # the collector is off during training (below): collect at checkpoints
+            save(step, train_loss, loader_state)
+        if last_step:
+            break
+
         synchronize(device)
         t0 = time.perf_counter()
         acc = torch.zeros(n_stats, device=device)
@@ -464,14 +538,14 @@ def train(args: argparse.Namespace) -> int:
                 loader_state = loader.state_dict()  # position after this step's batches
             x, y = next(loader)  # prefetch while the device works
         if ddp:
-            allreduce_mean_grads(params, world_size)
             dist.all_reduce(acc, op=dist.ReduceOp.SUM)
         lrm = lr_multiplier(step, num_iterations, args.warmup_ratio, args.warmdown_ratio, args.final_lr_frac)
         for group in optimizer.param_groups:
             group["lr"] = group["initial_lr"] * lrm
-        if args.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(params, args.grad_clip)
-        optimizer.step()
+            if group["kind"] == "muon":
+                group["momentum"] = muon_momentum(step)
+                group["weight_decay"] = muon_weight_decay(step, num_iterations, args.weight_decay)
+        optimizer.step()  # averages the gradients over ranks itself (nanochat/muon.py)
         model.zero_grad(set_to_none=True)
         vals = acc.tolist()  # the one host sync of the step
         synchronize(device)
@@ -508,16 +582,23 @@ def train(args: argparse.Namespace) -> int:
             )
         if step == start_step:
             graphs_first_step = compiled_graphs()
-        step_done = step + 1
-        at_end = step_done == num_iterations and args.save_every != 0
-        if at_end or (args.save_every > 0 and step_done % args.save_every == 0):
-            save(step_done, train_loss, loader_state)
+            # Python's cycle collector stalls a step now and then (hundreds of ms at this heap
+            # size) to find almost nothing: collect the setup's garbage once, freeze what
+            # survives out of its sight, and switch it off (collected at checkpoints and every
+            # 5000 steps), as upstream.
+            gc.collect()
+            gc.freeze()
+            gc.disable()
+        elif (step + 1) % 5000 == 0:
+            gc.collect()
 
     if mode != "none":
         recompiles = compiled_graphs() - graphs_first_step
         print0(f"torch.compile: {graphs_first_step} graph(s) in the first step, {recompiles} recompile(s) after it")
     print0(f"Peak memory usage: {peak_memory_mib(device):.2f}MiB")
     print0(f"Total training time: {total_training_time / 60:.2f}m")
+    if val_bpb is not None:
+        print0(f"Minimum validation bpb: {min_val_bpb:.6f}")
     return 0
 
 

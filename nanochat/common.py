@@ -134,21 +134,27 @@ def peak_memory_mib(device: torch.device) -> float:
 # ---------------------------------------------------------------------------------------------
 # peak bf16 FLOPS (dense, no sparsity), per GPU; the denominator of MFU
 
-# Matched as substrings of torch.cuda.get_device_name(), first match wins (so the specific
-# variants come before the generic names).
+# Matched as case-insensitive substrings of torch.cuda.get_device_name(), first match wins, so
+# each variant comes before the names it contains ("H200 NVL" before "H200" before "H20").
 PEAK_BF16_FLOPS: list[tuple[str, float]] = [
+    ("GH200", 989e12),
+    ("H200 NVL", 836e12),  # the PCIe/NVL card: lower clocks and power than the SXM module
+    ("H200", 989e12),  # SXM
     ("H100 NVL", 835e12),
     ("H100 PCIe", 756e12),
     ("H100", 989e12),  # SXM
-    ("H200", 989e12),
-    ("GH200", 989e12),
+    ("H800", 756e12),  # the export H100 (SXM): what the fork's logged MFU implies per GPU
+    ("H20", 148e12),
     ("B200", 2250e12),
     ("A100", 312e12),
+    ("A800", 312e12),
+    ("L40S", 362e12),
 ]
 
 
 def peak_flops_for(device_name: str) -> float:
-    """bf16 dense peak of a GPU by name; 0.0 for an unknown GPU or a CPU (MFU then reads 0)."""
+    """bf16 dense peak of a GPU by name; 0.0 for an unknown GPU or a CPU (MFU then reads 0;
+    the trainer says so and names --peak-flops)."""
     for key, flops in PEAK_BF16_FLOPS:
         if key.lower() in device_name.lower():
             return flops

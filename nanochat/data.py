@@ -1,25 +1,32 @@
 """
 Token streams for the trainer. Each yields (inputs, targets), both [B, T] int64 on the device.
 
-- SyntheticStream (default): a deterministic, learnable, low-entropy stream. Each row is a Markov
-  chain over the vocabulary: the next token is perm[current] with probability 1 - p_reset, else a
-  fresh uniform token (and a fresh token at least every 64 positions). A model that learns the
-  permutation reaches ~H(reset) + p_reset * ln(V) nats, far below ln(V), so the loss falls fast.
-  Batch number n of rank r is a pure function of (seed, r, n): no state to save, and a resumed run
-  sees exactly the batches the uninterrupted run would have.
-- ParquetStream: upstream nanochat's layout, *.parquet shards with a `text` column, tokenized by a
-  byte-level tokenizer (UTF-8 bytes are ids 0..255, BOS = 256, so vocab_size >= 257). Ranks
-  take row groups round-robin. Its position is a small dict, saved with checkpoints.
+- SyntheticStream (`--data synthetic`, the default): a deterministic, learnable, low-entropy
+  stream. Each row is a Markov chain over the vocabulary: the next token is perm[current] with
+  probability 1 - p_reset, else a fresh uniform token (and a fresh token at least every 64
+  positions). A model that learns the permutation reaches ~H(reset) + p_reset * ln(V) nats, far
+  below ln(V), so the loss falls fast. Batch number n of rank r is a pure function of
+  (seed, r, n): no state to save, and a resumed run sees exactly the batches the uninterrupted
+  run would have. Needs nothing but torch.
+- BestFitLoader (`--data parquet`): upstream nanochat's data. A data dir holds parquet shards
+  (`shard_00000.parquet`, ...) with a `text` column, one document per row; the last shard is the
+  validation split, the others the training split. Each rank reads its own row groups. Documents
+  are tokenized with <|bos|> in front and packed into rows of T+1 tokens by best fit (below), so
+  every row starts at a document's start. Its position (a cursor and the documents waiting in its
+  buffer) is saved with checkpoints, and a resumed run gets exactly the rows it would have had.
 """
-
 from __future__ import annotations
 
+import bisect
 from pathlib import Path
 
 import torch
 
-BOS_ID = 256
-BYTE_VOCAB = 257
+DEFAULT_DATA_DIR = "~/.cache/nanochat/base_data"
+HOW_TO_MAKE = (
+    "make one: python -m nanochat.smoke_data --out DIR (a small corpus in DIR/base_data), "
+    "or download upstream nanochat's shards (its `python -m nanochat.dataset -n 170`)"
+)
 
 
 class SyntheticStream:
@@ -84,97 +91,187 @@ class SyntheticStream:
         return self
 
 
-def byte_encode(text: str) -> list[int]:
-    return [BOS_ID, *text.encode("utf-8", errors="replace")]
+def to_device(rows: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """CPU -> device; through pinned memory on CUDA, so the copy overlaps the running step."""
+    if device.type == "cuda":
+        return rows.pin_memory().to(device, non_blocking=True)
+    return rows.to(device)
+
+
+# ---------------------------------------------------------------------------------------------
+# parquet shards
+
+
+class DataDirError(Exception):
+    """A data dir that is missing or unusable; the message is one line that says what to do."""
 
 
 def list_parquet_files(data_dir: str | Path) -> list[Path]:
+    """The shards, in name order (upstream's `shard_NNNNN.parquet` sort by index)."""
     return sorted(p for p in Path(data_dir).expanduser().glob("*.parquet") if p.is_file())
 
 
-class ParquetStream:
-    """Documents from parquet shards, each [BOS] + UTF-8 bytes, packed into rows of T+1 tokens."""
+def split_files(data_dir: str | Path, split: str) -> list[Path]:
+    """The shards of a split: all but the last for "train", the last one for "val"."""
+    d = Path(data_dir).expanduser()
+    if not d.is_dir():
+        raise DataDirError(f"--data-dir {data_dir}: no such directory; {HOW_TO_MAKE}")
+    files = list_parquet_files(d)
+    if len(files) < 2:
+        raise DataDirError(
+            f"--data-dir {data_dir}: {len(files)} *.parquet shard(s); at least 2 are needed "
+            f"(the last one is the validation split); {HOW_TO_MAKE}"
+        )
+    return files[:-1] if split == "train" else files[-1:]
+
+
+class DocumentStream:
+    """One rank's documents of a split, in a fixed order, endlessly (epoch 1, 2, ...).
+
+    The order: shard by shard; in each shard the row groups rank, rank + W, rank + 2W, ...
+    (W = world size), as upstream; in each row group its rows. A document's id is
+    (unit, row), unit = index into this rank's list of (shard, row group)."""
+
+    def __init__(self, files: list[Path], rank: int = 0, world_size: int = 1):
+        import pyarrow.parquet as pq  # only the parquet path needs pyarrow
+
+        self._pq = pq
+        self.files = files
+        self.units: list[tuple[int, int]] = []  # (file index, row group)
+        rows = 0
+        for fi, f in enumerate(files):
+            try:
+                meta = pq.ParquetFile(f).metadata
+            except Exception as e:  # not parquet, truncated, unreadable
+                raise DataDirError(f"{f}: not a readable parquet file ({type(e).__name__}: {e})") from None
+            if "text" not in meta.schema.names:
+                raise DataDirError(f"{f}: no `text` column (columns: {', '.join(meta.schema.names)})")
+            for rg in range(rank, meta.num_row_groups, world_size):
+                self.units.append((fi, rg))
+                rows += meta.row_group(rg).num_rows
+        if rows == 0:
+            names = ", ".join(f.name for f in files)
+            raise DataDirError(
+                f"rank {rank} of {world_size} gets no documents from {names}: write more row groups "
+                f"per shard than there are ranks"
+            )
+        self.epoch, self.unit, self.row = 1, 0, 0  # the cursor: the next document to read
+        self._cached: tuple[int, list[str]] | None = None
+
+    def texts(self, unit: int) -> list[str]:
+        """All documents of one row group (the last one read is kept)."""
+        if self._cached is None or self._cached[0] != unit:
+            fi, rg = self.units[unit]
+            column = self._pq.ParquetFile(self.files[fi]).read_row_group(rg, columns=["text"]).column("text")
+            self._cached = (unit, [t if t is not None else "" for t in column.to_pylist()])
+        return self._cached[1]
+
+    def read(self, n: int) -> list[tuple[tuple[int, int], str]]:
+        """Up to n (id, text) pairs from the cursor on, within one row group; moves the cursor."""
+        while True:
+            docs = self.texts(self.unit)
+            if self.row < len(docs):
+                out = [((self.unit, r), docs[r]) for r in range(self.row, min(self.row + n, len(docs)))]
+                self.row += len(out)
+                return out
+            self.unit, self.row = self.unit + 1, 0
+            if self.unit == len(self.units):
+                self.unit, self.epoch = 0, self.epoch + 1
+
+
+class BestFitLoader:
+    """Rows of T+1 tokens packed from whole documents, each row starting with <|bos|>.
+
+    Best fit, as upstream nanochat: tokenized documents wait in a buffer (refilled to
+    `buffer_size`); a row is filled by taking the longest waiting document that still fits, again
+    and again; when none fits, the shortest one is cut to fill the row exactly and its tail is
+    dropped. No padding, and no token sees across a row boundary into a document it never saw
+    the start of. Ties go to the document that has waited longest.
+
+    The buffer is kept sorted by (length, arrival), so each pick is a binary search."""
 
     def __init__(
         self,
+        tokenizer,
         data_dir: str | Path,
+        split: str,
         batch_size: int,
         seq_len: int,
         device: torch.device,
         rank: int = 0,
         world_size: int = 1,
+        buffer_size: int = 1000,
+        read_size: int = 128,
+        threads: int = 4,
     ):
-        import pyarrow.parquet as pq  # only needed for real data
-
-        self._pq = pq
-        self.files = list_parquet_files(data_dir)
-        if not self.files:
-            raise FileNotFoundError(f"no *.parquet files in {data_dir}")
-        self.B, self.T, self.device = batch_size, seq_len, device
-        # (file index, row group) pairs of this rank, round-robin over all row groups
-        groups = []
-        for fi, f in enumerate(self.files):
-            meta = pq.ParquetFile(f).metadata
-            if "text" not in meta.schema.names:
-                raise ValueError(f"{f}: no `text` column")
-            groups.extend((fi, rg) for rg in range(meta.num_row_groups))
-        self.groups = groups[rank::world_size]
-        if not self.groups:
-            raise ValueError(f"{data_dir}: fewer row groups ({len(groups)}) than ranks ({world_size})")
-        # position of the next unread token: epoch, row group, document, byte offset
-        self.pos = {"epoch": 0, "group": 0, "doc": 0, "offset": 0}
-        self._cache: tuple[int, list[str]] | None = None
-
-    def state_dict(self) -> dict:
-        return dict(self.pos)
-
-    def load_state_dict(self, state: dict) -> None:
-        self.pos = {k: int(state[k]) for k in ("epoch", "group", "doc", "offset")}
+        self.tokenizer, self.B, self.T, self.device = tokenizer, batch_size, seq_len, device
+        self.docs = DocumentStream(split_files(data_dir, split), rank, world_size)
+        self.buffer_size, self.read_size, self.threads = buffer_size, read_size, threads
+        self._keys: list[tuple[int, int]] = []  # sorted (length, arrival number)
+        self._waiting: dict[int, tuple[tuple[int, int], list[int]]] = {}  # arrival -> (doc id, tokens)
+        self._arrivals = 0
 
     @property
     def epoch(self) -> int:
-        return self.pos["epoch"]
+        return self.docs.epoch
 
-    def _docs(self, group: int) -> list[str]:
-        if self._cache is None or self._cache[0] != group:
-            fi, rg = self.groups[group]
-            table = self._pq.ParquetFile(self.files[fi]).read_row_group(rg, columns=["text"])
-            self._cache = (group, [t if t is not None else "" for t in table.column("text").to_pylist()])
-        return self._cache[1]
+    def _add(self, ids: list[tuple[int, int]], texts: list[str]) -> None:
+        for doc_id, tokens in zip(ids, self.tokenizer.encode_batch(texts, prepend_bos=True, threads=self.threads), strict=True):
+            bisect.insort(self._keys, (len(tokens), self._arrivals))
+            self._waiting[self._arrivals] = (doc_id, tokens)
+            self._arrivals += 1
 
-    def _take(self, n: int) -> list[int]:
-        out: list[int] = []
-        p = self.pos
-        empty_groups = 0
-        while len(out) < n:
-            docs = self._docs(p["group"])
-            if not docs:
-                empty_groups += 1
-                if empty_groups > len(self.groups):
-                    raise ValueError("no documents in any row group of this rank")
-            if p["doc"] >= len(docs):
-                p["doc"], p["offset"] = 0, 0
-                p["group"] += 1
-                if p["group"] >= len(self.groups):
-                    p["group"] = 0
-                    p["epoch"] += 1
-                continue
-            toks = byte_encode(docs[p["doc"]])
-            chunk = toks[p["offset"] : p["offset"] + n - len(out)]
-            out.extend(chunk)
-            p["offset"] += len(chunk)
-            if p["offset"] >= len(toks):
-                p["doc"] += 1
-                p["offset"] = 0
-        return out
+    def _refill(self) -> None:
+        while len(self._keys) < self.buffer_size:
+            got = self.docs.read(self.read_size)
+            self._add([i for i, _ in got], [t for _, t in got])
+
+    def _take(self, room: int) -> list[int]:
+        """The tokens that go next into a row with `room` free slots."""
+        i = bisect.bisect_right(self._keys, (room, float("inf")))
+        if i > 0:  # the longest that fits, the earliest of that length
+            length = self._keys[i - 1][0]
+            key = self._keys.pop(bisect.bisect_left(self._keys, (length, -1)))
+        else:  # nothing fits: cut the shortest
+            key = self._keys.pop(0)
+        return self._waiting.pop(key[1])[1][:room]
 
     def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
-        tokens = torch.tensor(self._take(self.B * (self.T + 1)), dtype=torch.long).view(self.B, self.T + 1)
-        if self.device.type == "cuda":
-            tokens = tokens.pin_memory().to(self.device, non_blocking=True)
-        else:
-            tokens = tokens.to(self.device)
+        import numpy as np  # fills rows from token lists fast; only the parquet path needs it
+
+        width = self.T + 1
+        rows = np.empty((self.B, width), dtype=np.int64)
+        for b in range(self.B):
+            pos = 0
+            while pos < width:
+                self._refill()
+                tokens = self._take(width - pos)
+                rows[b, pos : pos + len(tokens)] = tokens
+                pos += len(tokens)
+        tokens = to_device(torch.from_numpy(rows), self.device)
         return tokens[:, :-1], tokens[:, 1:]
 
     def __iter__(self):
         return self
+
+    def state_dict(self) -> dict:
+        """The cursor and the ids of the waiting documents, in arrival order (JSON-able)."""
+        return {
+            "epoch": self.docs.epoch,
+            "unit": self.docs.unit,
+            "row": self.docs.row,
+            "waiting": [list(doc_id) for doc_id, _ in self._waiting.values()],
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Read the waiting documents again and put them back in the same order."""
+        self._keys, self._waiting, self._arrivals = [], {}, 0
+        waiting = [(int(unit), int(row)) for unit, row in state["waiting"]]
+        texts = []
+        for unit, row in waiting:  # arrival order is stream order: mostly one read per row group
+            docs = self.docs.texts(unit) if 0 <= unit < len(self.docs.units) else []
+            if not 0 <= row < len(docs):
+                raise DataDirError(f"the checkpoint's data position (row group {unit}, row {row}) is not in this data dir")
+            texts.append(docs[row])
+        self._add(waiting, texts)
+        self.docs.epoch, self.docs.unit, self.docs.row = int(state["epoch"]), int(state["unit"]), int(state["row"])

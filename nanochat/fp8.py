@@ -14,7 +14,7 @@ The recipe (the "tensorwise" recipe of torchao / the user's fork):
   clamps to the format's finite range first (saturation): float8_e4m3fn has no inf, and a value
   past its range must not become nan.
 
-GPU check (path taken, numerics on real kernels, tok/sec bf16 vs FP8): python -m nanochat.bench_fp8_gpu
+GPU check (path taken, numerics on real kernels, tok/sec bf16 vs FP8): python -m bench.fp8_gpu
 
 Where the matmul runs:
 - CUDA devices with compute capability >= 8.9 (Ada, Hopper, Blackwell): torch._scaled_mm.

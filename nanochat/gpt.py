@@ -15,22 +15,23 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from nanochat.moe import MoE
+from nanochat.muon import MuonAdamW
 
 
 @dataclass
 class GPTConfig:
-    sequence_len: int = 1024
-    vocab_size: int = 65536
-    n_layer: int = 12
-    n_head: int = 12
-    n_embd: int = 768
-    use_moe: bool = False
-    n_experts: int = 8
-    expert_topk: int = 2
-    moe_freq: int = 1
-    expert_hidden_mult: float = 2.0
-    moe_capacity_factor: float = 0.0
-    balance_loss_coeff: float = 0.01
+    sequence_len: int = 1024  # tokens per row (the rotary tables are precomputed this long)
+    vocab_size: int = 32768  # token ids 0..vocab_size-1 (upstream's tokenizer: 32,768)
+    n_layer: int = 12  # transformer blocks
+    n_head: int = 12  # attention heads (head dim = n_embd / n_head)
+    n_embd: int = 768  # model width
+    use_moe: bool = False  # Mixture-of-Experts instead of the MLP in every moe_freq-th block
+    n_experts: int = 8  # experts per MoE block
+    expert_topk: int = 2  # experts each token is routed to
+    moe_freq: int = 1  # MoE in blocks moe_freq-1, 2*moe_freq-1, ... (1: every block)
+    expert_hidden_mult: float = 2.0  # expert hidden width = mult * n_embd
+    moe_capacity_factor: float = 0.0  # 0: dropless; > 0: ceil(cf * tokens * k / E) slots per expert
+    balance_loss_coeff: float = 0.01  # weight of the Switch balance loss added to the training loss
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -188,11 +189,13 @@ class GPT(nn.Module):
         head_dim = d // c.n_head
         return 6 * active + 12 * c.n_layer * c.n_head * head_dim * c.sequence_len
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
-        """idx: [B, T] token ids. Without targets: logits [B, T, V]. With targets: (loss, stats),
-        loss = cross entropy + balance losses (what backward sees), stats = detached tensors:
-        `ce`, and for MoE models `bal` (mean over MoE layers, 1.0 = balanced), `load` ([E] routed
-        assignments summed over layers), `dropped` and `assigned` (summed over layers)."""
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, loss_reduction: str = "mean"):
+        """idx: [B, T] token ids. Without targets: logits [B, T, V]. With targets (-1 = ignore):
+        - loss_reduction "none": the cross entropy of every position, [B, T] (evaluation);
+        - "mean": (loss, stats), loss = mean cross entropy + balance losses (what backward sees),
+          stats = detached tensors: `ce`, and for MoE models `bal` (mean over MoE layers, 1.0 =
+          balanced), `load` ([E] routed assignments summed over layers), `dropped` and
+          `assigned` (summed over layers)."""
         B, T = idx.shape
         cos_sin = (self.cos[:, :T], self.sin[:, :T])
         x = norm(self.transformer.wte(idx))
@@ -207,6 +210,9 @@ class GPT(nn.Module):
         logits = softcap * torch.tanh(logits / softcap)
         if targets is None:
             return logits
+        if loss_reduction == "none":
+            ce = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1, reduction="none")
+            return ce.view(B, T)
         ce = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
         stats = {"ce": ce.detach()}
         loss = ce
@@ -223,32 +229,39 @@ class GPT(nn.Module):
 
     def setup_optimizer(
         self,
-        embedding_lr: float,
-        unembedding_lr: float,
-        matrix_lr: float,
-        weight_decay: float = 0.0,
+        embedding_lr: float = 0.3,
+        unembedding_lr: float = 0.004,
+        matrix_lr: float = 0.02,
+        weight_decay: float = 0.2,
         router_lr: float | None = None,
-        betas: tuple[float, float] = (0.8, 0.95),
-        fused: bool = False,
-    ) -> torch.optim.AdamW:
-        """AdamW over three groups (embedding, lm_head, all matrices incl. experts and routers),
-        learning rates scaled by 1/sqrt(width/768) as upstream nanochat does. Each group records
-        its base lr as `initial_lr`; the trainer multiplies it by the schedule."""
+        adam_betas: tuple[float, float] = (0.8, 0.95),
+        rank: int = 0,
+        world_size: int = 1,
+        max_grad_norm: float = 0.0,
+    ) -> MuonAdamW:
+        """Muon for every matrix in the blocks (attention, MLP, expert banks, routers), AdamW for
+        the embedding and the lm_head (nanochat/muon.py). The AdamW learning rates scale as
+        1/sqrt(width/768), as upstream (they were tuned at width 768); Muon's do not (its step is
+        normalized). Matrices are grouped by shape and layout, the routers apart (router_lr).
+        Each group records its base lr as `initial_lr`; the trainer multiplies it by the schedule."""
         scale = (self.config.n_embd / 768) ** -0.5
-        emb = [self.transformer.wte.weight]
-        head = [self.lm_head.weight]
-        seen = {id(p) for p in emb + head}
-        routers = [m.router.weight for m in self.moe_modules()]
-        seen |= {id(p) for p in routers}
-        matrices = [p for p in self.parameters() if id(p) not in seen]
-        router_lr = matrix_lr if router_lr is None else router_lr
+        adamw = dict(kind="adamw", betas=adam_betas, eps=1e-10, weight_decay=0.0)
         groups = [
-            {"params": emb, "lr": embedding_lr * scale, "weight_decay": 0.0},
-            {"params": head, "lr": unembedding_lr * scale, "weight_decay": 0.0},
-            {"params": matrices, "lr": matrix_lr * scale, "weight_decay": weight_decay},
+            dict(adamw, params=[self.lm_head.weight], lr=unembedding_lr * scale),
+            dict(adamw, params=[self.transformer.wte.weight], lr=embedding_lr * scale),
         ]
-        if routers:
-            groups.append({"params": routers, "lr": router_lr * scale, "weight_decay": 0.0})
+        routers = {id(m.router.weight) for m in self.moe_modules()}
+        banks = {id(p) for m in self.moe_modules() for p in (m.experts.w_fc, m.experts.w_proj)}
+        by_kind: dict[tuple, list[nn.Parameter]] = {}
+        for p in self.transformer.h.parameters():
+            key = (id(p) in routers, id(p) in banks, tuple(p.shape[-2:]))
+            by_kind.setdefault(key, []).append(p)
+        for (is_router, in_out, _), params in by_kind.items():
+            lr = (matrix_lr if router_lr is None else router_lr) if is_router else matrix_lr
+            groups.append(dict(kind="muon", params=params, lr=lr, momentum=0.95, beta2=0.95, ns_steps=5,
+                               weight_decay=weight_decay, in_out=in_out))  # fmt: skip
+        n_grouped = sum(len(g["params"]) for g in groups)
+        assert n_grouped == len(list(self.parameters())), "every parameter in exactly one group"
         for g in groups:
             g["initial_lr"] = g["lr"]
-        return torch.optim.AdamW(groups, betas=betas, eps=1e-10, fused=fused)
+        return MuonAdamW(groups, rank=rank, world_size=world_size, max_grad_norm=max_grad_norm)

@@ -200,7 +200,6 @@ class MoE(nn.Module):
 
         # Assignments in priority order: all first choices (token order), then all second choices.
         expert_of = choice.t().reshape(-1)  # [k*T]
-        gate_of = gates.t().reshape(-1)  # [k*T]
         token_of = torch.arange(n_tok, device=x.device).repeat(k)  # [k*T]
 
         # activations travel in the compute dtype (bf16 under autocast)
@@ -213,13 +212,13 @@ class MoE(nn.Module):
             self.experts.fp8 or grouped_mm_usable(x.device, x.dtype, self.dim, self.experts.hidden)
         )
         if use_grouped:
-            y, counts, dropped = self._dropless(x, expert_of, gate_of, token_of)
+            y, counts, dropped = self._dropless(x, expert_of, gates, token_of)
         else:
             if self.dropless:
                 cap = expert_capacity(n_tok, k, n_exp, Fraction(n_exp, k))  # C = T: exact, no drops
             else:
                 cap = expert_capacity(n_tok, k, n_exp, self._cf)
-            y, counts, dropped = self._capacity(x, expert_of, gate_of, token_of, cap)
+            y, counts, dropped = self._capacity(x, expert_of, gates, token_of, cap)
 
         bal = balance_loss(probs, counts)
         aux = {
@@ -231,7 +230,7 @@ class MoE(nn.Module):
         }
         return y.view(shape), aux
 
-    def _capacity(self, x, expert_of, gate_of, token_of, cap: int):
+    def _capacity(self, x, expert_of, gates, token_of, cap: int):
         """Fixed capacity: every expert gets `cap` slots; static shapes, no host sync."""
         n_tok, dim = x.shape
         n_exp, k = self.n_experts, self.topk
@@ -250,25 +249,26 @@ class MoE(nn.Module):
         # there is no padded buffer to zero-fill (no memset per forward, nothing to keep around).
         slot_token = torch.zeros(n_slots + 1, dtype=torch.long, device=x.device)
         slot_token = slot_token.scatter(0, torch.where(keep, slot, n_slots), token_of)[:n_slots]
+        keep = keep.view(k, n_tok).t()  # [T, k] from here on: token t's j-th choice
         if n_slots >= k * n_tok:
             # Enough slots in total (cf >= 1): if anything was dropped, some expert has an empty
             # slot, whose gradient is exactly zero; point dropped choices there, and the dispatch
             # backward needs no mask. The least loaded expert's first free slot is one.
             fewest, least = counts.min(dim=0)
             spare = least * cap + fewest.clamp(max=cap - 1)
-            slot_of = torch.where(keep, slot, spare).view(k, n_tok)
+            slot_of = torch.where(keep, slot.view(k, n_tok).t(), spare)
             mask = None
         else:
-            slot_of = torch.where(keep, slot, 0).view(k, n_tok)  # any valid slot, masked out
-            mask = keep.view(k, n_tok)
+            slot_of = torch.where(keep, slot.view(k, n_tok).t(), 0)  # any valid slot, masked out
+            mask = keep.contiguous()
+        slot_of = slot_of.contiguous()
         xb = _Dispatch.apply(x, slot_token, slot_of, mask)
         yb = self.experts.forward_capacity(xb.view(n_exp, cap, dim)).view(n_slots, dim)
         # combine: y[t] = sum_j gate_j * expert_out; a dropped assignment has weight zero
-        w = (gate_of * keep).view(k, n_tok)
-        y = _Combine.apply(yb, w, slot_of, slot_token)
+        y = _Combine.apply(yb, gates * keep, slot_of, slot_token)
         return y, counts, dropped
 
-    def _dropless(self, x, expert_of, gate_of, token_of):
+    def _dropless(self, x, expert_of, gates, token_of):
         """Dropless: sort assignments by expert, one grouped matmul per weight."""
         n_tok, dim = x.shape
         k = self.topk
@@ -279,72 +279,62 @@ class MoE(nn.Module):
         counts = torch.zeros(self.n_experts, dtype=torch.int32, device=x.device)
         counts = counts.scatter_add(0, expert_of, torch.ones_like(expert_of, dtype=torch.int32))
         offs = counts.cumsum(0, dtype=torch.int32)
-        slot_of = rank_of.view(k, n_tok)
+        slot_of = rank_of.view(k, n_tok).t().contiguous()  # [T, k]
         xs = _Dispatch.apply(x, tok_sorted, slot_of, None)  # [kT, D]
         ys = self.experts.forward_grouped(xs, offs)
-        y = _Combine.apply(ys, gate_of.view(k, n_tok), slot_of, tok_sorted)
+        y = _Combine.apply(ys, gates, slot_of, tok_sorted)
         return y, counts, torch.zeros((), device=x.device)
 
 
 # ---------------------------------------------------------------------------------------------
-# dispatch and combine as gathers both ways
+# dispatch and combine
 #
-# The plain autograd of `x[index]` is a scatter-add (index_add into a zero-filled tensor) in the
-# backward. Each token sits in at most k slots and each slot holds at most one token, so both maps
-# have a transpose that is again a gather plus a sum over the k choices; these two functions use
-# it: no atomics on GPU, no zero fills, and deterministic on every device.
-#   slot_token [S]      token read by each slot (empty slots: any token, their gradient is zero)
-#   slot_of    [k, T]   slot of each token's j-th choice (valid index even where dropped)
-#   keep       [k, T]   choice j of token t has a slot (None: all do)
-
-
-def _sum_over_choices(rows: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
-    """rows [k, T, D], weight [k, T] or None -> sum_j weight[j] * rows[j], [T, D]."""
-    if weight is None:
-        return rows.sum(0)
-    weight = weight.to(rows.dtype)[..., None]
-    out = rows[0] * weight[0]
-    for j in range(1, rows.shape[0]):  # k is small (top-k), not the number of experts
-        out = out.addcmul_(rows[j], weight[j])
-    return out
+# The maps between tokens and expert slots, both ways, without a scatter-add: each token sits in at
+# most k slots and each slot holds at most one token, so the transpose of a gather is again a
+# gather plus a sum over the k choices. The k-choice sums are one embedding_bag each (a bag = a
+# token's k slots, weighted): one pass that reads k rows and writes one, where a gather would
+# first write the k rows out. No atomics on GPU, no zero fills, deterministic on every device.
+#   slot_token [S]      token read by each slot (empty slots: any token; their gradient is zero)
+#   slot_of    [T, k]   slot of token t's j-th choice (a valid index even where dropped)
+#   keep       [T, k]   choice j of token t has a slot (None: all do)
 
 
 class _Dispatch(torch.autograd.Function):
-    """xb[s] = x[slot_token[s]]."""
+    """xb[s] = x[slot_token[s]]; backward: dx[t] = sum_j keep[t, j] * dxb[slot_of[t, j]]."""
 
     @staticmethod
     def forward(ctx, x, slot_token, slot_of, keep):
         ctx.save_for_backward(slot_of, keep)
-        return x.index_select(0, slot_token)
+        return F.embedding(slot_token, x)  # a row gather; on CPU faster than index_select
 
     @staticmethod
     def backward(ctx, dxb):
         slot_of, keep = ctx.saved_tensors
-        k, n = slot_of.shape
-        rows = dxb.index_select(0, slot_of.reshape(-1)).view(k, n, -1)
-        return _sum_over_choices(rows, keep), None, None, None
+        weights = None if keep is None else keep.to(dxb.dtype)
+        return F.embedding_bag(slot_of, dxb, per_sample_weights=weights, mode="sum"), None, None, None
 
 
 class _Combine(torch.autograd.Function):
-    """y[t] = sum_j w[j, t] * yb[slot_of[j, t]]; w is zero where a choice was dropped."""
+    """y[t] = sum_j w[t, j] * yb[slot_of[t, j]]; w is zero where a choice was dropped."""
 
     @staticmethod
     def forward(ctx, yb, w, slot_of, slot_token):
-        k, n = slot_of.shape
-        rows = yb.index_select(0, slot_of.reshape(-1)).view(k, n, -1)
-        ctx.save_for_backward(rows, w, slot_of, slot_token)
-        return _sum_over_choices(rows, w)
+        ctx.save_for_backward(yb, w, slot_of, slot_token)
+        return F.embedding_bag(slot_of, yb, per_sample_weights=w.to(yb.dtype), mode="sum")
 
     @staticmethod
     def backward(ctx, dy):
-        rows, w, slot_of, slot_token = ctx.saved_tensors
-        k, n = slot_of.shape
-        # weight of each slot's assignment (zero for empty slots and for dropped choices)
-        w_slot = torch.zeros(slot_token.shape[0] + 1, dtype=w.dtype, device=w.device)
-        target = torch.where(w.reshape(-1) != 0, slot_of.reshape(-1), slot_token.shape[0])
+        yb, w, slot_of, slot_token = ctx.saved_tensors
+        n_slots = yb.shape[0]
+        # the weight of each slot's assignment (zero for empty slots and for dropped choices)
+        w_slot = torch.zeros(n_slots + 1, dtype=w.dtype, device=w.device)
+        target = torch.where(w.reshape(-1) != 0, slot_of.reshape(-1), n_slots)
         w_slot = w_slot.scatter(0, target, w.reshape(-1))[:-1]
-        dyb = dy.index_select(0, slot_token).mul_(w_slot[:, None].to(dy.dtype))
+        dy_slot = F.embedding(slot_token, dy)  # the output gradient of each slot's token
         dw = None
         if ctx.needs_input_grad[1]:
-            dw = (rows * dy[None]).sum(-1, dtype=torch.float32).to(w.dtype)
-        return dyb, dw, None, None
+            # dL/dw[t, j] = <yb[slot], dy[t]>, computed per slot (slot_token[slot] = t where kept;
+            # elsewhere w is 0 and so is this gradient's use): one dot product per row
+            dots = torch.bmm(yb.unsqueeze(1), dy_slot.unsqueeze(2)).view(-1)
+            dw = dots[slot_of].to(w.dtype)
+        return dy_slot.mul_(w_slot[:, None].to(dy.dtype)), dw, None, None

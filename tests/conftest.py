@@ -118,3 +118,14 @@ def readonly_dir(tmp_path):
         pytest.skip("cannot mount a read-only tmpfs here (needs root and mount rights)")
     yield d
     subprocess.run(["umount", "-l", str(d)], capture_output=True)
+
+
+@pytest.fixture(scope="session")
+def smoke_corpus(tmp_path_factory) -> Path:
+    """The smoke corpus and its tokenizer, made once per session (a few seconds):
+    <dir>/base_data/shard_0000{0..4}.parquet and <dir>/tokenizer/ (vocab 1024)."""
+    from nanochat import smoke_data
+
+    out = tmp_path_factory.mktemp("smoke")
+    assert smoke_data.main(["--out", str(out)]) == 0
+    return out

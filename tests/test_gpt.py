@@ -1,11 +1,10 @@
-"""GPT sizing, MoE layer placement, active-parameter FLOPs, loss at init, data streams."""
+"""GPT sizing, MoE layer placement, active-parameter FLOPs, loss at init, per-token loss."""
 
 import math
 
 import pytest
 import torch
 
-from nanochat.data import BOS_ID, ParquetStream, SyntheticStream, byte_encode
 from nanochat.gpt import GPT, GPTConfig, model_dims
 from nanochat.moe import MoE
 
@@ -70,45 +69,21 @@ def test_forward_loss_at_init_is_log_vocab(use_moe, cf):
         assert all(p.grad is not None for p in m.parameters())
 
 
-def test_synthetic_stream_is_deterministic_per_rank_and_learnable():
-    a = SyntheticStream(512, 4, 64, torch.device("cpu"), seed=7, rank=0)
-    b = SyntheticStream(512, 4, 64, torch.device("cpu"), seed=7, rank=0)
-    other = SyntheticStream(512, 4, 64, torch.device("cpu"), seed=7, rank=1)
-    x0, y0 = next(a)
-    x1, _ = next(b)
-    assert torch.equal(x0, x1)
-    assert not torch.equal(x0, next(other)[0])
-    assert torch.equal(x0[:, 1:], y0[:, :-1])
-    assert torch.equal(a.batch(5)[0], b.batch(5)[0])
-    # most transitions follow the fixed permutation: low entropy, so the loss can fall
-    x, y = a.batch(3)
-    perm = a.powers.view(a.max_run, 512)[1]
-    follows = (perm[x] == y).float().mean()
-    assert follows > 0.7
-    assert int(x.max()) < 512 and int(x.min()) >= 0
-
-
-def test_parquet_stream_bytes_and_exact_resume(tmp_path):
-    pa = pytest.importorskip("pyarrow")
-    pq = pytest.importorskip("pyarrow.parquet")
-    texts = [f"document {i}: " + "héllo " * (i % 7) for i in range(50)]
-    pq.write_table(pa.table({"text": texts[:30]}), tmp_path / "shard_00000.parquet", row_group_size=10)
-    pq.write_table(pa.table({"text": texts[30:]}), tmp_path / "shard_00001.parquet", row_group_size=10)
-    s = ParquetStream(tmp_path, 2, 16, torch.device("cpu"))
-    x, y = next(s)
-    expect = byte_encode(texts[0]) + byte_encode(texts[1])
-    assert x[0].tolist() == expect[:16]
-    assert x.max() <= BOS_ID
-    for _ in range(3):
-        next(s)
-    state = s.state_dict()
-    after = [next(s)[0] for _ in range(80)]  # runs past one epoch
-    assert s.epoch >= 1
-    s2 = ParquetStream(tmp_path, 2, 16, torch.device("cpu"))
-    s2.load_state_dict(state)
-    again = [next(s2)[0] for _ in range(80)]
-    assert all(torch.equal(p, q) for p, q in zip(after, again, strict=True))
-    # ranks read disjoint row groups
-    r0 = ParquetStream(tmp_path, 1, 8, torch.device("cpu"), rank=0, world_size=2)
-    r1 = ParquetStream(tmp_path, 1, 8, torch.device("cpu"), rank=1, world_size=2)
-    assert set(r0.groups).isdisjoint(r1.groups) and len(r0.groups) + len(r1.groups) == 5
+def test_per_token_loss_matches_the_mean_and_ignores_minus_one():
+    torch.manual_seed(0)
+    c = small_config(use_moe=True, moe_capacity_factor=1.0)
+    m = GPT(c)
+    m.init_weights()
+    with torch.no_grad():
+        m.lm_head.weight.normal_(0, 0.5)  # not uniform logits
+    idx = torch.randint(0, c.vocab_size, (2, c.sequence_len))
+    tgt = idx.roll(-1, 1)
+    torch.set_grad_enabled(False)
+    per_token = m(idx, tgt, loss_reduction="none")
+    assert per_token.shape == (2, c.sequence_len)
+    _, stats = m(idx, tgt)
+    assert float(per_token.mean()) == pytest.approx(float(stats["ce"]), rel=1e-5)
+    tgt[0, :5] = -1
+    masked = m(idx, tgt, loss_reduction="none")
+    torch.set_grad_enabled(True)
+    assert (masked[0, :5] == 0).all() and torch.allclose(masked[1], per_token[1])

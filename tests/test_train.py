@@ -1,4 +1,5 @@
-"""The trainer end to end: torchrun cpu-smoke leg, resume, static compile, bad flags, worker death."""
+"""The trainer end to end: torchrun cpu-smoke leg, the real recipe on the smoke corpus (2 ranks,
+validation bpb, resume), static compile, bad flags, worker death."""
 
 import json
 import os
@@ -72,7 +73,8 @@ def test_torchrun_cpu_smoke_moe_leg(tmp_path):
     assert re.search(r"^Total training time: \d+\.\d{2}m$", p.stdout, re.M)
     assert "Checkpoint dir: " in p.stdout and "Estimated FLOPs per token: " in p.stdout
     ckpt = tmp_path / "ckpt_root" / "smoke_moe_cap1p0"
-    assert (ckpt / "model_000040.pt").is_file() and (ckpt / "optim_000040.pt").is_file()
+    assert (ckpt / "model_000040.pt").is_file()
+    assert (ckpt / "optim_000040_rank0.pt").is_file() and (ckpt / "optim_000040_rank1.pt").is_file()
     meta = json.loads((ckpt / "meta_000040.json").read_text())
     assert meta["step"] == 40 and meta["config"]["use_moe"] and meta["args"]["moe_capacity_factor"] == 1.0
 
@@ -94,26 +96,70 @@ def test_resume_reproduces_uninterrupted_losses(tmp_path):
 
 
 @pytest.mark.slow
-def test_static_compile_does_not_recompile_after_first_step(tmp_path):
+@pytest.mark.parametrize("cf,mode,label", [("1.0", "static", "static"), ("0.0", "auto", "auto -> static")])
+def test_static_compile_does_not_recompile_after_first_step(tmp_path, cf, mode, label):
+    """Fixed capacity and dropless alike have static shapes: `auto` compiles them statically."""
     # dynamo traces the real training loop; the cheap "eager" backend skips code generation
-    p = run_trainer([*TINY, "--num-iterations", "4", "--checkpoint-root", str(tmp_path),
-                     "--compile-mode", "static", "--compile-backend", "eager"])  # fmt: skip
+    args = [*TINY, "--moe-capacity-factor", cf, "--num-iterations", "4", "--checkpoint-root", str(tmp_path),
+            "--compile-mode", mode, "--compile-backend", "eager"]  # fmt: skip
+    p = run_trainer(args)
     assert p.returncode == 0, p.stderr[-2000:]
-    assert "torch.compile(dynamic=False) [compile_mode=static]" in p.stdout
-    assert "torch.compile: 1 graph(s) in the first step, 0 recompile(s) after it" in p.stdout
+    assert f"torch.compile(dynamic=False) [compile_mode={label}]" in p.stdout
+    assert re.search(r"^torch\.compile: \d+ graph\(s\) in the first step, 0 recompile\(s\) after it$", p.stdout, re.M)
 
 
-def test_parquet_data_end_to_end(tmp_path):
-    pa = pytest.importorskip("pyarrow")
-    pq = pytest.importorskip("pyarrow.parquet")
-    pq.write_table(pa.table({"text": [f"doc {i} " * 20 for i in range(40)]}), tmp_path / "s.parquet")
-    p = run_trainer(["--device-type", "cpu", "--depth", "1", "--max-seq-len", "32", "--device-batch-size", "2",
-                     "--total-batch-size", "64", "--vocab-size", "260", "--num-iterations", "3",
-                     "--data", "parquet", "--data-dir", str(tmp_path), "--checkpoint-root", str(tmp_path / "c"),
-                     "--compile-mode", "none", "--eval-every", "100"])  # fmt: skip
-    assert p.returncode == 0, p.stderr[-2000:]
-    assert len(step_lines(p.stdout)) == 3
-    assert "Not implemented in this trainer, skipped: --eval-every 100" in p.stdout
+VAL_RE = re.compile(r"^Step (\d{5}) \| Validation bpb: (\d+\.\d{6})$", re.M)
+
+SMOKE = [
+    "--device-type", "cpu", "--depth", "2", "--max-seq-len", "128", "--device-batch-size", "4",
+    "--total-batch-size", "1024", "--use-moe", "--n-experts", "4", "--moe-capacity-factor", "1.0",
+    "--moe-log-every", "-1", "--num-iterations", "40", "--eval-every", "10", "--eval-tokens", "8192",
+    "--compile-mode", "none", "--data", "parquet",
+]  # fmt: skip
+
+
+def torchrun(args, timeout=180):
+    cmd = [str(VENV_BIN / "torchrun"), "--standalone", "--nproc_per_node=2", "-m", "nanochat.base_train", "--", *args]
+    return subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.slow
+def test_real_recipe_on_the_smoke_corpus_two_ranks_bpb_falls_and_resume_is_exact(smoke_corpus, tmp_path):
+    """MoE on real text (BPE tokens, best-fit rows, Muon) under 2-process torchrun: validation bpb
+    falls from eval to eval; a run resumed from its step-20 checkpoint (both ranks' Muon shares and
+    data positions) prints exactly the uninterrupted run's lines from there on."""
+    data = ["--data-dir", str(smoke_corpus / "base_data"), "--tokenizer-dir", str(smoke_corpus / "tokenizer"),
+            "--checkpoint-root", str(tmp_path), "--model-tag", "smoke"]  # fmt: skip
+    t0 = time.time()
+    full = torchrun([*SMOKE, *data, "--save-every", "20"])
+    assert full.returncode == 0, (full.stdout + full.stderr)[-3000:]
+    assert time.time() - t0 < 60
+    out = full.stdout
+    assert "Vocab size: 1,024" in out and "vocab 1024" in out
+    assert re.search(r"^Optimizer: Muon \(26 matrices, [\d,]+ params\) \+ AdamW \(2 tensors, 262,144 params\)$", out, re.M)
+    assert re.search(r"^Data: parquet .*base_data \(4 training shard\(s\) \+ 1 validation shard\)", out, re.M)
+    evals = [(int(m.group(1)), float(m.group(2))) for m in VAL_RE.finditer(out)]
+    assert [s for s, _ in evals] == [0, 10, 20, 30, 40]
+    bpb = [v for _, v in evals]
+    assert all(b < a for a, b in zip(bpb, bpb[1:], strict=False)), bpb  # falls at every eval
+    assert bpb[0] > 3.0 and bpb[-1] < bpb[0] - 0.8, bpb
+    assert f"Minimum validation bpb: {min(bpb):.6f}" in out.splitlines()[-1]
+    steps = step_lines(out)
+    assert [int(m.group(1)) for m in steps] == list(range(40)) and {m.group(11) for m in steps} == {"1"}  # epoch 1
+    for r in (0, 1):
+        assert (tmp_path / "smoke" / f"optim_000020_rank{r}.pt").is_file()
+
+    resumed = torchrun([*SMOKE, *data, "--resume-from-step", "20"])
+    assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-3000:]
+    key = lambda m: (m.group(4), m.group(6), m.group(16))  # loss, bal, drop
+    a = {int(m.group(1)): key(m) for m in steps}
+    b = {int(m.group(1)): key(m) for m in step_lines(resumed.stdout)}
+    assert sorted(b) == list(range(20, 40))
+    assert all(b[s] == a[s] for s in b), [(s, a[s], b[s]) for s in b if a[s] != b[s]]
+    assert VAL_RE.findall(resumed.stdout) == VAL_RE.findall(out)[2:]
+    # each rank holds its share of Muon's momentum: another world size cannot resume it
+    one = run_trainer([*SMOKE, *data, "--resume-from-step", "20"])
+    assert one.returncode == 2 and "was written by 2 rank(s)" in one.stderr.strip().splitlines()[-1]
 
 
 @pytest.mark.parametrize(
@@ -123,8 +169,13 @@ def test_parquet_data_end_to_end(tmp_path):
         (["--use-moe", "--moe-capacity-factor", "-1"], "--moe-capacity-factor"),
         (["--depth", "0"], "--depth"),
         (["--moe-freq", "0"], "--moe-freq"),
-        (["--data", "parquet", "--data-dir", "/nonexistent/dir"], "/nonexistent/dir"),
-        (["--data", "parquet"], "--data-dir"),
+        (["--data", "parquet", "--data-dir", "/nonexistent/dir"], "/nonexistent/dir: no such directory; make one: "
+                                                                  "python -m nanochat.smoke_data --out DIR"),
+        (["--data", "parquet", "--data-dir", "SMOKE/base_data", "--tokenizer-dir", "/nonexistent/tok"],
+         "--tokenizer-dir /nonexistent/tok: no such directory; train one: python -m nanochat.tok_train"),
+        (["--data", "parquet", "--data-dir", "SMOKE/base_data", "--vocab-size", "512"], "the tokenizer gives the vocab"),
+        (["--eval-every", "10"], "--eval-every needs --data parquet"),
+        (["--tokenizer-dir", "/x"], "only used with --data parquet"),
         (["--total-batch-size", "1000"], "--total-batch-size"),
         (["--fp8-include-moe-experts", "--use-moe"], "needs --fp8"),
         (["--fp8", "--fp8-include-moe-experts"], "needs --use-moe"),
@@ -133,7 +184,10 @@ def test_parquet_data_end_to_end(tmp_path):
         (["--resume-from-step", "5", "--checkpoint-root", "/nonexistent/ck"], "no checkpoint file"),
     ],
 )
-def test_bad_flags_one_line_exit_2(args, needle, capsys):
+def test_bad_flags_one_line_exit_2(args, needle, capsys, request):
+    if any("SMOKE" in a for a in args):
+        smoke = request.getfixturevalue("smoke_corpus")
+        args = [a.replace("SMOKE", str(smoke)) for a in args]
     rc = base_train.main(["--device-type", "cpu", *args])
     err = capsys.readouterr().err
     assert rc == 2
@@ -145,10 +199,19 @@ def test_lr_schedule_and_peak_flops_table():
     lrm = [base_train.lr_multiplier(s, 100, 0.0, 0.2, 0.0) for s in range(100)]
     assert lrm[0] == 1.0 and lrm[80] == 1.0 and lrm[81] < 1.0 and lrm[99] == pytest.approx(0.05)
     assert base_train.lr_multiplier(0, 100, 0.1, 0.2, 0.0) == pytest.approx(0.1)
+    assert base_train.lr_multiplier(99, 100, 0.0, 0.5, 0.1) == pytest.approx(0.02 + 0.98 * 0.1)
+    mom = [base_train.muon_momentum(s) for s in (0, 150, 300, 1000)]
+    assert mom == pytest.approx([0.85, 0.90, 0.95, 0.95])
+    assert base_train.muon_weight_decay(0, 100, 0.2) == 0.2 and base_train.muon_weight_decay(75, 100, 0.2) == pytest.approx(0.05)
     assert peak_flops_for("NVIDIA H100 80GB HBM3") == 989e12
     assert peak_flops_for("NVIDIA H100 PCIe") == 756e12
     assert peak_flops_for("NVIDIA H100 NVL") == 835e12
     assert peak_flops_for("NVIDIA H200") == 989e12
+    assert peak_flops_for("NVIDIA H200 NVL") == 836e12
+    assert peak_flops_for("NVIDIA H800") == 756e12
+    assert peak_flops_for("NVIDIA H20") == 148e12
+    assert peak_flops_for("NVIDIA GH200 480GB") == 989e12
+    assert peak_flops_for("NVIDIA L40S") == 362e12
     assert peak_flops_for("NVIDIA A100-SXM4-80GB") == 312e12
     assert peak_flops_for("NVIDIA B200") == 2250e12
     assert peak_flops_for("Tesla T4") == 0.0 and peak_flops_for("cpu") == 0.0
