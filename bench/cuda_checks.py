@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda":
-        torch.cuda.set_device(device)
+        torch.cuda.set_device(device.index or 0)
         name, cap = torch.cuda.get_device_name(device), torch.cuda.get_device_capability(device)
     else:
         name, cap = "cpu", None

@@ -10,9 +10,10 @@
 # Steps, each under its own time limit (a step that hangs cannot eat the next one's time):
 #   1. bench.cuda_checks  grouped_mm, dropless == capacity, no host sync, static compile without
 #                         recompiles, Muon in bf16, FP8 _scaled_mm / _scaled_grouped_mm path + numerics
-#   2. bench.gpu          the trainer's d12 legs (FP8 cap 1.0 static, bf16 dropless static) beside
+#   2. bench.fp8_paths    each FP8 matmul path (per-expert, grouped, linear) eager and compiled, timed
+#   3. bench.gpu          the trainer's d12 legs (FP8 cap 1.0 static, bf16 dropless static) beside
 #                         the fork's per-GPU tok/sec; each static leg must report 0 recompiles
-#   3. bench.fp8_gpu      d12 bf16 vs FP8 vs FP8+experts tok/sec (per-block compile), within a budget
+#   4. bench.fp8_gpu      d12 bf16 vs FP8 vs FP8+experts tok/sec (per-block compile), within a budget
 #                         (its path and numerics checks already ran in step 1)
 # The last lines give each step's exit code and time.
 set -u
@@ -42,6 +43,7 @@ command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.used,memo
 
 if [ $CPU -eq 0 ]; then
     step "cuda_checks" 150 -m bench.cuda_checks
+    step "bench.fp8_paths" 90 -m bench.fp8_paths
     step "bench.gpu" 270 -m bench.gpu --leg-timeout 125
     step "bench.fp8_gpu" 130 -m bench.fp8_gpu --no-checks --depths 12 --warmup 3 --steps 10 --budget-s 110
 else

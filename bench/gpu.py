@@ -101,7 +101,7 @@ def run_leg(name: str, args, ckpt_root: str, base: list[str], device: str) -> di
         "recompiles": int(recompile.group(2)) if recompile else None,
         "notes": [line for line in lines if line.startswith(("torch.compile", "MoE", "FP8", "✓ FP8", "GPU:",
                                                              "Optimizer:", "Vocab size", "moe step 00020"))],  # fmt: skip
-        "error": lines[-15:] if rc != 0 else [],
+        "error": lines[-60:] if rc != 0 else [],
     }
 
 

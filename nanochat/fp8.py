@@ -132,6 +132,10 @@ def fp8_mm(a, b, a_inv, b_inv, out_dtype=torch.bfloat16, use_scaled_mm=False, fa
     a_inv = a_inv.float().reshape(())
     b_inv = b_inv.float().reshape(())
     if use_scaled_mm:
+        # Per-expert scales are views into one [E,1,1] tensor, 4 bytes apart: cuBLASLt refuses
+        # scale pointers at such offsets (CUBLAS_STATUS_NOT_SUPPORTED), and inductor's scaled-mm
+        # template cannot lower a view of a view. A copy is a 0-dim tensor of its own.
+        a_inv, b_inv = a_inv.clone(), b_inv.clone()
         return torch._scaled_mm(a, b, scale_a=a_inv, scale_b=b_inv, out_dtype=out_dtype,
                                 use_fast_accum=fast_accum)
     # Emulation: the FP8 values are exact in fp32 (and in bf16); multiply them with fp32
@@ -251,13 +255,21 @@ class _Fp8Bmm(torch.autograd.Function):
 
 def fp8_bmm(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """Expert matmul on fixed-capacity buffers in FP8: x [E,C,K] @ w [E,K,N] -> bf16 [E,C,N].
-    One _scaled_mm per expert: E is static, so compile unrolls the loop into one graph, and the
-    quantization of all experts is one pass over each buffer. Not _scaled_grouped_mm: it takes
-    e4m3 operands only, so it could serve the forward alone (1 launch instead of E, noise at these
-    GEMM sizes), while the e5m2 backward needs _scaled_mm anyway. C is zero-padded to a multiple
-    of 16 when it is not one (moe.py already rounds capacities up to 16)."""
+    Eager: one _scaled_mm per expert, with one scale per expert; the quantization of all experts
+    is one pass over each buffer. Compiled on an FP8 GPU: the grouped path (fp8_grouped_mm) with
+    the E buffers as its groups, because inductor (torch 2.11) fails to lower per-expert
+    _scaled_mm calls; measured on an H200, the compiled d12 FP8 cap-1.0 leg then runs with 0
+    recompiles. C is zero-padded to a multiple of 16 when it is not one (moe.py already rounds
+    capacities up to 16)."""
     x, c = _pad_rows(x, dim=1)
-    out = _Fp8Bmm.apply(x, w, uses_scaled_mm(x.device))
+    if torch.compiler.is_compiling() and uses_scaled_mm(x.device) and _grouped_fp8_ok(x.device):
+        # Inductor cannot lower E _scaled_mm calls whose scales are slices of one tensor; a grouped
+        # matmul whose groups are the E fixed-size buffers is the same product and lowers.
+        n_exp, cap, k = x.shape
+        offs = torch.arange(1, n_exp + 1, device=x.device, dtype=torch.int32) * cap
+        out = fp8_grouped_mm(x.reshape(n_exp * cap, k), w, offs).view(n_exp, cap, w.size(2))
+    else:
+        out = _Fp8Bmm.apply(x, w, uses_scaled_mm(x.device))
     return out if out.size(1) == c else out[:, :c]
 
 
@@ -500,7 +512,8 @@ def convert_to_fp8(model: nn.Module, include_experts: bool) -> dict:
     elif n_expert_layers:
         dropless = ("_scaled_grouped_mm" if grouped else
                     "grouped bf16 GEMM on FP8 values" if native else "per-expert masked GEMMs on FP8 values")
-        line += f" | experts: _scaled_mm per expert (fixed capacity), {dropless} (dropless)"
+        fixed = "_scaled_grouped_mm compiled, _scaled_mm per expert eager" if grouped else "_scaled_mm per expert"
+        line += f" | experts: {fixed} (fixed capacity), {dropless} (dropless)"
     return {
         "converted": n_linear + n_expert_mats,
         "linear": n_linear,
