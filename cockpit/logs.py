@@ -42,6 +42,7 @@ from itertools import compress, repeat
 from pathlib import Path
 
 from cockpit import fsutil, safetext
+from cockpit.vocab import RunStatus
 
 MAX_LINE_BYTES = 64 * 1024  # a longer line is cut here: memory stays bounded whatever the file holds
 READ_CHUNK = 1 << 20
@@ -1041,7 +1042,7 @@ class LegSummary:
     failed: bool = False  # a traceback / torchrun failure after the last step line
     failure: list[str] = field(default_factory=list)
     error_line: str | None = None
-    status: str = "unknown"  # completed / running / failed / unknown
+    status: RunStatus = RunStatus.UNKNOWN  # completed, running, failed or unknown: from the log alone
     bal: float | None = None
     drop_pct: float | None = None
     moe_load: tuple[float, ...] = ()
@@ -1289,10 +1290,10 @@ def _fill(s: LegSummary, state: LogState, now: float | None) -> None:
             elif last.total and s.dt_ms is not None:
                 s.eta_min = max(0, last.total - last.step - 1) * s.dt_ms / 60000.0
     if s.failed:
-        s.status = "failed"
+        s.status = RunStatus.FAILED
     elif s.finished:
-        s.status = "completed"
+        s.status = RunStatus.COMPLETED
     elif last is not None and s.mtime is not None and (time.time() if now is None else now) - s.mtime < RUNNING_STALE_S:
-        s.status = "running"
+        s.status = RunStatus.RUNNING
     else:
-        s.status = "unknown"
+        s.status = RunStatus.UNKNOWN

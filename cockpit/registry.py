@@ -22,11 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from cockpit import fsutil, safetext
+from cockpit.vocab import METRICS
 
 DEFAULT_REGISTRY = "experiments.toml"
 DEVICES = ("cuda", "cpu")
 FAILURE_POLICIES = ("stop", "continue")
-RECORDED_METRICS = ("tok_per_sec", "dt_ms", "mfu", "peak_mem_mib", "total_time_min")
 EXP_DIR_PLACEHOLDER = "{exp_dir}"
 REGISTRY_MAX_BYTES = 16 << 20  # a registry is a hand-written file: a bigger one is not a registry
 # Bounds of the numbers a registry holds: each is checked with its file:line.
@@ -90,9 +90,6 @@ class Recorded:
     total_time_min: float | None = None
     dir: str | None = None
     source: str | None = None
-
-    def metrics(self) -> dict[str, float | None]:
-        return {k: getattr(self, k) for k in RECORDED_METRICS}
 
 
 @dataclass(frozen=True)
@@ -309,7 +306,7 @@ _SCHEMA: dict[str, dict[str, tuple[type, ...]]] = {
         "recorded": (dict,),
     },
     "recorded": {
-        **{m: (int, float) for m in RECORDED_METRICS},
+        **{m: (int, float) for m in METRICS},
         "dir": (str,),
         "source": (str,),
     },
@@ -578,12 +575,12 @@ def from_raw(raw: dict[str, Any], path: Path | str = DEFAULT_REGISTRY, text: str
             recorded = None
             if "recorded" in leg:
                 ld.check_table(leg["recorded"], "recorded", lloc + ("recorded",))
-                for k in RECORDED_METRICS:
+                for k in METRICS:
                     if k in leg["recorded"]:
                         ld.check_range(leg["recorded"][k], 0.0, 1e15, lloc + ("recorded", k),
                                        f"{exp_id}/{name} recorded.{k}")
                 recorded = Recorded(
-                    **{k: (float(v) if k in RECORDED_METRICS else v) for k, v in leg["recorded"].items()}
+                    **{k: (float(v) if k in METRICS else v) for k, v in leg["recorded"].items()}
                 )
             legs.append(
                 Leg(

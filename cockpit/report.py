@@ -27,19 +27,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cockpit import fsutil, logs, safetext
+from cockpit.vocab import METRICS, RunStatus, Source, Status, run_status
 
-# (attribute, header after the tail prefix or alone, format)
-METRICS = (
-    ("tok_per_sec", "tok/sec", ".2f", True),
-    ("dt_ms", "dt (ms)", ".2f", True),
-    ("mfu", "mfu", ".4f", True),
-    ("peak_mem_mib", "peak mem (MiB)", ".2f", False),
-    ("total_time_min", "total time (min)", ".2f", False),
-)
-STATUS_NOT_RUN = "not run"
+# Each metric's column (in vocab.METRICS order): its header, after `tail<N> ` when it is a tail
+# mean, and its format.
+COLUMNS = dict(zip(METRICS, (
+    ("tok/sec", ".2f", True),
+    ("dt (ms)", ".2f", True),
+    ("mfu", ".4f", True),
+    ("peak mem (MiB)", ".2f", False),
+    ("total time (min)", ".2f", False),
+), strict=True))
 PLOT_POINTS = 4000  # points per run and metric in a plot: a longer series is thinned evenly
-SOURCE_LOG = "log"
-SOURCE_RECORDED = "recorded"
 
 
 class ReportError(Exception):
@@ -56,15 +55,15 @@ class ReportRow:
     mfu: float | None = None
     peak_mem_mib: float | None = None
     total_time_min: float | None = None
-    source: str = SOURCE_LOG  # "log" | "recorded"
-    status: str = "unknown"  # completed / running / failed / unknown / not run / recorded / a leg state
+    source: str = Source.LOG
+    status: str = RunStatus.UNKNOWN  # a RunStatus, or the status of the leg's state (see vocab.run_status)
     note: str | None = None  # e.g. "log ended without its final lines"
     summary: logs.LegSummary | None = None
     path: str | None = None  # the log, or the recorded dir
 
     @property
     def has_figures(self) -> bool:
-        return any(getattr(self, m[0]) is not None for m in METRICS)
+        return any(getattr(self, m) is not None for m in METRICS)
 
     def value(self, metric: str) -> float | None:
         return getattr(self, metric)
@@ -81,14 +80,13 @@ class DeltaRow:
 
 
 def headers(tail: int) -> list[str]:
-    return [f"tail{tail} {h}" if tailed else h for _, h, _, tailed in METRICS]
+    return [f"tail{tail} {h}" if tailed else h for h, _, tailed in COLUMNS.values()]
 
 
 def fmt_value(attr: str, value: float | None) -> str:
     if value is None:
         return "-"
-    spec = next(m[2] for m in METRICS if m[0] == attr)
-    return f"{value:{spec}}"
+    return f"{value:{COLUMNS[attr][1]}}"
 
 
 def no_delta_why(baseline: float | None, run: float | None) -> str | None:
@@ -136,7 +134,7 @@ def row_from_summary(s: logs.LegSummary, status: str | None = None) -> ReportRow
         mfu=s.mfu,
         peak_mem_mib=s.peak_mem_mib,
         total_time_min=s.total_time_min,
-        source=SOURCE_LOG,
+        source=Source.LOG,
         status=status or s.status,
         note=note,
         summary=s,
@@ -153,8 +151,8 @@ def row_from_recorded(name: str, recorded) -> ReportRow:
         mfu=recorded.mfu,
         peak_mem_mib=recorded.peak_mem_mib,
         total_time_min=recorded.total_time_min,
-        source=SOURCE_RECORDED,
-        status=SOURCE_RECORDED,
+        source=Source.RECORDED,
+        status=RunStatus.RECORDED,
         note="recorded" + (f": {recorded.source}" if recorded.source else ""),
         path=recorded.dir,
     )
@@ -198,8 +196,9 @@ def rows(exp_dir: Path | str, tail: int = 50, now: float | None = None) -> list[
         log = by_stem.pop(leg, None)
         state = states.get(leg)
         if log is None:
-            status = state if state in ("queued", "waiting", "stopped", "failed") else STATUS_NOT_RUN
-            out.append(ReportRow(run=leg, source=SOURCE_LOG, status=status))
+            waits = (Status.QUEUED, Status.WAITING, Status.STOPPED, Status.FAILED)
+            status = state if state in waits else RunStatus.NOT_RUN
+            out.append(ReportRow(run=leg, source=Source.LOG, status=status))
             continue
         s = logs.summarize(log, tail=tail, now=now)
         out.append(row_from_summary(s, _status(s, state)))
@@ -213,12 +212,12 @@ def _status(s: logs.LegSummary, state: str | None) -> str:
     """The report's status word: the supervisor's record where there is one, else the log's."""
     if state is None:
         return s.status
-    return {"done": "completed"}.get(state, state)
+    return run_status(state)
 
 
 def delta_rows(base: ReportRow, run: ReportRow, tail: int = 50) -> list[DeltaRow]:
     out = []
-    for (attr, _, _, _), head in zip(METRICS, headers(tail), strict=True):
+    for attr, head in zip(METRICS, headers(tail), strict=True):
         b, r = base.value(attr), run.value(attr)
         out.append(DeltaRow(head, attr, b, r, pct_change(b, r), no_delta_why(b, r)))
     return out
@@ -329,7 +328,7 @@ def render_table(rows_: list[ReportRow], tail: int = 50, source_column: bool = F
     head = ["run", *headers(tail)] + (["source"] if source_column else [])
     lines = [_md_row(head), "| --- |" + " ---: |" * len(METRICS) + (" --- |" if source_column else "")]
     for r in rows_:
-        cells = [r.run] + [fmt_value(attr, r.value(attr)) for attr, *_ in METRICS]
+        cells = [r.run] + [fmt_value(attr, r.value(attr)) for attr in METRICS]
         if source_column:
             cells.append(r.source)
         lines.append(_md_row(cells))
@@ -368,7 +367,7 @@ def render_status_table(rows_: list[ReportRow]) -> str:
         last = "-" if s.last_step is None else (f"{s.last_step}/{s.total_steps}" if s.total_steps else str(s.last_step))
         observed = str(s.steps_observed) if s.exact_count else f"~{s.steps_observed}"
         err = s.error_line or (s.error or "")
-        if r.status == "failed" and not err and s.failure:
+        if r.status == RunStatus.FAILED and not err and s.failure:
             err = s.failure[-1]
         lines.append(_md_row([r.run, r.status, observed, last, _fmt_loss(s.last_loss), err]))
     return "\n".join(lines)
@@ -405,8 +404,8 @@ def render_report(
     else:
         out.append("No run has step lines yet.")
     code, text_ = safetext.md_code, _md_text
-    notes = [f"- {code(r.run)}: {text_(r.note)}" for r in all_rows if r.note and r.status != STATUS_NOT_RUN]
-    not_run = [r.run for r in all_rows if r.status == STATUS_NOT_RUN]
+    notes = [f"- {code(r.run)}: {text_(r.note)}" for r in all_rows if r.note and r.status != RunStatus.NOT_RUN]
+    not_run = [r.run for r in all_rows if r.status == RunStatus.NOT_RUN]
     if not_run:
         notes.append("- Not run yet: " + ", ".join(code(n) for n in not_run) + ".")
     short = [r for r in with_figures if r.summary and r.summary.tail_n < tail]
@@ -424,7 +423,7 @@ def render_report(
     if base is not None and base.has_figures:
         why = "" if baseline else " (the registry's baseline of this experiment)"
         out += ["", f"## Delta vs baseline {safetext.md_code(base.run)}{why}"]
-        if base.source == SOURCE_RECORDED and base.note:
+        if base.source == Source.RECORDED and base.note:
             out += ["", f"Baseline figures {_md_text(base.note)} (not measured here)."]
         for r in all_rows:
             if r.run == base.run or not r.has_figures:
@@ -494,7 +493,7 @@ def _summary_rows(rows_: list[ReportRow]):
             _cell(s.steps_observed if s else None), _cell(s.last_step if s else None),
             _cell(s.total_steps if s else None), _cell(s.last_loss if s else None),
             _cell(s.tail_n if s else None),
-            *(_cell(r.value(a)) for a, *_ in METRICS),
+            *(_cell(r.value(a)) for a in METRICS),
             safetext.printable((s.error_line or s.error or "") if s else ""),
         ]
 

@@ -41,12 +41,9 @@ import psutil
 
 from cockpit import fsutil, logs, procs, safetext
 from cockpit import registry as reg
+from cockpit.vocab import ACTIVE_STATUSES, LEG_STATUSES, Status
 
-LEG_STATUSES = ("queued", "waiting", "running", "done", "failed", "stopped")
-ACTIVE_STATUSES = ("queued", "waiting", "running")
-# Not written by a supervisor: what a client says of a leg recorded as running whose process
-# is there but cannot be proven to be the leg's (no create time recorded, another command line).
-UNKNOWN = "unknown"
+UNKNOWN = Status.UNKNOWN
 STAMP_FORMAT = "%Y%m%d_%H%M%S"
 DIR_NAME = re.compile(r"^(\d{8}_\d{6})_(.+)$")
 STATE_DIR = "state"

@@ -16,9 +16,7 @@ from typing import Protocol
 from cockpit import gpus, logs, report, resume, runs
 from cockpit import registry as reg
 from cockpit.tui import state as vm
-
-# Marks whose note (the core's words: why it failed, stopped or waits) the experiments tree shows.
-NOTED_MARKS = ("failed", "stopped", "waiting")
+from cockpit.vocab import METRICS, NOTED_MARKS, Mark, Source
 
 # (label, torchrun pid, its create time) of a running leg: what `gpus.leg_for_pids` matches
 RunningLeg = tuple[str, int | None, float | None]
@@ -62,7 +60,7 @@ def build_view(registry: reg.Registry, snapshot: gpus.Snapshot | None, sampler: 
             baseline=e.baseline, hypothesis=e.hypothesis, decision=e.decision,
             legs=tuple(_leg_view(e, m) for m in e.legs),
             dirs=tuple(_dir_view(dirs[p]) for p in e.dirs if p in dirs),
-            baseline_figures={k: base.value(k) for k in vm.METRICS} if base is not None else {},
+            baseline_figures={k: base.value(k) for k in METRICS} if base is not None else {},
         ))
     live = tuple(live_view(state, m, followed.get(f"{m.dir}/{m.leg}")) for m in state.running if m.dir)
     running = [(m.leg, st.pid, st.create_time) for m in state.running if m.dir and str(m.dir) in dirs
@@ -101,8 +99,8 @@ def owners(snapshot: gpus.Snapshot, running: list[RunningLeg]) -> dict[int, str]
 
 
 def _leg_view(e: resume.ExperimentState, m: resume.LegMark) -> vm.LegView:
-    figures = {k: m.row.value(k) for k in vm.METRICS} if m.row is not None else {}
-    log = str(Path(m.dir) / f"{m.leg}.log") if m.dir and m.mark != "recorded" else None
+    figures = {k: m.row.value(k) for k in METRICS} if m.row is not None else {}
+    log = str(Path(m.dir) / f"{m.leg}.log") if m.dir and m.mark != Mark.RECORDED else None
     return vm.LegView(
         exp_id=e.id, name=m.leg, mark=m.mark, description=m.description, baseline=m.is_baseline,
         exp_dir=m.dir if log else None, log=log, figures=figures,
@@ -201,7 +199,7 @@ def build_report(registry: reg.Registry, view: vm.CockpitView, exp_id: str | Non
     tail = registry.settings.tail
     base_name = exp.baseline.rpartition("/")[2] if exp.baseline else None
     if exp_dir is None and not exp.dirs:
-        rec = [vm.RowView(leg.name, leg.mark, dict(leg.figures)) for leg in exp.legs if leg.source == "recorded"]
+        rec = [vm.RowView(leg.name, leg.mark, dict(leg.figures)) for leg in exp.legs if leg.source == Source.RECORDED]
         return vm.ReportView(
             exp_dir=None, title=f"{exp_id}: recorded in the registry (ran elsewhere)", tail=tail,
             rows=tuple(_with_deltas(r, exp.baseline_figures) for r in rec), baseline=exp.baseline,
@@ -209,7 +207,7 @@ def build_report(registry: reg.Registry, view: vm.CockpitView, exp_id: str | Non
             note=None if rec else "not run yet: no dir, no recorded figures",
         )
     exp_dir = exp_dir or exp.dirs[-1].path
-    rows = [vm.RowView(r.run, r.status, {m: r.value(m) for m in vm.METRICS}) for r in report.rows(exp_dir, tail)]
+    rows = [vm.RowView(r.run, r.status, {m: r.value(m) for m in METRICS}) for r in report.rows(exp_dir, tail)]
     here = next((r for r in rows if r.run == base_name and any(v is not None for v in r.figures.values())), None)
     base = dict(here.figures) if here is not None else exp.baseline_figures
     return vm.ReportView(exp_dir=exp_dir, title=Path(exp_dir).name, tail=tail,
@@ -221,4 +219,4 @@ def _with_deltas(r: vm.RowView, base: dict[str, float | None]) -> vm.RowView:
     if not base or r.figures == base:  # the baseline itself
         return r
     return vm.RowView(r.run, r.status, r.figures,
-                      {m: report.pct_change(base.get(m), r.figures.get(m)) for m in vm.METRICS})
+                      {m: report.pct_change(base.get(m), r.figures.get(m)) for m in METRICS})

@@ -27,6 +27,7 @@ from cockpit import registry as reg
 from cockpit.tui import build
 from cockpit.tui import state as vm
 from cockpit.tui.messages import LogLines, ViewPublished
+from cockpit.vocab import ACTIVE_STATUSES
 
 FOLLOW_TAIL_BYTES = 2 << 20  # a log opened mid-way is read from this far before its end
 HIST = 120  # steps kept per leg for the sparklines
@@ -177,7 +178,7 @@ class Collector:
     def report_is_live(self) -> bool:
         """Is the shown final table a dir with a leg still running (its figures still move)?"""
         rep = self.report
-        return rep is not None and any(r.status in runs.ACTIVE_STATUSES for r in rep.rows)
+        return rep is not None and any(r.status in ACTIVE_STATUSES for r in rep.rows)
 
     def refresh_report(self) -> None:
         view, registry, req = self.view, self.registry, self.request

@@ -40,9 +40,7 @@ from cockpit.tui.messages import LaunchPlanned, LogLines, Notice, ViewPublished
 from cockpit.tui.resume_box import ResumeBox
 from cockpit.tui.resume_panel import ResumePanel
 from cockpit.tui.state import CockpitView, LegView, ReportView
-
-# A leg that leaves the supervisor's active statuses for one of these has finished: it is announced.
-ENDED_STATUSES = tuple(s for s in runs.LEG_STATUSES if s not in runs.ACTIVE_STATUSES)
+from cockpit.vocab import ACTIVE_STATUSES, ENDED_STATUSES, Status
 
 
 class MainScreen(Screen[None]):
@@ -171,9 +169,10 @@ class MainScreen(Screen[None]):
         """A notification and the terminal bell when a leg finishes or fails."""
         before = old.leg_marks()
         for key, status in new.leg_marks().items():
-            if before.get(key) in runs.ACTIVE_STATUSES and status in ENDED_STATUSES:
+            # a leg that leaves the active statuses for an ended one has finished: it is announced
+            if before.get(key) in ACTIVE_STATUSES and status in ENDED_STATUSES:
                 leg = Path(key).name
-                severity = "information" if status == "done" else "error"
+                severity = "information" if status == Status.DONE else "error"
                 self.notify(f"{leg} {status} ({Path(key).parent.name})", title=f"leg {status}", severity=severity)
                 self.app.bell()
                 self.finished.append(f"{key}:{status}")
@@ -383,7 +382,7 @@ class MainScreen(Screen[None]):
         exp = view.experiment(sel.exp_id)
         if exp is None:
             return
-        active = runs.ACTIVE_STATUSES
+        active = ACTIVE_STATUSES
         target: tuple[str, str | None] | None = None
         if sel.kind == "dirleg" and sel.exp_dir:
             d = next((d for d in exp.dirs if d.path == sel.exp_dir), None)
