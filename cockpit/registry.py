@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from cockpit import fsutil, safetext
+from cockpit.toml_lines import locate_keys
 from cockpit.vocab import METRICS
 
 DEFAULT_REGISTRY = "experiments.toml"
@@ -194,79 +195,6 @@ def render_args(args: dict[str, Any], exp_dir: Path | str | None = None) -> list
                 text = text.replace(EXP_DIR_PLACEHOLDER, str(exp_dir))
             out += [f"--{key}", text]
     return out
-
-
-# ----------------------------------------------------------------------------------------------
-# where each key sits in the file (tomllib gives values, not lines)
-
-_HEADER = re.compile(r"^\s*(\[\[?)\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
-_KEY = re.compile(
-    r'^\s*((?:[A-Za-z0-9_-]+|"[^"]*"|\'[^\']*\')(?:\s*\.\s*(?:[A-Za-z0-9_-]+|"[^"]*"|\'[^\']*\'))*)\s*='
-)
-
-
-def _split_dotted(text: str) -> list[str]:
-    parts = re.findall(r'"([^"]*)"|\'([^\']*)\'|([A-Za-z0-9_-]+)', text)
-    return [a or b or c for a, b, c in parts]
-
-
-def locate_keys(text: str) -> dict[tuple, int]:
-    """Map each table and key path (array items by index) to its 1-based line number.
-
-    Enough of TOML for a hand-written registry: headers, arrays of tables, dotted and quoted
-    keys. Keys inside inline tables and multi-line values are located at their parent's line.
-    """
-    lines: dict[tuple, int] = {}
-    counts: dict[tuple, int] = {}
-    table: tuple = ()
-    depth = 0  # open brackets of a multi-line value: its lines hold no keys of the table
-    for no, raw in enumerate(text.splitlines(), start=1):
-        line = _strip_comment(raw)
-        if depth > 0:
-            depth += _bracket_balance(line)
-            continue
-        m = _HEADER.match(line)
-        if m:
-            path = tuple(_split_dotted(m.group(2)))
-            resolved: tuple = ()
-            for i, part in enumerate(path):
-                resolved += (part,)
-                # a header inside an array of tables refers to its latest item
-                if i < len(path) - 1 and resolved in counts:
-                    resolved += (counts[resolved] - 1,)
-            if m.group(1) == "[[":
-                idx = counts.get(resolved, 0)
-                counts[resolved] = idx + 1
-                lines.setdefault(resolved, no)
-                resolved += (idx,)
-            table = resolved
-            lines[table] = no
-            continue
-        k = _KEY.match(line)
-        if k:
-            path = table + tuple(_split_dotted(k.group(1)))
-            lines.setdefault(path, no)
-            depth = max(0, _bracket_balance(line[k.end() :]))
-    return lines
-
-
-def _strip_comment(line: str) -> str:
-    out, quote = [], None
-    for ch in line:
-        if quote:
-            if ch == quote:
-                quote = None
-        elif ch in "\"'":
-            quote = ch
-        elif ch == "#":
-            break
-        out.append(ch)
-    return "".join(out)
-
-
-def _bracket_balance(text: str) -> int:
-    text = re.sub(r'"[^"]*"|\'[^\']*\'', "", text)
-    return text.count("[") + text.count("{") - text.count("]") - text.count("}")
 
 
 # ----------------------------------------------------------------------------------------------
