@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from cockpit import logs, report
+from cockpit.logs import bulk
 
 MB = 1 << 20
 
@@ -110,9 +111,9 @@ def main(argv: list[str] | None = None) -> int:
                      f"{parse_t:.3f} s", f"{n_lines / parse_t:,.0f} lines/s = {ratio:.2f}x plain (target >= 0.3x)"))
         # what converting the numbers of the step lines with float() one by one would cost alone
         # (no splitting, no objects): the cap of a parse that calls Python per number; the full
-        # parse reads them with numpy, per column (logs._token_columns), so it can pass this
+        # parse reads them with numpy, per column (bulk._token_columns), so it can pass this
         sample = [ln for ln in p.read_bytes()[: 8 * MB].split(b"\n") if ln.startswith(b"step ")]
-        nums = b" ".join(sample).translate(logs._NUM_TABLE, b",").split()
+        nums = b" ".join(sample).translate(bulk._NUM_TABLE, b",").split()
         t0 = time.perf_counter()
         for _ in map(float, nums):
             pass

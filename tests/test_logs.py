@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cockpit import logs
+from cockpit.logs import bulk, follow, summary
 
 FIXTURES = Path(__file__).parent / "fixtures"
 GOLDEN = Path(__file__).parent / "golden"
@@ -345,7 +346,7 @@ def test_big_log_is_read_from_its_end_with_the_same_figures(tmp_path, monkeypatc
     monkeypatch.setattr("builtins.open", spy_open)
     s = logs.summarize(p)
     monkeypatch.undo()
-    assert p.stat().st_size > logs.SMALL_LOG_BYTES and not s.exact_count
+    assert p.stat().st_size > summary.SMALL_LOG_BYTES and not s.exact_count
     assert sum(n for n in reads if n and n > 0) < p.stat().st_size  # not the whole file
     assert (s.tok_per_sec, s.dt_ms, s.mfu) == (full.tail_mean("tok_per_sec"), full.tail_mean("dt_ms"), full.tail_mean("mfu"))
     assert (s.last_step, s.steps_observed, s.peak_mem_mib, s.status) == (399, 400, 100.0, "completed")
@@ -391,7 +392,7 @@ def same_state(a: logs.LogState, b: logs.LogState) -> None:
 def test_bulk_full_parse_equals_the_line_parser(name):
     path = FIXTURES / f"{name}.log"
     bulk_rows, numpy_rows = [], []
-    real, real_tokens = logs._bulk_columns, logs._token_columns
+    real, real_tokens = bulk._bulk_columns, bulk._token_columns
 
     def spy(lines, *args):
         cols = real(lines, *args)
@@ -404,8 +405,8 @@ def test_bulk_full_parse_equals_the_line_parser(name):
         return cols
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(logs, "_bulk_columns", spy)
-        mp.setattr(logs, "_token_columns", spy_tokens)
+        mp.setattr(bulk, "_bulk_columns", spy)
+        mp.setattr(bulk, "_token_columns", spy_tokens)
         state = logs.parse_file(path)
     same_state(state, per_line(path))
     assert len(state.table) == state.steps_observed > 0
@@ -462,13 +463,13 @@ def test_bulk_full_parse_of_many_layouts_and_oddities(tmp_path):
     lines += ["Peak memory usage: 100.00MiB", "Total training time: 4.00m"]
     p = tmp_path / "many.log"
     p.write_text("\n".join(lines) + "\n")
-    for chunk in (logs.READ_CHUNK, 4096, 333):
-        old = logs.READ_CHUNK
-        logs.READ_CHUNK = chunk
+    for chunk in (follow.READ_CHUNK, 4096, 333):
+        old = follow.READ_CHUNK
+        follow.READ_CHUNK = chunk
         try:
             state = logs.parse_file(p)
         finally:
-            logs.READ_CHUNK = old
+            follow.READ_CHUNK = old
         expected = per_line(p)
         same_state(state, expected)
     assert expected.table.extra and expected.steps_observed > 1900 and not expected.failed
@@ -481,11 +482,11 @@ def test_bulk_full_parse_of_many_layouts_and_oddities(tmp_path):
        st.integers(1, 3))
 def test_token_columns_read_numbers_as_float_does(tokens, k):
     """numpy's reading of plain decimals (any widths, dots, leading zeros) equals float() bit for bit."""
-    logs._numpy()
+    bulk._numpy()
     n = len(tokens) // k or 1
     tokens = (tokens * k)[: n * k]
-    text = "\n".join(" ".join(tokens[i * k : (i + 1) * k]) for i in range(n)).encode().translate(logs._NUM_TABLE)
-    cols = logs._token_columns(text, n, k, list(range(k)))
+    text = "\n".join(" ".join(tokens[i * k : (i + 1) * k]) for i in range(n)).encode().translate(bulk._NUM_TABLE)
+    cols = bulk._token_columns(text, n, k, list(range(k)))
     if cols is None:  # left to np.fromstring: only a column of widths more than 4 apart or over 15 chars,
         # or of dots at different places in tokens of one width
         def odd(col):
@@ -500,10 +501,10 @@ def test_token_columns_read_numbers_as_float_does(tokens, k):
 
 @pytest.mark.parametrize("token", ["-1.5", "+2", "1.2.3", ".", "1234567890123456", "12345678.12345678"])
 def test_token_columns_leave_odd_numbers_to_fromstring(token):
-    logs._numpy()
-    assert logs._token_columns(f"1 {token} 2 {token}".encode(), 2, 2, [0, 1]) is None
-    assert logs._token_columns(b"1 2 3", 2, 2, [0]) is None  # a token missing: not this layout
-    assert logs._token_columns(b"1 2 3 4", 2, 2, [0, 1])[1].tolist() == [2.0, 4.0]
+    bulk._numpy()
+    assert bulk._token_columns(f"1 {token} 2 {token}".encode(), 2, 2, [0, 1]) is None
+    assert bulk._token_columns(b"1 2 3", 2, 2, [0]) is None  # a token missing: not this layout
+    assert bulk._token_columns(b"1 2 3 4", 2, 2, [0, 1])[1].tolist() == [2.0, 4.0]
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
@@ -517,8 +518,8 @@ def test_bulk_full_parse_of_any_stream(tmp_path, stream):
 
 def test_big_log_with_a_flood_of_noise_reads_bounded_text(tmp_path, monkeypatch):
     """Noise between and after the window's steps: only the steps and the last text are parsed."""
-    monkeypatch.setattr(logs, "SMALL_LOG_BYTES", 16 * 1024)
-    monkeypatch.setattr(logs, "TAIL_TEXT_BYTES", 32 * 1024)
+    monkeypatch.setattr(summary, "SMALL_LOG_BYTES", 16 * 1024)
+    monkeypatch.setattr(summary, "TAIL_TEXT_BYTES", 32 * 1024)
     step = "step {i:05d}/00060 ({p:.2f}%) | loss: {l:.6f} | lrm: 1.00 | dt: {d:.2f}ms | tok/sec: {t:,} | bf16_mfu: 9.00"
     lines = []
     for i in range(60):
@@ -530,7 +531,7 @@ def test_big_log_with_a_flood_of_noise_reads_bounded_text(tmp_path, monkeypatch)
     p.write_text("\n".join(lines) + "\n")
     s = logs.summarize(p, tail=50)
     full = logs.parse_file(p, tail=50)
-    assert p.stat().st_size > 3 * logs.TAIL_TEXT_BYTES
+    assert p.stat().st_size > 3 * summary.TAIL_TEXT_BYTES
     assert (s.tail_n, s.last_step, s.steps_observed) == (50, 59, 60)
     assert (s.tok_per_sec, s.dt_ms) == (full.tail_mean("tok_per_sec"), full.tail_mean("dt_ms"))
     assert s.failed and s.error_line.startswith("torch.OutOfMemoryError") and full.failed

@@ -25,6 +25,7 @@ from runner_util import REPO, child_env, write_registry
 
 from cockpit import cli, fsutil, logs, procs, report, resume, runs, safetext, supervisor
 from cockpit import registry as reg
+from cockpit.logs import summary
 
 STEP = "step {i:05d}/00010 ({p:.2f}%) | loss: {loss:.6f} | dt: 10.00ms | tok/sec: 1,000 | bf16_mfu: 1.00"
 FINAL = "Peak memory usage: 1.00MiB\nTotal training time: 0.01m\n"
@@ -599,7 +600,7 @@ def test_sgr_coloured_step_lines_parse_in_every_path(tmp_path, monkeypatch):
     want = logs.summarize(plain)
     for path_kind in ("small", "big"):
         if path_kind == "big":  # the backward tail reader
-            monkeypatch.setattr(logs, "SMALL_LOG_BYTES", 16)
+            monkeypatch.setattr(summary, "SMALL_LOG_BYTES", 16)
         s = logs.summarize(col)
         assert (s.steps_observed, s.tail_n, s.tok_per_sec, s.status, s.last_loss) == \
                (want.steps_observed, want.tail_n, want.tok_per_sec, "completed", want.last_loss), path_kind
