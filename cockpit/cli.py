@@ -12,8 +12,10 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from cockpit import fsutil, safetext
+from cockpit import expdir, fsutil, gpus, launch, report, resume, safetext
 from cockpit import registry as reg
+from cockpit.expdir import RunError
+from cockpit.vocab import Status
 
 EXIT_BAD_INPUT = 2
 GRACE_MAX_S = 3600.0
@@ -39,8 +41,6 @@ def _add_registry(p: argparse.ArgumentParser) -> None:
 
 def cmd_status(args: argparse.Namespace) -> int:
     """Where things stand in a few lines: the resume state (registry + experiment dirs + GPUs)."""
-    from cockpit import resume
-
     registry = reg.load(args.registry)
     say(resume.render_status(resume.build_state(registry)))
     return 0
@@ -48,8 +48,6 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_resume(args: argparse.Namespace) -> int:
     """The resume guide (markdown) generated from the registry and every experiment dir."""
-    from cockpit import resume
-
     registry = reg.load(args.registry)
     if args.out_md is None:
         say(resume.render_guide(resume.build_state(registry)), end="")
@@ -64,42 +62,38 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_launch(args: argparse.Namespace) -> int:
-    from cockpit import runs
-
     registry = reg.load(args.registry)
     legs = [n.strip() for n in args.legs.split(",") if n.strip()] if args.legs else None
     try:
-        plan = runs.plan_launch(registry, args.experiment, legs, args.rerun)
+        plan = launch.plan_launch(registry, args.experiment, legs, args.rerun)
         if args.dry_run:
-            say(runs.dry_run_text(registry, plan))
+            say(launch.dry_run_text(registry, plan))
             return 0
         for name, why in plan.skipped:
             say(f"skip {name}: {why}")
         if not plan.legs:
             say(f"nothing to run in {args.experiment}")
             return 0
-        exp_dir = runs.launch(registry, args.experiment, foreground=args.foreground, plan=plan)
-    except runs.RunError as e:
+        exp_dir = launch.start(registry, args.experiment, foreground=args.foreground, plan=plan)
+    except RunError as e:
         raise UsageError(str(e)) from None
-    want, have = registry.settings.branch, ((runs.open_dir(exp_dir).plan or {}).get("git") or {}).get("branch")
+    want, have = registry.settings.branch, ((expdir.open_dir(exp_dir).plan or {}).get("git") or {}).get("branch")
     if want and have and want != have:
         say(f"cockpit: warning: the checkout is on branch {have}, the registry expects {want}", file=sys.stderr)
     if not args.foreground:
         say(str(exp_dir))
         return 0
-    d = runs.open_dir(exp_dir)
+    d = expdir.open_dir(exp_dir)
     for name in d.legs:
         st = d.states.get(name)
-        say(f"{name}: {st.status if st else 'not run'}" + (f" ({st.note})" if st and st.status == "failed" and st.note else ""))
+        say(f"{name}: {st.status if st else 'not run'}" + (f" ({st.note})" if st and st.status == Status.FAILED and st.note else ""))
     say(str(exp_dir))
-    return 0 if all(s.status == "done" for s in d.states.values()) else 1
+    return 0 if all(s.status == Status.DONE for s in d.states.values()) else 1
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
     """Stop a dir's queue or one leg. Only dirs under the registry's exp_root; only processes
-    proven to be the leg's are signalled (see runs.stop)."""
-    from cockpit import runs
-
+    proven to be the leg's are signalled (see launch.stop)."""
     if not args.target.strip():
         raise UsageError("stop: no experiment dir given (an empty name): give a dir under exp_root or an experiment id")
     if args.leg is not None and not args.leg.strip():
@@ -108,13 +102,13 @@ def cmd_stop(args: argparse.Namespace) -> int:
         raise UsageError(f"--grace must be between 0 and {GRACE_MAX_S:g} seconds, not {args.grace}")
     exp_root = reg.load(args.registry).settings.exp_root
     try:
-        exp_dir = runs.find_dir(exp_root, args.target)
-        d = runs.stop(exp_dir, args.leg, grace_s=args.grace, exp_root=exp_root)
-    except runs.RunError as e:
+        exp_dir = expdir.find_dir(exp_root, args.target)
+        d = launch.stop(exp_dir, args.leg, grace_s=args.grace, exp_root=exp_root)
+    except RunError as e:
         raise UsageError(str(e)) from None
     for name in [args.leg] if args.leg else d.legs:
         st = d.states.get(name)
-        if st is not None and st.status == "queued" and (exp_dir / runs.STATE_DIR / f"{name}.stop").exists():
+        if st is not None and st.status == Status.QUEUED and expdir.stop_request_path(exp_dir, name).exists():
             say(f"{name}: queued, stop requested: it will not start")
         else:
             say(f"{name}: {st.status if st else 'not run'}" + (f" ({st.note})" if st and st.note else ""))
@@ -124,8 +118,6 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 def cmd_gpus(args: argparse.Namespace) -> int:
     import time
-
-    from cockpit import gpus, runs
 
     sampler = gpus.GpuSampler(history=1)
     time.sleep(0.25)  # a CPU percentage needs an interval
@@ -138,7 +130,7 @@ def cmd_gpus(args: argparse.Namespace) -> int:
         except reg.RegistryError:
             exp_root = None
         if exp_root is not None:
-            legs = [(f"{d.path.name}/{st.leg}", st.pid, st.create_time) for d in runs.discover(exp_root)
+            legs = [(f"{d.path.name}/{st.leg}", st.pid, st.create_time) for d in expdir.discover(exp_root)
                     for st in d.running]
             pid_legs = gpus.leg_for_pids(pids, legs)
     say(gpus.render_table(snap, pid_legs))
@@ -162,8 +154,6 @@ def _tail(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     """The seed's metric table (+ status, + deltas) of one dir; markdown to stdout or a file."""
     from pathlib import Path
-
-    from cockpit import report
 
     tail = _tail(args)
     if not args.exp_dir.strip():

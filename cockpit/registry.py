@@ -35,7 +35,7 @@ TAIL_MAX = 1_000_000  # step lines in the report's tail window
 NPROC_MAX = 128  # processes per node (torchrun --nproc_per_node)
 WAIT_S_MAX = 7 * 24 * 3600.0  # how long a leg may wait for idle GPUs
 # The files the cockpit names after an experiment id or a leg name, so both must fit the
-# filesystem's limits with the longest of these around them (see runs.py):
+# filesystem's limits with the longest of these around them (see expdir.py):
 #   <exp_root>/<YYYYmmdd_HHMMSS>_<id>/state/<leg>.json, .../<leg>.log, .lock, .stop
 #   <exp_root>/.cockpit-locks/<id>.lock
 DIR_STAMP = "YYYYmmdd_HHMMSS_"

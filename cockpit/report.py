@@ -26,7 +26,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from cockpit import fsutil, logs, safetext
+from cockpit import expdir, fsutil, logs, safetext
+from cockpit import registry as reg
 from cockpit.vocab import METRICS, RunStatus, Source, Status, run_status
 
 # Each metric's column (in vocab.METRICS order): its header, after `tail<N> ` when it is a tail
@@ -161,9 +162,7 @@ def row_from_recorded(name: str, recorded) -> ReportRow:
 def _dir_legs(exp_dir: Path) -> tuple[list[str], dict[str, str]]:
     """Planned legs (plan order) and their state statuses; a dir of plain logs has neither."""
     try:
-        from cockpit import runs
-
-        d = runs.open_dir(exp_dir)
+        d = expdir.open_dir(exp_dir)
     except Exception:  # noqa: BLE001 - a broken plan or state never stops a report
         return [], {}
     planned = d.legs if d.plan else []
@@ -257,11 +256,8 @@ def _plan_experiment(exp_dir: Path):
     """(registry, experiment) of a dir the cockpit launched, from its plan.json: the registry file
     the plan names (as it is now), else the plan's snapshot of it (the file moved, broke or no
     longer has the experiment). None for a dir without a plan; raises on a broken plan."""
-    from cockpit import registry as reg
-    from cockpit import runs
-
     try:
-        plan = runs.read_json(exp_dir / "plan.json", runs.PLAN_MAX_BYTES)
+        plan = expdir.read_json(exp_dir / "plan.json", expdir.PLAN_MAX_BYTES)
     except FileNotFoundError:
         return None
     exp_id, snap = plan["experiment"], plan.get("registry") or {}
@@ -287,8 +283,6 @@ def plan_baseline(exp_dir: Path, tail: int = 50, now: float | None = None) -> Re
     is the file plan.json names, else plan.json's snapshot of it. None when there is no plan,
     registry or baseline; never raises."""
     try:
-        from cockpit import runs
-
         found = _plan_experiment(exp_dir)
         if found is None:
             return None
@@ -299,7 +293,7 @@ def plan_baseline(exp_dir: Path, tail: int = 50, now: float | None = None) -> Re
         here = exp_dir / f"{leg.name}.log"
         if leg.experiment == exp.id and here.is_file():
             return row_from_summary(logs.summarize(here, tail=tail, now=now))
-        for d in reversed(runs.discover(registry.settings.exp_root)):
+        for d in reversed(expdir.discover(registry.settings.exp_root)):
             if d.experiment != leg.experiment or leg.name not in d.legs or d.path.resolve() == exp_dir.resolve():
                 continue
             s = logs.summarize(d.log(leg.name), tail=tail, now=now)

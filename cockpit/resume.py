@@ -17,10 +17,10 @@ import datetime as dt
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
-from cockpit import fsutil, logs, report, safetext
+from cockpit import expdir, fsutil, gpus, logs, report, safetext
 from cockpit import registry as reg
+from cockpit.expdir import ExpDir, LegState
 from cockpit.vocab import (
     ACTIVE_MARKS,
     FINISHED_MARKS,
@@ -32,8 +32,6 @@ from cockpit.vocab import (
     Status,
 )
 
-if TYPE_CHECKING:
-    from cockpit.runs import ExpDir, LegState
 
 @dataclass
 class LegMark:
@@ -133,7 +131,7 @@ class ResumeState:
 # building the state
 
 
-def _leg_mark(exp: reg.Experiment, leg: reg.Leg, dirs: list[Any], tail: int, now: float | None) -> LegMark:
+def _leg_mark(exp: reg.Experiment, leg: reg.Leg, dirs: list[ExpDir], tail: int, now: float | None) -> LegMark:
     """The leg's mark from its dirs (newest first decides what is active) and the registry."""
     m = LegMark(exp.id, leg.name, Mark.PENDING, description=leg.description)
     newest_first = list(reversed(dirs))
@@ -191,12 +189,10 @@ def _leg_mark(exp: reg.Experiment, leg: reg.Leg, dirs: list[Any], tail: int, now
     return m
 
 
-def gpu_status(registry: reg.Registry, sampler: Any | None = None) -> GpuStatus:
+def gpu_status(registry: reg.Registry, sampler: gpus.Sampler | None = None) -> GpuStatus:
     """Idle or busy by the registry's thresholds, from NVML; unknown (with why) without it."""
     try:
         if sampler is None:
-            from cockpit import gpus
-
             sampler = gpus.GpuSampler(history=1)
         snap = sampler.sample()
     except Exception as e:  # noqa: BLE001 - no GPU sampler is a normal state, shown as unknown
@@ -298,23 +294,21 @@ def safety_lines(registry: reg.Registry) -> list[str]:
 
 def build_state(
     registry: reg.Registry,
-    sampler: Any | None = None,
+    sampler: gpus.Sampler | None = None,
     now: float | None = None,
-    gpus: GpuStatus | None = None,
+    gpu: GpuStatus | None = None,
     dirs: list[ExpDir] | None = None,
 ) -> ResumeState:
     """Join the registry with every experiment dir under exp_root. Reads only; writes nothing.
 
-    `sampler`: a GpuSampler (or anything with .sample()); by default one is made here. `gpus`:
+    `sampler`: a GpuSampler (or anything with .sample()); by default one is made here. `gpu`:
     an already computed GPU status (the TUI samples on its own timer). `dirs`: the dirs of
-    `runs.discover(exp_root)` when the caller has them already (the TUI discovers once a pass).
+    `expdir.discover(exp_root)` when the caller has them already (the TUI discovers once a pass).
     """
-    from cockpit import runs
-
     s = registry.settings
     tail = s.tail
     if dirs is None:
-        dirs = runs.discover(s.exp_root)
+        dirs = expdir.discover(s.exp_root)
     experiments: list[ExperimentState] = []
     for exp in registry.experiments:
         mine = [d for d in dirs if d.experiment == exp.id]
@@ -353,7 +347,7 @@ def build_state(
         running=[m for m in marks if m.mark == Mark.RUNNING],
         active=[m for m in marks if m.mark in ACTIVE_MARKS],
         next=next_leg(registry, experiments),
-        gpus=gpus if gpus is not None else gpu_status(registry, sampler),
+        gpus=gpu if gpu is not None else gpu_status(registry, sampler),
         reports=[p for _, p in sorted(reports, reverse=True)[:5]],
         safety=safety_lines(registry),
         dirs=dirs,
@@ -604,7 +598,7 @@ GUIDE_NAME = "resume-guide.md"
 
 
 def write_guide(
-    registry: reg.Registry, out_md: Path | str | None = None, sampler: Any | None = None, now: float | None = None
+    registry: reg.Registry, out_md: Path | str | None = None, sampler: gpus.Sampler | None = None, now: float | None = None
 ) -> Path:
     """Write the guide (default `<exp_root>/resume-guide.md`, regenerated in place) atomically.
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from cockpit import fsutil, procs, runs
+from cockpit import expdir, fsutil, procs
 
 _spawned: list[subprocess.Popen] = []  # live legs of the running test (killed when it ends)
 _locks: list[int] = []  # supervisor locks this test process holds (released when it ends)
@@ -35,7 +35,7 @@ def spawn_leg_process(exp_dir: Path, leg: str, argv: list[str], marker: bool = T
     marker in its environment (`marker=False`: without it, as a process of somewhere else)."""
     env = dict(os.environ)
     if marker:
-        env.update(runs.leg_env(exp_dir, leg))
+        env.update(expdir.leg_env(exp_dir, leg))
     else:
         env.pop(procs.ENV_EXP_DIR, None)
     return subprocess.Popen(argv, env=env, start_new_session=True)
@@ -83,7 +83,7 @@ def live_leg_pids() -> list[int]:
 def hold_supervisor_lock(exp_dir: Path) -> dict:
     """Make this test process the dir's live supervisor, provably (it holds state/supervisor.lock
     until the test ends): returns the record to write as state/supervisor.json."""
-    fd = fsutil.try_lock(Path(exp_dir) / runs.STATE_DIR / f"{runs.SUPERVISOR}.lock")
+    fd = fsutil.try_lock(Path(exp_dir) / expdir.STATE_DIR / f"{expdir.SUPERVISOR}.lock")
     assert fd is not None
     _locks.append(fd)
     me = psutil.Process()

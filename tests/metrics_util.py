@@ -48,7 +48,7 @@ def make_dir(
     plan = {"experiment": experiment, "dir": str(d),
             "legs": [{"name": leg, "log": str(d / f"{leg}.log")} for leg in legs]}
     if registry is not None:
-        plan["registry"] = {"path": str(registry.path), "raw": registry.raw}  # as runs.write_plan writes it
+        plan["registry"] = {"path": str(registry.path), "raw": registry.raw}  # as launch.write_plan writes it
     if supervisor:
         (d / "state" / "supervisor.json").write_text(json.dumps(hold_supervisor_lock(d)))
     for i, (leg, (status, fixture)) in enumerate(legs.items()):

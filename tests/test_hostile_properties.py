@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from cockpit import cli, logs, registry, report, resume, runs, safetext
+from cockpit import cli, expdir, logs, registry, report, resume, safetext
 from cockpit.logs import follow, summary
 
 SETTINGS = settings(max_examples=120, deadline=None,
@@ -305,8 +305,8 @@ def test_unreadable_and_odd_files_under_exp_root_never_raise(tmp_path):
         d = root / f"2026010{i}_000000_x"
         d.mkdir(parents=True)
         make(d)
-    found = runs.discover(root)
+    found = expdir.discover(root)
     assert len(found) >= 4
     for d in found:
         resume.dir_line(d)
-    assert all(isinstance(d, runs.ExpDir) for d in found) and Path(root).is_dir()
+    assert all(isinstance(d, expdir.ExpDir) for d in found) and Path(root).is_dir()

@@ -9,7 +9,7 @@ import pytest
 from conftest import hold_supervisor_lock
 from metrics_util import bundled_registry, check_golden, make_dir
 
-from cockpit import cli, report, runs
+from cockpit import cli, launch, report
 
 FIXTURES = Path(__file__).parent / "fixtures"
 GOLDEN = Path(__file__).parent / "golden"
@@ -216,13 +216,13 @@ def test_registry_baseline_of_a_launched_dir(tmp_path):
 
 def test_supervisor_report_has_deltas_against_the_experiments_baseline(tmp_path):
     """`report.write_report(exp_dir)`, as the supervisor calls it after every leg, on a dir whose
-    plan.json is the RUNNER's own (runs.write_plan): deltas against the registry's baseline."""
+    plan.json is the RUNNER's own (launch.write_plan): deltas against the registry's baseline."""
     registry = bundled_registry(tmp_path)
     root = registry.settings.exp_root
     old = make_dir(root, "20261126_040000_cpu-smoke", {"dense": ("done", "cpu-smoke/dense.log")}, registry=registry)
     d = root / "20261126_050000_cpu-smoke"
     d.mkdir()
-    runs.write_plan(registry, runs.plan_launch(registry, "cpu-smoke", ["moe_cap1p0"]), d)
+    launch.write_plan(registry, launch.plan_launch(registry, "cpu-smoke", ["moe_cap1p0"]), d)
     shutil.copy(FIXTURES / "cpu-smoke" / "moe_cap1p0.log", d / "moe_cap1p0.log")
     head = f"## Delta vs baseline `{old.name}/dense` (the registry's baseline of this experiment)"
     delta = "| tail50 tok/sec | 9744.48 | 6694.57 | -31.30% |"

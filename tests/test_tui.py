@@ -19,7 +19,7 @@ from textual.widgets import HelpPanel, Log
 from textual.widgets._key_panel import BindingsTable
 from tui_util import FakeSampler, bundled_registry, fixed_clock, log_lines, until, write_dir
 
-from cockpit import runs
+from cockpit import expdir
 from cockpit.tui.app import CockpitApp
 from cockpit.tui.collector import Collector, Request
 from cockpit.tui.commands import BindingCommands
@@ -426,9 +426,9 @@ async def test_tabs_cycle_and_finish_notifies(tmp_path):
 
         bells = []
         app.bell = lambda: bells.append(1)
-        st = runs.read_state(a, "dense")
+        st = expdir.read_state(a, "dense")
         st.status = "failed"
-        runs.write_state(a, st)
+        expdir.write_state(a, st)
         await until(pilot, lambda: main.finished, what="the notification")
         assert main.finished == [f"{a}/dense:failed"] and bells == [1]
         assert main.view.experiment("cpu-smoke").leg("dense").mark == "failed"

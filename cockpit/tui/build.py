@@ -1,6 +1,6 @@
 """From the core's answers to the cockpit's view-model (state.py), off the UI thread.
 
-`build_view` asks the core once a pass: `runs.discover` for the experiment dirs, then
+`build_view` asks the core once a pass: `expdir.discover` for the experiment dirs, then
 `resume.build_state` for the marks, the next leg, the safety rules and the GPU status. It adds the
 live figures of the logs the collector follows and the GPU rows of the latest sample. Nothing here
 decides what a leg's state is: that is the resume state's job. `build_report` gives the final
@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Protocol
 
-from cockpit import gpus, logs, report, resume, runs
+from cockpit import expdir, gpus, logs, report, resume
 from cockpit import registry as reg
 from cockpit.tui import state as vm
 from cockpit.vocab import METRICS, NOTED_MARKS, Mark, Source
@@ -47,9 +47,9 @@ def build_view(registry: reg.Registry, snapshot: gpus.Snapshot | None, sampler: 
 
     `followed`: the parsed state of each log the collector follows, by `exp_dir/leg`."""
     status = gpu_status(registry, snapshot) if snapshot is not None else None
-    found = runs.discover(registry.settings.exp_root)  # once a pass: the state and the tree share it
+    found = expdir.discover(registry.settings.exp_root)  # once a pass: the state and the tree share it
     state = resume.build_state(
-        registry, now=now, gpus=status or resume.GpuStatus("unknown", "sampling"), dirs=found
+        registry, now=now, gpu=status or resume.GpuStatus("unknown", "sampling"), dirs=found
     )
     dirs = {str(d.path): d for d in found}
     experiments = []
@@ -108,7 +108,7 @@ def _leg_view(e: resume.ExperimentState, m: resume.LegMark) -> vm.LegView:
     )
 
 
-def _dir_view(d: runs.ExpDir) -> vm.DirView:
+def _dir_view(d: expdir.ExpDir) -> vm.DirView:
     legs = []
     for name in d.legs:
         st = d.states.get(name)

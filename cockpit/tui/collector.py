@@ -22,7 +22,7 @@ from pathlib import Path
 
 from textual.message import Message
 
-from cockpit import gpus, logs, resume, runs
+from cockpit import expdir, gpus, launch, logs, resume
 from cockpit import registry as reg
 from cockpit.tui import build
 from cockpit.tui import state as vm
@@ -167,7 +167,7 @@ class Collector:
                     if e.name.startswith(".") or not e.is_dir():
                         continue
                     try:
-                        state = os.stat(os.path.join(e.path, runs.STATE_DIR)).st_mtime_ns
+                        state = os.stat(os.path.join(e.path, expdir.STATE_DIR)).st_mtime_ns
                     except OSError:
                         state = None
                     out.append((e.name, e.stat().st_mtime_ns, state))
@@ -224,7 +224,7 @@ class Collector:
         if fn is None or callable(fn):
             if time.monotonic() - self._branch_at > 10.0:  # git is a subprocess: not every pass
                 if fn is None:
-                    self._branch = runs.git_info(self.registry_path.resolve().parent).get("branch")
+                    self._branch = launch.git_info(self.registry_path.resolve().parent).get("branch")
                 else:
                     self._branch = fn()
                 self._branch_at = time.monotonic()
