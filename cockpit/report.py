@@ -26,7 +26,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from cockpit import expdir, fsutil, logs, safetext
+from cockpit import expdir, fsutil, logs, safetext, stats
 from cockpit import registry as reg
 from cockpit.vocab import METRICS, RunStatus, Source, Status, run_status
 
@@ -88,30 +88,6 @@ def fmt_value(attr: str, value: float | None) -> str:
     if value is None:
         return "-"
     return f"{value:{COLUMNS[attr][1]}}"
-
-
-def no_delta_why(baseline: float | None, run: float | None) -> str | None:
-    """Why a percentage change cannot be given, or None when it can."""
-    for who, v in (("the baseline", baseline), ("the run", run)):
-        if v is None:
-            return f"{who} has no figure"
-        if not math.isfinite(v):
-            return f"{who}'s figure is {v}"
-    if baseline == 0:
-        return "the baseline's figure is 0"
-    pct = (run - baseline) / baseline * 100.0
-    return None if math.isfinite(pct) else "the change overflows"
-
-
-def pct_change(baseline: float | None, run: float | None) -> float | None:
-    """(run - baseline) / baseline in percent; None when that is not a finite number."""
-    if no_delta_why(baseline, run) is not None:
-        return None
-    return (run - baseline) / baseline * 100.0 + 0.0  # + 0.0: no "-0.00%"
-
-
-def fmt_delta(pct: float | None) -> str:
-    return "-" if pct is None or not math.isfinite(pct) else f"{pct:+.2f}%"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -218,7 +194,7 @@ def delta_rows(base: ReportRow, run: ReportRow, tail: int = 50) -> list[DeltaRow
     out = []
     for attr, head in zip(METRICS, headers(tail), strict=True):
         b, r = base.value(attr), run.value(attr)
-        out.append(DeltaRow(head, attr, b, r, pct_change(b, r), no_delta_why(b, r)))
+        out.append(DeltaRow(head, attr, b, r, *stats.pct_change(b, r)))
     return out
 
 
@@ -335,7 +311,7 @@ def render_delta(base: ReportRow, run: ReportRow, tail: int = 50, base_label: st
     lines = [_md_row(["metric", label, run.run, "delta"]), "| --- | ---: | ---: | ---: |"]
     why = []
     for d in delta_rows(base, run, tail):
-        lines.append(_md_row([d.metric, fmt_value(d.attr, d.baseline), fmt_value(d.attr, d.run), fmt_delta(d.delta_pct)]))
+        lines.append(_md_row([d.metric, fmt_value(d.attr, d.baseline), fmt_value(d.attr, d.run), stats.fmt_pct(d.delta_pct)]))
         if d.delta_pct is None and d.why and d.baseline is not None and d.run is not None:
             why.append(f"{d.metric}: {d.why}")
     if why:  # a missing figure speaks for itself; a zero, nan or inf one is said

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from cockpit import cli, expdir, logs, registry, report, resume, safetext
+from cockpit import cli, expdir, logs, registry, report, resume, safetext, stats
 from cockpit.logs import follow, summary
 
 SETTINGS = settings(max_examples=120, deadline=None,
@@ -201,7 +201,7 @@ def test_any_log_summarizes_parses_and_reports_without_a_traceback(tmp_path, dat
     out = report.write_report(d, plots=False)
     assert clean(out.read_text()) and clean((d / "report_summary.csv").read_text())
     for delta in report.delta_rows(rows[0], rows[0]):
-        assert report.fmt_delta(delta.delta_pct) in ("-", "+0.00%")
+        assert stats.fmt_pct(delta.delta_pct) in ("-", "+0.00%")
 
 
 def _same(a, b) -> bool:

@@ -9,7 +9,7 @@ import pytest
 from conftest import hold_supervisor_lock
 from metrics_util import bundled_registry, check_golden, make_dir
 
-from cockpit import cli, launch, report
+from cockpit import cli, launch, report, stats
 
 FIXTURES = Path(__file__).parent / "fixtures"
 GOLDEN = Path(__file__).parent / "golden"
@@ -50,10 +50,10 @@ def test_seed_numbers_and_deltas_format_like_the_seed():
         ("total_time_min", 3.00, 2.97, "-1.00%"),
     ]
     for _attr, base, run, delta in pairs:
-        assert report.fmt_delta(report.pct_change(base, run)) == delta
+        assert stats.fmt_pct(stats.pct_change(base, run)[0]) == delta
     assert [report.fmt_value(a, b) for a, b, _, _ in pairs] == ["785203.42", "670.31", "9.5014", "18983.58", "3.00"]
-    assert report.fmt_delta(report.pct_change(0.0, 1.0)) == "-" and report.fmt_value("mfu", None) == "-"
-    assert report.fmt_delta(0.0) == "+0.00%"
+    assert stats.fmt_pct(stats.pct_change(0.0, 1.0)[0]) == "-" and report.fmt_value("mfu", None) == "-"
+    assert stats.fmt_pct(0.0) == "+0.00%" and stats.pct_change(5.0, 5.0) == (0.0, None)
 
 
 def test_seed_style_dir_of_plain_logs_gives_the_seed_table(tmp_path):

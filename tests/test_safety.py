@@ -23,7 +23,7 @@ import psutil
 import pytest
 from runner_util import REPO, child_env, write_registry
 
-from cockpit import cli, expdir, fsutil, launch, logs, procs, report, resume, safetext, supervisor
+from cockpit import cli, expdir, fsutil, launch, logs, procs, report, resume, safetext, stats, supervisor
 from cockpit import registry as reg
 from cockpit.executors import local
 from cockpit.logs import summary
@@ -725,7 +725,7 @@ def test_deltas_are_never_nan_or_inf_and_say_why(base, run_, why):
     assert "nan%" not in text and "inf%" not in text
     assert "| tail50 tok/sec |" in text and text.split("| tail50 tok/sec |")[1].split("\n")[0].endswith("| - |")
     assert f"tail50 tok/sec: {why}" in text and "| +100.00% |" in text
-    assert report.pct_change(base, run_) is None and report.fmt_delta(float("nan")) == "-"
+    assert stats.pct_change(base, run_) == (None, why) and stats.fmt_pct(float("nan")) == "-"
 
 
 # ----------------------------------------------------------------------------------------------

@@ -20,6 +20,8 @@ from textual.widgets._key_panel import BindingsTable
 from tui_util import FakeSampler, bundled_registry, fixed_clock, log_lines, until, write_dir
 
 from cockpit import expdir
+from cockpit.stats import fmt_pct
+from cockpit.tui import fmt
 from cockpit.tui.app import CockpitApp
 from cockpit.tui.collector import Collector, Request
 from cockpit.tui.commands import BindingCommands
@@ -512,9 +514,7 @@ async def test_names_with_brackets_are_shown_as_written(tmp_path):
 
 
 def test_text_shapes():
-    from cockpit.tui import fmt
-
-    assert fmt.delta(2.7) == "+2.70%" and fmt.delta(-2.93) == "-2.93%" and fmt.delta(None) == "-"
+    assert fmt_pct(2.7) == "+2.70%" and fmt_pct(-2.93) == "-2.93%" and fmt_pct(None) == "-"
     assert fmt.spark([1, 2, 3, 4, 5, 6, 7, 8]) == "▁▂▃▄▅▆▇█" and fmt.spark([]) == ""
     assert fmt.spark([5, 5, 5]) == "▅▅▅" and fmt.spark([0, 0]) == "▁▁" and len(fmt.spark(range(100), 16)) == 16
     assert fmt.bar(100, 4) == "████" and fmt.bar(0, 4) == "    " and fmt.bar(50, 4) == "██  " and fmt.bar(None, 3) == "···"

@@ -141,4 +141,9 @@ class LogState:
 
     def tail_mean(self, attr: str) -> float | None:
         vals = [v for r in self.window if (v := getattr(r, attr)) is not None]
-        return math.fsum(vals) / len(vals) if vals else None
+        if not vals:
+            return None
+        try:
+            return math.fsum(vals) / len(vals)
+        except (ValueError, OverflowError):  # inf and -inf (nan), or a sum past the float range (inf)
+            return sum(vals) / len(vals)

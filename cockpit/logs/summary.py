@@ -174,10 +174,10 @@ def _state_of_range(f, begin: int, end: int, tail: int, state: LogState | None =
 
 
 def _is_step(line: bytes) -> bool:
+    """Is this a step line, read exactly as LineSplitter reads it (the same escapes removed)?"""
     if b"step " not in line:
         return False
-    text = safetext.strip_escapes(line.decode("utf-8", "replace"))
-    return parse_step(text) is not None
+    return parse_step(safetext.strip_escapes_bytes(line).decode("utf-8", "replace")) is not None
 
 
 def _lines_backwards(f, end: int, need: bytes | None = None, max_line: int = MAX_LINE_BYTES, chunk: int = READ_CHUNK):

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Protocol
 
-from cockpit import expdir, gpus, logs, report, resume
+from cockpit import expdir, gpus, logs, report, resume, stats
 from cockpit import registry as reg
 from cockpit.tui import state as vm
 from cockpit.vocab import METRICS, NOTED_MARKS, Mark, Source
@@ -159,7 +159,7 @@ def live_view(state: resume.ResumeState, m: resume.LegMark, followed: logs.LogSt
         step=summary.last_step, total=summary.total_steps, pct=summary.pct, loss=summary.last_loss,
         dt_ms=last.dt_ms if last else summary.dt_ms, tok_per_sec=last.tok_per_sec if last else summary.tok_per_sec,
         mfu=last.mfu if last else summary.mfu, tail_tok_per_sec=summary.tok_per_sec, tail_n=summary.tail_n,
-        eta_min=summary.eta_min, delta_tok_pct=report.pct_change(base_tok, summary.tok_per_sec),
+        eta_min=summary.eta_min, delta_tok_pct=stats.pct_change(base_tok, summary.tok_per_sec)[0],
         baseline=exp.baseline, tok_hist=tok_hist, loss_hist=loss_hist,
     )
 
@@ -219,4 +219,4 @@ def _with_deltas(r: vm.RowView, base: dict[str, float | None]) -> vm.RowView:
     if not base or r.figures == base:  # the baseline itself
         return r
     return vm.RowView(r.run, r.status, r.figures,
-                      {m: report.pct_change(base.get(m), r.figures.get(m)) for m in METRICS})
+                      {m: stats.pct_change(base.get(m), r.figures.get(m))[0] for m in METRICS})

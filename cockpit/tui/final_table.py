@@ -8,7 +8,7 @@ from textual.reactive import var
 from textual.widgets import DataTable
 
 from cockpit.report import fmt_value
-from cockpit.tui import fmt
+from cockpit.stats import fmt_pct
 from cockpit.tui.state import ReportView
 from cockpit.vocab import HIGHER_IS_BETTER, METRICS, Mark, RunStatus
 
@@ -27,7 +27,7 @@ def columns(tail: int) -> tuple[str, ...]:
 
 def delta_text(metric: str, d: float | None) -> Text:
     good = d is not None and ((d >= 0) == HIGHER_IS_BETTER[metric])
-    return Text(fmt.delta(d), style="dim" if d is None or d == 0 else ("green" if good else "red"))
+    return Text(fmt_pct(d), style="dim" if d is None or d == 0 else ("green" if good else "red"))
 
 
 class FinalTable(DataTable):
