@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TextIO
 
 from cockpit import expdir, fsutil, gpus, launch, report, resume, safetext
 from cockpit import registry as reg
@@ -32,7 +33,7 @@ class UsageError(Exception):
     """Bad input found after parsing (a name that is not in the registry, a missing dir...)."""
 
 
-def say(text: str = "", end: str = "\n", file=None) -> None:
+def say(text: str = "", end: str = "\n", file: TextIO | None = None) -> None:
     """Print, with control characters and escape sequences made harmless (see safetext)."""
     print(safetext.printable(text), end=end, file=file or sys.stdout)
 

@@ -156,6 +156,13 @@ def plan_grace(plan: dict | None, default: float = STOP_GRACE_S) -> float:
     return float(v) if isinstance(v, int | float) and not isinstance(v, bool) and 0 <= v <= 3600 else default
 
 
+def plan_tail(plan: dict | None, default: int = 50) -> int:
+    """The report's tail window the plan recorded at launch (the registry's), when it is a sane
+    number; else `default`."""
+    v = (plan or {}).get("tail", default)
+    return v if isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= reg.TAIL_MAX else default
+
+
 def lock_path(exp_root: Path | str, experiment: str) -> Path:
     """`<exp_root>/.cockpit-locks/<experiment>.lock`: held by the experiment's one live queue."""
     return Path(exp_root) / LOCK_DIR / f"{experiment}.lock"

@@ -198,7 +198,7 @@ def new_exp_dir(exp_root: Path | str, experiment_id: str, preferred: Path | None
     """Create `<exp_root>/<YYYYmmdd_HHMMSS>_<experiment>/`: always a new dir, never an existing one.
 
     mkdir is atomic, so two launches in the same second cannot share a dir: the second one waits
-    for the next second (the name stays the seed's `<stamp>_<experiment>`). `preferred` (the
+    for the next second (the name keeps its `<stamp>_<experiment>` form). `preferred` (the
     name a confirmation showed, from fresh_dir_name) is taken when it is still free.
     """
     root = Path(exp_root)
@@ -243,7 +243,8 @@ def git_info(cwd: Path) -> dict[str, str | None]:
 
 
 def format_command(leg: reg.Leg, exp_dir: Path | str, torchrun: str = "torchrun") -> str:
-    """The leg's command as the seed's execution template writes it, one flag per line."""
+    """The leg's command, one flag per line as the resume guide's execution template writes it,
+    its output going to the leg's log."""
     parts = reg.command_lines(leg.argv(exp_dir, torchrun))
     log = shlex.quote(str(Path(exp_dir) / f"{leg.name}.log"))
     return " \\\n  ".join(parts) + f" > {log} 2>&1"
@@ -310,6 +311,7 @@ def write_plan(registry: reg.Registry, plan: LaunchPlan, exp_dir: Path, grace_s:
         "torchrun": plan.torchrun,
         "git": git_info(plan.cwd),
         "on_failure": registry.settings.on_failure,
+        "tail": registry.settings.tail,  # the report's tail window: the supervisor's report.md uses it
         "stop_grace_s": grace_s,
         "gpu_idle": asdict(registry.settings.gpu_idle),
         "legs": [

@@ -114,7 +114,7 @@ class Leg:
         return render_args(self.args, exp_dir)
 
     def argv(self, exp_dir: Path | str | None = None, torchrun: str = "torchrun") -> list[str]:
-        """The exact command, as the seed's execution template writes it."""
+        """The exact command a launch runs: torchrun, the module, then the trainer's flags after `--`."""
         return [
             torchrun,
             "--standalone",
@@ -165,7 +165,7 @@ class Registry:
 
 
 def command_lines(argv: list[str], quote: Callable[[str], str] = shlex.quote) -> list[str]:
-    """An argv laid out as the seed's execution template writes it: the launcher up to `--` on
+    """An argv laid out for a reader (the resume guide, a dry run): the launcher up to `--` on
     the first line, then one flag per line, with its value when it has one."""
     cut = argv.index("--") + 1 if "--" in argv else 0
     lines = [" ".join(quote(a) for a in argv[:cut])] if cut else []

@@ -1,12 +1,15 @@
-"""The report of an experiment dir: the seed's metric table, deltas vs a baseline, run status.
+"""The report of an experiment dir: its metric table, deltas against a baseline, each run's status.
 
 Data first, text second: `rows()` and `delta_rows()` give dataclasses the TUI turns into
 DataTables; `render_*` turn the same rows into markdown. A dir holding only the `*.log` files
 of manual runs (no plan, no state) is a valid input: each log is a run named by its stem.
 
-Numbers are formatted exactly like the seed's tables: tok/sec, dt, peak memory and total time
-with 2 decimals, MFU with 4, deltas as signed percentages with 2 (`+2.70%`); a delta that is
-not a number (a figure missing, zero, nan or inf) is `-`, and the table says why.
+The metric table has one row per run: `| run | tail50 tok/sec | tail50 dt (ms) | tail50 mfu |
+peak mem (MiB) | total time (min) |`, the tail columns being means over the last 50 step lines
+(`--tail N` renames them). Numbers keep fixed decimals, so tables of different runs and days line
+up: tok/sec, dt, peak memory and total time with 2, MFU with 4, deltas as signed percentages with
+2 (`+2.70%`); a delta that is not a number (a figure missing, zero, nan or inf) is `-`, and the
+table says why.
 
 Everything taken from a log or a file name (run names, error lines) is made printable and
 escaped for markdown. Output files are checked before anything is written (a directory, a path
@@ -119,7 +122,7 @@ def row_from_summary(s: logs.LegSummary, status: str | None = None) -> ReportRow
     )
 
 
-def row_from_recorded(name: str, recorded) -> ReportRow:
+def row_from_recorded(name: str, recorded: reg.Recorded) -> ReportRow:
     """A row of figures recorded in the registry (a leg that ran elsewhere): never measured here."""
     return ReportRow(
         run=name,
@@ -228,7 +231,7 @@ def resolve_baseline(exp_dir: Path, ref: str, tail: int = 50, now: float | None 
     raise ReportError(f"baseline '{shown}': {safetext.oneline(where)} (give RUN, a log of this dir, or DIR/RUN)")
 
 
-def _plan_experiment(exp_dir: Path):
+def _plan_experiment(exp_dir: Path) -> tuple[reg.Registry, reg.Experiment] | None:
     """(registry, experiment) of a dir the cockpit launched, from its plan.json: the registry file
     the plan names (as it is now), else the plan's snapshot of it (the file moved, broke or no
     longer has the experiment). None for a dir without a plan; raises on a broken plan."""
@@ -294,7 +297,7 @@ def _md_row(cells: list[str]) -> str:
 
 
 def render_table(rows_: list[ReportRow], tail: int = 50, source_column: bool = False) -> str:
-    """The seed's table: one row per run with figures, columns exactly as DESIGN.md says."""
+    """The metric table: one row per run with figures (see the module's docstring for its columns)."""
     head = ["run", *headers(tail)] + (["source"] if source_column else [])
     lines = [_md_row(head), "| --- |" + " ---: |" * len(METRICS) + (" --- |" if source_column else "")]
     for r in rows_:
@@ -306,7 +309,7 @@ def render_table(rows_: list[ReportRow], tail: int = 50, source_column: bool = F
 
 
 def render_delta(base: ReportRow, run: ReportRow, tail: int = 50, base_label: str | None = None) -> str:
-    """`metric | baseline | run | delta`, as the seed's buffer-reuse comparison."""
+    """`metric | baseline | run | delta`: one row per metric, the delta a signed percentage."""
     label = base_label or f"baseline {base.run}"
     lines = [_md_row(["metric", label, run.run, "delta"]), "| --- | ---: | ---: | ---: |"]
     why = []

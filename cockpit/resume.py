@@ -5,9 +5,9 @@
 the running legs, the next pending leg with its exact command, and the GPUs. `cockpit status`,
 `cockpit resume` and the TUI all render this state; none of them joins registry and dirs alone.
 
-`render_guide()` writes it as the seed's hand-written resume guide: current state, latest
-reports, completed work (do not re-run) with tables and decisions, remaining work with the next
-command, and the safety constraints.
+`render_guide()` writes it as a resume guide, in the sections a researcher would write one by hand
+for whoever picks the work up: current state, latest reports, completed work (do not re-run) with
+tables and decisions, remaining work with the next command, and the safety constraints.
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ class NextLeg:
     mark: str  # pending, or failed/stopped when nothing is pending
     description: str | None
     exp_dir_template: str  # <exp_root>/$(date +%Y%m%d_%H%M%S)_<experiment>
-    command: str  # the seed's execution template: EXP_DIR=..., mkdir -p, torchrun ... | tee
+    command: str  # the execution template: EXP_DIR=..., mkdir -p, torchrun ... | tee
     report_command: str
     cockpit: str  # the one-key equivalent
 
@@ -230,7 +230,8 @@ def _shell_arg(arg: str) -> str:
 
 
 def execution_template(registry: reg.Registry, leg: reg.Leg) -> tuple[str, str]:
-    """The seed's execution template for a leg in a fresh dir: (EXP_DIR value, whole text)."""
+    """The shell recipe that runs a leg by hand in a fresh dir (activate the venv, EXP_DIR=<stamped
+    dir>, mkdir, torchrun ... | tee the log): (EXP_DIR value, whole text)."""
     exp_dir_value = f"{registry.settings.exp_root}/$(date +%Y%m%d_%H%M%S)_{leg.experiment}"
     lines = reg.command_lines(leg.argv("$EXP_DIR"), _shell_arg)
     lines[-1] += f' 2>&1 | tee "$EXP_DIR/{leg.name}.log"'
@@ -393,7 +394,8 @@ def _title(e: ExperimentState) -> str:
 
 
 def render_guide(state: ResumeState) -> str:
-    """The resume guide as markdown, with the seed's sections."""
+    """The resume guide as markdown: Current State, Completed Work (Do Not Re-run), Resume
+    Environment, Remaining Work, Safety/Path Constraints Reminder."""
     out = [
         "# Nanochat Resume Guide",
         "",

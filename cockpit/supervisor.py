@@ -49,6 +49,7 @@ from cockpit.expdir import (
     lock_path,
     now_iso,
     plan_grace,
+    plan_tail,
     read_state,
     reconcile,
     stop_request_path,
@@ -219,7 +220,7 @@ class Supervisor:
             except (OSError, RunError) as e:  # the supervisor's own I/O failed under this leg: the leg failed
                 line = self.fault(name, e)
                 st = self._finish(name, Status.FAILED, note=f"supervisor fault: {line}", error_tail=[f"supervisor: {line}"])
-            self._report()
+            self._report(plan_tail(plan))
             if st.status == Status.FAILED and plan.get("on_failure", "stop") == "stop":
                 self.say(f"{name} failed: stopping the queue (on_failure = stop)")
                 for rest in legs[legs.index(spec) + 1 :]:
@@ -384,10 +385,11 @@ class Supervisor:
                      f"({len(killed)} needed SIGKILL): {', '.join(str(p.pid) for p in left)}")
 
     # ------------------------------------------------------------------------------------------
-    def _report(self) -> None:
-        """Regenerate report.md; a report problem is logged, never fatal to the queue."""
+    def _report(self, tail: int) -> None:
+        """Regenerate report.md over the plan's tail window (the registry's, as `cockpit report`
+        and the cockpit's `r` use it); a report problem is logged, never fatal to the queue."""
         try:
-            report.write_report(self.exp_dir)
+            report.write_report(self.exp_dir, tail=tail)
         except Exception as e:  # noqa: BLE001 - the queue must go on whatever the report does
             self.say(f"report.md not regenerated: {fsutil.oneline(e)}")
 

@@ -147,7 +147,8 @@ def test_stop_orphaned_leg_after_supervisor_killed(tmp_path):
 @pytest.mark.parametrize("policy, b_status", [("stop", "stopped"), ("continue", "done")])
 def test_failed_leg_follows_policy(tmp_path, policy, b_status, capsys):
     path = write_registry(
-        tmp_path, {"a": 'model-tag = "a", bogus-flag = 1', "b": 'model-tag = "b", num-iterations = 3'}, on_failure=policy
+        tmp_path, {"a": 'model-tag = "a", bogus-flag = 1', "b": 'model-tag = "b", num-iterations = 3'}, on_failure=policy,
+        extra_project="tail = 5",
     )
     exp_dir = launch.start(reg.load(path), "fake", foreground=True)
     d = expdir.open_dir(exp_dir)
@@ -158,6 +159,10 @@ def test_failed_leg_follows_policy(tmp_path, policy, b_status, capsys):
     assert (exp_dir / "a.log").exists() and "report.md" in os.listdir(exp_dir)
     out = capsys.readouterr().out
     assert "a: failed" in out and f"b: {b_status}" in out
+    # report.md is written over the registry's tail window, which the plan recorded
+    assert json.loads((exp_dir / "plan.json").read_text())["tail"] == 5
+    if b_status == "done":
+        assert "| run | tail5 tok/sec |" in (exp_dir / "report.md").read_text()
 
 
 def test_two_concurrent_launches_one_refused(tmp_path):

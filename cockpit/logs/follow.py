@@ -11,7 +11,9 @@ Layer 0: imports nothing from the cockpit but fsutil and safetext.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from cockpit import fsutil, safetext
 
@@ -141,7 +143,7 @@ class LogFollower:
         return self.splitter.flush()
 
 
-def chunks(f, chunk: int | None = None):
+def chunks(f: BinaryIO, chunk: int | None = None) -> Iterator[bytes]:
     """The file's bytes in chunks, from where it is; a hole of a sparse file (zeros, no line end
     in it) is given as just enough zeros to make the line it falls in as long as a line gets."""
     chunk = chunk or READ_CHUNK
@@ -161,7 +163,7 @@ def chunks(f, chunk: int | None = None):
         yield data
 
 
-def read_lines(path: str | os.PathLike[str], start: int = 0, chunk: int = READ_CHUNK):
+def read_lines(path: str | os.PathLike[str], start: int = 0, chunk: int = READ_CHUNK) -> Iterator[str]:
     """Every line of a file from byte `start`, in chunks (a full parse); partial last line included."""
     splitter = LineSplitter()
     with fsutil.open_read(path) as f:
