@@ -1,4 +1,4 @@
-"""Benchmark of the log code: `python -m cockpit.bench_logs [--scale 1.0] [--keep]`.
+"""Benchmark of the log code: `python -m bench.logs [--scale 1.0] [--keep]` (from the repository root).
 
 Generates trainer logs under a temp dir (about 2 GB at scale 1, deleted at the end) and prints,
 side by side in one run:
@@ -87,7 +87,7 @@ def best(fn, repeat: int) -> tuple[float, object]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m cockpit.bench_logs", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m bench.logs", description=__doc__.split("\n")[0])
     ap.add_argument("--scale", type=float, default=1.0, help="size factor of every generated log (default 1)")
     ap.add_argument("--parse-mb", type=float, default=200, help="size of the full-parse log in MB (default 200)")
     ap.add_argument("--keep", action="store_true", help="keep the generated logs")
