@@ -6,14 +6,13 @@ import os
 from pathlib import Path
 
 import pytest
+from conftest import FIXTURES, GOLDEN
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cockpit import logs
 from cockpit.logs import bulk, follow, summary
 
-FIXTURES = Path(__file__).parent / "fixtures"
-GOLDEN = Path(__file__).parent / "golden"
 FORMAT_FIXTURES = ["fork-log-excerpt", "upstream-bf16", "upstream-old-mfu", "trainer-junk", "crashed-torchrun"]
 
 

@@ -6,17 +6,13 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import hold_supervisor_lock
-from metrics_util import bundled_registry, check_golden, make_dir
+from conftest import FIXTURES, NOW, bundled_registry, check_golden, hold_supervisor_lock, make_dir
 
 from cockpit import cli, launch, report, stats
 
-FIXTURES = Path(__file__).parent / "fixtures"
-GOLDEN = Path(__file__).parent / "golden"
 V1 = "20260224_175412_moe-fp8-capacity-ablation-v1"
 V2 = "20260224_182427_moe-fp8-capacity-opt-v2-buffer"
 SEED_ORDER = ["static_cap0p0_baseline", "static_cap1p0", "static_cap1p25", "dynamic_cap1p0", "nocompile_cap1p0"]
-NOW = 1_800_000_000.0  # fixed "now": no log counts as running, the Generated line is stable
 
 
 def copy_logs(src: Path, dst: Path, names: list[str]) -> Path:

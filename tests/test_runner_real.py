@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
-from runner_util import REPO, cockpit
+from conftest import REPO, cockpit
 
 from cockpit import expdir, logs
 

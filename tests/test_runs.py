@@ -11,13 +11,11 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import fake_torchrun
-from runner_util import cockpit, write_registry
+from conftest import REPO, cockpit, fake_torchrun, write_registry
 
 from cockpit import expdir, gpus, launch, procs
 from cockpit import registry as reg
 
-REPO = Path(__file__).resolve().parents[1]
 FINAL = "step 00009/00010 (90.00%) | loss: 3.0 | dt: 10ms | tok/sec: 1,000\nPeak memory usage: 1.00MiB\nTotal training time: 0.10m\n"
 CRASH = (
     "step 00003/00010 (30.00%) | loss: 3.0 | dt: 10ms | tok/sec: 1,000\n"

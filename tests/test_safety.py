@@ -21,7 +21,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from runner_util import REPO, child_env, write_registry
+from conftest import REPO, child_env, fake_torchrun, write_registry
 
 from cockpit import cli, expdir, fsutil, launch, logs, procs, report, resume, safetext, stats, supervisor
 from cockpit import registry as reg
@@ -288,7 +288,7 @@ def test_stop_refuses_dirs_outside_exp_root_and_writes_nothing_there(tmp_path, c
 
 
 def test_stop_of_a_proven_orphan_leg_kills_its_tree(tmp_path, leg_process):
-    from conftest import fake_torchrun
+
 
     torchrun = str(fake_torchrun(tmp_path / "bin"))
     argv = [torchrun, "--standalone", "-m", "tests.fake_trainer", "--", "--x", "1"]

@@ -2,7 +2,7 @@
 
 import os
 
-from metrics_util import NOW, FakeSampler, bundled_registry, make_dir
+from conftest import NOW, FakeSampler, bundled_registry, make_dir
 
 from cockpit import cli, expdir, resume
 
@@ -79,9 +79,9 @@ def test_status_running_leg_without_eta_or_state(tmp_path, capsys):
     assert f"  dir: {d}" in out and "dirs under exp_root: 1" in out
     # dirs the caller discovered already (the TUI) give the same state
     dirs = expdir.discover(registry.settings.exp_root)
-    given = resume.build_state(registry, sampler=FakeSampler(False, "x"), dirs=dirs)
+    given = resume.build_state(registry, sampler=FakeSampler(nvml=False, reason="x"), dirs=dirs)
     assert given.dirs is dirs and resume.render_status(given) == resume.render_status(
-        resume.build_state(registry, sampler=FakeSampler(False, "x")))
+        resume.build_state(registry, sampler=FakeSampler(nvml=False, reason="x")))
 
 
 def test_resume_to_stdout_and_file(tmp_path, capsys):

@@ -14,10 +14,18 @@ import time
 from pathlib import Path
 
 import pytest
-from runner_util import REPO, write_registry
+from conftest import (
+    REPO,
+    FakeSampler,
+    fixed_clock,
+    log_lines,
+    registry_file,
+    until,
+    write_dir,
+    write_registry,
+)
 from textual.widgets import HelpPanel, Log
 from textual.widgets._key_panel import BindingsTable
-from tui_util import FakeSampler, bundled_registry, fixed_clock, log_lines, until, write_dir
 
 from cockpit import expdir
 from cockpit.stats import fmt_pct
@@ -92,8 +100,8 @@ def exp_dirs(tmp_path: Path) -> list[Path]:
 # opening
 
 
-async def test_opens_bundled_registry(tmp_path):
-    app = make_app(bundled_registry(tmp_path))
+async def test_opens_registry_file(tmp_path):
+    app = make_app(registry_file(tmp_path))
     async with app.run_test(size=SIZE) as pilot:
         main = await ready(pilot, app)
         text = screen_text(app)
@@ -126,7 +134,7 @@ async def test_broken_registry_is_shown_in_the_app_then_reloaded(tmp_path):
 
 
 async def test_reopening_finds_running_legs_and_follows_them(tmp_path):
-    reg_path = bundled_registry(tmp_path)
+    reg_path = registry_file(tmp_path)
     d = write_dir(tmp_path / "exp", "20260224_175412_cpu-smoke", "cpu-smoke", {
         "dense": ("done", log_lines(40, 40)),
         "moe_dropless": ("running", log_lines(23, 40, finished=False)),
@@ -167,7 +175,7 @@ def bindings_text(app: CockpitApp) -> str:
 async def test_keys_panel_lists_every_binding(tmp_path):
     """`?` opens Textual's keys panel: every binding with its key, description and tooltip, from
     the one list (MainScreen.BINDINGS); `?` again closes it."""
-    app = make_app(bundled_registry(tmp_path))
+    app = make_app(registry_file(tmp_path))
     async with app.run_test(size=SIZE) as pilot:
         await ready(pilot, app)
         bindings = {b.key: b for b in MainScreen.BINDINGS}
@@ -189,7 +197,7 @@ async def test_keys_panel_lists_every_binding(tmp_path):
 async def test_command_palette_offers_every_binding(tmp_path):
     """The palette offers each binding and runs its action, as the key does. Textual's own list
     already has Keys, Quit and Maximize (with a pane focused): those are not offered twice."""
-    app = make_app(bundled_registry(tmp_path))
+    app = make_app(registry_file(tmp_path))
     async with app.run_test(size=SIZE) as pilot:
         main = await ready(pilot, app)
         offered = [f"{hit.text} {hit.help}" async for hit in BindingCommands(main).discover()]
@@ -212,7 +220,7 @@ async def test_command_palette_offers_every_binding(tmp_path):
 
 
 async def test_tab_moves_between_panes_and_m_maximizes(tmp_path):
-    app = make_app(bundled_registry(tmp_path))
+    app = make_app(registry_file(tmp_path))
     async with app.run_test(size=SIZE) as pilot:
         await ready(pilot, app)
         seen = {app.focused.id if app.focused else None}
@@ -233,7 +241,7 @@ async def test_tab_moves_between_panes_and_m_maximizes(tmp_path):
 async def test_quit_says_running_legs_go_on(tmp_path):
     write_dir(tmp_path / "exp", "20260224_175412_cpu-smoke", "cpu-smoke", {
         "dense": ("running", log_lines(3, 40, finished=False))}, supervisor_alive=True)
-    app = make_app(bundled_registry(tmp_path))
+    app = make_app(registry_file(tmp_path))
     async with app.run_test(size=SIZE) as pilot:
         await ready(pilot, app)
         await pilot.press("q")
@@ -339,7 +347,7 @@ async def test_stop_running_leg(tmp_path, fake_env):
 async def test_write_report_and_guide(tmp_path):
     d = write_dir(tmp_path / "exp", "20260224_175412_cpu-smoke", "cpu-smoke",
                   {"dense": ("done", log_lines(40, 40)), "moe_dropless": ("done", log_lines(40, 40, tok=1200))})
-    reg_path = bundled_registry(tmp_path)
+    reg_path = registry_file(tmp_path)
     reg_path.write_text(reg_path.read_text().replace("\ntail = 50 ", "\ntail = 20 ", 1))
     app = make_app(reg_path)
     async with app.run_test(size=SIZE) as pilot:
@@ -357,7 +365,7 @@ async def test_write_report_and_guide(tmp_path):
 async def test_follow_pause_and_resume(tmp_path):
     d = write_dir(tmp_path / "exp", "20260224_175412_cpu-smoke", "cpu-smoke",
                   {"dense": ("running", log_lines(60, 400, finished=False))}, supervisor_alive=True)
-    app = make_app(bundled_registry(tmp_path))
+    app = make_app(registry_file(tmp_path))
     async with app.run_test(size=SIZE) as pilot:
         await ready(pilot, app)
         panes = app.query_one(LogPanes)
@@ -387,7 +395,7 @@ async def test_follow_pause_and_resume(tmp_path):
 async def test_log_pane_memory_is_bounded(tmp_path):
     d = write_dir(tmp_path / "exp", "20260224_175412_cpu-smoke", "cpu-smoke",
                   {"dense": ("running", log_lines(5000, 5000, finished=False))}, supervisor_alive=True)
-    app = make_app(bundled_registry(tmp_path), max_log_lines=300)
+    app = make_app(registry_file(tmp_path), max_log_lines=300)
     async with app.run_test(size=SIZE) as pilot:
         await ready(pilot, app)
         panes = app.query_one(LogPanes)
@@ -405,7 +413,7 @@ async def test_tabs_cycle_and_finish_notifies(tmp_path):
     b = write_dir(root, "20260224_180000_moe-fp8-capacity-opt-v3", "moe-fp8-capacity-opt-v3",
                   {"moe_fp8_experts_static_cap1p0_v3": ("running", log_lines(5, 40, finished=False))},
                   supervisor_alive=True)
-    app = make_app(bundled_registry(tmp_path))
+    app = make_app(registry_file(tmp_path))
     async with app.run_test(size=SIZE) as pilot:
         main = await ready(pilot, app)
         panes = app.query_one(LogPanes)
@@ -438,7 +446,7 @@ async def test_tabs_cycle_and_finish_notifies(tmp_path):
 
 
 async def test_resume_panel_shows_next_command(tmp_path):
-    app = make_app(bundled_registry(tmp_path))
+    app = make_app(registry_file(tmp_path))
     async with app.run_test(size=SIZE) as pilot:
         await ready(pilot, app)
         text = str(app.query_one(ResumePanel).render())
@@ -462,7 +470,7 @@ async def test_gpu_panel_with_the_real_sampler_over_fake_nvml(tmp_path):
     leg_pid = json.loads((d / "state" / "dense.json").read_text())["pid"]  # the leg's stand-in torchrun
     for i in (0, 1):  # its GPUs are the leg's
         nv.util[i], nv.mem_used_mib[i], nv.pids[i] = 97.0, 18987.0, [leg_pid]
-    app = make_app(bundled_registry(tmp_path), sampler=GpuSampler(nvml=nv))
+    app = make_app(registry_file(tmp_path), sampler=GpuSampler(nvml=nv))
     async with app.run_test(size=SIZE) as pilot:
         main = await ready(pilot, app)
         gpu = await until(pilot, lambda: main.view.gpu if main.view.gpu and main.view.gpu.gpus else None, what="GPUs")
@@ -474,7 +482,7 @@ async def test_gpu_panel_with_the_real_sampler_over_fake_nvml(tmp_path):
     assert d.exists()
 
     (tmp_path / "b").mkdir()
-    broken = make_app(bundled_registry(tmp_path / "b"),
+    broken = make_app(registry_file(tmp_path / "b"),
                       sampler=GpuSampler(nvml=FakeNVML(init_error=pynvml.NVML_ERROR_DRIVER_NOT_LOADED)))
     async with broken.run_test(size=SIZE) as pilot:
         main = await ready(pilot, broken)
@@ -528,7 +536,7 @@ def test_collector_posts_at_most_twice_a_second_and_loses_no_line(tmp_path):
     go out at most every 0.5 s (however fast the log grows), and every line arrives, in order."""
     d = write_dir(tmp_path / "exp", "20260224_175412_cpu-smoke", "cpu-smoke",
                   {"dense": ("running", log_lines(5, 400, finished=False))}, supervisor_alive=True)
-    c = Collector(bundled_registry(tmp_path), sampler=FakeSampler(), branch="main", clock=fixed_clock)
+    c = Collector(registry_file(tmp_path), sampler=FakeSampler(), branch="main", clock=fixed_clock)
     key = f"{d}/dense"
     c.request = Request(tabs=((key, str(d / "dense.log")),))
     posted: list[tuple[float, object]] = []
