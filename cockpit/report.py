@@ -14,22 +14,23 @@ table says why.
 Everything taken from a log or a file name (run names, error lines) is made printable and
 escaped for markdown. Output files are checked before anything is written (a directory, a path
 under a file, a read-only place: one line, nothing written), then written as temps and renamed
-into place together. A log of any size costs bounded memory: its step lines stream into the
-per-step CSV, and the plots keep at most PLOT_POINTS points per run.
+into place together. A log of any size costs bounded memory: its step lines stream, a chunk at a
+time, as numpy columns into the per-step CSV (numbers as the log printed them), and a plotted
+series keeps a min and a max per pixel column.
 """
 
 from __future__ import annotations
 
-import array
 import csv
 import datetime as dt
 import io
-import math
 import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, BinaryIO, NamedTuple
 
-from cockpit import expdir, fsutil, logs, safetext, stats
+from cockpit import expdir, fsutil, logs, numtext, safetext, stats
 from cockpit import registry as reg
 from cockpit.vocab import METRICS, RunStatus, Source, Status, run_status
 
@@ -42,7 +43,6 @@ COLUMNS = dict(zip(METRICS, (
     ("peak mem (MiB)", ".2f", False),
     ("total time (min)", ".2f", False),
 ), strict=True))
-PLOT_POINTS = 4000  # points per run and metric in a plot: a longer series is thinned evenly
 
 
 class ReportError(Exception):
@@ -433,31 +433,15 @@ SUMMARY_COLUMNS = (
 PLOTS = (("loss", "loss"), ("tok_per_sec", "tok/sec"), ("mfu", "MFU (%)"), ("dt_ms", "dt (ms)"))
 
 
-def _cell(v) -> str:
-    return "" if v is None else (repr(v) if isinstance(v, float) else str(v))
+PLOT_SIZE_IN, PLOT_DPI = (8, 4.5), 100
+PLOT_BUCKETS = PLOT_SIZE_IN[0] * PLOT_DPI  # a plotted series keeps a min and a max per pixel column at most
 
 
-class Thinned:
-    """At most about `cap` points of a series of any length: every k-th point, with k doubling
-    whenever the kept points reach 2 x cap (so they stay evenly spread). Finite values only."""
-
-    def __init__(self, cap: int = PLOT_POINTS):
-        self.cap, self.k, self.i = cap, 1, 0
-        self.xs, self.ys = array.array("d"), array.array("d")
-
-    def add(self, x, y) -> None:
-        if self.i % self.k == 0 and y is not None and x is not None and math.isfinite(y):
-            self.xs.append(x)
-            self.ys.append(y)
-            if len(self.xs) >= 2 * self.cap:
-                self.xs, self.ys, self.k = self.xs[::2], self.ys[::2], self.k * 2
-        self.i += 1
-
-    def __len__(self) -> int:
-        return len(self.xs)
+def _cell(v: object) -> str:
+    return "" if v is None else str(v)
 
 
-def _summary_rows(rows_: list[ReportRow]):
+def _summary_rows(rows_: list[ReportRow]) -> Iterator[Sequence[str]]:
     yield SUMMARY_COLUMNS
     for r in rows_:
         s = r.summary
@@ -471,65 +455,148 @@ def _summary_rows(rows_: list[ReportRow]):
         ]
 
 
-def stream_steps(rows_: list[ReportRow], writer, tail: int = 50) -> dict[str, dict[str, Thinned]]:
-    """Write every step line of every run's log to `writer` (a csv writer: one row per step
-    line), a chunk at a time, and return each run's thinned series for the plots."""
-    writer.writerow(["run", *STEP_COLUMNS])
-    series: dict[str, dict[str, Thinned]] = {}
+def _csv_field(text: str) -> str:
+    """One CSV field as the csv module writes it (quoted when it holds a comma, a quote...)."""
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="").writerow([text])
+    return buf.getvalue()
+
+
+class Series(NamedTuple):
+    """A run's metric per step, as plotted. A long series keeps, for each pixel column of the
+    plot, its first step and the least and the greatest value there (`lows`, `highs`)."""
+
+    steps: Any  # numpy float64
+    lows: Any
+    highs: Any  # the same as lows when the series is drawn point by point
+    decimated: bool
+
+
+class _Collected:
+    """A run's plotted metrics, a chunk of step lines at a time (finite values only)."""
+
+    def __init__(self) -> None:
+        self.parts: dict[str, list[tuple[Any, Any]]] = {attr: [] for attr, _ in PLOTS}
+
+    def add(self, table: logs.StepTable) -> None:
+        step = table.column("step")
+        x = step.values.astype(np.float64) if step.values.dtype != object else np.array(
+            [float(v) if abs(v) < 2**1000 else np.inf for v in step.values.tolist()])  # a step of 400 digits
+        for attr, parts in self.parts.items():
+            col = table.column(attr)
+            keep = col.present & step.present & np.isfinite(col.values) & np.isfinite(x)
+            if keep.any():
+                parts.append((x[keep], col.values[keep]))
+
+    def series(self) -> dict[str, Series]:
+        out = {}
+        for attr, parts in self.parts.items():
+            if parts:
+                x, y = (np.concatenate(a) for a in zip(*parts, strict=True))
+                out[attr] = decimate(x, y, PLOT_BUCKETS)
+        return out
+
+
+def decimate(x: Any, y: Any, buckets: int) -> Series:
+    """A series to draw `buckets` pixel columns wide. Up to 2 points a column it is kept as it
+    is; a longer one keeps, per column's range of x, its first x and its least and greatest y:
+    drawn as a band from least to greatest, it covers every pixel the whole series covers."""
+    n = len(x)
+    if n <= 2 * buckets:
+        return Series(x, y, y, False)
+    if (np.diff(x) < 0).any():  # a run restarted from a checkpoint: its steps go back
+        order = np.argsort(x, kind="stable")
+        x, y = x[order], y[order]
+    lo, hi = x[0], x[-1]
+    column = np.minimum(((x - lo) * (buckets / (hi - lo))).astype(np.int64), buckets - 1) if hi > lo else np.zeros(n, np.int64)
+    starts = np.flatnonzero(np.concatenate(([True], column[1:] != column[:-1])))
+    return Series(x[starts], np.minimum.reduceat(y, starts), np.maximum.reduceat(y, starts), True)
+
+
+def stream_steps(rows_: list[ReportRow], out: BinaryIO, tail: int = 50) -> dict[str, dict[str, Series]]:
+    """Write every step line of every run's log to `out` as CSV rows (bytes), a chunk of lines at a
+    time, numbers as the log printed them; return each run's plotted series."""
+    _load_numpy()
+    out.write((",".join(["run", *STEP_COLUMNS]) + "\r\n").encode())
+    series: dict[str, dict[str, Series]] = {}
     for r in rows_:
         if not (r.path and r.summary and not r.summary.error):
             continue
-        run = safetext.printable(r.run)
-        kept = {attr: Thinned() for attr, _ in PLOTS}
+        prefix = (_csv_field(safetext.printable(r.run)) + ",").encode()
+        kept = _Collected()
 
-        def sink(table: logs.StepTable, run: str = run, kept: dict = kept) -> None:
-            cols = [[_cell(v) for v in table.cols[c]] for c in STEP_COLUMNS]
-            writer.writerows(zip([run] * len(table), *cols, strict=True))
-            steps = table.cols["step"]
-            for attr, t in kept.items():
-                for x, y in zip(steps, table.cols[attr], strict=True):
-                    t.add(x, y)
+        def sink(table: logs.StepTable, prefix: bytes = prefix, kept: _Collected = kept) -> None:
+            out.write(numtext.csv_text(prefix, [_cells(table.column(name), name in logs.INT_FIELDS)
+                                                for name in STEP_COLUMNS]))
+            kept.add(table)
 
         try:
             logs.parse_file(r.path, tail=tail, on_steps=sink)
         except (OSError, ValueError):
             continue
-        if any(len(t) for t in kept.values()):
-            series[r.run] = kept
+        if found := kept.series():
+            series[r.run] = found
     return series
 
 
-def draw_plots(series: dict[str, dict[str, Thinned]]) -> dict[str, bytes]:
-    """PNG per metric (loss, tok/sec, MFU, dt) per step, one line per run: attr -> PNG bytes.
+def _cells(col: logs.Column, integer: bool) -> Any:
+    """A column's CSV cells: str() of each number, from the characters the log printed it with
+    when the parse kept them, else from its value."""
+    if not col.present.any():
+        return np.zeros((len(col.present), 0), np.uint8)
+    if col.text is not None:
+        return numtext.token_cells(col.text, col.present, col.values, integer)
+    if integer:
+        return numtext.int_cells(col.values, col.present)
+    return numtext.float_cells(col.values, col.present, col.decimals)
 
-    matplotlib is imported here, with the Agg backend, only when plots are drawn.
-    """
-    import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def draw_plots(series: dict[str, dict[str, Series]]) -> dict[str, bytes]:
+    """PNG per metric (loss, tok/sec, MFU, dt) per step, one line (or band) per run: attr -> PNG
+    bytes. A run keeps its colour in every plot."""
+    # function-level: matplotlib is heavy, and only a report with plots needs it (Agg: no display)
+    from matplotlib import rcParams
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
+    colours = rcParams["axes.prop_cycle"].by_key()["color"]
     made: dict[str, bytes] = {}
     for attr, label in PLOTS:
-        lines = {run: kept[attr] for run, kept in series.items() if len(kept[attr])}
+        lines = [(i, run, kept[attr]) for i, (run, kept) in enumerate(series.items()) if attr in kept]
         if not lines:
             continue
-        fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
-        thinned = False
-        for run, t in lines.items():
-            ax.plot(t.xs, t.ys, label=safetext.printable(run, newlines=False), linewidth=1.2)
-            thinned |= t.k > 1
+        fig = Figure(figsize=PLOT_SIZE_IN, dpi=PLOT_DPI)
+        FigureCanvasAgg(fig)
+        ax = fig.add_subplot()
+        decimated = False
+        for i, run, s in lines:
+            name, colour = safetext.printable(run, newlines=False), colours[i % len(colours)]
+            if s.decimated:  # a band: stroking a zigzag through every min and max costs ten times more
+                ax.fill_between(s.steps, s.lows, s.highs, color=colour, alpha=0.4, linewidth=0.8, label=name)
+            else:
+                ax.plot(s.steps, s.lows, color=colour, label=name, linewidth=1.2)
+            decimated |= s.decimated
         ax.set_xlabel("step")
         ax.set_ylabel(label)
-        ax.set_title(f"{label} per step" + (" (long runs thinned evenly)" if thinned else ""))
+        ax.set_title(f"{label} per step" + (" (long runs: least to greatest per pixel column)" if decimated else ""))
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="upper right")  # a fixed place: "best" searches every point of every line
         fig.tight_layout()
         buf = io.BytesIO()
         fig.savefig(buf, format="png")
-        plt.close(fig)
         made[attr] = buf.getvalue()
     return made
+
+
+np: Any = None  # numpy, loaded when a report writes its per-step files
+
+
+def _load_numpy() -> None:
+    global np
+    if np is None:
+        import numpy  # function-level: the TUI imports this module and starts without numpy
+
+        np = numpy
 
 
 def output_files(out: Path, plots: bool = True) -> dict[str, Path]:
@@ -575,8 +642,8 @@ def write_report(
     base = resolve_baseline(exp_dir, baseline, tail, now) if baseline is not None else None  # fails before writing
     links = {"per-step CSV": files["steps"].name, "summary CSV": files["summary"].name}
     with fsutil.StagedFiles(root) as staged:
-        with staged.open(files["steps"], "w") as f:
-            series = stream_steps(all_rows, csv.writer(f), tail)
+        with staged.open(files["steps"], "wb") as f:
+            series = stream_steps(all_rows, f, tail)
         with staged.open(files["summary"], "w") as f:
             csv.writer(f).writerows(_summary_rows(all_rows))
         plot_note = None

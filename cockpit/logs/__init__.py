@@ -31,11 +31,11 @@ from cockpit.logs.lines import (
     parse_step,
     parse_val,
 )
-from cockpit.logs.state import LogState, StepTable
+from cockpit.logs.state import INT_FIELDS, STEP_FIELDS, Column, LogState, StepTable
 from cockpit.logs.summary import LegSummary, summarize, summary_of
 
 __all__ = [
-    "FailureTracker", "FinalLine", "LegSummary", "LineSplitter", "LogFollower", "LogState", "MoeLine", "StepLine",
+    "INT_FIELDS", "STEP_FIELDS", "Column", "FailureTracker", "FinalLine", "LegSummary", "LineSplitter", "LogFollower", "LogState", "MoeLine", "StepLine",
     "StepTable", "ValLine", "parse_file", "parse_final", "parse_line", "parse_moe", "parse_step", "parse_val",
     "read_lines", "summarize", "summary_of",
 ]

@@ -67,6 +67,33 @@ class LineSplitter:
             out = [x for b in out if (x := safetext.strip_escapes_bytes(b))]
         return out
 
+    def feed_block(self, data: bytes) -> bytes:
+        """The complete lines in `data` as one block of bytes, joined by newlines, without making a
+        list of lines when the text is plain (no escape sequence, no line longer than max_line:
+        the usual log). The block may hold empty lines, which a reader drops, as feed_bytes does:
+        `[x for x in block.split(b"\\n") if x]` is feed_bytes(data)."""
+        if b"\r" in data:
+            data = data.replace(b"\r", b"\n")
+        cut = data.rfind(b"\n")
+        if cut < 0 or self.overflow or b"\x1b" in data or b"\x1b" in self.partial:
+            return b"\n".join(self.feed_bytes(data))
+        block = self.partial + data[:cut] if self.partial else data[:cut]
+        if self._has_long_line(block):
+            return b"\n".join(self.feed_bytes(data))
+        self.partial = b""
+        self._hold(data[cut + 1 :])
+        return block
+
+    def _has_long_line(self, block: bytes) -> bool:
+        """Does a line of the block run longer than max_line? Such a line holds a position that is
+        a multiple of max_line, so only the lines at those positions are measured."""
+        m = self.max_line
+        for pos in range(m, len(block), m):
+            end = block.find(b"\n", pos)
+            if (len(block) if end < 0 else end) - (block.rfind(b"\n", 0, pos) + 1) > m:
+                return True
+        return False
+
     def flush(self) -> list[str]:
         """The held partial line as a line (end of file, or the writer is gone)."""
         line, self.partial, self.overflow = safetext.strip_escapes_bytes(self.partial), b"", False

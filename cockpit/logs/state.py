@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from typing import Any, NamedTuple
 
 from cockpit import safetext
 from cockpit.logs.failure import FailureTracker
@@ -21,43 +22,114 @@ STEP_FIELDS = (
     "step", "total", "pct", "loss", "bal", "lrm", "dt_ms", "tok_per_sec", "mfu", "epoch",
     "total_time_min", "eta_min", "drop_pct",
 )
+INT_FIELDS = ("step", "total", "epoch")  # the others are floats
+UNKNOWN_DECIMALS = -1  # a value whose printed precision is not known: shown as repr() shows it
+
+
+class Column(NamedTuple):
+    """One field of n step lines, as numpy arrays of n."""
+
+    values: Any  # float64 (int64 for INT_FIELDS); 0 where the line does not carry the field
+    present: Any  # bool: the line carries the field (a StepLine's attribute is not None)
+    decimals: Any  # int8: digits after the point as the log printed the number; UNKNOWN_DECIMALS when not known
+    # uint64: the number's characters as the log printed them (commas left out), right-aligned in
+    # its 8 bytes, 0 before them; 0 where not present. None when not kept (a longer number, a
+    # number read line by line or converted to another unit).
+    text: Any = None
+
+
+def concat(parts: list[Column]) -> Column:
+    """The rows of several Columns one after the other (text kept when every part has it)."""
+    np = _numpy()
+    if len(parts) == 1:
+        return parts[0]
+    values, present, decimals = (np.concatenate([getattr(c, f) for c in parts]) for f in ("values", "present", "decimals"))
+    text = np.concatenate([c.text for c in parts]) if all(c.text is not None for c in parts) else None
+    return Column(values, present, decimals, text)
 
 
 class StepTable:
-    """Every step line of a log as columns (lists, one per StepLine field): what a full parse
-    keeps for the per-step CSV and the plots, without one object per line."""
+    """Every step line of a log as numpy columns, one per StepLine field: what a full parse keeps
+    for the per-step CSV and the plots, a few bytes a number and no object per line.
+
+    A bulk parse adds whole columns (`extend`); the line-by-line parser adds records (`append`),
+    which are kept aside and turned into columns, in order, when the columns are read. Fields a
+    line does not know (StepLine.extra) are not kept: a table holds numbers.
+    """
 
     def __init__(self) -> None:
-        self.cols: dict[str, list] = {name: [] for name in STEP_FIELDS}
-        self.extra: dict[int, dict[str, str]] = {}  # row -> unknown fields, for the rows that have any
+        self._blocks: list[tuple[int, dict[str, Column]]] = []  # (rows, columns) in file order
+        self._pending: list[StepLine] = []  # records not yet made into a block
+        self._n = 0
 
     def __len__(self) -> int:
-        return len(self.cols["step"])
+        return self._n
 
     def clear(self) -> None:
-        for col in self.cols.values():
-            col.clear()
-        self.extra.clear()
+        self._blocks.clear()
+        self._pending.clear()
+        self._n = 0
 
     def append(self, rec: StepLine) -> None:
-        if rec.extra:
-            self.extra[len(self)] = rec.extra
-        for name, col in self.cols.items():
-            col.append(getattr(rec, name))
+        self._pending.append(rec)
+        self._n += 1
 
-    def extend(self, cols: dict[str, list], n: int) -> None:
-        for name, col in self.cols.items():
-            values = cols.get(name)
-            col.extend(values if values is not None else [None] * n)
+    def extend(self, n: int, cols: dict[str, Column]) -> None:
+        """n rows, each field's Column (a field missing: no row carries it)."""
+        self._flush()
+        self._blocks.append((n, cols))
+        self._n += n
 
-    def row(self, i: int) -> StepLine:
-        rec = StepLine(**{name: col[i] for name, col in self.cols.items()})
-        if i in self.extra:
-            rec.extra = dict(self.extra[i])
-        return rec
+    def column(self, name: str) -> Column:
+        """Every row's value of one field."""
+        self._flush()
+        parts = [cols.get(name) or absent(name, n) for n, cols in self._blocks]
+        return concat(parts) if parts else absent(name, 0)
 
     def rows(self, start: int = 0) -> list[StepLine]:
-        return [self.row(i) for i in range(start, len(self))]
+        """Rows start.. as StepLine records (without `extra`)."""
+        cols = {name: self.column(name) for name in STEP_FIELDS}
+        lists = {name: _as_list(c, start) for name, c in cols.items()}
+        return [StepLine(**{name: lists[name][i] for name in STEP_FIELDS}) for i in range(len(self) - start)]
+
+    def as_lists(self) -> dict[str, list]:
+        """Each field as a list of Python numbers, None where a line does not carry it."""
+        return {name: _as_list(self.column(name)) for name in STEP_FIELDS}
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        np = _numpy()
+        recs, self._pending = self._pending, []
+        n = len(recs)
+        cols = {}
+        for name in STEP_FIELDS:
+            raw = [getattr(r, name) for r in recs]
+            present = np.fromiter((v is not None for v in raw), bool, n)
+            if name in INT_FIELDS and any(v is not None and not -(2**63) <= v < 2**63 for v in raw):
+                values = np.array([0 if v is None else v for v in raw], object)  # int() reads any length
+            else:
+                kind = np.int64 if name in INT_FIELDS else np.float64
+                values = np.fromiter((0 if v is None else v for v in raw), kind, n)
+            cols[name] = Column(values, present, np.full(n, UNKNOWN_DECIMALS, np.int8))
+        self._blocks.append((n, cols))
+
+
+def absent(name: str, n: int) -> Column:
+    """A field that none of n rows carries."""
+    np = _numpy()
+    kind = np.int64 if name in INT_FIELDS else np.float64
+    return Column(np.zeros(n, kind), np.zeros(n, bool), np.full(n, UNKNOWN_DECIMALS, np.int8), np.zeros(n, np.uint64))
+
+
+def _as_list(c: Column, start: int = 0) -> list:
+    return [v if p else None for v, p in zip(c.values[start:].tolist(), c.present[start:].tolist(), strict=True)]
+
+
+def _numpy():
+    import numpy  # function-level: the follower feeds a LogState in the TUI, which starts without numpy
+
+    return numpy
 
 
 class LogState:
