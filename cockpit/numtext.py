@@ -89,7 +89,7 @@ def float_cells(values: Any, present: Any, decimals: Any) -> Any:
 
 
 def token_cells(words: Any, present: Any, values: Any, integer: bool) -> Any:
-    """(n, 10) uint8: str() of numbers given the characters a log printed them with (`words`:
+    """(n, w) uint8: str() of numbers given the characters a log printed them with (`words`:
     digits and at most one point, right-aligned in each uint64, its first character in the low
     byte, 0 before). The same characters, less the zeros str() leaves out (leading ones; trailing
     ones after the point but the first), plus the ones it adds (`0.5` for `.5`, `7.0` for a float
@@ -98,28 +98,35 @@ def token_cells(words: Any, present: Any, values: Any, integer: bool) -> Any:
     n = len(words)
     u = lambda v: np.uint64(v)  # noqa: E731
     high, ones = u(0x8080808080808080), 0x0101010101010101
-    x = np.where(present, words, u(0))
+    x = words if present.all() else np.where(present, words, u(0))
     used = ~_zero_bytes(x) & high  # the number's bytes
     zero = _zero_bytes(x ^ u(0x30 * ones))  # its "0"s
-    point = _zero_bytes(x ^ u(0x2E * ones))  # its point, if any
+    point = u(0) if integer else _zero_bytes(x ^ u(0x2E * ones))  # its point, if any
+    pointed = not integer and bool(point.any())
     first = _smear_up(used & ~zero)  # from the first character that is not a 0 (a digit, or the point)
-    keep_one = point >> u(8) if not integer else u(0)  # a 0 right before the point stays
-    lead = zero & ~first & ~keep_one & ~u(0x80 << 56)  # leading zeros; the last character stays
-    x &= ~((lead >> u(7)) * u(0xFF))
-    suffix = np.zeros((n, 2), np.uint8)
-    if not integer:
-        x |= (((point >> u(8)) & ~used & high) >> u(7)) * u(0x30)  # `.5`: a 0 before the point
+    lead = zero & ~first & ~(point >> u(8)) & ~u(0x80 << 56)  # leading zeros; the last, and a 0 before the point, stay
+    if lead.any():
+        x = x & ~((lead >> u(7)) * u(0xFF))
+    suffix = None
+    if pointed:
+        x = x | (((point >> u(8)) & ~used & high) >> u(7)) * u(0x30)  # `.5`: a 0 before the point
         after = _smear_up(point << u(8))  # the bytes after the point
         last = _smear_down(used & ~zero & ~point & after)  # up to the last digit after it that is not 0
         trail = zero & after & ~last & ~(point << u(8))  # trailing zeros; the first after the point stays
-        x &= ~((trail >> u(7)) * u(0xFF))
-        has_point = point != 0
-        suffix[:, 0] = np.where(present & ~has_point, ord("."), np.where(point >> u(63) != 0, ord("0"), 0))
-        suffix[:, 1] = np.where(present & ~has_point, ord("0"), 0)
-    used = int(np.bitwise_or.reduce(x)) if n else 0  # the bytes some number uses (the first ones are 0 in all)
-    lead = ((used & -used).bit_length() - 1) // 8 if used else 8  # leading bytes no number uses
-    cells = np.concatenate([x.view(np.uint8).reshape(n, 8)[:, lead:], suffix[:, : 2 if suffix.any() else 0]], axis=1)
-    if not integer:  # what str() writes otherwise: an exponent below 1e-4, no room for a 0 before a point
+        x = x & ~((trail >> u(7)) * u(0xFF))
+        ends_in_point = (point >> u(63)) != 0  # `7.`: a 0 after the point
+        if not (point != 0).all() or ends_in_point.any():
+            suffix = np.zeros((n, 2), np.uint8)
+            suffix[:, 0] = np.where(present & (point == 0), ord("."), np.where(ends_in_point, ord("0"), 0))
+            suffix[:, 1] = np.where(present & (point == 0), ord("0"), 0)
+    elif not integer:  # no point in any: every present float gets `.0`
+        suffix = np.zeros((n, 2), np.uint8)
+        suffix[present] = (ord("."), ord("0"))
+    used_bytes = int(np.bitwise_or.reduce(x)) if n else 0  # the bytes some number uses (the first ones are 0 in all)
+    skip = ((used_bytes & -used_bytes).bit_length() - 1) // 8 if used_bytes else 8  # leading bytes no number uses
+    digits = x.view(np.uint8).reshape(n, 8)[:, skip:]
+    cells = digits if suffix is None else np.concatenate([digits, suffix], axis=1)
+    if pointed or not integer:  # what str() writes otherwise: an exponent below 1e-4, no room for a 0 before a point
         odd = present & (((values != 0) & (np.abs(values) < 1e-4)) | ((point & u(0x80)) != 0))
         for i in np.flatnonzero(odd).tolist():
             text = str(float(values[i])).encode()

@@ -25,6 +25,11 @@ import csv
 import datetime as dt
 import io
 import os
+import pickle
+import shutil
+import subprocess
+import sys
+import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -513,30 +518,114 @@ def decimate(x: Any, y: Any, buckets: int) -> Series:
     return Series(x[starts], np.minimum.reduceat(y, starts), np.maximum.reduceat(y, starts), True)
 
 
+PARALLEL_MIN_BYTES = 64 << 20  # logs of less, all told, are read in this process: a worker's start costs more
+PARALLEL_MAX_WORKERS = 8
+
+
 def stream_steps(rows_: list[ReportRow], out: BinaryIO, tail: int = 50) -> dict[str, dict[str, Series]]:
-    """Write every step line of every run's log to `out` as CSV rows (bytes), a chunk of lines at a
-    time, numbers as the log printed them; return each run's plotted series."""
-    _load_numpy()
+    """Write every step line of every run's log to `out` as CSV rows (bytes), numbers as the log
+    printed them; return each run's plotted series.
+
+    Each log is read a chunk of lines at a time. Big logs (PARALLEL_MIN_BYTES together) are read
+    side by side by worker processes (`python -c`, one per CPU), each writing its logs' rows to part
+    files in a private temp dir; the parts are copied into `out` in the runs' order, the same bytes
+    as one after the other. A log a worker could not do is read here."""
     out.write((",".join(["run", *STEP_COLUMNS]) + "\r\n").encode())
-    series: dict[str, dict[str, Series]] = {}
-    for r in rows_:
-        if not (r.path and r.summary and not r.summary.error):
-            continue
-        prefix = (_csv_field(safetext.printable(r.run)) + ",").encode()
-        kept = _Collected()
-
-        def sink(table: logs.StepTable, prefix: bytes = prefix, kept: _Collected = kept) -> None:
-            out.write(numtext.csv_text(prefix, [_cells(table.column(name), name in logs.INT_FIELDS)
-                                                for name in STEP_COLUMNS]))
-            kept.add(table)
-
-        try:
-            logs.parse_file(r.path, tail=tail, on_steps=sink)
-        except (OSError, ValueError):
-            continue
-        if found := kept.series():
-            series[r.run] = found
+    jobs = [(r.run, r.path) for r in rows_ if r.path and r.summary and not r.summary.error]
+    done: dict[int, tuple[str, dict[str, Series]]] = {}  # job -> (its part file, its series)
+    workers = _workers([path for _, path in jobs])
+    with tempfile.TemporaryDirectory(prefix="cockpit-report-") as tmp:
+        if workers > 1:
+            done = _in_workers(jobs, tail, workers, tmp)
+        series: dict[str, dict[str, Series]] = {}
+        for i, (run, path) in enumerate(jobs):
+            if i in done:
+                part, found = done[i]
+                with open(part, "rb") as f:
+                    shutil.copyfileobj(f, out, 1 << 20)
+                os.unlink(part)
+            else:
+                found = _steps_csv(path, run, tail, out)
+            if found:
+                series[run] = found
     return series
+
+
+def _workers(paths: list[str]) -> int:
+    """How many processes read these logs: 1 unless there are several and they are big."""
+    try:
+        size = sum(os.stat(p).st_size for p in paths)
+    except OSError:
+        return 1
+    if len(paths) < 2 or size < PARALLEL_MIN_BYTES:
+        return 1
+    return max(1, min(len(paths), os.cpu_count() or 1, PARALLEL_MAX_WORKERS))
+
+
+def _in_workers(jobs: list[tuple[str, str]], tail: int, workers: int, tmp: str) -> dict[int, tuple[str, dict[str, Series]]]:
+    """Jobs read by `workers` processes, job i by worker i % workers: {job: (part file, series)}
+    for each one a worker did (its part complete, its series pickled beside it)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        p for p in (str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")) if p)}
+    procs = []
+    for w in range(workers):
+        mine = list(range(w, len(jobs), workers))
+        spec = os.path.join(tmp, f"w{w}.jobs")
+        with open(fsutil.create_new(spec), "wb") as f:
+            pickle.dump([(i, jobs[i][0], jobs[i][1], tail, os.path.join(tmp, f"{i}.csv")) for i in mine], f)
+        try:
+            procs.append(subprocess.Popen([sys.executable, "-c", _WORKER, spec], env=env, stdin=subprocess.DEVNULL,
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        except OSError:
+            continue  # its logs are read here
+    try:
+        for proc in procs:
+            proc.wait()
+    finally:  # interrupted: no worker outlives the report
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    done = {}
+    for i in range(len(jobs)):
+        part, result = os.path.join(tmp, f"{i}.csv"), os.path.join(tmp, f"{i}.series")
+        if os.path.exists(result):  # written last: the part is complete
+            with open(result, "rb") as f:
+                done[i] = (part, pickle.load(f))
+    return done
+
+
+_WORKER = "import sys; from cockpit.report import _worker; _worker(sys.argv[1])"
+
+
+def _worker(spec: str) -> None:
+    """A worker process: its jobs' part files, and each one's series (pickled) once its part is done."""
+    with open(spec, "rb") as f:
+        jobs = pickle.load(f)
+    for i, run, path, tail, part in jobs:
+        with open(fsutil.create_new(part), "wb") as f:
+            found = _steps_csv(path, run, tail, f)
+        with open(fsutil.create_new(os.path.join(os.path.dirname(part), f"{i}.series")), "wb") as f:
+            pickle.dump(found, f)
+
+
+def _steps_csv(path: str, run: str, tail: int, out: BinaryIO) -> dict[str, Series]:
+    """One log's step lines as CSV rows into `out`; its plotted series. A log that cannot be read
+    (any more) adds the rows read so far, and no series."""
+    _load_numpy()
+    prefix = (_csv_field(safetext.printable(run)) + ",").encode()
+    kept = _Collected()
+
+    def sink(table: logs.StepTable) -> None:
+        out.write(numtext.csv_text(prefix, [_cells(table.column(name), name in logs.INT_FIELDS)
+                                            for name in STEP_COLUMNS]))
+        kept.add(table)
+
+    try:
+        logs.parse_file(path, tail=tail, on_steps=sink)
+    except (OSError, ValueError):
+        return {}
+    return kept.series()
 
 
 def _cells(col: logs.Column, integer: bool) -> Any:

@@ -228,3 +228,19 @@ def test_supervisor_report_has_deltas_against_the_experiments_baseline(tmp_path)
     registry.path.write_text(registry.path.read_text().replace('id = "cpu-smoke"', 'id = "cpu-smoke-renamed"'))
     text = report.write_report(d, plots=False, now=NOW).read_text()
     assert head in text and delta in text
+
+
+def test_big_logs_read_by_workers_give_the_same_files(tmp_path, monkeypatch):
+    """Logs read side by side by worker processes: the same CSVs, table and plots as one after the
+    other (a worker that cannot do a log leaves it to the report's own process)."""
+    d = copy_logs(FIXTURES, tmp_path / "exp", ["fork-log-excerpt", "upstream-bf16", "crashed-torchrun", "trainer-junk"])
+    one = report.write_report(d, tmp_path / "one" / "r.md", now=NOW)
+    monkeypatch.setattr(report, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(report.os, "cpu_count", lambda: 2)
+    many = report.write_report(d, tmp_path / "many" / "r.md", now=NOW)
+    for name in ("r_steps.csv", "r_summary.csv"):
+        assert (one.parent / name).read_bytes() == (many.parent / name).read_bytes(), name
+    assert one.read_text().replace("/one/", "/x/") == many.read_text().replace("/many/", "/x/")
+    monkeypatch.setattr(report, "_WORKER", "import sys; sys.exit(3)")  # workers that fail: read here
+    again = report.write_report(d, tmp_path / "again" / "r.md", now=NOW)
+    assert (again.parent / "r_steps.csv").read_bytes() == (one.parent / "r_steps.csv").read_bytes()

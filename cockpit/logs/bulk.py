@@ -130,9 +130,10 @@ def _feed_block(state: LogState, block: bytes) -> None:
         return
     if block.startswith(b"step ") and block.isascii():
         keys = block.translate(None, _KEY_DELETE)
-        n = keys.count(b"\n") + 1
-        first = keys[: keys.find(b"\n")] if n > 1 else keys
-        if len(keys) == n * (len(first) + 1) - 1 and keys == b"\n".join(repeat(first, n)):
+        cut = keys.find(b"\n")
+        first = keys[:cut] if cut >= 0 else keys
+        n, odd = divmod(len(keys) + 1, len(first) + 1)  # lines, if all have the first line's key
+        if not odd and keys == b"\n".join(repeat(first, n)):
             cols = _group_columns(block, n)  # every line starts with "step ": all share one layout
             if cols is not None:
                 _feed_steps(state, cols, n, block.rsplit(b"\n", state.tail)[-state.tail :])
