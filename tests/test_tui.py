@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import threading
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 from conftest import (
     REPO,
@@ -38,7 +40,7 @@ from cockpit.tui.experiments import ExperimentTree, Selection
 from cockpit.tui.log_panes import LogPanes
 from cockpit.tui.log_view import LogView
 from cockpit.tui.main_screen import MainScreen
-from cockpit.tui.messages import LogLines, ViewPublished
+from cockpit.tui.messages import LogLines, Notice, ViewPublished
 from cockpit.tui.resume_panel import ResumePanel
 
 SIZE = (160, 48)
@@ -519,6 +521,95 @@ async def test_names_with_brackets_are_shown_as_written(tmp_path):
         await until(pilot, lambda: panes.keys, what="the tab")
         await pilot.pause(0.6)
         assert screen_text(app).count("x[red]y") >= 3  # tree, live row, tab
+
+
+async def test_stop_acts_only_under_exp_root(tmp_path):
+    """The screen's stop, as `cockpit stop`: a dir outside the registry's exp_root is refused,
+    with one line, and nothing in it is read or written."""
+    reg_path = fake_registry(tmp_path)
+    outside = write_dir(tmp_path / "elsewhere", "20260224_175412_fake", "fake", {"a": ("done", log_lines(3, 3))})
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in outside.rglob("*"))
+    app = make_app(reg_path)
+    async with app.run_test(size=SIZE) as pilot:
+        main = await ready(pilot, app)
+        main._stop(str(outside), "a")
+        await until(pilot, lambda: any(title == "stop" for title, _ in app.notes), what="the refusal")
+        message = next(m for title, m in app.notes if title == "stop")
+        assert "is not an experiment dir under exp_root" in message and "\n" not in message
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in outside.rglob("*")) == before
+
+
+async def test_a_dirs_problem_and_an_unknown_leg_show_in_the_tree(tmp_path):
+    """A dir that cannot be read shows its problem, on one line, and no legs; a leg whose process
+    cannot be proven the leg's is marked unknown, with why."""
+    reg_path = fake_registry(tmp_path)
+    root = tmp_path / "exp"
+    broken = root / "20260224_170000_fake"
+    (broken / "state").mkdir(parents=True)
+    os.mkfifo(broken / "plan.json")  # reading it would block: it is not a regular file
+    d = write_dir(root, "20260224_175412_fake", "fake", {"a": ("done", log_lines(3, 3))})
+    me = psutil.Process()  # a live process that is not the leg's torchrun: another command line
+    (d / "state" / "b.json").write_text(json.dumps({"leg": "b", "status": "running", "pid": me.pid,
+                                                    "create_time": me.create_time(), "log": str(d / "b.log")}))
+    plan = json.loads((d / "plan.json").read_text())
+    plan["legs"].append({"name": "b", "argv": ["torchrun", "--standalone", "-m", "nanochat.base_train"]})
+    (d / "plan.json").write_text(json.dumps(plan))
+    (d / "b.log").write_text("\n".join(log_lines(2, 10, finished=False)) + "\n")
+    app = make_app(reg_path)
+    async with app.run_test(size=SIZE) as pilot:
+        main = await ready(pilot, app)
+        exp = main.view.experiment("fake")
+        leg = exp.leg("b")
+        assert leg.mark == "unknown" and leg.note.startswith("unknown: process identity not proven")
+        tree = app.query_one(ExperimentTree)
+        label = tree.node_for(Selection("leg", "fake", "b")).label.plain
+        assert label.startswith("? b") and "unknown: process identity not proven" in label
+        bad = next(x for x in exp.dirs if x.path == str(broken))
+        assert bad.legs == () and bad.problem.startswith("plan.json unreadable")
+        dir_label = tree.node_for(Selection("dir", "fake", exp_dir=str(broken))).label.plain
+        assert "no legs" in dir_label and f"⚠ {bad.problem}" in dir_label and "\n" not in dir_label
+        await pilot.press("s")  # an unknown leg is not stopped: nothing may signal it
+        await select(pilot, app, Selection("leg", "fake", "b"))
+        await pilot.press("s")
+        await pilot.pause(0.2)
+        assert not isinstance(app.screen, ConfirmScreen)
+        assert "nothing running or queued in the selection" in notes(app)
+
+
+async def test_notifications_show_text_from_files_printable(tmp_path):
+    """A note, an error line or a dir's name reaches a notification without its control characters."""
+    app = make_app(fake_registry(tmp_path))
+    async with app.run_test(size=SIZE) as pilot:
+        main = await ready(pilot, app)
+        main.post_message(Notice("leg a failed: boom \x1b]0;pwned\x07\x1b[2J in 2026\x1b[31m_x\u202e", "leg \x1b[1mfailed"))
+        await until(pilot, lambda: len(app.notes) > 0 and "boom" in app.notes[-1][1], what="the notification")
+        title, message = app.notes[-1]
+        assert "\x1b" not in message + title and "\x07" not in message and "\u202e" not in message
+        assert message.startswith("leg a failed: boom") and title == "leg failed"
+
+
+async def test_deltas_that_are_no_number_show_a_dash(tmp_path):
+    """A baseline whose figures are 0: the live and final delta cells say `-`, never inf or nan."""
+    reg_path = fake_registry(tmp_path, legs={"base": 'model-tag = "base"', "a": 'model-tag = "a"'})
+    text = reg_path.read_text().replace('[[experiment.leg]]\nname = "base"',
+                                        '[[experiment.leg]]\nname = "base"\nrecorded = { tok_per_sec = 0.0, dt_ms = 0.0 }')
+    reg_path.write_text(text.replace('id = "fake"', 'id = "fake"\nbaseline = "base"'))
+    write_dir(tmp_path / "exp", "20260224_175412_fake", "fake",
+              {"a": ("running", log_lines(12, 40, finished=False))}, supervisor_alive=True)
+    app = make_app(reg_path)
+    async with app.run_test(size=SIZE) as pilot:
+        main = await ready(pilot, app)
+        await until(pilot, lambda: main.view.live, what="the live row")
+        assert main.view.live[0].delta_tok_pct is None
+        live = app.query_one("#live")
+        assert live.get_row_at(0)[9].plain == "-"  # Δ base
+        await select(pilot, app, Selection("dir", "fake", exp_dir=str(tmp_path / "exp" / "20260224_175412_fake")))
+        await until(pilot, lambda: main.report is not None and main.report.rows, what="the final table")
+        row = next(r for r in main.report.rows if r.run == "a")
+        assert row.deltas["tok_per_sec"] is None and row.deltas["dt_ms"] is None
+        final = app.query_one("#final")
+        cells = [c.plain for c in final.get_row_at(final.row_count - 1)]
+        assert cells[2].splitlines()[1] == "-" and cells[3].splitlines()[1] == "-"
 
 
 def test_text_shapes():

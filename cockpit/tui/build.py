@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Protocol
 
-from cockpit import expdir, gpus, logs, report, resume, stats
+from cockpit import expdir, gpus, logs, report, resume, safetext, stats
 from cockpit import registry as reg
 from cockpit.tui import state as vm
 from cockpit.vocab import METRICS, NOTED_MARKS, Mark, Source
@@ -114,7 +114,8 @@ def _dir_view(d: expdir.ExpDir) -> vm.DirView:
         st = d.states.get(name)
         status = st.status if st is not None else ("log" if d.log(name).exists() else "pending")
         legs.append(vm.DirLegView(name, status, str(d.log(name))))
-    return vm.DirView(str(d.path), d.path.name, d.experiment, tuple(legs))
+    problem = safetext.oneline(d.problem) if d.problem else None
+    return vm.DirView(str(d.path), d.path.name, d.experiment, tuple(legs), problem)
 
 
 def gpu_view(snapshot: gpus.Snapshot, status: resume.GpuStatus, owners: dict[int, str],

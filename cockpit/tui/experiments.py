@@ -23,6 +23,7 @@ GLYPH = {
     Mark.FAILED: ("✘", "bold red"),
     Mark.STOPPED: ("■", "yellow"),
     Mark.PENDING: ("○", "dim"),
+    Mark.UNKNOWN: ("?", "bold magenta"),  # may still run, and nothing may signal it: its note says why
 }
 
 
@@ -69,6 +70,8 @@ def dir_label(d: DirView) -> Text:
     counts = Counter(x.status for x in d.legs)
     text = Text(d.name, style="blue")
     text.append("  " + (", ".join(f"{n} {m}" for m, n in counts.items()) or "no legs"), style="dim")
+    if d.problem:
+        text.append(f"  ⚠ {d.problem}", style="bold red")
     return text
 
 

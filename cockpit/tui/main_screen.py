@@ -414,8 +414,12 @@ class MainScreen(Screen[None]):
 
     @work(thread=True, group="actions", exit_on_error=False)
     def _stop(self, exp_dir: str, leg: str | None) -> None:
-        try:
-            launch.stop(exp_dir, leg)
+        registry = self.collector.registry
+        if registry is None:
+            self.post_message(Notice(self.error or "the registry is not loaded", "stop", "error", 10))
+            return
+        try:  # as `cockpit stop`: only a dir under the registry's exp_root, only proven processes
+            launch.stop(exp_dir, leg, exp_root=registry.settings.exp_root)
         except Exception as e:
             self._fail("stop", e)
             return

@@ -45,6 +45,7 @@ class DirView:
     name: str
     experiment: str
     legs: tuple[DirLegView, ...] = ()
+    problem: str | None = None  # what could not be read there (one printable line): the dir's own trouble
 
 
 @dataclass(frozen=True)
