@@ -13,12 +13,14 @@ below 2**51), checked, and trailing zeros dropped, as str() does. Anything else 
 printed precision is unknown, nan, inf, a magnitude str() writes with an exponent) is formatted
 by str() itself, one by one: those are rare.
 
-Layer 0: imports nothing from the cockpit.
+Layer 0: imports nothing from the cockpit but lazy (numpy, loaded by the first column).
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from cockpit import lazy
 
 MAX_DIGITS = 15  # at most this many significant digits: below 10**15 < 2**53 every integer is exact
 np: Any = None  # numpy, once the first column is formatted
@@ -29,9 +31,7 @@ _P10F: Any = None  # and as float64 (exact)
 def _load() -> None:
     global np, _P10, _P10F
     if np is None:
-        import numpy  # function-level: report imports this module, and the TUI (through report) starts without numpy
-
-        np = numpy
+        np = lazy.numpy()
         _P10 = 10 ** np.arange(MAX_DIGITS + 2, dtype=np.int64)
         _P10F = _P10.astype(np.float64)
 

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple
 
-from cockpit import expdir, fsutil, logs, numtext, safetext, stats
+from cockpit import expdir, fsutil, lazy, logs, numtext, safetext, stats
 from cockpit import registry as reg
 from cockpit.vocab import METRICS, RunStatus, Source, Status, run_status
 
@@ -683,9 +683,7 @@ np: Any = None  # numpy, loaded when a report writes its per-step files
 def _load_numpy() -> None:
     global np
     if np is None:
-        import numpy  # function-level: the TUI imports this module and starts without numpy
-
-        np = numpy
+        np = lazy.numpy()
 
 
 def output_files(out: Path, plots: bool = True) -> dict[str, Path]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import os
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -608,8 +609,6 @@ def write_guide(
     before anything is written: fsutil.UnsafePath, whose strerror is the one line to show.
     Inside exp_root, no symlink planted there is followed.
     """
-    import os
-
     root = registry.settings.exp_root
     out = Path(os.path.abspath(os.path.expanduser(out_md))) if out_md is not None else root / GUIDE_NAME
     if why := fsutil.output_problem(out):

@@ -35,7 +35,7 @@ from collections.abc import Callable
 from itertools import compress, repeat
 from typing import Any, NamedTuple
 
-from cockpit import fsutil
+from cockpit import fsutil, lazy
 from cockpit.logs.follow import LineSplitter, chunks
 from cockpit.logs.lines import FIELD_PARSERS, parse_moe, parse_step, to_float, to_int, to_minutes, to_ms
 from cockpit.logs.state import (
@@ -71,9 +71,7 @@ np: Any = None  # numpy, loaded by the first full parse
 def _numpy() -> Any:
     global np, _MINE, _P10F
     if np is None:
-        import numpy  # function-level: report imports this module, and the TUI (through report) starts without numpy
-
-        np = numpy
+        np = lazy.numpy()
         _MINE = np.array([~((1 << (8 * (8 - k))) - 1) & (2**64 - 1) for k in range(9)], np.uint64)
         _P10F = 10.0 ** np.arange(16)
     return np

@@ -14,7 +14,7 @@ import math
 from collections import deque
 from typing import Any, NamedTuple
 
-from cockpit import safetext
+from cockpit import lazy, safetext
 from cockpit.logs.failure import FailureTracker
 from cockpit.logs.lines import FinalLine, MoeLine, StepLine, ValLine, parse_line, parse_step
 
@@ -126,10 +126,8 @@ def _as_list(c: Column, start: int = 0) -> list:
     return [v if p else None for v, p in zip(c.values[start:].tolist(), c.present[start:].tolist(), strict=True)]
 
 
-def _numpy():
-    import numpy  # function-level: the follower feeds a LogState in the TUI, which starts without numpy
-
-    return numpy
+def _numpy() -> Any:
+    return lazy.numpy()  # a LogState without a table (the TUI's followers) never loads numpy
 
 
 class LogState:
