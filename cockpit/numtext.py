@@ -99,9 +99,9 @@ def token_cells(words: Any, present: Any, values: Any, integer: bool) -> Any:
     u = lambda v: np.uint64(v)  # noqa: E731
     high, ones = u(0x8080808080808080), 0x0101010101010101
     x = words if present.all() else np.where(present, words, u(0))
-    used = ~_zero_bytes(x) & high  # the number's bytes
-    zero = _zero_bytes(x ^ u(0x30 * ones))  # its "0"s
-    point = u(0) if integer else _zero_bytes(x ^ u(0x2E * ones))  # its point, if any
+    used = ~zero_bytes(x) & high  # the number's bytes
+    zero = zero_bytes(x ^ u(0x30 * ones))  # its "0"s
+    point = u(0) if integer else zero_bytes(x ^ u(0x2E * ones))  # its point, if any
     pointed = not integer and bool(point.any())
     first = _smear_up(used & ~zero)  # from the first character that is not a 0 (a digit, or the point)
     lead = zero & ~first & ~(point >> u(8)) & ~u(0x80 << 56)  # leading zeros; the last, and a 0 before the point, stay
@@ -137,8 +137,9 @@ def token_cells(words: Any, present: Any, values: Any, integer: bool) -> Any:
     return cells
 
 
-def _zero_bytes(x: Any) -> Any:
-    """0x80 in each byte of x that is 0, else 0 (exact: no carry from one byte to the next)."""
+def zero_bytes(x: Any) -> Any:
+    """0x80 in each byte of the uint64s x that is 0, else 0 (exact: no carry from one byte to the next)."""
+    _load()
     low7 = np.uint64(0x7F7F7F7F7F7F7F7F)
     return ~(((x & low7) + low7) | x) & np.uint64(0x8080808080808080)
 

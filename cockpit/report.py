@@ -49,6 +49,14 @@ COLUMNS = dict(zip(METRICS, (
     ("total time (min)", ".2f", False),
 ), strict=True))
 
+np: Any = None  # numpy, loaded when a report writes its per-step files
+
+
+def _load_numpy() -> None:
+    global np
+    if np is None:
+        np = lazy.numpy()
+
 
 class ReportError(Exception):
     """Bad report input (no such dir, unknown baseline): one line for the CLI."""
@@ -436,8 +444,6 @@ SUMMARY_COLUMNS = (
     "tok_per_sec", "dt_ms", "mfu", "peak_mem_mib", "total_time_min", "error",
 )
 PLOTS = (("loss", "loss"), ("tok_per_sec", "tok/sec"), ("mfu", "MFU (%)"), ("dt_ms", "dt (ms)"))
-
-
 PLOT_SIZE_IN, PLOT_DPI = (8, 4.5), 100
 PLOT_BUCKETS = PLOT_SIZE_IN[0] * PLOT_DPI  # a plotted series keeps a min and a max per pixel column at most
 
@@ -532,11 +538,10 @@ def stream_steps(rows_: list[ReportRow], out: BinaryIO, tail: int = 50) -> dict[
     as one after the other. A log a worker could not do is read here."""
     out.write((",".join(["run", *STEP_COLUMNS]) + "\r\n").encode())
     jobs = [(r.run, r.path) for r in rows_ if r.path and r.summary and not r.summary.error]
-    done: dict[int, tuple[str, dict[str, Series]]] = {}  # job -> (its part file, its series)
     workers = _workers([path for _, path in jobs])
-    with tempfile.TemporaryDirectory(prefix="cockpit-report-") as tmp:
-        if workers > 1:
-            done = _in_workers(jobs, tail, workers, tmp)
+    tmp = tempfile.mkdtemp(prefix="cockpit-report-") if workers > 1 else None  # private: 0700
+    try:
+        done = _in_workers(jobs, tail, workers, tmp) if tmp else {}  # job -> (its part file, its series)
         series: dict[str, dict[str, Series]] = {}
         for i, (run, path) in enumerate(jobs):
             if i in done:
@@ -548,7 +553,10 @@ def stream_steps(rows_: list[ReportRow], out: BinaryIO, tail: int = 50) -> dict[
                 found = _steps_csv(path, run, tail, out)
             if found:
                 series[run] = found
-    return series
+        return series
+    finally:
+        if tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _workers(paths: list[str]) -> int:
@@ -675,15 +683,6 @@ def draw_plots(series: dict[str, dict[str, Series]]) -> dict[str, bytes]:
         fig.savefig(buf, format="png")
         made[attr] = buf.getvalue()
     return made
-
-
-np: Any = None  # numpy, loaded when a report writes its per-step files
-
-
-def _load_numpy() -> None:
-    global np
-    if np is None:
-        np = lazy.numpy()
 
 
 def output_files(out: Path, plots: bool = True) -> dict[str, Path]:

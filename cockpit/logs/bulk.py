@@ -16,14 +16,15 @@ Lines that share a key, whose numbers fall in the same places (the same gaps bet
 differ in their digits only. So the first line says, for all of them, which number is which
 field: its parts are read by name as `parse_step` reads them, and checked against what
 `parse_step` makes of it. A field the parser does not know is skipped (it went to
-`StepLine.extra`, which a table does not keep); a known field whose value is not a number (the
-`epoch: 0 pq: 1 rg: 2` of some upstream versions) is skipped too, when its digits cannot make it
-one in any line. Each field's numbers are then read a column at a time: the digits of a number
-(at most 15, an exact integer in a float) divided once by a power of ten, which rounds exactly
-as float() does. Lines that none of this covers (a sign in a number, a number of more than 15
-digits, a rank prefix) are read line by line: the outcome is the same, only slower.
+`StepLine.extra`, which a table does not keep); a known field whose value is not a number
+(`epoch: 0 pq: 1 rg: 2`) is skipped too, when its digits cannot make it one in any line. Each
+field's numbers are then read a column at a time, 8 characters to a 64-bit word: the digits of a
+number (an exact integer in a float) divided once by a power of ten, which rounds exactly as
+float() does; the characters are kept too, for the CSV. Lines that none of this covers (a sign
+in a number, a number of more than 15 characters, a rank prefix) are read line by line: the
+outcome is the same, only slower.
 
-Layer 0: imports nothing from the cockpit but fsutil and the log modules.
+Layer 0: imports nothing from the cockpit but fsutil, lazy and the log modules.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from cockpit.logs.state import (
     absent,
     concat,
 )
+from cockpit.numtext import zero_bytes
 
 BULK_CHUNK = 4 << 20  # bytes read at a time by a full parse: numpy's per-call cost is paid per chunk
 TOKEN_MAX = 15  # characters of a number read by the column reader (its digits make an exact float)
@@ -126,17 +128,20 @@ def _feed_block(state: LogState, block: bytes) -> None:
     another layout); any other, as a list of lines."""
     if not block:
         return
-    if block.startswith(b"step ") and block.isascii():
-        keys = block.translate(None, _KEY_DELETE)
-        cut = keys.find(b"\n")
-        first = keys[:cut] if cut >= 0 else keys
-        n, odd = divmod(len(keys) + 1, len(first) + 1)  # lines, if all have the first line's key
-        if not odd and keys == b"\n".join(repeat(first, n)):
-            cols = _group_columns(block, n)  # every line starts with "step ": all share one layout
-            if cols is not None:
-                _feed_steps(state, cols, n, block.rsplit(b"\n", state.tail)[-state.tail :])
-                return
+    if block.startswith(b"step ") and block.isascii() and (n := _one_key(block.translate(None, _KEY_DELETE))):
+        cols = _group_columns(block, n)  # every line starts with "step ": all share one layout
+        if cols is not None:
+            _feed_steps(state, cols, n, block.rsplit(b"\n", state.tail)[-state.tail :])
+            return
     _feed_chunk(state, [x for x in block.split(b"\n") if x])  # empty lines dropped, as LineSplitter drops them
+
+
+def _one_key(keys: bytes) -> int:
+    """How many lines `keys` holds when every line's key is the first line's; else 0."""
+    cut = keys.find(b"\n")
+    first = keys[:cut] if cut >= 0 else keys
+    n, odd = divmod(len(keys) + 1, len(first) + 1)
+    return n if not odd and keys == b"\n".join(repeat(first, n)) else 0
 
 
 def _feed_chunk(state: LogState, blines: list[bytes]) -> None:
@@ -240,8 +245,7 @@ def _step_columns(lines: list[bytes], text: bytes) -> tuple[dict[str, Column], l
     if not text.isascii():
         return None  # invalid UTF-8 or another script: the line parser decides what it reads
     keys = text.translate(None, _KEY_DELETE)
-    first = keys[: keys.find(b"\n")] if n > 1 else keys
-    if len(keys) == n * (len(first) + 1) - 1 and keys == b"\n".join(repeat(first, n)):
+    if _one_key(keys) == n:
         cols = _group_columns(text, n)  # one layout
         return (cols, []) if cols is not None else _line_columns(lines, list(range(n)))
     groups: dict[bytes, list[int]] = {}
@@ -471,12 +475,6 @@ _MINE: Any = None  # _MINE[length]: the bytes of a right-aligned number of that 
 _P10F: Any = None  # 10.0**i
 
 
-def _zero_bytes(x: Any) -> Any:
-    """0x80 in each byte of x that is 0, else 0 (exact: no carry from one byte to the next)."""
-    low7 = _U64(0x7F * _BYTES)
-    return ~(((x & low7) + low7) | x) & _U64(0x80 * _BYTES)
-
-
 def _number_words(words: Any, ends: Any, lengths: Any) -> Any:
     """Each number of up to 8 characters that ends at `ends` as one uint64, its first character in
     the low byte of its place: right-aligned, the bytes before it 0."""
@@ -496,8 +494,8 @@ def _read_words(words: Any, ends: Any, lengths: Any, integer: bool, checked: boo
     n = len(ends)
     x = _number_words(words, ends, lengths)
     probe = x[:1] if checked else x
-    point = _zero_bytes(probe ^ _U64(0x2E * _BYTES))  # 0x80 in each byte that is a point
-    digit = _zero_bytes((probe & _U64(0xF0 * _BYTES)) ^ _U64(0x30 * _BYTES)) & ~(
+    point = zero_bytes(probe ^ _U64(0x2E * _BYTES))  # 0x80 in each byte that is a point
+    digit = zero_bytes((probe & _U64(0xF0 * _BYTES)) ^ _U64(0x30 * _BYTES)) & ~(
         (probe & _U64(0x0F * _BYTES)) + _U64(0x06 * _BYTES)) << _U64(3)  # 0x3_ with a low nibble below 10
     if ((~(point | digit)) & _MINE[lengths[: len(probe)]] & _U64(0x80 * _BYTES)).any() or (
             ((point - _U64(1)) & point) != 0).any():
@@ -505,7 +503,7 @@ def _read_words(words: Any, ends: Any, lengths: Any, integer: bool, checked: boo
     if checked and point[0] == 0:
         point = np.zeros(n, np.uint64)  # no number has a point
     else:
-        point = _zero_bytes(x ^ _U64(0x2E * _BYTES)) if checked else point
+        point = zero_bytes(x ^ _U64(0x2E * _BYTES)) if checked else point
     has_point = point != 0
     if has_point.any():
         if integer or (has_point & (lengths < 2)).any():
