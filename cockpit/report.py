@@ -546,8 +546,7 @@ def stream_steps(rows_: list[ReportRow], out: BinaryIO, tail: int = 50) -> dict[
         for i, (run, path) in enumerate(jobs):
             if i in done:
                 part, found = done[i]
-                with open(part, "rb") as f:
-                    shutil.copyfileobj(f, out, 1 << 20)
+                _append(part, out)
                 os.unlink(part)
             else:
                 found = _steps_csv(path, run, tail, out)
@@ -557,6 +556,18 @@ def stream_steps(rows_: list[ReportRow], out: BinaryIO, tail: int = 50) -> dict[
     finally:
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _append(part: str, out: BinaryIO) -> None:
+    """The bytes of file `part` after what `out` holds: copied by the kernel where it can."""
+    with open(part, "rb") as f:
+        try:
+            out.flush()
+            while os.copy_file_range(f.fileno(), out.fileno(), 1 << 30):
+                pass
+        except (AttributeError, OSError, io.UnsupportedOperation):  # no such call, or `out` is no file
+            f.seek(os.lseek(f.fileno(), 0, os.SEEK_CUR))  # on from what the kernel copied, if anything
+            shutil.copyfileobj(f, out, 1 << 20)
 
 
 def _workers(paths: list[str]) -> int:

@@ -1,4 +1,4 @@
-"""logs.py: line formats (golden), chunking invariance (hypothesis), the follower, summaries."""
+"""cockpit.logs: line formats (golden), chunking invariance (hypothesis), the follower, summaries, the bulk parse."""
 
 import dataclasses
 import json

@@ -1,4 +1,4 @@
-"""report.py and `cockpit report`: the seed's tables from plain logs, deltas, status, files."""
+"""cockpit.report and `cockpit report`: tables from plain logs, deltas, status, files."""
 
 import json
 import os
