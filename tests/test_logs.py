@@ -452,7 +452,7 @@ def test_bulk_full_parse_of_many_layouts_and_oddities(tmp_path):
         elif kind == 14:
             line = f"moe step x{i} | drop: 1.00%"  # a head that is no number
         elif kind == 15:
-            line = base.replace("loss: ", "loss: -") + tail  # a sign: np.fromstring reads this group
+            line = base.replace("loss: ", "loss: -") + tail  # a sign: these lines are read one by one
         elif kind == 16:
             line = base + tail.replace(f"{800_000 + i * 7:,}", f"{i ** 3:,}")  # tok/sec of 1 to 11 digits
         elif kind == 18:
