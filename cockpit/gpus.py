@@ -6,6 +6,8 @@ readings, a permission error) is None, shown as n/a, never a crash.
 
 The sampler keeps handles and names from its first sample, so one sample of 8 GPUs is a few
 dozen NVML calls: well under 10 ms (see tests/test_gpus.py).
+
+Layer 1: imports procs (the process trees that own the GPUs' processes).
 """
 
 from __future__ import annotations

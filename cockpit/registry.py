@@ -6,6 +6,8 @@ global defaults), its baseline, its decision, and the figures of legs that ran e
 
 Every problem in the file is reported as one `RegistryError` whose text is
 `path:line: message`, so the CLI can print it on one line and exit 2.
+
+Layer 0: imports nothing from the cockpit but fsutil, safetext, vocab and toml_lines.
 """
 
 from __future__ import annotations

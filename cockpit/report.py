@@ -16,7 +16,10 @@ escaped for markdown. Output files are checked before anything is written (a dir
 under a file, a read-only place: one line, nothing written), then written as temps and renamed
 into place together. A log of any size costs bounded memory: its step lines stream, a chunk at a
 time, as numpy columns into the per-step CSV (numbers as the log printed them), and a plotted
-series keeps a min and a max per pixel column.
+series keeps a min and a max per pixel column. Big logs are read side by side by worker
+processes (see stream_steps).
+
+Layer 2: imports the layers below (registry, vocab, stats, logs, numtext, expdir).
 """
 
 from __future__ import annotations

@@ -8,6 +8,8 @@ the running legs, the next pending leg with its exact command, and the GPUs. `co
 `render_guide()` writes it as a resume guide, in the sections a researcher would write one by hand
 for whoever picks the work up: current state, latest reports, completed work (do not re-run) with
 tables and decisions, remaining work with the next command, and the safety constraints.
+
+Layer 3: imports the layers below (registry, vocab, logs, gpus, expdir, report).
 """
 
 from __future__ import annotations

@@ -17,6 +17,8 @@ included, fails the leg before it starts, with that reason); any OSError of the 
 (a read-only or full filesystem, an I/O error) fails the leg it hit, recorded on the leg where it
 still can be and in the supervisor's log as one line, and the queue goes on or stops per policy.
 The supervisor always ends with its exit code, never with a traceback.
+
+Layer 2: imports fsutil, procs, safetext, vocab, gpus, expdir and report.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ one job and is usable alone:
 
 The names below are the ones the rest of the cockpit uses.
 
-Layer 0: these modules import nothing from the cockpit but fsutil, safetext and vocab.
+Layer 0: these modules import nothing from the cockpit but fsutil, safetext, vocab, lazy and numtext.
 """
 
 from cockpit.logs.bulk import parse_file

@@ -24,7 +24,7 @@ float() does; the characters are kept too, for the CSV. Lines that none of this 
 in a number, a number of more than 15 characters, a rank prefix) are read line by line: the
 outcome is the same, only slower.
 
-Layer 0: imports nothing from the cockpit but fsutil, lazy and the log modules.
+Layer 0: imports nothing from the cockpit but fsutil, lazy, numtext and the log modules.
 """
 
 from __future__ import annotations

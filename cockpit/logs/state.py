@@ -5,7 +5,7 @@ end of a big log) and it knows the tail window of step lines (for tail means), t
 the moe, validation and final lines, and the failure evidence. A full parse keeps every step
 line too, as the columns of a StepTable (for the per-step CSV and the plots).
 
-Layer 0: imports only the log's line parsers and the failure tracker.
+Layer 0: imports only safetext, lazy (numpy, for a table), the line parsers and the failure tracker.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ STEP_FIELDS = (
     "total_time_min", "eta_min", "drop_pct",
 )
 INT_FIELDS = ("step", "total", "epoch")  # the others are floats
-UNKNOWN_DECIMALS = -1  # a value whose printed precision is not known: shown as repr() shows it
+UNKNOWN_DECIMALS = -1  # a value whose printed precision is not known: shown as str() shows it
 
 
 class Column(NamedTuple):
