@@ -128,12 +128,15 @@ def _feed_block(state: LogState, block: bytes) -> None:
     another layout); any other, as a list of lines."""
     if not block:
         return
-    if block.startswith(b"step ") and block.isascii() and (n := _one_key(block.translate(None, _KEY_DELETE))):
+    keys = block.translate(None, _KEY_DELETE) if block.isascii() else None
+    if keys is not None and block.startswith(b"step ") and (n := _one_key(keys)):
         cols = _group_columns(block, n)  # every line starts with "step ": all share one layout
         if cols is not None:
             _feed_steps(state, cols, n, block.rsplit(b"\n", state.tail)[-state.tail :])
             return
-    _feed_chunk(state, [x for x in block.split(b"\n") if x])  # empty lines dropped, as LineSplitter drops them
+    lines = block.split(b"\n")  # empty lines dropped, as LineSplitter drops them; each line's key beside it
+    key_lines = None if keys is None else list(compress(keys.split(b"\n"), lines))
+    _feed_chunk(state, [x for x in lines if x], key_lines)
 
 
 def _one_key(keys: bytes) -> int:
@@ -144,9 +147,10 @@ def _one_key(keys: bytes) -> int:
     return n if not odd and keys == b"\n".join(repeat(first, n)) else 0
 
 
-def _feed_chunk(state: LogState, blines: list[bytes]) -> None:
+def _feed_chunk(state: LogState, blines: list[bytes], key_lines: list[bytes] | None = None) -> None:
     """Feed a chunk of complete byte lines to a full-parse state: step lines in bulk, the others
-    line by line, with the same outcome as feeding every line in order.
+    line by line, with the same outcome as feeding every line in order. `key_lines`: each line's
+    key, when the caller has them (ASCII lines).
 
     The other lines are fed around the step lines, not between them: a step line only clears
     failure evidence seen before it, and every other kind of line keeps its own order."""
@@ -157,11 +161,12 @@ def _feed_chunk(state: LogState, blines: list[bytes]) -> None:
         _feed_others(state, blines)
         return
     if False not in flags:
-        flags, step_lines = None, blines
+        flags, step_lines, step_keys = None, blines, key_lines
     else:
         step_lines = list(compress(blines, flags))
+        step_keys = None if key_lines is None else list(compress(key_lines, flags))
     text = b"\n".join(step_lines)
-    found = _step_columns(step_lines, text)
+    found = _step_columns(step_lines, text, None if step_keys is None else b"\n".join(step_keys))
     if found is None:  # not lines the bulk reader can read: line by line
         state.feed_many([b.decode("utf-8", "replace") for b in blines])
         return
@@ -237,14 +242,15 @@ def _feed_others(state: LogState, blines: list[bytes]) -> None:
 # step lines -> columns
 
 
-def _step_columns(lines: list[bytes], text: bytes) -> tuple[dict[str, Column], list[int]] | None:
-    """Every field of these lines that start with "step " (`text`: them joined by newlines) as
-    columns, in order, and the positions of those that are not step lines after all; None when
-    they must be fed line by line."""
+def _step_columns(lines: list[bytes], text: bytes, keys: bytes | None = None) -> tuple[dict[str, Column], list[int]] | None:
+    """Every field of these lines that start with "step " (`text`: them joined by newlines; `keys`:
+    its key, when known) as columns, in order, and the positions of those that are not step lines
+    after all; None when they must be fed line by line."""
     n = len(lines)
-    if not text.isascii():
-        return None  # invalid UTF-8 or another script: the line parser decides what it reads
-    keys = text.translate(None, _KEY_DELETE)
+    if keys is None:
+        if not text.isascii():
+            return None  # invalid UTF-8 or another script: the line parser decides what it reads
+        keys = text.translate(None, _KEY_DELETE)
     if _one_key(keys) == n:
         cols = _group_columns(text, n)  # one layout
         return (cols, []) if cols is not None else _line_columns(lines, list(range(n)))
