@@ -1,55 +1,58 @@
 """`cockpit`: the terminal app (no subcommand) and its plain-text subcommands.
 
-Every subcommand takes `--registry PATH` (default ./experiments.toml). Bad input of any kind
-(a broken registry, a wrong name, a missing dir) is one line on stderr and exit code 2.
-Everything printed goes through one sanitizer (`say`, `safetext.printable`): text read from a
-log or a file (names, error lines, paths) never reaches the terminal with a control character.
+Every subcommand is one function `cmd_<name>(args) -> exit code`, whose docstring is its `--help`
+description. Each takes `--registry PATH` (default ./experiments.toml), before or after the
+subcommand: one parent parser declares it for all. Bad input of any kind (a broken registry, a
+wrong name, a missing dir) is one line on stderr and exit code 2, never a traceback. Everything
+printed goes through one sanitizer (`say`, `safetext.printable`): text read from a log or a file
+(names, error lines, paths) never reaches the terminal with a control character.
+
+Layer 4: the top; it imports the core, and the TUI only when the app is opened.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TextIO
 
-from cockpit import fsutil, safetext
+from cockpit import expdir, fsutil, gpus, launch, report, resume, safetext
 from cockpit import registry as reg
+from cockpit.expdir import RunError
+from cockpit.vocab import Status
 
 EXIT_BAD_INPUT = 2
 GRACE_MAX_S = 3600.0
+DEFAULT_TAIL = 50  # the report's tail window when there is no registry to say otherwise
 
 
 class UsageError(Exception):
     """Bad input found after parsing (a name that is not in the registry, a missing dir...)."""
 
 
-def say(text: str = "", end: str = "\n", file=None) -> None:
+def say(text: str = "", end: str = "\n", file: TextIO | None = None) -> None:
     """Print, with control characters and escape sequences made harmless (see safetext)."""
     print(safetext.printable(text), end=end, file=file or sys.stdout)
 
 
-def _add_registry(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--registry",
-        default=argparse.SUPPRESS,
-        metavar="PATH",
-        help=f"experiment registry (default: ./{reg.DEFAULT_REGISTRY})",
-    )
+# ----------------------------------------------------------------------------------------------
+# the commands
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    """Where things stand in a few lines: the resume state (registry + experiment dirs + GPUs)."""
-    from cockpit import resume
-
+    """Where things stand, in a few lines: each experiment's legs and their marks, the running
+    legs with their progress, every dir under exp_root, the GPUs, and the next pending leg."""
     registry = reg.load(args.registry)
     say(resume.render_status(resume.build_state(registry)))
     return 0
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    """The resume guide (markdown) generated from the registry and every experiment dir."""
-    from cockpit import resume
-
+    """The resume guide, generated from the registry and every experiment dir: current state,
+    completed work (do not re-run), remaining work with the exact next command, safety rules."""
     registry = reg.load(args.registry)
     if args.out_md is None:
         say(resume.render_guide(resume.build_state(registry)), end="")
@@ -64,42 +67,42 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_launch(args: argparse.Namespace) -> int:
-    from cockpit import runs
-
+    """Run an experiment's legs in a fresh dir <exp_root>/<YYYYmmdd_HHMMSS>_<experiment>/, through a
+    detached supervisor (closing the terminal never touches a leg). Legs done here or recorded in
+    the registry are skipped unless --rerun; whatever the machine or the paths refuse is one line."""
     registry = reg.load(args.registry)
     legs = [n.strip() for n in args.legs.split(",") if n.strip()] if args.legs else None
     try:
-        plan = runs.plan_launch(registry, args.experiment, legs, args.rerun)
+        plan = launch.plan_launch(registry, args.experiment, legs, args.rerun)
         if args.dry_run:
-            say(runs.dry_run_text(registry, plan))
+            say(launch.dry_run_text(registry, plan))
             return 0
         for name, why in plan.skipped:
             say(f"skip {name}: {why}")
         if not plan.legs:
             say(f"nothing to run in {args.experiment}")
             return 0
-        exp_dir = runs.launch(registry, args.experiment, foreground=args.foreground, plan=plan)
-    except runs.RunError as e:
+        exp_dir = launch.start(registry, args.experiment, foreground=args.foreground, plan=plan)
+    except RunError as e:
         raise UsageError(str(e)) from None
-    want, have = registry.settings.branch, ((runs.open_dir(exp_dir).plan or {}).get("git") or {}).get("branch")
+    d = expdir.open_dir(exp_dir)
+    want, have = registry.settings.branch, ((d.plan or {}).get("git") or {}).get("branch")
     if want and have and want != have:
         say(f"cockpit: warning: the checkout is on branch {have}, the registry expects {want}", file=sys.stderr)
     if not args.foreground:
         say(str(exp_dir))
         return 0
-    d = runs.open_dir(exp_dir)
     for name in d.legs:
         st = d.states.get(name)
-        say(f"{name}: {st.status if st else 'not run'}" + (f" ({st.note})" if st and st.status == "failed" and st.note else ""))
+        failed = st is not None and st.status == Status.FAILED and st.note
+        say(f"{name}: {st.status if st else 'not run'}" + (f" ({st.note})" if failed else ""))
     say(str(exp_dir))
-    return 0 if all(s.status == "done" for s in d.states.values()) else 1
+    return 0 if all(s.status == Status.DONE for s in d.states.values()) else 1
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
-    """Stop a dir's queue or one leg. Only dirs under the registry's exp_root; only processes
-    proven to be the leg's are signalled (see runs.stop)."""
-    from cockpit import runs
-
+    """Stop a dir's whole queue, or one leg of it (the queue goes on with the next). Only dirs
+    under the registry's exp_root; only processes proven to be the leg's are signalled."""
     if not args.target.strip():
         raise UsageError("stop: no experiment dir given (an empty name): give a dir under exp_root or an experiment id")
     if args.leg is not None and not args.leg.strip():
@@ -108,13 +111,13 @@ def cmd_stop(args: argparse.Namespace) -> int:
         raise UsageError(f"--grace must be between 0 and {GRACE_MAX_S:g} seconds, not {args.grace}")
     exp_root = reg.load(args.registry).settings.exp_root
     try:
-        exp_dir = runs.find_dir(exp_root, args.target)
-        d = runs.stop(exp_dir, args.leg, grace_s=args.grace, exp_root=exp_root)
-    except runs.RunError as e:
+        exp_dir = expdir.find_dir(exp_root, args.target)
+        d = launch.stop(exp_dir, args.leg, grace_s=args.grace, exp_root=exp_root)
+    except RunError as e:
         raise UsageError(str(e)) from None
     for name in [args.leg] if args.leg else d.legs:
         st = d.states.get(name)
-        if st is not None and st.status == "queued" and (exp_dir / runs.STATE_DIR / f"{name}.stop").exists():
+        if st is not None and st.status == Status.QUEUED and expdir.stop_request_path(exp_dir, name).exists():
             say(f"{name}: queued, stop requested: it will not start")
         else:
             say(f"{name}: {st.status if st else 'not run'}" + (f" ({st.note})" if st and st.note else ""))
@@ -122,11 +125,48 @@ def cmd_stop(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    """Final metrics (tail means of tok/sec, dt, MFU; peak memory, total time), status and deltas
+    against a baseline of one experiment dir, or of any dir of *.log files: markdown to stdout, or
+    with --out-md to a file with its per-step and summary CSVs and PNG plots beside it."""
+    tail = _tail(args)
+    if not args.exp_dir.strip():
+        raise UsageError("--exp-dir is empty: give an experiment dir (or any dir of *.log files)")
+    exp_dir = Path(args.exp_dir).expanduser()
+    try:
+        if not fsutil.is_dir(exp_dir):
+            raise report.ReportError(f"{exp_dir}: no such experiment dir")
+        rows = report.rows(exp_dir, tail)
+        if not rows:
+            raise report.ReportError(f"{exp_dir}: no *.log file and no planned leg here: nothing to report "
+                                     "(give the dir of an experiment, or any dir of *.log files)")
+        if all(r.summary is None for r in rows):
+            raise report.ReportError(f"{exp_dir}: no leg has a log yet, nothing to report (see: cockpit status)")
+        if args.out_md is not None:
+            say(str(report.write_report(exp_dir, args.out_md, args.baseline, tail, plots=not args.no_plots)))
+        else:
+            say(report.render_report(exp_dir, args.baseline, tail, rows_=rows), end="")
+    except report.ReportError as e:
+        raise UsageError(str(e)) from None
+    except OSError as e:
+        raise UsageError(f"report not written: {fsutil.oneline(e)}") from None
+    return 0
+
+
+def _tail(args: argparse.Namespace) -> int:
+    """--tail, else the registry's tail when there is a registry file, else DEFAULT_TAIL."""
+    if args.tail is not None:
+        if args.tail < 1:
+            raise UsageError(f"--tail must be at least 1, not {args.tail}")
+        if args.tail > reg.TAIL_MAX:
+            raise UsageError(f"--tail must be at most {reg.TAIL_MAX}, not {safetext.oneline(str(args.tail))[:40]}")
+        return args.tail
+    return reg.load(args.registry).settings.tail if Path(args.registry).exists() else DEFAULT_TAIL
+
+
 def cmd_gpus(args: argparse.Namespace) -> int:
-    import time
-
-    from cockpit import gpus, runs
-
+    """The GPUs at a glance (utilization, memory, temperature, power, and the leg owning each
+    process) and the host; without NVML, the reason."""
     sampler = gpus.GpuSampler(history=1)
     time.sleep(0.25)  # a CPU percentage needs an interval
     snap = sampler.sample()
@@ -138,120 +178,78 @@ def cmd_gpus(args: argparse.Namespace) -> int:
         except reg.RegistryError:
             exp_root = None
         if exp_root is not None:
-            legs = [(f"{d.path.name}/{st.leg}", st.pid, st.create_time) for d in runs.discover(exp_root)
+            legs = [(f"{d.path.name}/{st.leg}", st.pid, st.create_time) for d in expdir.discover(exp_root)
                     for st in d.running]
             pid_legs = gpus.leg_for_pids(pids, legs)
     say(gpus.render_table(snap, pid_legs))
     return 0
 
 
-def _tail(args: argparse.Namespace) -> int:
-    """--tail, else the registry's tail when there is a registry file, else 50."""
-    from pathlib import Path
-
-    if args.tail is not None:
-        if args.tail < 1:
-            raise UsageError(f"--tail must be at least 1, not {args.tail}")
-        if args.tail > reg.TAIL_MAX:
-            raise UsageError(f"--tail must be at most {reg.TAIL_MAX}, not {safetext.oneline(str(args.tail))[:40]}")
-        return args.tail
-    path = getattr(args, "registry", reg.DEFAULT_REGISTRY)
-    return reg.load(path).settings.tail if Path(path).exists() else 50
-
-
-def cmd_report(args: argparse.Namespace) -> int:
-    """The seed's metric table (+ status, + deltas) of one dir; markdown to stdout or a file."""
-    from pathlib import Path
-
-    from cockpit import report
-
-    tail = _tail(args)
-    if not args.exp_dir.strip():
-        raise UsageError("--exp-dir is empty: give an experiment dir (or any dir of *.log files)")
-    exp_dir = Path(args.exp_dir).expanduser()
-    try:
-        if not fsutil.is_dir(exp_dir):
-            raise report.ReportError(f"{exp_dir}: no such experiment dir")
-        rows_ = report.rows(exp_dir, tail)
-        if not rows_:
-            raise report.ReportError(f"{exp_dir}: no *.log file and no planned leg here: nothing to report "
-                                     "(give the dir of an experiment, or any dir of *.log files)")
-        if all(r.summary is None for r in rows_):
-            raise report.ReportError(f"{exp_dir}: no leg has a log yet, nothing to report (see: cockpit status)")
-        if args.out_md is not None:
-            say(str(report.write_report(exp_dir, args.out_md, args.baseline, tail, plots=not args.no_plots)))
-        else:
-            say(report.render_report(exp_dir, args.baseline, tail, rows_=rows_), end="")
-    except report.ReportError as e:
-        raise UsageError(str(e)) from None
-    except OSError as e:
-        raise UsageError(f"report not written: {fsutil.oneline(e)}") from None
-    return 0
-
-
 def cmd_tui(args: argparse.Namespace) -> int:
-    """No subcommand: the Textual app. A registry that fails to load is shown inside it."""
-    from cockpit.tui.app import CockpitApp  # Textual loads only for the app
+    """No subcommand: the terminal app. A registry that fails to load is shown inside it."""
+    from cockpit.tui.app import CockpitApp  # function-level: Textual is heavy, and loads only for the app
 
     app = CockpitApp(args.registry)
     app.run()
-    if app.return_code:
-        return app.return_code
-    return 0
+    return app.return_code or 0
+
+
+# ----------------------------------------------------------------------------------------------
+# the parser
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # --registry is taken before or after the subcommand: the parent parser declares it for every
+    # subcommand (SUPPRESS: given after, it replaces the one given before, else that one stays)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--registry", default=argparse.SUPPRESS, metavar="PATH",
+                        help=f"experiment registry (default: ./{reg.DEFAULT_REGISTRY})")
     parser = argparse.ArgumentParser(
         prog="cockpit",
-        description="Run, watch and resume nanochat MoE/FP8 experiments. "
-        "With no subcommand: the terminal app.",
+        description="Run, watch and resume nanochat MoE/FP8 experiments. With no subcommand: the terminal app.",
     )
-    parser.add_argument(
-        "--registry",
-        default=reg.DEFAULT_REGISTRY,
-        metavar="PATH",
-        help=f"experiment registry (default: ./{reg.DEFAULT_REGISTRY})",
-    )
+    parser.add_argument("--registry", default=reg.DEFAULT_REGISTRY, metavar="PATH",
+                        help=f"experiment registry (default: ./{reg.DEFAULT_REGISTRY})")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    p = sub.add_parser("status", help="experiments and legs at a glance")
-    _add_registry(p)
-    p.set_defaults(func=cmd_status)
-    p = sub.add_parser("resume", help="the resume guide: state, completed work, next command, safety")
+
+    def command(name: str, func: Callable[[argparse.Namespace], int], summary: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, parents=[common], help=summary, description=_description(func))
+        p.set_defaults(func=func)
+        return p
+
+    command("status", cmd_status, "experiments and legs at a glance")
+    p = command("resume", cmd_resume, "the resume guide: state, completed work, next command, safety")
     p.add_argument("--out-md", metavar="FILE", help="write the guide here (default: stdout)")
-    _add_registry(p)
-    p.set_defaults(func=cmd_resume)
-    p = sub.add_parser("launch", help="run an experiment's legs in a fresh dir (detached supervisor)")
+    p = command("launch", cmd_launch, "run an experiment's legs in a fresh dir (detached supervisor)")
     p.add_argument("experiment", help="experiment id from the registry")
     p.add_argument("--legs", metavar="A,B", help="only these legs, in this order")
     p.add_argument("--rerun", action="store_true", help="run legs that are done or recorded, again")
     p.add_argument("--dry-run", action="store_true", help="print the exact commands; write nothing")
     p.add_argument("--foreground", action="store_true", help="run the supervisor in this process")
-    _add_registry(p)
-    p.set_defaults(func=cmd_launch)
-    p = sub.add_parser("stop", help="stop a running leg, or a dir's whole queue")
+    p = command("stop", cmd_stop, "stop a running leg, or a dir's whole queue")
     p.add_argument("target", metavar="DIR|EXPERIMENT", help="an experiment dir, or an experiment id (its newest dir)")
     p.add_argument("leg", nargs="?", help="only this leg (the queue goes on with the next)")
-    p.add_argument("--grace", type=float, default=10.0, help="seconds between SIGTERM and SIGKILL when the supervisor is gone (default 10; "
-                   "a live supervisor uses its own, 10 s)")
-    _add_registry(p)
-    p.set_defaults(func=cmd_stop)
-    p = sub.add_parser("report", help="final metrics, status and deltas of an experiment dir (markdown)")
+    p.add_argument("--grace", type=float, default=expdir.STOP_GRACE_S,
+                   help=f"seconds between SIGTERM and SIGKILL when the supervisor is gone (default "
+                        f"{expdir.STOP_GRACE_S:g}; a live supervisor uses the plan's)")
+    p = command("report", cmd_report, "final metrics, status and deltas of an experiment dir (markdown)")
     p.add_argument("--exp-dir", required=True, metavar="DIR", help="an experiment dir (or any dir of *.log files)")
     p.add_argument("--out-md", metavar="FILE", help="write here, with CSVs and PNG plots beside it (default: stdout)")
     p.add_argument("--baseline", metavar="RUN", help="a run in the dir, or OTHER_DIR/RUN: adds delta tables")
-    p.add_argument("--tail", type=int, metavar="N", help="mean over the last N step lines (default: registry, 50)")
+    p.add_argument("--tail", type=int, metavar="N",
+                   help=f"mean over the last N step lines (default: the registry's, else {DEFAULT_TAIL})")
     p.add_argument("--no-plots", action="store_true", help="with --out-md: CSVs only, no PNGs")
-    _add_registry(p)
-    p.set_defaults(func=cmd_report)
-    p = sub.add_parser("gpus", help="GPUs (NVML) and host at a glance")
-    _add_registry(p)
-    p.set_defaults(func=cmd_gpus)
+    command("gpus", cmd_gpus, "GPUs (NVML) and host at a glance")
     return parser
 
 
+def _description(func: Callable) -> str:
+    """A command's --help description: its docstring, as one paragraph."""
+    return " ".join((func.__doc__ or "").split())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     func: Callable[[argparse.Namespace], int] = getattr(args, "func", cmd_tui)
     try:
         return func(args)

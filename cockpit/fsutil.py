@@ -475,13 +475,20 @@ def output_problem(path: os.PathLike | str) -> str | None:
 
 def next_data(fd: int, pos: int, size: int) -> int:
     """The first byte at or after `pos` that holds data (`size` when none does). Where the
-    filesystem cannot tell, every byte holds data: `pos`."""
+    filesystem cannot tell, every byte holds data: `pos`. The fd's offset is left where it was
+    (a buffered reader over the fd keeps its own idea of it)."""
+    try:
+        here = os.lseek(fd, 0, os.SEEK_CUR)
+    except OSError:
+        return pos
     try:
         return min(os.lseek(fd, pos, os.SEEK_DATA), size)
     except OSError as e:
         return size if e.errno == errno.ENXIO else pos
     except (AttributeError, ValueError):
         return pos
+    finally:
+        os.lseek(fd, here, os.SEEK_SET)
 
 
 def hole_start(fd: int, pos: int, size: int) -> int:

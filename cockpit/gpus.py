@@ -6,6 +6,8 @@ readings, a permission error) is None, shown as n/a, never a crash.
 
 The sampler keeps handles and names from its first sample, so one sample of 8 GPUs is a few
 dozen NVML calls: well under 10 ms (see tests/test_gpus.py).
+
+Layer 1: imports procs (the process trees that own the GPUs' processes).
 """
 
 from __future__ import annotations
@@ -15,9 +17,11 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Any
+from typing import Any, Protocol
 
 import psutil
+
+from cockpit import procs
 
 try:
     import pynvml  # from nvidia-ml-py
@@ -59,6 +63,12 @@ class Snapshot:
 def _nvml_reason(e: BaseException) -> str:
     text = str(e).strip()
     return text or type(e).__name__
+
+
+class Sampler(Protocol):
+    """What samples the GPUs: a GpuSampler, or a stand-in with fixed figures (tests)."""
+
+    def sample(self) -> Snapshot: ...
 
 
 class GpuSampler:
@@ -223,12 +233,10 @@ def leg_for_pids(pids: list[int], legs: list[tuple[str, int | None, float | None
 
     A GPU process belongs to a leg when it is in the process tree of the leg's torchrun.
     """
-    from cockpit.runs import process_tree  # runs imports gpus lazily; no import cycle at load
-
     wanted = set(pids)
     out: dict[int, str] = {}
     for label, pid, create_time in legs:
-        for p in process_tree(pid, create_time):
+        for p in procs.tree_of(pid, create_time):
             if p.pid in wanted:
                 out[p.pid] = label
     return out

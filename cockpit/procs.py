@@ -151,6 +151,13 @@ def tree(p: psutil.Process) -> list[psutil.Process]:
         return []
 
 
+def tree_of(pid: object, created: object) -> list[psutil.Process]:
+    """The process with this pid and create time, and all its descendants, parents first; []
+    when that very process is gone (a reused pid is not it)."""
+    same = same_process(pid, created)
+    return tree(same.process) if same.alive and same.process is not None else []
+
+
 def running(p: psutil.Process) -> bool:
     try:
         return p.is_running() and p.status() != psutil.STATUS_ZOMBIE

@@ -6,6 +6,8 @@ global defaults), its baseline, its decision, and the figures of legs that ran e
 
 Every problem in the file is reported as one `RegistryError` whose text is
 `path:line: message`, so the CLI can print it on one line and exit 2.
+
+Layer 0: imports nothing from the cockpit but fsutil, safetext, vocab and toml_lines.
 """
 
 from __future__ import annotations
@@ -22,11 +24,12 @@ from pathlib import Path
 from typing import Any
 
 from cockpit import fsutil, safetext
+from cockpit.toml_lines import locate_keys
+from cockpit.vocab import METRICS
 
 DEFAULT_REGISTRY = "experiments.toml"
 DEVICES = ("cuda", "cpu")
 FAILURE_POLICIES = ("stop", "continue")
-RECORDED_METRICS = ("tok_per_sec", "dt_ms", "mfu", "peak_mem_mib", "total_time_min")
 EXP_DIR_PLACEHOLDER = "{exp_dir}"
 REGISTRY_MAX_BYTES = 16 << 20  # a registry is a hand-written file: a bigger one is not a registry
 # Bounds of the numbers a registry holds: each is checked with its file:line.
@@ -34,7 +37,7 @@ TAIL_MAX = 1_000_000  # step lines in the report's tail window
 NPROC_MAX = 128  # processes per node (torchrun --nproc_per_node)
 WAIT_S_MAX = 7 * 24 * 3600.0  # how long a leg may wait for idle GPUs
 # The files the cockpit names after an experiment id or a leg name, so both must fit the
-# filesystem's limits with the longest of these around them (see runs.py):
+# filesystem's limits with the longest of these around them (see expdir.py):
 #   <exp_root>/<YYYYmmdd_HHMMSS>_<id>/state/<leg>.json, .../<leg>.log, .lock, .stop
 #   <exp_root>/.cockpit-locks/<id>.lock
 DIR_STAMP = "YYYYmmdd_HHMMSS_"
@@ -91,9 +94,6 @@ class Recorded:
     dir: str | None = None
     source: str | None = None
 
-    def metrics(self) -> dict[str, float | None]:
-        return {k: getattr(self, k) for k in RECORDED_METRICS}
-
 
 @dataclass(frozen=True)
 class Leg:
@@ -116,7 +116,7 @@ class Leg:
         return render_args(self.args, exp_dir)
 
     def argv(self, exp_dir: Path | str | None = None, torchrun: str = "torchrun") -> list[str]:
-        """The exact command, as the seed's execution template writes it."""
+        """The exact command a launch runs: torchrun, the module, then the trainer's flags after `--`."""
         return [
             torchrun,
             "--standalone",
@@ -167,7 +167,7 @@ class Registry:
 
 
 def command_lines(argv: list[str], quote: Callable[[str], str] = shlex.quote) -> list[str]:
-    """An argv laid out as the seed's execution template writes it: the launcher up to `--` on
+    """An argv laid out for a reader (the resume guide, a dry run): the launcher up to `--` on
     the first line, then one flag per line, with its value when it has one."""
     cut = argv.index("--") + 1 if "--" in argv else 0
     lines = [" ".join(quote(a) for a in argv[:cut])] if cut else []
@@ -197,79 +197,6 @@ def render_args(args: dict[str, Any], exp_dir: Path | str | None = None) -> list
                 text = text.replace(EXP_DIR_PLACEHOLDER, str(exp_dir))
             out += [f"--{key}", text]
     return out
-
-
-# ----------------------------------------------------------------------------------------------
-# where each key sits in the file (tomllib gives values, not lines)
-
-_HEADER = re.compile(r"^\s*(\[\[?)\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
-_KEY = re.compile(
-    r'^\s*((?:[A-Za-z0-9_-]+|"[^"]*"|\'[^\']*\')(?:\s*\.\s*(?:[A-Za-z0-9_-]+|"[^"]*"|\'[^\']*\'))*)\s*='
-)
-
-
-def _split_dotted(text: str) -> list[str]:
-    parts = re.findall(r'"([^"]*)"|\'([^\']*)\'|([A-Za-z0-9_-]+)', text)
-    return [a or b or c for a, b, c in parts]
-
-
-def locate_keys(text: str) -> dict[tuple, int]:
-    """Map each table and key path (array items by index) to its 1-based line number.
-
-    Enough of TOML for a hand-written registry: headers, arrays of tables, dotted and quoted
-    keys. Keys inside inline tables and multi-line values are located at their parent's line.
-    """
-    lines: dict[tuple, int] = {}
-    counts: dict[tuple, int] = {}
-    table: tuple = ()
-    depth = 0  # open brackets of a multi-line value: its lines hold no keys of the table
-    for no, raw in enumerate(text.splitlines(), start=1):
-        line = _strip_comment(raw)
-        if depth > 0:
-            depth += _bracket_balance(line)
-            continue
-        m = _HEADER.match(line)
-        if m:
-            path = tuple(_split_dotted(m.group(2)))
-            resolved: tuple = ()
-            for i, part in enumerate(path):
-                resolved += (part,)
-                # a header inside an array of tables refers to its latest item
-                if i < len(path) - 1 and resolved in counts:
-                    resolved += (counts[resolved] - 1,)
-            if m.group(1) == "[[":
-                idx = counts.get(resolved, 0)
-                counts[resolved] = idx + 1
-                lines.setdefault(resolved, no)
-                resolved += (idx,)
-            table = resolved
-            lines[table] = no
-            continue
-        k = _KEY.match(line)
-        if k:
-            path = table + tuple(_split_dotted(k.group(1)))
-            lines.setdefault(path, no)
-            depth = max(0, _bracket_balance(line[k.end() :]))
-    return lines
-
-
-def _strip_comment(line: str) -> str:
-    out, quote = [], None
-    for ch in line:
-        if quote:
-            if ch == quote:
-                quote = None
-        elif ch in "\"'":
-            quote = ch
-        elif ch == "#":
-            break
-        out.append(ch)
-    return "".join(out)
-
-
-def _bracket_balance(text: str) -> int:
-    text = re.sub(r'"[^"]*"|\'[^\']*\'', "", text)
-    return text.count("[") + text.count("{") - text.count("]") - text.count("}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -309,7 +236,7 @@ _SCHEMA: dict[str, dict[str, tuple[type, ...]]] = {
         "recorded": (dict,),
     },
     "recorded": {
-        **{m: (int, float) for m in RECORDED_METRICS},
+        **{m: (int, float) for m in METRICS},
         "dir": (str,),
         "source": (str,),
     },
@@ -578,12 +505,12 @@ def from_raw(raw: dict[str, Any], path: Path | str = DEFAULT_REGISTRY, text: str
             recorded = None
             if "recorded" in leg:
                 ld.check_table(leg["recorded"], "recorded", lloc + ("recorded",))
-                for k in RECORDED_METRICS:
+                for k in METRICS:
                     if k in leg["recorded"]:
                         ld.check_range(leg["recorded"][k], 0.0, 1e15, lloc + ("recorded", k),
                                        f"{exp_id}/{name} recorded.{k}")
                 recorded = Recorded(
-                    **{k: (float(v) if k in RECORDED_METRICS else v) for k, v in leg["recorded"].items()}
+                    **{k: (float(v) if k in METRICS else v) for k, v in leg["recorded"].items()}
                 )
             legs.append(
                 Leg(

@@ -1,45 +1,64 @@
-"""The report of an experiment dir: the seed's metric table, deltas vs a baseline, run status.
+"""The report of an experiment dir: its metric table, deltas against a baseline, each run's status.
 
 Data first, text second: `rows()` and `delta_rows()` give dataclasses the TUI turns into
 DataTables; `render_*` turn the same rows into markdown. A dir holding only the `*.log` files
 of manual runs (no plan, no state) is a valid input: each log is a run named by its stem.
 
-Numbers are formatted exactly like the seed's tables: tok/sec, dt, peak memory and total time
-with 2 decimals, MFU with 4, deltas as signed percentages with 2 (`+2.70%`); a delta that is
-not a number (a figure missing, zero, nan or inf) is `-`, and the table says why.
+The metric table has one row per run: `| run | tail50 tok/sec | tail50 dt (ms) | tail50 mfu |
+peak mem (MiB) | total time (min) |`, the tail columns being means over the last 50 step lines
+(`--tail N` renames them). Numbers keep fixed decimals, so tables of different runs and days line
+up: tok/sec, dt, peak memory and total time with 2, MFU with 4, deltas as signed percentages with
+2 (`+2.70%`); a delta that is not a number (a figure missing, zero, nan or inf) is `-`, and the
+table says why.
 
 Everything taken from a log or a file name (run names, error lines) is made printable and
 escaped for markdown. Output files are checked before anything is written (a directory, a path
 under a file, a read-only place: one line, nothing written), then written as temps and renamed
-into place together. A log of any size costs bounded memory: its step lines stream into the
-per-step CSV, and the plots keep at most PLOT_POINTS points per run.
+into place together. A log of any size costs bounded memory: its step lines stream, a chunk at a
+time, as numpy columns into the per-step CSV (numbers as the log printed them), and a plotted
+series keeps a min and a max per pixel column. Big logs are read side by side by worker
+processes (see stream_steps).
+
+Layer 2: imports the layers below (registry, vocab, stats, logs, numtext, expdir).
 """
 
 from __future__ import annotations
 
-import array
 import csv
 import datetime as dt
 import io
-import math
 import os
+import pickle
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, BinaryIO, NamedTuple
 
-from cockpit import fsutil, logs, safetext
+from cockpit import expdir, fsutil, lazy, logs, numtext, safetext, stats
+from cockpit import registry as reg
+from cockpit.vocab import METRICS, RunStatus, Source, Status, run_status
 
-# (attribute, header after the tail prefix or alone, format)
-METRICS = (
-    ("tok_per_sec", "tok/sec", ".2f", True),
-    ("dt_ms", "dt (ms)", ".2f", True),
-    ("mfu", "mfu", ".4f", True),
-    ("peak_mem_mib", "peak mem (MiB)", ".2f", False),
-    ("total_time_min", "total time (min)", ".2f", False),
-)
-STATUS_NOT_RUN = "not run"
-PLOT_POINTS = 4000  # points per run and metric in a plot: a longer series is thinned evenly
-SOURCE_LOG = "log"
-SOURCE_RECORDED = "recorded"
+# Each metric's column (in vocab.METRICS order): its header, after `tail<N> ` when it is a tail
+# mean, and its format.
+COLUMNS = dict(zip(METRICS, (
+    ("tok/sec", ".2f", True),
+    ("dt (ms)", ".2f", True),
+    ("mfu", ".4f", True),
+    ("peak mem (MiB)", ".2f", False),
+    ("total time (min)", ".2f", False),
+), strict=True))
+
+np: Any = None  # numpy, loaded when a report writes its per-step files
+
+
+def _load_numpy() -> None:
+    global np
+    if np is None:
+        np = lazy.numpy()
 
 
 class ReportError(Exception):
@@ -56,15 +75,15 @@ class ReportRow:
     mfu: float | None = None
     peak_mem_mib: float | None = None
     total_time_min: float | None = None
-    source: str = SOURCE_LOG  # "log" | "recorded"
-    status: str = "unknown"  # completed / running / failed / unknown / not run / recorded / a leg state
+    source: str = Source.LOG
+    status: str = RunStatus.UNKNOWN  # a RunStatus, or the status of the leg's state (see vocab.run_status)
     note: str | None = None  # e.g. "log ended without its final lines"
     summary: logs.LegSummary | None = None
     path: str | None = None  # the log, or the recorded dir
 
     @property
     def has_figures(self) -> bool:
-        return any(getattr(self, m[0]) is not None for m in METRICS)
+        return any(getattr(self, m) is not None for m in METRICS)
 
     def value(self, metric: str) -> float | None:
         return getattr(self, metric)
@@ -81,38 +100,13 @@ class DeltaRow:
 
 
 def headers(tail: int) -> list[str]:
-    return [f"tail{tail} {h}" if tailed else h for _, h, _, tailed in METRICS]
+    return [f"tail{tail} {h}" if tailed else h for h, _, tailed in COLUMNS.values()]
 
 
 def fmt_value(attr: str, value: float | None) -> str:
     if value is None:
         return "-"
-    spec = next(m[2] for m in METRICS if m[0] == attr)
-    return f"{value:{spec}}"
-
-
-def no_delta_why(baseline: float | None, run: float | None) -> str | None:
-    """Why a percentage change cannot be given, or None when it can."""
-    for who, v in (("the baseline", baseline), ("the run", run)):
-        if v is None:
-            return f"{who} has no figure"
-        if not math.isfinite(v):
-            return f"{who}'s figure is {v}"
-    if baseline == 0:
-        return "the baseline's figure is 0"
-    pct = (run - baseline) / baseline * 100.0
-    return None if math.isfinite(pct) else "the change overflows"
-
-
-def pct_change(baseline: float | None, run: float | None) -> float | None:
-    """(run - baseline) / baseline in percent; None when that is not a finite number."""
-    if no_delta_why(baseline, run) is not None:
-        return None
-    return (run - baseline) / baseline * 100.0 + 0.0  # + 0.0: no "-0.00%"
-
-
-def fmt_delta(pct: float | None) -> str:
-    return "-" if pct is None or not math.isfinite(pct) else f"{pct:+.2f}%"
+    return f"{value:{COLUMNS[attr][1]}}"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -136,7 +130,7 @@ def row_from_summary(s: logs.LegSummary, status: str | None = None) -> ReportRow
         mfu=s.mfu,
         peak_mem_mib=s.peak_mem_mib,
         total_time_min=s.total_time_min,
-        source=SOURCE_LOG,
+        source=Source.LOG,
         status=status or s.status,
         note=note,
         summary=s,
@@ -144,7 +138,7 @@ def row_from_summary(s: logs.LegSummary, status: str | None = None) -> ReportRow
     )
 
 
-def row_from_recorded(name: str, recorded) -> ReportRow:
+def row_from_recorded(name: str, recorded: reg.Recorded) -> ReportRow:
     """A row of figures recorded in the registry (a leg that ran elsewhere): never measured here."""
     return ReportRow(
         run=name,
@@ -153,8 +147,8 @@ def row_from_recorded(name: str, recorded) -> ReportRow:
         mfu=recorded.mfu,
         peak_mem_mib=recorded.peak_mem_mib,
         total_time_min=recorded.total_time_min,
-        source=SOURCE_RECORDED,
-        status=SOURCE_RECORDED,
+        source=Source.RECORDED,
+        status=RunStatus.RECORDED,
         note="recorded" + (f": {recorded.source}" if recorded.source else ""),
         path=recorded.dir,
     )
@@ -163,9 +157,7 @@ def row_from_recorded(name: str, recorded) -> ReportRow:
 def _dir_legs(exp_dir: Path) -> tuple[list[str], dict[str, str]]:
     """Planned legs (plan order) and their state statuses; a dir of plain logs has neither."""
     try:
-        from cockpit import runs
-
-        d = runs.open_dir(exp_dir)
+        d = expdir.open_dir(exp_dir)
     except Exception:  # noqa: BLE001 - a broken plan or state never stops a report
         return [], {}
     planned = d.legs if d.plan else []
@@ -198,8 +190,9 @@ def rows(exp_dir: Path | str, tail: int = 50, now: float | None = None) -> list[
         log = by_stem.pop(leg, None)
         state = states.get(leg)
         if log is None:
-            status = state if state in ("queued", "waiting", "stopped", "failed") else STATUS_NOT_RUN
-            out.append(ReportRow(run=leg, source=SOURCE_LOG, status=status))
+            waits = (Status.QUEUED, Status.WAITING, Status.STOPPED, Status.FAILED)
+            status = state if state in waits else RunStatus.NOT_RUN
+            out.append(ReportRow(run=leg, source=Source.LOG, status=status))
             continue
         s = logs.summarize(log, tail=tail, now=now)
         out.append(row_from_summary(s, _status(s, state)))
@@ -213,14 +206,14 @@ def _status(s: logs.LegSummary, state: str | None) -> str:
     """The report's status word: the supervisor's record where there is one, else the log's."""
     if state is None:
         return s.status
-    return {"done": "completed"}.get(state, state)
+    return run_status(state)
 
 
 def delta_rows(base: ReportRow, run: ReportRow, tail: int = 50) -> list[DeltaRow]:
     out = []
-    for (attr, _, _, _), head in zip(METRICS, headers(tail), strict=True):
+    for attr, head in zip(METRICS, headers(tail), strict=True):
         b, r = base.value(attr), run.value(attr)
-        out.append(DeltaRow(head, attr, b, r, pct_change(b, r), no_delta_why(b, r)))
+        out.append(DeltaRow(head, attr, b, r, *stats.pct_change(b, r)))
     return out
 
 
@@ -254,15 +247,12 @@ def resolve_baseline(exp_dir: Path, ref: str, tail: int = 50, now: float | None 
     raise ReportError(f"baseline '{shown}': {safetext.oneline(where)} (give RUN, a log of this dir, or DIR/RUN)")
 
 
-def _plan_experiment(exp_dir: Path):
+def _plan_experiment(exp_dir: Path) -> tuple[reg.Registry, reg.Experiment] | None:
     """(registry, experiment) of a dir the cockpit launched, from its plan.json: the registry file
     the plan names (as it is now), else the plan's snapshot of it (the file moved, broke or no
     longer has the experiment). None for a dir without a plan; raises on a broken plan."""
-    from cockpit import registry as reg
-    from cockpit import runs
-
     try:
-        plan = runs.read_json(exp_dir / "plan.json", runs.PLAN_MAX_BYTES)
+        plan = expdir.read_json(exp_dir / "plan.json", expdir.PLAN_MAX_BYTES)
     except FileNotFoundError:
         return None
     exp_id, snap = plan["experiment"], plan.get("registry") or {}
@@ -288,8 +278,6 @@ def plan_baseline(exp_dir: Path, tail: int = 50, now: float | None = None) -> Re
     is the file plan.json names, else plan.json's snapshot of it. None when there is no plan,
     registry or baseline; never raises."""
     try:
-        from cockpit import runs
-
         found = _plan_experiment(exp_dir)
         if found is None:
             return None
@@ -300,7 +288,7 @@ def plan_baseline(exp_dir: Path, tail: int = 50, now: float | None = None) -> Re
         here = exp_dir / f"{leg.name}.log"
         if leg.experiment == exp.id and here.is_file():
             return row_from_summary(logs.summarize(here, tail=tail, now=now))
-        for d in reversed(runs.discover(registry.settings.exp_root)):
+        for d in reversed(expdir.discover(registry.settings.exp_root)):
             if d.experiment != leg.experiment or leg.name not in d.legs or d.path.resolve() == exp_dir.resolve():
                 continue
             s = logs.summarize(d.log(leg.name), tail=tail, now=now)
@@ -325,11 +313,11 @@ def _md_row(cells: list[str]) -> str:
 
 
 def render_table(rows_: list[ReportRow], tail: int = 50, source_column: bool = False) -> str:
-    """The seed's table: one row per run with figures, columns exactly as DESIGN.md says."""
+    """The metric table: one row per run with figures (see the module's docstring for its columns)."""
     head = ["run", *headers(tail)] + (["source"] if source_column else [])
     lines = [_md_row(head), "| --- |" + " ---: |" * len(METRICS) + (" --- |" if source_column else "")]
     for r in rows_:
-        cells = [r.run] + [fmt_value(attr, r.value(attr)) for attr, *_ in METRICS]
+        cells = [r.run] + [fmt_value(attr, r.value(attr)) for attr in METRICS]
         if source_column:
             cells.append(r.source)
         lines.append(_md_row(cells))
@@ -337,12 +325,12 @@ def render_table(rows_: list[ReportRow], tail: int = 50, source_column: bool = F
 
 
 def render_delta(base: ReportRow, run: ReportRow, tail: int = 50, base_label: str | None = None) -> str:
-    """`metric | baseline | run | delta`, as the seed's buffer-reuse comparison."""
+    """`metric | baseline | run | delta`: one row per metric, the delta a signed percentage."""
     label = base_label or f"baseline {base.run}"
     lines = [_md_row(["metric", label, run.run, "delta"]), "| --- | ---: | ---: | ---: |"]
     why = []
     for d in delta_rows(base, run, tail):
-        lines.append(_md_row([d.metric, fmt_value(d.attr, d.baseline), fmt_value(d.attr, d.run), fmt_delta(d.delta_pct)]))
+        lines.append(_md_row([d.metric, fmt_value(d.attr, d.baseline), fmt_value(d.attr, d.run), stats.fmt_pct(d.delta_pct)]))
         if d.delta_pct is None and d.why and d.baseline is not None and d.run is not None:
             why.append(f"{d.metric}: {d.why}")
     if why:  # a missing figure speaks for itself; a zero, nan or inf one is said
@@ -368,7 +356,7 @@ def render_status_table(rows_: list[ReportRow]) -> str:
         last = "-" if s.last_step is None else (f"{s.last_step}/{s.total_steps}" if s.total_steps else str(s.last_step))
         observed = str(s.steps_observed) if s.exact_count else f"~{s.steps_observed}"
         err = s.error_line or (s.error or "")
-        if r.status == "failed" and not err and s.failure:
+        if r.status == RunStatus.FAILED and not err and s.failure:
             err = s.failure[-1]
         lines.append(_md_row([r.run, r.status, observed, last, _fmt_loss(s.last_loss), err]))
     return "\n".join(lines)
@@ -405,8 +393,8 @@ def render_report(
     else:
         out.append("No run has step lines yet.")
     code, text_ = safetext.md_code, _md_text
-    notes = [f"- {code(r.run)}: {text_(r.note)}" for r in all_rows if r.note and r.status != STATUS_NOT_RUN]
-    not_run = [r.run for r in all_rows if r.status == STATUS_NOT_RUN]
+    notes = [f"- {code(r.run)}: {text_(r.note)}" for r in all_rows if r.note and r.status != RunStatus.NOT_RUN]
+    not_run = [r.run for r in all_rows if r.status == RunStatus.NOT_RUN]
     if not_run:
         notes.append("- Not run yet: " + ", ".join(code(n) for n in not_run) + ".")
     short = [r for r in with_figures if r.summary and r.summary.tail_n < tail]
@@ -424,7 +412,7 @@ def render_report(
     if base is not None and base.has_figures:
         why = "" if baseline else " (the registry's baseline of this experiment)"
         out += ["", f"## Delta vs baseline {safetext.md_code(base.run)}{why}"]
-        if base.source == SOURCE_RECORDED and base.note:
+        if base.source == Source.RECORDED and base.note:
             out += ["", f"Baseline figures {_md_text(base.note)} (not measured here)."]
         for r in all_rows:
             if r.run == base.run or not r.has_figures:
@@ -459,33 +447,15 @@ SUMMARY_COLUMNS = (
     "tok_per_sec", "dt_ms", "mfu", "peak_mem_mib", "total_time_min", "error",
 )
 PLOTS = (("loss", "loss"), ("tok_per_sec", "tok/sec"), ("mfu", "MFU (%)"), ("dt_ms", "dt (ms)"))
+PLOT_SIZE_IN, PLOT_DPI = (8, 4.5), 100
+PLOT_BUCKETS = PLOT_SIZE_IN[0] * PLOT_DPI  # a plotted series keeps a min and a max per pixel column at most
 
 
-def _cell(v) -> str:
-    return "" if v is None else (repr(v) if isinstance(v, float) else str(v))
+def _cell(v: object) -> str:
+    return "" if v is None else str(v)
 
 
-class Thinned:
-    """At most about `cap` points of a series of any length: every k-th point, with k doubling
-    whenever the kept points reach 2 x cap (so they stay evenly spread). Finite values only."""
-
-    def __init__(self, cap: int = PLOT_POINTS):
-        self.cap, self.k, self.i = cap, 1, 0
-        self.xs, self.ys = array.array("d"), array.array("d")
-
-    def add(self, x, y) -> None:
-        if self.i % self.k == 0 and y is not None and x is not None and math.isfinite(y):
-            self.xs.append(x)
-            self.ys.append(y)
-            if len(self.xs) >= 2 * self.cap:
-                self.xs, self.ys, self.k = self.xs[::2], self.ys[::2], self.k * 2
-        self.i += 1
-
-    def __len__(self) -> int:
-        return len(self.xs)
-
-
-def _summary_rows(rows_: list[ReportRow]):
+def _summary_rows(rows_: list[ReportRow]) -> Iterator[Sequence[str]]:
     yield SUMMARY_COLUMNS
     for r in rows_:
         s = r.summary
@@ -494,68 +464,237 @@ def _summary_rows(rows_: list[ReportRow]):
             _cell(s.steps_observed if s else None), _cell(s.last_step if s else None),
             _cell(s.total_steps if s else None), _cell(s.last_loss if s else None),
             _cell(s.tail_n if s else None),
-            *(_cell(r.value(a)) for a, *_ in METRICS),
+            *(_cell(r.value(a)) for a in METRICS),
             safetext.printable((s.error_line or s.error or "") if s else ""),
         ]
 
 
-def stream_steps(rows_: list[ReportRow], writer, tail: int = 50) -> dict[str, dict[str, Thinned]]:
-    """Write every step line of every run's log to `writer` (a csv writer: one row per step
-    line), a chunk at a time, and return each run's thinned series for the plots."""
-    writer.writerow(["run", *STEP_COLUMNS])
-    series: dict[str, dict[str, Thinned]] = {}
-    for r in rows_:
-        if not (r.path and r.summary and not r.summary.error):
-            continue
-        run = safetext.printable(r.run)
-        kept = {attr: Thinned() for attr, _ in PLOTS}
+def _csv_field(text: str) -> str:
+    """One CSV field as the csv module writes it (quoted when it holds a comma, a quote...)."""
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="").writerow([text])
+    return buf.getvalue()
 
-        def sink(table: logs.StepTable, run: str = run, kept: dict = kept) -> None:
-            cols = [[_cell(v) for v in table.cols[c]] for c in STEP_COLUMNS]
-            writer.writerows(zip([run] * len(table), *cols, strict=True))
-            steps = table.cols["step"]
-            for attr, t in kept.items():
-                for x, y in zip(steps, table.cols[attr], strict=True):
-                    t.add(x, y)
 
+class Series(NamedTuple):
+    """A run's metric per step, as plotted. A long series keeps, for each pixel column of the
+    plot, its first step and the least and the greatest value there (`lows`, `highs`)."""
+
+    steps: Any  # numpy float64
+    lows: Any
+    highs: Any  # the same as lows when the series is drawn point by point
+    decimated: bool
+
+
+class _Collected:
+    """A run's plotted metrics, a chunk of step lines at a time (finite values only)."""
+
+    def __init__(self) -> None:
+        self.parts: dict[str, list[tuple[Any, Any]]] = {attr: [] for attr, _ in PLOTS}
+
+    def add(self, table: logs.StepTable) -> None:
+        step = table.column("step")
+        x = step.values.astype(np.float64) if step.values.dtype != object else np.array(
+            [float(v) if abs(v) < 2**1000 else np.inf for v in step.values.tolist()])  # a step of 400 digits
+        for attr, parts in self.parts.items():
+            col = table.column(attr)
+            keep = col.present & step.present & np.isfinite(col.values) & np.isfinite(x)
+            if keep.any():
+                parts.append((x[keep], col.values[keep]))
+
+    def series(self) -> dict[str, Series]:
+        out = {}
+        for attr, parts in self.parts.items():
+            if parts:
+                x, y = (np.concatenate(a) for a in zip(*parts, strict=True))
+                out[attr] = decimate(x, y, PLOT_BUCKETS)
+        return out
+
+
+def decimate(x: Any, y: Any, buckets: int) -> Series:
+    """A series to draw `buckets` pixel columns wide. Up to 2 points a column it is kept as it
+    is; a longer one keeps, per column's range of x, its first x and its least and greatest y:
+    drawn as a band from least to greatest, it covers every pixel the whole series covers."""
+    n = len(x)
+    if n <= 2 * buckets:
+        return Series(x, y, y, False)
+    if (np.diff(x) < 0).any():  # a run restarted from a checkpoint: its steps go back
+        order = np.argsort(x, kind="stable")
+        x, y = x[order], y[order]
+    lo, hi = x[0], x[-1]
+    column = np.minimum(((x - lo) * (buckets / (hi - lo))).astype(np.int64), buckets - 1) if hi > lo else np.zeros(n, np.int64)
+    starts = np.flatnonzero(np.concatenate(([True], column[1:] != column[:-1])))
+    return Series(x[starts], np.minimum.reduceat(y, starts), np.maximum.reduceat(y, starts), True)
+
+
+PARALLEL_MIN_BYTES = 64 << 20  # logs of less, all told, are read in this process: a worker's start costs more
+PARALLEL_MAX_WORKERS = 8
+
+
+def stream_steps(rows_: list[ReportRow], out: BinaryIO, tail: int = 50) -> dict[str, dict[str, Series]]:
+    """Write every step line of every run's log to `out` as CSV rows (bytes), numbers as the log
+    printed them; return each run's plotted series.
+
+    Each log is read a chunk of lines at a time. Big logs (PARALLEL_MIN_BYTES together) are read
+    side by side by worker processes (`python -c`, one per CPU), each writing its logs' rows to part
+    files in a private temp dir; the parts are copied into `out` in the runs' order, the same bytes
+    as one after the other. A log a worker could not do is read here."""
+    out.write((",".join(["run", *STEP_COLUMNS]) + "\r\n").encode())
+    jobs = [(r.run, r.path) for r in rows_ if r.path and r.summary and not r.summary.error]
+    workers = _workers([path for _, path in jobs])
+    tmp = tempfile.mkdtemp(prefix="cockpit-report-") if workers > 1 else None  # private: 0700
+    try:
+        done = _in_workers(jobs, tail, workers, tmp) if tmp else {}  # job -> (its part file, its series)
+        series: dict[str, dict[str, Series]] = {}
+        for i, (run, path) in enumerate(jobs):
+            if i in done:
+                part, found = done[i]
+                _append(part, out)
+                os.unlink(part)
+            else:
+                found = _steps_csv(path, run, tail, out)
+            if found:
+                series[run] = found
+        return series
+    finally:
+        if tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _append(part: str, out: BinaryIO) -> None:
+    """The bytes of file `part` after what `out` holds: copied by the kernel where it can."""
+    with open(part, "rb") as f:
         try:
-            logs.parse_file(r.path, tail=tail, on_steps=sink)
-        except (OSError, ValueError):
-            continue
-        if any(len(t) for t in kept.values()):
-            series[r.run] = kept
-    return series
+            out.flush()
+            while os.copy_file_range(f.fileno(), out.fileno(), 1 << 30):
+                pass
+        except (AttributeError, OSError, io.UnsupportedOperation):  # no such call, or `out` is no file
+            f.seek(os.lseek(f.fileno(), 0, os.SEEK_CUR))  # on from what the kernel copied, if anything
+            shutil.copyfileobj(f, out, 1 << 20)
 
 
-def draw_plots(series: dict[str, dict[str, Thinned]]) -> dict[str, bytes]:
-    """PNG per metric (loss, tok/sec, MFU, dt) per step, one line per run: attr -> PNG bytes.
+def _workers(paths: list[str]) -> int:
+    """How many processes read these logs: 1 unless there are several and they are big."""
+    try:
+        size = sum(os.stat(p).st_size for p in paths)
+    except OSError:
+        return 1
+    if len(paths) < 2 or size < PARALLEL_MIN_BYTES:
+        return 1
+    return max(1, min(len(paths), os.cpu_count() or 1, PARALLEL_MAX_WORKERS))
 
-    matplotlib is imported here, with the Agg backend, only when plots are drawn.
-    """
-    import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def _in_workers(jobs: list[tuple[str, str]], tail: int, workers: int, tmp: str) -> dict[int, tuple[str, dict[str, Series]]]:
+    """Jobs read by `workers` processes, job i by worker i % workers: {job: (part file, series)}
+    for each one a worker did (its part complete, its series pickled beside it)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        p for p in (str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")) if p)}
+    procs = []
+    for w in range(workers):
+        mine = list(range(w, len(jobs), workers))
+        spec = os.path.join(tmp, f"w{w}.jobs")
+        with open(fsutil.create_new(spec), "wb") as f:
+            pickle.dump([(i, jobs[i][0], jobs[i][1], tail, os.path.join(tmp, f"{i}.csv")) for i in mine], f)
+        try:
+            procs.append(subprocess.Popen([sys.executable, "-c", _WORKER, spec], env=env, stdin=subprocess.DEVNULL,
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        except OSError:
+            continue  # its logs are read here
+    try:
+        for proc in procs:
+            proc.wait()
+    finally:  # interrupted: no worker outlives the report
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    done = {}
+    for i in range(len(jobs)):
+        part, result = os.path.join(tmp, f"{i}.csv"), os.path.join(tmp, f"{i}.series")
+        if os.path.exists(result):  # written last: the part is complete
+            with open(result, "rb") as f:
+                done[i] = (part, pickle.load(f))
+    return done
 
+
+_WORKER = "import sys; from cockpit.report import _worker; _worker(sys.argv[1])"
+
+
+def _worker(spec: str) -> None:
+    """A worker process: its jobs' part files, and each one's series (pickled) once its part is done."""
+    with open(spec, "rb") as f:
+        jobs = pickle.load(f)
+    for i, run, path, tail, part in jobs:
+        with open(fsutil.create_new(part), "wb") as f:
+            found = _steps_csv(path, run, tail, f)
+        with open(fsutil.create_new(os.path.join(os.path.dirname(part), f"{i}.series")), "wb") as f:
+            pickle.dump(found, f)
+
+
+def _steps_csv(path: str, run: str, tail: int, out: BinaryIO) -> dict[str, Series]:
+    """One log's step lines as CSV rows into `out`; its plotted series. A log that cannot be read
+    (any more) adds the rows read so far, and no series."""
+    _load_numpy()
+    prefix = (_csv_field(safetext.printable(run)) + ",").encode()
+    kept = _Collected()
+
+    def sink(table: logs.StepTable) -> None:
+        out.write(numtext.csv_text(prefix, [_cells(table.column(name), name in logs.INT_FIELDS)
+                                            for name in STEP_COLUMNS]))
+        kept.add(table)
+
+    try:
+        logs.parse_file(path, tail=tail, on_steps=sink)
+    except (OSError, ValueError):
+        return {}
+    return kept.series()
+
+
+def _cells(col: logs.Column, integer: bool) -> Any:
+    """A column's CSV cells: str() of each number, from the characters the log printed it with
+    when the parse kept them, else from its value."""
+    if not col.present.any():
+        return np.zeros((len(col.present), 0), np.uint8)
+    if col.text is not None:
+        return numtext.token_cells(col.text, col.present, col.values, integer)
+    if integer:
+        return numtext.int_cells(col.values, col.present)
+    return numtext.float_cells(col.values, col.present, col.decimals)
+
+
+def draw_plots(series: dict[str, dict[str, Series]]) -> dict[str, bytes]:
+    """PNG per metric (loss, tok/sec, MFU, dt) per step, one line (or band) per run: attr -> PNG
+    bytes. A run keeps its colour in every plot."""
+    # function-level: matplotlib is heavy, and only a report with plots needs it (Agg: no display)
+    from matplotlib import rcParams
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    colours = rcParams["axes.prop_cycle"].by_key()["color"]
     made: dict[str, bytes] = {}
     for attr, label in PLOTS:
-        lines = {run: kept[attr] for run, kept in series.items() if len(kept[attr])}
+        lines = [(i, run, kept[attr]) for i, (run, kept) in enumerate(series.items()) if attr in kept]
         if not lines:
             continue
-        fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
-        thinned = False
-        for run, t in lines.items():
-            ax.plot(t.xs, t.ys, label=safetext.printable(run, newlines=False), linewidth=1.2)
-            thinned |= t.k > 1
+        fig = Figure(figsize=PLOT_SIZE_IN, dpi=PLOT_DPI)
+        FigureCanvasAgg(fig)
+        ax = fig.add_subplot()
+        decimated = False
+        for i, run, s in lines:
+            name, colour = safetext.printable(run, newlines=False), colours[i % len(colours)]
+            if s.decimated:  # a band: stroking a zigzag through every min and max costs ten times more
+                ax.fill_between(s.steps, s.lows, s.highs, color=colour, alpha=0.4, linewidth=0.8, label=name)
+            else:
+                ax.plot(s.steps, s.lows, color=colour, label=name, linewidth=1.2)
+            decimated |= s.decimated
         ax.set_xlabel("step")
         ax.set_ylabel(label)
-        ax.set_title(f"{label} per step" + (" (long runs thinned evenly)" if thinned else ""))
+        ax.set_title(f"{label} per step" + (" (long runs: least to greatest per pixel column)" if decimated else ""))
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="upper right")  # a fixed place: "best" searches every point of every line
         fig.tight_layout()
         buf = io.BytesIO()
         fig.savefig(buf, format="png")
-        plt.close(fig)
         made[attr] = buf.getvalue()
     return made
 
@@ -603,8 +742,8 @@ def write_report(
     base = resolve_baseline(exp_dir, baseline, tail, now) if baseline is not None else None  # fails before writing
     links = {"per-step CSV": files["steps"].name, "summary CSV": files["summary"].name}
     with fsutil.StagedFiles(root) as staged:
-        with staged.open(files["steps"], "w") as f:
-            series = stream_steps(all_rows, csv.writer(f), tail)
+        with staged.open(files["steps"], "wb") as f:
+            series = stream_steps(all_rows, f, tail)
         with staged.open(files["summary"], "w") as f:
             csv.writer(f).writerows(_summary_rows(all_rows))
         plot_note = None

@@ -5,40 +5,42 @@
 the running legs, the next pending leg with its exact command, and the GPUs. `cockpit status`,
 `cockpit resume` and the TUI all render this state; none of them joins registry and dirs alone.
 
-`render_guide()` writes it as the seed's hand-written resume guide: current state, latest
-reports, completed work (do not re-run) with tables and decisions, remaining work with the next
-command, and the safety constraints.
+`render_guide()` writes it as a resume guide, in the sections a researcher would write one by hand
+for whoever picks the work up: current state, latest reports, completed work (do not re-run) with
+tables and decisions, remaining work with the next command, and the safety constraints.
+
+Layer 3: imports the layers below (registry, vocab, logs, gpus, expdir, report).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import os
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
-from cockpit import fsutil, logs, report, safetext
+from cockpit import expdir, fsutil, gpus, logs, report, safetext
 from cockpit import registry as reg
-
-if TYPE_CHECKING:
-    from cockpit.runs import ExpDir, LegState
-
-MARKS = ("recorded", "done", "running", "queued", "waiting", "failed", "stopped", "pending", "unknown")
-FINISHED_MARKS = ("recorded", "done")  # never launched again unless asked
-ACTIVE_MARKS = ("running", "queued", "waiting")
-TODO_MARKS = ("pending", "failed", "stopped")  # what a next launch would run
-# "unknown": recorded as running, and a process is there that cannot be proven the leg's: it may
-# still run (so it is not launched again) and it is never signalled (so it cannot be stopped here)
-UNKNOWN_MARK = "unknown"
-NOTED_MARKS = ("failed", "stopped", "waiting", UNKNOWN_MARK)  # marks whose note says why
+from cockpit.expdir import ExpDir, LegState
+from cockpit.vocab import (
+    ACTIVE_MARKS,
+    FINISHED_MARKS,
+    NOTED_MARKS,
+    TODO_MARKS,
+    Mark,
+    RunStatus,
+    Source,
+    Status,
+)
 
 
 @dataclass
 class LegMark:
     experiment: str
     leg: str
-    mark: str  # one of MARKS
+    mark: Mark
     dir: str | None = None  # the experiment dir the mark comes from (a recorded leg: where it ran)
     row: report.ReportRow | None = None  # figures: from the log here, or recorded (row.source)
     summary: logs.LegSummary | None = None  # the log's summary (progress of a running leg)
@@ -91,7 +93,7 @@ class NextLeg:
     mark: str  # pending, or failed/stopped when nothing is pending
     description: str | None
     exp_dir_template: str  # <exp_root>/$(date +%Y%m%d_%H%M%S)_<experiment>
-    command: str  # the seed's execution template: EXP_DIR=..., mkdir -p, torchrun ... | tee
+    command: str  # the execution template: EXP_DIR=..., mkdir -p, torchrun ... | tee
     report_command: str
     cockpit: str  # the one-key equivalent
 
@@ -132,9 +134,9 @@ class ResumeState:
 # building the state
 
 
-def _leg_mark(exp: reg.Experiment, leg: reg.Leg, dirs: list[Any], tail: int, now: float | None) -> LegMark:
+def _leg_mark(exp: reg.Experiment, leg: reg.Leg, dirs: list[ExpDir], tail: int, now: float | None) -> LegMark:
     """The leg's mark from its dirs (newest first decides what is active) and the registry."""
-    m = LegMark(exp.id, leg.name, "pending", description=leg.description)
+    m = LegMark(exp.id, leg.name, Mark.PENDING, description=leg.description)
     newest_first = list(reversed(dirs))
     done_in = None
     last_outcome = None  # (mark, dir, summary, note, state) of the newest run that did not finish
@@ -144,42 +146,42 @@ def _leg_mark(exp: reg.Experiment, leg: reg.Leg, dirs: list[Any], tail: int, now
         st = d.states.get(leg.name)
         log = d.log(leg.name)
         summary = logs.summarize(log, tail=tail, now=now) if fsutil.is_regular(log) else None
-        if st is not None and st.status == UNKNOWN_MARK:
-            return LegMark(exp.id, leg.name, UNKNOWN_MARK, str(d.path),
-                           report.row_from_summary(summary, UNKNOWN_MARK) if summary else None,
+        if st is not None and st.status == Status.UNKNOWN:
+            return LegMark(exp.id, leg.name, Mark.UNKNOWN, str(d.path),
+                           report.row_from_summary(summary, RunStatus.UNKNOWN) if summary else None,
                            summary, st.note, leg.description, state=st)
-        if st is not None and st.status in ACTIVE_MARKS:
-            note = st.waiting_reason if st.status == "waiting" else st.note
-            return LegMark(exp.id, leg.name, st.status, str(d.path),
+        if st is not None and st.active:
+            note = st.waiting_reason if st.status == Status.WAITING else st.note
+            return LegMark(exp.id, leg.name, Mark(st.status), str(d.path),
                            report.row_from_summary(summary, st.status) if summary else None,
                            summary, note, leg.description, state=st)
-        if st is None and summary is not None and d.plan is None and summary.status == "running":
+        if st is None and summary is not None and d.plan is None and summary.status == RunStatus.RUNNING:
             # a manual run (no state) whose log is still growing
-            return LegMark(exp.id, leg.name, "running", str(d.path), report.row_from_summary(summary),
+            return LegMark(exp.id, leg.name, Mark.RUNNING, str(d.path), report.row_from_summary(summary),
                            summary, "log growing (no cockpit state)", leg.description)
         if st is not None:
-            outcome = "done" if st.status == "done" else st.status
+            outcome = Mark(st.status)
             note = st.note or (st.error_tail[-1] if st.error_tail else None)
         elif summary is not None:
-            outcome = {"completed": "done", "failed": "failed"}.get(summary.status, "stopped")
-            note = summary.error_line if outcome == "failed" else (
-                "log ended without its final lines" if outcome == "stopped" else None)
+            outcome = {RunStatus.COMPLETED: Mark.DONE, RunStatus.FAILED: Mark.FAILED}.get(summary.status, Mark.STOPPED)
+            note = summary.error_line if outcome == Mark.FAILED else (
+                "log ended without its final lines" if outcome == Mark.STOPPED else None)
         else:
             continue
-        if outcome == "done":
+        if outcome == Mark.DONE:
             if done_in is None:
                 done_in = (d, summary, st)
         elif last_outcome is None and done_in is None:
-            if outcome == "failed" and summary and summary.error_line:
+            if outcome == Mark.FAILED and summary and summary.error_line:
                 note = summary.error_line
             last_outcome = (outcome, d, summary, note, st)
     if done_in is not None:
         d, summary, m.state = done_in
-        m.mark, m.dir, m.summary = "done", str(d.path), summary
-        m.row = report.row_from_summary(summary, "completed") if summary else None
+        m.mark, m.dir, m.summary = Mark.DONE, str(d.path), summary
+        m.row = report.row_from_summary(summary, RunStatus.COMPLETED) if summary else None
         return m
     if leg.recorded is not None:
-        m.mark, m.dir = "recorded", leg.recorded.dir
+        m.mark, m.dir = Mark.RECORDED, leg.recorded.dir
         m.row = report.row_from_recorded(leg.name, leg.recorded)
         m.note = leg.recorded.source
         return m
@@ -190,12 +192,10 @@ def _leg_mark(exp: reg.Experiment, leg: reg.Leg, dirs: list[Any], tail: int, now
     return m
 
 
-def gpu_status(registry: reg.Registry, sampler: Any | None = None) -> GpuStatus:
+def gpu_status(registry: reg.Registry, sampler: gpus.Sampler | None = None) -> GpuStatus:
     """Idle or busy by the registry's thresholds, from NVML; unknown (with why) without it."""
     try:
         if sampler is None:
-            from cockpit import gpus
-
             sampler = gpus.GpuSampler(history=1)
         snap = sampler.sample()
     except Exception as e:  # noqa: BLE001 - no GPU sampler is a normal state, shown as unknown
@@ -233,7 +233,8 @@ def _shell_arg(arg: str) -> str:
 
 
 def execution_template(registry: reg.Registry, leg: reg.Leg) -> tuple[str, str]:
-    """The seed's execution template for a leg in a fresh dir: (EXP_DIR value, whole text)."""
+    """The shell recipe that runs a leg by hand in a fresh dir (activate the venv, EXP_DIR=<stamped
+    dir>, mkdir, torchrun ... | tee the log): (EXP_DIR value, whole text)."""
     exp_dir_value = f"{registry.settings.exp_root}/$(date +%Y%m%d_%H%M%S)_{leg.experiment}"
     lines = reg.command_lines(leg.argv("$EXP_DIR"), _shell_arg)
     lines[-1] += f' 2>&1 | tee "$EXP_DIR/{leg.name}.log"'
@@ -259,8 +260,8 @@ def _cockpit_cmd(registry: reg.Registry, *args: str) -> str:
 def next_leg(registry: reg.Registry, experiments: list[ExperimentState]) -> NextLeg | None:
     """The first pending leg in registry order; else the first failed or stopped one."""
     marks = [m for e in experiments for m in e.legs]
-    pick = next((m for m in marks if m.mark == "pending"), None) or next(
-        (m for m in marks if m.mark in ("failed", "stopped")), None
+    pick = next((m for m in marks if m.mark == Mark.PENDING), None) or next(
+        (m for m in marks if m.mark in (Mark.FAILED, Mark.STOPPED)), None
     )
     if pick is None:
         return None
@@ -297,23 +298,21 @@ def safety_lines(registry: reg.Registry) -> list[str]:
 
 def build_state(
     registry: reg.Registry,
-    sampler: Any | None = None,
+    sampler: gpus.Sampler | None = None,
     now: float | None = None,
-    gpus: GpuStatus | None = None,
+    gpu: GpuStatus | None = None,
     dirs: list[ExpDir] | None = None,
 ) -> ResumeState:
     """Join the registry with every experiment dir under exp_root. Reads only; writes nothing.
 
-    `sampler`: a GpuSampler (or anything with .sample()); by default one is made here. `gpus`:
+    `sampler`: a GpuSampler (or anything with .sample()); by default one is made here. `gpu`:
     an already computed GPU status (the TUI samples on its own timer). `dirs`: the dirs of
-    `runs.discover(exp_root)` when the caller has them already (the TUI discovers once a pass).
+    `expdir.discover(exp_root)` when the caller has them already (the TUI discovers once a pass).
     """
-    from cockpit import runs
-
     s = registry.settings
     tail = s.tail
     if dirs is None:
-        dirs = runs.discover(s.exp_root)
+        dirs = expdir.discover(s.exp_root)
     experiments: list[ExperimentState] = []
     for exp in registry.experiments:
         mine = [d for d in dirs if d.experiment == exp.id]
@@ -349,10 +348,10 @@ def build_state(
         exp_root=str(s.exp_root),
         tail=tail,
         experiments=experiments,
-        running=[m for m in marks if m.mark == "running"],
+        running=[m for m in marks if m.mark == Mark.RUNNING],
         active=[m for m in marks if m.mark in ACTIVE_MARKS],
         next=next_leg(registry, experiments),
-        gpus=gpus if gpus is not None else gpu_status(registry, sampler),
+        gpus=gpu if gpu is not None else gpu_status(registry, sampler),
         reports=[p for _, p in sorted(reports, reverse=True)[:5]],
         safety=safety_lines(registry),
         dirs=dirs,
@@ -384,7 +383,7 @@ def _mark_line(m: LegMark) -> str:
     where = f" in {safetext.md_code(m.dir)}" if m.dir else ""
     note = f" ({_text(m.note)})" if m.note else ""
     if m.mark in ACTIVE_MARKS:
-        return f"`{m.ref}` {m.mark}{where}: {progress(m) if m.mark == 'running' else _text(m.note or 'waiting its turn')}"
+        return f"`{m.ref}` {m.mark}{where}: {progress(m) if m.mark == Mark.RUNNING else _text(m.note or 'waiting its turn')}"
     return f"`{m.ref}` {m.mark}{where}{note}"
 
 
@@ -398,7 +397,8 @@ def _title(e: ExperimentState) -> str:
 
 
 def render_guide(state: ResumeState) -> str:
-    """The resume guide as markdown, with the seed's sections."""
+    """The resume guide as markdown: Current State, Completed Work (Do Not Re-run), Resume
+    Environment, Remaining Work, Safety/Path Constraints Reminder."""
     out = [
         "# Nanochat Resume Guide",
         "",
@@ -411,8 +411,8 @@ def render_guide(state: ResumeState) -> str:
         out += [f"- Running: {_mark_line(m)}" for m in state.running]
     else:
         out.append("- Training is currently paused (no leg running).")
-    out += [f"- {m.mark.capitalize()}: {_mark_line(m)}" for m in state.active if m.mark != "running"]
-    out += [f"- Unknown: {_mark_line(m)}" for m in state.marks() if m.mark == UNKNOWN_MARK]
+    out += [f"- {m.mark.capitalize()}: {_mark_line(m)}" for m in state.active if m.mark != Mark.RUNNING]
+    out += [f"- Unknown: {_mark_line(m)}" for m in state.marks() if m.mark == Mark.UNKNOWN]
     for d in state.dirs:
         if d.problem:
             out.append(f"- Unreadable: {safetext.md_code(str(d.path))}: {_text(d.problem)}")
@@ -435,11 +435,11 @@ def render_guide(state: ResumeState) -> str:
         if dirs:
             out.append("Experiment directories:")
             for d in dirs:
-                kinds = sorted({"recorded" if m.mark == "recorded" else "run here" for m in fin if m.dir == d})
+                kinds = sorted({"recorded" if m.mark == Mark.RECORDED else "run here" for m in fin if m.dir == d})
                 out.append(f"- {safetext.md_code(d)} ({', '.join(kinds)})")
             out.append("")
         out += ["Final metrics snapshot:", "", report.render_table([m.row for m in fin], state.tail, source_column=True)]
-        sources = sorted({m.note for m in fin if m.mark == "recorded" and m.note})
+        sources = sorted({m.note for m in fin if m.mark == Mark.RECORDED and m.note})
         if sources:
             out += ["", "Recorded figures (not measured here) come from: " + "; ".join(sources) + "."]
         others = [m for m in e.todo + [x for x in e.legs if x.mark in ACTIVE_MARKS]]
@@ -454,8 +454,8 @@ def render_guide(state: ResumeState) -> str:
             for m in fin:
                 if m.ref == base.ref or not m.row.has_figures:
                     continue
-                label = f"baseline {base.leg}" + (" (recorded)" if base.mark == "recorded" else "")
-                run = report.ReportRow(**{**m.row.__dict__, "run": m.leg + (" (recorded)" if m.mark == "recorded" else "")})
+                label = f"baseline {base.leg}" + (" (recorded)" if base.mark == Mark.RECORDED else "")
+                run = dataclasses.replace(m.row, run=m.leg + (" (recorded)" if m.mark == Mark.RECORDED else ""))
                 out += ["", f"Result of `{m.leg}` vs baseline `{e.baseline}`:", "",
                         report.render_delta(base.row, run, state.tail, base_label=label)]
     if not done_any:
@@ -486,7 +486,7 @@ def render_guide(state: ResumeState) -> str:
         out += [f"- {_mark_line(m)}" for m in todo]
     if nxt is not None:
         what = f"`{nxt.experiment}/{nxt.leg}`" + (f" ({nxt.description})" if nxt.description else "")
-        again = f", again: it {nxt.mark}" if nxt.mark != "pending" else ""
+        again = f", again: it {nxt.mark}" if nxt.mark != Mark.PENDING else ""
         out += [
             "",
             f"Next leg: {what}{again}.",
@@ -518,7 +518,7 @@ def _figures(m: LegMark) -> str:
     text = f"  {r.tok_per_sec:.2f} tok/s"
     if r.mfu is not None:
         text += f", mfu {r.mfu:.4f}"
-    return text + ("  [recorded]" if r.source == report.SOURCE_RECORDED else "")
+    return text + ("  [recorded]" if r.source == Source.RECORDED else "")
 
 
 def running_line(m: LegMark) -> str:
@@ -548,7 +548,7 @@ def dir_line(d: ExpDir, known: bool = True) -> str:
     for leg in d.legs:
         st = d.states.get(leg)
         if st is not None:
-            pid = f" (pid {st.pid})" if st.status == "running" and st.pid is not None else ""
+            pid = f" (pid {st.pid})" if st.status == Status.RUNNING and st.pid is not None else ""
             legs.append(f"{leg} {st.status}{pid}")
         elif fsutil.is_regular(d.log(leg)):
             legs.append(f"{leg} {'log' if d.plan else 'manual log'}")
@@ -586,7 +586,7 @@ def render_status(state: ResumeState) -> str:
         for m in e.legs:
             base = "  (baseline)" if m.is_baseline else ""
             pid = f"pid {m.pid}  " if m.pid is not None else ""
-            extra = f"  {pid}{progress(m)}" if m.mark == "running" else _figures(m)
+            extra = f"  {pid}{progress(m)}" if m.mark == Mark.RUNNING else _figures(m)
             why = f"  ({m.note})" if m.note and m.mark in NOTED_MARKS else ""
             out.append(f"  {m.leg:<{width}}  {m.mark:<8}{extra}{base}{why}".rstrip())
     known = {e.id for e in state.experiments}
@@ -603,7 +603,7 @@ GUIDE_NAME = "resume-guide.md"
 
 
 def write_guide(
-    registry: reg.Registry, out_md: Path | str | None = None, sampler: Any | None = None, now: float | None = None
+    registry: reg.Registry, out_md: Path | str | None = None, sampler: gpus.Sampler | None = None, now: float | None = None
 ) -> Path:
     """Write the guide (default `<exp_root>/resume-guide.md`, regenerated in place) atomically.
 
@@ -611,8 +611,6 @@ def write_guide(
     before anything is written: fsutil.UnsafePath, whose strerror is the one line to show.
     Inside exp_root, no symlink planted there is followed.
     """
-    import os
-
     root = registry.settings.exp_root
     out = Path(os.path.abspath(os.path.expanduser(out_md))) if out_md is not None else root / GUIDE_NAME
     if why := fsutil.output_problem(out):

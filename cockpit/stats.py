@@ -124,14 +124,17 @@ class Delta:
 
 
 def pct_change(baseline: float | None, run: float | None) -> tuple[float | None, str | None]:
-    """100 * (run / baseline - 1), or None with the reason it cannot be computed."""
-    if baseline is None or run is None:
-        return None, "no value"
-    if not (math.isfinite(baseline) and math.isfinite(run)):
-        return None, "value is not finite"
+    """(run - baseline) / baseline in percent, or None with the reason it is not a finite number
+    (a figure missing, nan or inf, a baseline of 0, a change too big for a float)."""
+    for who, v in (("the baseline", baseline), ("the run", run)):
+        if v is None:
+            return None, f"{who} has no figure"
+        if not math.isfinite(v):
+            return None, f"{who}'s figure is {v}"
     if baseline == 0:
-        return None, "baseline is 0"
-    return 100.0 * (run / baseline - 1.0), None
+        return None, "the baseline's figure is 0"
+    pct = (run - baseline) / baseline * 100.0 + 0.0  # + 0.0: no "-0.00%"
+    return (pct, None) if math.isfinite(pct) else (None, "the change overflows")
 
 
 def compare(base: Estimate | None, run: Estimate | None) -> Delta:
@@ -155,8 +158,8 @@ def compare(base: Estimate | None, run: Estimate | None) -> Delta:
 
 
 def fmt_pct(pct: float | None) -> str:
-    """A signed percentage as in the report's delta tables (`+2.70%`), `-` without one."""
-    return "-" if pct is None else f"{pct:+.2f}%"
+    """A signed percentage as in the report's delta tables (`+2.70%`), `-` without a finite one."""
+    return "-" if pct is None or not math.isfinite(pct) else f"{pct:+.2f}%"
 
 
 def fmt_ci(ci: float | None) -> str:

@@ -17,6 +17,8 @@ included, fails the leg before it starts, with that reason); any OSError of the 
 (a read-only or full filesystem, an I/O error) fails the leg it hit, recorded on the leg where it
 still can be and in the supervisor's log as one line, and the queue goes on or stops per policy.
 The supervisor always ends with its exit code, never with a traceback.
+
+Layer 2: imports fsutil, procs, safetext, vocab, gpus, expdir and report.
 """
 
 from __future__ import annotations
@@ -35,28 +37,28 @@ from pathlib import Path
 
 import psutil
 
-from cockpit import fsutil, gpus, procs, safetext
-from cockpit.runs import (
-    LOCK_DIR,
+from cockpit import fsutil, gpus, procs, report, safetext
+from cockpit.expdir import (
     PLAN_MAX_BYTES,
     STATE_DIR,
     SUPERVISOR,
-    UNKNOWN,
     LegState,
     RunError,
     error_tail,
     leg_env,
     leg_expect,
     leg_name_ok,
+    lock_path,
     now_iso,
     plan_grace,
-    process_identity,
+    plan_tail,
     read_state,
     reconcile,
+    stop_request_path,
     try_lock,
-    write_json_atomic,
     write_state,
 )
+from cockpit.vocab import Status
 
 
 def check_plan(plan: object) -> str | None:
@@ -111,7 +113,7 @@ class Supervisor:
         self.states: dict[str, LegState] = {}
         self.faults: list[str] = []  # the OSErrors met, one line each (also in the log)
         self.me = os.getpid()
-        self.my_create_time = process_identity(self.me)
+        self.my_create_time = procs.create_time(self.me)
 
     # ------------------------------------------------------------------------------------------
     def say(self, msg: str) -> None:
@@ -137,7 +139,7 @@ class Supervisor:
             self.fault(f"{st.leg}: state not recorded ({st.status})", e)
 
     def stop_requested(self, leg: str) -> bool:
-        return self.stop_all or (self.exp_dir / STATE_DIR / f"{leg}.stop").exists()
+        return self.stop_all or stop_request_path(self.exp_dir, leg).exists()
 
     def _lock(self, path: Path, what: str) -> int:
         return try_lock(path, f"{what} is held by another supervisor", root=self.exp_dir)
@@ -163,16 +165,16 @@ class Supervisor:
         try:
             if self.lock_fd is None:  # started by hand: take the experiment's queue lock ourselves
                 root = self.exp_dir.parent
-                fds.append(try_lock(root / LOCK_DIR / f"{plan['experiment']}.lock",
+                fds.append(try_lock(lock_path(root, plan["experiment"]),
                                     f"experiment '{plan['experiment']}' is held by another supervisor", root=root))
             for spec in plan["legs"]:  # a leg left running by a killed supervisor is never started twice
                 prev = read_state(self.exp_dir, spec["name"])
-                if prev is not None and prev.status == "running":
+                if prev is not None and prev.status == Status.RUNNING:
                     now = reconcile(self.exp_dir, prev, False, leg_expect(self.exp_dir, spec["name"], spec["argv"]))
-                    if now.status == "running":
+                    if now.status == Status.RUNNING:
                         raise RunError(f"leg {spec['name']} still runs (torchrun pid {prev.pid}) from an earlier "
                                        f"supervisor; stop it first: cockpit stop {self.exp_dir} {spec['name']}")
-                    if now.status == UNKNOWN:
+                    if now.status == Status.UNKNOWN:
                         raise RunError(f"leg {spec['name']} may still run (pid {prev.pid}): {now.note}; "
                                        f"make sure it is gone before running this dir again")
         except BaseException:
@@ -183,7 +185,7 @@ class Supervisor:
         old = self._install_signals()
         try:
             try:
-                write_json_atomic(state_dir / f"{SUPERVISOR}.json", record, root=self.exp_dir)
+                fsutil.atomic_write_json(state_dir / f"{SUPERVISOR}.json", record, root=self.exp_dir)
             except OSError as e:
                 raise RunError(f"cannot write {state_dir}/{SUPERVISOR}.json: {fsutil.oneline(e)}") from None
             return self._queue(plan, record)
@@ -192,7 +194,7 @@ class Supervisor:
             if self.faults:
                 record["faults"] = self.faults[-20:]
             try:
-                write_json_atomic(state_dir / f"{SUPERVISOR}.json", record, root=self.exp_dir)
+                fsutil.atomic_write_json(state_dir / f"{SUPERVISOR}.json", record, root=self.exp_dir)
             except OSError as e:
                 self.fault("the supervisor's end not recorded", e)
             self._restore_signals(old)
@@ -203,8 +205,8 @@ class Supervisor:
         legs = plan["legs"]
         for spec in legs:  # everything queued first, so a client sees the whole plan at once
             prev = read_state(self.exp_dir, spec["name"])
-            if prev is None or prev.status != "done":
-                self.put(LegState(spec["name"], "queued", log=str(self.log_path(spec["name"])),
+            if prev is None or prev.status != Status.DONE:
+                self.put(LegState(spec["name"], Status.QUEUED, log=str(self.log_path(spec["name"])),
                                   log_id=prev.log_id if prev is not None else None,
                                   supervisor_pid=self.me, supervisor_create_time=self.my_create_time))
         self.say(f"supervisor {self.me}: {len(legs)} legs of {plan['experiment']} in {self.exp_dir}")
@@ -213,21 +215,21 @@ class Supervisor:
             if name not in self.states:
                 continue  # done in an earlier run of this dir
             if self.stop_requested(name):
-                self._finish(name, "stopped", note="stopped by request before it started")
+                self._finish(name, Status.STOPPED, note="stopped by request before it started")
                 continue
             try:
                 st = self._run_leg(plan, spec)
             except (OSError, RunError) as e:  # the supervisor's own I/O failed under this leg: the leg failed
                 line = self.fault(name, e)
-                st = self._finish(name, "failed", note=f"supervisor fault: {line}", error_tail=[f"supervisor: {line}"])
-            self._report()
-            if st.status == "failed" and plan.get("on_failure", "stop") == "stop":
+                st = self._finish(name, Status.FAILED, note=f"supervisor fault: {line}", error_tail=[f"supervisor: {line}"])
+            self._report(plan_tail(plan))
+            if st.status == Status.FAILED and plan.get("on_failure", "stop") == "stop":
                 self.say(f"{name} failed: stopping the queue (on_failure = stop)")
                 for rest in legs[legs.index(spec) + 1 :]:
                     if rest["name"] in self.states:
-                        self._finish(rest["name"], "stopped", note=f"queue stopped after {name} failed (on_failure = stop)")
+                        self._finish(rest["name"], Status.STOPPED, note=f"queue stopped after {name} failed (on_failure = stop)")
                 break
-        ok = all(s.status == "done" for s in self.states.values())
+        ok = all(s.status == Status.DONE for s in self.states.values())
         record["status"] = "finished" if ok else "ended with legs not done"
         return 0 if ok else 1
 
@@ -235,21 +237,21 @@ class Supervisor:
         """Where a leg's output goes: always `<exp_dir>/<leg>.log`, whatever a plan says."""
         return self.exp_dir / f"{leg}.log"
 
-    def _finish(self, leg: str, status: str, note: str | None = None, **kw) -> LegState:
+    def _finish(self, leg: str, status: Status, note: str | None = None, **kw) -> LegState:
         st = self.states[leg]
         st.status, st.ended_at, st.waiting_reason = status, now_iso(), None
         if note:
             st.note = note
         for k, v in kw.items():
             setattr(st, k, v)
-        if status == "stopped" and st.pid is None:
+        if status == Status.STOPPED and st.pid is None:
             st.exit_code = None
         self.put(st)
         self.say(f"{leg}: {status}" + (f" ({note})" if note else ""))
         return st
 
     # ------------------------------------------------------------------------------------------
-    def _preflight(self, plan: dict, spec: dict) -> str | None:
+    def _preflight(self, plan: dict, spec: dict) -> Status | None:
         """Wait for the leg's GPUs to be idle. Returns None to go on, or the leg's final status."""
         name = spec["name"]
         st = self.states[name]
@@ -273,13 +275,13 @@ class Supervisor:
                 st.note = f"preflight: {why}"
                 return None
             if self.stop_requested(name):
-                self._finish(name, "stopped", note="stopped by request while waiting for GPUs")
-                return "stopped"
+                self._finish(name, Status.STOPPED, note="stopped by request while waiting for GPUs")
+                return Status.STOPPED
             if time.monotonic() >= deadline:
-                self._finish(name, "failed", note="GPUs not idle in time",
+                self._finish(name, Status.FAILED, note="GPUs not idle in time",
                              error_tail=[f"preflight: GPUs not idle after {wait_s:.0f}s: {why}"])
-                return "failed"
-            st.status, st.waiting_reason = "waiting", f"{why} (waiting since {since}, up to {wait_s:.0f}s)"
+                return Status.FAILED
+            st.status, st.waiting_reason = Status.WAITING, f"{why} (waiting since {since}, up to {wait_s:.0f}s)"
             self.put(st)
             end = min(deadline, time.monotonic() + self.poll_s)
             while time.monotonic() < end and not self.stop_requested(name):
@@ -329,19 +331,19 @@ class Supervisor:
         log_path = self.log_path(name)
         log_fd = self._open_log(st)
         if isinstance(log_fd, str):
-            return self._finish(name, "failed", note=log_fd, exit_code=None, error_tail=[log_fd], started_at=now_iso())
+            return self._finish(name, Status.FAILED, note=log_fd, exit_code=None, error_tail=[log_fd], started_at=now_iso())
         try:
             proc = subprocess.Popen(
                 argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=log_fd, stderr=subprocess.STDOUT,
                 start_new_session=True,  # our signals only: a Ctrl-C at the terminal reaches us, not it
             )
         except (OSError, ValueError) as e:
-            return self._finish(name, "failed", note="could not start torchrun", exit_code=None,
+            return self._finish(name, Status.FAILED, note="could not start torchrun", exit_code=None,
                                 error_tail=[f"{argv[0]}: {fsutil.oneline(e)}"], started_at=now_iso())
         finally:
             os.close(log_fd)  # the child holds its own copy
-        st.pid, st.create_time = proc.pid, process_identity(proc.pid)
-        st.status, st.started_at, st.waiting_reason = "running", now_iso(), None
+        st.pid, st.create_time = proc.pid, procs.create_time(proc.pid)
+        st.status, st.started_at, st.waiting_reason = Status.RUNNING, now_iso(), None
         self.put(st)
         self.say(f"{name}: running, torchrun pid {proc.pid}, log {log_path}")
 
@@ -366,14 +368,14 @@ class Supervisor:
             rc = proc.wait()
         self._end_leftovers(name)
         if stopped:
-            return self._finish(name, "stopped", note="stopped by request", exit_code=rc)
+            return self._finish(name, Status.STOPPED, note="stopped by request", exit_code=rc)
         if rc == 0:
-            return self._finish(name, "done", exit_code=0)
+            return self._finish(name, Status.DONE, exit_code=0)
         tail = error_tail(log_path)
         if cause := signal_cause(rc):  # the log holds no cause of a kill: say it, last (the line shown)
             tail = [*tail[-9:], cause]
-            return self._finish(name, "failed", note=cause, exit_code=rc, error_tail=tail)
-        return self._finish(name, "failed", exit_code=rc, error_tail=tail)
+            return self._finish(name, Status.FAILED, note=cause, exit_code=rc, error_tail=tail)
+        return self._finish(name, Status.FAILED, exit_code=rc, error_tail=tail)
 
     def _end_leftovers(self, name: str) -> None:
         """torchrun is gone; its workers must be too. A worker left (torchrun was killed, its
@@ -385,12 +387,11 @@ class Supervisor:
                      f"({len(killed)} needed SIGKILL): {', '.join(str(p.pid) for p in left)}")
 
     # ------------------------------------------------------------------------------------------
-    def _report(self) -> None:
-        """Regenerate report.md; a report problem is logged, never fatal to the queue."""
+    def _report(self, tail: int) -> None:
+        """Regenerate report.md over the plan's tail window (the registry's, as `cockpit report`
+        and the cockpit's `r` use it); a report problem is logged, never fatal to the queue."""
         try:
-            from cockpit import report
-
-            report.write_report(self.exp_dir)
+            report.write_report(self.exp_dir, tail=tail)
         except Exception as e:  # noqa: BLE001 - the queue must go on whatever the report does
             self.say(f"report.md not regenerated: {fsutil.oneline(e)}")
 

@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO))
 
 import psutil  # noqa: E402
 
-from cockpit import fsutil, procs, runs, supervisor  # noqa: E402
+from cockpit import expdir, fsutil, launch, procs, supervisor  # noqa: E402
 from cockpit import registry as reg  # noqa: E402
 
 STEP = "step {i:05d}/00010 ({p:.2f}%) | loss: 3.000000 | dt: 10.00ms | tok/sec: 1,000 | bf16_mfu: 1.00"
@@ -155,8 +155,8 @@ def case_symlink_leg_log(env: Env) -> str:
     check(r.returncode == 0, f"launch failed: {r.stderr.strip()}")
     d = Path(r.stdout.strip().splitlines()[-1])
     os.symlink(victim, d / "b.log")
-    wait_for(lambda: (st := runs.read_state(d, "b")) and st.status in ("failed", "done"), 120, "leg b to end")
-    b = runs.read_state(d, "b")
+    wait_for(lambda: (st := expdir.read_state(d, "b")) and st.status in ("failed", "done"), 120, "leg b to end")
+    b = expdir.read_state(d, "b")
     check(victim.read_text() == "keep me\n", "the symlink's target was written")
     check(b.status == "failed" and "log path taken" in (b.note or ""), f"leg b: {b.status} {b.note}")
     s = env.cockpit("--registry", str(path), "status", cwd=w)
@@ -344,16 +344,16 @@ def case_supervisor_enospc(env: Env) -> str:
             "a": 'model-tag = "a", num-iterations = 2000, line-bytes = 20000',
             "b": 'model-tag = "b", num-iterations = 3'}, trainer=True)
         registry = reg.load(path)
-        plan = runs.plan_launch(registry, "x")
-        d = runs.new_exp_dir(fs, "x")
-        runs.write_plan(registry, plan, d)
+        plan = launch.plan_launch(registry, "x")
+        d = launch.new_exp_dir(fs, "x")
+        launch.write_plan(registry, plan, d)
         (d / "state").mkdir()
         sup = subprocess.run([sys.executable, "-m", "cockpit.supervisor", str(d)], env=env.env, capture_output=True,
                              text=True, timeout=300)
         out, err = sup.stdout, sup.stderr
         check("Traceback" not in err + out, f"traceback: {(err + out)[-300:]}")
         check(sup.returncode == 1, f"exit {sup.returncode}: {err.strip()[-200:]}")
-        states = {n: runs.read_state(d, n) for n in "ab"}
+        states = {n: expdir.read_state(d, n) for n in "ab"}
         faults = [ln for ln in out.splitlines() if "fault: " in ln]
         said = ", ".join(f"{n} {st.status if st else '(state not written)'}" for n, st in states.items())
         return f"exit 1, {said}, {len(faults)} fault lines" + (f", e.g. {faults[0].split('] ', 1)[1][:60]}" if faults else "")
@@ -390,13 +390,13 @@ def _supervisor_faults_simulated(env: Env, w: Path) -> str:
 
 
 def case_supervisor_reaped(env: Env) -> str:
-    """A supervisor launched from a long-lived process (as the TUI does, runs.launch) is reaped."""
+    """A supervisor launched from a long-lived process (as the TUI does, launch.start) is reaped."""
     w = env.work()
     path = env.registry(w, {"a": 'model-tag = "a", num-iterations = 3'}, trainer=True)
     old = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = str(REPO)
     try:
-        d = runs.launch(reg.load(path), "x")
+        d = launch.start(reg.load(path), "x")
     finally:
         if old is None:
             os.environ.pop("PYTHONPATH", None)
@@ -525,12 +525,12 @@ def case_messages(env: Env) -> str:
     r = env.cockpit("--registry", str(path), "launch", "k9", cwd=w)
     check(r.returncode == 0 and "nothing to run" not in r.stdout, r.stdout + r.stderr)
     x = Path(r.stdout.strip().splitlines()[-1])
-    st = wait_for(lambda: (s := runs.read_state(x, "a")) and s.status == "running" and s.pid and s, 90, "leg a running")
+    st = wait_for(lambda: (s := expdir.read_state(x, "a")) and s.status == "running" and s.pid and s, 90, "leg a running")
     wait_for(lambda: (x / "a.log").exists() and b"step " in (x / "a.log").read_bytes(), 60, "steps")
     os.kill(st.pid, signal.SIGKILL)
-    a = wait_for(lambda: (s := runs.read_state(x, "a")) and s.status == "failed" and s, 60, "leg a failed")
+    a = wait_for(lambda: (s := expdir.read_state(x, "a")) and s.status == "failed" and s, 60, "leg a failed")
     check(a.error_tail and "killed by SIGKILL" in a.error_tail[-1], f"error tail: {a.error_tail[-2:]}")
-    wait_for(lambda: not runs.open_dir(x).supervisor_alive, 60, "queue end")
+    wait_for(lambda: not expdir.open_dir(x).supervisor_alive, 60, "queue end")
     time.sleep(1.0)  # the supervisor records its end, then exits
     leftovers = [p for p in psutil.process_iter(["cmdline"]) if str(x) in " ".join(p.info["cmdline"] or [])]
     leftovers += procs.marked({procs.ENV_EXP_DIR: str(x.resolve())})

@@ -39,7 +39,7 @@ import psutil
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from cockpit import runs  # noqa: E402
+from cockpit import expdir, procs  # noqa: E402
 
 MODES = ("stop-leg", "stop-queue", "kill9", "finish")
 
@@ -123,7 +123,7 @@ def one_round(i: int, mode: str, deaf: bool, base: Path) -> dict:
     exp_dir = Path(r.stdout.strip().splitlines()[-1])
 
     def running_a():
-        st = runs.read_state(exp_dir, "a")
+        st = expdir.read_state(exp_dir, "a")
         log = exp_dir / "a.log"
         if st and st.status == "running" and log.exists() and log.read_bytes().count(b"\nstep ") >= 5:
             return st
@@ -131,15 +131,15 @@ def one_round(i: int, mode: str, deaf: bool, base: Path) -> dict:
 
     st = wait_for(running_a, 60, "leg a running")
     want = 5 if deaf else 3  # torchrun, 2 workers (+ 2 grandchildren)
-    tree = wait_for(lambda: (t := runs.process_tree(st.pid, st.create_time)) and len(t) >= want and t, 30, "tree")
+    tree = wait_for(lambda: (t := procs.tree_of(st.pid, st.create_time)) and len(t) >= want and t, 30, "tree")
     t_stop = time.monotonic()
     if mode == "stop-leg":
         r = cockpit("--registry", "reg.toml", "stop", str(exp_dir), "a", cwd=work)
     elif mode == "stop-queue":
         r = cockpit("--registry", "reg.toml", "stop", str(exp_dir), cwd=work)
     elif mode == "kill9":
-        os.kill(runs.open_dir(exp_dir).supervisor["pid"], signal.SIGKILL)
-        wait_for(lambda: not runs.open_dir(exp_dir).supervisor_alive, 10, "supervisor gone")
+        os.kill(expdir.open_dir(exp_dir).supervisor["pid"], signal.SIGKILL)
+        wait_for(lambda: not expdir.open_dir(exp_dir).supervisor_alive, 10, "supervisor gone")
         r = cockpit("--registry", "reg.toml", "stop", str(exp_dir), cwd=work)
     if mode != "finish" and r.returncode != 0:
         raise SystemExit(f"soak: stop failed: {r.stderr.strip()}")
@@ -148,12 +148,12 @@ def one_round(i: int, mode: str, deaf: bool, base: Path) -> dict:
     late = [p.pid for p in tree if _alive(p)] if stop_s is not None else []
     if late:
         print(f"  round {i}: leg a's processes {late} still alive when `cockpit stop` returned", file=sys.stderr)
-    wait_for(lambda: not (d := runs.open_dir(exp_dir)).supervisor_alive and not d.active, 120, "queue end")
-    d = runs.open_dir(exp_dir)
+    wait_for(lambda: not (d := expdir.open_dir(exp_dir)).supervisor_alive and not d.active, 120, "queue end")
+    d = expdir.open_dir(exp_dir)
     sup = d.supervisor or {}
     # the supervisor records its end just before it exits: give it a moment to be gone
     deadline = time.monotonic() + 10
-    while runs.is_alive(sup.get("pid"), sup.get("create_time")) and time.monotonic() < deadline:
+    while procs.alive(sup.get("pid"), sup.get("create_time")) and time.monotonic() < deadline:
         time.sleep(0.05)
     orphans = leftovers(exp_dir, tree)
     for pid in orphans:

@@ -8,8 +8,8 @@ import time
 
 import psutil
 import pynvml
+from conftest import cockpit, wait_for
 from fake_nvml import FakeNVML
-from runner_util import cockpit, wait_for
 
 from cockpit import cli, gpus
 
@@ -108,7 +108,7 @@ def test_leg_for_pids_follows_the_process_tree():
 
 
 def test_one_sample_of_eight_gpus_is_cheap():
-    # Not a benchmark (scripts/bench_gpus.py prints the figure); a guard against an accidental
+    # Not a benchmark (python -m bench.gpus prints the figure); a guard against an accidental
     # blocking call (cpu_percent with an interval, a re-init per sample), with a wide margin.
     sampler = gpus.GpuSampler(nvml=FakeNVML(8))
     sampler.sample()

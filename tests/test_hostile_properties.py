@@ -13,7 +13,8 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from cockpit import cli, logs, registry, report, resume, runs, safetext
+from cockpit import cli, expdir, logs, registry, report, resume, safetext, stats
+from cockpit.logs import follow, summary
 
 SETTINGS = settings(max_examples=120, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
@@ -200,7 +201,7 @@ def test_any_log_summarizes_parses_and_reports_without_a_traceback(tmp_path, dat
     out = report.write_report(d, plots=False)
     assert clean(out.read_text()) and clean((d / "report_summary.csv").read_text())
     for delta in report.delta_rows(rows[0], rows[0]):
-        assert report.fmt_delta(delta.delta_pct) in ("-", "+0.00%")
+        assert stats.fmt_pct(delta.delta_pct) in ("-", "+0.00%")
 
 
 def _same(a, b) -> bool:
@@ -218,8 +219,8 @@ def test_the_backward_tail_reader_sees_what_the_whole_file_says(tmp_path, monkey
     log = tmp_path / "run.log"
     log.write_bytes(data)
     whole = logs.summarize(log, tail=tail)
-    monkeypatch.setattr(logs, "SMALL_LOG_BYTES", 0)
-    monkeypatch.setattr(logs, "TAIL_TEXT_BYTES", 1 << 20)
+    monkeypatch.setattr(summary, "SMALL_LOG_BYTES", 0)
+    monkeypatch.setattr(summary, "TAIL_TEXT_BYTES", 1 << 20)
     assume(len(data) > 0)
     back = logs.summarize(log, tail=tail)
     monkeypatch.undo()
@@ -235,8 +236,8 @@ def test_with_a_tiny_text_budget_the_window_is_still_the_whole_files(tmp_path, m
     log.write_bytes(data)
     whole = logs.summarize(log, tail=tail)
     assume(len(data) > 0)
-    monkeypatch.setattr(logs, "SMALL_LOG_BYTES", 0)
-    monkeypatch.setattr(logs, "TAIL_TEXT_BYTES", budget)
+    monkeypatch.setattr(summary, "SMALL_LOG_BYTES", 0)
+    monkeypatch.setattr(summary, "TAIL_TEXT_BYTES", budget)
     back = logs.summarize(log, tail=tail)
     monkeypatch.undo()
     for attr in ("tail_n", "tok_per_sec", "dt_ms", "mfu", "last_step", "last_loss"):
@@ -253,8 +254,8 @@ def test_lines_read_backwards_are_the_lines_read_forwards(tmp_path, data, max_li
     p = tmp_path / "b"
     p.write_bytes(data)
     with open(p, "rb") as f:
-        back = [line for _, line in logs._lines_backwards(f, len(data), max_line=max_line, chunk=chunk)]
-        wanted = [line for _, line in logs._lines_backwards(f, len(data), need=b"s", max_line=max_line, chunk=chunk)]
+        back = [line for _, line in summary._lines_backwards(f, len(data), max_line=max_line, chunk=chunk)]
+        wanted = [line for _, line in summary._lines_backwards(f, len(data), need=b"s", max_line=max_line, chunk=chunk)]
     assert back[::-1] == fwd
     assert wanted[::-1] == [line for line in fwd if b"s" in line]
 
@@ -279,7 +280,7 @@ def test_a_summary_stays_within_a_memory_bound_whatever_the_file(tmp_path, patte
                 f.write(b"x" * (1 << 20))
     budget = 256 << 10
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(logs, "TAIL_TEXT_BYTES", budget)
+        mp.setattr(summary, "TAIL_TEXT_BYTES", budget)
         tracemalloc.start()
         try:
             s = logs.summarize(p)
@@ -288,7 +289,7 @@ def test_a_summary_stays_within_a_memory_bound_whatever_the_file(tmp_path, patte
             tracemalloc.stop()
     assert s.error is None
     # the text budget, the window's step lines (generated lines are short), a read chunk, slack
-    assert peak < budget * 3 + logs.READ_CHUNK * 2 + (1 << 19), peak
+    assert peak < budget * 3 + follow.READ_CHUNK * 2 + (1 << 19), peak
 
 
 def test_unreadable_and_odd_files_under_exp_root_never_raise(tmp_path):
@@ -304,8 +305,8 @@ def test_unreadable_and_odd_files_under_exp_root_never_raise(tmp_path):
         d = root / f"2026010{i}_000000_x"
         d.mkdir(parents=True)
         make(d)
-    found = runs.discover(root)
+    found = expdir.discover(root)
     assert len(found) >= 4
     for d in found:
         resume.dir_line(d)
-    assert all(isinstance(d, runs.ExpDir) for d in found) and Path(root).is_dir()
+    assert all(isinstance(d, expdir.ExpDir) for d in found) and Path(root).is_dir()

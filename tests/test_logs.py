@@ -1,4 +1,4 @@
-"""logs.py: line formats (golden), chunking invariance (hypothesis), the follower, summaries."""
+"""cockpit.logs: line formats (golden), chunking invariance (hypothesis), the follower, summaries, the bulk parse."""
 
 import dataclasses
 import json
@@ -6,13 +6,13 @@ import os
 from pathlib import Path
 
 import pytest
+from conftest import FIXTURES, GOLDEN
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cockpit import logs
+from cockpit.logs import bulk, summary
 
-FIXTURES = Path(__file__).parent / "fixtures"
-GOLDEN = Path(__file__).parent / "golden"
 FORMAT_FIXTURES = ["fork-log-excerpt", "upstream-bf16", "upstream-old-mfu", "trainer-junk", "crashed-torchrun"]
 
 
@@ -104,6 +104,16 @@ def split_at(data: bytes, cuts: list[int]) -> list[bytes]:
         out.append(data[prev:c])
         prev = c
     return out + [data[prev:]]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(streams(), st.integers(8, 200))
+def test_a_block_of_lines_is_the_splitters_lines_joined(stream, max_line):
+    data, cuts = stream
+    blocks, lines = logs.LineSplitter(max_line=max_line), logs.LineSplitter(max_line=max_line)
+    for part in split_at(data, cuts):
+        assert [x for x in blocks.feed_block(part).split(b"\n") if x] == lines.feed_bytes(part)
+    assert blocks.flush() == lines.flush()
 
 
 def fingerprint(state: logs.LogState):
@@ -345,7 +355,7 @@ def test_big_log_is_read_from_its_end_with_the_same_figures(tmp_path, monkeypatc
     monkeypatch.setattr("builtins.open", spy_open)
     s = logs.summarize(p)
     monkeypatch.undo()
-    assert p.stat().st_size > logs.SMALL_LOG_BYTES and not s.exact_count
+    assert p.stat().st_size > summary.SMALL_LOG_BYTES and not s.exact_count
     assert sum(n for n in reads if n and n > 0) < p.stat().st_size  # not the whole file
     assert (s.tok_per_sec, s.dt_ms, s.mfu) == (full.tail_mean("tok_per_sec"), full.tail_mean("dt_ms"), full.tail_mean("mfu"))
     assert (s.last_step, s.steps_observed, s.peak_mem_mib, s.status) == (399, 400, 100.0, "completed")
@@ -379,7 +389,7 @@ def canon(x):
 
 
 def same_state(a: logs.LogState, b: logs.LogState) -> None:
-    assert canon(a.table.cols) == canon(b.table.cols) and a.table.extra == b.table.extra
+    assert canon(a.table.as_lists()) == canon(b.table.as_lists())
     sa, sb = logs.summary_of(a, "x.log", now=0), logs.summary_of(b, "x.log", now=0)
     assert canon(dataclasses.asdict(sa)) == canon(dataclasses.asdict(sb))
     assert a.lines_seen == b.lines_seen
@@ -390,28 +400,21 @@ def same_state(a: logs.LogState, b: logs.LogState) -> None:
                                                     "cpu-smoke/moe_cap1p0"])
 def test_bulk_full_parse_equals_the_line_parser(name):
     path = FIXTURES / f"{name}.log"
-    bulk_rows, numpy_rows = [], []
-    real, real_tokens = logs._bulk_columns, logs._token_columns
+    bulk_rows = []
+    real = bulk._group_columns
 
-    def spy(lines, *args):
-        cols = real(lines, *args)
-        bulk_rows.append(0 if cols is None else len(lines))
-        return cols
-
-    def spy_tokens(text, n, k, wanted):
-        cols = real_tokens(text, n, k, wanted)
-        numpy_rows.append(0 if cols is None else n)
+    def spy(text, n):
+        cols = real(text, n)
+        bulk_rows.append(0 if cols is None else n)
         return cols
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(logs, "_bulk_columns", spy)
-        mp.setattr(logs, "_token_columns", spy_tokens)
+        mp.setattr(bulk, "_group_columns", spy)
         state = logs.parse_file(path)
     same_state(state, per_line(path))
     assert len(state.table) == state.steps_observed > 0
-    if name != "trainer-junk":  # its step lines carry an unknown field: read line by line
-        assert sum(bulk_rows) == state.steps_observed  # every step line was read in bulk
-        assert sum(numpy_rows) == state.steps_observed  # and its numbers by numpy, not np.fromstring
+    # every step line was read in bulk, the junk fixture's unknown field (`| foo: bar`) included
+    assert sum(bulk_rows) == state.steps_observed
 
 
 def test_bulk_full_parse_of_many_layouts_and_oddities(tmp_path):
@@ -449,7 +452,7 @@ def test_bulk_full_parse_of_many_layouts_and_oddities(tmp_path):
         elif kind == 14:
             line = f"moe step x{i} | drop: 1.00%"  # a head that is no number
         elif kind == 15:
-            line = base.replace("loss: ", "loss: -") + tail  # a sign: np.fromstring reads this group
+            line = base.replace("loss: ", "loss: -") + tail  # a sign: these lines are read one by one
         elif kind == 16:
             line = base + tail.replace(f"{800_000 + i * 7:,}", f"{i ** 3:,}")  # tok/sec of 1 to 11 digits
         elif kind == 18:
@@ -462,48 +465,50 @@ def test_bulk_full_parse_of_many_layouts_and_oddities(tmp_path):
     lines += ["Peak memory usage: 100.00MiB", "Total training time: 4.00m"]
     p = tmp_path / "many.log"
     p.write_text("\n".join(lines) + "\n")
-    for chunk in (logs.READ_CHUNK, 4096, 333):
-        old = logs.READ_CHUNK
-        logs.READ_CHUNK = chunk
-        try:
-            state = logs.parse_file(p)
-        finally:
-            logs.READ_CHUNK = old
-        expected = per_line(p)
+    expected = per_line(p)
+    for chunk in (bulk.BULK_CHUNK, 4096, 333):
+        state = logs.parse_file(p, chunk=chunk)
         same_state(state, expected)
-    assert expected.table.extra and expected.steps_observed > 1900 and not expected.failed
+    assert sum(1 for ln in lines if (r := logs.parse_step(ln)) and r.extra) > 100  # unknown fields, kept aside
+    assert expected.steps_observed > 1900 and not expected.failed
     assert expected.moe is not None and state.moe == expected.moe
-    assert expected.table.cols["total"].count(None) >= 3000 // 23  # the heads with a comma
+    assert expected.table.as_lists()["total"].count(None) >= 3000 // 23  # the heads with a comma
 
 
-@settings(max_examples=200, deadline=None)
-@given(st.lists(st.from_regex(r"\A([0-9]{1,9}(\.[0-9]{0,7})?|\.[0-9]{1,6})\Z"), min_size=1, max_size=40),
-       st.integers(1, 3))
-def test_token_columns_read_numbers_as_float_does(tokens, k):
-    """numpy's reading of plain decimals (any widths, dots, leading zeros) equals float() bit for bit."""
-    logs._numpy()
-    n = len(tokens) // k or 1
-    tokens = (tokens * k)[: n * k]
-    text = "\n".join(" ".join(tokens[i * k : (i + 1) * k]) for i in range(n)).encode().translate(logs._NUM_TABLE)
-    cols = logs._token_columns(text, n, k, list(range(k)))
-    if cols is None:  # left to np.fromstring: only a column of widths more than 4 apart or over 15 chars,
-        # or of dots at different places in tokens of one width
-        def odd(col):
-            widths = [len(t) for t in col]
-            return (max(widths) - min(widths) > 4 or max(widths) > 15
-                    or len({(len(t), t.find(".")) for t in col}) > len(set(widths)))
-        assert any(odd(tokens[j::k]) for j in range(k))
+def read_numbers(tokens: list[str], integer: bool = False):
+    """bulk._read_column over tokens separated by blanks, as a block's number text holds them."""
+    np = bulk._numpy()
+    text = (" " * bulk._PAD + " ".join(tokens)).encode()
+    ends, at = [], bulk._PAD
+    for tok in tokens:
+        at += len(tok)
+        ends.append(at)
+        at += 1
+    u = np.frombuffer(text + b" " * 8, np.uint8)
+    return bulk._read_numbers(u, bulk._words(u), np.array(ends), np.array([len(x) for x in tokens]), integer)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.lists(st.from_regex(r"\A([0-9]{1,9}(\.[0-9]{0,7})?|\.[0-9]{1,6})\Z"), min_size=1, max_size=40),
+                 st.lists(st.from_regex(r"\A([0-9]{1,4}(\.[0-9]{0,3})?|\.[0-9]{1,6})\Z"), min_size=1, max_size=40)))
+def test_column_reader_reads_numbers_as_float_does(tokens):
+    """The bulk reader's numbers (any widths, points, leading zeros) equal float()'s bit for bit,
+    and it knows how many digits each printed after its point."""
+    col = read_numbers(tokens)
+    if col is None:  # only a number longer than the reader takes
+        assert max(map(len, tokens)) > bulk.TOKEN_MAX
         return
-    for j in range(k):
-        assert canon(cols[j].tolist()) == canon([float(t) for t in tokens[j::k]])
+    assert canon(col.values.tolist()) == canon([float(x) for x in tokens])
+    assert col.decimals.tolist() == [len(x) - x.index(".") - 1 if "." in x else 0 for x in tokens]
+    if all(x.isdigit() for x in tokens):
+        assert read_numbers(tokens, integer=True).values.tolist() == [int(x) for x in tokens]
 
 
 @pytest.mark.parametrize("token", ["-1.5", "+2", "1.2.3", ".", "1234567890123456", "12345678.12345678"])
-def test_token_columns_leave_odd_numbers_to_fromstring(token):
-    logs._numpy()
-    assert logs._token_columns(f"1 {token} 2 {token}".encode(), 2, 2, [0, 1]) is None
-    assert logs._token_columns(b"1 2 3", 2, 2, [0]) is None  # a token missing: not this layout
-    assert logs._token_columns(b"1 2 3 4", 2, 2, [0, 1])[1].tolist() == [2.0, 4.0]
+def test_column_reader_leaves_odd_numbers_to_the_line_parser(token):
+    assert read_numbers(["1", token, "2"]) is None
+    assert read_numbers(["1.5", "2"], integer=True) is None  # int() reads no point
+    assert read_numbers(["1", "22", "333"]).values.tolist() == [1.0, 22.0, 333.0]
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
@@ -517,8 +522,8 @@ def test_bulk_full_parse_of_any_stream(tmp_path, stream):
 
 def test_big_log_with_a_flood_of_noise_reads_bounded_text(tmp_path, monkeypatch):
     """Noise between and after the window's steps: only the steps and the last text are parsed."""
-    monkeypatch.setattr(logs, "SMALL_LOG_BYTES", 16 * 1024)
-    monkeypatch.setattr(logs, "TAIL_TEXT_BYTES", 32 * 1024)
+    monkeypatch.setattr(summary, "SMALL_LOG_BYTES", 16 * 1024)
+    monkeypatch.setattr(summary, "TAIL_TEXT_BYTES", 32 * 1024)
     step = "step {i:05d}/00060 ({p:.2f}%) | loss: {l:.6f} | lrm: 1.00 | dt: {d:.2f}ms | tok/sec: {t:,} | bf16_mfu: 9.00"
     lines = []
     for i in range(60):
@@ -530,7 +535,7 @@ def test_big_log_with_a_flood_of_noise_reads_bounded_text(tmp_path, monkeypatch)
     p.write_text("\n".join(lines) + "\n")
     s = logs.summarize(p, tail=50)
     full = logs.parse_file(p, tail=50)
-    assert p.stat().st_size > 3 * logs.TAIL_TEXT_BYTES
+    assert p.stat().st_size > 3 * summary.TAIL_TEXT_BYTES
     assert (s.tail_n, s.last_step, s.steps_observed) == (50, 59, 60)
     assert (s.tok_per_sec, s.dt_ms) == (full.tail_mean("tok_per_sec"), full.tail_mean("dt_ms"))
     assert s.failed and s.error_line.startswith("torch.OutOfMemoryError") and full.failed

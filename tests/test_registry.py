@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cockpit import registry as reg
+from cockpit import toml_lines
 from cockpit.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -265,7 +266,7 @@ def test_locate_keys_handles_arrays_of_tables_and_multiline_values() -> None:
         "[[experiment]]\n"  # 11
         "'id' = 'y'\n"  # 12
     )
-    lines = reg.locate_keys(text)
+    lines = toml_lines.locate_keys(text)
     assert lines[("project", "read_only")] == 2
     assert ("project", "a") not in lines
     assert lines[("experiment", 0, "id")] == 6

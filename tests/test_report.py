@@ -1,4 +1,4 @@
-"""report.py and `cockpit report`: the seed's tables from plain logs, deltas, status, files."""
+"""cockpit.report and `cockpit report`: tables from plain logs, deltas, status, files."""
 
 import json
 import os
@@ -6,17 +6,13 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import hold_supervisor_lock
-from metrics_util import bundled_registry, check_golden, make_dir
+from conftest import FIXTURES, NOW, bundled_registry, check_golden, hold_supervisor_lock, make_dir
 
-from cockpit import cli, report, runs
+from cockpit import cli, launch, report, stats
 
-FIXTURES = Path(__file__).parent / "fixtures"
-GOLDEN = Path(__file__).parent / "golden"
 V1 = "20260224_175412_moe-fp8-capacity-ablation-v1"
 V2 = "20260224_182427_moe-fp8-capacity-opt-v2-buffer"
 SEED_ORDER = ["static_cap0p0_baseline", "static_cap1p0", "static_cap1p25", "dynamic_cap1p0", "nocompile_cap1p0"]
-NOW = 1_800_000_000.0  # fixed "now": no log counts as running, the Generated line is stable
 
 
 def copy_logs(src: Path, dst: Path, names: list[str]) -> Path:
@@ -50,10 +46,10 @@ def test_seed_numbers_and_deltas_format_like_the_seed():
         ("total_time_min", 3.00, 2.97, "-1.00%"),
     ]
     for _attr, base, run, delta in pairs:
-        assert report.fmt_delta(report.pct_change(base, run)) == delta
+        assert stats.fmt_pct(stats.pct_change(base, run)[0]) == delta
     assert [report.fmt_value(a, b) for a, b, _, _ in pairs] == ["785203.42", "670.31", "9.5014", "18983.58", "3.00"]
-    assert report.fmt_delta(report.pct_change(0.0, 1.0)) == "-" and report.fmt_value("mfu", None) == "-"
-    assert report.fmt_delta(0.0) == "+0.00%"
+    assert stats.fmt_pct(stats.pct_change(0.0, 1.0)[0]) == "-" and report.fmt_value("mfu", None) == "-"
+    assert stats.fmt_pct(0.0) == "+0.00%" and stats.pct_change(5.0, 5.0) == (0.0, None)
 
 
 def test_seed_style_dir_of_plain_logs_gives_the_seed_table(tmp_path):
@@ -216,13 +212,13 @@ def test_registry_baseline_of_a_launched_dir(tmp_path):
 
 def test_supervisor_report_has_deltas_against_the_experiments_baseline(tmp_path):
     """`report.write_report(exp_dir)`, as the supervisor calls it after every leg, on a dir whose
-    plan.json is the RUNNER's own (runs.write_plan): deltas against the registry's baseline."""
+    plan.json is the RUNNER's own (launch.write_plan): deltas against the registry's baseline."""
     registry = bundled_registry(tmp_path)
     root = registry.settings.exp_root
     old = make_dir(root, "20261126_040000_cpu-smoke", {"dense": ("done", "cpu-smoke/dense.log")}, registry=registry)
     d = root / "20261126_050000_cpu-smoke"
     d.mkdir()
-    runs.write_plan(registry, runs.plan_launch(registry, "cpu-smoke", ["moe_cap1p0"]), d)
+    launch.write_plan(registry, launch.plan_launch(registry, "cpu-smoke", ["moe_cap1p0"]), d)
     shutil.copy(FIXTURES / "cpu-smoke" / "moe_cap1p0.log", d / "moe_cap1p0.log")
     head = f"## Delta vs baseline `{old.name}/dense` (the registry's baseline of this experiment)"
     delta = "| tail50 tok/sec | 9744.48 | 6694.57 | -31.30% |"
@@ -232,3 +228,19 @@ def test_supervisor_report_has_deltas_against_the_experiments_baseline(tmp_path)
     registry.path.write_text(registry.path.read_text().replace('id = "cpu-smoke"', 'id = "cpu-smoke-renamed"'))
     text = report.write_report(d, plots=False, now=NOW).read_text()
     assert head in text and delta in text
+
+
+def test_big_logs_read_by_workers_give_the_same_files(tmp_path, monkeypatch):
+    """Logs read side by side by worker processes: the same CSVs, table and plots as one after the
+    other (a worker that cannot do a log leaves it to the report's own process)."""
+    d = copy_logs(FIXTURES, tmp_path / "exp", ["fork-log-excerpt", "upstream-bf16", "crashed-torchrun", "trainer-junk"])
+    one = report.write_report(d, tmp_path / "one" / "r.md", now=NOW)
+    monkeypatch.setattr(report, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(report.os, "cpu_count", lambda: 2)
+    many = report.write_report(d, tmp_path / "many" / "r.md", now=NOW)
+    for name in ("r_steps.csv", "r_summary.csv"):
+        assert (one.parent / name).read_bytes() == (many.parent / name).read_bytes(), name
+    assert one.read_text().replace("/one/", "/x/") == many.read_text().replace("/many/", "/x/")
+    monkeypatch.setattr(report, "_WORKER", "import sys; sys.exit(3)")  # workers that fail: read here
+    again = report.write_report(d, tmp_path / "again" / "r.md", now=NOW)
+    assert (again.parent / "r_steps.csv").read_bytes() == (one.parent / "r_steps.csv").read_bytes()

@@ -3,11 +3,11 @@
 import shlex
 
 import pytest
-from metrics_util import NOW, FakeSampler, bundled_registry, check_golden, gpu, make_dir, normalized
+from conftest import NOW, FakeSampler, bundled_registry, check_golden, gpu, make_dir, normalized
 
 from cockpit import report, resume
 
-NO_NVML = FakeSampler(False, "NVML Shared Library Not Found")
+NO_NVML = FakeSampler(nvml=False)
 SMOKE = "20261126_043113_cpu-smoke"
 SMOKE_LOGS = {"dense": ("done", "cpu-smoke/dense.log"), "moe_dropless": ("done", "cpu-smoke/moe_dropless.log"),
               "moe_cap1p0": ("done", "cpu-smoke/moe_cap1p0.log")}

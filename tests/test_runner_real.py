@@ -4,11 +4,12 @@ experiment (copied into a temp registry, exp_root in tmp_path), the done guard, 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
-from runner_util import REPO, cockpit
+from conftest import REPO, cockpit
 
-from cockpit import logs, runs
+from cockpit import expdir, logs
 
 pytestmark = pytest.mark.slow
 LEGS = ("dense", "moe_cap1p0")
@@ -28,9 +29,9 @@ def test_foreground_two_legs_then_skip_then_rerun(tmp_path):
     reg_path = smoke_registry(tmp_path)
     r = cockpit("--registry", str(reg_path), "launch", "cpu-smoke", "--legs", ",".join(LEGS), "--foreground", timeout=240)
     assert r.returncode == 0, r.stdout + r.stderr
-    exp_dir = runs.Path(r.stdout.strip().splitlines()[-1])
+    exp_dir = Path(r.stdout.strip().splitlines()[-1])
     assert exp_dir.parent == tmp_path / "exp" and exp_dir.name.endswith("_cpu-smoke")
-    d = runs.open_dir(exp_dir)
+    d = expdir.open_dir(exp_dir)
     assert d.legs == list(LEGS) and d.plan["git"]["commit"]
     for leg in LEGS:
         st = d.states[leg]
@@ -57,7 +58,7 @@ def test_foreground_two_legs_then_skip_then_rerun(tmp_path):
     rerun = cockpit("--registry", str(reg_path), "launch", "cpu-smoke", "--legs", "dense", "--rerun", "--foreground",
                     timeout=240)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
-    new_dir = runs.Path(rerun.stdout.strip().splitlines()[-1])
+    new_dir = Path(rerun.stdout.strip().splitlines()[-1])
     assert new_dir != exp_dir and new_dir.parent == exp_dir.parent
-    assert runs.open_dir(new_dir).states["dense"].status == "done"
-    assert runs.open_dir(exp_dir).states["dense"].status == "done"  # the first dir is untouched
+    assert expdir.open_dir(new_dir).states["dense"].status == "done"
+    assert expdir.open_dir(exp_dir).states["dense"].status == "done"  # the first dir is untouched

@@ -1,4 +1,4 @@
-"""runs.py without torchrun: dirs, states, reconcile, the done guard, refusals, dry run."""
+"""Experiment dirs and launches without torchrun: dirs, states, reconcile, the done guard, refusals, dry run."""
 
 from __future__ import annotations
 
@@ -11,13 +11,11 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import fake_torchrun
-from runner_util import cockpit, write_registry
+from conftest import REPO, cockpit, fake_torchrun, write_registry
 
-from cockpit import gpus, runs
+from cockpit import expdir, gpus, launch, procs
 from cockpit import registry as reg
 
-REPO = Path(__file__).resolve().parents[1]
 FINAL = "step 00009/00010 (90.00%) | loss: 3.0 | dt: 10ms | tok/sec: 1,000\nPeak memory usage: 1.00MiB\nTotal training time: 0.10m\n"
 CRASH = (
     "step 00003/00010 (30.00%) | loss: 3.0 | dt: 10ms | tok/sec: 1,000\n"
@@ -34,47 +32,47 @@ def dead_process() -> tuple[int, float]:
 
 
 def test_state_roundtrip_atomic(tmp_path):
-    st = runs.LegState("a", "running", pid=12, create_time=1.5, error_tail=["x"], log=str(tmp_path / "a.log"))
-    runs.write_state(tmp_path, st)
-    assert runs.read_state(tmp_path, "a") == st
+    st = expdir.LegState("a", "running", pid=12, create_time=1.5, error_tail=["x"], log=str(tmp_path / "a.log"))
+    expdir.write_state(tmp_path, st)
+    assert expdir.read_state(tmp_path, "a") == st
     assert sorted(p.name for p in (tmp_path / "state").iterdir()) == ["a.json"]  # no temp file left
     (tmp_path / "state" / "b.json").write_text("{half")
-    assert runs.read_state(tmp_path, "b") is None
-    assert runs.read_state(tmp_path, "missing") is None
+    assert expdir.read_state(tmp_path, "b") is None
+    assert expdir.read_state(tmp_path, "missing") is None
 
 
 def test_is_alive_guards_pid_reuse():
     me = os.getpid()
     ct = psutil.Process(me).create_time()
-    assert runs.is_alive(me, ct)
-    assert not runs.is_alive(me, ct - 3600)  # same pid, another process
+    assert procs.alive(me, ct)
+    assert not procs.alive(me, ct - 3600)  # same pid, another process
     pid, ct = dead_process()
-    assert not runs.is_alive(pid, ct)
-    assert not runs.is_alive(None, None)
+    assert not procs.alive(pid, ct)
+    assert not procs.alive(None, None)
 
 
 def test_new_exp_dir_is_always_fresh(tmp_path):
-    stamp = time.strftime(runs.STAMP_FORMAT)
+    stamp = time.strftime(expdir.STAMP_FORMAT)
     taken = tmp_path / f"{stamp}_x"
     taken.mkdir()
     (taken / "keep.log").write_text("old\n")
-    dirs = [runs.new_exp_dir(tmp_path, "x") for _ in range(2)]
+    dirs = [launch.new_exp_dir(tmp_path, "x") for _ in range(2)]
     assert len({taken, *dirs}) == 3
     assert (taken / "keep.log").read_text() == "old\n"
     for d in dirs:
-        assert runs.DIR_NAME.match(d.name).group(2) == "x" and not any(d.iterdir())
+        assert expdir.DIR_NAME.match(d.name).group(2) == "x" and not any(d.iterdir())
 
 
 def test_new_exp_dir_takes_the_confirmed_name_only_while_free(tmp_path):
-    shown = runs.fresh_dir_name(tmp_path, "x")
+    shown = launch.fresh_dir_name(tmp_path, "x")
     assert not shown.exists()
-    assert runs.new_exp_dir(tmp_path, "x", preferred=shown) == shown
+    assert launch.new_exp_dir(tmp_path, "x", preferred=shown) == shown
     (shown / "keep.log").write_text("old\n")
-    again = runs.new_exp_dir(tmp_path, "x", preferred=shown)  # taken now: the next fresh name
-    assert again != shown and runs.DIR_NAME.match(again.name).group(2) == "x"
+    again = launch.new_exp_dir(tmp_path, "x", preferred=shown)  # taken now: the next fresh name
+    assert again != shown and expdir.DIR_NAME.match(again.name).group(2) == "x"
     assert (shown / "keep.log").read_text() == "old\n"
     outside = tmp_path / "elsewhere" / shown.name
-    assert runs.new_exp_dir(tmp_path, "x", preferred=outside).parent == tmp_path
+    assert launch.new_exp_dir(tmp_path, "x", preferred=outside).parent == tmp_path
 
 
 def test_discover_manual_and_planned_dirs(tmp_path):
@@ -85,16 +83,16 @@ def test_discover_manual_and_planned_dirs(tmp_path):
     planned = tmp_path / "20260301_120000_exp"
     (planned / "state").mkdir(parents=True)
     (planned / "plan.json").write_text(json.dumps({"experiment": "exp", "legs": [{"name": "a"}, {"name": "b"}]}))
-    runs.write_state(planned, runs.LegState("a", "done", exit_code=0))
+    expdir.write_state(planned, expdir.LegState("a", "done", exit_code=0))
     (tmp_path / ".cockpit-locks").mkdir()
     (tmp_path / "empty").mkdir()
-    found = runs.discover(tmp_path)
+    found = expdir.discover(tmp_path)
     assert [d.path.name for d in found] == [manual.name, planned.name]
     m, p = found
     assert (m.experiment, m.created, m.plan, m.legs) == ("moe-v1-resume", "20260224_175412", None, ["dynamic_cap1p0", "static_cap1p0"])
     assert p.experiment == "exp" and p.legs == ["a", "b"] and list(p.states) == ["a"]
-    assert runs.done_legs(tmp_path, "moe-v1-resume") == {"static_cap1p0": manual}
-    assert runs.done_legs(tmp_path, "exp") == {"a": planned}
+    assert expdir.done_legs(tmp_path, "moe-v1-resume") == {"static_cap1p0": manual}
+    assert expdir.done_legs(tmp_path, "exp") == {"a": planned}
 
 
 LEG_ARGV = ["--standalone", "--nproc_per_node=1", "-m", "tests.fake_trainer", "--", "--num-iterations", "10"]
@@ -112,24 +110,24 @@ def _orphan_dir(tmp_path: Path, log_text: str, legs=("a", "b")) -> Path:
     (d / "state" / "supervisor.json").write_text(json.dumps({"pid": sup_pid, "create_time": sup_ct, "ended_at": None}))
     pid, ct = dead_process()
     (d / "a.log").write_text(log_text)
-    runs.write_state(d, runs.LegState("a", "running", pid=pid, create_time=ct, supervisor_pid=sup_pid,
+    expdir.write_state(d, expdir.LegState("a", "running", pid=pid, create_time=ct, supervisor_pid=sup_pid,
                                       log=str(d / "a.log")))
-    runs.write_state(d, runs.LegState("b", "queued", supervisor_pid=sup_pid))
+    expdir.write_state(d, expdir.LegState("b", "queued", supervisor_pid=sup_pid))
     return d
 
 
 def test_reconcile_after_supervisor_killed_finished(tmp_path):
-    d = runs.open_dir(_orphan_dir(tmp_path, FINAL))
+    d = expdir.open_dir(_orphan_dir(tmp_path, FINAL))
     assert not d.supervisor_alive
     a, b = d.states["a"], d.states["b"]
     assert (a.status, a.exit_code, a.exit_code_known) == ("done", None, False)
     assert "supervisor gone" in a.note
     assert b.status == "stopped" and "before the leg started" in b.note
-    assert runs.read_state(d.path, "a").status == "running"  # reconciled in memory, the file is untouched
+    assert expdir.read_state(d.path, "a").status == "running"  # reconciled in memory, the file is untouched
 
 
 def test_reconcile_after_supervisor_killed_crashed(tmp_path):
-    a = runs.open_dir(_orphan_dir(tmp_path, CRASH)).states["a"]
+    a = expdir.open_dir(_orphan_dir(tmp_path, CRASH)).states["a"]
     assert (a.status, a.exit_code_known) == ("failed", False)
     assert any("out of memory" in ln for ln in a.error_tail)
 
@@ -137,11 +135,11 @@ def test_reconcile_after_supervisor_killed_crashed(tmp_path):
 def test_running_leg_with_live_pid_stays_running(tmp_path, leg_process):
     d = _orphan_dir(tmp_path, "step 00001/00010 (10.00%) | loss: 3.0\n")
     p = leg_process(d, "a", [str(tmp_path / "bin" / "torchrun"), *LEG_ARGV])
-    st = runs.read_state(d, "a")
+    st = expdir.read_state(d, "a")
     st.pid, st.create_time = p.pid, psutil.Process(p.pid).create_time()
-    runs.write_state(d, st)
-    assert runs.open_dir(d).states["a"].status == "running"
-    assert [s.leg for s in runs.open_dir(d).running] == ["a"]
+    expdir.write_state(d, st)
+    assert expdir.open_dir(d).states["a"].status == "running"
+    assert [s.leg for s in expdir.open_dir(d).running] == ["a"]
 
 
 def test_a_live_pid_that_is_not_the_legs_is_unknown_and_never_signalled(tmp_path, leg_process):
@@ -157,16 +155,16 @@ def test_a_live_pid_that_is_not_the_legs_is_unknown_and_never_signalled(tmp_path
     for what, p in others.items():
         proc = psutil.Process(p.pid if p else os.getpid())
         for created in (proc.create_time(), None):  # and a record without a create time
-            st = runs.read_state(d, "a")
+            st = expdir.read_state(d, "a")
             st.status, st.pid, st.create_time = "running", proc.pid, created
-            runs.write_state(d, st)
-            a = runs.open_dir(d).states["a"]
+            expdir.write_state(d, st)
+            a = expdir.open_dir(d).states["a"]
             assert a.status == "unknown" and "process identity not proven" in a.note, (what, a.note)
             r = cockpit("--registry", str(path), "stop", str(d), "a")
             assert r.returncode == 2 and "process identity not proven" in r.stderr, (what, r.stderr)
             assert "nothing" in r.stderr and len(r.stderr.strip().splitlines()) == 1
             assert proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE, what
-            assert runs.read_state(d, "a").status == "running"  # nothing written either
+            assert expdir.read_state(d, "a").status == "running"  # nothing written either
 
 
 # ----------------------------------------------------------------------------------------------
@@ -175,14 +173,14 @@ def test_a_live_pid_that_is_not_the_legs_is_unknown_and_never_signalled(tmp_path
 
 def test_plan_skips_recorded_and_done_legs(tmp_path):
     bundled = reg.load(REPO / "experiments.toml")
-    plan = runs.plan_launch(bundled, "moe-fp8-capacity-ablation-v1")
+    plan = launch.plan_launch(bundled, "moe-fp8-capacity-ablation-v1")
     assert plan.legs == [] and len(plan.skipped) == 5
     assert all("recorded in the registry" in why for _, why in plan.skipped)
-    assert len(runs.plan_launch(bundled, "moe-fp8-capacity-ablation-v1", rerun=True).legs) == 5
-    with pytest.raises(runs.RunError, match="has no leg nope"):
-        runs.plan_launch(bundled, "cpu-smoke", ["dense", "nope"])
-    with pytest.raises(runs.RunError, match="no experiment 'zzz'"):
-        runs.plan_launch(bundled, "zzz")
+    assert len(launch.plan_launch(bundled, "moe-fp8-capacity-ablation-v1", rerun=True).legs) == 5
+    with pytest.raises(expdir.RunError, match="has no leg nope"):
+        launch.plan_launch(bundled, "cpu-smoke", ["dense", "nope"])
+    with pytest.raises(expdir.RunError, match="no experiment 'zzz'"):
+        launch.plan_launch(bundled, "zzz")
 
 
 def test_gpu_need_refused_before_anything_is_written(tmp_path, monkeypatch):
@@ -195,10 +193,10 @@ def test_gpu_need_refused_before_anything_is_written(tmp_path, monkeypatch):
         assert not (tmp_path / "exp").exists()
     registry = reg.load(path)
     monkeypatch.setattr(gpus, "visible_gpus", lambda nvml=None: (0, None))
-    with pytest.raises(runs.RunError, match="^needs 8 GPUs, 0 visible$"):
-        runs.launch(registry, "fake")
+    with pytest.raises(expdir.RunError, match="^needs 8 GPUs, 0 visible$"):
+        launch.start(registry, "fake")
     monkeypatch.setattr(gpus, "visible_gpus", lambda nvml=None: (8, None))
-    assert runs.check_gpus(list(registry.experiment("fake").legs)) is None
+    assert launch.check_gpus(list(registry.experiment("fake").legs)) is None
     assert not (tmp_path / "exp").exists()
 
 
@@ -225,7 +223,7 @@ def test_path_policy_allows_inputs_from_read_only(tmp_path):
     registry = reg.load(write_registry(tmp_path, {"a": 'data-dir = "ro/base_data"'}))
     legs = list(registry.experiment("fake").legs)
     exp_dir = registry.settings.exp_root / "20260101_000000_fake"
-    assert runs.check_paths(registry, legs, exp_dir, tmp_path) is None
+    assert launch.check_paths(registry, legs, exp_dir, tmp_path) is None
 
 
 def test_dry_run_prints_commands_and_writes_nothing(tmp_path):
@@ -243,7 +241,7 @@ def test_dry_run_prints_commands_and_writes_nothing(tmp_path):
 def test_launch_refused_while_another_launch_holds_the_experiment(tmp_path):
     path = write_registry(tmp_path, {"a": 'model-tag = "a"'})
     root = reg.load(path).settings.exp_root
-    fd = runs.experiment_lock(root, "fake")
+    fd = launch.experiment_lock(root, "fake")
     try:
         r = cockpit("--registry", str(path), "launch", "fake")
     finally:
@@ -273,7 +271,7 @@ def test_garbage_on_disk_never_crashes_discovery(tmp_path):
     (other / "plan.json").write_text("{not json")
     (other / "state" / "a.json").write_text(json.dumps({"leg": "a", "status": "exploded"}))
     (other / "a.log").write_bytes(b"\x00\xff garbage\nstep 1/x\n")
-    found = runs.discover(root)
+    found = expdir.discover(root)
     assert [(x.experiment, x.legs, list(x.states)) for x in found] == [("exp", ["a"], []), ("exp", ["a"], [])]
     assert not found[0].supervisor_alive
     path = write_registry(tmp_path, {"a": 'model-tag = "a"'}, exp_id="exp")
@@ -286,16 +284,16 @@ def test_supervisor_never_starts_a_leg_that_still_runs(tmp_path, leg_process):
 
     d = _orphan_dir(tmp_path, "step 00001/00010 (10.00%) | loss: 3.0\n")
     p = leg_process(d, "a", [str(tmp_path / "bin" / "torchrun"), *LEG_ARGV])  # "torchrun" is alive
-    st = runs.read_state(d, "a")
+    st = expdir.read_state(d, "a")
     st.pid, st.create_time = p.pid, psutil.Process(p.pid).create_time()
-    runs.write_state(d, st)
-    with pytest.raises(runs.RunError, match=f"leg a still runs \\(torchrun pid {p.pid}\\)"):
+    expdir.write_state(d, st)
+    with pytest.raises(expdir.RunError, match=f"leg a still runs \\(torchrun pid {p.pid}\\)"):
         supervisor.Supervisor(d, echo=False).run()
-    assert runs.read_state(d, "a").status == "running" and not (d / "state" / "supervisor.log").exists()
+    assert expdir.read_state(d, "a").status == "running" and not (d / "state" / "supervisor.log").exists()
     r = subprocess.run([sys.executable, "-m", "cockpit.supervisor", str(d)], capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.startswith("supervisor: leg a still runs")
     # a live process that cannot be proven the leg's (this test process) is not proven gone either
     st.pid, st.create_time = os.getpid(), psutil.Process().create_time()
-    runs.write_state(d, st)
-    with pytest.raises(runs.RunError, match="leg a may still run .*process identity not proven"):
+    expdir.write_state(d, st)
+    with pytest.raises(expdir.RunError, match="leg a may still run .*process identity not proven"):
         supervisor.Supervisor(d, echo=False).run()

@@ -21,10 +21,12 @@ from pathlib import Path
 
 import psutil
 import pytest
-from runner_util import REPO, child_env, write_registry
+from conftest import REPO, child_env, fake_torchrun, write_registry
 
-from cockpit import cli, fsutil, logs, procs, report, resume, runs, safetext, supervisor
+from cockpit import cli, expdir, fsutil, launch, logs, procs, report, resume, safetext, stats, supervisor
 from cockpit import registry as reg
+from cockpit.executors import local
+from cockpit.logs import summary
 
 STEP = "step {i:05d}/00010 ({p:.2f}%) | loss: {loss:.6f} | dt: 10.00ms | tok/sec: 1,000 | bf16_mfu: 1.00"
 FINAL = "Peak memory usage: 1.00MiB\nTotal training time: 0.01m\n"
@@ -100,7 +102,7 @@ def test_a_symlink_planted_at_a_legs_log_fails_that_leg_before_it_starts(tmp_pat
     os.symlink(elsewhere / "new.txt", d / "c.log")  # to a file that does not exist yet
     assert supervisor.Supervisor(d, echo=False).run() == 1
     assert target.read_text() == "keep me\n" and not (elsewhere / "new.txt").exists()
-    states = {n: runs.read_state(d, n) for n in "abc"}
+    states = {n: expdir.read_state(d, n) for n in "abc"}
     assert states["a"].status == "done"
     for n in "bc":
         assert states[n].status == "failed" and states[n].pid is None
@@ -120,23 +122,23 @@ def test_a_log_replaced_by_a_hard_link_or_a_fifo_is_not_written(tmp_path):
     t0 = time.monotonic()
     assert supervisor.Supervisor(d, echo=False).run() == 1
     assert time.monotonic() - t0 < 30 and victim.read_text() == "keep me\n"
-    assert all("log path taken" in runs.read_state(d, n).note for n in "ab")
+    assert all("log path taken" in expdir.read_state(d, n).note for n in "ab")
     # a leg run again in its dir appends to its own log only: by its recorded (device, inode)
     d2 = plan_dir(root, {"a": trainer_code(steps=2)}, name="20260101_000001_x")
     assert supervisor.Supervisor(d2, echo=False).run() == 0
     first = (d2 / "a.log").read_text()
-    st = runs.read_state(d2, "a")
+    st = expdir.read_state(d2, "a")
     st.status = "failed"
-    runs.write_state(d2, st)
+    expdir.write_state(d2, st)
     assert supervisor.Supervisor(d2, echo=False).run() == 0
     assert (d2 / "a.log").read_text() == first * 2
     (d2 / "a.log").unlink()
     os.link(victim, d2 / "a.log")  # swapped for another file since: refused
-    st = runs.read_state(d2, "a")
+    st = expdir.read_state(d2, "a")
     st.status = "failed"
-    runs.write_state(d2, st)
+    expdir.write_state(d2, st)
     assert supervisor.Supervisor(d2, echo=False).run() == 1
-    assert "log path taken" in runs.read_state(d2, "a").note and victim.read_text() == "keep me\n"
+    assert "log path taken" in expdir.read_state(d2, "a").note and victim.read_text() == "keep me\n"
 
 
 def test_planted_links_for_state_report_lock_stop_and_guide_are_never_followed(tmp_path, capsys):
@@ -149,17 +151,17 @@ def test_planted_links_for_state_report_lock_stop_and_guide_are_never_followed(t
     d = plan_dir(root, {"a": trainer_code()})
     os.rmdir(d / "state")
     os.symlink(elsewhere, d / "state")
-    with pytest.raises(runs.RunError, match="is a symlink"):
+    with pytest.raises(expdir.RunError, match="is a symlink"):
         supervisor.Supervisor(d, echo=False).run()
     with pytest.raises(fsutil.UnsafePath, match="is a symlink"):
-        runs.write_state(d, runs.LegState("a", "queued"))
+        expdir.write_state(d, expdir.LegState("a", "queued"))
     assert sorted(os.listdir(elsewhere)) == ["victim.txt"]
     # report.md, a state file, a stop request: the link is replaced, its target untouched
     d2 = plan_dir(root, {"a": trainer_code()}, name="20260101_000001_x")
     for rel in ("report.md", "report_summary.csv", "state/a.json", "state/a.stop"):
         os.symlink(victim, d2 / rel)
-    runs.write_state(d2, runs.LegState("a", "done"))
-    runs.write_json_atomic(d2 / "state" / "a.stop", {"requested_at": "now"}, root=d2)
+    expdir.write_state(d2, expdir.LegState("a", "done"))
+    fsutil.atomic_write_json(d2 / "state" / "a.stop", {"requested_at": "now"}, root=d2)
     (d2 / "a.log").write_text(STEP.format(i=0, p=0.0, loss=1.0) + "\n" + FINAL)
     report.write_report(d2, plots=False)
     assert victim.read_text() == "keep me\n"
@@ -167,13 +169,13 @@ def test_planted_links_for_state_report_lock_stop_and_guide_are_never_followed(t
         assert not (d2 / rel).is_symlink() and (d2 / rel).is_file()
     # a state file that names another leg ("../../x") is not that leg's, and is never written back
     (d2 / "state" / "b.json").write_text(json.dumps({"leg": "../../../victim", "status": "running", "pid": 1}))
-    assert runs.read_state(d2, "b") is None
+    assert expdir.read_state(d2, "b") is None
     with pytest.raises(fsutil.UnsafePath, match="lies outside"):
-        runs.write_state(d2, runs.LegState("../../../x", "done"))
+        expdir.write_state(d2, expdir.LegState("../../../x", "done"))
     # a lock file that is a symlink: refused
     os.symlink(victim, d2 / "state" / "a.lock")
-    with pytest.raises(runs.RunError, match="is a symlink"):
-        runs.try_lock(d2 / "state" / "a.lock", "held", root=d2)
+    with pytest.raises(expdir.RunError, match="is a symlink"):
+        expdir.try_lock(d2 / "state" / "a.lock", "held", root=d2)
     # the resume guide in exp_root, planted as a link: replaced, not written through
     os.symlink(victim, root / resume.GUIDE_NAME)
     code, out, _ = run_cli(capsys, "--registry", str(registry_for(tmp_path)), "resume", "--out-md",
@@ -278,15 +280,15 @@ def test_stop_refuses_dirs_outside_exp_root_and_writes_nothing_there(tmp_path, c
                 err = one_line_exit_2(*run_cli(capsys, "--registry", str(reg_path), "stop", target, *leg))
                 assert "is not an experiment dir under exp_root" in err or "no experiment dir" in err, err
         assert victim.poll() is None and listing(tmp_path / "elsewhere") == before
-        with pytest.raises(runs.RunError, match="not an experiment dir under exp_root"):
-            runs.stop(outside, exp_root=tmp_path / "exp")
+        with pytest.raises(expdir.RunError, match="not an experiment dir under exp_root"):
+            launch.stop(outside, exp_root=tmp_path / "exp")
     finally:
         victim.kill()
         victim.wait()
 
 
 def test_stop_of_a_proven_orphan_leg_kills_its_tree(tmp_path, leg_process):
-    from conftest import fake_torchrun
+
 
     torchrun = str(fake_torchrun(tmp_path / "bin"))
     argv = [torchrun, "--standalone", "-m", "tests.fake_trainer", "--", "--x", "1"]
@@ -296,7 +298,7 @@ def test_stop_of_a_proven_orphan_leg_kills_its_tree(tmp_path, leg_process):
     p = leg_process(d, "a", argv)
     rec = {"leg": "a", "status": "running", "pid": p.pid, "create_time": psutil.Process(p.pid).create_time()}
     (d / "state" / "a.json").write_text(json.dumps(rec))
-    after = runs.stop(d, grace_s=2, exp_root=tmp_path / "exp")
+    after = launch.stop(d, grace_s=2, exp_root=tmp_path / "exp")
     assert after.states["a"].status == "stopped" and p.wait(10) is not None
 
 
@@ -361,7 +363,7 @@ def test_bad_dirs_under_exp_root_are_their_own_problem_never_the_views(tmp_path,
     assert supervisor.Supervisor(good, echo=False).run() == 0
     bad = _bad_dirs(tmp_path / "exp")
     t0 = time.monotonic()
-    found = {d.path: d for d in runs.discover(tmp_path / "exp")}
+    found = {d.path: d for d in expdir.discover(tmp_path / "exp")}
     assert time.monotonic() - t0 < 20  # nothing blocked on a FIFO, nothing read /dev/zero to its end
     assert found[good].states["a"].status == "done" and found[good].problem is None
     for what in ("fifo plan", "endless plan", "long names", "nested json"):
@@ -428,8 +430,8 @@ def test_launch_refusals_are_one_line_and_the_dry_run_says_them(tmp_path, capsys
     assert "/proc/cockpit-hostile-exp" in err and not os.path.exists("/proc/cockpit-hostile-exp")
     # no torchrun, and the experiment held by another cockpit: both said by the dry run
     path.write_text(text)
-    monkeypatch.setattr(runs, "find_torchrun", lambda: None)
-    fd = runs.experiment_lock(tmp_path / "exp", "fake")
+    monkeypatch.setattr(launch, "find_torchrun", lambda: None)
+    fd = launch.experiment_lock(tmp_path / "exp", "fake")
     try:
         code, out, _ = run_cli(capsys, "--registry", str(path), "launch", "fake", "--dry-run")
         assert "refused here: torchrun not found" in out and "refused here: 'fake' is being launched" in out
@@ -498,9 +500,9 @@ def test_supervisor_faults_fail_the_leg_follow_the_policy_and_end_cleanly(tmp_pa
     out = capsys.readouterr().out
     faults_said = [ln for ln in out.splitlines() if "fault: " in ln]
     assert faults_said and all(os.strerror(code) in ln for ln in faults_said)
-    assert runs.read_state(d, "a").status == "running"  # what the disk held when it stopped taking writes
+    assert expdir.read_state(d, "a").status == "running"  # what the disk held when it stopped taking writes
     faults.on = False
-    assert runs.open_dir(d).states["a"].status == "failed"  # its process is gone: judged from its log
+    assert expdir.open_dir(d).states["a"].status == "failed"  # its process is gone: judged from its log
 
 
 def test_supervisor_of_a_broken_plan_is_one_line(tmp_path):
@@ -517,14 +519,14 @@ def test_supervisor_of_a_broken_plan_is_one_line(tmp_path):
 
 
 def test_a_supervisor_started_by_a_long_lived_process_is_reaped(tmp_path):
-    """The TUI launches (runs.launch -> _spawn_supervisor) and lives on: no <defunct> child."""
+    """The TUI launches (launch.start -> _spawn_supervisor) and lives on: no <defunct> child."""
     assert procs.zombie_children() == []
     pids = []
     for i in range(2):
         d = plan_dir(tmp_path / "exp", {"a": trainer_code(steps=1)}, name=f"20260101_00000{i}_x")
-        fd = runs.experiment_lock(tmp_path / "exp", f"x{i}")
+        fd = launch.experiment_lock(tmp_path / "exp", f"x{i}")
         try:
-            runs._spawn_supervisor(d, fd)
+            local.start(d, fd)
         finally:
             os.close(fd)
         pids.append(json.loads((d / "state" / "supervisor.json").read_text())["pid"])
@@ -533,7 +535,7 @@ def test_a_supervisor_started_by_a_long_lived_process_is_reaped(tmp_path):
     while time.monotonic() < deadline and set(pids) & {c.pid for c in psutil.Process().children()}:
         time.sleep(0.05)
     assert not set(pids) & {c.pid for c in psutil.Process().children()}, procs.zombie_children()
-    assert all(runs.open_dir(p).states["a"].status == "done" for p in (tmp_path / "exp").iterdir() if p.name[0] != ".")
+    assert all(expdir.open_dir(p).states["a"].status == "done" for p in (tmp_path / "exp").iterdir() if p.name[0] != ".")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -567,9 +569,9 @@ def test_escapes_in_states_notes_and_names_never_reach_stdout(tmp_path, capsys):
     reg_path = registry_for(tmp_path, ("a",))
     d = plan_dir(tmp_path / "exp", {"a": trainer_code(fail=f"ValueError: bad {ESCAPES}")})
     assert supervisor.Supervisor(d, echo=False).run() == 1
-    st = runs.read_state(d, "a")
+    st = expdir.read_state(d, "a")
     st.note = f"note {ESCAPES}"
-    runs.write_state(d, st)
+    expdir.write_state(d, st)
     evil = tmp_path / "exp" / f"20260101_000001_{ESCAPES[:9]}"
     evil.mkdir()
     (evil / "z.log").write_text(f"hello {ESCAPES}\n")
@@ -599,7 +601,7 @@ def test_sgr_coloured_step_lines_parse_in_every_path(tmp_path, monkeypatch):
     want = logs.summarize(plain)
     for path_kind in ("small", "big"):
         if path_kind == "big":  # the backward tail reader
-            monkeypatch.setattr(logs, "SMALL_LOG_BYTES", 16)
+            monkeypatch.setattr(summary, "SMALL_LOG_BYTES", 16)
         s = logs.summarize(col)
         assert (s.steps_observed, s.tail_n, s.tok_per_sec, s.status, s.last_loss) == \
                (want.steps_observed, want.tail_n, want.tok_per_sec, "completed", want.last_loss), path_kind
@@ -723,7 +725,7 @@ def test_deltas_are_never_nan_or_inf_and_say_why(base, run_, why):
     assert "nan%" not in text and "inf%" not in text
     assert "| tail50 tok/sec |" in text and text.split("| tail50 tok/sec |")[1].split("\n")[0].endswith("| - |")
     assert f"tail50 tok/sec: {why}" in text and "| +100.00% |" in text
-    assert report.pct_change(base, run_) is None and report.fmt_delta(float("nan")) == "-"
+    assert stats.pct_change(base, run_) == (None, why) and stats.fmt_pct(float("nan")) == "-"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -754,7 +756,7 @@ def test_clear_messages(tmp_path, capsys):
 def test_a_killed_torchrun_is_said_as_the_cause(tmp_path):
     d = plan_dir(tmp_path / "exp", {"a": trainer_code(kill=True), "b": trainer_code()})
     assert supervisor.Supervisor(d, echo=False).run() == 1
-    a = runs.read_state(d, "a")
+    a = expdir.read_state(d, "a")
     assert a.status == "failed" and a.exit_code == -signal.SIGKILL
     assert a.error_tail[-1].startswith("torchrun was killed by SIGKILL (signal 9)") and a.note == a.error_tail[-1]
     assert a.error_tail[:-1] == [STEP.format(i=i, p=i * 10.0, loss=5 - i / 10) for i in range(3)]
@@ -775,7 +777,7 @@ def test_workers_left_behind_by_a_killed_torchrun_are_stopped(tmp_path):
         worker = int((d / "worker.pid").read_text())
         assert not psutil.pid_exists(worker) or psutil.Process(worker).status() == psutil.STATUS_ZOMBIE
         assert bystander.poll() is None
-        assert runs.read_state(d, "a").error_tail[-1].startswith("torchrun was killed by SIGKILL")
+        assert expdir.read_state(d, "a").error_tail[-1].startswith("torchrun was killed by SIGKILL")
     finally:
         bystander.kill()
         bystander.wait()

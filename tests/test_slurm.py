@@ -13,7 +13,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from slurm_util import REPO, resume_node, slurm_cluster  # noqa: F401  (a fixture)
+from conftest import REPO, resume_node
 
 from cockpit.executors import slurm
 

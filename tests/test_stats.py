@@ -77,10 +77,10 @@ def test_degenerate_inputs_give_no_verdict_never_nan():
     assert stats.compare(const, stats.estimate([6.0] * 10)).verdict == stats.SIGNIFICANT
     zero = stats.estimate([0.0, 0.0, 0.0])
     d = stats.compare(zero, const)
-    assert (d.pct, d.verdict, d.why) == (None, stats.NO_VERDICT, "baseline is 0")
+    assert (d.pct, d.verdict, d.why) == (None, stats.NO_VERDICT, "the baseline's figure is 0")
     d = stats.compare(None, const)
     assert d.pct is None and d.verdict == stats.NO_VERDICT and d.why
-    assert stats.pct_change(math.inf, 1.0) == (None, "value is not finite")
+    assert stats.pct_change(math.inf, 1.0) == (None, "the baseline's figure is inf")
     assert stats.fmt_pct(None) == "-" and stats.fmt_ci(None) == "-"
     assert stats.fmt_pct(2.7) == "+2.70%" and stats.fmt_pct(-2.934) == "-2.93%"
     assert stats.fmt_ci(1.744) == "±1.74%"

@@ -2,9 +2,9 @@
 
 import os
 
-from metrics_util import NOW, FakeSampler, bundled_registry, make_dir
+from conftest import NOW, FakeSampler, bundled_registry, make_dir
 
-from cockpit import cli, resume, runs
+from cockpit import cli, expdir, resume
 
 
 def run(capsys, *argv):
@@ -47,7 +47,7 @@ def test_status_shows_running_legs_with_pid_progress_eta_and_every_dir(tmp_path,
     (manual / "probe.log").write_text("hello\n")
     code, out, _ = run(capsys, "status", "--registry", str(registry.path))
     assert code == 0
-    pid, sup = runs.read_state(live, "moe_dropless").pid, os.getpid()
+    pid, sup = expdir.read_state(live, "moe_dropless").pid, os.getpid()
     lines = out.splitlines()
     i = lines.index(f"running: cpu-smoke/moe_dropless  pid {pid}  step 20/40 (52.5%), loss 2.0788, 4,871 tok/s, ETA 0.1m")
     assert lines[i + 1] == f"  dir: {live}"
@@ -78,10 +78,10 @@ def test_status_running_leg_without_eta_or_state(tmp_path, capsys):
     assert "running: cpu-smoke/dense  no cockpit state (manual run)  step 3/?, loss 9.0000, tok/s n/a, ETA n/a" in out
     assert f"  dir: {d}" in out and "dirs under exp_root: 1" in out
     # dirs the caller discovered already (the TUI) give the same state
-    dirs = runs.discover(registry.settings.exp_root)
-    given = resume.build_state(registry, sampler=FakeSampler(False, "x"), dirs=dirs)
+    dirs = expdir.discover(registry.settings.exp_root)
+    given = resume.build_state(registry, sampler=FakeSampler(nvml=False, reason="x"), dirs=dirs)
     assert given.dirs is dirs and resume.render_status(given) == resume.render_status(
-        resume.build_state(registry, sampler=FakeSampler(False, "x")))
+        resume.build_state(registry, sampler=FakeSampler(nvml=False, reason="x")))
 
 
 def test_resume_to_stdout_and_file(tmp_path, capsys):

@@ -10,14 +10,15 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import psutil
 import pynvml
 import pytest
+from conftest import REPO, alive, cockpit, kill_leftovers, tree_of, wait_for, write_registry
 from fake_nvml import FakeNVML
-from runner_util import REPO, alive, cockpit, kill_leftovers, tree_of, wait_for, write_registry
 
-from cockpit import gpus, runs, supervisor
+from cockpit import expdir, gpus, launch, procs, supervisor
 from cockpit import registry as reg
 
 pytestmark = pytest.mark.slow
@@ -39,7 +40,7 @@ def step_lines(log) -> list[str]:
 
 def running_state(exp_dir, leg, min_steps=1):
     def ready():
-        st = runs.read_state(exp_dir, leg)
+        st = expdir.read_state(exp_dir, leg)
         if st is None or st.status != "running" or not os.path.exists(st.log):
             return None
         return st if len(step_lines(st.log)) >= min_steps else None
@@ -48,25 +49,25 @@ def running_state(exp_dir, leg, min_steps=1):
 
 
 def wait_supervisor_gone(exp_dir, timeout=60):
-    wait_for(lambda: not runs.open_dir(exp_dir).supervisor_alive, timeout=timeout, what="supervisor end")
+    wait_for(lambda: not expdir.open_dir(exp_dir).supervisor_alive, timeout=timeout, what="supervisor end")
 
 
 def test_kill9_supervisor_leg_finishes_and_is_reconciled(tmp_path):
     path = write_registry(tmp_path, {"a": 'model-tag = "a", num-iterations = 80', "b": 'model-tag = "b"'})
     r = cockpit("--registry", str(path), "launch", "fake")
     assert r.returncode == 0, r.stderr
-    exp_dir = runs.Path(r.stdout.strip().splitlines()[-1])
+    exp_dir = Path(r.stdout.strip().splitlines()[-1])
     st = running_state(exp_dir, "a")
     sup = json.loads((exp_dir / "state" / "supervisor.json").read_text())
     os.kill(sup["pid"], signal.SIGKILL)
-    wait_for(lambda: not runs.is_alive(sup["pid"], sup["create_time"]), what="supervisor killed")
-    d = runs.open_dir(exp_dir)
+    wait_for(lambda: not procs.alive(sup["pid"], sup["create_time"]), what="supervisor killed")
+    d = expdir.open_dir(exp_dir)
     assert not d.supervisor_alive and d.states["a"].status == "running"  # torchrun goes on
-    assert runs.is_alive(st.pid, st.create_time)
+    assert procs.alive(st.pid, st.create_time)
     status = cockpit("--registry", str(path), "status")
     assert status.returncode == 0 and "running: fake/a" in status.stdout, status.stdout + status.stderr
-    wait_for(lambda: not runs.is_alive(st.pid, st.create_time), timeout=60, what="leg a to end")
-    d = runs.open_dir(exp_dir)
+    wait_for(lambda: not procs.alive(st.pid, st.create_time), timeout=60, what="leg a to end")
+    d = expdir.open_dir(exp_dir)
     a, b = d.states["a"], d.states["b"]
     assert (a.status, a.exit_code, a.exit_code_known) == ("done", None, False)
     assert b.status == "stopped" and "supervisor gone" in b.note
@@ -90,7 +91,7 @@ def test_stop_one_leg_kills_its_whole_tree_and_the_queue_goes_on(tmp_path):
     )
     registry = reg.load(path)
     grace = 2.0
-    exp_dir = runs.launch(registry, "fake", grace_s=grace)
+    exp_dir = launch.start(registry, "fake", grace_s=grace)
     st = running_state(exp_dir, "a")
     procs = wait_for(lambda: tree_of(st.pid, 5), what="torchrun, 2 workers, 2 grandchildren")
     t0 = time.monotonic()
@@ -100,26 +101,26 @@ def test_stop_one_leg_kills_its_whole_tree_and_the_queue_goes_on(tmp_path):
     assert r.stdout.splitlines()[0].startswith("a: stopped")
     assert alive(procs) == [], [p.pid for p in alive(procs)]
     assert took < grace + 2.0, took
-    a = runs.read_state(exp_dir, "a")
+    a = expdir.read_state(exp_dir, "a")
     assert a.status == "stopped" and a.exit_code_known
     assert len(step_lines(exp_dir / "a.log")) >= 1  # the log is kept
     wait_supervisor_gone(exp_dir)
-    d = runs.open_dir(exp_dir)
+    d = expdir.open_dir(exp_dir)
     assert d.states["b"].status == "done" and d.states["b"].exit_code == 0
 
 
 def test_stop_the_queue(tmp_path):
     path = write_registry(tmp_path, {"a": 'model-tag = "a", num-iterations = 2000', "b": 'model-tag = "b"'})
-    exp_dir = runs.launch(reg.load(path), "fake", grace_s=5.0)
+    exp_dir = launch.start(reg.load(path), "fake", grace_s=5.0)
     st = running_state(exp_dir, "a")
     procs = wait_for(lambda: tree_of(st.pid, 3), what="torchrun and workers")
     t0 = time.monotonic()
-    sup = runs.open_dir(exp_dir).supervisor
+    sup = expdir.open_dir(exp_dir).supervisor
     os.kill(sup["pid"], signal.SIGTERM)  # what `cockpit stop DIR` sends
     gone = wait_for(lambda: not alive(procs) and time.monotonic() - t0, timeout=30, what="the leg's processes")
     assert gone < 5.0, gone  # workers that honour SIGTERM are gone within the grace period
     wait_supervisor_gone(exp_dir)
-    d = runs.open_dir(exp_dir)
+    d = expdir.open_dir(exp_dir)
     assert not d.supervisor_alive
     assert [d.states[n].status for n in ("a", "b")] == ["stopped", "stopped"]
     assert d.states["a"].note == "stopped by request" and "before it started" in d.states["b"].note
@@ -129,27 +130,28 @@ def test_stop_the_queue(tmp_path):
 
 def test_stop_orphaned_leg_after_supervisor_killed(tmp_path):
     path = write_registry(tmp_path, {"a": 'model-tag = "a", num-iterations = 2000, ignore-sigterm = true, spawn-child = true'})
-    exp_dir = runs.launch(reg.load(path), "fake")
+    exp_dir = launch.start(reg.load(path), "fake")
     st = running_state(exp_dir, "a")
     procs = wait_for(lambda: tree_of(st.pid, 5), what="torchrun, 2 workers, 2 grandchildren")
-    os.kill(runs.open_dir(exp_dir).supervisor["pid"], signal.SIGKILL)
-    wait_for(lambda: not runs.open_dir(exp_dir).supervisor_alive, what="supervisor gone")
+    os.kill(expdir.open_dir(exp_dir).supervisor["pid"], signal.SIGKILL)
+    wait_for(lambda: not expdir.open_dir(exp_dir).supervisor_alive, what="supervisor gone")
     t0 = time.monotonic()
-    d = runs.stop(exp_dir, grace_s=1.0)  # no supervisor: the client stops the tree itself
+    d = launch.stop(exp_dir, grace_s=1.0)  # no supervisor: the client stops the tree itself
     assert time.monotonic() - t0 < 4.0
     assert alive(procs) == []
     a = d.states["a"]
     assert (a.status, a.exit_code_known) == ("stopped", False) and "supervisor gone" in a.note
-    assert runs.read_state(exp_dir, "a").status == "stopped"  # recorded on disk
+    assert expdir.read_state(exp_dir, "a").status == "stopped"  # recorded on disk
 
 
 @pytest.mark.parametrize("policy, b_status", [("stop", "stopped"), ("continue", "done")])
 def test_failed_leg_follows_policy(tmp_path, policy, b_status, capsys):
     path = write_registry(
-        tmp_path, {"a": 'model-tag = "a", bogus-flag = 1', "b": 'model-tag = "b", num-iterations = 3'}, on_failure=policy
+        tmp_path, {"a": 'model-tag = "a", bogus-flag = 1', "b": 'model-tag = "b", num-iterations = 3'}, on_failure=policy,
+        extra_project="tail = 5",
     )
-    exp_dir = runs.launch(reg.load(path), "fake", foreground=True)
-    d = runs.open_dir(exp_dir)
+    exp_dir = launch.start(reg.load(path), "fake", foreground=True)
+    d = expdir.open_dir(exp_dir)
     a = d.states["a"]
     assert a.status == "failed" and a.exit_code not in (0, None) and a.exit_code_known
     assert any("unrecognized arguments: --bogus-flag 1" in ln for ln in a.error_tail), a.error_tail
@@ -157,6 +159,10 @@ def test_failed_leg_follows_policy(tmp_path, policy, b_status, capsys):
     assert (exp_dir / "a.log").exists() and "report.md" in os.listdir(exp_dir)
     out = capsys.readouterr().out
     assert "a: failed" in out and f"b: {b_status}" in out
+    # report.md is written over the registry's tail window, which the plan recorded
+    assert json.loads((exp_dir / "plan.json").read_text())["tail"] == 5
+    if b_status == "done":
+        assert "| run | tail5 tok/sec |" in (exp_dir / "report.md").read_text()
 
 
 def test_two_concurrent_launches_one_refused(tmp_path):
@@ -171,7 +177,7 @@ def test_two_concurrent_launches_one_refused(tmp_path):
     assert len(err.strip().splitlines()) == 1 and "fake" in err
     dirs = [p for p in (tmp_path / "exp").iterdir() if not p.name.startswith(".")]
     assert [str(p) for p in dirs] == [out.strip()]
-    runs.stop(dirs[0])
+    launch.stop(dirs[0])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -193,9 +199,9 @@ def _planned_dir(tmp_path, wait_s: float, legs: dict[str, str]):
         tmp_path, legs, device="cuda", nproc=2, extra_project=f"[project.gpu_idle]\nwait_s = {wait_s}\n"
     )
     registry = reg.load(path)
-    plan = runs.plan_launch(registry, "fake")
-    exp_dir = runs.new_exp_dir(registry.settings.exp_root, "fake")
-    runs.write_plan(registry, plan, exp_dir)
+    plan = launch.plan_launch(registry, "fake")
+    exp_dir = launch.new_exp_dir(registry.settings.exp_root, "fake")
+    launch.write_plan(registry, plan, exp_dir)
     return exp_dir
 
 
@@ -217,7 +223,7 @@ def test_preflight_waits_for_idle_gpus_then_runs(tmp_path):
     assert sup.run() == 0
     waiting = [w for leg, s, w in sup.seen if s == "waiting"]
     assert waiting and waiting[0].startswith("GPU 1 busy: util 93% > 5% (waiting since ")
-    a = runs.read_state(exp_dir, "a")
+    a = expdir.read_state(exp_dir, "a")
     assert (a.status, a.waiting_reason, a.note) == ("done", None, "preflight: GPUs 0,1 idle")
 
 
@@ -227,7 +233,7 @@ def test_preflight_times_out_and_no_driver_is_noted(tmp_path):
     exp_dir = _planned_dir(tmp_path, 0.3, {"a": 'model-tag = "a"', "b": 'model-tag = "b"'})
     sup = Recorder(exp_dir, sampler=gpus.GpuSampler(nvml=nv), poll_s=0.05, echo=False)
     assert sup.run() == 1
-    a, b = runs.read_state(exp_dir, "a"), runs.read_state(exp_dir, "b")
+    a, b = expdir.read_state(exp_dir, "a"), expdir.read_state(exp_dir, "b")
     assert a.status == "failed" and a.pid is None
     assert a.error_tail == ["preflight: GPUs not idle after 0s: GPU 0 busy: mem 40000 MiB > 1024 MiB"]
     assert b.status == "stopped" and "on_failure = stop" in b.note
@@ -235,6 +241,6 @@ def test_preflight_times_out_and_no_driver_is_noted(tmp_path):
     # without a driver the supervisor goes on and says the preflight was skipped
     nodriver = gpus.GpuSampler(nvml=FakeNVML(init_error=pynvml.NVML_ERROR_DRIVER_NOT_LOADED))
     sup = supervisor.Supervisor(exp_dir, sampler=nodriver, echo=False)
-    sup.states["a"] = runs.LegState("a", "queued")
+    sup.states["a"] = expdir.LegState("a", "queued")
     assert sup._preflight({"gpu_idle": {}}, {"name": "a", "device": "cuda", "nproc_per_node": 2}) is None
     assert sup.states["a"].note == "preflight skipped: NVML unavailable: Driver Not Loaded"

@@ -9,17 +9,29 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import threading
 import time
 from pathlib import Path
 
+import psutil
 import pytest
-from runner_util import REPO, write_registry
+from conftest import (
+    REPO,
+    FakeSampler,
+    fixed_clock,
+    log_lines,
+    registry_file,
+    until,
+    write_dir,
+    write_registry,
+)
 from textual.widgets import HelpPanel, Log
 from textual.widgets._key_panel import BindingsTable
-from tui_util import FakeSampler, bundled_registry, fixed_clock, log_lines, until, write_dir
 
-from cockpit import runs
+from cockpit import expdir
+from cockpit.stats import fmt_pct
+from cockpit.tui import fmt
 from cockpit.tui.app import CockpitApp
 from cockpit.tui.collector import Collector, Request
 from cockpit.tui.commands import BindingCommands
@@ -28,7 +40,7 @@ from cockpit.tui.experiments import ExperimentTree, Selection
 from cockpit.tui.log_panes import LogPanes
 from cockpit.tui.log_view import LogView
 from cockpit.tui.main_screen import MainScreen
-from cockpit.tui.messages import LogLines, ViewPublished
+from cockpit.tui.messages import LogLines, Notice, ViewPublished
 from cockpit.tui.resume_panel import ResumePanel
 
 SIZE = (160, 48)
@@ -90,8 +102,8 @@ def exp_dirs(tmp_path: Path) -> list[Path]:
 # opening
 
 
-async def test_opens_bundled_registry(tmp_path):
-    app = make_app(bundled_registry(tmp_path))
+async def test_opens_registry_file(tmp_path):
+    app = make_app(registry_file(tmp_path))
     async with app.run_test(size=SIZE) as pilot:
         main = await ready(pilot, app)
         text = screen_text(app)
@@ -124,7 +136,7 @@ async def test_broken_registry_is_shown_in_the_app_then_reloaded(tmp_path):
 
 
 async def test_reopening_finds_running_legs_and_follows_them(tmp_path):
-    reg_path = bundled_registry(tmp_path)
+    reg_path = registry_file(tmp_path)
     d = write_dir(tmp_path / "exp", "20260224_175412_cpu-smoke", "cpu-smoke", {
         "dense": ("done", log_lines(40, 40)),
         "moe_dropless": ("running", log_lines(23, 40, finished=False)),
@@ -165,7 +177,7 @@ def bindings_text(app: CockpitApp) -> str:
 async def test_keys_panel_lists_every_binding(tmp_path):
     """`?` opens Textual's keys panel: every binding with its key, description and tooltip, from
     the one list (MainScreen.BINDINGS); `?` again closes it."""
-    app = make_app(bundled_registry(tmp_path))
+    app = make_app(registry_file(tmp_path))
     async with app.run_test(size=SIZE) as pilot:
         await ready(pilot, app)
         bindings = {b.key: b for b in MainScreen.BINDINGS}
@@ -187,7 +199,7 @@ async def test_keys_panel_lists_every_binding(tmp_path):
 async def test_command_palette_offers_every_binding(tmp_path):
     """The palette offers each binding and runs its action, as the key does. Textual's own list
     already has Keys, Quit and Maximize (with a pane focused): those are not offered twice."""
-    app = make_app(bundled_registry(tmp_path))
+    app = make_app(registry_file(tmp_path))
     async with app.run_test(size=SIZE) as pilot:
         main = await ready(pilot, app)
         offered = [f"{hit.text} {hit.help}" async for hit in BindingCommands(main).discover()]
@@ -210,7 +222,7 @@ async def test_command_palette_offers_every_binding(tmp_path):
 
 
 async def test_tab_moves_between_panes_and_m_maximizes(tmp_path):
-    app = make_app(bundled_registry(tmp_path))
+    app = make_app(registry_file(tmp_path))
     async with app.run_test(size=SIZE) as pilot:
         await ready(pilot, app)
         seen = {app.focused.id if app.focused else None}
@@ -231,7 +243,7 @@ async def test_tab_moves_between_panes_and_m_maximizes(tmp_path):
 async def test_quit_says_running_legs_go_on(tmp_path):
     write_dir(tmp_path / "exp", "20260224_175412_cpu-smoke", "cpu-smoke", {
         "dense": ("running", log_lines(3, 40, finished=False))}, supervisor_alive=True)
-    app = make_app(bundled_registry(tmp_path))
+    app = make_app(registry_file(tmp_path))
     async with app.run_test(size=SIZE) as pilot:
         await ready(pilot, app)
         await pilot.press("q")
@@ -337,7 +349,7 @@ async def test_stop_running_leg(tmp_path, fake_env):
 async def test_write_report_and_guide(tmp_path):
     d = write_dir(tmp_path / "exp", "20260224_175412_cpu-smoke", "cpu-smoke",
                   {"dense": ("done", log_lines(40, 40)), "moe_dropless": ("done", log_lines(40, 40, tok=1200))})
-    reg_path = bundled_registry(tmp_path)
+    reg_path = registry_file(tmp_path)
     reg_path.write_text(reg_path.read_text().replace("\ntail = 50 ", "\ntail = 20 ", 1))
     app = make_app(reg_path)
     async with app.run_test(size=SIZE) as pilot:
@@ -355,7 +367,7 @@ async def test_write_report_and_guide(tmp_path):
 async def test_follow_pause_and_resume(tmp_path):
     d = write_dir(tmp_path / "exp", "20260224_175412_cpu-smoke", "cpu-smoke",
                   {"dense": ("running", log_lines(60, 400, finished=False))}, supervisor_alive=True)
-    app = make_app(bundled_registry(tmp_path))
+    app = make_app(registry_file(tmp_path))
     async with app.run_test(size=SIZE) as pilot:
         await ready(pilot, app)
         panes = app.query_one(LogPanes)
@@ -385,7 +397,7 @@ async def test_follow_pause_and_resume(tmp_path):
 async def test_log_pane_memory_is_bounded(tmp_path):
     d = write_dir(tmp_path / "exp", "20260224_175412_cpu-smoke", "cpu-smoke",
                   {"dense": ("running", log_lines(5000, 5000, finished=False))}, supervisor_alive=True)
-    app = make_app(bundled_registry(tmp_path), max_log_lines=300)
+    app = make_app(registry_file(tmp_path), max_log_lines=300)
     async with app.run_test(size=SIZE) as pilot:
         await ready(pilot, app)
         panes = app.query_one(LogPanes)
@@ -403,7 +415,7 @@ async def test_tabs_cycle_and_finish_notifies(tmp_path):
     b = write_dir(root, "20260224_180000_moe-fp8-capacity-opt-v3", "moe-fp8-capacity-opt-v3",
                   {"moe_fp8_experts_static_cap1p0_v3": ("running", log_lines(5, 40, finished=False))},
                   supervisor_alive=True)
-    app = make_app(bundled_registry(tmp_path))
+    app = make_app(registry_file(tmp_path))
     async with app.run_test(size=SIZE) as pilot:
         main = await ready(pilot, app)
         panes = app.query_one(LogPanes)
@@ -426,9 +438,9 @@ async def test_tabs_cycle_and_finish_notifies(tmp_path):
 
         bells = []
         app.bell = lambda: bells.append(1)
-        st = runs.read_state(a, "dense")
+        st = expdir.read_state(a, "dense")
         st.status = "failed"
-        runs.write_state(a, st)
+        expdir.write_state(a, st)
         await until(pilot, lambda: main.finished, what="the notification")
         assert main.finished == [f"{a}/dense:failed"] and bells == [1]
         assert main.view.experiment("cpu-smoke").leg("dense").mark == "failed"
@@ -436,7 +448,7 @@ async def test_tabs_cycle_and_finish_notifies(tmp_path):
 
 
 async def test_resume_panel_shows_next_command(tmp_path):
-    app = make_app(bundled_registry(tmp_path))
+    app = make_app(registry_file(tmp_path))
     async with app.run_test(size=SIZE) as pilot:
         await ready(pilot, app)
         text = str(app.query_one(ResumePanel).render())
@@ -460,7 +472,7 @@ async def test_gpu_panel_with_the_real_sampler_over_fake_nvml(tmp_path):
     leg_pid = json.loads((d / "state" / "dense.json").read_text())["pid"]  # the leg's stand-in torchrun
     for i in (0, 1):  # its GPUs are the leg's
         nv.util[i], nv.mem_used_mib[i], nv.pids[i] = 97.0, 18987.0, [leg_pid]
-    app = make_app(bundled_registry(tmp_path), sampler=GpuSampler(nvml=nv))
+    app = make_app(registry_file(tmp_path), sampler=GpuSampler(nvml=nv))
     async with app.run_test(size=SIZE) as pilot:
         main = await ready(pilot, app)
         gpu = await until(pilot, lambda: main.view.gpu if main.view.gpu and main.view.gpu.gpus else None, what="GPUs")
@@ -472,7 +484,7 @@ async def test_gpu_panel_with_the_real_sampler_over_fake_nvml(tmp_path):
     assert d.exists()
 
     (tmp_path / "b").mkdir()
-    broken = make_app(bundled_registry(tmp_path / "b"),
+    broken = make_app(registry_file(tmp_path / "b"),
                       sampler=GpuSampler(nvml=FakeNVML(init_error=pynvml.NVML_ERROR_DRIVER_NOT_LOADED)))
     async with broken.run_test(size=SIZE) as pilot:
         main = await ready(pilot, broken)
@@ -511,10 +523,97 @@ async def test_names_with_brackets_are_shown_as_written(tmp_path):
         assert screen_text(app).count("x[red]y") >= 3  # tree, live row, tab
 
 
-def test_text_shapes():
-    from cockpit.tui import fmt
+async def test_stop_acts_only_under_exp_root(tmp_path):
+    """The screen's stop, as `cockpit stop`: a dir outside the registry's exp_root is refused,
+    with one line, and nothing in it is read or written."""
+    reg_path = fake_registry(tmp_path)
+    outside = write_dir(tmp_path / "elsewhere", "20260224_175412_fake", "fake", {"a": ("done", log_lines(3, 3))})
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in outside.rglob("*"))
+    app = make_app(reg_path)
+    async with app.run_test(size=SIZE) as pilot:
+        main = await ready(pilot, app)
+        main._stop(str(outside), "a")
+        await until(pilot, lambda: any(title == "stop" for title, _ in app.notes), what="the refusal")
+        message = next(m for title, m in app.notes if title == "stop")
+        assert "is not an experiment dir under exp_root" in message and "\n" not in message
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in outside.rglob("*")) == before
 
-    assert fmt.delta(2.7) == "+2.70%" and fmt.delta(-2.93) == "-2.93%" and fmt.delta(None) == "-"
+
+async def test_a_dirs_problem_and_an_unknown_leg_show_in_the_tree(tmp_path):
+    """A dir that cannot be read shows its problem, on one line, and no legs; a leg whose process
+    cannot be proven the leg's is marked unknown, with why."""
+    reg_path = fake_registry(tmp_path)
+    root = tmp_path / "exp"
+    broken = root / "20260224_170000_fake"
+    (broken / "state").mkdir(parents=True)
+    os.mkfifo(broken / "plan.json")  # reading it would block: it is not a regular file
+    d = write_dir(root, "20260224_175412_fake", "fake", {"a": ("done", log_lines(3, 3))})
+    me = psutil.Process()  # a live process that is not the leg's torchrun: another command line
+    (d / "state" / "b.json").write_text(json.dumps({"leg": "b", "status": "running", "pid": me.pid,
+                                                    "create_time": me.create_time(), "log": str(d / "b.log")}))
+    plan = json.loads((d / "plan.json").read_text())
+    plan["legs"].append({"name": "b", "argv": ["torchrun", "--standalone", "-m", "nanochat.base_train"]})
+    (d / "plan.json").write_text(json.dumps(plan))
+    (d / "b.log").write_text("\n".join(log_lines(2, 10, finished=False)) + "\n")
+    app = make_app(reg_path)
+    async with app.run_test(size=SIZE) as pilot:
+        main = await ready(pilot, app)
+        exp = main.view.experiment("fake")
+        leg = exp.leg("b")
+        assert leg.mark == "unknown" and leg.note.startswith("unknown: process identity not proven")
+        tree = app.query_one(ExperimentTree)
+        label = tree.node_for(Selection("leg", "fake", "b")).label.plain
+        assert label.startswith("? b") and "unknown: process identity not proven" in label
+        bad = next(x for x in exp.dirs if x.path == str(broken))
+        assert bad.legs == () and bad.problem.startswith("plan.json unreadable")
+        dir_label = tree.node_for(Selection("dir", "fake", exp_dir=str(broken))).label.plain
+        assert "no legs" in dir_label and f"⚠ {bad.problem}" in dir_label and "\n" not in dir_label
+        await pilot.press("s")  # an unknown leg is not stopped: nothing may signal it
+        await select(pilot, app, Selection("leg", "fake", "b"))
+        await pilot.press("s")
+        await pilot.pause(0.2)
+        assert not isinstance(app.screen, ConfirmScreen)
+        assert "nothing running or queued in the selection" in notes(app)
+
+
+async def test_notifications_show_text_from_files_printable(tmp_path):
+    """A note, an error line or a dir's name reaches a notification without its control characters."""
+    app = make_app(fake_registry(tmp_path))
+    async with app.run_test(size=SIZE) as pilot:
+        main = await ready(pilot, app)
+        main.post_message(Notice("leg a failed: boom \x1b]0;pwned\x07\x1b[2J in 2026\x1b[31m_x\u202e", "leg \x1b[1mfailed"))
+        await until(pilot, lambda: len(app.notes) > 0 and "boom" in app.notes[-1][1], what="the notification")
+        title, message = app.notes[-1]
+        assert "\x1b" not in message + title and "\x07" not in message and "\u202e" not in message
+        assert message.startswith("leg a failed: boom") and title == "leg failed"
+
+
+async def test_deltas_that_are_no_number_show_a_dash(tmp_path):
+    """A baseline whose figures are 0: the live and final delta cells say `-`, never inf or nan."""
+    reg_path = fake_registry(tmp_path, legs={"base": 'model-tag = "base"', "a": 'model-tag = "a"'})
+    text = reg_path.read_text().replace('[[experiment.leg]]\nname = "base"',
+                                        '[[experiment.leg]]\nname = "base"\nrecorded = { tok_per_sec = 0.0, dt_ms = 0.0 }')
+    reg_path.write_text(text.replace('id = "fake"', 'id = "fake"\nbaseline = "base"'))
+    write_dir(tmp_path / "exp", "20260224_175412_fake", "fake",
+              {"a": ("running", log_lines(12, 40, finished=False))}, supervisor_alive=True)
+    app = make_app(reg_path)
+    async with app.run_test(size=SIZE) as pilot:
+        main = await ready(pilot, app)
+        await until(pilot, lambda: main.view.live, what="the live row")
+        assert main.view.live[0].delta_tok_pct is None
+        live = app.query_one("#live")
+        assert live.get_row_at(0)[9].plain == "-"  # Δ base
+        await select(pilot, app, Selection("dir", "fake", exp_dir=str(tmp_path / "exp" / "20260224_175412_fake")))
+        await until(pilot, lambda: main.report is not None and main.report.rows, what="the final table")
+        row = next(r for r in main.report.rows if r.run == "a")
+        assert row.deltas["tok_per_sec"] is None and row.deltas["dt_ms"] is None
+        final = app.query_one("#final")
+        cells = [c.plain for c in final.get_row_at(final.row_count - 1)]
+        assert cells[2].splitlines()[1] == "-" and cells[3].splitlines()[1] == "-"
+
+
+def test_text_shapes():
+    assert fmt_pct(2.7) == "+2.70%" and fmt_pct(-2.93) == "-2.93%" and fmt_pct(None) == "-"
     assert fmt.spark([1, 2, 3, 4, 5, 6, 7, 8]) == "▁▂▃▄▅▆▇█" and fmt.spark([]) == ""
     assert fmt.spark([5, 5, 5]) == "▅▅▅" and fmt.spark([0, 0]) == "▁▁" and len(fmt.spark(range(100), 16)) == 16
     assert fmt.bar(100, 4) == "████" and fmt.bar(0, 4) == "    " and fmt.bar(50, 4) == "██  " and fmt.bar(None, 3) == "···"
@@ -528,7 +627,7 @@ def test_collector_posts_at_most_twice_a_second_and_loses_no_line(tmp_path):
     go out at most every 0.5 s (however fast the log grows), and every line arrives, in order."""
     d = write_dir(tmp_path / "exp", "20260224_175412_cpu-smoke", "cpu-smoke",
                   {"dense": ("running", log_lines(5, 400, finished=False))}, supervisor_alive=True)
-    c = Collector(bundled_registry(tmp_path), sampler=FakeSampler(), branch="main", clock=fixed_clock)
+    c = Collector(registry_file(tmp_path), sampler=FakeSampler(), branch="main", clock=fixed_clock)
     key = f"{d}/dense"
     c.request = Request(tabs=((key, str(d / "dense.log")),))
     posted: list[tuple[float, object]] = []

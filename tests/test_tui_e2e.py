@@ -10,8 +10,8 @@ from __future__ import annotations
 import re
 
 import pytest
+from conftest import registry_file, until
 from textual.widgets import DataTable
-from tui_util import bundled_registry, until
 
 from cockpit.tui.app import CockpitApp
 from cockpit.tui.confirm import ConfirmScreen
@@ -22,7 +22,7 @@ from cockpit.tui.log_panes import LogPanes
 
 @pytest.mark.slow
 async def test_keys_launch_cpu_smoke_and_the_tables_fill(tmp_path):
-    path = bundled_registry(tmp_path, iterations=12)
+    path = registry_file(tmp_path, iterations=12)
     text = re.sub(r'\[\[experiment\.leg\]\]\nname = "moe_dropless"\n[^\n]*\n', "", path.read_text())
     path.write_text(text)
     app = CockpitApp(path, branch="main")  # the real GPU sampler: no NVML here, shown as such

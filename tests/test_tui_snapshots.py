@@ -10,8 +10,8 @@ from __future__ import annotations
 import time
 
 import pytest
+from conftest import SNAP_ROOT, FakeSampler, case_dir, fixed_clock, log_lines, registry_file, write_dir
 from textual.widgets import Log
-from tui_util import FakeSampler, bundled_registry, case_dir, fixed_clock, log_lines, write_dir
 
 from cockpit.tui.app import CockpitApp
 from cockpit.tui.experiments import ExperimentTree, Selection
@@ -32,7 +32,7 @@ def utc(monkeypatch):
 
 def app_for(case: str, sampler: FakeSampler, dirs=None) -> CockpitApp:
     base = case_dir(case)
-    registry = bundled_registry(base)
+    registry = registry_file(base)
     if dirs:
         dirs(base / "exp")
     return CockpitApp(registry, sampler=sampler, branch="main", clock=fixed_clock)
@@ -120,6 +120,5 @@ def test_snapshot_resume_panel(snap_compare):
 
 
 def case_dir_path(case: str):
-    from tui_util import SNAP_ROOT
 
     return SNAP_ROOT / case / "exp" / "20260224_170000_cpu-smoke"

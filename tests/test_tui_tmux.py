@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from tui_util import bundled_registry, log_lines, write_dir
+from conftest import log_lines, registry_file, write_dir
 
 COCKPIT = Path(sys.executable).parent / "cockpit"
 
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.skipif(shutil.which("tmux") is None or not COCKPIT.exis
 
 
 def test_cockpit_in_tmux(tmp_path):
-    registry = bundled_registry(tmp_path)
+    registry = registry_file(tmp_path)
     d = write_dir(tmp_path / "exp", "20260224_175412_cpu-smoke", "cpu-smoke", {
         "dense": ("running", log_lines(12, 40, finished=False))}, supervisor_alive=True)
     sock = f"cockpit-test-{os.getpid()}"  # a private tmux server, killed at the end
@@ -51,7 +51,9 @@ def test_cockpit_in_tmux(tmp_path):
     try:
         cmd = f'{COCKPIT} --registry {registry}; echo "COCKPIT""-EXIT=$?"'  # typed text != the output
         subprocess.run([*tmux, "send-keys", "-t", "t", cmd, "Enter"], check=True, env=env)
-        screen = wait_for(lambda s: "Completed (do not re-run)" in s and "host cpu" in s, 30, "the cockpit")
+        # the whole first view painted (a capture may catch a frame half drawn)
+        screen = wait_for(lambda s: "Completed (do not re-run)" in s and "host cpu" in s
+                          and "training 1 leg running" in s, 30, "the cockpit")
         for what in ("Experiments", "moe-fp8-capacity-ablation-v1", "cpu-smoke", "GPUs",
                      "no GPU view", "Resume", "Remaining", "training 1 leg running"):
             assert what in screen, what

@@ -1,1 +1,2 @@
-"""Executors: how a launch's legs get run. `slurm` submits them as batch jobs to a Slurm cluster."""
+"""Executors: how a launch's legs get run. `local` runs them on this machine through a detached
+supervisor; `slurm` submits them as a chain of batch jobs to a Slurm cluster."""

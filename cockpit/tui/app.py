@@ -16,6 +16,7 @@ from textual.app import App
 from textual.screen import Screen
 
 from cockpit import registry as reg
+from cockpit import safetext
 from cockpit.tui.build import Sampler
 from cockpit.tui.collector import Collector
 from cockpit.tui.main_screen import MainScreen
@@ -50,7 +51,9 @@ class CockpitApp(App[None]):
         return self.main_screen
 
     def notify(self, message: str, *, title: str = "", **kwargs) -> None:
-        """Textual's notification, also kept in `notes` (a toast expires; the tests read them)."""
+        """Textual's notification, also kept in `notes` (a toast expires; the tests read them).
+        Its text may come from a file (a note, an error line, a dir's name): made printable here."""
+        message, title = safetext.printable(message), safetext.printable(title, newlines=False)
         self.notes.append((title, message))
         kwargs.setdefault("markup", False)  # paths and error text may hold [brackets]
         super().notify(message, title=title, **kwargs)

@@ -1,6 +1,6 @@
 """From the core's answers to the cockpit's view-model (state.py), off the UI thread.
 
-`build_view` asks the core once a pass: `runs.discover` for the experiment dirs, then
+`build_view` asks the core once a pass: `expdir.discover` for the experiment dirs, then
 `resume.build_state` for the marks, the next leg, the safety rules and the GPU status. It adds the
 live figures of the logs the collector follows and the GPU rows of the latest sample. Nothing here
 decides what a leg's state is: that is the resume state's job. `build_report` gives the final
@@ -13,12 +13,10 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Protocol
 
-from cockpit import gpus, logs, report, resume, runs
+from cockpit import expdir, gpus, logs, report, resume, safetext, stats
 from cockpit import registry as reg
 from cockpit.tui import state as vm
-
-# Marks whose note (the core's words: why it failed, stopped or waits) the experiments tree shows.
-NOTED_MARKS = ("failed", "stopped", "waiting")
+from cockpit.vocab import METRICS, NOTED_MARKS, Mark, Source
 
 # (label, torchrun pid, its create time) of a running leg: what `gpus.leg_for_pids` matches
 RunningLeg = tuple[str, int | None, float | None]
@@ -49,9 +47,9 @@ def build_view(registry: reg.Registry, snapshot: gpus.Snapshot | None, sampler: 
 
     `followed`: the parsed state of each log the collector follows, by `exp_dir/leg`."""
     status = gpu_status(registry, snapshot) if snapshot is not None else None
-    found = runs.discover(registry.settings.exp_root)  # once a pass: the state and the tree share it
+    found = expdir.discover(registry.settings.exp_root)  # once a pass: the state and the tree share it
     state = resume.build_state(
-        registry, now=now, gpus=status or resume.GpuStatus("unknown", "sampling"), dirs=found
+        registry, now=now, gpu=status or resume.GpuStatus("unknown", "sampling"), dirs=found
     )
     dirs = {str(d.path): d for d in found}
     experiments = []
@@ -62,7 +60,7 @@ def build_view(registry: reg.Registry, snapshot: gpus.Snapshot | None, sampler: 
             baseline=e.baseline, hypothesis=e.hypothesis, decision=e.decision,
             legs=tuple(_leg_view(e, m) for m in e.legs),
             dirs=tuple(_dir_view(dirs[p]) for p in e.dirs if p in dirs),
-            baseline_figures={k: base.value(k) for k in vm.METRICS} if base is not None else {},
+            baseline_figures={k: base.value(k) for k in METRICS} if base is not None else {},
         ))
     live = tuple(live_view(state, m, followed.get(f"{m.dir}/{m.leg}")) for m in state.running if m.dir)
     running = [(m.leg, st.pid, st.create_time) for m in state.running if m.dir and str(m.dir) in dirs
@@ -101,8 +99,8 @@ def owners(snapshot: gpus.Snapshot, running: list[RunningLeg]) -> dict[int, str]
 
 
 def _leg_view(e: resume.ExperimentState, m: resume.LegMark) -> vm.LegView:
-    figures = {k: m.row.value(k) for k in vm.METRICS} if m.row is not None else {}
-    log = str(Path(m.dir) / f"{m.leg}.log") if m.dir and m.mark != "recorded" else None
+    figures = {k: m.row.value(k) for k in METRICS} if m.row is not None else {}
+    log = str(Path(m.dir) / f"{m.leg}.log") if m.dir and m.mark != Mark.RECORDED else None
     return vm.LegView(
         exp_id=e.id, name=m.leg, mark=m.mark, description=m.description, baseline=m.is_baseline,
         exp_dir=m.dir if log else None, log=log, figures=figures,
@@ -110,13 +108,14 @@ def _leg_view(e: resume.ExperimentState, m: resume.LegMark) -> vm.LegView:
     )
 
 
-def _dir_view(d: runs.ExpDir) -> vm.DirView:
+def _dir_view(d: expdir.ExpDir) -> vm.DirView:
     legs = []
     for name in d.legs:
         st = d.states.get(name)
         status = st.status if st is not None else ("log" if d.log(name).exists() else "pending")
         legs.append(vm.DirLegView(name, status, str(d.log(name))))
-    return vm.DirView(str(d.path), d.path.name, d.experiment, tuple(legs))
+    problem = safetext.oneline(d.problem) if d.problem else None
+    return vm.DirView(str(d.path), d.path.name, d.experiment, tuple(legs), problem)
 
 
 def gpu_view(snapshot: gpus.Snapshot, status: resume.GpuStatus, owners: dict[int, str],
@@ -161,7 +160,7 @@ def live_view(state: resume.ResumeState, m: resume.LegMark, followed: logs.LogSt
         step=summary.last_step, total=summary.total_steps, pct=summary.pct, loss=summary.last_loss,
         dt_ms=last.dt_ms if last else summary.dt_ms, tok_per_sec=last.tok_per_sec if last else summary.tok_per_sec,
         mfu=last.mfu if last else summary.mfu, tail_tok_per_sec=summary.tok_per_sec, tail_n=summary.tail_n,
-        eta_min=summary.eta_min, delta_tok_pct=report.pct_change(base_tok, summary.tok_per_sec),
+        eta_min=summary.eta_min, delta_tok_pct=stats.pct_change(base_tok, summary.tok_per_sec)[0],
         baseline=exp.baseline, tok_hist=tok_hist, loss_hist=loss_hist,
     )
 
@@ -201,7 +200,7 @@ def build_report(registry: reg.Registry, view: vm.CockpitView, exp_id: str | Non
     tail = registry.settings.tail
     base_name = exp.baseline.rpartition("/")[2] if exp.baseline else None
     if exp_dir is None and not exp.dirs:
-        rec = [vm.RowView(leg.name, leg.mark, dict(leg.figures)) for leg in exp.legs if leg.source == "recorded"]
+        rec = [vm.RowView(leg.name, leg.mark, dict(leg.figures)) for leg in exp.legs if leg.source == Source.RECORDED]
         return vm.ReportView(
             exp_dir=None, title=f"{exp_id}: recorded in the registry (ran elsewhere)", tail=tail,
             rows=tuple(_with_deltas(r, exp.baseline_figures) for r in rec), baseline=exp.baseline,
@@ -209,7 +208,7 @@ def build_report(registry: reg.Registry, view: vm.CockpitView, exp_id: str | Non
             note=None if rec else "not run yet: no dir, no recorded figures",
         )
     exp_dir = exp_dir or exp.dirs[-1].path
-    rows = [vm.RowView(r.run, r.status, {m: r.value(m) for m in vm.METRICS}) for r in report.rows(exp_dir, tail)]
+    rows = [vm.RowView(r.run, r.status, {m: r.value(m) for m in METRICS}) for r in report.rows(exp_dir, tail)]
     here = next((r for r in rows if r.run == base_name and any(v is not None for v in r.figures.values())), None)
     base = dict(here.figures) if here is not None else exp.baseline_figures
     return vm.ReportView(exp_dir=exp_dir, title=Path(exp_dir).name, tail=tail,
@@ -221,4 +220,4 @@ def _with_deltas(r: vm.RowView, base: dict[str, float | None]) -> vm.RowView:
     if not base or r.figures == base:  # the baseline itself
         return r
     return vm.RowView(r.run, r.status, r.figures,
-                      {m: report.pct_change(base.get(m), r.figures.get(m)) for m in vm.METRICS})
+                      {m: stats.pct_change(base.get(m), r.figures.get(m))[0] for m in METRICS})

@@ -22,11 +22,12 @@ from pathlib import Path
 
 from textual.message import Message
 
-from cockpit import gpus, logs, resume, runs
+from cockpit import expdir, gpus, launch, logs, resume
 from cockpit import registry as reg
 from cockpit.tui import build
 from cockpit.tui import state as vm
 from cockpit.tui.messages import LogLines, ViewPublished
+from cockpit.vocab import ACTIVE_STATUSES
 
 FOLLOW_TAIL_BYTES = 2 << 20  # a log opened mid-way is read from this far before its end
 HIST = 120  # steps kept per leg for the sparklines
@@ -166,7 +167,7 @@ class Collector:
                     if e.name.startswith(".") or not e.is_dir():
                         continue
                     try:
-                        state = os.stat(os.path.join(e.path, runs.STATE_DIR)).st_mtime_ns
+                        state = os.stat(os.path.join(e.path, expdir.STATE_DIR)).st_mtime_ns
                     except OSError:
                         state = None
                     out.append((e.name, e.stat().st_mtime_ns, state))
@@ -177,7 +178,7 @@ class Collector:
     def report_is_live(self) -> bool:
         """Is the shown final table a dir with a leg still running (its figures still move)?"""
         rep = self.report
-        return rep is not None and any(r.status in runs.ACTIVE_STATUSES for r in rep.rows)
+        return rep is not None and any(r.status in ACTIVE_STATUSES for r in rep.rows)
 
     def refresh_report(self) -> None:
         view, registry, req = self.view, self.registry, self.request
@@ -223,7 +224,7 @@ class Collector:
         if fn is None or callable(fn):
             if time.monotonic() - self._branch_at > 10.0:  # git is a subprocess: not every pass
                 if fn is None:
-                    self._branch = runs.git_info(self.registry_path.resolve().parent).get("branch")
+                    self._branch = launch.git_info(self.registry_path.resolve().parent).get("branch")
                 else:
                     self._branch = fn()
                 self._branch_at = time.monotonic()

@@ -4,6 +4,7 @@ stops. A done leg needs the explicit re-run key; a plain `y` is not enough."""
 from __future__ import annotations
 
 from rich.text import Text
+from textual import events
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
@@ -38,7 +39,7 @@ class ConfirmScreen(ModalScreen[bool]):
     def on_mount(self) -> None:
         self.query_one("#confirm-no", Button).focus()
 
-    def on_key(self, event) -> None:
+    def on_key(self, event: events.Key) -> None:
         if event.key == self.confirm_key:
             event.stop()
             self.dismiss(True)

@@ -12,16 +12,18 @@ from textual.widgets.tree import TreeNode
 
 from cockpit.tui import fmt
 from cockpit.tui.state import DirView, ExperimentView, LegView
+from cockpit.vocab import Mark
 
 GLYPH = {
-    "recorded": ("✔", "green"),
-    "done": ("✔", "bold green"),
-    "running": ("▶", "bold cyan"),
-    "queued": ("…", "cyan"),
-    "waiting": ("⧗", "yellow"),
-    "failed": ("✘", "bold red"),
-    "stopped": ("■", "yellow"),
-    "pending": ("○", "dim"),
+    Mark.RECORDED: ("✔", "green"),
+    Mark.DONE: ("✔", "bold green"),
+    Mark.RUNNING: ("▶", "bold cyan"),
+    Mark.QUEUED: ("…", "cyan"),
+    Mark.WAITING: ("⧗", "yellow"),
+    Mark.FAILED: ("✘", "bold red"),
+    Mark.STOPPED: ("■", "yellow"),
+    Mark.PENDING: ("○", "dim"),
+    Mark.UNKNOWN: ("?", "bold magenta"),  # may still run, and nothing may signal it: its note says why
 }
 
 
@@ -42,12 +44,12 @@ def mark(status: str) -> Text:
 
 def leg_label(leg: LegView) -> Text:
     text = mark(leg.mark)
-    text.append(leg.name, style="bold" if leg.mark == "running" else "")
+    text.append(leg.name, style="bold" if leg.mark == Mark.RUNNING else "")
     if leg.baseline:
         text.append(" (baseline)", style="italic dim")
     text.append(f"  {leg.mark}", style=GLYPH.get(leg.mark, ("", ""))[1])
     if leg.note:
-        text.append(f"  {leg.note}", style="red" if leg.mark == "failed" else "yellow")
+        text.append(f"  {leg.note}", style="red" if leg.mark == Mark.FAILED else "yellow")
     elif leg.figures.get("tok_per_sec") is not None:
         text.append(f"  {fmt.num(leg.figures['tok_per_sec'], 0, comma=True)} tok/s", style="dim")
     return text
@@ -68,6 +70,8 @@ def dir_label(d: DirView) -> Text:
     counts = Counter(x.status for x in d.legs)
     text = Text(d.name, style="blue")
     text.append("  " + (", ".join(f"{n} {m}" for m, n in counts.items()) or "no legs"), style="dim")
+    if d.problem:
+        text.append(f"  ⚠ {d.problem}", style="bold red")
     return text
 
 

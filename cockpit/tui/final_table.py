@@ -7,12 +7,10 @@ from rich.text import Text
 from textual.reactive import var
 from textual.widgets import DataTable
 
-from cockpit.tui import fmt
-from cockpit.tui.state import METRICS, ReportView
-
-DIGITS = {"tok_per_sec": 2, "dt_ms": 2, "mfu": 4, "peak_mem_mib": 2, "total_time_min": 2}
-# tok/sec and mfu: higher is better; dt, memory and time: lower is better.
-HIGHER_IS_BETTER = {"tok_per_sec": True, "dt_ms": False, "mfu": True, "peak_mem_mib": False, "total_time_min": False}
+from cockpit.report import fmt_value
+from cockpit.stats import fmt_pct
+from cockpit.tui.state import ReportView
+from cockpit.vocab import HIGHER_IS_BETTER, METRICS, Mark, RunStatus
 
 
 def columns(tail: int) -> tuple[str, ...]:
@@ -29,7 +27,7 @@ def columns(tail: int) -> tuple[str, ...]:
 
 def delta_text(metric: str, d: float | None) -> Text:
     good = d is not None and ((d >= 0) == HIGHER_IS_BETTER[metric])
-    return Text(fmt.delta(d), style="dim" if d is None or d == 0 else ("green" if good else "red"))
+    return Text(fmt_pct(d), style="dim" if d is None or d == 0 else ("green" if good else "red"))
 
 
 class FinalTable(DataTable):
@@ -54,7 +52,7 @@ class FinalTable(DataTable):
             names = {r.run for r in report.rows}
             if report.baseline and report.baseline_figures and report.baseline not in names:
                 rows.append(([Text(report.baseline, style="italic"), Text("baseline", style="italic"),
-                              *(Text(fmt.num(report.baseline_figures.get(m), DIGITS[m])) for m in METRICS)], 1))
+                              *(Text(fmt_value(m, report.baseline_figures.get(m))) for m in METRICS)], 1))
             with_deltas = any(r.deltas for r in report.rows)
             for r in report.rows:
                 is_base = r.run == report.baseline or bool(report.baseline and report.baseline.endswith("/" + r.run))
@@ -63,7 +61,7 @@ class FinalTable(DataTable):
                     status.append("\nbaseline" if with_deltas else " (baseline)", style="italic")
                 cells: list = [Text(r.run, style="bold"), status]
                 for m in METRICS:
-                    cell = Text(fmt.num(r.figures.get(m), DIGITS[m]))
+                    cell = Text(fmt_value(m, r.figures.get(m)))
                     if with_deltas:
                         cell.append("\n")
                         cell.append_text(delta_text(m, r.deltas.get(m)))
@@ -85,5 +83,5 @@ class FinalTable(DataTable):
 
 
 def status_style(status: str) -> str:
-    return {"completed": "green", "done": "green", "recorded": "green", "running": "cyan",
-            "failed": "bold red"}.get(status, "yellow")
+    return {RunStatus.COMPLETED: "green", Mark.DONE: "green", Mark.RECORDED: "green", Mark.RUNNING: "cyan",
+            Mark.FAILED: "bold red"}.get(status, "yellow")

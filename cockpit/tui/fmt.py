@@ -1,4 +1,4 @@
-"""Text shapes the widgets share: bars, sparklines, numbers, deltas.
+"""Text shapes the widgets share: bars, sparklines, numbers (a delta is `stats.fmt_pct`, as the report writes it).
 
 Pure functions of their arguments (no state, no I/O), so every widget formats a figure the same
 way and the tests can pin them.
@@ -43,11 +43,6 @@ def num(value: float | None, digits: int = 2, comma: bool = False) -> str:
 
 def pct(value: float | None, digits: int = 1) -> str:
     return DASH if value is None else f"{value:.{digits}f}%"
-
-
-def delta(value: float | None) -> str:
-    """A signed percentage, as the report writes deltas: `+2.70%`, `-2.93%`."""
-    return DASH if value is None else f"{value:+.2f}%"
 
 
 def mib(value: float | None) -> str:

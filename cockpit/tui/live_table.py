@@ -8,6 +8,7 @@ from textual.coordinate import Coordinate
 from textual.reactive import var
 from textual.widgets import DataTable
 
+from cockpit.stats import fmt_pct
 from cockpit.tui import fmt
 from cockpit.tui.state import LiveView
 
@@ -61,7 +62,7 @@ class LiveTable(DataTable):
             fmt.num(v.mfu, 2),
             fmt.num(v.tail_tok_per_sec, 0, comma=True) + (f" (n={v.tail_n})" if v.tail_n else ""),
             fmt.minutes(v.eta_min),
-            Text(fmt.delta(d), style=dstyle),
+            Text(fmt_pct(d), style=dstyle),
             Text(fmt.spark(v.tok_hist, SPARK_WIDTH), style="green"),
             Text(fmt.spark(v.loss_hist, SPARK_WIDTH), style="yellow"),
         )

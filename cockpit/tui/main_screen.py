@@ -23,8 +23,9 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Tree
 from textual.worker import get_current_worker
 
+from cockpit import launch
 from cockpit import registry as reg
-from cockpit import runs
+from cockpit.expdir import RunError
 from cockpit.report import write_report
 from cockpit.resume import write_guide
 from cockpit.tui.collector import Collector
@@ -40,9 +41,7 @@ from cockpit.tui.messages import LaunchPlanned, LogLines, Notice, ViewPublished
 from cockpit.tui.resume_box import ResumeBox
 from cockpit.tui.resume_panel import ResumePanel
 from cockpit.tui.state import CockpitView, LegView, ReportView
-
-# A leg that leaves the supervisor's active statuses for one of these has finished: it is announced.
-ENDED_STATUSES = tuple(s for s in runs.LEG_STATUSES if s not in runs.ACTIVE_STATUSES)
+from cockpit.vocab import ACTIVE_STATUSES, ENDED_STATUSES, Status
 
 
 class MainScreen(Screen[None]):
@@ -171,9 +170,10 @@ class MainScreen(Screen[None]):
         """A notification and the terminal bell when a leg finishes or fails."""
         before = old.leg_marks()
         for key, status in new.leg_marks().items():
-            if before.get(key) in runs.ACTIVE_STATUSES and status in ENDED_STATUSES:
+            # a leg that leaves the active statuses for an ended one has finished: it is announced
+            if before.get(key) in ACTIVE_STATUSES and status in ENDED_STATUSES:
                 leg = Path(key).name
-                severity = "information" if status == "done" else "error"
+                severity = "information" if status == Status.DONE else "error"
                 self.notify(f"{leg} {status} ({Path(key).parent.name})", title=f"leg {status}", severity=severity)
                 self.app.bell()
                 self.finished.append(f"{key}:{status}")
@@ -281,7 +281,7 @@ class MainScreen(Screen[None]):
 
     def _fail(self, title: str, e: Exception) -> None:
         """An action that failed, from a worker: one line in a notification."""
-        known = isinstance(e, (runs.RunError, reg.RegistryError))
+        known = isinstance(e, (RunError, reg.RegistryError))
         self.post_message(Notice(str(e) if known else f"{type(e).__name__}: {e}", title, "error", 10))
 
     # ------------------------------------------------------------------------------------------
@@ -308,11 +308,11 @@ class MainScreen(Screen[None]):
             self.post_message(Notice(self.error or "the registry is not loaded", severity="error"))
             return
         try:
-            plan = runs.plan_launch(registry, exp_id, legs)
+            plan = launch.plan_launch(registry, exp_id, legs)
             rerun = False
             if not plan.legs and legs:  # the one leg asked for is done or recorded
                 rerun, skipped = True, plan.skipped
-                plan = runs.plan_launch(registry, exp_id, legs, rerun=True)
+                plan = launch.plan_launch(registry, exp_id, legs, rerun=True)
                 plan.skipped = skipped
             elif not plan.legs:
                 why = "; ".join(f"{n}: {w}" for n, w in plan.skipped)
@@ -322,7 +322,7 @@ class MainScreen(Screen[None]):
         except Exception as e:  # a refusal (RunError) or anything else: a notification, never a crash
             self._fail("launch", e)
             return
-        fresh = runs.fresh_dir_name(registry.settings.exp_root, exp_id)
+        fresh = launch.fresh_dir_name(registry.settings.exp_root, exp_id)
         self.post_message(LaunchPlanned(registry, plan, fresh, rerun))
 
     def on_launch_planned(self, message: LaunchPlanned) -> None:
@@ -339,7 +339,7 @@ class MainScreen(Screen[None]):
                     "existing dir)\n\n", style="dim")
         for i, leg in enumerate(plan.legs, 1):
             body.append(f"{i}. {leg.name}\n", style="bold")
-            body.append(runs.format_command(leg, fresh, plan.torchrun) + "\n\n")
+            body.append(launch.format_command(leg, fresh, plan.torchrun) + "\n\n")
         if plan.skipped and not rerun:
             body.append("skipped:\n", style="bold")
             for name, why in plan.skipped:
@@ -359,9 +359,9 @@ class MainScreen(Screen[None]):
         self.app.push_screen(screen, answered)
 
     @work(thread=True, group="actions", exit_on_error=False)
-    def _launch(self, registry: reg.Registry, plan: runs.LaunchPlan, fresh: Path) -> None:
+    def _launch(self, registry: reg.Registry, plan: launch.LaunchPlan, fresh: Path) -> None:
         try:
-            exp_dir = runs.launch(registry, plan.experiment.id, plan=plan, exp_dir=fresh)
+            exp_dir = launch.start(registry, plan.experiment.id, plan=plan, exp_dir=fresh)
         except Exception as e:
             self._fail("launch failed", e)
             return
@@ -383,7 +383,7 @@ class MainScreen(Screen[None]):
         exp = view.experiment(sel.exp_id)
         if exp is None:
             return
-        active = runs.ACTIVE_STATUSES
+        active = ACTIVE_STATUSES
         target: tuple[str, str | None] | None = None
         if sel.kind == "dirleg" and sel.exp_dir:
             d = next((d for d in exp.dirs if d.path == sel.exp_dir), None)
@@ -414,8 +414,12 @@ class MainScreen(Screen[None]):
 
     @work(thread=True, group="actions", exit_on_error=False)
     def _stop(self, exp_dir: str, leg: str | None) -> None:
-        try:
-            runs.stop(exp_dir, leg)
+        registry = self.collector.registry
+        if registry is None:
+            self.post_message(Notice(self.error or "the registry is not loaded", "stop", "error", 10))
+            return
+        try:  # as `cockpit stop`: only a dir under the registry's exp_root, only proven processes
+            launch.stop(exp_dir, leg, exp_root=registry.settings.exp_root)
         except Exception as e:
             self._fail("stop", e)
             return

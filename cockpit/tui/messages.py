@@ -15,8 +15,8 @@ from pathlib import Path
 from textual.message import Message
 from textual.notifications import SeverityLevel
 
+from cockpit import launch
 from cockpit import registry as reg
-from cockpit import runs
 from cockpit.tui.state import CockpitView, ReportView
 
 
@@ -45,7 +45,7 @@ class LaunchPlanned(Message, bubble=False):
     """A launch planned off the UI thread, ready for the user's confirmation."""
 
     registry: reg.Registry
-    plan: runs.LaunchPlan
+    plan: launch.LaunchPlan
     fresh: Path  # the dir it would create
     rerun: bool  # the one leg asked for is done: confirming re-runs it in a new dir
 

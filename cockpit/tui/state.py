@@ -11,23 +11,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from cockpit import report
-
-# The report's metrics by attribute name, in its column order.
-METRICS: tuple[str, ...] = tuple(attr for attr, *_ in report.METRICS)
+from cockpit.vocab import Mark
 
 
 @dataclass(frozen=True)
 class LegView:
     exp_id: str
     name: str
-    mark: str  # one of resume.MARKS
+    mark: Mark
     description: str | None = None
     baseline: bool = False
     exp_dir: str | None = None  # the dir of its latest run here, if any
     log: str | None = None
     figures: dict[str, float | None] = field(default_factory=dict)  # recorded or measured
-    source: str = ""  # "recorded" (ran elsewhere), "measured" (a log here), ""
+    source: str = ""  # a vocab.Source (recorded: ran elsewhere; log: measured here), "" without figures
     note: str | None = None  # why failed, stopped or waiting (the core's words)
 
     @property
@@ -48,6 +45,7 @@ class DirView:
     name: str
     experiment: str
     legs: tuple[DirLegView, ...] = ()
+    problem: str | None = None  # what could not be read there (one printable line): the dir's own trouble
 
 
 @dataclass(frozen=True)

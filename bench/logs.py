@@ -1,13 +1,18 @@
-"""Benchmark of the log code: `python -m cockpit.bench_logs [--scale 1.0] [--keep]`.
+"""Benchmark of the log code: `python -m bench.logs [--scale 1.0] [--only NAME] [--keep]` (from the repository root).
 
-Generates trainer logs under a temp dir (about 2 GB at scale 1, deleted at the end) and prints,
+Generates trainer logs under a temp dir (about 2.7 GB at scale 1, deleted at the end) and prints,
 side by side in one run:
 
 1. full parse throughput (lines/s) against a plain `for line in file` read of the same bytes;
 2. the tail-N summary of a 1 GB log (it seeks from the end);
-3. `cockpit report` (markdown to stdout, a fresh process) on a dir of 10 legs of 100 MB each.
+3. `cockpit report` (markdown to stdout, a fresh process) on a dir of 10 legs of 100 MB each;
+4. `cockpit report --out-md` (the table, the per-step and summary CSVs, the PNG plots; a fresh
+   process, imports included) on 10 logs of 400,000 step lines each in upstream nanochat's format
+   with a field the parser does not know (`| epoch: 0 pq: 1 rg: 2 |`), against a plain `re.search`
+   pass over the same lines; and the summary report (no --out-md) on the same dir.
 
-Targets: full parse >= 0.3x the plain read; 1 GB tail summary < 0.2 s; 10-leg report < 1 s.
+Targets: full parse >= 0.3x the plain read; 1 GB tail summary < 0.2 s; 10-leg report < 1 s;
+report artifacts <= 5x the plain re.search pass (aiming at 2x), the summary report ~0.08x.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -23,6 +30,7 @@ import time
 from pathlib import Path
 
 from cockpit import logs, report
+from cockpit.logs import bulk
 
 MB = 1 << 20
 
@@ -60,6 +68,43 @@ def write_log(path: Path, size: int, seed: int = 0) -> int:
     return 2 + n_blocks * len(block_lines) + 2
 
 
+def upstream_line(step: int, total: int, rng: random.Random) -> str:
+    """A step line as upstream nanochat prints it, with its `epoch: E pq: P rg: R` field."""
+    dt = 650 + rng.uniform(-30, 30)
+    return (f"step {step:05d}/{total:05d} ({100 * step / total:.2f}%) | loss: {3.7 + rng.random():.6f} | lrm: 1.00 | "
+            f"dt: {dt:.2f}ms | tok/sec: {int(524288 / dt * 1000):,} | bf16_mfu: {9.7 + rng.random() / 5:.2f} | "
+            f"epoch: 0 pq: {step // 1000} rg: {step % 7} | total time: {step * dt / 60000:.2f}m | "
+            f"eta: {(total - step) * dt / 60000:.1f}m")
+
+
+def write_upstream_log(path: Path, steps: int, seed: int = 0) -> None:
+    rng = random.Random(seed)
+    with open(path, "w") as f:
+        f.write("Autodetected device type: cuda\nEstimated FLOPs per token: 7.301376e+08\n")
+        for i in range(steps):
+            f.write(upstream_line(i, steps, rng) + "\n")
+        f.write("Peak memory usage: 18987.83MiB\nTotal training time: 4400.00m\n")
+
+
+def regex_pass(paths: list[Path]) -> float:
+    """The naive reader: every line of every log through one re.search."""
+    tok = re.compile(r"tok/sec: ([\d,]+)")
+    t0 = time.perf_counter()
+    for p in paths:
+        with open(p, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                tok.search(line)
+    return time.perf_counter() - t0
+
+
+def cli_run(args: list[str]) -> tuple[float, str]:
+    """`cockpit ARGS` in a fresh process: (seconds, stdout)."""
+    cmd = [sys.executable, "-m", "cockpit.cli", *args]
+    t0 = time.perf_counter()
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    return time.perf_counter() - t0, out
+
+
 def plain_read(path: Path) -> tuple[int, float]:
     t0 = time.perf_counter()
     n = 0
@@ -86,15 +131,21 @@ def best(fn, repeat: int) -> tuple[float, object]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m cockpit.bench_logs", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m bench.logs", description=__doc__.split("\n")[0])
     ap.add_argument("--scale", type=float, default=1.0, help="size factor of every generated log (default 1)")
     ap.add_argument("--parse-mb", type=float, default=200, help="size of the full-parse log in MB (default 200)")
     ap.add_argument("--keep", action="store_true", help="keep the generated logs")
+    ap.add_argument("--only", choices=("artifacts",), help="run only this case (4)")
     args = ap.parse_args(argv)
 
     root = Path(tempfile.mkdtemp(prefix="cockpit-bench-"))
     rows: list[tuple[str, str, str, str]] = []
+    last: list[str] = []
     try:
+        if args.only in (None, "artifacts"):
+            last.append(artifacts(root, args.scale, rows))
+        if args.only == "artifacts":
+            return _print(rows, last)
         # 1. full parse vs plain read, same file, each best of 3 (warm page cache for both)
         p = root / "parse.log"
         n_lines = write_log(p, int(args.parse_mb * args.scale * MB))
@@ -110,9 +161,9 @@ def main(argv: list[str] | None = None) -> int:
                      f"{parse_t:.3f} s", f"{n_lines / parse_t:,.0f} lines/s = {ratio:.2f}x plain (target >= 0.3x)"))
         # what converting the numbers of the step lines with float() one by one would cost alone
         # (no splitting, no objects): the cap of a parse that calls Python per number; the full
-        # parse reads them with numpy, per column (logs._token_columns), so it can pass this
+        # parse reads them with numpy, a column at a time (logs.bulk), so it can pass this
         sample = [ln for ln in p.read_bytes()[: 8 * MB].split(b"\n") if ln.startswith(b"step ")]
-        nums = b" ".join(sample).translate(logs._NUM_TABLE, b",").split()
+        nums = bulk._numbers(b" ".join(sample))
         t0 = time.perf_counter()
         for _ in map(float, nums):
             pass
@@ -161,13 +212,50 @@ def main(argv: list[str] | None = None) -> int:
         else:
             shutil.rmtree(root, ignore_errors=True)
 
+    last.append(f"full parse / plain read = {ratio:.2f}x (float() per number alone would cap it at {floor:.2f}x); "
+                f"{big_mb:.0f} MB tail summary {t_tail * 1000:.1f} ms; 10 x {leg_mb:.0f} MB report {min(t_cli) * 1000:.0f} ms")
+    return _print(rows, last)
+
+
+def artifacts(root: Path, scale: float, rows: list[tuple[str, str, str, str]]) -> str:
+    """Case 4: the report's files on 10 logs of 400,000 upstream step lines, against a re.search pass."""
+    steps = max(1000, int(400_000 * scale))
+    exp = root / "20261201_000000_upstream"
+    exp.mkdir()
+    write_upstream_log(exp / "leg_00.log", steps)
+    for i in range(1, 10):
+        shutil.copyfile(exp / "leg_00.log", exp / f"leg_{i:02d}.log")
+    logs_ = sorted(exp.glob("*.log"))
+    total_mb = sum(p.stat().st_size for p in logs_) / MB
+    lines = 10 * (steps + 4)
+    naive = min(regex_pass(logs_) for _ in range(2))  # the second pass: warm page cache, as the report's
+    none = str(root / "none.toml")
+    out = root / "out" / "report.md"
+    t_art, _ = cli_run(["report", "--registry", none, "--exp-dir", str(exp), "--out-md", str(out)])
+    rss_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    csv_rows = sum(1 for _ in open(out.with_name("report_steps.csv"), "rb")) - 1
+    assert csv_rows == 10 * steps, csv_rows
+    assert all(out.with_name(f"report_{m}.png").stat().st_size > 0 for m in ("loss", "tok_per_sec", "mfu", "dt_ms"))
+    t_sum = min(cli_run(["report", "--registry", none, "--exp-dir", str(exp)])[0] for _ in range(3))
+    shutil.rmtree(exp)
+    rows.append(("plain re.search pass (naive reader)", f"10 x {steps:,} lines, {total_mb:.0f} MB",
+                 f"{naive:.2f} s", f"{lines / naive:,.0f} lines/s"))
+    rows.append(("`cockpit report --out-md` (new process)", f"10 x {steps:,} lines, {total_mb:.0f} MB",
+                 f"{t_art:.2f} s", f"{t_art / naive:.2f}x naive; table, steps CSV ({csv_rows:,} rows), summary CSV, "
+                                   f"4 PNGs; peak RSS of a report {rss_mib:.0f} MiB"))
+    rows.append(("`cockpit report` (summary, new process)", f"10 x {steps:,} lines, {total_mb:.0f} MB",
+                 f"{t_sum:.2f} s", f"{t_sum / naive:.2f}x naive"))
+    return (f"report artifacts / re.search pass = {t_art / naive:.2f}x (target <= 5x, aiming at 2x); "
+            f"summary report = {t_sum / naive:.2f}x")
+
+
+def _print(rows: list[tuple[str, str, str, str]], last: list[str]) -> int:
     w = [max(len(r[i]) for r in rows) for i in range(4)]
     print(f"{'benchmark':<{w[0]}}  {'input':<{w[1]}}  {'time':>{w[2]}}  rate / note")
     for r in rows:
         print(f"{r[0]:<{w[0]}}  {r[1]:<{w[1]}}  {r[2]:>{w[2]}}  {r[3]}")
     print(f"cpu count: {os.cpu_count()}, python {sys.version.split()[0]}")
-    print(f"full parse / plain read = {ratio:.2f}x (float() per number alone would cap it at {floor:.2f}x); "
-          f"{big_mb:.0f} MB tail summary {t_tail * 1000:.1f} ms; 10 x {leg_mb:.0f} MB report {min(t_cli) * 1000:.0f} ms")
+    print("; ".join(last))
     return 0
 
 

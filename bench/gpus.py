@@ -1,6 +1,6 @@
 """How long one GPU + host sample takes: cockpit.gpus against a fake NVML of 8 GPUs.
 
-    python scripts/bench_gpus.py [-n 2000]
+    python -m bench.gpus [-n 2000]    (from the repository root)
 
 The fake answers at once, so the figures are the sampler's own cost (the calls it makes, the
 conversions, the history, psutil's host figures): the part the cockpit controls. A real driver
@@ -37,7 +37,7 @@ def per_sample_ms(fn, n: int) -> tuple[float, float]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m bench.gpus", description=__doc__.split("\n")[0])
     ap.add_argument("-n", type=int, default=2000)
     n = ap.parse_args().n
     fields = ("util", "mem", "temp", "power", "procs")

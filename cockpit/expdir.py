@@ -1,0 +1,469 @@
+"""Experiment dirs on disk: each leg's state file, the plan, discovery, and reconciling with the process table.
+
+An experiment dir is the one place a launch writes to:
+
+    <exp_root>/<YYYYmmdd_HHMMSS>_<experiment>/
+        plan.json             written once at launch: every leg's argv, the registry, git, host
+        <leg>.log             the leg's combined torchrun output (the supervisor is not in the path)
+        ckpt_root/            the legs' --checkpoint-root
+        state/<leg>.json      status, pids, times, exit code (written atomically)
+        state/<leg>.stop      a request to stop the leg (`cockpit stop DIR LEG`)
+        state/supervisor.*    the supervisor's own record, log and lock
+        report.md             regenerated after every leg
+
+Every client (the CLI, the TUI, the supervisor starting over) reads the same files and reconciles
+them with the process table: a leg recorded as running whose torchrun is gone (its supervisor was
+killed) is judged from its log's final lines, with the exit code marked unknown. A recorded
+process counts as the leg's only when proven (pid, create time, torchrun with the plan's args and
+this dir's marker: see procs.py); one that cannot be proven is `unknown` and is never signalled.
+Every file written here is created inside its dir without following a planted link (see
+fsutil.py), and a dir that cannot be read is that dir's problem (`ExpDir.problem`), never the
+whole view's.
+
+Layer 1: imports fsutil, procs, safetext, registry, vocab and logs.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import re
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from cockpit import fsutil, logs, procs, safetext
+from cockpit import registry as reg
+from cockpit.vocab import ACTIVE_STATUSES, LEG_STATUSES, RunStatus, Status
+
+STAMP_FORMAT = "%Y%m%d_%H%M%S"
+DIR_NAME = re.compile(r"^(\d{8}_\d{6})_(.+)$")
+STATE_DIR = "state"
+SUPERVISOR = "supervisor"  # state/supervisor.{json,log,lock}: reserved, never a leg name
+LOCK_DIR = ".cockpit-locks"  # <exp_root>/.cockpit-locks/<experiment>.lock: one queue per experiment
+STOP_GRACE_S = 10.0  # after SIGTERM to torchrun, how long before every process left is killed
+ERROR_TAIL = 20  # lines of the log kept in a failed leg's state
+STATE_MAX_BYTES = 1 << 20  # a state file is a few hundred bytes; a bigger one is not ours
+PLAN_MAX_BYTES = 64 << 20  # plan.json holds the registry: a few KB, a big registry some MB
+
+
+class RunError(Exception):
+    """A refusal or a bad request: one line, shown by the CLI with exit code 2."""
+
+
+def describe(e: BaseException) -> str:
+    """An exception as one printable line of at most 200 characters (for a RunError or a problem)."""
+    return safetext.oneline(fsutil.oneline(e))[:200]
+
+
+# ----------------------------------------------------------------------------------------------
+# leg state
+
+
+@dataclass
+class LegState:
+    leg: str
+    status: Status  # one of LEG_STATUSES as written; UNKNOWN once reconciled (see reconcile)
+    pid: int | None = None  # torchrun's pid
+    create_time: float | None = None  # torchrun's psutil create time: guards against pid reuse
+    supervisor_pid: int | None = None
+    supervisor_create_time: float | None = None
+    started_at: str | None = None  # ISO times
+    ended_at: str | None = None
+    exit_code: int | None = None
+    exit_code_known: bool = True  # False when the outcome came from the log (supervisor gone)
+    error_tail: list[str] = field(default_factory=list)
+    waiting_reason: str | None = None  # why a leg waits (busy GPUs), while status is "waiting"
+    note: str | None = None  # e.g. "preflight skipped: NVML unavailable: ...", why it stopped
+    log: str | None = None  # path of <exp_dir>/<leg>.log
+    log_id: list[int] | None = None  # (device, inode) of the log the supervisor created: only it is appended to
+
+    @property
+    def active(self) -> bool:
+        return self.status in ACTIVE_STATUSES
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LegState | None:
+        """A state from its JSON, or None when it is not one (a hand-edited or foreign file)."""
+        known = {f.name for f in fields(cls)}
+        st = cls(**{k: v for k, v in data.items() if k in known})
+        ok = (
+            isinstance(st.leg, str)
+            and st.status in LEG_STATUSES
+            and all(_is_int(v) for v in (st.pid, st.supervisor_pid, st.exit_code) if v is not None)
+            and all(_is_num(v) for v in (st.create_time, st.supervisor_create_time) if v is not None)
+            and isinstance(st.exit_code_known, bool)
+            and isinstance(st.error_tail, list)
+            and all(isinstance(v, str) for v in st.error_tail)
+            and all(v is None or isinstance(v, str)
+                    for v in (st.started_at, st.ended_at, st.waiting_reason, st.note, st.log))
+            and (st.log_id is None or (isinstance(st.log_id, list) and len(st.log_id) == 2
+                                       and all(_is_int(v) for v in st.log_id)))
+        )
+        return st if ok else None
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def leg_name_ok(name: Any) -> bool:
+    """A leg name read from disk (a plan, a log's stem) that the cockpit can name files after."""
+    return (isinstance(name, str) and bool(name) and "/" not in name and "\x00" not in name
+            and name not in (".", "..") and all(fsutil.name_fits(f.format(name)) for f in reg.LEG_FILES))
+
+
+def now_iso() -> str:
+    return dt.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+def state_path(exp_dir: Path | str, leg: str) -> Path:
+    return Path(exp_dir) / STATE_DIR / f"{leg}.json"
+
+
+def write_state(exp_dir: Path | str, state: LegState) -> None:
+    fsutil.atomic_write_json(state_path(exp_dir, state.leg), asdict(state), root=exp_dir)
+
+
+def read_json(path: Path | str, limit: int = STATE_MAX_BYTES) -> Any:
+    """A small JSON file (a regular file, at most `limit` bytes); OSError or ValueError."""
+    return json.loads(fsutil.read_bytes(path, limit))
+
+
+def read_state(exp_dir: Path | str, leg: str) -> LegState | None:
+    """The leg's state as recorded (not reconciled); None when there is none or it is unreadable."""
+    try:
+        data = read_json(state_path(exp_dir, leg))
+        st = LegState.from_dict(data) if isinstance(data, dict) and "status" in data else None
+    except (OSError, ValueError, TypeError, RecursionError):  # unreadable, not JSON, keys of wrong kinds
+        return None
+    return st if st is not None and st.leg == leg else None  # another leg's (or no leg's) record: not this one
+
+
+def stop_request_path(exp_dir: Path | str, leg: str) -> Path:
+    """`state/<leg>.stop`: asks the supervisor to stop the leg (or not to start it)."""
+    return Path(exp_dir) / STATE_DIR / f"{leg}.stop"
+
+
+def plan_grace(plan: dict | None, default: float = STOP_GRACE_S) -> float:
+    """The plan's stop grace period, when it is a sane number (a plan is a file: it may lie)."""
+    v = (plan or {}).get("stop_grace_s", default)
+    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) and 0 <= v <= 3600 else default
+
+
+def plan_tail(plan: dict | None, default: int = 50) -> int:
+    """The report's tail window the plan recorded at launch (the registry's), when it is a sane
+    number; else `default`."""
+    v = (plan or {}).get("tail", default)
+    return v if isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= reg.TAIL_MAX else default
+
+
+def lock_path(exp_root: Path | str, experiment: str) -> Path:
+    """`<exp_root>/.cockpit-locks/<experiment>.lock`: held by the experiment's one live queue."""
+    return Path(exp_root) / LOCK_DIR / f"{experiment}.lock"
+
+
+def try_lock(path: Path, held_message: str, root: Path | str | None = None) -> int:
+    """Take an exclusive flock on `path` without waiting and return its fd; RunError(held_message)
+    when another process holds it. The lock lasts as long as the fd stays open. The lock file is
+    created inside `root` (default: its own dir), never through a symlink."""
+    try:
+        fd = fsutil.try_lock(path, root if root is not None else Path(path).parent)
+    except OSError as e:
+        raise RunError(f"cannot take the lock {path}: {describe(e)}") from None
+    if fd is None:
+        raise RunError(held_message)
+    return fd
+
+
+
+def leg_expect(exp_dir: Path | str, leg: str, argv: Any) -> procs.Expect | None:
+    """What the leg's torchrun runs: the plan's argv, with this dir's marker in its environment
+    (the supervisor puts it there). None when the plan gives no usable argv."""
+    if not (isinstance(argv, list) and argv and all(isinstance(a, str) for a in argv)):
+        return None
+    return procs.Expect(
+        program=os.path.basename(argv[0]),
+        argv=tuple(argv[1:]),
+        environ={procs.ENV_EXP_DIR: os.path.realpath(exp_dir), procs.ENV_LEG: leg},
+    )
+
+
+def leg_env(exp_dir: Path | str, leg: str) -> dict[str, str]:
+    """The marker the supervisor puts in a leg's environment (see leg_expect)."""
+    return {procs.ENV_EXP_DIR: os.path.realpath(exp_dir), procs.ENV_LEG: leg}
+
+
+def supervisor_identity(exp_dir: Path | str, record: dict | None) -> procs.Identity:
+    """Is the supervisor that `state/supervisor.json` names alive, and provably this dir's?
+
+    Proof: its pid and create time, and it holds this dir's `state/supervisor.lock` (a
+    regular file with one link: /proc/locks names the holder). Where the system cannot say who
+    holds a lock, its command line must be `-m cockpit.supervisor <this dir>`.
+    """
+    if not record or not isinstance(record, dict):
+        return procs.Identity(procs.GONE, "no supervisor record")
+    if record.get("ended_at"):
+        return procs.Identity(procs.GONE, "the supervisor recorded its end")
+    pid, created = record.get("pid"), record.get("create_time")
+    same = procs.same_process(pid, created)
+    if not same.alive:
+        return same
+    holders = fsutil.lock_holders(Path(exp_dir) / STATE_DIR / f"{SUPERVISOR}.lock")
+    if holders is None:
+        return procs.identify(pid, created, procs.Expect(argv=("cockpit.supervisor", os.path.realpath(exp_dir))))
+    if pid not in holders:
+        return procs.Identity(procs.UNPROVEN, f"pid {pid} runs, but does not hold this dir's supervisor lock")
+    return procs.Identity(procs.ALIVE, f"pid {pid} holds this dir's supervisor lock", same.process)
+
+
+# ----------------------------------------------------------------------------------------------
+# reading a leg's log: finished, crashed, or neither
+
+
+def log_outcome(log: Path | str) -> tuple[RunStatus, list[str]]:
+    """How a leg ended, judged from its log's final lines: (completed, failed or unknown, error tail)."""
+    s = logs.summarize(log)
+    if s.failed:
+        return RunStatus.FAILED, error_tail(log)
+    if s.finished:
+        return RunStatus.COMPLETED, []
+    return RunStatus.UNKNOWN, error_tail(log)
+
+
+_GLOG = re.compile(r"^[WIE]\d{4} \d\d:\d\d:\d\d")  # torch.distributed's own log prefix
+
+
+def error_tail(log: Path | str, n: int = ERROR_TAIL) -> list[str]:
+    """The lines that say why a leg failed: the workers' last output before torchrun's report.
+
+    torchrun ends a failed run with its own traceback and a ChildFailedError box, which name
+    the failed rank but not the cause; the cause (a worker's traceback, an argparse error) is
+    just above, often twice (every rank prints it). So: the worker lines above torchrun's
+    `failed (exitcode: ...)` line, duplicates dropped, then that line itself.
+    """
+    lines = tail_lines(log, 400)
+    cut = next((i for i, ln in enumerate(lines) if "failed (exitcode:" in ln), None)
+    if cut is None:
+        return lines[-n:]
+    seen: set[str] = set()
+    worker = []
+    for ln in lines[:cut]:
+        if _GLOG.match(ln) or ln in seen:
+            continue
+        seen.add(ln)
+        worker.append(ln)
+    summary = ln if (ln := lines[cut]).find("failed (exitcode:") < 0 else ln[ln.find("failed (exitcode:"):]
+    return [*worker[-(n - 1):], f"torchrun: {summary}"]
+
+
+def tail_lines(path: Path | str, n: int, max_bytes: int = 64 * 1024) -> list[str]:
+    """The last n non-empty lines of a file (reads at most max_bytes from its end)."""
+    try:
+        with fsutil.open_read(path) as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - max_bytes))
+            data = f.read(max_bytes)
+    except (OSError, ValueError):
+        return []
+    text = safetext.strip_escapes(data.decode("utf-8", errors="replace")).replace("\r", "\n")
+    return [ln.rstrip() for ln in text.split("\n") if ln.strip()][-n:]
+
+
+# ----------------------------------------------------------------------------------------------
+# experiment dirs
+
+
+@dataclass
+class ExpDir:
+    path: Path
+    experiment: str  # from plan.json, else from the dir name
+    created: str  # the YYYYmmdd_HHMMSS stamp of the dir name ("" when it has none)
+    plan: dict | None
+    legs: list[str]  # planned legs, else the stems of the dir's *.log files
+    states: dict[str, LegState]  # reconciled with the process table
+    supervisor: dict | None = None  # state/supervisor.json as written
+    supervisor_alive: bool = False  # proven (see supervisor_identity)
+    problem: str | None = None  # what could not be read here (one line); the rest is what could
+
+    @property
+    def running(self) -> list[LegState]:
+        return [s for s in self.states.values() if s.status == Status.RUNNING]
+
+    @property
+    def active(self) -> bool:
+        return any(s.active for s in self.states.values())
+
+    def log(self, leg: str) -> Path:
+        return self.path / f"{leg}.log"
+
+    def expect(self, leg: str) -> procs.Expect | None:
+        """What the leg's torchrun must be running to be proven the leg's (from the plan)."""
+        spec = next((x for x in (self.plan or {}).get("legs", []) if isinstance(x, dict) and x.get("name") == leg), None)
+        return leg_expect(self.path, leg, spec.get("argv")) if spec else None
+
+
+def _plan_problem(plan: Any) -> str | None:
+    if not isinstance(plan, dict):
+        return "plan.json is not a JSON object"
+    if not isinstance(plan.get("legs"), list):
+        return "plan.json has no list of legs"
+    bad = [x.get("name") if isinstance(x, dict) else x for x in plan["legs"]
+           if not (isinstance(x, dict) and leg_name_ok(x.get("name")))]
+    if bad:
+        return f"plan.json names {len(bad)} leg(s) no file can be named after: {safetext.oneline(repr(bad[0]))[:60]}"
+    return None
+
+
+def open_dir(path: Path | str) -> ExpDir:
+    """Read one experiment dir (ours, or a manual one holding only logs) and reconcile its states.
+
+    Never raises for what the dir holds: what cannot be read (a broken plan, an unreadable
+    dir, names no file can have) is said in `problem`, and the rest is read as far as it goes.
+    """
+    path = Path(path)
+    problems: list[str] = []
+    plan = None
+    if os.path.lexists(path / "plan.json"):
+        try:
+            plan = read_json(path / "plan.json", PLAN_MAX_BYTES)
+        except (OSError, ValueError, RecursionError) as e:
+            problems.append(f"plan.json unreadable: {describe(e)}")
+        if plan is not None and (why := _plan_problem(plan)):
+            problems.append(why)
+            if not isinstance(plan, dict):
+                plan = None
+    m = DIR_NAME.match(path.name)
+    named = (plan or {}).get("experiment")
+    experiment = named if isinstance(named, str) and named else (m.group(2) if m else path.name)
+    created = m.group(1) if m else ""
+    if plan and isinstance(plan.get("legs"), list):
+        legs = list(dict.fromkeys(leg["name"] for leg in plan["legs"]
+                                  if isinstance(leg, dict) and leg_name_ok(leg.get("name"))))
+    else:
+        try:
+            legs = sorted(p.stem for p in path.glob("*.log") if fsutil.is_regular(p) and leg_name_ok(p.stem))
+        except OSError as e:
+            legs = []
+            problems.append(f"cannot list the dir: {describe(e)}")
+    sup = None
+    if os.path.lexists(path / STATE_DIR / f"{SUPERVISOR}.json"):
+        try:
+            sup = read_json(path / STATE_DIR / f"{SUPERVISOR}.json")
+            sup = sup if isinstance(sup, dict) else None
+        except (OSError, ValueError, RecursionError) as e:
+            problems.append(f"state/supervisor.json unreadable: {describe(e)}")
+    sup_alive = supervisor_identity(path, sup).alive
+    d = ExpDir(path, experiment, created, plan, legs, {}, sup, sup_alive)
+    odd = [f"{leg}.log" for leg in legs if os.path.lexists(d.log(leg)) and not fsutil.is_regular(d.log(leg))]
+    if odd:
+        problems.append(f"not a regular file: {', '.join(odd)}")
+    for leg in legs:
+        st = read_state(path, leg)
+        if st is not None:
+            d.states[leg] = reconcile(path, st, sup_alive, d.expect(leg))
+    d.problem = "; ".join(problems) or None
+    return d
+
+
+def reconcile(exp_dir: Path, st: LegState, supervisor_alive: bool, expect: procs.Expect | None = None) -> LegState:
+    """The state as it stands now. Only a dead supervisor leaves a state stale; fix it in memory.
+
+    A leg recorded as running is judged by its process: proven alive, it runs on (the
+    supervisor was killed, torchrun goes on logging); gone, it is judged from its log's final
+    lines; there but not proven the leg's (`expect`), it is UNKNOWN and nothing may signal it.
+    """
+    if supervisor_alive or not st.active:
+        return st
+    if st.status == Status.RUNNING:
+        ident = procs.identify(st.pid, st.create_time, expect)
+        if ident.alive:
+            return st  # the supervisor was killed; torchrun goes on logging
+        if ident.verdict == procs.UNPROVEN:
+            st.status = Status.UNKNOWN
+            st.note = f"{Status.UNKNOWN}: {procs.NOT_PROVEN} ({ident.why}); nothing will be signalled"
+            return st
+        outcome, tail = log_outcome(st.log or exp_dir / f"{st.leg}.log")
+        st.status = Status.DONE if outcome == RunStatus.COMPLETED else Status.FAILED
+        st.exit_code, st.exit_code_known = None, False
+        st.error_tail = tail if st.status == Status.FAILED else []
+        st.note = "supervisor gone: outcome read from the log's final lines" + (
+            "" if outcome != RunStatus.UNKNOWN else " (neither finished nor crashed)"
+        )
+        return st
+    # queued or waiting, and nobody left to start it
+    st.status = Status.STOPPED
+    st.note = "supervisor gone before the leg started"
+    return st
+
+
+def discover(exp_root: Path | str) -> list[ExpDir]:
+    """Every experiment dir under exp_root (ours or manual ones with logs), oldest first.
+
+    A dir that cannot be read at all is still listed, with its `problem`: one bad dir is that
+    dir's problem, never the whole view's.
+    """
+    root = Path(exp_root)
+    try:
+        entries = [p for p in root.iterdir() if not p.name.startswith(".") and fsutil.is_dir(p)]
+    except OSError:
+        return []
+    out = []
+    for p in entries:
+        try:
+            if os.path.lexists(p / "plan.json") or fsutil.is_dir(p / STATE_DIR) or any(p.glob("*.log")):
+                out.append(open_dir(p))
+        except Exception as e:  # noqa: BLE001 - one dir's trouble, shown on that dir
+            m = DIR_NAME.match(p.name)
+            out.append(ExpDir(p, m.group(2) if m else p.name, m.group(1) if m else "", None, [], {},
+                              problem=f"unreadable: {describe(e)}"))
+    return sorted(out, key=lambda d: (d.created or "99999999_999999", d.path.name))
+
+
+def find_dir(exp_root: Path | str, ref: str) -> Path:
+    """A dir given as a path, a dir name under exp_root, or an experiment id (its newest dir).
+
+    Only dirs inside exp_root are found: a path elsewhere is refused (the cockpit acts only on
+    the dirs it owns).
+    """
+    if not ref or not ref.strip():
+        raise RunError("no experiment dir given (an empty name): give a dir under exp_root or an experiment id")
+    root = Path(exp_root).resolve()
+    p = Path(os.path.expanduser(ref))
+    candidates = [p] if p.is_absolute() or os.sep in ref or ref.startswith(".") else [root / ref, p]
+    for c in candidates:
+        if fsutil.is_dir(c):
+            real = c.resolve()
+            if not fsutil.is_inside(real, root) or real == root:
+                raise RunError(f"{safetext.oneline(str(real))} is not an experiment dir under exp_root {root}: "
+                               "the cockpit acts only on the dirs it owns")
+            return real
+    mine = [d for d in discover(root) if d.experiment == ref]
+    if mine:
+        active = [d for d in mine if d.active]
+        return (active or mine)[-1].path
+    raise RunError(f"no experiment dir '{safetext.oneline(ref)}' (not a dir, and no dir of that experiment under {root})")
+
+
+def done_legs(exp_root: Path | str, experiment: str) -> dict[str, Path]:
+    """Legs of an experiment that finished here: leg -> the newest dir it finished in."""
+    out: dict[str, Path] = {}
+    for d in discover(exp_root):
+        if d.experiment != experiment:
+            continue
+        for leg in d.legs:
+            st = d.states.get(leg)
+            if st is not None:
+                if st.status == Status.DONE:
+                    out[leg] = d.path
+            elif d.plan is None:
+                # a manual dir: no state, only a log; trust its final lines
+                if log_outcome(d.log(leg))[0] == RunStatus.COMPLETED:
+                    out[leg] = d.path
+    return out

@@ -1,0 +1,219 @@
+"""Everything the cockpit reads from one log, fed line by line: `LogState`, and `StepTable`.
+
+A LogState is an accumulator: any source feeds it lines (a follower's new lines, a file's, the
+end of a big log) and it knows the tail window of step lines (for tail means), the last step,
+the moe, validation and final lines, and the failure evidence. A full parse keeps every step
+line too, as the columns of a StepTable (for the per-step CSV and the plots).
+
+Layer 0: imports only safetext, lazy (numpy, for a table), the line parsers and the failure tracker.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from typing import Any, NamedTuple
+
+from cockpit import lazy, safetext
+from cockpit.logs.failure import FailureTracker
+from cockpit.logs.lines import FinalLine, MoeLine, StepLine, ValLine, parse_line, parse_step
+
+STEP_FIELDS = (
+    "step", "total", "pct", "loss", "bal", "lrm", "dt_ms", "tok_per_sec", "mfu", "epoch",
+    "total_time_min", "eta_min", "drop_pct",
+)
+INT_FIELDS = ("step", "total", "epoch")  # the others are floats
+UNKNOWN_DECIMALS = -1  # a value whose printed precision is not known: shown as str() shows it
+
+
+class Column(NamedTuple):
+    """One field of n step lines, as numpy arrays of n."""
+
+    values: Any  # float64 (int64 for INT_FIELDS); 0 where the line does not carry the field
+    present: Any  # bool: the line carries the field (a StepLine's attribute is not None)
+    decimals: Any  # int8: digits after the point as the log printed the number; UNKNOWN_DECIMALS when not known
+    # uint64: the number's characters as the log printed them (commas left out), right-aligned in
+    # its 8 bytes, 0 before them; 0 where not present. None when not kept (a longer number, a
+    # number read line by line or converted to another unit).
+    text: Any = None
+
+
+def concat(parts: list[Column]) -> Column:
+    """The rows of several Columns one after the other (text kept when every part has it)."""
+    np = _numpy()
+    if len(parts) == 1:
+        return parts[0]
+    values, present, decimals = (np.concatenate([getattr(c, f) for c in parts]) for f in ("values", "present", "decimals"))
+    text = np.concatenate([c.text for c in parts]) if all(c.text is not None for c in parts) else None
+    return Column(values, present, decimals, text)
+
+
+class StepTable:
+    """Every step line of a log as numpy columns, one per StepLine field: what a full parse keeps
+    for the per-step CSV and the plots, a few bytes a number and no object per line.
+
+    A bulk parse adds whole columns (`extend`); the line-by-line parser adds records (`append`),
+    which are kept aside and turned into columns, in order, when the columns are read. Fields a
+    line does not know (StepLine.extra) are not kept: a table holds numbers.
+    """
+
+    def __init__(self) -> None:
+        self._blocks: list[tuple[int, dict[str, Column]]] = []  # (rows, columns) in file order
+        self._pending: list[StepLine] = []  # records not yet made into a block
+        self._n = 0
+
+    def __len__(self) -> int:
+        return self._n
+
+    def clear(self) -> None:
+        self._blocks.clear()
+        self._pending.clear()
+        self._n = 0
+
+    def append(self, rec: StepLine) -> None:
+        self._pending.append(rec)
+        self._n += 1
+
+    def extend(self, n: int, cols: dict[str, Column]) -> None:
+        """n rows, each field's Column (a field missing: no row carries it)."""
+        self._flush()
+        self._blocks.append((n, cols))
+        self._n += n
+
+    def column(self, name: str) -> Column:
+        """Every row's value of one field."""
+        self._flush()
+        parts = [cols.get(name) or absent(name, n) for n, cols in self._blocks]
+        return concat(parts) if parts else absent(name, 0)
+
+    def rows(self, start: int = 0) -> list[StepLine]:
+        """Rows start.. as StepLine records (without `extra`)."""
+        cols = {name: self.column(name) for name in STEP_FIELDS}
+        lists = {name: _as_list(c, start) for name, c in cols.items()}
+        return [StepLine(**{name: lists[name][i] for name in STEP_FIELDS}) for i in range(len(self) - start)]
+
+    def as_lists(self) -> dict[str, list]:
+        """Each field as a list of Python numbers, None where a line does not carry it."""
+        return {name: _as_list(self.column(name)) for name in STEP_FIELDS}
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        np = _numpy()
+        recs, self._pending = self._pending, []
+        n = len(recs)
+        cols = {}
+        for name in STEP_FIELDS:
+            raw = [getattr(r, name) for r in recs]
+            present = np.fromiter((v is not None for v in raw), bool, n)
+            if name in INT_FIELDS and any(v is not None and not -(2**63) <= v < 2**63 for v in raw):
+                values = np.array([0 if v is None else v for v in raw], object)  # int() reads any length
+            else:
+                kind = np.int64 if name in INT_FIELDS else np.float64
+                values = np.fromiter((0 if v is None else v for v in raw), kind, n)
+            cols[name] = Column(values, present, np.full(n, UNKNOWN_DECIMALS, np.int8))
+        self._blocks.append((n, cols))
+
+
+def absent(name: str, n: int) -> Column:
+    """A field that none of n rows carries."""
+    np = _numpy()
+    kind = np.int64 if name in INT_FIELDS else np.float64
+    return Column(np.zeros(n, kind), np.zeros(n, bool), np.full(n, UNKNOWN_DECIMALS, np.int8), np.zeros(n, np.uint64))
+
+
+def _as_list(c: Column, start: int = 0) -> list:
+    return [v if p else None for v, p in zip(c.values[start:].tolist(), c.present[start:].tolist(), strict=True)]
+
+
+def _numpy() -> Any:
+    return lazy.numpy()  # a LogState without a table (the TUI's followers) never loads numpy
+
+
+class LogState:
+    """Everything the cockpit reads from one log, fed line by line (any source, any chunking).
+
+    `keep_steps` bounds the step lines kept for tables and plots (None keeps them all, for a
+    full parse); the tail window for means is always the last `tail` step lines.
+    """
+
+    def __init__(self, tail: int = 50, keep_steps: int | None = 0):
+        self.tail = tail
+        self.window: deque[StepLine] = deque(maxlen=tail)
+        # None keeps every step line, as columns (a full parse); N keeps the last N records
+        self.table: StepTable | None = StepTable() if keep_steps is None else None
+        self._recent: deque[StepLine] = deque(maxlen=keep_steps or 1)
+        self.keep = keep_steps != 0
+        self.steps_observed = 0
+        self.first_step: int | None = None
+        self.last: StepLine | None = None
+        self.moe: MoeLine | None = None
+        self.val: dict[str, ValLine] = {}
+        self.peak_mem_mib: float | None = None
+        self.total_time_min: float | None = None
+        self.finished = False
+        self.failure = FailureTracker()
+        self.lines_seen = 0
+
+    def feed(self, line: str) -> None:
+        self.lines_seen += 1
+        if "\x1b" in line:  # lines from a LineSplitter have none left; others may
+            line = safetext.strip_escapes(line)
+        c = line[:1]
+        if c == "s" and line.startswith("step "):
+            rec = parse_step(line)
+            if rec is not None:
+                self._step(rec)
+                return
+        rec2 = parse_line(line) if c in "smSVCPT[" else None
+        if rec2 is None:
+            self.failure.feed(line)
+        elif type(rec2) is StepLine:
+            self._step(rec2)
+        elif type(rec2) is MoeLine:
+            self.moe = rec2
+        elif type(rec2) is ValLine:
+            self.val[rec2.name] = rec2
+        elif type(rec2) is FinalLine:
+            if rec2.kind == "peak_mem_mib":
+                self.peak_mem_mib = rec2.value
+            else:
+                self.total_time_min = rec2.value
+                self.finished = True
+            self.failure.went_on()  # a traceback before the final lines did not stop training
+
+    def feed_many(self, lines: list[str]) -> None:
+        for line in lines:
+            self.feed(line)
+
+    def _step(self, rec: StepLine) -> None:
+        self.failure.went_on()
+        if self.first_step is None:
+            self.first_step = rec.step
+        self.steps_observed += 1
+        self.last = rec
+        self.window.append(rec)
+        if self.table is not None:
+            self.table.append(rec)
+        elif self.keep:
+            self._recent.append(rec)
+
+    @property
+    def steps(self) -> list[StepLine] | deque[StepLine]:
+        """The step lines kept: all of them (full parse), or the last keep_steps."""
+        if self.table is not None:
+            return self.table.rows()
+        return self._recent if self.keep else deque()
+
+    @property
+    def failed(self) -> bool:
+        return self.failure.seen
+
+    def tail_mean(self, attr: str) -> float | None:
+        vals = [v for r in self.window if (v := getattr(r, attr)) is not None]
+        if not vals:
+            return None
+        try:
+            return math.fsum(vals) / len(vals)
+        except (ValueError, OverflowError):  # inf and -inf (nan), or a sum past the float range (inf)
+            return sum(vals) / len(vals)
