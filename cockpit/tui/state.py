@@ -132,7 +132,17 @@ class GpuRow:
     temp_c: float | None
     power_w: float | None
     leg: str | None
-    util_hist: tuple[float, ...] = ()
+    util_hist: tuple[float, ...] = ()  # the sampler's history, oldest first, one value a sample
+    mem_hist: tuple[float, ...] = ()  # MiB used
+    temp_hist: tuple[float, ...] = ()
+    power_hist: tuple[float, ...] = ()
+    procs: tuple[GpuProc, ...] = ()
+
+    @property
+    def leg_mem_mib(self) -> float | None:
+        """GPU memory of the owning leg's processes on this GPU (None: NVML gives no per-process figure)."""
+        mems = [p.mem_mib for p in self.procs if p.leg is not None and p.leg == self.leg and p.mem_mib is not None]
+        return sum(mems) if mems else None
 
 
 @dataclass(frozen=True)
@@ -142,6 +152,15 @@ class HostRow:
     ram_total_mib: float | None
     load1: float | None
     cpu_hist: tuple[float, ...] = ()
+@dataclass(frozen=True)
+class GpuProc:
+    """A process on a GPU: the leg whose tree holds it (None: not a leg's), its GPU memory if NVML says."""
+
+    pid: int
+    leg: str | None
+    mem_mib: float | None
+
+
 
 
 @dataclass(frozen=True)
@@ -162,6 +181,7 @@ class Headline:
     expected_branch: str | None
     training: str
     gpus: str | None  # the GPU summary; None until the first sample
+    ram_hist: tuple[float, ...] = ()
     problems: int = 0  # problems found while computing (listed in the resume panel)
 
 
