@@ -166,6 +166,22 @@ class Registry:
         return exp.leg(name) if exp else None
 
 
+def args_diff(leg: Leg, other: Leg) -> list[tuple[str, str | None, str | None]]:
+    """Where two legs' commands differ: (flag, this leg's value, the other's), this leg's flags in
+    their order, then those only the other passes. A bare flag (`true`) reads "true"; a flag a leg
+    does not pass (absent, or `false`) reads None. torchrun's process count and the trainer module
+    count as flags too (`nproc_per_node`, `module`)."""
+
+    def flags(x: Leg) -> dict[str, str]:
+        out = {"module": x.module, "nproc_per_node": str(x.nproc_per_node)}
+        out |= {k: "true" if v is True else str(v) for k, v in x.args.items() if v is not False}
+        return out
+
+    mine, theirs = flags(leg), flags(other)
+    keys = list(dict.fromkeys([*mine, *theirs]))
+    return [(k, mine.get(k), theirs.get(k)) for k in keys if mine.get(k) != theirs.get(k)]
+
+
 def command_lines(argv: list[str], quote: Callable[[str], str] = shlex.quote) -> list[str]:
     """An argv laid out for a reader (the resume guide, a dry run): the launcher up to `--` on
     the first line, then one flag per line, with its value when it has one."""

@@ -8,7 +8,7 @@
   (`hold_supervisor_lock`), provably the dir's, killed and released when the test ends
 - the real `cockpit` CLI as a subprocess (`cockpit`), `wait_for`, process trees, leftovers
 - a GPU sampler with fixed figures (`FakeSampler`, `gpu`); the TUI's fixed clock and snapshot dirs;
-  `until` for Pilot tests
+  for Pilot tests `make_app`, `ready`, `select`, `notes`, `screen_text`, `until`
 - fixtures: `leg_process`, `readonly_dir`, `slurm_cluster` (a local two-node Slurm, session-wide)
 """
 
@@ -417,6 +417,48 @@ def case_dir(name: str) -> Path:
     shutil.rmtree(path, ignore_errors=True)
     path.mkdir(parents=True)
     return path
+
+
+def make_app(registry: Path, **kw):
+    """The cockpit app on `registry` with a fixed clock and branch; no NVML unless a sampler is given."""
+    from cockpit.tui.app import CockpitApp
+
+    kw.setdefault("sampler", FakeSampler(nvml=False))
+    kw.setdefault("branch", "main")
+    kw.setdefault("clock", fixed_clock)
+    return CockpitApp(registry, **kw)
+
+
+async def ready(pilot, app):
+    """The main screen once it shows its first view."""
+    main = app.main_screen
+    await until(pilot, lambda: main.view is not None, what="the first view")
+    await pilot.pause(0.1)
+    return main
+
+
+async def select(pilot, app, sel) -> None:
+    """Move the experiments tree's cursor to the node of `sel` (a tui Selection) and wait for it."""
+    from cockpit.tui.experiments import ExperimentTree
+
+    tree = app.query_one(ExperimentTree)
+    await until(pilot, lambda: tree.cursor_line >= 0, what="the tree's cursor")
+    node = tree.node_for(sel)
+    if node.parent is not None and not node.parent.is_expanded:
+        node.parent.expand()
+        await pilot.pause(0.1)
+    tree.move_cursor(node)
+    await until(pilot, lambda: app.main_screen.selection == sel, what=f"selection {sel}")
+
+
+def notes(app) -> list[str]:
+    """The messages of every notification shown so far."""
+    return [message for _, message in app.notes]
+
+
+def screen_text(app) -> str:
+    """What the app's screen shows, as plain text, a line per row."""
+    return "\n".join(s.text for s in app.screen._compositor.render_strips())
 
 
 async def until(pilot, cond, timeout: float = 15.0, what: str = "condition", step: float = 0.05):

@@ -21,12 +21,17 @@ from conftest import (
     FakeSampler,
     fixed_clock,
     log_lines,
+    make_app,
+    notes,
+    ready,
     registry_file,
+    screen_text,
+    select,
     until,
     write_dir,
     write_registry,
 )
-from textual.widgets import HelpPanel, Log
+from textual.widgets import HelpPanel
 from textual.widgets._key_panel import BindingsTable
 
 from cockpit import expdir
@@ -38,47 +43,14 @@ from cockpit.tui.commands import BindingCommands
 from cockpit.tui.confirm import ConfirmScreen
 from cockpit.tui.experiments import ExperimentTree, Selection
 from cockpit.tui.log_panes import LogPanes
+from cockpit.tui.log_text import LogText
 from cockpit.tui.log_view import LogView
 from cockpit.tui.main_screen import MainScreen
 from cockpit.tui.messages import LogLines, Notice, ViewPublished
-from cockpit.tui.resume_panel import ResumePanel
+from cockpit.tui.path_prompt import PathPrompt
+from cockpit.tui.resume_panel import NextCommand, ResumePanel
 
 SIZE = (160, 48)
-
-
-def make_app(registry: Path, **kw) -> CockpitApp:
-    kw.setdefault("sampler", FakeSampler(nvml=False))
-    kw.setdefault("branch", "main")
-    kw.setdefault("clock", fixed_clock)
-    return CockpitApp(registry, **kw)
-
-
-async def ready(pilot, app: CockpitApp) -> MainScreen:
-    """The main screen once it shows its first view."""
-    main = app.main_screen
-    await until(pilot, lambda: main.view is not None, what="the first view")
-    await pilot.pause(0.1)
-    return main
-
-
-async def select(pilot, app: CockpitApp, sel: Selection) -> None:
-    tree = app.query_one(ExperimentTree)
-    await until(pilot, lambda: tree.cursor_line >= 0, what="the tree's cursor")
-    node = tree.node_for(sel)
-    if node.parent is not None and not node.parent.is_expanded:
-        node.parent.expand()
-        await pilot.pause(0.1)
-    tree.move_cursor(node)
-    await until(pilot, lambda: app.main_screen.selection == sel, what=f"selection {sel}")
-
-
-def notes(app: CockpitApp) -> list[str]:
-    """The messages of every notification shown so far."""
-    return [message for _, message in app.notes]
-
-
-def screen_text(app: CockpitApp) -> str:
-    return "\n".join(s.text for s in app.screen._compositor.render_strips())
 
 
 @pytest.fixture
@@ -215,8 +187,10 @@ async def test_command_palette_offers_every_binding(tmp_path):
         await pilot.press("ctrl+p")
         await pilot.press(*"resume guide")
         await pilot.pause(0.3)
-        assert "Write the resume guide (key: g)" in screen_text(app)
-        await pilot.press("enter")  # runs `g`: the guide is written
+        assert "Write the resume guide: asks where" in screen_text(app) and "(key: g)" in screen_text(app)
+        await pilot.press("enter")  # runs `g`: it asks where, prefilled with exp_root/resume-guide.md
+        await until(pilot, lambda: isinstance(app.screen, PathPrompt), what="the path prompt")
+        await pilot.press("enter")
         guide = await until(pilot, lambda: sorted((tmp_path / "exp").glob("*resume*.md")), what="the guide")
         assert "moe_cap1p0" in guide[0].read_text()
 
@@ -226,10 +200,10 @@ async def test_tab_moves_between_panes_and_m_maximizes(tmp_path):
     async with app.run_test(size=SIZE) as pilot:
         await ready(pilot, app)
         seen = {app.focused.id if app.focused else None}
-        for _ in range(4):
+        for _ in range(6):
             await pilot.press("tab")
             seen.add(app.focused.id if app.focused else None)
-        assert {"experiments", "live", "final"} <= seen
+        assert {"experiments", "next-strip", "gpus", "live", "final"} <= seen
         await pilot.press("shift+tab")
 
         app.query_one("#resume-box").focus()  # `m` maximizes the focused pane, `m` again restores
@@ -311,12 +285,20 @@ async def test_launch_all_remaining_then_done_leg_needs_explicit_rerun(tmp_path,
         await pilot.press("R")
         await until(pilot, lambda: len(exp_dirs(tmp_path)) == 2, what="the re-run's fresh dir")
 
-        # nothing remains: `L` says so and opens no confirmation
+        # nothing remains: `L` offers a re-run of the whole experiment, in a fresh dir, with `R`
         await until(pilot, lambda: len(main.finished) == 3, timeout=30, what="the re-run")
         await select(pilot, app, Selection("experiment", "fake"))
         await pilot.press("L")
-        await until(pilot, lambda: any("nothing remains to run in fake" in m for m in notes(app)), what="the note")
-        assert not isinstance(app.screen, ConfirmScreen)
+        screen = await until(pilot, lambda: isinstance(app.screen, ConfirmScreen) and app.screen, what="re-run all")
+        assert screen.title_text == "Re-run the whole experiment fake (2 done legs) in a fresh dir?"
+        assert screen.danger and screen.confirm_key == "R"
+        body = str(screen.body)
+        assert "a is DONE" in body and "b is DONE" in body and "1. a" in body and "2. b" in body
+        assert "fresh dir: " + str(tmp_path / "exp") in body
+        assert "Re-run [R]" in screen_text(app) and "Cancel [n/esc]" in screen_text(app)
+        await pilot.press("n")
+        await pilot.pause(0.3)
+        assert not isinstance(app.screen, ConfirmScreen) and len(exp_dirs(tmp_path)) == 2
 
 
 async def test_stop_running_leg(tmp_path, fake_env):
@@ -360,6 +342,8 @@ async def test_write_report_and_guide(tmp_path):
         text = (d / "report.md").read_text()
         assert "| dense |" in text and "tail20 tok/sec" in text  # the registry's tail, as on screen
         await pilot.press("g")
+        await until(pilot, lambda: isinstance(app.screen, PathPrompt), what="the path prompt")
+        await pilot.press("enter")
         guide = await until(pilot, lambda: sorted((tmp_path / "exp").glob("*resume*.md")), what="the guide")
         assert "moe_cap1p0" in guide[0].read_text()
 
@@ -374,7 +358,7 @@ async def test_follow_pause_and_resume(tmp_path):
         key = f"{d}/dense"
         view: LogView = await until(pilot, lambda: panes.view(key) and panes.view(key).written and panes.view(key),
                                     what="the pane")
-        log = view.query_one(Log)
+        log = view.query_one(LogText)
         await until(pilot, lambda: log.is_vertical_scroll_end and log.max_scroll_y > 0, what="the bottom")
         assert not view.paused
 
@@ -384,7 +368,7 @@ async def test_follow_pause_and_resume(tmp_path):
         with open(d / "dense.log", "a") as f:
             f.write("".join(x + "\n" for x in log_lines(80, 400, finished=False)[62:]))
         await until(pilot, lambda: view.waiting_count == 20, what="20 lines waiting")
-        assert "20 new lines waiting" in screen_text(app)
+        assert "paused, 20 new" in screen_text(app)
         written = view.written
 
         await pilot.press("f")  # follow off ...
@@ -404,8 +388,8 @@ async def test_log_pane_memory_is_bounded(tmp_path):
         view = await until(pilot, lambda: panes.view(f"{d}/dense"), what="the pane")
         await until(pilot, lambda: view.written, what="lines")
         await pilot.pause(0.5)
-        assert view.query_one(Log).line_count <= 301
-        assert "step 04999/05000" in view.query_one(Log).lines[-1]
+        assert view.query_one(LogText).line_count <= 301
+        assert "step 04999/05000" in view.query_one(LogText).lines[-1]
 
 
 async def test_tabs_cycle_and_finish_notifies(tmp_path):
@@ -454,7 +438,8 @@ async def test_resume_panel_shows_next_command(tmp_path):
         text = str(app.query_one(ResumePanel).render())
         assert "moe-fp8-capacity-opt-v3/moe_fp8_experts_static_cap1p0_v3" in text
         assert f"{tmp_path / 'exp'}/$(date +%Y%m%d_%H%M%S)_moe-fp8-capacity-opt-v3" in text
-        assert "--moe-capacity-factor 1.0" in text and "--compile-mode static" in text
+        command = str(app.query_one(NextCommand).render())
+        assert "--moe-capacity-factor 1.0" in command and "--compile-mode static" in command
 
 
 async def test_gpu_panel_with_the_real_sampler_over_fake_nvml(tmp_path):

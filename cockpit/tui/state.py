@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from cockpit.vocab import Mark
+from cockpit.vocab import ACTIVE_STATUSES, Mark, Status
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,11 @@ class DirLegView:
     status: str  # a leg status of the dir's state files, or "log" / "pending" without one
     log: str
 
+    @property
+    def started(self) -> bool:
+        """Did this attempt start (it has a log, or a state past queued and waiting)?"""
+        return self.status not in (Status.QUEUED, Status.WAITING, "pending")
+
 
 @dataclass(frozen=True)
 class DirView:
@@ -46,6 +51,12 @@ class DirView:
     experiment: str
     legs: tuple[DirLegView, ...] = ()
     problem: str | None = None  # what could not be read there (one printable line): the dir's own trouble
+
+    def log_leg(self) -> DirLegView | None:
+        """The leg whose log the dir opens: the one running there, else the last one that started."""
+        started = [x for x in self.legs if x.started]
+        active = [x for x in started if x.status in ACTIVE_STATUSES]
+        return (active or started or [None])[-1]
 
 
 @dataclass(frozen=True)
@@ -63,6 +74,15 @@ class ExperimentView:
 
     def leg(self, name: str) -> LegView | None:
         return next((leg for leg in self.legs if leg.name == name), None)
+
+    def latest_attempt(self, name: str) -> tuple[DirView, DirLegView] | None:
+        """The leg's newest attempt here: the newest dir where it started (the run just stopped,
+        even when an older dir holds the run that counts as done)."""
+        for d in reversed(self.dirs):
+            x = next((x for x in d.legs if x.name == name), None)
+            if x is not None and x.started:
+                return d, x
+        return None
 
 
 @dataclass(frozen=True)
@@ -123,6 +143,15 @@ class ResumeView:
 
 
 @dataclass(frozen=True)
+class GpuProc:
+    """A process on a GPU: the leg whose tree holds it (None: not a leg's), its GPU memory if NVML says."""
+
+    pid: int
+    leg: str | None
+    mem_mib: float | None
+
+
+@dataclass(frozen=True)
 class GpuRow:
     index: int
     name: str
@@ -152,15 +181,7 @@ class HostRow:
     ram_total_mib: float | None
     load1: float | None
     cpu_hist: tuple[float, ...] = ()
-@dataclass(frozen=True)
-class GpuProc:
-    """A process on a GPU: the leg whose tree holds it (None: not a leg's), its GPU memory if NVML says."""
-
-    pid: int
-    leg: str | None
-    mem_mib: float | None
-
-
+    ram_hist: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -181,7 +202,6 @@ class Headline:
     expected_branch: str | None
     training: str
     gpus: str | None  # the GPU summary; None until the first sample
-    ram_hist: tuple[float, ...] = ()
     problems: int = 0  # problems found while computing (listed in the resume panel)
 
 
