@@ -18,7 +18,7 @@ import os
 import re
 import shlex
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from cockpit.toml_lines import locate_keys
 from cockpit.vocab import METRICS
 
 DEFAULT_REGISTRY = "experiments.toml"
+REGISTRY_ENV = "COCKPIT_REGISTRY"  # names the registry file when no --registry is given
 DEVICES = ("cuda", "cpu")
 FAILURE_POLICIES = ("stop", "continue")
 EXP_DIR_PLACEHOLDER = "{exp_dir}"
@@ -367,6 +368,30 @@ def _show(value: Any) -> str:
     """A value in a message: its repr, cut to a readable length (one line: repr escapes controls)."""
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
+
+
+def find_registry(start: Path | str | None = None, environ: Mapping[str, str] | None = None) -> Path:
+    """The registry a command uses when none is named: `$COCKPIT_REGISTRY`, else the nearest
+    `experiments.toml` in `start` (default: the current directory) or a directory above it, up
+    to the filesystem root, as git finds `.git`. Found in `start` itself, it is the bare name
+    (paths shown stay short); above it, an absolute path. RegistryError says where it looked."""
+    environ = os.environ if environ is None else environ
+    named = environ.get(REGISTRY_ENV, "")
+    if named.strip():
+        path = Path(os.path.expanduser(named))
+        if not path.is_file():
+            raise RegistryError(path, None, f"${REGISTRY_ENV} names no registry file")
+        return path
+    try:
+        here = Path(os.path.abspath(start if start is not None else os.getcwd()))
+    except FileNotFoundError:  # the current directory was removed under us
+        raise RegistryError(DEFAULT_REGISTRY, None, "registry file not found: the current directory no longer "
+                            "exists; give --registry PATH or set $" + REGISTRY_ENV) from None
+    for d in (here, *here.parents):
+        if (d / DEFAULT_REGISTRY).is_file():
+            return Path(DEFAULT_REGISTRY) if start is None and d == here else d / DEFAULT_REGISTRY
+    raise RegistryError(DEFAULT_REGISTRY, None, f"registry file not found in {_cut(str(here))} or any directory "
+                        f"above it; give --registry PATH or set ${REGISTRY_ENV}")
 
 
 def load(path: Path | str = DEFAULT_REGISTRY) -> Registry:

@@ -251,9 +251,12 @@ def execution_template(registry: reg.Registry, leg: reg.Leg) -> tuple[str, str]:
 
 
 def _cockpit_cmd(registry: reg.Registry, *args: str) -> str:
-    extra = []
-    if registry.path.resolve() != (Path.cwd() / reg.DEFAULT_REGISTRY).resolve():
-        extra = ["--registry", str(registry.path)]
+    """A cockpit command line; `--registry` only when a bare `cockpit` here would find another file."""
+    try:
+        found = reg.find_registry().resolve()
+    except (reg.RegistryError, OSError):
+        found = None
+    extra = [] if found == registry.path.resolve() else ["--registry", str(registry.path)]
     return " ".join(shlex.quote(a) for a in ["cockpit", *args, *extra])
 
 
