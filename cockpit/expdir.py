@@ -303,6 +303,20 @@ class ExpDir:
     def log(self, leg: str) -> Path:
         return self.path / f"{leg}.log"
 
+    @property
+    def supervisor_text(self) -> str | None:
+        """What became of the dir's supervisor, in words that say what is true: `running (pid N)`,
+        `finished` (every leg done), `ended, legs not done`, or `gone` (killed: it never recorded
+        its end). None when the dir never had one (a manual dir)."""
+        sup = self.supervisor
+        if not sup:
+            return None
+        if self.supervisor_alive:
+            return f"running (pid {sup.get('pid')})"
+        if sup.get("ended_at"):
+            return "finished" if sup.get("status") == "finished" else "ended, legs not done"
+        return "gone (killed before it recorded its end)"
+
     def expect(self, leg: str) -> procs.Expect | None:
         """What the leg's torchrun must be running to be proven the leg's (from the plan)."""
         spec = next((x for x in (self.plan or {}).get("legs", []) if isinstance(x, dict) and x.get("name") == leg), None)

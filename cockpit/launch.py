@@ -15,8 +15,8 @@ A launch of an experiment (`cockpit launch EXP`, or `l` in the cockpit) goes:
 killed) by signalling the leg's processes here, only when proven the leg's. Nothing in the user's
 checkout is touched: git is only read.
 
-Layer 3: imports the layers below (registry, fsutil, procs, safetext, vocab, gpus, expdir,
-executors.local).
+Layer 3: imports the layers below (registry, checkout, fsutil, procs, safetext, vocab, gpus,
+expdir, executors.local).
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ import shlex
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -37,6 +36,7 @@ from pathlib import Path
 
 from cockpit import fsutil, gpus, procs, safetext
 from cockpit import registry as reg
+from cockpit.checkout import git_info
 from cockpit.executors import local
 from cockpit.expdir import (
     STAMP_FORMAT,
@@ -123,12 +123,7 @@ def check_gpus(legs: list[reg.Leg]) -> str | None:
     need = max((leg.nproc_per_node for leg in legs if leg.device == "cuda"), default=0)
     if need == 0:
         return None
-    count, reason = gpus.visible_gpus()
-    if count is None:
-        return f"NVML unavailable: {reason}"
-    if count < need:
-        return f"needs {need} GPUs, {count} visible"
-    return None
+    return gpus.shortfall(need, *gpus.visible_gpus())
 
 
 def _inside(path: Path, parent: Path) -> bool:
@@ -220,26 +215,6 @@ def new_exp_dir(exp_root: Path | str, experiment_id: str, preferred: Path | None
         except FileExistsError:
             time.sleep(1.0 - (time.time() % 1.0) + 0.01)
     raise RunError(f"could not create a fresh dir for '{experiment_id}' under {root}")
-
-
-def git_info(cwd: Path) -> dict[str, str | None]:
-    """Branch and commit of the checkout, read only (no command here changes git state)."""
-    env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0"}
-
-    def git(*args: str) -> str | None:
-        try:
-            out = subprocess.run(
-                ["git", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=5, check=True
-            )
-            return out.stdout.strip() or None
-        except (OSError, subprocess.SubprocessError):
-            return None
-
-    top = git("rev-parse", "--show-toplevel")
-    if top is None:
-        here = Path(__file__).resolve().parents[1]  # the checkout cockpit runs from, if it is one
-        return git_info(here) if here != cwd.resolve() else {"dir": None, "branch": None, "commit": None}
-    return {"dir": top, "branch": git("rev-parse", "--abbrev-ref", "HEAD"), "commit": git("rev-parse", "HEAD")}
 
 
 def format_command(leg: reg.Leg, exp_dir: Path | str, torchrun: str = "torchrun") -> str:
