@@ -452,7 +452,10 @@ PLOT_BUCKETS = PLOT_SIZE_IN[0] * PLOT_DPI  # a plotted series keeps a min and a 
 
 
 def _cell(v: object) -> str:
-    return "" if v is None else str(v)
+    """A summary CSV cell: empty for no figure; a float without float noise (numtext.computed)."""
+    if v is None:
+        return ""
+    return numtext.computed(v) if isinstance(v, float) else str(v)
 
 
 def _summary_rows(rows_: list[ReportRow]) -> Iterator[Sequence[str]]:

@@ -690,17 +690,25 @@ def render_status(state: ResumeState) -> str:
 GUIDE_NAME = "resume-guide.md"
 
 
+def guide_path(registry: reg.Registry, out_md: Path | str | None = None) -> Path:
+    """Where the guide goes: `out_md` (a user's choice, `~` expanded, made absolute), else
+    `<exp_root>/resume-guide.md`. The TUI offers the default and writes where the user says."""
+    if out_md is None or not str(out_md).strip():
+        return registry.settings.exp_root / GUIDE_NAME
+    return Path(os.path.abspath(os.path.expanduser(out_md)))
+
+
 def write_guide(
     registry: reg.Registry, out_md: Path | str | None = None, sampler: gpus.Sampler | None = None, now: float | None = None
 ) -> Path:
-    """Write the guide (default `<exp_root>/resume-guide.md`, regenerated in place) atomically.
+    """Write the guide at `guide_path(registry, out_md)` (regenerated in place), atomically.
 
     A place it cannot go (a directory, a path under a file, a read-only filesystem) is refused
     before anything is written: fsutil.UnsafePath, whose strerror is the one line to show.
     Inside exp_root, no symlink planted there is followed.
     """
     root = registry.settings.exp_root
-    out = Path(os.path.abspath(os.path.expanduser(out_md))) if out_md is not None else root / GUIDE_NAME
+    out = guide_path(registry, out_md)
     if why := fsutil.output_problem(out):
         raise fsutil.UnsafePath(out, why)
     text = render_guide(build_state(registry, sampler=sampler, now=now))

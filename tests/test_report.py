@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURES, NOW, bundled_registry, check_golden, hold_supervisor_lock, make_dir
+from conftest import FIXTURES, NOW, bundled_registry, check_golden, hold_supervisor_lock, make_dir, step_line
 
 from cockpit import cli, launch, report, stats
 
@@ -146,6 +146,26 @@ def test_write_report_files_and_bad_logs_never_raise(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     assert "No run has step lines yet." in report.write_report(empty, plots=True, now=NOW).read_text()
+
+
+def test_summary_csv_means_without_float_noise(tmp_path):
+    d = tmp_path / "exp"
+    d.mkdir()
+    steps = [step_line(i, 3, 6.0 - i, dt, tok, mfu, 0.0) for i, (dt, tok, mfu) in
+             enumerate([(0.10, 100, 0.10), (0.20, 200, 0.20), (0.20, 200, 0.20)])]
+    (d / "a.log").write_text("\n".join([*steps, "Peak memory usage: 1.10MiB", "Total training time: 0.01m"]) + "\n")
+    report.write_report(d, tail=3, plots=False, now=NOW)
+    header, row = (d / "report_summary.csv").read_text().splitlines()
+    figures = dict(zip(header.split(","), row.split(","), strict=True))
+    # the means of 0.10, 0.20, 0.20 and of 100, 200, 200: 12 significant digits, no binary noise
+    assert (figures["dt_ms"], figures["tok_per_sec"], figures["mfu"]) == ("0.166666666667", "166.666666667", "0.166666666667")
+    assert (figures["peak_mem_mib"], figures["last_loss"], figures["tail_n"]) == ("1.1", "4.0", "3")
+    d2 = tmp_path / "exp2"
+    d2.mkdir()
+    (d2 / "a.log").write_text("\n".join(steps[:2]) + "\n")
+    report.write_report(d2, tail=2, plots=False, now=NOW)
+    header, row = (d2 / "report_summary.csv").read_text().splitlines()
+    assert dict(zip(header.split(","), row.split(","), strict=True))["dt_ms"] == "0.15"  # not 0.15000000000000002
 
 
 def test_cli_report(tmp_path, capsys):

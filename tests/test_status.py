@@ -2,6 +2,7 @@
 
 import json
 import os
+from pathlib import Path
 
 from conftest import NOW, FakeSampler, bundled_registry, make_dir
 
@@ -121,6 +122,14 @@ def test_resume_to_stdout_and_file(tmp_path, capsys):
     code, out, _ = run(capsys, "resume", "--registry", str(registry.path), "--out-md", str(target))
     assert code == 0 and out.strip() == str(target) and "## Safety/Path Constraints Reminder" in target.read_text()
     assert not [p for p in target.parent.iterdir() if p.name.startswith(".")]  # no temp file left
+    # the core's guide path: the default the TUI offers, and a chosen one (~ expanded, made absolute)
+    assert resume.guide_path(registry) == registry.settings.exp_root / "resume-guide.md"
+    assert resume.guide_path(registry, "  ") == registry.settings.exp_root / "resume-guide.md"
+    assert resume.guide_path(registry, "~/g.md") == Path.home() / "g.md"
+    assert resume.write_guide(registry, target.with_name("chosen.md"), sampler=FakeSampler(nvml=False), now=NOW) \
+        == target.with_name("chosen.md")
+    assert target.with_name("chosen.md").read_text().startswith("# Nanochat Resume Guide\n")
+    assert resume.write_guide(registry, sampler=FakeSampler(nvml=False), now=NOW) == resume.guide_path(registry)
 
 
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
