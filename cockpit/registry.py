@@ -13,6 +13,7 @@ Layer 0: imports nothing from the cockpit but fsutil, safetext, vocab and toml_l
 from __future__ import annotations
 
 import difflib
+import itertools
 import math
 import os
 import re
@@ -107,6 +108,7 @@ class Leg:
     recorded: Recorded | None
     description: str | None
     line: int | None
+    grid: dict[str, Any] | None = None  # a leg of the experiment's grid: its value on each axis
 
     @property
     def is_recorded(self) -> bool:
@@ -228,6 +230,7 @@ _SCHEMA: dict[str, dict[str, tuple[type, ...]]] = {
         "notes": (list,),
         "args": (dict,),
         "leg": (list,),
+        "grid": (dict,),
     },
     "leg": {
         "name": (str,),
@@ -552,6 +555,18 @@ def from_raw(raw: dict[str, Any], path: Path | str = DEFAULT_REGISTRY, text: str
                     line=ld.line(lloc),
                 )
             )
+        if "grid" in exp:
+            grid_legs = []
+            for name, args, desc, values in _expand_grid(ld, exp["grid"], loc + ("grid",), exp_id, e_args, seen_legs):
+                if why := _path_too_long(exp_root, exp_id, name):
+                    raise ld.fail(loc + ("grid", "name"), why)
+                grid_legs.append(Leg(name=name, experiment=exp_id, module=module, device=device, nproc_per_node=nproc,
+                                     args=args, recorded=None, description=desc, line=ld.line(loc + ("grid",)),
+                                     grid=values))
+            # the grid's legs stand where the grid stands among the hand-written ones
+            at = ld.line(loc + ("grid",)) or 0
+            cut = sum(1 for leg in legs if (leg.line or 0) < at)
+            legs[cut:cut] = grid_legs
         experiments.append(
             Experiment(
                 id=exp_id,
@@ -576,6 +591,99 @@ def from_raw(raw: dict[str, Any], path: Path | str = DEFAULT_REGISTRY, text: str
                 + (f" (legs: {', '.join(leg.name for leg in exp.legs)})" if exp.legs else ""),
             )
     return registry
+
+
+# ----------------------------------------------------------------------------------------------
+# sweeps: a grid of legs
+#
+#     [experiment.grid]
+#     name = "{compile-mode}_cap{moe-capacity-factor}"      # each leg's name: every axis in it
+#     compile-mode = ["static", "dynamic"]                 # an axis: a trainer flag and its values
+#     moe-capacity-factor = [0.0, 1.0, 1.25]
+#     args = { model-tag = "sweep_{name}" }                # optional: args of every grid leg
+#
+# expands to one leg per combination (the first axis varies slowest), named by the template:
+# static_cap0p0, static_cap1p0, static_cap1p25, dynamic_cap0p0, ... A value renders in a name as
+# a file name can hold it: 1.0 -> 1p0, 1.25 -> 1p25, -1 -> m1, 1e-05 -> 1em05, true -> true,
+# a string as it is. A grid leg's args: the experiment's, then the grid's `args`, then its axis
+# values; `{name}` and `{<axis>}` in the grid's args and description stand for the leg's own.
+
+GRID_KEYS = ("name", "description", "args")  # a grid's keys that are not axes
+_PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
+
+
+def name_part(value: Any) -> str:
+    """An axis value as it appears in a leg name: `1.0` -> `1p0`, `-0.5` -> `m0p5`, `true`."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    text = repr(value) if isinstance(value, float) else str(value)
+    return text.replace(".", "p").replace("-", "m").replace("+", "") if isinstance(value, int | float) else text
+
+
+def _fill(template: str, values: dict[str, str]) -> str:
+    """`{key}` -> values[key] for the keys given; any other `{...}` (`{exp_dir}`) stays as it is."""
+    return _PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), template)
+
+
+def _expand_grid(ld: _Loader, grid: dict, loc: tuple, exp_id: str, e_args: dict,
+                 seen: dict[str, int | None]) -> list[tuple[str, dict, str | None, dict]]:
+    """The legs of an experiment's grid as (name, args, description, axis values), checked: a
+    template that names every axis and nothing else, axes of distinct scalar values, names no
+    other leg has (`seen`: name -> line)."""
+    template = grid.get("name")
+    if not isinstance(template, str):
+        raise ld.fail(loc, f"the grid of '{exp_id}' needs a name template (e.g. name = \"{{compile-mode}}_cap"
+                           "{moe-capacity-factor}\") whose placeholders are its axes")
+    axes = {k: v for k, v in grid.items() if k not in GRID_KEYS}
+    if not axes:
+        raise ld.fail(loc, f"the grid of '{exp_id}' has no axis (a trainer flag = [values])")
+    for key, values in axes.items():
+        if not _ARG_KEY.match(key):
+            raise ld.fail(loc + (key,), f"grid axis {_show(key)} of '{exp_id}' is not a flag name")
+        if not isinstance(values, list) or not values:
+            raise ld.fail(loc + (key,), f"grid axis '{key}' of '{exp_id}' must be a non-empty array of values, "
+                                        f"not {_show(values)}")
+        for v in values:
+            ld.check_args({key: v}, loc + (key,))
+        shown = [name_part(v) for v in values]
+        if len(set(shown)) < len(shown):
+            dup = next(x for x in shown if shown.count(x) > 1)
+            raise ld.fail(loc + (key,), f"grid axis '{key}' of '{exp_id}' repeats a value ({dup} in a name)")
+    desc = grid.get("description")
+    if desc is not None and not isinstance(desc, str):
+        raise ld.fail(loc + ("description",), f"the grid's description in '{exp_id}' must be a string")
+    g_args = ld.check_args(grid.get("args", {}), loc + ("args",)) if isinstance(grid.get("args", {}), dict) else None
+    if g_args is None:
+        raise ld.fail(loc + ("args",), f"the grid's args in '{exp_id}' must be a table")
+    where = loc + ("name",)
+    stripped = _PLACEHOLDER.sub("", template)
+    if "{" in stripped or "}" in stripped:
+        raise ld.fail(where, f"grid name template {_show(template)} of '{exp_id}' has an unmatched brace")
+    named = _PLACEHOLDER.findall(template)
+    if unknown := [n for n in named if n not in axes]:
+        raise ld.fail(where, f"grid name template {_show(template)} of '{exp_id}' names {{{unknown[0]}}}, which is "
+                             f"not an axis (axes: {', '.join(axes)})")
+    if missing := [a for a in axes if a not in named]:
+        raise ld.fail(where, f"grid name template {_show(template)} of '{exp_id}' leaves out axis '{missing[0]}': "
+                             "legs that differ only there would share a name")
+    legs = []
+    first: dict[str, dict] = {}
+    for combo in itertools.product(*axes.values()):
+        values = dict(zip(axes, combo, strict=True))
+        name = _fill(template, {k: name_part(v) for k, v in values.items()})
+        show = ", ".join(f"{k} = {_show(v)}" for k, v in values.items())
+        if why := _bad_name(name, LEG_FILES):
+            raise ld.fail(where, f"grid leg name {_show(name)} ({show}) in '{exp_id}' {why}")
+        if name in seen:
+            raise ld.fail(where, f"grid leg '{name}' ({show}) of '{exp_id}' has the name of the leg at line {seen[name]}")
+        if name in first:
+            other = ", ".join(f"{k} = {_show(v)}" for k, v in first[name].items())
+            raise ld.fail(where, f"grid legs ({other}) and ({show}) of '{exp_id}' would both be named '{name}'")
+        first[name] = values
+        subst = {"name": name, **{k: str(v) for k, v in values.items()}}
+        args = {**e_args, **{k: _fill(v, subst) if isinstance(v, str) else v for k, v in g_args.items()}, **values}
+        legs.append((name, args, _fill(desc, subst) if desc is not None else None, values))
+    return legs
 
 
 def _resolve(p: str, base: Path, ld: _Loader | None = None, loc: tuple = (), what: str = "path") -> Path:
