@@ -168,6 +168,20 @@ class Registry:
         exp = self.experiment(exp_id or (default_experiment or ""))
         return exp.leg(name) if exp else None
 
+    def baseline_of(self, leg: Leg) -> Leg | None:
+        """The baseline leg of the leg's experiment (maybe in another experiment), or None."""
+        exp = self.experiment(leg.experiment)
+        return self.find_leg(exp.baseline, exp.id) if exp is not None and exp.baseline else None
+
+    def leg_diff(self, leg: Leg, other: Leg | None = None) -> list[FlagDiff] | None:
+        """The trainer flags where `leg` differs from `other` (default: its baseline), in the
+        leg's flag order, then the other's flags the leg lacks. None when there is nothing to
+        compare with (no baseline); [] when the flags are the same."""
+        other = other if other is not None else self.baseline_of(leg)
+        if other is None:
+            return None
+        return diff_flags(parse_flags(other.trainer_args()), parse_flags(leg.trainer_args()))
+
 
 def command_lines(argv: list[str], quote: Callable[[str], str] = shlex.quote) -> list[str]:
     """An argv laid out for a reader (the resume guide, a dry run): the launcher up to `--` on
@@ -184,6 +198,54 @@ def command_lines(argv: list[str], quote: Callable[[str], str] = shlex.quote) ->
             lines.append(quote(rest[i]))
             i += 1
     return lines
+
+
+@dataclass(frozen=True)
+class FlagDiff:
+    """One trainer flag that differs between two runs: its value in each (None: not given; True:
+    a bare flag)."""
+
+    flag: str  # without its dashes
+    base: str | bool | None
+    run: str | bool | None
+
+    def __str__(self) -> str:
+        def show(v: str | bool | None) -> str:
+            return "(not given)" if v is None else "(set)" if v is True else v
+        return f"--{self.flag} {show(self.base)} -> {show(self.run)}"
+
+
+def parse_flags(argv: list[str]) -> dict[str, str | bool]:
+    """A trainer's flags from its argv (after `--` when there is one): `--key value` -> value, a
+    bare `--key` -> True. The inverse of render_args."""
+    args = argv[argv.index("--") + 1:] if "--" in argv else list(argv)
+    out: dict[str, str | bool] = {}
+    i = 0
+    while i < len(args):
+        key = args[i]
+        if not key.startswith("--"):
+            i += 1
+            continue
+        if i + 1 < len(args) and not args[i + 1].startswith("--"):
+            out[key[2:]] = args[i + 1]
+            i += 2
+        else:
+            out[key[2:]] = True
+            i += 1
+    return out
+
+
+def diff_flags(base: dict[str, str | bool], run: dict[str, str | bool]) -> list[FlagDiff]:
+    """The flags whose values differ: the run's flags in its order, then those only the base gives."""
+    out = [FlagDiff(k, base.get(k), v) for k, v in run.items() if base.get(k) != v]
+    return out + [FlagDiff(k, v, None) for k, v in base.items() if k not in run]
+
+
+def format_diff(diffs: list[FlagDiff] | None) -> str:
+    """`--compile-mode static -> dynamic, --fp8 (set) -> (not given)`, or `none` (the same flags)."""
+    if diffs is None:
+        return "nothing to compare with"
+    return ", ".join(str(d) for d in diffs) or "none"
 
 
 def render_args(args: dict[str, Any], exp_dir: Path | str | None = None) -> list[str]:

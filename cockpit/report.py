@@ -303,6 +303,27 @@ def plan_baseline(exp_dir: Path, tail: int = 50, now: float | None = None) -> Re
     return None
 
 
+def flags_of(row: ReportRow, exp_dir: Path) -> dict[str, str | bool] | None:
+    """The trainer flags a run ran with, its dir's path written `{exp_dir}` (so two dirs compare
+    by what they asked, not where): a log of a cockpit dir from its plan.json; a recorded
+    baseline from the registry the plan names. None when nothing says (a manual log)."""
+    try:
+        if row.source == Source.RECORDED:
+            found = _plan_experiment(exp_dir)
+            leg = found[0].find_leg(row.run.removesuffix(" (recorded)")) if found else None
+            return reg.parse_flags(leg.trainer_args()) if leg is not None else None
+        if not row.path:
+            return None
+        log = Path(row.path)
+        plan = expdir.read_json(log.parent / "plan.json", expdir.PLAN_MAX_BYTES)
+        spec = next(x for x in plan["legs"] if isinstance(x, dict) and x.get("name") == log.stem)
+        where = plan.get("dir") if isinstance(plan.get("dir"), str) else str(log.parent)
+        argv = [a.replace(where, reg.EXP_DIR_PLACEHOLDER) if isinstance(a, str) else str(a) for a in spec["argv"]]
+        return reg.parse_flags(argv)
+    except Exception:  # noqa: BLE001 - no plan, a broken one, no such leg: nothing to compare
+        return None
+
+
 # ----------------------------------------------------------------------------------------------
 # markdown
 
@@ -414,10 +435,14 @@ def render_report(
         out += ["", f"## Delta vs baseline {safetext.md_code(base.run)}{why}"]
         if base.source == Source.RECORDED and base.note:
             out += ["", f"Baseline figures {_md_text(base.note)} (not measured here)."]
+        base_flags = flags_of(base, exp_dir)
         for r in all_rows:
             if r.run == base.run or not r.has_figures:
                 continue
             out += ["", f"### {_md_text(r.run)}", "", render_delta(base, r, tail)]
+            run_flags = flags_of(r, exp_dir)
+            if base_flags is not None and run_flags is not None:
+                out += ["", f"args differ: {_md_text(reg.format_diff(reg.diff_flags(base_flags, run_flags)))}"]
     if links:
         out += ["", "## Files", ""]
         for label, rel in links.items():

@@ -6,9 +6,19 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURES, NOW, bundled_registry, check_golden, hold_supervisor_lock, make_dir, step_line
+from conftest import (
+    FIXTURES,
+    NOW,
+    REPO,
+    bundled_registry,
+    check_golden,
+    hold_supervisor_lock,
+    make_dir,
+    step_line,
+)
 
 from cockpit import cli, launch, report, stats
+from cockpit import registry as reg
 
 V1 = "20260224_175412_moe-fp8-capacity-ablation-v1"
 V2 = "20260224_182427_moe-fp8-capacity-opt-v2-buffer"
@@ -248,6 +258,63 @@ def test_supervisor_report_has_deltas_against_the_experiments_baseline(tmp_path)
     registry.path.write_text(registry.path.read_text().replace('id = "cpu-smoke"', 'id = "cpu-smoke-renamed"'))
     text = report.write_report(d, plots=False, now=NOW).read_text()
     assert head in text and delta in text
+
+
+def test_args_differ_line_per_run(tmp_path):
+    registry = bundled_registry(tmp_path)
+    root = registry.settings.exp_root
+    d = root / "20261126_050000_cpu-smoke"
+    d.mkdir(parents=True)
+    launch.write_plan(registry, launch.plan_launch(registry, "cpu-smoke"), d)
+    for leg in ("dense", "moe_dropless", "moe_cap1p0"):
+        shutil.copy(FIXTURES / "cpu-smoke" / f"{leg}.log", d / f"{leg}.log")
+    text = report.render_report(d, now=NOW)
+    lines = [ln for ln in text.splitlines() if ln.startswith("args differ")]
+    assert lines == [
+        "args differ: --use-moe (not given) -> (set), --model-tag smoke_dense -> smoke_moe_dropless, "
+        "--moe-capacity-factor (not given) -> 0.0",
+        "args differ: --use-moe (not given) -> (set), --model-tag smoke_dense -> smoke_moe_cap1p0, "
+        "--moe-capacity-factor (not given) -> 1.0",
+    ]
+    assert text.index(lines[1]) > text.index("### moe_cap1p0")
+    # a baseline in another dir: its dir's path is no difference (each run's checkpoint root is its own dir's)
+    later = root / "20261126_060000_cpu-smoke"
+    later.mkdir()
+    launch.write_plan(registry, launch.plan_launch(registry, "cpu-smoke", ["moe_cap1p0"]), later)
+    shutil.copy(FIXTURES / "cpu-smoke" / "moe_cap1p0.log", later / "moe_cap1p0.log")
+    text = report.render_report(later, baseline=f"{d.name}/dense", now=NOW)
+    assert "args differ: --use-moe (not given) -> (set), --model-tag smoke_dense -> smoke_moe_cap1p0, " \
+           "--moe-capacity-factor (not given) -> 1.0" in text
+    # a recorded baseline: its flags from the registry the plan names
+    v3 = root / "20261126_070000_moe-fp8-capacity-opt-v3"
+    v3.mkdir()
+    launch.write_plan(registry, launch.plan_launch(registry, "moe-fp8-capacity-opt-v3"), v3)
+    shutil.copy(FIXTURES / "seed" / V1 / "static_cap1p25.log", v3 / "moe_fp8_experts_static_cap1p0_v3.log")
+    text = report.render_report(v3, now=NOW)
+    assert ("args differ: --model-tag moe_fp8_experts_static_cap1p0_bufreuse -> moe_fp8_experts_static_cap1p0_v3"
+            in text)
+    # a manual dir (no plan): nothing says what ran, so no line
+    manual = copy_logs(FIXTURES, tmp_path / "manual", ["fork-log-excerpt", "upstream-bf16"])
+    assert "args differ" not in report.render_report(manual, baseline="fork-log-excerpt", now=NOW)
+
+
+def test_leg_diff_against_the_baseline_or_another_leg():
+    r = reg.load(REPO / "experiments.toml")
+    cap1 = r.find_leg("moe-fp8-capacity-ablation-v1/static_cap1p0")
+    assert reg.format_diff(r.leg_diff(cap1)) == ("--model-tag moe_fp8_experts_static_cap0p0_baseline -> "
+                                                 "moe_fp8_experts_static_cap1p0, --moe-capacity-factor 0.0 -> 1.0")
+    dyn = r.find_leg("moe-fp8-capacity-ablation-v1/dynamic_cap1p0")
+    assert [(d.flag, d.base, d.run) for d in r.leg_diff(dyn, cap1)] == [
+        ("model-tag", "moe_fp8_experts_static_cap1p0", "moe_fp8_experts_dynamic_cap1p0"),
+        ("compile-mode", "static", "dynamic")]
+    base = r.find_leg("moe-fp8-capacity-ablation-v1/static_cap0p0_baseline")
+    assert r.leg_diff(base) == [] and reg.format_diff([]) == "none"  # the baseline against itself
+    dense = r.find_leg("cpu-smoke/dense")
+    # another experiment's leg: the device, the model, the flags only one of them gives
+    diff = {d.flag: (d.base, d.run) for d in r.leg_diff(dense, cap1)}
+    assert diff["device-type"] == (None, "cpu") and diff["fp8"] == (True, None) and diff["depth"] == ("12", "2")
+    assert reg.format_diff(None) == "nothing to compare with"
+    assert reg.parse_flags(["torchrun", "-m", "x", "--", "--a", "1", "--b", "--c", "-1"]) == {"a": "1", "b": True, "c": "-1"}
 
 
 def test_big_logs_read_by_workers_give_the_same_files(tmp_path, monkeypatch):
