@@ -71,7 +71,20 @@ class LaunchPlan:
     legs: list[reg.Leg]  # to run, in order
     skipped: list[tuple[str, str]]  # (leg, why)
     torchrun: str
-    cwd: Path  # the checkout that holds the registry: the legs run from here
+    cwd: Path  # the checkout the legs run in (the registry's dir, or the experiment's workdir)
+    runtime: reg.Runtime | None = None  # the experiment's workdir, python and env
+
+
+def runtime_of(registry: reg.Registry, exp: reg.Experiment) -> reg.Runtime:
+    """Where and with what an experiment's legs run (the registry's defaults when it says nothing)."""
+    return exp.runtime or registry.runtime or reg.Runtime(workdir=registry.path.resolve().parent)
+
+
+def torchrun_for(runtime: reg.Runtime) -> str:
+    """The torchrun that runs the legs: beside the configured python, else beside this Python or on PATH."""
+    if runtime.torchrun is not None:
+        return str(runtime.torchrun)
+    return find_torchrun() or "torchrun"
 
 
 def find_torchrun() -> str | None:
@@ -115,7 +128,8 @@ def plan_launch(
             skipped.append((leg.name, f"done in {done[leg.name]}; --rerun runs it"))
         else:
             run.append(leg)
-    return LaunchPlan(exp, run, skipped, find_torchrun() or "torchrun", registry.path.resolve().parent)
+    runtime = runtime_of(registry, exp)
+    return LaunchPlan(exp, run, skipped, torchrun_for(runtime), runtime.workdir, runtime)
 
 
 def check_gpus(legs: list[reg.Leg]) -> str | None:
@@ -240,7 +254,12 @@ def launch_refusals(registry: reg.Registry, plan: LaunchPlan, exp_dir: Path) -> 
     """Every reason a launch of `plan` into `exp_dir` would be refused now ([] when none).
     Reads only: the dry run lists these, a real launch raises the first."""
     out = []
-    if find_torchrun() is None:
+    runtime = plan.runtime
+    if runtime is not None and runtime.torchrun is not None:
+        if not (os.path.isfile(runtime.torchrun) and os.access(runtime.torchrun, os.X_OK)):
+            out.append(f"torchrun not found beside {runtime.python} (no {runtime.torchrun}): install torch in that "
+                       "environment, or set python to one that has it")
+    elif find_torchrun() is None:
         out.append("torchrun not found next to this Python or on PATH (install the 'train' extra)")
     for why in (check_gpus(plan.legs), check_exp_root(registry.settings.exp_root),
                 check_paths(registry, plan.legs, exp_dir, plan.cwd)):
@@ -267,7 +286,11 @@ def dry_run_text(registry: reg.Registry, plan: LaunchPlan) -> str:
         return "\n".join(out)
     for why in launch_refusals(registry, plan, exp_dir):
         out.append(f"# a real launch would be refused here: {why}")
-    out += [f"cd {shlex.quote(str(plan.cwd))}", f"EXP_DIR={shlex.quote(str(exp_dir))}", 'mkdir -p "$EXP_DIR/ckpt_root"']
+    if plan.runtime is not None and plan.runtime.python is not None:
+        out.append(f"# python: {plan.runtime.python} (its torchrun runs the legs)")
+    out.append(f"cd {shlex.quote(str(plan.cwd))}")
+    out += [f"export {k}={shlex.quote(v)}" for k, v in (plan.runtime.env if plan.runtime else {}).items()]
+    out += [f"EXP_DIR={shlex.quote(str(exp_dir))}", 'mkdir -p "$EXP_DIR/ckpt_root"']
     for leg in plan.legs:
         out += ["", f"# leg {leg.name}" + (f": {leg.description}" if leg.description else "")]
         out.append(format_command(leg, exp_dir, plan.torchrun))
@@ -281,9 +304,10 @@ def write_plan(registry: reg.Registry, plan: LaunchPlan, exp_dir: Path, grace_s:
         "created_at": now_iso(),
         "host": socket.gethostname(),
         "user": os.environ.get("USER"),
-        "cwd": str(plan.cwd),
-        "python": sys.executable,
+        "cwd": str(plan.cwd),  # the checkout the legs run in
+        "python": str(plan.runtime.python) if plan.runtime and plan.runtime.python else sys.executable,
         "torchrun": plan.torchrun,
+        "env": dict(plan.runtime.env) if plan.runtime else {},  # added to each leg's environment
         "git": git_info(plan.cwd),
         "on_failure": registry.settings.on_failure,
         "tail": registry.settings.tail,  # the report's tail window: the supervisor's report.md uses it

@@ -7,7 +7,7 @@ global defaults), its baseline, its decision, and the figures of legs that ran e
 Every problem in the file is reported as one `RegistryError` whose text is
 `path:line: message`, so the CLI can print it on one line and exit 2.
 
-Layer 0: imports nothing from the cockpit but fsutil, safetext, vocab and toml_lines.
+Layer 0: imports nothing from the cockpit but fsutil, procs, safetext, vocab and toml_lines.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cockpit import fsutil, safetext
+from cockpit import fsutil, procs, safetext
 from cockpit.toml_lines import locate_keys
 from cockpit.vocab import METRICS
 
@@ -85,6 +85,23 @@ class Settings:
 
 
 @dataclass(frozen=True)
+class Runtime:
+    """Where and with what a leg runs: the checkout it runs in (its working directory, put first
+    on PYTHONPATH), the Python whose `torchrun` runs it, and extra environment variables.
+    `[defaults]` sets them; an experiment may set its own (its env is added to the defaults')."""
+
+    workdir: Path  # the registry's dir unless `workdir` says otherwise
+    python: Path | None = None  # None: the cockpit's own Python (the torchrun beside it, else on PATH)
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def torchrun(self) -> Path | None:
+        """The torchrun of the configured Python: the one beside it (a venv's bin), never resolved
+        through the symlink a venv's python is (that would leave the venv)."""
+        return self.python.parent / "torchrun" if self.python is not None else None
+
+
+@dataclass(frozen=True)
 class Recorded:
     """Figures of a leg that ran elsewhere (copied from a report), not measured here."""
 
@@ -109,6 +126,7 @@ class Leg:
     description: str | None
     line: int | None
     grid: dict[str, Any] | None = None  # a leg of the experiment's grid: its value on each axis
+    runtime: Runtime | None = None  # where and with what it runs (the experiment's)
 
     @property
     def is_recorded(self) -> bool:
@@ -143,6 +161,7 @@ class Experiment:
     hypothesis: str | None
     notes: tuple[str, ...]
     line: int | None
+    runtime: Runtime | None = None  # where and with what its legs run
 
     def leg(self, name: str) -> Leg | None:
         return next((leg for leg in self.legs if leg.name == name), None)
@@ -158,6 +177,12 @@ class Registry:
     settings: Settings
     experiments: tuple[Experiment, ...]
     raw: dict[str, Any] = field(repr=False)  # the file as parsed: the plan's snapshot
+    runtime: Runtime | None = None  # [defaults]' workdir, python and env (an experiment may differ)
+
+    @property
+    def workdir(self) -> Path:
+        """The checkout the legs run in by default (`[defaults] workdir`, else the registry's dir)."""
+        return self.runtime.workdir if self.runtime is not None else self.path.resolve().parent
 
     def experiment(self, exp_id: str) -> Experiment | None:
         return next((e for e in self.experiments if e.id == exp_id), None)
@@ -280,7 +305,8 @@ _SCHEMA: dict[str, dict[str, tuple[type, ...]]] = {
         "gpu_idle": (dict,),
     },
     "gpu_idle": {"max_util_pct": (int, float), "max_mem_mib": (int, float), "wait_s": (int, float)},
-    "defaults": {"module": (str,), "nproc_per_node": (int,), "device": (str,), "args": (dict,)},
+    "defaults": {"module": (str,), "nproc_per_node": (int,), "device": (str,), "args": (dict,),
+                 "workdir": (str,), "python": (str,), "env": (dict,)},
     "experiment": {
         "id": (str,),
         "title": (str,),
@@ -293,6 +319,9 @@ _SCHEMA: dict[str, dict[str, tuple[type, ...]]] = {
         "args": (dict,),
         "leg": (list,),
         "grid": (dict,),
+        "workdir": (str,),
+        "python": (str,),
+        "env": (dict,),
     },
     "leg": {
         "name": (str,),
@@ -547,6 +576,7 @@ def from_raw(raw: dict[str, Any], path: Path | str = DEFAULT_REGISTRY, text: str
                       f"'defaults.module' must be a Python module name (like nanochat.base_train), not {_show(module)}")
     d_device = _check_device(ld, defaults.get("device", "cuda"), ("defaults", "device"))
     d_nproc = _check_nproc(ld, defaults.get("nproc_per_node", 1), ("defaults", "nproc_per_node"))
+    d_runtime = _runtime(ld, defaults, ("defaults",), base, Runtime(workdir=base))
 
     experiments: list[Experiment] = []
     seen_ids: dict[str, int | None] = {}
@@ -567,6 +597,7 @@ def from_raw(raw: dict[str, Any], path: Path | str = DEFAULT_REGISTRY, text: str
         seen_ids[exp_id] = ld.line(loc + ("id",))
         device = _check_device(ld, exp.get("device", d_device), loc + ("device",))
         nproc = _check_nproc(ld, exp.get("nproc_per_node", d_nproc), loc + ("nproc_per_node",))
+        runtime = _runtime(ld, exp, loc, base, d_runtime)
         e_args = {**d_args, **ld.check_args(exp.get("args", {}), loc + ("args",))}
         notes = exp.get("notes", [])
         if not all(isinstance(n, str) for n in notes):
@@ -615,6 +646,7 @@ def from_raw(raw: dict[str, Any], path: Path | str = DEFAULT_REGISTRY, text: str
                     recorded=recorded,
                     description=leg.get("description"),
                     line=ld.line(lloc),
+                    runtime=runtime,
                 )
             )
         if "grid" in exp:
@@ -624,7 +656,7 @@ def from_raw(raw: dict[str, Any], path: Path | str = DEFAULT_REGISTRY, text: str
                     raise ld.fail(loc + ("grid", "name"), why)
                 grid_legs.append(Leg(name=name, experiment=exp_id, module=module, device=device, nproc_per_node=nproc,
                                      args=args, recorded=None, description=desc, line=ld.line(loc + ("grid",)),
-                                     grid=values))
+                                     grid=values, runtime=runtime))
             # the grid's legs stand where the grid stands among the hand-written ones
             at = ld.line(loc + ("grid",)) or 0
             cut = sum(1 for leg in legs if (leg.line or 0) < at)
@@ -641,10 +673,11 @@ def from_raw(raw: dict[str, Any], path: Path | str = DEFAULT_REGISTRY, text: str
                 hypothesis=exp.get("hypothesis"),
                 notes=tuple(notes),
                 line=ld.line(loc),
+                runtime=runtime,
             )
         )
 
-    registry = Registry(path=path, settings=settings, experiments=tuple(experiments), raw=raw)
+    registry = Registry(path=path, settings=settings, experiments=tuple(experiments), raw=raw, runtime=d_runtime)
     for i, exp in enumerate(registry.experiments):
         if exp.baseline and registry.find_leg(exp.baseline, exp.id) is None:
             raise ld.fail(
@@ -801,6 +834,53 @@ def _path_too_long(exp_root: Path, exp_id: str, leg: str) -> str | None:
         return (f"leg '{exp_id}/{leg}': its files under exp_root would have paths of {n} bytes, "
                 f"more than the {fsutil.PATH_MAX - 1} a path may have")
     return None
+
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+RESERVED_ENV = (procs.ENV_EXP_DIR, procs.ENV_LEG)  # the supervisor's marker on a leg's processes
+
+
+def _runtime(ld: _Loader, table: dict, loc: tuple, base: Path, parent: Runtime) -> Runtime:
+    """The workdir, python and env a table sets (over `parent`'s), checked now: the workdir is a
+    directory, the python an executable file, each env key a variable name and each value a
+    string. Relative paths are the registry's dir's; `~` is expanded; symlinks are kept (a venv's
+    python is one)."""
+    where = ".".join(str(p) for p in loc if not isinstance(p, int)) or "defaults"
+    workdir, python = parent.workdir, parent.python
+    if "workdir" in table:
+        workdir = _resolve_kept(ld, table["workdir"], base, loc + ("workdir",), f"{where}.workdir")
+        if not workdir.exists():
+            raise ld.fail(loc + ("workdir",), f"'{where}.workdir' {_cut(str(workdir))} does not exist")
+        if not workdir.is_dir():
+            raise ld.fail(loc + ("workdir",), f"'{where}.workdir' {_cut(str(workdir))} is not a directory")
+    if "python" in table:
+        python = _resolve_kept(ld, table["python"], base, loc + ("python",), f"{where}.python")
+        if not python.exists():
+            raise ld.fail(loc + ("python",), f"'{where}.python' {_cut(str(python))} does not exist")
+        if not python.is_file() or not os.access(python, os.X_OK):
+            raise ld.fail(loc + ("python",), f"'{where}.python' {_cut(str(python))} is not an executable file")
+    env = dict(parent.env)
+    for key, value in table.get("env", {}).items():
+        if not _ENV_NAME.match(key):
+            raise ld.fail(loc + ("env", key), f"'{where}.env' key {_show(key)} is not an environment variable name")
+        if key in RESERVED_ENV:
+            raise ld.fail(loc + ("env", key), f"'{where}.env' may not set {key}: the cockpit marks a leg's processes with it")
+        if not isinstance(value, str):
+            raise ld.fail(loc + ("env", key), f"'{where}.env.{key}' must be a string (quote it: \"{value}\"), "
+                                              f"not {type(value).__name__}")
+        if "\x00" in value:
+            raise ld.fail(loc + ("env", key), f"'{where}.env.{key}' holds a NUL byte")
+        env[key] = value
+    return Runtime(workdir=workdir, python=python, env=env)
+
+
+def _resolve_kept(ld: _Loader, p: str, base: Path, loc: tuple, what: str) -> Path:
+    """A path made absolute like _resolve, but its symlinks kept (a venv's python is a symlink:
+    resolved, it would be the interpreter outside the venv)."""
+    real = _resolve(p, base, ld, loc, what)  # the same checks (empty, NUL, ~user)
+    del real
+    path = Path(os.path.expanduser(p))
+    return Path(os.path.normpath(path if path.is_absolute() else base / path))
 
 
 def _check_device(ld: _Loader, device: str, loc: tuple) -> str:

@@ -127,6 +127,7 @@ class ResumeState:
     safety: list[str]
     dirs: list[ExpDir] = field(default_factory=list)  # every experiment dir under exp_root, oldest first
     checkout: Branch | None = None  # the checkout's branch beside the expected one (read-only git)
+    workdir: str = ""  # the checkout the legs run in (the registry's dir unless it says otherwise)
     # the first leg to run in registry order, when this machine cannot run it (it comes before `next`)
     next_elsewhere: NextLeg | None = None
 
@@ -282,11 +283,17 @@ def execution_template(registry: reg.Registry, leg: reg.Leg) -> tuple[str, str]:
     """The shell recipe that runs a leg by hand in a fresh dir (activate the venv, EXP_DIR=<stamped
     dir>, mkdir, torchrun ... | tee the log): (EXP_DIR value, whole text)."""
     exp_dir_value = f"{registry.settings.exp_root}/$(date +%Y%m%d_%H%M%S)_{leg.experiment}"
-    lines = reg.command_lines(leg.argv("$EXP_DIR"), _shell_arg)
+    rt = leg.runtime or registry.runtime
+    torchrun = str(rt.torchrun) if rt is not None and rt.torchrun is not None else "torchrun"
+    lines = reg.command_lines(leg.argv("$EXP_DIR", torchrun), _shell_arg)
     lines[-1] += f' 2>&1 | tee "$EXP_DIR/{leg.name}.log"'
+    head = ["source .venv/bin/activate" if torchrun == "torchrun" else f"# the legs' python: {rt.python}"]
+    if rt is not None and rt.workdir != registry.workdir:  # the guide's `cd` is to the default checkout
+        head.append(f"cd {shlex.quote(str(rt.workdir))}")
+    head += [f"export {k}={shlex.quote(v)}" for k, v in (rt.env if rt is not None else {}).items()]
     text = "\n".join(
         [
-            "source .venv/bin/activate",
+            *head,
             f"EXP_DIR={_dq(exp_dir_value)}",
             'mkdir -p "$EXP_DIR/ckpt_root"',
             "",
@@ -415,12 +422,13 @@ def build_state(
         safety=safety_lines(registry),
         dirs=dirs,
         checkout=checkout if checkout is not None else branch_check(checkout_dir(registry), s.branch),
+        workdir=str(checkout_dir(registry)),
     )
 
 
 def checkout_dir(registry: reg.Registry) -> Path:
-    """The checkout the legs run in: the registry's dir."""
-    return registry.path.resolve().parent
+    """The checkout the legs run in: `[defaults] workdir`, else the registry's dir."""
+    return registry.workdir
 
 
 # ----------------------------------------------------------------------------------------------
@@ -532,7 +540,7 @@ def render_guide(state: ResumeState) -> str:
     if not done_any:
         out += ["", "Nothing completed yet."]
 
-    out += ["", "## Resume Environment", "", "```bash", f"cd {shlex.quote(str(Path(state.registry_path).resolve().parent))}"]
+    out += ["", "## Resume Environment", "", "```bash", f"cd {shlex.quote(state.workdir)}"]
     co = state.checkout
     if co is not None and not co.ok:
         out.append(co.checkout_command or f"# {co.text()}")

@@ -323,7 +323,7 @@ class Supervisor:
         name = spec["name"]
         st = self.states[name]
         cwd = plan.get("cwd") if isinstance(plan.get("cwd"), str) else str(self.exp_dir)
-        env = dict(os.environ)
+        env = {**os.environ, **plan_env(plan)}  # the registry's env for the legs, over ours
         env["PYTHONUNBUFFERED"] = "1"
         env["PYTHONPATH"] = os.pathsep.join(p for p in (cwd, env.get("PYTHONPATH", "")) if p)
         env.update(leg_env(self.exp_dir, name))  # proves, later, that its processes are this leg's
@@ -423,6 +423,16 @@ def _waiter(proc: subprocess.Popen):
             pass
 
     return wait
+
+
+def plan_env(plan: dict) -> dict[str, str]:
+    """The extra environment the plan gives the legs: names and string values only (a plan is a
+    file: it may hold anything), never the marker that proves a process is the leg's."""
+    env = plan.get("env")
+    if not isinstance(env, dict):
+        return {}
+    return {k: v for k, v in env.items() if isinstance(k, str) and isinstance(v, str) and k and "=" not in k
+            and "\x00" not in k + v and k not in (procs.ENV_EXP_DIR, procs.ENV_LEG)}
 
 
 def _number(v: object, default: float, lo: float, hi: float) -> float:
