@@ -78,6 +78,7 @@ class LegState:
     note: str | None = None  # e.g. "preflight skipped: NVML unavailable: ...", why it stopped
     log: str | None = None  # path of <exp_dir>/<leg>.log
     log_id: list[int] | None = None  # (device, inode) of the log the supervisor created: only it is appended to
+    notify_error: str | None = None  # the registry's notify command failed for this leg: why (never fatal)
 
     @property
     def active(self) -> bool:
@@ -97,7 +98,7 @@ class LegState:
             and isinstance(st.error_tail, list)
             and all(isinstance(v, str) for v in st.error_tail)
             and all(v is None or isinstance(v, str)
-                    for v in (st.started_at, st.ended_at, st.waiting_reason, st.note, st.log))
+                    for v in (st.started_at, st.ended_at, st.waiting_reason, st.note, st.log, st.notify_error))
             and (st.log_id is None or (isinstance(st.log_id, list) and len(st.log_id) == 2
                                        and all(_is_int(v) for v in st.log_id)))
         )

@@ -291,6 +291,9 @@ def dry_run_text(registry: reg.Registry, plan: LaunchPlan) -> str:
     out.append(f"cd {shlex.quote(str(plan.cwd))}")
     out += [f"export {k}={shlex.quote(v)}" for k, v in (plan.runtime.env if plan.runtime else {}).items()]
     out += [f"EXP_DIR={shlex.quote(str(exp_dir))}", 'mkdir -p "$EXP_DIR/ckpt_root"']
+    if registry.settings.notify:
+        out.append(f"# when a leg ends (done or failed): {shlex.join(registry.settings.notify)}"
+                   f" (within {registry.settings.notify_timeout_s:g}s; a failure is noted, never fatal)")
     for leg in plan.legs:
         out += ["", f"# leg {leg.name}" + (f": {leg.description}" if leg.description else "")]
         out.append(format_command(leg, exp_dir, plan.torchrun))
@@ -313,6 +316,9 @@ def write_plan(registry: reg.Registry, plan: LaunchPlan, exp_dir: Path, grace_s:
         "tail": registry.settings.tail,  # the report's tail window: the supervisor's report.md uses it
         "stop_grace_s": grace_s,
         "gpu_idle": asdict(registry.settings.gpu_idle),
+        # what the supervisor runs when a leg ends done or failed (placeholders filled then)
+        "notify": ({"argv": list(registry.settings.notify), "timeout_s": registry.settings.notify_timeout_s}
+                   if registry.settings.notify else None),
         "legs": [
             {
                 "name": leg.name,

@@ -82,6 +82,10 @@ class Settings:
     tail: int
     gpu_idle: GpuIdle
     on_failure: str  # "stop" or "continue": what the queue does after a failed leg
+    # run by the supervisor when a leg ends done or failed: an argv (no shell), its placeholders
+    # filled (NOTIFY_FIELDS); it may fail or time out, which is noted, never fatal
+    notify: tuple[str, ...] | None = None
+    notify_timeout_s: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -303,6 +307,8 @@ _SCHEMA: dict[str, dict[str, tuple[type, ...]]] = {
         "tail": (int,),
         "on_failure": (str,),
         "gpu_idle": (dict,),
+        "notify": (list,),
+        "notify_timeout_s": (int, float),
     },
     "gpu_idle": {"max_util_pct": (int, float), "max_mem_mib": (int, float), "wait_s": (int, float)},
     "defaults": {"module": (str,), "nproc_per_node": (int,), "device": (str,), "args": (dict,),
@@ -557,6 +563,9 @@ def from_raw(raw: dict[str, Any], path: Path | str = DEFAULT_REGISTRY, text: str
     for key, hi in (("max_util_pct", 100.0), ("max_mem_mib", 1e9), ("wait_s", WAIT_S_MAX)):
         if key in idle:
             ld.check_range(idle[key], 0.0, hi, ("project", "gpu_idle", key), f"project.gpu_idle.{key}")
+    notify = _notify(ld, proj, base) if "notify" in proj else None
+    timeout = proj.get("notify_timeout_s", 10.0)
+    ld.check_range(timeout, 0.1, NOTIFY_TIMEOUT_MAX, ("project", "notify_timeout_s"), "project.notify_timeout_s")
     settings = Settings(
         name=proj.get("name", base.name),
         exp_root=exp_root,
@@ -565,6 +574,8 @@ def from_raw(raw: dict[str, Any], path: Path | str = DEFAULT_REGISTRY, text: str
         tail=tail,
         gpu_idle=GpuIdle(**{k: float(v) for k, v in idle.items()}),
         on_failure=on_failure,
+        notify=notify,
+        notify_timeout_s=float(timeout),
     )
 
     defaults = raw.get("defaults", {})
@@ -834,6 +845,41 @@ def _path_too_long(exp_root: Path, exp_id: str, leg: str) -> str | None:
         return (f"leg '{exp_id}/{leg}': its files under exp_root would have paths of {n} bytes, "
                 f"more than the {fsutil.PATH_MAX - 1} a path may have")
     return None
+
+
+NOTIFY_FIELDS = ("event", "experiment", "leg", "dir", "log")  # `{event}`: done or failed
+NOTIFY_TIMEOUT_MAX = 600.0
+
+
+def _notify(ld: _Loader, proj: dict, base: Path) -> tuple[str, ...]:
+    """`project.notify`, checked: a non-empty array of strings, placeholders only NOTIFY_FIELDS; a
+    program given as a path (it has a '/') is the registry dir's and must be an executable file.
+    A bare name is looked up on PATH when it runs (PATH differs from machine to machine)."""
+    loc = ("project", "notify")
+    argv = proj["notify"]
+    if not argv or not all(isinstance(a, str) for a in argv):
+        raise ld.fail(loc, "'project.notify' must be a non-empty array of strings: a command and its arguments "
+                           "(no shell), e.g. [\"notify-send\", \"{experiment}/{leg}: {event}\"]")
+    if not argv[0].strip():
+        raise ld.fail(loc, "'project.notify' names no program (its first item is empty)")
+    for a in argv:
+        if "\x00" in a:
+            raise ld.fail(loc, "'project.notify' holds a NUL byte (no command line can)")
+        if unknown := [n for n in _PLACEHOLDER.findall(a) if n not in NOTIFY_FIELDS]:
+            raise ld.fail(loc, f"'project.notify' names {{{unknown[0]}}}; it knows "
+                               + ", ".join(f"{{{f}}}" for f in NOTIFY_FIELDS))
+    program = argv[0]
+    if "/" in program:
+        path = _resolve_kept(ld, program, base, loc, "project.notify")
+        if not (path.is_file() and os.access(path, os.X_OK)):
+            raise ld.fail(loc, f"'project.notify' program {_cut(str(path))} is not an executable file")
+        program = str(path)
+    return (program, *argv[1:])
+
+
+def fill_notify(argv: tuple[str, ...] | list[str], fields: dict[str, str]) -> list[str]:
+    """The notify command for one leg: each `{field}` replaced (NOTIFY_FIELDS), nothing else."""
+    return [_fill(a, fields) for a in argv]
 
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")

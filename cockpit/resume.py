@@ -681,6 +681,8 @@ def render_status(state: ResumeState) -> str:
             pid = f"pid {m.pid}  " if m.pid is not None else ""
             extra = f"  {pid}{progress(m)}" if m.mark == Mark.RUNNING else _figures(m)
             why = f"  ({m.note})" if m.note and m.mark in NOTED_MARKS else ""
+            if m.state is not None and m.state.notify_error:
+                why += f"  [notify failed: {m.state.notify_error}]"
             out.append(f"  {m.leg:<{width}}  {m.mark:<8}{extra}{base}{why}".rstrip())
     known = {e.id for e in state.experiments}
     out += ["", f"dirs under exp_root: {len(state.dirs) or 'none yet'}"]

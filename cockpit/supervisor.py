@@ -18,7 +18,7 @@ included, fails the leg before it starts, with that reason); any OSError of the 
 still can be and in the supervisor's log as one line, and the queue goes on or stops per policy.
 The supervisor always ends with its exit code, never with a traceback.
 
-Layer 2: imports fsutil, procs, safetext, vocab, gpus, expdir and report.
+Layer 2: imports fsutil, procs, safetext, registry, vocab, gpus, expdir and report.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from pathlib import Path
 import psutil
 
 from cockpit import fsutil, gpus, procs, report, safetext
+from cockpit import registry as reg
 from cockpit.expdir import (
     PLAN_MAX_BYTES,
     STATE_DIR,
@@ -223,6 +224,8 @@ class Supervisor:
                 line = self.fault(name, e)
                 st = self._finish(name, Status.FAILED, note=f"supervisor fault: {line}", error_tail=[f"supervisor: {line}"])
             self._report(plan_tail(plan))
+            if st.status in (Status.DONE, Status.FAILED):
+                self._notify(plan, st)
             if st.status == Status.FAILED and plan.get("on_failure", "stop") == "stop":
                 self.say(f"{name} failed: stopping the queue (on_failure = stop)")
                 for rest in legs[legs.index(spec) + 1 :]:
@@ -395,6 +398,22 @@ class Supervisor:
         except Exception as e:  # noqa: BLE001 - the queue must go on whatever the report does
             self.say(f"report.md not regenerated: {fsutil.oneline(e)}")
 
+    def _notify(self, plan: dict, st: LegState) -> None:
+        """Run the registry's notify command for a leg that ended done or failed. It may fail,
+        hang or be missing: that is said in the supervisor's log and the leg's state, never more."""
+        argv, timeout_s = plan_notify(plan)
+        if argv is None:
+            return
+        fields = {"event": str(st.status), "experiment": str(plan["experiment"]), "leg": st.leg,
+                  "dir": str(self.exp_dir), "log": str(self.log_path(st.leg))}
+        why = run_notify(reg.fill_notify(argv, fields), timeout_s, self.exp_dir)
+        if why is None:
+            self.say(f"{st.leg}: notified ({st.status})")
+            return
+        st.notify_error = why
+        self.put(st)
+        self.say(f"{st.leg}: notify failed: {why}")
+
     def _on_term(self, signum, frame) -> None:
         self.stop_all = True
 
@@ -423,6 +442,49 @@ def _waiter(proc: subprocess.Popen):
             pass
 
     return wait
+
+
+NOTIFY_OUTPUT_MAX = 64 * 1024  # the last bytes of a notify command's output kept, for its last line
+
+
+def plan_notify(plan: dict) -> tuple[list[str] | None, float]:
+    """The notify command of a plan (argv with its placeholders, timeout), when it is a sane one."""
+    spec = plan.get("notify")
+    if not isinstance(spec, dict):
+        return None, 0.0
+    argv = spec.get("argv")
+    if not (isinstance(argv, list) and argv and all(isinstance(a, str) and "\x00" not in a for a in argv)):
+        return None, 0.0
+    return argv, _number(spec.get("timeout_s"), 10.0, 0.1, 600.0)
+
+
+def run_notify(argv: list[str], timeout_s: float, cwd: Path) -> str | None:
+    """Run a notify command (no shell, no stdin, in its own session); None when it exits 0, else
+    why not in one line: it could not start, it exited non-zero (its last line), or it ran past
+    its time and was stopped with everything it started."""
+    try:
+        proc = subprocess.Popen(argv, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    except (OSError, ValueError) as e:
+        return f"could not run: {safetext.oneline(fsutil.oneline(e))[:200]}"
+    try:
+        out, _ = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        try:
+            procs.terminate(psutil.Process(proc.pid), 1.0, waiter=_waiter(proc))  # our own unreaped child
+        except psutil.NoSuchProcess:
+            pass
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        proc.stdout.close()  # not read to its end: a process it left behind may still hold it
+        return f"timed out after {timeout_s:g}s (stopped)"
+    if proc.returncode == 0:
+        return None
+    lines = [ln.strip() for ln in out[-NOTIFY_OUTPUT_MAX:].decode("utf-8", "replace").splitlines() if ln.strip()]
+    cause = signal_cause(proc.returncode) if proc.returncode < 0 else None
+    last = f": {safetext.oneline(lines[-1])[:200]}" if lines else ""
+    return (f"killed by signal {-proc.returncode}" if cause else f"exited {proc.returncode}") + last
 
 
 def plan_env(plan: dict) -> dict[str, str]:
