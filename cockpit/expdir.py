@@ -292,6 +292,7 @@ class ExpDir:
     supervisor: dict | None = None  # state/supervisor.json as written
     supervisor_alive: bool = False  # proven (see supervisor_identity)
     problem: str | None = None  # what could not be read here (one line); the rest is what could
+    prepare: LegState | None = None  # the plan's prepare step, as state/prepare.json records it (reconciled)
 
     @property
     def running(self) -> list[LegState]:
@@ -383,6 +384,8 @@ def open_dir(path: Path | str) -> ExpDir:
         st = read_state(path, leg)
         if st is not None:
             d.states[leg] = reconcile(path, st, sup_alive, d.expect(leg))
+    if plan and plan.get("prepare") and (prep := read_state(path, reg.PREPARE)) is not None:
+        d.prepare = _reconcile_prepare(prep, sup_alive)
     d.problem = "; ".join(problems) or None
     return d
 
@@ -415,6 +418,17 @@ def reconcile(exp_dir: Path, st: LegState, supervisor_alive: bool, expect: procs
     # queued or waiting, and nobody left to start it
     st.status = Status.STOPPED
     st.note = "supervisor gone before the leg started"
+    return st
+
+
+def _reconcile_prepare(st: LegState, supervisor_alive: bool) -> LegState:
+    """A prepare step recorded as running or queued by a supervisor that is gone: still running
+    when its process is (pid and create time), else stopped."""
+    if supervisor_alive or not st.active:
+        return st
+    if st.status == Status.RUNNING and procs.alive(st.pid, st.create_time):
+        return st
+    st.status, st.note = Status.STOPPED, "supervisor gone while it prepared"
     return st
 
 

@@ -116,6 +116,8 @@ def plan_launch(
     for leg in chosen:
         if leg.name == SUPERVISOR:
             raise RunError(f"leg name '{SUPERVISOR}' is reserved for the supervisor's own files")
+        if leg.name == reg.PREPARE and exp.prepare is not None:
+            raise RunError(f"leg name '{reg.PREPARE}' is reserved for the experiment's prepare step")
 
     done = {} if rerun else done_legs(registry.settings.exp_root, exp_id)
     run: list[reg.Leg] = []
@@ -291,13 +293,57 @@ def dry_run_text(registry: reg.Registry, plan: LaunchPlan) -> str:
     out.append(f"cd {shlex.quote(str(plan.cwd))}")
     out += [f"export {k}={shlex.quote(v)}" for k, v in (plan.runtime.env if plan.runtime else {}).items()]
     out += [f"EXP_DIR={shlex.quote(str(exp_dir))}", 'mkdir -p "$EXP_DIR/ckpt_root"']
+    if (prep := plan.experiment.prepare) is not None:
+        out += ["", prepare_text(prep, plan)]
     if registry.settings.notify:
         out.append(f"# when a leg ends (done or failed): {shlex.join(registry.settings.notify)}"
                    f" (within {registry.settings.notify_timeout_s:g}s; a failure is noted, never fatal)")
     for leg in plan.legs:
         out += ["", f"# leg {leg.name}" + (f": {leg.description}" if leg.description else "")]
+        for why in missing_inputs(leg, plan):
+            out.append(f"# {why}")
         out.append(format_command(leg, exp_dir, plan.torchrun))
     return "\n".join(out)
+
+
+def legs_python(plan: LaunchPlan) -> str:
+    """The Python of the legs: the configured one, else this one (whose torchrun runs them)."""
+    return str(plan.runtime.python) if plan.runtime is not None and plan.runtime.python is not None else sys.executable
+
+
+def prepare_text(prep: reg.Prepare, plan: LaunchPlan) -> str:
+    """The prepare step as a dry run shows it: whether it will run, and its exact command."""
+    command = shlex.join(prep.command(legs_python(plan))) + ' > "$EXP_DIR/prepare.log" 2>&1'
+    missing = prep.missing()
+    if not missing:
+        return f"# prepare: skipped, what it creates exists ({', '.join(map(str, prep.creates))})\n# {command}"
+    return f"# prepare, first ({', '.join(map(str, missing))} missing):\n{command}"
+
+
+# The trainer's input dirs when its flags name none (nanochat/data.py, nanochat/tokenizer.py).
+TRAINER_INPUTS = {"data-dir": "~/.cache/nanochat/base_data", "tokenizer-dir": "~/.cache/nanochat/tokenizer"}
+
+
+def missing_inputs(leg: reg.Leg, plan: LaunchPlan) -> list[str]:
+    """Why a leg would fail at once for want of its data (a parquet leg's data or tokenizer dir
+    missing, and no prepare step of its experiment will make it): one line each, saying how to
+    make it. Reads only."""
+    if leg.args.get("data") != "parquet":
+        return []
+    out = []
+    prep = plan.experiment.prepare
+    for key, default in TRAINER_INPUTS.items():
+        value = leg.args.get(key, default)
+        path = Path(os.path.expanduser(str(value)))
+        path = path if path.is_absolute() else plan.cwd / path
+        if os.path.exists(path):
+            continue
+        if prep is not None and prep.makes(path):
+            continue  # the prepare step makes it before the first leg
+        make = ("python -m nanochat.smoke_data --out DIR (a small corpus and tokenizer), or upstream nanochat's "
+                "dataset download" + (" and tokenizer training" if key == "tokenizer-dir" else ""))
+        out.append(f"leg {leg.name} would fail at once: --{key} {value} does not exist (make it: {make})")
+    return out
 
 
 def write_plan(registry: reg.Registry, plan: LaunchPlan, exp_dir: Path, grace_s: float = STOP_GRACE_S) -> dict:
@@ -330,6 +376,9 @@ def write_plan(registry: reg.Registry, plan: LaunchPlan, exp_dir: Path, grace_s:
             for leg in plan.legs
         ],
         "skipped": [{"leg": name, "why": why} for name, why in plan.skipped],
+        # run by the supervisor before the first leg when `creates` is missing
+        "prepare": ({"argv": plan.experiment.prepare.command(legs_python(plan)),
+                     "creates": [str(p) for p in plan.experiment.prepare.creates]} if plan.experiment.prepare else None),
         "registry": {"path": str(registry.path.resolve()), "raw": registry.raw},
     }
     fd = fsutil.create_new(exp_dir / "plan.json", root=exp_dir)  # written once, never over anything

@@ -33,6 +33,9 @@ REGISTRY_ENV = "COCKPIT_REGISTRY"  # names the registry file when no --registry 
 DEVICES = ("cuda", "cpu")
 FAILURE_POLICIES = ("stop", "continue")
 EXP_DIR_PLACEHOLDER = "{exp_dir}"
+EXP_ROOT_PLACEHOLDER = "{exp_root}"  # in a trainer arg or a prepare entry: project.exp_root, filled at load
+PYTHON_PLACEHOLDER = "{python}"  # in a prepare argv: the Python of the legs, filled at launch
+PREPARE = "prepare"  # an experiment's prepare step: <dir>/prepare.log, state/prepare.json (no leg's name)
 REGISTRY_MAX_BYTES = 16 << 20  # a registry is a hand-written file: a bigger one is not a registry
 # Bounds of the numbers a registry holds: each is checked with its file:line.
 TAIL_MAX = 1_000_000  # step lines in the report's tail window
@@ -106,6 +109,28 @@ class Runtime:
 
 
 @dataclass(frozen=True)
+class Prepare:
+    """A step a launch runs once before an experiment's first leg, when the path it creates is
+    missing (a corpus, a tokenizer): an argv (no shell) in the legs' checkout, with their env."""
+
+    argv: tuple[str, ...]  # `{python}` stands for the legs' Python
+    creates: tuple[Path, ...]  # inside exp_root: the step runs when any of them is missing
+    line: int | None = None
+
+    def missing(self) -> list[Path]:
+        """What it creates that is not there now (the step runs when this is not empty)."""
+        return [p for p in self.creates if not os.path.lexists(p)]
+
+    def makes(self, path: Path | str) -> bool:
+        """Is `path` one of the paths it creates, or inside one?"""
+        return any(fsutil.is_inside(path, c) for c in self.creates)
+
+    def command(self, python: str) -> list[str]:
+        """The argv it runs, with the legs' Python."""
+        return [a.replace(PYTHON_PLACEHOLDER, python) for a in self.argv]
+
+
+@dataclass(frozen=True)
 class Recorded:
     """Figures of a leg that ran elsewhere (copied from a report), not measured here."""
 
@@ -166,6 +191,7 @@ class Experiment:
     notes: tuple[str, ...]
     line: int | None
     runtime: Runtime | None = None  # where and with what its legs run
+    prepare: Prepare | None = None  # run before its first leg when what it creates is missing
 
     def leg(self, name: str) -> Leg | None:
         return next((leg for leg in self.legs if leg.name == name), None)
@@ -328,7 +354,9 @@ _SCHEMA: dict[str, dict[str, tuple[type, ...]]] = {
         "workdir": (str,),
         "python": (str,),
         "env": (dict,),
+        "prepare": (dict,),
     },
+    "prepare": {"argv": (list,), "creates": (str, list)},
     "leg": {
         "name": (str,),
         "description": (str,),
@@ -609,7 +637,8 @@ def from_raw(raw: dict[str, Any], path: Path | str = DEFAULT_REGISTRY, text: str
         device = _check_device(ld, exp.get("device", d_device), loc + ("device",))
         nproc = _check_nproc(ld, exp.get("nproc_per_node", d_nproc), loc + ("nproc_per_node",))
         runtime = _runtime(ld, exp, loc, base, d_runtime)
-        e_args = {**d_args, **ld.check_args(exp.get("args", {}), loc + ("args",))}
+        e_args = _roots({**d_args, **ld.check_args(exp.get("args", {}), loc + ("args",))}, exp_root)
+        prepare = _prepare(ld, exp["prepare"], loc + ("prepare",), base, exp_root, read_only) if "prepare" in exp else None
         notes = exp.get("notes", [])
         if not all(isinstance(n, str) for n in notes):
             raise ld.fail(loc + ("notes",), f"'{exp_id}'.notes must be an array of strings")
@@ -628,6 +657,9 @@ def from_raw(raw: dict[str, Any], path: Path | str = DEFAULT_REGISTRY, text: str
                 raise ld.fail(lloc + ("name",), f"leg name {_show(name)} in '{exp_id}' {why}")
             if why := _path_too_long(exp_root, exp_id, name):
                 raise ld.fail(lloc + ("name",), why)
+            if name == PREPARE and prepare is not None:
+                raise ld.fail(lloc + ("name",), f"leg name '{PREPARE}' in '{exp_id}' is its prepare step's "
+                                                "(prepare.log): name the leg otherwise")
             if name in seen_legs:
                 raise ld.fail(
                     lloc + ("name",),
@@ -653,7 +685,7 @@ def from_raw(raw: dict[str, Any], path: Path | str = DEFAULT_REGISTRY, text: str
                     nproc_per_node=_check_nproc(
                         ld, leg.get("nproc_per_node", nproc), lloc + ("nproc_per_node",)
                     ),
-                    args={**e_args, **ld.check_args(leg.get("args", {}), lloc + ("args",))},
+                    args=_roots({**e_args, **ld.check_args(leg.get("args", {}), lloc + ("args",))}, exp_root),
                     recorded=recorded,
                     description=leg.get("description"),
                     line=ld.line(lloc),
@@ -666,7 +698,7 @@ def from_raw(raw: dict[str, Any], path: Path | str = DEFAULT_REGISTRY, text: str
                 if why := _path_too_long(exp_root, exp_id, name):
                     raise ld.fail(loc + ("grid", "name"), why)
                 grid_legs.append(Leg(name=name, experiment=exp_id, module=module, device=device, nproc_per_node=nproc,
-                                     args=args, recorded=None, description=desc, line=ld.line(loc + ("grid",)),
+                                     args=_roots(args, exp_root), recorded=None, description=desc, line=ld.line(loc + ("grid",)),
                                      grid=values, runtime=runtime))
             # the grid's legs stand where the grid stands among the hand-written ones
             at = ld.line(loc + ("grid",)) or 0
@@ -685,6 +717,7 @@ def from_raw(raw: dict[str, Any], path: Path | str = DEFAULT_REGISTRY, text: str
                 notes=tuple(notes),
                 line=ld.line(loc),
                 runtime=runtime,
+                prepare=prepare,
             )
         )
 
@@ -880,6 +913,46 @@ def _notify(ld: _Loader, proj: dict, base: Path) -> tuple[str, ...]:
 def fill_notify(argv: tuple[str, ...] | list[str], fields: dict[str, str]) -> list[str]:
     """The notify command for one leg: each `{field}` replaced (NOTIFY_FIELDS), nothing else."""
     return [_fill(a, fields) for a in argv]
+
+
+def _roots(args: dict, exp_root: Path) -> dict:
+    """Trainer args with `{exp_root}` filled in their string values (a corpus a prepare made there)."""
+    return {k: v.replace(EXP_ROOT_PLACEHOLDER, str(exp_root)) if isinstance(v, str) else v for k, v in args.items()}
+
+
+def _prepare(ld: _Loader, table: Any, loc: tuple, base: Path, exp_root: Path, read_only: list[Path]) -> Prepare:
+    """An experiment's prepare entry, checked: an argv of strings whose placeholders are `{python}`
+    and `{exp_root}`, and the path it creates, inside exp_root (nothing is written elsewhere) and
+    outside every read-only path."""
+    ld.check_table(table, "prepare", loc)
+    argv = table.get("argv")
+    if not argv or not all(isinstance(a, str) for a in argv) or not argv[0].strip():
+        raise ld.fail(loc + ("argv",), "'prepare.argv' must be a non-empty array of strings: a command and its "
+                                       "arguments (no shell), e.g. [\"{python}\", \"-m\", \"nanochat.smoke_data\", "
+                                       "\"--out\", \"{exp_root}/_data/smoke\"]")
+    known = (PYTHON_PLACEHOLDER[1:-1], EXP_ROOT_PLACEHOLDER[1:-1])
+    for a in argv:
+        if "\x00" in a:
+            raise ld.fail(loc + ("argv",), "'prepare.argv' holds a NUL byte (no command line can)")
+        if unknown := [n for n in _PLACEHOLDER.findall(a) if n not in known]:
+            raise ld.fail(loc + ("argv",), f"'prepare.argv' names {{{unknown[0]}}}; it knows {{python}} and {{exp_root}}")
+    if "creates" not in table:
+        raise ld.fail(loc, "a prepare entry needs 'creates': the paths it makes (it runs when one is missing)")
+    given = table["creates"] if isinstance(table["creates"], list) else [table["creates"]]
+    if not given or not all(isinstance(c, str) for c in given):
+        raise ld.fail(loc + ("creates",), "'prepare.creates' must be a path or a non-empty array of paths")
+    creates = []
+    for c in given:
+        path = _resolve(c.replace(EXP_ROOT_PLACEHOLDER, str(exp_root)), base, ld, loc + ("creates",), "prepare.creates")
+        if not (path != exp_root and exp_root in path.parents):
+            raise ld.fail(loc + ("creates",), f"'prepare.creates' {_cut(str(path))} must lie inside exp_root "
+                                              f"{_cut(str(exp_root))} (the cockpit writes nowhere else): use "
+                                              "{exp_root}/...")
+        for ro in read_only:
+            if path == ro or ro in path.parents:
+                raise ld.fail(loc + ("creates",), f"'prepare.creates' {_cut(str(path))} lies inside read-only path {ro}")
+        creates.append(path)
+    return Prepare(tuple(a.replace(EXP_ROOT_PLACEHOLDER, str(exp_root)) for a in argv), tuple(creates), ld.line(loc))
 
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")

@@ -154,14 +154,15 @@ def row_from_recorded(name: str, recorded: reg.Recorded) -> ReportRow:
     )
 
 
-def _dir_legs(exp_dir: Path) -> tuple[list[str], dict[str, str]]:
-    """Planned legs (plan order) and their state statuses; a dir of plain logs has neither."""
+def _dir_legs(exp_dir: Path) -> tuple[list[str], dict[str, str], bool]:
+    """Planned legs (plan order), their state statuses, and whether the plan has a prepare step
+    (its prepare.log is no run); a dir of plain logs has none of these."""
     try:
         d = expdir.open_dir(exp_dir)
     except Exception:  # noqa: BLE001 - a broken plan or state never stops a report
-        return [], {}
+        return [], {}, False
     planned = d.legs if d.plan else []
-    return planned, {leg: st.status for leg, st in d.states.items()}
+    return planned, {leg: st.status for leg, st in d.states.items()}, bool(d.plan and d.plan.get("prepare"))
 
 
 def _log_order(exp_dir: Path) -> list[Path]:
@@ -183,8 +184,8 @@ def rows(exp_dir: Path | str, tail: int = 50, now: float | None = None) -> list[
     raises on a bad log: its row says what it could read.
     """
     exp_dir = Path(exp_dir)
-    planned, states = _dir_legs(exp_dir)
-    by_stem = {p.stem: p for p in _log_order(exp_dir)}
+    planned, states, prepared = _dir_legs(exp_dir)
+    by_stem = {p.stem: p for p in _log_order(exp_dir) if not (prepared and p.stem == reg.PREPARE)}
     out: list[ReportRow] = []
     for leg in planned:
         log = by_stem.pop(leg, None)

@@ -74,6 +74,9 @@ class ExperimentState:
     legs: list[LegMark]
     dirs: list[str]  # this experiment's dirs under exp_root, oldest first
     baseline_mark: LegMark | None = None
+    prepare: reg.Prepare | None = None  # its prepare step (a launch runs it first when needed)
+    prepare_missing: list[str] = field(default_factory=list)  # what the prepare creates that is not there now
+    prepare_text: str | None = None  # the prepare step in one line: what it makes, whether a launch runs it
 
     @property
     def finished(self) -> list[LegMark]:
@@ -260,6 +263,17 @@ def gpu_status(registry: reg.Registry, sampler: gpus.Sampler | None = None) -> G
                      visible=n)
 
 
+def prepare_text(p: reg.Prepare, exp_root: Path) -> str:
+    """An experiment's prepare step in one line: whether a launch will run it, and its command."""
+    def short(path: Path) -> str:
+        return os.path.relpath(path, exp_root) if fsutil.is_inside(path, exp_root) else str(path)
+
+    if missing := p.missing():
+        return (f"{', '.join(short(m) for m in missing)} missing under exp_root: a launch runs "
+                f"`{shlex.join(p.command('python'))}` first (output in <dir>/prepare.log)")
+    return f"ready ({', '.join(short(c) for c in p.creates)} under exp_root)"
+
+
 def not_here(exp: reg.Experiment, leg: reg.Leg, gpu: GpuStatus) -> str | None:
     """Why this machine cannot run the leg, or None: a CPU leg runs anywhere, a leg sent to a
     Slurm cluster gets its GPUs from the scheduler, and a GPU leg needs that many GPUs here."""
@@ -291,11 +305,18 @@ def execution_template(registry: reg.Registry, leg: reg.Leg) -> tuple[str, str]:
     if rt is not None and rt.workdir != registry.workdir:  # the guide's `cd` is to the default checkout
         head.append(f"cd {shlex.quote(str(rt.workdir))}")
     head += [f"export {k}={shlex.quote(v)}" for k, v in (rt.env if rt is not None else {}).items()]
+    prep = []
+    exp = registry.experiment(leg.experiment)
+    if exp is not None and exp.prepare is not None and exp.prepare.missing():
+        python = "python" if torchrun == "torchrun" else str(rt.python)
+        prep = ["# its inputs, first (missing now):",
+                shlex.join(exp.prepare.command(python)) + ' 2>&1 | tee "$EXP_DIR/prepare.log"']
     text = "\n".join(
         [
             *head,
             f"EXP_DIR={_dq(exp_dir_value)}",
             'mkdir -p "$EXP_DIR/ckpt_root"',
+            *prep,
             "",
             " \\\n  ".join(lines),
         ]
@@ -385,7 +406,9 @@ def build_state(
         experiments.append(
             ExperimentState(
                 exp.id, exp.title, exp.device, exp.nproc_per_node, exp.baseline, exp.decision, exp.hypothesis,
-                exp.notes, marks, [str(d.path) for d in mine],
+                exp.notes, marks, [str(d.path) for d in mine], prepare=exp.prepare,
+                prepare_missing=[str(p) for p in exp.prepare.missing()] if exp.prepare else [],
+                prepare_text=prepare_text(exp.prepare, s.exp_root) if exp.prepare else None,
             )
         )
     by_ref = {m.ref: m for e in experiments for m in e.legs}
@@ -563,6 +586,8 @@ def render_guide(state: ResumeState) -> str:
             out += ["Hypothesis:", f"- {e.hypothesis}", ""]
         if e.baseline:
             out.append(f"Baseline: `{e.baseline}`" + (f" ({e.baseline_mark.mark})" if e.baseline_mark else ""))
+        if e.prepare_text:
+            out.append(f"Prepare: {_text(e.prepare_text)}")
         out += [f"- {_mark_line(m)}" + (f"; not on this machine: {m.not_here}" if m.not_here else "") for m in todo]
     if far is not None:
         why = state.find(f"{far.experiment}/{far.leg}")
@@ -649,6 +674,9 @@ def dir_line(d: ExpDir, known: bool = True) -> str:
         else:
             legs.append(f"{leg} not started")
     sup = f"  supervisor {d.supervisor_text};" if d.supervisor_text else ""
+    if (p := d.prepare) is not None:
+        why = f" ({p.note})" if p.note and p.status != Status.DONE else ""
+        sup += f"  {reg.PREPARE} {p.status}{why};"
     other = "" if known else f"  (experiment '{d.experiment}' is not in the registry)"
     problem = f"  [problem: {d.problem}]" if d.problem else ""
     return f"{d.path.name}{sup}  {', '.join(legs) or 'no legs, no logs'}{other}{problem}"
@@ -675,6 +703,8 @@ def render_status(state: ResumeState) -> str:
             counts[m.mark] = counts.get(m.mark, 0) + 1
         summary = ", ".join(f"{n} {k}" for k, n in counts.items())
         out += ["", f"{e.id}  [{where}]  {summary}"]
+        if e.prepare_text:
+            out.append(f"  prepare: {e.prepare_text}")
         width = max((len(m.leg) for m in e.legs), default=0)
         for m in e.legs:
             base = "  (baseline)" if m.is_baseline else ""

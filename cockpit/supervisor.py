@@ -59,6 +59,7 @@ from cockpit.expdir import (
     try_lock,
     write_state,
 )
+from cockpit.registry import PREPARE
 from cockpit.vocab import Status
 
 
@@ -74,7 +75,7 @@ def check_plan(plan: object) -> str | None:
     seen = set()
     for i, spec in enumerate(legs):
         name = spec.get("name") if isinstance(spec, dict) else None
-        if not leg_name_ok(name) or name == SUPERVISOR or name in seen:
+        if not leg_name_ok(name) or name == SUPERVISOR or name in seen or (name == PREPARE and plan.get("prepare")):
             return f"leg {i}: {safetext.oneline(repr(name))[:60]} is not a leg name a file can have (or is repeated)"
         seen.add(name)
         argv = spec.get("argv")
@@ -211,6 +212,11 @@ class Supervisor:
                                   log_id=prev.log_id if prev is not None else None,
                                   supervisor_pid=self.me, supervisor_create_time=self.my_create_time))
         self.say(f"supervisor {self.me}: {len(legs)} legs of {plan['experiment']} in {self.exp_dir}")
+        prep = self._prepare(plan)
+        if prep is not None:  # the prepare step failed or was stopped: no leg can run
+            self._prepare_ended(plan, prep)
+            record["status"] = "ended with legs not done"
+            return 1
         for spec in legs:
             name = spec["name"]
             if name not in self.states:
@@ -235,6 +241,98 @@ class Supervisor:
         ok = all(s.status == Status.DONE for s in self.states.values())
         record["status"] = "finished" if ok else "ended with legs not done"
         return 0 if ok else 1
+
+    # ------------------------------------------------------------------------------------------
+    def _put_prepare(self, st: LegState) -> None:
+        try:
+            write_state(self.exp_dir, st)
+        except OSError as e:
+            self.fault(f"{PREPARE}: state not recorded ({st.status})", e)
+
+    def _prepare(self, plan: dict) -> LegState | None:
+        """Run the plan's prepare step when what it creates is missing, its output in
+        `<dir>/prepare.log`. None when there is none, it was not needed, or it ended well;
+        else its state (failed, stopped)."""
+        spec = plan_prepare(plan)
+        if spec is None:
+            return None
+        argv, creates = spec
+        log = self.exp_dir / f"{PREPARE}.log"
+        st = LegState(PREPARE, Status.QUEUED, log=str(log), supervisor_pid=self.me,
+                      supervisor_create_time=self.my_create_time)
+        missing = [c for c in creates if not os.path.lexists(c)]
+        if not missing:
+            st.status, st.note, st.ended_at = Status.DONE, "skipped: what it creates exists", now_iso()
+            self._put_prepare(st)
+            self.say(f"{PREPARE}: skipped, {', '.join(creates)} exist")
+            return None
+        if self.stop_all:
+            st.status, st.note, st.ended_at = Status.STOPPED, "stopped by request before it started", now_iso()
+            self._put_prepare(st)
+            return st
+        cwd = plan.get("cwd") if isinstance(plan.get("cwd"), str) else str(self.exp_dir)
+        env = {**os.environ, **plan_env(plan), "PYTHONUNBUFFERED": "1"}
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (cwd, env.get("PYTHONPATH", "")) if p)
+        env.update(leg_env(self.exp_dir, PREPARE))  # its processes are found, and stopped, by this marker
+        st.started_at = now_iso()
+        try:
+            fd = fsutil.create_or_append(log, root=self.exp_dir)
+        except OSError as e:
+            return self._prepare_done(st, Status.FAILED, f"cannot write {log.name}: {fsutil.oneline(e)}")
+        try:
+            proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=fd,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+        except (OSError, ValueError) as e:
+            return self._prepare_done(st, Status.FAILED, f"could not start: {fsutil.oneline(e)}")
+        finally:
+            os.close(fd)
+        st.pid, st.create_time, st.status = proc.pid, procs.create_time(proc.pid), Status.RUNNING
+        self._put_prepare(st)
+        self.say(f"{PREPARE}: running, pid {proc.pid}, for {', '.join(missing)}; log {log}")
+        stopped = False
+        while proc.poll() is None:
+            if self.stop_all:
+                try:
+                    procs.terminate(psutil.Process(proc.pid), self.grace_s, waiter=_waiter(proc))
+                except psutil.NoSuchProcess:
+                    pass
+                stopped = True
+                break
+            time.sleep(0.1)
+        rc = proc.wait()
+        self._end_leftovers(PREPARE)
+        st.exit_code = rc
+        if stopped:
+            return self._prepare_done(st, Status.STOPPED, "stopped by request")
+        if rc != 0:
+            tail = error_tail(log)
+            why = signal_cause(rc) or f"exit {rc}"
+            return self._prepare_done(st, Status.FAILED, f"{why}: {tail[-1]}" if tail else why, tail)
+        if still := [c for c in creates if not os.path.lexists(c)]:
+            return self._prepare_done(st, Status.FAILED, f"exited 0 but did not create {', '.join(still)}")
+        self._prepare_done(st, Status.DONE, None)
+        return None
+
+    def _prepare_done(self, st: LegState, status: Status, note: str | None, tail: list[str] | None = None) -> LegState:
+        st.status, st.note, st.ended_at = status, note, now_iso()
+        st.error_tail = list(tail or ([note] if note and status == Status.FAILED else []))
+        self._put_prepare(st)
+        self.say(f"{PREPARE}: {status}" + (f" ({note})" if note else ""))
+        return st
+
+    def _prepare_ended(self, plan: dict, prep: LegState) -> None:
+        """The prepare step did not end well: the first leg fails with its last lines (a stop
+        request stops it), the others are not started; the notify command hears of the first."""
+        names = [spec["name"] for spec in plan["legs"] if spec["name"] in self.states]
+        for i, name in enumerate(names):
+            if prep.status == Status.STOPPED:
+                self._finish(name, Status.STOPPED, note="stopped by request while preparing")
+            elif i == 0:
+                st = self._finish(name, Status.FAILED, note=f"{PREPARE} failed: {prep.note}",
+                                  error_tail=[f"{PREPARE}: {line}" for line in prep.error_tail])
+                self._notify(plan, st)
+            else:
+                self._finish(name, Status.STOPPED, note=f"not started: {PREPARE} failed")
 
     def log_path(self, leg: str) -> Path:
         """Where a leg's output goes: always `<exp_dir>/<leg>.log`, whatever a plan says."""
@@ -485,6 +583,20 @@ def run_notify(argv: list[str], timeout_s: float, cwd: Path) -> str | None:
     cause = signal_cause(proc.returncode) if proc.returncode < 0 else None
     last = f": {safetext.oneline(lines[-1])[:200]}" if lines else ""
     return (f"killed by signal {-proc.returncode}" if cause else f"exited {proc.returncode}") + last
+
+
+def plan_prepare(plan: dict) -> tuple[list[str], list[str]] | None:
+    """The plan's prepare step (argv, the paths it creates), when it is a sane one."""
+    spec = plan.get("prepare")
+    if not isinstance(spec, dict):
+        return None
+    argv, creates = spec.get("argv"), spec.get("creates")
+    return (argv, creates) if _strings(argv) and _strings(creates) else None
+
+
+def _strings(xs: object) -> bool:
+    """A non-empty list of non-empty strings no command line or path refuses."""
+    return isinstance(xs, list) and bool(xs) and all(isinstance(x, str) and x and "\x00" not in x for x in xs)
 
 
 def plan_env(plan: dict) -> dict[str, str]:
