@@ -55,7 +55,9 @@ def test_foreground_two_legs_then_skip_then_rerun(tmp_path):
         *(f"skip {leg}: done in {exp_dir}; --rerun runs it" for leg in LEGS),
         "nothing to run in cpu-smoke",
     ]
-    assert [p.name for p in (tmp_path / "exp").iterdir() if not p.name.startswith(".")] == [exp_dir.name]
+    # no new dir: only the first one and the corpus its prepare step made (no experiment dir)
+    assert sorted(p.name for p in (tmp_path / "exp").iterdir() if not p.name.startswith(".")) == [exp_dir.name, "_data"]
+    assert [d.path for d in expdir.discover(tmp_path / "exp")] == [exp_dir]
 
     rerun = cockpit("--registry", str(reg_path), "launch", "cpu-smoke", "--legs", "dense", "--rerun", "--foreground",
                     timeout=240)
