@@ -15,6 +15,7 @@ import psutil
 import pytest
 from conftest import REPO, resume_node
 
+from cockpit import scheduler
 from cockpit.executors import slurm
 
 TORCHRUN = str(Path(sys.executable).parent / "torchrun")
@@ -65,7 +66,7 @@ def test_render_sbatch_lines(tmp_path):
     body = script.split("set -e\n", 1)[1]
     assert body.startswith("source .venv/bin/activate\n")
     assert "exec srun --ntasks-per-node=1 --cpus-per-task=16 --kill-on-bad-exit=1" in body
-    assert '--rdzv_id="$SLURM_JOB_ID" --rdzv_backend=c10d' in body
+    assert '"--rdzv_id=$SLURM_JOB_ID" --rdzv_backend=c10d "--rdzv_endpoint=$rdzv_host:$rdzv_port"' in body
     assert "-m nanochat.base_train -- \\\n    --depth 12\n" in body
 
 
@@ -94,7 +95,7 @@ def test_render_gpus_per_node():
     ],
 )
 def test_render_refuses_values_sbatch_would_split(settings):
-    with pytest.raises(slurm.SlurmError, match="#SBATCH value") as e:
+    with pytest.raises(scheduler.SlurmError, match="#SBATCH value") as e:
         slurm.render_batch_script(slurm.LegCommand("a", "t", 1, "m", ()), settings, "/e", "/w", "j")
     assert "\n" not in str(e.value).replace("\\n", "")
 
@@ -139,27 +140,27 @@ def test_chain_plan_prints_sbatch_lines(tmp_path):
     ]
     cont = slurm.plan_chain([leg("a", []), leg("b", [])], slurm.SlurmSettings(), tmp_path, REPO, "exp", "continue")
     assert "--dependency=afterany:" in cont.argv_lines(tmp_path)[1]
-    with pytest.raises(slurm.SlurmError, match="on_failure 'maybe'"):
+    with pytest.raises(scheduler.SlurmError, match="on_failure 'maybe'"):
         slurm.plan_chain([leg("a", [])], slurm.SlurmSettings(), tmp_path, REPO, "exp", "maybe")
 
 
 def test_write_script_is_new_file_only(tmp_path):
     path = slurm.write_script(tmp_path, "a", "#!/bin/bash\n")
     assert path == tmp_path / "slurm" / "a.sbatch" and path.read_text() == "#!/bin/bash\n"
-    with pytest.raises(slurm.SlurmError, match="exists"):
+    with pytest.raises(scheduler.SlurmError, match="exists"):
         slurm.write_script(tmp_path, "a", "other")
     (tmp_path / "target").write_text("keep")
     (tmp_path / "slurm" / "b.sbatch").symlink_to(tmp_path / "target")
-    with pytest.raises(slurm.SlurmError, match="exists"):
+    with pytest.raises(scheduler.SlurmError, match="exists"):
         slurm.write_script(tmp_path, "b", "other")
     assert (tmp_path / "target").read_text() == "keep"
 
 
 def test_missing_commands_are_one_clear_error(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))
-    for call in (lambda: slurm.submit(tmp_path / "x.sbatch"), lambda: slurm.job_state("1"),
-                 lambda: slurm.queued(["1"]), lambda: slurm.cancel(["1"])):
-        with pytest.raises(slurm.SlurmError, match=r"^\w+ not found on PATH: ") as e:
+    for call in (lambda: slurm.submit(tmp_path / "x.sbatch"), lambda: scheduler.job_state("1"),
+                 lambda: scheduler.queued(["1"]), lambda: scheduler.cancel(["1"])):
+        with pytest.raises(scheduler.SlurmError, match=r"^\w+ not found on PATH: ") as e:
             call()
         assert "\n" not in str(e.value)
 
@@ -174,19 +175,19 @@ WAITING_LINE = "JobId=14 JobState=PENDING Reason=(ReqNodeNotAvail, UnavailableNo
 
 
 def test_scheduler_lines_become_states():
-    pending = slurm.state_from_fields("12", slurm.parse_scontrol_job(PENDING_LINE))
+    pending = scheduler.state_from_fields("12", scheduler.parse_scontrol_job(PENDING_LINE))
     assert (pending.phase, pending.reason, pending.nodes, pending.ran) == ("pending", "Dependency", None, False)
-    fail = slurm.state_from_fields("13", slurm.parse_scontrol_job(NODE_FAIL_LINE))
+    fail = scheduler.state_from_fields("13", scheduler.parse_scontrol_job(NODE_FAIL_LINE))
     assert (fail.phase, fail.reason, fail.nodes, fail.exit_code, fail.elapsed_s) == (
         "failed", "NODE_FAIL", "n[1-2]", 143, 93784)
-    waiting = slurm.parse_scontrol_job(WAITING_LINE)
+    waiting = scheduler.parse_scontrol_job(WAITING_LINE)
     assert waiting["Reason"] == "(ReqNodeNotAvail, UnavailableNodes:n2)" and waiting["NodeList"] == ""
-    assert slurm.state_from_fields("1", {"JobState": "CANCELLED", "Reason": "None"}).reason == "CANCELLED"
-    assert slurm.state_from_fields("1", {"JobState": "CANCELLED by 0"}).reason == "CANCELLED"  # sacct's words
-    assert slurm.state_from_fields("1", {"JobState": "FAILED", "Reason": "None"}).reason == "NonZeroExitCode"
-    assert slurm.state_from_fields("1", {"JobState": "TIMEOUT", "Reason": "TimeLimit"}).reason == "TIMEOUT"
-    assert slurm.state_from_fields("1", {"JobState": "COMPLETING"}).phase == "running"
-    assert [slurm.parse_duration(t) for t in ("00:00:07", "1:02:03", "2-00:00:01", "Unknown", None)] == [
+    assert scheduler.state_from_fields("1", {"JobState": "CANCELLED", "Reason": "None"}).reason == "CANCELLED"
+    assert scheduler.state_from_fields("1", {"JobState": "CANCELLED by 0"}).reason == "CANCELLED"  # sacct's words
+    assert scheduler.state_from_fields("1", {"JobState": "FAILED", "Reason": "None"}).reason == "NonZeroExitCode"
+    assert scheduler.state_from_fields("1", {"JobState": "TIMEOUT", "Reason": "TimeLimit"}).reason == "TIMEOUT"
+    assert scheduler.state_from_fields("1", {"JobState": "COMPLETING"}).phase == "running"
+    assert [scheduler.parse_duration(t) for t in ("00:00:07", "1:02:03", "2-00:00:01", "Unknown", None)] == [
         7, 3723, 172801, None, None]
 
 
@@ -194,10 +195,10 @@ def test_scheduler_lines_become_states():
 # real jobs on the local cluster
 
 
-def wait_for(job_id: str, phases: tuple[str, ...], timeout_s: float = 120.0) -> slurm.JobState:
+def wait_for(job_id: str, phases: tuple[str, ...], timeout_s: float = 120.0) -> scheduler.JobState:
     deadline = time.monotonic() + timeout_s
     while True:
-        st = slurm.job_state(job_id)
+        st = scheduler.job_state(job_id)
         if st.phase in phases:
             return st
         if time.monotonic() > deadline:
@@ -232,7 +233,7 @@ def trainer_processes(marker: str, module: str = "nanochat.base_train") -> list[
 
 def fields(job_id: str) -> dict[str, str]:
     out = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True).stdout
-    return slurm.parse_scontrol_job(out)
+    return scheduler.parse_scontrol_job(out)
 
 
 @pytest.mark.slow
@@ -247,7 +248,7 @@ def test_two_node_training_run_completes(tmp_path):
     print(f"2-node job: submit to end {time.monotonic() - t0:.1f}s")
     log = (tmp_path / "smoke.log").read_text()
     assert st.phase == "completed" and st.exit_code == 0, log
-    assert running.nodes == st.nodes == "n[1-2]" and slurm.expand_nodes(st.nodes) == ["n1", "n2"]
+    assert running.nodes == st.nodes == "n[1-2]" and scheduler.expand_nodes(st.nodes) == ["n1", "n2"]
     # world size 2: a micro-batch spans both ranks, so 1,024 tokens need no gradient accumulation
     assert "Tokens / micro-batch / rank: 4 x 128 = 512" in log and "Tokens / micro-batch: 1,024" in log
     assert "gradient accumulation steps: 1" in log
@@ -260,10 +261,10 @@ def test_chain_runs_in_order(tmp_path):
     fake = ["--num-iterations", "8", "--step-sleep", "0.2"]
     first, second = launch(tmp_path, [leg("a", fake, "tests.fake_trainer"), leg("b", fake, "tests.fake_trainer")])
     wait_for(first.job_id, ("running",))
-    waiting = slurm.job_state(second.job_id)
+    waiting = scheduler.job_state(second.job_id)
     assert (waiting.phase, waiting.reason, waiting.ran) == ("pending", "Dependency", False)
     assert wait_for(second.job_id, ("completed", "failed")).phase == "completed"
-    assert slurm.job_state(first.job_id).phase == "completed"
+    assert scheduler.job_state(first.job_id).phase == "completed"
     assert fields(first.job_id)["EndTime"] <= fields(second.job_id)["StartTime"]
     for name in ("a", "b"):
         assert "Total training time:" in (tmp_path / f"{name}.log").read_text()
@@ -283,7 +284,7 @@ def test_failed_leg_stops_the_chain(tmp_path):
     assert (never.phase, never.slurm_state, never.reason, never.ran) == (
         "failed", "CANCELLED", "DependencyNeverSatisfied", False)
     assert not (tmp_path / "b.log").exists()
-    assert slurm.queued([first.job_id, second.job_id]) == []
+    assert scheduler.queued([first.job_id, second.job_id]) == []
 
 
 @pytest.mark.slow
@@ -296,11 +297,11 @@ def test_cancel_mid_leg_leaves_nothing(tmp_path):
     wait_for_line(tmp_path / "long.log", r"^step 00001/")
     assert trainer_processes(marker), "the trainer should be running"
     t0 = time.monotonic()
-    slurm.cancel(ids)
+    scheduler.cancel(ids)
     print(f"cancel: squeue empty after {time.monotonic() - t0:.1f}s")
-    assert slurm.queued(ids) == []
+    assert scheduler.queued(ids) == []
     assert trainer_processes(marker) == []
-    states = slurm.job_states(ids)
+    states = scheduler.job_states(ids)
     assert (states[ids[0]].phase, states[ids[0]].reason, states[ids[0]].ran) == ("failed", "CANCELLED", True)
     assert (states[ids[1]].phase, states[ids[1]].ran) == ("failed", False)  # under afterany, never started
     assert not (tmp_path / "after.log").exists()
@@ -320,7 +321,7 @@ def test_node_lost_mid_leg_fails_with_node_fail(tmp_path):
     finally:
         resume_node("n2")
     assert (st.phase, st.reason, st.slurm_state, st.ran) == ("failed", "NODE_FAIL", "NODE_FAIL", True)
-    assert slurm.queued([job.job_id]) == []
+    assert scheduler.queued([job.job_id]) == []
     # the scheduler kills the job's processes on both nodes (here the downed one is still reachable)
     deadline = time.monotonic() + 10
     while trainer_processes(marker, "tests.fake_trainer") and time.monotonic() < deadline:
@@ -331,16 +332,16 @@ def test_node_lost_mid_leg_fails_with_node_fail(tmp_path):
 @pytest.mark.usefixtures("slurm_cluster")
 def test_scheduler_errors_are_one_line(tmp_path):
     bad = slurm.plan_chain([leg("b", [])], slurm.SlurmSettings(partition="nosuch"), tmp_path, REPO, "t")
-    with pytest.raises(slurm.SlurmError, match=r"^leg b: sbatch failed \(exit 1\): .*[Ii]nvalid partition"):
+    with pytest.raises(scheduler.SlurmError, match=r"^leg b: sbatch failed \(exit 1\): .*[Ii]nvalid partition"):
         slurm.launch_chain(bad, tmp_path)
     # a chain is submitted whole or not at all: the first job is cancelled when the second fails
     prefix = f"whole-{uuid.uuid4().hex[:12]}"  # the controller keeps earlier runs' jobs for MinJobAge
     good = slurm.plan_chain([leg("a", ["--num-iterations", "1"], "tests.fake_trainer")], slurm.SlurmSettings(),
                             tmp_path, REPO, prefix)
     paths = [("a", slurm.write_script(tmp_path, *good.scripts[0])), ("b", tmp_path / "missing.sbatch")]
-    with pytest.raises(slurm.SlurmError, match=r"^leg b: sbatch failed \(exit 1\): .*missing.sbatch"):
+    with pytest.raises(scheduler.SlurmError, match=r"^leg b: sbatch failed \(exit 1\): .*missing.sbatch"):
         slurm.submit_chain(paths)
     out = subprocess.run(["scontrol", "show", "job", "-o"], capture_output=True, text=True).stdout
-    [first] = [f for f in map(slurm.parse_scontrol_job, out.splitlines()) if f.get("JobName") == f"{prefix}/a"]
-    assert first["JobState"] == "CANCELLED" and slurm.queued([first["JobId"]]) == []
-    assert slurm.job_state("999999999").phase == "forgotten"
+    [first] = [f for f in map(scheduler.parse_scontrol_job, out.splitlines()) if f.get("JobName") == f"{prefix}/a"]
+    assert first["JobState"] == "CANCELLED" and scheduler.queued([first["JobId"]]) == []
+    assert scheduler.job_state("999999999").phase == "forgotten"
