@@ -267,12 +267,18 @@ def launch_refusals(registry: reg.Registry, plan: LaunchPlan, exp_dir: Path) -> 
     if find_torchrun() is None:
         out.append("torchrun not found next to this Python or on PATH (install the 'train' extra)")
     if plan.executor == slurm.NAME:
-        if shutil.which("sbatch") is None:
-            out.append("sbatch not found on PATH: a Slurm launch runs where sbatch, squeue and scancel work")
         try:
-            slurm.chain_of(plan_data(registry, plan, exp_dir), exp_dir)
+            chain = slurm.chain_of(plan_data(registry, plan, exp_dir), exp_dir)
         except SlurmError as e:
             out.append(f"a batch script cannot be written: {e}")
+        else:
+            if shutil.which("sbatch") is None:
+                out.append("sbatch not found on PATH: a Slurm launch runs where sbatch, squeue and scancel work")
+            else:
+                try:
+                    out += slurm.refusals(chain)
+                except SlurmError as e:
+                    out.append(str(e))
     for why in (check_gpus(plan.legs) if plan.executor == "local" else None,
                 check_exp_root(registry.settings.exp_root), check_paths(registry, plan.legs, exp_dir, plan.cwd)):
         if why:

@@ -74,11 +74,14 @@ _COMPLETED = {"COMPLETED"}
 # running Slurm's commands
 
 
-def call(argv: list[str], timeout: float = CALL_TIMEOUT_S) -> subprocess.CompletedProcess[str]:
-    """Run one Slurm command (argv, no shell); SlurmError when it is missing or hangs. Any exit code."""
+def call(argv: list[str], timeout: float = CALL_TIMEOUT_S, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Run one Slurm command (argv, no shell; `stdin`: its input); SlurmError when it is missing or
+    hangs. Any exit code."""
     if shutil.which(argv[0]) is None:
         raise SlurmError(f"{argv[0]} not found on PATH: the Slurm client commands are needed on this machine")
     try:
+        if stdin is not None:
+            return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, input=stdin)
         return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
         raise SlurmError(f"{argv[0]} did not answer in {timeout:.0f}s (is slurmctld up?)") from None

@@ -304,6 +304,17 @@ def plan_chain(
     return ChainPlan(scripts, on_failure)
 
 
+def refusals(plan: ChainPlan) -> list[str]:
+    """What the scheduler would refuse of these scripts now (a partition it does not have, more
+    nodes or GPUs than it has), asked with `sbatch --test-only`: nothing is submitted."""
+    out = []
+    for leg, text in plan.scripts:
+        proc = call(["sbatch", "--test-only"], stdin=text)
+        if proc.returncode != 0:
+            out.append(f"Slurm refuses leg {leg}: {last_line(proc.stderr) or last_line(proc.stdout) or 'no message'}")
+    return out
+
+
 def launch_chain(plan: ChainPlan, exp_dir: Path | str) -> list[SubmittedJob]:
     """Save each script as `<exp_dir>/slurm/<leg>.sbatch`, then submit them as one chain."""
     paths = [(leg, write_script(exp_dir, leg, text)) for leg, text in plan.scripts]
