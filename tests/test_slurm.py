@@ -465,6 +465,29 @@ def test_a_node_lost_mid_leg_fails_it_with_the_schedulers_reason(tmp_path):
 
 
 @pytest.mark.usefixtures("slurm_cluster")
+def test_a_launch_the_scheduler_refuses_is_one_line_and_writes_nothing(tmp_path):
+    reg_path = slurm_registry(tmp_path, {"a": "num-iterations = 5"}, nodes=3)  # the cluster has 2 nodes
+    r = cockpit("--registry", str(reg_path), "launch", "fake")
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr == "cockpit: Slurm refuses leg a: allocation failure: Requested node configuration is not available\n"
+    assert not (tmp_path / "exp").exists() or [p.name for p in (tmp_path / "exp").iterdir()] == [".cockpit-locks"]
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("slurm_cluster")
+def test_a_foreground_launch_waits_for_the_chain(tmp_path):
+    reg_path = slurm_registry(tmp_path, {"a": "num-iterations = 3", "b": "num-iterations = 3"})
+    r = cockpit("--registry", str(reg_path), "launch", "fake", "--foreground")
+    assert r.returncode == 0, r.stderr
+    exp_dir = Path(r.stdout.splitlines()[-1])
+    ids = {n: s.job_id for n, s in states(exp_dir).items()}
+    lines = r.stdout.splitlines()  # each leg's end as the scheduler tells it, then the summary
+    for line, leg in zip(lines[:2], "ab", strict=True):
+        assert re.fullmatch(rf"{leg}: done \(Slurm job {ids[leg]} on n[12] completed\)", line), line
+    assert lines[2:] == ["a: done", "b: done", str(exp_dir)]
+
+
+@pytest.mark.usefixtures("slurm_cluster")
 def test_a_job_the_scheduler_forgot_is_judged_from_its_log(tmp_path):
     """Past MinJobAge (no accounting here) scontrol no longer knows a job: a leg recorded as
     running or queued is then judged from its log, never taken for running, and recorded."""
