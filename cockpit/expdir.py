@@ -454,8 +454,10 @@ def reconcile_job(exp_dir: Path, st: LegState) -> LegState:
     log = Path(st.log or exp_dir / f"{st.leg}.log")
     where = f"Slurm job {st.job_id}" + (f" on {job.nodes}" if job.nodes else "")
     if job.phase == "pending":
-        if job.reason in (None, "Dependency"):
+        if job.reason == "Dependency":
             st.status, st.note = Status.QUEUED, f"{where} pending (Dependency): waits for the leg before it"
+        elif job.reason is None:  # just submitted: the scheduler has not looked at it yet
+            st.status, st.note = Status.QUEUED, f"{where} pending"
         else:
             st.status, st.waiting_reason = Status.WAITING, f"{where} pending in Slurm: {job.reason}"
     elif job.phase == "running":
