@@ -34,7 +34,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 # ---------------------------------------------------------------------------------------------
-# the two expert matmul call sites (FP8 swaps them)
+# the activation, and the two expert matmul call sites (FP8 swaps them)
+
+
+def relu_squared(h: torch.Tensor) -> torch.Tensor:
+    """ReLU(h)^2, the activation of every MLP here (dense and experts), in h's dtype. Not
+    `.square()`: that is pow(h, 2), which CUDA autocast runs in fp32, so a bf16 h would come back
+    fp32 and the next matmul would read (and autograd keep) twice the bytes; grouped_mm, which
+    autocast does not cover, would even run its fp32 fallback (a host sync per call)."""
+    h = F.relu(h)
+    return h * h
 
 
 def expert_bmm(x: torch.Tensor, w: torch.Tensor, fp8: bool = False) -> torch.Tensor:
@@ -52,21 +61,52 @@ def expert_grouped_mm(x: torch.Tensor, w: torch.Tensor, offs: torch.Tensor, fp8:
         from nanochat.fp8 import fp8_grouped_mm
 
         return fp8_grouped_mm(x, w, offs)
-    if x.dtype != torch.bfloat16 and torch.compiler.is_compiling():
-        return _grouped_mm_outside_graph(x, w.to(x.dtype), offs)
-    return torch._grouped_mm(x, w.to(x.dtype), offs=offs)
+    # grouped_mm is outside autocast's op lists, so cast here: both operands in the compute dtype
+    if torch.is_autocast_enabled(x.device.type):
+        x = x.to(torch.get_autocast_dtype(x.device.type))
+    w = w.to(x.dtype)
+    if x.dtype == torch.bfloat16 or not torch.compiler.is_compiling():
+        return torch._grouped_mm(x, w, offs=offs)
+    # The op's meta kernel, which torch.compile traces with, takes bf16 only, while the CPU kernel
+    # also runs fp32 (the trainer's CPU runs): there, the same kernel as an opaque custom op.
+    return grouped_mm_any_dtype(x, w, offs)
 
 
-@torch.compiler.disable
-def _grouped_mm_outside_graph(x: torch.Tensor, w: torch.Tensor, offs: torch.Tensor) -> torch.Tensor:
-    # The op's meta kernel, which torch.compile traces with, accepts only bf16, while the eager
-    # CPU kernel also runs fp32: in fp32 (CPU runs) the grouped matmul runs eagerly, between graphs.
-    return torch._grouped_mm(x, w, offs=offs)
+@torch.library.custom_op("nanochat::grouped_mm", mutates_args=())
+def grouped_mm_any_dtype(a: torch.Tensor, b: torch.Tensor, offs: torch.Tensor) -> torch.Tensor:
+    """torch._grouped_mm as a custom op: torch.compile keeps it in the graph as one call whatever
+    the dtype. The 2d x 3d form ([M, K] @ [E, K, N] -> [M, N]) and, for its weight gradient, the
+    2d x 2d form ([K, M] @ [M, N] -> [E, K, N], one product per group of M)."""
+    return torch._grouped_mm(a, b, offs=offs)
+
+
+@grouped_mm_any_dtype.register_fake
+def _(a, b, offs):
+    if b.dim() == 3:
+        return a.new_empty(a.size(0), b.size(2))
+    return a.new_empty(offs.size(0), a.size(0), b.size(1))
+
+
+def _grouped_mm_setup(ctx, inputs, output):
+    a, b, offs = inputs
+    ctx.save_for_backward(a, b, offs)
+
+
+def _grouped_mm_backward(ctx, grad):
+    a, b, offs = ctx.saved_tensors  # the 2d x 3d form: a [M, K] grouped rows, b [E, K, N]
+    grad_a = grouped_mm_any_dtype(grad, b.transpose(1, 2), offs) if ctx.needs_input_grad[0] else None
+    grad_b = grouped_mm_any_dtype(a.t(), grad, offs) if ctx.needs_input_grad[1] else None
+    return grad_a, grad_b, None
+
+
+grouped_mm_any_dtype.register_autograd(_grouped_mm_backward, setup_context=_grouped_mm_setup)
 
 
 # Whether torch._grouped_mm runs (forward and backward) for a (device type, dtype, K, N): it needs
-# a recent torch, sm90+ on CUDA, and 16-byte aligned rows. Probed once, eagerly (the trainer probes
-# before compiling; an eager forward probes on first use);
+# a recent torch and 16-byte aligned rows; on CUDA, sm90+ and bf16, the one case with a kernel of
+# its own: for any other dtype ATen loops over the groups, reading their offsets on the host (a
+# sync per call), so on CUDA only bf16 counts. Probed once, eagerly (the trainer probes before
+# compiling; an eager forward probes on first use);
 # where it does not run, dropless falls back to the capacity path with C = T (exact, but E/k times
 # the expert FLOPs); the trainer says so in its log.
 _GROUPED_MM_OK: dict[tuple, bool] = {}
@@ -75,7 +115,7 @@ _GROUPED_MM_OK: dict[tuple, bool] = {}
 def probe_grouped_mm(device: torch.device, dtype: torch.dtype, k: int, n: int) -> bool:
     key = (torch.device(device).type, dtype, k, n)
     if key not in _GROUPED_MM_OK:
-        ok = hasattr(torch, "_grouped_mm")
+        ok = hasattr(torch, "_grouped_mm") and (key[0] != "cuda" or dtype == torch.bfloat16)
         if ok:
             try:
                 with torch.inference_mode(False), torch.enable_grad():
@@ -143,14 +183,12 @@ class Experts(nn.Module):
 
     def forward_capacity(self, x: torch.Tensor) -> torch.Tensor:
         """x: [E, C, D] -> [E, C, D]."""
-        h = expert_bmm(x, self.w_fc, self.fp8)
-        h = F.relu(h).square()
+        h = relu_squared(expert_bmm(x, self.w_fc, self.fp8))
         return expert_bmm(h, self.w_proj, self.fp8)
 
     def forward_grouped(self, x: torch.Tensor, offs: torch.Tensor) -> torch.Tensor:
         """x: [M, D] sorted by expert, offs: int32 [E] cumulative group ends -> [M, D]."""
-        h = expert_grouped_mm(x, self.w_fc, offs, self.fp8)
-        h = F.relu(h).square()
+        h = relu_squared(expert_grouped_mm(x, self.w_fc, offs, self.fp8))
         return expert_grouped_mm(h, self.w_proj, offs, self.fp8)
 
 
