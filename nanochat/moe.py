@@ -231,7 +231,7 @@ class MoE(nn.Module):
 
         # router in fp32, outside autocast: top-k choices are sensitive to rounding
         with torch.autocast(device_type=x.device.type, enabled=False):
-            logits = F.linear(x.float(), self.router.weight.float())
+            logits = _RouterLogits.apply(x.float(), self.router.weight.float())
         probs = logits.softmax(dim=-1)
         gates, choice = probs.topk(k, dim=-1)  # [T, k], sorted: column 0 is the first choice
         gates = gates / gates.sum(dim=-1, keepdim=True)
@@ -325,16 +325,49 @@ class MoE(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------
-# dispatch and combine
+# router, dispatch and combine
 #
 # The maps between tokens and expert slots, both ways, without a scatter-add: each token sits in at
 # most k slots and each slot holds at most one token, so the transpose of a gather is again a
-# gather plus a sum over the k choices. The k-choice sums are one embedding_bag each (a bag = a
-# token's k slots, weighted): one pass that reads k rows and writes one, where a gather would
-# first write the k rows out. No atomics on GPU, no zero fills, deterministic on every device.
+# gather plus a sum over the k choices. No atomics on GPU, no zero fills, deterministic.
 #   slot_token [S]      token read by each slot (empty slots: any token; their gradient is zero)
 #   slot_of    [T, k]   slot of token t's j-th choice (a valid index even where dropped)
 #   keep       [T, k]   choice j of token t has a slot (None: all do)
+# Some pieces are written twice: eager, as single kernels that make one pass each (embedding_bag
+# for the k-choice sums, bmm for per-row dot products, a matmul for the router's input gradient);
+# under torch.compile, as plain indexing, products and small sums, which the compiler fuses into
+# its neighbours' loops (the dispatch's k-choice gradient sum, the router's input gradient and
+# the cast back to fp32 become one pass over dx; the combine merges into the residual add after
+# it), where those kernels would be opaque calls, a pass each.
+
+
+class _RouterLogits(torch.autograd.Function):
+    """logits = x @ w.T (the router; x [T, D] and w [E, D], both fp32). The input gradient
+    g @ w sums over only E experts: compiled, as a sum of E products per element."""
+
+    @staticmethod
+    def forward(ctx, x, w):
+        ctx.save_for_backward(x, w)
+        return F.linear(x, w)
+
+    @staticmethod
+    def backward(ctx, g):
+        x, w = ctx.saved_tensors
+        dx = (g.unsqueeze(-1) * w).sum(1) if torch.compiler.is_compiling() else g @ w
+        return dx, g.t() @ x
+
+
+def _gather_sum(rows: torch.Tensor, idx: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    """out[t] = sum_j weights[t, j] * rows[idx[t, j]] (weights None: all ones). Eager, one
+    embedding_bag: reads the k rows and writes one, with no [T, k, D] in between; compiled, the
+    same as indexing and a sum, which becomes k loads per output element."""
+    if torch.compiler.is_compiling():
+        picked = rows[idx]  # [T, k, D], never materialized by the compiler
+        if weights is not None:
+            picked = picked * weights.unsqueeze(-1).to(rows.dtype)
+        return picked.sum(1)
+    w = None if weights is None else weights.to(rows.dtype)
+    return F.embedding_bag(idx, rows, per_sample_weights=w, mode="sum")
 
 
 class _Dispatch(torch.autograd.Function):
@@ -348,8 +381,7 @@ class _Dispatch(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dxb):
         slot_of, keep = ctx.saved_tensors
-        weights = None if keep is None else keep.to(dxb.dtype)
-        return F.embedding_bag(slot_of, dxb, per_sample_weights=weights, mode="sum"), None, None, None
+        return _gather_sum(dxb, slot_of, keep), None, None, None
 
 
 class _Combine(torch.autograd.Function):
@@ -358,7 +390,7 @@ class _Combine(torch.autograd.Function):
     @staticmethod
     def forward(ctx, yb, w, slot_of, slot_token):
         ctx.save_for_backward(yb, w, slot_of, slot_token)
-        return F.embedding_bag(slot_of, yb, per_sample_weights=w.to(yb.dtype), mode="sum")
+        return _gather_sum(yb, slot_of, w)
 
     @staticmethod
     def backward(ctx, dy):
@@ -373,6 +405,9 @@ class _Combine(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             # dL/dw[t, j] = <yb[slot], dy[t]>, computed per slot (slot_token[slot] = t where kept;
             # elsewhere w is 0 and so is this gradient's use): one dot product per row
-            dots = torch.bmm(yb.unsqueeze(1), dy_slot.unsqueeze(2)).view(-1)
+            if torch.compiler.is_compiling():
+                dots = (yb.float() * dy_slot.float()).sum(-1)  # fused with the gather: one pass
+            else:
+                dots = torch.bmm(yb.unsqueeze(1), dy_slot.unsqueeze(2)).view(-1)
             dw = dots[slot_of].to(w.dtype)
         return dy_slot.mul_(w_slot[:, None].to(dy.dtype)), dw, None, None
