@@ -22,7 +22,9 @@ Everything MoE runs as the trainer runs it: under bf16 autocast (on CPU, CPU aut
    the trainer's GPT (dropless and cap 1.0) compiled as the trainer compiles it (no fullgraph):
    one graph each, over steps whose routing changes, with recompiles made errors.
 6. Muon in bf16 on the device: singular values after Newton-Schulz, and a step of the optimizer.
-7. FP8: which kernels the FP8 linear and expert matmuls call (aten::_scaled_mm, and
+7. The optimizer step's time for the d12 dense and MoE models (a figure: part of the step time
+   the MoE pays beyond its FFN blocks, since it has 3x the matrices).
+8. FP8: which kernels the FP8 linear and expert matmuls call (aten::_scaled_mm, and
    aten::_scaled_grouped_mm for dropless where it runs), numerics against bf16 (bench.fp8_gpu).
 The last line counts them.
 """
@@ -38,6 +40,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from nanochat import moe as moe_lib
+from nanochat.common import synchronize
 from nanochat.moe import MoE
 from nanochat.muon import MuonAdamW, orthogonalize
 
@@ -254,6 +257,37 @@ def check_muon(device):
     return ok, f"Newton-Schulz ({'bf16' if device.type == 'cuda' else 'fp32'}) singular values in [{s.min():.2f}, {s.max():.2f}]; step moved {moved:.3f}"
 
 
+def check_optimizer_time(device):
+    """Not a check but a figure the MoE/dense throughput ratio needs: the optimizer step of the d12
+    models (on CPU a d2 stand-in). The MoE has 3x the matrices, all orthogonalized by Muon."""
+    from nanochat.gpt import GPT, GPTConfig
+
+    cuda = device.type == "cuda"
+    depth, width = (12, 768) if cuda else (2, 128)
+    times = {}
+    for name, moe in (("dense", False), ("MoE 8x top-2", True)):
+        cfg = GPTConfig(sequence_len=1024, vocab_size=32768 if cuda else 512, n_layer=depth, n_head=width // 64,
+                        n_embd=width, use_moe=moe, n_experts=8, expert_topk=2, moe_capacity_factor=1.0)  # fmt: skip
+        with torch.device(device):
+            model = GPT(cfg)
+        model.init_weights()
+        opt = model.setup_optimizer()
+        for p in model.parameters():
+            p.grad = torch.randn_like(p) * 1e-3
+        steps = []
+        for _ in range(6):  # 2 warm-up steps, then 4 timed
+            synchronize(device)
+            t0 = time.perf_counter()
+            opt.step()
+            synchronize(device)
+            steps.append(time.perf_counter() - t0)
+        times[name] = sorted(steps[2:])[1] * 1e3
+        del model, opt
+    dense, moe = times["dense"], times["MoE 8x top-2"]
+    return True, (f"optimizer step (Muon + AdamW, one rank) at d{depth}: dense {dense:.1f} ms, MoE 8x top-2 "
+                  f"{moe:.1f} ms (+{moe - dense:.1f} ms per optimizer step)")  # fmt: skip
+
+
 def check_fp8(device):
     from bench.fp8_gpu import check_path_and_numerics
 
@@ -280,6 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     run("no host sync in the MoE forward+backward", check_no_host_sync, False, device)
     run("static compile: one graph, no recompile", check_static_compile, False, device)
     run("Muon on the device", check_muon, False, device)
+    run("optimizer step time, dense vs MoE", check_optimizer_time, False, device)
     run("FP8 kernel path and numerics", check_fp8, False, device)
     counts = {s: sum(1 for _, st in RESULTS if st == s) for s in ("PASS", "FAIL", "SKIP")}
     print(f"CUDA checks: {counts['PASS']} passed, {counts['FAIL']} failed, {counts['SKIP']} skipped")
