@@ -314,8 +314,10 @@ class MoE(nn.Module):
         tok_sorted = token_of[order]
         # assignment -> its row in the sorted order
         rank_of = torch.empty_like(order).scatter(0, order, torch.arange(order.numel(), device=x.device))
-        counts = torch.zeros(self.n_experts, dtype=torch.int32, device=x.device)
-        counts = counts.scatter_add(0, expert_of, torch.ones_like(expert_of, dtype=torch.int32))
+        # assignments per expert as a sum of comparisons: a plain reduction (a scatter_add into E
+        # bins would be kT atomic adds on a handful of addresses on GPU)
+        experts = torch.arange(self.n_experts, device=x.device)
+        counts = (expert_of[:, None] == experts).sum(0, dtype=torch.int32)
         offs = counts.cumsum(0, dtype=torch.int32)
         slot_of = rank_of.view(k, n_tok).t().contiguous()  # [T, k]
         xs = _Dispatch.apply(x, tok_sorted, slot_of, None)  # [kT, D]
@@ -406,7 +408,10 @@ class _Combine(torch.autograd.Function):
             # dL/dw[t, j] = <yb[slot], dy[t]>, computed per slot (slot_token[slot] = t where kept;
             # elsewhere w is 0 and so is this gradient's use): one dot product per row
             if torch.compiler.is_compiling():
-                dots = (yb.float() * dy_slot.float()).sum(-1)  # fused with the gather: one pass
+                # a row reduction, fused with the gather of dy; written as a bmm it would stay, on
+                # CUDA, a cuBLAS batched GEMM of S tiny 1 x D x 1 products (inductor rewrites such
+                # bmms as reductions on CPU only)
+                dots = (yb.float() * dy_slot.float()).sum(-1)
             else:
                 dots = torch.bmm(yb.unsqueeze(1), dy_slot.unsqueeze(2)).view(-1)
             dw = dots[slot_of].to(w.dtype)
