@@ -236,9 +236,10 @@ class MoE(nn.Module):
         gates, choice = probs.topk(k, dim=-1)  # [T, k], sorted: column 0 is the first choice
         gates = gates / gates.sum(dim=-1, keepdim=True)
 
-        # Assignments in priority order: all first choices (token order), then all second choices.
+        # Assignments in priority order: all first choices (token order), then all second choices;
+        # assignment a = j * T + t is token t's j-th choice.
         expert_of = choice.t().reshape(-1)  # [k*T]
-        token_of = torch.arange(n_tok, device=x.device).repeat(k)  # [k*T]
+        assignment = torch.arange(k * n_tok, device=x.device)
 
         # activations travel in the compute dtype (bf16 under autocast)
         if torch.is_autocast_enabled(x.device.type):
@@ -250,13 +251,13 @@ class MoE(nn.Module):
             self.experts.fp8 or grouped_mm_usable(x.device, x.dtype, self.dim, self.experts.hidden)
         )
         if use_grouped:
-            y, counts, dropped = self._dropless(x, expert_of, gates, token_of)
+            y, counts, dropped = self._dropless(x, expert_of, gates, assignment)
         else:
             if self.dropless:
                 cap = expert_capacity(n_tok, k, n_exp, Fraction(n_exp, k))  # C = T: exact, no drops
             else:
                 cap = expert_capacity(n_tok, k, n_exp, self._cf)
-            y, counts, dropped = self._capacity(x, expert_of, gates, token_of, cap)
+            y, counts, dropped = self._capacity(x, expert_of, gates, assignment, cap)
 
         bal = balance_loss(probs, counts)
         aux = {
@@ -268,7 +269,7 @@ class MoE(nn.Module):
         }
         return y.view(shape), aux
 
-    def _capacity(self, x, expert_of, gates, token_of, cap: int):
+    def _capacity(self, x, expert_of, gates, assignment, cap: int):
         """Fixed capacity: every expert gets `cap` slots; static shapes, no host sync."""
         n_tok, dim = x.shape
         n_exp, k = self.n_experts, self.topk
@@ -282,11 +283,14 @@ class MoE(nn.Module):
         dropped = (~keep).sum()
         n_slots = n_exp * cap
         slot = expert_of * cap + pos
-        # inverse map slot -> token; dropped assignments write to a dummy slot past the end.
-        # Empty slots read token 0: computed, never read back, and their gradient is zero, so
-        # there is no padded buffer to zero-fill (no memset per forward, nothing to keep around).
-        slot_token = torch.zeros(n_slots + 1, dtype=torch.long, device=x.device)
-        slot_token = slot_token.scatter(0, torch.where(keep, slot, n_slots), token_of)[:n_slots]
+        # inverse map slot -> assignment (its index a = j * T + t in the priority order above):
+        # dropped assignments write to a dummy slot past the end; empty slots keep a = k * T, no
+        # assignment. They read token 0 (a % T): computed, never read back, and their gradient is
+        # zero, so there is no padded buffer to zero-fill (no memset per forward).
+        n_assign = k * n_tok
+        slot_assign = torch.full((n_slots + 1,), n_assign, dtype=torch.long, device=x.device)
+        slot_assign = slot_assign.scatter(0, torch.where(keep, slot, n_slots), assignment)[:n_slots]
+        slot_token = slot_assign % n_tok
         keep = keep.view(k, n_tok).t()  # [T, k] from here on: token t's j-th choice
         if n_slots >= k * n_tok:
             # Enough slots in total (cf >= 1): if anything was dropped, some expert has an empty
@@ -303,17 +307,16 @@ class MoE(nn.Module):
         xb = _Dispatch.apply(x, slot_token, slot_of, mask)
         yb = self.experts.forward_capacity(xb.view(n_exp, cap, dim)).view(n_slots, dim)
         # combine: y[t] = sum_j gate_j * expert_out; a dropped assignment has weight zero
-        y = _Combine.apply(yb, gates * keep, slot_of, slot_token)
+        y = _Combine.apply(yb, gates * keep, slot_of, slot_token, slot_assign)
         return y, counts, dropped
 
-    def _dropless(self, x, expert_of, gates, token_of):
+    def _dropless(self, x, expert_of, gates, assignment):
         """Dropless: sort assignments by expert, one grouped matmul per weight."""
         n_tok, dim = x.shape
         k = self.topk
         order = torch.argsort(expert_of, stable=True)  # sorted position -> assignment
-        tok_sorted = token_of[order]
-        # assignment -> its row in the sorted order
-        rank_of = torch.empty_like(order).scatter(0, order, torch.arange(order.numel(), device=x.device))
+        tok_sorted = order % n_tok
+        rank_of = torch.empty_like(order).scatter(0, order, assignment)  # assignment -> sorted position
         # assignments per expert as a sum of comparisons: a plain reduction (a scatter_add into E
         # bins would be kT atomic adds on a handful of addresses on GPU)
         experts = torch.arange(self.n_experts, device=x.device)
@@ -322,7 +325,7 @@ class MoE(nn.Module):
         slot_of = rank_of.view(k, n_tok).t().contiguous()  # [T, k]
         xs = _Dispatch.apply(x, tok_sorted, slot_of, None)  # [kT, D]
         ys = self.experts.forward_grouped(xs, offs)
-        y = _Combine.apply(ys, gates, slot_of, tok_sorted)
+        y = _Combine.apply(ys, gates, slot_of, tok_sorted, order)
         return y, counts, torch.zeros((), device=x.device)
 
 
@@ -333,6 +336,7 @@ class MoE(nn.Module):
 # most k slots and each slot holds at most one token, so the transpose of a gather is again a
 # gather plus a sum over the k choices. No atomics on GPU, no zero fills, deterministic.
 #   slot_token [S]      token read by each slot (empty slots: any token; their gradient is zero)
+#   slot_assign [S]     assignment held by each slot, j * T + t (empty slots: k * T)
 #   slot_of    [T, k]   slot of token t's j-th choice (a valid index even where dropped)
 #   keep       [T, k]   choice j of token t has a slot (None: all do)
 # Some pieces are written twice: eager, as single kernels that make one pass each (embedding_bag
@@ -390,29 +394,26 @@ class _Combine(torch.autograd.Function):
     """y[t] = sum_j w[t, j] * yb[slot_of[t, j]]; w is zero where a choice was dropped."""
 
     @staticmethod
-    def forward(ctx, yb, w, slot_of, slot_token):
-        ctx.save_for_backward(yb, w, slot_of, slot_token)
+    def forward(ctx, yb, w, slot_of, slot_token, slot_assign):
+        # each slot's weight, gathered by its assignment (zero for an empty slot)
+        w_slot = torch.cat([w.t().reshape(-1), w.new_zeros(1)])[slot_assign]
+        ctx.save_for_backward(yb, w_slot, slot_of, slot_token)
+        ctx.w_dtype = w.dtype
         return _gather_sum(yb, slot_of, w)
 
     @staticmethod
     def backward(ctx, dy):
-        yb, w, slot_of, slot_token = ctx.saved_tensors
-        n_slots = yb.shape[0]
-        # the weight of each slot's assignment (zero for empty slots and for dropped choices)
-        w_slot = torch.zeros(n_slots + 1, dtype=w.dtype, device=w.device)
-        target = torch.where(w.reshape(-1) != 0, slot_of.reshape(-1), n_slots)
-        w_slot = w_slot.scatter(0, target, w.reshape(-1))[:-1]
+        yb, w_slot, slot_of, slot_token = ctx.saved_tensors
         dy_slot = F.embedding(slot_token, dy)  # the output gradient of each slot's token
         dw = None
         if ctx.needs_input_grad[1]:
-            # dL/dw[t, j] = <yb[slot], dy[t]>, computed per slot (slot_token[slot] = t where kept;
-            # elsewhere w is 0 and so is this gradient's use): one dot product per row
+            # dL/dw[t, j] = <yb[slot], dy[t]>, computed per slot (the slot of assignment (t, j)
+            # where kept; elsewhere w is 0 and so is this gradient's use): one dot product per row
             if torch.compiler.is_compiling():
-                # a row reduction, fused with the gather of dy; written as a bmm it would stay, on
-                # CUDA, a cuBLAS batched GEMM of S tiny 1 x D x 1 products (inductor rewrites such
-                # bmms as reductions on CPU only)
+                # a row reduction; written as a bmm it would stay, on CUDA, a cuBLAS batched GEMM
+                # of S tiny 1 x D x 1 products (inductor rewrites such bmms as reductions on CPU only)
                 dots = (yb.float() * dy_slot.float()).sum(-1)
             else:
                 dots = torch.bmm(yb.unsqueeze(1), dy_slot.unsqueeze(2)).view(-1)
-            dw = dots[slot_of].to(w.dtype)
-        return dy_slot.mul_(w_slot[:, None].to(dy.dtype)), dw, None, None
+            dw = dots[slot_of].to(ctx.w_dtype)
+        return dy_slot.mul_(w_slot[:, None].to(dy.dtype)), dw, None, None, None
