@@ -19,7 +19,8 @@ Everything MoE runs as the trainer runs it: under bf16 autocast (on CPU, CPU aut
    offsets on the host).
 5. static compile: the fixed-capacity and dropless blocks traced whole (fullgraph, dynamic=False,
    forward and backward through AOTAutograd; no code generation, which bench.gpu's legs do), and
-   the trainer's GPT (dropless and cap 1.0) compiled as the trainer compiles it (no fullgraph):
+   the trainer's GPT (dropless and cap 1.0, bf16 and FP8 experts) compiled as the trainer compiles
+   it (no fullgraph):
    one graph each, over steps whose routing changes, with recompiles made errors.
 6. Muon in bf16 on the device: singular values after Newton-Schulz, and a step of the optimizer.
 7. The optimizer step's time for the d12 dense and MoE models (a figure: part of the step time
@@ -200,6 +201,7 @@ def check_static_compile(device):
 
     from nanochat.gpt import GPT, GPTConfig
 
+    grouped = moe_lib.probe_grouped_mm(device, torch.bfloat16, 256, 512)  # as the trainer, before compiling
     seen = []
     for cf in (1.0, 0.0):  # the MoE block alone, traced whole
         torch._dynamo.reset()
@@ -216,7 +218,9 @@ def check_static_compile(device):
                 (y.float().square().mean() + aux["aux_loss"]).backward()
                 loads.append(tuple(aux["load"].tolist()))
         seen.append((f"block cap {cf:g}" if cf else "block dropless", counter.frame_count, len(set(loads))))
-    for cf in (1.0, 0.0):  # the trainer's model, compiled as the trainer does (graph breaks allowed, counted)
+    # the trainer's model, compiled as the trainer does (graph breaks allowed, counted), in bf16
+    # and with FP8 experts
+    for cf, fp8 in ((1.0, False), (0.0, False), (1.0, True), (0.0, True)):
         torch._dynamo.reset()
         torch.manual_seed(0)
         cfg = GPTConfig(sequence_len=256, vocab_size=512, n_layer=2, n_head=2, n_embd=256, use_moe=True,
@@ -224,6 +228,10 @@ def check_static_compile(device):
         with torch.device(device):
             model = GPT(cfg)
         model.init_weights()
+        if fp8:
+            from nanochat.fp8 import convert_to_fp8
+
+            convert_to_fp8(model, include_experts=True)
         counter = torch._dynamo.testing.CompileCounterWithBackend("aot_eager")
         compiled = torch.compile(model, dynamic=False, backend=counter)
         loads = []
@@ -235,11 +243,12 @@ def check_static_compile(device):
                 loss.backward()
                 model.zero_grad(set_to_none=True)
                 loads.append(tuple(stats["load"].tolist()))
-        seen.append((f"GPT cap {cf:g}" if cf else "GPT dropless", counter.frame_count, len(set(loads))))
+        name = ("GPT FP8 " if fp8 else "GPT ") + (f"cap {cf:g}" if cf else "dropless")
+        seen.append((name, counter.frame_count, len(set(loads))))
     torch._dynamo.reset()
     ok = all(graphs == 1 and routings > 1 for _, graphs, routings in seen)
     return ok, "; ".join(f"{name}: {graphs} graph(s), {routings} routings" for name, graphs, routings in seen) + \
-        ", 0 recompiles (bf16 autocast)"
+        f", 0 recompiles (bf16 autocast; dropless {'grouped' if grouped else 'as capacity T: NO grouped_mm'})"
 
 
 def check_muon(device):
