@@ -49,7 +49,7 @@ T0=$(date +%s)
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.used,memory.total,utilization.gpu --format=csv,noheader
 
 if [ $CPU -eq 0 ]; then
-    step "cuda_checks" 120 -m bench.cuda_checks
+    step "cuda_checks" 150 -m bench.cuda_checks
     step "bench.moe" 150 -m bench.moe --device cuda --tokens 16384 --dim 768 --kinds dense,cap1.0,dropless \
         --rounds 15 --warmup 3 --profile
     step "bench.gpu" 330 -m bench.gpu --legs all --leg-timeout 110
@@ -64,7 +64,7 @@ echo
 echo "=== device_check summary ($(( $(date +%s) - T0 ))s)"
 for name in "${STEPS[@]}"; do
     grep -hE '^\[(PASS|FAIL|SKIP)\]|^CUDA checks:|^cap1\.0/dense fwd\+bwd|^profile |^graphs in the first step|^MoE bf16 cap|^RESULT:' \
-        "$LOG/$name.log" | cut -c1-240
+        "$LOG/$name.log" | cut -c1-400
 done
 printf '  %s\n' "${SUMMARY[@]}"
 rm -rf "$LOG"
