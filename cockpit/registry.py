@@ -12,6 +12,7 @@ Layer 0: imports nothing from the cockpit but fsutil, procs, safetext, vocab and
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import itertools
 import math
@@ -32,6 +33,7 @@ DEFAULT_REGISTRY = "experiments.toml"
 REGISTRY_ENV = "COCKPIT_REGISTRY"  # names the registry file when no --registry is given
 DEVICES = ("cuda", "cpu")
 FAILURE_POLICIES = ("stop", "continue")
+EXECUTORS = ("local", "slurm")  # who runs a launch's legs: a supervisor here, or Slurm batch jobs
 EXP_DIR_PLACEHOLDER = "{exp_dir}"
 EXP_ROOT_PLACEHOLDER = "{exp_root}"  # in a trainer arg or a prepare entry: project.exp_root, filled at load
 PYTHON_PLACEHOLDER = "{python}"  # in a prepare argv: the Python of the legs, filled at launch
@@ -41,6 +43,8 @@ REGISTRY_MAX_BYTES = 16 << 20  # a registry is a hand-written file: a bigger one
 TAIL_MAX = 1_000_000  # step lines in the report's tail window
 NPROC_MAX = 128  # processes per node (torchrun --nproc_per_node)
 WAIT_S_MAX = 7 * 24 * 3600.0  # how long a leg may wait for idle GPUs
+NODES_MAX = 4096  # nodes of one Slurm job
+CPUS_MAX = 4096  # CPUs of one node's task
 # The files the cockpit names after an experiment id or a leg name, so both must fit the
 # filesystem's limits with the longest of these around them (see expdir.py):
 #   <exp_root>/<YYYYmmdd_HHMMSS>_<id>/state/<leg>.json, .../<leg>.log, .lock, .stop
@@ -77,6 +81,22 @@ class GpuIdle:
 
 
 @dataclass(frozen=True)
+class SlurmSettings:
+    """What every Slurm job of a launch asks the scheduler for (`[project.slurm]`, `[experiment.slurm]`)."""
+
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    time: str | None = None  # Slurm's time limit syntax: "30", "4:00:00", "1-00:00:00"
+    nodes: int = 1
+    gpus_per_node: int | None = None  # None: one per torchrun process (nproc_per_node); 0 for CPU legs
+    cpus_per_task: int | None = None  # one task per node: the CPUs of one node's torchrun and workers
+    mem: str | None = None  # per node, Slurm's syntax: "64G"
+    extra_args: tuple[str, ...] = ()  # more sbatch arguments, one argv item each
+    setup: tuple[str, ...] = ()  # shell lines the job runs before srun (activate the venv, load modules)
+
+
+@dataclass(frozen=True)
 class Settings:
     name: str
     exp_root: Path
@@ -89,6 +109,8 @@ class Settings:
     # filled (NOTIFY_FIELDS); it may fail or time out, which is noted, never fatal
     notify: tuple[str, ...] | None = None
     notify_timeout_s: float = 10.0
+    executor: str = "local"  # who runs the legs unless an experiment says otherwise (EXECUTORS)
+    slurm: SlurmSettings = SlurmSettings()  # `[project.slurm]`: every experiment's Slurm jobs
 
 
 @dataclass(frozen=True)
@@ -192,6 +214,8 @@ class Experiment:
     line: int | None
     runtime: Runtime | None = None  # where and with what its legs run
     prepare: Prepare | None = None  # run before its first leg when what it creates is missing
+    executor: str = "local"  # EXECUTORS: the project's, or the experiment's own
+    slurm: SlurmSettings = SlurmSettings()  # `[project.slurm]`, each key `[experiment.slurm]` gives replaced
 
     def leg(self, name: str) -> Leg | None:
         return next((leg for leg in self.legs if leg.name == name), None)
@@ -335,6 +359,8 @@ _SCHEMA: dict[str, dict[str, tuple[type, ...]]] = {
         "gpu_idle": (dict,),
         "notify": (list,),
         "notify_timeout_s": (int, float),
+        "executor": (str,),
+        "slurm": (dict,),
     },
     "gpu_idle": {"max_util_pct": (int, float), "max_mem_mib": (int, float), "wait_s": (int, float)},
     "defaults": {"module": (str,), "nproc_per_node": (int,), "device": (str,), "args": (dict,),
@@ -355,6 +381,8 @@ _SCHEMA: dict[str, dict[str, tuple[type, ...]]] = {
         "python": (str,),
         "env": (dict,),
         "prepare": (dict,),
+        "executor": (str,),
+        "slurm": (dict,),
     },
     "prepare": {"argv": (list,), "creates": (str, list)},
     "leg": {
@@ -363,6 +391,18 @@ _SCHEMA: dict[str, dict[str, tuple[type, ...]]] = {
         "nproc_per_node": (int,),
         "args": (dict,),
         "recorded": (dict,),
+    },
+    "slurm": {
+        "partition": (str,),
+        "account": (str,),
+        "qos": (str,),
+        "time": (str, int),
+        "nodes": (int,),
+        "gpus_per_node": (int,),
+        "cpus_per_task": (int,),
+        "mem": (str,),
+        "extra_args": (list,),
+        "setup": (list,),
     },
     "recorded": {
         **{m: (int, float) for m in METRICS},
@@ -594,6 +634,8 @@ def from_raw(raw: dict[str, Any], path: Path | str = DEFAULT_REGISTRY, text: str
     notify = _notify(ld, proj, base) if "notify" in proj else None
     timeout = proj.get("notify_timeout_s", 10.0)
     ld.check_range(timeout, 0.1, NOTIFY_TIMEOUT_MAX, ("project", "notify_timeout_s"), "project.notify_timeout_s")
+    executor = _check_executor(ld, proj.get("executor", "local"), ("project", "executor"), "project.executor")
+    slurm = _slurm(ld, SlurmSettings(), proj.get("slurm", {}), ("project", "slurm"))
     settings = Settings(
         name=proj.get("name", base.name),
         exp_root=exp_root,
@@ -604,6 +646,8 @@ def from_raw(raw: dict[str, Any], path: Path | str = DEFAULT_REGISTRY, text: str
         on_failure=on_failure,
         notify=notify,
         notify_timeout_s=float(timeout),
+        executor=executor,
+        slurm=slurm,
     )
 
     defaults = raw.get("defaults", {})
@@ -718,6 +762,9 @@ def from_raw(raw: dict[str, Any], path: Path | str = DEFAULT_REGISTRY, text: str
                 line=ld.line(loc),
                 runtime=runtime,
                 prepare=prepare,
+                executor=_check_executor(ld, exp.get("executor", executor), loc + ("executor",),
+                                         f"{exp_id}.executor"),
+                slurm=_slurm(ld, slurm, exp.get("slurm", {}), loc + ("slurm",)),
             )
         )
 
@@ -1000,6 +1047,62 @@ def _resolve_kept(ld: _Loader, p: str, base: Path, loc: tuple, what: str) -> Pat
     del real
     path = Path(os.path.expanduser(p))
     return Path(os.path.normpath(path if path.is_absolute() else base / path))
+def _check_executor(ld: _Loader, name: str, loc: tuple, what: str) -> str:
+    if name not in EXECUTORS:
+        raise ld.fail(loc, f"'{what}' must be one of {EXECUTORS}, not {_show(name)}")
+    return name
+
+
+# An #SBATCH line is split on whitespace by sbatch (quotes do not group), so a value written into
+# a batch script may hold no whitespace, no quote, no backslash and no control character.
+SBATCH_UNSAFE = re.compile(r"[\s'\"\\\x00-\x1f\x7f]")
+_SLURM_TIME = re.compile(r"^(\d+-)?\d+(:\d+){0,2}$|^(UNLIMITED|INFINITE)$")  # 30, 4:00:00, 1-12, 2-00:00:00
+_SLURM_MEM = re.compile(r"^\d+[KMGT]?$")  # per node; a bare number is MB
+# sbatch options the cockpit sets itself: the leg's log, its checkout, the chain, one torchrun per node
+COCKPIT_SBATCH = ("--output", "-o", "--error", "-e", "--open-mode", "--chdir", "-D", "--dependency", "-d",
+                  "--requeue", "--no-requeue", "--ntasks-per-node", "--array", "-a", "--wrap", "--parsable")
+
+
+def _slurm(ld: _Loader, base: SlurmSettings, table: dict, loc: tuple) -> SlurmSettings:
+    """`[project.slurm]` or `[experiment.slurm]` over `base`: each key given replaces the base's."""
+    ld.check_table(table, "slurm", loc)
+    where = ".".join(str(p) for p in loc if not isinstance(p, int))
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        at, name = loc + (key,), f"{where}.{key}"
+        if key in ("nodes", "gpus_per_node", "cpus_per_task"):
+            lo, hi = {"nodes": (1, NODES_MAX), "gpus_per_node": (0, NPROC_MAX), "cpus_per_task": (1, CPUS_MAX)}[key]
+            ld.check_range(value, lo, hi, at, name)
+        elif key in ("extra_args", "setup"):
+            if not all(isinstance(v, str) for v in value):
+                raise ld.fail(at, f"'{name}' must be an array of strings")
+            for v in value:
+                if key == "setup" and ("\n" in v or "\x00" in v):
+                    raise ld.fail(at, f"an item of '{name}' must be one line: {_show(v)}")
+                if key == "extra_args":
+                    _sbatch_ok(ld, v, at, f"an item of '{name}'")
+                    option = v.split("=", 1)[0]
+                    if option in COCKPIT_SBATCH or (len(option) > 2 and option[:2] in ("-o", "-e", "-D", "-d", "-a")):
+                        raise ld.fail(at, f"'{name}': {option} is set by the cockpit itself (the leg's log, "
+                                          "its checkout, the chain of legs)")
+            value = tuple(value)
+        else:
+            value = str(value) if key == "time" else value
+            _sbatch_ok(ld, value, at, f"'{name}'")
+            if key == "time" and not _SLURM_TIME.match(value):
+                raise ld.fail(at, f"'{name}' must be a Slurm time limit (minutes, H:MM:SS, D-HH:MM:SS), "
+                                  f"not {_show(table[key])}")
+            if key == "mem" and not _SLURM_MEM.match(value):
+                raise ld.fail(at, f"'{name}' must be a Slurm memory size (like 64G or 500M), not {_show(value)}")
+        values[key] = value
+    return dataclasses.replace(base, **values)
+
+
+def _sbatch_ok(ld: _Loader, value: str, loc: tuple, what: str) -> None:
+    """A value that an #SBATCH line can carry whole, or a located error."""
+    if not value or SBATCH_UNSAFE.search(value):
+        raise ld.fail(loc, f"{what} {_show(value)} cannot go on an #SBATCH line (empty, or holds spaces, quotes "
+                           "or backslashes)")
 
 
 def _check_device(ld: _Loader, device: str, loc: tuple) -> str:
