@@ -275,6 +275,10 @@ def launch_refusals(registry: reg.Registry, plan: LaunchPlan, exp_dir: Path) -> 
                     out += slurm.refusals(chain)
                 except SlurmError as e:
                     out.append(str(e))
+        if (prep := plan.experiment.prepare) is not None and (missing := prep.missing()):
+            out.append(f"{', '.join(map(str, missing))} missing, and a prepare step runs only before a local "
+                       f"launch's legs: run `{shlex.join(prep.command(legs_python(plan)))}` once here (exp_root is "
+                       "the nodes' too), then launch")
     for why in (check_gpus(plan.legs) if plan.executor == "local" else None,
                 check_exp_root(registry.settings.exp_root), check_paths(registry, plan.legs, exp_dir, plan.cwd)):
         if why:
@@ -318,6 +322,8 @@ def dry_run_text(registry: reg.Registry, plan: LaunchPlan) -> str:
     out += [f"export {k}={shlex.quote(v)}" for k, v in (plan.runtime.env if plan.runtime else {}).items()]
     out += [f"EXP_DIR={shlex.quote(str(exp_dir))}", 'mkdir -p "$EXP_DIR/ckpt_root"']
     if plan.executor == slurm.NAME:
+        if registry.settings.notify:
+            out.append("# notify: not run for Slurm legs (the scheduler runs them; no supervisor sees them end)")
         try:
             out += ['mkdir -p "$EXP_DIR/slurm"', *slurm.dry_run(plan_data(registry, plan, exp_dir), exp_dir)]
         except SlurmError:

@@ -1002,7 +1002,7 @@ def _prepare(ld: _Loader, table: Any, loc: tuple, base: Path, exp_root: Path, re
     return Prepare(tuple(a.replace(EXP_ROOT_PLACEHOLDER, str(exp_root)) for a in argv), tuple(creates), ld.line(loc))
 
 
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")  # an environment variable's name
 RESERVED_ENV = (procs.ENV_EXP_DIR, procs.ENV_LEG)  # the supervisor's marker on a leg's processes
 
 
@@ -1027,7 +1027,7 @@ def _runtime(ld: _Loader, table: dict, loc: tuple, base: Path, parent: Runtime) 
             raise ld.fail(loc + ("python",), f"'{where}.python' {_cut(str(python))} is not an executable file")
     env = dict(parent.env)
     for key, value in table.get("env", {}).items():
-        if not _ENV_NAME.match(key):
+        if not ENV_NAME.match(key):
             raise ld.fail(loc + ("env", key), f"'{where}.env' key {_show(key)} is not an environment variable name")
         if key in RESERVED_ENV:
             raise ld.fail(loc + ("env", key), f"'{where}.env' may not set {key}: the cockpit marks a leg's processes with it")
