@@ -201,6 +201,18 @@ def visible_gpus(nvml: ModuleType | Any | None = None) -> tuple[int | None, str 
     return len(sampler._handles or []), None
 
 
+def shortfall(need: int, visible: int | None, reason: str | None = None) -> str | None:
+    """Why a leg of `need` GPUs cannot run on this machine (`visible` GPUs; None: NVML cannot
+    say, for `reason`), or None when it can. One wording for the launch's refusal and the next leg."""
+    if need <= 0:
+        return None
+    if visible is None:
+        return f"needs {need} GPUs, and NVML is unavailable here: {reason or 'unknown reason'}"
+    if visible < need:
+        return f"needs {need} GPUs, {visible} visible here"
+    return None
+
+
 def leg_gpu_indices(nproc: int, env: dict[str, str] | None = None) -> list[int]:
     """The GPUs a leg of `nproc` processes uses: the first nproc of CUDA_VISIBLE_DEVICES, else 0..n-1.
 

@@ -9,14 +9,14 @@ A launch of an experiment (`cockpit launch EXP`, or `l` in the cockpit) goes:
    the experiment already running). `dry_run_text` lists them with the exact commands.
 3. `start`: under the experiment's queue lock, a fresh dir `<exp_root>/<stamp>_<experiment>/`
    (never an existing one), `plan.json` with every leg's exact argv and the git provenance, then
-   the local executor's supervisor, detached (or in this process, `foreground`).
+   the experiment's executor: `local`, a supervisor here, detached (or in this process,
+   `foreground`); or `slurm`, a chain of batch jobs (see executors/).
 
-`stop` stops one leg or a dir's whole queue, through its live supervisor, or (the supervisor was
-killed) by signalling the leg's processes here, only when proven the leg's. Nothing in the user's
-checkout is touched: git is only read.
+`stop` stops one leg or a dir's whole queue through the dir's executor: its live supervisor, or
+(the supervisor was killed) the leg's processes here, only when proven the leg's; or scancel.
+Nothing in the user's checkout is touched: git is only read.
 
-Layer 3: imports the layers below (registry, fsutil, procs, safetext, vocab, gpus, expdir,
-executors.local).
+Layer 3: imports the layers below (registry, checkout, fsutil, safetext, gpus, expdir, executors).
 """
 
 from __future__ import annotations
@@ -27,17 +27,16 @@ import os
 import re
 import shlex
 import shutil
-import signal
 import socket
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from cockpit import fsutil, gpus, procs, safetext
+from cockpit import fsutil, gpus, safetext
 from cockpit import registry as reg
-from cockpit.executors import local
+from cockpit.checkout import git_info
+from cockpit.executors import EXECUTORS, Executor, slurm
 from cockpit.expdir import (
     STAMP_FORMAT,
     STATE_DIR,
@@ -48,18 +47,12 @@ from cockpit.expdir import (
     describe,
     discover,
     done_legs,
-    leg_env,
     lock_path,
     now_iso,
     open_dir,
-    plan_grace,
-    read_state,
-    stop_request_path,
-    supervisor_identity,
     try_lock,
-    write_state,
 )
-from cockpit.vocab import Status
+from cockpit.scheduler import SlurmError
 
 # Args that name trainer inputs: they may point into a read-only path (read, never written).
 INPUT_ARGS = ("data-dir", "tokenizer-dir", "data", "tokenizer")
@@ -71,7 +64,25 @@ class LaunchPlan:
     legs: list[reg.Leg]  # to run, in order
     skipped: list[tuple[str, str]]  # (leg, why)
     torchrun: str
-    cwd: Path  # the checkout that holds the registry: the legs run from here
+    cwd: Path  # the checkout the legs run in (the registry's dir, or the experiment's workdir)
+    runtime: reg.Runtime | None = None  # the experiment's workdir, python and env
+
+    @property
+    def executor(self) -> str:
+        """Who runs the legs: `local` (a supervisor here) or `slurm` (a chain of batch jobs)."""
+        return self.experiment.executor
+
+
+def runtime_of(registry: reg.Registry, exp: reg.Experiment) -> reg.Runtime:
+    """Where and with what an experiment's legs run (the registry's defaults when it says nothing)."""
+    return exp.runtime or registry.runtime or reg.Runtime(workdir=registry.path.resolve().parent)
+
+
+def torchrun_for(runtime: reg.Runtime) -> str:
+    """The torchrun that runs the legs: beside the configured python, else beside this Python or on PATH."""
+    if runtime.torchrun is not None:
+        return str(runtime.torchrun)
+    return find_torchrun() or "torchrun"
 
 
 def find_torchrun() -> str | None:
@@ -103,6 +114,8 @@ def plan_launch(
     for leg in chosen:
         if leg.name == SUPERVISOR:
             raise RunError(f"leg name '{SUPERVISOR}' is reserved for the supervisor's own files")
+        if leg.name == reg.PREPARE and exp.prepare is not None:
+            raise RunError(f"leg name '{reg.PREPARE}' is reserved for the experiment's prepare step")
 
     done = {} if rerun else done_legs(registry.settings.exp_root, exp_id)
     run: list[reg.Leg] = []
@@ -115,7 +128,8 @@ def plan_launch(
             skipped.append((leg.name, f"done in {done[leg.name]}; --rerun runs it"))
         else:
             run.append(leg)
-    return LaunchPlan(exp, run, skipped, find_torchrun() or "torchrun", registry.path.resolve().parent)
+    runtime = runtime_of(registry, exp)
+    return LaunchPlan(exp, run, skipped, torchrun_for(runtime), runtime.workdir, runtime)
 
 
 def check_gpus(legs: list[reg.Leg]) -> str | None:
@@ -123,12 +137,7 @@ def check_gpus(legs: list[reg.Leg]) -> str | None:
     need = max((leg.nproc_per_node for leg in legs if leg.device == "cuda"), default=0)
     if need == 0:
         return None
-    count, reason = gpus.visible_gpus()
-    if count is None:
-        return f"NVML unavailable: {reason}"
-    if count < need:
-        return f"needs {need} GPUs, {count} visible"
-    return None
+    return gpus.shortfall(need, *gpus.visible_gpus())
 
 
 def _inside(path: Path, parent: Path) -> bool:
@@ -222,26 +231,6 @@ def new_exp_dir(exp_root: Path | str, experiment_id: str, preferred: Path | None
     raise RunError(f"could not create a fresh dir for '{experiment_id}' under {root}")
 
 
-def git_info(cwd: Path) -> dict[str, str | None]:
-    """Branch and commit of the checkout, read only (no command here changes git state)."""
-    env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0"}
-
-    def git(*args: str) -> str | None:
-        try:
-            out = subprocess.run(
-                ["git", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=5, check=True
-            )
-            return out.stdout.strip() or None
-        except (OSError, subprocess.SubprocessError):
-            return None
-
-    top = git("rev-parse", "--show-toplevel")
-    if top is None:
-        here = Path(__file__).resolve().parents[1]  # the checkout cockpit runs from, if it is one
-        return git_info(here) if here != cwd.resolve() else {"dir": None, "branch": None, "commit": None}
-    return {"dir": top, "branch": git("rev-parse", "--abbrev-ref", "HEAD"), "commit": git("rev-parse", "HEAD")}
-
-
 def format_command(leg: reg.Leg, exp_dir: Path | str, torchrun: str = "torchrun") -> str:
     """The leg's command, one flag per line as the resume guide's execution template writes it,
     its output going to the leg's log."""
@@ -263,12 +252,35 @@ def check_exp_root(exp_root: Path) -> str | None:
 
 def launch_refusals(registry: reg.Registry, plan: LaunchPlan, exp_dir: Path) -> list[str]:
     """Every reason a launch of `plan` into `exp_dir` would be refused now ([] when none).
-    Reads only: the dry run lists these, a real launch raises the first."""
+    Reads only: the dry run lists these, a real launch raises the first. On Slurm the GPUs are
+    the scheduler's to find (no preflight here); its commands and the batch scripts must work."""
     out = []
-    if find_torchrun() is None:
+    runtime = plan.runtime
+    if runtime is not None and runtime.torchrun is not None:
+        if not (os.path.isfile(runtime.torchrun) and os.access(runtime.torchrun, os.X_OK)):
+            out.append(f"torchrun not found beside {runtime.python} (no {runtime.torchrun}): install torch in that "
+                       "environment, or set python to one that has it")
+    elif find_torchrun() is None:
         out.append("torchrun not found next to this Python or on PATH (install the 'train' extra)")
-    for why in (check_gpus(plan.legs), check_exp_root(registry.settings.exp_root),
-                check_paths(registry, plan.legs, exp_dir, plan.cwd)):
+    if plan.executor == slurm.NAME:
+        try:
+            chain = slurm.chain_of(plan_data(registry, plan, exp_dir), exp_dir)
+        except SlurmError as e:
+            out.append(f"a batch script cannot be written: {e}")
+        else:
+            if shutil.which("sbatch") is None:
+                out.append("sbatch not found on PATH: a Slurm launch runs where sbatch, squeue and scancel work")
+            else:
+                try:
+                    out += slurm.refusals(chain)
+                except SlurmError as e:
+                    out.append(str(e))
+        if (prep := plan.experiment.prepare) is not None and (missing := prep.missing()):
+            out.append(f"{', '.join(map(str, missing))} missing, and a prepare step runs only before a local "
+                       f"launch's legs: run `{shlex.join(prep.command(legs_python(plan)))}` once here (exp_root is "
+                       "the nodes' too), then launch")
+    for why in (check_gpus(plan.legs) if plan.executor == "local" else None,
+                check_exp_root(registry.settings.exp_root), check_paths(registry, plan.legs, exp_dir, plan.cwd)):
         if why:
             out.append(why)
     root = registry.settings.exp_root
@@ -280,9 +292,20 @@ def launch_refusals(registry: reg.Registry, plan: LaunchPlan, exp_dir: Path) -> 
     return out
 
 
+def describe_legs(registry: reg.Registry, plan: LaunchPlan, exp_dir: Path) -> list[tuple[str, str]]:
+    """(leg, what it runs) for each planned leg, as a reader checks it before a launch: locally
+    the torchrun command and its log; on Slurm the batch script and its sbatch command line."""
+    if plan.executor != slurm.NAME:
+        return [(leg.name, format_command(leg, exp_dir, plan.torchrun)) for leg in plan.legs]
+    chain = slurm.chain_of(plan_data(registry, plan, exp_dir), exp_dir)
+    return [(leg, f"{text.rstrip()}\n\n{argv}")
+            for (leg, text), argv in zip(chain.scripts, chain.argv_lines(exp_dir), strict=True)]
+
+
 def dry_run_text(registry: reg.Registry, plan: LaunchPlan) -> str:
     """The exact commands a launch would run, as shell text; nothing is written. Whatever a
-    real launch would refuse is said first."""
+    real launch would refuse is said first. On Slurm: each leg's batch script as it would be
+    saved, then the chain's sbatch command lines."""
     root = registry.settings.exp_root
     exp_dir = root / f"{dt.datetime.now().strftime(STAMP_FORMAT)}_{plan.experiment.id}"
     out = [f"# dry run: {plan.experiment.id}, nothing written"]
@@ -290,48 +313,139 @@ def dry_run_text(registry: reg.Registry, plan: LaunchPlan) -> str:
     if not plan.legs:
         out.append("# nothing to run")
         return "\n".join(out)
-    for why in launch_refusals(registry, plan, exp_dir):
+    refusals = launch_refusals(registry, plan, exp_dir)
+    for why in refusals:
         out.append(f"# a real launch would be refused here: {why}")
-    out += [f"cd {shlex.quote(str(plan.cwd))}", f"EXP_DIR={shlex.quote(str(exp_dir))}", 'mkdir -p "$EXP_DIR/ckpt_root"']
+    if plan.runtime is not None and plan.runtime.python is not None:
+        out.append(f"# python: {plan.runtime.python} (its torchrun runs the legs)")
+    out.append(f"cd {shlex.quote(str(plan.cwd))}")
+    out += [f"export {k}={shlex.quote(v)}" for k, v in (plan.runtime.env if plan.runtime else {}).items()]
+    out += [f"EXP_DIR={shlex.quote(str(exp_dir))}", 'mkdir -p "$EXP_DIR/ckpt_root"']
+    if plan.executor == slurm.NAME:
+        if registry.settings.notify:
+            out.append("# notify: not run for Slurm legs (the scheduler runs them; no supervisor sees them end)")
+        try:
+            out += ['mkdir -p "$EXP_DIR/slurm"', *slurm.dry_run(plan_data(registry, plan, exp_dir), exp_dir)]
+        except SlurmError:
+            pass  # said above, as a refusal
+        return "\n".join(out)
+    if (prep := plan.experiment.prepare) is not None:
+        out += ["", prepare_text(prep, plan)]
+    if registry.settings.notify:
+        out.append(f"# when a leg ends (done or failed): {shlex.join(registry.settings.notify)}"
+                   f" (within {registry.settings.notify_timeout_s:g}s; a failure is noted, never fatal)")
     for leg in plan.legs:
         out += ["", f"# leg {leg.name}" + (f": {leg.description}" if leg.description else "")]
+        for why in missing_inputs(leg, plan):
+            out.append(f"# {why}")
         out.append(format_command(leg, exp_dir, plan.torchrun))
     return "\n".join(out)
 
 
-def write_plan(registry: reg.Registry, plan: LaunchPlan, exp_dir: Path, grace_s: float = STOP_GRACE_S) -> dict:
+def legs_python(plan: LaunchPlan) -> str:
+    """The Python of the legs: the configured one, else this one (whose torchrun runs them)."""
+    return str(plan.runtime.python) if plan.runtime is not None and plan.runtime.python is not None else sys.executable
+
+
+def prepare_text(prep: reg.Prepare, plan: LaunchPlan) -> str:
+    """The prepare step as a dry run shows it: whether it will run, and its exact command."""
+    command = shlex.join(prep.command(legs_python(plan))) + ' > "$EXP_DIR/prepare.log" 2>&1'
+    missing = prep.missing()
+    if not missing:
+        return f"# prepare: skipped, what it creates exists ({', '.join(map(str, prep.creates))})\n# {command}"
+    return f"# prepare, first ({', '.join(map(str, missing))} missing):\n{command}"
+
+
+# The trainer's input dirs when its flags name none (nanochat/data.py, nanochat/tokenizer.py).
+TRAINER_INPUTS = {"data-dir": "~/.cache/nanochat/base_data", "tokenizer-dir": "~/.cache/nanochat/tokenizer"}
+
+
+def missing_inputs(leg: reg.Leg, plan: LaunchPlan) -> list[str]:
+    """Why a leg would fail at once for want of its data (a parquet leg's data or tokenizer dir
+    missing, and no prepare step of its experiment will make it): one line each, saying how to
+    make it. Reads only."""
+    if leg.args.get("data") != "parquet":
+        return []
+    out = []
+    prep = plan.experiment.prepare
+    for key, default in TRAINER_INPUTS.items():
+        value = leg.args.get(key, default)
+        path = Path(os.path.expanduser(str(value)))
+        path = path if path.is_absolute() else plan.cwd / path
+        if os.path.exists(path):
+            continue
+        if prep is not None and prep.makes(path):
+            continue  # the prepare step makes it before the first leg
+        make = ("python -m nanochat.smoke_data --out DIR (a small corpus and tokenizer), or upstream nanochat's "
+                "dataset download" + (" and tokenizer training" if key == "tokenizer-dir" else ""))
+        out.append(f"leg {leg.name} would fail at once: --{key} {value} does not exist (make it: {make})")
+    return out
+
+
+def plan_data(registry: reg.Registry, plan: LaunchPlan, exp_dir: Path, grace_s: float = STOP_GRACE_S) -> dict:
+    """What plan.json records of a launch into `exp_dir`: every leg's exact argv (on Slurm, what
+    srun starts on each node), its module and trainer flags, the executor and its settings, the
+    registry snapshot, git, host. Writes nothing."""
+    on_slurm = plan.executor == slurm.NAME
+    legs = []
+    for leg in plan.legs:
+        args = leg.trainer_args(exp_dir)
+        if on_slurm:
+            cmd = slurm.LegCommand(leg.name, plan.torchrun, leg.nproc_per_node, leg.module, tuple(args),
+                                   uses_gpus=leg.device != "cpu")
+            argv = slurm.node_argv(cmd)
+        else:
+            argv = leg.argv(exp_dir, plan.torchrun)
+        legs.append({"name": leg.name, "device": leg.device, "nproc_per_node": leg.nproc_per_node,
+                     "module": leg.module, "args": args, "argv": argv, "log": str(exp_dir / f"{leg.name}.log")})
     data = {
         "experiment": plan.experiment.id,
         "dir": str(exp_dir),
         "created_at": now_iso(),
         "host": socket.gethostname(),
         "user": os.environ.get("USER"),
-        "cwd": str(plan.cwd),
-        "python": sys.executable,
+        "cwd": str(plan.cwd),  # the checkout the legs run in
+        "python": str(plan.runtime.python) if plan.runtime and plan.runtime.python else sys.executable,
         "torchrun": plan.torchrun,
+        "env": dict(plan.runtime.env) if plan.runtime else {},  # added to each leg's environment
         "git": git_info(plan.cwd),
+        "executor": plan.executor,
         "on_failure": registry.settings.on_failure,
         "tail": registry.settings.tail,  # the report's tail window: the supervisor's report.md uses it
         "stop_grace_s": grace_s,
         "gpu_idle": asdict(registry.settings.gpu_idle),
-        "legs": [
-            {
-                "name": leg.name,
-                "device": leg.device,
-                "nproc_per_node": leg.nproc_per_node,
-                "argv": leg.argv(exp_dir, plan.torchrun),
-                "log": str(exp_dir / f"{leg.name}.log"),
-            }
-            for leg in plan.legs
-        ],
+        # what the supervisor runs when a leg ends done or failed (placeholders filled then)
+        "notify": ({"argv": list(registry.settings.notify), "timeout_s": registry.settings.notify_timeout_s}
+                   if registry.settings.notify else None),
+        "legs": legs,
         "skipped": [{"leg": name, "why": why} for name, why in plan.skipped],
+        # run by the supervisor before the first leg when `creates` is missing
+        "prepare": ({"argv": plan.experiment.prepare.command(legs_python(plan)),
+                     "creates": [str(p) for p in plan.experiment.prepare.creates]} if plan.experiment.prepare else None),
         "registry": {"path": str(registry.path.resolve()), "raw": registry.raw},
     }
+    if on_slurm:
+        data["slurm"] = slurm.plan_record(plan.experiment.slurm)
+        data["preflight"] = slurm.PREFLIGHT
+    return data
+
+
+def write_plan(registry: reg.Registry, plan: LaunchPlan, exp_dir: Path, grace_s: float = STOP_GRACE_S) -> dict:
+    """plan.json in the fresh dir: written once, never over anything. Returns what it holds."""
+    data = plan_data(registry, plan, exp_dir, grace_s)
     fd = fsutil.create_new(exp_dir / "plan.json", root=exp_dir)  # written once, never over anything
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         json.dump(data, f, indent=2, default=str)
         f.write("\n")
     return data
+
+
+def executor_of(d: ExpDir) -> Executor:
+    """The executor that runs a dir's legs, as its plan says (a dir without a plan: local)."""
+    name = (d.plan or {}).get("executor", "local")
+    if name not in EXECUTORS:
+        raise RunError(f"{d.path}/plan.json names an unknown executor {safetext.oneline(repr(name))[:40]}")
+    return EXECUTORS[name]
 
 
 def start(
@@ -344,8 +458,9 @@ def start(
     grace_s: float = STOP_GRACE_S,
     exp_dir: Path | None = None,
 ) -> Path | None:
-    """Make a fresh dir, write plan.json and start its legs through the local executor: a supervisor,
-    detached (or in this process, `foreground`).
+    """Make a fresh dir, write plan.json and start its legs through the experiment's executor: a
+    supervisor here, detached (or in this process, `foreground`), or a chain of Slurm jobs (with
+    `foreground`, waited for).
 
     Returns the dir, or None when every leg was skipped (nothing is written then). Raises
     RunError, with nothing written, when the machine or the paths refuse the launch. `exp_dir`
@@ -364,14 +479,11 @@ def start(
             raise RunError(f"'{exp_id}' is running in {busy.path}; stop it first: cockpit stop {busy.path}")
         exp_dir = new_exp_dir(root, exp_id, preferred=exp_dir)
         try:
-            write_plan(registry, plan, exp_dir, grace_s)
+            data = write_plan(registry, plan, exp_dir, grace_s)
             fsutil.make_dirs(exp_dir / STATE_DIR, root=exp_dir)
         except OSError as e:
             raise RunError(f"cannot write the plan in {exp_dir}: {describe(e)}") from None
-        if foreground:
-            local.run_here(exp_dir, lock_fd, grace_s)
-        else:
-            local.start(exp_dir, lock_fd)
+        EXECUTORS[plan.executor].start(exp_dir, data, lock_fd, foreground, grace_s)
         return exp_dir
     finally:
         try:
@@ -389,11 +501,10 @@ def stop(
 ) -> ExpDir:
     """Stop one leg, or the whole queue, of an experiment dir; return the dir as it stands after.
 
-    With a live supervisor (proven: see supervisor_identity), ask it (SIGTERM for the queue; a
-    stop request file plus SIGUSR1 for one leg) and wait for it to record the outcome. Without
-    one (it was killed), stop the leg's process tree here, if proven the leg's, and record the
-    leg as stopped. Nothing unproven is signalled: RunError says so. With `exp_root`, a dir
-    outside it is refused before anything is read or written.
+    The dir's executor stops it: locally its supervisor (or, the supervisor killed, the leg's
+    proven processes here); on Slurm, scancel of the leg and the rest of its chain. Nothing
+    unproven is signalled: RunError says so. With `exp_root`, a dir outside it is refused before
+    anything is read or written.
     """
     exp_dir = Path(exp_dir)
     if exp_root is not None and not (fsutil.is_inside(exp_dir.resolve(), Path(exp_root).resolve())
@@ -403,57 +514,5 @@ def stop(
     d = open_dir(exp_dir)
     if leg is not None and leg not in d.legs:
         raise RunError(f"{exp_dir} has no leg '{safetext.oneline(leg)}' (legs: {', '.join(d.legs) or 'none'})")
-    names = [leg] if leg else list(d.legs)
-    targets = [n for n in names if n in d.states and d.states[n].active]
-    sup = supervisor_identity(exp_dir, d.supervisor)
-    if wait_s is None:  # the supervisor stops with the plan's grace period, then records it
-        wait_s = plan_grace(d.plan, grace_s) + 10.0
-    if sup.alive:
-        if leg is None:
-            sig = signal.SIGTERM
-        else:
-            try:
-                fsutil.atomic_write_json(stop_request_path(exp_dir, leg), {"requested_at": now_iso()}, root=exp_dir)
-            except OSError as e:
-                raise RunError(f"cannot write the stop request: {describe(e)}") from None
-            sig = signal.SIGUSR1
-        procs.signal_proven(sup, sig)
-        deadline = time.monotonic() + wait_s
-        while time.monotonic() < deadline:
-            d = open_dir(exp_dir)
-            if leg is None and not d.supervisor_alive:
-                break
-            if leg is not None and (leg not in d.states or not d.states[leg].active):
-                break
-            if leg is not None and d.states[leg].status == Status.QUEUED and stop_request_path(exp_dir, leg).exists():
-                break  # the supervisor will skip it when its turn comes
-            time.sleep(0.1)
-        return open_dir(exp_dir)
-    unproven = [f"leg {n}: {d.states[n].note}" for n in names if n in d.states and d.states[n].status == Status.UNKNOWN]
-    if sup.verdict == procs.UNPROVEN:
-        unproven.insert(0, f"supervisor: {Status.UNKNOWN}: {procs.NOT_PROVEN} ({sup.why})")
-    if not targets:
-        if unproven:
-            raise RunError(f"nothing stopped in {exp_dir}: " + "; ".join(unproven))
-        raise RunError(f"nothing running in {exp_dir}")
-    # no supervisor: the legs still alive are orphans; stop them here, if proven theirs
-    for name in targets:
-        st = read_state(exp_dir, name)
-        if st is None or not st.active:
-            continue
-        if st.status == Status.RUNNING:
-            ident = procs.identify(st.pid, st.create_time, d.expect(name))
-            if ident.verdict == procs.UNPROVEN:
-                continue  # reconciled as unknown a moment ago; said by the caller from the state
-            if ident.alive and ident.process is not None:
-                procs.terminate(ident.process, grace_s)
-            procs.terminate_all(procs.marked(leg_env(exp_dir, name)), grace_s)  # workers torchrun left
-            st.note = "stopped by request (supervisor gone; exit code unknown)"
-        else:
-            st.note = "stopped by request before it started (supervisor gone)"
-        st.status, st.ended_at, st.exit_code, st.exit_code_known = Status.STOPPED, now_iso(), None, False
-        try:
-            write_state(exp_dir, st)
-        except OSError as e:
-            raise RunError(f"leg {name} stopped, but its state could not be recorded: {describe(e)}") from None
+    executor_of(d).stop(exp_dir, leg, grace_s, wait_s)
     return open_dir(exp_dir)

@@ -154,14 +154,15 @@ def row_from_recorded(name: str, recorded: reg.Recorded) -> ReportRow:
     )
 
 
-def _dir_legs(exp_dir: Path) -> tuple[list[str], dict[str, str]]:
-    """Planned legs (plan order) and their state statuses; a dir of plain logs has neither."""
+def _dir_legs(exp_dir: Path) -> tuple[list[str], dict[str, str], bool]:
+    """Planned legs (plan order), their state statuses, and whether the plan has a prepare step
+    (its prepare.log is no run); a dir of plain logs has none of these."""
     try:
         d = expdir.open_dir(exp_dir)
     except Exception:  # noqa: BLE001 - a broken plan or state never stops a report
-        return [], {}
+        return [], {}, False
     planned = d.legs if d.plan else []
-    return planned, {leg: st.status for leg, st in d.states.items()}
+    return planned, {leg: st.status for leg, st in d.states.items()}, bool(d.plan and d.plan.get("prepare"))
 
 
 def _log_order(exp_dir: Path) -> list[Path]:
@@ -183,8 +184,8 @@ def rows(exp_dir: Path | str, tail: int = 50, now: float | None = None) -> list[
     raises on a bad log: its row says what it could read.
     """
     exp_dir = Path(exp_dir)
-    planned, states = _dir_legs(exp_dir)
-    by_stem = {p.stem: p for p in _log_order(exp_dir)}
+    planned, states, prepared = _dir_legs(exp_dir)
+    by_stem = {p.stem: p for p in _log_order(exp_dir) if not (prepared and p.stem == reg.PREPARE)}
     out: list[ReportRow] = []
     for leg in planned:
         log = by_stem.pop(leg, None)
@@ -303,6 +304,27 @@ def plan_baseline(exp_dir: Path, tail: int = 50, now: float | None = None) -> Re
     return None
 
 
+def flags_of(row: ReportRow, exp_dir: Path) -> dict[str, str | bool] | None:
+    """The trainer flags a run ran with, its dir's path written `{exp_dir}` (so two dirs compare
+    by what they asked, not where): a log of a cockpit dir from its plan.json; a recorded
+    baseline from the registry the plan names. None when nothing says (a manual log)."""
+    try:
+        if row.source == Source.RECORDED:
+            found = _plan_experiment(exp_dir)
+            leg = found[0].find_leg(row.run.removesuffix(" (recorded)")) if found else None
+            return reg.parse_flags(leg.trainer_args()) if leg is not None else None
+        if not row.path:
+            return None
+        log = Path(row.path)
+        plan = expdir.read_json(log.parent / "plan.json", expdir.PLAN_MAX_BYTES)
+        spec = next(x for x in plan["legs"] if isinstance(x, dict) and x.get("name") == log.stem)
+        where = plan.get("dir") if isinstance(plan.get("dir"), str) else str(log.parent)
+        argv = [a.replace(where, reg.EXP_DIR_PLACEHOLDER) if isinstance(a, str) else str(a) for a in spec["argv"]]
+        return reg.parse_flags(argv)
+    except Exception:  # noqa: BLE001 - no plan, a broken one, no such leg: nothing to compare
+        return None
+
+
 # ----------------------------------------------------------------------------------------------
 # markdown
 
@@ -414,10 +436,14 @@ def render_report(
         out += ["", f"## Delta vs baseline {safetext.md_code(base.run)}{why}"]
         if base.source == Source.RECORDED and base.note:
             out += ["", f"Baseline figures {_md_text(base.note)} (not measured here)."]
+        base_flags = flags_of(base, exp_dir)
         for r in all_rows:
             if r.run == base.run or not r.has_figures:
                 continue
             out += ["", f"### {_md_text(r.run)}", "", render_delta(base, r, tail)]
+            run_flags = flags_of(r, exp_dir)
+            if base_flags is not None and run_flags is not None:
+                out += ["", f"args differ: {_md_text(reg.format_diff(reg.diff_flags(base_flags, run_flags)))}"]
     if links:
         out += ["", "## Files", ""]
         for label, rel in links.items():
@@ -452,7 +478,10 @@ PLOT_BUCKETS = PLOT_SIZE_IN[0] * PLOT_DPI  # a plotted series keeps a min and a 
 
 
 def _cell(v: object) -> str:
-    return "" if v is None else str(v)
+    """A summary CSV cell: empty for no figure; a float without float noise (numtext.computed)."""
+    if v is None:
+        return ""
+    return numtext.computed(v) if isinstance(v, float) else str(v)
 
 
 def _summary_rows(rows_: list[ReportRow]) -> Iterator[Sequence[str]]:

@@ -1,8 +1,8 @@
 """The flags on which a leg differs from its baseline, or from any other leg of the registry.
 
 `d` on a leg opens it: the other legs on the left (the baseline first and chosen), the flags
-that differ on the right (`registry.args_diff`: the merged args, torchrun's process count, the
-module). Moving along the list compares with another leg; escape closes.
+that differ on the right (`Registry.leg_diff`: the trainer flags each leg's command passes).
+Moving along the list compares with another leg; escape closes.
 """
 
 from __future__ import annotations
@@ -17,7 +17,14 @@ from textual.widgets.option_list import Option
 
 from cockpit import registry as reg
 
-ABSENT = "-"  # a flag the leg does not pass
+ABSENT = "(not given)"  # a flag the leg does not pass
+
+
+def value_text(v: str | bool | None, style: str) -> Text:
+    """A flag's value as the table shows it: a bare flag `(set)`, an absent one dimmed."""
+    if v is None:
+        return Text(ABSENT, style="dim")
+    return Text("(set)" if v is True else str(v), style=style)
 
 
 def leg_ref(leg: reg.Leg) -> str:
@@ -73,17 +80,15 @@ class DiffScreen(ModalScreen[None]):
         title.append(leg_ref(other), style="bold cyan")
         if other is self.baseline:
             title.append(" (its baseline)", style="italic")
-        rows = reg.args_diff(self.leg, other)
+        rows = self.registry.leg_diff(self.leg, other) or []
         title.append(f": {len(rows)} flag{'s' if len(rows) != 1 else ''}" if rows else ": none, the same command",
                      style="bold yellow" if rows else "green")
         self.query_one("#diff-title", Static).update(title)
         table.add_column("flag")
         table.add_column(Text(self.leg.name, style="bold"))
         table.add_column(Text(other.name, style="bold cyan"))
-        for flag, mine, theirs in rows:
-            table.add_row(f"--{flag}" if flag not in ("module", "nproc_per_node") else flag,
-                          Text(ABSENT if mine is None else mine, style="" if mine is not None else "dim"),
-                          Text(ABSENT if theirs is None else theirs, style="cyan" if theirs is not None else "dim"))
+        for d in rows:  # d.run: this leg's value, d.base: the other's
+            table.add_row(f"--{d.flag}", value_text(d.run, ""), value_text(d.base, "cyan"))
 
     def action_close(self) -> None:
         self.dismiss(None)

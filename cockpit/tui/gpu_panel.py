@@ -1,7 +1,8 @@
 """The GPU panel: a row per GPU (utilization and memory bars, temperature, power, the leg owning
 its processes with the GPU memory they hold) and, as nvitop draws them, the history of
 utilization, memory, temperature and power as sparklines; without NVML, the reason and the
-host's CPU and RAM instead.
+host's CPU and RAM instead. Below, the nodes each running Slurm leg holds: NVML sees only this
+machine's GPUs.
 
 The sparklines share what width the panel has beyond its fixed columns: a maximized panel (`m`)
 shows more of the history. A terminal too narrow for the fixed columns scrolls the panel
@@ -69,6 +70,14 @@ class GpuPanel(Static):
         gpu = self.gpu
         if gpu is None:
             return Text("sampling GPUs...", style="dim")
+        out = self._local(gpu)
+        for line in gpu.slurm:
+            out.append("\non Slurm ", style="bold")
+            out.append(line, style="cyan")
+            out.append("  (its nodes' GPUs: NVML sees this machine only)", style="dim")
+        return out
+
+    def _local(self, gpu: GpuView) -> Text:
         if gpu.available and gpu.gpus:
             return self.render_gpus(gpu.gpus)
         return self.render_host(gpu)
@@ -125,4 +134,6 @@ class GpuPanel(Static):
 
 def _lines(gpu: GpuView | None) -> int:
     """The panel's height class: one line (sampling), a line per GPU, or the no-GPU text."""
-    return -1 if gpu is None else (len(gpu.gpus) if gpu.available and gpu.gpus else -2)
+    if gpu is None:
+        return -1
+    return (len(gpu.gpus) if gpu.available and gpu.gpus else -2) * 1000 + len(gpu.slurm)

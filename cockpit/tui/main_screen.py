@@ -15,7 +15,6 @@ follows the selection. Every message that asks for a key names it, as `[l]`.
 from __future__ import annotations
 
 import dataclasses
-import os
 from pathlib import Path
 
 from rich.text import Text
@@ -32,7 +31,7 @@ from cockpit import fsutil, launch
 from cockpit import registry as reg
 from cockpit.expdir import RunError
 from cockpit.report import write_report
-from cockpit.resume import GUIDE_NAME, write_guide
+from cockpit.resume import GUIDE_NAME, guide_path, write_guide
 from cockpit.tui.collector import Collector
 from cockpit.tui.commands import BindingCommands
 from cockpit.tui.confirm import ConfirmScreen
@@ -379,9 +378,7 @@ class MainScreen(Screen[None]):
         if leg is None:
             self.notify("select a leg first (the experiments tree), then [d]", severity="warning")
             return
-        exp = registry.experiment(leg.experiment)
-        baseline = registry.find_leg(exp.baseline, exp.id) if exp is not None and exp.baseline else None
-        self.app.push_screen(DiffScreen(registry, leg, baseline))
+        self.app.push_screen(DiffScreen(registry, leg, registry.baseline_of(leg)))
 
     def action_toggle_maximize(self) -> None:
         if self.maximized is not None:
@@ -471,9 +468,13 @@ class MainScreen(Screen[None]):
         body.append(f"{fresh}\n", style="cyan")
         body.append("(created on confirm; if another launch took the name first, the next free one: never an "
                     "existing dir)\n\n", style="dim")
-        for i, leg in enumerate(plan.legs, 1):
-            body.append(f"{i}. {leg.name}\n", style="bold")
-            body.append(launch.format_command(leg, fresh, plan.torchrun) + "\n\n")
+        if plan.executor == "slurm":
+            body.append("on Slurm: ", style="bold")
+            body.append("each leg a batch job, chained; the scheduler finds the GPUs (no preflight here)\n\n",
+                        style="cyan")
+        for i, (name, text) in enumerate(launch.describe_legs(message.registry, plan, fresh), 1):
+            body.append(f"{i}. {name}\n", style="bold")
+            body.append(text + "\n\n")
         if plan.skipped and not rerun:
             body.append("skipped:\n", style="bold")
             for name, why in plan.skipped:
@@ -544,8 +545,12 @@ class MainScreen(Screen[None]):
         body = Text()
         body.append(f"{'leg ' + leg if leg else 'the whole queue'} in\n", style="bold")
         body.append(f"{exp_dir}\n\n", style="cyan")
-        body.append("SIGTERM to torchrun, then after a grace period every process left of the leg's tree "
-                    "is killed. Its log and state stay.", style="dim")
+        if exp.executor == "slurm":
+            body.append("scancel of its Slurm job and of the rest of the chain; the scheduler ends their "
+                        "processes on every node. Logs and states stay.", style="dim")
+        else:
+            body.append("SIGTERM to torchrun, then after a grace period every process left of the leg's tree "
+                        "is killed. Its log and state stay.", style="dim")
         screen = ConfirmScreen(f"Stop {leg or 'queue of ' + Path(exp_dir).name}?", body, confirm_label="Stop",
                                danger=True)
         self.app.push_screen(screen, lambda yes: self._stop(exp_dir, leg) if yes else self.notify("stop cancelled"))
@@ -592,7 +597,7 @@ class MainScreen(Screen[None]):
         if registry is None:
             self.notify(self.error or "the registry is not loaded yet", severity="error")
             return
-        default = str(registry.settings.exp_root / GUIDE_NAME)
+        default = str(guide_path(registry))
         note = "Regenerated in place when it exists; never written into a path the registry marks read-only."
 
         def answered(path: str | None) -> None:
@@ -605,7 +610,7 @@ class MainScreen(Screen[None]):
 
     @work(thread=True, group="actions", exit_on_error=False)
     def _write_guide(self, registry: reg.Registry, path: str) -> None:
-        out = Path(os.path.abspath(os.path.expanduser(path)))
+        out = guide_path(registry, path)
         ro = next((ro for ro in registry.settings.read_only if fsutil.is_inside(out, ro)), None)
         if ro is not None:
             self.post_message(Notice(f"{out}: inside {ro}, which the registry marks read-only; nothing written",
