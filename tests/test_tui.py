@@ -214,6 +214,94 @@ async def test_tab_moves_between_panes_and_m_maximizes(tmp_path):
         assert app.screen.maximized is None
 
 
+async def test_focused_pane_shows_and_m_on_an_empty_pane_fills_the_screen(tmp_path):
+    """The focused pane's border turns heavy (its title reversed); `m` on a pane with nothing in it
+    (no leg running: the live table is empty) fills the screen from the top, with no hatching."""
+    app = make_app(registry_file(tmp_path))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await ready(pilot, app)
+        live, tree = app.query_one("#live"), app.query_one("#experiments")
+        tree.focus()
+        await pilot.pause(0.1)
+        assert tree.styles.border_top[0] == "heavy" and live.styles.border_top[0] == "round"
+        live.focus()
+        await pilot.pause(0.1)
+        assert live.styles.border_top[0] == "heavy" and tree.styles.border_top[0] == "round"
+        assert "reverse" in str(live.styles.border_title_style)
+        await pilot.press("m")
+        await pilot.pause(0.1)
+        assert app.screen.maximized is live
+        assert live.region.y <= 1 and live.region.height >= 36  # the whole screen under the header
+        assert app.screen.styles.hatch in (None, "none") or not app.screen.styles.has_rule("hatch")
+        assert "╱" not in screen_text(app)  # Textual's hatch character
+        await pilot.press("m")
+
+
+async def test_c_copies_the_next_command(tmp_path):
+    app = make_app(registry_file(tmp_path), sampler=FakeSampler(8))
+    async with app.run_test(size=SIZE) as pilot:
+        main = await ready(pilot, app)
+        command = await until(pilot, lambda: main.view.resume.next_command, what="a next command")
+        await pilot.press("c")
+        assert app.clipboard == command and "--moe-capacity-factor 1.0" in app.clipboard
+        assert any(t == "next command copied [c]" for t, _ in app.notes)
+
+
+async def test_d_shows_the_flags_that_differ_from_the_baseline_or_another_leg(tmp_path):
+    from textual.widgets import DataTable
+
+    from cockpit.tui.diff_screen import DiffScreen
+
+    app = make_app(registry_file(tmp_path))
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot, app)
+        await pilot.press("d")  # nothing selected yet: says what to do
+        assert any("select a leg first" in m and "[d]" in m for m in notes(app))
+        await select(pilot, app, Selection("leg", "moe-fp8-capacity-ablation-v1", "dynamic_cap1p0"))
+        await pilot.press("d")
+        screen = await until(pilot, lambda: isinstance(app.screen, DiffScreen) and app.screen, what="the diff")
+        await pilot.pause(0.2)
+        title = str(screen.query_one("#diff-title").render())
+        assert "differ from moe-fp8-capacity-ablation-v1/static_cap0p0_baseline (its baseline)" in title
+        table = screen.query_one("#diff-table", DataTable)
+        rows = {str(table.get_row_at(i)[0]): (str(table.get_row_at(i)[1]), str(table.get_row_at(i)[2]))
+                for i in range(table.row_count)}
+        assert rows["--compile-mode"] == ("dynamic", "static") and rows["--moe-capacity-factor"] == ("1.0", "0.0")
+        await pilot.press("down")  # the next leg: static_cap1p0 differs only in its tag and compile mode
+        await pilot.pause(0.2)
+        title = str(screen.query_one("#diff-title").render())
+        assert "differ from moe-fp8-capacity-ablation-v1/static_cap1p0:" in title
+        rows = {str(table.get_row_at(i)[0]) for i in range(table.row_count)}
+        assert "--compile-mode" in rows and "--moe-capacity-factor" not in rows
+        await pilot.press("escape")
+        await until(pilot, lambda: not isinstance(app.screen, DiffScreen), what="the diff to close")
+
+
+async def test_g_writes_the_guide_where_the_user_says(tmp_path):
+    app = make_app(registry_file(tmp_path))
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot, app)
+        await pilot.press("g")
+        prompt = await until(pilot, lambda: isinstance(app.screen, PathPrompt) and app.screen, what="the prompt")
+        field = prompt.query_one("#prompt-input")
+        assert field.value == str(tmp_path / "exp" / "resume-guide.md")
+        assert "Write [enter]" in screen_text(app) and "Cancel [esc]" in screen_text(app)
+        field.value = str(tmp_path / "ro" / "base_data" / "guide.md")  # a read-only path of the registry
+        await pilot.press("enter")
+        await until(pilot, lambda: any("read-only; nothing written" in m for m in notes(app)), what="the refusal")
+        assert not (tmp_path / "ro" / "base_data" / "guide.md").exists()
+        await pilot.press("g")
+        prompt = await until(pilot, lambda: isinstance(app.screen, PathPrompt) and app.screen, what="the prompt")
+        prompt.query_one("#prompt-input").value = str(tmp_path / "notes" / "guide.md")
+        await pilot.press("enter")
+        await until(pilot, lambda: (tmp_path / "notes" / "guide.md").exists(), what="the guide where asked")
+        assert "moe_cap1p0" in (tmp_path / "notes" / "guide.md").read_text()
+        await pilot.press("g")
+        await until(pilot, lambda: isinstance(app.screen, PathPrompt), what="the prompt")
+        await pilot.press("escape")
+        await until(pilot, lambda: "resume guide not written" in notes(app), what="the cancel")
+
+
 async def test_quit_says_running_legs_go_on(tmp_path):
     write_dir(tmp_path / "exp", "20260224_175412_cpu-smoke", "cpu-smoke", {
         "dense": ("running", log_lines(3, 40, finished=False))}, supervisor_alive=True)
@@ -465,7 +553,10 @@ async def test_gpu_panel_with_the_real_sampler_over_fake_nvml(tmp_path):
         assert len(gpu.gpus) == 8 and [g.leg for g in gpu.gpus[:3]] == ["dense", "dense", None]
         assert gpu.summary == "2/8 GPUs busy"
         text = str(app.query_one(GpuPanel).render())
-        assert text.count("dense") == 2 and "97%" in text and "18.5G/79.6G" in text
+        assert text.count("dense 1.0G") == 2 and "97%" in text and "18.5G/79.6G" in text  # its processes' memory
+        assert all(h in text.splitlines()[0] for h in ("util", "mem", "temp", "power"))  # the history columns
+        g0 = gpu.gpus[0]
+        assert g0.util_hist and g0.mem_hist and g0.temp_hist and g0.power_hist and g0.leg_mem_mib == 1024.0
         assert "2/8 GPUs busy" in screen_text(app)
     assert d.exists()
 
