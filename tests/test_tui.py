@@ -529,6 +529,11 @@ async def test_resume_panel_shows_next_command(tmp_path):
         assert f"{tmp_path / 'exp'}/$(date +%Y%m%d_%H%M%S)_moe-fp8-capacity-opt-v3" in text
         command = str(app.query_one(NextCommand).render())
         assert "--moe-capacity-factor 1.0" in command and "--compile-mode static" in command
+        # never folded: the cockpit one-liner first, then the command a line per flag (` \` between tokens)
+        assert command.splitlines()[0].startswith("cockpit launch moe-fp8-capacity-opt-v3 --legs ")
+        lines = command.splitlines()
+        flags = lines[next(i for i, x in enumerate(lines) if x.startswith("torchrun ")):]
+        assert len(flags) > 10 and all(x.endswith(" \\") for x in flags[:-1])
 
 
 async def test_gpu_panel_with_the_real_sampler_over_fake_nvml(tmp_path):

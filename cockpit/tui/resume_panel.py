@@ -59,13 +59,11 @@ class ResumePanel(Static):
         out.append("Next\n", style="bold cyan")
         if resume.next_command:
             out.append(f"  {resume.next_label}\n", style="bold")
-            if resume.next_cockpit:
-                out.append("  one key: select it, press l; or: ", style="dim")
-                out.append(f"{resume.next_cockpit}\n")
             if resume.next_dir:
                 out.append("  fresh dir: ", style="dim")
                 out.append(f"{resume.next_dir}\n")
-            out.append("  the command (c copies it; ←→ scrolls a long line):", style="dim")
+            out.append("  one key: select it, press l; or run the first line (cockpit), or the command under it\n"
+                       "  (c copies the command; ←→ scrolls a long line):", style="dim")
         else:
             out.append("  no pending leg", style="dim")
         return out
@@ -86,9 +84,14 @@ class NextCommand(Static):
     """The next leg's command, every line whole (never folded): the strip around it scrolls."""
 
     command: reactive[str | None] = reactive(None, layout=True)
+    cockpit: reactive[str | None] = reactive(None, layout=True)  # the same leg through `cockpit launch`
 
     def render(self) -> Text:
-        return Text(self.command or "", style="cyan", no_wrap=True, overflow="ignore")
+        out = Text(no_wrap=True, overflow="ignore")
+        if self.command and self.cockpit:
+            out.append(self.cockpit + "\n\n")
+        out.append(self.command or "", style="cyan")
+        return out
 
 
 class CommandStrip(ScrollableContainer):
@@ -115,5 +118,7 @@ class ResumeBox(VerticalScroll):
                 panel.problems = problems
         if resume is not None or registry_error:
             command = None if registry_error or resume is None else resume.next_command
-            self.query_one(NextCommand).command = command
+            strip = self.query_one(NextCommand)
+            strip.command = command
+            strip.cockpit = resume.next_cockpit if command and resume is not None else None
             self.query_one(CommandStrip).display = bool(command)
