@@ -197,7 +197,9 @@ class LogView(Vertical):
         if log.search:
             at, n = log.match_index()
             text.append(f"  / {self.patterns['search']!r}: ", style="bold")
-            text.append(f"{at}/{n} lines" if n else "no match", style="bold yellow" if n else "bold red")
+            # no current match yet (the lines came after the search): how many, and the keys reach them
+            text.append(f"{at}/{n} lines" if at else f"{n} lines" if n else "no match",
+                        style="bold yellow" if n else "bold red")
             text.append("  n next, N previous", style="dim")
         if log.filter:
             text.append(f"  & {self.patterns['filter']!r}: {log.shown_count()} of {log.line_count} lines",
