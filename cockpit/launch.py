@@ -16,7 +16,7 @@ killed) by signalling the leg's processes here, only when proven the leg's. Noth
 checkout is touched: git is only read.
 
 Layer 3: imports the layers below (registry, fsutil, procs, safetext, vocab, gpus, expdir,
-executors.local).
+provenance, executors.local).
 """
 
 from __future__ import annotations
@@ -29,13 +29,12 @@ import shlex
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from cockpit import fsutil, gpus, procs, safetext
+from cockpit import fsutil, gpus, procs, provenance, safetext
 from cockpit import registry as reg
 from cockpit.executors import local
 from cockpit.expdir import (
@@ -222,32 +221,14 @@ def new_exp_dir(exp_root: Path | str, experiment_id: str, preferred: Path | None
     raise RunError(f"could not create a fresh dir for '{experiment_id}' under {root}")
 
 
-def git_info(cwd: Path) -> dict[str, str | None]:
-    """Branch and commit of the checkout, read only (no command here changes git state)."""
-    env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0"}
-
-    def git(*args: str) -> str | None:
-        try:
-            out = subprocess.run(
-                ["git", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=5, check=True
-            )
-            return out.stdout.strip() or None
-        except (OSError, subprocess.SubprocessError):
-            return None
-
-    top = git("rev-parse", "--show-toplevel")
-    if top is None:
-        here = Path(__file__).resolve().parents[1]  # the checkout cockpit runs from, if it is one
-        return git_info(here) if here != cwd.resolve() else {"dir": None, "branch": None, "commit": None}
-    return {"dir": top, "branch": git("rev-parse", "--abbrev-ref", "HEAD"), "commit": git("rev-parse", "HEAD")}
-
-
 def format_command(leg: reg.Leg, exp_dir: Path | str, torchrun: str = "torchrun") -> str:
     """The leg's command, one flag per line as the resume guide's execution template writes it,
-    its output going to the leg's log."""
-    parts = reg.command_lines(leg.argv(exp_dir, torchrun))
-    log = shlex.quote(str(Path(exp_dir) / f"{leg.name}.log"))
-    return " \\\n  ".join(parts) + f" > {log} 2>&1"
+    its output going to the leg's log; a leg with repeats, one command per repeat."""
+    out = []
+    for name, _, argv in leg.runs(exp_dir, torchrun):
+        log = shlex.quote(str(Path(exp_dir) / f"{name}.log"))
+        out.append(" \\\n  ".join(reg.command_lines(argv)) + f" > {log} 2>&1")
+    return "\n".join(out)
 
 
 def check_exp_root(exp_root: Path) -> str | None:
@@ -294,12 +275,23 @@ def dry_run_text(registry: reg.Registry, plan: LaunchPlan) -> str:
         out.append(f"# a real launch would be refused here: {why}")
     out += [f"cd {shlex.quote(str(plan.cwd))}", f"EXP_DIR={shlex.quote(str(exp_dir))}", 'mkdir -p "$EXP_DIR/ckpt_root"']
     for leg in plan.legs:
-        out += ["", f"# leg {leg.name}" + (f": {leg.description}" if leg.description else "")]
+        repeats = f" ({leg.repeats} repeats, --seed base + i)" if leg.repeats > 1 else ""
+        out += ["", f"# leg {leg.name}{repeats}" + (f": {leg.description}" if leg.description else "")]
         out.append(format_command(leg, exp_dir, plan.torchrun))
     return "\n".join(out)
 
 
 def write_plan(registry: reg.Registry, plan: LaunchPlan, exp_dir: Path, grace_s: float = STOP_GRACE_S) -> dict:
+    """plan.json, written once: every run's exact argv (one per repeat of a leg with repeats),
+    the registry's snapshot, and the launch's provenance (git, with `git.patch` beside it when
+    the tree is dirty; the machine; the trainer's versions; the environment: see provenance)."""
+    origin, patch = provenance.collect(plan.cwd, plan.torchrun)
+    if patch is not None:
+        try:
+            provenance.save_patch(exp_dir, patch)
+            origin["git"]["patch"] = provenance.PATCH_NAME
+        except OSError as e:
+            origin["git"]["patch_error"] = f"{provenance.PATCH_NAME} not written: {describe(e)}"
     data = {
         "experiment": plan.experiment.id,
         "dir": str(exp_dir),
@@ -309,20 +301,22 @@ def write_plan(registry: reg.Registry, plan: LaunchPlan, exp_dir: Path, grace_s:
         "cwd": str(plan.cwd),
         "python": sys.executable,
         "torchrun": plan.torchrun,
-        "git": git_info(plan.cwd),
+        **origin,
         "on_failure": registry.settings.on_failure,
         "tail": registry.settings.tail,  # the report's tail window: the supervisor's report.md uses it
         "stop_grace_s": grace_s,
         "gpu_idle": asdict(registry.settings.gpu_idle),
         "legs": [
             {
-                "name": leg.name,
+                "name": name,
+                **({"leg": leg.name, "repeat": i} if i is not None else {}),
                 "device": leg.device,
                 "nproc_per_node": leg.nproc_per_node,
-                "argv": leg.argv(exp_dir, plan.torchrun),
-                "log": str(exp_dir / f"{leg.name}.log"),
+                "argv": argv,
+                "log": str(exp_dir / f"{name}.log"),
             }
             for leg in plan.legs
+            for name, i, argv in leg.runs(exp_dir, plan.torchrun)
         ],
         "skipped": [{"leg": name, "why": why} for name, why in plan.skipped],
         "registry": {"path": str(registry.path.resolve()), "raw": registry.raw},

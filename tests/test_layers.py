@@ -15,7 +15,7 @@ LAYERS = {
         "cockpit.lazy", "cockpit.numtext", "cockpit.registry", "cockpit.toml_lines", "cockpit.logs",
         "cockpit.logs.lines", "cockpit.logs.failure", "cockpit.logs.state", "cockpit.logs.follow",
         "cockpit.logs.summary", "cockpit.logs.bulk"],
-    1: ["cockpit.gpus", "cockpit.expdir"],
+    1: ["cockpit.gpus", "cockpit.expdir", "cockpit.provenance"],
     2: ["cockpit.report", "cockpit.supervisor", "cockpit.executors", "cockpit.executors.local",
         "cockpit.executors.slurm"],
     3: ["cockpit.launch", "cockpit.resume"],

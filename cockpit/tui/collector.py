@@ -22,7 +22,7 @@ from pathlib import Path
 
 from textual.message import Message
 
-from cockpit import expdir, gpus, launch, logs, resume
+from cockpit import expdir, gpus, logs, provenance, resume
 from cockpit import registry as reg
 from cockpit.tui import build
 from cockpit.tui import state as vm
@@ -224,7 +224,7 @@ class Collector:
         if fn is None or callable(fn):
             if time.monotonic() - self._branch_at > 10.0:  # git is a subprocess: not every pass
                 if fn is None:
-                    self._branch = launch.git_info(self.registry_path.resolve().parent).get("branch")
+                    self._branch = provenance.git_head(self.registry_path.resolve().parent).get("branch")
                 else:
                     self._branch = fn()
                 self._branch_at = time.monotonic()
