@@ -252,17 +252,24 @@ def _args_differ(base: list[str], run: list[str]) -> str | None:
     return ", ".join(said[:6]) + (f" and {len(said) - 6} more" if len(said) > 6 else "")
 
 
+def unknown(base_plan: dict | None, run_plan: dict | None) -> str | None:
+    """Why two launches' origins cannot be compared (a dir of manual logs has no plan.json), or None."""
+    if base_plan is None and run_plan is None:
+        return "neither dir has a plan.json: their git, host, GPUs and versions are unknown"
+    if base_plan is None or run_plan is None:
+        who = "the baseline's dir" if base_plan is None else "this dir"
+        return f"{who} has no plan.json: its git, host, GPUs and versions are unknown"
+    return None
+
+
 def differences(base_plan: dict | None, run_plan: dict | None, base_leg: str | None = None,
                 expected_argv: list[str] | None = None) -> list[str]:
     """What differs between the launch a baseline ran in and the launch of the run compared with
     it, a few words each (`git commit 3f2a1b0c9d8e -> 9c8d7e6f5a4b`). `base_leg`: the baseline
     leg, whose args are compared with `expected_argv` (its flags as the run's launch would give
     them, `{exp_dir}` for the dir), else with the run's plan's own run of that leg."""
-    if base_plan is None and run_plan is None:
-        return ["neither dir has a plan.json: git, host, GPUs and versions unknown"]
     if base_plan is None or run_plan is None:
-        who = "the baseline's dir" if base_plan is None else "the run's dir"
-        return [f"{who} has no plan.json: its git, host, GPUs and versions are unknown"]
+        return []  # see unknown()
     out = []
 
     def same(what: str, *keys: str) -> None:

@@ -133,6 +133,7 @@ def test_differences_name_what_differs():
     assert provenance.differences(BASE, {**same, "legs": []}, "dense", expected) == []
     assert provenance.differences(BASE, {**same, "legs": []}, "dense", [*expected, "--fp8"]) == [
         "args of dense: --fp8 only in the run's"]
-    assert provenance.differences(None, BASE) == [
-        "the baseline's dir has no plan.json: its git, host, GPUs and versions are unknown"]
-    assert provenance.differences(None, None)[0].startswith("neither dir has a plan.json")
+    assert provenance.differences(None, BASE) == [] and provenance.unknown(BASE, BASE) is None
+    assert provenance.unknown(None, BASE) == "the baseline's dir has no plan.json: its git, host, GPUs and versions are unknown"
+    assert provenance.unknown(BASE, None).startswith("this dir has no plan.json")
+    assert provenance.unknown(None, None).startswith("neither dir has a plan.json")

@@ -73,14 +73,18 @@ def test_seed_style_dir_of_plain_logs_gives_the_seed_table(tmp_path):
 def test_delta_against_a_run_in_another_dir_matches_the_seed(tmp_path):
     _, v2 = seed_dirs(tmp_path)
     text = report.render_report(v2, baseline=f"{V1}/static_cap1p0", now=NOW)
+    # the seed's five deltas, each with the 95% interval of the difference and its verdict: the
+    # per-step metrics from their tail windows; peak memory and total time have no samples
     for line in [
-        "| tail50 tok/sec | 785203.42 | 806400.06 | +2.70% |",
-        "| tail50 dt (ms) | 670.31 | 650.67 | -2.93% |",
-        "| tail50 mfu | 9.5014 | 9.7588 | +2.71% |",
-        "| peak mem (MiB) | 18983.58 | 18987.83 | +0.02% |",
-        "| total time (min) | 3.00 | 2.97 | -1.00% |",
+        "| tail50 tok/sec | 785203.42 | 806400.06 | +2.70% | ±2.68% | significant |",
+        "| tail50 dt (ms) | 670.31 | 650.67 | -2.93% | ±2.44% | significant |",
+        "| tail50 mfu | 9.5014 | 9.7588 | +2.71% | ±2.67% | significant |",
+        "| peak mem (MiB) | 18983.58 | 18987.83 | +0.02% | - | - |",
+        "| total time (min) | 3.00 | 2.97 | -1.00% | - | - |",
     ]:
         assert line in text
+    assert f"| metric | static_cap1p0 (baseline from {V1}) | static_cap1p0_bufreuse | delta | 95% CI | verdict |" in text
+    assert "neither dir has a plan.json" in text  # two dirs of manual logs: their origins unknown
     check_golden("report-seed-v2-delta.md", normalized(text, v2))
     # the same through a path, and a baseline inside the dir
     assert "+2.70%" in report.render_report(v2, baseline=str(tmp_path / V1 / "static_cap1p0"), now=NOW)
@@ -187,20 +191,21 @@ def test_registry_baseline_of_a_launched_dir(tmp_path):
                   {"moe_fp8_experts_static_cap1p0_v3": ("done", f"seed/{V1}/static_cap1p25.log")}, registry=registry)
     text = report.render_report(v3, now=NOW)
     assert "## Delta vs baseline `moe-fp8-capacity-opt-v2-buffer/static_cap1p0_bufreuse (recorded)`" in text
-    assert "Baseline figures recorded: seed resume guide, 2026-02-24 (8 GPUs) (not measured here)." in text
-    assert "| tail50 tok/sec | 806400.06 | 747298.44 | -7.33% |" in text
+    assert "Baseline figures recorded: seed resume guide, 2026-02-24 (8 GPUs) (not measured here; " in text
+    assert "| tail50 tok/sec | 806400.06 | 747298.44 | -7.33% | - | - |" in text  # recorded: no samples
     # a finished run of the baseline leg here takes precedence over the recorded figures
     smoke = make_dir(root, "20261126_040000_cpu-smoke", {"dense": ("done", "cpu-smoke/dense.log"),
                                                          "moe_cap1p0": ("done", "cpu-smoke/moe_cap1p0.log")},
                      registry=registry)
     text = report.render_report(smoke, now=NOW)
     assert "## Delta vs baseline `dense` (the registry's baseline of this experiment)" in text
-    assert "| tail50 tok/sec | 9744.48 | 6694.57 | -31.30% |" in text
+    delta = "| tail50 tok/sec | 9744.48 | 6694.57 | -31.30% | ±"
+    assert delta in text
     # the plan's registry file is broken or gone: the plan's snapshot of it names the baseline
     registry.path.write_text("[project\n")
-    assert "| tail50 tok/sec | 9744.48 | 6694.57 | -31.30% |" in report.render_report(smoke, now=NOW)
+    assert delta in report.render_report(smoke, now=NOW)
     registry.path.unlink()
-    assert "| tail50 tok/sec | 9744.48 | 6694.57 | -31.30% |" in report.render_report(smoke, now=NOW)
+    assert delta in report.render_report(smoke, now=NOW)
     # neither the file nor a snapshot: no baseline, still a report
     plan = json.loads((smoke / "plan.json").read_text())
     del plan["registry"]["raw"]
@@ -220,8 +225,8 @@ def test_supervisor_report_has_deltas_against_the_experiments_baseline(tmp_path)
     d.mkdir()
     launch.write_plan(registry, launch.plan_launch(registry, "cpu-smoke", ["moe_cap1p0"]), d)
     shutil.copy(FIXTURES / "cpu-smoke" / "moe_cap1p0.log", d / "moe_cap1p0.log")
-    head = f"## Delta vs baseline `{old.name}/dense` (the registry's baseline of this experiment)"
-    delta = "| tail50 tok/sec | 9744.48 | 6694.57 | -31.30% |"
+    head = f"## Delta vs baseline `dense` (baseline from {old.name})"
+    delta = "| tail50 tok/sec | 9744.48 | 6694.57 | -31.30% | ±"
     text = report.write_report(d, plots=False, now=NOW).read_text()
     assert head in text and delta in text and "### moe_cap1p0" in text
     # edited since launch so that the experiment is gone: the plan's snapshot still knows it

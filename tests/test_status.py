@@ -22,7 +22,8 @@ def test_status_of_the_bundled_registry(tmp_path, capsys):
     assert lines[2].startswith("GPUs: ")  # idle/busy from NVML, or unknown (NVML unavailable: ...) here
     assert "running: none (training paused)" in lines
     assert "moe-fp8-capacity-ablation-v1  [8 GPUs]  5 recorded" in lines
-    assert "  static_cap1p0           recorded  785203.42 tok/s, mfu 9.5014  [recorded]" in lines
+    assert ("  static_cap1p0           recorded  785203.42 tok/s, mfu 9.5014  [recorded]  "
+            "Δ +67.50% vs static_cap0p0_baseline (recorded)") in lines  # recorded: no samples, no verdict
     assert "cpu-smoke  [cpu]  3 pending" in lines
     assert lines[-1] == (
         "next: moe-fp8-capacity-opt-v3/moe_fp8_experts_static_cap1p0_v3  ->  cockpit launch "

@@ -37,6 +37,7 @@ from cockpit.tui.collector import Collector, Request
 from cockpit.tui.commands import BindingCommands
 from cockpit.tui.confirm import ConfirmScreen
 from cockpit.tui.experiments import ExperimentTree, Selection
+from cockpit.tui.live_table import COLUMNS
 from cockpit.tui.log_panes import LogPanes
 from cockpit.tui.log_view import LogView
 from cockpit.tui.main_screen import MainScreen
@@ -602,7 +603,7 @@ async def test_deltas_that_are_no_number_show_a_dash(tmp_path):
         await until(pilot, lambda: main.view.live, what="the live row")
         assert main.view.live[0].delta_tok_pct is None
         live = app.query_one("#live")
-        assert live.get_row_at(0)[9].plain == "-"  # Δ base
+        assert live.get_row_at(0)[COLUMNS.index("Δ base")].plain == "-"
         await select(pilot, app, Selection("dir", "fake", exp_dir=str(tmp_path / "exp" / "20260224_175412_fake")))
         await until(pilot, lambda: main.report is not None and main.report.rows, what="the final table")
         row = next(r for r in main.report.rows if r.run == "a")

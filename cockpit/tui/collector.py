@@ -184,7 +184,8 @@ class Collector:
         view, registry, req = self.view, self.registry, self.request
         if view is None or registry is None:
             return
-        self.report = build.build_report(registry, view, req.report_exp, req.report_dir)
+        self.report = build.build_report(registry, view, req.report_exp, req.report_dir,
+                                         self._state.dirs if self._state is not None else None)
 
     def poke(self) -> None:
         """Recompute now (after a launch, a stop, a selection). Called from the UI thread."""
@@ -242,7 +243,7 @@ class Collector:
             registry, self._snapshot, self.sampler, self.branch(), self.clock().timestamp(),
             {k: f.state for k, f in self.followed.items()})
         req = self.request
-        self.view, self.report = view, build.build_report(registry, view, req.report_exp, req.report_dir)
+        self.view, self.report = view, build.build_report(registry, view, req.report_exp, req.report_dir, self._state.dirs)
 
     def refresh_live(self) -> None:
         """Between two full passes: the live rows from the followed logs, and the GPUs."""
@@ -250,7 +251,7 @@ class Collector:
         if view is None or registry is None or state is None:
             return
         followed = {k: f.state for k, f in self.followed.items()}
-        live = tuple(build.live_view(state, m, followed.get(f"{m.dir}/{m.leg}")) for m in state.running if m.dir)
+        live = tuple(build.live_view(state, m, followed.get(f"{m.dir}/{m.log_name}")) for m in state.running if m.dir)
         gpu = view.gpu
         if self._snapshot is not None:
             gpu = build.gpu_view(self._snapshot, build.gpu_status(registry, self._snapshot),
