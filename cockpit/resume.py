@@ -489,6 +489,9 @@ def render_guide(state: ResumeState) -> str:
                 out.append(f"- {safetext.md_code(d)} ({', '.join(kinds)})")
             out.append("")
         out += ["Final metrics snapshot:", "", report.render_table([m.row for m in fin], state.tail, source_column=True)]
+        if len({m.dir for m in fin if m.mark == Mark.DONE}) > 1:
+            out += ["", "These legs finished in more than one dir (above): each delta below compares a leg "
+                        "with the baseline of its own dir, or names the dir its baseline comes from."]
         if any(m.row.value(q) is not None for m in fin for q in QUALITY):
             out += ["", "Quality and routing:", "", report.render_quality([m.row for m in fin], state.tail)]
         sources = sorted({m.note for m in fin if m.mark == Mark.RECORDED and m.note})

@@ -1,5 +1,7 @@
-"""The real trainer under the real `cockpit launch --foreground`: two legs of the bundled cpu-smoke
-experiment (copied into a temp registry, exp_root in tmp_path), the done guard, --rerun."""
+"""The real trainer under the real `cockpit launch --foreground`: the bundled cpu-smoke experiment
+(copied into a temp registry, exp_root in tmp_path), the done guard, --rerun; then the mixed-dir
+scenario a researcher meets after re-running the baseline alone: `cockpit resume` and `cockpit
+report` compare each leg with the baseline of its own launch."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from conftest import REPO, cockpit
 from cockpit import expdir, logs
 
 pytestmark = pytest.mark.slow
-LEGS = ("dense", "moe_cap1p0")
+LEGS = ("dense", "moe_dropless", "moe_cap1p0")
 
 
 def smoke_registry(tmp_path):
@@ -25,7 +27,14 @@ def smoke_registry(tmp_path):
     return path
 
 
-def test_foreground_two_legs_then_skip_then_rerun(tmp_path):
+def delta_cells(text: str, heading: str, metric: str = "tail50 tok/sec") -> list[str]:
+    """The cells of a metric's row in the delta table after `heading`."""
+    after = text.split(heading, 1)[1]
+    line = next(ln for ln in after.splitlines() if ln.startswith(f"| {metric} |"))
+    return [c.strip() for c in line.strip("|").split("|")]
+
+
+def test_foreground_legs_then_skip_then_rerun_the_baseline_alone(tmp_path):
     reg_path = smoke_registry(tmp_path)
     r = cockpit("--registry", str(reg_path), "launch", "cpu-smoke", "--legs", ",".join(LEGS), "--foreground", timeout=240)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -62,3 +71,37 @@ def test_foreground_two_legs_then_skip_then_rerun(tmp_path):
     assert new_dir != exp_dir and new_dir.parent == exp_dir.parent
     assert expdir.open_dir(new_dir).states["dense"].status == "done"
     assert expdir.open_dir(exp_dir).states["dense"].status == "done"  # the first dir is untouched
+
+    # The MoE legs ran beside the first dense; the newest dense ran alone, on another day as far as
+    # the machine is concerned. Each leg is compared with the baseline of its own launch: the
+    # guide's delta of a MoE leg is its own dir's report's, never one against the newer dense.
+    old_report = (exp_dir / "report.md").read_text()
+    guide = cockpit("--registry", str(reg_path), "resume")
+    assert guide.returncode == 0, guide.stderr
+    for leg in ("moe_dropless", "moe_cap1p0"):
+        own = delta_cells(old_report, f"### {leg}")
+        in_guide = delta_cells(guide.stdout, f"Result of `{leg}` vs baseline `dense`:")
+        assert in_guide[1:] == own[1:], (leg, own, in_guide)  # baseline, run, delta, interval, verdict
+        assert own[4].startswith("±") and own[5] in ("significant", "within noise")
+    dense_old = logs.summarize(exp_dir / "dense.log").tok_per_sec
+    assert delta_cells(guide.stdout, "Result of `moe_cap1p0` vs baseline `dense`:")[1] == f"{dense_old:.2f}"
+    assert "baseline from" not in guide.stdout  # every leg had its own dir's baseline
+    assert "finished in more than one dir" in guide.stdout
+    assert "| run | min val bpb | last val bpb | final loss | tail50 drop % | tail50 bal |" in guide.stdout
+
+    rep = cockpit("--registry", str(reg_path), "report", "--exp-dir", str(exp_dir))
+    assert rep.returncode == 0, rep.stderr
+    assert "## Delta vs baseline `dense` (the registry's baseline of this experiment)" in rep.stdout
+    assert delta_cells(rep.stdout, "### moe_cap1p0") == delta_cells(old_report, "### moe_cap1p0")
+    alone = cockpit("--registry", str(reg_path), "report", "--exp-dir", str(new_dir))
+    assert alone.returncode == 0 and "## Delta" not in alone.stdout  # dense alone: the baseline itself
+    assert (new_dir / "plan.json").is_file() and expdir.open_dir(new_dir).plan["trainer"]["torch"]
+
+    # the old dir's MoE leg against the new dense, asked for by name: labelled with its dir, and
+    # the two launches' origins compared (same checkout and machine here: said so)
+    named = cockpit("--registry", str(reg_path), "report", "--exp-dir", str(exp_dir),
+                    "--baseline", f"{new_dir.name}/dense")
+    assert named.returncode == 0, named.stderr
+    assert f"## Delta vs baseline `dense` (baseline from {new_dir.name})" in named.stdout
+    assert f"| metric | dense (baseline from {new_dir.name}) | moe_cap1p0 | delta | 95% CI | verdict |" in named.stdout
+    assert "the baseline ran in another launch" in named.stdout
