@@ -567,16 +567,19 @@ def render_report(
         where = f" ({_md_text(base.source)})" if base.source and base.dir is not None else ""
         named = "" if base.explicit else " (the registry's baseline of this experiment)" if base.own else ""
         name = f"{base_row.run} (recorded)" if base.dir is None else base.leg
-        out += ["", f"## Delta vs baseline {safetext.md_code(name)}{where}{named}"]
-        out += [f"\n{line}" for line in baseline_notes(base, exp_dir)]
         done = set(base.runs) if base.dir is not None and base.own else set()
+        sections = []
         for r in all_rows:
             if r.run in done or (r.run == base.leg and base.own) or not r.has_figures:
                 continue
             if not r.is_aggregate and _repeat_with_aggregate(r, all_rows):
                 continue  # a repeat: its leg's aggregate row has the delta
             title = f"{r.run} ({len(r.repeats)} repeats: interval from their spread)" if r.is_aggregate else r.run
-            out += ["", f"### {_md_text(title)}", "", render_delta(base_row, r, tail, base.column)]
+            sections += ["", f"### {_md_text(title)}", "", render_delta(base_row, r, tail, base.column)]
+        if sections:  # a dir holding only the baseline has no delta
+            out += ["", f"## Delta vs baseline {safetext.md_code(name)}{where}{named}"]
+            out += [f"\n{line}" for line in baseline_notes(base, exp_dir)]
+            out += sections
     if links:
         out += ["", "## Files", ""]
         for label, rel in links.items():
@@ -609,9 +612,32 @@ SUMMARY_COLUMNS = (
     "run", "status", "source", "steps_observed", "last_step", "total_steps", "last_loss", "tail_n",
     "tok_per_sec", "dt_ms", "mfu", "peak_mem_mib", "total_time_min", "error",
 )
-PLOTS = (("loss", "loss"), ("tok_per_sec", "tok/sec"), ("mfu", "MFU (%)"), ("dt_ms", "dt (ms)"))
-PLOT_SIZE_IN, PLOT_DPI = (8, 4.5), 100
+# The per-step plots (attr, axis label). tok/sec and dt are drawn as a rolling mean over the raw
+# steps (faint), the trainer's warm-up steps left out and each run's tail window shaded; loss, MFU
+# and drop % as they were printed. A metric that is absent, or 0 on every step (MFU on a CPU, drop %
+# of a dropless run), gets no plot.
+PLOTS = (("loss", "loss"), ("tok_per_sec", "tok/sec"), ("mfu", "MFU (%)"), ("dt_ms", "dt (ms)"),
+         ("drop_pct", "dropped tokens (%)"))
+SMOOTHED = ("tok_per_sec", "dt_ms")
+NO_WARMUP = ("tok_per_sec", "dt_ms", "mfu")  # speed: the warm-up steps (compilation) would squash the scale
+WARMUP_STEPS = 11  # a run's first steps the trainer leaves out of its timing (`step - start_step > 10`)
+EXTRA_PLOTS = (("val_bpb", "validation bpb"), ("tail_means", "tail means"))  # not per step
+PLOT_SIZE_IN, PLOT_DPI = (8, 4.5), 150
 PLOT_BUCKETS = PLOT_SIZE_IN[0] * PLOT_DPI  # a plotted series keeps a min and a max per pixel column at most
+
+
+def smooth_window(n: int, tail: int) -> int:
+    """Steps in the rolling mean of a series of n steps: a fifth of the tail window, wider for a
+    long run (a pixel column of a 400,000-step run holds hundreds of steps)."""
+    return max(1, tail // 5, n // 200)
+
+
+def rolling_mean(y: Any, window: int) -> Any:
+    """The trailing mean of the last `window` values at each point (fewer at the start)."""
+    c = np.concatenate(([0.0], np.cumsum(y, dtype=np.float64)))
+    i = np.arange(1, len(y) + 1)
+    lo = np.maximum(i - window, 0)
+    return (c[i] - c[lo]) / (i - lo)
 
 
 def _cell(v: object) -> str:
@@ -643,27 +669,38 @@ def _csv_field(text: str) -> str:
 
 class Series(NamedTuple):
     """A run's metric per step, as plotted. A long series keeps, for each pixel column of the
-    plot, its first step and the least and the greatest value there (`lows`, `highs`)."""
+    plot, its first step and the least and the greatest value there (`lows`, `highs`); a smoothed
+    one its rolling mean too (`smooth`, the column's mean of it), and where its tail window starts."""
 
     steps: Any  # numpy float64
     lows: Any
     highs: Any  # the same as lows when the series is drawn point by point
     decimated: bool
+    smooth: Any = None  # the rolling mean (SMOOTHED metrics)
+    window: int = 0  # its width in steps
+    tail_from: float | None = None  # the first step of the tail window
+    batch_tokens: int = 0  # validation bpb: tokens per step (0: not known), to plot against tokens
 
 
 class _Collected:
     """A run's plotted metrics, a chunk of step lines at a time (finite values only)."""
 
-    def __init__(self) -> None:
+    def __init__(self, tail: int = 50) -> None:
+        self.tail = tail
+        self.first_step: float | None = None
         self.parts: dict[str, list[tuple[Any, Any]]] = {attr: [] for attr, _ in PLOTS}
 
     def add(self, table: logs.StepTable) -> None:
         step = table.column("step")
         x = step.values.astype(np.float64) if step.values.dtype != object else np.array(
             [float(v) if abs(v) < 2**1000 else np.inf for v in step.values.tolist()])  # a step of 400 digits
+        if self.first_step is None and step.present.any():
+            self.first_step = float(x[np.argmax(step.present)])
         for attr, parts in self.parts.items():
             col = table.column(attr)
             keep = col.present & step.present & np.isfinite(col.values) & np.isfinite(x)
+            if attr in NO_WARMUP and self.first_step is not None:
+                keep &= x >= self.first_step + WARMUP_STEPS
             if keep.any():
                 parts.append((x[keep], col.values[keep]))
 
@@ -672,24 +709,33 @@ class _Collected:
         for attr, parts in self.parts.items():
             if parts:
                 x, y = (np.concatenate(a) for a in zip(*parts, strict=True))
-                out[attr] = decimate(x, y, PLOT_BUCKETS)
+                if attr not in SMOOTHED:
+                    out[attr] = decimate(x, y, PLOT_BUCKETS)
+                    continue
+                w = smooth_window(len(y), self.tail)
+                s = decimate(x, y, PLOT_BUCKETS, rolling_mean(y, w))
+                out[attr] = s._replace(window=w, tail_from=float(x[max(0, len(x) - self.tail)]))
         return out
 
 
-def decimate(x: Any, y: Any, buckets: int) -> Series:
+def decimate(x: Any, y: Any, buckets: int, smooth: Any = None) -> Series:
     """A series to draw `buckets` pixel columns wide. Up to 2 points a column it is kept as it
     is; a longer one keeps, per column's range of x, its first x and its least and greatest y:
-    drawn as a band from least to greatest, it covers every pixel the whole series covers."""
+    drawn as a band from least to greatest, it covers every pixel the whole series covers.
+    `smooth` (a rolling mean of y) keeps its mean per column."""
     n = len(x)
     if n <= 2 * buckets:
-        return Series(x, y, y, False)
+        return Series(x, y, y, False, smooth)
     if (np.diff(x) < 0).any():  # a run restarted from a checkpoint: its steps go back
         order = np.argsort(x, kind="stable")
         x, y = x[order], y[order]
+        smooth = smooth[order] if smooth is not None else None
     lo, hi = x[0], x[-1]
     column = np.minimum(((x - lo) * (buckets / (hi - lo))).astype(np.int64), buckets - 1) if hi > lo else np.zeros(n, np.int64)
     starts = np.flatnonzero(np.concatenate(([True], column[1:] != column[:-1])))
-    return Series(x[starts], np.minimum.reduceat(y, starts), np.maximum.reduceat(y, starts), True)
+    if smooth is not None:
+        smooth = np.add.reduceat(smooth, starts) / np.diff(np.append(starts, n))
+    return Series(x[starts], np.minimum.reduceat(y, starts), np.maximum.reduceat(y, starts), True, smooth)
 
 
 PARALLEL_MIN_BYTES = 64 << 20  # logs of less, all told, are read in this process: a worker's start costs more
@@ -801,7 +847,7 @@ def _steps_csv(path: str, run: str, tail: int, out: BinaryIO) -> dict[str, Serie
     (any more) adds the rows read so far, and no series."""
     _load_numpy()
     prefix = (_csv_field(safetext.printable(run)) + ",").encode()
-    kept = _Collected()
+    kept = _Collected(tail)
 
     def sink(table: logs.StepTable) -> None:
         out.write(numtext.csv_text(prefix, [_cells(table.column(name), name in logs.INT_FIELDS)
@@ -809,10 +855,15 @@ def _steps_csv(path: str, run: str, tail: int, out: BinaryIO) -> dict[str, Serie
         kept.add(table)
 
     try:
-        logs.parse_file(path, tail=tail, on_steps=sink)
+        state = logs.parse_file(path, tail=tail, on_steps=sink)
     except (OSError, ValueError):
         return {}
-    return kept.series()
+    found = kept.series()
+    val = [(v.step, v.value) for v in state.val_bpb if v.step is not None and math.isfinite(v.value)]
+    if val:
+        x, y = (np.array(a, np.float64) for a in zip(*val, strict=True))
+        found["val_bpb"] = Series(x, y, y, False, batch_tokens=state.batch_tokens or 0)
+    return found
 
 
 def _cells(col: logs.Column, integer: bool) -> Any:
@@ -827,49 +878,178 @@ def _cells(col: logs.Column, integer: bool) -> Any:
     return numtext.float_cells(col.values, col.present, col.decimals)
 
 
-def draw_plots(series: dict[str, dict[str, Series]]) -> dict[str, bytes]:
-    """PNG per metric (loss, tok/sec, MFU, dt) per step, one line (or band) per run: attr -> PNG
-    bytes. A run keeps its colour in every plot."""
-    # function-level: matplotlib is heavy, and only a report with plots needs it (Agg: no display)
-    from matplotlib import rcParams
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+def plot_context(exp_dir: Path) -> str:
+    """The line under every plot's title: experiment, dir and commit (a dirty tree marked), from
+    the dir's plan; the dir's name alone for a dir of plain logs."""
+    parts = []
+    try:
+        plan = expdir.read_json(exp_dir / "plan.json", expdir.PLAN_MAX_BYTES)
+    except (OSError, ValueError, RecursionError):
+        plan = None
+    plan = plan if isinstance(plan, dict) else {}
+    git = plan.get("git") if isinstance(plan.get("git"), dict) else {}
+    if isinstance(plan.get("experiment"), str):
+        parts.append(plan["experiment"])
+    parts.append(exp_dir.name)
+    if isinstance(git.get("commit"), str):
+        parts.append("commit " + git["commit"][:10] + (" + uncommitted changes" if git.get("dirty") else ""))
+    return safetext.printable(" · ".join(parts), newlines=False)
 
-    colours = rcParams["axes.prop_cycle"].by_key()["color"]
+
+def draw_plots(series: dict[str, dict[str, Series]], rows_: Sequence[ReportRow] = (), tail: int = 50,
+               context: str = "") -> dict[str, bytes]:
+    """PNG per plot: each per-step metric (PLOTS), validation bpb against tokens, and the tail
+    means with their 95% intervals as bars (EXTRA_PLOTS): attr -> PNG bytes. A run keeps its
+    colour in every plot; `context` (plot_context) is every title's second line."""
+    # function-level: matplotlib is heavy, and only a report with plots needs it
+    from matplotlib import rcParams
+    from matplotlib.patches import Patch
+
+    cycle = rcParams["axes.prop_cycle"].by_key()["color"]
+    names = list(dict.fromkeys([*series, *(r.run for r in rows_)]))
+    colour = {run: cycle[i % len(cycle)] for i, run in enumerate(names)}
     made: dict[str, bytes] = {}
+
+    def title(ax: Any, what: str) -> None:
+        ax.set_title(what + (f"\n{context}" if context else ""), fontsize=10)
+
     for attr, label in PLOTS:
-        lines = [(i, run, kept[attr]) for i, (run, kept) in enumerate(series.items()) if attr in kept]
-        if not lines:
-            continue
-        fig = Figure(figsize=PLOT_SIZE_IN, dpi=PLOT_DPI)
-        FigureCanvasAgg(fig)
+        lines = [(run, kept[attr]) for run, kept in series.items() if attr in kept]
+        if not any(s.lows.any() or s.highs.any() for _, s in lines):
+            continue  # absent, or 0 on every step: nothing to see
+        fig = _figure()
         ax = fig.add_subplot()
-        decimated = False
-        for i, run, s in lines:
-            name, colour = safetext.printable(run, newlines=False), colours[i % len(colours)]
+        decimated, spans, windows = False, set(), set()
+        for run, s in lines:
+            name, c = safetext.printable(run, newlines=False), colour[run]
+            faint = s.smooth is not None  # the steps themselves under their rolling mean
             if s.decimated:  # a band: stroking a zigzag through every min and max costs ten times more
-                ax.fill_between(s.steps, s.lows, s.highs, color=colour, alpha=0.4, linewidth=0.8, label=name)
+                ax.fill_between(s.steps, s.lows, s.highs, color=c, alpha=0.15 if faint else 0.4, linewidth=0.8,
+                                label=None if faint else name)
             else:
-                ax.plot(s.steps, s.lows, color=colour, label=name, linewidth=1.2)
+                ax.plot(s.steps, s.lows, color=c, alpha=0.3 if faint else 1.0, linewidth=0.7 if faint else 1.2,
+                        label=None if faint else name)
+            if faint:
+                ax.plot(s.steps, s.smooth, color=c, linewidth=1.6, label=name)
+                windows.add(s.window)
+                if s.tail_from is not None:
+                    spans.add((s.tail_from, float(s.steps.max())))
             decimated |= s.decimated
+        handles, labels = ax.get_legend_handles_labels()
+        for lo, hi in spans:
+            ax.axvspan(lo, hi, color="0.5", alpha=0.12, linewidth=0)
+        if spans:
+            handles.append(Patch(color="0.5", alpha=0.25))
+            labels.append(f"tail window (last {tail} steps)")
+        what = f"{label} per step"
+        if windows:
+            w = f"{min(windows)}" if len(windows) == 1 else f"{min(windows)}-{max(windows)}"
+            what += f": rolling mean of {w} steps, each step faint"
+        if attr in NO_WARMUP:
+            what += f", first {WARMUP_STEPS} (warm-up) left out"
+        if decimated:
+            what += " (long runs: least to greatest per pixel column)"
         ax.set_xlabel("step")
         ax.set_ylabel(label)
-        ax.set_title(f"{label} per step" + (" (long runs: least to greatest per pixel column)" if decimated else ""))
+        title(ax, what)
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8, loc="upper right")  # a fixed place: "best" searches every point of every line
-        fig.tight_layout()
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png")
-        made[attr] = buf.getvalue()
+        _outside_legend(ax, handles, labels)
+        _thousands(ax.yaxis)
+        made[attr] = _png(fig)
+
+    val = [(run, kept["val_bpb"]) for run, kept in series.items() if "val_bpb" in kept]
+    if val:
+        tokens = all(s.batch_tokens for _, s in val)  # else every run against its steps
+        fig = _figure()
+        ax = fig.add_subplot()
+        for run, s in val:
+            ax.plot(s.steps * s.batch_tokens if tokens else s.steps, s.lows, marker="o", markersize=3,
+                    color=colour[run], label=safetext.printable(run, newlines=False), linewidth=1.2)
+        ax.set_xlabel("tokens" if tokens else "step")
+        ax.set_ylabel("validation bpb")
+        title(ax, "validation bits per byte against " + ("tokens seen" if tokens else "step (a log without its batch size)"))
+        ax.grid(True, alpha=0.3)
+        _outside_legend(ax, *ax.get_legend_handles_labels())
+        _thousands(ax.xaxis)
+        made["val_bpb"] = _png(fig)
+
+    if bars := _tail_bars(rows_, tail):
+        made["tail_means"] = _draw_bars(bars, colour, f"tail{tail} means with 95% intervals"
+                                        + (f"\n{context}" if context else ""))
     return made
 
 
+def _tail_bars(rows_: Sequence[ReportRow], tail: int) -> list[tuple[str, list[tuple[str, stats.Estimate]]]]:
+    """(metric label, [(run, estimate)]) of each speed metric some run has a nonzero tail mean of;
+    a leg with repeats as its aggregate (the interval from their spread)."""
+    out = []
+    for attr in STEP_METRICS:
+        runs = [(r.run, e) for r in rows_ if not _repeat_with_aggregate(r, list(rows_))
+                and (e := r.estimate(attr)) is not None and math.isfinite(e.mean)]
+        if any(e.mean for _, e in runs):
+            out.append((f"tail{tail} {COLUMNS[attr][0]}", runs))
+    return out
+
+
+def _figure(height: float = PLOT_SIZE_IN[1]) -> Any:
+    """A matplotlib figure drawn off screen (Agg: no display)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(PLOT_SIZE_IN[0], height), dpi=PLOT_DPI)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _outside_legend(ax: Any, handles: list, labels: list) -> None:
+    """The legend right of the plot, never over a line (a fixed place: "best" searches every point)."""
+    ax.legend(handles, labels, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+
+
+def _thousands(axis: Any) -> None:
+    """Tick labels of big numbers with thousands separators (780,000, not 7.8e5)."""
+    from matplotlib.ticker import FuncFormatter
+
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}" if abs(v) >= 1000 else f"{v:g}"))
+
+
+def _png(fig: Any) -> bytes:
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def _draw_bars(bars: list[tuple[str, list[tuple[str, stats.Estimate]]]], colour: dict[str, str], title: str) -> bytes:
+    """One panel per metric, a bar per run with its 95% interval; the axis starts near the least
+    value (said under it), so differences of a few percent show."""
+    n = max(len(runs) for _, runs in bars)
+    fig = _figure(max(2.8, 1.6 + 0.35 * n))
+    axes = fig.subplots(1, len(bars), sharey=True, squeeze=False)[0]
+    for ax, (label, runs) in zip(axes, bars, strict=True):
+        y = np.arange(len(runs))[::-1]
+        means = np.array([e.mean for _, e in runs])
+        half = np.array([e.half_width if math.isfinite(e.half_width) else 0.0 for _, e in runs])
+        ax.barh(y, means, xerr=half, color=[colour.get(run, "0.5") for run, _ in runs], alpha=0.8,
+                error_kw={"capsize": 3, "linewidth": 1})
+        lo, hi = float((means - half).min()), float((means + half).max())
+        pad = max((hi - lo) * 0.25, abs(hi) * 0.01)
+        left = max(0.0, lo - pad) if lo >= 0 else lo - pad
+        ax.set_xlim(left, hi + pad)
+        ax.set_yticks(y, [safetext.printable(run, newlines=False) for run, _ in runs], fontsize=8)
+        ax.set_xlabel(label + (f"\n(axis from {left:,.0f})" if left >= 100 else f"\n(axis from {left:.3g})"
+                               if left > 0 else ""), fontsize=8)
+        _thousands(ax.xaxis)
+        ax.tick_params(axis="x", labelsize=7)
+        ax.grid(True, axis="x", alpha=0.3)
+    fig.suptitle(title, fontsize=10)
+    return _png(fig)
 def output_files(out: Path, plots: bool = True) -> dict[str, Path]:
     """Every file a report at `out` writes: the markdown, its two CSVs, its plots."""
     files = {"report": out, "steps": out.with_name(f"{out.stem}_steps.csv"),
              "summary": out.with_name(f"{out.stem}_summary.csv")}
     if plots:
-        files.update({attr: out.with_name(f"{out.stem}_{attr}.png") for attr, _ in PLOTS})
+        files.update({attr: out.with_name(f"{out.stem}_{attr}.png") for attr, _ in (*PLOTS, *EXTRA_PLOTS)})
     return files
 
 
@@ -915,10 +1095,10 @@ def write_report(
         plot_note = None
         if plots and series:
             try:
-                pngs = draw_plots(series)
+                pngs = draw_plots(series, all_rows, tail, plot_context(exp_dir))
             except Exception as e:  # noqa: BLE001 - a plot problem must not lose the report
                 pngs, plot_note = {}, f"plots not drawn: {type(e).__name__}: {e}"
-            for attr, label in PLOTS:
+            for attr, label in (*PLOTS, *EXTRA_PLOTS):
                 if attr in pngs:
                     with staged.open(files[attr], "wb") as f:
                         f.write(pngs[attr])

@@ -249,3 +249,58 @@ def test_big_logs_read_by_workers_give_the_same_files(tmp_path, monkeypatch):
     monkeypatch.setattr(report, "_WORKER", "import sys; sys.exit(3)")  # workers that fail: read here
     again = report.write_report(d, tmp_path / "again" / "r.md", now=NOW)
     assert (again.parent / "r_steps.csv").read_bytes() == (one.parent / "r_steps.csv").read_bytes()
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    """A PNG's width and height in pixels, from its IHDR chunk."""
+    head = path.read_bytes()[:24]
+    assert head[:8] == b"\x89PNG\r\n\x1a\n"
+    return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+
+
+def _trainer_log(steps: int, tok: float, mfu: float, moe: bool) -> str:
+    """A log in the trainer's format: the batch size line, step lines (a slow compiled first step;
+    with `moe`, bal and drop), validation every 20 steps and the final lines."""
+    out = ["Autodetected device type: cpu", "Total batch size 1,024 => gradient accumulation steps: 1"]
+    for i in range(steps):
+        dt = 9000.0 if i == 0 else 1000.0 * (1 + 0.02 * ((i * 7) % 5 - 2))
+        bal = f" | bal: {1.01:.4f}" if moe else ""
+        drop = f" | drop: {2 + (i % 4) * 0.5:.2f}%" if moe else ""
+        out.append(f"step {i:05d}/{steps:05d} ({100 * i / steps:.2f}%) | loss: {6 - i / 50:.6f}{bal} | lrm: 1.00 | "
+                   f"dt: {dt:.2f}ms | tok/sec: {int(tok * 1000 / dt):,} | bf16_mfu: {mfu:.2f} | epoch: 0 | "
+                   f"total time: {i * dt / 60000:.2f}m{drop}")
+        if i % 20 == 0:
+            out.append(f"Step {i:05d} | Validation bpb: {2.5 - i / 100 - 0.05 * moe:.6f}")
+    out += ["Minimum validation bpb: 1.750000", "Peak memory usage: 812.50MiB", "Total training time: 1.00m"]
+    return "\n".join(out) + "\n"
+
+
+def test_figures_smoothed_warmup_left_out_tail_shaded_and_none_for_a_zero_metric(tmp_path):
+    """The report's figures: tok/sec and dt as rolling means without the warm-up steps, each run's
+    tail window recorded; drop % per step and validation bpb against tokens; a bar chart of the tail
+    means; no MFU plot when MFU is 0 on every step (a CPU run); 150 dpi; titles name the dir."""
+    d = tmp_path / "20261130_101010_cpu-smoke"
+    d.mkdir()
+    (d / "dense.log").write_text(_trainer_log(120, 1000.0, 0.0, moe=False))
+    (d / "moe.log").write_text(_trainer_log(120, 1200.0, 0.0, moe=True))
+    text = report.write_report(d, now=NOW).read_text()
+    for name, label in [("tok_per_sec", "tok/sec"), ("dt_ms", "dt (ms)"), ("drop_pct", "dropped tokens (%)"),
+                        ("val_bpb", "validation bpb"), ("tail_means", "tail means"), ("loss", "loss")]:
+        assert f"![{label}](report_{name}.png)" in text
+        assert _png_size(d / f"report_{name}.png")[0] == report.PLOT_SIZE_IN[0] * 150
+    assert not (d / "report_mfu.png").exists() and "report_mfu.png" not in text
+
+    with open(os.devnull, "wb") as sink:
+        series = report.stream_steps(report.rows(d, now=NOW), sink)
+    tok = series["moe"]["tok_per_sec"]
+    assert tok.steps[0] == report.WARMUP_STEPS and tok.tail_from == 70 and tok.window == 10
+    assert tok.smooth is not None and abs(tok.smooth[-1] - tok.lows[-10:].mean()) < 1e-6
+    assert series["dense"]["loss"].steps[0] == 0  # loss keeps the first steps: the warm-up is speed's
+    assert "drop_pct" not in series["dense"] and series["moe"]["drop_pct"].lows.max() == 3.5
+    val = series["moe"]["val_bpb"]
+    assert val.batch_tokens == 1024 and list(val.steps) == [0, 20, 40, 60, 80, 100]
+    assert report.plot_context(d) == d.name
+
+    (d / "plan.json").write_text(json.dumps({"experiment": "cpu-smoke", "legs": [],
+                                             "git": {"commit": "0123456789abcdef", "dirty": True}}))
+    assert report.plot_context(d) == f"cpu-smoke · {d.name} · commit 0123456789 + uncommitted changes"
