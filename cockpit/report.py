@@ -901,6 +901,7 @@ def draw_plots(series: dict[str, dict[str, Series]], rows_: Sequence[ReportRow] 
     """PNG per plot: each per-step metric (PLOTS), validation bpb against tokens, and the tail
     means with their 95% intervals as bars (EXTRA_PLOTS): attr -> PNG bytes. A run keeps its
     colour in every plot; `context` (plot_context) is every title's second line."""
+    _load_numpy()  # the logs may all have been read by worker processes
     # function-level: matplotlib is heavy, and only a report with plots needs it
     from matplotlib import rcParams
     from matplotlib.patches import Patch

@@ -242,7 +242,10 @@ def test_big_logs_read_by_workers_give_the_same_files(tmp_path, monkeypatch):
     one = report.write_report(d, tmp_path / "one" / "r.md", now=NOW)
     monkeypatch.setattr(report, "PARALLEL_MIN_BYTES", 0)
     monkeypatch.setattr(report.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(report, "np", None)  # as in a fresh process: only the workers read logs
     many = report.write_report(d, tmp_path / "many" / "r.md", now=NOW)
+    pngs = sorted(p.name for p in one.parent.glob("*.png"))
+    assert "r_tail_means.png" in pngs and pngs == sorted(p.name for p in many.parent.glob("*.png"))
     for name in ("r_steps.csv", "r_summary.csv"):
         assert (one.parent / name).read_bytes() == (many.parent / name).read_bytes(), name
     assert one.read_text().replace("/one/", "/x/") == many.read_text().replace("/many/", "/x/")
