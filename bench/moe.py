@@ -6,7 +6,7 @@ routing-free layout (each token copied k times, in order, into E equal groups; o
 the floor any routing sits on; each eager and torch.compile'd.
 
     python -m bench.moe                   # CPU default size
-    python -m bench.moe --device cuda --tokens 16384 --dim 768
+    python -m bench.moe --device cuda --tokens 16384 --dim 768 --profile   # a d12 layer on a GPU
 
 At capacity 1.0 the expert matmuls do exactly the dense MLP's FLOPs, so `cap1.0/dense` measures
 what the MoE block costs beyond its FLOPs: E smaller matmuls instead of one big one (on a CPU,
@@ -15,6 +15,8 @@ load hits them alike; each ratio is given on the median round and on the best ro
 processes only ever add time). The last lines are the ratio that matters, eager and compiled,
 then the worse of the two: `cap1.0/dense fwd+bwd: median X, best Y`. On a machine other
 processes share, `--threads 1` measures the work rather than how threads wait for each other.
+`--profile` then profiles one compiled step of dense and of each MoE variant and prints the
+kernels that take the time (on a GPU, by device time): where the overhead is, not only how much.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ import torch
 from nanochat.common import synchronize
 from nanochat.gpt import MLP
 from nanochat.moe import Experts, MoE, expert_capacity, probe_grouped_mm
+
+KINDS = ["dense", "experts", "dropless", "cap1.0", "cap1.25"]
 
 
 class ExpertsOnly(torch.nn.Module):
@@ -45,6 +49,26 @@ class ExpertsOnly(torch.nn.Module):
         return self.experts.forward_capacity(xb).view(self.topk, n_tok, dim).sum(0).view_as(x)
 
 
+def print_profile(name: str, fn, device: torch.device, steps: int = 3, top: int = 12) -> None:
+    """The kernels of `steps` calls of fn, by self time per step (device time on a GPU)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
+        for _ in range(steps):
+            fn()
+        synchronize(device)
+    attr = "self_device_time_total" if cuda else "self_cpu_time_total"
+    rows = [(getattr(ev, attr) / steps / 1000, ev.count // steps, ev.key) for ev in prof.key_averages()]
+    if not cuda:  # the ops that compute (aten calls and the compiler's kernels), not their wrappers
+        rows = [r for r in rows if r[2].startswith(("aten::", "graph_"))]
+    rows = sorted((r for r in rows if r[0] > 0), reverse=True)
+    total = sum(r[0] for r in rows)
+    print(f"profile {name}: {total:.2f} ms per step in {sum(r[1] for r in rows)} kernel calls; top {top}:")
+    for ms, calls, key in rows[:top]:
+        print(f"    {ms:8.3f} ms {100 * ms / total:5.1f}% x{calls:<3} {key[:90]}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(prog="bench.moe", description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cpu")
@@ -57,6 +81,8 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--no-compile", action="store_true", help="eager variants only")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's)")
+    p.add_argument("--kinds", default=",".join(KINDS), help=f"comma-separated subset of {','.join(KINDS)}")
+    p.add_argument("--profile", action="store_true", help="per-kernel profile of one compiled step of each variant")
     args = p.parse_args()
     if args.threads > 0:
         torch.set_num_threads(args.threads)
@@ -100,10 +126,16 @@ def main() -> None:
 
         return run
 
-    if (k * args.tokens) % e:
+    kinds = args.kinds.split(",")
+    if set(kinds) - set(KINDS) or not {"dense", "cap1.0"} <= set(kinds):
+        p.error(f"--kinds: a subset of {','.join(KINDS)} with dense and cap1.0 in it")
+    if "experts" in kinds and (k * args.tokens) % e:
         p.error("--tokens * --topk must be a multiple of --n-experts (the experts-only layout)")
-    kinds = ["dense", "experts", "dropless", "cap1.0", "cap1.25"]
     moe_kinds = {"dropless", "cap1.0", "cap1.25"}
+    if args.profile and device.type == "cpu" and not args.no_compile:
+        from torch._inductor import config as inductor_config
+
+        inductor_config.cpp.enable_kernel_profile = True  # the compiler's kernels show by name
     variants: dict[str, callable] = {}
     for kind in kinds:
         variants[f"{kind} eager"] = step_fn(make(kind), kind in moe_kinds)
@@ -142,8 +174,15 @@ def main() -> None:
         print(f"| {name:<18} | {med[name]:>11.2f} | {best[name]:>9.2f} | {med[name] / med['dense ' + mode]:>15.2f} | "
               f"{best[name] / best['dense ' + mode]:>13.2f} |")
     modes = [m for m in ("eager", "compiled") if f"dense {m}" in best]
+    if args.profile:
+        mode = modes[-1]
+        for kind in kinds:
+            if kind != "experts":
+                print_profile(f"{kind} {mode}", variants[f"{kind} {mode}"], device)
     ratios = {m: (med[f"cap1.0 {m}"] / med[f"dense {m}"], best[f"cap1.0 {m}"] / best[f"dense {m}"]) for m in modes}
     for m in modes:
+        if "experts" not in kinds:
+            continue
         print(f"experts/dense fwd+bwd ({m}): median {med[f'experts {m}'] / med[f'dense {m}']:.2f}, "
               f"best {best[f'experts {m}'] / best[f'dense {m}']:.2f}   (E small matmuls vs one big one)")
         print(f"cap1.0/experts fwd+bwd ({m}): median {med[f'cap1.0 {m}'] / med[f'experts {m}']:.2f}, "

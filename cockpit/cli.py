@@ -21,6 +21,7 @@ from typing import TextIO
 
 from cockpit import expdir, fsutil, gpus, launch, report, resume, safetext
 from cockpit import registry as reg
+from cockpit.executors import slurm
 from cockpit.expdir import RunError
 from cockpit.vocab import Status
 
@@ -46,7 +47,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     """Where things stand, in a few lines: each experiment's legs and their marks, the running
     legs with their progress, every dir under exp_root, the GPUs, and the next pending leg."""
     registry = reg.load(args.registry)
-    say(resume.render_status(resume.build_state(registry)))
+    state = resume.build_state(registry)
+    for d in state.dirs:  # a Slurm leg seen ended for the first time: its dir's report.md
+        slurm.refresh_report(d)
+    say(resume.render_status(state))
     return 0
 
 
@@ -55,7 +59,10 @@ def cmd_resume(args: argparse.Namespace) -> int:
     completed work (do not re-run), remaining work with the exact next command, safety rules."""
     registry = reg.load(args.registry)
     if args.out_md is None:
-        say(resume.render_guide(resume.build_state(registry)), end="")
+        state = resume.build_state(registry)
+        for d in state.dirs:  # a Slurm leg seen ended for the first time: its dir's report.md
+            slurm.refresh_report(d)
+        say(resume.render_guide(state), end="")
         return 0
     try:
         say(str(resume.write_guide(registry, args.out_md)))
@@ -90,6 +97,9 @@ def cmd_launch(args: argparse.Namespace) -> int:
     if want and have and want != have:
         say(f"cockpit: warning: the checkout is on branch {have}, the registry expects {want}", file=sys.stderr)
     if not args.foreground:
+        for name in d.legs:  # a Slurm chain: the job that runs each leg
+            if (st := d.states.get(name)) is not None and st.job_id:
+                say(f"{name}: Slurm job {st.job_id} ({st.status})")
         say(str(exp_dir))
         return 0
     for name in d.legs:

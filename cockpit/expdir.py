@@ -12,7 +12,8 @@ An experiment dir is the one place a launch writes to:
         report.md             regenerated after every leg
 
 Every client (the CLI, the TUI, the supervisor starting over) reads the same files and reconciles
-them with the process table: a leg recorded as running whose torchrun is gone (its supervisor was
+them with the process table, or, for a leg run as a Slurm batch job (its state holds the job id),
+with the scheduler's job table (`reconcile_job`): a leg recorded as running whose torchrun is gone (its supervisor was
 killed) is judged from its log's final lines, with the exit code marked unknown. A recorded
 process counts as the leg's only when proven (pid, create time, torchrun with the plan's args and
 this dir's marker: see procs.py); one that cannot be proven is `unknown` and is never signalled.
@@ -20,7 +21,7 @@ Every file written here is created inside its dir without following a planted li
 fsutil.py), and a dir that cannot be read is that dir's problem (`ExpDir.problem`), never the
 whole view's.
 
-Layer 1: imports fsutil, procs, safetext, registry, vocab and logs.
+Layer 1: imports fsutil, procs, scheduler, safetext, registry, vocab and logs.
 """
 
 from __future__ import annotations
@@ -33,9 +34,9 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from cockpit import fsutil, logs, procs, safetext
+from cockpit import fsutil, logs, procs, safetext, scheduler
 from cockpit import registry as reg
-from cockpit.vocab import ACTIVE_STATUSES, LEG_STATUSES, RunStatus, Status
+from cockpit.vocab import ACTIVE_STATUSES, ENDED_STATUSES, LEG_STATUSES, RunStatus, Status
 
 STAMP_FORMAT = "%Y%m%d_%H%M%S"
 DIR_NAME = re.compile(r"^(\d{8}_\d{6})_(.+)$")
@@ -78,6 +79,10 @@ class LegState:
     note: str | None = None  # e.g. "preflight skipped: NVML unavailable: ...", why it stopped
     log: str | None = None  # path of <exp_dir>/<leg>.log
     log_id: list[int] | None = None  # (device, inode) of the log the supervisor created: only it is appended to
+    # A leg run as a Slurm batch job: the scheduler runs it, not a supervisor (see reconcile_job)
+    job_id: str | None = None
+    nodes: str | None = None  # the Slurm node list it holds or held ("n[1-2]")
+    elapsed_s: int | None = None  # its run time so far, as the scheduler counts it
 
     @property
     def active(self) -> bool:
@@ -100,6 +105,9 @@ class LegState:
                     for v in (st.started_at, st.ended_at, st.waiting_reason, st.note, st.log))
             and (st.log_id is None or (isinstance(st.log_id, list) and len(st.log_id) == 2
                                        and all(_is_int(v) for v in st.log_id)))
+            and (st.job_id is None or (isinstance(st.job_id, str) and st.job_id.isdigit()))
+            and (st.nodes is None or isinstance(st.nodes, str))
+            and (st.elapsed_s is None or _is_int(st.elapsed_s))
         )
         return st if ok else None
 
@@ -409,7 +417,10 @@ def reconcile(exp_dir: Path, st: LegState, supervisor_alive: bool, expect: procs
     A leg recorded as running is judged by its process: proven alive, it runs on (the
     supervisor was killed, torchrun goes on logging); gone, it is judged from its log's final
     lines; there but not proven the leg's (`expect`), it is UNKNOWN and nothing may signal it.
+    A Slurm leg is the scheduler's to judge (reconcile_job).
     """
+    if st.job_id is not None:
+        return reconcile_job(exp_dir, st)
     if supervisor_alive or not st.active:
         return st
     if st.status == Status.RUNNING:
@@ -432,6 +443,102 @@ def reconcile(exp_dir: Path, st: LegState, supervisor_alive: bool, expect: procs
     st.status = Status.STOPPED
     st.note = "supervisor gone before the leg started"
     return st
+
+
+def job_text(st: LegState) -> str:
+    """A Slurm leg's job in a few words: `job 123 on n[1-2], 0:42`."""
+    text = f"job {st.job_id}"
+    if st.nodes:
+        text += f" on {st.nodes}"
+    if st.elapsed_s is not None and st.status == Status.RUNNING:
+        m, sec = divmod(st.elapsed_s, 60)
+        text += f", {m // 60}:{m % 60:02d}:{sec:02d}" if m >= 60 else f", {m}:{sec:02d}"
+    return text
+
+
+def reconcile_job(exp_dir: Path, st: LegState) -> LegState:
+    """A Slurm leg's state as the scheduler tells it: pending (Dependency: queued; Resources,
+    Priority, ...: waiting, with Slurm's reason), running (nodes, elapsed), or ended: done,
+    failed with the scheduler's reason (NODE_FAIL, TIMEOUT, OUT_OF_MEMORY, CANCELLED) or the
+    log's error line, stopped when the cockpit cancelled it (its stop request is there) or a leg
+    before it failed under afterok (DependencyNeverSatisfied).
+
+    The scheduler forgets a job MinJobAge after it ends (accounting, where there is some, keeps
+    it): so a change of status is recorded in the leg's state file the moment a client sees it,
+    and an ended leg is never asked about again. A job it has forgotten unrecorded is judged
+    from its log's final lines, as a leg whose supervisor died, and is never taken for running.
+    A scheduler that cannot be asked leaves the leg UNKNOWN (nothing may be said or signalled).
+    """
+    if not st.active:
+        return st  # its end is recorded: the scheduler may have forgotten it since
+    recorded = st.status
+    try:
+        job = scheduler.job_state(st.job_id or "")
+    except scheduler.SlurmError as e:
+        st.status = Status.UNKNOWN
+        st.note = f"{Status.UNKNOWN}: Slurm job {st.job_id} cannot be asked about: {e}"
+        return st
+    st.nodes = job.nodes or st.nodes
+    st.elapsed_s = job.elapsed_s if job.elapsed_s is not None else st.elapsed_s
+    st.waiting_reason = None
+    requested = os.path.lexists(stop_request_path(exp_dir, st.leg))
+    log = Path(st.log or exp_dir / f"{st.leg}.log")
+    where = f"Slurm job {st.job_id}" + (f" on {job.nodes}" if job.nodes else "")
+    if job.phase == "pending":
+        if job.reason == "Dependency":
+            st.status, st.note = Status.QUEUED, f"{where} pending (Dependency): waits for the leg before it"
+        elif job.reason is None:  # just submitted: the scheduler has not looked at it yet
+            st.status, st.note = Status.QUEUED, f"{where} pending"
+        else:
+            st.status, st.waiting_reason = Status.WAITING, f"{where} pending in Slurm: {job.reason}"
+    elif job.phase == "running":
+        st.status, st.started_at = Status.RUNNING, job.started or st.started_at or now_iso()
+        st.note = f"{where}; the scheduler allocated its GPUs (no local preflight)"
+    elif job.phase == "completed":
+        st.status, st.exit_code, st.exit_code_known = Status.DONE, job.exit_code, True
+        st.note = f"{where} completed"
+    elif job.phase == "failed":
+        st.exit_code, st.exit_code_known = job.exit_code, job.exit_code is not None
+        if job.slurm_state == "CANCELLED" and (requested or job.reason == "DependencyNeverSatisfied"):
+            st.status = Status.STOPPED
+            st.note = ("stopped by request (scancel)" if requested else
+                       "queue stopped: a leg before it did not end done (on_failure = stop; Slurm: DependencyNeverSatisfied)")
+            st.note += "" if job.ran else ", before it started"
+        else:
+            st.status, st.error_tail = Status.FAILED, error_tail(log) if job.ran else []
+            if job.reason == "NonZeroExitCode":  # the trainer's own failure: its log says why
+                st.note = None
+            else:  # the scheduler ended it: its reason is the cause, said last (the line shown)
+                st.note = f"{job.reason} ({where})"
+                st.error_tail = [*st.error_tail[-(ERROR_TAIL - 1):], st.note]
+    else:  # forgotten: the controller's MinJobAge passed, and no accounting keeps the job
+        st.exit_code, st.exit_code_known = None, False
+        outcome, tail = log_outcome(log) if _has_bytes(log) else (None, [])
+        if outcome is None:
+            st.status = Status.STOPPED
+            st.note = f"Slurm job {st.job_id} ended without writing to its log; the scheduler has forgotten it"
+        elif requested and outcome != RunStatus.COMPLETED:
+            st.status, st.note = Status.STOPPED, "stopped by request (scancel)"
+        else:
+            st.status = Status.DONE if outcome == RunStatus.COMPLETED else Status.FAILED
+            st.error_tail = tail if st.status == Status.FAILED else []
+            st.note = (f"Slurm job {st.job_id} is forgotten by the scheduler (no accounting): outcome read from "
+                       "the log's final lines" + (" (neither finished nor crashed)" if outcome == RunStatus.UNKNOWN else ""))
+    if st.status in ENDED_STATUSES:
+        st.ended_at = job.ended or now_iso()
+    if st.status != recorded:
+        try:
+            write_state(exp_dir, st)  # recorded: the scheduler will forget what it said
+        except OSError:
+            pass  # a dir this client cannot write: the next client records it
+    return st
+
+
+def _has_bytes(path: Path) -> bool:
+    try:
+        return fsutil.is_regular(path) and path.stat().st_size > 0
+    except OSError:
+        return False
 
 
 def discover(exp_root: Path | str) -> list[ExpDir]:

@@ -9,14 +9,14 @@ A launch of an experiment (`cockpit launch EXP`, or `l` in the cockpit) goes:
    the experiment already running). `dry_run_text` lists them with the exact commands.
 3. `start`: under the experiment's queue lock, a fresh dir `<exp_root>/<stamp>_<experiment>/`
    (never an existing one), `plan.json` with every leg's exact argv and the git provenance, then
-   the local executor's supervisor, detached (or in this process, `foreground`).
+   the experiment's executor: `local`, a supervisor here, detached (or in this process,
+   `foreground`); or `slurm`, a chain of batch jobs (see executors/).
 
-`stop` stops one leg or a dir's whole queue, through its live supervisor, or (the supervisor was
-killed) by signalling the leg's processes here, only when proven the leg's. Nothing in the user's
-checkout is touched: git is only read.
+`stop` stops one leg or a dir's whole queue through the dir's executor: its live supervisor, or
+(the supervisor was killed) the leg's processes here, only when proven the leg's; or scancel.
+Nothing in the user's checkout is touched: git is only read.
 
-Layer 3: imports the layers below (registry, fsutil, procs, safetext, vocab, gpus, expdir,
-provenance, executors.local).
+Layer 3: imports the layers below (registry, fsutil, safetext, gpus, expdir, provenance, executors).
 """
 
 from __future__ import annotations
@@ -27,16 +27,15 @@ import os
 import re
 import shlex
 import shutil
-import signal
 import socket
 import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from cockpit import fsutil, gpus, procs, provenance, safetext
+from cockpit import fsutil, gpus, provenance, safetext
 from cockpit import registry as reg
-from cockpit.executors import local
+from cockpit.executors import EXECUTORS, Executor, slurm
 from cockpit.expdir import (
     STAMP_FORMAT,
     STATE_DIR,
@@ -47,18 +46,12 @@ from cockpit.expdir import (
     describe,
     discover,
     done_legs,
-    leg_env,
     lock_path,
     now_iso,
     open_dir,
-    plan_grace,
-    read_state,
-    stop_request_path,
-    supervisor_identity,
     try_lock,
-    write_state,
 )
-from cockpit.vocab import Status
+from cockpit.scheduler import SlurmError
 
 # Args that name trainer inputs: they may point into a read-only path (read, never written).
 INPUT_ARGS = ("data-dir", "tokenizer-dir", "data", "tokenizer")
@@ -71,6 +64,11 @@ class LaunchPlan:
     skipped: list[tuple[str, str]]  # (leg, why)
     torchrun: str
     cwd: Path  # the checkout that holds the registry: the legs run from here
+
+    @property
+    def executor(self) -> str:
+        """Who runs the legs: `local` (a supervisor here) or `slurm` (a chain of batch jobs)."""
+        return self.experiment.executor
 
 
 def find_torchrun() -> str | None:
@@ -244,12 +242,26 @@ def check_exp_root(exp_root: Path) -> str | None:
 
 def launch_refusals(registry: reg.Registry, plan: LaunchPlan, exp_dir: Path) -> list[str]:
     """Every reason a launch of `plan` into `exp_dir` would be refused now ([] when none).
-    Reads only: the dry run lists these, a real launch raises the first."""
+    Reads only: the dry run lists these, a real launch raises the first. On Slurm the GPUs are
+    the scheduler's to find (no preflight here); its commands and the batch scripts must work."""
     out = []
     if find_torchrun() is None:
         out.append("torchrun not found next to this Python or on PATH (install the 'train' extra)")
-    for why in (check_gpus(plan.legs), check_exp_root(registry.settings.exp_root),
-                check_paths(registry, plan.legs, exp_dir, plan.cwd)):
+    if plan.executor == slurm.NAME:
+        try:
+            chain = slurm.chain_of(plan_data(registry, plan, exp_dir), exp_dir)
+        except SlurmError as e:
+            out.append(f"a batch script cannot be written: {e}")
+        else:
+            if shutil.which("sbatch") is None:
+                out.append("sbatch not found on PATH: a Slurm launch runs where sbatch, squeue and scancel work")
+            else:
+                try:
+                    out += slurm.refusals(chain)
+                except SlurmError as e:
+                    out.append(str(e))
+    for why in (check_gpus(plan.legs) if plan.executor == "local" else None,
+                check_exp_root(registry.settings.exp_root), check_paths(registry, plan.legs, exp_dir, plan.cwd)):
         if why:
             out.append(why)
     root = registry.settings.exp_root
@@ -261,9 +273,20 @@ def launch_refusals(registry: reg.Registry, plan: LaunchPlan, exp_dir: Path) -> 
     return out
 
 
+def describe_legs(registry: reg.Registry, plan: LaunchPlan, exp_dir: Path) -> list[tuple[str, str]]:
+    """(leg, what it runs) for each planned leg, as a reader checks it before a launch: locally
+    the torchrun command and its log; on Slurm the batch script and its sbatch command line."""
+    if plan.executor != slurm.NAME:
+        return [(leg.name, format_command(leg, exp_dir, plan.torchrun)) for leg in plan.legs]
+    chain = slurm.chain_of(plan_data(registry, plan, exp_dir), exp_dir)
+    return [(leg, f"{text.rstrip()}\n\n{argv}")
+            for (leg, text), argv in zip(chain.scripts, chain.argv_lines(exp_dir), strict=True)]
+
+
 def dry_run_text(registry: reg.Registry, plan: LaunchPlan) -> str:
     """The exact commands a launch would run, as shell text; nothing is written. Whatever a
-    real launch would refuse is said first."""
+    real launch would refuse is said first. On Slurm: each leg's batch script as it would be
+    saved, then the chain's sbatch command lines."""
     root = registry.settings.exp_root
     exp_dir = root / f"{dt.datetime.now().strftime(STAMP_FORMAT)}_{plan.experiment.id}"
     out = [f"# dry run: {plan.experiment.id}, nothing written"]
@@ -271,9 +294,16 @@ def dry_run_text(registry: reg.Registry, plan: LaunchPlan) -> str:
     if not plan.legs:
         out.append("# nothing to run")
         return "\n".join(out)
-    for why in launch_refusals(registry, plan, exp_dir):
+    refusals = launch_refusals(registry, plan, exp_dir)
+    for why in refusals:
         out.append(f"# a real launch would be refused here: {why}")
     out += [f"cd {shlex.quote(str(plan.cwd))}", f"EXP_DIR={shlex.quote(str(exp_dir))}", 'mkdir -p "$EXP_DIR/ckpt_root"']
+    if plan.executor == slurm.NAME:
+        try:
+            out += ['mkdir -p "$EXP_DIR/slurm"', *slurm.dry_run(plan_data(registry, plan, exp_dir), exp_dir)]
+        except SlurmError:
+            pass  # said above, as a refusal
+        return "\n".join(out)
     for leg in plan.legs:
         repeats = f" ({leg.repeats} repeats, --seed base + i)" if leg.repeats > 1 else ""
         out += ["", f"# leg {leg.name}{repeats}" + (f": {leg.description}" if leg.description else "")]
@@ -281,17 +311,25 @@ def dry_run_text(registry: reg.Registry, plan: LaunchPlan) -> str:
     return "\n".join(out)
 
 
-def write_plan(registry: reg.Registry, plan: LaunchPlan, exp_dir: Path, grace_s: float = STOP_GRACE_S) -> dict:
-    """plan.json, written once: every run's exact argv (one per repeat of a leg with repeats),
-    the registry's snapshot, and the launch's provenance (git, with `git.patch` beside it when
-    the tree is dirty; the machine; the trainer's versions; the environment: see provenance)."""
-    origin, patch = provenance.collect(plan.cwd, plan.torchrun)
-    if patch is not None:
-        try:
-            provenance.save_patch(exp_dir, patch)
-            origin["git"]["patch"] = provenance.PATCH_NAME
-        except OSError as e:
-            origin["git"]["patch_error"] = f"{provenance.PATCH_NAME} not written: {describe(e)}"
+def plan_data(registry: reg.Registry, plan: LaunchPlan, exp_dir: Path, grace_s: float = STOP_GRACE_S,
+              origin: dict | None = None) -> dict:
+    """What plan.json records of a launch into `exp_dir`: every run's exact argv (one per repeat of
+    a leg with repeats; on Slurm, what srun starts on each node), its module and trainer flags, the
+    executor and its settings, the registry snapshot, host, and the launch's provenance `origin`
+    (provenance.collect: git, the machine, the trainer's versions, the environment; without it,
+    git's branch and commit alone). Writes nothing."""
+    on_slurm = plan.executor == slurm.NAME
+    legs = []
+    for leg in plan.legs:
+        for name, i, argv in leg.runs(exp_dir, plan.torchrun):
+            args = leg.trainer_args(exp_dir, i)
+            if on_slurm:
+                cmd = slurm.LegCommand(name, plan.torchrun, leg.nproc_per_node, leg.module, tuple(args),
+                                       uses_gpus=leg.device != "cpu")
+                argv = slurm.node_argv(cmd)
+            legs.append({"name": name, **({"leg": leg.name, "repeat": i} if i is not None else {}),
+                         "device": leg.device, "nproc_per_node": leg.nproc_per_node, "module": leg.module,
+                         "args": args, "argv": argv, "log": str(exp_dir / f"{name}.log")})
     data = {
         "experiment": plan.experiment.id,
         "dir": str(exp_dir),
@@ -301,31 +339,47 @@ def write_plan(registry: reg.Registry, plan: LaunchPlan, exp_dir: Path, grace_s:
         "cwd": str(plan.cwd),
         "python": sys.executable,
         "torchrun": plan.torchrun,
-        **origin,
+        **(origin if origin is not None else {"git": provenance.git_head(plan.cwd)}),
+        "executor": plan.executor,
         "on_failure": registry.settings.on_failure,
         "tail": registry.settings.tail,  # the report's tail window: the supervisor's report.md uses it
         "stop_grace_s": grace_s,
         "gpu_idle": asdict(registry.settings.gpu_idle),
-        "legs": [
-            {
-                "name": name,
-                **({"leg": leg.name, "repeat": i} if i is not None else {}),
-                "device": leg.device,
-                "nproc_per_node": leg.nproc_per_node,
-                "argv": argv,
-                "log": str(exp_dir / f"{name}.log"),
-            }
-            for leg in plan.legs
-            for name, i, argv in leg.runs(exp_dir, plan.torchrun)
-        ],
+        "legs": legs,
         "skipped": [{"leg": name, "why": why} for name, why in plan.skipped],
         "registry": {"path": str(registry.path.resolve()), "raw": registry.raw},
     }
+    if on_slurm:
+        data["slurm"] = slurm.plan_record(plan.experiment.slurm)
+        data["preflight"] = slurm.PREFLIGHT
+    return data
+
+
+def write_plan(registry: reg.Registry, plan: LaunchPlan, exp_dir: Path, grace_s: float = STOP_GRACE_S) -> dict:
+    """plan.json in the fresh dir, written once, never over anything, with the launch's provenance
+    (git, with `git.patch` beside it when the tree is dirty; the machine; the trainer's versions;
+    the environment: see provenance). Returns what it holds."""
+    origin, patch = provenance.collect(plan.cwd, plan.torchrun)
+    if patch is not None:
+        try:
+            provenance.save_patch(exp_dir, patch)
+            origin["git"]["patch"] = provenance.PATCH_NAME
+        except OSError as e:
+            origin["git"]["patch_error"] = f"{provenance.PATCH_NAME} not written: {describe(e)}"
+    data = plan_data(registry, plan, exp_dir, grace_s, origin)
     fd = fsutil.create_new(exp_dir / "plan.json", root=exp_dir)  # written once, never over anything
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         json.dump(data, f, indent=2, default=str)
         f.write("\n")
     return data
+
+
+def executor_of(d: ExpDir) -> Executor:
+    """The executor that runs a dir's legs, as its plan says (a dir without a plan: local)."""
+    name = (d.plan or {}).get("executor", "local")
+    if name not in EXECUTORS:
+        raise RunError(f"{d.path}/plan.json names an unknown executor {safetext.oneline(repr(name))[:40]}")
+    return EXECUTORS[name]
 
 
 def start(
@@ -338,8 +392,9 @@ def start(
     grace_s: float = STOP_GRACE_S,
     exp_dir: Path | None = None,
 ) -> Path | None:
-    """Make a fresh dir, write plan.json and start its legs through the local executor: a supervisor,
-    detached (or in this process, `foreground`).
+    """Make a fresh dir, write plan.json and start its legs through the experiment's executor: a
+    supervisor here, detached (or in this process, `foreground`), or a chain of Slurm jobs (with
+    `foreground`, waited for).
 
     Returns the dir, or None when every leg was skipped (nothing is written then). Raises
     RunError, with nothing written, when the machine or the paths refuse the launch. `exp_dir`
@@ -358,14 +413,11 @@ def start(
             raise RunError(f"'{exp_id}' is running in {busy.path}; stop it first: cockpit stop {busy.path}")
         exp_dir = new_exp_dir(root, exp_id, preferred=exp_dir)
         try:
-            write_plan(registry, plan, exp_dir, grace_s)
+            data = write_plan(registry, plan, exp_dir, grace_s)
             fsutil.make_dirs(exp_dir / STATE_DIR, root=exp_dir)
         except OSError as e:
             raise RunError(f"cannot write the plan in {exp_dir}: {describe(e)}") from None
-        if foreground:
-            local.run_here(exp_dir, lock_fd, grace_s)
-        else:
-            local.start(exp_dir, lock_fd)
+        EXECUTORS[plan.executor].start(exp_dir, data, lock_fd, foreground, grace_s)
         return exp_dir
     finally:
         try:
@@ -383,11 +435,10 @@ def stop(
 ) -> ExpDir:
     """Stop one leg, or the whole queue, of an experiment dir; return the dir as it stands after.
 
-    With a live supervisor (proven: see supervisor_identity), ask it (SIGTERM for the queue; a
-    stop request file plus SIGUSR1 for one leg) and wait for it to record the outcome. Without
-    one (it was killed), stop the leg's process tree here, if proven the leg's, and record the
-    leg as stopped. Nothing unproven is signalled: RunError says so. With `exp_root`, a dir
-    outside it is refused before anything is read or written.
+    The dir's executor stops it: locally its supervisor (or, the supervisor killed, the leg's
+    proven processes here); on Slurm, scancel of the leg and the rest of its chain. Nothing
+    unproven is signalled: RunError says so. With `exp_root`, a dir outside it is refused before
+    anything is read or written.
     """
     exp_dir = Path(exp_dir)
     if exp_root is not None and not (fsutil.is_inside(exp_dir.resolve(), Path(exp_root).resolve())
@@ -397,57 +448,5 @@ def stop(
     d = open_dir(exp_dir)
     if leg is not None and leg not in d.legs:
         raise RunError(f"{exp_dir} has no leg '{safetext.oneline(leg)}' (legs: {', '.join(d.legs) or 'none'})")
-    names = [leg] if leg else list(d.legs)
-    targets = [n for n in names if n in d.states and d.states[n].active]
-    sup = supervisor_identity(exp_dir, d.supervisor)
-    if wait_s is None:  # the supervisor stops with the plan's grace period, then records it
-        wait_s = plan_grace(d.plan, grace_s) + 10.0
-    if sup.alive:
-        if leg is None:
-            sig = signal.SIGTERM
-        else:
-            try:
-                fsutil.atomic_write_json(stop_request_path(exp_dir, leg), {"requested_at": now_iso()}, root=exp_dir)
-            except OSError as e:
-                raise RunError(f"cannot write the stop request: {describe(e)}") from None
-            sig = signal.SIGUSR1
-        procs.signal_proven(sup, sig)
-        deadline = time.monotonic() + wait_s
-        while time.monotonic() < deadline:
-            d = open_dir(exp_dir)
-            if leg is None and not d.supervisor_alive:
-                break
-            if leg is not None and (leg not in d.states or not d.states[leg].active):
-                break
-            if leg is not None and d.states[leg].status == Status.QUEUED and stop_request_path(exp_dir, leg).exists():
-                break  # the supervisor will skip it when its turn comes
-            time.sleep(0.1)
-        return open_dir(exp_dir)
-    unproven = [f"leg {n}: {d.states[n].note}" for n in names if n in d.states and d.states[n].status == Status.UNKNOWN]
-    if sup.verdict == procs.UNPROVEN:
-        unproven.insert(0, f"supervisor: {Status.UNKNOWN}: {procs.NOT_PROVEN} ({sup.why})")
-    if not targets:
-        if unproven:
-            raise RunError(f"nothing stopped in {exp_dir}: " + "; ".join(unproven))
-        raise RunError(f"nothing running in {exp_dir}")
-    # no supervisor: the legs still alive are orphans; stop them here, if proven theirs
-    for name in targets:
-        st = read_state(exp_dir, name)
-        if st is None or not st.active:
-            continue
-        if st.status == Status.RUNNING:
-            ident = procs.identify(st.pid, st.create_time, d.expect(name))
-            if ident.verdict == procs.UNPROVEN:
-                continue  # reconciled as unknown a moment ago; said by the caller from the state
-            if ident.alive and ident.process is not None:
-                procs.terminate(ident.process, grace_s)
-            procs.terminate_all(procs.marked(leg_env(exp_dir, name)), grace_s)  # workers torchrun left
-            st.note = "stopped by request (supervisor gone; exit code unknown)"
-        else:
-            st.note = "stopped by request before it started (supervisor gone)"
-        st.status, st.ended_at, st.exit_code, st.exit_code_known = Status.STOPPED, now_iso(), None, False
-        try:
-            write_state(exp_dir, st)
-        except OSError as e:
-            raise RunError(f"leg {name} stopped, but its state could not be recorded: {describe(e)}") from None
+    executor_of(d).stop(exp_dir, leg, grace_s, wait_s)
     return open_dir(exp_dir)

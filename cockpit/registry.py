@@ -12,6 +12,7 @@ Layer 0: imports nothing from the cockpit but fsutil, safetext, vocab and toml_l
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import math
 import os
@@ -30,12 +31,15 @@ from cockpit.vocab import METRICS
 DEFAULT_REGISTRY = "experiments.toml"
 DEVICES = ("cuda", "cpu")
 FAILURE_POLICIES = ("stop", "continue")
+EXECUTORS = ("local", "slurm")  # who runs a launch's legs: a supervisor here, or Slurm batch jobs
 EXP_DIR_PLACEHOLDER = "{exp_dir}"
 REGISTRY_MAX_BYTES = 16 << 20  # a registry is a hand-written file: a bigger one is not a registry
 # Bounds of the numbers a registry holds: each is checked with its file:line.
 TAIL_MAX = 1_000_000  # step lines in the report's tail window
 NPROC_MAX = 128  # processes per node (torchrun --nproc_per_node)
 WAIT_S_MAX = 7 * 24 * 3600.0  # how long a leg may wait for idle GPUs
+NODES_MAX = 4096  # nodes of one Slurm job
+CPUS_MAX = 4096  # CPUs of one node's task
 # The files the cockpit names after an experiment id or a leg name, so both must fit the
 # filesystem's limits with the longest of these around them (see expdir.py):
 #   <exp_root>/<YYYYmmdd_HHMMSS>_<id>/state/<leg>.json, .../<leg>.log, .lock, .stop
@@ -89,6 +93,22 @@ class GpuIdle:
 
 
 @dataclass(frozen=True)
+class SlurmSettings:
+    """What every Slurm job of a launch asks the scheduler for (`[project.slurm]`, `[experiment.slurm]`)."""
+
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    time: str | None = None  # Slurm's time limit syntax: "30", "4:00:00", "1-00:00:00"
+    nodes: int = 1
+    gpus_per_node: int | None = None  # None: one per torchrun process (nproc_per_node); 0 for CPU legs
+    cpus_per_task: int | None = None  # one task per node: the CPUs of one node's torchrun and workers
+    mem: str | None = None  # per node, Slurm's syntax: "64G"
+    extra_args: tuple[str, ...] = ()  # more sbatch arguments, one argv item each
+    setup: tuple[str, ...] = ()  # shell lines the job runs before srun (activate the venv, load modules)
+
+
+@dataclass(frozen=True)
 class Settings:
     name: str
     exp_root: Path
@@ -97,6 +117,8 @@ class Settings:
     tail: int
     gpu_idle: GpuIdle
     on_failure: str  # "stop" or "continue": what the queue does after a failed leg
+    executor: str = "local"  # who runs the legs unless an experiment says otherwise (EXECUTORS)
+    slurm: SlurmSettings = SlurmSettings()  # `[project.slurm]`: every experiment's Slurm jobs
 
 
 @dataclass(frozen=True)
@@ -176,6 +198,8 @@ class Experiment:
     hypothesis: str | None
     notes: tuple[str, ...]
     line: int | None
+    executor: str = "local"  # EXECUTORS: the project's, or the experiment's own
+    slurm: SlurmSettings = SlurmSettings()  # `[project.slurm]`, each key `[experiment.slurm]` gives replaced
 
     def leg(self, name: str) -> Leg | None:
         return next((leg for leg in self.legs if leg.name == name), None)
@@ -249,6 +273,8 @@ _SCHEMA: dict[str, dict[str, tuple[type, ...]]] = {
         "tail": (int,),
         "on_failure": (str,),
         "gpu_idle": (dict,),
+        "executor": (str,),
+        "slurm": (dict,),
     },
     "gpu_idle": {"max_util_pct": (int, float), "max_mem_mib": (int, float), "wait_s": (int, float)},
     "defaults": {"module": (str,), "nproc_per_node": (int,), "device": (str,), "args": (dict,)},
@@ -264,6 +290,8 @@ _SCHEMA: dict[str, dict[str, tuple[type, ...]]] = {
         "repeats": (int,),
         "args": (dict,),
         "leg": (list,),
+        "executor": (str,),
+        "slurm": (dict,),
     },
     "leg": {
         "name": (str,),
@@ -272,6 +300,18 @@ _SCHEMA: dict[str, dict[str, tuple[type, ...]]] = {
         "repeats": (int,),
         "args": (dict,),
         "recorded": (dict,),
+    },
+    "slurm": {
+        "partition": (str,),
+        "account": (str,),
+        "qos": (str,),
+        "time": (str, int),
+        "nodes": (int,),
+        "gpus_per_node": (int,),
+        "cpus_per_task": (int,),
+        "mem": (str,),
+        "extra_args": (list,),
+        "setup": (list,),
     },
     "recorded": {
         **{m: (int, float) for m in METRICS},
@@ -476,6 +516,8 @@ def from_raw(raw: dict[str, Any], path: Path | str = DEFAULT_REGISTRY, text: str
     for key, hi in (("max_util_pct", 100.0), ("max_mem_mib", 1e9), ("wait_s", WAIT_S_MAX)):
         if key in idle:
             ld.check_range(idle[key], 0.0, hi, ("project", "gpu_idle", key), f"project.gpu_idle.{key}")
+    executor = _check_executor(ld, proj.get("executor", "local"), ("project", "executor"), "project.executor")
+    slurm = _slurm(ld, SlurmSettings(), proj.get("slurm", {}), ("project", "slurm"))
     settings = Settings(
         name=proj.get("name", base.name),
         exp_root=exp_root,
@@ -484,6 +526,8 @@ def from_raw(raw: dict[str, Any], path: Path | str = DEFAULT_REGISTRY, text: str
         tail=tail,
         gpu_idle=GpuIdle(**{k: float(v) for k, v in idle.items()}),
         on_failure=on_failure,
+        executor=executor,
+        slurm=slurm,
     )
 
     defaults = raw.get("defaults", {})
@@ -588,6 +632,9 @@ def from_raw(raw: dict[str, Any], path: Path | str = DEFAULT_REGISTRY, text: str
                 hypothesis=exp.get("hypothesis"),
                 notes=tuple(notes),
                 line=ld.line(loc),
+                executor=_check_executor(ld, exp.get("executor", executor), loc + ("executor",),
+                                         f"{exp_id}.executor"),
+                slurm=_slurm(ld, slurm, exp.get("slurm", {}), loc + ("slurm",)),
             )
         )
 
@@ -655,6 +702,64 @@ def _path_too_long(exp_root: Path, exp_id: str, leg: str) -> str | None:
         return (f"leg '{exp_id}/{leg}': its files under exp_root would have paths of {n} bytes, "
                 f"more than the {fsutil.PATH_MAX - 1} a path may have")
     return None
+
+
+def _check_executor(ld: _Loader, name: str, loc: tuple, what: str) -> str:
+    if name not in EXECUTORS:
+        raise ld.fail(loc, f"'{what}' must be one of {EXECUTORS}, not {_show(name)}")
+    return name
+
+
+# An #SBATCH line is split on whitespace by sbatch (quotes do not group), so a value written into
+# a batch script may hold no whitespace, no quote, no backslash and no control character.
+SBATCH_UNSAFE = re.compile(r"[\s'\"\\\x00-\x1f\x7f]")
+_SLURM_TIME = re.compile(r"^(\d+-)?\d+(:\d+){0,2}$|^(UNLIMITED|INFINITE)$")  # 30, 4:00:00, 1-12, 2-00:00:00
+_SLURM_MEM = re.compile(r"^\d+[KMGT]?$")  # per node; a bare number is MB
+# sbatch options the cockpit sets itself: the leg's log, its checkout, the chain, one torchrun per node
+COCKPIT_SBATCH = ("--output", "-o", "--error", "-e", "--open-mode", "--chdir", "-D", "--dependency", "-d",
+                  "--requeue", "--no-requeue", "--ntasks-per-node", "--array", "-a", "--wrap", "--parsable")
+
+
+def _slurm(ld: _Loader, base: SlurmSettings, table: dict, loc: tuple) -> SlurmSettings:
+    """`[project.slurm]` or `[experiment.slurm]` over `base`: each key given replaces the base's."""
+    ld.check_table(table, "slurm", loc)
+    where = ".".join(str(p) for p in loc if not isinstance(p, int))
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        at, name = loc + (key,), f"{where}.{key}"
+        if key in ("nodes", "gpus_per_node", "cpus_per_task"):
+            lo, hi = {"nodes": (1, NODES_MAX), "gpus_per_node": (0, NPROC_MAX), "cpus_per_task": (1, CPUS_MAX)}[key]
+            ld.check_range(value, lo, hi, at, name)
+        elif key in ("extra_args", "setup"):
+            if not all(isinstance(v, str) for v in value):
+                raise ld.fail(at, f"'{name}' must be an array of strings")
+            for v in value:
+                if key == "setup" and ("\n" in v or "\x00" in v):
+                    raise ld.fail(at, f"an item of '{name}' must be one line: {_show(v)}")
+                if key == "extra_args":
+                    _sbatch_ok(ld, v, at, f"an item of '{name}'")
+                    option = v.split("=", 1)[0]
+                    if option in COCKPIT_SBATCH or (len(option) > 2 and option[:2] in ("-o", "-e", "-D", "-d", "-a")):
+                        raise ld.fail(at, f"'{name}': {option} is set by the cockpit itself (the leg's log, "
+                                          "its checkout, the chain of legs)")
+            value = tuple(value)
+        else:
+            value = str(value) if key == "time" else value
+            _sbatch_ok(ld, value, at, f"'{name}'")
+            if key == "time" and not _SLURM_TIME.match(value):
+                raise ld.fail(at, f"'{name}' must be a Slurm time limit (minutes, H:MM:SS, D-HH:MM:SS), "
+                                  f"not {_show(table[key])}")
+            if key == "mem" and not _SLURM_MEM.match(value):
+                raise ld.fail(at, f"'{name}' must be a Slurm memory size (like 64G or 500M), not {_show(value)}")
+        values[key] = value
+    return dataclasses.replace(base, **values)
+
+
+def _sbatch_ok(ld: _Loader, value: str, loc: tuple, what: str) -> None:
+    """A value that an #SBATCH line can carry whole, or a located error."""
+    if not value or SBATCH_UNSAFE.search(value):
+        raise ld.fail(loc, f"{what} {_show(value)} cannot go on an #SBATCH line (empty, or holds spaces, quotes "
+                           "or backslashes)")
 
 
 def _check_device(ld: _Loader, device: str, loc: tuple) -> str:

@@ -994,6 +994,7 @@ def _tail_bars(rows_: Sequence[ReportRow], tail: int) -> list[tuple[str, list[tu
 
 def _figure(height: float = PLOT_SIZE_IN[1]) -> Any:
     """A matplotlib figure drawn off screen (Agg: no display)."""
+    # function-level: matplotlib is heavy, and only a report with plots needs it
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -1009,7 +1010,7 @@ def _outside_legend(ax: Any, handles: list, labels: list) -> None:
 
 def _thousands(axis: Any) -> None:
     """Tick labels of big numbers with thousands separators (780,000, not 7.8e5)."""
-    from matplotlib.ticker import FuncFormatter
+    from matplotlib.ticker import FuncFormatter  # function-level: matplotlib is heavy (plots only)
 
     axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}" if abs(v) >= 1000 else f"{v:g}"))
 

@@ -76,6 +76,16 @@ class LegMark:
         return self.state.pid if self.state is not None else None
 
     @property
+    def job(self) -> str | None:
+        """A Slurm leg's job in a few words (`job 123 on n[1-2], 0:42`); None for a local leg."""
+        return expdir.job_text(self.state) if self.state is not None and self.state.job_id else None
+
+    @property
+    def process(self) -> str | None:
+        """What runs the leg, for a reader: its Slurm job, else torchrun's pid."""
+        return self.job or (f"pid {self.pid}" if self.pid is not None else None)
+
+    @property
     def ref(self) -> str:
         return f"{self.experiment}/{self.leg}"
 
@@ -199,7 +209,8 @@ def _leg_mark(exp: reg.Experiment, leg: reg.Leg, dirs: list[ExpDir], tail: int, 
                     "log ended without its final lines" if outcome == Mark.STOPPED else None)
             else:
                 continue
-            if outcome == Mark.FAILED and summary and summary.error_line:
+            scheduler_said = st is not None and st.job_id is not None and st.note  # NODE_FAIL, TIMEOUT...
+            if outcome == Mark.FAILED and summary and summary.error_line and not scheduler_said:
                 note = summary.error_line
             outcomes.append((outcome, note, run, st, summary))
         if not outcomes:
@@ -431,6 +442,7 @@ def progress(m: LegMark) -> str:
 
 def _mark_line(m: LegMark) -> str:
     where = f" in {safetext.md_code(m.dir)}" if m.dir else ""
+    where += f" (Slurm {m.job})" if m.job else ""
     note = f" ({_text(m.note)})" if m.note else ""
     if m.mark in ACTIVE_MARKS:
         return f"`{m.ref}` {m.mark}{where}: {progress(m) if m.mark == Mark.RUNNING else _text(m.note or 'waiting its turn')}"
@@ -600,7 +612,7 @@ def running_line(m: LegMark) -> str:
     tok/s is the tail mean; ETA is the trainer's (`eta:`), else remaining steps x tail dt; a
     figure the log does not give yet reads n/a, so the line always has the same parts.
     """
-    pid = f"pid {m.pid}" if m.pid is not None else "no cockpit state (manual run)"
+    pid = m.process or "no cockpit state (manual run)"
     s = m.summary
     if s is None or s.last_step is None:
         return f"{m.ref}  {pid}  no step lines yet"
@@ -622,7 +634,7 @@ def dir_line(d: ExpDir, known: bool = True) -> str:
         st = d.states.get(leg)
         if st is not None:
             pid = f" (pid {st.pid})" if st.status == Status.RUNNING and st.pid is not None else ""
-            legs.append(f"{leg} {st.status}{pid}")
+            legs.append(f"{leg} {st.status}" + (f" ({expdir.job_text(st)})" if st.job_id else pid))
         elif fsutil.is_regular(d.log(leg)):
             legs.append(f"{leg} {'log' if d.plan else 'manual log'}")
         else:
@@ -631,6 +643,8 @@ def dir_line(d: ExpDir, known: bool = True) -> str:
     if d.supervisor:
         pid = d.supervisor.get("pid")
         sup = f"  supervisor pid {pid} alive;" if d.supervisor_alive else "  supervisor gone;"
+    if (d.plan or {}).get("executor") == "slurm":
+        sup = "  on Slurm;"
     other = "" if known else f"  (experiment '{d.experiment}' is not in the registry)"
     problem = f"  [problem: {d.problem}]" if d.problem else ""
     return f"{d.path.name}{sup}  {', '.join(legs) or 'no legs, no logs'}{other}{problem}"
@@ -658,9 +672,11 @@ def render_status(state: ResumeState) -> str:
         width = max((len(m.leg) for m in e.legs), default=0)
         for m in e.legs:
             base = "  (baseline)" if m.is_baseline else ""
-            pid = f"pid {m.pid}  " if m.pid is not None else ""
-            extra = f"  {pid}{progress(m)}" if m.mark == Mark.RUNNING else _figures(m)
-            why = f"  ({m.note})" if m.note and m.mark in NOTED_MARKS else ""
+            pid = f"{m.process}  " if m.process else ""
+            job = f"  {m.job}" if m.job and m.mark != Mark.RUNNING else ""
+            extra = f"  {pid}{progress(m)}" if m.mark == Mark.RUNNING else job + _figures(m)
+            noted = m.mark in NOTED_MARKS or (m.job is not None and m.mark == Mark.QUEUED)
+            why = f"  ({m.note})" if m.note and noted else ""
             out.append(f"  {m.leg:<{width}}  {m.mark:<8}{extra}{base}{why}".rstrip())
     known = {e.id for e in state.experiments}
     out += ["", f"dirs under exp_root: {len(state.dirs) or 'none yet'}"]

@@ -67,6 +67,8 @@ def check_plan(plan: object) -> str | None:
         return "not a JSON object"
     if not isinstance(plan.get("experiment"), str) or not plan["experiment"]:
         return "no experiment id"
+    if plan.get("executor", "local") != "local":
+        return f"its legs run as {safetext.oneline(str(plan['executor']))[:20]} jobs, not under a supervisor"
     legs = plan.get("legs")
     if not isinstance(legs, list) or not legs:
         return "no legs"

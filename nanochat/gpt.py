@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from nanochat.moe import MoE
+from nanochat.moe import MoE, relu_squared
 from nanochat.muon import MuonAdamW
 
 
@@ -94,7 +94,7 @@ class MLP(nn.Module):
         self.c_proj = nn.Linear(hidden, dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.c_proj(F.relu(self.c_fc(x)).square())
+        return self.c_proj(relu_squared(self.c_fc(x)))
 
 
 class Block(nn.Module):

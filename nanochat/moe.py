@@ -34,7 +34,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 # ---------------------------------------------------------------------------------------------
-# the two expert matmul call sites (FP8 swaps them)
+# the activation, and the two expert matmul call sites (FP8 swaps them)
+
+
+def relu_squared(h: torch.Tensor) -> torch.Tensor:
+    """ReLU(h)^2, the activation of every MLP here (dense and experts), in h's dtype. Not
+    `.square()`: that is pow(h, 2), which CUDA autocast runs in fp32, so a bf16 h would come back
+    fp32 and the next matmul would read (and autograd keep) twice the bytes; grouped_mm, which
+    autocast does not cover, would even run its fp32 fallback (a host sync per call)."""
+    h = F.relu(h)
+    return h * h
 
 
 def expert_bmm(x: torch.Tensor, w: torch.Tensor, fp8: bool = False) -> torch.Tensor:
@@ -52,21 +61,52 @@ def expert_grouped_mm(x: torch.Tensor, w: torch.Tensor, offs: torch.Tensor, fp8:
         from nanochat.fp8 import fp8_grouped_mm
 
         return fp8_grouped_mm(x, w, offs)
-    if x.dtype != torch.bfloat16 and torch.compiler.is_compiling():
-        return _grouped_mm_outside_graph(x, w.to(x.dtype), offs)
-    return torch._grouped_mm(x, w.to(x.dtype), offs=offs)
+    # grouped_mm is outside autocast's op lists, so cast here: both operands in the compute dtype
+    if torch.is_autocast_enabled(x.device.type):
+        x = x.to(torch.get_autocast_dtype(x.device.type))
+    w = w.to(x.dtype)
+    if x.dtype == torch.bfloat16 or not torch.compiler.is_compiling():
+        return torch._grouped_mm(x, w, offs=offs)
+    # The op's meta kernel, which torch.compile traces with, takes bf16 only, while the CPU kernel
+    # also runs fp32 (the trainer's CPU runs): there, the same kernel as an opaque custom op.
+    return grouped_mm_any_dtype(x, w, offs)
 
 
-@torch.compiler.disable
-def _grouped_mm_outside_graph(x: torch.Tensor, w: torch.Tensor, offs: torch.Tensor) -> torch.Tensor:
-    # The op's meta kernel, which torch.compile traces with, accepts only bf16, while the eager
-    # CPU kernel also runs fp32: in fp32 (CPU runs) the grouped matmul runs eagerly, between graphs.
-    return torch._grouped_mm(x, w, offs=offs)
+@torch.library.custom_op("nanochat::grouped_mm", mutates_args=())
+def grouped_mm_any_dtype(a: torch.Tensor, b: torch.Tensor, offs: torch.Tensor) -> torch.Tensor:
+    """torch._grouped_mm as a custom op: torch.compile keeps it in the graph as one call whatever
+    the dtype. The 2d x 3d form ([M, K] @ [E, K, N] -> [M, N]) and, for its weight gradient, the
+    2d x 2d form ([K, M] @ [M, N] -> [E, K, N], one product per group of M)."""
+    return torch._grouped_mm(a, b, offs=offs)
+
+
+@grouped_mm_any_dtype.register_fake
+def _(a, b, offs):
+    if b.dim() == 3:
+        return a.new_empty(a.size(0), b.size(2))
+    return a.new_empty(offs.size(0), a.size(0), b.size(1))
+
+
+def _grouped_mm_setup(ctx, inputs, output):
+    a, b, offs = inputs
+    ctx.save_for_backward(a, b, offs)
+
+
+def _grouped_mm_backward(ctx, grad):
+    a, b, offs = ctx.saved_tensors  # the 2d x 3d form: a [M, K] grouped rows, b [E, K, N]
+    grad_a = grouped_mm_any_dtype(grad, b.transpose(1, 2), offs) if ctx.needs_input_grad[0] else None
+    grad_b = grouped_mm_any_dtype(a.t(), grad, offs) if ctx.needs_input_grad[1] else None
+    return grad_a, grad_b, None
+
+
+grouped_mm_any_dtype.register_autograd(_grouped_mm_backward, setup_context=_grouped_mm_setup)
 
 
 # Whether torch._grouped_mm runs (forward and backward) for a (device type, dtype, K, N): it needs
-# a recent torch, sm90+ on CUDA, and 16-byte aligned rows. Probed once, eagerly (the trainer probes
-# before compiling; an eager forward probes on first use);
+# a recent torch and 16-byte aligned rows; on CUDA, sm90+ and bf16, the one case with a kernel of
+# its own: for any other dtype ATen loops over the groups, reading their offsets on the host (a
+# sync per call), so on CUDA only bf16 counts. Probed once, eagerly (the trainer probes before
+# compiling; an eager forward probes on first use);
 # where it does not run, dropless falls back to the capacity path with C = T (exact, but E/k times
 # the expert FLOPs); the trainer says so in its log.
 _GROUPED_MM_OK: dict[tuple, bool] = {}
@@ -75,7 +115,7 @@ _GROUPED_MM_OK: dict[tuple, bool] = {}
 def probe_grouped_mm(device: torch.device, dtype: torch.dtype, k: int, n: int) -> bool:
     key = (torch.device(device).type, dtype, k, n)
     if key not in _GROUPED_MM_OK:
-        ok = hasattr(torch, "_grouped_mm")
+        ok = hasattr(torch, "_grouped_mm") and (key[0] != "cuda" or dtype == torch.bfloat16)
         if ok:
             try:
                 with torch.inference_mode(False), torch.enable_grad():
@@ -143,14 +183,12 @@ class Experts(nn.Module):
 
     def forward_capacity(self, x: torch.Tensor) -> torch.Tensor:
         """x: [E, C, D] -> [E, C, D]."""
-        h = expert_bmm(x, self.w_fc, self.fp8)
-        h = F.relu(h).square()
+        h = relu_squared(expert_bmm(x, self.w_fc, self.fp8))
         return expert_bmm(h, self.w_proj, self.fp8)
 
     def forward_grouped(self, x: torch.Tensor, offs: torch.Tensor) -> torch.Tensor:
         """x: [M, D] sorted by expert, offs: int32 [E] cumulative group ends -> [M, D]."""
-        h = expert_grouped_mm(x, self.w_fc, offs, self.fp8)
-        h = F.relu(h).square()
+        h = relu_squared(expert_grouped_mm(x, self.w_fc, offs, self.fp8))
         return expert_grouped_mm(h, self.w_proj, offs, self.fp8)
 
 
@@ -193,14 +231,15 @@ class MoE(nn.Module):
 
         # router in fp32, outside autocast: top-k choices are sensitive to rounding
         with torch.autocast(device_type=x.device.type, enabled=False):
-            logits = F.linear(x.float(), self.router.weight.float())
+            logits = _RouterLogits.apply(x.float(), self.router.weight.float())
         probs = logits.softmax(dim=-1)
         gates, choice = probs.topk(k, dim=-1)  # [T, k], sorted: column 0 is the first choice
         gates = gates / gates.sum(dim=-1, keepdim=True)
 
-        # Assignments in priority order: all first choices (token order), then all second choices.
+        # Assignments in priority order: all first choices (token order), then all second choices;
+        # assignment a = j * T + t is token t's j-th choice.
         expert_of = choice.t().reshape(-1)  # [k*T]
-        token_of = torch.arange(n_tok, device=x.device).repeat(k)  # [k*T]
+        assignment = torch.arange(k * n_tok, device=x.device)
 
         # activations travel in the compute dtype (bf16 under autocast)
         if torch.is_autocast_enabled(x.device.type):
@@ -212,13 +251,13 @@ class MoE(nn.Module):
             self.experts.fp8 or grouped_mm_usable(x.device, x.dtype, self.dim, self.experts.hidden)
         )
         if use_grouped:
-            y, counts, dropped = self._dropless(x, expert_of, gates, token_of)
+            y, counts, dropped = self._dropless(x, expert_of, gates, assignment)
         else:
             if self.dropless:
                 cap = expert_capacity(n_tok, k, n_exp, Fraction(n_exp, k))  # C = T: exact, no drops
             else:
                 cap = expert_capacity(n_tok, k, n_exp, self._cf)
-            y, counts, dropped = self._capacity(x, expert_of, gates, token_of, cap)
+            y, counts, dropped = self._capacity(x, expert_of, gates, assignment, cap)
 
         bal = balance_loss(probs, counts)
         aux = {
@@ -230,7 +269,7 @@ class MoE(nn.Module):
         }
         return y.view(shape), aux
 
-    def _capacity(self, x, expert_of, gates, token_of, cap: int):
+    def _capacity(self, x, expert_of, gates, assignment, cap: int):
         """Fixed capacity: every expert gets `cap` slots; static shapes, no host sync."""
         n_tok, dim = x.shape
         n_exp, k = self.n_experts, self.topk
@@ -244,11 +283,14 @@ class MoE(nn.Module):
         dropped = (~keep).sum()
         n_slots = n_exp * cap
         slot = expert_of * cap + pos
-        # inverse map slot -> token; dropped assignments write to a dummy slot past the end.
-        # Empty slots read token 0: computed, never read back, and their gradient is zero, so
-        # there is no padded buffer to zero-fill (no memset per forward, nothing to keep around).
-        slot_token = torch.zeros(n_slots + 1, dtype=torch.long, device=x.device)
-        slot_token = slot_token.scatter(0, torch.where(keep, slot, n_slots), token_of)[:n_slots]
+        # inverse map slot -> assignment (its index a = j * T + t in the priority order above):
+        # dropped assignments write to a dummy slot past the end; empty slots keep a = k * T, no
+        # assignment. They read token 0 (a % T): computed, never read back, and their gradient is
+        # zero, so there is no padded buffer to zero-fill (no memset per forward).
+        n_assign = k * n_tok
+        slot_assign = torch.full((n_slots + 1,), n_assign, dtype=torch.long, device=x.device)
+        slot_assign = slot_assign.scatter(0, torch.where(keep, slot, n_slots), assignment)[:n_slots]
+        slot_token = slot_assign % n_tok
         keep = keep.view(k, n_tok).t()  # [T, k] from here on: token t's j-th choice
         if n_slots >= k * n_tok:
             # Enough slots in total (cf >= 1): if anything was dropped, some expert has an empty
@@ -265,38 +307,73 @@ class MoE(nn.Module):
         xb = _Dispatch.apply(x, slot_token, slot_of, mask)
         yb = self.experts.forward_capacity(xb.view(n_exp, cap, dim)).view(n_slots, dim)
         # combine: y[t] = sum_j gate_j * expert_out; a dropped assignment has weight zero
-        y = _Combine.apply(yb, gates * keep, slot_of, slot_token)
+        y = _Combine.apply(yb, gates * keep, slot_of, slot_token, slot_assign)
         return y, counts, dropped
 
-    def _dropless(self, x, expert_of, gates, token_of):
+    def _dropless(self, x, expert_of, gates, assignment):
         """Dropless: sort assignments by expert, one grouped matmul per weight."""
         n_tok, dim = x.shape
         k = self.topk
         order = torch.argsort(expert_of, stable=True)  # sorted position -> assignment
-        tok_sorted = token_of[order]
-        # assignment -> its row in the sorted order
-        rank_of = torch.empty_like(order).scatter(0, order, torch.arange(order.numel(), device=x.device))
-        counts = torch.zeros(self.n_experts, dtype=torch.int32, device=x.device)
-        counts = counts.scatter_add(0, expert_of, torch.ones_like(expert_of, dtype=torch.int32))
+        tok_sorted = order % n_tok
+        rank_of = torch.empty_like(order).scatter(0, order, assignment)  # assignment -> sorted position
+        # assignments per expert as a sum of comparisons: a plain reduction (a scatter_add into E
+        # bins would be kT atomic adds on a handful of addresses on GPU)
+        experts = torch.arange(self.n_experts, device=x.device)
+        counts = (expert_of[:, None] == experts).sum(0, dtype=torch.int32)
         offs = counts.cumsum(0, dtype=torch.int32)
         slot_of = rank_of.view(k, n_tok).t().contiguous()  # [T, k]
         xs = _Dispatch.apply(x, tok_sorted, slot_of, None)  # [kT, D]
         ys = self.experts.forward_grouped(xs, offs)
-        y = _Combine.apply(ys, gates, slot_of, tok_sorted)
+        y = _Combine.apply(ys, gates, slot_of, tok_sorted, order)
         return y, counts, torch.zeros((), device=x.device)
 
 
 # ---------------------------------------------------------------------------------------------
-# dispatch and combine
+# router, dispatch and combine
 #
 # The maps between tokens and expert slots, both ways, without a scatter-add: each token sits in at
 # most k slots and each slot holds at most one token, so the transpose of a gather is again a
-# gather plus a sum over the k choices. The k-choice sums are one embedding_bag each (a bag = a
-# token's k slots, weighted): one pass that reads k rows and writes one, where a gather would
-# first write the k rows out. No atomics on GPU, no zero fills, deterministic on every device.
+# gather plus a sum over the k choices. No atomics on GPU, no zero fills, deterministic.
 #   slot_token [S]      token read by each slot (empty slots: any token; their gradient is zero)
+#   slot_assign [S]     assignment held by each slot, j * T + t (empty slots: k * T)
 #   slot_of    [T, k]   slot of token t's j-th choice (a valid index even where dropped)
 #   keep       [T, k]   choice j of token t has a slot (None: all do)
+# Some pieces are written twice: eager, as single kernels that make one pass each (embedding_bag
+# for the k-choice sums, bmm for per-row dot products, a matmul for the router's input gradient);
+# under torch.compile, as plain indexing, products and small sums, which the compiler fuses into
+# its neighbours' loops (the dispatch's k-choice gradient sum, the router's input gradient and
+# the cast back to fp32 become one pass over dx; the combine merges into the residual add after
+# it), where those kernels would be opaque calls, a pass each.
+
+
+class _RouterLogits(torch.autograd.Function):
+    """logits = x @ w.T (the router; x [T, D] and w [E, D], both fp32). The input gradient
+    g @ w sums over only E experts: compiled, as a sum of E products per element."""
+
+    @staticmethod
+    def forward(ctx, x, w):
+        ctx.save_for_backward(x, w)
+        return F.linear(x, w)
+
+    @staticmethod
+    def backward(ctx, g):
+        x, w = ctx.saved_tensors
+        dx = (g.unsqueeze(-1) * w).sum(1) if torch.compiler.is_compiling() else g @ w
+        return dx, g.t() @ x
+
+
+def _gather_sum(rows: torch.Tensor, idx: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    """out[t] = sum_j weights[t, j] * rows[idx[t, j]] (weights None: all ones). Eager, one
+    embedding_bag: reads the k rows and writes one, with no [T, k, D] in between; compiled, the
+    same as indexing and a sum, which becomes k loads per output element."""
+    if torch.compiler.is_compiling():
+        picked = rows[idx]  # [T, k, D], never materialized by the compiler
+        if weights is not None:
+            picked = picked * weights.unsqueeze(-1).to(rows.dtype)
+        return picked.sum(1)
+    w = None if weights is None else weights.to(rows.dtype)
+    return F.embedding_bag(idx, rows, per_sample_weights=w, mode="sum")
 
 
 class _Dispatch(torch.autograd.Function):
@@ -310,31 +387,33 @@ class _Dispatch(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dxb):
         slot_of, keep = ctx.saved_tensors
-        weights = None if keep is None else keep.to(dxb.dtype)
-        return F.embedding_bag(slot_of, dxb, per_sample_weights=weights, mode="sum"), None, None, None
+        return _gather_sum(dxb, slot_of, keep), None, None, None
 
 
 class _Combine(torch.autograd.Function):
     """y[t] = sum_j w[t, j] * yb[slot_of[t, j]]; w is zero where a choice was dropped."""
 
     @staticmethod
-    def forward(ctx, yb, w, slot_of, slot_token):
-        ctx.save_for_backward(yb, w, slot_of, slot_token)
-        return F.embedding_bag(slot_of, yb, per_sample_weights=w.to(yb.dtype), mode="sum")
+    def forward(ctx, yb, w, slot_of, slot_token, slot_assign):
+        # each slot's weight, gathered by its assignment (zero for an empty slot)
+        w_slot = torch.cat([w.t().reshape(-1), w.new_zeros(1)])[slot_assign]
+        ctx.save_for_backward(yb, w_slot, slot_of, slot_token)
+        ctx.w_dtype = w.dtype
+        return _gather_sum(yb, slot_of, w)
 
     @staticmethod
     def backward(ctx, dy):
-        yb, w, slot_of, slot_token = ctx.saved_tensors
-        n_slots = yb.shape[0]
-        # the weight of each slot's assignment (zero for empty slots and for dropped choices)
-        w_slot = torch.zeros(n_slots + 1, dtype=w.dtype, device=w.device)
-        target = torch.where(w.reshape(-1) != 0, slot_of.reshape(-1), n_slots)
-        w_slot = w_slot.scatter(0, target, w.reshape(-1))[:-1]
+        yb, w_slot, slot_of, slot_token = ctx.saved_tensors
         dy_slot = F.embedding(slot_token, dy)  # the output gradient of each slot's token
         dw = None
         if ctx.needs_input_grad[1]:
-            # dL/dw[t, j] = <yb[slot], dy[t]>, computed per slot (slot_token[slot] = t where kept;
-            # elsewhere w is 0 and so is this gradient's use): one dot product per row
-            dots = torch.bmm(yb.unsqueeze(1), dy_slot.unsqueeze(2)).view(-1)
-            dw = dots[slot_of].to(w.dtype)
-        return dy_slot.mul_(w_slot[:, None].to(dy.dtype)), dw, None, None
+            # dL/dw[t, j] = <yb[slot], dy[t]>, computed per slot (the slot of assignment (t, j)
+            # where kept; elsewhere w is 0 and so is this gradient's use): one dot product per row
+            if torch.compiler.is_compiling():
+                # a row reduction; written as a bmm it would stay, on CUDA, a cuBLAS batched GEMM
+                # of S tiny 1 x D x 1 products (inductor rewrites such bmms as reductions on CPU only)
+                dots = (yb.float() * dy_slot.float()).sum(-1)
+            else:
+                dots = torch.bmm(yb.unsqueeze(1), dy_slot.unsqueeze(2)).view(-1)
+            dw = dots[slot_of].to(ctx.w_dtype)
+        return dy_slot.mul_(w_slot[:, None].to(dy.dtype)), dw, None, None, None

@@ -8,7 +8,7 @@
   (`hold_supervisor_lock`), provably the dir's, killed and released when the test ends
 - the real `cockpit` CLI as a subprocess (`cockpit`), `wait_for`, process trees, leftovers
 - a GPU sampler with fixed figures (`FakeSampler`, `gpu`); the TUI's fixed clock and snapshot dirs;
-  `until` for Pilot tests
+  `until`, `ready` and `select` for Pilot tests
 - fixtures: `leg_process`, `readonly_dir`, `slurm_cluster` (a local two-node Slurm, session-wide)
 """
 
@@ -428,6 +428,28 @@ async def until(pilot, cond, timeout: float = 15.0, what: str = "condition", ste
             return value
         await pilot.pause(step)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+async def ready(pilot, app):
+    """The app's main screen once it shows its first view."""
+    main = app.main_screen
+    await until(pilot, lambda: main.view is not None, what="the first view")
+    await pilot.pause(0.1)
+    return main
+
+
+async def select(pilot, app, sel) -> None:
+    """Move the experiments tree's cursor to the node of `sel` (a tui.experiments.Selection)."""
+    from cockpit.tui.experiments import ExperimentTree  # here: the other tests need no Textual
+
+    tree = app.query_one(ExperimentTree)
+    await until(pilot, lambda: tree.cursor_line >= 0, what="the tree's cursor")
+    node = tree.node_for(sel)
+    if node.parent is not None and not node.parent.is_expanded:
+        node.parent.expand()
+        await pilot.pause(0.1)
+    tree.move_cursor(node)
+    await until(pilot, lambda: app.main_screen.selection == sel, what=f"selection {sel}")
 
 
 # ----------------------------------------------------------------------------------------------

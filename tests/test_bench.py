@@ -37,8 +37,44 @@ def test_bench_gpu_cpu_check_runs_the_trainer_legs():
     assert out.strip().splitlines()[-1].startswith("RESULT: ours/fork tok/sec per GPU: fp8_cap1p0_static ")
 
 
+def test_bench_moe_kinds_and_profile():
+    p = run(["bench.moe", "--tokens", "256", "--dim", "64", "--rounds", "2", "--warmup", "1", "--no-compile",
+             "--kinds", "dense,cap1.0", "--profile"])  # fmt: skip
+    assert p.returncode == 0, p.stderr[-2000:]
+    lines = p.stdout.strip().splitlines()
+    assert sum(line.startswith("| ") for line in lines) == 2 + 2  # header, rule, dense and cap1.0 eager
+    profiles = [line for line in lines if line.startswith("profile ")]
+    assert [line.split(":")[0] for line in profiles] == ["profile dense eager", "profile cap1.0 eager"]
+    assert any("aten::bmm" in line for line in lines)  # the experts' matmuls show by name
+    assert re.fullmatch(r"cap1\.0/dense fwd\+bwd: median \d+\.\d\d, best \d+\.\d\d", lines[-1])
+    bad = run(["bench.moe", "--kinds", "dense,nonsense", "--no-compile"])
+    assert bad.returncode == 2 and "--kinds" in bad.stderr
+
+
+def test_bench_gpu_verdict_flags_graph_breaks_recompiles_and_failures():
+    from bench.gpu import verdict
+
+    def leg(rc=0, graphs=1, recompiles=0, tok=1000.0):
+        return {"rc": rc, "graphs": graphs, "recompiles": recompiles, "tok_per_sec": tok}
+
+    results = {"fp8_cap1p0_static": leg(), "bf16_dropless_static": leg(graphs=9),
+               "bf16_cap1p0_static": leg(tok=338_008.0), "dense_static": leg(tok=481_723.0)}  # fmt: skip
+    lines, ok = verdict(results, ["fp8_cap1p0_static 2.82x"], compiled=True)
+    assert not ok
+    assert "bf16_dropless_static 9/0" in lines[0]
+    assert lines[1] == "MoE bf16 cap 1.0 / dense step time, same active FLOPs: 1.43"
+    assert lines[-1].endswith(" | GRAPH BREAKS: bf16_dropless_static (9 graphs)")
+    results["bf16_dropless_static"] = leg(graphs=1)
+    assert verdict(results, [], compiled=True)[1]
+    results["fp8_cap1p0_static"] = leg(rc=1, graphs=None, recompiles=None)
+    lines, ok = verdict(results, [], compiled=True)
+    assert not ok and "FAILED: fp8_cap1p0_static" in lines[-1] and "RECOMPILED: fp8_cap1p0_static" in lines[-1]
+    assert verdict({"bf16_dropless_static": leg(graphs=9)}, [], compiled=False)[1]  # eager (CPU) legs
+
+
 def test_device_check_script_parses_and_names_every_step():
     assert subprocess.run(["bash", "-n", str(ROOT / "bench" / "device_check.sh")]).returncode == 0
     text = (ROOT / "bench" / "device_check.sh").read_text()
-    for module in ("bench.cuda_checks", "bench.gpu", "bench.fp8_gpu"):
+    for module in ("bench.cuda_checks", "bench.moe", "bench.gpu"):
         assert text.count(f"-m {module}") == 2  # the GPU form and the --cpu form
+    assert "--legs all" in text  # FP8 experts compiled, dropless, cap 1.0 and dense: every leg

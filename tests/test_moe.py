@@ -224,3 +224,121 @@ def test_fixed_capacity_compiles_dynamic_over_batch_shapes():
         assert float(stats["assigned"]) == cfg.n_layer * b * t * 2
     assert counter.frame_count == 1
     torch._dynamo.reset()
+
+
+class CudaAutocastPow(torch.overrides.TorchFunctionMode):
+    """CPU autocast keeps pow in bf16; CUDA autocast runs it in fp32 (its fp32 op list), and so
+    `.square()`, which is pow(x, 2). This mode gives CPU that CUDA behaviour for pow/square, so
+    the tests below see what the GPU sees."""
+
+    FP32_OPS = {torch.pow, torch.Tensor.pow, torch.square, torch.Tensor.square, torch.Tensor.__pow__}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func in self.FP32_OPS and torch.is_autocast_enabled("cpu") and out.dtype == torch.bfloat16:
+            return out.float()
+        return out
+
+
+class GroupedMmDtypes(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records the operand dtypes of every aten._grouped_mm call (forward and backward)."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls: list[tuple[torch.dtype, torch.dtype]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket == torch.ops.aten._grouped_mm:
+            self.calls.append((args[0].dtype, args[1].dtype))
+        return func(*args, **(kwargs or {}))
+
+
+def test_relu_squared_stays_bf16_where_autocast_runs_pow_in_fp32():
+    x = torch.randn(8, 16, dtype=torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16), CudaAutocastPow():
+        assert torch.nn.functional.relu(x).square().dtype == torch.float32  # the hazard, emulated
+        assert moe_lib.relu_squared(x).dtype == torch.bfloat16
+    torch.testing.assert_close(moe_lib.relu_squared(x), torch.relu(x) ** 2)
+
+
+def test_dropless_grouped_matmuls_run_in_bf16_under_autocast():
+    """Under bf16 autocast every grouped matmul, forward and backward, gets bf16 operands (on CUDA
+    any other dtype takes ATen's per-group fallback, which syncs with the host), also where
+    autocast would run pointwise ops in fp32 as CUDA's does."""
+    m = make_moe(0.0)
+    x = torch.randn(2, 32, D, requires_grad=True)
+    assert moe_lib.probe_grouped_mm(x.device, torch.bfloat16, D, HMULT * D)
+    record = GroupedMmDtypes()
+    with record:
+        with torch.autocast("cpu", dtype=torch.bfloat16), CudaAutocastPow():
+            y, aux = m(x)
+        (y.float().square().sum() + aux["aux_loss"]).backward()
+    assert len(record.calls) == 6  # 2 forward, and 2 (input and weight gradient) per matmul backward
+    assert set(record.calls) == {(torch.bfloat16, torch.bfloat16)}
+
+
+@pytest.mark.parametrize("autocast", [True, False], ids=["bf16-autocast", "fp32"])
+def test_dropless_gpt_compiles_to_one_graph_without_recompiles(autocast):
+    """The trainer's dropless model under static compile (as on the GPU: bf16 autocast; as on CPU:
+    fp32): one graph, no recompile over steps whose routing changes, and the eager result."""
+    from nanochat.gpt import GPT, GPTConfig
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    cfg = GPTConfig(
+        sequence_len=32, vocab_size=64, n_layer=2, n_head=2, n_embd=32, use_moe=True, n_experts=4,
+        expert_topk=2, moe_capacity_factor=0.0,
+    )
+    model = GPT(cfg)
+    model.init_weights()
+    dtype = torch.bfloat16 if autocast else torch.float32
+    assert moe_lib.probe_grouped_mm(torch.device("cpu"), dtype, 32, 64)  # the grouped path is taken
+    counter = torch._dynamo.testing.CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(model, backend=counter, dynamic=False)  # no fullgraph: breaks would show
+    opt = model.setup_optimizer(0.2, 0.004, 0.01)
+    loads = []
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for step in range(3):
+            idx = torch.randint(0, 64, (2, 32), generator=torch.Generator().manual_seed(step))
+            runs = []
+            for fn in (model, compiled) if step == 0 else (compiled,):
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                    loss, stats = fn(idx, idx.roll(-1, 1))
+                loss.backward()
+                runs.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
+                if fn is model:
+                    model.zero_grad(set_to_none=True)
+            if step == 0:  # compiled == eager (the custom op's backward included)
+                tol = dict(rtol=2e-2, atol=2e-3) if autocast else dict(rtol=1e-4, atol=1e-6)
+                torch.testing.assert_close(runs[1][0], runs[0][0], **tol)
+                for a, b in zip(runs[1][1], runs[0][1], strict=True):
+                    torch.testing.assert_close(a, b, **tol)
+            opt.step()
+            model.zero_grad(set_to_none=True)
+            loads.append(tuple(stats["load"].tolist()))
+    assert counter.frame_count == 1
+    assert len(set(loads)) > 1
+    torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("cf", [0.25, 1.0, 0.0], ids=["cap0.25-masked", "cap1.0-spare-slot", "dropless"])
+def test_compiled_block_matches_eager(cf):
+    """Under torch.compile the router, dispatch and combine take their compiled forms (indexing
+    and sums instead of embedding_bag, bmm and a matmul): same outputs and gradients as eager,
+    with drops (a mask below cf 1, the spare slot at cf 1) and dropless."""
+    torch._dynamo.reset()
+    m = make_moe(cf, seed=5)
+    with torch.no_grad():  # skew the router so experts overflow
+        m.router.weight[0] += 0.6
+    torch.manual_seed(6)
+    x = torch.randn(2, 48, D)
+    eager = fwd_bwd(m, x)
+    m.zero_grad(set_to_none=True)
+    compiled = fwd_bwd(torch.compile(m, backend="aot_eager", fullgraph=True, dynamic=False), x)
+    if cf:
+        assert float(eager[3]["dropped"]) > 0
+    for a, b in zip(compiled[:2], eager[:2], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    for n in eager[2]:
+        torch.testing.assert_close(compiled[2]["_orig_mod." + n], eager[2][n], rtol=1e-5, atol=1e-6, msg=n)
+    torch._dynamo.reset()

@@ -526,7 +526,7 @@ def test_a_supervisor_started_by_a_long_lived_process_is_reaped(tmp_path):
         d = plan_dir(tmp_path / "exp", {"a": trainer_code(steps=1)}, name=f"20260101_00000{i}_x")
         fd = launch.experiment_lock(tmp_path / "exp", f"x{i}")
         try:
-            local.start(d, fd)
+            local.spawn(d, fd)
         finally:
             os.close(fd)
         pids.append(json.loads((d / "state" / "supervisor.json").read_text())["pid"])

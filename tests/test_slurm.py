@@ -3,6 +3,7 @@ training run, a chain in order, a chain stopped by a failure, a cancel mid-leg, 
 
 from __future__ import annotations
 
+import json
 import re
 import stat
 import subprocess
@@ -13,9 +14,26 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import REPO, resume_node
+from conftest import (
+    REPO,
+    FakeSampler,
+    cockpit,
+    fixed_clock,
+    log_lines,
+    ready,
+    resume_node,
+    select,
+    until,
+    wait_for,
+    write_registry,
+)
 
+from cockpit import expdir, launch, scheduler
+from cockpit import registry as reg
 from cockpit.executors import slurm
+from cockpit.tui.app import CockpitApp
+from cockpit.tui.confirm import ConfirmScreen
+from cockpit.tui.experiments import Selection
 
 TORCHRUN = str(Path(sys.executable).parent / "torchrun")
 HOSTILE = ["$(rm -rf /)", "a;b", "it's", 'say "hi"', "`id`", "$HOME", "back\\slash", "*", "new\nline", ""]
@@ -65,7 +83,7 @@ def test_render_sbatch_lines(tmp_path):
     body = script.split("set -e\n", 1)[1]
     assert body.startswith("source .venv/bin/activate\n")
     assert "exec srun --ntasks-per-node=1 --cpus-per-task=16 --kill-on-bad-exit=1" in body
-    assert '--rdzv_id="$SLURM_JOB_ID" --rdzv_backend=c10d' in body
+    assert '"--rdzv_id=$SLURM_JOB_ID" --rdzv_backend=c10d "--rdzv_endpoint=$rdzv_host:$rdzv_port"' in body
     assert "-m nanochat.base_train -- \\\n    --depth 12\n" in body
 
 
@@ -94,7 +112,7 @@ def test_render_gpus_per_node():
     ],
 )
 def test_render_refuses_values_sbatch_would_split(settings):
-    with pytest.raises(slurm.SlurmError, match="#SBATCH value") as e:
+    with pytest.raises(scheduler.SlurmError, match="#SBATCH value") as e:
         slurm.render_batch_script(slurm.LegCommand("a", "t", 1, "m", ()), settings, "/e", "/w", "j")
     assert "\n" not in str(e.value).replace("\\n", "")
 
@@ -139,29 +157,126 @@ def test_chain_plan_prints_sbatch_lines(tmp_path):
     ]
     cont = slurm.plan_chain([leg("a", []), leg("b", [])], slurm.SlurmSettings(), tmp_path, REPO, "exp", "continue")
     assert "--dependency=afterany:" in cont.argv_lines(tmp_path)[1]
-    with pytest.raises(slurm.SlurmError, match="on_failure 'maybe'"):
+    with pytest.raises(scheduler.SlurmError, match="on_failure 'maybe'"):
         slurm.plan_chain([leg("a", [])], slurm.SlurmSettings(), tmp_path, REPO, "exp", "maybe")
 
 
 def test_write_script_is_new_file_only(tmp_path):
     path = slurm.write_script(tmp_path, "a", "#!/bin/bash\n")
     assert path == tmp_path / "slurm" / "a.sbatch" and path.read_text() == "#!/bin/bash\n"
-    with pytest.raises(slurm.SlurmError, match="exists"):
+    with pytest.raises(scheduler.SlurmError, match="exists"):
         slurm.write_script(tmp_path, "a", "other")
     (tmp_path / "target").write_text("keep")
     (tmp_path / "slurm" / "b.sbatch").symlink_to(tmp_path / "target")
-    with pytest.raises(slurm.SlurmError, match="exists"):
+    with pytest.raises(scheduler.SlurmError, match="exists"):
         slurm.write_script(tmp_path, "b", "other")
     assert (tmp_path / "target").read_text() == "keep"
 
 
 def test_missing_commands_are_one_clear_error(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))
-    for call in (lambda: slurm.submit(tmp_path / "x.sbatch"), lambda: slurm.job_state("1"),
-                 lambda: slurm.queued(["1"]), lambda: slurm.cancel(["1"])):
-        with pytest.raises(slurm.SlurmError, match=r"^\w+ not found on PATH: ") as e:
+    for call in (lambda: slurm.submit(tmp_path / "x.sbatch"), lambda: scheduler.job_state("1"),
+                 lambda: scheduler.queued(["1"]), lambda: scheduler.cancel(["1"])):
+        with pytest.raises(scheduler.SlurmError, match=r"^\w+ not found on PATH: ") as e:
             call()
         assert "\n" not in str(e.value)
+
+
+# ----------------------------------------------------------------------------------------------
+# the registry's Slurm keys, the plan, the dry run
+
+
+SLURM_REGISTRY = """[project]
+exp_root = "exp"
+executor = "slurm"
+[project.slurm]
+partition = "gpu"
+time = "4:00:00"
+nodes = 2
+extra_args = ["--constraint=h100", "--exclusive"]
+setup = ["source /shared/venv/bin/activate"]
+
+[[experiment]]
+id = "big"
+[experiment.slurm]
+nodes = 4
+mem = "200G"
+[[experiment.leg]]
+name = "a"
+
+[[experiment]]
+id = "here"
+executor = "local"
+[[experiment.leg]]
+name = "a"
+"""
+
+
+def test_registry_slurm_settings_merge_project_and_experiment(tmp_path):
+    registry = reg.loads(SLURM_REGISTRY, tmp_path / "r.toml")
+    big, here = registry.experiments
+    assert (registry.settings.executor, big.executor, here.executor) == ("slurm", "slurm", "local")
+    assert big.slurm == reg.SlurmSettings(partition="gpu", time="4:00:00", nodes=4, mem="200G",
+                                          extra_args=("--constraint=h100", "--exclusive"),
+                                          setup=("source /shared/venv/bin/activate",))
+    assert here.slurm.nodes == 2 and registry.settings.slurm.mem is None
+    assert reg.loads(SLURM_REGISTRY.replace('"4:00:00"', "90"), tmp_path / "r.toml").settings.slurm.time == "90"
+
+
+@pytest.mark.parametrize(
+    "old, new, line, words",
+    [
+        ("partition = ", "partiton = ", 5, "unknown key 'project.slurm.partiton'; did you mean 'partition'?"),
+        ("nodes = 4", 'nodes = "4"', 14, "'experiment.slurm.nodes' must be a integer, not str '4'"),
+        ("nodes = 4", "nodes = 0", 14, "'experiment.slurm.nodes' must be between 1 and 4096, not 0"),
+        ('executor = "slurm"', 'executor = "pbs"', 3, "'project.executor' must be one of ('local', 'slurm')"),
+        ('executor = "local"', 'executor = "Slurm"', 21, "'here.executor' must be one of ('local', 'slurm')"),
+        ('"4:00:00"', '"4 hours"', 6, "'project.slurm.time' '4 hours' cannot go on an #SBATCH line"),
+        ('"4:00:00"', '"4h"', 6, "'project.slurm.time' must be a Slurm time limit"),
+        ('"200G"', '"lots"', 15, "'experiment.slurm.mem' must be a Slurm memory size (like 64G or 500M)"),
+        ('"--exclusive"', '"--comment=two words"', 8, "an item of 'project.slurm.extra_args' '--comment=two words' "
+                                                      "cannot go on an #SBATCH line"),
+        ('"--exclusive"', '"--output=/tmp/x"', 8, "'project.slurm.extra_args': --output is set by the cockpit"),
+        ('"--exclusive"', '"-o/tmp/x"', 8, "'project.slurm.extra_args': -o/tmp/x is set by the cockpit"),
+        ('"source /shared/venv/bin/activate"', '"""a\nb"""', 9, "an item of 'project.slurm.setup' must be one line"),
+        ("gpu", "gpu'", 5, "'project.slurm.partition' \"gpu'\" cannot go on an #SBATCH line"),
+    ],
+)
+def test_bad_slurm_keys_are_one_located_line(tmp_path, old, new, line, words):
+    assert old in SLURM_REGISTRY
+    path = tmp_path / "r.toml"
+    path.write_text(SLURM_REGISTRY.replace(old, new, 1))
+    with pytest.raises(reg.RegistryError) as e:
+        reg.load(path)
+    assert str(e.value).startswith(f"{path}:{line}: ") and words in str(e.value), str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_cli_refuses_a_bad_slurm_key_in_one_line(tmp_path):
+    path = tmp_path / "r.toml"
+    path.write_text(SLURM_REGISTRY.replace("nodes = 2", "nodes = -1"))
+    r = cockpit("--registry", str(path), "launch", "big", "--dry-run")
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr == f"cockpit: {path}:7: 'project.slurm.nodes' must be between 1 and 4096, not -1\n"
+
+
+def test_dry_run_on_slurm_prints_the_scripts_and_sbatch_lines_and_writes_nothing(tmp_path):
+    reg_path = slurm_registry(tmp_path, {"a": "num-iterations = 5", "b": "num-iterations = 5, model-tag = 'x y'"},
+                              nodes=2)
+    r = cockpit("--registry", str(reg_path), "launch", "fake", "--dry-run")
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    exp_dir = out.split("EXP_DIR=")[1].split("\n")[0]
+    assert "# executor: Slurm, one batch job per leg, chained afterok; no local GPU preflight: the scheduler " \
+           "allocates the GPUs" in out
+    for leg in ("a", "b"):
+        assert f"# ---- {exp_dir}/slurm/{leg}.sbatch ----\n#!/bin/bash\n" in out
+        assert f"#SBATCH --output={exp_dir}/{leg}.log\n" in out
+    assert out.count("#SBATCH --nodes=2\n") == 2 and "--model-tag 'x y'" in out
+    assert out.rstrip().endswith(f"sbatch --parsable {exp_dir}/slurm/a.sbatch\n"
+                                 f"sbatch --parsable '--dependency=afterok:<job id of a>' --kill-on-invalid-dep=yes "
+                                 f"{exp_dir}/slurm/b.sbatch")
+    assert not (tmp_path / "exp").exists()
 
 
 # scheduler lines as Slurm 22.05 prints them, trimmed
@@ -174,19 +289,19 @@ WAITING_LINE = "JobId=14 JobState=PENDING Reason=(ReqNodeNotAvail, UnavailableNo
 
 
 def test_scheduler_lines_become_states():
-    pending = slurm.state_from_fields("12", slurm.parse_scontrol_job(PENDING_LINE))
+    pending = scheduler.state_from_fields("12", scheduler.parse_scontrol_job(PENDING_LINE))
     assert (pending.phase, pending.reason, pending.nodes, pending.ran) == ("pending", "Dependency", None, False)
-    fail = slurm.state_from_fields("13", slurm.parse_scontrol_job(NODE_FAIL_LINE))
+    fail = scheduler.state_from_fields("13", scheduler.parse_scontrol_job(NODE_FAIL_LINE))
     assert (fail.phase, fail.reason, fail.nodes, fail.exit_code, fail.elapsed_s) == (
         "failed", "NODE_FAIL", "n[1-2]", 143, 93784)
-    waiting = slurm.parse_scontrol_job(WAITING_LINE)
+    waiting = scheduler.parse_scontrol_job(WAITING_LINE)
     assert waiting["Reason"] == "(ReqNodeNotAvail, UnavailableNodes:n2)" and waiting["NodeList"] == ""
-    assert slurm.state_from_fields("1", {"JobState": "CANCELLED", "Reason": "None"}).reason == "CANCELLED"
-    assert slurm.state_from_fields("1", {"JobState": "CANCELLED by 0"}).reason == "CANCELLED"  # sacct's words
-    assert slurm.state_from_fields("1", {"JobState": "FAILED", "Reason": "None"}).reason == "NonZeroExitCode"
-    assert slurm.state_from_fields("1", {"JobState": "TIMEOUT", "Reason": "TimeLimit"}).reason == "TIMEOUT"
-    assert slurm.state_from_fields("1", {"JobState": "COMPLETING"}).phase == "running"
-    assert [slurm.parse_duration(t) for t in ("00:00:07", "1:02:03", "2-00:00:01", "Unknown", None)] == [
+    assert scheduler.state_from_fields("1", {"JobState": "CANCELLED", "Reason": "None"}).reason == "CANCELLED"
+    assert scheduler.state_from_fields("1", {"JobState": "CANCELLED by 0"}).reason == "CANCELLED"  # sacct's words
+    assert scheduler.state_from_fields("1", {"JobState": "FAILED", "Reason": "None"}).reason == "NonZeroExitCode"
+    assert scheduler.state_from_fields("1", {"JobState": "TIMEOUT", "Reason": "TimeLimit"}).reason == "TIMEOUT"
+    assert scheduler.state_from_fields("1", {"JobState": "COMPLETING"}).phase == "running"
+    assert [scheduler.parse_duration(t) for t in ("00:00:07", "1:02:03", "2-00:00:01", "Unknown", None)] == [
         7, 3723, 172801, None, None]
 
 
@@ -194,33 +309,7 @@ def test_scheduler_lines_become_states():
 # real jobs on the local cluster
 
 
-def wait_for(job_id: str, phases: tuple[str, ...], timeout_s: float = 120.0) -> slurm.JobState:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        st = slurm.job_state(job_id)
-        if st.phase in phases:
-            return st
-        if time.monotonic() > deadline:
-            raise AssertionError(f"job {job_id} still {st} after {timeout_s:.0f}s")
-        time.sleep(0.25)
-
-
-def wait_for_line(log: Path, pattern: str, timeout_s: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if log.exists() and re.search(pattern, log.read_text(errors="replace"), re.M):
-            return
-        time.sleep(0.25)
-    raise AssertionError(f"no line matching {pattern!r} in {log} after {timeout_s:.0f}s")
-
-
-def launch(tmp_path: Path, legs: list[slurm.LegCommand], nodes: int = 1, on_failure: str = "stop",
-           **settings) -> list[slurm.SubmittedJob]:
-    plan = slurm.plan_chain(legs, slurm.SlurmSettings(nodes=nodes, **settings), tmp_path, REPO, "test", on_failure)
-    return slurm.launch_chain(plan, tmp_path)
-
-
-def trainer_processes(marker: str, module: str = "nanochat.base_train") -> list[psutil.Process]:
+def trainer_processes(marker: str, module: str = "tests.fake_trainer") -> list[psutil.Process]:
     """This test's trainer processes (torchrun or worker): their command line holds `marker`."""
     found = []
     for p in psutil.process_iter(["cmdline"]):
@@ -230,117 +319,252 @@ def trainer_processes(marker: str, module: str = "nanochat.base_train") -> list[
     return found
 
 
-def fields(job_id: str) -> dict[str, str]:
-    out = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True).stdout
-    return slurm.parse_scontrol_job(out)
+def slurm_registry(tmp_path: Path, legs: dict[str, str], nodes: int = 1, on_failure: str = "stop",
+                   module: str = "tests.fake_trainer",
+                   common: str = 'step-sleep = 0.1\ncheckpoint-root = "{exp_dir}/ckpt_root"') -> Path:
+    """A registry whose one experiment `fake` runs on Slurm: one torchrun process per node."""
+    return write_registry(tmp_path, legs, nproc=1, module=module, on_failure=on_failure, common=common,
+                          extra_project=f'executor = "slurm"\n[project.slurm]\nnodes = {nodes}')
+
+
+def launched(r: subprocess.CompletedProcess) -> tuple[Path, dict[str, str]]:
+    """The dir a `cockpit launch` printed (its last line) and each leg's job id (the lines before)."""
+    assert r.returncode == 0, r.stderr
+    *jobs, last = r.stdout.strip().splitlines()
+    ids = dict(re.fullmatch(r"(\S+): Slurm job (\d+) \(\w+\)", line).groups() for line in jobs)
+    return Path(last), ids
+
+
+def states(exp_dir: Path) -> dict[str, expdir.LegState]:
+    """The dir's legs as any client reads them now (asked of the scheduler)."""
+    return expdir.open_dir(exp_dir).states
+
+
+def until_ended(exp_dir: Path, timeout_s: float = 120.0) -> dict[str, expdir.LegState]:
+    return wait_for(lambda: (st := states(exp_dir)) and not any(s.active for s in st.values()) and st,
+                    timeout=timeout_s, every=0.5, what=f"every leg of {exp_dir.name} to end")
+
+
+def wait_for_line(log: Path, pattern: str, timeout_s: float = 90.0) -> None:
+    wait_for(lambda: log.exists() and re.search(pattern, log.read_text(errors="replace"), re.M),
+             timeout=timeout_s, every=0.25, what=f"a line matching {pattern!r} in {log}")
+
+
+def status_lines(reg_path: Path) -> dict[str, str]:
+    """`cockpit status`: each leg's line of experiment `fake`, by leg name."""
+    r = cockpit("--registry", str(reg_path), "status")
+    assert r.returncode == 0, r.stderr
+    block = r.stdout.split("\nfake  [", 1)[1].split("\n\n", 1)[0].splitlines()[1:]
+    return {line.split()[0]: line.strip() for line in block}
 
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("slurm_cluster")
-def test_two_node_training_run_completes(tmp_path):
+def test_two_node_leg_of_the_real_trainer_through_the_cli(tmp_path):
+    """`cockpit launch` of a leg on 2 nodes x 1 process: one training run of world size 2 (a
+    micro-batch spans both ranks), done, its log and report in the dir, its job in its state."""
     t0 = time.monotonic()
-    args = [*TRAINER_SMOKE, "--num-iterations", "3", "--checkpoint-root", str(tmp_path / "ckpt")]
-    [job] = launch(tmp_path, [leg("smoke", args)], nodes=2)
-    assert (tmp_path / "slurm" / "smoke.sbatch").is_file() and job.argv[-1] == str(tmp_path / "slurm" / "smoke.sbatch")
-    running = wait_for(job.job_id, ("running", "completed", "failed"))
-    st = wait_for(job.job_id, ("completed", "failed"))
-    print(f"2-node job: submit to end {time.monotonic() - t0:.1f}s")
-    log = (tmp_path / "smoke.log").read_text()
-    assert st.phase == "completed" and st.exit_code == 0, log
-    assert running.nodes == st.nodes == "n[1-2]" and slurm.expand_nodes(st.nodes) == ["n1", "n2"]
-    # world size 2: a micro-batch spans both ranks, so 1,024 tokens need no gradient accumulation
+    common = "\n".join(f'{k[2:]} = "{v}"' for k, v in zip(TRAINER_SMOKE[::2], TRAINER_SMOKE[1::2], strict=True))
+    common += '\nnum-iterations = 3\ncheckpoint-root = "{exp_dir}/ckpt_root"'
+    reg_path = slurm_registry(tmp_path, {"smoke": 'model-tag = "smoke"'}, nodes=2, module="nanochat.base_train",
+                              common=common)
+    exp_dir, ids = launched(cockpit("--registry", str(reg_path), "launch", "fake"))
+    assert (exp_dir / "slurm" / "smoke.sbatch").is_file() and list(ids) == ["smoke"]
+    st = until_ended(exp_dir, timeout_s=180)["smoke"]
+    print(f"2-node real-trainer leg: launch to done {time.monotonic() - t0:.1f}s")
+    log = (exp_dir / "smoke.log").read_text()
+    assert (st.status, st.job_id, st.nodes, st.exit_code) == ("done", ids["smoke"], "n[1-2]", 0), log
     assert "Tokens / micro-batch / rank: 4 x 128 = 512" in log and "Tokens / micro-batch: 1,024" in log
     assert "gradient accumulation steps: 1" in log
     assert re.search(r"^step 00002/00003 ", log, re.M) and "Total training time:" in log
+    assert re.match(rf"smoke\s+done\s+job {ids['smoke']} on n\[1-2\]  \S+ tok/s", status_lines(reg_path)["smoke"])
+    assert "| smoke | completed |" in (exp_dir / "report.md").read_text()  # written by the status that saw it end
 
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("slurm_cluster")
-def test_chain_runs_in_order(tmp_path):
-    fake = ["--num-iterations", "8", "--step-sleep", "0.2"]
-    first, second = launch(tmp_path, [leg("a", fake, "tests.fake_trainer"), leg("b", fake, "tests.fake_trainer")])
-    wait_for(first.job_id, ("running",))
-    waiting = slurm.job_state(second.job_id)
-    assert (waiting.phase, waiting.reason, waiting.ran) == ("pending", "Dependency", False)
-    assert wait_for(second.job_id, ("completed", "failed")).phase == "completed"
-    assert slurm.job_state(first.job_id).phase == "completed"
-    assert fields(first.job_id)["EndTime"] <= fields(second.job_id)["StartTime"]
-    for name in ("a", "b"):
-        assert "Total training time:" in (tmp_path / f"{name}.log").read_text()
+def test_a_chain_runs_in_order_and_a_failed_leg_stops_it(tmp_path):
+    """Three legs chained afterok: the second waits (Dependency) while the first runs, fails, and
+    the third never runs; status says each, and the report is regenerated after each leg."""
+    reg_path = slurm_registry(tmp_path, {"a": "num-iterations = 20", "b": "num-iterations = 5, fail-at-step = 2",
+                                         "c": "num-iterations = 5"})
+    exp_dir, ids = launched(cockpit("--registry", str(reg_path), "launch", "fake"))
+    plan = json.loads((exp_dir / "plan.json").read_text())
+    assert (plan["executor"], plan["slurm"]["nodes"], plan["on_failure"]) == ("slurm", 1, "stop")
+    assert plan["legs"][1]["argv"][:2] == [plan["torchrun"], "--nnodes=$SLURM_NNODES"]  # what srun starts per node
+    assert plan["legs"][1]["args"][-2:] == ["--fail-at-step", "2"]
+    wait_for_line(exp_dir / "a.log", r"^step 00001/")
+    lines = status_lines(reg_path)
+    assert lines["a"].startswith(f"a  running   job {ids['a']} on n")
+    for leg in ("b", "c"):
+        assert lines[leg] == f"{leg}  queued    job {ids[leg]}  (Slurm job {ids[leg]} pending (Dependency): " \
+                             "waits for the leg before it)"
+    wait_for(lambda: states(exp_dir)["a"].status == "done", timeout=90, every=0.5, what="a done")
+    assert not (exp_dir / "report.md").exists()
+    status_lines(reg_path)  # the first status to see a leg ended writes the dir's report
+    assert "| a | completed |" in (exp_dir / "report.md").read_text()
+    end = until_ended(exp_dir)
+    assert [end[n].status for n in "abc"] == ["done", "failed", "stopped"]
+    assert end["a"].ended_at <= end["b"].started_at  # the scheduler's own times: in order
+    assert end["b"].note is None and end["b"].error_tail[-1].startswith("torchrun: failed")
+    assert end["c"].started_at is None and (exp_dir / "c.log").stat().st_size == 0
+    lines = status_lines(reg_path)
+    assert lines["b"].endswith("(RuntimeError: fake failure at step 2)")
+    assert lines["c"] == f"c  stopped   job {ids['c']}  (queue stopped: a leg before it did not end done " \
+                         "(on_failure = stop; Slurm: DependencyNeverSatisfied), before it started)"
+    report = (exp_dir / "report.md").read_text()
+    assert "| a | completed |" in report and "| b | failed |" in report and "| c | stopped |" in report
+    assert scheduler.queued(list(ids.values())) == []
 
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("slurm_cluster")
-def test_failed_leg_stops_the_chain(tmp_path):
-    first, second = launch(tmp_path, [
-        leg("a", ["--num-iterations", "3", "--fail-at-step", "1"], "tests.fake_trainer"),
-        leg("b", ["--num-iterations", "3"], "tests.fake_trainer"),
-    ])
-    failed = wait_for(first.job_id, ("completed", "failed"))
-    assert (failed.phase, failed.reason, failed.ran) == ("failed", "NonZeroExitCode", True)
-    assert failed.exit_code != 0
-    never = wait_for(second.job_id, ("completed", "failed"), timeout_s=30)
-    assert (never.phase, never.slurm_state, never.reason, never.ran) == (
-        "failed", "CANCELLED", "DependencyNeverSatisfied", False)
-    assert not (tmp_path / "b.log").exists()
-    assert slurm.queued([first.job_id, second.job_id]) == []
-
-
-@pytest.mark.slow
-@pytest.mark.usefixtures("slurm_cluster")
-def test_cancel_mid_leg_leaves_nothing(tmp_path):
-    marker = str(tmp_path / "ckpt")
-    args = [*TRAINER_SMOKE, "--num-iterations", "100000", "--checkpoint-root", marker]
-    jobs = launch(tmp_path, [leg("long", args), leg("after", args)], nodes=2, on_failure="continue")
-    ids = [j.job_id for j in jobs]
-    wait_for_line(tmp_path / "long.log", r"^step 00001/")
-    assert trainer_processes(marker), "the trainer should be running"
+def test_cockpit_stop_mid_leg_leaves_no_job_and_no_process(tmp_path):
+    """`cockpit stop DIR` cancels the running leg and the rest of the chain (afterany: the next leg
+    would otherwise start): squeue lists none of them, no trainer process is left on any node."""
+    marker = str(tmp_path / "exp")
+    reg_path = slurm_registry(tmp_path, {"long": "num-iterations = 10000", "after": "num-iterations = 5"},
+                              nodes=2, on_failure="continue")
+    exp_dir, ids = launched(cockpit("--registry", str(reg_path), "launch", "fake"))
+    wait_for_line(exp_dir / "long.log", r"^step 00001/")
+    assert len(trainer_processes(marker)) >= 4  # a torchrun and a worker on each node
     t0 = time.monotonic()
-    slurm.cancel(ids)
-    print(f"cancel: squeue empty after {time.monotonic() - t0:.1f}s")
-    assert slurm.queued(ids) == []
+    r = cockpit("--registry", str(reg_path), "stop", str(exp_dir))
+    print(f"cockpit stop: {time.monotonic() - t0:.1f}s")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == ["long: stopped (stopped by request (scancel))",
+                                     "after: stopped (stopped by request (scancel), before it started)", str(exp_dir)]
+    assert scheduler.queued(list(ids.values())) == []
     assert trainer_processes(marker) == []
-    states = slurm.job_states(ids)
-    assert (states[ids[0]].phase, states[ids[0]].reason, states[ids[0]].ran) == ("failed", "CANCELLED", True)
-    assert (states[ids[1]].phase, states[ids[1]].ran) == ("failed", False)  # under afterany, never started
-    assert not (tmp_path / "after.log").exists()
+    lines = status_lines(reg_path)
+    assert lines["long"].startswith(f"long   stopped   job {ids['long']} on n[1-2]")
+    assert lines["after"].startswith(f"after  stopped   job {ids['after']}  (stopped by request")
+    assert (exp_dir / "after.log").stat().st_size == 0
+    r = cockpit("--registry", str(reg_path), "stop", str(exp_dir))
+    assert r.returncode == 2 and r.stderr.strip() == f"cockpit: nothing queued or running on Slurm in {exp_dir}"
 
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("slurm_cluster")
-def test_node_lost_mid_leg_fails_with_node_fail(tmp_path):
-    marker = str(tmp_path / "ckpt")
-    args = ["--num-iterations", "1000", "--step-sleep", "0.1", "--checkpoint-root", marker]
-    [job] = launch(tmp_path, [leg("a", args, "tests.fake_trainer")], nodes=2)
+def test_a_node_lost_mid_leg_fails_it_with_the_schedulers_reason(tmp_path):
+    marker = str(tmp_path / "exp")
+    reg_path = slurm_registry(tmp_path, {"a": "num-iterations = 1000"}, nodes=2)
+    exp_dir, ids = launched(cockpit("--registry", str(reg_path), "launch", "fake"))
     try:
-        wait_for_line(tmp_path / "a.log", r"^step 00001/")
-        assert len(trainer_processes(marker, "tests.fake_trainer")) >= 4  # a torchrun and a worker per node
+        wait_for_line(exp_dir / "a.log", r"^step 00001/")
         subprocess.run(["scontrol", "update", "nodename=n2", "state=down", "reason=test"], check=True)
-        st = wait_for(job.job_id, ("completed", "failed"), timeout_s=60)
+        st = until_ended(exp_dir, timeout_s=60)["a"]
     finally:
         resume_node("n2")
-    assert (st.phase, st.reason, st.slurm_state, st.ran) == ("failed", "NODE_FAIL", "NODE_FAIL", True)
-    assert slurm.queued([job.job_id]) == []
+    note = f"NODE_FAIL (Slurm job {ids['a']} on n[1-2])"
+    assert (st.status, st.note, st.error_tail[-1]) == ("failed", note, note)
+    assert status_lines(reg_path)["a"].endswith(f"({note})")  # the scheduler's reason, not a log line
+    assert scheduler.queued([ids["a"]]) == []
     # the scheduler kills the job's processes on both nodes (here the downed one is still reachable)
-    deadline = time.monotonic() + 10
-    while trainer_processes(marker, "tests.fake_trainer") and time.monotonic() < deadline:
-        time.sleep(0.25)
-    assert trainer_processes(marker, "tests.fake_trainer") == []
+    wait_for(lambda: trainer_processes(marker) == [], timeout=10, what="no trainer process left")
+
+
+@pytest.mark.usefixtures("slurm_cluster")
+def test_a_launch_the_scheduler_refuses_is_one_line_and_writes_nothing(tmp_path):
+    reg_path = slurm_registry(tmp_path, {"a": "num-iterations = 5"}, nodes=3)  # the cluster has 2 nodes
+    r = cockpit("--registry", str(reg_path), "launch", "fake")
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr == "cockpit: Slurm refuses leg a: allocation failure: Requested node configuration is not available\n"
+    assert not (tmp_path / "exp").exists() or [p.name for p in (tmp_path / "exp").iterdir()] == [".cockpit-locks"]
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("slurm_cluster")
+def test_a_foreground_launch_waits_for_the_chain(tmp_path):
+    reg_path = slurm_registry(tmp_path, {"a": "num-iterations = 3", "b": "num-iterations = 3"})
+    r = cockpit("--registry", str(reg_path), "launch", "fake", "--foreground")
+    assert r.returncode == 0, r.stderr
+    exp_dir = Path(r.stdout.splitlines()[-1])
+    ids = {n: s.job_id for n, s in states(exp_dir).items()}
+    lines = r.stdout.splitlines()  # each leg's end as the scheduler tells it, then the summary
+    for line, leg in zip(lines[:2], "ab", strict=True):
+        assert re.fullmatch(rf"{leg}: done \(Slurm job {ids[leg]} on n[12] completed\)", line), line
+    assert lines[2:] == ["a: done", "b: done", str(exp_dir)]
+
+
+@pytest.mark.usefixtures("slurm_cluster")
+def test_a_job_the_scheduler_forgot_is_judged_from_its_log(tmp_path):
+    """Past MinJobAge (no accounting here) scontrol no longer knows a job: a leg recorded as
+    running or queued is then judged from its log, never taken for running, and recorded."""
+    exp_dir = tmp_path / "exp" / "20260101_000000_fake"
+    logs = {"ok": log_lines(5, 5), "crashed": log_lines(3, 5, crash=True), "cut": log_lines(3, 5, finished=False),
+            "never": []}
+    plan = {"experiment": "fake", "executor": "slurm", "legs": [{"name": n} for n in logs]}
+    (exp_dir / "state").mkdir(parents=True)
+    (exp_dir / "plan.json").write_text(json.dumps(plan))
+    for i, (name, lines) in enumerate(logs.items()):
+        (exp_dir / f"{name}.log").write_text("".join(x + "\n" for x in lines))
+        expdir.write_state(exp_dir, expdir.LegState(name, "running" if lines else "queued", job_id=str(999999990 + i),
+                                                    log=str(exp_dir / f"{name}.log")))
+    got = states(exp_dir)
+    assert {n: got[n].status for n in logs} == {"ok": "done", "crashed": "failed", "cut": "failed", "never": "stopped"}
+    assert "forgotten by the scheduler" in got["ok"].note and got["ok"].exit_code_known is False
+    assert got["crashed"].error_tail[-1] == "RuntimeError: CUDA out of memory (fake)"
+    assert got["cut"].note.endswith("(neither finished nor crashed)")
+    assert got["never"].note == "Slurm job 999999993 ended without writing to its log; the scheduler has forgotten it"
+    assert json.loads((exp_dir / "state" / "ok.json").read_text())["status"] == "done"  # recorded once
+
+
+def test_a_scheduler_that_cannot_be_asked_leaves_the_leg_unknown(tmp_path, monkeypatch):
+    exp_dir = tmp_path / "20260101_000000_fake"
+    (exp_dir / "state").mkdir(parents=True)
+    (exp_dir / "plan.json").write_text(json.dumps({"experiment": "fake", "executor": "slurm", "legs": [{"name": "a"}]}))
+    expdir.write_state(exp_dir, expdir.LegState("a", "running", job_id="42"))
+    monkeypatch.setenv("PATH", str(tmp_path))  # no scontrol
+    st = states(exp_dir)["a"]
+    assert (st.status, st.note) == ("unknown", "unknown: Slurm job 42 cannot be asked about: scontrol not found on "
+                                               "PATH: the Slurm client commands are needed on this machine")
+    assert json.loads((exp_dir / "state" / "a.json").read_text())["status"] == "running"  # nothing recorded
+    with pytest.raises(expdir.RunError, match="^nothing stopped in .*: leg a: unknown: Slurm job 42 cannot be"):
+        launch.stop(exp_dir)
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("slurm_cluster")
+async def test_a_tui_launch_goes_to_slurm(tmp_path, monkeypatch):
+    """`l` on a leg of a Slurm experiment: the confirmation shows its batch script and sbatch line;
+    `y` submits it; the GPU panel says which nodes it holds while it runs; it ends done."""
+    monkeypatch.setenv("PYTHONPATH", str(REPO))  # the job imports tests.fake_trainer from the checkout
+    reg_path = slurm_registry(tmp_path, {"a": "num-iterations = 60"}, nodes=2)
+    app = CockpitApp(reg_path, sampler=FakeSampler(nvml=False), branch="main", clock=fixed_clock)
+    async with app.run_test(size=(160, 48)) as pilot:
+        main = await ready(pilot, app)
+        await select(pilot, app, Selection("leg", "fake", "a"))
+        await pilot.press("l")
+        screen = await until(pilot, lambda: isinstance(app.screen, ConfirmScreen) and app.screen, what="confirm")
+        body = str(screen.body)
+        assert "on Slurm: each leg a batch job" in body and "#SBATCH --nodes=2" in body
+        assert "sbatch --parsable " in body and "/slurm/a.sbatch" in body
+        await pilot.press("y")
+        leg = await until(pilot, lambda: (v := main.view) and (x := v.experiment("fake").leg("a")).job and x,
+                          timeout=30, what="the leg's job")
+        d = Path(leg.exp_dir)
+        job_id = json.loads((d / "state" / "a.json").read_text())["job_id"]
+        panel = await until(pilot, lambda: main.view.gpu and main.view.gpu.slurm, timeout=60, what="its nodes")
+        assert panel == (f"fake/a: Slurm job {job_id} on n[1-2]" + panel[0].split("n[1-2]")[1],)
+        await until(pilot, lambda: main.finished, timeout=90, what="the leg to end")
+        assert main.finished == [f"{d}/a:done"]
+        assert main.view.gpu.slurm == ()
 
 
 @pytest.mark.usefixtures("slurm_cluster")
 def test_scheduler_errors_are_one_line(tmp_path):
     bad = slurm.plan_chain([leg("b", [])], slurm.SlurmSettings(partition="nosuch"), tmp_path, REPO, "t")
-    with pytest.raises(slurm.SlurmError, match=r"^leg b: sbatch failed \(exit 1\): .*[Ii]nvalid partition"):
+    with pytest.raises(scheduler.SlurmError, match=r"^leg b: sbatch failed \(exit 1\): .*[Ii]nvalid partition"):
         slurm.launch_chain(bad, tmp_path)
     # a chain is submitted whole or not at all: the first job is cancelled when the second fails
     prefix = f"whole-{uuid.uuid4().hex[:12]}"  # the controller keeps earlier runs' jobs for MinJobAge
     good = slurm.plan_chain([leg("a", ["--num-iterations", "1"], "tests.fake_trainer")], slurm.SlurmSettings(),
                             tmp_path, REPO, prefix)
     paths = [("a", slurm.write_script(tmp_path, *good.scripts[0])), ("b", tmp_path / "missing.sbatch")]
-    with pytest.raises(slurm.SlurmError, match=r"^leg b: sbatch failed \(exit 1\): .*missing.sbatch"):
+    with pytest.raises(scheduler.SlurmError, match=r"^leg b: sbatch failed \(exit 1\): .*missing.sbatch"):
         slurm.submit_chain(paths)
     out = subprocess.run(["scontrol", "show", "job", "-o"], capture_output=True, text=True).stdout
-    [first] = [f for f in map(slurm.parse_scontrol_job, out.splitlines()) if f.get("JobName") == f"{prefix}/a"]
-    assert first["JobState"] == "CANCELLED" and slurm.queued([first["JobId"]]) == []
-    assert slurm.job_state("999999999").phase == "forgotten"
+    [first] = [f for f in map(scheduler.parse_scontrol_job, out.splitlines()) if f.get("JobName") == f"{prefix}/a"]
+    assert first["JobState"] == "CANCELLED" and scheduler.queued([first["JobId"]]) == []
+    assert scheduler.job_state("999999999").phase == "forgotten"

@@ -21,7 +21,9 @@ from conftest import (
     FakeSampler,
     fixed_clock,
     log_lines,
+    ready,
     registry_file,
+    select,
     until,
     write_dir,
     write_registry,
@@ -52,25 +54,6 @@ def make_app(registry: Path, **kw) -> CockpitApp:
     kw.setdefault("branch", "main")
     kw.setdefault("clock", fixed_clock)
     return CockpitApp(registry, **kw)
-
-
-async def ready(pilot, app: CockpitApp) -> MainScreen:
-    """The main screen once it shows its first view."""
-    main = app.main_screen
-    await until(pilot, lambda: main.view is not None, what="the first view")
-    await pilot.pause(0.1)
-    return main
-
-
-async def select(pilot, app: CockpitApp, sel: Selection) -> None:
-    tree = app.query_one(ExperimentTree)
-    await until(pilot, lambda: tree.cursor_line >= 0, what="the tree's cursor")
-    node = tree.node_for(sel)
-    if node.parent is not None and not node.parent.is_expanded:
-        node.parent.expand()
-        await pilot.pause(0.1)
-    tree.move_cursor(node)
-    await until(pilot, lambda: app.main_screen.selection == sel, what=f"selection {sel}")
 
 
 def notes(app: CockpitApp) -> list[str]:

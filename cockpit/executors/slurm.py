@@ -9,54 +9,53 @@ wrote in a flag can be interpreted by the job's shell. The job's stdout and stde
 
 The legs of one launch run in order: each job depends on the one before it, `afterok` when the chain
 stops at a failure (a failed leg leaves the rest cancelled by the scheduler, reason
-DependencyNeverSatisfied), `afterany` when it goes on regardless.
+DependencyNeverSatisfied), `afterany` when it goes on regardless. There is no supervisor: the
+scheduler runs the chain, and `state/<leg>.json` holds the leg's job id. Where a job stands is the
+scheduler's to say (scheduler.py); expdir.py asks it whenever a dir is read.
 
-Where a job stands comes from `scontrol show job` (the controller keeps finished jobs for its
-MinJobAge, 5 minutes by default), then from `sacct` where the cluster keeps accounting. A job that
-neither knows any more is "forgotten": whoever asked judges it from its log.
+As an executor it offers what launch.py calls of every executor (see executors/__init__.py):
+`start` submits a dir's planned legs (or `--foreground`: and waits for the chain to end), `stop`
+cancels a leg and the rest of its chain through scancel. `refresh_report` regenerates a dir's
+report.md once a client has seen a leg end (the batch job may be killed before it could).
 
-Every Slurm command runs as an argv list, never through a shell. A missing or failing command
-raises SlurmError with one line that says what went wrong.
+Layer 2: imports fsutil, safetext, registry, scheduler, vocab, expdir and report.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import shlex
-import shutil
-import subprocess
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-CALL_TIMEOUT_S = 30.0  # one Slurm command; a controller that does not answer in this long is down
+from cockpit import fsutil, report, safetext
+from cockpit.expdir import (
+    ExpDir,
+    LegState,
+    RunError,
+    describe,
+    now_iso,
+    open_dir,
+    plan_tail,
+    state_path,
+    stop_request_path,
+    write_state,
+)
+from cockpit.registry import SBATCH_UNSAFE, SlurmSettings
+from cockpit.scheduler import SlurmError, call, cancel, command_failed, last_line
+from cockpit.vocab import ENDED_STATUSES, Status
+
+NAME = "slurm"
 RDZV_PORT_BASE = 20000  # the rendezvous port is RDZV_PORT_BASE + job id mod RDZV_PORT_SPAN:
 RDZV_PORT_SPAN = 20000  # two jobs sharing a node rarely pick the same one
+SCRIPT_DIR = "slurm"  # <dir>/slurm/<leg>.sbatch
+PREFLIGHT = "no local GPU preflight: the scheduler allocates the GPUs"
+FOLLOW_POLL_S = 2.0  # --foreground: how often the chain is asked where it stands
 
 OnFailure = Literal["stop", "continue"]
-Phase = Literal["pending", "running", "completed", "failed", "forgotten"]
-
-
-class SlurmError(Exception):
-    """A Slurm command is missing, failed or answered something unreadable; the message is one line."""
-
-
-@dataclass(frozen=True)
-class SlurmSettings:
-    """What every job of a launch asks the scheduler for (`[project.slurm]`, `[experiment.slurm]`)."""
-
-    partition: str | None = None
-    account: str | None = None
-    qos: str | None = None
-    time: str | None = None  # Slurm's time limit syntax: "30", "4:00:00", "1-00:00:00"
-    nodes: int = 1
-    gpus_per_node: int | None = None  # None: one per torchrun process (nproc_per_node); 0 for CPU legs
-    cpus_per_task: int | None = None  # one task per node: the CPUs of one node's torchrun and workers
-    mem: str | None = None  # per node, Slurm's syntax: "64G"
-    extra_args: tuple[str, ...] = ()  # more sbatch arguments, one argv item each
-    setup: tuple[str, ...] = ()  # shell lines the job runs before srun (activate the venv, load modules)
 
 
 @dataclass(frozen=True)
@@ -78,77 +77,14 @@ class SubmittedJob:
     argv: tuple[str, ...]  # the sbatch command line that submitted it
 
 
-@dataclass(frozen=True)
-class JobState:
-    """Where one job stands, in the scheduler's words.
-
-    phase: pending (reason: Resources, Priority, Dependency, ...), running (nodes, elapsed),
-    completed, failed (reason: NonZeroExitCode, NODE_FAIL, TIMEOUT, OUT_OF_MEMORY, CANCELLED,
-    DependencyNeverSatisfied, ...) or forgotten (the scheduler no longer knows the job).
-    """
-
-    job_id: str
-    phase: Phase
-    slurm_state: str | None = None  # the scheduler's own state word: PENDING, RUNNING, NODE_FAIL, ...
-    reason: str | None = None  # why it waits or why it ended; None when there is nothing to say
-    nodes: str | None = None  # Slurm's node list expression ("n[1-2]"); None before it had nodes
-    elapsed_s: int | None = None
-    exit_code: int | None = None  # the batch script's exit status, once it ended
-    exit_signal: int | None = None  # the signal that ended it, 0 for none
-    source: str = "scontrol"  # where this came from: scontrol, sacct, or "" for forgotten
-
-    @property
-    def ran(self) -> bool:
-        """The job got nodes at some point (a job cancelled while pending never ran)."""
-        return bool(self.nodes)
-
-
-# The scheduler's job states, by phase. Anything else that has ended counts as failed.
-_PENDING = {"PENDING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "RESV_DEL_HOLD"}
-_RUNNING = {
-    "RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED", "STOPPED", "SIGNALING",
-    "STAGE_OUT", "RESIZING", "POWER_UP_NODE", "UPDATE_DB",
-}
-_COMPLETED = {"COMPLETED"}
-
-
-# ----------------------------------------------------------------------------------------------
-# running Slurm's commands
-
-
-def _run(argv: list[str], timeout: float = CALL_TIMEOUT_S) -> subprocess.CompletedProcess[str]:
-    """Run one Slurm command (argv, no shell); SlurmError when it is missing or hangs. Any exit code."""
-    if shutil.which(argv[0]) is None:
-        raise SlurmError(f"{argv[0]} not found on PATH: the Slurm client commands are needed on this machine")
-    try:
-        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired:
-        raise SlurmError(f"{argv[0]} did not answer in {timeout:.0f}s (is slurmctld up?)") from None
-    except OSError as e:
-        raise SlurmError(f"{argv[0]}: {e.strerror or e}") from None
-
-
-def _last_line(text: str) -> str:
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[-1] if lines else ""
-
-
-def _failed(proc: subprocess.CompletedProcess[str], what: str) -> SlurmError:
-    why = _last_line(proc.stderr) or _last_line(proc.stdout) or "no message"
-    return SlurmError(f"{what} failed (exit {proc.returncode}): {why}")
-
-
 # ----------------------------------------------------------------------------------------------
 # the batch script of one leg
 
-# An #SBATCH line is split on whitespace by sbatch (quotes do not group), so a value may hold no
-# whitespace, no quote, no backslash and no control character.
-_UNSAFE_SBATCH = re.compile(r"[\s'\"\\\x00-\x1f\x7f]")
-
 
 def _sbatch_value(option: str, value: object) -> str:
+    """A value for an #SBATCH line, which sbatch splits on whitespace (quotes do not group)."""
     text = str(value)
-    if not text or _UNSAFE_SBATCH.search(text):
+    if not text or SBATCH_UNSAFE.search(text):
         raise SlurmError(f"{option} {text!r}: an #SBATCH value may not be empty or hold spaces, quotes or backslashes")
     return text
 
@@ -168,6 +104,27 @@ def gpus_per_node(cmd: LegCommand, settings: SlurmSettings) -> int:
     if settings.gpus_per_node is not None:
         return settings.gpus_per_node
     return cmd.nproc_per_node if cmd.uses_gpus else 0
+
+
+def node_argv(cmd: LegCommand) -> list[str]:
+    """What srun starts on each node: torchrun with the allocation's rendezvous, the module, the
+    trainer's flags. `$SLURM_NNODES`, `$SLURM_JOB_ID`, `$rdzv_host` and `$rdzv_port` are the batch
+    shell's variables, expanded when the job runs."""
+    return [
+        cmd.torchrun, "--nnodes=$SLURM_NNODES", f"--nproc_per_node={int(cmd.nproc_per_node)}",
+        "--rdzv_id=$SLURM_JOB_ID", "--rdzv_backend=c10d", "--rdzv_endpoint=$rdzv_host:$rdzv_port",
+        "-m", cmd.module, "--", *cmd.args,
+    ]
+
+
+def _shell_words(cmd: LegCommand) -> list[str]:
+    """node_argv as words of the batch script: the rendezvous flags keep their `$` variables live
+    in double quotes; torchrun's path, the module and the trainer's flags are single-quoted by
+    shlex, so nothing a user wrote is ever expanded."""
+    argv = node_argv(cmd)
+    cut = argv.index("--")
+    ours = {i for i in range(1, cut) if "$" in argv[i]}  # the flags node_argv itself wrote
+    return [f'"{w}"' if i in ours else shlex.quote(w) for i, w in enumerate(argv)]
 
 
 def render_batch_script(
@@ -212,22 +169,25 @@ def render_batch_script(
     lines += [f"#SBATCH {opt}" for opt in opts]
     if settings.extra_args:
         lines.append("#SBATCH " + " ".join(_sbatch_value("extra_args", a) for a in settings.extra_args))
-    lines += ["", "set -e"]
+    lines += ["", "export PYTHONUNBUFFERED=1  # every line reaches the log when it is printed", "set -e"]
     lines += list(settings.setup)
     # srun does not pass the job's --cpus-per-task on to its steps (Slurm 22.05+): say it again
     step_cpus = f" --cpus-per-task={int(settings.cpus_per_task)}" if settings.cpus_per_task else ""
-    trainer = " ".join(shlex.quote(a) for a in cmd.args)
+    words = _shell_words(cmd)
+    cut = words.index("--") + 1
+    trainer = " ".join(words[cut:])
     lines += [
         "",
         "# torchrun's rendezvous lives on the first node of the allocation, at the address Slurm reaches it by",
         'head_node=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
         "head_addr=$(scontrol show node -o \"$head_node\" | tr ' ' '\\n' | sed -n 's/^NodeAddr=//p')",
-        f"port=$(({RDZV_PORT_BASE} + SLURM_JOB_ID % {RDZV_PORT_SPAN}))",
+        'rdzv_host=${head_addr:-$head_node}',
+        f"rdzv_port=$(({RDZV_PORT_BASE} + SLURM_JOB_ID % {RDZV_PORT_SPAN}))",
         "",
         f"exec srun --ntasks-per-node=1{step_cpus} --kill-on-bad-exit=1 \\",
-        f"    {shlex.quote(cmd.torchrun)} --nnodes=\"$SLURM_NNODES\" --nproc_per_node={int(cmd.nproc_per_node)} \\",
-        '    --rdzv_id="$SLURM_JOB_ID" --rdzv_backend=c10d --rdzv_endpoint="${head_addr:-$head_node}:$port" \\',
-        f"    -m {shlex.quote(cmd.module)} --" + (f" \\\n    {trainer}" if trainer else ""),
+        f"    {' '.join(words[:3])} \\",
+        f"    {' '.join(words[3:6])} \\",
+        f"    {' '.join(words[6:cut])}" + (f" \\\n    {trainer}" if trainer else ""),
         "",
     ]
     return "\n".join(lines)
@@ -235,7 +195,7 @@ def render_batch_script(
 
 def script_path(exp_dir: Path | str, leg: str) -> Path:
     """Where a leg's batch script is kept, so what ran can be read and resubmitted by hand."""
-    return Path(exp_dir) / "slurm" / f"{leg}.sbatch"
+    return Path(exp_dir) / SCRIPT_DIR / f"{leg}.sbatch"
 
 
 def write_script(exp_dir: Path | str, leg: str, text: str) -> Path:
@@ -243,20 +203,19 @@ def write_script(exp_dir: Path | str, leg: str, text: str) -> Path:
     if not leg or "/" in leg or leg in (".", ".."):
         raise SlurmError(f"leg name {leg!r} cannot name a file")
     path = script_path(exp_dir, leg)
-    path.parent.mkdir(exist_ok=True)
-    if path.parent.is_symlink():
-        raise SlurmError(f"{path.parent} is a symlink: not writing through it")
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        fd = fsutil.create_new(path, root=exp_dir)
     except FileExistsError:
         raise SlurmError(f"{path} exists: a launch writes its scripts into a fresh dir") from None
+    except OSError as e:
+        raise SlurmError(f"cannot write {path}: {describe(e)}") from None
     with os.fdopen(fd, "w") as f:
         f.write(text)
     return path
 
 
 # ----------------------------------------------------------------------------------------------
-# submit, query, cancel
+# submitting a chain
 
 
 def dependency_type(on_failure: OnFailure) -> str:
@@ -281,13 +240,13 @@ def sbatch_argv(script: Path | str, after: str | None = None, on_failure: OnFail
 def submit(script: Path | str, after: str | None = None, on_failure: OnFailure = "stop") -> tuple[str, list[str]]:
     """Submit one batch script; its job id and the command line that submitted it."""
     argv = sbatch_argv(script, after, on_failure)
-    proc = _run(argv)
+    proc = call(argv)
     if proc.returncode != 0:
-        raise _failed(proc, "sbatch")
+        raise command_failed(proc, "sbatch")
     # --parsable prints "<job id>" or "<job id>;<cluster>"
-    job_id = _last_line(proc.stdout).split(";")[0]
+    job_id = last_line(proc.stdout).split(";")[0]
     if not job_id.isdigit():
-        raise SlurmError(f"sbatch printed no job id: {_last_line(proc.stdout)!r}")
+        raise SlurmError(f"sbatch printed no job id: {last_line(proc.stdout)!r}")
     return job_id, argv
 
 
@@ -311,156 +270,6 @@ def submit_chain(scripts: list[tuple[str, Path]], on_failure: OnFailure = "stop"
             raise SlurmError(f"leg {leg}: {e}") from None
         done.append(SubmittedJob(leg, job_id, tuple(argv)))
     return done
-
-
-# `scontrol show job -o` prints one line of Key=Value pairs; a value may hold spaces
-# ("Reason=(ReqNodeNotAvail, UnavailableNodes:n2)"), so a pair ends where the next " Key=" starts.
-_PAIR = re.compile(r"([A-Za-z][\w:/]*)=(.*?)(?= [A-Za-z][\w:/]*=|$)")
-
-
-def parse_scontrol_job(line: str) -> dict[str, str]:
-    """One job's `scontrol show job -o` line as a dict (the first value wins on a repeated key)."""
-    fields: dict[str, str] = {}
-    for key, value in _PAIR.findall(line.strip()):
-        fields.setdefault(key, value.strip())
-    return fields
-
-
-def parse_duration(text: str | None) -> int | None:
-    """Slurm's [D-]HH:MM:SS (or MM:SS) as seconds; None for anything else."""
-    if not text:
-        return None
-    m = re.fullmatch(r"(?:(\d+)-)?(?:(\d+):)?(\d+):(\d+)", text.strip())
-    if not m:
-        return None
-    days, hours, minutes, seconds = (int(g) if g else 0 for g in m.groups())
-    return ((days * 24 + hours) * 60 + minutes) * 60 + seconds
-
-
-def _exit(text: str | None) -> tuple[int | None, int | None]:
-    m = re.fullmatch(r"(\d+):(\d+)", (text or "").strip())
-    return (int(m.group(1)), int(m.group(2))) if m else (None, None)
-
-
-def _nodes(text: str | None) -> str | None:
-    text = (text or "").strip()
-    return text if text and text != "(null)" else None
-
-
-def state_from_fields(job_id: str, fields: dict[str, str], source: str = "scontrol") -> JobState:
-    """A JobState from the scheduler's fields (JobState, Reason, NodeList, RunTime, ExitCode)."""
-    raw = fields.get("JobState", "").split()
-    slurm_state = raw[0] if raw else "UNKNOWN"
-    reason = fields.get("Reason")
-    reason = None if reason in (None, "", "None", "(null)") else reason
-    exit_code, exit_signal = _exit(fields.get("ExitCode"))
-    common = dict(
-        job_id=job_id,
-        slurm_state=slurm_state,
-        nodes=_nodes(fields.get("NodeList")),
-        elapsed_s=parse_duration(fields.get("RunTime")),
-        source=source,
-    )
-    if slurm_state in _PENDING:
-        return JobState(phase="pending", reason=reason, **common)
-    if slurm_state in _RUNNING:
-        return JobState(phase="running", reason=reason, **common)
-    if slurm_state in _COMPLETED:
-        return JobState(phase="completed", exit_code=exit_code, exit_signal=exit_signal, **common)
-    # Ended otherwise. The state word says why (NODE_FAIL, TIMEOUT, OUT_OF_MEMORY, ...: its Reason,
-    # e.g. NodeDown, only repeats it), except for FAILED (the script's exit status: NonZeroExitCode)
-    # and CANCELLED, whose Reason tells a user's scancel from DependencyNeverSatisfied.
-    why = slurm_state
-    if slurm_state == "FAILED":
-        why = reason or "NonZeroExitCode"
-    elif slurm_state == "CANCELLED" and reason:
-        why = reason
-    return JobState(phase="failed", reason=why, exit_code=exit_code, exit_signal=exit_signal, **common)
-
-
-def _from_scontrol(job_id: str) -> JobState | None:
-    """The controller's view of a job, or None when it no longer knows it."""
-    proc = _run(["scontrol", "show", "job", "-o", job_id])
-    if proc.returncode != 0:
-        if "Invalid job id" in proc.stderr:
-            return None
-        raise _failed(proc, "scontrol show job")
-    for line in proc.stdout.splitlines():
-        fields = parse_scontrol_job(line)
-        # a job array or het job prints several lines; ours is the one with our id
-        if fields.get("JobId") == job_id:
-            return state_from_fields(job_id, fields)
-    raise SlurmError(f"scontrol show job {job_id}: no line for the job in its answer")
-
-
-def _from_sacct(job_id: str) -> JobState | None:
-    """The accounting's view of a finished job, or None where there is no accounting or no record."""
-    if shutil.which("sacct") is None:
-        return None
-    fmt = "JobID,State,NodeList,Elapsed,ExitCode"
-    proc = _run(["sacct", "--noheader", "--parsable2", "--allocations", "--jobs", job_id, f"--format={fmt}"])
-    if proc.returncode != 0:
-        return None  # e.g. "Slurm accounting storage is disabled": nothing to ask
-    for line in proc.stdout.splitlines():
-        parts = line.split("|")
-        if len(parts) == 5 and parts[0] == job_id:
-            fields = dict(zip(("JobId", "JobState", "NodeList", "RunTime", "ExitCode"), parts, strict=True))
-            fields["NodeList"] = "" if fields["NodeList"] == "None assigned" else fields["NodeList"]
-            # sacct says "CANCELLED by 0": the state word is the first
-            return state_from_fields(job_id, fields, source="sacct")
-    return None
-
-
-def job_state(job_id: str) -> JobState:
-    """Where one job stands: the controller's view, else the accounting's, else forgotten."""
-    return _from_scontrol(job_id) or _from_sacct(job_id) or JobState(job_id=job_id, phase="forgotten", source="")
-
-
-def job_states(job_ids: list[str]) -> dict[str, JobState]:
-    """job_state of each id, by id."""
-    return {j: job_state(j) for j in job_ids}
-
-
-def queued(job_ids: list[str]) -> list[str]:
-    """The ids among these that squeue still lists (pending, running or completing)."""
-    if not job_ids:
-        return []
-    proc = _run(["squeue", "--noheader", "--format=%i", "--jobs", ",".join(job_ids)])
-    if proc.returncode != 0:
-        if "Invalid job id" in proc.stderr:
-            return []  # squeue knows none of them any more
-        raise _failed(proc, "squeue")
-    listed = {line.strip() for line in proc.stdout.splitlines()}
-    return [j for j in job_ids if j in listed]
-
-
-def cancel(job_ids: list[str], timeout_s: float = 60.0, poll_s: float = 0.2) -> None:
-    """Cancel a chain's jobs and wait until squeue lists none of them.
-
-    The last leg is cancelled first: under afterany, a running leg that ends before its successor
-    is cancelled would let that successor start. A job leaves squeue only once its processes are
-    gone from every node (the scheduler sends SIGTERM, then SIGKILL after its KillWait).
-    """
-    if not job_ids:
-        return
-    proc = _run(["scancel", *reversed(job_ids)])
-    if proc.returncode != 0:  # ids already ended or forgotten are no error to scancel: this is one
-        raise _failed(proc, "scancel")
-    deadline = time.monotonic() + timeout_s
-    left = queued(job_ids)
-    while left:
-        if time.monotonic() > deadline:
-            raise SlurmError(f"jobs {','.join(left)} still queued {timeout_s:.0f}s after scancel")
-        time.sleep(poll_s)
-        left = queued(left)
-
-
-def expand_nodes(nodelist: str) -> list[str]:
-    """A node list expression ("n[1-2]") as node names, through `scontrol show hostnames`."""
-    proc = _run(["scontrol", "show", "hostnames", nodelist])
-    if proc.returncode != 0:
-        raise _failed(proc, "scontrol show hostnames")
-    return [line.strip() for line in proc.stdout.splitlines() if line.strip()]
 
 
 @dataclass
@@ -495,7 +304,169 @@ def plan_chain(
     return ChainPlan(scripts, on_failure)
 
 
+def refusals(plan: ChainPlan) -> list[str]:
+    """What the scheduler would refuse of these scripts now (a partition it does not have, more
+    nodes or GPUs than it has), asked with `sbatch --test-only`: nothing is submitted."""
+    out = []
+    for leg, text in plan.scripts:
+        proc = call(["sbatch", "--test-only"], stdin=text)
+        if proc.returncode != 0:
+            out.append(f"Slurm refuses leg {leg}: {last_line(proc.stderr) or last_line(proc.stdout) or 'no message'}")
+    return out
+
+
 def launch_chain(plan: ChainPlan, exp_dir: Path | str) -> list[SubmittedJob]:
     """Save each script as `<exp_dir>/slurm/<leg>.sbatch`, then submit them as one chain."""
     paths = [(leg, write_script(exp_dir, leg, text)) for leg, text in plan.scripts]
     return submit_chain(paths, plan.on_failure)
+
+
+# ----------------------------------------------------------------------------------------------
+# the executor: a launch's plan in, a chain of jobs out
+
+
+def plan_record(settings: SlurmSettings) -> dict[str, Any]:
+    """What plan.json records of the Slurm settings a launch used (read back by `chain_of`)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(settings).items()}
+
+
+def job_prefix(exp_dir: Path | str) -> str:
+    """The job names' prefix: the dir's name, with what an #SBATCH line cannot hold made `_`."""
+    return SBATCH_UNSAFE.sub("_", Path(exp_dir).name) or "cockpit"
+
+
+def chain_of(plan: dict, exp_dir: Path | str) -> ChainPlan:
+    """The chain of a plan (the dict launch.py writes as plan.json): every leg's script, rendered."""
+    raw = dict(plan.get("slurm") or {})
+    settings = SlurmSettings(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
+    commands = [
+        LegCommand(spec["name"], plan["torchrun"], int(spec["nproc_per_node"]), spec["module"],
+                   tuple(spec["args"]), uses_gpus=spec.get("device") != "cpu")
+        for spec in plan["legs"]
+    ]
+    return plan_chain(commands, settings, exp_dir, plan["cwd"], job_prefix(exp_dir), plan.get("on_failure", "stop"))
+
+
+def dry_run(plan: dict, exp_dir: Path | str) -> list[str]:
+    """What a launch would submit: each leg's batch script as it would be saved, then the sbatch
+    command lines of the chain. Writes nothing."""
+    chain = chain_of(plan, exp_dir)
+    out = [f"# executor: Slurm, one batch job per leg, chained {dependency_type(chain.on_failure)}; {PREFLIGHT}"]
+    for leg, text in chain.scripts:
+        out += ["", f"# ---- {script_path(exp_dir, leg)} ----", text.rstrip("\n"), "# ---- end ----"]
+    return [*out, "", *chain.argv_lines(exp_dir)]
+
+
+def start(exp_dir: Path, plan: dict, lock_fd: int | None = None, foreground: bool = False,
+          grace_s: float | None = None, echo: Callable[[str], None] | None = None) -> None:
+    """Submit the dir's planned legs as one chain and record each leg's job id in its state.
+
+    Each leg's log is created new first (the job appends to that very file), then the scripts are
+    saved and submitted. If the states cannot be recorded the chain is cancelled: no job runs
+    that the cockpit does not know. `lock_fd` (the experiment's queue lock) is only held while
+    submitting: afterwards the scheduler holds the queue, and a second launch is refused while
+    the chain has a job queued or running. RunError (one line) when anything refuses.
+    With `foreground`, wait until every job of the chain has ended, `echo`ing each leg's end.
+    """
+    del lock_fd, grace_s  # the scheduler queues and stops the legs: nothing here to hand over
+    try:
+        chain = chain_of(plan, exp_dir)
+        for leg, _ in chain.scripts:
+            os.close(fsutil.create_new(leg_log(exp_dir, leg), root=exp_dir))
+        jobs = launch_chain(chain, exp_dir)
+    except SlurmError as e:
+        raise RunError(str(e)) from None
+    except OSError as e:
+        raise RunError(f"cannot prepare the legs' files in {exp_dir}: {describe(e)}") from None
+    try:
+        for job in jobs:
+            write_state(exp_dir, LegState(
+                job.leg, Status.QUEUED, job_id=job.job_id, log=str(leg_log(exp_dir, job.leg)),
+                note=f"submitted as Slurm job {job.job_id}; {PREFLIGHT}"))
+    except OSError as e:
+        try:
+            cancel([j.job_id for j in jobs])
+        except SlurmError:
+            pass  # the state error is the one to report
+        raise RunError(f"jobs cancelled: their states could not be recorded in {exp_dir}: {describe(e)}") from None
+    if foreground:
+        follow(exp_dir, echo or (lambda line: print(safetext.oneline(line), flush=True)))
+
+
+def follow(exp_dir: Path, echo: Callable[[str], None], poll_s: float = FOLLOW_POLL_S) -> None:
+    """Until no leg of the dir is queued or running: say each leg's end, as the scheduler tells it."""
+    said: set[str] = set()
+    while True:
+        d = open_dir(exp_dir)
+        for name in d.legs:
+            st = d.states.get(name)
+            if st is not None and st.status in ENDED_STATUSES and name not in said:
+                said.add(name)
+                echo(f"{name}: {st.status}" + (f" ({st.note})" if st.note else ""))
+        refresh_report(d)
+        if not d.active:
+            return
+        time.sleep(poll_s)
+
+
+def stop(exp_dir: Path, leg: str | None = None, grace_s: float | None = None, wait_s: float | None = None) -> None:
+    """Cancel a leg and the rest of its chain (no leg: the whole chain) through scancel, and wait
+    until squeue lists none of their jobs: the scheduler has then ended their processes on every
+    node. Each cancelled leg first gets its stop request (`state/<leg>.stop`), so whoever reads
+    the dir next records it as stopped by request, not failed. RunError (one line) when nothing
+    is queued or running there, or the scheduler refuses."""
+    del grace_s  # the scheduler's KillWait is the grace period between SIGTERM and SIGKILL
+    d = open_dir(exp_dir)
+    names = d.legs[d.legs.index(leg):] if leg is not None else d.legs
+    states = [d.states[n] for n in names if n in d.states and d.states[n].job_id]
+    unknown = [f"leg {s.leg}: {s.note}" for s in states if s.status == Status.UNKNOWN]
+    targets = [s for s in states if s.active]
+    if not targets:
+        if unknown:
+            raise RunError(f"nothing stopped in {exp_dir}: " + "; ".join(unknown))
+        raise RunError(f"nothing queued or running on Slurm in {exp_dir}")
+    for s in targets:
+        try:
+            fsutil.atomic_write_json(stop_request_path(exp_dir, s.leg), {"requested_at": now_iso(), "job_id": s.job_id},
+                                     root=exp_dir)
+        except OSError as e:
+            raise RunError(f"cannot write the stop request: {describe(e)}") from None
+    try:
+        cancel([s.job_id for s in targets if s.job_id], timeout_s=wait_s or 60.0)
+    except SlurmError as e:
+        raise RunError(str(e)) from None
+    refresh_report(open_dir(exp_dir))  # reading it records each cancelled leg as stopped
+
+
+def refresh_report(d: ExpDir) -> Path | None:
+    """Regenerate a Slurm dir's report.md when one of its legs ended after the report was written.
+
+    No process of the cockpit watches a Slurm chain, and the batch job itself may be killed
+    (NODE_FAIL, TIMEOUT, scancel) before it could write anything, so the report is written by the
+    client that first sees a leg ended, at the moment it records that end (`cockpit status`,
+    `cockpit resume`, the TUI, `cockpit stop`): a leg's end is recorded in `state/<leg>.json`,
+    and a report older than the newest such record is stale. A report problem is never fatal.
+    Returns the report written, or None.
+    """
+    exp_dir = d.path
+    if (d.plan or {}).get("executor") != NAME:
+        return None
+    ended = []
+    for st in d.states.values():
+        if st.status in ENDED_STATUSES:
+            try:
+                ended.append(os.stat(state_path(exp_dir, st.leg)).st_mtime_ns)
+            except OSError:
+                continue
+    if not ended:
+        return None
+    try:
+        written = os.stat(exp_dir / "report.md").st_mtime_ns
+    except OSError:
+        written = -1
+    if written >= max(ended):
+        return None
+    try:
+        return report.write_report(exp_dir, tail=plan_tail(d.plan))
+    except Exception:  # noqa: BLE001 - a report problem never stops a status, a stop or the TUI
+        return None

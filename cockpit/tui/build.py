@@ -53,6 +53,7 @@ def build_view(registry: reg.Registry, snapshot: gpus.Snapshot | None, sampler: 
         registry, now=now, gpu=status or resume.GpuStatus("unknown", "sampling"), dirs=found
     )
     dirs = {str(d.path): d for d in found}
+    executors = {x.id: x.executor for x in registry.experiments}
     experiments = []
     for e in state.experiments:
         experiments.append(vm.ExperimentView(
@@ -60,6 +61,7 @@ def build_view(registry: reg.Registry, snapshot: gpus.Snapshot | None, sampler: 
             baseline=e.baseline, hypothesis=e.hypothesis, decision=e.decision,
             legs=tuple(_leg_view(e, m) for m in e.legs),
             dirs=tuple(_dir_view(dirs[p]) for p in e.dirs if p in dirs),
+            executor=executors.get(e.id, "local"),
         ))
     live = tuple(live_view(state, m, followed.get(f"{m.dir}/{m.log_name}")) for m in state.running if m.dir)
     running = [(m.log_name, st.pid, st.create_time) for m in state.running if m.dir and str(m.dir) in dirs
@@ -77,7 +79,8 @@ def build_view(registry: reg.Registry, snapshot: gpus.Snapshot | None, sampler: 
         expected_branch=registry.settings.branch,
         training=training,
         experiments=tuple(experiments),
-        gpu=gpu_view(snapshot, status, owners(snapshot, running), sampler) if snapshot is not None and status else None,
+        gpu=(gpu_view(snapshot, status, owners(snapshot, running), sampler, slurm_nodes(state))
+             if snapshot is not None and status else None),
         live=live,
         resume=_resume_view(state),
         tail=registry.settings.tail,
@@ -104,6 +107,7 @@ def _leg_view(e: resume.ExperimentState, m: resume.LegMark) -> vm.LegView:
         exp_id=e.id, name=m.leg, mark=m.mark, description=m.description, baseline=m.is_baseline,
         exp_dir=m.dir if log else None, log=log, figures=figures,
         source=m.row.source if m.row is not None else "", note=m.note if m.mark in NOTED_MARKS else None,
+        job=m.job,
     )
 
 
@@ -112,13 +116,19 @@ def _dir_view(d: expdir.ExpDir) -> vm.DirView:
     for name in d.legs:
         st = d.states.get(name)
         status = st.status if st is not None else ("log" if d.log(name).exists() else "pending")
-        legs.append(vm.DirLegView(name, status, str(d.log(name))))
+        legs.append(vm.DirLegView(name, status, str(d.log(name)), expdir.job_text(st) if st and st.job_id else None))
     problem = safetext.oneline(d.problem) if d.problem else None
     return vm.DirView(str(d.path), d.path.name, d.experiment, tuple(legs), problem)
 
 
+def slurm_nodes(state: resume.ResumeState) -> tuple[str, ...]:
+    """`cpu-smoke/dense: Slurm job 123 on n[1-2], 0:42`, per running Slurm leg: NVML sees only
+    this machine, so the GPU panel says where those legs' GPUs are."""
+    return tuple(f"{m.ref}: Slurm {m.job}" for m in state.running if m.job)
+
+
 def gpu_view(snapshot: gpus.Snapshot, status: resume.GpuStatus, owners: dict[int, str],
-             sampler: Sampler | None) -> vm.GpuView:
+             sampler: Sampler | None, slurm: tuple[str, ...] = ()) -> vm.GpuView:
     """GPU rows from the snapshot and the sampler's history; the summary from the core's status."""
     hist = sampler.history if sampler is not None else {}
 
@@ -138,7 +148,7 @@ def gpu_view(snapshot: gpus.Snapshot, status: resume.GpuStatus, owners: dict[int
         summary = f"{len(status.busy)}/{status.count} GPUs busy"
     else:
         summary = "GPUs unknown (no NVML)" if not snapshot.available else "GPUs unknown"
-    return vm.GpuView(snapshot.available, snapshot.reason, rows, host_row, summary)
+    return vm.GpuView(snapshot.available, snapshot.reason, rows, host_row, summary, slurm)
 
 
 def live_view(state: resume.ResumeState, m: resume.LegMark, followed: logs.LogState | None) -> vm.LiveView:

@@ -24,6 +24,7 @@ from textual.message import Message
 
 from cockpit import expdir, gpus, logs, provenance, resume
 from cockpit import registry as reg
+from cockpit.executors import slurm
 from cockpit.tui import build
 from cockpit.tui import state as vm
 from cockpit.tui.messages import LogLines, ViewPublished
@@ -31,6 +32,8 @@ from cockpit.vocab import ACTIVE_STATUSES
 
 FOLLOW_TAIL_BYTES = 2 << 20  # a log opened mid-way is read from this far before its end
 HIST = 120  # steps kept per leg for the sparklines
+SLURM_EVERY_S = 2.0  # the whole state this often while a Slurm leg is queued or running: nothing on
+# disk changes when the scheduler starts or ends a job, so a stat fingerprint cannot see it
 
 
 @dataclass
@@ -85,6 +88,7 @@ class Collector:
         self._state: resume.ResumeState | None = None  # the last resume state: its running legs
         self._running: list[build.RunningLeg] = []
         self._fp: tuple | None = None
+        self._slurm_active = False  # a Slurm leg is queued or running: ask the scheduler every SLURM_EVERY_S
 
     # ------------------------------------------------------------------------------------------
     # the worker's loop
@@ -107,7 +111,8 @@ class Collector:
                 if now - last_gpu >= gpu_every:
                     self.sample()
                     last_gpu, fresh = now, True
-                if self.wake.is_set() or self.fingerprint() != self._fp or now - last_state >= state_every:
+                every = min(state_every, SLURM_EVERY_S) if self._slurm_active else state_every
+                if self.wake.is_set() or self.fingerprint() != self._fp or now - last_state >= every:
                     self.wake.clear()
                     self.compute()
                     last_state = last_live = last_report = now
@@ -242,6 +247,9 @@ class Collector:
         view, self._state, self._running = build.build_view(
             registry, self._snapshot, self.sampler, self.branch(), self.clock().timestamp(),
             {k: f.state for k, f in self.followed.items()})
+        for d in self._state.dirs:  # a Slurm leg seen ended for the first time: its dir's report.md
+            slurm.refresh_report(d)
+        self._slurm_active = any(m.job for m in self._state.active)
         req = self.request
         self.view, self.report = view, build.build_report(registry, view, req.report_exp, req.report_dir, self._state.dirs)
 

@@ -48,6 +48,8 @@ def leg_label(leg: LegView) -> Text:
     if leg.baseline:
         text.append(" (baseline)", style="italic dim")
     text.append(f"  {leg.mark}", style=GLYPH.get(leg.mark, ("", ""))[1])
+    if leg.job:
+        text.append(f"  [Slurm {leg.job}]", style="cyan")
     if leg.note:
         text.append(f"  {leg.note}", style="red" if leg.mark == Mark.FAILED else "yellow")
     elif leg.figures.get("tok_per_sec") is not None:
@@ -59,6 +61,8 @@ def experiment_label(exp: ExperimentView) -> Text:
     counts = Counter(leg.mark for leg in exp.legs)
     text = Text(exp.id, style="bold")
     where = "cpu" if exp.device == "cpu" else f"{exp.gpus_needed} GPUs"
+    if exp.executor == "slurm":
+        where += " per node, on Slurm" if exp.device != "cpu" else ", on Slurm"
     text.append(f"  [{where}]", style="dim")
     parts = [f"{n} {m}" for m, n in counts.items()]
     if parts:
@@ -75,9 +79,11 @@ def dir_label(d: DirView) -> Text:
     return text
 
 
-def dirleg_label(status: str, name: str) -> Text:
+def dirleg_label(status: str, name: str, job: str | None = None) -> Text:
     text = mark(status)
     text.append(f"{name}  {status}")
+    if job:
+        text.append(f"  [Slurm {job}]", style="cyan")
     return text
 
 
@@ -116,7 +122,7 @@ class ExperimentTree(Tree[Selection]):
             for d in exp.dirs:
                 self._relabel(Selection("dir", exp.id, exp_dir=d.path), dir_label(d))
                 for x in d.legs:
-                    self._relabel(Selection("dirleg", exp.id, x.name, d.path), dirleg_label(x.status, x.name))
+                    self._relabel(Selection("dirleg", exp.id, x.name, d.path), dirleg_label(x.status, x.name, x.job))
 
     def _relabel(self, sel: Selection, label: Text) -> None:
         node = self._by_sel.get(sel)
@@ -142,7 +148,7 @@ class ExperimentTree(Tree[Selection]):
                 self._by_sel[dsel] = dnode
                 for x in d.legs:
                     xsel = Selection("dirleg", exp.id, x.name, d.path)
-                    self._by_sel[xsel] = dnode.add_leaf(dirleg_label(x.status, x.name), data=xsel)
+                    self._by_sel[xsel] = dnode.add_leaf(dirleg_label(x.status, x.name, x.job), data=xsel)
                 if dsel in expanded:
                     dnode.expand()
             # Experiments open by default: the legs and their marks are the point of the screen.

@@ -1,5 +1,6 @@
 """The GPU panel: a row per GPU (utilization and memory bars, temperature, power, the leg owning
-its processes, utilization history); without NVML, the reason and the host's CPU and RAM instead."""
+its processes, utilization history); without NVML, the reason and the host's CPU and RAM instead.
+Below, the nodes each running Slurm leg holds: NVML sees only this machine's GPUs."""
 
 from __future__ import annotations
 
@@ -25,6 +26,14 @@ class GpuPanel(Static):
         gpu = self.gpu
         if gpu is None:
             return Text("sampling GPUs...", style="dim")
+        out = self._local(gpu)
+        for line in gpu.slurm:
+            out.append("\non Slurm ", style="bold")
+            out.append(line, style="cyan")
+            out.append("  (its nodes' GPUs: NVML sees this machine only)", style="dim")
+        return out
+
+    def _local(self, gpu: GpuView) -> Text:
         if gpu.available and gpu.gpus:
             # One fixed-width line per GPU: a narrow terminal crops the leg column at the right.
             out = Text(no_wrap=True, overflow="crop")
@@ -69,4 +78,6 @@ class GpuPanel(Static):
 
 def _lines(gpu: GpuView | None) -> int:
     """The panel's height class: one line (sampling), a line per GPU, or the no-GPU text."""
-    return -1 if gpu is None else (len(gpu.gpus) if gpu.available and gpu.gpus else -2)
+    if gpu is None:
+        return -1
+    return (len(gpu.gpus) if gpu.available and gpu.gpus else -2) * 1000 + len(gpu.slurm)

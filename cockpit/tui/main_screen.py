@@ -337,9 +337,13 @@ class MainScreen(Screen[None]):
         body.append(f"{fresh}\n", style="cyan")
         body.append("(created on confirm; if another launch took the name first, the next free one: never an "
                     "existing dir)\n\n", style="dim")
-        for i, leg in enumerate(plan.legs, 1):
-            body.append(f"{i}. {leg.name}\n", style="bold")
-            body.append(launch.format_command(leg, fresh, plan.torchrun) + "\n\n")
+        if plan.executor == "slurm":
+            body.append("on Slurm: ", style="bold")
+            body.append("each leg a batch job, chained; the scheduler finds the GPUs (no preflight here)\n\n",
+                        style="cyan")
+        for i, (name, text) in enumerate(launch.describe_legs(message.registry, plan, fresh), 1):
+            body.append(f"{i}. {name}\n", style="bold")
+            body.append(text + "\n\n")
         if plan.skipped and not rerun:
             body.append("skipped:\n", style="bold")
             for name, why in plan.skipped:
@@ -406,8 +410,12 @@ class MainScreen(Screen[None]):
         body = Text()
         body.append(f"{'leg ' + leg if leg else 'the whole queue'} in\n", style="bold")
         body.append(f"{exp_dir}\n\n", style="cyan")
-        body.append("SIGTERM to torchrun, then after a grace period every process left of the leg's tree "
-                    "is killed. Its log and state stay.", style="dim")
+        if exp.executor == "slurm":
+            body.append("scancel of its Slurm job and of the rest of the chain; the scheduler ends their "
+                        "processes on every node. Logs and states stay.", style="dim")
+        else:
+            body.append("SIGTERM to torchrun, then after a grace period every process left of the leg's tree "
+                        "is killed. Its log and state stay.", style="dim")
         screen = ConfirmScreen(f"Stop {leg or 'queue of ' + Path(exp_dir).name}?", body, confirm_label="Stop",
                                danger=True)
         self.app.push_screen(screen, lambda yes: self._stop(exp_dir, leg) if yes else self.notify("stop cancelled"))

@@ -26,6 +26,7 @@ class LegView:
     figures: dict[str, float | None] = field(default_factory=dict)  # recorded or measured
     source: str = ""  # a vocab.Source (recorded: ran elsewhere; log: measured here), "" without figures
     note: str | None = None  # why failed, stopped or waiting (the core's words)
+    job: str | None = None  # a Slurm leg's batch job: "job 123 on n[1-2], 0:42"
 
     @property
     def key(self) -> str:
@@ -37,6 +38,7 @@ class DirLegView:
     name: str
     status: str  # a leg status of the dir's state files, or "log" / "pending" without one
     log: str
+    job: str | None = None  # a Slurm leg's batch job: "job 123 on n[1-2]"
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,7 @@ class ExperimentView:
     decision: str | None
     legs: tuple[LegView, ...]
     dirs: tuple[DirView, ...] = ()
+    executor: str = "local"  # who runs its legs: a supervisor here, or Slurm batch jobs
 
     def leg(self, name: str) -> LegView | None:
         return next((leg for leg in self.legs if leg.name == name), None)
@@ -162,6 +165,7 @@ class GpuView:
     gpus: tuple[GpuRow, ...]
     host: HostRow | None
     summary: str  # "8 GPUs idle", "no NVML"
+    slurm: tuple[str, ...] = ()  # the nodes each running Slurm leg holds: NVML sees this machine only
 
 
 @dataclass(frozen=True)
