@@ -5,6 +5,7 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import FIXTURES, NOW, bundled_registry, check_golden, hold_supervisor_lock, make_dir
 
@@ -303,6 +304,12 @@ def test_figures_smoothed_warmup_left_out_tail_shaded_and_none_for_a_zero_metric
     val = series["moe"]["val_bpb"]
     assert val.batch_tokens == 1024 and list(val.steps) == [0, 20, 40, 60, 80, 100]
     assert report.plot_context(d) == d.name
+    # a long run: per pixel column, the least and greatest step and the mean of the rolling mean
+    x = np.arange(1000.0)
+    y = 100 + (x % 7)
+    long = report.decimate(x, y, 10, report.rolling_mean(y, 7))
+    assert long.decimated and len(long.steps) == len(long.smooth) == 10
+    assert list(long.lows) == [100.0] * 10 and list(long.highs) == [106.0] * 10 and abs(long.smooth[5] - 103) < 0.01
 
     (d / "plan.json").write_text(json.dumps({"experiment": "cpu-smoke", "legs": [],
                                              "git": {"commit": "0123456789abcdef", "dirty": True}}))
