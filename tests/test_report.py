@@ -94,6 +94,27 @@ def test_delta_against_a_run_in_another_dir_matches_the_seed(tmp_path):
     assert [d.metric for d in deltas][0] == "tail50 tok/sec" and f"{deltas[0].delta_pct:+.2f}" == "-40.30"
 
 
+def test_the_seed_comparisons_verdicts(tmp_path):
+    """The decisions the seed took from its tables, with their intervals: every MoE leg against the
+    dropless baseline is beyond noise; static capacity 1.25 against dynamic capacity 1.0 is not
+    (-0.35%), while static 1.0 beats both."""
+    v1, _ = seed_dirs(tmp_path)
+
+    def tok(base: str, run: str) -> tuple[str, str, str]:
+        rows = {r.run: r for r in report.rows(v1, now=NOW)}
+        d = report.delta_rows(rows[base], rows[run])[0]
+        assert d.attr == "tok_per_sec"
+        return stats.fmt_pct(d.delta_pct), stats.fmt_ci(d.ci_pct), d.verdict
+
+    assert tok("static_cap0p0_baseline", "static_cap1p0") == ("+67.50%", "±3.68%", "significant")
+    assert tok("static_cap0p0_baseline", "static_cap1p25") == ("+59.41%", "±3.60%", "significant")
+    assert tok("static_cap0p0_baseline", "dynamic_cap1p0") == ("+59.96%", "±4.21%", "significant")
+    assert tok("static_cap0p0_baseline", "nocompile_cap1p0") == ("-22.54%", "±1.64%", "significant")
+    assert tok("dynamic_cap1p0", "static_cap1p25") == ("-0.35%", "±2.76%", "within noise")
+    assert tok("dynamic_cap1p0", "static_cap1p0") == ("+4.71%", "±2.85%", "significant")
+    assert tok("static_cap1p0", "static_cap1p25") == ("-4.83%", "±2.25%", "significant")
+
+
 def test_mixed_formats_failed_and_unfinished_runs(tmp_path):
     names = ["fork-log-excerpt", "upstream-bf16", "upstream-old-mfu", "trainer-junk", "crashed-torchrun"]
     d = copy_logs(FIXTURES, tmp_path / "mixed", names)
