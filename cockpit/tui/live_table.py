@@ -16,8 +16,9 @@ from cockpit.tui.state import LiveView
 from cockpit.vocab import Verdict
 
 SPARK_WIDTH = 16
-COLUMNS = ("leg", "step", "%", "loss", "dt (ms)", "tok/sec", "mfu", "drop %", "bal", "tail tok/sec", "eta",
-           "Δ base", "verdict", "baseline", "tok/sec", "loss")
+# the delta and its verdict right after the tail mean they judge; routing (MoE legs) after them
+COLUMNS = ("leg", "step", "%", "loss", "dt (ms)", "tok/sec", "mfu", "tail tok/sec", "eta", "Δ base", "verdict",
+           "drop %", "bal", "baseline", "tok/sec", "loss")
 
 
 class LiveTable(DataTable):
@@ -68,12 +69,12 @@ class LiveTable(DataTable):
             fmt.num(v.dt_ms, 1),
             fmt.num(v.tok_per_sec, 0, comma=True),
             fmt.num(v.mfu, 2),
-            fmt.num(v.drop_pct, 2),
-            fmt.num(v.bal, 4),
             fmt.num(v.tail_tok_per_sec, 0, comma=True) + (f" (n={v.tail_n})" if v.tail_n else ""),
             fmt.minutes(v.eta_min),
             Text(delta, style=dstyle),
             Text(v.verdict or "-", style="bold" if v.verdict == Verdict.SIGNIFICANT else "dim"),
+            fmt.num(v.drop_pct, 2),
+            fmt.num(v.bal, 4),
             Text(v.baseline_label or "-", style="italic"),
             Text(fmt.spark(v.tok_hist, SPARK_WIDTH), style="green"),
             Text(fmt.spark(v.loss_hist, SPARK_WIDTH), style="yellow"),
