@@ -335,3 +335,27 @@ def test_figures_smoothed_warmup_left_out_tail_shaded_and_none_for_a_zero_metric
     (d / "plan.json").write_text(json.dumps({"experiment": "cpu-smoke", "legs": [],
                                              "git": {"commit": "0123456789abcdef", "dirty": True}}))
     assert report.plot_context(d) == f"cpu-smoke · {d.name} · commit 0123456789 + uncommitted changes"
+
+
+def test_repeats_rows_per_repeat_an_aggregate_and_a_verdict_from_their_spread(tmp_path):
+    """A leg run three times: a row per repeat, then the leg's aggregate row (mean ± std); its delta
+    against the baseline takes its interval from the spread between the repeats, not the steps."""
+    d = tmp_path / "20261130_101010_cpu-smoke"
+    d.mkdir()
+    (d / "dense.log").write_text(_trainer_log(80, 1000.0, 0.5, moe=False))
+    for i, tok in enumerate((1180.0, 1220.0, 1200.0)):
+        (d / f"moe.r{i}.log").write_text(_trainer_log(80, tok, 0.5, moe=True))
+    rows = report.rows(d, now=NOW)
+    assert [r.run for r in rows] == ["dense", "moe.r0", "moe.r1", "moe.r2", "moe"]
+    agg = rows[-1]
+    assert agg.is_aggregate and abs(agg.tok_per_sec - sum(r.tok_per_sec for r in rows[1:4]) / 3) < 1e-6
+    sd = stats.across([r.tok_per_sec for r in rows[1:4]]).std
+    assert report.fmt_cell(agg, "tok_per_sec") == f"{agg.tok_per_sec:.2f} ± {sd:.2f}"
+    text = report.render_report(d, baseline="dense", now=NOW)
+    assert f"| moe | {agg.tok_per_sec:.2f} ± {sd:.2f} |" in text
+    assert "### moe (3 repeats: interval from their spread)" in text and "### moe.r0" not in text
+    delta = next(x for x in report.delta_rows(rows[0], agg) if x.attr == "tok_per_sec")
+    one = next(x for x in report.delta_rows(rows[0], rows[1]) if x.attr == "tok_per_sec")
+    assert delta.verdict == "significant" and delta.ci_pct > one.ci_pct  # 3 samples: a wider interval than 50 steps
+    assert f"| tail50 tok/sec | {rows[0].tok_per_sec:.2f} | {agg.tok_per_sec:.2f} | {stats.fmt_pct(delta.delta_pct)} | " \
+           f"{stats.fmt_ci(delta.ci_pct)} | significant |" in text
