@@ -105,7 +105,8 @@ def choose(registry: reg.Registry, experiment: str, run_dir: Path | str | None,
     if dirs is None:
         dirs = expdir.discover(registry.settings.exp_root)
     run_d = _dir(dirs, run_dir) if run_dir is not None else None
-    if run_d is not None and leg.experiment == experiment and run_d.leg_done(leg.name):
+    # the run's own dir: a finished log of the baseline counts even without a state (put there by hand)
+    if run_d is not None and leg.experiment == experiment and run_d.leg_done(leg.name, by_log=True):
         return Baseline(leg.name, leg.experiment, run_d.path, tuple(run_d.runs(leg.name)), own=True)
     for d in reversed(dirs):  # newest first
         if d.experiment != leg.experiment or (run_d is not None and _same(d.path, run_d.path)) or not d.leg_done(leg.name):

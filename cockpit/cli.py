@@ -1,8 +1,9 @@
 """`cockpit`: the terminal app (no subcommand) and its plain-text subcommands.
 
 Every subcommand is one function `cmd_<name>(args) -> exit code`, whose docstring is its `--help`
-description. Each takes `--registry PATH` (default ./experiments.toml), before or after the
-subcommand: one parent parser declares it for all. Bad input of any kind (a broken registry, a
+description. Each takes `--registry PATH`, before or after the subcommand: one parent parser
+declares it for all. Without it the registry is `$COCKPIT_REGISTRY`, else the nearest
+`experiments.toml` in the current directory or above it (registry.find_registry). Bad input of any kind (a broken registry, a
 wrong name, a missing dir) is one line on stderr and exit code 2, never a traceback. Everything
 printed goes through one sanitizer (`say`, `safetext.printable`): text read from a log or a file
 (names, error lines, paths) never reaches the terminal with a control character.
@@ -26,12 +27,24 @@ from cockpit.expdir import RunError
 from cockpit.vocab import Status
 
 EXIT_BAD_INPUT = 2
+REGISTRY_HELP = (f"experiment registry (default: ${reg.REGISTRY_ENV}, else the nearest {reg.DEFAULT_REGISTRY} "
+                 "here or in a directory above)")
 GRACE_MAX_S = 3600.0
 DEFAULT_TAIL = 50  # the report's tail window when there is no registry to say otherwise
 
 
 class UsageError(Exception):
     """Bad input found after parsing (a name that is not in the registry, a missing dir...)."""
+
+
+def registry_path(args: argparse.Namespace) -> Path:
+    """The registry the command reads: --registry when given, else the one found
+    (`$COCKPIT_REGISTRY`, or upward from the current directory); RegistryError says where it looked."""
+    return Path(args.registry) if args.registry is not None else reg.find_registry()
+
+
+def load_registry(args: argparse.Namespace) -> reg.Registry:
+    return reg.load(registry_path(args))
 
 
 def say(text: str = "", end: str = "\n", file: TextIO | None = None) -> None:
@@ -46,7 +59,7 @@ def say(text: str = "", end: str = "\n", file: TextIO | None = None) -> None:
 def cmd_status(args: argparse.Namespace) -> int:
     """Where things stand, in a few lines: each experiment's legs and their marks, the running
     legs with their progress, every dir under exp_root, the GPUs, and the next pending leg."""
-    registry = reg.load(args.registry)
+    registry = load_registry(args)
     state = resume.build_state(registry)
     for d in state.dirs:  # a Slurm leg seen ended for the first time: its dir's report.md
         slurm.refresh_report(d)
@@ -57,7 +70,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_resume(args: argparse.Namespace) -> int:
     """The resume guide, generated from the registry and every experiment dir: current state,
     completed work (do not re-run), remaining work with the exact next command, safety rules."""
-    registry = reg.load(args.registry)
+    registry = load_registry(args)
     if args.out_md is None:
         state = resume.build_state(registry)
         for d in state.dirs:  # a Slurm leg seen ended for the first time: its dir's report.md
@@ -77,7 +90,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
     """Run an experiment's legs in a fresh dir <exp_root>/<YYYYmmdd_HHMMSS>_<experiment>/, through a
     detached supervisor (closing the terminal never touches a leg). Legs done here or recorded in
     the registry are skipped unless --rerun; whatever the machine or the paths refuse is one line."""
-    registry = reg.load(args.registry)
+    registry = load_registry(args)
     legs = [n.strip() for n in args.legs.split(",") if n.strip()] if args.legs else None
     try:
         plan = launch.plan_launch(registry, args.experiment, legs, args.rerun)
@@ -119,7 +132,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
         raise UsageError("stop: the leg name is empty")
     if not 0 <= args.grace <= GRACE_MAX_S:  # nan fails too
         raise UsageError(f"--grace must be between 0 and {GRACE_MAX_S:g} seconds, not {args.grace}")
-    exp_root = reg.load(args.registry).settings.exp_root
+    exp_root = load_registry(args).settings.exp_root
     try:
         exp_dir = expdir.find_dir(exp_root, args.target)
         d = launch.stop(exp_dir, args.leg, grace_s=args.grace, exp_root=exp_root)
@@ -144,7 +157,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     tail = _tail(args)
     # a dir of plain logs named <stamp>_<experiment> takes its baseline from this registry (a dir
     # the cockpit launched has its plan's)
-    registry = reg.load(args.registry) if Path(args.registry).exists() else None
+    try:
+        path = registry_path(args)
+    except reg.RegistryError:
+        path = None  # a report needs no registry
+    registry = reg.load(path) if path is not None and path.exists() else None
     if not args.exp_dir.strip():
         raise UsageError("--exp-dir is empty: give an experiment dir (or any dir of *.log files)")
     exp_dir = Path(args.exp_dir).expanduser()
@@ -177,7 +194,11 @@ def _tail(args: argparse.Namespace) -> int:
         if args.tail > reg.TAIL_MAX:
             raise UsageError(f"--tail must be at most {reg.TAIL_MAX}, not {safetext.oneline(str(args.tail))[:40]}")
         return args.tail
-    return reg.load(args.registry).settings.tail if Path(args.registry).exists() else DEFAULT_TAIL
+    try:
+        path = registry_path(args)
+    except reg.RegistryError:
+        return DEFAULT_TAIL  # a report needs no registry
+    return reg.load(path).settings.tail if path.exists() else DEFAULT_TAIL
 
 
 def cmd_gpus(args: argparse.Namespace) -> int:
@@ -190,7 +211,7 @@ def cmd_gpus(args: argparse.Namespace) -> int:
     pids = [pid for g in snap.gpus for pid in g.pids]
     if pids:
         try:
-            exp_root = reg.load(args.registry).settings.exp_root
+            exp_root = load_registry(args).settings.exp_root
         except reg.RegistryError:
             exp_root = None
         if exp_root is not None:
@@ -205,7 +226,7 @@ def cmd_tui(args: argparse.Namespace) -> int:
     """No subcommand: the terminal app. A registry that fails to load is shown inside it."""
     from cockpit.tui.app import CockpitApp  # function-level: Textual is heavy, and loads only for the app
 
-    app = CockpitApp(args.registry)
+    app = CockpitApp(registry_path(args))
     app.run()
     return app.return_code or 0
 
@@ -218,14 +239,12 @@ def build_parser() -> argparse.ArgumentParser:
     # --registry is taken before or after the subcommand: the parent parser declares it for every
     # subcommand (SUPPRESS: given after, it replaces the one given before, else that one stays)
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--registry", default=argparse.SUPPRESS, metavar="PATH",
-                        help=f"experiment registry (default: ./{reg.DEFAULT_REGISTRY})")
+    common.add_argument("--registry", default=argparse.SUPPRESS, metavar="PATH", help=REGISTRY_HELP)
     parser = argparse.ArgumentParser(
         prog="cockpit",
         description="Run, watch and resume nanochat MoE/FP8 experiments. With no subcommand: the terminal app.",
     )
-    parser.add_argument("--registry", default=reg.DEFAULT_REGISTRY, metavar="PATH",
-                        help=f"experiment registry (default: ./{reg.DEFAULT_REGISTRY})")
+    parser.add_argument("--registry", default=None, metavar="PATH", help=REGISTRY_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     def command(name: str, func: Callable[[argparse.Namespace], int], summary: str) -> argparse.ArgumentParser:

@@ -79,6 +79,7 @@ class LegState:
     note: str | None = None  # e.g. "preflight skipped: NVML unavailable: ...", why it stopped
     log: str | None = None  # path of <exp_dir>/<leg>.log
     log_id: list[int] | None = None  # (device, inode) of the log the supervisor created: only it is appended to
+    notify_error: str | None = None  # the registry's notify command failed for this leg: why (never fatal)
     # A leg run as a Slurm batch job: the scheduler runs it, not a supervisor (see reconcile_job)
     job_id: str | None = None
     nodes: str | None = None  # the Slurm node list it holds or held ("n[1-2]")
@@ -102,7 +103,7 @@ class LegState:
             and isinstance(st.error_tail, list)
             and all(isinstance(v, str) for v in st.error_tail)
             and all(v is None or isinstance(v, str)
-                    for v in (st.started_at, st.ended_at, st.waiting_reason, st.note, st.log))
+                    for v in (st.started_at, st.ended_at, st.waiting_reason, st.note, st.log, st.notify_error))
             and (st.log_id is None or (isinstance(st.log_id, list) and len(st.log_id) == 2
                                        and all(_is_int(v) for v in st.log_id)))
             and (st.job_id is None or (isinstance(st.job_id, str) and st.job_id.isdigit()))
@@ -299,6 +300,7 @@ class ExpDir:
     supervisor: dict | None = None  # state/supervisor.json as written
     supervisor_alive: bool = False  # proven (see supervisor_identity)
     problem: str | None = None  # what could not be read here (one line); the rest is what could
+    prepare: LegState | None = None  # the plan's prepare step, as state/prepare.json records it (reconciled)
 
     @property
     def running(self) -> list[LegState]:
@@ -330,17 +332,33 @@ class ExpDir:
         """The plan's entry of a run (name, argv, and for a repeat its leg and index), if any."""
         return next((x for x in (self.plan or {}).get("legs", []) if isinstance(x, dict) and x.get("name") == run), None)
 
-    def run_done(self, run: str) -> bool:
-        """Did this run finish here: its state says done; in a dir of logs (no plan), its log's final lines."""
+    def run_done(self, run: str, by_log: bool = False) -> bool:
+        """Did this run finish here: its state says done; in a dir of logs (no plan), its log's
+        final lines. `by_log`: a run without a state in a planned dir (a log put there by hand)
+        too, by its log."""
         st = self.states.get(run)
         if st is not None:
             return st.status == Status.DONE
-        return self.plan is None and log_outcome(self.log(run))[0] == RunStatus.COMPLETED
+        return (self.plan is None or by_log) and log_outcome(self.log(run))[0] == RunStatus.COMPLETED
 
-    def leg_done(self, leg: str) -> bool:
-        """Did a registry leg finish here: it ran here, and every one of its runs is done."""
+    def leg_done(self, leg: str, by_log: bool = False) -> bool:
+        """Did a registry leg finish here: it ran here, and every one of its runs is done (see run_done)."""
         runs = self.runs(leg)
-        return bool(runs) and all(self.run_done(r) for r in runs)
+        return bool(runs) and all(self.run_done(r, by_log) for r in runs)
+
+    @property
+    def supervisor_text(self) -> str | None:
+        """What became of the dir's supervisor, in words that say what is true: `running (pid N)`,
+        `finished` (every leg done), `ended, legs not done`, or `gone` (killed: it never recorded
+        its end). None when the dir never had one (a manual dir)."""
+        sup = self.supervisor
+        if not sup:
+            return None
+        if self.supervisor_alive:
+            return f"running (pid {sup.get('pid')})"
+        if sup.get("ended_at"):
+            return "finished" if sup.get("status") == "finished" else "ended, legs not done"
+        return "gone (killed before it recorded its end)"
 
     def expect(self, leg: str) -> procs.Expect | None:
         """What the leg's torchrun must be running to be proven the leg's (from the plan)."""
@@ -407,6 +425,8 @@ def open_dir(path: Path | str) -> ExpDir:
         st = read_state(path, leg)
         if st is not None:
             d.states[leg] = reconcile(path, st, sup_alive, d.expect(leg))
+    if plan and plan.get("prepare") and (prep := read_state(path, reg.PREPARE)) is not None:
+        d.prepare = _reconcile_prepare(prep, sup_alive)
     d.problem = "; ".join(problems) or None
     return d
 
@@ -442,6 +462,17 @@ def reconcile(exp_dir: Path, st: LegState, supervisor_alive: bool, expect: procs
     # queued or waiting, and nobody left to start it
     st.status = Status.STOPPED
     st.note = "supervisor gone before the leg started"
+    return st
+
+
+def _reconcile_prepare(st: LegState, supervisor_alive: bool) -> LegState:
+    """A prepare step recorded as running or queued by a supervisor that is gone: still running
+    when its process is (pid and create time), else stopped."""
+    if supervisor_alive or not st.active:
+        return st
+    if st.status == Status.RUNNING and procs.alive(st.pid, st.create_time):
+        return st
+    st.status, st.note = Status.STOPPED, "supervisor gone while it prepared"
     return st
 
 

@@ -203,6 +203,17 @@ def machine(nvml: ModuleType | Any | None = None) -> dict[str, Any]:
         "cuda_driver": f"{cuda // 1000}.{cuda % 1000 // 10}" if isinstance(cuda, int) else None,
     }
 
+def shortfall(need: int, visible: int | None, reason: str | None = None) -> str | None:
+    """Why a leg of `need` GPUs cannot run on this machine (`visible` GPUs; None: NVML cannot
+    say, for `reason`), or None when it can. One wording for the launch's refusal and the next leg."""
+    if need <= 0:
+        return None
+    if visible is None:
+        return f"needs {need} GPUs, and NVML is unavailable here: {reason or 'unknown reason'}"
+    if visible < need:
+        return f"needs {need} GPUs, {visible} visible here"
+    return None
+
 
 def leg_gpu_indices(nproc: int, env: dict[str, str] | None = None) -> list[int]:
     """The GPUs a leg of `nproc` processes uses: the first nproc of CUDA_VISIBLE_DEVICES, else 0..n-1.

@@ -16,7 +16,7 @@ A launch of an experiment (`cockpit launch EXP`, or `l` in the cockpit) goes:
 (the supervisor was killed) the leg's processes here, only when proven the leg's; or scancel.
 Nothing in the user's checkout is touched: git is only read.
 
-Layer 3: imports the layers below (registry, fsutil, safetext, gpus, expdir, provenance, executors).
+Layer 3: imports the layers below (registry, checkout, fsutil, safetext, gpus, expdir, provenance, executors).
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from pathlib import Path
 
 from cockpit import fsutil, gpus, provenance, safetext
 from cockpit import registry as reg
+from cockpit.checkout import git_info
 from cockpit.executors import EXECUTORS, Executor, slurm
 from cockpit.expdir import (
     STAMP_FORMAT,
@@ -63,12 +64,25 @@ class LaunchPlan:
     legs: list[reg.Leg]  # to run, in order
     skipped: list[tuple[str, str]]  # (leg, why)
     torchrun: str
-    cwd: Path  # the checkout that holds the registry: the legs run from here
+    cwd: Path  # the checkout the legs run in (the registry's dir, or the experiment's workdir)
+    runtime: reg.Runtime | None = None  # the experiment's workdir, python and env
 
     @property
     def executor(self) -> str:
         """Who runs the legs: `local` (a supervisor here) or `slurm` (a chain of batch jobs)."""
         return self.experiment.executor
+
+
+def runtime_of(registry: reg.Registry, exp: reg.Experiment) -> reg.Runtime:
+    """Where and with what an experiment's legs run (the registry's defaults when it says nothing)."""
+    return exp.runtime or registry.runtime or reg.Runtime(workdir=registry.path.resolve().parent)
+
+
+def torchrun_for(runtime: reg.Runtime) -> str:
+    """The torchrun that runs the legs: beside the configured python, else beside this Python or on PATH."""
+    if runtime.torchrun is not None:
+        return str(runtime.torchrun)
+    return find_torchrun() or "torchrun"
 
 
 def find_torchrun() -> str | None:
@@ -100,6 +114,8 @@ def plan_launch(
     for leg in chosen:
         if leg.name == SUPERVISOR:
             raise RunError(f"leg name '{SUPERVISOR}' is reserved for the supervisor's own files")
+        if leg.name == reg.PREPARE and exp.prepare is not None:
+            raise RunError(f"leg name '{reg.PREPARE}' is reserved for the experiment's prepare step")
 
     done = {} if rerun else done_legs(registry.settings.exp_root, exp_id)
     run: list[reg.Leg] = []
@@ -112,7 +128,8 @@ def plan_launch(
             skipped.append((leg.name, f"done in {done[leg.name]}; --rerun runs it"))
         else:
             run.append(leg)
-    return LaunchPlan(exp, run, skipped, find_torchrun() or "torchrun", registry.path.resolve().parent)
+    runtime = runtime_of(registry, exp)
+    return LaunchPlan(exp, run, skipped, torchrun_for(runtime), runtime.workdir, runtime)
 
 
 def check_gpus(legs: list[reg.Leg]) -> str | None:
@@ -120,12 +137,7 @@ def check_gpus(legs: list[reg.Leg]) -> str | None:
     need = max((leg.nproc_per_node for leg in legs if leg.device == "cuda"), default=0)
     if need == 0:
         return None
-    count, reason = gpus.visible_gpus()
-    if count is None:
-        return f"NVML unavailable: {reason}"
-    if count < need:
-        return f"needs {need} GPUs, {count} visible"
-    return None
+    return gpus.shortfall(need, *gpus.visible_gpus())
 
 
 def _inside(path: Path, parent: Path) -> bool:
@@ -245,7 +257,12 @@ def launch_refusals(registry: reg.Registry, plan: LaunchPlan, exp_dir: Path) -> 
     Reads only: the dry run lists these, a real launch raises the first. On Slurm the GPUs are
     the scheduler's to find (no preflight here); its commands and the batch scripts must work."""
     out = []
-    if find_torchrun() is None:
+    runtime = plan.runtime
+    if runtime is not None and runtime.torchrun is not None:
+        if not (os.path.isfile(runtime.torchrun) and os.access(runtime.torchrun, os.X_OK)):
+            out.append(f"torchrun not found beside {runtime.python} (no {runtime.torchrun}): install torch in that "
+                       "environment, or set python to one that has it")
+    elif find_torchrun() is None:
         out.append("torchrun not found next to this Python or on PATH (install the 'train' extra)")
     if plan.executor == slurm.NAME:
         try:
@@ -260,6 +277,10 @@ def launch_refusals(registry: reg.Registry, plan: LaunchPlan, exp_dir: Path) -> 
                     out += slurm.refusals(chain)
                 except SlurmError as e:
                     out.append(str(e))
+        if (prep := plan.experiment.prepare) is not None and (missing := prep.missing()):
+            out.append(f"{', '.join(map(str, missing))} missing, and a prepare step runs only before a local "
+                       f"launch's legs: run `{shlex.join(prep.command(legs_python(plan)))}` once here (exp_root is "
+                       "the nodes' too), then launch")
     for why in (check_gpus(plan.legs) if plan.executor == "local" else None,
                 check_exp_root(registry.settings.exp_root), check_paths(registry, plan.legs, exp_dir, plan.cwd)):
         if why:
@@ -297,18 +318,71 @@ def dry_run_text(registry: reg.Registry, plan: LaunchPlan) -> str:
     refusals = launch_refusals(registry, plan, exp_dir)
     for why in refusals:
         out.append(f"# a real launch would be refused here: {why}")
-    out += [f"cd {shlex.quote(str(plan.cwd))}", f"EXP_DIR={shlex.quote(str(exp_dir))}", 'mkdir -p "$EXP_DIR/ckpt_root"']
+    if plan.runtime is not None and plan.runtime.python is not None:
+        out.append(f"# python: {plan.runtime.python} (its torchrun runs the legs)")
+    out.append(f"cd {shlex.quote(str(plan.cwd))}")
+    out += [f"export {k}={shlex.quote(v)}" for k, v in (plan.runtime.env if plan.runtime else {}).items()]
+    out += [f"EXP_DIR={shlex.quote(str(exp_dir))}", 'mkdir -p "$EXP_DIR/ckpt_root"']
     if plan.executor == slurm.NAME:
+        if registry.settings.notify:
+            out.append("# notify: not run for Slurm legs (the scheduler runs them; no supervisor sees them end)")
         try:
             out += ['mkdir -p "$EXP_DIR/slurm"', *slurm.dry_run(plan_data(registry, plan, exp_dir), exp_dir)]
         except SlurmError:
             pass  # said above, as a refusal
         return "\n".join(out)
+    if (prep := plan.experiment.prepare) is not None:
+        out += ["", prepare_text(prep, plan)]
+    if registry.settings.notify:
+        out.append(f"# when a leg ends (done or failed): {shlex.join(registry.settings.notify)}"
+                   f" (within {registry.settings.notify_timeout_s:g}s; a failure is noted, never fatal)")
     for leg in plan.legs:
         repeats = f" ({leg.repeats} repeats, --seed base + i)" if leg.repeats > 1 else ""
         out += ["", f"# leg {leg.name}{repeats}" + (f": {leg.description}" if leg.description else "")]
+        for why in missing_inputs(leg, plan):
+            out.append(f"# {why}")
         out.append(format_command(leg, exp_dir, plan.torchrun))
     return "\n".join(out)
+
+
+def legs_python(plan: LaunchPlan) -> str:
+    """The Python of the legs: the configured one, else this one (whose torchrun runs them)."""
+    return str(plan.runtime.python) if plan.runtime is not None and plan.runtime.python is not None else sys.executable
+
+
+def prepare_text(prep: reg.Prepare, plan: LaunchPlan) -> str:
+    """The prepare step as a dry run shows it: whether it will run, and its exact command."""
+    command = shlex.join(prep.command(legs_python(plan))) + ' > "$EXP_DIR/prepare.log" 2>&1'
+    missing = prep.missing()
+    if not missing:
+        return f"# prepare: skipped, what it creates exists ({', '.join(map(str, prep.creates))})\n# {command}"
+    return f"# prepare, first ({', '.join(map(str, missing))} missing):\n{command}"
+
+
+# The trainer's input dirs when its flags name none (nanochat/data.py, nanochat/tokenizer.py).
+TRAINER_INPUTS = {"data-dir": "~/.cache/nanochat/base_data", "tokenizer-dir": "~/.cache/nanochat/tokenizer"}
+
+
+def missing_inputs(leg: reg.Leg, plan: LaunchPlan) -> list[str]:
+    """Why a leg would fail at once for want of its data (a parquet leg's data or tokenizer dir
+    missing, and no prepare step of its experiment will make it): one line each, saying how to
+    make it. Reads only."""
+    if leg.args.get("data") != "parquet":
+        return []
+    out = []
+    prep = plan.experiment.prepare
+    for key, default in TRAINER_INPUTS.items():
+        value = leg.args.get(key, default)
+        path = Path(os.path.expanduser(str(value)))
+        path = path if path.is_absolute() else plan.cwd / path
+        if os.path.exists(path):
+            continue
+        if prep is not None and prep.makes(path):
+            continue  # the prepare step makes it before the first leg
+        make = ("python -m nanochat.smoke_data --out DIR (a small corpus and tokenizer), or upstream nanochat's "
+                "dataset download" + (" and tokenizer training" if key == "tokenizer-dir" else ""))
+        out.append(f"leg {leg.name} would fail at once: --{key} {value} does not exist (make it: {make})")
+    return out
 
 
 def plan_data(registry: reg.Registry, plan: LaunchPlan, exp_dir: Path, grace_s: float = STOP_GRACE_S,
@@ -316,8 +390,8 @@ def plan_data(registry: reg.Registry, plan: LaunchPlan, exp_dir: Path, grace_s: 
     """What plan.json records of a launch into `exp_dir`: every run's exact argv (one per repeat of
     a leg with repeats; on Slurm, what srun starts on each node), its module and trainer flags, the
     executor and its settings, the registry snapshot, host, and the launch's provenance `origin`
-    (provenance.collect: git, the machine, the trainer's versions, the environment; without it,
-    git's branch and commit alone). Writes nothing."""
+    (provenance.collect: git, the machine, the trainer's versions, the launch's environment;
+    without it, git's branch and commit alone). Writes nothing."""
     on_slurm = plan.executor == slurm.NAME
     legs = []
     for leg in plan.legs:
@@ -336,17 +410,24 @@ def plan_data(registry: reg.Registry, plan: LaunchPlan, exp_dir: Path, grace_s: 
         "created_at": now_iso(),
         "host": socket.gethostname(),
         "user": os.environ.get("USER"),
-        "cwd": str(plan.cwd),
-        "python": sys.executable,
+        "cwd": str(plan.cwd),  # the checkout the legs run in
+        "python": str(plan.runtime.python) if plan.runtime and plan.runtime.python else sys.executable,
         "torchrun": plan.torchrun,
-        **(origin if origin is not None else {"git": provenance.git_head(plan.cwd)}),
+        "env": dict(plan.runtime.env) if plan.runtime else {},  # added to each leg's environment
+        **(origin if origin is not None else {"git": git_info(plan.cwd)}),
         "executor": plan.executor,
         "on_failure": registry.settings.on_failure,
         "tail": registry.settings.tail,  # the report's tail window: the supervisor's report.md uses it
         "stop_grace_s": grace_s,
         "gpu_idle": asdict(registry.settings.gpu_idle),
+        # what the supervisor runs when a leg ends done or failed (placeholders filled then)
+        "notify": ({"argv": list(registry.settings.notify), "timeout_s": registry.settings.notify_timeout_s}
+                   if registry.settings.notify else None),
         "legs": legs,
         "skipped": [{"leg": name, "why": why} for name, why in plan.skipped],
+        # run by the supervisor before the first leg when `creates` is missing
+        "prepare": ({"argv": plan.experiment.prepare.command(legs_python(plan)),
+                     "creates": [str(p) for p in plan.experiment.prepare.creates]} if plan.experiment.prepare else None),
         "registry": {"path": str(registry.path.resolve()), "raw": registry.raw},
     }
     if on_slurm:
@@ -357,9 +438,11 @@ def plan_data(registry: reg.Registry, plan: LaunchPlan, exp_dir: Path, grace_s: 
 
 def write_plan(registry: reg.Registry, plan: LaunchPlan, exp_dir: Path, grace_s: float = STOP_GRACE_S) -> dict:
     """plan.json in the fresh dir, written once, never over anything, with the launch's provenance
-    (git, with `git.patch` beside it when the tree is dirty; the machine; the trainer's versions;
-    the environment: see provenance). Returns what it holds."""
-    origin, patch = provenance.collect(plan.cwd, plan.torchrun)
+    (git, with `git.patch` beside it when the tree is dirty; the machine; the trainer's versions,
+    read by the legs' python; the launch's environment: see provenance). Returns what it holds."""
+    runtime = plan.runtime
+    origin, patch = provenance.collect(plan.cwd, plan.torchrun, str(runtime.python) if runtime and runtime.python else None,
+                                       dict(runtime.env) if runtime else None)
     if patch is not None:
         try:
             provenance.save_patch(exp_dir, patch)

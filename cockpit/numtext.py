@@ -36,6 +36,15 @@ def _load() -> None:
         _P10F = _P10.astype(np.float64)
 
 
+def computed(x: float | int) -> str:
+    """A number computed from the log's (a tail mean) as text without float noise: rounded to
+    12 significant digits, far more than a log prints and far fewer than the 17 that carry a
+    binary sum's error, then its shortest form (`0.15`, not `0.15000000000000002`)."""
+    if isinstance(x, int) or x != x or x in (float("inf"), float("-inf")):
+        return str(x)
+    return repr(float(f"{x:.12g}"))
+
+
 def int_cells(values: Any, present: Any) -> Any:
     """(n, w) uint8: str(v) of each int where present (an empty cell where not)."""
     _load()

@@ -17,7 +17,7 @@ differs: the report and the resume guide print it as a warning beside the delta.
 
 Only read-only git commands run here (`GIT_OPTIONAL_LOCKS=0`: not even the index is refreshed).
 
-Layer 1: imports fsutil and gpus.
+Layer 1: imports checkout, fsutil and gpus.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from cockpit import fsutil, gpus
+from cockpit import checkout, fsutil, gpus
 
 PATCH_NAME = "git.patch"  # <exp_dir>/git.patch: the uncommitted changes the legs ran with
 PATCH_MAX_BYTES = 32 << 20  # a bigger diff is cut there (the plan says so)
@@ -83,30 +83,10 @@ def _git(cwd: Path, *args: str, limit: int | None = None) -> tuple[bytes | None,
     return (out.stdout if limit is None else out.stdout[:limit]), None
 
 
-def git_head(cwd: Path) -> dict[str, Any]:
-    """The checkout's top dir, branch and commit (None each when git cannot say). A dir that is no
-    checkout falls back to the one the cockpit runs from."""
-    top, why = _git(cwd, "rev-parse", "--show-toplevel")
-    if top is None:
-        here = Path(__file__).resolve().parents[1]
-        if here != Path(cwd).resolve():
-            return git_head(here)
-        return {"dir": None, "branch": None, "commit": None, "error": why}
-
-    def text(*args: str) -> str | None:
-        out, _ = _git(cwd, *args)
-        if out is None:
-            return None
-        return out.decode("utf-8", "replace").strip() or None
-
-    return {"dir": top.decode("utf-8", "replace").strip(), "branch": text("rev-parse", "--abbrev-ref", "HEAD"),
-            "commit": text("rev-parse", "HEAD")}
-
-
 def git_info(cwd: Path) -> tuple[dict[str, Any], bytes | None]:
-    """git_head, and whether the tree is dirty; with its `git diff HEAD` when it is (None when
-    clean or unknown). Read only."""
-    info = git_head(cwd)
+    """checkout.git_info (top dir, branch, commit), and whether the tree is dirty; with its `git
+    diff HEAD` when it is (None when clean or unknown). Read only."""
+    info: dict[str, Any] = dict(checkout.git_info(cwd))
     if info["dir"] is None:
         info["dirty"] = None
         return info, None
@@ -172,15 +152,18 @@ def env_vars(environ: dict[str, str] | None = None) -> dict[str, str]:
     return {k: environ[k] for k in sorted(environ) if k in ENV_NAMES or k.startswith(ENV_PREFIXES)}
 
 
-def collect(cwd: Path, torchrun: str) -> tuple[dict[str, Any], bytes | None]:
+def collect(cwd: Path, torchrun: str, python: str | None = None,
+            leg_env: dict[str, str] | None = None) -> tuple[dict[str, Any], bytes | None]:
     """Everything a plan records of a launch's origin, and the patch to save beside it (or None):
-    ({"git": ..., "machine": ..., "trainer": ..., "env": ...}, patch)."""
+    ({"git": ..., "machine": ..., "trainer": ..., "launch_env": ...}, patch). `python`: the legs'
+    interpreter when the registry names one (else the one torchrun's first line names);
+    `leg_env`: what the registry adds to the legs' environment (it wins over this process's)."""
     git, patch = git_info(cwd)
     return {
         "git": git,
         "machine": gpus.machine(),
-        "trainer": trainer_env(legs_python(torchrun), cwd),
-        "env": env_vars(),
+        "trainer": trainer_env(python or legs_python(torchrun), cwd),
+        "launch_env": env_vars({**os.environ, **(leg_env or {})}),
     }, patch
 
 
@@ -298,7 +281,7 @@ def differences(base_plan: dict | None, run_plan: dict | None, base_leg: str | N
     same("GPU driver", "machine", "driver")
     for key, what in (("python", "trainer Python"), ("torch", "torch"), ("cuda", "CUDA"), ("nccl", "NCCL")):
         same(what, "trainer", key)
-    a_env, b_env = _get(base_plan, "env"), _get(run_plan, "env")
+    a_env, b_env = _get(base_plan, "launch_env"), _get(run_plan, "launch_env")
     if isinstance(a_env, dict) and isinstance(b_env, dict) and a_env != b_env:
         for k in sorted(set(a_env) | set(b_env)):
             if a_env.get(k) != b_env.get(k):

@@ -7,32 +7,37 @@ global defaults), its baseline, its decision, and the figures of legs that ran e
 Every problem in the file is reported as one `RegistryError` whose text is
 `path:line: message`, so the CLI can print it on one line and exit 2.
 
-Layer 0: imports nothing from the cockpit but fsutil, safetext, vocab and toml_lines.
+Layer 0: imports nothing from the cockpit but fsutil, procs, safetext, vocab and toml_lines.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import itertools
 import math
 import os
 import re
 import shlex
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cockpit import fsutil, safetext
+from cockpit import fsutil, procs, safetext
 from cockpit.toml_lines import locate_keys
 from cockpit.vocab import METRICS
 
 DEFAULT_REGISTRY = "experiments.toml"
+REGISTRY_ENV = "COCKPIT_REGISTRY"  # names the registry file when no --registry is given
 DEVICES = ("cuda", "cpu")
 FAILURE_POLICIES = ("stop", "continue")
 EXECUTORS = ("local", "slurm")  # who runs a launch's legs: a supervisor here, or Slurm batch jobs
 EXP_DIR_PLACEHOLDER = "{exp_dir}"
+EXP_ROOT_PLACEHOLDER = "{exp_root}"  # in a trainer arg or a prepare entry: project.exp_root, filled at load
+PYTHON_PLACEHOLDER = "{python}"  # in a prepare argv: the Python of the legs, filled at launch
+PREPARE = "prepare"  # an experiment's prepare step: <dir>/prepare.log, state/prepare.json (no leg's name)
 REGISTRY_MAX_BYTES = 16 << 20  # a registry is a hand-written file: a bigger one is not a registry
 # Bounds of the numbers a registry holds: each is checked with its file:line.
 TAIL_MAX = 1_000_000  # step lines in the report's tail window
@@ -117,8 +122,51 @@ class Settings:
     tail: int
     gpu_idle: GpuIdle
     on_failure: str  # "stop" or "continue": what the queue does after a failed leg
+    # run by the supervisor when a leg ends done or failed: an argv (no shell), its placeholders
+    # filled (NOTIFY_FIELDS); it may fail or time out, which is noted, never fatal
+    notify: tuple[str, ...] | None = None
+    notify_timeout_s: float = 10.0
     executor: str = "local"  # who runs the legs unless an experiment says otherwise (EXECUTORS)
     slurm: SlurmSettings = SlurmSettings()  # `[project.slurm]`: every experiment's Slurm jobs
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and with what a leg runs: the checkout it runs in (its working directory, put first
+    on PYTHONPATH), the Python whose `torchrun` runs it, and extra environment variables.
+    `[defaults]` sets them; an experiment may set its own (its env is added to the defaults')."""
+
+    workdir: Path  # the registry's dir unless `workdir` says otherwise
+    python: Path | None = None  # None: the cockpit's own Python (the torchrun beside it, else on PATH)
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def torchrun(self) -> Path | None:
+        """The torchrun of the configured Python: the one beside it (a venv's bin), never resolved
+        through the symlink a venv's python is (that would leave the venv)."""
+        return self.python.parent / "torchrun" if self.python is not None else None
+
+
+@dataclass(frozen=True)
+class Prepare:
+    """A step a launch runs once before an experiment's first leg, when the path it creates is
+    missing (a corpus, a tokenizer): an argv (no shell) in the legs' checkout, with their env."""
+
+    argv: tuple[str, ...]  # `{python}` stands for the legs' Python
+    creates: tuple[Path, ...]  # inside exp_root: the step runs when any of them is missing
+    line: int | None = None
+
+    def missing(self) -> list[Path]:
+        """What it creates that is not there now (the step runs when this is not empty)."""
+        return [p for p in self.creates if not os.path.lexists(p)]
+
+    def makes(self, path: Path | str) -> bool:
+        """Is `path` one of the paths it creates, or inside one?"""
+        return any(fsutil.is_inside(path, c) for c in self.creates)
+
+    def command(self, python: str) -> list[str]:
+        """The argv it runs, with the legs' Python."""
+        return [a.replace(PYTHON_PLACEHOLDER, python) for a in self.argv]
 
 
 @dataclass(frozen=True)
@@ -146,6 +194,8 @@ class Leg:
     description: str | None
     line: int | None
     repeats: int = 1  # runs of the leg in one launch (see REPEAT_NAME)
+    grid: dict[str, Any] | None = None  # a leg of the experiment's grid: its value on each axis
+    runtime: Runtime | None = None  # where and with what it runs (the experiment's)
 
     @property
     def is_recorded(self) -> bool:
@@ -198,6 +248,8 @@ class Experiment:
     hypothesis: str | None
     notes: tuple[str, ...]
     line: int | None
+    runtime: Runtime | None = None  # where and with what its legs run
+    prepare: Prepare | None = None  # run before its first leg when what it creates is missing
     executor: str = "local"  # EXECUTORS: the project's, or the experiment's own
     slurm: SlurmSettings = SlurmSettings()  # `[project.slurm]`, each key `[experiment.slurm]` gives replaced
 
@@ -215,6 +267,12 @@ class Registry:
     settings: Settings
     experiments: tuple[Experiment, ...]
     raw: dict[str, Any] = field(repr=False)  # the file as parsed: the plan's snapshot
+    runtime: Runtime | None = None  # [defaults]' workdir, python and env (an experiment may differ)
+
+    @property
+    def workdir(self) -> Path:
+        """The checkout the legs run in by default (`[defaults] workdir`, else the registry's dir)."""
+        return self.runtime.workdir if self.runtime is not None else self.path.resolve().parent
 
     def experiment(self, exp_id: str) -> Experiment | None:
         return next((e for e in self.experiments if e.id == exp_id), None)
@@ -224,6 +282,20 @@ class Registry:
         exp_id, _, name = ref.rpartition("/")
         exp = self.experiment(exp_id or (default_experiment or ""))
         return exp.leg(name) if exp else None
+
+    def baseline_of(self, leg: Leg) -> Leg | None:
+        """The baseline leg of the leg's experiment (maybe in another experiment), or None."""
+        exp = self.experiment(leg.experiment)
+        return self.find_leg(exp.baseline, exp.id) if exp is not None and exp.baseline else None
+
+    def leg_diff(self, leg: Leg, other: Leg | None = None) -> list[FlagDiff] | None:
+        """The trainer flags where `leg` differs from `other` (default: its baseline), in the
+        leg's flag order, then the other's flags the leg lacks. None when there is nothing to
+        compare with (no baseline); [] when the flags are the same."""
+        other = other if other is not None else self.baseline_of(leg)
+        if other is None:
+            return None
+        return diff_flags(parse_flags(other.trainer_args()), parse_flags(leg.trainer_args()))
 
 
 def command_lines(argv: list[str], quote: Callable[[str], str] = shlex.quote) -> list[str]:
@@ -241,6 +313,54 @@ def command_lines(argv: list[str], quote: Callable[[str], str] = shlex.quote) ->
             lines.append(quote(rest[i]))
             i += 1
     return lines
+
+
+@dataclass(frozen=True)
+class FlagDiff:
+    """One trainer flag that differs between two runs: its value in each (None: not given; True:
+    a bare flag)."""
+
+    flag: str  # without its dashes
+    base: str | bool | None
+    run: str | bool | None
+
+    def __str__(self) -> str:
+        def show(v: str | bool | None) -> str:
+            return "(not given)" if v is None else "(set)" if v is True else v
+        return f"--{self.flag} {show(self.base)} -> {show(self.run)}"
+
+
+def parse_flags(argv: list[str]) -> dict[str, str | bool]:
+    """A trainer's flags from its argv (after `--` when there is one): `--key value` -> value, a
+    bare `--key` -> True. The inverse of render_args."""
+    args = argv[argv.index("--") + 1:] if "--" in argv else list(argv)
+    out: dict[str, str | bool] = {}
+    i = 0
+    while i < len(args):
+        key = args[i]
+        if not key.startswith("--"):
+            i += 1
+            continue
+        if i + 1 < len(args) and not args[i + 1].startswith("--"):
+            out[key[2:]] = args[i + 1]
+            i += 2
+        else:
+            out[key[2:]] = True
+            i += 1
+    return out
+
+
+def diff_flags(base: dict[str, str | bool], run: dict[str, str | bool]) -> list[FlagDiff]:
+    """The flags whose values differ: the run's flags in its order, then those only the base gives."""
+    out = [FlagDiff(k, base.get(k), v) for k, v in run.items() if base.get(k) != v]
+    return out + [FlagDiff(k, v, None) for k, v in base.items() if k not in run]
+
+
+def format_diff(diffs: list[FlagDiff] | None) -> str:
+    """`--compile-mode static -> dynamic, --fp8 (set) -> (not given)`, or `none` (the same flags)."""
+    if diffs is None:
+        return "nothing to compare with"
+    return ", ".join(str(d) for d in diffs) or "none"
 
 
 def render_args(args: dict[str, Any], exp_dir: Path | str | None = None) -> list[str]:
@@ -273,11 +393,14 @@ _SCHEMA: dict[str, dict[str, tuple[type, ...]]] = {
         "tail": (int,),
         "on_failure": (str,),
         "gpu_idle": (dict,),
+        "notify": (list,),
+        "notify_timeout_s": (int, float),
         "executor": (str,),
         "slurm": (dict,),
     },
     "gpu_idle": {"max_util_pct": (int, float), "max_mem_mib": (int, float), "wait_s": (int, float)},
-    "defaults": {"module": (str,), "nproc_per_node": (int,), "device": (str,), "args": (dict,)},
+    "defaults": {"module": (str,), "nproc_per_node": (int,), "device": (str,), "args": (dict,),
+                 "workdir": (str,), "python": (str,), "env": (dict,)},
     "experiment": {
         "id": (str,),
         "title": (str,),
@@ -290,9 +413,15 @@ _SCHEMA: dict[str, dict[str, tuple[type, ...]]] = {
         "repeats": (int,),
         "args": (dict,),
         "leg": (list,),
+        "grid": (dict,),
+        "workdir": (str,),
+        "python": (str,),
+        "env": (dict,),
+        "prepare": (dict,),
         "executor": (str,),
         "slurm": (dict,),
     },
+    "prepare": {"argv": (list,), "creates": (str, list)},
     "leg": {
         "name": (str,),
         "description": (str,),
@@ -447,6 +576,30 @@ def _show(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+def find_registry(start: Path | str | None = None, environ: Mapping[str, str] | None = None) -> Path:
+    """The registry a command uses when none is named: `$COCKPIT_REGISTRY`, else the nearest
+    `experiments.toml` in `start` (default: the current directory) or a directory above it, up
+    to the filesystem root, as git finds `.git`. Found in `start` itself, it is the bare name
+    (paths shown stay short); above it, an absolute path. RegistryError says where it looked."""
+    environ = os.environ if environ is None else environ
+    named = environ.get(REGISTRY_ENV, "")
+    if named.strip():
+        path = Path(os.path.expanduser(named))
+        if not path.is_file():
+            raise RegistryError(path, None, f"${REGISTRY_ENV} names no registry file")
+        return path
+    try:
+        here = Path(os.path.abspath(start if start is not None else os.getcwd()))
+    except FileNotFoundError:  # the current directory was removed under us
+        raise RegistryError(DEFAULT_REGISTRY, None, "registry file not found: the current directory no longer "
+                            "exists; give --registry PATH or set $" + REGISTRY_ENV) from None
+    for d in (here, *here.parents):
+        if (d / DEFAULT_REGISTRY).is_file():
+            return Path(DEFAULT_REGISTRY) if start is None and d == here else d / DEFAULT_REGISTRY
+    raise RegistryError(DEFAULT_REGISTRY, None, f"registry file not found in {_cut(str(here))} or any directory "
+                        f"above it; give --registry PATH or set ${REGISTRY_ENV}")
+
+
 def load(path: Path | str = DEFAULT_REGISTRY) -> Registry:
     """Read and validate a registry file. Raises RegistryError (one line, with file:line)."""
     path = Path(path)
@@ -516,6 +669,9 @@ def from_raw(raw: dict[str, Any], path: Path | str = DEFAULT_REGISTRY, text: str
     for key, hi in (("max_util_pct", 100.0), ("max_mem_mib", 1e9), ("wait_s", WAIT_S_MAX)):
         if key in idle:
             ld.check_range(idle[key], 0.0, hi, ("project", "gpu_idle", key), f"project.gpu_idle.{key}")
+    notify = _notify(ld, proj, base) if "notify" in proj else None
+    timeout = proj.get("notify_timeout_s", 10.0)
+    ld.check_range(timeout, 0.1, NOTIFY_TIMEOUT_MAX, ("project", "notify_timeout_s"), "project.notify_timeout_s")
     executor = _check_executor(ld, proj.get("executor", "local"), ("project", "executor"), "project.executor")
     slurm = _slurm(ld, SlurmSettings(), proj.get("slurm", {}), ("project", "slurm"))
     settings = Settings(
@@ -526,6 +682,8 @@ def from_raw(raw: dict[str, Any], path: Path | str = DEFAULT_REGISTRY, text: str
         tail=tail,
         gpu_idle=GpuIdle(**{k: float(v) for k, v in idle.items()}),
         on_failure=on_failure,
+        notify=notify,
+        notify_timeout_s=float(timeout),
         executor=executor,
         slurm=slurm,
     )
@@ -539,6 +697,7 @@ def from_raw(raw: dict[str, Any], path: Path | str = DEFAULT_REGISTRY, text: str
                       f"'defaults.module' must be a Python module name (like nanochat.base_train), not {_show(module)}")
     d_device = _check_device(ld, defaults.get("device", "cuda"), ("defaults", "device"))
     d_nproc = _check_nproc(ld, defaults.get("nproc_per_node", 1), ("defaults", "nproc_per_node"))
+    d_runtime = _runtime(ld, defaults, ("defaults",), base, Runtime(workdir=base))
 
     experiments: list[Experiment] = []
     seen_ids: dict[str, int | None] = {}
@@ -559,7 +718,9 @@ def from_raw(raw: dict[str, Any], path: Path | str = DEFAULT_REGISTRY, text: str
         seen_ids[exp_id] = ld.line(loc + ("id",))
         device = _check_device(ld, exp.get("device", d_device), loc + ("device",))
         nproc = _check_nproc(ld, exp.get("nproc_per_node", d_nproc), loc + ("nproc_per_node",))
-        e_args = {**d_args, **ld.check_args(exp.get("args", {}), loc + ("args",))}
+        runtime = _runtime(ld, exp, loc, base, d_runtime)
+        e_args = _roots({**d_args, **ld.check_args(exp.get("args", {}), loc + ("args",))}, exp_root)
+        prepare = _prepare(ld, exp["prepare"], loc + ("prepare",), base, exp_root, read_only) if "prepare" in exp else None
         e_repeats = exp.get("repeats", 1)
         ld.check_range(e_repeats, 1, REPEATS_MAX, loc + ("repeats",), f"{exp_id}.repeats")
         notes = exp.get("notes", [])
@@ -588,6 +749,9 @@ def from_raw(raw: dict[str, Any], path: Path | str = DEFAULT_REGISTRY, text: str
                 raise ld.fail(lloc + ("repeats",), f"run name {_show(longest)} of '{exp_id}/{name}' {why}")
             if why := _path_too_long(exp_root, exp_id, longest):
                 raise ld.fail(lloc + ("name",), why)
+            if name == PREPARE and prepare is not None:
+                raise ld.fail(lloc + ("name",), f"leg name '{PREPARE}' in '{exp_id}' is its prepare step's "
+                                                "(prepare.log): name the leg otherwise")
             if name in seen_legs:
                 raise ld.fail(
                     lloc + ("name",),
@@ -613,13 +777,26 @@ def from_raw(raw: dict[str, Any], path: Path | str = DEFAULT_REGISTRY, text: str
                     nproc_per_node=_check_nproc(
                         ld, leg.get("nproc_per_node", nproc), lloc + ("nproc_per_node",)
                     ),
-                    args={**e_args, **ld.check_args(leg.get("args", {}), lloc + ("args",))},
+                    args=_roots({**e_args, **ld.check_args(leg.get("args", {}), lloc + ("args",))}, exp_root),
                     recorded=recorded,
                     description=leg.get("description"),
                     line=ld.line(lloc),
                     repeats=repeats,
+                    runtime=runtime,
                 )
             )
+        if "grid" in exp:
+            grid_legs = []
+            for name, args, desc, values in _expand_grid(ld, exp["grid"], loc + ("grid",), exp_id, e_args, seen_legs):
+                if why := _path_too_long(exp_root, exp_id, repeat_name(name, e_repeats - 1) if e_repeats > 1 else name):
+                    raise ld.fail(loc + ("grid", "name"), why)
+                grid_legs.append(Leg(name=name, experiment=exp_id, module=module, device=device, nproc_per_node=nproc,
+                                     args=_roots(args, exp_root), recorded=None, description=desc, line=ld.line(loc + ("grid",)),
+                                     grid=values, runtime=runtime, repeats=e_repeats))
+            # the grid's legs stand where the grid stands among the hand-written ones
+            at = ld.line(loc + ("grid",)) or 0
+            cut = sum(1 for leg in legs if (leg.line or 0) < at)
+            legs[cut:cut] = grid_legs
         experiments.append(
             Experiment(
                 id=exp_id,
@@ -632,13 +809,15 @@ def from_raw(raw: dict[str, Any], path: Path | str = DEFAULT_REGISTRY, text: str
                 hypothesis=exp.get("hypothesis"),
                 notes=tuple(notes),
                 line=ld.line(loc),
+                runtime=runtime,
+                prepare=prepare,
                 executor=_check_executor(ld, exp.get("executor", executor), loc + ("executor",),
                                          f"{exp_id}.executor"),
                 slurm=_slurm(ld, slurm, exp.get("slurm", {}), loc + ("slurm",)),
             )
         )
 
-    registry = Registry(path=path, settings=settings, experiments=tuple(experiments), raw=raw)
+    registry = Registry(path=path, settings=settings, experiments=tuple(experiments), raw=raw, runtime=d_runtime)
     for i, exp in enumerate(registry.experiments):
         if exp.baseline and registry.find_leg(exp.baseline, exp.id) is None:
             raise ld.fail(
@@ -647,6 +826,99 @@ def from_raw(raw: dict[str, Any], path: Path | str = DEFAULT_REGISTRY, text: str
                 + (f" (legs: {', '.join(leg.name for leg in exp.legs)})" if exp.legs else ""),
             )
     return registry
+
+
+# ----------------------------------------------------------------------------------------------
+# sweeps: a grid of legs
+#
+#     [experiment.grid]
+#     name = "{compile-mode}_cap{moe-capacity-factor}"      # each leg's name: every axis in it
+#     compile-mode = ["static", "dynamic"]                 # an axis: a trainer flag and its values
+#     moe-capacity-factor = [0.0, 1.0, 1.25]
+#     args = { model-tag = "sweep_{name}" }                # optional: args of every grid leg
+#
+# expands to one leg per combination (the first axis varies slowest), named by the template:
+# static_cap0p0, static_cap1p0, static_cap1p25, dynamic_cap0p0, ... A value renders in a name as
+# a file name can hold it: 1.0 -> 1p0, 1.25 -> 1p25, -1 -> m1, 1e-05 -> 1em05, true -> true,
+# a string as it is. A grid leg's args: the experiment's, then the grid's `args`, then its axis
+# values; `{name}` and `{<axis>}` in the grid's args and description stand for the leg's own.
+
+GRID_KEYS = ("name", "description", "args")  # a grid's keys that are not axes
+_PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
+
+
+def name_part(value: Any) -> str:
+    """An axis value as it appears in a leg name: `1.0` -> `1p0`, `-0.5` -> `m0p5`, `true`."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    text = repr(value) if isinstance(value, float) else str(value)
+    return text.replace(".", "p").replace("-", "m").replace("+", "") if isinstance(value, int | float) else text
+
+
+def _fill(template: str, values: dict[str, str]) -> str:
+    """`{key}` -> values[key] for the keys given; any other `{...}` (`{exp_dir}`) stays as it is."""
+    return _PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), template)
+
+
+def _expand_grid(ld: _Loader, grid: dict, loc: tuple, exp_id: str, e_args: dict,
+                 seen: dict[str, int | None]) -> list[tuple[str, dict, str | None, dict]]:
+    """The legs of an experiment's grid as (name, args, description, axis values), checked: a
+    template that names every axis and nothing else, axes of distinct scalar values, names no
+    other leg has (`seen`: name -> line)."""
+    template = grid.get("name")
+    if not isinstance(template, str):
+        raise ld.fail(loc, f"the grid of '{exp_id}' needs a name template (e.g. name = \"{{compile-mode}}_cap"
+                           "{moe-capacity-factor}\") whose placeholders are its axes")
+    axes = {k: v for k, v in grid.items() if k not in GRID_KEYS}
+    if not axes:
+        raise ld.fail(loc, f"the grid of '{exp_id}' has no axis (a trainer flag = [values])")
+    for key, values in axes.items():
+        if not _ARG_KEY.match(key):
+            raise ld.fail(loc + (key,), f"grid axis {_show(key)} of '{exp_id}' is not a flag name")
+        if not isinstance(values, list) or not values:
+            raise ld.fail(loc + (key,), f"grid axis '{key}' of '{exp_id}' must be a non-empty array of values, "
+                                        f"not {_show(values)}")
+        for v in values:
+            ld.check_args({key: v}, loc + (key,))
+        shown = [name_part(v) for v in values]
+        if len(set(shown)) < len(shown):
+            dup = next(x for x in shown if shown.count(x) > 1)
+            raise ld.fail(loc + (key,), f"grid axis '{key}' of '{exp_id}' repeats a value ({dup} in a name)")
+    desc = grid.get("description")
+    if desc is not None and not isinstance(desc, str):
+        raise ld.fail(loc + ("description",), f"the grid's description in '{exp_id}' must be a string")
+    g_args = ld.check_args(grid.get("args", {}), loc + ("args",)) if isinstance(grid.get("args", {}), dict) else None
+    if g_args is None:
+        raise ld.fail(loc + ("args",), f"the grid's args in '{exp_id}' must be a table")
+    where = loc + ("name",)
+    stripped = _PLACEHOLDER.sub("", template)
+    if "{" in stripped or "}" in stripped:
+        raise ld.fail(where, f"grid name template {_show(template)} of '{exp_id}' has an unmatched brace")
+    named = _PLACEHOLDER.findall(template)
+    if unknown := [n for n in named if n not in axes]:
+        raise ld.fail(where, f"grid name template {_show(template)} of '{exp_id}' names {{{unknown[0]}}}, which is "
+                             f"not an axis (axes: {', '.join(axes)})")
+    if missing := [a for a in axes if a not in named]:
+        raise ld.fail(where, f"grid name template {_show(template)} of '{exp_id}' leaves out axis '{missing[0]}': "
+                             "legs that differ only there would share a name")
+    legs = []
+    first: dict[str, dict] = {}
+    for combo in itertools.product(*axes.values()):
+        values = dict(zip(axes, combo, strict=True))
+        name = _fill(template, {k: name_part(v) for k, v in values.items()})
+        show = ", ".join(f"{k} = {_show(v)}" for k, v in values.items())
+        if why := _bad_name(name, LEG_FILES):
+            raise ld.fail(where, f"grid leg name {_show(name)} ({show}) in '{exp_id}' {why}")
+        if name in seen:
+            raise ld.fail(where, f"grid leg '{name}' ({show}) of '{exp_id}' has the name of the leg at line {seen[name]}")
+        if name in first:
+            other = ", ".join(f"{k} = {_show(v)}" for k, v in first[name].items())
+            raise ld.fail(where, f"grid legs ({other}) and ({show}) of '{exp_id}' would both be named '{name}'")
+        first[name] = values
+        subst = {"name": name, **{k: str(v) for k, v in values.items()}}
+        args = {**e_args, **{k: _fill(v, subst) if isinstance(v, str) else v for k, v in g_args.items()}, **values}
+        legs.append((name, args, _fill(desc, subst) if desc is not None else None, values))
+    return legs
 
 
 def _resolve(p: str, base: Path, ld: _Loader | None = None, loc: tuple = (), what: str = "path") -> Path:
@@ -704,6 +976,126 @@ def _path_too_long(exp_root: Path, exp_id: str, leg: str) -> str | None:
     return None
 
 
+NOTIFY_FIELDS = ("event", "experiment", "leg", "dir", "log")  # `{event}`: done or failed
+NOTIFY_TIMEOUT_MAX = 600.0
+
+
+def _notify(ld: _Loader, proj: dict, base: Path) -> tuple[str, ...]:
+    """`project.notify`, checked: a non-empty array of strings, placeholders only NOTIFY_FIELDS; a
+    program given as a path (it has a '/') is the registry dir's and must be an executable file.
+    A bare name is looked up on PATH when it runs (PATH differs from machine to machine)."""
+    loc = ("project", "notify")
+    argv = proj["notify"]
+    if not argv or not all(isinstance(a, str) for a in argv):
+        raise ld.fail(loc, "'project.notify' must be a non-empty array of strings: a command and its arguments "
+                           "(no shell), e.g. [\"notify-send\", \"{experiment}/{leg}: {event}\"]")
+    if not argv[0].strip():
+        raise ld.fail(loc, "'project.notify' names no program (its first item is empty)")
+    for a in argv:
+        if "\x00" in a:
+            raise ld.fail(loc, "'project.notify' holds a NUL byte (no command line can)")
+        if unknown := [n for n in _PLACEHOLDER.findall(a) if n not in NOTIFY_FIELDS]:
+            raise ld.fail(loc, f"'project.notify' names {{{unknown[0]}}}; it knows "
+                               + ", ".join(f"{{{f}}}" for f in NOTIFY_FIELDS))
+    program = argv[0]
+    if "/" in program:
+        path = _resolve_kept(ld, program, base, loc, "project.notify")
+        if not (path.is_file() and os.access(path, os.X_OK)):
+            raise ld.fail(loc, f"'project.notify' program {_cut(str(path))} is not an executable file")
+        program = str(path)
+    return (program, *argv[1:])
+
+
+def fill_notify(argv: tuple[str, ...] | list[str], fields: dict[str, str]) -> list[str]:
+    """The notify command for one leg: each `{field}` replaced (NOTIFY_FIELDS), nothing else."""
+    return [_fill(a, fields) for a in argv]
+
+
+def _roots(args: dict, exp_root: Path) -> dict:
+    """Trainer args with `{exp_root}` filled in their string values (a corpus a prepare made there)."""
+    return {k: v.replace(EXP_ROOT_PLACEHOLDER, str(exp_root)) if isinstance(v, str) else v for k, v in args.items()}
+
+
+def _prepare(ld: _Loader, table: Any, loc: tuple, base: Path, exp_root: Path, read_only: list[Path]) -> Prepare:
+    """An experiment's prepare entry, checked: an argv of strings whose placeholders are `{python}`
+    and `{exp_root}`, and the path it creates, inside exp_root (nothing is written elsewhere) and
+    outside every read-only path."""
+    ld.check_table(table, "prepare", loc)
+    argv = table.get("argv")
+    if not argv or not all(isinstance(a, str) for a in argv) or not argv[0].strip():
+        raise ld.fail(loc + ("argv",), "'prepare.argv' must be a non-empty array of strings: a command and its "
+                                       "arguments (no shell), e.g. [\"{python}\", \"-m\", \"nanochat.smoke_data\", "
+                                       "\"--out\", \"{exp_root}/_data/smoke\"]")
+    known = (PYTHON_PLACEHOLDER[1:-1], EXP_ROOT_PLACEHOLDER[1:-1])
+    for a in argv:
+        if "\x00" in a:
+            raise ld.fail(loc + ("argv",), "'prepare.argv' holds a NUL byte (no command line can)")
+        if unknown := [n for n in _PLACEHOLDER.findall(a) if n not in known]:
+            raise ld.fail(loc + ("argv",), f"'prepare.argv' names {{{unknown[0]}}}; it knows {{python}} and {{exp_root}}")
+    if "creates" not in table:
+        raise ld.fail(loc, "a prepare entry needs 'creates': the paths it makes (it runs when one is missing)")
+    given = table["creates"] if isinstance(table["creates"], list) else [table["creates"]]
+    if not given or not all(isinstance(c, str) for c in given):
+        raise ld.fail(loc + ("creates",), "'prepare.creates' must be a path or a non-empty array of paths")
+    creates = []
+    for c in given:
+        path = _resolve(c.replace(EXP_ROOT_PLACEHOLDER, str(exp_root)), base, ld, loc + ("creates",), "prepare.creates")
+        if not (path != exp_root and exp_root in path.parents):
+            raise ld.fail(loc + ("creates",), f"'prepare.creates' {_cut(str(path))} must lie inside exp_root "
+                                              f"{_cut(str(exp_root))} (the cockpit writes nowhere else): use "
+                                              "{exp_root}/...")
+        for ro in read_only:
+            if path == ro or ro in path.parents:
+                raise ld.fail(loc + ("creates",), f"'prepare.creates' {_cut(str(path))} lies inside read-only path {ro}")
+        creates.append(path)
+    return Prepare(tuple(a.replace(EXP_ROOT_PLACEHOLDER, str(exp_root)) for a in argv), tuple(creates), ld.line(loc))
+
+
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")  # an environment variable's name
+RESERVED_ENV = (procs.ENV_EXP_DIR, procs.ENV_LEG)  # the supervisor's marker on a leg's processes
+
+
+def _runtime(ld: _Loader, table: dict, loc: tuple, base: Path, parent: Runtime) -> Runtime:
+    """The workdir, python and env a table sets (over `parent`'s), checked now: the workdir is a
+    directory, the python an executable file, each env key a variable name and each value a
+    string. Relative paths are the registry's dir's; `~` is expanded; symlinks are kept (a venv's
+    python is one)."""
+    where = ".".join(str(p) for p in loc if not isinstance(p, int)) or "defaults"
+    workdir, python = parent.workdir, parent.python
+    if "workdir" in table:
+        workdir = _resolve_kept(ld, table["workdir"], base, loc + ("workdir",), f"{where}.workdir")
+        if not workdir.exists():
+            raise ld.fail(loc + ("workdir",), f"'{where}.workdir' {_cut(str(workdir))} does not exist")
+        if not workdir.is_dir():
+            raise ld.fail(loc + ("workdir",), f"'{where}.workdir' {_cut(str(workdir))} is not a directory")
+    if "python" in table:
+        python = _resolve_kept(ld, table["python"], base, loc + ("python",), f"{where}.python")
+        if not python.exists():
+            raise ld.fail(loc + ("python",), f"'{where}.python' {_cut(str(python))} does not exist")
+        if not python.is_file() or not os.access(python, os.X_OK):
+            raise ld.fail(loc + ("python",), f"'{where}.python' {_cut(str(python))} is not an executable file")
+    env = dict(parent.env)
+    for key, value in table.get("env", {}).items():
+        if not ENV_NAME.match(key):
+            raise ld.fail(loc + ("env", key), f"'{where}.env' key {_show(key)} is not an environment variable name")
+        if key in RESERVED_ENV:
+            raise ld.fail(loc + ("env", key), f"'{where}.env' may not set {key}: the cockpit marks a leg's processes with it")
+        if not isinstance(value, str):
+            raise ld.fail(loc + ("env", key), f"'{where}.env.{key}' must be a string (quote it: \"{value}\"), "
+                                              f"not {type(value).__name__}")
+        if "\x00" in value:
+            raise ld.fail(loc + ("env", key), f"'{where}.env.{key}' holds a NUL byte")
+        env[key] = value
+    return Runtime(workdir=workdir, python=python, env=env)
+
+
+def _resolve_kept(ld: _Loader, p: str, base: Path, loc: tuple, what: str) -> Path:
+    """A path made absolute like _resolve, but its symlinks kept (a venv's python is a symlink:
+    resolved, it would be the interpreter outside the venv)."""
+    real = _resolve(p, base, ld, loc, what)  # the same checks (empty, NUL, ~user)
+    del real
+    path = Path(os.path.expanduser(p))
+    return Path(os.path.normpath(path if path.is_absolute() else base / path))
 def _check_executor(ld: _Loader, name: str, loc: tuple, what: str) -> str:
     if name not in EXECUTORS:
         raise ld.fail(loc, f"'{what}' must be one of {EXECUTORS}, not {_show(name)}")

@@ -236,20 +236,21 @@ def aggregate(leg: str, repeats: list[ReportRow]) -> ReportRow:
     return row
 
 
-def _dir_legs(exp_dir: Path) -> tuple[list[str], dict[str, str], dict[str, str]]:
-    """Planned runs (plan order), their state statuses, and each repeat's leg; a dir of plain logs
-    has no plan or states, and its repeats are known by their names."""
+def _dir_legs(exp_dir: Path) -> tuple[list[str], dict[str, str], dict[str, str], bool]:
+    """Planned runs (plan order), their state statuses, each repeat's leg, and whether the plan has
+    a prepare step (its prepare.log is no run); a dir of plain logs has no plan or states, and its
+    repeats are known by their names."""
     try:
         d = expdir.open_dir(exp_dir)
     except Exception:  # noqa: BLE001 - a broken plan or state never stops a report
-        return [], {}, {}
+        return [], {}, {}, False
     planned = d.legs if d.plan else []
     legs = {}
     for run in d.legs:
         spec = d.spec(run)
         if spec is not None and isinstance(spec.get("leg"), str):
             legs[run] = spec["leg"]
-    return planned, {leg: st.status for leg, st in d.states.items()}, legs
+    return planned, {leg: st.status for leg, st in d.states.items()}, legs, bool(d.plan and d.plan.get("prepare"))
 
 
 def _log_order(exp_dir: Path) -> list[Path]:
@@ -272,8 +273,8 @@ def rows(exp_dir: Path | str, tail: int = 50, now: float | None = None) -> list[
     raises on a bad log: its row says what it could read.
     """
     exp_dir = Path(exp_dir)
-    planned, states, legs = _dir_legs(exp_dir)
-    by_stem = {p.stem: p for p in _log_order(exp_dir)}
+    planned, states, legs, prepared = _dir_legs(exp_dir)
+    by_stem = {p.stem: p for p in _log_order(exp_dir) if not (prepared and p.stem == reg.PREPARE)}
     out: list[ReportRow] = []
     for leg in planned:
         log = by_stem.pop(leg, None)
@@ -411,6 +412,27 @@ def baseline_row(b: Baseline, tail: int = 50, now: float | None = None) -> Repor
     row = runs[0] if len(runs) == 1 else aggregate(b.leg, runs)
     row.run = b.leg
     return row
+
+
+def flags_of(row: ReportRow, exp_dir: Path) -> dict[str, str | bool] | None:
+    """The trainer flags a run ran with, its dir's path written `{exp_dir}` (so two dirs compare
+    by what they asked, not where): a log of a cockpit dir from its plan.json; a recorded
+    baseline from the registry the plan names. None when nothing says (a manual log)."""
+    try:
+        if row.source == Source.RECORDED:
+            found = plan_registry(exp_dir)
+            leg = found[0].find_leg(row.run.removesuffix(" (recorded)")) if found else None
+            return reg.parse_flags(leg.trainer_args()) if leg is not None else None
+        if not row.path:
+            return None
+        log = Path(row.path)
+        plan = expdir.read_json(log.parent / "plan.json", expdir.PLAN_MAX_BYTES)
+        spec = next(x for x in plan["legs"] if isinstance(x, dict) and x.get("name") == log.stem)
+        where = plan.get("dir") if isinstance(plan.get("dir"), str) else str(log.parent)
+        argv = [a.replace(where, reg.EXP_DIR_PLACEHOLDER) if isinstance(a, str) else str(a) for a in spec["argv"]]
+        return reg.parse_flags(argv)
+    except Exception:  # noqa: BLE001 - no plan, a broken one, no such leg: nothing to compare
+        return None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -569,6 +591,7 @@ def render_report(
         name = f"{base_row.run} (recorded)" if base.dir is None else base.leg
         done = set(base.runs) if base.dir is not None and base.own else set()
         sections = []
+        base_flags = flags_of(base_row, exp_dir)
         for r in all_rows:
             if r.run in done or (r.run == base.leg and base.own) or not r.has_figures:
                 continue
@@ -576,6 +599,9 @@ def render_report(
                 continue  # a repeat: its leg's aggregate row has the delta
             title = f"{r.run} ({len(r.repeats)} repeats: interval from their spread)" if r.is_aggregate else r.run
             sections += ["", f"### {_md_text(title)}", "", render_delta(base_row, r, tail, base.column)]
+            run_flags = flags_of(r, exp_dir)
+            if base_flags is not None and run_flags is not None:
+                sections += ["", f"args differ: {_md_text(reg.format_diff(reg.diff_flags(base_flags, run_flags)))}"]
         if sections:  # a dir holding only the baseline has no delta
             out += ["", f"## Delta vs baseline {safetext.md_code(name)}{where}{named}"]
             out += [f"\n{line}" for line in baseline_notes(base, exp_dir)]
@@ -641,7 +667,10 @@ def rolling_mean(y: Any, window: int) -> Any:
 
 
 def _cell(v: object) -> str:
-    return "" if v is None else str(v)
+    """A summary CSV cell: empty for no figure; a float without float noise (numtext.computed)."""
+    if v is None:
+        return ""
+    return numtext.computed(v) if isinstance(v, float) else str(v)
 
 
 def _summary_rows(rows_: list[ReportRow]) -> Iterator[Sequence[str]]:

@@ -24,6 +24,7 @@ from pathlib import Path
 from cockpit import baseline, expdir, fsutil, gpus, logs, report, safetext, stats
 from cockpit import registry as reg
 from cockpit.baseline import Baseline
+from cockpit.checkout import Branch, branch_check
 from cockpit.expdir import ExpDir, LegState
 from cockpit.vocab import (
     ACTIVE_MARKS,
@@ -69,6 +70,7 @@ class LegMark:
             return False
         itself = b.experiment == self.experiment and b.leg == self.leg
         return not (itself and (b.dir is None or (self.dir is not None and b.dir == Path(self.dir))))
+    not_here: str | None = None  # why this machine cannot run it (a leg still to run): "needs 8 GPUs, ..."
 
     @property
     def pid(self) -> int | None:
@@ -103,6 +105,9 @@ class ExperimentState:
     legs: list[LegMark]
     dirs: list[str]  # this experiment's dirs under exp_root, oldest first
     baseline_mark: LegMark | None = None
+    prepare: reg.Prepare | None = None  # its prepare step (a launch runs it first when needed)
+    prepare_missing: list[str] = field(default_factory=list)  # what the prepare creates that is not there now
+    prepare_text: str | None = None  # the prepare step in one line: what it makes, whether a launch runs it
 
     @property
     def finished(self) -> list[LegMark]:
@@ -135,6 +140,8 @@ class GpuStatus:
     text: str  # one line for humans
     count: int = 0
     busy: list[int] = field(default_factory=list)
+    visible: int | None = None  # GPUs NVML sees here; None when it cannot say
+    reason: str | None = None  # why it cannot say
 
 
 @dataclass
@@ -148,11 +155,43 @@ class ResumeState:
     experiments: list[ExperimentState]
     running: list[LegMark]
     active: list[LegMark]  # running, queued and waiting
-    next: NextLeg | None
+    next: NextLeg | None  # the next leg this machine (or the experiment's executor) can run
     gpus: GpuStatus
     reports: list[str]  # latest report.md files, newest first
     safety: list[str]
     dirs: list[ExpDir] = field(default_factory=list)  # every experiment dir under exp_root, oldest first
+    checkout: Branch | None = None  # the checkout's branch beside the expected one (read-only git)
+    workdir: str = ""  # the checkout the legs run in (the registry's dir unless it says otherwise)
+    # the first leg to run in registry order, when this machine cannot run it (it comes before `next`)
+    next_elsewhere: NextLeg | None = None
+
+    @property
+    def not_here(self) -> list[LegMark]:
+        """Legs still to run that this machine cannot run (each says why: `not_here`)."""
+        return [m for m in self.marks() if m.not_here and m.mark in TODO_MARKS]
+
+    @property
+    def activity(self) -> str:
+        """What is going on, in a few words that are true: `2 legs running, 1 queued`,
+        `nothing running, 4 legs to run, 1 of them not here`, `all done` (every leg done or recorded)."""
+        rest = self._activity_rest()
+        if self.running:
+            return ", ".join([f"{_n(len(self.running), 'leg')} running", *rest])
+        return ", ".join(["nothing running", *rest]) if rest else "all done"
+
+    def _activity_rest(self) -> list[str]:
+        """Beside the running legs: the queued ones, else those still to run; unknown ones."""
+        out = []
+        if queued := len(self.active) - len(self.running):
+            out.append(f"{queued} queued")
+        elif not self.running and (todo := sum(len(e.todo) for e in self.experiments)):
+            out.append(f"{_n(todo, 'leg')} to run")
+            if far := len(self.not_here):
+                out.append(f"{far} of them not here" if far < todo else
+                           "not on this machine" if todo == 1 else "none of them here")
+        if unknown := sum(m.mark == Mark.UNKNOWN for m in self.marks()):
+            out.append(f"{unknown} unknown")
+        return out
 
     def marks(self) -> list[LegMark]:
         return [m for e in self.experiments for m in e.legs]
@@ -250,11 +289,12 @@ def gpu_status(registry: reg.Registry, sampler: gpus.Sampler | None = None) -> G
             sampler = gpus.GpuSampler(history=1)
         snap = sampler.sample()
     except Exception as e:  # noqa: BLE001 - no GPU sampler is a normal state, shown as unknown
-        return GpuStatus("unknown", f"unknown (GPU sampler failed: {type(e).__name__}: {e})")
+        why = f"GPU sampler failed: {type(e).__name__}: {e}"
+        return GpuStatus("unknown", f"unknown ({why})", reason=why)
     if not snap.available:
-        return GpuStatus("unknown", f"unknown (NVML unavailable: {snap.reason})")
+        return GpuStatus("unknown", f"unknown (NVML unavailable: {snap.reason})", reason=snap.reason)
     if not snap.gpus:
-        return GpuStatus("unknown", "unknown (NVML sees no GPU)")
+        return GpuStatus("unknown", "unknown (NVML sees no GPU)", visible=0)
     idle = registry.settings.gpu_idle
     busy = [
         g for g in snap.gpus
@@ -267,9 +307,30 @@ def gpu_status(registry: reg.Registry, sampler: gpus.Sampler | None = None) -> G
     mem = max((g.mem_used_mib or 0 for g in snap.gpus), default=0)
     if not busy:
         what = "1 GPU is" if n == 1 else f"{n} GPUs are"
-        return GpuStatus("idle", f"{what} idle (max `{util:.0f}% util`, max `{mem:.0f} MiB` used, at {at})", n)
+        return GpuStatus("idle", f"{what} idle (max `{util:.0f}% util`, max `{mem:.0f} MiB` used, at {at})", n,
+                         visible=n)
     detail = ", ".join(f"GPU {g.index} ({g.util_pct or 0:.0f}% util, {g.mem_used_mib or 0:.0f} MiB)" for g in busy)
-    return GpuStatus("busy", f"{len(busy)} of {n} GPUs are busy at {at}: {detail}", n, [g.index for g in busy])
+    return GpuStatus("busy", f"{len(busy)} of {n} GPUs are busy at {at}: {detail}", n, [g.index for g in busy],
+                     visible=n)
+
+
+def prepare_text(p: reg.Prepare, exp_root: Path) -> str:
+    """An experiment's prepare step in one line: whether a launch will run it, and its command."""
+    def short(path: Path) -> str:
+        return os.path.relpath(path, exp_root) if fsutil.is_inside(path, exp_root) else str(path)
+
+    if missing := p.missing():
+        return (f"{', '.join(short(m) for m in missing)} missing under exp_root: a launch runs "
+                f"`{shlex.join(p.command('python'))}` first (output in <dir>/prepare.log)")
+    return f"ready ({', '.join(short(c) for c in p.creates)} under exp_root)"
+
+
+def not_here(exp: reg.Experiment, leg: reg.Leg, gpu: GpuStatus) -> str | None:
+    """Why this machine cannot run the leg, or None: a CPU leg runs anywhere, a leg sent to a
+    Slurm cluster gets its GPUs from the scheduler, and a GPU leg needs that many GPUs here."""
+    if leg.device == "cpu" or getattr(exp, "executor", "local") == "slurm":
+        return None
+    return gpus.shortfall(leg.nproc_per_node, gpu.visible, gpu.reason or gpu.text)
 
 
 def _dq(text: str) -> str:
@@ -287,13 +348,26 @@ def execution_template(registry: reg.Registry, leg: reg.Leg) -> tuple[str, str]:
     """The shell recipe that runs a leg by hand in a fresh dir (activate the venv, EXP_DIR=<stamped
     dir>, mkdir, torchrun ... | tee the log): (EXP_DIR value, whole text)."""
     exp_dir_value = f"{registry.settings.exp_root}/$(date +%Y%m%d_%H%M%S)_{leg.experiment}"
-    lines = reg.command_lines(leg.argv("$EXP_DIR"), _shell_arg)
+    rt = leg.runtime or registry.runtime
+    torchrun = str(rt.torchrun) if rt is not None and rt.torchrun is not None else "torchrun"
+    lines = reg.command_lines(leg.argv("$EXP_DIR", torchrun), _shell_arg)
     lines[-1] += f' 2>&1 | tee "$EXP_DIR/{leg.name}.log"'
+    head = ["source .venv/bin/activate" if torchrun == "torchrun" else f"# the legs' python: {rt.python}"]
+    if rt is not None and rt.workdir != registry.workdir:  # the guide's `cd` is to the default checkout
+        head.append(f"cd {shlex.quote(str(rt.workdir))}")
+    head += [f"export {k}={shlex.quote(v)}" for k, v in (rt.env if rt is not None else {}).items()]
+    prep = []
+    exp = registry.experiment(leg.experiment)
+    if exp is not None and exp.prepare is not None and exp.prepare.missing():
+        python = "python" if torchrun == "torchrun" else str(rt.python)
+        prep = ["# its inputs, first (missing now):",
+                shlex.join(exp.prepare.command(python)) + ' 2>&1 | tee "$EXP_DIR/prepare.log"']
     text = "\n".join(
         [
-            "source .venv/bin/activate",
+            *head,
             f"EXP_DIR={_dq(exp_dir_value)}",
             'mkdir -p "$EXP_DIR/ckpt_root"',
+            *prep,
             "",
             " \\\n  ".join(lines),
         ]
@@ -302,15 +376,19 @@ def execution_template(registry: reg.Registry, leg: reg.Leg) -> tuple[str, str]:
 
 
 def _cockpit_cmd(registry: reg.Registry, *args: str) -> str:
-    extra = []
-    if registry.path.resolve() != (Path.cwd() / reg.DEFAULT_REGISTRY).resolve():
-        extra = ["--registry", str(registry.path)]
+    """A cockpit command line; `--registry` only when a bare `cockpit` here would find another file."""
+    try:
+        found = reg.find_registry().resolve()
+    except (reg.RegistryError, OSError):
+        found = None
+    extra = [] if found == registry.path.resolve() else ["--registry", str(registry.path)]
     return " ".join(shlex.quote(a) for a in ["cockpit", *args, *extra])
 
 
-def next_leg(registry: reg.Registry, experiments: list[ExperimentState]) -> NextLeg | None:
-    """The first pending leg in registry order; else the first failed or stopped one."""
-    marks = [m for e in experiments for m in e.legs]
+def next_leg(registry: reg.Registry, experiments: list[ExperimentState], here: bool = True) -> NextLeg | None:
+    """The first pending leg in registry order; else the first failed or stopped one. `here`:
+    only legs this machine (or the experiment's executor) can run (see `not_here`)."""
+    marks = [m for e in experiments for m in e.legs if not (here and m.not_here)]
     pick = next((m for m in marks if m.mark == Mark.PENDING), None) or next(
         (m for m in marks if m.mark in (Mark.FAILED, Mark.STOPPED)), None
     )
@@ -353,27 +431,35 @@ def build_state(
     now: float | None = None,
     gpu: GpuStatus | None = None,
     dirs: list[ExpDir] | None = None,
+    checkout: Branch | None = None,
 ) -> ResumeState:
     """Join the registry with every experiment dir under exp_root. Reads only; writes nothing.
 
     `sampler`: a GpuSampler (or anything with .sample()); by default one is made here. `gpu`:
     an already computed GPU status (the TUI samples on its own timer). `dirs`: the dirs of
     `expdir.discover(exp_root)` when the caller has them already (the TUI discovers once a pass).
+    `checkout`: the checkout's branch when the caller has it (else git is asked, read only).
     """
     s = registry.settings
     tail = s.tail
     if dirs is None:
         dirs = expdir.discover(s.exp_root)
+    if gpu is None:
+        gpu = gpu_status(registry, sampler)
     experiments: list[ExperimentState] = []
     for exp in registry.experiments:
         mine = [d for d in dirs if d.experiment == exp.id]
         marks = [_leg_mark(exp, leg, mine, tail, now) for leg in exp.legs]
-        for m in marks:
+        for m, leg in zip(marks, exp.legs, strict=True):
             m.is_baseline = exp.baseline == m.leg
+            if m.mark in TODO_MARKS:
+                m.not_here = not_here(exp, leg, gpu)
         experiments.append(
             ExperimentState(
                 exp.id, exp.title, exp.device, exp.nproc_per_node, exp.baseline, exp.decision, exp.hypothesis,
-                exp.notes, marks, [str(d.path) for d in mine],
+                exp.notes, marks, [str(d.path) for d in mine], prepare=exp.prepare,
+                prepare_missing=[str(p) for p in exp.prepare.missing()] if exp.prepare else [],
+                prepare_text=prepare_text(exp.prepare, s.exp_root) if exp.prepare else None,
             )
         )
     by_ref = {m.ref: m for e in experiments for m in e.legs}
@@ -399,6 +485,7 @@ def build_state(
         except (OSError, ValueError):
             continue
     marks = [m for e in experiments for m in e.legs]
+    nxt, first = next_leg(registry, experiments), next_leg(registry, experiments, here=False)
     return ResumeState(
         generated=dt.datetime.fromtimestamp(now if now is not None else dt.datetime.now().timestamp())
         .astimezone()
@@ -411,16 +498,29 @@ def build_state(
         experiments=experiments,
         running=[m for m in marks if m.mark == Mark.RUNNING],
         active=[m for m in marks if m.mark in ACTIVE_MARKS],
-        next=next_leg(registry, experiments),
-        gpus=gpu if gpu is not None else gpu_status(registry, sampler),
+        next=nxt,
+        next_elsewhere=first if first is not None and (nxt is None or first.leg != nxt.leg
+                                                       or first.experiment != nxt.experiment) else None,
+        gpus=gpu,
         reports=[p for _, p in sorted(reports, reverse=True)[:5]],
         safety=safety_lines(registry),
         dirs=dirs,
+        checkout=checkout if checkout is not None else branch_check(checkout_dir(registry), s.branch),
+        workdir=str(checkout_dir(registry)),
     )
+
+
+def checkout_dir(registry: reg.Registry) -> Path:
+    """The checkout the legs run in: `[defaults] workdir`, else the registry's dir."""
+    return registry.workdir
 
 
 # ----------------------------------------------------------------------------------------------
 # rendering
+
+
+def _n(k: int, word: str) -> str:
+    return f"{k} {word}{'' if k == 1 else 's'}"
 
 
 def progress(m: LegMark) -> str:
@@ -466,13 +566,15 @@ def render_guide(state: ResumeState) -> str:
         "",
         f"Last updated: {state.generated}",
     ]
-    if state.branch:
-        out.append(f"Branch: `{state.branch}`")
+    if state.checkout is not None:
+        out.append(f"Branch: {state.checkout.text('`')}")
     out += [f"Registry: `{state.registry_path}`", f"Experiment root: `{state.exp_root}`", "", "## Current State", ""]
     if state.running:
         out += [f"- Running: {_mark_line(m)}" for m in state.running]
+    elif state.activity == "all done":
+        out.append("- All done: nothing running, and every leg is done here or recorded.")
     else:
-        out.append("- Training is currently paused (no leg running).")
+        out.append(f"- {state.activity.capitalize()}.")
     out += [f"- {m.mark.capitalize()}: {_mark_line(m)}" for m in state.active if m.mark != Mark.RUNNING]
     out += [f"- Unknown: {_mark_line(m)}" for m in state.marks() if m.mark == Mark.UNKNOWN]
     for d in state.dirs:
@@ -530,14 +632,15 @@ def render_guide(state: ResumeState) -> str:
     if not done_any:
         out += ["", "Nothing completed yet."]
 
-    out += ["", "## Resume Environment", "", "```bash", f"cd {shlex.quote(str(Path(state.registry_path).resolve().parent))}"]
-    if state.branch:
-        out.append(f"git checkout {shlex.quote(state.branch)}")
+    out += ["", "## Resume Environment", "", "```bash", f"cd {shlex.quote(state.workdir)}"]
+    co = state.checkout
+    if co is not None and not co.ok:
+        out.append(co.checkout_command or f"# {co.text()}")
     out += ["git status --short --branch", "source .venv/bin/activate", "```"]
 
     out += ["", "## Remaining Work", ""]
-    nxt = state.next
-    if nxt is None:
+    nxt, far = state.next, state.next_elsewhere
+    if nxt is None and far is None:
         out.append("Nothing pending: every leg in the registry is done, recorded or under way.")
     else:
         out.append(
@@ -552,32 +655,47 @@ def render_guide(state: ResumeState) -> str:
             out += ["Hypothesis:", f"- {e.hypothesis}", ""]
         if e.baseline:
             out.append(f"Baseline: `{e.baseline}`" + (f" ({e.baseline_mark.mark})" if e.baseline_mark else ""))
-        out += [f"- {_mark_line(m)}" for m in todo]
+        if e.prepare_text:
+            out.append(f"Prepare: {_text(e.prepare_text)}")
+        out += [f"- {_mark_line(m)}" + (f"; not on this machine: {m.not_here}" if m.not_here else "") for m in todo]
+    if far is not None:
+        why = state.find(f"{far.experiment}/{far.leg}")
+        out += ["", f"Next leg on a machine that can run it: {_next_text(far)}. This machine cannot run it: "
+                    f"{why.not_here if why else 'see above'}.", ""]
+        out += _template(far)
     if nxt is not None:
-        what = f"`{nxt.experiment}/{nxt.leg}`" + (f" ({nxt.description})" if nxt.description else "")
-        again = f", again: it {nxt.mark}" if nxt.mark != Mark.PENDING else ""
-        out += [
-            "",
-            f"Next leg: {what}{again}.",
-            "",
-            "Execution template (new fresh dir, never reuse an old dir):",
-            "",
-            "```bash",
-            nxt.command,
-            "```",
-            "",
-            "Then regenerate the report immediately:",
-            "",
-            "```bash",
-            nxt.report_command,
-            "```",
-            "",
-            f"Or in one step with the cockpit (fresh dir, waits for idle GPUs, writes report.md after each leg): "
-            f"`{nxt.cockpit}`",
-        ]
+        out += ["", f"Next leg{' here' if far is not None else ''}: {_next_text(nxt)}.", ""]
+        out += _template(nxt)
+    elif far is not None:
+        out += ["", "Nothing left to run that this machine can run."]
 
     out += ["", "## Safety/Path Constraints Reminder", "", *[f"- {line}" for line in state.safety]]
     return "\n".join(out) + "\n"
+
+
+def _next_text(nxt: NextLeg) -> str:
+    what = f"`{nxt.experiment}/{nxt.leg}`" + (f" ({nxt.description})" if nxt.description else "")
+    return what + (f", again: it {nxt.mark}" if nxt.mark != Mark.PENDING else "")
+
+
+def _template(nxt: NextLeg) -> list[str]:
+    """The execution template of a next leg, its report command and the cockpit's one step."""
+    return [
+        "Execution template (new fresh dir, never reuse an old dir):",
+        "",
+        "```bash",
+        nxt.command,
+        "```",
+        "",
+        "Then regenerate the report immediately:",
+        "",
+        "```bash",
+        nxt.report_command,
+        "```",
+        "",
+        f"Or in one step with the cockpit (fresh dir, waits for idle GPUs, writes report.md after each leg): "
+        f"`{nxt.cockpit}`",
+    ]
 
 
 def _figures(m: LegMark) -> str:
@@ -589,7 +707,8 @@ def _figures(m: LegMark) -> str:
     text = f"  {r.tok_per_sec:.2f} tok/s"
     if r.mfu is not None:
         text += f", mfu {r.mfu:.4f}"
-    text += "  [recorded]" if r.source == Source.RECORDED else ""
+    # a recorded leg's mark says it already; a figure from elsewhere on another mark says so
+    text += "  [recorded]" if r.source == Source.RECORDED and m.mark != Mark.RECORDED else ""
     return text + delta_words(m)
 
 
@@ -639,12 +758,12 @@ def dir_line(d: ExpDir, known: bool = True) -> str:
             legs.append(f"{leg} {'log' if d.plan else 'manual log'}")
         else:
             legs.append(f"{leg} not started")
-    sup = ""
-    if d.supervisor:
-        pid = d.supervisor.get("pid")
-        sup = f"  supervisor pid {pid} alive;" if d.supervisor_alive else "  supervisor gone;"
+    sup = f"  supervisor {d.supervisor_text};" if d.supervisor_text else ""
     if (d.plan or {}).get("executor") == "slurm":
         sup = "  on Slurm;"
+    if (p := d.prepare) is not None:
+        why = f" ({p.note})" if p.note and p.status != Status.DONE else ""
+        sup += f"  {reg.PREPARE} {p.status}{why};"
     other = "" if known else f"  (experiment '{d.experiment}' is not in the registry)"
     problem = f"  [problem: {d.problem}]" if d.problem else ""
     return f"{d.path.name}{sup}  {', '.join(legs) or 'no legs, no logs'}{other}{problem}"
@@ -657,11 +776,13 @@ def render_status(state: ResumeState) -> str:
         f"exp_root: {state.exp_root}",
         f"GPUs: {state.gpus.text}",
     ]
+    if state.checkout is not None:
+        out.append(f"branch: {state.checkout.text()}")
     if state.running:
         for m in state.running:
             out += [f"running: {running_line(m)}", f"  dir: {m.dir}"]
     else:
-        out.append("running: none (training paused)")
+        out.append(f"running: none ({', '.join(state._activity_rest()) or 'all done'})")
     for e in state.experiments:
         where = "cpu" if e.device == "cpu" else f"{e.nproc_per_node} GPUs"
         counts: dict[str, int] = {}
@@ -669,6 +790,8 @@ def render_status(state: ResumeState) -> str:
             counts[m.mark] = counts.get(m.mark, 0) + 1
         summary = ", ".join(f"{n} {k}" for k, n in counts.items())
         out += ["", f"{e.id}  [{where}]  {summary}"]
+        if e.prepare_text:
+            out.append(f"  prepare: {e.prepare_text}")
         width = max((len(m.leg) for m in e.legs), default=0)
         for m in e.legs:
             base = "  (baseline)" if m.is_baseline else ""
@@ -677,31 +800,44 @@ def render_status(state: ResumeState) -> str:
             extra = f"  {pid}{progress(m)}" if m.mark == Mark.RUNNING else job + _figures(m)
             noted = m.mark in NOTED_MARKS or (m.job is not None and m.mark == Mark.QUEUED)
             why = f"  ({m.note})" if m.note and noted else ""
+            if m.state is not None and m.state.notify_error:
+                why += f"  [notify failed: {m.state.notify_error}]"
             out.append(f"  {m.leg:<{width}}  {m.mark:<8}{extra}{base}{why}".rstrip())
     known = {e.id for e in state.experiments}
     out += ["", f"dirs under exp_root: {len(state.dirs) or 'none yet'}"]
     out += [f"  {dir_line(d, d.experiment in known)}" for d in state.dirs]
     if state.next:
         out += ["", f"next: {state.next.experiment}/{state.next.leg}  ->  {state.next.cockpit}"]
+    elif state.not_here:
+        out += ["", "next: nothing this machine can run"]
     else:
         out += ["", "next: nothing pending"]
+    out += [f"not here: {m.ref}: {m.not_here}" for m in state.not_here]
     return "\n".join(out)
 
 
 GUIDE_NAME = "resume-guide.md"
 
 
+def guide_path(registry: reg.Registry, out_md: Path | str | None = None) -> Path:
+    """Where the guide goes: `out_md` (a user's choice, `~` expanded, made absolute), else
+    `<exp_root>/resume-guide.md`. The TUI offers the default and writes where the user says."""
+    if out_md is None or not str(out_md).strip():
+        return registry.settings.exp_root / GUIDE_NAME
+    return Path(os.path.abspath(os.path.expanduser(out_md)))
+
+
 def write_guide(
     registry: reg.Registry, out_md: Path | str | None = None, sampler: gpus.Sampler | None = None, now: float | None = None
 ) -> Path:
-    """Write the guide (default `<exp_root>/resume-guide.md`, regenerated in place) atomically.
+    """Write the guide at `guide_path(registry, out_md)` (regenerated in place), atomically.
 
     A place it cannot go (a directory, a path under a file, a read-only filesystem) is refused
     before anything is written: fsutil.UnsafePath, whose strerror is the one line to show.
     Inside exp_root, no symlink planted there is followed.
     """
     root = registry.settings.exp_root
-    out = Path(os.path.abspath(os.path.expanduser(out_md))) if out_md is not None else root / GUIDE_NAME
+    out = guide_path(registry, out_md)
     if why := fsutil.output_problem(out):
         raise fsutil.UnsafePath(out, why)
     text = render_guide(build_state(registry, sampler=sampler, now=now))

@@ -18,7 +18,7 @@ included, fails the leg before it starts, with that reason); any OSError of the 
 still can be and in the supervisor's log as one line, and the queue goes on or stops per policy.
 The supervisor always ends with its exit code, never with a traceback.
 
-Layer 2: imports fsutil, procs, safetext, vocab, gpus, expdir and report.
+Layer 2: imports fsutil, procs, safetext, registry, vocab, gpus, expdir and report.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from pathlib import Path
 import psutil
 
 from cockpit import fsutil, gpus, procs, report, safetext
+from cockpit import registry as reg
 from cockpit.expdir import (
     PLAN_MAX_BYTES,
     STATE_DIR,
@@ -58,6 +59,7 @@ from cockpit.expdir import (
     try_lock,
     write_state,
 )
+from cockpit.registry import PREPARE
 from cockpit.vocab import Status
 
 
@@ -75,7 +77,7 @@ def check_plan(plan: object) -> str | None:
     seen = set()
     for i, spec in enumerate(legs):
         name = spec.get("name") if isinstance(spec, dict) else None
-        if not leg_name_ok(name) or name == SUPERVISOR or name in seen:
+        if not leg_name_ok(name) or name == SUPERVISOR or name in seen or (name == PREPARE and plan.get("prepare")):
             return f"leg {i}: {safetext.oneline(repr(name))[:60]} is not a leg name a file can have (or is repeated)"
         seen.add(name)
         argv = spec.get("argv")
@@ -212,6 +214,11 @@ class Supervisor:
                                   log_id=prev.log_id if prev is not None else None,
                                   supervisor_pid=self.me, supervisor_create_time=self.my_create_time))
         self.say(f"supervisor {self.me}: {len(legs)} legs of {plan['experiment']} in {self.exp_dir}")
+        prep = self._prepare(plan)
+        if prep is not None:  # the prepare step failed or was stopped: no leg can run
+            self._prepare_ended(plan, prep)
+            record["status"] = "ended with legs not done"
+            return 1
         for spec in legs:
             name = spec["name"]
             if name not in self.states:
@@ -225,6 +232,8 @@ class Supervisor:
                 line = self.fault(name, e)
                 st = self._finish(name, Status.FAILED, note=f"supervisor fault: {line}", error_tail=[f"supervisor: {line}"])
             self._report(plan_tail(plan))
+            if st.status in (Status.DONE, Status.FAILED):
+                self._notify(plan, st)
             if st.status == Status.FAILED and plan.get("on_failure", "stop") == "stop":
                 self.say(f"{name} failed: stopping the queue (on_failure = stop)")
                 for rest in legs[legs.index(spec) + 1 :]:
@@ -234,6 +243,98 @@ class Supervisor:
         ok = all(s.status == Status.DONE for s in self.states.values())
         record["status"] = "finished" if ok else "ended with legs not done"
         return 0 if ok else 1
+
+    # ------------------------------------------------------------------------------------------
+    def _put_prepare(self, st: LegState) -> None:
+        try:
+            write_state(self.exp_dir, st)
+        except OSError as e:
+            self.fault(f"{PREPARE}: state not recorded ({st.status})", e)
+
+    def _prepare(self, plan: dict) -> LegState | None:
+        """Run the plan's prepare step when what it creates is missing, its output in
+        `<dir>/prepare.log`. None when there is none, it was not needed, or it ended well;
+        else its state (failed, stopped)."""
+        spec = plan_prepare(plan)
+        if spec is None:
+            return None
+        argv, creates = spec
+        log = self.exp_dir / f"{PREPARE}.log"
+        st = LegState(PREPARE, Status.QUEUED, log=str(log), supervisor_pid=self.me,
+                      supervisor_create_time=self.my_create_time)
+        missing = [c for c in creates if not os.path.lexists(c)]
+        if not missing:
+            st.status, st.note, st.ended_at = Status.DONE, "skipped: what it creates exists", now_iso()
+            self._put_prepare(st)
+            self.say(f"{PREPARE}: skipped, {', '.join(creates)} exist")
+            return None
+        if self.stop_all:
+            st.status, st.note, st.ended_at = Status.STOPPED, "stopped by request before it started", now_iso()
+            self._put_prepare(st)
+            return st
+        cwd = plan.get("cwd") if isinstance(plan.get("cwd"), str) else str(self.exp_dir)
+        env = {**os.environ, **plan_env(plan), "PYTHONUNBUFFERED": "1"}
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (cwd, env.get("PYTHONPATH", "")) if p)
+        env.update(leg_env(self.exp_dir, PREPARE))  # its processes are found, and stopped, by this marker
+        st.started_at = now_iso()
+        try:
+            fd = fsutil.create_or_append(log, root=self.exp_dir)
+        except OSError as e:
+            return self._prepare_done(st, Status.FAILED, f"cannot write {log.name}: {fsutil.oneline(e)}")
+        try:
+            proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=fd,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+        except (OSError, ValueError) as e:
+            return self._prepare_done(st, Status.FAILED, f"could not start: {fsutil.oneline(e)}")
+        finally:
+            os.close(fd)
+        st.pid, st.create_time, st.status = proc.pid, procs.create_time(proc.pid), Status.RUNNING
+        self._put_prepare(st)
+        self.say(f"{PREPARE}: running, pid {proc.pid}, for {', '.join(missing)}; log {log}")
+        stopped = False
+        while proc.poll() is None:
+            if self.stop_all:
+                try:
+                    procs.terminate(psutil.Process(proc.pid), self.grace_s, waiter=_waiter(proc))
+                except psutil.NoSuchProcess:
+                    pass
+                stopped = True
+                break
+            time.sleep(0.1)
+        rc = proc.wait()
+        self._end_leftovers(PREPARE)
+        st.exit_code = rc
+        if stopped:
+            return self._prepare_done(st, Status.STOPPED, "stopped by request")
+        if rc != 0:
+            tail = error_tail(log)
+            why = signal_cause(rc) or f"exit {rc}"
+            return self._prepare_done(st, Status.FAILED, f"{why}: {tail[-1]}" if tail else why, tail)
+        if still := [c for c in creates if not os.path.lexists(c)]:
+            return self._prepare_done(st, Status.FAILED, f"exited 0 but did not create {', '.join(still)}")
+        self._prepare_done(st, Status.DONE, None)
+        return None
+
+    def _prepare_done(self, st: LegState, status: Status, note: str | None, tail: list[str] | None = None) -> LegState:
+        st.status, st.note, st.ended_at = status, note, now_iso()
+        st.error_tail = list(tail or ([note] if note and status == Status.FAILED else []))
+        self._put_prepare(st)
+        self.say(f"{PREPARE}: {status}" + (f" ({note})" if note else ""))
+        return st
+
+    def _prepare_ended(self, plan: dict, prep: LegState) -> None:
+        """The prepare step did not end well: the first leg fails with its last lines (a stop
+        request stops it), the others are not started; the notify command hears of the first."""
+        names = [spec["name"] for spec in plan["legs"] if spec["name"] in self.states]
+        for i, name in enumerate(names):
+            if prep.status == Status.STOPPED:
+                self._finish(name, Status.STOPPED, note="stopped by request while preparing")
+            elif i == 0:
+                st = self._finish(name, Status.FAILED, note=f"{PREPARE} failed: {prep.note}",
+                                  error_tail=[f"{PREPARE}: {line}" for line in prep.error_tail])
+                self._notify(plan, st)
+            else:
+                self._finish(name, Status.STOPPED, note=f"not started: {PREPARE} failed")
 
     def log_path(self, leg: str) -> Path:
         """Where a leg's output goes: always `<exp_dir>/<leg>.log`, whatever a plan says."""
@@ -325,7 +426,7 @@ class Supervisor:
         name = spec["name"]
         st = self.states[name]
         cwd = plan.get("cwd") if isinstance(plan.get("cwd"), str) else str(self.exp_dir)
-        env = dict(os.environ)
+        env = {**os.environ, **plan_env(plan)}  # the registry's env for the legs, over ours
         env["PYTHONUNBUFFERED"] = "1"
         env["PYTHONPATH"] = os.pathsep.join(p for p in (cwd, env.get("PYTHONPATH", "")) if p)
         env.update(leg_env(self.exp_dir, name))  # proves, later, that its processes are this leg's
@@ -397,6 +498,22 @@ class Supervisor:
         except Exception as e:  # noqa: BLE001 - the queue must go on whatever the report does
             self.say(f"report.md not regenerated: {fsutil.oneline(e)}")
 
+    def _notify(self, plan: dict, st: LegState) -> None:
+        """Run the registry's notify command for a leg that ended done or failed. It may fail,
+        hang or be missing: that is said in the supervisor's log and the leg's state, never more."""
+        argv, timeout_s = plan_notify(plan)
+        if argv is None:
+            return
+        fields = {"event": str(st.status), "experiment": str(plan["experiment"]), "leg": st.leg,
+                  "dir": str(self.exp_dir), "log": str(self.log_path(st.leg))}
+        why = run_notify(reg.fill_notify(argv, fields), timeout_s, self.exp_dir)
+        if why is None:
+            self.say(f"{st.leg}: notified ({st.status})")
+            return
+        st.notify_error = why
+        self.put(st)
+        self.say(f"{st.leg}: notify failed: {why}")
+
     def _on_term(self, signum, frame) -> None:
         self.stop_all = True
 
@@ -425,6 +542,73 @@ def _waiter(proc: subprocess.Popen):
             pass
 
     return wait
+
+
+NOTIFY_OUTPUT_MAX = 64 * 1024  # the last bytes of a notify command's output kept, for its last line
+
+
+def plan_notify(plan: dict) -> tuple[list[str] | None, float]:
+    """The notify command of a plan (argv with its placeholders, timeout), when it is a sane one."""
+    spec = plan.get("notify")
+    if not isinstance(spec, dict):
+        return None, 0.0
+    argv = spec.get("argv")
+    if not (isinstance(argv, list) and argv and all(isinstance(a, str) and "\x00" not in a for a in argv)):
+        return None, 0.0
+    return argv, _number(spec.get("timeout_s"), 10.0, 0.1, 600.0)
+
+
+def run_notify(argv: list[str], timeout_s: float, cwd: Path) -> str | None:
+    """Run a notify command (no shell, no stdin, in its own session); None when it exits 0, else
+    why not in one line: it could not start, it exited non-zero (its last line), or it ran past
+    its time and was stopped with everything it started."""
+    try:
+        proc = subprocess.Popen(argv, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    except (OSError, ValueError) as e:
+        return f"could not run: {safetext.oneline(fsutil.oneline(e))[:200]}"
+    try:
+        out, _ = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        try:
+            procs.terminate(psutil.Process(proc.pid), 1.0, waiter=_waiter(proc))  # our own unreaped child
+        except psutil.NoSuchProcess:
+            pass
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        proc.stdout.close()  # not read to its end: a process it left behind may still hold it
+        return f"timed out after {timeout_s:g}s (stopped)"
+    if proc.returncode == 0:
+        return None
+    lines = [ln.strip() for ln in out[-NOTIFY_OUTPUT_MAX:].decode("utf-8", "replace").splitlines() if ln.strip()]
+    cause = signal_cause(proc.returncode) if proc.returncode < 0 else None
+    last = f": {safetext.oneline(lines[-1])[:200]}" if lines else ""
+    return (f"killed by signal {-proc.returncode}" if cause else f"exited {proc.returncode}") + last
+
+
+def plan_prepare(plan: dict) -> tuple[list[str], list[str]] | None:
+    """The plan's prepare step (argv, the paths it creates), when it is a sane one."""
+    spec = plan.get("prepare")
+    if not isinstance(spec, dict):
+        return None
+    argv, creates = spec.get("argv"), spec.get("creates")
+    return (argv, creates) if _strings(argv) and _strings(creates) else None
+
+
+def _strings(xs: object) -> bool:
+    """A non-empty list of non-empty strings no command line or path refuses."""
+    return isinstance(xs, list) and bool(xs) and all(isinstance(x, str) and x and "\x00" not in x for x in xs)
+
+
+def plan_env(plan: dict) -> dict[str, str]:
+    """The extra environment the plan gives the legs: names and string values only (a plan is a
+    file: it may hold anything), never the marker that proves a process is the leg's."""
+    env = plan.get("env")
+    if not isinstance(env, dict):
+        return {}
+    return {k: v for k, v in env.items() if isinstance(k, str) and isinstance(v, str) and k and "=" not in k
+            and "\x00" not in k + v and k not in (procs.ENV_EXP_DIR, procs.ENV_LEG)}
 
 
 def _number(v: object, default: float, lo: float, hi: float) -> float:

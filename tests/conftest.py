@@ -171,9 +171,14 @@ id = "{exp_id}"
     return path
 
 
-def registry_file(dest: Path, text: str | None = None, read_only: str = "ro", iterations: int | None = None) -> Path:
+def registry_file(dest: Path, text: str | None = None, read_only: str = "ro", iterations: int | None = None,
+                  corpus: Path | None = None) -> Path:
     """The bundled experiments.toml (or `text`) written in `dest`: exp_root `dest/exp`, the
-    read-only paths under `dest/<read_only>/`; `iterations`: every leg's num-iterations (saves off)."""
+    read-only paths under `dest/<read_only>/`; `iterations`: every leg's num-iterations (saves off);
+    `corpus` (the `smoke_corpus` fixture): copied where cpu-smoke's prepare step would make it, so
+    a launch skips the step."""
+    if corpus is not None:
+        place_corpus(dest / "exp", corpus)
     text = (REPO / "experiments.toml").read_text() if text is None else text
     text = re.sub(r'(?m)^exp_root = .*$', 'exp_root = "exp"', text, count=1)
     text = text.replace('"~/.cache/nanochat/', f'"{read_only}/')
@@ -183,6 +188,18 @@ def registry_file(dest: Path, text: str | None = None, read_only: str = "ro", it
     path = dest / "experiments.toml"
     path.write_text(text)
     return path
+
+
+SMOKE_DATA = Path("_data") / "smoke"  # where cpu-smoke's prepare step makes its corpus, under exp_root
+
+
+def place_corpus(exp_root: Path, corpus: Path) -> Path:
+    """A copy of the session's smoke corpus where cpu-smoke's prepare step would make it (a copy,
+    not a link: a leg's inputs must lie under exp_root, links resolved)."""
+    target = exp_root / SMOKE_DATA
+    if not target.exists():
+        shutil.copytree(corpus, target)
+    return target
 
 
 def bundled_registry(tmp_path: Path, text: str | None = None) -> reg.Registry:

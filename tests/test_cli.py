@@ -1,8 +1,14 @@
 """The CLI's shape: every subcommand has a description in its --help and takes --registry before or after it."""
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
+from conftest import child_env, cockpit, make_dir, registry_file
 
 from cockpit import cli
+from cockpit import registry as reg
 
 
 def test_every_subcommand_help_has_its_description(capsys):
@@ -25,4 +31,65 @@ def test_registry_before_or_after_the_subcommand(tmp_path):
     assert parser.parse_args(["--registry", "a.toml", "status"]).registry == "a.toml"
     assert parser.parse_args(["status", "--registry", "b.toml"]).registry == "b.toml"
     assert parser.parse_args(["--registry", "a.toml", "status", "--registry", "b.toml"]).registry == "b.toml"
-    assert parser.parse_args(["status"]).registry == "experiments.toml"
+    assert parser.parse_args(["status"]).registry is None  # none named: found (see below)
+
+
+def test_registry_found_upward_from_any_subdirectory(tmp_path, monkeypatch):
+    monkeypatch.delenv(reg.REGISTRY_ENV, raising=False)
+    path = registry_file(tmp_path)
+    deep = tmp_path / "a" / "b" / "c"
+    deep.mkdir(parents=True)
+    assert reg.find_registry(deep) == path
+    assert reg.find_registry(tmp_path) == path
+    monkeypatch.chdir(tmp_path)
+    assert reg.find_registry() == Path("experiments.toml")  # here: the bare name, as before
+    # the real CLI, from a subdirectory: the checkout's registry, and the next command needs no --registry
+    r = cockpit("status", cwd=deep)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[0] == f"nanochat moe-fp8  ({path})"
+    nxt = next(line for line in r.stdout.splitlines() if line.startswith("next:"))
+    assert "--registry" not in nxt
+
+
+def test_registry_from_the_environment(tmp_path, monkeypatch):
+    path = registry_file(tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    assert reg.find_registry(elsewhere, {reg.REGISTRY_ENV: str(path)}) == path
+    # the environment wins over a registry found upward; --registry wins over both
+    other = registry_file(elsewhere)
+    assert reg.find_registry(elsewhere, {reg.REGISTRY_ENV: str(path)}) == path
+    assert reg.find_registry(elsewhere, {}) == other
+    env = {**child_env(), reg.REGISTRY_ENV: str(path)}
+    r = subprocess.run([sys.executable, "-m", "cockpit.cli", "status"], cwd=elsewhere, env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.splitlines()[0].endswith(f"({path})"), r.stderr
+    r = subprocess.run([sys.executable, "-m", "cockpit.cli", "status", "--registry", str(other)], cwd=tmp_path,
+                       env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.splitlines()[0].endswith(f"({other})"), r.stderr
+    # a $COCKPIT_REGISTRY that names nothing is one line, exit 2
+    env[reg.REGISTRY_ENV] = str(tmp_path / "nope.toml")
+    r = subprocess.run([sys.executable, "-m", "cockpit.cli", "status"], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert (r.returncode, r.stdout) == (2, "")
+    assert r.stderr == f"cockpit: {tmp_path}/nope.toml: $COCKPIT_REGISTRY names no registry file\n"
+
+
+@pytest.mark.parametrize("command", [["status"], ["resume"], ["launch", "x"], [], ["stop", "x"]])
+def test_no_registry_anywhere_says_where_it_looked(tmp_path, command):
+    # tmp_path's parents hold no experiments.toml (/tmp and /): every command that needs one says so
+    assert not any((d / "experiments.toml").exists() for d in tmp_path.parents)
+    env = {k: v for k, v in child_env().items() if k != reg.REGISTRY_ENV}
+    r = subprocess.run([sys.executable, "-m", "cockpit.cli", *command], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert (r.returncode, r.stdout) == (2, "")
+    assert r.stderr == (f"cockpit: experiments.toml: registry file not found in {tmp_path} or any directory "
+                        "above it; give --registry PATH or set $COCKPIT_REGISTRY\n")
+
+
+def test_report_needs_no_registry(tmp_path):
+    d = make_dir(tmp_path, "20261126_043113_cpu-smoke", {"dense": ("done", "cpu-smoke/dense.log")})
+    env = {k: v for k, v in child_env().items() if k != reg.REGISTRY_ENV}
+    r = subprocess.run([sys.executable, "-m", "cockpit.cli", "report", "--exp-dir", str(d)], cwd=tmp_path,
+                       env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "| dense |" in r.stdout, r.stderr

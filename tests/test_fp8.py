@@ -331,12 +331,14 @@ STEP_RE = re.compile(r"^step (\d+)/(\d+) .*\| loss: ([0-9.]+)")
 
 
 @pytest.mark.slow
-def test_cpu_smoke_moe_leg_trains_with_fp8_under_torchrun(tmp_path):
-    # the registry's cpu-smoke fixed-capacity MoE leg, exactly as the cockpit would launch it,
-    # plus the seed's FP8 flags and 20 steps
+def test_cpu_smoke_moe_leg_trains_with_fp8_under_torchrun(tmp_path, smoke_corpus):
+    # the registry's cpu-smoke fixed-capacity MoE leg, exactly as the cockpit would launch it
+    # (its corpus where the prepare step would make it), plus the seed's FP8 flags and 20 steps
+    from conftest import registry_file
+
     from cockpit import registry
 
-    leg = registry.load(ROOT / "experiments.toml").find_leg("cpu-smoke/moe_cap1p0")
+    leg = registry.load(registry_file(tmp_path, corpus=smoke_corpus)).find_leg("cpu-smoke/moe_cap1p0")
     args = leg.trainer_args(tmp_path) + ["--fp8", "--fp8-include-moe-experts", "--num-iterations", "20"]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
            f"--nproc_per_node={leg.nproc_per_node}", "-m", leg.module, "--", *args]

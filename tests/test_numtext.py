@@ -62,3 +62,13 @@ def test_csv_rows_join_cells_with_the_prefix():
     a = numtext.int_cells(np.array([1, 22]), np.array([True, True]))
     b = numtext.float_cells(np.array([0.5, 3.0]), np.array([True, False]), np.array([1, 0], np.int8))
     assert numtext.csv_text(b'"a,b",', [a, b]) == b'"a,b",1,0.5\r\n"a,b",22,\r\n'
+
+
+def test_computed_numbers_carry_no_float_noise():
+    assert numtext.computed(0.1 + 0.2) == "0.3"
+    assert numtext.computed((0.10 + 0.20) / 2) == "0.15"
+    assert numtext.computed(181.24949999999998) == "181.2495"
+    assert numtext.computed(1 / 3) == "0.333333333333"  # a true repeating mean: 12 significant digits
+    assert numtext.computed(806400.0) == "806400.0" and numtext.computed(7) == "7"
+    assert numtext.computed(float("nan")) == "nan" and numtext.computed(float("-inf")) == "-inf"
+    assert numtext.computed(1.5e20) == "1.5e+20" and numtext.computed(-2.5e-7) == "-2.5e-07"

@@ -86,8 +86,11 @@ def test_environment_and_machine():
 def test_a_launch_records_its_origin_and_saves_the_patch(tmp_path, monkeypatch):
     d = repo(tmp_path)
     (d / "a.py").write_text("x = 3\n")
-    registry = reg.load(write_registry(d, {"a": "model-tag = 'a'"}))
+    reg_path = write_registry(d, {"a": "model-tag = 'a'"})
+    reg_path.write_text(reg_path.read_text().replace("[defaults.args]", 'env = { NCCL_ALGO = "Tree" }\n[defaults.args]'))
+    registry = reg.load(reg_path)
     monkeypatch.setenv("NCCL_DEBUG", "WARN")
+    monkeypatch.setenv("NCCL_ALGO", "Ring")
     plan = launch.plan_launch(registry, "fake")
     exp_dir = registry.settings.exp_root / "20260101_000000_fake"
     exp_dir.mkdir(parents=True)
@@ -95,7 +98,8 @@ def test_a_launch_records_its_origin_and_saves_the_patch(tmp_path, monkeypatch):
     on_disk = json.loads((exp_dir / "plan.json").read_text())
     assert on_disk["git"] == data["git"] and data["git"]["dirty"] is True and data["git"]["patch"] == "git.patch"
     assert (exp_dir / "git.patch").read_text() == git(d, "diff", "HEAD")
-    assert data["env"]["NCCL_DEBUG"] == "WARN" and ("error" in data["machine"] or "gpus" in data["machine"])
+    assert data["launch_env"]["NCCL_DEBUG"] == "WARN" and data["launch_env"]["NCCL_ALGO"] == "Tree"  # the legs' own
+    assert data["env"] == {"NCCL_ALGO": "Tree"} and ("error" in data["machine"] or "gpus" in data["machine"])
     assert set(data["trainer"]) >= {"python", "torch", "executable"}
     assert (exp_dir / "git.patch").stat().st_mode & 0o777 == 0o644 and not os.path.islink(exp_dir / "git.patch")
 
@@ -103,7 +107,7 @@ def test_a_launch_records_its_origin_and_saves_the_patch(tmp_path, monkeypatch):
 BASE = {"dir": "/exp/20260101_000000_e", "host": "a", "git": {"commit": "1" * 40, "dirty": False},
         "machine": {"gpus": ["NVIDIA H100"] * 8, "driver": "550"},
         "trainer": {"python": "3.12.1", "torch": "2.11.0", "cuda": "12.8", "nccl": "2.27.3"},
-        "env": {"OMP_NUM_THREADS": "1"},
+        "launch_env": {"OMP_NUM_THREADS": "1"},
         "legs": [{"name": "dense", "argv": ["/x/torchrun", "--standalone", "--nproc_per_node=8", "-m", "m", "--",
                                             "--depth", "12", "--checkpoint-root", "/exp/20260101_000000_e/ckpt"]}]}
 
@@ -116,7 +120,7 @@ def test_differences_name_what_differs():
     other["host"] = "b"
     other["machine"] = {"gpus": ["NVIDIA A100"] * 8, "driver": "550"}
     other["trainer"]["torch"] = "2.12.0"
-    other["env"] = {"OMP_NUM_THREADS": "8", "NCCL_ALGO": "Ring"}
+    other["launch_env"] = {"OMP_NUM_THREADS": "8", "NCCL_ALGO": "Ring"}
     other["legs"][0]["argv"][6:8] = ["--depth", "24"]
     assert provenance.differences(BASE, other, "dense") == [
         "git commit 111111111111 -> 222222222222",

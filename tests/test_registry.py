@@ -34,6 +34,7 @@ SEED_TEMPLATE = """torchrun --standalone --nproc_per_node=8 -m nanochat.base_tra
 --balance-loss-coeff 0.01 --depth 12 --aspect-ratio 64 --head-dim 64 --max-seq-len 1024 \
 --device-batch-size 16 --num-iterations 280 --eval-every -1 --core-metric-every -1 \
 --sample-every -1 --save-every 280 --checkpoint-root EXP/ckpt_root --fp8 --fp8-include-moe-experts \
+--data parquet --data-dir ~/.cache/nanochat/base_data --tokenizer-dir ~/.cache/nanochat/tokenizer \
 --model-tag moe_fp8_experts_static_cap1p0_v3 --compile-mode static --moe-capacity-factor 1.0"""
 
 
@@ -82,6 +83,7 @@ def test_bundled_registry_holds_the_seed() -> None:
 
 
 def test_v3_leg_renders_the_seed_execution_template() -> None:
+    # the seed's template, plus the real recipe's inputs named (read-only paths, never written)
     leg = reg.load(BUNDLED).experiment("moe-fp8-capacity-opt-v3").legs[0]
     assert leg.argv("EXP") == SEED_TEMPLATE.split()
 

@@ -7,9 +7,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import FIXTURES, NOW, bundled_registry, check_golden, hold_supervisor_lock, make_dir
+from conftest import (
+    FIXTURES,
+    NOW,
+    REPO,
+    bundled_registry,
+    check_golden,
+    hold_supervisor_lock,
+    make_dir,
+    step_line,
+)
 
 from cockpit import cli, launch, report, stats
+from cockpit import registry as reg
 
 V1 = "20260224_175412_moe-fp8-capacity-ablation-v1"
 V2 = "20260224_182427_moe-fp8-capacity-opt-v2-buffer"
@@ -174,6 +184,26 @@ def test_write_report_files_and_bad_logs_never_raise(tmp_path):
     assert "No run has step lines yet." in report.write_report(empty, plots=True, now=NOW).read_text()
 
 
+def test_summary_csv_means_without_float_noise(tmp_path):
+    d = tmp_path / "exp"
+    d.mkdir()
+    steps = [step_line(i, 3, 6.0 - i, dt, tok, mfu, 0.0) for i, (dt, tok, mfu) in
+             enumerate([(0.10, 100, 0.10), (0.20, 200, 0.20), (0.20, 200, 0.20)])]
+    (d / "a.log").write_text("\n".join([*steps, "Peak memory usage: 1.10MiB", "Total training time: 0.01m"]) + "\n")
+    report.write_report(d, tail=3, plots=False, now=NOW)
+    header, row = (d / "report_summary.csv").read_text().splitlines()
+    figures = dict(zip(header.split(","), row.split(","), strict=True))
+    # the means of 0.10, 0.20, 0.20 and of 100, 200, 200: 12 significant digits, no binary noise
+    assert (figures["dt_ms"], figures["tok_per_sec"], figures["mfu"]) == ("0.166666666667", "166.666666667", "0.166666666667")
+    assert (figures["peak_mem_mib"], figures["last_loss"], figures["tail_n"]) == ("1.1", "4.0", "3")
+    d2 = tmp_path / "exp2"
+    d2.mkdir()
+    (d2 / "a.log").write_text("\n".join(steps[:2]) + "\n")
+    report.write_report(d2, tail=2, plots=False, now=NOW)
+    header, row = (d2 / "report_summary.csv").read_text().splitlines()
+    assert dict(zip(header.split(","), row.split(","), strict=True))["dt_ms"] == "0.15"  # not 0.15000000000000002
+
+
 def test_cli_report(tmp_path, capsys):
     v1, v2 = seed_dirs(tmp_path)
     reg_file = tmp_path / "none.toml"  # no registry: the tail is 50
@@ -255,6 +285,63 @@ def test_supervisor_report_has_deltas_against_the_experiments_baseline(tmp_path)
     registry.path.write_text(registry.path.read_text().replace('id = "cpu-smoke"', 'id = "cpu-smoke-renamed"'))
     text = report.write_report(d, plots=False, now=NOW).read_text()
     assert head in text and delta in text
+
+
+def test_args_differ_line_per_run(tmp_path):
+    registry = bundled_registry(tmp_path)
+    root = registry.settings.exp_root
+    d = root / "20261126_050000_cpu-smoke"
+    d.mkdir(parents=True)
+    launch.write_plan(registry, launch.plan_launch(registry, "cpu-smoke"), d)
+    for leg in ("dense", "moe_dropless", "moe_cap1p0"):
+        shutil.copy(FIXTURES / "cpu-smoke" / f"{leg}.log", d / f"{leg}.log")
+    text = report.render_report(d, now=NOW)
+    lines = [ln for ln in text.splitlines() if ln.startswith("args differ")]
+    assert lines == [
+        "args differ: --use-moe (not given) -> (set), --model-tag smoke_dense -> smoke_moe_dropless, "
+        "--moe-capacity-factor (not given) -> 0.0",
+        "args differ: --use-moe (not given) -> (set), --model-tag smoke_dense -> smoke_moe_cap1p0, "
+        "--moe-capacity-factor (not given) -> 1.0",
+    ]
+    assert text.index(lines[1]) > text.index("### moe_cap1p0")
+    # a baseline in another dir: its dir's path is no difference (each run's checkpoint root is its own dir's)
+    later = root / "20261126_060000_cpu-smoke"
+    later.mkdir()
+    launch.write_plan(registry, launch.plan_launch(registry, "cpu-smoke", ["moe_cap1p0"]), later)
+    shutil.copy(FIXTURES / "cpu-smoke" / "moe_cap1p0.log", later / "moe_cap1p0.log")
+    text = report.render_report(later, baseline=f"{d.name}/dense", now=NOW)
+    assert "args differ: --use-moe (not given) -> (set), --model-tag smoke_dense -> smoke_moe_cap1p0, " \
+           "--moe-capacity-factor (not given) -> 1.0" in text
+    # a recorded baseline: its flags from the registry the plan names
+    v3 = root / "20261126_070000_moe-fp8-capacity-opt-v3"
+    v3.mkdir()
+    launch.write_plan(registry, launch.plan_launch(registry, "moe-fp8-capacity-opt-v3"), v3)
+    shutil.copy(FIXTURES / "seed" / V1 / "static_cap1p25.log", v3 / "moe_fp8_experts_static_cap1p0_v3.log")
+    text = report.render_report(v3, now=NOW)
+    assert ("args differ: --model-tag moe_fp8_experts_static_cap1p0_bufreuse -> moe_fp8_experts_static_cap1p0_v3"
+            in text)
+    # a manual dir (no plan): nothing says what ran, so no line
+    manual = copy_logs(FIXTURES, tmp_path / "manual", ["fork-log-excerpt", "upstream-bf16"])
+    assert "args differ" not in report.render_report(manual, baseline="fork-log-excerpt", now=NOW)
+
+
+def test_leg_diff_against_the_baseline_or_another_leg():
+    r = reg.load(REPO / "experiments.toml")
+    cap1 = r.find_leg("moe-fp8-capacity-ablation-v1/static_cap1p0")
+    assert reg.format_diff(r.leg_diff(cap1)) == ("--model-tag moe_fp8_experts_static_cap0p0_baseline -> "
+                                                 "moe_fp8_experts_static_cap1p0, --moe-capacity-factor 0.0 -> 1.0")
+    dyn = r.find_leg("moe-fp8-capacity-ablation-v1/dynamic_cap1p0")
+    assert [(d.flag, d.base, d.run) for d in r.leg_diff(dyn, cap1)] == [
+        ("model-tag", "moe_fp8_experts_static_cap1p0", "moe_fp8_experts_dynamic_cap1p0"),
+        ("compile-mode", "static", "dynamic")]
+    base = r.find_leg("moe-fp8-capacity-ablation-v1/static_cap0p0_baseline")
+    assert r.leg_diff(base) == [] and reg.format_diff([]) == "none"  # the baseline against itself
+    dense = r.find_leg("cpu-smoke/dense")
+    # another experiment's leg: the device, the model, the flags only one of them gives
+    diff = {d.flag: (d.base, d.run) for d in r.leg_diff(dense, cap1)}
+    assert diff["device-type"] == (None, "cpu") and diff["fp8"] == (True, None) and diff["depth"] == ("12", "2")
+    assert reg.format_diff(None) == "nothing to compare with"
+    assert reg.parse_flags(["torchrun", "-m", "x", "--", "--a", "1", "--b", "--c", "-1"]) == {"a": "1", "b": True, "c": "-1"}
 
 
 def test_big_logs_read_by_workers_give_the_same_files(tmp_path, monkeypatch):

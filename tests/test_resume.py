@@ -1,6 +1,8 @@
 """resume.py: the one model of where things stand, and the guide rendered from it."""
 
+import os
 import shlex
+import subprocess
 
 import pytest
 from conftest import NOW, FakeSampler, bundled_registry, check_golden, gpu, make_dir, normalized
@@ -22,13 +24,21 @@ def test_guide_for_the_bundled_registry_with_no_dirs(tmp_path):
     state = resume.build_state(registry, sampler=NO_NVML, now=NOW)
     assert set(marks(state).values()) == {"recorded", "pending"}
     assert state.running == [] and state.reports == [] and state.gpus.state == "unknown"
-    nxt = state.next
-    assert (nxt.experiment, nxt.leg, nxt.mark) == ("moe-fp8-capacity-opt-v3", "moe_fp8_experts_static_cap1p0_v3", "pending")
+    # without NVML the 8-GPU leg cannot run here: next is the first leg this machine can run,
+    # and the 8-GPU leg, first in registry order, is said with why
+    nxt, far = state.next, state.next_elsewhere
+    assert (nxt.experiment, nxt.leg, nxt.mark) == ("cpu-smoke", "dense", "pending")
+    assert (far.experiment, far.leg, far.mark) == ("moe-fp8-capacity-opt-v3", "moe_fp8_experts_static_cap1p0_v3", "pending")
+    why = "needs 8 GPUs, and NVML is unavailable here: NVML Shared Library Not Found"
+    assert [(m.ref, m.not_here) for m in state.not_here] == [(f"{far.experiment}/{far.leg}", why)]
+    assert state.activity == "nothing running, 4 legs to run, 1 of them not here"
     text = resume.render_guide(state)
     for section in ["## Current State", "## Completed Work (Do Not Re-run)", "## Remaining Work",
                     "## Safety/Path Constraints Reminder", "## Resume Environment"]:
         assert section in text
-    assert "- Training is currently paused (no leg running)." in text
+    assert "- Nothing running, 4 legs to run, 1 of them not here." in text
+    assert f"- `{far.experiment}/{far.leg}` pending; not on this machine: {why}" in text
+    assert "Next leg here: `cpu-smoke/dense`." in text
     assert "- GPUs: unknown (NVML unavailable: NVML Shared Library Not Found)" in text
     # the seed's buffer-reuse comparison, from recorded figures, marked as recorded
     assert "| metric | baseline static_cap1p0 (recorded) | static_cap1p0_bufreuse (recorded) | delta |" in text
@@ -41,6 +51,42 @@ def test_guide_for_the_bundled_registry_with_no_dirs(tmp_path):
     assert "`cockpit launch moe-fp8-capacity-opt-v3 --legs moe_fp8_experts_static_cap1p0_v3 --registry " in text
     check_golden("resume-bundled.md", normalized(text, tmp_path))
     assert not (tmp_path / "exp").exists()  # building the state wrote nothing
+    # with 8 idle GPUs, the 8-GPU leg is next here, and nothing is said about elsewhere
+    state = resume.build_state(registry, sampler=FakeSampler(gpus_=[gpu(i) for i in range(8)]), now=NOW)
+    assert (state.next.leg, state.next_elsewhere, state.not_here) == ("moe_fp8_experts_static_cap1p0_v3", None, [])
+    assert state.activity == "nothing running, 4 legs to run"
+    # with 4 GPUs: too few
+    state = resume.build_state(registry, sampler=FakeSampler(gpus_=[gpu(i) for i in range(4)]), now=NOW)
+    assert state.next.leg == "dense" and state.not_here[0].not_here == "needs 8 GPUs, 4 visible here"
+
+
+def test_next_leg_on_a_machine_without_gpus_cpu_only(tmp_path):
+    registry = bundled_registry(tmp_path)
+    done = {leg: ("done", f"cpu-smoke/{leg}.log") for leg in ("dense", "moe_dropless", "moe_cap1p0")}
+    make_dir(registry.settings.exp_root, SMOKE, done)
+    state = resume.build_state(registry, sampler=NO_NVML, now=NOW)
+    # every leg this machine can run is done: nothing here, and the one left says why
+    assert state.next is None and state.next_elsewhere.leg == "moe_fp8_experts_static_cap1p0_v3"
+    assert state.activity == "nothing running, 1 leg to run, not on this machine"
+    status = resume.render_status(state).splitlines()
+    assert "running: none (1 leg to run, not on this machine)" in status
+    assert status[-2:] == [
+        "next: nothing this machine can run",
+        "not here: moe-fp8-capacity-opt-v3/moe_fp8_experts_static_cap1p0_v3: needs 8 GPUs, and NVML is "
+        "unavailable here: NVML Shared Library Not Found",
+    ]
+    text = resume.render_guide(state)
+    assert "Nothing left to run that this machine can run." in text
+    assert ("Next leg on a machine that can run it: `moe-fp8-capacity-opt-v3/moe_fp8_experts_static_cap1p0_v3` "
+            "(the seed's next leg: fixed capacity 1.0, static compile, v3 dispatch). This machine cannot run it: "
+            "needs 8 GPUs, and NVML is unavailable here: NVML Shared Library Not Found.") in text
+    # a leg sent to a Slurm cluster gets its GPUs from the scheduler: runnable from here
+    exp = registry.experiment("moe-fp8-capacity-opt-v3")
+    leg = exp.legs[0]
+    assert resume.not_here(exp, leg, state.gpus) is not None
+    slurm = type("SlurmExperiment", (), {"executor": "slurm"})()
+    assert resume.not_here(slurm, leg, state.gpus) is None
+    assert resume.not_here(exp, registry.find_leg("cpu-smoke/dense"), state.gpus) is None  # a CPU leg: anywhere
 
 
 def test_execution_template_is_the_legs_exact_argv(tmp_path):
@@ -82,8 +128,11 @@ def test_guide_with_a_finished_cpu_smoke_dir(tmp_path):
                             + "[[experiment]]" + (tmp_path / "experiments.toml").read_text().split("[[experiment]]")[-1])
     assert [e.id for e in only.experiments] == ["cpu-smoke"]
     state = resume.build_state(only, sampler=NO_NVML, now=NOW)
-    assert state.next is None
-    assert "Nothing pending: every leg in the registry is done, recorded or under way." in resume.render_guide(state)
+    assert state.next is None and state.activity == "all done"
+    text = resume.render_guide(state)
+    assert "Nothing pending: every leg in the registry is done, recorded or under way." in text
+    assert "- All done: nothing running, and every leg is done here or recorded." in text
+    assert "running: none (all done)" in resume.render_status(state).splitlines()
 
 
 def test_marks_from_states_and_logs(tmp_path):
@@ -109,8 +158,10 @@ def test_marks_from_states_and_logs(tmp_path):
     waiting = state.find("cpu-smoke/moe_cap1p0")
     assert waiting.note == "GPU 0 busy: util 97% > 5%"
     assert state.gpus.state == "busy" and state.gpus.busy == [0]
-    # next: nothing pending, so the first failed or stopped leg
-    assert (state.next.leg, state.next.mark) == ("moe_fp8_experts_static_cap1p0_v3", "stopped")
+    # next: nothing pending, so the first failed or stopped leg; it needs 8 GPUs, and 2 are here
+    assert state.next is None
+    assert (state.next_elsewhere.leg, state.next_elsewhere.mark) == ("moe_fp8_experts_static_cap1p0_v3", "stopped")
+    assert state.activity == "1 leg running, 1 queued"
     text = resume.render_guide(state)
     assert "- Running: `cpu-smoke/moe_dropless` running in " in text
     assert "- Waiting: `cpu-smoke/moe_cap1p0` waiting in " in text
@@ -164,3 +215,43 @@ def test_write_guide(tmp_path):
     assert out.read_text().startswith("# Nanochat Resume Guide\n")
     with pytest.raises(OSError, match="is a directory"):  # refused before anything is written
         resume.write_guide(registry, tmp_path, sampler=NO_NVML)
+
+
+def git(cwd, *args):
+    subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True,
+                   env={**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+                        "GIT_COMMITTER_EMAIL": "t@t"})
+
+
+def test_branch_line_says_the_checkouts_branch_the_expected_one_and_whether_it_exists(tmp_path):
+    registry = bundled_registry(tmp_path)  # expects yxb/moe-add-sft-claude
+    git(tmp_path, "init", "-q", "-b", "main")
+    git(tmp_path, "commit", "-q", "--allow-empty", "-m", "x")
+
+    def guide() -> tuple[str, list[str]]:
+        state = resume.build_state(registry, sampler=NO_NVML, now=NOW)
+        text = resume.render_guide(state)
+        env = text.split("## Resume Environment")[1].split("```bash\n")[1].split("```")[0].splitlines()
+        return next(ln for ln in text.splitlines() if ln.startswith("Branch: ")), env
+
+    line, env = guide()
+    assert line == ("Branch: the checkout is on `main`; the registry expects `yxb/moe-add-sft-claude`, "
+                    "which does not exist locally")
+    assert env[1] == "# the checkout is on main; the registry expects yxb/moe-add-sft-claude, which does not exist locally"
+    assert not any(ln.startswith("git checkout") for ln in env)  # never a checkout of a branch that is not there
+    status = resume.render_status(resume.build_state(registry, sampler=NO_NVML, now=NOW)).splitlines()
+    assert status[3] == ("branch: the checkout is on main; the registry expects yxb/moe-add-sft-claude, "
+                         "which does not exist locally")
+
+    git(tmp_path, "branch", "yxb/moe-add-sft-claude")
+    line, env = guide()
+    assert line.endswith("the registry expects `yxb/moe-add-sft-claude`, which exists locally")
+    assert env[1] == "git checkout yxb/moe-add-sft-claude"
+
+    git(tmp_path, "checkout", "-q", "yxb/moe-add-sft-claude")
+    line, env = guide()
+    assert line == "Branch: the checkout is on `yxb/moe-add-sft-claude`, as the registry expects"
+    assert env[1] == "git status --short --branch"  # nothing to switch
+    # reading the branch changed nothing in the checkout
+    out = subprocess.run(["git", "status", "--porcelain", "--ignored"], cwd=tmp_path, capture_output=True, text=True)
+    assert out.stdout.splitlines() == ["?? experiments.toml"]

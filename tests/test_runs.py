@@ -189,11 +189,11 @@ def test_gpu_need_refused_before_anything_is_written(tmp_path, monkeypatch):
     if count is None:  # a machine without a driver (CI, this laptop): the real NVML refuses
         r = cockpit("--registry", str(path), "launch", "fake")
         assert r.returncode == 2 and r.stdout == ""
-        assert r.stderr.strip() == f"cockpit: NVML unavailable: {reason}"
+        assert r.stderr.strip() == f"cockpit: needs 8 GPUs, and NVML is unavailable here: {reason}"
         assert not (tmp_path / "exp").exists()
     registry = reg.load(path)
     monkeypatch.setattr(gpus, "visible_gpus", lambda nvml=None: (0, None))
-    with pytest.raises(expdir.RunError, match="^needs 8 GPUs, 0 visible$"):
+    with pytest.raises(expdir.RunError, match="^needs 8 GPUs, 0 visible here$"):
         launch.start(registry, "fake")
     monkeypatch.setattr(gpus, "visible_gpus", lambda nvml=None: (8, None))
     assert launch.check_gpus(list(registry.experiment("fake").legs)) is None

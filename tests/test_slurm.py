@@ -279,6 +279,29 @@ def test_dry_run_on_slurm_prints_the_scripts_and_sbatch_lines_and_writes_nothing
     assert not (tmp_path / "exp").exists()
 
 
+def test_slurm_legs_get_the_registrys_env_and_no_prepare_or_notify_of_a_supervisor(tmp_path):
+    """On Slurm no supervisor runs: the registry's env is exported in each batch script, a
+    prepare step whose output is missing refuses the launch (with its command), and the dry run
+    says notify is not run for these legs."""
+    reg_path = slurm_registry(tmp_path, {"a": "num-iterations = 5"})
+    text = reg_path.read_text().replace('on_failure = "stop"\n', f'on_failure = "stop"\nnotify = ["{sys.executable}"]\n')
+    text = text.replace("[defaults.args]", '[defaults.env]\nHF_HOME = "/data/hf x"\n[defaults.args]')
+    text = text.replace('id = "fake"\n', 'id = "fake"\n[experiment.prepare]\nargv = ["{python}", "-m", "x", "{exp_root}/_data/x"]\n'
+                                        'creates = "{exp_root}/_data/x"\n')
+    reg_path.write_text(text)
+    registry = reg.load(reg_path)
+    plan = launch.plan_launch(registry, "fake")
+    out = launch.dry_run_text(registry, plan)
+    assert "\nexport HF_HOME='/data/hf x'\n" in out.split(".sbatch ----")[1]  # in the batch script
+    assert "# notify: not run for Slurm legs (the scheduler runs them; no supervisor sees them end)" in out
+    root = tmp_path / "exp"
+    assert (f"# a real launch would be refused here: {root}/_data/x missing, and a prepare step runs only before a "
+            f"local launch's legs: run `{sys.executable} -m x {root}/_data/x` once here (exp_root is the nodes' too), "
+            "then launch") in out
+    (root / "_data" / "x").mkdir(parents=True)
+    assert "prepare step" not in launch.dry_run_text(registry, launch.plan_launch(registry, "fake"))
+
+
 # scheduler lines as Slurm 22.05 prints them, trimmed
 PENDING_LINE = (
     "JobId=12 JobName=exp/b UserId=root(0) JobState=PENDING Reason=Dependency Dependency=afterok:11(unfulfilled) "

@@ -1,10 +1,12 @@
 """`cockpit status` and `cockpit resume`: the resume state through the CLI."""
 
+import json
 import os
+from pathlib import Path
 
 from conftest import NOW, FakeSampler, bundled_registry, make_dir
 
-from cockpit import cli, expdir, resume
+from cockpit import cli, expdir, gpus, resume
 
 
 def run(capsys, *argv):
@@ -20,15 +22,23 @@ def test_status_of_the_bundled_registry(tmp_path, capsys):
     lines = out.splitlines()
     assert lines[0] == f"nanochat moe-fp8  ({tmp_path}/experiments.toml)"
     assert lines[2].startswith("GPUs: ")  # idle/busy from NVML, or unknown (NVML unavailable: ...) here
-    assert "running: none (training paused)" in lines
     assert "moe-fp8-capacity-ablation-v1  [8 GPUs]  5 recorded" in lines
-    assert ("  static_cap1p0           recorded  785203.42 tok/s, mfu 9.5014  [recorded]  "
-            "Δ +67.50% vs static_cap0p0_baseline (recorded)") in lines  # recorded: no samples, no verdict
+    # a recorded leg says so once (its mark), not again after its figures; recorded: no samples, no verdict
+    assert ("  static_cap1p0           recorded  785203.42 tok/s, mfu 9.5014  "
+            "Δ +67.50% vs static_cap0p0_baseline (recorded)") in lines
     assert "cpu-smoke  [cpu]  3 pending" in lines
-    assert lines[-1] == (
-        "next: moe-fp8-capacity-opt-v3/moe_fp8_experts_static_cap1p0_v3  ->  cockpit launch "
-        f"moe-fp8-capacity-opt-v3 --legs moe_fp8_experts_static_cap1p0_v3 --registry {tmp_path}/experiments.toml"
-    )
+    count, reason = gpus.visible_gpus()
+    v3 = "moe-fp8-capacity-opt-v3/moe_fp8_experts_static_cap1p0_v3"
+    if (count or 0) >= 8:  # a node with 8 GPUs: the 8-GPU leg is next
+        assert "running: none (4 legs to run)" in lines
+        assert lines[-1] == (f"next: {v3}  ->  cockpit launch moe-fp8-capacity-opt-v3 --legs "
+                             f"moe_fp8_experts_static_cap1p0_v3 --registry {tmp_path}/experiments.toml")
+    else:  # this machine: next is the first leg it can run, and the other says why not here
+        assert "running: none (4 legs to run, 1 of them not here)" in lines
+        assert lines[-2:] == [
+            f"next: cpu-smoke/dense  ->  cockpit launch cpu-smoke --legs dense --registry {tmp_path}/experiments.toml",
+            f"not here: {v3}: {gpus.shortfall(8, count, reason)}",
+        ]
     assert len(lines) < 30
 
 
@@ -59,8 +69,28 @@ def test_status_shows_running_legs_with_pid_progress_eta_and_every_dir(tmp_path,
     i = lines.index("dirs under exp_root: 3")
     assert lines[i + 1 : i + 4] == [
         f"  {older.name}  moe_cap1p0 failed",
-        f"  {live.name}  supervisor pid {sup} alive;  dense done, moe_dropless running (pid {pid}), moe_cap1p0 queued",
+        f"  {live.name}  supervisor running (pid {sup});  dense done, moe_dropless running (pid {pid}), moe_cap1p0 queued",
         f"  {manual.name}  probe manual log  (experiment 'scratch' is not in the registry)",
+    ]
+
+
+def test_dir_words_say_what_became_of_the_supervisor(tmp_path):
+    registry = bundled_registry(tmp_path)
+    root = registry.settings.exp_root
+    legs = {"dense": ("done", "cpu-smoke/dense.log")}
+    finished = make_dir(root, "20261126_010000_cpu-smoke", legs)
+    ended = make_dir(root, "20261126_020000_cpu-smoke", {"dense": ("failed", "crashed-torchrun.log")})
+    killed = make_dir(root, "20261126_030000_cpu-smoke", legs)
+    record = {"pid": 999999, "create_time": 1.0, "started_at": "2026-11-26T01:00:00+00:00"}
+    ends = {"ended_at": "2026-11-26T01:05:00+00:00"}
+    (finished / "state" / "supervisor.json").write_text(json.dumps({**record, **ends, "status": "finished"}))
+    (ended / "state" / "supervisor.json").write_text(json.dumps({**record, **ends, "status": "ended with legs not done"}))
+    (killed / "state" / "supervisor.json").write_text(json.dumps(record))  # never recorded its end
+    lines = [resume.dir_line(d) for d in expdir.discover(root)]
+    assert lines == [
+        f"{finished.name}  supervisor finished;  dense done",
+        f"{ended.name}  supervisor ended, legs not done;  dense failed",
+        f"{killed.name}  supervisor gone (killed before it recorded its end);  dense done",
     ]
 
 
@@ -93,6 +123,14 @@ def test_resume_to_stdout_and_file(tmp_path, capsys):
     code, out, _ = run(capsys, "resume", "--registry", str(registry.path), "--out-md", str(target))
     assert code == 0 and out.strip() == str(target) and "## Safety/Path Constraints Reminder" in target.read_text()
     assert not [p for p in target.parent.iterdir() if p.name.startswith(".")]  # no temp file left
+    # the core's guide path: the default the TUI offers, and a chosen one (~ expanded, made absolute)
+    assert resume.guide_path(registry) == registry.settings.exp_root / "resume-guide.md"
+    assert resume.guide_path(registry, "  ") == registry.settings.exp_root / "resume-guide.md"
+    assert resume.guide_path(registry, "~/g.md") == Path.home() / "g.md"
+    assert resume.write_guide(registry, target.with_name("chosen.md"), sampler=FakeSampler(nvml=False), now=NOW) \
+        == target.with_name("chosen.md")
+    assert target.with_name("chosen.md").read_text().startswith("# Nanochat Resume Guide\n")
+    assert resume.write_guide(registry, sampler=FakeSampler(nvml=False), now=NOW) == resume.guide_path(registry)
 
 
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):

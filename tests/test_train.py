@@ -12,6 +12,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from conftest import registry_file
 
 from cockpit import registry
 from nanochat import base_train
@@ -50,9 +51,10 @@ def step_lines(text):
 
 
 @pytest.mark.slow
-def test_torchrun_cpu_smoke_moe_leg(tmp_path):
-    """The bundled cpu-smoke MoE leg, exactly as the registry renders it, under 2-process torchrun."""
-    leg = registry.load(ROOT / "experiments.toml").find_leg("cpu-smoke/moe_cap1p0")
+def test_torchrun_cpu_smoke_moe_leg(tmp_path, smoke_corpus):
+    """The bundled cpu-smoke MoE leg, exactly as the registry renders it (its corpus where the
+    prepare step would make it), under 2-process torchrun."""
+    leg = registry.load(registry_file(tmp_path, corpus=smoke_corpus)).find_leg("cpu-smoke/moe_cap1p0")
     argv = leg.argv(tmp_path, torchrun=str(VENV_BIN / "torchrun"))
     t0 = time.time()
     p = subprocess.run(argv, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=240)

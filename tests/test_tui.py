@@ -432,10 +432,11 @@ async def test_tabs_cycle_and_finish_notifies(tmp_path):
 
 
 async def test_resume_panel_shows_next_command(tmp_path):
-    app = make_app(registry_file(tmp_path))
+    app = make_app(registry_file(tmp_path), sampler=FakeSampler(8))  # 8 GPUs: the 8-GPU leg can run here
     async with app.run_test(size=SIZE) as pilot:
         await ready(pilot, app)
-        text = str(app.query_one(ResumePanel).render())
+        text = str(await until(pilot, lambda: "moe-fp8-capacity-opt-v3" in str(app.query_one(ResumePanel).render())
+                               and app.query_one(ResumePanel).render(), what="the 8-GPU leg next"))
         assert "moe-fp8-capacity-opt-v3/moe_fp8_experts_static_cap1p0_v3" in text
         assert f"{tmp_path / 'exp'}/$(date +%Y%m%d_%H%M%S)_moe-fp8-capacity-opt-v3" in text
         assert "--moe-capacity-factor 1.0" in text and "--compile-mode static" in text

@@ -21,8 +21,8 @@ from cockpit.tui.log_panes import LogPanes
 
 
 @pytest.mark.slow
-async def test_keys_launch_cpu_smoke_and_the_tables_fill(tmp_path):
-    path = registry_file(tmp_path, iterations=12)
+async def test_keys_launch_cpu_smoke_and_the_tables_fill(tmp_path, smoke_corpus):
+    path = registry_file(tmp_path, iterations=12, corpus=smoke_corpus)
     text = re.sub(r'\[\[experiment\.leg\]\]\nname = "moe_dropless"\n[^\n]*\n', "", path.read_text())
     path.write_text(text)
     app = CockpitApp(path, branch="main")  # the real GPU sampler: no NVML here, shown as such

@@ -44,7 +44,7 @@ from cockpit.expdir import (
     stop_request_path,
     write_state,
 )
-from cockpit.registry import SBATCH_UNSAFE, SlurmSettings
+from cockpit.registry import ENV_NAME, SBATCH_UNSAFE, SlurmSettings
 from cockpit.scheduler import SlurmError, call, cancel, command_failed, last_line
 from cockpit.vocab import ENDED_STATUSES, Status
 
@@ -68,6 +68,7 @@ class LegCommand:
     module: str  # e.g. "nanochat.base_train"
     args: tuple[str, ...]  # the trainer's flags, as an argv list
     uses_gpus: bool = True  # False for a CPU leg: it asks for no GPU unless the settings say so
+    env: tuple[tuple[str, str], ...] = ()  # the registry's extra environment variables (name, value)
 
 
 @dataclass(frozen=True)
@@ -171,6 +172,8 @@ def render_batch_script(
         lines.append("#SBATCH " + " ".join(_sbatch_value("extra_args", a) for a in settings.extra_args))
     lines += ["", "export PYTHONUNBUFFERED=1  # every line reaches the log when it is printed", "set -e"]
     lines += list(settings.setup)
+    # the registry's env, after the setup lines (it wins, as over the environment of a local leg)
+    lines += [f"export {name}={shlex.quote(value)}" for name, value in cmd.env]
     # srun does not pass the job's --cpus-per-task on to its steps (Slurm 22.05+): say it again
     step_cpus = f" --cpus-per-task={int(settings.cpus_per_task)}" if settings.cpus_per_task else ""
     words = _shell_words(cmd)
@@ -339,9 +342,14 @@ def chain_of(plan: dict, exp_dir: Path | str) -> ChainPlan:
     """The chain of a plan (the dict launch.py writes as plan.json): every leg's script, rendered."""
     raw = dict(plan.get("slurm") or {})
     settings = SlurmSettings(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
+    env = plan.get("env") if isinstance(plan.get("env"), dict) else {}
+    bad = [k for k, v in env.items() if not (isinstance(k, str) and ENV_NAME.match(k) and isinstance(v, str)
+                                              and "\x00" not in v)]
+    if bad:
+        raise SlurmError(f"the plan's env holds {bad[0]!r}: not a variable name with a string value")
     commands = [
         LegCommand(spec["name"], plan["torchrun"], int(spec["nproc_per_node"]), spec["module"],
-                   tuple(spec["args"]), uses_gpus=spec.get("device") != "cpu")
+                   tuple(spec["args"]), uses_gpus=spec.get("device") != "cpu", env=tuple(env.items()))
         for spec in plan["legs"]
     ]
     return plan_chain(commands, settings, exp_dir, plan["cwd"], job_prefix(exp_dir), plan.get("on_failure", "stop"))

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from textual.message import Message
 
-from cockpit import expdir, gpus, logs, provenance, resume
+from cockpit import checkout, expdir, gpus, logs, resume
 from cockpit import registry as reg
 from cockpit.executors import slurm
 from cockpit.tui import build
@@ -230,7 +230,7 @@ class Collector:
         if fn is None or callable(fn):
             if time.monotonic() - self._branch_at > 10.0:  # git is a subprocess: not every pass
                 if fn is None:
-                    self._branch = provenance.git_head(self.registry_path.resolve().parent).get("branch")
+                    self._branch = checkout.git_info(self.registry_path.resolve().parent).get("branch")
                 else:
                     self._branch = fn()
                 self._branch_at = time.monotonic()

@@ -1,0 +1,129 @@
+"""Sweeps as data: an experiment's `[experiment.grid]` expands to named legs beside hand-written
+ones; bad templates and name clashes are one line with file:line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import cockpit
+
+from cockpit import registry as reg
+
+HEAD = """[project]
+exp_root = "exp"
+[defaults]
+device = "cpu"
+nproc_per_node = 2
+[defaults.args]
+depth = 2
+compile-mode = "none"
+
+[[experiment]]
+id = "sweep"
+baseline = "dense"
+args = { use-moe = true }
+"""
+
+GRID = """[[experiment.leg]]
+name = "dense"
+args = { use-moe = false }
+
+[experiment.grid]
+name = "{compile-mode}_cap{moe-capacity-factor}"
+description = "capacity {moe-capacity-factor}, {compile-mode} compile"
+compile-mode = ["static", "dynamic"]
+moe-capacity-factor = [0.0, 1.0, 1.25]
+args = { model-tag = "sweep_{name}", checkpoint-root = "{exp_dir}/ckpt" }
+
+[[experiment.leg]]
+name = "eager_cap1p0"
+args = { compile-mode = "none", moe-capacity-factor = 1.0 }
+"""
+
+
+def load(tmp_path: Path, body: str) -> reg.Registry:
+    path = tmp_path / "experiments.toml"
+    path.write_text(HEAD + body)
+    return reg.load(path)
+
+
+def test_grid_expands_to_named_legs_beside_hand_written_ones(tmp_path):
+    exp = load(tmp_path, GRID).experiment("sweep")
+    # the grid's legs stand where the grid stands; the first axis varies slowest
+    assert [leg.name for leg in exp.legs] == [
+        "dense",
+        "static_cap0p0", "static_cap1p0", "static_cap1p25",
+        "dynamic_cap0p0", "dynamic_cap1p0", "dynamic_cap1p25",
+        "eager_cap1p0",
+    ]
+    leg = exp.leg("dynamic_cap1p25")
+    assert leg.grid == {"compile-mode": "dynamic", "moe-capacity-factor": 1.25}
+    assert leg.description == "capacity 1.25, dynamic compile"
+    assert leg.line == 5 + HEAD.count("\n")  # the grid's header, for file:line
+    # args: defaults < experiment < the grid's args < the axes; {name} filled, {exp_dir} left for the launch
+    assert leg.args == {"depth": 2, "compile-mode": "dynamic", "use-moe": True,
+                        "model-tag": "sweep_dynamic_cap1p25", "checkpoint-root": "{exp_dir}/ckpt",
+                        "moe-capacity-factor": 1.25}
+    assert leg.trainer_args("/x") == ["--depth", "2", "--compile-mode", "dynamic", "--use-moe", "--model-tag",
+                                      "sweep_dynamic_cap1p25", "--checkpoint-root", "/x/ckpt",
+                                      "--moe-capacity-factor", "1.25"]
+    assert exp.leg("dense").grid is None and exp.leg("eager_cap1p0").grid is None
+
+
+@pytest.mark.parametrize("value, part", [(1.0, "1p0"), (0.0, "0p0"), (1.25, "1p25"), (-0.5, "m0p5"), (8, "8"),
+                                         (-1, "m1"), (1e-05, "1em05"), (1e20, "1e20"), (True, "true"),
+                                         (False, "false"), ("static", "static")])
+def test_a_value_in_a_leg_name(value, part):
+    assert reg.name_part(value) == part
+
+
+@pytest.mark.parametrize("body, line, words", [
+    # a grid leg with the name of a hand-written leg: the grid's name line, and where the other is
+    ('[[experiment.leg]]\nname = "static_cap1p0"\n\n[experiment.grid]\nname = "{compile-mode}_cap{moe-capacity-factor}"\n'
+     'compile-mode = ["static"]\nmoe-capacity-factor = [1.0]\n', 18,
+     ["grid leg 'static_cap1p0' (compile-mode = 'static', moe-capacity-factor = 1.0)", "leg at line 15"]),
+    # two grid legs that would share a name (the template runs values together)
+    ('[experiment.grid]\nname = "{a}{b}"\na = ["x", "xy"]\nb = ["yz", "z"]\n', 15,
+     ["grid legs (a = 'x', b = 'yz') and (a = 'xy', b = 'z')", "would both be named 'xyz'"]),
+    ('[experiment.grid]\nname = "cap{moe-capacity-factor"\nmoe-capacity-factor = [1.0]\n', 15, ["unmatched brace"]),
+    ('[experiment.grid]\nname = "cap{capacity}"\nmoe-capacity-factor = [1.0]\n', 15,
+     ["names {capacity}, which is not an axis (axes: moe-capacity-factor)"]),
+    ('[experiment.grid]\nname = "cap{moe-capacity-factor}"\nmoe-capacity-factor = [1.0]\ncompile-mode = ["static"]\n',
+     15, ["leaves out axis 'compile-mode'"]),
+    ('[experiment.grid]\nname = "x{depth}"\ndepth = []\n', 16, ["axis 'depth'", "non-empty array"]),
+    ('[experiment.grid]\nname = "x{depth}"\ndepth = [2, 2]\n', 16, ["repeats a value (2 in a name)"]),
+    ('[experiment.grid]\nname = "x{depth}"\ndepth = [[2]]\n', 16, ["trainer arg 'depth' must be a string, number"]),
+    ('[experiment.grid]\nname = "{run}"\nrun = ["a/b"]\n', 15, ["grid leg name 'a/b' (run = 'a/b')", "cannot be a file name"]),
+    ('[experiment.grid]\nname = "{run}"\nrun = ["-x"]\n', 15, ["cannot start with '-'"]),
+    ('[experiment.grid]\ndepth = [2]\n', 14, ["needs a name template"]),
+    ('[experiment.grid]\nname = "x"\n', 14, ["has no axis"]),
+    ('[experiment.grid]\nname = "x{depth}"\ndepth = [2]\nargs = 3\n', 17, ["the grid's args in 'sweep' must be a table"]),
+])
+def test_bad_grids_are_one_located_line(tmp_path, body, line, words):
+    with pytest.raises(reg.RegistryError) as e:
+        load(tmp_path, body)
+    text = str(e.value)
+    assert e.value.line == line, text
+    assert text.startswith(f"{tmp_path}/experiments.toml:{line}: ") and "\n" not in text
+    for w in words:
+        assert w in text
+
+
+def test_grid_legs_in_dry_run_and_status(tmp_path):
+    path = tmp_path / "experiments.toml"
+    path.write_text(HEAD + GRID)
+    dry = cockpit("--registry", str(path), "launch", "sweep", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    legs = [ln for ln in dry.stdout.splitlines() if ln.startswith("# leg ")]
+    assert legs[1:3] == ["# leg static_cap0p0: capacity 0.0, static compile",
+                         "# leg static_cap1p0: capacity 1.0, static compile"]
+    assert len(legs) == 8 and "--model-tag sweep_dynamic_cap1p25" in dry.stdout
+    status = cockpit("--registry", str(path), "status")
+    assert status.returncode == 0, status.stderr
+    lines = status.stdout.splitlines()
+    assert "sweep  [cpu]  8 pending" in lines and "  dynamic_cap1p25  pending" in lines
+    # a grid leg is launched by its name, like any other
+    dry = cockpit("--registry", str(path), "launch", "sweep", "--legs", "dynamic_cap1p0", "--dry-run")
+    assert dry.returncode == 0 and [ln for ln in dry.stdout.splitlines() if ln.startswith("# leg ")] == [
+        "# leg dynamic_cap1p0: capacity 1.0, dynamic compile"]
