@@ -149,10 +149,19 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    """Final metrics (tail means of tok/sec, dt, MFU; peak memory, total time), status and deltas
-    against a baseline of one experiment dir, or of any dir of *.log files: markdown to stdout, or
-    with --out-md to a file with its per-step and summary CSVs and PNG plots beside it."""
+    """Final metrics (tail means of tok/sec, dt, MFU; peak memory, total time), quality and routing
+    (validation bpb, final loss, drop %, balance), status, and deltas with their 95% intervals and
+    noise verdicts against the baseline of one experiment dir (its own run of the registry's
+    baseline leg, else a named one), or of any dir of *.log files: markdown to stdout, or with
+    --out-md to a file with its per-step and summary CSVs and PNG plots beside it."""
     tail = _tail(args)
+    # a dir of plain logs named <stamp>_<experiment> takes its baseline from this registry (a dir
+    # the cockpit launched has its plan's)
+    try:
+        path = registry_path(args)
+    except reg.RegistryError:
+        path = None  # a report needs no registry
+    registry = reg.load(path) if path is not None and path.exists() else None
     if not args.exp_dir.strip():
         raise UsageError("--exp-dir is empty: give an experiment dir (or any dir of *.log files)")
     exp_dir = Path(args.exp_dir).expanduser()
@@ -166,9 +175,10 @@ def cmd_report(args: argparse.Namespace) -> int:
         if all(r.summary is None for r in rows):
             raise report.ReportError(f"{exp_dir}: no leg has a log yet, nothing to report (see: cockpit status)")
         if args.out_md is not None:
-            say(str(report.write_report(exp_dir, args.out_md, args.baseline, tail, plots=not args.no_plots)))
+            say(str(report.write_report(exp_dir, args.out_md, args.baseline, tail, plots=not args.no_plots,
+                                        registry=registry)))
         else:
-            say(report.render_report(exp_dir, args.baseline, tail, rows_=rows), end="")
+            say(report.render_report(exp_dir, args.baseline, tail, rows_=rows, registry=registry), end="")
     except report.ReportError as e:
         raise UsageError(str(e)) from None
     except OSError as e:

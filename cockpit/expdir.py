@@ -313,6 +313,39 @@ class ExpDir:
     def log(self, leg: str) -> Path:
         return self.path / f"{leg}.log"
 
+    def runs(self, leg: str) -> list[str]:
+        """The runs of a registry leg here: its own name, or one per repeat (`dense.r0`, ...), in
+        order. A plan says which run is which leg's; a dir of logs says it by their names."""
+        out = []
+        for name in self.legs:
+            spec = self.spec(name)
+            if spec is not None and isinstance(spec.get("leg"), str):
+                mine = spec["leg"] == leg
+            else:
+                base, i = reg.split_repeat(name)
+                mine = name == leg or (i is not None and base == leg and spec is None)
+            if mine:
+                out.append(name)
+        return out
+
+    def spec(self, run: str) -> dict | None:
+        """The plan's entry of a run (name, argv, and for a repeat its leg and index), if any."""
+        return next((x for x in (self.plan or {}).get("legs", []) if isinstance(x, dict) and x.get("name") == run), None)
+
+    def run_done(self, run: str, by_log: bool = False) -> bool:
+        """Did this run finish here: its state says done; in a dir of logs (no plan), its log's
+        final lines. `by_log`: a run without a state in a planned dir (a log put there by hand)
+        too, by its log."""
+        st = self.states.get(run)
+        if st is not None:
+            return st.status == Status.DONE
+        return (self.plan is None or by_log) and log_outcome(self.log(run))[0] == RunStatus.COMPLETED
+
+    def leg_done(self, leg: str, by_log: bool = False) -> bool:
+        """Did a registry leg finish here: it ran here, and every one of its runs is done (see run_done)."""
+        runs = self.runs(leg)
+        return bool(runs) and all(self.run_done(r, by_log) for r in runs)
+
     @property
     def supervisor_text(self) -> str | None:
         """What became of the dir's supervisor, in words that say what is true: `running (pid N)`,
@@ -329,7 +362,7 @@ class ExpDir:
 
     def expect(self, leg: str) -> procs.Expect | None:
         """What the leg's torchrun must be running to be proven the leg's (from the plan)."""
-        spec = next((x for x in (self.plan or {}).get("legs", []) if isinstance(x, dict) and x.get("name") == leg), None)
+        spec = self.spec(leg)
         return leg_expect(self.path, leg, spec.get("argv")) if spec else None
 
 
@@ -588,18 +621,21 @@ def find_dir(exp_root: Path | str, ref: str) -> Path:
 
 
 def done_legs(exp_root: Path | str, experiment: str) -> dict[str, Path]:
-    """Legs of an experiment that finished here: leg -> the newest dir it finished in."""
+    """Legs of an experiment that finished: leg -> the newest dir it finished in. A leg with
+    repeats finished in a dir when every repeat did there."""
     out: dict[str, Path] = {}
     for d in discover(exp_root):
         if d.experiment != experiment:
             continue
-        for leg in d.legs:
-            st = d.states.get(leg)
-            if st is not None:
-                if st.status == Status.DONE:
-                    out[leg] = d.path
-            elif d.plan is None:
-                # a manual dir: no state, only a log; trust its final lines
-                if log_outcome(d.log(leg))[0] == RunStatus.COMPLETED:
-                    out[leg] = d.path
+        for leg in dict.fromkeys(_leg_of(d, run) for run in d.legs):
+            if d.leg_done(leg):
+                out[leg] = d.path
     return out
+
+
+def _leg_of(d: ExpDir, run: str) -> str:
+    """The registry leg a run of a dir belongs to (a repeat's leg, else the run itself)."""
+    spec = d.spec(run)
+    if spec is not None:
+        return spec["leg"] if isinstance(spec.get("leg"), str) else run
+    return reg.split_repeat(run)[0]

@@ -201,6 +201,21 @@ def visible_gpus(nvml: ModuleType | Any | None = None) -> tuple[int | None, str 
     return len(sampler._handles or []), None
 
 
+def machine(nvml: ModuleType | Any | None = None) -> dict[str, Any]:
+    """The GPUs as a run's provenance: {"gpus": [model per GPU], "driver": version, "cuda_driver":
+    "12.4"}, or {"error": why NVML cannot say} (a machine without a driver is a normal state)."""
+    sampler = GpuSampler(history=1, nvml=nvml)
+    if not sampler._init():
+        return {"error": f"NVML unavailable: {sampler.reason}"}
+    nv = sampler.nvml
+    driver = sampler._field(nv.nvmlSystemGetDriverVersion)
+    cuda = sampler._field(nv.nvmlSystemGetCudaDriverVersion)
+    return {
+        "gpus": list(sampler._names),
+        "driver": driver.decode() if isinstance(driver, bytes) else driver,
+        "cuda_driver": f"{cuda // 1000}.{cuda % 1000 // 10}" if isinstance(cuda, int) else None,
+    }
+
 def shortfall(need: int, visible: int | None, reason: str | None = None) -> str | None:
     """Why a leg of `need` GPUs cannot run on this machine (`visible` GPUs; None: NVML cannot
     say, for `reason`), or None when it can. One wording for the launch's refusal and the next leg."""

@@ -16,7 +16,7 @@ A launch of an experiment (`cockpit launch EXP`, or `l` in the cockpit) goes:
 (the supervisor was killed) the leg's processes here, only when proven the leg's; or scancel.
 Nothing in the user's checkout is touched: git is only read.
 
-Layer 3: imports the layers below (registry, checkout, fsutil, safetext, gpus, expdir, executors).
+Layer 3: imports the layers below (registry, checkout, fsutil, safetext, gpus, expdir, provenance, executors).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from cockpit import fsutil, gpus, safetext
+from cockpit import fsutil, gpus, provenance, safetext
 from cockpit import registry as reg
 from cockpit.checkout import git_info
 from cockpit.executors import EXECUTORS, Executor, slurm
@@ -233,10 +233,12 @@ def new_exp_dir(exp_root: Path | str, experiment_id: str, preferred: Path | None
 
 def format_command(leg: reg.Leg, exp_dir: Path | str, torchrun: str = "torchrun") -> str:
     """The leg's command, one flag per line as the resume guide's execution template writes it,
-    its output going to the leg's log."""
-    parts = reg.command_lines(leg.argv(exp_dir, torchrun))
-    log = shlex.quote(str(Path(exp_dir) / f"{leg.name}.log"))
-    return " \\\n  ".join(parts) + f" > {log} 2>&1"
+    its output going to the leg's log; a leg with repeats, one command per repeat."""
+    out = []
+    for name, _, argv in leg.runs(exp_dir, torchrun):
+        log = shlex.quote(str(Path(exp_dir) / f"{name}.log"))
+        out.append(" \\\n  ".join(reg.command_lines(argv)) + f" > {log} 2>&1")
+    return "\n".join(out)
 
 
 def check_exp_root(exp_root: Path) -> str | None:
@@ -335,7 +337,8 @@ def dry_run_text(registry: reg.Registry, plan: LaunchPlan) -> str:
         out.append(f"# when a leg ends (done or failed): {shlex.join(registry.settings.notify)}"
                    f" (within {registry.settings.notify_timeout_s:g}s; a failure is noted, never fatal)")
     for leg in plan.legs:
-        out += ["", f"# leg {leg.name}" + (f": {leg.description}" if leg.description else "")]
+        repeats = f" ({leg.repeats} repeats, --seed base + i)" if leg.repeats > 1 else ""
+        out += ["", f"# leg {leg.name}{repeats}" + (f": {leg.description}" if leg.description else "")]
         for why in missing_inputs(leg, plan):
             out.append(f"# {why}")
         out.append(format_command(leg, exp_dir, plan.torchrun))
@@ -382,22 +385,25 @@ def missing_inputs(leg: reg.Leg, plan: LaunchPlan) -> list[str]:
     return out
 
 
-def plan_data(registry: reg.Registry, plan: LaunchPlan, exp_dir: Path, grace_s: float = STOP_GRACE_S) -> dict:
-    """What plan.json records of a launch into `exp_dir`: every leg's exact argv (on Slurm, what
-    srun starts on each node), its module and trainer flags, the executor and its settings, the
-    registry snapshot, git, host. Writes nothing."""
+def plan_data(registry: reg.Registry, plan: LaunchPlan, exp_dir: Path, grace_s: float = STOP_GRACE_S,
+              origin: dict | None = None) -> dict:
+    """What plan.json records of a launch into `exp_dir`: every run's exact argv (one per repeat of
+    a leg with repeats; on Slurm, what srun starts on each node), its module and trainer flags, the
+    executor and its settings, the registry snapshot, host, and the launch's provenance `origin`
+    (provenance.collect: git, the machine, the trainer's versions, the launch's environment;
+    without it, git's branch and commit alone). Writes nothing."""
     on_slurm = plan.executor == slurm.NAME
     legs = []
     for leg in plan.legs:
-        args = leg.trainer_args(exp_dir)
-        if on_slurm:
-            cmd = slurm.LegCommand(leg.name, plan.torchrun, leg.nproc_per_node, leg.module, tuple(args),
-                                   uses_gpus=leg.device != "cpu")
-            argv = slurm.node_argv(cmd)
-        else:
-            argv = leg.argv(exp_dir, plan.torchrun)
-        legs.append({"name": leg.name, "device": leg.device, "nproc_per_node": leg.nproc_per_node,
-                     "module": leg.module, "args": args, "argv": argv, "log": str(exp_dir / f"{leg.name}.log")})
+        for name, i, argv in leg.runs(exp_dir, plan.torchrun):
+            args = leg.trainer_args(exp_dir, i)
+            if on_slurm:
+                cmd = slurm.LegCommand(name, plan.torchrun, leg.nproc_per_node, leg.module, tuple(args),
+                                       uses_gpus=leg.device != "cpu")
+                argv = slurm.node_argv(cmd)
+            legs.append({"name": name, **({"leg": leg.name, "repeat": i} if i is not None else {}),
+                         "device": leg.device, "nproc_per_node": leg.nproc_per_node, "module": leg.module,
+                         "args": args, "argv": argv, "log": str(exp_dir / f"{name}.log")})
     data = {
         "experiment": plan.experiment.id,
         "dir": str(exp_dir),
@@ -408,7 +414,7 @@ def plan_data(registry: reg.Registry, plan: LaunchPlan, exp_dir: Path, grace_s: 
         "python": str(plan.runtime.python) if plan.runtime and plan.runtime.python else sys.executable,
         "torchrun": plan.torchrun,
         "env": dict(plan.runtime.env) if plan.runtime else {},  # added to each leg's environment
-        "git": git_info(plan.cwd),
+        **(origin if origin is not None else {"git": git_info(plan.cwd)}),
         "executor": plan.executor,
         "on_failure": registry.settings.on_failure,
         "tail": registry.settings.tail,  # the report's tail window: the supervisor's report.md uses it
@@ -431,8 +437,19 @@ def plan_data(registry: reg.Registry, plan: LaunchPlan, exp_dir: Path, grace_s: 
 
 
 def write_plan(registry: reg.Registry, plan: LaunchPlan, exp_dir: Path, grace_s: float = STOP_GRACE_S) -> dict:
-    """plan.json in the fresh dir: written once, never over anything. Returns what it holds."""
-    data = plan_data(registry, plan, exp_dir, grace_s)
+    """plan.json in the fresh dir, written once, never over anything, with the launch's provenance
+    (git, with `git.patch` beside it when the tree is dirty; the machine; the trainer's versions,
+    read by the legs' python; the launch's environment: see provenance). Returns what it holds."""
+    runtime = plan.runtime
+    origin, patch = provenance.collect(plan.cwd, plan.torchrun, str(runtime.python) if runtime and runtime.python else None,
+                                       dict(runtime.env) if runtime else None)
+    if patch is not None:
+        try:
+            provenance.save_patch(exp_dir, patch)
+            origin["git"]["patch"] = provenance.PATCH_NAME
+        except OSError as e:
+            origin["git"]["patch_error"] = f"{provenance.PATCH_NAME} not written: {describe(e)}"
+    data = plan_data(registry, plan, exp_dir, grace_s, origin)
     fd = fsutil.create_new(exp_dir / "plan.json", root=exp_dir)  # written once, never over anything
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         json.dump(data, f, indent=2, default=str)

@@ -54,6 +54,23 @@ LEG_SUFFIXES = (".log", ".json", ".lock", ".stop")
 EXPERIMENT_FILES = (f"{DIR_STAMP}{{}}", "{}.lock")  # its dirs, its queue lock
 LEG_FILES = tuple(f"{{}}{s}" for s in LEG_SUFFIXES)
 _MODULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+# Repeats: a leg with `repeats = N` (N >= 2) runs N times in one launch, run i named `<leg>.r<i>`
+# (its log `<leg>.r<i>.log`, its state `state/<leg>.r<i>.json`) with `--seed` base + i, the base
+# being the leg's `seed` arg, else the trainer's default.
+REPEATS_MAX = 100
+REPEAT_NAME = re.compile(r"^(.+)\.r(0|[1-9][0-9]*)$")
+DEFAULT_SEED = 42  # nanochat.base_train's --seed default (tests/test_registry.py checks they agree)
+
+
+def repeat_name(leg: str, i: int) -> str:
+    """The run name of repeat i of a leg: `dense.r0`."""
+    return f"{leg}.r{i}"
+
+
+def split_repeat(name: str) -> tuple[str, int | None]:
+    """A run name -> (its leg, its repeat index), or (name, None) for a run that is no repeat."""
+    m = REPEAT_NAME.match(name)
+    return (m.group(1), int(m.group(2))) if m else (name, None)
 
 
 class RegistryError(Exception):
@@ -176,6 +193,7 @@ class Leg:
     recorded: Recorded | None
     description: str | None
     line: int | None
+    repeats: int = 1  # runs of the leg in one launch (see REPEAT_NAME)
     grid: dict[str, Any] | None = None  # a leg of the experiment's grid: its value on each axis
     runtime: Runtime | None = None  # where and with what it runs (the experiment's)
 
@@ -183,11 +201,23 @@ class Leg:
     def is_recorded(self) -> bool:
         return self.recorded is not None
 
-    def trainer_args(self, exp_dir: Path | str | None = None) -> list[str]:
-        """The trainer's flags as an argv list; `{exp_dir}` in a value becomes the leg's dir."""
-        return render_args(self.args, exp_dir)
+    def run_names(self) -> list[str]:
+        """The names of the leg's runs in a launch: the leg's own, or one per repeat."""
+        return [self.name] if self.repeats == 1 else [repeat_name(self.name, i) for i in range(self.repeats)]
 
-    def argv(self, exp_dir: Path | str | None = None, torchrun: str = "torchrun") -> list[str]:
+    def run_args(self, repeat: int | None = None) -> dict[str, Any]:
+        """The leg's trainer args; for repeat i, `seed` is the base seed + i (in its place when set)."""
+        if repeat is None:
+            return self.args
+        base = self.args.get("seed", DEFAULT_SEED)
+        base = int(base) if isinstance(base, int | str) and str(base).lstrip("-").isdigit() else DEFAULT_SEED
+        return {**self.args, "seed": base + repeat}
+
+    def trainer_args(self, exp_dir: Path | str | None = None, repeat: int | None = None) -> list[str]:
+        """The trainer's flags as an argv list; `{exp_dir}` in a value becomes the leg's dir."""
+        return render_args(self.run_args(repeat), exp_dir)
+
+    def argv(self, exp_dir: Path | str | None = None, torchrun: str = "torchrun", repeat: int | None = None) -> list[str]:
         """The exact command a launch runs: torchrun, the module, then the trainer's flags after `--`."""
         return [
             torchrun,
@@ -196,8 +226,14 @@ class Leg:
             "-m",
             self.module,
             "--",
-            *self.trainer_args(exp_dir),
+            *self.trainer_args(exp_dir, repeat),
         ]
+
+    def runs(self, exp_dir: Path | str | None = None, torchrun: str = "torchrun") -> list[tuple[str, int | None, list[str]]]:
+        """(run name, repeat index or None, argv) of each run of the leg in a launch."""
+        if self.repeats == 1:
+            return [(self.name, None, self.argv(exp_dir, torchrun))]
+        return [(repeat_name(self.name, i), i, self.argv(exp_dir, torchrun, i)) for i in range(self.repeats)]
 
 
 @dataclass(frozen=True)
@@ -374,6 +410,7 @@ _SCHEMA: dict[str, dict[str, tuple[type, ...]]] = {
         "decision": (str,),
         "hypothesis": (str,),
         "notes": (list,),
+        "repeats": (int,),
         "args": (dict,),
         "leg": (list,),
         "grid": (dict,),
@@ -389,6 +426,7 @@ _SCHEMA: dict[str, dict[str, tuple[type, ...]]] = {
         "name": (str,),
         "description": (str,),
         "nproc_per_node": (int,),
+        "repeats": (int,),
         "args": (dict,),
         "recorded": (dict,),
     },
@@ -683,6 +721,8 @@ def from_raw(raw: dict[str, Any], path: Path | str = DEFAULT_REGISTRY, text: str
         runtime = _runtime(ld, exp, loc, base, d_runtime)
         e_args = _roots({**d_args, **ld.check_args(exp.get("args", {}), loc + ("args",))}, exp_root)
         prepare = _prepare(ld, exp["prepare"], loc + ("prepare",), base, exp_root, read_only) if "prepare" in exp else None
+        e_repeats = exp.get("repeats", 1)
+        ld.check_range(e_repeats, 1, REPEATS_MAX, loc + ("repeats",), f"{exp_id}.repeats")
         notes = exp.get("notes", [])
         if not all(isinstance(n, str) for n in notes):
             raise ld.fail(loc + ("notes",), f"'{exp_id}'.notes must be an array of strings")
@@ -697,9 +737,17 @@ def from_raw(raw: dict[str, Any], path: Path | str = DEFAULT_REGISTRY, text: str
             name = leg.get("name")
             if name is None:
                 raise ld.fail(lloc, f"leg {j} of '{exp_id}' has no 'name'")
+            repeats = leg.get("repeats", e_repeats)
+            ld.check_range(repeats, 1, REPEATS_MAX, lloc + ("repeats",), f"{exp_id}/{name}.repeats")
             if why := _bad_name(name, LEG_FILES):
                 raise ld.fail(lloc + ("name",), f"leg name {_show(name)} in '{exp_id}' {why}")
-            if why := _path_too_long(exp_root, exp_id, name):
+            if REPEAT_NAME.match(name):
+                raise ld.fail(lloc + ("name",), f"leg name {_show(name)} in '{exp_id}' ends like a repeat's run "
+                                                f"name (.r<N>, as in {repeat_name('dense', 0)}): choose another")
+            longest = repeat_name(name, repeats - 1) if repeats > 1 else name
+            if longest != name and (why := _bad_name(longest, LEG_FILES)):
+                raise ld.fail(lloc + ("repeats",), f"run name {_show(longest)} of '{exp_id}/{name}' {why}")
+            if why := _path_too_long(exp_root, exp_id, longest):
                 raise ld.fail(lloc + ("name",), why)
             if name == PREPARE and prepare is not None:
                 raise ld.fail(lloc + ("name",), f"leg name '{PREPARE}' in '{exp_id}' is its prepare step's "
@@ -733,17 +781,18 @@ def from_raw(raw: dict[str, Any], path: Path | str = DEFAULT_REGISTRY, text: str
                     recorded=recorded,
                     description=leg.get("description"),
                     line=ld.line(lloc),
+                    repeats=repeats,
                     runtime=runtime,
                 )
             )
         if "grid" in exp:
             grid_legs = []
             for name, args, desc, values in _expand_grid(ld, exp["grid"], loc + ("grid",), exp_id, e_args, seen_legs):
-                if why := _path_too_long(exp_root, exp_id, name):
+                if why := _path_too_long(exp_root, exp_id, repeat_name(name, e_repeats - 1) if e_repeats > 1 else name):
                     raise ld.fail(loc + ("grid", "name"), why)
                 grid_legs.append(Leg(name=name, experiment=exp_id, module=module, device=device, nproc_per_node=nproc,
                                      args=_roots(args, exp_root), recorded=None, description=desc, line=ld.line(loc + ("grid",)),
-                                     grid=values, runtime=runtime))
+                                     grid=values, runtime=runtime, repeats=e_repeats))
             # the grid's legs stand where the grid stands among the hand-written ones
             at = ld.line(loc + ("grid",)) or 0
             cut = sum(1 for leg in legs if (leg.line or 0) < at)

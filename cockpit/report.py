@@ -1,4 +1,5 @@
-"""The report of an experiment dir: its metric table, deltas against a baseline, each run's status.
+"""The report of an experiment dir: its metric tables, deltas against a baseline with their noise
+verdicts, each run's status.
 
 Data first, text second: `rows()` and `delta_rows()` give dataclasses the TUI turns into
 DataTables; `render_*` turn the same rows into markdown. A dir holding only the `*.log` files
@@ -9,7 +10,19 @@ peak mem (MiB) | total time (min) |`, the tail columns being means over the last
 (`--tail N` renames them). Numbers keep fixed decimals, so tables of different runs and days line
 up: tok/sec, dt, peak memory and total time with 2, MFU with 4, deltas as signed percentages with
 2 (`+2.70%`); a delta that is not a number (a figure missing, zero, nan or inf) is `-`, and the
-table says why.
+table says why. A second table gives quality and routing beside speed: `| run | min val bpb |
+last val bpb | final loss | tail50 drop % | tail50 bal |`, `-` where a run has no such figure.
+
+A leg run with repeats (`<leg>.r0`, `<leg>.r1`, ...) has a row per repeat and an aggregate row
+(`mean ± std` across the repeats).
+
+Deltas: `| metric | baseline | run | delta | 95% CI | verdict |`. The baseline is the one
+`baseline.choose` decides (the run's own dir's, else named: `baseline from <dir>`, with what
+differs between the two launches). The interval is that of the difference of the two means
+(stats.compare): from each tail window's spread, correlation between steps accounted for, or,
+for a leg with repeats, from the spread between its repeats. The verdict is `significant` when
+the interval excludes 0, `within noise` when it does not, `-` without per-step samples or repeats
+(peak memory, total time, validation bpb and final loss of a single run).
 
 Everything taken from a log or a file name (run names, error lines) is made printable and
 escaped for markdown. Output files are checked before anything is written (a directory, a path
@@ -19,7 +32,7 @@ time, as numpy columns into the per-step CSV (numbers as the log printed them), 
 series keeps a min and a max per pixel column. Big logs are read side by side by worker
 processes (see stream_steps).
 
-Layer 2: imports the layers below (registry, vocab, stats, logs, numtext, expdir).
+Layer 2: imports the layers below (registry, vocab, stats, logs, numtext, expdir) and baseline.
 """
 
 from __future__ import annotations
@@ -27,6 +40,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
+import math
 import os
 import pickle
 import shutil
@@ -34,13 +48,14 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple
 
-from cockpit import expdir, fsutil, lazy, logs, numtext, safetext, stats
+from cockpit import baseline, expdir, fsutil, lazy, logs, numtext, safetext, stats
 from cockpit import registry as reg
-from cockpit.vocab import METRICS, RunStatus, Source, Status, run_status
+from cockpit.baseline import Baseline
+from cockpit.vocab import METRICS, QUALITY, STEP_METRICS, RunStatus, Source, Status, Verdict, run_status
 
 # Each metric's column (in vocab.METRICS order): its header, after `tail<N> ` when it is a tail
 # mean, and its format.
@@ -51,6 +66,17 @@ COLUMNS = dict(zip(METRICS, (
     ("peak mem (MiB)", ".2f", False),
     ("total time (min)", ".2f", False),
 ), strict=True))
+# The quality and routing table's columns (vocab.QUALITY order), the same way.
+QUALITY_COLUMNS = dict(zip(QUALITY, (
+    ("min val bpb", ".6f", False),
+    ("last val bpb", ".6f", False),
+    ("final loss", ".6f", False),
+    ("drop %", ".2f", True),
+    ("bal", ".4f", True),
+), strict=True))
+FORMATS = {**COLUMNS, **QUALITY_COLUMNS}
+DELTA_QUALITY = ("min_val_bpb", "final_loss", "drop_pct")  # the quality rows of a delta table
+SAMPLED = (*STEP_METRICS, "drop_pct")  # figures with per-step samples: a single run's verdict from its tail
 
 np: Any = None  # numpy, loaded when a report writes its per-step files
 
@@ -67,7 +93,9 @@ class ReportError(Exception):
 
 @dataclass
 class ReportRow:
-    """One run of the table. `source` says where the figures come from: a log here, or recorded."""
+    """One run of the tables. `source` says where the figures come from: a log here, or recorded.
+    An aggregate row (a leg run with repeats) holds its repeats' rows in `repeats`: its figures are
+    their means."""
 
     run: str
     tok_per_sec: float | None = None
@@ -75,18 +103,42 @@ class ReportRow:
     mfu: float | None = None
     peak_mem_mib: float | None = None
     total_time_min: float | None = None
+    min_val_bpb: float | None = None
+    last_val_bpb: float | None = None
+    final_loss: float | None = None
+    drop_pct: float | None = None  # tail means
+    bal: float | None = None
     source: str = Source.LOG
     status: str = RunStatus.UNKNOWN  # a RunStatus, or the status of the leg's state (see vocab.run_status)
     note: str | None = None  # e.g. "log ended without its final lines"
     summary: logs.LegSummary | None = None
     path: str | None = None  # the log, or the recorded dir
+    repeats: list[ReportRow] = field(default_factory=list)  # an aggregate row's repeats
 
     @property
     def has_figures(self) -> bool:
         return any(getattr(self, m) is not None for m in METRICS)
 
+    @property
+    def is_aggregate(self) -> bool:
+        return bool(self.repeats)
+
     def value(self, metric: str) -> float | None:
         return getattr(self, metric)
+
+    def estimate(self, metric: str) -> stats.Estimate | None:
+        """The figure's mean with its 95% interval: across the repeats of an aggregate row (each
+        repeat one sample), else from the tail window's steps; None without samples."""
+        if self.repeats:
+            return stats.across([v for r in self.repeats if (v := r.value(metric)) is not None])
+        if self.summary is not None and metric in self.summary.tail_values:
+            return stats.estimate(self.summary.tail_values[metric])
+        return None
+
+    def spread(self, metric: str) -> float | None:
+        """An aggregate row's standard deviation across its repeats (None for a single run)."""
+        e = self.estimate(metric) if self.repeats else None
+        return e.std if e is not None else None
 
 
 @dataclass
@@ -97,16 +149,29 @@ class DeltaRow:
     run: float | None
     delta_pct: float | None
     why: str | None = None  # why there is no delta (delta_pct None), e.g. "the baseline's figure is 0"
+    ci_pct: float | None = None  # half-width of the delta's 95% interval, in percent
+    verdict: Verdict = Verdict.NONE
 
 
 def headers(tail: int) -> list[str]:
     return [f"tail{tail} {h}" if tailed else h for h, _, tailed in COLUMNS.values()]
 
 
+def quality_headers(tail: int) -> list[str]:
+    return [f"tail{tail} {h}" if tailed else h for h, _, tailed in QUALITY_COLUMNS.values()]
+
+
 def fmt_value(attr: str, value: float | None) -> str:
     if value is None:
         return "-"
-    return f"{value:{COLUMNS[attr][1]}}"
+    return f"{value:{FORMATS[attr][1]}}"
+
+
+def fmt_cell(r: ReportRow, attr: str) -> str:
+    """A table cell: the figure, and for an aggregate row `mean ± std` across its repeats."""
+    text = fmt_value(attr, r.value(attr))
+    sd = r.spread(attr) if r.value(attr) is not None else None
+    return text if sd is None else f"{text} ± {fmt_value(attr, sd)}"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -130,6 +195,11 @@ def row_from_summary(s: logs.LegSummary, status: str | None = None) -> ReportRow
         mfu=s.mfu,
         peak_mem_mib=s.peak_mem_mib,
         total_time_min=s.total_time_min,
+        min_val_bpb=s.min_val_bpb,
+        last_val_bpb=s.last_val_bpb,
+        final_loss=s.last_loss,
+        drop_pct=s.tail_drop_pct,
+        bal=s.tail_bal,
         source=Source.LOG,
         status=status or s.status,
         note=note,
@@ -154,15 +224,33 @@ def row_from_recorded(name: str, recorded: reg.Recorded) -> ReportRow:
     )
 
 
-def _dir_legs(exp_dir: Path) -> tuple[list[str], dict[str, str], bool]:
-    """Planned legs (plan order), their state statuses, and whether the plan has a prepare step
-    (its prepare.log is no run); a dir of plain logs has none of these."""
+def aggregate(leg: str, repeats: list[ReportRow]) -> ReportRow:
+    """The aggregate row of a leg's repeats: each figure the mean over the repeats that have it."""
+    row = ReportRow(run=leg, repeats=list(repeats), source=Source.LOG)
+    for attr in (*METRICS, *QUALITY):
+        vals = [v for r in repeats if (v := r.value(attr)) is not None and math.isfinite(v)]
+        setattr(row, attr, math.fsum(vals) / len(vals) if vals else None)
+    statuses = {r.status for r in repeats}
+    row.status = statuses.pop() if len(statuses) == 1 else "mixed"
+    row.note = f"mean ± std over {len(repeats)} repeats"
+    return row
+
+
+def _dir_legs(exp_dir: Path) -> tuple[list[str], dict[str, str], dict[str, str], bool]:
+    """Planned runs (plan order), their state statuses, each repeat's leg, and whether the plan has
+    a prepare step (its prepare.log is no run); a dir of plain logs has no plan or states, and its
+    repeats are known by their names."""
     try:
         d = expdir.open_dir(exp_dir)
     except Exception:  # noqa: BLE001 - a broken plan or state never stops a report
-        return [], {}, False
+        return [], {}, {}, False
     planned = d.legs if d.plan else []
-    return planned, {leg: st.status for leg, st in d.states.items()}, bool(d.plan and d.plan.get("prepare"))
+    legs = {}
+    for run in d.legs:
+        spec = d.spec(run)
+        if spec is not None and isinstance(spec.get("leg"), str):
+            legs[run] = spec["leg"]
+    return planned, {leg: st.status for leg, st in d.states.items()}, legs, bool(d.plan and d.plan.get("prepare"))
 
 
 def _log_order(exp_dir: Path) -> list[Path]:
@@ -178,13 +266,14 @@ def _log_order(exp_dir: Path) -> list[Path]:
 
 
 def rows(exp_dir: Path | str, tail: int = 50, now: float | None = None) -> list[ReportRow]:
-    """One row per log in the dir (run = log stem), plus planned legs with no log yet (not run).
+    """One row per log in the dir (run = log stem), plus planned legs with no log yet (not run),
+    and after the last repeat of a leg run with repeats, the leg's aggregate row.
 
     Planned legs come first in plan order, then any other logs in the order they ran. Never
     raises on a bad log: its row says what it could read.
     """
     exp_dir = Path(exp_dir)
-    planned, states, prepared = _dir_legs(exp_dir)
+    planned, states, legs, prepared = _dir_legs(exp_dir)
     by_stem = {p.stem: p for p in _log_order(exp_dir) if not (prepared and p.stem == reg.PREPARE)}
     out: list[ReportRow] = []
     for leg in planned:
@@ -200,6 +289,24 @@ def rows(exp_dir: Path | str, tail: int = 50, now: float | None = None) -> list[
     for stem, log in by_stem.items():
         s = logs.summarize(log, tail=tail, now=now)
         out.append(row_from_summary(s, _status(s, states.get(stem))))
+    return with_aggregates(out, legs if planned else None)
+
+
+def with_aggregates(rows_: list[ReportRow], legs: dict[str, str] | None = None) -> list[ReportRow]:
+    """The rows, with an aggregate row after the last repeat of each leg run with repeats (two or
+    more with figures). `legs`: run -> leg from a plan; without one, a run's name says it."""
+    groups: dict[str, list[ReportRow]] = {}
+    for r in rows_:
+        leg = legs.get(r.run) if legs is not None else reg.split_repeat(r.run)[0]
+        if leg is not None and leg != r.run:
+            groups.setdefault(leg, []).append(r)
+    last = {id(g[-1]): leg for leg, g in groups.items() if sum(r.has_figures for r in g) >= 2}
+    out = []
+    for r in rows_:
+        out.append(r)
+        if id(r) in last:
+            leg = last[id(r)]
+            out.append(aggregate(leg, [x for x in groups[leg] if x.has_figures]))
     return out
 
 
@@ -211,15 +318,26 @@ def _status(s: logs.LegSummary, state: str | None) -> str:
 
 
 def delta_rows(base: ReportRow, run: ReportRow, tail: int = 50) -> list[DeltaRow]:
+    """A row per metric (speed, then min val bpb, final loss and drop %): both figures, the change
+    in percent of the baseline's, and its 95% interval and verdict where both have samples."""
     out = []
-    for attr, head in zip(METRICS, headers(tail), strict=True):
+    attrs = (*METRICS, *DELTA_QUALITY)
+    heads = dict(zip(METRICS, headers(tail), strict=True)) | dict(zip(QUALITY, quality_headers(tail), strict=True))
+    for attr in attrs:
         b, r = base.value(attr), run.value(attr)
-        out.append(DeltaRow(head, attr, b, r, *stats.pct_change(b, r)))
+        pct, why = stats.pct_change(b, r)
+        d = stats.compare(base.estimate(attr), run.estimate(attr)) if pct is not None else None
+        ci, verdict = (d.ci_pct, d.verdict) if d is not None and d.pct is not None else (None, Verdict.NONE)
+        out.append(DeltaRow(heads[attr], attr, b, r, pct, why, ci, verdict))
     return out
 
 
-def resolve_baseline(exp_dir: Path, ref: str, tail: int = 50, now: float | None = None) -> ReportRow:
-    """`RUN` (a log in the dir) or `OTHER_DIR/RUN` (a log in another dir) -> its row.
+# ----------------------------------------------------------------------------------------------
+# the baseline
+
+
+def find_log(exp_dir: Path, ref: str) -> Path:
+    """`RUN` (a log in the dir) or `OTHER_DIR/RUN` (a log in another dir) -> the log's path.
 
     OTHER_DIR may be a path, or a sibling dir's name (under the same exp_root).
     """
@@ -232,10 +350,7 @@ def resolve_baseline(exp_dir: Path, ref: str, tail: int = 50, now: float | None 
     candidates = list(dict.fromkeys(Path(os.path.abspath(c)) for c in candidates))
     for path in candidates:
         if fsutil.is_regular(path):
-            row = row_from_summary(logs.summarize(path, tail=tail, now=now))
-            if path.parent.resolve() != exp_dir.resolve():
-                row.run = f"{path.parent.name}/{row.run}"
-            return row
+            return path
     shown = safetext.oneline(ref)
     if len(candidates) == 1:
         c = candidates[0]
@@ -248,15 +363,15 @@ def resolve_baseline(exp_dir: Path, ref: str, tail: int = 50, now: float | None 
     raise ReportError(f"baseline '{shown}': {safetext.oneline(where)} (give RUN, a log of this dir, or DIR/RUN)")
 
 
-def _plan_experiment(exp_dir: Path) -> tuple[reg.Registry, reg.Experiment] | None:
-    """(registry, experiment) of a dir the cockpit launched, from its plan.json: the registry file
-    the plan names (as it is now), else the plan's snapshot of it (the file moved, broke or no
-    longer has the experiment). None for a dir without a plan; raises on a broken plan."""
+def plan_registry(exp_dir: Path) -> tuple[reg.Registry, str] | None:
+    """(registry, experiment id) of a dir the cockpit launched, from its plan.json: the registry
+    file the plan names (as it is now), else the plan's snapshot of it (the file moved, broke or no
+    longer has the experiment). None for a dir without a usable plan."""
     try:
         plan = expdir.read_json(exp_dir / "plan.json", expdir.PLAN_MAX_BYTES)
-    except FileNotFoundError:
+        exp_id, snap = plan["experiment"], plan.get("registry") or {}
+    except (OSError, ValueError, TypeError, KeyError, AttributeError, RecursionError):
         return None
-    exp_id, snap = plan["experiment"], plan.get("registry") or {}
     path = snap.get("path") or exp_dir / "plan.json"
     loaders = [lambda: reg.load(path)] if snap.get("path") else []
     if isinstance(snap.get("raw"), dict):
@@ -264,44 +379,39 @@ def _plan_experiment(exp_dir: Path) -> tuple[reg.Registry, reg.Experiment] | Non
     for load in loaders:
         try:
             registry = load()
-        except reg.RegistryError:
+        except (reg.RegistryError, OSError, ValueError, TypeError):
             continue
-        exp = registry.experiment(exp_id)
-        if exp is not None:
-            return registry, exp
+        if registry.experiment(exp_id) is not None:
+            return registry, exp_id
     return None
 
 
-def plan_baseline(exp_dir: Path, tail: int = 50, now: float | None = None) -> ReportRow | None:
-    """The baseline the registry names for this dir's experiment (a dir launched by the cockpit,
-    so `write_report(exp_dir)` from the supervisor gets deltas): its log in this dir, else its
-    newest finished log in another dir under exp_root, else its recorded figures. The registry
-    is the file plan.json names, else plan.json's snapshot of it. None when there is no plan,
-    registry or baseline; never raises."""
+def find_baseline(exp_dir: Path, ref: str | None = None, registry: reg.Registry | None = None) -> Baseline | None:
+    """The baseline of a dir's runs: `--baseline REF` when given (ReportError when no such log),
+    else baseline.choose with the registry of the dir's plan, else `registry` (a dir of plain logs
+    whose name says its experiment). None when no registry names one; never raises then."""
+    if ref is not None:
+        return baseline.explicit(exp_dir, find_log(exp_dir, ref))
     try:
-        found = _plan_experiment(exp_dir)
+        found = plan_registry(exp_dir)
+        if found is None and registry is not None:
+            d = expdir.open_dir(exp_dir)
+            found = (registry, d.experiment) if d.plan is None and registry.experiment(d.experiment) else None
         if found is None:
             return None
-        registry, exp = found
-        leg = registry.find_leg(exp.baseline, exp.id) if exp.baseline else None
-        if leg is None:
-            return None
-        here = exp_dir / f"{leg.name}.log"
-        if leg.experiment == exp.id and here.is_file():
-            return row_from_summary(logs.summarize(here, tail=tail, now=now))
-        for d in reversed(expdir.discover(registry.settings.exp_root)):
-            if d.experiment != leg.experiment or leg.name not in d.legs or d.path.resolve() == exp_dir.resolve():
-                continue
-            s = logs.summarize(d.log(leg.name), tail=tail, now=now)
-            if s.finished and not s.failed:
-                row = row_from_summary(s)
-                row.run = f"{d.path.name}/{leg.name}"
-                return row
-        if leg.recorded is not None:
-            return row_from_recorded(f"{leg.experiment}/{leg.name} (recorded)", leg.recorded)
+        return baseline.choose(*found, exp_dir)
     except Exception:  # noqa: BLE001 - a missing or broken plan/registry only means no baseline
         return None
-    return None
+
+
+def baseline_row(b: Baseline, tail: int = 50, now: float | None = None) -> ReportRow:
+    """The baseline's figures as a row: its log (the aggregate of its repeats), or recorded."""
+    if b.dir is None:
+        return row_from_recorded(f"{b.experiment}/{b.leg}" if b.experiment else b.leg, b.recorded or reg.Recorded())
+    runs = [row_from_summary(logs.summarize(b.dir / f"{r}.log", tail=tail, now=now)) for r in b.runs]
+    row = runs[0] if len(runs) == 1 else aggregate(b.leg, runs)
+    row.run = b.leg
+    return row
 
 
 def flags_of(row: ReportRow, exp_dir: Path) -> dict[str, str | bool] | None:
@@ -310,7 +420,7 @@ def flags_of(row: ReportRow, exp_dir: Path) -> dict[str, str | bool] | None:
     baseline from the registry the plan names. None when nothing says (a manual log)."""
     try:
         if row.source == Source.RECORDED:
-            found = _plan_experiment(exp_dir)
+            found = plan_registry(exp_dir)
             leg = found[0].find_leg(row.run.removesuffix(" (recorded)")) if found else None
             return reg.parse_flags(leg.trainer_args()) if leg is not None else None
         if not row.path:
@@ -339,25 +449,57 @@ def render_table(rows_: list[ReportRow], tail: int = 50, source_column: bool = F
     head = ["run", *headers(tail)] + (["source"] if source_column else [])
     lines = [_md_row(head), "| --- |" + " ---: |" * len(METRICS) + (" --- |" if source_column else "")]
     for r in rows_:
-        cells = [r.run] + [fmt_value(attr, r.value(attr)) for attr in METRICS]
+        cells = [r.run] + [fmt_cell(r, attr) for attr in METRICS]
         if source_column:
             cells.append(r.source)
         lines.append(_md_row(cells))
     return "\n".join(lines)
 
 
+def render_quality(rows_: list[ReportRow], tail: int = 50) -> str:
+    """The quality and routing table: `| run | min val bpb | last val bpb | final loss |
+    tail50 drop % | tail50 bal |`, `-` for a figure a run does not have (never 0)."""
+    lines = [_md_row(["run", *quality_headers(tail)]), "| --- |" + " ---: |" * len(QUALITY)]
+    for r in rows_:
+        lines.append(_md_row([r.run] + [fmt_cell(r, attr) for attr in QUALITY]))
+    return "\n".join(lines)
+
+
 def render_delta(base: ReportRow, run: ReportRow, tail: int = 50, base_label: str | None = None) -> str:
-    """`metric | baseline | run | delta`: one row per metric, the delta a signed percentage."""
+    """`metric | baseline | run | delta | 95% CI | verdict`: one row per metric (see delta_rows)."""
     label = base_label or f"baseline {base.run}"
-    lines = [_md_row(["metric", label, run.run, "delta"]), "| --- | ---: | ---: | ---: |"]
+    lines = [_md_row(["metric", label, run.run, "delta", "95% CI", "verdict"]),
+             "| --- | ---: | ---: | ---: | ---: | --- |"]
     why = []
     for d in delta_rows(base, run, tail):
-        lines.append(_md_row([d.metric, fmt_value(d.attr, d.baseline), fmt_value(d.attr, d.run), stats.fmt_pct(d.delta_pct)]))
+        if d.attr in DELTA_QUALITY and d.baseline is None and d.run is None:
+            continue  # neither run has the figure (no validation, dropless routing): no row of dashes
+        lines.append(_md_row([d.metric, fmt_value(d.attr, d.baseline), fmt_value(d.attr, d.run),
+                              stats.fmt_pct(d.delta_pct), stats.fmt_ci(d.ci_pct), d.verdict]))
         if d.delta_pct is None and d.why and d.baseline is not None and d.run is not None:
             why.append(f"{d.metric}: {d.why}")
     if why:  # a missing figure speaks for itself; a zero, nan or inf one is said
         lines += ["", "No delta (`-`) where " + "; ".join(why) + "."]
     return "\n".join(lines)
+
+
+def baseline_notes(b: Baseline, exp_dir: Path | None = None) -> list[str]:
+    """The lines a delta section says about its baseline: where it comes from, when not the run's
+    own dir (`exp_dir`), and what differs between its launch and the run's."""
+    if b.own:
+        return []
+    if b.dir is None:
+        rec = b.recorded.source if b.recorded is not None and b.recorded.source else None
+        return [f"Baseline figures recorded{': ' + rec if rec else ''} (not measured here; no per-step samples, "
+                "so no verdict)."]
+    sibling = exp_dir is not None and os.path.realpath(b.dir.parent) == os.path.realpath(Path(exp_dir).parent)
+    head = f"the baseline ran in another launch, {safetext.md_code(b.dir.name if sibling else str(b.dir))}"
+    if b.unknown:
+        return [f"**Warning:** {head}; {_md_text(b.unknown)}."]
+    if not b.differs:
+        return [f"Note: {head}; what it recorded of its origin (git, host, GPUs, versions, environment, "
+                f"the baseline's args) is the same as this dir's."]
+    return [f"**Warning:** {head}, which differs from this dir's in: " + "; ".join(_md_text(x) for x in b.differs) + "."]
 
 
 def _fmt_loss(v: float | None) -> str:
@@ -371,6 +513,8 @@ def render_status_table(rows_: list[ReportRow]) -> str:
         "| --- | --- | ---: | ---: | ---: | --- |",
     ]
     for r in rows_:
+        if r.is_aggregate:
+            continue
         s = r.summary
         if s is None:
             lines.append(_md_row([r.run, r.status, "-", "-", "-", ""]))
@@ -384,6 +528,9 @@ def render_status_table(rows_: list[ReportRow]) -> str:
     return "\n".join(lines)
 
 
+FIND = object()  # render_report's `base` when the caller did not look for one
+
+
 def render_report(
     exp_dir: Path | str,
     baseline: str | None = None,
@@ -391,10 +538,13 @@ def render_report(
     links: dict[str, str] | None = None,
     now: float | None = None,
     rows_: list[ReportRow] | None = None,
-    base: ReportRow | None = None,
+    base: Baseline | None | object = FIND,
+    registry: reg.Registry | None = None,
 ) -> str:
     """The whole report as markdown. `links`: label -> relative path of the CSVs and plots.
-    `base`: the baseline's row when the caller resolved it already."""
+    `base`: the baseline when the caller found it already (find_baseline; None: none), else it is
+    found here; `registry`: for a dir of plain logs, the registry whose experiment its name says
+    (a launched dir has its plan's)."""
     exp_dir = Path(exp_dir)
     if not fsutil.is_dir(exp_dir):
         raise ReportError(f"{safetext.oneline(str(exp_dir))}: no such experiment dir")
@@ -428,22 +578,34 @@ def render_report(
         )
     if notes:
         out += ["", *notes]
+    if with_figures:
+        out += ["", "## Quality and routing", "", render_quality(with_figures, tail)]
     out += ["", "## Status", "", render_status_table(all_rows)]
-    if base is None:
-        base = resolve_baseline(exp_dir, baseline, tail, now) if baseline is not None else plan_baseline(exp_dir, tail, now)
-    if base is not None and base.has_figures:
-        why = "" if baseline else " (the registry's baseline of this experiment)"
-        out += ["", f"## Delta vs baseline {safetext.md_code(base.run)}{why}"]
-        if base.source == Source.RECORDED and base.note:
-            out += ["", f"Baseline figures {_md_text(base.note)} (not measured here)."]
-        base_flags = flags_of(base, exp_dir)
+    if base is FIND:
+        base = find_baseline(exp_dir, baseline, registry)
+    assert base is None or isinstance(base, Baseline)
+    base_row = baseline_row(base, tail, now) if base is not None else None
+    if base is not None and base_row is not None and base_row.has_figures:
+        where = f" ({_md_text(base.source)})" if base.source and base.dir is not None else ""
+        named = "" if base.explicit else " (the registry's baseline of this experiment)" if base.own else ""
+        name = f"{base_row.run} (recorded)" if base.dir is None else base.leg
+        done = set(base.runs) if base.dir is not None and base.own else set()
+        sections = []
+        base_flags = flags_of(base_row, exp_dir)
         for r in all_rows:
-            if r.run == base.run or not r.has_figures:
+            if r.run in done or (r.run == base.leg and base.own) or not r.has_figures:
                 continue
-            out += ["", f"### {_md_text(r.run)}", "", render_delta(base, r, tail)]
+            if not r.is_aggregate and _repeat_with_aggregate(r, all_rows):
+                continue  # a repeat: its leg's aggregate row has the delta
+            title = f"{r.run} ({len(r.repeats)} repeats: interval from their spread)" if r.is_aggregate else r.run
+            sections += ["", f"### {_md_text(title)}", "", render_delta(base_row, r, tail, base.column)]
             run_flags = flags_of(r, exp_dir)
             if base_flags is not None and run_flags is not None:
-                out += ["", f"args differ: {_md_text(reg.format_diff(reg.diff_flags(base_flags, run_flags)))}"]
+                sections += ["", f"args differ: {_md_text(reg.format_diff(reg.diff_flags(base_flags, run_flags)))}"]
+        if sections:  # a dir holding only the baseline has no delta
+            out += ["", f"## Delta vs baseline {safetext.md_code(name)}{where}{named}"]
+            out += [f"\n{line}" for line in baseline_notes(base, exp_dir)]
+            out += sections
     if links:
         out += ["", "## Files", ""]
         for label, rel in links.items():
@@ -453,6 +615,10 @@ def render_report(
             else:
                 out.append(f"- [{label}]({link})")
     return "\n".join(out) + "\n"
+
+
+def _repeat_with_aggregate(r: ReportRow, rows_: list[ReportRow]) -> bool:
+    return any(r in a.repeats for a in rows_ if a.is_aggregate)
 
 
 def _md_text(text: str) -> str:
@@ -472,9 +638,32 @@ SUMMARY_COLUMNS = (
     "run", "status", "source", "steps_observed", "last_step", "total_steps", "last_loss", "tail_n",
     "tok_per_sec", "dt_ms", "mfu", "peak_mem_mib", "total_time_min", "error",
 )
-PLOTS = (("loss", "loss"), ("tok_per_sec", "tok/sec"), ("mfu", "MFU (%)"), ("dt_ms", "dt (ms)"))
-PLOT_SIZE_IN, PLOT_DPI = (8, 4.5), 100
+# The per-step plots (attr, axis label). tok/sec and dt are drawn as a rolling mean over the raw
+# steps (faint), the trainer's warm-up steps left out and each run's tail window shaded; loss, MFU
+# and drop % as they were printed. A metric that is absent, or 0 on every step (MFU on a CPU, drop %
+# of a dropless run), gets no plot.
+PLOTS = (("loss", "loss"), ("tok_per_sec", "tok/sec"), ("mfu", "MFU (%)"), ("dt_ms", "dt (ms)"),
+         ("drop_pct", "dropped tokens (%)"))
+SMOOTHED = ("tok_per_sec", "dt_ms")
+NO_WARMUP = ("tok_per_sec", "dt_ms", "mfu")  # speed: the warm-up steps (compilation) would squash the scale
+WARMUP_STEPS = 11  # a run's first steps the trainer leaves out of its timing (`step - start_step > 10`)
+EXTRA_PLOTS = (("val_bpb", "validation bpb"), ("tail_means", "tail means"))  # not per step
+PLOT_SIZE_IN, PLOT_DPI = (8, 4.5), 150
 PLOT_BUCKETS = PLOT_SIZE_IN[0] * PLOT_DPI  # a plotted series keeps a min and a max per pixel column at most
+
+
+def smooth_window(n: int, tail: int) -> int:
+    """Steps in the rolling mean of a series of n steps: a fifth of the tail window, wider for a
+    long run (a pixel column of a 400,000-step run holds hundreds of steps)."""
+    return max(1, tail // 5, n // 200)
+
+
+def rolling_mean(y: Any, window: int) -> Any:
+    """The trailing mean of the last `window` values at each point (fewer at the start)."""
+    c = np.concatenate(([0.0], np.cumsum(y, dtype=np.float64)))
+    i = np.arange(1, len(y) + 1)
+    lo = np.maximum(i - window, 0)
+    return (c[i] - c[lo]) / (i - lo)
 
 
 def _cell(v: object) -> str:
@@ -487,6 +676,8 @@ def _cell(v: object) -> str:
 def _summary_rows(rows_: list[ReportRow]) -> Iterator[Sequence[str]]:
     yield SUMMARY_COLUMNS
     for r in rows_:
+        if r.is_aggregate:
+            continue  # a CSV row is a log's
         s = r.summary
         yield [
             safetext.printable(r.run), r.status, r.source,
@@ -507,27 +698,38 @@ def _csv_field(text: str) -> str:
 
 class Series(NamedTuple):
     """A run's metric per step, as plotted. A long series keeps, for each pixel column of the
-    plot, its first step and the least and the greatest value there (`lows`, `highs`)."""
+    plot, its first step and the least and the greatest value there (`lows`, `highs`); a smoothed
+    one its rolling mean too (`smooth`, the column's mean of it), and where its tail window starts."""
 
     steps: Any  # numpy float64
     lows: Any
     highs: Any  # the same as lows when the series is drawn point by point
     decimated: bool
+    smooth: Any = None  # the rolling mean (SMOOTHED metrics)
+    window: int = 0  # its width in steps
+    tail_from: float | None = None  # the first step of the tail window
+    batch_tokens: int = 0  # validation bpb: tokens per step (0: not known), to plot against tokens
 
 
 class _Collected:
     """A run's plotted metrics, a chunk of step lines at a time (finite values only)."""
 
-    def __init__(self) -> None:
+    def __init__(self, tail: int = 50) -> None:
+        self.tail = tail
+        self.first_step: float | None = None
         self.parts: dict[str, list[tuple[Any, Any]]] = {attr: [] for attr, _ in PLOTS}
 
     def add(self, table: logs.StepTable) -> None:
         step = table.column("step")
         x = step.values.astype(np.float64) if step.values.dtype != object else np.array(
             [float(v) if abs(v) < 2**1000 else np.inf for v in step.values.tolist()])  # a step of 400 digits
+        if self.first_step is None and step.present.any():
+            self.first_step = float(x[np.argmax(step.present)])
         for attr, parts in self.parts.items():
             col = table.column(attr)
             keep = col.present & step.present & np.isfinite(col.values) & np.isfinite(x)
+            if attr in NO_WARMUP and self.first_step is not None:
+                keep &= x >= self.first_step + WARMUP_STEPS
             if keep.any():
                 parts.append((x[keep], col.values[keep]))
 
@@ -536,24 +738,33 @@ class _Collected:
         for attr, parts in self.parts.items():
             if parts:
                 x, y = (np.concatenate(a) for a in zip(*parts, strict=True))
-                out[attr] = decimate(x, y, PLOT_BUCKETS)
+                if attr not in SMOOTHED:
+                    out[attr] = decimate(x, y, PLOT_BUCKETS)
+                    continue
+                w = smooth_window(len(y), self.tail)
+                s = decimate(x, y, PLOT_BUCKETS, rolling_mean(y, w))
+                out[attr] = s._replace(window=w, tail_from=float(x[max(0, len(x) - self.tail)]))
         return out
 
 
-def decimate(x: Any, y: Any, buckets: int) -> Series:
+def decimate(x: Any, y: Any, buckets: int, smooth: Any = None) -> Series:
     """A series to draw `buckets` pixel columns wide. Up to 2 points a column it is kept as it
     is; a longer one keeps, per column's range of x, its first x and its least and greatest y:
-    drawn as a band from least to greatest, it covers every pixel the whole series covers."""
+    drawn as a band from least to greatest, it covers every pixel the whole series covers.
+    `smooth` (a rolling mean of y) keeps its mean per column."""
     n = len(x)
     if n <= 2 * buckets:
-        return Series(x, y, y, False)
+        return Series(x, y, y, False, smooth)
     if (np.diff(x) < 0).any():  # a run restarted from a checkpoint: its steps go back
         order = np.argsort(x, kind="stable")
         x, y = x[order], y[order]
+        smooth = smooth[order] if smooth is not None else None
     lo, hi = x[0], x[-1]
     column = np.minimum(((x - lo) * (buckets / (hi - lo))).astype(np.int64), buckets - 1) if hi > lo else np.zeros(n, np.int64)
     starts = np.flatnonzero(np.concatenate(([True], column[1:] != column[:-1])))
-    return Series(x[starts], np.minimum.reduceat(y, starts), np.maximum.reduceat(y, starts), True)
+    if smooth is not None:
+        smooth = np.add.reduceat(smooth, starts) / np.diff(np.append(starts, n))
+    return Series(x[starts], np.minimum.reduceat(y, starts), np.maximum.reduceat(y, starts), True, smooth)
 
 
 PARALLEL_MIN_BYTES = 64 << 20  # logs of less, all told, are read in this process: a worker's start costs more
@@ -665,7 +876,7 @@ def _steps_csv(path: str, run: str, tail: int, out: BinaryIO) -> dict[str, Serie
     (any more) adds the rows read so far, and no series."""
     _load_numpy()
     prefix = (_csv_field(safetext.printable(run)) + ",").encode()
-    kept = _Collected()
+    kept = _Collected(tail)
 
     def sink(table: logs.StepTable) -> None:
         out.write(numtext.csv_text(prefix, [_cells(table.column(name), name in logs.INT_FIELDS)
@@ -673,10 +884,15 @@ def _steps_csv(path: str, run: str, tail: int, out: BinaryIO) -> dict[str, Serie
         kept.add(table)
 
     try:
-        logs.parse_file(path, tail=tail, on_steps=sink)
+        state = logs.parse_file(path, tail=tail, on_steps=sink)
     except (OSError, ValueError):
         return {}
-    return kept.series()
+    found = kept.series()
+    val = [(v.step, v.value) for v in state.val_bpb if v.step is not None and math.isfinite(v.value)]
+    if val:
+        x, y = (np.array(a, np.float64) for a in zip(*val, strict=True))
+        found["val_bpb"] = Series(x, y, y, False, batch_tokens=state.batch_tokens or 0)
+    return found
 
 
 def _cells(col: logs.Column, integer: bool) -> Any:
@@ -691,49 +907,180 @@ def _cells(col: logs.Column, integer: bool) -> Any:
     return numtext.float_cells(col.values, col.present, col.decimals)
 
 
-def draw_plots(series: dict[str, dict[str, Series]]) -> dict[str, bytes]:
-    """PNG per metric (loss, tok/sec, MFU, dt) per step, one line (or band) per run: attr -> PNG
-    bytes. A run keeps its colour in every plot."""
-    # function-level: matplotlib is heavy, and only a report with plots needs it (Agg: no display)
-    from matplotlib import rcParams
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+def plot_context(exp_dir: Path) -> str:
+    """The line under every plot's title: experiment, dir and commit (a dirty tree marked), from
+    the dir's plan; the dir's name alone for a dir of plain logs."""
+    parts = []
+    try:
+        plan = expdir.read_json(exp_dir / "plan.json", expdir.PLAN_MAX_BYTES)
+    except (OSError, ValueError, RecursionError):
+        plan = None
+    plan = plan if isinstance(plan, dict) else {}
+    git = plan.get("git") if isinstance(plan.get("git"), dict) else {}
+    if isinstance(plan.get("experiment"), str):
+        parts.append(plan["experiment"])
+    parts.append(exp_dir.name)
+    if isinstance(git.get("commit"), str):
+        parts.append("commit " + git["commit"][:10] + (" + uncommitted changes" if git.get("dirty") else ""))
+    return safetext.printable(" · ".join(parts), newlines=False)
 
-    colours = rcParams["axes.prop_cycle"].by_key()["color"]
+
+def draw_plots(series: dict[str, dict[str, Series]], rows_: Sequence[ReportRow] = (), tail: int = 50,
+               context: str = "") -> dict[str, bytes]:
+    """PNG per plot: each per-step metric (PLOTS), validation bpb against tokens, and the tail
+    means with their 95% intervals as bars (EXTRA_PLOTS): attr -> PNG bytes. A run keeps its
+    colour in every plot; `context` (plot_context) is every title's second line."""
+    _load_numpy()  # the logs may all have been read by worker processes
+    # function-level: matplotlib is heavy, and only a report with plots needs it
+    from matplotlib import rcParams
+    from matplotlib.patches import Patch
+
+    cycle = rcParams["axes.prop_cycle"].by_key()["color"]
+    names = list(dict.fromkeys([*series, *(r.run for r in rows_)]))
+    colour = {run: cycle[i % len(cycle)] for i, run in enumerate(names)}
     made: dict[str, bytes] = {}
+
+    def title(ax: Any, what: str) -> None:
+        ax.set_title(what + (f"\n{context}" if context else ""), fontsize=10)
+
     for attr, label in PLOTS:
-        lines = [(i, run, kept[attr]) for i, (run, kept) in enumerate(series.items()) if attr in kept]
-        if not lines:
-            continue
-        fig = Figure(figsize=PLOT_SIZE_IN, dpi=PLOT_DPI)
-        FigureCanvasAgg(fig)
+        lines = [(run, kept[attr]) for run, kept in series.items() if attr in kept]
+        if not any(s.lows.any() or s.highs.any() for _, s in lines):
+            continue  # absent, or 0 on every step: nothing to see
+        fig = _figure()
         ax = fig.add_subplot()
-        decimated = False
-        for i, run, s in lines:
-            name, colour = safetext.printable(run, newlines=False), colours[i % len(colours)]
+        decimated, spans, windows = False, set(), set()
+        for run, s in lines:
+            name, c = safetext.printable(run, newlines=False), colour[run]
+            faint = s.smooth is not None  # the steps themselves under their rolling mean
             if s.decimated:  # a band: stroking a zigzag through every min and max costs ten times more
-                ax.fill_between(s.steps, s.lows, s.highs, color=colour, alpha=0.4, linewidth=0.8, label=name)
+                ax.fill_between(s.steps, s.lows, s.highs, color=c, alpha=0.15 if faint else 0.4, linewidth=0.8,
+                                label=None if faint else name)
             else:
-                ax.plot(s.steps, s.lows, color=colour, label=name, linewidth=1.2)
+                ax.plot(s.steps, s.lows, color=c, alpha=0.3 if faint else 1.0, linewidth=0.7 if faint else 1.2,
+                        label=None if faint else name)
+            if faint:
+                ax.plot(s.steps, s.smooth, color=c, linewidth=1.6, label=name)
+                windows.add(s.window)
+                if s.tail_from is not None:
+                    spans.add((s.tail_from, float(s.steps.max())))
             decimated |= s.decimated
+        handles, labels = ax.get_legend_handles_labels()
+        for lo, hi in spans:
+            ax.axvspan(lo, hi, color="0.5", alpha=0.12, linewidth=0)
+        if spans:
+            handles.append(Patch(color="0.5", alpha=0.25))
+            labels.append(f"tail window (last {tail} steps)")
+        what = f"{label} per step"
+        if windows:
+            w = f"{min(windows)}" if len(windows) == 1 else f"{min(windows)}-{max(windows)}"
+            what += f": rolling mean of {w} steps, each step faint"
+        if attr in NO_WARMUP:
+            what += f", first {WARMUP_STEPS} (warm-up) left out"
+        if decimated:
+            what += " (long runs: least to greatest per pixel column)"
         ax.set_xlabel("step")
         ax.set_ylabel(label)
-        ax.set_title(f"{label} per step" + (" (long runs: least to greatest per pixel column)" if decimated else ""))
+        title(ax, what)
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8, loc="upper right")  # a fixed place: "best" searches every point of every line
-        fig.tight_layout()
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png")
-        made[attr] = buf.getvalue()
+        _outside_legend(ax, handles, labels)
+        _thousands(ax.yaxis)
+        made[attr] = _png(fig)
+
+    val = [(run, kept["val_bpb"]) for run, kept in series.items() if "val_bpb" in kept]
+    if val:
+        tokens = all(s.batch_tokens for _, s in val)  # else every run against its steps
+        fig = _figure()
+        ax = fig.add_subplot()
+        for run, s in val:
+            ax.plot(s.steps * s.batch_tokens if tokens else s.steps, s.lows, marker="o", markersize=3,
+                    color=colour[run], label=safetext.printable(run, newlines=False), linewidth=1.2)
+        ax.set_xlabel("tokens" if tokens else "step")
+        ax.set_ylabel("validation bpb")
+        title(ax, "validation bits per byte against " + ("tokens seen" if tokens else "step (a log without its batch size)"))
+        ax.grid(True, alpha=0.3)
+        _outside_legend(ax, *ax.get_legend_handles_labels())
+        _thousands(ax.xaxis)
+        made["val_bpb"] = _png(fig)
+
+    if bars := _tail_bars(rows_, tail):
+        made["tail_means"] = _draw_bars(bars, colour, f"tail{tail} means with 95% intervals"
+                                        + (f"\n{context}" if context else ""))
     return made
 
 
+def _tail_bars(rows_: Sequence[ReportRow], tail: int) -> list[tuple[str, list[tuple[str, stats.Estimate]]]]:
+    """(metric label, [(run, estimate)]) of each speed metric some run has a nonzero tail mean of;
+    a leg with repeats as its aggregate (the interval from their spread)."""
+    out = []
+    for attr in STEP_METRICS:
+        runs = [(r.run, e) for r in rows_ if not _repeat_with_aggregate(r, list(rows_))
+                and (e := r.estimate(attr)) is not None and math.isfinite(e.mean)]
+        if any(e.mean for _, e in runs):
+            out.append((f"tail{tail} {COLUMNS[attr][0]}", runs))
+    return out
+
+
+def _figure(height: float = PLOT_SIZE_IN[1]) -> Any:
+    """A matplotlib figure drawn off screen (Agg: no display)."""
+    # function-level: matplotlib is heavy, and only a report with plots needs it
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(PLOT_SIZE_IN[0], height), dpi=PLOT_DPI)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _outside_legend(ax: Any, handles: list, labels: list) -> None:
+    """The legend right of the plot, never over a line (a fixed place: "best" searches every point)."""
+    ax.legend(handles, labels, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+
+
+def _thousands(axis: Any) -> None:
+    """Tick labels of big numbers with thousands separators (780,000, not 7.8e5)."""
+    from matplotlib.ticker import FuncFormatter  # function-level: matplotlib is heavy (plots only)
+
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}" if abs(v) >= 1000 else f"{v:g}"))
+
+
+def _png(fig: Any) -> bytes:
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def _draw_bars(bars: list[tuple[str, list[tuple[str, stats.Estimate]]]], colour: dict[str, str], title: str) -> bytes:
+    """One panel per metric, a bar per run with its 95% interval; the axis starts near the least
+    value (said under it), so differences of a few percent show."""
+    n = max(len(runs) for _, runs in bars)
+    fig = _figure(max(2.8, 1.6 + 0.35 * n))
+    axes = fig.subplots(1, len(bars), sharey=True, squeeze=False)[0]
+    for ax, (label, runs) in zip(axes, bars, strict=True):
+        y = np.arange(len(runs))[::-1]
+        means = np.array([e.mean for _, e in runs])
+        half = np.array([e.half_width if math.isfinite(e.half_width) else 0.0 for _, e in runs])
+        ax.barh(y, means, xerr=half, color=[colour.get(run, "0.5") for run, _ in runs], alpha=0.8,
+                error_kw={"capsize": 3, "linewidth": 1})
+        lo, hi = float((means - half).min()), float((means + half).max())
+        pad = max((hi - lo) * 0.25, abs(hi) * 0.01)
+        left = max(0.0, lo - pad) if lo >= 0 else lo - pad
+        ax.set_xlim(left, hi + pad)
+        ax.set_yticks(y, [safetext.printable(run, newlines=False) for run, _ in runs], fontsize=8)
+        ax.set_xlabel(label + (f"\n(axis from {left:,.0f})" if left >= 100 else f"\n(axis from {left:.3g})"
+                               if left > 0 else ""), fontsize=8)
+        _thousands(ax.xaxis)
+        ax.tick_params(axis="x", labelsize=7)
+        ax.grid(True, axis="x", alpha=0.3)
+    fig.suptitle(title, fontsize=10)
+    return _png(fig)
 def output_files(out: Path, plots: bool = True) -> dict[str, Path]:
     """Every file a report at `out` writes: the markdown, its two CSVs, its plots."""
     files = {"report": out, "steps": out.with_name(f"{out.stem}_steps.csv"),
              "summary": out.with_name(f"{out.stem}_summary.csv")}
     if plots:
-        files.update({attr: out.with_name(f"{out.stem}_{attr}.png") for attr, _ in PLOTS})
+        files.update({attr: out.with_name(f"{out.stem}_{attr}.png") for attr, _ in (*PLOTS, *EXTRA_PLOTS)})
     return files
 
 
@@ -752,6 +1099,7 @@ def write_report(
     tail: int = 50,
     plots: bool = True,
     now: float | None = None,
+    registry: reg.Registry | None = None,
 ) -> Path:
     """Write the report (default `<exp_dir>/report.md`) with its CSVs and plots beside it.
 
@@ -768,7 +1116,7 @@ def write_report(
     files = output_files(out, plots)
     root = exp_dir if fsutil.is_inside(out.parent, exp_dir) else None
     all_rows = rows(exp_dir, tail, now)
-    base = resolve_baseline(exp_dir, baseline, tail, now) if baseline is not None else None  # fails before writing
+    base = find_baseline(exp_dir, baseline, registry)  # an unknown --baseline fails before anything is written
     links = {"per-step CSV": files["steps"].name, "summary CSV": files["summary"].name}
     with fsutil.StagedFiles(root) as staged:
         with staged.open(files["steps"], "wb") as f:
@@ -778,10 +1126,10 @@ def write_report(
         plot_note = None
         if plots and series:
             try:
-                pngs = draw_plots(series)
+                pngs = draw_plots(series, all_rows, tail, plot_context(exp_dir))
             except Exception as e:  # noqa: BLE001 - a plot problem must not lose the report
                 pngs, plot_note = {}, f"plots not drawn: {type(e).__name__}: {e}"
-            for attr, label in PLOTS:
+            for attr, label in (*PLOTS, *EXTRA_PLOTS):
                 if attr in pngs:
                     with staged.open(files[attr], "wb") as f:
                         f.write(pngs[attr])

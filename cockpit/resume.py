@@ -9,7 +9,7 @@ the running legs, the next pending leg with its exact command, and the GPUs. `co
 for whoever picks the work up: current state, latest reports, completed work (do not re-run) with
 tables and decisions, remaining work with the next command, and the safety constraints.
 
-Layer 3: imports the layers below (registry, vocab, logs, gpus, expdir, report).
+Layer 3: imports the layers below (registry, vocab, stats, logs, gpus, expdir, baseline, report).
 """
 
 from __future__ import annotations
@@ -21,19 +21,22 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cockpit import expdir, fsutil, gpus, logs, report, safetext
+from cockpit import baseline, expdir, fsutil, gpus, logs, report, safetext, stats
 from cockpit import registry as reg
+from cockpit.baseline import Baseline
 from cockpit.checkout import Branch, branch_check
 from cockpit.expdir import ExpDir, LegState
 from cockpit.vocab import (
     ACTIVE_MARKS,
     FINISHED_MARKS,
     NOTED_MARKS,
+    QUALITY,
     TODO_MARKS,
     Mark,
     RunStatus,
     Source,
     Status,
+    Verdict,
 )
 
 
@@ -49,6 +52,24 @@ class LegMark:
     description: str | None = None
     is_baseline: bool = False
     state: LegState | None = None  # the supervisor's record (reconciled): pid, times, exit code
+    run: str | None = None  # the run whose log `summary` is: the leg's, or one of its repeats (`dense.r1`)
+    baseline: Baseline | None = None  # what the leg's figures are compared with (baseline.choose)
+    baseline_row: report.ReportRow | None = None  # the baseline's figures
+
+    @property
+    def log_name(self) -> str:
+        """The file stem of the log the mark's summary comes from."""
+        return self.run or self.leg
+
+    @property
+    def compared(self) -> bool:
+        """Has the leg figures and a baseline with figures that is not the leg itself?"""
+        b = self.baseline
+        if b is None or self.row is None or not self.row.has_figures or self.baseline_row is None \
+                or not self.baseline_row.has_figures:
+            return False
+        itself = b.experiment == self.experiment and b.leg == self.leg
+        return not (itself and (b.dir is None or (self.dir is not None and b.dir == Path(self.dir))))
     not_here: str | None = None  # why this machine cannot run it (a leg still to run): "needs 8 GPUs, ..."
 
     @property
@@ -184,51 +205,70 @@ class ResumeState:
 
 
 def _leg_mark(exp: reg.Experiment, leg: reg.Leg, dirs: list[ExpDir], tail: int, now: float | None) -> LegMark:
-    """The leg's mark from its dirs (newest first decides what is active) and the registry."""
+    """The leg's mark from its dirs (newest first decides what is active) and the registry. A leg
+    run with repeats counts as done in a dir when every repeat is done there; its row is then the
+    aggregate of its repeats' rows."""
     m = LegMark(exp.id, leg.name, Mark.PENDING, description=leg.description)
     newest_first = list(reversed(dirs))
     done_in = None
-    last_outcome = None  # (mark, dir, summary, note, state) of the newest run that did not finish
+    last_outcome = None  # (mark, dir, summary, note, state, run) of the newest run that did not finish
     for d in newest_first:
-        if leg.name not in d.legs:
+        runs = d.runs(leg.name)
+        if not runs:
             continue
-        st = d.states.get(leg.name)
-        log = d.log(leg.name)
-        summary = logs.summarize(log, tail=tail, now=now) if fsutil.is_regular(log) else None
-        if st is not None and st.status == Status.UNKNOWN:
-            return LegMark(exp.id, leg.name, Mark.UNKNOWN, str(d.path),
-                           report.row_from_summary(summary, RunStatus.UNKNOWN) if summary else None,
-                           summary, st.note, leg.description, state=st)
-        if st is not None and st.active:
+        seen = []  # (run, state, summary) of each run of the leg here
+        for run in runs:
+            log = d.log(run)
+            seen.append((run, d.states.get(run), logs.summarize(log, tail=tail, now=now) if fsutil.is_regular(log) else None))
+        for run, st, summary in seen:
+            if st is not None and st.status == Status.UNKNOWN:
+                return LegMark(exp.id, leg.name, Mark.UNKNOWN, str(d.path),
+                               report.row_from_summary(summary, RunStatus.UNKNOWN) if summary else None,
+                               summary, st.note, leg.description, state=st, run=run)
+        active = sorted((x for x in seen if x[1] is not None and x[1].active), key=lambda x: x[1].status != Status.RUNNING)
+        if active:
+            run, st, summary = active[0]
             note = st.waiting_reason if st.status == Status.WAITING else st.note
             return LegMark(exp.id, leg.name, Mark(st.status), str(d.path),
                            report.row_from_summary(summary, st.status) if summary else None,
-                           summary, note, leg.description, state=st)
-        if st is None and summary is not None and d.plan is None and summary.status == RunStatus.RUNNING:
-            # a manual run (no state) whose log is still growing
-            return LegMark(exp.id, leg.name, Mark.RUNNING, str(d.path), report.row_from_summary(summary),
-                           summary, "log growing (no cockpit state)", leg.description)
-        if st is not None:
-            outcome = Mark(st.status)
-            note = st.note or (st.error_tail[-1] if st.error_tail else None)
-        elif summary is not None:
-            outcome = {RunStatus.COMPLETED: Mark.DONE, RunStatus.FAILED: Mark.FAILED}.get(summary.status, Mark.STOPPED)
-            note = summary.error_line if outcome == Mark.FAILED else (
-                "log ended without its final lines" if outcome == Mark.STOPPED else None)
-        else:
-            continue
-        if outcome == Mark.DONE:
-            if done_in is None:
-                done_in = (d, summary, st)
-        elif last_outcome is None and done_in is None:
+                           summary, note, leg.description, state=st, run=run)
+        for run, st, summary in seen:
+            if st is None and summary is not None and d.plan is None and summary.status == RunStatus.RUNNING:
+                # a manual run (no state) whose log is still growing
+                return LegMark(exp.id, leg.name, Mark.RUNNING, str(d.path), report.row_from_summary(summary),
+                               summary, "log growing (no cockpit state)", leg.description, run=run)
+        outcomes = []  # (mark, note, run, state, summary) of each run that ended
+        for run, st, summary in seen:
+            if st is not None:
+                outcome = Mark(st.status)
+                note = st.note or (st.error_tail[-1] if st.error_tail else None)
+            elif summary is not None:
+                outcome = {RunStatus.COMPLETED: Mark.DONE, RunStatus.FAILED: Mark.FAILED}.get(summary.status, Mark.STOPPED)
+                note = summary.error_line if outcome == Mark.FAILED else (
+                    "log ended without its final lines" if outcome == Mark.STOPPED else None)
+            else:
+                continue
             scheduler_said = st is not None and st.job_id is not None and st.note  # NODE_FAIL, TIMEOUT...
             if outcome == Mark.FAILED and summary and summary.error_line and not scheduler_said:
                 note = summary.error_line
-            last_outcome = (outcome, d, summary, note, st)
+            outcomes.append((outcome, note, run, st, summary))
+        if not outcomes:
+            continue
+        if len(outcomes) == len(runs) and all(o[0] == Mark.DONE for o in outcomes):
+            if done_in is None:
+                done_in = (d, outcomes)
+        elif last_outcome is None and done_in is None:
+            outcome, note, run, st, summary = next((o for o in outcomes if o[0] == Mark.FAILED), None) or next(
+                (o for o in outcomes if o[0] != Mark.DONE), outcomes[-1])
+            if outcome == Mark.DONE:  # every run that ended is done, and some never started
+                outcome, note = Mark.STOPPED, f"{len(outcomes)} of {len(runs)} repeats done"
+            last_outcome = (outcome, d, summary, note, st, run)
     if done_in is not None:
-        d, summary, m.state = done_in
-        m.mark, m.dir, m.summary = Mark.DONE, str(d.path), summary
-        m.row = report.row_from_summary(summary, RunStatus.COMPLETED) if summary else None
+        d, outcomes = done_in
+        m.mark, m.dir = Mark.DONE, str(d.path)
+        _, _, m.run, m.state, m.summary = outcomes[-1]
+        rows = [report.row_from_summary(o[4], RunStatus.COMPLETED) for o in outcomes if o[4] is not None]
+        m.row = rows[0] if len(rows) == 1 else report.aggregate(leg.name, rows) if rows else None
         return m
     if leg.recorded is not None:
         m.mark, m.dir = Mark.RECORDED, leg.recorded.dir
@@ -236,7 +276,7 @@ def _leg_mark(exp: reg.Experiment, leg: reg.Leg, dirs: list[ExpDir], tail: int, 
         m.note = leg.recorded.source
         return m
     if last_outcome is not None:
-        outcome, d, summary, note, m.state = last_outcome
+        outcome, d, summary, note, m.state, m.run = last_outcome
         m.mark, m.dir, m.summary, m.note = outcome, str(d.path), summary, note
         m.row = report.row_from_summary(summary, outcome) if summary else None
     return m
@@ -427,6 +467,16 @@ def build_state(
         if e.baseline:
             ref = e.baseline if "/" in e.baseline else f"{e.id}/{e.baseline}"
             e.baseline_mark = by_ref.get(ref)
+    found: dict[tuple[str, str | None], tuple[Baseline | None, report.ReportRow | None]] = {}
+    for e in experiments:  # each leg's baseline: the one its own dir's runs are compared with
+        for m in e.legs:
+            if m.row is None or not m.row.has_figures:
+                continue
+            key = (e.id, m.dir if m.mark != Mark.RECORDED else None)
+            if key not in found:
+                b = baseline.choose(registry, e.id, key[1], dirs)
+                found[key] = (b, report.baseline_row(b, tail, now) if b is not None else None)
+            m.baseline, m.baseline_row = found[key]
     reports = []
     for d in dirs:
         p = d.path / "report.md"
@@ -553,6 +603,11 @@ def render_guide(state: ResumeState) -> str:
                 out.append(f"- {safetext.md_code(d)} ({', '.join(kinds)})")
             out.append("")
         out += ["Final metrics snapshot:", "", report.render_table([m.row for m in fin], state.tail, source_column=True)]
+        if len({m.dir for m in fin if m.mark == Mark.DONE}) > 1:
+            out += ["", "These legs finished in more than one dir (above): each delta below compares a leg "
+                        "with the baseline of its own dir, or names the dir its baseline comes from."]
+        if any(m.row.value(q) is not None for m in fin for q in QUALITY):
+            out += ["", "Quality and routing:", "", report.render_quality([m.row for m in fin], state.tail)]
         sources = sorted({m.note for m in fin if m.mark == Mark.RECORDED and m.note})
         if sources:
             out += ["", "Recorded figures (not measured here) come from: " + "; ".join(sources) + "."]
@@ -563,15 +618,17 @@ def render_guide(state: ResumeState) -> str:
             out += ["", "Notes:", *[f"- {n}" for n in e.notes]]
         if e.decision:
             out += ["", "Decision:", f"- {e.decision}"]
-        base = e.baseline_mark
-        if base is not None and base.row is not None and base.row.has_figures:
-            for m in fin:
-                if m.ref == base.ref or not m.row.has_figures:
-                    continue
-                label = f"baseline {base.leg}" + (" (recorded)" if base.mark == Mark.RECORDED else "")
-                run = dataclasses.replace(m.row, run=m.leg + (" (recorded)" if m.mark == Mark.RECORDED else ""))
-                out += ["", f"Result of `{m.leg}` vs baseline `{e.baseline}`:", "",
-                        report.render_delta(base.row, run, state.tail, base_label=label)]
+        for m in fin:  # each leg against the baseline of its own dir (baseline.choose)
+            if not m.compared:
+                continue
+            b = m.baseline
+            assert b is not None and m.baseline_row is not None
+            run = dataclasses.replace(m.row, run=m.leg + (" (recorded)" if m.mark == Mark.RECORDED else ""))
+            where = f" ({_text(b.source)})" if b.source and b.dir is not None else ""
+            out += ["", f"Result of `{m.leg}` vs baseline `{e.baseline}`{where}:"]
+            if b.dir is not None:  # recorded figures are said once, above
+                out += [f"\n{line}" for line in report.baseline_notes(b, Path(m.dir) if m.dir else None)]
+            out += ["", report.render_delta(m.baseline_row, run, state.tail, base_label=b.column)]
     if not done_any:
         out += ["", "Nothing completed yet."]
 
@@ -642,6 +699,8 @@ def _template(nxt: NextLeg) -> list[str]:
 
 
 def _figures(m: LegMark) -> str:
+    """`  6694.57 tok/s, mfu 0.0000  Δ -31.30% ±4.12% significant vs dense`: the leg's tail
+    figures and its tok/sec against its baseline (named when it is not its own dir's)."""
     r = m.row
     if r is None or r.tok_per_sec is None:
         return ""
@@ -649,7 +708,21 @@ def _figures(m: LegMark) -> str:
     if r.mfu is not None:
         text += f", mfu {r.mfu:.4f}"
     # a recorded leg's mark says it already; a figure from elsewhere on another mark says so
-    return text + ("  [recorded]" if r.source == Source.RECORDED and m.mark != Mark.RECORDED else "")
+    text += "  [recorded]" if r.source == Source.RECORDED and m.mark != Mark.RECORDED else ""
+    return text + delta_words(m)
+
+
+def delta_words(m: LegMark, metric: str = "tok_per_sec") -> str:
+    """`  Δ -31.30% ±4.12% significant vs dense (baseline from <dir>)`, or "" without a baseline."""
+    if not m.compared:
+        return ""
+    assert m.baseline is not None and m.baseline_row is not None and m.row is not None
+    pct, _ = stats.pct_change(m.baseline_row.value(metric), m.row.value(metric))
+    d = stats.compare(m.baseline_row.estimate(metric), m.row.estimate(metric))
+    ci = f" {stats.fmt_ci(d.ci_pct)}" if d.ci_pct is not None else ""
+    verdict = f" {d.verdict}" if d.verdict != Verdict.NONE else ""
+    where = " (recorded)" if m.baseline.dir is None else f" ({m.baseline.source})" if m.baseline.source else ""
+    return f"  Δ {stats.fmt_pct(pct)}{ci}{verdict} vs {m.baseline.leg}{where}"
 
 
 def running_line(m: LegMark) -> str:

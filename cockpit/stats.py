@@ -18,6 +18,8 @@ relative standard errors (the delta method), with Welch's degrees of freedom. Th
 each repeat's mean is one independent sample (`across`), which also captures the run-to-run
 noise a single window cannot see.
 
+Layer 0: imports only vocab (the verdict words).
+
 Pure Python on purpose: windows are tens to thousands of values, and the cockpit's core imports
 nothing heavy.
 """
@@ -28,9 +30,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-SIGNIFICANT = "significant"
-WITHIN_NOISE = "within noise"
-NO_VERDICT = "-"
+from cockpit.vocab import Verdict
 
 MAX_R1 = 0.95  # beyond this the window is one slow drift, and n_eff would fall below 3% of n
 
@@ -119,7 +119,7 @@ class Delta:
 
     pct: float | None  # 100 * (run / baseline - 1); None when it cannot be computed
     ci_pct: float | None  # half-width of the 95% interval of pct; None without spread
-    verdict: str  # SIGNIFICANT, WITHIN_NOISE or NO_VERDICT
+    verdict: Verdict
     why: str | None = None  # why pct or the verdict is missing
 
 
@@ -140,21 +140,21 @@ def pct_change(baseline: float | None, run: float | None) -> tuple[float | None,
 def compare(base: Estimate | None, run: Estimate | None) -> Delta:
     """The delta of two estimated means and whether its 95% interval excludes 0."""
     if base is None or run is None:
-        return Delta(None, None, NO_VERDICT, "fewer than 2 samples")
+        return Delta(None, None, Verdict.NONE, "fewer than 2 samples")
     pct, why = pct_change(base.mean, run.mean)
     if pct is None:
-        return Delta(None, None, NO_VERDICT, why)
+        return Delta(None, None, Verdict.NONE, why)
     va, vb = base.rel_se**2, run.rel_se**2
     if not (math.isfinite(va) and math.isfinite(vb)):
-        return Delta(pct, None, NO_VERDICT, "mean is 0")
+        return Delta(pct, None, Verdict.NONE, "mean is 0")
     ratio = run.mean / base.mean
     se = abs(ratio) * math.sqrt(va + vb)
     if se == 0:  # two constant series: any difference is exact
-        return Delta(pct, 0.0, SIGNIFICANT if pct != 0 else WITHIN_NOISE)
+        return Delta(pct, 0.0, Verdict.SIGNIFICANT if pct != 0 else Verdict.WITHIN_NOISE)
     # Welch-Satterthwaite degrees of freedom, on the relative variances
     dof = (va + vb) ** 2 / ((va**2 / max(base.n_eff - 1, 1)) + (vb**2 / max(run.n_eff - 1, 1)))
     ci = 100.0 * t975(dof) * se
-    return Delta(pct, ci, SIGNIFICANT if abs(pct) > ci else WITHIN_NOISE)
+    return Delta(pct, ci, Verdict.SIGNIFICANT if abs(pct) > ci else Verdict.WITHIN_NOISE)
 
 
 def fmt_pct(pct: float | None) -> str:

@@ -1,4 +1,4 @@
-"""The cockpit's words, each defined once: leg statuses, resume marks, run statuses, metric names.
+"""The cockpit's words, each defined once: leg statuses, resume marks, run statuses, verdicts, metric names.
 
 Three families of words describe a leg, each from its own source:
 
@@ -78,6 +78,14 @@ def run_status(status: str) -> str:
     return RunStatus.COMPLETED if status == Status.DONE else status
 
 
+class Verdict(StrEnum):
+    """Whether a delta is beyond the noise: its 95% interval excludes 0 (significant), or not."""
+
+    SIGNIFICANT = "significant"
+    WITHIN_NOISE = "within noise"
+    NONE = "-"  # no interval: a figure without per-step samples or repeats (peak memory, total time)
+
+
 class Source(StrEnum):
     """Where a report row's figures come from."""
 
@@ -90,3 +98,8 @@ class Source(StrEnum):
 METRICS = ("tok_per_sec", "dt_ms", "mfu", "peak_mem_mib", "total_time_min")
 # Which way is better, for colouring a delta: more tokens and MFU; less time and memory.
 HIGHER_IS_BETTER = {"tok_per_sec": True, "dt_ms": False, "mfu": True, "peak_mem_mib": False, "total_time_min": False}
+# The metrics measured at every step: their tail windows have a spread, so their deltas a verdict.
+STEP_METRICS = ("tok_per_sec", "dt_ms", "mfu")
+# Quality and routing, beside speed: the lowest and the last validation bpb, the last step's loss,
+# and the tail means of the fraction of routed tokens dropped (fixed capacity) and the balance loss.
+QUALITY = ("min_val_bpb", "last_val_bpb", "final_loss", "drop_pct", "bal")

@@ -38,6 +38,12 @@ class FakeNVML:
         if self.init_error is not None:
             raise pynvml.NVMLError(self.init_error)
 
+    def nvmlSystemGetDriverVersion(self) -> str:
+        return "550.54.15"
+
+    def nvmlSystemGetCudaDriverVersion(self) -> int:
+        return 12040
+
     def nvmlDeviceGetCount(self) -> int:
         return self.n
 

@@ -72,6 +72,9 @@ def test_moe_val_final_lines():
     assert logs.parse_final("Peak memory usage: 18987.83MiB").value == 18987.83
     assert logs.parse_final("Total training time: 2.97m").value == 2.97
     assert logs.parse_line("Total training time: soon") is None
+    assert logs.parse_line("Minimum validation bpb: 0.801234") == logs.FinalLine("min_val_bpb", 0.801234)
+    assert logs.parse_line("Total batch size 524,288 => gradient accumulation steps: 4").value == 524288
+    assert logs.parse_line("Total batch size unknown") is None
     for junk in ["", "\x00\x01", "Traceback (most recent call last):", "step", "[", "[rank0]: [", "Step x | y"]:
         assert logs.parse_line(junk) is None
 
@@ -244,6 +247,34 @@ def test_summary_of_a_finished_fork_log():
     assert s5.tail_n == 5
     assert f"{s5.tok_per_sec:.2f}" == f"{(820467 + 814217 + 828865 + 833149 + 822814) / 5:.2f}"
     assert f"{s5.dt_ms:.2f}" == "636.39" and f"{s5.mfu:.4f}" == "9.9700"
+    assert s5.tail_values["dt_ms"] == (639.01, 643.92, 632.54, 629.28, 637.19)
+    assert s5.tail_values["tok_per_sec"][-1] == 822814 and len(s5.tail_values["mfu"]) == 5
+    assert s5.tail_bal == pytest.approx((24.0378 + 24.0 + 24.0721 + 24.0662 + 24.0192) / 5)
+    # no validation and no drop field in the fork's log: none, never 0
+    assert (s5.min_val_bpb, s5.last_val_bpb, s5.tail_drop_pct, s5.batch_tokens) == (None, None, None, None)
+
+
+def test_summary_reads_quality_and_routing(tmp_path):
+    """Validation bpb (every line, the trainer's minimum), the drop and balance fields of the step
+    lines (tail means), the batch size; a log without the minimum line takes the least one seen."""
+    lines = ["Total batch size 1,024 => gradient accumulation steps: 1"]
+    for i in range(6):
+        lines.append(f"step {i:05d}/00006 ({100 * i / 6:.2f}%) | loss: {3 - i / 10:.6f} | bal: 1.{i}000 | lrm: 1.00 | "
+                     f"dt: 100.00ms | tok/sec: 10,240 | bf16_mfu: 0.00 | epoch: 0 | total time: 0.00m | drop: {i}.00%")
+        if i % 2 == 0:
+            lines.append(f"Step {i:05d} | Validation bpb: {2 - i / 10:.6f}")
+    lines += ["Step 00006 | Validation bpb: 1.700000"]
+    (tmp_path / "a.log").write_text("\n".join(lines) + "\n")
+    s = logs.summarize(tmp_path / "a.log", tail=4)
+    assert (s.min_val_bpb, s.last_val_bpb, s.batch_tokens) == (1.6, 1.7, 1024)
+    assert s.tail_drop_pct == pytest.approx((2 + 3 + 4 + 5) / 4) and s.tail_bal == pytest.approx(1.35)
+    assert s.last_loss == 2.5
+    final = ["Peak memory usage: 1.00MiB", "Total training time: 0.01m", "Minimum validation bpb: 1.500000"]
+    (tmp_path / "a.log").write_text("\n".join(lines + final) + "\n")
+    s = logs.summarize(tmp_path / "a.log")
+    assert s.min_val_bpb == 1.5 and s.finished  # the trainer's own minimum wins
+    full = logs.parse_file(tmp_path / "a.log")
+    assert [(v.step, v.value) for v in full.val_bpb] == [(0, 2.0), (2, 1.8), (4, 1.6), (6, 1.7)]
 
 
 def test_summary_of_a_crash_keeps_the_reason():

@@ -131,6 +131,33 @@ args = { c = 3, flag = false, d = true }
     ]
 
 
+def test_repeats_run_a_leg_n_times_with_seed_base_plus_i() -> None:
+    r = reg.loads(
+        GOOD_HEAD
+        + "[[experiment]]\nid = 'e'\nrepeats = 2\n"
+        + "[[experiment.leg]]\nname = 'a'\nargs = { seed = 7, depth = 2 }\n"
+        + "[[experiment.leg]]\nname = 'b'\nrepeats = 3\n"
+        + "[[experiment.leg]]\nname = 'c'\nrepeats = 1\n"
+    )
+    a, b, c = r.experiment("e").legs
+    assert (a.repeats, b.repeats, c.repeats) == (2, 3, 1)
+    assert a.run_names() == ["a.r0", "a.r1"] and c.run_names() == ["c"]
+    assert [argv[-4:] for _, _, argv in a.runs()] == [["--seed", "7", "--depth", "2"], ["--seed", "8", "--depth", "2"]]
+    assert [(name, i, argv[-2:]) for name, i, argv in b.runs()] == [
+        (f"b.r{i}", i, ["--seed", str(reg.DEFAULT_SEED + i)]) for i in range(3)]
+    assert c.runs() == [("c", None, c.argv())] and "--seed" not in c.argv()
+    assert reg.split_repeat("a.r12") == ("a", 12) and reg.split_repeat("a.r") == ("a.r", None)
+    assert reg.split_repeat("a.r01") == ("a.r01", None)  # no run is named so
+
+
+def test_default_seed_is_the_trainers() -> None:
+    """A repeat's seed counts from the trainer's own default when the leg sets none."""
+    import re
+
+    source = (ROOT / "nanochat" / "base_train.py").read_text()
+    assert re.search(r'add_argument\("--seed", type=int, default=(\d+)\)', source).group(1) == str(reg.DEFAULT_SEED)
+
+
 # ---- bad input: one line, file:line, the key ---------------------------------------------------
 
 GOOD_HEAD = '[project]\nexp_root = "/tmp/exp"\n'
@@ -205,6 +232,11 @@ BAD = [
         9,
         ["trainer arg 'lr'"],
     ),
+    (GOOD_HEAD + "[[experiment]]\nid = 'a'\nrepeats = 0\n", 5, ["'a.repeats' must be between 1 and 100"]),
+    (GOOD_HEAD + "[[experiment]]\nid = 'a'\n[[experiment.leg]]\nname = 'x'\nrepeats = 'two'\n", 7,
+     ["'experiment.leg.repeats' must be a integer"]),
+    (GOOD_HEAD + "[[experiment]]\nid = 'a'\n[[experiment.leg]]\nname = 'x.r1'\n", 6,
+     ["leg name 'x.r1'", "ends like a repeat's run name"]),
 ]
 
 

@@ -5,6 +5,7 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import (
     FIXTURES,
@@ -83,20 +84,45 @@ def test_seed_style_dir_of_plain_logs_gives_the_seed_table(tmp_path):
 def test_delta_against_a_run_in_another_dir_matches_the_seed(tmp_path):
     _, v2 = seed_dirs(tmp_path)
     text = report.render_report(v2, baseline=f"{V1}/static_cap1p0", now=NOW)
+    # the seed's five deltas, each with the 95% interval of the difference and its verdict: the
+    # per-step metrics from their tail windows; peak memory and total time have no samples
     for line in [
-        "| tail50 tok/sec | 785203.42 | 806400.06 | +2.70% |",
-        "| tail50 dt (ms) | 670.31 | 650.67 | -2.93% |",
-        "| tail50 mfu | 9.5014 | 9.7588 | +2.71% |",
-        "| peak mem (MiB) | 18983.58 | 18987.83 | +0.02% |",
-        "| total time (min) | 3.00 | 2.97 | -1.00% |",
+        "| tail50 tok/sec | 785203.42 | 806400.06 | +2.70% | ±2.68% | significant |",
+        "| tail50 dt (ms) | 670.31 | 650.67 | -2.93% | ±2.44% | significant |",
+        "| tail50 mfu | 9.5014 | 9.7588 | +2.71% | ±2.67% | significant |",
+        "| peak mem (MiB) | 18983.58 | 18987.83 | +0.02% | - | - |",
+        "| total time (min) | 3.00 | 2.97 | -1.00% | - | - |",
     ]:
         assert line in text
+    assert f"| metric | static_cap1p0 (baseline from {V1}) | static_cap1p0_bufreuse | delta | 95% CI | verdict |" in text
+    assert "neither dir has a plan.json" in text  # two dirs of manual logs: their origins unknown
     check_golden("report-seed-v2-delta.md", normalized(text, v2))
     # the same through a path, and a baseline inside the dir
     assert "+2.70%" in report.render_report(v2, baseline=str(tmp_path / V1 / "static_cap1p0"), now=NOW)
     rows = report.rows(tmp_path / V1, now=NOW)
     deltas = report.delta_rows(rows[1], rows[0])
     assert [d.metric for d in deltas][0] == "tail50 tok/sec" and f"{deltas[0].delta_pct:+.2f}" == "-40.30"
+
+
+def test_the_seed_comparisons_verdicts(tmp_path):
+    """The decisions the seed took from its tables, with their intervals: every MoE leg against the
+    dropless baseline is beyond noise; static capacity 1.25 against dynamic capacity 1.0 is not
+    (-0.35%), while static 1.0 beats both."""
+    v1, _ = seed_dirs(tmp_path)
+
+    def tok(base: str, run: str) -> tuple[str, str, str]:
+        rows = {r.run: r for r in report.rows(v1, now=NOW)}
+        d = report.delta_rows(rows[base], rows[run])[0]
+        assert d.attr == "tok_per_sec"
+        return stats.fmt_pct(d.delta_pct), stats.fmt_ci(d.ci_pct), d.verdict
+
+    assert tok("static_cap0p0_baseline", "static_cap1p0") == ("+67.50%", "±3.68%", "significant")
+    assert tok("static_cap0p0_baseline", "static_cap1p25") == ("+59.41%", "±3.60%", "significant")
+    assert tok("static_cap0p0_baseline", "dynamic_cap1p0") == ("+59.96%", "±4.21%", "significant")
+    assert tok("static_cap0p0_baseline", "nocompile_cap1p0") == ("-22.54%", "±1.64%", "significant")
+    assert tok("dynamic_cap1p0", "static_cap1p25") == ("-0.35%", "±2.76%", "within noise")
+    assert tok("dynamic_cap1p0", "static_cap1p0") == ("+4.71%", "±2.85%", "significant")
+    assert tok("static_cap1p0", "static_cap1p25") == ("-4.83%", "±2.25%", "significant")
 
 
 def test_mixed_formats_failed_and_unfinished_runs(tmp_path):
@@ -217,20 +243,21 @@ def test_registry_baseline_of_a_launched_dir(tmp_path):
                   {"moe_fp8_experts_static_cap1p0_v3": ("done", f"seed/{V1}/static_cap1p25.log")}, registry=registry)
     text = report.render_report(v3, now=NOW)
     assert "## Delta vs baseline `moe-fp8-capacity-opt-v2-buffer/static_cap1p0_bufreuse (recorded)`" in text
-    assert "Baseline figures recorded: seed resume guide, 2026-02-24 (8 GPUs) (not measured here)." in text
-    assert "| tail50 tok/sec | 806400.06 | 747298.44 | -7.33% |" in text
+    assert "Baseline figures recorded: seed resume guide, 2026-02-24 (8 GPUs) (not measured here; " in text
+    assert "| tail50 tok/sec | 806400.06 | 747298.44 | -7.33% | - | - |" in text  # recorded: no samples
     # a finished run of the baseline leg here takes precedence over the recorded figures
     smoke = make_dir(root, "20261126_040000_cpu-smoke", {"dense": ("done", "cpu-smoke/dense.log"),
                                                          "moe_cap1p0": ("done", "cpu-smoke/moe_cap1p0.log")},
                      registry=registry)
     text = report.render_report(smoke, now=NOW)
     assert "## Delta vs baseline `dense` (the registry's baseline of this experiment)" in text
-    assert "| tail50 tok/sec | 9744.48 | 6694.57 | -31.30% |" in text
+    delta = "| tail50 tok/sec | 9744.48 | 6694.57 | -31.30% | ±"
+    assert delta in text
     # the plan's registry file is broken or gone: the plan's snapshot of it names the baseline
     registry.path.write_text("[project\n")
-    assert "| tail50 tok/sec | 9744.48 | 6694.57 | -31.30% |" in report.render_report(smoke, now=NOW)
+    assert delta in report.render_report(smoke, now=NOW)
     registry.path.unlink()
-    assert "| tail50 tok/sec | 9744.48 | 6694.57 | -31.30% |" in report.render_report(smoke, now=NOW)
+    assert delta in report.render_report(smoke, now=NOW)
     # neither the file nor a snapshot: no baseline, still a report
     plan = json.loads((smoke / "plan.json").read_text())
     del plan["registry"]["raw"]
@@ -250,8 +277,8 @@ def test_supervisor_report_has_deltas_against_the_experiments_baseline(tmp_path)
     d.mkdir()
     launch.write_plan(registry, launch.plan_launch(registry, "cpu-smoke", ["moe_cap1p0"]), d)
     shutil.copy(FIXTURES / "cpu-smoke" / "moe_cap1p0.log", d / "moe_cap1p0.log")
-    head = f"## Delta vs baseline `{old.name}/dense` (the registry's baseline of this experiment)"
-    delta = "| tail50 tok/sec | 9744.48 | 6694.57 | -31.30% |"
+    head = f"## Delta vs baseline `dense` (baseline from {old.name})"
+    delta = "| tail50 tok/sec | 9744.48 | 6694.57 | -31.30% | ±"
     text = report.write_report(d, plots=False, now=NOW).read_text()
     assert head in text and delta in text and "### moe_cap1p0" in text
     # edited since launch so that the experiment is gone: the plan's snapshot still knows it
@@ -324,10 +351,98 @@ def test_big_logs_read_by_workers_give_the_same_files(tmp_path, monkeypatch):
     one = report.write_report(d, tmp_path / "one" / "r.md", now=NOW)
     monkeypatch.setattr(report, "PARALLEL_MIN_BYTES", 0)
     monkeypatch.setattr(report.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(report, "np", None)  # as in a fresh process: only the workers read logs
     many = report.write_report(d, tmp_path / "many" / "r.md", now=NOW)
+    pngs = sorted(p.name for p in one.parent.glob("*.png"))
+    assert "r_tail_means.png" in pngs and pngs == sorted(p.name for p in many.parent.glob("*.png"))
     for name in ("r_steps.csv", "r_summary.csv"):
         assert (one.parent / name).read_bytes() == (many.parent / name).read_bytes(), name
     assert one.read_text().replace("/one/", "/x/") == many.read_text().replace("/many/", "/x/")
     monkeypatch.setattr(report, "_WORKER", "import sys; sys.exit(3)")  # workers that fail: read here
     again = report.write_report(d, tmp_path / "again" / "r.md", now=NOW)
     assert (again.parent / "r_steps.csv").read_bytes() == (one.parent / "r_steps.csv").read_bytes()
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    """A PNG's width and height in pixels, from its IHDR chunk."""
+    head = path.read_bytes()[:24]
+    assert head[:8] == b"\x89PNG\r\n\x1a\n"
+    return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+
+
+def _trainer_log(steps: int, tok: float, mfu: float, moe: bool) -> str:
+    """A log in the trainer's format: the batch size line, step lines (a slow compiled first step;
+    with `moe`, bal and drop), validation every 20 steps and the final lines."""
+    out = ["Autodetected device type: cpu", "Total batch size 1,024 => gradient accumulation steps: 1"]
+    for i in range(steps):
+        dt = 9000.0 if i == 0 else 1000.0 * (1 + 0.02 * ((i * 7) % 5 - 2))
+        bal = f" | bal: {1.01:.4f}" if moe else ""
+        drop = f" | drop: {2 + (i % 4) * 0.5:.2f}%" if moe else ""
+        out.append(f"step {i:05d}/{steps:05d} ({100 * i / steps:.2f}%) | loss: {6 - i / 50:.6f}{bal} | lrm: 1.00 | "
+                   f"dt: {dt:.2f}ms | tok/sec: {int(tok * 1000 / dt):,} | bf16_mfu: {mfu:.2f} | epoch: 0 | "
+                   f"total time: {i * dt / 60000:.2f}m{drop}")
+        if i % 20 == 0:
+            out.append(f"Step {i:05d} | Validation bpb: {2.5 - i / 100 - 0.05 * moe:.6f}")
+    out += ["Minimum validation bpb: 1.750000", "Peak memory usage: 812.50MiB", "Total training time: 1.00m"]
+    return "\n".join(out) + "\n"
+
+
+def test_figures_smoothed_warmup_left_out_tail_shaded_and_none_for_a_zero_metric(tmp_path):
+    """The report's figures: tok/sec and dt as rolling means without the warm-up steps, each run's
+    tail window recorded; drop % per step and validation bpb against tokens; a bar chart of the tail
+    means; no MFU plot when MFU is 0 on every step (a CPU run); 150 dpi; titles name the dir."""
+    d = tmp_path / "20261130_101010_cpu-smoke"
+    d.mkdir()
+    (d / "dense.log").write_text(_trainer_log(120, 1000.0, 0.0, moe=False))
+    (d / "moe.log").write_text(_trainer_log(120, 1200.0, 0.0, moe=True))
+    text = report.write_report(d, now=NOW).read_text()
+    for name, label in [("tok_per_sec", "tok/sec"), ("dt_ms", "dt (ms)"), ("drop_pct", "dropped tokens (%)"),
+                        ("val_bpb", "validation bpb"), ("tail_means", "tail means"), ("loss", "loss")]:
+        assert f"![{label}](report_{name}.png)" in text
+        assert _png_size(d / f"report_{name}.png")[0] == report.PLOT_SIZE_IN[0] * 150
+    assert not (d / "report_mfu.png").exists() and "report_mfu.png" not in text
+
+    with open(os.devnull, "wb") as sink:
+        series = report.stream_steps(report.rows(d, now=NOW), sink)
+    tok = series["moe"]["tok_per_sec"]
+    assert tok.steps[0] == report.WARMUP_STEPS and tok.tail_from == 70 and tok.window == 10
+    assert tok.smooth is not None and abs(tok.smooth[-1] - tok.lows[-10:].mean()) < 1e-6
+    assert series["dense"]["loss"].steps[0] == 0  # loss keeps the first steps: the warm-up is speed's
+    assert "drop_pct" not in series["dense"] and series["moe"]["drop_pct"].lows.max() == 3.5
+    val = series["moe"]["val_bpb"]
+    assert val.batch_tokens == 1024 and list(val.steps) == [0, 20, 40, 60, 80, 100]
+    assert report.plot_context(d) == d.name
+    # a long run: per pixel column, the least and greatest step and the mean of the rolling mean
+    x = np.arange(1000.0)
+    y = 100 + (x % 7)
+    long = report.decimate(x, y, 10, report.rolling_mean(y, 7))
+    assert long.decimated and len(long.steps) == len(long.smooth) == 10
+    assert list(long.lows) == [100.0] * 10 and list(long.highs) == [106.0] * 10 and abs(long.smooth[5] - 103) < 0.01
+
+    (d / "plan.json").write_text(json.dumps({"experiment": "cpu-smoke", "legs": [],
+                                             "git": {"commit": "0123456789abcdef", "dirty": True}}))
+    assert report.plot_context(d) == f"cpu-smoke · {d.name} · commit 0123456789 + uncommitted changes"
+
+
+def test_repeats_rows_per_repeat_an_aggregate_and_a_verdict_from_their_spread(tmp_path):
+    """A leg run three times: a row per repeat, then the leg's aggregate row (mean ± std); its delta
+    against the baseline takes its interval from the spread between the repeats, not the steps."""
+    d = tmp_path / "20261130_101010_cpu-smoke"
+    d.mkdir()
+    (d / "dense.log").write_text(_trainer_log(80, 1000.0, 0.5, moe=False))
+    for i, tok in enumerate((1180.0, 1220.0, 1200.0)):
+        (d / f"moe.r{i}.log").write_text(_trainer_log(80, tok, 0.5, moe=True))
+    rows = report.rows(d, now=NOW)
+    assert [r.run for r in rows] == ["dense", "moe.r0", "moe.r1", "moe.r2", "moe"]
+    agg = rows[-1]
+    assert agg.is_aggregate and abs(agg.tok_per_sec - sum(r.tok_per_sec for r in rows[1:4]) / 3) < 1e-6
+    sd = stats.across([r.tok_per_sec for r in rows[1:4]]).std
+    assert report.fmt_cell(agg, "tok_per_sec") == f"{agg.tok_per_sec:.2f} ± {sd:.2f}"
+    text = report.render_report(d, baseline="dense", now=NOW)
+    assert f"| moe | {agg.tok_per_sec:.2f} ± {sd:.2f} |" in text
+    assert "### moe (3 repeats: interval from their spread)" in text and "### moe.r0" not in text
+    delta = next(x for x in report.delta_rows(rows[0], agg) if x.attr == "tok_per_sec")
+    one = next(x for x in report.delta_rows(rows[0], rows[1]) if x.attr == "tok_per_sec")
+    assert delta.verdict == "significant" and delta.ci_pct > one.ci_pct  # 3 samples: a wider interval than 50 steps
+    assert f"| tail50 tok/sec | {rows[0].tok_per_sec:.2f} | {agg.tok_per_sec:.2f} | {stats.fmt_pct(delta.delta_pct)} | " \
+           f"{stats.fmt_ci(delta.ci_pct)} | significant |" in text

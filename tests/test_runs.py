@@ -297,3 +297,34 @@ def test_supervisor_never_starts_a_leg_that_still_runs(tmp_path, leg_process):
     expdir.write_state(d, st)
     with pytest.raises(expdir.RunError, match="leg a may still run .*process identity not proven"):
         supervisor.Supervisor(d, echo=False).run()
+
+
+def test_repeats_are_planned_one_run_each_and_a_leg_is_done_when_all_its_repeats_are(tmp_path):
+    path = write_registry(tmp_path, {"a": 'model-tag = "a", seed = 7', "b": 'model-tag = "b"'})
+    path.write_text(path.read_text().replace('name = "a"\n', 'name = "a"\nrepeats = 2\n'))
+    registry = reg.load(path)
+    plan = launch.plan_launch(registry, "fake")
+    exp_dir = tmp_path / "exp" / "20261130_101010_fake"
+    (exp_dir / "state").mkdir(parents=True)
+    data = launch.plan_data(registry, plan, exp_dir, origin={"git": {}})
+    assert [(x["name"], x.get("leg"), x.get("repeat")) for x in data["legs"]] == [
+        ("a.r0", "a", 0), ("a.r1", "a", 1), ("b", None, None)]
+    seeds = [x["argv"][x["argv"].index("--seed") + 1] for x in data["legs"][:2]]
+    assert seeds == ["7", "8"] and data["legs"][1]["log"] == str(exp_dir / "a.r1.log")
+    assert "--seed" not in data["legs"][2]["argv"]  # a leg without repeats keeps the trainer's default
+    (exp_dir / "plan.json").write_text(json.dumps(data))
+
+    def ended(run: str, status: str) -> None:
+        (exp_dir / f"{run}.log").write_text(FINAL if status == "done" else CRASH)
+        expdir.write_state(exp_dir, expdir.LegState(run, status, exit_code=0 if status == "done" else 1,
+                                                    log=str(exp_dir / f"{run}.log")))
+
+    ended("a.r0", "done")
+    ended("a.r1", "failed")
+    ended("b", "done")
+    d = expdir.open_dir(exp_dir)
+    assert d.runs("a") == ["a.r0", "a.r1"] and not d.leg_done("a") and d.leg_done("b")
+    again = launch.plan_launch(registry, "fake")
+    assert [leg.name for leg in again.legs] == ["a"] and [name for name, _ in again.skipped] == ["b"]
+    ended("a.r1", "done")
+    assert launch.plan_launch(registry, "fake").legs == []  # every repeat done: the leg is

@@ -20,6 +20,7 @@ from conftest import (
     cockpit,
     fixed_clock,
     log_lines,
+    place_corpus,
     ready,
     resume_node,
     select,
@@ -383,11 +384,16 @@ def status_lines(reg_path: Path) -> dict[str, str]:
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("slurm_cluster")
-def test_two_node_leg_of_the_real_trainer_through_the_cli(tmp_path):
-    """`cockpit launch` of a leg on 2 nodes x 1 process: one training run of world size 2 (a
-    micro-batch spans both ranks), done, its log and report in the dir, its job in its state."""
+def test_two_node_leg_of_the_real_trainer_through_the_cli(tmp_path, smoke_corpus):
+    """`cockpit launch` of a cpu-smoke-like leg on 2 nodes x 1 process: one training run of world
+    size 2 (a micro-batch spans both ranks) on the smoke corpus (parquet shards, its BPE tokenizer,
+    a validation eval), done, its log and report in the dir, its job in its state."""
     t0 = time.monotonic()
-    common = "\n".join(f'{k[2:]} = "{v}"' for k, v in zip(TRAINER_SMOKE[::2], TRAINER_SMOKE[1::2], strict=True))
+    corpus = place_corpus(tmp_path / "exp", smoke_corpus)
+    smoke = [a for a in TRAINER_SMOKE if a not in ("--vocab-size", "512")] + [
+        "--data", "parquet", "--data-dir", f"{corpus}/base_data", "--tokenizer-dir", f"{corpus}/tokenizer",
+        "--eval-every", "2", "--eval-tokens", "2048"]
+    common = "\n".join(f'{k[2:]} = "{v}"' for k, v in zip(smoke[::2], smoke[1::2], strict=True))
     common += '\nnum-iterations = 3\ncheckpoint-root = "{exp_dir}/ckpt_root"'
     reg_path = slurm_registry(tmp_path, {"smoke": 'model-tag = "smoke"'}, nodes=2, module="nanochat.base_train",
                               common=common)
@@ -400,6 +406,7 @@ def test_two_node_leg_of_the_real_trainer_through_the_cli(tmp_path):
     assert "Tokens / micro-batch / rank: 4 x 128 = 512" in log and "Tokens / micro-batch: 1,024" in log
     assert "gradient accumulation steps: 1" in log
     assert re.search(r"^step 00002/00003 ", log, re.M) and "Total training time:" in log
+    assert re.search(r"^Step 00002 \| Validation bpb: \d+\.\d{6}$", log, re.M) and "Minimum validation bpb:" in log
     assert re.match(rf"smoke\s+done\s+job {ids['smoke']} on n\[1-2\]  \S+ tok/s", status_lines(reg_path)["smoke"])
     assert "| smoke | completed |" in (exp_dir / "report.md").read_text()  # written by the status that saw it end
 

@@ -7,6 +7,7 @@ import random
 import pytest
 
 from cockpit import stats
+from cockpit.vocab import Verdict
 
 
 def ar1(rng: random.Random, n: int, phi: float, mean: float = 0.0, sd: float = 1.0) -> list[float]:
@@ -41,7 +42,7 @@ def test_same_config_is_within_noise_about_95_percent():
     trials = 1000
     noise = sum(
         stats.compare(stats.estimate(ar1(rng, 50, 0.3, 800.0, 40.0)),
-                      stats.estimate(ar1(rng, 50, 0.3, 800.0, 40.0))).verdict == stats.WITHIN_NOISE
+                      stats.estimate(ar1(rng, 50, 0.3, 800.0, 40.0))).verdict == Verdict.WITHIN_NOISE
         for _ in range(trials)
     )
     assert 0.92 <= noise / trials <= 0.985
@@ -52,7 +53,7 @@ def test_a_real_difference_is_significant_and_its_interval_covers_it():
     base = stats.estimate(ar1(rng, 50, 0.2, 800.0, 8.0))
     run = stats.estimate(ar1(rng, 50, 0.2, 824.0, 8.0))  # +3%, spread 1%
     d = stats.compare(base, run)
-    assert d.verdict == stats.SIGNIFICANT
+    assert d.verdict == Verdict.SIGNIFICANT
     assert abs(d.pct - 3.0) <= d.ci_pct
     assert 0 < d.ci_pct < 1.5
 
@@ -73,13 +74,13 @@ def test_degenerate_inputs_give_no_verdict_never_nan():
     assert stats.estimate([1.0, math.nan, math.inf]) is None  # one finite value left
     const = stats.estimate([5.0] * 10)
     assert const.half_width == 0 and const.std == 0
-    assert stats.compare(const, const).verdict == stats.WITHIN_NOISE
-    assert stats.compare(const, stats.estimate([6.0] * 10)).verdict == stats.SIGNIFICANT
+    assert stats.compare(const, const).verdict == Verdict.WITHIN_NOISE
+    assert stats.compare(const, stats.estimate([6.0] * 10)).verdict == Verdict.SIGNIFICANT
     zero = stats.estimate([0.0, 0.0, 0.0])
     d = stats.compare(zero, const)
-    assert (d.pct, d.verdict, d.why) == (None, stats.NO_VERDICT, "the baseline's figure is 0")
+    assert (d.pct, d.verdict, d.why) == (None, Verdict.NONE, "the baseline's figure is 0")
     d = stats.compare(None, const)
-    assert d.pct is None and d.verdict == stats.NO_VERDICT and d.why
+    assert d.pct is None and d.verdict == Verdict.NONE and d.why
     assert stats.pct_change(math.inf, 1.0) == (None, "the baseline's figure is inf")
     assert stats.fmt_pct(None) == "-" and stats.fmt_ci(None) == "-"
     assert stats.fmt_pct(2.7) == "+2.70%" and stats.fmt_pct(-2.934) == "-2.93%"

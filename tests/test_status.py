@@ -23,8 +23,9 @@ def test_status_of_the_bundled_registry(tmp_path, capsys):
     assert lines[0] == f"nanochat moe-fp8  ({tmp_path}/experiments.toml)"
     assert lines[2].startswith("GPUs: ")  # idle/busy from NVML, or unknown (NVML unavailable: ...) here
     assert "moe-fp8-capacity-ablation-v1  [8 GPUs]  5 recorded" in lines
-    # a recorded leg says so once (its mark), not again after its figures
-    assert "  static_cap1p0           recorded  785203.42 tok/s, mfu 9.5014" in lines
+    # a recorded leg says so once (its mark), not again after its figures; recorded: no samples, no verdict
+    assert ("  static_cap1p0           recorded  785203.42 tok/s, mfu 9.5014  "
+            "Δ +67.50% vs static_cap0p0_baseline (recorded)") in lines
     assert "cpu-smoke  [cpu]  3 pending" in lines
     count, reason = gpus.visible_gpus()
     v3 = "moe-fp8-capacity-opt-v3/moe_fp8_experts_static_cap1p0_v3"

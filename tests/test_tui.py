@@ -42,6 +42,7 @@ from cockpit.tui.collector import Collector, Request
 from cockpit.tui.commands import BindingCommands
 from cockpit.tui.confirm import ConfirmScreen
 from cockpit.tui.experiments import ExperimentTree, Selection
+from cockpit.tui.live_table import COLUMNS
 from cockpit.tui.log_panes import LogPanes
 from cockpit.tui.log_text import LogText
 from cockpit.tui.log_view import LogView
@@ -684,7 +685,7 @@ async def test_deltas_that_are_no_number_show_a_dash(tmp_path):
         await until(pilot, lambda: main.view.live, what="the live row")
         assert main.view.live[0].delta_tok_pct is None
         live = app.query_one("#live")
-        assert live.get_row_at(0)[9].plain == "-"  # Δ base
+        assert live.get_row_at(0)[COLUMNS.index("Δ base")].plain == "-"
         await select(pilot, app, Selection("dir", "fake", exp_dir=str(tmp_path / "exp" / "20260224_175412_fake")))
         await until(pilot, lambda: main.report is not None and main.report.rows, what="the final table")
         row = next(r for r in main.report.rows if r.run == "a")
@@ -738,3 +739,46 @@ def test_collector_posts_at_most_twice_a_second_and_loses_no_line(tmp_path):
     got = [line for _, m in batches for line in m.lines[key]]
     assert got == log_lines(150, 400, finished=False)  # the whole file, in order: nothing lost or doubled
     assert views[-1][1].view.live[0].step == 149  # the live row follows the log to its last step
+
+
+def test_live_row_routing_and_a_verdict_once_the_tail_window_is_full(tmp_path):
+    """A running MoE leg beside its dir's finished baseline: the live row shows the last step's drop %
+    and bal; `Δ base` has no verdict while the tail window fills (`12/50 steps`), then an interval and
+    a verdict from the same tail statistics the final table uses."""
+    from cockpit import registry as reg
+    from cockpit import resume
+    from cockpit.tui import build
+    from cockpit.tui.live_table import LiveTable
+    from cockpit.vocab import Verdict
+
+    reg_path = fake_registry(tmp_path, legs={"base": 'model-tag = "base"', "moe": 'model-tag = "moe"'})
+    reg_path.write_text(reg_path.read_text().replace('id = "fake"', 'id = "fake"\nbaseline = "base"'))
+    registry = reg.load(reg_path)
+
+    def moe_lines(steps: int, tok: float) -> list[str]:  # the trainer's MoE fields: bal after loss, drop last
+        out = [ln for ln in log_lines(steps, 80, tok=tok, finished=False) if not ln.startswith("step ")]
+        for i, ln in enumerate(ln for ln in log_lines(steps, 80, tok=tok, finished=False) if ln.startswith("step ")):
+            head, _, rest = ln.partition(" | lrm:")
+            out.append(f"{head} | bal: {1 + i / 1000:.4f} | lrm:{rest} | drop: {1 + i / 100:.2f}%")
+        return out
+
+    def row_of(steps: int, tok: float, name: str):
+        write_dir(tmp_path / "exp", name, "fake",
+                  {"base": ("done", log_lines(80, 80)), "moe": ("running", moe_lines(steps, tok))},
+                  supervisor_alive=True)
+        state = resume.build_state(registry, FakeSampler(nvml=False))
+        m = next(m for m in state.running if m.dir and Path(m.dir).name == name)
+        return build.live_view(state, m, None)
+
+    filling = row_of(12, 1300.0, "20260224_175412_fake")
+    assert filling.verdict == "12/50 steps" and filling.delta_ci_pct is None
+    assert filling.delta_tok_pct is not None and filling.delta_tok_pct > 25
+    assert (filling.drop_pct, filling.bal) == (1.11, 1.011)  # the last step's
+    assert filling.baseline_label == "base"  # the dir's own baseline: no source named
+    full = row_of(60, 1300.0, "20260224_175413_fake")
+    assert full.verdict == Verdict.SIGNIFICANT and full.delta_ci_pct is not None and 0 < full.delta_ci_pct < 5
+    cells = [c.plain if hasattr(c, "plain") else c for c in LiveTable.row(full)]
+    assert cells[COLUMNS.index("drop %")] == "1.59" and cells[COLUMNS.index("bal")] == "1.0590" and cells[COLUMNS.index("verdict")] == "significant"
+    assert cells[COLUMNS.index("Δ base")] == f"{fmt_pct(full.delta_tok_pct)} ±{full.delta_ci_pct:.2f}%"
+    same = row_of(60, 1000.0, "20260224_175414_fake")  # the baseline's own config: inside the noise
+    assert same.verdict == Verdict.WITHIN_NOISE

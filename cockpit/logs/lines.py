@@ -5,8 +5,10 @@ The lines that matter, as nanochat prints them (and upstream nanochat, and the u
     step 00042/00280 (15.00%) | loss: 6.123456 | bal: 1.0123 | lrm: 1.00 | dt: 650.67ms | ...
     moe step 00042 | drop: 1.20% | load: 0.131,0.122,... | bal: 1.0023
     Step 00250 | Validation bpb: 0.8123
+    Total batch size 524,288 => gradient accumulation steps: 4
     Peak memory usage: 18987.83MiB
     Total training time: 2.97m
+    Minimum validation bpb: 0.801234
 
 Fields are ` | `-separated `name: value` pairs, read by name in any order: a field the parser does
 not know, or a value it cannot read, is kept aside in `extra`, never fatal. The same code reads
@@ -67,10 +69,20 @@ class ValLine:
 
 @dataclass(slots=True)
 class FinalLine:
-    """`Peak memory usage: ...MiB` (kind "peak_mem_mib") or `Total training time: ...m`."""
+    """A line after training: `Peak memory usage: ...MiB` (kind "peak_mem_mib"), `Total training
+    time: ...m` ("total_time_min") or `Minimum validation bpb: ...` ("min_val_bpb")."""
 
     kind: str
     value: float
+
+
+@dataclass(slots=True)
+class SetupLine:
+    """A fact of the run's setup: `Total batch size 524,288 => ...` (name "batch_tokens", the
+    tokens of one optimizer step: what turns a step into tokens seen)."""
+
+    name: str
+    value: int
 
 
 # ----------------------------------------------------------------------------------------------
@@ -258,10 +270,21 @@ def parse_final(line: str) -> FinalLine | None:
     if line.startswith("Total training time:"):
         v = to_minutes(line[20:].strip())
         return None if v is None else FinalLine("total_time_min", v)
+    if line.startswith("Minimum validation bpb:"):
+        v = to_float(line[23:].strip())
+        return None if v is None else FinalLine("min_val_bpb", v)
     return None
 
 
-def parse_line(line: str) -> StepLine | MoeLine | ValLine | FinalLine | None:
+def parse_setup(line: str) -> SetupLine | None:
+    """`Total batch size 524,288 => gradient accumulation steps: 4`, or None."""
+    if not line.startswith("Total batch size "):
+        return None
+    v = to_int(line[17:].partition(" ")[0])
+    return None if v is None or v <= 0 else SetupLine("batch_tokens", v)
+
+
+def parse_line(line: str) -> StepLine | MoeLine | ValLine | FinalLine | SetupLine | None:
     """Any line the cockpit knows, typed; None for everything else (never raises)."""
     c = line[:1]
     if c == "s":
@@ -273,6 +296,6 @@ def parse_line(line: str) -> StepLine | MoeLine | ValLine | FinalLine | None:
         return parse_moe(line)
     if c in "SVC":
         return parse_val(line)
-    if c in "PT":
-        return parse_final(line)
+    if c in "PTM":
+        return parse_final(line) or (parse_setup(line) if c == "T" else None)
     return None

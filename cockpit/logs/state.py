@@ -1,8 +1,9 @@
 """Everything the cockpit reads from one log, fed line by line: `LogState`, and `StepTable`.
 
 A LogState is an accumulator: any source feeds it lines (a follower's new lines, a file's, the
-end of a big log) and it knows the tail window of step lines (for tail means), the last step,
-the moe, validation and final lines, and the failure evidence. A full parse keeps every step
+end of a big log) and it knows the tail window of step lines (for tail means and their spread),
+the last step, the moe line, every validation line, the final lines, the batch size, and the
+failure evidence. A full parse keeps every step
 line too, as the columns of a StepTable (for the per-step CSV and the plots).
 
 Layer 0: imports only safetext, lazy (numpy, for a table), the line parsers and the failure tracker.
@@ -16,7 +17,7 @@ from typing import Any, NamedTuple
 
 from cockpit import lazy, safetext
 from cockpit.logs.failure import FailureTracker
-from cockpit.logs.lines import FinalLine, MoeLine, StepLine, ValLine, parse_line, parse_step
+from cockpit.logs.lines import FinalLine, MoeLine, SetupLine, StepLine, ValLine, parse_line, parse_step
 
 STEP_FIELDS = (
     "step", "total", "pct", "loss", "bal", "lrm", "dt_ms", "tok_per_sec", "mfu", "epoch",
@@ -148,7 +149,10 @@ class LogState:
         self.first_step: int | None = None
         self.last: StepLine | None = None
         self.moe: MoeLine | None = None
-        self.val: dict[str, ValLine] = {}
+        self.val: dict[str, ValLine] = {}  # the last line of each kind
+        self.val_bpb: list[ValLine] = []  # every `Validation bpb` line, in order (one per eval: few)
+        self.min_val_bpb: float | None = None  # the trainer's own `Minimum validation bpb` line
+        self.batch_tokens: int | None = None  # tokens per optimizer step, from the setup lines
         self.peak_mem_mib: float | None = None
         self.total_time_min: float | None = None
         self.finished = False
@@ -165,7 +169,7 @@ class LogState:
             if rec is not None:
                 self._step(rec)
                 return
-        rec2 = parse_line(line) if c in "smSVCPT[" else None
+        rec2 = parse_line(line) if c in "smSVCPTM[" else None
         if rec2 is None:
             self.failure.feed(line)
         elif type(rec2) is StepLine:
@@ -174,9 +178,15 @@ class LogState:
             self.moe = rec2
         elif type(rec2) is ValLine:
             self.val[rec2.name] = rec2
+            if rec2.name == "Validation bpb":
+                self.val_bpb.append(rec2)
+        elif type(rec2) is SetupLine:
+            self.batch_tokens = rec2.value
         elif type(rec2) is FinalLine:
             if rec2.kind == "peak_mem_mib":
                 self.peak_mem_mib = rec2.value
+            elif rec2.kind == "min_val_bpb":
+                self.min_val_bpb = rec2.value
             else:
                 self.total_time_min = rec2.value
                 self.finished = True
@@ -208,6 +218,10 @@ class LogState:
     @property
     def failed(self) -> bool:
         return self.failure.seen
+
+    def tail_values(self, attr: str) -> tuple[float, ...]:
+        """The tail window's values of one field, oldest first (lines without it left out)."""
+        return tuple(v for r in self.window if (v := getattr(r, attr)) is not None)
 
     def tail_mean(self, attr: str) -> float | None:
         vals = [v for r in self.window if (v := getattr(r, attr)) is not None]

@@ -1,8 +1,9 @@
 """A leg's summary from its log: read whole when small, from its end when big.
 
 `summarize(path)` answers what the cockpit shows of a leg without reading all of a big log: the
-tail means over the last `tail` step lines, the last step, the final lines, the failure evidence,
-and a status from the log alone. It reads a big log backwards in chunks and keeps at most the tail
+tail means over the last `tail` step lines (and the window's values, for their spread), the last
+step, quality and routing (validation bpb, loss, drop %, balance), the final lines, the failure
+evidence, and a status from the log alone. It reads a big log backwards in chunks and keeps at most the tail
 window's step lines and TAIL_TEXT_BYTES of text, whatever the file holds.
 
 Layer 0: imports nothing from the cockpit but fsutil, safetext, vocab and the log modules.
@@ -10,6 +11,7 @@ Layer 0: imports nothing from the cockpit but fsutil, safetext, vocab and the lo
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -19,7 +21,7 @@ from cockpit import fsutil, safetext
 from cockpit.logs.follow import MAX_LINE_BYTES, READ_CHUNK, LineSplitter
 from cockpit.logs.lines import parse_step
 from cockpit.logs.state import LogState
-from cockpit.vocab import RunStatus
+from cockpit.vocab import STEP_METRICS, RunStatus
 
 SMALL_LOG_BYTES = 256 << 10  # a log up to this size is parsed whole (exact step count; 280 steps are ~60 KB)
 HEAD_SCAN_BYTES = 4 << 20  # how far into a big log its first step line is looked for
@@ -48,10 +50,17 @@ class LegSummary:
     failure: list[str] = field(default_factory=list)
     error_line: str | None = None
     status: RunStatus = RunStatus.UNKNOWN  # completed, running, failed or unknown: from the log alone
-    bal: float | None = None
+    bal: float | None = None  # the last step's (or moe line's)
     drop_pct: float | None = None
     moe_load: tuple[float, ...] = ()
-    val: dict[str, float] = field(default_factory=dict)
+    val: dict[str, float] = field(default_factory=dict)  # the last validation line of each kind
+    # the tail window's values of the per-step metrics (STEP_METRICS), oldest first: their spread
+    tail_values: dict[str, tuple[float, ...]] = field(default_factory=dict)
+    tail_drop_pct: float | None = None  # tail means over the step lines that carry the field
+    tail_bal: float | None = None
+    min_val_bpb: float | None = None  # the trainer's minimum, else the least line seen in a log read whole
+    last_val_bpb: float | None = None
+    batch_tokens: int | None = None  # tokens per optimizer step (the setup line)
     size: int = 0
     mtime: float | None = None
     exact_count: bool = True  # steps_observed counted line by line (else first..last step)
@@ -90,12 +99,13 @@ def summarize(path: str | os.PathLike[str], tail: int = 50, now: float | None = 
     except ValueError as e:  # a path the OS cannot take (a NUL byte)
         summary.error = f"{p}: {e}"
         return summary
-    _fill(summary, state, now)
+    _fill(summary, state, now, whole=summary.exact_count)
     return summary
 
 
 def summary_of(state: LogState, path: str | os.PathLike[str], now: float | None = None) -> LegSummary:
-    """A summary of lines already fed to a LogState (the TUI's followers use this)."""
+    """A summary of lines already fed to a LogState (the TUI's followers use this: fed from the
+    log's start, so every validation line is in it)."""
     p = Path(path)
     summary = LegSummary(path=str(p), run=p.stem)
     try:
@@ -264,12 +274,22 @@ def _first_step(f) -> int | None:
     return None
 
 
-def _fill(s: LegSummary, state: LogState, now: float | None) -> None:
+def _fill(s: LegSummary, state: LogState, now: float | None, whole: bool = True) -> None:
+    """`whole`: the state saw every line of the log (not only its end)."""
     s.tail_n = len(state.window)
     s.steps_observed = state.steps_observed
     s.tok_per_sec = state.tail_mean("tok_per_sec")
     s.dt_ms = state.tail_mean("dt_ms")
     s.mfu = state.tail_mean("mfu")
+    s.tail_values = {m: state.tail_values(m) for m in STEP_METRICS}
+    s.tail_drop_pct = state.tail_mean("drop_pct")
+    s.tail_bal = state.tail_mean("bal")
+    s.batch_tokens = state.batch_tokens
+    if state.val_bpb:
+        s.last_val_bpb = state.val_bpb[-1].value
+    s.min_val_bpb = state.min_val_bpb
+    if s.min_val_bpb is None and whole:  # no minimum line (yet): the least one seen
+        s.min_val_bpb = min((v.value for v in state.val_bpb if math.isfinite(v.value)), default=None)
     s.peak_mem_mib = state.peak_mem_mib
     s.total_time_min = state.total_time_min
     s.finished = state.finished

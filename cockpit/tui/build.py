@@ -3,8 +3,9 @@
 `build_view` asks the core once a pass: `expdir.discover` for the experiment dirs, then
 `resume.build_state` for the marks, the next leg, the safety rules and the GPU status. It adds the
 live figures of the logs the collector follows and the GPU rows of the latest sample. Nothing here
-decides what a leg's state is: that is the resume state's job. `build_report` gives the final
-table of one dir from `report.rows`, with deltas against the experiment's baseline.
+decides what a leg's state is: that is the resume state's job, and which baseline a run is
+compared with is `baseline.choose`'s. `build_report` gives the final table of one dir from
+`report.rows`, with deltas (and their intervals and verdicts) against that dir's baseline.
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Protocol
 
-from cockpit import expdir, gpus, logs, report, resume, safetext, stats
+from cockpit import baseline, expdir, gpus, logs, report, resume, safetext, stats
 from cockpit import registry as reg
 from cockpit.tui import state as vm
-from cockpit.vocab import METRICS, NOTED_MARKS, Mark, Source
+from cockpit.vocab import METRICS, NOTED_MARKS, Mark, Verdict
 
 # (label, torchrun pid, its create time) of a running leg: what `gpus.leg_for_pids` matches
 RunningLeg = tuple[str, int | None, float | None]
@@ -55,18 +56,16 @@ def build_view(registry: reg.Registry, snapshot: gpus.Snapshot | None, sampler: 
     executors = {x.id: x.executor for x in registry.experiments}
     experiments = []
     for e in state.experiments:
-        base = e.baseline_row
         experiments.append(vm.ExperimentView(
             id=e.id, title=e.title, device=e.device, gpus_needed=0 if e.device == "cpu" else e.nproc_per_node,
             baseline=e.baseline, hypothesis=e.hypothesis, decision=e.decision,
             legs=tuple(_leg_view(e, m) for m in e.legs),
             dirs=tuple(_dir_view(dirs[p]) for p in e.dirs if p in dirs),
-            baseline_figures={k: base.value(k) for k in METRICS} if base is not None else {},
             executor=executors.get(e.id, "local"),
         ))
-    live = tuple(live_view(state, m, followed.get(f"{m.dir}/{m.leg}")) for m in state.running if m.dir)
-    running = [(m.leg, st.pid, st.create_time) for m in state.running if m.dir and str(m.dir) in dirs
-               for st in [dirs[str(m.dir)].states.get(m.leg)] if st is not None]
+    live = tuple(live_view(state, m, followed.get(f"{m.dir}/{m.log_name}")) for m in state.running if m.dir)
+    running = [(m.log_name, st.pid, st.create_time) for m in state.running if m.dir and str(m.dir) in dirs
+               for st in [dirs[str(m.dir)].states.get(m.log_name)] if st is not None]
     n = len(state.running)
     queued = len(state.active) - n
     training = f"{n} leg{'s' if n != 1 else ''} running" if n else "paused"
@@ -103,7 +102,7 @@ def owners(snapshot: gpus.Snapshot, running: list[RunningLeg]) -> dict[int, str]
 
 def _leg_view(e: resume.ExperimentState, m: resume.LegMark) -> vm.LegView:
     figures = {k: m.row.value(k) for k in METRICS} if m.row is not None else {}
-    log = str(Path(m.dir) / f"{m.leg}.log") if m.dir and m.mark != Mark.RECORDED else None
+    log = str(Path(m.dir) / f"{m.log_name}.log") if m.dir and m.mark != Mark.RECORDED else None
     return vm.LegView(
         exp_id=e.id, name=m.leg, mark=m.mark, description=m.description, baseline=m.is_baseline,
         exp_dir=m.dir if log else None, log=log, figures=figures,
@@ -156,8 +155,10 @@ def gpu_view(snapshot: gpus.Snapshot, status: resume.GpuStatus, owners: dict[int
 
 
 def live_view(state: resume.ResumeState, m: resume.LegMark, followed: logs.LogState | None) -> vm.LiveView:
-    """A running leg's live row: from its followed log, else (not followed yet) the core's summary."""
-    log = str(Path(m.dir) / f"{m.leg}.log")
+    """A running leg's live row: from its followed log, else (not followed yet) the core's summary.
+    Its `Δ base` is its tail tok/sec against the baseline of its own dir (`baseline.choose`, in the
+    resume state), with the interval and the verdict once the tail window is full."""
+    log = str(Path(m.dir) / f"{m.log_name}.log")
     if followed is not None:
         summary, last = logs.summary_of(followed, log), followed.last
         tok_hist = tuple(r.tok_per_sec for r in followed.steps if r.tok_per_sec is not None)
@@ -165,16 +166,25 @@ def live_view(state: resume.ResumeState, m: resume.LegMark, followed: logs.LogSt
     else:
         summary, last, tok_hist, loss_hist = m.summary or logs.summarize(log, tail=state.tail), None, (), ()
     exp = next(e for e in state.experiments if e.id == m.experiment)
-    base = exp.baseline_row
-    is_base = exp.baseline_mark is not None and exp.baseline_mark.ref == m.ref  # no delta against itself
-    base_tok = base.tok_per_sec if base is not None and not is_base else None
+    pct = ci = None
+    verdict, label = "", None
+    if m.compared and m.baseline is not None and m.baseline_row is not None:
+        label = m.baseline.leg + (f" ({m.baseline.source})" if m.baseline.source else "")
+        pct = stats.pct_change(m.baseline_row.tok_per_sec, summary.tok_per_sec)[0]
+        if summary.tail_n >= state.tail:  # the window is full: a verdict on as many steps as the final one
+            d = stats.compare(m.baseline_row.estimate("tok_per_sec"), stats.estimate(summary.tail_values["tok_per_sec"]))
+            ci, verdict = d.ci_pct, d.verdict
+        elif pct is not None:
+            verdict = f"{summary.tail_n}/{state.tail} steps"
     return vm.LiveView(
-        key=f"{m.dir}/{m.leg}", exp_id=m.experiment, leg=m.leg, exp_dir=str(m.dir), log=log,
+        key=f"{m.dir}/{m.log_name}", exp_id=m.experiment, leg=m.log_name, exp_dir=str(m.dir), log=log,
         step=summary.last_step, total=summary.total_steps, pct=summary.pct, loss=summary.last_loss,
         dt_ms=last.dt_ms if last else summary.dt_ms, tok_per_sec=last.tok_per_sec if last else summary.tok_per_sec,
         mfu=last.mfu if last else summary.mfu, tail_tok_per_sec=summary.tok_per_sec, tail_n=summary.tail_n,
-        eta_min=summary.eta_min, delta_tok_pct=stats.pct_change(base_tok, summary.tok_per_sec)[0],
-        baseline=exp.baseline, tok_hist=tok_hist, loss_hist=loss_hist,
+        eta_min=summary.eta_min, delta_tok_pct=pct, delta_ci_pct=ci, verdict=verdict,
+        baseline=exp.baseline, baseline_label=label,
+        drop_pct=last.drop_pct if last else summary.drop_pct, bal=last.bal if last else summary.bal,
+        tok_hist=tok_hist, loss_hist=loss_hist,
     )
 
 
@@ -202,35 +212,54 @@ def _resume_view(state: resume.ResumeState) -> vm.ResumeView:
 
 
 def build_report(registry: reg.Registry, view: vm.CockpitView, exp_id: str | None,
-                 exp_dir: str | None) -> vm.ReportView | None:
-    """The final table of a dir (or of the experiment's newest dir): `report.rows`, with each
-    run's delta against the experiment's baseline (a run of the dir, else its figures elsewhere)."""
+                 exp_dir: str | None, dirs: list[expdir.ExpDir] | None = None) -> vm.ReportView | None:
+    """The final table of a dir (or of the experiment's newest dir; of its recorded figures when
+    it has no dir): `report.rows`, each run with its delta, interval and verdict against the
+    baseline `baseline.choose` gives that dir, which is named when it is not the dir's own.
+    `dirs`: expdir.discover(exp_root), when the caller has it."""
     if exp_id is None:
         return None
     exp = view.experiment(exp_id)
     if exp is None:
         return None
     tail = registry.settings.tail
-    base_name = exp.baseline.rpartition("/")[2] if exp.baseline else None
+    reg_exp = registry.experiment(exp_id)
     if exp_dir is None and not exp.dirs:
-        rec = [vm.RowView(leg.name, leg.mark, dict(leg.figures)) for leg in exp.legs if leg.source == Source.RECORDED]
-        return vm.ReportView(
-            exp_dir=None, title=f"{exp_id}: recorded in the registry (ran elsewhere)", tail=tail,
-            rows=tuple(_with_deltas(r, exp.baseline_figures) for r in rec), baseline=exp.baseline,
-            baseline_figures=exp.baseline_figures if base_name not in {r.run for r in rec} else {},
-            note=None if rec else "not run yet: no dir, no recorded figures",
-        )
-    exp_dir = exp_dir or exp.dirs[-1].path
-    rows = [vm.RowView(r.run, r.status, {m: r.value(m) for m in METRICS}) for r in report.rows(exp_dir, tail)]
-    here = next((r for r in rows if r.run == base_name and any(v is not None for v in r.figures.values())), None)
-    base = dict(here.figures) if here is not None else exp.baseline_figures
-    return vm.ReportView(exp_dir=exp_dir, title=Path(exp_dir).name, tail=tail,
-                         rows=tuple(_with_deltas(r, base) for r in rows), baseline=exp.baseline,
-                         baseline_figures=base if here is None else {})
+        found = baseline.choose(registry, exp_id, None, dirs)
+        rows = [report.row_from_recorded(leg.name, leg.recorded) for leg in (reg_exp.legs if reg_exp else ())
+                if leg.recorded is not None]
+        title, note = f"{exp_id}: recorded in the registry (ran elsewhere)", None if rows else "not run yet: no dir, no recorded figures"
+    else:
+        exp_dir = exp_dir or exp.dirs[-1].path
+        found = baseline.choose(registry, exp_id, exp_dir, dirs)
+        rows, title, note = report.rows(exp_dir, tail), Path(exp_dir).name, None
+    base_row = report.baseline_row(found, tail) if found is not None else None
+    if base_row is not None and not base_row.has_figures:
+        base_row = None
+    shown = []
+    for r in rows:
+        itself = found is not None and (found.is_it(exp_dir or "", r.run) or (found.dir is None and r.run == found.leg)
+                                        or (found.own and r.run == found.leg))
+        shown.append(_row_view(r, None if itself or base_row is None else base_row, tail, itself))
+    in_table = found is not None and (found.own or (found.dir is None and any(r.run == found.leg for r in rows)))
+    warnings = ()
+    if found is not None and base_row is not None and not found.own and found.dir is not None:
+        warnings = tuple(line.replace("**", "").replace("`", "") for line in report.baseline_notes(found, Path(exp_dir) if exp_dir else None))
+    return vm.ReportView(
+        exp_dir=exp_dir, title=title, tail=tail, rows=tuple(shown), baseline=exp.baseline,
+        baseline_figures={m: base_row.value(m) for m in METRICS} if base_row is not None and not in_table else {},
+        note=note, baseline_label=found.column if found is not None and base_row is not None else None,
+        baseline_source=found.source if found is not None and base_row is not None else None, warnings=warnings,
+    )
 
 
-def _with_deltas(r: vm.RowView, base: dict[str, float | None]) -> vm.RowView:
-    if not base or r.figures == base:  # the baseline itself
-        return r
-    return vm.RowView(r.run, r.status, r.figures,
-                      {m: stats.pct_change(base.get(m), r.figures.get(m))[0] for m in METRICS})
+def _row_view(r: report.ReportRow, base: report.ReportRow | None, tail: int, itself: bool = False) -> vm.RowView:
+    """A row of the final table; with a baseline, each figure's delta, interval and verdict."""
+    figures = {m: r.value(m) for m in METRICS}
+    spread = {m: sd for m in METRICS if (sd := r.spread(m)) is not None}
+    if base is None or not r.has_figures:
+        return vm.RowView(r.run, r.status, figures, spread=spread, baseline=itself)
+    ds = [d for d in report.delta_rows(base, r, tail) if d.attr in METRICS]
+    return vm.RowView(r.run, r.status, figures, {d.attr: d.delta_pct for d in ds},
+                      {d.attr: d.ci_pct for d in ds if d.ci_pct is not None},
+                      {d.attr: d.verdict for d in ds if d.verdict != Verdict.NONE}, spread)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from textual.message import Message
 
-from cockpit import expdir, gpus, launch, logs, resume
+from cockpit import checkout, expdir, gpus, logs, resume
 from cockpit import registry as reg
 from cockpit.executors import slurm
 from cockpit.tui import build
@@ -189,7 +189,8 @@ class Collector:
         view, registry, req = self.view, self.registry, self.request
         if view is None or registry is None:
             return
-        self.report = build.build_report(registry, view, req.report_exp, req.report_dir)
+        self.report = build.build_report(registry, view, req.report_exp, req.report_dir,
+                                         self._state.dirs if self._state is not None else None)
 
     def poke(self) -> None:
         """Recompute now (after a launch, a stop, a selection). Called from the UI thread."""
@@ -229,7 +230,7 @@ class Collector:
         if fn is None or callable(fn):
             if time.monotonic() - self._branch_at > 10.0:  # git is a subprocess: not every pass
                 if fn is None:
-                    self._branch = launch.git_info(self.registry_path.resolve().parent).get("branch")
+                    self._branch = checkout.git_info(self.registry_path.resolve().parent).get("branch")
                 else:
                     self._branch = fn()
                 self._branch_at = time.monotonic()
@@ -250,7 +251,7 @@ class Collector:
             slurm.refresh_report(d)
         self._slurm_active = any(m.job for m in self._state.active)
         req = self.request
-        self.view, self.report = view, build.build_report(registry, view, req.report_exp, req.report_dir)
+        self.view, self.report = view, build.build_report(registry, view, req.report_exp, req.report_dir, self._state.dirs)
 
     def refresh_live(self) -> None:
         """Between two full passes: the live rows from the followed logs, and the GPUs."""
@@ -258,7 +259,7 @@ class Collector:
         if view is None or registry is None or state is None:
             return
         followed = {k: f.state for k, f in self.followed.items()}
-        live = tuple(build.live_view(state, m, followed.get(f"{m.dir}/{m.leg}")) for m in state.running if m.dir)
+        live = tuple(build.live_view(state, m, followed.get(f"{m.dir}/{m.log_name}")) for m in state.running if m.dir)
         gpu = view.gpu
         if self._snapshot is not None:
             gpu = build.gpu_view(self._snapshot, build.gpu_status(registry, self._snapshot),

@@ -1,5 +1,7 @@
-"""Live metrics of the running legs: progress, last step's figures, tail-N means so far, ETA,
-the delta against the experiment's baseline so far, and sparklines of tok/sec and loss."""
+"""Live metrics of the running legs: progress, last step's figures (routing too: drop % and the
+balance loss), tail-N means so far, ETA, the delta against the baseline of the leg's dir so far
+(its 95% interval and verdict once the tail window is full; the baseline named), and sparklines
+of tok/sec and loss."""
 
 from __future__ import annotations
 
@@ -8,12 +10,15 @@ from textual.coordinate import Coordinate
 from textual.reactive import var
 from textual.widgets import DataTable
 
-from cockpit.stats import fmt_pct
+from cockpit.stats import fmt_ci, fmt_pct
 from cockpit.tui import fmt
 from cockpit.tui.state import LiveView
+from cockpit.vocab import Verdict
 
 SPARK_WIDTH = 16
-COLUMNS = ("leg", "step", "%", "loss", "dt (ms)", "tok/sec", "mfu", "tail tok/sec", "eta", "Δ base", "tok/sec", "loss")
+# the delta and its verdict right after the tail mean they judge; routing (MoE legs) after them
+COLUMNS = ("leg", "step", "%", "loss", "dt (ms)", "tok/sec", "mfu", "tail tok/sec", "eta", "Δ base", "verdict",
+           "drop %", "bal", "baseline", "tok/sec", "loss")
 
 
 class LiveTable(DataTable):
@@ -31,7 +36,8 @@ class LiveTable(DataTable):
             self.add_column(c, width=SPARK_WIDTH if i >= len(COLUMNS) - 2 else None)
 
     def watch_tail(self, tail: int) -> None:
-        self.border_subtitle = f"tail = last {tail} steps; Δ base = tail tok/sec vs the experiment's baseline"
+        self.border_subtitle = (f"tail = last {tail} steps; Δ base = tail tok/sec vs the baseline of the leg's dir, "
+                                f"±95% interval and verdict once {tail} steps are in")
 
     def watch_live(self, old: tuple[LiveView, ...], live: tuple[LiveView, ...]) -> None:
         self.border_title = "Live metrics" if live else "Live metrics: no leg running"
@@ -52,6 +58,9 @@ class LiveTable(DataTable):
         step = "-" if v.step is None else f"{v.step}/{v.total if v.total is not None else '?'}"
         d = v.delta_tok_pct
         dstyle = "" if d is None else ("green" if d >= 0 else "red")
+        if v.verdict == Verdict.WITHIN_NOISE:
+            dstyle = "dim"
+        delta = fmt_pct(d) + (f" {fmt_ci(v.delta_ci_pct)}" if v.delta_ci_pct is not None else "")
         return (
             Text(v.leg, style="bold cyan"),
             step,
@@ -62,7 +71,11 @@ class LiveTable(DataTable):
             fmt.num(v.mfu, 2),
             fmt.num(v.tail_tok_per_sec, 0, comma=True) + (f" (n={v.tail_n})" if v.tail_n else ""),
             fmt.minutes(v.eta_min),
-            Text(fmt_pct(d), style=dstyle),
+            Text(delta, style=dstyle),
+            Text(v.verdict or "-", style="bold" if v.verdict == Verdict.SIGNIFICANT else "dim"),
+            fmt.num(v.drop_pct, 2),
+            fmt.num(v.bal, 4),
+            Text(v.baseline_label or "-", style="italic"),
             Text(fmt.spark(v.tok_hist, SPARK_WIDTH), style="green"),
             Text(fmt.spark(v.loss_hist, SPARK_WIDTH), style="yellow"),
         )

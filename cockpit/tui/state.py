@@ -72,7 +72,6 @@ class ExperimentView:
     decision: str | None
     legs: tuple[LegView, ...]
     dirs: tuple[DirView, ...] = ()
-    baseline_figures: dict[str, float | None] = field(default_factory=dict)  # wherever the baseline ran
     executor: str = "local"  # who runs its legs: a supervisor here, or Slurm batch jobs
 
     def leg(self, name: str) -> LegView | None:
@@ -107,8 +106,13 @@ class LiveView:
     tail_tok_per_sec: float | None = None
     tail_n: int = 0
     eta_min: float | None = None
-    delta_tok_pct: float | None = None  # tail tok/sec vs the experiment's baseline
+    delta_tok_pct: float | None = None  # tail tok/sec vs the baseline of its dir (baseline.choose)
+    delta_ci_pct: float | None = None  # the delta's 95% interval, once the tail window is full
+    verdict: str = ""  # a vocab.Verdict once the window is full, "12/50 steps" while it fills
     baseline: str | None = None
+    baseline_label: str | None = None  # `dense`, or `dense (baseline from <dir>)`
+    drop_pct: float | None = None  # the last step's routing figures (MoE legs)
+    bal: float | None = None
     tok_hist: tuple[float, ...] = ()
     loss_hist: tuple[float, ...] = ()
 
@@ -119,6 +123,10 @@ class RowView:
     status: str
     figures: dict[str, float | None]
     deltas: dict[str, float | None] = field(default_factory=dict)
+    cis: dict[str, float] = field(default_factory=dict)  # each delta's 95% interval, where there is one
+    verdicts: dict[str, str] = field(default_factory=dict)  # each delta's vocab.Verdict, where there is one
+    spread: dict[str, float] = field(default_factory=dict)  # an aggregate row's std across its repeats
+    baseline: bool = False  # this run is the baseline the others are compared with
 
 
 @dataclass(frozen=True)
@@ -128,8 +136,11 @@ class ReportView:
     tail: int
     rows: tuple[RowView, ...] = ()
     baseline: str | None = None
-    baseline_figures: dict[str, float | None] = field(default_factory=dict)
+    baseline_figures: dict[str, float | None] = field(default_factory=dict)  # a baseline not among the rows
     note: str | None = None  # why there are no rows
+    baseline_label: str | None = None  # the baseline's column heading (report's Baseline.column)
+    baseline_source: str | None = None  # `baseline from <dir>`, when not the dir's own
+    warnings: tuple[str, ...] = ()  # what differs between the baseline's launch and the dir's
 
 
 @dataclass(frozen=True)

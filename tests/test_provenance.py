@@ -1,0 +1,143 @@
+"""cockpit.provenance: what a launch records of its origin (git and its patch, the machine, the
+trainer's versions, the environment) and what differs between two launches."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import write_registry
+from fake_nvml import FakeNVML
+
+from cockpit import gpus, launch, provenance
+from cockpit import registry as reg
+
+
+def git(cwd: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout
+
+
+def repo(tmp_path: Path) -> Path:
+    d = tmp_path / "repo"
+    d.mkdir()
+    git(d, "init", "-q", "-b", "main")
+    git(d, "config", "user.email", "t@example.com")
+    git(d, "config", "user.name", "t")
+    (d / "a.py").write_text("x = 1\n")
+    git(d, "add", "a.py")
+    git(d, "commit", "-qm", "one")
+    return d
+
+
+def test_git_clean_then_dirty_with_its_patch_and_nothing_changed(tmp_path):
+    d = repo(tmp_path)
+    info, patch = provenance.git_info(d)
+    assert (info["branch"], info["commit"], info["dirty"], info["untracked"], patch) == (
+        "main", git(d, "rev-parse", "HEAD").strip(), False, 0, None)
+    (d / "a.py").write_text("x = 2\n")
+    (d / "new.txt").write_text("not in the patch\n")
+    index = (d / ".git" / "index").stat().st_mtime_ns
+    info, patch = provenance.git_info(d)
+    assert info["dirty"] is True and info["untracked"] == 1
+    assert patch.decode() == git(d, "diff", "HEAD") and "+x = 2" in patch.decode()
+    assert info["patch_bytes"] == len(patch) and len(info["patch_sha256"]) == 64
+    assert (d / ".git" / "index").stat().st_mtime_ns == index  # read only: not even the index refreshed
+    assert git(d, "status", "--porcelain").splitlines() == [" M a.py", "?? new.txt"]
+
+
+def test_trainer_versions_are_read_by_the_legs_python(tmp_path):
+    torchrun = Path(sys.executable).parent / "torchrun"
+    assert provenance.legs_python(str(torchrun)) == sys.executable or Path(
+        provenance.legs_python(str(torchrun))).resolve() == Path(sys.executable).resolve()
+    env = provenance.trainer_env(sys.executable)
+    assert env["torch"] == importlib.metadata.version("torch")  # without importing torch
+    assert env["python"] == ".".join(map(str, sys.version_info[:3])) and env["cuda"] is None  # the CPU wheel
+    broken = tmp_path / "python"
+    broken.write_text("#!/bin/sh\necho 'no python here' >&2\nexit 3\n")
+    broken.chmod(0o755)
+    assert provenance.trainer_env(str(broken)) == {
+        "executable": str(broken), "error": f"{broken} did not say its versions: no python here"}
+    slow = tmp_path / "slow"
+    slow.write_text("#!/bin/sh\nsleep 5\n")
+    slow.chmod(0o755)
+    assert "did not say its versions within 0.2s" in provenance.trainer_env(str(slow), timeout=0.2)["error"]
+    assert "cannot run" in provenance.trainer_env(str(tmp_path / "missing"))["error"]
+    script = tmp_path / "torchrun"
+    script.write_text("#!/usr/bin/python3.99 -u\n")
+    assert provenance.legs_python(str(script)) == "/usr/bin/python3.99"
+    script.write_text("#!/bin/sh\n")
+    assert provenance.legs_python(str(script)) == sys.executable
+
+
+def test_environment_and_machine():
+    environ = {"NCCL_DEBUG": "INFO", "NCCL_P2P_DISABLE": "1", "OMP_NUM_THREADS": "4", "CUDA_VISIBLE_DEVICES": "0,1",
+               "HOME": "/root", "NCCLX": "no"}
+    assert provenance.env_vars(environ) == {"CUDA_VISIBLE_DEVICES": "0,1", "NCCL_DEBUG": "INFO",
+                                            "NCCL_P2P_DISABLE": "1", "OMP_NUM_THREADS": "4"}
+    assert gpus.machine(FakeNVML(n=2)) == {"gpus": ["NVIDIA H100 80GB HBM3"] * 2, "driver": "550.54.15",
+                                           "cuda_driver": "12.4"}
+    assert gpus.machine(FakeNVML(init_error=9))["error"].startswith("NVML unavailable: ")
+
+
+def test_a_launch_records_its_origin_and_saves_the_patch(tmp_path, monkeypatch):
+    d = repo(tmp_path)
+    (d / "a.py").write_text("x = 3\n")
+    reg_path = write_registry(d, {"a": "model-tag = 'a'"})
+    reg_path.write_text(reg_path.read_text().replace("[defaults.args]", 'env = { NCCL_ALGO = "Tree" }\n[defaults.args]'))
+    registry = reg.load(reg_path)
+    monkeypatch.setenv("NCCL_DEBUG", "WARN")
+    monkeypatch.setenv("NCCL_ALGO", "Ring")
+    plan = launch.plan_launch(registry, "fake")
+    exp_dir = registry.settings.exp_root / "20260101_000000_fake"
+    exp_dir.mkdir(parents=True)
+    data = launch.write_plan(registry, plan, exp_dir)
+    on_disk = json.loads((exp_dir / "plan.json").read_text())
+    assert on_disk["git"] == data["git"] and data["git"]["dirty"] is True and data["git"]["patch"] == "git.patch"
+    assert (exp_dir / "git.patch").read_text() == git(d, "diff", "HEAD")
+    assert data["launch_env"]["NCCL_DEBUG"] == "WARN" and data["launch_env"]["NCCL_ALGO"] == "Tree"  # the legs' own
+    assert data["env"] == {"NCCL_ALGO": "Tree"} and ("error" in data["machine"] or "gpus" in data["machine"])
+    assert set(data["trainer"]) >= {"python", "torch", "executable"}
+    assert (exp_dir / "git.patch").stat().st_mode & 0o777 == 0o644 and not os.path.islink(exp_dir / "git.patch")
+
+
+BASE = {"dir": "/exp/20260101_000000_e", "host": "a", "git": {"commit": "1" * 40, "dirty": False},
+        "machine": {"gpus": ["NVIDIA H100"] * 8, "driver": "550"},
+        "trainer": {"python": "3.12.1", "torch": "2.11.0", "cuda": "12.8", "nccl": "2.27.3"},
+        "launch_env": {"OMP_NUM_THREADS": "1"},
+        "legs": [{"name": "dense", "argv": ["/x/torchrun", "--standalone", "--nproc_per_node=8", "-m", "m", "--",
+                                            "--depth", "12", "--checkpoint-root", "/exp/20260101_000000_e/ckpt"]}]}
+
+
+def test_differences_name_what_differs():
+    same = json.loads(json.dumps(BASE).replace("20260101_000000_e", "20260202_000000_e").replace("/x/", "/y/"))
+    assert provenance.differences(BASE, same, "dense") == []  # another dir, another torchrun path: the same
+    other = json.loads(json.dumps(same))
+    other["git"] = {"commit": "2" * 40, "dirty": True, "patch_sha256": "ab" * 32}
+    other["host"] = "b"
+    other["machine"] = {"gpus": ["NVIDIA A100"] * 8, "driver": "550"}
+    other["trainer"]["torch"] = "2.12.0"
+    other["launch_env"] = {"OMP_NUM_THREADS": "8", "NCCL_ALGO": "Ring"}
+    other["legs"][0]["argv"][6:8] = ["--depth", "24"]
+    assert provenance.differences(BASE, other, "dense") == [
+        "git commit 111111111111 -> 222222222222",
+        "uncommitted changes clean -> patch abababababab",
+        "host a -> b",
+        "GPUs 8 x NVIDIA H100 -> 8 x NVIDIA A100",
+        "torch 2.11.0 -> 2.12.0",
+        "NCCL_ALGO unset -> Ring",
+        "OMP_NUM_THREADS 1 -> 8",
+        "args of dense: --depth 12 -> 24",
+    ]
+    # the run's launch did not run the baseline leg: its args as the run's registry gives them
+    expected = provenance.normal_argv(BASE["legs"][0]["argv"], BASE["dir"])
+    assert provenance.differences(BASE, {**same, "legs": []}, "dense", expected) == []
+    assert provenance.differences(BASE, {**same, "legs": []}, "dense", [*expected, "--fp8"]) == [
+        "args of dense: --fp8 only in the run's"]
+    assert provenance.differences(None, BASE) == [] and provenance.unknown(BASE, BASE) is None
+    assert provenance.unknown(None, BASE) == "the baseline's dir has no plan.json: its git, host, GPUs and versions are unknown"
+    assert provenance.unknown(BASE, None).startswith("this dir has no plan.json")
+    assert provenance.unknown(None, None).startswith("neither dir has a plan.json")
