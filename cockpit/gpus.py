@@ -41,6 +41,7 @@ class GpuInfo:
     temp_c: float | None
     power_w: float | None
     pids: list[int] = field(default_factory=list)
+    pid_mem_mib: dict[int, float] = field(default_factory=dict)  # GPU memory each process holds, where NVML says
 
 
 @dataclass
@@ -140,6 +141,7 @@ class GpuSampler:
                     temp_c=float(temp) if temp is not None else None,
                     power_w=power / 1000.0 if power is not None else None,
                     pids=sorted({p.pid for p in procs}) if procs else [],
+                    pid_mem_mib=_pid_mem(procs),
                 )
             )
         return out
@@ -178,6 +180,17 @@ class GpuSampler:
             put(f"gpu{g.index}.mem_used_mib", g.mem_used_mib)
             put(f"gpu{g.index}.temp_c", g.temp_c)
             put(f"gpu{g.index}.power_w", g.power_w)
+
+
+def _pid_mem(procs: list | None) -> dict[int, float]:
+    """pid -> MiB of GPU memory, from NVML's process list. NVML leaves usedGpuMemory None where it
+    cannot say (no permission, some MIG and vGPU setups): such a process has no entry."""
+    out: dict[int, float] = {}
+    for p in procs or ():
+        used = getattr(p, "usedGpuMemory", None)
+        if isinstance(used, int) and used >= 0:
+            out[p.pid] = out.get(p.pid, 0.0) + used / MIB
+    return out
 
 
 def visible_gpus(nvml: ModuleType | Any | None = None) -> tuple[int | None, str | None]:

@@ -8,7 +8,7 @@
   (`hold_supervisor_lock`), provably the dir's, killed and released when the test ends
 - the real `cockpit` CLI as a subprocess (`cockpit`), `wait_for`, process trees, leftovers
 - a GPU sampler with fixed figures (`FakeSampler`, `gpu`); the TUI's fixed clock and snapshot dirs;
-  `until`, `ready` and `select` for Pilot tests
+  for Pilot tests `make_app`, `ready`, `select`, `notes`, `screen_text`, `until`
 - fixtures: `leg_process`, `readonly_dir`, `slurm_cluster` (a local two-node Slurm, session-wide)
 """
 
@@ -413,10 +413,14 @@ class FakeSampler:
         gpus = []
         for i in range(self.n):
             on = i in self.busy
+            pids = (live_leg_pids()[-1:] or [os.getpid()]) if on else []
             gpus.append(GpuInfo(i, "NVIDIA H100 80GB HBM3", 97.0 if on else 0.0, 18987.0 if on else 0.0,
-                                81559.0, 64.0 if on else 31.0, 612.0 if on else 71.0,
-                                (live_leg_pids()[-1:] or [os.getpid()]) if on else []))
-            self.history[f"gpu{i}.util_pct"] = deque([0.0, 40.0, 95.0, 97.0, 96.0, 97.0] if on else [0.0] * 6)
+                                81559.0, 64.0 if on else 31.0, 612.0 if on else 71.0, pids,
+                                {p: 18432.0 for p in pids}))
+            ramp = [0.0, 0.4, 0.95, 0.97, 0.96, 0.97] if on else [0.0] * 6
+            for key, idle, busy in (("util_pct", 0.0, 100.0), ("mem_used_mib", 0.0, 19573.0),
+                                    ("temp_c", 31.0, 66.0), ("power_w", 71.0, 631.0)):
+                self.history[f"gpu{i}.{key}"] = deque([idle + r * (busy - idle) for r in ramp])
         return Snapshot(True, None, gpus, host, CLOCK.timestamp())
 
 
@@ -436,19 +440,18 @@ def case_dir(name: str) -> Path:
     return path
 
 
-async def until(pilot, cond, timeout: float = 15.0, what: str = "condition", step: float = 0.05):
-    """Let the app run until cond() is truthy; return its value, or fail naming what was awaited."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        await pilot.pause(step)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+def make_app(registry: Path, **kw):
+    """The cockpit app on `registry` with a fixed clock and branch; no NVML unless a sampler is given."""
+    from cockpit.tui.app import CockpitApp
+
+    kw.setdefault("sampler", FakeSampler(nvml=False))
+    kw.setdefault("branch", "main")
+    kw.setdefault("clock", fixed_clock)
+    return CockpitApp(registry, **kw)
 
 
 async def ready(pilot, app):
-    """The app's main screen once it shows its first view."""
+    """The main screen once it shows its first view."""
     main = app.main_screen
     await until(pilot, lambda: main.view is not None, what="the first view")
     await pilot.pause(0.1)
@@ -456,8 +459,8 @@ async def ready(pilot, app):
 
 
 async def select(pilot, app, sel) -> None:
-    """Move the experiments tree's cursor to the node of `sel` (a tui.experiments.Selection)."""
-    from cockpit.tui.experiments import ExperimentTree  # here: the other tests need no Textual
+    """Move the experiments tree's cursor to the node of `sel` (a tui Selection) and wait for it."""
+    from cockpit.tui.experiments import ExperimentTree
 
     tree = app.query_one(ExperimentTree)
     await until(pilot, lambda: tree.cursor_line >= 0, what="the tree's cursor")
@@ -467,6 +470,27 @@ async def select(pilot, app, sel) -> None:
         await pilot.pause(0.1)
     tree.move_cursor(node)
     await until(pilot, lambda: app.main_screen.selection == sel, what=f"selection {sel}")
+
+
+def notes(app) -> list[str]:
+    """The messages of every notification shown so far."""
+    return [message for _, message in app.notes]
+
+
+def screen_text(app) -> str:
+    """What the app's screen shows, as plain text, a line per row."""
+    return "\n".join(s.text for s in app.screen._compositor.render_strips())
+
+
+async def until(pilot, cond, timeout: float = 15.0, what: str = "condition", step: float = 0.05):
+    """Let the app run until cond() is truthy; return its value, or fail naming what was awaited."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = cond()
+        if value:
+            return value
+        await pilot.pause(step)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -21,14 +21,17 @@ from conftest import (
     FakeSampler,
     fixed_clock,
     log_lines,
+    make_app,
+    notes,
     ready,
     registry_file,
+    screen_text,
     select,
     until,
     write_dir,
     write_registry,
 )
-from textual.widgets import HelpPanel, Log
+from textual.widgets import HelpPanel
 from textual.widgets._key_panel import BindingsTable
 
 from cockpit import expdir
@@ -41,28 +44,14 @@ from cockpit.tui.confirm import ConfirmScreen
 from cockpit.tui.experiments import ExperimentTree, Selection
 from cockpit.tui.live_table import COLUMNS
 from cockpit.tui.log_panes import LogPanes
+from cockpit.tui.log_text import LogText
 from cockpit.tui.log_view import LogView
 from cockpit.tui.main_screen import MainScreen
 from cockpit.tui.messages import LogLines, Notice, ViewPublished
-from cockpit.tui.resume_panel import ResumePanel
+from cockpit.tui.path_prompt import PathPrompt
+from cockpit.tui.resume_panel import NextCommand, ResumePanel
 
 SIZE = (160, 48)
-
-
-def make_app(registry: Path, **kw) -> CockpitApp:
-    kw.setdefault("sampler", FakeSampler(nvml=False))
-    kw.setdefault("branch", "main")
-    kw.setdefault("clock", fixed_clock)
-    return CockpitApp(registry, **kw)
-
-
-def notes(app: CockpitApp) -> list[str]:
-    """The messages of every notification shown so far."""
-    return [message for _, message in app.notes]
-
-
-def screen_text(app: CockpitApp) -> str:
-    return "\n".join(s.text for s in app.screen._compositor.render_strips())
 
 
 @pytest.fixture
@@ -199,8 +188,10 @@ async def test_command_palette_offers_every_binding(tmp_path):
         await pilot.press("ctrl+p")
         await pilot.press(*"resume guide")
         await pilot.pause(0.3)
-        assert "Write the resume guide (key: g)" in screen_text(app)
-        await pilot.press("enter")  # runs `g`: the guide is written
+        assert "Write the resume guide: asks where" in screen_text(app) and "(key: g)" in screen_text(app)
+        await pilot.press("enter")  # runs `g`: it asks where, prefilled with exp_root/resume-guide.md
+        await until(pilot, lambda: isinstance(app.screen, PathPrompt), what="the path prompt")
+        await pilot.press("enter")
         guide = await until(pilot, lambda: sorted((tmp_path / "exp").glob("*resume*.md")), what="the guide")
         assert "moe_cap1p0" in guide[0].read_text()
 
@@ -210,10 +201,10 @@ async def test_tab_moves_between_panes_and_m_maximizes(tmp_path):
     async with app.run_test(size=SIZE) as pilot:
         await ready(pilot, app)
         seen = {app.focused.id if app.focused else None}
-        for _ in range(4):
+        for _ in range(6):
             await pilot.press("tab")
             seen.add(app.focused.id if app.focused else None)
-        assert {"experiments", "live", "final"} <= seen
+        assert {"experiments", "next-strip", "gpus", "live", "final"} <= seen
         await pilot.press("shift+tab")
 
         app.query_one("#resume-box").focus()  # `m` maximizes the focused pane, `m` again restores
@@ -222,6 +213,94 @@ async def test_tab_moves_between_panes_and_m_maximizes(tmp_path):
         assert app.screen.maximized is app.query_one("#resume-box")
         await pilot.press("m")
         assert app.screen.maximized is None
+
+
+async def test_focused_pane_shows_and_m_on_an_empty_pane_fills_the_screen(tmp_path):
+    """The focused pane's border turns heavy (its title reversed); `m` on a pane with nothing in it
+    (no leg running: the live table is empty) fills the screen from the top, with no hatching."""
+    app = make_app(registry_file(tmp_path))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await ready(pilot, app)
+        live, tree = app.query_one("#live"), app.query_one("#experiments")
+        tree.focus()
+        await pilot.pause(0.1)
+        assert tree.styles.border_top[0] == "heavy" and live.styles.border_top[0] == "round"
+        live.focus()
+        await pilot.pause(0.1)
+        assert live.styles.border_top[0] == "heavy" and tree.styles.border_top[0] == "round"
+        assert "reverse" in str(live.styles.border_title_style)
+        await pilot.press("m")
+        await pilot.pause(0.1)
+        assert app.screen.maximized is live
+        assert live.region.y <= 1 and live.region.height >= 36  # the whole screen under the header
+        assert app.screen.styles.hatch in (None, "none") or not app.screen.styles.has_rule("hatch")
+        assert "╱" not in screen_text(app)  # Textual's hatch character
+        await pilot.press("m")
+
+
+async def test_c_copies_the_next_command(tmp_path):
+    app = make_app(registry_file(tmp_path), sampler=FakeSampler(8))
+    async with app.run_test(size=SIZE) as pilot:
+        main = await ready(pilot, app)
+        command = await until(pilot, lambda: main.view.resume.next_command, what="a next command")
+        await pilot.press("c")
+        assert app.clipboard == command and "--moe-capacity-factor 1.0" in app.clipboard
+        assert any(t == "next command copied [c]" for t, _ in app.notes)
+
+
+async def test_d_shows_the_flags_that_differ_from_the_baseline_or_another_leg(tmp_path):
+    from textual.widgets import DataTable
+
+    from cockpit.tui.diff_screen import DiffScreen
+
+    app = make_app(registry_file(tmp_path))
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot, app)
+        await pilot.press("d")  # nothing selected yet: says what to do
+        assert any("select a leg first" in m and "[d]" in m for m in notes(app))
+        await select(pilot, app, Selection("leg", "moe-fp8-capacity-ablation-v1", "dynamic_cap1p0"))
+        await pilot.press("d")
+        screen = await until(pilot, lambda: isinstance(app.screen, DiffScreen) and app.screen, what="the diff")
+        await pilot.pause(0.2)
+        title = str(screen.query_one("#diff-title").render())
+        assert "differ from moe-fp8-capacity-ablation-v1/static_cap0p0_baseline (its baseline)" in title
+        table = screen.query_one("#diff-table", DataTable)
+        rows = {str(table.get_row_at(i)[0]): (str(table.get_row_at(i)[1]), str(table.get_row_at(i)[2]))
+                for i in range(table.row_count)}
+        assert rows["--compile-mode"] == ("dynamic", "static") and rows["--moe-capacity-factor"] == ("1.0", "0.0")
+        await pilot.press("down")  # the next leg: static_cap1p0 differs only in its tag and compile mode
+        await pilot.pause(0.2)
+        title = str(screen.query_one("#diff-title").render())
+        assert "differ from moe-fp8-capacity-ablation-v1/static_cap1p0:" in title
+        rows = {str(table.get_row_at(i)[0]) for i in range(table.row_count)}
+        assert "--compile-mode" in rows and "--moe-capacity-factor" not in rows
+        await pilot.press("escape")
+        await until(pilot, lambda: not isinstance(app.screen, DiffScreen), what="the diff to close")
+
+
+async def test_g_writes_the_guide_where_the_user_says(tmp_path):
+    app = make_app(registry_file(tmp_path))
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot, app)
+        await pilot.press("g")
+        prompt = await until(pilot, lambda: isinstance(app.screen, PathPrompt) and app.screen, what="the prompt")
+        field = prompt.query_one("#prompt-input")
+        assert field.value == str(tmp_path / "exp" / "resume-guide.md")
+        assert "Write [enter]" in screen_text(app) and "Cancel [esc]" in screen_text(app)
+        field.value = str(tmp_path / "ro" / "base_data" / "guide.md")  # a read-only path of the registry
+        await pilot.press("enter")
+        await until(pilot, lambda: any("read-only; nothing written" in m for m in notes(app)), what="the refusal")
+        assert not (tmp_path / "ro" / "base_data" / "guide.md").exists()
+        await pilot.press("g")
+        prompt = await until(pilot, lambda: isinstance(app.screen, PathPrompt) and app.screen, what="the prompt")
+        prompt.query_one("#prompt-input").value = str(tmp_path / "notes" / "guide.md")
+        await pilot.press("enter")
+        await until(pilot, lambda: (tmp_path / "notes" / "guide.md").exists(), what="the guide where asked")
+        assert "moe_cap1p0" in (tmp_path / "notes" / "guide.md").read_text()
+        await pilot.press("g")
+        await until(pilot, lambda: isinstance(app.screen, PathPrompt), what="the prompt")
+        await pilot.press("escape")
+        await until(pilot, lambda: "resume guide not written" in notes(app), what="the cancel")
 
 
 async def test_quit_says_running_legs_go_on(tmp_path):
@@ -295,12 +374,20 @@ async def test_launch_all_remaining_then_done_leg_needs_explicit_rerun(tmp_path,
         await pilot.press("R")
         await until(pilot, lambda: len(exp_dirs(tmp_path)) == 2, what="the re-run's fresh dir")
 
-        # nothing remains: `L` says so and opens no confirmation
+        # nothing remains: `L` offers a re-run of the whole experiment, in a fresh dir, with `R`
         await until(pilot, lambda: len(main.finished) == 3, timeout=30, what="the re-run")
         await select(pilot, app, Selection("experiment", "fake"))
         await pilot.press("L")
-        await until(pilot, lambda: any("nothing remains to run in fake" in m for m in notes(app)), what="the note")
-        assert not isinstance(app.screen, ConfirmScreen)
+        screen = await until(pilot, lambda: isinstance(app.screen, ConfirmScreen) and app.screen, what="re-run all")
+        assert screen.title_text == "Re-run the whole experiment fake (2 done legs) in a fresh dir?"
+        assert screen.danger and screen.confirm_key == "R"
+        body = str(screen.body)
+        assert "a is DONE" in body and "b is DONE" in body and "1. a" in body and "2. b" in body
+        assert "fresh dir: " + str(tmp_path / "exp") in body
+        assert "Re-run [R]" in screen_text(app) and "Cancel [n/esc]" in screen_text(app)
+        await pilot.press("n")
+        await pilot.pause(0.3)
+        assert not isinstance(app.screen, ConfirmScreen) and len(exp_dirs(tmp_path)) == 2
 
 
 async def test_stop_running_leg(tmp_path, fake_env):
@@ -344,6 +431,8 @@ async def test_write_report_and_guide(tmp_path):
         text = (d / "report.md").read_text()
         assert "| dense |" in text and "tail20 tok/sec" in text  # the registry's tail, as on screen
         await pilot.press("g")
+        await until(pilot, lambda: isinstance(app.screen, PathPrompt), what="the path prompt")
+        await pilot.press("enter")
         guide = await until(pilot, lambda: sorted((tmp_path / "exp").glob("*resume*.md")), what="the guide")
         assert "moe_cap1p0" in guide[0].read_text()
 
@@ -358,7 +447,7 @@ async def test_follow_pause_and_resume(tmp_path):
         key = f"{d}/dense"
         view: LogView = await until(pilot, lambda: panes.view(key) and panes.view(key).written and panes.view(key),
                                     what="the pane")
-        log = view.query_one(Log)
+        log = view.query_one(LogText)
         await until(pilot, lambda: log.is_vertical_scroll_end and log.max_scroll_y > 0, what="the bottom")
         assert not view.paused
 
@@ -368,7 +457,7 @@ async def test_follow_pause_and_resume(tmp_path):
         with open(d / "dense.log", "a") as f:
             f.write("".join(x + "\n" for x in log_lines(80, 400, finished=False)[62:]))
         await until(pilot, lambda: view.waiting_count == 20, what="20 lines waiting")
-        assert "20 new lines waiting" in screen_text(app)
+        assert "paused, 20 new" in screen_text(app)
         written = view.written
 
         await pilot.press("f")  # follow off ...
@@ -388,8 +477,8 @@ async def test_log_pane_memory_is_bounded(tmp_path):
         view = await until(pilot, lambda: panes.view(f"{d}/dense"), what="the pane")
         await until(pilot, lambda: view.written, what="lines")
         await pilot.pause(0.5)
-        assert view.query_one(Log).line_count <= 301
-        assert "step 04999/05000" in view.query_one(Log).lines[-1]
+        assert view.query_one(LogText).line_count <= 301
+        assert "step 04999/05000" in view.query_one(LogText).lines[-1]
 
 
 async def test_tabs_cycle_and_finish_notifies(tmp_path):
@@ -439,7 +528,13 @@ async def test_resume_panel_shows_next_command(tmp_path):
                                and app.query_one(ResumePanel).render(), what="the 8-GPU leg next"))
         assert "moe-fp8-capacity-opt-v3/moe_fp8_experts_static_cap1p0_v3" in text
         assert f"{tmp_path / 'exp'}/$(date +%Y%m%d_%H%M%S)_moe-fp8-capacity-opt-v3" in text
-        assert "--moe-capacity-factor 1.0" in text and "--compile-mode static" in text
+        command = str(app.query_one(NextCommand).render())
+        assert "--moe-capacity-factor 1.0" in command and "--compile-mode static" in command
+        # never folded: the cockpit one-liner first, then the command a line per flag (` \` between tokens)
+        assert command.splitlines()[0].startswith("cockpit launch moe-fp8-capacity-opt-v3 --legs ")
+        lines = command.splitlines()
+        flags = lines[next(i for i, x in enumerate(lines) if x.startswith("torchrun ")):]
+        assert len(flags) > 10 and all(x.endswith(" \\") for x in flags[:-1])
 
 
 async def test_gpu_panel_with_the_real_sampler_over_fake_nvml(tmp_path):
@@ -464,7 +559,10 @@ async def test_gpu_panel_with_the_real_sampler_over_fake_nvml(tmp_path):
         assert len(gpu.gpus) == 8 and [g.leg for g in gpu.gpus[:3]] == ["dense", "dense", None]
         assert gpu.summary == "2/8 GPUs busy"
         text = str(app.query_one(GpuPanel).render())
-        assert text.count("dense") == 2 and "97%" in text and "18.5G/79.6G" in text
+        assert text.count("dense 1.0G") == 2 and "97%" in text and "18.5G/79.6G" in text  # its processes' memory
+        assert all(h in text.splitlines()[0] for h in ("util", "mem", "temp", "power"))  # the history columns
+        g0 = gpu.gpus[0]
+        assert g0.util_hist and g0.mem_hist and g0.temp_hist and g0.power_hist and g0.leg_mem_mib == 1024.0
         assert "2/8 GPUs busy" in screen_text(app)
     assert d.exists()
 

@@ -51,7 +51,7 @@ async def test_keys_launch_cpu_smoke_and_the_tables_fill(tmp_path, smoke_corpus)
                 if v.step is not None:
                     seen_live.add(v.leg)
             for view in panes.views():  # the active tab shows its lines; a hidden one keeps them
-                shown = any(line.startswith("step ") for line in view.query_one("Log").lines)
+                shown = any(line.startswith("step ") for line in view.query_one("LogText").lines)
                 if view.received and (shown or not view.visible):
                     filled.add(view.key.rpartition("/")[2])
             return len([f for f in main.finished if f.endswith(":done")]) == 2

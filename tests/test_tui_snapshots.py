@@ -11,13 +11,16 @@ import time
 
 import pytest
 from conftest import SNAP_ROOT, FakeSampler, case_dir, fixed_clock, log_lines, registry_file, write_dir
-from textual.widgets import Log
 
 from cockpit.tui.app import CockpitApp
 from cockpit.tui.experiments import ExperimentTree, Selection
 from cockpit.tui.log_panes import LogPanes
+from cockpit.tui.log_text import LogText
 
 SIZE = (160, 48)
+# A laptop's 80x24, a half screen's 120x40, a wide 200x50: every screen at each, where every column
+# stays reachable (tables and panels scroll sideways; the next command is never folded inside a token).
+SIZES = pytest.mark.parametrize("size", [(80, 24), (120, 40), (200, 50)], ids=["80x24", "120x40", "200x50"])
 
 
 @pytest.fixture(autouse=True)
@@ -38,7 +41,7 @@ def app_for(case: str, sampler: FakeSampler, dirs=None) -> CockpitApp:
     return CockpitApp(registry, sampler=sampler, branch="main", clock=fixed_clock)
 
 
-def settled(select: Selection | None = None, maximize_resume: bool = False):
+def settled(select: Selection | None = None, maximize_resume: bool = False, search: str | None = None):
     """run_before: wait for the first view, the selection, the log panes at their bottom."""
 
     async def run_before(pilot) -> None:
@@ -61,12 +64,14 @@ def settled(select: Selection | None = None, maximize_resume: bool = False):
         await pilot.pause(1.2)  # two posts of the collector (0.5 s apart): the selection's report, the log tabs
         panes = app.query_one(LogPanes)
         for v in panes.views():
-            while (not v.written or not v.query_one(Log).is_vertical_scroll_end) and time.monotonic() < deadline:
+            while (not v.written or not v.query_one(LogText).is_vertical_scroll_end) and time.monotonic() < deadline:
                 await pilot.pause(0.05)
         if maximize_resume:
             app.query_one("#resume-box").focus()
             await pilot.pause(0.1)
             await pilot.press("m")
+        if search is not None:  # `/` in the log in front: the matches highlighted, the newest current
+            await pilot.press("slash", *search, "enter")
         await pilot.pause(0.2)
 
     return run_before
@@ -87,24 +92,28 @@ def failed_dirs(root):
     })
 
 
-def test_snapshot_nothing_run(snap_compare):
+@SIZES
+def test_snapshot_nothing_run(snap_compare, size):
     """The bundled registry, nothing run here: recorded legs, pending legs, 8 idle GPUs."""
     app = app_for("nothing-run", FakeSampler())
-    assert snap_compare(app, terminal_size=SIZE, run_before=settled())
+    assert snap_compare(app, terminal_size=size, run_before=settled())
 
 
-def test_snapshot_legs_running(snap_compare):
-    """cpu-smoke: dense done, moe_dropless running (live table, log tab), moe_cap1p0 queued; 8 busy GPUs."""
+@SIZES
+def test_snapshot_legs_running(snap_compare, size):
+    """cpu-smoke: dense done, moe_dropless running (live table, log tab), moe_cap1p0 queued; 8 busy
+    GPUs with their histories and the leg's GPU memory."""
     app = app_for("legs-running", FakeSampler(busy=tuple(range(8))), running_dirs)
-    assert snap_compare(app, terminal_size=SIZE,
+    assert snap_compare(app, terminal_size=size,
                         run_before=settled(Selection("experiment", "cpu-smoke")))
 
 
-def test_snapshot_failed_leg(snap_compare):
+@SIZES
+def test_snapshot_failed_leg(snap_compare, size):
     """A failed leg selected: its traceback in the log tab, its dir's final table, the failed mark."""
     app = app_for("failed-leg", FakeSampler(), failed_dirs)
     sel = Selection("dirleg", "cpu-smoke", "moe_dropless", str(case_dir_path("failed-leg")))
-    assert snap_compare(app, terminal_size=SIZE, run_before=settled(sel))
+    assert snap_compare(app, terminal_size=size, run_before=settled(sel))
 
 
 def test_snapshot_no_nvml(snap_compare):
@@ -113,10 +122,21 @@ def test_snapshot_no_nvml(snap_compare):
     assert snap_compare(app, terminal_size=SIZE, run_before=settled())
 
 
-def test_snapshot_resume_panel(snap_compare):
-    """The resume panel maximized (`m`): completed, remaining, the next leg's exact command, safety."""
+@SIZES
+def test_snapshot_resume_panel(snap_compare, size):
+    """The resume panel maximized (`m`): completed, remaining, the next leg's exact command (a line
+    per flag, never folded inside a token), safety."""
     app = app_for("resume-panel", FakeSampler(), failed_dirs)
-    assert snap_compare(app, terminal_size=SIZE, run_before=settled(maximize_resume=True))
+    assert snap_compare(app, terminal_size=size, run_before=settled(maximize_resume=True))
+
+
+@SIZES
+def test_snapshot_log_search(snap_compare, size):
+    """A search in the running leg's log (`/loss: 5.9`): both matches highlighted, the newer current,
+    the status line counting them."""
+    app = app_for("log-search", FakeSampler(busy=(0,)), running_dirs)
+    sel = Selection("leg", "cpu-smoke", "moe_dropless")
+    assert snap_compare(app, terminal_size=size, run_before=settled(sel, search="loss: 5.9"))
 
 
 def case_dir_path(case: str):

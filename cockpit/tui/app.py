@@ -55,7 +55,9 @@ class CockpitApp(App[None]):
         Its text may come from a file (a note, an error line, a dir's name): made printable here."""
         message, title = safetext.printable(message), safetext.printable(title, newlines=False)
         self.notes.append((title, message))
-        kwargs.setdefault("markup", False)  # paths and error text may hold [brackets]
+        # Never markup, whoever asks (a widget's notify passes markup=True): paths, error text and
+        # the keys a message names (`[R]`, `[y]`) are brackets that markup would swallow.
+        kwargs["markup"] = False
         super().notify(message, title=title, **kwargs)
 
     def action_quit(self) -> None:

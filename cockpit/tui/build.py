@@ -137,11 +137,14 @@ def gpu_view(snapshot: gpus.Snapshot, status: resume.GpuStatus, owners: dict[int
 
     rows = tuple(
         vm.GpuRow(g.index, g.name or "?", g.util_pct, g.mem_used_mib, g.mem_total_mib, g.temp_c, g.power_w,
-                  next((owners[p] for p in g.pids if p in owners), None), h(f"gpu{g.index}.util_pct"))
+                  next((owners[p] for p in g.pids if p in owners), None),
+                  *(h(f"gpu{g.index}.{k}") for k in ("util_pct", "mem_used_mib", "temp_c", "power_w")),
+                  procs=tuple(vm.GpuProc(p, owners.get(p), g.pid_mem_mib.get(p)) for p in g.pids))
         for g in snapshot.gpus
     )
     host = snapshot.host
-    host_row = vm.HostRow(host.cpu_pct, host.ram_used_mib, host.ram_total_mib, host.load1, h("host.cpu_pct"))
+    host_row = vm.HostRow(host.cpu_pct, host.ram_used_mib, host.ram_total_mib, host.load1, h("host.cpu_pct"),
+                          h("host.ram_used_mib"))
     if status.state == "idle":
         summary = f"{status.count} GPUs idle"
     elif status.state == "busy":

@@ -1,5 +1,8 @@
 """The confirmation screen: the exact command(s) and the fresh dir, before anything starts or
-stops. A done leg needs the explicit re-run key; a plain `y` is not enough."""
+stops. A done leg needs the explicit re-run key; a plain `y` is not enough.
+
+Every button names its key (`Launch [y]`, `Re-run [R]`, `Cancel [n/esc]`). Labels are built as
+plain Content, never parsed as markup, which would read `[y]` as a style tag and drop it."""
 
 from __future__ import annotations
 
@@ -8,8 +11,11 @@ from textual import events
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.content import Content
 from textual.screen import ModalScreen
 from textual.widgets import Button, Static
+
+CANCEL_KEYS = "[n/esc]"
 
 
 class ConfirmScreen(ModalScreen[bool]):
@@ -32,9 +38,9 @@ class ConfirmScreen(ModalScreen[bool]):
             with VerticalScroll(id="confirm-body"):
                 yield Static(self.body)
             with Horizontal(id="confirm-buttons"):
-                yield Button(f"{self.confirm_label} [{self.confirm_key}]", id="confirm-yes",
+                yield Button(Content(f"{self.confirm_label} [{self.confirm_key}]"), id="confirm-yes",
                              variant="error" if self.danger else "primary")
-                yield Button("Cancel [n/esc]", id="confirm-no")
+                yield Button(Content(f"Cancel {CANCEL_KEYS}"), id="confirm-no")
 
     def on_mount(self) -> None:
         self.query_one("#confirm-no", Button).focus()
@@ -45,7 +51,8 @@ class ConfirmScreen(ModalScreen[bool]):
             self.dismiss(True)
         elif event.key == "y":  # a done leg: the reflexive `y` does not re-run it
             event.stop()
-            self.notify(f"this needs an explicit [{self.confirm_key}]", severity="warning")
+            self.notify(f"this needs an explicit [{self.confirm_key}] ({self.confirm_label}); [n/esc] cancels",
+                        severity="warning")
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         self.dismiss(event.button.id == "confirm-yes")

@@ -1,9 +1,14 @@
-"""One leg's log pane: its lines, following live, and a status line.
+"""One leg's log pane: its lines (log_text.py), following live, a find bar and a status line.
 
 Lines are handed in by the screen (the collector follows the file off the UI thread). Scrolling up
 pauses following: new lines wait (bounded), and the status line says how many; back at the
 bottom, or `f`, writes them and follows again. Memory stays bounded for any log size: the pane
 keeps `max_lines` lines, and the waiting buffer as many.
+
+`/` and `&` open the find bar under the lines: `/` highlights a text (`n` / `N`: the next newer /
+older line that has it), `&` shows only the lines that hold one (as `less` does). Each applies
+as it is typed; enter keeps it and goes back to the lines, an empty text clears it, escape closes
+the bar and keeps what was applied.
 """
 
 from __future__ import annotations
@@ -12,12 +17,28 @@ from collections import deque
 
 from rich.text import Text
 from textual.app import ComposeResult
+from textual.binding import Binding
 from textual.containers import Vertical
-from textual.widgets import Static
+from textual.widgets import Input, Static
 
-from cockpit.tui.follow_log import FollowLog
+from cockpit.tui.log_text import LogText
 
 MAX_LINES = 2000
+FIND = {  # mode -> (the bar's prompt, its placeholder)
+    "search": ("/", "search: text to highlight (any case); enter keeps it, n / N next / previous, esc closes"),
+    "filter": ("&", "filter: only lines holding this text (any case); empty shows every line, esc closes"),
+}
+
+
+class FindInput(Input):
+    """The find bar: escape closes it (what was applied stays)."""
+
+    BINDINGS = [Binding("escape", "close", "Close the find bar", show=False)]
+
+    def action_close(self) -> None:
+        pane = next((a for a in self.ancestors if isinstance(a, LogView)), None)
+        if pane is not None:
+            pane.close_find()
 
 
 class LogView(Vertical):
@@ -32,16 +53,20 @@ class LogView(Vertical):
         self.written = 0
         self.received = 0  # every line handed to this pane
         self.visible = True  # the active tab; a hidden one keeps its lines (bounded) until shown
+        self.find_mode: str | None = None  # the find bar's mode while it is open
+        self.patterns: dict[str, str] = {"search": "", "filter": ""}  # what each mode applied
 
     def compose(self) -> ComposeResult:
-        yield FollowLog(max_lines=self.max_lines, auto_scroll=False, highlight=False, classes="log-lines")
+        yield LogText(max_lines=self.max_lines, classes="log-lines")
+        yield FindInput(classes="log-find", compact=True)
         yield Static(classes="log-status")
 
     @property
-    def log(self) -> FollowLog:
-        return self.query_one(FollowLog)
+    def log(self) -> LogText:
+        return self.query_one(LogText)
 
     def on_mount(self) -> None:
+        self.query_one(FindInput).display = False
         # Back at the bottom (the reader scrolled down): the waiting lines are written at once.
         self.watch(self.log, "pinned", lambda _: self.flush(), init=False)
         self.flush()
@@ -81,8 +106,9 @@ class LogView(Vertical):
         """Write the waiting lines if following, and keep to the bottom."""
         if not self.visible or not self.is_mounted:
             return
-        if not self.paused and not self.log.is_vertical_scroll_end:
-            self.log.scroll_end(animate=False)  # the pane grew or was resized since the last write
+        log = self.log
+        if not self.paused and not log.is_vertical_scroll_end:
+            log.scroll_end(animate=False, x_axis=False)  # the pane grew or was resized since the last write
         if self.waiting_count and not self.paused:
             skipped = self.waiting_count - len(self.waiting)
             lines = list(self.waiting)
@@ -95,29 +121,97 @@ class LogView(Vertical):
 
     def _write(self, lines: list[str]) -> None:
         log = self.log
-        if log.size.height:  # laid out: scroll in the same frame as the write
-            log.write_lines(lines, scroll_end=True)
-        else:  # not sized yet: scroll after the first layout
-            log.write_lines(lines, scroll_end=False)
-            log.scroll_end(animate=False)
+        log.write_lines(lines, scroll_end=True)
+        if not log.size.height:  # not laid out yet: to the bottom after the first layout
+            log.call_after_refresh(log.scroll_end, animate=False, x_axis=False)
         self.written += len(lines)
 
     def set_following(self, on: bool) -> None:
         self.following = on
         if on and self.is_mounted:
             self.log.pinned = True
-            self.log.scroll_end(animate=False)
+            self.log.scroll_end(animate=False, x_axis=False)
         self.flush()
+
+    # ------------------------------------------------------------------------------------------
+    # find: search and filter
+
+    def open_find(self, mode: str) -> None:
+        """Show the find bar in `mode` ("search" or "filter"), holding what that mode applied."""
+        self.find_mode = mode
+        bar = self.query_one(FindInput)
+        bar.placeholder = FIND[mode][1]
+        bar.value = self.patterns[mode]
+        bar.display = True
+        bar.focus()
+        self.show_status()
+
+    def close_find(self) -> None:
+        self.find_mode = None
+        bar = self.query_one(FindInput)
+        bar.display = False
+        self.log.focus()
+        self.show_status()
+
+    def apply(self, mode: str, text: str) -> None:
+        """Search for / filter by `text` (empty: clear it)."""
+        self.patterns[mode] = text
+        if mode == "search":
+            self.log.set_search(text or None)
+        else:
+            self.log.set_filter(text or None)
+        self.show_status()
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        event.stop()
+        if self.find_mode is not None:
+            self.apply(self.find_mode, event.value)
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        event.stop()
+        if self.find_mode is not None:
+            self.apply(self.find_mode, event.value)
+        self.close_find()
+
+    def next_match(self, step: int) -> bool:
+        """The next (+1) or previous (-1) match of the search; False when there is none."""
+        found = self.log.next_match(step)
+        self.show_status()
+        return found is not None
+
+    def set_wrap(self, on: bool) -> None:
+        self.log.set_wrap(on)
+        self.show_status()
+
+    # ------------------------------------------------------------------------------------------
+
+    def status_text(self) -> Text:
+        """One line: following or paused, the search and the filter with their keys, wrap, the path."""
+        text = Text(no_wrap=True, overflow="ellipsis")
+        if self.paused:
+            text.append(f"⏸ paused, {self.waiting_count} new", style="bold yellow")
+            text.append(" (f / End: follow)", style="dim")
+        else:
+            text.append("● following", style="green")
+        log = self.log
+        if log.search:
+            at, n = log.match_index()
+            text.append(f"  / {self.patterns['search']!r}: ", style="bold")
+            # no current match yet (the lines came after the search): how many, and the keys reach them
+            text.append(f"{at}/{n} lines" if at else f"{n} lines" if n else "no match",
+                        style="bold yellow" if n else "bold red")
+            text.append("  n next, N previous", style="dim")
+        if log.filter:
+            text.append(f"  & {self.patterns['filter']!r}: {log.shown_count()} of {log.line_count} lines",
+                        style="bold magenta")
+        if log.wrap:
+            text.append("  wrap", style="bold")
+        if not (log.search or log.filter):
+            text.append("  / search  & filter  w wrap  ←→ scroll  x close", style="dim")
+        text.append(f"  {self.path}", style="dim")
+        return text
 
     def show_status(self) -> None:
         if not self.is_mounted or not self.visible:
             return
-        status = self.query_one(".log-status", Static)
-        text = Text(no_wrap=True, overflow="ellipsis")
-        if self.paused:
-            text.append(f"⏸ paused: {self.waiting_count} new lines waiting", style="bold yellow")
-            text.append("  (f or End: follow)", style="dim")
-        else:
-            text.append("● following", style="green")
-        text.append(f"  {self.path}", style="dim")
-        status.update(text, layout=False)  # one line, always
+        self.query_one(".log-status", Static).update(self.status_text(), layout=False)  # one line, always

@@ -6,6 +6,10 @@ models, and the watchers hand each widget its part; a widget repaints only when 
 Keys that act (launch, stop, write a report or the guide) run the core in thread workers, which
 answer with messages too: the UI thread never waits on a file or a process. Closing the cockpit
 never touches a leg: the supervisors are detached processes.
+
+Log tabs: a running leg gets a tab, and keeps it after it ends until the reader closes it (`x`);
+the selection (a leg: its newest attempt; a dir: its running or last leg) has one more tab, which
+follows the selection. Every message that asks for a key names it, as `[l]`.
 """
 
 from __future__ import annotations
@@ -23,38 +27,62 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Tree
 from textual.worker import get_current_worker
 
-from cockpit import launch
+from cockpit import fsutil, launch
 from cockpit import registry as reg
 from cockpit.expdir import RunError
 from cockpit.report import write_report
-from cockpit.resume import write_guide
+from cockpit.resume import GUIDE_NAME, guide_path, write_guide
 from cockpit.tui.collector import Collector
 from cockpit.tui.commands import BindingCommands
 from cockpit.tui.confirm import ConfirmScreen
-from cockpit.tui.experiments import ExperimentTree, Selection
+from cockpit.tui.diff_screen import DiffScreen
+from cockpit.tui.experiments import GLYPH, ExperimentTree, Selection
 from cockpit.tui.final_table import FinalTable
-from cockpit.tui.gpu_panel import GpuPanel
+from cockpit.tui.gpu_panel import GpuBox, GpuPanel
 from cockpit.tui.header import CockpitHeader
 from cockpit.tui.live_table import LiveTable
 from cockpit.tui.log_panes import LogPanes
 from cockpit.tui.messages import LaunchPlanned, LogLines, Notice, ViewPublished
-from cockpit.tui.resume_box import ResumeBox
-from cockpit.tui.resume_panel import ResumePanel
+from cockpit.tui.path_prompt import PathPrompt
+from cockpit.tui.resume_panel import ResumeBox
 from cockpit.tui.state import CockpitView, LegView, ReportView
 from cockpit.vocab import ACTIVE_STATUSES, ENDED_STATUSES, Status
 
+MAX_KEPT_TABS = 12  # tabs of legs that ran while the cockpit watched; the oldest ended ones go first
+Tab = tuple[str, str, str]  # (key `exp_dir/leg`, leg name, log path)
+
 
 class MainScreen(Screen[None]):
+    # Classes the screen gets by its size: the stylesheet gives a narrow or short terminal its layout.
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (100, "-wide")]
+    VERTICAL_BREAKPOINTS = [(0, "-short"), (36, "-tall")]
     # The one list of keys: the footer shows those with show=True, `?` opens Textual's keys panel
     # (description and tooltip of each), and the command palette offers each by its description.
     BINDINGS = [
         Binding("l", "launch_leg", "Launch leg",
-                tooltip="Launch the selected leg (confirm; a done leg asks for an explicit re-run with R)"),
+                tooltip="Launch the selected leg (confirm [y]; a done leg asks for an explicit re-run with [R])"),
         Binding("L", "launch_all", "Launch remaining",
-                tooltip="Launch all remaining legs of the selected experiment (confirm)"),
+                tooltip="Launch all remaining legs of the selected experiment (confirm [y]); when every leg is "
+                        "done, re-run the whole experiment in a fresh dir (confirm [R])"),
         Binding("s", "stop", "Stop", tooltip="Stop the selected running leg, or the queue of the selected dir (confirm)"),
+        Binding("question_mark", "toggle_keys", "Keys", tooltip="Show / hide this list of keys"),
+        Binding("slash", "find('search')", "Search log",
+                tooltip="Search the current log: every match highlighted; [n] / [N] next / previous match"),
+        Binding("ampersand", "find('filter')", "Filter log",
+                tooltip="Show only the lines of the current log that hold a text (empty: every line)"),
+        Binding("n", "next_match(1)", "Next match", show=False, tooltip="The next (newer) line matching the search"),
+        Binding("N", "next_match(-1)", "Previous match", show=False,
+                tooltip="The previous (older) line matching the search"),
+        Binding("w", "toggle_wrap", "Wrap", show=False,
+                tooltip="Wrap long log lines on/off (off: ← → scroll sideways to a step line's total time and eta)"),
+        Binding("x", "close_tab", "Close log tab", show=False, tooltip="Close the current log tab"),
+        Binding("c", "copy_next", "Copy next",
+                tooltip="Copy the next leg's command (the resume panel's) to the clipboard"),
+        Binding("d", "show_diff", "Diff flags",
+                tooltip="The flags of the selected leg that differ from its baseline's (or another leg's)"),
         Binding("r", "write_report", "Report", tooltip="Write the report of the selected experiment dir"),
-        Binding("g", "write_guide", "Resume guide", tooltip="Write the resume guide"),
+        Binding("g", "write_guide", "Resume guide",
+                tooltip=f"Write the resume guide: asks where (default <exp_root>/{GUIDE_NAME})"),
         Binding("f", "toggle_follow", "Follow", tooltip="Follow the current log on/off (scrolling up pauses it too)"),
         Binding("m", "toggle_maximize", "Maximize", tooltip="Maximize the focused pane / restore"),
         Binding("left_square_bracket", "cycle_tab(-1)", "Previous log tab", show=False,
@@ -64,7 +92,6 @@ class MainScreen(Screen[None]):
         Binding("tab", "app.focus_next", "Next pane", show=False, tooltip="Move the focus to the next pane"),
         Binding("shift+tab", "app.focus_previous", "Previous pane", show=False,
                 tooltip="Move the focus to the previous pane"),
-        Binding("question_mark", "toggle_keys", "Keys", tooltip="Show / hide this list of keys"),
         Binding("q", "app.quit", "Quit", tooltip="Quit the cockpit (running legs go on)"),
     ]
     COMMANDS = {BindingCommands}
@@ -83,6 +110,9 @@ class MainScreen(Screen[None]):
         self.refresh_s = refresh_s
         self.max_log_lines = max_log_lines
         self.finished: list[str] = []  # `exp_dir/leg:status` of each leg announced as finished
+        self.kept: dict[str, Tab] = {}  # tabs of legs seen running, kept after they end until closed
+        self.closed: set[str] = set()  # keys the reader closed: not reopened because the leg runs
+        self.preview: Tab | None = None  # the selection's log, when it is not a kept tab
 
     # ------------------------------------------------------------------------------------------
     # layout
@@ -92,10 +122,10 @@ class MainScreen(Screen[None]):
         with Horizontal(id="main"):
             with Vertical(id="left"):
                 yield ExperimentTree(id="experiments")
-                with ResumeBox(id="resume-box"):
-                    yield ResumePanel(id="resume")
+                yield ResumeBox(id="resume-box")
             with Vertical(id="right"):
-                yield GpuPanel(id="gpus")
+                with GpuBox(id="gpus"):
+                    yield GpuPanel(id="gpu-lines")
                 yield LiveTable(id="live")
                 yield FinalTable(id="final")
                 yield LogPanes(id="logs", max_lines=self.max_log_lines)
@@ -160,11 +190,9 @@ class MainScreen(Screen[None]):
         header = self.query_one(CockpitHeader)
         header.headline = view.headline if view is not None else None
         header.error = error
-        panel = self.query_one(ResumePanel)
-        panel.registry_error = error if view is None else None
-        if view is not None:
-            panel.resume = view.resume
-            panel.problems = view.errors + ((error,) if error else ())
+        self.query_one(ResumeBox).show(view.resume if view is not None else None,
+                                       view.errors + ((error,) if error else ()) if view is not None else (),
+                                       error if view is None else None)
 
     def announce(self, old: CockpitView, new: CockpitView) -> None:
         """A notification and the terminal bell when a leg finishes or fails."""
@@ -174,7 +202,8 @@ class MainScreen(Screen[None]):
             if before.get(key) in ACTIVE_STATUSES and status in ENDED_STATUSES:
                 leg = Path(key).name
                 severity = "information" if status == Status.DONE else "error"
-                self.notify(f"{leg} {status} ({Path(key).parent.name})", title=f"leg {status}", severity=severity)
+                self.notify(f"{leg} {status} ({Path(key).parent.name}); its log tab stays until [x] closes it",
+                            title=f"leg {status}", severity=severity)
                 self.app.bell()
                 self.finished.append(f"{key}:{status}")
 
@@ -182,28 +211,60 @@ class MainScreen(Screen[None]):
     # selection and log tabs
 
     def sync_tabs(self) -> None:
-        """A log tab per running leg, plus the selected leg's; the collector follows exactly these."""
+        """The log tabs: the kept ones (a tab per leg seen running, until closed), then the
+        selection's; the collector follows exactly these."""
         view = self.view
         if view is None:
             return
-        tabs: list[tuple[str, str, str]] = [(v.key, v.leg, v.log) for v in view.live]
-        sel = self.selected_log()
-        if sel is not None and sel[0] not in {t[0] for t in tabs}:
-            tabs.append(sel)
-        self.query_one(LogPanes).sync(tabs)
+        for v in view.live:
+            if v.key not in self.kept and v.key not in self.closed:
+                self.kept[v.key] = (v.key, v.leg, v.log)
+        running = {v.key for v in view.live}
+        while len(self.kept) > MAX_KEPT_TABS:
+            old = next((k for k in self.kept if k not in running), None)
+            if old is None:
+                break
+            del self.kept[old]
+        tabs = list(self.kept.values())
+        if self.preview is not None and self.preview[0] not in self.kept:
+            tabs.append(self.preview)
+        self.query_one(LogPanes).sync([(k, self.tab_title(k, leg, tabs), p) for k, leg, p in tabs])
         self.collector.request = dataclasses.replace(self.collector.request,
                                                      tabs=tuple((k, p) for k, _, p in tabs))
 
-    def selected_log(self) -> tuple[str, str, str] | None:
-        """(key, title, path) of the selected leg's log, if it has one."""
+    def tab_title(self, key: str, leg: str, tabs: list[Tab]) -> str:
+        """`✔ leg`: the leg's status glyph, and its dir's stamp when another tab shows the same leg."""
+        status = self.view.leg_marks().get(key) if self.view else None
+        glyph = GLYPH.get(status, ("", ""))[0] if status else ""
+        title = f"{glyph} {leg}" if glyph else leg
+        if sum(1 for _, name, _ in tabs if name == leg) > 1:
+            title += f" ({Path(key).parent.name[:15]})"
+        return title
+
+    def selected_log(self) -> Tab | None:
+        """(key, leg, path) of the selection's log: a leg's newest attempt here (the run just
+        stopped, even when an older dir holds the one that counts as done), a dir's running or
+        last leg; None when it has none."""
         sel, view = self.selection, self.view
-        if sel is None or view is None or sel.leg is None:
+        if sel is None or view is None:
             return None
-        if sel.kind == "dirleg" and sel.exp_dir:
+        exp = view.experiment(sel.exp_id)
+        if exp is None:
+            return None
+        if sel.kind == "dirleg" and sel.exp_dir and sel.leg:
             return (f"{sel.exp_dir}/{sel.leg}", sel.leg, str(Path(sel.exp_dir) / f"{sel.leg}.log"))
-        leg = self.selected_leg()
-        if leg is not None and leg.exp_dir and leg.log:
-            return (f"{leg.exp_dir}/{leg.name}", leg.name, leg.log)
+        if sel.kind == "dir" and sel.exp_dir:
+            d = next((d for d in exp.dirs if d.path == sel.exp_dir), None)
+            x = d.log_leg() if d is not None else None
+            return (f"{d.path}/{x.name}", x.name, x.log) if x is not None else None
+        if sel.kind == "leg" and sel.leg:
+            found = exp.latest_attempt(sel.leg)
+            if found is not None:
+                d, x = found
+                return (f"{d.path}/{x.name}", x.name, x.log)
+            leg = exp.leg(sel.leg)  # a run here that no dir lists (a manual run's log)
+            if leg is not None and leg.exp_dir and leg.log:
+                return (f"{leg.exp_dir}/{leg.name}", leg.name, leg.log)
         return None
 
     def selected_leg(self) -> LegView | None:
@@ -227,10 +288,13 @@ class MainScreen(Screen[None]):
         self.collector.request = dataclasses.replace(self.collector.request, report_dir=report_dir,
                                                      report_exp=sel.exp_id)
         self.collector.poke()
+        tab = self.selected_log()
+        self.preview = tab
+        if tab is not None:
+            self.closed.discard(tab[0])
         self.sync_tabs()
-        key = self.selected_log()
-        if key is not None:
-            self.query_one(LogPanes).select(key[0])
+        if tab is not None:
+            self.query_one(LogPanes).select(tab[0])
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
         """A live row under the cursor brings its leg's log tab to the front."""
@@ -243,19 +307,84 @@ class MainScreen(Screen[None]):
     def action_cycle_tab(self, step: int) -> None:
         self.query_one(LogPanes).cycle(step)
 
-    def action_toggle_follow(self) -> None:
+    def current_log(self):
+        """The log pane in front, or None (with a notification that says how to get one)."""
         v = self.query_one(LogPanes).current()
         if v is None:
-            self.notify("no log pane open: select a leg that has a log", severity="warning")
+            self.notify("no log open: select a leg or a dir that has a log (the experiments tree)",
+                        severity="warning")
+        return v
+
+    def action_toggle_follow(self) -> None:
+        v = self.current_log()
+        if v is None:
             return
         v.set_following(not v.following)
-        self.notify(f"{'following' if v.following else 'paused'}: {Path(v.path).name}")
+        self.notify(f"{'following' if v.following else 'paused ([f] follows again)'}: {Path(v.path).name}")
+
+    def action_find(self, mode: str) -> None:
+        """`/` (search) or `&` (filter): the find bar of the log in front."""
+        v = self.current_log()
+        if v is not None:
+            v.open_find(mode)
+
+    def action_next_match(self, step: int) -> None:
+        v = self.current_log()
+        if v is None:
+            return
+        if not v.log.search:
+            self.notify("no search in this log: [/] searches", severity="warning")
+        elif not v.next_match(step):
+            self.notify(f"no line matches {v.patterns['search']!r}" + (" among the filtered ones" if v.log.filter
+                                                                        else ""), severity="warning")
+
+    def action_toggle_wrap(self) -> None:
+        v = self.current_log()
+        if v is not None:
+            v.set_wrap(not v.log.wrap)
+
+    def action_close_tab(self) -> None:
+        """Close the log tab in front; a running leg's tab is not reopened while it runs."""
+        key = self.query_one(LogPanes).current_key()
+        if key is None:
+            self.notify("no log tab to close", severity="warning")
+            return
+        self.kept.pop(key, None)
+        self.closed.add(key)
+        if self.preview is not None and self.preview[0] == key:
+            self.preview = None
+        self.sync_tabs()
+
+    def action_copy_next(self) -> None:
+        """The next leg's command, as the resume panel shows it, to the clipboard (the terminal's,
+        through OSC 52: it works over ssh and in tmux with set-clipboard on)."""
+        view = self.view
+        command = view.resume.next_command if view is not None else None
+        if not command:
+            self.notify("no next command: every leg is done or running", severity="warning")
+            return
+        self.app.copy_to_clipboard(command)
+        lines = command.count("\n") + 1
+        self.notify(f"{view.resume.next_label}: {lines} lines ({len(command)} characters); paste them in a shell "
+                    "at the checkout", title="next command copied [c]")
+
+    def action_show_diff(self) -> None:
+        """The flags of the selected leg that differ from its baseline's (or another leg's)."""
+        sel, registry = self.selection, self.collector.registry
+        if registry is None:
+            self.notify(self.error or "the registry is not loaded", severity="error")
+            return
+        leg = registry.find_leg(f"{sel.exp_id}/{sel.leg}") if sel is not None and sel.leg else None
+        if leg is None:
+            self.notify("select a leg first (the experiments tree), then [d]", severity="warning")
+            return
+        self.app.push_screen(DiffScreen(registry, leg, registry.baseline_of(leg)))
 
     def action_toggle_maximize(self) -> None:
         if self.maximized is not None:
             self.minimize()
         elif self.focused is None or not self.maximize(self.focused):
-            self.notify("focus a pane first (tab)", severity="warning")
+            self.notify("focus a pane first ([tab]), then [m]", severity="warning")
 
     def action_toggle_keys(self) -> None:
         """Textual's keys panel, beside the screen: every binding with its tooltip."""
@@ -281,8 +410,13 @@ class MainScreen(Screen[None]):
 
     def _fail(self, title: str, e: Exception) -> None:
         """An action that failed, from a worker: one line in a notification."""
-        known = isinstance(e, (RunError, reg.RegistryError))
-        self.post_message(Notice(str(e) if known else f"{type(e).__name__}: {e}", title, "error", 10))
+        if isinstance(e, (RunError, reg.RegistryError)):
+            text = str(e)
+        elif isinstance(e, OSError):  # a path refused or unwritable: `path: reason`
+            text = fsutil.oneline(e)
+        else:
+            text = f"{type(e).__name__}: {e}"
+        self.post_message(Notice(text, title, "error", 10))
 
     # ------------------------------------------------------------------------------------------
     # launching
@@ -290,14 +424,14 @@ class MainScreen(Screen[None]):
     def action_launch_leg(self) -> None:
         sel = self.selection
         if sel is None or sel.leg is None:
-            self.notify("select a leg first (the experiments tree)", severity="warning")
+            self.notify("select a leg first (the experiments tree), then [l]", severity="warning")
             return
         self._prepare_launch(sel.exp_id, [sel.leg])
 
     def action_launch_all(self) -> None:
         sel = self.selection
         if sel is None:
-            self.notify("select an experiment first (the experiments tree)", severity="warning")
+            self.notify("select an experiment first (the experiments tree), then [L]", severity="warning")
             return
         self._prepare_launch(sel.exp_id, None)
 
@@ -310,15 +444,10 @@ class MainScreen(Screen[None]):
         try:
             plan = launch.plan_launch(registry, exp_id, legs)
             rerun = False
-            if not plan.legs and legs:  # the one leg asked for is done or recorded
+            if not plan.legs:  # the leg asked for, or every leg, is done or recorded: a re-run, asked for
                 rerun, skipped = True, plan.skipped
                 plan = launch.plan_launch(registry, exp_id, legs, rerun=True)
                 plan.skipped = skipped
-            elif not plan.legs:
-                why = "; ".join(f"{n}: {w}" for n, w in plan.skipped)
-                self.post_message(Notice(f"nothing remains to run in {exp_id} ({why}). Select a leg and press l "
-                                         "to re-run one.", "launch", "warning", 8))
-                return
         except Exception as e:  # a refusal (RunError) or anything else: a notification, never a crash
             self._fail("launch", e)
             return
@@ -329,10 +458,12 @@ class MainScreen(Screen[None]):
         """The confirmation: the exact commands and the fresh dir, before anything starts."""
         plan, fresh, rerun = message.plan, message.fresh, message.rerun
         body = Text()
+        whole = rerun and len(plan.legs) > 1  # `L` on an experiment whose every leg is done
         if rerun:
             for name, why in plan.skipped:
                 body.append(f"{name} is DONE: {why}\n", style="bold yellow")
-            body.append("Re-running it makes a new dir; nothing of the earlier run is touched.\n\n", style="yellow")
+            body.append(f"Re-running {'them' if whole else 'it'} makes a new dir; nothing of the earlier runs is "
+                        "touched.\n\n", style="yellow")
         body.append("fresh dir: ", style="bold")
         body.append(f"{fresh}\n", style="cyan")
         body.append("(created on confirm; if another launch took the name first, the next free one: never an "
@@ -349,8 +480,12 @@ class MainScreen(Screen[None]):
             for name, why in plan.skipped:
                 body.append(f"  {name}: {why}\n", style="dim")
         n = len(plan.legs)
-        title = (f"Re-run done leg {plan.legs[0].name}?" if rerun else
-                 f"Launch {n} leg{'s' if n != 1 else ''} of {plan.experiment.id}?")
+        if whole:
+            title = f"Re-run the whole experiment {plan.experiment.id} ({n} done legs) in a fresh dir?"
+        elif rerun:
+            title = f"Re-run done leg {plan.legs[0].name}?"
+        else:
+            title = f"Launch {n} leg{'s' if n != 1 else ''} of {plan.experiment.id}?"
         screen = ConfirmScreen(title, body, confirm_label="Re-run" if rerun else "Launch",
                                confirm_key="R" if rerun else "y", danger=rerun)
 
@@ -358,7 +493,7 @@ class MainScreen(Screen[None]):
             if yes:
                 self._launch(message.registry, plan, fresh)
             else:
-                self.notify("launch cancelled")
+                self.notify("launch cancelled: nothing was started or written")
 
         self.app.push_screen(screen, answered)
 
@@ -457,16 +592,32 @@ class MainScreen(Screen[None]):
         self.post_message(Notice(str(out), "report written"))
 
     def action_write_guide(self) -> None:
+        """Ask where (prefilled with `<exp_root>/resume-guide.md`), then write the guide there."""
         registry = self.collector.registry
         if registry is None:
             self.notify(self.error or "the registry is not loaded yet", severity="error")
             return
-        self._write_guide(registry)
+        default = str(guide_path(registry))
+        note = "Regenerated in place when it exists; never written into a path the registry marks read-only."
+
+        def answered(path: str | None) -> None:
+            if path:
+                self._write_guide(registry, path)
+            else:
+                self.notify("resume guide not written")
+
+        self.app.push_screen(PathPrompt("Write the resume guide to:", default, note), answered)
 
     @work(thread=True, group="actions", exit_on_error=False)
-    def _write_guide(self, registry: reg.Registry) -> None:
+    def _write_guide(self, registry: reg.Registry, path: str) -> None:
+        out = guide_path(registry, path)
+        ro = next((ro for ro in registry.settings.read_only if fsutil.is_inside(out, ro)), None)
+        if ro is not None:
+            self.post_message(Notice(f"{out}: inside {ro}, which the registry marks read-only; nothing written",
+                                     "resume guide", "error", 10))
+            return
         try:
-            out = write_guide(registry)
+            out = write_guide(registry, out)
         except Exception as e:
             self._fail("resume guide", e)
             return

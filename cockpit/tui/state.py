@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from cockpit.vocab import Mark
+from cockpit.vocab import ACTIVE_STATUSES, Mark, Status
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,11 @@ class DirLegView:
     log: str
     job: str | None = None  # a Slurm leg's batch job: "job 123 on n[1-2]"
 
+    @property
+    def started(self) -> bool:
+        """Did this attempt start (it has a log, or a state past queued and waiting)?"""
+        return self.status not in (Status.QUEUED, Status.WAITING, "pending")
+
 
 @dataclass(frozen=True)
 class DirView:
@@ -48,6 +53,12 @@ class DirView:
     experiment: str
     legs: tuple[DirLegView, ...] = ()
     problem: str | None = None  # what could not be read there (one printable line): the dir's own trouble
+
+    def log_leg(self) -> DirLegView | None:
+        """The leg whose log the dir opens: the one running there, else the last one that started."""
+        started = [x for x in self.legs if x.started]
+        active = [x for x in started if x.status in ACTIVE_STATUSES]
+        return (active or started or [None])[-1]
 
 
 @dataclass(frozen=True)
@@ -65,6 +76,15 @@ class ExperimentView:
 
     def leg(self, name: str) -> LegView | None:
         return next((leg for leg in self.legs if leg.name == name), None)
+
+    def latest_attempt(self, name: str) -> tuple[DirView, DirLegView] | None:
+        """The leg's newest attempt here: the newest dir where it started (the run just stopped,
+        even when an older dir holds the run that counts as done)."""
+        for d in reversed(self.dirs):
+            x = next((x for x in d.legs if x.name == name), None)
+            if x is not None and x.started:
+                return d, x
+        return None
 
 
 @dataclass(frozen=True)
@@ -137,6 +157,15 @@ class ResumeView:
 
 
 @dataclass(frozen=True)
+class GpuProc:
+    """A process on a GPU: the leg whose tree holds it (None: not a leg's), its GPU memory if NVML says."""
+
+    pid: int
+    leg: str | None
+    mem_mib: float | None
+
+
+@dataclass(frozen=True)
 class GpuRow:
     index: int
     name: str
@@ -146,7 +175,17 @@ class GpuRow:
     temp_c: float | None
     power_w: float | None
     leg: str | None
-    util_hist: tuple[float, ...] = ()
+    util_hist: tuple[float, ...] = ()  # the sampler's history, oldest first, one value a sample
+    mem_hist: tuple[float, ...] = ()  # MiB used
+    temp_hist: tuple[float, ...] = ()
+    power_hist: tuple[float, ...] = ()
+    procs: tuple[GpuProc, ...] = ()
+
+    @property
+    def leg_mem_mib(self) -> float | None:
+        """GPU memory of the owning leg's processes on this GPU (None: NVML gives no per-process figure)."""
+        mems = [p.mem_mib for p in self.procs if p.leg is not None and p.leg == self.leg and p.mem_mib is not None]
+        return sum(mems) if mems else None
 
 
 @dataclass(frozen=True)
@@ -156,6 +195,7 @@ class HostRow:
     ram_total_mib: float | None
     load1: float | None
     cpu_hist: tuple[float, ...] = ()
+    ram_hist: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
