@@ -28,31 +28,26 @@ Everything taken from a log or a file name (run names, error lines) is made prin
 escaped for markdown. Output files are checked before anything is written (a directory, a path
 under a file, a read-only place: one line, nothing written), then written as temps and renamed
 into place together. A log of any size costs bounded memory: its step lines stream, a chunk at a
-time, as numpy columns into the per-step CSV (numbers as the log printed them), and a plotted
-series keeps a min and a max per pixel column. Big logs are read side by side by worker
-processes (see stream_steps).
+time, as numpy columns into the per-step CSV (numbers as the log printed them; step_files), and a
+plotted series keeps a min and a max per pixel column (plots). Big logs are read side by side by
+worker processes (step_files.stream_steps).
 
-Layer 2: imports the layers below (registry, vocab, stats, logs, numtext, expdir) and baseline.
+Layer 2: imports the layers below (registry, vocab, stats, logs, numtext, expdir), baseline, plots
+and step_files.
 """
 
 from __future__ import annotations
 
 import csv
 import datetime as dt
-import io
 import math
 import os
-import pickle
-import shutil
-import subprocess
-import sys
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, NamedTuple
 
-from cockpit import baseline, expdir, fsutil, lazy, logs, numtext, safetext, stats
+from cockpit import baseline, expdir, fsutil, logs, numtext, safetext, stats, step_files
+from cockpit import plots as plots_
 from cockpit import registry as reg
 from cockpit.baseline import Baseline
 from cockpit.vocab import METRICS, QUALITY, STEP_METRICS, RunStatus, Source, Status, Verdict, run_status
@@ -77,15 +72,6 @@ QUALITY_COLUMNS = dict(zip(QUALITY, (
 FORMATS = {**COLUMNS, **QUALITY_COLUMNS}
 DELTA_QUALITY = ("min_val_bpb", "final_loss", "drop_pct")  # the quality rows of a delta table
 SAMPLED = (*STEP_METRICS, "drop_pct")  # figures with per-step samples: a single run's verdict from its tail
-
-np: Any = None  # numpy, loaded when a report writes its per-step files
-
-
-def _load_numpy() -> None:
-    global np
-    if np is None:
-        np = lazy.numpy()
-
 
 class ReportError(Exception):
     """Bad report input (no such dir, unknown baseline): one line for the CLI."""
@@ -628,44 +614,12 @@ def _md_text(text: str) -> str:
 
 
 # ----------------------------------------------------------------------------------------------
-# files: report.md, CSVs, plots
+# files: report.md, its CSVs and plots (see step_files and plots)
 
-STEP_COLUMNS = (
-    "step", "total", "loss", "bal", "lrm", "dt_ms", "tok_per_sec", "mfu", "epoch",
-    "total_time_min", "eta_min", "drop_pct",
-)
 SUMMARY_COLUMNS = (
     "run", "status", "source", "steps_observed", "last_step", "total_steps", "last_loss", "tail_n",
     "tok_per_sec", "dt_ms", "mfu", "peak_mem_mib", "total_time_min", "error",
 )
-# The per-step plots (attr, axis label). tok/sec and dt are drawn as a rolling mean over the raw
-# steps (faint), the trainer's warm-up steps left out and each run's tail window shaded; loss, MFU
-# and drop % as they were printed. A metric that is absent, or 0 on every step (MFU on a CPU, drop %
-# of a dropless run), gets no plot.
-PLOTS = (("loss", "loss"), ("tok_per_sec", "tok/sec"), ("mfu", "MFU (%)"), ("dt_ms", "dt (ms)"),
-         ("drop_pct", "dropped tokens (%)"))
-SMOOTHED = ("tok_per_sec", "dt_ms")
-NO_WARMUP = ("tok_per_sec", "dt_ms", "mfu")  # speed: the warm-up steps (compilation) would squash the scale
-WARMUP_STEPS = 11  # a run's first steps the trainer leaves out of its timing (`step - start_step > 10`)
-EXTRA_PLOTS = (("val_bpb", "validation bpb"), ("tail_means", "tail means"))  # not per step
-PLOT_SIZE_IN, PLOT_DPI = (8, 4.5), 150
-PLOT_BUCKETS = PLOT_SIZE_IN[0] * PLOT_DPI  # a plotted series keeps a min and a max per pixel column at most
-
-
-def smooth_window(n: int, tail: int) -> int:
-    """Steps in the rolling mean of a series of n steps: a fifth of the tail window, wider for a
-    long run (a pixel column of a 400,000-step run holds hundreds of steps)."""
-    return max(1, tail // 5, n // 200)
-
-
-def rolling_mean(y: Any, window: int) -> Any:
-    """The trailing mean of the last `window` values at each point (fewer at the start)."""
-    c = np.concatenate(([0.0], np.cumsum(y, dtype=np.float64)))
-    i = np.arange(1, len(y) + 1)
-    lo = np.maximum(i - window, 0)
-    return (c[i] - c[lo]) / (i - lo)
-
-
 def _cell(v: object) -> str:
     """A summary CSV cell: empty for no figure; a float without float noise (numtext.computed)."""
     if v is None:
@@ -689,327 +643,7 @@ def _summary_rows(rows_: list[ReportRow]) -> Iterator[Sequence[str]]:
         ]
 
 
-def _csv_field(text: str) -> str:
-    """One CSV field as the csv module writes it (quoted when it holds a comma, a quote...)."""
-    buf = io.StringIO()
-    csv.writer(buf, lineterminator="").writerow([text])
-    return buf.getvalue()
-
-
-class Series(NamedTuple):
-    """A run's metric per step, as plotted. A long series keeps, for each pixel column of the
-    plot, its first step and the least and the greatest value there (`lows`, `highs`); a smoothed
-    one its rolling mean too (`smooth`, the column's mean of it), and where its tail window starts."""
-
-    steps: Any  # numpy float64
-    lows: Any
-    highs: Any  # the same as lows when the series is drawn point by point
-    decimated: bool
-    smooth: Any = None  # the rolling mean (SMOOTHED metrics)
-    window: int = 0  # its width in steps
-    tail_from: float | None = None  # the first step of the tail window
-    batch_tokens: int = 0  # validation bpb: tokens per step (0: not known), to plot against tokens
-
-
-class _Collected:
-    """A run's plotted metrics, a chunk of step lines at a time (finite values only)."""
-
-    def __init__(self, tail: int = 50) -> None:
-        self.tail = tail
-        self.first_step: float | None = None
-        self.parts: dict[str, list[tuple[Any, Any]]] = {attr: [] for attr, _ in PLOTS}
-
-    def add(self, table: logs.StepTable) -> None:
-        step = table.column("step")
-        x = step.values.astype(np.float64) if step.values.dtype != object else np.array(
-            [float(v) if abs(v) < 2**1000 else np.inf for v in step.values.tolist()])  # a step of 400 digits
-        if self.first_step is None and step.present.any():
-            self.first_step = float(x[np.argmax(step.present)])
-        for attr, parts in self.parts.items():
-            col = table.column(attr)
-            keep = col.present & step.present & np.isfinite(col.values) & np.isfinite(x)
-            if attr in NO_WARMUP and self.first_step is not None:
-                keep &= x >= self.first_step + WARMUP_STEPS
-            if keep.any():
-                parts.append((x[keep], col.values[keep]))
-
-    def series(self) -> dict[str, Series]:
-        out = {}
-        for attr, parts in self.parts.items():
-            if parts:
-                x, y = (np.concatenate(a) for a in zip(*parts, strict=True))
-                if attr not in SMOOTHED:
-                    out[attr] = decimate(x, y, PLOT_BUCKETS)
-                    continue
-                w = smooth_window(len(y), self.tail)
-                s = decimate(x, y, PLOT_BUCKETS, rolling_mean(y, w))
-                out[attr] = s._replace(window=w, tail_from=float(x[max(0, len(x) - self.tail)]))
-        return out
-
-
-def decimate(x: Any, y: Any, buckets: int, smooth: Any = None) -> Series:
-    """A series to draw `buckets` pixel columns wide. Up to 2 points a column it is kept as it
-    is; a longer one keeps, per column's range of x, its first x and its least and greatest y:
-    drawn as a band from least to greatest, it covers every pixel the whole series covers.
-    `smooth` (a rolling mean of y) keeps its mean per column."""
-    n = len(x)
-    if n <= 2 * buckets:
-        return Series(x, y, y, False, smooth)
-    if (np.diff(x) < 0).any():  # a run restarted from a checkpoint: its steps go back
-        order = np.argsort(x, kind="stable")
-        x, y = x[order], y[order]
-        smooth = smooth[order] if smooth is not None else None
-    lo, hi = x[0], x[-1]
-    column = np.minimum(((x - lo) * (buckets / (hi - lo))).astype(np.int64), buckets - 1) if hi > lo else np.zeros(n, np.int64)
-    starts = np.flatnonzero(np.concatenate(([True], column[1:] != column[:-1])))
-    if smooth is not None:
-        smooth = np.add.reduceat(smooth, starts) / np.diff(np.append(starts, n))
-    return Series(x[starts], np.minimum.reduceat(y, starts), np.maximum.reduceat(y, starts), True, smooth)
-
-
-PARALLEL_MIN_BYTES = 64 << 20  # logs of less, all told, are read in this process: a worker's start costs more
-PARALLEL_MAX_WORKERS = 8
-
-
-def stream_steps(rows_: list[ReportRow], out: BinaryIO, tail: int = 50) -> dict[str, dict[str, Series]]:
-    """Write every step line of every run's log to `out` as CSV rows (bytes), numbers as the log
-    printed them; return each run's plotted series.
-
-    Each log is read a chunk of lines at a time. Big logs (PARALLEL_MIN_BYTES together) are read
-    side by side by worker processes (`python -c`, one per CPU), each writing its logs' rows to part
-    files in a private temp dir; the parts are copied into `out` in the runs' order, the same bytes
-    as one after the other. A log a worker could not do is read here."""
-    out.write((",".join(["run", *STEP_COLUMNS]) + "\r\n").encode())
-    jobs = [(r.run, r.path) for r in rows_ if r.path and r.summary and not r.summary.error]
-    workers = _workers([path for _, path in jobs])
-    tmp = tempfile.mkdtemp(prefix="cockpit-report-") if workers > 1 else None  # private: 0700
-    try:
-        done = _in_workers(jobs, tail, workers, tmp) if tmp else {}  # job -> (its part file, its series)
-        series: dict[str, dict[str, Series]] = {}
-        for i, (run, path) in enumerate(jobs):
-            if i in done:
-                part, found = done[i]
-                _append(part, out)
-                os.unlink(part)
-            else:
-                found = _steps_csv(path, run, tail, out)
-            if found:
-                series[run] = found
-        return series
-    finally:
-        if tmp:
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _append(part: str, out: BinaryIO) -> None:
-    """The bytes of file `part` after what `out` holds: copied by the kernel where it can."""
-    with open(part, "rb") as f:
-        try:
-            out.flush()
-            while os.copy_file_range(f.fileno(), out.fileno(), 1 << 30):
-                pass
-        except (AttributeError, OSError, io.UnsupportedOperation):  # no such call, or `out` is no file
-            f.seek(os.lseek(f.fileno(), 0, os.SEEK_CUR))  # on from what the kernel copied, if anything
-            shutil.copyfileobj(f, out, 1 << 20)
-
-
-def _workers(paths: list[str]) -> int:
-    """How many processes read these logs: 1 unless there are several and they are big."""
-    try:
-        size = sum(os.stat(p).st_size for p in paths)
-    except OSError:
-        return 1
-    if len(paths) < 2 or size < PARALLEL_MIN_BYTES:
-        return 1
-    return max(1, min(len(paths), os.cpu_count() or 1, PARALLEL_MAX_WORKERS))
-
-
-def _in_workers(jobs: list[tuple[str, str]], tail: int, workers: int, tmp: str) -> dict[int, tuple[str, dict[str, Series]]]:
-    """Jobs read by `workers` processes, job i by worker i % workers: {job: (part file, series)}
-    for each one a worker did (its part complete, its series pickled beside it)."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        p for p in (str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")) if p)}
-    procs = []
-    for w in range(workers):
-        mine = list(range(w, len(jobs), workers))
-        spec = os.path.join(tmp, f"w{w}.jobs")
-        with open(fsutil.create_new(spec), "wb") as f:
-            pickle.dump([(i, jobs[i][0], jobs[i][1], tail, os.path.join(tmp, f"{i}.csv")) for i in mine], f)
-        try:
-            procs.append(subprocess.Popen([sys.executable, "-c", _WORKER, spec], env=env, stdin=subprocess.DEVNULL,
-                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        except OSError:
-            continue  # its logs are read here
-    try:
-        for proc in procs:
-            proc.wait()
-    finally:  # interrupted: no worker outlives the report
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    done = {}
-    for i in range(len(jobs)):
-        part, result = os.path.join(tmp, f"{i}.csv"), os.path.join(tmp, f"{i}.series")
-        if os.path.exists(result):  # written last: the part is complete
-            with open(result, "rb") as f:
-                done[i] = (part, pickle.load(f))
-    return done
-
-
-_WORKER = "import sys; from cockpit.report import _worker; _worker(sys.argv[1])"
-
-
-def _worker(spec: str) -> None:
-    """A worker process: its jobs' part files, and each one's series (pickled) once its part is done."""
-    with open(spec, "rb") as f:
-        jobs = pickle.load(f)
-    for i, run, path, tail, part in jobs:
-        with open(fsutil.create_new(part), "wb") as f:
-            found = _steps_csv(path, run, tail, f)
-        with open(fsutil.create_new(os.path.join(os.path.dirname(part), f"{i}.series")), "wb") as f:
-            pickle.dump(found, f)
-
-
-def _steps_csv(path: str, run: str, tail: int, out: BinaryIO) -> dict[str, Series]:
-    """One log's step lines as CSV rows into `out`; its plotted series. A log that cannot be read
-    (any more) adds the rows read so far, and no series."""
-    _load_numpy()
-    prefix = (_csv_field(safetext.printable(run)) + ",").encode()
-    kept = _Collected(tail)
-
-    def sink(table: logs.StepTable) -> None:
-        out.write(numtext.csv_text(prefix, [_cells(table.column(name), name in logs.INT_FIELDS)
-                                            for name in STEP_COLUMNS]))
-        kept.add(table)
-
-    try:
-        state = logs.parse_file(path, tail=tail, on_steps=sink)
-    except (OSError, ValueError):
-        return {}
-    found = kept.series()
-    val = [(v.step, v.value) for v in state.val_bpb if v.step is not None and math.isfinite(v.value)]
-    if val:
-        x, y = (np.array(a, np.float64) for a in zip(*val, strict=True))
-        found["val_bpb"] = Series(x, y, y, False, batch_tokens=state.batch_tokens or 0)
-    return found
-
-
-def _cells(col: logs.Column, integer: bool) -> Any:
-    """A column's CSV cells: str() of each number, from the characters the log printed it with
-    when the parse kept them, else from its value."""
-    if not col.present.any():
-        return np.zeros((len(col.present), 0), np.uint8)
-    if col.text is not None:
-        return numtext.token_cells(col.text, col.present, col.values, integer)
-    if integer:
-        return numtext.int_cells(col.values, col.present)
-    return numtext.float_cells(col.values, col.present, col.decimals)
-
-
-def plot_context(exp_dir: Path) -> str:
-    """The line under every plot's title: experiment, dir and commit (a dirty tree marked), from
-    the dir's plan; the dir's name alone for a dir of plain logs."""
-    parts = []
-    try:
-        plan = expdir.read_json(exp_dir / "plan.json", expdir.PLAN_MAX_BYTES)
-    except (OSError, ValueError, RecursionError):
-        plan = None
-    plan = plan if isinstance(plan, dict) else {}
-    git = plan.get("git") if isinstance(plan.get("git"), dict) else {}
-    if isinstance(plan.get("experiment"), str):
-        parts.append(plan["experiment"])
-    parts.append(exp_dir.name)
-    if isinstance(git.get("commit"), str):
-        parts.append("commit " + git["commit"][:10] + (" + uncommitted changes" if git.get("dirty") else ""))
-    return safetext.printable(" · ".join(parts), newlines=False)
-
-
-def draw_plots(series: dict[str, dict[str, Series]], rows_: Sequence[ReportRow] = (), tail: int = 50,
-               context: str = "") -> dict[str, bytes]:
-    """PNG per plot: each per-step metric (PLOTS), validation bpb against tokens, and the tail
-    means with their 95% intervals as bars (EXTRA_PLOTS): attr -> PNG bytes. A run keeps its
-    colour in every plot; `context` (plot_context) is every title's second line."""
-    _load_numpy()  # the logs may all have been read by worker processes
-    # function-level: matplotlib is heavy, and only a report with plots needs it
-    from matplotlib import rcParams
-    from matplotlib.patches import Patch
-
-    cycle = rcParams["axes.prop_cycle"].by_key()["color"]
-    names = list(dict.fromkeys([*series, *(r.run for r in rows_)]))
-    colour = {run: cycle[i % len(cycle)] for i, run in enumerate(names)}
-    made: dict[str, bytes] = {}
-
-    def title(ax: Any, what: str) -> None:
-        ax.set_title(what + (f"\n{context}" if context else ""), fontsize=10)
-
-    for attr, label in PLOTS:
-        lines = [(run, kept[attr]) for run, kept in series.items() if attr in kept]
-        if not any(s.lows.any() or s.highs.any() for _, s in lines):
-            continue  # absent, or 0 on every step: nothing to see
-        fig = _figure()
-        ax = fig.add_subplot()
-        decimated, spans, windows = False, set(), set()
-        for run, s in lines:
-            name, c = safetext.printable(run, newlines=False), colour[run]
-            faint = s.smooth is not None  # the steps themselves under their rolling mean
-            if s.decimated:  # a band: stroking a zigzag through every min and max costs ten times more
-                ax.fill_between(s.steps, s.lows, s.highs, color=c, alpha=0.15 if faint else 0.4, linewidth=0.8,
-                                label=None if faint else name)
-            else:
-                ax.plot(s.steps, s.lows, color=c, alpha=0.3 if faint else 1.0, linewidth=0.7 if faint else 1.2,
-                        label=None if faint else name)
-            if faint:
-                ax.plot(s.steps, s.smooth, color=c, linewidth=1.6, label=name)
-                windows.add(s.window)
-                if s.tail_from is not None:
-                    spans.add((s.tail_from, float(s.steps.max())))
-            decimated |= s.decimated
-        handles, labels = ax.get_legend_handles_labels()
-        for lo, hi in spans:
-            ax.axvspan(lo, hi, color="0.5", alpha=0.12, linewidth=0)
-        if spans:
-            handles.append(Patch(color="0.5", alpha=0.25))
-            labels.append(f"tail window (last {tail} steps)")
-        what = f"{label} per step"
-        if windows:
-            w = f"{min(windows)}" if len(windows) == 1 else f"{min(windows)}-{max(windows)}"
-            what += f": rolling mean of {w} steps, each step faint"
-        if attr in NO_WARMUP:
-            what += f", first {WARMUP_STEPS} (warm-up) left out"
-        if decimated:
-            what += " (long runs: least to greatest per pixel column)"
-        ax.set_xlabel("step")
-        ax.set_ylabel(label)
-        title(ax, what)
-        ax.grid(True, alpha=0.3)
-        _outside_legend(ax, handles, labels)
-        _thousands(ax.yaxis)
-        made[attr] = _png(fig)
-
-    val = [(run, kept["val_bpb"]) for run, kept in series.items() if "val_bpb" in kept]
-    if val:
-        tokens = all(s.batch_tokens for _, s in val)  # else every run against its steps
-        fig = _figure()
-        ax = fig.add_subplot()
-        for run, s in val:
-            ax.plot(s.steps * s.batch_tokens if tokens else s.steps, s.lows, marker="o", markersize=3,
-                    color=colour[run], label=safetext.printable(run, newlines=False), linewidth=1.2)
-        ax.set_xlabel("tokens" if tokens else "step")
-        ax.set_ylabel("validation bpb")
-        title(ax, "validation bits per byte against " + ("tokens seen" if tokens else "step (a log without its batch size)"))
-        ax.grid(True, alpha=0.3)
-        _outside_legend(ax, *ax.get_legend_handles_labels())
-        _thousands(ax.xaxis)
-        made["val_bpb"] = _png(fig)
-
-    if bars := _tail_bars(rows_, tail):
-        made["tail_means"] = _draw_bars(bars, colour, f"tail{tail} means with 95% intervals"
-                                        + (f"\n{context}" if context else ""))
-    return made
-
-
-def _tail_bars(rows_: Sequence[ReportRow], tail: int) -> list[tuple[str, list[tuple[str, stats.Estimate]]]]:
+def _tail_bars(rows_: Sequence[ReportRow], tail: int) -> list[plots_.Bars]:
     """(metric label, [(run, estimate)]) of each speed metric some run has a nonzero tail mean of;
     a leg with repeats as its aggregate (the interval from their spread)."""
     out = []
@@ -1021,66 +655,12 @@ def _tail_bars(rows_: Sequence[ReportRow], tail: int) -> list[tuple[str, list[tu
     return out
 
 
-def _figure(height: float = PLOT_SIZE_IN[1]) -> Any:
-    """A matplotlib figure drawn off screen (Agg: no display)."""
-    # function-level: matplotlib is heavy, and only a report with plots needs it
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(PLOT_SIZE_IN[0], height), dpi=PLOT_DPI)
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _outside_legend(ax: Any, handles: list, labels: list) -> None:
-    """The legend right of the plot, never over a line (a fixed place: "best" searches every point)."""
-    ax.legend(handles, labels, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
-
-
-def _thousands(axis: Any) -> None:
-    """Tick labels of big numbers with thousands separators (780,000, not 7.8e5)."""
-    from matplotlib.ticker import FuncFormatter  # function-level: matplotlib is heavy (plots only)
-
-    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}" if abs(v) >= 1000 else f"{v:g}"))
-
-
-def _png(fig: Any) -> bytes:
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return buf.getvalue()
-
-
-def _draw_bars(bars: list[tuple[str, list[tuple[str, stats.Estimate]]]], colour: dict[str, str], title: str) -> bytes:
-    """One panel per metric, a bar per run with its 95% interval; the axis starts near the least
-    value (said under it), so differences of a few percent show."""
-    n = max(len(runs) for _, runs in bars)
-    fig = _figure(max(2.8, 1.6 + 0.35 * n))
-    axes = fig.subplots(1, len(bars), sharey=True, squeeze=False)[0]
-    for ax, (label, runs) in zip(axes, bars, strict=True):
-        y = np.arange(len(runs))[::-1]
-        means = np.array([e.mean for _, e in runs])
-        half = np.array([e.half_width if math.isfinite(e.half_width) else 0.0 for _, e in runs])
-        ax.barh(y, means, xerr=half, color=[colour.get(run, "0.5") for run, _ in runs], alpha=0.8,
-                error_kw={"capsize": 3, "linewidth": 1})
-        lo, hi = float((means - half).min()), float((means + half).max())
-        pad = max((hi - lo) * 0.25, abs(hi) * 0.01)
-        left = max(0.0, lo - pad) if lo >= 0 else lo - pad
-        ax.set_xlim(left, hi + pad)
-        ax.set_yticks(y, [safetext.printable(run, newlines=False) for run, _ in runs], fontsize=8)
-        ax.set_xlabel(label + (f"\n(axis from {left:,.0f})" if left >= 100 else f"\n(axis from {left:.3g})"
-                               if left > 0 else ""), fontsize=8)
-        _thousands(ax.xaxis)
-        ax.tick_params(axis="x", labelsize=7)
-        ax.grid(True, axis="x", alpha=0.3)
-    fig.suptitle(title, fontsize=10)
-    return _png(fig)
 def output_files(out: Path, plots: bool = True) -> dict[str, Path]:
     """Every file a report at `out` writes: the markdown, its two CSVs, its plots."""
     files = {"report": out, "steps": out.with_name(f"{out.stem}_steps.csv"),
              "summary": out.with_name(f"{out.stem}_summary.csv")}
     if plots:
-        files.update({attr: out.with_name(f"{out.stem}_{attr}.png") for attr, _ in (*PLOTS, *EXTRA_PLOTS)})
+        files.update({attr: out.with_name(f"{out.stem}_{attr}.png") for attr, _ in (*plots_.PLOTS, *plots_.EXTRA_PLOTS)})
     return files
 
 
@@ -1120,16 +700,17 @@ def write_report(
     links = {"per-step CSV": files["steps"].name, "summary CSV": files["summary"].name}
     with fsutil.StagedFiles(root) as staged:
         with staged.open(files["steps"], "wb") as f:
-            series = stream_steps(all_rows, f, tail)
+            jobs = [(r.run, r.path) for r in all_rows if r.path and r.summary and not r.summary.error]
+            series = step_files.stream_steps(jobs, f, tail)
         with staged.open(files["summary"], "w") as f:
             csv.writer(f).writerows(_summary_rows(all_rows))
         plot_note = None
         if plots and series:
             try:
-                pngs = draw_plots(series, all_rows, tail, plot_context(exp_dir))
+                pngs = plots_.draw_plots(series, _tail_bars(all_rows, tail), tail, plots_.plot_context(exp_dir))
             except Exception as e:  # noqa: BLE001 - a plot problem must not lose the report
                 pngs, plot_note = {}, f"plots not drawn: {type(e).__name__}: {e}"
-            for attr, label in (*PLOTS, *EXTRA_PLOTS):
+            for attr, label in (*plots_.PLOTS, *plots_.EXTRA_PLOTS):
                 if attr in pngs:
                     with staged.open(files[attr], "wb") as f:
                         f.write(pngs[attr])

@@ -18,7 +18,7 @@ from conftest import (
     step_line,
 )
 
-from cockpit import cli, launch, report, stats
+from cockpit import cli, launch, plots, report, stats, step_files
 from cockpit import registry as reg
 
 V1 = "20260224_175412_moe-fp8-capacity-ablation-v1"
@@ -349,16 +349,16 @@ def test_big_logs_read_by_workers_give_the_same_files(tmp_path, monkeypatch):
     other (a worker that cannot do a log leaves it to the report's own process)."""
     d = copy_logs(FIXTURES, tmp_path / "exp", ["fork-log-excerpt", "upstream-bf16", "crashed-torchrun", "trainer-junk"])
     one = report.write_report(d, tmp_path / "one" / "r.md", now=NOW)
-    monkeypatch.setattr(report, "PARALLEL_MIN_BYTES", 0)
-    monkeypatch.setattr(report.os, "cpu_count", lambda: 2)
-    monkeypatch.setattr(report, "np", None)  # as in a fresh process: only the workers read logs
+    monkeypatch.setattr(step_files, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(step_files.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(plots, "np", None)  # as in a fresh process: only the workers read logs
     many = report.write_report(d, tmp_path / "many" / "r.md", now=NOW)
     pngs = sorted(p.name for p in one.parent.glob("*.png"))
     assert "r_tail_means.png" in pngs and pngs == sorted(p.name for p in many.parent.glob("*.png"))
     for name in ("r_steps.csv", "r_summary.csv"):
         assert (one.parent / name).read_bytes() == (many.parent / name).read_bytes(), name
     assert one.read_text().replace("/one/", "/x/") == many.read_text().replace("/many/", "/x/")
-    monkeypatch.setattr(report, "_WORKER", "import sys; sys.exit(3)")  # workers that fail: read here
+    monkeypatch.setattr(step_files, "_WORKER", "import sys; sys.exit(3)")  # workers that fail: read here
     again = report.write_report(d, tmp_path / "again" / "r.md", now=NOW)
     assert (again.parent / "r_steps.csv").read_bytes() == (one.parent / "r_steps.csv").read_bytes()
 
@@ -399,29 +399,29 @@ def test_figures_smoothed_warmup_left_out_tail_shaded_and_none_for_a_zero_metric
     for name, label in [("tok_per_sec", "tok/sec"), ("dt_ms", "dt (ms)"), ("drop_pct", "dropped tokens (%)"),
                         ("val_bpb", "validation bpb"), ("tail_means", "tail means"), ("loss", "loss")]:
         assert f"![{label}](report_{name}.png)" in text
-        assert _png_size(d / f"report_{name}.png")[0] == report.PLOT_SIZE_IN[0] * 150
+        assert _png_size(d / f"report_{name}.png")[0] == plots.PLOT_SIZE_IN[0] * 150
     assert not (d / "report_mfu.png").exists() and "report_mfu.png" not in text
 
     with open(os.devnull, "wb") as sink:
-        series = report.stream_steps(report.rows(d, now=NOW), sink)
+        series = step_files.stream_steps([(r.run, r.path) for r in report.rows(d, now=NOW)], sink)
     tok = series["moe"]["tok_per_sec"]
-    assert tok.steps[0] == report.WARMUP_STEPS and tok.tail_from == 70 and tok.window == 10
+    assert tok.steps[0] == plots.WARMUP_STEPS and tok.tail_from == 70 and tok.window == 10
     assert tok.smooth is not None and abs(tok.smooth[-1] - tok.lows[-10:].mean()) < 1e-6
     assert series["dense"]["loss"].steps[0] == 0  # loss keeps the first steps: the warm-up is speed's
     assert "drop_pct" not in series["dense"] and series["moe"]["drop_pct"].lows.max() == 3.5
     val = series["moe"]["val_bpb"]
     assert val.batch_tokens == 1024 and list(val.steps) == [0, 20, 40, 60, 80, 100]
-    assert report.plot_context(d) == d.name
+    assert plots.plot_context(d) == d.name
     # a long run: per pixel column, the least and greatest step and the mean of the rolling mean
     x = np.arange(1000.0)
     y = 100 + (x % 7)
-    long = report.decimate(x, y, 10, report.rolling_mean(y, 7))
+    long = plots.decimate(x, y, 10, plots.rolling_mean(y, 7))
     assert long.decimated and len(long.steps) == len(long.smooth) == 10
     assert list(long.lows) == [100.0] * 10 and list(long.highs) == [106.0] * 10 and abs(long.smooth[5] - 103) < 0.01
 
     (d / "plan.json").write_text(json.dumps({"experiment": "cpu-smoke", "legs": [],
                                              "git": {"commit": "0123456789abcdef", "dirty": True}}))
-    assert report.plot_context(d) == f"cpu-smoke · {d.name} · commit 0123456789 + uncommitted changes"
+    assert plots.plot_context(d) == f"cpu-smoke · {d.name} · commit 0123456789 + uncommitted changes"
 
 
 def test_repeats_rows_per_repeat_an_aggregate_and_a_verdict_from_their_spread(tmp_path):

@@ -1,0 +1,181 @@
+"""A report's per-step CSV, streamed: every step line of every run's log as CSV rows (numbers as
+the log printed them), and each run's plotted series collected on the way (plots.Series).
+
+A log of any size costs bounded memory: its step lines come a chunk at a time as numpy columns
+(logs.parse_file) and go out as CSV bytes in bulk (numtext). Big logs are read side by side by
+worker processes (`python -c`, one per CPU), each writing its logs' rows to part files in a
+private temp dir; the parts are copied into the CSV in the runs' order: the same bytes as one
+after the other.
+
+Layer 2: imports the layers below (fsutil, lazy, logs, numtext, safetext) and plots.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from cockpit import fsutil, lazy, logs, numtext, plots, safetext
+from cockpit.plots import Series
+
+STEP_COLUMNS = (
+    "step", "total", "loss", "bal", "lrm", "dt_ms", "tok_per_sec", "mfu", "epoch",
+    "total_time_min", "eta_min", "drop_pct",
+)
+
+
+def _csv_field(text: str) -> str:
+    """One CSV field as the csv module writes it (quoted when it holds a comma, a quote...)."""
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="").writerow([text])
+    return buf.getvalue()
+
+
+PARALLEL_MIN_BYTES = 64 << 20  # logs of less, all told, are read in this process: a worker's start costs more
+PARALLEL_MAX_WORKERS = 8
+
+
+def stream_steps(jobs: list[tuple[str, str]], out: BinaryIO, tail: int = 50) -> dict[str, dict[str, Series]]:
+    """Write every step line of each (run, log path) of `jobs` to `out` as CSV rows (bytes),
+    numbers as the log printed them; return each run's plotted series.
+
+    Each log is read a chunk of lines at a time. Big logs (PARALLEL_MIN_BYTES together) are read
+    side by side by worker processes (`python -c`, one per CPU), each writing its logs' rows to part
+    files in a private temp dir; the parts are copied into `out` in the runs' order, the same bytes
+    as one after the other. A log a worker could not do is read here."""
+    out.write((",".join(["run", *STEP_COLUMNS]) + "\r\n").encode())
+    workers = _workers([path for _, path in jobs])
+    tmp = tempfile.mkdtemp(prefix="cockpit-report-") if workers > 1 else None  # private: 0700
+    try:
+        done = _in_workers(jobs, tail, workers, tmp) if tmp else {}  # job -> (its part file, its series)
+        series: dict[str, dict[str, Series]] = {}
+        for i, (run, path) in enumerate(jobs):
+            if i in done:
+                part, found = done[i]
+                _append(part, out)
+                os.unlink(part)
+            else:
+                found = _steps_csv(path, run, tail, out)
+            if found:
+                series[run] = found
+        return series
+    finally:
+        if tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _append(part: str, out: BinaryIO) -> None:
+    """The bytes of file `part` after what `out` holds: copied by the kernel where it can."""
+    with open(part, "rb") as f:
+        try:
+            out.flush()
+            while os.copy_file_range(f.fileno(), out.fileno(), 1 << 30):
+                pass
+        except (AttributeError, OSError, io.UnsupportedOperation):  # no such call, or `out` is no file
+            f.seek(os.lseek(f.fileno(), 0, os.SEEK_CUR))  # on from what the kernel copied, if anything
+            shutil.copyfileobj(f, out, 1 << 20)
+
+
+def _workers(paths: list[str]) -> int:
+    """How many processes read these logs: 1 unless there are several and they are big."""
+    try:
+        size = sum(os.stat(p).st_size for p in paths)
+    except OSError:
+        return 1
+    if len(paths) < 2 or size < PARALLEL_MIN_BYTES:
+        return 1
+    return max(1, min(len(paths), os.cpu_count() or 1, PARALLEL_MAX_WORKERS))
+
+
+def _in_workers(jobs: list[tuple[str, str]], tail: int, workers: int, tmp: str) -> dict[int, tuple[str, dict[str, Series]]]:
+    """Jobs read by `workers` processes, job i by worker i % workers: {job: (part file, series)}
+    for each one a worker did (its part complete, its series pickled beside it)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        p for p in (str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")) if p)}
+    procs = []
+    for w in range(workers):
+        mine = list(range(w, len(jobs), workers))
+        spec = os.path.join(tmp, f"w{w}.jobs")
+        with open(fsutil.create_new(spec), "wb") as f:
+            pickle.dump([(i, jobs[i][0], jobs[i][1], tail, os.path.join(tmp, f"{i}.csv")) for i in mine], f)
+        try:
+            procs.append(subprocess.Popen([sys.executable, "-c", _WORKER, spec], env=env, stdin=subprocess.DEVNULL,
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        except OSError:
+            continue  # its logs are read here
+    try:
+        for proc in procs:
+            proc.wait()
+    finally:  # interrupted: no worker outlives the report
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    done = {}
+    for i in range(len(jobs)):
+        part, result = os.path.join(tmp, f"{i}.csv"), os.path.join(tmp, f"{i}.series")
+        if os.path.exists(result):  # written last: the part is complete
+            with open(result, "rb") as f:
+                done[i] = (part, pickle.load(f))
+    return done
+
+
+_WORKER = "import sys; from cockpit.step_files import _worker; _worker(sys.argv[1])"
+
+
+def _worker(spec: str) -> None:
+    """A worker process: its jobs' part files, and each one's series (pickled) once its part is done."""
+    with open(spec, "rb") as f:
+        jobs = pickle.load(f)
+    for i, run, path, tail, part in jobs:
+        with open(fsutil.create_new(part), "wb") as f:
+            found = _steps_csv(path, run, tail, f)
+        with open(fsutil.create_new(os.path.join(os.path.dirname(part), f"{i}.series")), "wb") as f:
+            pickle.dump(found, f)
+
+
+def _steps_csv(path: str, run: str, tail: int, out: BinaryIO) -> dict[str, Series]:
+    """One log's step lines as CSV rows into `out`; its plotted series. A log that cannot be read
+    (any more) adds the rows read so far, and no series."""
+    plots.load_numpy()  # for the series collected on the way
+    np = lazy.numpy()
+    prefix = (_csv_field(safetext.printable(run)) + ",").encode()
+    kept = plots.Collected(tail)
+
+    def sink(table: logs.StepTable) -> None:
+        out.write(numtext.csv_text(prefix, [_cells(table.column(name), name in logs.INT_FIELDS)
+                                            for name in STEP_COLUMNS]))
+        kept.add(table)
+
+    try:
+        state = logs.parse_file(path, tail=tail, on_steps=sink)
+    except (OSError, ValueError):
+        return {}
+    found = kept.series()
+    val = [(v.step, v.value) for v in state.val_bpb if v.step is not None and math.isfinite(v.value)]
+    if val:
+        x, y = (np.array(a, np.float64) for a in zip(*val, strict=True))
+        found["val_bpb"] = Series(x, y, y, False, batch_tokens=state.batch_tokens or 0)
+    return found
+
+
+def _cells(col: logs.Column, integer: bool) -> Any:
+    """A column's CSV cells: str() of each number, from the characters the log printed it with
+    when the parse kept them, else from its value."""
+    np = lazy.numpy()
+    if not col.present.any():
+        return np.zeros((len(col.present), 0), np.uint8)
+    if col.text is not None:
+        return numtext.token_cells(col.text, col.present, col.values, integer)
+    if integer:
+        return numtext.int_cells(col.values, col.present)
+    return numtext.float_cells(col.values, col.present, col.decimals)
