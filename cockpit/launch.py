@@ -33,7 +33,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from cockpit import fsutil, gpus, provenance, safetext
+from cockpit import flags, fsutil, gpus, provenance, safetext
 from cockpit import registry as reg
 from cockpit.checkout import git_info
 from cockpit.executors import EXECUTORS, Executor, slurm
@@ -161,7 +161,7 @@ def check_paths(registry: reg.Registry, legs: list[reg.Leg], exp_dir: Path, cwd:
         for key, value in leg.args.items():
             if not isinstance(value, str):
                 continue
-            text = value.replace(reg.EXP_DIR_PLACEHOLDER, str(exp_dir))
+            text = value.replace(flags.EXP_DIR_PLACEHOLDER, str(exp_dir))
             pathish = re.search(r"(root|dir|path|file)$", key) or text.startswith(("/", "~", "."))
             if not pathish and "/" not in text:
                 continue
@@ -237,7 +237,7 @@ def format_command(leg: reg.Leg, exp_dir: Path | str, torchrun: str = "torchrun"
     out = []
     for name, _, argv in leg.runs(exp_dir, torchrun):
         log = shlex.quote(str(Path(exp_dir) / f"{name}.log"))
-        out.append(" \\\n  ".join(reg.command_lines(argv)) + f" > {log} 2>&1")
+        out.append(" \\\n  ".join(flags.command_lines(argv)) + f" > {log} 2>&1")
     return "\n".join(out)
 
 

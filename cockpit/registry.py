@@ -18,14 +18,14 @@ import itertools
 import math
 import os
 import re
-import shlex
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cockpit import fsutil, procs, safetext
+from cockpit.flags import FlagDiff, diff_flags, parse_flags, render_args
 from cockpit.toml_lines import locate_keys
 from cockpit.vocab import METRICS
 
@@ -34,7 +34,6 @@ REGISTRY_ENV = "COCKPIT_REGISTRY"  # names the registry file when no --registry 
 DEVICES = ("cuda", "cpu")
 FAILURE_POLICIES = ("stop", "continue")
 EXECUTORS = ("local", "slurm")  # who runs a launch's legs: a supervisor here, or Slurm batch jobs
-EXP_DIR_PLACEHOLDER = "{exp_dir}"
 EXP_ROOT_PLACEHOLDER = "{exp_root}"  # in a trainer arg or a prepare entry: project.exp_root, filled at load
 PYTHON_PLACEHOLDER = "{python}"  # in a prepare argv: the Python of the legs, filled at launch
 PREPARE = "prepare"  # an experiment's prepare step: <dir>/prepare.log, state/prepare.json (no leg's name)
@@ -296,87 +295,6 @@ class Registry:
         if other is None:
             return None
         return diff_flags(parse_flags(other.trainer_args()), parse_flags(leg.trainer_args()))
-
-
-def command_lines(argv: list[str], quote: Callable[[str], str] = shlex.quote) -> list[str]:
-    """An argv laid out for a reader (the resume guide, a dry run): the launcher up to `--` on
-    the first line, then one flag per line, with its value when it has one."""
-    cut = argv.index("--") + 1 if "--" in argv else 0
-    lines = [" ".join(quote(a) for a in argv[:cut])] if cut else []
-    rest = argv[cut:]
-    i = 0
-    while i < len(rest):
-        if i + 1 < len(rest) and not rest[i + 1].startswith("--"):
-            lines.append(f"{quote(rest[i])} {quote(rest[i + 1])}")
-            i += 2
-        else:
-            lines.append(quote(rest[i]))
-            i += 1
-    return lines
-
-
-@dataclass(frozen=True)
-class FlagDiff:
-    """One trainer flag that differs between two runs: its value in each (None: not given; True:
-    a bare flag)."""
-
-    flag: str  # without its dashes
-    base: str | bool | None
-    run: str | bool | None
-
-    def __str__(self) -> str:
-        def show(v: str | bool | None) -> str:
-            return "(not given)" if v is None else "(set)" if v is True else v
-        return f"--{self.flag} {show(self.base)} -> {show(self.run)}"
-
-
-def parse_flags(argv: list[str]) -> dict[str, str | bool]:
-    """A trainer's flags from its argv (after `--` when there is one): `--key value` -> value, a
-    bare `--key` -> True. The inverse of render_args."""
-    args = argv[argv.index("--") + 1:] if "--" in argv else list(argv)
-    out: dict[str, str | bool] = {}
-    i = 0
-    while i < len(args):
-        key = args[i]
-        if not key.startswith("--"):
-            i += 1
-            continue
-        if i + 1 < len(args) and not args[i + 1].startswith("--"):
-            out[key[2:]] = args[i + 1]
-            i += 2
-        else:
-            out[key[2:]] = True
-            i += 1
-    return out
-
-
-def diff_flags(base: dict[str, str | bool], run: dict[str, str | bool]) -> list[FlagDiff]:
-    """The flags whose values differ: the run's flags in its order, then those only the base gives."""
-    out = [FlagDiff(k, base.get(k), v) for k, v in run.items() if base.get(k) != v]
-    return out + [FlagDiff(k, v, None) for k, v in base.items() if k not in run]
-
-
-def format_diff(diffs: list[FlagDiff] | None) -> str:
-    """`--compile-mode static -> dynamic, --fp8 (set) -> (not given)`, or `none` (the same flags)."""
-    if diffs is None:
-        return "nothing to compare with"
-    return ", ".join(str(d) for d in diffs) or "none"
-
-
-def render_args(args: dict[str, Any], exp_dir: Path | str | None = None) -> list[str]:
-    """`true` -> bare flag, `false` -> left out, anything else -> `--key value`."""
-    out: list[str] = []
-    for key, value in args.items():
-        if value is True:
-            out.append(f"--{key}")
-        elif value is False:
-            continue
-        else:
-            text = str(value)
-            if exp_dir is not None:
-                text = text.replace(EXP_DIR_PLACEHOLDER, str(exp_dir))
-            out += [f"--{key}", text]
-    return out
 
 
 # ----------------------------------------------------------------------------------------------

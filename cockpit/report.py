@@ -46,7 +46,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cockpit import baseline, expdir, fsutil, logs, numtext, safetext, stats, step_files
+from cockpit import baseline, expdir, flags, fsutil, logs, numtext, safetext, stats, step_files
 from cockpit import plots as plots_
 from cockpit import registry as reg
 from cockpit.baseline import Baseline
@@ -408,15 +408,15 @@ def flags_of(row: ReportRow, exp_dir: Path) -> dict[str, str | bool] | None:
         if row.source == Source.RECORDED:
             found = plan_registry(exp_dir)
             leg = found[0].find_leg(row.run.removesuffix(" (recorded)")) if found else None
-            return reg.parse_flags(leg.trainer_args()) if leg is not None else None
+            return flags.parse_flags(leg.trainer_args()) if leg is not None else None
         if not row.path:
             return None
         log = Path(row.path)
         plan = expdir.read_json(log.parent / "plan.json", expdir.PLAN_MAX_BYTES)
         spec = next(x for x in plan["legs"] if isinstance(x, dict) and x.get("name") == log.stem)
         where = plan.get("dir") if isinstance(plan.get("dir"), str) else str(log.parent)
-        argv = [a.replace(where, reg.EXP_DIR_PLACEHOLDER) if isinstance(a, str) else str(a) for a in spec["argv"]]
-        return reg.parse_flags(argv)
+        argv = [a.replace(where, flags.EXP_DIR_PLACEHOLDER) if isinstance(a, str) else str(a) for a in spec["argv"]]
+        return flags.parse_flags(argv)
     except Exception:  # noqa: BLE001 - no plan, a broken one, no such leg: nothing to compare
         return None
 
@@ -587,7 +587,7 @@ def render_report(
             sections += ["", f"### {_md_text(title)}", "", render_delta(base_row, r, tail, base.column)]
             run_flags = flags_of(r, exp_dir)
             if base_flags is not None and run_flags is not None:
-                sections += ["", f"args differ: {_md_text(reg.format_diff(reg.diff_flags(base_flags, run_flags)))}"]
+                sections += ["", f"args differ: {_md_text(flags.format_diff(flags.diff_flags(base_flags, run_flags)))}"]
         if sections:  # a dir holding only the baseline has no delta
             out += ["", f"## Delta vs baseline {safetext.md_code(name)}{where}{named}"]
             out += [f"\n{line}" for line in baseline_notes(base, exp_dir)]

@@ -21,7 +21,7 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cockpit import baseline, expdir, fsutil, gpus, logs, report, safetext, stats
+from cockpit import baseline, expdir, flags, fsutil, gpus, logs, report, safetext, stats
 from cockpit import registry as reg
 from cockpit.baseline import Baseline
 from cockpit.checkout import Branch, branch_check
@@ -350,7 +350,7 @@ def execution_template(registry: reg.Registry, leg: reg.Leg) -> tuple[str, str]:
     exp_dir_value = f"{registry.settings.exp_root}/$(date +%Y%m%d_%H%M%S)_{leg.experiment}"
     rt = leg.runtime or registry.runtime
     torchrun = str(rt.torchrun) if rt is not None and rt.torchrun is not None else "torchrun"
-    lines = reg.command_lines(leg.argv("$EXP_DIR", torchrun), _shell_arg)
+    lines = flags.command_lines(leg.argv("$EXP_DIR", torchrun), _shell_arg)
     lines[-1] += f' 2>&1 | tee "$EXP_DIR/{leg.name}.log"'
     head = ["source .venv/bin/activate" if torchrun == "torchrun" else f"# the legs' python: {rt.python}"]
     if rt is not None and rt.workdir != registry.workdir:  # the guide's `cd` is to the default checkout

@@ -18,7 +18,7 @@ from conftest import (
     step_line,
 )
 
-from cockpit import cli, launch, plots, report, stats, step_files
+from cockpit import cli, flags, launch, plots, report, stats, step_files
 from cockpit import registry as reg
 
 V1 = "20260224_175412_moe-fp8-capacity-ablation-v1"
@@ -328,20 +328,20 @@ def test_args_differ_line_per_run(tmp_path):
 def test_leg_diff_against_the_baseline_or_another_leg():
     r = reg.load(REPO / "experiments.toml")
     cap1 = r.find_leg("moe-fp8-capacity-ablation-v1/static_cap1p0")
-    assert reg.format_diff(r.leg_diff(cap1)) == ("--model-tag moe_fp8_experts_static_cap0p0_baseline -> "
+    assert flags.format_diff(r.leg_diff(cap1)) == ("--model-tag moe_fp8_experts_static_cap0p0_baseline -> "
                                                  "moe_fp8_experts_static_cap1p0, --moe-capacity-factor 0.0 -> 1.0")
     dyn = r.find_leg("moe-fp8-capacity-ablation-v1/dynamic_cap1p0")
     assert [(d.flag, d.base, d.run) for d in r.leg_diff(dyn, cap1)] == [
         ("model-tag", "moe_fp8_experts_static_cap1p0", "moe_fp8_experts_dynamic_cap1p0"),
         ("compile-mode", "static", "dynamic")]
     base = r.find_leg("moe-fp8-capacity-ablation-v1/static_cap0p0_baseline")
-    assert r.leg_diff(base) == [] and reg.format_diff([]) == "none"  # the baseline against itself
+    assert r.leg_diff(base) == [] and flags.format_diff([]) == "none"  # the baseline against itself
     dense = r.find_leg("cpu-smoke/dense")
     # another experiment's leg: the device, the model, the flags only one of them gives
     diff = {d.flag: (d.base, d.run) for d in r.leg_diff(dense, cap1)}
     assert diff["device-type"] == (None, "cpu") and diff["fp8"] == (True, None) and diff["depth"] == ("12", "2")
-    assert reg.format_diff(None) == "nothing to compare with"
-    assert reg.parse_flags(["torchrun", "-m", "x", "--", "--a", "1", "--b", "--c", "-1"]) == {"a": "1", "b": True, "c": "-1"}
+    assert flags.format_diff(None) == "nothing to compare with"
+    assert flags.parse_flags(["torchrun", "-m", "x", "--", "--a", "1", "--b", "--c", "-1"]) == {"a": "1", "b": True, "c": "-1"}
 
 
 def test_big_logs_read_by_workers_give_the_same_files(tmp_path, monkeypatch):
