@@ -503,11 +503,9 @@ async def test_tabs_cycle_and_finish_notifies(tmp_path):
         live.focus()
         await pilot.pause(0.1)
         await pilot.press("down")
-        await pilot.pause(0.1)
-        assert panes.active != first
+        await until(pilot, lambda: panes.active != first, what="the next leg's tab in front")
         await pilot.press("up")
-        await pilot.pause(0.1)
-        assert panes.active == first
+        await until(pilot, lambda: panes.active == first, what="the first leg's tab in front again")
 
         bells = []
         app.bell = lambda: bells.append(1)

@@ -123,17 +123,18 @@ async def test_ended_leg_keeps_its_tab_until_closed(tmp_path):
         expdir.write_state(a, st)
         await until(pilot, lambda: main.finished, what="the leg to end")
         await until(pilot, lambda: panes.title(key_a) == "✘ dense", what="the tab's mark")
-        assert key_a in panes.keys and panes.view(key_a).received  # the ended leg's log stays, with its lines
+        await until(pilot, lambda: panes.view(key_a).received, what="the ended leg's lines")
+        assert key_a in panes.keys  # the ended leg's log stays, with its lines
         assert any("its log tab stays until [x] closes it" in m for m in notes(app))
 
         panes.select(key_a)
-        await pilot.pause(0.1)
+        await until(pilot, lambda: panes.current_key() == key_a, what="its tab in front")  # x closes the front tab
         await pilot.press("x")
         await until(pilot, lambda: key_a not in panes.keys, what="the tab to close")
         await pilot.pause(1.2)  # two more views: a closed tab is not reopened
         assert key_a not in panes.keys and key_b in panes.keys
         panes.select(key_b)
-        await pilot.pause(0.1)
+        await until(pilot, lambda: panes.current_key() == key_b, what="its tab in front")
         await pilot.press("x")  # a running leg's tab closes too, and stays closed while it runs
         await until(pilot, lambda: key_b not in panes.keys, what="the running tab to close")
         await pilot.pause(1.2)

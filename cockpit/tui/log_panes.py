@@ -102,6 +102,8 @@ class LogPanes(TabbedContent):
             return
         pending, self._pending = [p for p in self._pending if not p.is_done], []
         if not pending:
+            # a selection still waiting for its tab would come after this one and undo it
+            self.workers.cancel_group(self, "select-tab")
             self.active = self._ids[key]
             return
 

@@ -65,6 +65,12 @@ class LogView(Vertical):
     def log(self) -> LogText:
         return self.query_one(LogText)
 
+    @property
+    def live(self) -> bool:
+        """Mounted with its children: false before mount and while the pane is being removed
+        (a closed tab's children go first; a resize or refresh callback may still arrive)."""
+        return self.is_mounted and bool(self.children) and bool(self.query(LogText))
+
     def on_mount(self) -> None:
         self.query_one(FindInput).display = False
         # Back at the bottom (the reader scrolled down): the waiting lines are written at once.
@@ -87,7 +93,7 @@ class LogView(Vertical):
         """Not following: switched off, or the reader scrolled away from the bottom."""
         if not self.following:
             return True
-        if not self.is_mounted:
+        if not self.live:
             return False
         return not self.log.pinned
 
@@ -95,7 +101,7 @@ class LogView(Vertical):
         if not lines:
             return
         self.received += len(lines)
-        if not self.is_mounted or self.paused or not self.visible:
+        if not self.live or self.paused or not self.visible:
             self.waiting.extend(lines)
             self.waiting_count += len(lines)
         else:
@@ -104,7 +110,7 @@ class LogView(Vertical):
 
     def flush(self) -> None:
         """Write the waiting lines if following, and keep to the bottom."""
-        if not self.visible or not self.is_mounted:
+        if not self.visible or not self.live:
             return
         log = self.log
         if not self.paused and not log.is_vertical_scroll_end:
@@ -128,7 +134,7 @@ class LogView(Vertical):
 
     def set_following(self, on: bool) -> None:
         self.following = on
-        if on and self.is_mounted:
+        if on and self.live:
             self.log.pinned = True
             self.log.scroll_end(animate=False, x_axis=False)
         self.flush()
@@ -212,6 +218,6 @@ class LogView(Vertical):
         return text
 
     def show_status(self) -> None:
-        if not self.is_mounted or not self.visible:
+        if not self.live or not self.visible:
             return
         self.query_one(".log-status", Static).update(self.status_text(), layout=False)  # one line, always

@@ -297,8 +297,10 @@ class MainScreen(Screen[None]):
             self.query_one(LogPanes).select(tab[0])
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
-        """A live row under the cursor brings its leg's log tab to the front."""
-        if event.data_table.id == "live" and event.row_key is not None and event.row_key.value:
+        """A live row under the cursor brings its leg's log tab to the front, when the reader moves
+        the cursor (the table focused): a refresh of its rows (a leg ended) moves no tab."""
+        table = event.data_table
+        if table.id == "live" and table.has_focus and event.row_key is not None and event.row_key.value:
             self.query_one(LogPanes).select(event.row_key.value)
 
     # ------------------------------------------------------------------------------------------
