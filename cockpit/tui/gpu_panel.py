@@ -19,6 +19,7 @@ from textual.widgets import Static
 from cockpit.tui import fmt
 from cockpit.tui.state import GpuRow, GpuView
 
+TEMP_SCALE_C = (20.0, 100.0)  # the temperature history's scale: room temperature to where GPUs throttle
 SPARK_MIN, SPARK_MAX = 8, 120  # each history's width, in samples (one a second)
 HISTORIES = (  # (header, GpuRow field, style): the history columns, left to right
     ("util", "util_hist", "cyan"),
@@ -105,7 +106,9 @@ class GpuPanel(Static):
             out.append(f" {'-' if g.temp_c is None else f'{g.temp_c:.0f}°C':>5}")
             out.append(f" {'-' if g.power_w is None else f'{g.power_w:.0f}W':>5}  ")
             out.append(proc.ljust(proc_w), style="bold cyan" if g.leg else "dim")
-            scales = {"util_hist": (0.0, 100.0), "mem_hist": (0.0, g.mem_total_mib)}
+            # fixed scales where the quantity has one (a flat line then reads as its level); power,
+            # whose limit is not sampled, is scaled to its own range
+            scales = {"util_hist": (0.0, 100.0), "mem_hist": (0.0, g.mem_total_mib), "temp_hist": TEMP_SCALE_C}
             for _, field, style in HISTORIES:
                 lo, hi = scales.get(field, (None, None))
                 out.append("  ")
