@@ -315,6 +315,17 @@ def write_dir(exp_root: Path, name: str, experiment: str, legs: dict[str, tuple[
     return d
 
 
+def two_running_dirs(exp_root: Path) -> tuple[Path, Path]:
+    """Two dirs, each with one leg running and its supervisor alive: cpu-smoke's `dense` (the
+    older dir) and moe-fp8-capacity-opt-v3's `moe_fp8_experts_static_cap1p0_v3`."""
+    a = write_dir(exp_root, "20260224_170000_cpu-smoke", "cpu-smoke",
+                  {"dense": ("running", log_lines(5, 40, finished=False))}, supervisor_alive=True)
+    b = write_dir(exp_root, "20260224_180000_moe-fp8-capacity-opt-v3", "moe-fp8-capacity-opt-v3",
+                  {"moe_fp8_experts_static_cap1p0_v3": ("running", log_lines(5, 40, finished=False))},
+                  supervisor_alive=True)
+    return a, b
+
+
 
 # ----------------------------------------------------------------------------------------------
 # the CLI, waiting, processes

@@ -27,6 +27,7 @@ from conftest import (
     registry_file,
     screen_text,
     select,
+    two_running_dirs,
     until,
     write_dir,
     write_registry,
@@ -482,12 +483,7 @@ async def test_log_pane_memory_is_bounded(tmp_path):
 
 
 async def test_tabs_cycle_and_finish_notifies(tmp_path):
-    root = tmp_path / "exp"
-    a = write_dir(root, "20260224_170000_cpu-smoke", "cpu-smoke",
-                  {"dense": ("running", log_lines(5, 40, finished=False))}, supervisor_alive=True)
-    b = write_dir(root, "20260224_180000_moe-fp8-capacity-opt-v3", "moe-fp8-capacity-opt-v3",
-                  {"moe_fp8_experts_static_cap1p0_v3": ("running", log_lines(5, 40, finished=False))},
-                  supervisor_alive=True)
+    a, b = two_running_dirs(tmp_path / "exp")
     app = make_app(registry_file(tmp_path))
     async with app.run_test(size=SIZE) as pilot:
         main = await ready(pilot, app)

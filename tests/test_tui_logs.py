@@ -7,7 +7,18 @@ supervisor writes them, with stand-in processes for the running legs.
 
 from __future__ import annotations
 
-from conftest import log_lines, make_app, notes, ready, registry_file, screen_text, select, until, write_dir
+from conftest import (
+    log_lines,
+    make_app,
+    notes,
+    ready,
+    registry_file,
+    screen_text,
+    select,
+    two_running_dirs,
+    until,
+    write_dir,
+)
 from textual.app import App
 
 from cockpit import expdir
@@ -105,12 +116,7 @@ async def test_search_filter_wrap_and_sideways_scroll(tmp_path):
 
 
 async def test_ended_leg_keeps_its_tab_until_closed(tmp_path):
-    root = tmp_path / "exp"
-    a = write_dir(root, "20260224_170000_cpu-smoke", "cpu-smoke",
-                  {"dense": ("running", log_lines(5, 40, finished=False))}, supervisor_alive=True)
-    b = write_dir(root, "20260224_180000_moe-fp8-capacity-opt-v3", "moe-fp8-capacity-opt-v3",
-                  {"moe_fp8_experts_static_cap1p0_v3": ("running", log_lines(5, 40, finished=False))},
-                  supervisor_alive=True)
+    a, b = two_running_dirs(tmp_path / "exp")
     app = make_app(registry_file(tmp_path))
     async with app.run_test(size=SIZE) as pilot:
         main = await ready(pilot, app)
