@@ -83,7 +83,7 @@ async def test_opens_registry_file(tmp_path):
         text = screen_text(app)
         for what in ("Experiments", "moe-fp8-capacity-ablation-v1", "static_cap1p0", "cpu-smoke", "GPUs",
                      "NVML Shared Library Not Found", "host cpu", "Resume", "Completed (do not re-run)",
-                     "expected yxb/moe-add-sft-claude", "training paused", "no NVML"):
+                     "expected yxb/moe-add-sft-claude", "nothing running, 4 legs to run", "no NVML"):
             assert what in text, what
         marks = {leg.key: leg.mark for e in main.view.experiments for leg in e.legs}
         assert marks["moe-fp8-capacity-ablation-v1/static_cap1p0"] == "recorded"
@@ -214,6 +214,19 @@ async def test_tab_moves_between_panes_and_m_maximizes(tmp_path):
         assert app.screen.maximized is app.query_one("#resume-box")
         await pilot.press("m")
         assert app.screen.maximized is None
+
+
+async def test_header_says_what_is_true_and_the_fresh_dir_is_never_folded(tmp_path):
+    """Nothing running with legs to run: the header says so, in the words `cockpit status` uses
+    (never "paused"); at 120 columns no screen line splits the fresh dir's `$(date +%Y...)`."""
+    app = make_app(registry_file(tmp_path))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await ready(pilot, app)
+        text = await until(pilot, lambda: (t := screen_text(app)) and "nothing running" in t and t,
+                           what="the header's words")
+        header = text.splitlines()[0]
+        assert "nothing running, 4 legs to run" in header and "paused" not in header, header
+        assert not any(line.rstrip(" │┃").endswith("$(date") for line in text.splitlines()), text
 
 
 async def test_focused_pane_shows_and_m_on_an_empty_pane_fills_the_screen(tmp_path):
@@ -521,8 +534,9 @@ async def test_resume_panel_shows_next_command(tmp_path):
         text = str(await until(pilot, lambda: "moe-fp8-capacity-opt-v3" in str(app.query_one(ResumePanel).render())
                                and app.query_one(ResumePanel).render(), what="the 8-GPU leg next"))
         assert "moe-fp8-capacity-opt-v3/moe_fp8_experts_static_cap1p0_v3" in text
-        assert f"{tmp_path / 'exp'}/$(date +%Y%m%d_%H%M%S)_moe-fp8-capacity-opt-v3" in text
         command = str(app.query_one(NextCommand).render())
+        # the fresh dir: the command's EXP_DIR line, whole (the prose above never shows it folded)
+        assert f'EXP_DIR="{tmp_path / "exp"}/$(date +%Y%m%d_%H%M%S)_moe-fp8-capacity-opt-v3"' in command.splitlines()
         assert "--moe-capacity-factor 1.0" in command and "--compile-mode static" in command
         # never folded: the cockpit one-liner first, then the command a line per flag (` \` between tokens)
         assert command.splitlines()[0].startswith("cockpit launch moe-fp8-capacity-opt-v3 --legs ")

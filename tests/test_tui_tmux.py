@@ -56,9 +56,9 @@ def test_cockpit_in_tmux(tmp_path):
         subprocess.run([*tmux, "send-keys", "-t", "t", cmd, "Enter"], check=True, env=env)
         # the whole first view painted (a capture may catch a frame half drawn)
         screen = wait_for(lambda s: "Completed (do not re-run)" in s and "host cpu" in s
-                          and "training 1 leg running" in s, 30, "the cockpit")
+                          and "│  1 leg running" in s, 30, "the cockpit")
         for what in ("Experiments", "moe-fp8-capacity-ablation-v1", "cpu-smoke", "GPUs",
-                     "no GPU view", "Resume", "Remaining", "training 1 leg running"):
+                     "no GPU view", "Resume", "Remaining", "│  1 leg running"):
             assert what in screen, what
 
         # `/` in the running leg's log, once its lines are in

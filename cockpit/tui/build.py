@@ -66,18 +66,13 @@ def build_view(registry: reg.Registry, snapshot: gpus.Snapshot | None, sampler: 
     live = tuple(live_view(state, m, followed.get(f"{m.dir}/{m.log_name}")) for m in state.running if m.dir)
     running = [(m.log_name, st.pid, st.create_time) for m in state.running if m.dir and str(m.dir) in dirs
                for st in [dirs[str(m.dir)].states.get(m.log_name)] if st is not None]
-    n = len(state.running)
-    queued = len(state.active) - n
-    training = f"{n} leg{'s' if n != 1 else ''} running" if n else "paused"
-    if queued:
-        training += f", {queued} queued"
     view = vm.CockpitView(
         project=state.project,
         registry_path=state.registry_path,
         exp_root=state.exp_root,
         branch=branch,
         expected_branch=registry.settings.branch,
-        training=training,
+        training=state.activity,  # the words status and the guide use: "all done", "nothing running, ..."
         experiments=tuple(experiments),
         gpu=(gpu_view(snapshot, status, owners(snapshot, running), sampler, slurm_nodes(state))
              if snapshot is not None and status else None),
@@ -203,7 +198,6 @@ def _resume_view(state: resume.ResumeState) -> vm.ResumeView:
         remaining=_group([m for e in state.experiments for m in e.todo]),
         next_label=f"{nxt.experiment}/{nxt.leg} ({nxt.mark})" if nxt else None,
         next_command=nxt.command if nxt else None,
-        next_dir=nxt.exp_dir_template if nxt else None,
         next_cockpit=nxt.cockpit if nxt else None,
         rules=tuple(state.safety),
         active=_group(state.active),

@@ -31,8 +31,9 @@ class CockpitHeader(Static):
             text.append(h.branch, style="bold" if ok else "bold yellow")
             if not ok:
                 text.append(f" ⚠ expected {h.expected_branch}", style="bold yellow")
-        text.append("  │  training ")
-        text.append(h.training, style="bold green" if "running" in h.training else "bold")
+        text.append("  │  ")
+        busy = "running" in h.training and not h.training.startswith("nothing")
+        text.append(h.training, style="bold green" if busy else "bold")
         text.append("  │  ")
         text.append(h.gpus or "GPUs: sampling...", style="bold")
         if h.problems:

@@ -59,9 +59,8 @@ class ResumePanel(Static):
         out.append("Next\n", style="bold cyan")
         if resume.next_command:
             out.append(f"  {resume.next_label}\n", style="bold")
-            if resume.next_dir:
-                out.append("  fresh dir: ", style="dim")
-                out.append(f"{resume.next_dir}\n")
+            # its fresh dir is the command's EXP_DIR line, shown whole below: folded in this
+            # prose it would split `$(date` from `+%Y...` and no longer paste
             out.append("  one key: select it, press l; or run the first line (cockpit), or the command under it\n"
                        "  (c copies the command; ←→ scrolls a long line):", style="dim")
         else:

@@ -149,7 +149,6 @@ class ResumeView:
     remaining: tuple[str, ...] = ()
     next_label: str | None = None  # "experiment/leg (pending)"
     next_command: str | None = None  # the shell recipe (EXP_DIR=..., torchrun ... | tee), as the guide writes it
-    next_dir: str | None = None  # the fresh dir's template
     next_cockpit: str | None = None  # the one-command equivalent
     rules: tuple[str, ...] = ()
     active: tuple[str, ...] = ()
@@ -227,7 +226,7 @@ class CockpitView:
     exp_root: str
     branch: str | None
     expected_branch: str | None
-    training: str  # "paused" or "2 legs running"
+    training: str  # resume.ResumeState.activity: "2 legs running", "nothing running, 4 legs to run", "all done"
     experiments: tuple[ExperimentView, ...]
     gpu: GpuView | None
     live: tuple[LiveView, ...] = ()
