@@ -29,6 +29,19 @@ def clone_with_cf(m: MoE, cf: float) -> MoE:
     return other
 
 
+def tiny_moe_gpt(capacity_factor: float, sequence_len: int = 32):
+    """A 2-layer GPT whose every MLP is a 4-expert top-2 MoE, weights initialised (seed as set)."""
+    from nanochat.gpt import GPT, GPTConfig
+
+    cfg = GPTConfig(
+        sequence_len=sequence_len, vocab_size=64, n_layer=2, n_head=2, n_embd=32, use_moe=True, n_experts=4,
+        expert_topk=2, moe_capacity_factor=capacity_factor,
+    )
+    model = GPT(cfg)
+    model.init_weights()
+    return model
+
+
 def fwd_bwd(m: MoE, x: torch.Tensor):
     x = x.clone().requires_grad_(True)
     y, aux = m(x)
@@ -180,16 +193,9 @@ def test_fixed_capacity_compiles_fullgraph_static_without_recompiles():
 
 def test_gpt_training_steps_do_not_recompile():
     """The whole model, with MoE in fixed-capacity mode, over training steps (dynamo only)."""
-    from nanochat.gpt import GPT, GPTConfig
-
     torch._dynamo.reset()
     torch.manual_seed(0)
-    cfg = GPTConfig(
-        sequence_len=32, vocab_size=64, n_layer=2, n_head=2, n_embd=32, use_moe=True, n_experts=4,
-        expert_topk=2, moe_capacity_factor=1.0,
-    )
-    model = GPT(cfg)
-    model.init_weights()
+    model = tiny_moe_gpt(1.0)
     counter = torch._dynamo.testing.CompileCounter()
     compiled = torch.compile(model, backend=counter, fullgraph=True, dynamic=False)
     opt = model.setup_optimizer(0.2, 0.004, 0.01)
@@ -206,22 +212,15 @@ def test_gpt_training_steps_do_not_recompile():
 def test_fixed_capacity_compiles_dynamic_over_batch_shapes():
     """--compile-mode dynamic with a fixed capacity: one graph serves every batch shape (the
     capacity is an integer expression of the token count, no float symbols)."""
-    from nanochat.gpt import GPT, GPTConfig
-
     torch._dynamo.reset()
-    cfg = GPTConfig(
-        sequence_len=64, vocab_size=64, n_layer=2, n_head=2, n_embd=32, use_moe=True, n_experts=4,
-        expert_topk=2, moe_capacity_factor=1.25,
-    )
-    model = GPT(cfg)
-    model.init_weights()
+    model = tiny_moe_gpt(1.25, sequence_len=64)
     counter = torch._dynamo.testing.CompileCounter()
     compiled = torch.compile(model, backend=counter, dynamic=True)
     for b, t in [(2, 32), (3, 64), (4, 48)]:
         idx = torch.randint(0, 64, (b, t))
         loss, stats = compiled(idx, idx)
         loss.backward()
-        assert float(stats["assigned"]) == cfg.n_layer * b * t * 2
+        assert float(stats["assigned"]) == model.config.n_layer * b * t * 2
     assert counter.frame_count == 1
     torch._dynamo.reset()
 
@@ -281,16 +280,9 @@ def test_dropless_grouped_matmuls_run_in_bf16_under_autocast():
 def test_dropless_gpt_compiles_to_one_graph_without_recompiles(autocast):
     """The trainer's dropless model under static compile (as on the GPU: bf16 autocast; as on CPU:
     fp32): one graph, no recompile over steps whose routing changes, and the eager result."""
-    from nanochat.gpt import GPT, GPTConfig
-
     torch._dynamo.reset()
     torch.manual_seed(0)
-    cfg = GPTConfig(
-        sequence_len=32, vocab_size=64, n_layer=2, n_head=2, n_embd=32, use_moe=True, n_experts=4,
-        expert_topk=2, moe_capacity_factor=0.0,
-    )
-    model = GPT(cfg)
-    model.init_weights()
+    model = tiny_moe_gpt(0.0)
     dtype = torch.bfloat16 if autocast else torch.float32
     assert moe_lib.probe_grouped_mm(torch.device("cpu"), dtype, 32, 64)  # the grouped path is taken
     counter = torch._dynamo.testing.CompileCounterWithBackend("aot_eager")
