@@ -80,6 +80,7 @@ class Collected:
     """A run's plotted metrics, collected a chunk of step lines at a time (finite values only)."""
 
     def __init__(self, tail: int = 50) -> None:
+        load_numpy()  # its chunks are numpy columns, and so are the series it gives
         self.tail = tail
         self.first_step: float | None = None
         self.parts: dict[str, list[tuple[Any, Any]]] = {attr: [] for attr, _ in PLOTS}

@@ -146,7 +146,6 @@ def _worker(spec: str) -> None:
 def _steps_csv(path: str, run: str, tail: int, out: BinaryIO) -> dict[str, Series]:
     """One log's step lines as CSV rows into `out`; its plotted series. A log that cannot be read
     (any more) adds the rows read so far, and no series."""
-    plots.load_numpy()  # for the series collected on the way
     np = lazy.numpy()
     prefix = (_csv_field(safetext.printable(run)) + ",").encode()
     kept = plots.Collected(tail)
