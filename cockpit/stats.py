@@ -95,7 +95,7 @@ def estimate(values: Sequence[float]) -> Estimate | None:
     if n < 2:
         return None
     mean = sum(xs) / n
-    std = math.sqrt(sum((x - mean) ** 2 for x in xs) / (n - 1))
+    std = math.sqrt(sum((x - mean) * (x - mean) for x in xs) / (n - 1))  # `*` overflows to inf; `**` raises
     r1 = lag1(xs)
     r1 = min(max(r1 + (1 + 3 * r1) / n, 0.0), MAX_R1)
     n_eff = max(2.0, n * (1 - r1) / (1 + r1))
@@ -109,7 +109,7 @@ def across(means: Sequence[float]) -> Estimate | None:
     if n < 2:
         return None
     mean = sum(xs) / n
-    std = math.sqrt(sum((x - mean) ** 2 for x in xs) / (n - 1))
+    std = math.sqrt(sum((x - mean) * (x - mean) for x in xs) / (n - 1))  # `*` overflows to inf; `**` raises
     return Estimate(mean, std, n, float(n), t975(n - 1) * std / math.sqrt(n))
 
 
@@ -144,15 +144,15 @@ def compare(base: Estimate | None, run: Estimate | None) -> Delta:
     pct, why = pct_change(base.mean, run.mean)
     if pct is None:
         return Delta(None, None, Verdict.NONE, why)
-    va, vb = base.rel_se**2, run.rel_se**2
+    va, vb = base.rel_se * base.rel_se, run.rel_se * run.rel_se  # `*` overflows to inf; `**` raises
     if not (math.isfinite(va) and math.isfinite(vb)):
-        return Delta(pct, None, Verdict.NONE, "mean is 0")
+        return Delta(pct, None, Verdict.NONE, "mean is 0" if 0 in (base.mean, run.mean) else "spread too large")
     ratio = run.mean / base.mean
     se = abs(ratio) * math.sqrt(va + vb)
     if se == 0:  # two constant series: any difference is exact
         return Delta(pct, 0.0, Verdict.SIGNIFICANT if pct != 0 else Verdict.WITHIN_NOISE)
     # Welch-Satterthwaite degrees of freedom, on the relative variances
-    dof = (va + vb) ** 2 / ((va**2 / max(base.n_eff - 1, 1)) + (vb**2 / max(run.n_eff - 1, 1)))
+    dof = (va + vb) * (va + vb) / ((va * va / max(base.n_eff - 1, 1)) + (vb * vb / max(run.n_eff - 1, 1)))
     ci = 100.0 * t975(dof) * se
     return Delta(pct, ci, Verdict.SIGNIFICANT if abs(pct) > ci else Verdict.WITHIN_NOISE)
 

@@ -92,3 +92,13 @@ def test_repeats_use_the_spread_between_them():
     assert e.mean == pytest.approx(100.0) and e.n_eff == 3
     assert e.half_width == pytest.approx(stats.t975(2) * 4.0 / math.sqrt(3))
     assert stats.across([1.0]) is None
+
+
+def test_huge_values_give_an_infinite_spread_and_no_verdict_never_an_overflow():
+    """A step time of 2.7e154 ms (garbage in a log): squaring it overflows; the estimate's spread
+    is inf and the comparison says why there is no interval."""
+    huge = stats.estimate([0.0, 2.6815615859885194e154, 1.0])
+    assert huge is not None and math.isinf(huge.std) and math.isinf(huge.half_width)
+    small = stats.estimate([1.0, 2.0, 3.0])
+    for d in (stats.compare(small, huge), stats.compare(huge, small)):
+        assert d.ci_pct is None and d.verdict == Verdict.NONE and d.why == "spread too large"
