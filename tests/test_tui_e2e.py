@@ -51,7 +51,8 @@ async def test_keys_launch_cpu_smoke_and_the_tables_fill(tmp_path, smoke_corpus)
                 if v.step is not None:
                     seen_live.add(v.leg)
             for view in panes.views():  # the active tab shows its lines; a hidden one keeps them
-                shown = any(line.startswith("step ") for line in view.query_one("LogText").lines)
+                # a pane is composed after its tab is added: read its lines once it is live
+                shown = view.live and any(line.startswith("step ") for line in view.log.lines)
                 if view.received and (shown or not view.visible):
                     filled.add(view.key.rpartition("/")[2])
             return len([f for f in main.finished if f.endswith(":done")]) == 2

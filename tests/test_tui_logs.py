@@ -7,6 +7,8 @@ supervisor writes them, with stand-in processes for the running legs.
 
 from __future__ import annotations
 
+import asyncio
+
 from conftest import (
     log_lines,
     make_app,
@@ -201,3 +203,41 @@ async def test_log_text_keeps_the_last_lines_and_their_matches():
         log.write_lines(["\x1b]0;title\x07a \x1b[31mred\x1b[0m line\twith tab \u202e"])  # from a file: printable
         assert log.lines[-1] == "a red line      with tab \\u202e" and log.first == 151
         assert log.next_match(-1) == 240  # the newest kept line with both
+
+
+class BarePanes(App):
+    def compose(self):
+        yield LogPanes()
+
+
+async def test_a_tab_closed_while_it_is_being_opened_goes_cleanly():
+    """The screen may open a leg's tab and close it again before Textual has added it (a leg
+    that ends at once, a selection moved on): whatever the interleaving, no error, and the tabs
+    left are exactly the last ones asked for, each with its lines."""
+    for ticks in range(4):  # how far the first tab's addition got before it is closed
+        await open_and_close(ticks)
+
+
+async def open_and_close(ticks: int) -> None:
+    app = BarePanes()
+    async with app.run_test(size=(100, 20)) as pilot:
+        panes = app.query_one(LogPanes)
+        panes.sync([("d/a", "a", "d/a.log")])
+        for _ in range(ticks):
+            await asyncio.sleep(0)
+        panes.sync([("d/b", "b", "d/b.log")])
+        panes.append({"d/a": ["dropped"], "d/b": ["step 00001/00010 | loss: 9.000000"]})
+        panes.select("d/b")
+        panes.sync([])
+        panes.sync([("d/b", "b", "d/b.log"), ("d/c", "c", "d/c.log")])
+        panes.append({"d/b": ["step 00002/00010 | loss: 8.000000"], "d/c": ["c line"]})
+        panes.select("d/c")
+        await until(pilot, lambda: all(v.live for v in panes.views()) and panes.current_key() == "d/c",
+                    5, f"the tabs after {ticks} ticks")
+        await pilot.pause()
+        assert panes.keys == ["d/b", "d/c"]
+        assert len(panes.query("TabPane")) == 2 and len(panes.query("ContentTab")) == 2
+        assert panes.view("d/c").log.lines == ["c line"]
+        panes.select("d/b")
+        await until(pilot, lambda: panes.view("d/b").log.line_count == 1, 5, "b's kept line")
+    assert app.return_code in (0, None), ticks

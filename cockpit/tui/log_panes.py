@@ -6,9 +6,12 @@ until closed, the selection's); this widget shows exactly those, in order, and k
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
+
 from textual.await_complete import AwaitComplete
 from textual.content import Content
-from textual.widgets import TabbedContent, TabPane
+from textual.widgets import TabbedContent, TabPane, Tabs
 
 from cockpit.tui.log_view import MAX_LINES, LogView
 
@@ -25,7 +28,12 @@ class LogPanes(TabbedContent):
         self._views: dict[str, LogView] = {}  # key -> its pane's LogView (mounted or on its way)
         self._seq = 0
         self._titles: dict[str, str] = {}  # key -> its tab's title
-        self._pending: list[AwaitComplete] = []  # tabs being added or removed
+        # Tabs are added and removed one after another, never overlapping: Textual's tabs go
+        # wrong when they do (removing the active tab activates the neighbour it saw at the
+        # call, which may be gone by the time the removal runs; a tab still being added has
+        # no tab to remove yet).
+        self._last: AwaitComplete | None = None  # the newest addition or removal
+        self._pending: list[AwaitComplete] = []  # additions and removals not yet done
         self.opened: list[str] = []  # every key that had a tab (tests and the benchmark read it)
 
     def sync(self, tabs: list[tuple[str, str, str]]) -> None:
@@ -35,7 +43,7 @@ class LogPanes(TabbedContent):
         for key in [k for k in self._ids if k not in wanted]:
             self._views.pop(key)
             self._titles.pop(key, None)
-            self._pending.append(self.remove_pane(self._ids.pop(key)))
+            self._then(partial(self.remove_pane, self._ids.pop(key)))
         for key, title, path in tabs:
             if key not in self._ids:
                 self._seq += 1
@@ -44,13 +52,25 @@ class LogPanes(TabbedContent):
                 self.opened.append(key)
                 view = self._views[key] = LogView(key, path, self.max_lines)
                 # Content(...): a leg name is shown as written, never parsed as markup
-                self._pending.append(self.add_pane(TabPane(Content(title), view, id=pane_id)))
+                self._then(partial(self.add_pane, TabPane(Content(title), view, id=pane_id)))
             elif self._titles.get(key) != title and self.is_mounted:
                 try:
                     self.get_tab(self._ids[key]).label = Content(title)
                 except Exception:  # the tab is still being added: it keeps its first title
                     continue
             self._titles[key] = title
+
+    def _then(self, change: Callable[[], AwaitComplete]) -> None:
+        """Add or remove a tab once the changes asked before it are done."""
+        before = self._last
+
+        async def run() -> None:
+            if before is not None:
+                await before
+            await change()
+
+        self._last = AwaitComplete(run())
+        self._pending.append(self._last)
 
     def append(self, lines: dict[str, list[str]]) -> None:
         """New lines by key: each pane writes them, or keeps them (bounded) while hidden or paused."""
@@ -74,6 +94,13 @@ class LogPanes(TabbedContent):
             if visible != v.visible:
                 v.show_tab(visible)
 
+    def _on_tabs_tab_activated(self, event: Tabs.TabActivated) -> None:
+        """A tab closed before its activation message was handled (opened and closed at once):
+        the stale message is dropped; TabbedContent would make the gone tab active and fail."""
+        if not event.tab.is_attached:
+            event.prevent_default()
+            event.stop()
+
     def on_tabbed_content_tab_activated(self, event: TabbedContent.TabActivated) -> None:
         self.mark_visible()
 
@@ -81,39 +108,37 @@ class LogPanes(TabbedContent):
     def keys(self) -> list[str]:
         return list(self._ids)
 
-    def current(self) -> LogView | None:
-        pane = self.active_pane
-        if pane is None:
-            return None
-        found = pane.query(LogView)
-        return found.first() if found else None
-
     def current_key(self) -> str | None:
-        v = self.current()
-        return v.key if v is not None else None
+        """The key of the active tab (None while none is, or the active one is being removed)."""
+        return next((key for key, pane_id in self._ids.items() if pane_id == self.active), None)
+
+    def current(self) -> LogView | None:
+        key = self.current_key()
+        return self._views[key] if key is not None else None
 
     def title(self, key: str) -> str | None:
         return self._titles.get(key)
 
     def select(self, key: str) -> None:
-        """Bring a key's tab to the front; a tab still being added (or another removed, which
-        activates a neighbour) is brought there once that is done."""
+        """Bring a key's tab to the front; while tabs are being added or removed (removing one
+        activates a neighbour), once they all are."""
         if key not in self._ids:
             return
-        pending, self._pending = [p for p in self._pending if not p.is_done], []
-        if not pending:
-            # a selection still waiting for its tab would come after this one and undo it
-            self.workers.cancel_group(self, "select-tab")
+        # a selection still waiting for its tab would come after this one and undo it
+        self.workers.cancel_group(self, "select-tab")
+        self._pending = [p for p in self._pending if not p.is_done]
+        if not self._pending:
             self.active = self._ids[key]
             return
 
-        async def when_added() -> None:
-            for p in pending:
-                await p
-            if key in self._ids:
+        async def when_settled() -> None:
+            while busy := [p for p in self._pending if not p.is_done]:
+                for p in busy:
+                    await p
+            if key in self._ids:  # the id it has now: closed and opened again, it is a new tab
                 self.active = self._ids[key]
 
-        self.run_worker(when_added(), group="select-tab", exclusive=True)
+        self.run_worker(when_settled, group="select-tab", exclusive=True)
 
     def cycle(self, step: int) -> None:
         ids = list(self._ids.values())

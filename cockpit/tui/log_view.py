@@ -72,7 +72,10 @@ class LogView(Vertical):
         return self.is_mounted and bool(self.children) and bool(self.query(LogText))
 
     def on_mount(self) -> None:
-        self.query_one(FindInput).display = False
+        bar = self.query(FindInput)
+        if not bar:  # removed while it was being composed (its tab closed at once)
+            return
+        bar.first().display = False
         # Back at the bottom (the reader scrolled down): the waiting lines are written at once.
         self.watch(self.log, "pinned", lambda _: self.flush(), init=False)
         self.flush()
