@@ -69,7 +69,7 @@ class LogView(Vertical):
     def live(self) -> bool:
         """Mounted with its children: false before mount and while the pane is being removed
         (a closed tab's children go first; a resize or refresh callback may still arrive)."""
-        return self.is_mounted and bool(self.children) and bool(self.query(LogText))
+        return self.is_mounted and bool(self.query(LogText))
 
     def on_mount(self) -> None:
         bar = self.query(FindInput)
