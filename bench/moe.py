@@ -9,10 +9,14 @@ the floor any routing sits on; each eager and torch.compile'd.
     python -m bench.moe --device cuda --tokens 16384 --dim 768 --profile   # a d12 layer on a GPU
 
 At capacity 1.0 the expert matmuls do exactly the dense MLP's FLOPs, so `cap1.0/dense` measures
-what the MoE block costs beyond its FLOPs: E smaller matmuls instead of one big one (on a CPU,
-`experts/dense` alone) and routing, dispatch and combine (`cap1.0/experts`). Variants are timed in interleaved rounds, so background
-load hits them alike; each ratio is given on the median round and on the best round (other
-processes only ever add time). The last lines are the ratio that matters, eager and compiled,
+what the MoE block costs beyond its FLOPs. `experts/dense` is the cost of the layout alone: E
+smaller matmuls instead of one big one, and moving each token's k copies in and their outputs
+out (a copy and a sum, with their gradients); `cap1.0/experts` is what routing adds to that (the
+router, slot assignment, gathers instead of copies). On a CPU the batched matmuls take 0-4%
+longer than the dense ones (`--profile`: aten::bmm vs aten::mm); the rest is passes over the
+k*T x D activations at memory speed, a share that halves when --dim doubles. Variants are timed
+in interleaved rounds, so background load hits them alike; each ratio is given on the median
+round and on the best round (other processes only ever add time). The last lines are the ratio that matters, eager and compiled,
 then the worse of the two: `cap1.0/dense fwd+bwd: median X, best Y`. On a machine other
 processes share, `--threads 1` measures the work rather than how threads wait for each other.
 `--profile` then profiles one compiled step of dense and of each MoE variant and prints the
@@ -184,7 +188,7 @@ def main() -> None:
         if "experts" not in kinds:
             continue
         print(f"experts/dense fwd+bwd ({m}): median {med[f'experts {m}'] / med[f'dense {m}']:.2f}, "
-              f"best {best[f'experts {m}'] / best[f'dense {m}']:.2f}   (E small matmuls vs one big one)")
+              f"best {best[f'experts {m}'] / best[f'dense {m}']:.2f}   (E matmuls, k copies in, a sum out)")
         print(f"cap1.0/experts fwd+bwd ({m}): median {med[f'cap1.0 {m}'] / med[f'experts {m}']:.2f}, "
               f"best {best[f'cap1.0 {m}'] / best[f'experts {m}']:.2f}   (routing, dispatch and combine)")
     for m, (r_med, r_best) in ratios.items():
