@@ -42,6 +42,7 @@ class GpuInfo:
     power_w: float | None
     pids: list[int] = field(default_factory=list)
     pid_mem_mib: dict[int, float] = field(default_factory=dict)  # GPU memory each process holds, where NVML says
+    power_limit_w: float | None = None  # the enforced power limit (the scale of the power history)
 
 
 @dataclass
@@ -130,6 +131,7 @@ class GpuSampler:
             mem = self._field(nv.nvmlDeviceGetMemoryInfo, h)
             temp = self._field(nv.nvmlDeviceGetTemperature, h, getattr(nv, "NVML_TEMPERATURE_GPU", 0))
             power = self._field(nv.nvmlDeviceGetPowerUsage, h)
+            limit = self._field(nv.nvmlDeviceGetEnforcedPowerLimit, h)
             procs = self._field(nv.nvmlDeviceGetComputeRunningProcesses, h)
             out.append(
                 GpuInfo(
@@ -142,6 +144,7 @@ class GpuSampler:
                     power_w=power / 1000.0 if power is not None else None,
                     pids=sorted({p.pid for p in procs}) if procs else [],
                     pid_mem_mib=_pid_mem(procs),
+                    power_limit_w=limit / 1000.0 if limit else None,
                 )
             )
         return out

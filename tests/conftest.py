@@ -427,7 +427,7 @@ class FakeSampler:
             pids = (live_leg_pids()[-1:] or [os.getpid()]) if on else []
             gpus.append(GpuInfo(i, "NVIDIA H100 80GB HBM3", 97.0 if on else 0.0, 18987.0 if on else 0.0,
                                 81559.0, 64.0 if on else 31.0, 612.0 if on else 71.0, pids,
-                                {p: 18432.0 for p in pids}))
+                                {p: 18432.0 for p in pids}, power_limit_w=700.0))
             ramp = [0.0, 0.4, 0.95, 0.97, 0.96, 0.97] if on else [0.0] * 6
             for key, idle, busy in (("util_pct", 0.0, 100.0), ("mem_used_mib", 0.0, 19573.0),
                                     ("temp_c", 31.0, 66.0), ("power_w", 71.0, 631.0)):

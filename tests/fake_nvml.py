@@ -72,6 +72,10 @@ class FakeNVML:
         self._check(h, "power")
         return 70_000 + 1000 * h  # milliwatts
 
+    def nvmlDeviceGetEnforcedPowerLimit(self, h: int) -> int:
+        self._check(h, "limit")
+        return 700_000  # milliwatts, an H100 SXM's
+
     def nvmlDeviceGetComputeRunningProcesses(self, h: int):
         self._check(h, "procs")
         return [SimpleNamespace(pid=p, usedGpuMemory=1024 * MIB) for p in self.pids[h]]

@@ -15,7 +15,8 @@ from cockpit import cli, gpus
 
 
 def test_sample_eight_gpus_with_field_errors():
-    nv = FakeNVML(8, broken={(2, "power"), (3, "util"), (3, "mem"), (5, "procs"), (6, "name"), (7, "temp")})
+    nv = FakeNVML(8, broken={(2, "power"), (3, "util"), (3, "mem"), (5, "procs"), (6, "name"), (7, "temp"),
+                             (4, "limit")})
     nv.util[0], nv.mem_used_mib[0], nv.pids[0] = 97.0, 18987.8, [4242, 4243]
     snap = gpus.GpuSampler(nvml=nv).sample()
     assert snap.available and snap.reason is None and len(snap.gpus) == 8
@@ -23,8 +24,10 @@ def test_sample_eight_gpus_with_field_errors():
     assert (g0.name, g0.util_pct, round(g0.mem_used_mib, 1), g0.mem_total_mib) == ("NVIDIA H100 80GB HBM3", 97.0, 18987.8, 81559.0)
     assert (g0.temp_c, g0.power_w, g0.pids) == (30.0, 70.0, [4242, 4243])
     assert g2.power_w is None and g2.util_pct == 0.0
+    assert g0.power_limit_w == 700.0 and g2.power_limit_w == 700.0  # the limit has its own field
     assert g3.util_pct is None and g3.mem_used_mib is None and g3.mem_total_mib is None
     assert snap.gpus[5].pids == [] and snap.gpus[6].name is None and snap.gpus[7].temp_c is None
+    assert snap.gpus[4].power_limit_w is None and snap.gpus[4].power_w == 74.0
     text = gpus.render_table(snap, {4242: "20260101_000000_x/dense"})
     lines = text.splitlines()
     assert len(lines) == 10  # header, 8 GPUs, host

@@ -703,6 +703,22 @@ async def test_deltas_that_are_no_number_show_a_dash(tmp_path):
         assert cells[2].splitlines()[1] == "-" and cells[3].splitlines()[1] == "-"
 
 
+def test_power_history_reads_against_the_gpus_power_limit():
+    """A steady draw reads as its level on the 0..limit scale NVML gives; without a limit, the
+    history is scaled to its own range (a flat line then sits at mid height, whatever the draw)."""
+    from cockpit.tui.gpu_panel import GpuPanel
+    from cockpit.tui.state import GpuRow
+
+    def power_spark(hist: tuple[float, ...], limit: float | None) -> str:
+        row = GpuRow(0, "NVIDIA H100 80GB HBM3", 97.0, 18987.0, 81559.0, 64.0, hist[-1], None,
+                     power_hist=hist, power_limit_w=limit)
+        return GpuPanel().render_gpus((row,)).plain.splitlines()[1].split()[-1]
+
+    assert power_spark((612.0,) * 6, 700.0) == "▇" * 6 and power_spark((71.0,) * 6, 700.0) == "▂" * 6
+    assert power_spark((612.0,) * 6, None) == "▅" * 6 == power_spark((71.0,) * 6, None)
+    assert power_spark((71.0, 700.0), 700.0) == "▂█"
+
+
 def test_text_shapes():
     assert fmt_pct(2.7) == "+2.70%" and fmt_pct(-2.93) == "-2.93%" and fmt_pct(None) == "-"
     assert fmt.spark([1, 2, 3, 4, 5, 6, 7, 8]) == "▁▂▃▄▅▆▇█" and fmt.spark([]) == ""

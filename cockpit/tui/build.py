@@ -134,7 +134,8 @@ def gpu_view(snapshot: gpus.Snapshot, status: resume.GpuStatus, owners: dict[int
         vm.GpuRow(g.index, g.name or "?", g.util_pct, g.mem_used_mib, g.mem_total_mib, g.temp_c, g.power_w,
                   next((owners[p] for p in g.pids if p in owners), None),
                   *(h(f"gpu{g.index}.{k}") for k in ("util_pct", "mem_used_mib", "temp_c", "power_w")),
-                  procs=tuple(vm.GpuProc(p, owners.get(p), g.pid_mem_mib.get(p)) for p in g.pids))
+                  procs=tuple(vm.GpuProc(p, owners.get(p), g.pid_mem_mib.get(p)) for p in g.pids),
+                  power_limit_w=g.power_limit_w)
         for g in snapshot.gpus
     )
     host = snapshot.host

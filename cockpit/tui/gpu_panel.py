@@ -106,9 +106,11 @@ class GpuPanel(Static):
             out.append(f" {'-' if g.temp_c is None else f'{g.temp_c:.0f}°C':>5}")
             out.append(f" {'-' if g.power_w is None else f'{g.power_w:.0f}W':>5}  ")
             out.append(proc.ljust(proc_w), style="bold cyan" if g.leg else "dim")
-            # fixed scales where the quantity has one (a flat line then reads as its level); power,
-            # whose limit is not sampled, is scaled to its own range
+            # fixed scales (a flat line then reads as its level): power up to the GPU's enforced
+            # limit; where NVML does not give the limit, power is scaled to its own range
             scales = {"util_hist": (0.0, 100.0), "mem_hist": (0.0, g.mem_total_mib), "temp_hist": TEMP_SCALE_C}
+            if g.power_limit_w:
+                scales["power_hist"] = (0.0, g.power_limit_w)
             for _, field, style in HISTORIES:
                 lo, hi = scales.get(field, (None, None))
                 out.append("  ")

@@ -179,6 +179,7 @@ class GpuRow:
     temp_hist: tuple[float, ...] = ()
     power_hist: tuple[float, ...] = ()
     procs: tuple[GpuProc, ...] = ()
+    power_limit_w: float | None = None  # NVML's enforced limit: the power history's full scale
 
     @property
     def leg_mem_mib(self) -> float | None:
