@@ -719,6 +719,26 @@ def test_power_history_reads_against_the_gpus_power_limit():
     assert power_spark((71.0, 700.0), 700.0) == "▂█"
 
 
+def test_the_top_line_cuts_the_training_state_first():
+    """The GPU state and the problem count stay in view: the problem hint shortens to its count,
+    then the training state drops its trailing clauses; its state and count are never cut."""
+    from cockpit.tui.header import headline_text
+    from cockpit.tui.state import Headline
+
+    h = Headline("nanochat-moe", "main", None, "nothing running, 4 legs to run, 1 of them not here",
+                 "GPUs unknown (no NVML)", 2)
+    whole = headline_text(h).plain
+    assert whole.endswith("1 of them not here  │  GPUs unknown (no NVML)  │  ⚠ 2 problem(s): see the resume panel")
+    assert headline_text(h, 200).plain == whole
+    assert headline_text(h, 140).plain.endswith("1 of them not here  │  GPUs unknown (no NVML)  │  ⚠ 2 problem(s)")
+    line = headline_text(h, 120)
+    assert line.cell_len <= 120
+    assert line.plain.endswith("│  nothing running, 4 legs to run…  │  GPUs unknown (no NVML)  │  ⚠ 2 problem(s)")
+    assert "nothing running, 4 legs to run…  │  GPUs" in headline_text(h, 60).plain  # then cropped at the end
+    calm = Headline("nanochat-moe", "main", None, "all done", "8 GPUs idle")
+    assert headline_text(calm, 60).plain == " nanochat-moe   branch main  │  all done  │  8 GPUs idle"
+
+
 def test_text_shapes():
     assert fmt_pct(2.7) == "+2.70%" and fmt_pct(-2.93) == "-2.93%" and fmt_pct(None) == "-"
     assert fmt.spark([1, 2, 3, 4, 5, 6, 7, 8]) == "▁▂▃▄▅▆▇█" and fmt.spark([]) == ""

@@ -17,25 +17,51 @@ class CockpitHeader(Static):
 
     def render(self) -> Text:
         h = self.headline
-        text = Text(no_wrap=True, overflow="ellipsis")
         if h is None:
+            text = Text(no_wrap=True, overflow="ellipsis")
             text.append(" cockpit ", style="bold reverse")
             text.append("  " + (self.error or "loading the registry..."), style="bold red" if self.error else "dim")
             return text
-        text.append(f" {h.project} ", style="bold reverse")
-        text.append("  branch ")
-        if h.branch is None:
-            text.append("(not a git checkout)", style="dim")
-        else:
-            ok = h.expected_branch is None or h.branch == h.expected_branch
-            text.append(h.branch, style="bold" if ok else "bold yellow")
-            if not ok:
-                text.append(f" ⚠ expected {h.expected_branch}", style="bold yellow")
-        text.append("  │  ")
-        busy = "running" in h.training and not h.training.startswith("nothing")
-        text.append(h.training, style="bold green" if busy else "bold")
-        text.append("  │  ")
-        text.append(h.gpus or "GPUs: sampling...", style="bold")
-        if h.problems:
-            text.append(f"  │  ⚠ {h.problems} problem(s): see the resume panel", style="bold red")
-        return text
+        return headline_text(h, self.size.width)
+
+
+def headline_text(h: Headline, width: int = 0) -> Text:
+    """The top line. When it is wider than `width` (0: no limit), the problem hint shortens to its
+    count, then the training state drops its trailing clauses ("nothing running, 4 legs to run,
+    1 of them not here" -> "nothing running, 4 legs to run…"), so the GPU state after it stays in
+    view; the state and its count (the first two clauses) are never cut."""
+    problems = f"  │  ⚠ {h.problems} problem(s): see the resume panel" if h.problems else ""
+    training = h.training
+    if width:
+        rest = _line(h, "", problems).cell_len
+        if rest + len(training) > width and problems:
+            problems = f"  │  ⚠ {h.problems} problem(s)"
+            rest = _line(h, "", problems).cell_len
+        clauses = training.split(", ")
+        while len(clauses) > 2 and rest + len(", ".join(clauses)) + 1 > width:
+            clauses.pop()
+        if len(clauses) < len(training.split(", ")):
+            training = ", ".join(clauses) + "…"
+    text = _line(h, training, problems)
+    text.no_wrap, text.overflow = True, "ellipsis"
+    return text
+
+
+def _line(h: Headline, training: str, problems: str) -> Text:
+    text = Text()
+    text.append(f" {h.project} ", style="bold reverse")
+    text.append("  branch ")
+    if h.branch is None:
+        text.append("(not a git checkout)", style="dim")
+    else:
+        ok = h.expected_branch is None or h.branch == h.expected_branch
+        text.append(h.branch, style="bold" if ok else "bold yellow")
+        if not ok:
+            text.append(f" ⚠ expected {h.expected_branch}", style="bold yellow")
+    text.append("  │  ")
+    busy = "running" in h.training and not h.training.startswith("nothing")
+    text.append(training, style="bold green" if busy else "bold")
+    text.append("  │  ")
+    text.append(h.gpus or "GPUs: sampling...", style="bold")
+    text.append(problems, style="bold red")
+    return text
