@@ -298,13 +298,16 @@ def render_table(snap: Snapshot, pid_legs: dict[int, str] | None = None) -> str:
     elif not snap.gpus:
         out.append("NVML: no GPUs")
     else:
-        out.append(f"{'gpu':>3}  {'name':<22} {'util':>5} {'memory (MiB)':>17} {'temp':>5} {'power':>7}  processes")
+        out.append(f"{'gpu':>3}  {'name':<22} {'util':>5} {'memory (MiB)':>17} {'temp':>5} {'power':>9}  processes")
         for g in snap.gpus:
             mem = f"{fmt(g.mem_used_mib)}/{fmt(g.mem_total_mib)}"
+            power = fmt(g.power_w, '.0f', 'W')  # with the enforced limit where NVML gives both
+            if g.power_w is not None and g.power_limit_w:
+                power = f"{g.power_w:.0f}/{g.power_limit_w:.0f}W"
             procs = ", ".join(f"{p}" + (f" ({pid_legs[p]})" if p in pid_legs else "") for p in g.pids) or "-"
             out.append(
                 f"{g.index:>3}  {(g.name or 'n/a')[:22]:<22} {fmt(g.util_pct, '.0f', '%'):>5} {mem:>17} "
-                f"{fmt(g.temp_c, '.0f', 'C'):>5} {fmt(g.power_w, '.0f', 'W'):>7}  {procs}"
+                f"{fmt(g.temp_c, '.0f', 'C'):>5} {power:>9}  {procs}"
             )
     h = snap.host
     out.append(

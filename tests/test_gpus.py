@@ -33,6 +33,7 @@ def test_sample_eight_gpus_with_field_errors():
     assert len(lines) == 10  # header, 8 GPUs, host
     assert "4242 (20260101_000000_x/dense), 4243" in lines[1] and "97%" in lines[1]
     assert lines[3].split()[-2] == "n/a"  # GPU 2's power
+    assert "70/700W" in lines[1] and lines[5].split()[-2] == "74W"  # the draw and its limit; GPU 4 has no limit
     assert "n/a" in lines[4] and "n/a/n/a" in lines[4]  # GPU 3: util and memory
     assert lines[-1].startswith("host: cpu ")
 
