@@ -38,10 +38,11 @@ def headline_text(h: Headline, width: int = 0) -> Text:
             problems = f"  │  ⚠ {h.problems} problem(s)"
             rest = _line(h, "", problems).cell_len
         clauses = training.split(", ")
-        while len(clauses) > 2 and rest + len(", ".join(clauses)) + 1 > width:
-            clauses.pop()
-        if len(clauses) < len(training.split(", ")):
-            training = ", ".join(clauses) + "…"
+        kept = len(clauses)
+        while kept > 2 and rest + len(", ".join(clauses[:kept])) + 1 > width:
+            kept -= 1
+        if kept < len(clauses):
+            training = ", ".join(clauses[:kept]) + "…"
     text = _line(h, training, problems)
     text.no_wrap, text.overflow = True, "ellipsis"
     return text

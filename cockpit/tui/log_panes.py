@@ -32,14 +32,12 @@ class LogPanes(TabbedContent):
         # wrong when they do (removing the active tab activates the neighbour it saw at the
         # call, which may be gone by the time the removal runs; a tab still being added has
         # no tab to remove yet).
-        self._last: AwaitComplete | None = None  # the newest addition or removal
-        self._pending: list[AwaitComplete] = []  # additions and removals not yet done
+        self._last: AwaitComplete | None = None  # the newest addition or removal: done, all are
         self.opened: list[str] = []  # every key that had a tab (tests and the benchmark read it)
 
     def sync(self, tabs: list[tuple[str, str, str]]) -> None:
         """Show exactly these tabs: (key, title, log path), in order; keep the ones that stay."""
         wanted = {key for key, _, _ in tabs}
-        self._pending = [p for p in self._pending if not p.is_done]
         for key in [k for k in self._ids if k not in wanted]:
             self._views.pop(key)
             self._titles.pop(key, None)
@@ -70,7 +68,11 @@ class LogPanes(TabbedContent):
             await change()
 
         self._last = AwaitComplete(run())
-        self._pending.append(self._last)
+
+    @property
+    def settled(self) -> bool:
+        """No tab is being added or removed."""
+        return self._last is None or self._last.is_done
 
     def append(self, lines: dict[str, list[str]]) -> None:
         """New lines by key: each pane writes them, or keeps them (bounded) while hidden or paused."""
@@ -126,15 +128,13 @@ class LogPanes(TabbedContent):
             return
         # a selection still waiting for its tab would come after this one and undo it
         self.workers.cancel_group(self, "select-tab")
-        self._pending = [p for p in self._pending if not p.is_done]
-        if not self._pending:
+        if self.settled:
             self.active = self._ids[key]
             return
 
         async def when_settled() -> None:
-            while busy := [p for p in self._pending if not p.is_done]:
-                for p in busy:
-                    await p
+            while self._last is not None and not self._last.is_done:  # changes asked meanwhile too
+                await self._last
             if key in self._ids:  # the id it has now: closed and opened again, it is a new tab
                 self.active = self._ids[key]
 
