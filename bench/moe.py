@@ -16,8 +16,11 @@ router, slot assignment, gathers instead of copies). On a CPU the batched matmul
 longer than the dense ones (`--profile`: aten::bmm vs aten::mm); the rest is passes over the
 k*T x D activations at memory speed, a share that halves when --dim doubles. Variants are timed
 in interleaved rounds, so background load hits them alike; each ratio is given on the median
-round and on the best round (other processes only ever add time). The last lines are the ratio that matters, eager and compiled,
-then the worse of the two: `cap1.0/dense fwd+bwd: median X, best Y`. On a machine other
+round and on the best round (other processes only ever add time). Inside the process nothing
+lands on one variant at random: after warmup the cycle collector is frozen and off (as in the
+trainer), and on a CPU malloc keeps freed memory (no page faults per step). The last lines are
+the ratio that matters, eager and compiled, then the worse of the two:
+`cap1.0/dense fwd+bwd: median X, best Y`. On a machine other
 processes share, `--threads 1` measures the work rather than how threads wait for each other.
 `--profile` then profiles one compiled step of dense and of each MoE variant and prints the
 kernels that take the time (on a GPU, by device time): where the overhead is, not only how much.
@@ -26,6 +29,8 @@ kernels that take the time (on a GPU, by device time): where the overhead is, no
 from __future__ import annotations
 
 import argparse
+import ctypes
+import gc
 import statistics
 import time
 
@@ -51,6 +56,21 @@ class ExpertsOnly(torch.nn.Module):
         n_tok, dim = x.shape[-2], x.shape[-1]
         xb = x.reshape(n_tok, dim).repeat(self.topk, 1).view(self.n_experts, -1, dim)
         return self.experts.forward_capacity(xb).view(self.topk, n_tok, dim).sum(0).view_as(x)
+
+
+def keep_freed_memory() -> bool:
+    """Have glibc's malloc keep freed memory in the process: no mmap of its own per large tensor,
+    no trim of the heap. By default every tensor over the mmap threshold is mapped fresh and
+    unmapped when freed, so each step faults its pages in again (the kernel zeroes every page):
+    time in the kernel, 13-16% of a CPU run (vmstat), landing on whichever variant allocates at the
+    moment, which makes medians drift far from the best rounds. The usual CPU setting for torch
+    (as jemalloc or tcmalloc would give). False where the C library has no mallopt."""
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_max = -1, -4  # malloc.h
+    return bool(mallopt(m_mmap_max, 0)) and bool(mallopt(m_trim_threshold, 2**31 - 1))
 
 
 def print_profile(name: str, fn, device: torch.device, steps: int = 3, top: int = 12) -> None:
@@ -92,6 +112,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     device = torch.device(args.device)
+    malloc_kept = device.type == "cpu" and keep_freed_memory()
     torch.manual_seed(0)
     d, e, k, mult = args.dim, args.n_experts, args.topk, args.expert_hidden_mult
     bf16 = device.type == "cuda"
@@ -153,6 +174,12 @@ def main() -> None:
             fn()
     synchronize(device)
     warm_s = time.perf_counter() - t0
+    # as the trainer after its first step: what compilation left behind is frozen and the cycle
+    # collector is off, so its passes over those objects (6% of a CPU run's time, by perf) do not
+    # land on whichever variant happens to be running when one triggers
+    gc.collect()
+    gc.freeze()
+    gc.disable()
     times: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(args.rounds):
         for name, fn in variants.items():
@@ -167,7 +194,7 @@ def main() -> None:
         f"one FFN block fwd+bwd on {device.type} ({torch.get_num_threads()} threads, {dtype}): "
         f"{args.tokens} tokens, dim {d}, {e} experts top-{k}, expert hidden {mult * d}, "
         f"dense hidden {k * mult * d}; cap1.0 = {cap} slots/expert; warmup+compile {warm_s:.1f}s; "
-        f"{args.rounds} interleaved rounds"
+        f"{args.rounds} interleaved rounds" + ("; malloc keeps freed memory" if malloc_kept else "")
     )
     best = {name: min(v) * 1000 for name, v in times.items()}
     med = {name: statistics.median(v) * 1000 for name, v in times.items()}
