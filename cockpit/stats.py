@@ -88,14 +88,20 @@ def lag1(values: Sequence[float]) -> float:
     return sum(d[i] * d[i + 1] for i in range(n - 1)) / den
 
 
+def _mean_std(xs: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation of 2 or more finite values. The squares are products:
+    a garbage-sized value (2.7e154 ms in a log) overflows them to inf, where `**` would raise."""
+    mean = sum(xs) / len(xs)
+    return mean, math.sqrt(sum((x - mean) * (x - mean) for x in xs) / (len(xs) - 1))
+
+
 def estimate(values: Sequence[float]) -> Estimate | None:
     """Mean and 95% interval of consecutive per-step values; None for fewer than 2 finite ones."""
     xs = _finite(values)
     n = len(xs)
     if n < 2:
         return None
-    mean = sum(xs) / n
-    std = math.sqrt(sum((x - mean) * (x - mean) for x in xs) / (n - 1))  # `*` overflows to inf; `**` raises
+    mean, std = _mean_std(xs)
     r1 = lag1(xs)
     r1 = min(max(r1 + (1 + 3 * r1) / n, 0.0), MAX_R1)
     n_eff = max(2.0, n * (1 - r1) / (1 + r1))
@@ -108,8 +114,7 @@ def across(means: Sequence[float]) -> Estimate | None:
     n = len(xs)
     if n < 2:
         return None
-    mean = sum(xs) / n
-    std = math.sqrt(sum((x - mean) * (x - mean) for x in xs) / (n - 1))  # `*` overflows to inf; `**` raises
+    mean, std = _mean_std(xs)
     return Estimate(mean, std, n, float(n), t975(n - 1) * std / math.sqrt(n))
 
 
