@@ -739,6 +739,22 @@ def test_the_top_line_cuts_the_training_state_first():
     assert headline_text(calm, 60).plain == " nanochat-moe   branch main  │  all done  │  8 GPUs idle"
 
 
+def test_the_top_line_is_green_while_legs_run_by_their_count():
+    """The colour comes from the count of running legs, not from reading the words."""
+    from cockpit.tui.header import headline_text
+    from cockpit.tui.state import Headline
+
+    def style_of(h: Headline) -> str:
+        text = headline_text(h)
+        start = text.plain.index(h.training)
+        return next(str(span.style) for span in text.spans if span.start == start)
+
+    assert style_of(Headline("p", "main", None, "2 legs running, 1 queued", "GPUs idle", running=2)) == "bold green"
+    assert style_of(Headline("p", "main", None, "2 legs training", "GPUs idle", running=2)) == "bold green"
+    assert style_of(Headline("p", "main", None, "nothing running, 1 queued", "GPUs idle")) == "bold"
+    assert style_of(Headline("p", "main", None, "running: none", "GPUs idle")) == "bold"
+
+
 def test_text_shapes():
     assert fmt_pct(2.7) == "+2.70%" and fmt_pct(-2.93) == "-2.93%" and fmt_pct(None) == "-"
     assert fmt.spark([1, 2, 3, 4, 5, 6, 7, 8]) == "▁▂▃▄▅▆▇█" and fmt.spark([]) == ""

@@ -79,6 +79,7 @@ def build_view(registry: reg.Registry, snapshot: gpus.Snapshot | None, sampler: 
         live=live,
         resume=_resume_view(state),
         tail=registry.settings.tail,
+        running=len(state.running),
     )
     return view, state, running
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rich.cells import cell_len
 from rich.text import Text
 from textual.reactive import reactive
 from textual.widgets import Static
@@ -34,12 +35,12 @@ def headline_text(h: Headline, width: int = 0) -> Text:
     training = h.training
     if width:
         rest = _line(h, "", problems).cell_len
-        if rest + len(training) > width and problems:
+        if rest + cell_len(training) > width and problems:
             problems = f"  │  ⚠ {h.problems} problem(s)"
             rest = _line(h, "", problems).cell_len
         clauses = training.split(", ")
         kept = len(clauses)
-        while kept > 2 and rest + len(", ".join(clauses[:kept])) + 1 > width:
+        while kept > 2 and rest + cell_len(", ".join(clauses[:kept])) + 1 > width:
             kept -= 1
         if kept < len(clauses):
             training = ", ".join(clauses[:kept]) + "…"
@@ -60,8 +61,7 @@ def _line(h: Headline, training: str, problems: str) -> Text:
         if not ok:
             text.append(f" ⚠ expected {h.expected_branch}", style="bold yellow")
     text.append("  │  ")
-    busy = "running" in h.training and not h.training.startswith("nothing")
-    text.append(training, style="bold green" if busy else "bold")
+    text.append(training, style="bold green" if h.running else "bold")
     text.append("  │  ")
     text.append(h.gpus or "GPUs: sampling...", style="bold")
     text.append(problems, style="bold red")

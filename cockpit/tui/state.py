@@ -218,6 +218,7 @@ class Headline:
     training: str
     gpus: str | None  # the GPU summary; None until the first sample
     problems: int = 0  # problems found while computing (listed in the resume panel)
+    running: int = 0  # legs running: the training state shows green while any is
 
 
 @dataclass(frozen=True)
@@ -234,6 +235,7 @@ class CockpitView:
     resume: ResumeView = ResumeView()
     errors: tuple[str, ...] = ()  # problems found while computing (shown, never raised)
     tail: int = 50  # the registry's tail window: live and final tables average the last `tail` steps
+    running: int = 0  # legs running (resume.ResumeState.running), counted beside the words in `training`
 
     def experiment(self, exp_id: str) -> ExperimentView | None:
         return next((e for e in self.experiments if e.id == exp_id), None)
@@ -241,7 +243,7 @@ class CockpitView:
     @property
     def headline(self) -> Headline:
         return Headline(self.project, self.branch, self.expected_branch, self.training,
-                        self.gpu.summary if self.gpu else None, len(self.errors))
+                        self.gpu.summary if self.gpu else None, len(self.errors), self.running)
 
     def leg_marks(self) -> dict[str, str]:
         """`exp_dir/leg` -> status of every leg run here: the app compares two of these to notify."""
