@@ -36,6 +36,7 @@ Groups are dicts with `kind` "muon" (lr, momentum, beta2, weight_decay, ns_steps
 from __future__ import annotations
 
 import math
+import time
 
 import torch
 import torch.distributed as dist
@@ -52,6 +53,21 @@ POLAR_EXPRESS = [
 # the single-tensor collectives: newer torch names them *_single, older ones *_tensor
 _all_gather = getattr(dist, "all_gather_single", None) or getattr(dist, "all_gather_into_tensor", None)
 _reduce_scatter = getattr(dist, "reduce_scatter_single", None) or getattr(dist, "reduce_scatter_tensor", None)
+
+
+def let_go(sent: list[torch.Tensor], timeout_s: float = 10.0) -> None:
+    """Return once no collective's thread still holds one of `sent` (each held here once, no
+    view of it made yet, its Work dropped), the GIL yielded meanwhile. CPU tensors only: NCCL
+    keeps its tensors until the GPU is done with them, and waiting for that would stall the step. gloo's worker thread lets go of a
+    collective's tensors a moment after wait() returns, and letting go of a tensor Python made
+    needs the GIL. When that moment falls after the interpreter began to finalize (a step a few
+    milliseconds before exit), the thread cannot have it and torch aborts the process (SIGABRT,
+    "terminate called without an active exception"), after a run that finished: seen in about 1
+    two-rank run of 15 here. Usually it has let go already; else within a few yields."""
+    sent = [t for t in sent if not t.is_cuda]
+    deadline = time.monotonic() + timeout_s
+    while any(t._use_count() > 1 for t in sent) and time.monotonic() < deadline:
+        time.sleep(0)
 
 
 def orthogonalize(g: torch.Tensor, steps: int = 5) -> torch.Tensor:
@@ -147,10 +163,12 @@ class MuonAdamW(torch.optim.Optimizer):
         adam_params = [p for g in adamw for p in g["params"]]
         adam_grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in adam_params]
         works = []
+        sent = []  # every tensor handed to a collective, held here until its thread let go (let_go)
         flat = None
         if W > 1 and adam_grads:
             flat = torch.cat([g.reshape(-1) for g in adam_grads])
             works.append(dist.all_reduce(flat, async_op=True))
+            sent.append(flat)
         shares = []
         for group in muon:
             r, c = self.matrix_shape(group)
@@ -161,11 +179,14 @@ class MuonAdamW(torch.optim.Optimizer):
             if W > 1:
                 share = torch.empty(k, r, c, dtype=stacked.dtype, device=stacked.device)
                 works.append(_reduce_scatter(share, stacked, async_op=True))
+                sent += [share, stacked]
             else:
                 share = stacked
             shares.append(share)
         for work in works:
             work.wait()
+        works = work = None  # a waited Work still holds its tensors
+        let_go(sent)
         if W > 1:
             if flat is not None:
                 flat.div_(W)
@@ -179,6 +200,7 @@ class MuonAdamW(torch.optim.Optimizer):
             sq = torch.stack([s.float().square().sum() for s in shares]).sum() if shares else torch.zeros(())
             if W > 1:
                 dist.all_reduce(sq)
+                let_go([sq])
             sq = sq + sum(g.float().square().sum() for g in adam_grads)
             coef = (self.max_grad_norm / (sq.sqrt() + 1e-6)).clamp(max=1.0)
             for g in [*adam_grads, *shares]:
@@ -192,7 +214,7 @@ class MuonAdamW(torch.optim.Optimizer):
                 i += 1
 
         # 4. Muon on this rank's share, then the shares back to every rank
-        gathers = []
+        gathers, works, sent = [], [], []
         for group, share in zip(muon, shares, strict=True):
             views = self._owned_views(group)
             n_own = sum(v.shape[0] for v in views)
@@ -213,9 +235,14 @@ class MuonAdamW(torch.optim.Optimizer):
                 torch._foreach_copy_(views, list(updated.split([v.shape[0] for v in views])))
             else:
                 gathered = torch.empty(share.shape[0] * W, *share.shape[1:], dtype=share.dtype, device=share.device)
-                gathers.append((_all_gather(gathered, updated, async_op=True), gathered, group))
-        for work, gathered, group in gathers:
+                works.append(_all_gather(gathered, updated, async_op=True))
+                gathers.append((gathered, group))
+                sent += [gathered, updated]
+        for work in works:
             work.wait()
+        works = work = None
+        let_go(sent)
+        for gathered, group in gathers:
             r, c = self.matrix_shape(group)
             offset = 0
             for p in group["params"]:

@@ -4,6 +4,8 @@ the distributed split (each rank its share of the matrices) against one process.
 import copy
 import os
 import socket
+import threading
+import time
 
 import pytest
 import torch
@@ -11,7 +13,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from nanochat.gpt import GPT, GPTConfig
-from nanochat.muon import MuonAdamW, orthogonalize
+from nanochat.muon import MuonAdamW, let_go, orthogonalize
 
 
 def muon_group(params, in_out=False, **kw):
@@ -152,16 +154,36 @@ def _worker(rank, world, port, out_dir):
                 p.grad = g
             opt.step()
         torch.save([p.detach() for p in params], os.path.join(out_dir, f"clip{clip}_rank{rank}.pt"))
-    dist.destroy_process_group()
-    # Leave without finalizing the interpreter: gloo's worker thread frees a collective's tensors
-    # a moment after wait() returns, and freeing a tensor Python made needs the GIL; when the
-    # last step is only milliseconds before exit, that can fall inside finalization, where the
-    # thread cannot have the GIL and torch aborts the process (SIGABRT, "terminate called without
-    # an active exception"; seen in about 1 run of 15 here, with a core showing ~AsyncAllgatherWork in
-    # ProcessGroupGloo::runLoop). The results are on disk; the trainer, whose last step is
-    # followed by the final evaluation, does not exit that close behind a collective.
-    os._exit(0)
+    dist.destroy_process_group()  # and exit at once: the last step's collectives are let go (let_go)
 
+
+
+def test_let_go_waits_for_another_thread_to_drop_its_hold_yielding_the_gil():
+    """As a collective's worker thread would: another thread holds a view of the tensor (the view
+    keeps it) and drops it after 50 ms, which it can only do holding the GIL."""
+    sent = torch.zeros(4)
+    view = sent[:2]
+
+    def holder():
+        nonlocal view
+        time.sleep(0.05)
+        view = None
+
+    t = threading.Thread(target=holder)
+    t0 = time.monotonic()
+    t.start()
+    let_go([sent], timeout_s=5.0)
+    waited = time.monotonic() - t0
+    t.join()
+    assert view is None and sent._use_count() == 1
+    assert 0.04 < waited < 2.0
+    t0 = time.monotonic()
+    let_go([sent, torch.ones(3)])  # nobody else holds them: at once
+    assert time.monotonic() - t0 < 0.01
+    held = sent[1:]
+    t0 = time.monotonic()
+    let_go([sent], timeout_s=0.1)  # a hold that never ends costs the timeout, not a hang
+    assert 0.1 <= time.monotonic() - t0 < 1.0 and held.shape == (3,)
 
 @pytest.mark.slow
 def test_distributed_shares_equal_one_process_with_averaged_gradients(tmp_path):
