@@ -57,13 +57,14 @@ _reduce_scatter = getattr(dist, "reduce_scatter_single", None) or getattr(dist, 
 
 def let_go(sent: list[torch.Tensor], timeout_s: float = 10.0) -> None:
     """Return once no collective's thread still holds one of `sent` (each held here once, no
-    view of it made yet, its Work dropped), the GIL yielded meanwhile. CPU tensors only: NCCL
-    keeps its tensors until the GPU is done with them, and waiting for that would stall the step. gloo's worker thread lets go of a
-    collective's tensors a moment after wait() returns, and letting go of a tensor Python made
-    needs the GIL. When that moment falls after the interpreter began to finalize (a step a few
-    milliseconds before exit), the thread cannot have it and torch aborts the process (SIGABRT,
-    "terminate called without an active exception"), after a run that finished: seen in about 1
-    two-rank run of 15 here. Usually it has let go already; else within a few yields."""
+    view of it made yet, its Work dropped), the GIL yielded meanwhile. gloo's worker thread lets
+    go of a collective's tensors a moment after wait() returns, and letting go of a tensor Python
+    made needs the GIL. When that moment falls after the interpreter began to finalize (a step a
+    few milliseconds before exit), the thread cannot have it and torch aborts the process
+    (SIGABRT, "terminate called without an active exception") after a run that finished: seen in
+    about 1 two-rank run of 15 here. Usually it has let go already; else within a few yields.
+    CPU tensors only: NCCL keeps its tensors until the GPU is done with them, and waiting for
+    that would stall the step."""
     sent = [t for t in sent if not t.is_cuda]
     deadline = time.monotonic() + timeout_s
     while any(t._use_count() > 1 for t in sent) and time.monotonic() < deadline:
