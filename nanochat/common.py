@@ -11,6 +11,7 @@ import os
 import resource
 import signal
 import sys
+import time
 
 import torch
 import torch.distributed as dist
@@ -109,6 +110,22 @@ def compute_init(device_type: str) -> tuple[bool, int, int, int, torch.device]:
             dist.init_process_group(backend=backend)
         dist.barrier()
     return ddp and world_size > 1, rank, local_rank, world_size, device
+
+
+def let_go(sent: list[torch.Tensor], timeout_s: float = 10.0) -> None:
+    """Return once no collective's thread still holds one of `sent` (each held here once, no
+    view of it made yet, its Work dropped), the GIL yielded meanwhile. gloo's worker thread lets
+    go of a collective's tensors a moment after wait() returns, and letting go of a tensor Python
+    made needs the GIL. When that moment falls after the interpreter began to finalize (a step a
+    few milliseconds before exit), the thread cannot have it and torch aborts the process
+    (SIGABRT, "terminate called without an active exception") after a run that finished: seen in
+    about 1 two-rank run of 15 here (nanochat/muon.py's all-gathers). Usually it has let go already; else within a few yields.
+    CPU tensors only: NCCL keeps its tensors until the GPU is done with them, and waiting for
+    that would stall the step."""
+    sent = [t for t in sent if not t.is_cuda]
+    deadline = time.monotonic() + timeout_s
+    while any(t._use_count() > 1 for t in sent) and time.monotonic() < deadline:
+        time.sleep(0)
 
 
 def compute_cleanup() -> None:

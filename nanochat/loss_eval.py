@@ -21,6 +21,8 @@ from collections.abc import Iterable
 import torch
 import torch.distributed as dist
 
+from nanochat.common import let_go
+
 
 @torch.no_grad()
 def evaluate_bpb(model, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], token_bytes: torch.Tensor,
@@ -45,5 +47,6 @@ def evaluate_bpb(model, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], to
     totals = torch.stack([nats.double(), bytes_.double()])
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(totals, op=dist.ReduceOp.SUM)
+        let_go([totals])  # the last collective before exit when the last step evaluates
     total_nats, total_bytes = totals.tolist()
     return total_nats / (math.log(2) * total_bytes) if total_bytes > 0 else float("inf")

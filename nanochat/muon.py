@@ -36,10 +36,11 @@ Groups are dicts with `kind` "muon" (lr, momentum, beta2, weight_decay, ns_steps
 from __future__ import annotations
 
 import math
-import time
 
 import torch
 import torch.distributed as dist
+
+from nanochat.common import let_go
 
 # (a, b, c) of each Polar Express iteration, for 5 iterations (the paper's safety factor 2e-2, cushion 2)
 POLAR_EXPRESS = [
@@ -53,22 +54,6 @@ POLAR_EXPRESS = [
 # the single-tensor collectives: newer torch names them *_single, older ones *_tensor
 _all_gather = getattr(dist, "all_gather_single", None) or getattr(dist, "all_gather_into_tensor", None)
 _reduce_scatter = getattr(dist, "reduce_scatter_single", None) or getattr(dist, "reduce_scatter_tensor", None)
-
-
-def let_go(sent: list[torch.Tensor], timeout_s: float = 10.0) -> None:
-    """Return once no collective's thread still holds one of `sent` (each held here once, no
-    view of it made yet, its Work dropped), the GIL yielded meanwhile. gloo's worker thread lets
-    go of a collective's tensors a moment after wait() returns, and letting go of a tensor Python
-    made needs the GIL. When that moment falls after the interpreter began to finalize (a step a
-    few milliseconds before exit), the thread cannot have it and torch aborts the process
-    (SIGABRT, "terminate called without an active exception") after a run that finished: seen in
-    about 1 two-rank run of 15 here. Usually it has let go already; else within a few yields.
-    CPU tensors only: NCCL keeps its tensors until the GPU is done with them, and waiting for
-    that would stall the step."""
-    sent = [t for t in sent if not t.is_cuda]
-    deadline = time.monotonic() + timeout_s
-    while any(t._use_count() > 1 for t in sent) and time.monotonic() < deadline:
-        time.sleep(0)
 
 
 def orthogonalize(g: torch.Tensor, steps: int = 5) -> torch.Tensor:

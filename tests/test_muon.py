@@ -12,8 +12,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from nanochat.common import let_go
 from nanochat.gpt import GPT, GPTConfig
-from nanochat.muon import MuonAdamW, let_go, orthogonalize
+from nanochat.muon import MuonAdamW, orthogonalize
 
 
 def muon_group(params, in_out=False, **kw):
