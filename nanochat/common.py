@@ -119,13 +119,21 @@ def let_go(sent: list[torch.Tensor], timeout_s: float = 10.0) -> None:
     made needs the GIL. When that moment falls after the interpreter began to finalize (a step a
     few milliseconds before exit), the thread cannot have it and torch aborts the process
     (SIGABRT, "terminate called without an active exception") after a run that finished: seen in
-    about 1 two-rank run of 15 here (nanochat/muon.py's all-gathers). Usually it has let go already; else within a few yields.
-    CPU tensors only: NCCL keeps its tensors until the GPU is done with them, and waiting for
-    that would stall the step."""
+    about 1 two-rank run of 15 here (nanochat/muon.py's all-gathers). Usually it has let go
+    already; else within a few yields. CPU tensors only: NCCL keeps its tensors until the GPU is
+    done with them, and waiting for that would stall the step."""
     sent = [t for t in sent if not t.is_cuda]
     deadline = time.monotonic() + timeout_s
     while any(t._use_count() > 1 for t in sent) and time.monotonic() < deadline:
         time.sleep(0)
+
+
+def wait_and_let_go(works: list[dist.Work], sent: list[torch.Tensor]) -> None:
+    """Wait for every collective in `works` (emptied: a waited Work still holds its tensors),
+    then for their threads to let go of `sent`, the tensors handed to them (let_go)."""
+    while works:
+        works.pop().wait()
+    let_go(sent)
 
 
 def compute_cleanup() -> None:

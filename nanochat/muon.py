@@ -40,7 +40,7 @@ import math
 import torch
 import torch.distributed as dist
 
-from nanochat.common import let_go
+from nanochat.common import let_go, wait_and_let_go
 
 # (a, b, c) of each Polar Express iteration, for 5 iterations (the paper's safety factor 2e-2, cushion 2)
 POLAR_EXPRESS = [
@@ -169,10 +169,7 @@ class MuonAdamW(torch.optim.Optimizer):
             else:
                 share = stacked
             shares.append(share)
-        for work in works:
-            work.wait()
-        works = work = None  # a waited Work still holds its tensors
-        let_go(sent)
+        wait_and_let_go(works, sent)
         if W > 1:
             if flat is not None:
                 flat.div_(W)
@@ -200,7 +197,7 @@ class MuonAdamW(torch.optim.Optimizer):
                 i += 1
 
         # 4. Muon on this rank's share, then the shares back to every rank
-        gathers, works, sent = [], [], []
+        gathers, sent = [], []
         for group, share in zip(muon, shares, strict=True):
             views = self._owned_views(group)
             n_own = sum(v.shape[0] for v in views)
@@ -224,10 +221,7 @@ class MuonAdamW(torch.optim.Optimizer):
                 works.append(_all_gather(gathered, updated, async_op=True))
                 gathers.append((gathered, group))
                 sent += [gathered, updated]
-        for work in works:
-            work.wait()
-        works = work = None
-        let_go(sent)
+        wait_and_let_go(works, sent)
         for gathered, group in gathers:
             r, c = self.matrix_shape(group)
             offset = 0

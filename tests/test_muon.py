@@ -158,7 +158,6 @@ def _worker(rank, world, port, out_dir):
     dist.destroy_process_group()  # and exit at once: the last step's collectives are let go (let_go)
 
 
-
 def test_let_go_waits_for_another_thread_to_drop_its_hold_yielding_the_gil():
     """As a collective's worker thread would: another thread holds a view of the tensor (the view
     keeps it) and drops it after 50 ms, which it can only do holding the GIL."""
@@ -185,6 +184,7 @@ def test_let_go_waits_for_another_thread_to_drop_its_hold_yielding_the_gil():
     t0 = time.monotonic()
     let_go([sent], timeout_s=0.1)  # a hold that never ends costs the timeout, not a hang
     assert 0.1 <= time.monotonic() - t0 < 1.0 and held.shape == (3,)
+
 
 @pytest.mark.slow
 def test_distributed_shares_equal_one_process_with_averaged_gradients(tmp_path):
