@@ -29,7 +29,7 @@ from conftest import (
     write_registry,
 )
 
-from cockpit import expdir, launch, scheduler
+from cockpit import expdir, launch, sbatch_opts, scheduler
 from cockpit import registry as reg
 from cockpit.executors import slurm
 from cockpit.tui.app import CockpitApp
@@ -102,20 +102,108 @@ def test_render_gpus_per_node():
     assert gpus(cpu, slurm.SlurmSettings(gpus_per_node=2)) == ["--gpus-per-node=2"]
 
 
+ODD = ["a#b", "two words", "it's", 'say "hi"', "back\\slash", ":colon", "hetjob", "50%"]
+
+
+def read_back(script: str) -> dict[str, str | None]:
+    """The options sbatch reads from a batch script's #SBATCH lines, by long name (the last wins)."""
+    return {o.name: o.value for o in sbatch_opts.parse(sbatch_opts.directives(script))}
+
+
+@pytest.mark.parametrize("odd", ODD)
+def test_every_sbatch_value_reads_back_as_given(odd):
+    """A `#`, a space, a quote or a backslash in the checkout, the dir or the leg name: sbatch reads
+    each #SBATCH value back whole (a `#` is not a comment, a space not a second word)."""
+    cmd = slurm.LegCommand(f"leg{odd}", "/t", 1, "m", (), uses_gpus=False)
+    settings = slurm.SlurmSettings(extra_args=("--comment", f"c {odd}", f"--mail-user=u{odd}"))
+    script = slurm.render_batch_script(cmd, settings, f"/exp/{odd}/d", f"/work/{odd}", f"j{odd}")
+    got = read_back(script)
+    log = f"/exp/{odd}/d/leg{odd}.log".replace("%", "%%")
+    assert (got["chdir"], got["output"], got["error"], got["job-name"]) == (f"/work/{odd}", log, log, f"j{odd}")
+    assert (got["comment"], got["mail-user"]) == (f"c {odd}", f"u{odd}")
+    assert got["no-requeue"] is None and got["nodes"] == "1" and "# leg leg" in script
+
+
 @pytest.mark.parametrize(
-    "settings",
+    "settings, words",
     [
-        slurm.SlurmSettings(partition="a b"),
-        slurm.SlurmSettings(account="x'y"),
-        slurm.SlurmSettings(extra_args=("--comment=two words",)),
-        slurm.SlurmSettings(mem="4G\n#SBATCH --nodes=99"),
-        slurm.SlurmSettings(qos=""),
+        (slurm.SlurmSettings(mem="4G\n#SBATCH --nodes=99"), "control character"),
+        (slurm.SlurmSettings(qos=""), "empty value"),
+        (slurm.SlurmSettings(extra_args=("--outp=/tmp/x",)), "--outp=/tmp/x (sbatch reads --output) is set by the cockpit"),
+        (slurm.SlurmSettings(extra_args=("-Qo/tmp/x",)), "-Qo/tmp/x (sbatch reads --output) is set by the cockpit"),
     ],
 )
-def test_render_refuses_values_sbatch_would_split(settings):
-    with pytest.raises(scheduler.SlurmError, match="#SBATCH value") as e:
+def test_render_refuses_what_no_sbatch_line_can_carry(settings, words):
+    with pytest.raises(scheduler.SlurmError, match=re.escape(words)) as e:
         slurm.render_batch_script(slurm.LegCommand("a", "t", 1, "m", ()), settings, "/e", "/w", "j")
     assert "\n" not in str(e.value).replace("\\n", "")
+    with pytest.raises(scheduler.SlurmError, match="leg name: .* control character"):
+        slurm.render_batch_script(slurm.LegCommand("a\n#SBATCH -o/x", "t", 1, "m", ()), slurm.SlurmSettings(),
+                                  "/e", "/w", "j")
+
+
+@pytest.mark.parametrize(
+    "items, option",
+    [
+        (["--outp=/tmp/x"], "output"), (["--chd=/tmp"], "chdir"), (["--depend=afterok:1"], "dependency"),
+        (["--arr=1-3"], "array"), (["-Qo/tmp/x"], "output"), (["-Qo", "/tmp/x"], "output"),
+        (["-QD/tmp"], "chdir"), (["--jo=x"], "job-name"), (["-vW"], "wait"), (["-Mother"], "clusters"), (["--tasks-per=1"], "tasks-per-node"),
+        (["--exclusive", "-J", "x"], "job-name"), (["--comment", "--output=/x", "--ntasks-per-n=2"], "ntasks-per-node"),
+    ],
+)
+def test_extra_args_are_read_as_sbatch_reads_them(items, option):
+    """An abbreviation or grouped short options name what sbatch reads; a value taken by the option
+    before it is a value, not an option."""
+    why = reg.extra_args_problem(items)
+    assert why and (f"(sbatch reads --{option})" in why or why.startswith(f"--{option}")), why
+    assert "is set by the cockpit itself" in why
+
+
+@pytest.mark.parametrize(
+    "items, words",
+    [
+        (["--ex=1"], "--ex is ambiguous to sbatch (it could be --exclude, --exclusive, --export"),
+        (["h100"], "'h100' is not an option"),
+        (["--exclusive", "user"], "'user' is not an option"),
+        (["-X"], "-X is not an option sbatch knows"),
+        (["--contiguous=yes"], "--contiguous takes no value"),
+        (["--constraint"], "--constraint needs a value"),
+        (["--part=gpu"], "--part=gpu (sbatch reads --partition) has its own key: set partition instead"),
+        (["-N2"], "-N2 (sbatch reads --nodes) has its own key: set nodes instead"),
+        (["--"], "'--' is not an option"),
+    ],
+)
+def test_extra_args_sbatch_would_refuse_or_misread_are_refused(items, words):
+    assert words in (reg.extra_args_problem(items) or "")
+
+
+def test_extra_args_sbatch_reads_as_written_pass():
+    for items in (["--constraint", "h100", "--exclusive"], ["-C", "h100"], ["--exclusive=user"], ["-kQ"],
+                  ["--comment=two words #1"], ["--container-image=nvcr.io#pytorch"], ["--gres=gpu:8", "-x", "n3"]):
+        assert reg.extra_args_problem(items) is None, items
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("slurm_cluster")
+def test_the_real_sbatch_reads_odd_paths_and_names_whole(tmp_path):
+    """Submitted held: the scheduler has the checkout, the log and the job name exactly as planned,
+    for a `#` and a space in the checkout, exp_root and the leg name (nothing runs)."""
+    work = tmp_path / "check#out x"
+    work.mkdir()
+    reg_path = slurm_registry(tmp_path, {"a#1 b": "num-iterations = 5"})
+    text = reg_path.read_text().replace('exp_root = "exp"', 'exp_root = "e#p x"')
+    text = text.replace("[defaults]\n", f'[defaults]\nworkdir = "{work}"\n', 1)
+    reg_path.write_text(text.replace("nodes = 1", 'nodes = 1\nextra_args = ["--hold"]'))
+    exp_dir, ids = launched(cockpit("--registry", str(reg_path), "launch", "fake"))
+    assert str(exp_dir).startswith(str(tmp_path / "e#p x")) and list(ids) == ["a#1 b"]
+    job = scheduler.job_state(ids["a#1 b"])
+    out = subprocess.run(["scontrol", "show", "job", "-o", ids["a#1 b"]], capture_output=True, text=True).stdout
+    assert f" WorkDir={work} " in out and f" StdOut={exp_dir}/a#1 b.log " in out, out
+    assert (job.phase, job.reason, job.name) == ("pending", "JobHeldUser", f"{exp_dir.name}/a_1_b")
+    assert states(exp_dir)["a#1 b"].status == "waiting"  # proven the leg's: name, user, output
+    r = cockpit("--registry", str(reg_path), "stop", str(exp_dir))
+    assert r.returncode == 0, r.stderr
+    assert scheduler.queued([ids["a#1 b"]]) == []
 
 
 def fake_tool(bindir: Path, name: str, body: str) -> None:
@@ -235,10 +323,13 @@ def test_registry_slurm_settings_merge_project_and_experiment(tmp_path):
         ('"4:00:00"', '"4 hours"', 6, "'project.slurm.time' '4 hours' cannot go on an #SBATCH line"),
         ('"4:00:00"', '"4h"', 6, "'project.slurm.time' must be a Slurm time limit"),
         ('"200G"', '"lots"', 15, "'experiment.slurm.mem' must be a Slurm memory size (like 64G or 500M)"),
-        ('"--exclusive"', '"--comment=two words"', 8, "an item of 'project.slurm.extra_args' '--comment=two words' "
-                                                      "cannot go on an #SBATCH line"),
-        ('"--exclusive"', '"--output=/tmp/x"', 8, "'project.slurm.extra_args': --output is set by the cockpit"),
-        ('"--exclusive"', '"-o/tmp/x"', 8, "'project.slurm.extra_args': -o/tmp/x is set by the cockpit"),
+        ('"--exclusive"', '"--comment=two\\nlines"', 8, "'project.slurm.extra_args': '--comment=two\\nlines' holds "
+                                                         "a control character"),
+        ('"--exclusive"', '"--output=/tmp/x"', 8, "'project.slurm.extra_args': --output=/tmp/x is set by the cockpit"),
+        ('"--exclusive"', '"-o/tmp/x"', 8, "'project.slurm.extra_args': -o/tmp/x (sbatch reads --output) is set by"),
+        ('"--exclusive"', '"--outp=/tmp/x"', 8, "--outp=/tmp/x (sbatch reads --output) is set by the cockpit"),
+        ('"--exclusive"', '"-Qo/tmp/x"', 8, "-Qo/tmp/x (sbatch reads --output) is set by the cockpit"),
+        ('"--exclusive"', '"--arr=1-3"', 8, "--arr=1-3 (sbatch reads --array) is set by the cockpit"),
         ('"source /shared/venv/bin/activate"', '"""a\nb"""', 9, "an item of 'project.slurm.setup' must be one line"),
         ("gpu", "gpu'", 5, "'project.slurm.partition' \"gpu'\" cannot go on an #SBATCH line"),
     ],
@@ -355,7 +446,7 @@ def launched(r: subprocess.CompletedProcess) -> tuple[Path, dict[str, str]]:
     """The dir a `cockpit launch` printed (its last line) and each leg's job id (the lines before)."""
     assert r.returncode == 0, r.stderr
     *jobs, last = r.stdout.strip().splitlines()
-    ids = dict(re.fullmatch(r"(\S+): Slurm job (\d+) \(\w+\)", line).groups() for line in jobs)
+    ids = dict(re.fullmatch(r"(.+): Slurm job (\d+) \(\w+\)", line).groups() for line in jobs)
     return Path(last), ids
 
 

@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from cockpit import fsutil, report, safetext
+from cockpit import fsutil, report, safetext, sbatch_opts
 from cockpit.expdir import (
     ExpDir,
     LegState,
@@ -44,8 +44,8 @@ from cockpit.expdir import (
     stop_request_path,
     write_state,
 )
-from cockpit.registry import ENV_NAME, SBATCH_UNSAFE, SlurmSettings
-from cockpit.scheduler import SlurmError, call, cancel, command_failed, last_line
+from cockpit.registry import ENV_NAME, SlurmSettings, extra_args_problem
+from cockpit.scheduler import SlurmError, call, cancel, command_failed, job_name, last_line, output_pattern
 from cockpit.vocab import ENDED_STATUSES, Status
 
 NAME = "slurm"
@@ -82,17 +82,14 @@ class SubmittedJob:
 # the batch script of one leg
 
 
-def _sbatch_value(option: str, value: object) -> str:
-    """A value for an #SBATCH line, which sbatch splits on whitespace (quotes do not group)."""
-    text = str(value)
-    if not text or SBATCH_UNSAFE.search(text):
-        raise SlurmError(f"{option} {text!r}: an #SBATCH value may not be empty or hold spaces, quotes or backslashes")
-    return text
-
-
-def _output_path(path: Path) -> str:
-    """A file name for --output: Slurm expands %j and friends in it, so a literal % is written %%."""
-    return _sbatch_value("--output", str(path)).replace("%", "%%")
+def _sbatch_word(option: str, value: object) -> str:
+    """`option=value` as one word of an #SBATCH line, the value read back by sbatch exactly as
+    given (quoted where it holds a space, a quote or a `#`); SlurmError for a value no line can
+    carry (empty, a control character)."""
+    try:
+        return sbatch_opts.option_word(option, value)
+    except sbatch_opts.SbatchError as e:
+        raise SlurmError(f"{option}: {e}") from None
 
 
 def leg_log(exp_dir: Path | str, leg: str) -> Path:
@@ -138,17 +135,21 @@ def render_batch_script(
     """The batch script of one leg: #SBATCH lines, the setup lines, then srun + torchrun.
 
     `workdir` is the checkout the legs run from (`-m nanochat.base_train` imports from there), on
-    the same path on every node. Pure: reads nothing, writes nothing.
+    the same path on every node. Every value of an #SBATCH line is one word sbatch reads back as
+    given (sbatch_opts.word: a `#` or a space in a path is quoted, never a comment or a second
+    word), and extra_args are read as sbatch reads them before they are written. Pure: reads
+    nothing, writes nothing.
     """
     if int(settings.nodes) < 1 or int(cmd.nproc_per_node) < 1:
         raise SlurmError(f"leg {cmd.leg}: nodes and nproc_per_node must be at least 1")
-    log = _output_path(leg_log(exp_dir, cmd.leg))
+    _sbatch_word("leg name", cmd.leg)  # it names a comment line and the log: one line, never empty
+    log = output_pattern(str(leg_log(exp_dir, cmd.leg)))
     opts = [
-        f"--job-name={_sbatch_value('--job-name', job_name)}",
-        f"--output={log}",
-        f"--error={log}",
+        _sbatch_word("--job-name", job_name),
+        _sbatch_word("--output", log),
+        _sbatch_word("--error", log),
         "--open-mode=append",  # a leg's log is only ever appended to, as locally
-        f"--chdir={_sbatch_value('--chdir', workdir)}",
+        _sbatch_word("--chdir", workdir),
         f"--nodes={int(settings.nodes)}",
         "--ntasks-per-node=1",  # one torchrun per node; it starts the node's nproc_per_node workers
         "--no-requeue",  # a leg that lost a node fails: rerunning it from step 0 is the user's call
@@ -162,14 +163,16 @@ def render_batch_script(
         ("--mem", settings.mem),
     ):
         if value is not None:
-            opts.append(f"{option}={_sbatch_value(option, value)}")
+            opts.append(_sbatch_word(option, value))
     gpus = gpus_per_node(cmd, settings)
     if gpus > 0:
         opts.append(f"--gpus-per-node={gpus}")
     lines = ["#!/bin/bash", f"# leg {cmd.leg}: a batch job of the nanochat cockpit; `sbatch` this file to run it again"]
     lines += [f"#SBATCH {opt}" for opt in opts]
-    if settings.extra_args:
-        lines.append("#SBATCH " + " ".join(_sbatch_value("extra_args", a) for a in settings.extra_args))
+    if settings.extra_args:  # read again as sbatch reads them: a plan is a file, it may hold anything
+        if why := extra_args_problem(settings.extra_args):
+            raise SlurmError(f"extra_args: {why}")
+        lines.append("#SBATCH " + " ".join(sbatch_opts.word(a) for a in settings.extra_args))
     lines += ["", "export PYTHONUNBUFFERED=1  # every line reaches the log when it is printed", "set -e"]
     lines += list(settings.setup)
     # the registry's env, after the setup lines (it wins, as over the environment of a local leg)
@@ -296,13 +299,14 @@ def plan_chain(
     settings: SlurmSettings,
     exp_dir: Path | str,
     workdir: Path | str,
-    job_prefix: str,
+    dir_name: str,
     on_failure: OnFailure = "stop",
 ) -> ChainPlan:
-    """Render every leg's script (job name `<job_prefix>/<leg>`); raises SlurmError on a bad setting."""
+    """Render every leg's script (job name `<dir_name>/<leg>`, see scheduler.job_name); raises
+    SlurmError on a bad setting."""
     dependency_type(on_failure)
     scripts = [
-        (c.leg, render_batch_script(c, settings, exp_dir, workdir, f"{job_prefix}/{c.leg}")) for c in commands
+        (c.leg, render_batch_script(c, settings, exp_dir, workdir, job_name(dir_name, c.leg))) for c in commands
     ]
     return ChainPlan(scripts, on_failure)
 
@@ -333,11 +337,6 @@ def plan_record(settings: SlurmSettings) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(settings).items()}
 
 
-def job_prefix(exp_dir: Path | str) -> str:
-    """The job names' prefix: the dir's name, with what an #SBATCH line cannot hold made `_`."""
-    return SBATCH_UNSAFE.sub("_", Path(exp_dir).name) or "cockpit"
-
-
 def chain_of(plan: dict, exp_dir: Path | str) -> ChainPlan:
     """The chain of a plan (the dict launch.py writes as plan.json): every leg's script, rendered."""
     raw = dict(plan.get("slurm") or {})
@@ -352,7 +351,7 @@ def chain_of(plan: dict, exp_dir: Path | str) -> ChainPlan:
                    tuple(spec["args"]), uses_gpus=spec.get("device") != "cpu", env=tuple(env.items()))
         for spec in plan["legs"]
     ]
-    return plan_chain(commands, settings, exp_dir, plan["cwd"], job_prefix(exp_dir), plan.get("on_failure", "stop"))
+    return plan_chain(commands, settings, exp_dir, plan["cwd"], Path(exp_dir).name, plan.get("on_failure", "stop"))
 
 
 def dry_run(plan: dict, exp_dir: Path | str) -> list[str]:
