@@ -3,8 +3,11 @@ training run, a chain in order, a chain stopped by a failure, a cancel mid-leg, 
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import os
 import re
+import shutil
 import stat
 import subprocess
 import sys
@@ -622,13 +625,130 @@ def test_a_job_the_scheduler_forgot_is_judged_from_its_log(tmp_path):
         (exp_dir / f"{name}.log").write_text("".join(x + "\n" for x in lines))
         expdir.write_state(exp_dir, expdir.LegState(name, "running" if lines else "queued", job_id=str(999999990 + i),
                                                     log=str(exp_dir / f"{name}.log")))
+        past = time.time() - 600  # ended long ago: a log written just now would not be judged yet
+        os.utime(exp_dir / f"{name}.log", (past, past))
     got = states(exp_dir)
     assert {n: got[n].status for n in logs} == {"ok": "done", "crashed": "failed", "cut": "failed", "never": "stopped"}
+    assert all(got[n].forgotten_at for n in logs)
     assert "forgotten by the scheduler" in got["ok"].note and got["ok"].exit_code_known is False
     assert got["crashed"].error_tail[-1] == "RuntimeError: CUDA out of memory (fake)"
     assert got["cut"].note.endswith("(neither finished nor crashed)")
     assert got["never"].note == "Slurm job 999999993 ended without writing to its log; the scheduler has forgotten it"
     assert json.loads((exp_dir / "state" / "ok.json").read_text())["status"] == "done"  # recorded once
+
+
+def slurm_dir(root: Path, legs: list[str]) -> Path:
+    """A Slurm experiment dir with a plan of these legs, no state yet."""
+    exp_dir = root / "20260101_000000_fake"
+    (exp_dir / "state").mkdir(parents=True)
+    (exp_dir / "plan.json").write_text(json.dumps({"experiment": "fake", "executor": "slurm",
+                                                   "legs": [{"name": n} for n in legs]}))
+    return exp_dir
+
+
+def held_job(name: str, output: Path) -> str:
+    """A job submitted held (it never runs until released) with this name and output."""
+    r = subprocess.run(["sbatch", "--parsable", "--hold", f"--job-name={name}", f"--output={output}", "--time=1",
+                        "--wrap=true"], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    return r.stdout.strip().split(";")[0]
+
+
+@pytest.mark.usefixtures("slurm_cluster")
+def test_a_job_not_proven_the_legs_is_never_shown_or_cancelled_as_it(tmp_path):
+    """A state file naming someone else's job id (another name; the leg's name but another output):
+    status says unknown and why, `cockpit stop` cancels nothing, the jobs stay queued."""
+    reg_path = slurm_registry(tmp_path, {"a": "num-iterations = 5", "b": "num-iterations = 5"})
+    exp_dir = slurm_dir(tmp_path / "exp", ["a", "b"])
+    foreign = held_job("someone/else", tmp_path / "foreign.log")
+    same_name = held_job(f"{exp_dir.name}/b", tmp_path / "elsewhere.log")
+    try:
+        expdir.write_state(exp_dir, expdir.LegState("a", "running", job_id=foreign))
+        expdir.write_state(exp_dir, expdir.LegState("b", "queued", job_id=same_name))
+        got = states(exp_dir)
+        assert (got["a"].status, got["b"].status) == ("unknown", "unknown")
+        assert got["a"].note == (f"unknown: Slurm job {foreign} is not proven the leg's (its name is 'someone/else', "
+                                 f"not '{exp_dir.name}/a'); nothing will be cancelled")
+        assert got["b"].note.endswith(f"(its output goes to {tmp_path}/elsewhere.log, not the leg's log); nothing "
+                                      "will be cancelled")
+        assert got["a"].nodes is None  # nothing of the foreign job is taken for the leg's
+        r = cockpit("--registry", str(reg_path), "stop", str(exp_dir))
+        assert r.returncode == 2 and "nothing stopped" in r.stderr and "is not proven the leg's" in r.stderr
+        assert r.stderr.count("\n") == 1
+        assert scheduler.queued([foreign, same_name]) == [foreign, same_name]
+        assert "unknown" in status_lines(reg_path)["a"]
+        assert json.loads((exp_dir / "state" / "a.json").read_text())["status"] == "running"  # nothing recorded
+    finally:
+        scheduler.cancel([foreign, same_name])
+
+
+def lying_scontrol(bindir: Path) -> None:
+    """An scontrol that answers "Invalid job id" about every job (as one asked mid-failover may),
+    and passes anything else to the real one."""
+    bindir.mkdir(exist_ok=True)
+    real = shutil.which("scontrol")
+    fake_tool(bindir, "scontrol", f'if [ "$1 $2" = "show job" ]; then echo "slurm_load_jobs error: Invalid job id '
+                                  f'specified" >&2; exit 1; fi\nexec {real} "$@"')
+
+
+@pytest.mark.usefixtures("slurm_cluster")
+def test_one_wrong_invalid_job_id_neither_forgets_the_job_nor_keeps_it_forgotten(tmp_path, monkeypatch):
+    """scontrol says "Invalid job id" about a queued job: squeue still lists it, so the leg waits on
+    (nothing recorded). A leg recorded as forgotten by an earlier wrong answer is revived when the
+    scheduler knows its job again, and a second launch of the experiment is refused."""
+    root = tmp_path / "exp"
+    exp_dir = slurm_dir(root, ["a", "b"])
+    jobs = {leg: held_job(scheduler.job_name(exp_dir.name, leg), exp_dir / f"{leg}.log") for leg in "ab"}
+    try:
+        expdir.write_state(exp_dir, expdir.LegState("a", "queued", job_id=jobs["a"]))
+        expdir.write_state(exp_dir, expdir.LegState("b", "failed", job_id=jobs["b"], forgotten_at=expdir.now_iso(),
+                                                    note="Slurm job is forgotten by the scheduler", exit_code_known=False,
+                                                    ended_at=expdir.now_iso()))
+        lying_scontrol(tmp_path / "bin")
+        monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+        a = states(exp_dir)["a"]
+        assert (a.status, a.waiting_reason) == ("waiting", f"Slurm job {jobs['a']} pending in Slurm: JobHeldUser")
+        assert json.loads((exp_dir / "state" / "a.json").read_text())["status"] == "waiting"
+        monkeypatch.undo()
+        b = states(exp_dir)["b"]
+        assert (b.status, b.forgotten_at, b.ended_at, b.error_tail) == ("waiting", None, None, [])
+        assert json.loads((exp_dir / "state" / "b.json").read_text())["status"] == "waiting"  # revived, recorded
+        assert launch.running_elsewhere(root, "fake").path == exp_dir
+    finally:
+        scheduler.cancel(list(jobs.values()))
+
+
+def test_a_forgotten_job_whose_log_is_fresh_is_not_judged_and_an_old_judgment_is_not_asked_again(tmp_path,
+                                                                                                monkeypatch):
+    """No scheduler command knows the job: a log written seconds ago leaves the leg unknown (nothing
+    recorded); a leg judged forgotten a day ago, its log unchanged since, is not asked about."""
+    exp_dir = slurm_dir(tmp_path, ["a", "b"])
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    asked = tmp_path / "asked"
+    for tool in ("scontrol", "squeue"):
+        fake_tool(bindir, tool, f'echo "{tool} $*" >> {asked}; echo "slurm_load_jobs error: Invalid job id specified" '
+                                ">&2; exit 1")
+    fake_tool(bindir, "sacct", f'echo "sacct" >> {asked}; echo "Slurm accounting storage is disabled" >&2; exit 1')
+    monkeypatch.setenv("PATH", str(bindir))
+    (exp_dir / "a.log").write_text("".join(x + "\n" for x in log_lines(5, 5)))
+    expdir.write_state(exp_dir, expdir.LegState("a", "running", job_id="41"))
+    long_ago = (dt.datetime.now().astimezone() - dt.timedelta(seconds=expdir.REVIVE_S + 60)).isoformat()
+    (exp_dir / "b.log").write_text("".join(x + "\n" for x in log_lines(5, 5)))
+    old = time.time() - expdir.REVIVE_S - 120
+    os.utime(exp_dir / "b.log", (old, old))
+    expdir.write_state(exp_dir, expdir.LegState("b", "done", job_id="42", forgotten_at=long_ago))
+    got = states(exp_dir)
+    assert got["a"].status == "unknown" and got["a"].note.startswith(
+        "unknown: the scheduler does not know Slurm job 41, but its log was written ")
+    assert json.loads((exp_dir / "state" / "a.json").read_text())["status"] == "running"
+    assert got["b"].status == "done"
+    assert [line.split(" -")[0] for line in asked.read_text().splitlines()] == [
+        "scontrol show job", "squeue", "sacct"]  # about a only: every source, b not asked
+    os.utime(exp_dir / "b.log")  # written after the judgment: something wrote it, ask again
+    asked.unlink()
+    states(exp_dir)
+    assert "scontrol show job -o 42" in asked.read_text()
 
 
 def test_a_scheduler_that_cannot_be_asked_leaves_the_leg_unknown(tmp_path, monkeypatch):
