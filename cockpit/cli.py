@@ -110,8 +110,9 @@ def cmd_launch(args: argparse.Namespace) -> int:
     if want and have and want != have:
         say(f"cockpit: warning: the checkout is on branch {have}, the registry expects {want}", file=sys.stderr)
     if not args.foreground:
-        for name in d.legs:  # a Slurm chain: the job that runs each leg
-            if (st := d.states.get(name)) is not None and st.job_id:
+        for name in [reg.PREPARE, *d.legs]:  # a Slurm chain: the job that runs each leg (the prepare step first)
+            st = d.prepare if name == reg.PREPARE else d.states.get(name)
+            if st is not None and st.job_id:
                 say(f"{name}: Slurm job {st.job_id} ({st.status})")
         say(str(exp_dir))
         return 0

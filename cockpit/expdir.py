@@ -427,12 +427,12 @@ def open_dir(path: Path | str) -> ExpDir:
     odd = [f"{leg}.log" for leg in legs if os.path.lexists(d.log(leg)) and not fsutil.is_regular(d.log(leg))]
     if odd:
         problems.append(f"not a regular file: {', '.join(odd)}")
+    if plan and plan.get("prepare") and (prep := read_state(path, reg.PREPARE)) is not None:
+        d.prepare = _reconcile_prepare(path, prep, sup_alive)  # first: a Slurm leg's end may be its doing
     for leg in legs:
         st = read_state(path, leg)
         if st is not None:
             d.states[leg] = reconcile(path, st, sup_alive, d.expect(leg))
-    if plan and plan.get("prepare") and (prep := read_state(path, reg.PREPARE)) is not None:
-        d.prepare = _reconcile_prepare(prep, sup_alive)
     d.problem = "; ".join(problems) or None
     return d
 
@@ -471,9 +471,15 @@ def reconcile(exp_dir: Path, st: LegState, supervisor_alive: bool, expect: procs
     return st
 
 
-def _reconcile_prepare(st: LegState, supervisor_alive: bool) -> LegState:
+def _reconcile_prepare(exp_dir: Path, st: LegState, supervisor_alive: bool) -> LegState:
     """A prepare step recorded as running or queued by a supervisor that is gone: still running
-    when its process is (pid and create time), else stopped."""
+    when its process is (pid and create time), else stopped. One run as the first job of a Slurm
+    chain is the scheduler's to judge, as a leg (reconcile_job); a failure says its last line."""
+    if st.job_id is not None:
+        st = reconcile_job(exp_dir, st)
+        if st.status == Status.FAILED and st.note is None:
+            st.note = f"exit {st.exit_code}" + (f": {st.error_tail[-1]}" if st.error_tail else "")
+        return st
     if supervisor_alive or not st.active:
         return st
     if st.status == Status.RUNNING and procs.alive(st.pid, st.create_time):
@@ -561,9 +567,15 @@ def reconcile_job(exp_dir: Path, st: LegState) -> LegState:
         st.exit_code, st.exit_code_known = job.exit_code, job.exit_code is not None
         if job.slurm_state == "CANCELLED" and (requested or job.reason == "DependencyNeverSatisfied"):
             st.status = Status.STOPPED
-            st.note = ("stopped by request (scancel)" if requested else
-                       "queue stopped: a leg before it did not end done (on_failure = stop; Slurm: DependencyNeverSatisfied)")
-            st.note += "" if job.ran else ", before it started"
+            prep = read_state(exp_dir, reg.PREPARE) if st.leg != reg.PREPARE else None
+            if requested:
+                st.note = "stopped by request (scancel)"
+            elif prep is not None and prep.job_id and prep.status in (Status.FAILED, Status.STOPPED):
+                st.note = f"not started: {reg.PREPARE} {prep.status} (Slurm: DependencyNeverSatisfied)"
+            else:
+                st.note = ("queue stopped: a leg before it did not end done (on_failure = stop; "
+                           "Slurm: DependencyNeverSatisfied)")
+            st.note += "" if job.ran or st.note.startswith("not started") else ", before it started"
         else:
             st.status, st.error_tail = Status.FAILED, error_tail(log) if job.ran else []
             if job.reason == "NonZeroExitCode":  # the trainer's own failure: its log says why

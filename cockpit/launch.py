@@ -277,10 +277,6 @@ def launch_refusals(registry: reg.Registry, plan: LaunchPlan, exp_dir: Path) -> 
                     out += slurm.refusals(chain)
                 except SlurmError as e:
                     out.append(str(e))
-        if (prep := plan.experiment.prepare) is not None and (missing := prep.missing()):
-            out.append(f"{', '.join(map(str, missing))} missing, and a prepare step runs only before a local "
-                       f"launch's legs: run `{shlex.join(prep.command(legs_python(plan)))}` once here (exp_root is "
-                       "the nodes' too), then launch")
     for why in (check_gpus(plan.legs) if plan.executor == "local" else None,
                 check_exp_root(registry.settings.exp_root), check_paths(registry, plan.legs, exp_dir, plan.cwd)):
         if why:

@@ -7,6 +7,7 @@ import datetime as dt
 import json
 import os
 import re
+import shlex
 import shutil
 import stat
 import subprocess
@@ -74,6 +75,7 @@ def test_render_sbatch_lines(tmp_path):
         "--chdir=/home/u/nanochat",
         "--nodes=2",
         "--ntasks-per-node=1",
+        "--gpus-per-node=8",  # one per torchrun process by default
         "--no-requeue",
         "--partition=gpu",
         "--account=proj1",
@@ -81,7 +83,6 @@ def test_render_sbatch_lines(tmp_path):
         "--time=4:00:00",
         "--cpus-per-task=16",
         "--mem=200G",
-        "--gpus-per-node=8",  # one per torchrun process by default
         "--constraint h100 --exclusive",
     ]
     body = script.split("set -e\n", 1)[1]
@@ -374,27 +375,93 @@ def test_dry_run_on_slurm_prints_the_scripts_and_sbatch_lines_and_writes_nothing
     assert not (tmp_path / "exp").exists()
 
 
-def test_slurm_legs_get_the_registrys_env_and_no_prepare_or_notify_of_a_supervisor(tmp_path):
-    """On Slurm no supervisor runs: the registry's env is exported in each batch script, a
-    prepare step whose output is missing refuses the launch (with its command), and the dry run
-    says notify is not run for these legs."""
-    reg_path = slurm_registry(tmp_path, {"a": "num-iterations = 5"})
-    text = reg_path.read_text().replace('on_failure = "stop"\n', f'on_failure = "stop"\nnotify = ["{sys.executable}"]\n')
-    text = text.replace("[defaults.args]", '[defaults.env]\nHF_HOME = "/data/hf x"\n[defaults.args]')
-    text = text.replace('id = "fake"\n', 'id = "fake"\n[experiment.prepare]\nargv = ["{python}", "-m", "x", "{exp_root}/_data/x"]\n'
+def prepare_registry(tmp_path: Path, legs: dict[str, str], code: str, on_failure: str = "stop") -> Path:
+    """slurm_registry with a prepare step that runs `python -c code {exp_root}/_data/x` and creates that dir."""
+    reg_path = slurm_registry(tmp_path, legs, on_failure=on_failure)
+    text = reg_path.read_text().replace('id = "fake"\n', 'id = "fake"\n[experiment.prepare]\n'
+                                        f'argv = ["{{python}}", "-c", {json.dumps(code)}, "{{exp_root}}/_data/x"]\n'
                                         'creates = "{exp_root}/_data/x"\n')
     reg_path.write_text(text)
+    return reg_path
+
+
+def test_slurm_legs_get_the_registrys_env_a_prepare_job_and_no_notify_of_a_supervisor(tmp_path):
+    """On Slurm no supervisor runs: the registry's env is exported in each batch script, a prepare
+    step whose output is missing is the chain's first job (every leg waits for it to end well),
+    and the dry run says notify is not run for these legs."""
+    reg_path = prepare_registry(tmp_path, {"a": "num-iterations = 5", "b": "num-iterations = 5"}, "x",
+                                on_failure="continue")
+    text = reg_path.read_text().replace('on_failure = "continue"\n',
+                                        f'on_failure = "continue"\nnotify = ["{sys.executable}"]\n')
+    reg_path.write_text(text.replace("[defaults.args]", '[defaults.env]\nHF_HOME = "/data/hf x"\n[defaults.args]'))
     registry = reg.load(reg_path)
     plan = launch.plan_launch(registry, "fake")
     out = launch.dry_run_text(registry, plan)
-    assert "\nexport HF_HOME='/data/hf x'\n" in out.split(".sbatch ----")[1]  # in the batch script
-    assert "# notify: not run for Slurm legs (the scheduler runs them; no supervisor sees them end)" in out
     root = tmp_path / "exp"
-    assert (f"# a real launch would be refused here: {root}/_data/x missing, and a prepare step runs only before a "
-            f"local launch's legs: run `{sys.executable} -m x {root}/_data/x` once here (exp_root is the nodes' too), "
-            "then launch") in out
+    assert "a real launch would be refused" not in out
+    assert "\nexport HF_HOME='/data/hf x'\n" in out.split("/a.sbatch ----")[1]  # in the batch script
+    assert "# notify: not run for Slurm legs (the scheduler runs them; no supervisor sees them end)" in out
+    assert (f"# prepare, first ({root}/_data/x missing): the chain's first job runs `{sys.executable} -c x "
+            f"{root}/_data/x`; every leg waits for it to end well (afterok)") in out
+    prep = out.split("/slurm/prepare.sbatch ----\n")[1].split("# ---- end ----")[0]
+    assert "#SBATCH --nodes=1\n#SBATCH --ntasks=1\n" in prep and "gpus" not in prep
+    assert f"\n{shlex.join([sys.executable, '-c', 'x', f'{root}/_data/x'])}\n" in prep
+    assert read_back(prep)["output"] == str(out.split("EXP_DIR=")[1].split("\n")[0]) + "/prepare.log"
+    lines = out.rstrip().splitlines()[-3:]
+    assert lines[0].startswith("sbatch --parsable ") and lines[0].endswith("/slurm/prepare.sbatch")
+    assert "'--dependency=afterok:<job id of prepare>' --kill" in lines[1]
+    assert "'--dependency=afterok:<job id of prepare>,afterany:<job id of a>' --kill" in lines[2]
     (root / "_data" / "x").mkdir(parents=True)
-    assert "prepare step" not in launch.dry_run_text(registry, launch.plan_launch(registry, "fake"))
+    out = launch.dry_run_text(registry, launch.plan_launch(registry, "fake"))
+    assert "# prepare: skipped, what it creates exists" in out and "prepare.sbatch" not in out
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("slurm_cluster")
+def test_prepare_runs_as_the_chains_first_job(tmp_path):
+    """A missing corpus is made by the chain's first job; the legs start after it ended well."""
+    code = "import os, sys, time; time.sleep(1); os.makedirs(sys.argv[1]); print('made', sys.argv[1])"
+    reg_path = prepare_registry(tmp_path, {"a": "num-iterations = 3"}, code)
+    exp_dir, ids = launched(cockpit("--registry", str(reg_path), "launch", "fake"))
+    assert list(ids) == ["prepare", "a"]
+    end = until_ended(exp_dir, timeout_s=120)
+    prep = expdir.open_dir(exp_dir).prepare
+    assert (prep.status, prep.job_id, end["a"].status) == ("done", ids["prepare"], "done")
+    assert prep.ended_at <= end["a"].started_at  # the scheduler's own times
+    assert (tmp_path / "exp" / "_data" / "x").is_dir()
+    assert (exp_dir / "prepare.log").read_text() == f"made {tmp_path}/exp/_data/x\n"
+    assert f"  {exp_dir.name}  on Slurm;  prepare done;  a done (job {ids['a']} on n" in status_text(reg_path)
+
+
+@pytest.mark.usefixtures("slurm_cluster")
+def test_stopping_the_chain_cancels_its_prepare_job(tmp_path):
+    reg_path = prepare_registry(tmp_path, {"a": "num-iterations = 3"}, "import time; print('up', flush=True); "
+                                "time.sleep(120)")
+    exp_dir, ids = launched(cockpit("--registry", str(reg_path), "launch", "fake"))
+    wait_for_line(exp_dir / "prepare.log", "^up$", timeout_s=60)
+    r = cockpit("--registry", str(reg_path), "stop", str(exp_dir))
+    assert r.returncode == 0, r.stderr
+    assert scheduler.queued(list(ids.values())) == []
+    d = expdir.open_dir(exp_dir)
+    assert (d.prepare.status, d.prepare.note) == ("stopped", "stopped by request (scancel)")
+    assert d.states["a"].status == "stopped"
+
+
+@pytest.mark.usefixtures("slurm_cluster")
+def test_a_failed_prepare_job_starts_no_leg(tmp_path):
+    """The prepare job fails: no leg starts, even under on_failure = continue; status says why."""
+    reg_path = prepare_registry(tmp_path, {"a": "num-iterations = 3", "b": "num-iterations = 3"},
+                                "import sys; sys.exit('no corpus for you')", on_failure="continue")
+    exp_dir, ids = launched(cockpit("--registry", str(reg_path), "launch", "fake"))
+    end = until_ended(exp_dir, timeout_s=60)
+    prep = expdir.open_dir(exp_dir).prepare
+    assert (prep.status, prep.note) == ("failed", "exit 1: no corpus for you")
+    for leg in "ab":
+        assert (end[leg].status, end[leg].note, end[leg].started_at) == (
+            "stopped", "not started: prepare failed (Slurm: DependencyNeverSatisfied)", None)
+        assert (exp_dir / f"{leg}.log").stat().st_size == 0
+    assert "prepare failed (exit 1: no corpus for you)" in status_text(reg_path)
+    assert scheduler.queued(list(ids.values())) == []
 
 
 # scheduler lines as Slurm 22.05 prints them, trimmed
@@ -468,11 +535,15 @@ def wait_for_line(log: Path, pattern: str, timeout_s: float = 90.0) -> None:
              timeout=timeout_s, every=0.25, what=f"a line matching {pattern!r} in {log}")
 
 
-def status_lines(reg_path: Path) -> dict[str, str]:
-    """`cockpit status`: each leg's line of experiment `fake`, by leg name."""
+def status_text(reg_path: Path) -> str:
     r = cockpit("--registry", str(reg_path), "status")
     assert r.returncode == 0, r.stderr
-    block = r.stdout.split("\nfake  [", 1)[1].split("\n\n", 1)[0].splitlines()[1:]
+    return r.stdout
+
+
+def status_lines(reg_path: Path) -> dict[str, str]:
+    """`cockpit status`: each leg's line of experiment `fake`, by leg name."""
+    block = status_text(reg_path).split("\nfake  [", 1)[1].split("\n\n", 1)[0].splitlines()[1:]
     return {line.split()[0]: line.strip() for line in block}
 
 
