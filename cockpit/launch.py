@@ -37,6 +37,7 @@ from cockpit import flags, fsutil, gpus, provenance, safetext
 from cockpit import registry as reg
 from cockpit.checkout import git_info
 from cockpit.executors import EXECUTORS, Executor, slurm
+from cockpit.executors.resubmit import resubmit as resubmit_legs
 from cockpit.expdir import (
     STAMP_FORMAT,
     STATE_DIR,
@@ -520,12 +521,34 @@ def stop(
     anything is read or written.
     """
     exp_dir = Path(exp_dir)
-    if exp_root is not None and not (fsutil.is_inside(exp_dir.resolve(), Path(exp_root).resolve())
-                                     and exp_dir.resolve() != Path(exp_root).resolve()):
-        raise RunError(f"{safetext.oneline(str(exp_dir))} is not an experiment dir under exp_root {exp_root}: "
-                       "the cockpit acts only on the dirs it owns")
+    if exp_root is not None:
+        check_owned(exp_dir, exp_root)
     d = open_dir(exp_dir)
     if leg is not None and leg not in d.legs:
         raise RunError(f"{exp_dir} has no leg '{safetext.oneline(leg)}' (legs: {', '.join(d.legs) or 'none'})")
     executor_of(d).stop(exp_dir, leg, grace_s, wait_s)
     return open_dir(exp_dir)
+
+
+def check_owned(exp_dir: Path, exp_root: Path | str) -> None:
+    """RunError unless `exp_dir` is a dir under exp_root (the cockpit acts only on the dirs it owns)."""
+    if not (fsutil.is_inside(exp_dir.resolve(), Path(exp_root).resolve())
+            and exp_dir.resolve() != Path(exp_root).resolve()):
+        raise RunError(f"{safetext.oneline(str(exp_dir))} is not an experiment dir under exp_root {exp_root}: "
+                       "the cockpit acts only on the dirs it owns")
+
+
+def resubmit(exp_dir: Path | str, legs: list[str], exp_root: Path | str, rerun: bool = False) -> list[str]:
+    """Submit Slurm legs of a dir under exp_root again from their saved batch scripts, each with a
+    fresh log (executors/resubmit.py), under the experiment's queue lock; one line per leg says
+    its new job and where its earlier attempt is kept. RunError (one line) when refused."""
+    exp_dir = Path(exp_dir)
+    check_owned(exp_dir, exp_root)
+    d = open_dir(exp_dir)
+    lock_fd = experiment_lock(Path(exp_root), d.experiment)
+    try:
+        done = resubmit_legs(exp_dir, legs, rerun)
+    finally:
+        os.close(lock_fd)
+    return [f"{job.leg}: Slurm job {job.job_id} (queued)" + (f"; the attempt before kept in {kept}" if kept else "")
+            for job, kept in done]

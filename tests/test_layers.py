@@ -18,7 +18,7 @@ LAYERS = {
         "cockpit.logs.summary", "cockpit.logs.bulk"],
     1: ["cockpit.gpus", "cockpit.expdir", "cockpit.provenance"],
     2: ["cockpit.baseline", "cockpit.plots", "cockpit.step_files", "cockpit.report", "cockpit.supervisor", "cockpit.executors", "cockpit.executors.local",
-        "cockpit.executors.slurm"],
+        "cockpit.executors.slurm", "cockpit.executors.resubmit"],
     3: ["cockpit.launch", "cockpit.resume"],
     4: ["cockpit.cli", "cockpit.tui"],  # and every module of cockpit.tui
 }

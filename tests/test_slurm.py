@@ -822,6 +822,92 @@ def test_a_forgotten_job_whose_log_is_fresh_is_not_judged_and_an_old_judgment_is
     assert "scontrol show job -o 42" in asked.read_text()
 
 
+@pytest.mark.slow
+@pytest.mark.usefixtures("slurm_cluster")
+def test_resubmit_runs_stopped_legs_again_each_with_a_fresh_log(tmp_path):
+    """A chain stopped mid-leg, resubmitted: new jobs, recorded; each leg's log holds only its new
+    attempt, the attempt before is kept whole under attempts/; status and report follow the new
+    jobs; a done leg needs --rerun."""
+    reg_path = slurm_registry(tmp_path, {"a": "num-iterations = 30", "b": "num-iterations = 3"})
+    exp_dir, ids = launched(cockpit("--registry", str(reg_path), "launch", "fake"))
+    wait_for_line(exp_dir / "a.log", r"^step 00001/")
+    assert cockpit("--registry", str(reg_path), "stop", str(exp_dir)).returncode == 0
+    first = (exp_dir / "a.log").read_bytes()
+    r = cockpit("--registry", str(reg_path), "resubmit", str(exp_dir), "b", "a")
+    assert r.returncode == 0, r.stderr
+    *jobs, last = r.stdout.splitlines()
+    new = dict(re.fullmatch(r"(\w): Slurm job (\d+) \(queued\); the attempt before kept in (.+)", line).group(1, 2)
+               for line in jobs)
+    assert last == str(exp_dir) and list(new) == ["a", "b"] and set(new.values()).isdisjoint(ids.values())
+    assert jobs[0].endswith(f"kept in {exp_dir}/attempts/a.1.log")
+    assert (exp_dir / "attempts" / "a.1.log").read_bytes() == first
+    kept = json.loads((exp_dir / "attempts" / "a.1.json").read_text())
+    assert (kept["status"], kept["job_id"]) == ("stopped", ids["a"])
+    assert not (exp_dir / "state" / "a.stop").exists()
+    end = until_ended(exp_dir, timeout_s=120)
+    assert [(end[n].status, end[n].job_id) for n in "ab"] == [("done", new["a"]), ("done", new["b"])]
+    assert end["a"].ended_at <= end["b"].started_at  # chained again, in the plan's order
+    log = (exp_dir / "a.log").read_text()
+    assert log.count("step 00000/") == 1 and "Total training time" in log  # one run per log
+    assert status_lines(reg_path)["a"].startswith(f"a  done      job {new['a']} on n")
+    assert "| a | completed |" in (exp_dir / "report.md").read_text()
+    r = cockpit("--registry", str(reg_path), "resubmit", str(exp_dir), "a")
+    assert r.returncode == 2 and r.stderr == "cockpit: leg a is done; resubmit it again with --rerun\n"
+
+
+def ended_slurm_dir(tmp_path: Path, status: str = "failed") -> tuple[Path, Path]:
+    """A registry and a Slurm dir under its exp_root whose leg `a` ended (job 7), with the script
+    and log a launch leaves."""
+    reg_path = slurm_registry(tmp_path, {"a": "num-iterations = 3"})
+    exp_dir = slurm_dir(tmp_path / "exp", ["a"])
+    plan = json.loads((exp_dir / "plan.json").read_text())
+    (exp_dir / "plan.json").write_text(json.dumps({**plan, "on_failure": "stop"}))
+    chain = slurm.plan_chain([leg("a", [])], slurm.SlurmSettings(), exp_dir, REPO, exp_dir.name)
+    slurm.write_script(exp_dir, "a", chain.scripts[0][1])
+    (exp_dir / "a.log").write_text("the first attempt\n")
+    expdir.write_state(exp_dir, expdir.LegState("a", status, job_id="7", ended_at=expdir.now_iso()))
+    return reg_path, exp_dir
+
+
+def test_resubmit_refuses_in_one_line_and_moves_nothing(tmp_path, monkeypatch):
+    """A running leg, an edited script, a local dir, a dir outside exp_root, a scheduler that
+    refuses the job: one line, exit 2, the log and state where they were."""
+    reg_path, exp_dir = ended_slurm_dir(tmp_path)
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    fake_tool(bindir, "sbatch", 'echo "sbatch: error: Batch job submission failed: Invalid account" >&2; exit 1')
+    fake_tool(bindir, "scontrol", "exit 1")
+    monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
+
+    def refused(*args: str) -> str:
+        r = cockpit("--registry", str(reg_path), "resubmit", *args)
+        assert r.returncode == 2 and r.stdout == "" and r.stderr.count("\n") == 1, (r.stdout, r.stderr)
+        assert (exp_dir / "a.log").read_text() == "the first attempt\n"
+        assert json.loads((exp_dir / "state" / "a.json").read_text())["job_id"] == "7"
+        assert not any((exp_dir / "attempts").glob("*"))
+        return r.stderr.removeprefix("cockpit: ").strip()
+
+    assert refused(str(exp_dir), "a") == (f"nothing resubmitted in {exp_dir}: leg a: sbatch failed (exit 1): "
+                                          "sbatch: error: Batch job submission failed: Invalid account")
+    assert refused(str(exp_dir), "nosuch").startswith(f"{exp_dir} has no leg 'nosuch'")
+    assert refused(str(tmp_path), "a").endswith("the cockpit acts only on the dirs it owns")
+    script = slurm.script_path(exp_dir, "a")
+    text = script.read_text()
+    script.write_text(text.replace("--output=", "--output=/tmp/elsewhere"))
+    assert "was changed (its --output is '/tmp/elsewhere" in refused(str(exp_dir), "a")
+    script.write_text(text.replace("#SBATCH --open-mode=append", "#SBATCH --open-mode=append --dep=afterok:1"))
+    assert "was changed (it sets --dependency, which the cockpit sets itself)" in refused(str(exp_dir), "a")
+    script.write_text(text)
+    expdir.write_state(exp_dir, expdir.LegState("a", "running", job_id="7"))
+    fake_tool(bindir, "scontrol", f'echo "JobId=7 JobName={exp_dir.name}/a UserId=u({os.getuid()}) JobState=RUNNING '
+                                  f'NodeList=n1 StdOut={exp_dir}/a.log"')
+    assert refused(str(exp_dir), "a") == f"leg a is running as Slurm job 7: stop it first (cockpit stop {exp_dir} a)"
+    plan = json.loads((exp_dir / "plan.json").read_text())
+    (exp_dir / "plan.json").write_text(json.dumps({**plan, "executor": "local"}))
+    assert refused(str(exp_dir), "a").endswith("was not launched on Slurm: a local leg runs again with "
+                                               "`cockpit launch EXPERIMENT --legs LEG --rerun` (a fresh dir)")
+
+
 def test_a_scheduler_that_cannot_be_asked_leaves_the_leg_unknown(tmp_path, monkeypatch):
     exp_dir = tmp_path / "20260101_000000_fake"
     (exp_dir / "state").mkdir(parents=True)

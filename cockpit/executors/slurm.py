@@ -148,7 +148,8 @@ def render_batch_script(
     gpus = gpus_per_node(cmd, settings)
     if gpus > 0:
         opts.append(f"--gpus-per-node={gpus}")
-    lines = [f"# leg {cmd.leg}: a batch job of the nanochat cockpit; `sbatch` this file to run it again"]
+    lines = [f"# leg {cmd.leg}: a batch job of the nanochat cockpit; `cockpit resubmit DIR {cmd.leg}` runs it again"
+             " (a new job, a fresh log)"]
     lines += _job_head(settings, leg_log(exp_dir, cmd.leg), workdir, job_name, opts, cmd.env)
     # srun does not pass the job's --cpus-per-task on to its steps (Slurm 22.05+): say it again
     step_cpus = f" --cpus-per-task={int(settings.cpus_per_task)}" if settings.cpus_per_task else ""
@@ -239,7 +240,7 @@ def render_prepare_script(
 
 
 def script_path(exp_dir: Path | str, leg: str) -> Path:
-    """Where a leg's batch script is kept, so what ran can be read and resubmitted by hand."""
+    """Where a leg's batch script is kept, so what ran can be read and resubmitted (cockpit resubmit)."""
     return Path(exp_dir) / SCRIPT_DIR / f"{leg}.sbatch"
 
 
