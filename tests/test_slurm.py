@@ -420,7 +420,7 @@ def test_slurm_legs_get_the_registrys_env_a_prepare_job_and_no_notify_of_a_super
 @pytest.mark.usefixtures("slurm_cluster")
 def test_prepare_runs_as_the_chains_first_job(tmp_path):
     """A missing corpus is made by the chain's first job; the legs start after it ended well."""
-    code = "import os, sys, time; time.sleep(1); os.makedirs(sys.argv[1]); print('made', sys.argv[1])"
+    code = "import os, sys; os.makedirs(sys.argv[1]); print('made', sys.argv[1])"
     reg_path = prepare_registry(tmp_path, {"a": "num-iterations = 3"}, code)
     exp_dir, ids = launched(cockpit("--registry", str(reg_path), "launch", "fake"))
     assert list(ids) == ["prepare", "a"]
@@ -824,45 +824,67 @@ def test_a_forgotten_job_whose_log_is_fresh_is_not_judged_and_an_old_judgment_is
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("slurm_cluster")
-def test_resubmit_runs_stopped_legs_again_each_with_a_fresh_log(tmp_path):
-    """A chain stopped mid-leg, resubmitted: new jobs, recorded; each leg's log holds only its new
-    attempt, the attempt before is kept whole under attempts/; status and report follow the new
-    jobs; a done leg needs --rerun."""
-    reg_path = slurm_registry(tmp_path, {"a": "num-iterations = 30", "b": "num-iterations = 3"})
-    exp_dir, ids = launched(cockpit("--registry", str(reg_path), "launch", "fake"))
-    wait_for_line(exp_dir / "a.log", r"^step 00001/")
-    assert cockpit("--registry", str(reg_path), "stop", str(exp_dir)).returncode == 0
+def test_resubmit_runs_a_failed_leg_again_with_a_fresh_log(tmp_path):
+    """A leg whose first attempt failed (its log, state and saved script as a launch leaves them),
+    resubmitted: a new job, recorded; the leg's log holds only the new attempt, the one before is
+    kept whole under attempts/; status and report follow the new job; a done leg needs --rerun."""
+    reg_path, exp_dir = ended_slurm_dir(tmp_path, args=["--num-iterations", "3", "--step-sleep", "0.05"])
     first = (exp_dir / "a.log").read_bytes()
-    r = cockpit("--registry", str(reg_path), "resubmit", str(exp_dir), "b", "a")
+    r = cockpit("--registry", str(reg_path), "resubmit", str(exp_dir), "a")
     assert r.returncode == 0, r.stderr
-    *jobs, last = r.stdout.splitlines()
-    new = dict(re.fullmatch(r"(\w): Slurm job (\d+) \(queued\); the attempt before kept in (.+)", line).group(1, 2)
-               for line in jobs)
-    assert last == str(exp_dir) and list(new) == ["a", "b"] and set(new.values()).isdisjoint(ids.values())
-    assert jobs[0].endswith(f"kept in {exp_dir}/attempts/a.1.log")
+    line, last = r.stdout.splitlines()
+    new = re.fullmatch(rf"a: Slurm job (\d+) \(queued\); the attempt before kept in {exp_dir}/attempts/a\.1\.log",
+                       line).group(1)
+    assert last == str(exp_dir) and new != "7"
     assert (exp_dir / "attempts" / "a.1.log").read_bytes() == first
     kept = json.loads((exp_dir / "attempts" / "a.1.json").read_text())
-    assert (kept["status"], kept["job_id"]) == ("stopped", ids["a"])
-    assert not (exp_dir / "state" / "a.stop").exists()
-    end = until_ended(exp_dir, timeout_s=120)
-    assert [(end[n].status, end[n].job_id) for n in "ab"] == [("done", new["a"]), ("done", new["b"])]
-    assert end["a"].ended_at <= end["b"].started_at  # chained again, in the plan's order
+    assert (kept["status"], kept["job_id"]) == ("failed", "7")
+    end = until_ended(exp_dir, timeout_s=120)["a"]
+    assert (end.status, end.job_id) == ("done", new)
     log = (exp_dir / "a.log").read_text()
-    assert log.count("step 00000/") == 1 and "Total training time" in log  # one run per log
-    assert status_lines(reg_path)["a"].startswith(f"a  done      job {new['a']} on n")
+    assert "first attempt" not in log and log.count("step 00000/") == 1 and "Total training time" in log
+    assert status_lines(reg_path)["a"].startswith(f"a  done      job {new} on n")
     assert "| a | completed |" in (exp_dir / "report.md").read_text()
     r = cockpit("--registry", str(reg_path), "resubmit", str(exp_dir), "a")
     assert r.returncode == 2 and r.stderr == "cockpit: leg a is done; resubmit it again with --rerun\n"
 
 
-def ended_slurm_dir(tmp_path: Path, status: str = "failed") -> tuple[Path, Path]:
-    """A registry and a Slurm dir under its exp_root whose leg `a` ended (job 7), with the script
-    and log a launch leaves."""
+def test_resubmitted_legs_are_chained_in_the_plans_order(tmp_path, monkeypatch):
+    """Legs named in any order (a leg with repeats: its runs) go to sbatch in the plan's order,
+    each waiting for the one before it by the plan's on_failure; each state records its job."""
+    exp_dir = slurm_dir(tmp_path / "exp", ["a", "b.r0", "b.r1"])
+    plan = json.loads((exp_dir / "plan.json").read_text())
+    plan["legs"] = [{"name": "a"}, {"name": "b.r0", "leg": "b", "repeat": 0}, {"name": "b.r1", "leg": "b", "repeat": 1}]
+    (exp_dir / "plan.json").write_text(json.dumps({**plan, "on_failure": "continue"}))
+    chain = slurm.plan_chain([leg(n, []) for n in ("a", "b.r0", "b.r1")], slurm.SlurmSettings(), exp_dir, REPO,
+                             exp_dir.name)
+    for name, text in chain.scripts:
+        slurm.write_script(exp_dir, name, text)
+        expdir.write_state(exp_dir, expdir.LegState(name, "stopped", job_id="7"))
+    bindir, calls = tmp_path / "bin", tmp_path / "calls"
+    bindir.mkdir()
+    fake_tool(bindir, "sbatch", f'echo "$*" >> {calls}; echo $((100 + $(wc -l < {calls})))')
+    monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
+    lines = launch.resubmit(exp_dir, ["b", "a"], tmp_path / "exp")
+    assert [x.split(" (")[0] for x in lines] == ["a: Slurm job 101", "b.r0: Slurm job 102", "b.r1: Slurm job 103"]
+    assert calls.read_text().splitlines() == [
+        f"--parsable {exp_dir}/slurm/a.sbatch",
+        f"--parsable --dependency=afterany:101 --kill-on-invalid-dep=yes {exp_dir}/slurm/b.r0.sbatch",
+        f"--parsable --dependency=afterany:102 --kill-on-invalid-dep=yes {exp_dir}/slurm/b.r1.sbatch"]
+    got = {n: expdir.read_state(exp_dir, n) for n in ("a", "b.r0", "b.r1")}
+    assert [(s.status, s.job_id) for s in got.values()] == [("queued", "101"), ("queued", "102"), ("queued", "103")]
+    assert got["a"].note == "attempt 2: resubmitted as Slurm job 101; attempt 1 (stopped, Slurm job 7) kept in attempts/"
+
+
+def ended_slurm_dir(tmp_path: Path, status: str = "failed", args: list[str] | None = None) -> tuple[Path, Path]:
+    """A registry and a Slurm dir under its exp_root whose leg `a` (tests.fake_trainer with `args`)
+    ended (job 7), with the script and log a launch leaves."""
     reg_path = slurm_registry(tmp_path, {"a": "num-iterations = 3"})
     exp_dir = slurm_dir(tmp_path / "exp", ["a"])
     plan = json.loads((exp_dir / "plan.json").read_text())
-    (exp_dir / "plan.json").write_text(json.dumps({**plan, "on_failure": "stop"}))
-    chain = slurm.plan_chain([leg("a", [])], slurm.SlurmSettings(), exp_dir, REPO, exp_dir.name)
+    (exp_dir / "plan.json").write_text(json.dumps({**plan, "on_failure": "stop", "tail": 50}))
+    chain = slurm.plan_chain([leg("a", args or [], "tests.fake_trainer")], slurm.SlurmSettings(), exp_dir, REPO,
+                             exp_dir.name)
     slurm.write_script(exp_dir, "a", chain.scripts[0][1])
     (exp_dir / "a.log").write_text("the first attempt\n")
     expdir.write_state(exp_dir, expdir.LegState("a", status, job_id="7", ended_at=expdir.now_iso()))
