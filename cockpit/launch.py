@@ -547,6 +547,9 @@ def resubmit(exp_dir: Path | str, legs: list[str], exp_root: Path | str, rerun: 
     d = open_dir(exp_dir)
     lock_fd = experiment_lock(Path(exp_root), d.experiment)
     try:
+        busy = running_elsewhere(exp_root, d.experiment)
+        if busy is not None and busy.path.resolve() != exp_dir.resolve():  # one queue per experiment
+            raise RunError(f"'{d.experiment}' is running in {busy.path}; stop it first: cockpit stop {busy.path}")
         done = resubmit_legs(exp_dir, legs, rerun)
     finally:
         os.close(lock_fd)

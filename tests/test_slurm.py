@@ -924,6 +924,14 @@ def test_resubmit_refuses_in_one_line_and_moves_nothing(tmp_path, monkeypatch):
     fake_tool(bindir, "scontrol", f'echo "JobId=7 JobName={exp_dir.name}/a UserId=u({os.getuid()}) JobState=RUNNING '
                                   f'NodeList=n1 StdOut={exp_dir}/a.log"')
     assert refused(str(exp_dir), "a") == f"leg a is running as Slurm job 7: stop it first (cockpit stop {exp_dir} a)"
+    expdir.write_state(exp_dir, expdir.LegState("a", "failed", job_id="7"))
+    other = exp_dir.with_name("20260102_000000_fake")
+    shutil.copytree(exp_dir, other)
+    expdir.write_state(other, expdir.LegState("a", "running", job_id="8"))
+    fake_tool(bindir, "scontrol", f'echo "JobId=8 JobName={other.name}/a UserId=u({os.getuid()}) JobState=RUNNING '
+                                  f'NodeList=n1 StdOut={other}/a.log"')
+    assert refused(str(exp_dir), "a") == f"'fake' is running in {other}; stop it first: cockpit stop {other}"
+    shutil.rmtree(other)
     plan = json.loads((exp_dir / "plan.json").read_text())
     (exp_dir / "plan.json").write_text(json.dumps({**plan, "executor": "local"}))
     assert refused(str(exp_dir), "a").endswith("was not launched on Slurm: a local leg runs again with "
