@@ -5,20 +5,23 @@ torchrun for the node: `srun` starts them all, and they meet at a c10d rendezvou
 of the allocation, so a leg of N nodes x P processes trains with world size N*P. The module and the
 trainer's flags are exactly those of a local launch; every flag is shell-quoted, so nothing a user
 wrote in a flag can be interpreted by the job's shell. The job's stdout and stderr append to
-`<dir>/<leg>.log`, the same file a local leg writes, so logs are read the same way.
+`<dir>/<leg>.log`, the same file a local leg writes, so logs are read the same way. Every value
+of an `#SBATCH` line is written as one word sbatch reads back as given (sbatch_opts).
 
 The legs of one launch run in order: each job depends on the one before it, `afterok` when the chain
 stops at a failure (a failed leg leaves the rest cancelled by the scheduler, reason
-DependencyNeverSatisfied), `afterany` when it goes on regardless. There is no supervisor: the
-scheduler runs the chain, and `state/<leg>.json` holds the leg's job id. Where a job stands is the
-scheduler's to say (scheduler.py); expdir.py asks it whenever a dir is read.
+DependencyNeverSatisfied), `afterany` when it goes on regardless. When what the experiment's
+prepare step creates is missing, that step is the chain's first job, and every leg also waits for
+it to end well. There is no supervisor: the scheduler runs the chain, and `state/<leg>.json`
+holds the leg's job id. Where a job stands is the scheduler's to say (scheduler.py); expdir.py
+asks it whenever a dir is read.
 
 As an executor it offers what launch.py calls of every executor (see executors/__init__.py):
 `start` submits a dir's planned legs (or `--foreground`: and waits for the chain to end), `stop`
 cancels a leg and the rest of its chain through scancel. `refresh_report` regenerates a dir's
 report.md once a client has seen a leg end (the batch job may be killed before it could).
 
-Layer 2: imports fsutil, safetext, registry, scheduler, vocab, expdir and report.
+Layer 2: imports fsutil, safetext, sbatch_opts, registry, scheduler, vocab, expdir and report.
 """
 
 from __future__ import annotations
