@@ -419,18 +419,22 @@ def test_slurm_legs_get_the_registrys_env_a_prepare_job_and_no_notify_of_a_super
 @pytest.mark.slow
 @pytest.mark.usefixtures("slurm_cluster")
 def test_prepare_runs_as_the_chains_first_job(tmp_path):
-    """A missing corpus is made by the chain's first job; the legs start after it ended well."""
+    """A missing corpus is made by the chain's first job; the leg starts once it ended well (then
+    the chain is stopped: the leg's own run is the other tests')."""
     code = "import os, sys; os.makedirs(sys.argv[1]); print('made', sys.argv[1])"
     reg_path = prepare_registry(tmp_path, {"a": "num-iterations = 3"}, code)
     exp_dir, ids = launched(cockpit("--registry", str(reg_path), "launch", "fake"))
     assert list(ids) == ["prepare", "a"]
-    end = until_ended(exp_dir, timeout_s=120)
+    a = wait_for(lambda: (st := states(exp_dir)["a"]).status == "running" and st, timeout=60, every=0.25,
+                 what="leg a running")
     prep = expdir.open_dir(exp_dir).prepare
-    assert (prep.status, prep.job_id, end["a"].status) == ("done", ids["prepare"], "done")
-    assert prep.ended_at <= end["a"].started_at  # the scheduler's own times
+    assert (prep.status, prep.job_id) == ("done", ids["prepare"])
+    assert re.fullmatch(rf"Slurm job {ids['prepare']} on n[12] completed", prep.note), prep.note
+    assert prep.ended_at <= a.started_at  # the scheduler's own times
     assert (tmp_path / "exp" / "_data" / "x").is_dir()
     assert (exp_dir / "prepare.log").read_text() == f"made {tmp_path}/exp/_data/x\n"
-    assert f"  {exp_dir.name}  on Slurm;  prepare done;  a done (job {ids['a']} on n" in status_text(reg_path)
+    assert f"  {exp_dir.name}  on Slurm;  prepare done;  a running (job {ids['a']} on n" in status_text(reg_path)
+    assert cockpit("--registry", str(reg_path), "stop", str(exp_dir)).returncode == 0
 
 
 @pytest.mark.usefixtures("slurm_cluster")
