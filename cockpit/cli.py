@@ -110,8 +110,9 @@ def cmd_launch(args: argparse.Namespace) -> int:
     if want and have and want != have:
         say(f"cockpit: warning: the checkout is on branch {have}, the registry expects {want}", file=sys.stderr)
     if not args.foreground:
-        for name in d.legs:  # a Slurm chain: the job that runs each leg
-            if (st := d.states.get(name)) is not None and st.job_id:
+        for name in [reg.PREPARE, *d.legs]:  # a Slurm chain: the job that runs each leg (the prepare step first)
+            st = d.prepare if name == reg.PREPARE else d.states.get(name)
+            if st is not None and st.job_id:
                 say(f"{name}: Slurm job {st.job_id} ({st.status})")
         say(str(exp_dir))
         return 0
@@ -144,6 +145,26 @@ def cmd_stop(args: argparse.Namespace) -> int:
             say(f"{name}: queued, stop requested: it will not start")
         else:
             say(f"{name}: {st.status if st else 'not run'}" + (f" ({st.note})" if st and st.note else ""))
+    say(str(exp_dir))
+    return 0
+
+
+def cmd_resubmit(args: argparse.Namespace) -> int:
+    """Run Slurm legs of a dir again from their saved batch scripts: each a new job, chained in the
+    plan's order, with a fresh log; the attempt before (its log and state) is kept under
+    DIR/attempts/. A leg must have ended (done only with --rerun) and its script name its job."""
+    if not args.target.strip():
+        raise UsageError("resubmit: no experiment dir given (an empty name): give a dir under exp_root or an experiment id")
+    if any(not leg.strip() for leg in args.legs):
+        raise UsageError("resubmit: a leg name is empty")
+    exp_root = load_registry(args).settings.exp_root
+    try:
+        exp_dir = expdir.find_dir(exp_root, args.target)
+        lines = launch.resubmit(exp_dir, args.legs, exp_root, rerun=args.rerun)
+    except RunError as e:
+        raise UsageError(str(e)) from None
+    for line in lines:
+        say(line)
     say(str(exp_dir))
     return 0
 
@@ -267,6 +288,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grace", type=float, default=expdir.STOP_GRACE_S,
                    help=f"seconds between SIGTERM and SIGKILL when the supervisor is gone (default "
                         f"{expdir.STOP_GRACE_S:g}; a live supervisor uses the plan's)")
+    p = command("resubmit", cmd_resubmit, "run Slurm legs of a dir again: new jobs, fresh logs, attempts kept")
+    p.add_argument("target", metavar="DIR|EXPERIMENT", help="an experiment dir, or an experiment id (its newest dir)")
+    p.add_argument("legs", nargs="+", metavar="LEG", help="the legs to run again (a leg with repeats: all its runs)")
+    p.add_argument("--rerun", action="store_true", help="resubmit a leg that is done, too")
     p = command("report", cmd_report, "final metrics, status and deltas of an experiment dir (markdown)")
     p.add_argument("--exp-dir", required=True, metavar="DIR", help="an experiment dir (or any dir of *.log files)")
     p.add_argument("--out-md", metavar="FILE", help="write here, with CSVs and PNG plots beside it (default: stdout)")

@@ -45,6 +45,10 @@ SUPERVISOR = "supervisor"  # state/supervisor.{json,log,lock}: reserved, never a
 LOCK_DIR = ".cockpit-locks"  # <exp_root>/.cockpit-locks/<experiment>.lock: one queue per experiment
 STOP_GRACE_S = 10.0  # after SIGTERM to torchrun, how long before every process left is killed
 ERROR_TAIL = 20  # lines of the log kept in a failed leg's state
+# A Slurm job no source knows: not judged while its log was written this recently (something still
+# writes it), and the judgment asked again this long after it was made (see reconcile_job)
+LOG_FRESH_S = 60.0
+REVIVE_S = 24 * 3600.0
 STATE_MAX_BYTES = 1 << 20  # a state file is a few hundred bytes; a bigger one is not ours
 PLAN_MAX_BYTES = 64 << 20  # plan.json holds the registry: a few KB, a big registry some MB
 
@@ -84,6 +88,7 @@ class LegState:
     job_id: str | None = None
     nodes: str | None = None  # the Slurm node list it holds or held ("n[1-2]")
     elapsed_s: int | None = None  # its run time so far, as the scheduler counts it
+    forgotten_at: str | None = None  # when the scheduler was found not to know its job (outcome read from the log)
 
     @property
     def active(self) -> bool:
@@ -109,6 +114,7 @@ class LegState:
             and (st.job_id is None or (isinstance(st.job_id, str) and st.job_id.isdigit()))
             and (st.nodes is None or isinstance(st.nodes, str))
             and (st.elapsed_s is None or _is_int(st.elapsed_s))
+            and (st.forgotten_at is None or isinstance(st.forgotten_at, str))
         )
         return st if ok else None
 
@@ -421,12 +427,12 @@ def open_dir(path: Path | str) -> ExpDir:
     odd = [f"{leg}.log" for leg in legs if os.path.lexists(d.log(leg)) and not fsutil.is_regular(d.log(leg))]
     if odd:
         problems.append(f"not a regular file: {', '.join(odd)}")
+    if plan and plan.get("prepare") and (prep := read_state(path, reg.PREPARE)) is not None:
+        d.prepare = _reconcile_prepare(path, prep, sup_alive)  # first: a Slurm leg's end may be its doing
     for leg in legs:
         st = read_state(path, leg)
         if st is not None:
             d.states[leg] = reconcile(path, st, sup_alive, d.expect(leg))
-    if plan and plan.get("prepare") and (prep := read_state(path, reg.PREPARE)) is not None:
-        d.prepare = _reconcile_prepare(prep, sup_alive)
     d.problem = "; ".join(problems) or None
     return d
 
@@ -465,9 +471,15 @@ def reconcile(exp_dir: Path, st: LegState, supervisor_alive: bool, expect: procs
     return st
 
 
-def _reconcile_prepare(st: LegState, supervisor_alive: bool) -> LegState:
+def _reconcile_prepare(exp_dir: Path, st: LegState, supervisor_alive: bool) -> LegState:
     """A prepare step recorded as running or queued by a supervisor that is gone: still running
-    when its process is (pid and create time), else stopped."""
+    when its process is (pid and create time), else stopped. One run as the first job of a Slurm
+    chain is the scheduler's to judge, as a leg (reconcile_job); a failure says its last line."""
+    if st.job_id is not None:
+        st = reconcile_job(exp_dir, st)
+        if st.status == Status.FAILED and st.note is None:
+            st.note = f"exit {st.exit_code}" + (f": {st.error_tail[-1]}" if st.error_tail else "")
+        return st
     if supervisor_alive or not st.active:
         return st
     if st.status == Status.RUNNING and procs.alive(st.pid, st.create_time):
@@ -494,26 +506,49 @@ def reconcile_job(exp_dir: Path, st: LegState) -> LegState:
     log's error line, stopped when the cockpit cancelled it (its stop request is there) or a leg
     before it failed under afterok (DependencyNeverSatisfied).
 
+    A job id is only what the state file says: the job is shown as the leg only when it is proven
+    the leg's (scheduler.proof: the name the cockpit gave it, this user, the leg's log as its
+    output); else the leg is UNKNOWN, and nothing is recorded or cancelled.
+
     The scheduler forgets a job MinJobAge after it ends (accounting, where there is some, keeps
     it): so a change of status is recorded in the leg's state file the moment a client sees it,
-    and an ended leg is never asked about again. A job it has forgotten unrecorded is judged
-    from its log's final lines, as a leg whose supervisor died, and is never taken for running.
+    and an ended leg is not asked about again. A job that scontrol, squeue and sacct all do not
+    know is forgotten: judged from its log's final lines, as a leg whose supervisor died, and
+    never taken for running; while its log was written less than LOG_FRESH_S ago it is UNKNOWN
+    instead (something still writes it). That judgment is asked again for REVIVE_S, or whenever
+    the log grew since: a scheduler that knows the job again revives the leg.
     A scheduler that cannot be asked leaves the leg UNKNOWN (nothing may be said or signalled).
     """
-    if not st.active:
+    revive = not st.active and _may_revive(exp_dir, st)
+    if not st.active and not revive:
         return st  # its end is recorded: the scheduler may have forgotten it since
-    recorded = st.status
+    recorded, recorded_forgotten = st.status, st.forgotten_at
     try:
         job = scheduler.job_state(st.job_id or "")
     except scheduler.SlurmError as e:
+        if revive:
+            return st
         st.status = Status.UNKNOWN
         st.note = f"{Status.UNKNOWN}: Slurm job {st.job_id} cannot be asked about: {e}"
         return st
+    log_path = exp_dir / f"{st.leg}.log"  # the leg's log by the dir's own naming, not the state file's
+    if job.phase != "forgotten":
+        if why := scheduler.proof(job, scheduler.job_name(exp_dir.name, st.leg), str(log_path)):
+            if revive:
+                return st  # another job has that id now: the recorded judgment stands
+            st.status = Status.UNKNOWN
+            st.note = f"{Status.UNKNOWN}: Slurm job {st.job_id} is not proven the leg's ({why}); nothing will be cancelled"
+            return st
+        if revive:
+            st.error_tail, st.ended_at = [], None
+        st.forgotten_at = None
+    elif revive:
+        return st  # still forgotten: the recorded judgment stands
     st.nodes = job.nodes or st.nodes
     st.elapsed_s = job.elapsed_s if job.elapsed_s is not None else st.elapsed_s
     st.waiting_reason = None
     requested = os.path.lexists(stop_request_path(exp_dir, st.leg))
-    log = Path(st.log or exp_dir / f"{st.leg}.log")
+    log = log_path
     where = f"Slurm job {st.job_id}" + (f" on {job.nodes}" if job.nodes else "")
     if job.phase == "pending":
         if job.reason == "Dependency":
@@ -532,9 +567,15 @@ def reconcile_job(exp_dir: Path, st: LegState) -> LegState:
         st.exit_code, st.exit_code_known = job.exit_code, job.exit_code is not None
         if job.slurm_state == "CANCELLED" and (requested or job.reason == "DependencyNeverSatisfied"):
             st.status = Status.STOPPED
-            st.note = ("stopped by request (scancel)" if requested else
-                       "queue stopped: a leg before it did not end done (on_failure = stop; Slurm: DependencyNeverSatisfied)")
-            st.note += "" if job.ran else ", before it started"
+            prep = read_state(exp_dir, reg.PREPARE) if st.leg != reg.PREPARE else None
+            if requested:
+                st.note = "stopped by request (scancel)"
+            elif prep is not None and prep.job_id and prep.status in (Status.FAILED, Status.STOPPED):
+                st.note = f"not started: {reg.PREPARE} {prep.status} (Slurm: DependencyNeverSatisfied)"
+            else:
+                st.note = ("queue stopped: a leg before it did not end done (on_failure = stop; "
+                           "Slurm: DependencyNeverSatisfied)")
+            st.note += "" if job.ran or st.note.startswith("not started") else ", before it started"
         else:
             st.status, st.error_tail = Status.FAILED, error_tail(log) if job.ran else []
             if job.reason == "NonZeroExitCode":  # the trainer's own failure: its log says why
@@ -542,8 +583,14 @@ def reconcile_job(exp_dir: Path, st: LegState) -> LegState:
             else:  # the scheduler ended it: its reason is the cause, said last (the line shown)
                 st.note = f"{job.reason} ({where})"
                 st.error_tail = [*st.error_tail[-(ERROR_TAIL - 1):], st.note]
-    else:  # forgotten: the controller's MinJobAge passed, and no accounting keeps the job
+    else:  # forgotten: scontrol, squeue and sacct (where there is accounting) do not know the job
+        if (age := _written_ago(log)) is not None and age < LOG_FRESH_S:
+            st.status = Status.UNKNOWN
+            st.note = (f"{Status.UNKNOWN}: the scheduler does not know Slurm job {st.job_id}, but its log was written "
+                       f"{age:.0f}s ago: asked again at the next look")
+            return st
         st.exit_code, st.exit_code_known = None, False
+        st.forgotten_at = now_iso()
         outcome, tail = log_outcome(log) if _has_bytes(log) else (None, [])
         if outcome is None:
             st.status = Status.STOPPED
@@ -556,13 +603,38 @@ def reconcile_job(exp_dir: Path, st: LegState) -> LegState:
             st.note = (f"Slurm job {st.job_id} is forgotten by the scheduler (no accounting): outcome read from "
                        "the log's final lines" + (" (neither finished nor crashed)" if outcome == RunStatus.UNKNOWN else ""))
     if st.status in ENDED_STATUSES:
-        st.ended_at = job.ended or now_iso()
-    if st.status != recorded:
+        st.ended_at = job.ended or st.ended_at or now_iso()
+    if st.status != recorded or st.forgotten_at != recorded_forgotten:
         try:
             write_state(exp_dir, st)  # recorded: the scheduler will forget what it said
         except OSError:
             pass  # a dir this client cannot write: the next client records it
     return st
+
+
+def _may_revive(exp_dir: Path, st: LegState) -> bool:
+    """Is this ended leg's end a forgotten job's, judged from its log recently enough (REVIVE_S),
+    or before its log grew, to ask the scheduler again?"""
+    if not st.job_id or not st.forgotten_at:
+        return False
+    try:
+        judged = dt.datetime.fromisoformat(st.forgotten_at).timestamp()
+    except ValueError:
+        return False
+    if dt.datetime.now().timestamp() - judged < REVIVE_S:
+        return True
+    try:
+        return (exp_dir / f"{st.leg}.log").stat().st_mtime > judged + 1.0
+    except OSError:
+        return False
+
+
+def _written_ago(path: Path) -> float | None:
+    """Seconds since the file was last written, or None when it cannot be read."""
+    try:
+        return max(0.0, dt.datetime.now().timestamp() - path.stat().st_mtime)
+    except OSError:
+        return None
 
 
 def _has_bytes(path: Path) -> bool:

@@ -37,6 +37,7 @@ from cockpit import flags, fsutil, gpus, provenance, safetext
 from cockpit import registry as reg
 from cockpit.checkout import git_info
 from cockpit.executors import EXECUTORS, Executor, slurm
+from cockpit.executors.resubmit import resubmit as resubmit_legs
 from cockpit.expdir import (
     STAMP_FORMAT,
     STATE_DIR,
@@ -277,10 +278,6 @@ def launch_refusals(registry: reg.Registry, plan: LaunchPlan, exp_dir: Path) -> 
                     out += slurm.refusals(chain)
                 except SlurmError as e:
                     out.append(str(e))
-        if (prep := plan.experiment.prepare) is not None and (missing := prep.missing()):
-            out.append(f"{', '.join(map(str, missing))} missing, and a prepare step runs only before a local "
-                       f"launch's legs: run `{shlex.join(prep.command(legs_python(plan)))}` once here (exp_root is "
-                       "the nodes' too), then launch")
     for why in (check_gpus(plan.legs) if plan.executor == "local" else None,
                 check_exp_root(registry.settings.exp_root), check_paths(registry, plan.legs, exp_dir, plan.cwd)):
         if why:
@@ -524,12 +521,37 @@ def stop(
     anything is read or written.
     """
     exp_dir = Path(exp_dir)
-    if exp_root is not None and not (fsutil.is_inside(exp_dir.resolve(), Path(exp_root).resolve())
-                                     and exp_dir.resolve() != Path(exp_root).resolve()):
-        raise RunError(f"{safetext.oneline(str(exp_dir))} is not an experiment dir under exp_root {exp_root}: "
-                       "the cockpit acts only on the dirs it owns")
+    if exp_root is not None:
+        check_owned(exp_dir, exp_root)
     d = open_dir(exp_dir)
     if leg is not None and leg not in d.legs:
         raise RunError(f"{exp_dir} has no leg '{safetext.oneline(leg)}' (legs: {', '.join(d.legs) or 'none'})")
     executor_of(d).stop(exp_dir, leg, grace_s, wait_s)
     return open_dir(exp_dir)
+
+
+def check_owned(exp_dir: Path, exp_root: Path | str) -> None:
+    """RunError unless `exp_dir` is a dir under exp_root (the cockpit acts only on the dirs it owns)."""
+    if not (fsutil.is_inside(exp_dir.resolve(), Path(exp_root).resolve())
+            and exp_dir.resolve() != Path(exp_root).resolve()):
+        raise RunError(f"{safetext.oneline(str(exp_dir))} is not an experiment dir under exp_root {exp_root}: "
+                       "the cockpit acts only on the dirs it owns")
+
+
+def resubmit(exp_dir: Path | str, legs: list[str], exp_root: Path | str, rerun: bool = False) -> list[str]:
+    """Submit Slurm legs of a dir under exp_root again from their saved batch scripts, each with a
+    fresh log (executors/resubmit.py), under the experiment's queue lock; one line per leg says
+    its new job and where its earlier attempt is kept. RunError (one line) when refused."""
+    exp_dir = Path(exp_dir)
+    check_owned(exp_dir, exp_root)
+    d = open_dir(exp_dir)
+    lock_fd = experiment_lock(Path(exp_root), d.experiment)
+    try:
+        busy = running_elsewhere(exp_root, d.experiment)
+        if busy is not None and busy.path.resolve() != exp_dir.resolve():  # one queue per experiment
+            raise RunError(f"'{d.experiment}' is running in {busy.path}; stop it first: cockpit stop {busy.path}")
+        done = resubmit_legs(exp_dir, legs, rerun)
+    finally:
+        os.close(lock_fd)
+    return [f"{job.leg}: Slurm job {job.job_id} (queued)" + (f"; the attempt before kept in {kept}" if kept else "")
+            for job, kept in done]

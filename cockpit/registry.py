@@ -7,7 +7,8 @@ global defaults), its baseline, its decision, and the figures of legs that ran e
 Every problem in the file is reported as one `RegistryError` whose text is
 `path:line: message`, so the CLI can print it on one line and exit 2.
 
-Layer 0: imports nothing from the cockpit but fsutil, procs, safetext, vocab and toml_lines.
+Layer 0: imports nothing from the cockpit but fsutil, procs, safetext, sbatch_opts, flags, vocab and
+toml_lines.
 """
 
 from __future__ import annotations
@@ -19,12 +20,12 @@ import math
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cockpit import fsutil, procs, safetext
+from cockpit import fsutil, procs, safetext, sbatch_opts
 from cockpit.flags import FlagDiff, diff_flags, parse_flags, render_args
 from cockpit.toml_lines import locate_keys
 from cockpit.vocab import METRICS
@@ -1020,14 +1021,49 @@ def _check_executor(ld: _Loader, name: str, loc: tuple, what: str) -> str:
     return name
 
 
-# An #SBATCH line is split on whitespace by sbatch (quotes do not group), so a value written into
-# a batch script may hold no whitespace, no quote, no backslash and no control character.
-SBATCH_UNSAFE = re.compile(r"[\s'\"\\\x00-\x1f\x7f]")
+# The Slurm settings that are single tokens (a partition, a time limit, ...) hold no whitespace,
+# quote, backslash, `#` or control character: each is written into an #SBATCH line as one word.
+SBATCH_UNSAFE = re.compile(r"[\s'\"\\#\x00-\x1f\x7f]")
 _SLURM_TIME = re.compile(r"^(\d+-)?\d+(:\d+){0,2}$|^(UNLIMITED|INFINITE)$")  # 30, 4:00:00, 1-12, 2-00:00:00
 _SLURM_MEM = re.compile(r"^\d+[KMGT]?$")  # per node; a bare number is MB
-# sbatch options the cockpit sets itself: the leg's log, its checkout, the chain, one torchrun per node
-COCKPIT_SBATCH = ("--output", "-o", "--error", "-e", "--open-mode", "--chdir", "-D", "--dependency", "-d",
-                  "--requeue", "--no-requeue", "--ntasks-per-node", "--array", "-a", "--wrap", "--parsable")
+# sbatch options the cockpit sets itself (by their long names: an abbreviation or a short form in
+# extra_args is read as sbatch reads it, see sbatch_opts), with what each is for
+COCKPIT_SBATCH = {
+    **dict.fromkeys(("output", "error", "open-mode"), "the leg's log"),
+    "chdir": "the legs' checkout",
+    "job-name": "the name that proves a job is the leg's",
+    **dict.fromkeys(("dependency", "kill-on-invalid-dep"), "the chain of legs"),
+    **dict.fromkeys(("requeue", "no-requeue"), "a leg is never requeued behind your back"),
+    **dict.fromkeys(("ntasks", "ntasks-per-node", "tasks-per-node"), "one torchrun per node"),
+    **dict.fromkeys(("array", "wrap"), "one batch script per leg"),
+    **dict.fromkeys(("parsable", "test-only", "wait", "help", "usage", "version"), "how sbatch answers the cockpit"),
+    **dict.fromkeys(("cluster", "clusters"), "the cluster that squeue and scancel ask"),
+    **dict.fromkeys(("uid", "gid"), "the user that proves a job is the leg's"),
+}
+# sbatch options a Slurm setting of the registry writes: extra_args names the setting instead
+SLURM_KEY_OPTIONS = {"partition": "partition", "account": "account", "qos": "qos", "time": "time",
+                     "nodes": "nodes", "gpus-per-node": "gpus_per_node", "cpus-per-task": "cpus_per_task",
+                     "mem": "mem"}
+
+
+def extra_args_problem(items: Sequence[str]) -> str | None:
+    """Why these sbatch arguments cannot be a leg's extra_args, read as sbatch reads them (an
+    abbreviation, grouped short options), or None: one the cockpit sets itself, one a setting of
+    the registry writes, anything sbatch would refuse or read otherwise than written."""
+    try:
+        for item in items:
+            sbatch_opts.word(item)  # an #SBATCH line carries it (no control character, not empty)
+        options = sbatch_opts.parse(items)
+    except sbatch_opts.SbatchError as e:
+        return str(e)
+    for opt in options:
+        said = opt.written if opt.written == f"--{opt.name}" or opt.written.startswith(f"--{opt.name}=") \
+            else f"{opt.written} (sbatch reads --{opt.name})"
+        if opt.name in COCKPIT_SBATCH:
+            return f"{said} is set by the cockpit itself ({COCKPIT_SBATCH[opt.name]})"
+        if opt.name in SLURM_KEY_OPTIONS:
+            return f"{said} has its own key: set {SLURM_KEY_OPTIONS[opt.name]} instead"
+    return None
 
 
 def _slurm(ld: _Loader, base: SlurmSettings, table: dict, loc: tuple) -> SlurmSettings:
@@ -1046,12 +1082,8 @@ def _slurm(ld: _Loader, base: SlurmSettings, table: dict, loc: tuple) -> SlurmSe
             for v in value:
                 if key == "setup" and ("\n" in v or "\x00" in v):
                     raise ld.fail(at, f"an item of '{name}' must be one line: {_show(v)}")
-                if key == "extra_args":
-                    _sbatch_ok(ld, v, at, f"an item of '{name}'")
-                    option = v.split("=", 1)[0]
-                    if option in COCKPIT_SBATCH or (len(option) > 2 and option[:2] in ("-o", "-e", "-D", "-d", "-a")):
-                        raise ld.fail(at, f"'{name}': {option} is set by the cockpit itself (the leg's log, "
-                                          "its checkout, the chain of legs)")
+            if key == "extra_args" and (why := extra_args_problem(value)):
+                raise ld.fail(at, f"'{name}': {why}")
             value = tuple(value)
         else:
             value = str(value) if key == "time" else value
@@ -1068,8 +1100,8 @@ def _slurm(ld: _Loader, base: SlurmSettings, table: dict, loc: tuple) -> SlurmSe
 def _sbatch_ok(ld: _Loader, value: str, loc: tuple, what: str) -> None:
     """A value that an #SBATCH line can carry whole, or a located error."""
     if not value or SBATCH_UNSAFE.search(value):
-        raise ld.fail(loc, f"{what} {_show(value)} cannot go on an #SBATCH line (empty, or holds spaces, quotes "
-                           "or backslashes)")
+        raise ld.fail(loc, f"{what} {_show(value)} cannot go on an #SBATCH line (empty, or holds spaces, quotes, "
+                           "backslashes or #)")
 
 
 def _check_device(ld: _Loader, device: str, loc: tuple) -> str:

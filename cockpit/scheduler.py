@@ -10,14 +10,23 @@ commands, each run as an argv list (never through a shell), and reads their answ
     squeue --jobs ID,...       the jobs still queued (pending, running or completing)
     scancel ID ...             cancel; the job leaves squeue once its processes are gone
 
-A job that neither scontrol nor sacct knows any more is "forgotten": whoever asked judges it from
-its log. A missing or failing command raises SlurmError with one line that says what went wrong.
+    squeue --states=all        the same controller's job table, asked a second time before a job
+                               scontrol does not know is taken for forgotten
+
+A job that neither scontrol, nor squeue, nor sacct knows any more is "forgotten": whoever asked
+judges it from its log. A missing or failing command raises SlurmError with one line that says
+what went wrong.
+
+A job id is only a number someone wrote in a state file: a job is the leg's when its name is the
+one the cockpit gave it (`job_name`), its user is this user and, where the scheduler says it, its
+standard output is the leg's log (`proof`). Nothing unproven is shown as the leg or cancelled.
 
 Layer 0: imports nothing from the cockpit.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -53,12 +62,45 @@ class JobState:
     exit_signal: int | None = None  # the signal that ended it, 0 for none
     started: str | None = None  # when it got its nodes, as the scheduler says it ("2026-02-24T17:27:15")
     ended: str | None = None  # when it ended
-    source: str = "scontrol"  # where this came from: scontrol, sacct, or "" for forgotten
+    source: str = "scontrol"  # where this came from: scontrol, squeue, sacct, or "" for forgotten
+    name: str | None = None  # the job's name, as the scheduler has it
+    user_id: int | None = None  # the uid it runs as
+    stdout: str | None = None  # its standard output's path as given to sbatch (None where the source does not say)
 
     @property
     def ran(self) -> bool:
         """The job got nodes at some point (a job cancelled while pending never ran)."""
         return bool(self.nodes)
+
+
+# A job's name as the cockpit gives it: `<dir name>/<leg>`, with anything outside this set made `_`
+# (a name travels through #SBATCH lines and one-line `Key=Value` answers: no space, quote or `=`).
+_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_.+,:@%/-]")
+
+
+def job_name(dir_name: str, leg: str) -> str:
+    """The name the cockpit gives the batch job of a leg of the dir named `dir_name`."""
+    return _NAME_UNSAFE.sub("_", f"{dir_name}/{leg}")
+
+
+def output_pattern(path: str) -> str:
+    """A file name as sbatch's --output takes it: Slurm expands %j and friends, so a literal % is %%."""
+    return path.replace("%", "%%")
+
+
+def proof(job: JobState, name: str, log: str) -> str | None:
+    """Why `job` is not proven to be the leg's whose job is called `name` and whose log is `log`,
+    or None when it is: its name, its user (this process's), and its standard output where the
+    scheduler says it (as given to sbatch, or expanded)."""
+    if job.name != name:
+        return f"its name is {job.name!r}, not {name!r}" if job.name else "the scheduler gives no name for it"
+    if job.user_id is None:
+        return "the scheduler gives no user for it"
+    if job.user_id != os.getuid():
+        return f"it runs as uid {job.user_id}, not {os.getuid()}"
+    if job.stdout is not None and job.stdout not in (log, output_pattern(log)):
+        return f"its output goes to {job.stdout}, not the leg's log"
+    return None
 
 
 # The scheduler's job states, by phase. Anything else that has ended counts as failed.
@@ -143,9 +185,15 @@ def _nodes(text: str | None) -> str | None:
     return text if text and text != "(null)" else None
 
 
+def _uid(text: str | None) -> int | None:
+    """A uid from `root(0)` (scontrol) or `0` (squeue, sacct)."""
+    m = re.fullmatch(r"(?:[^()]*\()?(\d+)\)?", (text or "").strip())
+    return int(m.group(1)) if m else None
+
+
 def state_from_fields(job_id: str, fields: dict[str, str], source: str = "scontrol") -> JobState:
     """A JobState from the scheduler's fields (JobState, Reason, NodeList, RunTime, ExitCode,
-    StartTime, EndTime)."""
+    StartTime, EndTime; JobName, UserId, StdOut where the source has them)."""
     raw = fields.get("JobState", "").split()
     slurm_state = raw[0] if raw else "UNKNOWN"
     reason = fields.get("Reason")
@@ -158,6 +206,9 @@ def state_from_fields(job_id: str, fields: dict[str, str], source: str = "scontr
         elapsed_s=parse_duration(fields.get("RunTime")),
         started=_time(fields.get("StartTime")),
         source=source,
+        name=fields.get("JobName") or None,
+        user_id=_uid(fields.get("UserId")),
+        stdout=fields.get("StdOut") or None,
     )
     if slurm_state in _PENDING:  # a StartTime now is only the scheduler's guess
         return JobState(phase="pending", reason=reason, **{**common, "started": None})
@@ -192,18 +243,43 @@ def _from_scontrol(job_id: str) -> JobState | None:
     raise SlurmError(f"scontrol show job {job_id}: no line for the job in its answer")
 
 
+# squeue's fields, in order (-O, each ended by `|`); StdOut last: a path may hold a `|`
+_SQUEUE = (("JobId", "JobID"), ("JobName", "Name"), ("UserId", "UserID"), ("JobState", "State"),
+           ("Reason", "Reason"), ("NodeList", "NodeList"), ("RunTime", "TimeUsed"), ("StartTime", "StartTime"),
+           ("EndTime", "EndTime"), ("StdOut", "STDOUT"))
+
+
+def _from_squeue(job_id: str) -> JobState | None:
+    """The controller's job table asked through squeue (every state it still keeps), or None when
+    it does not list the job: a second opinion before a job is taken for forgotten."""
+    fmt = ",".join(f"{field}:|" for _, field in _SQUEUE)
+    proc = call(["squeue", "--noheader", "--states=all", "--jobs", job_id, "-O", fmt])
+    if proc.returncode != 0:
+        if "Invalid job id" in proc.stderr:
+            return None
+        raise command_failed(proc, "squeue")
+    for line in proc.stdout.splitlines():
+        parts = line.split("|", len(_SQUEUE) - 1)
+        if len(parts) == len(_SQUEUE) and parts[0].strip() == job_id:
+            parts[-1] = parts[-1].removesuffix("|")
+            fields = {key: value.strip() for (key, _), value in zip(_SQUEUE, parts, strict=True)}
+            return state_from_fields(job_id, fields, source="squeue")
+    return None
+
+
 def _from_sacct(job_id: str) -> JobState | None:
     """The accounting's view of a finished job, or None where there is no accounting or no record."""
     if shutil.which("sacct") is None:
         return None
-    names = ("JobId", "JobState", "NodeList", "RunTime", "ExitCode", "StartTime", "EndTime")
-    fmt = "JobID,State,NodeList,Elapsed,ExitCode,Start,End"
+    names = ("JobId", "JobState", "NodeList", "RunTime", "ExitCode", "StartTime", "EndTime", "UserId", "JobName")
+    fmt = "JobID,State,NodeList,Elapsed,ExitCode,Start,End,UID,JobName"
     proc = call(["sacct", "--noheader", "--parsable2", "--allocations", "--jobs", job_id, f"--format={fmt}"])
     if proc.returncode != 0:
         return None  # e.g. "Slurm accounting storage is disabled": nothing to ask
     for line in proc.stdout.splitlines():
         parts = line.split("|")
-        if len(parts) == len(names) and parts[0] == job_id:
+        if len(parts) >= len(names) and parts[0] == job_id:
+            parts = [*parts[:len(names) - 1], "|".join(parts[len(names) - 1:])]  # the name last: it may hold a |
             fields = dict(zip(names, parts, strict=True))
             fields["NodeList"] = "" if fields["NodeList"] == "None assigned" else fields["NodeList"]
             # sacct says "CANCELLED by 0": the state word is the first
@@ -212,8 +288,10 @@ def _from_sacct(job_id: str) -> JobState | None:
 
 
 def job_state(job_id: str) -> JobState:
-    """Where one job stands: the controller's view, else the accounting's, else forgotten."""
-    return _from_scontrol(job_id) or _from_sacct(job_id) or JobState(job_id=job_id, phase="forgotten", source="")
+    """Where one job stands: the controller's view (scontrol, then squeue: one wrong "Invalid job
+    id" is not enough), else the accounting's, else forgotten."""
+    return (_from_scontrol(job_id) or _from_squeue(job_id) or _from_sacct(job_id)
+            or JobState(job_id=job_id, phase="forgotten", source=""))
 
 
 def job_states(job_ids: list[str]) -> dict[str, JobState]:

@@ -543,6 +543,163 @@ def case_messages(env: Env) -> str:
     return f"6 messages clear, no worker left; error tail ends: {a.error_tail[-1][:60]}"
 
 
+# ----------------------------------------------------------------------------------------------
+# 12-17. the Slurm executor: #SBATCH lines, sbatch's option parsing, job ids in state files,
+# a scheduler's wrong answer, resubmission, the prepare step. The scheduler's commands are small
+# fakes on PATH (no cluster needed): each says what the real one would, and records its calls.
+
+
+def slurm_world(env: Env, w: Path, legs: dict[str, str], slurm: str = "", on_failure: str = "stop",
+                prepare: bool = False) -> tuple[Path, dict, Path]:
+    """A Slurm registry in `w`, an env whose PATH starts with `w/bin` (the fakes), the calls file."""
+    path = env.registry(w, legs, project=f'executor = "slurm"\n[project.slurm]\n{slurm}\n', on_failure=on_failure)
+    if prepare:
+        path.write_text(path.read_text().replace('id = "x"\n', 'id = "x"\n[experiment.prepare]\nargv = ["{python}", '
+                                                 '"-c", "pass", "{exp_root}/_data/c"]\ncreates = "{exp_root}/_data/c"\n'))
+    (w / "bin").mkdir(exist_ok=True)
+    calls = w / "calls"
+    return path, {**env.env, "PATH": f"{w / 'bin'}:{env.env['PATH']}"}, calls
+
+
+def fake(w: Path, name: str, body: str) -> None:
+    tool = w / "bin" / name
+    tool.write_text(f"#!/bin/bash\necho \"{name} $*\" >> {w / 'calls'}\n{body}\n")
+    tool.chmod(0o755)
+
+
+def run_env(env: dict, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cockpit.cli", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=120)
+
+
+def slurm_dir(w: Path, legs: list[str], states: dict[str, dict]) -> Path:
+    d = w / "exp" / "20260101_000000_x"
+    (d / "state").mkdir(parents=True)
+    (d / "plan.json").write_text(json.dumps({"experiment": "x", "executor": "slurm", "on_failure": "stop",
+                                             "legs": [{"name": n} for n in legs]}))
+    for leg, st in states.items():
+        (d / "state" / f"{leg}.json").write_text(json.dumps({"leg": leg, **st}))
+    return d
+
+
+def scontrol_line(job: str, name: str, log: Path, uid: int | None = None, state: str = "RUNNING") -> str:
+    return (f"JobId={job} JobName={name} UserId=u({os.getuid() if uid is None else uid}) JobState={state} "
+            f"Reason=None NodeList=n1 RunTime=00:01:00 StartTime=2026-01-01T00:00:00 StdOut={log}")
+
+
+def case_sbatch_comment(env: Env) -> str:
+    """A `#` (and a space) in exp_root, in the workdir, in a leg name: each #SBATCH value is read
+    back whole by sbatch's own rules, never cut at the `#`."""
+    from cockpit import sbatch_opts
+    w = env.work()
+    work = w / "check#out x"
+    work.mkdir()
+    path, _, _ = slurm_world(env, w, {"a#1 b": 'model-tag = "a"'})
+    text = path.read_text().replace('exp_root = "exp"', 'exp_root = "e#p x"')
+    path.write_text(text.replace("[defaults]\n", f'[defaults]\nworkdir = "{work}"\n'))
+    r = env.cockpit("--registry", str(path), "launch", "x", "--dry-run", cwd=w)
+    check(r.returncode == 0, f"dry run: {r.stderr.strip()[:200]}")
+    exp_dir = r.stdout.split("EXP_DIR=")[1].split("\n")[0].strip("'")
+    script = r.stdout.split(".sbatch ----\n")[1].split("# ---- end ----")[0]
+    got = {o.name: o.value for o in sbatch_opts.parse(sbatch_opts.directives(script))}
+    check(got.get("chdir") == str(work), f"--chdir read back as {got.get('chdir')!r}")
+    check(got.get("output") == f"{exp_dir}/a#1 b.log", f"--output read back as {got.get('output')!r}")
+    check(got.get("job-name", "").endswith("/a_1_b"), f"--job-name read back as {got.get('job-name')!r}")
+    return "3 values with # and spaces read back whole (chdir, output, job name)"
+
+
+def case_sbatch_abbreviations(env: Env) -> str:
+    """extra_args that sbatch reads as options the cockpit sets: abbreviations and grouped shorts."""
+    w = env.work()
+    seen = []
+    for item in ("--outp=/tmp/x", "--chd=/tmp", "--depend=afterok:1", "--arr=1-3", "-Qo/tmp/x", "--jo=x"):
+        path, _, _ = slurm_world(env, w, {"a": ""}, slurm=f'extra_args = ["{item}"]')
+        err = one_line_2(env.cockpit("--registry", str(path), "launch", "x", "--dry-run", cwd=w), f"{path}:6:",
+                         "is set by the cockpit itself")
+        seen.append(err.split("(sbatch reads ")[1].split(")")[0] if "(sbatch reads" in err else item)
+    return f"{len(seen)} refused with file:line: {', '.join(seen)}"
+
+
+def case_foreign_job(env: Env) -> str:
+    """State files naming a foreign job (another name; the leg's name but another user; another
+    output): status says unknown, stop cancels nothing."""
+    w = env.work()
+    path, senv, calls = slurm_world(env, w, {"a": "", "b": "", "c": ""})
+    d = slurm_dir(w, ["a", "b", "c"], {n: {"status": "running", "job_id": j} for n, j in zip("abc", "123", strict=True)})
+    lines = {"1": scontrol_line("1", "someone/else", d / "a.log"),
+             "2": scontrol_line("2", f"{d.name}/b", d / "b.log", uid=os.getuid() + 1),
+             "3": scontrol_line("3", f"{d.name}/c", w / "elsewhere.log")}
+    fake(w, "scontrol", "case $4 in " + " ".join(f"{j}) echo '{line}';;" for j, line in lines.items()) + " esac")
+    fake(w, "scancel", "exit 0")
+    s = run_env(senv, "--registry", str(path), "status", cwd=w)
+    check(s.stdout.count("is not proven the leg's") == 3, f"status: {s.stdout[-400:]}")
+    one_line_2(run_env(senv, "--registry", str(path), "stop", str(d), cwd=w), "nothing stopped", "not proven")
+    check("scancel" not in calls.read_text(), "a foreign job was cancelled")
+    return "3 foreign jobs: unknown, not proven; stop cancelled none"
+
+
+def case_wrong_invalid_job_id(env: Env) -> str:
+    """scontrol wrongly says "Invalid job id": a running leg stays running (squeue knows it); a
+    leg recorded failed by such an answer is revived, and a second launch is refused."""
+    w = env.work()
+    path, senv, calls = slurm_world(env, w, {"a": "", "b": ""})
+    d = slurm_dir(w, ["a", "b"], {"a": {"status": "running", "job_id": "5"},
+                                  "b": {"status": "failed", "job_id": "6", "forgotten_at": expdir.now_iso()}})
+    fake(w, "scontrol", 'echo "slurm_load_jobs error: Invalid job id specified" >&2; exit 1')
+    fake(w, "squeue", f'case $4 in 5) echo "5|{d.name}/a|{os.getuid()}|RUNNING|None|n1|1:00|N/A|N/A|{d}/a.log";; '
+                      f'6) echo "6|{d.name}/b|{os.getuid()}|RUNNING|None|n2|1:00|N/A|N/A|{d}/b.log";; esac')
+    s = run_env(senv, "--registry", str(path), "status", cwd=w)
+    check("a  running" in s.stdout and "b  running" in s.stdout, f"status: {s.stdout[-500:]}")
+    check(json.loads((d / "state" / "b.json").read_text())["status"] == "running", "b not revived on disk")
+    one_line_2(run_env(senv, "--registry", str(path), "launch", "x", cwd=w), "is running in")
+    return "running leg kept, failed leg revived, second launch refused"
+
+
+def case_resubmit_fresh_log(env: Env) -> str:
+    """A failed leg resubmitted twice: each attempt's log is kept whole under attempts/, the
+    leg's log holds the new attempt alone, its state the new job."""
+    from cockpit.executors import slurm as slurm_exec
+    w = env.work()
+    path, senv, calls = slurm_world(env, w, {"a": ""})
+    d = slurm_dir(w, ["a"], {"a": {"status": "failed", "job_id": "7"}})
+    chain = slurm_exec.plan_chain([slurm_exec.LegCommand("a", "torchrun", 1, "m", ())], reg.SlurmSettings(), d, w,
+                                  d.name)
+    slurm_exec.write_script(d, "a", chain.scripts[0][1])
+    fake(w, "sbatch", 'echo $((RANDOM + 100))')
+    for n in (1, 2):
+        (d / "a.log").write_text(f"attempt {n}\n")
+        if n == 2:
+            st = json.loads((d / "state" / "a.json").read_text())
+            (d / "state" / "a.json").write_text(json.dumps({**st, "status": "failed"}))
+        r = run_env(senv, "--registry", str(path), "resubmit", str(d), "a", cwd=w)
+        check(r.returncode == 0, f"resubmit {n}: {r.stderr.strip()[:200]}")
+        check((d / "attempts" / f"a.{n}.log").read_text() == f"attempt {n}\n", f"attempt {n}'s log not kept")
+        check((d / "a.log").read_bytes() == b"", "the new attempt's log is not fresh")
+    job = json.loads((d / "state" / "a.json").read_text())["job_id"]
+    check(job not in ("7",) and f"sbatch --parsable {d}/slurm/a.sbatch" in calls.read_text(), "new job not recorded")
+    return f"2 resubmissions: attempts 1 and 2 kept, job {job} recorded, fresh log"
+
+
+def case_prepare_on_slurm(env: Env) -> str:
+    """A missing corpus under Slurm: the launch submits the prepare step first and every leg
+    waits for it (stop and continue alike)."""
+    seen = []
+    for on_failure in ("stop", "continue"):
+        w = env.work()
+        path, senv, calls = slurm_world(env, w, {"a": "", "b": ""}, on_failure=on_failure, prepare=True)
+        fake(w, "sbatch", 'case "$*" in *--test-only*) cat > /dev/null;; *) echo $((RANDOM + 100));; esac')
+        fake(w, "scontrol", 'echo "slurm_load_jobs error: Invalid job id specified" >&2; exit 1')
+        fake(w, "squeue", "exit 0")
+        r = run_env(senv, "--registry", str(path), "launch", "x", cwd=w)
+        check(r.returncode == 0, f"launch ({on_failure}): {r.stderr.strip()[:200]}")
+        subs = [line for line in calls.read_text().splitlines() if line.startswith("sbatch --parsable")]
+        check(len(subs) == 3 and subs[0].endswith("/slurm/prepare.sbatch"), f"not prepare first: {subs}")
+        prep = r.stdout.splitlines()[0].split("Slurm job ")[1].split()[0]
+        check(all(f"--dependency=afterok:{prep}" in x for x in subs[1:]), f"a leg does not wait for it: {subs}")
+        seen.append(on_failure)
+    return f"prepare first, every leg afterok on it ({', '.join(seen)})"
+
+
 CASES = [
     ("1", "symlink at a leg's log", case_symlink_leg_log),
     ("1", "planted links in a dir", case_planted_links_in_dir),
@@ -558,6 +715,12 @@ CASES = [
     ("9", "5 GB sparse log", case_sparse_5gb),
     ("10", "numbers without bounds", case_numbers),
     ("11", "unclear messages", case_messages),
+    ("12", "# in an #SBATCH value", case_sbatch_comment),
+    ("13", "sbatch abbreviations in extra_args", case_sbatch_abbreviations),
+    ("14", "a foreign Slurm job id", case_foreign_job),
+    ("15", "a wrong 'Invalid job id'", case_wrong_invalid_job_id),
+    ("16", "resubmit keeps each attempt", case_resubmit_fresh_log),
+    ("17", "prepare under Slurm", case_prepare_on_slurm),
 ]
 
 

@@ -11,14 +11,14 @@ REPO = Path(__file__).resolve().parents[1]
 
 # Every module of the cockpit, by layer (see ARCHITECTURE.md). A new module must be placed here.
 LAYERS = {
-    0: ["cockpit", "cockpit.fsutil", "cockpit.procs", "cockpit.scheduler", "cockpit.safetext", "cockpit.stats",
+    0: ["cockpit", "cockpit.fsutil", "cockpit.procs", "cockpit.scheduler", "cockpit.sbatch_opts", "cockpit.safetext", "cockpit.stats",
         "cockpit.vocab", "cockpit.lazy", "cockpit.numtext", "cockpit.checkout", "cockpit.flags", "cockpit.registry", "cockpit.toml_lines",
         "cockpit.logs",
         "cockpit.logs.lines", "cockpit.logs.failure", "cockpit.logs.state", "cockpit.logs.follow",
         "cockpit.logs.summary", "cockpit.logs.bulk"],
     1: ["cockpit.gpus", "cockpit.expdir", "cockpit.provenance"],
     2: ["cockpit.baseline", "cockpit.plots", "cockpit.step_files", "cockpit.report", "cockpit.supervisor", "cockpit.executors", "cockpit.executors.local",
-        "cockpit.executors.slurm"],
+        "cockpit.executors.slurm", "cockpit.executors.resubmit"],
     3: ["cockpit.launch", "cockpit.resume"],
     4: ["cockpit.cli", "cockpit.tui"],  # and every module of cockpit.tui
 }

@@ -3,8 +3,12 @@ training run, a chain in order, a chain stopped by a failure, a cancel mid-leg, 
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import os
 import re
+import shlex
+import shutil
 import stat
 import subprocess
 import sys
@@ -29,7 +33,7 @@ from conftest import (
     write_registry,
 )
 
-from cockpit import expdir, launch, scheduler
+from cockpit import expdir, launch, sbatch_opts, scheduler
 from cockpit import registry as reg
 from cockpit.executors import slurm
 from cockpit.tui.app import CockpitApp
@@ -71,6 +75,7 @@ def test_render_sbatch_lines(tmp_path):
         "--chdir=/home/u/nanochat",
         "--nodes=2",
         "--ntasks-per-node=1",
+        "--gpus-per-node=8",  # one per torchrun process by default
         "--no-requeue",
         "--partition=gpu",
         "--account=proj1",
@@ -78,7 +83,6 @@ def test_render_sbatch_lines(tmp_path):
         "--time=4:00:00",
         "--cpus-per-task=16",
         "--mem=200G",
-        "--gpus-per-node=8",  # one per torchrun process by default
         "--constraint h100 --exclusive",
     ]
     body = script.split("set -e\n", 1)[1]
@@ -102,20 +106,108 @@ def test_render_gpus_per_node():
     assert gpus(cpu, slurm.SlurmSettings(gpus_per_node=2)) == ["--gpus-per-node=2"]
 
 
+ODD = ["a#b", "two words", "it's", 'say "hi"', "back\\slash", ":colon", "hetjob", "50%"]
+
+
+def read_back(script: str) -> dict[str, str | None]:
+    """The options sbatch reads from a batch script's #SBATCH lines, by long name (the last wins)."""
+    return {o.name: o.value for o in sbatch_opts.parse(sbatch_opts.directives(script))}
+
+
+@pytest.mark.parametrize("odd", ODD)
+def test_every_sbatch_value_reads_back_as_given(odd):
+    """A `#`, a space, a quote or a backslash in the checkout, the dir or the leg name: sbatch reads
+    each #SBATCH value back whole (a `#` is not a comment, a space not a second word)."""
+    cmd = slurm.LegCommand(f"leg{odd}", "/t", 1, "m", (), uses_gpus=False)
+    settings = slurm.SlurmSettings(extra_args=("--comment", f"c {odd}", f"--mail-user=u{odd}"))
+    script = slurm.render_batch_script(cmd, settings, f"/exp/{odd}/d", f"/work/{odd}", f"j{odd}")
+    got = read_back(script)
+    log = f"/exp/{odd}/d/leg{odd}.log".replace("%", "%%")
+    assert (got["chdir"], got["output"], got["error"], got["job-name"]) == (f"/work/{odd}", log, log, f"j{odd}")
+    assert (got["comment"], got["mail-user"]) == (f"c {odd}", f"u{odd}")
+    assert got["no-requeue"] is None and got["nodes"] == "1" and "# leg leg" in script
+
+
 @pytest.mark.parametrize(
-    "settings",
+    "settings, words",
     [
-        slurm.SlurmSettings(partition="a b"),
-        slurm.SlurmSettings(account="x'y"),
-        slurm.SlurmSettings(extra_args=("--comment=two words",)),
-        slurm.SlurmSettings(mem="4G\n#SBATCH --nodes=99"),
-        slurm.SlurmSettings(qos=""),
+        (slurm.SlurmSettings(mem="4G\n#SBATCH --nodes=99"), "control character"),
+        (slurm.SlurmSettings(qos=""), "empty value"),
+        (slurm.SlurmSettings(extra_args=("--outp=/tmp/x",)), "--outp=/tmp/x (sbatch reads --output) is set by the cockpit"),
+        (slurm.SlurmSettings(extra_args=("-Qo/tmp/x",)), "-Qo/tmp/x (sbatch reads --output) is set by the cockpit"),
     ],
 )
-def test_render_refuses_values_sbatch_would_split(settings):
-    with pytest.raises(scheduler.SlurmError, match="#SBATCH value") as e:
+def test_render_refuses_what_no_sbatch_line_can_carry(settings, words):
+    with pytest.raises(scheduler.SlurmError, match=re.escape(words)) as e:
         slurm.render_batch_script(slurm.LegCommand("a", "t", 1, "m", ()), settings, "/e", "/w", "j")
     assert "\n" not in str(e.value).replace("\\n", "")
+    with pytest.raises(scheduler.SlurmError, match="leg name: .* control character"):
+        slurm.render_batch_script(slurm.LegCommand("a\n#SBATCH -o/x", "t", 1, "m", ()), slurm.SlurmSettings(),
+                                  "/e", "/w", "j")
+
+
+@pytest.mark.parametrize(
+    "items, option",
+    [
+        (["--outp=/tmp/x"], "output"), (["--chd=/tmp"], "chdir"), (["--depend=afterok:1"], "dependency"),
+        (["--arr=1-3"], "array"), (["-Qo/tmp/x"], "output"), (["-Qo", "/tmp/x"], "output"),
+        (["-QD/tmp"], "chdir"), (["--jo=x"], "job-name"), (["-vW"], "wait"), (["-Mother"], "clusters"), (["--tasks-per=1"], "tasks-per-node"),
+        (["--exclusive", "-J", "x"], "job-name"), (["--comment", "--output=/x", "--ntasks-per-n=2"], "ntasks-per-node"),
+    ],
+)
+def test_extra_args_are_read_as_sbatch_reads_them(items, option):
+    """An abbreviation or grouped short options name what sbatch reads; a value taken by the option
+    before it is a value, not an option."""
+    why = reg.extra_args_problem(items)
+    assert why and (f"(sbatch reads --{option})" in why or why.startswith(f"--{option}")), why
+    assert "is set by the cockpit itself" in why
+
+
+@pytest.mark.parametrize(
+    "items, words",
+    [
+        (["--ex=1"], "--ex is ambiguous to sbatch (it could be --exclude, --exclusive, --export"),
+        (["h100"], "'h100' is not an option"),
+        (["--exclusive", "user"], "'user' is not an option"),
+        (["-X"], "-X is not an option sbatch knows"),
+        (["--contiguous=yes"], "--contiguous takes no value"),
+        (["--constraint"], "--constraint needs a value"),
+        (["--part=gpu"], "--part=gpu (sbatch reads --partition) has its own key: set partition instead"),
+        (["-N2"], "-N2 (sbatch reads --nodes) has its own key: set nodes instead"),
+        (["--"], "'--' is not an option"),
+    ],
+)
+def test_extra_args_sbatch_would_refuse_or_misread_are_refused(items, words):
+    assert words in (reg.extra_args_problem(items) or "")
+
+
+def test_extra_args_sbatch_reads_as_written_pass():
+    for items in (["--constraint", "h100", "--exclusive"], ["-C", "h100"], ["--exclusive=user"], ["-kQ"],
+                  ["--comment=two words #1"], ["--container-image=nvcr.io#pytorch"], ["--gres=gpu:8", "-x", "n3"]):
+        assert reg.extra_args_problem(items) is None, items
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("slurm_cluster")
+def test_the_real_sbatch_reads_odd_paths_and_names_whole(tmp_path):
+    """Submitted held: the scheduler has the checkout, the log and the job name exactly as planned,
+    for a `#` and a space in the checkout, exp_root and the leg name (nothing runs)."""
+    work = tmp_path / "check#out x"
+    work.mkdir()
+    reg_path = slurm_registry(tmp_path, {"a#1 b": "num-iterations = 5"})
+    text = reg_path.read_text().replace('exp_root = "exp"', 'exp_root = "e#p x"')
+    text = text.replace("[defaults]\n", f'[defaults]\nworkdir = "{work}"\n', 1)
+    reg_path.write_text(text.replace("nodes = 1", 'nodes = 1\nextra_args = ["--hold"]'))
+    exp_dir, ids = launched(cockpit("--registry", str(reg_path), "launch", "fake"))
+    assert str(exp_dir).startswith(str(tmp_path / "e#p x")) and list(ids) == ["a#1 b"]
+    job = scheduler.job_state(ids["a#1 b"])
+    out = subprocess.run(["scontrol", "show", "job", "-o", ids["a#1 b"]], capture_output=True, text=True).stdout
+    assert f" WorkDir={work} " in out and f" StdOut={exp_dir}/a#1 b.log " in out, out
+    assert (job.phase, job.reason, job.name) == ("pending", "JobHeldUser", f"{exp_dir.name}/a_1_b")
+    assert states(exp_dir)["a#1 b"].status == "waiting"  # proven the leg's: name, user, output
+    r = cockpit("--registry", str(reg_path), "stop", str(exp_dir))
+    assert r.returncode == 0, r.stderr
+    assert scheduler.queued([ids["a#1 b"]]) == []
 
 
 def fake_tool(bindir: Path, name: str, body: str) -> None:
@@ -235,10 +327,13 @@ def test_registry_slurm_settings_merge_project_and_experiment(tmp_path):
         ('"4:00:00"', '"4 hours"', 6, "'project.slurm.time' '4 hours' cannot go on an #SBATCH line"),
         ('"4:00:00"', '"4h"', 6, "'project.slurm.time' must be a Slurm time limit"),
         ('"200G"', '"lots"', 15, "'experiment.slurm.mem' must be a Slurm memory size (like 64G or 500M)"),
-        ('"--exclusive"', '"--comment=two words"', 8, "an item of 'project.slurm.extra_args' '--comment=two words' "
-                                                      "cannot go on an #SBATCH line"),
-        ('"--exclusive"', '"--output=/tmp/x"', 8, "'project.slurm.extra_args': --output is set by the cockpit"),
-        ('"--exclusive"', '"-o/tmp/x"', 8, "'project.slurm.extra_args': -o/tmp/x is set by the cockpit"),
+        ('"--exclusive"', '"--comment=two\\nlines"', 8, "'project.slurm.extra_args': '--comment=two\\nlines' holds "
+                                                         "a control character"),
+        ('"--exclusive"', '"--output=/tmp/x"', 8, "'project.slurm.extra_args': --output=/tmp/x is set by the cockpit"),
+        ('"--exclusive"', '"-o/tmp/x"', 8, "'project.slurm.extra_args': -o/tmp/x (sbatch reads --output) is set by"),
+        ('"--exclusive"', '"--outp=/tmp/x"', 8, "--outp=/tmp/x (sbatch reads --output) is set by the cockpit"),
+        ('"--exclusive"', '"-Qo/tmp/x"', 8, "-Qo/tmp/x (sbatch reads --output) is set by the cockpit"),
+        ('"--exclusive"', '"--arr=1-3"', 8, "--arr=1-3 (sbatch reads --array) is set by the cockpit"),
         ('"source /shared/venv/bin/activate"', '"""a\nb"""', 9, "an item of 'project.slurm.setup' must be one line"),
         ("gpu", "gpu'", 5, "'project.slurm.partition' \"gpu'\" cannot go on an #SBATCH line"),
     ],
@@ -280,27 +375,97 @@ def test_dry_run_on_slurm_prints_the_scripts_and_sbatch_lines_and_writes_nothing
     assert not (tmp_path / "exp").exists()
 
 
-def test_slurm_legs_get_the_registrys_env_and_no_prepare_or_notify_of_a_supervisor(tmp_path):
-    """On Slurm no supervisor runs: the registry's env is exported in each batch script, a
-    prepare step whose output is missing refuses the launch (with its command), and the dry run
-    says notify is not run for these legs."""
-    reg_path = slurm_registry(tmp_path, {"a": "num-iterations = 5"})
-    text = reg_path.read_text().replace('on_failure = "stop"\n', f'on_failure = "stop"\nnotify = ["{sys.executable}"]\n')
-    text = text.replace("[defaults.args]", '[defaults.env]\nHF_HOME = "/data/hf x"\n[defaults.args]')
-    text = text.replace('id = "fake"\n', 'id = "fake"\n[experiment.prepare]\nargv = ["{python}", "-m", "x", "{exp_root}/_data/x"]\n'
+def prepare_registry(tmp_path: Path, legs: dict[str, str], code: str, on_failure: str = "stop") -> Path:
+    """slurm_registry with a prepare step that runs `python -c code {exp_root}/_data/x` and creates that dir."""
+    reg_path = slurm_registry(tmp_path, legs, on_failure=on_failure)
+    text = reg_path.read_text().replace('id = "fake"\n', 'id = "fake"\n[experiment.prepare]\n'
+                                        f'argv = ["{{python}}", "-c", {json.dumps(code)}, "{{exp_root}}/_data/x"]\n'
                                         'creates = "{exp_root}/_data/x"\n')
     reg_path.write_text(text)
+    return reg_path
+
+
+def test_slurm_legs_get_the_registrys_env_a_prepare_job_and_no_notify_of_a_supervisor(tmp_path):
+    """On Slurm no supervisor runs: the registry's env is exported in each batch script, a prepare
+    step whose output is missing is the chain's first job (every leg waits for it to end well),
+    and the dry run says notify is not run for these legs."""
+    reg_path = prepare_registry(tmp_path, {"a": "num-iterations = 5", "b": "num-iterations = 5"}, "x",
+                                on_failure="continue")
+    text = reg_path.read_text().replace('on_failure = "continue"\n',
+                                        f'on_failure = "continue"\nnotify = ["{sys.executable}"]\n')
+    reg_path.write_text(text.replace("[defaults.args]", '[defaults.env]\nHF_HOME = "/data/hf x"\n[defaults.args]'))
     registry = reg.load(reg_path)
     plan = launch.plan_launch(registry, "fake")
     out = launch.dry_run_text(registry, plan)
-    assert "\nexport HF_HOME='/data/hf x'\n" in out.split(".sbatch ----")[1]  # in the batch script
-    assert "# notify: not run for Slurm legs (the scheduler runs them; no supervisor sees them end)" in out
     root = tmp_path / "exp"
-    assert (f"# a real launch would be refused here: {root}/_data/x missing, and a prepare step runs only before a "
-            f"local launch's legs: run `{sys.executable} -m x {root}/_data/x` once here (exp_root is the nodes' too), "
-            "then launch") in out
+    assert "a real launch would be refused" not in out
+    assert "\nexport HF_HOME='/data/hf x'\n" in out.split("/a.sbatch ----")[1]  # in the batch script
+    assert "# notify: not run for Slurm legs (the scheduler runs them; no supervisor sees them end)" in out
+    assert (f"# prepare, first ({root}/_data/x missing): the chain's first job runs `{sys.executable} -c x "
+            f"{root}/_data/x`; every leg waits for it to end well (afterok)") in out
+    prep = out.split("/slurm/prepare.sbatch ----\n")[1].split("# ---- end ----")[0]
+    assert "#SBATCH --nodes=1\n#SBATCH --ntasks=1\n" in prep and "gpus" not in prep
+    assert f"\n{shlex.join([sys.executable, '-c', 'x', f'{root}/_data/x'])}\n" in prep
+    assert read_back(prep)["output"] == str(out.split("EXP_DIR=")[1].split("\n")[0]) + "/prepare.log"
+    lines = out.rstrip().splitlines()[-3:]
+    assert lines[0].startswith("sbatch --parsable ") and lines[0].endswith("/slurm/prepare.sbatch")
+    assert "'--dependency=afterok:<job id of prepare>' --kill" in lines[1]
+    assert "'--dependency=afterok:<job id of prepare>,afterany:<job id of a>' --kill" in lines[2]
     (root / "_data" / "x").mkdir(parents=True)
-    assert "prepare step" not in launch.dry_run_text(registry, launch.plan_launch(registry, "fake"))
+    out = launch.dry_run_text(registry, launch.plan_launch(registry, "fake"))
+    assert "# prepare: skipped, what it creates exists" in out and "prepare.sbatch" not in out
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("slurm_cluster")
+def test_prepare_runs_as_the_chains_first_job(tmp_path):
+    """A missing corpus is made by the chain's first job; the leg starts once it ended well (then
+    the chain is stopped: the leg's own run is the other tests')."""
+    code = "import os, sys; os.makedirs(sys.argv[1]); print('made', sys.argv[1])"
+    reg_path = prepare_registry(tmp_path, {"a": "num-iterations = 3"}, code)
+    exp_dir, ids = launched(cockpit("--registry", str(reg_path), "launch", "fake"))
+    assert list(ids) == ["prepare", "a"]
+    a = wait_for(lambda: (st := states(exp_dir)["a"]).status == "running" and st, timeout=60, every=0.25,
+                 what="leg a running")
+    prep = expdir.open_dir(exp_dir).prepare
+    assert (prep.status, prep.job_id) == ("done", ids["prepare"])
+    assert re.fullmatch(rf"Slurm job {ids['prepare']} on n[12] completed", prep.note), prep.note
+    assert prep.ended_at <= a.started_at  # the scheduler's own times
+    assert (tmp_path / "exp" / "_data" / "x").is_dir()
+    assert (exp_dir / "prepare.log").read_text() == f"made {tmp_path}/exp/_data/x\n"
+    assert f"  {exp_dir.name}  on Slurm;  prepare done;  a running (job {ids['a']} on n" in status_text(reg_path)
+    assert cockpit("--registry", str(reg_path), "stop", str(exp_dir)).returncode == 0
+
+
+@pytest.mark.usefixtures("slurm_cluster")
+def test_stopping_the_chain_cancels_its_prepare_job(tmp_path):
+    reg_path = prepare_registry(tmp_path, {"a": "num-iterations = 3"}, "import time; print('up', flush=True); "
+                                "time.sleep(120)")
+    exp_dir, ids = launched(cockpit("--registry", str(reg_path), "launch", "fake"))
+    wait_for_line(exp_dir / "prepare.log", "^up$", timeout_s=60)
+    r = cockpit("--registry", str(reg_path), "stop", str(exp_dir))
+    assert r.returncode == 0, r.stderr
+    assert scheduler.queued(list(ids.values())) == []
+    d = expdir.open_dir(exp_dir)
+    assert (d.prepare.status, d.prepare.note) == ("stopped", "stopped by request (scancel)")
+    assert d.states["a"].status == "stopped"
+
+
+@pytest.mark.usefixtures("slurm_cluster")
+def test_a_failed_prepare_job_starts_no_leg(tmp_path):
+    """The prepare job fails: no leg starts, even under on_failure = continue; status says why."""
+    reg_path = prepare_registry(tmp_path, {"a": "num-iterations = 3", "b": "num-iterations = 3"},
+                                "import sys; sys.exit('no corpus for you')", on_failure="continue")
+    exp_dir, ids = launched(cockpit("--registry", str(reg_path), "launch", "fake"))
+    end = until_ended(exp_dir, timeout_s=60)
+    prep = expdir.open_dir(exp_dir).prepare
+    assert (prep.status, prep.note) == ("failed", "exit 1: no corpus for you")
+    for leg in "ab":
+        assert (end[leg].status, end[leg].note, end[leg].started_at) == (
+            "stopped", "not started: prepare failed (Slurm: DependencyNeverSatisfied)", None)
+        assert (exp_dir / f"{leg}.log").stat().st_size == 0
+    assert "prepare failed (exit 1: no corpus for you)" in status_text(reg_path)
+    assert scheduler.queued(list(ids.values())) == []
 
 
 # scheduler lines as Slurm 22.05 prints them, trimmed
@@ -355,7 +520,7 @@ def launched(r: subprocess.CompletedProcess) -> tuple[Path, dict[str, str]]:
     """The dir a `cockpit launch` printed (its last line) and each leg's job id (the lines before)."""
     assert r.returncode == 0, r.stderr
     *jobs, last = r.stdout.strip().splitlines()
-    ids = dict(re.fullmatch(r"(\S+): Slurm job (\d+) \(\w+\)", line).groups() for line in jobs)
+    ids = dict(re.fullmatch(r"(.+): Slurm job (\d+) \(\w+\)", line).groups() for line in jobs)
     return Path(last), ids
 
 
@@ -374,11 +539,15 @@ def wait_for_line(log: Path, pattern: str, timeout_s: float = 90.0) -> None:
              timeout=timeout_s, every=0.25, what=f"a line matching {pattern!r} in {log}")
 
 
-def status_lines(reg_path: Path) -> dict[str, str]:
-    """`cockpit status`: each leg's line of experiment `fake`, by leg name."""
+def status_text(reg_path: Path) -> str:
     r = cockpit("--registry", str(reg_path), "status")
     assert r.returncode == 0, r.stderr
-    block = r.stdout.split("\nfake  [", 1)[1].split("\n\n", 1)[0].splitlines()[1:]
+    return r.stdout
+
+
+def status_lines(reg_path: Path) -> dict[str, str]:
+    """`cockpit status`: each leg's line of experiment `fake`, by leg name."""
+    block = status_text(reg_path).split("\nfake  [", 1)[1].split("\n\n", 1)[0].splitlines()[1:]
     return {line.split()[0]: line.strip() for line in block}
 
 
@@ -531,13 +700,246 @@ def test_a_job_the_scheduler_forgot_is_judged_from_its_log(tmp_path):
         (exp_dir / f"{name}.log").write_text("".join(x + "\n" for x in lines))
         expdir.write_state(exp_dir, expdir.LegState(name, "running" if lines else "queued", job_id=str(999999990 + i),
                                                     log=str(exp_dir / f"{name}.log")))
+        past = time.time() - 600  # ended long ago: a log written just now would not be judged yet
+        os.utime(exp_dir / f"{name}.log", (past, past))
     got = states(exp_dir)
     assert {n: got[n].status for n in logs} == {"ok": "done", "crashed": "failed", "cut": "failed", "never": "stopped"}
+    assert all(got[n].forgotten_at for n in logs)
     assert "forgotten by the scheduler" in got["ok"].note and got["ok"].exit_code_known is False
     assert got["crashed"].error_tail[-1] == "RuntimeError: CUDA out of memory (fake)"
     assert got["cut"].note.endswith("(neither finished nor crashed)")
     assert got["never"].note == "Slurm job 999999993 ended without writing to its log; the scheduler has forgotten it"
     assert json.loads((exp_dir / "state" / "ok.json").read_text())["status"] == "done"  # recorded once
+
+
+def slurm_dir(root: Path, legs: list[str]) -> Path:
+    """A Slurm experiment dir with a plan of these legs, no state yet."""
+    exp_dir = root / "20260101_000000_fake"
+    (exp_dir / "state").mkdir(parents=True)
+    (exp_dir / "plan.json").write_text(json.dumps({"experiment": "fake", "executor": "slurm",
+                                                   "legs": [{"name": n} for n in legs]}))
+    return exp_dir
+
+
+def held_job(name: str, output: Path) -> str:
+    """A job submitted held (it never runs until released) with this name and output."""
+    r = subprocess.run(["sbatch", "--parsable", "--hold", f"--job-name={name}", f"--output={output}", "--time=1",
+                        "--wrap=true"], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    return r.stdout.strip().split(";")[0]
+
+
+@pytest.mark.usefixtures("slurm_cluster")
+def test_a_job_not_proven_the_legs_is_never_shown_or_cancelled_as_it(tmp_path):
+    """A state file naming someone else's job id (another name; the leg's name but another output):
+    status says unknown and why, `cockpit stop` cancels nothing, the jobs stay queued."""
+    reg_path = slurm_registry(tmp_path, {"a": "num-iterations = 5", "b": "num-iterations = 5"})
+    exp_dir = slurm_dir(tmp_path / "exp", ["a", "b"])
+    foreign = held_job("someone/else", tmp_path / "foreign.log")
+    same_name = held_job(f"{exp_dir.name}/b", tmp_path / "elsewhere.log")
+    try:
+        expdir.write_state(exp_dir, expdir.LegState("a", "running", job_id=foreign))
+        expdir.write_state(exp_dir, expdir.LegState("b", "queued", job_id=same_name))
+        got = states(exp_dir)
+        assert (got["a"].status, got["b"].status) == ("unknown", "unknown")
+        assert got["a"].note == (f"unknown: Slurm job {foreign} is not proven the leg's (its name is 'someone/else', "
+                                 f"not '{exp_dir.name}/a'); nothing will be cancelled")
+        assert got["b"].note.endswith(f"(its output goes to {tmp_path}/elsewhere.log, not the leg's log); nothing "
+                                      "will be cancelled")
+        assert got["a"].nodes is None  # nothing of the foreign job is taken for the leg's
+        r = cockpit("--registry", str(reg_path), "stop", str(exp_dir))
+        assert r.returncode == 2 and "nothing stopped" in r.stderr and "is not proven the leg's" in r.stderr
+        assert r.stderr.count("\n") == 1
+        assert scheduler.queued([foreign, same_name]) == [foreign, same_name]
+        assert "unknown" in status_lines(reg_path)["a"]
+        assert json.loads((exp_dir / "state" / "a.json").read_text())["status"] == "running"  # nothing recorded
+    finally:
+        scheduler.cancel([foreign, same_name])
+
+
+def lying_scontrol(bindir: Path) -> None:
+    """An scontrol that answers "Invalid job id" about every job (as one asked mid-failover may),
+    and passes anything else to the real one."""
+    bindir.mkdir(exist_ok=True)
+    real = shutil.which("scontrol")
+    fake_tool(bindir, "scontrol", f'if [ "$1 $2" = "show job" ]; then echo "slurm_load_jobs error: Invalid job id '
+                                  f'specified" >&2; exit 1; fi\nexec {real} "$@"')
+
+
+@pytest.mark.usefixtures("slurm_cluster")
+def test_one_wrong_invalid_job_id_neither_forgets_the_job_nor_keeps_it_forgotten(tmp_path, monkeypatch):
+    """scontrol says "Invalid job id" about a queued job: squeue still lists it, so the leg waits on
+    (nothing recorded). A leg recorded as forgotten by an earlier wrong answer is revived when the
+    scheduler knows its job again, and a second launch of the experiment is refused."""
+    root = tmp_path / "exp"
+    exp_dir = slurm_dir(root, ["a", "b"])
+    jobs = {leg: held_job(scheduler.job_name(exp_dir.name, leg), exp_dir / f"{leg}.log") for leg in "ab"}
+    try:
+        expdir.write_state(exp_dir, expdir.LegState("a", "queued", job_id=jobs["a"]))
+        expdir.write_state(exp_dir, expdir.LegState("b", "failed", job_id=jobs["b"], forgotten_at=expdir.now_iso(),
+                                                    note="Slurm job is forgotten by the scheduler", exit_code_known=False,
+                                                    ended_at=expdir.now_iso()))
+        lying_scontrol(tmp_path / "bin")
+        monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+        a = states(exp_dir)["a"]
+        assert (a.status, a.waiting_reason) == ("waiting", f"Slurm job {jobs['a']} pending in Slurm: JobHeldUser")
+        assert json.loads((exp_dir / "state" / "a.json").read_text())["status"] == "waiting"
+        monkeypatch.undo()
+        b = states(exp_dir)["b"]
+        assert (b.status, b.forgotten_at, b.ended_at, b.error_tail) == ("waiting", None, None, [])
+        assert json.loads((exp_dir / "state" / "b.json").read_text())["status"] == "waiting"  # revived, recorded
+        assert launch.running_elsewhere(root, "fake").path == exp_dir
+    finally:
+        scheduler.cancel(list(jobs.values()))
+
+
+def test_a_forgotten_job_whose_log_is_fresh_is_not_judged_and_an_old_judgment_is_not_asked_again(tmp_path,
+                                                                                                monkeypatch):
+    """No scheduler command knows the job: a log written seconds ago leaves the leg unknown (nothing
+    recorded); a leg judged forgotten a day ago, its log unchanged since, is not asked about."""
+    exp_dir = slurm_dir(tmp_path, ["a", "b"])
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    asked = tmp_path / "asked"
+    for tool in ("scontrol", "squeue"):
+        fake_tool(bindir, tool, f'echo "{tool} $*" >> {asked}; echo "slurm_load_jobs error: Invalid job id specified" '
+                                ">&2; exit 1")
+    fake_tool(bindir, "sacct", f'echo "sacct" >> {asked}; echo "Slurm accounting storage is disabled" >&2; exit 1')
+    monkeypatch.setenv("PATH", str(bindir))
+    (exp_dir / "a.log").write_text("".join(x + "\n" for x in log_lines(5, 5)))
+    expdir.write_state(exp_dir, expdir.LegState("a", "running", job_id="41"))
+    long_ago = (dt.datetime.now().astimezone() - dt.timedelta(seconds=expdir.REVIVE_S + 60)).isoformat()
+    (exp_dir / "b.log").write_text("".join(x + "\n" for x in log_lines(5, 5)))
+    old = time.time() - expdir.REVIVE_S - 120
+    os.utime(exp_dir / "b.log", (old, old))
+    expdir.write_state(exp_dir, expdir.LegState("b", "done", job_id="42", forgotten_at=long_ago))
+    got = states(exp_dir)
+    assert got["a"].status == "unknown" and got["a"].note.startswith(
+        "unknown: the scheduler does not know Slurm job 41, but its log was written ")
+    assert json.loads((exp_dir / "state" / "a.json").read_text())["status"] == "running"
+    assert got["b"].status == "done"
+    assert [line.split(" -")[0] for line in asked.read_text().splitlines()] == [
+        "scontrol show job", "squeue", "sacct"]  # about a only: every source, b not asked
+    os.utime(exp_dir / "b.log")  # written after the judgment: something wrote it, ask again
+    asked.unlink()
+    states(exp_dir)
+    assert "scontrol show job -o 42" in asked.read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("slurm_cluster")
+def test_resubmit_runs_a_failed_leg_again_with_a_fresh_log(tmp_path):
+    """A leg whose first attempt failed (its log, state and saved script as a launch leaves them),
+    resubmitted: a new job, recorded; the leg's log holds only the new attempt, the one before is
+    kept whole under attempts/; status and report follow the new job; a done leg needs --rerun."""
+    reg_path, exp_dir = ended_slurm_dir(tmp_path, args=["--num-iterations", "3", "--step-sleep", "0.05"])
+    first = (exp_dir / "a.log").read_bytes()
+    r = cockpit("--registry", str(reg_path), "resubmit", str(exp_dir), "a")
+    assert r.returncode == 0, r.stderr
+    line, last = r.stdout.splitlines()
+    new = re.fullmatch(rf"a: Slurm job (\d+) \(queued\); the attempt before kept in {exp_dir}/attempts/a\.1\.log",
+                       line).group(1)
+    assert last == str(exp_dir) and new != "7"
+    assert (exp_dir / "attempts" / "a.1.log").read_bytes() == first
+    kept = json.loads((exp_dir / "attempts" / "a.1.json").read_text())
+    assert (kept["status"], kept["job_id"]) == ("failed", "7")
+    end = until_ended(exp_dir, timeout_s=120)["a"]
+    assert (end.status, end.job_id) == ("done", new)
+    log = (exp_dir / "a.log").read_text()
+    assert "first attempt" not in log and log.count("step 00000/") == 1 and "Total training time" in log
+    assert status_lines(reg_path)["a"].startswith(f"a  done      job {new} on n")
+    assert "| a | completed |" in (exp_dir / "report.md").read_text()
+    r = cockpit("--registry", str(reg_path), "resubmit", str(exp_dir), "a")
+    assert r.returncode == 2 and r.stderr == "cockpit: leg a is done; resubmit it again with --rerun\n"
+
+
+def test_resubmitted_legs_are_chained_in_the_plans_order(tmp_path, monkeypatch):
+    """Legs named in any order (a leg with repeats: its runs) go to sbatch in the plan's order,
+    each waiting for the one before it by the plan's on_failure; each state records its job."""
+    exp_dir = slurm_dir(tmp_path / "exp", ["a", "b.r0", "b.r1"])
+    plan = json.loads((exp_dir / "plan.json").read_text())
+    plan["legs"] = [{"name": "a"}, {"name": "b.r0", "leg": "b", "repeat": 0}, {"name": "b.r1", "leg": "b", "repeat": 1}]
+    (exp_dir / "plan.json").write_text(json.dumps({**plan, "on_failure": "continue"}))
+    chain = slurm.plan_chain([leg(n, []) for n in ("a", "b.r0", "b.r1")], slurm.SlurmSettings(), exp_dir, REPO,
+                             exp_dir.name)
+    for name, text in chain.scripts:
+        slurm.write_script(exp_dir, name, text)
+        expdir.write_state(exp_dir, expdir.LegState(name, "stopped", job_id="7"))
+    bindir, calls = tmp_path / "bin", tmp_path / "calls"
+    bindir.mkdir()
+    fake_tool(bindir, "sbatch", f'echo "$*" >> {calls}; echo $((100 + $(wc -l < {calls})))')
+    monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
+    lines = launch.resubmit(exp_dir, ["b", "a"], tmp_path / "exp")
+    assert [x.split(" (")[0] for x in lines] == ["a: Slurm job 101", "b.r0: Slurm job 102", "b.r1: Slurm job 103"]
+    assert calls.read_text().splitlines() == [
+        f"--parsable {exp_dir}/slurm/a.sbatch",
+        f"--parsable --dependency=afterany:101 --kill-on-invalid-dep=yes {exp_dir}/slurm/b.r0.sbatch",
+        f"--parsable --dependency=afterany:102 --kill-on-invalid-dep=yes {exp_dir}/slurm/b.r1.sbatch"]
+    got = {n: expdir.read_state(exp_dir, n) for n in ("a", "b.r0", "b.r1")}
+    assert [(s.status, s.job_id) for s in got.values()] == [("queued", "101"), ("queued", "102"), ("queued", "103")]
+    assert got["a"].note == "attempt 2: resubmitted as Slurm job 101; attempt 1 (stopped, Slurm job 7) kept in attempts/"
+
+
+def ended_slurm_dir(tmp_path: Path, status: str = "failed", args: list[str] | None = None) -> tuple[Path, Path]:
+    """A registry and a Slurm dir under its exp_root whose leg `a` (tests.fake_trainer with `args`)
+    ended (job 7), with the script and log a launch leaves."""
+    reg_path = slurm_registry(tmp_path, {"a": "num-iterations = 3"})
+    exp_dir = slurm_dir(tmp_path / "exp", ["a"])
+    plan = json.loads((exp_dir / "plan.json").read_text())
+    (exp_dir / "plan.json").write_text(json.dumps({**plan, "on_failure": "stop", "tail": 50}))
+    chain = slurm.plan_chain([leg("a", args or [], "tests.fake_trainer")], slurm.SlurmSettings(), exp_dir, REPO,
+                             exp_dir.name)
+    slurm.write_script(exp_dir, "a", chain.scripts[0][1])
+    (exp_dir / "a.log").write_text("the first attempt\n")
+    expdir.write_state(exp_dir, expdir.LegState("a", status, job_id="7", ended_at=expdir.now_iso()))
+    return reg_path, exp_dir
+
+
+def test_resubmit_refuses_in_one_line_and_moves_nothing(tmp_path, monkeypatch):
+    """A running leg, an edited script, a local dir, a dir outside exp_root, a scheduler that
+    refuses the job: one line, exit 2, the log and state where they were."""
+    reg_path, exp_dir = ended_slurm_dir(tmp_path)
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    fake_tool(bindir, "sbatch", 'echo "sbatch: error: Batch job submission failed: Invalid account" >&2; exit 1')
+    fake_tool(bindir, "scontrol", "exit 1")
+    monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
+
+    def refused(*args: str) -> str:
+        r = cockpit("--registry", str(reg_path), "resubmit", *args)
+        assert r.returncode == 2 and r.stdout == "" and r.stderr.count("\n") == 1, (r.stdout, r.stderr)
+        assert (exp_dir / "a.log").read_text() == "the first attempt\n"
+        assert json.loads((exp_dir / "state" / "a.json").read_text())["job_id"] == "7"
+        assert not any((exp_dir / "attempts").glob("*"))
+        return r.stderr.removeprefix("cockpit: ").strip()
+
+    assert refused(str(exp_dir), "a") == (f"nothing resubmitted in {exp_dir}: leg a: sbatch failed (exit 1): "
+                                          "sbatch: error: Batch job submission failed: Invalid account")
+    assert refused(str(exp_dir), "nosuch").startswith(f"{exp_dir} has no leg 'nosuch'")
+    assert refused(str(tmp_path), "a").endswith("the cockpit acts only on the dirs it owns")
+    script = slurm.script_path(exp_dir, "a")
+    text = script.read_text()
+    script.write_text(text.replace("--output=", "--output=/tmp/elsewhere"))
+    assert "was changed (its --output is '/tmp/elsewhere" in refused(str(exp_dir), "a")
+    script.write_text(text.replace("#SBATCH --open-mode=append", "#SBATCH --open-mode=append --dep=afterok:1"))
+    assert "was changed (it sets --dependency, which the cockpit sets itself)" in refused(str(exp_dir), "a")
+    script.write_text(text)
+    expdir.write_state(exp_dir, expdir.LegState("a", "running", job_id="7"))
+    fake_tool(bindir, "scontrol", f'echo "JobId=7 JobName={exp_dir.name}/a UserId=u({os.getuid()}) JobState=RUNNING '
+                                  f'NodeList=n1 StdOut={exp_dir}/a.log"')
+    assert refused(str(exp_dir), "a") == f"leg a is running as Slurm job 7: stop it first (cockpit stop {exp_dir} a)"
+    expdir.write_state(exp_dir, expdir.LegState("a", "failed", job_id="7"))
+    other = exp_dir.with_name("20260102_000000_fake")
+    shutil.copytree(exp_dir, other)
+    expdir.write_state(other, expdir.LegState("a", "running", job_id="8"))
+    fake_tool(bindir, "scontrol", f'echo "JobId=8 JobName={other.name}/a UserId=u({os.getuid()}) JobState=RUNNING '
+                                  f'NodeList=n1 StdOut={other}/a.log"')
+    assert refused(str(exp_dir), "a") == f"'fake' is running in {other}; stop it first: cockpit stop {other}"
+    shutil.rmtree(other)
+    plan = json.loads((exp_dir / "plan.json").read_text())
+    (exp_dir / "plan.json").write_text(json.dumps({**plan, "executor": "local"}))
+    assert refused(str(exp_dir), "a").endswith("was not launched on Slurm: a local leg runs again with "
+                                               "`cockpit launch EXPERIMENT --legs LEG --rerun` (a fresh dir)")
 
 
 def test_a_scheduler_that_cannot_be_asked_leaves_the_leg_unknown(tmp_path, monkeypatch):

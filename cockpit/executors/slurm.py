@@ -5,20 +5,23 @@ torchrun for the node: `srun` starts them all, and they meet at a c10d rendezvou
 of the allocation, so a leg of N nodes x P processes trains with world size N*P. The module and the
 trainer's flags are exactly those of a local launch; every flag is shell-quoted, so nothing a user
 wrote in a flag can be interpreted by the job's shell. The job's stdout and stderr append to
-`<dir>/<leg>.log`, the same file a local leg writes, so logs are read the same way.
+`<dir>/<leg>.log`, the same file a local leg writes, so logs are read the same way. Every value
+of an `#SBATCH` line is written as one word sbatch reads back as given (sbatch_opts).
 
 The legs of one launch run in order: each job depends on the one before it, `afterok` when the chain
 stops at a failure (a failed leg leaves the rest cancelled by the scheduler, reason
-DependencyNeverSatisfied), `afterany` when it goes on regardless. There is no supervisor: the
-scheduler runs the chain, and `state/<leg>.json` holds the leg's job id. Where a job stands is the
-scheduler's to say (scheduler.py); expdir.py asks it whenever a dir is read.
+DependencyNeverSatisfied), `afterany` when it goes on regardless. When what the experiment's
+prepare step creates is missing, that step is the chain's first job, and every leg also waits for
+it to end well. There is no supervisor: the scheduler runs the chain, and `state/<leg>.json`
+holds the leg's job id. Where a job stands is the scheduler's to say (scheduler.py); expdir.py
+asks it whenever a dir is read.
 
 As an executor it offers what launch.py calls of every executor (see executors/__init__.py):
 `start` submits a dir's planned legs (or `--foreground`: and waits for the chain to end), `stop`
 cancels a leg and the rest of its chain through scancel. `refresh_report` regenerates a dir's
 report.md once a client has seen a leg end (the batch job may be killed before it could).
 
-Layer 2: imports fsutil, safetext, registry, scheduler, vocab, expdir and report.
+Layer 2: imports fsutil, safetext, sbatch_opts, registry, scheduler, vocab, expdir and report.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from cockpit import fsutil, report, safetext
+from cockpit import fsutil, report, safetext, sbatch_opts
 from cockpit.expdir import (
     ExpDir,
     LegState,
@@ -44,8 +47,8 @@ from cockpit.expdir import (
     stop_request_path,
     write_state,
 )
-from cockpit.registry import ENV_NAME, SBATCH_UNSAFE, SlurmSettings
-from cockpit.scheduler import SlurmError, call, cancel, command_failed, last_line
+from cockpit.registry import ENV_NAME, PREPARE, SlurmSettings, extra_args_problem
+from cockpit.scheduler import SlurmError, call, cancel, command_failed, job_name, last_line, output_pattern
 from cockpit.vocab import ENDED_STATUSES, Status
 
 NAME = "slurm"
@@ -82,17 +85,14 @@ class SubmittedJob:
 # the batch script of one leg
 
 
-def _sbatch_value(option: str, value: object) -> str:
-    """A value for an #SBATCH line, which sbatch splits on whitespace (quotes do not group)."""
-    text = str(value)
-    if not text or SBATCH_UNSAFE.search(text):
-        raise SlurmError(f"{option} {text!r}: an #SBATCH value may not be empty or hold spaces, quotes or backslashes")
-    return text
-
-
-def _output_path(path: Path) -> str:
-    """A file name for --output: Slurm expands %j and friends in it, so a literal % is written %%."""
-    return _sbatch_value("--output", str(path)).replace("%", "%%")
+def _sbatch_word(option: str, value: object) -> str:
+    """`option=value` as one word of an #SBATCH line, the value read back by sbatch exactly as
+    given (quoted where it holds a space, a quote or a `#`); SlurmError for a value no line can
+    carry (empty, a control character)."""
+    try:
+        return sbatch_opts.option_word(option, value)
+    except sbatch_opts.SbatchError as e:
+        raise SlurmError(f"{option}: {e}") from None
 
 
 def leg_log(exp_dir: Path | str, leg: str) -> Path:
@@ -138,42 +138,22 @@ def render_batch_script(
     """The batch script of one leg: #SBATCH lines, the setup lines, then srun + torchrun.
 
     `workdir` is the checkout the legs run from (`-m nanochat.base_train` imports from there), on
-    the same path on every node. Pure: reads nothing, writes nothing.
+    the same path on every node. Every value of an #SBATCH line is one word sbatch reads back as
+    given (sbatch_opts.word: a `#` or a space in a path is quoted, never a comment or a second
+    word), and extra_args are read as sbatch reads them before they are written. Pure: reads
+    nothing, writes nothing.
     """
     if int(settings.nodes) < 1 or int(cmd.nproc_per_node) < 1:
         raise SlurmError(f"leg {cmd.leg}: nodes and nproc_per_node must be at least 1")
-    log = _output_path(leg_log(exp_dir, cmd.leg))
-    opts = [
-        f"--job-name={_sbatch_value('--job-name', job_name)}",
-        f"--output={log}",
-        f"--error={log}",
-        "--open-mode=append",  # a leg's log is only ever appended to, as locally
-        f"--chdir={_sbatch_value('--chdir', workdir)}",
-        f"--nodes={int(settings.nodes)}",
-        "--ntasks-per-node=1",  # one torchrun per node; it starts the node's nproc_per_node workers
-        "--no-requeue",  # a leg that lost a node fails: rerunning it from step 0 is the user's call
-    ]
-    for option, value in (
-        ("--partition", settings.partition),
-        ("--account", settings.account),
-        ("--qos", settings.qos),
-        ("--time", settings.time),
-        ("--cpus-per-task", settings.cpus_per_task),
-        ("--mem", settings.mem),
-    ):
-        if value is not None:
-            opts.append(f"{option}={_sbatch_value(option, value)}")
+    _sbatch_word("leg name", cmd.leg)  # it names a comment line and the log: one line, never empty
+    opts = [f"--nodes={int(settings.nodes)}",
+            "--ntasks-per-node=1"]  # one torchrun per node; it starts the node's nproc_per_node workers
     gpus = gpus_per_node(cmd, settings)
     if gpus > 0:
         opts.append(f"--gpus-per-node={gpus}")
-    lines = ["#!/bin/bash", f"# leg {cmd.leg}: a batch job of the nanochat cockpit; `sbatch` this file to run it again"]
-    lines += [f"#SBATCH {opt}" for opt in opts]
-    if settings.extra_args:
-        lines.append("#SBATCH " + " ".join(_sbatch_value("extra_args", a) for a in settings.extra_args))
-    lines += ["", "export PYTHONUNBUFFERED=1  # every line reaches the log when it is printed", "set -e"]
-    lines += list(settings.setup)
-    # the registry's env, after the setup lines (it wins, as over the environment of a local leg)
-    lines += [f"export {name}={shlex.quote(value)}" for name, value in cmd.env]
+    lines = [f"# leg {cmd.leg}: a batch job of the nanochat cockpit; `cockpit resubmit DIR {cmd.leg}` runs it again"
+             " (a new job, a fresh log)"]
+    lines += _job_head(settings, leg_log(exp_dir, cmd.leg), workdir, job_name, opts, cmd.env)
     # srun does not pass the job's --cpus-per-task on to its steps (Slurm 22.05+): say it again
     step_cpus = f" --cpus-per-task={int(settings.cpus_per_task)}" if settings.cpus_per_task else ""
     words = _shell_words(cmd)
@@ -193,11 +173,77 @@ def render_batch_script(
         f"    {' '.join(words[6:cut])}" + (f" \\\n    {trainer}" if trainer else ""),
         "",
     ]
-    return "\n".join(lines)
+    return "\n".join(["#!/bin/bash", *lines])
+
+
+def _job_head(settings: SlurmSettings, log: Path, workdir: Path | str, job_name: str, opts: list[str],
+              env: tuple[tuple[str, str], ...]) -> list[str]:
+    """The lines every batch job of a launch starts with: its #SBATCH lines (its name, its log,
+    the checkout, `opts`, the settings' resources, extra_args), the setup lines, the env."""
+    pattern = output_pattern(str(log))
+    head = [
+        _sbatch_word("--job-name", job_name),
+        _sbatch_word("--output", pattern),
+        _sbatch_word("--error", pattern),
+        "--open-mode=append",  # a log is only ever appended to, as locally
+        _sbatch_word("--chdir", workdir),
+        *opts,
+        "--no-requeue",  # a job that lost a node fails: rerunning it from the start is the user's call
+    ]
+    for option, value in (
+        ("--partition", settings.partition),
+        ("--account", settings.account),
+        ("--qos", settings.qos),
+        ("--time", settings.time),
+        ("--cpus-per-task", settings.cpus_per_task),
+        ("--mem", settings.mem),
+    ):
+        if value is not None:
+            head.append(_sbatch_word(option, value))
+    lines = [f"#SBATCH {opt}" for opt in head]
+    if settings.extra_args:  # read again as sbatch reads them: a plan is a file, it may hold anything
+        if why := extra_args_problem(settings.extra_args):
+            raise SlurmError(f"extra_args: {why}")
+        lines.append("#SBATCH " + " ".join(sbatch_opts.word(a) for a in settings.extra_args))
+    lines += ["", "export PYTHONUNBUFFERED=1  # every line reaches the log when it is printed", "set -e"]
+    lines += list(settings.setup)
+    # the registry's env, after the setup lines (it wins, as over the environment of a local leg)
+    lines += [f"export {name}={shlex.quote(value)}" for name, value in env]
+    return lines
+
+
+def render_prepare_script(
+    argv: list[str],
+    creates: list[str],
+    settings: SlurmSettings,
+    exp_dir: Path | str,
+    workdir: Path | str,
+    job_name: str,
+    env: tuple[tuple[str, str], ...] = (),
+) -> str:
+    """The batch script of a launch's prepare step, the first job of its chain: one task on one
+    node, no GPU, running the prepare argv (shell-quoted) from the checkout with the legs' setup
+    and env, its output in `<dir>/prepare.log`. It ends well only when what the step creates is
+    there (at once, when it already was). Pure: reads nothing, writes nothing."""
+    if not argv or not creates or not all(isinstance(a, str) and a for a in [*argv, *creates]):
+        raise SlurmError(f"the plan's {PREPARE} step is not an argv and the paths it creates")
+    lines = [f"# the {PREPARE} step of a launch of the nanochat cockpit: it makes what the legs read, before them"]
+    lines += _job_head(settings, Path(exp_dir) / f"{PREPARE}.log", workdir, job_name, ["--nodes=1", "--ntasks=1"], env)
+    paths = " ".join(shlex.quote(c) for c in creates)
+    lines += [
+        f"export PYTHONPATH={shlex.quote(str(workdir))}${{PYTHONPATH:+:$PYTHONPATH}}",
+        "",
+        "made() { for p in \"$@\"; do [ -e \"$p\" ] || [ -L \"$p\" ] || return 1; done; }",
+        f"if made {paths}; then echo \"{PREPARE}: skipped, what it creates exists\"; exit 0; fi",
+        shlex.join(argv),
+        f"for p in {paths}; do made \"$p\" || {{ echo \"{PREPARE}: exited 0 but did not create $p\" >&2; exit 1; }}; done",
+        "",
+    ]
+    return "\n".join(["#!/bin/bash", *lines])
 
 
 def script_path(exp_dir: Path | str, leg: str) -> Path:
-    """Where a leg's batch script is kept, so what ran can be read and resubmitted by hand."""
+    """Where a leg's batch script is kept, so what ran can be read and resubmitted (cockpit resubmit)."""
     return Path(exp_dir) / SCRIPT_DIR / f"{leg}.sbatch"
 
 
@@ -228,21 +274,27 @@ def dependency_type(on_failure: OnFailure) -> str:
     return "afterok" if on_failure == "stop" else "afterany"
 
 
-def sbatch_argv(script: Path | str, after: str | None = None, on_failure: OnFailure = "stop") -> list[str]:
-    """The sbatch command line of one job; `after` is the job id it waits for, if any.
+def sbatch_argv(script: Path | str, after: str | None = None, on_failure: OnFailure = "stop",
+                prepared_by: str | None = None) -> list[str]:
+    """The sbatch command line of one job; `after` is the leg's job id it waits for, if any, and
+    `prepared_by` the prepare step's, which it waits for to end well whatever on_failure says.
 
     With afterok, a job whose dependency can never be met is cancelled by the scheduler instead of
     pending forever.
     """
     argv = ["sbatch", "--parsable"]
+    deps = [f"afterok:{prepared_by}"] if prepared_by is not None else []
     if after is not None:
-        argv += [f"--dependency={dependency_type(on_failure)}:{after}", "--kill-on-invalid-dep=yes"]
+        deps.append(f"{dependency_type(on_failure)}:{after}")
+    if deps:  # a comma: every one of them must be met
+        argv += [f"--dependency={','.join(deps)}", "--kill-on-invalid-dep=yes"]
     return [*argv, str(script)]
 
 
-def submit(script: Path | str, after: str | None = None, on_failure: OnFailure = "stop") -> tuple[str, list[str]]:
+def submit(script: Path | str, after: str | None = None, on_failure: OnFailure = "stop",
+           prepared_by: str | None = None) -> tuple[str, list[str]]:
     """Submit one batch script; its job id and the command line that submitted it."""
-    argv = sbatch_argv(script, after, on_failure)
+    argv = sbatch_argv(script, after, on_failure, prepared_by)
     proc = call(argv)
     if proc.returncode != 0:
         raise command_failed(proc, "sbatch")
@@ -253,17 +305,20 @@ def submit(script: Path | str, after: str | None = None, on_failure: OnFailure =
     return job_id, argv
 
 
-def submit_chain(scripts: list[tuple[str, Path]], on_failure: OnFailure = "stop") -> list[SubmittedJob]:
-    """Submit (leg, script) in order, each job depending on the one before it.
+def submit_chain(scripts: list[tuple[str, Path]], on_failure: OnFailure = "stop",
+                 prepare: bool = False) -> list[SubmittedJob]:
+    """Submit (leg, script) in order, each job depending on the one before it; with `prepare`,
+    the first script is the prepare step's, and every leg also waits for it to end well.
 
     If a submission fails, the jobs already submitted are cancelled and SlurmError says which leg
     could not be submitted: a chain is submitted whole or not at all.
     """
     dependency_type(on_failure)
     done: list[SubmittedJob] = []
-    for leg, script in scripts:
+    prepared_by = prev = None
+    for i, (leg, script) in enumerate(scripts):
         try:
-            job_id, argv = submit(script, done[-1].job_id if done else None, on_failure)
+            job_id, argv = submit(script, prev, on_failure, prepared_by)
         except SlurmError as e:
             if done:
                 try:
@@ -272,22 +327,31 @@ def submit_chain(scripts: list[tuple[str, Path]], on_failure: OnFailure = "stop"
                     pass  # the submission error is the one to report
             raise SlurmError(f"leg {leg}: {e}") from None
         done.append(SubmittedJob(leg, job_id, tuple(argv)))
+        if prepare and i == 0:
+            prepared_by = job_id
+        else:
+            prev = job_id
     return done
 
 
 @dataclass
 class ChainPlan:
-    """The scripts of a launch's legs, rendered: what --dry-run prints and what a launch submits."""
+    """The scripts of a launch's jobs, rendered: what --dry-run prints and what a launch submits."""
 
     scripts: list[tuple[str, str]] = field(default_factory=list)  # (leg, script text), in order
     on_failure: OnFailure = "stop"
+    prepare: bool = False  # the first script is the prepare step's (`prepare`): every leg waits for it
 
     def argv_lines(self, exp_dir: Path | str) -> list[str]:
-        """The sbatch command lines, with the previous leg's job id as a placeholder."""
-        out, prev = [], None
-        for leg, _ in self.scripts:
-            out.append(shlex.join(sbatch_argv(script_path(exp_dir, leg), prev, self.on_failure)))
-            prev = f"<job id of {leg}>"
+        """The sbatch command lines, with the job ids they wait for as placeholders."""
+        out: list[str] = []
+        prepared_by = prev = None
+        for i, (leg, _) in enumerate(self.scripts):
+            out.append(shlex.join(sbatch_argv(script_path(exp_dir, leg), prev, self.on_failure, prepared_by)))
+            if self.prepare and i == 0:
+                prepared_by = f"<job id of {leg}>"
+            else:
+                prev = f"<job id of {leg}>"
         return out
 
 
@@ -296,15 +360,22 @@ def plan_chain(
     settings: SlurmSettings,
     exp_dir: Path | str,
     workdir: Path | str,
-    job_prefix: str,
+    dir_name: str,
     on_failure: OnFailure = "stop",
+    prepare: tuple[list[str], list[str]] | None = None,
 ) -> ChainPlan:
-    """Render every leg's script (job name `<job_prefix>/<leg>`); raises SlurmError on a bad setting."""
+    """Render every leg's script (job name `<dir_name>/<leg>`, see scheduler.job_name), after the
+    prepare step's when `prepare` (its argv, the paths it creates) is given; raises SlurmError on
+    a bad setting."""
     dependency_type(on_failure)
     scripts = [
-        (c.leg, render_batch_script(c, settings, exp_dir, workdir, f"{job_prefix}/{c.leg}")) for c in commands
+        (c.leg, render_batch_script(c, settings, exp_dir, workdir, job_name(dir_name, c.leg))) for c in commands
     ]
-    return ChainPlan(scripts, on_failure)
+    if prepare is not None:
+        env = commands[0].env if commands else ()
+        text = render_prepare_script(*prepare, settings, exp_dir, workdir, job_name(dir_name, PREPARE), env)
+        scripts.insert(0, (PREPARE, text))
+    return ChainPlan(scripts, on_failure, prepare is not None)
 
 
 def refusals(plan: ChainPlan) -> list[str]:
@@ -321,7 +392,7 @@ def refusals(plan: ChainPlan) -> list[str]:
 def launch_chain(plan: ChainPlan, exp_dir: Path | str) -> list[SubmittedJob]:
     """Save each script as `<exp_dir>/slurm/<leg>.sbatch`, then submit them as one chain."""
     paths = [(leg, write_script(exp_dir, leg, text)) for leg, text in plan.scripts]
-    return submit_chain(paths, plan.on_failure)
+    return submit_chain(paths, plan.on_failure, plan.prepare)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -331,11 +402,6 @@ def launch_chain(plan: ChainPlan, exp_dir: Path | str) -> list[SubmittedJob]:
 def plan_record(settings: SlurmSettings) -> dict[str, Any]:
     """What plan.json records of the Slurm settings a launch used (read back by `chain_of`)."""
     return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(settings).items()}
-
-
-def job_prefix(exp_dir: Path | str) -> str:
-    """The job names' prefix: the dir's name, with what an #SBATCH line cannot hold made `_`."""
-    return SBATCH_UNSAFE.sub("_", Path(exp_dir).name) or "cockpit"
 
 
 def chain_of(plan: dict, exp_dir: Path | str) -> ChainPlan:
@@ -352,7 +418,20 @@ def chain_of(plan: dict, exp_dir: Path | str) -> ChainPlan:
                    tuple(spec["args"]), uses_gpus=spec.get("device") != "cpu", env=tuple(env.items()))
         for spec in plan["legs"]
     ]
-    return plan_chain(commands, settings, exp_dir, plan["cwd"], job_prefix(exp_dir), plan.get("on_failure", "stop"))
+    return plan_chain(commands, settings, exp_dir, plan["cwd"], Path(exp_dir).name, plan.get("on_failure", "stop"),
+                      prepare_needed(plan))
+
+
+def prepare_needed(plan: dict) -> tuple[list[str], list[str]] | None:
+    """The plan's prepare step (argv, the paths it creates) when one of those paths is missing now:
+    it then runs as the chain's first job. Reads only."""
+    spec = plan.get("prepare")
+    if not isinstance(spec, dict):
+        return None
+    argv, creates = spec.get("argv"), spec.get("creates")
+    if not (isinstance(argv, list) and isinstance(creates, list)):
+        raise SlurmError(f"the plan's {PREPARE} step is not an argv and the paths it creates")
+    return (argv, creates) if any(not os.path.lexists(c) for c in creates if isinstance(c, str)) else None
 
 
 def dry_run(plan: dict, exp_dir: Path | str) -> list[str]:
@@ -360,6 +439,12 @@ def dry_run(plan: dict, exp_dir: Path | str) -> list[str]:
     command lines of the chain. Writes nothing."""
     chain = chain_of(plan, exp_dir)
     out = [f"# executor: Slurm, one batch job per leg, chained {dependency_type(chain.on_failure)}; {PREFLIGHT}"]
+    if (prep := prepare_needed(plan)) is not None:
+        missing = ", ".join(c for c in prep[1] if not os.path.lexists(c))
+        out.append(f"# {PREPARE}, first ({missing} missing): the chain's first job runs `{shlex.join(prep[0])}`; "
+                   "every leg waits for it to end well (afterok)")
+    elif isinstance(plan.get("prepare"), dict):
+        out.append(f"# {PREPARE}: skipped, what it creates exists")
     for leg, text in chain.scripts:
         out += ["", f"# ---- {script_path(exp_dir, leg)} ----", text.rstrip("\n"), "# ---- end ----"]
     return [*out, "", *chain.argv_lines(exp_dir)]
@@ -387,10 +472,15 @@ def start(exp_dir: Path, plan: dict, lock_fd: int | None = None, foreground: boo
     except OSError as e:
         raise RunError(f"cannot prepare the legs' files in {exp_dir}: {describe(e)}") from None
     try:
+        if plan.get("prepare") and not chain.prepare:  # as a supervisor records it
+            write_state(exp_dir, LegState(PREPARE, Status.DONE, note="skipped: what it creates exists",
+                                          log=str(leg_log(exp_dir, PREPARE)), ended_at=now_iso()))
         for job in jobs:
             write_state(exp_dir, LegState(
                 job.leg, Status.QUEUED, job_id=job.job_id, log=str(leg_log(exp_dir, job.leg)),
-                note=f"submitted as Slurm job {job.job_id}; {PREFLIGHT}"))
+                note=f"submitted as Slurm job {job.job_id}" + (
+                    ": the chain's first job, the legs wait for it" if job.leg == PREPARE and chain.prepare
+                    else f"; {PREFLIGHT}")))
     except OSError as e:
         try:
             cancel([j.job_id for j in jobs])
@@ -406,13 +496,13 @@ def follow(exp_dir: Path, echo: Callable[[str], None], poll_s: float = FOLLOW_PO
     said: set[str] = set()
     while True:
         d = open_dir(exp_dir)
-        for name in d.legs:
-            st = d.states.get(name)
+        for name in [PREPARE, *d.legs]:
+            st = d.prepare if name == PREPARE else d.states.get(name)
             if st is not None and st.status in ENDED_STATUSES and name not in said:
                 said.add(name)
                 echo(f"{name}: {st.status}" + (f" ({st.note})" if st.note else ""))
         refresh_report(d)
-        if not d.active:
+        if not d.active and not (d.prepare is not None and d.prepare.active):
             return
         time.sleep(poll_s)
 
@@ -427,6 +517,8 @@ def stop(exp_dir: Path, leg: str | None = None, grace_s: float | None = None, wa
     d = open_dir(exp_dir)
     names = d.legs[d.legs.index(leg):] if leg is not None else d.legs
     states = [d.states[n] for n in names if n in d.states and d.states[n].job_id]
+    if leg is None and d.prepare is not None and d.prepare.job_id:  # the chain's first job: the legs wait for it
+        states.insert(0, d.prepare)
     unknown = [f"leg {s.leg}: {s.note}" for s in states if s.status == Status.UNKNOWN]
     targets = [s for s in states if s.active]
     if not targets:
