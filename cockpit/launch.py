@@ -132,12 +132,22 @@ def plan_launch(
     return LaunchPlan(exp, run, skipped, torchrun_for(runtime), runtime.workdir, runtime)
 
 
-def check_gpus(legs: list[reg.Leg]) -> str | None:
-    """Why these legs cannot run on this machine's GPUs, or None. CPU legs need none."""
+def check_gpus(legs: list[reg.Leg], named: tuple[int, ...] | None = None) -> str | None:
+    """Why these legs cannot run on this machine's GPUs, or None. CPU legs need none. `named`:
+    the registry's gpus, the only ones legs run on: each must be one NVML shows (when it can
+    say), and together enough for the biggest leg."""
     need = max((leg.nproc_per_node for leg in legs if leg.device == "cuda"), default=0)
     if need == 0:
         return None
-    return gpus.shortfall(need, *gpus.visible_gpus())
+    visible, why = gpus.visible_gpus()
+    if named:
+        if visible is not None and (unseen := [i for i in named if i >= visible]):
+            return f"the registry's gpus name GPU {unseen[0]}, and NVML shows {visible} (0-{visible - 1})"
+        if len(named) < need:
+            return f"needs {need} GPUs, the registry's gpus name {len(named)}: {gpus.fmt_set(named)}"
+        if visible is None:
+            return None  # no NVML: the named GPUs are taken as they are (the supervisor says so)
+    return gpus.shortfall(need, visible, why)
 
 
 def _inside(path: Path, parent: Path) -> bool:
@@ -281,7 +291,7 @@ def launch_refusals(registry: reg.Registry, plan: LaunchPlan, exp_dir: Path) -> 
             out.append(f"{', '.join(map(str, missing))} missing, and a prepare step runs only before a local "
                        f"launch's legs: run `{shlex.join(prep.command(legs_python(plan)))}` once here (exp_root is "
                        "the nodes' too), then launch")
-    for why in (check_gpus(plan.legs) if plan.executor == "local" else None,
+    for why in (check_gpus(plan.legs, registry.settings.gpus) if plan.executor == "local" else None,
                 check_exp_root(registry.settings.exp_root), check_paths(registry, plan.legs, exp_dir, plan.cwd)):
         if why:
             out.append(why)
@@ -420,6 +430,9 @@ def plan_data(registry: reg.Registry, plan: LaunchPlan, exp_dir: Path, grace_s: 
         "tail": registry.settings.tail,  # the report's tail window: the supervisor's report.md uses it
         "stop_grace_s": grace_s,
         "gpu_idle": asdict(registry.settings.gpu_idle),
+        # legs side by side on disjoint GPU sets (the supervisor's queue), and the GPUs they may use
+        "max_parallel": plan.experiment.max_parallel,
+        "gpus": list(registry.settings.gpus) if registry.settings.gpus else None,
         # what the supervisor runs when a leg ends done or failed (placeholders filled then)
         "notify": ({"argv": list(registry.settings.notify), "timeout_s": registry.settings.notify_timeout_s}
                    if registry.settings.notify else None),
