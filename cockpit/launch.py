@@ -190,10 +190,11 @@ def check_paths(registry: reg.Registry, legs: list[reg.Leg], exp_dir: Path, cwd:
     return None
 
 
-def running_elsewhere(exp_root: Path | str, experiment: str) -> ExpDir | None:
-    """A dir of this experiment with a live queue or a live leg, if any."""
+def running_elsewhere(exp_root: Path | str, experiment: str, but: Path | None = None) -> ExpDir | None:
+    """A dir of this experiment with a live queue or a live leg, if any (`but` that dir)."""
     for d in discover(exp_root):
-        if d.experiment == experiment and (d.supervisor_alive or d.active):
+        if d.experiment == experiment and (d.supervisor_alive or d.active) and (
+                but is None or d.path.resolve() != but.resolve()):
             return d
     return None
 
@@ -244,11 +245,13 @@ def new_exp_dir(exp_root: Path | str, experiment_id: str, preferred: Path | None
 def format_command(leg: reg.Leg, exp_dir: Path | str, torchrun: str = "torchrun") -> str:
     """The leg's command, one flag per line as the resume guide's execution template writes it,
     its output going to the leg's log; a leg with repeats, one command per repeat."""
-    out = []
-    for name, _, argv in leg.runs(exp_dir, torchrun):
-        log = shlex.quote(str(Path(exp_dir) / f"{name}.log"))
-        out.append(" \\\n  ".join(flags.command_lines(argv)) + f" > {log} 2>&1")
-    return "\n".join(out)
+    return "\n".join(run_command(name, argv, exp_dir) for name, _, argv in leg.runs(exp_dir, torchrun))
+
+
+def run_command(name: str, argv: list[str], exp_dir: Path | str) -> str:
+    """One run's command (its argv, one flag per line), its output going to `<dir>/<name>.log`."""
+    log = shlex.quote(str(Path(exp_dir) / f"{name}.log"))
+    return " \\\n  ".join(flags.command_lines(argv)) + f" > {log} 2>&1"
 
 
 def check_exp_root(exp_root: Path) -> str | None:
@@ -262,10 +265,11 @@ def check_exp_root(exp_root: Path) -> str | None:
     return f"exp_root {exp_root} cannot be created: {why}" if why else None
 
 
-def launch_refusals(registry: reg.Registry, plan: LaunchPlan, exp_dir: Path) -> list[str]:
+def launch_refusals(registry: reg.Registry, plan: LaunchPlan, exp_dir: Path, into: bool = False) -> list[str]:
     """Every reason a launch of `plan` into `exp_dir` would be refused now ([] when none).
     Reads only: the dry run lists these, a real launch raises the first. On Slurm the GPUs are
-    the scheduler's to find (no preflight here); its commands and the batch scripts must work."""
+    the scheduler's to find (no preflight here); its commands and the batch scripts must work.
+    `into`: a continuation of the existing dir `exp_dir` (its own queue may run: they join it)."""
     out = []
     runtime = plan.runtime
     if runtime is not None and runtime.torchrun is not None:
@@ -297,9 +301,9 @@ def launch_refusals(registry: reg.Registry, plan: LaunchPlan, exp_dir: Path) -> 
             out.append(why)
     root = registry.settings.exp_root
     exp_id = plan.experiment.id
-    if (busy := running_elsewhere(root, exp_id)) is not None:
+    if (busy := running_elsewhere(root, exp_id, exp_dir if into else None)) is not None:
         out.append(f"'{exp_id}' is running in {busy.path}; stop it first: cockpit stop {busy.path}")
-    elif fsutil.lock_holders(lock_path(root, exp_id)):
+    elif not into and fsutil.lock_holders(lock_path(root, exp_id)):
         out.append(f"'{exp_id}' is being launched or run by another cockpit; stop it first")
     return out
 

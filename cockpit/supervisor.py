@@ -310,9 +310,13 @@ class Supervisor:
             self._prepare_ended(plan, prep)
         else:
             self._loop()
-        ok = all(s.status == Status.DONE for s in self.states.values())
+        ok = all(self._done(name) for name in self.specs)  # the dir's every run, not only this queue's
         self.record["status"] = "finished" if ok else "ended with legs not done"
         return 0 if ok else 1
+
+    def _done(self, name: str) -> bool:
+        st = self.states.get(name) or read_state(self.exp_dir, name)
+        return st is not None and st.status == Status.DONE
 
     def _loop(self) -> None:
         """Start what fits, watch what runs, until nothing is queued or running and no

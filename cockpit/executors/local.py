@@ -32,6 +32,7 @@ from cockpit.expdir import (
     now_iso,
     open_dir,
     plan_grace,
+    read_json,
     read_state,
     stop_request_path,
     supervisor_identity,
@@ -56,8 +57,9 @@ def start(exp_dir: Path, plan: dict, lock_fd: int, foreground: bool = False, gra
         spawn(exp_dir, lock_fd)
 
 
-def spawn(exp_dir: Path, lock_fd: int, wait_s: float = START_WAIT_S) -> None:
-    """Start the detached supervisor and wait until it has taken over (its record is written).
+def spawn(exp_dir: Path, lock_fd: int, wait_s: float = START_WAIT_S, continuation: int | None = None) -> None:
+    """Start the detached supervisor and wait until it has taken over (its record is written:
+    the record names its pid). `continuation`: it runs only what the dir's plan.<n>.json asks.
 
     It runs in its own session, and a thread here reaps it when it ends: the TUI launches and
     lives on, and must not collect <defunct> children. RunError when it cannot start.
@@ -71,8 +73,9 @@ def spawn(exp_dir: Path, lock_fd: int, wait_s: float = START_WAIT_S) -> None:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         here = str(Path(__file__).resolve().parents[2])  # `-m cockpit.supervisor` imports this cockpit
         env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH", "")) if p)
+        more = ["--continuation", str(continuation)] if continuation is not None else []
         proc = subprocess.Popen(
-            [sys.executable, "-m", "cockpit.supervisor", str(exp_dir), "--lock-fd", str(lock_fd)],
+            [sys.executable, "-m", "cockpit.supervisor", str(exp_dir), "--lock-fd", str(lock_fd), *more],
             stdin=subprocess.DEVNULL,
             stdout=log_fd,
             stderr=log_fd,
@@ -87,7 +90,7 @@ def spawn(exp_dir: Path, lock_fd: int, wait_s: float = START_WAIT_S) -> None:
     deadline = time.monotonic() + wait_s
     record = exp_dir / STATE_DIR / f"{SUPERVISOR}.json"
     while time.monotonic() < deadline:
-        if record.exists():
+        if _record_pid(record) == proc.pid:  # not an earlier supervisor's record of this dir
             return
         if proc.poll() is not None:
             tail = tail_lines(log_path, 1)
@@ -97,9 +100,18 @@ def spawn(exp_dir: Path, lock_fd: int, wait_s: float = START_WAIT_S) -> None:
     raise RunError(f"supervisor did not start within {wait_s:.0f}s (see {exp_dir}/state/supervisor.log)")
 
 
-def run_here(exp_dir: Path, lock_fd: int, grace_s: float | None = None) -> int:
-    """Run the dir's queue in this process, echoing its progress; its exit code (0: every leg done)."""
-    return Supervisor(exp_dir, lock_fd=lock_fd, echo=True, grace_s=grace_s).run()
+def _record_pid(record: Path) -> int | None:
+    try:
+        data = read_json(record)
+    except (OSError, ValueError, RecursionError):
+        return None  # not there yet (or being replaced)
+    return data.get("pid") if isinstance(data, dict) else None
+
+
+def run_here(exp_dir: Path, lock_fd: int, grace_s: float | None = None, continuation: int | None = None) -> int:
+    """Run the dir's queue in this process, echoing its progress; its exit code (0: every leg done).
+    `continuation`: only what the dir's plan.<n>.json asks."""
+    return Supervisor(exp_dir, lock_fd=lock_fd, echo=True, grace_s=grace_s, continuation=continuation).run()
 
 
 def stop(exp_dir: Path, leg: str | None = None, grace_s: float = STOP_GRACE_S, wait_s: float | None = None) -> None:
