@@ -244,7 +244,7 @@ def read_plan(exp_dir: Path | str, problems: list[str] | None = None) -> Any:
         name = continuation_path(exp_dir, n).name
         try:
             cont = read_json(continuation_path(exp_dir, n), PLAN_MAX_BYTES)
-            why = _continuation_problem(cont, plan.get("experiment"), names)
+            why = _continuation_problem(cont, plan, names)
         except (OSError, ValueError, RecursionError) as e:
             why = f"unreadable: {describe(e)}"
         if why is not None:
@@ -268,19 +268,19 @@ def continuation_numbers(exp_dir: Path | str) -> list[int]:
     return sorted(int(m.group(1)) for m in map(CONTINUATION.match, names) if m)
 
 
-def _continuation_problem(cont: Any, experiment: Any, names: set) -> str | None:
+def _continuation_problem(cont: Any, plan: dict, names: set) -> str | None:
     """Why a continuation file cannot be taken (one line), or None: it must continue the dir's
-    experiment, add runs with names a file can have and argv lists, none the dir has, and ask
-    again only for runs the dir has."""
+    experiment, add runs with names a file can have (not the supervisor's, not the prepare
+    step's) and argv lists, none the dir has, and ask again only for runs the dir has."""
     if not isinstance(cont, dict) or not isinstance(cont.get("legs"), list):
         return "not a continuation (no list of legs)"
-    if cont.get("continues") != experiment:
+    if cont.get("continues") != plan.get("experiment"):
         return f"continues {safetext.oneline(repr(cont.get('continues')))[:60]}, not this dir's experiment"
     added = set()
     for spec in cont["legs"]:
         name = spec.get("name") if isinstance(spec, dict) else None
         argv = spec.get("argv") if isinstance(spec, dict) else None
-        if not leg_name_ok(name) or name == SUPERVISOR:
+        if not leg_name_ok(name) or name == SUPERVISOR or (name == reg.PREPARE and plan.get("prepare")):
             return f"names a run no file can be named after: {safetext.oneline(repr(name))[:60]}"
         if name in names or name in added:
             return f"adds run {name}, which the dir has already"

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import signal
 from pathlib import Path
 
 import pytest
 from conftest import (
     REPO,
     cockpit,
+    hold_supervisor_lock,
     kill_leftovers,
     log_lines,
     make_app,
@@ -25,7 +27,7 @@ from conftest import (
     write_registry,
 )
 
-from cockpit import continuation, expdir, launch, provenance, report
+from cockpit import continuation, expdir, launch, provenance, report, supervisor
 from cockpit import registry as reg
 from cockpit.expdir import LegState, RunError, write_state
 
@@ -120,8 +122,13 @@ def test_a_bad_continuation_file_is_left_out_and_said(tmp_path):
     (d / "plan.1.json").write_text(json.dumps({"continues": "fake", "legs": [{"name": "a", "argv": ["x"]}]}))
     (d / "plan.2.json").write_text("{not json")
     (d / "plan.3.json").write_text(json.dumps({"continues": "other", "legs": []}))
+    (d / "plan.4.json").write_text(json.dumps({"continues": "fake", "legs": [{"name": "supervisor", "argv": ["x"]}]}))
     opened = expdir.open_dir(d)
     assert opened.legs == ["a"]
+    assert "plan.4.json: names a run no file can be named after: 'supervisor'" in opened.problem
+    # the dir's supervisor runs what it can, and says what it left out
+    sup = supervisor.Supervisor(d, echo=True)
+    assert sup._first_runs(expdir.read_plan(d, [])) == ["a"]
     assert "plan.1.json: adds run a, which the dir has already" in opened.problem
     assert "plan.2.json: unreadable" in opened.problem and "plan.3.json: continues 'other'" in opened.problem
     with pytest.raises(ValueError, match="plan.1.json: adds run a"):
@@ -187,6 +194,29 @@ def test_dry_run_into_says_what_would_run_and_writes_nothing(tmp_path):
     assert "# b: planned in the dir, never started: runs as planned there" in out and "--model-tag b" in out
     assert "# leg c" in out and "--model-tag c" in out and f"# skip a: done in {d}" in out
     assert sorted(p.name for p in d.rglob("*")) == before
+
+
+def test_a_live_supervisor_that_does_not_take_it_in_time_is_said_and_foreground_is_refused(tmp_path,
+                                                                                           monkeypatch):
+    path = _registry(tmp_path)
+    registry = reg.load(path)
+    d = _planned(path, ["a"])
+    _state(d, "a", "done")
+    (d / "state" / "supervisor.json").write_text(json.dumps(hold_supervisor_lock(d)))  # this process: alive
+    with pytest.raises(RunError, match=r"supervisor \(pid \d+\) runs its queue: the legs join it there; "
+                                       "leave out --foreground"):
+        continuation.start(registry, "fake", d, foreground=True)
+    assert expdir.continuation_numbers(d) == []
+    asked = []
+    old = signal.signal(signal.SIGUSR1, lambda *a: asked.append(1))  # what the supervisor hears
+    monkeypatch.setattr(continuation, "JOIN_WAIT_S", 0.3)
+    try:
+        out = continuation.start(registry, "fake", d)
+    finally:
+        signal.signal(signal.SIGUSR1, old)
+    assert asked and out.joined is None and out.runs == ["b", "c"]
+    assert out.note.startswith("recorded in plan.1.json; the dir's supervisor (pid ")
+    assert continuation.runs_text(out).startswith("b, c: recorded in plan.1.json;")
 
 
 # ----------------------------------------------------------------------------------------------
