@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pynvml
 import pytest
-from conftest import REPO, alive, cockpit, kill_leftovers, tree_of, wait_for, write_registry
+from conftest import REPO, alive, cockpit, kill_leftovers, make_dir, tree_of, wait_for, write_registry
 from fake_nvml import FakeNVML
 
-from cockpit import expdir, gpus, launch, resume, supervisor
+from cockpit import expdir, gpus, launch, procs, resume, supervisor
 from cockpit import registry as reg
 from cockpit.expdir import LegState
 from cockpit.vocab import Mark
@@ -208,6 +208,25 @@ def test_a_state_with_garbage_for_gpus_is_not_a_state():
     assert LegState.from_dict({"leg": "a", "status": "running", "gpus": [0, 1]}).gpus == [0, 1]
     for bad in ("0,1", [0, "1"], [-1], [True]):
         assert LegState.from_dict({"leg": "a", "status": "running", "gpus": bad}) is None, bad
+
+
+def test_orphaned_side_by_side_legs_are_stopped_together(tmp_path, monkeypatch):
+    """Their supervisor gone, the legs that ran side by side are each stopped in their own thread:
+    every one is in its grace period at once (a barrier both must reach), each proven first."""
+    d = make_dir(tmp_path / "exp", "20260224_190000_e", {"a": ("running", None), "b": ("running", None)})
+    both = threading.Barrier(2, timeout=20)
+    real = procs.terminate
+
+    def terminate(root, grace_s, waiter=None):
+        both.wait()  # a stop one leg after the other never gets here twice at once
+        return real(root, grace_s, waiter)
+
+    monkeypatch.setattr(procs, "terminate", terminate)
+    legs = [(st.pid, st.create_time) for st in (expdir.read_state(d, n) for n in "ab")]
+    assert all(procs.alive(*leg) for leg in legs)
+    after = launch.stop(d, grace_s=0.5)
+    assert [after.states[n].status for n in "ab"] == ["stopped", "stopped"]
+    assert not any(procs.alive(*leg) for leg in legs)
 
 
 # ----------------------------------------------------------------------------------------------

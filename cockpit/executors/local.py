@@ -18,6 +18,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from cockpit.expdir import (
     STATE_DIR,
     STOP_GRACE_S,
     SUPERVISOR,
+    LegState,
     RunError,
     describe,
     leg_env,
@@ -156,7 +158,10 @@ def stop(exp_dir: Path, leg: str | None = None, grace_s: float = STOP_GRACE_S, w
         if unproven:
             raise RunError(f"nothing stopped in {exp_dir}: " + "; ".join(unproven))
         raise RunError(f"nothing running in {exp_dir}")
-    # no supervisor: the legs still alive are orphans; stop them here, if proven theirs
+    # no supervisor: the legs still alive are orphans; stop them here, if proven theirs, each in
+    # its own thread (legs that ran side by side stop within one grace period, not one per leg)
+    stoppers: list[threading.Thread] = []
+    ended: list[LegState] = []
     for name in targets:
         st = read_state(exp_dir, name)
         if st is None or not st.active:
@@ -165,14 +170,29 @@ def stop(exp_dir: Path, leg: str | None = None, grace_s: float = STOP_GRACE_S, w
             ident = procs.identify(st.pid, st.create_time, d.expect(name))
             if ident.verdict == procs.UNPROVEN:
                 continue  # reconciled as unknown a moment ago; said by the caller from the state
-            if ident.alive and ident.process is not None:
-                procs.terminate(ident.process, grace_s)
-            procs.terminate_all(procs.marked(leg_env(exp_dir, name)), grace_s)  # workers torchrun left
+            stoppers.append(threading.Thread(target=_stop_orphan, args=(exp_dir, name, ident, grace_s), daemon=True))
+            stoppers[-1].start()
             st.note = "stopped by request (supervisor gone; exit code unknown)"
         else:
             st.note = "stopped by request before it started (supervisor gone)"
         st.status, st.ended_at, st.exit_code, st.exit_code_known = Status.STOPPED, now_iso(), None, False
-        try:
-            write_state(exp_dir, st)
-        except OSError as e:
-            raise RunError(f"leg {name} stopped, but its state could not be recorded: {describe(e)}") from None
+        ended.append(st)
+    for t in stoppers:
+        t.join()
+    for st in ended:
+        _record_stopped(exp_dir, st)
+
+
+def _stop_orphan(exp_dir: Path, name: str, ident: procs.Identity, grace_s: float) -> None:
+    """SIGTERM a proven orphan leg's torchrun, the grace period, SIGKILL what is left of its tree,
+    then every process still carrying its marker (workers torchrun left)."""
+    if ident.alive and ident.process is not None:
+        procs.terminate(ident.process, grace_s)
+    procs.terminate_all(procs.marked(leg_env(exp_dir, name)), grace_s)
+
+
+def _record_stopped(exp_dir: Path, st: LegState) -> None:
+    try:
+        write_state(exp_dir, st)
+    except OSError as e:
+        raise RunError(f"leg {st.leg} stopped, but its state could not be recorded: {describe(e)}") from None
