@@ -345,6 +345,10 @@ def dry_run_text(registry: reg.Registry, plan: LaunchPlan) -> str:
         except SlurmError:
             pass  # said above, as a refusal
         return "\n".join(out)
+    if (n := plan.experiment.max_parallel) > 1 and len(plan.legs) > 1:
+        named = f" of {gpus.fmt_set(registry.settings.gpus)}" if registry.settings.gpus else ""
+        out.append(f"# up to {n} legs at once, side by side: each on idle GPUs{named} no other leg holds "
+                   "(CUDA_VISIBLE_DEVICES set per leg), in this order")
     if (prep := plan.experiment.prepare) is not None:
         out += ["", prepare_text(prep, plan)]
     if registry.settings.notify:

@@ -335,8 +335,8 @@ class Supervisor:
     # ------------------------------------------------------------------------------------------
     def _take_continuations(self, force: bool = False) -> bool:
         """Queue the runs of continuations recorded since we last looked (`plan.<n>.json`, see
-        launch.continue_into): about once a second, at once on SIGUSR1, always before ending.
-        True when a run was queued."""
+        continuation.py): about once a second, at once on SIGUSR1, always before ending; the
+        record lists each taken. True when a run was queued."""
         if not (force or self._look_now or time.monotonic() - self._looked >= 1.0):
             return False
         self._looked, self._look_now = time.monotonic(), False

@@ -70,6 +70,17 @@ def test_the_plan_records_max_parallel_and_gpus(tmp_path):
     assert (data["max_parallel"], data["gpus"]) == (3, [1, 2])
 
 
+def test_the_dry_run_says_legs_run_side_by_side(tmp_path):
+    path = write_registry(tmp_path, {"a": 'model-tag = "a"', "b": 'model-tag = "b"'},
+                          extra_project="max_parallel = 2\ngpus = [2, 3]")
+    registry = reg.load(path)
+    text = launch.dry_run_text(registry, launch.plan_launch(registry, "fake"))
+    assert ("# up to 2 legs at once, side by side: each on idle GPUs of 2,3 no other leg holds "
+            "(CUDA_VISIBLE_DEVICES set per leg), in this order") in text
+    one = reg.load(write_registry(tmp_path, {"a": 'model-tag = "a"', "b": 'model-tag = "b"'}, name="one.toml"))
+    assert "side by side" not in launch.dry_run_text(one, launch.plan_launch(one, "fake"))
+
+
 def test_a_launch_refuses_registry_gpus_that_are_not_there_or_too_few(tmp_path, monkeypatch):
     path = write_registry(tmp_path, {"a": 'model-tag = "a"'}, device="cuda", nproc=2, extra_project="gpus = [0, 9]")
     legs = list(reg.load(path).experiment("fake").legs)
