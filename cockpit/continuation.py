@@ -97,7 +97,8 @@ def plan_continue(registry: reg.Registry, exp_id: str, exp_dir: Path | str, legs
     base = launch.plan_launch(registry, exp_id, legs, rerun)
     new: list[reg.Leg] = []
     again: list[str] = []
-    skipped = list(base.skipped)
+    here = f"done in {d.path}; a continuation never runs it there again"
+    skipped = [(name, here if why.startswith(f"done in {d.path};") else why) for name, why in base.skipped]
     for leg in base.legs:
         runs = leg.run_names()
         planned = [r for r in runs if r in d.legs]
@@ -105,7 +106,7 @@ def plan_continue(registry: reg.Registry, exp_id: str, exp_dir: Path | str, legs
             new.append(leg)
             continue
         if d.leg_done(leg.name):
-            skipped.append((leg.name, f"done in {d.path}; a continuation never runs it there again"))
+            skipped.append((leg.name, here))
             continue
         todo = [r for r in planned if d.never_started(r)]
         again += todo

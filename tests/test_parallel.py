@@ -321,10 +321,10 @@ def test_a_failure_stops_the_queue_and_the_leg_beside_it_ends_as_it_would(tmp_pa
         wait_for(lambda: (st := expdir.read_state(exp_dir, "b")) and st.status == "failed", timeout=60, what="b failed")
         (exp_dir / "go").touch()
 
-    helper = threading.Thread(target=go_once_b_failed, daemon=True)
-    helper.start()
+    opener = threading.Thread(target=go_once_b_failed, daemon=True)
+    opener.start()
     assert sup.run() == 1
-    helper.join()
+    opener.join()
     d = expdir.open_dir(exp_dir)
     assert [d.states[n].status for n in "abc"] == ["done", "failed", "stopped"]
     assert d.states["c"].note == "queue stopped after b failed (on_failure = stop)"
