@@ -24,6 +24,7 @@ from conftest import (
     select,
     until,
     wait_for,
+    write_dir,
     write_registry,
 )
 
@@ -274,24 +275,30 @@ def test_an_ended_dir_runs_its_never_started_runs_under_a_new_supervisor(tmp_pat
     assert json.loads((d / "state" / "supervisor.json").read_text())["status"] == "ended with legs not done"
 
 
-@pytest.mark.slow
-async def test_L_after_l_offers_to_continue_in_the_same_dir(tmp_path, checkout):
+async def test_L_after_l_offers_to_continue_in_the_same_dir(tmp_path, monkeypatch):
+    """The dir `l` made runs leg a (its supervisor alive): `L` offers `Continue in dir [c]`
+    beside the fresh launch, naming what it runs there and skips; `c` continues that dir."""
     from cockpit.tui.confirm import ConfirmScreen
     from cockpit.tui.experiments import Selection
 
-    path = _registry(tmp_path, {"a": 'model-tag = "a", wait-for = "{exp_dir}/go"', "b": 'model-tag = "b"'})
+    path = _registry(tmp_path, {"a": 'model-tag = "a"', "b": 'model-tag = "b"'})
+    d = write_dir(tmp_path / "exp", "20260224_190000_fake", "fake", {"a": ("running", log_lines(3, 4, finished=False))},
+                  supervisor_alive=True)
+    asked = []
+
+    def start(registry, exp_id, exp_dir, *a, **kw):
+        asked.append((exp_id, Path(exp_dir)))
+        return continuation.Outcome(Path(exp_dir), 1, ["b"], joined=4242)
+
+    monkeypatch.setattr(continuation, "start", start)
     app = make_app(path)
     async with app.run_test(size=(160, 48)) as pilot:
         await ready(pilot, app)
-        await select(pilot, app, Selection("leg", "fake", "a"))
+        await select(pilot, app, Selection("leg", "fake", "b"))
         await pilot.press("l")
         await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="confirm l")
         assert "Continue in dir" not in screen_text(app)  # `l` launches one leg in a fresh dir
-        await pilot.press("y")
-        d = await until(pilot, lambda: next(iter(expdir.discover(tmp_path / "exp")), None), what="a's dir")
-        d = d.path
-        await until(pilot, lambda: (st := expdir.read_state(d, "a")) and st.status == "running", timeout=60,
-                    what="a running")
+        await pilot.press("n")
         await select(pilot, app, Selection("experiment", "fake"))
         await pilot.press("L")
         screen = await until(pilot, lambda: isinstance(app.screen, ConfirmScreen) and app.screen, what="confirm L")
@@ -301,9 +308,15 @@ async def test_L_after_l_offers_to_continue_in_the_same_dir(tmp_path, checkout):
         await until(pilot, lambda: "Launch [y]" in screen_text(app) and "Continue in dir [c]" in screen_text(app),
                     what="both choices shown with their keys")
         await pilot.press("c")
-        await until(pilot, lambda: any(f"b: joined the queue of {d}'s supervisor" in m for m in notes(app)),
-                    timeout=30, what="the joined note")
-        (d / "go").touch()
-        await until(pilot, lambda: (st := expdir.read_state(d, "b")) and st.status == "done", timeout=60,
-                    what="b done in a's dir")
-    assert [p.name for p in (tmp_path / "exp").iterdir() if not p.name.startswith(".")] == [d.name]
+        await until(pilot, lambda: any(f"b: joined the queue of {d}'s supervisor (pid 4242)" in m for m in notes(app)),
+                    what="the joined note")
+    assert asked == [("fake", d)]
+
+
+def test_no_dir_to_continue_when_the_newest_has_nothing_left(tmp_path):
+    path = _registry(tmp_path, {"a": 'model-tag = "a"', "b": 'model-tag = "b"'})
+    assert continuation.candidate(reg.load(path), "fake") is None  # no dir yet
+    d = _planned(path, ["a", "b"])
+    _state(d, "a", "done")
+    _state(d, "b", "failed")  # it started: a fresh dir runs it again
+    assert continuation.candidate(reg.load(path), "fake") is None
