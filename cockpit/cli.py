@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TextIO
 
-from cockpit import expdir, fsutil, gpus, launch, report, resume, safetext
+from cockpit import continuation, expdir, fsutil, gpus, launch, report, resume, safetext
 from cockpit import registry as reg
 from cockpit.executors import slurm
 from cockpit.expdir import RunError
@@ -88,10 +88,14 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 def cmd_launch(args: argparse.Namespace) -> int:
     """Run an experiment's legs in a fresh dir <exp_root>/<YYYYmmdd_HHMMSS>_<experiment>/, through a
-    detached supervisor (closing the terminal never touches a leg). Legs done here or recorded in
-    the registry are skipped unless --rerun; whatever the machine or the paths refuse is one line."""
+    detached supervisor (closing the terminal never touches a leg), or with --into DIR in a dir it
+    ran in before (recorded as DIR/plan.<n>.json; a run that started there is never started again
+    there). Legs done here or recorded in the registry are skipped unless --rerun; whatever the
+    machine or the paths refuse is one line."""
     registry = load_registry(args)
     legs = [n.strip() for n in args.legs.split(",") if n.strip()] if args.legs else None
+    if args.into is not None:
+        return _launch_into(args, registry, legs)
     try:
         plan = launch.plan_launch(registry, args.experiment, legs, args.rerun)
         if args.dry_run:
@@ -122,6 +126,35 @@ def cmd_launch(args: argparse.Namespace) -> int:
         say(f"{name}: {st.status if st else 'not run'}" + (f" ({st.note})" if failed else ""))
     say(str(exp_dir))
     return 0 if all(s.status == Status.DONE for s in d.states.values()) else 1
+
+
+def _launch_into(args: argparse.Namespace, registry: reg.Registry, legs: list[str] | None) -> int:
+    """`cockpit launch EXP --into DIR`: the experiment's remaining legs run in DIR (see continuation)."""
+    if not args.into.strip():
+        raise UsageError("--into: no dir given (an empty name): give a dir of the experiment under exp_root")
+    try:
+        exp_dir = expdir.find_dir(registry.settings.exp_root, args.into)
+        if args.dry_run:
+            say(continuation.dry_run_text(registry, continuation.plan_continue(
+                registry, args.experiment, exp_dir, legs, args.rerun)))
+            return 0
+        cont = continuation.plan_continue(registry, args.experiment, exp_dir, legs, args.rerun)
+        for name, why in cont.skipped:
+            say(f"skip {name}: {why}")
+        out = continuation.start(registry, args.experiment, exp_dir, legs, args.rerun, foreground=args.foreground)
+    except RunError as e:
+        raise UsageError(str(e)) from None
+    if out is None:
+        say(f"nothing to run in {exp_dir}")
+        return 0
+    if args.foreground:
+        for name, status in continuation.run_statuses(exp_dir, out.runs):
+            say(f"{name}: {status}")
+        say(str(exp_dir))
+        return out.exit_code or 0
+    say(continuation.runs_text(out))
+    say(str(exp_dir))
+    return 0
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
@@ -282,6 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rerun", action="store_true", help="run legs that are done or recorded, again")
     p.add_argument("--dry-run", action="store_true", help="print the exact commands; write nothing")
     p.add_argument("--foreground", action="store_true", help="run the supervisor in this process")
+    p.add_argument("--into", metavar="DIR", help="continue this dir of the experiment (its legs not run there "
+                   "yet; they join its queue when it runs) rather than a fresh dir")
     p = command("stop", cmd_stop, "stop a running leg, or a dir's whole queue")
     p.add_argument("target", metavar="DIR|EXPERIMENT", help="an experiment dir, or an experiment id (its newest dir)")
     p.add_argument("leg", nargs="?", help="only this leg (the queue goes on with the next)")

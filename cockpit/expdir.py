@@ -4,11 +4,15 @@ An experiment dir is the one place a launch writes to:
 
     <exp_root>/<YYYYmmdd_HHMMSS>_<experiment>/
         plan.json             written once at launch: every leg's argv, the registry, git, host
+        plan.<n>.json         written once by the n-th continuation of the dir (`launch --into`):
+                              the runs it adds, the dir's runs it asks to run now, its own git
         <leg>.log             the leg's combined torchrun output (the supervisor is not in the path)
         ckpt_root/            the legs' --checkpoint-root
         state/<leg>.json      status, pids, times, exit code (written atomically)
         state/<leg>.stop      a request to stop the leg (`cockpit stop DIR LEG`)
         state/supervisor.*    the supervisor's own record, log and lock
+        state/.plan.lock      held while a continuation is recorded, and while the supervisor
+                              decides to end (so a continuation is either taken or sees it ended)
         report.md             regenerated after every leg
 
 Every client (the CLI, the TUI, the supervisor starting over) reads the same files and reconciles
@@ -30,6 +34,7 @@ import datetime as dt
 import json
 import os
 import re
+import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -89,6 +94,7 @@ class LegState:
     nodes: str | None = None  # the Slurm node list it holds or held ("n[1-2]")
     elapsed_s: int | None = None  # its run time so far, as the scheduler counts it
     forgotten_at: str | None = None  # when the scheduler was found not to know its job (outcome read from the log)
+    gpus: list[int] | None = None  # the GPUs (NVML indices) it runs or ran on; None: a CPU leg, or not placed yet
 
     @property
     def active(self) -> bool:
@@ -115,6 +121,7 @@ class LegState:
             and (st.nodes is None or isinstance(st.nodes, str))
             and (st.elapsed_s is None or _is_int(st.elapsed_s))
             and (st.forgotten_at is None or isinstance(st.forgotten_at, str))
+            and (st.gpus is None or (isinstance(st.gpus, list) and all(_is_int(v) and v >= 0 for v in st.gpus)))
         )
         return st if ok else None
 
@@ -194,6 +201,102 @@ def try_lock(path: Path, held_message: str, root: Path | str | None = None) -> i
     if fd is None:
         raise RunError(held_message)
     return fd
+
+
+PLAN_LOCK = ".plan.lock"  # state/.plan.lock: no leg's (a leg name never starts with '.')
+CONTINUATION = re.compile(r"^plan\.([1-9][0-9]{0,5})\.json$")  # plan.<n>.json, n = 1, 2, ...
+
+
+def continuation_path(exp_dir: Path | str, n: int) -> Path:
+    """`<dir>/plan.<n>.json`: what the n-th continuation of the dir recorded."""
+    return Path(exp_dir) / f"plan.{n}.json"
+
+
+def plan_lock(exp_dir: Path | str, wait_s: float = 30.0) -> int:
+    """Take the dir's `state/.plan.lock`, waiting up to wait_s for whoever holds it (a
+    continuation being recorded, a supervisor deciding to end: both brief); its fd, or RunError."""
+    path = Path(exp_dir) / STATE_DIR / PLAN_LOCK
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            fd = fsutil.try_lock(path, exp_dir)
+        except OSError as e:
+            raise RunError(f"cannot take the lock {path}: {describe(e)}") from None
+        if fd is not None:
+            return fd
+        if time.monotonic() >= deadline:
+            raise RunError(f"{path} is held by another process for more than {wait_s:.0f}s")
+        time.sleep(0.05)
+
+
+def read_plan(exp_dir: Path | str, problems: list[str] | None = None) -> Any:
+    """A dir's plan as every reader sees it: plan.json, with the runs of each continuation
+    (`plan.<n>.json`, in order of n) after its own, and `continuations`: per continuation its
+    n, file, time, and the runs it added and asked to run again. plan.json's other keys are
+    kept as they are. OSError or ValueError when plan.json cannot be read; a continuation that
+    cannot be read, or names a run the dir has already, is left out: said in `problems` when
+    given, else raised as ValueError."""
+    exp_dir = Path(exp_dir)
+    plan = read_json(exp_dir / "plan.json", PLAN_MAX_BYTES)
+    if not isinstance(plan, dict) or not isinstance(plan.get("legs"), list):
+        return plan  # not a plan: each reader says so in its own words
+    found = continuation_numbers(exp_dir)
+    if not found:
+        return plan
+    legs = list(plan["legs"])
+    names = {x.get("name") for x in legs if isinstance(x, dict)}
+    record = []
+    for n in found:
+        name = continuation_path(exp_dir, n).name
+        try:
+            cont = read_json(continuation_path(exp_dir, n), PLAN_MAX_BYTES)
+            why = _continuation_problem(cont, plan, names)
+        except (OSError, ValueError, RecursionError) as e:
+            why = f"unreadable: {describe(e)}"
+        if why is not None:
+            if problems is None:
+                raise ValueError(f"{name}: {why}")
+            problems.append(f"{name}: {why}")
+            continue
+        legs += cont["legs"]
+        names |= {x["name"] for x in cont["legs"]}
+        record.append({"n": n, "file": name, "created_at": cont.get("created_at"),
+                       "legs": [x["name"] for x in cont["legs"]], "again": list(cont.get("again") or [])})
+    return {**plan, "legs": legs, "continuations": record}
+
+
+def continuation_numbers(exp_dir: Path | str) -> list[int]:
+    """The n of every `plan.<n>.json` in the dir, in order (the dir unreadable: none)."""
+    try:
+        names = os.listdir(exp_dir)
+    except OSError:
+        return []
+    return sorted(int(m.group(1)) for m in map(CONTINUATION.match, names) if m)
+
+
+def _continuation_problem(cont: Any, plan: dict, names: set) -> str | None:
+    """Why a continuation file cannot be taken (one line), or None: it must continue the dir's
+    experiment, add runs with names a file can have (not the supervisor's, not the prepare
+    step's) and argv lists, none the dir has, and ask again only for runs the dir has."""
+    if not isinstance(cont, dict) or not isinstance(cont.get("legs"), list):
+        return "not a continuation (no list of legs)"
+    if cont.get("continues") != plan.get("experiment"):
+        return f"continues {safetext.oneline(repr(cont.get('continues')))[:60]}, not this dir's experiment"
+    added = set()
+    for spec in cont["legs"]:
+        name = spec.get("name") if isinstance(spec, dict) else None
+        argv = spec.get("argv") if isinstance(spec, dict) else None
+        if not leg_name_ok(name) or name == SUPERVISOR or (name == reg.PREPARE and plan.get("prepare")):
+            return f"names a run no file can be named after: {safetext.oneline(repr(name))[:60]}"
+        if name in names or name in added:
+            return f"adds run {name}, which the dir has already"
+        if not (isinstance(argv, list) and argv and all(isinstance(a, str) and "\x00" not in a for a in argv)):
+            return f"run {name}: argv is not a list of strings"
+        added.add(name)
+    again = cont.get("again") or []
+    if not (isinstance(again, list) and all(isinstance(a, str) and a in names for a in again)):
+        return "asks again for runs the dir does not have"
+    return None
 
 
 
@@ -347,6 +450,15 @@ class ExpDir:
             return st.status == Status.DONE
         return (self.plan is None or by_log) and log_outcome(self.log(run))[0] == RunStatus.COMPLETED
 
+    def never_started(self, run: str) -> bool:
+        """Is a planned run of this dir still to run here: no process was ever started for it
+        (no pid, no job, no log: it was stopped or failed before it started, or never reached),
+        and nothing has it queued now."""
+        st = self.states.get(run)
+        if st is not None and (st.active or st.pid is not None or st.job_id is not None):
+            return False
+        return not os.path.lexists(self.log(run))
+
     def leg_done(self, leg: str, by_log: bool = False) -> bool:
         """Did a registry leg finish here: it ran here, and every one of its runs is done (see run_done)."""
         runs = self.runs(leg)
@@ -395,7 +507,7 @@ def open_dir(path: Path | str) -> ExpDir:
     plan = None
     if os.path.lexists(path / "plan.json"):
         try:
-            plan = read_json(path / "plan.json", PLAN_MAX_BYTES)
+            plan = read_plan(path, problems)
         except (OSError, ValueError, RecursionError) as e:
             problems.append(f"plan.json unreadable: {describe(e)}")
         if plan is not None and (why := _plan_problem(plan)):
@@ -486,6 +598,11 @@ def _reconcile_prepare(exp_dir: Path, st: LegState, supervisor_alive: bool) -> L
         return st
     st.status, st.note = Status.STOPPED, "supervisor gone while it prepared"
     return st
+
+
+def gpus_text(st: LegState | None) -> str:
+    """` on GPUs 2,3` for a leg the supervisor placed on GPUs; "" for a CPU leg or one not placed."""
+    return f" on GPUs {','.join(map(str, st.gpus))}" if st is not None and st.gpus else ""
 
 
 def job_text(st: LegState) -> str:

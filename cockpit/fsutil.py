@@ -223,6 +223,33 @@ def atomic_write_json(path: os.PathLike | str, obj: Any, root: os.PathLike | str
     atomic_write(path, json.dumps(obj, indent=2, default=str) + "\n", root)
 
 
+def publish_new(path: os.PathLike | str, data: str | bytes, root: os.PathLike | str | None = None) -> None:
+    """Write `data` as the new file `path`, whole or not at all: a temp file beside it, synced,
+    then linked to `path` (FileExistsError when anything is there: never over an existing
+    entry), the temp removed. A reader finds no file, or the whole one."""
+    path = Path(os.path.abspath(path))
+    if not name_fits(path.name):
+        raise UnsafePath(path, f"file name longer than {NAME_MAX} bytes", errno.ENAMETOOLONG)
+    dfd = open_dir(path.parent, root, create=True)
+    try:
+        tmp, fd = _temp_in(dfd, path.name)
+        try:
+            try:
+                os.set_blocking(fd, True)
+                _write_all(fd, data.encode("utf-8") if isinstance(data, str) else data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.link(tmp, path.name, src_dir_fd=dfd, dst_dir_fd=dfd, follow_symlinks=False)
+        finally:
+            try:
+                os.unlink(tmp, dir_fd=dfd)
+            except OSError:
+                pass
+    finally:
+        os.close(dfd)
+
+
 class StagedFiles:
     """Several files written as temps beside their targets, renamed into place together.
 

@@ -251,24 +251,72 @@ def preflight(snap: Snapshot, indices: list[int], max_util_pct: float, max_mem_m
     if not snap.available:
         return None, f"NVML unavailable: {snap.reason}"
     by_index = {g.index: g for g in snap.gpus}
-    busy = []
-    for i in indices:
-        g = by_index.get(i)
-        if g is None:
-            busy.append(f"GPU {i} not visible")
-            continue
-        why = []
-        if g.util_pct is not None and g.util_pct > max_util_pct:
-            why.append(f"util {g.util_pct:.0f}% > {max_util_pct:g}%")
-        if g.mem_used_mib is not None and g.mem_used_mib > max_mem_mib:
-            why.append(f"mem {g.mem_used_mib:.0f} MiB > {max_mem_mib:g} MiB")
-        if g.pids:
-            why.append(f"processes {','.join(map(str, g.pids[:4]))}")
-        if why:
-            busy.append(f"GPU {i} busy: " + ", ".join(why))
+    busy = [why for i in indices if (why := _busy(by_index.get(i), i, max_util_pct, max_mem_mib))]
     if busy:
         return False, "; ".join(busy)
-    return True, f"GPUs {','.join(map(str, indices))} idle"
+    return True, f"GPUs {fmt_set(indices)} idle"
+
+
+def _busy(g: GpuInfo | None, index: int, max_util_pct: float, max_mem_mib: float) -> str | None:
+    """Why GPU `index` is not idle (`GPU 1 busy: util 93% > 5%`), or None when it is."""
+    if g is None:
+        return f"GPU {index} not visible"
+    why = []
+    if g.util_pct is not None and g.util_pct > max_util_pct:
+        why.append(f"util {g.util_pct:.0f}% > {max_util_pct:g}%")
+    if g.mem_used_mib is not None and g.mem_used_mib > max_mem_mib:
+        why.append(f"mem {g.mem_used_mib:.0f} MiB > {max_mem_mib:g} MiB")
+    if g.pids:
+        why.append(f"processes {','.join(map(str, g.pids[:4]))}")
+    return f"GPU {index} busy: " + ", ".join(why) if why else None
+
+
+def fmt_set(indices: list[int] | tuple[int, ...]) -> str:
+    """A set of GPUs as CUDA_VISIBLE_DEVICES and the screen write it: `0,1`."""
+    return ",".join(map(str, indices))
+
+
+def gpu_pool(named: list[int] | tuple[int, ...] | None, snap: Snapshot,
+             env: dict[str, str] | None = None) -> tuple[list[int] | None, str]:
+    """The GPUs (NVML indices) legs may be placed on side by side, and where that set comes
+    from: the registry's `gpus`, else CUDA_VISIBLE_DEVICES when it names GPUs by index, else
+    every GPU NVML shows. (None, why) when no such set can be known: CUDA_VISIBLE_DEVICES names
+    GPUs otherwise (UUIDs, MIG), or NVML is unavailable and the registry names none."""
+    if named:
+        return list(named), "the registry's gpus"
+    env = os.environ if env is None else env
+    cvd = env.get("CUDA_VISIBLE_DEVICES", "").strip()
+    if cvd:
+        parts = [p.strip() for p in cvd.split(",") if p.strip()]
+        if not all(p.isdigit() for p in parts):
+            return None, "CUDA_VISIBLE_DEVICES names GPUs other than by index"
+        return list(dict.fromkeys(int(p) for p in parts)), "the GPUs CUDA_VISIBLE_DEVICES names"
+    if not snap.available:
+        return None, f"NVML unavailable ({snap.reason}) and the registry names no gpus"
+    return [g.index for g in snap.gpus], "every GPU NVML shows"
+
+
+def pick(snap: Snapshot, pool: list[int], held: set[int], need: int, max_util_pct: float,
+         max_mem_mib: float) -> tuple[list[int] | None, str]:
+    """`need` GPUs of `pool` that no leg of this queue holds (`held`) and that are idle, the
+    first ones in pool order: (GPUs, what was checked), or (None, why not now). Without NVML
+    (a pool the registry named) the free GPUs are taken unchecked, and the reason says so."""
+    free = [i for i in pool if i not in held]
+    if not snap.available:
+        if len(free) < need:
+            return None, f"needs {need} GPUs, {len(free)} of {fmt_set(pool)} free of this queue's legs"
+        got = free[:need]
+        return got, f"GPUs {fmt_set(got)} (unchecked: NVML unavailable: {snap.reason})"
+    by_index = {g.index: g for g in snap.gpus}
+    busy = {i: why for i in free if (why := _busy(by_index.get(i), i, max_util_pct, max_mem_mib))}
+    idle = [i for i in free if i not in busy]
+    if len(idle) >= need:
+        return idle[:need], f"GPUs {fmt_set(idle[:need])} idle"
+    said = [f"needs {need} GPUs, {len(idle)} idle"]
+    if held:
+        said.append(f"GPUs {fmt_set(sorted(held))} held by this queue's legs")
+    said += list(busy.values())[:4]
+    return None, "; ".join(said)
 
 
 def leg_for_pids(pids: list[int], legs: list[tuple[str, int | None, float | None]]) -> dict[int, str]:

@@ -133,12 +133,22 @@ def plan_launch(
     return LaunchPlan(exp, run, skipped, torchrun_for(runtime), runtime.workdir, runtime)
 
 
-def check_gpus(legs: list[reg.Leg]) -> str | None:
-    """Why these legs cannot run on this machine's GPUs, or None. CPU legs need none."""
+def check_gpus(legs: list[reg.Leg], named: tuple[int, ...] | None = None) -> str | None:
+    """Why these legs cannot run on this machine's GPUs, or None. CPU legs need none. `named`:
+    the registry's gpus, the only ones legs run on: each must be one NVML shows (when it can
+    say), and together enough for the biggest leg."""
     need = max((leg.nproc_per_node for leg in legs if leg.device == "cuda"), default=0)
     if need == 0:
         return None
-    return gpus.shortfall(need, *gpus.visible_gpus())
+    visible, why = gpus.visible_gpus()
+    if named:
+        if visible is not None and (unseen := [i for i in named if i >= visible]):
+            return f"the registry's gpus name GPU {unseen[0]}, and NVML shows {visible} (0-{visible - 1})"
+        if len(named) < need:
+            return f"needs {need} GPUs, the registry's gpus name {len(named)}: {gpus.fmt_set(named)}"
+        if visible is None:
+            return None  # no NVML: the named GPUs are taken as they are (the supervisor says so)
+    return gpus.shortfall(need, visible, why)
 
 
 def _inside(path: Path, parent: Path) -> bool:
@@ -181,10 +191,11 @@ def check_paths(registry: reg.Registry, legs: list[reg.Leg], exp_dir: Path, cwd:
     return None
 
 
-def running_elsewhere(exp_root: Path | str, experiment: str) -> ExpDir | None:
-    """A dir of this experiment with a live queue or a live leg, if any."""
+def running_elsewhere(exp_root: Path | str, experiment: str, but: Path | None = None) -> ExpDir | None:
+    """A dir of this experiment with a live queue or a live leg, if any (`but` that dir)."""
     for d in discover(exp_root):
-        if d.experiment == experiment and (d.supervisor_alive or d.active):
+        if d.experiment == experiment and (d.supervisor_alive or d.active) and (
+                but is None or d.path.resolve() != but.resolve()):
             return d
     return None
 
@@ -235,11 +246,13 @@ def new_exp_dir(exp_root: Path | str, experiment_id: str, preferred: Path | None
 def format_command(leg: reg.Leg, exp_dir: Path | str, torchrun: str = "torchrun") -> str:
     """The leg's command, one flag per line as the resume guide's execution template writes it,
     its output going to the leg's log; a leg with repeats, one command per repeat."""
-    out = []
-    for name, _, argv in leg.runs(exp_dir, torchrun):
-        log = shlex.quote(str(Path(exp_dir) / f"{name}.log"))
-        out.append(" \\\n  ".join(flags.command_lines(argv)) + f" > {log} 2>&1")
-    return "\n".join(out)
+    return "\n".join(run_command(name, argv, exp_dir) for name, _, argv in leg.runs(exp_dir, torchrun))
+
+
+def run_command(name: str, argv: list[str], exp_dir: Path | str) -> str:
+    """One run's command (its argv, one flag per line), its output going to `<dir>/<name>.log`."""
+    log = shlex.quote(str(Path(exp_dir) / f"{name}.log"))
+    return " \\\n  ".join(flags.command_lines(argv)) + f" > {log} 2>&1"
 
 
 def check_exp_root(exp_root: Path) -> str | None:
@@ -253,10 +266,11 @@ def check_exp_root(exp_root: Path) -> str | None:
     return f"exp_root {exp_root} cannot be created: {why}" if why else None
 
 
-def launch_refusals(registry: reg.Registry, plan: LaunchPlan, exp_dir: Path) -> list[str]:
+def launch_refusals(registry: reg.Registry, plan: LaunchPlan, exp_dir: Path, into: bool = False) -> list[str]:
     """Every reason a launch of `plan` into `exp_dir` would be refused now ([] when none).
     Reads only: the dry run lists these, a real launch raises the first. On Slurm the GPUs are
-    the scheduler's to find (no preflight here); its commands and the batch scripts must work."""
+    the scheduler's to find (no preflight here); its commands and the batch scripts must work.
+    `into`: a continuation of the existing dir `exp_dir` (its own queue may run: they join it)."""
     out = []
     runtime = plan.runtime
     if runtime is not None and runtime.torchrun is not None:
@@ -278,15 +292,15 @@ def launch_refusals(registry: reg.Registry, plan: LaunchPlan, exp_dir: Path) -> 
                     out += slurm.refusals(chain)
                 except SlurmError as e:
                     out.append(str(e))
-    for why in (check_gpus(plan.legs) if plan.executor == "local" else None,
+    for why in (check_gpus(plan.legs, registry.settings.gpus) if plan.executor == "local" else None,
                 check_exp_root(registry.settings.exp_root), check_paths(registry, plan.legs, exp_dir, plan.cwd)):
         if why:
             out.append(why)
     root = registry.settings.exp_root
     exp_id = plan.experiment.id
-    if (busy := running_elsewhere(root, exp_id)) is not None:
+    if (busy := running_elsewhere(root, exp_id, exp_dir if into else None)) is not None:
         out.append(f"'{exp_id}' is running in {busy.path}; stop it first: cockpit stop {busy.path}")
-    elif fsutil.lock_holders(lock_path(root, exp_id)):
+    elif not into and fsutil.lock_holders(lock_path(root, exp_id)):
         out.append(f"'{exp_id}' is being launched or run by another cockpit; stop it first")
     return out
 
@@ -328,6 +342,10 @@ def dry_run_text(registry: reg.Registry, plan: LaunchPlan) -> str:
         except SlurmError:
             pass  # said above, as a refusal
         return "\n".join(out)
+    if (n := plan.experiment.max_parallel) > 1 and len(plan.legs) > 1:
+        named = f" of {gpus.fmt_set(registry.settings.gpus)}" if registry.settings.gpus else ""
+        out.append(f"# up to {n} legs at once, side by side: each on idle GPUs{named} no other leg holds "
+                   "(CUDA_VISIBLE_DEVICES set per leg), in this order")
     if (prep := plan.experiment.prepare) is not None:
         out += ["", prepare_text(prep, plan)]
     if registry.settings.notify:
@@ -417,6 +435,9 @@ def plan_data(registry: reg.Registry, plan: LaunchPlan, exp_dir: Path, grace_s: 
         "tail": registry.settings.tail,  # the report's tail window: the supervisor's report.md uses it
         "stop_grace_s": grace_s,
         "gpu_idle": asdict(registry.settings.gpu_idle),
+        # legs side by side on disjoint GPU sets (the supervisor's queue), and the GPUs they may use
+        "max_parallel": plan.experiment.max_parallel,
+        "gpus": list(registry.settings.gpus) if registry.settings.gpus else None,
         # what the supervisor runs when a leg ends done or failed (placeholders filled then)
         "notify": ({"argv": list(registry.settings.notify), "timeout_s": registry.settings.notify_timeout_s}
                    if registry.settings.notify else None),

@@ -45,6 +45,8 @@ NPROC_MAX = 128  # processes per node (torchrun --nproc_per_node)
 WAIT_S_MAX = 7 * 24 * 3600.0  # how long a leg may wait for idle GPUs
 NODES_MAX = 4096  # nodes of one Slurm job
 CPUS_MAX = 4096  # CPUs of one node's task
+PARALLEL_MAX = 64  # legs of one experiment running side by side on one node
+GPU_INDEX_MAX = 1023  # a GPU's index as NVML numbers it
 # The files the cockpit names after an experiment id or a leg name, so both must fit the
 # filesystem's limits with the longest of these around them (see expdir.py):
 #   <exp_root>/<YYYYmmdd_HHMMSS>_<id>/state/<leg>.json, .../<leg>.log, .lock, .stop
@@ -128,6 +130,10 @@ class Settings:
     notify_timeout_s: float = 10.0
     executor: str = "local"  # who runs the legs unless an experiment says otherwise (EXECUTORS)
     slurm: SlurmSettings = SlurmSettings()  # `[project.slurm]`: every experiment's Slurm jobs
+    max_parallel: int = 1  # legs of an experiment run side by side, unless it says otherwise (1: one at a time)
+    # the GPUs (NVML indices) legs may run on: None, every GPU NVML shows (or CUDA_VISIBLE_DEVICES names);
+    # without NVML, legs run side by side only on GPUs named here
+    gpus: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -252,6 +258,7 @@ class Experiment:
     prepare: Prepare | None = None  # run before its first leg when what it creates is missing
     executor: str = "local"  # EXECUTORS: the project's, or the experiment's own
     slurm: SlurmSettings = SlurmSettings()  # `[project.slurm]`, each key `[experiment.slurm]` gives replaced
+    max_parallel: int = 1  # legs run side by side on disjoint GPU sets (local executor), at most this many
 
     def leg(self, name: str) -> Leg | None:
         return next((leg for leg in self.legs if leg.name == name), None)
@@ -316,6 +323,8 @@ _SCHEMA: dict[str, dict[str, tuple[type, ...]]] = {
         "notify_timeout_s": (int, float),
         "executor": (str,),
         "slurm": (dict,),
+        "max_parallel": (int,),
+        "gpus": (list,),
     },
     "gpu_idle": {"max_util_pct": (int, float), "max_mem_mib": (int, float), "wait_s": (int, float)},
     "defaults": {"module": (str,), "nproc_per_node": (int,), "device": (str,), "args": (dict,),
@@ -339,6 +348,7 @@ _SCHEMA: dict[str, dict[str, tuple[type, ...]]] = {
         "prepare": (dict,),
         "executor": (str,),
         "slurm": (dict,),
+        "max_parallel": (int,),
     },
     "prepare": {"argv": (list,), "creates": (str, list)},
     "leg": {
@@ -593,6 +603,8 @@ def from_raw(raw: dict[str, Any], path: Path | str = DEFAULT_REGISTRY, text: str
     ld.check_range(timeout, 0.1, NOTIFY_TIMEOUT_MAX, ("project", "notify_timeout_s"), "project.notify_timeout_s")
     executor = _check_executor(ld, proj.get("executor", "local"), ("project", "executor"), "project.executor")
     slurm = _slurm(ld, SlurmSettings(), proj.get("slurm", {}), ("project", "slurm"))
+    max_parallel = proj.get("max_parallel", 1)
+    ld.check_range(max_parallel, 1, PARALLEL_MAX, ("project", "max_parallel"), "project.max_parallel")
     settings = Settings(
         name=proj.get("name", base.name),
         exp_root=exp_root,
@@ -605,6 +617,8 @@ def from_raw(raw: dict[str, Any], path: Path | str = DEFAULT_REGISTRY, text: str
         notify_timeout_s=float(timeout),
         executor=executor,
         slurm=slurm,
+        max_parallel=max_parallel,
+        gpus=_gpus(ld, proj["gpus"], ("project", "gpus")) if "gpus" in proj else None,
     )
 
     defaults = raw.get("defaults", {})
@@ -640,6 +654,8 @@ def from_raw(raw: dict[str, Any], path: Path | str = DEFAULT_REGISTRY, text: str
         runtime = _runtime(ld, exp, loc, base, d_runtime)
         e_args = _roots({**d_args, **ld.check_args(exp.get("args", {}), loc + ("args",))}, exp_root)
         prepare = _prepare(ld, exp["prepare"], loc + ("prepare",), base, exp_root, read_only) if "prepare" in exp else None
+        e_parallel = exp.get("max_parallel", max_parallel)
+        ld.check_range(e_parallel, 1, PARALLEL_MAX, loc + ("max_parallel",), f"{exp_id}.max_parallel")
         e_repeats = exp.get("repeats", 1)
         ld.check_range(e_repeats, 1, REPEATS_MAX, loc + ("repeats",), f"{exp_id}.repeats")
         notes = exp.get("notes", [])
@@ -733,6 +749,7 @@ def from_raw(raw: dict[str, Any], path: Path | str = DEFAULT_REGISTRY, text: str
                 executor=_check_executor(ld, exp.get("executor", executor), loc + ("executor",),
                                          f"{exp_id}.executor"),
                 slurm=_slurm(ld, slurm, exp.get("slurm", {}), loc + ("slurm",)),
+                max_parallel=e_parallel,
             )
         )
 
@@ -1015,6 +1032,19 @@ def _resolve_kept(ld: _Loader, p: str, base: Path, loc: tuple, what: str) -> Pat
     del real
     path = Path(os.path.expanduser(p))
     return Path(os.path.normpath(path if path.is_absolute() else base / path))
+def _gpus(ld: _Loader, value: list, loc: tuple) -> tuple[int, ...]:
+    """`project.gpus`, checked: a non-empty array of distinct GPU indices (as NVML numbers them)."""
+    if not value or not all(_is_a(v, (int,)) for v in value):
+        raise ld.fail(loc, f"'project.gpus' must be a non-empty array of GPU indices (like [0, 1, 2, 3]), "
+                           f"not {_show(value)}")
+    if bad := [v for v in value if not 0 <= v <= GPU_INDEX_MAX]:
+        raise ld.fail(loc, f"'project.gpus' names GPU {bad[0]}: an index is between 0 and {GPU_INDEX_MAX}")
+    if len(set(value)) != len(value):
+        twice = next(v for v in value if value.count(v) > 1)
+        raise ld.fail(loc, f"'project.gpus' names GPU {twice} twice")
+    return tuple(value)
+
+
 def _check_executor(ld: _Loader, name: str, loc: tuple, what: str) -> str:
     if name not in EXECUTORS:
         raise ld.fail(loc, f"'{what}' must be one of {EXECUTORS}, not {_show(name)}")

@@ -412,7 +412,7 @@ def flags_of(row: ReportRow, exp_dir: Path) -> dict[str, str | bool] | None:
         if not row.path:
             return None
         log = Path(row.path)
-        plan = expdir.read_json(log.parent / "plan.json", expdir.PLAN_MAX_BYTES)
+        plan = expdir.read_plan(log.parent, [])  # a run a continuation added is in its plan.<n>.json
         spec = next(x for x in plan["legs"] if isinstance(x, dict) and x.get("name") == log.stem)
         where = plan.get("dir") if isinstance(plan.get("dir"), str) else str(log.parent)
         argv = [a.replace(where, flags.EXP_DIR_PLACEHOLDER) if isinstance(a, str) else str(a) for a in spec["argv"]]

@@ -84,8 +84,11 @@ class LegMark:
 
     @property
     def process(self) -> str | None:
-        """What runs the leg, for a reader: its Slurm job, else torchrun's pid."""
-        return self.job or (f"pid {self.pid}" if self.pid is not None else None)
+        """What runs the leg, for a reader: its Slurm job, else torchrun's pid and the GPUs it
+        runs on (`pid 4242 on GPUs 2,3`)."""
+        if self.job:
+            return self.job
+        return f"pid {self.pid}{expdir.gpus_text(self.state)}" if self.pid is not None else None
 
     @property
     def ref(self) -> str:
@@ -752,7 +755,7 @@ def dir_line(d: ExpDir, known: bool = True) -> str:
     for leg in d.legs:
         st = d.states.get(leg)
         if st is not None:
-            pid = f" (pid {st.pid})" if st.status == Status.RUNNING and st.pid is not None else ""
+            pid = f" (pid {st.pid}{expdir.gpus_text(st)})" if st.status == Status.RUNNING and st.pid is not None else ""
             legs.append(f"{leg} {st.status}" + (f" ({expdir.job_text(st)})" if st.job_id else pid))
         elif fsutil.is_regular(d.log(leg)):
             legs.append(f"{leg} {'log' if d.plan else 'manual log'}")

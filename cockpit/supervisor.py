@@ -1,6 +1,6 @@
-"""The supervisor: runs one experiment dir's planned legs one after another.
+"""The supervisor: runs one experiment dir's planned legs, in order, up to max_parallel at once.
 
-    python -m cockpit.supervisor EXP_DIR [--lock-fd N]
+    python -m cockpit.supervisor EXP_DIR [--lock-fd N] [--continuation N]
 
 `cockpit launch` starts it detached (its own session, output to state/supervisor.log), or runs
 it in its own process with --foreground. For each leg it waits for idle GPUs, starts torchrun
@@ -8,9 +8,20 @@ with stdout+stderr going straight into `<exp_dir>/<leg>.log` (the supervisor nev
 data path, so killing it loses no log byte), records the leg's state atomically, regenerates
 report.md, and on a failure stops the queue or goes on, per the registry's `on_failure`.
 
-Signals: SIGTERM/SIGINT stop the queue (the running leg is stopped: SIGTERM to torchrun, a grace
+Side by side (the plan's max_parallel > 1): legs start in the queue's order, each as soon as a
+slot is free and enough idle GPUs of the pool no leg of this queue holds (see Supervisor._place);
+each leg's torchrun sees only its own GPUs (CUDA_VISIBLE_DEVICES) and its state records them.
+torchrun --standalone binds its rendezvous store to a port the kernel gives it (localhost:0),
+and its workers reuse that store: two legs on one node never share a port.
+
+Continuations (`cockpit launch EXP --into DIR`): a run recorded in `plan.<n>.json` joins the
+queue of the dir's live supervisor, which looks for new ones about once a second, at once on
+SIGUSR1, and always before it ends; it lists those it took in state/supervisor.json. With
+--continuation N (the dir's supervisor had ended) it runs only what plan.<N>.json asks for.
+
+Signals: SIGTERM/SIGINT stop the queue (each running leg is stopped: SIGTERM to torchrun, a grace
 period, then SIGKILL to every process left in its tree); SIGUSR1 makes it look for a stop request
-file `state/<leg>.stop` (`cockpit stop DIR LEG`).
+file `state/<leg>.stop` (`cockpit stop DIR LEG`) and for continuations.
 
 Faults: a leg's log is created new (`<leg>.log` taken by anything else, a planted symlink
 included, fails the leg before it starts, with that reason); any OSError of the supervisor's own
@@ -25,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import errno
-import json
 import os
 import signal
 import stat as stat_
@@ -33,6 +43,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
@@ -40,11 +51,12 @@ import psutil
 from cockpit import fsutil, gpus, procs, report, safetext
 from cockpit import registry as reg
 from cockpit.expdir import (
-    PLAN_MAX_BYTES,
     STATE_DIR,
     SUPERVISOR,
     LegState,
     RunError,
+    continuation_numbers,
+    continuation_path,
     error_tail,
     leg_env,
     leg_expect,
@@ -53,6 +65,7 @@ from cockpit.expdir import (
     now_iso,
     plan_grace,
     plan_tail,
+    read_plan,
     read_state,
     reconcile,
     stop_request_path,
@@ -97,6 +110,27 @@ def signal_cause(rc: int) -> str | None:
     return f"torchrun was killed by {name} (signal {-rc}): not by the trainer's own error"
 
 
+@dataclass
+class Placement:
+    """Where a leg runs: its GPUs (NVML indices; [] for a CPU leg), what pins it to them
+    (side by side: CUDA_VISIBLE_DEVICES in its environment), and what the preflight found."""
+
+    gpus: list[int]
+    env: dict[str, str]
+    note: str
+
+
+@dataclass
+class Started:
+    """A leg this supervisor started, until it ends."""
+
+    spec: dict
+    proc: subprocess.Popen
+    lock_fd: int  # state/<leg>.lock, held while it runs
+    gpus: list[int]
+    stopper: threading.Thread | None = None  # stopping it (SIGTERM, grace, SIGKILL), beside the queue's loop
+
+
 class Supervisor:
     def __init__(
         self,
@@ -104,8 +138,9 @@ class Supervisor:
         lock_fd: int | None = None,
         echo: bool = True,
         grace_s: float | None = None,
-        sampler: gpus.GpuSampler | None = None,
+        sampler: gpus.Sampler | None = None,
         poll_s: float = 5.0,
+        continuation: int | None = None,
     ):
         self.exp_dir = Path(exp_dir).resolve()
         self.lock_fd = lock_fd
@@ -113,11 +148,24 @@ class Supervisor:
         self.grace_s = grace_s  # None: the plan's stop_grace_s
         self.sampler = sampler
         self.poll_s = poll_s
+        self.continuation = continuation  # started for plan.<n>.json: runs only what it asks
         self.stop_all = False  # set by SIGTERM / SIGINT
         self.states: dict[str, LegState] = {}
         self.faults: list[str] = []  # the OSErrors met, one line each (also in the log)
         self.me = os.getpid()
         self.my_create_time = procs.create_time(self.me)
+        self.plan: dict = {}
+        self.specs: dict[str, dict] = {}  # every run of the dir's plan, continuations included
+        self.queue: list[str] = []  # runs waiting to start, in order
+        self.started: dict[str, Started] = {}  # runs running now
+        self.max_parallel = 1
+        self.record: dict = {}  # state/supervisor.json
+        self._waits: dict[str, tuple[float, str]] = {}  # run -> when its wait for busy GPUs began (clock, words)
+        self._snap: gpus.Snapshot | None = None
+        self._snap_at = -1e9
+        self._snap_for: str | None = None  # the run the last sample was taken for
+        self._looked = 0.0  # when the dir was last looked at for continuations
+        self._look_now = True  # SIGUSR1: look now
 
     # ------------------------------------------------------------------------------------------
     def say(self, msg: str) -> None:
@@ -148,16 +196,22 @@ class Supervisor:
     def _lock(self, path: Path, what: str) -> int:
         return try_lock(path, f"{what} is held by another supervisor", root=self.exp_dir)
 
+    def _write_record(self) -> None:
+        fsutil.atomic_write_json(self.exp_dir / STATE_DIR / f"{SUPERVISOR}.json", self.record, root=self.exp_dir)
+
     # ------------------------------------------------------------------------------------------
     def run(self) -> int:
         """Run the queue; 0 when every leg is done, 1 otherwise. RunError when it cannot start."""
         plan_path = self.exp_dir / "plan.json"
+        problems: list[str] = []
         try:
-            plan = json.loads(fsutil.read_bytes(plan_path, PLAN_MAX_BYTES))
+            plan = read_plan(self.exp_dir, problems)
         except (OSError, ValueError, RecursionError) as e:
             raise RunError(f"{plan_path}: cannot read the plan: {fsutil.oneline(e)}") from None
         if why := check_plan(plan):
             raise RunError(f"{plan_path}: {why}")
+        for line in problems:
+            self.say(f"left out: {line}")
         if self.grace_s is None:
             self.grace_s = plan_grace(plan)
         state_dir = self.exp_dir / STATE_DIR
@@ -181,68 +235,207 @@ class Supervisor:
                     if now.status == Status.UNKNOWN:
                         raise RunError(f"leg {spec['name']} may still run (pid {prev.pid}): {now.note}; "
                                        f"make sure it is gone before running this dir again")
+            first = self._first_runs(plan)
         except BaseException:
             for fd in fds:
                 os.close(fd)
             raise
-        record = {"pid": self.me, "create_time": self.my_create_time, "started_at": now_iso(), "ended_at": None}
+        self.record = {"pid": self.me, "create_time": self.my_create_time, "started_at": now_iso(), "ended_at": None,
+                       "continuations": sorted(c["n"] for c in plan.get("continuations", []))}
         old = self._install_signals()
         try:
             try:
-                fsutil.atomic_write_json(state_dir / f"{SUPERVISOR}.json", record, root=self.exp_dir)
+                self._write_record()
             except OSError as e:
                 raise RunError(f"cannot write {state_dir}/{SUPERVISOR}.json: {fsutil.oneline(e)}") from None
-            return self._queue(plan, record)
+            return self._queue(plan, first)
         finally:
-            record["ended_at"] = now_iso()
+            self.record["ended_at"] = now_iso()
             if self.faults:
-                record["faults"] = self.faults[-20:]
+                self.record["faults"] = self.faults[-20:]
             try:
-                fsutil.atomic_write_json(state_dir / f"{SUPERVISOR}.json", record, root=self.exp_dir)
+                self._write_record()
             except OSError as e:
                 self.fault("the supervisor's end not recorded", e)
             self._restore_signals(old)
             for fd in fds:
                 os.close(fd)
 
-    def _queue(self, plan: dict, record: dict) -> int:
-        legs = plan["legs"]
-        for spec in legs:  # everything queued first, so a client sees the whole plan at once
-            prev = read_state(self.exp_dir, spec["name"])
-            if prev is None or prev.status != Status.DONE:
-                self.put(LegState(spec["name"], Status.QUEUED, log=str(self.log_path(spec["name"])),
-                                  log_id=prev.log_id if prev is not None else None,
-                                  supervisor_pid=self.me, supervisor_create_time=self.my_create_time))
-        self.say(f"supervisor {self.me}: {len(legs)} legs of {plan['experiment']} in {self.exp_dir}")
+    def _first_runs(self, plan: dict) -> list[str]:
+        """The runs this supervisor queues first: every run of the plan not done here; started
+        for a continuation, the runs it asks for that never started."""
+        if self.continuation is None:
+            out = []
+            for spec in plan["legs"]:
+                prev = read_state(self.exp_dir, spec["name"])
+                if prev is None or prev.status != Status.DONE:
+                    out.append(spec["name"])
+            return out
+        cont = next((c for c in plan.get("continuations", []) if c["n"] == self.continuation), None)
+        if cont is None:
+            raise RunError(f"{continuation_path(self.exp_dir, self.continuation)}: no such continuation of this dir")
+        return self._asked(cont)
+
+    def _asked(self, cont: dict) -> list[str]:
+        """The runs a continuation asks for (those it adds, those of the dir it asks again) that
+        never started here: no process, no log (a run is never started twice in its dir)."""
+        out = []
+        for name in [*cont["legs"], *cont["again"]]:
+            prev = self.states.get(name) or read_state(self.exp_dir, name)
+            if name in self.queue or name in self.started or name in out:
+                continue
+            if prev is not None and (prev.pid is not None or prev.job_id is not None):
+                continue
+            if not os.path.lexists(self.log_path(name)):
+                out.append(name)
+        return out
+
+    def _enqueue(self, name: str) -> None:
+        prev = self.states.get(name) or read_state(self.exp_dir, name)
+        self.put(LegState(name, Status.QUEUED, log=str(self.log_path(name)),
+                          log_id=prev.log_id if prev is not None else None,
+                          supervisor_pid=self.me, supervisor_create_time=self.my_create_time))
+        self.queue.append(name)
+
+    def _queue(self, plan: dict, first: list[str]) -> int:
+        self.plan = plan
+        self.specs = {spec["name"]: spec for spec in plan["legs"]}
+        self.max_parallel = plan_parallel(plan)
+        for name in first:  # everything queued first, so a client sees the whole plan at once
+            self._enqueue(name)
+        side = f", up to {self.max_parallel} side by side" if self.max_parallel > 1 else ""
+        self.say(f"supervisor {self.me}: {len(first)} legs of {plan['experiment']} in {self.exp_dir}{side}")
         prep = self._prepare(plan)
         if prep is not None:  # the prepare step failed or was stopped: no leg can run
             self._prepare_ended(plan, prep)
-            record["status"] = "ended with legs not done"
-            return 1
-        for spec in legs:
-            name = spec["name"]
-            if name not in self.states:
-                continue  # done in an earlier run of this dir
+        else:
+            self._loop()
+        ok = all(self._done(name) for name in self.specs)  # the dir's every run, not only this queue's
+        self.record["status"] = "finished" if ok else "ended with legs not done"
+        return 0 if ok else 1
+
+    def _done(self, name: str) -> bool:
+        st = self.states.get(name) or read_state(self.exp_dir, name)
+        return st is not None and st.status == Status.DONE
+
+    def _loop(self) -> None:
+        """Start what fits, watch what runs, until nothing is queued or running and no
+        continuation came in: legs start in the queue's order, each when a slot (max_parallel)
+        and its GPUs are free."""
+        while True:
+            self._take_continuations()
+            self._start_what_fits()
+            self._watch()
+            if not self.queue and not self.started:
+                if self._take_continuations(force=True):
+                    continue
+                return
+            time.sleep(0.1)
+
+    # ------------------------------------------------------------------------------------------
+    def _take_continuations(self, force: bool = False) -> bool:
+        """Queue the runs of continuations recorded since we last looked (`plan.<n>.json`, see
+        continuation.py): about once a second, at once on SIGUSR1, always before ending; the
+        record lists each taken. True when a run was queued."""
+        if not (force or self._look_now or time.monotonic() - self._looked >= 1.0):
+            return False
+        self._looked, self._look_now = time.monotonic(), False
+        known = set(self.record.get("continuations", []))
+        if all(n in known for n in continuation_numbers(self.exp_dir)):
+            return False
+        problems: list[str] = []
+        try:
+            plan = read_plan(self.exp_dir, problems)
+        except (OSError, ValueError, RecursionError) as e:
+            self.say(f"continuations not read: plan.json: {fsutil.oneline(e)}")
+            return False
+        if check_plan(plan) is not None:
+            return False
+        queued = False
+        for cont in plan.get("continuations", []):
+            if cont["n"] in known:
+                continue
+            for spec in plan["legs"]:
+                self.specs.setdefault(spec["name"], spec)
+            asked = self._asked(cont)
+            for name in asked:
+                self._enqueue(name)
+            self.record.setdefault("continuations", []).append(cont["n"])
+            self.say(f"continuation {cont['file']}: queued {', '.join(asked) or 'nothing (every run it asks for started already)'}")
+            queued = queued or bool(asked)
+        self.plan = {**plan, "legs": list(self.specs.values())}
+        try:
+            self._write_record()  # whoever recorded the continuation waits to read that it was taken
+        except OSError as e:
+            self.fault("continuation taken, not recorded", e)
+        return queued
+
+    def _start_what_fits(self) -> None:
+        while self.queue and len(self.started) < self.max_parallel:
+            name = self.queue[0]
+            spec = self.specs[name]
             if self.stop_requested(name):
-                self._finish(name, Status.STOPPED, note="stopped by request before it started")
+                self.queue.pop(0)
+                self._waits.pop(name, None)
+                waited = self.states[name].status == Status.WAITING
+                self._finish(name, Status.STOPPED, note="stopped by request " + (
+                    "while waiting for GPUs" if waited else "before it started"))
                 continue
             try:
-                st = self._run_leg(plan, spec)
+                placed = self._place(spec)
+            except (OSError, RunError) as e:
+                placed = self._fault_ends(name, e)
+            if placed is None:
+                return  # it waits for GPUs: and every leg after it (the queue's order holds)
+            self.queue.pop(0)
+            self._waits.pop(name, None)
+            if isinstance(placed, LegState):
+                self._ended(placed)
+                continue
+            try:
+                st = self._start(spec, placed)
             except (OSError, RunError) as e:  # the supervisor's own I/O failed under this leg: the leg failed
-                line = self.fault(name, e)
-                st = self._finish(name, Status.FAILED, note=f"supervisor fault: {line}", error_tail=[f"supervisor: {line}"])
-            self._report(plan_tail(plan))
-            if st.status in (Status.DONE, Status.FAILED):
-                self._notify(plan, st)
-            if st.status == Status.FAILED and plan.get("on_failure", "stop") == "stop":
-                self.say(f"{name} failed: stopping the queue (on_failure = stop)")
-                for rest in legs[legs.index(spec) + 1 :]:
-                    if rest["name"] in self.states:
-                        self._finish(rest["name"], Status.STOPPED, note=f"queue stopped after {name} failed (on_failure = stop)")
-                break
-        ok = all(s.status == Status.DONE for s in self.states.values())
-        record["status"] = "finished" if ok else "ended with legs not done"
-        return 0 if ok else 1
+                st = self._fault_ends(name, e)
+            if st.status != Status.RUNNING:
+                self._ended(st)
+
+    def _fault_ends(self, name: str, e: BaseException) -> LegState:
+        line = self.fault(name, e)
+        return self._finish(name, Status.FAILED, note=f"supervisor fault: {line}", error_tail=[f"supervisor: {line}"])
+
+    def _watch(self) -> None:
+        """Each running leg: asked to stop, stop it (beside the loop: the others are watched on);
+        ended, record how, and go on per policy."""
+        for name, leg in list(self.started.items()):
+            if leg.proc.poll() is None:
+                if leg.stopper is None and self.stop_requested(name):
+                    leg.stopper = threading.Thread(target=self._stop_leg, args=(name, leg.proc), daemon=True)
+                    leg.stopper.start()
+                continue
+            if leg.stopper is not None:
+                leg.stopper.join()
+            del self.started[name]
+            try:
+                st = self._outcome(name, leg)
+            except (OSError, RunError) as e:
+                st = self._fault_ends(name, e)
+            finally:
+                os.close(leg.lock_fd)
+            self._ended(st)
+
+    def _ended(self, st: LegState) -> None:
+        """A leg ended (or failed before it started): report.md, notify, and the failure policy
+        (on_failure = stop: no leg of the queue starts after it; legs running beside it end as
+        they would)."""
+        self._report(plan_tail(self.plan))
+        if st.status in (Status.DONE, Status.FAILED):
+            self._notify(self.plan, st)
+        if st.status == Status.FAILED and self.plan.get("on_failure", "stop") == "stop" and self.queue:
+            self.say(f"{st.leg} failed: stopping the queue (on_failure = stop)")
+            for rest in self.queue:
+                self._finish(rest, Status.STOPPED, note=f"queue stopped after {st.leg} failed (on_failure = stop)")
+            self.queue.clear()
+            self._waits.clear()
 
     # ------------------------------------------------------------------------------------------
     def _put_prepare(self, st: LegState) -> None:
@@ -325,7 +518,7 @@ class Supervisor:
     def _prepare_ended(self, plan: dict, prep: LegState) -> None:
         """The prepare step did not end well: the first leg fails with its last lines (a stop
         request stops it), the others are not started; the notify command hears of the first."""
-        names = [spec["name"] for spec in plan["legs"] if spec["name"] in self.states]
+        names, self.queue = self.queue, []
         for i, name in enumerate(names):
             if prep.status == Status.STOPPED:
                 self._finish(name, Status.STOPPED, note="stopped by request while preparing")
@@ -354,51 +547,82 @@ class Supervisor:
         return st
 
     # ------------------------------------------------------------------------------------------
-    def _preflight(self, plan: dict, spec: dict) -> Status | None:
-        """Wait for the leg's GPUs to be idle. Returns None to go on, or the leg's final status."""
+    def _sample(self, name: str) -> gpus.Snapshot:
+        """The GPUs now: sampled afresh for a leg's first try, then every poll_s while it waits."""
+        if self._snap is None or self._snap_for != name or time.monotonic() - self._snap_at >= self.poll_s:
+            sampler = self.sampler or gpus.GpuSampler(history=1)
+            self.sampler = sampler
+            self._snap, self._snap_at, self._snap_for = sampler.sample(), time.monotonic(), name
+        return self._snap
+
+    def _place(self, spec: dict) -> Placement | LegState | None:
+        """The GPUs the queue's next leg runs on, once they are idle: a Placement; None while it
+        waits (for busy GPUs, or for this queue's legs to free theirs); or its final state
+        (its GPUs were not idle within the plan's wait_s, or it can never fit).
+
+        One leg at a time (max_parallel 1, no registry gpus), a leg runs on the GPUs it would
+        take by itself (the first nproc of CUDA_VISIBLE_DEVICES, else 0..n-1), checked idle.
+        Side by side, or on the registry's gpus, it gets the first idle GPUs of the pool
+        (gpus.gpu_pool) that no leg of this queue holds, pinned by CUDA_VISIBLE_DEVICES (with
+        CUDA_DEVICE_ORDER=PCI_BUS_ID, so CUDA numbers the GPUs as NVML does). With no pool to
+        place on (no NVML and no registry gpus), GPU legs run one at a time, as with
+        max_parallel 1, and the note says why."""
         name = spec["name"]
         st = self.states[name]
         if spec.get("device") == "cpu":
-            st.note = "cpu leg: no GPU preflight"
-            return None
-        idle = plan.get("gpu_idle") if isinstance(plan.get("gpu_idle"), dict) else {}
+            return Placement([], {}, "cpu leg: no GPU preflight")
+        idle = self.plan.get("gpu_idle") if isinstance(self.plan.get("gpu_idle"), dict) else {}
         max_util = _number(idle.get("max_util_pct"), 5.0, 0.0, 100.0)
         max_mem = _number(idle.get("max_mem_mib"), 1024.0, 0.0, 1e9)
         wait_s = _number(idle.get("wait_s"), 600.0, 0.0, 7 * 24 * 3600.0)
-        sampler = self.sampler or gpus.GpuSampler(history=1)
-        indices = gpus.leg_gpu_indices(int(_number(spec.get("nproc_per_node"), 1, 1, 128)))
-        deadline = time.monotonic() + wait_s
-        since = now_iso()
-        while True:
-            ok, why = gpus.preflight(sampler.sample(), indices, max_util, max_mem)
+        need = int(_number(spec.get("nproc_per_node"), 1, 1, 128))
+        env = {**os.environ, **plan_env(self.plan)}
+        snap = self._sample(name)
+        held = {i for leg in self.started.values() for i in leg.gpus}
+        named = plan_gpus(self.plan)
+        pool, source = gpus.gpu_pool(named, snap, env) if self.max_parallel > 1 or named else (None, None)
+        if pool is None:
+            if held:  # one GPU leg at a time: the next waits for this queue's running one
+                return None
+            indices = gpus.leg_gpu_indices(need, env)
+            ok, why = gpus.preflight(snap, indices, max_util, max_mem)
+            alone = f"; GPU legs run one at a time: {source}" if source else ""
             if ok is None:
-                st.note = f"preflight skipped: {why}"
-                return None
+                return Placement(indices, {}, f"preflight skipped: {why}{alone}")
             if ok:
-                st.note = f"preflight: {why}"
-                return None
-            if self.stop_requested(name):
-                self._finish(name, Status.STOPPED, note="stopped by request while waiting for GPUs")
-                return Status.STOPPED
-            if time.monotonic() >= deadline:
-                self._finish(name, Status.FAILED, note="GPUs not idle in time",
-                             error_tail=[f"preflight: GPUs not idle after {wait_s:.0f}s: {why}"])
-                return Status.FAILED
-            st.status, st.waiting_reason = Status.WAITING, f"{why} (waiting since {since}, up to {wait_s:.0f}s)"
-            self.put(st)
-            end = min(deadline, time.monotonic() + self.poll_s)
-            while time.monotonic() < end and not self.stop_requested(name):
-                time.sleep(0.1)
+                return Placement(indices, {}, f"preflight: {why}{alone}")
+            return self._wait_gpus(name, why, wait_s)
+        if len(pool) < need:
+            return self._finish(name, Status.FAILED, note=f"needs {need} GPUs, {len(pool)} to place legs on",
+                                error_tail=[f"preflight: needs {need} GPUs, {source} gives {len(pool)}: "
+                                            f"{gpus.fmt_set(pool)}"])
+        got, why = gpus.pick(snap, pool, held, need, max_util, max_mem)
+        if got is not None:
+            pin = {"CUDA_VISIBLE_DEVICES": gpus.fmt_set(got), "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
+            skipped = "preflight skipped: " if not snap.available else "preflight: "
+            return Placement(got, pin, f"{skipped}{why}; side by side, of {source}")
+        if held and len([i for i in pool if i not in held]) < need:
+            self._waits.pop(name, None)  # this queue's legs hold what it needs: they end; no deadline
+            if st.status == Status.WAITING:
+                st.status, st.waiting_reason = Status.QUEUED, None
+                self.put(st)
+            return None
+        return self._wait_gpus(name, why, wait_s)
 
-    def _run_leg(self, plan: dict, spec: dict) -> LegState:
-        name = spec["name"]
-        if self._preflight(plan, spec) is not None:
-            return self.states[name]
-        leg_fd = self._lock(self.exp_dir / STATE_DIR / f"{name}.lock", f"leg {name}")
-        try:
-            return self._start_and_wait(plan, spec)
-        finally:
-            os.close(leg_fd)
+    def _wait_gpus(self, name: str, why: str, wait_s: float) -> LegState | None:
+        """The leg waits for busy GPUs (status waiting, with why), up to wait_s from when it began
+        to wait; then it fails."""
+        st = self.states[name]
+        since = self._waits.setdefault(name, (time.monotonic(), now_iso()))
+        if time.monotonic() - since[0] >= wait_s:
+            self._waits.pop(name, None)
+            return self._finish(name, Status.FAILED, note="GPUs not idle in time",
+                                error_tail=[f"preflight: GPUs not idle after {wait_s:.0f}s: {why}"])
+        reason = f"{why} (waiting since {since[1]}, up to {wait_s:.0f}s)"
+        if (st.status, st.waiting_reason) != (Status.WAITING, reason):
+            st.status, st.waiting_reason = Status.WAITING, reason
+            self.put(st)
+        return None
 
     def _open_log(self, st: LegState) -> int | str:
         """The leg's log, for torchrun's output: created new, or (a leg run again in its dir)
@@ -422,58 +646,75 @@ class Supervisor:
         st.log_id = list(fsutil.file_id(fd))
         return fd
 
-    def _start_and_wait(self, plan: dict, spec: dict) -> LegState:
+    def _start(self, spec: dict, placed: Placement) -> LegState:
+        """Start the leg's torchrun on its GPUs, its output straight into its log; its state
+        running (or failed, when it could not start)."""
         name = spec["name"]
         st = self.states[name]
-        cwd = plan.get("cwd") if isinstance(plan.get("cwd"), str) else str(self.exp_dir)
-        env = {**os.environ, **plan_env(plan)}  # the registry's env for the legs, over ours
+        st.note, st.gpus = placed.note, (placed.gpus or None)
+        leg_fd = self._lock(self.exp_dir / STATE_DIR / f"{name}.lock", f"leg {name}")
+        try:
+            proc = self._spawn(spec, st, placed)
+        except BaseException:
+            os.close(leg_fd)
+            raise
+        if proc is None:
+            os.close(leg_fd)
+            return st
+        self.started[name] = Started(spec, proc, leg_fd, placed.gpus)
+        on = f" on GPUs {gpus.fmt_set(placed.gpus)}" if placed.env else ""
+        self.say(f"{name}: running{on}, torchrun pid {proc.pid}, log {self.log_path(name)}")
+        return st
+
+    def _spawn(self, spec: dict, st: LegState, placed: Placement) -> subprocess.Popen | None:
+        name = spec["name"]
+        cwd = self.plan.get("cwd") if isinstance(self.plan.get("cwd"), str) else str(self.exp_dir)
+        env = {**os.environ, **plan_env(self.plan), **placed.env}  # the registry's env for the legs, over ours
         env["PYTHONUNBUFFERED"] = "1"
         env["PYTHONPATH"] = os.pathsep.join(p for p in (cwd, env.get("PYTHONPATH", "")) if p)
         env.update(leg_env(self.exp_dir, name))  # proves, later, that its processes are this leg's
         argv = list(spec["argv"])
-        log_path = self.log_path(name)
         log_fd = self._open_log(st)
         if isinstance(log_fd, str):
-            return self._finish(name, Status.FAILED, note=log_fd, exit_code=None, error_tail=[log_fd], started_at=now_iso())
+            self._finish(name, Status.FAILED, note=log_fd, exit_code=None, error_tail=[log_fd], started_at=now_iso())
+            return None
         try:
             proc = subprocess.Popen(
                 argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=log_fd, stderr=subprocess.STDOUT,
                 start_new_session=True,  # our signals only: a Ctrl-C at the terminal reaches us, not it
             )
         except (OSError, ValueError) as e:
-            return self._finish(name, Status.FAILED, note="could not start torchrun", exit_code=None,
-                                error_tail=[f"{argv[0]}: {fsutil.oneline(e)}"], started_at=now_iso())
+            self._finish(name, Status.FAILED, note="could not start torchrun", exit_code=None,
+                         error_tail=[f"{argv[0]}: {fsutil.oneline(e)}"], started_at=now_iso())
+            return None
         finally:
             os.close(log_fd)  # the child holds its own copy
         st.pid, st.create_time = proc.pid, procs.create_time(proc.pid)
         st.status, st.started_at, st.waiting_reason = Status.RUNNING, now_iso(), None
         self.put(st)
-        self.say(f"{name}: running, torchrun pid {proc.pid}, log {log_path}")
+        return proc
 
-        stopped = False
-        while proc.poll() is None:
-            if self.stop_requested(name):
-                self.say(f"{name}: stopping (SIGTERM, then SIGKILL after {self.grace_s:g}s)")
-                try:
-                    root = psutil.Process(proc.pid)  # our own unreaped child: its pid cannot be reused
-                    killed = procs.terminate(root, self.grace_s, waiter=_waiter(proc))
-                except psutil.NoSuchProcess:
-                    killed = []
-                if killed:
-                    self.say(f"{name}: killed {len(killed)} processes left after the grace period")
-                stopped = True
-                break
-            time.sleep(0.1)
+    def _stop_leg(self, name: str, proc: subprocess.Popen) -> None:
+        """SIGTERM to the leg's torchrun, the grace period, then SIGKILL to every process left in
+        its tree (runs beside the queue's loop)."""
+        self.say(f"{name}: stopping (SIGTERM, then SIGKILL after {self.grace_s:g}s)")
         try:
-            rc = proc.wait(timeout=5.0)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            rc = proc.wait()
+            root = psutil.Process(proc.pid)  # our own unreaped child: its pid cannot be reused
+            killed = procs.terminate(root, self.grace_s, waiter=_waiter(proc))
+        except psutil.NoSuchProcess:
+            killed = []
+        if killed:
+            self.say(f"{name}: killed {len(killed)} processes left after the grace period")
+
+    def _outcome(self, name: str, leg: Started) -> LegState:
+        """A leg's torchrun has exited: its workers must be gone too; record how it ended."""
+        rc = leg.proc.wait()
         self._end_leftovers(name)
-        if stopped:
+        if leg.stopper is not None:
             return self._finish(name, Status.STOPPED, note="stopped by request", exit_code=rc)
         if rc == 0:
             return self._finish(name, Status.DONE, exit_code=0)
+        log_path = self.log_path(name)
         tail = error_tail(log_path)
         if cause := signal_cause(rc):  # the log holds no cause of a kill: say it, last (the line shown)
             tail = [*tail[-9:], cause]
@@ -518,7 +759,7 @@ class Supervisor:
         self.stop_all = True
 
     def _on_usr1(self, signum, frame) -> None:
-        pass  # wakes the loop; stop_requested() reads the request files
+        self._look_now = True  # a stop request file, or a continuation: the loop reads them
 
     def _install_signals(self) -> dict | None:
         if threading.current_thread() is not threading.main_thread():
@@ -545,6 +786,20 @@ def _waiter(proc: subprocess.Popen):
 
 
 NOTIFY_OUTPUT_MAX = 64 * 1024  # the last bytes of a notify command's output kept, for its last line
+
+
+def plan_parallel(plan: dict) -> int:
+    """How many of the plan's legs may run side by side (1 when the plan says nothing sane)."""
+    return int(_number(plan.get("max_parallel"), 1, 1, reg.PARALLEL_MAX))
+
+
+def plan_gpus(plan: dict) -> list[int] | None:
+    """The GPUs the plan's registry names for its legs (`[project] gpus`), when it names some sanely."""
+    named = plan.get("gpus")
+    if isinstance(named, list) and named and all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i
+                                                 for i in named) and len(set(named)) == len(named):
+        return named
+    return None
 
 
 def plan_notify(plan: dict) -> tuple[list[str] | None, float]:
@@ -636,9 +891,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("exp_dir")
     p.add_argument("--lock-fd", type=int, default=None, help="the experiment lock, handed over by launch")
     p.add_argument("--grace", type=float, default=None, help="seconds between SIGTERM and SIGKILL (default: the plan's)")
+    p.add_argument("--continuation", type=int, default=None, metavar="N",
+                   help="run only what the dir's plan.<N>.json asks for (runs that never started)")
     args = p.parse_args(argv)
     try:
-        return Supervisor(args.exp_dir, lock_fd=args.lock_fd, grace_s=args.grace).run()
+        return Supervisor(args.exp_dir, lock_fd=args.lock_fd, grace_s=args.grace,
+                          continuation=args.continuation).run()
     except RunError as e:
         _last_words(f"supervisor: {e}")
         return 2

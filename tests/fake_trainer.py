@@ -29,6 +29,8 @@ def main() -> None:
     p.add_argument("--spawn-child", action="store_true", help="each worker starts a sleeping grandchild")
     p.add_argument("--line-bytes", type=int, default=0, help="pad each step line's extra field to this size")
     p.add_argument("--progress-file", default=None, help="rank 0 records '<last step> <bytes written>' here")
+    p.add_argument("--wait-for", default=None, help="every rank waits (up to 120 s) for this path before step 0")
+    p.add_argument("--echo-env", default="", help="rank 0 first prints 'env NAME=value' for each NAME (a,b,c)")
     args = p.parse_args()
 
     rank = int(os.environ.get("RANK", "0"))
@@ -39,6 +41,13 @@ def main() -> None:
         child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=True)
     if args.progress_file and rank == 0:
         os.makedirs(os.path.dirname(os.path.abspath(args.progress_file)), exist_ok=True)
+    if rank == 0:
+        for name in filter(None, args.echo_env.split(",")):
+            print(f"env {name}={os.environ.get(name, '<unset>')}", flush=True)
+    if args.wait_for:
+        deadline = time.time() + 120
+        while not os.path.exists(args.wait_for) and time.time() < deadline:
+            time.sleep(0.05)
     n = args.num_iterations
     t0 = time.time()
     written = 0

@@ -242,5 +242,6 @@ def test_preflight_times_out_and_no_driver_is_noted(tmp_path):
     nodriver = gpus.GpuSampler(nvml=FakeNVML(init_error=pynvml.NVML_ERROR_DRIVER_NOT_LOADED))
     sup = supervisor.Supervisor(exp_dir, sampler=nodriver, echo=False)
     sup.states["a"] = expdir.LegState("a", "queued")
-    assert sup._preflight({"gpu_idle": {}}, {"name": "a", "device": "cuda", "nproc_per_node": 2}) is None
-    assert sup.states["a"].note == "preflight skipped: NVML unavailable: Driver Not Loaded"
+    placed = sup._place({"name": "a", "device": "cuda", "nproc_per_node": 2})
+    assert (placed.gpus, placed.env) == ([0, 1], {})
+    assert placed.note == "preflight skipped: NVML unavailable: Driver Not Loaded"

@@ -18,6 +18,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -26,12 +27,14 @@ from cockpit.expdir import (
     STATE_DIR,
     STOP_GRACE_S,
     SUPERVISOR,
+    LegState,
     RunError,
     describe,
     leg_env,
     now_iso,
     open_dir,
     plan_grace,
+    read_json,
     read_state,
     stop_request_path,
     supervisor_identity,
@@ -56,8 +59,9 @@ def start(exp_dir: Path, plan: dict, lock_fd: int, foreground: bool = False, gra
         spawn(exp_dir, lock_fd)
 
 
-def spawn(exp_dir: Path, lock_fd: int, wait_s: float = START_WAIT_S) -> None:
-    """Start the detached supervisor and wait until it has taken over (its record is written).
+def spawn(exp_dir: Path, lock_fd: int, wait_s: float = START_WAIT_S, continuation: int | None = None) -> None:
+    """Start the detached supervisor and wait until it has taken over (its record is written:
+    the record names its pid). `continuation`: it runs only what the dir's plan.<n>.json asks.
 
     It runs in its own session, and a thread here reaps it when it ends: the TUI launches and
     lives on, and must not collect <defunct> children. RunError when it cannot start.
@@ -71,8 +75,9 @@ def spawn(exp_dir: Path, lock_fd: int, wait_s: float = START_WAIT_S) -> None:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         here = str(Path(__file__).resolve().parents[2])  # `-m cockpit.supervisor` imports this cockpit
         env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH", "")) if p)
+        more = ["--continuation", str(continuation)] if continuation is not None else []
         proc = subprocess.Popen(
-            [sys.executable, "-m", "cockpit.supervisor", str(exp_dir), "--lock-fd", str(lock_fd)],
+            [sys.executable, "-m", "cockpit.supervisor", str(exp_dir), "--lock-fd", str(lock_fd), *more],
             stdin=subprocess.DEVNULL,
             stdout=log_fd,
             stderr=log_fd,
@@ -87,7 +92,7 @@ def spawn(exp_dir: Path, lock_fd: int, wait_s: float = START_WAIT_S) -> None:
     deadline = time.monotonic() + wait_s
     record = exp_dir / STATE_DIR / f"{SUPERVISOR}.json"
     while time.monotonic() < deadline:
-        if record.exists():
+        if _record_pid(record) == proc.pid:  # not an earlier supervisor's record of this dir
             return
         if proc.poll() is not None:
             tail = tail_lines(log_path, 1)
@@ -97,9 +102,18 @@ def spawn(exp_dir: Path, lock_fd: int, wait_s: float = START_WAIT_S) -> None:
     raise RunError(f"supervisor did not start within {wait_s:.0f}s (see {exp_dir}/state/supervisor.log)")
 
 
-def run_here(exp_dir: Path, lock_fd: int, grace_s: float | None = None) -> int:
-    """Run the dir's queue in this process, echoing its progress; its exit code (0: every leg done)."""
-    return Supervisor(exp_dir, lock_fd=lock_fd, echo=True, grace_s=grace_s).run()
+def _record_pid(record: Path) -> int | None:
+    try:
+        data = read_json(record)
+    except (OSError, ValueError, RecursionError):
+        return None  # not there yet (or being replaced)
+    return data.get("pid") if isinstance(data, dict) else None
+
+
+def run_here(exp_dir: Path, lock_fd: int, grace_s: float | None = None, continuation: int | None = None) -> int:
+    """Run the dir's queue in this process, echoing its progress; its exit code (0: every leg done).
+    `continuation`: only what the dir's plan.<n>.json asks."""
+    return Supervisor(exp_dir, lock_fd=lock_fd, echo=True, grace_s=grace_s, continuation=continuation).run()
 
 
 def stop(exp_dir: Path, leg: str | None = None, grace_s: float = STOP_GRACE_S, wait_s: float | None = None) -> None:
@@ -144,7 +158,10 @@ def stop(exp_dir: Path, leg: str | None = None, grace_s: float = STOP_GRACE_S, w
         if unproven:
             raise RunError(f"nothing stopped in {exp_dir}: " + "; ".join(unproven))
         raise RunError(f"nothing running in {exp_dir}")
-    # no supervisor: the legs still alive are orphans; stop them here, if proven theirs
+    # no supervisor: the legs still alive are orphans; stop them here, if proven theirs, each in
+    # its own thread (legs that ran side by side stop within one grace period, not one per leg)
+    stoppers: list[threading.Thread] = []
+    ended: list[LegState] = []
     for name in targets:
         st = read_state(exp_dir, name)
         if st is None or not st.active:
@@ -153,14 +170,29 @@ def stop(exp_dir: Path, leg: str | None = None, grace_s: float = STOP_GRACE_S, w
             ident = procs.identify(st.pid, st.create_time, d.expect(name))
             if ident.verdict == procs.UNPROVEN:
                 continue  # reconciled as unknown a moment ago; said by the caller from the state
-            if ident.alive and ident.process is not None:
-                procs.terminate(ident.process, grace_s)
-            procs.terminate_all(procs.marked(leg_env(exp_dir, name)), grace_s)  # workers torchrun left
+            stoppers.append(threading.Thread(target=_stop_orphan, args=(exp_dir, name, ident, grace_s), daemon=True))
+            stoppers[-1].start()
             st.note = "stopped by request (supervisor gone; exit code unknown)"
         else:
             st.note = "stopped by request before it started (supervisor gone)"
         st.status, st.ended_at, st.exit_code, st.exit_code_known = Status.STOPPED, now_iso(), None, False
-        try:
-            write_state(exp_dir, st)
-        except OSError as e:
-            raise RunError(f"leg {name} stopped, but its state could not be recorded: {describe(e)}") from None
+        ended.append(st)
+    for t in stoppers:
+        t.join()
+    for st in ended:
+        _record_stopped(exp_dir, st)
+
+
+def _stop_orphan(exp_dir: Path, name: str, ident: procs.Identity, grace_s: float) -> None:
+    """SIGTERM a proven orphan leg's torchrun, the grace period, SIGKILL what is left of its tree,
+    then every process still carrying its marker (workers torchrun left)."""
+    if ident.alive and ident.process is not None:
+        procs.terminate(ident.process, grace_s)
+    procs.terminate_all(procs.marked(leg_env(exp_dir, name)), grace_s)
+
+
+def _record_stopped(exp_dir: Path, st: LegState) -> None:
+    try:
+        write_state(exp_dir, st)
+    except OSError as e:
+        raise RunError(f"leg {st.leg} stopped, but its state could not be recorded: {describe(e)}") from None

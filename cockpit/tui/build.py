@@ -103,7 +103,7 @@ def _leg_view(e: resume.ExperimentState, m: resume.LegMark) -> vm.LegView:
         exp_id=e.id, name=m.leg, mark=m.mark, description=m.description, baseline=m.is_baseline,
         exp_dir=m.dir if log else None, log=log, figures=figures,
         source=m.row.source if m.row is not None else "", note=m.note if m.mark in NOTED_MARKS else None,
-        job=m.job,
+        job=m.job, gpus=(expdir.gpus_text(m.state).removeprefix(" on ") or None) if m.mark == Mark.RUNNING else None,
     )
 
 

@@ -50,6 +50,8 @@ def leg_label(leg: LegView) -> Text:
     text.append(f"  {leg.mark}", style=GLYPH.get(leg.mark, ("", ""))[1])
     if leg.job:
         text.append(f"  [Slurm {leg.job}]", style="cyan")
+    if leg.gpus:
+        text.append(f"  [{leg.gpus}]", style="cyan")
     if leg.note:
         text.append(f"  {leg.note}", style="red" if leg.mark == Mark.FAILED else "yellow")
     elif leg.figures.get("tok_per_sec") is not None:

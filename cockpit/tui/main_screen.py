@@ -27,14 +27,14 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Tree
 from textual.worker import get_current_worker
 
-from cockpit import fsutil, launch
+from cockpit import continuation, fsutil, launch
 from cockpit import registry as reg
 from cockpit.expdir import RunError
 from cockpit.report import write_report
 from cockpit.resume import GUIDE_NAME, guide_path, write_guide
 from cockpit.tui.collector import Collector
 from cockpit.tui.commands import BindingCommands
-from cockpit.tui.confirm import ConfirmScreen
+from cockpit.tui.confirm import ALT, ConfirmScreen
 from cockpit.tui.diff_screen import DiffScreen
 from cockpit.tui.experiments import GLYPH, ExperimentTree, Selection
 from cockpit.tui.final_table import FinalTable
@@ -62,8 +62,9 @@ class MainScreen(Screen[None]):
         Binding("l", "launch_leg", "Launch leg",
                 tooltip="Launch the selected leg (confirm [y]; a done leg asks for an explicit re-run with [R])"),
         Binding("L", "launch_all", "Launch remaining",
-                tooltip="Launch all remaining legs of the selected experiment (confirm [y]); when every leg is "
-                        "done, re-run the whole experiment in a fresh dir (confirm [R])"),
+                tooltip="Launch all remaining legs of the selected experiment (confirm [y]), or continue in its "
+                        "newest dir when that has legs still to run ([c]); when every leg is done, re-run the "
+                        "whole experiment in a fresh dir (confirm [R])"),
         Binding("s", "stop", "Stop", tooltip="Stop the selected running leg, or the queue of the selected dir (confirm)"),
         Binding("question_mark", "toggle_keys", "Keys", tooltip="Show / hide this list of keys"),
         Binding("slash", "find('search')", "Search log",
@@ -454,12 +455,30 @@ class MainScreen(Screen[None]):
             self._fail("launch", e)
             return
         fresh = launch.fresh_dir_name(registry.settings.exp_root, exp_id)
-        self.post_message(LaunchPlanned(registry, plan, fresh, rerun))
+        into = None
+        if legs is None and not rerun:  # `L`: the dir a launch left with legs to run may take them
+            try:
+                into = continuation.candidate(registry, exp_id)
+            except Exception as e:  # noqa: BLE001 - the fresh launch is still offered; say why this is not
+                self.post_message(Notice(f"no dir to continue: {e}", severity="warning"))
+        self.post_message(LaunchPlanned(registry, plan, fresh, rerun, into))
 
     def on_launch_planned(self, message: LaunchPlanned) -> None:
         """The confirmation: the exact commands and the fresh dir, before anything starts."""
         plan, fresh, rerun = message.plan, message.fresh, message.rerun
         body = Text()
+        into = message.into
+        if into is not None:
+            queue = (f"its queue runs (supervisor pid {into.supervisor_pid}): they join it" if into.supervisor_pid
+                     else "its queue ended with legs still to run: a supervisor starts for them")
+            body.append("or continue in ", style="bold")
+            body.append(f"{into.exp_dir}", style="cyan")
+            body.append(" [c]:\n", style="bold")
+            body.append(f"  runs {', '.join(into.runs)} there; {queue}\n", style="cyan")
+            for name, why in into.skipped:
+                body.append(f"  skips {name}: {why}\n", style="dim")
+            body.append("  (recorded as a new plan file beside plan.json: nothing in the dir is overwritten)\n\n",
+                        style="dim")
         whole = rerun and len(plan.legs) > 1  # `L` on an experiment whose every leg is done
         if rerun:
             for name, why in plan.skipped:
@@ -489,10 +508,14 @@ class MainScreen(Screen[None]):
         else:
             title = f"Launch {n} leg{'s' if n != 1 else ''} of {plan.experiment.id}?"
         screen = ConfirmScreen(title, body, confirm_label="Re-run" if rerun else "Launch",
-                               confirm_key="R" if rerun else "y", danger=rerun)
+                               confirm_key="R" if rerun else "y", danger=rerun,
+                               alt_label="Continue in dir" if into is not None else None,
+                               alt_key="c" if into is not None else None)
 
-        def answered(yes: bool | None) -> None:
-            if yes:
+        def answered(yes: bool | str | None) -> None:
+            if yes == ALT and into is not None:
+                self._continue(message.registry, plan.experiment.id, into.exp_dir)
+            elif yes:
                 self._launch(message.registry, plan, fresh)
             else:
                 self.notify("launch cancelled: nothing was started or written")
@@ -512,6 +535,19 @@ class MainScreen(Screen[None]):
         self.collector.poke()
         names = ", ".join(leg.name for leg in plan.legs)
         self.post_message(Notice(f"{names} in {exp_dir}", "launched"))
+
+    @work(thread=True, group="actions", exit_on_error=False)
+    def _continue(self, registry: reg.Registry, exp_id: str, exp_dir: Path) -> None:
+        try:
+            out = continuation.start(registry, exp_id, exp_dir)
+        except Exception as e:
+            self._fail("continue failed", e)
+            return
+        if out is None:
+            self.post_message(Notice(f"nothing left to run in {exp_dir}", severity="warning"))
+            return
+        self.collector.poke()
+        self.post_message(Notice(continuation.runs_text(out), "continued"))
 
     # ------------------------------------------------------------------------------------------
     # stopping

@@ -15,7 +15,7 @@ from pathlib import Path
 from textual.message import Message
 from textual.notifications import SeverityLevel
 
-from cockpit import launch
+from cockpit import continuation, launch
 from cockpit import registry as reg
 from cockpit.tui.state import CockpitView, ReportView
 
@@ -48,6 +48,7 @@ class LaunchPlanned(Message, bubble=False):
     plan: launch.LaunchPlan
     fresh: Path  # the dir it would create
     rerun: bool  # the one leg asked for is done: confirming re-runs it in a new dir
+    into: continuation.Continuation | None = None  # `L`: the dir it may continue instead (its remaining legs there)
 
 
 @dataclass

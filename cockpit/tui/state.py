@@ -27,6 +27,7 @@ class LegView:
     source: str = ""  # a vocab.Source (recorded: ran elsewhere; log: measured here), "" without figures
     note: str | None = None  # why failed, stopped or waiting (the core's words)
     job: str | None = None  # a Slurm leg's batch job: "job 123 on n[1-2], 0:42"
+    gpus: str | None = None  # the GPUs a running leg was placed on: "GPUs 2,3"
 
     @property
     def key(self) -> str:
