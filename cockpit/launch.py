@@ -441,14 +441,8 @@ def write_plan(registry: reg.Registry, plan: LaunchPlan, exp_dir: Path, grace_s:
     (git, with `git.patch` beside it when the tree is dirty; the machine; the trainer's versions,
     read by the legs' python; the launch's environment: see provenance). Returns what it holds."""
     runtime = plan.runtime
-    origin, patch = provenance.collect(plan.cwd, plan.torchrun, str(runtime.python) if runtime and runtime.python else None,
-                                       dict(runtime.env) if runtime else None)
-    if patch is not None:
-        try:
-            provenance.save_patch(exp_dir, patch)
-            origin["git"]["patch"] = provenance.PATCH_NAME
-        except OSError as e:
-            origin["git"]["patch_error"] = f"{provenance.PATCH_NAME} not written: {describe(e)}"
+    origin = provenance.collect(plan.cwd, plan.torchrun, str(runtime.python) if runtime and runtime.python else None,
+                                dict(runtime.env) if runtime else None, exp_dir)
     data = plan_data(registry, plan, exp_dir, grace_s, origin)
     fd = fsutil.create_new(exp_dir / "plan.json", root=exp_dir)  # written once, never over anything
     with os.fdopen(fd, "w", encoding="utf-8") as f:
