@@ -18,7 +18,7 @@ included, fails the leg before it starts, with that reason); any OSError of the 
 still can be and in the supervisor's log as one line, and the queue goes on or stops per policy.
 The supervisor always ends with its exit code, never with a traceback.
 
-Layer 2: imports fsutil, procs, safetext, registry, vocab, gpus, expdir and report.
+Layer 2: imports fsutil, pipes, procs, safetext, registry, vocab, gpus, expdir and report.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from pathlib import Path
 
 import psutil
 
-from cockpit import fsutil, gpus, procs, report, safetext
+from cockpit import fsutil, gpus, pipes, procs, report, safetext
 from cockpit import registry as reg
 from cockpit.expdir import (
     PLAN_MAX_BYTES,
@@ -561,27 +561,33 @@ def plan_notify(plan: dict) -> tuple[list[str] | None, float]:
 def run_notify(argv: list[str], timeout_s: float, cwd: Path) -> str | None:
     """Run a notify command (no shell, no stdin, in its own session); None when it exits 0, else
     why not in one line: it could not start, it exited non-zero (its last line), or it ran past
-    its time and was stopped with everything it started."""
+    its time and was stopped with everything it started.
+
+    Its output is read as it comes and only the last NOTIFY_OUTPUT_MAX bytes kept (`yes` as a
+    notifier costs a bounded buffer, not the supervisor's memory). Its end is its exit: a child
+    it left behind holding stdout does not hold the queue up, and the pipe is closed then, so a
+    child that goes on writing to it is not kept blocked on a supervisor that no longer reads."""
     try:
         proc = subprocess.Popen(argv, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, start_new_session=True)
     except (OSError, ValueError) as e:
         return f"could not run: {safetext.oneline(fsutil.oneline(e))[:200]}"
     try:
-        out, _ = proc.communicate(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        try:
-            procs.terminate(psutil.Process(proc.pid), 1.0, waiter=_waiter(proc))  # our own unreaped child
-        except psutil.NoSuchProcess:
-            pass
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-        proc.stdout.close()  # not read to its end: a process it left behind may still hold it
-        return f"timed out after {timeout_s:g}s (stopped)"
+        got = pipes.read(proc, timeout_s, keep=NOTIFY_OUTPUT_MAX)
+        if got.returncode is None:
+            try:
+                procs.terminate(psutil.Process(proc.pid), 1.0, waiter=_waiter(proc))  # our own unreaped child
+            except psutil.NoSuchProcess:
+                pass
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+            return f"timed out after {timeout_s:g}s (stopped)"
+    finally:
+        proc.stdout.close()
     if proc.returncode == 0:
         return None
-    lines = [ln.strip() for ln in out[-NOTIFY_OUTPUT_MAX:].decode("utf-8", "replace").splitlines() if ln.strip()]
+    lines = [ln.strip() for ln in got.out.decode("utf-8", "replace").splitlines() if ln.strip()]
     cause = signal_cause(proc.returncode) if proc.returncode < 0 else None
     last = f": {safetext.oneline(lines[-1])[:200]}" if lines else ""
     return (f"killed by signal {-proc.returncode}" if cause else f"exited {proc.returncode}") + last
