@@ -57,6 +57,11 @@ _MODULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 # (its log `<leg>.r<i>.log`, its state `state/<leg>.r<i>.json`) with `--seed` base + i, the base
 # being the leg's `seed` arg, else the trainer's default.
 REPEATS_MAX = 100
+# Runs (legs x repeats, a grid's legs counted) are bounded: per experiment, and in all. Each run is
+# a state file, a log and a line of every view; a grid of 100 x 100 x 100 values would make 10^6
+# of them (status: 30 s and 1.4 GB). Checked before a grid is expanded.
+RUNS_MAX = 1_000
+REGISTRY_RUNS_MAX = 10_000
 REPEAT_NAME = re.compile(r"^(.+)\.r(0|[1-9][0-9]*)$")
 DEFAULT_SEED = 42  # nanochat.base_train's --seed default (tests/test_registry.py checks they agree)
 
@@ -483,6 +488,17 @@ def _plain(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else f"{x:g}"
 
 
+def _first(names, n: int = 8) -> str:
+    """The first `n` names, and how many there are in all when more: a message stays one line."""
+    names = list(names)
+    return ", ".join(names[:n]) + (f", ... ({_count(len(names))} in all)" if len(names) > n else "")
+
+
+def _count(n: int) -> str:
+    """A count as a person reads it: 1,000,000."""
+    return f"{n:,}"
+
+
 def _cut(text: str, n: int = 100) -> str:
     """A long path or name cut in its middle, for a message that must stay readable."""
     return text if len(text) <= n else f"{text[: n // 2 - 2]}...{text[-(n // 2 - 1):]}"
@@ -619,6 +635,7 @@ def from_raw(raw: dict[str, Any], path: Path | str = DEFAULT_REGISTRY, text: str
 
     experiments: list[Experiment] = []
     seen_ids: dict[str, int | None] = {}
+    total_runs = 0
     for i, exp in enumerate(raw.get("experiment", [])):
         loc = ("experiment", i)
         if not isinstance(exp, dict):
@@ -647,6 +664,7 @@ def from_raw(raw: dict[str, Any], path: Path | str = DEFAULT_REGISTRY, text: str
 
         legs: list[Leg] = []
         seen_legs: dict[str, int | None] = {}
+        runs = 0  # of this experiment so far (legs x repeats)
         for j, leg in enumerate(exp.get("leg", [])):
             lloc = loc + ("leg", j)
             if not isinstance(leg, dict):
@@ -657,6 +675,10 @@ def from_raw(raw: dict[str, Any], path: Path | str = DEFAULT_REGISTRY, text: str
                 raise ld.fail(lloc, f"leg {j} of '{exp_id}' has no 'name'")
             repeats = leg.get("repeats", e_repeats)
             ld.check_range(repeats, 1, REPEATS_MAX, lloc + ("repeats",), f"{exp_id}/{name}.repeats")
+            runs += repeats
+            if runs > RUNS_MAX:
+                raise ld.fail(lloc, f"'{exp_id}' has {_count(runs)} runs (legs x repeats) up to its leg {_show(name)}: "
+                                    f"an experiment holds at most {_count(RUNS_MAX)}")
             if why := _bad_name(name, LEG_FILES):
                 raise ld.fail(lloc + ("name",), f"leg name {_show(name)} in '{exp_id}' {why}")
             if REPEAT_NAME.match(name):
@@ -705,7 +727,9 @@ def from_raw(raw: dict[str, Any], path: Path | str = DEFAULT_REGISTRY, text: str
             )
         if "grid" in exp:
             grid_legs = []
-            for name, args, desc, values in _expand_grid(ld, exp["grid"], loc + ("grid",), exp_id, e_args, seen_legs):
+            expanded = _expand_grid(ld, exp["grid"], loc + ("grid",), exp_id, e_args, seen_legs, runs, e_repeats)
+            runs += len(expanded) * e_repeats
+            for name, args, desc, values in expanded:
                 if why := _path_too_long(exp_root, exp_id, repeat_name(name, e_repeats - 1) if e_repeats > 1 else name):
                     raise ld.fail(loc + ("grid", "name"), why)
                 grid_legs.append(Leg(name=name, experiment=exp_id, module=module, device=device, nproc_per_node=nproc,
@@ -715,6 +739,10 @@ def from_raw(raw: dict[str, Any], path: Path | str = DEFAULT_REGISTRY, text: str
             at = ld.line(loc + ("grid",)) or 0
             cut = sum(1 for leg in legs if (leg.line or 0) < at)
             legs[cut:cut] = grid_legs
+        total_runs += runs
+        if total_runs > REGISTRY_RUNS_MAX:
+            raise ld.fail(loc, f"the registry has {_count(total_runs)} runs (legs x repeats) up to experiment "
+                               f"'{exp_id}': it holds at most {_count(REGISTRY_RUNS_MAX)}")
         experiments.append(
             Experiment(
                 id=exp_id,
@@ -741,7 +769,7 @@ def from_raw(raw: dict[str, Any], path: Path | str = DEFAULT_REGISTRY, text: str
             raise ld.fail(
                 ("experiment", i, "baseline"),
                 f"baseline '{exp.baseline}' of '{exp.id}' names no leg"
-                + (f" (legs: {', '.join(leg.name for leg in exp.legs)})" if exp.legs else ""),
+                + (f" (legs: {_first(leg.name for leg in exp.legs)})" if exp.legs else ""),
             )
     return registry
 
@@ -778,11 +806,12 @@ def _fill(template: str, values: dict[str, str]) -> str:
     return _PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), template)
 
 
-def _expand_grid(ld: _Loader, grid: dict, loc: tuple, exp_id: str, e_args: dict,
-                 seen: dict[str, int | None]) -> list[tuple[str, dict, str | None, dict]]:
+def _expand_grid(ld: _Loader, grid: dict, loc: tuple, exp_id: str, e_args: dict, seen: dict[str, int | None],
+                 runs: int = 0, repeats: int = 1) -> list[tuple[str, dict, str | None, dict]]:
     """The legs of an experiment's grid as (name, args, description, axis values), checked: a
     template that names every axis and nothing else, axes of distinct scalar values, names no
-    other leg has (`seen`: name -> line)."""
+    other leg has (`seen`: name -> line), and no more runs than RUNS_MAX with the `runs` the
+    experiment has beside it, each leg run `repeats` times (counted before anything is expanded)."""
     template = grid.get("name")
     if not isinstance(template, str):
         raise ld.fail(loc, f"the grid of '{exp_id}' needs a name template (e.g. name = \"{{compile-mode}}_cap"
@@ -796,6 +825,14 @@ def _expand_grid(ld: _Loader, grid: dict, loc: tuple, exp_id: str, e_args: dict,
         if not isinstance(values, list) or not values:
             raise ld.fail(loc + (key,), f"grid axis '{key}' of '{exp_id}' must be a non-empty array of values, "
                                         f"not {_show(values)}")
+    size = math.prod(len(v) for v in axes.values())
+    if runs + size * repeats > RUNS_MAX:
+        shape = " x ".join(str(len(v)) for v in axes.values())
+        also = f", with {_count(runs)} beside it" if runs else ""
+        rep = f" x {repeats} repeats" if repeats > 1 else ""
+        raise ld.fail(loc, f"the grid of '{exp_id}' makes {_count(size)} legs ({shape}){rep}{also}: an experiment "
+                           f"holds at most {_count(RUNS_MAX)} runs (legs x repeats)")
+    for key, values in axes.items():
         for v in values:
             ld.check_args({key: v}, loc + (key,))
         shown = [name_part(v) for v in values]
