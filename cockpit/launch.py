@@ -277,8 +277,8 @@ def launch_refusals(registry: reg.Registry, plan: LaunchPlan, exp_dir: Path) -> 
                     out += slurm.refusals(chain)
                 except SlurmError as e:
                     out.append(str(e))
-        if (prep := plan.experiment.prepare) is not None and (missing := prep.missing()):
-            out.append(f"{', '.join(map(str, missing))} missing, and a prepare step runs only before a local "
+        if (prep := plan.experiment.prepare) is not None and (why := prep.why()):
+            out.append(f"{why}, and a prepare step runs only before a local "
                        f"launch's legs: run `{shlex.join(prep.command(legs_python(plan)))}` once here (exp_root is "
                        "the nodes' too), then launch")
     for why in (check_gpus(plan.legs) if plan.executor == "local" else None,
@@ -353,10 +353,10 @@ def legs_python(plan: LaunchPlan) -> str:
 def prepare_text(prep: reg.Prepare, plan: LaunchPlan) -> str:
     """The prepare step as a dry run shows it: whether it will run, and its exact command."""
     command = shlex.join(prep.command(legs_python(plan))) + ' > "$EXP_DIR/prepare.log" 2>&1'
-    missing = prep.missing()
-    if not missing:
+    why = prep.why()
+    if why is None:
         return f"# prepare: skipped, what it creates exists ({', '.join(map(str, prep.creates))})\n# {command}"
-    return f"# prepare, first ({', '.join(map(str, missing))} missing):\n{command}"
+    return f"# prepare, first ({why}):\n{command}"
 
 
 # The trainer's input dirs when its flags name none (nanochat/data.py, nanochat/tokenizer.py).
@@ -427,7 +427,8 @@ def plan_data(registry: reg.Registry, plan: LaunchPlan, exp_dir: Path, grace_s: 
         "skipped": [{"leg": name, "why": why} for name, why in plan.skipped],
         # run by the supervisor before the first leg when `creates` is missing
         "prepare": ({"argv": plan.experiment.prepare.command(legs_python(plan)),
-                     "creates": [str(p) for p in plan.experiment.prepare.creates]} if plan.experiment.prepare else None),
+                     "creates": [str(p) for p in plan.experiment.prepare.creates],
+                     "mark": str(plan.experiment.prepare.mark)} if plan.experiment.prepare else None),
         "registry": {"path": str(registry.path.resolve()), "raw": registry.raw},
     }
     if on_slurm:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import hashlib
 import itertools
 import math
 import os
@@ -37,6 +38,8 @@ EXECUTORS = ("local", "slurm")  # who runs a launch's legs: a supervisor here, o
 EXP_ROOT_PLACEHOLDER = "{exp_root}"  # in a trainer arg or a prepare entry: project.exp_root, filled at load
 PYTHON_PLACEHOLDER = "{python}"  # in a prepare argv: the Python of the legs, filled at launch
 PREPARE = "prepare"  # an experiment's prepare step: <dir>/prepare.log, state/prepare.json (no leg's name)
+# <exp_root>/.cockpit-prepare/<key>.running: a prepare step of those outputs started and has not ended well
+PREPARE_MARK_DIR = ".cockpit-prepare"
 REGISTRY_MAX_BYTES = 16 << 20  # a registry is a hand-written file: a bigger one is not a registry
 # Bounds of the numbers a registry holds: each is checked with its file:line.
 TAIL_MAX = 1_000_000  # step lines in the report's tail window
@@ -159,10 +162,26 @@ class Prepare:
     argv: tuple[str, ...]  # `{python}` stands for the legs' Python
     creates: tuple[Path, ...]  # inside exp_root: the step runs when any of them is missing
     line: int | None = None
+    # A file the supervisor writes before the step starts and removes when it ends well: while it
+    # is there (the step failed, was stopped, or its supervisor was killed), what the step left is
+    # not trusted, and the next launch runs the step again (`prepare_mark`).
+    mark: Path | None = None
+
+    def unfinished(self) -> bool:
+        """Did a run of the step start and not end well? Then its outputs are not trusted."""
+        return self.mark is not None and os.path.lexists(self.mark)
 
     def missing(self) -> list[Path]:
-        """What it creates that is not there now (the step runs when this is not empty)."""
-        return [p for p in self.creates if not os.path.lexists(p)]
+        """What the step must make now (it runs when this is not empty): what it creates that is
+        not there, or all of it after a run that did not end well."""
+        return list(self.creates) if self.unfinished() else [p for p in self.creates if not os.path.lexists(p)]
+
+    def why(self) -> str | None:
+        """Why a launch runs the step now, in a few words, or None when it does not."""
+        if self.unfinished():
+            return "its last run did not end well: what it left is not trusted"
+        missing = self.missing()
+        return f"{', '.join(map(str, missing))} missing" if missing else None
 
     def makes(self, path: Path | str) -> bool:
         """Is `path` one of the paths it creates, or inside one?"""
@@ -1003,7 +1022,15 @@ def _prepare(ld: _Loader, table: Any, loc: tuple, base: Path, exp_root: Path, re
             if path == ro or ro in path.parents:
                 raise ld.fail(loc + ("creates",), f"'prepare.creates' {_cut(str(path))} lies inside read-only path {ro}")
         creates.append(path)
-    return Prepare(tuple(a.replace(EXP_ROOT_PLACEHOLDER, str(exp_root)) for a in argv), tuple(creates), ld.line(loc))
+    return Prepare(tuple(a.replace(EXP_ROOT_PLACEHOLDER, str(exp_root)) for a in argv), tuple(creates), ld.line(loc),
+                   prepare_mark(exp_root, creates))
+
+
+def prepare_mark(exp_root: Path, creates: list[Path] | tuple[Path, ...]) -> Path:
+    """`<exp_root>/.cockpit-prepare/<key>.running`, the key naming the set of paths a prepare step
+    creates (two experiments that prepare the same paths share it)."""
+    key = hashlib.sha256("\0".join(sorted(map(str, creates))).encode("utf-8", "surrogateescape")).hexdigest()[:16]
+    return exp_root / PREPARE_MARK_DIR / f"{key}.running"
 
 
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")  # an environment variable's name

@@ -258,11 +258,14 @@ class Supervisor:
         spec = plan_prepare(plan)
         if spec is None:
             return None
-        argv, creates = spec
+        argv, creates, mark = spec
         log = self.exp_dir / f"{PREPARE}.log"
         st = LegState(PREPARE, Status.QUEUED, log=str(log), supervisor_pid=self.me,
                       supervisor_create_time=self.my_create_time)
         missing = [c for c in creates if not os.path.lexists(c)]
+        if mark is not None and os.path.lexists(mark):
+            missing = creates  # an earlier run did not end well: what it left is not trusted
+            self.say(f"{PREPARE}: its last run did not end well ({mark} is there): running it again")
         if not missing:
             st.status, st.note, st.ended_at = Status.DONE, "skipped: what it creates exists", now_iso()
             self._put_prepare(st)
@@ -281,6 +284,14 @@ class Supervisor:
             fd = fsutil.create_or_append(log, root=self.exp_dir)
         except OSError as e:
             return self._prepare_done(st, Status.FAILED, f"cannot write {log.name}: {fsutil.oneline(e)}")
+        if mark is not None:  # there until the step ends well, whatever ends this process
+            try:
+                root = Path(mark).parent.parent
+                fsutil.make_dirs(Path(mark).parent, root=root)
+                fsutil.atomic_write_json(mark, {"dir": str(self.exp_dir), "started_at": st.started_at}, root=root)
+            except OSError as e:
+                os.close(fd)
+                return self._prepare_done(st, Status.FAILED, f"cannot write {mark}: {fsutil.oneline(e)}")
         try:
             proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=fd,
                                     stderr=subprocess.STDOUT, start_new_session=True)
@@ -312,6 +323,13 @@ class Supervisor:
             return self._prepare_done(st, Status.FAILED, f"{why}: {tail[-1]}" if tail else why, tail)
         if still := [c for c in creates if not os.path.lexists(c)]:
             return self._prepare_done(st, Status.FAILED, f"exited 0 but did not create {', '.join(still)}")
+        if mark is not None:
+            try:
+                os.unlink(mark)
+            except FileNotFoundError:
+                pass
+            except OSError as e:  # its outputs are fine; the next launch only makes them again
+                self.fault(f"{PREPARE}: {mark} not removed", e)
         self._prepare_done(st, Status.DONE, None)
         return None
 
@@ -593,13 +611,16 @@ def run_notify(argv: list[str], timeout_s: float, cwd: Path) -> str | None:
     return (f"killed by signal {-proc.returncode}" if cause else f"exited {proc.returncode}") + last
 
 
-def plan_prepare(plan: dict) -> tuple[list[str], list[str]] | None:
-    """The plan's prepare step (argv, the paths it creates), when it is a sane one."""
+def plan_prepare(plan: dict) -> tuple[list[str], list[str], str | None] | None:
+    """The plan's prepare step (argv, the paths it creates, its mark: see registry.Prepare), when
+    it is a sane one. A plan written before marks has none: the step is trusted as it was then."""
     spec = plan.get("prepare")
     if not isinstance(spec, dict):
         return None
-    argv, creates = spec.get("argv"), spec.get("creates")
-    return (argv, creates) if _strings(argv) and _strings(creates) else None
+    argv, creates, mark = spec.get("argv"), spec.get("creates"), spec.get("mark")
+    if not (_strings(argv) and _strings(creates)):
+        return None
+    return argv, creates, mark if _strings([mark]) and os.path.isabs(mark) else None
 
 
 def _strings(xs: object) -> bool:
