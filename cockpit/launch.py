@@ -33,7 +33,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from cockpit import flags, fsutil, gpus, provenance, safetext
+from cockpit import expdir, flags, fsutil, gpus, provenance, safetext
 from cockpit import registry as reg
 from cockpit.checkout import git_info
 from cockpit.executors import EXECUTORS, Executor, slurm
@@ -386,12 +386,13 @@ def missing_inputs(leg: reg.Leg, plan: LaunchPlan) -> list[str]:
 
 
 def plan_data(registry: reg.Registry, plan: LaunchPlan, exp_dir: Path, grace_s: float = STOP_GRACE_S,
-              origin: dict | None = None) -> dict:
+              origin: dict | None = None, seq: dict | None = None) -> dict:
     """What plan.json records of a launch into `exp_dir`: every run's exact argv (one per repeat of
     a leg with repeats; on Slurm, what srun starts on each node), its module and trainer flags, the
     executor and its settings, the registry snapshot, host, and the launch's provenance `origin`
     (provenance.collect: git, the machine, the trainer's versions, the launch's environment;
-    without it, git's branch and commit alone). Writes nothing."""
+    without it, git's branch and commit alone), and its place in exp_root's order `seq`
+    (expdir.next_seq; a dry run has none). Writes nothing."""
     on_slurm = plan.executor == slurm.NAME
     legs = []
     for leg in plan.legs:
@@ -408,6 +409,7 @@ def plan_data(registry: reg.Registry, plan: LaunchPlan, exp_dir: Path, grace_s: 
         "experiment": plan.experiment.id,
         "dir": str(exp_dir),
         "created_at": now_iso(),
+        **({expdir.SEQ: seq} if seq is not None else {}),  # how dirs are ordered (expdir.order_key)
         "host": socket.gethostname(),
         "user": os.environ.get("USER"),
         "cwd": str(plan.cwd),  # the checkout the legs run in
@@ -444,7 +446,7 @@ def write_plan(registry: reg.Registry, plan: LaunchPlan, exp_dir: Path, grace_s:
     runtime = plan.runtime
     origin = provenance.collect(plan.cwd, plan.torchrun, str(runtime.python) if runtime and runtime.python else None,
                                 dict(runtime.env) if runtime else None, exp_dir)
-    data = plan_data(registry, plan, exp_dir, grace_s, origin)
+    data = plan_data(registry, plan, exp_dir, grace_s, origin, expdir.next_seq(exp_dir.parent))
     fd = fsutil.create_new(exp_dir / "plan.json", root=exp_dir)  # written once, never over anything
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         json.dump(data, f, indent=2, default=str)
