@@ -179,7 +179,7 @@ class Prepare:
     def why(self) -> str | None:
         """Why a launch runs the step now, in a few words, or None when it does not."""
         if self.unfinished():
-            return "its last run did not end well: what it left is not trusted"
+            return f"its last run did not end well ({self.mark} is there): what it left is not trusted"
         missing = self.missing()
         return f"{', '.join(map(str, missing))} missing" if missing else None
 

@@ -320,8 +320,8 @@ def prepare_text(p: reg.Prepare, exp_root: Path) -> str:
         return os.path.relpath(path, exp_root) if fsutil.is_inside(path, exp_root) else str(path)
 
     if p.unfinished():
-        return (f"its last run did not end well, so what it left under exp_root is not trusted: a launch runs "
-                f"`{shlex.join(p.command('python'))}` again first (output in <dir>/prepare.log)")
+        return (f"its last run did not end well ({short(p.mark)} is there), so what it left under exp_root is not "
+                f"trusted: a launch runs `{shlex.join(p.command('python'))}` again first (output in <dir>/prepare.log)")
     if missing := p.missing():
         return (f"{', '.join(short(m) for m in missing)} missing under exp_root: a launch runs "
                 f"`{shlex.join(p.command('python'))}` first (output in <dir>/prepare.log)")

@@ -181,10 +181,10 @@ def test_a_failed_prepare_is_remembered_and_run_again(tmp_path):
     prep = reg.load(path).experiment("fake").prepare
     assert prep.unfinished() and prep.mark.parent == tmp_path / "exp" / ".cockpit-prepare"
     status = cockpit("--registry", str(path), "status").stdout
-    assert ("  prepare: its last run did not end well, so what it left under exp_root is not trusted: a launch runs "
-            "`python -c") in status
+    assert (f"  prepare: its last run did not end well (.cockpit-prepare/{prep.mark.name} is there), so what it left "
+            "under exp_root is not trusted: a launch runs `python -c") in status
     dry = cockpit("--registry", str(path), "launch", "fake", "--dry-run").stdout
-    assert "# prepare, first (its last run did not end well: what it left is not trusted):" in dry
+    assert f"# prepare, first (its last run did not end well ({prep.mark} is there): what it left is not trusted):" in dry
     r = cockpit("--registry", str(path), "launch", "fake", "--rerun", "--foreground", timeout=60)
     again = expdir.open_dir(Path(r.stdout.strip().splitlines()[-1]))
     assert again.prepare.status == "failed" and "FileExistsError" in again.prepare.note  # it ran again
