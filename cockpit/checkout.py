@@ -33,6 +33,7 @@ from __future__ import annotations
 import os
 import shlex
 import subprocess
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,10 +81,10 @@ def git_env(overrides: dict[str, str] | None = None) -> dict[str, str]:
 
 
 def git(cwd: Path | str, *args: str, overrides: dict[str, str] | None = None, timeout: float = GIT_TIMEOUT_S,
-        sink=None) -> Result:
+        sink: Callable[[bytes], bool] | None = None) -> Result:
     """Run `git <args>` in `cwd` as the module says (read only, no program of the config run).
     `sink`: gets stdout chunk by chunk instead of it being kept (pipes.read; it returns False to
-    stop git there, and then `out` is b""). Never raises."""
+    stop git there, and then `out` is b""). Raises only what `sink` raises."""
     argv = ["git", "--no-pager", *(a for o in SAFE_OPTIONS for a in ("-c", o)), *args]
     try:
         proc = subprocess.Popen(argv, cwd=cwd, env=git_env(overrides), stdin=subprocess.DEVNULL,
@@ -119,13 +120,15 @@ def drivers_off(cwd: Path | str) -> dict[str, str] | str:
     if not overrides:
         return overrides
     check = git(cwd, "config", "-z", "--get-regexp", r"^filter\.", overrides=overrides)
-    last = {(name, key): value for name, key, value in _filters(check.out or b"")}
+    if check.out is None:
+        return f"git config: {check.why}"
+    last = {(name, key): value for name, key, value in _filters(check.out)}
     if alive := sorted(f"filter.{n}.{k}" for (n, k), v in last.items() if v and FILTER_KEYS.get(k) == ""):
         return f"this git cannot switch off {alive[0]} (that needs GIT_CONFIG_COUNT, git 2.31 or later)"
     return overrides
 
 
-def _filters(listing: bytes):
+def _filters(listing: bytes) -> Iterator[tuple[str, str, str]]:
     """(driver name, key, value) of each `filter.<name>.<key>` entry of `git config -z`."""
     for entry in listing.split(b"\0"):
         key, _, value = entry.decode("utf-8", "surrogateescape").partition("\n")

@@ -253,3 +253,22 @@ def test_differences_name_what_differs():
     assert provenance.unknown(None, BASE) == "the baseline's dir has no plan.json: its git, host, GPUs and versions are unknown"
     assert provenance.unknown(BASE, None).startswith("this dir has no plan.json")
     assert provenance.unknown(None, None).startswith("neither dir has a plan.json")
+
+
+def test_a_git_that_cannot_switch_a_filter_off_is_not_asked_about_the_tree(tmp_path, monkeypatch):
+    """A git older than GIT_CONFIG_COUNT ignores the overrides (here: as if, the variables
+    dropped): the filter is seen still on, and neither status nor diff runs."""
+    d = repo(tmp_path)
+    mark = tmp_path / "ran"
+    (tmp_path / "clean.sh").write_text(f"#!/bin/sh\ntouch {mark}\ncat\n")
+    (tmp_path / "clean.sh").chmod(0o755)
+    (d / ".gitattributes").write_text("*.py filter=evil\n")
+    git(d, "config", "filter.evil.clean", str(tmp_path / "clean.sh"))
+    real = checkout.git_env
+    monkeypatch.setattr(checkout, "git_env", lambda overrides=None: real(None))
+    time.sleep(1.1)
+    (d / "a.py").write_text("x = 2\n")
+    info = provenance.git_info(d, tmp_path)
+    assert info["dirty"] is None and info["error"] == (
+        "this git cannot switch off filter.evil.clean (that needs GIT_CONFIG_COUNT, git 2.31 or later)")
+    assert not mark.exists() and not (tmp_path / "git.patch").exists()
