@@ -259,6 +259,8 @@ class Supervisor:
         if spec is None:
             return None
         argv, creates, mark = spec
+        marks = self.exp_dir.parent / reg.PREPARE_MARK_DIR  # this dir's exp_root's (a plan may lie)
+        mark = str(marks / Path(mark).name) if mark and os.path.realpath(Path(mark).parent) == str(marks) else None
         log = self.exp_dir / f"{PREPARE}.log"
         st = LegState(PREPARE, Status.QUEUED, log=str(log), supervisor_pid=self.me,
                       supervisor_create_time=self.my_create_time)
@@ -286,7 +288,7 @@ class Supervisor:
             return self._prepare_done(st, Status.FAILED, f"cannot write {log.name}: {fsutil.oneline(e)}")
         if mark is not None:  # there until the step ends well, whatever ends this process
             try:
-                root = Path(mark).parent.parent
+                root = self.exp_dir.parent
                 fsutil.make_dirs(Path(mark).parent, root=root)
                 fsutil.atomic_write_json(mark, {"dir": str(self.exp_dir), "started_at": st.started_at}, root=root)
             except OSError as e:

@@ -200,7 +200,7 @@ def test_a_prepare_that_ends_well_removes_its_mark(tmp_path):
     code = (f"import os, sys; print(os.path.exists({str(mark)!r}), file=open({str(seen)!r}, 'a')); "
             "os.makedirs(sys.argv[1], exist_ok=True)")
 
-    def run() -> expdir.ExpDir:
+    def run(mark: Path = mark) -> expdir.ExpDir:
         d = launch.new_exp_dir(tmp_path / "exp", "x")
         (d / "state").mkdir()
         plan = {"experiment": "x", "cwd": str(tmp_path), "legs": [{"name": "a", "argv": [sys.executable, "-c", "0"]}],
@@ -215,3 +215,7 @@ def test_a_prepare_that_ends_well_removes_its_mark(tmp_path):
     assert run().prepare.note == "skipped: what it creates exists"
     mark.write_text("{}")  # a run that did not end well
     assert run().prepare.status == "done" and not mark.exists() and seen.read_text() == "True\nTrue\n"
+    # a plan whose mark lies outside its exp_root: nothing is written there
+    made.rmdir()
+    elsewhere = tmp_path / "elsewhere" / ".cockpit-prepare" / "k.running"
+    assert run(elsewhere).prepare.status == "done" and not (tmp_path / "elsewhere").exists()
