@@ -191,10 +191,11 @@ def test_a_failed_prepare_is_remembered_and_run_again(tmp_path):
     assert "prepare: its last run did not end well" in r.stdout and prep.unfinished()
 
 
+@pytest.mark.slow
 def test_a_prepare_that_ends_well_removes_its_mark(tmp_path):
-    """The supervisor (no torchrun: the plan's legs are plain commands) writes the mark before the
-    step starts and removes it when it ends well; a mark left there makes it run over outputs
-    that exist."""
+    """Four supervisor runs (~5 s; no torchrun: the plan's legs are plain commands). The supervisor
+    writes the mark before the step starts and removes it when it ends well; a mark left there
+    makes it run over outputs that exist; a plan's mark outside its exp_root is not written."""
     made, mark = tmp_path / "exp" / "_data" / "made", tmp_path / "exp" / ".cockpit-prepare" / "k.running"
     seen = tmp_path / "seen"
     code = (f"import os, sys; print(os.path.exists({str(mark)!r}), file=open({str(seen)!r}, 'a')); "
