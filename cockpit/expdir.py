@@ -781,7 +781,50 @@ def discover(exp_root: Path | str) -> list[ExpDir]:
             m = DIR_NAME.match(p.name)
             out.append(ExpDir(p, m.group(2) if m else p.name, m.group(1) if m else "", None, [], {},
                               problem=f"unreadable: {describe(e)}"))
-    return sorted(out, key=lambda d: (d.created or "99999999_999999", d.path.name))
+    return sorted(out, key=order_key)
+
+
+# A launch's place in exp_root's order, in its plan.json: `"seq": {"n": 7, "utc": "2026-...Z"}`,
+# n one more than any plan's under exp_root when it was written, utc a UTC stamp (only breaks a
+# tie, two launches at once). A dir name's local-time stamp cannot order dirs: a clock set back
+# or a timezone change makes an older dir look newest.
+SEQ = "seq"
+
+
+def plan_seq(plan: object) -> tuple[int, str] | None:
+    """(n, utc) of a plan's `seq`, or None (a dir launched before it was recorded, or no plan)."""
+    seq = plan.get(SEQ) if isinstance(plan, dict) else None
+    if not isinstance(seq, dict):
+        return None
+    n, utc = seq.get("n"), seq.get("utc")
+    ok = isinstance(n, int) and not isinstance(n, bool) and n >= 1 and isinstance(utc, str)
+    return (n, utc) if ok else None
+
+
+def order_key(d: ExpDir) -> tuple:
+    """Oldest first: dirs without a `seq` (launched before it, or holding only logs) by their
+    name's stamp, then every dir with one by its number."""
+    seq = plan_seq(d.plan)
+    if seq is None:
+        return (0, 0, d.created or "99999999_999999", d.path.name)
+    return (1, *seq, d.path.name)
+
+
+def next_seq(exp_root: Path | str) -> dict:
+    """The `seq` of a plan written now under exp_root: one more than any plan's there."""
+    top = 0
+    try:
+        names = [p for p in Path(exp_root).iterdir() if DIR_NAME.match(p.name)]
+    except OSError:
+        names = []
+    for p in names:
+        try:
+            seq = plan_seq(read_json(p / "plan.json", PLAN_MAX_BYTES))
+        except (OSError, ValueError, RecursionError):
+            continue
+        if seq is not None:
+            top = max(top, seq[0])
+    return {"n": top + 1, "utc": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")}
 
 
 def find_dir(exp_root: Path | str, ref: str) -> Path:

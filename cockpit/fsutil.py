@@ -216,7 +216,7 @@ def atomic_write(path: os.PathLike | str, data: str | bytes, root: os.PathLike |
     the new one, never half; a symlink at `path` is replaced, not written through."""
     with StagedFiles(root) as staged:
         with staged.open(path, "wb") as f:
-            f.write(data.encode("utf-8") if isinstance(data, str) else data)
+            f.write(data.encode("utf-8", "surrogateescape") if isinstance(data, str) else data)
 
 
 def atomic_write_json(path: os.PathLike | str, obj: Any, root: os.PathLike | str | None = None) -> None:
@@ -289,7 +289,8 @@ class StagedFiles:
         self._staged.append((dfd, tmp, path.name))
         if "b" in mode:
             return os.fdopen(fd, "wb")
-        return os.fdopen(fd, "w", encoding="utf-8", newline="")  # newline="": csv writes its own
+        # newline="": csv writes its own; a path's byte that is not UTF-8 is written as that byte
+        return os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape", newline="")
 
     def commit(self) -> None:
         try:

@@ -33,7 +33,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from cockpit import flags, fsutil, gpus, provenance, safetext
+from cockpit import expdir, flags, fsutil, gpus, provenance, safetext
 from cockpit import registry as reg
 from cockpit.checkout import git_info
 from cockpit.executors import EXECUTORS, Executor, slurm
@@ -368,10 +368,10 @@ def legs_python(plan: LaunchPlan) -> str:
 def prepare_text(prep: reg.Prepare, plan: LaunchPlan) -> str:
     """The prepare step as a dry run shows it: whether it will run, and its exact command."""
     command = shlex.join(prep.command(legs_python(plan))) + ' > "$EXP_DIR/prepare.log" 2>&1'
-    missing = prep.missing()
-    if not missing:
+    why = prep.why()
+    if why is None:
         return f"# prepare: skipped, what it creates exists ({', '.join(map(str, prep.creates))})\n# {command}"
-    return f"# prepare, first ({', '.join(map(str, missing))} missing):\n{command}"
+    return f"# prepare, first ({why}):\n{command}"
 
 
 # The trainer's input dirs when its flags name none (nanochat/data.py, nanochat/tokenizer.py).
@@ -401,12 +401,13 @@ def missing_inputs(leg: reg.Leg, plan: LaunchPlan) -> list[str]:
 
 
 def plan_data(registry: reg.Registry, plan: LaunchPlan, exp_dir: Path, grace_s: float = STOP_GRACE_S,
-              origin: dict | None = None) -> dict:
+              origin: dict | None = None, seq: dict | None = None) -> dict:
     """What plan.json records of a launch into `exp_dir`: every run's exact argv (one per repeat of
     a leg with repeats; on Slurm, what srun starts on each node), its module and trainer flags, the
     executor and its settings, the registry snapshot, host, and the launch's provenance `origin`
     (provenance.collect: git, the machine, the trainer's versions, the launch's environment;
-    without it, git's branch and commit alone). Writes nothing."""
+    without it, git's branch and commit alone), and its place in exp_root's order `seq`
+    (expdir.next_seq; a dry run has none). Writes nothing."""
     on_slurm = plan.executor == slurm.NAME
     legs = []
     for leg in plan.legs:
@@ -423,6 +424,7 @@ def plan_data(registry: reg.Registry, plan: LaunchPlan, exp_dir: Path, grace_s: 
         "experiment": plan.experiment.id,
         "dir": str(exp_dir),
         "created_at": now_iso(),
+        **({expdir.SEQ: seq} if seq is not None else {}),  # how dirs are ordered (expdir.order_key)
         "host": socket.gethostname(),
         "user": os.environ.get("USER"),
         "cwd": str(plan.cwd),  # the checkout the legs run in
@@ -445,7 +447,8 @@ def plan_data(registry: reg.Registry, plan: LaunchPlan, exp_dir: Path, grace_s: 
         "skipped": [{"leg": name, "why": why} for name, why in plan.skipped],
         # run by the supervisor before the first leg when `creates` is missing
         "prepare": ({"argv": plan.experiment.prepare.command(legs_python(plan)),
-                     "creates": [str(p) for p in plan.experiment.prepare.creates]} if plan.experiment.prepare else None),
+                     "creates": [str(p) for p in plan.experiment.prepare.creates],
+                     "mark": str(plan.experiment.prepare.mark)} if plan.experiment.prepare else None),
         "registry": {"path": str(registry.path.resolve()), "raw": registry.raw},
     }
     if on_slurm:
@@ -459,15 +462,9 @@ def write_plan(registry: reg.Registry, plan: LaunchPlan, exp_dir: Path, grace_s:
     (git, with `git.patch` beside it when the tree is dirty; the machine; the trainer's versions,
     read by the legs' python; the launch's environment: see provenance). Returns what it holds."""
     runtime = plan.runtime
-    origin, patch = provenance.collect(plan.cwd, plan.torchrun, str(runtime.python) if runtime and runtime.python else None,
-                                       dict(runtime.env) if runtime else None)
-    if patch is not None:
-        try:
-            provenance.save_patch(exp_dir, patch)
-            origin["git"]["patch"] = provenance.PATCH_NAME
-        except OSError as e:
-            origin["git"]["patch_error"] = f"{provenance.PATCH_NAME} not written: {describe(e)}"
-    data = plan_data(registry, plan, exp_dir, grace_s, origin)
+    origin = provenance.collect(plan.cwd, plan.torchrun, str(runtime.python) if runtime and runtime.python else None,
+                                dict(runtime.env) if runtime else None, exp_dir)
+    data = plan_data(registry, plan, exp_dir, grace_s, origin, expdir.next_seq(exp_dir.parent))
     fd = fsutil.create_new(exp_dir / "plan.json", root=exp_dir)  # written once, never over anything
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         json.dump(data, f, indent=2, default=str)

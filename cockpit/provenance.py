@@ -5,7 +5,8 @@ nothing else. So a launch records, in its plan.json, everything else a run's spe
 depends on that the cockpit can see:
 
 - the code: git branch and commit, whether the tree had uncommitted changes, and then those
-  changes themselves (`git diff HEAD`, saved as `<dir>/git.patch`, its sha256 in the plan);
+  changes themselves (`git diff HEAD`, streamed into `<dir>/git.patch`, its sha256 in the plan);
+  a dir that is no checkout is recorded as "not a git checkout";
 - the machine: host, the GPUs' model and driver (NVML);
 - the trainer's environment: the Python, torch, CUDA and NCCL versions of the interpreter the
   legs run with (read by that interpreter in a subprocess: the cockpit never imports torch), and
@@ -15,7 +16,8 @@ Whatever cannot be read is recorded as such, with why: provenance never stops a 
 `differences()` compares two plans (a run's, its baseline's) and says, in a few words each, what
 differs: the report and the resume guide print it as a warning beside the delta.
 
-Only read-only git commands run here (`GIT_OPTIONAL_LOCKS=0`: not even the index is refreshed).
+Git runs only through checkout.git: read only, and none of the programs the checkout's config
+names (filters, diff drivers, fsmonitor, hooks) is run.
 
 Layer 1: imports checkout, fsutil and gpus.
 """
@@ -34,7 +36,7 @@ from cockpit import checkout, fsutil, gpus
 
 PATCH_NAME = "git.patch"  # <exp_dir>/git.patch: the uncommitted changes the legs ran with
 PATCH_MAX_BYTES = 32 << 20  # a bigger diff is cut there (the plan says so)
-GIT_TIMEOUT_S = 10.0
+GIT_TIMEOUT_S = 10.0  # a status or diff of the whole tree
 PROBE_TIMEOUT_S = 20.0  # reading versions starts one Python: well under a second, unless the disk is cold
 ENV_NAMES = ("CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS")  # and every NCCL_* variable
 ENV_PREFIXES = ("NCCL_",)
@@ -67,49 +69,89 @@ print(json.dumps(out))
 """
 
 
-def _git_env() -> dict[str, str]:
-    return {**os.environ, "GIT_OPTIONAL_LOCKS": "0", "LC_ALL": "C"}
-
-
-def _git(cwd: Path, *args: str, limit: int | None = None) -> tuple[bytes | None, str | None]:
-    """(stdout, None), or (None, why) when git cannot say."""
-    try:
-        out = subprocess.run(["git", *args], cwd=cwd, env=_git_env(), capture_output=True, timeout=GIT_TIMEOUT_S,
-                             stdin=subprocess.DEVNULL)
-    except (OSError, subprocess.SubprocessError) as e:
-        return None, fsutil.oneline(e)
-    if out.returncode != 0:
-        return None, (out.stderr.decode("utf-8", "replace").strip().splitlines() or [f"exit code {out.returncode}"])[-1]
-    return (out.stdout if limit is None else out.stdout[:limit]), None
-
-
-def git_info(cwd: Path) -> tuple[dict[str, Any], bytes | None]:
-    """checkout.git_info (top dir, branch, commit), and whether the tree is dirty; with its `git
-    diff HEAD` when it is (None when clean or unknown). Read only."""
+def git_info(cwd: Path, exp_dir: Path | None = None) -> dict[str, Any]:
+    """checkout.git_info (top dir, branch, commit), and whether the tree is dirty. When it is and
+    `exp_dir` is given, its `git diff HEAD` is streamed into `<exp_dir>/git.patch` (created new
+    there), cut at PATCH_MAX_BYTES: never held in memory whole. Read only; runs no program the
+    checkout's config names (see checkout)."""
     info: dict[str, Any] = dict(checkout.git_info(cwd))
     if info["dir"] is None:
         info["dirty"] = None
-        return info, None
-    cwd = Path(info["dir"])
-    status, why = _git(cwd, "status", "--porcelain", "--untracked-files=normal")
-    if status is None:
-        info["dirty"], info["error"] = None, f"git status: {why}"
-        return info, None
-    lines = status.decode("utf-8", "replace").splitlines()
-    info["dirty"] = any(not ln.startswith("??") for ln in lines)  # tracked files changed (the patch)
-    info["untracked"] = sum(ln.startswith("??") for ln in lines)  # new files: not in the patch
-    if not info["dirty"]:
-        return info, None
-    patch, why = _git(cwd, "diff", "HEAD", "--no-color", "--no-ext-diff", limit=PATCH_MAX_BYTES + 1)
-    if patch is None:
-        info["patch_error"] = f"git diff HEAD: {why}"
-        return info, None
-    if len(patch) > PATCH_MAX_BYTES:
-        patch = patch[:PATCH_MAX_BYTES]
-        info["patch_truncated"] = True
-    info["patch_sha256"] = hashlib.sha256(patch).hexdigest()
-    info["patch_bytes"] = len(patch)
-    return info, patch
+        return info
+    top = Path(info["dir"])
+    off = checkout.drivers_off(top)
+    if isinstance(off, str):
+        info["dirty"], info["error"] = None, off
+        return info
+    lines = _Lines()
+    status = checkout.git(top, "status", "--porcelain", "--untracked-files=normal", checkout.SUBMODULES,
+                          overrides=off, timeout=GIT_TIMEOUT_S, sink=lines.add)
+    if status.out is None:
+        info["dirty"], info["error"] = None, f"git status: {status.why}"
+        return info
+    info["dirty"] = lines.tracked > 0  # tracked files changed (the patch)
+    info["untracked"] = lines.untracked  # new files: not in the patch
+    if info["dirty"] and exp_dir is not None:
+        info.update(_save_patch(top, exp_dir, off))
+    return info
+
+
+class _Lines:
+    """`git status --porcelain` counted as it streams: changed tracked files, untracked ones."""
+
+    def __init__(self) -> None:
+        self.tracked = self.untracked = 0
+        self.rest = b""
+
+    def add(self, chunk: bytes) -> bool:
+        *whole, self.rest = (self.rest + chunk).split(b"\n")
+        for line in whole:
+            if line.startswith(b"??"):
+                self.untracked += 1
+            elif line:
+                self.tracked += 1
+        self.rest = self.rest[:3]  # what says which kind the line is, however long its path
+        return True
+
+
+def _save_patch(top: Path, exp_dir: Path, off: dict[str, str]) -> dict[str, Any]:
+    """`git diff HEAD` streamed into `<exp_dir>/git.patch`, hashed on the way; git is stopped once
+    PATCH_MAX_BYTES are written. What the plan records of it (`patch`, `patch_sha256`,
+    `patch_bytes`, `patch_truncated`; or `patch_error`, and no file)."""
+    path = exp_dir / PATCH_NAME
+    try:
+        fd = fsutil.create_new(path, root=exp_dir)
+    except OSError as e:
+        return {"patch_error": f"{PATCH_NAME} not written: {fsutil.oneline(e)}"}
+    sha, size, cut = hashlib.sha256(), 0, False
+
+    def write(chunk: bytes) -> bool:
+        nonlocal size, cut
+        room = PATCH_MAX_BYTES - size
+        part = chunk[:room]
+        view = memoryview(part)
+        while view:
+            view = view[os.write(fd, view):]
+        sha.update(part)
+        size += len(part)
+        cut = len(chunk) > room
+        return not cut
+
+    try:
+        r = checkout.git(top, "diff", "HEAD", "--no-color", *checkout.DIFF_OPTIONS, overrides=off,
+                         timeout=GIT_TIMEOUT_S, sink=write)
+    except OSError as e:
+        r = checkout.Result(None, f"{PATCH_NAME} not written: {fsutil.oneline(e)}")
+    finally:
+        os.close(fd)
+    if r.out is None:
+        try:
+            path.unlink()
+        except OSError:
+            pass
+        return {"patch_error": r.why if (r.why or "").startswith(PATCH_NAME) else f"git diff HEAD: {r.why}"}
+    return {"patch": PATCH_NAME, "patch_sha256": sha.hexdigest(), "patch_bytes": size,
+            **({"patch_truncated": True} if cut else {})}
 
 
 def legs_python(torchrun: str) -> str:
@@ -152,27 +194,19 @@ def env_vars(environ: dict[str, str] | None = None) -> dict[str, str]:
     return {k: environ[k] for k in sorted(environ) if k in ENV_NAMES or k.startswith(ENV_PREFIXES)}
 
 
-def collect(cwd: Path, torchrun: str, python: str | None = None,
-            leg_env: dict[str, str] | None = None) -> tuple[dict[str, Any], bytes | None]:
-    """Everything a plan records of a launch's origin, and the patch to save beside it (or None):
-    ({"git": ..., "machine": ..., "trainer": ..., "launch_env": ...}, patch). `python`: the legs'
-    interpreter when the registry names one (else the one torchrun's first line names);
-    `leg_env`: what the registry adds to the legs' environment (it wins over this process's)."""
-    git, patch = git_info(cwd)
+def collect(cwd: Path, torchrun: str, python: str | None = None, leg_env: dict[str, str] | None = None,
+            exp_dir: Path | None = None) -> dict[str, Any]:
+    """Everything a plan records of a launch's origin: {"git": ..., "machine": ..., "trainer":
+    ..., "launch_env": ...}, with `<exp_dir>/git.patch` written beside it when the tree is dirty.
+    `python`: the legs' interpreter when the registry names one (else the one torchrun's first
+    line names); `leg_env`: what the registry adds to the legs' environment (it wins over this
+    process's)."""
     return {
-        "git": git,
+        "git": git_info(cwd, exp_dir),
         "machine": gpus.machine(),
         "trainer": trainer_env(python or legs_python(torchrun), cwd),
         "launch_env": env_vars({**os.environ, **(leg_env or {})}),
-    }, patch
-
-
-def save_patch(exp_dir: Path, patch: bytes) -> Path:
-    """`<exp_dir>/git.patch`, created new inside the dir (never through a planted link)."""
-    path = exp_dir / PATCH_NAME
-    with os.fdopen(fsutil.create_new(path, root=exp_dir), "wb") as f:
-        f.write(patch)
-    return path
+    }
 
 
 # ----------------------------------------------------------------------------------------------

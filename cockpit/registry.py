@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import hashlib
 import itertools
 import math
 import os
@@ -38,6 +39,8 @@ EXECUTORS = ("local", "slurm")  # who runs a launch's legs: a supervisor here, o
 EXP_ROOT_PLACEHOLDER = "{exp_root}"  # in a trainer arg or a prepare entry: project.exp_root, filled at load
 PYTHON_PLACEHOLDER = "{python}"  # in a prepare argv: the Python of the legs, filled at launch
 PREPARE = "prepare"  # an experiment's prepare step: <dir>/prepare.log, state/prepare.json (no leg's name)
+# <exp_root>/.cockpit-prepare/<key>.running: a prepare step of those outputs started and has not ended well
+PREPARE_MARK_DIR = ".cockpit-prepare"
 REGISTRY_MAX_BYTES = 16 << 20  # a registry is a hand-written file: a bigger one is not a registry
 # Bounds of the numbers a registry holds: each is checked with its file:line.
 TAIL_MAX = 1_000_000  # step lines in the report's tail window
@@ -60,6 +63,11 @@ _MODULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 # (its log `<leg>.r<i>.log`, its state `state/<leg>.r<i>.json`) with `--seed` base + i, the base
 # being the leg's `seed` arg, else the trainer's default.
 REPEATS_MAX = 100
+# Runs (legs x repeats, a grid's legs counted) are bounded: per experiment, and in all. Each run is
+# a state file, a log and a line of every view; a grid of 100 x 100 x 100 values would make 10^6
+# of them (status: 30 s and 1.4 GB). Checked before a grid is expanded.
+RUNS_MAX = 1_000
+REGISTRY_RUNS_MAX = 10_000
 REPEAT_NAME = re.compile(r"^(.+)\.r(0|[1-9][0-9]*)$")
 DEFAULT_SEED = 42  # nanochat.base_train's --seed default (tests/test_registry.py checks they agree)
 
@@ -161,10 +169,26 @@ class Prepare:
     argv: tuple[str, ...]  # `{python}` stands for the legs' Python
     creates: tuple[Path, ...]  # inside exp_root: the step runs when any of them is missing
     line: int | None = None
+    # A file the supervisor writes before the step starts and removes when it ends well: while it
+    # is there (the step failed, was stopped, or its supervisor was killed), what the step left is
+    # not trusted, and the next launch runs the step again (`prepare_mark`).
+    mark: Path | None = None
+
+    def unfinished(self) -> bool:
+        """Did a run of the step start and not end well? Then its outputs are not trusted."""
+        return self.mark is not None and os.path.lexists(self.mark)
 
     def missing(self) -> list[Path]:
-        """What it creates that is not there now (the step runs when this is not empty)."""
-        return [p for p in self.creates if not os.path.lexists(p)]
+        """What the step must make now (it runs when this is not empty): what it creates that is
+        not there, or all of it after a run that did not end well."""
+        return list(self.creates) if self.unfinished() else [p for p in self.creates if not os.path.lexists(p)]
+
+    def why(self) -> str | None:
+        """Why a launch runs the step now, in a few words, or None when it does not."""
+        if self.unfinished():
+            return f"its last run did not end well ({self.mark} is there): what it left is not trusted"
+        missing = self.missing()
+        return f"{', '.join(map(str, missing))} missing" if missing else None
 
     def makes(self, path: Path | str) -> bool:
         """Is `path` one of the paths it creates, or inside one?"""
@@ -494,6 +518,17 @@ def _plain(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else f"{x:g}"
 
 
+def _first(names, n: int = 8) -> str:
+    """The first `n` names, and how many there are in all when more: a message stays one line."""
+    names = list(names)
+    return ", ".join(names[:n]) + (f", ... ({_count(len(names))} in all)" if len(names) > n else "")
+
+
+def _count(n: int) -> str:
+    """A count as a person reads it: 1,000,000."""
+    return f"{n:,}"
+
+
 def _cut(text: str, n: int = 100) -> str:
     """A long path or name cut in its middle, for a message that must stay readable."""
     return text if len(text) <= n else f"{text[: n // 2 - 2]}...{text[-(n // 2 - 1):]}"
@@ -634,6 +669,7 @@ def from_raw(raw: dict[str, Any], path: Path | str = DEFAULT_REGISTRY, text: str
 
     experiments: list[Experiment] = []
     seen_ids: dict[str, int | None] = {}
+    total_runs = 0
     for i, exp in enumerate(raw.get("experiment", [])):
         loc = ("experiment", i)
         if not isinstance(exp, dict):
@@ -664,6 +700,7 @@ def from_raw(raw: dict[str, Any], path: Path | str = DEFAULT_REGISTRY, text: str
 
         legs: list[Leg] = []
         seen_legs: dict[str, int | None] = {}
+        runs = 0  # of this experiment so far (legs x repeats)
         for j, leg in enumerate(exp.get("leg", [])):
             lloc = loc + ("leg", j)
             if not isinstance(leg, dict):
@@ -674,6 +711,10 @@ def from_raw(raw: dict[str, Any], path: Path | str = DEFAULT_REGISTRY, text: str
                 raise ld.fail(lloc, f"leg {j} of '{exp_id}' has no 'name'")
             repeats = leg.get("repeats", e_repeats)
             ld.check_range(repeats, 1, REPEATS_MAX, lloc + ("repeats",), f"{exp_id}/{name}.repeats")
+            runs += repeats
+            if runs > RUNS_MAX:
+                raise ld.fail(lloc, f"'{exp_id}' has {_count(runs)} runs (legs x repeats) up to its leg {_show(name)}: "
+                                    f"an experiment holds at most {_count(RUNS_MAX)}")
             if why := _bad_name(name, LEG_FILES):
                 raise ld.fail(lloc + ("name",), f"leg name {_show(name)} in '{exp_id}' {why}")
             if REPEAT_NAME.match(name):
@@ -722,7 +763,9 @@ def from_raw(raw: dict[str, Any], path: Path | str = DEFAULT_REGISTRY, text: str
             )
         if "grid" in exp:
             grid_legs = []
-            for name, args, desc, values in _expand_grid(ld, exp["grid"], loc + ("grid",), exp_id, e_args, seen_legs):
+            expanded = _expand_grid(ld, exp["grid"], loc + ("grid",), exp_id, e_args, seen_legs, runs, e_repeats)
+            runs += len(expanded) * e_repeats
+            for name, args, desc, values in expanded:
                 if why := _path_too_long(exp_root, exp_id, repeat_name(name, e_repeats - 1) if e_repeats > 1 else name):
                     raise ld.fail(loc + ("grid", "name"), why)
                 grid_legs.append(Leg(name=name, experiment=exp_id, module=module, device=device, nproc_per_node=nproc,
@@ -732,6 +775,10 @@ def from_raw(raw: dict[str, Any], path: Path | str = DEFAULT_REGISTRY, text: str
             at = ld.line(loc + ("grid",)) or 0
             cut = sum(1 for leg in legs if (leg.line or 0) < at)
             legs[cut:cut] = grid_legs
+        total_runs += runs
+        if total_runs > REGISTRY_RUNS_MAX:
+            raise ld.fail(loc, f"the registry has {_count(total_runs)} runs (legs x repeats) up to experiment "
+                               f"'{exp_id}': it holds at most {_count(REGISTRY_RUNS_MAX)}")
         experiments.append(
             Experiment(
                 id=exp_id,
@@ -759,7 +806,7 @@ def from_raw(raw: dict[str, Any], path: Path | str = DEFAULT_REGISTRY, text: str
             raise ld.fail(
                 ("experiment", i, "baseline"),
                 f"baseline '{exp.baseline}' of '{exp.id}' names no leg"
-                + (f" (legs: {', '.join(leg.name for leg in exp.legs)})" if exp.legs else ""),
+                + (f" (legs: {_first(leg.name for leg in exp.legs)})" if exp.legs else ""),
             )
     return registry
 
@@ -796,11 +843,12 @@ def _fill(template: str, values: dict[str, str]) -> str:
     return _PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), template)
 
 
-def _expand_grid(ld: _Loader, grid: dict, loc: tuple, exp_id: str, e_args: dict,
-                 seen: dict[str, int | None]) -> list[tuple[str, dict, str | None, dict]]:
+def _expand_grid(ld: _Loader, grid: dict, loc: tuple, exp_id: str, e_args: dict, seen: dict[str, int | None],
+                 runs: int = 0, repeats: int = 1) -> list[tuple[str, dict, str | None, dict]]:
     """The legs of an experiment's grid as (name, args, description, axis values), checked: a
     template that names every axis and nothing else, axes of distinct scalar values, names no
-    other leg has (`seen`: name -> line)."""
+    other leg has (`seen`: name -> line), and no more runs than RUNS_MAX with the `runs` the
+    experiment has beside it, each leg run `repeats` times (counted before anything is expanded)."""
     template = grid.get("name")
     if not isinstance(template, str):
         raise ld.fail(loc, f"the grid of '{exp_id}' needs a name template (e.g. name = \"{{compile-mode}}_cap"
@@ -814,6 +862,14 @@ def _expand_grid(ld: _Loader, grid: dict, loc: tuple, exp_id: str, e_args: dict,
         if not isinstance(values, list) or not values:
             raise ld.fail(loc + (key,), f"grid axis '{key}' of '{exp_id}' must be a non-empty array of values, "
                                         f"not {_show(values)}")
+    size = math.prod(len(v) for v in axes.values())
+    if runs + size * repeats > RUNS_MAX:
+        shape = " x ".join(str(len(v)) for v in axes.values())
+        also = f", with {_count(runs)} beside it" if runs else ""
+        rep = f" x {repeats} repeats" if repeats > 1 else ""
+        raise ld.fail(loc, f"the grid of '{exp_id}' makes {_count(size)} legs ({shape}){rep}{also}: an experiment "
+                           f"holds at most {_count(RUNS_MAX)} runs (legs x repeats)")
+    for key, values in axes.items():
         for v in values:
             ld.check_args({key: v}, loc + (key,))
         shown = [name_part(v) for v in values]
@@ -984,7 +1040,15 @@ def _prepare(ld: _Loader, table: Any, loc: tuple, base: Path, exp_root: Path, re
             if path == ro or ro in path.parents:
                 raise ld.fail(loc + ("creates",), f"'prepare.creates' {_cut(str(path))} lies inside read-only path {ro}")
         creates.append(path)
-    return Prepare(tuple(a.replace(EXP_ROOT_PLACEHOLDER, str(exp_root)) for a in argv), tuple(creates), ld.line(loc))
+    return Prepare(tuple(a.replace(EXP_ROOT_PLACEHOLDER, str(exp_root)) for a in argv), tuple(creates), ld.line(loc),
+                   prepare_mark(exp_root, creates))
+
+
+def prepare_mark(exp_root: Path, creates: list[Path] | tuple[Path, ...]) -> Path:
+    """`<exp_root>/.cockpit-prepare/<key>.running`, the key naming the set of paths a prepare step
+    creates (two experiments that prepare the same paths share it)."""
+    key = hashlib.sha256("\0".join(sorted(map(str, creates))).encode("utf-8", "surrogateescape")).hexdigest()[:16]
+    return exp_root / PREPARE_MARK_DIR / f"{key}.running"
 
 
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")  # an environment variable's name

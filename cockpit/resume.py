@@ -322,6 +322,9 @@ def prepare_text(p: reg.Prepare, exp_root: Path) -> str:
     def short(path: Path) -> str:
         return os.path.relpath(path, exp_root) if fsutil.is_inside(path, exp_root) else str(path)
 
+    if p.unfinished():
+        return (f"its last run did not end well ({short(p.mark)} is there), so what it left under exp_root is not "
+                f"trusted: a launch runs `{shlex.join(p.command('python'))}` again first (output in <dir>/prepare.log)")
     if missing := p.missing():
         return (f"{', '.join(short(m) for m in missing)} missing under exp_root: a launch runs "
                 f"`{shlex.join(p.command('python'))}` first (output in <dir>/prepare.log)")
@@ -480,13 +483,7 @@ def build_state(
                 b = baseline.choose(registry, e.id, key[1], dirs)
                 found[key] = (b, report.baseline_row(b, tail, now) if b is not None else None)
             m.baseline, m.baseline_row = found[key]
-    reports = []
-    for d in dirs:
-        p = d.path / "report.md"
-        try:
-            reports.append((p.stat().st_mtime, str(p)))
-        except (OSError, ValueError):
-            continue
+    reports = [str(d.path / "report.md") for d in reversed(dirs) if fsutil.is_regular(d.path / "report.md")]
     marks = [m for e in experiments for m in e.legs]
     nxt, first = next_leg(registry, experiments), next_leg(registry, experiments, here=False)
     return ResumeState(
@@ -505,7 +502,7 @@ def build_state(
         next_elsewhere=first if first is not None and (nxt is None or first.leg != nxt.leg
                                                        or first.experiment != nxt.experiment) else None,
         gpus=gpu,
-        reports=[p for _, p in sorted(reports, reverse=True)[:5]],
+        reports=reports[:5],  # of the newest dirs (expdir's order), not by a clock
         safety=safety_lines(registry),
         dirs=dirs,
         checkout=checkout if checkout is not None else branch_check(checkout_dir(registry), s.branch),

@@ -7,6 +7,7 @@ its title, `ESC [ 2 J` clears it, `ESC ] 52 ; c ; ... BEL` writes the clipboard)
 - `strip_escapes`: before parsing, every escape sequence goes (a step line in green is a step line);
 - `printable`: before printing, escape sequences go and every other control character is shown
   as `\\xNN` (bidi overrides too, as `\\u202e`), so nothing read from disk acts on the terminal;
+  a byte of a file name that is not UTF-8 is shown as `\\xNN` too (it cannot be printed as it is);
 - `md_cell` / `md_code`: printable text as a markdown table cell or code span.
 
 This module is layer 0: it imports nothing from the cockpit.
@@ -30,9 +31,10 @@ ESCAPES_BYTES = re.compile(
     rb"\x1b\[[0-?]*[ -/]*[@-~]?|\x1b[\]PX^_][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[ -/]*[0-~]?"
 )
 # what printable() shows as \xNN / \uNNNN: C0 but tab and newline, DEL, C1, bidi controls,
-# line/paragraph separators
+# line/paragraph separators, and lone surrogates: a byte of a path that is not UTF-8 (Python
+# reads `caf\xe9` as `caf\udce9`), shown as that byte; no encoder can write it as it is
 _BIDI = "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
-_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029" + _BIDI + "]")
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029" + _BIDI + "\ud800-\udfff]")
 
 
 def strip_escapes(text: str) -> str:
@@ -50,8 +52,10 @@ def _has_c1(text: str) -> bool:
 
 
 def _visible(m: re.Match) -> str:
-    c = m.group()
-    return f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}"
+    n = ord(m.group())
+    if 0xDC80 <= n <= 0xDCFF:  # the byte a non-UTF-8 name held (os.fsdecode's surrogateescape)
+        n -= 0xDC00
+    return f"\\x{n:02x}" if n < 0x100 else f"\\u{n:04x}"
 
 
 def printable(text: str, newlines: bool = True) -> str:

@@ -29,7 +29,7 @@ included, fails the leg before it starts, with that reason); any OSError of the 
 still can be and in the supervisor's log as one line, and the queue goes on or stops per policy.
 The supervisor always ends with its exit code, never with a traceback.
 
-Layer 2: imports fsutil, procs, safetext, registry, vocab, gpus, expdir and report.
+Layer 2: imports fsutil, pipes, procs, safetext, registry, vocab, gpus, expdir and report.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ from pathlib import Path
 
 import psutil
 
-from cockpit import fsutil, gpus, procs, report, safetext
+from cockpit import fsutil, gpus, pipes, procs, report, safetext
 from cockpit import registry as reg
 from cockpit.expdir import (
     STATE_DIR,
@@ -451,11 +451,16 @@ class Supervisor:
         spec = plan_prepare(plan)
         if spec is None:
             return None
-        argv, creates = spec
+        argv, creates, mark = spec
+        marks = self.exp_dir.parent / reg.PREPARE_MARK_DIR  # this dir's exp_root's (a plan may lie)
+        mark = str(marks / Path(mark).name) if mark and os.path.realpath(Path(mark).parent) == str(marks) else None
         log = self.exp_dir / f"{PREPARE}.log"
         st = LegState(PREPARE, Status.QUEUED, log=str(log), supervisor_pid=self.me,
                       supervisor_create_time=self.my_create_time)
         missing = [c for c in creates if not os.path.lexists(c)]
+        if mark is not None and os.path.lexists(mark):
+            missing = creates  # an earlier run did not end well: what it left is not trusted
+            self.say(f"{PREPARE}: its last run did not end well ({mark} is there): running it again")
         if not missing:
             st.status, st.note, st.ended_at = Status.DONE, "skipped: what it creates exists", now_iso()
             self._put_prepare(st)
@@ -474,6 +479,14 @@ class Supervisor:
             fd = fsutil.create_or_append(log, root=self.exp_dir)
         except OSError as e:
             return self._prepare_done(st, Status.FAILED, f"cannot write {log.name}: {fsutil.oneline(e)}")
+        if mark is not None:  # there until the step ends well, whatever ends this process
+            try:
+                root = self.exp_dir.parent
+                fsutil.make_dirs(Path(mark).parent, root=root)
+                fsutil.atomic_write_json(mark, {"dir": str(self.exp_dir), "started_at": st.started_at}, root=root)
+            except OSError as e:
+                os.close(fd)
+                return self._prepare_done(st, Status.FAILED, f"cannot write {mark}: {fsutil.oneline(e)}")
         try:
             proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=fd,
                                     stderr=subprocess.STDOUT, start_new_session=True)
@@ -505,6 +518,13 @@ class Supervisor:
             return self._prepare_done(st, Status.FAILED, f"{why}: {tail[-1]}" if tail else why, tail)
         if still := [c for c in creates if not os.path.lexists(c)]:
             return self._prepare_done(st, Status.FAILED, f"exited 0 but did not create {', '.join(still)}")
+        if mark is not None:
+            try:
+                os.unlink(mark)
+            except FileNotFoundError:
+                pass
+            except OSError as e:  # its outputs are fine; the next launch only makes them again
+                self.fault(f"{PREPARE}: {mark} not removed", e)
         self._prepare_done(st, Status.DONE, None)
         return None
 
@@ -816,39 +836,48 @@ def plan_notify(plan: dict) -> tuple[list[str] | None, float]:
 def run_notify(argv: list[str], timeout_s: float, cwd: Path) -> str | None:
     """Run a notify command (no shell, no stdin, in its own session); None when it exits 0, else
     why not in one line: it could not start, it exited non-zero (its last line), or it ran past
-    its time and was stopped with everything it started."""
+    its time and was stopped with everything it started.
+
+    Its output is read as it comes and only the last NOTIFY_OUTPUT_MAX bytes kept (`yes` as a
+    notifier costs a bounded buffer, not the supervisor's memory). Its end is its exit: a child
+    it left behind holding stdout does not hold the queue up, and the pipe is closed then, so a
+    child that goes on writing to it is not kept blocked on a supervisor that no longer reads."""
     try:
         proc = subprocess.Popen(argv, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, start_new_session=True)
     except (OSError, ValueError) as e:
         return f"could not run: {safetext.oneline(fsutil.oneline(e))[:200]}"
     try:
-        out, _ = proc.communicate(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        try:
-            procs.terminate(psutil.Process(proc.pid), 1.0, waiter=_waiter(proc))  # our own unreaped child
-        except psutil.NoSuchProcess:
-            pass
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-        proc.stdout.close()  # not read to its end: a process it left behind may still hold it
-        return f"timed out after {timeout_s:g}s (stopped)"
+        got = pipes.read(proc, timeout_s, keep=NOTIFY_OUTPUT_MAX)
+        if got.returncode is None:
+            try:
+                procs.terminate(psutil.Process(proc.pid), 1.0, waiter=_waiter(proc))  # our own unreaped child
+            except psutil.NoSuchProcess:
+                pass
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+            return f"timed out after {timeout_s:g}s (stopped)"
+    finally:
+        proc.stdout.close()
     if proc.returncode == 0:
         return None
-    lines = [ln.strip() for ln in out[-NOTIFY_OUTPUT_MAX:].decode("utf-8", "replace").splitlines() if ln.strip()]
+    lines = [ln.strip() for ln in got.out.decode("utf-8", "replace").splitlines() if ln.strip()]
     cause = signal_cause(proc.returncode) if proc.returncode < 0 else None
     last = f": {safetext.oneline(lines[-1])[:200]}" if lines else ""
     return (f"killed by signal {-proc.returncode}" if cause else f"exited {proc.returncode}") + last
 
 
-def plan_prepare(plan: dict) -> tuple[list[str], list[str]] | None:
-    """The plan's prepare step (argv, the paths it creates), when it is a sane one."""
+def plan_prepare(plan: dict) -> tuple[list[str], list[str], str | None] | None:
+    """The plan's prepare step (argv, the paths it creates, its mark: see registry.Prepare), when
+    it is a sane one. A plan written before marks has none: the step is trusted as it was then."""
     spec = plan.get("prepare")
     if not isinstance(spec, dict):
         return None
-    argv, creates = spec.get("argv"), spec.get("creates")
-    return (argv, creates) if _strings(argv) and _strings(creates) else None
+    argv, creates, mark = spec.get("argv"), spec.get("creates"), spec.get("mark")
+    if not (_strings(argv) and _strings(creates)):
+        return None
+    return argv, creates, mark if _strings([mark]) and os.path.isabs(mark) else None
 
 
 def _strings(xs: object) -> bool:

@@ -32,7 +32,13 @@ import torch
 import torch.distributed as dist
 
 from nanochat import moe as moe_lib
-from nanochat.checkpoint import checkpoint_dir, checkpoint_paths, load_checkpoint, save_checkpoint
+from nanochat.checkpoint import (
+    CheckpointError,
+    checkpoint_dir,
+    checkpoint_paths,
+    load_checkpoint,
+    save_checkpoint,
+)
 from nanochat.common import (
     autodetect_device_type,
     compute_cleanup,
@@ -236,6 +242,9 @@ def main(argv: list[str] | None = None) -> int:
         if is_rank0():
             print(f"{PROG}: error: {e}", file=sys.stderr, flush=True)
         return 2
+    except CheckpointError as e:  # each rank says its own: a rank's optimizer file is its own
+        print(f"{PROG}: error: {e}", file=sys.stderr, flush=True)
+        return e.exit_code
     except KeyboardInterrupt:
         return 130
     finally:

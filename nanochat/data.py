@@ -125,6 +125,14 @@ def split_files(data_dir: str | Path, split: str) -> list[Path]:
     return files[:-1] if split == "train" else files[-1:]
 
 
+def _is_text(kind) -> bool:
+    """Is an arrow type a string column (string, large_string, string_view)?"""
+    import pyarrow as pa
+
+    checks = (pa.types.is_string, pa.types.is_large_string, getattr(pa.types, "is_string_view", None))
+    return any(check is not None and check(kind) for check in checks)
+
+
 class DocumentStream:
     """One rank's documents of a split, in a fixed order, endlessly (epoch 1, 2, ...).
 
@@ -146,6 +154,9 @@ class DocumentStream:
                 raise DataDirError(f"{f}: not a readable parquet file ({type(e).__name__}: {e})") from None
             if "text" not in meta.schema.names:
                 raise DataDirError(f"{f}: no `text` column (columns: {', '.join(meta.schema.names)})")
+            kind = meta.schema.to_arrow_schema().field("text").type
+            if not _is_text(kind):
+                raise DataDirError(f"{f}: its `text` column holds {kind}, not strings")
             for rg in range(rank, meta.num_row_groups, world_size):
                 self.units.append((fi, rg))
                 rows += meta.row_group(rg).num_rows
@@ -162,8 +173,16 @@ class DocumentStream:
         """All documents of one row group (the last one read is kept)."""
         if self._cached is None or self._cached[0] != unit:
             fi, rg = self.units[unit]
-            column = self._pq.ParquetFile(self.files[fi]).read_row_group(rg, columns=["text"]).column("text")
-            self._cached = (unit, [t if t is not None else "" for t in column.to_pylist()])
+            try:  # a shard can be damaged past its footer (a corrupt page): found only here
+                column = self._pq.ParquetFile(self.files[fi]).read_row_group(rg, columns=["text"]).column("text")
+                texts = [t if t is not None else "" for t in column.to_pylist()]
+            except Exception as e:  # pyarrow's errors: OSError, ArrowInvalid, ...
+                why = " ".join(str(e).split())[:200]
+                raise DataDirError(f"{self.files[fi]}: row group {rg} unreadable ({type(e).__name__}: {why})") from None
+            if not all(isinstance(t, str) for t in texts):
+                bad = next(type(t).__name__ for t in texts if not isinstance(t, str))
+                raise DataDirError(f"{self.files[fi]}: row group {rg} of the `text` column holds a {bad}, not a string")
+            self._cached = (unit, texts)
         return self._cached[1]
 
     def read(self, n: int) -> list[tuple[tuple[int, int], str]]:

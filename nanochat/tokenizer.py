@@ -10,6 +10,11 @@ A tokenizer lives in a directory, in upstream nanochat's layout, so a dir made b
     token_bytes.pt    int32 [vocab_size]: how many UTF-8 bytes each token id stands for, 0 for the
                       special tokens; bits per byte divides the loss by these (nanochat/loss_eval.py)
 
+tokenizer.pkl is a pickle, as upstream's: loading it runs whatever code it holds. So a dir that
+someone else could have written is refused before it is opened (`check_trusted`): the dir and the
+pickle must belong to this user (or root) and be writable by no one else. token_bytes.pt is read
+with torch's weights_only loader, which runs no code.
+
 Every document starts with <|bos|>: it separates documents packed into one row, and every row
 starts with one (nanochat/data.py). The other special tokens only matter for chat finetuning;
 they are reserved here so the ids match upstream's.
@@ -19,8 +24,11 @@ rustbpe and tiktoken are imported where they are used: synthetic-data runs need 
 
 from __future__ import annotations
 
+import grp
 import os
 import pickle
+import pwd
+import stat
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -53,6 +61,39 @@ HOW_TO_MAKE = "train one: python -m nanochat.tok_train --data-dir DATA_DIR --tok
 
 class TokenizerError(Exception):
     """A tokenizer dir that is missing or unreadable; the message is one line that says what to do."""
+
+
+def check_trusted(path: Path, st: os.stat_result) -> None:
+    """Refuse a tokenizer dir or pickle that someone other than this user could have written:
+    owned by another user (root is trusted), writable by every user, or writable by a group that
+    is not this user's own (a user private group, named after the user, with no other member)."""
+    me = os.geteuid()
+    why = None
+    if st.st_uid not in (me, 0):
+        why = f"belongs to uid {st.st_uid}, not to you (uid {me})"
+    elif st.st_mode & stat.S_IWOTH:
+        why = f"is writable by every user (mode {stat.S_IMODE(st.st_mode):o})"
+    elif st.st_mode & stat.S_IWGRP and not _own_group(st.st_gid):
+        why = f"is writable by group {_group_name(st.st_gid)} (mode {stat.S_IMODE(st.st_mode):o})"
+    if why:
+        raise TokenizerError(f"{path} {why}: tokenizer.pkl is a pickle and loading it runs the code it holds, "
+                             f"so it is not loaded (chown it to you and chmod go-w it, or train your own)")
+
+
+def _group_name(gid: int) -> str:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
+
+
+def _own_group(gid: int) -> bool:
+    """Is `gid` this user's private group (named after the user, no other member)?"""
+    try:
+        me, group = pwd.getpwuid(os.geteuid()).pw_name, grp.getgrgid(gid)
+    except KeyError:
+        return False
+    return group.gr_name == me and set(group.gr_mem) <= {me}
 
 
 class Tokenizer:
@@ -124,9 +165,9 @@ class Tokenizer:
     def save(self, tokenizer_dir: str | Path) -> None:
         """Write tokenizer.pkl and token_bytes.pt (each through a temporary name)."""
         d = Path(tokenizer_dir).expanduser()
-        d.mkdir(parents=True, exist_ok=True)
+        d.mkdir(mode=0o755, parents=True, exist_ok=True)  # writable by its owner only, whatever the umask
         tmp = d / "tokenizer.pkl.tmp"
-        with open(tmp, "wb") as f:
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), "wb") as f:
             pickle.dump(self.enc, f)
         os.replace(tmp, d / "tokenizer.pkl")
         torch.save(self.token_bytes, d / "token_bytes.pt.tmp")
@@ -134,7 +175,8 @@ class Tokenizer:
 
     @classmethod
     def from_dir(cls, tokenizer_dir: str | Path) -> Tokenizer:
-        """Load upstream's layout. The pickle is trusted: it is your own tokenizer dir, as upstream's."""
+        """Load upstream's layout. The pickle runs code as it loads, as upstream's: a dir or a
+        pickle someone else could have written is refused first (check_trusted)."""
         d = Path(tokenizer_dir).expanduser()
         pkl, tb = d / "tokenizer.pkl", d / "token_bytes.pt"
         if not d.is_dir():
@@ -145,16 +187,24 @@ class Tokenizer:
             import tiktoken  # noqa: F401  (the pickle needs it)
         except ImportError:
             raise TokenizerError("--data parquet needs tiktoken: pip install -e '.[train]'") from None
+        check_trusted(d, os.stat(d))
         try:
             with open(pkl, "rb") as f:
+                check_trusted(pkl, os.fstat(f.fileno()))  # the file opened, not a name that could change
                 enc = pickle.load(f)
+        except TokenizerError:
+            raise
         except Exception as e:  # a truncated or foreign pickle: one line, not a traceback
             raise TokenizerError(f"{pkl}: not a pickled tiktoken encoding ({type(e).__name__}: {e})") from None
         if not hasattr(enc, "encode_ordinary_batch"):
             raise TokenizerError(f"{pkl}: holds a {type(enc).__name__}, not a tiktoken Encoding")
         token_bytes = None
         if tb.is_file():
-            token_bytes = torch.load(tb, map_location="cpu", weights_only=True).to(torch.int32)
+            try:
+                token_bytes = torch.load(tb, map_location="cpu", weights_only=True).to(torch.int32)
+            except Exception as e:  # truncated, or not a tensor
+                why = " ".join(str(e).split())[:200]
+                raise TokenizerError(f"{tb}: not a readable token table ({type(e).__name__}: {why})") from None
             if token_bytes.shape != (enc.n_vocab,):
                 raise TokenizerError(f"{tb}: {tuple(token_bytes.shape)} entries for a vocab of {enc.n_vocab}")
         return cls(enc, token_bytes)

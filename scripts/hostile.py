@@ -544,7 +544,7 @@ def case_messages(env: Env) -> str:
 
 
 # ----------------------------------------------------------------------------------------------
-# 12-17. the Slurm executor: #SBATCH lines, sbatch's option parsing, job ids in state files,
+# Second round, items 1-6: the Slurm executor: #SBATCH lines, sbatch's option parsing, job ids in state files,
 # a scheduler's wrong answer, resubmission, the prepare step. The scheduler's commands are small
 # fakes on PATH (no cluster needed): each says what the real one would, and records its calls.
 
@@ -700,6 +700,354 @@ def case_prepare_on_slurm(env: Env) -> str:
     return f"prepare first, every leg afterok on it ({', '.join(seen)})"
 
 
+# Second round, items 7-16: git config, non-git workdirs, notifiers, huge grids, failed prepares,
+# non-UTF-8 paths, dir order, the trainer's bad input, huge diffs, tokenizer pickles.
+
+
+def _git(cwd: Path, *args: str) -> str:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+    return subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True, text=True).stdout
+
+
+def _repo(d: Path) -> Path:
+    d.mkdir(parents=True)
+    _git(d, "init", "-q", "-b", "main")
+    _git(d, "config", "user.email", "h@example.com")
+    _git(d, "config", "user.name", "h")
+    (d / "a.py").write_text("x = 1\n")
+    _git(d, "add", "a.py")
+    _git(d, "commit", "-qm", "one")
+    return d
+
+
+def _launched(env: Env, path: Path, cwd: Path, *extra: str, timeout: float = 180) -> Path:
+    """`cockpit launch x --foreground`: the dir it made (its last line)."""
+    r = env.cockpit("--registry", str(path), "launch", "x", "--foreground", *extra, cwd=cwd, timeout=timeout)
+    check(r.returncode in (0, 1) and "Traceback" not in r.stderr, f"launch: {r.returncode} {r.stderr.strip()[-200:]}")
+    return Path(r.stdout.strip().splitlines()[-1])
+
+
+def case_git_config_runs_nothing(env: Env) -> str:
+    """A checkout whose git config names programs (fsmonitor, a filter's clean and process, textconv,
+    an external diff, hooks): a launch records its provenance and status checks its branch, and
+    none of them runs; the patch is the raw diff."""
+    w = env.work()
+    repo = _repo(w / "repo")
+    marks = w / "marks"
+    marks.mkdir()
+    (repo / ".gitattributes").write_text("*.py filter=evil diff=evil\n")
+    _git(repo, "add", ".gitattributes")
+    _git(repo, "commit", "-qm", "attributes")
+    planted = {"core.fsmonitor": "fsmonitor", "filter.evil.clean": "clean", "filter.evil.process": "process",
+               "diff.evil.textconv": "textconv", "diff.evil.command": "diff-command", "diff.external": "external"}
+    for key, name in planted.items():  # planted last: from here on, only the cockpit runs git here
+        prog = w / f"{name}.sh"
+        prog.write_text(f"#!/bin/sh\ntouch {marks}/{name}\ncat\n")
+        prog.chmod(0o755)
+        _git(repo, "config", key, str(prog))
+    for hook in ("post-index-change", "reference-transaction", "post-checkout"):
+        (repo / ".git" / "hooks" / hook).write_text(f"#!/bin/sh\ntouch {marks}/{hook}\n")
+        (repo / ".git" / "hooks" / hook).chmod(0o755)
+    time.sleep(1.1)  # past the index's stat times: git must read the file (and would filter it)
+    (repo / "a.py").write_text("x = 2\n")
+    path = env.registry(repo, {"a": 'model-tag = "a", num-iterations = 3'}, trainer=True)
+    d = _launched(env, path, repo)
+    env.cockpit("--registry", str(path), "status", cwd=repo)
+    ran = sorted(p.name for p in marks.iterdir())
+    check(not ran, f"ran: {', '.join(ran)}")
+    git = json.loads((d / "plan.json").read_text())["git"]
+    check(git.get("dirty") is True and git.get("branch") == "main", f"recorded {git}")
+    check("+x = 2" in (d / "git.patch").read_text(), "the patch is not the raw diff")
+    return f"{len(planted) + 3} planted programs, none ran; dirty tree and its patch recorded"
+
+
+def case_not_a_checkout(env: Env) -> str:
+    """A workdir that is no checkout, and one inside a checkout that does not hold it (a scratch dir
+    under a home that is a repo): each recorded "not a git checkout", never the cockpit's own git."""
+    w = env.work()
+    plain = w / "plain"
+    plain.mkdir()
+    home = _repo(w / "home")
+    scratch = home / "scratch"
+    scratch.mkdir()
+    seen = []
+    for where in (plain, scratch):
+        path = env.registry(where, {"a": 'model-tag = "a", num-iterations = 3'}, trainer=True)
+        git = json.loads((_launched(env, path, where) / "plan.json").read_text())["git"]
+        check(git.get("error") == "not a git checkout" and git.get("commit") is None, f"{where.name}: {git}")
+        seen.append(where.name)
+    return f"{', '.join(seen)}: not a git checkout"
+
+
+NOTIFY_PLAN_PEAK = ("import sys\nfrom cockpit import supervisor\nrc = supervisor.main(sys.argv[1:])\n"
+                    "hwm = next(ln for ln in open('/proc/self/status') if ln.startswith('VmHWM:')).split()[1]\n"
+                    "print('PEAK', hwm, file=sys.stderr)\nsys.exit(rc)\n")
+
+
+def case_notifier_output(env: Env) -> str:
+    """`yes` as the notify command (bounded time, bounded memory, the next leg runs); a notifier that
+    exits 0 leaving a child that holds its stdout and writes (a success at once; the child ends)."""
+    w = env.work()
+    marker = f"hostile-notify-{os.getpid()}"
+    child = (f"import subprocess, sys\nsubprocess.Popen([sys.executable, '-c', 'import sys\\nwhile True: "
+             f"sys.stdout.write(\"y\" * 4096)  # {marker}'])\n")
+    said = []
+    for name, argv, timeout_s, want in (("yes", ["yes"], 3, "timed out after 3s (stopped)"),
+                                        ("child", [sys.executable, "-c", child], 30, None)):
+        d = quick_plan(w / "exp" / f"20260101_00000{len(said)}_x", {"a": leg_code(), "b": leg_code()})
+        plan = json.loads((d / "plan.json").read_text())
+        plan["notify"] = {"argv": argv, "timeout_s": timeout_s}
+        (d / "plan.json").write_text(json.dumps(plan))
+        t0 = time.monotonic()
+        r = subprocess.run([sys.executable, "-c", NOTIFY_PLAN_PEAK, str(d)], env=env.env, capture_output=True,
+                           text=True, timeout=120)
+        took = time.monotonic() - t0
+        mib = int(r.stderr.split("PEAK")[1].split()[0]) / 1024
+        states = [expdir.read_state(d, n) for n in "ab"]
+        check(r.returncode == 0 and all(st.status == "done" for st in states), f"{name}: {r.stderr[-200:]}")
+        check(all(st.notify_error == want for st in states), f"{name}: {[st.notify_error for st in states]}")
+        check(mib < 200, f"{name}: supervisor peak {mib:.0f} MiB")
+        if name == "child":
+            check(took < 20, f"the child held the queue {took:.0f}s")
+            wait_for(lambda: not [p for p in psutil.process_iter(["cmdline"])
+                                  if marker in " ".join(p.info["cmdline"] or [])], 10, "the writing child to end")
+        said.append(f"{name}: peak {mib:.0f} MiB, {took:.1f}s")
+    return "; ".join(said)
+
+
+def case_huge_grids(env: Env) -> str:
+    """A 100 x 100 x 100 grid, a 10^5 one with repeats, 11 experiments of 1,000 runs: each one line
+    with file:line and exit 2, in about the time a registry takes to read."""
+    w = env.work()
+    head = '[project]\nexp_root = "exp"\n[defaults]\ndevice = "cpu"\n'
+    hundred = ", ".join(map(str, range(100)))
+    ten = ", ".join(map(str, range(10)))
+    grid3 = f'[experiment.grid]\nname = "{{a}}_{{b}}_{{c}}"\na = [{hundred}]\nb = [{hundred}]\nc = [{hundred}]\n'
+    grid5 = ('repeats = 100\n[experiment.grid]\nname = "{a}{b}{c}{d}{e}"\n'
+             + "".join(f"{k} = [{ten}]\n" for k in "abcde"))
+    small = f'[experiment.grid]\nname = "{{a}}_{{b}}_{{c}}"\na = [{ten}]\nb = [{ten}]\nc = [{ten}]\n'
+    cases = [('[[experiment]]\nid = "x"\n' + grid3, 7, "makes 1,000,000 legs"),
+             ('[[experiment]]\nid = "x"\n' + grid5, 8, "makes 100,000 legs (10 x 10 x 10 x 10 x 10) x 100 repeats"),
+             ("".join(f'[[experiment]]\nid = "e{i}"\n{small}' for i in range(11)), 5 + 7 * 10, "11,000 runs")]
+    took = []
+    for body, line, words in cases:
+        (w / "reg.toml").write_text(head + body)
+        for cmd in (["status"], ["launch", "x", "--dry-run"]):
+            t0 = time.monotonic()
+            one_line_2(env.cockpit("--registry", str(w / "reg.toml"), *cmd, cwd=w), f"reg.toml:{line}:", words)
+            took.append(time.monotonic() - t0)
+    check(not (w / "exp").exists(), "something was written")
+    return f"{len(took)} refusals with file:line, slowest {max(took):.1f}s"
+
+
+def case_failed_prepare(env: Env) -> str:
+    """A prepare that fails after making its path, and one whose supervisor is killed while it runs:
+    what either left is not trusted; the next launch runs the step again."""
+    w = env.work()
+    said = []
+    for how in ("fails", "killed"):
+        ww = w / how
+        ww.mkdir()
+        wait = "time.sleep(60); " if how == "killed" else ""
+        code = f"import os, sys, time; os.makedirs(sys.argv[1], exist_ok=True); {wait}sys.exit(3)"
+        path = env.registry(ww, {"a": 'model-tag = "a", num-iterations = 3'}, trainer=True)
+        path.write_text(path.read_text().replace('id = "x"\n', f'id = "x"\n[experiment.prepare]\nargv = ["{{python}}", '
+                                                 f'"-c", {json.dumps(code)}, "{{exp_root}}/_data/made"]\n'
+                                                 'creates = "{exp_root}/_data/made"\n'))
+        if how == "fails":
+            _launched(env, path, ww)
+        else:
+            r = env.cockpit("--registry", str(path), "launch", "x", cwd=ww)
+            d = Path(r.stdout.strip().splitlines()[-1])
+            prep = wait_for(lambda d=d: (p := expdir.open_dir(d).prepare) and p.status == "running" and p, 60, "prepare")
+            os.kill(json.loads((d / "state" / "supervisor.json").read_text())["pid"], signal.SIGKILL)
+            psutil.Process(prep.pid).kill()
+        check((ww / "exp" / "_data" / "made").is_dir(), "the partial output is not there")
+        dry = env.cockpit("--registry", str(path), "launch", "x", "--dry-run", cwd=ww).stdout
+        check("# prepare, first (its last run did not end well" in dry, f"{how}: the dry run trusts it")
+        again = expdir.open_dir(_launched(env, path, ww, "--rerun"))
+        check(again.prepare is not None and again.prepare.status == "failed" and again.prepare.exit_code == 3,
+              f"{how}: prepare not run again ({again.prepare and again.prepare.note})")
+        said.append(how)
+    return f"{' and '.join(said)}: run again by the next launch"
+
+
+def case_non_utf8_paths(env: Env) -> str:
+    """exp_root under `caf\\xe9/`: a launch regenerates report.md; `resume --out-md`, `report --out-md`
+    and status work in a strict UTF-8 terminal, printing the byte as \\xe9."""
+    w = env.work()
+    base = Path(os.fsdecode(os.fsencode(str(w)) + b"/caf\xe9"))
+    base.mkdir()
+    path = env.registry(base, {"a": 'model-tag = "a", num-iterations = 3'}, trainer=True)
+    strict = {**env.env, "PYTHONIOENCODING": "utf-8:strict"}
+    r = subprocess.run([sys.executable, "-m", "cockpit.cli", "--registry", str(path), "launch", "x", "--foreground"],
+                       cwd=w, env=strict, capture_output=True, text=True, timeout=180)
+    check(r.returncode == 0 and "not regenerated" not in r.stdout, f"launch: {(r.stdout + r.stderr)[-300:]}")
+    d = next(p for p in (base / "exp").iterdir() if p.name.endswith("_x"))
+    check((d / "report.md").is_file(), "no report.md")
+    for argv in (["--registry", str(path), "resume", "--out-md", str(base / "exp" / "guide.md")],
+                 ["report", "--exp-dir", str(d), "--out-md", os.fsdecode(os.fsencode(str(base)) + b"/r\xff.md")],
+                 ["--registry", str(path), "status"]):
+        r = subprocess.run([sys.executable, "-m", "cockpit.cli", *argv], cwd=w, env=strict, capture_output=True,
+                           text=True, timeout=120)
+        check(r.returncode == 0 and "Traceback" not in r.stderr and "caf\\xe9" in r.stdout,
+              f"{argv[-2]}: {r.returncode} {r.stderr.strip()[-200:]}")
+    return "report.md regenerated; resume --out-md, report --out-md, status printed caf\\xe9"
+
+
+def case_dir_order(env: Env) -> str:
+    """Two launches across a timezone change (TZ=UTC-14 then UTC+12: the second dir's name says it
+    is 26 hours older), and an old dir (no sequence) named in 2099: the last launch is the newest."""
+    w = env.work()
+    path = env.registry(w, {"a": 'model-tag = "a", num-iterations = 3'}, trainer=True)
+    made = []
+    for tz in ("Etc/GMT-14", "Etc/GMT+12"):
+        r = subprocess.run([sys.executable, "-m", "cockpit.cli", "--registry", str(path), "launch", "x",
+                            "--foreground", "--rerun"], cwd=w, env={**env.env, "TZ": tz}, capture_output=True,
+                           text=True, timeout=180)
+        made.append(Path(r.stdout.strip().splitlines()[-1]))
+    check(made[1].name < made[0].name, f"the stamps did not go back: {[p.name for p in made]}")
+    future = w / "exp" / "20991231_235959_x"
+    future.mkdir()
+    (future / "a.log").write_text(STEP.format(i=0, p=0.0) + "\n")
+    order = [d.path for d in expdir.discover(w / "exp")]
+    check(order[-1] == made[1] and order.index(future) < order.index(made[0]), f"order {[p.name for p in order]}")
+    check(expdir.find_dir(w / "exp", "x") == made[1], "stop would pick another dir as the newest")
+    return "the second launch is newest despite its stamp; the 2099 dir without a sequence comes first"
+
+
+def _trainer(env: Env, *args: str) -> subprocess.CompletedProcess:
+    tiny = ["--device-type", "cpu", "--depth", "2", "--max-seq-len", "64", "--device-batch-size", "2",
+            "--total-batch-size", "128", "--compile-mode", "none", "--num-iterations", "3"]
+    return subprocess.run([sys.executable, "-m", "nanochat.base_train", *tiny, *args], cwd=REPO,
+                          env={**env.env, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+
+
+def _trainer_line(r: subprocess.CompletedProcess, code: int, *words: str) -> str:
+    lines = r.stderr.strip().splitlines()
+    check(r.returncode == code and len(lines) == 1 and "Traceback" not in r.stderr,
+          f"exit {r.returncode}: {r.stderr.strip()[-300:]}")
+    for word in words:
+        check(word in lines[0], f"{word!r} not in {lines[0][:200]!r}")
+    return lines[0]
+
+
+def _smoke(env: Env) -> Path:
+    out = env.base / "smoke"
+    if not (out / "tokenizer").is_dir():
+        subprocess.run([sys.executable, "-m", "nanochat.smoke_data", "--out", str(out), "--chars", "200000",
+                        "--vocab-size", "300"], env=env.env, capture_output=True, check=True, timeout=300)
+    return out
+
+
+def case_trainer_input(env: Env) -> str:
+    """The real trainer: a corrupt parquet page, a `text` column of numbers, a truncated checkpoint,
+    a full disk at save (a tmpfs; root only): one line naming the file, exit 2 (1 for the save), no
+    temporary file left."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    w = env.work()
+    tok = str(_smoke(env) / "tokenizer")
+    seen = []
+    for kind, table in (("page", pa.table({"text": [f"doc {i} " * 20 for i in range(200)]})),
+                        ("int", pa.table({"text": list(range(200))}))):
+        d = w / kind
+        d.mkdir()
+        for i in range(2):
+            pq.write_table(table, d / f"shard_{i:05d}.parquet", row_group_size=50, compression="none")
+        if kind == "page":
+            raw = bytearray((d / "shard_00000.parquet").read_bytes())
+            raw[4:40] = b"\xff" * 36
+            (d / "shard_00000.parquet").write_bytes(bytes(raw))
+        r = _trainer(env, "--data", "parquet", "--data-dir", str(d), "--tokenizer-dir", tok)
+        seen.append(_trainer_line(r, 2, str(d / "shard_00000.parquet")).split(": ", 3)[-1][:40])
+    ck = w / "ck" / "t"
+    ck.mkdir(parents=True)
+    for name in ("model_000001.pt", "optim_000001_rank0.pt", "meta_000001.json"):
+        (ck / name).write_bytes(b"PK\x03\x04 cut")
+    r = _trainer(env, "--vocab-size", "256", "--checkpoint-root", str(w / "ck"), "--model-tag", "t",
+                 "--resume-from-step", "1")
+    seen.append(_trainer_line(r, 2, str(ck / "model_000001.pt"), "not a readable checkpoint").split(": ", 3)[-1][:40])
+    fs = w / "fs"
+    if mount(fs, "size=1m"):
+        try:
+            r = _trainer(env, "--vocab-size", "256", "--save-every", "2", "--checkpoint-root", str(fs), "--model-tag", "t")
+            seen.append(_trainer_line(r, 1, "No space left on device").split(": ", 3)[-1][:40])
+            check(not [p for p in (fs / "t").iterdir() if p.name.endswith(".tmp")], "a temporary file was left")
+        finally:
+            umount(fs)
+    return f"{len(seen)} one-line errors" + ("" if len(seen) == 4 else " (no tmpfs here: the full disk skipped)")
+
+
+PATCH_PEAK = ("import sys\nfrom pathlib import Path\nfrom cockpit import provenance\n"
+              "info = provenance.git_info(Path(sys.argv[1]), Path(sys.argv[2]))\n"
+              "hwm = next(ln for ln in open('/proc/self/status') if ln.startswith('VmHWM:')).split()[1]\n"
+              "print(info.get('patch_bytes'), info.get('patch_truncated'), hwm)\n")
+
+
+def case_huge_diff(env: Env) -> str:
+    """A 200 MB change to one file, and 4,000 files of 20 KB changed: git.patch is cut at 32 MB
+    and the process writing it never holds the diff (its peak RSS)."""
+    w = env.work()
+    said = []
+    for kind in ("one file", "many files"):
+        repo = _repo(w / kind.replace(" ", "_"))
+        if kind == "many files":
+            for i in range(4000):
+                (repo / f"f{i}.txt").write_text("a\n")
+            _git(repo, "add", ".")
+            _git(repo, "commit", "-qm", "files")
+            for i in range(4000):
+                (repo / f"f{i}.txt").write_text(f"line {i}\n" * 2500)
+        else:
+            with open(repo / "a.py", "w") as f:
+                for i in range(200):
+                    f.write(f"x = {i} # a line of a big change\n" * 32_000)
+        out = w / f"out_{len(said)}"
+        out.mkdir()
+        r = subprocess.run([sys.executable, "-c", PATCH_PEAK, str(repo), str(out)], env=env.env, capture_output=True,
+                           text=True, timeout=300)
+        check(r.returncode == 0, r.stderr[-300:])
+        size, cut, peak = r.stdout.split()
+        mib = int(peak) / 1024
+        check(int(size) == 32 << 20 and cut == "True" and (out / "git.patch").stat().st_size == 32 << 20,
+              f"{kind}: patch {size} bytes, cut {cut}")
+        check(mib < 120, f"{kind}: peak {mib:.0f} MiB")
+        said.append(f"{kind}: 32 MB patch, peak {mib:.0f} MiB")
+    return "; ".join(said)
+
+
+def case_tokenizer_pickle(env: Env) -> str:
+    """A tokenizer.pkl that runs code when loaded, in a dir every user can write, and (root only)
+    owned by another user: the trainer refuses each in one line, and the code never runs."""
+    import pickle
+
+    w = env.work()
+    mark = w / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {mark}",))
+
+    seen = []
+    for how in ("world-writable", "another user's"):
+        if how == "another user's" and os.geteuid() != 0:
+            continue
+        d = w / how.replace(" ", "_").replace("'", "")
+        shutil.copytree(_smoke(env) / "tokenizer", d)
+        with open(d / "tokenizer.pkl", "wb") as f:
+            pickle.dump(Evil(), f)
+        if how == "world-writable":
+            d.chmod(0o777)
+        else:
+            os.chown(d / "tokenizer.pkl", 12345, 12345)
+        r = _trainer(env, "--data", "parquet", "--data-dir", str(_smoke(env) / "base_data"), "--tokenizer-dir", str(d))
+        seen.append(_trainer_line(r, 2, "tokenizer.pkl is a pickle").split(": ", 2)[-1][:50])
+        check(not mark.exists(), f"{how}: the pickle's code ran")
+    return f"{len(seen)} refused, the code never ran" + ("" if len(seen) == 2 else " (not root: no chown case)")
+
+
 CASES = [
     ("1", "symlink at a leg's log", case_symlink_leg_log),
     ("1", "planted links in a dir", case_planted_links_in_dir),
@@ -715,12 +1063,23 @@ CASES = [
     ("9", "5 GB sparse log", case_sparse_5gb),
     ("10", "numbers without bounds", case_numbers),
     ("11", "unclear messages", case_messages),
-    ("12", "# in an #SBATCH value", case_sbatch_comment),
-    ("13", "sbatch abbreviations in extra_args", case_sbatch_abbreviations),
-    ("14", "a foreign Slurm job id", case_foreign_job),
-    ("15", "a wrong 'Invalid job id'", case_wrong_invalid_job_id),
-    ("16", "resubmit keeps each attempt", case_resubmit_fresh_log),
-    ("17", "prepare under Slurm", case_prepare_on_slurm),
+    # second round
+    ("2.1", "# in an #SBATCH value", case_sbatch_comment),
+    ("2.2", "sbatch abbreviations in extra_args", case_sbatch_abbreviations),
+    ("2.3", "a foreign Slurm job id", case_foreign_job),
+    ("2.4", "a wrong 'Invalid job id'", case_wrong_invalid_job_id),
+    ("2.5", "resubmit keeps each attempt", case_resubmit_fresh_log),
+    ("2.6", "prepare under Slurm", case_prepare_on_slurm),
+    ("2.7", "git config runs no code", case_git_config_runs_nothing),
+    ("2.8", "a workdir that is no checkout", case_not_a_checkout),
+    ("2.9", "a notifier's endless output", case_notifier_output),
+    ("2.10", "grids without a bound", case_huge_grids),
+    ("2.11", "a failed prepare's output", case_failed_prepare),
+    ("2.12", "non-UTF-8 exp_root", case_non_utf8_paths),
+    ("2.13", "dir order across a clock change", case_dir_order),
+    ("2.14", "the trainer's bad input", case_trainer_input),
+    ("2.15", "a huge git diff", case_huge_diff),
+    ("2.16", "a hostile tokenizer.pkl", case_tokenizer_pickle),
 ]
 
 

@@ -127,3 +127,43 @@ def test_grid_legs_in_dry_run_and_status(tmp_path):
     dry = cockpit("--registry", str(path), "launch", "sweep", "--legs", "dynamic_cap1p0", "--dry-run")
     assert dry.returncode == 0 and [ln for ln in dry.stdout.splitlines() if ln.startswith("# leg ")] == [
         "# leg dynamic_cap1p0: capacity 1.0, dynamic compile"]
+
+
+def test_runs_are_bounded_before_a_grid_is_expanded(tmp_path, monkeypatch):
+    """10^6 legs are refused at the grid's line without one being made; 1,000 runs (legs x
+    repeats) per experiment is the bound, hand-written legs and a registry's total likewise."""
+    def no_product(*axes):
+        raise AssertionError("the grid was expanded")
+
+    def load(tmp_path: Path, body: str) -> reg.Registry:  # no baseline: no leg needs to be named dense
+        path = tmp_path / "experiments.toml"
+        path.write_text(HEAD.replace('baseline = "dense"\n', "") + body)
+        return reg.load(path)
+
+    monkeypatch.setattr(reg.itertools, "product", no_product)
+    axes = "\n".join(f'{k} = [{", ".join(str(i) for i in range(100))}]' for k in ("a", "b", "c"))
+    with pytest.raises(reg.RegistryError) as e:
+        load(tmp_path, f'[experiment.grid]\nname = "{{a}}_{{b}}_{{c}}"\n{axes}\n')
+    assert e.value.line == 13 and str(e.value).endswith(
+        "the grid of 'sweep' makes 1,000,000 legs (100 x 100 x 100): an experiment holds at most 1,000 runs "
+        "(legs x repeats)")
+    monkeypatch.undo()
+    ten = ", ".join(str(i) for i in range(10))
+    grid = f'[experiment.grid]\nname = "{{a}}_{{b}}_{{c}}"\na = [{ten}]\nb = [{ten}]\nc = [{ten}]\n'
+    assert len(load(tmp_path, grid).experiment("sweep").legs) == 1_000  # the bound itself is fine
+    with pytest.raises(reg.RegistryError, match=r"makes 1,000 legs \(10 x 10 x 10\), with 1 beside it: "):
+        load(tmp_path, '[[experiment.leg]]\nname = "dense"\n' + grid)
+    with pytest.raises(reg.RegistryError, match=r"makes 400 legs \(10 x 10 x 4\) x 3 repeats: "):
+        load(tmp_path, "repeats = 3\n" + grid.replace(f"c = [{ten}]", "c = [0, 1, 2, 3]"))
+    legs = "".join(f'[[experiment.leg]]\nname = "l{i}"\nrepeats = 10\n' for i in range(101))
+    with pytest.raises(reg.RegistryError) as e:
+        load(tmp_path, legs)
+    assert e.value.line == 13 + 3 * 100 and "'sweep' has 1,010 runs (legs x repeats) up to its leg 'l100'" in str(e.value)
+    many = "".join(f'[[experiment]]\nid = "e{i}"\n{grid}' for i in range(11))
+    path = tmp_path / "many.toml"
+    path.write_text(HEAD.split("[[experiment]]")[0] + many)
+    r = cockpit("--registry", str(path), "status")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    line = 10 + 7 * 10  # experiment e10
+    assert r.stderr.startswith(f"cockpit: {path}:{line}: the registry has 11,000 runs (legs x repeats) up to experiment 'e10': "
+                               "it holds at most 10,000")

@@ -4,13 +4,15 @@ validated at load; its failure is noted in the supervisor's log and the leg's st
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 import psutil
 import pytest
-from conftest import REPO, cockpit, write_registry
+from conftest import REPO, cockpit, wait_for, write_registry
 
 from cockpit import expdir, resume, supervisor
 from cockpit import registry as reg
@@ -100,3 +102,44 @@ def test_supervisor_notifies_each_leg_and_a_failing_notify_is_only_noted(tmp_pat
     assert "a: notified (done)" in r.stdout and "b: notify failed: exited 1: no pager for failures" in r.stdout
     status = resume.render_status(resume.build_state(reg.load(path)))
     assert "[notify failed: exited 1: no pager for failures]" in status
+
+
+def test_a_notifier_that_prints_without_end_costs_a_bounded_buffer(tmp_path):
+    """300 MB of output, then a last line and exit 1: the last line is said, and the process that
+    ran it never held more than a small buffer of it (its peak RSS, read in a subprocess)."""
+    flood = ("import sys\nfor _ in range(300):\n    sys.stdout.buffer.write(b'x' * (1 << 20))\n"
+             "print('\\nthe pager is down')\nsys.exit(1)\n")
+    code = ("import sys\nfrom pathlib import Path\nfrom cockpit import supervisor\n"
+            f"print(supervisor.run_notify([sys.executable, '-c', {flood!r}], 60, Path('.')))\n"
+            "print(next(ln for ln in open('/proc/self/status') if ln.startswith('VmHWM:')).split()[1])\n")
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)},
+                       capture_output=True, text=True, timeout=120)
+    said, peak_kib = r.stdout.splitlines()
+    assert said == "exited 1: the pager is down", r.stderr
+    assert int(peak_kib) < 150 * 1024  # the 300 MB went through a 64 KB tail
+
+
+def test_a_notifier_that_exits_0_while_its_child_holds_stdout_succeeds_at_once(tmp_path):
+    """A notifier that leaves a detached child holding its stdout (one sleeping, one writing
+    without end) succeeds when it exits 0, without waiting for the child; the writing child is
+    not kept blocked on a pipe nobody reads: it ends (SIGPIPE) once the supervisor lets go."""
+    marker = str(tmp_path / "notify-child")
+    child = ("import subprocess, sys\n"
+             f"subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(30)  # {marker}-sleeper'])\n"
+             f"subprocess.Popen([sys.executable, '-c', 'import sys\\nwhile True: sys.stdout.write(\"y\" * 4096)  "
+             f"# {marker}-writer'])\n"
+             "print('sent')\n")
+    t0 = time.monotonic()
+    try:
+        assert supervisor.run_notify([sys.executable, "-c", child], 20, tmp_path) is None
+        assert time.monotonic() - t0 < 10  # not the 20 s timeout, nor the sleeper's 30 s
+
+        def left(tag: str) -> list:
+            return [p for p in psutil.process_iter(["cmdline"]) if f"{marker}-{tag}" in " ".join(p.info["cmdline"] or [])]
+
+        wait_for(lambda: not left("writer"), 10, what="the writing child to end")
+        assert left("sleeper")  # its own business: not the cockpit's to stop
+    finally:
+        for p in psutil.process_iter(["cmdline"]):
+            if marker in " ".join(p.info["cmdline"] or []):
+                p.kill()

@@ -5,13 +5,14 @@ the launch with its last lines. (Its success with the real smoke corpus: test_ru
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 import psutil
 import pytest
-from conftest import REPO, bundled_registry, cockpit, wait_for, write_registry
+from conftest import REPO, bundled_registry, child_env, cockpit, wait_for, write_registry
 
 from cockpit import expdir, launch, report, resume
 from cockpit import registry as reg
@@ -141,6 +142,7 @@ def test_prepare_makes_what_the_legs_read_then_is_skipped(tmp_path, monkeypatch)
     d = expdir.open_dir(Path(r.stdout.strip().splitlines()[-1]))
     assert (d.prepare.status, d.states["a"].status) == ("done", "done")
     assert (d.path / "prepare.log").read_text() == f"made {tmp_path}/exp/_data/made {tmp_path}\n"
+    assert not reg.load(path).experiment("fake").prepare.unfinished()  # its mark removed: it ended well
     r = cockpit("--registry", str(path), "launch", "fake", "--rerun", "--foreground", timeout=120)
     again = expdir.open_dir(Path(r.stdout.strip().splitlines()[-1]))
     assert again.prepare.note == "skipped: what it creates exists" and again.states["a"].status == "done"
@@ -166,3 +168,55 @@ def test_stopping_the_queue_while_it_prepares(tmp_path):
     assert [d.states[n].status for n in "ab"] == ["stopped", "stopped"]
     assert d.states["a"].note == "stopped by request while preparing"
     assert not [p for p in psutil.process_iter(["cmdline"]) if marker in " ".join(p.info["cmdline"] or [])]
+
+
+def test_a_failed_prepare_is_remembered_and_run_again(tmp_path):
+    """A prepare that fails after making its path: what it left is not trusted. Status and the
+    dry run say so, and the next launch runs the step again instead of skipping it."""
+    code = "import os, sys; os.makedirs(sys.argv[1]); print('half done'); sys.exit(3)"
+    path = with_prepare(tmp_path, code, legs=1)
+    made = tmp_path / "exp" / "_data" / "made"
+    r = cockpit("--registry", str(path), "launch", "fake", "--foreground", timeout=60)
+    assert r.returncode == 1 and made.is_dir()
+    prep = reg.load(path).experiment("fake").prepare
+    assert prep.unfinished() and prep.mark.parent == tmp_path / "exp" / ".cockpit-prepare"
+    status = cockpit("--registry", str(path), "status").stdout
+    assert (f"  prepare: its last run did not end well (.cockpit-prepare/{prep.mark.name} is there), so what it left "
+            "under exp_root is not trusted: a launch runs `python -c") in status
+    dry = cockpit("--registry", str(path), "launch", "fake", "--dry-run").stdout
+    assert f"# prepare, first (its last run did not end well ({prep.mark} is there): what it left is not trusted):" in dry
+    r = cockpit("--registry", str(path), "launch", "fake", "--rerun", "--foreground", timeout=60)
+    again = expdir.open_dir(Path(r.stdout.strip().splitlines()[-1]))
+    assert again.prepare.status == "failed" and "FileExistsError" in again.prepare.note  # it ran again
+    assert "prepare: its last run did not end well" in r.stdout and prep.unfinished()
+
+
+@pytest.mark.slow
+def test_a_prepare_that_ends_well_removes_its_mark(tmp_path):
+    """Four supervisor runs (~5 s; no torchrun: the plan's legs are plain commands). The supervisor
+    writes the mark before the step starts and removes it when it ends well; a mark left there
+    makes it run over outputs that exist; a plan's mark outside its exp_root is not written."""
+    made, mark = tmp_path / "exp" / "_data" / "made", tmp_path / "exp" / ".cockpit-prepare" / "k.running"
+    seen = tmp_path / "seen"
+    code = (f"import os, sys; print(os.path.exists({str(mark)!r}), file=open({str(seen)!r}, 'a')); "
+            "os.makedirs(sys.argv[1], exist_ok=True)")
+
+    def run(mark: Path = mark) -> expdir.ExpDir:
+        d = launch.new_exp_dir(tmp_path / "exp", "x")
+        (d / "state").mkdir()
+        plan = {"experiment": "x", "cwd": str(tmp_path), "legs": [{"name": "a", "argv": [sys.executable, "-c", "0"]}],
+                "prepare": {"argv": [sys.executable, "-c", code, str(made)], "creates": [str(made)], "mark": str(mark)}}
+        (d / "plan.json").write_text(json.dumps(plan))
+        assert subprocess.run([sys.executable, "-m", "cockpit.supervisor", str(d)], env=child_env(),
+                              capture_output=True, timeout=60).returncode == 0
+        return expdir.open_dir(d)
+
+    assert run().prepare.status == "done" and not mark.exists() and made.is_dir()
+    assert seen.read_text() == "True\n"  # the mark was there while it ran
+    assert run().prepare.note == "skipped: what it creates exists"
+    mark.write_text("{}")  # a run that did not end well
+    assert run().prepare.status == "done" and not mark.exists() and seen.read_text() == "True\nTrue\n"
+    # a plan whose mark lies outside its exp_root: nothing is written there
+    made.rmdir()
+    elsewhere = tmp_path / "elsewhere" / ".cockpit-prepare" / "k.running"
+    assert run(elsewhere).prepare.status == "done" and not (tmp_path / "elsewhere").exists()

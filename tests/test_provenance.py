@@ -3,17 +3,19 @@ trainer's versions, the environment) and what differs between two launches."""
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from conftest import write_registry
 from fake_nvml import FakeNVML
 
-from cockpit import gpus, launch, provenance
+from cockpit import checkout, gpus, launch, provenance
 from cockpit import registry as reg
 
 
@@ -23,7 +25,7 @@ def git(cwd: Path, *args: str) -> str:
 
 def repo(tmp_path: Path) -> Path:
     d = tmp_path / "repo"
-    d.mkdir()
+    d.mkdir(parents=True)
     git(d, "init", "-q", "-b", "main")
     git(d, "config", "user.email", "t@example.com")
     git(d, "config", "user.name", "t")
@@ -35,18 +37,128 @@ def repo(tmp_path: Path) -> Path:
 
 def test_git_clean_then_dirty_with_its_patch_and_nothing_changed(tmp_path):
     d = repo(tmp_path)
-    info, patch = provenance.git_info(d)
-    assert (info["branch"], info["commit"], info["dirty"], info["untracked"], patch) == (
-        "main", git(d, "rev-parse", "HEAD").strip(), False, 0, None)
+    out = tmp_path / "exp"
+    out.mkdir()
+    info = provenance.git_info(d, out)
+    assert (info["branch"], info["commit"], info["dirty"], info["untracked"]) == (
+        "main", git(d, "rev-parse", "HEAD").strip(), False, 0)
+    assert "patch" not in info and not (out / "git.patch").exists()
     (d / "a.py").write_text("x = 2\n")
     (d / "new.txt").write_text("not in the patch\n")
     index = (d / ".git" / "index").stat().st_mtime_ns
-    info, patch = provenance.git_info(d)
-    assert info["dirty"] is True and info["untracked"] == 1
+    info = provenance.git_info(d, out)
+    assert info["dirty"] is True and info["untracked"] == 1 and info["patch"] == "git.patch"
+    patch = (out / "git.patch").read_bytes()
     assert patch.decode() == git(d, "diff", "HEAD") and "+x = 2" in patch.decode()
-    assert info["patch_bytes"] == len(patch) and len(info["patch_sha256"]) == 64
+    assert info["patch_bytes"] == len(patch) and info["patch_sha256"] == hashlib.sha256(patch).hexdigest()
     assert (d / ".git" / "index").stat().st_mtime_ns == index  # read only: not even the index refreshed
     assert git(d, "status", "--porcelain").splitlines() == [" M a.py", "?? new.txt"]
+    assert provenance.git_info(d)["dirty"] is True  # without a dir: no patch written anywhere
+
+
+def test_a_huge_diff_is_streamed_into_the_patch_and_cut(tmp_path, monkeypatch):
+    """The diff goes from git's pipe straight into git.patch, a chunk at a time, and git is
+    stopped at the cut: the patch is never held in memory whole."""
+    monkeypatch.setattr(provenance, "PATCH_MAX_BYTES", 200_000)
+    d = repo(tmp_path)
+    (d / "a.py").write_text("".join(f"line {i} of a big change\n" for i in range(200_000)))  # a 5 MB diff
+    chunks = []
+    real = checkout.git
+
+    def spy(cwd, *args, **kw):
+        r = real(cwd, *args, **kw)
+        if args[0] == "diff":
+            chunks.append((kw.get("sink") is not None, r.out))
+        return r
+
+    monkeypatch.setattr(checkout, "git", spy)
+    out = tmp_path / "exp"
+    out.mkdir()
+    info = provenance.git_info(d, out)
+    assert chunks == [(True, b"")]  # streamed to the file, nothing kept
+    patch = (out / "git.patch").read_bytes()
+    assert len(patch) == info["patch_bytes"] == 200_000 and info["patch_truncated"] is True
+    assert info["patch_sha256"] == hashlib.sha256(patch).hexdigest()
+    assert git(d, "diff", "HEAD").encode()[:200_000] == patch
+
+
+# programs a checkout's git config can name, each planted to leave a mark if git runs it
+PLANTS = {
+    "core.fsmonitor": "fsmonitor", "filter.evil.clean": "clean", "filter.evil.smudge": "smudge",
+    "filter.evil.process": "process", "filter.a=b.clean": "clean-eq", "diff.evil.textconv": "textconv",
+    "diff.evil.command": "diff-command", "diff.external": "diff-external", "core.sshCommand": "ssh",
+}
+HOOKS = ("post-index-change", "reference-transaction", "post-checkout", "pre-auto-gc", "fsmonitor-watchman")
+
+
+def test_git_runs_no_program_the_checkouts_config_names(tmp_path, monkeypatch):
+    """fsmonitor, filter drivers (one named with a `=`), textconv, external diffs, hooks, and the
+    GIT_* variables of the caller: none runs while provenance, the branch check and the
+    collector read the checkout, and the patch is the raw diff."""
+    d = repo(tmp_path)
+    marks = tmp_path / "marks"
+    marks.mkdir()
+
+    def program(name: str) -> str:
+        path = tmp_path / f"{name}.sh"
+        path.write_text(f"#!/bin/sh\ntouch {marks}/{name}\ncat\n")
+        path.chmod(0o755)
+        return str(path)
+
+    (d / ".gitattributes").write_text("*.py filter=evil diff=evil\n*.txt filter=a=b\n")
+    (d / "b.txt").write_text("b\n")
+    git(d, "add", ".")
+    git(d, "commit", "-qm", "attributes")
+    for key, name in PLANTS.items():
+        git(d, "config", key, program(name))
+    git(d, "config", "filter.evil.required", "true")
+    for hook in HOOKS:
+        Path(program(hook)).rename(d / ".git" / "hooks" / hook)
+    other = repo(tmp_path / "other")  # the caller's GIT_DIR names another repository: not asked
+    monkeypatch.setenv("GIT_DIR", str(other / ".git"))
+    monkeypatch.setenv("GIT_EXTERNAL_DIFF", program("env-external-diff"))
+    monkeypatch.setenv("GIT_CONFIG_PARAMETERS", f"'core.fsmonitor'='{program('env-fsmonitor')}'")
+    time.sleep(1.1)  # past the index's stat times: git must look at the contents (and filter them)
+    (d / "a.py").write_text("x = 2\n")
+    (d / "b.txt").write_text("c\n")
+    out = tmp_path / "exp"
+    out.mkdir()
+    info = provenance.git_info(d, out)
+    assert checkout.branch_check(d, "main").ok and checkout.git_info(d)["branch"] == "main"
+    assert sorted(p.name for p in marks.iterdir()) == []
+    assert info["dirty"] is True and "error" not in info and info["dir"] == str(d)
+    patch = (out / "git.patch").read_text()
+    assert "-x = 1\n+x = 2" in patch and "-b\n+c" in patch
+
+
+def test_a_dir_that_is_no_checkout_is_recorded_so(tmp_path):
+    """Not the cockpit's own checkout, nor one git finds above by searching up from the dir: a
+    dir is a checkout when it is one's top or a dir that checkout's HEAD holds."""
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    nothing = {"dir": None, "branch": None, "commit": None, "error": "not a git checkout", "dirty": None}
+    assert provenance.git_info(plain) == nothing
+    home = repo(tmp_path)  # a home dir that is itself a checkout (dotfiles)
+    scratch = home / "scratch" / "work"
+    scratch.mkdir(parents=True)
+    (scratch / "train.py").write_text("untracked\n")
+    assert provenance.git_info(scratch) == nothing
+    assert checkout.branch_check(scratch, "main").text() == f"{scratch} is not a git checkout; the registry expects main"
+    sub = home / "src"
+    sub.mkdir()
+    (sub / "m.py").write_text("tracked\n")
+    git(home, "add", "src")
+    git(home, "commit", "-qm", "src")
+    info = provenance.git_info(sub)
+    assert (info["dir"], info["branch"], info["dirty"]) == (str(home), "main", False)
+    r = launch.plan_data(*_registry_and_plan(plain))
+    assert r["git"]["commit"] is None and r["git"]["error"] == "not a git checkout"
+
+
+def _registry_and_plan(workdir: Path):
+    path = write_registry(workdir, {"a": "model-tag = 'a'"})
+    registry = reg.load(path)
+    return registry, launch.plan_launch(registry, "fake"), registry.settings.exp_root / "20260101_000000_fake"
 
 
 def test_trainer_versions_are_read_by_the_legs_python(tmp_path):
@@ -141,3 +253,22 @@ def test_differences_name_what_differs():
     assert provenance.unknown(None, BASE) == "the baseline's dir has no plan.json: its git, host, GPUs and versions are unknown"
     assert provenance.unknown(BASE, None).startswith("this dir has no plan.json")
     assert provenance.unknown(None, None).startswith("neither dir has a plan.json")
+
+
+def test_a_git_that_cannot_switch_a_filter_off_is_not_asked_about_the_tree(tmp_path, monkeypatch):
+    """A git older than GIT_CONFIG_COUNT ignores the overrides (here: as if, the variables
+    dropped): the filter is seen still on, and neither status nor diff runs."""
+    d = repo(tmp_path)
+    mark = tmp_path / "ran"
+    (tmp_path / "clean.sh").write_text(f"#!/bin/sh\ntouch {mark}\ncat\n")
+    (tmp_path / "clean.sh").chmod(0o755)
+    (d / ".gitattributes").write_text("*.py filter=evil\n")
+    git(d, "config", "filter.evil.clean", str(tmp_path / "clean.sh"))
+    real = checkout.git_env
+    monkeypatch.setattr(checkout, "git_env", lambda overrides=None: real(None))
+    time.sleep(1.1)
+    (d / "a.py").write_text("x = 2\n")
+    info = provenance.git_info(d, tmp_path)
+    assert info["dirty"] is None and info["error"] == (
+        "this git cannot switch off filter.evil.clean (that needs GIT_CONFIG_COUNT, git 2.31 or later)")
+    assert not mark.exists() and not (tmp_path / "git.patch").exists()

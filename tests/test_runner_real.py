@@ -35,7 +35,7 @@ def test_foreground_legs_then_skip_then_rerun_the_baseline_alone(tmp_path):
     exp_dir = Path(r.stdout.strip().splitlines()[-1])
     assert exp_dir.parent == tmp_path / "exp" and exp_dir.name.endswith("_cpu-smoke")
     d = expdir.open_dir(exp_dir)
-    assert d.legs == list(LEGS) and d.plan["git"]["commit"]
+    assert d.legs == list(LEGS) and d.plan["git"]["error"] == "not a git checkout"  # the legs ran in tmp_path
     # the prepare step ran first, under exp_root, its output in prepare.log
     assert (d.prepare.status, d.prepare.exit_code) == ("done", 0)
     assert sorted(p.name for p in corpus.iterdir()) == ["base_data", "tokenizer"]

@@ -592,6 +592,30 @@ def _coloured(lines: list[str]) -> str:
                    for i, ln in enumerate(lines))
 
 
+def test_a_non_utf8_exp_root_is_reported_written_and_printed(tmp_path):
+    """exp_root under a dir whose name is not UTF-8 (`caf\\xe9`): the supervisor regenerates
+    report.md, `resume --out-md`, `report --out-md` and `status` work in a strict UTF-8 terminal,
+    and the byte is shown as `\\xe9` wherever text is printed."""
+    base = os.fsdecode(os.fsencode(str(tmp_path)) + b"/caf\xe9")
+    os.mkdir(base)
+    reg_path = registry_for(Path(base), ("a",))
+    d = plan_dir(Path(base) / "exp", {"a": trainer_code()})
+    r = subprocess.run([sys.executable, "-m", "cockpit.supervisor", str(d)], env=child_env(), capture_output=True,
+                       timeout=60)
+    assert r.returncode == 0 and b"not regenerated" not in r.stdout, r.stdout + r.stderr
+    assert f"`{tmp_path}/caf\\xe9/exp/20260101_000000_x`".encode() in (d / "report.md").read_bytes()
+    env = {**child_env(), "LC_ALL": "C.UTF-8", "PYTHONIOENCODING": "utf-8:strict"}  # printing a raw byte would fail
+    for argv in (["--registry", str(reg_path), "resume", "--out-md", str(Path(base) / "exp" / "guide.md")],
+                 ["report", "--exp-dir", str(d), "--out-md", os.fsdecode(os.fsencode(base) + b"/r\xff.md"), "--no-plots"],
+                 ["--registry", str(reg_path), "status"]):
+        r = subprocess.run([sys.executable, "-m", "cockpit.cli", *argv], env=env, capture_output=True, text=True,
+                           timeout=60)
+        assert r.returncode == 0 and "Traceback" not in r.stderr, (argv, r.stderr[-500:])
+        assert "caf\\xe9" in r.stdout
+    assert (Path(base) / "exp" / "guide.md").is_file() and os.path.isfile(os.fsencode(base) + b"/r\xff_steps.csv")
+    assert safetext.printable("caf\udce9 \ud800") == "caf\\xe9 \\ud800"
+
+
 def test_sgr_coloured_step_lines_parse_in_every_path(tmp_path, monkeypatch):
     lines = [STEP.format(i=i, p=i * 10.0, loss=5 - i / 10) for i in range(10)]
     plain = tmp_path / "plain.log"

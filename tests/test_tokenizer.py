@@ -1,6 +1,9 @@
 """BPE tokenizer: round trips, special tokens, upstream's dir layout, training from shards."""
 
+import os
 import pickle
+import shutil
+import stat
 
 import pytest
 import torch
@@ -104,3 +107,42 @@ def test_tok_train_cli_trains_on_the_training_shards_and_keeps_an_existing_token
         tok_train.main(["--data-dir", str(tmp_path / "nope"), "--tokenizer-dir", str(tmp_path / "t2")])
     err = capsys.readouterr().err.strip().splitlines()
     assert e.value.code == 2 and len(err) == 1 and "nanochat.smoke_data" in err[0]
+
+
+def _own_copy(smoke_corpus, tmp_path):
+    d = tmp_path / "tok"
+    shutil.copytree(smoke_corpus / "tokenizer", d)
+    return d
+
+
+def test_a_tokenizer_dir_someone_else_could_write_is_refused_before_the_pickle_runs(smoke_corpus, tmp_path):
+    """tokenizer.pkl runs code as it loads: a dir or pickle writable by every user, or owned by
+    another user, is refused in one line before it is opened; a truncated token table too."""
+    d = _own_copy(smoke_corpus, tmp_path)
+    assert Tokenizer.from_dir(d).vocab_size == 1024
+    for target in (d, d / "tokenizer.pkl"):
+        target.chmod(target.stat().st_mode | 0o002)
+        with pytest.raises(TokenizerError) as e:
+            Tokenizer.from_dir(d)
+        assert str(e.value).startswith(f"{target} is writable by every user (mode ") and "\n" not in str(e.value)
+        assert "tokenizer.pkl is a pickle and loading it runs the code it holds" in str(e.value)
+        target.chmod(target.stat().st_mode & ~0o002)
+    if os.geteuid() == 0:  # only root can give a file away
+        os.chown(d / "tokenizer.pkl", 12345, 12345)
+        with pytest.raises(TokenizerError, match=r"tokenizer\.pkl belongs to uid 12345, not to you \(uid 0\)"):
+            Tokenizer.from_dir(d)
+        os.chown(d / "tokenizer.pkl", 0, 0)
+    tb = d / "token_bytes.pt"
+    tb.write_bytes(tb.read_bytes()[:100])
+    with pytest.raises(TokenizerError, match=r"token_bytes\.pt: not a readable token table \("):
+        Tokenizer.from_dir(d)
+
+
+def test_a_saved_tokenizer_is_writable_by_its_owner_alone_whatever_the_umask(smoke_corpus, tmp_path):
+    old = os.umask(0)
+    try:
+        Tokenizer.from_dir(smoke_corpus / "tokenizer").save(tmp_path / "t")
+    finally:
+        os.umask(old)
+    assert [stat.S_IMODE(p.stat().st_mode) & 0o022 for p in (tmp_path / "t", tmp_path / "t" / "tokenizer.pkl")] == [0, 0]
+    assert Tokenizer.from_dir(tmp_path / "t").vocab_size == 1024
