@@ -223,9 +223,9 @@ def record(registry: reg.Registry, cont: Continuation, grace_s: float = STOP_GRA
     return n. RunError, with nothing written, when the code is not the dir's."""
     d = open_dir(cont.exp_dir)
     runtime = cont.plan.runtime
-    origin, _patch = provenance.collect(cont.plan.cwd, cont.plan.torchrun,
-                                        str(runtime.python) if runtime and runtime.python else None,
-                                        dict(runtime.env) if runtime else None)
+    origin = provenance.collect(cont.plan.cwd, cont.plan.torchrun,
+                                str(runtime.python) if runtime and runtime.python else None,
+                                dict(runtime.env) if runtime else None, digest=True)
     if why := _code_differs(d.plan or {}, origin.get("git") or {}):
         raise RunError(f"{cont.exp_dir} cannot be continued: {why}; its legs would not compare with the dir's: "
                        "launch them in a fresh dir")

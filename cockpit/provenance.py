@@ -69,11 +69,12 @@ print(json.dumps(out))
 """
 
 
-def git_info(cwd: Path, exp_dir: Path | None = None) -> dict[str, Any]:
+def git_info(cwd: Path, exp_dir: Path | None = None, digest: bool = False) -> dict[str, Any]:
     """checkout.git_info (top dir, branch, commit), and whether the tree is dirty. When it is and
     `exp_dir` is given, its `git diff HEAD` is streamed into `<exp_dir>/git.patch` (created new
-    there), cut at PATCH_MAX_BYTES: never held in memory whole. Read only; runs no program the
-    checkout's config names (see checkout)."""
+    there), cut at PATCH_MAX_BYTES: never held in memory whole; `digest` without `exp_dir`: only
+    hashed, to compare with a patch saved before. Read only; runs no program the checkout's config
+    names (see checkout)."""
     info: dict[str, Any] = dict(checkout.git_info(cwd))
     if info["dir"] is None:
         info["dirty"] = None
@@ -91,7 +92,7 @@ def git_info(cwd: Path, exp_dir: Path | None = None) -> dict[str, Any]:
         return info
     info["dirty"] = lines.tracked > 0  # tracked files changed (the patch)
     info["untracked"] = lines.untracked  # new files: not in the patch
-    if info["dirty"] and exp_dir is not None:
+    if info["dirty"] and (exp_dir is not None or digest):
         info.update(_save_patch(top, exp_dir, off))
     return info
 
@@ -114,15 +115,17 @@ class _Lines:
         return True
 
 
-def _save_patch(top: Path, exp_dir: Path, off: dict[str, str]) -> dict[str, Any]:
-    """`git diff HEAD` streamed into `<exp_dir>/git.patch`, hashed on the way; git is stopped once
-    PATCH_MAX_BYTES are written. What the plan records of it (`patch`, `patch_sha256`,
+def _save_patch(top: Path, exp_dir: Path | None, off: dict[str, str]) -> dict[str, Any]:
+    """`git diff HEAD` streamed into `<exp_dir>/git.patch` (None: nowhere), hashed on the way; git
+    is stopped once PATCH_MAX_BYTES are read. What the plan records of it (`patch`, `patch_sha256`,
     `patch_bytes`, `patch_truncated`; or `patch_error`, and no file)."""
-    path = exp_dir / PATCH_NAME
-    try:
-        fd = fsutil.create_new(path, root=exp_dir)
-    except OSError as e:
-        return {"patch_error": f"{PATCH_NAME} not written: {fsutil.oneline(e)}"}
+    path = exp_dir / PATCH_NAME if exp_dir is not None else None
+    fd = None
+    if exp_dir is not None:
+        try:
+            fd = fsutil.create_new(path, root=exp_dir)
+        except OSError as e:
+            return {"patch_error": f"{PATCH_NAME} not written: {fsutil.oneline(e)}"}
     sha, size, cut = hashlib.sha256(), 0, False
 
     def write(chunk: bytes) -> bool:
@@ -130,7 +133,7 @@ def _save_patch(top: Path, exp_dir: Path, off: dict[str, str]) -> dict[str, Any]
         room = PATCH_MAX_BYTES - size
         part = chunk[:room]
         view = memoryview(part)
-        while view:
+        while view and fd is not None:
             view = view[os.write(fd, view):]
         sha.update(part)
         size += len(part)
@@ -143,14 +146,16 @@ def _save_patch(top: Path, exp_dir: Path, off: dict[str, str]) -> dict[str, Any]
     except OSError as e:
         r = checkout.Result(None, f"{PATCH_NAME} not written: {fsutil.oneline(e)}")
     finally:
-        os.close(fd)
+        if fd is not None:
+            os.close(fd)
     if r.out is None:
         try:
-            path.unlink()
+            if path is not None:
+                path.unlink()
         except OSError:
             pass
         return {"patch_error": r.why if (r.why or "").startswith(PATCH_NAME) else f"git diff HEAD: {r.why}"}
-    return {"patch": PATCH_NAME, "patch_sha256": sha.hexdigest(), "patch_bytes": size,
+    return {**({"patch": PATCH_NAME} if path is not None else {}), "patch_sha256": sha.hexdigest(), "patch_bytes": size,
             **({"patch_truncated": True} if cut else {})}
 
 
@@ -195,14 +200,14 @@ def env_vars(environ: dict[str, str] | None = None) -> dict[str, str]:
 
 
 def collect(cwd: Path, torchrun: str, python: str | None = None, leg_env: dict[str, str] | None = None,
-            exp_dir: Path | None = None) -> dict[str, Any]:
+            exp_dir: Path | None = None, digest: bool = False) -> dict[str, Any]:
     """Everything a plan records of a launch's origin: {"git": ..., "machine": ..., "trainer":
     ..., "launch_env": ...}, with `<exp_dir>/git.patch` written beside it when the tree is dirty.
     `python`: the legs' interpreter when the registry names one (else the one torchrun's first
     line names); `leg_env`: what the registry adds to the legs' environment (it wins over this
-    process's)."""
+    process's); `digest`: the patch only hashed, when there is no `exp_dir` to save it in."""
     return {
-        "git": git_info(cwd, exp_dir),
+        "git": git_info(cwd, exp_dir, digest),
         "machine": gpus.machine(),
         "trainer": trainer_env(python or legs_python(torchrun), cwd),
         "launch_env": env_vars({**os.environ, **(leg_env or {})}),

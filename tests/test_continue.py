@@ -172,8 +172,8 @@ def test_another_commit_is_refused_and_nothing_is_written(tmp_path, monkeypatch)
     real = provenance.collect
 
     def moved(*a, **kw):
-        origin, patch = real(*a, **kw)
-        return {**origin, "git": {**origin["git"], "commit": "9c8d7e6f5a4b" * 3 + "abcd"}}, patch
+        origin = real(*a, **kw)
+        return {**origin, "git": {**origin["git"], "commit": "9c8d7e6f5a4b" * 3 + "abcd"}}
 
     monkeypatch.setattr(provenance, "collect", moved)
     with pytest.raises(RunError, match="the checkout is at commit 9c8d7e6f5a4b, the dir was launched at"):

@@ -54,6 +54,10 @@ def test_git_clean_then_dirty_with_its_patch_and_nothing_changed(tmp_path):
     assert (d / ".git" / "index").stat().st_mtime_ns == index  # read only: not even the index refreshed
     assert git(d, "status", "--porcelain").splitlines() == [" M a.py", "?? new.txt"]
     assert provenance.git_info(d)["dirty"] is True  # without a dir: no patch written anywhere
+    before = sorted(tmp_path.rglob("*"))
+    hashed = provenance.git_info(d, digest=True)  # a continuation compares with the saved patch
+    assert hashed["patch_sha256"] == info["patch_sha256"] and "patch" not in hashed
+    assert sorted(tmp_path.rglob("*")) == before
 
 
 def test_a_huge_diff_is_streamed_into_the_patch_and_cut(tmp_path, monkeypatch):
