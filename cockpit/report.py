@@ -18,11 +18,14 @@ A leg run with repeats (`<leg>.r0`, `<leg>.r1`, ...) has a row per repeat and an
 
 Deltas: `| metric | baseline | run | delta | 95% CI | verdict |`. The baseline is the one
 `baseline.choose` decides (the run's own dir's, else named: `baseline from <dir>`, with what
-differs between the two launches). The interval is that of the difference of the two means
-(stats.compare): from each tail window's spread, correlation between steps accounted for, or,
-for a leg with repeats, from the spread between its repeats. The verdict is `significant` when
-the interval excludes 0, `within noise` when it does not, `-` without per-step samples or repeats
-(peak memory, total time, validation bpb and final loss of a single run).
+differs between the two launches). The interval is that of the difference
+of the two means (stats.compare): from each tail window's spread, correlation between steps
+accounted for; for a leg with repeats, their windows and the spread between them combined
+(stats.pooled), the cell saying what it rests on (`±0.98% (n=2 repeats)`) and a line under the
+table how well so few repeats know their spread. The verdict is `significant` when the interval
+excludes 0, `within noise` when it does not (with the repeats that would resolve it), `-` without
+per-step samples or repeats (peak memory, total time, validation bpb and final loss of a single
+run).
 
 Everything taken from a log or a file name (run names, error lines) is made printable and
 escaped for markdown. Output files are checked before anything is written (a directory, a path
@@ -113,10 +116,11 @@ class ReportRow:
         return getattr(self, metric)
 
     def estimate(self, metric: str) -> stats.Estimate | None:
-        """The figure's mean with its 95% interval: across the repeats of an aggregate row (each
-        repeat one sample), else from the tail window's steps; None without samples."""
+        """The figure's mean with its 95% interval: for an aggregate row, over its repeats, each
+        one's tail window and the spread between them combined (stats.pooled); else from the tail
+        window's steps; None without samples."""
         if self.repeats:
-            return stats.across([v for r in self.repeats if (v := r.value(metric)) is not None])
+            return stats.pooled([r.estimate(metric) or r.value(metric) for r in self.repeats])
         if self.summary is not None and metric in self.summary.tail_values:
             return stats.estimate(self.summary.tail_values[metric])
         return None
@@ -137,6 +141,16 @@ class DeltaRow:
     why: str | None = None  # why there is no delta (delta_pct None), e.g. "the baseline's figure is 0"
     ci_pct: float | None = None  # half-width of the delta's 95% interval, in percent
     verdict: Verdict = Verdict.NONE
+    runs: tuple[int, int] = (1, 1)  # the runs the interval rests on: (baseline's, run's); >1: repeats
+    resolve: stats.Resolve | None = None  # a `within noise` verdict: the repeats that would resolve it
+
+    @property
+    def ci_text(self) -> str:
+        """The interval's cell: `±1.74%`, with what it rests on when repeats are in it
+        (`±3.21% (n=2 repeats)`)."""
+        basis = stats.fmt_runs(stats.Delta(self.delta_pct, self.ci_pct, self.verdict, runs=self.runs))
+        text = stats.fmt_ci(self.ci_pct)
+        return f"{text} ({basis})" if basis and self.ci_pct is not None else text
 
 
 def headers(tail: int) -> list[str]:
@@ -313,8 +327,10 @@ def delta_rows(base: ReportRow, run: ReportRow, tail: int = 50) -> list[DeltaRow
         b, r = base.value(attr), run.value(attr)
         pct, why = stats.pct_change(b, r)
         d = stats.compare(base.estimate(attr), run.estimate(attr)) if pct is not None else None
-        ci, verdict = (d.ci_pct, d.verdict) if d is not None and d.pct is not None else (None, Verdict.NONE)
-        out.append(DeltaRow(heads[attr], attr, b, r, pct, why, ci, verdict))
+        if d is None or d.pct is None:
+            out.append(DeltaRow(heads[attr], attr, b, r, pct, why))
+            continue
+        out.append(DeltaRow(heads[attr], attr, b, r, pct, why, d.ci_pct, d.verdict, d.runs, d.resolve))
     return out
 
 
@@ -456,17 +472,39 @@ def render_delta(base: ReportRow, run: ReportRow, tail: int = 50, base_label: st
     label = base_label or f"baseline {base.run}"
     lines = [_md_row(["metric", label, run.run, "delta", "95% CI", "verdict"]),
              "| --- | ---: | ---: | ---: | ---: | --- |"]
-    why = []
+    why, resolve = [], []
     for d in delta_rows(base, run, tail):
         if d.attr in DELTA_QUALITY and d.baseline is None and d.run is None:
             continue  # neither run has the figure (no validation, dropless routing): no row of dashes
         lines.append(_md_row([d.metric, fmt_value(d.attr, d.baseline), fmt_value(d.attr, d.run),
-                              stats.fmt_pct(d.delta_pct), stats.fmt_ci(d.ci_pct), d.verdict]))
+                              stats.fmt_pct(d.delta_pct), d.ci_text, d.verdict]))
         if d.delta_pct is None and d.why and d.baseline is not None and d.run is not None:
             why.append(f"{d.metric}: {d.why}")
+        if d.verdict == Verdict.WITHIN_NOISE and d.resolve is not None and d.delta_pct:
+            resolve.append(f"{d.metric} ({stats.fmt_pct(d.delta_pct)}): {stats.fmt_resolve(d.resolve)}")
     if why:  # a missing figure speaks for itself; a zero, nan or inf one is said
         lines += ["", "No delta (`-`) where " + "; ".join(why) + "."]
+    if resolve:
+        lines += ["", "To resolve `within noise` if the difference is real (80% power): " + "; ".join(resolve) + "."]
+    lines += [f"\n{line}" for line in repeat_lines(base, run, label, tail)]
     return "\n".join(lines)
+
+
+def repeat_lines(base: ReportRow, run: ReportRow, base_label: str, tail: int = 50, metric: str = "tok_per_sec") -> list[str]:
+    """For each side run with repeats: how much its repeats vary beyond their tail windows, and how
+    well so few repeats know it (stats.Spread), on the tail tok/sec."""
+    out = []
+    head = headers(tail)[METRICS.index(metric)]
+    for name, row in ((base_label, base), (run.run, run)):
+        e = row.estimate(metric) if row.is_aggregate else None
+        if e is None or e.spread is None or not e.mean or not math.isfinite(e.mean):
+            continue
+        sp, pct = e.spread, 100.0 / abs(e.mean)
+        out.append(f"{safetext.md_code(name)}: n={sp.repeats} repeats; between-repeat sd of {head} "
+                   f"{sp.between * pct:.2f}% of the mean (95% upper bound {sp.between_hi * pct:.2f}%: "
+                   f"{sp.repeats} repeats know it {'poorly' if sp.repeats < 5 else 'roughly'}), each window's own "
+                   f"{sp.within * pct:.2f}%.")
+    return out
 
 
 def baseline_notes(b: Baseline, exp_dir: Path | None = None) -> list[str]:
@@ -583,7 +621,8 @@ def render_report(
                 continue
             if not r.is_aggregate and _repeat_with_aggregate(r, all_rows):
                 continue  # a repeat: its leg's aggregate row has the delta
-            title = f"{r.run} ({len(r.repeats)} repeats: interval from their spread)" if r.is_aggregate else r.run
+            title = (f"{r.run} ({len(r.repeats)} repeats: interval from their windows and the spread between them)"
+                     if r.is_aggregate else r.run)
             sections += ["", f"### {_md_text(title)}", "", render_delta(base_row, r, tail, base.column)]
             run_flags = flags_of(r, exp_dir)
             if base_flags is not None and run_flags is not None:
