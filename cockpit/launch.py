@@ -33,7 +33,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from cockpit import flags, fsutil, gpus, provenance, safetext
+from cockpit import baseline, flags, fsutil, gpus, provenance, safetext
 from cockpit import registry as reg
 from cockpit.checkout import git_info
 from cockpit.executors import EXECUTORS, Executor, slurm
@@ -320,6 +320,7 @@ def dry_run_text(registry: reg.Registry, plan: LaunchPlan) -> str:
         out.append(f"# a real launch would be refused here: {why}")
     if plan.runtime is not None and plan.runtime.python is not None:
         out.append(f"# python: {plan.runtime.python} (its torchrun runs the legs)")
+    out.append(f"# baseline (pinned in plan.json at launch): {baseline.pin_text(baseline.pin(registry, plan.experiment, plan.legs))}")
     out.append(f"cd {shlex.quote(str(plan.cwd))}")
     out += [f"export {k}={shlex.quote(v)}" for k, v in (plan.runtime.env if plan.runtime else {}).items()]
     out += [f"EXP_DIR={shlex.quote(str(exp_dir))}", 'mkdir -p "$EXP_DIR/ckpt_root"']
@@ -439,7 +440,9 @@ def plan_data(registry: reg.Registry, plan: LaunchPlan, exp_dir: Path, grace_s: 
 def write_plan(registry: reg.Registry, plan: LaunchPlan, exp_dir: Path, grace_s: float = STOP_GRACE_S) -> dict:
     """plan.json in the fresh dir, written once, never over anything, with the launch's provenance
     (git, with `git.patch` beside it when the tree is dirty; the machine; the trainer's versions,
-    read by the legs' python; the launch's environment: see provenance). Returns what it holds."""
+    read by the legs' python; the launch's environment: see provenance) and its baseline pinned
+    (baseline.pin: its own run of the baseline leg, a finished one in another dir, recorded
+    figures, or none). Returns what it holds."""
     runtime = plan.runtime
     origin, patch = provenance.collect(plan.cwd, plan.torchrun, str(runtime.python) if runtime and runtime.python else None,
                                        dict(runtime.env) if runtime else None)
@@ -450,6 +453,8 @@ def write_plan(registry: reg.Registry, plan: LaunchPlan, exp_dir: Path, grace_s:
         except OSError as e:
             origin["git"]["patch_error"] = f"{provenance.PATCH_NAME} not written: {describe(e)}"
     data = plan_data(registry, plan, exp_dir, grace_s, origin)
+    # the baseline this dir's runs are compared with, fixed now: later launches never move it
+    data[baseline.PIN_KEY] = baseline.pin(registry, plan.experiment, plan.legs)
     fd = fsutil.create_new(exp_dir / "plan.json", root=exp_dir)  # written once, never over anything
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         json.dump(data, f, indent=2, default=str)

@@ -17,8 +17,9 @@ A leg run with repeats (`<leg>.r0`, `<leg>.r1`, ...) has a row per repeat and an
 (`mean ± std` across the repeats).
 
 Deltas: `| metric | baseline | run | delta | 95% CI | verdict |`. The baseline is the one
-`baseline.choose` decides (the run's own dir's, else named: `baseline from <dir>`, with what
-differs between the two launches). The interval is that of the difference
+`baseline.choose` decides (pinned at launch: the run's own dir's, else named: `baseline from
+<dir>`, with what differs between the two launches; a pinned run that failed gives no deltas,
+said with the `--baseline` that compares with another). The interval is that of the difference
 of the two means (stats.compare): from each tail window's spread, correlation between steps
 accounted for; for a leg with repeats, their windows and the spread between them combined
 (stats.pooled), the cell saying what it rests on (`±0.98% (n=2 repeats)`) and a line under the
@@ -407,7 +408,10 @@ def find_baseline(exp_dir: Path, ref: str | None = None, registry: reg.Registry 
 
 
 def baseline_row(b: Baseline, tail: int = 50, now: float | None = None) -> ReportRow:
-    """The baseline's figures as a row: its log (the aggregate of its repeats), or recorded."""
+    """The baseline's figures as a row: its log (the aggregate of its repeats), or recorded; a
+    row without figures when it has none to give (`b.problem`: the pinned run failed, ...)."""
+    if b.problem:
+        return ReportRow(run=b.leg, note=b.problem)
     if b.dir is None:
         return row_from_recorded(f"{b.experiment}/{b.leg}" if b.experiment else b.leg, b.recorded or reg.Recorded())
     runs = [row_from_summary(logs.summarize(b.dir / f"{r}.log", tail=tail, now=now)) for r in b.runs]
@@ -507,6 +511,14 @@ def repeat_lines(base: ReportRow, run: ReportRow, base_label: str, tail: int = 5
     return out
 
 
+def no_delta_text(b: Baseline) -> str:
+    """Why a dir has no deltas although it has a baseline (the pinned run failed, ...), and how to
+    compare with another run for one report."""
+    text = f"No deltas: {_md_text(b.problem or 'the baseline has no figures')}"
+    text += ". The baseline was pinned when this dir was launched and is never replaced by another" if b.pinned else ""
+    return text + (f". To compare with another run: {safetext.md_code(b.instead)}." if b.instead else ".")
+
+
 def baseline_notes(b: Baseline, exp_dir: Path | None = None) -> list[str]:
     """The lines a delta section says about its baseline: where it comes from, when not the run's
     own dir (`exp_dir`), and what differs between its launch and the run's."""
@@ -518,6 +530,7 @@ def baseline_notes(b: Baseline, exp_dir: Path | None = None) -> list[str]:
                 "so no verdict)."]
     sibling = exp_dir is not None and os.path.realpath(b.dir.parent) == os.path.realpath(Path(exp_dir).parent)
     head = f"the baseline ran in another launch, {safetext.md_code(b.dir.name if sibling else str(b.dir))}"
+    head += " (pinned when this dir was launched)" if b.pinned else ""
     if b.unknown:
         return [f"**Warning:** {head}; {_md_text(b.unknown)}."]
     if not b.differs:
@@ -631,6 +644,8 @@ def render_report(
             out += ["", f"## Delta vs baseline {safetext.md_code(name)}{where}{named}"]
             out += [f"\n{line}" for line in baseline_notes(base, exp_dir)]
             out += sections
+    elif base is not None and base.problem and any(r.has_figures for r in all_rows):
+        out += ["", f"## Delta vs baseline {safetext.md_code(base.leg)}", "", no_delta_text(base)]
     if links:
         out += ["", "## Files", ""]
         for label, rel in links.items():

@@ -714,7 +714,11 @@ def _figures(m: LegMark) -> str:
 
 def delta_words(m: LegMark, metric: str = "tok_per_sec") -> str:
     """`  Δ -31.30% ±4.12% significant vs dense (baseline from <dir>)`, `±0.98% (n=2 repeats)`
-    when repeats are in the interval; "" without a baseline."""
+    when repeats are in the interval; `  Δ - (dense: <why>)` when the pinned baseline has no
+    figures (it failed, ...); "" without a baseline."""
+    b = m.baseline
+    if b is not None and b.problem and m.row is not None and m.row.has_figures and not m.is_baseline:
+        return f"  Δ - ({b.leg}: {b.problem})"
     if not m.compared:
         return ""
     assert m.baseline is not None and m.baseline_row is not None and m.row is not None
