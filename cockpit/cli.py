@@ -106,6 +106,9 @@ def cmd_launch(args: argparse.Namespace) -> int:
     except RunError as e:
         raise UsageError(str(e)) from None
     d = expdir.open_dir(exp_dir)
+    checked = (d.plan or {}).get("trainer_flags") or {}
+    if checked.get("checked") is False:
+        say(f"cockpit: warning: trainer flags not checked: {checked.get('why')}", file=sys.stderr)
     want, have = registry.settings.branch, ((d.plan or {}).get("git") or {}).get("branch")
     if want and have and want != have:
         say(f"cockpit: warning: the checkout is on branch {have}, the registry expects {want}", file=sys.stderr)
