@@ -221,7 +221,7 @@ def _pinned(registry: reg.Registry, run_d: ExpDir, p: Any, dirs: list[ExpDir] | 
             instead=_instead(run_d, name, experiment, dirs, registry))
     if source == DIR:
         where = Path(str(p.get("dir")))
-        base_d = _pinned_dir(where, run_d)
+        base_d = _pinned_dir(where, run_d, dirs)
         if base_d is not None and all(base_d.run_done(r, by_log=True) for r in runs):
             return _from_dir(name, experiment, base_d, runs, run_d, registry.find_leg(f"{experiment}/{name}"), pinned=True)
         why = "is gone" if base_d is None else f"no longer holds a finished run of {name}"
@@ -235,11 +235,12 @@ def _finite(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def _pinned_dir(where: Path, run_d: ExpDir) -> ExpDir | None:
-    """The pinned dir: at its path, else (exp_root moved) beside the run's dir by its name."""
+def _pinned_dir(where: Path, run_d: ExpDir, dirs: list[ExpDir] | None) -> ExpDir | None:
+    """The pinned dir (read already when it is one of `dirs`): at its path, else (exp_root moved)
+    beside the run's dir by its name."""
     for path in (where, run_d.path.parent / where.name):
         if os.path.isdir(path):
-            return expdir.open_dir(path)
+            return _dir(dirs or [], path)
     return None
 
 
