@@ -7,7 +7,7 @@ import os
 import shutil
 from pathlib import Path
 
-from conftest import FIXTURES, NOW, bundled_registry, make_dir
+from conftest import FIXTURES, NOW, bundled_registry, make_dir, write_registry
 
 from cockpit import baseline, expdir, launch, report, resume
 from cockpit import registry as reg
@@ -187,3 +187,14 @@ def test_status_says_what_a_repeats_interval_rests_on(tmp_path):
         _done(d, f"moe_cap1p0.r{i}", text=_fast_dense(tok))
     line = _status_line(registry, "moe_cap1p0")
     assert "(n=2 repeats vs the baseline's 2) significant vs dense" in line and "Δ -31." in line
+
+
+def test_an_experiment_without_a_baseline_pins_none_and_never_gets_one(tmp_path):
+    registry = reg.load(write_registry(tmp_path, {"a": 'model-tag = "a"'}))
+    d = registry.settings.exp_root / "20261126_050000_fake"
+    d.mkdir(parents=True)
+    launch.write_plan(registry, launch.plan_launch(registry, "fake"), d)
+    assert json.loads((d / "plan.json").read_text())["baseline"] == {
+        "source": "none", "leg": None, "why": "experiment 'fake' names no baseline"}
+    registry.path.write_text(registry.path.read_text().replace('id = "fake"', 'id = "fake"\nbaseline = "a"'))
+    assert baseline.choose(reg.load(registry.path), "fake", d) is None  # a baseline named afterwards is not this dir's
