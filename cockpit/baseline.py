@@ -1,15 +1,30 @@
 """Which baseline a run is compared with: one decision, for every table that shows a delta.
 
-A delta is only as good as its baseline. A run's baseline is its experiment's baseline leg (the
-registry's `baseline`) as it ran in the run's own experiment dir: the same launch, so the same
-code, machine and hour. When that dir holds no finished run of it (the leg was re-run alone in a
-new dir, or the baseline failed there), the newest finished run of it in another dir of its
-experiment; when there is none, the figures the registry records for it (a run elsewhere).
+A delta is only as good as its baseline, and a verdict must not change after the fact. So a
+launch pins its baseline in plan.json (`pin`, under the key `baseline`), and `choose` reads the
+pin; nothing that happens later (another launch, a re-run of the baseline) moves it:
+
+- `own`: the launch runs the experiment's baseline leg (the registry's `baseline`) itself: the
+  same code, machine and hour. When that run fails, is stopped or has not finished, the dir has
+  no deltas (`Baseline.problem` says why, `Baseline.instead` how to compare with another run
+  through `--baseline`); never a silent switch to another dir.
+- `dir`: the launch does not run it: the newest finished run of it at launch time, in another
+  dir, is pinned by its path and run names.
+- `recorded`: no dir had one, and the registry records its figures (a run elsewhere): the figures
+  themselves are copied into the pin, so a later edit of the registry does not move them either.
+- `none`: nothing to compare with at launch (no finished run, nothing recorded): no deltas, said
+  with how to name one through `--baseline`. An experiment that names no baseline pins nothing.
+
+A dir launched before pins existed (its plan has no `baseline` key, or a dir of plain logs)
+gets a rule that later runs cannot change: its own finished run of the baseline leg, else the
+newest finished one in a dir created before it (and, where its state records an end time,
+ended before it was created), else the registry's recorded figures.
 
 A baseline from anywhere but the run's own dir is named wherever its delta is shown (`baseline
 from 20261130_202037_cpu-smoke`), with what differs between the two launches (git commit or
 patch, host, GPU model, versions, environment, the baseline leg's args: provenance.differences).
-`--baseline RUN` or `OTHER_DIR/RUN` names one explicitly (`explicit`), labelled the same way.
+`--baseline RUN` or `OTHER_DIR/RUN` names one explicitly (`explicit`) for one report, labelled the
+same way.
 
 The report, the resume guide, `cockpit status` and the terminal app's tables all ask `choose()`.
 
@@ -18,13 +33,18 @@ Layer 2: imports registry, expdir and provenance.
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cockpit import expdir, provenance
 from cockpit import registry as reg
 from cockpit.expdir import ExpDir
+from cockpit.vocab import ACTIVE_STATUSES, Status
 
 
 @dataclass(frozen=True)
@@ -40,6 +60,10 @@ class Baseline:
     recorded: reg.Recorded | None = None
     differs: tuple[str, ...] = ()  # what differs between its launch and the run's (empty: nothing recorded does)
     unknown: str | None = None  # why the two launches' origins cannot be compared (a dir without plan.json)
+    pinned: bool = False  # chosen at launch (plan.json's pin), not by the rule for older dirs
+    problem: str | None = None  # why there are no figures to compare with (the pinned run failed, ...)
+    instead: str | None = None  # with a problem: the command that compares with another run
+
 
     @property
     def source(self) -> str | None:
@@ -47,6 +71,8 @@ class Baseline:
         or `recorded in the registry (<source>)`; None for the run's own dir."""
         if self.own:
             return None
+        if self.dir is None and self.recorded is None:
+            return None  # nothing to compare with (a problem says why)
         if self.dir is None:
             src = self.recorded.source if self.recorded is not None else None
             return "recorded in the registry" + (f" ({src})" if src else "") + ", not measured here"
@@ -88,38 +114,190 @@ def _expected_argv(leg: reg.Leg, run_d: ExpDir, first_run: str) -> list[str]:
 RECORDED_RUN = "the run's figures are recorded in the registry: its origin is unknown here"
 
 
+PIN_KEY = "baseline"  # plan.json's key of the pin
+OWN, DIR, RECORDED, NONE = "own", "dir", "recorded", "none"  # the pin's `source`
+
+
+def pin(registry: reg.Registry, exp: reg.Experiment, planned: list[reg.Leg],
+        dirs: list[ExpDir] | None = None) -> dict[str, Any]:
+    """What a launch of `planned` legs of `exp` pins as its baseline (plan.json's `baseline`): the
+    leg, and where its figures come from (OWN, DIR, RECORDED or NONE; see the module's
+    docstring). `dirs`: expdir.discover(exp_root), when the caller has it. Reads only."""
+    leg = registry.find_leg(exp.baseline, exp.id) if exp.baseline else None
+    if leg is None:
+        return {"source": NONE, "leg": None, "why": f"experiment '{exp.id}' names no baseline"}
+    which = {"leg": leg.name, "experiment": leg.experiment}
+    if leg.experiment == exp.id and any(x.name == leg.name for x in planned):
+        return {**which, "source": OWN, "runs": leg.run_names()}
+    if dirs is None:
+        dirs = expdir.discover(registry.settings.exp_root)
+    for d in reversed(dirs):  # newest first
+        if d.experiment == leg.experiment and d.leg_done(leg.name):
+            return {**which, "source": DIR, "dir": str(d.path), "runs": d.runs(leg.name)}
+    if leg.recorded is not None:
+        return {**which, "source": RECORDED, "recorded": dataclasses.asdict(leg.recorded)}
+    return {**which, "source": NONE,
+            "why": f"no finished run of {leg.experiment}/{leg.name} and no recorded figures when this dir was launched"}
+
+
+def pin_text(p: dict[str, Any]) -> str:
+    """A pin in words, as a dry run and the plan's reader see it."""
+    if p.get("leg") is None:
+        return f"none ({p.get('why')})"
+    name = p["leg"] if p.get("source") == OWN else f"{p['experiment']}/{p['leg']}"
+    return {OWN: f"{name}, run by this launch",
+            DIR: f"{name} as it ran in {Path(str(p.get('dir'))).name}",
+            RECORDED: f"{name}, the figures the registry records",
+            }.get(p.get("source"), f"{name}: none ({p.get('why')})")
+
+
 def choose(registry: reg.Registry, experiment: str, run_dir: Path | str | None,
            dirs: list[ExpDir] | None = None) -> Baseline | None:
-    """The baseline of the runs of `run_dir`, a dir of `experiment`: its own finished run of the
-    registry's baseline leg, else the newest finished one in another dir of the baseline's
-    experiment, else the registry's recorded figures; None when the experiment names no baseline.
+    """The baseline of the runs of `run_dir`, a dir of `experiment`: what its plan pinned at
+    launch, else (a dir from before pins, or of plain logs) its own finished run of the registry's
+    baseline leg, else the newest finished one in another dir of the baseline's experiment made
+    before it, else the registry's recorded figures; None when the experiment names no baseline.
     `run_dir` None: a run recorded in the registry (it ran elsewhere), whose comparable baseline
     is the recorded one, else the newest finished one here. `dirs`: expdir.discover(exp_root),
     when the caller has it. Reads only."""
+    run_d = _dir(dirs or [], run_dir) if run_dir is not None else None
+    if run_d is not None and isinstance(run_d.plan, dict) and PIN_KEY in run_d.plan:
+        return _pinned(registry, run_d, run_d.plan[PIN_KEY], dirs)
     exp = registry.experiment(experiment)
     leg = registry.find_leg(exp.baseline, exp.id) if exp is not None and exp.baseline else None
     if leg is None:
         return None
-    if run_dir is None and leg.recorded is not None:
+    if run_d is None and leg.recorded is not None:
         return Baseline(leg.name, leg.experiment, None, recorded=leg.recorded)
     if dirs is None:
         dirs = expdir.discover(registry.settings.exp_root)
-    run_d = _dir(dirs, run_dir) if run_dir is not None else None
     # the run's own dir: a finished log of the baseline counts even without a state (put there by hand)
     if run_d is not None and leg.experiment == experiment and run_d.leg_done(leg.name, by_log=True):
         return Baseline(leg.name, leg.experiment, run_d.path, tuple(run_d.runs(leg.name)), own=True)
+    made = _created(run_d) if run_d is not None else None
     for d in reversed(dirs):  # newest first
         if d.experiment != leg.experiment or (run_d is not None and _same(d.path, run_d.path)) or not d.leg_done(leg.name):
             continue
         runs = tuple(d.runs(leg.name))
         if run_d is None:
             return Baseline(leg.name, leg.experiment, d.path, runs, unknown=RECORDED_RUN)
-        differs = provenance.differences(d.plan, run_d.plan, runs[0], _expected_argv(leg, run_d, runs[0]))
-        return Baseline(leg.name, leg.experiment, d.path, runs, differs=tuple(differs),
-                        unknown=provenance.unknown(d.plan, run_d.plan))
+        if not _before(d, runs, run_d, made):
+            continue  # made or ended after the run's dir: it cannot have been its baseline
+        return _from_dir(leg.name, leg.experiment, d, runs, run_d, leg)
     if leg.recorded is not None:
         return Baseline(leg.name, leg.experiment, None, recorded=leg.recorded)
     return None
+
+
+def _from_dir(name: str, experiment: str, d: ExpDir, runs: tuple[str, ...], run_d: ExpDir,
+              leg: reg.Leg | None, pinned: bool = False) -> Baseline:
+    """The baseline `runs` of another dir `d`, with what differs between its launch and the run's."""
+    expected = _expected_argv(leg, run_d, runs[0]) if leg is not None else None
+    differs = provenance.differences(d.plan, run_d.plan, runs[0], expected)
+    return Baseline(name, experiment, d.path, runs, differs=tuple(differs), unknown=provenance.unknown(d.plan, run_d.plan),
+                    pinned=pinned)
+
+
+def _pinned(registry: reg.Registry, run_d: ExpDir, p: Any, dirs: list[ExpDir] | None) -> Baseline | None:
+    """The baseline plan.json pinned at launch (see `pin`): never another."""
+    if not isinstance(p, dict) or p.get("leg") is None:
+        return None  # the experiment named no baseline at launch
+    name, experiment, source = p.get("leg"), p.get("experiment"), p.get("source")
+    if not (isinstance(name, str) and isinstance(experiment, str) and source in (OWN, DIR, RECORDED, NONE)):
+        return Baseline(str(name), None, None, pinned=True, problem="plan.json's baseline pin is not one the cockpit "
+                        "wrote", instead=_instead(run_d, str(name), None, dirs, registry))
+    if source == RECORDED:
+        figures = p.get("recorded") if isinstance(p.get("recorded"), dict) else {}
+        fields = {f.name for f in dataclasses.fields(reg.Recorded)}
+        kept = {k: v for k, v in figures.items() if k in fields and (v is None or isinstance(v, str) or _finite(v))}
+        return Baseline(name, experiment, None, recorded=reg.Recorded(**kept), pinned=True)
+    runs = p.get("runs")
+    runs = tuple(runs) if isinstance(runs, list) and runs and all(isinstance(r, str) for r in runs) else (name,)
+    if source == OWN:
+        b = Baseline(name, experiment, run_d.path, runs, own=True, pinned=True)
+        why = _not_done(run_d, runs)
+        return b if why is None else dataclasses.replace(
+            b, problem=f"this dir's own run of {name} (the launch ran it) {why}",
+            instead=_instead(run_d, name, experiment, dirs, registry))
+    if source == DIR:
+        where = Path(str(p.get("dir")))
+        base_d = _pinned_dir(where, run_d, dirs)
+        if base_d is not None and all(base_d.run_done(r, by_log=True) for r in runs):
+            return _from_dir(name, experiment, base_d, runs, run_d, registry.find_leg(f"{experiment}/{name}"), pinned=True)
+        why = "is gone" if base_d is None else f"no longer holds a finished run of {name}"
+        return Baseline(name, experiment, where, runs, pinned=True, problem=f"the dir pinned at launch, {where.name}, {why}",
+                        instead=_instead(run_d, name, experiment, dirs, registry))
+    return Baseline(name, experiment, None, pinned=True, problem=str(p.get("why") or "nothing was pinned at launch"),
+                    instead=_instead(run_d, name, experiment, dirs, registry))
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _pinned_dir(where: Path, run_d: ExpDir, dirs: list[ExpDir] | None) -> ExpDir | None:
+    """The pinned dir (read already when it is one of `dirs`): at its path, else (exp_root moved)
+    beside the run's dir by its name."""
+    for path in (where, run_d.path.parent / where.name):
+        if os.path.isdir(path):
+            return _dir(dirs or [], path)
+    return None
+
+
+def _not_done(d: ExpDir, runs: tuple[str, ...]) -> str | None:
+    """Why the runs of a dir are not all done (None: they are): failed, stopped, not finished."""
+    if all(d.run_done(r, by_log=True) for r in runs):
+        return None
+    states = [d.states[r].status for r in runs if r in d.states]
+    if Status.FAILED in states:
+        return "failed"
+    if any(s in ACTIVE_STATUSES for s in states):
+        return "has not finished yet: the deltas come when it does"
+    if Status.STOPPED in states:
+        return "was stopped"
+    return "did not finish" if states or any(os.path.exists(d.log(r)) for r in runs) else "has not run"
+
+
+def _instead(run_d: ExpDir, name: str, experiment: str | None, dirs: list[ExpDir] | None,
+             registry: reg.Registry) -> str:
+    """How to compare with another run for one report: `--baseline`, naming the newest finished
+    run of the baseline leg in another dir when there is one."""
+    if dirs is None:
+        dirs = expdir.discover(registry.settings.exp_root)
+    other = next((d for d in reversed(dirs) if d.experiment == experiment and not _same(d.path, run_d.path)
+                  and d.leg_done(name)), None)
+    ref = f"{other.path.name}/{other.runs(name)[0]}" if other is not None else f"OTHER_DIR/{name}"
+    return f"cockpit report --exp-dir {run_d.path} --baseline {ref}"
+
+
+def _stamp_time(stamp: str) -> float | None:
+    try:
+        return dt.datetime.strptime(stamp, expdir.STAMP_FORMAT).astimezone().timestamp()
+    except ValueError:
+        return None
+
+
+def _iso_time(text: Any) -> float | None:
+    try:
+        t = dt.datetime.fromisoformat(text)
+    except (TypeError, ValueError):
+        return None
+    return (t if t.tzinfo else t.astimezone()).timestamp()
+
+
+def _created(d: ExpDir) -> float | None:
+    """When a dir was made: its plan's `created_at`, else the stamp of its name; None: unknown."""
+    made = _iso_time((d.plan or {}).get("created_at")) if isinstance(d.plan, dict) else None
+    return made if made is not None else _stamp_time(d.created) if d.created else None
+
+
+def _before(d: ExpDir, runs: tuple[str, ...], run_d: ExpDir, made: float | None) -> bool:
+    """Was dir `d` made before the run's dir, and did its `runs` end before it (where its states
+    record an end)? A dir of unknown age is never before."""
+    if made is None or not d.created or not run_d.created or d.created >= run_d.created:
+        return False
+    ends = [_iso_time(d.states[r].ended_at) for r in runs if r in d.states and d.states[r].ended_at]
+    return all(e is not None and e <= made for e in ends)
 
 
 def explicit(run_dir: Path | str, log: Path) -> Baseline:

@@ -110,6 +110,9 @@ def cmd_launch(args: argparse.Namespace) -> int:
     except RunError as e:
         raise UsageError(str(e)) from None
     d = expdir.open_dir(exp_dir)
+    checked = (d.plan or {}).get("trainer_flags") or {}
+    if checked.get("checked") is False:
+        say(f"cockpit: warning: trainer flags not checked: {checked.get('why')}", file=sys.stderr)
     want, have = registry.settings.branch, ((d.plan or {}).get("git") or {}).get("branch")
     if want and have and want != have:
         say(f"cockpit: warning: the checkout is on branch {have}, the registry expects {want}", file=sys.stderr)
@@ -207,7 +210,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     (validation bpb, final loss, drop %, balance), status, and deltas with their 95% intervals and
     noise verdicts against the baseline of one experiment dir (its own run of the registry's
     baseline leg, else a named one), or of any dir of *.log files: markdown to stdout, or with
-    --out-md to a file with its per-step and summary CSVs and PNG plots beside it."""
+    --out-md to a file with its per-step and summary CSVs and its plots (PNG and SVG, the baseline
+    in each) beside it."""
     tail = _tail(args)
     # a dir of plain logs named <stamp>_<experiment> takes its baseline from this registry (a dir
     # the cockpit launched has its plan's)
@@ -218,6 +222,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     registry = reg.load(path) if path is not None and path.exists() else None
     if not args.exp_dir.strip():
         raise UsageError("--exp-dir is empty: give an experiment dir (or any dir of *.log files)")
+    if args.figures not in report.FIGURES:
+        raise UsageError(f"--figures {safetext.oneline(args.figures)[:40]}: give one of {', '.join(report.FIGURES)}")
     exp_dir = Path(args.exp_dir).expanduser()
     try:
         if not fsutil.is_dir(exp_dir):
@@ -230,7 +236,7 @@ def cmd_report(args: argparse.Namespace) -> int:
             raise report.ReportError(f"{exp_dir}: no leg has a log yet, nothing to report (see: cockpit status)")
         if args.out_md is not None:
             say(str(report.write_report(exp_dir, args.out_md, args.baseline, tail, plots=not args.no_plots,
-                                        registry=registry)))
+                                        registry=registry, figures=args.figures, svg=True)))
         else:
             say(report.render_report(exp_dir, args.baseline, tail, rows_=rows, registry=registry), end="")
     except report.ReportError as e:
@@ -329,11 +335,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rerun", action="store_true", help="resubmit a leg that is done, too")
     p = command("report", cmd_report, "final metrics, status and deltas of an experiment dir (markdown)")
     p.add_argument("--exp-dir", required=True, metavar="DIR", help="an experiment dir (or any dir of *.log files)")
-    p.add_argument("--out-md", metavar="FILE", help="write here, with CSVs and PNG plots beside it (default: stdout)")
+    p.add_argument("--out-md", metavar="FILE", help="write here, with CSVs and plots beside it (default: stdout)")
     p.add_argument("--baseline", metavar="RUN", help="a run in the dir, or OTHER_DIR/RUN: adds delta tables")
     p.add_argument("--tail", type=int, metavar="N",
                    help=f"mean over the last N step lines (default: the registry's, else {DEFAULT_TAIL})")
-    p.add_argument("--no-plots", action="store_true", help="with --out-md: CSVs only, no PNGs")
+    p.add_argument("--no-plots", action="store_true", help="with --out-md: CSVs only, no plots")
+    p.add_argument("--figures", default="full", metavar="|".join(report.FIGURES),
+                   help="with --out-md: plot titles naming the experiment, dir and commit (full, the default), "
+                        "or without them (paper)")
     command("gpus", cmd_gpus, "GPUs (NVML) and host at a glance")
     return parser
 

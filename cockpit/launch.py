@@ -4,9 +4,10 @@ A launch of an experiment (`cockpit launch EXP`, or `l` in the cockpit) goes:
 
 1. `plan_launch`: which legs run and which are skipped (done here, or recorded in the registry,
    unless re-run is asked). Reads only.
-2. `launch_refusals`: every reason the machine or the paths refuse it now (no torchrun, too few
-   GPUs, a path outside exp_root or inside a read-only path, an exp_root that cannot be written,
-   the experiment already running). `dry_run_text` lists them with the exact commands.
+2. `launch_refusals`: every reason the machine or the paths refuse it now (no torchrun, a trainer
+   flag the trainer module does not take (`check_flags`, with file:line and a did-you-mean), too
+   few GPUs, a path outside exp_root or inside a read-only path, an exp_root that cannot be
+   written, the experiment already running). `dry_run_text` lists them with the exact commands.
 3. `start`: under the experiment's queue lock, a fresh dir `<exp_root>/<stamp>_<experiment>/`
    (never an existing one), `plan.json` with every leg's exact argv and the git provenance, then
    the experiment's executor: `local`, a supervisor here, detached (or in this process,
@@ -16,7 +17,8 @@ A launch of an experiment (`cockpit launch EXP`, or `l` in the cockpit) goes:
 (the supervisor was killed) the leg's processes here, only when proven the leg's; or scancel.
 Nothing in the user's checkout is touched: git is only read.
 
-Layer 3: imports the layers below (registry, checkout, fsutil, safetext, gpus, expdir, provenance, executors).
+Layer 3: imports the layers below (registry, checkout, fsutil, safetext, gpus, expdir, provenance,
+trainer_flags, baseline, executors).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from cockpit import expdir, flags, fsutil, gpus, provenance, safetext
+from cockpit import baseline, expdir, flags, fsutil, gpus, provenance, safetext, trainer_flags
 from cockpit import registry as reg
 from cockpit.checkout import git_info
 from cockpit.executors import EXECUTORS, Executor, slurm
@@ -266,11 +268,61 @@ def check_exp_root(exp_root: Path) -> str | None:
     return f"exp_root {exp_root} cannot be created: {why}" if why else None
 
 
-def launch_refusals(registry: reg.Registry, plan: LaunchPlan, exp_dir: Path, into: bool = False) -> list[str]:
+@dataclass(frozen=True)
+class FlagCheck:
+    """The planned legs' trainer flags against the flags their trainer module takes."""
+
+    refusals: list[str]  # one line per flag the module does not take: `file:line: exp/leg: --x ...`
+    checked: bool  # False: the module could not be asked (`why`), and nothing was refused
+    why: str | None = None
+    command: str = ""  # what was asked
+
+    @property
+    def text(self) -> str:
+        """The check in words, for a dry run or a warning."""
+        if self.checked:
+            return f"trainer flags checked against `{self.command}`"
+        return f"trainer flags not checked: {self.why} (a flag the trainer does not take fails its leg at once)"
+
+    def record(self) -> dict:
+        """What plan.json keeps of it."""
+        return {"checked": self.checked, "command": self.command, **({"why": self.why} if self.why else {})}
+
+
+def check_flags(registry: reg.Registry, plan: LaunchPlan, write_cache: bool = False) -> FlagCheck:
+    """Every trainer flag of the planned legs (a repeat's `--seed` included) that their trainer
+    module does not take, asked of the module (trainer_flags.ask, run by the legs' Python in
+    their checkout; cached under exp_root by the module file's hash, written only with
+    `write_cache`, once a launch made its dir). A module that cannot be asked refuses nothing:
+    `checked` is False, and why."""
+    if not plan.legs:
+        return FlagCheck([], True)
+    python = str(plan.runtime.python) if plan.runtime and plan.runtime.python else provenance.legs_python(plan.torchrun)
+    env = dict(plan.runtime.env) if plan.runtime else {}
+    refusals, why, commands = [], [], []
+    for module in dict.fromkeys(leg.module for leg in plan.legs):
+        known = trainer_flags.ask(module, python, plan.cwd, env, registry.settings.exp_root, write_cache)
+        commands.append(known.command)
+        if known.flags is None:
+            why.append(known.why or "no answer")
+            continue
+        for leg in (x for x in plan.legs if x.module == module):
+            args = leg.run_args(0 if leg.repeats > 1 else None)
+            for key, hint in trainer_flags.unknown([k for k, v in args.items() if v is not False], known.flags):
+                line = leg.arg_lines.get(key) or leg.line
+                where = f"{registry.path}:{line}" if line else str(registry.path)
+                more = f"; did you mean --{hint}?" if hint else f" (`{known.command}` lists its flags)"
+                refusals.append(f"{where}: {leg.experiment}/{leg.name}: --{key} is not a flag of {module}{more}")
+    return FlagCheck(refusals, not why, "; ".join(why) or None, "; ".join(commands))
+
+
+def launch_refusals(registry: reg.Registry, plan: LaunchPlan, exp_dir: Path, into: bool = False,
+                    checked: FlagCheck | None = None) -> list[str]:
     """Every reason a launch of `plan` into `exp_dir` would be refused now ([] when none).
     Reads only: the dry run lists these, a real launch raises the first. On Slurm the GPUs are
     the scheduler's to find (no preflight here); its commands and the batch scripts must work.
-    `into`: a continuation of the existing dir `exp_dir` (its own queue may run: they join it)."""
+    `into`: a continuation of the existing dir `exp_dir` (its own queue may run: they join it).
+    `checked`: the trainer flags' check when the caller has it (else it is made here)."""
     out = []
     runtime = plan.runtime
     if runtime is not None and runtime.torchrun is not None:
@@ -296,6 +348,7 @@ def launch_refusals(registry: reg.Registry, plan: LaunchPlan, exp_dir: Path, int
                 check_exp_root(registry.settings.exp_root), check_paths(registry, plan.legs, exp_dir, plan.cwd)):
         if why:
             out.append(why)
+    out += (checked if checked is not None else check_flags(registry, plan)).refusals
     root = registry.settings.exp_root
     exp_id = plan.experiment.id
     if (busy := running_elsewhere(root, exp_id, exp_dir if into else None)) is not None:
@@ -326,9 +379,12 @@ def dry_run_text(registry: reg.Registry, plan: LaunchPlan) -> str:
     if not plan.legs:
         out.append("# nothing to run")
         return "\n".join(out)
-    refusals = launch_refusals(registry, plan, exp_dir)
+    checked = check_flags(registry, plan)
+    refusals = launch_refusals(registry, plan, exp_dir, checked=checked)
     for why in refusals:
         out.append(f"# a real launch would be refused here: {why}")
+    out.append(f"# {checked.text}")
+    out.append(f"# baseline (pinned in plan.json at launch): {baseline.pin_text(baseline.pin(registry, plan.experiment, plan.legs))}")
     if plan.runtime is not None and plan.runtime.python is not None:
         out.append(f"# python: {plan.runtime.python} (its torchrun runs the legs)")
     out.append(f"cd {shlex.quote(str(plan.cwd))}")
@@ -457,14 +513,22 @@ def plan_data(registry: reg.Registry, plan: LaunchPlan, exp_dir: Path, grace_s: 
     return data
 
 
-def write_plan(registry: reg.Registry, plan: LaunchPlan, exp_dir: Path, grace_s: float = STOP_GRACE_S) -> dict:
+def write_plan(registry: reg.Registry, plan: LaunchPlan, exp_dir: Path, grace_s: float = STOP_GRACE_S,
+               checked: FlagCheck | None = None) -> dict:
     """plan.json in the fresh dir, written once, never over anything, with the launch's provenance
     (git, with `git.patch` beside it when the tree is dirty; the machine; the trainer's versions,
-    read by the legs' python; the launch's environment: see provenance). Returns what it holds."""
+    read by the legs' python; the launch's environment: see provenance) and its baseline pinned
+    (baseline.pin: its own run of the baseline leg, a finished one in another dir, recorded
+    figures, or none) and what `checked` (check_flags) found of its trainer flags. Returns what it
+    holds."""
     runtime = plan.runtime
     origin = provenance.collect(plan.cwd, plan.torchrun, str(runtime.python) if runtime and runtime.python else None,
                                 dict(runtime.env) if runtime else None, exp_dir)
     data = plan_data(registry, plan, exp_dir, grace_s, origin, expdir.next_seq(exp_dir.parent))
+    # the baseline this dir's runs are compared with, fixed now: later launches never move it
+    data[baseline.PIN_KEY] = baseline.pin(registry, plan.experiment, plan.legs)
+    if checked is not None:
+        data["trainer_flags"] = checked.record()
     fd = fsutil.create_new(exp_dir / "plan.json", root=exp_dir)  # written once, never over anything
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         json.dump(data, f, indent=2, default=str)
@@ -503,15 +567,17 @@ def start(
         return None
     root = registry.settings.exp_root
     probe = exp_dir or fresh_dir_name(root, exp_id)
-    if refused := launch_refusals(registry, plan, probe):
+    checked = check_flags(registry, plan)
+    if refused := launch_refusals(registry, plan, probe, checked=checked):
         raise RunError(refused[0])
     lock_fd = experiment_lock(root, exp_id)
     try:
         if (busy := running_elsewhere(root, exp_id)) is not None:  # again, now under the lock
             raise RunError(f"'{exp_id}' is running in {busy.path}; stop it first: cockpit stop {busy.path}")
         exp_dir = new_exp_dir(root, exp_id, preferred=exp_dir)
+        check_flags(registry, plan, write_cache=True)  # the answer kept for the next launch (asked once above)
         try:
-            data = write_plan(registry, plan, exp_dir, grace_s)
+            data = write_plan(registry, plan, exp_dir, grace_s, checked)
             fsutil.make_dirs(exp_dir / STATE_DIR, root=exp_dir)
         except OSError as e:
             raise RunError(f"cannot write the plan in {exp_dir}: {describe(e)}") from None

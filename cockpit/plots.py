@@ -4,9 +4,15 @@ figure's pixel columns, speed smoothed by a rolling mean), and the figures as PN
 Per-step plots: loss, tok/sec, MFU, dt and drop %, one line per run in a colour it keeps in every
 plot; tok/sec and dt as a rolling mean over the raw steps (faint), the trainer's warm-up steps left
 out and each run's tail window shaded; a metric absent or 0 on every step gets no plot. Beside
-them: validation bpb against tokens seen, and the tail means with their 95% intervals as bars.
-Every title's second line names the experiment, the dir and the commit. matplotlib draws off
-screen (Agg), at a fixed size and dpi, legends right of the plot area.
+them: validation bpb against tokens seen, and the tail means with their 95% intervals as bars
+starting at 0 (never a cut axis that makes 2% look like 2x). The baseline is in every plot, in
+black and dashed, named `(baseline)` in the legend: its runs' lines (its own dir's or another's),
+or, for figures the registry records, a horizontal line at each recorded figure (a plot whose
+metric it does not record says so in its legend); in the bars it comes first, with a line at its
+mean across the panel. Every title's second line names the experiment, the dir and the commit;
+`paper` figures leave that line out. Each figure is drawn once and saved as PNG, and as SVG
+when asked (text as text, no date: the same figure, the same bytes).
+matplotlib draws off screen (Agg), at a fixed size and dpi, legends right of the plot area.
 
 Layer 2: imports the layers below (expdir, logs, safetext, stats, lazy).
 """
@@ -59,6 +65,17 @@ def rolling_mean(y: Any, window: int) -> Any:
 
 
 Bars = tuple[str, list[tuple[str, stats.Estimate]]]  # (metric label, [(run, its tail mean with interval)])
+BASE_COLOUR = "0.1"  # the baseline's lines and bar: near black, dashed
+FORMATS = ("png", "svg")  # what a figure can be saved as
+
+
+class BaselineMark(NamedTuple):
+    """What of a report's plots is its baseline: the names of its series and bars, the label
+    its legend entry gets, and the figures the registry records for it (no per-step series)."""
+
+    names: frozenset[str]
+    label: str
+    recorded: dict[str, float] = {}  # attr -> recorded tail figure (tok_per_sec, dt_ms, mfu)
 
 
 class Series(NamedTuple):
@@ -152,22 +169,43 @@ def plot_context(exp_dir: Path) -> str:
 
 
 def draw_plots(series: dict[str, dict[str, Series]], bars: Sequence[Bars] = (), tail: int = 50,
-               context: str = "") -> dict[str, bytes]:
-    """PNG per plot: each per-step metric (PLOTS), validation bpb against tokens, and the tail
-    means with their 95% intervals as bars, one panel per entry of `bars` (EXTRA_PLOTS): attr -> PNG bytes. A run keeps its
-    colour in every plot; `context` (plot_context) is every title's second line."""
+               context: str = "", baseline: BaselineMark | None = None,
+               formats: Sequence[str] = ("png",)) -> dict[str, dict[str, bytes]]:
+    """Each plot in `formats` (of FORMATS): each per-step metric (PLOTS), validation bpb against
+    tokens, and the tail means with their 95% intervals as bars, one panel per entry of `bars`
+    (EXTRA_PLOTS): attr -> {format: bytes}. A run keeps its colour in every plot, the baseline
+    (`baseline`) is black and dashed in every one; `context` (plot_context) is every title's
+    second line ("" for paper figures)."""
     load_numpy()  # the logs may all have been read by worker processes
     # function-level: matplotlib is heavy, and only a report with plots needs it
     from matplotlib import rcParams
     from matplotlib.patches import Patch
 
     cycle = rcParams["axes.prop_cycle"].by_key()["color"]
-    names = list(dict.fromkeys([*series, *(run for _, runs in bars for run, _ in runs)]))
-    colour = {run: cycle[i % len(cycle)] for i, run in enumerate(names)}
-    made: dict[str, bytes] = {}
+    base = baseline.names if baseline is not None else frozenset()
+    names = [n for n in dict.fromkeys([*series, *(run for _, runs in bars for run, _ in runs)]) if n not in base]
+    colour = {run: cycle[i % len(cycle)] for i, run in enumerate(names)} | {n: BASE_COLOUR for n in base}
+    made: dict[str, dict[str, bytes]] = {}
 
     def title(ax: Any, what: str) -> None:
         ax.set_title(what + (f"\n{context}" if context else ""), fontsize=10)
+
+    def shown(run: str) -> str:
+        name = safetext.printable(run, newlines=False)
+        return f"{name} (baseline)" if run in base else name
+
+    def baseline_elsewhere(ax: Any, attr: str, drawn: list[str]) -> None:
+        """The baseline in a plot that has no series of it: a line at the figure the registry
+        records, else a legend entry saying it has none."""
+        if baseline is None or base & set(drawn):
+            return
+        value = baseline.recorded.get(attr)
+        label = f"{safetext.printable(baseline.label, newlines=False)} (baseline"
+        if value is not None and math.isfinite(value):
+            ax.axhline(value, color=BASE_COLOUR, linestyle="--", linewidth=1.4, label=label + ", recorded)")
+        else:
+            why = "none in its log" if base & set(series) else "no per-step figures: recorded"
+            ax.plot([], [], color=BASE_COLOUR, linestyle="--", label=f"{label}): {why}")
 
     for attr, label in PLOTS:
         lines = [(run, kept[attr]) for run, kept in series.items() if attr in kept]
@@ -176,21 +214,22 @@ def draw_plots(series: dict[str, dict[str, Series]], bars: Sequence[Bars] = (), 
         fig = _figure()
         ax = fig.add_subplot()
         decimated, spans, windows = False, set(), set()
-        for run, s in lines:
-            name, c = safetext.printable(run, newlines=False), colour[run]
+        for run, s in sorted(lines, key=lambda x: x[0] not in base):  # the baseline first: under the others
+            name, c, dash = shown(run), colour[run], "--" if run in base else "-"
             faint = s.smooth is not None  # the steps themselves under their rolling mean
             if s.decimated:  # a band: stroking a zigzag through every min and max costs ten times more
                 ax.fill_between(s.steps, s.lows, s.highs, color=c, alpha=0.15 if faint else 0.4, linewidth=0.8,
                                 label=None if faint else name)
             else:
                 ax.plot(s.steps, s.lows, color=c, alpha=0.3 if faint else 1.0, linewidth=0.7 if faint else 1.2,
-                        label=None if faint else name)
+                        label=None if faint else name, linestyle="-" if faint else dash)
             if faint:
-                ax.plot(s.steps, s.smooth, color=c, linewidth=1.6, label=name)
+                ax.plot(s.steps, s.smooth, color=c, linewidth=1.6, label=name, linestyle=dash)
                 windows.add(s.window)
                 if s.tail_from is not None:
                     spans.add((s.tail_from, float(s.steps.max())))
             decimated |= s.decimated
+        baseline_elsewhere(ax, attr, [run for run, _ in lines])
         handles, labels = ax.get_legend_handles_labels()
         for lo, hi in spans:
             ax.axvspan(lo, hi, color="0.5", alpha=0.12, linewidth=0)
@@ -211,27 +250,28 @@ def draw_plots(series: dict[str, dict[str, Series]], bars: Sequence[Bars] = (), 
         ax.grid(True, alpha=0.3)
         _outside_legend(ax, handles, labels)
         _thousands(ax.yaxis)
-        made[attr] = _png(fig)
+        made[attr] = _render(fig, formats)
 
     val = [(run, kept["val_bpb"]) for run, kept in series.items() if "val_bpb" in kept]
     if val:
         tokens = all(s.batch_tokens for _, s in val)  # else every run against its steps
         fig = _figure()
         ax = fig.add_subplot()
-        for run, s in val:
+        for run, s in sorted(val, key=lambda x: x[0] not in base):
             ax.plot(s.steps * s.batch_tokens if tokens else s.steps, s.lows, marker="o", markersize=3,
-                    color=colour[run], label=safetext.printable(run, newlines=False), linewidth=1.2)
+                    color=colour[run], label=shown(run), linewidth=1.2, linestyle="--" if run in base else "-")
+        baseline_elsewhere(ax, "val_bpb", [run for run, _ in val])
         ax.set_xlabel("tokens" if tokens else "step")
         ax.set_ylabel("validation bpb")
         title(ax, "validation bits per byte against " + ("tokens seen" if tokens else "step (a log without its batch size)"))
         ax.grid(True, alpha=0.3)
         _outside_legend(ax, *ax.get_legend_handles_labels())
         _thousands(ax.xaxis)
-        made["val_bpb"] = _png(fig)
+        made["val_bpb"] = _render(fig, formats)
 
     if bars:
         made["tail_means"] = _draw_bars(list(bars), colour, f"tail{tail} means with 95% intervals"
-                                        + (f"\n{context}" if context else ""))
+                                        + (f"\n{context}" if context else ""), base, formats)
     return made
 
 
@@ -258,34 +298,56 @@ def _thousands(axis: Any) -> None:
     axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}" if abs(v) >= 1000 else f"{v:g}"))
 
 
-def _png(fig: Any) -> bytes:
+def bar_axis(means: Any, half: Any) -> tuple[float, float]:
+    """A bar chart's axis limits: from 0 (or below it, for a negative bar or interval) to past
+    the longest interval; never cut above 0."""
+    lo = min(0.0, float((means - half).min()))
+    hi = max(0.0, float((means + half).max()))
+    pad = max(hi - lo, 1e-12) * 0.05
+    return (lo - pad if lo < 0 else 0.0), hi + pad
+
+
+def _render(fig: Any, formats: Sequence[str] = ("png",)) -> dict[str, bytes]:
+    """The figure's bytes in each of `formats` (an SVG with its text as text, without a date or
+    random ids: the same figure, the same bytes)."""
+    from matplotlib import rc_context  # function-level: matplotlib is heavy (plots only)
+
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return buf.getvalue()
+    out = {}
+    for fmt in formats:
+        buf = io.BytesIO()
+        with rc_context({"svg.hashsalt": "cockpit", "svg.fonttype": "none"}):
+            fig.savefig(buf, format=fmt, metadata={"Date": None} if fmt == "svg" else None)
+        out[fmt] = buf.getvalue()
+    return out
 
 
-def _draw_bars(bars: list[Bars], colour: dict[str, str], title: str) -> bytes:
-    """One panel per metric, a bar per run with its 95% interval; the axis starts near the least
-    value (said under it), so differences of a few percent show."""
+def _draw_bars(bars: list[Bars], colour: dict[str, str], title: str, base: frozenset[str] = frozenset(),
+               formats: Sequence[str] = ("png",)) -> dict[str, bytes]:
+    """One panel per metric, a bar per run with its 95% interval, the baseline first (hatched,
+    with a dashed line at its mean across the panel). Every bar starts at 0: the axis is never
+    cut, so a difference of a few percent looks like one."""
     n = max(len(runs) for _, runs in bars)
     fig = _figure(max(2.8, 1.6 + 0.35 * n))
     axes = fig.subplots(1, len(bars), sharey=True, squeeze=False)[0]
     for ax, (label, runs) in zip(axes, bars, strict=True):
+        runs = sorted(runs, key=lambda x: x[0] not in base)
         y = np.arange(len(runs))[::-1]
         means = np.array([e.mean for _, e in runs])
         half = np.array([e.half_width if math.isfinite(e.half_width) else 0.0 for _, e in runs])
-        ax.barh(y, means, xerr=half, color=[colour.get(run, "0.5") for run, _ in runs], alpha=0.8,
-                error_kw={"capsize": 3, "linewidth": 1})
-        lo, hi = float((means - half).min()), float((means + half).max())
-        pad = max((hi - lo) * 0.25, abs(hi) * 0.01)
-        left = max(0.0, lo - pad) if lo >= 0 else lo - pad
-        ax.set_xlim(left, hi + pad)
-        ax.set_yticks(y, [safetext.printable(run, newlines=False) for run, _ in runs], fontsize=8)
-        ax.set_xlabel(label + (f"\n(axis from {left:,.0f})" if left >= 100 else f"\n(axis from {left:.3g})"
-                               if left > 0 else ""), fontsize=8)
+        drawn = ax.barh(y, means, xerr=half, color=[colour.get(run, "0.5") for run, _ in runs], alpha=0.8,
+                        error_kw={"capsize": 3, "linewidth": 1})
+        for patch, (run, e) in zip(drawn, runs, strict=True):
+            if run in base:
+                patch.set_hatch("//")
+                patch.set_edgecolor("white")
+                ax.axvline(e.mean, color=BASE_COLOUR, linestyle="--", linewidth=1)
+        ax.set_xlim(*bar_axis(means, half))
+        ax.set_yticks(y, [safetext.printable(run, newlines=False) + (" (baseline)" if run in base else "")
+                          for run, _ in runs], fontsize=8)
+        ax.set_xlabel(label, fontsize=8)
         _thousands(ax.xaxis)
         ax.tick_params(axis="x", labelsize=7)
         ax.grid(True, axis="x", alpha=0.3)
     fig.suptitle(title, fontsize=10)
-    return _png(fig)
+    return _render(fig, formats)

@@ -226,6 +226,8 @@ class Leg:
     repeats: int = 1  # runs of the leg in one launch (see REPEAT_NAME)
     grid: dict[str, Any] | None = None  # a leg of the experiment's grid: its value on each axis
     runtime: Runtime | None = None  # where and with what it runs (the experiment's)
+    # the line of the registry that gives each of `args` (defaults, experiment, grid or leg)
+    arg_lines: dict[str, int | None] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def is_recorded(self) -> bool:
@@ -492,6 +494,10 @@ class _Loader:
                     if isinstance(item, str) and (why := _bad_text(item)):
                         raise self.fail(loc + (key,), f"an item of '{where}' {why}")
 
+    def arg_lines(self, args: Any, loc: tuple) -> dict[str, int | None]:
+        """The line of each trainer arg of the table at `loc` (its table's line when inline)."""
+        return {key: self.line(loc + (key,)) for key in args} if isinstance(args, dict) else {}
+
     def check_range(self, value: int | float, lo: float, hi: float, loc: tuple, what: str) -> None:
         """A number within [lo, hi] (finite), or a located error that says the range."""
         if not (isinstance(value, int | float) and lo <= value <= hi):
@@ -659,6 +665,7 @@ def from_raw(raw: dict[str, Any], path: Path | str = DEFAULT_REGISTRY, text: str
     defaults = raw.get("defaults", {})
     ld.check_table(defaults, "defaults", ("defaults",))
     d_args = ld.check_args(defaults.get("args", {}), ("defaults", "args"))
+    d_lines = ld.arg_lines(d_args, ("defaults", "args"))
     module = defaults.get("module", "nanochat.base_train")
     if not _MODULE.match(module):
         raise ld.fail(("defaults", "module"),
@@ -689,6 +696,7 @@ def from_raw(raw: dict[str, Any], path: Path | str = DEFAULT_REGISTRY, text: str
         nproc = _check_nproc(ld, exp.get("nproc_per_node", d_nproc), loc + ("nproc_per_node",))
         runtime = _runtime(ld, exp, loc, base, d_runtime)
         e_args = _roots({**d_args, **ld.check_args(exp.get("args", {}), loc + ("args",))}, exp_root)
+        e_lines = {**d_lines, **ld.arg_lines(exp.get("args", {}), loc + ("args",))}
         prepare = _prepare(ld, exp["prepare"], loc + ("prepare",), base, exp_root, read_only) if "prepare" in exp else None
         e_parallel = exp.get("max_parallel", max_parallel)
         ld.check_range(e_parallel, 1, PARALLEL_MAX, loc + ("max_parallel",), f"{exp_id}.max_parallel")
@@ -759,6 +767,7 @@ def from_raw(raw: dict[str, Any], path: Path | str = DEFAULT_REGISTRY, text: str
                     line=ld.line(lloc),
                     repeats=repeats,
                     runtime=runtime,
+                    arg_lines={**e_lines, **ld.arg_lines(leg.get("args", {}), lloc + ("args",))},
                 )
             )
         if "grid" in exp:
@@ -768,9 +777,12 @@ def from_raw(raw: dict[str, Any], path: Path | str = DEFAULT_REGISTRY, text: str
             for name, args, desc, values in expanded:
                 if why := _path_too_long(exp_root, exp_id, repeat_name(name, e_repeats - 1) if e_repeats > 1 else name):
                     raise ld.fail(loc + ("grid", "name"), why)
+                g_args = exp["grid"].get("args", {})
+                lines = {**e_lines, **ld.arg_lines(g_args, loc + ("grid", "args")),
+                         **{k: ld.line(loc + ("grid", k)) for k in values}}
                 grid_legs.append(Leg(name=name, experiment=exp_id, module=module, device=device, nproc_per_node=nproc,
                                      args=_roots(args, exp_root), recorded=None, description=desc, line=ld.line(loc + ("grid",)),
-                                     grid=values, runtime=runtime, repeats=e_repeats))
+                                     grid=values, runtime=runtime, repeats=e_repeats, arg_lines=lines))
             # the grid's legs stand where the grid stands among the hand-written ones
             at = ld.line(loc + ("grid",)) or 0
             cut = sum(1 for leg in legs if (leg.line or 0) < at)

@@ -17,12 +17,16 @@ A leg run with repeats (`<leg>.r0`, `<leg>.r1`, ...) has a row per repeat and an
 (`mean ± std` across the repeats).
 
 Deltas: `| metric | baseline | run | delta | 95% CI | verdict |`. The baseline is the one
-`baseline.choose` decides (the run's own dir's, else named: `baseline from <dir>`, with what
-differs between the two launches). The interval is that of the difference of the two means
-(stats.compare): from each tail window's spread, correlation between steps accounted for, or,
-for a leg with repeats, from the spread between its repeats. The verdict is `significant` when
-the interval excludes 0, `within noise` when it does not, `-` without per-step samples or repeats
-(peak memory, total time, validation bpb and final loss of a single run).
+`baseline.choose` decides (pinned at launch: the run's own dir's, else named: `baseline from
+<dir>`, with what differs between the two launches; a pinned run that failed gives no deltas,
+said with the `--baseline` that compares with another). The interval is that of the difference
+of the two means (stats.compare): from each tail window's spread, correlation between steps
+accounted for; for a leg with repeats, their windows and the spread between them combined
+(stats.pooled), the cell saying what it rests on (`±0.98% (n=2 repeats)`) and a line under the
+table how well so few repeats know their spread. The verdict is `significant` when the interval
+excludes 0, `within noise` when it does not (with the repeats that would resolve it), `-` without
+per-step samples or repeats (peak memory, total time, validation bpb and final loss of a single
+run).
 
 Everything taken from a log or a file name (run names, error lines) is made printable and
 escaped for markdown. Output files are checked before anything is written (a directory, a path
@@ -113,10 +117,11 @@ class ReportRow:
         return getattr(self, metric)
 
     def estimate(self, metric: str) -> stats.Estimate | None:
-        """The figure's mean with its 95% interval: across the repeats of an aggregate row (each
-        repeat one sample), else from the tail window's steps; None without samples."""
+        """The figure's mean with its 95% interval: for an aggregate row, over its repeats, each
+        one's tail window and the spread between them combined (stats.pooled); else from the tail
+        window's steps; None without samples."""
         if self.repeats:
-            return stats.across([v for r in self.repeats if (v := r.value(metric)) is not None])
+            return stats.pooled([r.estimate(metric) or r.value(metric) for r in self.repeats])
         if self.summary is not None and metric in self.summary.tail_values:
             return stats.estimate(self.summary.tail_values[metric])
         return None
@@ -137,6 +142,16 @@ class DeltaRow:
     why: str | None = None  # why there is no delta (delta_pct None), e.g. "the baseline's figure is 0"
     ci_pct: float | None = None  # half-width of the delta's 95% interval, in percent
     verdict: Verdict = Verdict.NONE
+    runs: tuple[int, int] = (1, 1)  # the runs the interval rests on: (baseline's, run's); >1: repeats
+    resolve: stats.Resolve | None = None  # a `within noise` verdict: the repeats that would resolve it
+
+    @property
+    def ci_text(self) -> str:
+        """The interval's cell: `±1.74%`, with what it rests on when repeats are in it
+        (`±3.21% (n=2 repeats)`)."""
+        basis = stats.fmt_runs(stats.Delta(self.delta_pct, self.ci_pct, self.verdict, runs=self.runs))
+        text = stats.fmt_ci(self.ci_pct)
+        return f"{text} ({basis})" if basis and self.ci_pct is not None else text
 
 
 def headers(tail: int) -> list[str]:
@@ -313,8 +328,10 @@ def delta_rows(base: ReportRow, run: ReportRow, tail: int = 50) -> list[DeltaRow
         b, r = base.value(attr), run.value(attr)
         pct, why = stats.pct_change(b, r)
         d = stats.compare(base.estimate(attr), run.estimate(attr)) if pct is not None else None
-        ci, verdict = (d.ci_pct, d.verdict) if d is not None and d.pct is not None else (None, Verdict.NONE)
-        out.append(DeltaRow(heads[attr], attr, b, r, pct, why, ci, verdict))
+        if d is None or d.pct is None:
+            out.append(DeltaRow(heads[attr], attr, b, r, pct, why))
+            continue
+        out.append(DeltaRow(heads[attr], attr, b, r, pct, why, d.ci_pct, d.verdict, d.runs, d.resolve))
     return out
 
 
@@ -391,7 +408,10 @@ def find_baseline(exp_dir: Path, ref: str | None = None, registry: reg.Registry 
 
 
 def baseline_row(b: Baseline, tail: int = 50, now: float | None = None) -> ReportRow:
-    """The baseline's figures as a row: its log (the aggregate of its repeats), or recorded."""
+    """The baseline's figures as a row: its log (the aggregate of its repeats), or recorded; a
+    row without figures when it has none to give (`b.problem`: the pinned run failed, ...)."""
+    if b.problem:
+        return ReportRow(run=b.leg, note=b.problem)
     if b.dir is None:
         return row_from_recorded(f"{b.experiment}/{b.leg}" if b.experiment else b.leg, b.recorded or reg.Recorded())
     runs = [row_from_summary(logs.summarize(b.dir / f"{r}.log", tail=tail, now=now)) for r in b.runs]
@@ -456,17 +476,47 @@ def render_delta(base: ReportRow, run: ReportRow, tail: int = 50, base_label: st
     label = base_label or f"baseline {base.run}"
     lines = [_md_row(["metric", label, run.run, "delta", "95% CI", "verdict"]),
              "| --- | ---: | ---: | ---: | ---: | --- |"]
-    why = []
+    why, resolve = [], []
     for d in delta_rows(base, run, tail):
         if d.attr in DELTA_QUALITY and d.baseline is None and d.run is None:
             continue  # neither run has the figure (no validation, dropless routing): no row of dashes
         lines.append(_md_row([d.metric, fmt_value(d.attr, d.baseline), fmt_value(d.attr, d.run),
-                              stats.fmt_pct(d.delta_pct), stats.fmt_ci(d.ci_pct), d.verdict]))
+                              stats.fmt_pct(d.delta_pct), d.ci_text, d.verdict]))
         if d.delta_pct is None and d.why and d.baseline is not None and d.run is not None:
             why.append(f"{d.metric}: {d.why}")
+        if d.verdict == Verdict.WITHIN_NOISE and d.resolve is not None and d.delta_pct:
+            resolve.append(f"{d.metric} ({stats.fmt_pct(d.delta_pct)}): {stats.fmt_resolve(d.resolve)}")
     if why:  # a missing figure speaks for itself; a zero, nan or inf one is said
         lines += ["", "No delta (`-`) where " + "; ".join(why) + "."]
+    if resolve:
+        lines += ["", "To resolve `within noise` if the difference is real (80% power): " + "; ".join(resolve) + "."]
+    lines += [f"\n{line}" for line in repeat_lines(base, run, label, tail)]
     return "\n".join(lines)
+
+
+def repeat_lines(base: ReportRow, run: ReportRow, base_label: str, tail: int = 50, metric: str = "tok_per_sec") -> list[str]:
+    """For each side run with repeats: how much its repeats vary beyond their tail windows, and how
+    well so few repeats know it (stats.Spread), on the tail tok/sec."""
+    out = []
+    head = headers(tail)[METRICS.index(metric)]
+    for name, row in ((base_label, base), (run.run, run)):
+        e = row.estimate(metric) if row.is_aggregate else None
+        if e is None or e.spread is None or not e.mean or not math.isfinite(e.mean):
+            continue
+        sp, pct = e.spread, 100.0 / abs(e.mean)
+        out.append(f"{safetext.md_code(name)}: n={sp.repeats} repeats; between-repeat sd of {head} "
+                   f"{sp.between * pct:.2f}% of the mean (95% upper bound {sp.between_hi * pct:.2f}%: "
+                   f"{sp.repeats} repeats know it {'poorly' if sp.repeats < 5 else 'roughly'}), each window's own "
+                   f"{sp.within * pct:.2f}%.")
+    return out
+
+
+def no_delta_text(b: Baseline) -> str:
+    """Why a dir has no deltas although it has a baseline (the pinned run failed, ...), and how to
+    compare with another run for one report."""
+    text = f"No deltas: {_md_text(b.problem or 'the baseline has no figures')}"
+    text += ". The baseline was pinned when this dir was launched and is never replaced by another" if b.pinned else ""
+    return text + (f". To compare with another run: {safetext.md_code(b.instead)}." if b.instead else ".")
 
 
 def baseline_notes(b: Baseline, exp_dir: Path | None = None) -> list[str]:
@@ -480,6 +530,7 @@ def baseline_notes(b: Baseline, exp_dir: Path | None = None) -> list[str]:
                 "so no verdict)."]
     sibling = exp_dir is not None and os.path.realpath(b.dir.parent) == os.path.realpath(Path(exp_dir).parent)
     head = f"the baseline ran in another launch, {safetext.md_code(b.dir.name if sibling else str(b.dir))}"
+    head += " (pinned when this dir was launched)" if b.pinned else ""
     if b.unknown:
         return [f"**Warning:** {head}; {_md_text(b.unknown)}."]
     if not b.differs:
@@ -583,7 +634,8 @@ def render_report(
                 continue
             if not r.is_aggregate and _repeat_with_aggregate(r, all_rows):
                 continue  # a repeat: its leg's aggregate row has the delta
-            title = f"{r.run} ({len(r.repeats)} repeats: interval from their spread)" if r.is_aggregate else r.run
+            title = (f"{r.run} ({len(r.repeats)} repeats: interval from their windows and the spread between them)"
+                     if r.is_aggregate else r.run)
             sections += ["", f"### {_md_text(title)}", "", render_delta(base_row, r, tail, base.column)]
             run_flags = flags_of(r, exp_dir)
             if base_flags is not None and run_flags is not None:
@@ -592,6 +644,8 @@ def render_report(
             out += ["", f"## Delta vs baseline {safetext.md_code(name)}{where}{named}"]
             out += [f"\n{line}" for line in baseline_notes(base, exp_dir)]
             out += sections
+    elif base is not None and base.problem and any(r.has_figures for r in all_rows):
+        out += ["", f"## Delta vs baseline {safetext.md_code(base.leg)}", "", no_delta_text(base)]
     if links:
         out += ["", "## Files", ""]
         for label, rel in links.items():
@@ -643,31 +697,67 @@ def _summary_rows(rows_: list[ReportRow]) -> Iterator[Sequence[str]]:
         ]
 
 
-def _tail_bars(rows_: Sequence[ReportRow], tail: int) -> list[plots_.Bars]:
+FIGURES = ("full", "paper")  # plots' titles: with the experiment, dir and commit, or without (for a paper)
+BaselineBar = tuple[str, ReportRow]  # the baseline's bar when it is no row of the dir: (its name, its figures)
+
+
+def _tail_bars(rows_: Sequence[ReportRow], tail: int, extra: BaselineBar | None = None) -> list[plots_.Bars]:
     """(metric label, [(run, estimate)]) of each speed metric some run has a nonzero tail mean of;
-    a leg with repeats as its aggregate (the interval from their spread)."""
+    a leg with repeats as its aggregate (the interval from their spread); `extra`: the baseline
+    from another dir, or recorded (a bar without an interval), first."""
     out = []
     for attr in STEP_METRICS:
         runs = [(r.run, e) for r in rows_ if not _repeat_with_aggregate(r, list(rows_))
                 and (e := r.estimate(attr)) is not None and math.isfinite(e.mean)]
+        if extra is not None:
+            name, row = extra
+            e = row.estimate(attr)
+            if e is None and (v := row.value(attr)) is not None and math.isfinite(v):
+                e = stats.Estimate(v, 0.0, 1, 1.0, 0.0)  # one figure: no interval
+            if e is not None and math.isfinite(e.mean):
+                runs.insert(0, (name, e))
         if any(e.mean for _, e in runs):
             out.append((f"tail{tail} {COLUMNS[attr][0]}", runs))
     return out
 
 
-def output_files(out: Path, plots: bool = True) -> dict[str, Path]:
-    """Every file a report at `out` writes: the markdown, its two CSVs, its plots."""
+def baseline_in_files(b: Baseline | None, tail: int = 50, now: float | None = None
+                      ) -> tuple[plots_.BaselineMark | None, list[tuple[str, str]], BaselineBar | None]:
+    """The baseline in a report's per-step CSV and plots: (what of them is the baseline, the logs
+    of another dir to add as (name, path), the bar to add). Its own dir's runs are there already;
+    another dir's are added named `<run> (<its dir>)`; recorded figures are lines and a bar
+    without an interval. Nothing for a baseline without figures (`b.problem`)."""
+    if b is None or b.problem:
+        return None, [], None
+    if b.dir is None:
+        row = baseline_row(b, tail, now)
+        recorded = {m: v for m in STEP_METRICS if (v := row.value(m)) is not None}
+        return plots_.BaselineMark(frozenset({row.run}), row.run, recorded), [], (row.run, row)
+    if b.own:
+        return plots_.BaselineMark(frozenset({*b.runs, b.leg}), b.leg), [], None
+    named = [(f"{run} ({b.dir.name})", str(b.dir / f"{run}.log")) for run in b.runs]
+    jobs = [(name, path) for name, path in named if fsutil.is_regular(path)]
+    label = f"{b.leg} ({b.dir.name})"  # its one run's series, or the aggregate of its repeats
+    return plots_.BaselineMark(frozenset({name for name, _ in jobs} | {label}), label), jobs, (label, baseline_row(b, tail, now))
+
+
+def output_files(out: Path, plots: bool = True, svg: bool = False) -> dict[str, Path]:
+    """Every file a report at `out` writes: the markdown, its two CSVs, its plots (PNG, and with
+    `svg` each as SVG too, keyed `<plot>.svg`)."""
     files = {"report": out, "steps": out.with_name(f"{out.stem}_steps.csv"),
              "summary": out.with_name(f"{out.stem}_summary.csv")}
     if plots:
-        files.update({attr: out.with_name(f"{out.stem}_{attr}.png") for attr, _ in (*plots_.PLOTS, *plots_.EXTRA_PLOTS)})
+        for attr, _ in (*plots_.PLOTS, *plots_.EXTRA_PLOTS):
+            files[attr] = out.with_name(f"{out.stem}_{attr}.png")
+            if svg:
+                files[f"{attr}.svg"] = out.with_name(f"{out.stem}_{attr}.svg")
     return files
 
 
-def check_output(out: Path, plots: bool = True) -> None:
+def check_output(out: Path, plots: bool = True, svg: bool = False) -> None:
     """Raise ReportError (one line) when any file of a report at `out` cannot be written there;
     checked before anything is written anywhere."""
-    for path in output_files(out, plots).values():
+    for path in output_files(out, plots, svg).values():
         if why := fsutil.output_problem(path):
             raise ReportError(f"--out-md {safetext.oneline(str(out))}: {safetext.oneline(why)}")
 
@@ -680,8 +770,13 @@ def write_report(
     plots: bool = True,
     now: float | None = None,
     registry: reg.Registry | None = None,
+    figures: str = "full",
+    svg: bool = False,
 ) -> Path:
-    """Write the report (default `<exp_dir>/report.md`) with its CSVs and plots beside it.
+    """Write the report (default `<exp_dir>/report.md`) with its CSVs and plots beside it, the
+    baseline in both (baseline_in_files); `figures` "paper": plot titles without the
+    experiment, dir and commit; `svg`: each plot as SVG beside its PNG (`cockpit report
+    --out-md`; the supervisor's report.md keeps to PNG, a third cheaper).
 
     The supervisor calls this after every leg: a log it cannot read becomes a row saying so,
     and a plot that cannot be drawn becomes a note; only an unusable exp_dir or out path, or an
@@ -689,32 +784,38 @@ def write_report(
     inside the dir are never written through a symlink planted there.
     """
     exp_dir = Path(exp_dir)
+    if figures not in FIGURES:
+        raise ReportError(f"--figures {safetext.oneline(figures)[:40]}: give one of {', '.join(FIGURES)}")
     if not fsutil.is_dir(exp_dir):
         raise ReportError(f"{safetext.oneline(str(exp_dir))}: no such experiment dir")
     out = Path(os.path.abspath(os.path.expanduser(out_md))) if out_md is not None else exp_dir / "report.md"
-    check_output(out, plots)
-    files = output_files(out, plots)
+    check_output(out, plots, svg)
+    files = output_files(out, plots, svg)
     root = exp_dir if fsutil.is_inside(out.parent, exp_dir) else None
     all_rows = rows(exp_dir, tail, now)
     base = find_baseline(exp_dir, baseline, registry)  # an unknown --baseline fails before anything is written
+    mark, base_jobs, base_bar = baseline_in_files(base, tail, now)
     links = {"per-step CSV": files["steps"].name, "summary CSV": files["summary"].name}
     with fsutil.StagedFiles(root) as staged:
         with staged.open(files["steps"], "wb") as f:
             jobs = [(r.run, r.path) for r in all_rows if r.path and r.summary and not r.summary.error]
-            series = step_files.stream_steps(jobs, f, tail)
+            series = step_files.stream_steps(jobs + base_jobs, f, tail, mark.names if mark else frozenset())
         with staged.open(files["summary"], "w") as f:
             csv.writer(f).writerows(_summary_rows(all_rows))
         plot_note = None
         if plots and series:
+            context = plots_.plot_context(exp_dir) if figures == "full" else ""
             try:
-                pngs = plots_.draw_plots(series, _tail_bars(all_rows, tail), tail, plots_.plot_context(exp_dir))
+                drawn = plots_.draw_plots(series, _tail_bars(all_rows, tail, base_bar), tail, context, mark,
+                                          ("png", "svg") if svg else ("png",))
             except Exception as e:  # noqa: BLE001 - a plot problem must not lose the report
-                pngs, plot_note = {}, f"plots not drawn: {type(e).__name__}: {e}"
+                drawn, plot_note = {}, f"plots not drawn: {type(e).__name__}: {e}"
             for attr, label in (*plots_.PLOTS, *plots_.EXTRA_PLOTS):
-                if attr in pngs:
-                    with staged.open(files[attr], "wb") as f:
-                        f.write(pngs[attr])
-                    links[label] = files[attr].name
+                for fmt, data in drawn.get(attr, {}).items():
+                    key = attr if fmt == "png" else f"{attr}.{fmt}"
+                    with staged.open(files[key], "wb") as f:
+                        f.write(data)
+                    links[label if fmt == "png" else f"{label} ({fmt.upper()})"] = files[key].name
         text = render_report(exp_dir, baseline, tail, links, now, rows_=all_rows, base=base)
         if plot_note:
             text += f"\n{_md_text(plot_note)}\n"

@@ -713,13 +713,19 @@ def _figures(m: LegMark) -> str:
 
 
 def delta_words(m: LegMark, metric: str = "tok_per_sec") -> str:
-    """`  Δ -31.30% ±4.12% significant vs dense (baseline from <dir>)`, or "" without a baseline."""
+    """`  Δ -31.30% ±4.12% significant vs dense (baseline from <dir>)`, `±0.98% (n=2 repeats)`
+    when repeats are in the interval; `  Δ - (dense: <why>)` when the pinned baseline has no
+    figures (it failed, ...); "" without a baseline."""
+    b = m.baseline
+    if b is not None and b.problem and m.row is not None and m.row.has_figures and not m.is_baseline:
+        return f"  Δ - ({b.leg}: {b.problem})"
     if not m.compared:
         return ""
     assert m.baseline is not None and m.baseline_row is not None and m.row is not None
     pct, _ = stats.pct_change(m.baseline_row.value(metric), m.row.value(metric))
     d = stats.compare(m.baseline_row.estimate(metric), m.row.estimate(metric))
-    ci = f" {stats.fmt_ci(d.ci_pct)}" if d.ci_pct is not None else ""
+    basis = stats.fmt_runs(d)
+    ci = f" {stats.fmt_ci(d.ci_pct)}" + (f" ({basis})" if basis else "") if d.ci_pct is not None else ""
     verdict = f" {d.verdict}" if d.verdict != Verdict.NONE else ""
     where = " (recorded)" if m.baseline.dir is None else f" ({m.baseline.source})" if m.baseline.source else ""
     return f"  Δ {stats.fmt_pct(pct)}{ci}{verdict} vs {m.baseline.leg}{where}"

@@ -1,5 +1,7 @@
 """A report's per-step CSV, streamed: every step line of every run's log as CSV rows (numbers as
-the log printed them), and each run's plotted series collected on the way (plots.Series).
+the log printed them, then `baseline`: 1 on the rows of the report's baseline, whether it ran in
+the dir or in another one, else 0), and each run's plotted series collected on the way
+(plots.Series).
 
 A log of any size costs bounded memory: its step lines come a chunk at a time as numpy columns
 (logs.parse_file) and go out as CSV bytes in bulk (numtext). Big logs are read side by side by
@@ -31,6 +33,7 @@ STEP_COLUMNS = (
     "step", "total", "loss", "bal", "lrm", "dt_ms", "tok_per_sec", "mfu", "epoch",
     "total_time_min", "eta_min", "drop_pct",
 )
+BASELINE_COLUMN = "baseline"  # after the step columns: 1 on the baseline's rows
 
 
 def _csv_field(text: str) -> str:
@@ -44,19 +47,21 @@ PARALLEL_MIN_BYTES = 64 << 20  # logs of less, all told, are read in this proces
 PARALLEL_MAX_WORKERS = 8
 
 
-def stream_steps(jobs: list[tuple[str, str]], out: BinaryIO, tail: int = 50) -> dict[str, dict[str, Series]]:
+def stream_steps(jobs: list[tuple[str, str]], out: BinaryIO, tail: int = 50,
+                 baseline: frozenset[str] = frozenset()) -> dict[str, dict[str, Series]]:
     """Write every step line of each (run, log path) of `jobs` to `out` as CSV rows (bytes),
-    numbers as the log printed them; return each run's plotted series.
+    numbers as the log printed them, `baseline` 1 for the runs named in `baseline`; return each
+    run's plotted series.
 
     Each log is read a chunk of lines at a time. Big logs (PARALLEL_MIN_BYTES together) are read
     side by side by worker processes (`python -c`, one per CPU), each writing its logs' rows to part
     files in a private temp dir; the parts are copied into `out` in the runs' order, the same bytes
     as one after the other. A log a worker could not do is read here."""
-    out.write((",".join(["run", *STEP_COLUMNS]) + "\r\n").encode())
+    out.write((",".join(["run", *STEP_COLUMNS, BASELINE_COLUMN]) + "\r\n").encode())
     workers = _workers([path for _, path in jobs])
     tmp = tempfile.mkdtemp(prefix="cockpit-report-") if workers > 1 else None  # private: 0700
     try:
-        done = _in_workers(jobs, tail, workers, tmp) if tmp else {}  # job -> (its part file, its series)
+        done = _in_workers(jobs, tail, workers, tmp, baseline) if tmp else {}  # job -> (its part file, its series)
         series: dict[str, dict[str, Series]] = {}
         for i, (run, path) in enumerate(jobs):
             if i in done:
@@ -64,7 +69,7 @@ def stream_steps(jobs: list[tuple[str, str]], out: BinaryIO, tail: int = 50) -> 
                 _append(part, out)
                 os.unlink(part)
             else:
-                found = _steps_csv(path, run, tail, out)
+                found = _steps_csv(path, run, tail, out, run in baseline)
             if found:
                 series[run] = found
         return series
@@ -96,7 +101,8 @@ def _workers(paths: list[str]) -> int:
     return max(1, min(len(paths), os.cpu_count() or 1, PARALLEL_MAX_WORKERS))
 
 
-def _in_workers(jobs: list[tuple[str, str]], tail: int, workers: int, tmp: str) -> dict[int, tuple[str, dict[str, Series]]]:
+def _in_workers(jobs: list[tuple[str, str]], tail: int, workers: int, tmp: str,
+                baseline: frozenset[str] = frozenset()) -> dict[int, tuple[str, dict[str, Series]]]:
     """Jobs read by `workers` processes, job i by worker i % workers: {job: (part file, series)}
     for each one a worker did (its part complete, its series pickled beside it)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
@@ -106,7 +112,8 @@ def _in_workers(jobs: list[tuple[str, str]], tail: int, workers: int, tmp: str) 
         mine = list(range(w, len(jobs), workers))
         spec = os.path.join(tmp, f"w{w}.jobs")
         with open(fsutil.create_new(spec), "wb") as f:
-            pickle.dump([(i, jobs[i][0], jobs[i][1], tail, os.path.join(tmp, f"{i}.csv")) for i in mine], f)
+            pickle.dump([(i, jobs[i][0], jobs[i][1], tail, os.path.join(tmp, f"{i}.csv"), jobs[i][0] in baseline)
+                         for i in mine], f)
         try:
             procs.append(subprocess.Popen([sys.executable, "-c", _WORKER, spec], env=env, stdin=subprocess.DEVNULL,
                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
@@ -136,23 +143,24 @@ def _worker(spec: str) -> None:
     """A worker process: its jobs' part files, and each one's series (pickled) once its part is done."""
     with open(spec, "rb") as f:
         jobs = pickle.load(f)
-    for i, run, path, tail, part in jobs:
+    for i, run, path, tail, part, base in jobs:
         with open(fsutil.create_new(part), "wb") as f:
-            found = _steps_csv(path, run, tail, f)
+            found = _steps_csv(path, run, tail, f, base)
         with open(fsutil.create_new(os.path.join(os.path.dirname(part), f"{i}.series")), "wb") as f:
             pickle.dump(found, f)
 
 
-def _steps_csv(path: str, run: str, tail: int, out: BinaryIO) -> dict[str, Series]:
-    """One log's step lines as CSV rows into `out`; its plotted series. A log that cannot be read
-    (any more) adds the rows read so far, and no series."""
+def _steps_csv(path: str, run: str, tail: int, out: BinaryIO, baseline: bool = False) -> dict[str, Series]:
+    """One log's step lines as CSV rows into `out` (`baseline`: the report's baseline's); its
+    plotted series. A log that cannot be read (any more) adds the rows read so far, and no series."""
     np = lazy.numpy()
     prefix = (_csv_field(safetext.printable(run)) + ",").encode()
+    end = b",1\r\n" if baseline else b",0\r\n"
     kept = plots.Collected(tail)
 
     def sink(table: logs.StepTable) -> None:
         out.write(numtext.csv_text(prefix, [_cells(table.column(name), name in logs.INT_FIELDS)
-                                            for name in STEP_COLUMNS]))
+                                            for name in STEP_COLUMNS], end=end))
         kept.add(table)
 
     try:

@@ -440,9 +440,39 @@ def test_repeats_rows_per_repeat_an_aggregate_and_a_verdict_from_their_spread(tm
     assert report.fmt_cell(agg, "tok_per_sec") == f"{agg.tok_per_sec:.2f} ± {sd:.2f}"
     text = report.render_report(d, baseline="dense", now=NOW)
     assert f"| moe | {agg.tok_per_sec:.2f} ± {sd:.2f} |" in text
-    assert "### moe (3 repeats: interval from their spread)" in text and "### moe.r0" not in text
+    assert "### moe (3 repeats: interval from their windows and the spread between them)" in text
+    assert "### moe.r0" not in text
     delta = next(x for x in report.delta_rows(rows[0], agg) if x.attr == "tok_per_sec")
     one = next(x for x in report.delta_rows(rows[0], rows[1]) if x.attr == "tok_per_sec")
     assert delta.verdict == "significant" and delta.ci_pct > one.ci_pct  # 3 samples: a wider interval than 50 steps
     assert f"| tail50 tok/sec | {rows[0].tok_per_sec:.2f} | {agg.tok_per_sec:.2f} | {stats.fmt_pct(delta.delta_pct)} | " \
-           f"{stats.fmt_ci(delta.ci_pct)} | significant |" in text
+           f"{stats.fmt_ci(delta.ci_pct)} (n=3 repeats) | significant |" in text
+    spread = agg.estimate("tok_per_sec").spread
+    assert (f"`moe`: n=3 repeats; between-repeat sd of tail50 tok/sec {100 * spread.between / agg.tok_per_sec:.2f}% "
+            f"of the mean (95% upper bound {100 * spread.between_hi / agg.tok_per_sec:.2f}%: 3 repeats know it poorly)"
+            in text)
+
+
+def test_two_repeats_that_agree_give_an_interval_from_their_windows_and_say_how_to_resolve(tmp_path):
+    """2 repeats whose means differ by what their tail windows' noise explains: the interval rests
+    on the windows (not ±100%+ from t with 1 degree of freedom on 2 means), says `n=2 repeats`,
+    and a `within noise` verdict says how many repeats would resolve it."""
+    d = tmp_path / "20261130_101010_cpu-smoke"
+    d.mkdir()
+    (d / "dense.log").write_text(_trainer_log(80, 1000.0, 0.5, moe=False))
+    for i, tok in enumerate((1006.0, 998.0)):
+        (d / f"moe.r{i}.log").write_text(_trainer_log(80, tok, 0.5, moe=True))
+    rows = report.rows(d, now=NOW)
+    agg = rows[-1]
+    tok = next(x for x in report.delta_rows(rows[0], agg) if x.attr == "tok_per_sec")
+    naive = stats.across([r.tok_per_sec for r in rows[1:3]])  # the 2 means alone: t with 1 degree of freedom
+    assert 3 * agg.estimate("tok_per_sec").half_width < naive.half_width
+    assert tok.verdict == "within noise" and tok.ci_pct < 2.0
+    assert tok.runs == (1, 2) and tok.ci_text == f"{stats.fmt_ci(tok.ci_pct)} (n=2 repeats)"
+    text = report.render_report(d, baseline="dense", now=NOW)
+    assert f"| tail50 tok/sec | {rows[0].tok_per_sec:.2f} | {agg.tok_per_sec:.2f} | {stats.fmt_pct(tok.delta_pct)} | " \
+           f"{tok.ci_text} | within noise |" in text
+    r = tok.resolve
+    assert r.at_least and r.repeats > 2  # the baseline ran once: its run-to-run spread is not known
+    assert (f"To resolve `within noise` if the difference is real (80% power): tail50 tok/sec "
+            f"({stats.fmt_pct(tok.delta_pct)}): at least {r.repeats} repeats of each leg ({r.repeats - 2} more).") in text

@@ -147,14 +147,14 @@ def test_stop_orphaned_leg_after_supervisor_killed(tmp_path):
 @pytest.mark.parametrize("policy, b_status", [("stop", "stopped"), ("continue", "done")])
 def test_failed_leg_follows_policy(tmp_path, policy, b_status, capsys):
     path = write_registry(
-        tmp_path, {"a": 'model-tag = "a", bogus-flag = 1', "b": 'model-tag = "b", num-iterations = 3'}, on_failure=policy,
+        tmp_path, {"a": 'model-tag = "a", fail-at-step = 1', "b": 'model-tag = "b", num-iterations = 3'}, on_failure=policy,
         extra_project="tail = 5",
     )
     exp_dir = launch.start(reg.load(path), "fake", foreground=True)
     d = expdir.open_dir(exp_dir)
     a = d.states["a"]
     assert a.status == "failed" and a.exit_code not in (0, None) and a.exit_code_known
-    assert any("unrecognized arguments: --bogus-flag 1" in ln for ln in a.error_tail), a.error_tail
+    assert any("fake failure at step 1" in ln for ln in a.error_tail), a.error_tail
     assert d.states["b"].status == b_status
     assert (exp_dir / "a.log").exists() and "report.md" in os.listdir(exp_dir)
     out = capsys.readouterr().out
