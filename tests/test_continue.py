@@ -260,7 +260,7 @@ def test_the_remaining_legs_join_the_running_queue_of_the_dir(tmp_path, checkout
 
 @pytest.mark.slow
 def test_an_ended_dir_runs_its_never_started_runs_under_a_new_supervisor(tmp_path, checkout):
-    path = _registry(tmp_path, {"a": 'model-tag = "a", bogus-flag = 1', "b": 'model-tag = "b"'})
+    path = _registry(tmp_path, {"a": 'model-tag = "a", fail-at-step = 1', "b": 'model-tag = "b"'})
     registry = reg.load(path)
     d = launch.start(registry, "fake", foreground=True)
     opened = expdir.open_dir(d)

@@ -312,7 +312,7 @@ def test_a_failure_stops_the_queue_and_the_leg_beside_it_ends_as_it_would(tmp_pa
     # a goes on only once b has failed (it waits for a file the test makes then)
     path = write_registry(
         tmp_path, {"a": 'model-tag = "a", num-iterations = 3, wait-for = "{exp_dir}/go"',
-                   "b": 'model-tag = "b", bogus-flag = 1', "c": 'model-tag = "c", num-iterations = 3'},
+                   "b": 'model-tag = "b", fail-at-step = 1', "c": 'model-tag = "c", num-iterations = 3'},
         nproc=1, extra_project="max_parallel = 2")
     exp_dir = _dir_of(path)
     sup = Watcher(exp_dir, echo=False)
