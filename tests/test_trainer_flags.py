@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import psutil
 import pytest
-from conftest import write_registry
+from conftest import wait_for, write_registry
 
 from cockpit import cli, launch, provenance, trainer_flags
 from cockpit import registry as reg
@@ -110,7 +110,7 @@ def test_a_module_that_cannot_be_asked_blocks_nothing_and_is_said(tmp_path, caps
     assert not checked.checked and checked.refusals == []
     assert checked.command.endswith(" -m mytrainer --help")
     assert checked.why == f"`{checked.command}` failed: ModuleNotFoundError: No module named 'torch'"
-    assert launch.launch_refusals(registry, plan, registry.settings.exp_root / "x", checked) == []
+    assert launch.launch_refusals(registry, plan, registry.settings.exp_root / "x", checked=checked) == []
     code, out, _ = run(capsys, "--registry", str(registry.path), "launch", "fake", "--dry-run")
     assert code == 0 and f"# trainer flags not checked: {checked.why} (a flag the trainer does not take fails its " \
                          "leg at once)" in out
@@ -134,8 +134,14 @@ def test_a_module_that_does_not_answer_is_stopped_whole(tmp_path):
     known = trainer_flags.ask("slow", sys.executable, tmp_path, timeout=2.0)
     assert known.flags is None and known.why == f"`{sys.executable} -m slow --help` did not answer within 2s"
     assert time.monotonic() - t0 < 30
+    def gone(pid: int) -> bool:  # killed: at most a zombie, once the kernel has finished its exit
+        try:
+            return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return True
+
     for pid in map(int, pids.read_text().split()):
-        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+        wait_for(lambda pid=pid: gone(pid), timeout=10, what=f"process {pid} gone")
     assert trainer_flags.parse_help("usage: x [-h] [--a-b A_B] [--c]\n  --a-b A_B  see --c") == {"a-b", "c"}
     assert trainer_flags.unknown(["a-b", "a", "d-e"], frozenset({"a-b", "a-c", "d-f"})) == [("a", None), ("d-e", "d-f")]
 
