@@ -564,12 +564,14 @@ class MainScreen(Screen[None]):
             self.post_message(Notice(self.error or "the registry is not loaded", "stop", "error", 10))
             return
         try:  # as `cockpit stop`: only a dir under the registry's exp_root, only proven processes
-            launch.stop(exp_dir, leg, exp_root=registry.settings.exp_root)
+            after = launch.stop(exp_dir, leg, exp_root=registry.settings.exp_root)
         except Exception as e:
             self._fail("stop", e)
             return
         self.collector.poke()
-        self.post_message(Notice(f"stopped {leg or 'queue'} in {Path(exp_dir).name}", "stop"))
+        # a leg that ended before the stop reached it says so: `done (stop came after it ended)`
+        what = f"{leg}: {launch.stop_outcome(after, leg)}" if leg else "queue stopped"
+        self.post_message(Notice(f"{what} in {Path(exp_dir).name}", "stop"))
 
     # ------------------------------------------------------------------------------------------
     # writing
