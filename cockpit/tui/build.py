@@ -268,9 +268,10 @@ def build_report(registry: reg.Registry, view: vm.CockpitView, exp_id: str | Non
 
 
 def _notes(rows: list[report.ReportRow], shown: list[vm.RowView], tail: int) -> tuple[str, ...]:
-    """The report's notes under its table, as plain lines: each run's trouble (failed with its error
-    line, a log that ended without its final lines; not a run still running), the runs not run yet, the tail means resting on fewer
-    steps than the window (step 0 is never in it), and why a delta is `-`."""
+    """The report's notes under its table, as plain lines: each run's trouble (failed with its
+    error line, a log that ended without its final lines; not a run still running), the runs not
+    run yet, the tail means resting on fewer steps than the window (step 0 is never in it), and
+    why a delta is `-`."""
     out = [f"{r.run}: {safetext.oneline(r.note)}" for r in rows if r.note and not r.is_aggregate
            and r.status not in (RunStatus.NOT_RUN, RunStatus.RUNNING) and r.source != Source.RECORDED]
     if not_run := [r.run for r in rows if r.status == RunStatus.NOT_RUN]:

@@ -40,7 +40,8 @@ class LiveTable(DataTable):
 
     def watch_tail(self, tail: int) -> None:
         self.border_subtitle = (f"tail = last {tail} steps; Δ base = tail tok/sec vs the baseline of the leg's dir, "
-                                f"±95% interval and verdict once {tail} steps are in")
+                                f"±95% interval and verdict once {tail} steps are in (a shorter run: all of it); "
+                                "coloured only when significant")
 
     def watch_live(self, old: tuple[LiveView, ...], live: tuple[LiveView, ...]) -> None:
         self.border_title = "Live metrics" if live else "Live metrics: no leg running"
