@@ -176,11 +176,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
     except RunError as e:
         raise UsageError(str(e)) from None
     for name in [args.leg] if args.leg else d.legs:
-        st = d.states.get(name)
-        if st is not None and st.status == Status.QUEUED and expdir.stop_request_path(exp_dir, name).exists():
-            say(f"{name}: queued, stop requested: it will not start")
-        else:
-            say(f"{name}: {st.status if st else 'not run'}" + (f" ({st.note})" if st and st.note else ""))
+        say(f"{name}: {launch.stop_outcome(d, name, asked=args.leg is not None)}")
     say(str(exp_dir))
     return 0
 

@@ -172,6 +172,28 @@ def stop_request_path(exp_dir: Path | str, leg: str) -> Path:
     return Path(exp_dir) / STATE_DIR / f"{leg}.stop"
 
 
+# The note of a leg that ended done while a stop was on its way: the stop lost the race.
+STOP_CAME_LATE = "stop came after it ended"
+
+
+def clear_stop_request(exp_dir: Path | str, leg: str) -> bool:
+    """Remove a leg's stop request once the leg has ended (it was honoured, or it came too late):
+    none stays behind to be read as pending. The state dir is walked without following a link;
+    the request itself is unlinked, never followed. True when one was there."""
+    exp_dir = Path(exp_dir)
+    try:
+        fd = fsutil.open_dir(exp_dir / STATE_DIR, root=exp_dir)
+    except OSError:
+        return False
+    try:
+        os.unlink(f"{leg}.stop", dir_fd=fd)
+        return True
+    except OSError:  # none there (the common case), or not ours to remove
+        return False
+    finally:
+        os.close(fd)
+
+
 def plan_grace(plan: dict | None, default: float = STOP_GRACE_S) -> float:
     """The plan's stop grace period, when it is a sane number (a plan is a file: it may lie)."""
     v = (plan or {}).get("stop_grace_s", default)

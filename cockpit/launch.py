@@ -17,7 +17,7 @@ A launch of an experiment (`cockpit launch EXP`, or `l` in the cockpit) goes:
 (the supervisor was killed) the leg's processes here, only when proven the leg's; or scancel.
 Nothing in the user's checkout is touched: git is only read.
 
-Layer 3: imports the layers below (registry, checkout, fsutil, safetext, gpus, expdir, provenance,
+Layer 3: imports the layers below (registry, checkout, fsutil, safetext, vocab, gpus, expdir, provenance,
 trainer_flags, baseline, executors).
 """
 
@@ -43,6 +43,7 @@ from cockpit.executors.resubmit import resubmit as resubmit_legs
 from cockpit.expdir import (
     STAMP_FORMAT,
     STATE_DIR,
+    STOP_CAME_LATE,
     STOP_GRACE_S,
     SUPERVISOR,
     ExpDir,
@@ -53,9 +54,11 @@ from cockpit.expdir import (
     lock_path,
     now_iso,
     open_dir,
+    stop_request_path,
     try_lock,
 )
 from cockpit.scheduler import SlurmError
+from cockpit.vocab import Status
 
 # Args that name trainer inputs: they may point into a read-only path (read, never written).
 INPUT_ARGS = ("data-dir", "tokenizer-dir", "data", "tokenizer")
@@ -639,3 +642,17 @@ def resubmit(exp_dir: Path | str, legs: list[str], exp_root: Path | str, rerun: 
         os.close(lock_fd)
     return [f"{job.leg}: Slurm job {job.job_id} (queued)" + (f"; the attempt before kept in {kept}" if kept else "")
             for job, kept in done]
+
+
+def stop_outcome(d: ExpDir, leg: str, asked: bool = True) -> str:
+    """What became of a leg once a stop came back (`d`: its dir as `stop` returned it), in the
+    words `cockpit stop` and the terminal app say: `stopped (stopped by request)`, `queued, stop
+    requested: it will not start`, or, for a leg named (`asked`) that was done by then, `done (stop
+    came after it ended)`: the stop lost the race to the leg's end, and nothing was stopped."""
+    st = d.states.get(leg)
+    if st is None:
+        return "not run"
+    if st.status == Status.QUEUED and stop_request_path(d.path, leg).exists():
+        return "queued, stop requested: it will not start"
+    note = STOP_CAME_LATE if st.status == Status.DONE and asked else st.note
+    return f"{st.status}" + (f" ({note})" if note else "")

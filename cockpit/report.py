@@ -609,7 +609,7 @@ def render_report(
     short = [r for r in with_figures if r.summary and r.summary.tail_n < tail]
     if short:
         notes.append(
-            f"- Fewer than {tail} step lines (mean over all of them): "
+            f"- Fewer than {tail} step lines (mean over all of them but step 0): "
             + ", ".join(f"{code(r.run)} ({r.summary.tail_n})" for r in short if r.summary)
             + "."
         )

@@ -26,6 +26,7 @@ from cockpit import registry as reg
 from cockpit.baseline import Baseline
 from cockpit.checkout import Branch, branch_check
 from cockpit.expdir import ExpDir, LegState
+from cockpit.logs import progress as logs_progress
 from cockpit.vocab import (
     ACTIVE_MARKS,
     FINISHED_MARKS,
@@ -523,29 +524,18 @@ def _n(k: int, word: str) -> str:
     return f"{k} {word}{'' if k == 1 else 's'}"
 
 
-def progress(m: LegMark) -> str:
-    """`step 42/280 (15.0%), loss 6.1235, 806,400 tok/s, ETA 2.6m` from the leg's log."""
-    s = m.summary
-    if s is None or s.last_step is None:
-        return "no step lines yet"
-    parts = [f"step {s.last_step}/{s.total_steps}" if s.total_steps else f"step {s.last_step}"]
-    if s.pct is not None:
-        parts[0] += f" ({s.pct:.1f}%)"
-    if s.last_loss is not None:
-        parts.append(f"loss {s.last_loss:.4f}")
-    if s.tok_per_sec is not None:
-        parts.append(f"{s.tok_per_sec:,.0f} tok/s")
-    if s.eta_min is not None:
-        parts.append(f"ETA {s.eta_min:.1f}m")
-    return ", ".join(parts)
+def progress(m: LegMark, tail: int = 50) -> str:
+    """`step 42/280 (15.00%), loss 6.1235, 806,400 tok/s, ETA 0:02:36` from the leg's log (the
+    words the terminal app's live table uses too: logs.progress)."""
+    return "no step lines yet" if m.summary is None else logs_progress.line(m.summary, tail)
 
 
-def _mark_line(m: LegMark) -> str:
+def _mark_line(m: LegMark, tail: int = 50) -> str:
     where = f" in {safetext.md_code(m.dir)}" if m.dir else ""
     where += f" (Slurm {m.job})" if m.job else ""
     note = f" ({_text(m.note)})" if m.note else ""
     if m.mark in ACTIVE_MARKS:
-        return f"`{m.ref}` {m.mark}{where}: {progress(m) if m.mark == Mark.RUNNING else _text(m.note or 'waiting its turn')}"
+        return f"`{m.ref}` {m.mark}{where}: {progress(m, tail) if m.mark == Mark.RUNNING else _text(m.note or 'waiting its turn')}"
     return f"`{m.ref}` {m.mark}{where}{note}"
 
 
@@ -570,7 +560,7 @@ def render_guide(state: ResumeState) -> str:
         out.append(f"Branch: {state.checkout.text('`')}")
     out += [f"Registry: `{state.registry_path}`", f"Experiment root: `{state.exp_root}`", "", "## Current State", ""]
     if state.running:
-        out += [f"- Running: {_mark_line(m)}" for m in state.running]
+        out += [f"- Running: {_mark_line(m, state.tail)}" for m in state.running]
     elif state.activity == "all done":
         out.append("- All done: nothing running, and every leg is done here or recorded.")
     else:
@@ -698,13 +688,17 @@ def _template(nxt: NextLeg) -> list[str]:
     ]
 
 
-def _figures(m: LegMark) -> str:
-    """`  6694.57 tok/s, mfu 0.0000  Δ -31.30% ±4.12% significant vs dense`: the leg's tail
-    figures and its tok/sec against its baseline (named when it is not its own dir's)."""
+def _figures(m: LegMark, tail: int = 50) -> str:
+    """`  6694.57 tok/s, mfu 0.0000  Δ -31.30% ±4.12% significant vs dense 9744.48 tok/s`: the
+    leg's tail figures (with how many steps they rest on when the run was shorter than the window)
+    and its tok/sec against its baseline's figure (named when it is not its own dir's)."""
     r = m.row
     if r is None or r.tok_per_sec is None:
         return ""
     text = f"  {r.tok_per_sec:.2f} tok/s"
+    s = r.summary
+    if s is not None and logs_progress.short_tail(s.tail_n, tail):
+        text += f" ({logs_progress.tail_text(s.tail_n, tail)})"
     if r.mfu is not None:
         text += f", mfu {r.mfu:.4f}"
     # a recorded leg's mark says it already; a figure from elsewhere on another mark says so
@@ -713,43 +707,39 @@ def _figures(m: LegMark) -> str:
 
 
 def delta_words(m: LegMark, metric: str = "tok_per_sec") -> str:
-    """`  Δ -31.30% ±4.12% significant vs dense (baseline from <dir>)`, `±0.98% (n=2 repeats)`
-    when repeats are in the interval; `  Δ - (dense: <why>)` when the pinned baseline has no
-    figures (it failed, ...); "" without a baseline."""
+    """`  Δ -31.30% ±4.12% significant vs dense 9744.48 tok/s (baseline from <dir>)`: the delta,
+    its interval (`±0.98% (n=2 repeats)` when repeats are in it) and verdict, and the baseline's
+    figure it was taken against; `  Δ - (dense: <why>)` when the pinned baseline has no figures (it
+    failed, ...); "" without a baseline."""
     b = m.baseline
     if b is not None and b.problem and m.row is not None and m.row.has_figures and not m.is_baseline:
         return f"  Δ - ({b.leg}: {b.problem})"
     if not m.compared:
         return ""
     assert m.baseline is not None and m.baseline_row is not None and m.row is not None
-    pct, _ = stats.pct_change(m.baseline_row.value(metric), m.row.value(metric))
+    base = m.baseline_row.value(metric)
+    pct, _ = stats.pct_change(base, m.row.value(metric))
     d = stats.compare(m.baseline_row.estimate(metric), m.row.estimate(metric))
     basis = stats.fmt_runs(d)
     ci = f" {stats.fmt_ci(d.ci_pct)}" + (f" ({basis})" if basis else "") if d.ci_pct is not None else ""
     verdict = f" {d.verdict}" if d.verdict != Verdict.NONE else ""
+    figure = f" {report.fmt_value(metric, base)} {UNITS.get(metric, '')}".rstrip() if base is not None else ""
     where = " (recorded)" if m.baseline.dir is None else f" ({m.baseline.source})" if m.baseline.source else ""
-    return f"  Δ {stats.fmt_pct(pct)}{ci}{verdict} vs {m.baseline.leg}{where}"
+    return f"  Δ {stats.fmt_pct(pct)}{ci}{verdict} vs {m.baseline.leg}{figure}{where}"
 
 
-def running_line(m: LegMark) -> str:
-    """A running leg in one line: `cpu-smoke/dense  pid 4242  step 20/40 (52.5%), loss 1.9, 7,000 tok/s, ETA 0.1m`.
+UNITS = {"tok_per_sec": "tok/s", "dt_ms": "ms"}  # a figure's unit after it, in a line of words
 
-    tok/s is the tail mean; ETA is the trainer's (`eta:`), else remaining steps x tail dt; a
-    figure the log does not give yet reads n/a, so the line always has the same parts.
+
+def running_line(m: LegMark, tail: int = 50) -> str:
+    """A running leg in one line: `cpu-smoke/dense  pid 4242  step 20/40 (50.00%), loss 1.9, 7,000 tok/s, ETA 0:00:06`.
+
+    tok/s is the tail mean (with how many steps it rests on while fewer than the window); ETA is
+    the trainer's (`eta:`), else remaining steps x tail dt; a figure the log does not give yet
+    reads n/a, so the line always has the same parts.
     """
     pid = m.process or "no cockpit state (manual run)"
-    s = m.summary
-    if s is None or s.last_step is None:
-        return f"{m.ref}  {pid}  no step lines yet"
-    step = f"step {s.last_step}/{s.total_steps}" if s.total_steps else f"step {s.last_step}/?"
-    if s.pct is not None:
-        step += f" ({s.pct:.1f}%)"
-    parts = [step]
-    if s.last_loss is not None:
-        parts.append(f"loss {s.last_loss:.4f}")
-    parts.append(f"{s.tok_per_sec:,.0f} tok/s" if s.tok_per_sec is not None else "tok/s n/a")
-    parts.append(f"ETA {s.eta_min:.1f}m" if s.eta_min is not None else "ETA n/a")
-    return f"{m.ref}  {pid}  " + ", ".join(parts)
+    return f"{m.ref}  {pid}  {progress(m, tail)}"
 
 
 def dir_line(d: ExpDir, known: bool = True) -> str:
@@ -786,7 +776,7 @@ def render_status(state: ResumeState) -> str:
         out.append(f"branch: {state.checkout.text()}")
     if state.running:
         for m in state.running:
-            out += [f"running: {running_line(m)}", f"  dir: {m.dir}"]
+            out += [f"running: {running_line(m, state.tail)}", f"  dir: {m.dir}"]
     else:
         out.append(f"running: none ({', '.join(state._activity_rest()) or 'all done'})")
     for e in state.experiments:
@@ -803,7 +793,7 @@ def render_status(state: ResumeState) -> str:
             base = "  (baseline)" if m.is_baseline else ""
             pid = f"{m.process}  " if m.process else ""
             job = f"  {m.job}" if m.job and m.mark != Mark.RUNNING else ""
-            extra = f"  {pid}{progress(m)}" if m.mark == Mark.RUNNING else job + _figures(m)
+            extra = f"  {pid}{progress(m, state.tail)}" if m.mark == Mark.RUNNING else job + _figures(m, state.tail)
             noted = m.mark in NOTED_MARKS or (m.job is not None and m.mark == Mark.QUEUED)
             why = f"  ({m.note})" if m.note and noted else ""
             if m.state is not None and m.state.notify_error:

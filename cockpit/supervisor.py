@@ -21,7 +21,9 @@ SIGUSR1, and always before it ends; it lists those it took in state/supervisor.j
 
 Signals: SIGTERM/SIGINT stop the queue (each running leg is stopped: SIGTERM to torchrun, a grace
 period, then SIGKILL to every process left in its tree); SIGUSR1 makes it look for a stop request
-file `state/<leg>.stop` (`cockpit stop DIR LEG`) and for continuations.
+file `state/<leg>.stop` (`cockpit stop DIR LEG`), removed once the leg ends, and for
+continuations. A stop that reaches a leg which has already finished (exit 0, final lines) lost the
+race: the leg is done, noted `stop came after it ended`.
 
 Faults: a leg's log is created new (`<leg>.log` taken by anything else, a planted symlink
 included, fails the leg before it starts, with that reason); any OSError of the supervisor's own
@@ -29,7 +31,7 @@ included, fails the leg before it starts, with that reason); any OSError of the 
 still can be and in the supervisor's log as one line, and the queue goes on or stops per policy.
 The supervisor always ends with its exit code, never with a traceback.
 
-Layer 2: imports fsutil, pipes, procs, safetext, registry, vocab, gpus, expdir and report.
+Layer 2: imports fsutil, pipes, procs, safetext, registry, vocab, logs, gpus, expdir and report.
 """
 
 from __future__ import annotations
@@ -48,13 +50,15 @@ from pathlib import Path
 
 import psutil
 
-from cockpit import fsutil, gpus, pipes, procs, report, safetext
+from cockpit import fsutil, gpus, logs, pipes, procs, report, safetext
 from cockpit import registry as reg
 from cockpit.expdir import (
     STATE_DIR,
+    STOP_CAME_LATE,
     SUPERVISOR,
     LegState,
     RunError,
+    clear_stop_request,
     continuation_numbers,
     continuation_path,
     error_tail,
@@ -129,6 +133,20 @@ class Started:
     lock_fd: int  # state/<leg>.lock, held while it runs
     gpus: list[int]
     stopper: threading.Thread | None = None  # stopping it (SIGTERM, grace, SIGKILL), beside the queue's loop
+
+
+def ended(stopped: bool, rc: int, requested: bool, finished: bool) -> tuple[Status, str | None]:
+    """How a leg whose torchrun has exited ended, when it was not a failure: (status, note).
+
+    `stopped`: the supervisor signalled it for a stop request; `requested`: a request is there
+    now; `finished`: its log has the final lines. A stop that reached a run which had already
+    finished (exit 0, final lines) lost the race to the leg's end: the leg is done, and says so.
+    FAILED (note None) for every other exit: the caller says why."""
+    if stopped and not (rc == 0 and finished):
+        return Status.STOPPED, "stopped by request"
+    if rc == 0:
+        return Status.DONE, STOP_CAME_LATE if stopped or requested else None
+    return Status.FAILED, None
 
 
 class Supervisor:
@@ -563,6 +581,7 @@ class Supervisor:
         if status == Status.STOPPED and st.pid is None:
             st.exit_code = None
         self.put(st)
+        clear_stop_request(self.exp_dir, leg)  # honoured or too late: none is left to look pending
         self.say(f"{leg}: {status}" + (f" ({note})" if note else ""))
         return st
 
@@ -730,11 +749,14 @@ class Supervisor:
         """A leg's torchrun has exited: its workers must be gone too; record how it ended."""
         rc = leg.proc.wait()
         self._end_leftovers(name)
-        if leg.stopper is not None:
-            return self._finish(name, Status.STOPPED, note="stopped by request", exit_code=rc)
-        if rc == 0:
-            return self._finish(name, Status.DONE, exit_code=0)
+        stopped = leg.stopper is not None
         log_path = self.log_path(name)
+        finished = stopped and rc == 0 and logs.summarize(log_path).finished  # a stop that came at the end
+        status, note = ended(stopped, rc, self.stop_requested(name), finished)
+        if status == Status.STOPPED:
+            return self._finish(name, Status.STOPPED, note=note, exit_code=rc)
+        if status == Status.DONE:
+            return self._finish(name, Status.DONE, note=note, exit_code=0)
         tail = error_tail(log_path)
         if cause := signal_cause(rc):  # the log holds no cause of a kill: say it, last (the line shown)
             tail = [*tail[-9:], cause]

@@ -241,7 +241,9 @@ def test_follower_reads_a_big_backlog_in_bounded_polls(tmp_path):
 def test_summary_of_a_finished_fork_log():
     s = logs.summarize(FIXTURES / "fork-log-excerpt.log")
     assert s.status == "completed" and s.finished and not s.failed
-    assert (s.last_step, s.total_steps, s.pct, s.last_loss, s.steps_observed, s.tail_n) == (279, 280, 100.0, 3.723798, 20, 20)
+    # 20 step lines, step 0 among them (8.9 s of compilation): the tail means leave it out
+    assert (s.last_step, s.total_steps, s.pct, s.last_loss, s.steps_observed, s.tail_n) == (279, 280, 100.0, 3.723798, 20, 19)
+    assert s.tail_values["dt_ms"][0] == 617.79 and 8935.08 not in s.tail_values["dt_ms"]
     assert (s.peak_mem_mib, s.total_time_min, s.bal) == (18987.83, 2.97, 24.0192)
     s5 = logs.summarize(FIXTURES / "fork-log-excerpt.log", tail=5)  # steps 275-279
     assert s5.tail_n == 5
@@ -252,6 +254,34 @@ def test_summary_of_a_finished_fork_log():
     assert s5.tail_bal == pytest.approx((24.0378 + 24.0 + 24.0721 + 24.0662 + 24.0192) / 5)
     # no validation and no drop field in the fork's log: none, never 0
     assert (s5.min_val_bpb, s5.last_val_bpb, s5.tail_drop_pct, s5.batch_tokens) == (None, None, None, None)
+
+
+def test_progress_of_a_running_log_is_the_logs_own_line(tmp_path):
+    """Step and percent as the last step line prints them (never 100% before the final lines, even
+    when the log rounds to it), the ETA as h:mm:ss, and the steps the tail rests on said."""
+    from cockpit.logs import progress
+
+    p = tmp_path / "run.log"
+    p.write_text("".join(f"step {i:05d}/00040 ({100 * i / 40:.2f}%) | loss: 2.000000 | dt: 100.00ms | "
+                         f"tok/sec: 1,000 | total time: 0.01m | eta: 2.6m\n" for i in range(40)))
+    s = logs.summarize(p, tail=50)
+    assert (s.last_step, s.total_steps, s.pct, s.tail_n) == (39, 40, 97.5, 39)  # 39 of 40 steps: not 100%
+    assert progress.line(s, 50) == ("step 39/40 (97.50%), loss 2.0000, 1,000 tok/s (tail 39 of 50 steps, "
+                                    "step 0 left out), ETA 0:02:36")
+    assert progress.tail_text(s.tail_n, 39) == "" and progress.short_tail(39, 50)
+    # a log whose own percent rounds to 100 while it runs: still short of it
+    p.write_text("step 39999/40000 (100.00%) | loss: 2.000000 | dt: 100.00ms\n")
+    s = logs.summarize(p)
+    assert s.pct == summary.PCT_BEFORE_END and progress.pct_text(s.pct) == "99.99%"
+    assert s.eta_min == pytest.approx(0.0) and progress.eta_text(s.eta_min) == "0:00:00"
+    # no percent in the line: step / total, as the trainer computes it
+    p.write_text("step 10/40 | loss: 2.000000\n")
+    assert logs.summarize(p).pct == 25.0
+    p.write_text("step 39/40 | loss: 2.000000\nPeak memory usage: 1.00MiB\nTotal training time: 0.01m\n")
+    assert logs.summarize(p).pct == 100.0  # the final lines: done
+    assert [progress.eta_text(m) for m in (None, 0.5, 61.25, 1666.7, float("nan"))] == \
+        ["-", "0:00:30", "1:01:15", "27:46:42", "-"]
+    assert (progress.step_text(None, 40), progress.step_text(3, None)) == ("-", "3/?")
 
 
 def test_summary_reads_quality_and_routing(tmp_path):
@@ -570,6 +600,6 @@ def test_big_log_with_a_flood_of_noise_reads_bounded_text(tmp_path, monkeypatch)
     assert (s.tail_n, s.last_step, s.steps_observed) == (50, 59, 60)
     assert (s.tok_per_sec, s.dt_ms) == (full.tail_mean("tok_per_sec"), full.tail_mean("dt_ms"))
     assert s.failed and s.error_line.startswith("torch.OutOfMemoryError") and full.failed
-    # fewer step lines than the window in the whole file: all of them, still bounded text
+    # fewer step lines than the window in the whole file: all of them but step 0, still bounded text
     s3 = logs.summarize(p, tail=100)
-    assert (s3.tail_n, s3.last_step) == (60, 59) and s3.failed
+    assert (s3.tail_n, s3.last_step) == (59, 59) and s3.failed

@@ -187,15 +187,15 @@ def test_write_report_files_and_bad_logs_never_raise(tmp_path):
 def test_summary_csv_means_without_float_noise(tmp_path):
     d = tmp_path / "exp"
     d.mkdir()
-    steps = [step_line(i, 3, 6.0 - i, dt, tok, mfu, 0.0) for i, (dt, tok, mfu) in
-             enumerate([(0.10, 100, 0.10), (0.20, 200, 0.20), (0.20, 200, 0.20)])]
+    steps = [step_line(i, 4, 6.0 - i, dt, tok, mfu, 0.0) for i, (dt, tok, mfu) in  # from step 1: 0 is no tail's
+             enumerate([(0.10, 100, 0.10), (0.20, 200, 0.20), (0.20, 200, 0.20)], start=1)]
     (d / "a.log").write_text("\n".join([*steps, "Peak memory usage: 1.10MiB", "Total training time: 0.01m"]) + "\n")
     report.write_report(d, tail=3, plots=False, now=NOW)
     header, row = (d / "report_summary.csv").read_text().splitlines()
     figures = dict(zip(header.split(","), row.split(","), strict=True))
     # the means of 0.10, 0.20, 0.20 and of 100, 200, 200: 12 significant digits, no binary noise
     assert (figures["dt_ms"], figures["tok_per_sec"], figures["mfu"]) == ("0.166666666667", "166.666666667", "0.166666666667")
-    assert (figures["peak_mem_mib"], figures["last_loss"], figures["tail_n"]) == ("1.1", "4.0", "3")
+    assert (figures["peak_mem_mib"], figures["last_loss"], figures["tail_n"]) == ("1.1", "3.0", "3")
     d2 = tmp_path / "exp2"
     d2.mkdir()
     (d2 / "a.log").write_text("\n".join(steps[:2]) + "\n")
@@ -251,7 +251,7 @@ def test_registry_baseline_of_a_launched_dir(tmp_path):
                      registry=registry)
     text = report.render_report(smoke, now=NOW)
     assert "## Delta vs baseline `dense` (the registry's baseline of this experiment)" in text
-    delta = "| tail50 tok/sec | 9744.48 | 6694.57 | -31.30% | ±"
+    delta = "| tail50 tok/sec | 9691.74 | 6733.28 | -30.53% | ±"
     assert delta in text
     # the plan's registry file is broken or gone: the plan's snapshot of it names the baseline
     registry.path.write_text("[project\n")
@@ -278,7 +278,7 @@ def test_supervisor_report_has_deltas_against_the_experiments_baseline(tmp_path)
     launch.write_plan(registry, launch.plan_launch(registry, "cpu-smoke", ["moe_cap1p0"]), d)
     shutil.copy(FIXTURES / "cpu-smoke" / "moe_cap1p0.log", d / "moe_cap1p0.log")
     head = f"## Delta vs baseline `dense` (baseline from {old.name})"
-    delta = "| tail50 tok/sec | 9744.48 | 6694.57 | -31.30% | ±"
+    delta = "| tail50 tok/sec | 9691.74 | 6733.28 | -30.53% | ±"
     text = report.write_report(d, plots=False, now=NOW).read_text()
     assert head in text and delta in text and "### moe_cap1p0" in text
     # edited since launch so that the experiment is gone: the plan's snapshot still knows it

@@ -154,7 +154,7 @@ def test_marks_from_states_and_logs(tmp_path):
     assert m["moe-fp8-capacity-opt-v3/moe_fp8_experts_static_cap1p0_v3"] == "stopped"
     assert [x.ref for x in state.running] == ["cpu-smoke/moe_dropless"]
     running = state.running[0]
-    assert running.dir == str(live) and resume.progress(running).startswith("step 3/21400 (0.0%), loss 9.9531")
+    assert running.dir == str(live) and resume.progress(running).startswith("step 3/21400 (0.01%), loss 9.9531")
     waiting = state.find("cpu-smoke/moe_cap1p0")
     assert waiting.note == "GPU 0 busy: util 97% > 5%"
     assert state.gpus.state == "busy" and state.gpus.busy == [0]

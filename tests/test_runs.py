@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import REPO, cockpit, fake_torchrun, write_registry
+from conftest import REPO, cockpit, fake_torchrun, make_dir, write_registry
 
 from cockpit import expdir, gpus, launch, procs
 from cockpit import registry as reg
@@ -257,6 +258,59 @@ def test_stop_unknown_targets(tmp_path):
     d = _orphan_dir(tmp_path, FINAL)
     r = cockpit("--registry", str(path), "stop", str(d), "zz")
     assert r.returncode == 2 and "has no leg 'zz'" in r.stderr
+
+
+def test_a_stop_that_came_after_the_leg_ended_says_so_and_leaves_no_request(tmp_path):
+    """The leg ended (its log has the final lines) before the stop came: `done (stop came after it
+    ended)`, exit 0, and no stop request is left behind, with the supervisor gone or alive."""
+    path = write_registry(tmp_path, {"a": 'model-tag = "a"', "b": 'model-tag = "b"'}, exp_id="exp")
+    d = _orphan_dir(tmp_path, FINAL)  # the supervisor is gone; leg a's log ended well
+    r = cockpit("--registry", str(path), "stop", str(d), "a")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[0] == "a: done (stop came after it ended)"
+    assert not expdir.stop_request_path(d, "a").exists()
+    # a live supervisor (this process, holding the dir's lock) is neither asked nor signalled
+    live = make_dir(tmp_path / "exp", "20260301_130000_exp", {"a": ("done", "cpu-smoke/dense.log"), "b": ("queued", None)},
+                    supervisor=True)
+    got: list[int] = []
+    before = signal.signal(signal.SIGUSR1, lambda sig, _: got.append(sig))
+    try:
+        after = launch.stop(live, "a", exp_root=tmp_path / "exp", wait_s=1.0)
+    finally:
+        signal.signal(signal.SIGUSR1, before)
+    assert got == [] and not expdir.stop_request_path(live, "a").exists()
+    assert launch.stop_outcome(after, "a") == "done (stop came after it ended)"
+    assert launch.stop_outcome(after, "b") == "queued" and launch.stop_outcome(after, "zz") == "not run"
+
+
+def test_the_supervisor_judges_a_stop_that_raced_the_legs_end():
+    """A leg signalled for a stop that had exited 0 with its final lines was done before the stop
+    reached it; a stop request there at a clean exit came too late; any other signalled exit is stopped."""
+    from cockpit import supervisor
+    from cockpit.vocab import Status
+
+    late = (Status.DONE, expdir.STOP_CAME_LATE)
+    assert supervisor.ended(stopped=True, rc=0, requested=True, finished=True) == late
+    assert supervisor.ended(stopped=False, rc=0, requested=True, finished=True) == late
+    assert supervisor.ended(stopped=True, rc=0, requested=True, finished=False) == (Status.STOPPED, "stopped by request")
+    assert supervisor.ended(stopped=True, rc=-15, requested=True, finished=True)[0] == Status.STOPPED
+    assert supervisor.ended(stopped=False, rc=0, requested=False, finished=True) == (Status.DONE, None)
+    assert supervisor.ended(stopped=False, rc=1, requested=False, finished=False) == (Status.FAILED, None)
+
+
+def test_a_leg_that_ends_takes_its_stop_request_with_it(tmp_path):
+    from cockpit import supervisor
+    from cockpit.vocab import Status
+
+    d = _orphan_dir(tmp_path, FINAL)
+    sup = supervisor.Supervisor(d, echo=False)
+    sup.states["a"] = expdir.read_state(d, "a")
+    expdir.stop_request_path(d, "a").write_text("{}")
+    sup._finish("a", Status.DONE, note=expdir.STOP_CAME_LATE, exit_code=0)
+    assert not expdir.stop_request_path(d, "a").exists()
+    st = expdir.read_state(d, "a")
+    assert (st.status, st.note) == ("done", "stop came after it ended")
+    assert expdir.clear_stop_request(d, "a") is False  # none left; a second call is harmless
 
 
 def test_garbage_on_disk_never_crashes_discovery(tmp_path):

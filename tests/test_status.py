@@ -24,8 +24,9 @@ def test_status_of_the_bundled_registry(tmp_path, capsys):
     assert lines[2].startswith("GPUs: ")  # idle/busy from NVML, or unknown (NVML unavailable: ...) here
     assert "moe-fp8-capacity-ablation-v1  [8 GPUs]  5 recorded" in lines
     # a recorded leg says so once (its mark), not again after its figures; recorded: no samples, no verdict
+    # the delta names the baseline's figure it was taken against
     assert ("  static_cap1p0           recorded  785203.42 tok/s, mfu 9.5014  "
-            "Δ +67.50% vs static_cap0p0_baseline (recorded)") in lines
+            "Δ +67.50% vs static_cap0p0_baseline 468782.94 tok/s (recorded)") in lines
     assert "cpu-smoke  [cpu]  3 pending" in lines
     count, reason = gpus.visible_gpus()
     v3 = "moe-fp8-capacity-opt-v3/moe_fp8_experts_static_cap1p0_v3"
@@ -60,11 +61,14 @@ def test_status_shows_running_legs_with_pid_progress_eta_and_every_dir(tmp_path,
     assert code == 0
     pid, sup = expdir.read_state(live, "moe_dropless").pid, os.getpid()
     lines = out.splitlines()
-    i = lines.index(f"running: cpu-smoke/moe_dropless  pid {pid}  step 20/40 (52.5%), loss 2.0788, 4,871 tok/s, ETA 0.1m")
+    # step and percent as the log's last step line (`step 00020/00040 (50.00%)`), the ETA as h:mm:ss,
+    # and a tail mean over fewer steps than the window says so
+    progress = "step 20/40 (50.00%), loss 2.0788, 5,011 tok/s (tail 20 of 50 steps, step 0 left out), ETA 0:00:06"
+    i = lines.index(f"running: cpu-smoke/moe_dropless  pid {pid}  {progress}")
     assert lines[i + 1] == f"  dir: {live}"
     assert "cpu-smoke  [cpu]  1 done, 1 running, 1 queued" in lines
-    assert f"  moe_dropless  running   pid {pid}  step 20/40 (52.5%), loss 2.0788, 4,871 tok/s, ETA 0.1m" in lines
-    assert "  dense         done      9744.48 tok/s, mfu 0.0000  (baseline)" in lines
+    assert f"  moe_dropless  running   pid {pid}  {progress}" in lines
+    assert "  dense         done      9691.74 tok/s (tail 39 of 50 steps, step 0 left out), mfu 0.0000  (baseline)" in lines
     # every dir under exp_root, oldest first, with its supervisor and each leg's state
     i = lines.index("dirs under exp_root: 3")
     assert lines[i + 1 : i + 4] == [
@@ -103,7 +107,8 @@ def test_status_running_leg_without_eta_or_state(tmp_path, capsys):
     code, out, _ = run(capsys, "status", "--registry", str(registry.path))
     assert code == 0
     # no tok/sec field; ETA from the remaining 36 steps x 100 ms
-    assert "running: cpu-smoke/dense  no cockpit state (manual run)  step 3/40 (10.0%), loss 9.0000, tok/s n/a, ETA 0.1m" in out
+    assert ("running: cpu-smoke/dense  no cockpit state (manual run)  step 3/40 (7.50%), loss 9.0000, tok/s n/a, "
+            "ETA 0:00:04") in out
     (d / "dense.log").write_text("step 00003 | loss: 9.000000\n")
     out = run(capsys, "status", "--registry", str(registry.path))[1]
     assert "running: cpu-smoke/dense  no cockpit state (manual run)  step 3/?, loss 9.0000, tok/s n/a, ETA n/a" in out

@@ -32,7 +32,9 @@ from conftest import (
     write_dir,
     write_registry,
 )
-from textual.widgets import HelpPanel
+from rich.text import Text
+from textual.content import Content
+from textual.widgets import Button, HelpPanel, Static
 from textual.widgets._key_panel import BindingsTable
 
 from cockpit import expdir
@@ -42,7 +44,9 @@ from cockpit.tui.app import CockpitApp
 from cockpit.tui.collector import Collector, Request
 from cockpit.tui.commands import BindingCommands
 from cockpit.tui.confirm import ConfirmScreen
+from cockpit.tui.diff_screen import DiffScreen
 from cockpit.tui.experiments import ExperimentTree, Selection
+from cockpit.tui.final_table import FinalTable
 from cockpit.tui.live_table import COLUMNS
 from cockpit.tui.log_panes import LogPanes
 from cockpit.tui.log_text import LogText
@@ -176,7 +180,8 @@ async def test_command_palette_offers_every_binding(tmp_path):
     app = make_app(registry_file(tmp_path))
     async with app.run_test(size=SIZE) as pilot:
         main = await ready(pilot, app)
-        offered = [f"{hit.text} {hit.help}" async for hit in BindingCommands(main).discover()]
+        # the help as the palette shows it (it reads markup): every `[y]` of a tooltip kept
+        offered = [f"{hit.text} {Content.from_markup(hit.help).plain}" async for hit in BindingCommands(main).discover()]
         offered += [c.title for c in app.get_system_commands(main)]
         for b in MainScreen.BINDINGS:
             assert any(b.description in o for o in offered), b.description
@@ -184,9 +189,15 @@ async def test_command_palette_offers_every_binding(tmp_path):
                      "Stop the selected running leg, or the queue of the selected dir",
                      "Write the report of the selected experiment dir", "Write the resume guide",
                      "Follow the current log on/off", "Maximize", "Next log tab",
-                     "Previous log tab", "Next pane", "Previous pane", "Keys", "Quit", "key: g", "key: ["):
+                     "Previous log tab", "Next pane", "Previous pane", "Keys", "Quit", "key: g", "key: [",
+                     "(confirm [y]; a done leg asks for an explicit re-run with [R])", "(confirm [R])"):
             assert any(want in o for o in offered), (want, offered)
         await pilot.press("ctrl+p")
+        await pilot.press(*"launch leg")
+        await pilot.pause(0.3)
+        assert "confirm [y]; a done leg asks for an explicit re-run with [R]" in screen_text(app)
+        for _ in "launch leg":
+            await pilot.press("backspace")
         await pilot.press(*"resume guide")
         await pilot.pause(0.3)
         assert "Write the resume guide: asks where" in screen_text(app) and "(key: g)" in screen_text(app)
@@ -205,7 +216,7 @@ async def test_tab_moves_between_panes_and_m_maximizes(tmp_path):
         for _ in range(6):
             await pilot.press("tab")
             seen.add(app.focused.id if app.focused else None)
-        assert {"experiments", "next-strip", "gpus", "live", "final"} <= seen
+        assert {"experiments", "next-strip", "gpus", "live", "final-table"} <= seen
         await pilot.press("shift+tab")
 
         app.query_one("#resume-box").focus()  # `m` maximizes the focused pane, `m` again restores
@@ -511,10 +522,11 @@ async def test_tabs_cycle_and_finish_notifies(tmp_path):
         live = app.query_one("#live")  # moving along the live rows brings each leg's tab forward
         live.focus()
         await pilot.pause(0.1)
+        keys = [k.value for k in live.rows]
         await pilot.press("down")
-        await until(pilot, lambda: panes.active != first, what="the next leg's tab in front")
+        await until(pilot, lambda: panes.current_key() == keys[1], what="the next leg's tab in front")
         await pilot.press("up")
-        await until(pilot, lambda: panes.active == first, what="the first leg's tab in front again")
+        await until(pilot, lambda: panes.current_key() == keys[0], what="the first leg's tab in front again")
 
         bells = []
         app.bell = lambda: bells.append(1)
@@ -679,6 +691,138 @@ async def test_notifications_show_text_from_files_printable(tmp_path):
         assert message.startswith("leg a failed: boom") and title == "leg failed"
 
 
+def moe_log(steps: int, tok: float, drop: float | None = None) -> list[str]:
+    """A MoE leg's log: `| bal:` after loss, `| drop:` last with a fixed capacity, validation lines."""
+    out = []
+    for ln in log_lines(steps, steps, tok=tok):
+        if ln.startswith("step "):
+            i = int(ln[5:10])
+            head, _, rest = ln.partition(" | lrm:")
+            out.append(f"{head} | bal: {1.02 + i % 3 / 100:.4f} | lrm:{rest}"
+                       + (f" | drop: {drop + i % 4 / 10:.2f}%" if drop is not None else ""))
+            if i % 10 == 9:
+                out.append(f"Step {i + 1:05d} | Validation bpb: {2.1 - i / 100:.6f}")
+        else:
+            out.append(ln)
+    return out
+
+
+async def test_final_table_is_the_report(tmp_path):
+    """The dir's final table says what its report says: a row per run named so (the baseline from
+    another dir is `dense [baseline]`, not a second `dense`; a leg's repeats and their mean), the
+    quality and routing columns, under each delta its interval and the verdict as a word, only a
+    significant one coloured, and the note on the baseline's launch whole, wrapped."""
+    root = tmp_path / "exp"
+    write_dir(root, "20260224_160000_cpu-smoke", "cpu-smoke", {"dense": ("done", log_lines(40, 40))})
+    d = write_dir(root, "20260224_170000_cpu-smoke", "cpu-smoke", {
+        "dense": ("failed", log_lines(12, 40, crash=True)),
+        "moe_dropless": ("done", moe_log(40, tok=1250)),
+        "moe_cap1p0.r0": ("done", moe_log(40, tok=1300, drop=2.0)),
+        "moe_cap1p0.r1": ("done", moe_log(40, tok=1320, drop=2.2)),
+    })
+    plan = json.loads((d / "plan.json").read_text())  # each repeat names its leg, as a launch writes it
+    for spec in plan["legs"]:
+        spec["leg"] = spec["name"].partition(".")[0]
+    (d / "plan.json").write_text(json.dumps(plan))
+    app = make_app(registry_file(tmp_path))
+    async with app.run_test(size=(80, 24)) as pilot:
+        main = await ready(pilot, app)
+        await select(pilot, app, Selection("dir", "cpu-smoke", exp_dir=str(d)))
+        report = await until(pilot, lambda: main.report if main.report and main.report.exp_dir == str(d) else None,
+                             what="the dir's final table")
+        rows = {r.name: r for r in report.rows}
+        assert list(rows) == ["dense [baseline]", "dense", "moe_dropless", "moe_cap1p0.r0", "moe_cap1p0.r1", "moe_cap1p0"]
+        assert rows["dense [baseline]"].sub == "from 16:00:00 (other dir)" and rows["moe_cap1p0"].sub == "mean of 2 repeats"
+        assert not rows["moe_cap1p0.r0"].deltas  # a repeat's delta is its leg's, on the mean's row
+        assert rows["moe_cap1p0"].figures["drop_pct"] is not None and rows["moe_dropless"].figures["min_val_bpb"] == 1.71
+
+        table = app.query_one(FinalTable)
+        await until(pilot, lambda: table.row_count == 6, what="six rows")
+        heads = [str(c.label) for c in table.columns.values()]
+        assert heads[-5:] == ["min val bpb", "last val bpb", "final loss", "tail50 drop %", "tail50 bal"]
+        cells = dict(zip(heads, table.get_row_at(2), strict=True))  # moe_dropless
+        tok, dt, mem = cells["tail50 tok/sec"], cells["tail50 dt (ms)"], cells["peak mem (MiB)"]
+        assert tok.plain.splitlines()[2] == "significant" and dt.plain.splitlines()[2] == "within noise"
+        assert mem.plain.splitlines()[1:] == ["+0.00%", "-"]  # one sample: no interval, no verdict
+        styles = {span.style for span in tok.spans}
+        assert "green" in styles and "bold green" in styles  # faster and significant
+        assert {span.style for span in dt.spans} == {"dim"}  # within noise: dim
+        assert {span.style for span in mem.spans} <= {"", "dim"}  # no interval: never green or red
+
+        warning = report.warnings[0]
+        assert warning.startswith("Note: the baseline ran in another launch, 20260224_160000_cpu-smoke")
+        app.query_one(FinalTable).focus()
+        await pilot.press("m")  # the pane maximized: every word of the note on screen, wrapped
+        await pilot.pause(0.3)
+        head = app.query_one("#final-head", Static)
+        assert warning in head.render().plain and head.size.height >= 3  # whole, over several lines
+        assert "baseline's args) is the same as this dir's." in screen_text(app)
+
+
+async def test_a_delta_without_an_interval_is_never_coloured(tmp_path):
+    """Recorded figures have one sample each: their deltas are plain, with `-` for the verdict."""
+    app = make_app(registry_file(tmp_path))
+    async with app.run_test(size=SIZE) as pilot:
+        main = await ready(pilot, app)
+        await select(pilot, app, Selection("experiment", "moe-fp8-capacity-ablation-v1"))
+        await until(pilot, lambda: main.report and len(main.report.rows) == 5, what="the recorded rows")
+        table = app.query_one(FinalTable)
+        await until(pilot, lambda: table.row_count == 5, what="the table")
+        for r in range(1, 5):
+            for cell in table.get_row_at(r)[2:7]:
+                lines = cell.plain.splitlines()
+                assert lines[2] == "-" and {span.style for span in cell.spans} <= {"", "dim"}, cell
+
+
+async def test_a_stop_after_the_leg_ended_says_so(tmp_path):
+    """The leg ended between the confirmation and the stop: the notification says it was done."""
+    d = write_dir(tmp_path / "exp", "20260224_175412_cpu-smoke", "cpu-smoke", {"dense": ("done", log_lines(40, 40))})
+    app = make_app(registry_file(tmp_path))
+    async with app.run_test(size=SIZE) as pilot:
+        main = await ready(pilot, app)
+        main._stop(str(d), "dense")
+        await until(pilot, lambda: any(t == "stop" and m == f"dense: done (stop came after it ended) in {d.name}"
+                                       for t, m in app.notes), what="the notice")
+        assert not expdir.stop_request_path(d, "dense").exists()
+
+
+@pytest.mark.parametrize("size", [(80, 24), (120, 40)])
+async def test_the_dialogs_keys_are_always_on_screen(tmp_path, size):
+    """However long the list of commands, `Launch [y]` / `Re-run [R]` and `Cancel [n/esc]` stay on
+    screen, below the scrolling body."""
+    write_dir(tmp_path / "exp", "20260224_170000_cpu-smoke", "cpu-smoke", {"dense": ("done", log_lines(40, 40))})
+    app = make_app(registry_file(tmp_path))
+    async with app.run_test(size=size) as pilot:
+        await ready(pilot, app)
+        for sel, key, label in ((Selection("experiment", "cpu-smoke"), "L", "Launch [y]"),
+                                (Selection("leg", "cpu-smoke", "dense"), "l", "Re-run [R]")):
+            await select(pilot, app, sel)
+            await pilot.press(key)
+            screen = await until(pilot, lambda: isinstance(app.screen, ConfirmScreen) and app.screen, what="the dialog")
+            await pilot.pause(0.3)
+            body = screen.query_one("#confirm-body")
+            assert body.max_scroll_y > 0 or key == "l" and size[1] > 30  # the commands scroll
+            for button in screen.query(Button):
+                assert screen.region.contains_region(button.region), (str(button.label), button.region)
+            text = screen_text(app)
+            assert label in text and "Cancel [n/esc]" in text
+            await pilot.press("escape")
+            await until(pilot, lambda: not isinstance(app.screen, ConfirmScreen), what="cancelled")
+
+
+async def test_the_diff_shows_whole_flag_names_at_120_columns(tmp_path):
+    app = make_app(registry_file(tmp_path))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await ready(pilot, app)
+        await select(pilot, app, Selection("leg", "moe-fp8-capacity-ablation-v1", "nocompile_cap1p0"))
+        await pilot.press("d")
+        await until(pilot, lambda: isinstance(app.screen, DiffScreen), what="the diff")
+        await pilot.pause(0.3)
+        text = screen_text(app)
+        for flag in ("--model-tag", "--compile-mode", "--moe-capacity-factor"):
+            assert f"│{flag} " in text.replace("▌", "│") or f" {flag} " in text, flag
+
+
 async def test_deltas_that_are_no_number_show_a_dash(tmp_path):
     """A baseline whose figures are 0: the live and final delta cells say `-`, never inf or nan."""
     reg_path = fake_registry(tmp_path, legs={"base": 'model-tag = "base"', "a": 'model-tag = "a"'})
@@ -698,7 +842,7 @@ async def test_deltas_that_are_no_number_show_a_dash(tmp_path):
         await until(pilot, lambda: main.report is not None and main.report.rows, what="the final table")
         row = next(r for r in main.report.rows if r.run == "a")
         assert row.deltas["tok_per_sec"] is None and row.deltas["dt_ms"] is None
-        final = app.query_one("#final")
+        final = app.query_one("#final-table")
         cells = [c.plain for c in final.get_row_at(final.row_count - 1)]
         assert cells[2].splitlines()[1] == "-" and cells[3].splitlines()[1] == "-"
 
@@ -815,30 +959,42 @@ def test_live_row_routing_and_a_verdict_once_the_tail_window_is_full(tmp_path):
     reg_path.write_text(reg_path.read_text().replace('id = "fake"', 'id = "fake"\nbaseline = "base"'))
     registry = reg.load(reg_path)
 
-    def moe_lines(steps: int, tok: float) -> list[str]:  # the trainer's MoE fields: bal after loss, drop last
-        out = [ln for ln in log_lines(steps, 80, tok=tok, finished=False) if not ln.startswith("step ")]
-        for i, ln in enumerate(ln for ln in log_lines(steps, 80, tok=tok, finished=False) if ln.startswith("step ")):
+    def moe_lines(steps: int, tok: float, total: int = 80) -> list[str]:  # the trainer's MoE fields: bal after loss, drop last
+        out = [ln for ln in log_lines(steps, total, tok=tok, finished=False) if not ln.startswith("step ")]
+        for i, ln in enumerate(ln for ln in log_lines(steps, total, tok=tok, finished=False) if ln.startswith("step ")):
             head, _, rest = ln.partition(" | lrm:")
             out.append(f"{head} | bal: {1 + i / 1000:.4f} | lrm:{rest} | drop: {1 + i / 100:.2f}%")
         return out
 
-    def row_of(steps: int, tok: float, name: str):
+    def row_of(steps: int, tok: float, name: str, total: int = 80):
         write_dir(tmp_path / "exp", name, "fake",
-                  {"base": ("done", log_lines(80, 80)), "moe": ("running", moe_lines(steps, tok))},
+                  {"base": ("done", log_lines(80, 80)), "moe": ("running", moe_lines(steps, tok, total))},
                   supervisor_alive=True)
         state = resume.build_state(registry, FakeSampler(nvml=False))
         m = next(m for m in state.running if m.dir and Path(m.dir).name == name)
         return build.live_view(state, m, None)
 
-    filling = row_of(12, 1300.0, "20260224_175412_fake")
-    assert filling.verdict == "12/50 steps" and filling.delta_ci_pct is None
+    def cells(v) -> dict[str, Text]:
+        return {c: x if isinstance(x, Text) else Text(x) for c, x in zip(COLUMNS, LiveTable.row(v), strict=True)}
+
+    filling = row_of(12, 1300.0, "20260224_175412_fake")  # steps 0-11: step 0 is never in the tail
+    assert filling.verdict == "11/50 steps" and filling.delta_ci_pct is None
     assert filling.delta_tok_pct is not None and filling.delta_tok_pct > 25
     assert (filling.drop_pct, filling.bal) == (1.11, 1.011)  # the last step's
     assert filling.baseline_label == "base"  # the dir's own baseline: no source named
+    row = cells(filling)  # no verdict yet: +30% is not coloured; progress as the log's own line
+    assert row["Δ base"].style == "" and row["verdict"].plain == "11/50 steps"
+    assert (row["step"].plain, row["%"].plain) == ("11/80", "13.75%")
+    assert row["tail tok/sec"].plain == f"{filling.tail_tok_per_sec:,.0f} (11 of 50)"
     full = row_of(60, 1300.0, "20260224_175413_fake")
     assert full.verdict == Verdict.SIGNIFICANT and full.delta_ci_pct is not None and 0 < full.delta_ci_pct < 5
-    cells = [c.plain if hasattr(c, "plain") else c for c in LiveTable.row(full)]
-    assert cells[COLUMNS.index("drop %")] == "1.59" and cells[COLUMNS.index("bal")] == "1.0590" and cells[COLUMNS.index("verdict")] == "significant"
-    assert cells[COLUMNS.index("Δ base")] == f"{fmt_pct(full.delta_tok_pct)} ±{full.delta_ci_pct:.2f}%"
+    row = cells(full)
+    assert row["drop %"].plain == "1.59" and row["bal"].plain == "1.0590" and row["verdict"].plain == "significant"
+    assert row["Δ base"].plain == f"{fmt_pct(full.delta_tok_pct)} ±{full.delta_ci_pct:.2f}%"
+    assert row["Δ base"].style == "green" and "(" not in row["tail tok/sec"].plain  # faster, significant: green
     same = row_of(60, 1000.0, "20260224_175414_fake")  # the baseline's own config: inside the noise
-    assert same.verdict == Verdict.WITHIN_NOISE
+    assert same.verdict == Verdict.WITHIN_NOISE and cells(same)["Δ base"].style == "dim"
+    # a run shorter than the tail window, at its last step: its verdict over every step it has
+    short = row_of(30, 1300.0, "20260224_175415_fake", total=30)
+    assert short.tail_n == 29 and short.verdict == Verdict.SIGNIFICANT and short.delta_ci_pct is not None
+    assert short.pct < 100 and cells(short)["%"].plain == "96.67%"

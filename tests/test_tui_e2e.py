@@ -77,4 +77,4 @@ async def test_keys_launch_cpu_smoke_and_the_tables_fill(tmp_path, smoke_corpus)
         for leg in ("dense", "moe_cap1p0"):
             assert got[leg][1] == "completed", got[leg]
             assert float(got[leg][2]) > 0  # tail tok/sec measured from the log
-        assert isinstance(table, DataTable) and "cpu-smoke" in str(table.border_title)
+        assert isinstance(table, DataTable) and "cpu-smoke" in str(app.query_one("#final").border_title)

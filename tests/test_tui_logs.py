@@ -125,12 +125,12 @@ async def test_ended_leg_keeps_its_tab_until_closed(tmp_path):
         panes = app.query_one(LogPanes)
         key_a, key_b = f"{a}/dense", f"{b}/moe_fp8_experts_static_cap1p0_v3"
         await until(pilot, lambda: {key_a, key_b} <= set(panes.keys), what="two tabs")
-        assert panes.title(key_a) == "▶ dense"
+        assert panes.title(key_a) == "▶ dense · 17:00:00"  # two dirs' tabs: each says its dir
         st = expdir.read_state(a, "dense")
         st.status = "failed"
         expdir.write_state(a, st)
         await until(pilot, lambda: main.finished, what="the leg to end")
-        await until(pilot, lambda: panes.title(key_a) == "✘ dense", what="the tab's mark")
+        await until(pilot, lambda: panes.title(key_a) == "✘ dense · 17:00:00", what="the tab's mark")
         await until(pilot, lambda: panes.view(key_a).received, what="the ended leg's lines")
         assert key_a in panes.keys  # the ended leg's log stays, with its lines
         assert any("its log tab stays until [x] closes it" in m for m in notes(app))
@@ -150,6 +150,70 @@ async def test_ended_leg_keeps_its_tab_until_closed(tmp_path):
 
         await select(pilot, app, Selection("leg", "cpu-smoke", "dense"))  # selecting the leg opens it again
         await until(pilot, lambda: panes.current_key() == key_a, what="the selected leg's log")
+
+
+async def test_a_leg_that_starts_comes_to_the_front_and_tabs_group_by_dir(tmp_path):
+    """A leg seen running for the first time brings its tab to the front; the tabs stand grouped
+    by dir, oldest dir first (a new tab goes in its place), each saying its dir; the pane's title
+    names the front tab's dir and its subtitle which tab of how many."""
+    root = tmp_path / "exp"
+    a = write_dir(root, "20260224_170000_cpu-smoke", "cpu-smoke",
+                  {"dense": ("running", log_lines(5, 40, finished=False))}, supervisor_alive=True)
+    app = make_app(registry_file(tmp_path))
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot, app)
+        panes = app.query_one(LogPanes)
+        key_a = f"{a}/dense"
+        await until(pilot, lambda: panes.current_key() == key_a, what="the running leg's tab in front")
+        assert panes.title(key_a) == "▶ dense" and panes.border_title == f"Logs: {a.name}"
+        b = write_dir(root, "20260224_180000_moe-fp8-capacity-opt-v3", "moe-fp8-capacity-opt-v3",
+                      {"moe_fp8_experts_static_cap1p0_v3": ("running", log_lines(3, 40, finished=False))},
+                      supervisor_alive=True)
+        key_b = f"{b}/moe_fp8_experts_static_cap1p0_v3"
+        await until(pilot, lambda: panes.current_key() == key_b, what="the leg that started, in front")
+        await until(pilot, lambda: panes.border_title == f"Logs: {b.name}", what="the front tab's dir")
+        c = write_dir(root, "20260224_160000_cpu-smoke", "cpu-smoke",  # an older dir: its tab goes first
+                      {"moe_dropless": ("running", log_lines(3, 40, finished=False))}, supervisor_alive=True)
+        key_c = f"{c}/moe_dropless"
+        await until(pilot, lambda: panes.current_key() == key_c and panes.settled, what="the third leg in front")
+        order = [str(t.label) for t in panes.query("ContentTab")]
+        assert order == ["▶ moe_dropless · 16:00:00", "▶ dense · 17:00:00",
+                         "▶ moe_fp8_experts_static_cap1p0_v3 · 18:00:00"], order
+        assert panes.keys == [key_c, key_a, key_b]
+        await until(pilot, lambda: panes.border_subtitle.startswith("tab 1 of 3"), what="the tab's place")
+        await pilot.press("right_square_bracket")  # `]` goes in the order shown
+        await until(pilot, lambda: panes.current_key() == key_a, what="the next tab, the older dir's")
+
+
+async def test_x_closes_the_tab_in_front_every_time(tmp_path):
+    """Whatever the tab in front is (a running leg's, an ended one's, the selection's), `x` closes
+    it, one tab a press, until none is left; then it says there is none."""
+    a, b = two_running_dirs(tmp_path / "exp")
+    old = write_dir(tmp_path / "exp", "20260224_150000_cpu-smoke", "cpu-smoke",
+                    {"dense": ("done", log_lines(40, 40))})
+    app = make_app(registry_file(tmp_path))
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot, app)
+        panes = app.query_one(LogPanes)
+        await select(pilot, app, Selection("dirleg", "cpu-smoke", "dense", str(old)))
+        await until(pilot, lambda: len(panes.keys) == 3 and panes.current_key() == f"{old}/dense",
+                    what="three tabs, the selection's in front")
+        for left in (2, 1, 0):
+            front = panes.current_key()
+            await pilot.press("x")  # at once: no waiting for the tabs to settle first
+            await until(pilot, lambda front=front, left=left: front not in panes.keys and len(panes.keys) == left,
+                        what=f"{front} closed")
+            if left:
+                await until(pilot, lambda: panes.current_key() in panes.keys, what="another tab in front")
+        await pilot.pause(1.2)  # two more views: none reopens
+        assert panes.keys == []
+        await pilot.press("x")
+        await until(pilot, lambda: any("no log tab to close" in m for m in notes(app)), what="the warning")
+        await select(pilot, app, Selection("leg", "cpu-smoke", "dense"))  # it opens again ...
+        await until(pilot, lambda: panes.keys == [f"{a}/dense"], what="the selection's tab")
+        await pilot.press("x", "x")  # ... and a second `x` while the first closes finds none: says so
+        await until(pilot, lambda: panes.keys == [] and len([m for m in notes(app) if "no log tab" in m]) == 2,
+                    what="closed, then the warning")
 
 
 async def test_a_leg_or_a_dir_opens_its_own_log(tmp_path):

@@ -29,6 +29,7 @@ from cockpit.expdir import (
     SUPERVISOR,
     LegState,
     RunError,
+    clear_stop_request,
     describe,
     leg_env,
     now_iso,
@@ -133,6 +134,8 @@ def stop(exp_dir: Path, leg: str | None = None, grace_s: float = STOP_GRACE_S, w
     if sup.alive:
         if leg is None:
             sig = signal.SIGTERM
+        elif not targets:
+            return  # the leg ended before the stop came: no request is left to be read as pending
         else:
             try:
                 fsutil.atomic_write_json(stop_request_path(exp_dir, leg), {"requested_at": now_iso()}, root=exp_dir)
@@ -150,6 +153,8 @@ def stop(exp_dir: Path, leg: str | None = None, grace_s: float = STOP_GRACE_S, w
             if leg is not None and d.states[leg].status == Status.QUEUED and stop_request_path(exp_dir, leg).exists():
                 break  # the supervisor will skip it when its turn comes
             time.sleep(0.1)
+        if leg is not None and leg in d.states and not d.states[leg].active:
+            clear_stop_request(exp_dir, leg)  # the supervisor removes it; not when it died meanwhile
         return
     unproven = [f"leg {n}: {d.states[n].note}" for n in names if n in d.states and d.states[n].status == Status.UNKNOWN]
     if sup.verdict == procs.UNPROVEN:
@@ -157,6 +162,9 @@ def stop(exp_dir: Path, leg: str | None = None, grace_s: float = STOP_GRACE_S, w
     if not targets:
         if unproven:
             raise RunError(f"nothing stopped in {exp_dir}: " + "; ".join(unproven))
+        if leg is not None and leg in d.states:
+            clear_stop_request(exp_dir, leg)
+            return  # the leg ended before the stop came: its state says how
         raise RunError(f"nothing running in {exp_dir}")
     # no supervisor: the legs still alive are orphans; stop them here, if proven theirs, each in
     # its own thread (legs that ran side by side stop within one grace period, not one per leg)

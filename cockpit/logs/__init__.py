@@ -10,7 +10,8 @@ one job and is usable alone:
 - `state`: `LogState`, an accumulator fed with lines, and `StepTable`, every step as columns;
 - `follow`: bytes in any chunking -> lines (`LineSplitter`), a growing file (`LogFollower`);
 - `summary`: a leg's summary from the end of its log, in bounded memory (`summarize`);
-- `bulk`: a full parse, step lines read in bulk by numpy (`parse_file`).
+- `bulk`: a full parse, step lines read in bulk by numpy (`parse_file`);
+- `progress`: a leg's progress in words (step, percent, ETA as h:mm:ss, the tail's steps).
 
 The names below are the ones the rest of the cockpit uses.
 

@@ -205,9 +205,11 @@ def _feed_steps(state: LogState, cols: dict[str, Column], n: int, last_lines: li
     if state.first_step is None:
         state.first_step = int(cols["step"].values[0])
     state.steps_observed += n
-    # the tail window's records, exactly as the line parser makes them (with their extra fields)
-    state.window.extend(parse_step(b.decode("ascii")) for b in last_lines)
-    state.last = state.window[-1]
+    # the tail window's records, exactly as the line parser makes them (with their extra fields);
+    # step 0 is never in it (LogState._step)
+    recs = [parse_step(b.decode("ascii")) for b in last_lines]
+    state.window.extend(r for r in recs if r.step != 0)
+    state.last = recs[-1]
 
 
 def _feed_others(state: LogState, blines: list[bytes]) -> None:

@@ -1,7 +1,8 @@
 """Everything the cockpit reads from one log, fed line by line: `LogState`, and `StepTable`.
 
 A LogState is an accumulator: any source feeds it lines (a follower's new lines, a file's, the
-end of a big log) and it knows the tail window of step lines (for tail means and their spread),
+end of a big log) and it knows the tail window of step lines (for tail means and their spread;
+step 0, the compile and warm-up, is never in it),
 the last step, the moe line, every validation line, the final lines, the batch size, and the
 failure evidence. A full parse keeps every step
 line too, as the columns of a StepTable (for the per-step CSV and the plots).
@@ -140,6 +141,7 @@ class LogState:
 
     def __init__(self, tail: int = 50, keep_steps: int | None = 0):
         self.tail = tail
+        # the last `tail` step lines but step 0: a run shorter than the window has them all but that one
         self.window: deque[StepLine] = deque(maxlen=tail)
         # None keeps every step line, as columns (a full parse); N keeps the last N records
         self.table: StepTable | None = StepTable() if keep_steps is None else None
@@ -202,7 +204,8 @@ class LogState:
             self.first_step = rec.step
         self.steps_observed += 1
         self.last = rec
-        self.window.append(rec)
+        if rec.step != 0:  # step 0 compiles and warms up: never in a tail mean, however short the run
+            self.window.append(rec)
         if self.table is not None:
             self.table.append(rec)
         elif self.keep:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from cockpit import fsutil, safetext
 from cockpit.logs.follow import MAX_LINE_BYTES, READ_CHUNK, LineSplitter
-from cockpit.logs.lines import parse_step
+from cockpit.logs.lines import StepLine, parse_step
 from cockpit.logs.state import LogState
 from cockpit.vocab import STEP_METRICS, RunStatus
 
@@ -274,6 +274,19 @@ def _first_step(f) -> int | None:
     return None
 
 
+PCT_BEFORE_END = 99.99  # the most a run that has not printed its final lines is done
+
+
+def progress_pct(last: StepLine, finished: bool) -> float | None:
+    """How far a run is, in percent: the log's own figure on its last step line (`step 00042/00280
+    (15.00%)`), else step / total as the trainer computes it; 100 only once the final lines are
+    there, never before (a last step line reads 99.64%, and so does the run)."""
+    if finished:
+        return 100.0
+    pct = last.pct if last.pct is not None else (100.0 * last.step / last.total if last.total else None)
+    return None if pct is None or not math.isfinite(pct) else max(0.0, min(PCT_BEFORE_END, pct))
+
+
 def _fill(s: LegSummary, state: LogState, now: float | None, whole: bool = True) -> None:
     """`whole`: the state saw every line of the log (not only its end)."""
     s.tail_n = len(state.window)
@@ -305,10 +318,7 @@ def _fill(s: LegSummary, state: LogState, now: float | None, whole: bool = True)
         s.bal = last.bal if last.bal is not None else (state.moe.bal if state.moe else None)
         if last.drop_pct is not None:
             s.drop_pct = last.drop_pct
-        if last.total:
-            s.pct = min(100.0, 100.0 * (last.step + 1) / last.total)
-        elif last.pct is not None:
-            s.pct = last.pct
+        s.pct = progress_pct(last, state.finished)
         if not state.finished:
             if last.eta_min is not None:
                 s.eta_min = last.eta_min

@@ -16,8 +16,10 @@ from typing import Protocol
 
 from cockpit import baseline, expdir, gpus, logs, report, resume, safetext, stats
 from cockpit import registry as reg
+from cockpit.logs import progress
+from cockpit.tui import fmt
 from cockpit.tui import state as vm
-from cockpit.vocab import METRICS, NOTED_MARKS, Mark, Verdict
+from cockpit.vocab import METRICS, NOTED_MARKS, QUALITY, Mark, RunStatus, Source, Verdict
 
 # (label, torchrun pid, its create time) of a running leg: what `gpus.leg_for_pids` matches
 RunningLeg = tuple[str, int | None, float | None]
@@ -168,7 +170,9 @@ def live_view(state: resume.ResumeState, m: resume.LegMark, followed: logs.LogSt
     if m.compared and m.baseline is not None and m.baseline_row is not None:
         label = m.baseline.leg + (f" ({m.baseline.source})" if m.baseline.source else "")
         pct = stats.pct_change(m.baseline_row.tok_per_sec, summary.tok_per_sec)[0]
-        if summary.tail_n >= state.tail:  # the window is full: a verdict on as many steps as the final one
+        # the window is full, or holds every step the run will have (a run shorter than the window,
+        # at its last step): a verdict on as many steps as the final table's
+        if summary.tail_n >= state.tail or (summary.total_steps and summary.tail_n >= summary.total_steps - 1):
             d = stats.compare(m.baseline_row.estimate("tok_per_sec"), stats.estimate(summary.tail_values["tok_per_sec"]))
             ci, verdict = d.ci_pct, d.verdict
         elif pct is not None:
@@ -210,8 +214,9 @@ def _resume_view(state: resume.ResumeState) -> vm.ResumeView:
 def build_report(registry: reg.Registry, view: vm.CockpitView, exp_id: str | None,
                  exp_dir: str | None, dirs: list[expdir.ExpDir] | None = None) -> vm.ReportView | None:
     """The final table of a dir (or of the experiment's newest dir; of its recorded figures when
-    it has no dir): `report.rows`, each run with its delta, interval and verdict against the
-    baseline `baseline.choose` gives that dir, which is named when it is not the dir's own.
+    it has no dir), as its report has it: `report.rows` (metrics, quality and routing), each run
+    with its delta, interval and verdict against the baseline `baseline.choose` gives that dir,
+    which is named when it is not the dir's own, and the report's notes.
     `dirs`: expdir.discover(exp_root), when the caller has it."""
     if exp_id is None:
         return None
@@ -232,30 +237,65 @@ def build_report(registry: reg.Registry, view: vm.CockpitView, exp_id: str | Non
     base_row = report.baseline_row(found, tail) if found is not None else None
     if base_row is not None and not base_row.has_figures:
         base_row = None
+    in_table = found is not None and (found.own or (found.dir is None and any(r.run == found.leg for r in rows)))
     shown = []
+    if found is not None and base_row is not None and not in_table:  # a baseline from elsewhere: its own row
+        where = "recorded" if found.dir is None else f"from {fmt.dir_tag(found.dir.name)} (other dir)"
+        shown.append(_row_view(base_row, None, tail, label=f"{found.leg} [baseline]", sub=where))
+    repeats = {id(x) for r in rows if r.is_aggregate for x in r.repeats}
     for r in rows:
         itself = found is not None and (found.is_it(exp_dir or "", r.run) or (found.dir is None and r.run == found.leg)
                                         or (found.own and r.run == found.leg))
-        shown.append(_row_view(r, None if itself or base_row is None else base_row, tail, itself))
-    in_table = found is not None and (found.own or (found.dir is None and any(r.run == found.leg for r in rows)))
+        # a repeat's delta is its leg's, on the aggregate row (as the report has it)
+        base = None if itself or base_row is None or id(r) in repeats else base_row
+        sub = f"mean of {len(r.repeats)} repeats" if r.is_aggregate else None
+        if itself:
+            sub = "baseline" + (f", {sub}" if sub else "")
+        shown.append(_row_view(r, base, tail, itself, sub=sub))
     warnings = ()
     if found is not None and base_row is not None and not found.own and found.dir is not None:
         warnings = tuple(line.replace("**", "").replace("`", "") for line in report.baseline_notes(found, Path(exp_dir) if exp_dir else None))
+    if found is not None and base_row is not None:
+        head = f"Δ vs {found.column}: under each figure, ±95% interval and verdict"
+    else:
+        head = f"no figures of baseline {exp.baseline} yet: no deltas" if exp.baseline else "no baseline: no deltas"
     return vm.ReportView(
-        exp_dir=exp_dir, title=title, tail=tail, rows=tuple(shown), baseline=exp.baseline,
-        baseline_figures={m: base_row.value(m) for m in METRICS} if base_row is not None and not in_table else {},
-        note=note, baseline_label=found.column if found is not None and base_row is not None else None,
+        exp_dir=exp_dir, title=title, tail=tail, rows=tuple(shown), baseline=exp.baseline, note=note,
+        baseline_label=found.column if found is not None and base_row is not None else None,
         baseline_source=found.source if found is not None and base_row is not None else None, warnings=warnings,
+        head=head, notes=_notes(rows, shown, tail),
     )
 
 
-def _row_view(r: report.ReportRow, base: report.ReportRow | None, tail: int, itself: bool = False) -> vm.RowView:
+def _notes(rows: list[report.ReportRow], shown: list[vm.RowView], tail: int) -> tuple[str, ...]:
+    """The report's notes under its table, as plain lines: each run's trouble (failed with its
+    error line, a log that ended without its final lines; not a run still running), the runs not
+    run yet, the tail means resting on fewer steps than the window (step 0 is never in it), and
+    why a delta is `-`."""
+    out = [f"{r.run}: {safetext.oneline(r.note)}" for r in rows if r.note and not r.is_aggregate
+           and r.status not in (RunStatus.NOT_RUN, RunStatus.RUNNING) and r.source != Source.RECORDED]
+    if not_run := [r.run for r in rows if r.status == RunStatus.NOT_RUN]:
+        out.append(f"not run yet: {', '.join(not_run)}")
+    short = [f"{r.run} {r.summary.tail_n}" for r in rows
+             if r.summary is not None and r.has_figures and progress.short_tail(r.summary.tail_n, tail)]
+    if short:
+        out.append(f"fewer than {tail} steps in the tail (step 0 left out): {', '.join(short)}")
+    why = dict.fromkeys(f"{metric}: {reason}" for r in shown for metric, reason in r.why.items())
+    if why:
+        out.append("no delta (-) where " + "; ".join(why))
+    return tuple(out)
+
+
+def _row_view(r: report.ReportRow, base: report.ReportRow | None, tail: int, itself: bool = False,
+              label: str = "", sub: str | None = None) -> vm.RowView:
     """A row of the final table; with a baseline, each figure's delta, interval and verdict."""
-    figures = {m: r.value(m) for m in METRICS}
-    spread = {m: sd for m in METRICS if (sd := r.spread(m)) is not None}
+    figures = {m: r.value(m) for m in (*METRICS, *QUALITY)}
+    spread = {m: sd for m in (*METRICS, *QUALITY) if r.value(m) is not None and (sd := r.spread(m)) is not None}
     if base is None or not r.has_figures:
-        return vm.RowView(r.run, r.status, figures, spread=spread, baseline=itself)
-    ds = [d for d in report.delta_rows(base, r, tail) if d.attr in METRICS]
+        return vm.RowView(r.run, r.status, figures, spread=spread, baseline=itself, label=label, sub=sub)
+    ds = report.delta_rows(base, r, tail)
     return vm.RowView(r.run, r.status, figures, {d.attr: d.delta_pct for d in ds},
                       {d.attr: d.ci_pct for d in ds if d.ci_pct is not None},
-                      {d.attr: d.verdict for d in ds if d.verdict != Verdict.NONE}, spread)
+                      {d.attr: d.verdict for d in ds if d.verdict != Verdict.NONE}, spread, label=label, sub=sub,
+                      why={d.metric: d.why for d in ds if d.delta_pct is None and d.why and d.baseline is not None
+                           and d.run is not None})

@@ -84,11 +84,14 @@ class DiffScreen(ModalScreen[None]):
         title.append(f": {len(rows)} flag{'s' if len(rows) != 1 else ''}" if rows else ": none, the same command",
                      style="bold yellow" if rows else "green")
         self.query_one("#diff-title", Static).update(title)
-        table.add_column("flag")
-        table.add_column(Text(self.leg.name, style="bold"))
-        table.add_column(Text(other.name, style="bold cyan"))
-        for d in rows:  # d.run: this leg's value, d.base: the other's
-            table.add_row(f"--{d.flag}", value_text(d.run, ""), value_text(d.base, "cyan"))
+        cells = [(Text(f"--{d.flag}"), value_text(d.run, ""), value_text(d.base, "cyan")) for d in rows]
+        heads = (Text("flag"), Text(self.leg.name, style="bold"), Text(other.name, style="bold cyan"))
+        # each column as wide as its widest cell, given up front: a table filled before its first
+        # layout would otherwise keep the width of its heading and cut every flag to `--mo`
+        for i, head in enumerate(heads):
+            table.add_column(head, width=max(c.cell_len for c in (head, *(row[i] for row in cells))))
+        for row in cells:  # row[1]: this leg's value, row[2]: the other's
+            table.add_row(*row)
 
     def action_close(self) -> None:
         self.dismiss(None)

@@ -1,38 +1,52 @@
-"""Final metrics of the selected experiment dir: the report's table (`cockpit report`'s columns)
-with the delta of each run against the dir's baseline (`baseline.choose`: named when it is not
-the dir's own), its 95% interval, and its verdict in the colour: green or red when significant
-(better or worse), dim when within noise. A leg run with repeats shows `mean ± std`."""
+"""Final metrics of the selected experiment dir, as its report has them: the metric table and the
+quality and routing table side by side (`cockpit report`'s columns), a row per run (a repeat, the
+aggregate of a leg's repeats, the baseline from another dir: each named so), under each figure its
+delta against the dir's baseline (`baseline.choose`: named when it is not the dir's own) with its
+95% interval, then the verdict as a word. Only a significant delta is coloured, green better and
+red worse; one within noise is dim, and one without an interval (no per-step samples) has no
+colour. What the deltas are against, what differs between the two launches, and the report's
+notes (short tails, troubles, why a delta is `-`) are whole lines around the table, wrapped."""
 
 from __future__ import annotations
 
 from rich.text import Text
+from textual.app import ComposeResult
+from textual.containers import VerticalScroll
+from textual.geometry import Region
 from textual.reactive import var
-from textual.widgets import DataTable
+from textual.widgets import DataTable, Static
 
-from cockpit.report import fmt_value
+from cockpit.report import fmt_value, headers, quality_headers
 from cockpit.stats import fmt_ci, fmt_pct
 from cockpit.tui.state import ReportView, RowView
-from cockpit.vocab import HIGHER_IS_BETTER, METRICS, Mark, RunStatus, Verdict
+from cockpit.vocab import HIGHER_IS_BETTER, METRICS, QUALITY, Mark, RunStatus, Verdict
+
+FIGURES = (*METRICS, *QUALITY)  # the report's two tables, side by side
+# Which way is better for the quality figures that have a delta: less bpb, loss and dropping.
+BETTER = {**HIGHER_IS_BETTER, "min_val_bpb": False, "last_val_bpb": False, "final_loss": False, "drop_pct": False}
 
 
 def columns(tail: int) -> tuple[str, ...]:
-    return (
-        "run",
-        "status",
-        f"tail{tail} tok/sec",
-        f"tail{tail} dt (ms)",
-        f"tail{tail} mfu",
-        "peak mem (MiB)",
-        "total time (min)",
-    )
+    return ("run", "status", *headers(tail), *quality_headers(tail))
 
 
 def delta_text(metric: str, d: float | None, ci: float | None = None, verdict: str | None = None) -> Text:
-    """`+2.70% ±2.68%`: green or red when significant (better or worse), dim within noise; a delta
-    without an interval (no per-step samples) is coloured by its sign alone."""
-    good = d is not None and ((d >= 0) == HIGHER_IS_BETTER[metric])
-    style = "dim" if d is None or d == 0 or verdict == Verdict.WITHIN_NOISE else ("green" if good else "red")
+    """`+2.70% ±2.68%`: green or red only when significant (better or worse), dim within noise,
+    no colour without an interval (no per-step samples: peak memory, total time)."""
+    style = ""
+    if d is not None and verdict == Verdict.SIGNIFICANT:
+        style = "green" if (d >= 0) == BETTER.get(metric, True) else "red"
+    elif verdict == Verdict.WITHIN_NOISE:
+        style = "dim"
     return Text(fmt_pct(d) + (f" {fmt_ci(ci)}" if ci is not None else ""), style=style)
+
+
+def verdict_text(metric: str, d: float | None, verdict: str | None) -> Text:
+    """The verdict as a word, as the report writes it: `significant` (in the delta's colour),
+    `within noise`, or `-` when the delta has no interval."""
+    if verdict == Verdict.SIGNIFICANT and d is not None:
+        return Text(verdict, style="bold " + ("green" if (d >= 0) == BETTER.get(metric, True) else "red"))
+    return Text(verdict or Verdict.NONE, style="dim")
 
 
 def figure_text(r: RowView, metric: str) -> str:
@@ -42,64 +56,105 @@ def figure_text(r: RowView, metric: str) -> str:
 
 
 class FinalTable(DataTable):
-    """One row per run; with a baseline, each figure has its signed delta on a second line."""
-
-    report: var[ReportView | None] = var(None)
+    """One row per run; with a baseline, each figure has its signed delta on a second line and the
+    verdict on a third."""
 
     def __init__(self, **kwargs) -> None:
         super().__init__(cursor_type="row", zebra_stripes=True, **kwargs)
 
-    def watch_report(self, report: ReportView | None) -> None:
-        tail = report.tail if report else 50
-        heads = columns(tail)
-        blank = [""] * (len(heads) - 1)
-        rows: list[tuple[list, int]] = []  # (cells, height)
-        notes: list[list] = []  # rows of one long line (warnings): cropped to the table, not widening it
+    def show(self, report: ReportView | None) -> None:
+        heads = columns(report.tail if report else 50)
+        blank = [Text("") for _ in heads[1:]]
+        rows: list[list[Text]] = []
         if report is None:
-            self.border_title, self.border_subtitle = "Final metrics", ""
-            rows.append(([Text("select an experiment or a dir", style="dim"), *blank], 1))
+            rows.append([Text("select an experiment or a dir", style="dim"), *blank])
         else:
-            self.border_title = f"Final metrics: {report.title}"
-            if report.baseline_label:
-                self.border_subtitle = (f"second line: Δ vs {report.baseline_label} ±95%; "
-                                        "green/red significant, dim within noise")
-            else:
-                self.border_subtitle = f"no figures of baseline {report.baseline} yet" if report.baseline else "no baseline"
-            if report.baseline_figures:  # a baseline from elsewhere: its figures, said where from
-                name = report.baseline.rpartition("/")[2] if report.baseline else "baseline"
-                rows.append(([Text(name, style="italic"), Text(report.baseline_source or "baseline", style="italic"),
-                              *(Text(fmt_value(m, report.baseline_figures.get(m))) for m in METRICS)], 1))
             with_deltas = any(r.deltas for r in report.rows)
             for r in report.rows:
-                is_base = r.baseline
-                status = Text(r.status, style=status_style(r.status))
-                if is_base:
-                    status.append("\nbaseline" if with_deltas else " (baseline)", style="italic")
-                cells: list = [Text(r.run, style="bold"), status]
-                for m in METRICS:
+                name = Text(r.name, style="italic bold" if r.label else "bold")
+                if r.sub:
+                    name.append(f"\n{r.sub}", style="italic dim")
+                cells = [name, Text(r.status, style=status_style(r.status))]
+                for m in FIGURES:
                     cell = Text(figure_text(r, m))
-                    if with_deltas:
+                    if with_deltas and m in r.deltas:
                         cell.append("\n")
-                        cell.append_text(delta_text(m, r.deltas.get(m), r.cis.get(m), r.verdicts.get(m)))
+                        cell.append_text(delta_text(m, r.deltas[m], r.cis.get(m), r.verdicts.get(m)))
+                        cell.append("\n")
+                        cell.append_text(verdict_text(m, r.deltas[m], r.verdicts.get(m)))
                     cells.append(cell)
-                rows.append((cells, 2 if with_deltas else 1))
+                rows.append(cells)
             if not report.rows:
-                rows.append(([Text(report.note or "no logs in this dir yet", style="dim"), *blank], 1))
-            for w in report.warnings:  # the baseline ran in another launch: what differs
-                notes.append([Text(w, style="yellow"), *blank])
+                rows.append([Text(report.note or "no logs in this dir yet", style="dim"), *blank])
         # Fixed widths from the content: a table rebuilt before its first layout renders the same.
         widths = [len(h) for h in heads]
-        for cells, _ in rows:
+        for cells in rows:
             for i, c in enumerate(cells):
-                text = c.plain if isinstance(c, Text) else str(c)
-                widths[i] = max(widths[i], *(len(line) for line in text.split("\n")))
+                widths[i] = max(widths[i], *(len(line) for line in c.plain.split("\n")))
         self.clear(columns=True)
         for h, w in zip(heads, widths, strict=True):
             self.add_column(h, width=w)
-        for cells, height in rows:
-            self.add_row(*cells, height=height)
-        for cells in notes:
-            self.add_row(*cells, height=1)
+        for cells in rows:
+            self.add_row(*cells, height=max(c.plain.count("\n") + 1 for c in cells))
+
+
+class FinalPane(VerticalScroll, can_focus=False):
+    """The final table with what the report says around it: above, what the deltas are against
+    (and what differs when the baseline ran in another launch); below, the report's notes. Each
+    line whole, wrapped to the pane; the table scrolls sideways, the pane up and down."""
+
+    ALLOW_MAXIMIZE = True
+    report: var[ReportView | None] = var(None)
+
+    def compose(self) -> ComposeResult:
+        yield Static(id="final-head")
+        yield FinalTable(id="final-table")
+        yield Static(id="final-notes")
+
+    def watch_report(self, report: ReportView | None) -> None:
+        head, notes = self.query_one("#final-head", Static), self.query_one("#final-notes", Static)
+        self.border_title = f"Final metrics: {report.title}" if report else "Final metrics"
+        self.border_subtitle = ("colour: significant only, green better, red worse; within noise dim"
+                                if report is not None and report.baseline_label else "")
+        text = Text()
+        if report is not None:
+            text.append(report.head or "", style="dim")
+            for w in report.warnings:  # the baseline ran in another launch: what differs
+                text.append(f"\n{w}", style="yellow")
+        head.update(text)
+        head.display = bool(text.plain)
+        lines = Text("\n".join(report.notes) if report is not None else "", style="dim")
+        notes.update(lines)
+        notes.display = bool(lines.plain)
+        self.query_one(FinalTable).show(report)
+
+    def cursor_region(self) -> Region | None:
+        """Where the table's cursor row is, in the pane's scrolled content."""
+        table = self.query_one(FinalTable)
+        heights = [row.height for row in table.rows.values()]
+        if not 0 <= table.cursor_row < len(heights):
+            return None
+        y = table.virtual_region.y + table.header_height + sum(heights[: table.cursor_row])
+        return Region(0, y, 1, heights[table.cursor_row])
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        """The row under the cursor is in view: the table is as tall as its rows, the pane scrolls."""
+        if event.data_table.has_focus and (region := self.cursor_region()) is not None:
+            self.scroll_to_region(region, animate=False)
+
+    def top(self) -> None:
+        """Back to the top when the cursor row shows from there: focusing the table (or maximizing
+        the pane) scrolls the table whole into view, which hides the lines above it."""
+        region = self.cursor_region()
+        if region is not None and region.bottom <= self.scrollable_content_region.height:
+            self.scroll_home(animate=False)
+
+    def on_descendant_focus(self) -> None:
+        self.call_after_refresh(self.top)
+
+    def on_resize(self) -> None:
+        if self.query_one(FinalTable).has_focus:
+            self.call_after_refresh(self.top)
 
 
 def status_style(status: str) -> str:

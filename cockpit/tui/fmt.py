@@ -6,6 +6,7 @@ way and the tests can pin them.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 SPARK = "▁▂▃▄▅▆▇█"
@@ -62,3 +63,17 @@ def minutes(value: float | None) -> str:
     if value >= 60:
         return f"{int(value // 60)}h{int(value % 60):02d}m"
     return f"{value:.1f}m"
+
+
+STAMPED = re.compile(r"^(\d{4})(\d{2})(\d{2})_(\d{2})(\d{2})(\d{2})(?:_|$)")  # <YYYYmmdd_HHMMSS>_<experiment>
+
+
+def dir_tag(name: str, names: Iterable[str] = ()) -> str:
+    """A dir in a few characters, told apart from `names`: `17:54:12` for a stamped dir (its
+    date too, `02-24 17:54:12`, when they are not all of one day), else its name's first 15."""
+    m = STAMPED.match(name)
+    if m is None:
+        return name[:15]
+    days = {n[:8] for n in names if STAMPED.match(n)}
+    when = f"{m[4]}:{m[5]}:{m[6]}"
+    return when if len(days | {name[:8]}) == 1 else f"{m[2]}-{m[3]} {when}"

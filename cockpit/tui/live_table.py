@@ -1,7 +1,9 @@
-"""Live metrics of the running legs: progress, last step's figures (routing too: drop % and the
-balance loss), tail-N means so far, ETA, the delta against the baseline of the leg's dir so far
-(its 95% interval and verdict once the tail window is full; the baseline named), and sparklines
-of tok/sec and loss."""
+"""Live metrics of the running legs: progress as the log's last step line says it (`42/280`,
+`15.00%`), last step's figures (routing too: drop % and the balance loss), tail-N means so far
+(`(23 of 50)` while they rest on fewer steps than the window), the ETA as h:mm:ss (the words of
+`cockpit status`: logs.progress), the delta against the baseline of the leg's dir so far (its 95%
+interval and verdict once the tail window is full, or the run has all the steps it will have;
+only a significant delta is coloured; the baseline named), and sparklines of tok/sec and loss."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from textual.coordinate import Coordinate
 from textual.reactive import var
 from textual.widgets import DataTable
 
+from cockpit.logs import progress
 from cockpit.stats import fmt_ci, fmt_pct
 from cockpit.tui import fmt
 from cockpit.tui.state import LiveView
@@ -37,42 +40,46 @@ class LiveTable(DataTable):
 
     def watch_tail(self, tail: int) -> None:
         self.border_subtitle = (f"tail = last {tail} steps; Δ base = tail tok/sec vs the baseline of the leg's dir, "
-                                f"±95% interval and verdict once {tail} steps are in")
+                                f"±95% interval and verdict once {tail} steps are in (a shorter run: all of it); "
+                                "coloured only when significant")
 
     def watch_live(self, old: tuple[LiveView, ...], live: tuple[LiveView, ...]) -> None:
         self.border_title = "Live metrics" if live else "Live metrics: no leg running"
+        self.set_class(not live, "-empty")  # a short terminal gives its rows to the logs meanwhile
         if live and [v.key for v in old] == [v.key for v in live] and self.row_count == len(live):
             for r, (was, now) in enumerate(zip(old, live, strict=True)):  # the same legs: changed cells only
                 if was == now:
                     continue
-                for c, (a, b) in enumerate(zip(self.row(now), self.row(was), strict=True)):
+                for c, (a, b) in enumerate(zip(self.row(now, self.tail), self.row(was, self.tail), strict=True)):
                     if a != b:
                         self.update_cell_at(Coordinate(r, c), a, update_width=True)
             return
         self.clear()
         for v in live:
-            self.add_row(*self.row(v), key=v.key)
+            self.add_row(*self.row(v, self.tail), key=v.key)
 
     @staticmethod
-    def row(v: LiveView) -> tuple:
-        step = "-" if v.step is None else f"{v.step}/{v.total if v.total is not None else '?'}"
+    def row(v: LiveView, tail: int = 50) -> tuple:
         d = v.delta_tok_pct
-        dstyle = "" if d is None else ("green" if d >= 0 else "red")
+        # only a significant delta is coloured (green faster, red slower); within noise dim; a delta
+        # without its verdict yet (the tail window filling) has no colour
+        dstyle = ("green" if d is not None and d >= 0 else "red") if v.verdict == Verdict.SIGNIFICANT else ""
         if v.verdict == Verdict.WITHIN_NOISE:
             dstyle = "dim"
         delta = fmt_pct(d) + (f" {fmt_ci(v.delta_ci_pct)}" if v.delta_ci_pct is not None else "")
         return (
             Text(v.leg, style="bold cyan"),
-            step,
-            fmt.pct(v.pct, 1),
+            progress.step_text(v.step, v.total),
+            progress.pct_text(v.pct),
             fmt.num(v.loss, 4),
             fmt.num(v.dt_ms, 1),
             fmt.num(v.tok_per_sec, 0, comma=True),
             fmt.num(v.mfu, 2),
-            fmt.num(v.tail_tok_per_sec, 0, comma=True) + (f" (n={v.tail_n})" if v.tail_n else ""),
-            fmt.minutes(v.eta_min),
+            fmt.num(v.tail_tok_per_sec, 0, comma=True) + (f" ({v.tail_n} of {tail})" if progress.short_tail(v.tail_n, tail)
+                                                           else ""),
+            progress.eta_text(v.eta_min),
             Text(delta, style=dstyle),
-            Text(v.verdict or "-", style="bold" if v.verdict == Verdict.SIGNIFICANT else "dim"),
+            Text(v.verdict or "-", style=f"bold {dstyle}" if v.verdict == Verdict.SIGNIFICANT else "dim"),
             fmt.num(v.drop_pct, 2),
             fmt.num(v.bal, 4),
             Text(v.baseline_label or "-", style="italic"),

@@ -1,17 +1,21 @@
 """Log panes: a tab per leg log the screen keeps open, each a LogView following its log live.
 
 Which tabs are open is the screen's choice (main_screen.py: the running legs, the ended ones
-until closed, the selection's); this widget shows exactly those, in order, and keeps the panes
-(their lines, scroll, search) of the tabs that stay."""
+until closed, the selection's, grouped by dir); this widget shows exactly those, in order, and
+keeps the panes (their lines, scroll, search) of the tabs that stay. Its title names the dir of
+the tab in front, its subtitle which tab of how many, and how many are out of sight beyond the
+tab bar's edges (`[` `]` reach them)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from functools import partial
+from pathlib import Path
 
 from textual.await_complete import AwaitComplete
 from textual.content import Content
 from textual.widgets import TabbedContent, TabPane, Tabs
+from textual.widgets._tabbed_content import ContentTab
 
 from cockpit.tui.log_view import MAX_LINES, LogView
 
@@ -36,27 +40,32 @@ class LogPanes(TabbedContent):
         self.opened: list[str] = []  # every key that had a tab (tests and the benchmark read it)
 
     def sync(self, tabs: list[tuple[str, str, str]]) -> None:
-        """Show exactly these tabs: (key, title, log path), in order; keep the ones that stay."""
-        wanted = {key for key, _, _ in tabs}
+        """Show exactly these tabs: (key, title, log path), in this order (a new tab goes in its
+        place, before the next one that is there); keep the ones that stay."""
+        order = [key for key, _, _ in tabs]
+        wanted = set(order)
         for key in [k for k in self._ids if k not in wanted]:
             self._views.pop(key)
             self._titles.pop(key, None)
             self._then(partial(self.remove_pane, self._ids.pop(key)))
-        for key, title, path in tabs:
+        for i, (key, title, path) in enumerate(tabs):
             if key not in self._ids:
                 self._seq += 1
                 pane_id = f"log-{self._seq}"
+                before = next((self._ids[k] for k in order[i + 1 :] if k in self._ids), None)
                 self._ids[key] = pane_id
                 self.opened.append(key)
                 view = self._views[key] = LogView(key, path, self.max_lines)
                 # Content(...): a leg name is shown as written, never parsed as markup
-                self._then(partial(self.add_pane, TabPane(Content(title), view, id=pane_id)))
+                self._then(partial(self.add_pane, TabPane(Content(title), view, id=pane_id), before=before))
             elif self._titles.get(key) != title and self.is_mounted:
                 try:
                     self.get_tab(self._ids[key]).label = Content(title)
                 except Exception:  # the tab is still being added: it keeps its first title
                     continue
             self._titles[key] = title
+        self._ids = {k: self._ids[k] for k in order}  # `[` `]` go in the order shown
+        self.call_after_refresh(self.show_place)
 
     def _then(self, change: Callable[[], AwaitComplete]) -> None:
         """Add or remove a tab once the changes asked before it are done."""
@@ -105,6 +114,31 @@ class LogPanes(TabbedContent):
 
     def on_tabbed_content_tab_activated(self, event: TabbedContent.TabActivated) -> None:
         self.mark_visible()
+        self.call_after_refresh(self.show_place)
+
+    def show_place(self) -> None:
+        """The pane's title names the dir of the tab in front; its subtitle says which tab of how
+        many, how many are out of sight on either side of the tab bar, and the keys that reach them."""
+        key = self.current_key()
+        self.border_title = f"Logs: {Path(key).parent.name}" if key else "Logs"
+        n = len(self._ids)
+        if n == 0:
+            self.border_subtitle = ""
+            return
+        left = right = 0
+        bars = self.query("#tabs-scroll")
+        if bars and self.is_mounted:
+            bar = bars.first().region
+            for tab in self.query(ContentTab):
+                if tab.region.right > bar.right:
+                    right += 1
+                elif tab.region.x < bar.x:
+                    left += 1
+        at = list(self._ids).index(key) + 1 if key in self._ids else 0
+        where = f"tab {at} of {n}" if at else f"{n} tabs"
+        hidden = " ".join(x for x in (f"◂{left}" if left else "", f"{right}▸" if right else "") if x)
+        self.border_subtitle = f"{where}" + (f" ({hidden} out of sight)" if hidden else "") + "  [ ] switch" \
+            if n > 1 else ""
 
     @property
     def keys(self) -> list[str]:

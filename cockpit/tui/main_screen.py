@@ -7,9 +7,10 @@ Keys that act (launch, stop, write a report or the guide) run the core in thread
 answer with messages too: the UI thread never waits on a file or a process. Closing the cockpit
 never touches a leg: the supervisors are detached processes.
 
-Log tabs: a running leg gets a tab, and keeps it after it ends until the reader closes it (`x`);
-the selection (a leg: its newest attempt; a dir: its running or last leg) has one more tab, which
-follows the selection. Every message that asks for a key names it, as `[l]`.
+Log tabs: a running leg gets a tab, brought to the front when the leg is first seen running, and
+keeps it after it ends until the reader closes it (`x` closes the tab in front); the selection (a
+leg: its newest attempt; a dir: its running or last leg) has one more tab, which follows the
+selection. Tabs stand grouped by dir, oldest first. Every message that asks for a key names it, as `[l]`.
 """
 
 from __future__ import annotations
@@ -32,12 +33,13 @@ from cockpit import registry as reg
 from cockpit.expdir import RunError
 from cockpit.report import write_report
 from cockpit.resume import GUIDE_NAME, guide_path, write_guide
+from cockpit.tui import fmt
 from cockpit.tui.collector import Collector
 from cockpit.tui.commands import BindingCommands
-from cockpit.tui.confirm import ALT, ConfirmScreen
+from cockpit.tui.confirm import Choice, ConfirmScreen
 from cockpit.tui.diff_screen import DiffScreen
 from cockpit.tui.experiments import GLYPH, ExperimentTree, Selection
-from cockpit.tui.final_table import FinalTable
+from cockpit.tui.final_table import FinalPane
 from cockpit.tui.gpu_panel import GpuBox, GpuPanel
 from cockpit.tui.header import CockpitHeader
 from cockpit.tui.live_table import LiveTable
@@ -49,6 +51,7 @@ from cockpit.tui.state import CockpitView, LegView, ReportView
 from cockpit.vocab import ACTIVE_STATUSES, ENDED_STATUSES, Status
 
 MAX_KEPT_TABS = 12  # tabs of legs that ran while the cockpit watched; the oldest ended ones go first
+CONTINUE = "continue"  # the launch dialog's answer when the reader continues in the newest dir
 Tab = tuple[str, str, str]  # (key `exp_dir/leg`, leg name, log path)
 
 
@@ -128,7 +131,7 @@ class MainScreen(Screen[None]):
                 with GpuBox(id="gpus"):
                     yield GpuPanel(id="gpu-lines")
                 yield LiveTable(id="live")
-                yield FinalTable(id="final")
+                yield FinalPane(id="final")
                 yield LogPanes(id="logs", max_lines=self.max_log_lines)
         yield Footer()
 
@@ -136,8 +139,6 @@ class MainScreen(Screen[None]):
         self.query_one("#experiments").border_title = "Experiments"
         self.query_one("#resume-box").border_title = "Resume"
         self.query_one("#gpus").border_title = "GPUs"
-        self.query_one("#final").border_title = "Final metrics"
-        self.query_one("#logs").border_title = "Logs"
         self.query_one(ExperimentTree).focus()
         self._collect()
 
@@ -167,7 +168,7 @@ class MainScreen(Screen[None]):
         self._show_state()
 
     def watch_report(self, report: ReportView | None) -> None:
-        self.query_one(FinalTable).report = report
+        self.query_one(FinalPane).report = report
 
     def watch_view(self, old: CockpitView | None, view: CockpitView | None) -> None:
         self._show_state()
@@ -212,13 +213,16 @@ class MainScreen(Screen[None]):
     # selection and log tabs
 
     def sync_tabs(self) -> None:
-        """The log tabs: the kept ones (a tab per leg seen running, until closed), then the
-        selection's; the collector follows exactly these."""
+        """The log tabs: the kept ones (a tab per leg seen running, until closed) and the
+        selection's, grouped by dir (oldest dir first, by its stamped name; a dir's legs in its
+        plan's order); the collector follows exactly these. A leg seen running for the first time
+        comes to the front."""
         view = self.view
         if view is None:
             return
+        started = [v.key for v in view.live if v.key not in self.kept and v.key not in self.closed]
         for v in view.live:
-            if v.key not in self.kept and v.key not in self.closed:
+            if v.key in started:
                 self.kept[v.key] = (v.key, v.leg, v.log)
         running = {v.key for v in view.live}
         while len(self.kept) > MAX_KEPT_TABS:
@@ -229,17 +233,25 @@ class MainScreen(Screen[None]):
         tabs = list(self.kept.values())
         if self.preview is not None and self.preview[0] not in self.kept:
             tabs.append(self.preview)
-        self.query_one(LogPanes).sync([(k, self.tab_title(k, leg, tabs), p) for k, leg, p in tabs])
+        place = {f"{d.path}/{x.name}": (d.name, j) for e in view.experiments for d in e.dirs for j, x in enumerate(d.legs)}
+        # by dir (a stamped name: oldest first), a dir's legs in plan order; a log no dir lists goes last
+        tabs.sort(key=lambda t: place.get(t[0], ("\uffff", 0)))
+        panes = self.query_one(LogPanes)
+        dirs = list(dict.fromkeys(Path(k).parent.name for k, _, _ in tabs))
+        panes.sync([(k, self.tab_title(k, leg, dirs), p) for k, leg, p in tabs])
+        if started:
+            panes.select(started[-1])
         self.collector.request = dataclasses.replace(self.collector.request,
                                                      tabs=tuple((k, p) for k, _, p in tabs))
 
-    def tab_title(self, key: str, leg: str, tabs: list[Tab]) -> str:
-        """`✔ leg`: the leg's status glyph, and its dir's stamp when another tab shows the same leg."""
+    def tab_title(self, key: str, leg: str, dirs: list[str]) -> str:
+        """`✔ leg`: the leg's status glyph; with tabs of more than one dir among `dirs`, its dir's
+        stamp too (`✔ dense · 17:54:12`), so each group reads as its dir."""
         status = self.view.leg_marks().get(key) if self.view else None
         glyph = GLYPH.get(status, ("", ""))[0] if status else ""
         title = f"{glyph} {leg}" if glyph else leg
-        if sum(1 for _, name, _ in tabs if name == leg) > 1:
-            title += f" ({Path(key).parent.name[:15]})"
+        if len(dirs) > 1:
+            title += f" · {fmt.dir_tag(Path(key).parent.name, dirs)}"
         return title
 
     def selected_log(self) -> Tab | None:
@@ -509,13 +521,12 @@ class MainScreen(Screen[None]):
             title = f"Launch {n} leg{'s' if n != 1 else ''} of {plan.experiment.id}?"
         screen = ConfirmScreen(title, body, confirm_label="Re-run" if rerun else "Launch",
                                confirm_key="R" if rerun else "y", danger=rerun,
-                               alt_label="Continue in dir" if into is not None else None,
-                               alt_key="c" if into is not None else None)
+                               more=[Choice("Continue in dir", "c", CONTINUE)] if into is not None else [])
 
-        def answered(yes: bool | str | None) -> None:
-            if yes == ALT and into is not None:
+        def answered(choice: str | None) -> None:
+            if choice == CONTINUE and into is not None:
                 self._continue(message.registry, plan.experiment.id, into.exp_dir)
-            elif yes:
+            elif choice:
                 self._launch(message.registry, plan, fresh)
             else:
                 self.notify("launch cancelled: nothing was started or written")
@@ -591,7 +602,7 @@ class MainScreen(Screen[None]):
                         "is killed. Its log and state stay.", style="dim")
         screen = ConfirmScreen(f"Stop {leg or 'queue of ' + Path(exp_dir).name}?", body, confirm_label="Stop",
                                danger=True)
-        self.app.push_screen(screen, lambda yes: self._stop(exp_dir, leg) if yes else self.notify("stop cancelled"))
+        self.app.push_screen(screen, lambda choice: self._stop(exp_dir, leg) if choice else self.notify("stop cancelled"))
 
     @work(thread=True, group="actions", exit_on_error=False)
     def _stop(self, exp_dir: str, leg: str | None) -> None:
@@ -600,12 +611,14 @@ class MainScreen(Screen[None]):
             self.post_message(Notice(self.error or "the registry is not loaded", "stop", "error", 10))
             return
         try:  # as `cockpit stop`: only a dir under the registry's exp_root, only proven processes
-            launch.stop(exp_dir, leg, exp_root=registry.settings.exp_root)
+            after = launch.stop(exp_dir, leg, exp_root=registry.settings.exp_root)
         except Exception as e:
             self._fail("stop", e)
             return
         self.collector.poke()
-        self.post_message(Notice(f"stopped {leg or 'queue'} in {Path(exp_dir).name}", "stop"))
+        # a leg that ended before the stop reached it says so: `done (stop came after it ended)`
+        what = f"{leg}: {launch.stop_outcome(after, leg)}" if leg else "queue stopped"
+        self.post_message(Notice(f"{what} in {Path(exp_dir).name}", "stop"))
 
     # ------------------------------------------------------------------------------------------
     # writing

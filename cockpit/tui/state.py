@@ -120,14 +120,24 @@ class LiveView:
 
 @dataclass(frozen=True)
 class RowView:
-    run: str
+    """A row of the final table: a run of the dir (a leg, one repeat of it, or the aggregate of its
+    repeats), or the baseline the dir's deltas are against when it ran elsewhere."""
+
+    run: str  # the report's run name (the log's stem; the leg for an aggregate)
     status: str
-    figures: dict[str, float | None]
+    figures: dict[str, float | None]  # the metrics, then quality and routing (vocab METRICS, QUALITY)
     deltas: dict[str, float | None] = field(default_factory=dict)
     cis: dict[str, float] = field(default_factory=dict)  # each delta's 95% interval, where there is one
     verdicts: dict[str, str] = field(default_factory=dict)  # each delta's vocab.Verdict, where there is one
     spread: dict[str, float] = field(default_factory=dict)  # an aggregate row's std across its repeats
     baseline: bool = False  # this run is the baseline the others are compared with
+    label: str = ""  # the name shown: the run's, `dense [baseline]` for a baseline run elsewhere
+    sub: str | None = None  # what the name does not say: `baseline`, `mean of 3 repeats`, `from <dir>`
+    why: dict[str, str] = field(default_factory=dict)  # column heading -> why its delta is `-` (a 0 figure)
+
+    @property
+    def name(self) -> str:
+        return self.label or self.run
 
 
 @dataclass(frozen=True)
@@ -137,11 +147,12 @@ class ReportView:
     tail: int
     rows: tuple[RowView, ...] = ()
     baseline: str | None = None
-    baseline_figures: dict[str, float | None] = field(default_factory=dict)  # a baseline not among the rows
     note: str | None = None  # why there are no rows
     baseline_label: str | None = None  # the baseline's column heading (report's Baseline.column)
     baseline_source: str | None = None  # `baseline from <dir>`, when not the dir's own
-    warnings: tuple[str, ...] = ()  # what differs between the baseline's launch and the dir's
+    warnings: tuple[str, ...] = ()  # what differs between the baseline's launch and the dir's (whole lines)
+    head: str | None = None  # what the deltas are against and how to read them (one line, wrapped)
+    notes: tuple[str, ...] = ()  # the report's notes under its table: short tails, runs' troubles, no delta
 
 
 @dataclass(frozen=True)
