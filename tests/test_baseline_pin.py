@@ -13,7 +13,7 @@ from cockpit import baseline, expdir, launch, report, resume
 from cockpit import registry as reg
 from cockpit.vocab import Status
 
-DELTA = "| tail50 tok/sec | 9744.48 | 6694.57 | -31.30% | ±"
+DELTA = "| tail50 tok/sec | 9691.74 | 6733.28 | -30.53% | ±"
 
 
 def _done(d: Path, leg: str, fixture: Path | None = None, text: str | None = None, status: str = "done",
@@ -65,13 +65,13 @@ def test_a_later_run_never_changes_an_earlier_dirs_report(tmp_path):
     before = report.render_report(d, now=NOW)
     status = _status_line(registry, "moe_cap1p0")
     assert DELTA in before and f"the baseline ran in another launch, `{old.name}` (pinned when this dir was launched)" \
-        in before and "-31.30%" in status
+        in before and "-30.53%" in status
     later = _launched(registry, "20261126_060000_cpu-smoke", ["dense"], rerun=True)
     _done(later, "dense", text=_fast_dense(6700.0))
     assert report.render_report(d, now=NOW) == before
     assert _status_line(registry, "moe_cap1p0") == status
     # --baseline still overrides, for one report
-    assert "-31.30%" not in report.render_report(d, baseline=f"{later.name}/dense", now=NOW)
+    assert "-30.53%" not in report.render_report(d, baseline=f"{later.name}/dense", now=NOW)
     assert report.render_report(d, now=NOW) == before
 
 
@@ -111,7 +111,7 @@ def test_a_failed_own_baseline_gives_no_deltas_never_another_dirs(tmp_path):
           status="failed")
     _done(d, "moe_cap1p0", FIXTURES / "cpu-smoke" / "moe_cap1p0.log")
     text = report.render_report(d, now=NOW)
-    assert "-31.30%" not in text and "### moe_cap1p0" not in text
+    assert "-30.53%" not in text and "### moe_cap1p0" not in text
     assert (f"No deltas: this dir's own run of dense (the launch ran it) failed. The baseline was pinned when this "
             f"dir was launched and is never replaced by another. To compare with another run: "
             f"`cockpit report --exp-dir {d} --baseline {old.name}/dense`.") in text
@@ -138,7 +138,7 @@ def test_nothing_to_pin_stays_nothing_and_recorded_figures_are_copied(tmp_path):
     assert json.loads((d / "plan.json").read_text())["baseline"]["source"] == "none"
     make_dir(root, "20261126_060000_cpu-smoke", {"dense": ("done", "cpu-smoke/dense.log")}, registry=registry)
     text = report.render_report(d, now=NOW)
-    assert "-31.30%" not in text
+    assert "-30.53%" not in text
     assert ("No deltas: no finished run of cpu-smoke/dense and no recorded figures when this dir was launched. "
             "The baseline was pinned") in text and "--baseline 20261126_060000_cpu-smoke/dense`" in text
     assert "# baseline (pinned in plan.json at launch): cpu-smoke/dense as it ran in 20261126_060000_cpu-smoke" in \
