@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TextIO
 
-from cockpit import expdir, fsutil, gpus, launch, report, resume, safetext
+from cockpit import expdir, fsutil, gpus, launch, report, resume, safetext, state_json
 from cockpit import registry as reg
 from cockpit.executors import slurm
 from cockpit.expdir import RunError
@@ -58,24 +58,31 @@ def say(text: str = "", end: str = "\n", file: TextIO | None = None) -> None:
 
 def cmd_status(args: argparse.Namespace) -> int:
     """Where things stand, in a few lines: each experiment's legs and their marks, the running
-    legs with their progress, every dir under exp_root, the GPUs, and the next pending leg."""
+    legs with their progress, every dir under exp_root, the GPUs, and the next pending leg.
+    --json: the same state as one JSON document (its shape: cockpit/state_json.py)."""
     registry = load_registry(args)
     state = resume.build_state(registry)
     for d in state.dirs:  # a Slurm leg seen ended for the first time: its dir's report.md
         slurm.refresh_report(d)
-    say(resume.render_status(state))
+    say(state_json.dumps(state) if args.json else resume.render_status(state))
     return 0
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
     """The resume guide, generated from the registry and every experiment dir: current state,
-    completed work (do not re-run), remaining work with the exact next command, safety rules."""
+    completed work (do not re-run), remaining work with the exact next command, safety rules.
+    --json: the state the guide is written from, as `cockpit status --json` prints it."""
+    if args.json and args.out_md is not None:
+        raise UsageError("resume: --json prints to stdout; it does not go with --out-md")
     registry = load_registry(args)
     if args.out_md is None:
         state = resume.build_state(registry)
         for d in state.dirs:  # a Slurm leg seen ended for the first time: its dir's report.md
             slurm.refresh_report(d)
-        say(resume.render_guide(state), end="")
+        if args.json:
+            say(state_json.dumps(state))
+        else:
+            say(resume.render_guide(state), end="")
         return 0
     try:
         say(str(resume.write_guide(registry, args.out_md)))
@@ -273,9 +280,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         return p
 
-    command("status", cmd_status, "experiments and legs at a glance")
+    json_help = f"the state as JSON (schema {state_json.SCHEMA}, described in cockpit/state_json.py)"
+    p = command("status", cmd_status, "experiments and legs at a glance")
+    p.add_argument("--json", action="store_true", help=json_help)
     p = command("resume", cmd_resume, "the resume guide: state, completed work, next command, safety")
     p.add_argument("--out-md", metavar="FILE", help="write the guide here (default: stdout)")
+    p.add_argument("--json", action="store_true", help=json_help)
     p = command("launch", cmd_launch, "run an experiment's legs in a fresh dir (detached supervisor)")
     p.add_argument("experiment", help="experiment id from the registry")
     p.add_argument("--legs", metavar="A,B", help="only these legs, in this order")

@@ -19,7 +19,7 @@ LAYERS = {
     1: ["cockpit.gpus", "cockpit.expdir", "cockpit.provenance"],
     2: ["cockpit.baseline", "cockpit.plots", "cockpit.step_files", "cockpit.report", "cockpit.supervisor", "cockpit.executors", "cockpit.executors.local",
         "cockpit.executors.slurm", "cockpit.executors.resubmit"],
-    3: ["cockpit.launch", "cockpit.resume"],
+    3: ["cockpit.launch", "cockpit.resume", "cockpit.state_json"],
     4: ["cockpit.cli", "cockpit.tui"],  # and every module of cockpit.tui
 }
 # What a function may import (a heavy library, loaded only by what needs it), with a comment saying why.
