@@ -14,6 +14,7 @@ Layer 4: the top; it imports the core, and the TUI only when the app is opened.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -30,6 +31,7 @@ EXIT_BAD_INPUT = 2
 REGISTRY_HELP = (f"experiment registry (default: ${reg.REGISTRY_ENV}, else the nearest {reg.DEFAULT_REGISTRY} "
                  "here or in a directory above)")
 GRACE_MAX_S = 3600.0
+DISTRIBUTION = "nanochat-cockpit"  # the name pyproject.toml gives the package (its version is --version's)
 DEFAULT_TAIL = 50  # the report's tail window when there is no registry to say otherwise
 
 
@@ -45,6 +47,14 @@ def registry_path(args: argparse.Namespace) -> Path:
 
 def load_registry(args: argparse.Namespace) -> reg.Registry:
     return reg.load(registry_path(args))
+
+
+def version() -> str:
+    """The installed distribution's version, as pip knows it."""
+    try:
+        return importlib.metadata.version(DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:
+        return f"unknown ({DISTRIBUTION} is not installed: pip install -e .)"
 
 
 def say(text: str = "", end: str = "\n", file: TextIO | None = None) -> None:
@@ -273,6 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run, watch and resume nanochat MoE/FP8 experiments. With no subcommand: the terminal app.",
     )
     parser.add_argument("--registry", default=None, metavar="PATH", help=REGISTRY_HELP)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     def command(name: str, func: Callable[[argparse.Namespace], int], summary: str) -> argparse.ArgumentParser:

@@ -1,5 +1,6 @@
 """The CLI's shape: every subcommand has a description in its --help and takes --registry before or after it."""
 
+import importlib.metadata
 import subprocess
 import sys
 from pathlib import Path
@@ -93,3 +94,14 @@ def test_report_needs_no_registry(tmp_path):
     r = subprocess.run([sys.executable, "-m", "cockpit.cli", "report", "--exp-dir", str(d)], cwd=tmp_path,
                        env=env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "| dense |" in r.stdout, r.stderr
+
+
+def test_version_is_the_installed_distributions(monkeypatch):
+    r = cockpit("--version")
+    assert (r.returncode, r.stdout, r.stderr) == (0, f"cockpit {importlib.metadata.version('nanochat-cockpit')}\n", "")
+
+    def not_installed(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", not_installed)  # run from a bare source tree
+    assert cli.version() == "unknown (nanochat-cockpit is not installed: pip install -e .)"
