@@ -27,6 +27,11 @@ from cockpit.executors import slurm
 from cockpit.expdir import RunError
 from cockpit.vocab import Status
 
+try:
+    import shtab  # optional (the `completion` extra): only `cockpit completion` needs it
+except ImportError:
+    shtab = None
+
 EXIT_BAD_INPUT = 2
 REGISTRY_HELP = (f"experiment registry (default: ${reg.REGISTRY_ENV}, else the nearest {reg.DEFAULT_REGISTRY} "
                  "here or in a directory above)")
@@ -260,6 +265,18 @@ def cmd_gpus(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_completion(args: argparse.Namespace) -> int:
+    """Print the shell's completion script for cockpit: subcommands, flags, and file or dir names
+    where a command takes a path. Generated from this parser by shtab (pip install -e '.[completion]').
+    Bash: `eval "$(cockpit completion bash)"` in ~/.bashrc; zsh: save it as `_cockpit` in a dir of
+    $fpath; tcsh: `eval "`cockpit completion tcsh`"`."""
+    if shtab is None:
+        raise UsageError("completion needs shtab, which is not installed: pip install -e '.[completion]' "
+                         "(or: pip install shtab)")
+    say(shtab.complete(build_parser(), shell=args.shell), end="")
+    return 0
+
+
 def cmd_tui(args: argparse.Namespace) -> int:
     """No subcommand: the terminal app. A registry that fails to load is shown inside it."""
     from cockpit.tui.app import CockpitApp  # function-level: Textual is heavy, and loads only for the app
@@ -272,17 +289,25 @@ def cmd_tui(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------------------------
 # the parser
 
+SHELLS = ("bash", "zsh", "tcsh")  # the shells shtab writes completion for
+
+
+def _path(action: argparse.Action, kind: str) -> None:
+    """Completion of an argument that takes a path: `file` or `dir` names (with shtab installed)."""
+    if shtab is not None:
+        action.complete = shtab.FILE if kind == "file" else shtab.DIRECTORY  # type: ignore[attr-defined]
+
 
 def build_parser() -> argparse.ArgumentParser:
     # --registry is taken before or after the subcommand: the parent parser declares it for every
     # subcommand (SUPPRESS: given after, it replaces the one given before, else that one stays)
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--registry", default=argparse.SUPPRESS, metavar="PATH", help=REGISTRY_HELP)
+    _path(common.add_argument("--registry", default=argparse.SUPPRESS, metavar="PATH", help=REGISTRY_HELP), "file")
     parser = argparse.ArgumentParser(
         prog="cockpit",
         description="Run, watch and resume nanochat MoE/FP8 experiments. With no subcommand: the terminal app.",
     )
-    parser.add_argument("--registry", default=None, metavar="PATH", help=REGISTRY_HELP)
+    _path(parser.add_argument("--registry", default=None, metavar="PATH", help=REGISTRY_HELP), "file")
     parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -295,7 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("status", cmd_status, "experiments and legs at a glance")
     p.add_argument("--json", action="store_true", help=json_help)
     p = command("resume", cmd_resume, "the resume guide: state, completed work, next command, safety")
-    p.add_argument("--out-md", metavar="FILE", help="write the guide here (default: stdout)")
+    _path(p.add_argument("--out-md", metavar="FILE", help="write the guide here (default: stdout)"), "file")
     p.add_argument("--json", action="store_true", help=json_help)
     p = command("launch", cmd_launch, "run an experiment's legs in a fresh dir (detached supervisor)")
     p.add_argument("experiment", help="experiment id from the registry")
@@ -304,23 +329,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="print the exact commands; write nothing")
     p.add_argument("--foreground", action="store_true", help="run the supervisor in this process")
     p = command("stop", cmd_stop, "stop a running leg, or a dir's whole queue")
-    p.add_argument("target", metavar="DIR|EXPERIMENT", help="an experiment dir, or an experiment id (its newest dir)")
+    _path(p.add_argument("target", metavar="DIR|EXPERIMENT", help="an experiment dir, or an experiment id (its newest dir)"),
+          "dir")
     p.add_argument("leg", nargs="?", help="only this leg (the queue goes on with the next)")
     p.add_argument("--grace", type=float, default=expdir.STOP_GRACE_S,
                    help=f"seconds between SIGTERM and SIGKILL when the supervisor is gone (default "
                         f"{expdir.STOP_GRACE_S:g}; a live supervisor uses the plan's)")
     p = command("resubmit", cmd_resubmit, "run Slurm legs of a dir again: new jobs, fresh logs, attempts kept")
-    p.add_argument("target", metavar="DIR|EXPERIMENT", help="an experiment dir, or an experiment id (its newest dir)")
+    _path(p.add_argument("target", metavar="DIR|EXPERIMENT", help="an experiment dir, or an experiment id (its newest dir)"),
+          "dir")
     p.add_argument("legs", nargs="+", metavar="LEG", help="the legs to run again (a leg with repeats: all its runs)")
     p.add_argument("--rerun", action="store_true", help="resubmit a leg that is done, too")
     p = command("report", cmd_report, "final metrics, status and deltas of an experiment dir (markdown)")
-    p.add_argument("--exp-dir", required=True, metavar="DIR", help="an experiment dir (or any dir of *.log files)")
-    p.add_argument("--out-md", metavar="FILE", help="write here, with CSVs and PNG plots beside it (default: stdout)")
+    _path(p.add_argument("--exp-dir", required=True, metavar="DIR", help="an experiment dir (or any dir of *.log files)"),
+          "dir")
+    _path(p.add_argument("--out-md", metavar="FILE", help="write here, with CSVs and PNG plots beside it (default: stdout)"),
+          "file")
     p.add_argument("--baseline", metavar="RUN", help="a run in the dir, or OTHER_DIR/RUN: adds delta tables")
     p.add_argument("--tail", type=int, metavar="N",
                    help=f"mean over the last N step lines (default: the registry's, else {DEFAULT_TAIL})")
     p.add_argument("--no-plots", action="store_true", help="with --out-md: CSVs only, no PNGs")
     command("gpus", cmd_gpus, "GPUs (NVML) and host at a glance")
+    p = command("completion", cmd_completion, "the shell's completion script (bash, zsh, tcsh)")
+    p.add_argument("shell", choices=SHELLS, help="the shell to complete in")
     return parser
 
 
