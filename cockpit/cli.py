@@ -15,17 +15,18 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TextIO
 
-from cockpit import expdir, fsutil, gpus, launch, report, resume, safetext, state_json
+from cockpit import expdir, fsutil, gpus, launch, leg_log, logs, report, resume, safetext, state_json
 from cockpit import registry as reg
 from cockpit.executors import slurm
 from cockpit.expdir import RunError
-from cockpit.vocab import Status
+from cockpit.vocab import RunStatus, Status
 
 try:
     import shtab  # optional (the `completion` extra): only `cockpit completion` needs it
@@ -36,6 +37,8 @@ EXIT_BAD_INPUT = 2
 REGISTRY_HELP = (f"experiment registry (default: ${reg.REGISTRY_ENV}, else the nearest {reg.DEFAULT_REGISTRY} "
                  "here or in a directory above)")
 GRACE_MAX_S = 3600.0
+LOG_LINES = 10  # `cockpit logs`: the last lines shown, as tail shows them
+LOG_LINES_MAX = 1_000_000
 DISTRIBUTION = "nanochat-cockpit"  # the name pyproject.toml gives the package (its version is --version's)
 DEFAULT_TAIL = 50  # the report's tail window when there is no registry to say otherwise
 
@@ -191,6 +194,42 @@ def cmd_resubmit(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_logs(args: argparse.Namespace) -> int:
+    """A leg's log: its last lines (-n), and with -f every line after them as it is written,
+    until the leg ends (exit 0 when it is done, 1 when it failed or stopped) or ^C. The leg is
+    EXP/LEG (the experiment's newest dir where LEG ran), DIR LEG, or a leg name alone (its newest
+    attempt under exp_root); a leg run with repeats shows its running repeat, else its last.
+    A leg not started yet is waited for. Control characters from the log are never printed."""
+    if not 0 <= args.lines <= LOG_LINES_MAX:
+        raise UsageError(f"-n must be between 0 and {LOG_LINES_MAX}, not {args.lines}")
+    exp_root = load_registry(args).settings.exp_root
+    try:
+        log = leg_log.find(exp_root, args.target, args.leg)
+    except RunError as e:
+        raise UsageError(str(e)) from None
+    path = log.path
+    there = os.path.lexists(path)
+    try:
+        lines, end = logs.last_lines(path, args.lines, whole=args.follow) if there else ([], 0)
+    except OSError as e:
+        raise UsageError(f"{safetext.oneline(str(path))}: {fsutil.oneline(e)}") from None
+    for line in lines:
+        say(line)
+    if not args.follow:
+        if not there:
+            say(f"cockpit: {path}: no log yet ({leg_log.status(log)[1]})", file=sys.stderr)
+        return 0
+    say(f"cockpit: following {path} until the leg ends (^C stops)", file=sys.stderr)
+    sys.stdout.flush()
+
+    def emit(line: str) -> None:
+        say(line)
+        sys.stdout.flush()  # a reader on a pipe sees each line as the leg writes it
+
+    ended = leg_log.follow(log, end, emit)
+    return 0 if ended in (Status.DONE, RunStatus.COMPLETED) else 1
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     """Final metrics (tail means of tok/sec, dt, MFU; peak memory, total time), quality and routing
     (validation bpb, final loss, drop %, balance), status, and deltas with their 95% intervals and
@@ -340,6 +379,13 @@ def build_parser() -> argparse.ArgumentParser:
           "dir")
     p.add_argument("legs", nargs="+", metavar="LEG", help="the legs to run again (a leg with repeats: all its runs)")
     p.add_argument("--rerun", action="store_true", help="resubmit a leg that is done, too")
+    p = command("logs", cmd_logs, "a leg's last log lines; -f follows them until the leg ends")
+    _path(p.add_argument("target", metavar="EXP/LEG|DIR|LEG",
+                         help="EXP/LEG, a dir (with LEG after it), or a leg name alone (its newest attempt)"), "dir")
+    p.add_argument("leg", nargs="?", metavar="LEG", help="the leg, after a dir or an experiment id")
+    p.add_argument("-f", "--follow", action="store_true", help="print new lines as they come, until the leg ends")
+    p.add_argument("-n", "--lines", type=int, default=LOG_LINES, metavar="N",
+                   help=f"the last N lines first (default {LOG_LINES})")
     p = command("report", cmd_report, "final metrics, status and deltas of an experiment dir (markdown)")
     _path(p.add_argument("--exp-dir", required=True, metavar="DIR", help="an experiment dir (or any dir of *.log files)"),
           "dir")
