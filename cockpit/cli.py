@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TextIO
 
-from cockpit import expdir, fsutil, gpus, launch, leg_log, logs, report, resume, safetext, state_json
+from cockpit import expdir, export, fsutil, gpus, launch, leg_log, logs, report, resume, safetext, state_json
 from cockpit import registry as reg
 from cockpit.executors import slurm
 from cockpit.expdir import RunError
@@ -283,6 +283,25 @@ def _tail(args: argparse.Namespace) -> int:
     return reg.load(path).settings.tail if path.exists() else DEFAULT_TAIL
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """Write a dir's step series as TensorBoard event files under OUT (a new or empty dir): one
+    run per leg's log, and one per earlier attempt kept under attempts/; per step loss, lrm, dt,
+    tok/sec, MFU, balance, drop % and total time, and validation bpb, under upstream nanochat's
+    names (train/loss, train/tok_per_sec, val/bpb, ...). Needs tensorboard: pip install -e
+    '.[export]'. Then: tensorboard --logdir OUT."""
+    if not args.dir.strip():
+        raise UsageError("export: no dir given (an empty name): give an experiment dir (or any dir of *.log files)")
+    try:
+        out, written = export.tensorboard(Path(args.dir).expanduser(), args.tensorboard)
+    except export.ExportError as e:
+        raise UsageError(str(e)) from None
+    width = max(len(w.run) for w in written)
+    for w in written:
+        say(f"{w.run:<{width}}  {w.steps} steps, {w.vals} validations")
+    say(str(out))
+    return 0
+
+
 def cmd_gpus(args: argparse.Namespace) -> int:
     """The GPUs at a glance (utilization, memory, temperature, power, and the leg owning each
     process) and the host; without NVML, the reason."""
@@ -395,6 +414,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tail", type=int, metavar="N",
                    help=f"mean over the last N step lines (default: the registry's, else {DEFAULT_TAIL})")
     p.add_argument("--no-plots", action="store_true", help="with --out-md: CSVs only, no PNGs")
+    p = command("export", cmd_export, "a dir's step series as TensorBoard event files")
+    _path(p.add_argument("dir", metavar="DIR", help="an experiment dir (or any dir of *.log files)"), "dir")
+    _path(p.add_argument("--tensorboard", required=True, metavar="OUT", help="a new or empty dir for the event files"),
+          "dir")
     command("gpus", cmd_gpus, "GPUs (NVML) and host at a glance")
     p = command("completion", cmd_completion, "the shell's completion script (bash, zsh, tcsh)")
     p.add_argument("shell", choices=SHELLS, help="the shell to complete in")

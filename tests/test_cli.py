@@ -16,7 +16,7 @@ from cockpit import registry as reg
 def test_every_subcommand_help_has_its_description(capsys):
     parser = cli.build_parser()
     commands = parser._subparsers._group_actions[0].choices  # the subcommands argparse knows
-    assert set(commands) == {"status", "resume", "launch", "stop", "resubmit", "report", "gpus", "completion", "logs"}
+    assert set(commands) == {"status", "resume", "launch", "stop", "resubmit", "report", "gpus", "completion", "logs", "export"}
     for name in commands:
         with pytest.raises(SystemExit) as done:
             cli.main([name, "--help"])
