@@ -14,22 +14,45 @@ Layer 4: the top; it imports the core, and the TUI only when the app is opened.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TextIO
 
-from cockpit import continuation, expdir, fsutil, gpus, launch, report, resume, safetext
+from cockpit import (
+    continuation,
+    expdir,
+    export,
+    fsutil,
+    gpus,
+    launch,
+    leg_log,
+    logs,
+    report,
+    resume,
+    safetext,
+    state_json,
+)
 from cockpit import registry as reg
 from cockpit.executors import slurm
 from cockpit.expdir import RunError
-from cockpit.vocab import Status
+from cockpit.vocab import RunStatus, Status
+
+try:
+    import shtab  # optional (the `completion` extra): only `cockpit completion` needs it
+except ImportError:
+    shtab = None
 
 EXIT_BAD_INPUT = 2
 REGISTRY_HELP = (f"experiment registry (default: ${reg.REGISTRY_ENV}, else the nearest {reg.DEFAULT_REGISTRY} "
                  "here or in a directory above)")
 GRACE_MAX_S = 3600.0
+LOG_LINES = 10  # `cockpit logs`: the last lines shown, as tail shows them
+LOG_LINES_MAX = 1_000_000
+DISTRIBUTION = "nanochat-cockpit"  # the name pyproject.toml gives the package (its version is --version's)
 DEFAULT_TAIL = 50  # the report's tail window when there is no registry to say otherwise
 
 
@@ -47,6 +70,14 @@ def load_registry(args: argparse.Namespace) -> reg.Registry:
     return reg.load(registry_path(args))
 
 
+def version() -> str:
+    """The installed distribution's version, as pip knows it."""
+    try:
+        return importlib.metadata.version(DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:
+        return f"unknown ({DISTRIBUTION} is not installed: pip install -e .)"
+
+
 def say(text: str = "", end: str = "\n", file: TextIO | None = None) -> None:
     """Print, with control characters and escape sequences made harmless (see safetext)."""
     print(safetext.printable(text), end=end, file=file or sys.stdout)
@@ -58,24 +89,31 @@ def say(text: str = "", end: str = "\n", file: TextIO | None = None) -> None:
 
 def cmd_status(args: argparse.Namespace) -> int:
     """Where things stand, in a few lines: each experiment's legs and their marks, the running
-    legs with their progress, every dir under exp_root, the GPUs, and the next pending leg."""
+    legs with their progress, every dir under exp_root, the GPUs, and the next pending leg.
+    --json: the same state as one JSON document (its shape: cockpit/state_json.py)."""
     registry = load_registry(args)
     state = resume.build_state(registry)
     for d in state.dirs:  # a Slurm leg seen ended for the first time: its dir's report.md
         slurm.refresh_report(d)
-    say(resume.render_status(state))
+    say(state_json.dumps(state) if args.json else resume.render_status(state))
     return 0
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
     """The resume guide, generated from the registry and every experiment dir: current state,
-    completed work (do not re-run), remaining work with the exact next command, safety rules."""
+    completed work (do not re-run), remaining work with the exact next command, safety rules.
+    --json: the state the guide is written from, as `cockpit status --json` prints it."""
+    if args.json and args.out_md is not None:
+        raise UsageError("resume: --json prints to stdout; it does not go with --out-md")
     registry = load_registry(args)
     if args.out_md is None:
         state = resume.build_state(registry)
         for d in state.dirs:  # a Slurm leg seen ended for the first time: its dir's report.md
             slurm.refresh_report(d)
-        say(resume.render_guide(state), end="")
+        if args.json:
+            say(state_json.dumps(state))
+        else:
+            say(resume.render_guide(state), end="")
         return 0
     try:
         say(str(resume.write_guide(registry, args.out_md)))
@@ -201,6 +239,42 @@ def cmd_resubmit(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_logs(args: argparse.Namespace) -> int:
+    """A leg's log: its last lines (-n), and with -f every line after them as it is written,
+    until the leg ends (exit 0 when it is done, 1 when it failed or stopped) or ^C. The leg is
+    EXP/LEG (the experiment's newest dir where LEG ran), DIR LEG, or a leg name alone (its newest
+    attempt under exp_root); a leg run with repeats shows its running repeat, else its last.
+    A leg not started yet is waited for. Control characters from the log are never printed."""
+    if not 0 <= args.lines <= LOG_LINES_MAX:
+        raise UsageError(f"-n must be between 0 and {LOG_LINES_MAX}, not {args.lines}")
+    exp_root = load_registry(args).settings.exp_root
+    try:
+        log = leg_log.find(exp_root, args.target, args.leg)
+    except RunError as e:
+        raise UsageError(str(e)) from None
+    path = log.path
+    there = os.path.lexists(path)
+    try:
+        lines, end = logs.last_lines(path, args.lines, whole=args.follow) if there else ([], 0)
+    except OSError as e:
+        raise UsageError(f"{safetext.oneline(str(path))}: {fsutil.oneline(e)}") from None
+    for line in lines:
+        say(line)
+    if not args.follow:
+        if not there:
+            say(f"cockpit: {path}: no log yet ({leg_log.status(log)[1]})", file=sys.stderr)
+        return 0
+    say(f"cockpit: following {path} until the leg ends (^C stops)", file=sys.stderr)
+    sys.stdout.flush()
+
+    def emit(line: str) -> None:
+        say(line)
+        sys.stdout.flush()  # a reader on a pipe sees each line as the leg writes it
+
+    ended = leg_log.follow(log, end, emit)
+    return 0 if ended in (Status.DONE, RunStatus.COMPLETED) else 1
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     """Final metrics (tail means of tok/sec, dt, MFU; peak memory, total time), quality and routing
     (validation bpb, final loss, drop %, balance), status, and deltas with their 95% intervals and
@@ -257,6 +331,25 @@ def _tail(args: argparse.Namespace) -> int:
     return reg.load(path).settings.tail if path.exists() else DEFAULT_TAIL
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """Write a dir's step series as TensorBoard event files under OUT (a new or empty dir): one
+    run per leg's log, and one per earlier attempt kept under attempts/; per step loss, lrm, dt,
+    tok/sec, MFU, balance, drop % and total time, and validation bpb, under upstream nanochat's
+    names (train/loss, train/tok_per_sec, val/bpb, ...). Needs tensorboard: pip install -e
+    '.[export]'. Then: tensorboard --logdir OUT."""
+    if not args.dir.strip():
+        raise UsageError("export: no dir given (an empty name): give an experiment dir (or any dir of *.log files)")
+    try:
+        out, written = export.tensorboard(Path(args.dir).expanduser(), args.tensorboard)
+    except export.ExportError as e:
+        raise UsageError(str(e)) from None
+    width = max(len(w.run) for w in written)
+    for w in written:
+        say(f"{w.run:<{width}}  {w.steps} steps, {w.vals} validations")
+    say(str(out))
+    return 0
+
+
 def cmd_gpus(args: argparse.Namespace) -> int:
     """The GPUs at a glance (utilization, memory, temperature, power, and the leg owning each
     process) and the host; without NVML, the reason."""
@@ -278,6 +371,18 @@ def cmd_gpus(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_completion(args: argparse.Namespace) -> int:
+    """Print the shell's completion script for cockpit: subcommands, flags, and file or dir names
+    where a command takes a path. Generated from this parser by shtab (pip install -e '.[completion]').
+    Bash: `eval "$(cockpit completion bash)"` in ~/.bashrc; zsh: save it as `_cockpit` in a dir of
+    $fpath; tcsh: `eval "`cockpit completion tcsh`"`."""
+    if shtab is None:
+        raise UsageError("completion needs shtab, which is not installed: pip install -e '.[completion]' "
+                         "(or: pip install shtab)")
+    say(shtab.complete(build_parser(), shell=args.shell), end="")
+    return 0
+
+
 def cmd_tui(args: argparse.Namespace) -> int:
     """No subcommand: the terminal app. A registry that fails to load is shown inside it."""
     from cockpit.tui.app import CockpitApp  # function-level: Textual is heavy, and loads only for the app
@@ -290,17 +395,26 @@ def cmd_tui(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------------------------
 # the parser
 
+SHELLS = ("bash", "zsh", "tcsh")  # the shells shtab writes completion for
+
+
+def _path(action: argparse.Action, kind: str) -> None:
+    """Completion of an argument that takes a path: `file` or `dir` names (with shtab installed)."""
+    if shtab is not None:
+        action.complete = shtab.FILE if kind == "file" else shtab.DIRECTORY  # type: ignore[attr-defined]
+
 
 def build_parser() -> argparse.ArgumentParser:
     # --registry is taken before or after the subcommand: the parent parser declares it for every
     # subcommand (SUPPRESS: given after, it replaces the one given before, else that one stays)
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--registry", default=argparse.SUPPRESS, metavar="PATH", help=REGISTRY_HELP)
+    _path(common.add_argument("--registry", default=argparse.SUPPRESS, metavar="PATH", help=REGISTRY_HELP), "file")
     parser = argparse.ArgumentParser(
         prog="cockpit",
         description="Run, watch and resume nanochat MoE/FP8 experiments. With no subcommand: the terminal app.",
     )
-    parser.add_argument("--registry", default=None, metavar="PATH", help=REGISTRY_HELP)
+    _path(parser.add_argument("--registry", default=None, metavar="PATH", help=REGISTRY_HELP), "file")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     def command(name: str, func: Callable[[argparse.Namespace], int], summary: str) -> argparse.ArgumentParser:
@@ -308,9 +422,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         return p
 
-    command("status", cmd_status, "experiments and legs at a glance")
+    json_help = f"the state as JSON (schema {state_json.SCHEMA}, described in cockpit/state_json.py)"
+    p = command("status", cmd_status, "experiments and legs at a glance")
+    p.add_argument("--json", action="store_true", help=json_help)
     p = command("resume", cmd_resume, "the resume guide: state, completed work, next command, safety")
-    p.add_argument("--out-md", metavar="FILE", help="write the guide here (default: stdout)")
+    _path(p.add_argument("--out-md", metavar="FILE", help="write the guide here (default: stdout)"), "file")
+    p.add_argument("--json", action="store_true", help=json_help)
     p = command("launch", cmd_launch, "run an experiment's legs in a fresh dir (detached supervisor)")
     p.add_argument("experiment", help="experiment id from the registry")
     p.add_argument("--legs", metavar="A,B", help="only these legs, in this order")
@@ -320,18 +437,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--into", metavar="DIR", help="continue this dir of the experiment (its legs not run there "
                    "yet; they join its queue when it runs) rather than a fresh dir")
     p = command("stop", cmd_stop, "stop a running leg, or a dir's whole queue")
-    p.add_argument("target", metavar="DIR|EXPERIMENT", help="an experiment dir, or an experiment id (its newest dir)")
+    _path(p.add_argument("target", metavar="DIR|EXPERIMENT", help="an experiment dir, or an experiment id (its newest dir)"),
+          "dir")
     p.add_argument("leg", nargs="?", help="only this leg (the queue goes on with the next)")
     p.add_argument("--grace", type=float, default=expdir.STOP_GRACE_S,
                    help=f"seconds between SIGTERM and SIGKILL when the supervisor is gone (default "
                         f"{expdir.STOP_GRACE_S:g}; a live supervisor uses the plan's)")
     p = command("resubmit", cmd_resubmit, "run Slurm legs of a dir again: new jobs, fresh logs, attempts kept")
-    p.add_argument("target", metavar="DIR|EXPERIMENT", help="an experiment dir, or an experiment id (its newest dir)")
+    _path(p.add_argument("target", metavar="DIR|EXPERIMENT", help="an experiment dir, or an experiment id (its newest dir)"),
+          "dir")
     p.add_argument("legs", nargs="+", metavar="LEG", help="the legs to run again (a leg with repeats: all its runs)")
     p.add_argument("--rerun", action="store_true", help="resubmit a leg that is done, too")
+    p = command("logs", cmd_logs, "a leg's last log lines; -f follows them until the leg ends")
+    _path(p.add_argument("target", metavar="EXP/LEG|DIR|LEG",
+                         help="EXP/LEG, a dir (with LEG after it), or a leg name alone (its newest attempt)"), "dir")
+    p.add_argument("leg", nargs="?", metavar="LEG", help="the leg, after a dir or an experiment id")
+    p.add_argument("-f", "--follow", action="store_true", help="print new lines as they come, until the leg ends")
+    p.add_argument("-n", "--lines", type=int, default=LOG_LINES, metavar="N",
+                   help=f"the last N lines first (default {LOG_LINES})")
     p = command("report", cmd_report, "final metrics, status and deltas of an experiment dir (markdown)")
-    p.add_argument("--exp-dir", required=True, metavar="DIR", help="an experiment dir (or any dir of *.log files)")
-    p.add_argument("--out-md", metavar="FILE", help="write here, with CSVs and plots beside it (default: stdout)")
+    _path(p.add_argument("--exp-dir", required=True, metavar="DIR", help="an experiment dir (or any dir of *.log files)"),
+          "dir")
+    _path(p.add_argument("--out-md", metavar="FILE", help="write here, with CSVs and plots beside it (default: stdout)"),
+          "file")
     p.add_argument("--baseline", metavar="RUN", help="a run in the dir, or OTHER_DIR/RUN: adds delta tables")
     p.add_argument("--tail", type=int, metavar="N",
                    help=f"mean over the last N step lines (default: the registry's, else {DEFAULT_TAIL})")
@@ -339,7 +467,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--figures", default="full", metavar="|".join(report.FIGURES),
                    help="with --out-md: plot titles naming the experiment, dir and commit (full, the default), "
                         "or without them (paper)")
+    p = command("export", cmd_export, "a dir's step series as TensorBoard event files")
+    _path(p.add_argument("dir", metavar="DIR", help="an experiment dir (or any dir of *.log files)"), "dir")
+    _path(p.add_argument("--tensorboard", required=True, metavar="OUT", help="a new or empty dir for the event files"),
+          "dir")
     command("gpus", cmd_gpus, "GPUs (NVML) and host at a glance")
+    p = command("completion", cmd_completion, "the shell's completion script (bash, zsh, tcsh)")
+    p.add_argument("shell", choices=SHELLS, help="the shell to complete in")
     return parser
 
 

@@ -43,6 +43,7 @@ class GpuInfo:
     pids: list[int] = field(default_factory=list)
     pid_mem_mib: dict[int, float] = field(default_factory=dict)  # GPU memory each process holds, where NVML says
     power_limit_w: float | None = None  # the enforced power limit (the scale of the power history)
+    pids_error: str | None = None  # why NVML could not list the processes (then `pids` says nothing)
 
 
 @dataclass
@@ -132,7 +133,10 @@ class GpuSampler:
             temp = self._field(nv.nvmlDeviceGetTemperature, h, getattr(nv, "NVML_TEMPERATURE_GPU", 0))
             power = self._field(nv.nvmlDeviceGetPowerUsage, h)
             limit = self._field(nv.nvmlDeviceGetEnforcedPowerLimit, h)
-            procs = self._field(nv.nvmlDeviceGetComputeRunningProcesses, h)
+            try:
+                procs, pids_error = nv.nvmlDeviceGetComputeRunningProcesses(h), None
+            except Exception as e:  # no permission, not supported (some MIG and vGPU setups)...
+                procs, pids_error = None, _nvml_reason(e)
             out.append(
                 GpuInfo(
                     index=i,
@@ -145,6 +149,7 @@ class GpuSampler:
                     pids=sorted({p.pid for p in procs}) if procs else [],
                     pid_mem_mib=_pid_mem(procs),
                     power_limit_w=limit / 1000.0 if limit else None,
+                    pids_error=pids_error,
                 )
             )
         return out
@@ -353,6 +358,8 @@ def render_table(snap: Snapshot, pid_legs: dict[int, str] | None = None) -> str:
             if g.power_w is not None and g.power_limit_w:
                 power = f"{g.power_w:.0f}/{g.power_limit_w:.0f}W"
             procs = ", ".join(f"{p}" + (f" ({pid_legs[p]})" if p in pid_legs else "") for p in g.pids) or "-"
+            if g.pids_error:
+                procs = f"n/a ({g.pids_error})"
             out.append(
                 f"{g.index:>3}  {(g.name or 'n/a')[:22]:<22} {fmt(g.util_pct, '.0f', '%'):>5} {mem:>17} "
                 f"{fmt(g.temp_c, '.0f', 'C'):>5} {power:>9}  {procs}"

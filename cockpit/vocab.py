@@ -103,3 +103,17 @@ STEP_METRICS = ("tok_per_sec", "dt_ms", "mfu")
 # Quality and routing, beside speed: the lowest and the last validation bpb, the last step's loss,
 # and the tail means of the fraction of routed tokens dropped (fixed capacity) and the balance loss.
 QUALITY = ("min_val_bpb", "last_val_bpb", "final_loss", "drop_pct", "bal")
+# A run's series as a tracker names them (`cockpit export --tensorboard`'s tags): upstream nanochat's
+# wandb keys and units where it logs the figure, the same style for the rest.
+# step line field -> (tag, factor from the log's unit to the tag's).
+TRACKER_SERIES = {
+    "loss": ("train/loss", 1.0),
+    "lrm": ("train/lrm", 1.0),
+    "dt_ms": ("train/dt", 0.001),  # seconds, as upstream logs dt
+    "tok_per_sec": ("train/tok_per_sec", 1.0),
+    "mfu": ("train/mfu", 1.0),
+    "bal": ("train/bal", 1.0),
+    "drop_pct": ("train/drop_pct", 1.0),
+    "total_time_min": ("total_training_time", 60.0),  # seconds, as upstream logs it
+}
+TRACKER_VAL_BPB = "val/bpb"  # each `Step N | Validation bpb: X` line

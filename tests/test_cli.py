@@ -1,5 +1,7 @@
 """The CLI's shape: every subcommand has a description in its --help and takes --registry before or after it."""
 
+import importlib.metadata
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +16,7 @@ from cockpit import registry as reg
 def test_every_subcommand_help_has_its_description(capsys):
     parser = cli.build_parser()
     commands = parser._subparsers._group_actions[0].choices  # the subcommands argparse knows
-    assert set(commands) == {"status", "resume", "launch", "stop", "resubmit", "report", "gpus"}
+    assert set(commands) == {"status", "resume", "launch", "stop", "resubmit", "report", "gpus", "completion", "logs", "export"}
     for name in commands:
         with pytest.raises(SystemExit) as done:
             cli.main([name, "--help"])
@@ -93,3 +95,50 @@ def test_report_needs_no_registry(tmp_path):
     r = subprocess.run([sys.executable, "-m", "cockpit.cli", "report", "--exp-dir", str(d)], cwd=tmp_path,
                        env=env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "| dense |" in r.stdout, r.stderr
+
+
+def test_version_is_the_installed_distributions(monkeypatch):
+    r = cockpit("--version")
+    assert (r.returncode, r.stdout, r.stderr) == (0, f"cockpit {importlib.metadata.version('nanochat-cockpit')}\n", "")
+
+    def not_installed(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", not_installed)  # run from a bare source tree
+    assert cli.version() == "unknown (nanochat-cockpit is not installed: pip install -e .)"
+
+
+def complete(script: str, words: list[str], cwd: Path) -> list[str]:
+    """What bash offers for the last of `words` (a command line being typed), with the script loaded."""
+    line = " ".join(words)
+    code = (f'source "$1"; COMP_WORDS=({" ".join(repr(w) for w in words)}); COMP_CWORD={len(words) - 1}; '
+            f'COMP_LINE={line!r}; COMP_POINT=${{#COMP_LINE}}; _shtab_cockpit; printf "%s\\n" "${{COMPREPLY[@]}}"')
+    r = subprocess.run(["bash", "-c", code, "bash", script], cwd=cwd, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    return r.stdout.split()
+
+
+def test_completion_scripts_complete_commands_flags_and_paths(tmp_path, capsys, monkeypatch):
+    assert shutil.which("bash")
+    r = cockpit("completion", "bash")
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    script = tmp_path / "cockpit.bash"
+    script.write_text(r.stdout)
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs.txt").write_text("")
+    assert complete(str(script), ["cockpit", "st"], tmp_path) == ["status", "stop"]
+    assert complete(str(script), ["cockpit", "c"], tmp_path) == ["completion"]
+    assert complete(str(script), ["cockpit", "launch", "x", "--d"], tmp_path) == ["--dry-run"]
+    assert "--json" in complete(str(script), ["cockpit", "status", "--"], tmp_path)
+    assert complete(str(script), ["cockpit", "report", "--exp-dir", "ru"], tmp_path) == ["runs"]  # dirs only
+    assert complete(str(script), ["cockpit", "status", "--registry", "runs."], tmp_path) == ["runs.txt"]
+    assert cli.main(["completion", "zsh"]) == 0
+    zsh = capsys.readouterr().out
+    assert zsh.startswith("#compdef cockpit") and "status" in zsh and "_files" in zsh
+    assert cli.main(["completion", "tcsh"]) == 0 and "complete cockpit" in capsys.readouterr().out
+    # without the optional shtab: one line saying how to get it, exit 2
+    monkeypatch.setattr(cli, "shtab", None)
+    assert cli.main(["completion", "bash"]) == 2
+    out = capsys.readouterr()
+    assert out.out == "" and out.err == ("cockpit: completion needs shtab, which is not installed: "
+                                         "pip install -e '.[completion]' (or: pip install shtab)\n")

@@ -11,7 +11,7 @@ import pynvml
 from conftest import cockpit, wait_for
 from fake_nvml import FakeNVML
 
-from cockpit import cli, gpus
+from cockpit import cli, gpus, resume
 
 
 def test_sample_eight_gpus_with_field_errors():
@@ -27,6 +27,7 @@ def test_sample_eight_gpus_with_field_errors():
     assert g0.power_limit_w == 700.0 and g2.power_limit_w == 700.0  # the limit has its own field
     assert g3.util_pct is None and g3.mem_used_mib is None and g3.mem_total_mib is None
     assert snap.gpus[5].pids == [] and snap.gpus[6].name is None and snap.gpus[7].temp_c is None
+    assert snap.gpus[5].pids_error == "Not Supported" and snap.gpus[0].pids_error is None
     assert snap.gpus[4].power_limit_w is None and snap.gpus[4].power_w == 74.0
     text = gpus.render_table(snap, {4242: "20260101_000000_x/dense"})
     lines = text.splitlines()
@@ -35,6 +36,7 @@ def test_sample_eight_gpus_with_field_errors():
     assert lines[3].split()[-2] == "n/a"  # GPU 2's power
     assert "70/700W" in lines[1] and lines[5].split()[-2] == "74W"  # the draw and its limit; GPU 4 has no limit
     assert "n/a" in lines[4] and "n/a/n/a" in lines[4]  # GPU 3: util and memory
+    assert lines[6].endswith("  n/a (Not Supported)") and lines[7].endswith("  -")  # GPU 5: not "no processes"
     assert lines[-1].startswith("host: cpu ")
 
 
@@ -65,6 +67,21 @@ def test_cli_gpus_without_and_with_a_driver(monkeypatch, capsys, tmp_path):
     assert cli.main(["--registry", str(tmp_path / "none.toml"), "gpus"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].split()[:3] == ["gpu", "name", "util"] and out[2].endswith("999999") and len(out) == 4
+
+
+def test_a_process_list_nvml_refuses_is_a_reason_not_no_processes():
+    from cockpit.tui.build import gpu_view
+    from cockpit.tui.gpu_panel import procs_text
+
+    nv = FakeNVML(2, broken={(1, "procs")})
+    nv.pids[0] = [4242]
+    snap = gpus.GpuSampler(nvml=nv).sample()
+    assert [(g.pids, g.pids_error) for g in snap.gpus] == [([4242], None), ([], "Not Supported")]
+    status = resume.GpuStatus("idle", "2 GPUs are idle", 2, visible=2)
+    rows = gpu_view(snap, status, {4242: "dense"}, None).gpus
+    assert [procs_text(g) for g in rows] == ["dense 1.0G", "n/a (Not Supported)"]
+    nv.broken.clear()  # NVML answers again: the next sample lists the processes, with no reason
+    assert gpus.GpuSampler(nvml=nv).sample().gpus[1].pids_error is None
 
 
 def test_history_is_bounded():

@@ -9,7 +9,7 @@ one job and is usable alone:
 - `failure`: the failure evidence (a traceback, an argparse error, torchrun's summary);
 - `state`: `LogState`, an accumulator fed with lines, and `StepTable`, every step as columns;
 - `follow`: bytes in any chunking -> lines (`LineSplitter`), a growing file (`LogFollower`);
-- `summary`: a leg's summary from the end of its log, in bounded memory (`summarize`);
+- `summary`: a leg's summary from the end of its log, in bounded memory (`summarize`), its last lines;
 - `bulk`: a full parse, step lines read in bulk by numpy (`parse_file`);
 - `progress`: a leg's progress in words (step, percent, ETA as h:mm:ss, the tail's steps).
 
@@ -33,10 +33,10 @@ from cockpit.logs.lines import (
     parse_val,
 )
 from cockpit.logs.state import INT_FIELDS, STEP_FIELDS, Column, LogState, StepTable
-from cockpit.logs.summary import LegSummary, summarize, summary_of
+from cockpit.logs.summary import LegSummary, last_lines, summarize, summary_of
 
 __all__ = [
     "INT_FIELDS", "STEP_FIELDS", "Column", "FailureTracker", "FinalLine", "LegSummary", "LineSplitter", "LogFollower", "LogState", "MoeLine", "StepLine",
-    "StepTable", "ValLine", "parse_file", "parse_final", "parse_line", "parse_moe", "parse_step", "parse_val",
+    "StepTable", "ValLine", "last_lines", "parse_file", "parse_final", "parse_line", "parse_moe", "parse_step", "parse_val",
     "read_lines", "summarize", "summary_of",
 ]

@@ -3,7 +3,7 @@
 `summarize(path)` answers what the cockpit shows of a leg without reading all of a big log: the
 tail means over the last `tail` step lines (and the window's values, for their spread), the last
 step, quality and routing (validation bpb, loss, drop %, balance), the final lines, the failure
-evidence, and a status from the log alone. It reads a big log backwards in chunks and keeps at most the tail
+evidence, and a status from the log alone. `last_lines(path, n)` gives a log's last lines. It reads a big log backwards in chunks and keeps at most the tail
 window's step lines and TAIL_TEXT_BYTES of text, whatever the file holds.
 
 Layer 0: imports nothing from the cockpit but fsutil, safetext, vocab and the log modules.
@@ -258,6 +258,38 @@ def _lines_backwards(f, end: int, need: bytes | None = None, max_line: int = MAX
     line = finish(0)
     if line and (need is None or need in line):
         yield 0, line
+
+
+def last_lines(path: str | os.PathLike[str], n: int, whole: bool = False) -> tuple[list[str], int]:
+    """The last n lines of a log, oldest first, as LineSplitter gives them (escape sequences
+    removed, `\\r` a line end, a long line cut), read from its end in bounded memory; and the
+    byte offset they end at. `whole`: only lines that have their end, so a follower that starts
+    at the offset gives the line still being written once it is whole."""
+    with fsutil.open_read(path) as f:
+        size = os.fstat(f.fileno()).st_size
+        end = _after_last_line_end(f, size) if whole else size
+        out: list[bytes] = []
+        if n > 0:
+            for _, line in _lines_backwards(f, end):
+                if line := safetext.strip_escapes_bytes(line):
+                    out.append(line)
+                    if len(out) == n:
+                        break
+    return [b.decode("utf-8", "replace") for b in reversed(out)], end
+
+
+def _after_last_line_end(f, size: int, chunk: int = READ_CHUNK) -> int:
+    """The offset just after the file's last `\\n` or `\\r` (0 when it has none)."""
+    pos = size
+    while pos > 0:
+        lo = max(0, pos - chunk)
+        f.seek(lo)
+        data = f.read(pos - lo)
+        i = max(data.rfind(b"\n"), data.rfind(b"\r"))
+        if i >= 0:
+            return lo + i + 1
+        pos = lo
+    return 0
 
 
 def _first_step(f) -> int | None:

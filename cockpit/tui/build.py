@@ -138,7 +138,7 @@ def gpu_view(snapshot: gpus.Snapshot, status: resume.GpuStatus, owners: dict[int
                   next((owners[p] for p in g.pids if p in owners), None),
                   *(h(f"gpu{g.index}.{k}") for k in ("util_pct", "mem_used_mib", "temp_c", "power_w")),
                   procs=tuple(vm.GpuProc(p, owners.get(p), g.pid_mem_mib.get(p)) for p in g.pids),
-                  power_limit_w=g.power_limit_w)
+                  power_limit_w=g.power_limit_w, procs_error=g.pids_error)
         for g in snapshot.gpus
     )
     host = snapshot.host

@@ -41,7 +41,10 @@ class GpuBox(ScrollableContainer):
 
 
 def procs_text(g: GpuRow) -> str:
-    """`leg 18.5G` (the owning leg and its processes' GPU memory), `+2 other` processes, or `-`."""
+    """`leg 18.5G` (the owning leg and its processes' GPU memory), `+2 other` processes, `-`, or
+    `n/a (why)` when NVML could not list the processes."""
+    if g.procs_error:
+        return f"n/a ({g.procs_error})"
     parts = []
     if g.leg:
         mem = g.leg_mem_mib

@@ -192,6 +192,7 @@ class GpuRow:
     power_hist: tuple[float, ...] = ()
     procs: tuple[GpuProc, ...] = ()
     power_limit_w: float | None = None  # NVML's enforced limit: the power history's full scale
+    procs_error: str | None = None  # why NVML could not list the processes (then `procs` says nothing)
 
     @property
     def leg_mem_mib(self) -> float | None:
