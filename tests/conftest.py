@@ -67,7 +67,19 @@ def spawn_leg_process(exp_dir: Path, leg: str, argv: list[str], marker: bool = T
         env.update(expdir.leg_env(exp_dir, leg))
     else:
         env.pop(procs.ENV_EXP_DIR, None)
-    return subprocess.Popen(argv, env=env, start_new_session=True)
+    p = subprocess.Popen(argv, env=env, start_new_session=True)
+    # Returned once the child has exec'd: until then its command line is this test process's, and
+    # the cockpit rightly finds it not proven the leg's.
+    deadline = time.monotonic() + 10.0
+    while time.monotonic() < deadline:
+        try:
+            cmdline = psutil.Process(p.pid).cmdline()
+            if argv[0] in cmdline[:2] and cmdline[len(cmdline) - len(argv) + 1:] == argv[1:]:
+                break
+        except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
+            break
+        time.sleep(0.01)
+    return p
 
 
 @pytest.fixture
