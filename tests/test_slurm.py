@@ -411,9 +411,17 @@ def test_slurm_legs_get_the_registrys_env_a_prepare_job_and_no_notify_of_a_super
     assert lines[0].startswith("sbatch --parsable ") and lines[0].endswith("/slurm/prepare.sbatch")
     assert "'--dependency=afterok:<job id of prepare>' --kill" in lines[1]
     assert "'--dependency=afterok:<job id of prepare>,afterany:<job id of a>' --kill" in lines[2]
+    mark = registry.experiment("fake").prepare.mark
+    assert f"\nmkdir -p {mark.parent} && echo \"$SLURM_JOB_ID\" > {mark} || exit 1\n" in prep
+    assert prep.rstrip().endswith(f"\nrm -f {mark}")  # removed only once the step ended well
     (root / "_data" / "x").mkdir(parents=True)
     out = launch.dry_run_text(registry, launch.plan_launch(registry, "fake"))
     assert "# prepare: skipped, what it creates exists" in out and "prepare.sbatch" not in out
+    mark.parent.mkdir(parents=True)
+    mark.write_text("41\n")  # a run before was killed halfway: what it left is not trusted
+    out = launch.dry_run_text(registry, launch.plan_launch(registry, "fake"))
+    assert f"# prepare, first (its last run did not end well: {mark} is there)" in out
+    assert f"\nif [ ! -e {mark} ] && made {root}/_data/x; then" in out.split("/slurm/prepare.sbatch ----\n")[1]
 
 
 @pytest.mark.slow
@@ -466,6 +474,7 @@ def test_a_failed_prepare_job_starts_no_leg(tmp_path):
         assert (exp_dir / f"{leg}.log").stat().st_size == 0
     assert "prepare failed (exit 1: no corpus for you)" in status_text(reg_path)
     assert scheduler.queued(list(ids.values())) == []
+    assert reg.load(reg_path).experiment("fake").prepare.mark.exists()  # the next launch runs it again
 
 
 # scheduler lines as Slurm 22.05 prints them, trimmed

@@ -47,7 +47,7 @@ from cockpit.expdir import (
     stop_request_path,
     write_state,
 )
-from cockpit.registry import ENV_NAME, PREPARE, SlurmSettings, extra_args_problem
+from cockpit.registry import ENV_NAME, PREPARE, PREPARE_MARK_DIR, SlurmSettings, extra_args_problem
 from cockpit.scheduler import SlurmError, call, cancel, command_failed, job_name, last_line, output_pattern
 from cockpit.vocab import ENDED_STATUSES, Status
 
@@ -220,23 +220,33 @@ def render_prepare_script(
     workdir: Path | str,
     job_name: str,
     env: tuple[tuple[str, str], ...] = (),
+    mark: str | None = None,
 ) -> str:
     """The batch script of a launch's prepare step, the first job of its chain: one task on one
     node, no GPU, running the prepare argv (shell-quoted) from the checkout with the legs' setup
     and env, its output in `<dir>/prepare.log`. It ends well only when what the step creates is
-    there (at once, when it already was). Pure: reads nothing, writes nothing."""
-    if not argv or not creates or not all(isinstance(a, str) and a for a in [*argv, *creates]):
+    there (at once, when it already was and no `mark` says a run before did not end well). The
+    `mark` (registry.Prepare.mark, under exp_root) is made before the step runs and removed only
+    once it has ended well: a step that fails or is killed halfway leaves it, and the next launch
+    does not trust what it left. Pure: reads nothing, writes nothing."""
+    if not argv or not creates or not all(isinstance(a, str) and a for a in [*argv, *creates, *([mark] if mark else [])]):
         raise SlurmError(f"the plan's {PREPARE} step is not an argv and the paths it creates")
     lines = [f"# the {PREPARE} step of a launch of the nanochat cockpit: it makes what the legs read, before them"]
     lines += _job_head(settings, Path(exp_dir) / f"{PREPARE}.log", workdir, job_name, ["--nodes=1", "--ntasks=1"], env)
     paths = " ".join(shlex.quote(c) for c in creates)
+    trusted = f"[ ! -e {shlex.quote(mark)} ] && " if mark else ""
     lines += [
         f"export PYTHONPATH={shlex.quote(str(workdir))}${{PYTHONPATH:+:$PYTHONPATH}}",
         "",
         "made() { for p in \"$@\"; do [ -e \"$p\" ] || [ -L \"$p\" ] || return 1; done; }",
-        f"if made {paths}; then echo \"{PREPARE}: skipped, what it creates exists\"; exit 0; fi",
+        f"if {trusted}made {paths}; then echo \"{PREPARE}: skipped, what it creates exists\"; exit 0; fi",
+    ]
+    if mark:  # there until the step has ended well
+        lines += [f"mkdir -p {shlex.quote(str(Path(mark).parent))} && echo \"$SLURM_JOB_ID\" > {shlex.quote(mark)} || exit 1"]
+    lines += [
         shlex.join(argv),
         f"for p in {paths}; do made \"$p\" || {{ echo \"{PREPARE}: exited 0 but did not create $p\" >&2; exit 1; }}; done",
+        *([f"rm -f {shlex.quote(mark)}"] if mark else []),
         "",
     ]
     return "\n".join(["#!/bin/bash", *lines])
@@ -362,18 +372,20 @@ def plan_chain(
     workdir: Path | str,
     dir_name: str,
     on_failure: OnFailure = "stop",
-    prepare: tuple[list[str], list[str]] | None = None,
+    prepare: tuple[list[str], list[str]] | tuple[list[str], list[str], str | None] | None = None,
 ) -> ChainPlan:
     """Render every leg's script (job name `<dir_name>/<leg>`, see scheduler.job_name), after the
-    prepare step's when `prepare` (its argv, the paths it creates) is given; raises SlurmError on
-    a bad setting."""
+    prepare step's when `prepare` (its argv, the paths it creates, and its mark) is given; raises
+    SlurmError on a bad setting."""
     dependency_type(on_failure)
     scripts = [
         (c.leg, render_batch_script(c, settings, exp_dir, workdir, job_name(dir_name, c.leg))) for c in commands
     ]
     if prepare is not None:
         env = commands[0].env if commands else ()
-        text = render_prepare_script(*prepare, settings, exp_dir, workdir, job_name(dir_name, PREPARE), env)
+        argv, creates, *rest = prepare
+        text = render_prepare_script(argv, creates, settings, exp_dir, workdir, job_name(dir_name, PREPARE), env,
+                                     rest[0] if rest else None)
         scripts.insert(0, (PREPARE, text))
     return ChainPlan(scripts, on_failure, prepare is not None)
 
@@ -419,19 +431,25 @@ def chain_of(plan: dict, exp_dir: Path | str) -> ChainPlan:
         for spec in plan["legs"]
     ]
     return plan_chain(commands, settings, exp_dir, plan["cwd"], Path(exp_dir).name, plan.get("on_failure", "stop"),
-                      prepare_needed(plan))
+                      prepare_needed(plan, exp_dir))
 
 
-def prepare_needed(plan: dict) -> tuple[list[str], list[str]] | None:
-    """The plan's prepare step (argv, the paths it creates) when one of those paths is missing now:
-    it then runs as the chain's first job. Reads only."""
+def prepare_needed(plan: dict, exp_dir: Path | str) -> tuple[list[str], list[str], str | None] | None:
+    """The plan's prepare step (argv, the paths it creates, its mark) when one of those paths is
+    missing now, or its mark says its last run did not end well: it then runs as the chain's first
+    job. A mark outside this dir's exp_root's mark dir is not the plan's to name: left out. Reads only."""
     spec = plan.get("prepare")
     if not isinstance(spec, dict):
         return None
-    argv, creates = spec.get("argv"), spec.get("creates")
+    argv, creates, mark = spec.get("argv"), spec.get("creates"), spec.get("mark")
     if not (isinstance(argv, list) and isinstance(creates, list)):
         raise SlurmError(f"the plan's {PREPARE} step is not an argv and the paths it creates")
-    return (argv, creates) if any(not os.path.lexists(c) for c in creates if isinstance(c, str)) else None
+    marks = Path(exp_dir).parent / PREPARE_MARK_DIR
+    if not (isinstance(mark, str) and os.path.realpath(Path(mark).parent) == os.path.realpath(marks)):
+        mark = None
+    unfinished = mark is not None and os.path.lexists(mark)
+    missing = any(not os.path.lexists(c) for c in creates if isinstance(c, str))
+    return (argv, creates, mark) if missing or unfinished else None
 
 
 def dry_run(plan: dict, exp_dir: Path | str) -> list[str]:
@@ -439,9 +457,10 @@ def dry_run(plan: dict, exp_dir: Path | str) -> list[str]:
     command lines of the chain. Writes nothing."""
     chain = chain_of(plan, exp_dir)
     out = [f"# executor: Slurm, one batch job per leg, chained {dependency_type(chain.on_failure)}; {PREFLIGHT}"]
-    if (prep := prepare_needed(plan)) is not None:
+    if (prep := prepare_needed(plan, exp_dir)) is not None:
         missing = ", ".join(c for c in prep[1] if not os.path.lexists(c))
-        out.append(f"# {PREPARE}, first ({missing} missing): the chain's first job runs `{shlex.join(prep[0])}`; "
+        why = f"{missing} missing" if missing else f"its last run did not end well: {prep[2]} is there"
+        out.append(f"# {PREPARE}, first ({why}): the chain's first job runs `{shlex.join(prep[0])}`; "
                    "every leg waits for it to end well (afterok)")
     elif isinstance(plan.get("prepare"), dict):
         out.append(f"# {PREPARE}: skipped, what it creates exists")
