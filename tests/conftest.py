@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import atexit
 import datetime as dt
+import fcntl
 import json
 import os
 import re
@@ -453,6 +454,16 @@ def gpu(index: int, util: float | None = 0.0, mem: float | None = 0.0) -> GpuInf
 
 def fixed_clock() -> dt.datetime:
     return CLOCK
+
+
+@pytest.fixture(scope="session")
+def snapshot_lock():
+    """The snapshot cases' fixed dirs (SNAP_ROOT) held for the session: two test runs on one
+    machine (two checkouts) take turns instead of writing each other's logs into the same case."""
+    SNAP_ROOT.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{SNAP_ROOT}.lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
 
 
 def case_dir(name: str) -> Path:
