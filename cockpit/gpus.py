@@ -252,14 +252,33 @@ def leg_gpu_indices(nproc: int, env: dict[str, str] | None = None) -> list[int]:
 
 
 def preflight(snap: Snapshot, indices: list[int], max_util_pct: float, max_mem_mib: float) -> tuple[bool | None, str]:
-    """Are the GPUs a leg will use idle? (True, ...), (False, why busy), or (None, why unknown)."""
+    """Are the GPUs a leg will use idle? (True, ...), (False, why busy), or (None, why unknown).
+
+    A GPU is idle when its utilization and memory are under the thresholds and no process holds
+    it. Where NVML gives a figure but not another (it cannot list a GPU's processes on some MIG,
+    vGPU and permission setups), the GPU is judged by what NVML does give: a GPU whose processes
+    can never be listed would otherwise never be idle. The note says what was not checked."""
     if not snap.available:
         return None, f"NVML unavailable: {snap.reason}"
     by_index = {g.index: g for g in snap.gpus}
     busy = [why for i in indices if (why := _busy(by_index.get(i), i, max_util_pct, max_mem_mib))]
     if busy:
         return False, "; ".join(busy)
-    return True, f"GPUs {fmt_set(indices)} idle"
+    return True, f"GPUs {fmt_set(indices)} idle" + unchecked([by_index[i] for i in indices])
+
+
+def unchecked(gs: list[GpuInfo]) -> str:
+    """What the idle test could not see on these GPUs, as the end of its note:
+    `; not checked: processes on GPUs 0,1 (NVML: Not Supported)`; "" when it saw everything."""
+    missing: dict[str, list[int]] = {}
+    for g in gs:
+        if g.pids_error:
+            missing.setdefault(f"processes on GPUs {{}} (NVML: {g.pids_error})", []).append(g.index)
+        if g.util_pct is None:
+            missing.setdefault("utilization of GPUs {}", []).append(g.index)
+        if g.mem_used_mib is None:
+            missing.setdefault("memory of GPUs {}", []).append(g.index)
+    return "; not checked: " + ", ".join(what.format(fmt_set(i)) for what, i in missing.items()) if missing else ""
 
 
 def _busy(g: GpuInfo | None, index: int, max_util_pct: float, max_mem_mib: float) -> str | None:
@@ -316,7 +335,7 @@ def pick(snap: Snapshot, pool: list[int], held: set[int], need: int, max_util_pc
     busy = {i: why for i in free if (why := _busy(by_index.get(i), i, max_util_pct, max_mem_mib))}
     idle = [i for i in free if i not in busy]
     if len(idle) >= need:
-        return idle[:need], f"GPUs {fmt_set(idle[:need])} idle"
+        return idle[:need], f"GPUs {fmt_set(idle[:need])} idle" + unchecked([by_index[i] for i in idle[:need]])
     said = [f"needs {need} GPUs, {len(idle)} idle"]
     if held:
         said.append(f"GPUs {fmt_set(sorted(held))} held by this queue's legs")

@@ -3,7 +3,8 @@ figure's pixel columns, speed smoothed by a rolling mean), and the figures as PN
 
 Per-step plots: loss, tok/sec, MFU, dt and drop %, one line per run in a colour it keeps in every
 plot; tok/sec and dt as a rolling mean over the raw steps (faint), the trainer's warm-up steps left
-out and each run's tail window shaded; a metric absent or 0 on every step gets no plot. Beside
+out and each run's tail window shaded: the steps its tail means average, never step 0 (a run
+shorter than the window: from step 1, warm-up included); a metric absent or 0 on every step gets no plot. Beside
 them: validation bpb against tokens seen, and the tail means with their 95% intervals as bars
 starting at 0 (never a cut axis that makes 2% look like 2x). The baseline is in every plot, in
 black and dashed, named `(baseline)` in the legend: its runs' lines (its own dir's or another's),
@@ -81,7 +82,7 @@ class BaselineMark(NamedTuple):
 class Series(NamedTuple):
     """A run's metric per step, as plotted. A long series keeps, for each pixel column of the
     plot, its first step and the least and the greatest value there (`lows`, `highs`); a smoothed
-    one its rolling mean too (`smooth`, the column's mean of it), and where its tail window starts."""
+    one its rolling mean too (`smooth`, the column's mean of it), and the steps its tail window spans."""
 
     steps: Any  # numpy float64
     lows: Any
@@ -89,7 +90,8 @@ class Series(NamedTuple):
     decimated: bool
     smooth: Any = None  # the rolling mean (SMOOTHED metrics)
     window: int = 0  # its width in steps
-    tail_from: float | None = None  # the first step of the tail window
+    tail_from: float | None = None  # the first step of the tail window (what the tail means average)
+    tail_to: float | None = None  # its last step
     batch_tokens: int = 0  # validation bpb: tokens per step (0: not known), to plot against tokens
 
 
@@ -101,6 +103,9 @@ class Collected:
         self.tail = tail
         self.first_step: float | None = None
         self.parts: dict[str, list[tuple[Any, Any]]] = {attr: [] for attr, _ in PLOTS}
+        # the steps of the tail means' window: the last `tail` step lines but step 0, as LogState
+        # keeps them (a run shorter than the window: every step line but step 0, warm-up included)
+        self.tail_steps = np.empty(0, np.float64)
 
     def add(self, table: logs.StepTable) -> None:
         step = table.column("step")
@@ -108,6 +113,8 @@ class Collected:
             [float(v) if abs(v) < 2**1000 else np.inf for v in step.values.tolist()])  # a step of 400 digits
         if self.first_step is None and step.present.any():
             self.first_step = float(x[np.argmax(step.present)])
+        if self.tail > 0:
+            self.tail_steps = np.concatenate((self.tail_steps, x[step.present & (x != 0)]))[-self.tail:]
         for attr, parts in self.parts.items():
             col = table.column(attr)
             keep = col.present & step.present & np.isfinite(col.values) & np.isfinite(x)
@@ -118,6 +125,8 @@ class Collected:
 
     def series(self) -> dict[str, Series]:
         out = {}
+        span = self.tail_steps[np.isfinite(self.tail_steps)]
+        tail_from, tail_to = (float(span.min()), float(span.max())) if len(span) else (None, None)
         for attr, parts in self.parts.items():
             if parts:
                 x, y = (np.concatenate(a) for a in zip(*parts, strict=True))
@@ -126,7 +135,7 @@ class Collected:
                     continue
                 w = smooth_window(len(y), self.tail)
                 s = decimate(x, y, PLOT_BUCKETS, rolling_mean(y, w))
-                out[attr] = s._replace(window=w, tail_from=float(x[max(0, len(x) - self.tail)]))
+                out[attr] = s._replace(window=w, tail_from=tail_from, tail_to=tail_to)
         return out
 
 
@@ -226,8 +235,8 @@ def draw_plots(series: dict[str, dict[str, Series]], bars: Sequence[Bars] = (), 
             if faint:
                 ax.plot(s.steps, s.smooth, color=c, linewidth=1.6, label=name, linestyle=dash)
                 windows.add(s.window)
-                if s.tail_from is not None:
-                    spans.add((s.tail_from, float(s.steps.max())))
+                if s.tail_from is not None and s.tail_to is not None:
+                    spans.add((s.tail_from, s.tail_to))
             decimated |= s.decimated
         baseline_elsewhere(ax, attr, [run for run, _ in lines])
         handles, labels = ax.get_legend_handles_labels()
@@ -235,7 +244,7 @@ def draw_plots(series: dict[str, dict[str, Series]], bars: Sequence[Bars] = (), 
             ax.axvspan(lo, hi, color="0.5", alpha=0.12, linewidth=0)
         if spans:
             handles.append(Patch(color="0.5", alpha=0.25))
-            labels.append(f"tail window (last {tail} steps)")
+            labels.append(f"tail window (last {tail} steps, step 0 left out)")
         what = f"{label} per step"
         if windows:
             w = f"{min(windows)}" if len(windows) == 1 else f"{min(windows)}-{max(windows)}"

@@ -107,6 +107,20 @@ def test_preflight_thresholds():
     assert gpus.preflight(sampler.sample(), [9], 5, 1024) == (False, "GPU 9 not visible")
 
 
+def test_preflight_judges_a_gpu_by_what_nvml_gives_and_says_what_it_could_not_check():
+    """A GPU whose processes NVML cannot list (MIG, vGPU, permissions) is judged by utilization
+    and memory, so a leg can run on it; the note says the processes were not checked, and why."""
+    nv = FakeNVML(4, broken={(1, "procs"), (2, "procs"), (3, "util")})
+    sampler = gpus.GpuSampler(nvml=nv)
+    assert gpus.preflight(sampler.sample(), [0], 5, 1024) == (True, "GPUs 0 idle")  # every figure: nothing said
+    assert gpus.preflight(sampler.sample(), [0, 1, 2, 3], 5, 1024) == (
+        True, "GPUs 0,1,2,3 idle; not checked: processes on GPUs 1,2 (NVML: Not Supported), utilization of GPUs 3")
+    assert gpus.pick(sampler.sample(), [0, 1, 2, 3], {0}, 1, 5, 1024) == (
+        [1], "GPUs 1 idle; not checked: processes on GPUs 1 (NVML: Not Supported)")
+    nv.mem_used_mib[1] = 30000.0  # what NVML does give still makes a GPU busy
+    assert gpus.preflight(sampler.sample(), [1], 5, 1024) == (False, "GPU 1 busy: mem 30000 MiB > 1024 MiB")
+
+
 def test_leg_gpu_indices():
     assert gpus.leg_gpu_indices(2, {}) == [0, 1]
     assert gpus.leg_gpu_indices(2, {"CUDA_VISIBLE_DEVICES": "4,5,6"}) == [4, 5]

@@ -424,6 +424,27 @@ def test_figures_smoothed_warmup_left_out_tail_shaded_and_none_for_a_zero_metric
     assert plots.plot_context(d) == f"cpu-smoke · {d.name} · commit 0123456789 + uncommitted changes"
 
 
+def test_the_shaded_tail_window_is_the_steps_the_tail_means_average(tmp_path):
+    """A run shorter than the tail window: its tail means average every step line but step 0 (the
+    warm-up steps with them), and its shaded window spans exactly those, from step 1; a long
+    run's spans its last 50 step lines."""
+    from cockpit import logs
+
+    d = tmp_path / "20261130_101010_cpu-smoke"
+    d.mkdir()
+    (d / "short.log").write_text(_trainer_log(30, 1000.0, 0.0, moe=False))
+    (d / "long.log").write_text(_trainer_log(120, 1000.0, 0.0, moe=False))
+    with open(os.devnull, "wb") as sink:
+        series = step_files.stream_steps([(r.run, r.path) for r in report.rows(d, now=NOW)], sink)
+    for run, first, last in (("short", 1, 29), ("long", 70, 119)):
+        assert logs.summarize(d / f"{run}.log").tail_n == last - first + 1
+        for attr in plots.SMOOTHED:
+            assert (series[run][attr].tail_from, series[run][attr].tail_to) == (first, last), (run, attr)
+    assert series["short"]["tok_per_sec"].steps[0] == plots.WARMUP_STEPS  # drawn without the warm-up, shaded with it
+    svg = plots.draw_plots({"short": series["short"]}, formats=("svg",))["tok_per_sec"]["svg"].decode()
+    assert "tail window (last 50 steps, step 0 left out)" in svg
+
+
 def test_repeats_rows_per_repeat_an_aggregate_and_a_verdict_from_their_spread(tmp_path):
     """A leg run three times: a row per repeat, then the leg's aggregate row (mean ± std); its delta
     against the baseline takes its interval from the spread between the repeats, not the steps."""

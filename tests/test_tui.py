@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import threading
 import time
 from pathlib import Path
@@ -710,10 +711,22 @@ def moe_log(steps: int, tok: float, drop: float | None = None) -> list[str]:
 async def test_final_table_is_the_report(tmp_path):
     """The dir's final table says what its report says: a row per run named so (the baseline from
     another dir is `dense [baseline]`, not a second `dense`; a leg's repeats and their mean), the
-    quality and routing columns, under each delta its interval and the verdict as a word, only a
-    significant one coloured, and the note on the baseline's launch whole, wrapped."""
+    quality and routing columns, under each delta its interval, the verdict as a word and what the
+    interval rests on (`(n=2 repeats)`), only a significant one coloured; the note on the
+    baseline's launch whole, wrapped, and under the table the repeats that would resolve each
+    `within noise` verdict. A dir whose pinned baseline is gone says so, with the command that
+    compares with another run, whole."""
+    from cockpit import baseline
+    from cockpit import registry as reg
+    from cockpit import report as reports
+
     root = tmp_path / "exp"
     write_dir(root, "20260224_160000_cpu-smoke", "cpu-smoke", {"dense": ("done", log_lines(40, 40))})
+    gone = write_dir(root, "20260224_180000_cpu-smoke", "cpu-smoke", {"moe_dropless": ("done", moe_log(40, tok=1250))})
+    plan = json.loads((gone / "plan.json").read_text())  # pinned at launch to a dir removed since
+    pin = {"leg": "dense", "experiment": "cpu-smoke", "source": "dir", "dir": str(root / "20260224_150000_cpu-smoke"),
+           "runs": ["dense"]}
+    (gone / "plan.json").write_text(json.dumps(plan | {"baseline": pin}))
     d = write_dir(root, "20260224_170000_cpu-smoke", "cpu-smoke", {
         "dense": ("failed", log_lines(12, 40, crash=True)),
         "moe_dropless": ("done", moe_log(40, tok=1250)),
@@ -757,6 +770,33 @@ async def test_final_table_is_the_report(tmp_path):
         head = app.query_one("#final-head", Static)
         assert warning in head.render().plain and head.size.height >= 3  # whole, over several lines
         assert "baseline's args) is the same as this dir's." in screen_text(app)
+
+        # the report's words: the interval with what it rests on, and how to resolve `within noise`
+        md = reports.render_report(d, base=baseline.choose(reg.load(registry_file(tmp_path)), "cpu-smoke", d))
+        agg = table.get_row_at(5)  # moe_cap1p0, the mean of its repeats
+        tok = agg[heads.index("tail50 tok/sec")]
+        pct, ci, verdict, basis = (*tok.plain.splitlines()[1].split(" "), *tok.plain.splitlines()[2:])
+        assert basis == "(n=2 repeats)" and f"| {pct} | {ci} {basis} | {verdict} |" in md
+        resolves, run = {}, None
+        for line in md.splitlines():
+            run = line.split()[1] if line.startswith("### ") else run
+            if line.startswith("To resolve `within noise`"):
+                resolves[run] = line.replace("`", "")
+        assert resolves and all(f"{r}: {line}" in main.report.notes for r, line in resolves.items())
+        assert f"dense: {resolves['dense']}" in app.query_one("#final-notes", Static).render().plain
+
+        await select(pilot, app, Selection("dir", "cpu-smoke", exp_dir=str(gone)))
+        pinned = await until(pilot, lambda: main.report if main.report and main.report.exp_dir == str(gone) else None,
+                              what="the final table of the dir whose pinned baseline is gone")
+        why = (f"No deltas: the dir pinned at launch, 20260224_150000_cpu-smoke, is gone. The baseline was pinned when "
+               f"this dir was launched and is never replaced by another. To compare with another run: cockpit report "
+               f"--exp-dir {gone} --baseline 20260224_160000_cpu-smoke/dense.")
+        assert pinned.warnings == (why,) and pinned.head is None
+        assert why == reports.no_delta_text(baseline.choose(reg.load(registry_file(tmp_path)), "cpu-smoke", gone)) \
+            .replace("`", "")
+        await pilot.pause(0.3)
+        assert why in head.render().plain and head.size.height >= 3  # whole, wrapped
+        assert "--baseline 20260224_160000_cpu-smoke/dense." in screen_text(app)
 
 
 async def test_a_delta_without_an_interval_is_never_coloured(tmp_path):
@@ -998,3 +1038,48 @@ def test_live_row_routing_and_a_verdict_once_the_tail_window_is_full(tmp_path):
     short = row_of(30, 1300.0, "20260224_175415_fake", total=30)
     assert short.tail_n == 29 and short.verdict == Verdict.SIGNIFICANT and short.delta_ci_pct is not None
     assert short.pct < 100 and cells(short)["%"].plain == "96.67%"
+
+
+def test_live_row_says_what_its_interval_rests_on_how_to_resolve_it_and_why_there_is_no_delta(tmp_path):
+    """Against a baseline run with repeats, `Δ base` says what its interval rests on, and a `within
+    noise` verdict how many repeats would resolve it (the core's words, as `cockpit status` and the
+    report have them); a pinned baseline without figures (its run failed) gives no delta, and the
+    baseline cell says why, in the words of `cockpit status`."""
+    from cockpit import registry as reg
+    from cockpit import resume
+    from cockpit.tui import build
+    from cockpit.tui.live_table import LiveTable
+    from cockpit.vocab import Verdict
+
+    reg_path = fake_registry(tmp_path, legs={"base": 'model-tag = "base"', "moe": 'model-tag = "moe"'})
+    text = reg_path.read_text().replace('id = "fake"', 'id = "fake"\nbaseline = "base"')
+    reg_path.write_text(text.replace('name = "base"\n', 'name = "base"\nrepeats = 2\n'))
+    registry = reg.load(reg_path)
+
+    def live(name: str, base: dict[str, tuple[str, list[str]]], pin: dict | None = None):
+        d = write_dir(tmp_path / "exp", name, "fake", {**base, "moe": ("running", log_lines(60, 80, tok=1015.0,
+                                                                                         finished=False))},
+                      supervisor_alive=True)
+        plan = json.loads((d / "plan.json").read_text())
+        for spec in plan["legs"]:  # each repeat names its leg, as a launch writes it
+            spec["leg"] = spec["name"].partition(".")[0]
+        (d / "plan.json").write_text(json.dumps(plan | ({"baseline": pin} if pin else {})))
+        state = resume.build_state(registry, FakeSampler(nvml=False))
+        m = next(m for m in state.running if m.dir and Path(m.dir).name == name)
+        v = build.live_view(state, m, None)
+        return v, {c: x if isinstance(x, Text) else Text(x) for c, x in zip(COLUMNS, LiveTable.row(v), strict=True)}
+
+    v, row = live("20260224_175412_fake", {"base.r0": ("done", log_lines(80, 80, tok=1000.0)),
+                                           "base.r1": ("done", log_lines(80, 80, tok=1010.0))})
+    assert v.verdict == Verdict.WITHIN_NOISE and v.delta_basis == "n=1 run vs the baseline's 2 repeats"
+    assert row["Δ base"].plain == f"{fmt_pct(v.delta_tok_pct)} ±{v.delta_ci_pct:.2f}% (n=1 run vs the baseline's 2 repeats)"
+    assert re.fullmatch(r"at least (\d+) repeats of each leg \(\d+ more\)", v.resolve)  # a single run: a floor
+    assert row["verdict"].plain == f"within noise; to resolve: {v.resolve}" and v.baseline_problem is None
+
+    pin = {"leg": "base", "experiment": "fake", "source": "own", "runs": ["base.r0", "base.r1"]}
+    v, row = live("20260224_175413_fake", {"base.r0": ("failed", log_lines(12, 80, crash=True)),
+                                           "base.r1": ("stopped", log_lines(3, 80, finished=False))}, pin)
+    assert v.baseline_problem == "base: this dir's own run of base (the launch ran it) failed"
+    assert v.delta_tok_pct is None and v.verdict == "" and v.resolve == ""
+    assert (row["Δ base"].plain, row["verdict"].plain) == ("-", "-")
+    assert row["baseline"].plain == v.baseline_problem and row["baseline"].style == "yellow"

@@ -165,9 +165,11 @@ def live_view(state: resume.ResumeState, m: resume.LegMark, followed: logs.LogSt
     else:
         summary, last, tok_hist, loss_hist = m.summary or logs.summarize(log, tail=state.tail), None, (), ()
     exp = next(e for e in state.experiments if e.id == m.experiment)
-    pct = ci = None
-    verdict, label = "", None
-    if m.compared and m.baseline is not None and m.baseline_row is not None:
+    pct = ci = problem = None
+    verdict, label, basis, resolve = "", None, "", ""
+    if m.baseline is not None and m.baseline.problem and not m.is_baseline:
+        problem = f"{m.baseline.leg}: {m.baseline.problem}"  # as `cockpit status` says it
+    elif m.compared and m.baseline is not None and m.baseline_row is not None:
         label = m.baseline.leg + (f" ({m.baseline.source})" if m.baseline.source else "")
         pct = stats.pct_change(m.baseline_row.tok_per_sec, summary.tok_per_sec)[0]
         # the window is full, or holds every step the run will have (a run shorter than the window,
@@ -175,6 +177,8 @@ def live_view(state: resume.ResumeState, m: resume.LegMark, followed: logs.LogSt
         if summary.tail_n >= state.tail or (summary.total_steps and summary.tail_n >= summary.total_steps - 1):
             d = stats.compare(m.baseline_row.estimate("tok_per_sec"), stats.estimate(summary.tail_values["tok_per_sec"]))
             ci, verdict = d.ci_pct, d.verdict
+            basis = stats.fmt_runs(d) if ci is not None else ""
+            resolve = stats.fmt_resolve(d.resolve) if d.verdict == Verdict.WITHIN_NOISE and d.pct else ""
         elif pct is not None:
             verdict = f"{summary.tail_n}/{state.tail} steps"
     return vm.LiveView(
@@ -182,8 +186,8 @@ def live_view(state: resume.ResumeState, m: resume.LegMark, followed: logs.LogSt
         step=summary.last_step, total=summary.total_steps, pct=summary.pct, loss=summary.last_loss,
         dt_ms=last.dt_ms if last else summary.dt_ms, tok_per_sec=last.tok_per_sec if last else summary.tok_per_sec,
         mfu=last.mfu if last else summary.mfu, tail_tok_per_sec=summary.tok_per_sec, tail_n=summary.tail_n,
-        eta_min=summary.eta_min, delta_tok_pct=pct, delta_ci_pct=ci, verdict=verdict,
-        baseline=exp.baseline, baseline_label=label,
+        eta_min=summary.eta_min, delta_tok_pct=pct, delta_ci_pct=ci, delta_basis=basis, verdict=verdict,
+        resolve=resolve, baseline=exp.baseline, baseline_label=label, baseline_problem=problem,
         drop_pct=last.drop_pct if last else summary.drop_pct, bal=last.bal if last else summary.bal,
         tok_hist=tok_hist, loss_hist=loss_hist,
     )
@@ -252,11 +256,14 @@ def build_report(registry: reg.Registry, view: vm.CockpitView, exp_id: str | Non
         if itself:
             sub = "baseline" + (f", {sub}" if sub else "")
         shown.append(_row_view(r, base, tail, itself, sub=sub))
-    warnings = ()
+    warnings: tuple[str, ...] = ()
     if found is not None and base_row is not None and not found.own and found.dir is not None:
-        warnings = tuple(line.replace("**", "").replace("`", "") for line in report.baseline_notes(found, Path(exp_dir) if exp_dir else None))
+        warnings = tuple(_plain(line) for line in report.baseline_notes(found, Path(exp_dir) if exp_dir else None))
+    head: str | None
     if found is not None and base_row is not None:
         head = f"Δ vs {found.column}: under each figure, ±95% interval and verdict"
+    elif found is not None and found.problem:  # the pinned run failed, was stopped, is gone: why, and what to do
+        head, warnings = None, (_plain(report.no_delta_text(found)),)
     else:
         head = f"no figures of baseline {exp.baseline} yet: no deltas" if exp.baseline else "no baseline: no deltas"
     return vm.ReportView(
@@ -270,8 +277,8 @@ def build_report(registry: reg.Registry, view: vm.CockpitView, exp_id: str | Non
 def _notes(rows: list[report.ReportRow], shown: list[vm.RowView], tail: int) -> tuple[str, ...]:
     """The report's notes under its table, as plain lines: each run's trouble (failed with its
     error line, a log that ended without its final lines; not a run still running), the runs not
-    run yet, the tail means resting on fewer steps than the window (step 0 is never in it), and
-    why a delta is `-`."""
+    run yet, the tail means resting on fewer steps than the window (step 0 is never in it), why a
+    delta is `-`, and the repeats that would resolve each run's `within noise` deltas."""
     out = [f"{r.run}: {safetext.oneline(r.note)}" for r in rows if r.note and not r.is_aggregate
            and r.status not in (RunStatus.NOT_RUN, RunStatus.RUNNING) and r.source != Source.RECORDED]
     if not_run := [r.run for r in rows if r.status == RunStatus.NOT_RUN]:
@@ -283,7 +290,13 @@ def _notes(rows: list[report.ReportRow], shown: list[vm.RowView], tail: int) -> 
     why = dict.fromkeys(f"{metric}: {reason}" for r in shown for metric, reason in r.why.items())
     if why:
         out.append("no delta (-) where " + "; ".join(why))
+    out += [f"{r.name}: {r.resolve}" for r in shown if r.resolve]
     return tuple(out)
+
+
+def _plain(line: str) -> str:
+    """A line of the report's markdown as the screen shows it: without bold and code marks."""
+    return line.replace("**", "").replace("`", "")
 
 
 def _row_view(r: report.ReportRow, base: report.ReportRow | None, tail: int, itself: bool = False,
@@ -296,6 +309,8 @@ def _row_view(r: report.ReportRow, base: report.ReportRow | None, tail: int, its
     ds = report.delta_rows(base, r, tail)
     return vm.RowView(r.run, r.status, figures, {d.attr: d.delta_pct for d in ds},
                       {d.attr: d.ci_pct for d in ds if d.ci_pct is not None},
-                      {d.attr: d.verdict for d in ds if d.verdict != Verdict.NONE}, spread, label=label, sub=sub,
+                      {d.attr: d.verdict for d in ds if d.verdict != Verdict.NONE}, spread=spread,
+                      bases={d.attr: d.basis for d in ds if d.basis}, resolve=_plain(report.resolve_text(ds)),
+                      label=label, sub=sub,
                       why={d.metric: d.why for d in ds if d.delta_pct is None and d.why and d.baseline is not None
                            and d.run is not None})

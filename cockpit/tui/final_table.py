@@ -2,10 +2,13 @@
 quality and routing table side by side (`cockpit report`'s columns), a row per run (a repeat, the
 aggregate of a leg's repeats, the baseline from another dir: each named so), under each figure its
 delta against the dir's baseline (`baseline.choose`: named when it is not the dir's own) with its
-95% interval, then the verdict as a word. Only a significant delta is coloured, green better and
-red worse; one within noise is dim, and one without an interval (no per-step samples) has no
-colour. What the deltas are against, what differs between the two launches, and the report's
-notes (short tails, troubles, why a delta is `-`) are whole lines around the table, wrapped."""
+95% interval, then the verdict as a word, then what the interval rests on when repeats are in it
+(`(n=2 repeats)`). Only a significant delta is coloured, green better and red worse; one within
+noise is dim, and one without an interval (no per-step samples) has no colour. What the deltas
+are against, what differs between the two launches (or why the pinned baseline has no figures,
+and the command that compares with another run), and the report's notes (short tails, troubles,
+why a delta is `-`, the repeats that would resolve a `within noise` verdict) are whole lines
+around the table, wrapped."""
 
 from __future__ import annotations
 
@@ -56,8 +59,8 @@ def figure_text(r: RowView, metric: str) -> str:
 
 
 class FinalTable(DataTable):
-    """One row per run; with a baseline, each figure has its signed delta on a second line and the
-    verdict on a third."""
+    """One row per run; with a baseline, each figure has its signed delta on a second line, the
+    verdict on a third, and what its interval rests on on a fourth when repeats are in it."""
 
     def __init__(self, **kwargs) -> None:
         super().__init__(cursor_type="row", zebra_stripes=True, **kwargs)
@@ -82,6 +85,8 @@ class FinalTable(DataTable):
                         cell.append_text(delta_text(m, r.deltas[m], r.cis.get(m), r.verdicts.get(m)))
                         cell.append("\n")
                         cell.append_text(verdict_text(m, r.deltas[m], r.verdicts.get(m)))
+                        if m in r.bases:
+                            cell.append(f"\n({r.bases[m]})", style="dim")
                     cells.append(cell)
                 rows.append(cells)
             if not report.rows:
@@ -119,8 +124,8 @@ class FinalPane(VerticalScroll, can_focus=False):
         text = Text()
         if report is not None:
             text.append(report.head or "", style="dim")
-            for w in report.warnings:  # the baseline ran in another launch: what differs
-                text.append(f"\n{w}", style="yellow")
+            for w in report.warnings:  # what differs in the baseline's launch, or why it has no figures
+                text.append(f"\n{w}" if text.plain else w, style="yellow")
         head.update(text)
         head.display = bool(text.plain)
         lines = Text("\n".join(report.notes) if report is not None else "", style="dim")

@@ -2,8 +2,10 @@
 `15.00%`), last step's figures (routing too: drop % and the balance loss), tail-N means so far
 (`(23 of 50)` while they rest on fewer steps than the window), the ETA as h:mm:ss (the words of
 `cockpit status`: logs.progress), the delta against the baseline of the leg's dir so far (its 95%
-interval and verdict once the tail window is full, or the run has all the steps it will have;
-only a significant delta is coloured; the baseline named), and sparklines of tok/sec and loss."""
+interval, with what it rests on when repeats are in it, and verdict once the tail window is full,
+or the run has all the steps it will have; only a significant delta is coloured; a `within noise`
+verdict says how many repeats would resolve it; the baseline named, or why it has no figures), and
+sparklines of tok/sec and loss."""
 
 from __future__ import annotations
 
@@ -67,6 +69,8 @@ class LiveTable(DataTable):
         if v.verdict == Verdict.WITHIN_NOISE:
             dstyle = "dim"
         delta = fmt_pct(d) + (f" {fmt_ci(v.delta_ci_pct)}" if v.delta_ci_pct is not None else "")
+        delta += f" ({v.delta_basis})" if v.delta_basis else ""
+        verdict = (v.verdict or "-") + (f"; to resolve: {v.resolve}" if v.resolve else "")
         return (
             Text(v.leg, style="bold cyan"),
             progress.step_text(v.step, v.total),
@@ -79,10 +83,10 @@ class LiveTable(DataTable):
                                                            else ""),
             progress.eta_text(v.eta_min),
             Text(delta, style=dstyle),
-            Text(v.verdict or "-", style=f"bold {dstyle}" if v.verdict == Verdict.SIGNIFICANT else "dim"),
+            Text(verdict, style=f"bold {dstyle}" if v.verdict == Verdict.SIGNIFICANT else "dim"),
             fmt.num(v.drop_pct, 2),
             fmt.num(v.bal, 4),
-            Text(v.baseline_label or "-", style="italic"),
+            Text(v.baseline_problem, style="yellow") if v.baseline_problem else Text(v.baseline_label or "-", style="italic"),
             Text(fmt.spark(v.tok_hist, SPARK_WIDTH), style="green"),
             Text(fmt.spark(v.loss_hist, SPARK_WIDTH), style="yellow"),
         )

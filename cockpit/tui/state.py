@@ -109,9 +109,12 @@ class LiveView:
     eta_min: float | None = None
     delta_tok_pct: float | None = None  # tail tok/sec vs the baseline of its dir (baseline.choose)
     delta_ci_pct: float | None = None  # the delta's 95% interval, once the tail window is full
+    delta_basis: str = ""  # what the interval rests on when repeats are in it: `n=1 run vs the baseline's 2 repeats`
     verdict: str = ""  # a vocab.Verdict once the window is full, "12/50 steps" while it fills
+    resolve: str = ""  # a `within noise` verdict: the repeats that would resolve it (stats.fmt_resolve)
     baseline: str | None = None
     baseline_label: str | None = None  # `dense`, or `dense (baseline from <dir>)`
+    baseline_problem: str | None = None  # why the baseline has no figures: `dense: <why>` (then no delta)
     drop_pct: float | None = None  # the last step's routing figures (MoE legs)
     bal: float | None = None
     tok_hist: tuple[float, ...] = ()
@@ -134,6 +137,8 @@ class RowView:
     label: str = ""  # the name shown: the run's, `dense [baseline]` for a baseline run elsewhere
     sub: str | None = None  # what the name does not say: `baseline`, `mean of 3 repeats`, `from <dir>`
     why: dict[str, str] = field(default_factory=dict)  # column heading -> why its delta is `-` (a 0 figure)
+    bases: dict[str, str] = field(default_factory=dict)  # what an interval rests on when repeats are in it: `n=2 repeats`
+    resolve: str = ""  # the repeats that would resolve its `within noise` deltas, as the report says it
 
     @property
     def name(self) -> str:
@@ -150,7 +155,8 @@ class ReportView:
     note: str | None = None  # why there are no rows
     baseline_label: str | None = None  # the baseline's column heading (report's Baseline.column)
     baseline_source: str | None = None  # `baseline from <dir>`, when not the dir's own
-    warnings: tuple[str, ...] = ()  # what differs between the baseline's launch and the dir's (whole lines)
+    warnings: tuple[str, ...] = ()  # what differs between the baseline's launch and the dir's, or why the
+    # pinned baseline has no figures and how to compare with another run (whole lines)
     head: str | None = None  # what the deltas are against and how to read them (one line, wrapped)
     notes: tuple[str, ...] = ()  # the report's notes under its table: short tails, runs' troubles, no delta
 
