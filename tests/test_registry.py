@@ -13,8 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cockpit import registry as reg
-from cockpit import toml_lines
+from cockpit import schema, toml_lines
 from cockpit.cli import main
+from cockpit.vocab import METRICS
 
 ROOT = Path(__file__).resolve().parent.parent
 BUNDLED = ROOT / "experiments.toml"
@@ -148,6 +149,41 @@ def test_repeats_run_a_leg_n_times_with_seed_base_plus_i() -> None:
     assert c.runs() == [("c", None, c.argv())] and "--seed" not in c.argv()
     assert reg.split_repeat("a.r12") == ("a", 12) and reg.split_repeat("a.r") == ("a.r", None)
     assert reg.split_repeat("a.r01") == ("a.r01", None)  # no run is named so
+
+
+TABLES = (reg.Registry, reg.Settings, reg.GpuIdle, reg.SlurmSettings, reg.Defaults, reg.Runtime, reg.Experiment,
+          reg.Prepare, reg.Leg, reg.Recorded)
+
+
+def test_every_key_is_declared_once_with_its_types_and_a_doc() -> None:
+    """The dataclasses are the schema: each key of a table is one field with its types and a line
+    that says what it means; a recorded leg's figures are the metrics, by their one name."""
+    for cls in TABLES:
+        keys = schema.keys_of(cls)
+        assert keys, cls
+        for name, (_, k) in keys.items():
+            assert k.types and k.doc.strip() and "\n" not in k.doc, (cls.__name__, name)
+            assert k.lo is None or (k.hi is not None and k.lo <= k.hi), (cls.__name__, name)
+    assert list(schema.keys_of(reg.Recorded)) == [*METRICS, "dir", "source"]
+    assert list(schema.keys_of(reg.Registry)) == ["project", "defaults", "experiment"]
+    # the runtime's keys sit in [defaults] and in each [[experiment]] itself
+    assert {"workdir", "python", "env"} <= set(schema.keys_of(reg.Defaults)) & set(schema.keys_of(reg.Experiment))
+
+
+def test_what_a_table_leaves_out_is_its_declared_default() -> None:
+    r = reg.loads(GOOD_HEAD + "[[experiment]]\nid = 'e'\n[[experiment.leg]]\nname = 'l'\n", "/tmp/r.toml")
+    assert r.settings == reg.Settings(name="tmp", exp_root=Path("/tmp/exp"))
+    assert (r.settings.tail, r.settings.on_failure, r.settings.max_parallel, r.settings.executor) == (50, "stop", 1, "local")
+    exp, leg = r.experiment("e"), r.experiment("e").leg("l")
+    assert (exp.device, exp.nproc_per_node, exp.repeats, exp.slurm) == ("cuda", 1, 1, reg.SlurmSettings())
+    assert (leg.module, leg.device, leg.nproc_per_node, leg.repeats, leg.args) == ("nanochat.base_train", "cuda", 1, 1, {})
+    assert exp.runtime == r.runtime == reg.Runtime(workdir=Path("/tmp"))
+    # an experiment's keys it leaves out are the project's and the defaults'; a leg's, its experiment's
+    r = reg.loads(GOOD_HEAD + "max_parallel = 3\nexecutor = 'slurm'\n[defaults]\ndevice = 'cpu'\nnproc_per_node = 2\n"
+                  "[[experiment]]\nid = 'e'\nrepeats = 2\n[[experiment.leg]]\nname = 'l'\n", "/tmp/r.toml")
+    exp = r.experiment("e")
+    assert (exp.device, exp.nproc_per_node, exp.max_parallel, exp.executor) == ("cpu", 2, 3, "slurm")
+    assert (exp.legs[0].nproc_per_node, exp.legs[0].repeats, exp.legs[0].device) == (2, 2, "cpu")
 
 
 def test_default_seed_is_the_trainers() -> None:
