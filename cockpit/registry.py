@@ -17,9 +17,11 @@ slurm_policy.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import os
 import re
+import stat
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -637,7 +639,7 @@ def _notify(ld: Loader, proj: dict, base: Path) -> tuple[str, ...]:
     program = argv[0]
     if "/" in program:
         path = _resolve_kept(ld, program, base, loc, "project.notify")
-        if not (path.is_file() and os.access(path, os.X_OK)):
+        if not (_is_file(_stat(ld, path, loc, "project.notify")) and os.access(path, os.X_OK)):
             raise ld.fail(loc, f"'project.notify' program {cut(str(path))} is not an executable file")
         program = str(path)
     return (program, *argv[1:])
@@ -706,15 +708,15 @@ def _runtime(ld: Loader, table: dict, loc: tuple, base: Path, parent: Runtime) -
     workdir, python = parent.workdir, parent.python
     if "workdir" in table:
         workdir = _resolve_kept(ld, table["workdir"], base, loc + ("workdir",), f"{where}.workdir")
-        if not workdir.exists():
+        if (st := _stat(ld, workdir, loc + ("workdir",), f"{where}.workdir")) is None:
             raise ld.fail(loc + ("workdir",), f"'{where}.workdir' {cut(str(workdir))} does not exist")
-        if not workdir.is_dir():
+        if not stat.S_ISDIR(st.st_mode):
             raise ld.fail(loc + ("workdir",), f"'{where}.workdir' {cut(str(workdir))} is not a directory")
     if "python" in table:
         python = _resolve_kept(ld, table["python"], base, loc + ("python",), f"{where}.python")
-        if not python.exists():
+        if (st := _stat(ld, python, loc + ("python",), f"{where}.python")) is None:
             raise ld.fail(loc + ("python",), f"'{where}.python' {cut(str(python))} does not exist")
-        if not python.is_file() or not os.access(python, os.X_OK):
+        if not _is_file(st) or not os.access(python, os.X_OK):
             raise ld.fail(loc + ("python",), f"'{where}.python' {cut(str(python))} is not an executable file")
     env = dict(parent.env)
     for name, value in table.get("env", {}).items():
@@ -738,6 +740,23 @@ def _resolve_kept(ld: Loader, p: str, base: Path, loc: tuple, what: str) -> Path
     del real
     path = Path(os.path.expanduser(p))
     return Path(os.path.normpath(path if path.is_absolute() else base / path))
+def _stat(ld: Loader, path: Path, loc: tuple, what: str) -> os.stat_result | None:
+    """A registry path's stat (its links followed), None when nothing is there, or a located error
+    when the system cannot say (a name longer than the filesystem takes, a dir it may not search)."""
+    try:
+        return os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as e:
+        if e.errno == errno.ELOOP:  # a loop of links leads nowhere
+            return None
+        raise ld.fail(loc, f"'{what}' {cut(str(path))} cannot be looked at: {e.strerror}") from None
+
+
+def _is_file(st: os.stat_result | None) -> bool:
+    return st is not None and stat.S_ISREG(st.st_mode)
+
+
 def _gpus(ld: Loader, value: list, loc: tuple) -> tuple[int, ...]:
     """`project.gpus`, checked: a non-empty array of distinct GPU indices (as NVML numbers them)."""
     if not value or not all(is_a(v, (int,)) for v in value):

@@ -289,6 +289,26 @@ def test_bad_registry_is_one_located_line(tmp_path: Path, text: str, line: int, 
         assert w in msg, msg
 
 
+@pytest.mark.parametrize(("body", "line", "what"), [
+    ("[defaults]\nworkdir = '{long}'\n", 4, "'defaults.workdir'"),
+    ("[defaults]\npython = '{long}'\n", 4, "'defaults.python'"),
+    ("[[experiment]]\nid = 'e'\npython = '{long}/python'\n", 5, "'experiment.python'"),
+    ("notify = ['./{long}']\n", 3, "'project.notify'"),
+])
+def test_a_path_the_system_cannot_look_at_is_one_located_line(tmp_path: Path, body: str, line: int, what: str) -> None:
+    """A name longer than the filesystem takes (ENAMETOOLONG from stat) is the key's error, not a traceback."""
+    path = tmp_path / "experiments.toml"
+    path.write_text(GOOD_HEAD + body.replace("{long}", "n" * 300))
+    with pytest.raises(reg.RegistryError) as info:
+        reg.load(path)
+    msg = str(info.value)
+    assert msg.startswith(f"{path}:{line}: {what} ") and msg.endswith(" cannot be looked at: File name too long"), msg
+    assert len(msg) < 300 + len(str(path))  # the path is cut in its middle
+    proc = subprocess.run([sys.executable, "-m", "cockpit.cli", "--registry", str(path), "status"],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 2 and proc.stderr == f"cockpit: {msg}\n"
+
+
 def test_missing_registry(tmp_path: Path) -> None:
     with pytest.raises(reg.RegistryError, match="registry file not found"):
         reg.load(tmp_path / "none.toml")
