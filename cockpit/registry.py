@@ -4,32 +4,38 @@ The registry is the researcher's plan written as data: where experiment dirs go,
 never be written, and every experiment with its legs (trainer args merged over experiment and
 global defaults), its baseline, its decision, and the figures of legs that ran elsewhere.
 
-Every problem in the file is reported as one `RegistryError` whose text is
-`path:line: message`, so the CLI can print it on one line and exit 2.
+Each table of the file is one dataclass below, and each of its keys a field declared with
+`schema.key`: what the file may hold there, the default, the range or choices, what it means.
+The loader checks every table against those fields, then does what no declaration says (paths,
+names, the grid's legs, Slurm's options). Every problem in the file is reported as one
+`RegistryError` whose text is `path:line: message`, so the CLI can print it on one line and exit 2.
 
-Layer 0: imports nothing from the cockpit but fsutil, procs, safetext, sbatch_opts, flags, vocab and
-toml_lines.
+Layer 0: imports nothing from the cockpit but fsutil, procs, flags, names, schema, grid and
+slurm_policy.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
+import errno
 import hashlib
-import itertools
-import math
 import os
 import re
+import stat
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cockpit import fsutil, procs, safetext, sbatch_opts
+from cockpit import fsutil, procs, slurm_policy
 from cockpit.flags import FlagDiff, diff_flags, parse_flags, render_args
-from cockpit.toml_lines import locate_keys
-from cockpit.vocab import METRICS
+from cockpit.grid import PLACEHOLDER, REGISTRY_RUNS_MAX, RUNS_MAX, expand, fill
+from cockpit.grid import name_part as name_part
+from cockpit.names import EXPERIMENT_FILES, LEG_FILES, REPEAT_NAME, bad_name, path_too_long, repeat_name
+from cockpit.names import split_repeat as split_repeat
+from cockpit.schema import Loader, RegistryError, count, cut, dotted, first, is_a, key, show
+from cockpit.slurm_policy import extra_args_problem as extra_args_problem
 
 DEFAULT_REGISTRY = "experiments.toml"
 REGISTRY_ENV = "COCKPIT_REGISTRY"  # names the registry file when no --registry is given
@@ -50,109 +56,86 @@ NODES_MAX = 4096  # nodes of one Slurm job
 CPUS_MAX = 4096  # CPUs of one node's task
 PARALLEL_MAX = 64  # legs of one experiment running side by side on one node
 GPU_INDEX_MAX = 1023  # a GPU's index as NVML numbers it
-# The files the cockpit names after an experiment id or a leg name, so both must fit the
-# filesystem's limits with the longest of these around them (see expdir.py):
-#   <exp_root>/<YYYYmmdd_HHMMSS>_<id>/state/<leg>.json, .../<leg>.log, .lock, .stop
-#   <exp_root>/.cockpit-locks/<id>.lock
-DIR_STAMP = "YYYYmmdd_HHMMSS_"
-LEG_SUFFIXES = (".log", ".json", ".lock", ".stop")
-EXPERIMENT_FILES = (f"{DIR_STAMP}{{}}", "{}.lock")  # its dirs, its queue lock
-LEG_FILES = tuple(f"{{}}{s}" for s in LEG_SUFFIXES)
-_MODULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
-# Repeats: a leg with `repeats = N` (N >= 2) runs N times in one launch, run i named `<leg>.r<i>`
-# (its log `<leg>.r<i>.log`, its state `state/<leg>.r<i>.json`) with `--seed` base + i, the base
-# being the leg's `seed` arg, else the trainer's default.
-REPEATS_MAX = 100
-# Runs (legs x repeats, a grid's legs counted) are bounded: per experiment, and in all. Each run is
-# a state file, a log and a line of every view; a grid of 100 x 100 x 100 values would make 10^6
-# of them (status: 30 s and 1.4 GB). Checked before a grid is expanded.
-RUNS_MAX = 1_000
-REGISTRY_RUNS_MAX = 10_000
-REPEAT_NAME = re.compile(r"^(.+)\.r(0|[1-9][0-9]*)$")
+REPEATS_MAX = 100  # runs of one leg in a launch (names.REPEAT_NAME)
+NOTIFY_TIMEOUT_MAX = 600.0
+NOTIFY_FIELDS = ("event", "experiment", "leg", "dir", "log")  # `{event}`: done or failed
 DEFAULT_SEED = 42  # nanochat.base_train's --seed default (tests/test_registry.py checks they agree)
-
-
-def repeat_name(leg: str, i: int) -> str:
-    """The run name of repeat i of a leg: `dense.r0`."""
-    return f"{leg}.r{i}"
-
-
-def split_repeat(name: str) -> tuple[str, int | None]:
-    """A run name -> (its leg, its repeat index), or (name, None) for a run that is no repeat."""
-    m = REPEAT_NAME.match(name)
-    return (m.group(1), int(m.group(2))) if m else (name, None)
-
-
-class RegistryError(Exception):
-    """A problem in the registry file, located at `path:line`."""
-
-    def __init__(self, path: Path | str, line: int | None, message: str):
-        self.path = str(path)
-        self.line = line
-        self.message = safetext.oneline(message)  # whatever the file held: one printable line
-        where = f"{self.path}:{line}" if line else self.path
-        super().__init__(f"{where}: {self.message}")
+_MODULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")  # an environment variable's name
+RESERVED_ENV = (procs.ENV_EXP_DIR, procs.ENV_LEG)  # the supervisor's marker on a leg's processes
+_NPROC = "nproc_per_node must be a positive integer up to {hi}, not {value}"  # the words of an nproc out of range
+_DEVICE = "device must be one of {choices}, not {value}"
 
 
 # ----------------------------------------------------------------------------------------------
-# typed objects
+# the schema: one dataclass per table, one field per key
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class GpuIdle:
-    """When a GPU counts as idle for the preflight, and how long to wait for it."""
+    """`[project.gpu_idle]`: when a GPU counts as idle for the preflight, and how long to wait for it."""
 
-    max_util_pct: float = 5.0
-    max_mem_mib: float = 1024.0
-    wait_s: float = 600.0
+    max_util_pct: float = key(int, float, default=5.0, lo=0.0, hi=100.0, doc="utilization at most this (percent)")
+    max_mem_mib: float = key(int, float, default=1024.0, lo=0.0, hi=1e9, doc="memory in use at most this (MiB)")
+    wait_s: float = key(int, float, default=600.0, lo=0.0, hi=WAIT_S_MAX, doc="how long a leg waits for idle GPUs")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SlurmSettings:
-    """What every Slurm job of a launch asks the scheduler for (`[project.slurm]`, `[experiment.slurm]`)."""
+    """`[project.slurm]`, `[experiment.slurm]`: what every Slurm job of a launch asks the scheduler for.
+    An experiment's keys replace the project's one by one; slurm_policy says what each may hold."""
 
-    partition: str | None = None
-    account: str | None = None
-    qos: str | None = None
-    time: str | None = None  # Slurm's time limit syntax: "30", "4:00:00", "1-00:00:00"
-    nodes: int = 1
-    gpus_per_node: int | None = None  # None: one per torchrun process (nproc_per_node); 0 for CPU legs
-    cpus_per_task: int | None = None  # one task per node: the CPUs of one node's torchrun and workers
-    mem: str | None = None  # per node, Slurm's syntax: "64G"
-    extra_args: tuple[str, ...] = ()  # more sbatch arguments, one argv item each
-    setup: tuple[str, ...] = ()  # shell lines the job runs before srun (activate the venv, load modules)
+    partition: str | None = key(str, default=None, doc="the partition the jobs run in")
+    account: str | None = key(str, default=None, doc="the account charged")
+    qos: str | None = key(str, default=None, doc="the quality of service")
+    time: str | None = key(str, int, default=None, doc="the time limit in Slurm's syntax: 30, 4:00:00, 1-00:00:00")
+    nodes: int = key(int, default=1, lo=1, hi=NODES_MAX, doc="nodes of each job")
+    gpus_per_node: int | None = key(int, default=None, lo=0, hi=NPROC_MAX,
+                                    doc="None: one per torchrun process (nproc_per_node); 0 for CPU legs")
+    cpus_per_task: int | None = key(int, default=None, lo=1, hi=CPUS_MAX,
+                                    doc="one task per node: the CPUs of one node's torchrun and workers")
+    mem: str | None = key(str, default=None, doc="memory per node in Slurm's syntax: 64G")
+    extra_args: tuple[str, ...] = key(list, default=(), items=str, doc="more sbatch arguments, one argv item each")
+    setup: tuple[str, ...] = key(list, default=(), items=str,
+                                 doc="shell lines the job runs before srun (activate the venv, load modules)")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Settings:
-    name: str
-    exp_root: Path
-    read_only: tuple[Path, ...]
-    branch: str | None
-    tail: int
-    gpu_idle: GpuIdle
-    on_failure: str  # "stop" or "continue": what the queue does after a failed leg
+    """`[project]`: where experiment dirs go, what is never written, and how a queue of legs runs."""
+
+    name: str = key(str, doc="the project's name (default: the registry's dir's)")
+    exp_root: Path = key(str, own=True, doc="where experiment dirs are created (required)")
+    read_only: tuple[Path, ...] = key(list, default=(), own=True, doc="paths never written (a corpus, a tokenizer)")
+    branch: str | None = key(str, default=None, doc="the git branch the legs are meant to run from")
+    tail: int = key(int, default=50, lo=1, hi=TAIL_MAX, doc="step lines in the report's tail window")
+    on_failure: str = key(str, default="stop", choices=FAILURE_POLICIES, doc="what the queue does after a failed leg")
+    gpu_idle: GpuIdle = key(dict, default=GpuIdle(), own=True, doc="when a GPU counts as idle")
     # run by the supervisor when a leg ends done or failed: an argv (no shell), its placeholders
     # filled (NOTIFY_FIELDS); it may fail or time out, which is noted, never fatal
-    notify: tuple[str, ...] | None = None
-    notify_timeout_s: float = 10.0
-    executor: str = "local"  # who runs the legs unless an experiment says otherwise (EXECUTORS)
-    slurm: SlurmSettings = SlurmSettings()  # `[project.slurm]`: every experiment's Slurm jobs
-    max_parallel: int = 1  # legs of an experiment run side by side, unless it says otherwise (1: one at a time)
-    # the GPUs (NVML indices) legs may run on: None, every GPU NVML shows (or CUDA_VISIBLE_DEVICES names);
+    notify: tuple[str, ...] | None = key(list, default=None, own=True, doc="a command run when a leg ends")
+    notify_timeout_s: float = key(int, float, default=10.0, lo=0.1, hi=NOTIFY_TIMEOUT_MAX,
+                                  doc="how long the notify command may run")
+    executor: str = key(str, default="local", choices=EXECUTORS,
+                        doc="who runs the legs unless an experiment says otherwise")
+    slurm: SlurmSettings = key(dict, default=SlurmSettings(), own=True, doc="every experiment's Slurm jobs")
+    max_parallel: int = key(int, default=1, lo=1, hi=PARALLEL_MAX,
+                            doc="legs of an experiment run side by side, unless it says otherwise (1: one at a time)")
     # without NVML, legs run side by side only on GPUs named here
-    gpus: tuple[int, ...] | None = None
+    gpus: tuple[int, ...] | None = key(list, default=None, own=True, doc="the GPUs (NVML indices) legs may run on "
+                                       "(default: those CUDA_VISIBLE_DEVICES names, else every one NVML shows)")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Runtime:
     """Where and with what a leg runs: the checkout it runs in (its working directory, put first
     on PYTHONPATH), the Python whose `torchrun` runs it, and extra environment variables.
     `[defaults]` sets them; an experiment may set its own (its env is added to the defaults')."""
 
-    workdir: Path  # the registry's dir unless `workdir` says otherwise
-    python: Path | None = None  # None: the cockpit's own Python (the torchrun beside it, else on PATH)
-    env: dict[str, str] = field(default_factory=dict)
+    workdir: Path = key(str, own=True, doc="the checkout the legs run in (default: the registry's dir)")
+    python: Path | None = key(str, default=None, own=True, doc="the Python whose torchrun runs the legs (default: "
+                              "the cockpit's own: the torchrun beside it, else on PATH)")
+    env: dict[str, str] = key(dict, default={}, own=True, doc="environment variables added to the legs'")
 
     @property
     def torchrun(self) -> Path | None:
@@ -161,13 +144,26 @@ class Runtime:
         return self.python.parent / "torchrun" if self.python is not None else None
 
 
-@dataclass(frozen=True)
-class Prepare:
-    """A step a launch runs once before an experiment's first leg, when the path it creates is
-    missing (a corpus, a tokenizer): an argv (no shell) in the legs' checkout, with their env."""
+@dataclass(frozen=True, kw_only=True)
+class Defaults:
+    """`[defaults]`: what every experiment's legs get unless the experiment or the leg says otherwise."""
 
-    argv: tuple[str, ...]  # `{python}` stands for the legs' Python
-    creates: tuple[Path, ...]  # inside exp_root: the step runs when any of them is missing
+    module: str = key(str, default="nanochat.base_train", doc="the trainer module torchrun runs (-m)")
+    nproc_per_node: int = key(int, default=1, lo=1, hi=NPROC_MAX, message=_NPROC, doc="torchrun processes per node")
+    device: str = key(str, default="cuda", choices=DEVICES, message=_DEVICE, doc="what the legs run on (cpu: no GPU)")
+    args: dict[str, Any] = key(dict, default={}, own=True, doc="trainer args of every leg (flag name without --)")
+    runtime: Runtime = key(flat=Runtime, doc="the legs' checkout, Python and environment")
+    arg_lines: dict[str, int | None] = field(default_factory=dict, compare=False, repr=False)  # where each of args is
+
+
+@dataclass(frozen=True, kw_only=True)
+class Prepare:
+    """`[experiment.prepare]`: a step a launch runs once before an experiment's first leg, when the
+    path it creates is missing (a corpus, a tokenizer): an argv (no shell) in the legs' checkout,
+    with their env."""
+
+    argv: tuple[str, ...] = key(list, own=True, doc="the command ({python}: the legs' Python; {exp_root})")
+    creates: tuple[Path, ...] = key(str, list, own=True, doc="paths inside exp_root: it runs when one is missing")
     line: int | None = None
     # A file the supervisor writes before the step starts and removes when it ends well: while it
     # is there (the step failed, was stopped, or its supervisor was killed), what the step left is
@@ -199,31 +195,35 @@ class Prepare:
         return [a.replace(PYTHON_PLACEHOLDER, python) for a in self.argv]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Recorded:
-    """Figures of a leg that ran elsewhere (copied from a report), not measured here."""
+    """`[experiment.leg.recorded]`: figures of a leg that ran elsewhere (copied from a report), not
+    measured here. Its metrics are vocab.METRICS, in that order."""
 
-    tok_per_sec: float | None = None
-    dt_ms: float | None = None
-    mfu: float | None = None
-    peak_mem_mib: float | None = None
-    total_time_min: float | None = None
-    dir: str | None = None
-    source: str | None = None
+    tok_per_sec: float | None = key(int, float, default=None, lo=0.0, hi=1e15, doc="tail tokens per second")
+    dt_ms: float | None = key(int, float, default=None, lo=0.0, hi=1e15, doc="tail step time (ms)")
+    mfu: float | None = key(int, float, default=None, lo=0.0, hi=1e15, doc="tail MFU (percent)")
+    peak_mem_mib: float | None = key(int, float, default=None, lo=0.0, hi=1e15, doc="peak memory (MiB)")
+    total_time_min: float | None = key(int, float, default=None, lo=0.0, hi=1e15, doc="total training time (min)")
+    dir: str | None = key(str, default=None, doc="the dir it ran in")
+    source: str | None = key(str, default=None, doc="where the figures come from")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Leg:
-    name: str
+    """`[[experiment.leg]]`, or one leg of the experiment's grid (grid.py)."""
+
+    name: str = key(str, own=True, doc="its runs' logs and states are named after it")
+    description: str | None = key(str, default=None, doc="what it tries, in a line")
+    nproc_per_node: int = key(int, lo=1, hi=NPROC_MAX, message=_NPROC, doc="torchrun processes per node")
+    repeats: int = key(int, default=1, lo=1, hi=REPEATS_MAX,
+                       doc="runs of the leg in one launch: run i is <leg>.r<i>, its --seed the base seed + i")
+    args: dict[str, Any] = key(dict, own=True, doc="merged: defaults < experiment < leg, in that insertion order")
+    recorded: Recorded | None = key(dict, default=None, own=True, doc="the figures of a run made elsewhere")
     experiment: str
     module: str
     device: str
-    nproc_per_node: int
-    args: dict[str, Any]  # merged: defaults < experiment < leg, in that insertion order
-    recorded: Recorded | None
-    description: str | None
     line: int | None
-    repeats: int = 1  # runs of the leg in one launch (see REPEAT_NAME)
     grid: dict[str, Any] | None = None  # a leg of the experiment's grid: its value on each axis
     runtime: Runtime | None = None  # where and with what it runs (the experiment's)
     # the line of the registry that gives each of `args` (defaults, experiment, grid or leg)
@@ -268,23 +268,30 @@ class Leg:
         return [(repeat_name(self.name, i), i, self.argv(exp_dir, torchrun, i)) for i in range(self.repeats)]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Experiment:
-    id: str
-    title: str | None
-    device: str
-    nproc_per_node: int
-    legs: tuple[Leg, ...]
-    baseline: str | None  # a leg of this experiment, or "<experiment>/<leg>"
-    decision: str | None
-    hypothesis: str | None
-    notes: tuple[str, ...]
-    line: int | None
-    runtime: Runtime | None = None  # where and with what its legs run
-    prepare: Prepare | None = None  # run before its first leg when what it creates is missing
-    executor: str = "local"  # EXECUTORS: the project's, or the experiment's own
-    slurm: SlurmSettings = SlurmSettings()  # `[project.slurm]`, each key `[experiment.slurm]` gives replaced
-    max_parallel: int = 1  # legs run side by side on disjoint GPU sets (local executor), at most this many
+    """`[[experiment]]`: legs that answer one question, compared with a baseline."""
+
+    id: str = key(str, own=True, doc="its dirs are <stamp>_<id>")
+    title: str | None = key(str, default=None, doc="what it asks, in a line")
+    device: str = key(str, choices=DEVICES, message=_DEVICE, doc="what its legs run on (default: [defaults]')")
+    nproc_per_node: int = key(int, lo=1, hi=NPROC_MAX, message=_NPROC, doc="torchrun processes per node of its legs")
+    baseline: str | None = key(str, default=None, doc="a leg of this experiment, or <experiment>/<leg>")
+    decision: str | None = key(str, default=None, doc="what was decided from its figures")
+    hypothesis: str | None = key(str, default=None, doc="what it expects")
+    notes: tuple[str, ...] = key(list, default=(), items=str, doc="lines the resume guide shows")
+    repeats: int = key(int, default=1, lo=1, hi=REPEATS_MAX, doc="runs of each leg in a launch, unless the leg says")
+    args: dict[str, Any] = key(dict, default={}, own=True, doc="trainer args of its legs, over [defaults]'")
+    legs: tuple[Leg, ...] = key(list, toml="leg", default=(), own=True, doc="its hand-written legs")
+    grid: dict[str, Any] | None = key(dict, default=None, own=True, doc="a sweep: a leg per combination (grid.py)")
+    runtime: Runtime | None = key(flat=Runtime, default=None, doc="where and with what its legs run")
+    prepare: Prepare | None = key(dict, default=None, own=True, doc="run before its first leg when needed")
+    executor: str = key(str, default="local", choices=EXECUTORS, doc="who runs its legs (default: the project's)")
+    slurm: SlurmSettings = key(dict, default=SlurmSettings(), own=True, doc="the project's, each key given replaced")
+    max_parallel: int = key(int, default=1, lo=1, hi=PARALLEL_MAX,
+                            doc="legs run side by side on disjoint GPU sets (local executor), at most this many")
+    line: int | None = None
+    arg_lines: dict[str, int | None] = field(default_factory=dict, compare=False, repr=False)  # where each of args is
 
     def leg(self, name: str) -> Leg | None:
         return next((leg for leg in self.legs if leg.name == name), None)
@@ -294,18 +301,25 @@ class Experiment:
         return 0 if self.device == "cpu" else self.nproc_per_node
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Registry:
+    """The whole file: `[project]`, `[defaults]` and every `[[experiment]]`."""
+
+    settings: Settings = key(dict, toml="project", own=True, doc="where dirs go and how legs run")
+    defaults: Defaults = key(dict, own=True, doc="what every leg gets unless its experiment says otherwise")
+    experiments: tuple[Experiment, ...] = key(list, toml="experiment", own=True, doc="the experiments, in order")
     path: Path
-    settings: Settings
-    experiments: tuple[Experiment, ...]
     raw: dict[str, Any] = field(repr=False)  # the file as parsed: the plan's snapshot
-    runtime: Runtime | None = None  # [defaults]' workdir, python and env (an experiment may differ)
+
+    @property
+    def runtime(self) -> Runtime:
+        """[defaults]' workdir, python and env (an experiment may differ)."""
+        return self.defaults.runtime
 
     @property
     def workdir(self) -> Path:
         """The checkout the legs run in by default (`[defaults] workdir`, else the registry's dir)."""
-        return self.runtime.workdir if self.runtime is not None else self.path.resolve().parent
+        return self.runtime.workdir
 
     def experiment(self, exp_id: str) -> Experiment | None:
         return next((e for e in self.experiments if e.id == exp_id), None)
@@ -331,221 +345,6 @@ class Registry:
         return diff_flags(parse_flags(other.trainer_args()), parse_flags(leg.trainer_args()))
 
 
-# ----------------------------------------------------------------------------------------------
-# validation
-
-
-_SCHEMA: dict[str, dict[str, tuple[type, ...]]] = {
-    "": {"project": (dict,), "defaults": (dict,), "experiment": (list,)},
-    "project": {
-        "name": (str,),
-        "exp_root": (str,),
-        "read_only": (list,),
-        "branch": (str,),
-        "tail": (int,),
-        "on_failure": (str,),
-        "gpu_idle": (dict,),
-        "notify": (list,),
-        "notify_timeout_s": (int, float),
-        "executor": (str,),
-        "slurm": (dict,),
-        "max_parallel": (int,),
-        "gpus": (list,),
-    },
-    "gpu_idle": {"max_util_pct": (int, float), "max_mem_mib": (int, float), "wait_s": (int, float)},
-    "defaults": {"module": (str,), "nproc_per_node": (int,), "device": (str,), "args": (dict,),
-                 "workdir": (str,), "python": (str,), "env": (dict,)},
-    "experiment": {
-        "id": (str,),
-        "title": (str,),
-        "device": (str,),
-        "nproc_per_node": (int,),
-        "baseline": (str,),
-        "decision": (str,),
-        "hypothesis": (str,),
-        "notes": (list,),
-        "repeats": (int,),
-        "args": (dict,),
-        "leg": (list,),
-        "grid": (dict,),
-        "workdir": (str,),
-        "python": (str,),
-        "env": (dict,),
-        "prepare": (dict,),
-        "executor": (str,),
-        "slurm": (dict,),
-        "max_parallel": (int,),
-    },
-    "prepare": {"argv": (list,), "creates": (str, list)},
-    "leg": {
-        "name": (str,),
-        "description": (str,),
-        "nproc_per_node": (int,),
-        "repeats": (int,),
-        "args": (dict,),
-        "recorded": (dict,),
-    },
-    "slurm": {
-        "partition": (str,),
-        "account": (str,),
-        "qos": (str,),
-        "time": (str, int),
-        "nodes": (int,),
-        "gpus_per_node": (int,),
-        "cpus_per_task": (int,),
-        "mem": (str,),
-        "extra_args": (list,),
-        "setup": (list,),
-    },
-    "recorded": {
-        **{m: (int, float) for m in METRICS},
-        "dir": (str,),
-        "source": (str,),
-    },
-}
-
-_ARG_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
-
-
-def _type_name(types: tuple[type, ...]) -> str:
-    names = {dict: "table", list: "array", str: "string", int: "integer", float: "number", bool: "boolean"}
-    return " or ".join(names.get(t, t.__name__) for t in types)
-
-
-def _is_a(value: Any, types: tuple[type, ...]) -> bool:
-    if isinstance(value, bool):  # bool is an int in Python, never in a registry
-        return bool in types
-    return isinstance(value, types)
-
-
-def _bad_name(name: str, files: tuple[str, ...] = ()) -> str | None:
-    """Why a leg name or experiment id cannot be a file name, or None when it can.
-
-    `files`: the names the cockpit makes of it (`"{}.json"`); each must fit in one path
-    component (NAME_MAX bytes).
-    """
-    if not name.strip():
-        return "is empty"
-    if name in (".", "..") or "/" in name or "\\" in name:
-        return "cannot be a file name (no '/', '\\', '.' or '..')"
-    if (bad := safetext.bad_chars(name)) is not None:
-        kind = "a control character" if bad.endswith("(Cc)") else "a character that hides or reorders text"
-        return f"holds {kind}: {bad}"
-    if name.startswith("-"):
-        return "cannot start with '-'"
-    if name.startswith("."):
-        return "cannot start with '.' (hidden files are not listed)"
-    if name != name.strip():
-        return "cannot start or end with a space"
-    longest = max(files, key=len, default="{}")
-    if not fsutil.name_fits(longest.format(name)):
-        n = len(os.fsencode(name))
-        room = fsutil.NAME_MAX - len(os.fsencode(longest.format("")))
-        return (f"is too long for a file name: {n} bytes, at most {room} (the cockpit names a file "
-                f"'{longest.format('<name>')}', and a file name has at most {fsutil.NAME_MAX} bytes)")
-    return None
-
-
-def _bad_text(text: str) -> str | None:
-    """Why free text (a title, a note) may not be shown as it is: a control character other
-    than tab and newline, or a bidi override that reorders what the reader sees."""
-    for c in text:
-        if c in "\n\t":
-            continue
-        if (bad := safetext.bad_chars(c)) is not None and not bad.endswith("(Zs)"):
-            return f"holds {bad}"
-    return None
-
-
-class _Loader:
-    def __init__(self, path: Path, text: str):
-        self.path = path
-        self.lines = locate_keys(text)
-
-    def line(self, loc: tuple) -> int | None:
-        while loc:
-            if loc in self.lines:
-                return self.lines[loc]
-            loc = loc[:-1]
-        return None
-
-    def fail(self, loc: tuple, message: str) -> RegistryError:
-        return RegistryError(self.path, self.line(loc), message)
-
-    def check_table(self, table: dict, kind: str, loc: tuple) -> None:
-        schema = _SCHEMA[kind]
-        for key, value in table.items():
-            where = ".".join(str(p) for p in loc + (key,) if not isinstance(p, int)) or key
-            if key not in schema:
-                hint = difflib.get_close_matches(key, list(schema), n=1)
-                more = f"; did you mean '{hint[0]}'?" if hint else f"; known: {', '.join(schema)}"
-                raise self.fail(loc + (key,), f"unknown key '{where}'{more}")
-            if not _is_a(value, schema[key]):
-                raise self.fail(
-                    loc + (key,),
-                    f"'{where}' must be a {_type_name(schema[key])}, not {type(value).__name__} {_show(value)}",
-                )
-            if isinstance(value, float) and not math.isfinite(value):
-                raise self.fail(loc + (key,), f"'{where}' must be a finite number, not {value!r}")
-            if isinstance(value, str) and (why := _bad_text(value)):
-                raise self.fail(loc + (key,), f"'{where}' {why}")
-            if isinstance(value, list):
-                for item in value:
-                    if isinstance(item, str) and (why := _bad_text(item)):
-                        raise self.fail(loc + (key,), f"an item of '{where}' {why}")
-
-    def arg_lines(self, args: Any, loc: tuple) -> dict[str, int | None]:
-        """The line of each trainer arg of the table at `loc` (its table's line when inline)."""
-        return {key: self.line(loc + (key,)) for key in args} if isinstance(args, dict) else {}
-
-    def check_range(self, value: int | float, lo: float, hi: float, loc: tuple, what: str) -> None:
-        """A number within [lo, hi] (finite), or a located error that says the range."""
-        if not (isinstance(value, int | float) and lo <= value <= hi):
-            raise self.fail(loc, f"'{what}' must be between {_plain(lo)} and {_plain(hi)}, not {_show(value)}")
-
-    def check_args(self, args: dict, loc: tuple) -> dict:
-        for key, value in args.items():
-            if not _ARG_KEY.match(key):
-                raise self.fail(loc + (key,), f"trainer arg {_show(key)} is not a flag name")
-            if isinstance(value, dict | list) or value is None:
-                raise self.fail(
-                    loc + (key,),
-                    f"trainer arg '{key}' must be a string, number or boolean, not {type(value).__name__}",
-                )
-            if isinstance(value, float) and not math.isfinite(value):
-                raise self.fail(loc + (key,), f"trainer arg '{key}' must be a finite number, not {value!r}")
-            if isinstance(value, str) and "\x00" in value:
-                raise self.fail(loc + (key,), f"trainer arg '{key}' holds a NUL byte (no command line can)")
-        return dict(args)
-
-
-def _plain(x: float) -> str:
-    """A bound as a person writes it: 1000000, 0.5."""
-    return str(int(x)) if float(x).is_integer() else f"{x:g}"
-
-
-def _first(names, n: int = 8) -> str:
-    """The first `n` names, and how many there are in all when more: a message stays one line."""
-    names = list(names)
-    return ", ".join(names[:n]) + (f", ... ({_count(len(names))} in all)" if len(names) > n else "")
-
-
-def _count(n: int) -> str:
-    """A count as a person reads it: 1,000,000."""
-    return f"{n:,}"
-
-
-def _cut(text: str, n: int = 100) -> str:
-    """A long path or name cut in its middle, for a message that must stay readable."""
-    return text if len(text) <= n else f"{text[: n // 2 - 2]}...{text[-(n // 2 - 1):]}"
-
-
-def _show(value: Any) -> str:
-    """A value in a message: its repr, cut to a readable length (one line: repr escapes controls)."""
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
 def find_registry(start: Path | str | None = None, environ: Mapping[str, str] | None = None) -> Path:
     """The registry a command uses when none is named: `$COCKPIT_REGISTRY`, else the nearest
     `experiments.toml` in `start` (default: the current directory) or a directory above it, up
@@ -566,7 +365,7 @@ def find_registry(start: Path | str | None = None, environ: Mapping[str, str] | 
     for d in (here, *here.parents):
         if (d / DEFAULT_REGISTRY).is_file():
             return Path(DEFAULT_REGISTRY) if start is None and d == here else d / DEFAULT_REGISTRY
-    raise RegistryError(DEFAULT_REGISTRY, None, f"registry file not found in {_cut(str(here))} or any directory "
+    raise RegistryError(DEFAULT_REGISTRY, None, f"registry file not found in {cut(str(here))} or any directory "
                         f"above it; give --registry PATH or set ${REGISTRY_ENV}")
 
 
@@ -602,330 +401,181 @@ def from_raw(raw: dict[str, Any], path: Path | str = DEFAULT_REGISTRY, text: str
     path = Path(path)
     if not isinstance(raw, dict):
         raise RegistryError(path, None, "registry snapshot is not a table")
-    ld = _Loader(path, text)
-    ld.check_table(raw, "", ())
-
-    proj = raw.get("project", {})
-    ld.check_table(proj, "project", ("project",))
+    ld = Loader(path, text)
+    ld.check_table(raw, Registry, ())
     base = path.resolve().parent
-    if "exp_root" not in proj:
-        raise ld.fail(("project",), "missing key 'project.exp_root' (where experiment dirs are created)")
-    exp_root = _resolve(proj["exp_root"], base, ld, ("project", "exp_root"), "project.exp_root")
-    if why := _root_problem(exp_root):
-        raise ld.fail(("project", "exp_root"), f"exp_root '{_cut(str(exp_root))}' {why}")
-    read_only: list[Path] = []
-    for i, p in enumerate(proj.get("read_only", [])):
-        if not isinstance(p, str):
-            raise ld.fail(("project", "read_only"), f"'project.read_only' item {i} must be a string path")
-        read_only.append(_resolve(p, base, ld, ("project", "read_only"), f"project.read_only item {i}"))
-    for ro in read_only:
-        if exp_root == ro or ro in exp_root.parents:
-            raise ld.fail(
-                ("project", "exp_root"),
-                f"exp_root '{exp_root}' lies inside read-only path '{ro}': experiments could never be written",
-            )
-    tail = proj.get("tail", 50)
-    if tail < 1:
-        raise ld.fail(("project", "tail"), f"'project.tail' must be at least 1, not {tail}")
-    ld.check_range(tail, 1, TAIL_MAX, ("project", "tail"), "project.tail")
-    on_failure = proj.get("on_failure", "stop")
-    if on_failure not in FAILURE_POLICIES:
-        raise ld.fail(
-            ("project", "on_failure"),
-            f"'project.on_failure' must be one of {FAILURE_POLICIES}, not {on_failure!r}",
-        )
-    idle = proj.get("gpu_idle", {})
-    ld.check_table(idle, "gpu_idle", ("project", "gpu_idle"))
-    for key, hi in (("max_util_pct", 100.0), ("max_mem_mib", 1e9), ("wait_s", WAIT_S_MAX)):
-        if key in idle:
-            ld.check_range(idle[key], 0.0, hi, ("project", "gpu_idle", key), f"project.gpu_idle.{key}")
-    notify = _notify(ld, proj, base) if "notify" in proj else None
-    timeout = proj.get("notify_timeout_s", 10.0)
-    ld.check_range(timeout, 0.1, NOTIFY_TIMEOUT_MAX, ("project", "notify_timeout_s"), "project.notify_timeout_s")
-    executor = _check_executor(ld, proj.get("executor", "local"), ("project", "executor"), "project.executor")
-    slurm = _slurm(ld, SlurmSettings(), proj.get("slurm", {}), ("project", "slurm"))
-    max_parallel = proj.get("max_parallel", 1)
-    ld.check_range(max_parallel, 1, PARALLEL_MAX, ("project", "max_parallel"), "project.max_parallel")
-    settings = Settings(
-        name=proj.get("name", base.name),
-        exp_root=exp_root,
-        read_only=tuple(read_only),
-        branch=proj.get("branch"),
-        tail=tail,
-        gpu_idle=GpuIdle(**{k: float(v) for k, v in idle.items()}),
-        on_failure=on_failure,
-        notify=notify,
-        notify_timeout_s=float(timeout),
-        executor=executor,
-        slurm=slurm,
-        max_parallel=max_parallel,
-        gpus=_gpus(ld, proj["gpus"], ("project", "gpus")) if "gpus" in proj else None,
-    )
-
-    defaults = raw.get("defaults", {})
-    ld.check_table(defaults, "defaults", ("defaults",))
-    d_args = ld.check_args(defaults.get("args", {}), ("defaults", "args"))
-    d_lines = ld.arg_lines(d_args, ("defaults", "args"))
-    module = defaults.get("module", "nanochat.base_train")
-    if not _MODULE.match(module):
-        raise ld.fail(("defaults", "module"),
-                      f"'defaults.module' must be a Python module name (like nanochat.base_train), not {_show(module)}")
-    d_device = _check_device(ld, defaults.get("device", "cuda"), ("defaults", "device"))
-    d_nproc = _check_nproc(ld, defaults.get("nproc_per_node", 1), ("defaults", "nproc_per_node"))
-    d_runtime = _runtime(ld, defaults, ("defaults",), base, Runtime(workdir=base))
-
+    settings = _settings(ld, raw.get("project", {}), base)
+    defaults = _defaults(ld, raw.get("defaults", {}), base)
     experiments: list[Experiment] = []
     seen_ids: dict[str, int | None] = {}
     total_runs = 0
-    for i, exp in enumerate(raw.get("experiment", [])):
-        loc = ("experiment", i)
-        if not isinstance(exp, dict):
-            raise ld.fail(loc, "each [[experiment]] must be a table")
-        ld.check_table(exp, "experiment", loc)
-        exp_id = exp.get("id")
-        if exp_id is None:
-            raise ld.fail(loc, "experiment without 'id'")
-        if why := _bad_name(exp_id, EXPERIMENT_FILES):
-            raise ld.fail(loc + ("id",), f"experiment id {_show(exp_id)} {why}")
-        if exp_id in seen_ids:
-            raise ld.fail(
-                loc + ("id",), f"duplicate experiment id '{exp_id}' (first at line {seen_ids[exp_id]})"
-            )
-        seen_ids[exp_id] = ld.line(loc + ("id",))
-        device = _check_device(ld, exp.get("device", d_device), loc + ("device",))
-        nproc = _check_nproc(ld, exp.get("nproc_per_node", d_nproc), loc + ("nproc_per_node",))
-        runtime = _runtime(ld, exp, loc, base, d_runtime)
-        e_args = _roots({**d_args, **ld.check_args(exp.get("args", {}), loc + ("args",))}, exp_root)
-        e_lines = {**d_lines, **ld.arg_lines(exp.get("args", {}), loc + ("args",))}
-        prepare = _prepare(ld, exp["prepare"], loc + ("prepare",), base, exp_root, read_only) if "prepare" in exp else None
-        e_parallel = exp.get("max_parallel", max_parallel)
-        ld.check_range(e_parallel, 1, PARALLEL_MAX, loc + ("max_parallel",), f"{exp_id}.max_parallel")
-        e_repeats = exp.get("repeats", 1)
-        ld.check_range(e_repeats, 1, REPEATS_MAX, loc + ("repeats",), f"{exp_id}.repeats")
-        notes = exp.get("notes", [])
-        if not all(isinstance(n, str) for n in notes):
-            raise ld.fail(loc + ("notes",), f"'{exp_id}'.notes must be an array of strings")
-
-        legs: list[Leg] = []
-        seen_legs: dict[str, int | None] = {}
-        runs = 0  # of this experiment so far (legs x repeats)
-        for j, leg in enumerate(exp.get("leg", [])):
-            lloc = loc + ("leg", j)
-            if not isinstance(leg, dict):
-                raise ld.fail(lloc, "each [[experiment.leg]] must be a table")
-            ld.check_table(leg, "leg", lloc)
-            name = leg.get("name")
-            if name is None:
-                raise ld.fail(lloc, f"leg {j} of '{exp_id}' has no 'name'")
-            repeats = leg.get("repeats", e_repeats)
-            ld.check_range(repeats, 1, REPEATS_MAX, lloc + ("repeats",), f"{exp_id}/{name}.repeats")
-            runs += repeats
-            if runs > RUNS_MAX:
-                raise ld.fail(lloc, f"'{exp_id}' has {_count(runs)} runs (legs x repeats) up to its leg {_show(name)}: "
-                                    f"an experiment holds at most {_count(RUNS_MAX)}")
-            if why := _bad_name(name, LEG_FILES):
-                raise ld.fail(lloc + ("name",), f"leg name {_show(name)} in '{exp_id}' {why}")
-            if REPEAT_NAME.match(name):
-                raise ld.fail(lloc + ("name",), f"leg name {_show(name)} in '{exp_id}' ends like a repeat's run "
-                                                f"name (.r<N>, as in {repeat_name('dense', 0)}): choose another")
-            longest = repeat_name(name, repeats - 1) if repeats > 1 else name
-            if longest != name and (why := _bad_name(longest, LEG_FILES)):
-                raise ld.fail(lloc + ("repeats",), f"run name {_show(longest)} of '{exp_id}/{name}' {why}")
-            if why := _path_too_long(exp_root, exp_id, longest):
-                raise ld.fail(lloc + ("name",), why)
-            if name == PREPARE and prepare is not None:
-                raise ld.fail(lloc + ("name",), f"leg name '{PREPARE}' in '{exp_id}' is its prepare step's "
-                                                "(prepare.log): name the leg otherwise")
-            if name in seen_legs:
-                raise ld.fail(
-                    lloc + ("name",),
-                    f"duplicate leg name '{name}' in '{exp_id}' (first at line {seen_legs[name]})",
-                )
-            seen_legs[name] = ld.line(lloc + ("name",))
-            recorded = None
-            if "recorded" in leg:
-                ld.check_table(leg["recorded"], "recorded", lloc + ("recorded",))
-                for k in METRICS:
-                    if k in leg["recorded"]:
-                        ld.check_range(leg["recorded"][k], 0.0, 1e15, lloc + ("recorded", k),
-                                       f"{exp_id}/{name} recorded.{k}")
-                recorded = Recorded(
-                    **{k: (float(v) if k in METRICS else v) for k, v in leg["recorded"].items()}
-                )
-            legs.append(
-                Leg(
-                    name=name,
-                    experiment=exp_id,
-                    module=module,
-                    device=device,
-                    nproc_per_node=_check_nproc(
-                        ld, leg.get("nproc_per_node", nproc), lloc + ("nproc_per_node",)
-                    ),
-                    args=_roots({**e_args, **ld.check_args(leg.get("args", {}), lloc + ("args",))}, exp_root),
-                    recorded=recorded,
-                    description=leg.get("description"),
-                    line=ld.line(lloc),
-                    repeats=repeats,
-                    runtime=runtime,
-                    arg_lines={**e_lines, **ld.arg_lines(leg.get("args", {}), lloc + ("args",))},
-                )
-            )
-        if "grid" in exp:
-            grid_legs = []
-            expanded = _expand_grid(ld, exp["grid"], loc + ("grid",), exp_id, e_args, seen_legs, runs, e_repeats)
-            runs += len(expanded) * e_repeats
-            for name, args, desc, values in expanded:
-                if why := _path_too_long(exp_root, exp_id, repeat_name(name, e_repeats - 1) if e_repeats > 1 else name):
-                    raise ld.fail(loc + ("grid", "name"), why)
-                g_args = exp["grid"].get("args", {})
-                lines = {**e_lines, **ld.arg_lines(g_args, loc + ("grid", "args")),
-                         **{k: ld.line(loc + ("grid", k)) for k in values}}
-                grid_legs.append(Leg(name=name, experiment=exp_id, module=module, device=device, nproc_per_node=nproc,
-                                     args=_roots(args, exp_root), recorded=None, description=desc, line=ld.line(loc + ("grid",)),
-                                     grid=values, runtime=runtime, repeats=e_repeats, arg_lines=lines))
-            # the grid's legs stand where the grid stands among the hand-written ones
-            at = ld.line(loc + ("grid",)) or 0
-            cut = sum(1 for leg in legs if (leg.line or 0) < at)
-            legs[cut:cut] = grid_legs
-        total_runs += runs
+    for i, table in enumerate(raw.get("experiment", [])):
+        exp = _experiment(ld, table, ("experiment", i), settings, defaults, base, seen_ids)
+        total_runs += sum(leg.repeats for leg in exp.legs)
         if total_runs > REGISTRY_RUNS_MAX:
-            raise ld.fail(loc, f"the registry has {_count(total_runs)} runs (legs x repeats) up to experiment "
-                               f"'{exp_id}': it holds at most {_count(REGISTRY_RUNS_MAX)}")
-        experiments.append(
-            Experiment(
-                id=exp_id,
-                title=exp.get("title"),
-                device=device,
-                nproc_per_node=nproc,
-                legs=tuple(legs),
-                baseline=exp.get("baseline"),
-                decision=exp.get("decision"),
-                hypothesis=exp.get("hypothesis"),
-                notes=tuple(notes),
-                line=ld.line(loc),
-                runtime=runtime,
-                prepare=prepare,
-                executor=_check_executor(ld, exp.get("executor", executor), loc + ("executor",),
-                                         f"{exp_id}.executor"),
-                slurm=_slurm(ld, slurm, exp.get("slurm", {}), loc + ("slurm",)),
-                max_parallel=e_parallel,
-            )
-        )
+            raise ld.fail(("experiment", i), f"the registry has {count(total_runs)} runs (legs x repeats) up to "
+                                             f"experiment '{exp.id}': it holds at most {count(REGISTRY_RUNS_MAX)}")
+        experiments.append(exp)
 
-    registry = Registry(path=path, settings=settings, experiments=tuple(experiments), raw=raw, runtime=d_runtime)
+    registry = Registry(path=path, settings=settings, defaults=defaults, experiments=tuple(experiments), raw=raw)
     for i, exp in enumerate(registry.experiments):
         if exp.baseline and registry.find_leg(exp.baseline, exp.id) is None:
             raise ld.fail(
                 ("experiment", i, "baseline"),
                 f"baseline '{exp.baseline}' of '{exp.id}' names no leg"
-                + (f" (legs: {_first(leg.name for leg in exp.legs)})" if exp.legs else ""),
+                + (f" (legs: {first(leg.name for leg in exp.legs)})" if exp.legs else ""),
             )
     return registry
 
 
-# ----------------------------------------------------------------------------------------------
-# sweeps: a grid of legs
-#
-#     [experiment.grid]
-#     name = "{compile-mode}_cap{moe-capacity-factor}"      # each leg's name: every axis in it
-#     compile-mode = ["static", "dynamic"]                 # an axis: a trainer flag and its values
-#     moe-capacity-factor = [0.0, 1.0, 1.25]
-#     args = { model-tag = "sweep_{name}" }                # optional: args of every grid leg
-#
-# expands to one leg per combination (the first axis varies slowest), named by the template:
-# static_cap0p0, static_cap1p0, static_cap1p25, dynamic_cap0p0, ... A value renders in a name as
-# a file name can hold it: 1.0 -> 1p0, 1.25 -> 1p25, -1 -> m1, 1e-05 -> 1em05, true -> true,
-# a string as it is. A grid leg's args: the experiment's, then the grid's `args`, then its axis
-# values; `{name}` and `{<axis>}` in the grid's args and description stand for the leg's own.
+def _settings(ld: Loader, proj: dict, base: Path) -> Settings:
+    """`[project]`: exp_root resolved and able to hold dirs, outside every read-only path."""
+    loc = ("project",)
+    ld.check_table(proj, Settings, loc)
+    if "exp_root" not in proj:
+        raise ld.fail(loc, "missing key 'project.exp_root' (where experiment dirs are created)")
+    given = ld.read(proj, Settings, loc, "project")
+    exp_root = _resolve(proj["exp_root"], base, ld, loc + ("exp_root",), "project.exp_root")
+    if why := _root_problem(exp_root):
+        raise ld.fail(loc + ("exp_root",), f"exp_root '{cut(str(exp_root))}' {why}")
+    read_only: list[Path] = []
+    for i, p in enumerate(proj.get("read_only", [])):
+        if not isinstance(p, str):
+            raise ld.fail(loc + ("read_only",), f"'project.read_only' item {i} must be a string path")
+        read_only.append(_resolve(p, base, ld, loc + ("read_only",), f"project.read_only item {i}"))
+    for ro in read_only:
+        if exp_root == ro or ro in exp_root.parents:
+            raise ld.fail(
+                loc + ("exp_root",),
+                f"exp_root '{exp_root}' lies inside read-only path '{ro}': experiments could never be written",
+            )
+    idle = proj.get("gpu_idle", {})
+    ld.check_table(idle, GpuIdle, loc + ("gpu_idle",))
+    return Settings(
+        **{"name": base.name, **given},
+        exp_root=exp_root,
+        read_only=tuple(read_only),
+        gpu_idle=GpuIdle(**ld.read(idle, GpuIdle, loc + ("gpu_idle",), "project.gpu_idle")),
+        notify=_notify(ld, proj, base) if "notify" in proj else None,
+        slurm=_slurm(ld, SlurmSettings(), proj.get("slurm", {}), loc + ("slurm",)),
+        gpus=_gpus(ld, proj["gpus"], loc + ("gpus",)) if "gpus" in proj else None,
+    )
 
-GRID_KEYS = ("name", "description", "args")  # a grid's keys that are not axes
-_PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
+
+def _defaults(ld: Loader, table: dict, base: Path) -> Defaults:
+    """`[defaults]`: trainer args checked, the module a module name, the runtime's paths there."""
+    loc = ("defaults",)
+    ld.check_table(table, Defaults, loc)
+    args = ld.check_args(table.get("args", {}), loc + ("args",))
+    if not _MODULE.match(module := table.get("module", "nanochat.base_train")):
+        raise ld.fail(loc + ("module",),
+                      f"'defaults.module' must be a Python module name (like nanochat.base_train), not {show(module)}")
+    return Defaults(**ld.read(table, Defaults, loc, "defaults"), args=args,
+                    arg_lines=ld.arg_lines(args, loc + ("args",)), runtime=_runtime(ld, table, loc, base, Runtime(workdir=base)))
 
 
-def name_part(value: Any) -> str:
-    """An axis value as it appears in a leg name: `1.0` -> `1p0`, `-0.5` -> `m0p5`, `true`."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    text = repr(value) if isinstance(value, float) else str(value)
-    return text.replace(".", "p").replace("-", "m").replace("+", "") if isinstance(value, int | float) else text
+def _experiment(ld: Loader, table: Any, loc: tuple, settings: Settings, defaults: Defaults, base: Path,
+                seen_ids: dict[str, int | None]) -> Experiment:
+    """An `[[experiment]]` with its legs (the hand-written ones, and its grid's where the grid stands)."""
+    if not isinstance(table, dict):
+        raise ld.fail(loc, "each [[experiment]] must be a table")
+    ld.check_table(table, Experiment, loc)
+    exp_id = table.get("id")
+    if exp_id is None:
+        raise ld.fail(loc, "experiment without 'id'")
+    if why := bad_name(exp_id, EXPERIMENT_FILES):
+        raise ld.fail(loc + ("id",), f"experiment id {show(exp_id)} {why}")
+    if exp_id in seen_ids:
+        raise ld.fail(loc + ("id",), f"duplicate experiment id '{exp_id}' (first at line {seen_ids[exp_id]})")
+    seen_ids[exp_id] = ld.line(loc + ("id",))
+    given = ld.read(table, Experiment, loc, exp_id)
+    exp_root = settings.exp_root
+    args = ld.check_args(table.get("args", {}), loc + ("args",))
+    exp = Experiment(
+        **{"device": defaults.device, "nproc_per_node": defaults.nproc_per_node, "executor": settings.executor,
+           "max_parallel": settings.max_parallel, **given},
+        id=exp_id,
+        line=ld.line(loc),
+        runtime=_runtime(ld, table, loc, base, defaults.runtime),
+        args=_roots({**defaults.args, **args}, exp_root),
+        arg_lines={**defaults.arg_lines, **ld.arg_lines(args, loc + ("args",))},
+        prepare=_prepare(ld, table["prepare"], loc + ("prepare",), base, settings) if "prepare" in table else None,
+    )
+    legs: list[Leg] = []
+    seen: dict[str, int | None] = {}  # leg name -> its line
+    runs = 0  # the experiment's so far (legs x repeats)
+    for j, leg in enumerate(table.get("leg", [])):
+        legs.append(_leg(ld, leg, loc + ("leg", j), exp, defaults.module, exp_root, seen, runs))
+        runs += legs[-1].repeats
+    if "grid" in table:
+        # the grid's legs stand where the grid stands among the hand-written ones
+        at = ld.line(loc + ("grid",)) or 0
+        cut_at = sum(1 for leg in legs if (leg.line or 0) < at)
+        legs[cut_at:cut_at] = _grid_legs(ld, table["grid"], loc + ("grid",), exp, defaults.module, exp_root, seen, runs)
+    slurm = _slurm(ld, settings.slurm, table.get("slurm", {}), loc + ("slurm",))
+    return dataclasses.replace(exp, legs=tuple(legs), slurm=slurm)
 
 
-def _fill(template: str, values: dict[str, str]) -> str:
-    """`{key}` -> values[key] for the keys given; any other `{...}` (`{exp_dir}`) stays as it is."""
-    return _PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), template)
+def _leg(ld: Loader, table: Any, loc: tuple, exp: Experiment, module: str, exp_root: Path,
+         seen: dict[str, int | None], runs: int) -> Leg:
+    """An `[[experiment.leg]]`: a name that makes good file names and no other leg has, its args
+    over the experiment's, and the runs it adds to the `runs` before it bounded (grid.RUNS_MAX)."""
+    j = loc[-1]
+    if not isinstance(table, dict):
+        raise ld.fail(loc, "each [[experiment.leg]] must be a table")
+    ld.check_table(table, Leg, loc)
+    name = table.get("name")
+    if name is None:
+        raise ld.fail(loc, f"leg {j} of '{exp.id}' has no 'name'")
+    given = {"nproc_per_node": exp.nproc_per_node, "repeats": exp.repeats,
+             **ld.read(table, Leg, loc, f"{exp.id}/{name}")}
+    repeats = given["repeats"]
+    if runs + repeats > RUNS_MAX:
+        raise ld.fail(loc, f"'{exp.id}' has {count(runs + repeats)} runs (legs x repeats) up to its leg {show(name)}: "
+                           f"an experiment holds at most {count(RUNS_MAX)}")
+    if why := bad_name(name, LEG_FILES):
+        raise ld.fail(loc + ("name",), f"leg name {show(name)} in '{exp.id}' {why}")
+    if REPEAT_NAME.match(name):
+        raise ld.fail(loc + ("name",), f"leg name {show(name)} in '{exp.id}' ends like a repeat's run "
+                                       f"name (.r<N>, as in {repeat_name('dense', 0)}): choose another")
+    longest = repeat_name(name, repeats - 1) if repeats > 1 else name
+    if longest != name and (why := bad_name(longest, LEG_FILES)):
+        raise ld.fail(loc + ("repeats",), f"run name {show(longest)} of '{exp.id}/{name}' {why}")
+    if why := path_too_long(exp_root, exp.id, longest):
+        raise ld.fail(loc + ("name",), why)
+    if name == PREPARE and exp.prepare is not None:
+        raise ld.fail(loc + ("name",), f"leg name '{PREPARE}' in '{exp.id}' is its prepare step's "
+                                       "(prepare.log): name the leg otherwise")
+    if name in seen:
+        raise ld.fail(loc + ("name",), f"duplicate leg name '{name}' in '{exp.id}' (first at line {seen[name]})")
+    seen[name] = ld.line(loc + ("name",))
+    recorded = None
+    if "recorded" in table:
+        rloc = loc + ("recorded",)
+        ld.check_table(table["recorded"], Recorded, rloc)
+        recorded = Recorded(**ld.read(table["recorded"], Recorded, rloc, f"{exp.id}/{name} recorded"))
+    args = ld.check_args(table.get("args", {}), loc + ("args",))
+    return Leg(**given, name=name, experiment=exp.id, module=module, device=exp.device,
+               args=_roots({**exp.args, **args}, exp_root), recorded=recorded, line=ld.line(loc),
+               runtime=exp.runtime, arg_lines={**exp.arg_lines, **ld.arg_lines(args, loc + ("args",))})
 
 
-def _expand_grid(ld: _Loader, grid: dict, loc: tuple, exp_id: str, e_args: dict, seen: dict[str, int | None],
-                 runs: int = 0, repeats: int = 1) -> list[tuple[str, dict, str | None, dict]]:
-    """The legs of an experiment's grid as (name, args, description, axis values), checked: a
-    template that names every axis and nothing else, axes of distinct scalar values, names no
-    other leg has (`seen`: name -> line), and no more runs than RUNS_MAX with the `runs` the
-    experiment has beside it, each leg run `repeats` times (counted before anything is expanded)."""
-    template = grid.get("name")
-    if not isinstance(template, str):
-        raise ld.fail(loc, f"the grid of '{exp_id}' needs a name template (e.g. name = \"{{compile-mode}}_cap"
-                           "{moe-capacity-factor}\") whose placeholders are its axes")
-    axes = {k: v for k, v in grid.items() if k not in GRID_KEYS}
-    if not axes:
-        raise ld.fail(loc, f"the grid of '{exp_id}' has no axis (a trainer flag = [values])")
-    for key, values in axes.items():
-        if not _ARG_KEY.match(key):
-            raise ld.fail(loc + (key,), f"grid axis {_show(key)} of '{exp_id}' is not a flag name")
-        if not isinstance(values, list) or not values:
-            raise ld.fail(loc + (key,), f"grid axis '{key}' of '{exp_id}' must be a non-empty array of values, "
-                                        f"not {_show(values)}")
-    size = math.prod(len(v) for v in axes.values())
-    if runs + size * repeats > RUNS_MAX:
-        shape = " x ".join(str(len(v)) for v in axes.values())
-        also = f", with {_count(runs)} beside it" if runs else ""
-        rep = f" x {repeats} repeats" if repeats > 1 else ""
-        raise ld.fail(loc, f"the grid of '{exp_id}' makes {_count(size)} legs ({shape}){rep}{also}: an experiment "
-                           f"holds at most {_count(RUNS_MAX)} runs (legs x repeats)")
-    for key, values in axes.items():
-        for v in values:
-            ld.check_args({key: v}, loc + (key,))
-        shown = [name_part(v) for v in values]
-        if len(set(shown)) < len(shown):
-            dup = next(x for x in shown if shown.count(x) > 1)
-            raise ld.fail(loc + (key,), f"grid axis '{key}' of '{exp_id}' repeats a value ({dup} in a name)")
-    desc = grid.get("description")
-    if desc is not None and not isinstance(desc, str):
-        raise ld.fail(loc + ("description",), f"the grid's description in '{exp_id}' must be a string")
-    g_args = ld.check_args(grid.get("args", {}), loc + ("args",)) if isinstance(grid.get("args", {}), dict) else None
-    if g_args is None:
-        raise ld.fail(loc + ("args",), f"the grid's args in '{exp_id}' must be a table")
-    where = loc + ("name",)
-    stripped = _PLACEHOLDER.sub("", template)
-    if "{" in stripped or "}" in stripped:
-        raise ld.fail(where, f"grid name template {_show(template)} of '{exp_id}' has an unmatched brace")
-    named = _PLACEHOLDER.findall(template)
-    if unknown := [n for n in named if n not in axes]:
-        raise ld.fail(where, f"grid name template {_show(template)} of '{exp_id}' names {{{unknown[0]}}}, which is "
-                             f"not an axis (axes: {', '.join(axes)})")
-    if missing := [a for a in axes if a not in named]:
-        raise ld.fail(where, f"grid name template {_show(template)} of '{exp_id}' leaves out axis '{missing[0]}': "
-                             "legs that differ only there would share a name")
+def _grid_legs(ld: Loader, grid: dict, loc: tuple, exp: Experiment, module: str, exp_root: Path,
+               seen: dict[str, int | None], runs: int) -> list[Leg]:
+    """The legs of an experiment's `[experiment.grid]` (grid.expand), each run `exp.repeats` times."""
     legs = []
-    first: dict[str, dict] = {}
-    for combo in itertools.product(*axes.values()):
-        values = dict(zip(axes, combo, strict=True))
-        name = _fill(template, {k: name_part(v) for k, v in values.items()})
-        show = ", ".join(f"{k} = {_show(v)}" for k, v in values.items())
-        if why := _bad_name(name, LEG_FILES):
-            raise ld.fail(where, f"grid leg name {_show(name)} ({show}) in '{exp_id}' {why}")
-        if name in seen:
-            raise ld.fail(where, f"grid leg '{name}' ({show}) of '{exp_id}' has the name of the leg at line {seen[name]}")
-        if name in first:
-            other = ", ".join(f"{k} = {_show(v)}" for k, v in first[name].items())
-            raise ld.fail(where, f"grid legs ({other}) and ({show}) of '{exp_id}' would both be named '{name}'")
-        first[name] = values
-        subst = {"name": name, **{k: str(v) for k, v in values.items()}}
-        args = {**e_args, **{k: _fill(v, subst) if isinstance(v, str) else v for k, v in g_args.items()}, **values}
-        legs.append((name, args, _fill(desc, subst) if desc is not None else None, values))
+    for name, args, desc, values in expand(ld, grid, loc, exp.id, exp.args, seen, runs, exp.repeats):
+        if why := path_too_long(exp_root, exp.id, repeat_name(name, exp.repeats - 1) if exp.repeats > 1 else name):
+            raise ld.fail(loc + ("name",), why)
+        lines = {**exp.arg_lines, **ld.arg_lines(grid.get("args", {}), loc + ("args",)),
+                 **{k: ld.line(loc + (k,)) for k in values}}
+        legs.append(Leg(name=name, experiment=exp.id, module=module, device=exp.device, nproc_per_node=exp.nproc_per_node,
+                        args=_roots(args, exp_root), description=desc, line=ld.line(loc), grid=values,
+                        runtime=exp.runtime, repeats=exp.repeats, arg_lines=lines))
     return legs
 
 
-def _resolve(p: str, base: Path, ld: _Loader | None = None, loc: tuple = (), what: str = "path") -> Path:
+def _resolve(p: str, base: Path, ld: Loader | None = None, loc: tuple = (), what: str = "path") -> Path:
     """A registry path made absolute (relative to the registry's dir, `~` expanded), or a located
     error: an empty path, `~user` of no such user, a NUL byte."""
     def bad(why: str) -> Exception:
@@ -969,22 +619,7 @@ def _root_problem(root: Path) -> str | None:
         return None
 
 
-def _path_too_long(exp_root: Path, exp_id: str, leg: str) -> str | None:
-    """Why the longest path the cockpit writes for this leg would exceed PATH_MAX, or None."""
-    longest = max(LEG_SUFFIXES, key=len)
-    path = f"{exp_root}/{DIR_STAMP}{exp_id}/state/{leg}{longest}"
-    n = len(os.fsencode(path))
-    if n >= fsutil.PATH_MAX:
-        return (f"leg '{exp_id}/{leg}': its files under exp_root would have paths of {n} bytes, "
-                f"more than the {fsutil.PATH_MAX - 1} a path may have")
-    return None
-
-
-NOTIFY_FIELDS = ("event", "experiment", "leg", "dir", "log")  # `{event}`: done or failed
-NOTIFY_TIMEOUT_MAX = 600.0
-
-
-def _notify(ld: _Loader, proj: dict, base: Path) -> tuple[str, ...]:
+def _notify(ld: Loader, proj: dict, base: Path) -> tuple[str, ...]:
     """`project.notify`, checked: a non-empty array of strings, placeholders only NOTIFY_FIELDS; a
     program given as a path (it has a '/') is the registry dir's and must be an executable file.
     A bare name is looked up on PATH when it runs (PATH differs from machine to machine)."""
@@ -998,21 +633,21 @@ def _notify(ld: _Loader, proj: dict, base: Path) -> tuple[str, ...]:
     for a in argv:
         if "\x00" in a:
             raise ld.fail(loc, "'project.notify' holds a NUL byte (no command line can)")
-        if unknown := [n for n in _PLACEHOLDER.findall(a) if n not in NOTIFY_FIELDS]:
+        if unknown := [n for n in PLACEHOLDER.findall(a) if n not in NOTIFY_FIELDS]:
             raise ld.fail(loc, f"'project.notify' names {{{unknown[0]}}}; it knows "
                                + ", ".join(f"{{{f}}}" for f in NOTIFY_FIELDS))
     program = argv[0]
     if "/" in program:
         path = _resolve_kept(ld, program, base, loc, "project.notify")
-        if not (path.is_file() and os.access(path, os.X_OK)):
-            raise ld.fail(loc, f"'project.notify' program {_cut(str(path))} is not an executable file")
+        if not (_is_file(_stat(ld, path, loc, "project.notify")) and os.access(path, os.X_OK)):
+            raise ld.fail(loc, f"'project.notify' program {cut(str(path))} is not an executable file")
         program = str(path)
     return (program, *argv[1:])
 
 
 def fill_notify(argv: tuple[str, ...] | list[str], fields: dict[str, str]) -> list[str]:
     """The notify command for one leg: each `{field}` replaced (NOTIFY_FIELDS), nothing else."""
-    return [_fill(a, fields) for a in argv]
+    return [fill(a, fields) for a in argv]
 
 
 def _roots(args: dict, exp_root: Path) -> dict:
@@ -1020,11 +655,12 @@ def _roots(args: dict, exp_root: Path) -> dict:
     return {k: v.replace(EXP_ROOT_PLACEHOLDER, str(exp_root)) if isinstance(v, str) else v for k, v in args.items()}
 
 
-def _prepare(ld: _Loader, table: Any, loc: tuple, base: Path, exp_root: Path, read_only: list[Path]) -> Prepare:
+def _prepare(ld: Loader, table: Any, loc: tuple, base: Path, settings: Settings) -> Prepare:
     """An experiment's prepare entry, checked: an argv of strings whose placeholders are `{python}`
     and `{exp_root}`, and the path it creates, inside exp_root (nothing is written elsewhere) and
     outside every read-only path."""
-    ld.check_table(table, "prepare", loc)
+    exp_root = settings.exp_root
+    ld.check_table(table, Prepare, loc)
     argv = table.get("argv")
     if not argv or not all(isinstance(a, str) for a in argv) or not argv[0].strip():
         raise ld.fail(loc + ("argv",), "'prepare.argv' must be a non-empty array of strings: a command and its "
@@ -1034,7 +670,7 @@ def _prepare(ld: _Loader, table: Any, loc: tuple, base: Path, exp_root: Path, re
     for a in argv:
         if "\x00" in a:
             raise ld.fail(loc + ("argv",), "'prepare.argv' holds a NUL byte (no command line can)")
-        if unknown := [n for n in _PLACEHOLDER.findall(a) if n not in known]:
+        if unknown := [n for n in PLACEHOLDER.findall(a) if n not in known]:
             raise ld.fail(loc + ("argv",), f"'prepare.argv' names {{{unknown[0]}}}; it knows {{python}} and {{exp_root}}")
     if "creates" not in table:
         raise ld.fail(loc, "a prepare entry needs 'creates': the paths it makes (it runs when one is missing)")
@@ -1045,15 +681,15 @@ def _prepare(ld: _Loader, table: Any, loc: tuple, base: Path, exp_root: Path, re
     for c in given:
         path = _resolve(c.replace(EXP_ROOT_PLACEHOLDER, str(exp_root)), base, ld, loc + ("creates",), "prepare.creates")
         if not (path != exp_root and exp_root in path.parents):
-            raise ld.fail(loc + ("creates",), f"'prepare.creates' {_cut(str(path))} must lie inside exp_root "
-                                              f"{_cut(str(exp_root))} (the cockpit writes nowhere else): use "
+            raise ld.fail(loc + ("creates",), f"'prepare.creates' {cut(str(path))} must lie inside exp_root "
+                                              f"{cut(str(exp_root))} (the cockpit writes nowhere else): use "
                                               "{exp_root}/...")
-        for ro in read_only:
+        for ro in settings.read_only:
             if path == ro or ro in path.parents:
-                raise ld.fail(loc + ("creates",), f"'prepare.creates' {_cut(str(path))} lies inside read-only path {ro}")
+                raise ld.fail(loc + ("creates",), f"'prepare.creates' {cut(str(path))} lies inside read-only path {ro}")
         creates.append(path)
-    return Prepare(tuple(a.replace(EXP_ROOT_PLACEHOLDER, str(exp_root)) for a in argv), tuple(creates), ld.line(loc),
-                   prepare_mark(exp_root, creates))
+    return Prepare(argv=tuple(a.replace(EXP_ROOT_PLACEHOLDER, str(exp_root)) for a in argv), creates=tuple(creates),
+                   line=ld.line(loc), mark=prepare_mark(exp_root, creates))
 
 
 def prepare_mark(exp_root: Path, creates: list[Path] | tuple[Path, ...]) -> Path:
@@ -1063,11 +699,7 @@ def prepare_mark(exp_root: Path, creates: list[Path] | tuple[Path, ...]) -> Path
     return exp_root / PREPARE_MARK_DIR / f"{key}.running"
 
 
-ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")  # an environment variable's name
-RESERVED_ENV = (procs.ENV_EXP_DIR, procs.ENV_LEG)  # the supervisor's marker on a leg's processes
-
-
-def _runtime(ld: _Loader, table: dict, loc: tuple, base: Path, parent: Runtime) -> Runtime:
+def _runtime(ld: Loader, table: dict, loc: tuple, base: Path, parent: Runtime) -> Runtime:
     """The workdir, python and env a table sets (over `parent`'s), checked now: the workdir is a
     directory, the python an executable file, each env key a variable name and each value a
     string. Relative paths are the registry's dir's; `~` is expanded; symlinks are kept (a venv's
@@ -1076,43 +708,60 @@ def _runtime(ld: _Loader, table: dict, loc: tuple, base: Path, parent: Runtime) 
     workdir, python = parent.workdir, parent.python
     if "workdir" in table:
         workdir = _resolve_kept(ld, table["workdir"], base, loc + ("workdir",), f"{where}.workdir")
-        if not workdir.exists():
-            raise ld.fail(loc + ("workdir",), f"'{where}.workdir' {_cut(str(workdir))} does not exist")
-        if not workdir.is_dir():
-            raise ld.fail(loc + ("workdir",), f"'{where}.workdir' {_cut(str(workdir))} is not a directory")
+        if (st := _stat(ld, workdir, loc + ("workdir",), f"{where}.workdir")) is None:
+            raise ld.fail(loc + ("workdir",), f"'{where}.workdir' {cut(str(workdir))} does not exist")
+        if not stat.S_ISDIR(st.st_mode):
+            raise ld.fail(loc + ("workdir",), f"'{where}.workdir' {cut(str(workdir))} is not a directory")
     if "python" in table:
         python = _resolve_kept(ld, table["python"], base, loc + ("python",), f"{where}.python")
-        if not python.exists():
-            raise ld.fail(loc + ("python",), f"'{where}.python' {_cut(str(python))} does not exist")
-        if not python.is_file() or not os.access(python, os.X_OK):
-            raise ld.fail(loc + ("python",), f"'{where}.python' {_cut(str(python))} is not an executable file")
+        if (st := _stat(ld, python, loc + ("python",), f"{where}.python")) is None:
+            raise ld.fail(loc + ("python",), f"'{where}.python' {cut(str(python))} does not exist")
+        if not _is_file(st) or not os.access(python, os.X_OK):
+            raise ld.fail(loc + ("python",), f"'{where}.python' {cut(str(python))} is not an executable file")
     env = dict(parent.env)
-    for key, value in table.get("env", {}).items():
-        if not ENV_NAME.match(key):
-            raise ld.fail(loc + ("env", key), f"'{where}.env' key {_show(key)} is not an environment variable name")
-        if key in RESERVED_ENV:
-            raise ld.fail(loc + ("env", key), f"'{where}.env' may not set {key}: the cockpit marks a leg's processes with it")
+    for name, value in table.get("env", {}).items():
+        if not ENV_NAME.match(name):
+            raise ld.fail(loc + ("env", name), f"'{where}.env' key {show(name)} is not an environment variable name")
+        if name in RESERVED_ENV:
+            raise ld.fail(loc + ("env", name), f"'{where}.env' may not set {name}: the cockpit marks a leg's processes with it")
         if not isinstance(value, str):
-            raise ld.fail(loc + ("env", key), f"'{where}.env.{key}' must be a string (quote it: \"{value}\"), "
+            raise ld.fail(loc + ("env", name), f"'{where}.env.{name}' must be a string (quote it: \"{value}\"), "
                                               f"not {type(value).__name__}")
         if "\x00" in value:
-            raise ld.fail(loc + ("env", key), f"'{where}.env.{key}' holds a NUL byte")
-        env[key] = value
+            raise ld.fail(loc + ("env", name), f"'{where}.env.{name}' holds a NUL byte")
+        env[name] = value
     return Runtime(workdir=workdir, python=python, env=env)
 
 
-def _resolve_kept(ld: _Loader, p: str, base: Path, loc: tuple, what: str) -> Path:
+def _resolve_kept(ld: Loader, p: str, base: Path, loc: tuple, what: str) -> Path:
     """A path made absolute like _resolve, but its symlinks kept (a venv's python is a symlink:
     resolved, it would be the interpreter outside the venv)."""
     real = _resolve(p, base, ld, loc, what)  # the same checks (empty, NUL, ~user)
     del real
     path = Path(os.path.expanduser(p))
     return Path(os.path.normpath(path if path.is_absolute() else base / path))
-def _gpus(ld: _Loader, value: list, loc: tuple) -> tuple[int, ...]:
+def _stat(ld: Loader, path: Path, loc: tuple, what: str) -> os.stat_result | None:
+    """A registry path's stat (its links followed), None when nothing is there, or a located error
+    when the system cannot say (a name longer than the filesystem takes, a dir it may not search)."""
+    try:
+        return os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as e:
+        if e.errno == errno.ELOOP:  # a loop of links leads nowhere
+            return None
+        raise ld.fail(loc, f"'{what}' {cut(str(path))} cannot be looked at: {e.strerror}") from None
+
+
+def _is_file(st: os.stat_result | None) -> bool:
+    return st is not None and stat.S_ISREG(st.st_mode)
+
+
+def _gpus(ld: Loader, value: list, loc: tuple) -> tuple[int, ...]:
     """`project.gpus`, checked: a non-empty array of distinct GPU indices (as NVML numbers them)."""
-    if not value or not all(_is_a(v, (int,)) for v in value):
+    if not value or not all(is_a(v, (int,)) for v in value):
         raise ld.fail(loc, f"'project.gpus' must be a non-empty array of GPU indices (like [0, 1, 2, 3]), "
-                           f"not {_show(value)}")
+                           f"not {show(value)}")
     if bad := [v for v in value if not 0 <= v <= GPU_INDEX_MAX]:
         raise ld.fail(loc, f"'project.gpus' names GPU {bad[0]}: an index is between 0 and {GPU_INDEX_MAX}")
     if len(set(value)) != len(value):
@@ -1121,102 +770,14 @@ def _gpus(ld: _Loader, value: list, loc: tuple) -> tuple[int, ...]:
     return tuple(value)
 
 
-def _check_executor(ld: _Loader, name: str, loc: tuple, what: str) -> str:
-    if name not in EXECUTORS:
-        raise ld.fail(loc, f"'{what}' must be one of {EXECUTORS}, not {_show(name)}")
-    return name
-
-
-# The Slurm settings that are single tokens (a partition, a time limit, ...) hold no whitespace,
-# quote, backslash, `#` or control character: each is written into an #SBATCH line as one word.
-SBATCH_UNSAFE = re.compile(r"[\s'\"\\#\x00-\x1f\x7f]")
-_SLURM_TIME = re.compile(r"^(\d+-)?\d+(:\d+){0,2}$|^(UNLIMITED|INFINITE)$")  # 30, 4:00:00, 1-12, 2-00:00:00
-_SLURM_MEM = re.compile(r"^\d+[KMGT]?$")  # per node; a bare number is MB
-# sbatch options the cockpit sets itself (by their long names: an abbreviation or a short form in
-# extra_args is read as sbatch reads it, see sbatch_opts), with what each is for
-COCKPIT_SBATCH = {
-    **dict.fromkeys(("output", "error", "open-mode"), "the leg's log"),
-    "chdir": "the legs' checkout",
-    "job-name": "the name that proves a job is the leg's",
-    **dict.fromkeys(("dependency", "kill-on-invalid-dep"), "the chain of legs"),
-    **dict.fromkeys(("requeue", "no-requeue"), "a leg is never requeued behind your back"),
-    **dict.fromkeys(("ntasks", "ntasks-per-node", "tasks-per-node"), "one torchrun per node"),
-    **dict.fromkeys(("array", "wrap"), "one batch script per leg"),
-    **dict.fromkeys(("parsable", "test-only", "wait", "help", "usage", "version"), "how sbatch answers the cockpit"),
-    **dict.fromkeys(("cluster", "clusters"), "the cluster that squeue and scancel ask"),
-    **dict.fromkeys(("uid", "gid"), "the user that proves a job is the leg's"),
-}
-# sbatch options a Slurm setting of the registry writes: extra_args names the setting instead
-SLURM_KEY_OPTIONS = {"partition": "partition", "account": "account", "qos": "qos", "time": "time",
-                     "nodes": "nodes", "gpus-per-node": "gpus_per_node", "cpus-per-task": "cpus_per_task",
-                     "mem": "mem"}
-
-
-def extra_args_problem(items: Sequence[str]) -> str | None:
-    """Why these sbatch arguments cannot be a leg's extra_args, read as sbatch reads them (an
-    abbreviation, grouped short options), or None: one the cockpit sets itself, one a setting of
-    the registry writes, anything sbatch would refuse or read otherwise than written."""
-    try:
-        for item in items:
-            sbatch_opts.word(item)  # an #SBATCH line carries it (no control character, not empty)
-        options = sbatch_opts.parse(items)
-    except sbatch_opts.SbatchError as e:
-        return str(e)
-    for opt in options:
-        said = opt.written if opt.written == f"--{opt.name}" or opt.written.startswith(f"--{opt.name}=") \
-            else f"{opt.written} (sbatch reads --{opt.name})"
-        if opt.name in COCKPIT_SBATCH:
-            return f"{said} is set by the cockpit itself ({COCKPIT_SBATCH[opt.name]})"
-        if opt.name in SLURM_KEY_OPTIONS:
-            return f"{said} has its own key: set {SLURM_KEY_OPTIONS[opt.name]} instead"
-    return None
-
-
-def _slurm(ld: _Loader, base: SlurmSettings, table: dict, loc: tuple) -> SlurmSettings:
+def _slurm(ld: Loader, base: SlurmSettings, table: dict, loc: tuple) -> SlurmSettings:
     """`[project.slurm]` or `[experiment.slurm]` over `base`: each key given replaces the base's."""
-    ld.check_table(table, "slurm", loc)
-    where = ".".join(str(p) for p in loc if not isinstance(p, int))
-    values: dict[str, Any] = {}
-    for key, value in table.items():
-        at, name = loc + (key,), f"{where}.{key}"
-        if key in ("nodes", "gpus_per_node", "cpus_per_task"):
-            lo, hi = {"nodes": (1, NODES_MAX), "gpus_per_node": (0, NPROC_MAX), "cpus_per_task": (1, CPUS_MAX)}[key]
-            ld.check_range(value, lo, hi, at, name)
-        elif key in ("extra_args", "setup"):
-            if not all(isinstance(v, str) for v in value):
-                raise ld.fail(at, f"'{name}' must be an array of strings")
-            for v in value:
-                if key == "setup" and ("\n" in v or "\x00" in v):
-                    raise ld.fail(at, f"an item of '{name}' must be one line: {_show(v)}")
-            if key == "extra_args" and (why := extra_args_problem(value)):
-                raise ld.fail(at, f"'{name}': {why}")
-            value = tuple(value)
-        else:
-            value = str(value) if key == "time" else value
-            _sbatch_ok(ld, value, at, f"'{name}'")
-            if key == "time" and not _SLURM_TIME.match(value):
-                raise ld.fail(at, f"'{name}' must be a Slurm time limit (minutes, H:MM:SS, D-HH:MM:SS), "
-                                  f"not {_show(table[key])}")
-            if key == "mem" and not _SLURM_MEM.match(value):
-                raise ld.fail(at, f"'{name}' must be a Slurm memory size (like 64G or 500M), not {_show(value)}")
-        values[key] = value
-    return dataclasses.replace(base, **values)
-
-
-def _sbatch_ok(ld: _Loader, value: str, loc: tuple, what: str) -> None:
-    """A value that an #SBATCH line can carry whole, or a located error."""
-    if not value or SBATCH_UNSAFE.search(value):
-        raise ld.fail(loc, f"{what} {_show(value)} cannot go on an #SBATCH line (empty, or holds spaces, quotes, "
-                           "backslashes or #)")
-
-
-def _check_device(ld: _Loader, device: str, loc: tuple) -> str:
-    if device not in DEVICES:
-        raise ld.fail(loc, f"device must be one of {DEVICES}, not {device!r}")
-    return device
-
-
-def _check_nproc(ld: _Loader, n: Any, loc: tuple) -> int:
-    if not _is_a(n, (int,)) or not 1 <= n <= NPROC_MAX:
-        raise ld.fail(loc, f"nproc_per_node must be a positive integer up to {NPROC_MAX}, not {_show(n)}")
-    return n
+    where = dotted(loc)
+    ld.check_table(table, SlurmSettings, loc)
+    given = ld.read(table, SlurmSettings, loc, where)
+    for name, value in table.items():
+        if why := slurm_policy.setting_problem(name, value, f"{where}.{name}"):
+            raise ld.fail(loc + (name,), why)
+    if "time" in given:
+        given["time"] = str(given["time"])  # minutes, as sbatch reads a bare number
+    return dataclasses.replace(base, **given)

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from conftest import cockpit
 
+from cockpit import grid as sweeps
 from cockpit import registry as reg
 
 HEAD = """[project]
@@ -140,7 +141,7 @@ def test_runs_are_bounded_before_a_grid_is_expanded(tmp_path, monkeypatch):
         path.write_text(HEAD.replace('baseline = "dense"\n', "") + body)
         return reg.load(path)
 
-    monkeypatch.setattr(reg.itertools, "product", no_product)
+    monkeypatch.setattr(sweeps.itertools, "product", no_product)
     axes = "\n".join(f'{k} = [{", ".join(str(i) for i in range(100))}]' for k in ("a", "b", "c"))
     with pytest.raises(reg.RegistryError) as e:
         load(tmp_path, f'[experiment.grid]\nname = "{{a}}_{{b}}_{{c}}"\n{axes}\n')

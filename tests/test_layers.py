@@ -13,6 +13,7 @@ REPO = Path(__file__).resolve().parents[1]
 LAYERS = {
     0: ["cockpit", "cockpit.fsutil", "cockpit.procs", "cockpit.scheduler", "cockpit.sbatch_opts", "cockpit.safetext", "cockpit.stats",
         "cockpit.vocab", "cockpit.lazy", "cockpit.numtext", "cockpit.pipes", "cockpit.checkout", "cockpit.flags", "cockpit.registry", "cockpit.toml_lines",
+        "cockpit.schema", "cockpit.names", "cockpit.grid", "cockpit.slurm_policy",
         "cockpit.logs",
         "cockpit.logs.lines", "cockpit.logs.failure", "cockpit.logs.state", "cockpit.logs.follow",
         "cockpit.logs.summary", "cockpit.logs.bulk", "cockpit.logs.progress"],

@@ -13,8 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cockpit import registry as reg
-from cockpit import toml_lines
+from cockpit import schema, toml_lines
 from cockpit.cli import main
+from cockpit.vocab import METRICS
 
 ROOT = Path(__file__).resolve().parent.parent
 BUNDLED = ROOT / "experiments.toml"
@@ -150,6 +151,41 @@ def test_repeats_run_a_leg_n_times_with_seed_base_plus_i() -> None:
     assert reg.split_repeat("a.r01") == ("a.r01", None)  # no run is named so
 
 
+TABLES = (reg.Registry, reg.Settings, reg.GpuIdle, reg.SlurmSettings, reg.Defaults, reg.Runtime, reg.Experiment,
+          reg.Prepare, reg.Leg, reg.Recorded)
+
+
+def test_every_key_is_declared_once_with_its_types_and_a_doc() -> None:
+    """The dataclasses are the schema: each key of a table is one field with its types and a line
+    that says what it means; a recorded leg's figures are the metrics, by their one name."""
+    for cls in TABLES:
+        keys = schema.keys_of(cls)
+        assert keys, cls
+        for name, (_, k) in keys.items():
+            assert k.types and k.doc.strip() and "\n" not in k.doc, (cls.__name__, name)
+            assert k.lo is None or (k.hi is not None and k.lo <= k.hi), (cls.__name__, name)
+    assert list(schema.keys_of(reg.Recorded)) == [*METRICS, "dir", "source"]
+    assert list(schema.keys_of(reg.Registry)) == ["project", "defaults", "experiment"]
+    # the runtime's keys sit in [defaults] and in each [[experiment]] itself
+    assert {"workdir", "python", "env"} <= set(schema.keys_of(reg.Defaults)) & set(schema.keys_of(reg.Experiment))
+
+
+def test_what_a_table_leaves_out_is_its_declared_default() -> None:
+    r = reg.loads(GOOD_HEAD + "[[experiment]]\nid = 'e'\n[[experiment.leg]]\nname = 'l'\n", "/tmp/r.toml")
+    assert r.settings == reg.Settings(name="tmp", exp_root=Path("/tmp/exp"))
+    assert (r.settings.tail, r.settings.on_failure, r.settings.max_parallel, r.settings.executor) == (50, "stop", 1, "local")
+    exp, leg = r.experiment("e"), r.experiment("e").leg("l")
+    assert (exp.device, exp.nproc_per_node, exp.repeats, exp.slurm) == ("cuda", 1, 1, reg.SlurmSettings())
+    assert (leg.module, leg.device, leg.nproc_per_node, leg.repeats, leg.args) == ("nanochat.base_train", "cuda", 1, 1, {})
+    assert exp.runtime == r.runtime == reg.Runtime(workdir=Path("/tmp"))
+    # an experiment's keys it leaves out are the project's and the defaults'; a leg's, its experiment's
+    r = reg.loads(GOOD_HEAD + "max_parallel = 3\nexecutor = 'slurm'\n[defaults]\ndevice = 'cpu'\nnproc_per_node = 2\n"
+                  "[[experiment]]\nid = 'e'\nrepeats = 2\n[[experiment.leg]]\nname = 'l'\n", "/tmp/r.toml")
+    exp = r.experiment("e")
+    assert (exp.device, exp.nproc_per_node, exp.max_parallel, exp.executor) == ("cpu", 2, 3, "slurm")
+    assert (exp.legs[0].nproc_per_node, exp.legs[0].repeats, exp.legs[0].device) == (2, 2, "cpu")
+
+
 def test_default_seed_is_the_trainers() -> None:
     """A repeat's seed counts from the trainer's own default when the leg sets none."""
     import re
@@ -251,6 +287,26 @@ def test_bad_registry_is_one_located_line(tmp_path: Path, text: str, line: int, 
     assert msg.startswith(f"{path}:{line}: "), msg
     for w in words:
         assert w in msg, msg
+
+
+@pytest.mark.parametrize(("body", "line", "what"), [
+    ("[defaults]\nworkdir = '{long}'\n", 4, "'defaults.workdir'"),
+    ("[defaults]\npython = '{long}'\n", 4, "'defaults.python'"),
+    ("[[experiment]]\nid = 'e'\npython = '{long}/python'\n", 5, "'experiment.python'"),
+    ("notify = ['./{long}']\n", 3, "'project.notify'"),
+])
+def test_a_path_the_system_cannot_look_at_is_one_located_line(tmp_path: Path, body: str, line: int, what: str) -> None:
+    """A name longer than the filesystem takes (ENAMETOOLONG from stat) is the key's error, not a traceback."""
+    path = tmp_path / "experiments.toml"
+    path.write_text(GOOD_HEAD + body.replace("{long}", "n" * 300))
+    with pytest.raises(reg.RegistryError) as info:
+        reg.load(path)
+    msg = str(info.value)
+    assert msg.startswith(f"{path}:{line}: {what} ") and msg.endswith(" cannot be looked at: File name too long"), msg
+    assert len(msg) < 300 + len(str(path))  # the path is cut in its middle
+    proc = subprocess.run([sys.executable, "-m", "cockpit.cli", "--registry", str(path), "status"],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 2 and proc.stderr == f"cockpit: {msg}\n"
 
 
 def test_missing_registry(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ log, so a report would read two runs as one. `resubmit` does it whole:
        each leg after the one before it, by the plan's on_failure), and each leg's state records
        its new job and its attempt. Anything refused on the way puts the attempts back.
 
-Layer 2: imports fsutil, expdir, registry, sbatch_opts, scheduler, vocab and executors.slurm.
+Layer 2: imports fsutil, expdir, registry, sbatch_opts, slurm_policy, scheduler, vocab and executors.slurm.
 """
 
 from __future__ import annotations
@@ -30,8 +30,9 @@ from pathlib import Path
 from cockpit import fsutil, sbatch_opts
 from cockpit.executors import slurm
 from cockpit.expdir import LegState, RunError, describe, open_dir, state_path, stop_request_path, write_state
-from cockpit.registry import COCKPIT_SBATCH, PREPARE
+from cockpit.registry import PREPARE
 from cockpit.scheduler import SlurmError, cancel, job_name, output_pattern
+from cockpit.slurm_policy import COCKPIT_SBATCH
 from cockpit.vocab import ACTIVE_STATUSES, Status
 
 ATTEMPTS_DIR = "attempts"  # <dir>/attempts/<leg>.<n>.log and .json: the earlier attempts of a resubmitted leg

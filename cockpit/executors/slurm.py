@@ -21,7 +21,7 @@ As an executor it offers what launch.py calls of every executor (see executors/_
 cancels a leg and the rest of its chain through scancel. `refresh_report` regenerates a dir's
 report.md once a client has seen a leg end (the batch job may be killed before it could).
 
-Layer 2: imports fsutil, safetext, sbatch_opts, registry, scheduler, vocab, expdir and report.
+Layer 2: imports fsutil, safetext, sbatch_opts, registry, slurm_policy, scheduler, vocab, expdir and report.
 """
 
 from __future__ import annotations
@@ -47,8 +47,9 @@ from cockpit.expdir import (
     stop_request_path,
     write_state,
 )
-from cockpit.registry import ENV_NAME, PREPARE, PREPARE_MARK_DIR, SlurmSettings, extra_args_problem
+from cockpit.registry import ENV_NAME, PREPARE, PREPARE_MARK_DIR, SlurmSettings
 from cockpit.scheduler import SlurmError, call, cancel, command_failed, job_name, last_line, output_pattern
+from cockpit.slurm_policy import extra_args_problem
 from cockpit.vocab import ENDED_STATUSES, Status
 
 NAME = "slurm"
