@@ -373,7 +373,7 @@ values = st.one_of(
     st.integers(min_value=-(2**40), max_value=2**40),
     st.floats(allow_nan=False, allow_infinity=False, width=64),
     st.text(min_size=1, max_size=20).filter(
-        lambda s: not s.startswith("--") and "{exp_dir}" not in s and "\x00" not in s  # no argv holds a NUL
+        lambda s: not s.startswith("--") and "{exp_dir}" not in s and "{exp_root}" not in s and "\x00" not in s  # no argv holds a NUL
     ),
 )
 
