@@ -318,7 +318,8 @@ def bar_axis(means: Any, half: Any) -> tuple[float, float]:
 
 def _render(fig: Any, formats: Sequence[str] = ("png",)) -> dict[str, bytes]:
     """The figure's bytes in each of `formats` (an SVG with its text as text, without a date or
-    random ids: the same figure, the same bytes)."""
+    random ids: the same figure, the same bytes), cropped to what is drawn: a title wider than the
+    axes (the legend sits right of them) is kept whole, never cut at the figure's edge."""
     from matplotlib import rc_context  # function-level: matplotlib is heavy (plots only)
 
     fig.tight_layout()
@@ -326,7 +327,8 @@ def _render(fig: Any, formats: Sequence[str] = ("png",)) -> dict[str, bytes]:
     for fmt in formats:
         buf = io.BytesIO()
         with rc_context({"svg.hashsalt": "cockpit", "svg.fonttype": "none"}):
-            fig.savefig(buf, format=fmt, metadata={"Date": None} if fmt == "svg" else None)
+            fig.savefig(buf, format=fmt, metadata={"Date": None} if fmt == "svg" else None, bbox_inches="tight",
+                        pad_inches=0.1)
         out[fmt] = buf.getvalue()
     return out
 
