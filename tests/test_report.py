@@ -399,7 +399,8 @@ def test_figures_smoothed_warmup_left_out_tail_shaded_and_none_for_a_zero_metric
     for name, label in [("tok_per_sec", "tok/sec"), ("dt_ms", "dt (ms)"), ("drop_pct", "dropped tokens (%)"),
                         ("val_bpb", "validation bpb"), ("tail_means", "tail means"), ("loss", "loss")]:
         assert f"![{label}](report_{name}.png)" in text
-        assert _png_size(d / f"report_{name}.png")[0] == plots.PLOT_SIZE_IN[0] * 150
+        width = plots.PLOT_SIZE_IN[0] * 150  # 150 dpi, cropped to what is drawn (a title, the legend)
+        assert abs(_png_size(d / f"report_{name}.png")[0] - width) < 0.15 * width
     assert not (d / "report_mfu.png").exists() and "report_mfu.png" not in text
 
     with open(os.devnull, "wb") as sink:
