@@ -15,7 +15,7 @@ LAYERS = {
         "cockpit.vocab", "cockpit.lazy", "cockpit.numtext", "cockpit.pipes", "cockpit.checkout", "cockpit.flags", "cockpit.registry", "cockpit.toml_lines",
         "cockpit.logs",
         "cockpit.logs.lines", "cockpit.logs.failure", "cockpit.logs.state", "cockpit.logs.follow",
-        "cockpit.logs.summary", "cockpit.logs.bulk", "cockpit.logs.progress"],
+        "cockpit.logs.summary", "cockpit.logs.full", "cockpit.logs.progress"],
     1: ["cockpit.gpus", "cockpit.expdir", "cockpit.provenance", "cockpit.trainer_flags", "cockpit.leg_log"],
     2: ["cockpit.baseline", "cockpit.export", "cockpit.plots", "cockpit.step_files", "cockpit.report", "cockpit.supervisor", "cockpit.executors", "cockpit.executors.local",
         "cockpit.executors.slurm", "cockpit.executors.resubmit"],
