@@ -1,6 +1,6 @@
 """Heavy libraries, imported where first used: the TUI and the CLI's quick commands start without them.
 
-numpy reads and formats the columns of a full parse (a report's per-step CSV and plots); the
+numpy holds the columns of a full parse (a report's plots, the series it draws); the
 TUI, `cockpit status` and a summary report never need it, and importing it costs a tenth of a
 second at every start. The modules that use it ask for it here, once, when they first need it.
 

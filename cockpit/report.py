@@ -32,7 +32,7 @@ Everything taken from a log or a file name (run names, error lines) is made prin
 escaped for markdown. Output files are checked before anything is written (a directory, a path
 under a file, a read-only place: one line, nothing written), then written as temps and renamed
 into place together. A log of any size costs bounded memory: its step lines stream, a chunk at a
-time, as numpy columns into the per-step CSV (numbers as the log printed them; step_files), and a
+time, into the per-step CSV (numbers as the log printed them; step_files), and a
 plotted series keeps a min and a max per pixel column (plots). Big logs are read side by side by
 worker processes (step_files.stream_steps).
 

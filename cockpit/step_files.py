@@ -3,13 +3,14 @@ the log printed them, then `baseline`: 1 on the rows of the report's baseline, w
 the dir or in another one, else 0), and each run's plotted series collected on the way
 (plots.Series).
 
-A log of any size costs bounded memory: its step lines come a chunk at a time as numpy columns
-(logs.parse_file) and go out as CSV bytes in bulk (numtext). Big logs are read side by side by
+A log of any size costs bounded memory: its step lines come a chunk at a time (logs.parse_file)
+and go out as CSV rows (the csv module; a number is str() of what the line parser read, `650.67`
+as printed, `1.00` as `1.0`). Big logs are read side by side by
 worker processes (`python -c`, one per CPU), each writing its logs' rows to part files in a
 private temp dir; the parts are copied into the CSV in the runs' order: the same bytes as one
 after the other.
 
-Layer 2: imports the layers below (fsutil, lazy, logs, numtext, safetext) and plots.
+Layer 2: imports the layers below (fsutil, lazy, logs, safetext) and plots.
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
-from cockpit import fsutil, lazy, logs, numtext, plots, safetext
+from cockpit import fsutil, lazy, logs, plots, safetext
 from cockpit.plots import Series
 
 STEP_COLUMNS = (
@@ -36,13 +37,8 @@ STEP_COLUMNS = (
 BASELINE_COLUMN = "baseline"  # after the step columns: 1 on the baseline's rows
 
 
-def _csv_field(text: str) -> str:
-    """One CSV field as the csv module writes it (quoted when it holds a comma, a quote...)."""
-    buf = io.StringIO()
-    csv.writer(buf, lineterminator="").writerow([text])
-    return buf.getvalue()
-
-
+# Each log's parse is CPU-bound (the line parser, about 16 us a step line) and independent of the
+# others: on free cores, big logs read side by side end together, for the same CPU time in all.
 PARALLEL_MIN_BYTES = 64 << 20  # logs of less, all told, are read in this process: a worker's start costs more
 PARALLEL_MAX_WORKERS = 8
 
@@ -154,13 +150,17 @@ def _steps_csv(path: str, run: str, tail: int, out: BinaryIO, baseline: bool = F
     """One log's step lines as CSV rows into `out` (`baseline`: the report's baseline's); its
     plotted series. A log that cannot be read (any more) adds the rows read so far, and no series."""
     np = lazy.numpy()
-    prefix = (_csv_field(safetext.printable(run)) + ",").encode()
-    end = b",1\r\n" if baseline else b",0\r\n"
+    name = safetext.printable(run)
+    flag = 1 if baseline else 0
     kept = plots.Collected(tail)
+    buf = io.StringIO()
+    writer = csv.writer(buf)  # None -> an empty cell, a number -> str()
 
     def sink(table: logs.StepTable) -> None:
-        out.write(numtext.csv_text(prefix, [_cells(table.column(name), name in logs.INT_FIELDS)
-                                            for name in STEP_COLUMNS], end=end))
+        writer.writerows([name, *[getattr(r, f) for f in STEP_COLUMNS], flag] for r in table.rows())
+        out.write(buf.getvalue().encode())
+        buf.seek(0)
+        buf.truncate()
         kept.add(table)
 
     try:
@@ -173,16 +173,3 @@ def _steps_csv(path: str, run: str, tail: int, out: BinaryIO, baseline: bool = F
         x, y = (np.array(a, np.float64) for a in zip(*val, strict=True))
         found["val_bpb"] = Series(x, y, y, False, batch_tokens=state.batch_tokens or 0)
     return found
-
-
-def _cells(col: logs.Column, integer: bool) -> Any:
-    """A column's CSV cells: str() of each number, from the characters the log printed it with
-    when the parse kept them, else from its value."""
-    np = lazy.numpy()
-    if not col.present.any():
-        return np.zeros((len(col.present), 0), np.uint8)
-    if col.text is not None:
-        return numtext.token_cells(col.text, col.present, col.values, integer)
-    if integer:
-        return numtext.int_cells(col.values, col.present)
-    return numtext.float_cells(col.values, col.present, col.decimals)

@@ -16,7 +16,7 @@ LAYERS = {
         "cockpit.schema", "cockpit.names", "cockpit.grid", "cockpit.slurm_policy",
         "cockpit.logs",
         "cockpit.logs.lines", "cockpit.logs.failure", "cockpit.logs.state", "cockpit.logs.follow",
-        "cockpit.logs.summary", "cockpit.logs.bulk", "cockpit.logs.progress"],
+        "cockpit.logs.summary", "cockpit.logs.full", "cockpit.logs.progress"],
     1: ["cockpit.gpus", "cockpit.expdir", "cockpit.provenance", "cockpit.trainer_flags", "cockpit.leg_log"],
     2: ["cockpit.baseline", "cockpit.export", "cockpit.plots", "cockpit.step_files", "cockpit.report", "cockpit.supervisor", "cockpit.executors", "cockpit.executors.local",
         "cockpit.executors.slurm", "cockpit.executors.resubmit"],

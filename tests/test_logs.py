@@ -1,4 +1,4 @@
-"""cockpit.logs: line formats (golden), chunking invariance (hypothesis), the follower, summaries, the bulk parse."""
+"""cockpit.logs: line formats (golden), chunking invariance (hypothesis), the follower, summaries, the full parse."""
 
 import dataclasses
 import json
@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cockpit import logs
-from cockpit.logs import bulk, summary
+from cockpit.logs import summary
 
 FORMAT_FIXTURES = ["fork-log-excerpt", "upstream-bf16", "upstream-old-mfu", "trainer-junk", "crashed-torchrun"]
 
@@ -427,7 +427,7 @@ def test_big_log_is_read_from_its_end_with_the_same_figures(tmp_path, monkeypatc
 
 
 # ---------------------------------------------------------------------------------------------
-# the full parse reads step lines in bulk: it must give exactly what the line parser gives
+# the full parse reads a file a chunk at a time: it must give exactly what feeding every line gives
 
 
 def per_line(path: Path, tail: int = 50) -> logs.LogState:
@@ -459,26 +459,14 @@ def same_state(a: logs.LogState, b: logs.LogState) -> None:
 
 @pytest.mark.parametrize("name", FORMAT_FIXTURES + ["seed/20260224_175412_moe-fp8-capacity-ablation-v1/static_cap1p0",
                                                     "cpu-smoke/moe_cap1p0"])
-def test_bulk_full_parse_equals_the_line_parser(name):
+def test_full_parse_equals_the_line_parser(name):
     path = FIXTURES / f"{name}.log"
-    bulk_rows = []
-    real = bulk._group_columns
-
-    def spy(text, n):
-        cols = real(text, n)
-        bulk_rows.append(0 if cols is None else n)
-        return cols
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(bulk, "_group_columns", spy)
-        state = logs.parse_file(path)
+    state = logs.parse_file(path)
     same_state(state, per_line(path))
     assert len(state.table) == state.steps_observed > 0
-    # every step line was read in bulk, the junk fixture's unknown field (`| foo: bar`) included
-    assert sum(bulk_rows) == state.steps_observed
 
 
-def test_bulk_full_parse_of_many_layouts_and_oddities(tmp_path):
+def test_full_parse_of_many_layouts_and_oddities(tmp_path):
     lines = []
     for i in range(3000):
         base = f"step {i:05d}/03000 ({i / 30:.2f}%) | loss: {6 - i / 1000:.6f} | lrm: 1.00 | dt: {600 + i % 9:.2f}ms"
@@ -513,7 +501,7 @@ def test_bulk_full_parse_of_many_layouts_and_oddities(tmp_path):
         elif kind == 14:
             line = f"moe step x{i} | drop: 1.00%"  # a head that is no number
         elif kind == 15:
-            line = base.replace("loss: ", "loss: -") + tail  # a sign: these lines are read one by one
+            line = base.replace("loss: ", "loss: -") + tail  # a sign
         elif kind == 16:
             line = base + tail.replace(f"{800_000 + i * 7:,}", f"{i ** 3:,}")  # tok/sec of 1 to 11 digits
         elif kind == 18:
@@ -527,54 +515,24 @@ def test_bulk_full_parse_of_many_layouts_and_oddities(tmp_path):
     p = tmp_path / "many.log"
     p.write_text("\n".join(lines) + "\n")
     expected = per_line(p)
-    for chunk in (bulk.BULK_CHUNK, 4096, 333):
+    for chunk in (None, 4096, 333):
         state = logs.parse_file(p, chunk=chunk)
         same_state(state, expected)
+    # handed over a chunk at a time: the same rows, in order, a chunk's worth at once
+    handed = []
+    streamed = logs.parse_file(p, chunk=4096, on_steps=lambda t: handed.append(t.rows()))
+    rows = [dataclasses.asdict(r) for part in handed for r in part]
+    assert canon(rows) == canon([dataclasses.asdict(r) for r in expected.table.rows()])
+    assert len(handed) > 50 and max(map(len, handed)) <= 4096 // 50 and len(streamed.table) == 0
     assert sum(1 for ln in lines if (r := logs.parse_step(ln)) and r.extra) > 100  # unknown fields, kept aside
     assert expected.steps_observed > 1900 and not expected.failed
     assert expected.moe is not None and state.moe == expected.moe
     assert expected.table.as_lists()["total"].count(None) >= 3000 // 23  # the heads with a comma
 
 
-def read_numbers(tokens: list[str], integer: bool = False):
-    """bulk._read_column over tokens separated by blanks, as a block's number text holds them."""
-    np = bulk._numpy()
-    text = (" " * bulk._PAD + " ".join(tokens)).encode()
-    ends, at = [], bulk._PAD
-    for tok in tokens:
-        at += len(tok)
-        ends.append(at)
-        at += 1
-    u = np.frombuffer(text + b" " * 8, np.uint8)
-    return bulk._read_numbers(u, bulk._words(u), np.array(ends), np.array([len(x) for x in tokens]), integer)
-
-
-@settings(max_examples=300, deadline=None)
-@given(st.one_of(st.lists(st.from_regex(r"\A([0-9]{1,9}(\.[0-9]{0,7})?|\.[0-9]{1,6})\Z"), min_size=1, max_size=40),
-                 st.lists(st.from_regex(r"\A([0-9]{1,4}(\.[0-9]{0,3})?|\.[0-9]{1,6})\Z"), min_size=1, max_size=40)))
-def test_column_reader_reads_numbers_as_float_does(tokens):
-    """The bulk reader's numbers (any widths, points, leading zeros) equal float()'s bit for bit,
-    and it knows how many digits each printed after its point."""
-    col = read_numbers(tokens)
-    if col is None:  # only a number longer than the reader takes
-        assert max(map(len, tokens)) > bulk.TOKEN_MAX
-        return
-    assert canon(col.values.tolist()) == canon([float(x) for x in tokens])
-    assert col.decimals.tolist() == [len(x) - x.index(".") - 1 if "." in x else 0 for x in tokens]
-    if all(x.isdigit() for x in tokens):
-        assert read_numbers(tokens, integer=True).values.tolist() == [int(x) for x in tokens]
-
-
-@pytest.mark.parametrize("token", ["-1.5", "+2", "1.2.3", ".", "1234567890123456", "12345678.12345678"])
-def test_column_reader_leaves_odd_numbers_to_the_line_parser(token):
-    assert read_numbers(["1", token, "2"]) is None
-    assert read_numbers(["1.5", "2"], integer=True) is None  # int() reads no point
-    assert read_numbers(["1", "22", "333"]).values.tolist() == [1.0, 22.0, 333.0]
-
-
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(streams())
-def test_bulk_full_parse_of_any_stream(tmp_path, stream):
+def test_full_parse_of_any_stream(tmp_path, stream):
     data, _ = stream
     p = tmp_path / "s.log"
     p.write_bytes(data)

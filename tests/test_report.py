@@ -1,5 +1,7 @@
 """cockpit.report and `cockpit report`: tables from plain logs, deltas, status, files."""
 
+import csv
+import io
 import json
 import os
 import shutil
@@ -17,6 +19,8 @@ from conftest import (
     make_dir,
     step_line,
 )
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from cockpit import cli, flags, launch, plots, report, stats, step_files
 from cockpit import registry as reg
@@ -342,6 +346,32 @@ def test_leg_diff_against_the_baseline_or_another_leg():
     assert diff["device-type"] == (None, "cpu") and diff["fp8"] == (True, None) and diff["depth"] == ("12", "2")
     assert flags.format_diff(None) == "nothing to compare with"
     assert flags.parse_flags(["torchrun", "-m", "x", "--", "--a", "1", "--b", "--c", "-1"]) == {"a": "1", "b": True, "c": "-1"}
+
+
+PRINTED = st.from_regex(r"\A([0-9]{1,9}(\.[0-9]{0,8})?|\.[0-9]{1,6}|[0-9]{16,20}\.[0-9]{1,3})\Z")
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(st.integers(0, 2**70), PRINTED, PRINTED, st.integers(0, 10**12), st.booleans()),
+                min_size=1, max_size=20))
+def test_steps_csv_holds_each_number_as_the_log_printed_it(tmp_path, lines):
+    """A cell is str() of the number the log printed: its digits (`1.00` as `1.0`, `.5` as `0.5`,
+    `806,400` without its comma), a number of more digits than a float holds as float() reads it,
+    a step of any length; a field the line does not carry is empty; the run's name is quoted."""
+    log = tmp_path / "r.log"
+    text = [f"step {n}/{2**70} | loss: {loss} | dt: {dt}ms | tok/sec: {tok:,}" + (" | bal: 1.5" if bal else "")
+            for n, loss, dt, tok, bal in lines]
+    log.write_text("\n".join(text) + "\n")
+    out = io.BytesIO()
+    step_files.stream_steps([("a,b", str(log))], out)
+    rows = list(csv.DictReader(io.StringIO(out.getvalue().decode(), newline="")))
+    assert len(rows) == len(lines)
+    for row, (n, loss, dt, tok, bal) in zip(rows, lines, strict=True):
+        assert row["run"] == "a,b" and row["baseline"] == "0"
+        assert (row["step"], row["total"]) == (str(n), str(2**70))
+        assert (row["loss"], row["dt_ms"], row["tok_per_sec"]) == (str(float(loss)), str(float(dt)), str(float(tok)))
+        assert row["bal"] == ("1.5" if bal else "") and row["mfu"] == "" and row["epoch"] == ""
+    assert out.getvalue().count(b"\r\n") == len(lines) + 1
 
 
 def test_big_logs_read_by_workers_give_the_same_files(tmp_path, monkeypatch):

@@ -7,20 +7,20 @@ one job and is usable alone:
 
 - `lines`: one line -> a typed record (`parse_step`, `parse_line`), numbers with their units;
 - `failure`: the failure evidence (a traceback, an argparse error, torchrun's summary);
-- `state`: `LogState`, an accumulator fed with lines, and `StepTable`, every step as columns;
+- `state`: `LogState`, an accumulator fed with lines, and `StepTable`, step lines with numpy columns;
 - `follow`: bytes in any chunking -> lines (`LineSplitter`), a growing file (`LogFollower`);
 - `summary`: a leg's summary from the end of its log, in bounded memory (`summarize`), its last lines;
-- `bulk`: a full parse, step lines read in bulk by numpy (`parse_file`);
+- `full`: a full parse, every line from the start, step lines handed over a chunk at a time (`parse_file`);
 - `progress`: a leg's progress in words (step, percent, ETA as h:mm:ss, the tail's steps).
 
 The names below are the ones the rest of the cockpit uses.
 
-Layer 0: these modules import nothing from the cockpit but fsutil, safetext, vocab, lazy and numtext.
+Layer 0: these modules import nothing from the cockpit but fsutil, safetext, vocab and lazy.
 """
 
-from cockpit.logs.bulk import parse_file
 from cockpit.logs.failure import FailureTracker
 from cockpit.logs.follow import LineSplitter, LogFollower, read_lines
+from cockpit.logs.full import parse_file
 from cockpit.logs.lines import (
     FinalLine,
     MoeLine,

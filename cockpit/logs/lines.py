@@ -92,13 +92,15 @@ class SetupLine:
 def to_float(text: str) -> float | None:
     """A number as the trainer prints it: `806,400`, `9.76`, `1.20%`, `650.67ms`, `nan`."""
     try:
-        return float(text)
+        return float(text.replace(",", "") if "," in text else text)  # tok/sec has commas on every line
     except ValueError:
         pass
     t = text.strip().replace(",", "").replace("_", "")
     end = len(t)
     while end and not (t[end - 1].isdigit() or t[end - 1] == "."):
         end -= 1
+    if " " in t[:end]:
+        return None  # words, not a number (upstream's `epoch: 0 pq: 1 rg: 2`): float() takes no inner blank
     try:
         return float(t[:end] if end else t)
     except ValueError:

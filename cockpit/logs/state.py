@@ -5,7 +5,7 @@ end of a big log) and it knows the tail window of step lines (for tail means and
 step 0, the compile and warm-up, is never in it),
 the last step, the moe line, every validation line, the final lines, the batch size, and the
 failure evidence. A full parse keeps every step
-line too, as the columns of a StepTable (for the per-step CSV and the plots).
+line too, in a StepTable (for the per-step CSV and the plots).
 
 Layer 0: imports only safetext, lazy (numpy, for a table), the line parsers and the failure tracker.
 """
@@ -25,107 +25,53 @@ STEP_FIELDS = (
     "total_time_min", "eta_min", "drop_pct",
 )
 INT_FIELDS = ("step", "total", "epoch")  # the others are floats
-UNKNOWN_DECIMALS = -1  # a value whose printed precision is not known: shown as str() shows it
 
 
 class Column(NamedTuple):
     """One field of n step lines, as numpy arrays of n."""
 
-    values: Any  # float64 (int64 for INT_FIELDS); 0 where the line does not carry the field
+    values: Any  # float64 (int64 for INT_FIELDS; object for an int past int64); 0 where absent
     present: Any  # bool: the line carries the field (a StepLine's attribute is not None)
-    decimals: Any  # int8: digits after the point as the log printed the number; UNKNOWN_DECIMALS when not known
-    # uint64: the number's characters as the log printed them (commas left out), right-aligned in
-    # its 8 bytes, 0 before them; 0 where not present. None when not kept (a longer number, a
-    # number read line by line or converted to another unit).
-    text: Any = None
-
-
-def concat(parts: list[Column]) -> Column:
-    """The rows of several Columns one after the other (text kept when every part has it)."""
-    np = _numpy()
-    if len(parts) == 1:
-        return parts[0]
-    values, present, decimals = (np.concatenate([getattr(c, f) for c in parts]) for f in ("values", "present", "decimals"))
-    text = np.concatenate([c.text for c in parts]) if all(c.text is not None for c in parts) else None
-    return Column(values, present, decimals, text)
 
 
 class StepTable:
-    """Every step line of a log as numpy columns, one per StepLine field: what a full parse keeps
-    for the per-step CSV and the plots, a few bytes a number and no object per line.
-
-    A bulk parse adds whole columns (`extend`); the line-by-line parser adds records (`append`),
-    which are kept aside and turned into columns, in order, when the columns are read. Fields a
-    line does not know (StepLine.extra) are not kept: a table holds numbers.
+    """Step lines of a log in file order: the records (for the per-step CSV) and any field as a
+    numpy column (for the plots). A full parse hands one over a chunk of the file at a time and
+    empties it afterwards, so it holds a chunk's lines, whatever the log's size.
     """
 
     def __init__(self) -> None:
-        self._blocks: list[tuple[int, dict[str, Column]]] = []  # (rows, columns) in file order
-        self._pending: list[StepLine] = []  # records not yet made into a block
-        self._n = 0
+        self._recs: list[StepLine] = []
 
     def __len__(self) -> int:
-        return self._n
+        return len(self._recs)
 
     def clear(self) -> None:
-        self._blocks.clear()
-        self._pending.clear()
-        self._n = 0
+        self._recs.clear()
 
     def append(self, rec: StepLine) -> None:
-        self._pending.append(rec)
-        self._n += 1
-
-    def extend(self, n: int, cols: dict[str, Column]) -> None:
-        """n rows, each field's Column (a field missing: no row carries it)."""
-        self._flush()
-        self._blocks.append((n, cols))
-        self._n += n
+        self._recs.append(rec)
 
     def column(self, name: str) -> Column:
         """Every row's value of one field."""
-        self._flush()
-        parts = [cols.get(name) or absent(name, n) for n, cols in self._blocks]
-        return concat(parts) if parts else absent(name, 0)
+        np = _numpy()
+        raw = [getattr(r, name) for r in self._recs]
+        n = len(raw)
+        present = np.fromiter((v is not None for v in raw), bool, n)
+        if name in INT_FIELDS and any(v is not None and not -(2**63) <= v < 2**63 for v in raw):
+            values = np.array([0 if v is None else v for v in raw], object)  # int() reads any length
+        else:
+            kind = np.int64 if name in INT_FIELDS else np.float64
+            values = np.fromiter((0 if v is None else v for v in raw), kind, n)
+        return Column(values, present)
 
     def rows(self, start: int = 0) -> list[StepLine]:
-        """Rows start.. as StepLine records (without `extra`)."""
-        cols = {name: self.column(name) for name in STEP_FIELDS}
-        lists = {name: _as_list(c, start) for name, c in cols.items()}
-        return [StepLine(**{name: lists[name][i] for name in STEP_FIELDS}) for i in range(len(self) - start)]
+        """Rows start.. as StepLine records."""
+        return self._recs[start:]
 
     def as_lists(self) -> dict[str, list]:
         """Each field as a list of Python numbers, None where a line does not carry it."""
-        return {name: _as_list(self.column(name)) for name in STEP_FIELDS}
-
-    def _flush(self) -> None:
-        if not self._pending:
-            return
-        np = _numpy()
-        recs, self._pending = self._pending, []
-        n = len(recs)
-        cols = {}
-        for name in STEP_FIELDS:
-            raw = [getattr(r, name) for r in recs]
-            present = np.fromiter((v is not None for v in raw), bool, n)
-            if name in INT_FIELDS and any(v is not None and not -(2**63) <= v < 2**63 for v in raw):
-                values = np.array([0 if v is None else v for v in raw], object)  # int() reads any length
-            else:
-                kind = np.int64 if name in INT_FIELDS else np.float64
-                values = np.fromiter((0 if v is None else v for v in raw), kind, n)
-            cols[name] = Column(values, present, np.full(n, UNKNOWN_DECIMALS, np.int8))
-        self._blocks.append((n, cols))
-
-
-def absent(name: str, n: int) -> Column:
-    """A field that none of n rows carries."""
-    np = _numpy()
-    kind = np.int64 if name in INT_FIELDS else np.float64
-    return Column(np.zeros(n, kind), np.zeros(n, bool), np.full(n, UNKNOWN_DECIMALS, np.int8), np.zeros(n, np.uint64))
-
-
-def _as_list(c: Column, start: int = 0) -> list:
-    return [v if p else None for v, p in zip(c.values[start:].tolist(), c.present[start:].tolist(), strict=True)]
+        return {name: [getattr(r, name) for r in self._recs] for name in STEP_FIELDS}
 
 
 def _numpy() -> Any:
@@ -143,7 +89,7 @@ class LogState:
         self.tail = tail
         # the last `tail` step lines but step 0: a run shorter than the window has them all but that one
         self.window: deque[StepLine] = deque(maxlen=tail)
-        # None keeps every step line, as columns (a full parse); N keeps the last N records
+        # None keeps every step line in a StepTable (a full parse); N keeps the last N records
         self.table: StepTable | None = StepTable() if keep_steps is None else None
         self._recent: deque[StepLine] = deque(maxlen=keep_steps or 1)
         self.keep = keep_steps != 0
