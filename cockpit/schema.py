@@ -79,6 +79,12 @@ def type_name(types: tuple[type, ...]) -> str:
     return " or ".join(_TYPE_NAMES.get(t, t.__name__) for t in types)
 
 
+def a_type(types: tuple[type, ...]) -> str:
+    """The type name with its article: `an integer`, `a string or array`."""
+    name = type_name(types)
+    return ("an " if name[0] in "aeiou" else "a ") + name
+
+
 def is_a(value: Any, types: tuple[type, ...]) -> bool:
     if isinstance(value, bool):  # bool is an int in Python, never in a registry
         return bool in types
@@ -131,7 +137,7 @@ class Loader:
             types = keys[name][1].types
             if not is_a(value, types):
                 raise self.fail(
-                    loc + (name,), f"'{where}' must be a {type_name(types)}, not {type(value).__name__} {show(value)}"
+                    loc + (name,), f"'{where}' must be {a_type(types)}, not {type(value).__name__} {show(value)}"
                 )
             if isinstance(value, float) and not math.isfinite(value):
                 raise self.fail(loc + (name,), f"'{where}' must be a finite number, not {value!r}")

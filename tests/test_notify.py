@@ -45,7 +45,7 @@ def test_notify_loads_with_its_placeholders(tmp_path):
 
 @pytest.mark.parametrize("extra, words", [
     (notify_toml([]), "'project.notify' must be a non-empty array of strings"),
-    ('notify = "notify-send {leg}"', "'project.notify' must be a array"),
+    ('notify = "notify-send {leg}"', "'project.notify' must be an array"),
     ("notify = [1, 2]", "'project.notify' must be a non-empty array of strings"),
     (notify_toml([" ", "x"]), "names no program"),
     (notify_toml(["notify-send", "{leg} {status}"]), "'project.notify' names {status}; it knows {event}, {experiment}"),

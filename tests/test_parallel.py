@@ -51,7 +51,7 @@ def test_max_parallel_defaults_to_one_and_an_experiment_may_set_its_own(tmp_path
 @pytest.mark.parametrize("project, experiment, line, words", [
     ("max_parallel = 0", "", 3, "'project.max_parallel' must be between 1 and 64, not 0"),
     ("", "max_parallel = 65", 6, "'e.max_parallel' must be between 1 and 64, not 65"),
-    ("", 'max_parallel = "2"', 6, "'experiment.max_parallel' must be a integer, not str '2'"),
+    ("", 'max_parallel = "2"', 6, "'experiment.max_parallel' must be an integer, not str '2'"),
     ("gpus = []", "", 3, "'project.gpus' must be a non-empty array of GPU indices"),
     ("gpus = [0, 1.5]", "", 3, "'project.gpus' must be a non-empty array of GPU indices"),
     ("gpus = [0, -1]", "", 3, "'project.gpus' names GPU -1: an index is between 0 and 1023"),

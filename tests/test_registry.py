@@ -208,8 +208,8 @@ BAD = [
         5,
         ["unknown key 'experiment.basline'", "baseline"],
     ),
-    (GOOD_HEAD + "tail = 'fifty'\n", 3, ["'project.tail' must be a integer", "'fifty'"]),
-    (GOOD_HEAD + "tail = true\n", 3, ["'project.tail' must be a integer"]),
+    (GOOD_HEAD + "tail = 'fifty'\n", 3, ["'project.tail' must be an integer", "'fifty'"]),
+    (GOOD_HEAD + "tail = true\n", 3, ["'project.tail' must be an integer"]),
     (GOOD_HEAD + "[project.gpu_idle]\nwait_s = '1m'\n", 4, ["'project.gpu_idle.wait_s' must be"]),
     (
         GOOD_HEAD + "[[experiment]]\nid = 'a'\n\n[[experiment]]\nid = 'a'\n",
@@ -260,7 +260,7 @@ BAD = [
         GOOD_HEAD
         + "[[experiment]]\nid = 'a'\n[[experiment.leg]]\nname = 'x'\n[experiment.leg.recorded]\nmfu = 'high'\n",
         8,
-        ["'experiment.leg.recorded.mfu' must be a integer or number"],
+        ["'experiment.leg.recorded.mfu' must be an integer or number"],
     ),
     (
         GOOD_HEAD
@@ -270,7 +270,7 @@ BAD = [
     ),
     (GOOD_HEAD + "[[experiment]]\nid = 'a'\nrepeats = 0\n", 5, ["'a.repeats' must be between 1 and 100"]),
     (GOOD_HEAD + "[[experiment]]\nid = 'a'\n[[experiment.leg]]\nname = 'x'\nrepeats = 'two'\n", 7,
-     ["'experiment.leg.repeats' must be a integer"]),
+     ["'experiment.leg.repeats' must be an integer"]),
     (GOOD_HEAD + "[[experiment]]\nid = 'a'\n[[experiment.leg]]\nname = 'x.r1'\n", 6,
      ["leg name 'x.r1'", "ends like a repeat's run name"]),
 ]

@@ -320,7 +320,7 @@ def test_registry_slurm_settings_merge_project_and_experiment(tmp_path):
     "old, new, line, words",
     [
         ("partition = ", "partiton = ", 5, "unknown key 'project.slurm.partiton'; did you mean 'partition'?"),
-        ("nodes = 4", 'nodes = "4"', 14, "'experiment.slurm.nodes' must be a integer, not str '4'"),
+        ("nodes = 4", 'nodes = "4"', 14, "'experiment.slurm.nodes' must be an integer, not str '4'"),
         ("nodes = 4", "nodes = 0", 14, "'experiment.slurm.nodes' must be between 1 and 4096, not 0"),
         ('executor = "slurm"', 'executor = "pbs"', 3, "'project.executor' must be one of ('local', 'slurm')"),
         ('executor = "local"', 'executor = "Slurm"', 21, "'here.executor' must be one of ('local', 'slurm')"),
