@@ -104,9 +104,8 @@ def _expected_argv(leg: reg.Leg, run_d: ExpDir, first_run: str) -> list[str]:
     """The baseline leg's command as the run's launch gives it (its plan, else the registry),
     in provenance.normal_argv's terms."""
     spec = run_d.spec(first_run)
-    argv = spec.get("argv") if spec else None
-    if isinstance(argv, list) and all(isinstance(a, str) for a in argv):
-        return provenance.normal_argv(argv, (run_d.plan or {}).get("dir") or str(run_d.path))
+    if spec is not None and spec.argv:
+        return provenance.normal_argv(list(spec.argv), (run_d.plan.dir if run_d.plan else None) or str(run_d.path))
     _, i = reg.split_repeat(first_run)
     return provenance.normal_argv(leg.argv(str(run_d.path), "torchrun", i if leg.repeats > 1 else None), str(run_d.path))
 
@@ -114,7 +113,6 @@ def _expected_argv(leg: reg.Leg, run_d: ExpDir, first_run: str) -> list[str]:
 RECORDED_RUN = "the run's figures are recorded in the registry: its origin is unknown here"
 
 
-PIN_KEY = "baseline"  # plan.json's key of the pin
 OWN, DIR, RECORDED, NONE = "own", "dir", "recorded", "none"  # the pin's `source`
 
 
@@ -161,8 +159,8 @@ def choose(registry: reg.Registry, experiment: str, run_dir: Path | str | None,
     is the recorded one, else the newest finished one here. `dirs`: expdir.discover(exp_root),
     when the caller has it. Reads only."""
     run_d = _dir(dirs or [], run_dir) if run_dir is not None else None
-    if run_d is not None and isinstance(run_d.plan, dict) and PIN_KEY in run_d.plan:
-        return _pinned(registry, run_d, run_d.plan[PIN_KEY], dirs)
+    if run_d is not None and run_d.plan is not None and run_d.plan.baseline is not None:
+        return _pinned(registry, run_d, run_d.plan.baseline, dirs)
     exp = registry.experiment(experiment)
     leg = registry.find_leg(exp.baseline, exp.id) if exp is not None and exp.baseline else None
     if leg is None:
@@ -287,7 +285,7 @@ def _iso_time(text: Any) -> float | None:
 
 def _created(d: ExpDir) -> float | None:
     """When a dir was made: its plan's `created_at`, else the stamp of its name; None: unknown."""
-    made = _iso_time((d.plan or {}).get("created_at")) if isinstance(d.plan, dict) else None
+    made = _iso_time(d.plan.created_at) if d.plan is not None else None
     return made if made is not None else _stamp_time(d.created) if d.created else None
 
 

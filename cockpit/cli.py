@@ -39,6 +39,7 @@ from cockpit import (
 from cockpit import registry as reg
 from cockpit.executors import slurm
 from cockpit.expdir import RunError
+from cockpit.plan import STOP_GRACE_S
 from cockpit.vocab import RunStatus, Status
 
 try:
@@ -148,10 +149,10 @@ def cmd_launch(args: argparse.Namespace) -> int:
     except RunError as e:
         raise UsageError(str(e)) from None
     d = expdir.open_dir(exp_dir)
-    checked = (d.plan or {}).get("trainer_flags") or {}
-    if checked.get("checked") is False:
-        say(f"cockpit: warning: trainer flags not checked: {checked.get('why')}", file=sys.stderr)
-    want, have = registry.settings.branch, ((d.plan or {}).get("git") or {}).get("branch")
+    checked = d.plan.trainer_flags if d.plan is not None else None
+    if checked is not None and not checked.checked:
+        say(f"cockpit: warning: trainer flags not checked: {checked.why}", file=sys.stderr)
+    want, have = registry.settings.branch, d.plan.git.get("branch") if d.plan is not None else None
     if want and have and want != have:
         say(f"cockpit: warning: the checkout is on branch {have}, the registry expects {want}", file=sys.stderr)
     if not args.foreground:
@@ -440,9 +441,9 @@ def build_parser() -> argparse.ArgumentParser:
     _path(p.add_argument("target", metavar="DIR|EXPERIMENT", help="an experiment dir, or an experiment id (its newest dir)"),
           "dir")
     p.add_argument("leg", nargs="?", help="only this leg (the queue goes on with the next)")
-    p.add_argument("--grace", type=float, default=expdir.STOP_GRACE_S,
+    p.add_argument("--grace", type=float, default=STOP_GRACE_S,
                    help=f"seconds between SIGTERM and SIGKILL when the supervisor is gone (default "
-                        f"{expdir.STOP_GRACE_S:g}; a live supervisor uses the plan's)")
+                        f"{STOP_GRACE_S:g}; a live supervisor uses the plan's)")
     p = command("resubmit", cmd_resubmit, "run Slurm legs of a dir again: new jobs, fresh logs, attempts kept")
     _path(p.add_argument("target", metavar="DIR|EXPERIMENT", help="an experiment dir, or an experiment id (its newest dir)"),
           "dir")

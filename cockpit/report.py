@@ -36,7 +36,7 @@ time, as numpy columns into the per-step CSV (numbers as the log printed them; s
 plotted series keeps a min and a max per pixel column (plots). Big logs are read side by side by
 worker processes (step_files.stream_steps).
 
-Layer 2: imports the layers below (registry, vocab, stats, logs, numtext, expdir), baseline, plots
+Layer 2: imports the layers below (registry, vocab, stats, logs, numtext, plan, expdir), baseline, plots
 and step_files.
 """
 
@@ -54,6 +54,7 @@ from cockpit import baseline, expdir, flags, fsutil, logs, numtext, safetext, st
 from cockpit import plots as plots_
 from cockpit import registry as reg
 from cockpit.baseline import Baseline
+from cockpit.plan import Plan, PlanError
 from cockpit.vocab import METRICS, QUALITY, STEP_METRICS, RunStatus, Source, Status, Verdict, run_status
 
 # Each metric's column (in vocab.METRICS order): its header, after `tail<N> ` when it is a tail
@@ -245,13 +246,10 @@ def _dir_legs(exp_dir: Path) -> tuple[list[str], dict[str, str], dict[str, str],
         d = expdir.open_dir(exp_dir)
     except Exception:  # noqa: BLE001 - a broken plan or state never stops a report
         return [], {}, {}, False
-    planned = d.legs if d.plan else []
-    legs = {}
-    for run in d.legs:
-        spec = d.spec(run)
-        if spec is not None and isinstance(spec.get("leg"), str):
-            legs[run] = spec["leg"]
-    return planned, {leg: st.status for leg, st in d.states.items()}, legs, bool(d.plan and d.plan.get("prepare"))
+    planned = d.legs if d.plan is not None else []
+    legs = {run.name: run.leg for run in (d.plan.runs if d.plan is not None else ()) if run.leg is not None}
+    prepared = d.plan is not None and d.plan.prepare is not None
+    return planned, {leg: st.status for leg, st in d.states.items()}, legs, prepared
 
 
 def _log_order(exp_dir: Path) -> list[Path]:
@@ -371,22 +369,11 @@ def plan_registry(exp_dir: Path) -> tuple[reg.Registry, str] | None:
     file the plan names (as it is now), else the plan's snapshot of it (the file moved, broke or no
     longer has the experiment). None for a dir without a usable plan."""
     try:
-        plan = expdir.read_json(exp_dir / "plan.json", expdir.PLAN_MAX_BYTES)
-        exp_id, snap = plan["experiment"], plan.get("registry") or {}
-    except (OSError, ValueError, TypeError, KeyError, AttributeError, RecursionError):
+        plan = Plan.read(exp_dir)
+    except PlanError:
         return None
-    path = snap.get("path") or exp_dir / "plan.json"
-    loaders = [lambda: reg.load(path)] if snap.get("path") else []
-    if isinstance(snap.get("raw"), dict):
-        loaders.append(lambda: reg.from_raw(snap["raw"], path))
-    for load in loaders:
-        try:
-            registry = load()
-        except (reg.RegistryError, OSError, ValueError, TypeError):
-            continue
-        if registry.experiment(exp_id) is not None:
-            return registry, exp_id
-    return None
+    registry = plan.registry_of(exp_dir)
+    return (registry, plan.experiment) if registry is not None else None
 
 
 def find_baseline(exp_dir: Path, ref: str | None = None, registry: reg.Registry | None = None) -> Baseline | None:
@@ -432,11 +419,12 @@ def flags_of(row: ReportRow, exp_dir: Path) -> dict[str, str | bool] | None:
         if not row.path:
             return None
         log = Path(row.path)
-        plan = expdir.read_plan(log.parent, [])  # a run a continuation added is in its plan.<n>.json
-        spec = next(x for x in plan["legs"] if isinstance(x, dict) and x.get("name") == log.stem)
-        where = plan.get("dir") if isinstance(plan.get("dir"), str) else str(log.parent)
-        argv = [a.replace(where, flags.EXP_DIR_PLACEHOLDER) if isinstance(a, str) else str(a) for a in spec["argv"]]
-        return flags.parse_flags(argv)
+        plan = Plan.read(log.parent)  # a run a continuation added is in its plan.<n>.json
+        spec = plan.run(log.stem)
+        if spec is None or not spec.argv:
+            return None
+        where = plan.dir or str(log.parent)
+        return flags.parse_flags([a.replace(where, flags.EXP_DIR_PLACEHOLDER) for a in spec.argv])
     except Exception:  # noqa: BLE001 - no plan, a broken one, no such leg: nothing to compare
         return None
 

@@ -755,7 +755,7 @@ def dir_line(d: ExpDir, known: bool = True) -> str:
         else:
             legs.append(f"{leg} not started")
     sup = f"  supervisor {d.supervisor_text};" if d.supervisor_text else ""
-    if (d.plan or {}).get("executor") == "slurm":
+    if d.plan is not None and d.plan.executor == "slurm":
         sup = "  on Slurm;"
     if (p := d.prepare) is not None:
         why = f" ({p.note})" if p.note and p.status != Status.DONE else ""

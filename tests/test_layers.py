@@ -16,7 +16,7 @@ LAYERS = {
         "cockpit.logs",
         "cockpit.logs.lines", "cockpit.logs.failure", "cockpit.logs.state", "cockpit.logs.follow",
         "cockpit.logs.summary", "cockpit.logs.bulk", "cockpit.logs.progress"],
-    1: ["cockpit.gpus", "cockpit.expdir", "cockpit.provenance", "cockpit.trainer_flags", "cockpit.leg_log"],
+    1: ["cockpit.plan", "cockpit.gpus", "cockpit.expdir", "cockpit.provenance", "cockpit.trainer_flags", "cockpit.leg_log"],
     2: ["cockpit.baseline", "cockpit.export", "cockpit.plots", "cockpit.step_files", "cockpit.report", "cockpit.supervisor", "cockpit.executors", "cockpit.executors.local",
         "cockpit.executors.slurm", "cockpit.executors.resubmit"],
     3: ["cockpit.launch", "cockpit.resume", "cockpit.continuation", "cockpit.state_json"],
