@@ -37,7 +37,7 @@ from cockpit import (
     state_json,
 )
 from cockpit import registry as reg
-from cockpit.executors import slurm
+from cockpit.executors import slurm_record
 from cockpit.expdir import RunError
 from cockpit.plan import STOP_GRACE_S
 from cockpit.vocab import RunStatus, Status
@@ -93,11 +93,18 @@ def cmd_status(args: argparse.Namespace) -> int:
     legs with their progress, every dir under exp_root, the GPUs, and the next pending leg.
     --json: the same state as one JSON document (its shape: cockpit/state_json.py)."""
     registry = load_registry(args)
-    state = resume.build_state(registry)
-    for d in state.dirs:  # a Slurm leg seen ended for the first time: its dir's report.md
-        slurm.refresh_report(d)
+    state = resume.build_state(registry, dirs=dirs_recorded(registry))
     say(state_json.dumps(state) if args.json else resume.render_status(state))
     return 0
+
+
+def dirs_recorded(registry: reg.Registry) -> list[expdir.ExpDir]:
+    """Every dir under exp_root, read, with what the scheduler said of its Slurm legs recorded:
+    this writes (their state files, and report.md where a leg ended; executors.slurm_record), as
+    `status` and `resume` do for whoever reads after them."""
+    dirs = expdir.discover(registry.settings.exp_root)
+    slurm_record.record_jobs(dirs)
+    return dirs
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -108,16 +115,14 @@ def cmd_resume(args: argparse.Namespace) -> int:
         raise UsageError("resume: --json prints to stdout; it does not go with --out-md")
     registry = load_registry(args)
     if args.out_md is None:
-        state = resume.build_state(registry)
-        for d in state.dirs:  # a Slurm leg seen ended for the first time: its dir's report.md
-            slurm.refresh_report(d)
+        state = resume.build_state(registry, dirs=dirs_recorded(registry))
         if args.json:
             say(state_json.dumps(state))
         else:
             say(resume.render_guide(state), end="")
         return 0
     try:
-        say(str(resume.write_guide(registry, args.out_md)))
+        say(str(resume.write_guide(registry, args.out_md, dirs=dirs_recorded(registry))))
     except fsutil.UnsafePath as e:
         raise UsageError(f"--out-md: {e.strerror}") from None
     except OSError as e:

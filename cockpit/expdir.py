@@ -19,7 +19,9 @@ An experiment dir is the one place a launch writes to:
 Every client (the CLI, the TUI, the supervisor starting over) reads the same files and reconciles
 them with the process table, or, for a leg run as a Slurm batch job (its state holds the job id),
 with the scheduler's job table (`reconcile_job`): a leg recorded as running whose torchrun is gone (its supervisor was
-killed) is judged from its log's final lines, with the exit code marked unknown. A recorded
+killed) is judged from its log's final lines, with the exit code marked unknown. Reading a dir
+(`open_dir`, `discover`) writes nothing: the reconciled states live in memory, and a Slurm leg's
+news is recorded only by a reader that asks for it (executors.slurm_record). A recorded
 process counts as the leg's only when proven (pid, create time, torchrun with the plan's args and
 this dir's marker: see procs.py); one that cannot be proven is `unknown` and is never signalled.
 Every file written here is created inside its dir without following a planted link (see
@@ -535,10 +537,10 @@ def reconcile_job(exp_dir: Path, st: LegState) -> LegState:
     the leg's (scheduler.proof: the name the cockpit gave it, this user, the leg's log as its
     output); else the leg is UNKNOWN, and nothing is recorded or cancelled.
 
-    The scheduler forgets a job MinJobAge after it ends (accounting, where there is some, keeps
-    it): so a change of status is recorded in the leg's state file the moment a client sees it,
-    and an ended leg is not asked about again. A job that scontrol, squeue and sacct all do not
-    know is forgotten: judged from its log's final lines, as a leg whose supervisor died, and
+    Reads only. The scheduler forgets a job MinJobAge after it ends (accounting, where there is
+    some, keeps it): so a reader that wants what it was told kept records it in the leg's state
+    file (executors.slurm_record.record_jobs), and an ended leg is not asked about again. A job
+    that scontrol, squeue and sacct all do not know is forgotten: judged from its log's final lines, as a leg whose supervisor died, and
     never taken for running; while its log was written less than LOG_FRESH_S ago it is UNKNOWN
     instead (something still writes it). That judgment is asked again for REVIVE_S, or whenever
     the log grew since: a scheduler that knows the job again revives the leg.
@@ -547,7 +549,6 @@ def reconcile_job(exp_dir: Path, st: LegState) -> LegState:
     revive = not st.active and _may_revive(exp_dir, st)
     if not st.active and not revive:
         return st  # its end is recorded: the scheduler may have forgotten it since
-    recorded, recorded_forgotten = st.status, st.forgotten_at
     try:
         job = scheduler.job_state(st.job_id or "")
     except scheduler.SlurmError as e:
@@ -629,11 +630,6 @@ def reconcile_job(exp_dir: Path, st: LegState) -> LegState:
                        "the log's final lines" + (" (neither finished nor crashed)" if outcome == RunStatus.UNKNOWN else ""))
     if st.status in ENDED_STATUSES:
         st.ended_at = job.ended or st.ended_at or now_iso()
-    if st.status != recorded or st.forgotten_at != recorded_forgotten:
-        try:
-            write_state(exp_dir, st)  # recorded: the scheduler will forget what it said
-        except OSError:
-            pass  # a dir this client cannot write: the next client records it
     return st
 
 

@@ -824,9 +824,11 @@ def guide_path(registry: reg.Registry, out_md: Path | str | None = None) -> Path
 
 
 def write_guide(
-    registry: reg.Registry, out_md: Path | str | None = None, sampler: gpus.Sampler | None = None, now: float | None = None
+    registry: reg.Registry, out_md: Path | str | None = None, sampler: gpus.Sampler | None = None,
+    now: float | None = None, dirs: list[ExpDir] | None = None,
 ) -> Path:
-    """Write the guide at `guide_path(registry, out_md)` (regenerated in place), atomically.
+    """Write the guide at `guide_path(registry, out_md)` (regenerated in place), atomically;
+    `dirs`: expdir.discover(exp_root) when the caller has it.
 
     A place it cannot go (a directory, a path under a file, a read-only filesystem) is refused
     before anything is written: fsutil.UnsafePath, whose strerror is the one line to show.
@@ -836,6 +838,6 @@ def write_guide(
     out = guide_path(registry, out_md)
     if why := fsutil.output_problem(out):
         raise fsutil.UnsafePath(out, why)
-    text = render_guide(build_state(registry, sampler=sampler, now=now))
+    text = render_guide(build_state(registry, sampler=sampler, now=now, dirs=dirs))
     fsutil.atomic_write(out, text, root=root if fsutil.is_inside(out.parent, root) else None)
     return out

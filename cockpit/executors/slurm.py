@@ -14,14 +14,15 @@ DependencyNeverSatisfied), `afterany` when it goes on regardless. When what the 
 prepare step creates is missing, that step is the chain's first job, and every leg also waits for
 it to end well. There is no supervisor: the scheduler runs the chain, and `state/<leg>.json`
 holds the leg's job id. Where a job stands is the scheduler's to say (scheduler.py); expdir.py
-asks it whenever a dir is read.
+asks it whenever a dir is read, and slurm_record.py records what it said.
 
 As an executor it offers what launch.py calls of every executor (see executors/__init__.py):
 `start` submits a dir's planned legs (or `--foreground`: and waits for the chain to end), `stop`
-cancels a leg and the rest of its chain through scancel. `refresh_report` regenerates a dir's
-report.md once a client has seen a leg end (the batch job may be killed before it could).
+cancels a leg and the rest of its chain through scancel; both record what they see end
+(slurm_record.record_jobs: the leg's state, then report.md).
 
-Layer 2: imports fsutil, safetext, sbatch_opts, registry, scheduler, vocab, plan, expdir and report.
+Layer 2: imports fsutil, safetext, sbatch_opts, registry, scheduler, vocab, plan, expdir and
+executors.slurm_record.
 """
 
 from __future__ import annotations
@@ -34,15 +35,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from cockpit import fsutil, report, safetext, sbatch_opts
+from cockpit import fsutil, safetext, sbatch_opts
+from cockpit.executors.slurm_record import record_jobs
 from cockpit.expdir import (
-    ExpDir,
     LegState,
     RunError,
     describe,
     now_iso,
     open_dir,
-    state_path,
     stop_request_path,
     write_state,
 )
@@ -503,7 +503,7 @@ def follow(exp_dir: Path, echo: Callable[[str], None], poll_s: float = FOLLOW_PO
             if st is not None and st.status in ENDED_STATUSES and name not in said:
                 said.add(name)
                 echo(f"{name}: {st.status}" + (f" ({st.note})" if st.note else ""))
-        refresh_report(d)
+        record_jobs([d])  # writes: each end seen, and report.md
         if not d.active and not (d.prepare is not None and d.prepare.active):
             return
         time.sleep(poll_s)
@@ -537,38 +537,4 @@ def stop(exp_dir: Path, leg: str | None = None, grace_s: float | None = None, wa
         cancel([s.job_id for s in targets if s.job_id], timeout_s=wait_s or 60.0)
     except SlurmError as e:
         raise RunError(str(e)) from None
-    refresh_report(open_dir(exp_dir))  # reading it records each cancelled leg as stopped
-
-
-def refresh_report(d: ExpDir) -> Path | None:
-    """Regenerate a Slurm dir's report.md when one of its legs ended after the report was written.
-
-    No process of the cockpit watches a Slurm chain, and the batch job itself may be killed
-    (NODE_FAIL, TIMEOUT, scancel) before it could write anything, so the report is written by the
-    client that first sees a leg ended, at the moment it records that end (`cockpit status`,
-    `cockpit resume`, the TUI, `cockpit stop`): a leg's end is recorded in `state/<leg>.json`,
-    and a report older than the newest such record is stale. A report problem is never fatal.
-    Returns the report written, or None.
-    """
-    exp_dir = d.path
-    if d.plan is None or d.plan.executor != NAME:
-        return None
-    ended = []
-    for st in d.states.values():
-        if st.status in ENDED_STATUSES:
-            try:
-                ended.append(os.stat(state_path(exp_dir, st.leg)).st_mtime_ns)
-            except OSError:
-                continue
-    if not ended:
-        return None
-    try:
-        written = os.stat(exp_dir / "report.md").st_mtime_ns
-    except OSError:
-        written = -1
-    if written >= max(ended):
-        return None
-    try:
-        return report.write_report(exp_dir, tail=d.plan.tail)
-    except Exception:  # noqa: BLE001 - a report problem never stops a status, a stop or the TUI
-        return None
+    record_jobs([open_dir(exp_dir)])  # writes: each cancelled leg, stopped, and report.md

@@ -44,13 +44,15 @@ class _Taken:
 
 
 def build_view(registry: reg.Registry, snapshot: gpus.Snapshot | None, sampler: Sampler | None,
-               branch: str | None, now: float,
-               followed: Mapping[str, logs.LogState]) -> tuple[vm.CockpitView, resume.ResumeState, list[RunningLeg]]:
+               branch: str | None, now: float, followed: Mapping[str, logs.LogState],
+               dirs: list[expdir.ExpDir] | None = None) -> tuple[vm.CockpitView, resume.ResumeState, list[RunningLeg]]:
     """The view of everything, the resume state it came from, and the running legs' processes.
 
-    `followed`: the parsed state of each log the collector follows, by `exp_dir/leg`."""
+    `followed`: the parsed state of each log the collector follows, by `exp_dir/leg`; `dirs`:
+    expdir.discover(exp_root) when the caller has it (read once a pass: the state and the tree
+    share it). Reads only."""
     status = gpu_status(registry, snapshot) if snapshot is not None else None
-    found = expdir.discover(registry.settings.exp_root)  # once a pass: the state and the tree share it
+    found = dirs if dirs is not None else expdir.discover(registry.settings.exp_root)
     state = resume.build_state(
         registry, now=now, gpu=status or resume.GpuStatus("unknown", "sampling"), dirs=found
     )
