@@ -32,7 +32,10 @@ from cockpit import (
     leg_log,
     logs,
     report,
+    report_files,
+    report_md,
     resume,
+    resume_text,
     safetext,
     state_json,
 )
@@ -94,7 +97,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     --json: the same state as one JSON document (its shape: cockpit/state_json.py)."""
     registry = load_registry(args)
     state = resume.build_state(registry, dirs=dirs_recorded(registry))
-    say(state_json.dumps(state) if args.json else resume.render_status(state))
+    say(state_json.dumps(state) if args.json else resume_text.render_status(state))
     return 0
 
 
@@ -119,10 +122,10 @@ def cmd_resume(args: argparse.Namespace) -> int:
         if args.json:
             say(state_json.dumps(state))
         else:
-            say(resume.render_guide(state), end="")
+            say(resume_text.render_guide(state), end="")
         return 0
     try:
-        say(str(resume.write_guide(registry, args.out_md, dirs=dirs_recorded(registry))))
+        say(str(resume_text.write_guide(registry, args.out_md, dirs=dirs_recorded(registry))))
     except fsutil.UnsafePath as e:
         raise UsageError(f"--out-md: {e.strerror}") from None
     except OSError as e:
@@ -298,23 +301,25 @@ def cmd_report(args: argparse.Namespace) -> int:
     registry = reg.load(path) if path is not None and path.exists() else None
     if not args.exp_dir.strip():
         raise UsageError("--exp-dir is empty: give an experiment dir (or any dir of *.log files)")
-    if args.figures not in report.FIGURES:
-        raise UsageError(f"--figures {safetext.oneline(args.figures)[:40]}: give one of {', '.join(report.FIGURES)}")
+    if args.figures not in report_files.FIGURES:
+        raise UsageError(f"--figures {safetext.oneline(args.figures)[:40]}: give one of {', '.join(report_files.FIGURES)}")
     exp_dir = Path(args.exp_dir).expanduser()
     try:
         if not fsutil.is_dir(exp_dir):
             raise report.ReportError(f"{exp_dir}: no such experiment dir")
-        rows = report.rows(exp_dir, tail)
+        d = report.read_dir(exp_dir)
+        rows = report.rows(d, tail)
         if not rows:
             raise report.ReportError(f"{exp_dir}: no *.log file and no planned leg here: nothing to report "
                                      "(give the dir of an experiment, or any dir of *.log files)")
         if all(r.summary is None for r in rows):
             raise report.ReportError(f"{exp_dir}: no leg has a log yet, nothing to report (see: cockpit status)")
         if args.out_md is not None:
-            say(str(report.write_report(exp_dir, args.out_md, args.baseline, tail, plots=not args.no_plots,
-                                        registry=registry, figures=args.figures, svg=True)))
+            say(str(report_files.write_report(exp_dir, args.out_md, args.baseline, tail, plots=not args.no_plots,
+                                              registry=registry, figures=args.figures, svg=True)))
         else:
-            say(report.render_report(exp_dir, args.baseline, tail, rows_=rows, registry=registry), end="")
+            base = report_md.find_baseline(d, args.baseline, registry)
+            say(report_md.render(d, rows, base, tail), end="")
     except report.ReportError as e:
         raise UsageError(str(e)) from None
     except OSError as e:
@@ -470,7 +475,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tail", type=int, metavar="N",
                    help=f"mean over the last N step lines (default: the registry's, else {DEFAULT_TAIL})")
     p.add_argument("--no-plots", action="store_true", help="with --out-md: CSVs only, no plots")
-    p.add_argument("--figures", default="full", metavar="|".join(report.FIGURES),
+    p.add_argument("--figures", default="full", metavar="|".join(report_files.FIGURES),
                    help="with --out-md: plot titles naming the experiment, dir and commit (full, the default), "
                         "or without them (paper)")
     p = command("export", cmd_export, "a dir's step series as TensorBoard event files")

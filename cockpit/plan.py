@@ -14,7 +14,7 @@ planned twice, is left out and said in `problems`; a continuation that cannot be
 out and said in `left_out`; a value of the wrong kind reads as its default; keys it does not know
 are kept in `extra` (written back as they were). So dirs launched by older versions still read.
 
-Layer 1: imports fsutil, procs, safetext and registry.
+Layer 1: imports flags, fsutil, procs, safetext and registry.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cockpit import fsutil, procs, safetext
+from cockpit import flags, fsutil, procs, safetext
 from cockpit import registry as reg
 
 PLAN_FILE = "plan.json"
@@ -310,6 +310,15 @@ class Plan:
     @property
     def run_names(self) -> list[str]:
         return [r.name for r in self.runs]
+
+    def flags_of(self, name: str, exp_dir: Path | str) -> dict[str, str | bool] | None:
+        """The trainer flags a run ran with, the dir's path written `{exp_dir}` (two dirs compare by
+        what they asked, not where); None when the plan gives the run no argv."""
+        run = self.run(name)
+        if run is None or not run.argv:
+            return None
+        where = self.dir or str(exp_dir)
+        return flags.parse_flags([a.replace(where, flags.EXP_DIR_PLACEHOLDER) for a in run.argv])
 
     def grace(self, default: float = STOP_GRACE_S) -> float:
         """The stop grace period the plan recorded, else `default`."""

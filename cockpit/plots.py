@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from cockpit import lazy, logs, safetext, stats
-from cockpit.plan import Plan, PlanError
+from cockpit.plan import Plan
 
 np: Any = None  # numpy, loaded when a report draws or collects its series
 
@@ -151,14 +151,10 @@ def decimate(x: Any, y: Any, buckets: int, smooth: Any = None) -> Series:
     return Series(x[starts], np.minimum.reduceat(y, starts), np.maximum.reduceat(y, starts), True, smooth)
 
 
-def plot_context(exp_dir: Path) -> str:
+def plot_context(exp_dir: Path, plan: Plan | None) -> str:
     """The line under every plot's title: experiment, dir and commit (a dirty tree marked), from
-    the dir's plan; the dir's name alone for a dir of plain logs."""
+    the dir's plan; the dir's name alone for a dir of plain logs (no plan)."""
     parts = []
-    try:
-        plan: Plan | None = Plan.read(exp_dir)
-    except PlanError:
-        plan = None
     git = plan.git if plan is not None else {}
     if plan is not None and plan.experiment:
         parts.append(plan.experiment)

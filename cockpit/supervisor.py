@@ -31,7 +31,7 @@ included, fails the leg before it starts, with that reason); any OSError of the 
 still can be and in the supervisor's log as one line, and the queue goes on or stops per policy.
 The supervisor always ends with its exit code, never with a traceback.
 
-Layer 2: imports fsutil, pipes, procs, safetext, registry, vocab, logs, gpus, plan, expdir and report.
+Layer 2: imports fsutil, pipes, procs, safetext, registry, vocab, logs, gpus, plan, expdir and report_files.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ from pathlib import Path
 
 import psutil
 
-from cockpit import fsutil, gpus, logs, pipes, procs, report, safetext
+from cockpit import fsutil, gpus, logs, pipes, procs, report_files, safetext
 from cockpit import registry as reg
 from cockpit.expdir import (
     STATE_DIR,
@@ -751,7 +751,7 @@ class Supervisor:
         """Regenerate report.md over the plan's tail window (the registry's, as `cockpit report`
         and the cockpit's `r` use it); a report problem is logged, never fatal to the queue."""
         try:
-            report.write_report(self.exp_dir, tail=tail)
+            report_files.write_report(self.exp_dir, tail=tail)
         except Exception as e:  # noqa: BLE001 - the queue must go on whatever the report does
             self.say(f"report.md not regenerated: {fsutil.oneline(e)}")
 

@@ -28,7 +28,7 @@ from conftest import (
     write_registry,
 )
 
-from cockpit import continuation, expdir, launch, provenance, report, supervisor
+from cockpit import continuation, expdir, launch, provenance, report_md, supervisor
 from cockpit import registry as reg
 from cockpit.expdir import LegState, RunError, write_state
 from cockpit.plan import Continued, Plan, continuation_numbers
@@ -112,7 +112,7 @@ def test_the_report_knows_the_flags_of_a_run_a_continuation_added(tmp_path):
     continuation.record(registry, continuation.plan_continue(registry, "fake", d, ["b"]))
     for n in "ab":
         (d / f"{n}.log").write_text("".join(x + "\n" for x in log_lines(20, 20)))
-    text = report.render_report(d, "a", 10)
+    text = report_md.render_report(d, "a", 10)
     assert "args differ: --model-tag a -> b" in text, text
 
 

@@ -16,7 +16,7 @@ import pytest
 from conftest import REPO, alive, cockpit, kill_leftovers, make_dir, tree_of, wait_for, write_registry
 from fake_nvml import FakeNVML
 
-from cockpit import expdir, gpus, launch, procs, resume, supervisor
+from cockpit import expdir, gpus, launch, procs, resume, resume_text, supervisor
 from cockpit import registry as reg
 from cockpit.expdir import LegState
 from cockpit.plan import Plan, PlanRun
@@ -210,7 +210,7 @@ def test_the_gpu_set_is_shown_by_status_and_the_tree(tmp_path):
     assert m.process == "pid 4242 on GPUs 2,3"
     assert resume.LegMark("e", "a", Mark.RUNNING, state=LegState("a", "running", pid=7)).process == "pid 7"
     d = expdir.ExpDir(tmp_path, "e", "", Plan("e", (PlanRun("a"),)), ["a"], {"a": st})
-    assert "a running (pid 4242 on GPUs 2,3)" in resume.dir_line(d)
+    assert "a running (pid 4242 on GPUs 2,3)" in resume_text.dir_line(d)
     from cockpit.tui.experiments import leg_label
     from cockpit.tui.state import LegView
     assert "[GPUs 2,3]" in leg_label(LegView("e", "a", Mark.RUNNING, gpus="GPUs 2,3")).plain

@@ -10,7 +10,7 @@ report.md when a leg ended after it was written (the batch job may be killed bef
 one). `cockpit status`, `cockpit resume`, the TUI's collector, `cockpit stop` and a foreground
 Slurm launch call it; a plain read (`cockpit report`, `cockpit logs`, a dry run) does not.
 
-Layer 2: imports expdir, report and vocab.
+Layer 2: imports expdir, report_files and vocab.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from cockpit import report
+from cockpit import report_files
 from cockpit.expdir import ExpDir, LegState, read_state, state_path, write_state
 from cockpit.vocab import ENDED_STATUSES, Status
 
@@ -79,6 +79,6 @@ def _report_if_stale(d: ExpDir) -> Path | None:
     if written >= max(ended):
         return None
     try:
-        return report.write_report(d.path, tail=d.plan.tail)
+        return report_files.write_report(d.path, tail=d.plan.tail)
     except Exception:  # noqa: BLE001 - a report problem never stops a status, a stop or the TUI
         return None

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Protocol
 
-from cockpit import baseline, expdir, gpus, logs, report, resume, safetext, stats
+from cockpit import baseline, expdir, gpus, logs, report, report_md, resume, safetext, stats
 from cockpit import registry as reg
 from cockpit.logs import progress
 from cockpit.tui import fmt
@@ -256,7 +256,7 @@ def build_report(registry: reg.Registry, view: vm.CockpitView, exp_id: str | Non
         shown.append(_row_view(r, base, tail, itself, sub=sub))
     warnings = ()
     if found is not None and base_row is not None and not found.own and found.dir is not None:
-        warnings = tuple(line.replace("**", "").replace("`", "") for line in report.baseline_notes(found, Path(exp_dir) if exp_dir else None))
+        warnings = tuple(line.replace("**", "").replace("`", "") for line in report_md.baseline_notes(found, Path(exp_dir) if exp_dir else None))
     if found is not None and base_row is not None:
         head = f"Δ vs {found.column}: under each figure, ±95% interval and verdict"
     else:
