@@ -44,7 +44,7 @@ from typing import Any
 
 from cockpit import fsutil, logs, procs, safetext, scheduler
 from cockpit import registry as reg
-from cockpit.plan import PLAN_FILE, PLAN_MAX_BYTES, SUPERVISOR, Plan, PlanError, PlanRun, Seq, leg_name_ok
+from cockpit.plan import PLAN_FILE, SUPERVISOR, Plan, PlanError, PlanRun, Seq, leg_name_ok
 from cockpit.vocab import ACTIVE_STATUSES, ENDED_STATUSES, LEG_STATUSES, RunStatus, Status
 
 STAMP_FORMAT = "%Y%m%d_%H%M%S"
@@ -706,10 +706,9 @@ def next_seq(exp_root: Path | str) -> Seq:
         names = []
     for p in names:
         try:
-            data = read_json(p / PLAN_FILE, PLAN_MAX_BYTES)
-        except (OSError, ValueError, RecursionError):
+            seq = Plan.read(p).seq
+        except PlanError:
             continue
-        seq = Seq.parse(data.get("seq")) if isinstance(data, dict) else None
         if seq is not None:
             top = max(top, seq.n)
     return Seq(top + 1, dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"))

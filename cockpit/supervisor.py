@@ -71,6 +71,7 @@ from cockpit.expdir import (
     write_state,
 )
 from cockpit.plan import (
+    PLAN_FILE,
     SUPERVISOR,
     Continued,
     Plan,
@@ -205,7 +206,7 @@ class Supervisor:
         except PlanError as e:
             raise RunError(str(e)) from None
         if why := plan.unrunnable():
-            raise RunError(f"{self.exp_dir / 'plan.json'}: {why}")
+            raise RunError(f"{self.exp_dir / PLAN_FILE}: {why}")
         for line in plan.left_out:
             self.say(f"left out: {line}")
         if self.grace_s is None:
