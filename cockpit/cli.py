@@ -42,7 +42,7 @@ from cockpit import (
 from cockpit import registry as reg
 from cockpit.executors import slurm_record
 from cockpit.expdir import RunError
-from cockpit.plan import STOP_GRACE_S
+from cockpit.plan import DEFAULT_TAIL, STOP_GRACE_S
 from cockpit.vocab import RunStatus, Status
 
 try:
@@ -57,7 +57,6 @@ GRACE_MAX_S = 3600.0
 LOG_LINES = 10  # `cockpit logs`: the last lines shown, as tail shows them
 LOG_LINES_MAX = 1_000_000
 DISTRIBUTION = "nanochat-cockpit"  # the name pyproject.toml gives the package (its version is --version's)
-DEFAULT_TAIL = 50  # the report's tail window when there is no registry to say otherwise
 
 
 class UsageError(Exception):
