@@ -34,7 +34,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from cockpit import logs, report
+from cockpit import logs, report_md
 
 MB = 1 << 20
 
@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         for i in range(1, 10):
             shutil.copyfile(first, exp / f"leg_{i:02d}.log")
         leg_mb = first.stat().st_size / MB
-        t_inproc, text = best(lambda: report.render_report(exp), 3)
+        t_inproc, text = best(lambda: report_md.render_report(exp), 3)
         assert all(text.count(f"| leg_{i:02d} |") == 3 for i in range(10)), text  # figures, quality, status
         cmd = [sys.executable, "-m", "cockpit.cli", "report", "--registry", str(root / "none.toml"), "--exp-dir", str(exp)]
         t_cli = []
@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
             out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
             t_cli.append(time.perf_counter() - t0)
         assert all(out.count(f"| leg_{i:02d} |") == 3 for i in range(10)), out
-        rows.append(("report.render_report (in process)", f"10 x {leg_mb:.0f} MB", f"{t_inproc * 1000:.1f} ms", ""))
+        rows.append(("report_md.render_report (in process)", f"10 x {leg_mb:.0f} MB", f"{t_inproc * 1000:.1f} ms", ""))
         rows.append(("`cockpit report --exp-dir` (new process)", f"10 x {leg_mb:.0f} MB",
                      f"{min(t_cli) * 1000:.1f} ms", "target < 1000 ms, Python start and imports included"))
     finally:

@@ -26,9 +26,11 @@ patch, host, GPU model, versions, environment, the baseline leg's args: provenan
 `--baseline RUN` or `OTHER_DIR/RUN` names one explicitly (`explicit`) for one report, labelled the
 same way.
 
-The report, the resume guide, `cockpit status` and the terminal app's tables all ask `choose()`.
+The report, the resume guide, `cockpit status` and the terminal app's tables all ask `choose()`;
+a report asks `for_dir`, which also takes `--baseline` (`find_log`), and each Baseline carries
+the trainer flags it ran with (its `args differ` line).
 
-Layer 2: imports registry, expdir and provenance.
+Layer 2: imports flags, fsutil, safetext, registry, expdir and provenance.
 """
 
 from __future__ import annotations
@@ -37,11 +39,12 @@ import dataclasses
 import datetime as dt
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cockpit import expdir, provenance
+from cockpit import expdir, flags, fsutil, provenance, safetext
 from cockpit import registry as reg
 from cockpit.expdir import ExpDir
 from cockpit.vocab import ACTIVE_STATUSES, Status
@@ -63,6 +66,9 @@ class Baseline:
     pinned: bool = False  # chosen at launch (plan.json's pin), not by the rule for older dirs
     problem: str | None = None  # why there are no figures to compare with (the pinned run failed, ...)
     instead: str | None = None  # with a problem: the command that compares with another run
+    # the trainer flags its run ran with, its dir's path written `{exp_dir}` (its plan's, or for
+    # recorded figures the registry's leg); None: nothing says (a manual log, a leg with repeats)
+    flags: Mapping[str, str | bool] | None = None
 
 
     @property
@@ -96,17 +102,28 @@ def _same(a: Path | str, b: Path | str) -> bool:
     return os.path.realpath(a) == os.path.realpath(b)
 
 
-def _dir(dirs: list[ExpDir], path: Path | str) -> ExpDir:
+def _dir(dirs: list[ExpDir], path: Path | str | ExpDir) -> ExpDir:
+    if isinstance(path, ExpDir):
+        return path
     return next((d for d in dirs if _same(d.path, path)), None) or expdir.open_dir(path)
+
+
+def _run_flags(d: ExpDir, runs: tuple[str, ...]) -> dict[str, str | bool] | None:
+    """The flags of a baseline that is one run of dir `d`, as its plan has them (see Baseline.flags)."""
+    return d.plan.flags_of(runs[0], d.path) if d.plan is not None and len(runs) == 1 else None
+
+
+def _leg_flags(leg: reg.Leg | None) -> dict[str, str | bool] | None:
+    """The flags the registry gives a leg whose figures it records (see Baseline.flags)."""
+    return flags.parse_flags(leg.trainer_args()) if leg is not None else None
 
 
 def _expected_argv(leg: reg.Leg, run_d: ExpDir, first_run: str) -> list[str]:
     """The baseline leg's command as the run's launch gives it (its plan, else the registry),
     in provenance.normal_argv's terms."""
     spec = run_d.spec(first_run)
-    argv = spec.get("argv") if spec else None
-    if isinstance(argv, list) and all(isinstance(a, str) for a in argv):
-        return provenance.normal_argv(argv, (run_d.plan or {}).get("dir") or str(run_d.path))
+    if spec is not None and spec.argv:
+        return provenance.normal_argv(list(spec.argv), (run_d.plan.dir if run_d.plan else None) or str(run_d.path))
     _, i = reg.split_repeat(first_run)
     return provenance.normal_argv(leg.argv(str(run_d.path), "torchrun", i if leg.repeats > 1 else None), str(run_d.path))
 
@@ -114,7 +131,6 @@ def _expected_argv(leg: reg.Leg, run_d: ExpDir, first_run: str) -> list[str]:
 RECORDED_RUN = "the run's figures are recorded in the registry: its origin is unknown here"
 
 
-PIN_KEY = "baseline"  # plan.json's key of the pin
 OWN, DIR, RECORDED, NONE = "own", "dir", "recorded", "none"  # the pin's `source`
 
 
@@ -151,41 +167,42 @@ def pin_text(p: dict[str, Any]) -> str:
             }.get(p.get("source"), f"{name}: none ({p.get('why')})")
 
 
-def choose(registry: reg.Registry, experiment: str, run_dir: Path | str | None,
+def choose(registry: reg.Registry, experiment: str, run_dir: Path | str | ExpDir | None,
            dirs: list[ExpDir] | None = None) -> Baseline | None:
     """The baseline of the runs of `run_dir`, a dir of `experiment`: what its plan pinned at
     launch, else (a dir from before pins, or of plain logs) its own finished run of the registry's
     baseline leg, else the newest finished one in another dir of the baseline's experiment made
     before it, else the registry's recorded figures; None when the experiment names no baseline.
     `run_dir` None: a run recorded in the registry (it ran elsewhere), whose comparable baseline
-    is the recorded one, else the newest finished one here. `dirs`: expdir.discover(exp_root),
-    when the caller has it. Reads only."""
+    is the recorded one, else the newest finished one here. `run_dir` may be the dir as read
+    already; `dirs`: expdir.discover(exp_root), when the caller has it. Reads only."""
     run_d = _dir(dirs or [], run_dir) if run_dir is not None else None
-    if run_d is not None and isinstance(run_d.plan, dict) and PIN_KEY in run_d.plan:
-        return _pinned(registry, run_d, run_d.plan[PIN_KEY], dirs)
+    if run_d is not None and run_d.plan is not None and run_d.plan.baseline is not None:
+        return _pinned(registry, run_d, run_d.plan.baseline, dirs)
     exp = registry.experiment(experiment)
     leg = registry.find_leg(exp.baseline, exp.id) if exp is not None and exp.baseline else None
     if leg is None:
         return None
     if run_d is None and leg.recorded is not None:
-        return Baseline(leg.name, leg.experiment, None, recorded=leg.recorded)
+        return Baseline(leg.name, leg.experiment, None, recorded=leg.recorded, flags=_leg_flags(leg))
     if dirs is None:
         dirs = expdir.discover(registry.settings.exp_root)
     # the run's own dir: a finished log of the baseline counts even without a state (put there by hand)
     if run_d is not None and leg.experiment == experiment and run_d.leg_done(leg.name, by_log=True):
-        return Baseline(leg.name, leg.experiment, run_d.path, tuple(run_d.runs(leg.name)), own=True)
+        runs = tuple(run_d.runs(leg.name))
+        return Baseline(leg.name, leg.experiment, run_d.path, runs, own=True, flags=_run_flags(run_d, runs))
     made = _created(run_d) if run_d is not None else None
     for d in reversed(dirs):  # newest first
         if d.experiment != leg.experiment or (run_d is not None and _same(d.path, run_d.path)) or not d.leg_done(leg.name):
             continue
         runs = tuple(d.runs(leg.name))
         if run_d is None:
-            return Baseline(leg.name, leg.experiment, d.path, runs, unknown=RECORDED_RUN)
+            return Baseline(leg.name, leg.experiment, d.path, runs, unknown=RECORDED_RUN, flags=_run_flags(d, runs))
         if not _before(d, runs, run_d, made):
             continue  # made or ended after the run's dir: it cannot have been its baseline
         return _from_dir(leg.name, leg.experiment, d, runs, run_d, leg)
     if leg.recorded is not None:
-        return Baseline(leg.name, leg.experiment, None, recorded=leg.recorded)
+        return Baseline(leg.name, leg.experiment, None, recorded=leg.recorded, flags=_leg_flags(leg))
     return None
 
 
@@ -195,7 +212,7 @@ def _from_dir(name: str, experiment: str, d: ExpDir, runs: tuple[str, ...], run_
     expected = _expected_argv(leg, run_d, runs[0]) if leg is not None else None
     differs = provenance.differences(d.plan, run_d.plan, runs[0], expected)
     return Baseline(name, experiment, d.path, runs, differs=tuple(differs), unknown=provenance.unknown(d.plan, run_d.plan),
-                    pinned=pinned)
+                    pinned=pinned, flags=_run_flags(d, runs))
 
 
 def _pinned(registry: reg.Registry, run_d: ExpDir, p: Any, dirs: list[ExpDir] | None) -> Baseline | None:
@@ -210,11 +227,12 @@ def _pinned(registry: reg.Registry, run_d: ExpDir, p: Any, dirs: list[ExpDir] | 
         figures = p.get("recorded") if isinstance(p.get("recorded"), dict) else {}
         fields = {f.name for f in dataclasses.fields(reg.Recorded)}
         kept = {k: v for k, v in figures.items() if k in fields and (v is None or isinstance(v, str) or _finite(v))}
-        return Baseline(name, experiment, None, recorded=reg.Recorded(**kept), pinned=True)
+        return Baseline(name, experiment, None, recorded=reg.Recorded(**kept), pinned=True,
+                        flags=_leg_flags(registry.find_leg(f"{experiment}/{name}")))
     runs = p.get("runs")
     runs = tuple(runs) if isinstance(runs, list) and runs and all(isinstance(r, str) for r in runs) else (name,)
     if source == OWN:
-        b = Baseline(name, experiment, run_d.path, runs, own=True, pinned=True)
+        b = Baseline(name, experiment, run_d.path, runs, own=True, pinned=True, flags=_run_flags(run_d, runs))
         why = _not_done(run_d, runs)
         return b if why is None else dataclasses.replace(
             b, problem=f"this dir's own run of {name} (the launch ran it) {why}",
@@ -287,7 +305,7 @@ def _iso_time(text: Any) -> float | None:
 
 def _created(d: ExpDir) -> float | None:
     """When a dir was made: its plan's `created_at`, else the stamp of its name; None: unknown."""
-    made = _iso_time((d.plan or {}).get("created_at")) if isinstance(d.plan, dict) else None
+    made = _iso_time(d.plan.created_at) if d.plan is not None else None
     return made if made is not None else _stamp_time(d.created) if d.created else None
 
 
@@ -300,12 +318,62 @@ def _before(d: ExpDir, runs: tuple[str, ...], run_d: ExpDir, made: float | None)
     return all(e is not None and e <= made for e in ends)
 
 
-def explicit(run_dir: Path | str, log: Path) -> Baseline:
-    """The baseline named with --baseline: the run of `log` (a log of this dir or another)."""
-    run_d = expdir.open_dir(run_dir)
-    if _same(log.parent, run_dir):
-        return Baseline(log.stem, run_d.experiment, run_d.path, (log.stem,), own=True, explicit=True)
+class BaselineError(Exception):
+    """A baseline named with --baseline that is no log: one line."""
+
+
+def find_log(exp_dir: Path, ref: str) -> Path:
+    """`RUN` (a log in the dir) or `OTHER_DIR/RUN` (a log in another dir) -> the log's path;
+    BaselineError when there is none. OTHER_DIR may be a path, or a sibling dir's name (under the
+    same exp_root)."""
+    if not ref.strip():
+        raise BaselineError("--baseline is empty: give RUN (a log in the dir) or OTHER_DIR/RUN")
+    ref = ref.removesuffix(".log")
+    candidates = [exp_dir / f"{ref}.log"]
+    if "/" in ref:
+        candidates += [Path(f"{ref}.log").expanduser(), exp_dir.parent / f"{ref}.log"]
+    candidates = list(dict.fromkeys(Path(os.path.abspath(c)) for c in candidates))
+    for path in candidates:
+        if fsutil.is_regular(path):
+            return path
+    shown = safetext.oneline(ref)
+    if len(candidates) == 1:
+        c = candidates[0]
+        where = f"no log at {c}" + ("" if fsutil.is_dir(c.parent) else f" ({c.parent} is not a dir)")
+    else:
+        missing = [c for c in candidates if not fsutil.is_dir(c.parent)]
+        where = "no log at " + ", ".join(str(c) for c in candidates)
+        if len(missing) == len(candidates):
+            where = f"no log '{Path(ref).name}.log': none of {', '.join(str(c.parent) for c in candidates)} is a dir"
+    raise BaselineError(f"baseline '{shown}': {safetext.oneline(where)} (give RUN, a log of this dir, or DIR/RUN)")
+
+
+def for_dir(d: ExpDir, ref: str | None = None, registry: reg.Registry | None = None) -> Baseline | None:
+    """The baseline of a dir's runs (read once, as `d`), for its report: `--baseline REF` when given
+    (BaselineError when no such log), else `choose` with the registry of the dir's plan (the file
+    as it is now, else its snapshot), else `registry` for a dir of plain logs whose name says its
+    experiment. None when no registry names one; never raises then."""
+    if ref is not None:
+        return explicit(d, find_log(d.path, ref))
+    try:
+        if d.plan is not None:
+            registry, experiment = d.plan.registry_of(d.path), d.plan.experiment
+        elif registry is not None and registry.experiment(d.experiment) is not None:
+            experiment = d.experiment
+        else:
+            return None
+        return choose(registry, experiment, d) if registry is not None else None
+    except Exception:  # noqa: BLE001 - a missing or broken plan/registry only means no baseline
+        return None
+
+
+def explicit(run_d: ExpDir, log: Path) -> Baseline:
+    """The baseline named with --baseline: the run of `log` (a log of the run's dir `run_d`, or of another)."""
+    if _same(log.parent, run_d.path):
+        runs = (log.stem,)
+        return Baseline(log.stem, run_d.experiment, run_d.path, runs, own=True, explicit=True,
+                        flags=_run_flags(run_d, runs))
     base_d = expdir.open_dir(log.parent)
     differs = provenance.differences(base_d.plan, run_d.plan, log.stem)
     return Baseline(log.stem, base_d.experiment, base_d.path, (log.stem,), explicit=True, differs=tuple(differs),
-                    unknown=provenance.unknown(base_d.plan, run_d.plan))
+                    unknown=provenance.unknown(base_d.plan, run_d.plan), flags=_run_flags(base_d, (log.stem,)))

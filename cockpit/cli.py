@@ -32,13 +32,17 @@ from cockpit import (
     leg_log,
     logs,
     report,
+    report_files,
+    report_md,
     resume,
+    resume_text,
     safetext,
     state_json,
 )
 from cockpit import registry as reg
-from cockpit.executors import slurm
+from cockpit.executors import slurm_record
 from cockpit.expdir import RunError
+from cockpit.plan import DEFAULT_TAIL, STOP_GRACE_S
 from cockpit.vocab import RunStatus, Status
 
 try:
@@ -53,7 +57,6 @@ GRACE_MAX_S = 3600.0
 LOG_LINES = 10  # `cockpit logs`: the last lines shown, as tail shows them
 LOG_LINES_MAX = 1_000_000
 DISTRIBUTION = "nanochat-cockpit"  # the name pyproject.toml gives the package (its version is --version's)
-DEFAULT_TAIL = 50  # the report's tail window when there is no registry to say otherwise
 
 
 class UsageError(Exception):
@@ -92,11 +95,18 @@ def cmd_status(args: argparse.Namespace) -> int:
     legs with their progress, every dir under exp_root, the GPUs, and the next pending leg.
     --json: the same state as one JSON document (its shape: cockpit/state_json.py)."""
     registry = load_registry(args)
-    state = resume.build_state(registry)
-    for d in state.dirs:  # a Slurm leg seen ended for the first time: its dir's report.md
-        slurm.refresh_report(d)
-    say(state_json.dumps(state) if args.json else resume.render_status(state))
+    state = resume.build_state(registry, dirs=dirs_recorded(registry))
+    say(state_json.dumps(state) if args.json else resume_text.render_status(state))
     return 0
+
+
+def dirs_recorded(registry: reg.Registry) -> list[expdir.ExpDir]:
+    """Every dir under exp_root, read, with what the scheduler said of its Slurm legs recorded:
+    this writes (their state files, and report.md where a leg ended; executors.slurm_record), as
+    `status` and `resume` do for whoever reads after them."""
+    dirs = expdir.discover(registry.settings.exp_root)
+    slurm_record.record_jobs(dirs)
+    return dirs
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -107,16 +117,14 @@ def cmd_resume(args: argparse.Namespace) -> int:
         raise UsageError("resume: --json prints to stdout; it does not go with --out-md")
     registry = load_registry(args)
     if args.out_md is None:
-        state = resume.build_state(registry)
-        for d in state.dirs:  # a Slurm leg seen ended for the first time: its dir's report.md
-            slurm.refresh_report(d)
+        state = resume.build_state(registry, dirs=dirs_recorded(registry))
         if args.json:
             say(state_json.dumps(state))
         else:
-            say(resume.render_guide(state), end="")
+            say(resume_text.render_guide(state), end="")
         return 0
     try:
-        say(str(resume.write_guide(registry, args.out_md)))
+        say(str(resume_text.write_guide(registry, args.out_md, dirs=dirs_recorded(registry))))
     except fsutil.UnsafePath as e:
         raise UsageError(f"--out-md: {e.strerror}") from None
     except OSError as e:
@@ -148,10 +156,10 @@ def cmd_launch(args: argparse.Namespace) -> int:
     except RunError as e:
         raise UsageError(str(e)) from None
     d = expdir.open_dir(exp_dir)
-    checked = (d.plan or {}).get("trainer_flags") or {}
-    if checked.get("checked") is False:
-        say(f"cockpit: warning: trainer flags not checked: {checked.get('why')}", file=sys.stderr)
-    want, have = registry.settings.branch, ((d.plan or {}).get("git") or {}).get("branch")
+    checked = d.plan.trainer_flags if d.plan is not None else None
+    if checked is not None and not checked.checked:
+        say(f"cockpit: warning: trainer flags not checked: {checked.why}", file=sys.stderr)
+    want, have = registry.settings.branch, d.plan.git.get("branch") if d.plan is not None else None
     if want and have and want != have:
         say(f"cockpit: warning: the checkout is on branch {have}, the registry expects {want}", file=sys.stderr)
     if not args.foreground:
@@ -292,23 +300,25 @@ def cmd_report(args: argparse.Namespace) -> int:
     registry = reg.load(path) if path is not None and path.exists() else None
     if not args.exp_dir.strip():
         raise UsageError("--exp-dir is empty: give an experiment dir (or any dir of *.log files)")
-    if args.figures not in report.FIGURES:
-        raise UsageError(f"--figures {safetext.oneline(args.figures)[:40]}: give one of {', '.join(report.FIGURES)}")
+    if args.figures not in report_files.FIGURES:
+        raise UsageError(f"--figures {safetext.oneline(args.figures)[:40]}: give one of {', '.join(report_files.FIGURES)}")
     exp_dir = Path(args.exp_dir).expanduser()
     try:
         if not fsutil.is_dir(exp_dir):
             raise report.ReportError(f"{exp_dir}: no such experiment dir")
-        rows = report.rows(exp_dir, tail)
+        d = report.read_dir(exp_dir)
+        rows = report.rows(d, tail)
         if not rows:
             raise report.ReportError(f"{exp_dir}: no *.log file and no planned leg here: nothing to report "
                                      "(give the dir of an experiment, or any dir of *.log files)")
         if all(r.summary is None for r in rows):
             raise report.ReportError(f"{exp_dir}: no leg has a log yet, nothing to report (see: cockpit status)")
         if args.out_md is not None:
-            say(str(report.write_report(exp_dir, args.out_md, args.baseline, tail, plots=not args.no_plots,
-                                        registry=registry, figures=args.figures, svg=True)))
+            say(str(report_files.write_report(exp_dir, args.out_md, args.baseline, tail, plots=not args.no_plots,
+                                              registry=registry, figures=args.figures, svg=True)))
         else:
-            say(report.render_report(exp_dir, args.baseline, tail, rows_=rows, registry=registry), end="")
+            base = report_md.find_baseline(d, args.baseline, registry)
+            say(report_md.render(d, rows, base, tail), end="")
     except report.ReportError as e:
         raise UsageError(str(e)) from None
     except OSError as e:
@@ -440,9 +450,9 @@ def build_parser() -> argparse.ArgumentParser:
     _path(p.add_argument("target", metavar="DIR|EXPERIMENT", help="an experiment dir, or an experiment id (its newest dir)"),
           "dir")
     p.add_argument("leg", nargs="?", help="only this leg (the queue goes on with the next)")
-    p.add_argument("--grace", type=float, default=expdir.STOP_GRACE_S,
+    p.add_argument("--grace", type=float, default=STOP_GRACE_S,
                    help=f"seconds between SIGTERM and SIGKILL when the supervisor is gone (default "
-                        f"{expdir.STOP_GRACE_S:g}; a live supervisor uses the plan's)")
+                        f"{STOP_GRACE_S:g}; a live supervisor uses the plan's)")
     p = command("resubmit", cmd_resubmit, "run Slurm legs of a dir again: new jobs, fresh logs, attempts kept")
     _path(p.add_argument("target", metavar="DIR|EXPERIMENT", help="an experiment dir, or an experiment id (its newest dir)"),
           "dir")
@@ -464,7 +474,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tail", type=int, metavar="N",
                    help=f"mean over the last N step lines (default: the registry's, else {DEFAULT_TAIL})")
     p.add_argument("--no-plots", action="store_true", help="with --out-md: CSVs only, no plots")
-    p.add_argument("--figures", default="full", metavar="|".join(report.FIGURES),
+    p.add_argument("--figures", default="full", metavar="|".join(report_files.FIGURES),
                    help="with --out-md: plot titles naming the experiment, dir and commit (full, the default), "
                         "or without them (paper)")
     p = command("export", cmd_export, "a dir's step series as TensorBoard event files")

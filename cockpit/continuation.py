@@ -6,7 +6,7 @@ it as `plan.<n>.json` (n = 1, 2, ...), published whole and never over anything: 
 each with its exact argv as a launch plans it; the runs of the dir it asks to run now because
 they never started there (stopped or failed before they started: they run as the dir planned
 them); its own provenance and the registry as it was. Every reader sees the dir through
-`expdir.read_plan`, plan.json with its continuations' runs after its own: the supervisor,
+`Plan.read`, plan.json with its continuations' runs after its own: the supervisor,
 `cockpit status` and the resume guide, the report, the cockpit's tree. plan.json's keys (the
 dir's settings, its pinned baseline, its git) stay the dir's.
 
@@ -19,12 +19,11 @@ Who runs it: the dir's live supervisor, which takes the new plan file into its q
 asks it to look at once; its record lists the continuations it took), or, when the dir's queue
 has ended, a supervisor started for that continuation alone, as a launch starts one.
 
-Layer 3: imports registry, fsutil, procs, safetext, provenance, expdir, executors.local and launch.
+Layer 3: imports registry, fsutil, procs, safetext, plan, provenance, expdir, executors.local and launch.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -37,12 +36,8 @@ from cockpit import registry as reg
 from cockpit.executors import local
 from cockpit.expdir import (
     STATE_DIR,
-    STOP_GRACE_S,
-    SUPERVISOR,
     ExpDir,
     RunError,
-    continuation_numbers,
-    continuation_path,
     describe,
     discover,
     now_iso,
@@ -50,6 +45,14 @@ from cockpit.expdir import (
     plan_lock,
     read_json,
     supervisor_identity,
+)
+from cockpit.plan import (
+    STOP_GRACE_S,
+    SUPERVISOR,
+    ContinuationFile,
+    Plan,
+    continuation_numbers,
+    continuation_path,
 )
 
 JOIN_WAIT_S = 30.0  # how long the dir's live supervisor may take to queue a continuation's runs
@@ -142,7 +145,7 @@ def _continuable(registry: reg.Registry, exp_id: str, exp_dir: Path | str) -> Ex
                        + (f" ({d.problem})" if d.problem else ""))
     if d.experiment != exp_id:
         raise RunError(f"{path} holds experiment '{safetext.oneline(d.experiment)}', not '{exp_id}'")
-    if d.plan.get("executor", "local") != local.NAME:
+    if d.plan.executor != local.NAME:
         raise RunError(f"{path} runs its legs as Slurm jobs: a continuation runs legs under the dir's supervisor "
                        "here; launch the rest in a fresh dir")
     return d
@@ -171,8 +174,8 @@ def refusals(registry: reg.Registry, cont: Continuation) -> list[str]:
     exp = cont.plan.experiment
     mine = []
     for run in cont.again:
-        spec = d.spec(run) or {}
-        leg = exp.leg(spec["leg"] if isinstance(spec.get("leg"), str) else reg.split_repeat(run)[0])
+        spec = d.spec(run)
+        leg = exp.leg(spec.leg if spec is not None and spec.leg else reg.split_repeat(run)[0])
         if leg is not None and leg not in mine:
             mine.append(leg)
     p = cont.plan
@@ -194,19 +197,19 @@ def dry_run_text(registry: reg.Registry, cont: Continuation) -> str:
            else "a supervisor starts for them")
     out.append(f"# recorded as {continuation_path(cont.exp_dir, n).name} (plan.json is not touched); {who}")
     for run in cont.again:
-        spec = d.spec(run) or {}
+        spec = d.spec(run)
         out += ["", f"# {run}: planned in the dir, never started: runs as planned there",
-                launch.run_command(run, list(spec.get("argv") or []), cont.exp_dir)]
+                launch.run_command(run, list(spec.argv) if spec is not None else [], cont.exp_dir)]
     for leg in cont.plan.legs:
         out += ["", f"# leg {leg.name}" + (f": {leg.description}" if leg.description else ""),
                 launch.format_command(leg, cont.exp_dir, cont.plan.torchrun)]
     return "\n".join(out)
 
 
-def _code_differs(dir_plan: dict, git: dict) -> str | None:
+def _code_differs(dir_plan: Plan | None, git: dict) -> str | None:
     """Why the checkout now is not the code the dir was launched with (commit, uncommitted
     changes), or None when it is."""
-    was = dir_plan.get("git") if isinstance(dir_plan.get("git"), dict) else {}
+    was = dir_plan.git if dir_plan is not None else {}
 
     def short(v: object) -> str:
         return str(v)[:12] if v else "none"
@@ -226,26 +229,17 @@ def record(registry: reg.Registry, cont: Continuation, grace_s: float = STOP_GRA
     origin = provenance.collect(cont.plan.cwd, cont.plan.torchrun,
                                 str(runtime.python) if runtime and runtime.python else None,
                                 dict(runtime.env) if runtime else None, digest=True)
-    if why := _code_differs(d.plan or {}, origin.get("git") or {}):
+    if why := _code_differs(d.plan, origin.get("git") or {}):
         raise RunError(f"{cont.exp_dir} cannot be continued: {why}; its legs would not compare with the dir's: "
                        "launch them in a fresh dir")
     data = launch.plan_data(registry, cont.plan, cont.exp_dir, grace_s, origin)
-    body = {"continues": cont.plan.experiment.id, "dir": str(cont.exp_dir), "created_at": now_iso(),
-            "host": socket.gethostname(), "user": os.environ.get("USER"), **origin,
-            "registry": data["registry"], "legs": data["legs"], "again": list(cont.again),
-            "skipped": data["skipped"]}
-    for _ in range(100):
-        n = (continuation_numbers(cont.exp_dir) or [0])[-1] + 1
-        body["n"] = n
-        try:
-            fsutil.publish_new(continuation_path(cont.exp_dir, n), json.dumps(body, indent=2, default=str) + "\n",
-                               root=cont.exp_dir)
-            return n
-        except FileExistsError:
-            continue
-        except OSError as e:
-            raise RunError(f"cannot write {continuation_path(cont.exp_dir, n)}: {describe(e)}") from None
-    raise RunError(f"no free plan.<n>.json name in {cont.exp_dir}")
+    body = ContinuationFile(cont.plan.experiment.id, data.runs, tuple(cont.again), str(cont.exp_dir), now_iso(),
+                            socket.gethostname(), os.environ.get("USER"), origin,
+                            data.registry, data.skipped)
+    try:
+        return body.publish(cont.exp_dir)
+    except OSError as e:
+        raise RunError(f"cannot write {cont.exp_dir}/plan.<n>.json: {describe(e)}") from None
 
 
 def start(registry: reg.Registry, exp_id: str, exp_dir: Path | str, legs: list[str] | None = None,

@@ -6,6 +6,7 @@ An experiment dir is the one place a launch writes to:
         plan.json             written once at launch: every leg's argv, the registry, git, host
         plan.<n>.json         written once by the n-th continuation of the dir (`launch --into`):
                               the runs it adds, the dir's runs it asks to run now, its own git
+                              (both read as one typed plan: plan.py)
         <leg>.log             the leg's combined torchrun output (the supervisor is not in the path)
         ckpt_root/            the legs' --checkpoint-root
         state/<leg>.json      status, pids, times, exit code (written atomically)
@@ -18,14 +19,16 @@ An experiment dir is the one place a launch writes to:
 Every client (the CLI, the TUI, the supervisor starting over) reads the same files and reconciles
 them with the process table, or, for a leg run as a Slurm batch job (its state holds the job id),
 with the scheduler's job table (`reconcile_job`): a leg recorded as running whose torchrun is gone (its supervisor was
-killed) is judged from its log's final lines, with the exit code marked unknown. A recorded
+killed) is judged from its log's final lines, with the exit code marked unknown. Reading a dir
+(`open_dir`, `discover`) writes nothing: the reconciled states live in memory, and a Slurm leg's
+news is recorded only by a reader that asks for it (executors.slurm_record). A recorded
 process counts as the leg's only when proven (pid, create time, torchrun with the plan's args and
 this dir's marker: see procs.py); one that cannot be proven is `unknown` and is never signalled.
 Every file written here is created inside its dir without following a planted link (see
 fsutil.py), and a dir that cannot be read is that dir's problem (`ExpDir.problem`), never the
 whole view's.
 
-Layer 1: imports fsutil, procs, scheduler, safetext, registry, vocab and logs.
+Layer 1: imports fsutil, procs, scheduler, safetext, registry, vocab, logs and plan.
 """
 
 from __future__ import annotations
@@ -41,21 +44,19 @@ from typing import Any
 
 from cockpit import fsutil, logs, procs, safetext, scheduler
 from cockpit import registry as reg
+from cockpit.plan import PLAN_FILE, SUPERVISOR, Plan, PlanError, PlanRun, Seq, leg_name_ok
 from cockpit.vocab import ACTIVE_STATUSES, ENDED_STATUSES, LEG_STATUSES, RunStatus, Status
 
 STAMP_FORMAT = "%Y%m%d_%H%M%S"
 DIR_NAME = re.compile(r"^(\d{8}_\d{6})_(.+)$")
 STATE_DIR = "state"
-SUPERVISOR = "supervisor"  # state/supervisor.{json,log,lock}: reserved, never a leg name
 LOCK_DIR = ".cockpit-locks"  # <exp_root>/.cockpit-locks/<experiment>.lock: one queue per experiment
-STOP_GRACE_S = 10.0  # after SIGTERM to torchrun, how long before every process left is killed
 ERROR_TAIL = 20  # lines of the log kept in a failed leg's state
 # A Slurm job no source knows: not judged while its log was written this recently (something still
 # writes it), and the judgment asked again this long after it was made (see reconcile_job)
 LOG_FRESH_S = 60.0
 REVIVE_S = 24 * 3600.0
 STATE_MAX_BYTES = 1 << 20  # a state file is a few hundred bytes; a bigger one is not ours
-PLAN_MAX_BYTES = 64 << 20  # plan.json holds the registry: a few KB, a big registry some MB
 
 
 class RunError(Exception):
@@ -134,12 +135,6 @@ def _is_num(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool)
 
 
-def leg_name_ok(name: Any) -> bool:
-    """A leg name read from disk (a plan, a log's stem) that the cockpit can name files after."""
-    return (isinstance(name, str) and bool(name) and "/" not in name and "\x00" not in name
-            and name not in (".", "..") and all(fsutil.name_fits(f.format(name)) for f in reg.LEG_FILES))
-
-
 def now_iso() -> str:
     return dt.datetime.now().astimezone().isoformat(timespec="seconds")
 
@@ -194,19 +189,6 @@ def clear_stop_request(exp_dir: Path | str, leg: str) -> bool:
         os.close(fd)
 
 
-def plan_grace(plan: dict | None, default: float = STOP_GRACE_S) -> float:
-    """The plan's stop grace period, when it is a sane number (a plan is a file: it may lie)."""
-    v = (plan or {}).get("stop_grace_s", default)
-    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) and 0 <= v <= 3600 else default
-
-
-def plan_tail(plan: dict | None, default: int = 50) -> int:
-    """The report's tail window the plan recorded at launch (the registry's), when it is a sane
-    number; else `default`."""
-    v = (plan or {}).get("tail", default)
-    return v if isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= reg.TAIL_MAX else default
-
-
 def lock_path(exp_root: Path | str, experiment: str) -> Path:
     """`<exp_root>/.cockpit-locks/<experiment>.lock`: held by the experiment's one live queue."""
     return Path(exp_root) / LOCK_DIR / f"{experiment}.lock"
@@ -226,12 +208,6 @@ def try_lock(path: Path, held_message: str, root: Path | str | None = None) -> i
 
 
 PLAN_LOCK = ".plan.lock"  # state/.plan.lock: no leg's (a leg name never starts with '.')
-CONTINUATION = re.compile(r"^plan\.([1-9][0-9]{0,5})\.json$")  # plan.<n>.json, n = 1, 2, ...
-
-
-def continuation_path(exp_dir: Path | str, n: int) -> Path:
-    """`<dir>/plan.<n>.json`: what the n-th continuation of the dir recorded."""
-    return Path(exp_dir) / f"plan.{n}.json"
 
 
 def plan_lock(exp_dir: Path | str, wait_s: float = 30.0) -> int:
@@ -249,77 +225,6 @@ def plan_lock(exp_dir: Path | str, wait_s: float = 30.0) -> int:
         if time.monotonic() >= deadline:
             raise RunError(f"{path} is held by another process for more than {wait_s:.0f}s")
         time.sleep(0.05)
-
-
-def read_plan(exp_dir: Path | str, problems: list[str] | None = None) -> Any:
-    """A dir's plan as every reader sees it: plan.json, with the runs of each continuation
-    (`plan.<n>.json`, in order of n) after its own, and `continuations`: per continuation its
-    n, file, time, and the runs it added and asked to run again. plan.json's other keys are
-    kept as they are. OSError or ValueError when plan.json cannot be read; a continuation that
-    cannot be read, or names a run the dir has already, is left out: said in `problems` when
-    given, else raised as ValueError."""
-    exp_dir = Path(exp_dir)
-    plan = read_json(exp_dir / "plan.json", PLAN_MAX_BYTES)
-    if not isinstance(plan, dict) or not isinstance(plan.get("legs"), list):
-        return plan  # not a plan: each reader says so in its own words
-    found = continuation_numbers(exp_dir)
-    if not found:
-        return plan
-    legs = list(plan["legs"])
-    names = {x.get("name") for x in legs if isinstance(x, dict)}
-    record = []
-    for n in found:
-        name = continuation_path(exp_dir, n).name
-        try:
-            cont = read_json(continuation_path(exp_dir, n), PLAN_MAX_BYTES)
-            why = _continuation_problem(cont, plan, names)
-        except (OSError, ValueError, RecursionError) as e:
-            why = f"unreadable: {describe(e)}"
-        if why is not None:
-            if problems is None:
-                raise ValueError(f"{name}: {why}")
-            problems.append(f"{name}: {why}")
-            continue
-        legs += cont["legs"]
-        names |= {x["name"] for x in cont["legs"]}
-        record.append({"n": n, "file": name, "created_at": cont.get("created_at"),
-                       "legs": [x["name"] for x in cont["legs"]], "again": list(cont.get("again") or [])})
-    return {**plan, "legs": legs, "continuations": record}
-
-
-def continuation_numbers(exp_dir: Path | str) -> list[int]:
-    """The n of every `plan.<n>.json` in the dir, in order (the dir unreadable: none)."""
-    try:
-        names = os.listdir(exp_dir)
-    except OSError:
-        return []
-    return sorted(int(m.group(1)) for m in map(CONTINUATION.match, names) if m)
-
-
-def _continuation_problem(cont: Any, plan: dict, names: set) -> str | None:
-    """Why a continuation file cannot be taken (one line), or None: it must continue the dir's
-    experiment, add runs with names a file can have (not the supervisor's, not the prepare
-    step's) and argv lists, none the dir has, and ask again only for runs the dir has."""
-    if not isinstance(cont, dict) or not isinstance(cont.get("legs"), list):
-        return "not a continuation (no list of legs)"
-    if cont.get("continues") != plan.get("experiment"):
-        return f"continues {safetext.oneline(repr(cont.get('continues')))[:60]}, not this dir's experiment"
-    added = set()
-    for spec in cont["legs"]:
-        name = spec.get("name") if isinstance(spec, dict) else None
-        argv = spec.get("argv") if isinstance(spec, dict) else None
-        if not leg_name_ok(name) or name == SUPERVISOR or (name == reg.PREPARE and plan.get("prepare")):
-            return f"names a run no file can be named after: {safetext.oneline(repr(name))[:60]}"
-        if name in names or name in added:
-            return f"adds run {name}, which the dir has already"
-        if not (isinstance(argv, list) and argv and all(isinstance(a, str) and "\x00" not in a for a in argv)):
-            return f"run {name}: argv is not a list of strings"
-        added.add(name)
-    again = cont.get("again") or []
-    if not (isinstance(again, list) and all(isinstance(a, str) and a in names for a in again)):
-        return "asks again for runs the dir does not have"
-    return None
-
 
 
 def leg_expect(exp_dir: Path | str, leg: str, argv: Any) -> procs.Expect | None:
@@ -425,8 +330,8 @@ class ExpDir:
     path: Path
     experiment: str  # from plan.json, else from the dir name
     created: str  # the YYYYmmdd_HHMMSS stamp of the dir name ("" when it has none)
-    plan: dict | None
-    legs: list[str]  # planned legs, else the stems of the dir's *.log files
+    plan: Plan | None  # plan.json with its continuations; None: a dir of manual logs, or one it cannot read
+    legs: list[str]  # planned runs, else the stems of the dir's *.log files
     states: dict[str, LegState]  # reconciled with the process table
     supervisor: dict | None = None  # state/supervisor.json as written
     supervisor_alive: bool = False  # proven (see supervisor_identity)
@@ -450,8 +355,8 @@ class ExpDir:
         out = []
         for name in self.legs:
             spec = self.spec(name)
-            if spec is not None and isinstance(spec.get("leg"), str):
-                mine = spec["leg"] == leg
+            if spec is not None and spec.leg is not None:
+                mine = spec.leg == leg
             else:
                 base, i = reg.split_repeat(name)
                 mine = name == leg or (i is not None and base == leg and spec is None)
@@ -459,9 +364,9 @@ class ExpDir:
                 out.append(name)
         return out
 
-    def spec(self, run: str) -> dict | None:
+    def spec(self, run: str) -> PlanRun | None:
         """The plan's entry of a run (name, argv, and for a repeat its leg and index), if any."""
-        return next((x for x in (self.plan or {}).get("legs", []) if isinstance(x, dict) and x.get("name") == run), None)
+        return self.plan.run(run) if self.plan is not None else None
 
     def run_done(self, run: str, by_log: bool = False) -> bool:
         """Did this run finish here: its state says done; in a dir of logs (no plan), its log's
@@ -503,19 +408,7 @@ class ExpDir:
     def expect(self, leg: str) -> procs.Expect | None:
         """What the leg's torchrun must be running to be proven the leg's (from the plan)."""
         spec = self.spec(leg)
-        return leg_expect(self.path, leg, spec.get("argv")) if spec else None
-
-
-def _plan_problem(plan: Any) -> str | None:
-    if not isinstance(plan, dict):
-        return "plan.json is not a JSON object"
-    if not isinstance(plan.get("legs"), list):
-        return "plan.json has no list of legs"
-    bad = [x.get("name") if isinstance(x, dict) else x for x in plan["legs"]
-           if not (isinstance(x, dict) and leg_name_ok(x.get("name")))]
-    if bad:
-        return f"plan.json names {len(bad)} leg(s) no file can be named after: {safetext.oneline(repr(bad[0]))[:60]}"
-    return None
+        return leg_expect(self.path, leg, list(spec.argv)) if spec else None
 
 
 def open_dir(path: Path | str) -> ExpDir:
@@ -527,22 +420,17 @@ def open_dir(path: Path | str) -> ExpDir:
     path = Path(path)
     problems: list[str] = []
     plan = None
-    if os.path.lexists(path / "plan.json"):
+    if os.path.lexists(path / PLAN_FILE):
         try:
-            plan = read_plan(path, problems)
-        except (OSError, ValueError, RecursionError) as e:
-            problems.append(f"plan.json unreadable: {describe(e)}")
-        if plan is not None and (why := _plan_problem(plan)):
-            problems.append(why)
-            if not isinstance(plan, dict):
-                plan = None
+            plan = Plan.read(path)
+            problems += [f"plan.json: {p}" for p in plan.problems] + list(plan.left_out)
+        except PlanError as e:
+            problems.append(f"plan.json unreadable: {e.why.removeprefix('unreadable: ')}")
     m = DIR_NAME.match(path.name)
-    named = (plan or {}).get("experiment")
-    experiment = named if isinstance(named, str) and named else (m.group(2) if m else path.name)
+    experiment = plan.experiment if plan is not None and plan.experiment else (m.group(2) if m else path.name)
     created = m.group(1) if m else ""
-    if plan and isinstance(plan.get("legs"), list):
-        legs = list(dict.fromkeys(leg["name"] for leg in plan["legs"]
-                                  if isinstance(leg, dict) and leg_name_ok(leg.get("name"))))
+    if plan is not None:
+        legs = plan.run_names
     else:
         try:
             legs = sorted(p.stem for p in path.glob("*.log") if fsutil.is_regular(p) and leg_name_ok(p.stem))
@@ -561,7 +449,7 @@ def open_dir(path: Path | str) -> ExpDir:
     odd = [f"{leg}.log" for leg in legs if os.path.lexists(d.log(leg)) and not fsutil.is_regular(d.log(leg))]
     if odd:
         problems.append(f"not a regular file: {', '.join(odd)}")
-    if plan and plan.get("prepare") and (prep := read_state(path, reg.PREPARE)) is not None:
+    if plan is not None and plan.prepare is not None and (prep := read_state(path, reg.PREPARE)) is not None:
         d.prepare = _reconcile_prepare(path, prep, sup_alive)  # first: a Slurm leg's end may be its doing
     for leg in legs:
         st = read_state(path, leg)
@@ -649,10 +537,10 @@ def reconcile_job(exp_dir: Path, st: LegState) -> LegState:
     the leg's (scheduler.proof: the name the cockpit gave it, this user, the leg's log as its
     output); else the leg is UNKNOWN, and nothing is recorded or cancelled.
 
-    The scheduler forgets a job MinJobAge after it ends (accounting, where there is some, keeps
-    it): so a change of status is recorded in the leg's state file the moment a client sees it,
-    and an ended leg is not asked about again. A job that scontrol, squeue and sacct all do not
-    know is forgotten: judged from its log's final lines, as a leg whose supervisor died, and
+    Reads only. The scheduler forgets a job MinJobAge after it ends (accounting, where there is
+    some, keeps it): so a reader that wants what it was told kept records it in the leg's state
+    file (executors.slurm_record.record_jobs), and an ended leg is not asked about again. A job
+    that scontrol, squeue and sacct all do not know is forgotten: judged from its log's final lines, as a leg whose supervisor died, and
     never taken for running; while its log was written less than LOG_FRESH_S ago it is UNKNOWN
     instead (something still writes it). That judgment is asked again for REVIVE_S, or whenever
     the log grew since: a scheduler that knows the job again revives the leg.
@@ -661,7 +549,6 @@ def reconcile_job(exp_dir: Path, st: LegState) -> LegState:
     revive = not st.active and _may_revive(exp_dir, st)
     if not st.active and not revive:
         return st  # its end is recorded: the scheduler may have forgotten it since
-    recorded, recorded_forgotten = st.status, st.forgotten_at
     try:
         job = scheduler.job_state(st.job_id or "")
     except scheduler.SlurmError as e:
@@ -743,11 +630,6 @@ def reconcile_job(exp_dir: Path, st: LegState) -> LegState:
                        "the log's final lines" + (" (neither finished nor crashed)" if outcome == RunStatus.UNKNOWN else ""))
     if st.status in ENDED_STATUSES:
         st.ended_at = job.ended or st.ended_at or now_iso()
-    if st.status != recorded or st.forgotten_at != recorded_forgotten:
-        try:
-            write_state(exp_dir, st)  # recorded: the scheduler will forget what it said
-        except OSError:
-            pass  # a dir this client cannot write: the next client records it
     return st
 
 
@@ -797,7 +679,7 @@ def discover(exp_root: Path | str) -> list[ExpDir]:
     out = []
     for p in entries:
         try:
-            if os.path.lexists(p / "plan.json") or fsutil.is_dir(p / STATE_DIR) or any(p.glob("*.log")):
+            if os.path.lexists(p / PLAN_FILE) or fsutil.is_dir(p / STATE_DIR) or any(p.glob("*.log")):
                 out.append(open_dir(p))
         except Exception as e:  # noqa: BLE001 - one dir's trouble, shown on that dir
             m = DIR_NAME.match(p.name)
@@ -806,33 +688,16 @@ def discover(exp_root: Path | str) -> list[ExpDir]:
     return sorted(out, key=order_key)
 
 
-# A launch's place in exp_root's order, in its plan.json: `"seq": {"n": 7, "utc": "2026-...Z"}`,
-# n one more than any plan's under exp_root when it was written, utc a UTC stamp (only breaks a
-# tie, two launches at once). A dir name's local-time stamp cannot order dirs: a clock set back
-# or a timezone change makes an older dir look newest.
-SEQ = "seq"
-
-
-def plan_seq(plan: object) -> tuple[int, str] | None:
-    """(n, utc) of a plan's `seq`, or None (a dir launched before it was recorded, or no plan)."""
-    seq = plan.get(SEQ) if isinstance(plan, dict) else None
-    if not isinstance(seq, dict):
-        return None
-    n, utc = seq.get("n"), seq.get("utc")
-    ok = isinstance(n, int) and not isinstance(n, bool) and n >= 1 and isinstance(utc, str)
-    return (n, utc) if ok else None
-
-
 def order_key(d: ExpDir) -> tuple:
     """Oldest first: dirs without a `seq` (launched before it, or holding only logs) by their
-    name's stamp, then every dir with one by its number."""
-    seq = plan_seq(d.plan)
+    name's stamp, then every dir with one by its number (see plan.Seq)."""
+    seq = d.plan.seq if d.plan is not None else None
     if seq is None:
         return (0, 0, d.created or "99999999_999999", d.path.name)
-    return (1, *seq, d.path.name)
+    return (1, seq.n, seq.utc, d.path.name)
 
 
-def next_seq(exp_root: Path | str) -> dict:
+def next_seq(exp_root: Path | str) -> Seq:
     """The `seq` of a plan written now under exp_root: one more than any plan's there."""
     top = 0
     try:
@@ -841,12 +706,12 @@ def next_seq(exp_root: Path | str) -> dict:
         names = []
     for p in names:
         try:
-            seq = plan_seq(read_json(p / "plan.json", PLAN_MAX_BYTES))
-        except (OSError, ValueError, RecursionError):
+            seq = Plan.read(p).seq
+        except PlanError:
             continue
         if seq is not None:
-            top = max(top, seq[0])
-    return {"n": top + 1, "utc": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")}
+            top = max(top, seq.n)
+    return Seq(top + 1, dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
 
 
 def find_dir(exp_root: Path | str, ref: str) -> Path:
@@ -891,5 +756,5 @@ def _leg_of(d: ExpDir, run: str) -> str:
     """The registry leg a run of a dir belongs to (a repeat's leg, else the run itself)."""
     spec = d.spec(run)
     if spec is not None:
-        return spec["leg"] if isinstance(spec.get("leg"), str) else run
+        return spec.leg or run
     return reg.split_repeat(run)[0]

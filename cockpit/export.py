@@ -15,7 +15,7 @@ twice in chunks (the dt total, then the events): memory stays bounded whatever i
 
 tensorboard is an optional dependency (`pip install -e '.[export]'`), imported only here.
 
-Layer 2: imports expdir, fsutil, logs, registry, safetext, vocab and executors.resubmit (the
+Layer 2: imports plan, expdir, fsutil, logs, registry, safetext, vocab and executors.resubmit (the
 attempts' names).
 """
 
@@ -33,6 +33,7 @@ from typing import Any
 from cockpit import expdir, fsutil, logs, safetext
 from cockpit import registry as reg
 from cockpit.executors.resubmit import ATTEMPTS_DIR
+from cockpit.plan import leg_name_ok
 from cockpit.vocab import TRACKER_SERIES, TRACKER_VAL_BPB
 
 FILE_VERSION = "brain.Event:2"  # the first event of every event file, as TensorBoard's writer puts it
@@ -70,10 +71,10 @@ def runs(exp_dir: Path) -> list[tuple[str, Path]]:
     d = expdir.open_dir(exp_dir)
     names = list(d.legs)
     try:
-        others = sorted(p.stem for p in exp_dir.glob("*.log") if expdir.leg_name_ok(p.stem))
+        others = sorted(p.stem for p in exp_dir.glob("*.log") if leg_name_ok(p.stem))
     except OSError as e:
         raise ExportError(f"cannot list {safetext.oneline(str(exp_dir))}: {fsutil.oneline(e)}") from None
-    prepared = bool(d.plan and d.plan.get("prepare"))
+    prepared = d.plan is not None and d.plan.prepare is not None
     names += [n for n in others if n not in names and not (prepared and n == reg.PREPARE)]
     out = [(n, d.log(n)) for n in names if fsutil.is_regular(d.log(n))]
     try:

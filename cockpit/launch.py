@@ -17,14 +17,14 @@ A launch of an experiment (`cockpit launch EXP`, or `l` in the cockpit) goes:
 (the supervisor was killed) the leg's processes here, only when proven the leg's; or scancel.
 Nothing in the user's checkout is touched: git is only read.
 
-Layer 3: imports the layers below (registry, checkout, fsutil, safetext, vocab, gpus, expdir, provenance,
+Layer 3: imports the layers below (registry, checkout, fsutil, safetext, vocab, gpus, plan, expdir, provenance,
 trainer_flags, baseline, executors).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
-import json
 import os
 import re
 import shlex
@@ -32,7 +32,7 @@ import shutil
 import socket
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from cockpit import baseline, expdir, flags, fsutil, gpus, provenance, safetext, trainer_flags
@@ -44,8 +44,6 @@ from cockpit.expdir import (
     STAMP_FORMAT,
     STATE_DIR,
     STOP_CAME_LATE,
-    STOP_GRACE_S,
-    SUPERVISOR,
     ExpDir,
     RunError,
     describe,
@@ -57,6 +55,8 @@ from cockpit.expdir import (
     stop_request_path,
     try_lock,
 )
+from cockpit.plan import STOP_GRACE_S, SUPERVISOR, FlagsChecked, Notify, Plan, PlanRun, RegistrySnapshot, Seq
+from cockpit.plan import Prepare as PlanPrepare
 from cockpit.scheduler import SlurmError
 from cockpit.vocab import Status
 
@@ -287,9 +287,9 @@ class FlagCheck:
             return f"trainer flags checked against `{self.command}`"
         return f"trainer flags not checked: {self.why} (a flag the trainer does not take fails its leg at once)"
 
-    def record(self) -> dict:
+    def record(self) -> FlagsChecked:
         """What plan.json keeps of it."""
-        return {"checked": self.checked, "command": self.command, **({"why": self.why} if self.why else {})}
+        return FlagsChecked(self.checked, self.command, self.why)
 
 
 def check_flags(registry: reg.Registry, plan: LaunchPlan, write_cache: bool = False) -> FlagCheck:
@@ -460,7 +460,7 @@ def missing_inputs(leg: reg.Leg, plan: LaunchPlan) -> list[str]:
 
 
 def plan_data(registry: reg.Registry, plan: LaunchPlan, exp_dir: Path, grace_s: float = STOP_GRACE_S,
-              origin: dict | None = None, seq: dict | None = None) -> dict:
+              origin: dict | None = None, seq: Seq | None = None) -> Plan:
     """What plan.json records of a launch into `exp_dir`: every run's exact argv (one per repeat of
     a leg with repeats; on Slurm, what srun starts on each node), its module and trainer flags, the
     executor and its settings, the registry snapshot, host, and the launch's provenance `origin`
@@ -468,7 +468,7 @@ def plan_data(registry: reg.Registry, plan: LaunchPlan, exp_dir: Path, grace_s: 
     without it, git's branch and commit alone), and its place in exp_root's order `seq`
     (expdir.next_seq; a dry run has none). Writes nothing."""
     on_slurm = plan.executor == slurm.NAME
-    legs = []
+    runs = []
     for leg in plan.legs:
         for name, i, argv in leg.runs(exp_dir, plan.torchrun):
             args = leg.trainer_args(exp_dir, i)
@@ -476,48 +476,31 @@ def plan_data(registry: reg.Registry, plan: LaunchPlan, exp_dir: Path, grace_s: 
                 cmd = slurm.LegCommand(name, plan.torchrun, leg.nproc_per_node, leg.module, tuple(args),
                                        uses_gpus=leg.device != "cpu")
                 argv = slurm.node_argv(cmd)
-            legs.append({"name": name, **({"leg": leg.name, "repeat": i} if i is not None else {}),
-                         "device": leg.device, "nproc_per_node": leg.nproc_per_node, "module": leg.module,
-                         "args": args, "argv": argv, "log": str(exp_dir / f"{name}.log")})
-    data = {
-        "experiment": plan.experiment.id,
-        "dir": str(exp_dir),
-        "created_at": now_iso(),
-        **({expdir.SEQ: seq} if seq is not None else {}),  # how dirs are ordered (expdir.order_key)
-        "host": socket.gethostname(),
-        "user": os.environ.get("USER"),
-        "cwd": str(plan.cwd),  # the checkout the legs run in
-        "python": str(plan.runtime.python) if plan.runtime and plan.runtime.python else sys.executable,
-        "torchrun": plan.torchrun,
-        "env": dict(plan.runtime.env) if plan.runtime else {},  # added to each leg's environment
-        **(origin if origin is not None else {"git": git_info(plan.cwd)}),
-        "executor": plan.executor,
-        "on_failure": registry.settings.on_failure,
-        "tail": registry.settings.tail,  # the report's tail window: the supervisor's report.md uses it
-        "stop_grace_s": grace_s,
-        "gpu_idle": asdict(registry.settings.gpu_idle),
-        # legs side by side on disjoint GPU sets (the supervisor's queue), and the GPUs they may use
-        "max_parallel": plan.experiment.max_parallel,
-        "gpus": list(registry.settings.gpus) if registry.settings.gpus else None,
-        # what the supervisor runs when a leg ends done or failed (placeholders filled then)
-        "notify": ({"argv": list(registry.settings.notify), "timeout_s": registry.settings.notify_timeout_s}
-                   if registry.settings.notify else None),
-        "legs": legs,
-        "skipped": [{"leg": name, "why": why} for name, why in plan.skipped],
-        # run by the supervisor before the first leg when `creates` is missing
-        "prepare": ({"argv": plan.experiment.prepare.command(legs_python(plan)),
-                     "creates": [str(p) for p in plan.experiment.prepare.creates],
-                     "mark": str(plan.experiment.prepare.mark)} if plan.experiment.prepare else None),
-        "registry": {"path": str(registry.path.resolve()), "raw": registry.raw},
-    }
-    if on_slurm:
-        data["slurm"] = slurm.plan_record(plan.experiment.slurm)
-        data["preflight"] = slurm.PREFLIGHT
-    return data
+            runs.append(PlanRun(name, tuple(argv), leg.name if i is not None else None, i, leg.device,
+                                leg.nproc_per_node, leg.module, tuple(args), str(exp_dir / f"{name}.log")))
+    origin = origin if origin is not None else {"git": git_info(plan.cwd)}
+    s = registry.settings
+    prep = plan.experiment.prepare
+    return Plan(
+        experiment=plan.experiment.id, runs=tuple(runs), dir=str(exp_dir), created_at=now_iso(), seq=seq,
+        host=socket.gethostname(), user=os.environ.get("USER"), cwd=str(plan.cwd),
+        python=str(plan.runtime.python) if plan.runtime and plan.runtime.python else sys.executable,
+        torchrun=plan.torchrun, env=dict(plan.runtime.env) if plan.runtime else {},
+        git=origin.get("git") or {}, machine=origin.get("machine"), trainer=origin.get("trainer"),
+        launch_env=origin.get("launch_env"), executor=plan.executor, on_failure=s.on_failure, tail=s.tail,
+        stop_grace_s=grace_s, gpu_idle=s.gpu_idle, max_parallel=plan.experiment.max_parallel,
+        gpus=tuple(s.gpus) if s.gpus else None,
+        notify=Notify(tuple(s.notify), s.notify_timeout_s) if s.notify else None,
+        skipped=tuple(plan.skipped),
+        prepare=(PlanPrepare(tuple(prep.command(legs_python(plan))), tuple(str(p) for p in prep.creates),
+                             str(prep.mark) if prep.mark is not None else None) if prep else None),
+        registry=RegistrySnapshot(str(registry.path.resolve()), registry.raw),
+        slurm=plan.experiment.slurm if on_slurm else None, preflight=slurm.PREFLIGHT if on_slurm else None,
+    )
 
 
 def write_plan(registry: reg.Registry, plan: LaunchPlan, exp_dir: Path, grace_s: float = STOP_GRACE_S,
-               checked: FlagCheck | None = None) -> dict:
+               checked: FlagCheck | None = None) -> Plan:
     """plan.json in the fresh dir, written once, never over anything, with the launch's provenance
     (git, with `git.patch` beside it when the tree is dirty; the machine; the trainer's versions,
     read by the legs' python; the launch's environment: see provenance) and its baseline pinned
@@ -527,21 +510,18 @@ def write_plan(registry: reg.Registry, plan: LaunchPlan, exp_dir: Path, grace_s:
     runtime = plan.runtime
     origin = provenance.collect(plan.cwd, plan.torchrun, str(runtime.python) if runtime and runtime.python else None,
                                 dict(runtime.env) if runtime else None, exp_dir)
-    data = plan_data(registry, plan, exp_dir, grace_s, origin, expdir.next_seq(exp_dir.parent))
-    # the baseline this dir's runs are compared with, fixed now: later launches never move it
-    data[baseline.PIN_KEY] = baseline.pin(registry, plan.experiment, plan.legs)
-    if checked is not None:
-        data["trainer_flags"] = checked.record()
-    fd = fsutil.create_new(exp_dir / "plan.json", root=exp_dir)  # written once, never over anything
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, default=str)
-        f.write("\n")
+    data = dataclasses.replace(
+        plan_data(registry, plan, exp_dir, grace_s, origin, expdir.next_seq(exp_dir.parent)),
+        # the baseline this dir's runs are compared with, fixed now: later launches never move it
+        baseline=baseline.pin(registry, plan.experiment, plan.legs),
+        trainer_flags=checked.record() if checked is not None else None)
+    data.write(exp_dir)  # written once, never over anything
     return data
 
 
 def executor_of(d: ExpDir) -> Executor:
     """The executor that runs a dir's legs, as its plan says (a dir without a plan: local)."""
-    name = (d.plan or {}).get("executor", "local")
+    name = d.plan.executor if d.plan is not None else "local"
     if name not in EXECUTORS:
         raise RunError(f"{d.path}/plan.json names an unknown executor {safetext.oneline(repr(name))[:40]}")
     return EXECUTORS[name]

@@ -15,7 +15,7 @@ mean across the panel. Every title's second line names the experiment, the dir a
 when asked (text as text, no date: the same figure, the same bytes).
 matplotlib draws off screen (Agg), at a fixed size and dpi, legends right of the plot area.
 
-Layer 2: imports the layers below (expdir, logs, safetext, stats, lazy).
+Layer 2: imports the layers below (plan, logs, safetext, stats, lazy).
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from cockpit import expdir, lazy, logs, safetext, stats
+from cockpit import lazy, logs, safetext, stats
+from cockpit.plan import Plan
 
 np: Any = None  # numpy, loaded when a report draws or collects its series
 
@@ -159,18 +160,13 @@ def decimate(x: Any, y: Any, buckets: int, smooth: Any = None) -> Series:
     return Series(x[starts], np.minimum.reduceat(y, starts), np.maximum.reduceat(y, starts), True, smooth)
 
 
-def plot_context(exp_dir: Path) -> str:
+def plot_context(exp_dir: Path, plan: Plan | None) -> str:
     """The line under every plot's title: experiment, dir and commit (a dirty tree marked), from
-    the dir's plan; the dir's name alone for a dir of plain logs."""
+    the dir's plan; the dir's name alone for a dir of plain logs (no plan)."""
     parts = []
-    try:
-        plan = expdir.read_json(exp_dir / "plan.json", expdir.PLAN_MAX_BYTES)
-    except (OSError, ValueError, RecursionError):
-        plan = None
-    plan = plan if isinstance(plan, dict) else {}
-    git = plan.get("git") if isinstance(plan.get("git"), dict) else {}
-    if isinstance(plan.get("experiment"), str):
-        parts.append(plan["experiment"])
+    git = plan.git if plan is not None else {}
+    if plan is not None and plan.experiment:
+        parts.append(plan.experiment)
     parts.append(exp_dir.name)
     if isinstance(git.get("commit"), str):
         parts.append("commit " + git["commit"][:10] + (" + uncommitted changes" if git.get("dirty") else ""))

@@ -19,7 +19,7 @@ differs: the report and the resume guide print it as a warning beside the delta.
 Git runs only through checkout.git: read only, and none of the programs the checkout's config
 names (filters, diff drivers, fsmonitor, hooks) is run.
 
-Layer 1: imports checkout, fsutil and gpus.
+Layer 1: imports checkout, fsutil, gpus and plan.
 """
 
 from __future__ import annotations
@@ -29,10 +29,12 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from cockpit import checkout, fsutil, gpus
+from cockpit.plan import Plan
 
 PATCH_NAME = "git.patch"  # <exp_dir>/git.patch: the uncommitted changes the legs ran with
 PATCH_MAX_BYTES = 32 << 20  # a bigger diff is cut there (the plan says so)
@@ -218,10 +220,11 @@ def collect(cwd: Path, torchrun: str, python: str | None = None, leg_env: dict[s
 # comparing two origins
 
 
-def _get(plan: dict | None, *keys: str) -> Any:
-    v: Any = plan
-    for k in keys:
-        v = v.get(k) if isinstance(v, dict) else None
+def _get(plan: Plan, *keys: str) -> Any:
+    """A value of a plan's provenance (`git`, `machine`, `trainer`, `launch_env`, `host`), by its keys."""
+    v: Any = getattr(plan, keys[0])
+    for k in keys[1:]:
+        v = v.get(k) if isinstance(v, Mapping) else None
     return v
 
 
@@ -232,14 +235,13 @@ def _short(v: Any) -> str:
     return text[:12] if len(text) == 40 and all(c in "0123456789abcdef" for c in text) else text[:60]
 
 
-def leg_argv(plan: dict | None, leg: str) -> list[str] | None:
+def leg_argv(plan: Plan, leg: str) -> list[str] | None:
     """A leg's trainer flags as a plan recorded them, with the plan's dir written `{exp_dir}`
     (two launches differ in their dirs, never in that)."""
-    spec = next((x for x in (_get(plan, "legs") or []) if isinstance(x, dict) and x.get("name") == leg), None)
-    argv = spec.get("argv") if spec else None
-    if not (isinstance(argv, list) and all(isinstance(a, str) for a in argv)):
+    run = plan.run(leg)
+    if run is None or not run.argv:
         return None
-    return normal_argv(argv, _get(plan, "dir"))
+    return normal_argv(list(run.argv), plan.dir)
 
 
 def normal_argv(argv: list[str], exp_dir: str | None) -> list[str]:
@@ -274,7 +276,7 @@ def _args_differ(base: list[str], run: list[str]) -> str | None:
     return ", ".join(said[:6]) + (f" and {len(said) - 6} more" if len(said) > 6 else "")
 
 
-def unknown(base_plan: dict | None, run_plan: dict | None) -> str | None:
+def unknown(base_plan: Plan | None, run_plan: Plan | None) -> str | None:
     """Why two launches' origins cannot be compared (a dir of manual logs has no plan.json), or None."""
     if base_plan is None and run_plan is None:
         return "neither dir has a plan.json: their git, host, GPUs and versions are unknown"
@@ -284,7 +286,7 @@ def unknown(base_plan: dict | None, run_plan: dict | None) -> str | None:
     return None
 
 
-def differences(base_plan: dict | None, run_plan: dict | None, base_leg: str | None = None,
+def differences(base_plan: Plan | None, run_plan: Plan | None, base_leg: str | None = None,
                 expected_argv: list[str] | None = None) -> list[str]:
     """What differs between the launch a baseline ran in and the launch of the run compared with
     it, a few words each (`git commit 3f2a1b0c9d8e -> 9c8d7e6f5a4b`). `base_leg`: the baseline
@@ -321,7 +323,7 @@ def differences(base_plan: dict | None, run_plan: dict | None, base_leg: str | N
     for key, what in (("python", "trainer Python"), ("torch", "torch"), ("cuda", "CUDA"), ("nccl", "NCCL")):
         same(what, "trainer", key)
     a_env, b_env = _get(base_plan, "launch_env"), _get(run_plan, "launch_env")
-    if isinstance(a_env, dict) and isinstance(b_env, dict) and a_env != b_env:
+    if isinstance(a_env, Mapping) and isinstance(b_env, Mapping) and a_env != b_env:
         for k in sorted(set(a_env) | set(b_env)):
             if a_env.get(k) != b_env.get(k):
                 out.append(f"{k} {a_env.get(k, 'unset')} -> {b_env.get(k, 'unset')}")

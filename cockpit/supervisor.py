@@ -31,12 +31,13 @@ included, fails the leg before it starts, with that reason); any OSError of the 
 still can be and in the supervisor's log as one line, and the queue goes on or stops per policy.
 The supervisor always ends with its exit code, never with a traceback.
 
-Layer 2: imports fsutil, pipes, procs, safetext, registry, vocab, logs, gpus, expdir and report.
+Layer 2: imports fsutil, pipes, procs, safetext, registry, vocab, logs, gpus, plan, expdir and report_files.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import errno
 import os
 import signal
@@ -50,57 +51,37 @@ from pathlib import Path
 
 import psutil
 
-from cockpit import fsutil, gpus, logs, pipes, procs, report, safetext
+from cockpit import fsutil, gpus, logs, pipes, procs, report_files, safetext
 from cockpit import registry as reg
 from cockpit.expdir import (
     STATE_DIR,
     STOP_CAME_LATE,
-    SUPERVISOR,
     LegState,
     RunError,
     clear_stop_request,
-    continuation_numbers,
-    continuation_path,
     error_tail,
     leg_env,
     leg_expect,
-    leg_name_ok,
     lock_path,
     now_iso,
-    plan_grace,
-    plan_tail,
-    read_plan,
     read_state,
     reconcile,
     stop_request_path,
     try_lock,
     write_state,
 )
+from cockpit.plan import (
+    PLAN_FILE,
+    SUPERVISOR,
+    Continued,
+    Plan,
+    PlanError,
+    PlanRun,
+    continuation_numbers,
+    continuation_path,
+)
 from cockpit.registry import PREPARE
 from cockpit.vocab import Status
-
-
-def check_plan(plan: object) -> str | None:
-    """Why a plan.json cannot be run (one line), or None. A plan is a file: it may be anything."""
-    if not isinstance(plan, dict):
-        return "not a JSON object"
-    if not isinstance(plan.get("experiment"), str) or not plan["experiment"]:
-        return "no experiment id"
-    if plan.get("executor", "local") != "local":
-        return f"its legs run as {safetext.oneline(str(plan['executor']))[:20]} jobs, not under a supervisor"
-    legs = plan.get("legs")
-    if not isinstance(legs, list) or not legs:
-        return "no legs"
-    seen = set()
-    for i, spec in enumerate(legs):
-        name = spec.get("name") if isinstance(spec, dict) else None
-        if not leg_name_ok(name) or name == SUPERVISOR or name in seen or (name == PREPARE and plan.get("prepare")):
-            return f"leg {i}: {safetext.oneline(repr(name))[:60]} is not a leg name a file can have (or is repeated)"
-        seen.add(name)
-        argv = spec.get("argv")
-        if not (isinstance(argv, list) and argv and all(isinstance(a, str) and "\x00" not in a for a in argv)):
-            return f"leg {name}: argv is not a list of strings"
-    return None
 
 
 def signal_cause(rc: int) -> str | None:
@@ -128,7 +109,7 @@ class Placement:
 class Started:
     """A leg this supervisor started, until it ends."""
 
-    spec: dict
+    spec: PlanRun
     proc: subprocess.Popen
     lock_fd: int  # state/<leg>.lock, held while it runs
     gpus: list[int]
@@ -172,8 +153,8 @@ class Supervisor:
         self.faults: list[str] = []  # the OSErrors met, one line each (also in the log)
         self.me = os.getpid()
         self.my_create_time = procs.create_time(self.me)
-        self.plan: dict = {}
-        self.specs: dict[str, dict] = {}  # every run of the dir's plan, continuations included
+        self.plan = Plan("", ())  # the dir's plan as last read (the continuations it took included)
+        self.specs: dict[str, PlanRun] = {}  # every run of the dir's plan, continuations included
         self.queue: list[str] = []  # runs waiting to start, in order
         self.started: dict[str, Started] = {}  # runs running now
         self.max_parallel = 1
@@ -220,18 +201,16 @@ class Supervisor:
     # ------------------------------------------------------------------------------------------
     def run(self) -> int:
         """Run the queue; 0 when every leg is done, 1 otherwise. RunError when it cannot start."""
-        plan_path = self.exp_dir / "plan.json"
-        problems: list[str] = []
         try:
-            plan = read_plan(self.exp_dir, problems)
-        except (OSError, ValueError, RecursionError) as e:
-            raise RunError(f"{plan_path}: cannot read the plan: {fsutil.oneline(e)}") from None
-        if why := check_plan(plan):
-            raise RunError(f"{plan_path}: {why}")
-        for line in problems:
+            plan = Plan.read(self.exp_dir)
+        except PlanError as e:
+            raise RunError(str(e)) from None
+        if why := plan.unrunnable():
+            raise RunError(f"{self.exp_dir / PLAN_FILE}: {why}")
+        for line in plan.left_out:
             self.say(f"left out: {line}")
         if self.grace_s is None:
-            self.grace_s = plan_grace(plan)
+            self.grace_s = plan.grace()
         state_dir = self.exp_dir / STATE_DIR
         try:
             fsutil.make_dirs(state_dir, root=self.exp_dir)
@@ -241,17 +220,17 @@ class Supervisor:
         try:
             if self.lock_fd is None:  # started by hand: take the experiment's queue lock ourselves
                 root = self.exp_dir.parent
-                fds.append(try_lock(lock_path(root, plan["experiment"]),
-                                    f"experiment '{plan['experiment']}' is held by another supervisor", root=root))
-            for spec in plan["legs"]:  # a leg left running by a killed supervisor is never started twice
-                prev = read_state(self.exp_dir, spec["name"])
+                fds.append(try_lock(lock_path(root, plan.experiment),
+                                    f"experiment '{plan.experiment}' is held by another supervisor", root=root))
+            for spec in plan.runs:  # a leg left running by a killed supervisor is never started twice
+                prev = read_state(self.exp_dir, spec.name)
                 if prev is not None and prev.status == Status.RUNNING:
-                    now = reconcile(self.exp_dir, prev, False, leg_expect(self.exp_dir, spec["name"], spec["argv"]))
+                    now = reconcile(self.exp_dir, prev, False, leg_expect(self.exp_dir, spec.name, list(spec.argv)))
                     if now.status == Status.RUNNING:
-                        raise RunError(f"leg {spec['name']} still runs (torchrun pid {prev.pid}) from an earlier "
-                                       f"supervisor; stop it first: cockpit stop {self.exp_dir} {spec['name']}")
+                        raise RunError(f"leg {spec.name} still runs (torchrun pid {prev.pid}) from an earlier "
+                                       f"supervisor; stop it first: cockpit stop {self.exp_dir} {spec.name}")
                     if now.status == Status.UNKNOWN:
-                        raise RunError(f"leg {spec['name']} may still run (pid {prev.pid}): {now.note}; "
+                        raise RunError(f"leg {spec.name} may still run (pid {prev.pid}): {now.note}; "
                                        f"make sure it is gone before running this dir again")
             first = self._first_runs(plan)
         except BaseException:
@@ -259,7 +238,7 @@ class Supervisor:
                 os.close(fd)
             raise
         self.record = {"pid": self.me, "create_time": self.my_create_time, "started_at": now_iso(), "ended_at": None,
-                       "continuations": sorted(c["n"] for c in plan.get("continuations", []))}
+                       "continuations": sorted(c.n for c in plan.continuations)}
         old = self._install_signals()
         try:
             try:
@@ -279,26 +258,26 @@ class Supervisor:
             for fd in fds:
                 os.close(fd)
 
-    def _first_runs(self, plan: dict) -> list[str]:
+    def _first_runs(self, plan: Plan) -> list[str]:
         """The runs this supervisor queues first: every run of the plan not done here; started
         for a continuation, the runs it asks for that never started."""
         if self.continuation is None:
             out = []
-            for spec in plan["legs"]:
-                prev = read_state(self.exp_dir, spec["name"])
+            for spec in plan.runs:
+                prev = read_state(self.exp_dir, spec.name)
                 if prev is None or prev.status != Status.DONE:
-                    out.append(spec["name"])
+                    out.append(spec.name)
             return out
-        cont = next((c for c in plan.get("continuations", []) if c["n"] == self.continuation), None)
+        cont = plan.continuation(self.continuation)
         if cont is None:
             raise RunError(f"{continuation_path(self.exp_dir, self.continuation)}: no such continuation of this dir")
         return self._asked(cont)
 
-    def _asked(self, cont: dict) -> list[str]:
+    def _asked(self, cont: Continued) -> list[str]:
         """The runs a continuation asks for (those it adds, those of the dir it asks again) that
         never started here: no process, no log (a run is never started twice in its dir)."""
         out = []
-        for name in [*cont["legs"], *cont["again"]]:
+        for name in [*cont.runs, *cont.again]:
             prev = self.states.get(name) or read_state(self.exp_dir, name)
             if name in self.queue or name in self.started or name in out:
                 continue
@@ -315,14 +294,14 @@ class Supervisor:
                           supervisor_pid=self.me, supervisor_create_time=self.my_create_time))
         self.queue.append(name)
 
-    def _queue(self, plan: dict, first: list[str]) -> int:
+    def _queue(self, plan: Plan, first: list[str]) -> int:
         self.plan = plan
-        self.specs = {spec["name"]: spec for spec in plan["legs"]}
-        self.max_parallel = plan_parallel(plan)
+        self.specs = {spec.name: spec for spec in plan.runs}
+        self.max_parallel = plan.max_parallel
         for name in first:  # everything queued first, so a client sees the whole plan at once
             self._enqueue(name)
         side = f", up to {self.max_parallel} side by side" if self.max_parallel > 1 else ""
-        self.say(f"supervisor {self.me}: {len(first)} legs of {plan['experiment']} in {self.exp_dir}{side}")
+        self.say(f"supervisor {self.me}: {len(first)} legs of {plan.experiment} in {self.exp_dir}{side}")
         prep = self._prepare(plan)
         if prep is not None:  # the prepare step failed or was stopped: no leg can run
             self._prepare_ended(plan, prep)
@@ -361,27 +340,26 @@ class Supervisor:
         known = set(self.record.get("continuations", []))
         if all(n in known for n in continuation_numbers(self.exp_dir)):
             return False
-        problems: list[str] = []
         try:
-            plan = read_plan(self.exp_dir, problems)
-        except (OSError, ValueError, RecursionError) as e:
-            self.say(f"continuations not read: plan.json: {fsutil.oneline(e)}")
+            plan = Plan.read(self.exp_dir)
+        except PlanError as e:
+            self.say(f"continuations not read: {e}")
             return False
-        if check_plan(plan) is not None:
+        if plan.unrunnable() is not None:
             return False
         queued = False
-        for cont in plan.get("continuations", []):
-            if cont["n"] in known:
+        for cont in plan.continuations:
+            if cont.n in known:
                 continue
-            for spec in plan["legs"]:
-                self.specs.setdefault(spec["name"], spec)
+            for spec in plan.runs:
+                self.specs.setdefault(spec.name, spec)
             asked = self._asked(cont)
             for name in asked:
                 self._enqueue(name)
-            self.record.setdefault("continuations", []).append(cont["n"])
-            self.say(f"continuation {cont['file']}: queued {', '.join(asked) or 'nothing (every run it asks for started already)'}")
+            self.record.setdefault("continuations", []).append(cont.n)
+            self.say(f"continuation {cont.file}: queued {', '.join(asked) or 'nothing (every run it asks for started already)'}")
             queued = queued or bool(asked)
-        self.plan = {**plan, "legs": list(self.specs.values())}
+        self.plan = dataclasses.replace(plan, runs=tuple(self.specs.values()))
         try:
             self._write_record()  # whoever recorded the continuation waits to read that it was taken
         except OSError as e:
@@ -445,10 +423,10 @@ class Supervisor:
         """A leg ended (or failed before it started): report.md, notify, and the failure policy
         (on_failure = stop: no leg of the queue starts after it; legs running beside it end as
         they would)."""
-        self._report(plan_tail(self.plan))
+        self._report(self.plan.tail)
         if st.status in (Status.DONE, Status.FAILED):
             self._notify(self.plan, st)
-        if st.status == Status.FAILED and self.plan.get("on_failure", "stop") == "stop" and self.queue:
+        if st.status == Status.FAILED and self.plan.on_failure == "stop" and self.queue:
             self.say(f"{st.leg} failed: stopping the queue (on_failure = stop)")
             for rest in self.queue:
                 self._finish(rest, Status.STOPPED, note=f"queue stopped after {st.leg} failed (on_failure = stop)")
@@ -462,16 +440,15 @@ class Supervisor:
         except OSError as e:
             self.fault(f"{PREPARE}: state not recorded ({st.status})", e)
 
-    def _prepare(self, plan: dict) -> LegState | None:
+    def _prepare(self, plan: Plan) -> LegState | None:
         """Run the plan's prepare step when what it creates is missing, its output in
         `<dir>/prepare.log`. None when there is none, it was not needed, or it ended well;
         else its state (failed, stopped)."""
-        spec = plan_prepare(plan)
-        if spec is None:
+        spec = plan.prepare
+        if spec is None or not spec.runnable:
             return None
-        argv, creates, mark = spec
-        marks = self.exp_dir.parent / reg.PREPARE_MARK_DIR  # this dir's exp_root's (a plan may lie)
-        mark = str(marks / Path(mark).name) if mark and os.path.realpath(Path(mark).parent) == str(marks) else None
+        argv, creates = list(spec.argv), list(spec.creates)
+        mark = spec.mark_in(self.exp_dir)  # this dir's exp_root's (a plan may name any file)
         log = self.exp_dir / f"{PREPARE}.log"
         st = LegState(PREPARE, Status.QUEUED, log=str(log), supervisor_pid=self.me,
                       supervisor_create_time=self.my_create_time)
@@ -488,8 +465,8 @@ class Supervisor:
             st.status, st.note, st.ended_at = Status.STOPPED, "stopped by request before it started", now_iso()
             self._put_prepare(st)
             return st
-        cwd = plan.get("cwd") if isinstance(plan.get("cwd"), str) else str(self.exp_dir)
-        env = {**os.environ, **plan_env(plan), "PYTHONUNBUFFERED": "1"}
+        cwd = plan.cwd or str(self.exp_dir)
+        env = {**os.environ, **plan.env, "PYTHONUNBUFFERED": "1"}
         env["PYTHONPATH"] = os.pathsep.join(p for p in (cwd, env.get("PYTHONPATH", "")) if p)
         env.update(leg_env(self.exp_dir, PREPARE))  # its processes are found, and stopped, by this marker
         st.started_at = now_iso()
@@ -553,7 +530,7 @@ class Supervisor:
         self.say(f"{PREPARE}: {status}" + (f" ({note})" if note else ""))
         return st
 
-    def _prepare_ended(self, plan: dict, prep: LegState) -> None:
+    def _prepare_ended(self, plan: Plan, prep: LegState) -> None:
         """The prepare step did not end well: the first leg fails with its last lines (a stop
         request stops it), the others are not started; the notify command hears of the first."""
         names, self.queue = self.queue, []
@@ -594,7 +571,7 @@ class Supervisor:
             self._snap, self._snap_at, self._snap_for = sampler.sample(), time.monotonic(), name
         return self._snap
 
-    def _place(self, spec: dict) -> Placement | LegState | None:
+    def _place(self, spec: PlanRun) -> Placement | LegState | None:
         """The GPUs the queue's next leg runs on, once they are idle: a Placement; None while it
         waits (for busy GPUs, or for this queue's legs to free theirs); or its final state
         (its GPUs were not idle within the plan's wait_s, or it can never fit).
@@ -606,19 +583,17 @@ class Supervisor:
         CUDA_DEVICE_ORDER=PCI_BUS_ID, so CUDA numbers the GPUs as NVML does). With no pool to
         place on (no NVML and no registry gpus), GPU legs run one at a time, as with
         max_parallel 1, and the note says why."""
-        name = spec["name"]
+        name = spec.name
         st = self.states[name]
-        if spec.get("device") == "cpu":
+        if not spec.uses_gpus:
             return Placement([], {}, "cpu leg: no GPU preflight")
-        idle = self.plan.get("gpu_idle") if isinstance(self.plan.get("gpu_idle"), dict) else {}
-        max_util = _number(idle.get("max_util_pct"), 5.0, 0.0, 100.0)
-        max_mem = _number(idle.get("max_mem_mib"), 1024.0, 0.0, 1e9)
-        wait_s = _number(idle.get("wait_s"), 600.0, 0.0, 7 * 24 * 3600.0)
-        need = int(_number(spec.get("nproc_per_node"), 1, 1, 128))
-        env = {**os.environ, **plan_env(self.plan)}
+        idle = self.plan.gpu_idle
+        max_util, max_mem, wait_s = idle.max_util_pct, idle.max_mem_mib, idle.wait_s
+        need = spec.nproc_per_node
+        env = {**os.environ, **self.plan.env}
         snap = self._sample(name)
         held = {i for leg in self.started.values() for i in leg.gpus}
-        named = plan_gpus(self.plan)
+        named = list(self.plan.gpus) if self.plan.gpus is not None else None
         pool, source = gpus.gpu_pool(named, snap, env) if self.max_parallel > 1 or named else (None, None)
         if pool is None:
             if held:  # one GPU leg at a time: the next waits for this queue's running one
@@ -685,10 +660,10 @@ class Supervisor:
         st.log_id = list(fsutil.file_id(fd))
         return fd
 
-    def _start(self, spec: dict, placed: Placement) -> LegState:
+    def _start(self, spec: PlanRun, placed: Placement) -> LegState:
         """Start the leg's torchrun on its GPUs, its output straight into its log; its state
         running (or failed, when it could not start)."""
-        name = spec["name"]
+        name = spec.name
         st = self.states[name]
         st.note, st.gpus = placed.note, (placed.gpus or None)
         leg_fd = self._lock(self.exp_dir / STATE_DIR / f"{name}.lock", f"leg {name}")
@@ -705,14 +680,14 @@ class Supervisor:
         self.say(f"{name}: running{on}, torchrun pid {proc.pid}, log {self.log_path(name)}")
         return st
 
-    def _spawn(self, spec: dict, st: LegState, placed: Placement) -> subprocess.Popen | None:
-        name = spec["name"]
-        cwd = self.plan.get("cwd") if isinstance(self.plan.get("cwd"), str) else str(self.exp_dir)
-        env = {**os.environ, **plan_env(self.plan), **placed.env}  # the registry's env for the legs, over ours
+    def _spawn(self, spec: PlanRun, st: LegState, placed: Placement) -> subprocess.Popen | None:
+        name = spec.name
+        cwd = self.plan.cwd or str(self.exp_dir)
+        env = {**os.environ, **self.plan.env, **placed.env}  # the registry's env for the legs, over ours
         env["PYTHONUNBUFFERED"] = "1"
         env["PYTHONPATH"] = os.pathsep.join(p for p in (cwd, env.get("PYTHONPATH", "")) if p)
         env.update(leg_env(self.exp_dir, name))  # proves, later, that its processes are this leg's
-        argv = list(spec["argv"])
+        argv = list(spec.argv)
         log_fd = self._open_log(st)
         if isinstance(log_fd, str):
             self._finish(name, Status.FAILED, note=log_fd, exit_code=None, error_tail=[log_fd], started_at=now_iso())
@@ -777,19 +752,18 @@ class Supervisor:
         """Regenerate report.md over the plan's tail window (the registry's, as `cockpit report`
         and the cockpit's `r` use it); a report problem is logged, never fatal to the queue."""
         try:
-            report.write_report(self.exp_dir, tail=tail)
+            report_files.write_report(self.exp_dir, tail=tail)
         except Exception as e:  # noqa: BLE001 - the queue must go on whatever the report does
             self.say(f"report.md not regenerated: {fsutil.oneline(e)}")
 
-    def _notify(self, plan: dict, st: LegState) -> None:
+    def _notify(self, plan: Plan, st: LegState) -> None:
         """Run the registry's notify command for a leg that ended done or failed. It may fail,
         hang or be missing: that is said in the supervisor's log and the leg's state, never more."""
-        argv, timeout_s = plan_notify(plan)
-        if argv is None:
+        if plan.notify is None:
             return
-        fields = {"event": str(st.status), "experiment": str(plan["experiment"]), "leg": st.leg,
+        fields = {"event": str(st.status), "experiment": plan.experiment, "leg": st.leg,
                   "dir": str(self.exp_dir), "log": str(self.log_path(st.leg))}
-        why = run_notify(reg.fill_notify(argv, fields), timeout_s, self.exp_dir)
+        why = run_notify(reg.fill_notify(list(plan.notify.argv), fields), plan.notify.timeout_s, self.exp_dir)
         if why is None:
             self.say(f"{st.leg}: notified ({st.status})")
             return
@@ -830,31 +804,6 @@ def _waiter(proc: subprocess.Popen):
 NOTIFY_OUTPUT_MAX = 64 * 1024  # the last bytes of a notify command's output kept, for its last line
 
 
-def plan_parallel(plan: dict) -> int:
-    """How many of the plan's legs may run side by side (1 when the plan says nothing sane)."""
-    return int(_number(plan.get("max_parallel"), 1, 1, reg.PARALLEL_MAX))
-
-
-def plan_gpus(plan: dict) -> list[int] | None:
-    """The GPUs the plan's registry names for its legs (`[project] gpus`), when it names some sanely."""
-    named = plan.get("gpus")
-    if isinstance(named, list) and named and all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i
-                                                 for i in named) and len(set(named)) == len(named):
-        return named
-    return None
-
-
-def plan_notify(plan: dict) -> tuple[list[str] | None, float]:
-    """The notify command of a plan (argv with its placeholders, timeout), when it is a sane one."""
-    spec = plan.get("notify")
-    if not isinstance(spec, dict):
-        return None, 0.0
-    argv = spec.get("argv")
-    if not (isinstance(argv, list) and argv and all(isinstance(a, str) and "\x00" not in a for a in argv)):
-        return None, 0.0
-    return argv, _number(spec.get("timeout_s"), 10.0, 0.1, 600.0)
-
-
 def run_notify(argv: list[str], timeout_s: float, cwd: Path) -> str | None:
     """Run a notify command (no shell, no stdin, in its own session); None when it exits 0, else
     why not in one line: it could not start, it exited non-zero (its last line), or it ran past
@@ -888,38 +837,6 @@ def run_notify(argv: list[str], timeout_s: float, cwd: Path) -> str | None:
     cause = signal_cause(proc.returncode) if proc.returncode < 0 else None
     last = f": {safetext.oneline(lines[-1])[:200]}" if lines else ""
     return (f"killed by signal {-proc.returncode}" if cause else f"exited {proc.returncode}") + last
-
-
-def plan_prepare(plan: dict) -> tuple[list[str], list[str], str | None] | None:
-    """The plan's prepare step (argv, the paths it creates, its mark: see registry.Prepare), when
-    it is a sane one. A plan written before marks has none: the step is trusted as it was then."""
-    spec = plan.get("prepare")
-    if not isinstance(spec, dict):
-        return None
-    argv, creates, mark = spec.get("argv"), spec.get("creates"), spec.get("mark")
-    if not (_strings(argv) and _strings(creates)):
-        return None
-    return argv, creates, mark if _strings([mark]) and os.path.isabs(mark) else None
-
-
-def _strings(xs: object) -> bool:
-    """A non-empty list of non-empty strings no command line or path refuses."""
-    return isinstance(xs, list) and bool(xs) and all(isinstance(x, str) and x and "\x00" not in x for x in xs)
-
-
-def plan_env(plan: dict) -> dict[str, str]:
-    """The extra environment the plan gives the legs: names and string values only (a plan is a
-    file: it may hold anything), never the marker that proves a process is the leg's."""
-    env = plan.get("env")
-    if not isinstance(env, dict):
-        return {}
-    return {k: v for k, v in env.items() if isinstance(k, str) and isinstance(v, str) and k and "=" not in k
-            and "\x00" not in k + v and k not in (procs.ENV_EXP_DIR, procs.ENV_LEG)}
-
-
-def _number(v: object, default: float, lo: float, hi: float) -> float:
-    """A number from the plan when it is one within [lo, hi], else the default (a plan may lie)."""
-    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) and lo <= v <= hi else default
 
 
 def _what_is(path: Path) -> str:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from conftest import FIXTURES, NOW, bundled_registry, make_dir, write_registry
 
-from cockpit import baseline, expdir, launch, report, resume
+from cockpit import baseline, expdir, launch, report, report_md, resume, resume_text
 from cockpit import registry as reg
 from cockpit.vocab import Status
 
@@ -47,7 +47,7 @@ def _fast_dense(tok: float) -> str:
 
 
 def _status_line(registry: reg.Registry, leg: str) -> str:
-    text = resume.render_status(resume.build_state(registry, now=NOW))
+    text = resume_text.render_status(resume.build_state(registry, now=NOW))
     return next(ln for ln in text.splitlines() if ln.strip().startswith(leg + " "))
 
 
@@ -62,17 +62,17 @@ def test_a_later_run_never_changes_an_earlier_dirs_report(tmp_path):
     _done(d, "moe_cap1p0", FIXTURES / "cpu-smoke" / "moe_cap1p0.log")
     pin = json.loads((d / "plan.json").read_text())["baseline"]
     assert pin == {"leg": "dense", "experiment": "cpu-smoke", "source": "dir", "dir": str(old), "runs": ["dense"]}
-    before = report.render_report(d, now=NOW)
+    before = report_md.render_report(d, now=NOW)
     status = _status_line(registry, "moe_cap1p0")
     assert DELTA in before and f"the baseline ran in another launch, `{old.name}` (pinned when this dir was launched)" \
         in before and "-30.53%" in status
     later = _launched(registry, "20261126_060000_cpu-smoke", ["dense"], rerun=True)
     _done(later, "dense", text=_fast_dense(6700.0))
-    assert report.render_report(d, now=NOW) == before
+    assert report_md.render_report(d, now=NOW) == before
     assert _status_line(registry, "moe_cap1p0") == status
     # --baseline still overrides, for one report
-    assert "-30.53%" not in report.render_report(d, baseline=f"{later.name}/dense", now=NOW)
-    assert report.render_report(d, now=NOW) == before
+    assert "-30.53%" not in report_md.render_report(d, baseline=f"{later.name}/dense", now=NOW)
+    assert report_md.render_report(d, now=NOW) == before
 
 
 def test_a_dir_from_before_pins_keeps_the_baseline_that_finished_before_it_was_made(tmp_path):
@@ -83,18 +83,18 @@ def test_a_dir_from_before_pins_keeps_the_baseline_that_finished_before_it_was_m
     old = make_dir(root, "20261126_040000_cpu-smoke", {"dense": ("done", "cpu-smoke/dense.log")}, registry=registry)
     d = make_dir(root, "20261126_050000_cpu-smoke", {"moe_cap1p0": ("done", "cpu-smoke/moe_cap1p0.log")},
                  registry=registry)
-    before = report.render_report(d, now=NOW)
+    before = report_md.render_report(d, now=NOW)
     assert DELTA in before and f"## Delta vs baseline `dense` (baseline from {old.name})" in before
     later = make_dir(root, "20261126_060000_cpu-smoke", {"dense": ("done", None)}, registry=registry)
     (later / "dense.log").write_text(_fast_dense(6700.0))
-    assert report.render_report(d, now=NOW) == before
+    assert report_md.render_report(d, now=NOW) == before
     # a baseline whose state says it ended after the dir was made was not there to compare with
     (old / "state" / "dense.json").write_text(json.dumps({"leg": "dense", "status": "done", "exit_code": 0,
                                                           "ended_at": "2026-11-26T05:30:00+00:00"}))
     plan = json.loads((d / "plan.json").read_text())
     plan["created_at"] = "2026-11-26T05:00:00+00:00"
     (d / "plan.json").write_text(json.dumps(plan))
-    assert "## Delta" not in report.render_report(d, now=NOW)
+    assert "## Delta" not in report_md.render_report(d, now=NOW)
 
 
 def test_a_failed_own_baseline_gives_no_deltas_never_another_dirs(tmp_path):
@@ -110,12 +110,12 @@ def test_a_failed_own_baseline_gives_no_deltas_never_another_dirs(tmp_path):
     _done(d, "dense", text="step 00000/00040 (0.00%) | loss: 6.0 | dt: 100.00ms | tok/sec: 10\nRuntimeError: boom\n",
           status="failed")
     _done(d, "moe_cap1p0", FIXTURES / "cpu-smoke" / "moe_cap1p0.log")
-    text = report.render_report(d, now=NOW)
+    text = report_md.render_report(d, now=NOW)
     assert "-30.53%" not in text and "### moe_cap1p0" not in text
     assert (f"No deltas: this dir's own run of dense (the launch ran it) failed. The baseline was pinned when this "
             f"dir was launched and is never replaced by another. To compare with another run: "
             f"`cockpit report --exp-dir {d} --baseline {old.name}/dense`.") in text
-    assert DELTA in report.render_report(d, baseline=f"{old.name}/dense", now=NOW)
+    assert DELTA in report_md.render_report(d, baseline=f"{old.name}/dense", now=NOW)
     b = baseline.choose(registry, "cpu-smoke", d)
     assert b.own and b.problem and not report.baseline_row(b).has_figures
     assert _status_line(registry, "moe_cap1p0").endswith(
@@ -137,7 +137,7 @@ def test_nothing_to_pin_stays_nothing_and_recorded_figures_are_copied(tmp_path):
     _done(d, "moe_cap1p0", FIXTURES / "cpu-smoke" / "moe_cap1p0.log")
     assert json.loads((d / "plan.json").read_text())["baseline"]["source"] == "none"
     make_dir(root, "20261126_060000_cpu-smoke", {"dense": ("done", "cpu-smoke/dense.log")}, registry=registry)
-    text = report.render_report(d, now=NOW)
+    text = report_md.render_report(d, now=NOW)
     assert "-30.53%" not in text
     assert ("No deltas: no finished run of cpu-smoke/dense and no recorded figures when this dir was launched. "
             "The baseline was pinned") in text and "--baseline 20261126_060000_cpu-smoke/dense`" in text
@@ -152,9 +152,9 @@ def test_nothing_to_pin_stays_nothing_and_recorded_figures_are_copied(tmp_path):
     pin = json.loads((v3 / "plan.json").read_text())["baseline"]
     assert pin["source"] == "recorded" and pin["recorded"]["tok_per_sec"] == 806400.06
     line = "| tail50 tok/sec | 806400.06 | 747298.44 | -7.33% | - | - |"
-    assert line in report.render_report(v3, now=NOW)
+    assert line in report_md.render_report(v3, now=NOW)
     registry.path.write_text(registry.path.read_text().replace("806400.06", "700000.0"))
-    assert line in report.render_report(v3, now=NOW)
+    assert line in report_md.render_report(v3, now=NOW)
 
 
 def test_a_pin_the_cockpit_did_not_write_is_said_not_trusted(tmp_path):
@@ -164,11 +164,11 @@ def test_a_pin_the_cockpit_did_not_write_is_said_not_trusted(tmp_path):
     plan = json.loads((d / "plan.json").read_text())
     plan["baseline"] = {"leg": "dense", "source": "elsewhere"}
     (d / "plan.json").write_text(json.dumps(plan))
-    assert "No deltas: plan.json's baseline pin is not one the cockpit wrote" in report.render_report(d, now=NOW)
+    assert "No deltas: plan.json's baseline pin is not one the cockpit wrote" in report_md.render_report(d, now=NOW)
     plan["baseline"] = {"leg": "dense", "experiment": "cpu-smoke", "source": "dir", "dir": str(tmp_path / "gone"),
                         "runs": ["dense"]}
     (d / "plan.json").write_text(json.dumps(plan))
-    assert "No deltas: the dir pinned at launch, gone, is gone" in report.render_report(d, now=NOW)
+    assert "No deltas: the dir pinned at launch, gone, is gone" in report_md.render_report(d, now=NOW)
     assert os.path.isdir(d)
 
 

@@ -1,6 +1,6 @@
 """Continuing an experiment dir (`cockpit launch EXP --into DIR`, `L` after `l`): which runs a
 continuation starts and skips, how it is recorded (`plan.<n>.json` beside an untouched plan.json)
-and read back (expdir.read_plan), what is refused, and real queues of tests/fake_trainer.py legs
+and read back (plan.Plan.read), what is refused, and real queues of tests/fake_trainer.py legs
 joined while they run or started again after they ended."""
 
 from __future__ import annotations
@@ -28,9 +28,10 @@ from conftest import (
     write_registry,
 )
 
-from cockpit import continuation, expdir, launch, provenance, report, supervisor
+from cockpit import continuation, expdir, launch, provenance, report_md, supervisor
 from cockpit import registry as reg
 from cockpit.expdir import LegState, RunError, write_state
+from cockpit.plan import Continued, Plan, continuation_numbers
 
 LEGS = {"a": 'model-tag = "a"', "b": 'model-tag = "b"', "c": 'model-tag = "c"'}
 
@@ -93,12 +94,10 @@ def test_a_continuation_is_a_new_plan_file_every_reader_sees_and_plan_json_is_un
     cont = json.loads((d / "plan.1.json").read_text())
     assert cont["continues"] == "fake" and [x["name"] for x in cont["legs"]] == ["b", "c"] and cont["again"] == []
     assert cont["legs"][0]["argv"][-2:] == ["--model-tag", "b"] and "git" in cont and "trainer" in cont
-    plan = expdir.read_plan(d)
-    assert [x["name"] for x in plan["legs"]] == ["a", "b", "c"]
-    assert plan["continuations"] == [{"n": 1, "file": "plan.1.json", "created_at": cont["created_at"],
-                                      "legs": ["b", "c"], "again": []}]
-    assert {k: v for k, v in plan.items() if k not in ("legs", "continuations")} == \
-        {k: v for k, v in json.loads((d / "plan.json").read_text()).items() if k != "legs"}
+    plan = Plan.read(d)
+    assert plan.run_names == ["a", "b", "c"]
+    assert plan.continuations == (Continued(1, "plan.1.json", cont["created_at"], ("b", "c"), ()),)
+    assert plan.to_dict() == json.loads((d / "plan.json").read_text())  # plan.json's own keys and runs
     opened = expdir.open_dir(d)
     assert opened.legs == ["a", "b", "c"] and opened.problem is None
     # the next continuation plans what this one left: nothing new
@@ -113,7 +112,7 @@ def test_the_report_knows_the_flags_of_a_run_a_continuation_added(tmp_path):
     continuation.record(registry, continuation.plan_continue(registry, "fake", d, ["b"]))
     for n in "ab":
         (d / f"{n}.log").write_text("".join(x + "\n" for x in log_lines(20, 20)))
-    text = report.render_report(d, "a", 10)
+    text = report_md.render_report(d, "a", 10)
     assert "args differ: --model-tag a -> b" in text, text
 
 
@@ -129,11 +128,11 @@ def test_a_bad_continuation_file_is_left_out_and_said(tmp_path):
     assert "plan.4.json: names a run no file can be named after: 'supervisor'" in opened.problem
     # the dir's supervisor runs what it can, and says what it left out
     sup = supervisor.Supervisor(d, echo=True)
-    assert sup._first_runs(expdir.read_plan(d, [])) == ["a"]
+    plan = Plan.read(d)
+    assert sup._first_runs(plan) == ["a"]
     assert "plan.1.json: adds run a, which the dir has already" in opened.problem
     assert "plan.2.json: unreadable" in opened.problem and "plan.3.json: continues 'other'" in opened.problem
-    with pytest.raises(ValueError, match="plan.1.json: adds run a"):
-        expdir.read_plan(d)
+    assert [x.split(":")[0] for x in plan.left_out] == ["plan.1.json", "plan.2.json", "plan.3.json", "plan.4.json"]
 
 
 @pytest.mark.parametrize("case", ["outside", "other experiment", "no plan", "slurm"])
@@ -178,7 +177,7 @@ def test_another_commit_is_refused_and_nothing_is_written(tmp_path, monkeypatch)
     monkeypatch.setattr(provenance, "collect", moved)
     with pytest.raises(RunError, match="the checkout is at commit 9c8d7e6f5a4b, the dir was launched at"):
         continuation.start(registry, "fake", d)
-    assert expdir.continuation_numbers(d) == []
+    assert continuation_numbers(d) == []
 
 
 def test_dry_run_into_says_what_would_run_and_writes_nothing(tmp_path):
@@ -207,7 +206,7 @@ def test_a_live_supervisor_that_does_not_take_it_in_time_is_said_and_foreground_
     with pytest.raises(RunError, match=r"supervisor \(pid \d+\) runs its queue: the legs join it there; "
                                        "leave out --foreground"):
         continuation.start(registry, "fake", d, foreground=True)
-    assert expdir.continuation_numbers(d) == []
+    assert continuation_numbers(d) == []
     asked = []
     old = signal.signal(signal.SIGUSR1, lambda *a: asked.append(1))  # what the supervisor hears
     monkeypatch.setattr(continuation, "JOIN_WAIT_S", 0.3)
@@ -251,7 +250,7 @@ def test_the_remaining_legs_join_the_running_queue_of_the_dir(tmp_path, checkout
     wait_for(lambda: not expdir.open_dir(d).supervisor_alive, timeout=90, what="the queue's end")
     opened = expdir.open_dir(d)
     assert [opened.states[n].status for n in "ab"] == ["done"] * 2
-    assert _sha(d / "plan.json") == plan_sha and expdir.continuation_numbers(d) == [1]
+    assert _sha(d / "plan.json") == plan_sha and continuation_numbers(d) == [1]
     assert json.loads((d / "state" / "supervisor.json").read_text())["continuations"] == [1]
     status = cockpit("--registry", str(path), "status").stdout
     assert f"{d.name}  supervisor finished;  a done, b done" in status, status

@@ -52,4 +52,4 @@ def test_dirs_launched_before_the_sequence_keep_their_stamp_order_and_come_first
     (old2 / "plan.json").write_text(json.dumps({**json.loads((old2 / "plan.json").read_text()),
                                                 "seq": {"n": "7", "utc": 3}}))  # garbage: as if none
     assert [d.path for d in expdir.discover(root)] == [old1, old2, manual, new]
-    assert expdir.next_seq(root)["n"] == 2
+    assert expdir.next_seq(root).n == 2

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from conftest import FIXTURES, NOW, bundled_registry, make_dir
 
-from cockpit import cli, launch, plots, report
+from cockpit import cli, launch, plots, report, report_files
 
 PLOTTED = ("loss", "tok_per_sec", "dt_ms", "drop_pct", "tail_means")  # a CPU run: no MFU; no validation
 
@@ -28,7 +28,7 @@ def test_the_baseline_from_another_dir_is_in_every_plot_and_in_the_csv(tmp_path,
     d.mkdir()
     launch.write_plan(registry, launch.plan_launch(registry, "cpu-smoke", ["moe_cap1p0"]), d)
     shutil.copy(FIXTURES / "cpu-smoke" / "moe_cap1p0.log", d / "moe_cap1p0.log")
-    out = report.write_report(d, tmp_path / "out" / "r.md", now=NOW, svg=True)
+    out = report_files.write_report(d, tmp_path / "out" / "r.md", now=NOW, svg=True)
     base = f"dense ({old.name})"
     with open(out.with_name("r_steps.csv"), newline="") as f:
         table = list(csv.DictReader(f))
@@ -47,7 +47,7 @@ def test_the_baseline_from_another_dir_is_in_every_plot_and_in_the_csv(tmp_path,
     # drop %: the dense baseline has none in its log, and its legend says so
     assert f"{base} (baseline): none in its log" in _svg(out.with_name("r_drop_pct.svg"))
     # the same figure, the same bytes: an SVG carries no date or random ids
-    again = report.write_report(d, tmp_path / "again" / "r.md", now=NOW, svg=True)
+    again = report_files.write_report(d, tmp_path / "again" / "r.md", now=NOW, svg=True)
     assert again.with_name("r_tok_per_sec.svg").read_bytes() == out.with_name("r_tok_per_sec.svg").read_bytes()
 
     # paper figures: the titles name no dir nor commit
@@ -71,7 +71,7 @@ def test_a_recorded_baseline_is_a_line_at_its_figures_and_a_bar(tmp_path):
     launch.write_plan(registry, launch.plan_launch(registry, "moe-fp8-capacity-opt-v3"), v3)
     shutil.copy(FIXTURES / "seed" / "20260224_175412_moe-fp8-capacity-ablation-v1" / "static_cap1p25.log",
                 v3 / "moe_fp8_experts_static_cap1p0_v3.log")
-    out = report.write_report(v3, now=NOW, svg=True)
+    out = report_files.write_report(v3, now=NOW, svg=True)
     name = "moe-fp8-capacity-opt-v2-buffer/static_cap1p0_bufreuse"
     assert f"{name} (baseline, recorded)" in _svg(out.with_name("report_tok_per_sec.svg"))
     assert f"{name} (baseline): no per-step figures: recorded" in _svg(out.with_name("report_loss.svg"))
@@ -85,11 +85,11 @@ def test_the_own_dirs_baseline_is_marked_and_bars_start_at_zero(tmp_path):
     d = make_dir(registry.settings.exp_root, "20261126_040000_cpu-smoke",
                  {"dense": ("done", "cpu-smoke/dense.log"), "moe_cap1p0": ("done", "cpu-smoke/moe_cap1p0.log")},
                  registry=registry)
-    out = report.write_report(d, now=NOW)  # as the supervisor writes it: PNG only
+    out = report_files.write_report(d, now=NOW)  # as the supervisor writes it: PNG only
     with open(out.with_name("report_steps.csv"), newline="") as f:
         assert {(r["run"], r["baseline"]) for r in csv.DictReader(f)} == {("dense", "1"), ("moe_cap1p0", "0")}
     assert out.with_name("report_tok_per_sec.png").is_file() and not list(d.glob("*.svg"))
-    drawn = plots.draw_plots({"dense": {}, "moe": {}}, report._tail_bars(report.rows(d, now=NOW), 50), 50, "",
+    drawn = plots.draw_plots({"dense": {}, "moe": {}}, report_files._tail_bars(report.rows(d, now=NOW), 50), 50, "",
                              plots.BaselineMark(frozenset({"dense"}), "dense"), ("svg",))
     assert "dense (baseline)" in drawn["tail_means"]["svg"].decode()
     assert json.loads((d / "plan.json").read_text())["experiment"] == "cpu-smoke"

@@ -13,7 +13,19 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from cockpit import cli, expdir, logs, registry, report, resume, safetext, stats
+from cockpit import (
+    cli,
+    expdir,
+    logs,
+    registry,
+    report,
+    report_files,
+    report_md,
+    resume,
+    resume_text,
+    safetext,
+    stats,
+)
 from cockpit.logs import follow, summary
 
 SETTINGS = settings(max_examples=120, deadline=None,
@@ -127,7 +139,7 @@ def test_any_registry_loads_or_is_one_located_line_and_renders(tmp_path, tables,
         assert "\n" not in msg and msg.startswith(str(path))
         return
     state = resume.build_state(r, sampler=NoGpu(), dirs=[])
-    assert "\x1b" not in cli.safetext.printable(resume.render_status(state) + resume.render_guide(state))
+    assert "\x1b" not in cli.safetext.printable(resume_text.render_status(state) + resume_text.render_guide(state))
     for exp in r.experiments:
         for leg_ in exp.legs:
             leg_.argv(r.settings.exp_root / "x")
@@ -196,9 +208,9 @@ def test_any_log_summarizes_parses_and_reports_without_a_traceback(tmp_path, dat
     seen = []
     logs.parse_file(log, on_steps=lambda t: seen.append(len(t)))
     rows = report.rows(d)
-    text = report.render_report(d, rows_=rows)
+    text = report_md.render(report.read_dir(d), rows, None)
     assert clean(safetext.printable(text)) and clean(text.replace("\\x", ""))
-    out = report.write_report(d, plots=False)
+    out = report_files.write_report(d, plots=False)
     assert clean(out.read_text()) and clean((d / "report_summary.csv").read_text())
     for delta in report.delta_rows(rows[0], rows[0]):
         assert stats.fmt_pct(delta.delta_pct) in ("-", "+0.00%")
@@ -308,5 +320,5 @@ def test_unreadable_and_odd_files_under_exp_root_never_raise(tmp_path):
     found = expdir.discover(root)
     assert len(found) >= 4
     for d in found:
-        resume.dir_line(d)
+        resume_text.dir_line(d)
     assert all(isinstance(d, expdir.ExpDir) for d in found) and Path(root).is_dir()

@@ -17,10 +17,10 @@ LAYERS = {
         "cockpit.logs",
         "cockpit.logs.lines", "cockpit.logs.failure", "cockpit.logs.state", "cockpit.logs.follow",
         "cockpit.logs.summary", "cockpit.logs.full", "cockpit.logs.progress"],
-    1: ["cockpit.gpus", "cockpit.expdir", "cockpit.provenance", "cockpit.trainer_flags", "cockpit.leg_log"],
-    2: ["cockpit.baseline", "cockpit.export", "cockpit.plots", "cockpit.step_files", "cockpit.report", "cockpit.supervisor", "cockpit.executors", "cockpit.executors.local",
-        "cockpit.executors.slurm", "cockpit.executors.resubmit"],
-    3: ["cockpit.launch", "cockpit.resume", "cockpit.continuation", "cockpit.state_json"],
+    1: ["cockpit.plan", "cockpit.gpus", "cockpit.expdir", "cockpit.provenance", "cockpit.trainer_flags", "cockpit.leg_log"],
+    2: ["cockpit.baseline", "cockpit.export", "cockpit.plots", "cockpit.step_files", "cockpit.report", "cockpit.report_md", "cockpit.report_files", "cockpit.supervisor", "cockpit.executors", "cockpit.executors.local",
+        "cockpit.executors.slurm", "cockpit.executors.slurm_record", "cockpit.executors.resubmit"],
+    3: ["cockpit.launch", "cockpit.resume", "cockpit.resume_text", "cockpit.continuation", "cockpit.state_json"],
     4: ["cockpit.cli", "cockpit.tui"],  # and every module of cockpit.tui
 }
 # What a function may import (a heavy library, loaded only by what needs it), with a comment saying why.

@@ -14,7 +14,7 @@ import psutil
 import pytest
 from conftest import REPO, cockpit, wait_for, write_registry
 
-from cockpit import expdir, resume, supervisor
+from cockpit import expdir, resume, resume_text, supervisor
 from cockpit import registry as reg
 
 # a notify command: appends its arguments to a file, and fails (exit 1, a last line) for a failed leg
@@ -100,7 +100,7 @@ def test_supervisor_notifies_each_leg_and_a_failing_notify_is_only_noted(tmp_pat
     plan = json.loads((exp_dir / "plan.json").read_text())
     assert plan["notify"] == {"argv": argv, "timeout_s": 10.0}
     assert "a: notified (done)" in r.stdout and "b: notify failed: exited 1: no pager for failures" in r.stdout
-    status = resume.render_status(resume.build_state(reg.load(path)))
+    status = resume_text.render_status(resume.build_state(reg.load(path)))
     assert "[notify failed: exited 1: no pager for failures]" in status
 
 

@@ -16,9 +16,10 @@ import pytest
 from conftest import REPO, alive, cockpit, kill_leftovers, make_dir, tree_of, wait_for, write_registry
 from fake_nvml import FakeNVML
 
-from cockpit import expdir, gpus, launch, procs, resume, supervisor
+from cockpit import expdir, gpus, launch, procs, resume, resume_text, supervisor
 from cockpit import registry as reg
 from cockpit.expdir import LegState
+from cockpit.plan import Plan, PlanRun
 from cockpit.vocab import Mark
 
 # ----------------------------------------------------------------------------------------------
@@ -67,7 +68,7 @@ def test_the_plan_records_max_parallel_and_gpus(tmp_path):
     path = write_registry(tmp_path, {"a": 'model-tag = "a"'}, extra_project="max_parallel = 3\ngpus = [1, 2]")
     registry = reg.load(path)
     data = launch.plan_data(registry, launch.plan_launch(registry, "fake"), tmp_path / "exp" / "d")
-    assert (data["max_parallel"], data["gpus"]) == (3, [1, 2])
+    assert (data.max_parallel, data.gpus) == (3, (1, 2))
 
 
 def test_the_dry_run_says_legs_run_side_by_side(tmp_path):
@@ -132,7 +133,7 @@ def _placer(tmp_path: Path, nv: FakeNVML | None, max_parallel: int,
             named: list[int] | None = None) -> supervisor.Supervisor:
     nv = nv if nv is not None else FakeNVML(init_error=pynvml.NVML_ERROR_DRIVER_NOT_LOADED)
     sup = supervisor.Supervisor(tmp_path, sampler=gpus.GpuSampler(nvml=nv), echo=False)
-    sup.plan = {"max_parallel": max_parallel, "gpus": named, "gpu_idle": {"wait_s": 60}}
+    sup.plan = Plan.from_dict({"legs": [], "max_parallel": max_parallel, "gpus": named, "gpu_idle": {"wait_s": 60}})
     sup.max_parallel = max_parallel
     for name in "abc":
         sup.states[name] = LegState(name, "queued")
@@ -144,8 +145,8 @@ def _hold(sup: supervisor.Supervisor, name: str, held: list[int]) -> None:
     sup.started[name] = supervisor.Started({"name": name}, None, -1, held)  # type: ignore[arg-type]
 
 
-def _leg(name: str, nproc: int = 2, device: str = "cuda") -> dict:
-    return {"name": name, "device": device, "nproc_per_node": nproc}
+def _leg(name: str, nproc: int = 2, device: str = "cuda") -> PlanRun:
+    return PlanRun(name, device=device, nproc_per_node=nproc)
 
 
 def test_side_by_side_legs_get_disjoint_gpus_pinned_by_cuda_visible_devices(tmp_path, monkeypatch):
@@ -208,8 +209,8 @@ def test_the_gpu_set_is_shown_by_status_and_the_tree(tmp_path):
     m = resume.LegMark("e", "a", Mark.RUNNING, state=st)
     assert m.process == "pid 4242 on GPUs 2,3"
     assert resume.LegMark("e", "a", Mark.RUNNING, state=LegState("a", "running", pid=7)).process == "pid 7"
-    d = expdir.ExpDir(tmp_path, "e", "", {"legs": []}, ["a"], {"a": st})
-    assert "a running (pid 4242 on GPUs 2,3)" in resume.dir_line(d)
+    d = expdir.ExpDir(tmp_path, "e", "", Plan("e", (PlanRun("a"),)), ["a"], {"a": st})
+    assert "a running (pid 4242 on GPUs 2,3)" in resume_text.dir_line(d)
     from cockpit.tui.experiments import leg_label
     from cockpit.tui.state import LegView
     assert "[GPUs 2,3]" in leg_label(LegView("e", "a", Mark.RUNNING, gpus="GPUs 2,3")).plain

@@ -14,7 +14,7 @@ import psutil
 import pytest
 from conftest import REPO, bundled_registry, child_env, cockpit, wait_for, write_registry
 
-from cockpit import expdir, launch, report, resume
+from cockpit import expdir, launch, report, resume, resume_text
 from cockpit import registry as reg
 
 
@@ -48,13 +48,13 @@ def test_the_bundled_cpu_smoke_prepares_its_corpus_under_exp_root(tmp_path):
     assert smoke.prepare_missing == [str(root / "_data/smoke/base_data"), str(root / "_data/smoke/tokenizer")]
     assert "  prepare: _data/smoke/base_data, _data/smoke/tokenizer missing under exp_root: a launch runs " \
            f"`python -m nanochat.smoke_data --out {root}/_data/smoke` first (output in <dir>/prepare.log)" \
-           in resume.render_status(state).splitlines()
+           in resume_text.render_status(state).splitlines()
     text = launch.dry_run_text(registry, launch.plan_launch(registry, "cpu-smoke"))
     assert f"# prepare, first ({root}/_data/smoke/base_data, {root}/_data/smoke/tokenizer missing):" in text
     assert f"{sys.executable} -m nanochat.smoke_data --out {root}/_data/smoke > \"$EXP_DIR/prepare.log\" 2>&1" in text
     assert "would fail at once" not in text
     # the resume guide's recipe makes the inputs first
-    assert '# its inputs, first (missing now):\npython -m nanochat.smoke_data --out ' in resume.render_guide(state)
+    assert '# its inputs, first (missing now):\npython -m nanochat.smoke_data --out ' in resume_text.render_guide(state)
 
 
 def test_dry_run_says_a_leg_whose_data_is_missing_would_fail_at_once(tmp_path):

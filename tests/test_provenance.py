@@ -17,6 +17,7 @@ from fake_nvml import FakeNVML
 
 from cockpit import checkout, gpus, launch, provenance
 from cockpit import registry as reg
+from cockpit.plan import Plan
 
 
 def git(cwd: Path, *args: str) -> str:
@@ -156,7 +157,7 @@ def test_a_dir_that_is_no_checkout_is_recorded_so(tmp_path):
     info = provenance.git_info(sub)
     assert (info["dir"], info["branch"], info["dirty"]) == (str(home), "main", False)
     r = launch.plan_data(*_registry_and_plan(plain))
-    assert r["git"]["commit"] is None and r["git"]["error"] == "not a git checkout"
+    assert r.git["commit"] is None and r.git["error"] == "not a git checkout"
 
 
 def _registry_and_plan(workdir: Path):
@@ -212,11 +213,11 @@ def test_a_launch_records_its_origin_and_saves_the_patch(tmp_path, monkeypatch):
     exp_dir.mkdir(parents=True)
     data = launch.write_plan(registry, plan, exp_dir)
     on_disk = json.loads((exp_dir / "plan.json").read_text())
-    assert on_disk["git"] == data["git"] and data["git"]["dirty"] is True and data["git"]["patch"] == "git.patch"
+    assert on_disk["git"] == data.git and data.git["dirty"] is True and data.git["patch"] == "git.patch"
     assert (exp_dir / "git.patch").read_text() == git(d, "diff", "HEAD")
-    assert data["launch_env"]["NCCL_DEBUG"] == "WARN" and data["launch_env"]["NCCL_ALGO"] == "Tree"  # the legs' own
-    assert data["env"] == {"NCCL_ALGO": "Tree"} and ("error" in data["machine"] or "gpus" in data["machine"])
-    assert set(data["trainer"]) >= {"python", "torch", "executable"}
+    assert data.launch_env["NCCL_DEBUG"] == "WARN" and data.launch_env["NCCL_ALGO"] == "Tree"  # the legs' own
+    assert data.env == {"NCCL_ALGO": "Tree"} and ("error" in data.machine or "gpus" in data.machine)
+    assert set(data.trainer) >= {"python", "torch", "executable"}
     assert (exp_dir / "git.patch").stat().st_mode & 0o777 == 0o644 and not os.path.islink(exp_dir / "git.patch")
 
 
@@ -230,7 +231,8 @@ BASE = {"dir": "/exp/20260101_000000_e", "host": "a", "git": {"commit": "1" * 40
 
 def test_differences_name_what_differs():
     same = json.loads(json.dumps(BASE).replace("20260101_000000_e", "20260202_000000_e").replace("/x/", "/y/"))
-    assert provenance.differences(BASE, same, "dense") == []  # another dir, another torchrun path: the same
+    base = Plan.from_dict(BASE)
+    assert provenance.differences(base, Plan.from_dict(same), "dense") == []  # another dir, another torchrun path
     other = json.loads(json.dumps(same))
     other["git"] = {"commit": "2" * 40, "dirty": True, "patch_sha256": "ab" * 32}
     other["host"] = "b"
@@ -238,7 +240,7 @@ def test_differences_name_what_differs():
     other["trainer"]["torch"] = "2.12.0"
     other["launch_env"] = {"OMP_NUM_THREADS": "8", "NCCL_ALGO": "Ring"}
     other["legs"][0]["argv"][6:8] = ["--depth", "24"]
-    assert provenance.differences(BASE, other, "dense") == [
+    assert provenance.differences(base, Plan.from_dict(other), "dense") == [
         "git commit 111111111111 -> 222222222222",
         "uncommitted changes clean -> patch abababababab",
         "host a -> b",
@@ -250,12 +252,13 @@ def test_differences_name_what_differs():
     ]
     # the run's launch did not run the baseline leg: its args as the run's registry gives them
     expected = provenance.normal_argv(BASE["legs"][0]["argv"], BASE["dir"])
-    assert provenance.differences(BASE, {**same, "legs": []}, "dense", expected) == []
-    assert provenance.differences(BASE, {**same, "legs": []}, "dense", [*expected, "--fp8"]) == [
+    without = Plan.from_dict({**same, "legs": []})
+    assert provenance.differences(base, without, "dense", expected) == []
+    assert provenance.differences(base, without, "dense", [*expected, "--fp8"]) == [
         "args of dense: --fp8 only in the run's"]
-    assert provenance.differences(None, BASE) == [] and provenance.unknown(BASE, BASE) is None
-    assert provenance.unknown(None, BASE) == "the baseline's dir has no plan.json: its git, host, GPUs and versions are unknown"
-    assert provenance.unknown(BASE, None).startswith("this dir has no plan.json")
+    assert provenance.differences(None, base) == [] and provenance.unknown(base, base) is None
+    assert provenance.unknown(None, base) == "the baseline's dir has no plan.json: its git, host, GPUs and versions are unknown"
+    assert provenance.unknown(base, None).startswith("this dir has no plan.json")
     assert provenance.unknown(None, None).startswith("neither dir has a plan.json")
 
 

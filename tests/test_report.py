@@ -22,8 +22,9 @@ from conftest import (
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cockpit import cli, flags, launch, plots, report, stats, step_files
+from cockpit import cli, flags, launch, plots, report, report_files, report_md, stats, step_files
 from cockpit import registry as reg
+from cockpit.plan import Plan
 
 V1 = "20260224_175412_moe-fp8-capacity-ablation-v1"
 V2 = "20260224_182427_moe-fp8-capacity-opt-v2-buffer"
@@ -69,7 +70,7 @@ def test_seed_numbers_and_deltas_format_like_the_seed():
 
 def test_seed_style_dir_of_plain_logs_gives_the_seed_table(tmp_path):
     v1, _ = seed_dirs(tmp_path)
-    text = report.render_report(v1, now=NOW)
+    text = report_md.render_report(v1, now=NOW)
     seed_table = "\n".join(
         [
             "| run | tail50 tok/sec | tail50 dt (ms) | tail50 mfu | peak mem (MiB) | total time (min) |",
@@ -87,7 +88,7 @@ def test_seed_style_dir_of_plain_logs_gives_the_seed_table(tmp_path):
 
 def test_delta_against_a_run_in_another_dir_matches_the_seed(tmp_path):
     _, v2 = seed_dirs(tmp_path)
-    text = report.render_report(v2, baseline=f"{V1}/static_cap1p0", now=NOW)
+    text = report_md.render_report(v2, baseline=f"{V1}/static_cap1p0", now=NOW)
     # the seed's five deltas, each with the 95% interval of the difference and its verdict: the
     # per-step metrics from their tail windows; peak memory and total time have no samples
     for line in [
@@ -102,7 +103,7 @@ def test_delta_against_a_run_in_another_dir_matches_the_seed(tmp_path):
     assert "neither dir has a plan.json" in text  # two dirs of manual logs: their origins unknown
     check_golden("report-seed-v2-delta.md", normalized(text, v2))
     # the same through a path, and a baseline inside the dir
-    assert "+2.70%" in report.render_report(v2, baseline=str(tmp_path / V1 / "static_cap1p0"), now=NOW)
+    assert "+2.70%" in report_md.render_report(v2, baseline=str(tmp_path / V1 / "static_cap1p0"), now=NOW)
     rows = report.rows(tmp_path / V1, now=NOW)
     deltas = report.delta_rows(rows[1], rows[0])
     assert [d.metric for d in deltas][0] == "tail50 tok/sec" and f"{deltas[0].delta_pct:+.2f}" == "-40.30"
@@ -132,7 +133,7 @@ def test_the_seed_comparisons_verdicts(tmp_path):
 def test_mixed_formats_failed_and_unfinished_runs(tmp_path):
     names = ["fork-log-excerpt", "upstream-bf16", "upstream-old-mfu", "trainer-junk", "crashed-torchrun"]
     d = copy_logs(FIXTURES, tmp_path / "mixed", names)
-    text = report.render_report(d, now=NOW, tail=5)
+    text = report_md.render_report(d, now=NOW, tail=5)
     assert "tail5 tok/sec" in text
     assert "| crashed-torchrun | failed | 3 | 2/280 | 9.785769 | torch.OutOfMemoryError: CUDA out of memory." in text
     assert "`upstream-old-mfu`: log ended without its final lines" in text
@@ -159,7 +160,7 @@ def test_planned_legs_without_logs_show_as_not_run(tmp_path):
     shutil.copy(FIXTURES / "fork-log-excerpt.log", d / "dense.log")
     rows = report.rows(d, now=NOW)
     assert [(r.run, r.status) for r in rows] == [("dense", "completed"), ("moe_dropless", "queued"), ("moe_cap1p0", "not run")]
-    text = report.render_report(d, now=NOW)
+    text = report_md.render_report(d, now=NOW)
     assert "- Not run yet: `moe_cap1p0`." in text and "| moe_dropless | queued |" in text
     (d / "state" / "supervisor.json").unlink()  # the supervisor is gone: nobody will start the queued leg
     assert report.rows(d, now=NOW)[1].status == "stopped"
@@ -169,7 +170,7 @@ def test_write_report_files_and_bad_logs_never_raise(tmp_path):
     d = copy_logs(FIXTURES, tmp_path / "exp", ["fork-log-excerpt", "crashed-torchrun"])
     (d / "garbage.log").write_bytes(os.urandom(20_000))
     (d / "dir.log").mkdir()  # not a file: ignored
-    out = report.write_report(d, now=NOW)
+    out = report_files.write_report(d, now=NOW)
     assert out == d / "report.md"
     text = out.read_text()
     for name in ["report_steps.csv", "report_summary.csv", "report_loss.png", "report_tok_per_sec.png",
@@ -185,7 +186,7 @@ def test_write_report_files_and_bad_logs_never_raise(tmp_path):
                                                                           "fork-log-excerpt.log", "garbage.log"]
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert "No run has step lines yet." in report.write_report(empty, plots=True, now=NOW).read_text()
+    assert "No run has step lines yet." in report_files.write_report(empty, plots=True, now=NOW).read_text()
 
 
 def test_summary_csv_means_without_float_noise(tmp_path):
@@ -194,7 +195,7 @@ def test_summary_csv_means_without_float_noise(tmp_path):
     steps = [step_line(i, 4, 6.0 - i, dt, tok, mfu, 0.0) for i, (dt, tok, mfu) in  # from step 1: 0 is no tail's
              enumerate([(0.10, 100, 0.10), (0.20, 200, 0.20), (0.20, 200, 0.20)], start=1)]
     (d / "a.log").write_text("\n".join([*steps, "Peak memory usage: 1.10MiB", "Total training time: 0.01m"]) + "\n")
-    report.write_report(d, tail=3, plots=False, now=NOW)
+    report_files.write_report(d, tail=3, plots=False, now=NOW)
     header, row = (d / "report_summary.csv").read_text().splitlines()
     figures = dict(zip(header.split(","), row.split(","), strict=True))
     # the means of 0.10, 0.20, 0.20 and of 100, 200, 200: 12 significant digits, no binary noise
@@ -203,7 +204,7 @@ def test_summary_csv_means_without_float_noise(tmp_path):
     d2 = tmp_path / "exp2"
     d2.mkdir()
     (d2 / "a.log").write_text("\n".join(steps[:2]) + "\n")
-    report.write_report(d2, tail=2, plots=False, now=NOW)
+    report_files.write_report(d2, tail=2, plots=False, now=NOW)
     header, row = (d2 / "report_summary.csv").read_text().splitlines()
     assert dict(zip(header.split(","), row.split(","), strict=True))["dt_ms"] == "0.15"  # not 0.15000000000000002
 
@@ -245,7 +246,7 @@ def test_registry_baseline_of_a_launched_dir(tmp_path):
     root = registry.settings.exp_root
     v3 = make_dir(root, "20261126_050000_moe-fp8-capacity-opt-v3",
                   {"moe_fp8_experts_static_cap1p0_v3": ("done", f"seed/{V1}/static_cap1p25.log")}, registry=registry)
-    text = report.render_report(v3, now=NOW)
+    text = report_md.render_report(v3, now=NOW)
     assert "## Delta vs baseline `moe-fp8-capacity-opt-v2-buffer/static_cap1p0_bufreuse (recorded)`" in text
     assert "Baseline figures recorded: seed resume guide, 2026-02-24 (8 GPUs) (not measured here; " in text
     assert "| tail50 tok/sec | 806400.06 | 747298.44 | -7.33% | - | - |" in text  # recorded: no samples
@@ -253,26 +254,26 @@ def test_registry_baseline_of_a_launched_dir(tmp_path):
     smoke = make_dir(root, "20261126_040000_cpu-smoke", {"dense": ("done", "cpu-smoke/dense.log"),
                                                          "moe_cap1p0": ("done", "cpu-smoke/moe_cap1p0.log")},
                      registry=registry)
-    text = report.render_report(smoke, now=NOW)
+    text = report_md.render_report(smoke, now=NOW)
     assert "## Delta vs baseline `dense` (the registry's baseline of this experiment)" in text
     delta = "| tail50 tok/sec | 9691.74 | 6733.28 | -30.53% | ±"
     assert delta in text
     # the plan's registry file is broken or gone: the plan's snapshot of it names the baseline
     registry.path.write_text("[project\n")
-    assert delta in report.render_report(smoke, now=NOW)
+    assert delta in report_md.render_report(smoke, now=NOW)
     registry.path.unlink()
-    assert delta in report.render_report(smoke, now=NOW)
+    assert delta in report_md.render_report(smoke, now=NOW)
     # neither the file nor a snapshot: no baseline, still a report
     plan = json.loads((smoke / "plan.json").read_text())
     del plan["registry"]["raw"]
     (smoke / "plan.json").write_text(json.dumps(plan))
-    assert "## Delta" not in report.render_report(smoke, now=NOW)
+    assert "## Delta" not in report_md.render_report(smoke, now=NOW)
     (smoke / "plan.json").write_text("{not json")
-    assert "## Delta" not in report.render_report(smoke, now=NOW)
+    assert "## Delta" not in report_md.render_report(smoke, now=NOW)
 
 
 def test_supervisor_report_has_deltas_against_the_experiments_baseline(tmp_path):
-    """`report.write_report(exp_dir)`, as the supervisor calls it after every leg, on a dir whose
+    """`report_files.write_report(exp_dir)`, as the supervisor calls it after every leg, on a dir whose
     plan.json is the RUNNER's own (launch.write_plan): deltas against the registry's baseline."""
     registry = bundled_registry(tmp_path)
     root = registry.settings.exp_root
@@ -283,12 +284,34 @@ def test_supervisor_report_has_deltas_against_the_experiments_baseline(tmp_path)
     shutil.copy(FIXTURES / "cpu-smoke" / "moe_cap1p0.log", d / "moe_cap1p0.log")
     head = f"## Delta vs baseline `dense` (baseline from {old.name})"
     delta = "| tail50 tok/sec | 9691.74 | 6733.28 | -30.53% | ±"
-    text = report.write_report(d, plots=False, now=NOW).read_text()
+    text = report_files.write_report(d, plots=False, now=NOW).read_text()
     assert head in text and delta in text and "### moe_cap1p0" in text
     # edited since launch so that the experiment is gone: the plan's snapshot still knows it
     registry.path.write_text(registry.path.read_text().replace('id = "cpu-smoke"', 'id = "cpu-smoke-renamed"'))
-    text = report.write_report(d, plots=False, now=NOW).read_text()
+    text = report_files.write_report(d, plots=False, now=NOW).read_text()
     assert head in text and delta in text
+
+
+def test_a_report_reads_its_dir_once_and_renders_from_what_it_read(tmp_path, monkeypatch):
+    """write_report reads the dir's plan once (its rows, its baseline, the args that differ and the
+    plots' titles all take it from there); report_md.render reads nothing: a dir whose plan.json
+    went after it was read renders the same."""
+    registry = bundled_registry(tmp_path)
+    d = registry.settings.exp_root / "20261126_050000_cpu-smoke"
+    d.mkdir(parents=True)
+    launch.write_plan(registry, launch.plan_launch(registry, "cpu-smoke"), d)
+    for leg in ("dense", "moe_dropless", "moe_cap1p0"):
+        shutil.copy(FIXTURES / "cpu-smoke" / f"{leg}.log", d / f"{leg}.log")
+    reads = []
+    real = Plan.read.__func__
+    monkeypatch.setattr(Plan, "read", classmethod(lambda cls, exp_dir: reads.append(exp_dir) or real(cls, exp_dir)))
+    text = report_files.write_report(d, tmp_path / "out" / "r.md", now=NOW, svg=True).read_text()
+    assert reads == [d] and text.count("args differ: ") == 2 and "## Delta vs baseline `dense`" in text
+    read = report.read_dir(d)
+    rows, base = report.rows(read, now=NOW), report_md.find_baseline(read, None)
+    (d / "plan.json").unlink()
+    rendered = report_md.render(read, rows, base, now=NOW)
+    assert rendered.rstrip() == text.split("## Files")[0].rstrip()
 
 
 def test_args_differ_line_per_run(tmp_path):
@@ -299,7 +322,7 @@ def test_args_differ_line_per_run(tmp_path):
     launch.write_plan(registry, launch.plan_launch(registry, "cpu-smoke"), d)
     for leg in ("dense", "moe_dropless", "moe_cap1p0"):
         shutil.copy(FIXTURES / "cpu-smoke" / f"{leg}.log", d / f"{leg}.log")
-    text = report.render_report(d, now=NOW)
+    text = report_md.render_report(d, now=NOW)
     lines = [ln for ln in text.splitlines() if ln.startswith("args differ")]
     assert lines == [
         "args differ: --use-moe (not given) -> (set), --model-tag smoke_dense -> smoke_moe_dropless, "
@@ -313,7 +336,7 @@ def test_args_differ_line_per_run(tmp_path):
     later.mkdir()
     launch.write_plan(registry, launch.plan_launch(registry, "cpu-smoke", ["moe_cap1p0"]), later)
     shutil.copy(FIXTURES / "cpu-smoke" / "moe_cap1p0.log", later / "moe_cap1p0.log")
-    text = report.render_report(later, baseline=f"{d.name}/dense", now=NOW)
+    text = report_md.render_report(later, baseline=f"{d.name}/dense", now=NOW)
     assert "args differ: --use-moe (not given) -> (set), --model-tag smoke_dense -> smoke_moe_cap1p0, " \
            "--moe-capacity-factor (not given) -> 1.0" in text
     # a recorded baseline: its flags from the registry the plan names
@@ -321,12 +344,12 @@ def test_args_differ_line_per_run(tmp_path):
     v3.mkdir()
     launch.write_plan(registry, launch.plan_launch(registry, "moe-fp8-capacity-opt-v3"), v3)
     shutil.copy(FIXTURES / "seed" / V1 / "static_cap1p25.log", v3 / "moe_fp8_experts_static_cap1p0_v3.log")
-    text = report.render_report(v3, now=NOW)
+    text = report_md.render_report(v3, now=NOW)
     assert ("args differ: --model-tag moe_fp8_experts_static_cap1p0_bufreuse -> moe_fp8_experts_static_cap1p0_v3"
             in text)
     # a manual dir (no plan): nothing says what ran, so no line
     manual = copy_logs(FIXTURES, tmp_path / "manual", ["fork-log-excerpt", "upstream-bf16"])
-    assert "args differ" not in report.render_report(manual, baseline="fork-log-excerpt", now=NOW)
+    assert "args differ" not in report_md.render_report(manual, baseline="fork-log-excerpt", now=NOW)
 
 
 def test_leg_diff_against_the_baseline_or_another_leg():
@@ -378,18 +401,18 @@ def test_big_logs_read_by_workers_give_the_same_files(tmp_path, monkeypatch):
     """Logs read side by side by worker processes: the same CSVs, table and plots as one after the
     other (a worker that cannot do a log leaves it to the report's own process)."""
     d = copy_logs(FIXTURES, tmp_path / "exp", ["fork-log-excerpt", "upstream-bf16", "crashed-torchrun", "trainer-junk"])
-    one = report.write_report(d, tmp_path / "one" / "r.md", now=NOW)
+    one = report_files.write_report(d, tmp_path / "one" / "r.md", now=NOW)
     monkeypatch.setattr(step_files, "PARALLEL_MIN_BYTES", 0)
     monkeypatch.setattr(step_files.os, "cpu_count", lambda: 2)
     monkeypatch.setattr(plots, "np", None)  # as in a fresh process: only the workers read logs
-    many = report.write_report(d, tmp_path / "many" / "r.md", now=NOW)
+    many = report_files.write_report(d, tmp_path / "many" / "r.md", now=NOW)
     pngs = sorted(p.name for p in one.parent.glob("*.png"))
     assert "r_tail_means.png" in pngs and pngs == sorted(p.name for p in many.parent.glob("*.png"))
     for name in ("r_steps.csv", "r_summary.csv"):
         assert (one.parent / name).read_bytes() == (many.parent / name).read_bytes(), name
     assert one.read_text().replace("/one/", "/x/") == many.read_text().replace("/many/", "/x/")
     monkeypatch.setattr(step_files, "_WORKER", "import sys; sys.exit(3)")  # workers that fail: read here
-    again = report.write_report(d, tmp_path / "again" / "r.md", now=NOW)
+    again = report_files.write_report(d, tmp_path / "again" / "r.md", now=NOW)
     assert (again.parent / "r_steps.csv").read_bytes() == (one.parent / "r_steps.csv").read_bytes()
 
 
@@ -425,7 +448,7 @@ def test_figures_smoothed_warmup_left_out_tail_shaded_and_none_for_a_zero_metric
     d.mkdir()
     (d / "dense.log").write_text(_trainer_log(120, 1000.0, 0.0, moe=False))
     (d / "moe.log").write_text(_trainer_log(120, 1200.0, 0.0, moe=True))
-    text = report.write_report(d, now=NOW).read_text()
+    text = report_files.write_report(d, now=NOW).read_text()
     for name, label in [("tok_per_sec", "tok/sec"), ("dt_ms", "dt (ms)"), ("drop_pct", "dropped tokens (%)"),
                         ("val_bpb", "validation bpb"), ("tail_means", "tail means"), ("loss", "loss")]:
         assert f"![{label}](report_{name}.png)" in text
@@ -442,7 +465,7 @@ def test_figures_smoothed_warmup_left_out_tail_shaded_and_none_for_a_zero_metric
     assert "drop_pct" not in series["dense"] and series["moe"]["drop_pct"].lows.max() == 3.5
     val = series["moe"]["val_bpb"]
     assert val.batch_tokens == 1024 and list(val.steps) == [0, 20, 40, 60, 80, 100]
-    assert plots.plot_context(d) == d.name
+    assert plots.plot_context(d, None) == d.name
     # a long run: per pixel column, the least and greatest step and the mean of the rolling mean
     x = np.arange(1000.0)
     y = 100 + (x % 7)
@@ -452,7 +475,7 @@ def test_figures_smoothed_warmup_left_out_tail_shaded_and_none_for_a_zero_metric
 
     (d / "plan.json").write_text(json.dumps({"experiment": "cpu-smoke", "legs": [],
                                              "git": {"commit": "0123456789abcdef", "dirty": True}}))
-    assert plots.plot_context(d) == f"cpu-smoke · {d.name} · commit 0123456789 + uncommitted changes"
+    assert plots.plot_context(d, Plan.read(d)) == f"cpu-smoke · {d.name} · commit 0123456789 + uncommitted changes"
 
 
 def test_the_shaded_tail_window_is_the_steps_the_tail_means_average(tmp_path):
@@ -490,7 +513,7 @@ def test_repeats_rows_per_repeat_an_aggregate_and_a_verdict_from_their_spread(tm
     assert agg.is_aggregate and abs(agg.tok_per_sec - sum(r.tok_per_sec for r in rows[1:4]) / 3) < 1e-6
     sd = stats.across([r.tok_per_sec for r in rows[1:4]]).std
     assert report.fmt_cell(agg, "tok_per_sec") == f"{agg.tok_per_sec:.2f} ± {sd:.2f}"
-    text = report.render_report(d, baseline="dense", now=NOW)
+    text = report_md.render_report(d, baseline="dense", now=NOW)
     assert f"| moe | {agg.tok_per_sec:.2f} ± {sd:.2f} |" in text
     assert "### moe (3 repeats: interval from their windows and the spread between them)" in text
     assert "### moe.r0" not in text
@@ -521,7 +544,7 @@ def test_two_repeats_that_agree_give_an_interval_from_their_windows_and_say_how_
     assert 3 * agg.estimate("tok_per_sec").half_width < naive.half_width
     assert tok.verdict == "within noise" and tok.ci_pct < 2.0
     assert tok.runs == (1, 2) and tok.ci_text == f"{stats.fmt_ci(tok.ci_pct)} (n=2 repeats)"
-    text = report.render_report(d, baseline="dense", now=NOW)
+    text = report_md.render_report(d, baseline="dense", now=NOW)
     assert f"| tail50 tok/sec | {rows[0].tok_per_sec:.2f} | {agg.tok_per_sec:.2f} | {stats.fmt_pct(tok.delta_pct)} | " \
            f"{tok.ci_text} | within noise |" in text
     r = tok.resolve

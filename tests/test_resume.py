@@ -7,7 +7,7 @@ import subprocess
 import pytest
 from conftest import NOW, FakeSampler, bundled_registry, check_golden, gpu, make_dir, normalized
 
-from cockpit import report, resume
+from cockpit import report_files, resume, resume_text
 
 NO_NVML = FakeSampler(nvml=False)
 SMOKE = "20261126_043113_cpu-smoke"
@@ -32,7 +32,7 @@ def test_guide_for_the_bundled_registry_with_no_dirs(tmp_path):
     why = "needs 8 GPUs, and NVML is unavailable here: NVML Shared Library Not Found"
     assert [(m.ref, m.not_here) for m in state.not_here] == [(f"{far.experiment}/{far.leg}", why)]
     assert state.activity == "nothing running, 4 legs to run, 1 of them not here"
-    text = resume.render_guide(state)
+    text = resume_text.render_guide(state)
     for section in ["## Current State", "## Completed Work (Do Not Re-run)", "## Remaining Work",
                     "## Safety/Path Constraints Reminder", "## Resume Environment"]:
         assert section in text
@@ -68,14 +68,14 @@ def test_next_leg_on_a_machine_without_gpus_cpu_only(tmp_path):
     # every leg this machine can run is done: nothing here, and the one left says why
     assert state.next is None and state.next_elsewhere.leg == "moe_fp8_experts_static_cap1p0_v3"
     assert state.activity == "nothing running, 1 leg to run, not on this machine"
-    status = resume.render_status(state).splitlines()
+    status = resume_text.render_status(state).splitlines()
     assert "running: none (1 leg to run, not on this machine)" in status
     assert status[-2:] == [
         "next: nothing this machine can run",
         "not here: moe-fp8-capacity-opt-v3/moe_fp8_experts_static_cap1p0_v3: needs 8 GPUs, and NVML is "
         "unavailable here: NVML Shared Library Not Found",
     ]
-    text = resume.render_guide(state)
+    text = resume_text.render_guide(state)
     assert "Nothing left to run that this machine can run." in text
     assert ("Next leg on a machine that can run it: `moe-fp8-capacity-opt-v3/moe_fp8_experts_static_cap1p0_v3` "
             "(the seed's next leg: fixed capacity 1.0, static compile, v3 dispatch). This machine cannot run it: "
@@ -106,7 +106,7 @@ def test_execution_template_is_the_legs_exact_argv(tmp_path):
 def test_guide_with_a_finished_cpu_smoke_dir(tmp_path):
     registry = bundled_registry(tmp_path)
     d = make_dir(registry.settings.exp_root, SMOKE, SMOKE_LOGS)
-    report.write_report(d, plots=False, now=NOW)
+    report_files.write_report(d, plots=False, now=NOW)
     state = resume.build_state(registry, sampler=FakeSampler(gpus_=[gpu(i) for i in range(8)]), now=NOW)
     m = marks(state)
     assert [m[f"cpu-smoke/{leg}"] for leg in SMOKE_LOGS] == ["done", "done", "done"]
@@ -117,7 +117,7 @@ def test_guide_with_a_finished_cpu_smoke_dir(tmp_path):
     smoke = next(e for e in state.experiments if e.id == "cpu-smoke")
     assert smoke.baseline_mark.leg == "dense" and smoke.baseline_row.source == "log"
     assert smoke.dirs == [str(d)] and all(x.dir == str(d) for x in smoke.legs)
-    text = resume.render_guide(state)
+    text = resume_text.render_guide(state)
     dense = smoke.legs[0].row
     assert f"| dense | {dense.tok_per_sec:.2f} | {dense.dt_ms:.2f} | {dense.mfu:.4f} | {dense.peak_mem_mib:.2f} | " in text
     assert "Result of `moe_cap1p0` vs baseline `dense`:" in text
@@ -129,10 +129,10 @@ def test_guide_with_a_finished_cpu_smoke_dir(tmp_path):
     assert [e.id for e in only.experiments] == ["cpu-smoke"]
     state = resume.build_state(only, sampler=NO_NVML, now=NOW)
     assert state.next is None and state.activity == "all done"
-    text = resume.render_guide(state)
+    text = resume_text.render_guide(state)
     assert "Nothing pending: every leg in the registry is done, recorded or under way." in text
     assert "- All done: nothing running, and every leg is done here or recorded." in text
-    assert "running: none (all done)" in resume.render_status(state).splitlines()
+    assert "running: none (all done)" in resume_text.render_status(state).splitlines()
 
 
 def test_marks_from_states_and_logs(tmp_path):
@@ -154,7 +154,7 @@ def test_marks_from_states_and_logs(tmp_path):
     assert m["moe-fp8-capacity-opt-v3/moe_fp8_experts_static_cap1p0_v3"] == "stopped"
     assert [x.ref for x in state.running] == ["cpu-smoke/moe_dropless"]
     running = state.running[0]
-    assert running.dir == str(live) and resume.progress(running).startswith("step 3/21400 (0.01%), loss 9.9531")
+    assert running.dir == str(live) and resume_text.progress(running).startswith("step 3/21400 (0.01%), loss 9.9531")
     waiting = state.find("cpu-smoke/moe_cap1p0")
     assert waiting.note == "GPU 0 busy: util 97% > 5%"
     assert state.gpus.state == "busy" and state.gpus.busy == [0]
@@ -162,7 +162,7 @@ def test_marks_from_states_and_logs(tmp_path):
     assert state.next is None
     assert (state.next_elsewhere.leg, state.next_elsewhere.mark) == ("moe_fp8_experts_static_cap1p0_v3", "stopped")
     assert state.activity == "1 leg running, 1 queued"
-    text = resume.render_guide(state)
+    text = resume_text.render_guide(state)
     assert "- Running: `cpu-smoke/moe_dropless` running in " in text
     assert "- Waiting: `cpu-smoke/moe_cap1p0` waiting in " in text
     assert "1 of 2 GPUs are busy at " in text
@@ -210,11 +210,11 @@ def test_gpu_sampler_errors_are_unknown(tmp_path):
 
 def test_write_guide(tmp_path):
     registry = bundled_registry(tmp_path)
-    out = resume.write_guide(registry, sampler=NO_NVML, now=NOW)
+    out = resume_text.write_guide(registry, sampler=NO_NVML, now=NOW)
     assert out == registry.settings.exp_root / "resume-guide.md"
     assert out.read_text().startswith("# Nanochat Resume Guide\n")
     with pytest.raises(OSError, match="is a directory"):  # refused before anything is written
-        resume.write_guide(registry, tmp_path, sampler=NO_NVML)
+        resume_text.write_guide(registry, tmp_path, sampler=NO_NVML)
 
 
 def git(cwd, *args):
@@ -230,7 +230,7 @@ def test_branch_line_says_the_checkouts_branch_the_expected_one_and_whether_it_e
 
     def guide() -> tuple[str, list[str]]:
         state = resume.build_state(registry, sampler=NO_NVML, now=NOW)
-        text = resume.render_guide(state)
+        text = resume_text.render_guide(state)
         env = text.split("## Resume Environment")[1].split("```bash\n")[1].split("```")[0].splitlines()
         return next(ln for ln in text.splitlines() if ln.startswith("Branch: ")), env
 
@@ -239,7 +239,7 @@ def test_branch_line_says_the_checkouts_branch_the_expected_one_and_whether_it_e
                     "which does not exist locally")
     assert env[1] == "# the checkout is on main; the registry expects yxb/moe-add-sft-claude, which does not exist locally"
     assert not any(ln.startswith("git checkout") for ln in env)  # never a checkout of a branch that is not there
-    status = resume.render_status(resume.build_state(registry, sampler=NO_NVML, now=NOW)).splitlines()
+    status = resume_text.render_status(resume.build_state(registry, sampler=NO_NVML, now=NOW)).splitlines()
     assert status[3] == ("branch: the checkout is on main; the registry expects yxb/moe-add-sft-claude, "
                          "which does not exist locally")
 

@@ -35,7 +35,7 @@ def test_foreground_legs_then_skip_then_rerun_the_baseline_alone(tmp_path):
     exp_dir = Path(r.stdout.strip().splitlines()[-1])
     assert exp_dir.parent == tmp_path / "exp" and exp_dir.name.endswith("_cpu-smoke")
     d = expdir.open_dir(exp_dir)
-    assert d.legs == list(LEGS) and d.plan["git"]["error"] == "not a git checkout"  # the legs ran in tmp_path
+    assert d.legs == list(LEGS) and d.plan.git["error"] == "not a git checkout"  # the legs ran in tmp_path
     # the prepare step ran first, under exp_root, its output in prepare.log
     assert (d.prepare.status, d.prepare.exit_code) == ("done", 0)
     assert sorted(p.name for p in corpus.iterdir()) == ["base_data", "tokenizer"]
@@ -51,7 +51,7 @@ def test_foreground_legs_then_skip_then_rerun_the_baseline_alone(tmp_path):
         text = (exp_dir / f"{leg}.log").read_text()
         assert "Vocab size: 1,024" in text and "Step 00020 | Validation bpb: " in text  # the real recipe's lines
         assert (exp_dir / "ckpt_root").is_dir()
-    argv = d.plan["legs"][0]["argv"]
+    argv = list(d.plan.runs[0].argv)
     assert argv[1:6] == ["--standalone", "--nproc_per_node=2", "-m", "nanochat.base_train", "--"]
     assert f"{exp_dir}/ckpt_root" in argv
     report = (exp_dir / "report.md").read_text()
@@ -102,7 +102,7 @@ def test_foreground_legs_then_skip_then_rerun_the_baseline_alone(tmp_path):
     assert delta_cells(rep.stdout, "### moe_cap1p0") == delta_cells(old_report, "### moe_cap1p0")
     alone = cockpit("--registry", str(reg_path), "report", "--exp-dir", str(new_dir))
     assert alone.returncode == 0 and "## Delta" not in alone.stdout  # dense alone: the baseline itself
-    assert (new_dir / "plan.json").is_file() and expdir.open_dir(new_dir).plan["trainer"]["torch"]
+    assert (new_dir / "plan.json").is_file() and expdir.open_dir(new_dir).plan.trainer["torch"]
 
     # the old dir's MoE leg against the new dense, asked for by name: labelled with its dir, and
     # the two launches' origins compared (same checkout and machine here: said so)

@@ -361,12 +361,11 @@ def test_repeats_are_planned_one_run_each_and_a_leg_is_done_when_all_its_repeats
     exp_dir = tmp_path / "exp" / "20261130_101010_fake"
     (exp_dir / "state").mkdir(parents=True)
     data = launch.plan_data(registry, plan, exp_dir, origin={"git": {}})
-    assert [(x["name"], x.get("leg"), x.get("repeat")) for x in data["legs"]] == [
-        ("a.r0", "a", 0), ("a.r1", "a", 1), ("b", None, None)]
-    seeds = [x["argv"][x["argv"].index("--seed") + 1] for x in data["legs"][:2]]
-    assert seeds == ["7", "8"] and data["legs"][1]["log"] == str(exp_dir / "a.r1.log")
-    assert "--seed" not in data["legs"][2]["argv"]  # a leg without repeats keeps the trainer's default
-    (exp_dir / "plan.json").write_text(json.dumps(data))
+    assert [(x.name, x.leg, x.repeat) for x in data.runs] == [("a.r0", "a", 0), ("a.r1", "a", 1), ("b", None, None)]
+    seeds = [x.argv[x.argv.index("--seed") + 1] for x in data.runs[:2]]
+    assert seeds == ["7", "8"] and data.runs[1].log == str(exp_dir / "a.r1.log")
+    assert "--seed" not in data.runs[2].argv  # a leg without repeats keeps the trainer's default
+    data.write(exp_dir)
 
     def ended(run: str, status: str) -> None:
         (exp_dir / f"{run}.log").write_text(FINAL if status == "done" else CRASH)

@@ -23,7 +23,21 @@ import psutil
 import pytest
 from conftest import REPO, child_env, fake_torchrun, write_registry
 
-from cockpit import cli, expdir, fsutil, launch, logs, procs, report, resume, safetext, stats, supervisor
+from cockpit import (
+    cli,
+    expdir,
+    fsutil,
+    launch,
+    logs,
+    procs,
+    report,
+    report_files,
+    report_md,
+    resume_text,
+    safetext,
+    stats,
+    supervisor,
+)
 from cockpit import registry as reg
 from cockpit.executors import local
 from cockpit.logs import summary
@@ -163,7 +177,7 @@ def test_planted_links_for_state_report_lock_stop_and_guide_are_never_followed(t
     expdir.write_state(d2, expdir.LegState("a", "done"))
     fsutil.atomic_write_json(d2 / "state" / "a.stop", {"requested_at": "now"}, root=d2)
     (d2 / "a.log").write_text(STEP.format(i=0, p=0.0, loss=1.0) + "\n" + FINAL)
-    report.write_report(d2, plots=False)
+    report_files.write_report(d2, plots=False)
     assert victim.read_text() == "keep me\n"
     for rel in ("report.md", "report_summary.csv", "state/a.json", "state/a.stop"):
         assert not (d2 / rel).is_symlink() and (d2 / rel).is_file()
@@ -177,10 +191,10 @@ def test_planted_links_for_state_report_lock_stop_and_guide_are_never_followed(t
     with pytest.raises(expdir.RunError, match="is a symlink"):
         expdir.try_lock(d2 / "state" / "a.lock", "held", root=d2)
     # the resume guide in exp_root, planted as a link: replaced, not written through
-    os.symlink(victim, root / resume.GUIDE_NAME)
+    os.symlink(victim, root / resume_text.GUIDE_NAME)
     code, out, _ = run_cli(capsys, "--registry", str(registry_for(tmp_path)), "resume", "--out-md",
-                           str(root / resume.GUIDE_NAME))
-    assert code == 0 and victim.read_text() == "keep me\n" and not (root / resume.GUIDE_NAME).is_symlink()
+                           str(root / resume_text.GUIDE_NAME))
+    assert code == 0 and victim.read_text() == "keep me\n" and not (root / resume_text.GUIDE_NAME).is_symlink()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -745,7 +759,7 @@ def test_a_registry_with_a_byte_order_mark_loads(tmp_path, capsys):
 def test_deltas_are_never_nan_or_inf_and_say_why(base, run_, why):
     b = report.ReportRow("b", tok_per_sec=base, dt_ms=1.0)
     r = report.ReportRow("r", tok_per_sec=run_, dt_ms=2.0)
-    text = report.render_delta(b, r)
+    text = report_md.render_delta(b, r)
     assert "nan%" not in text and "inf%" not in text
     assert "| tail50 tok/sec |" in text and text.split("| tail50 tok/sec |")[1].split("\n")[0].endswith("| - |")
     assert f"tail50 tok/sec: {why}" in text and "| +100.00% |" in text

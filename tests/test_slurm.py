@@ -33,9 +33,9 @@ from conftest import (
     write_registry,
 )
 
-from cockpit import expdir, launch, sbatch_opts, scheduler
+from cockpit import expdir, launch, report, resume, sbatch_opts, scheduler
 from cockpit import registry as reg
-from cockpit.executors import slurm
+from cockpit.executors import slurm, slurm_record
 from cockpit.tui.app import CockpitApp
 from cockpit.tui.confirm import ConfirmScreen
 from cockpit.tui.experiments import Selection
@@ -534,8 +534,13 @@ def launched(r: subprocess.CompletedProcess) -> tuple[Path, dict[str, str]]:
 
 
 def states(exp_dir: Path) -> dict[str, expdir.LegState]:
-    """The dir's legs as any client reads them now (asked of the scheduler)."""
-    return expdir.open_dir(exp_dir).states
+    """The dir's legs as a client that records what it reads sees them now: asked of the
+    scheduler, each change of a leg's status written to its state file (slurm_record.unrecorded;
+    `cockpit status` also writes report.md then)."""
+    d = expdir.open_dir(exp_dir)
+    for st in slurm_record.unrecorded(d):
+        expdir.write_state(exp_dir, st)
+    return d.states
 
 
 def until_ended(exp_dir: Path, timeout_s: float = 120.0) -> dict[str, expdir.LegState]:
@@ -833,6 +838,53 @@ def test_a_forgotten_job_whose_log_is_fresh_is_not_judged_and_an_old_judgment_is
     asked.unlink()
     states(exp_dir)
     assert "scontrol show job -o 42" in asked.read_text()
+
+
+def forgetful_scheduler(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Slurm's commands, faked on PATH: none knows any job (as after MinJobAge without accounting)."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir(exist_ok=True)
+    for tool in ("scontrol", "squeue"):
+        fake_tool(bindir, tool, 'echo "slurm_load_jobs error: Invalid job id specified" >&2; exit 1')
+    fake_tool(bindir, "sacct", 'echo "Slurm accounting storage is disabled" >&2; exit 1')
+    monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
+
+
+def test_reading_a_slurm_dir_writes_nothing_and_recording_is_one_explicit_step(tmp_path, monkeypatch):
+    """A leg whose job the scheduler forgot reads as ended from its log, in every read (the dirs,
+    the resume state, the report's rows), and nothing on disk changes; record_jobs writes its state
+    and report.md; `cockpit status` records it (the next reader finds it recorded)."""
+    reg_path = slurm_registry(tmp_path, {"a": "num-iterations = 5"})
+    registry = reg.load(reg_path)
+    exp_dir = slurm_dir(registry.settings.exp_root, ["a"])
+    (exp_dir / "a.log").write_text("".join(x + "\n" for x in log_lines(5, 5)))
+    past = time.time() - 600
+    os.utime(exp_dir / "a.log", (past, past))
+    expdir.write_state(exp_dir, expdir.LegState("a", "running", job_id="41"))
+    forgetful_scheduler(tmp_path, monkeypatch)
+
+    def on_disk() -> dict[str, tuple[int, bytes]]:
+        return {str(p.relative_to(exp_dir)): (p.stat().st_mtime_ns, p.read_bytes())
+                for p in sorted(exp_dir.rglob("*")) if p.is_file()}
+
+    before = on_disk()
+    dirs = expdir.discover(registry.settings.exp_root)
+    assert dirs[0].states["a"].status == "done" and dirs[0].states["a"].forgotten_at
+    state = resume.build_state(registry, sampler=FakeSampler())
+    assert state.find("fake/a").mark == "done"
+    report.rows(exp_dir)
+    assert on_disk() == before and not (exp_dir / "report.md").exists()
+    assert slurm_record.unrecorded(dirs[0]) == [dirs[0].states["a"]]
+
+    assert slurm_record.record_jobs(dirs) == [exp_dir / "report.md"]
+    assert json.loads((exp_dir / "state" / "a.json").read_text())["status"] == "done"
+    assert slurm_record.unrecorded(expdir.open_dir(exp_dir)) == []  # recorded: nothing new to write
+    assert slurm_record.record_jobs(expdir.discover(registry.settings.exp_root)) == []  # the report is newer
+
+    expdir.write_state(exp_dir, expdir.LegState("a", "running", job_id="41"))
+    r = cockpit("--registry", str(reg_path), "status")  # PATH: the forgetful scheduler
+    assert r.returncode == 0 and "a  done" in r.stdout, r.stderr
+    assert json.loads((exp_dir / "state" / "a.json").read_text())["status"] == "done"
 
 
 @pytest.mark.slow

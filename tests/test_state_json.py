@@ -5,7 +5,7 @@ import re
 
 from conftest import bundled_registry, make_dir
 
-from cockpit import cli, expdir, resume, state_json, stats
+from cockpit import cli, expdir, resume, resume_text, state_json, stats
 from cockpit.vocab import METRICS, QUALITY
 
 
@@ -55,7 +55,7 @@ def test_status_json_is_the_state_the_text_renders(tmp_path, capsys):
     delta = cap["delta"]
     assert (delta["vs"], delta["dir"], delta["source"]) == ("dense", str(done), None)
     tok = delta["metrics"]["tok_per_sec"]
-    text = next(ln for ln in resume.render_status(state).splitlines() if ln.startswith("  moe_cap1p0 "))
+    text = next(ln for ln in resume_text.render_status(state).splitlines() if ln.startswith("  moe_cap1p0 "))
     assert f"Δ {stats.fmt_pct(tok['pct'])} {stats.fmt_ci(tok['ci_pct'])} {tok['verdict']} vs dense" in text
     assert set(delta["metrics"]) >= set(METRICS)
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from conftest import NOW, FakeSampler, bundled_registry, make_dir
 
-from cockpit import cli, expdir, gpus, resume
+from cockpit import cli, expdir, gpus, resume, resume_text
 
 
 def run(capsys, *argv):
@@ -90,7 +90,7 @@ def test_dir_words_say_what_became_of_the_supervisor(tmp_path):
     (finished / "state" / "supervisor.json").write_text(json.dumps({**record, **ends, "status": "finished"}))
     (ended / "state" / "supervisor.json").write_text(json.dumps({**record, **ends, "status": "ended with legs not done"}))
     (killed / "state" / "supervisor.json").write_text(json.dumps(record))  # never recorded its end
-    lines = [resume.dir_line(d) for d in expdir.discover(root)]
+    lines = [resume_text.dir_line(d) for d in expdir.discover(root)]
     assert lines == [
         f"{finished.name}  supervisor finished;  dense done",
         f"{ended.name}  supervisor ended, legs not done;  dense failed",
@@ -116,7 +116,7 @@ def test_status_running_leg_without_eta_or_state(tmp_path, capsys):
     # dirs the caller discovered already (the TUI) give the same state
     dirs = expdir.discover(registry.settings.exp_root)
     given = resume.build_state(registry, sampler=FakeSampler(nvml=False, reason="x"), dirs=dirs)
-    assert given.dirs is dirs and resume.render_status(given) == resume.render_status(
+    assert given.dirs is dirs and resume_text.render_status(given) == resume_text.render_status(
         resume.build_state(registry, sampler=FakeSampler(nvml=False, reason="x")))
 
 
@@ -129,13 +129,13 @@ def test_resume_to_stdout_and_file(tmp_path, capsys):
     assert code == 0 and out.strip() == str(target) and "## Safety/Path Constraints Reminder" in target.read_text()
     assert not [p for p in target.parent.iterdir() if p.name.startswith(".")]  # no temp file left
     # the core's guide path: the default the TUI offers, and a chosen one (~ expanded, made absolute)
-    assert resume.guide_path(registry) == registry.settings.exp_root / "resume-guide.md"
-    assert resume.guide_path(registry, "  ") == registry.settings.exp_root / "resume-guide.md"
-    assert resume.guide_path(registry, "~/g.md") == Path.home() / "g.md"
-    assert resume.write_guide(registry, target.with_name("chosen.md"), sampler=FakeSampler(nvml=False), now=NOW) \
+    assert resume_text.guide_path(registry) == registry.settings.exp_root / "resume-guide.md"
+    assert resume_text.guide_path(registry, "  ") == registry.settings.exp_root / "resume-guide.md"
+    assert resume_text.guide_path(registry, "~/g.md") == Path.home() / "g.md"
+    assert resume_text.write_guide(registry, target.with_name("chosen.md"), sampler=FakeSampler(nvml=False), now=NOW) \
         == target.with_name("chosen.md")
     assert target.with_name("chosen.md").read_text().startswith("# Nanochat Resume Guide\n")
-    assert resume.write_guide(registry, sampler=FakeSampler(nvml=False), now=NOW) == resume.guide_path(registry)
+    assert resume_text.write_guide(registry, sampler=FakeSampler(nvml=False), now=NOW) == resume_text.guide_path(registry)
 
 
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):

@@ -20,6 +20,7 @@ from fake_nvml import FakeNVML
 
 from cockpit import expdir, gpus, launch, procs, supervisor
 from cockpit import registry as reg
+from cockpit.plan import PlanRun
 
 pytestmark = pytest.mark.slow
 
@@ -242,6 +243,6 @@ def test_preflight_times_out_and_no_driver_is_noted(tmp_path):
     nodriver = gpus.GpuSampler(nvml=FakeNVML(init_error=pynvml.NVML_ERROR_DRIVER_NOT_LOADED))
     sup = supervisor.Supervisor(exp_dir, sampler=nodriver, echo=False)
     sup.states["a"] = expdir.LegState("a", "queued")
-    placed = sup._place({"name": "a", "device": "cuda", "nproc_per_node": 2})
+    placed = sup._place(PlanRun("a", device="cuda", nproc_per_node=2))
     assert (placed.gpus, placed.env) == ([0, 1], {})
     assert placed.note == "preflight skipped: NVML unavailable: Driver Not Loaded"

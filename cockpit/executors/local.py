@@ -9,7 +9,7 @@ As an executor it offers what launch.py calls of every executor (see executors/_
 - `stop` stops one leg or the whole queue through the live supervisor, or (the supervisor was
   killed) by signalling the leg's processes here, only when proven the leg's.
 
-Layer 2: imports fsutil, procs, safetext, vocab, expdir and the supervisor.
+Layer 2: imports fsutil, procs, safetext, vocab, plan, expdir and the supervisor.
 """
 
 from __future__ import annotations
@@ -25,8 +25,6 @@ from pathlib import Path
 from cockpit import fsutil, procs, safetext
 from cockpit.expdir import (
     STATE_DIR,
-    STOP_GRACE_S,
-    SUPERVISOR,
     LegState,
     RunError,
     clear_stop_request,
@@ -34,7 +32,6 @@ from cockpit.expdir import (
     leg_env,
     now_iso,
     open_dir,
-    plan_grace,
     read_json,
     read_state,
     stop_request_path,
@@ -42,6 +39,7 @@ from cockpit.expdir import (
     tail_lines,
     write_state,
 )
+from cockpit.plan import STOP_GRACE_S, SUPERVISOR, Plan
 from cockpit.supervisor import Supervisor
 from cockpit.vocab import Status
 
@@ -49,7 +47,7 @@ NAME = "local"
 START_WAIT_S = 15.0  # how long a spawned supervisor may take to write its record
 
 
-def start(exp_dir: Path, plan: dict, lock_fd: int, foreground: bool = False, grace_s: float | None = None) -> None:
+def start(exp_dir: Path, plan: Plan, lock_fd: int, foreground: bool = False, grace_s: float | None = None) -> None:
     """Run the dir's planned legs: a detached supervisor (or, `foreground`, this process's, echoing
     its progress), handed the experiment's queue lock `lock_fd`. The supervisor reads the plan
     from the dir's plan.json. RunError when it cannot start."""
@@ -130,7 +128,7 @@ def stop(exp_dir: Path, leg: str | None = None, grace_s: float = STOP_GRACE_S, w
     targets = [n for n in names if n in d.states and d.states[n].active]
     sup = supervisor_identity(exp_dir, d.supervisor)
     if wait_s is None:  # the supervisor stops with the plan's grace period, then records it
-        wait_s = plan_grace(d.plan, grace_s) + 10.0
+        wait_s = (d.plan.grace(grace_s) if d.plan is not None else grace_s) + 10.0
     if sup.alive:
         if leg is None:
             sig = signal.SIGTERM

@@ -166,7 +166,7 @@ def resubmit(exp_dir: Path, legs: list[str], rerun: bool = False) -> list[tuple[
     where the leg's earlier attempt is kept (None when it had no log). RunError (one line) when
     anything refuses; then nothing is submitted and every attempt is where it was."""
     d = open_dir(exp_dir)
-    if (d.plan or {}).get("executor") != slurm.NAME:
+    if d.plan is None or d.plan.executor != slurm.NAME:
         raise RunError(f"{exp_dir} was not launched on Slurm: a local leg runs again with "
                        "`cockpit launch EXPERIMENT --legs LEG --rerun` (a fresh dir)")
     names: list[str] = []
@@ -187,7 +187,7 @@ def resubmit(exp_dir: Path, legs: list[str], rerun: bool = False) -> list[tuple[
     try:
         for k in kept:
             k.keep()
-        jobs = slurm.submit_chain(scripts, d.plan.get("on_failure", "stop"), prepare=names[0] == PREPARE)
+        jobs = slurm.submit_chain(scripts, d.plan.on_failure, prepare=names[0] == PREPARE)
         for k, job in zip(kept, jobs, strict=True):
             before = f"attempt {k.n} ({k.state.status}, Slurm job {k.state.job_id})" if k.state else f"attempt {k.n}"
             k.recorded = True

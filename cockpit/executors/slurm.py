@@ -14,14 +14,15 @@ DependencyNeverSatisfied), `afterany` when it goes on regardless. When what the 
 prepare step creates is missing, that step is the chain's first job, and every leg also waits for
 it to end well. There is no supervisor: the scheduler runs the chain, and `state/<leg>.json`
 holds the leg's job id. Where a job stands is the scheduler's to say (scheduler.py); expdir.py
-asks it whenever a dir is read.
+asks it whenever a dir is read, and slurm_record.py records what it said.
 
 As an executor it offers what launch.py calls of every executor (see executors/__init__.py):
 `start` submits a dir's planned legs (or `--foreground`: and waits for the chain to end), `stop`
-cancels a leg and the rest of its chain through scancel. `refresh_report` regenerates a dir's
-report.md once a client has seen a leg end (the batch job may be killed before it could).
+cancels a leg and the rest of its chain through scancel; both record what they see end
+(slurm_record.record_jobs: the leg's state, then report.md).
 
-Layer 2: imports fsutil, safetext, sbatch_opts, registry, slurm_policy, scheduler, vocab, expdir and report.
+Layer 2: imports fsutil, safetext, sbatch_opts, registry, slurm_policy, scheduler, vocab, plan, expdir and
+executors.slurm_record.
 """
 
 from __future__ import annotations
@@ -30,24 +31,23 @@ import os
 import shlex
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-from cockpit import fsutil, report, safetext, sbatch_opts
+from cockpit import fsutil, safetext, sbatch_opts
+from cockpit.executors.slurm_record import record_jobs
 from cockpit.expdir import (
-    ExpDir,
     LegState,
     RunError,
     describe,
     now_iso,
     open_dir,
-    plan_tail,
-    state_path,
     stop_request_path,
     write_state,
 )
-from cockpit.registry import ENV_NAME, PREPARE, PREPARE_MARK_DIR, SlurmSettings
+from cockpit.plan import Plan
+from cockpit.registry import PREPARE, SlurmSettings
 from cockpit.scheduler import SlurmError, call, cancel, command_failed, job_name, last_line, output_pattern
 from cockpit.slurm_policy import extra_args_problem
 from cockpit.vocab import ENDED_STATUSES, Status
@@ -412,48 +412,31 @@ def launch_chain(plan: ChainPlan, exp_dir: Path | str) -> list[SubmittedJob]:
 # the executor: a launch's plan in, a chain of jobs out
 
 
-def plan_record(settings: SlurmSettings) -> dict[str, Any]:
-    """What plan.json records of the Slurm settings a launch used (read back by `chain_of`)."""
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(settings).items()}
+def chain_of(plan: Plan, exp_dir: Path | str) -> ChainPlan:
+    """The chain of a plan (what launch.py writes as plan.json): every leg's script, rendered."""
+    env = tuple(plan.env.items())
+    commands = [LegCommand(run.name, plan.torchrun or "torchrun", run.nproc_per_node, run.module or "",
+                           run.args, uses_gpus=run.uses_gpus, env=env) for run in plan.runs]
+    return plan_chain(commands, plan.slurm or SlurmSettings(), exp_dir, plan.cwd or str(exp_dir), Path(exp_dir).name,
+                      plan.on_failure, prepare_needed(plan, exp_dir))
 
 
-def chain_of(plan: dict, exp_dir: Path | str) -> ChainPlan:
-    """The chain of a plan (the dict launch.py writes as plan.json): every leg's script, rendered."""
-    raw = dict(plan.get("slurm") or {})
-    settings = SlurmSettings(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
-    env = plan.get("env") if isinstance(plan.get("env"), dict) else {}
-    bad = [k for k, v in env.items() if not (isinstance(k, str) and ENV_NAME.match(k) and isinstance(v, str)
-                                              and "\x00" not in v)]
-    if bad:
-        raise SlurmError(f"the plan's env holds {bad[0]!r}: not a variable name with a string value")
-    commands = [
-        LegCommand(spec["name"], plan["torchrun"], int(spec["nproc_per_node"]), spec["module"],
-                   tuple(spec["args"]), uses_gpus=spec.get("device") != "cpu", env=tuple(env.items()))
-        for spec in plan["legs"]
-    ]
-    return plan_chain(commands, settings, exp_dir, plan["cwd"], Path(exp_dir).name, plan.get("on_failure", "stop"),
-                      prepare_needed(plan, exp_dir))
-
-
-def prepare_needed(plan: dict, exp_dir: Path | str) -> tuple[list[str], list[str], str | None] | None:
+def prepare_needed(plan: Plan, exp_dir: Path | str) -> tuple[list[str], list[str], str | None] | None:
     """The plan's prepare step (argv, the paths it creates, its mark) when one of those paths is
     missing now, or its mark says its last run did not end well: it then runs as the chain's first
     job. A mark outside this dir's exp_root's mark dir is not the plan's to name: left out. Reads only."""
-    spec = plan.get("prepare")
-    if not isinstance(spec, dict):
+    prep = plan.prepare
+    if prep is None:
         return None
-    argv, creates, mark = spec.get("argv"), spec.get("creates"), spec.get("mark")
-    if not (isinstance(argv, list) and isinstance(creates, list)):
+    if not prep.runnable:
         raise SlurmError(f"the plan's {PREPARE} step is not an argv and the paths it creates")
-    marks = Path(exp_dir).parent / PREPARE_MARK_DIR
-    if not (isinstance(mark, str) and os.path.realpath(Path(mark).parent) == os.path.realpath(marks)):
-        mark = None
+    mark = prep.mark_in(exp_dir)
     unfinished = mark is not None and os.path.lexists(mark)
-    missing = any(not os.path.lexists(c) for c in creates if isinstance(c, str))
-    return (argv, creates, mark) if missing or unfinished else None
+    missing = any(not os.path.lexists(c) for c in prep.creates)
+    return (list(prep.argv), list(prep.creates), mark) if missing or unfinished else None
 
 
-def dry_run(plan: dict, exp_dir: Path | str) -> list[str]:
+def dry_run(plan: Plan, exp_dir: Path | str) -> list[str]:
     """What a launch would submit: each leg's batch script as it would be saved, then the sbatch
     command lines of the chain. Writes nothing."""
     chain = chain_of(plan, exp_dir)
@@ -463,14 +446,14 @@ def dry_run(plan: dict, exp_dir: Path | str) -> list[str]:
         why = f"{missing} missing" if missing else f"its last run did not end well: {prep[2]} is there"
         out.append(f"# {PREPARE}, first ({why}): the chain's first job runs `{shlex.join(prep[0])}`; "
                    "every leg waits for it to end well (afterok)")
-    elif isinstance(plan.get("prepare"), dict):
+    elif plan.prepare is not None:
         out.append(f"# {PREPARE}: skipped, what it creates exists")
     for leg, text in chain.scripts:
         out += ["", f"# ---- {script_path(exp_dir, leg)} ----", text.rstrip("\n"), "# ---- end ----"]
     return [*out, "", *chain.argv_lines(exp_dir)]
 
 
-def start(exp_dir: Path, plan: dict, lock_fd: int | None = None, foreground: bool = False,
+def start(exp_dir: Path, plan: Plan, lock_fd: int | None = None, foreground: bool = False,
           grace_s: float | None = None, echo: Callable[[str], None] | None = None) -> None:
     """Submit the dir's planned legs as one chain and record each leg's job id in its state.
 
@@ -492,7 +475,7 @@ def start(exp_dir: Path, plan: dict, lock_fd: int | None = None, foreground: boo
     except OSError as e:
         raise RunError(f"cannot prepare the legs' files in {exp_dir}: {describe(e)}") from None
     try:
-        if plan.get("prepare") and not chain.prepare:  # as a supervisor records it
+        if plan.prepare is not None and not chain.prepare:  # as a supervisor records it
             write_state(exp_dir, LegState(PREPARE, Status.DONE, note="skipped: what it creates exists",
                                           log=str(leg_log(exp_dir, PREPARE)), ended_at=now_iso()))
         for job in jobs:
@@ -521,7 +504,7 @@ def follow(exp_dir: Path, echo: Callable[[str], None], poll_s: float = FOLLOW_PO
             if st is not None and st.status in ENDED_STATUSES and name not in said:
                 said.add(name)
                 echo(f"{name}: {st.status}" + (f" ({st.note})" if st.note else ""))
-        refresh_report(d)
+        record_jobs([d])  # writes: each end seen, and report.md
         if not d.active and not (d.prepare is not None and d.prepare.active):
             return
         time.sleep(poll_s)
@@ -555,38 +538,4 @@ def stop(exp_dir: Path, leg: str | None = None, grace_s: float | None = None, wa
         cancel([s.job_id for s in targets if s.job_id], timeout_s=wait_s or 60.0)
     except SlurmError as e:
         raise RunError(str(e)) from None
-    refresh_report(open_dir(exp_dir))  # reading it records each cancelled leg as stopped
-
-
-def refresh_report(d: ExpDir) -> Path | None:
-    """Regenerate a Slurm dir's report.md when one of its legs ended after the report was written.
-
-    No process of the cockpit watches a Slurm chain, and the batch job itself may be killed
-    (NODE_FAIL, TIMEOUT, scancel) before it could write anything, so the report is written by the
-    client that first sees a leg ended, at the moment it records that end (`cockpit status`,
-    `cockpit resume`, the TUI, `cockpit stop`): a leg's end is recorded in `state/<leg>.json`,
-    and a report older than the newest such record is stale. A report problem is never fatal.
-    Returns the report written, or None.
-    """
-    exp_dir = d.path
-    if (d.plan or {}).get("executor") != NAME:
-        return None
-    ended = []
-    for st in d.states.values():
-        if st.status in ENDED_STATUSES:
-            try:
-                ended.append(os.stat(state_path(exp_dir, st.leg)).st_mtime_ns)
-            except OSError:
-                continue
-    if not ended:
-        return None
-    try:
-        written = os.stat(exp_dir / "report.md").st_mtime_ns
-    except OSError:
-        written = -1
-    if written >= max(ended):
-        return None
-    try:
-        return report.write_report(exp_dir, tail=plan_tail(d.plan))
-    except Exception:  # noqa: BLE001 - a report problem never stops a status, a stop or the TUI
-        return None
+    record_jobs([open_dir(exp_dir)])  # writes: each cancelled leg, stopped, and report.md

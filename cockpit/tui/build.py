@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Protocol
 
-from cockpit import baseline, expdir, gpus, logs, report, resume, safetext, stats
+from cockpit import baseline, expdir, gpus, logs, report, report_md, resume, safetext, stats
 from cockpit import registry as reg
 from cockpit.logs import progress
 from cockpit.tui import fmt
@@ -44,13 +44,15 @@ class _Taken:
 
 
 def build_view(registry: reg.Registry, snapshot: gpus.Snapshot | None, sampler: Sampler | None,
-               branch: str | None, now: float,
-               followed: Mapping[str, logs.LogState]) -> tuple[vm.CockpitView, resume.ResumeState, list[RunningLeg]]:
+               branch: str | None, now: float, followed: Mapping[str, logs.LogState],
+               dirs: list[expdir.ExpDir] | None = None) -> tuple[vm.CockpitView, resume.ResumeState, list[RunningLeg]]:
     """The view of everything, the resume state it came from, and the running legs' processes.
 
-    `followed`: the parsed state of each log the collector follows, by `exp_dir/leg`."""
+    `followed`: the parsed state of each log the collector follows, by `exp_dir/leg`; `dirs`:
+    expdir.discover(exp_root) when the caller has it (read once a pass: the state and the tree
+    share it). Reads only."""
     status = gpu_status(registry, snapshot) if snapshot is not None else None
-    found = expdir.discover(registry.settings.exp_root)  # once a pass: the state and the tree share it
+    found = dirs if dirs is not None else expdir.discover(registry.settings.exp_root)
     state = resume.build_state(
         registry, now=now, gpu=status or resume.GpuStatus("unknown", "sampling"), dirs=found
     )
@@ -258,12 +260,12 @@ def build_report(registry: reg.Registry, view: vm.CockpitView, exp_id: str | Non
         shown.append(_row_view(r, base, tail, itself, sub=sub))
     warnings: tuple[str, ...] = ()
     if found is not None and base_row is not None and not found.own and found.dir is not None:
-        warnings = tuple(_plain(line) for line in report.baseline_notes(found, Path(exp_dir) if exp_dir else None))
+        warnings = tuple(_plain(line) for line in report_md.baseline_notes(found, Path(exp_dir) if exp_dir else None))
     head: str | None
     if found is not None and base_row is not None:
         head = f"Δ vs {found.column}: under each figure, ±95% interval and verdict"
     elif found is not None and found.problem:  # the pinned run failed, was stopped, is gone: why, and what to do
-        head, warnings = None, (_plain(report.no_delta_text(found)),)
+        head, warnings = None, (_plain(report_md.no_delta_text(found)),)
     else:
         head = f"no figures of baseline {exp.baseline} yet: no deltas" if exp.baseline else "no baseline: no deltas"
     return vm.ReportView(
@@ -310,7 +312,7 @@ def _row_view(r: report.ReportRow, base: report.ReportRow | None, tail: int, its
     return vm.RowView(r.run, r.status, figures, {d.attr: d.delta_pct for d in ds},
                       {d.attr: d.ci_pct for d in ds if d.ci_pct is not None},
                       {d.attr: d.verdict for d in ds if d.verdict != Verdict.NONE}, spread=spread,
-                      bases={d.attr: d.basis for d in ds if d.basis}, resolve=_plain(report.resolve_text(ds)),
+                      bases={d.attr: d.basis for d in ds if d.basis}, resolve=_plain(report_md.resolve_text(ds)),
                       label=label, sub=sub,
                       why={d.metric: d.why for d in ds if d.delta_pct is None and d.why and d.baseline is not None
                            and d.run is not None})

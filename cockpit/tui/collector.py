@@ -4,9 +4,10 @@ One `Collector` loop runs in a Textual thread worker. Every 0.25 s it follows th
 on screen (new lines, and the live figures parsed from them); every second it samples the GPUs.
 When the registry or the experiment dirs change on disk (a stat fingerprint), when poked (a
 launch, a stop, a selection), and at least every 10 s, it asks the core for the whole state (see
-build.py). Each new immutable view, and the new log lines, go to the screen as messages
-(messages.py), at most twice a second. Nothing here knows a widget; nothing here joins the
-registry with the dirs.
+build.py), after recording what the scheduler said of Slurm legs (the one write of a pass:
+executors.slurm_record). Each new immutable view, and the new log lines, go to the screen as
+messages (messages.py), at most twice a second. Nothing here knows a widget; nothing here joins
+the registry with the dirs.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from textual.message import Message
 
 from cockpit import checkout, expdir, gpus, logs, resume
 from cockpit import registry as reg
-from cockpit.executors import slurm
+from cockpit.executors import slurm_record
 from cockpit.tui import build
 from cockpit.tui import state as vm
 from cockpit.tui.messages import LogLines, ViewPublished
@@ -244,11 +245,11 @@ class Collector:
         if registry is None:
             self.view, self.report = None, None
             return
+        dirs = expdir.discover(registry.settings.exp_root)
+        slurm_record.record_jobs(dirs)  # writes: what the scheduler said of Slurm legs, report.md of one ended
         view, self._state, self._running = build.build_view(
             registry, self._snapshot, self.sampler, self.branch(), self.clock().timestamp(),
-            {k: f.state for k, f in self.followed.items()})
-        for d in self._state.dirs:  # a Slurm leg seen ended for the first time: its dir's report.md
-            slurm.refresh_report(d)
+            {k: f.state for k, f in self.followed.items()}, dirs)
         self._slurm_active = any(m.job for m in self._state.active)
         req = self.request
         self.view, self.report = view, build.build_report(registry, view, req.report_exp, req.report_dir, self._state.dirs)

@@ -31,8 +31,8 @@ from textual.worker import get_current_worker
 from cockpit import continuation, fsutil, launch
 from cockpit import registry as reg
 from cockpit.expdir import RunError
-from cockpit.report import write_report
-from cockpit.resume import GUIDE_NAME, guide_path, write_guide
+from cockpit.report_files import write_report
+from cockpit.resume_text import GUIDE_NAME, guide_path, write_guide
 from cockpit.tui import fmt
 from cockpit.tui.collector import Collector
 from cockpit.tui.commands import BindingCommands
