@@ -570,9 +570,9 @@ def _env(v: Any) -> dict[str, str]:
 def _gpu_idle(v: Any) -> reg.GpuIdle:
     d = v if isinstance(v, dict) else {}
     base = reg.GpuIdle()
-    return reg.GpuIdle(_num(d.get("max_util_pct"), base.max_util_pct, 0.0, 100.0),
-                       _num(d.get("max_mem_mib"), base.max_mem_mib, 0.0, 1e9),
-                       _num(d.get("wait_s"), base.wait_s, 0.0, reg.WAIT_S_MAX))
+    return reg.GpuIdle(max_util_pct=_num(d.get("max_util_pct"), base.max_util_pct, 0.0, 100.0),
+                       max_mem_mib=_num(d.get("max_mem_mib"), base.max_mem_mib, 0.0, 1e9),
+                       wait_s=_num(d.get("wait_s"), base.wait_s, 0.0, reg.WAIT_S_MAX))
 
 
 def _gpus(v: Any) -> tuple[int, ...] | None:
