@@ -10,7 +10,7 @@ import tracemalloc
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from cockpit import (
@@ -224,6 +224,7 @@ def _same(a, b) -> bool:
 
 @SETTINGS
 @given(data=log_bytes, tail=st.integers(1, 60))
+@example(data=b"step 00001/0.0\nstep 00000/0.0\n", tail=1)  # a step 0 after the window: not in it
 def test_the_backward_tail_reader_sees_what_the_whole_file_says(tmp_path, monkeypatch, data, tail):
     """A big log is read from its end; its window and failure are the same as when the whole
     file is parsed (while the window lies within the text budget). Final lines before the
@@ -242,6 +243,7 @@ def test_the_backward_tail_reader_sees_what_the_whole_file_says(tmp_path, monkey
 
 @SETTINGS
 @given(data=log_bytes, tail=st.integers(1, 60), budget=st.integers(1, 400))
+@example(data=b"step 00001/0.0\nstep 00000/0.0\n", tail=1, budget=5)
 def test_with_a_tiny_text_budget_the_window_is_still_the_whole_files(tmp_path, monkeypatch, data, tail, budget):
     """The text budget exceeded: the window's step lines are found by the backward scan alone."""
     log = tmp_path / "run.log"

@@ -130,7 +130,8 @@ def _state_of(data: bytes, tail: int, state: LogState | None = None) -> LogState
 def _state_from_tail(f, size: int, tail: int) -> LogState:
     """The state of a big log from its end, read backwards in chunks (bounded memory).
 
-    Lines are scanned from the end until the window holds `tail` step lines; the text from
+    Lines are scanned from the end until the window holds `tail` step lines (step 0 is never in a
+    window: it does not count, see LogState); the text from
     there to the end is parsed. When that text would be longer than TAIL_TEXT_BYTES (a flood
     of noise between or after the steps), only its last TAIL_TEXT_BYTES are parsed, and the
     scan goes on back for the window's step lines alone: final lines and a crash's traceback
@@ -148,7 +149,7 @@ def _state_from_tail(f, size: int, tail: int) -> LogState:
             break  # this line crosses the text budget: the text starts after it
         begin = start
         # an unterminated last line is being written: a step line there is not counted (see _state_of)
-        if _is_step(line) and (terminated or start != newest):
+        if _in_window(line) and (terminated or start != newest):
             steps += 1
         if steps >= tail:
             break
@@ -160,11 +161,15 @@ def _state_from_tail(f, size: int, tail: int) -> LogState:
     # the step lines before the text: those before `begin`, or when not one line fitted the
     # budget, every complete one (an unterminated last line is not one)
     end = begin - 1 if begin < size else (size if terminated else max(0, (newest or 0) - 1))
+    held = 0  # the window's lines among them: a step 0 is never one, but the newest step line is kept
     for _, line in _lines_backwards(f, end, need=b"step "):
-        if _is_step(line):
-            window.append(line)
-            if steps + len(window) >= tail:
-                break
+        step = _step_of(line)
+        if step is None or (step == 0 and window):
+            continue
+        window.append(line)
+        held += step != 0
+        if steps + held >= tail:
+            break
     state = _state_of(b"\n".join(reversed(window)) + b"\n", tail) if window else LogState(tail=tail)
     return _state_of_range(f, begin, size, tail, state)
 
@@ -183,11 +188,18 @@ def _state_of_range(f, begin: int, end: int, tail: int, state: LogState | None =
     return state
 
 
-def _is_step(line: bytes) -> bool:
-    """Is this a step line, read exactly as LineSplitter reads it (the same escapes removed)?"""
+def _step_of(line: bytes) -> int | None:
+    """The step of a step line, read exactly as LineSplitter reads it (the same escapes
+    removed); None for any other line."""
     if b"step " not in line:
-        return False
-    return parse_step(safetext.strip_escapes_bytes(line).decode("utf-8", "replace")) is not None
+        return None
+    rec = parse_step(safetext.strip_escapes_bytes(line).decode("utf-8", "replace"))
+    return rec.step if rec is not None else None
+
+
+def _in_window(line: bytes) -> bool:
+    """Is this a step line a tail window holds (any step but step 0)?"""
+    return _step_of(line) not in (None, 0)
 
 
 def _lines_backwards(f, end: int, need: bytes | None = None, max_line: int = MAX_LINE_BYTES, chunk: int = READ_CHUNK):
