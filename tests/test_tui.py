@@ -716,9 +716,9 @@ async def test_final_table_is_the_report(tmp_path):
     baseline's launch whole, wrapped, and under the table the repeats that would resolve each
     `within noise` verdict. A dir whose pinned baseline is gone says so, with the command that
     compares with another run, whole."""
-    from cockpit import baseline
+    from cockpit import baseline, report_md
     from cockpit import registry as reg
-    from cockpit import report as reports
+    from cockpit import report as report_data
 
     root = tmp_path / "exp"
     write_dir(root, "20260224_160000_cpu-smoke", "cpu-smoke", {"dense": ("done", log_lines(40, 40))})
@@ -772,7 +772,8 @@ async def test_final_table_is_the_report(tmp_path):
         assert "baseline's args) is the same as this dir's." in screen_text(app)
 
         # the report's words: the interval with what it rests on, and how to resolve `within noise`
-        md = reports.render_report(d, base=baseline.choose(reg.load(registry_file(tmp_path)), "cpu-smoke", d))
+        read = report_data.read_dir(d)
+        md = report_md.render(read, report_data.rows(read), baseline.choose(reg.load(registry_file(tmp_path)), "cpu-smoke", d))
         agg = table.get_row_at(5)  # moe_cap1p0, the mean of its repeats
         tok = agg[heads.index("tail50 tok/sec")]
         pct, ci, verdict, basis = (*tok.plain.splitlines()[1].split(" "), *tok.plain.splitlines()[2:])
@@ -792,7 +793,7 @@ async def test_final_table_is_the_report(tmp_path):
                f"this dir was launched and is never replaced by another. To compare with another run: cockpit report "
                f"--exp-dir {gone} --baseline 20260224_160000_cpu-smoke/dense.")
         assert pinned.warnings == (why,) and pinned.head is None
-        assert why == reports.no_delta_text(baseline.choose(reg.load(registry_file(tmp_path)), "cpu-smoke", gone)) \
+        assert why == report_md.no_delta_text(baseline.choose(reg.load(registry_file(tmp_path)), "cpu-smoke", gone)) \
             .replace("`", "")
         await pilot.pause(0.3)
         assert why in head.render().plain and head.size.height >= 3  # whole, wrapped
