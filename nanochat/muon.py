@@ -10,7 +10,8 @@ is dominated by no longer drown the rest. Here, for each step and each matrix:
 1. Nesterov momentum: m = lerp(m, g, 1 - mu); the update direction is lerp(g, m, mu).
 2. Orthogonalize with 5 iterations of the Polar Express polynomial (Amsel et al. 2025,
    https://arxiv.org/abs/2505.16932), a tuned Newton-Schulz: X <- a X + (b A + c A^2) X with
-   A = X X^T, in bf16 on a GPU. X starts at G / ||G||_F, so every singular value is <= 1.
+   A = X X^T, in bf16 on every device, as the fork (on a CPU with bf16 matmul units it is 2.4x
+   faster than fp32 at d4). X starts at G / ||G||_F, so every singular value is <= 1.
 3. NorMuon (https://arxiv.org/abs/2510.05491): orthogonalized rows (or columns, whichever side
    is longer) still differ in size; divide each by the root of an EMA (beta2) of its mean square,
    then rescale so the matrix keeps its norm.
@@ -65,8 +66,8 @@ _reduce_scatter = getattr(dist, "reduce_scatter_single", None) or getattr(dist, 
 
 def orthogonalize(g: torch.Tensor, steps: int = 5) -> torch.Tensor:
     """~U V^T for every matrix of a stack g [N, r, c] = U S V^T (singular values land in about
-    [0.7, 1.2], which trains as well as exactly 1). bf16 on CUDA, fp32 elsewhere."""
-    x = g.bfloat16() if g.is_cuda else g.float()
+    [0.7, 1.2], which trains as well as exactly 1). In bf16, as the fork's."""
+    x = g.bfloat16()
     x = x / (x.norm(dim=(-2, -1), keepdim=True) * 1.02 + 1e-6)
     tall = x.size(-2) > x.size(-1)
     if tall:  # iterate on the wide side: the Gram matrix A is the smaller one

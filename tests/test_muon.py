@@ -29,13 +29,16 @@ def test_orthogonalize_brings_every_singular_value_near_one(shape):
     g = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
     g[0] *= 100  # scale does not matter
     before = torch.linalg.svdvals(g)
-    after = torch.linalg.svdvals(orthogonalize(g))
+    after = torch.linalg.svdvals(orthogonalize(g).float())  # computed in bf16, as the fork
     # 5 iterations lift every direction above 2% of the largest into [0.5, 1.3] (a square random
     # matrix also has a few far smaller ones; they rise, but less)
     big = before / before[..., :1] > 0.02
     assert after[big].min() > 0.5 and after.max() < 1.3, (after[big].min(), after.max())
     assert (after[~big] > before[~big] / before[..., :1].expand_as(before)[~big]).all()
-    torch.testing.assert_close(orthogonalize(g.mT), orthogonalize(g).mT, rtol=1e-4, atol=1e-5)
+    # a tall matrix is iterated as its transpose: the same computation; a square one's transpose
+    # takes the products in another order, equal up to bf16 rounding
+    tol = dict(rtol=0.0, atol=3e-2) if shape[1] == shape[2] else dict(rtol=0.0, atol=0.0)
+    torch.testing.assert_close(orthogonalize(g.mT), orthogonalize(g).mT, **tol)
 
 
 def test_expert_bank_is_orthogonalized_per_expert_like_separate_matrices():
