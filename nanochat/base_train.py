@@ -9,8 +9,8 @@ nanochat's recipe (BPE-tokenized parquet shards packed best-fit, Muon for the ma
 for the embeddings, warmup/warmdown schedule, validation bits per byte) or on a synthetic stream,
 and prints upstream nanochat's log lines (the cockpit parses them; see README.md):
 
-    step 00042/00280 (15.00%) | loss: 6.123456 | bal: 1.0123 | lrm: 1.00 | dt: 650.67ms | ...
-    moe step 00042 | drop: 1.20% | load: 0.131,0.122,... | bal: 1.0023
+    step 00042/00280 (15.00%) | loss: 6.123456 | bal: 24.0123 | lrm: 1.00 | dt: 650.67ms | ...
+    moe step 00042 | drop: 1.20% | load: 0.131,0.122,... | bal: 24.0123
     Step 00250 | Validation bpb: 0.812345
     Peak memory usage: 18987.83MiB
     Total training time: 2.97m

@@ -21,9 +21,12 @@ def run(args, timeout=240):
 
 def test_bench_moe_prints_median_and_best_ratios():
     p = run(["bench.moe", "--tokens", "256", "--dim", "64", "--rounds", "3", "--warmup", "1", "--no-compile"])
-    assert p.returncode == 0, p.stderr[-2000:]
+    assert p.returncode in (0, 1), p.stderr[-2000:]  # 1: the guard broken (a tiny block on a busy CPU may)
     lines = p.stdout.strip().splitlines()
-    assert re.fullmatch(r"cap1\.0/dense fwd\+bwd: median \d+\.\d\d, best \d+\.\d\d", lines[-1])
+    last = re.fullmatch(r"cap1\.0/dense fwd\+bwd: median (\d+\.\d\d), best \d+\.\d\d; guard median <= 1\.15: (held|BROKEN)",
+                        lines[-1])  # fmt: skip
+    assert last, lines[-1]
+    assert (last.group(2) == "held") == (float(last.group(1)) <= 1.15) and p.returncode == (last.group(2) != "held")
     assert any(line.startswith("cap1.0/experts fwd+bwd (eager): median") for line in lines)
     assert sum(line.startswith("| ") for line in lines) == 2 + 5  # header, rule, 5 eager variants
     if platform.libc_ver()[0] == "glibc":  # its mallopt keeps the page faults of freed tensors out
