@@ -552,7 +552,7 @@ def train(args: argparse.Namespace, tokenizer: Tokenizer | None) -> int:
     x, y = next(loader)
     loader_state = loader.state_dict()
     train_loss = float("nan")
-    graphs_first_step = 0
+    graphs_first_step = model_graphs = 0  # all graphs after the first step; the model's alone
     for step in range(start_step, num_iterations + 1):
         last_step = step == num_iterations
         if args.eval_every > 0 and (last_step or step % args.eval_every == 0):
@@ -578,6 +578,8 @@ def train(args: argparse.Namespace, tokenizer: Tokenizer | None) -> int:
             x, y = next(loader)  # prefetch while the device works
         if ddp:
             dist.all_reduce(acc, op=dist.ReduceOp.SUM)
+        if step == start_step:
+            model_graphs = compiled_graphs()  # before the optimizer's own graphs
         lrm = lr_multiplier(step, num_iterations, args.warmup_ratio, args.warmdown_ratio, args.final_lr_frac)
         for group in optimizer.param_groups:
             group["lr"] = group["initial_lr"] * lrm
@@ -633,7 +635,8 @@ def train(args: argparse.Namespace, tokenizer: Tokenizer | None) -> int:
 
     if mode != "none":
         recompiles = compiled_graphs() - graphs_first_step
-        print0(f"torch.compile: {graphs_first_step} graph(s) in the first step, {recompiles} recompile(s) after it")
+        print0(f"torch.compile: {model_graphs} graph(s) in the first step, {recompiles} recompile(s) after it | "
+               f"optimizer: {graphs_first_step - model_graphs} graph(s), one per shape")  # fmt: skip
     print0(f"Peak memory usage: {peak_memory_mib(device):.2f}MiB")
     print0(f"Total training time: {total_training_time / 60:.2f}m")
     if val_bpb is not None:

@@ -150,7 +150,7 @@ class CausalSelfAttention(nn.Module):
         v = self.c_v(x).view(B, T, self.n_head, self.head_dim)
         if ve is not None:  # value embedding, gated per head: 2 * sigmoid(.) is in (0, 2), 1 at init
             gate = 2 * torch.sigmoid(self.ve_gate(x[..., : self.ve_channels]))  # [B, T, H]
-            v = v + gate.unsqueeze(-1) * ve.view(B, T, self.n_head, self.head_dim)
+            v = v + gate.unsqueeze(-1) * ve.view(B, T, self.n_head, self.head_dim).to(v.dtype)  # bf16 under autocast
         cos, sin = cos_sin
         q, k = apply_rotary_emb(q, cos, sin), apply_rotary_emb(k, cos, sin)
         q, k = norm(q), norm(k)  # QK norm

@@ -60,14 +60,16 @@ POLAR_EXPRESS = [
 ]
 
 # the single-tensor collectives: newer torch names them *_single, older ones *_tensor
+NS_DTYPE = torch.bfloat16  # the dtype of the Newton-Schulz iterations (the fork's; float32 to compare paths exactly)
+
 _all_gather = getattr(dist, "all_gather_single", None) or getattr(dist, "all_gather_into_tensor", None)
 _reduce_scatter = getattr(dist, "reduce_scatter_single", None) or getattr(dist, "reduce_scatter_tensor", None)
 
 
 def orthogonalize(g: torch.Tensor, steps: int = 5) -> torch.Tensor:
     """~U V^T for every matrix of a stack g [N, r, c] = U S V^T (singular values land in about
-    [0.7, 1.2], which trains as well as exactly 1). In bf16, as the fork's."""
-    x = g.bfloat16()
+    [0.7, 1.2], which trains as well as exactly 1). In NS_DTYPE: bf16, as the fork's."""
+    x = g.to(NS_DTYPE)
     x = x / (x.norm(dim=(-2, -1), keepdim=True) * 1.02 + 1e-6)
     tall = x.size(-2) > x.size(-1)
     if tall:  # iterate on the wide side: the Gram matrix A is the smaller one

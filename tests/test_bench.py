@@ -45,14 +45,15 @@ def test_bench_gpu_cpu_check_runs_the_trainer_legs():
 
 def test_bench_moe_kinds_and_profile():
     p = run(["bench.moe", "--tokens", "256", "--dim", "64", "--rounds", "2", "--warmup", "1", "--no-compile",
-             "--kinds", "dense,cap1.0", "--profile"])  # fmt: skip
+             "--kinds", "dense,cap1.0", "--profile", "--guard", "100"])  # fmt: skip
     assert p.returncode == 0, p.stderr[-2000:]
     lines = p.stdout.strip().splitlines()
     assert sum(line.startswith("| ") for line in lines) == 2 + 2  # header, rule, dense and cap1.0 eager
     profiles = [line for line in lines if line.startswith("profile ")]
     assert [line.split(":")[0] for line in profiles] == ["profile dense eager", "profile cap1.0 eager"]
     assert any("aten::bmm" in line for line in lines)  # the experts' matmuls show by name
-    assert re.fullmatch(r"cap1\.0/dense fwd\+bwd: median \d+\.\d\d, best \d+\.\d\d", lines[-1])
+    assert re.fullmatch(r"cap1\.0/dense fwd\+bwd: median \d+\.\d\d, best \d+\.\d\d; guard median <= 100\.00: held",
+                        lines[-1])  # fmt: skip
     bad = run(["bench.moe", "--kinds", "dense,nonsense", "--no-compile"])
     assert bad.returncode == 2 and "--kinds" in bad.stderr
 

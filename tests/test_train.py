@@ -66,7 +66,9 @@ def test_torchrun_cpu_smoke_moe_leg(tmp_path, smoke_corpus):
     assert [int(m.group(1)) for m in steps] == list(range(40))  # rank 0 prints, once per step
     assert all(m.group(6) is not None and m.group(16) is not None for m in steps)  # bal and drop
     losses = [float(m.group(4)) for m in steps]
-    assert losses[-1] < losses[0] - 1.5  # learnable stream: the loss falls visibly
+    # the loss falls visibly (real text; the fork's recipe scales every lr by sqrt(1024 / 2^19)
+    # at this batch: 6.93 -> 6.51 in 40 steps seen)
+    assert losses[-1] < losses[0] - 0.3
     assert steps[11].group(14) is not None and steps[10].group(14) is None  # eta from step 11
     moe = [MOE_RE.match(line) for line in p.stdout.splitlines() if line.startswith("moe step")]
     assert [int(m.group(1)) for m in moe] == [0, 10, 20, 30]
@@ -119,7 +121,9 @@ def test_static_compile_does_not_recompile_after_first_step(tmp_path, cf, mode, 
     p = run_trainer(args)
     assert p.returncode == 0, p.stderr[-2000:]
     assert f"torch.compile(dynamic=False) [compile_mode={label}]" in p.stdout
-    assert re.search(r"^torch\.compile: 1 graph\(s\) in the first step, 0 recompile\(s\) after it$", p.stdout, re.M)
+    # the optimizer's update math compiled too: a graph per parameter shape, in the first step only
+    assert re.search(r"^torch\.compile: 1 graph\(s\) in the first step, 0 recompile\(s\) after it \| "
+                     r"optimizer: [1-9]\d* graph\(s\), one per shape$", p.stdout, re.M)  # fmt: skip
 
 
 VAL_RE = re.compile(r"^Step (\d{5}) \| Validation bpb: (\d+\.\d{6})$", re.M)
@@ -157,7 +161,7 @@ def test_real_recipe_on_the_smoke_corpus_two_ranks_bpb_falls_and_resume_is_exact
     assert [s for s, _ in evals] == [0, 10, 20, 30, 40]
     bpb = [v for _, v in evals]
     assert all(b < a for a, b in zip(bpb, bpb[1:], strict=False)), bpb  # falls at every eval
-    assert bpb[0] > 3.0 and bpb[-1] < bpb[0] - 0.8, bpb
+    assert bpb[0] > 3.0 and bpb[-1] < bpb[0] - 0.2, bpb  # 3.87 -> 3.57 seen (lrs x sqrt(1024 / 2^19))
     assert f"Minimum validation bpb: {min(bpb):.6f}" in out.splitlines()[-1]
     steps = step_lines(out)
     assert [int(m.group(1)) for m in steps] == list(range(40)) and {m.group(11) for m in steps} == {"1"}  # epoch 1
