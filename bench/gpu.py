@@ -17,8 +17,8 @@ compile sweep, 2026-02-24): FP8 incl. experts, fixed capacity 1.0, static compil
 785,203 tok/s = 98,150 per GPU; bf16, dropless, static: 1,080,430 tok/s = 135,054 per GPU.
 MFU is given for both at the same peak (this GPU's bf16 dense peak) and the same FLOPs per token
 (the trainer's estimate for this config), so the MFU ratio is the tok/sec ratio. (The fork's own
-logs used an H800 peak, 756e12, and its model's count, 7.32e8 FLOPs per token: its sliding-window
-attention does fewer attention FLOPs.) A leg is measured over its steps after the first 10.
+logs used an H800 peak, 756e12; its count, 7.32e8 FLOPs per token with its SSSL sliding windows,
+is the trainer's too.) A leg is measured over its steps after the first 10.
 Static legs must compile to one graph (a graph break shows as more) and report 0 recompiles after
 the first step; with the dense and bf16 cap 1.0 legs both run, the MoE's cost over dense is given
 as the ratio of their step times. The last line says whether every leg passed.

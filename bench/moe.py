@@ -19,8 +19,9 @@ in interleaved rounds, so background load hits them alike; each ratio is given o
 round and on the best round (other processes only ever add time). Inside the process nothing
 lands on one variant at random: after warmup the cycle collector is frozen and off (as in the
 trainer), and on a CPU malloc keeps freed memory (no page faults per step). The last lines are
-the ratio that matters, eager and compiled, then the worse of the two:
-`cap1.0/dense fwd+bwd: median X, best Y`. On a machine other
+the ratio that matters, eager and compiled, then the worse of the two, held to a guard (exit
+status 1 when broken): `cap1.0/dense fwd+bwd: median X, best Y; guard median <= 1.15: held`.
+On a machine other
 processes share, `--threads 1` measures the work rather than how threads wait for each other.
 `--profile` then profiles one compiled step of dense and of each MoE variant and prints the
 kernels that take the time (on a GPU, by device time): where the overhead is, not only how much.
@@ -32,6 +33,7 @@ import argparse
 import ctypes
 import gc
 import statistics
+import sys
 import time
 
 import torch
@@ -41,6 +43,7 @@ from nanochat.gpt import MLP
 from nanochat.moe import Experts, MoE, expert_capacity, probe_grouped_mm
 
 KINDS = ["dense", "experts", "dropless", "cap1.0", "cap1.25"]
+GUARD = 1.15  # cap1.0/dense median fwd+bwd: what the fixed-capacity block may cost beyond its FLOPs
 
 
 class ExpertsOnly(torch.nn.Module):
@@ -93,7 +96,7 @@ def print_profile(name: str, fn, device: torch.device, steps: int = 3, top: int 
         print(f"    {ms:8.3f} ms {100 * ms / total:5.1f}% x{calls:<3} {key[:90]}")
 
 
-def main() -> None:
+def main() -> int:
     p = argparse.ArgumentParser(prog="bench.moe", description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cpu")
     p.add_argument("--tokens", type=int, default=4096, help="tokens in the block's input (B*T)")
@@ -107,6 +110,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's)")
     p.add_argument("--kinds", default=",".join(KINDS), help=f"comma-separated subset of {','.join(KINDS)}")
     p.add_argument("--profile", action="store_true", help="per-kernel profile of one compiled step of each variant")
+    p.add_argument("--guard", type=float, default=GUARD, help="the most cap1.0/dense median allowed (exit 1 past it)")
     args = p.parse_args()
     if args.threads > 0:
         torch.set_num_threads(args.threads)
@@ -221,7 +225,10 @@ def main() -> None:
     for m, (r_med, r_best) in ratios.items():
         print(f"cap1.0/dense fwd+bwd ({m}): median {r_med:.2f}, best {r_best:.2f}")
     worst = max(ratios.values())
-    print(f"cap1.0/dense fwd+bwd: median {worst[0]:.2f}, best {max(r[1] for r in ratios.values()):.2f}")
+    held = worst[0] <= args.guard
+    print(f"cap1.0/dense fwd+bwd: median {worst[0]:.2f}, best {max(r[1] for r in ratios.values()):.2f}; "
+          f"guard median <= {args.guard:.2f}: {'held' if held else 'BROKEN'}")  # fmt: skip
+    return 0 if held else 1
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

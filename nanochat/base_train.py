@@ -9,8 +9,8 @@ nanochat's recipe (BPE-tokenized parquet shards packed best-fit, Muon for the ma
 for the embeddings, warmup/warmdown schedule, validation bits per byte) or on a synthetic stream,
 and prints upstream nanochat's log lines (the cockpit parses them; see README.md):
 
-    step 00042/00280 (15.00%) | loss: 6.123456 | bal: 1.0123 | lrm: 1.00 | dt: 650.67ms | ...
-    moe step 00042 | drop: 1.20% | load: 0.131,0.122,... | bal: 1.0023
+    step 00042/00280 (15.00%) | loss: 6.123456 | bal: 24.0123 | lrm: 1.00 | dt: 650.67ms | ...
+    moe step 00042 | drop: 1.20% | load: 0.131,0.122,... | bal: 24.0123
     Step 00250 | Validation bpb: 0.812345
     Peak memory usage: 18987.83MiB
     Total training time: 2.97m
@@ -31,7 +31,9 @@ import time
 import torch
 import torch.distributed as dist
 
+from nanochat import fp8 as fp8_lib
 from nanochat import moe as moe_lib
+from nanochat import recipe
 from nanochat.checkpoint import (
     CheckpointError,
     checkpoint_dir,
@@ -52,7 +54,7 @@ from nanochat.common import (
     synchronize,
 )
 from nanochat.data import DEFAULT_DATA_DIR, BestFitLoader, DataDirError, SyntheticStream, split_files
-from nanochat.gpt import GPT, GPTConfig, model_dims
+from nanochat.gpt import GPT, GPTConfig, config_flops, model_dims
 from nanochat.loss_eval import evaluate_bpb
 from nanochat.tokenizer import DEFAULT_TOKENIZER_DIR, Tokenizer, TokenizerError
 
@@ -79,17 +81,22 @@ def build_parser() -> argparse.ArgumentParser:
     # model
     p.add_argument("--depth", type=int, default=12, help="number of transformer layers")
     p.add_argument("--aspect-ratio", type=int, default=64, help="model_dim = depth * aspect_ratio")
-    p.add_argument("--head-dim", type=int, default=64)
-    p.add_argument("--max-seq-len", type=int, default=1024)
+    p.add_argument("--head-dim", type=int, default=128)
+    p.add_argument("--max-seq-len", type=int, default=2048)
+    p.add_argument("--window-pattern", type=str, default="SSSL",
+                   help="attention window per layer, tiled (L = full context, S = half); the last layer is L")  # fmt: skip
     p.add_argument("--vocab-size", type=int, default=None, help="--data synthetic only (default 32768); parquet: the tokenizer's")
     # mixture of experts
     p.add_argument("--use-moe", action="store_true", help="MoE block instead of the MLP")
     p.add_argument("--n-experts", type=int, default=8)
     p.add_argument("--expert-topk", type=int, default=2)
     p.add_argument("--moe-freq", type=int, default=1, help="MoE in every moe_freq-th layer")
-    p.add_argument("--expert-hidden-mult", type=float, default=2.0, help="expert hidden = mult x model_dim")
-    p.add_argument("--balance-loss-coeff", type=float, default=0.01)
+    p.add_argument("--expert-hidden-mult", type=float, default=4.0, help="expert hidden = mult x model_dim")
+    p.add_argument("--balance-loss-coeff", type=float, default=0.01, help="x the balance losses summed over MoE layers")
     p.add_argument("--moe-capacity-factor", type=float, default=0.0, help="0 = dropless; >0 = fixed capacity")
+    p.add_argument("--moe-drop-order", choices=moe_lib.DROP_ORDERS, default="token",
+                   help="which assignments a full expert drops: token = the batch's last tokens (the fork's), "
+                        "choice = second choices first")  # fmt: skip
     p.add_argument("--moe-log-every", type=int, default=10, help="routing line every N steps; -1 = never")
     # precision / compile
     p.add_argument("--fp8", action="store_true", help="FP8 matmuls for the linear layers (nanochat/fp8.py)")
@@ -98,14 +105,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile-backend", type=str, default="inductor", help="torch.compile backend (tests: aot_eager)")
     # batch / schedule
     p.add_argument("--device-batch-size", type=int, default=16, help="sequences per rank per micro-step")
-    p.add_argument("--total-batch-size", type=int, default=524288, help="tokens per optimizer step")
-    p.add_argument("--num-iterations", type=int, default=-1, help="-1 = from --target-param-data-ratio")
-    p.add_argument("--target-param-data-ratio", type=float, default=20.0)
-    p.add_argument("--embedding-lr", type=float, default=0.3, help="AdamW, token embedding (x 1/sqrt(width/768))")
+    p.add_argument("--total-batch-size", type=int, default=-1,
+                   help="tokens per optimizer step; -1 = from the training horizon (2^19 at d12, x (D/D_d12)^0.383)")  # fmt: skip
+    p.add_argument("--num-iterations", type=int, default=-1, help="-1 = from --target-flops, else --target-param-data-ratio")
+    p.add_argument("--target-flops", type=float, default=-1.0, help="steps to spend this many FLOPs; -1 = not used")
+    p.add_argument("--target-param-data-ratio", type=float, default=10.5, help="training tokens per scaling parameter")
+    # every lr below is multiplied by sqrt(total batch / 2^19), as the fork's
+    p.add_argument("--embedding-lr", type=float, default=0.3, help="AdamW, token and value embeddings (x 1/sqrt(width/768))")
     p.add_argument("--unembedding-lr", type=float, default=0.004, help="AdamW, lm_head (x 1/sqrt(width/768))")
     p.add_argument("--matrix-lr", type=float, default=0.02, help="Muon, every matrix in the blocks")
     p.add_argument("--router-lr", type=float, default=-1.0, help="Muon, MoE routers; -1 = --matrix-lr")
-    p.add_argument("--weight-decay", type=float, default=0.2, help="Muon's cautious weight decay, falls linearly to 0")
+    p.add_argument("--scalar-lr", type=float, default=0.5, help="AdamW, x0_lambdas (resid_lambdas: x 0.01)")
+    p.add_argument("--weight-decay", type=float, default=0.2,
+                   help="Muon's cautious weight decay at d12 and batch 2^19 (scaled as the fork's), falls linearly to 0")  # fmt: skip
     p.add_argument("--grad-clip", type=float, default=0.0, help="clip the global gradient norm; 0 = no clipping")
     p.add_argument("--warmup-ratio", type=float, default=0.0, help="fraction of steps with lr rising linearly")
     p.add_argument("--warmdown-ratio", type=float, default=0.5, help="fraction of steps with lr falling linearly")
@@ -140,6 +152,10 @@ def validate(args: argparse.Namespace, world_size: int) -> None:
     need(args.aspect_ratio >= 1, f"--aspect-ratio must be >= 1 (got {args.aspect_ratio})")
     need(args.head_dim >= 2 and args.head_dim % 2 == 0, f"--head-dim must be even and >= 2 (got {args.head_dim})")
     need(args.max_seq_len >= 1, f"--max-seq-len must be >= 1 (got {args.max_seq_len})")
+    need(
+        args.window_pattern != "" and not set(args.window_pattern.upper()) - {"S", "L"},
+        f"--window-pattern must be letters S (half context) and L (full context) (got {args.window_pattern!r})",
+    )
     need(args.device_batch_size >= 1, f"--device-batch-size must be >= 1 (got {args.device_batch_size})")
     need(args.n_experts >= 1, f"--n-experts must be >= 1 (got {args.n_experts})")
     need(
@@ -158,11 +174,13 @@ def validate(args: argparse.Namespace, world_size: int) -> None:
     need(args.moe_log_every == -1 or args.moe_log_every >= 1, "--moe-log-every must be >= 1 or -1")
     need(args.num_iterations == -1 or args.num_iterations >= 1, "--num-iterations must be >= 1 or -1")
     need(args.target_param_data_ratio > 0, "--target-param-data-ratio must be > 0")
+    need(args.target_flops == -1 or args.target_flops > 0, "--target-flops must be > 0 or -1")
     need(args.save_every >= -1, "--save-every must be >= 1, -1 (only at the end) or 0 (never)")
     for name in ("eval_every", "core_metric_every", "sample_every"):
         v = getattr(args, name)
         need(v == -1 or v >= 1, f"--{name.replace('_', '-')} must be >= 1 or -1 (got {v})")
-    for name in ("embedding_lr", "unembedding_lr", "matrix_lr", "weight_decay", "grad_clip", "peak_flops", "final_lr_frac"):
+    for name in ("embedding_lr", "unembedding_lr", "matrix_lr", "scalar_lr", "weight_decay", "grad_clip", "peak_flops",
+                 "final_lr_frac"):  # fmt: skip
         need(getattr(args, name) >= 0, f"--{name.replace('_', '-')} must be >= 0")
     need(0 <= args.warmup_ratio <= 1 and 0 <= args.warmdown_ratio <= 1, "--warmup/warmdown-ratio must be in [0, 1]")
     need(args.warmup_ratio + args.warmdown_ratio <= 1, "--warmup-ratio + --warmdown-ratio must be <= 1")
@@ -171,12 +189,8 @@ def validate(args: argparse.Namespace, world_size: int) -> None:
         need(args.fp8, "--fp8-include-moe-experts needs --fp8")
         need(args.use_moe, "--fp8-include-moe-experts needs --use-moe")
     need(args.model_tag == "" or "/" not in args.model_tag, f"--model-tag must not contain '/' (got {args.model_tag!r})")
-    tokens_per_fwdbwd = args.device_batch_size * args.max_seq_len * world_size
-    need(
-        args.total_batch_size >= 1 and args.total_batch_size % tokens_per_fwdbwd == 0,
-        f"--total-batch-size {args.total_batch_size} is not a multiple of device_batch_size * max_seq_len * "
-        f"world_size = {args.device_batch_size} * {args.max_seq_len} * {world_size} = {tokens_per_fwdbwd}",
-    )
+    if args.total_batch_size != -1:
+        check_batch(args.total_batch_size, args, world_size, "--total-batch-size")
     need(args.eval_tokens >= 1, f"--eval-tokens must be >= 1 (got {args.eval_tokens})")
     if args.data == "parquet":
         need(args.vocab_size is None, "--vocab-size is for --data synthetic; with parquet data the tokenizer gives the vocab")
@@ -187,6 +201,16 @@ def validate(args: argparse.Namespace, world_size: int) -> None:
         need(args.vocab_size is None or args.vocab_size >= 2, f"--vocab-size must be >= 2 (got {args.vocab_size})")
         need(not args.data_dir and not args.tokenizer_dir, "--data-dir and --tokenizer-dir are only used with --data parquet")
         need(args.eval_every == -1, "--eval-every needs --data parquet: bits per byte needs a tokenizer's token bytes")
+
+
+def check_batch(total: int, args: argparse.Namespace, world_size: int, what: str) -> None:
+    """A total batch must be whole micro-batches of every rank (UsageError naming `what` if not)."""
+    tokens_per_fwdbwd = args.device_batch_size * args.max_seq_len * world_size
+    if total < 1 or total % tokens_per_fwdbwd:
+        raise UsageError(
+            f"{what} {total} is not a multiple of device_batch_size * max_seq_len * world_size = "
+            f"{args.device_batch_size} * {args.max_seq_len} * {world_size} = {tokens_per_fwdbwd}"
+        )
 
 
 def lr_multiplier(step: int, num_iterations: int, warmup_ratio: float, warmdown_ratio: float, final_frac: float) -> float:
@@ -238,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return train(args, tokenizer)
-    except DataDirError as e:  # a shard that cannot be read, found once training has started
+    except (UsageError, DataDirError) as e:  # a derived value, or a shard, found bad once training has started
         if is_rank0():
             print(f"{PROG}: error: {e}", file=sys.stderr, flush=True)
         return 2
@@ -300,6 +324,7 @@ def train(args: argparse.Namespace, tokenizer: Tokenizer | None) -> int:
         n_layer=args.depth,
         n_head=n_head,
         n_embd=model_dim,
+        window_pattern=args.window_pattern.upper(),
         use_moe=args.use_moe,
         n_experts=args.n_experts,
         expert_topk=args.expert_topk,
@@ -307,18 +332,35 @@ def train(args: argparse.Namespace, tokenizer: Tokenizer | None) -> int:
         expert_hidden_mult=args.expert_hidden_mult,
         moe_capacity_factor=args.moe_capacity_factor,
         balance_loss_coeff=args.balance_loss_coeff,
+        moe_drop_order=args.moe_drop_order,
     )
+    # batch, horizon, lr and weight decay scaling (nanochat/recipe.py): from the config alone
+    plan = recipe.derive(
+        config,
+        recipe.reference_config(config, args.aspect_ratio, args.head_dim),
+        config_flops(config),
+        total_batch_size=args.total_batch_size,
+        num_iterations=args.num_iterations,
+        target_flops=args.target_flops,
+        param_data_ratio=args.target_param_data_ratio,
+        weight_decay=args.weight_decay,
+    )
+    for note in plan.notes:
+        print0(note)
+    total_batch_size, num_iterations = plan.total_batch_size, plan.num_iterations
+    check_batch(total_batch_size, args, world_size, "--total-batch-size -1: the derived batch")
     model_tag = args.model_tag or default_model_tag(args)
     ckpt_dir = checkpoint_dir(args.checkpoint_root, model_tag)
     print0(f"Checkpoint dir: {ckpt_dir}")
-    torch.manual_seed(args.seed)  # same init on every rank
     with torch.device(device):
         model = GPT(config)
+    torch.manual_seed(args.seed)  # same init on every rank; with the fork's seed, the fork's weights
     model.init_weights()
     num_params = sum(p.numel() for p in model.parameters())
     print0(
         f"Model: depth {config.n_layer}, width {config.n_embd}, heads {config.n_head}, "
-        f"seq {config.sequence_len}, vocab {config.vocab_size}, params {num_params:,}"
+        f"seq {config.sequence_len}, vocab {config.vocab_size}, params {num_params:,}, "
+        f"windows {''.join('L' if w >= config.sequence_len else 'S' for w in model.windows)}"
     )
     dropless = args.use_moe and args.moe_capacity_factor == 0.0
     fixed_capacity = args.use_moe and args.moe_capacity_factor > 0.0
@@ -358,9 +400,7 @@ def train(args: argparse.Namespace, tokenizer: Tokenizer | None) -> int:
         print0(f"Resumed model from {ckpt_dir} step {args.resume_from_step}")
 
     if args.fp8:
-        from nanochat.fp8 import convert_to_fp8
-
-        info = convert_to_fp8(model, include_experts=args.fp8_include_moe_experts)
+        info = fp8_lib.convert_to_fp8(model, include_experts=args.fp8_include_moe_experts)
         print0(info["log_line"])
 
     # torch.compile. Every shape here is static: the batch is fixed, a fixed capacity gives static
@@ -384,15 +424,10 @@ def train(args: argparse.Namespace, tokenizer: Tokenizer | None) -> int:
     # ---------------------------------------------------------------------------------------
     # batch, schedule, optimizer
     tokens_per_fwdbwd = args.device_batch_size * args.max_seq_len * world_size
-    grad_accum_steps = args.total_batch_size // tokens_per_fwdbwd
+    grad_accum_steps = total_batch_size // tokens_per_fwdbwd
     print0(f"Tokens / micro-batch / rank: {args.device_batch_size} x {args.max_seq_len} = {args.device_batch_size * args.max_seq_len:,}")
     print0(f"Tokens / micro-batch: {tokens_per_fwdbwd:,}")
-    print0(f"Total batch size {args.total_batch_size:,} => gradient accumulation steps: {grad_accum_steps}")
-    if args.num_iterations > 0:
-        num_iterations = args.num_iterations
-    else:
-        num_iterations = max(1, round(args.target_param_data_ratio * num_params / args.total_batch_size))
-        print0(f"Calculated number of iterations from target data:param ratio: {num_iterations:,}")
+    print0(f"Total batch size {total_batch_size:,} => gradient accumulation steps: {grad_accum_steps}")
     not_done = [
         f"{flag} {v}"
         for flag, v in (("--core-metric-every", args.core_metric_every), ("--sample-every", args.sample_every))
@@ -414,15 +449,18 @@ def train(args: argparse.Namespace, tokenizer: Tokenizer | None) -> int:
                f"pass --peak-flops <bf16 dense FLOPS per GPU> to measure MFU")  # fmt: skip
     else:
         print0(f"bf16_mfu reads 0 on {device.type} (no peak FLOPS for it; --peak-flops sets one)")
+    lr_scale = plan.lr_scale
     optimizer = model.setup_optimizer(
-        args.embedding_lr,
-        args.unembedding_lr,
-        args.matrix_lr,
-        weight_decay=args.weight_decay,
-        router_lr=None if args.router_lr < 0 else args.router_lr,
+        args.embedding_lr * lr_scale,
+        args.unembedding_lr * lr_scale,
+        args.matrix_lr * lr_scale,
+        weight_decay=plan.weight_decay,
+        router_lr=None if args.router_lr < 0 else args.router_lr * lr_scale,
         rank=rank,
         world_size=world_size,
         max_grad_norm=args.grad_clip,
+        scalar_lr=args.scalar_lr * lr_scale,
+        compile_backend=None if mode == "none" else args.compile_backend,  # the step compiled as the fork's
     )
     print0(f"Optimizer: {optimizer.describe()}")
 
@@ -443,7 +481,8 @@ def train(args: argparse.Namespace, tokenizer: Tokenizer | None) -> int:
             val_loader = BestFitLoader(tokenizer, data_dir, "val", args.device_batch_size, args.max_seq_len, device,
                                        rank, world_size)  # fmt: skip
             val_batches.extend(next(val_loader) for _ in range(eval_steps))
-        return evaluate_bpb(train_model, val_batches, token_bytes, autocast_ctx)
+        with fp8_lib.high_precision():  # as the fork: validation without FP8 (a no-op without --fp8)
+            return evaluate_bpb(train_model, val_batches, token_bytes, autocast_ctx)
 
     if args.eval_every > 0:
         token_bytes = tokenizer.token_bytes.to(device)
@@ -522,7 +561,7 @@ def train(args: argparse.Namespace, tokenizer: Tokenizer | None) -> int:
     x, y = next(loader)
     loader_state = loader.state_dict()
     train_loss = float("nan")
-    graphs_first_step = 0
+    graphs_first_step = model_graphs = 0  # all graphs after the first step; the model's alone
     for step in range(start_step, num_iterations + 1):
         last_step = step == num_iterations
         if args.eval_every > 0 and (last_step or step % args.eval_every == 0):
@@ -548,12 +587,14 @@ def train(args: argparse.Namespace, tokenizer: Tokenizer | None) -> int:
             x, y = next(loader)  # prefetch while the device works
         if ddp:
             dist.all_reduce(acc, op=dist.ReduceOp.SUM)
+        if step == start_step:
+            model_graphs = compiled_graphs()  # before the optimizer's own graphs
         lrm = lr_multiplier(step, num_iterations, args.warmup_ratio, args.warmdown_ratio, args.final_lr_frac)
         for group in optimizer.param_groups:
             group["lr"] = group["initial_lr"] * lrm
             if group["kind"] == "muon":
                 group["momentum"] = muon_momentum(step)
-                group["weight_decay"] = muon_weight_decay(step, num_iterations, args.weight_decay)
+                group["weight_decay"] = muon_weight_decay(step, num_iterations, plan.weight_decay)
         optimizer.step()  # averages the gradients over ranks itself (nanochat/muon.py)
         model.zero_grad(set_to_none=True)
         vals = acc.tolist()  # the one host sync of the step
@@ -568,8 +609,8 @@ def train(args: argparse.Namespace, tokenizer: Tokenizer | None) -> int:
             total_training_time += dt
             timed_time += dt
             timed_steps += 1
-        tok_per_sec = int(args.total_batch_size / dt)
-        mfu = 100 * num_flops_per_token * args.total_batch_size / dt / (peak_flops * world_size) if peak_flops else 0.0
+        tok_per_sec = int(total_batch_size / dt)
+        mfu = 100 * num_flops_per_token * total_batch_size / dt / (peak_flops * world_size) if peak_flops else 0.0
         pct = 100 * step / num_iterations
         bal_str = f" | bal: {vals[1] / n_micro:.4f}" if args.use_moe else ""
         eta_str = ""
@@ -603,7 +644,8 @@ def train(args: argparse.Namespace, tokenizer: Tokenizer | None) -> int:
 
     if mode != "none":
         recompiles = compiled_graphs() - graphs_first_step
-        print0(f"torch.compile: {graphs_first_step} graph(s) in the first step, {recompiles} recompile(s) after it")
+        print0(f"torch.compile: {model_graphs} graph(s) in the first step, {recompiles} recompile(s) after it | "
+               f"optimizer: {graphs_first_step - model_graphs} graph(s), one per shape")  # fmt: skip
     print0(f"Peak memory usage: {peak_memory_mib(device):.2f}MiB")
     print0(f"Total training time: {total_training_time / 60:.2f}m")
     if val_bpb is not None:

@@ -36,6 +36,9 @@ offs), still without a host sync. The per-row form is what _scaled_grouped_mm's 
 take directly.
 """
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -204,12 +207,35 @@ def fp8_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
     return out.reshape(*lead, weight.size(0))
 
 
+_ACTIVE = True  # False inside high_precision(): FP8 layers and expert banks run plain matmuls
+
+
+def active() -> bool:
+    return _ACTIVE
+
+
+@contextlib.contextmanager
+def high_precision() -> Iterator[None]:
+    """Inside, every FP8 layer and expert bank runs its plain matmul (bf16 under autocast), as the
+    fork evaluates: validation measures the weights, not FP8's rounding of them. A compiled model
+    reads the switch while tracing and is guarded on it, so its first call inside compiles a graph
+    of its own instead of replaying the FP8 one."""
+    global _ACTIVE
+    before, _ACTIVE = _ACTIVE, False
+    try:
+        yield
+    finally:
+        _ACTIVE = before
+
+
 class Fp8Linear(nn.Linear):
     """nn.Linear whose matmuls run in FP8. A subclass so that everything that looks for nn.Linear
     (init, optimizer grouping, FLOPs counting) still sees it; convert_to_fp8 swaps the class of
     existing layers in place, so parameters, their init and optimizer references are untouched."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not _ACTIVE:
+            return F.linear(x, self.weight, self.bias)
         out = fp8_linear(x, self.weight, self.bias)
         # Outputs are bf16 (the trainer runs under bf16 autocast on GPU). A model run in plain
         # fp32 (autocast off) gets fp32 back, so FP8 layers drop into any dtype regime.
@@ -422,7 +448,7 @@ def probe_grouped(device: torch.device) -> bool:
 # -----------------------------------------------------------------------------
 # Model conversion
 
-MIN_DIM = 128  # below this the casts cost more than FP8 saves (and routers/heads are this small)
+MIN_DIM = 128  # below this the casts cost more than FP8 saves (and routers are this small)
 ROUTER_NAMES = ("router", "gate")  # MoE routing stays in high precision: small, and it picks experts
 
 
@@ -446,12 +472,11 @@ def convert_to_fp8(model: nn.Module, include_experts: bool) -> dict:
     """Swap the model's eligible nn.Linear layers for Fp8Linear (in place, parameters untouched)
     and, with include_experts, switch the MoE expert banks to FP8 (experts.fp8 = True).
 
-    Eligible: in and out features multiples of 16 (_scaled_mm's rule) and at least 128.
+    Eligible: in and out features multiples of 16 (_scaled_mm's rule) and at least 128; the
+    lm_head included, as the fork converts it (its vocab is padded to a multiple of 64).
     Kept in high precision on purpose:
     - the MoE router: a tiny [d, n_experts] matmul whose logits choose the experts; FP8 noise
       there flips top-k choices and saves nothing;
-    - lm_head: the logits feed the softmax cross-entropy directly, and the vocab projection is
-      where FP8 rounding costs the most loss (common practice in FP8 recipes);
     - embeddings: a lookup, not a matmul (not nn.Linear).
     Call it before torch.compile / DDP. Returns counts, the kinds converted and a "log_line"."""
     device = next(model.parameters()).device
@@ -464,8 +489,6 @@ def convert_to_fp8(model: nn.Module, include_experts: bool) -> dict:
         family, leaf = _kind(name)
         if any(part in ROUTER_NAMES for part in name.split(".")):
             kept.append("router")
-        elif name.split(".")[-1] == "lm_head":
-            kept.append("lm_head")
         elif not _eligible(mod.in_features, mod.out_features):
             skipped.append(name)
         else:
@@ -495,7 +518,7 @@ def convert_to_fp8(model: nn.Module, include_experts: bool) -> dict:
     grouped = probe_grouped(device) if include_experts and n_expert_layers else False
     native = grouped_mm_native(device)
     emulated = not uses_scaled_mm(device)
-    parts = [f"{fam} {'/'.join(kinds[fam])} x{counts[fam]}" for fam in counts]
+    parts = [" ".join(filter(None, (fam, "/".join(kinds[fam]), f"x{counts[fam]}"))) for fam in counts]
     if n_expert_layers:
         parts.append(f"experts {'/'.join(expert_leaves)} x{n_expert_mats} "
                      f"({n_expert_layers} MoE layers x {experts_per_layer} experts, per-expert scales)")

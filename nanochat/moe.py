@@ -5,11 +5,18 @@ Mixture-of-Experts feed-forward block: router, Switch-style balance loss, and tw
   sorted by expert and run through one grouped matmul per weight (`torch._grouped_mm`).
 - fixed capacity (`capacity_factor > 0`): each expert gets C slots,
   C = ceil(cf * T * k / E) rounded up to a multiple of 16. Slots are assigned on the device with a
-  cumsum over one-hot expert choices, in priority order (every token's first choice before any
-  second choice), so every shape is static and nothing syncs with the host: the block compiles
-  with fullgraph=True, dynamic=False and never recompiles when the routing changes. Assignments
-  past capacity are dropped (their expert output is zero; the residual stream carries the token)
-  and counted.
+  cumsum over one-hot expert choices, so every shape is static and nothing syncs with the host:
+  the block compiles with fullgraph=True, dynamic=False and never recompiles when the routing
+  changes. Assignments past capacity are dropped (their expert output is zero; the residual
+  stream carries the token) and counted.
+
+Which assignments a full expert keeps (`drop_order`), each expert filling its slots in order:
+- "token" (the default, the fork's rule): token order, each token's choices together (token 0's
+  first and second choice, then token 1's, ...; tokens in row-major order over the batch). A
+  full expert drops the choices of the batch's last tokens, first choices included.
+- "choice": every token's first choice before any second choice (then token order), so a first
+  choice is dropped only when an expert's first choices alone overflow it.
+The trainer's legs use "token", so a capacity ablation measures what the fork's code does.
 
 Weight layouts (nanochat/fp8.py reads these):
     MoE.router.weight   [E, D]     logits = x @ router.weight.T, always in fp32
@@ -49,18 +56,20 @@ def relu_squared(h: torch.Tensor) -> torch.Tensor:
 def expert_bmm(x: torch.Tensor, w: torch.Tensor, fp8: bool = False) -> torch.Tensor:
     """[E, C, K] @ [E, K, N] -> [E, C, N], batched over experts."""
     if fp8:
-        from nanochat.fp8 import fp8_bmm
+        from nanochat.fp8 import active, fp8_bmm
 
-        return fp8_bmm(x, w)
+        if active():  # off inside fp8.high_precision()
+            return fp8_bmm(x, w)
     return torch.bmm(x, w.to(x.dtype))
 
 
 def expert_grouped_mm(x: torch.Tensor, w: torch.Tensor, offs: torch.Tensor, fp8: bool = False) -> torch.Tensor:
     """[M, K] rows grouped by expert (int32 cumulative ends `offs`) @ [E, K, N] -> [M, N]."""
     if fp8:
-        from nanochat.fp8 import fp8_grouped_mm
+        from nanochat.fp8 import active, fp8_grouped_mm
 
-        return fp8_grouped_mm(x, w, offs)
+        if active():  # off inside fp8.high_precision()
+            return fp8_grouped_mm(x, w, offs)
     # grouped_mm is outside autocast's op lists, so cast here: both operands in the compute dtype
     if torch.is_autocast_enabled(x.device.type):
         x = x.to(torch.get_autocast_dtype(x.device.type))
@@ -70,6 +79,13 @@ def expert_grouped_mm(x: torch.Tensor, w: torch.Tensor, offs: torch.Tensor, fp8:
     # The op's meta kernel, which torch.compile traces with, takes bf16 only, while the CPU kernel
     # also runs fp32 (the trainer's CPU runs): there, the same kernel as an opaque custom op.
     return grouped_mm_any_dtype(x, w, offs)
+
+
+def _fp8_active() -> bool:
+    """FP8 is on for the expert banks that have it (off inside nanochat.fp8.high_precision())."""
+    from nanochat.fp8 import active
+
+    return active()
 
 
 @torch.library.custom_op("nanochat::grouped_mm", mutates_args=())
@@ -139,14 +155,15 @@ def grouped_mm_usable(device: torch.device, dtype: torch.dtype, k: int, n: int) 
 
 
 def balance_loss(probs: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-    """Switch-style load balance, normalized so perfect balance gives 1.0.
+    """Switch-style load balance on the fork's scale: k (top-k) at perfect balance, up to E when
+    every token routes to the same experts with all its probability on them.
 
     probs: [T, E] router probabilities; counts: [E] routed assignments per expert (all k choices).
-    E * sum_i f_i * P_i with f_i = counts_i / sum(counts) and P_i = mean_t probs[t, i].
+    E * sum_i f_i * P_i with f_i = counts_i / T (the f_i sum to k) and P_i = mean_t probs[t, i].
     Gradients flow through P only (f is a count), as in Switch Transformer.
     """
-    n_experts = probs.shape[-1]
-    f = counts.float() / counts.sum().clamp(min=1).float()
+    n_tokens, n_experts = probs.shape
+    f = counts.float() / max(n_tokens, 1)
     p = probs.float().mean(0)
     return n_experts * (f * p).sum()
 
@@ -160,6 +177,9 @@ def expert_capacity(n_tokens: int, topk: int, n_experts: int, capacity_factor: f
     c = -((-cf.numerator * n_tokens * topk) // (cf.denominator * n_experts))  # ceil division
     c = min(c, n_tokens)
     return max(16, (c + 15) // 16 * 16)
+
+
+DROP_ORDERS = ("token", "choice")  # which assignments a full expert keeps (module docstring)
 
 
 def _as_fraction(x: float) -> Fraction:
@@ -201,12 +221,16 @@ class MoE(nn.Module):
         hidden_mult: float,
         capacity_factor: float = 0.0,
         balance_coeff: float = 0.0,
+        drop_order: str = "token",
     ):
         super().__init__()
         if not 1 <= topk <= n_experts:
             raise ValueError(f"expert topk {topk} must be in 1..n_experts ({n_experts})")
         if capacity_factor < 0:
             raise ValueError(f"capacity factor {capacity_factor} must be >= 0")
+        if drop_order not in DROP_ORDERS:
+            raise ValueError(f"drop order {drop_order!r} must be one of {', '.join(DROP_ORDERS)}")
+        self.drop_order = drop_order
         self.dim, self.n_experts, self.topk = dim, n_experts, topk
         self.capacity_factor = float(capacity_factor)
         # fixed at construction as Python constants: compile treats them as such (no float symbols)
@@ -222,9 +246,9 @@ class MoE(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """x: [B, T, D] -> (y [B, T, D], aux). aux holds `aux_loss` (balance_coeff * bal, to add
-        to the training loss), and detached statistics: `bal` (1.0 = perfect balance), `load`
-        ([E] routed assignments per expert), `dropped` (assignments past capacity) and
-        `assigned` (T * k)."""
+        to the training loss), and detached statistics: `bal` (balance_loss: k at perfect
+        balance), `load` ([E] routed assignments per expert), `dropped` (assignments past
+        capacity) and `assigned` (T * k)."""
         shape = x.shape
         x = x.reshape(-1, shape[-1])
         n_tok, k, n_exp = x.shape[0], self.topk, self.n_experts
@@ -236,8 +260,8 @@ class MoE(nn.Module):
         gates, choice = probs.topk(k, dim=-1)  # [T, k], sorted: column 0 is the first choice
         gates = gates / gates.sum(dim=-1, keepdim=True)
 
-        # Assignments in priority order: all first choices (token order), then all second choices;
-        # assignment a = j * T + t is token t's j-th choice.
+        # Assignments indexed choice-major: all first choices (token order), then all second
+        # choices; assignment a = j * T + t is token t's j-th choice.
         expert_of = choice.t().reshape(-1)  # [k*T]
         assignment = torch.arange(k * n_tok, device=x.device)
 
@@ -247,8 +271,9 @@ class MoE(nn.Module):
 
         if self.dropless and not torch.compiler.is_compiling():
             probe_grouped_mm(x.device, x.dtype, self.dim, self.experts.hidden)  # once per kind; eager
+        experts_fp8 = self.experts.fp8 and _fp8_active()
         use_grouped = self.dropless and (
-            self.experts.fp8 or grouped_mm_usable(x.device, x.dtype, self.dim, self.experts.hidden)
+            experts_fp8 or grouped_mm_usable(x.device, x.dtype, self.dim, self.experts.hidden)
         )
         if use_grouped:
             y, counts, dropped = self._dropless(x, expert_of, gates, assignment)
@@ -273,17 +298,22 @@ class MoE(nn.Module):
         """Fixed capacity: every expert gets `cap` slots; static shapes, no host sync."""
         n_tok, dim = x.shape
         n_exp, k = self.n_experts, self.topk
+        # the queue every expert fills its slots from, in drop_order (see the module docstring)
+        token_major = self.drop_order == "token"
+        queue = expert_of.view(k, n_tok).t().reshape(-1) if token_major else expert_of
         # position of each assignment within its expert's queue, from a cumsum of one-hot choices
         # (a comparison, not F.one_hot: eager one_hot validates its input with a host sync on GPU)
-        onehot = (expert_of[:, None] == torch.arange(n_exp, device=x.device)).to(torch.int32)  # [kT, E]
+        onehot = (queue[:, None] == torch.arange(n_exp, device=x.device)).to(torch.int32)  # [kT, E]
         cums = onehot.cumsum(dim=0, dtype=torch.int32)
-        pos = cums.gather(1, expert_of[:, None]).squeeze(1) - 1  # [kT]
+        pos = cums.gather(1, queue[:, None]).squeeze(1) - 1  # [kT], in the queue's order
+        if token_major:
+            pos = pos.view(n_tok, k).t().reshape(-1)  # back to choice-major: a = j * T + t
         counts = cums[-1]  # [E] routed assignments per expert
         keep = pos < cap
         dropped = (~keep).sum()
         n_slots = n_exp * cap
         slot = expert_of * cap + pos
-        # inverse map slot -> assignment (its index a = j * T + t in the priority order above):
+        # inverse map slot -> assignment (its choice-major index a = j * T + t):
         # dropped assignments write to a dummy slot past the end; empty slots keep a = k * T, no
         # assignment. They read token 0 (a % T): computed, never read back, and their gradient is
         # zero, so there is no padded buffer to zero-fill (no memset per forward).

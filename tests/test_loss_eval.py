@@ -39,7 +39,9 @@ def test_bpb_of_a_real_model_is_its_mean_loss_in_bits_over_mean_bytes():
 
     torch.manual_seed(0)
     m = GPT(GPTConfig(sequence_len=8, vocab_size=16, n_layer=1, n_head=1, n_embd=16))
-    m.init_weights()  # zero lm_head: every token costs ln(16) nats
+    m.init_weights()
+    with torch.no_grad():
+        m.lm_head.weight.zero_()  # uniform logits: every token costs ln(16) nats
     token_bytes = torch.full((16,), 2, dtype=torch.int32)
     token_bytes[0] = 0
     x = torch.randint(1, 16, (2, 8))

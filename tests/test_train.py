@@ -12,6 +12,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+import torch
 from conftest import registry_file
 
 from cockpit import registry
@@ -65,7 +66,9 @@ def test_torchrun_cpu_smoke_moe_leg(tmp_path, smoke_corpus):
     assert [int(m.group(1)) for m in steps] == list(range(40))  # rank 0 prints, once per step
     assert all(m.group(6) is not None and m.group(16) is not None for m in steps)  # bal and drop
     losses = [float(m.group(4)) for m in steps]
-    assert losses[-1] < losses[0] - 1.5  # learnable stream: the loss falls visibly
+    # the loss falls visibly (real text; the fork's recipe scales every lr by sqrt(1024 / 2^19)
+    # at this batch: 6.93 -> 6.51 in 40 steps seen)
+    assert losses[-1] < losses[0] - 0.3
     assert steps[11].group(14) is not None and steps[10].group(14) is None  # eta from step 11
     moe = [MOE_RE.match(line) for line in p.stdout.splitlines() if line.startswith("moe step")]
     assert [int(m.group(1)) for m in moe] == [0, 10, 20, 30]
@@ -95,6 +98,16 @@ def test_resume_reproduces_uninterrupted_losses(tmp_path):
     assert all(b[s] == a[s] for s in b), (a, b)
     meta = json.loads((tmp_path / "r" / "meta_000004.json").read_text())
     assert meta["step"] == 4 and isinstance(meta["loss"], float) and meta["config"]["n_layer"] == 2
+    # the fork's per-layer scalars, value embeddings and gates are in the checkpoint, trained away
+    # from their init (so the exact resume above depends on them), with their AdamW / Muon state
+    model = torch.load(tmp_path / "r" / "model_000004.pt", weights_only=True)
+    assert {"resid_lambdas", "x0_lambdas", "value_embeds.1.weight", "transformer.h.1.attn.ve_gate.weight"} <= set(model)
+    assert not torch.allclose(model["x0_lambdas"], torch.full((2,), 0.1))
+    assert not torch.equal(model["resid_lambdas"], torch.ones(2))
+    assert model["transformer.h.1.attn.ve_gate.weight"].any()
+    optim = torch.load(tmp_path / "r" / "optim_000004_rank0.pt", weights_only=True)
+    assert sum(len(g["params"]) for g in optim["param_groups"]) == len(model)
+    assert all(v for v in optim["state"].values())
 
 
 @pytest.mark.slow
@@ -108,7 +121,9 @@ def test_static_compile_does_not_recompile_after_first_step(tmp_path, cf, mode, 
     p = run_trainer(args)
     assert p.returncode == 0, p.stderr[-2000:]
     assert f"torch.compile(dynamic=False) [compile_mode={label}]" in p.stdout
-    assert re.search(r"^torch\.compile: 1 graph\(s\) in the first step, 0 recompile\(s\) after it$", p.stdout, re.M)
+    # the optimizer's update math compiled too: a graph per parameter shape, in the first step only
+    assert re.search(r"^torch\.compile: 1 graph\(s\) in the first step, 0 recompile\(s\) after it \| "
+                     r"optimizer: [1-9]\d* graph\(s\), one per shape$", p.stdout, re.M)  # fmt: skip
 
 
 VAL_RE = re.compile(r"^Step (\d{5}) \| Validation bpb: (\d+\.\d{6})$", re.M)
@@ -139,13 +154,14 @@ def test_real_recipe_on_the_smoke_corpus_two_ranks_bpb_falls_and_resume_is_exact
     assert time.time() - t0 < 60
     out = full.stdout
     assert "Vocab size: 1,024" in out and "vocab 1024" in out
-    assert re.search(r"^Optimizer: Muon \(26 matrices, [\d,]+ params\) \+ AdamW \(2 tensors, 262,144 params\)$", out, re.M)
+    # AdamW: lm_head, token embedding, layer 1's value embedding, resid_lambdas, x0_lambdas
+    assert re.search(r"^Optimizer: Muon \(27 matrices, [\d,]+ params\) \+ AdamW \(5 tensors, 393,220 params\)$", out, re.M)
     assert re.search(r"^Data: parquet .*base_data \(4 training shard\(s\) \+ 1 validation shard\)", out, re.M)
     evals = [(int(m.group(1)), float(m.group(2))) for m in VAL_RE.finditer(out)]
     assert [s for s, _ in evals] == [0, 10, 20, 30, 40]
     bpb = [v for _, v in evals]
     assert all(b < a for a, b in zip(bpb, bpb[1:], strict=False)), bpb  # falls at every eval
-    assert bpb[0] > 3.0 and bpb[-1] < bpb[0] - 0.8, bpb
+    assert bpb[0] > 3.0 and bpb[-1] < bpb[0] - 0.2, bpb  # 3.87 -> 3.57 seen (lrs x sqrt(1024 / 2^19))
     assert f"Minimum validation bpb: {min(bpb):.6f}" in out.splitlines()[-1]
     steps = step_lines(out)
     assert [int(m.group(1)) for m in steps] == list(range(40)) and {m.group(11) for m in steps} == {"1"}  # epoch 1
@@ -183,6 +199,14 @@ def test_real_recipe_on_the_smoke_corpus_two_ranks_bpb_falls_and_resume_is_exact
         (["--fp8-include-moe-experts", "--use-moe"], "needs --fp8"),
         (["--fp8", "--fp8-include-moe-experts"], "needs --use-moe"),
         (["--compile-mode", "fast"], "--compile-mode"),
+        (["--window-pattern", "SSX"], "--window-pattern must be letters S (half context) and L (full context)"),
+        (["--window-pattern", ""], "--window-pattern"),
+        (["--use-moe", "--moe-drop-order", "random"], "--moe-drop-order"),
+        (["--scalar-lr", "-1"], "--scalar-lr must be >= 0"),
+        (["--target-flops", "0"], "--target-flops"),
+        (["--max-seq-len", "64", "--device-batch-size", "3", "--total-batch-size", "-1", "--depth", "1",
+          "--vocab-size", "64", "--target-param-data-ratio", "0.0001"],
+         "--total-batch-size -1: the derived batch"),
         (["--no-such-flag"], "--no-such-flag"),
         (["--resume-from-step", "5", "--checkpoint-root", "/nonexistent/ck"], "no checkpoint file"),
     ],
@@ -196,6 +220,19 @@ def test_bad_flags_one_line_exit_2(args, needle, capsys, request):
     assert rc == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("base_train: error: ") and needle in lines[0], err
+
+
+def test_bal_is_the_fork_s_sum_of_per_layer_balance_losses(capsys):
+    """`bal:` is the quantity the fork prints: per MoE layer E * sum_i f_i * P_i with f = counts / T
+    (k at perfect balance), summed over layers. The router starts at zero (uniform probabilities):
+    every layer's value is exactly k, so step 0 prints k x layers (the fork's d12 runs: 24.0000)."""
+    rc = base_train.main([*TINY, "--num-iterations", "1", "--compile-mode", "none", "--save-every", "0",
+                          "--moe-log-every", "1"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert rc == 0, out[-2000:]
+    step = step_lines(out)[0]
+    assert step.group(6) == "4.0000"  # 2 layers x top-2
+    assert MOE_RE.match(next(ln for ln in out.splitlines() if ln.startswith("moe step"))).group(4) == "4.0000"
 
 
 def test_lr_schedule_and_peak_flops_table():
