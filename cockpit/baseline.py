@@ -151,7 +151,7 @@ def pin(registry: reg.Registry, exp: reg.Experiment, planned: list[reg.Leg],
         if d.experiment == leg.experiment and d.leg_done(leg.name):
             return {**which, "source": DIR, "dir": str(d.path), "runs": d.runs(leg.name)}
     if leg.recorded is not None:
-        return {**which, "source": RECORDED, "recorded": dataclasses.asdict(leg.recorded)}
+        return {**which, "source": RECORDED, "recorded": leg.recorded.as_table()}
     return {**which, "source": NONE,
             "why": f"no finished run of {leg.experiment}/{leg.name} and no recorded figures when this dir was launched"}
 
@@ -225,9 +225,8 @@ def _pinned(registry: reg.Registry, run_d: ExpDir, p: Any, dirs: list[ExpDir] | 
                         "wrote", instead=_instead(run_d, str(name), None, dirs, registry))
     if source == RECORDED:
         figures = p.get("recorded") if isinstance(p.get("recorded"), dict) else {}
-        fields = {f.name for f in dataclasses.fields(reg.Recorded)}
-        kept = {k: v for k, v in figures.items() if k in fields and (v is None or isinstance(v, str) or _finite(v))}
-        return Baseline(name, experiment, None, recorded=reg.Recorded(**kept), pinned=True,
+        kept = {k: v for k, v in figures.items() if v is None or isinstance(v, str) or _finite(v)}
+        return Baseline(name, experiment, None, recorded=reg.Recorded.of(kept), pinned=True,
                         flags=_leg_flags(registry.find_leg(f"{experiment}/{name}")))
     runs = p.get("runs")
     runs = tuple(runs) if isinstance(runs, list) and runs and all(isinstance(r, str) for r in runs) else (name,)

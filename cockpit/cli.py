@@ -42,8 +42,8 @@ from cockpit import (
 from cockpit import registry as reg
 from cockpit.executors import slurm_record
 from cockpit.expdir import RunError
-from cockpit.plan import DEFAULT_TAIL, STOP_GRACE_S
-from cockpit.vocab import RunStatus, Status
+from cockpit.plan import STOP_GRACE_S
+from cockpit.vocab import DEFAULT_TAIL, RunStatus, Status
 
 try:
     import shtab  # optional (the `completion` extra): only `cockpit completion` needs it

@@ -31,13 +31,13 @@ from typing import Any
 
 from cockpit import flags, fsutil, procs, safetext
 from cockpit import registry as reg
+from cockpit.vocab import DEFAULT_TAIL
 
 PLAN_FILE = "plan.json"
 PLAN_MAX_BYTES = 64 << 20  # plan.json holds the registry: a few KB, a big registry some MB
 CONTINUATION = re.compile(r"^plan\.([1-9][0-9]{0,5})\.json$")  # plan.<n>.json, n = 1, 2, ...
 SUPERVISOR = "supervisor"  # state/supervisor.{json,log,lock}: the supervisor's own, never a run's name
 STOP_GRACE_S = 10.0  # after SIGTERM to torchrun, how long before every process left is killed
-DEFAULT_TAIL = 50  # the report's tail window when neither a plan nor a registry says one
 
 
 class PlanError(ValueError):

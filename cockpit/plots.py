@@ -28,6 +28,7 @@ from typing import Any, NamedTuple
 
 from cockpit import lazy, logs, safetext, stats
 from cockpit.plan import Plan
+from cockpit.vocab import DEFAULT_TAIL
 
 np: Any = None  # numpy, loaded when a report draws or collects its series
 
@@ -99,7 +100,7 @@ class Series(NamedTuple):
 class Collected:
     """A run's plotted metrics, collected a chunk of step lines at a time (finite values only)."""
 
-    def __init__(self, tail: int = 50) -> None:
+    def __init__(self, tail: int = DEFAULT_TAIL) -> None:
         load_numpy()  # its chunks are numpy columns, and so are the series it gives
         self.tail = tail
         self.first_step: float | None = None
@@ -173,7 +174,7 @@ def plot_context(exp_dir: Path, plan: Plan | None) -> str:
     return safetext.printable(" · ".join(parts), newlines=False)
 
 
-def draw_plots(series: dict[str, dict[str, Series]], bars: Sequence[Bars] = (), tail: int = 50,
+def draw_plots(series: dict[str, dict[str, Series]], bars: Sequence[Bars] = (), tail: int = DEFAULT_TAIL,
                context: str = "", baseline: BaselineMark | None = None,
                formats: Sequence[str] = ("png",)) -> dict[str, dict[str, bytes]]:
     """Each plot in `formats` (of FORMATS): each per-step metric (PLOTS), validation bpb against

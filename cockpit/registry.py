@@ -10,8 +10,8 @@ The loader checks every table against those fields, then does what no declaratio
 names, the grid's legs, Slurm's options). Every problem in the file is reported as one
 `RegistryError` whose text is `path:line: message`, so the CLI can print it on one line and exit 2.
 
-Layer 0: imports nothing from the cockpit but fsutil, procs, flags, names, schema, grid and
-slurm_policy.
+Layer 0: imports nothing from the cockpit but fsutil, procs, flags, names, schema, grid,
+slurm_policy, vocab and figures.
 """
 
 from __future__ import annotations
@@ -29,13 +29,15 @@ from pathlib import Path
 from typing import Any
 
 from cockpit import fsutil, procs, slurm_policy
+from cockpit.figures import Figures
 from cockpit.flags import FlagDiff, diff_flags, parse_flags, render_args
 from cockpit.grid import PLACEHOLDER, REGISTRY_RUNS_MAX, RUNS_MAX, expand, fill
 from cockpit.grid import name_part as name_part
 from cockpit.names import EXPERIMENT_FILES, LEG_FILES, REPEAT_NAME, bad_name, path_too_long, repeat_name
 from cockpit.names import split_repeat as split_repeat
-from cockpit.schema import Loader, RegistryError, count, cut, dotted, first, is_a, key, show
+from cockpit.schema import Loader, RegistryError, count, cut, dotted, first, is_a, key, keys_of, show
 from cockpit.slurm_policy import extra_args_problem as extra_args_problem
+from cockpit.vocab import DEFAULT_TAIL
 
 DEFAULT_REGISTRY = "experiments.toml"
 REGISTRY_ENV = "COCKPIT_REGISTRY"  # names the registry file when no --registry is given
@@ -108,7 +110,7 @@ class Settings:
     exp_root: Path = key(str, own=True, doc="where experiment dirs are created (required)")
     read_only: tuple[Path, ...] = key(list, default=(), own=True, doc="paths never written (a corpus, a tokenizer)")
     branch: str | None = key(str, default=None, doc="the git branch the legs are meant to run from")
-    tail: int = key(int, default=50, lo=1, hi=TAIL_MAX, doc="step lines in the report's tail window")
+    tail: int = key(int, default=DEFAULT_TAIL, lo=1, hi=TAIL_MAX, doc="step lines in the report's tail window")
     on_failure: str = key(str, default="stop", choices=FAILURE_POLICIES, doc="what the queue does after a failed leg")
     gpu_idle: GpuIdle = key(dict, default=GpuIdle(), own=True, doc="when a GPU counts as idle")
     # run by the supervisor when a leg ends done or failed: an argv (no shell), its placeholders
@@ -198,15 +200,25 @@ class Prepare:
 @dataclass(frozen=True, kw_only=True)
 class Recorded:
     """`[experiment.leg.recorded]`: figures of a leg that ran elsewhere (copied from a report), not
-    measured here. Its metrics are vocab.METRICS, in that order."""
+    measured here. Its figure keys sit in the table itself: those `Figures` declares as keys (the
+    metrics of vocab.METRICS, in that order)."""
 
-    tok_per_sec: float | None = key(int, float, default=None, lo=0.0, hi=1e15, doc="tail tokens per second")
-    dt_ms: float | None = key(int, float, default=None, lo=0.0, hi=1e15, doc="tail step time (ms)")
-    mfu: float | None = key(int, float, default=None, lo=0.0, hi=1e15, doc="tail MFU (percent)")
-    peak_mem_mib: float | None = key(int, float, default=None, lo=0.0, hi=1e15, doc="peak memory (MiB)")
-    total_time_min: float | None = key(int, float, default=None, lo=0.0, hi=1e15, doc="total training time (min)")
+    figures: Figures = key(flat=Figures, default=Figures(), doc="the figures of the run")
     dir: str | None = key(str, default=None, doc="the dir it ran in")
     source: str | None = key(str, default=None, doc="where the figures come from")
+
+    @classmethod
+    def of(cls, table: Mapping[str, Any]) -> Recorded:
+        """From its keys (a table the loader read, or `as_table`'s); any other key left out."""
+        keys = keys_of(Recorded)
+        figures = {k: v for k, v in table.items() if k in keys and k not in ("dir", "source")}
+        return cls(figures=Figures(**figures), dir=table.get("dir"), source=table.get("source"))
+
+    def as_table(self) -> dict[str, Any]:
+        """Its keys, as the registry's table names them, each with its value (None: left out)."""
+        keys = keys_of(Recorded)
+        figures = {k: v for k, v in dataclasses.asdict(self.figures).items() if k in keys}
+        return {**figures, "dir": self.dir, "source": self.source}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -553,7 +565,7 @@ def _leg(ld: Loader, table: Any, loc: tuple, exp: Experiment, module: str, exp_r
     if "recorded" in table:
         rloc = loc + ("recorded",)
         ld.check_table(table["recorded"], Recorded, rloc)
-        recorded = Recorded(**ld.read(table["recorded"], Recorded, rloc, f"{exp.id}/{name} recorded"))
+        recorded = Recorded.of(ld.read(table["recorded"], Recorded, rloc, f"{exp.id}/{name} recorded"))
     args = ld.check_args(table.get("args", {}), loc + ("args",))
     return Leg(**given, name=name, experiment=exp.id, module=module, device=exp.device,
                args=_roots({**exp.args, **args}, exp_root), recorded=recorded, line=ld.line(loc),

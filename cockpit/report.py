@@ -30,7 +30,6 @@ Layer 2: imports the layers below (registry, vocab, stats, logs, expdir) and bas
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,7 +37,8 @@ from cockpit import expdir, logs, stats
 from cockpit import registry as reg
 from cockpit.baseline import Baseline
 from cockpit.expdir import ExpDir
-from cockpit.vocab import METRICS, QUALITY, RunStatus, Source, Status, Verdict, run_status
+from cockpit.figures import Figures
+from cockpit.vocab import DEFAULT_TAIL, METRICS, QUALITY, RunStatus, Source, Status, Verdict, run_status
 
 # Each metric's column (in vocab.METRICS order): its header, after `tail<N> ` when it is a tail
 # mean, and its format.
@@ -71,16 +71,7 @@ class ReportRow:
     their means."""
 
     run: str
-    tok_per_sec: float | None = None
-    dt_ms: float | None = None
-    mfu: float | None = None
-    peak_mem_mib: float | None = None
-    total_time_min: float | None = None
-    min_val_bpb: float | None = None
-    last_val_bpb: float | None = None
-    final_loss: float | None = None
-    drop_pct: float | None = None  # tail means
-    bal: float | None = None
+    figures: Figures = Figures()  # speed, routing: tail means; quality: the log's last and least
     source: str = Source.LOG
     status: str = RunStatus.UNKNOWN  # a RunStatus, or the status of the leg's state (see vocab.run_status)
     note: str | None = None  # e.g. "log ended without its final lines"
@@ -90,14 +81,14 @@ class ReportRow:
 
     @property
     def has_figures(self) -> bool:
-        return any(getattr(self, m) is not None for m in METRICS)
+        return self.figures.has_metrics
 
     @property
     def is_aggregate(self) -> bool:
         return bool(self.repeats)
 
     def value(self, metric: str) -> float | None:
-        return getattr(self, metric)
+        return self.figures.value(metric)
 
     def estimate(self, metric: str) -> stats.Estimate | None:
         """The figure's mean with its 95% interval: for an aggregate row, over its repeats, each
@@ -181,16 +172,7 @@ def row_from_summary(s: logs.LegSummary, status: str | None = None) -> ReportRow
         note = "no step lines in the log"
     return ReportRow(
         run=s.run,
-        tok_per_sec=s.tok_per_sec,
-        dt_ms=s.dt_ms,
-        mfu=s.mfu,
-        peak_mem_mib=s.peak_mem_mib,
-        total_time_min=s.total_time_min,
-        min_val_bpb=s.min_val_bpb,
-        last_val_bpb=s.last_val_bpb,
-        final_loss=s.last_loss,
-        drop_pct=s.tail_drop_pct,
-        bal=s.tail_bal,
+        figures=s.figures,
         source=Source.LOG,
         status=status or s.status,
         note=note,
@@ -203,11 +185,7 @@ def row_from_recorded(name: str, recorded: reg.Recorded) -> ReportRow:
     """A row of figures recorded in the registry (a leg that ran elsewhere): never measured here."""
     return ReportRow(
         run=name,
-        tok_per_sec=recorded.tok_per_sec,
-        dt_ms=recorded.dt_ms,
-        mfu=recorded.mfu,
-        peak_mem_mib=recorded.peak_mem_mib,
-        total_time_min=recorded.total_time_min,
+        figures=recorded.figures,
         source=Source.RECORDED,
         status=RunStatus.RECORDED,
         note="recorded" + (f": {recorded.source}" if recorded.source else ""),
@@ -217,10 +195,8 @@ def row_from_recorded(name: str, recorded: reg.Recorded) -> ReportRow:
 
 def aggregate(leg: str, repeats: list[ReportRow]) -> ReportRow:
     """The aggregate row of a leg's repeats: each figure the mean over the repeats that have it."""
-    row = ReportRow(run=leg, repeats=list(repeats), source=Source.LOG)
-    for attr in (*METRICS, *QUALITY):
-        vals = [v for r in repeats if (v := r.value(attr)) is not None and math.isfinite(v)]
-        setattr(row, attr, math.fsum(vals) / len(vals) if vals else None)
+    row = ReportRow(run=leg, figures=Figures.mean(r.figures for r in repeats), repeats=list(repeats),
+                    source=Source.LOG)
     statuses = {r.status for r in repeats}
     row.status = statuses.pop() if len(statuses) == 1 else "mixed"
     row.note = f"mean ± std over {len(repeats)} repeats"
@@ -249,7 +225,7 @@ def _log_order(exp_dir: Path) -> list[Path]:
     return [p for _, _, p in sorted(found)]
 
 
-def rows(d: ExpDir | Path | str, tail: int = 50, now: float | None = None) -> list[ReportRow]:
+def rows(d: ExpDir | Path | str, tail: int = DEFAULT_TAIL, now: float | None = None) -> list[ReportRow]:
     """One row per log in the dir (run = log stem), plus planned legs with no log yet (not run),
     and after the last repeat of a leg run with repeats, the leg's aggregate row. `d`: the dir as
     read already (read_dir), or its path.
@@ -312,7 +288,7 @@ def _status(s: logs.LegSummary, state: str | None) -> str:
     return run_status(state)
 
 
-def delta_rows(base: ReportRow, run: ReportRow, tail: int = 50) -> list[DeltaRow]:
+def delta_rows(base: ReportRow, run: ReportRow, tail: int = DEFAULT_TAIL) -> list[DeltaRow]:
     """A row per metric (speed, then min val bpb, final loss and drop %): both figures, the change
     in percent of the baseline's, and its 95% interval and verdict where both have samples."""
     out = []
@@ -333,7 +309,7 @@ def delta_rows(base: ReportRow, run: ReportRow, tail: int = 50) -> list[DeltaRow
 # the baseline's figures
 
 
-def baseline_row(b: Baseline, tail: int = 50, now: float | None = None) -> ReportRow:
+def baseline_row(b: Baseline, tail: int = DEFAULT_TAIL, now: float | None = None) -> ReportRow:
     """The baseline's figures as a row: its log (the aggregate of its repeats), or recorded; a
     row without figures when it has none to give (`b.problem`: the pinned run failed, ...)."""
     if b.problem:

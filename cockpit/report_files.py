@@ -25,7 +25,7 @@ from cockpit import plots as plots_
 from cockpit import registry as reg
 from cockpit.baseline import Baseline
 from cockpit.report import COLUMNS, ReportError, ReportRow, baseline_row, repeat_with_aggregate
-from cockpit.vocab import METRICS, STEP_METRICS
+from cockpit.vocab import DEFAULT_TAIL, METRICS, STEP_METRICS
 
 SUMMARY_COLUMNS = (
     "run", "status", "source", "steps_observed", "last_step", "total_steps", "last_loss", "tail_n",
@@ -78,7 +78,7 @@ def _tail_bars(rows_: Sequence[ReportRow], tail: int, extra: BaselineBar | None 
     return out
 
 
-def baseline_in_files(b: Baseline | None, tail: int = 50, now: float | None = None
+def baseline_in_files(b: Baseline | None, tail: int = DEFAULT_TAIL, now: float | None = None
                       ) -> tuple[plots_.BaselineMark | None, list[tuple[str, str]], BaselineBar | None]:
     """The baseline in a report's per-step CSV and plots: (what of them is the baseline, the logs
     of another dir to add as (name, path), the bar to add). Its own dir's runs are there already;
@@ -123,7 +123,7 @@ def write_report(
     exp_dir: Path | str,
     out_md: Path | str | None = None,
     baseline: str | None = None,
-    tail: int = 50,
+    tail: int = DEFAULT_TAIL,
     plots: bool = True,
     now: float | None = None,
     registry: reg.Registry | None = None,

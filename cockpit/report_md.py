@@ -32,7 +32,7 @@ from cockpit.report import (
     headers,
     quality_headers,
 )
-from cockpit.vocab import METRICS, QUALITY, RunStatus, Verdict
+from cockpit.vocab import DEFAULT_TAIL, METRICS, QUALITY, RunStatus, Verdict
 
 
 def _md_row(cells: list[str]) -> str:
@@ -40,7 +40,7 @@ def _md_row(cells: list[str]) -> str:
     return "| " + " | ".join(safetext.md_cell(c) for c in cells) + " |"
 
 
-def render_table(rows_: list[ReportRow], tail: int = 50, source_column: bool = False) -> str:
+def render_table(rows_: list[ReportRow], tail: int = DEFAULT_TAIL, source_column: bool = False) -> str:
     """The metric table: one row per run with figures (see the module's docstring for its columns)."""
     head = ["run", *headers(tail)] + (["source"] if source_column else [])
     lines = [_md_row(head), "| --- |" + " ---: |" * len(METRICS) + (" --- |" if source_column else "")]
@@ -52,7 +52,7 @@ def render_table(rows_: list[ReportRow], tail: int = 50, source_column: bool = F
     return "\n".join(lines)
 
 
-def render_quality(rows_: list[ReportRow], tail: int = 50) -> str:
+def render_quality(rows_: list[ReportRow], tail: int = DEFAULT_TAIL) -> str:
     """The quality and routing table: `| run | min val bpb | last val bpb | final loss |
     tail50 drop % | tail50 bal |`, `-` for a figure a run does not have (never 0)."""
     lines = [_md_row(["run", *quality_headers(tail)]), "| --- |" + " ---: |" * len(QUALITY)]
@@ -61,7 +61,7 @@ def render_quality(rows_: list[ReportRow], tail: int = 50) -> str:
     return "\n".join(lines)
 
 
-def render_delta(base: ReportRow, run: ReportRow, tail: int = 50, base_label: str | None = None) -> str:
+def render_delta(base: ReportRow, run: ReportRow, tail: int = DEFAULT_TAIL, base_label: str | None = None) -> str:
     """`metric | baseline | run | delta | 95% CI | verdict`: one row per metric (see report.delta_rows)."""
     label = base_label or f"baseline {base.run}"
     lines = [_md_row(["metric", label, run.run, "delta", "95% CI", "verdict"]),
@@ -92,7 +92,7 @@ def resolve_text(ds: list[DeltaRow]) -> str:
     return f"To resolve `within noise` if the difference is real (80% power): {'; '.join(parts)}." if parts else ""
 
 
-def repeat_lines(base: ReportRow, run: ReportRow, base_label: str, tail: int = 50, metric: str = "tok_per_sec") -> list[str]:
+def repeat_lines(base: ReportRow, run: ReportRow, base_label: str, tail: int = DEFAULT_TAIL, metric: str = "tok_per_sec") -> list[str]:
     """For each side run with repeats: how much its repeats vary beyond their tail windows, and how
     well so few repeats know it (stats.Spread), on the tail tok/sec."""
     out = []
@@ -163,7 +163,7 @@ def render_status_table(rows_: list[ReportRow]) -> str:
     return "\n".join(lines)
 
 
-def render_report(exp_dir: Path | str, baseline: str | None = None, tail: int = 50, now: float | None = None,
+def render_report(exp_dir: Path | str, baseline: str | None = None, tail: int = DEFAULT_TAIL, now: float | None = None,
                   registry: reg.Registry | None = None) -> str:
     """The whole report of a dir as markdown (`cockpit report` to stdout): the dir read once
     (report.read_dir), its rows, and its baseline (baseline.for_dir: `--baseline` when given,
@@ -184,7 +184,7 @@ def find_baseline(d: ExpDir, ref: str | None, registry: reg.Registry | None = No
         raise ReportError(str(e)) from None
 
 
-def render(d: ExpDir, all_rows: list[ReportRow], base: Baseline | None, tail: int = 50,
+def render(d: ExpDir, all_rows: list[ReportRow], base: Baseline | None, tail: int = DEFAULT_TAIL,
            links: dict[str, str] | None = None, now: float | None = None) -> str:
     """The markdown of a dir read already: its rows (report.rows) and baseline (None: none).
     `links`: label -> relative path of the CSVs and plots. Reads nothing."""

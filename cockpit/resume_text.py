@@ -23,16 +23,16 @@ from cockpit import registry as reg
 from cockpit.expdir import ExpDir
 from cockpit.logs import progress as logs_progress
 from cockpit.resume import ExperimentState, LegMark, NextLeg, ResumeState, build_state
-from cockpit.vocab import ACTIVE_MARKS, NOTED_MARKS, QUALITY, Mark, Source, Status, Verdict
+from cockpit.vocab import ACTIVE_MARKS, DEFAULT_TAIL, NOTED_MARKS, QUALITY, Mark, Source, Status, Verdict
 
 
-def progress(m: LegMark, tail: int = 50) -> str:
+def progress(m: LegMark, tail: int = DEFAULT_TAIL) -> str:
     """`step 42/280 (15.00%), loss 6.1235, 806,400 tok/s, ETA 0:02:36` from the leg's log (the
     words the terminal app's live table uses too: logs.progress)."""
     return "no step lines yet" if m.summary is None else logs_progress.line(m.summary, tail)
 
 
-def _mark_line(m: LegMark, tail: int = 50) -> str:
+def _mark_line(m: LegMark, tail: int = DEFAULT_TAIL) -> str:
     where = f" in {safetext.md_code(m.dir)}" if m.dir else ""
     where += f" (Slurm {m.job})" if m.job else ""
     note = f" ({_text(m.note)})" if m.note else ""
@@ -190,19 +190,20 @@ def _template(nxt: NextLeg) -> list[str]:
     ]
 
 
-def _figures(m: LegMark, tail: int = 50) -> str:
+def _figures(m: LegMark, tail: int = DEFAULT_TAIL) -> str:
     """`  6694.57 tok/s, mfu 0.0000  Δ -31.30% ±4.12% significant vs dense 9744.48 tok/s`: the
     leg's tail figures (with how many steps they rest on when the run was shorter than the window)
     and its tok/sec against its baseline's figure (named when it is not its own dir's)."""
     r = m.row
-    if r is None or r.tok_per_sec is None:
+    f = r.figures if r is not None else None
+    if r is None or f is None or f.tok_per_sec is None:
         return ""
-    text = f"  {r.tok_per_sec:.2f} tok/s"
+    text = f"  {f.tok_per_sec:.2f} tok/s"
     s = r.summary
     if s is not None and logs_progress.short_tail(s.tail_n, tail):
         text += f" ({logs_progress.tail_text(s.tail_n, tail)})"
-    if r.mfu is not None:
-        text += f", mfu {r.mfu:.4f}"
+    if f.mfu is not None:
+        text += f", mfu {f.mfu:.4f}"
     # a recorded leg's mark says it already; a figure from elsewhere on another mark says so
     text += "  [recorded]" if r.source == Source.RECORDED and m.mark != Mark.RECORDED else ""
     return text + delta_words(m)
@@ -233,7 +234,7 @@ def delta_words(m: LegMark, metric: str = "tok_per_sec") -> str:
 UNITS = {"tok_per_sec": "tok/s", "dt_ms": "ms"}  # a figure's unit after it, in a line of words
 
 
-def running_line(m: LegMark, tail: int = 50) -> str:
+def running_line(m: LegMark, tail: int = DEFAULT_TAIL) -> str:
     """A running leg in one line: `cpu-smoke/dense  pid 4242  step 20/40 (50.00%), loss 1.9, 7,000 tok/s, ETA 0:00:06`.
 
     tok/s is the tail mean (with how many steps it rests on while fewer than the window); ETA is

@@ -40,7 +40,7 @@ from typing import Any
 
 from cockpit import expdir, fsutil, report
 from cockpit.resume import ExperimentState, LegMark, NextLeg, ResumeState
-from cockpit.vocab import METRICS, QUALITY, Mark
+from cockpit.vocab import Mark
 
 SCHEMA = 1
 
@@ -61,8 +61,7 @@ def _progress(m: LegMark) -> dict[str, Any] | None:
 def _figures(row: report.ReportRow | None) -> dict[str, Any] | None:
     if row is None:
         return None
-    return {"source": str(row.source), "repeats": len(row.repeats),
-            **{k: _num(row.value(k)) for k in (*METRICS, *QUALITY)}}
+    return {"source": str(row.source), "repeats": len(row.repeats), **{k: _num(v) for k, v in row.figures.items()}}
 
 
 def _delta(m: LegMark, tail: int) -> dict[str, Any] | None:

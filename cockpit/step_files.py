@@ -29,6 +29,7 @@ from typing import BinaryIO
 
 from cockpit import fsutil, lazy, logs, plots, safetext
 from cockpit.plots import Series
+from cockpit.vocab import DEFAULT_TAIL
 
 STEP_COLUMNS = (
     "step", "total", "loss", "bal", "lrm", "dt_ms", "tok_per_sec", "mfu", "epoch",
@@ -43,7 +44,7 @@ PARALLEL_MIN_BYTES = 64 << 20  # logs of less, all told, are read in this proces
 PARALLEL_MAX_WORKERS = 8
 
 
-def stream_steps(jobs: list[tuple[str, str]], out: BinaryIO, tail: int = 50,
+def stream_steps(jobs: list[tuple[str, str]], out: BinaryIO, tail: int = DEFAULT_TAIL,
                  baseline: frozenset[str] = frozenset()) -> dict[str, dict[str, Series]]:
     """Write every step line of each (run, log path) of `jobs` to `out` as CSV rows (bytes),
     numbers as the log printed them, `baseline` 1 for the runs named in `baseline`; return each

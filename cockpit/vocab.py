@@ -1,4 +1,5 @@
-"""The cockpit's words, each defined once: leg statuses, resume marks, run statuses, verdicts, metric names.
+"""The cockpit's words, each defined once: leg statuses, resume marks, run statuses, verdicts, metric
+names, the tail window.
 
 Three families of words describe a leg, each from its own source:
 
@@ -93,8 +94,12 @@ class Source(StrEnum):
     RECORDED = "recorded"  # copied into the registry from a run elsewhere
 
 
+# The tail window: the step lines a tail mean is over (the last ones, step 0 left out), when
+# neither the registry's `tail` nor a plan says how many.
+DEFAULT_TAIL = 50
 # The final metrics of a run, in the report's column order: tail means of tok/sec, dt and MFU,
-# then peak memory and total time. The registry's recorded figures use the same names.
+# then peak memory and total time. The registry's recorded figures use the same names, and
+# figures.Figures holds them, then QUALITY's, under these names.
 METRICS = ("tok_per_sec", "dt_ms", "mfu", "peak_mem_mib", "total_time_min")
 # Which way is better, for colouring a delta: more tokens and MFU; less time and memory.
 HIGHER_IS_BETTER = {"tok_per_sec": True, "dt_ms": False, "mfu": True, "peak_mem_mib": False, "total_time_min": False}

@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parents[1]
 # Every module of the cockpit, by layer (see ARCHITECTURE.md). A new module must be placed here.
 LAYERS = {
     0: ["cockpit", "cockpit.fsutil", "cockpit.procs", "cockpit.scheduler", "cockpit.sbatch_opts", "cockpit.safetext", "cockpit.stats",
-        "cockpit.vocab", "cockpit.lazy", "cockpit.numtext", "cockpit.pipes", "cockpit.checkout", "cockpit.flags", "cockpit.registry", "cockpit.toml_lines",
+        "cockpit.vocab", "cockpit.figures", "cockpit.lazy", "cockpit.numtext", "cockpit.pipes", "cockpit.checkout", "cockpit.flags", "cockpit.registry", "cockpit.toml_lines",
         "cockpit.schema", "cockpit.names", "cockpit.grid", "cockpit.slurm_policy",
         "cockpit.logs",
         "cockpit.logs.lines", "cockpit.logs.failure", "cockpit.logs.state", "cockpit.logs.follow",

@@ -63,11 +63,11 @@ def test_bundled_registry_holds_the_seed() -> None:
                 rec = leg.recorded
                 assert rec is not None and rec.source and "seed" in rec.source
                 assert (
-                    rec.tok_per_sec,
-                    rec.dt_ms,
-                    rec.mfu,
-                    rec.peak_mem_mib,
-                    rec.total_time_min,
+                    rec.figures.tok_per_sec,
+                    rec.figures.dt_ms,
+                    rec.figures.mfu,
+                    rec.figures.peak_mem_mib,
+                    rec.figures.total_time_min,
                 ) == SEED_FIGURES[leg.name]
     v2 = r.experiment("moe-fp8-capacity-opt-v2-buffer")
     assert r.find_leg(v2.baseline, v2.id).name == "static_cap1p0"

@@ -510,21 +510,21 @@ def test_repeats_rows_per_repeat_an_aggregate_and_a_verdict_from_their_spread(tm
     rows = report.rows(d, now=NOW)
     assert [r.run for r in rows] == ["dense", "moe.r0", "moe.r1", "moe.r2", "moe"]
     agg = rows[-1]
-    assert agg.is_aggregate and abs(agg.tok_per_sec - sum(r.tok_per_sec for r in rows[1:4]) / 3) < 1e-6
-    sd = stats.across([r.tok_per_sec for r in rows[1:4]]).std
-    assert report.fmt_cell(agg, "tok_per_sec") == f"{agg.tok_per_sec:.2f} ± {sd:.2f}"
+    assert agg.is_aggregate and abs(agg.figures.tok_per_sec - sum(r.figures.tok_per_sec for r in rows[1:4]) / 3) < 1e-6
+    sd = stats.across([r.figures.tok_per_sec for r in rows[1:4]]).std
+    assert report.fmt_cell(agg, "tok_per_sec") == f"{agg.figures.tok_per_sec:.2f} ± {sd:.2f}"
     text = report_md.render_report(d, baseline="dense", now=NOW)
-    assert f"| moe | {agg.tok_per_sec:.2f} ± {sd:.2f} |" in text
+    assert f"| moe | {agg.figures.tok_per_sec:.2f} ± {sd:.2f} |" in text
     assert "### moe (3 repeats: interval from their windows and the spread between them)" in text
     assert "### moe.r0" not in text
     delta = next(x for x in report.delta_rows(rows[0], agg) if x.attr == "tok_per_sec")
     one = next(x for x in report.delta_rows(rows[0], rows[1]) if x.attr == "tok_per_sec")
     assert delta.verdict == "significant" and delta.ci_pct > one.ci_pct  # 3 samples: a wider interval than 50 steps
-    assert f"| tail50 tok/sec | {rows[0].tok_per_sec:.2f} | {agg.tok_per_sec:.2f} | {stats.fmt_pct(delta.delta_pct)} | " \
+    assert f"| tail50 tok/sec | {rows[0].figures.tok_per_sec:.2f} | {agg.figures.tok_per_sec:.2f} | {stats.fmt_pct(delta.delta_pct)} | " \
            f"{stats.fmt_ci(delta.ci_pct)} (n=3 repeats) | significant |" in text
     spread = agg.estimate("tok_per_sec").spread
-    assert (f"`moe`: n=3 repeats; between-repeat sd of tail50 tok/sec {100 * spread.between / agg.tok_per_sec:.2f}% "
-            f"of the mean (95% upper bound {100 * spread.between_hi / agg.tok_per_sec:.2f}%: 3 repeats know it poorly)"
+    assert (f"`moe`: n=3 repeats; between-repeat sd of tail50 tok/sec {100 * spread.between / agg.figures.tok_per_sec:.2f}% "
+            f"of the mean (95% upper bound {100 * spread.between_hi / agg.figures.tok_per_sec:.2f}%: 3 repeats know it poorly)"
             in text)
 
 
@@ -540,12 +540,12 @@ def test_two_repeats_that_agree_give_an_interval_from_their_windows_and_say_how_
     rows = report.rows(d, now=NOW)
     agg = rows[-1]
     tok = next(x for x in report.delta_rows(rows[0], agg) if x.attr == "tok_per_sec")
-    naive = stats.across([r.tok_per_sec for r in rows[1:3]])  # the 2 means alone: t with 1 degree of freedom
+    naive = stats.across([r.figures.tok_per_sec for r in rows[1:3]])  # the 2 means alone: t with 1 degree of freedom
     assert 3 * agg.estimate("tok_per_sec").half_width < naive.half_width
     assert tok.verdict == "within noise" and tok.ci_pct < 2.0
     assert tok.runs == (1, 2) and tok.ci_text == f"{stats.fmt_ci(tok.ci_pct)} (n=2 repeats)"
     text = report_md.render_report(d, baseline="dense", now=NOW)
-    assert f"| tail50 tok/sec | {rows[0].tok_per_sec:.2f} | {agg.tok_per_sec:.2f} | {stats.fmt_pct(tok.delta_pct)} | " \
+    assert f"| tail50 tok/sec | {rows[0].figures.tok_per_sec:.2f} | {agg.figures.tok_per_sec:.2f} | {stats.fmt_pct(tok.delta_pct)} | " \
            f"{tok.ci_text} | within noise |" in text
     r = tok.resolve
     assert r.at_least and r.repeats > 2  # the baseline ran once: its run-to-run spread is not known

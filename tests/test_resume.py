@@ -119,7 +119,7 @@ def test_guide_with_a_finished_cpu_smoke_dir(tmp_path):
     assert smoke.dirs == [str(d)] and all(x.dir == str(d) for x in smoke.legs)
     text = resume_text.render_guide(state)
     dense = smoke.legs[0].row
-    assert f"| dense | {dense.tok_per_sec:.2f} | {dense.dt_ms:.2f} | {dense.mfu:.4f} | {dense.peak_mem_mib:.2f} | " in text
+    assert f"| dense | {dense.figures.tok_per_sec:.2f} | {dense.figures.dt_ms:.2f} | {dense.figures.mfu:.4f} | {dense.figures.peak_mem_mib:.2f} | " in text
     assert "Result of `moe_cap1p0` vs baseline `dense`:" in text
     assert f"- `{d}` (run here)" in text
     check_golden("resume-cpu-smoke.md", normalized(text, tmp_path))

@@ -40,6 +40,7 @@ from cockpit import (
 )
 from cockpit import registry as reg
 from cockpit.executors import local
+from cockpit.figures import Figures
 from cockpit.logs import summary
 
 STEP = "step {i:05d}/00010 ({p:.2f}%) | loss: {loss:.6f} | dt: 10.00ms | tok/sec: 1,000 | bf16_mfu: 1.00"
@@ -757,8 +758,8 @@ def test_a_registry_with_a_byte_order_mark_loads(tmp_path, capsys):
     (1e-320, 1e300, "the change overflows"),
 ])
 def test_deltas_are_never_nan_or_inf_and_say_why(base, run_, why):
-    b = report.ReportRow("b", tok_per_sec=base, dt_ms=1.0)
-    r = report.ReportRow("r", tok_per_sec=run_, dt_ms=2.0)
+    b = report.ReportRow("b", Figures(tok_per_sec=base, dt_ms=1.0))
+    r = report.ReportRow("r", Figures(tok_per_sec=run_, dt_ms=2.0))
     text = report_md.render_delta(b, r)
     assert "nan%" not in text and "inf%" not in text
     assert "| tail50 tok/sec |" in text and text.split("| tail50 tok/sec |")[1].split("\n")[0].endswith("| - |")

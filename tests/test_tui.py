@@ -747,7 +747,7 @@ async def test_final_table_is_the_report(tmp_path):
         assert list(rows) == ["dense [baseline]", "dense", "moe_dropless", "moe_cap1p0.r0", "moe_cap1p0.r1", "moe_cap1p0"]
         assert rows["dense [baseline]"].sub == "from 16:00:00 (other dir)" and rows["moe_cap1p0"].sub == "mean of 2 repeats"
         assert not rows["moe_cap1p0.r0"].deltas  # a repeat's delta is its leg's, on the mean's row
-        assert rows["moe_cap1p0"].figures["drop_pct"] is not None and rows["moe_dropless"].figures["min_val_bpb"] == 1.71
+        assert rows["moe_cap1p0"].figures.drop_pct is not None and rows["moe_dropless"].figures.min_val_bpb == 1.71
 
         table = app.query_one(FinalTable)
         await until(pilot, lambda: table.row_count == 6, what="six rows")
@@ -1021,7 +1021,7 @@ def test_live_row_routing_and_a_verdict_once_the_tail_window_is_full(tmp_path):
     filling = row_of(12, 1300.0, "20260224_175412_fake")  # steps 0-11: step 0 is never in the tail
     assert filling.verdict == "11/50 steps" and filling.delta_ci_pct is None
     assert filling.delta_tok_pct is not None and filling.delta_tok_pct > 25
-    assert (filling.drop_pct, filling.bal) == (1.11, 1.011)  # the last step's
+    assert (filling.figures.drop_pct, filling.figures.bal) == (1.11, 1.011)  # the last step's
     assert filling.baseline_label == "base"  # the dir's own baseline: no source named
     row = cells(filling)  # no verdict yet: +30% is not coloured; progress as the log's own line
     assert row["Δ base"].style == "" and row["verdict"].plain == "11/50 steps"

@@ -27,11 +27,12 @@ from cockpit import fsutil
 from cockpit.logs.follow import LineSplitter, chunks
 from cockpit.logs.lines import parse_step
 from cockpit.logs.state import LogState, StepTable
+from cockpit.vocab import DEFAULT_TAIL
 
 
 def parse_file(
     path: str | os.PathLike[str],
-    tail: int = 50,
+    tail: int = DEFAULT_TAIL,
     keep_steps: int | None = None,
     on_steps: Callable[[StepTable], object] | None = None,
     chunk: int | None = None,

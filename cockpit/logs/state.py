@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 from cockpit import lazy, safetext
 from cockpit.logs.failure import FailureTracker
 from cockpit.logs.lines import FinalLine, MoeLine, SetupLine, StepLine, ValLine, parse_line, parse_step
+from cockpit.vocab import DEFAULT_TAIL
 
 STEP_FIELDS = (
     "step", "total", "pct", "loss", "bal", "lrm", "dt_ms", "tok_per_sec", "mfu", "epoch",
@@ -85,7 +86,7 @@ class LogState:
     full parse); the tail window for means is always the last `tail` step lines.
     """
 
-    def __init__(self, tail: int = 50, keep_steps: int | None = 0):
+    def __init__(self, tail: int = DEFAULT_TAIL, keep_steps: int | None = 0):
         self.tail = tail
         # the last `tail` step lines but step 0: a run shorter than the window has them all but that one
         self.window: deque[StepLine] = deque(maxlen=tail)

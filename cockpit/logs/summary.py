@@ -6,7 +6,7 @@ step, quality and routing (validation bpb, loss, drop %, balance), the final lin
 evidence, and a status from the log alone. `last_lines(path, n)` gives a log's last lines. It reads a big log backwards in chunks and keeps at most the tail
 window's step lines and TAIL_TEXT_BYTES of text, whatever the file holds.
 
-Layer 0: imports nothing from the cockpit but fsutil, safetext, vocab and the log modules.
+Layer 0: imports nothing from the cockpit but fsutil, safetext, vocab, figures and the log modules.
 """
 
 from __future__ import annotations
@@ -18,10 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cockpit import fsutil, safetext
+from cockpit.figures import Figures
 from cockpit.logs.follow import MAX_LINE_BYTES, READ_CHUNK, LineSplitter
 from cockpit.logs.lines import StepLine, parse_step
 from cockpit.logs.state import LogState
-from cockpit.vocab import STEP_METRICS, RunStatus
+from cockpit.vocab import DEFAULT_TAIL, STEP_METRICS, RunStatus
 
 SMALL_LOG_BYTES = 256 << 10  # a log up to this size is parsed whole (exact step count; 280 steps are ~60 KB)
 HEAD_SCAN_BYTES = 4 << 20  # how far into a big log its first step line is looked for
@@ -70,8 +71,16 @@ class LegSummary:
     def has_metrics(self) -> bool:
         return self.tok_per_sec is not None or self.peak_mem_mib is not None
 
+    @property
+    def figures(self) -> Figures:
+        """Its figures as a report has them: speed and routing as tail means, the last loss."""
+        return Figures(tok_per_sec=self.tok_per_sec, dt_ms=self.dt_ms, mfu=self.mfu, peak_mem_mib=self.peak_mem_mib,
+                       total_time_min=self.total_time_min, min_val_bpb=self.min_val_bpb,
+                       last_val_bpb=self.last_val_bpb, final_loss=self.last_loss, drop_pct=self.tail_drop_pct,
+                       bal=self.tail_bal)
 
-def summarize(path: str | os.PathLike[str], tail: int = 50, now: float | None = None) -> LegSummary:
+
+def summarize(path: str | os.PathLike[str], tail: int = DEFAULT_TAIL, now: float | None = None) -> LegSummary:
     """A leg's summary: reads a small log whole, a large one backwards from its end.
 
     Never raises: an unreadable file gives a summary with `error` set and status "unknown".

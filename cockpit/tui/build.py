@@ -16,6 +16,7 @@ from typing import Protocol
 
 from cockpit import baseline, expdir, gpus, logs, report, report_md, resume, safetext, stats
 from cockpit import registry as reg
+from cockpit.figures import Figures
 from cockpit.logs import progress
 from cockpit.tui import fmt
 from cockpit.tui import state as vm
@@ -101,7 +102,7 @@ def owners(snapshot: gpus.Snapshot, running: list[RunningLeg]) -> dict[int, str]
 
 
 def _leg_view(e: resume.ExperimentState, m: resume.LegMark) -> vm.LegView:
-    figures = {k: m.row.value(k) for k in METRICS} if m.row is not None else {}
+    figures = m.row.figures if m.row is not None else Figures()
     log = str(Path(m.dir) / f"{m.log_name}.log") if m.dir and m.mark != Mark.RECORDED else None
     return vm.LegView(
         exp_id=e.id, name=m.leg, mark=m.mark, description=m.description, baseline=m.is_baseline,
@@ -166,6 +167,9 @@ def live_view(state: resume.ResumeState, m: resume.LegMark, followed: logs.LogSt
         loss_hist = tuple(r.loss for r in followed.steps if r.loss is not None)
     else:
         summary, last, tok_hist, loss_hist = m.summary or logs.summarize(log, tail=state.tail), None, (), ()
+    shown = last if last else summary  # the last step line followed, else the summary's figures
+    figures = Figures(dt_ms=shown.dt_ms, tok_per_sec=shown.tok_per_sec, mfu=shown.mfu, final_loss=summary.last_loss,
+                      drop_pct=shown.drop_pct, bal=shown.bal)
     exp = next(e for e in state.experiments if e.id == m.experiment)
     pct = ci = problem = None
     verdict, label, basis, resolve = "", None, "", ""
@@ -173,7 +177,7 @@ def live_view(state: resume.ResumeState, m: resume.LegMark, followed: logs.LogSt
         problem = f"{m.baseline.leg}: {m.baseline.problem}"  # as `cockpit status` says it
     elif m.compared and m.baseline is not None and m.baseline_row is not None:
         label = m.baseline.leg + (f" ({m.baseline.source})" if m.baseline.source else "")
-        pct = stats.pct_change(m.baseline_row.tok_per_sec, summary.tok_per_sec)[0]
+        pct = stats.pct_change(m.baseline_row.figures.tok_per_sec, summary.tok_per_sec)[0]
         # the window is full, or holds every step the run will have (a run shorter than the window,
         # at its last step): a verdict on as many steps as the final table's
         if summary.tail_n >= state.tail or (summary.total_steps and summary.tail_n >= summary.total_steps - 1):
@@ -185,12 +189,10 @@ def live_view(state: resume.ResumeState, m: resume.LegMark, followed: logs.LogSt
             verdict = f"{summary.tail_n}/{state.tail} steps"
     return vm.LiveView(
         key=f"{m.dir}/{m.log_name}", exp_id=m.experiment, leg=m.log_name, exp_dir=str(m.dir), log=log,
-        step=summary.last_step, total=summary.total_steps, pct=summary.pct, loss=summary.last_loss,
-        dt_ms=last.dt_ms if last else summary.dt_ms, tok_per_sec=last.tok_per_sec if last else summary.tok_per_sec,
-        mfu=last.mfu if last else summary.mfu, tail_tok_per_sec=summary.tok_per_sec, tail_n=summary.tail_n,
+        step=summary.last_step, total=summary.total_steps, pct=summary.pct, figures=figures,
+        tail_tok_per_sec=summary.tok_per_sec, tail_n=summary.tail_n,
         eta_min=summary.eta_min, delta_tok_pct=pct, delta_ci_pct=ci, delta_basis=basis, verdict=verdict,
         resolve=resolve, baseline=exp.baseline, baseline_label=label, baseline_problem=problem,
-        drop_pct=last.drop_pct if last else summary.drop_pct, bal=last.bal if last else summary.bal,
         tok_hist=tok_hist, loss_hist=loss_hist,
     )
 
@@ -304,7 +306,7 @@ def _plain(line: str) -> str:
 def _row_view(r: report.ReportRow, base: report.ReportRow | None, tail: int, itself: bool = False,
               label: str = "", sub: str | None = None) -> vm.RowView:
     """A row of the final table; with a baseline, each figure's delta, interval and verdict."""
-    figures = {m: r.value(m) for m in (*METRICS, *QUALITY)}
+    figures = r.figures
     spread = {m: sd for m in (*METRICS, *QUALITY) if r.value(m) is not None and (sd := r.spread(m)) is not None}
     if base is None or not r.has_figures:
         return vm.RowView(r.run, r.status, figures, spread=spread, baseline=itself, label=label, sub=sub)

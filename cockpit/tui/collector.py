@@ -29,7 +29,7 @@ from cockpit.executors import slurm_record
 from cockpit.tui import build
 from cockpit.tui import state as vm
 from cockpit.tui.messages import LogLines, ViewPublished
-from cockpit.vocab import ACTIVE_STATUSES
+from cockpit.vocab import ACTIVE_STATUSES, DEFAULT_TAIL
 
 FOLLOW_TAIL_BYTES = 2 << 20  # a log opened mid-way is read from this far before its end
 HIST = 120  # steps kept per leg for the sparklines
@@ -294,7 +294,7 @@ class Collector:
         return got
 
     def _open(self, key: str, path: Path) -> Followed:
-        tail = self.registry.settings.tail if self.registry else 50
+        tail = self.registry.settings.tail if self.registry else DEFAULT_TAIL
         try:
             size = path.stat().st_size
         except OSError:

@@ -54,8 +54,8 @@ def leg_label(leg: LegView) -> Text:
         text.append(f"  [{leg.gpus}]", style="cyan")
     if leg.note:
         text.append(f"  {leg.note}", style="red" if leg.mark == Mark.FAILED else "yellow")
-    elif leg.figures.get("tok_per_sec") is not None:
-        text.append(f"  {fmt.num(leg.figures['tok_per_sec'], 0, comma=True)} tok/s", style="dim")
+    elif leg.figures.tok_per_sec is not None:
+        text.append(f"  {fmt.num(leg.figures.tok_per_sec, 0, comma=True)} tok/s", style="dim")
     return text
 
 

@@ -22,7 +22,7 @@ from textual.widgets import DataTable, Static
 from cockpit.report import fmt_value, headers, quality_headers
 from cockpit.stats import fmt_ci, fmt_pct
 from cockpit.tui.state import ReportView, RowView
-from cockpit.vocab import HIGHER_IS_BETTER, METRICS, QUALITY, Mark, RunStatus, Verdict
+from cockpit.vocab import DEFAULT_TAIL, HIGHER_IS_BETTER, METRICS, QUALITY, Mark, RunStatus, Verdict
 
 FIGURES = (*METRICS, *QUALITY)  # the report's two tables, side by side
 # Which way is better for the quality figures that have a delta: less bpb, loss and dropping.
@@ -54,7 +54,7 @@ def verdict_text(metric: str, d: float | None, verdict: str | None) -> Text:
 
 def figure_text(r: RowView, metric: str) -> str:
     """A figure, `mean ± std` for a leg's aggregate over its repeats."""
-    text = fmt_value(metric, r.figures.get(metric))
+    text = fmt_value(metric, r.figures.value(metric))
     return text + (f" ± {fmt_value(metric, r.spread[metric])}" if metric in r.spread else "")
 
 
@@ -66,7 +66,7 @@ class FinalTable(DataTable):
         super().__init__(cursor_type="row", zebra_stripes=True, **kwargs)
 
     def show(self, report: ReportView | None) -> None:
-        heads = columns(report.tail if report else 50)
+        heads = columns(report.tail if report else DEFAULT_TAIL)
         blank = [Text("") for _ in heads[1:]]
         rows: list[list[Text]] = []
         if report is None:

@@ -18,7 +18,7 @@ from cockpit.logs import progress
 from cockpit.stats import fmt_ci, fmt_pct
 from cockpit.tui import fmt
 from cockpit.tui.state import LiveView
-from cockpit.vocab import Verdict
+from cockpit.vocab import DEFAULT_TAIL, Verdict
 
 SPARK_WIDTH = 16
 # the delta and its verdict right after the tail mean they judge; routing (MoE legs) after them
@@ -30,7 +30,7 @@ class LiveTable(DataTable):
     """A row per running leg, keyed by `exp_dir/leg`; only the cells that changed are rewritten."""
 
     live: var[tuple[LiveView, ...]] = var(())
-    tail: var[int] = var(50)  # the tail window the means are over (the subtitle says it)
+    tail: var[int] = var(DEFAULT_TAIL)  # the tail window the means are over (the subtitle says it)
 
     def __init__(self, **kwargs) -> None:
         super().__init__(cursor_type="row", zebra_stripes=True, **kwargs)
@@ -61,7 +61,7 @@ class LiveTable(DataTable):
             self.add_row(*self.row(v, self.tail), key=v.key)
 
     @staticmethod
-    def row(v: LiveView, tail: int = 50) -> tuple:
+    def row(v: LiveView, tail: int = DEFAULT_TAIL) -> tuple:
         d = v.delta_tok_pct
         # only a significant delta is coloured (green faster, red slower); within noise dim; a delta
         # without its verdict yet (the tail window filling) has no colour
@@ -75,17 +75,17 @@ class LiveTable(DataTable):
             Text(v.leg, style="bold cyan"),
             progress.step_text(v.step, v.total),
             progress.pct_text(v.pct),
-            fmt.num(v.loss, 4),
-            fmt.num(v.dt_ms, 1),
-            fmt.num(v.tok_per_sec, 0, comma=True),
-            fmt.num(v.mfu, 2),
+            fmt.num(v.figures.final_loss, 4),
+            fmt.num(v.figures.dt_ms, 1),
+            fmt.num(v.figures.tok_per_sec, 0, comma=True),
+            fmt.num(v.figures.mfu, 2),
             fmt.num(v.tail_tok_per_sec, 0, comma=True) + (f" ({v.tail_n} of {tail})" if progress.short_tail(v.tail_n, tail)
                                                            else ""),
             progress.eta_text(v.eta_min),
             Text(delta, style=dstyle),
             Text(verdict, style=f"bold {dstyle}" if v.verdict == Verdict.SIGNIFICANT else "dim"),
-            fmt.num(v.drop_pct, 2),
-            fmt.num(v.bal, 4),
+            fmt.num(v.figures.drop_pct, 2),
+            fmt.num(v.figures.bal, 4),
             Text(v.baseline_problem, style="yellow") if v.baseline_problem else Text(v.baseline_label or "-", style="italic"),
             Text(fmt.spark(v.tok_hist, SPARK_WIDTH), style="green"),
             Text(fmt.spark(v.loss_hist, SPARK_WIDTH), style="yellow"),

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from cockpit.vocab import ACTIVE_STATUSES, Mark, Status
+from cockpit.figures import Figures
+from cockpit.vocab import ACTIVE_STATUSES, DEFAULT_TAIL, Mark, Status
 
 
 @dataclass(frozen=True)
@@ -23,7 +24,7 @@ class LegView:
     baseline: bool = False
     exp_dir: str | None = None  # the dir of its latest run here, if any
     log: str | None = None
-    figures: dict[str, float | None] = field(default_factory=dict)  # recorded or measured
+    figures: Figures = Figures()  # recorded or measured (none: no run with figures)
     source: str = ""  # a vocab.Source (recorded: ran elsewhere; log: measured here), "" without figures
     note: str | None = None  # why failed, stopped or waiting (the core's words)
     job: str | None = None  # a Slurm leg's batch job: "job 123 on n[1-2], 0:42"
@@ -100,10 +101,9 @@ class LiveView:
     step: int | None = None
     total: int | None = None
     pct: float | None = None
-    loss: float | None = None
-    dt_ms: float | None = None
-    tok_per_sec: float | None = None
-    mfu: float | None = None
+    # the last step line's loss, dt, tok/sec, MFU, drop % and balance (the log's summary until a
+    # step line is followed: its tail means of dt, tok/sec and MFU)
+    figures: Figures = Figures()
     tail_tok_per_sec: float | None = None
     tail_n: int = 0
     eta_min: float | None = None
@@ -115,8 +115,6 @@ class LiveView:
     baseline: str | None = None
     baseline_label: str | None = None  # `dense`, or `dense (baseline from <dir>)`
     baseline_problem: str | None = None  # why the baseline has no figures: `dense: <why>` (then no delta)
-    drop_pct: float | None = None  # the last step's routing figures (MoE legs)
-    bal: float | None = None
     tok_hist: tuple[float, ...] = ()
     loss_hist: tuple[float, ...] = ()
 
@@ -128,7 +126,7 @@ class RowView:
 
     run: str  # the report's run name (the log's stem; the leg for an aggregate)
     status: str
-    figures: dict[str, float | None]  # the metrics, then quality and routing (vocab METRICS, QUALITY)
+    figures: Figures  # the report row's
     deltas: dict[str, float | None] = field(default_factory=dict)
     cis: dict[str, float] = field(default_factory=dict)  # each delta's 95% interval, where there is one
     verdicts: dict[str, str] = field(default_factory=dict)  # each delta's vocab.Verdict, where there is one
@@ -253,7 +251,7 @@ class CockpitView:
     live: tuple[LiveView, ...] = ()
     resume: ResumeView = ResumeView()
     errors: tuple[str, ...] = ()  # problems found while computing (shown, never raised)
-    tail: int = 50  # the registry's tail window: live and final tables average the last `tail` steps
+    tail: int = DEFAULT_TAIL  # the registry's tail window: live and final tables average the last `tail` steps
     running: int = 0  # legs running (resume.ResumeState.running), counted beside the words in `training`
 
     def experiment(self, exp_id: str) -> ExperimentView | None:
