@@ -117,7 +117,18 @@ def test_wandb_init_failure_is_one_line_and_training_goes_on(fake_wandb, capsys,
     out = train([*TINY, "--num-iterations", "2", "--run", "named"], capsys)
     lines = out.err.strip().splitlines()
     assert len(lines) == 1, lines
-    assert lines[0].startswith("wandb.init failed: api_key not configured (no-tty)") and "not tracked" in lines[0]
+    assert lines[0].startswith("wandb.init failed: api_key not configured (no-tty). call wandb.login(key=...); more: ")
+    assert "--run named is not tracked" in lines[0]
     assert "WANDB_MODE=offline" in lines[0]
     assert [c["call"] for c in fake_wandb()] == ["import", "init"]  # nothing logged to a run that never began
     assert [s.step for s in map(parse_step, out.out.splitlines()) if s] == [0, 1]
+
+
+def test_wandb_project_from_the_environment(fake_wandb, monkeypatch):
+    monkeypatch.setenv("WANDB_PROJECT", "moe-ablations")
+    tracker = tr.open_tracker("named", {"depth": 2}, master=True)
+    tracker.log({tr.LOSS: 1.5}, 3)
+    tracker.finish()
+    init, log, finish = fake_wandb()[1:]
+    assert (init["project"], init["name"], init["config"]) == ("moe-ablations", "named", {"depth": 2})
+    assert (log["data"], log["step"]) == ({"step": 3, tr.LOSS: 1.5}, 3) and finish["call"] == "finish"
