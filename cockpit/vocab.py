@@ -109,7 +109,8 @@ STEP_METRICS = ("tok_per_sec", "dt_ms", "mfu")
 # and the tail means of the fraction of routed tokens dropped (fixed capacity) and the balance loss.
 QUALITY = ("min_val_bpb", "last_val_bpb", "final_loss", "drop_pct", "bal")
 # A run's series as a tracker names them (`cockpit export --tensorboard`'s tags): upstream nanochat's
-# wandb keys and units where it logs the figure, the same style for the rest.
+# wandb keys and units where it logs the figure, the same style for the rest. The trainer logs the
+# same keys to wandb (nanochat/tracker.py, which cannot import them from here).
 # step line field -> (tag, factor from the log's unit to the tag's).
 TRACKER_SERIES = {
     "loss": ("train/loss", 1.0),

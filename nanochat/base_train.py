@@ -34,6 +34,7 @@ import torch.distributed as dist
 from nanochat import fp8 as fp8_lib
 from nanochat import moe as moe_lib
 from nanochat import recipe
+from nanochat import tracker as tr
 from nanochat.checkpoint import (
     CheckpointError,
     checkpoint_dir,
@@ -75,7 +76,8 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog=PROG, description="Pretrain a nanochat GPT (dense or MoE).")
     # logging / runtime
-    p.add_argument("--run", type=str, default="dummy", help="run name ('dummy': no experiment tracker)")
+    p.add_argument("--run", type=str, default="dummy", help="wandb run name ('dummy': no experiment tracker)")
+    p.add_argument("--wandb-log-every", type=int, default=100, help="log the step series to wandb every N steps (and the last)")
     p.add_argument("--device-type", type=str, default="", help="cuda|cpu|mps; empty = autodetect")
     p.add_argument("--seed", type=int, default=42)
     # model
@@ -172,6 +174,7 @@ def validate(args: argparse.Namespace, world_size: int) -> None:
         f"--moe-capacity-factor must be >= 0 (0 = dropless) (got {args.moe_capacity_factor})",
     )
     need(args.moe_log_every == -1 or args.moe_log_every >= 1, "--moe-log-every must be >= 1 or -1")
+    need(args.wandb_log_every >= 1, f"--wandb-log-every must be >= 1 (got {args.wandb_log_every})")
     need(args.num_iterations == -1 or args.num_iterations >= 1, "--num-iterations must be >= 1 or -1")
     need(args.target_param_data_ratio > 0, "--target-param-data-ratio must be > 0")
     need(args.target_flops == -1 or args.target_flops > 0, "--target-flops must be > 0 or -1")
@@ -435,8 +438,6 @@ def train(args: argparse.Namespace, tokenizer: Tokenizer | None) -> int:
     ]
     if not_done:
         print0(f"Not implemented in this trainer, skipped: {', '.join(not_done)} (CORE metric, sampling)")
-    if args.run != "dummy":
-        print0(f"No experiment tracker in this trainer: --run {args.run} is recorded in checkpoint meta only")
 
     peak_name, peak_flops = device_peak_flops(device)
     if args.peak_flops > 0:
@@ -513,6 +514,9 @@ def train(args: argparse.Namespace, tokenizer: Tokenizer | None) -> int:
         if start_step >= num_iterations:
             print0(f"Checkpoint step {start_step} >= --num-iterations {num_iterations}: nothing to train")
 
+    # the tracker starts once nothing above can refuse the run (rank 0, a named run; else it does nothing)
+    tracker = tr.open_tracker(args.run, vars(args).copy(), is_master)
+
     n_experts = args.n_experts if args.use_moe else 0
     # per-step statistics, accumulated on the device and synced once per step:
     # [ce, bal, dropped, assigned, load_0..load_{E-1}]
@@ -568,6 +572,7 @@ def train(args: argparse.Namespace, tokenizer: Tokenizer | None) -> int:
             val_bpb = validation_bpb()
             min_val_bpb = min(min_val_bpb, val_bpb)
             print0(f"Step {step:05d} | Validation bpb: {val_bpb:.6f}")
+            tracker.log({tr.TOTAL_TIME: total_training_time, tr.VAL_BPB: val_bpb}, step)
         if step > start_step and args.save_every != 0 and (last_step or (args.save_every > 0 and step % args.save_every == 0)):
             gc.collect()  # the collector is off during training (below): collect at checkpoints
             save(step, train_loss, loader_state)
@@ -623,6 +628,15 @@ def train(args: argparse.Namespace, tokenizer: Tokenizer | None) -> int:
             f"dt: {dt * 1000:.2f}ms | tok/sec: {tok_per_sec:,} | bf16_mfu: {mfu:.2f} | epoch: {loader.epoch} | "
             f"total time: {total_training_time / 60:.2f}m{eta_str}{drop_str}"
         )
+        if step % args.wandb_log_every == 0 or step == num_iterations - 1:
+            # the step line's figures, in upstream's keys and units (tracker.py)
+            series = {tr.LOSS: debiased, tr.LRM: lrm, tr.DT: dt, tr.TOK_PER_SEC: tok_per_sec, tr.MFU: mfu,
+                      tr.TOTAL_TIME: total_training_time}  # fmt: skip
+            if args.use_moe:
+                series[tr.BAL] = vals[1] / n_micro
+            if fixed_capacity:
+                series[tr.DROP_PCT] = 100 * drop_frac
+            tracker.log(series, step)
         if args.use_moe and args.moe_log_every > 0 and step % args.moe_log_every == 0:
             load = vals[4:]
             total = sum(load) or 1.0
@@ -650,6 +664,7 @@ def train(args: argparse.Namespace, tokenizer: Tokenizer | None) -> int:
     print0(f"Total training time: {total_training_time / 60:.2f}m")
     if val_bpb is not None:
         print0(f"Minimum validation bpb: {min_val_bpb:.6f}")
+    tracker.finish()
     return 0
 
 

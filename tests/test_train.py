@@ -136,22 +136,30 @@ SMOKE = [
 ]  # fmt: skip
 
 
-def torchrun(args, timeout=180):
+def torchrun(args, timeout=180, extra_env=None):
     cmd = [str(VENV_BIN / "torchrun"), "--standalone", "--nproc_per_node=2", "-m", "nanochat.base_train", "--", *args]
-    return subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(cmd, cwd=ROOT, env={**env(), **(extra_env or {})}, capture_output=True, text=True,
+                          timeout=timeout)  # fmt: skip
 
 
 @pytest.mark.slow
 def test_real_recipe_on_the_smoke_corpus_two_ranks_bpb_falls_and_resume_is_exact(smoke_corpus, tmp_path):
     """MoE on real text (BPE tokens, best-fit rows, Muon) under 2-process torchrun: validation bpb
     falls from eval to eval; a run resumed from its step-20 checkpoint (both ranks' Muon shares and
-    data positions) prints exactly the uninterrupted run's lines from there on."""
+    data positions) prints exactly the uninterrupted run's lines from there on. The first run is
+    tracked (a stand-in wandb, tests/fake_wandb): rank 0 alone imports it and logs."""
     data = ["--data-dir", str(smoke_corpus / "base_data"), "--tokenizer-dir", str(smoke_corpus / "tokenizer"),
             "--checkpoint-root", str(tmp_path), "--model-tag", "smoke"]  # fmt: skip
+    calls = tmp_path / "wandb_calls.jsonl"
+    tracked = {"PYTHONPATH": f"{ROOT / 'tests' / 'fake_wandb'}{os.pathsep}{ROOT}", "FAKE_WANDB_CALLS": str(calls)}
     t0 = time.time()
-    full = torchrun([*SMOKE, *data, "--save-every", "20"])
+    full = torchrun([*SMOKE, *data, "--save-every", "20", "--run", "smoke"], extra_env=tracked)
     assert full.returncode == 0, (full.stdout + full.stderr)[-3000:]
     assert time.time() - t0 < 60
+    wandb_calls = [json.loads(line) for line in calls.read_text().splitlines()]
+    assert {c["rank"] for c in wandb_calls} == {"0"}
+    assert [c["call"] for c in wandb_calls if c["call"] != "log"] == ["import", "init", "finish"]
+    assert {c["step"] for c in wandb_calls if c["call"] == "log"} == {0, 10, 20, 30, 39, 40}  # every 100, evals, last
     out = full.stdout
     assert "Vocab size: 1,024" in out and "vocab 1024" in out
     # AdamW: lm_head, token embedding, layer 1's value embedding, resid_lambdas, x0_lambdas
@@ -208,6 +216,7 @@ def test_real_recipe_on_the_smoke_corpus_two_ranks_bpb_falls_and_resume_is_exact
           "--vocab-size", "64", "--target-param-data-ratio", "0.0001"],
          "--total-batch-size -1: the derived batch"),
         (["--no-such-flag"], "--no-such-flag"),
+        (["--wandb-log-every", "0"], "--wandb-log-every must be >= 1 (got 0)"),
         (["--resume-from-step", "5", "--checkpoint-root", "/nonexistent/ck"], "no checkpoint file"),
     ],
 )
