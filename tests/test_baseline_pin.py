@@ -7,7 +7,7 @@ import os
 import shutil
 from pathlib import Path
 
-from conftest import FIXTURES, NOW, bundled_registry, make_dir, write_registry
+from helpers import FIXTURES, NOW, bundled_registry, make_dir, write_registry
 
 from cockpit import baseline, expdir, launch, report, report_md, resume, resume_text
 from cockpit import registry as reg

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import child_env, cockpit, make_dir, registry_file
+from helpers import child_env, cockpit, make_dir, registry_file
 
 from cockpit import cli
 from cockpit import registry as reg

@@ -11,7 +11,7 @@ import signal
 from pathlib import Path
 
 import pytest
-from conftest import (
+from helpers import (
     REPO,
     cockpit,
     hold_supervisor_lock,

@@ -8,7 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import FIXTURES, NOW, bundled_registry, make_dir
+from helpers import FIXTURES, NOW, bundled_registry, make_dir
 
 from cockpit import cli, launch, plots, report, report_files
 

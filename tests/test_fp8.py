@@ -362,7 +362,7 @@ STEP_RE = re.compile(r"^step (\d+)/(\d+) .*\| loss: ([0-9.]+)")
 def test_cpu_smoke_moe_leg_trains_with_fp8_under_torchrun(tmp_path, smoke_corpus):
     # the registry's cpu-smoke fixed-capacity MoE leg, exactly as the cockpit would launch it
     # (its corpus where the prepare step would make it), plus the seed's FP8 flags and 20 steps
-    from conftest import registry_file
+    from helpers import registry_file
 
     from cockpit import registry
 

@@ -8,8 +8,8 @@ import time
 
 import psutil
 import pynvml
-from conftest import cockpit, wait_for
 from fake_nvml import FakeNVML
+from helpers import cockpit, wait_for
 
 from cockpit import cli, gpus, resume
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import cockpit
+from helpers import cockpit
 
 from cockpit import grid as sweeps
 from cockpit import registry as reg

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURES, GOLDEN
+from helpers import FIXTURES, GOLDEN
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

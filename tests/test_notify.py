@@ -12,7 +12,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import REPO, cockpit, wait_for, write_registry
+from helpers import REPO, cockpit, wait_for, write_registry
 
 from cockpit import expdir, resume, resume_text, supervisor
 from cockpit import registry as reg

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import REPO, bundled_registry, child_env, cockpit, wait_for, write_registry
+from helpers import REPO, bundled_registry, child_env, cockpit, wait_for, write_registry
 
 from cockpit import expdir, launch, report, resume, resume_text
 from cockpit import registry as reg

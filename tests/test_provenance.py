@@ -12,8 +12,8 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import write_registry
 from fake_nvml import FakeNVML
+from helpers import write_registry
 
 from cockpit import checkout, gpus, launch, provenance
 from cockpit import registry as reg

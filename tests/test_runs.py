@@ -12,7 +12,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import REPO, cockpit, fake_torchrun, make_dir, write_registry
+from helpers import REPO, cockpit, fake_torchrun, make_dir, write_registry
 
 from cockpit import expdir, gpus, launch, procs
 from cockpit import registry as reg

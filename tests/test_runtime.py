@@ -14,7 +14,7 @@ import sysconfig
 from pathlib import Path
 
 import pytest
-from conftest import cockpit
+from helpers import cockpit
 
 from cockpit import expdir, logs
 from cockpit import registry as reg

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import REPO, child_env, fake_torchrun, write_registry
+from helpers import REPO, child_env, fake_torchrun, write_registry
 
 from cockpit import (
     cli,

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import psutil
 import pytest
-from conftest import wait_for, write_registry
+from helpers import wait_for, write_registry
 
 from cockpit import cli, launch, provenance, trainer_flags
 from cockpit import registry as reg

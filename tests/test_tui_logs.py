@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 
-from conftest import (
+from helpers import (
     log_lines,
     make_app,
     notes,

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import SNAP_ROOT, FakeSampler, case_dir, fixed_clock, log_lines, registry_file, write_dir
+from helpers import SNAP_ROOT, FakeSampler, case_dir, fixed_clock, log_lines, registry_file, write_dir
 
 from cockpit.tui.app import CockpitApp
 from cockpit.tui.confirm import ConfirmScreen

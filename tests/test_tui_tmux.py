@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import log_lines, registry_file, write_dir
+from helpers import log_lines, registry_file, write_dir
 
 COCKPIT = Path(sys.executable).parent / "cockpit"
 
