@@ -7,7 +7,8 @@ import os
 import shutil
 from pathlib import Path
 
-from conftest import FIXTURES, NOW, bundled_registry, make_dir, write_registry
+import pytest
+from helpers import FIXTURES, NOW, bundled_registry, make_dir, write_registry
 
 from cockpit import baseline, expdir, launch, report, report_md, resume, resume_text
 from cockpit import registry as reg
@@ -127,6 +128,7 @@ def test_a_failed_own_baseline_gives_no_deltas_never_another_dirs(tmp_path):
     assert b.problem == "this dir's own run of dense (the launch ran it) has not finished yet: the deltas come when it does"
 
 
+@pytest.mark.slow
 def test_nothing_to_pin_stays_nothing_and_recorded_figures_are_copied(tmp_path):
     """A launch with no finished baseline anywhere and none recorded pins `none`: a baseline that
     finishes later does not become its. A recorded baseline's figures are copied into the pin: a

@@ -19,6 +19,7 @@ def run(args, timeout=240):
                           timeout=timeout)  # fmt: skip
 
 
+@pytest.mark.slow
 def test_bench_moe_prints_median_and_best_ratios():
     p = run(["bench.moe", "--tokens", "256", "--dim", "64", "--rounds", "3", "--warmup", "1", "--no-compile"])
     assert p.returncode in (0, 1), p.stderr[-2000:]  # 1: the guard broken (a tiny block on a busy CPU may)
@@ -43,6 +44,7 @@ def test_bench_gpu_cpu_check_runs_the_trainer_legs():
     assert out.strip().splitlines()[-1].startswith("RESULT: ours/fork tok/sec per GPU: fp8_cap1p0_static ")
 
 
+@pytest.mark.slow
 def test_bench_moe_kinds_and_profile():
     p = run(["bench.moe", "--tokens", "256", "--dim", "64", "--rounds", "2", "--warmup", "1", "--no-compile",
              "--kinds", "dense,cap1.0", "--profile", "--guard", "100"])  # fmt: skip

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import child_env, cockpit, make_dir, registry_file
+from helpers import child_env, cockpit, make_dir, registry_file
 
 from cockpit import cli
 from cockpit import registry as reg
@@ -53,6 +53,7 @@ def test_registry_found_upward_from_any_subdirectory(tmp_path, monkeypatch):
     assert "--registry" not in nxt
 
 
+@pytest.mark.slow
 def test_registry_from_the_environment(tmp_path, monkeypatch):
     path = registry_file(tmp_path)
     elsewhere = tmp_path / "elsewhere"
@@ -77,6 +78,7 @@ def test_registry_from_the_environment(tmp_path, monkeypatch):
     assert r.stderr == f"cockpit: {tmp_path}/nope.toml: $COCKPIT_REGISTRY names no registry file\n"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", [["status"], ["resume"], ["launch", "x"], [], ["stop", "x"]])
 def test_no_registry_anywhere_says_where_it_looked(tmp_path, command):
     # tmp_path's parents hold no experiments.toml (/tmp and /): every command that needs one says so
@@ -89,6 +91,7 @@ def test_no_registry_anywhere_says_where_it_looked(tmp_path, command):
                         "above it; give --registry PATH or set $COCKPIT_REGISTRY\n")
 
 
+@pytest.mark.slow
 def test_report_needs_no_registry(tmp_path):
     d = make_dir(tmp_path, "20261126_043113_cpu-smoke", {"dense": ("done", "cpu-smoke/dense.log")})
     env = {k: v for k, v in child_env().items() if k != reg.REGISTRY_ENV}
@@ -97,6 +100,7 @@ def test_report_needs_no_registry(tmp_path):
     assert r.returncode == 0 and "| dense |" in r.stdout, r.stderr
 
 
+@pytest.mark.slow
 def test_version_is_the_installed_distributions(monkeypatch):
     r = cockpit("--version")
     assert (r.returncode, r.stdout, r.stderr) == (0, f"cockpit {importlib.metadata.version('nanochat-cockpit')}\n", "")
@@ -118,6 +122,7 @@ def complete(script: str, words: list[str], cwd: Path) -> list[str]:
     return r.stdout.split()
 
 
+@pytest.mark.slow
 def test_completion_scripts_complete_commands_flags_and_paths(tmp_path, capsys, monkeypatch):
     assert shutil.which("bash")
     r = cockpit("completion", "bash")

@@ -11,7 +11,7 @@ import signal
 from pathlib import Path
 
 import pytest
-from conftest import (
+from helpers import (
     REPO,
     cockpit,
     hold_supervisor_lock,
@@ -104,6 +104,7 @@ def test_a_continuation_is_a_new_plan_file_every_reader_sees_and_plan_json_is_un
     assert continuation.plan_continue(registry, "fake", d).plan.legs == []
 
 
+@pytest.mark.slow
 def test_the_report_knows_the_flags_of_a_run_a_continuation_added(tmp_path):
     path = _registry(tmp_path)
     d = _planned(path, ["a"])
@@ -135,6 +136,7 @@ def test_a_bad_continuation_file_is_left_out_and_said(tmp_path):
     assert [x.split(":")[0] for x in plan.left_out] == ["plan.1.json", "plan.2.json", "plan.3.json", "plan.4.json"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["outside", "other experiment", "no plan", "slurm"])
 def test_a_dir_that_cannot_be_continued_is_refused_in_one_line(tmp_path, case):
     path = _registry(tmp_path)
@@ -164,6 +166,7 @@ def test_a_dir_that_cannot_be_continued_is_refused_in_one_line(tmp_path, case):
     assert not (d / "plan.1.json").exists()
 
 
+@pytest.mark.slow
 def test_another_commit_is_refused_and_nothing_is_written(tmp_path, monkeypatch):
     path = _registry(tmp_path)
     registry = reg.load(path)
@@ -180,6 +183,7 @@ def test_another_commit_is_refused_and_nothing_is_written(tmp_path, monkeypatch)
     assert continuation_numbers(d) == []
 
 
+@pytest.mark.slow
 def test_dry_run_into_says_what_would_run_and_writes_nothing(tmp_path):
     path = _registry(tmp_path)
     d = _planned(path, ["a", "b"])
@@ -196,6 +200,7 @@ def test_dry_run_into_says_what_would_run_and_writes_nothing(tmp_path):
     assert sorted(p.name for p in d.rglob("*")) == before
 
 
+@pytest.mark.slow
 def test_a_live_supervisor_that_does_not_take_it_in_time_is_said_and_foreground_is_refused(tmp_path,
                                                                                            monkeypatch):
     path = _registry(tmp_path)
@@ -274,6 +279,7 @@ def test_an_ended_dir_runs_its_never_started_runs_under_a_new_supervisor(tmp_pat
     assert json.loads((d / "state" / "supervisor.json").read_text())["status"] == "ended with legs not done"
 
 
+@pytest.mark.slow
 async def test_L_after_l_offers_to_continue_in_the_same_dir(tmp_path, monkeypatch):
     """The dir `l` made runs leg a (its supervisor alive): `L` offers `Continue in dir [c]`
     beside the fresh launch, naming what it runs there and skips; `c` continues that dir."""

@@ -138,6 +138,7 @@ def test_data_dir_errors_are_one_line_saying_how_to_make_it(tmp_path):
         DocumentStream(split_files(tmp_path, "val"))
 
 
+@pytest.mark.slow
 def test_real_tokenizer_rows_decode_to_documents(smoke_corpus):
     from nanochat.tokenizer import Tokenizer
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from conftest import write_dir, write_registry
+from helpers import write_dir, write_registry
 
 from cockpit import expdir, launch, resume
 from cockpit import registry as reg

@@ -8,7 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import FIXTURES, NOW, bundled_registry, make_dir
+from helpers import FIXTURES, NOW, bundled_registry, make_dir
 
 from cockpit import cli, launch, plots, report, report_files
 
@@ -63,6 +63,7 @@ def test_the_baseline_from_another_dir_is_in_every_plot_and_in_the_csv(tmp_path,
     assert capsys.readouterr().err == "cockpit: --figures poster: give one of full, paper\n"
 
 
+@pytest.mark.slow
 def test_a_recorded_baseline_is_a_line_at_its_figures_and_a_bar(tmp_path):
     registry = bundled_registry(tmp_path)
     root = registry.settings.exp_root
@@ -80,6 +81,7 @@ def test_a_recorded_baseline_is_a_line_at_its_figures_and_a_bar(tmp_path):
         assert {r["baseline"] for r in csv.DictReader(f)} == {"0"}  # recorded: no steps to add
 
 
+@pytest.mark.slow
 def test_the_own_dirs_baseline_is_marked_and_bars_start_at_zero(tmp_path):
     registry = bundled_registry(tmp_path)
     d = make_dir(registry.settings.exp_root, "20261126_040000_cpu-smoke",

@@ -55,6 +55,7 @@ def assert_fp8_close(got, ref, fwd_tol=FWD_TOL, bwd_tol=BWD_TOL):
 # dense linear
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tokens", [64, 77])  # 77: the token dim is padded to a multiple of 16
 def test_linear_forward_backward_against_bf16(tokens):
     g = torch.Generator().manual_seed(0)
@@ -171,6 +172,7 @@ def _run_experts(ex, fp8_on, fn, *inputs):
     return out, grads + [ex.w_fc.grad.clone(), ex.w_proj.grad.clone()]
 
 
+@pytest.mark.slow
 def test_experts_fixed_capacity_against_bf16():
     ex = _experts()
     x = torch.randn(4, 48, 128).bfloat16()  # [E, C, D], C = 48
@@ -186,6 +188,7 @@ def test_experts_fixed_capacity_against_bf16():
             assert rel(g[e], rg[e]) < MLP_BWD_TOL
 
 
+@pytest.mark.slow
 def test_experts_dropless_against_bf16():
     ex = _experts()
     x = torch.randn(90, 128).bfloat16()
@@ -362,7 +365,7 @@ STEP_RE = re.compile(r"^step (\d+)/(\d+) .*\| loss: ([0-9.]+)")
 def test_cpu_smoke_moe_leg_trains_with_fp8_under_torchrun(tmp_path, smoke_corpus):
     # the registry's cpu-smoke fixed-capacity MoE leg, exactly as the cockpit would launch it
     # (its corpus where the prepare step would make it), plus the seed's FP8 flags and 20 steps
-    from conftest import registry_file
+    from helpers import registry_file
 
     from cockpit import registry
 

@@ -24,6 +24,7 @@ def small_config(**kw) -> GPTConfig:
     return GPTConfig(**base)
 
 
+@pytest.mark.slow
 def test_moe_freq_places_moe_from_the_first_layer_as_the_fork():
     model = GPT(small_config(use_moe=True, moe_freq=2))
     assert [b.is_moe for b in model.transformer.h] == [True, False, True, False]
@@ -136,6 +137,7 @@ def test_estimate_flops_counts_active_matmul_params_and_each_layer_s_window():
     assert scaling_params(c2) == sum(p.numel() for p in m2.transformer.h.parameters()) - dropped + 128 * 32
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("use_moe,cf", [(False, 0.0), (True, 0.0), (True, 1.0)])
 def test_forward_loss_at_init_is_log_vocab(use_moe, cf):
     torch.manual_seed(0)

@@ -8,8 +8,9 @@ import time
 
 import psutil
 import pynvml
-from conftest import cockpit, wait_for
+import pytest
 from fake_nvml import FakeNVML
+from helpers import cockpit, wait_for
 
 from cockpit import cli, gpus, resume
 
@@ -54,6 +55,7 @@ def test_no_driver_is_a_normal_state():
     assert sampler.history["host.cpu_pct"].maxlen == 120 and len(sampler.history["host.cpu_pct"]) == 2
 
 
+@pytest.mark.slow
 def test_cli_gpus_without_and_with_a_driver(monkeypatch, capsys, tmp_path):
     r = cockpit("--registry", str(tmp_path / "none.toml"), "gpus")  # the real NVML of this machine
     assert r.returncode == 0, r.stderr

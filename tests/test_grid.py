@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import cockpit
+from helpers import cockpit
 
 from cockpit import grid as sweeps
 from cockpit import registry as reg
@@ -111,6 +111,7 @@ def test_bad_grids_are_one_located_line(tmp_path, body, line, words):
         assert w in text
 
 
+@pytest.mark.slow
 def test_grid_legs_in_dry_run_and_status(tmp_path):
     path = tmp_path / "experiments.toml"
     path.write_text(HEAD + GRID)
@@ -130,6 +131,7 @@ def test_grid_legs_in_dry_run_and_status(tmp_path):
         "# leg dynamic_cap1p0: capacity 1.0, dynamic compile"]
 
 
+@pytest.mark.slow
 def test_runs_are_bounded_before_a_grid_is_expanded(tmp_path, monkeypatch):
     """10^6 legs are refused at the grid's line without one being made; 1,000 runs (legs x
     repeats) per experiment is the bound, hand-written legs and a registry's total likewise."""

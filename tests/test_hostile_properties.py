@@ -124,6 +124,7 @@ class NoGpu:
         return gpus.Snapshot(False, "no NVML in this test", [], gpus.HostInfo(1.0, 1.0, 2.0, None), 0.0)
 
 
+@pytest.mark.slow
 @SETTINGS
 @given(tables=registry_tables, bom=st.booleans())
 def test_any_registry_loads_or_is_one_located_line_and_renders(tmp_path, tables, bom):
@@ -196,6 +197,7 @@ def clean(text: str) -> bool:
     return "\x1b" not in text and "\x07" not in text and "\u202e" not in text
 
 
+@pytest.mark.slow
 @SETTINGS
 @given(data=log_bytes)
 def test_any_log_summarizes_parses_and_reports_without_a_traceback(tmp_path, data):
@@ -222,6 +224,7 @@ def _same(a, b) -> bool:
     return a == b
 
 
+@pytest.mark.slow
 @SETTINGS
 @given(data=log_bytes, tail=st.integers(1, 60))
 @example(data=b"step 00001/0.0\nstep 00000/0.0\n", tail=1)  # a step 0 after the window: not in it
@@ -241,6 +244,7 @@ def test_the_backward_tail_reader_sees_what_the_whole_file_says(tmp_path, monkey
         assert _same(getattr(back, attr), getattr(whole, attr)), (attr, getattr(back, attr), getattr(whole, attr))
 
 
+@pytest.mark.slow
 @SETTINGS
 @given(data=log_bytes, tail=st.integers(1, 60), budget=st.integers(1, 400))
 @example(data=b"step 00001/0.0\nstep 00000/0.0\n", tail=1, budget=5)

@@ -7,6 +7,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 # Every module of the cockpit, by layer (see ARCHITECTURE.md). A new module must be placed here.
@@ -74,6 +76,7 @@ def graph() -> dict[str, set[str]]:
     return out
 
 
+@pytest.mark.slow
 def test_every_module_imports_only_its_own_layer_or_below():
     g = graph()
     wrong = [f"{m} (layer {layer_of(m)}) imports {t} (layer {layer_of(t)})"
@@ -81,6 +84,7 @@ def test_every_module_imports_only_its_own_layer_or_below():
     assert not wrong, wrong
 
 
+@pytest.mark.slow
 def test_no_import_cycle():
     g = graph()
     state: dict[str, int] = {}  # 1: on the path, 2: done
@@ -98,6 +102,7 @@ def test_no_import_cycle():
             walk(m, [])
 
 
+@pytest.mark.slow
 def test_the_cockpit_never_imports_torch_and_nanochat_never_imports_the_cockpit():
     for m, f in modules("cockpit").items():
         assert not [t for t, _, _ in imports(f) if t == "torch" or t.startswith("torch.")], m
@@ -105,6 +110,7 @@ def test_the_cockpit_never_imports_torch_and_nanochat_never_imports_the_cockpit(
         assert not [t for t, _, _ in imports(f) if t == "cockpit" or t.startswith("cockpit.")], m
 
 
+@pytest.mark.slow
 def test_function_level_imports_are_heavy_libraries_and_say_why():
     seen = set()
     for m, f in modules("cockpit").items():

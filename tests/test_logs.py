@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURES, GOLDEN
+from helpers import FIXTURES, GOLDEN
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -109,6 +109,7 @@ def split_at(data: bytes, cuts: list[int]) -> list[bytes]:
     return out + [data[prev:]]
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(streams(), st.integers(8, 200))
 def test_a_block_of_lines_is_the_splitters_lines_joined(stream, max_line):
@@ -127,6 +128,7 @@ def fingerprint(state: logs.LogState):
     )
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(streams(), st.integers(8, 200))
 def test_any_chunking_parses_the_same(stream, max_line):
@@ -466,6 +468,7 @@ def test_full_parse_equals_the_line_parser(name):
     assert len(state.table) == state.steps_observed > 0
 
 
+@pytest.mark.slow
 def test_full_parse_of_many_layouts_and_oddities(tmp_path):
     lines = []
     for i in range(3000):
@@ -530,6 +533,7 @@ def test_full_parse_of_many_layouts_and_oddities(tmp_path):
     assert expected.table.as_lists()["total"].count(None) >= 3000 // 23  # the heads with a comma
 
 
+@pytest.mark.slow
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(streams())
 def test_full_parse_of_any_stream(tmp_path, stream):

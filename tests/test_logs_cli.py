@@ -9,7 +9,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import REPO, bundled_registry, child_env, log_lines, wait_for, write_dir
+from helpers import REPO, bundled_registry, child_env, log_lines, wait_for, write_dir
 
 from cockpit import cli, leg_log, logs
 

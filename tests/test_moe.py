@@ -181,6 +181,7 @@ def test_balance_loss_is_on_the_fork_s_scale_k_at_uniform_and_rises_with_imbalan
     assert float(balance_loss(probs, torch.tensor([8, 8, 0, 0]))) == pytest.approx(E)
 
 
+@pytest.mark.slow
 def test_fixed_capacity_compiles_fullgraph_static_without_recompiles():
     torch._dynamo.reset()
     m = make_moe(1.0)
@@ -201,6 +202,7 @@ def test_fixed_capacity_compiles_fullgraph_static_without_recompiles():
     torch._dynamo.reset()
 
 
+@pytest.mark.slow
 def test_gpt_training_steps_do_not_recompile():
     """The whole model, with MoE in fixed-capacity mode, over training steps (dynamo only)."""
     torch._dynamo.reset()
@@ -219,6 +221,7 @@ def test_gpt_training_steps_do_not_recompile():
     torch._dynamo.reset()
 
 
+@pytest.mark.slow
 def test_fixed_capacity_compiles_dynamic_over_batch_shapes():
     """--compile-mode dynamic with a fixed capacity: one graph serves every batch shape (the
     capacity is an integer expression of the token count, no float symbols)."""
@@ -286,6 +289,7 @@ def test_dropless_grouped_matmuls_run_in_bf16_under_autocast():
     assert set(record.calls) == {(torch.bfloat16, torch.bfloat16)}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("autocast", [True, False], ids=["bf16-autocast", "fp32"])
 def test_dropless_gpt_compiles_to_one_graph_without_recompiles(autocast):
     """The trainer's dropless model under static compile (as on the GPU: bf16 autocast; as on CPU:
@@ -323,6 +327,7 @@ def test_dropless_gpt_compiles_to_one_graph_without_recompiles(autocast):
     torch._dynamo.reset()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cf", [0.25, 1.0, 0.0], ids=["cap0.25-masked", "cap1.0-spare-slot", "dropless"])
 def test_compiled_block_matches_eager(cf):
     """Under torch.compile the router, dispatch and combine take their compiled forms (indexing

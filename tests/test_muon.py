@@ -25,6 +25,7 @@ def muon_group(params, in_out=False, **kw):
     return g
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape", [(3, 64, 64), (2, 32, 96), (2, 96, 32), (1, 8, 128)])
 def test_orthogonalize_brings_every_singular_value_near_one(shape):
     g = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
@@ -42,6 +43,7 @@ def test_orthogonalize_brings_every_singular_value_near_one(shape):
     torch.testing.assert_close(orthogonalize(g.mT), orthogonalize(g).mT, **tol)
 
 
+@pytest.mark.slow
 def test_expert_bank_is_orthogonalized_per_expert_like_separate_matrices():
     torch.manual_seed(0)
     bank = torch.nn.Parameter(torch.randn(4, 16, 32) * 0.1)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import REPO, cockpit, wait_for, write_registry
+from helpers import REPO, cockpit, wait_for, write_registry
 
 from cockpit import expdir, resume, resume_text, supervisor
 from cockpit import registry as reg
@@ -43,6 +43,7 @@ def test_notify_loads_with_its_placeholders(tmp_path):
     assert r.settings.notify == (str(script), "{leg}")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("extra, words", [
     (notify_toml([]), "'project.notify' must be a non-empty array of strings"),
     ('notify = "notify-send {leg}"', "'project.notify' must be an array"),
@@ -62,6 +63,7 @@ def test_bad_notify_is_one_located_line(tmp_path, extra, words):
     assert r.returncode == 2 and r.stderr.count("\n") == 1
 
 
+@pytest.mark.slow
 def test_run_notify_says_why_it_failed(tmp_path):
     py = sys.executable
     assert supervisor.run_notify([py, "-c", "pass"], 5, tmp_path) is None
@@ -104,6 +106,7 @@ def test_supervisor_notifies_each_leg_and_a_failing_notify_is_only_noted(tmp_pat
     assert "[notify failed: exited 1: no pager for failures]" in status
 
 
+@pytest.mark.slow
 def test_a_notifier_that_prints_without_end_costs_a_bounded_buffer(tmp_path):
     """300 MB of output, then a last line and exit 1: the last line is said, and the process that
     ran it never held more than a small buffer of it (its peak RSS, read in a subprocess)."""

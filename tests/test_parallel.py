@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pynvml
 import pytest
-from conftest import REPO, alive, cockpit, kill_leftovers, make_dir, tree_of, wait_for, write_registry
 from fake_nvml import FakeNVML
+from helpers import REPO, alive, cockpit, kill_leftovers, make_dir, tree_of, wait_for, write_registry
 
 from cockpit import expdir, gpus, launch, procs, resume, resume_text, supervisor
 from cockpit import registry as reg

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import write_registry
+from helpers import write_registry
 
 from cockpit import launch, procs
 from cockpit import registry as reg

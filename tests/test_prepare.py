@@ -12,7 +12,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import REPO, bundled_registry, child_env, cockpit, wait_for, write_registry
+from helpers import REPO, bundled_registry, child_env, cockpit, wait_for, write_registry
 
 from cockpit import expdir, launch, report, resume, resume_text
 from cockpit import registry as reg
@@ -98,6 +98,7 @@ def test_a_leg_may_not_be_named_prepare_beside_a_prepare_step(tmp_path):
         reg.load(path)
 
 
+@pytest.mark.slow
 def test_a_failed_prepare_fails_the_launch_with_its_last_lines(tmp_path):
     code = "import sys; print('fetching shards'); print('no network here', file=sys.stderr); sys.exit(3)"
     path = with_prepare(tmp_path, code)
@@ -121,6 +122,7 @@ def test_a_failed_prepare_fails_the_launch_with_its_last_lines(tmp_path):
     assert [r_.run for r_ in report.rows(exp_dir)] == ["a", "b"]
 
 
+@pytest.mark.slow
 def test_a_prepare_that_creates_nothing_fails(tmp_path):
     path = with_prepare(tmp_path, "print('done, honest')", legs=1)
     r = cockpit("--registry", str(path), "launch", "fake", "--foreground", timeout=60)
@@ -148,6 +150,7 @@ def test_prepare_makes_what_the_legs_read_then_is_skipped(tmp_path, monkeypatch)
     assert again.prepare.note == "skipped: what it creates exists" and again.states["a"].status == "done"
 
 
+@pytest.mark.slow
 def test_stopping_the_queue_while_it_prepares(tmp_path):
     marker = str(tmp_path / "prep-marker")
     code = f"import time; time.sleep(120)  # {marker}"
@@ -170,6 +173,7 @@ def test_stopping_the_queue_while_it_prepares(tmp_path):
     assert not [p for p in psutil.process_iter(["cmdline"]) if marker in " ".join(p.info["cmdline"] or [])]
 
 
+@pytest.mark.slow
 def test_a_failed_prepare_is_remembered_and_run_again(tmp_path):
     """A prepare that fails after making its path: what it left is not trusted. Status and the
     dry run say so, and the next launch runs the step again instead of skipping it."""

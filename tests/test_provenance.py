@@ -12,8 +12,9 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import write_registry
+import pytest
 from fake_nvml import FakeNVML
+from helpers import write_registry
 
 from cockpit import checkout, gpus, launch, provenance
 from cockpit import registry as reg
@@ -96,6 +97,7 @@ PLANTS = {
 HOOKS = ("post-index-change", "reference-transaction", "post-checkout", "pre-auto-gc", "fsmonitor-watchman")
 
 
+@pytest.mark.slow
 def test_git_runs_no_program_the_checkouts_config_names(tmp_path, monkeypatch):
     """fsmonitor, filter drivers (one named with a `=`), textconv, external diffs, hooks, and the
     GIT_* variables of the caller: none runs while provenance, the branch check and the
@@ -262,6 +264,7 @@ def test_differences_name_what_differs():
     assert provenance.unknown(None, None).startswith("neither dir has a plan.json")
 
 
+@pytest.mark.slow
 def test_a_git_that_cannot_switch_a_filter_off_is_not_asked_about_the_tree(tmp_path, monkeypatch):
     """A git older than GIT_CONFIG_COUNT ignores the overrides (here: as if, the variables
     dropped): the filter is seen still on, and neither status nor diff runs."""

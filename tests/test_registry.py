@@ -289,6 +289,7 @@ def test_bad_registry_is_one_located_line(tmp_path: Path, text: str, line: int, 
         assert w in msg, msg
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("body", "line", "what"), [
     ("[defaults]\nworkdir = '{long}'\n", 4, "'defaults.workdir'"),
     ("[defaults]\npython = '{long}'\n", 4, "'defaults.python'"),
@@ -402,6 +403,7 @@ def _parse_argv(argv: list[str]) -> dict[str, object]:
     return out
 
 
+@pytest.mark.slow
 @settings(max_examples=150, deadline=None)
 @given(args=st.dictionaries(flag_names, values, max_size=12), nproc=st.integers(1, 16))
 def test_any_valid_leg_round_trips_to_its_argv(args: dict[str, object], nproc: int) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import (
+from helpers import (
     FIXTURES,
     NOW,
     REPO,
@@ -166,6 +166,7 @@ def test_planned_legs_without_logs_show_as_not_run(tmp_path):
     assert report.rows(d, now=NOW)[1].status == "stopped"
 
 
+@pytest.mark.slow
 def test_write_report_files_and_bad_logs_never_raise(tmp_path):
     d = copy_logs(FIXTURES, tmp_path / "exp", ["fork-log-excerpt", "crashed-torchrun"])
     (d / "garbage.log").write_bytes(os.urandom(20_000))
@@ -314,6 +315,7 @@ def test_a_report_reads_its_dir_once_and_renders_from_what_it_read(tmp_path, mon
     assert rendered.rstrip() == text.split("## Files")[0].rstrip()
 
 
+@pytest.mark.slow
 def test_args_differ_line_per_run(tmp_path):
     registry = bundled_registry(tmp_path)
     root = registry.settings.exp_root
@@ -374,6 +376,7 @@ def test_leg_diff_against_the_baseline_or_another_leg():
 PRINTED = st.from_regex(r"\A([0-9]{1,9}(\.[0-9]{0,8})?|\.[0-9]{1,6}|[0-9]{16,20}\.[0-9]{1,3})\Z")
 
 
+@pytest.mark.slow
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(st.tuples(st.integers(0, 2**70), PRINTED, PRINTED, st.integers(0, 10**12), st.booleans()),
                 min_size=1, max_size=20))
@@ -397,6 +400,7 @@ def test_steps_csv_holds_each_number_as_the_log_printed_it(tmp_path, lines):
     assert out.getvalue().count(b"\r\n") == len(lines) + 1
 
 
+@pytest.mark.slow
 def test_big_logs_read_by_workers_give_the_same_files(tmp_path, monkeypatch):
     """Logs read side by side by worker processes: the same CSVs, table and plots as one after the
     other (a worker that cannot do a log leaves it to the report's own process)."""
@@ -440,6 +444,7 @@ def _trainer_log(steps: int, tok: float, mfu: float, moe: bool) -> str:
     return "\n".join(out) + "\n"
 
 
+@pytest.mark.slow
 def test_figures_smoothed_warmup_left_out_tail_shaded_and_none_for_a_zero_metric(tmp_path):
     """The report's figures: tok/sec and dt as rolling means without the warm-up steps, each run's
     tail window recorded; drop % per step and validation bpb against tokens; a bar chart of the tail
@@ -478,6 +483,7 @@ def test_figures_smoothed_warmup_left_out_tail_shaded_and_none_for_a_zero_metric
     assert plots.plot_context(d, Plan.read(d)) == f"cpu-smoke · {d.name} · commit 0123456789 + uncommitted changes"
 
 
+@pytest.mark.slow
 def test_the_shaded_tail_window_is_the_steps_the_tail_means_average(tmp_path):
     """A run shorter than the tail window: its tail means average every step line but step 0 (the
     warm-up steps with them), and its shaded window spans exactly those, from step 1; a long

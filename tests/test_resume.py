@@ -5,7 +5,7 @@ import shlex
 import subprocess
 
 import pytest
-from conftest import NOW, FakeSampler, bundled_registry, check_golden, gpu, make_dir, normalized
+from helpers import NOW, FakeSampler, bundled_registry, check_golden, gpu, make_dir, normalized
 
 from cockpit import report_files, resume, resume_text
 

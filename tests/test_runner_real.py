@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import cockpit, registry_file
+from helpers import cockpit, registry_file
 
 from cockpit import expdir, logs
 

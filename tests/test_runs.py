@@ -12,7 +12,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import REPO, cockpit, fake_torchrun, make_dir, write_registry
+from helpers import REPO, cockpit, fake_torchrun, make_dir, write_registry
 
 from cockpit import expdir, gpus, launch, procs
 from cockpit import registry as reg
@@ -52,6 +52,7 @@ def test_is_alive_guards_pid_reuse():
     assert not procs.alive(None, None)
 
 
+@pytest.mark.slow
 def test_new_exp_dir_is_always_fresh(tmp_path):
     stamp = time.strftime(expdir.STAMP_FORMAT)
     taken = tmp_path / f"{stamp}_x"
@@ -64,6 +65,7 @@ def test_new_exp_dir_is_always_fresh(tmp_path):
         assert expdir.DIR_NAME.match(d.name).group(2) == "x" and not any(d.iterdir())
 
 
+@pytest.mark.slow
 def test_new_exp_dir_takes_the_confirmed_name_only_while_free(tmp_path):
     shown = launch.fresh_dir_name(tmp_path, "x")
     assert not shown.exists()
@@ -143,6 +145,7 @@ def test_running_leg_with_live_pid_stays_running(tmp_path, leg_process):
     assert [s.leg for s in expdir.open_dir(d).running] == ["a"]
 
 
+@pytest.mark.slow
 def test_a_live_pid_that_is_not_the_legs_is_unknown_and_never_signalled(tmp_path, leg_process):
     """The same live pid and create time, but not this leg's torchrun: not proven, not touched."""
     d = _orphan_dir(tmp_path, "step 00001/00010 (10.00%) | loss: 3.0\n")
@@ -184,6 +187,7 @@ def test_plan_skips_recorded_and_done_legs(tmp_path):
         launch.plan_launch(bundled, "zzz")
 
 
+@pytest.mark.slow
 def test_gpu_need_refused_before_anything_is_written(tmp_path, monkeypatch):
     path = write_registry(tmp_path, {"big": 'model-tag = "big"'}, device="cuda", nproc=8)
     count, reason = gpus.visible_gpus()
@@ -201,6 +205,7 @@ def test_gpu_need_refused_before_anything_is_written(tmp_path, monkeypatch):
     assert not (tmp_path / "exp").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "args, why",
     [
@@ -227,6 +232,7 @@ def test_path_policy_allows_inputs_from_read_only(tmp_path):
     assert launch.check_paths(registry, legs, exp_dir, tmp_path) is None
 
 
+@pytest.mark.slow
 def test_dry_run_prints_commands_and_writes_nothing(tmp_path):
     path = write_registry(tmp_path, {"a": 'model-tag = "a"', "b": 'model-tag = "b", fail-at-step = 3'})
     r = cockpit("--registry", str(path), "launch", "fake", "--dry-run")
@@ -239,6 +245,7 @@ def test_dry_run_prints_commands_and_writes_nothing(tmp_path):
     assert not (tmp_path / "exp").exists()
 
 
+@pytest.mark.slow
 def test_launch_refused_while_another_launch_holds_the_experiment(tmp_path):
     path = write_registry(tmp_path, {"a": 'model-tag = "a"'})
     root = reg.load(path).settings.exp_root
@@ -251,6 +258,7 @@ def test_launch_refused_while_another_launch_holds_the_experiment(tmp_path):
     assert [p.name for p in root.iterdir()] == [".cockpit-locks"]
 
 
+@pytest.mark.slow
 def test_stop_unknown_targets(tmp_path):
     path = write_registry(tmp_path, {"a": 'model-tag = "a"'})
     r = cockpit("--registry", str(path), "stop", "fake")
@@ -260,6 +268,7 @@ def test_stop_unknown_targets(tmp_path):
     assert r.returncode == 2 and "has no leg 'zz'" in r.stderr
 
 
+@pytest.mark.slow
 def test_a_stop_that_came_after_the_leg_ended_says_so_and_leaves_no_request(tmp_path):
     """The leg ended (its log has the final lines) before the stop came: `done (stop came after it
     ended)`, exit 0, and no stop request is left behind, with the supervisor gone or alive."""
@@ -313,6 +322,7 @@ def test_a_leg_that_ends_takes_its_stop_request_with_it(tmp_path):
     assert expdir.clear_stop_request(d, "a") is False  # none left; a second call is harmless
 
 
+@pytest.mark.slow
 def test_garbage_on_disk_never_crashes_discovery(tmp_path):
     root = tmp_path / "exp"
     d = root / "20260301_120000_exp"
@@ -333,6 +343,7 @@ def test_garbage_on_disk_never_crashes_discovery(tmp_path):
     assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
 
 
+@pytest.mark.slow
 def test_supervisor_never_starts_a_leg_that_still_runs(tmp_path, leg_process):
     from cockpit import supervisor
 

@@ -14,7 +14,7 @@ import sysconfig
 from pathlib import Path
 
 import pytest
-from conftest import cockpit
+from helpers import cockpit
 
 from cockpit import expdir, logs
 from cockpit import registry as reg
@@ -96,6 +96,7 @@ def test_runtime_loads_and_merges(tmp_path, checkout):
     assert r.workdir == tmp_path / "co"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("defaults, line, words", [
     ('workdir = "nope"', 7, ["'defaults.workdir'", "/nope does not exist"]),
     ('workdir = "experiments.toml"', 7, ["is not a directory"]),
@@ -120,6 +121,7 @@ def test_bad_runtime_is_one_located_line(tmp_path, checkout, defaults, line, wor
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and f"experiments.toml:{line}: " in r.stderr
 
 
+@pytest.mark.slow
 def test_dry_run_shows_the_checkout_the_python_and_the_env(tmp_path, checkout):
     path = write(tmp_path, registry_text(checkout))
     r = cockpit("--registry", str(path), "launch", "mine", "--dry-run", cwd=tmp_path)

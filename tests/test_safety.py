@@ -21,7 +21,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import REPO, child_env, fake_torchrun, write_registry
+from helpers import REPO, child_env, fake_torchrun, write_registry
 
 from cockpit import (
     cli,
@@ -106,6 +106,7 @@ def one_line_exit_2(code: int, out: str, err: str) -> str:
 # 1. writes that escape: every file is created new inside its dir, never through a planted link
 
 
+@pytest.mark.slow
 def test_a_symlink_planted_at_a_legs_log_fails_that_leg_before_it_starts(tmp_path, capsys):
     root = tmp_path / "exp"
     elsewhere = tmp_path / "elsewhere"
@@ -127,6 +128,7 @@ def test_a_symlink_planted_at_a_legs_log_fails_that_leg_before_it_starts(tmp_pat
     assert code == 0 and "b  failed    (log path taken:" in out and "c  failed    (log path taken:" in out
 
 
+@pytest.mark.slow
 def test_a_log_replaced_by_a_hard_link_or_a_fifo_is_not_written(tmp_path):
     root = tmp_path / "exp"
     victim = tmp_path / "victim.txt"
@@ -372,6 +374,7 @@ def _bad_dirs(root: Path) -> dict[str, Path]:
     return out
 
 
+@pytest.mark.slow
 def test_bad_dirs_under_exp_root_are_their_own_problem_never_the_views(tmp_path, capsys):
     reg_path = registry_for(tmp_path, ("a",))
     good = plan_dir(tmp_path / "exp", {"a": trainer_code()}, name="20260101_000000_x")
@@ -520,6 +523,7 @@ def test_supervisor_faults_fail_the_leg_follow_the_policy_and_end_cleanly(tmp_pa
     assert expdir.open_dir(d).states["a"].status == "failed"  # its process is gone: judged from its log
 
 
+@pytest.mark.slow
 def test_supervisor_of_a_broken_plan_is_one_line(tmp_path):
     for plan, words in ((["not", "a", "dict"], "not a JSON object"),
                         ({"experiment": "x", "legs": [{"name": "../a", "argv": ["x"]}]}, "not a leg name"),
@@ -533,6 +537,7 @@ def test_supervisor_of_a_broken_plan_is_one_line(tmp_path):
         assert r.returncode == 2 and words in r.stderr and r.stderr.count("\n") == 1, r.stderr
 
 
+@pytest.mark.slow
 def test_a_supervisor_started_by_a_long_lived_process_is_reaped(tmp_path):
     """The TUI launches (launch.start -> _spawn_supervisor) and lives on: no <defunct> child."""
     assert procs.zombie_children() == []
@@ -580,6 +585,7 @@ def test_escapes_in_logs_never_reach_stdout_and_markdown_is_escaped(tmp_path, ca
         assert "\x1b" not in p.read_text()
 
 
+@pytest.mark.slow
 def test_escapes_in_states_notes_and_names_never_reach_stdout(tmp_path, capsys):
     reg_path = registry_for(tmp_path, ("a",))
     d = plan_dir(tmp_path / "exp", {"a": trainer_code(fail=f"ValueError: bad {ESCAPES}")})
@@ -607,6 +613,7 @@ def _coloured(lines: list[str]) -> str:
                    for i, ln in enumerate(lines))
 
 
+@pytest.mark.slow
 def test_a_non_utf8_exp_root_is_reported_written_and_printed(tmp_path):
     """exp_root under a dir whose name is not UTF-8 (`caf\\xe9`): the supervisor regenerates
     report.md, `resume --out-md`, `report --out-md` and `status` work in a strict UTF-8 terminal,
@@ -697,6 +704,7 @@ def test_report_of_a_5gb_sparse_log_stays_small_with_and_without_out_md(tmp_path
     assert [ln.split(",")[1] for ln in steps[1:]] == ["0", "1", "2", "5", "9"]
 
 
+@pytest.mark.slow
 def test_summary_and_streamed_parse_of_a_dense_log_hold_a_bounded_window(tmp_path):
     """About 60 MB of step lines (600k of them): as Python lists they would take some 250 MB; the
     summary holds its window and the streamed parse one chunk, so the process stays small."""
@@ -792,6 +800,7 @@ def test_clear_messages(tmp_path, capsys):
     assert "no leg has a log yet" in err
 
 
+@pytest.mark.slow
 def test_a_killed_torchrun_is_said_as_the_cause(tmp_path):
     d = plan_dir(tmp_path / "exp", {"a": trainer_code(kill=True), "b": trainer_code()})
     assert supervisor.Supervisor(d, echo=False).run() == 1
@@ -802,6 +811,7 @@ def test_a_killed_torchrun_is_said_as_the_cause(tmp_path):
     assert supervisor.signal_cause(-15).startswith("torchrun was killed by SIGTERM") and supervisor.signal_cause(1) is None
 
 
+@pytest.mark.slow
 def test_workers_left_behind_by_a_killed_torchrun_are_stopped(tmp_path):
     """torchrun killed, its workers (own sessions) live on: they carry the leg's marker, and the
     supervisor stops them when the leg ends; nothing else is touched."""

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import (
+from helpers import (
     REPO,
     FakeSampler,
     cockpit,
@@ -356,6 +356,7 @@ def test_cli_refuses_a_bad_slurm_key_in_one_line(tmp_path):
     assert r.stderr == f"cockpit: {path}:7: 'project.slurm.nodes' must be between 1 and 4096, not -1\n"
 
 
+@pytest.mark.slow
 def test_dry_run_on_slurm_prints_the_scripts_and_sbatch_lines_and_writes_nothing(tmp_path):
     reg_path = slurm_registry(tmp_path, {"a": "num-iterations = 5", "b": "num-iterations = 5, model-tag = 'x y'"},
                               nodes=2)
@@ -445,6 +446,7 @@ def test_prepare_runs_as_the_chains_first_job(tmp_path):
     assert cockpit("--registry", str(reg_path), "stop", str(exp_dir)).returncode == 0
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("slurm_cluster")
 def test_stopping_the_chain_cancels_its_prepare_job(tmp_path):
     reg_path = prepare_registry(tmp_path, {"a": "num-iterations = 3"}, "import time; print('up', flush=True); "
@@ -459,6 +461,7 @@ def test_stopping_the_chain_cancels_its_prepare_job(tmp_path):
     assert d.states["a"].status == "stopped"
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("slurm_cluster")
 def test_a_failed_prepare_job_starts_no_leg(tmp_path):
     """The prepare job fails: no leg starts, even under on_failure = continue; status says why."""
@@ -677,6 +680,7 @@ def test_a_node_lost_mid_leg_fails_it_with_the_schedulers_reason(tmp_path):
     wait_for(lambda: trainer_processes(marker) == [], timeout=10, what="no trainer process left")
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("slurm_cluster")
 def test_a_launch_the_scheduler_refuses_is_one_line_and_writes_nothing(tmp_path):
     reg_path = slurm_registry(tmp_path, {"a": "num-iterations = 5"}, nodes=3)  # the cluster has 2 nodes
@@ -700,6 +704,7 @@ def test_a_foreground_launch_waits_for_the_chain(tmp_path):
     assert lines[2:] == ["a: done", "b: done", str(exp_dir)]
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("slurm_cluster")
 def test_a_job_the_scheduler_forgot_is_judged_from_its_log(tmp_path):
     """Past MinJobAge (no accounting here) scontrol no longer knows a job: a leg recorded as
@@ -743,6 +748,7 @@ def held_job(name: str, output: Path) -> str:
     return r.stdout.strip().split(";")[0]
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("slurm_cluster")
 def test_a_job_not_proven_the_legs_is_never_shown_or_cancelled_as_it(tmp_path):
     """A state file naming someone else's job id (another name; the leg's name but another output):
@@ -780,6 +786,7 @@ def lying_scontrol(bindir: Path) -> None:
                                   f'specified" >&2; exit 1; fi\nexec {real} "$@"')
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("slurm_cluster")
 def test_one_wrong_invalid_job_id_neither_forgets_the_job_nor_keeps_it_forgotten(tmp_path, monkeypatch):
     """scontrol says "Invalid job id" about a queued job: squeue still lists it, so the leg waits on
@@ -956,6 +963,7 @@ def ended_slurm_dir(tmp_path: Path, status: str = "failed", args: list[str] | No
     return reg_path, exp_dir
 
 
+@pytest.mark.slow
 def test_resubmit_refuses_in_one_line_and_moves_nothing(tmp_path, monkeypatch):
     """A running leg, an edited script, a local dir, a dir outside exp_root, a scheduler that
     refuses the job: one line, exit 2, the log and state where they were."""
@@ -1045,6 +1053,7 @@ async def test_a_tui_launch_goes_to_slurm(tmp_path, monkeypatch):
         assert main.view.gpu.slurm == ()
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("slurm_cluster")
 def test_scheduler_errors_are_one_line(tmp_path):
     bad = slurm.plan_chain([leg("b", [])], slurm.SlurmSettings(partition="nosuch"), tmp_path, REPO, "t")

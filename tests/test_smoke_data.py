@@ -8,6 +8,7 @@ from nanochat.data import DocumentStream, split_files
 pq = pytest.importorskip("pyarrow.parquet")
 
 
+@pytest.mark.slow
 def test_smoke_corpus_layout_content_and_determinism(smoke_corpus, tmp_path, capsys):
     shards = sorted((smoke_corpus / "base_data").glob("*.parquet"))
     assert [s.name for s in shards] == [f"shard_{i:05d}.parquet" for i in range(5)]

@@ -3,7 +3,7 @@
 import json
 import re
 
-from conftest import bundled_registry, make_dir
+from helpers import bundled_registry, make_dir
 
 from cockpit import cli, expdir, resume, resume_text, state_json, stats
 from cockpit.vocab import METRICS, QUALITY

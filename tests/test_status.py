@@ -4,7 +4,7 @@ import json
 import os
 from pathlib import Path
 
-from conftest import NOW, FakeSampler, bundled_registry, make_dir
+from helpers import NOW, FakeSampler, bundled_registry, make_dir
 
 from cockpit import cli, expdir, gpus, resume, resume_text
 

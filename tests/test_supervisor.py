@@ -15,8 +15,8 @@ from pathlib import Path
 import psutil
 import pynvml
 import pytest
-from conftest import REPO, alive, cockpit, kill_leftovers, tree_of, wait_for, write_registry
 from fake_nvml import FakeNVML
+from helpers import REPO, alive, cockpit, kill_leftovers, tree_of, wait_for, write_registry
 
 from cockpit import expdir, gpus, launch, procs, supervisor
 from cockpit import registry as reg

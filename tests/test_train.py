@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 import torch
-from conftest import registry_file
+from helpers import registry_file
 
 from cockpit import registry
 from nanochat import base_train

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import psutil
 import pytest
-from conftest import wait_for, write_registry
+from helpers import wait_for, write_registry
 
 from cockpit import cli, launch, provenance, trainer_flags
 from cockpit import registry as reg
@@ -122,6 +122,7 @@ def test_a_module_that_cannot_be_asked_blocks_nothing_and_is_said(tmp_path, caps
         "checked": False, "command": checked.command, "why": checked.why}
 
 
+@pytest.mark.slow
 def test_a_module_that_does_not_answer_is_stopped_whole(tmp_path):
     """A module that trains instead of printing its help: stopped at the timeout, its children too."""
     pids = tmp_path / "pids"

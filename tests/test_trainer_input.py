@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import mount_tmpfs
+from helpers import mount_tmpfs
 
 from nanochat import checkpoint
 from nanochat.checkpoint import CheckpointError

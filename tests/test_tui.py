@@ -17,7 +17,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import (
+from helpers import (
     REPO,
     FakeSampler,
     fixed_clock,
@@ -95,6 +95,7 @@ async def test_opens_registry_file(tmp_path):
         assert marks["cpu-smoke/dense"] == "pending"
 
 
+@pytest.mark.slow
 async def test_broken_registry_is_shown_in_the_app_then_reloaded(tmp_path):
     bad = tmp_path / "reg.toml"
     bad.write_text('[project]\nname = "x"\nexp_root = 3\n')
@@ -114,6 +115,7 @@ async def test_broken_registry_is_shown_in_the_app_then_reloaded(tmp_path):
         assert "Completed (do not re-run)" in screen_text(app) and "⚠" not in screen_text(app)
 
 
+@pytest.mark.slow
 async def test_reopening_finds_running_legs_and_follows_them(tmp_path):
     reg_path = registry_file(tmp_path)
     d = write_dir(tmp_path / "exp", "20260224_175412_cpu-smoke", "cpu-smoke", {
@@ -153,6 +155,7 @@ def bindings_text(app: CockpitApp) -> str:
     return console.file.getvalue()
 
 
+@pytest.mark.slow
 async def test_keys_panel_lists_every_binding(tmp_path):
     """`?` opens Textual's keys panel: every binding with its key, description and tooltip, from
     the one list (MainScreen.BINDINGS); `?` again closes it."""
@@ -175,6 +178,7 @@ async def test_keys_panel_lists_every_binding(tmp_path):
         await until(pilot, lambda: not app.screen.query(HelpPanel), what="the panel to close")
 
 
+@pytest.mark.slow
 async def test_command_palette_offers_every_binding(tmp_path):
     """The palette offers each binding and runs its action, as the key does. Textual's own list
     already has Keys, Quit and Maximize (with a pane focused): those are not offered twice."""
@@ -209,6 +213,7 @@ async def test_command_palette_offers_every_binding(tmp_path):
         assert "moe_cap1p0" in guide[0].read_text()
 
 
+@pytest.mark.slow
 async def test_tab_moves_between_panes_and_m_maximizes(tmp_path):
     app = make_app(registry_file(tmp_path))
     async with app.run_test(size=SIZE) as pilot:
@@ -228,6 +233,7 @@ async def test_tab_moves_between_panes_and_m_maximizes(tmp_path):
         assert app.screen.maximized is None
 
 
+@pytest.mark.slow
 async def test_header_says_what_is_true_and_the_fresh_dir_is_never_folded(tmp_path):
     """Nothing running with legs to run: the header says so, in the words `cockpit status` uses
     (never "paused"); at 120 columns no screen line splits the fresh dir's `$(date +%Y...)`."""
@@ -241,6 +247,7 @@ async def test_header_says_what_is_true_and_the_fresh_dir_is_never_folded(tmp_pa
         assert not any(line.rstrip(" │┃").endswith("$(date") for line in text.splitlines()), text
 
 
+@pytest.mark.slow
 async def test_focused_pane_shows_and_m_on_an_empty_pane_fills_the_screen(tmp_path):
     """The focused pane's border turns heavy (its title reversed); `m` on a pane with nothing in it
     (no leg running: the live table is empty) fills the screen from the top, with no hatching."""
@@ -264,6 +271,7 @@ async def test_focused_pane_shows_and_m_on_an_empty_pane_fills_the_screen(tmp_pa
         await pilot.press("m")
 
 
+@pytest.mark.slow
 async def test_c_copies_the_next_command(tmp_path):
     app = make_app(registry_file(tmp_path), sampler=FakeSampler(8))
     async with app.run_test(size=SIZE) as pilot:
@@ -274,6 +282,7 @@ async def test_c_copies_the_next_command(tmp_path):
         assert any(t == "next command copied [c]" for t, _ in app.notes)
 
 
+@pytest.mark.slow
 async def test_d_shows_the_flags_that_differ_from_the_baseline_or_another_leg(tmp_path):
     from textual.widgets import DataTable
 
@@ -304,6 +313,7 @@ async def test_d_shows_the_flags_that_differ_from_the_baseline_or_another_leg(tm
         await until(pilot, lambda: not isinstance(app.screen, DiffScreen), what="the diff to close")
 
 
+@pytest.mark.slow
 async def test_g_writes_the_guide_where_the_user_says(tmp_path):
     app = make_app(registry_file(tmp_path))
     async with app.run_test(size=SIZE) as pilot:
@@ -329,6 +339,7 @@ async def test_g_writes_the_guide_where_the_user_says(tmp_path):
         await until(pilot, lambda: "resume guide not written" in notes(app), what="the cancel")
 
 
+@pytest.mark.slow
 async def test_quit_says_running_legs_go_on(tmp_path):
     write_dir(tmp_path / "exp", "20260224_175412_cpu-smoke", "cpu-smoke", {
         "dense": ("running", log_lines(3, 40, finished=False))}, supervisor_alive=True)
@@ -341,6 +352,7 @@ async def test_quit_says_running_legs_go_on(tmp_path):
     assert state["status"] == "running"  # closing never touches a leg
 
 
+@pytest.mark.slow
 async def test_launch_leg_confirm_cancel_then_launch(tmp_path, fake_env):
     reg_path = fake_registry(tmp_path)
     app = make_app(reg_path)
@@ -372,6 +384,7 @@ async def test_launch_leg_confirm_cancel_then_launch(tmp_path, fake_env):
         assert main.view.experiment("fake").leg("a").mark == "done"
 
 
+@pytest.mark.slow
 async def test_launch_all_remaining_then_done_leg_needs_explicit_rerun(tmp_path, fake_env):
     reg_path = fake_registry(tmp_path)
     app = make_app(reg_path)
@@ -416,6 +429,7 @@ async def test_launch_all_remaining_then_done_leg_needs_explicit_rerun(tmp_path,
         assert not isinstance(app.screen, ConfirmScreen) and len(exp_dirs(tmp_path)) == 2
 
 
+@pytest.mark.slow
 async def test_stop_running_leg(tmp_path, fake_env):
     reg_path = fake_registry(tmp_path, legs={"slow": 'model-tag = "slow", num-iterations = 2000'})
     app = make_app(reg_path)
@@ -443,6 +457,7 @@ async def test_stop_running_leg(tmp_path, fake_env):
         assert any(f.endswith("/slow:stopped") for f in main.finished)
 
 
+@pytest.mark.slow
 async def test_write_report_and_guide(tmp_path):
     d = write_dir(tmp_path / "exp", "20260224_175412_cpu-smoke", "cpu-smoke",
                   {"dense": ("done", log_lines(40, 40)), "moe_dropless": ("done", log_lines(40, 40, tok=1200))})
@@ -463,6 +478,7 @@ async def test_write_report_and_guide(tmp_path):
         assert "moe_cap1p0" in guide[0].read_text()
 
 
+@pytest.mark.slow
 async def test_follow_pause_and_resume(tmp_path):
     d = write_dir(tmp_path / "exp", "20260224_175412_cpu-smoke", "cpu-smoke",
                   {"dense": ("running", log_lines(60, 400, finished=False))}, supervisor_alive=True)
@@ -493,6 +509,7 @@ async def test_follow_pause_and_resume(tmp_path):
         assert "following" in screen_text(app)
 
 
+@pytest.mark.slow
 async def test_log_pane_memory_is_bounded(tmp_path):
     d = write_dir(tmp_path / "exp", "20260224_175412_cpu-smoke", "cpu-smoke",
                   {"dense": ("running", log_lines(5000, 5000, finished=False))}, supervisor_alive=True)
@@ -507,6 +524,7 @@ async def test_log_pane_memory_is_bounded(tmp_path):
         assert "step 04999/05000" in view.query_one(LogText).lines[-1]
 
 
+@pytest.mark.slow
 async def test_tabs_cycle_and_finish_notifies(tmp_path):
     a, b = two_running_dirs(tmp_path / "exp")
     app = make_app(registry_file(tmp_path))
@@ -558,6 +576,7 @@ async def test_resume_panel_shows_next_command(tmp_path):
         assert len(flags) > 10 and all(x.endswith(" \\") for x in flags[:-1])
 
 
+@pytest.mark.slow
 async def test_gpu_panel_with_the_real_sampler_over_fake_nvml(tmp_path):
     """The real GpuSampler (over a stand-in NVML module): a row per GPU, the owning leg by pid."""
 
@@ -596,6 +615,7 @@ async def test_gpu_panel_with_the_real_sampler_over_fake_nvml(tmp_path):
         assert "host cpu" in screen_text(broken)
 
 
+@pytest.mark.slow
 async def test_a_refused_launch_is_a_notification(tmp_path):
     """A 64-GPU leg (no machine here has them): the runner refuses; the app says why and goes on."""
     reg_path = fake_registry(tmp_path, legs={"big": 'model-tag = "big"'}, device="cuda")
@@ -613,6 +633,7 @@ async def test_a_refused_launch_is_a_notification(tmp_path):
         assert main.view is not None and app.is_running
 
 
+@pytest.mark.slow
 async def test_names_with_brackets_are_shown_as_written(tmp_path):
     """Leg names and messages are text, never markup: `x[red]y` shows as `x[red]y`."""
     reg_path = fake_registry(tmp_path, legs={"x[red]y": 'model-tag = "x"'})
@@ -627,6 +648,7 @@ async def test_names_with_brackets_are_shown_as_written(tmp_path):
         assert screen_text(app).count("x[red]y") >= 3  # tree, live row, tab
 
 
+@pytest.mark.slow
 async def test_stop_acts_only_under_exp_root(tmp_path):
     """The screen's stop, as `cockpit stop`: a dir outside the registry's exp_root is refused,
     with one line, and nothing in it is read or written."""
@@ -643,6 +665,7 @@ async def test_stop_acts_only_under_exp_root(tmp_path):
     assert sorted((p.name, p.stat().st_mtime_ns) for p in outside.rglob("*")) == before
 
 
+@pytest.mark.slow
 async def test_a_dirs_problem_and_an_unknown_leg_show_in_the_tree(tmp_path):
     """A dir that cannot be read shows its problem, on one line, and no legs; a leg whose process
     cannot be proven the leg's is marked unknown, with why."""
@@ -680,6 +703,7 @@ async def test_a_dirs_problem_and_an_unknown_leg_show_in_the_tree(tmp_path):
         assert "nothing running or queued in the selection" in notes(app)
 
 
+@pytest.mark.slow
 async def test_notifications_show_text_from_files_printable(tmp_path):
     """A note, an error line or a dir's name reaches a notification without its control characters."""
     app = make_app(fake_registry(tmp_path))
@@ -708,6 +732,7 @@ def moe_log(steps: int, tok: float, drop: float | None = None) -> list[str]:
     return out
 
 
+@pytest.mark.slow
 async def test_final_table_is_the_report(tmp_path):
     """The dir's final table says what its report says: a row per run named so (the baseline from
     another dir is `dense [baseline]`, not a second `dense`; a leg's repeats and their mean), the
@@ -800,6 +825,7 @@ async def test_final_table_is_the_report(tmp_path):
         assert "--baseline 20260224_160000_cpu-smoke/dense." in screen_text(app)
 
 
+@pytest.mark.slow
 async def test_a_delta_without_an_interval_is_never_coloured(tmp_path):
     """Recorded figures have one sample each: their deltas are plain, with `-` for the verdict."""
     app = make_app(registry_file(tmp_path))
@@ -815,6 +841,7 @@ async def test_a_delta_without_an_interval_is_never_coloured(tmp_path):
                 assert lines[2] == "-" and {span.style for span in cell.spans} <= {"", "dim"}, cell
 
 
+@pytest.mark.slow
 async def test_a_stop_after_the_leg_ended_says_so(tmp_path):
     """The leg ended between the confirmation and the stop: the notification says it was done."""
     d = write_dir(tmp_path / "exp", "20260224_175412_cpu-smoke", "cpu-smoke", {"dense": ("done", log_lines(40, 40))})
@@ -827,6 +854,7 @@ async def test_a_stop_after_the_leg_ended_says_so(tmp_path):
         assert not expdir.stop_request_path(d, "dense").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size", [(80, 24), (120, 40)])
 async def test_the_dialogs_keys_are_always_on_screen(tmp_path, size):
     """However long the list of commands, `Launch [y]` / `Re-run [R]` and `Cancel [n/esc]` stay on
@@ -851,6 +879,7 @@ async def test_the_dialogs_keys_are_always_on_screen(tmp_path, size):
             await until(pilot, lambda: not isinstance(app.screen, ConfirmScreen), what="cancelled")
 
 
+@pytest.mark.slow
 async def test_the_diff_shows_whole_flag_names_at_120_columns(tmp_path):
     app = make_app(registry_file(tmp_path))
     async with app.run_test(size=(120, 40)) as pilot:
@@ -864,6 +893,7 @@ async def test_the_diff_shows_whole_flag_names_at_120_columns(tmp_path):
             assert f"│{flag} " in text.replace("▌", "│") or f" {flag} " in text, flag
 
 
+@pytest.mark.slow
 async def test_deltas_that_are_no_number_show_a_dash(tmp_path):
     """A baseline whose figures are 0: the live and final delta cells say `-`, never inf or nan."""
     reg_path = fake_registry(tmp_path, legs={"base": 'model-tag = "base"', "a": 'model-tag = "a"'})
@@ -950,6 +980,7 @@ def test_text_shapes():
     assert fmt.num(806400.06, 0, comma=True) == "806,400" and fmt.pct(57.5) == "57.5%"
 
 
+@pytest.mark.slow
 def test_collector_posts_at_most_twice_a_second_and_loses_no_line(tmp_path):
     """The worker side alone: the first view is posted at once; after that views and log lines
     go out at most every 0.5 s (however fast the log grows), and every line arrives, in order."""

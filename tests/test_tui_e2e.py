@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from conftest import registry_file, until
+from helpers import registry_file, until
 from textual.widgets import DataTable
 
 from cockpit.tui.app import CockpitApp

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 
-from conftest import (
+import pytest
+from helpers import (
     log_lines,
     make_app,
     notes,
@@ -47,6 +48,7 @@ def log_screen(log: LogText) -> str:
                      for y in range(log.scrollable_content_region.height))
 
 
+@pytest.mark.slow
 async def test_search_filter_wrap_and_sideways_scroll(tmp_path):
     d = write_dir(tmp_path / "exp", "20260224_175412_cpu-smoke", "cpu-smoke",
                   {"dense": ("running", log_lines(60, 400, finished=False))}, supervisor_alive=True)
@@ -117,6 +119,7 @@ async def test_search_filter_wrap_and_sideways_scroll(tmp_path):
         assert not log.wrap and log.row_count == 62 and not pane.paused
 
 
+@pytest.mark.slow
 async def test_ended_leg_keeps_its_tab_until_closed(tmp_path):
     a, b = two_running_dirs(tmp_path / "exp")
     app = make_app(registry_file(tmp_path))
@@ -152,6 +155,7 @@ async def test_ended_leg_keeps_its_tab_until_closed(tmp_path):
         await until(pilot, lambda: panes.current_key() == key_a, what="the selected leg's log")
 
 
+@pytest.mark.slow
 async def test_a_leg_that_starts_comes_to_the_front_and_tabs_group_by_dir(tmp_path):
     """A leg seen running for the first time brings its tab to the front; the tabs stand grouped
     by dir, oldest dir first (a new tab goes in its place), each saying its dir; the pane's title
@@ -185,6 +189,7 @@ async def test_a_leg_that_starts_comes_to_the_front_and_tabs_group_by_dir(tmp_pa
         await until(pilot, lambda: panes.current_key() == key_a, what="the next tab, the older dir's")
 
 
+@pytest.mark.slow
 async def test_x_closes_the_tab_in_front_every_time(tmp_path):
     """Whatever the tab in front is (a running leg's, an ended one's, the selection's), `x` closes
     it, one tab a press, until none is left; then it says there is none."""
@@ -216,6 +221,7 @@ async def test_x_closes_the_tab_in_front_every_time(tmp_path):
                     what="closed, then the warning")
 
 
+@pytest.mark.slow
 async def test_a_leg_or_a_dir_opens_its_own_log(tmp_path):
     """A leg done in an older dir and stopped in a newer one: selecting the leg opens the attempt
     just stopped; selecting a dir opens its running leg, else its last started one."""
@@ -274,6 +280,7 @@ class BarePanes(App):
         yield LogPanes()
 
 
+@pytest.mark.slow
 async def test_a_tab_closed_while_it_is_being_opened_goes_cleanly():
     """The screen may open a leg's tab and close it again before Textual has added it (a leg
     that ends at once, a selection moved on): whatever the interleaving, no error, and the tabs

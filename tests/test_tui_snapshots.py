@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import SNAP_ROOT, FakeSampler, case_dir, fixed_clock, log_lines, registry_file, write_dir
+from helpers import SNAP_ROOT, FakeSampler, case_dir, fixed_clock, log_lines, registry_file, write_dir
 
 from cockpit.tui.app import CockpitApp
 from cockpit.tui.confirm import ConfirmScreen
@@ -21,7 +21,8 @@ from cockpit.tui.experiments import ExperimentTree, Selection
 from cockpit.tui.log_panes import LogPanes
 from cockpit.tui.log_text import LogText
 
-pytestmark = pytest.mark.usefixtures("snapshot_lock")  # the cases' fixed dirs, one test run at a time
+# the cases' fixed dirs, one test run at a time; a Pilot app and an SVG each: seconds
+pytestmark = [pytest.mark.usefixtures("snapshot_lock"), pytest.mark.slow]
 SIZE = (160, 48)
 # A laptop's 80x24, a half screen's 120x40, a wide 200x50: every screen at each, where every column
 # stays reachable (tables and panels scroll sideways; the next command is never folded inside a token).

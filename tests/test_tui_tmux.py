@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import log_lines, registry_file, write_dir
+from helpers import log_lines, registry_file, write_dir
 
 COCKPIT = Path(sys.executable).parent / "cockpit"
 
@@ -25,6 +25,7 @@ pytestmark = pytest.mark.skipif(shutil.which("tmux") is None or not COCKPIT.exis
                                 reason="needs tmux and the installed `cockpit` console script")
 
 
+@pytest.mark.slow
 def test_cockpit_in_tmux(tmp_path):
     registry = registry_file(tmp_path)
     d = write_dir(tmp_path / "exp", "20260224_175412_cpu-smoke", "cpu-smoke", {
