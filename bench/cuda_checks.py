@@ -152,7 +152,9 @@ def check_dropless_equals_capacity(device):
     a, b = fwd_bwd(dropless, x, device), fwd_bwd(fixed, x, device)
     errs = [rel(p, q) for p, q in zip(a, b, strict=True)]
     grouped = moe_lib.grouped_mm_usable(device, torch.bfloat16, 256, 512)
-    return max(errs) < 2e-2, f"grouped path {grouped}; rel err out {errs[0]:.1e}, grads max {max(errs[1:]):.1e}"
+    return max(
+        errs
+    ) < 2e-2, f"grouped path {grouped}; rel err out {errs[0]:.1e}, grads max {max(errs[1:]):.1e}"
 
 
 GROUPED_MM_SYNCS: list[str] = []  # filled by check_grouped_mm_sync: what the bare op's sync said
@@ -237,7 +239,9 @@ def check_static_compile(device):
         loads = []
         with torch._dynamo.config.patch(error_on_recompile=True):
             for step in range(3):
-                idx = torch.randint(0, 512, (4, 256), device=device, generator=torch.Generator(device).manual_seed(step))
+                idx = torch.randint(
+                    0, 512, (4, 256), device=device, generator=torch.Generator(device).manual_seed(step)
+                )
                 with autocast(device):
                     loss, stats = compiled(idx, idx.roll(-1, 1))
                 loss.backward()
@@ -247,8 +251,9 @@ def check_static_compile(device):
         seen.append((name, counter.frame_count, len(set(loads))))
     torch._dynamo.reset()
     ok = all(graphs == 1 and routings > 1 for _, graphs, routings in seen)
-    return ok, "; ".join(f"{name}: {graphs} graph(s), {routings} routings" for name, graphs, routings in seen) + \
-        f", 0 recompiles (bf16 autocast; dropless {'grouped' if grouped else 'as capacity T: NO grouped_mm'})"
+    return ok, "; ".join(
+        f"{name}: {graphs} graph(s), {routings} routings" for name, graphs, routings in seen
+    ) + f", 0 recompiles (bf16 autocast; dropless {'grouped' if grouped else 'as capacity T: NO grouped_mm'})"
 
 
 def check_muon(device):
@@ -263,7 +268,10 @@ def check_muon(device):
     opt.step()
     moved = (p.detach() - before).float().norm().item()
     ok = 0.5 < s.min().item() and s.max().item() < 1.3 and torch.isfinite(p).all().item() and moved > 0
-    return ok, f"Newton-Schulz ({'bf16' if device.type == 'cuda' else 'fp32'}) singular values in [{s.min():.2f}, {s.max():.2f}]; step moved {moved:.3f}"
+    return (
+        ok,
+        f"Newton-Schulz ({'bf16' if device.type == 'cuda' else 'fp32'}) singular values in [{s.min():.2f}, {s.max():.2f}]; step moved {moved:.3f}",
+    )
 
 
 def check_optimizer_time(device):

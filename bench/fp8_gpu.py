@@ -50,8 +50,17 @@ def fwd_bwd(fn, inputs, grad):
     return [out.float()] + [t.grad.float() for t in leaves]
 
 
-def count_ops(fn, names=("aten::_scaled_mm", "aten::_scaled_grouped_mm", "aten::_grouped_mm", "aten::mm",
-                         "aten::bmm", "aten::addmm")) -> dict[str, int]:
+def count_ops(
+    fn,
+    names=(
+        "aten::_scaled_mm",
+        "aten::_scaled_grouped_mm",
+        "aten::_grouped_mm",
+        "aten::mm",
+        "aten::bmm",
+        "aten::addmm",
+    ),
+) -> dict[str, int]:
     """How many times each aten op ran during fn() (eager; the profiler sees the dispatcher)."""
     from torch.profiler import ProfilerActivity, profile
 
@@ -72,8 +81,10 @@ def check_path_and_numerics(device: torch.device) -> tuple[bool, list[str]]:
     failures: list[str] = []
     on_fp8_hw = fp8.uses_scaled_mm(device)
     grouped = fp8.probe_grouped(device)
-    print(f"path: {'torch._scaled_mm (FP8 tensor cores)' if on_fp8_hw else 'EMULATION (no FP8 matmul here)'}; "
-          f"dropless forward: {'torch._scaled_grouped_mm' if grouped else 'grouped GEMM on dequantized FP8'}")
+    print(
+        f"path: {'torch._scaled_mm (FP8 tensor cores)' if on_fp8_hw else 'EMULATION (no FP8 matmul here)'}; "
+        f"dropless forward: {'torch._scaled_grouped_mm' if grouped else 'grouped GEMM on dequantized FP8'}"
+    )
     g = torch.Generator(device=device).manual_seed(0)
     E, C, D, H, M = 8, 256, 768, 1536, 2048
 
@@ -97,36 +108,55 @@ def check_path_and_numerics(device: torch.device) -> tuple[bool, list[str]]:
 
     for label, fn, expect in (("linear fwd+bwd", lin, 3), ("experts fixed-cap fwd+bwd", bmm, 3 * E)):
         c = count_ops(fn)
-        print(f"  {label:26s} aten::_scaled_mm x{c['aten::_scaled_mm']}, aten::mm x{c['aten::mm']}, "
-              f"aten::bmm x{c['aten::bmm']}")
+        print(
+            f"  {label:26s} aten::_scaled_mm x{c['aten::_scaled_mm']}, aten::mm x{c['aten::mm']}, "
+            f"aten::bmm x{c['aten::bmm']}"
+        )
         if on_fp8_hw and (c["aten::_scaled_mm"] != expect or c["aten::mm"] or c["aten::bmm"]):
             failures.append(f"{label}: expected {expect} _scaled_mm calls and no mm/bmm, got {c}")
         if not on_fp8_hw and c["aten::_scaled_mm"]:
             failures.append(f"{label}: emulation must not call _scaled_mm, got {c}")
     c = count_ops(grp)
-    print(f"  {'experts dropless fwd+bwd':26s} aten::_scaled_grouped_mm x{c['aten::_scaled_grouped_mm']}, "
-          f"aten::_grouped_mm x{c['aten::_grouped_mm']}")
+    print(
+        f"  {'experts dropless fwd+bwd':26s} aten::_scaled_grouped_mm x{c['aten::_scaled_grouped_mm']}, "
+        f"aten::_grouped_mm x{c['aten::_grouped_mm']}"
+    )
 
     # numerics: FP8 against bf16 on the real kernels
     def check(label, got, ref, fwd_tol=0.06, bwd_tol=0.10):
         errs = [rel(a, b) for a, b in zip(got, ref, strict=True)]
-        ok = errs[0] < fwd_tol and all(e < bwd_tol for e in errs[1:]) and all(
-            torch.isfinite(t).all().item() for t in got)
-        print(f"  {label:34s} rel err fwd {errs[0]:.4f}, grads " + ", ".join(f"{e:.4f}" for e in errs[1:])
-              + ("" if ok else "  <-- FAIL"))
+        ok = (
+            errs[0] < fwd_tol
+            and all(e < bwd_tol for e in errs[1:])
+            and all(torch.isfinite(t).all().item() for t in got)
+        )
+        print(
+            f"  {label:34s} rel err fwd {errs[0]:.4f}, grads "
+            + ", ".join(f"{e:.4f}" for e in errs[1:])
+            + ("" if ok else "  <-- FAIL")
+        )
         if not ok:
             failures.append(f"{label}: {errs}")
 
     gl = randn(M, H)
-    check("linear vs bf16", fwd_bwd(fp8.fp8_linear, [x, w], gl),
-          fwd_bwd(lambda a, b: a @ b.bfloat16().t(), [x, w], gl))
+    check(
+        "linear vs bf16",
+        fwd_bwd(fp8.fp8_linear, [x, w], gl),
+        fwd_bwd(lambda a, b: a @ b.bfloat16().t(), [x, w], gl),
+    )
     gb = randn(E, C, H)
-    check("experts fixed-cap vs bf16", fwd_bwd(fp8.fp8_bmm, [xb, wb], gb),
-          fwd_bwd(lambda a, b: torch.bmm(a, b.bfloat16()), [xb, wb], gb))
+    check(
+        "experts fixed-cap vs bf16",
+        fwd_bwd(fp8.fp8_bmm, [xb, wb], gb),
+        fwd_bwd(lambda a, b: torch.bmm(a, b.bfloat16()), [xb, wb], gb),
+    )
     if hasattr(torch, "_grouped_mm"):
         try:
-            check("experts dropless vs bf16", fwd_bwd(lambda a, b: fp8.fp8_grouped_mm(a, b, offs), [x, wb], gl),
-                  fwd_bwd(lambda a, b: torch._grouped_mm(a, b.bfloat16(), offs=offs), [x, wb], gl))
+            check(
+                "experts dropless vs bf16",
+                fwd_bwd(lambda a, b: fp8.fp8_grouped_mm(a, b, offs), [x, wb], gl),
+                fwd_bwd(lambda a, b: torch._grouped_mm(a, b.bfloat16(), offs=offs), [x, wb], gl),
+            )
         except RuntimeError as e:  # _grouped_mm missing on this GPU: the trainer falls back too
             print(f"  experts dropless: torch._grouped_mm unavailable here ({str(e).splitlines()[0]})")
     if on_fp8_hw:  # the real kernel against the emulation, same inputs
@@ -147,9 +177,20 @@ def check_path_and_numerics(device: torch.device) -> tuple[bool, list[str]]:
 def bench_config(args, device, depth: int, batch: int, use_fp8: bool, experts: bool) -> dict:
     torch.manual_seed(0)
     dim, heads = model_dims(depth, 64, 64)
-    config = GPTConfig(sequence_len=args.seq, vocab_size=args.vocab, n_layer=depth, n_head=heads, n_embd=dim,
-                       use_moe=True, n_experts=8, expert_topk=2, moe_freq=1, expert_hidden_mult=2.0,
-                       moe_capacity_factor=1.0, balance_loss_coeff=0.01)
+    config = GPTConfig(
+        sequence_len=args.seq,
+        vocab_size=args.vocab,
+        n_layer=depth,
+        n_head=heads,
+        n_embd=dim,
+        use_moe=True,
+        n_experts=8,
+        expert_topk=2,
+        moe_freq=1,
+        expert_hidden_mult=2.0,
+        moe_capacity_factor=1.0,
+        balance_loss_coeff=0.01,
+    )
     with torch.device(device):
         model = GPT(config)
     model.init_weights()
@@ -159,12 +200,16 @@ def bench_config(args, device, depth: int, batch: int, use_fp8: bool, experts: b
         train_model = torch.compile(model, dynamic=False)
     else:
         train_model = model
-        if args.compile == "blocks":  # identical blocks share one compiled graph: a fraction of the compile time
+        if (
+            args.compile == "blocks"
+        ):  # identical blocks share one compiled graph: a fraction of the compile time
             for block in model.transformer.h:
                 block.compile(dynamic=False)
     optimizer = model.setup_optimizer()
     loader = SyntheticStream(args.vocab, batch, args.seq, device, seed=0)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+    )
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -198,9 +243,17 @@ def bench_config(args, device, depth: int, batch: int, use_fp8: bool, experts: b
     # expected _scaled_mm calls per step: 3 per FP8 linear, 3 per expert per FP8 expert matmul
     n_lin = sum(isinstance(m, fp8.Fp8Linear) for m in model.modules())
     n_exp = sum(2 * 8 for m in model.modules() if getattr(m, "fp8", False) is True)
-    return {"dt_ms": 1000 * dt, "tok_s": tok_s, "mfu": mfu, "mem": mem, "wall": time.perf_counter() - t_start,
-            "loss0": losses[0], "loss1": losses[-2], "scaled_mm": ops["aten::_scaled_mm"],
-            "scaled_mm_expected": 3 * (n_lin + n_exp) if fp8.uses_scaled_mm(device) else 0}
+    return {
+        "dt_ms": 1000 * dt,
+        "tok_s": tok_s,
+        "mfu": mfu,
+        "mem": mem,
+        "wall": time.perf_counter() - t_start,
+        "loss0": losses[0],
+        "loss1": losses[-2],
+        "scaled_mm": ops["aten::_scaled_mm"],
+        "scaled_mm_expected": 3 * (n_lin + n_exp) if fp8.uses_scaled_mm(device) else 0,
+    }
 
 
 def free(device: torch.device) -> None:
@@ -214,7 +267,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="bench.fp8_gpu", description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--quick", action="store_true", help="path and numerics only")
-    p.add_argument("--no-checks", action="store_true", help="throughput only (bench.cuda_checks ran the checks)")
+    p.add_argument(
+        "--no-checks", action="store_true", help="throughput only (bench.cuda_checks ran the checks)"
+    )
     p.add_argument("--depths", default="12,20")
     p.add_argument("--batch", type=int, default=16, help="device batch size at d12 (the fork's runs)")
     p.add_argument("--batch-d20", type=int, default=8, help="device batch size at depths > 12")
@@ -222,8 +277,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--vocab", type=int, default=32768, help="the fork tokenizer's")
     p.add_argument("--warmup", type=int, default=5, help="untimed steps (compile happens here)")
     p.add_argument("--steps", type=int, default=15, help="timed steps")
-    p.add_argument("--compile", choices=["blocks", "model", "none"], default="blocks",
-                   help="blocks: compile each block (fast to compile); model: whole model like base_train")
+    p.add_argument(
+        "--compile",
+        choices=["blocks", "model", "none"],
+        default="blocks",
+        help="blocks: compile each block (fast to compile); model: whole model like base_train",
+    )
     p.add_argument("--budget-s", type=float, default=480, help="skip configs that would end past this")
     args = p.parse_args(argv)
     device = torch.device(args.device)
@@ -240,20 +299,29 @@ def main(argv: list[str] | None = None) -> int:
     else:
         on_fp8_hw, failures = check_path_and_numerics(device)
     if args.quick:
-        print(f"{'FAIL' if failures else 'OK'}: path {'_scaled_mm' if on_fp8_hw else 'emulation'}; "
-              f"{len(failures)} check(s) failed")
+        print(
+            f"{'FAIL' if failures else 'OK'}: path {'_scaled_mm' if on_fp8_hw else 'emulation'}; "
+            f"{len(failures)} check(s) failed"
+        )
         return 1 if failures else 0
 
     configs = []
     for depth in (int(d) for d in args.depths.split(",")):
         batch = args.batch if depth <= 12 else args.batch_d20
-        for label, use_fp8, experts in (("bf16", False, False), ("fp8", True, False),
-                                        ("fp8+experts", True, True)):
+        for label, use_fp8, experts in (
+            ("bf16", False, False),
+            ("fp8", True, False),
+            ("fp8+experts", True, True),
+        ):
             configs.append((depth, batch, label, use_fp8, experts))
-    print(f"\nthroughput: MoE 8 experts top-2, expert-hidden-mult 2, seq {args.seq}, cap 1.0, "
-          f"compile={args.compile}, {args.warmup} warmup + {args.steps} timed steps, one GPU")
-    print("| depth | batch | config | dt (ms) | tok/sec | bf16_mfu | peak mem (MiB) | loss first->last "
-          "| _scaled_mm/step (expected) | wall (s) |")
+    print(
+        f"\nthroughput: MoE 8 experts top-2, expert-hidden-mult 2, seq {args.seq}, cap 1.0, "
+        f"compile={args.compile}, {args.warmup} warmup + {args.steps} timed steps, one GPU"
+    )
+    print(
+        "| depth | batch | config | dt (ms) | tok/sec | bf16_mfu | peak mem (MiB) | loss first->last "
+        "| _scaled_mm/step (expected) | wall (s) |"
+    )
     print("| ---: | ---: | --- | ---: | ---: | ---: | ---: | --- | ---: | ---: |")
     results: dict[tuple[int, str], dict] = {}
     longest = 0.0
@@ -261,7 +329,9 @@ def main(argv: list[str] | None = None) -> int:
         elapsed = time.perf_counter() - t_begin
         estimate = max(longest * (1.0 if depth <= 12 else 2.0), 60.0)
         if elapsed + estimate > args.budget_s:
-            print(f"| {depth} | {batch} | {label} | skipped: time budget ({elapsed:.0f}s used, ~{estimate:.0f}s needed) |")
+            print(
+                f"| {depth} | {batch} | {label} | skipped: time budget ({elapsed:.0f}s used, ~{estimate:.0f}s needed) |"
+            )
             continue
         try:
             r = bench_config(args, device, depth, batch, use_fp8, experts)
@@ -272,24 +342,34 @@ def main(argv: list[str] | None = None) -> int:
         free(device)
         longest = max(longest, r["wall"])
         results[(depth, label)] = r
-        print(f"| {depth} | {batch} | {label} | {r['dt_ms']:.2f} | {r['tok_s']:,.0f} | {r['mfu']:.2f} | "
-              f"{r['mem']:.0f} | {r['loss0']:.3f}->{r['loss1']:.3f} | {r['scaled_mm']} ({r['scaled_mm_expected']}) "
-              f"| {r['wall']:.0f} |", flush=True)
+        print(
+            f"| {depth} | {batch} | {label} | {r['dt_ms']:.2f} | {r['tok_s']:,.0f} | {r['mfu']:.2f} | "
+            f"{r['mem']:.0f} | {r['loss0']:.3f}->{r['loss1']:.3f} | {r['scaled_mm']} ({r['scaled_mm_expected']}) "
+            f"| {r['wall']:.0f} |",
+            flush=True,
+        )
         if r["scaled_mm"] != r["scaled_mm_expected"]:
-            failures.append(f"d{depth} {label}: {r['scaled_mm']} _scaled_mm calls in a training step, "
-                            f"expected {r['scaled_mm_expected']}")
+            failures.append(
+                f"d{depth} {label}: {r['scaled_mm']} _scaled_mm calls in a training step, "
+                f"expected {r['scaled_mm_expected']}"
+            )
 
     ratios = []
     for depth in sorted({d for d, _ in results}):
         base = results.get((depth, "bf16"))
         for label in ("fp8", "fp8+experts"):
             if base and (depth, label) in results:
-                ratios.append(f"d{depth} {label}/bf16 tok/sec = {results[(depth, label)]['tok_s'] / base['tok_s']:.3f}")
+                ratios.append(
+                    f"d{depth} {label}/bf16 tok/sec = {results[(depth, label)]['tok_s'] / base['tok_s']:.3f}"
+                )
     print(f"\npath: {'_scaled_mm' if on_fp8_hw else 'EMULATION'} | checks failed: {len(failures)}")
     for f in failures:
         print(f"  FAIL {f}")
-    print("RESULT: " + ("; ".join(ratios) if ratios else "no throughput pair measured")
-          + f" | total {time.perf_counter() - t_begin:.0f}s")
+    print(
+        "RESULT: "
+        + ("; ".join(ratios) if ratios else "no throughput pair measured")
+        + f" | total {time.perf_counter() - t_begin:.0f}s"
+    )
     return 1 if failures else 0
 
 

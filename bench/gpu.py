@@ -41,7 +41,9 @@ ROOT = Path(__file__).resolve().parents[1]
 STEP_RE = re.compile(r"^step (\d+)/\d+ .*\| tok/sec: ([\d,]+) \| bf16_mfu: ([\d.]+)")
 PEAK_MEM_RE = re.compile(r"^Peak memory usage: ([\d.]+)MiB")
 FLOPS_RE = re.compile(r"^Estimated FLOPs per token: ([\d.e+]+)")
-RECOMPILE_RE = re.compile(r"^torch\.compile: (\d+) graph\(s\) in the first step, (\d+) recompile\(s\) after it")
+RECOMPILE_RE = re.compile(
+    r"^torch\.compile: (\d+) graph\(s\) in the first step, (\d+) recompile\(s\) after it"
+)
 
 D12 = [
     "--depth", "12", "--aspect-ratio", "64", "--head-dim", "64", "--max-seq-len", "1024",
@@ -102,17 +104,30 @@ def run_leg(name: str, args, ckpt_root: str, base: list[str], device: str) -> di
         "flops_per_token": float(flops.group(1)) if flops else float("nan"),
         "graphs": int(recompile.group(1)) if recompile else None,
         "recompiles": int(recompile.group(2)) if recompile else None,
-        "notes": [line for line in lines if line.startswith(("torch.compile", "MoE", "FP8", "✓ FP8", "GPU:",
-                                                             "Optimizer:", "Vocab size", "moe step 00020"))],  # fmt: skip
+        "notes": [
+            line
+            for line in lines
+            if line.startswith(
+                ("torch.compile", "MoE", "FP8", "✓ FP8", "GPU:", "Optimizer:", "Vocab size", "moe step 00020")
+            )
+        ],  # fmt: skip
         "error": lines[-60:] if rc != 0 else [],
     }
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="bench.gpu", description="one-GPU d12 throughput beside the fork's figures")
-    ap.add_argument("--steps", type=int, default=22, help="optimizer steps per leg (the first 10 are not measured)")
-    ap.add_argument("--total-batch-size", type=int, default=65536, help="tokens per step (4 micro-steps of 16 x 1024)")
-    ap.add_argument("--legs", default=DEFAULT_LEGS, help=f"comma-separated subset of {','.join(LEGS)}, or all")
+    ap = argparse.ArgumentParser(
+        prog="bench.gpu", description="one-GPU d12 throughput beside the fork's figures"
+    )
+    ap.add_argument(
+        "--steps", type=int, default=22, help="optimizer steps per leg (the first 10 are not measured)"
+    )
+    ap.add_argument(
+        "--total-batch-size", type=int, default=65536, help="tokens per step (4 micro-steps of 16 x 1024)"
+    )
+    ap.add_argument(
+        "--legs", default=DEFAULT_LEGS, help=f"comma-separated subset of {','.join(LEGS)}, or all"
+    )
     ap.add_argument("--leg-timeout", type=int, default=150, help="seconds per leg, compile included")
     ap.add_argument("--cpu-check", action="store_true", help="tiny model on CPU: checks this script only")
     args = ap.parse_args(argv)
@@ -132,12 +147,17 @@ def main(argv: list[str] | None = None) -> int:
         args.total_batch_size, args.steps, device = 1024, min(args.steps, 14), "cpu"
         gpu_name, peak = "cpu (--cpu-check: the figures mean nothing)", 0.0
     elif not torch.cuda.is_available():
-        print("bench.gpu: no CUDA device here; this script needs one NVIDIA GPU (or --cpu-check)", file=sys.stderr)
+        print(
+            "bench.gpu: no CUDA device here; this script needs one NVIDIA GPU (or --cpu-check)",
+            file=sys.stderr,
+        )
         return 2
     else:
         device, gpu_name = "cuda", torch.cuda.get_device_name(0)
         peak = peak_flops_for(gpu_name)
-    print(f"device: {gpu_name} | bf16 peak {peak:.3e} | torch {torch.__version__} | python {sys.version.split()[0]}")
+    print(
+        f"device: {gpu_name} | bf16 peak {peak:.3e} | torch {torch.__version__} | python {sys.version.split()[0]}"
+    )
     print(f"config: d12 MoE 8x top-2, seq 1024, device batch 16, vocab 32,768 (synthetic), total batch "
           f"{args.total_batch_size:,} tokens, {args.steps} steps per leg, means over steps > 10")  # fmt: skip
     results = {}
@@ -146,12 +166,16 @@ def main(argv: list[str] | None = None) -> int:
             r = run_leg(name, args, ckpt_root, base, device)
             results[name] = r
             status = "ok" if r["rc"] == 0 else f"FAILED rc={r['rc']}"
-            print(f"  {name} ({LEGS[name][2]}): {status}, {r['steps']} steps in {r['wall_s']:.0f}s", flush=True)
+            print(
+                f"  {name} ({LEGS[name][2]}): {status}, {r['steps']} steps in {r['wall_s']:.0f}s", flush=True
+            )
             for line in r["notes"] + [f"| {e}" for e in r["error"]]:
                 print(f"    {line}")
 
     print()
-    print("| leg | tok/sec/GPU | bf16_mfu % | peak mem (MiB) | fork tok/sec/GPU | fork mfu % (same peak) | ours / fork |")
+    print(
+        "| leg | tok/sec/GPU | bf16_mfu % | peak mem (MiB) | fork tok/sec/GPU | fork mfu % (same peak) | ours / fork |"
+    )
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     ratios = []
     for name, r in results.items():
@@ -174,10 +198,16 @@ def verdict(results: dict[str, dict], ratios: list[str], compiled: bool) -> tupl
     graph in its first step and recompiled nothing after it."""
     static = {n: r for n, r in results.items() if "--compile-mode" in LEGS[n][0] and compiled}
     bad = [n for n, r in static.items() if r["recompiles"] != 0]
-    broken = [f"{n} ({r['graphs']} graphs)" for n, r in static.items() if r["graphs"] is not None and r["graphs"] != 1]
+    broken = [
+        f"{n} ({r['graphs']} graphs)"
+        for n, r in static.items()
+        if r["graphs"] is not None and r["graphs"] != 1
+    ]
     failed = [n for n, r in results.items() if r["rc"] != 0]
-    lines = ["graphs in the first step / recompiles after it: "
-             + (", ".join(f"{n} {r['graphs']}/{r['recompiles']}" for n, r in static.items()) or "not compiled")]
+    lines = [
+        "graphs in the first step / recompiles after it: "
+        + (", ".join(f"{n} {r['graphs']}/{r['recompiles']}" for n, r in static.items()) or "not compiled")
+    ]
     if "dense_static" in results and "bf16_cap1p0_static" in results:
         dense, cap = results["dense_static"]["tok_per_sec"], results["bf16_cap1p0_static"]["tok_per_sec"]
         lines.append(f"MoE bf16 cap 1.0 / dense step time, same active FLOPs: {dense / cap:.2f}")

@@ -57,9 +57,13 @@ def write_log(path: Path, size: int, seed: int = 0) -> int:
     for i in range(2000):
         block_lines.append(step_line(i, 10**6, rng))
         if i % 10 == 0:
-            block_lines.append(f"moe step {i:05d} | drop: 1.20% | load: {','.join(['0.125'] * 8)} | bal: 1.0023")
+            block_lines.append(
+                f"moe step {i:05d} | drop: 1.20% | load: {','.join(['0.125'] * 8)} | bal: 1.0023"
+            )
         if i % 500 == 0:
-            block_lines.append("W1126 04:00:00.000000 1234 torch/_dynamo/convert_frame.py:844] recompile (noise)")
+            block_lines.append(
+                "W1126 04:00:00.000000 1234 torch/_dynamo/convert_frame.py:844] recompile (noise)"
+            )
     block = ("\n".join(block_lines) + "\n").encode()
     n_blocks = max(1, size // len(block))
     header = b"Autodetected device type: cuda\nEstimated FLOPs per token: 7.301376e+08\n"
@@ -75,10 +79,12 @@ def write_log(path: Path, size: int, seed: int = 0) -> int:
 def upstream_line(step: int, total: int, rng: random.Random) -> str:
     """A step line as upstream nanochat prints it, with its `epoch: E pq: P rg: R` field."""
     dt = 650 + rng.uniform(-30, 30)
-    return (f"step {step:05d}/{total:05d} ({100 * step / total:.2f}%) | loss: {3.7 + rng.random():.6f} | lrm: 1.00 | "
-            f"dt: {dt:.2f}ms | tok/sec: {int(524288 / dt * 1000):,} | bf16_mfu: {9.7 + rng.random() / 5:.2f} | "
-            f"epoch: 0 pq: {step // 1000} rg: {step % 7} | total time: {step * dt / 60000:.2f}m | "
-            f"eta: {(total - step) * dt / 60000:.1f}m")
+    return (
+        f"step {step:05d}/{total:05d} ({100 * step / total:.2f}%) | loss: {3.7 + rng.random():.6f} | lrm: 1.00 | "
+        f"dt: {dt:.2f}ms | tok/sec: {int(524288 / dt * 1000):,} | bf16_mfu: {9.7 + rng.random() / 5:.2f} | "
+        f"epoch: 0 pq: {step // 1000} rg: {step % 7} | total time: {step * dt / 60000:.2f}m | "
+        f"eta: {(total - step) * dt / 60000:.1f}m"
+    )
 
 
 def write_upstream_log(path: Path, steps: int, seed: int = 0) -> None:
@@ -115,9 +121,11 @@ def cli_run(args: list[str]) -> tuple[float, float, float]:
 
 
 # the report's own peak RSS (VmHWM: this process image's, not the bench's)
-_PEAK = ("import sys\nfrom cockpit import cli\nrc = cli.main(sys.argv[1:])\n"
-         "hwm = next(ln for ln in open('/proc/self/status') if ln.startswith('VmHWM:')).split()[1]\n"
-         "print('PEAK', hwm, file=sys.stderr)\nsys.exit(rc)\n")
+_PEAK = (
+    "import sys\nfrom cockpit import cli\nrc = cli.main(sys.argv[1:])\n"
+    "hwm = next(ln for ln in open('/proc/self/status') if ln.startswith('VmHWM:')).split()[1]\n"
+    "print('PEAK', hwm, file=sys.stderr)\nsys.exit(rc)\n"
+)
 
 
 def plain_read(path: Path) -> tuple[int, float]:
@@ -148,10 +156,15 @@ def best(fn, repeat: int) -> tuple[float, object]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.logs", description=__doc__.split("\n")[0])
     ap.add_argument("--scale", type=float, default=1.0, help="size factor of every generated log (default 1)")
-    ap.add_argument("--parse-mb", type=float, default=200, help="size of the full-parse log in MB (default 200)")
+    ap.add_argument(
+        "--parse-mb", type=float, default=200, help="size of the full-parse log in MB (default 200)"
+    )
     ap.add_argument("--keep", action="store_true", help="keep the generated logs")
-    ap.add_argument("--steps", default=",".join(map(str, ARTIFACT_STEPS)),
-                    help="step lines per log of case 4, comma-separated (default %(default)s; times --scale)")
+    ap.add_argument(
+        "--steps",
+        default=",".join(map(str, ARTIFACT_STEPS)),
+        help="step lines per log of case 4, comma-separated (default %(default)s; times --scale)",
+    )
     ap.add_argument("--only", choices=("artifacts",), help="run only this case (4)")
     args = ap.parse_args(argv)
     try:
@@ -176,10 +189,22 @@ def main(argv: list[str] | None = None) -> int:
         parse_t = min(t for _, t in parse_runs)
         assert parse_runs[0][0] == n_lines, (parse_runs[0][0], n_lines)
         ratio = plain_t / parse_t
-        rows.append(("plain `for line in file`", f"{size_mb:.0f} MB, {n_lines:,} lines",
-                     f"{plain_t:.3f} s", f"{n_lines / plain_t:,.0f} lines/s"))
-        rows.append(("full parse (logs.parse_file)", f"{size_mb:.0f} MB, {n_lines:,} lines",
-                     f"{parse_t:.3f} s", f"{n_lines / parse_t:,.0f} lines/s = {ratio:.2f}x plain (the line parser's speed)"))
+        rows.append(
+            (
+                "plain `for line in file`",
+                f"{size_mb:.0f} MB, {n_lines:,} lines",
+                f"{plain_t:.3f} s",
+                f"{n_lines / plain_t:,.0f} lines/s",
+            )
+        )
+        rows.append(
+            (
+                "full parse (logs.parse_file)",
+                f"{size_mb:.0f} MB, {n_lines:,} lines",
+                f"{parse_t:.3f} s",
+                f"{n_lines / parse_t:,.0f} lines/s = {ratio:.2f}x plain (the line parser's speed)",
+            )
+        )
         p.unlink()
 
         # 2. tail-N summary of a 1 GB log
@@ -191,8 +216,14 @@ def main(argv: list[str] | None = None) -> int:
         t_first = time.perf_counter() - t_first
         t_tail, s = best(lambda: logs.summarize(big), 5)
         assert s.finished and s.tail_n == 50, s
-        rows.append(("tail-50 summary (logs.summarize)", f"{big_mb:.0f} MB",
-                     f"{t_tail * 1000:.1f} ms", f"first call {t_first * 1000:.1f} ms (target < 200 ms)"))
+        rows.append(
+            (
+                "tail-50 summary (logs.summarize)",
+                f"{big_mb:.0f} MB",
+                f"{t_tail * 1000:.1f} ms",
+                f"first call {t_first * 1000:.1f} ms (target < 200 ms)",
+            )
+        )
         big.unlink()
 
         # 3. cockpit report on 10 legs of 100 MB
@@ -205,24 +236,43 @@ def main(argv: list[str] | None = None) -> int:
         leg_mb = first.stat().st_size / MB
         t_inproc, text = best(lambda: report_md.render_report(exp), 3)
         assert all(text.count(f"| leg_{i:02d} |") == 3 for i in range(10)), text  # figures, quality, status
-        cmd = [sys.executable, "-m", "cockpit.cli", "report", "--registry", str(root / "none.toml"), "--exp-dir", str(exp)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "cockpit.cli",
+            "report",
+            "--registry",
+            str(root / "none.toml"),
+            "--exp-dir",
+            str(exp),
+        ]
         t_cli = []
         for _ in range(3):
             t0 = time.perf_counter()
             out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
             t_cli.append(time.perf_counter() - t0)
         assert all(out.count(f"| leg_{i:02d} |") == 3 for i in range(10)), out
-        rows.append(("report_md.render_report (in process)", f"10 x {leg_mb:.0f} MB", f"{t_inproc * 1000:.1f} ms", ""))
-        rows.append(("`cockpit report --exp-dir` (new process)", f"10 x {leg_mb:.0f} MB",
-                     f"{min(t_cli) * 1000:.1f} ms", "target < 1000 ms, Python start and imports included"))
+        rows.append(
+            ("report_md.render_report (in process)", f"10 x {leg_mb:.0f} MB", f"{t_inproc * 1000:.1f} ms", "")
+        )
+        rows.append(
+            (
+                "`cockpit report --exp-dir` (new process)",
+                f"10 x {leg_mb:.0f} MB",
+                f"{min(t_cli) * 1000:.1f} ms",
+                "target < 1000 ms, Python start and imports included",
+            )
+        )
     finally:
         if args.keep:
             print(f"logs kept in {root}")
         else:
             shutil.rmtree(root, ignore_errors=True)
 
-    last.append(f"full parse / plain read = {ratio:.2f}x; "
-                f"{big_mb:.0f} MB tail summary {t_tail * 1000:.1f} ms; 10 x {leg_mb:.0f} MB report {min(t_cli) * 1000:.0f} ms")
+    last.append(
+        f"full parse / plain read = {ratio:.2f}x; "
+        f"{big_mb:.0f} MB tail summary {t_tail * 1000:.1f} ms; 10 x {leg_mb:.0f} MB report {min(t_cli) * 1000:.0f} ms"
+    )
     return _print(rows, last)
 
 
@@ -245,21 +295,41 @@ def artifacts(root: Path, sizes: list[int], rows: list[tuple[str, str, str, str]
         naive = min(regex_pass(logs_) for _ in range(2))  # the second pass: warm page cache, as the report's
         none = str(root / "none.toml")
         out = root / f"out_{steps}" / "report.md"
-        t_art, cpu_art, rss_mib = cli_run(["report", "--registry", none, "--exp-dir", str(exp), "--out-md", str(out)])
+        t_art, cpu_art, rss_mib = cli_run(
+            ["report", "--registry", none, "--exp-dir", str(exp), "--out-md", str(out)]
+        )
         csv_rows = sum(1 for _ in open(out.with_name("report_steps.csv"), "rb")) - 1
         assert csv_rows == ARTIFACT_LOGS * steps, csv_rows
-        pngs = [out.with_name(f"report_{m}.png") for m in ("loss", "tok_per_sec", "mfu", "dt_ms", "tail_means")]
+        pngs = [
+            out.with_name(f"report_{m}.png") for m in ("loss", "tok_per_sec", "mfu", "dt_ms", "tail_means")
+        ]
         assert all(p.stat().st_size > 0 for p in pngs)
-        t_sum, cpu_sum, _ = min(cli_run(["report", "--registry", none, "--exp-dir", str(exp)]) for _ in range(3))
+        t_sum, cpu_sum, _ = min(
+            cli_run(["report", "--registry", none, "--exp-dir", str(exp)]) for _ in range(3)
+        )
         shutil.rmtree(exp)
         shutil.rmtree(out.parent)
         what = f"{ARTIFACT_LOGS} x {steps:,} lines, {total_mb:.0f} MB"
-        rows.append(("plain re.search pass (naive reader)", what, f"{naive:.2f} s", f"{lines / naive:,.0f} lines/s"))
-        rows.append(("`cockpit report --out-md` (new process)", what, f"{t_art:.2f} s",
-                     f"{t_art / naive:.1f}x naive, {cpu_art:.2f} s CPU; steps CSV ({csv_rows:,} rows), summary CSV, "
-                     f"{len(pngs)} PNGs; peak RSS {rss_mib:.0f} MiB"))
-        rows.append(("`cockpit report` (summary, new process)", what, f"{t_sum:.2f} s",
-                     f"{t_sum / naive:.2f}x naive, {cpu_sum:.2f} s CPU"))
+        rows.append(
+            ("plain re.search pass (naive reader)", what, f"{naive:.2f} s", f"{lines / naive:,.0f} lines/s")
+        )
+        rows.append(
+            (
+                "`cockpit report --out-md` (new process)",
+                what,
+                f"{t_art:.2f} s",
+                f"{t_art / naive:.1f}x naive, {cpu_art:.2f} s CPU; steps CSV ({csv_rows:,} rows), summary CSV, "
+                f"{len(pngs)} PNGs; peak RSS {rss_mib:.0f} MiB",
+            )
+        )
+        rows.append(
+            (
+                "`cockpit report` (summary, new process)",
+                what,
+                f"{t_sum:.2f} s",
+                f"{t_sum / naive:.2f}x naive, {cpu_sum:.2f} s CPU",
+            )
+        )
         extra.append(f"{steps:,} steps: {t_art:.1f} s ({cpu_art:.1f} s CPU)")
     return "report --out-md on 10 logs of " + ", ".join(extra)
 

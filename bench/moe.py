@@ -109,8 +109,12 @@ def main() -> int:
     p.add_argument("--no-compile", action="store_true", help="eager variants only")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's)")
     p.add_argument("--kinds", default=",".join(KINDS), help=f"comma-separated subset of {','.join(KINDS)}")
-    p.add_argument("--profile", action="store_true", help="per-kernel profile of one compiled step of each variant")
-    p.add_argument("--guard", type=float, default=GUARD, help="the most cap1.0/dense median allowed (exit 1 past it)")
+    p.add_argument(
+        "--profile", action="store_true", help="per-kernel profile of one compiled step of each variant"
+    )
+    p.add_argument(
+        "--guard", type=float, default=GUARD, help="the most cap1.0/dense median allowed (exit 1 past it)"
+    )
     args = p.parse_args()
     if args.threads > 0:
         torch.set_num_threads(args.threads)
@@ -170,7 +174,9 @@ def main() -> int:
         variants[f"{kind} eager"] = step_fn(make(kind), kind in moe_kinds)
     if not args.no_compile:
         for kind in kinds:  # static shapes in every variant, as the trainer's --compile-mode auto
-            variants[f"{kind} compiled"] = step_fn(torch.compile(make(kind), dynamic=False), kind in moe_kinds)
+            variants[f"{kind} compiled"] = step_fn(
+                torch.compile(make(kind), dynamic=False), kind in moe_kinds
+            )
 
     t0 = time.perf_counter()
     for fn in variants.values():  # warmup, compilation included
@@ -202,26 +208,36 @@ def main() -> int:
     )
     best = {name: min(v) * 1000 for name, v in times.items()}
     med = {name: statistics.median(v) * 1000 for name, v in times.items()}
-    print(f"| {'variant':<18} | {'median (ms)':>11} | {'best (ms)':>9} | {'median vs dense':>15} | {'best vs dense':>13} |")
+    print(
+        f"| {'variant':<18} | {'median (ms)':>11} | {'best (ms)':>9} | {'median vs dense':>15} | {'best vs dense':>13} |"
+    )
     print(f"| {'-' * 18} | {'-' * 10}: | {'-' * 8}: | {'-' * 14}: | {'-' * 12}: |")
     for name in times:
         mode = name.split()[1]
-        print(f"| {name:<18} | {med[name]:>11.2f} | {best[name]:>9.2f} | {med[name] / med['dense ' + mode]:>15.2f} | "
-              f"{best[name] / best['dense ' + mode]:>13.2f} |")
+        print(
+            f"| {name:<18} | {med[name]:>11.2f} | {best[name]:>9.2f} | {med[name] / med['dense ' + mode]:>15.2f} | "
+            f"{best[name] / best['dense ' + mode]:>13.2f} |"
+        )
     modes = [m for m in ("eager", "compiled") if f"dense {m}" in best]
     if args.profile:
         mode = modes[-1]
         for kind in kinds:
             if kind != "experts":
                 print_profile(f"{kind} {mode}", variants[f"{kind} {mode}"], device)
-    ratios = {m: (med[f"cap1.0 {m}"] / med[f"dense {m}"], best[f"cap1.0 {m}"] / best[f"dense {m}"]) for m in modes}
+    ratios = {
+        m: (med[f"cap1.0 {m}"] / med[f"dense {m}"], best[f"cap1.0 {m}"] / best[f"dense {m}"]) for m in modes
+    }
     for m in modes:
         if "experts" not in kinds:
             continue
-        print(f"experts/dense fwd+bwd ({m}): median {med[f'experts {m}'] / med[f'dense {m}']:.2f}, "
-              f"best {best[f'experts {m}'] / best[f'dense {m}']:.2f}   (E matmuls, k copies in, a sum out)")
-        print(f"cap1.0/experts fwd+bwd ({m}): median {med[f'cap1.0 {m}'] / med[f'experts {m}']:.2f}, "
-              f"best {best[f'cap1.0 {m}'] / best[f'experts {m}']:.2f}   (routing, dispatch and combine)")
+        print(
+            f"experts/dense fwd+bwd ({m}): median {med[f'experts {m}'] / med[f'dense {m}']:.2f}, "
+            f"best {best[f'experts {m}'] / best[f'dense {m}']:.2f}   (E matmuls, k copies in, a sum out)"
+        )
+        print(
+            f"cap1.0/experts fwd+bwd ({m}): median {med[f'cap1.0 {m}'] / med[f'experts {m}']:.2f}, "
+            f"best {best[f'cap1.0 {m}'] / best[f'experts {m}']:.2f}   (routing, dispatch and combine)"
+        )
     for m, (r_med, r_best) in ratios.items():
         print(f"cap1.0/dense fwd+bwd ({m}): median {r_med:.2f}, best {r_best:.2f}")
     worst = max(ratios.values())
@@ -229,6 +245,7 @@ def main() -> int:
     print(f"cap1.0/dense fwd+bwd: median {worst[0]:.2f}, best {max(r[1] for r in ratios.values()):.2f}; "
           f"guard median <= {args.guard:.2f}: {'held' if held else 'BROKEN'}")  # fmt: skip
     return 0 if held else 1
+
 
 if __name__ == "__main__":
     sys.exit(main())

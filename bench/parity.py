@@ -70,7 +70,9 @@ def train(variant: str, data: Path, steps: int, every: int, extra: list[str], ck
     if log_dir is not None:
         (log_dir / f"{variant}.log").write_text(p.stdout + p.stderr)
     if p.returncode != 0:
-        sys.exit(f"bench.parity: {variant} failed (exit {p.returncode}): {(p.stderr or p.stdout).strip().splitlines()[-1:]}")
+        sys.exit(
+            f"bench.parity: {variant} failed (exit {p.returncode}): {(p.stderr or p.stdout).strip().splitlines()[-1:]}"
+        )
     return {int(s): float(v) for s, v in VAL_RE.findall(p.stdout)}, time.perf_counter() - t0
 
 
@@ -78,7 +80,9 @@ def pct(a: float, b: float) -> float:
     return 100 * (a / b - 1)
 
 
-def table(ours: dict[str, dict[int, float]], fork: dict[str, dict[int, float]], steps: list[int]) -> list[str]:
+def table(
+    ours: dict[str, dict[int, float]], fork: dict[str, dict[int, float]], steps: list[int]
+) -> list[str]:
     names = list(ours)
     head = "| step | " + " | ".join(f"{n} | {n} fork | Δ" for n in names) + " |"
     rule = "| ---: | " + " | ".join("---: | ---: | ---:" for _ in names) + " |"
@@ -108,7 +112,9 @@ def verdict(ours: dict[str, dict[int, float]], fork: dict[str, dict[int, float]]
         if a in final and b in final:
             mine, theirs = pct(final[b], final[a]), pct(ffinal[b], ffinal[a])
             worst_gap = max(worst_gap, abs(mine - theirs))
-            deltas.append(f"{a}->{b} {mine:+.2f}% (fork {theirs:+.2f}%, {abs(mine - theirs):.2f} points apart)")
+            deltas.append(
+                f"{a}->{b} {mine:+.2f}% (fork {theirs:+.2f}%, {abs(mine - theirs):.2f} points apart)"
+            )
     ok = worst <= 1.0 and worst_gap <= 0.5
     return (f"RESULT: final val bpb vs the fork: {', '.join(parts)} (target within 1%); {'; '.join(deltas)} "
             f"(target within 0.5 points): {'on target' if ok else 'OFF TARGET'}")  # fmt: skip
@@ -116,10 +122,16 @@ def verdict(ours: dict[str, dict[int, float]], fork: dict[str, dict[int, float]]
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="bench.parity", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", type=Path, help="a smoke corpus dir (python -m nanochat.smoke_data --out DIR); default: made in a temp dir")
+    ap.add_argument(
+        "--data",
+        type=Path,
+        help="a smoke corpus dir (python -m nanochat.smoke_data --out DIR); default: made in a temp dir",
+    )
     ap.add_argument("--steps", type=int, default=FORK_STEPS)
     ap.add_argument("--every", type=int, default=FORK_EVERY, help="validation every N steps")
-    ap.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of {', '.join(VARIANTS)}")
+    ap.add_argument(
+        "--variants", default=",".join(VARIANTS), help=f"comma-separated, of {', '.join(VARIANTS)}"
+    )
     ap.add_argument("--compile-mode", default="auto", choices=["auto", "static", "none"])
     ap.add_argument("--depth", type=int, default=4, help="4 is the fork's figures' config")
     ap.add_argument("--log-dir", type=Path, help="keep each variant's trainer output here as <variant>.log")
@@ -142,7 +154,9 @@ def main(argv: list[str] | None = None) -> int:
             data = Path(tmp) / "smoke"
             make_corpus(data)
         elif not (data / "base_data").is_dir() or not (data / "tokenizer").is_dir():
-            ap.error(f"--data {data}: no base_data/ and tokenizer/ in it; make them: python -m nanochat.smoke_data --out {data}")
+            ap.error(
+                f"--data {data}: no base_data/ and tokenizer/ in it; make them: python -m nanochat.smoke_data --out {data}"
+            )
         print(f"parity config: {' '.join(CONFIG)} --num-iterations {args.steps} --eval-every {args.every} "
               f"{' '.join(extra)}; the smoke corpus {data}")  # fmt: skip
         ours: dict[str, dict[int, float]] = {}

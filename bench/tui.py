@@ -43,9 +43,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def step_line(i: int, total: int) -> str:
-    return (f"step {i:05d}/{total:05d} ({100 * i / total:.2f}%) | loss: {6.0 - i * 1e-5:.6f} | lrm: 1.00 | "
-            f"dt: {650 + i % 7:.2f}ms | tok/sec: {806_400 + (i % 13) * 100:,} | bf16_mfu: 9.76 | epoch: 0 | "
-            f"total time: {i * 0.011:.2f}m | eta: 2.6m")
+    return (
+        f"step {i:05d}/{total:05d} ({100 * i / total:.2f}%) | loss: {6.0 - i * 1e-5:.6f} | lrm: 1.00 | "
+        f"dt: {650 + i % 7:.2f}ms | tok/sec: {806_400 + (i % 13) * 100:,} | bf16_mfu: 9.76 | epoch: 0 | "
+        f"total time: {i * 0.011:.2f}m | eta: 2.6m"
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -55,11 +57,15 @@ def step_line(i: int, total: int) -> str:
 def build_workspace(root: Path) -> Path:
     exp_root = root / "exp"
     exp_root.mkdir(parents=True)
-    out = [f'[project]\nname = "bench"\nexp_root = "{exp_root}"\n',
-           '[defaults]\nmodule = "nanochat.base_train"\ndevice = "cpu"\nnproc_per_node = 1\n',
-           '[defaults.args]\nnum-iterations = 100000\ncheckpoint-root = "{exp_dir}/ckpt_root"\n']
+    out = [
+        f'[project]\nname = "bench"\nexp_root = "{exp_root}"\n',
+        '[defaults]\nmodule = "nanochat.base_train"\ndevice = "cpu"\nnproc_per_node = 1\n',
+        '[defaults.args]\nnum-iterations = 100000\ncheckpoint-root = "{exp_dir}/ckpt_root"\n',
+    ]
     for e in range(N_EXP):
-        out.append(f'[[experiment]]\nid = "exp-{e:02d}"\ntitle = "benchmark experiment {e}"\nbaseline = "leg-0"\n')
+        out.append(
+            f'[[experiment]]\nid = "exp-{e:02d}"\ntitle = "benchmark experiment {e}"\nbaseline = "leg-0"\n'
+        )
         for g in range(N_LEGS):
             out.append(f'[[experiment.leg]]\nname = "leg-{g}"\nargs = {{ model-tag = "e{e}_l{g}" }}\n')
     registry = root / "experiments.toml"
@@ -82,7 +88,8 @@ def write_dir(d: Path, exp: str, leg: str, status: str, supervisor_pid: int | No
         me = psutil.Process(supervisor_pid)
         state |= {"pid": me.pid, "create_time": me.create_time()}
         (d / "state" / "supervisor.json").write_text(
-            json.dumps({"pid": me.pid, "create_time": me.create_time(), "ended_at": None}))
+            json.dumps({"pid": me.pid, "create_time": me.create_time(), "ended_at": None})
+        )
     (d / "state" / f"{leg}.json").write_text(json.dumps(state))
 
 
@@ -203,7 +210,9 @@ def bare_app(out: str, seconds: float, t_spawn: float):
 
         def fill(self) -> None:
             self.query_one("#header", Static).update(f"bench  │  step {self.step}")
-            self.query_one("#gpus", Static).update("\n".join(f"gpu {i} {'█' * (self.step % 8)}" for i in range(8)))
+            self.query_one("#gpus", Static).update(
+                "\n".join(f"gpu {i} {'█' * (self.step % 8)}" for i in range(8))
+            )
             for t in (self.query_one("#live", DataTable), self.query_one("#final", DataTable)):
                 t.clear()
                 for r in range(N_RUNNING):
@@ -218,8 +227,9 @@ def bare_app(out: str, seconds: float, t_spawn: float):
             self.step += 1
             self.fill()
             n = LINES_PER_S // 2  # the active tab's leg; hidden tabs render nothing (as the cockpit)
-            self.query(Log).first().write_lines([step_line(self.step * n + i, BIG_LINES) for i in range(n)],
-                                                scroll_end=True)
+            self.query(Log).first().write_lines(
+                [step_line(self.step * n + i, BIG_LINES) for i in range(n)], scroll_end=True
+            )
 
     return Bare()
 
@@ -236,13 +246,32 @@ def run_child(kind: str, registry: Path, seconds: float, workdir: Path, measure_
     out.unlink(missing_ok=True)
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", SIZE[1], SIZE[0], 0, 0))
-    env = {**os.environ, "TERM": "xterm-256color", "COLUMNS": str(SIZE[0]), "LINES": str(SIZE[1]),
-           "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}
+    env = {
+        **os.environ,
+        "TERM": "xterm-256color",
+        "COLUMNS": str(SIZE[0]),
+        "LINES": str(SIZE[1]),
+        "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p),
+    }
     t_spawn = time.time()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bench.tui", "--child", kind, str(registry), str(out), str(seconds),
-         repr(t_spawn)],
-        stdin=slave, stdout=slave, stderr=slave, env=env, start_new_session=True, cwd=workdir,
+        [
+            sys.executable,
+            "-m",
+            "bench.tui",
+            "--child",
+            kind,
+            str(registry),
+            str(out),
+            str(seconds),
+            repr(t_spawn),
+        ],
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        env=env,
+        start_new_session=True,
+        cwd=workdir,
     )
     os.close(slave)
     drained = [0]
@@ -293,7 +322,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     ap = argparse.ArgumentParser(prog="python -m bench.tui", description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=float, default=20.0, help="how long each app runs (default 20)")
-    ap.add_argument("--repeat", type=int, default=5, help="startup runs of each app; the median counts (default 5)")
+    ap.add_argument(
+        "--repeat", type=int, default=5, help="startup runs of each app; the median counts (default 5)"
+    )
     ap.add_argument("--keep", metavar="DIR", help="build the workspace here and keep it")
     args = ap.parse_args(argv)
 
@@ -302,8 +333,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         t = time.monotonic()
         registry = build_workspace(root)
-        print(f"workspace: {N_EXP} experiments x {N_LEGS} legs, {N_BIG} dirs with a {BIG_LINES:,}-line log "
-              f"({time.monotonic() - t:.1f} s to build) in {root}")
+        print(
+            f"workspace: {N_EXP} experiments x {N_LEGS} legs, {N_BIG} dirs with a {BIG_LINES:,}-line log "
+            f"({time.monotonic() - t:.1f} s to build) in {root}"
+        )
         # startup: the median of --repeat runs of each, alternating (the machine's load varies)
         paints: dict[str, list[float]] = {"cockpit": [], "bare": []}
         for _ in range(args.repeat):
@@ -311,7 +344,10 @@ def main(argv: list[str] | None = None) -> int:
                 paints[kind].append(run_child(kind, registry, 0.5, root, measure_cpu=False)["paint_s"])
         startup_c = {"paint_s": statistics.median(paints["cockpit"])}
         startup_b = {"paint_s": statistics.median(paints["bare"])}
-        print("startup runs (s): " + "; ".join(f"{k} " + ", ".join(f"{v:.3f}" for v in vs) for k, vs in paints.items()))
+        print(
+            "startup runs (s): "
+            + "; ".join(f"{k} " + ", ".join(f"{v:.3f}" for v in vs) for k, vs in paints.items())
+        )
 
         logs = add_running(root / "exp")
         writers = Writers(logs)
@@ -324,25 +360,37 @@ def main(argv: list[str] | None = None) -> int:
             writers.stop.set()
             th.join()
         rate = writers.written / max(1e-9, writers.ended - writers.started)
-        print(f"running legs: {N_RUNNING}, each writing {LINES_PER_S} lines/s ({rate:.0f} lines/s written "
-              f"in all); {args.seconds:.0f} s per app; terminal {SIZE[0]}x{SIZE[1]} (pty)")
+        print(
+            f"running legs: {N_RUNNING}, each writing {LINES_PER_S} lines/s ({rate:.0f} lines/s written "
+            f"in all); {args.seconds:.0f} s per app; terminal {SIZE[0]}x{SIZE[1]} (pty)"
+        )
         print()
         print(f"{'measure':<40} {'cockpit':>10} {'bare app':>10} {'ratio':>7} {'target':>10}")
-        print(f"{'startup to first full paint (s)':<40} {startup_c['paint_s']:>10.3f} {startup_b['paint_s']:>10.3f} "
-              f"{startup_c['paint_s'] / startup_b['paint_s']:>7.2f} {'< 1 s':>10}")
-        print(f"{'CPU, 8 legs x 20 lines/s (% of 1 core)':<40} {cpu_c['cpu_pct']:>10.1f} {cpu_b['cpu_pct']:>10.1f} "
-              f"{cpu_c['cpu_pct'] / max(1e-9, cpu_b['cpu_pct']):>7.2f} {'< 10%':>10}")
+        print(
+            f"{'startup to first full paint (s)':<40} {startup_c['paint_s']:>10.3f} {startup_b['paint_s']:>10.3f} "
+            f"{startup_c['paint_s'] / startup_b['paint_s']:>7.2f} {'< 1 s':>10}"
+        )
+        print(
+            f"{'CPU, 8 legs x 20 lines/s (% of 1 core)':<40} {cpu_c['cpu_pct']:>10.1f} {cpu_b['cpu_pct']:>10.1f} "
+            f"{cpu_c['cpu_pct'] / max(1e-9, cpu_b['cpu_pct']):>7.2f} {'< 10%':>10}"
+        )
         print(f"{'  of which the UI thread':<40} {cpu_c['ui_pct']:>10.1f} {cpu_b['ui_pct']:>10.1f}")
-        print(f"{'  of which other threads (workers, output)':<40} {cpu_c['other_pct']:>10.1f} {cpu_b['other_pct']:>10.1f}")
-        print(f"{'terminal output (KiB/s)':<40} {cpu_c['tty_bytes'] / 1024 / args.seconds:>10.1f} "
-              f"{cpu_b['tty_bytes'] / 1024 / args.seconds:>10.1f}")
+        print(
+            f"{'  of which other threads (workers, output)':<40} {cpu_c['other_pct']:>10.1f} {cpu_b['other_pct']:>10.1f}"
+        )
+        print(
+            f"{'terminal output (KiB/s)':<40} {cpu_c['tty_bytes'] / 1024 / args.seconds:>10.1f} "
+            f"{cpu_b['tty_bytes'] / 1024 / args.seconds:>10.1f}"
+        )
         ok_start = startup_c["paint_s"] < 1.0
         ok_cpu = cpu_c["cpu_pct"] < 10.0
         print()
-        print(f"startup {startup_c['paint_s']:.3f} s ({'OK' if ok_start else 'OVER'} target 1 s), "
-              f"ratio to bare Textual {startup_c['paint_s'] / startup_b['paint_s']:.2f}x; "
-              f"CPU {cpu_c['cpu_pct']:.1f}% of one core ({'OK' if ok_cpu else 'OVER'} target 10%), "
-              f"ratio to bare Textual {cpu_c['cpu_pct'] / max(1e-9, cpu_b['cpu_pct']):.2f}x")
+        print(
+            f"startup {startup_c['paint_s']:.3f} s ({'OK' if ok_start else 'OVER'} target 1 s), "
+            f"ratio to bare Textual {startup_c['paint_s'] / startup_b['paint_s']:.2f}x; "
+            f"CPU {cpu_c['cpu_pct']:.1f}% of one core ({'OK' if ok_cpu else 'OVER'} target 10%), "
+            f"ratio to bare Textual {cpu_c['cpu_pct'] / max(1e-9, cpu_b['cpu_pct']):.2f}x"
+        )
     finally:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)

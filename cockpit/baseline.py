@@ -61,7 +61,9 @@ class Baseline:
     own: bool = False  # the run's own dir
     explicit: bool = False  # named with --baseline
     recorded: reg.Recorded | None = None
-    differs: tuple[str, ...] = ()  # what differs between its launch and the run's (empty: nothing recorded does)
+    differs: tuple[
+        str, ...
+    ] = ()  # what differs between its launch and the run's (empty: nothing recorded does)
     unknown: str | None = None  # why the two launches' origins cannot be compared (a dir without plan.json)
     pinned: bool = False  # chosen at launch (plan.json's pin), not by the rule for older dirs
     problem: str | None = None  # why there are no figures to compare with (the pinned run failed, ...)
@@ -69,7 +71,6 @@ class Baseline:
     # the trainer flags its run ran with, its dir's path written `{exp_dir}` (its plan's, or for
     # recorded figures the registry's leg); None: nothing says (a manual log, a leg with repeats)
     flags: Mapping[str, str | bool] | None = None
-
 
     @property
     def source(self) -> str | None:
@@ -123,9 +124,13 @@ def _expected_argv(leg: reg.Leg, run_d: ExpDir, first_run: str) -> list[str]:
     in provenance.normal_argv's terms."""
     spec = run_d.spec(first_run)
     if spec is not None and spec.argv:
-        return provenance.normal_argv(list(spec.argv), (run_d.plan.dir if run_d.plan else None) or str(run_d.path))
+        return provenance.normal_argv(
+            list(spec.argv), (run_d.plan.dir if run_d.plan else None) or str(run_d.path)
+        )
     _, i = reg.split_repeat(first_run)
-    return provenance.normal_argv(leg.argv(str(run_d.path), "torchrun", i if leg.repeats > 1 else None), str(run_d.path))
+    return provenance.normal_argv(
+        leg.argv(str(run_d.path), "torchrun", i if leg.repeats > 1 else None), str(run_d.path)
+    )
 
 
 RECORDED_RUN = "the run's figures are recorded in the registry: its origin is unknown here"
@@ -134,8 +139,9 @@ RECORDED_RUN = "the run's figures are recorded in the registry: its origin is un
 OWN, DIR, RECORDED, NONE = "own", "dir", "recorded", "none"  # the pin's `source`
 
 
-def pin(registry: reg.Registry, exp: reg.Experiment, planned: list[reg.Leg],
-        dirs: list[ExpDir] | None = None) -> dict[str, Any]:
+def pin(
+    registry: reg.Registry, exp: reg.Experiment, planned: list[reg.Leg], dirs: list[ExpDir] | None = None
+) -> dict[str, Any]:
     """What a launch of `planned` legs of `exp` pins as its baseline (plan.json's `baseline`): the
     leg, and where its figures come from (OWN, DIR, RECORDED or NONE; see the module's
     docstring). `dirs`: expdir.discover(exp_root), when the caller has it. Reads only."""
@@ -152,8 +158,11 @@ def pin(registry: reg.Registry, exp: reg.Experiment, planned: list[reg.Leg],
             return {**which, "source": DIR, "dir": str(d.path), "runs": d.runs(leg.name)}
     if leg.recorded is not None:
         return {**which, "source": RECORDED, "recorded": leg.recorded.as_table()}
-    return {**which, "source": NONE,
-            "why": f"no finished run of {leg.experiment}/{leg.name} and no recorded figures when this dir was launched"}
+    return {
+        **which,
+        "source": NONE,
+        "why": f"no finished run of {leg.experiment}/{leg.name} and no recorded figures when this dir was launched",
+    }
 
 
 def pin_text(p: dict[str, Any]) -> str:
@@ -161,14 +170,19 @@ def pin_text(p: dict[str, Any]) -> str:
     if p.get("leg") is None:
         return f"none ({p.get('why')})"
     name = p["leg"] if p.get("source") == OWN else f"{p['experiment']}/{p['leg']}"
-    return {OWN: f"{name}, run by this launch",
-            DIR: f"{name} as it ran in {Path(str(p.get('dir'))).name}",
-            RECORDED: f"{name}, the figures the registry records",
-            }.get(p.get("source"), f"{name}: none ({p.get('why')})")
+    return {
+        OWN: f"{name}, run by this launch",
+        DIR: f"{name} as it ran in {Path(str(p.get('dir'))).name}",
+        RECORDED: f"{name}, the figures the registry records",
+    }.get(p.get("source"), f"{name}: none ({p.get('why')})")
 
 
-def choose(registry: reg.Registry, experiment: str, run_dir: Path | str | ExpDir | None,
-           dirs: list[ExpDir] | None = None) -> Baseline | None:
+def choose(
+    registry: reg.Registry,
+    experiment: str,
+    run_dir: Path | str | ExpDir | None,
+    dirs: list[ExpDir] | None = None,
+) -> Baseline | None:
     """The baseline of the runs of `run_dir`, a dir of `experiment`: what its plan pinned at
     launch, else (a dir from before pins, or of plain logs) its own finished run of the registry's
     baseline leg, else the newest finished one in another dir of the baseline's experiment made
@@ -193,11 +207,17 @@ def choose(registry: reg.Registry, experiment: str, run_dir: Path | str | ExpDir
         return Baseline(leg.name, leg.experiment, run_d.path, runs, own=True, flags=_run_flags(run_d, runs))
     made = _created(run_d) if run_d is not None else None
     for d in reversed(dirs):  # newest first
-        if d.experiment != leg.experiment or (run_d is not None and _same(d.path, run_d.path)) or not d.leg_done(leg.name):
+        if (
+            d.experiment != leg.experiment
+            or (run_d is not None and _same(d.path, run_d.path))
+            or not d.leg_done(leg.name)
+        ):
             continue
         runs = tuple(d.runs(leg.name))
         if run_d is None:
-            return Baseline(leg.name, leg.experiment, d.path, runs, unknown=RECORDED_RUN, flags=_run_flags(d, runs))
+            return Baseline(
+                leg.name, leg.experiment, d.path, runs, unknown=RECORDED_RUN, flags=_run_flags(d, runs)
+            )
         if not _before(d, runs, run_d, made):
             continue  # made or ended after the run's dir: it cannot have been its baseline
         return _from_dir(leg.name, leg.experiment, d, runs, run_d, leg)
@@ -206,13 +226,28 @@ def choose(registry: reg.Registry, experiment: str, run_dir: Path | str | ExpDir
     return None
 
 
-def _from_dir(name: str, experiment: str, d: ExpDir, runs: tuple[str, ...], run_d: ExpDir,
-              leg: reg.Leg | None, pinned: bool = False) -> Baseline:
+def _from_dir(
+    name: str,
+    experiment: str,
+    d: ExpDir,
+    runs: tuple[str, ...],
+    run_d: ExpDir,
+    leg: reg.Leg | None,
+    pinned: bool = False,
+) -> Baseline:
     """The baseline `runs` of another dir `d`, with what differs between its launch and the run's."""
     expected = _expected_argv(leg, run_d, runs[0]) if leg is not None else None
     differs = provenance.differences(d.plan, run_d.plan, runs[0], expected)
-    return Baseline(name, experiment, d.path, runs, differs=tuple(differs), unknown=provenance.unknown(d.plan, run_d.plan),
-                    pinned=pinned, flags=_run_flags(d, runs))
+    return Baseline(
+        name,
+        experiment,
+        d.path,
+        runs,
+        differs=tuple(differs),
+        unknown=provenance.unknown(d.plan, run_d.plan),
+        pinned=pinned,
+        flags=_run_flags(d, runs),
+    )
 
 
 def _pinned(registry: reg.Registry, run_d: ExpDir, p: Any, dirs: list[ExpDir] | None) -> Baseline | None:
@@ -221,31 +256,66 @@ def _pinned(registry: reg.Registry, run_d: ExpDir, p: Any, dirs: list[ExpDir] | 
         return None  # the experiment named no baseline at launch
     name, experiment, source = p.get("leg"), p.get("experiment"), p.get("source")
     if not (isinstance(name, str) and isinstance(experiment, str) and source in (OWN, DIR, RECORDED, NONE)):
-        return Baseline(str(name), None, None, pinned=True, problem="plan.json's baseline pin is not one the cockpit "
-                        "wrote", instead=_instead(run_d, str(name), None, dirs, registry))
+        return Baseline(
+            str(name),
+            None,
+            None,
+            pinned=True,
+            problem="plan.json's baseline pin is not one the cockpit wrote",
+            instead=_instead(run_d, str(name), None, dirs, registry),
+        )
     if source == RECORDED:
         figures = p.get("recorded") if isinstance(p.get("recorded"), dict) else {}
         kept = {k: v for k, v in figures.items() if v is None or isinstance(v, str) or _finite(v)}
-        return Baseline(name, experiment, None, recorded=reg.Recorded.of(kept), pinned=True,
-                        flags=_leg_flags(registry.find_leg(f"{experiment}/{name}")))
+        return Baseline(
+            name,
+            experiment,
+            None,
+            recorded=reg.Recorded.of(kept),
+            pinned=True,
+            flags=_leg_flags(registry.find_leg(f"{experiment}/{name}")),
+        )
     runs = p.get("runs")
-    runs = tuple(runs) if isinstance(runs, list) and runs and all(isinstance(r, str) for r in runs) else (name,)
+    runs = (
+        tuple(runs) if isinstance(runs, list) and runs and all(isinstance(r, str) for r in runs) else (name,)
+    )
     if source == OWN:
         b = Baseline(name, experiment, run_d.path, runs, own=True, pinned=True, flags=_run_flags(run_d, runs))
         why = _not_done(run_d, runs)
-        return b if why is None else dataclasses.replace(
-            b, problem=f"this dir's own run of {name} (the launch ran it) {why}",
-            instead=_instead(run_d, name, experiment, dirs, registry))
+        return (
+            b
+            if why is None
+            else dataclasses.replace(
+                b,
+                problem=f"this dir's own run of {name} (the launch ran it) {why}",
+                instead=_instead(run_d, name, experiment, dirs, registry),
+            )
+        )
     if source == DIR:
         where = Path(str(p.get("dir")))
         base_d = _pinned_dir(where, run_d, dirs)
         if base_d is not None and all(base_d.run_done(r, by_log=True) for r in runs):
-            return _from_dir(name, experiment, base_d, runs, run_d, registry.find_leg(f"{experiment}/{name}"), pinned=True)
+            return _from_dir(
+                name, experiment, base_d, runs, run_d, registry.find_leg(f"{experiment}/{name}"), pinned=True
+            )
         why = "is gone" if base_d is None else f"no longer holds a finished run of {name}"
-        return Baseline(name, experiment, where, runs, pinned=True, problem=f"the dir pinned at launch, {where.name}, {why}",
-                        instead=_instead(run_d, name, experiment, dirs, registry))
-    return Baseline(name, experiment, None, pinned=True, problem=str(p.get("why") or "nothing was pinned at launch"),
-                    instead=_instead(run_d, name, experiment, dirs, registry))
+        return Baseline(
+            name,
+            experiment,
+            where,
+            runs,
+            pinned=True,
+            problem=f"the dir pinned at launch, {where.name}, {why}",
+            instead=_instead(run_d, name, experiment, dirs, registry),
+        )
+    return Baseline(
+        name,
+        experiment,
+        None,
+        pinned=True,
+        problem=str(p.get("why") or "nothing was pinned at launch"),
+        instead=_instead(run_d, name, experiment, dirs, registry),
+    )
 
 
 def _finite(v: Any) -> bool:
@@ -275,14 +345,21 @@ def _not_done(d: ExpDir, runs: tuple[str, ...]) -> str | None:
     return "did not finish" if states or any(os.path.exists(d.log(r)) for r in runs) else "has not run"
 
 
-def _instead(run_d: ExpDir, name: str, experiment: str | None, dirs: list[ExpDir] | None,
-             registry: reg.Registry) -> str:
+def _instead(
+    run_d: ExpDir, name: str, experiment: str | None, dirs: list[ExpDir] | None, registry: reg.Registry
+) -> str:
     """How to compare with another run for one report: `--baseline`, naming the newest finished
     run of the baseline leg in another dir when there is one."""
     if dirs is None:
         dirs = expdir.discover(registry.settings.exp_root)
-    other = next((d for d in reversed(dirs) if d.experiment == experiment and not _same(d.path, run_d.path)
-                  and d.leg_done(name)), None)
+    other = next(
+        (
+            d
+            for d in reversed(dirs)
+            if d.experiment == experiment and not _same(d.path, run_d.path) and d.leg_done(name)
+        ),
+        None,
+    )
     ref = f"{other.path.name}/{other.runs(name)[0]}" if other is not None else f"OTHER_DIR/{name}"
     return f"cockpit report --exp-dir {run_d.path} --baseline {ref}"
 
@@ -344,7 +421,9 @@ def find_log(exp_dir: Path, ref: str) -> Path:
         where = "no log at " + ", ".join(str(c) for c in candidates)
         if len(missing) == len(candidates):
             where = f"no log '{Path(ref).name}.log': none of {', '.join(str(c.parent) for c in candidates)} is a dir"
-    raise BaselineError(f"baseline '{shown}': {safetext.oneline(where)} (give RUN, a log of this dir, or DIR/RUN)")
+    raise BaselineError(
+        f"baseline '{shown}': {safetext.oneline(where)} (give RUN, a log of this dir, or DIR/RUN)"
+    )
 
 
 def for_dir(d: ExpDir, ref: str | None = None, registry: reg.Registry | None = None) -> Baseline | None:
@@ -370,9 +449,24 @@ def explicit(run_d: ExpDir, log: Path) -> Baseline:
     """The baseline named with --baseline: the run of `log` (a log of the run's dir `run_d`, or of another)."""
     if _same(log.parent, run_d.path):
         runs = (log.stem,)
-        return Baseline(log.stem, run_d.experiment, run_d.path, runs, own=True, explicit=True,
-                        flags=_run_flags(run_d, runs))
+        return Baseline(
+            log.stem,
+            run_d.experiment,
+            run_d.path,
+            runs,
+            own=True,
+            explicit=True,
+            flags=_run_flags(run_d, runs),
+        )
     base_d = expdir.open_dir(log.parent)
     differs = provenance.differences(base_d.plan, run_d.plan, log.stem)
-    return Baseline(log.stem, base_d.experiment, base_d.path, (log.stem,), explicit=True, differs=tuple(differs),
-                    unknown=provenance.unknown(base_d.plan, run_d.plan), flags=_run_flags(base_d, (log.stem,)))
+    return Baseline(
+        log.stem,
+        base_d.experiment,
+        base_d.path,
+        (log.stem,),
+        explicit=True,
+        differs=tuple(differs),
+        unknown=provenance.unknown(base_d.plan, run_d.plan),
+        flags=_run_flags(base_d, (log.stem,)),
+    )

@@ -43,8 +43,13 @@ GIT_TIMEOUT_S = 5.0
 OUTPUT_KEEP = 64 * 1024  # bytes of a command's output kept (the commands asked here print a line or two)
 NOT_A_CHECKOUT = "not a git checkout"
 # -c options of every git command: the programs a config can name that no driver list covers
-SAFE_OPTIONS = ("core.fsmonitor=false", "core.hooksPath=/dev/null", "status.submoduleSummary=false",
-                "diff.submodule=short", "protocol.allow=never")
+SAFE_OPTIONS = (
+    "core.fsmonitor=false",
+    "core.hooksPath=/dev/null",
+    "status.submoduleSummary=false",
+    "diff.submodule=short",
+    "protocol.allow=never",
+)
 SUBMODULES = "--ignore-submodules=dirty"  # of a status or a diff: a submodule's commit, not its tree
 DIFF_OPTIONS = ("--no-textconv", "--no-ext-diff", SUBMODULES)  # of every diff
 # the keys of a filter driver that name a program, and what each is set to here (an empty
@@ -71,8 +76,15 @@ def git_env(overrides: dict[str, str] | None = None) -> dict[str, str]:
     ours; `overrides` (config key -> value) go in through GIT_CONFIG_COUNT, which takes any key
     (a driver's name may hold a `=` that `-c` would split at)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
-    env.update({"GIT_OPTIONAL_LOCKS": "0", "GIT_CONFIG_NOSYSTEM": "1", "GIT_TERMINAL_PROMPT": "0",
-                "GIT_ALLOW_PROTOCOL": "none-allowed", "LC_ALL": "C"})
+    env.update(
+        {
+            "GIT_OPTIONAL_LOCKS": "0",
+            "GIT_CONFIG_NOSYSTEM": "1",
+            "GIT_TERMINAL_PROMPT": "0",
+            "GIT_ALLOW_PROTOCOL": "none-allowed",
+            "LC_ALL": "C",
+        }
+    )
     items = list((overrides or {}).items())
     env["GIT_CONFIG_COUNT"] = str(len(items))
     for i, (k, v) in enumerate(items):
@@ -80,15 +92,26 @@ def git_env(overrides: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def git(cwd: Path | str, *args: str, overrides: dict[str, str] | None = None, timeout: float = GIT_TIMEOUT_S,
-        sink: Callable[[bytes], bool] | None = None) -> Result:
+def git(
+    cwd: Path | str,
+    *args: str,
+    overrides: dict[str, str] | None = None,
+    timeout: float = GIT_TIMEOUT_S,
+    sink: Callable[[bytes], bool] | None = None,
+) -> Result:
     """Run `git <args>` in `cwd` as the module says (read only, no program of the config run).
     `sink`: gets stdout chunk by chunk instead of it being kept (pipes.read; it returns False to
     stop git there, and then `out` is b""). Raises only what `sink` raises."""
     argv = ["git", "--no-pager", *(a for o in SAFE_OPTIONS for a in ("-c", o)), *args]
     try:
-        proc = subprocess.Popen(argv, cwd=cwd, env=git_env(overrides), stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(
+            argv,
+            cwd=cwd,
+            env=git_env(overrides),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
     except (OSError, ValueError) as e:
         return Result(None, f"cannot run git: {e.strerror or e}" if isinstance(e, OSError) else str(e))
     try:
@@ -115,8 +138,11 @@ def drivers_off(cwd: Path | str) -> dict[str, str] | str:
     listed = git(cwd, "config", "-z", "--get-regexp", r"^filter\.")
     if listed.out is None and listed.why != "exit code 1":  # 1: no such key
         return f"git config: {listed.why}"
-    overrides = {f"filter.{name}.{key}": value for name, _, _ in _filters(listed.out or b"")
-                 for key, value in FILTER_KEYS.items()}
+    overrides = {
+        f"filter.{name}.{key}": value
+        for name, _, _ in _filters(listed.out or b"")
+        for key, value in FILTER_KEYS.items()
+    }
     if not overrides:
         return overrides
     check = git(cwd, "config", "-z", "--get-regexp", r"^filter\.", overrides=overrides)
@@ -143,8 +169,11 @@ def git_info(cwd: Path | str) -> dict[str, str | None]:
     top = git(cwd, "rev-parse", "--show-toplevel").text
     if top is None or not _holds(cwd):
         return {"dir": None, "branch": None, "commit": None, "error": NOT_A_CHECKOUT}
-    return {"dir": top, "branch": git(cwd, "rev-parse", "--abbrev-ref", "HEAD").text,
-            "commit": git(cwd, "rev-parse", "--verify", "--quiet", "HEAD").text}
+    return {
+        "dir": top,
+        "branch": git(cwd, "rev-parse", "--abbrev-ref", "HEAD").text,
+        "commit": git(cwd, "rev-parse", "--verify", "--quiet", "HEAD").text,
+    }
 
 
 def _holds(cwd: Path | str) -> bool:
@@ -180,6 +209,7 @@ class Branch:
     def text(self, code: str = "") -> str:
         """One line that says what is true, e.g. `the checkout is on main; the registry expects
         yxb/moe, which does not exist locally`. `code`: a quote for names (markdown: a backtick)."""
+
         def q(name: str) -> str:
             return f"{code}{name}{code}"
 

@@ -51,8 +51,10 @@ except ImportError:
     shtab = None
 
 EXIT_BAD_INPUT = 2
-REGISTRY_HELP = (f"experiment registry (default: ${reg.REGISTRY_ENV}, else the nearest {reg.DEFAULT_REGISTRY} "
-                 "here or in a directory above)")
+REGISTRY_HELP = (
+    f"experiment registry (default: ${reg.REGISTRY_ENV}, else the nearest {reg.DEFAULT_REGISTRY} "
+    "here or in a directory above)"
+)
 GRACE_MAX_S = 3600.0
 LOG_LINES = 10  # `cockpit logs`: the last lines shown, as tail shows them
 LOG_LINES_MAX = 1_000_000
@@ -161,9 +163,15 @@ def cmd_launch(args: argparse.Namespace) -> int:
         say(f"cockpit: warning: trainer flags not checked: {checked.why}", file=sys.stderr)
     want, have = registry.settings.branch, d.plan.git.get("branch") if d.plan is not None else None
     if want and have and want != have:
-        say(f"cockpit: warning: the checkout is on branch {have}, the registry expects {want}", file=sys.stderr)
+        say(
+            f"cockpit: warning: the checkout is on branch {have}, the registry expects {want}",
+            file=sys.stderr,
+        )
     if not args.foreground:
-        for name in [reg.PREPARE, *d.legs]:  # a Slurm chain: the job that runs each leg (the prepare step first)
+        for name in [
+            reg.PREPARE,
+            *d.legs,
+        ]:  # a Slurm chain: the job that runs each leg (the prepare step first)
             st = d.prepare if name == reg.PREPARE else d.states.get(name)
             if st is not None and st.job_id:
                 say(f"{name}: Slurm job {st.job_id} ({st.status})")
@@ -184,13 +192,18 @@ def _launch_into(args: argparse.Namespace, registry: reg.Registry, legs: list[st
     try:
         exp_dir = expdir.find_dir(registry.settings.exp_root, args.into)
         if args.dry_run:
-            say(continuation.dry_run_text(registry, continuation.plan_continue(
-                registry, args.experiment, exp_dir, legs, args.rerun)))
+            say(
+                continuation.dry_run_text(
+                    registry, continuation.plan_continue(registry, args.experiment, exp_dir, legs, args.rerun)
+                )
+            )
             return 0
         cont = continuation.plan_continue(registry, args.experiment, exp_dir, legs, args.rerun)
         for name, why in cont.skipped:
             say(f"skip {name}: {why}")
-        out = continuation.start(registry, args.experiment, exp_dir, legs, args.rerun, foreground=args.foreground)
+        out = continuation.start(
+            registry, args.experiment, exp_dir, legs, args.rerun, foreground=args.foreground
+        )
     except RunError as e:
         raise UsageError(str(e)) from None
     if out is None:
@@ -210,7 +223,9 @@ def cmd_stop(args: argparse.Namespace) -> int:
     """Stop a dir's whole queue, or one leg of it (the queue goes on with the next). Only dirs
     under the registry's exp_root; only processes proven to be the leg's are signalled."""
     if not args.target.strip():
-        raise UsageError("stop: no experiment dir given (an empty name): give a dir under exp_root or an experiment id")
+        raise UsageError(
+            "stop: no experiment dir given (an empty name): give a dir under exp_root or an experiment id"
+        )
     if args.leg is not None and not args.leg.strip():
         raise UsageError("stop: the leg name is empty")
     if not 0 <= args.grace <= GRACE_MAX_S:  # nan fails too
@@ -232,7 +247,9 @@ def cmd_resubmit(args: argparse.Namespace) -> int:
     plan's order, with a fresh log; the attempt before (its log and state) is kept under
     DIR/attempts/. A leg must have ended (done only with --rerun) and its script name its job."""
     if not args.target.strip():
-        raise UsageError("resubmit: no experiment dir given (an empty name): give a dir under exp_root or an experiment id")
+        raise UsageError(
+            "resubmit: no experiment dir given (an empty name): give a dir under exp_root or an experiment id"
+        )
     if any(not leg.strip() for leg in args.legs):
         raise UsageError("resubmit: a leg name is empty")
     exp_root = load_registry(args).settings.exp_root
@@ -301,7 +318,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     if not args.exp_dir.strip():
         raise UsageError("--exp-dir is empty: give an experiment dir (or any dir of *.log files)")
     if args.figures not in report_files.FIGURES:
-        raise UsageError(f"--figures {safetext.oneline(args.figures)[:40]}: give one of {', '.join(report_files.FIGURES)}")
+        raise UsageError(
+            f"--figures {safetext.oneline(args.figures)[:40]}: give one of {', '.join(report_files.FIGURES)}"
+        )
     exp_dir = Path(args.exp_dir).expanduser()
     try:
         if not fsutil.is_dir(exp_dir):
@@ -309,13 +328,29 @@ def cmd_report(args: argparse.Namespace) -> int:
         d = report.read_dir(exp_dir)
         rows = report.rows(d, tail)
         if not rows:
-            raise report.ReportError(f"{exp_dir}: no *.log file and no planned leg here: nothing to report "
-                                     "(give the dir of an experiment, or any dir of *.log files)")
+            raise report.ReportError(
+                f"{exp_dir}: no *.log file and no planned leg here: nothing to report "
+                "(give the dir of an experiment, or any dir of *.log files)"
+            )
         if all(r.summary is None for r in rows):
-            raise report.ReportError(f"{exp_dir}: no leg has a log yet, nothing to report (see: cockpit status)")
+            raise report.ReportError(
+                f"{exp_dir}: no leg has a log yet, nothing to report (see: cockpit status)"
+            )
         if args.out_md is not None:
-            say(str(report_files.write_report(exp_dir, args.out_md, args.baseline, tail, plots=not args.no_plots,
-                                              registry=registry, figures=args.figures, svg=True)))
+            say(
+                str(
+                    report_files.write_report(
+                        exp_dir,
+                        args.out_md,
+                        args.baseline,
+                        tail,
+                        plots=not args.no_plots,
+                        registry=registry,
+                        figures=args.figures,
+                        svg=True,
+                    )
+                )
+            )
         else:
             base = report_md.find_baseline(d, args.baseline, registry)
             say(report_md.render(d, rows, base, tail), end="")
@@ -332,7 +367,9 @@ def _tail(args: argparse.Namespace) -> int:
         if args.tail < 1:
             raise UsageError(f"--tail must be at least 1, not {args.tail}")
         if args.tail > reg.TAIL_MAX:
-            raise UsageError(f"--tail must be at most {reg.TAIL_MAX}, not {safetext.oneline(str(args.tail))[:40]}")
+            raise UsageError(
+                f"--tail must be at most {reg.TAIL_MAX}, not {safetext.oneline(str(args.tail))[:40]}"
+            )
         return args.tail
     try:
         path = registry_path(args)
@@ -348,7 +385,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     names (train/loss, train/tok_per_sec, val/bpb, ...). Needs tensorboard: pip install -e
     '.[export]'. Then: tensorboard --logdir OUT."""
     if not args.dir.strip():
-        raise UsageError("export: no dir given (an empty name): give an experiment dir (or any dir of *.log files)")
+        raise UsageError(
+            "export: no dir given (an empty name): give an experiment dir (or any dir of *.log files)"
+        )
     try:
         out, written = export.tensorboard(Path(args.dir).expanduser(), args.tensorboard)
     except export.ExportError as e:
@@ -374,8 +413,11 @@ def cmd_gpus(args: argparse.Namespace) -> int:
         except reg.RegistryError:
             exp_root = None
         if exp_root is not None:
-            legs = [(f"{d.path.name}/{st.leg}", st.pid, st.create_time) for d in expdir.discover(exp_root)
-                    for st in d.running]
+            legs = [
+                (f"{d.path.name}/{st.leg}", st.pid, st.create_time)
+                for d in expdir.discover(exp_root)
+                for st in d.running
+            ]
             pid_legs = gpus.leg_for_pids(pids, legs)
     say(gpus.render_table(snap, pid_legs))
     return 0
@@ -387,8 +429,10 @@ def cmd_completion(args: argparse.Namespace) -> int:
     Bash: `eval "$(cockpit completion bash)"` in ~/.bashrc; zsh: save it as `_cockpit` in a dir of
     $fpath; tcsh: `eval "`cockpit completion tcsh`"`."""
     if shtab is None:
-        raise UsageError("completion needs shtab, which is not installed: pip install -e '.[completion]' "
-                         "(or: pip install shtab)")
+        raise UsageError(
+            "completion needs shtab, which is not installed: pip install -e '.[completion]' "
+            "(or: pip install shtab)"
+        )
     say(shtab.complete(build_parser(), shell=args.shell), end="")
     return 0
 
@@ -418,7 +462,10 @@ def build_parser() -> argparse.ArgumentParser:
     # --registry is taken before or after the subcommand: the parent parser declares it for every
     # subcommand (SUPPRESS: given after, it replaces the one given before, else that one stays)
     common = argparse.ArgumentParser(add_help=False)
-    _path(common.add_argument("--registry", default=argparse.SUPPRESS, metavar="PATH", help=REGISTRY_HELP), "file")
+    _path(
+        common.add_argument("--registry", default=argparse.SUPPRESS, metavar="PATH", help=REGISTRY_HELP),
+        "file",
+    )
     parser = argparse.ArgumentParser(
         prog="cockpit",
         description="Run, watch and resume nanochat MoE/FP8 experiments. With no subcommand: the terminal app.",
@@ -427,7 +474,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    def command(name: str, func: Callable[[argparse.Namespace], int], summary: str) -> argparse.ArgumentParser:
+    def command(
+        name: str, func: Callable[[argparse.Namespace], int], summary: str
+    ) -> argparse.ArgumentParser:
         p = sub.add_parser(name, parents=[common], help=summary, description=_description(func))
         p.set_defaults(func=func)
         return p
@@ -444,43 +493,97 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rerun", action="store_true", help="run legs that are done or recorded, again")
     p.add_argument("--dry-run", action="store_true", help="print the exact commands; write nothing")
     p.add_argument("--foreground", action="store_true", help="run the supervisor in this process")
-    p.add_argument("--into", metavar="DIR", help="continue this dir of the experiment (its legs not run there "
-                   "yet; they join its queue when it runs) rather than a fresh dir")
+    p.add_argument(
+        "--into",
+        metavar="DIR",
+        help="continue this dir of the experiment (its legs not run there "
+        "yet; they join its queue when it runs) rather than a fresh dir",
+    )
     p = command("stop", cmd_stop, "stop a running leg, or a dir's whole queue")
-    _path(p.add_argument("target", metavar="DIR|EXPERIMENT", help="an experiment dir, or an experiment id (its newest dir)"),
-          "dir")
+    _path(
+        p.add_argument(
+            "target", metavar="DIR|EXPERIMENT", help="an experiment dir, or an experiment id (its newest dir)"
+        ),
+        "dir",
+    )
     p.add_argument("leg", nargs="?", help="only this leg (the queue goes on with the next)")
-    p.add_argument("--grace", type=float, default=STOP_GRACE_S,
-                   help=f"seconds between SIGTERM and SIGKILL when the supervisor is gone (default "
-                        f"{STOP_GRACE_S:g}; a live supervisor uses the plan's)")
-    p = command("resubmit", cmd_resubmit, "run Slurm legs of a dir again: new jobs, fresh logs, attempts kept")
-    _path(p.add_argument("target", metavar="DIR|EXPERIMENT", help="an experiment dir, or an experiment id (its newest dir)"),
-          "dir")
-    p.add_argument("legs", nargs="+", metavar="LEG", help="the legs to run again (a leg with repeats: all its runs)")
+    p.add_argument(
+        "--grace",
+        type=float,
+        default=STOP_GRACE_S,
+        help=f"seconds between SIGTERM and SIGKILL when the supervisor is gone (default "
+        f"{STOP_GRACE_S:g}; a live supervisor uses the plan's)",
+    )
+    p = command(
+        "resubmit", cmd_resubmit, "run Slurm legs of a dir again: new jobs, fresh logs, attempts kept"
+    )
+    _path(
+        p.add_argument(
+            "target", metavar="DIR|EXPERIMENT", help="an experiment dir, or an experiment id (its newest dir)"
+        ),
+        "dir",
+    )
+    p.add_argument(
+        "legs", nargs="+", metavar="LEG", help="the legs to run again (a leg with repeats: all its runs)"
+    )
     p.add_argument("--rerun", action="store_true", help="resubmit a leg that is done, too")
     p = command("logs", cmd_logs, "a leg's last log lines; -f follows them until the leg ends")
-    _path(p.add_argument("target", metavar="EXP/LEG|DIR|LEG",
-                         help="EXP/LEG, a dir (with LEG after it), or a leg name alone (its newest attempt)"), "dir")
+    _path(
+        p.add_argument(
+            "target",
+            metavar="EXP/LEG|DIR|LEG",
+            help="EXP/LEG, a dir (with LEG after it), or a leg name alone (its newest attempt)",
+        ),
+        "dir",
+    )
     p.add_argument("leg", nargs="?", metavar="LEG", help="the leg, after a dir or an experiment id")
-    p.add_argument("-f", "--follow", action="store_true", help="print new lines as they come, until the leg ends")
-    p.add_argument("-n", "--lines", type=int, default=LOG_LINES, metavar="N",
-                   help=f"the last N lines first (default {LOG_LINES})")
+    p.add_argument(
+        "-f", "--follow", action="store_true", help="print new lines as they come, until the leg ends"
+    )
+    p.add_argument(
+        "-n",
+        "--lines",
+        type=int,
+        default=LOG_LINES,
+        metavar="N",
+        help=f"the last N lines first (default {LOG_LINES})",
+    )
     p = command("report", cmd_report, "final metrics, status and deltas of an experiment dir (markdown)")
-    _path(p.add_argument("--exp-dir", required=True, metavar="DIR", help="an experiment dir (or any dir of *.log files)"),
-          "dir")
-    _path(p.add_argument("--out-md", metavar="FILE", help="write here, with CSVs and plots beside it (default: stdout)"),
-          "file")
+    _path(
+        p.add_argument(
+            "--exp-dir", required=True, metavar="DIR", help="an experiment dir (or any dir of *.log files)"
+        ),
+        "dir",
+    )
+    _path(
+        p.add_argument(
+            "--out-md", metavar="FILE", help="write here, with CSVs and plots beside it (default: stdout)"
+        ),
+        "file",
+    )
     p.add_argument("--baseline", metavar="RUN", help="a run in the dir, or OTHER_DIR/RUN: adds delta tables")
-    p.add_argument("--tail", type=int, metavar="N",
-                   help=f"mean over the last N step lines (default: the registry's, else {DEFAULT_TAIL})")
+    p.add_argument(
+        "--tail",
+        type=int,
+        metavar="N",
+        help=f"mean over the last N step lines (default: the registry's, else {DEFAULT_TAIL})",
+    )
     p.add_argument("--no-plots", action="store_true", help="with --out-md: CSVs only, no plots")
-    p.add_argument("--figures", default="full", metavar="|".join(report_files.FIGURES),
-                   help="with --out-md: plot titles naming the experiment, dir and commit (full, the default), "
-                        "or without them (paper)")
+    p.add_argument(
+        "--figures",
+        default="full",
+        metavar="|".join(report_files.FIGURES),
+        help="with --out-md: plot titles naming the experiment, dir and commit (full, the default), "
+        "or without them (paper)",
+    )
     p = command("export", cmd_export, "a dir's step series as TensorBoard event files")
     _path(p.add_argument("dir", metavar="DIR", help="an experiment dir (or any dir of *.log files)"), "dir")
-    _path(p.add_argument("--tensorboard", required=True, metavar="OUT", help="a new or empty dir for the event files"),
-          "dir")
+    _path(
+        p.add_argument(
+            "--tensorboard", required=True, metavar="OUT", help="a new or empty dir for the event files"
+        ),
+        "dir",
+    )
     command("gpus", cmd_gpus, "GPUs (NVML) and host at a glance")
     p = command("completion", cmd_completion, "the shell's completion script (bash, zsh, tcsh)")
     p.add_argument("shell", choices=SHELLS, help="the shell to complete in")

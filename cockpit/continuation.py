@@ -65,7 +65,9 @@ class Continuation:
 
     exp_dir: Path
     plan: launch.LaunchPlan  # its legs: the registry legs new to the dir (every run of each added)
-    again: list[str] = field(default_factory=list)  # runs the dir planned that never started: run now, as planned
+    again: list[str] = field(
+        default_factory=list
+    )  # runs the dir planned that never started: run now, as planned
     supervisor_pid: int | None = None  # the dir's live supervisor, whose queue the runs join
 
     @property
@@ -92,8 +94,13 @@ class Outcome:
     exit_code: int | None = None  # --foreground: the supervisor's
 
 
-def plan_continue(registry: reg.Registry, exp_id: str, exp_dir: Path | str, legs: list[str] | None = None,
-                  rerun: bool = False) -> Continuation:
+def plan_continue(
+    registry: reg.Registry,
+    exp_id: str,
+    exp_dir: Path | str,
+    legs: list[str] | None = None,
+    rerun: bool = False,
+) -> Continuation:
     """Which runs continuing `exp_dir` would start, and which legs it skips and why. Reads only.
     RunError when the dir cannot be continued at all (not this experiment's, no plan, Slurm)."""
     d = _continuable(registry, exp_id, exp_dir)
@@ -117,11 +124,18 @@ def plan_continue(registry: reg.Registry, exp_id: str, exp_dir: Path | str, legs
             if run not in todo and not d.run_done(run):
                 skipped.append((run, _why_not_again(d, run)))
         if missing := [r for r in runs if r not in planned]:
-            skipped.append((leg.name, f"{', '.join(missing)}: not in {d.path}'s plan (the registry's repeats "
-                                      "changed since): a fresh dir runs every repeat"))
+            skipped.append(
+                (
+                    leg.name,
+                    f"{', '.join(missing)}: not in {d.path}'s plan (the registry's repeats "
+                    "changed since): a fresh dir runs every repeat",
+                )
+            )
     plan = launch.LaunchPlan(base.experiment, new, skipped, base.torchrun, base.cwd, base.runtime)
     sup = supervisor_identity(d.path, d.supervisor)
-    return Continuation(d.path, plan, again, sup.process.pid if sup.alive and sup.process is not None else None)
+    return Continuation(
+        d.path, plan, again, sup.process.pid if sup.alive and sup.process is not None else None
+    )
 
 
 def _why_not_again(d: ExpDir, run: str) -> str:
@@ -129,25 +143,33 @@ def _why_not_again(d: ExpDir, run: str) -> str:
     if st is not None and st.active:
         return f"{st.status} in {d.path} already"
     status = st.status if st is not None else "a log"
-    return (f"started in {d.path} before ({status}): a run is never started twice in its dir (its log would "
-            "hold both); a fresh dir runs it again")
+    return (
+        f"started in {d.path} before ({status}): a run is never started twice in its dir (its log would "
+        "hold both); a fresh dir runs it again"
+    )
 
 
 def _continuable(registry: reg.Registry, exp_id: str, exp_dir: Path | str) -> ExpDir:
     root = registry.settings.exp_root.resolve()
     path = Path(exp_dir).resolve()
     if not (fsutil.is_inside(path, root) and path != root):
-        raise RunError(f"{safetext.oneline(str(exp_dir))} is not an experiment dir under exp_root {root}: "
-                       "the cockpit continues only the dirs it owns")
+        raise RunError(
+            f"{safetext.oneline(str(exp_dir))} is not an experiment dir under exp_root {root}: "
+            "the cockpit continues only the dirs it owns"
+        )
     d = open_dir(path)
     if d.plan is None:
-        raise RunError(f"{path} has no readable plan.json: only a dir a launch made can be continued"
-                       + (f" ({d.problem})" if d.problem else ""))
+        raise RunError(
+            f"{path} has no readable plan.json: only a dir a launch made can be continued"
+            + (f" ({d.problem})" if d.problem else "")
+        )
     if d.experiment != exp_id:
         raise RunError(f"{path} holds experiment '{safetext.oneline(d.experiment)}', not '{exp_id}'")
     if d.plan.executor != local.NAME:
-        raise RunError(f"{path} runs its legs as Slurm jobs: a continuation runs legs under the dir's supervisor "
-                       "here; launch the rest in a fresh dir")
+        raise RunError(
+            f"{path} runs its legs as Slurm jobs: a continuation runs legs under the dir's supervisor "
+            "here; launch the rest in a fresh dir"
+        )
     return d
 
 
@@ -193,16 +215,25 @@ def dry_run_text(registry: reg.Registry, cont: Continuation) -> str:
         return "\n".join(out)
     out += [f"# a real continuation would be refused here: {why}" for why in refusals(registry, cont)]
     n = (continuation_numbers(cont.exp_dir) or [0])[-1] + 1
-    who = (f"they join the queue of its supervisor (pid {cont.supervisor_pid})" if cont.supervisor_pid
-           else "a supervisor starts for them")
+    who = (
+        f"they join the queue of its supervisor (pid {cont.supervisor_pid})"
+        if cont.supervisor_pid
+        else "a supervisor starts for them"
+    )
     out.append(f"# recorded as {continuation_path(cont.exp_dir, n).name} (plan.json is not touched); {who}")
     for run in cont.again:
         spec = d.spec(run)
-        out += ["", f"# {run}: planned in the dir, never started: runs as planned there",
-                launch.run_command(run, list(spec.argv) if spec is not None else [], cont.exp_dir)]
+        out += [
+            "",
+            f"# {run}: planned in the dir, never started: runs as planned there",
+            launch.run_command(run, list(spec.argv) if spec is not None else [], cont.exp_dir),
+        ]
     for leg in cont.plan.legs:
-        out += ["", f"# leg {leg.name}" + (f": {leg.description}" if leg.description else ""),
-                launch.format_command(leg, cont.exp_dir, cont.plan.torchrun)]
+        out += [
+            "",
+            f"# leg {leg.name}" + (f": {leg.description}" if leg.description else ""),
+            launch.format_command(leg, cont.exp_dir, cont.plan.torchrun),
+        ]
     return "\n".join(out)
 
 
@@ -217,7 +248,9 @@ def _code_differs(dir_plan: Plan | None, git: dict) -> str | None:
     if was.get("commit") != git.get("commit"):
         return f"the checkout is at commit {short(git.get('commit'))}, the dir was launched at {short(was.get('commit'))}"
     if (was.get("dirty"), was.get("patch_sha256")) != (git.get("dirty"), git.get("patch_sha256")):
-        return "the checkout's uncommitted changes differ from those the dir was launched with (its git.patch)"
+        return (
+            "the checkout's uncommitted changes differ from those the dir was launched with (its git.patch)"
+        )
     return None
 
 
@@ -226,24 +259,46 @@ def record(registry: reg.Registry, cont: Continuation, grace_s: float = STOP_GRA
     return n. RunError, with nothing written, when the code is not the dir's."""
     d = open_dir(cont.exp_dir)
     runtime = cont.plan.runtime
-    origin = provenance.collect(cont.plan.cwd, cont.plan.torchrun,
-                                str(runtime.python) if runtime and runtime.python else None,
-                                dict(runtime.env) if runtime else None, digest=True)
+    origin = provenance.collect(
+        cont.plan.cwd,
+        cont.plan.torchrun,
+        str(runtime.python) if runtime and runtime.python else None,
+        dict(runtime.env) if runtime else None,
+        digest=True,
+    )
     if why := _code_differs(d.plan, origin.get("git") or {}):
-        raise RunError(f"{cont.exp_dir} cannot be continued: {why}; its legs would not compare with the dir's: "
-                       "launch them in a fresh dir")
+        raise RunError(
+            f"{cont.exp_dir} cannot be continued: {why}; its legs would not compare with the dir's: "
+            "launch them in a fresh dir"
+        )
     data = launch.plan_data(registry, cont.plan, cont.exp_dir, grace_s, origin)
-    body = ContinuationFile(cont.plan.experiment.id, data.runs, tuple(cont.again), str(cont.exp_dir), now_iso(),
-                            socket.gethostname(), os.environ.get("USER"), origin,
-                            data.registry, data.skipped)
+    body = ContinuationFile(
+        cont.plan.experiment.id,
+        data.runs,
+        tuple(cont.again),
+        str(cont.exp_dir),
+        now_iso(),
+        socket.gethostname(),
+        os.environ.get("USER"),
+        origin,
+        data.registry,
+        data.skipped,
+    )
     try:
         return body.publish(cont.exp_dir)
     except OSError as e:
         raise RunError(f"cannot write {cont.exp_dir}/plan.<n>.json: {describe(e)}") from None
 
 
-def start(registry: reg.Registry, exp_id: str, exp_dir: Path | str, legs: list[str] | None = None,
-          rerun: bool = False, foreground: bool = False, grace_s: float = STOP_GRACE_S) -> Outcome | None:
+def start(
+    registry: reg.Registry,
+    exp_id: str,
+    exp_dir: Path | str,
+    legs: list[str] | None = None,
+    rerun: bool = False,
+    foreground: bool = False,
+    grace_s: float = STOP_GRACE_S,
+) -> Outcome | None:
     """Continue `exp_dir`: record the continuation, then hand its runs to the dir's live
     supervisor, or start a supervisor for them (detached; `foreground`: in this process). None
     when there is nothing to run (nothing is written then). RunError when refused."""
@@ -256,8 +311,10 @@ def start(registry: reg.Registry, exp_id: str, exp_dir: Path | str, legs: list[s
         if why := refusals(registry, cont):
             raise RunError(why[0])
         if foreground and cont.supervisor_pid is not None:
-            raise RunError(f"{d.path}'s supervisor (pid {cont.supervisor_pid}) runs its queue: the legs join it "
-                           "there; leave out --foreground")
+            raise RunError(
+                f"{d.path}'s supervisor (pid {cont.supervisor_pid}) runs its queue: the legs join it "
+                "there; leave out --foreground"
+            )
         n = record(registry, cont, grace_s)
         if cont.supervisor_pid is not None:
             joined, note = _join(d.path, n)
@@ -293,13 +350,16 @@ def _join(exp_dir: Path, n: int) -> tuple[int | None, str | None]:
             return None, None
         if time.monotonic() >= deadline:
             pid = (rec or {}).get("pid")
-            return None, (f"recorded in {continuation_path(exp_dir, n).name}; the dir's supervisor (pid {pid}) has "
-                          f"not taken it within {JOIN_WAIT_S:.0f}s (busy): it does before its queue ends")
+            return None, (
+                f"recorded in {continuation_path(exp_dir, n).name}; the dir's supervisor (pid {pid}) has "
+                f"not taken it within {JOIN_WAIT_S:.0f}s (busy): it does before its queue ends"
+            )
         time.sleep(0.05)
 
 
-def _start_for(registry: reg.Registry, exp_dir: Path, exp_id: str, n: int, foreground: bool,
-               grace_s: float) -> int | None:
+def _start_for(
+    registry: reg.Registry, exp_dir: Path, exp_id: str, n: int, foreground: bool, grace_s: float
+) -> int | None:
     """A supervisor for continuation n of a dir whose queue has ended: once the last one has
     exited, under the experiment's queue lock (another dir of it running refuses)."""
     deadline = time.monotonic() + GONE_WAIT_S
@@ -307,8 +367,10 @@ def _start_for(registry: reg.Registry, exp_dir: Path, exp_id: str, n: int, foreg
         time.sleep(0.05)  # the last supervisor recorded its end, and is letting go of its locks
     root = registry.settings.exp_root
     if (busy := launch.running_elsewhere(root, exp_id, exp_dir)) is not None:
-        raise RunError(f"'{exp_id}' is running in {busy.path}; stop it first: cockpit stop {busy.path} "
-                       f"({continuation_path(exp_dir, n).name} is recorded: a later continuation runs it)")
+        raise RunError(
+            f"'{exp_id}' is running in {busy.path}; stop it first: cockpit stop {busy.path} "
+            f"({continuation_path(exp_dir, n).name} is recorded: a later continuation runs it)"
+        )
     lock_fd = launch.experiment_lock(root, exp_id)
     try:
         if foreground:
@@ -345,4 +407,3 @@ def run_statuses(exp_dir: Path, runs: list[str]) -> list[tuple[str, str]]:
     """(run, its status now) of a continuation's runs, as `--foreground` reports them at the end."""
     d = open_dir(exp_dir)
     return [(r, d.states[r].status if r in d.states else "not run") for r in runs]
-

@@ -88,14 +88,20 @@ class LegState:
     waiting_reason: str | None = None  # why a leg waits (busy GPUs), while status is "waiting"
     note: str | None = None  # e.g. "preflight skipped: NVML unavailable: ...", why it stopped
     log: str | None = None  # path of <exp_dir>/<leg>.log
-    log_id: list[int] | None = None  # (device, inode) of the log the supervisor created: only it is appended to
+    log_id: list[int] | None = (
+        None  # (device, inode) of the log the supervisor created: only it is appended to
+    )
     notify_error: str | None = None  # the registry's notify command failed for this leg: why (never fatal)
     # A leg run as a Slurm batch job: the scheduler runs it, not a supervisor (see reconcile_job)
     job_id: str | None = None
     nodes: str | None = None  # the Slurm node list it holds or held ("n[1-2]")
     elapsed_s: int | None = None  # its run time so far, as the scheduler counts it
-    forgotten_at: str | None = None  # when the scheduler was found not to know its job (outcome read from the log)
-    gpus: list[int] | None = None  # the GPUs (NVML indices) it runs or ran on; None: a CPU leg, or not placed yet
+    forgotten_at: str | None = (
+        None  # when the scheduler was found not to know its job (outcome read from the log)
+    )
+    gpus: list[int] | None = (
+        None  # the GPUs (NVML indices) it runs or ran on; None: a CPU leg, or not placed yet
+    )
 
     @property
     def active(self) -> bool:
@@ -114,15 +120,23 @@ class LegState:
             and isinstance(st.exit_code_known, bool)
             and isinstance(st.error_tail, list)
             and all(isinstance(v, str) for v in st.error_tail)
-            and all(v is None or isinstance(v, str)
-                    for v in (st.started_at, st.ended_at, st.waiting_reason, st.note, st.log, st.notify_error))
-            and (st.log_id is None or (isinstance(st.log_id, list) and len(st.log_id) == 2
-                                       and all(_is_int(v) for v in st.log_id)))
+            and all(
+                v is None or isinstance(v, str)
+                for v in (st.started_at, st.ended_at, st.waiting_reason, st.note, st.log, st.notify_error)
+            )
+            and (
+                st.log_id is None
+                or (
+                    isinstance(st.log_id, list) and len(st.log_id) == 2 and all(_is_int(v) for v in st.log_id)
+                )
+            )
             and (st.job_id is None or (isinstance(st.job_id, str) and st.job_id.isdigit()))
             and (st.nodes is None or isinstance(st.nodes, str))
             and (st.elapsed_s is None or _is_int(st.elapsed_s))
             and (st.forgotten_at is None or isinstance(st.forgotten_at, str))
-            and (st.gpus is None or (isinstance(st.gpus, list) and all(_is_int(v) and v >= 0 for v in st.gpus)))
+            and (
+                st.gpus is None or (isinstance(st.gpus, list) and all(_is_int(v) and v >= 0 for v in st.gpus))
+            )
         )
         return st if ok else None
 
@@ -159,7 +173,9 @@ def read_state(exp_dir: Path | str, leg: str) -> LegState | None:
         st = LegState.from_dict(data) if isinstance(data, dict) and "status" in data else None
     except (OSError, ValueError, TypeError, RecursionError):  # unreadable, not JSON, keys of wrong kinds
         return None
-    return st if st is not None and st.leg == leg else None  # another leg's (or no leg's) record: not this one
+    return (
+        st if st is not None and st.leg == leg else None
+    )  # another leg's (or no leg's) record: not this one
 
 
 def stop_request_path(exp_dir: Path | str, leg: str) -> Path:
@@ -261,7 +277,9 @@ def supervisor_identity(exp_dir: Path | str, record: dict | None) -> procs.Ident
         return same
     holders = fsutil.lock_holders(Path(exp_dir) / STATE_DIR / f"{SUPERVISOR}.lock")
     if holders is None:
-        return procs.identify(pid, created, procs.Expect(argv=("cockpit.supervisor", os.path.realpath(exp_dir))))
+        return procs.identify(
+            pid, created, procs.Expect(argv=("cockpit.supervisor", os.path.realpath(exp_dir)))
+        )
     if pid not in holders:
         return procs.Identity(procs.UNPROVEN, f"pid {pid} runs, but does not hold this dir's supervisor lock")
     return procs.Identity(procs.ALIVE, f"pid {pid} holds this dir's supervisor lock", same.process)
@@ -303,8 +321,8 @@ def error_tail(log: Path | str, n: int = ERROR_TAIL) -> list[str]:
             continue
         seen.add(ln)
         worker.append(ln)
-    summary = ln if (ln := lines[cut]).find("failed (exitcode:") < 0 else ln[ln.find("failed (exitcode:"):]
-    return [*worker[-(n - 1):], f"torchrun: {summary}"]
+    summary = ln if (ln := lines[cut]).find("failed (exitcode:") < 0 else ln[ln.find("failed (exitcode:") :]
+    return [*worker[-(n - 1) :], f"torchrun: {summary}"]
 
 
 def tail_lines(path: Path | str, n: int, max_bytes: int = 64 * 1024) -> list[str]:
@@ -459,7 +477,9 @@ def open_dir(path: Path | str) -> ExpDir:
     return d
 
 
-def reconcile(exp_dir: Path, st: LegState, supervisor_alive: bool, expect: procs.Expect | None = None) -> LegState:
+def reconcile(
+    exp_dir: Path, st: LegState, supervisor_alive: bool, expect: procs.Expect | None = None
+) -> LegState:
     """The state as it stands now. Only a dead supervisor leaves a state stale; fix it in memory.
 
     A leg recorded as running is judged by its process: proven alive, it runs on (the
@@ -599,8 +619,10 @@ def reconcile_job(exp_dir: Path, st: LegState) -> LegState:
             elif prep is not None and prep.job_id and prep.status in (Status.FAILED, Status.STOPPED):
                 st.note = f"not started: {reg.PREPARE} {prep.status} (Slurm: DependencyNeverSatisfied)"
             else:
-                st.note = ("queue stopped: a leg before it did not end done (on_failure = stop; "
-                           "Slurm: DependencyNeverSatisfied)")
+                st.note = (
+                    "queue stopped: a leg before it did not end done (on_failure = stop; "
+                    "Slurm: DependencyNeverSatisfied)"
+                )
             st.note += "" if job.ran or st.note.startswith("not started") else ", before it started"
         else:
             st.status, st.error_tail = Status.FAILED, error_tail(log) if job.ran else []
@@ -608,26 +630,33 @@ def reconcile_job(exp_dir: Path, st: LegState) -> LegState:
                 st.note = None
             else:  # the scheduler ended it: its reason is the cause, said last (the line shown)
                 st.note = f"{job.reason} ({where})"
-                st.error_tail = [*st.error_tail[-(ERROR_TAIL - 1):], st.note]
+                st.error_tail = [*st.error_tail[-(ERROR_TAIL - 1) :], st.note]
     else:  # forgotten: scontrol, squeue and sacct (where there is accounting) do not know the job
         if (age := _written_ago(log)) is not None and age < LOG_FRESH_S:
             st.status = Status.UNKNOWN
-            st.note = (f"{Status.UNKNOWN}: the scheduler does not know Slurm job {st.job_id}, but its log was written "
-                       f"{age:.0f}s ago: asked again at the next look")
+            st.note = (
+                f"{Status.UNKNOWN}: the scheduler does not know Slurm job {st.job_id}, but its log was written "
+                f"{age:.0f}s ago: asked again at the next look"
+            )
             return st
         st.exit_code, st.exit_code_known = None, False
         st.forgotten_at = now_iso()
         outcome, tail = log_outcome(log) if _has_bytes(log) else (None, [])
         if outcome is None:
             st.status = Status.STOPPED
-            st.note = f"Slurm job {st.job_id} ended without writing to its log; the scheduler has forgotten it"
+            st.note = (
+                f"Slurm job {st.job_id} ended without writing to its log; the scheduler has forgotten it"
+            )
         elif requested and outcome != RunStatus.COMPLETED:
             st.status, st.note = Status.STOPPED, "stopped by request (scancel)"
         else:
             st.status = Status.DONE if outcome == RunStatus.COMPLETED else Status.FAILED
             st.error_tail = tail if st.status == Status.FAILED else []
-            st.note = (f"Slurm job {st.job_id} is forgotten by the scheduler (no accounting): outcome read from "
-                       "the log's final lines" + (" (neither finished nor crashed)" if outcome == RunStatus.UNKNOWN else ""))
+            st.note = (
+                f"Slurm job {st.job_id} is forgotten by the scheduler (no accounting): outcome read from "
+                "the log's final lines"
+                + (" (neither finished nor crashed)" if outcome == RunStatus.UNKNOWN else "")
+            )
     if st.status in ENDED_STATUSES:
         st.ended_at = job.ended or st.ended_at or now_iso()
     return st
@@ -683,8 +712,17 @@ def discover(exp_root: Path | str) -> list[ExpDir]:
                 out.append(open_dir(p))
         except Exception as e:  # noqa: BLE001 - one dir's trouble, shown on that dir
             m = DIR_NAME.match(p.name)
-            out.append(ExpDir(p, m.group(2) if m else p.name, m.group(1) if m else "", None, [], {},
-                              problem=f"unreadable: {describe(e)}"))
+            out.append(
+                ExpDir(
+                    p,
+                    m.group(2) if m else p.name,
+                    m.group(1) if m else "",
+                    None,
+                    [],
+                    {},
+                    problem=f"unreadable: {describe(e)}",
+                )
+            )
     return sorted(out, key=order_key)
 
 
@@ -721,7 +759,9 @@ def find_dir(exp_root: Path | str, ref: str) -> Path:
     the dirs it owns).
     """
     if not ref or not ref.strip():
-        raise RunError("no experiment dir given (an empty name): give a dir under exp_root or an experiment id")
+        raise RunError(
+            "no experiment dir given (an empty name): give a dir under exp_root or an experiment id"
+        )
     root = Path(exp_root).resolve()
     p = Path(os.path.expanduser(ref))
     candidates = [p] if p.is_absolute() or os.sep in ref or ref.startswith(".") else [root / ref, p]
@@ -729,14 +769,18 @@ def find_dir(exp_root: Path | str, ref: str) -> Path:
         if fsutil.is_dir(c):
             real = c.resolve()
             if not fsutil.is_inside(real, root) or real == root:
-                raise RunError(f"{safetext.oneline(str(real))} is not an experiment dir under exp_root {root}: "
-                               "the cockpit acts only on the dirs it owns")
+                raise RunError(
+                    f"{safetext.oneline(str(real))} is not an experiment dir under exp_root {root}: "
+                    "the cockpit acts only on the dirs it owns"
+                )
             return real
     mine = [d for d in discover(root) if d.experiment == ref]
     if mine:
         active = [d for d in mine if d.active]
         return (active or mine)[-1].path
-    raise RunError(f"no experiment dir '{safetext.oneline(ref)}' (not a dir, and no dir of that experiment under {root})")
+    raise RunError(
+        f"no experiment dir '{safetext.oneline(ref)}' (not a dir, and no dir of that experiment under {root})"
+    )
 
 
 def done_legs(exp_root: Path | str, experiment: str) -> dict[str, Path]:

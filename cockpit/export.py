@@ -37,8 +37,10 @@ from cockpit.plan import leg_name_ok
 from cockpit.vocab import TRACKER_SERIES, TRACKER_VAL_BPB
 
 FILE_VERSION = "brain.Event:2"  # the first event of every event file, as TensorBoard's writer puts it
-MISSING = "--tensorboard needs the tensorboard package, which is not installed: pip install -e '.[export]' " \
-          "(or: pip install tensorboard)"
+MISSING = (
+    "--tensorboard needs the tensorboard package, which is not installed: pip install -e '.[export]' "
+    "(or: pip install tensorboard)"
+)
 _ATTEMPT = re.compile(r"(.+)\.([1-9][0-9]*)\.log")
 
 
@@ -82,10 +84,15 @@ def runs(exp_dir: Path) -> list[tuple[str, Path]]:
     except (FileNotFoundError, NotADirectoryError):
         kept = []
     except OSError as e:
-        raise ExportError(f"cannot list {safetext.oneline(str(exp_dir / ATTEMPTS_DIR))}: {fsutil.oneline(e)}") from None
+        raise ExportError(
+            f"cannot list {safetext.oneline(str(exp_dir / ATTEMPTS_DIR))}: {fsutil.oneline(e)}"
+        ) from None
     attempts = sorted((m.group(1), int(m.group(2)), name) for name in kept if (m := _ATTEMPT.fullmatch(name)))
-    out += [(f"{ATTEMPTS_DIR}/{name[:-4]}", p) for _, _, name in attempts
-            if fsutil.is_regular(p := exp_dir / ATTEMPTS_DIR / name)]
+    out += [
+        (f"{ATTEMPTS_DIR}/{name[:-4]}", p)
+        for _, _, name in attempts
+        if fsutil.is_regular(p := exp_dir / ATTEMPTS_DIR / name)
+    ]
     return out
 
 
@@ -107,7 +114,9 @@ def prepare_out(out: str | os.PathLike[str]) -> Path:
             os.makedirs(p.parent, exist_ok=True)
             os.mkdir(p, 0o755)
         elif stat.S_ISLNK(st.st_mode):
-            raise ExportError(f"--tensorboard {shown} is a symlink (refused: the cockpit never writes through a link)")
+            raise ExportError(
+                f"--tensorboard {shown} is a symlink (refused: the cockpit never writes through a link)"
+            )
         elif not stat.S_ISDIR(st.st_mode):
             raise ExportError(f"--tensorboard {shown} exists and is not a dir")
         elif os.listdir(p):
@@ -126,8 +135,10 @@ def tensorboard(exp_dir: Path, out: str | os.PathLike[str]) -> tuple[Path, list[
         raise ExportError(f"{safetext.oneline(str(exp_dir))}: no such experiment dir")
     found = runs(exp_dir)
     if not found:
-        raise ExportError(f"{safetext.oneline(str(exp_dir))}: no *.log file here: nothing to export "
-                          "(give the dir of an experiment, or any dir of *.log files)")
+        raise ExportError(
+            f"{safetext.oneline(str(exp_dir))}: no *.log file here: nothing to export "
+            "(give the dir of an experiment, or any dir of *.log files)"
+        )
     tb = _tensorboard()
     root = prepare_out(out)
     written = []
@@ -160,10 +171,14 @@ def _write_run(tb: tuple[Any, Any, Any], root: Path, run: str, log: Path, index:
         writer = RecordWriter(f)
 
         def put(wall: float, step: int, values: list[tuple[str, float]]) -> None:
-            summary = summary_pb2.Summary(value=[summary_pb2.Summary.Value(tag=t, simple_value=v) for t, v in values])
+            summary = summary_pb2.Summary(
+                value=[summary_pb2.Summary.Value(tag=t, simple_value=v) for t, v in values]
+            )
             writer.write(event_pb2.Event(wall_time=wall, step=step, summary=summary).SerializeToString())
 
-        writer.write(event_pb2.Event(wall_time=end - total_dt / 1000.0, file_version=FILE_VERSION).SerializeToString())
+        writer.write(
+            event_pb2.Event(wall_time=end - total_dt / 1000.0, file_version=FILE_VERSION).SerializeToString()
+        )
         val_steps = sorted({s for s, _ in vals})
         val_wall: dict[int, float] = {}
         elapsed = 0.0  # ms of the steps so far
@@ -181,12 +196,17 @@ def _write_run(tb: tuple[Any, Any, Any], root: Path, run: str, log: Path, index:
                 elapsed += dt[i] if dt_there[i] else 0.0
                 wall = end - (total_dt - elapsed) / 1000.0
                 step = step_at[i] if step_there[i] else 0
-                while v < len(val_steps) and val_steps[v] <= step:  # a validation: its step's wall time (or the one before)
+                while (
+                    v < len(val_steps) and val_steps[v] <= step
+                ):  # a validation: its step's wall time (or the one before)
                     val_wall[val_steps[v]] = wall if val_steps[v] == step else prev
                     v += 1
                 prev = wall
-                values = [(tag, lists[k][0][i] * factor) for k, (tag, factor) in TRACKER_SERIES.items()
-                          if lists[k][1][i]]
+                values = [
+                    (tag, lists[k][0][i] * factor)
+                    for k, (tag, factor) in TRACKER_SERIES.items()
+                    if lists[k][1][i]
+                ]
                 if values:
                     put(wall, step, values)
                     steps += 1

@@ -48,13 +48,14 @@ class FlagDiff:
     def __str__(self) -> str:
         def show(v: str | bool | None) -> str:
             return "(not given)" if v is None else "(set)" if v is True else v
+
         return f"--{self.flag} {show(self.base)} -> {show(self.run)}"
 
 
 def parse_flags(argv: list[str]) -> dict[str, str | bool]:
     """A trainer's flags from its argv (after `--` when there is one): `--key value` -> value, a
     bare `--key` -> True. The inverse of render_args."""
-    args = argv[argv.index("--") + 1:] if "--" in argv else list(argv)
+    args = argv[argv.index("--") + 1 :] if "--" in argv else list(argv)
     out: dict[str, str | bool] = {}
     i = 0
     while i < len(args):

@@ -118,7 +118,9 @@ def _not_a_dir(here: str, dir_fd: int, name: str) -> UnsafePath:
     except OSError:
         return UnsafePath(here, "is not a directory")
     if stat.S_ISLNK(st.st_mode):
-        return UnsafePath(here, "is a symlink (refused: the cockpit never writes through a link)", errno.ELOOP)
+        return UnsafePath(
+            here, "is a symlink (refused: the cockpit never writes through a link)", errno.ELOOP
+        )
     return UnsafePath(here, "is not a directory", errno.ENOTDIR)
 
 
@@ -131,7 +133,9 @@ def make_dirs(path: os.PathLike | str, root: os.PathLike | str | None = None) ->
 # creating and appending
 
 
-def _check_regular(fd: int, path: os.PathLike | str, expect: tuple[int, int] | None = None, single: bool = False) -> os.stat_result:
+def _check_regular(
+    fd: int, path: os.PathLike | str, expect: tuple[int, int] | None = None, single: bool = False
+) -> os.stat_result:
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode):
         raise UnsafePath(path, "is not a regular file")
@@ -161,17 +165,25 @@ def create_new(path: os.PathLike | str, root: os.PathLike | str | None = None, m
     return fd
 
 
-def open_append(path: os.PathLike | str, root: os.PathLike | str | None = None, expect: tuple[int, int] | None = None) -> int:
+def open_append(
+    path: os.PathLike | str, root: os.PathLike | str | None = None, expect: tuple[int, int] | None = None
+) -> int:
     """An append fd of an existing regular file with one link, never through a symlink. With
     `expect` (its (device, inode) when the cockpit created it), only that very file."""
     path = Path(os.path.abspath(path))
     dfd = open_dir(path.parent, root)
     try:
         try:
-            fd = os.open(path.name, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=dfd)
+            fd = os.open(
+                path.name,
+                os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK,
+                dir_fd=dfd,
+            )
         except OSError as e:
             if e.errno == errno.ELOOP:
-                raise UnsafePath(path, "is a symlink (refused: the cockpit never writes through a link)", errno.ELOOP) from None
+                raise UnsafePath(
+                    path, "is a symlink (refused: the cockpit never writes through a link)", errno.ELOOP
+                ) from None
             if e.errno == errno.ENXIO:
                 raise UnsafePath(path, "is not a regular file") from None
             raise
@@ -208,7 +220,7 @@ def _temp_in(dfd: int, name: str) -> tuple[str, int]:
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view):]
+        view = view[os.write(fd, view) :]
 
 
 def atomic_write(path: os.PathLike | str, data: str | bytes, root: os.PathLike | str | None = None) -> None:
@@ -280,7 +292,9 @@ class StagedFiles:
             except FileNotFoundError:
                 st = None
             if st is not None and not (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)):
-                raise UnsafePath(path, "is a directory" if stat.S_ISDIR(st.st_mode) else "is not a regular file")
+                raise UnsafePath(
+                    path, "is a directory" if stat.S_ISDIR(st.st_mode) else "is not a regular file"
+                )
             tmp, fd = _temp_in(dfd, path.name)
         except BaseException:
             os.close(dfd)
@@ -397,7 +411,12 @@ def try_lock(path: os.PathLike | str, root: os.PathLike | str | None = None) -> 
     dfd = open_dir(path.parent, root, create=True)
     try:
         try:
-            fd = os.open(path.name, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, 0o644, dir_fd=dfd)
+            fd = os.open(
+                path.name,
+                os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK,
+                0o644,
+                dir_fd=dfd,
+            )
         except OSError as e:
             if e.errno == errno.ELOOP:
                 raise UnsafePath(path, "is a symlink (refused)", errno.ELOOP) from None

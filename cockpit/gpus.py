@@ -41,7 +41,9 @@ class GpuInfo:
     temp_c: float | None
     power_w: float | None
     pids: list[int] = field(default_factory=list)
-    pid_mem_mib: dict[int, float] = field(default_factory=dict)  # GPU memory each process holds, where NVML says
+    pid_mem_mib: dict[int, float] = field(
+        default_factory=dict
+    )  # GPU memory each process holds, where NVML says
     power_limit_w: float | None = None  # the enforced power limit (the scale of the power history)
     pids_error: str | None = None  # why NVML could not list the processes (then `pids` says nothing)
 
@@ -224,6 +226,7 @@ def machine(nvml: ModuleType | Any | None = None) -> dict[str, Any]:
         "cuda_driver": f"{cuda // 1000}.{cuda % 1000 // 10}" if isinstance(cuda, int) else None,
     }
 
+
 def shortfall(need: int, visible: int | None, reason: str | None = None) -> str | None:
     """Why a leg of `need` GPUs cannot run on this machine (`visible` GPUs; None: NVML cannot
     say, for `reason`), or None when it can. One wording for the launch's refusal and the next leg."""
@@ -251,7 +254,9 @@ def leg_gpu_indices(nproc: int, env: dict[str, str] | None = None) -> list[int]:
     return list(range(nproc))
 
 
-def preflight(snap: Snapshot, indices: list[int], max_util_pct: float, max_mem_mib: float) -> tuple[bool | None, str]:
+def preflight(
+    snap: Snapshot, indices: list[int], max_util_pct: float, max_mem_mib: float
+) -> tuple[bool | None, str]:
     """Are the GPUs a leg will use idle? (True, ...), (False, why busy), or (None, why unknown).
 
     A GPU is idle when its utilization and memory are under the thresholds and no process holds
@@ -278,7 +283,11 @@ def unchecked(gs: list[GpuInfo]) -> str:
             missing.setdefault("utilization of GPUs {}", []).append(g.index)
         if g.mem_used_mib is None:
             missing.setdefault("memory of GPUs {}", []).append(g.index)
-    return "; not checked: " + ", ".join(what.format(fmt_set(i)) for what, i in missing.items()) if missing else ""
+    return (
+        "; not checked: " + ", ".join(what.format(fmt_set(i)) for what, i in missing.items())
+        if missing
+        else ""
+    )
 
 
 def _busy(g: GpuInfo | None, index: int, max_util_pct: float, max_mem_mib: float) -> str | None:
@@ -300,8 +309,9 @@ def fmt_set(indices: list[int] | tuple[int, ...]) -> str:
     return ",".join(map(str, indices))
 
 
-def gpu_pool(named: list[int] | tuple[int, ...] | None, snap: Snapshot,
-             env: dict[str, str] | None = None) -> tuple[list[int] | None, str]:
+def gpu_pool(
+    named: list[int] | tuple[int, ...] | None, snap: Snapshot, env: dict[str, str] | None = None
+) -> tuple[list[int] | None, str]:
     """The GPUs (NVML indices) legs may be placed on side by side, and where that set comes
     from: the registry's `gpus`, else CUDA_VISIBLE_DEVICES when it names GPUs by index, else
     every GPU NVML shows. (None, why) when no such set can be known: CUDA_VISIBLE_DEVICES names
@@ -320,8 +330,9 @@ def gpu_pool(named: list[int] | tuple[int, ...] | None, snap: Snapshot,
     return [g.index for g in snap.gpus], "every GPU NVML shows"
 
 
-def pick(snap: Snapshot, pool: list[int], held: set[int], need: int, max_util_pct: float,
-         max_mem_mib: float) -> tuple[list[int] | None, str]:
+def pick(
+    snap: Snapshot, pool: list[int], held: set[int], need: int, max_util_pct: float, max_mem_mib: float
+) -> tuple[list[int] | None, str]:
     """`need` GPUs of `pool` that no leg of this queue holds (`held`) and that are idle, the
     first ones in pool order: (GPUs, what was checked), or (None, why not now). Without NVML
     (a pool the registry named) the free GPUs are taken unchecked, and the reason says so."""
@@ -335,7 +346,9 @@ def pick(snap: Snapshot, pool: list[int], held: set[int], need: int, max_util_pc
     busy = {i: why for i in free if (why := _busy(by_index.get(i), i, max_util_pct, max_mem_mib))}
     idle = [i for i in free if i not in busy]
     if len(idle) >= need:
-        return idle[:need], f"GPUs {fmt_set(idle[:need])} idle" + unchecked([by_index[i] for i in idle[:need]])
+        return idle[:need], f"GPUs {fmt_set(idle[:need])} idle" + unchecked(
+            [by_index[i] for i in idle[:need]]
+        )
     said = [f"needs {need} GPUs, {len(idle)} idle"]
     if held:
         said.append(f"GPUs {fmt_set(sorted(held))} held by this queue's legs")
@@ -370,10 +383,12 @@ def render_table(snap: Snapshot, pid_legs: dict[int, str] | None = None) -> str:
     elif not snap.gpus:
         out.append("NVML: no GPUs")
     else:
-        out.append(f"{'gpu':>3}  {'name':<22} {'util':>5} {'memory (MiB)':>17} {'temp':>5} {'power':>9}  processes")
+        out.append(
+            f"{'gpu':>3}  {'name':<22} {'util':>5} {'memory (MiB)':>17} {'temp':>5} {'power':>9}  processes"
+        )
         for g in snap.gpus:
             mem = f"{fmt(g.mem_used_mib)}/{fmt(g.mem_total_mib)}"
-            power = fmt(g.power_w, '.0f', 'W')  # with the enforced limit where NVML gives both
+            power = fmt(g.power_w, ".0f", "W")  # with the enforced limit where NVML gives both
             if g.power_w is not None and g.power_limit_w:
                 power = f"{g.power_w:.0f}/{g.power_limit_w:.0f}W"
             procs = ", ".join(f"{p}" + (f" ({pid_legs[p]})" if p in pid_legs else "") for p in g.pids) or "-"

@@ -39,7 +39,9 @@ def name_part(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     text = repr(value) if isinstance(value, float) else str(value)
-    return text.replace(".", "p").replace("-", "m").replace("+", "") if isinstance(value, int | float) else text
+    return (
+        text.replace(".", "p").replace("-", "m").replace("+", "") if isinstance(value, int | float) else text
+    )
 
 
 def fill(template: str, values: dict[str, str]) -> str:
@@ -47,16 +49,27 @@ def fill(template: str, values: dict[str, str]) -> str:
     return PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), template)
 
 
-def expand(ld: Loader, grid: dict, loc: tuple, exp_id: str, e_args: dict, seen: dict[str, int | None],
-           runs: int = 0, repeats: int = 1) -> list[tuple[str, dict, str | None, dict]]:
+def expand(
+    ld: Loader,
+    grid: dict,
+    loc: tuple,
+    exp_id: str,
+    e_args: dict,
+    seen: dict[str, int | None],
+    runs: int = 0,
+    repeats: int = 1,
+) -> list[tuple[str, dict, str | None, dict]]:
     """The legs of an experiment's grid as (name, args, description, axis values), checked: a
     template that names every axis and nothing else, axes of distinct scalar values, names no
     other leg has (`seen`: name -> line), and no more runs than RUNS_MAX with the `runs` the
     experiment has beside it, each leg run `repeats` times (counted before anything is expanded)."""
     template = grid.get("name")
     if not isinstance(template, str):
-        raise ld.fail(loc, f"the grid of '{exp_id}' needs a name template (e.g. name = \"{{compile-mode}}_cap"
-                           "{moe-capacity-factor}\") whose placeholders are its axes")
+        raise ld.fail(
+            loc,
+            f"the grid of '{exp_id}' needs a name template (e.g. name = \"{{compile-mode}}_cap"
+            '{moe-capacity-factor}") whose placeholders are its axes',
+        )
     axes = {k: v for k, v in grid.items() if k not in GRID_KEYS}
     if not axes:
         raise ld.fail(loc, f"the grid of '{exp_id}' has no axis (a trainer flag = [values])")
@@ -64,15 +77,20 @@ def expand(ld: Loader, grid: dict, loc: tuple, exp_id: str, e_args: dict, seen: 
         if not ARG_KEY.match(key):
             raise ld.fail(loc + (key,), f"grid axis {show(key)} of '{exp_id}' is not a flag name")
         if not isinstance(values, list) or not values:
-            raise ld.fail(loc + (key,), f"grid axis '{key}' of '{exp_id}' must be a non-empty array of values, "
-                                        f"not {show(values)}")
+            raise ld.fail(
+                loc + (key,),
+                f"grid axis '{key}' of '{exp_id}' must be a non-empty array of values, not {show(values)}",
+            )
     size = math.prod(len(v) for v in axes.values())
     if runs + size * repeats > RUNS_MAX:
         shape = " x ".join(str(len(v)) for v in axes.values())
         also = f", with {count(runs)} beside it" if runs else ""
         rep = f" x {repeats} repeats" if repeats > 1 else ""
-        raise ld.fail(loc, f"the grid of '{exp_id}' makes {count(size)} legs ({shape}){rep}{also}: an experiment "
-                           f"holds at most {count(RUNS_MAX)} runs (legs x repeats)")
+        raise ld.fail(
+            loc,
+            f"the grid of '{exp_id}' makes {count(size)} legs ({shape}){rep}{also}: an experiment "
+            f"holds at most {count(RUNS_MAX)} runs (legs x repeats)",
+        )
     for key, values in axes.items():
         for v in values:
             ld.check_args({key: v}, loc + (key,))
@@ -83,7 +101,11 @@ def expand(ld: Loader, grid: dict, loc: tuple, exp_id: str, e_args: dict, seen: 
     desc = grid.get("description")
     if desc is not None and not isinstance(desc, str):
         raise ld.fail(loc + ("description",), f"the grid's description in '{exp_id}' must be a string")
-    g_args = ld.check_args(grid.get("args", {}), loc + ("args",)) if isinstance(grid.get("args", {}), dict) else None
+    g_args = (
+        ld.check_args(grid.get("args", {}), loc + ("args",))
+        if isinstance(grid.get("args", {}), dict)
+        else None
+    )
     if g_args is None:
         raise ld.fail(loc + ("args",), f"the grid's args in '{exp_id}' must be a table")
     where = loc + ("name",)
@@ -92,11 +114,17 @@ def expand(ld: Loader, grid: dict, loc: tuple, exp_id: str, e_args: dict, seen: 
         raise ld.fail(where, f"grid name template {show(template)} of '{exp_id}' has an unmatched brace")
     named = PLACEHOLDER.findall(template)
     if unknown := [n for n in named if n not in axes]:
-        raise ld.fail(where, f"grid name template {show(template)} of '{exp_id}' names {{{unknown[0]}}}, which is "
-                             f"not an axis (axes: {', '.join(axes)})")
+        raise ld.fail(
+            where,
+            f"grid name template {show(template)} of '{exp_id}' names {{{unknown[0]}}}, which is "
+            f"not an axis (axes: {', '.join(axes)})",
+        )
     if missing := [a for a in axes if a not in named]:
-        raise ld.fail(where, f"grid name template {show(template)} of '{exp_id}' leaves out axis '{missing[0]}': "
-                             "legs that differ only there would share a name")
+        raise ld.fail(
+            where,
+            f"grid name template {show(template)} of '{exp_id}' leaves out axis '{missing[0]}': "
+            "legs that differ only there would share a name",
+        )
     legs = []
     first: dict[str, dict] = {}
     for combo in itertools.product(*axes.values()):
@@ -106,12 +134,21 @@ def expand(ld: Loader, grid: dict, loc: tuple, exp_id: str, e_args: dict, seen: 
         if why := bad_name(name, LEG_FILES):
             raise ld.fail(where, f"grid leg name {show(name)} ({said}) in '{exp_id}' {why}")
         if name in seen:
-            raise ld.fail(where, f"grid leg '{name}' ({said}) of '{exp_id}' has the name of the leg at line {seen[name]}")
+            raise ld.fail(
+                where,
+                f"grid leg '{name}' ({said}) of '{exp_id}' has the name of the leg at line {seen[name]}",
+            )
         if name in first:
             other = ", ".join(f"{k} = {show(v)}" for k, v in first[name].items())
-            raise ld.fail(where, f"grid legs ({other}) and ({said}) of '{exp_id}' would both be named '{name}'")
+            raise ld.fail(
+                where, f"grid legs ({other}) and ({said}) of '{exp_id}' would both be named '{name}'"
+            )
         first[name] = values
         subst = {"name": name, **{k: str(v) for k, v in values.items()}}
-        args = {**e_args, **{k: fill(v, subst) if isinstance(v, str) else v for k, v in g_args.items()}, **values}
+        args = {
+            **e_args,
+            **{k: fill(v, subst) if isinstance(v, str) else v for k, v in g_args.items()},
+            **values,
+        }
         legs.append((name, args, fill(desc, subst) if desc is not None else None, values))
     return legs

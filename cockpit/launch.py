@@ -199,8 +199,11 @@ def check_paths(registry: reg.Registry, legs: list[reg.Leg], exp_dir: Path, cwd:
 def running_elsewhere(exp_root: Path | str, experiment: str, but: Path | None = None) -> ExpDir | None:
     """A dir of this experiment with a live queue or a live leg, if any (`but` that dir)."""
     for d in discover(exp_root):
-        if d.experiment == experiment and (d.supervisor_alive or d.active) and (
-                but is None or d.path.resolve() != but.resolve()):
+        if (
+            d.experiment == experiment
+            and (d.supervisor_alive or d.active)
+            and (but is None or d.path.resolve() != but.resolve())
+        ):
             return d
     return None
 
@@ -211,8 +214,11 @@ def experiment_lock(exp_root: Path, experiment: str) -> int:
     launch takes it before creating the dir and hands the fd to the supervisor, which holds it
     for the queue's lifetime: two concurrent launches of one experiment cannot both pass.
     """
-    return try_lock(lock_path(exp_root, experiment),
-                    f"'{experiment}' is being launched or run by another cockpit; stop it first", root=exp_root)
+    return try_lock(
+        lock_path(exp_root, experiment),
+        f"'{experiment}' is being launched or run by another cockpit; stop it first",
+        root=exp_root,
+    )
 
 
 def fresh_dir_name(exp_root: Path | str, experiment_id: str) -> Path:
@@ -285,7 +291,9 @@ class FlagCheck:
         """The check in words, for a dry run or a warning."""
         if self.checked:
             return f"trainer flags checked against `{self.command}`"
-        return f"trainer flags not checked: {self.why} (a flag the trainer does not take fails its leg at once)"
+        return (
+            f"trainer flags not checked: {self.why} (a flag the trainer does not take fails its leg at once)"
+        )
 
     def record(self) -> FlagsChecked:
         """What plan.json keeps of it."""
@@ -300,7 +308,11 @@ def check_flags(registry: reg.Registry, plan: LaunchPlan, write_cache: bool = Fa
     `checked` is False, and why."""
     if not plan.legs:
         return FlagCheck([], True)
-    python = str(plan.runtime.python) if plan.runtime and plan.runtime.python else provenance.legs_python(plan.torchrun)
+    python = (
+        str(plan.runtime.python)
+        if plan.runtime and plan.runtime.python
+        else provenance.legs_python(plan.torchrun)
+    )
     env = dict(plan.runtime.env) if plan.runtime else {}
     refusals, why, commands = [], [], []
     for module in dict.fromkeys(leg.module for leg in plan.legs):
@@ -311,16 +323,25 @@ def check_flags(registry: reg.Registry, plan: LaunchPlan, write_cache: bool = Fa
             continue
         for leg in (x for x in plan.legs if x.module == module):
             args = leg.run_args(0 if leg.repeats > 1 else None)
-            for key, hint in trainer_flags.unknown([k for k, v in args.items() if v is not False], known.flags):
+            for key, hint in trainer_flags.unknown(
+                [k for k, v in args.items() if v is not False], known.flags
+            ):
                 line = leg.arg_lines.get(key) or leg.line
                 where = f"{registry.path}:{line}" if line else str(registry.path)
                 more = f"; did you mean --{hint}?" if hint else f" (`{known.command}` lists its flags)"
-                refusals.append(f"{where}: {leg.experiment}/{leg.name}: --{key} is not a flag of {module}{more}")
+                refusals.append(
+                    f"{where}: {leg.experiment}/{leg.name}: --{key} is not a flag of {module}{more}"
+                )
     return FlagCheck(refusals, not why, "; ".join(why) or None, "; ".join(commands))
 
 
-def launch_refusals(registry: reg.Registry, plan: LaunchPlan, exp_dir: Path, into: bool = False,
-                    checked: FlagCheck | None = None) -> list[str]:
+def launch_refusals(
+    registry: reg.Registry,
+    plan: LaunchPlan,
+    exp_dir: Path,
+    into: bool = False,
+    checked: FlagCheck | None = None,
+) -> list[str]:
     """Every reason a launch of `plan` into `exp_dir` would be refused now ([] when none).
     Reads only: the dry run lists these, a real launch raises the first. On Slurm the GPUs are
     the scheduler's to find (no preflight here); its commands and the batch scripts must work.
@@ -330,8 +351,10 @@ def launch_refusals(registry: reg.Registry, plan: LaunchPlan, exp_dir: Path, int
     runtime = plan.runtime
     if runtime is not None and runtime.torchrun is not None:
         if not (os.path.isfile(runtime.torchrun) and os.access(runtime.torchrun, os.X_OK)):
-            out.append(f"torchrun not found beside {runtime.python} (no {runtime.torchrun}): install torch in that "
-                       "environment, or set python to one that has it")
+            out.append(
+                f"torchrun not found beside {runtime.python} (no {runtime.torchrun}): install torch in that "
+                "environment, or set python to one that has it"
+            )
     elif find_torchrun() is None:
         out.append("torchrun not found next to this Python or on PATH (install the 'train' extra)")
     if plan.executor == slurm.NAME:
@@ -341,14 +364,19 @@ def launch_refusals(registry: reg.Registry, plan: LaunchPlan, exp_dir: Path, int
             out.append(f"a batch script cannot be written: {e}")
         else:
             if shutil.which("sbatch") is None:
-                out.append("sbatch not found on PATH: a Slurm launch runs where sbatch, squeue and scancel work")
+                out.append(
+                    "sbatch not found on PATH: a Slurm launch runs where sbatch, squeue and scancel work"
+                )
             else:
                 try:
                     out += slurm.refusals(chain)
                 except SlurmError as e:
                     out.append(str(e))
-    for why in (check_gpus(plan.legs, registry.settings.gpus) if plan.executor == "local" else None,
-                check_exp_root(registry.settings.exp_root), check_paths(registry, plan.legs, exp_dir, plan.cwd)):
+    for why in (
+        check_gpus(plan.legs, registry.settings.gpus) if plan.executor == "local" else None,
+        check_exp_root(registry.settings.exp_root),
+        check_paths(registry, plan.legs, exp_dir, plan.cwd),
+    ):
         if why:
             out.append(why)
     out += (checked if checked is not None else check_flags(registry, plan)).refusals
@@ -367,8 +395,10 @@ def describe_legs(registry: reg.Registry, plan: LaunchPlan, exp_dir: Path) -> li
     if plan.executor != slurm.NAME:
         return [(leg.name, format_command(leg, exp_dir, plan.torchrun)) for leg in plan.legs]
     chain = slurm.chain_of(plan_data(registry, plan, exp_dir), exp_dir)
-    return [(leg, f"{text.rstrip()}\n\n{argv}")
-            for (leg, text), argv in zip(chain.scripts, chain.argv_lines(exp_dir), strict=True)]
+    return [
+        (leg, f"{text.rstrip()}\n\n{argv}")
+        for (leg, text), argv in zip(chain.scripts, chain.argv_lines(exp_dir), strict=True)
+    ]
 
 
 def dry_run_text(registry: reg.Registry, plan: LaunchPlan) -> str:
@@ -387,7 +417,9 @@ def dry_run_text(registry: reg.Registry, plan: LaunchPlan) -> str:
     for why in refusals:
         out.append(f"# a real launch would be refused here: {why}")
     out.append(f"# {checked.text}")
-    out.append(f"# baseline (pinned in plan.json at launch): {baseline.pin_text(baseline.pin(registry, plan.experiment, plan.legs))}")
+    out.append(
+        f"# baseline (pinned in plan.json at launch): {baseline.pin_text(baseline.pin(registry, plan.experiment, plan.legs))}"
+    )
     if plan.runtime is not None and plan.runtime.python is not None:
         out.append(f"# python: {plan.runtime.python} (its torchrun runs the legs)")
     out.append(f"cd {shlex.quote(str(plan.cwd))}")
@@ -395,7 +427,9 @@ def dry_run_text(registry: reg.Registry, plan: LaunchPlan) -> str:
     out += [f"EXP_DIR={shlex.quote(str(exp_dir))}", 'mkdir -p "$EXP_DIR/ckpt_root"']
     if plan.executor == slurm.NAME:
         if registry.settings.notify:
-            out.append("# notify: not run for Slurm legs (the scheduler runs them; no supervisor sees them end)")
+            out.append(
+                "# notify: not run for Slurm legs (the scheduler runs them; no supervisor sees them end)"
+            )
         try:
             out += ['mkdir -p "$EXP_DIR/slurm"', *slurm.dry_run(plan_data(registry, plan, exp_dir), exp_dir)]
         except SlurmError:
@@ -403,13 +437,17 @@ def dry_run_text(registry: reg.Registry, plan: LaunchPlan) -> str:
         return "\n".join(out)
     if (n := plan.experiment.max_parallel) > 1 and len(plan.legs) > 1:
         named = f" of {gpus.fmt_set(registry.settings.gpus)}" if registry.settings.gpus else ""
-        out.append(f"# up to {n} legs at once, side by side: each on idle GPUs{named} no other leg holds "
-                   "(CUDA_VISIBLE_DEVICES set per leg), in this order")
+        out.append(
+            f"# up to {n} legs at once, side by side: each on idle GPUs{named} no other leg holds "
+            "(CUDA_VISIBLE_DEVICES set per leg), in this order"
+        )
     if (prep := plan.experiment.prepare) is not None:
         out += ["", prepare_text(prep, plan)]
     if registry.settings.notify:
-        out.append(f"# when a leg ends (done or failed): {shlex.join(registry.settings.notify)}"
-                   f" (within {registry.settings.notify_timeout_s:g}s; a failure is noted, never fatal)")
+        out.append(
+            f"# when a leg ends (done or failed): {shlex.join(registry.settings.notify)}"
+            f" (within {registry.settings.notify_timeout_s:g}s; a failure is noted, never fatal)"
+        )
     for leg in plan.legs:
         repeats = f" ({leg.repeats} repeats, --seed base + i)" if leg.repeats > 1 else ""
         out += ["", f"# leg {leg.name}{repeats}" + (f": {leg.description}" if leg.description else "")]
@@ -421,7 +459,11 @@ def dry_run_text(registry: reg.Registry, plan: LaunchPlan) -> str:
 
 def legs_python(plan: LaunchPlan) -> str:
     """The Python of the legs: the configured one, else this one (whose torchrun runs them)."""
-    return str(plan.runtime.python) if plan.runtime is not None and plan.runtime.python is not None else sys.executable
+    return (
+        str(plan.runtime.python)
+        if plan.runtime is not None and plan.runtime.python is not None
+        else sys.executable
+    )
 
 
 def prepare_text(prep: reg.Prepare, plan: LaunchPlan) -> str:
@@ -429,7 +471,9 @@ def prepare_text(prep: reg.Prepare, plan: LaunchPlan) -> str:
     command = shlex.join(prep.command(legs_python(plan))) + ' > "$EXP_DIR/prepare.log" 2>&1'
     why = prep.why()
     if why is None:
-        return f"# prepare: skipped, what it creates exists ({', '.join(map(str, prep.creates))})\n# {command}"
+        return (
+            f"# prepare: skipped, what it creates exists ({', '.join(map(str, prep.creates))})\n# {command}"
+        )
     return f"# prepare, first ({why}):\n{command}"
 
 
@@ -453,14 +497,22 @@ def missing_inputs(leg: reg.Leg, plan: LaunchPlan) -> list[str]:
             continue
         if prep is not None and prep.makes(path):
             continue  # the prepare step makes it before the first leg
-        make = ("python -m nanochat.smoke_data --out DIR (a small corpus and tokenizer), or upstream nanochat's "
-                "dataset download" + (" and tokenizer training" if key == "tokenizer-dir" else ""))
+        make = (
+            "python -m nanochat.smoke_data --out DIR (a small corpus and tokenizer), or upstream nanochat's "
+            "dataset download" + (" and tokenizer training" if key == "tokenizer-dir" else "")
+        )
         out.append(f"leg {leg.name} would fail at once: --{key} {value} does not exist (make it: {make})")
     return out
 
 
-def plan_data(registry: reg.Registry, plan: LaunchPlan, exp_dir: Path, grace_s: float = STOP_GRACE_S,
-              origin: dict | None = None, seq: Seq | None = None) -> Plan:
+def plan_data(
+    registry: reg.Registry,
+    plan: LaunchPlan,
+    exp_dir: Path,
+    grace_s: float = STOP_GRACE_S,
+    origin: dict | None = None,
+    seq: Seq | None = None,
+) -> Plan:
     """What plan.json records of a launch into `exp_dir`: every run's exact argv (one per repeat of
     a leg with repeats; on Slurm, what srun starts on each node), its module and trainer flags, the
     executor and its settings, the registry snapshot, host, and the launch's provenance `origin`
@@ -473,34 +525,78 @@ def plan_data(registry: reg.Registry, plan: LaunchPlan, exp_dir: Path, grace_s: 
         for name, i, argv in leg.runs(exp_dir, plan.torchrun):
             args = leg.trainer_args(exp_dir, i)
             if on_slurm:
-                cmd = slurm.LegCommand(name, plan.torchrun, leg.nproc_per_node, leg.module, tuple(args),
-                                       uses_gpus=leg.device != "cpu")
+                cmd = slurm.LegCommand(
+                    name,
+                    plan.torchrun,
+                    leg.nproc_per_node,
+                    leg.module,
+                    tuple(args),
+                    uses_gpus=leg.device != "cpu",
+                )
                 argv = slurm.node_argv(cmd)
-            runs.append(PlanRun(name, tuple(argv), leg.name if i is not None else None, i, leg.device,
-                                leg.nproc_per_node, leg.module, tuple(args), str(exp_dir / f"{name}.log")))
+            runs.append(
+                PlanRun(
+                    name,
+                    tuple(argv),
+                    leg.name if i is not None else None,
+                    i,
+                    leg.device,
+                    leg.nproc_per_node,
+                    leg.module,
+                    tuple(args),
+                    str(exp_dir / f"{name}.log"),
+                )
+            )
     origin = origin if origin is not None else {"git": git_info(plan.cwd)}
     s = registry.settings
     prep = plan.experiment.prepare
     return Plan(
-        experiment=plan.experiment.id, runs=tuple(runs), dir=str(exp_dir), created_at=now_iso(), seq=seq,
-        host=socket.gethostname(), user=os.environ.get("USER"), cwd=str(plan.cwd),
+        experiment=plan.experiment.id,
+        runs=tuple(runs),
+        dir=str(exp_dir),
+        created_at=now_iso(),
+        seq=seq,
+        host=socket.gethostname(),
+        user=os.environ.get("USER"),
+        cwd=str(plan.cwd),
         python=str(plan.runtime.python) if plan.runtime and plan.runtime.python else sys.executable,
-        torchrun=plan.torchrun, env=dict(plan.runtime.env) if plan.runtime else {},
-        git=origin.get("git") or {}, machine=origin.get("machine"), trainer=origin.get("trainer"),
-        launch_env=origin.get("launch_env"), executor=plan.executor, on_failure=s.on_failure, tail=s.tail,
-        stop_grace_s=grace_s, gpu_idle=s.gpu_idle, max_parallel=plan.experiment.max_parallel,
+        torchrun=plan.torchrun,
+        env=dict(plan.runtime.env) if plan.runtime else {},
+        git=origin.get("git") or {},
+        machine=origin.get("machine"),
+        trainer=origin.get("trainer"),
+        launch_env=origin.get("launch_env"),
+        executor=plan.executor,
+        on_failure=s.on_failure,
+        tail=s.tail,
+        stop_grace_s=grace_s,
+        gpu_idle=s.gpu_idle,
+        max_parallel=plan.experiment.max_parallel,
         gpus=tuple(s.gpus) if s.gpus else None,
         notify=Notify(tuple(s.notify), s.notify_timeout_s) if s.notify else None,
         skipped=tuple(plan.skipped),
-        prepare=(PlanPrepare(tuple(prep.command(legs_python(plan))), tuple(str(p) for p in prep.creates),
-                             str(prep.mark) if prep.mark is not None else None) if prep else None),
+        prepare=(
+            PlanPrepare(
+                tuple(prep.command(legs_python(plan))),
+                tuple(str(p) for p in prep.creates),
+                str(prep.mark) if prep.mark is not None else None,
+            )
+            if prep
+            else None
+        ),
         registry=RegistrySnapshot(str(registry.path.resolve()), registry.raw),
-        slurm=plan.experiment.slurm if on_slurm else None, preflight=slurm.PREFLIGHT if on_slurm else None,
+        slurm=plan.experiment.slurm if on_slurm else None,
+        preflight=slurm.PREFLIGHT if on_slurm else None,
     )
 
 
-def write_plan(registry: reg.Registry, plan: LaunchPlan, exp_dir: Path, grace_s: float = STOP_GRACE_S,
-               checked: FlagCheck | None = None) -> Plan:
+def write_plan(
+    registry: reg.Registry,
+    plan: LaunchPlan,
+    exp_dir: Path,
+    grace_s: float = STOP_GRACE_S,
+    checked: FlagCheck | None = None,
+) -> Plan:
     """plan.json in the fresh dir, written once, never over anything, with the launch's provenance
     (git, with `git.patch` beside it when the tree is dirty; the machine; the trainer's versions,
     read by the legs' python; the launch's environment: see provenance) and its baseline pinned
@@ -508,13 +604,19 @@ def write_plan(registry: reg.Registry, plan: LaunchPlan, exp_dir: Path, grace_s:
     figures, or none) and what `checked` (check_flags) found of its trainer flags. Returns what it
     holds."""
     runtime = plan.runtime
-    origin = provenance.collect(plan.cwd, plan.torchrun, str(runtime.python) if runtime and runtime.python else None,
-                                dict(runtime.env) if runtime else None, exp_dir)
+    origin = provenance.collect(
+        plan.cwd,
+        plan.torchrun,
+        str(runtime.python) if runtime and runtime.python else None,
+        dict(runtime.env) if runtime else None,
+        exp_dir,
+    )
     data = dataclasses.replace(
         plan_data(registry, plan, exp_dir, grace_s, origin, expdir.next_seq(exp_dir.parent)),
         # the baseline this dir's runs are compared with, fixed now: later launches never move it
         baseline=baseline.pin(registry, plan.experiment, plan.legs),
-        trainer_flags=checked.record() if checked is not None else None)
+        trainer_flags=checked.record() if checked is not None else None,
+    )
     data.write(exp_dir)  # written once, never over anything
     return data
 
@@ -558,7 +660,9 @@ def start(
         if (busy := running_elsewhere(root, exp_id)) is not None:  # again, now under the lock
             raise RunError(f"'{exp_id}' is running in {busy.path}; stop it first: cockpit stop {busy.path}")
         exp_dir = new_exp_dir(root, exp_id, preferred=exp_dir)
-        check_flags(registry, plan, write_cache=True)  # the answer kept for the next launch (asked once above)
+        check_flags(
+            registry, plan, write_cache=True
+        )  # the answer kept for the next launch (asked once above)
         try:
             data = write_plan(registry, plan, exp_dir, grace_s, checked)
             fsutil.make_dirs(exp_dir / STATE_DIR, root=exp_dir)
@@ -592,17 +696,23 @@ def stop(
         check_owned(exp_dir, exp_root)
     d = open_dir(exp_dir)
     if leg is not None and leg not in d.legs:
-        raise RunError(f"{exp_dir} has no leg '{safetext.oneline(leg)}' (legs: {', '.join(d.legs) or 'none'})")
+        raise RunError(
+            f"{exp_dir} has no leg '{safetext.oneline(leg)}' (legs: {', '.join(d.legs) or 'none'})"
+        )
     executor_of(d).stop(exp_dir, leg, grace_s, wait_s)
     return open_dir(exp_dir)
 
 
 def check_owned(exp_dir: Path, exp_root: Path | str) -> None:
     """RunError unless `exp_dir` is a dir under exp_root (the cockpit acts only on the dirs it owns)."""
-    if not (fsutil.is_inside(exp_dir.resolve(), Path(exp_root).resolve())
-            and exp_dir.resolve() != Path(exp_root).resolve()):
-        raise RunError(f"{safetext.oneline(str(exp_dir))} is not an experiment dir under exp_root {exp_root}: "
-                       "the cockpit acts only on the dirs it owns")
+    if not (
+        fsutil.is_inside(exp_dir.resolve(), Path(exp_root).resolve())
+        and exp_dir.resolve() != Path(exp_root).resolve()
+    ):
+        raise RunError(
+            f"{safetext.oneline(str(exp_dir))} is not an experiment dir under exp_root {exp_root}: "
+            "the cockpit acts only on the dirs it owns"
+        )
 
 
 def resubmit(exp_dir: Path | str, legs: list[str], exp_root: Path | str, rerun: bool = False) -> list[str]:
@@ -616,12 +726,17 @@ def resubmit(exp_dir: Path | str, legs: list[str], exp_root: Path | str, rerun: 
     try:
         busy = running_elsewhere(exp_root, d.experiment)
         if busy is not None and busy.path.resolve() != exp_dir.resolve():  # one queue per experiment
-            raise RunError(f"'{d.experiment}' is running in {busy.path}; stop it first: cockpit stop {busy.path}")
+            raise RunError(
+                f"'{d.experiment}' is running in {busy.path}; stop it first: cockpit stop {busy.path}"
+            )
         done = resubmit_legs(exp_dir, legs, rerun)
     finally:
         os.close(lock_fd)
-    return [f"{job.leg}: Slurm job {job.job_id} (queued)" + (f"; the attempt before kept in {kept}" if kept else "")
-            for job, kept in done]
+    return [
+        f"{job.leg}: Slurm job {job.job_id} (queued)"
+        + (f"; the attempt before kept in {kept}" if kept else "")
+        for job, kept in done
+    ]
 
 
 def stop_outcome(d: ExpDir, leg: str, asked: bool = True) -> str:

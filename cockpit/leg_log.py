@@ -79,14 +79,17 @@ def find(exp_root: Path | str, target: str, leg: str | None = None) -> LegLog:
         if sep and head and tail:
             target, leg = head, tail
         elif not target.strip() or "/" in target:
-            raise RunError(f"no leg named in '{safetext.oneline(target)}': give EXP/LEG, DIR LEG or a leg name")
+            raise RunError(
+                f"no leg named in '{safetext.oneline(target)}': give EXP/LEG, DIR LEG or a leg name"
+            )
     if leg is None:  # a leg name alone: its newest attempt anywhere under exp_root
         name = target
         for d in reversed(expdir.discover(root)):
             if (run := _pick(d, name)) is not None:
                 return LegLog(d.path, run)
-        raise RunError(f"no dir under {root} holds a run of leg '{safetext.oneline(name)}' "
-                       "(give EXP/LEG or DIR LEG)")
+        raise RunError(
+            f"no dir under {root} holds a run of leg '{safetext.oneline(name)}' (give EXP/LEG or DIR LEG)"
+        )
     if not leg.strip() or "/" in leg or leg in (".", ".."):
         raise RunError(f"'{safetext.oneline(leg)}' is not a leg name")
     if not _is_dir_ref(root, target):
@@ -95,16 +98,20 @@ def find(exp_root: Path | str, target: str, leg: str | None = None) -> LegLog:
             if (run := _pick(d, leg)) is not None:
                 return LegLog(d.path, run)
         if mine:
-            raise RunError(f"no dir of experiment '{safetext.oneline(target)}' holds a run of leg "
-                           f"'{safetext.oneline(leg)}' ({len(mine)} dirs under {root})")
+            raise RunError(
+                f"no dir of experiment '{safetext.oneline(target)}' holds a run of leg "
+                f"'{safetext.oneline(leg)}' ({len(mine)} dirs under {root})"
+            )
     d = expdir.open_dir(expdir.find_dir(root, target))
     if (run := _pick(d, leg)) is not None:
         return LegLog(d.path, run)
     if runs := _runs(d, leg):  # planned, not started yet: its log is waited for
         return LegLog(d.path, runs[0])
     known = ", ".join(d.legs[:8]) + (", ..." if len(d.legs) > 8 else "") if d.legs else "none"
-    raise RunError(f"{safetext.oneline(str(d.path))} has no leg '{safetext.oneline(leg)}' (its legs: "
-                   f"{safetext.oneline(known)})")
+    raise RunError(
+        f"{safetext.oneline(str(d.path))} has no leg '{safetext.oneline(leg)}' (its legs: "
+        f"{safetext.oneline(known)})"
+    )
 
 
 def status(log: LegLog) -> tuple[bool, str]:
@@ -120,8 +127,13 @@ def status(log: LegLog) -> tuple[bool, str]:
     return s.status != RunStatus.RUNNING, str(s.status)
 
 
-def follow(log: LegLog, start: int, emit: Callable[[str], object], poll_s: float = POLL_S,
-           state_every_s: float = STATE_EVERY_S) -> str:
+def follow(
+    log: LegLog,
+    start: int,
+    emit: Callable[[str], object],
+    poll_s: float = POLL_S,
+    state_every_s: float = STATE_EVERY_S,
+) -> str:
     """Give each new line of the log from byte `start` to `emit` until the leg ends (the lines
     written before its end included, the last one even without its newline); return the word
     for how it ended (done, failed, stopped, or a manual run's completed, failed, unknown)."""

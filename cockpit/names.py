@@ -59,8 +59,10 @@ def bad_name(name: str, files: tuple[str, ...] = ()) -> str | None:
     if not fsutil.name_fits(longest.format(name)):
         n = len(os.fsencode(name))
         room = fsutil.NAME_MAX - len(os.fsencode(longest.format("")))
-        return (f"is too long for a file name: {n} bytes, at most {room} (the cockpit names a file "
-                f"'{longest.format('<name>')}', and a file name has at most {fsutil.NAME_MAX} bytes)")
+        return (
+            f"is too long for a file name: {n} bytes, at most {room} (the cockpit names a file "
+            f"'{longest.format('<name>')}', and a file name has at most {fsutil.NAME_MAX} bytes)"
+        )
     return None
 
 
@@ -70,6 +72,8 @@ def path_too_long(exp_root: Path, exp_id: str, leg: str) -> str | None:
     path = f"{exp_root}/{DIR_STAMP}{exp_id}/state/{leg}{longest}"
     n = len(os.fsencode(path))
     if n >= fsutil.PATH_MAX:
-        return (f"leg '{exp_id}/{leg}': its files under exp_root would have paths of {n} bytes, "
-                f"more than the {fsutil.PATH_MAX - 1} a path may have")
+        return (
+            f"leg '{exp_id}/{leg}': its files under exp_root would have paths of {n} bytes, "
+            f"more than the {fsutil.PATH_MAX - 1} a path may have"
+        )
     return None

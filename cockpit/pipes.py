@@ -55,8 +55,9 @@ class _Tail:
         return bytes(self.buf[extra:])
 
 
-def read(proc: subprocess.Popen, timeout: float, keep: int = 64 * 1024,
-         sink: Callable[[bytes], bool] | None = None) -> Output:
+def read(
+    proc: subprocess.Popen, timeout: float, keep: int = 64 * 1024, sink: Callable[[bytes], bool] | None = None
+) -> Output:
     """Read `proc`'s stdout (and stderr, when it is a pipe of its own) until it has exited and
     its pipes are quiet, or `timeout` seconds pass, or `sink` returns False. `sink` (when given)
     gets every chunk of stdout instead of the tail. The caller stops a command still running
@@ -100,5 +101,10 @@ def read(proc: subprocess.Popen, timeout: float, keep: int = 64 * 1024,
 
 def _output(proc: subprocess.Popen, streams: dict, timed_out: bool = False) -> Output:
     tails = {s: t.bytes() for s, t in streams.items()}
-    return Output(proc.poll(), tails.get(proc.stdout, b""), tails.get(proc.stderr, b""),
-                  sum(t.dropped for t in streams.values()), timed_out)
+    return Output(
+        proc.poll(),
+        tails.get(proc.stdout, b""),
+        tails.get(proc.stderr, b""),
+        sum(t.dropped for t in streams.values()),
+        timed_out,
+    )

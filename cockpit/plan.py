@@ -50,8 +50,14 @@ class PlanError(ValueError):
 
 def leg_name_ok(name: Any) -> bool:
     """A run name read from disk (a plan, a log's stem) that the cockpit can name files after."""
-    return (isinstance(name, str) and bool(name) and "/" not in name and "\x00" not in name
-            and name not in (".", "..") and all(fsutil.name_fits(f.format(name)) for f in reg.LEG_FILES))
+    return (
+        isinstance(name, str)
+        and bool(name)
+        and "/" not in name
+        and "\x00" not in name
+        and name not in (".", "..")
+        and all(fsutil.name_fits(f.format(name)) for f in reg.LEG_FILES)
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -63,7 +69,9 @@ class PlanRun:
     """One run of a dir: a leg, or one repeat of a leg with repeats."""
 
     name: str  # its log is <dir>/<name>.log, its state state/<name>.json
-    argv: tuple[str, ...] = ()  # torchrun's exact command line, launcher first; (): the plan gives none usable
+    argv: tuple[
+        str, ...
+    ] = ()  # torchrun's exact command line, launcher first; (): the plan gives none usable
     leg: str | None = None  # the registry leg of a repeat (`dense` of `dense.r1`); None: the run is its leg
     repeat: int | None = None  # a repeat's index (its seed is the leg's base + it)
     device: str | None = None  # "cpu": no GPU preflight here, no GPUs asked of Slurm
@@ -79,20 +87,34 @@ class PlanRun:
 
     def to_dict(self) -> dict[str, Any]:
         repeat = {"leg": self.leg, "repeat": self.repeat} if self.leg is not None else {}
-        return {"name": self.name, **repeat, "device": self.device, "nproc_per_node": self.nproc_per_node,
-                "module": self.module, "args": list(self.args), "argv": list(self.argv), "log": self.log,
-                **self.extra}
+        return {
+            "name": self.name,
+            **repeat,
+            "device": self.device,
+            "nproc_per_node": self.nproc_per_node,
+            "module": self.module,
+            "args": list(self.args),
+            "argv": list(self.argv),
+            "log": self.log,
+            **self.extra,
+        }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> PlanRun:
         """A run from its JSON (its name already checked); a value of the wrong kind reads as its default."""
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(
-            name=d["name"], argv=_strs(d.get("argv")), leg=_str(d.get("leg")),
+            name=d["name"],
+            argv=_strs(d.get("argv")),
+            leg=_str(d.get("leg")),
             repeat=_int(d.get("repeat"), None, 0, reg.REPEATS_MAX),
-            device=_str(d.get("device")), nproc_per_node=_int(d.get("nproc_per_node"), 1, 1, reg.NPROC_MAX),
-            module=_str(d.get("module")), args=_strs(d.get("args")), log=_str(d.get("log")),
-            extra={k: v for k, v in d.items() if k not in known})
+            device=_str(d.get("device")),
+            nproc_per_node=_int(d.get("nproc_per_node"), 1, 1, reg.NPROC_MAX),
+            module=_str(d.get("module")),
+            args=_strs(d.get("args")),
+            log=_str(d.get("log")),
+            extra={k: v for k, v in d.items() if k not in known},
+        )
 
 
 @dataclass(frozen=True)
@@ -110,7 +132,11 @@ class Seq:
         if not isinstance(v, dict):
             return None
         n, utc = v.get("n"), v.get("utc")
-        return cls(n, utc) if isinstance(n, int) and not isinstance(n, bool) and n >= 1 and isinstance(utc, str) else None
+        return (
+            cls(n, utc)
+            if isinstance(n, int) and not isinstance(n, bool) and n >= 1 and isinstance(utc, str)
+            else None
+        )
 
 
 @dataclass(frozen=True)
@@ -224,7 +250,9 @@ class Plan:
     registry: RegistrySnapshot | None = None  # the registry as it was
     slurm: reg.SlurmSettings | None = None  # what a Slurm launch's jobs asked for
     preflight: str | None = None  # a Slurm launch: why there is no GPU preflight here
-    baseline: Mapping[str, Any] | None = None  # the pinned baseline (baseline.pin); None: launched before pins
+    baseline: Mapping[str, Any] | None = (
+        None  # the pinned baseline (baseline.pin); None: launched before pins
+    )
     trainer_flags: FlagsChecked | None = None  # the trainer flag check
     continuations: tuple[Continued, ...] = ()  # each plan.<n>.json taken, in order of n
     problems: tuple[str, ...] = ()  # what plan.json holds that could not be taken (runs left out)
@@ -255,30 +283,63 @@ class Plan:
         if not isinstance(data.get("legs"), list):
             raise PlanError(path, "no list of legs")
         runs, problems = _runs(data["legs"])
-        known = {f.name for f in dataclasses.fields(cls)} - {"runs", "problems", "left_out", "extra"} | {"legs"}
+        known = {f.name for f in dataclasses.fields(cls)} - {"runs", "problems", "left_out", "extra"} | {
+            "legs"
+        }
         prep = data.get("prepare")
         flags_ = data.get("trainer_flags")
         return cls(
             experiment=data.get("experiment") if isinstance(data.get("experiment"), str) else "",
-            runs=runs, dir=_str(data.get("dir")), created_at=_str(data.get("created_at")),
-            seq=Seq.parse(data.get("seq")), host=_str(data.get("host")), user=_str(data.get("user")),
-            cwd=_str(data.get("cwd")), python=_str(data.get("python")), torchrun=_str(data.get("torchrun")),
-            env=_env(data.get("env")), git=_dict(data.get("git")) or {}, machine=_dict(data.get("machine")),
-            trainer=_dict(data.get("trainer")), launch_env=_dict(data.get("launch_env")),
-            executor=_str(data.get("executor")) or "local", on_failure=_str(data.get("on_failure")) or "stop",
+            runs=runs,
+            dir=_str(data.get("dir")),
+            created_at=_str(data.get("created_at")),
+            seq=Seq.parse(data.get("seq")),
+            host=_str(data.get("host")),
+            user=_str(data.get("user")),
+            cwd=_str(data.get("cwd")),
+            python=_str(data.get("python")),
+            torchrun=_str(data.get("torchrun")),
+            env=_env(data.get("env")),
+            git=_dict(data.get("git")) or {},
+            machine=_dict(data.get("machine")),
+            trainer=_dict(data.get("trainer")),
+            launch_env=_dict(data.get("launch_env")),
+            executor=_str(data.get("executor")) or "local",
+            on_failure=_str(data.get("on_failure")) or "stop",
             tail=_int(data.get("tail"), DEFAULT_TAIL, 1, reg.TAIL_MAX),
             stop_grace_s=_num(data.get("stop_grace_s"), None, 0.0, 3600.0),
             gpu_idle=_gpu_idle(data.get("gpu_idle")),
-            max_parallel=_int(data.get("max_parallel"), 1, 1, reg.PARALLEL_MAX), gpus=_gpus(data.get("gpus")),
-            notify=_notify(data.get("notify")), skipped=_skipped(data.get("skipped")),
-            prepare=(Prepare(_strs(prep.get("argv"), nonempty=True), _strs(prep.get("creates"), nonempty=True),
-                             _path(prep.get("mark"))) if isinstance(prep, dict) and prep else None),
-            registry=_snapshot(data.get("registry")), slurm=_slurm(data.get("slurm")),
+            max_parallel=_int(data.get("max_parallel"), 1, 1, reg.PARALLEL_MAX),
+            gpus=_gpus(data.get("gpus")),
+            notify=_notify(data.get("notify")),
+            skipped=_skipped(data.get("skipped")),
+            prepare=(
+                Prepare(
+                    _strs(prep.get("argv"), nonempty=True),
+                    _strs(prep.get("creates"), nonempty=True),
+                    _path(prep.get("mark")),
+                )
+                if isinstance(prep, dict) and prep
+                else None
+            ),
+            registry=_snapshot(data.get("registry")),
+            slurm=_slurm(data.get("slurm")),
             preflight=_str(data.get("preflight")),
-            baseline=(data["baseline"] if isinstance(data["baseline"], dict) else {}) if "baseline" in data else None,
-            trainer_flags=(FlagsChecked(flags_.get("checked") is not False, _str(flags_.get("command")) or "",
-                                        _str(flags_.get("why"))) if isinstance(flags_, dict) else None),
-            problems=problems, extra={k: v for k, v in data.items() if k not in known})
+            baseline=(data["baseline"] if isinstance(data["baseline"], dict) else {})
+            if "baseline" in data
+            else None,
+            trainer_flags=(
+                FlagsChecked(
+                    flags_.get("checked") is not False,
+                    _str(flags_.get("command")) or "",
+                    _str(flags_.get("why")),
+                )
+                if isinstance(flags_, dict)
+                else None
+            ),
+            problems=problems,
+            extra={k: v for k, v in data.items() if k not in known},
+        )
 
     def with_continuations(self, exp_dir: Path | str) -> Plan:
         """This plan (plan.json's) with the runs of the dir's continuations after its own; one that
@@ -297,9 +358,12 @@ class Plan:
                 continue
             runs += cont.runs
             names |= {r.name for r in cont.runs}
-            taken.append(Continued(n, path.name, cont.created_at, tuple(r.name for r in cont.runs), cont.again))
-        return dataclasses.replace(self, runs=tuple(runs), continuations=(*self.continuations, *taken),
-                                   left_out=tuple(left_out))
+            taken.append(
+                Continued(n, path.name, cont.created_at, tuple(r.name for r in cont.runs), cont.again)
+            )
+        return dataclasses.replace(
+            self, runs=tuple(runs), continuations=(*self.continuations, *taken), left_out=tuple(left_out)
+        )
 
     # -- asking --------------------------------------------------------------------------------
 
@@ -359,32 +423,64 @@ class Plan:
         continuation's runs are in its own file)."""
         own = [r for r in self.runs if not any(r.name in c.runs for c in self.continuations)]
         out: dict[str, Any] = {
-            "experiment": self.experiment, "dir": self.dir, "created_at": self.created_at,
+            "experiment": self.experiment,
+            "dir": self.dir,
+            "created_at": self.created_at,
             **({"seq": dataclasses.asdict(self.seq)} if self.seq is not None else {}),
-            "host": self.host, "user": self.user, "cwd": self.cwd, "python": self.python, "torchrun": self.torchrun,
-            "env": dict(self.env), "git": dict(self.git),
-            **{k: dict(v) for k in ("machine", "trainer", "launch_env") if (v := getattr(self, k)) is not None},
-            "executor": self.executor, "on_failure": self.on_failure, "tail": self.tail,
-            "stop_grace_s": self.stop_grace_s, "gpu_idle": dataclasses.asdict(self.gpu_idle),
-            "max_parallel": self.max_parallel, "gpus": list(self.gpus) if self.gpus is not None else None,
-            "notify": ({"argv": list(self.notify.argv), "timeout_s": self.notify.timeout_s}
-                       if self.notify is not None else None),
+            "host": self.host,
+            "user": self.user,
+            "cwd": self.cwd,
+            "python": self.python,
+            "torchrun": self.torchrun,
+            "env": dict(self.env),
+            "git": dict(self.git),
+            **{
+                k: dict(v)
+                for k in ("machine", "trainer", "launch_env")
+                if (v := getattr(self, k)) is not None
+            },
+            "executor": self.executor,
+            "on_failure": self.on_failure,
+            "tail": self.tail,
+            "stop_grace_s": self.stop_grace_s,
+            "gpu_idle": dataclasses.asdict(self.gpu_idle),
+            "max_parallel": self.max_parallel,
+            "gpus": list(self.gpus) if self.gpus is not None else None,
+            "notify": (
+                {"argv": list(self.notify.argv), "timeout_s": self.notify.timeout_s}
+                if self.notify is not None
+                else None
+            ),
             "legs": [r.to_dict() for r in own],
             "skipped": [{"leg": leg, "why": why} for leg, why in self.skipped],
-            "prepare": ({"argv": list(self.prepare.argv), "creates": list(self.prepare.creates),
-                         "mark": self.prepare.mark} if self.prepare is not None else None),
-            "registry": ({"path": self.registry.path, "raw": self.registry.raw}
-                         if self.registry is not None else None),
+            "prepare": (
+                {
+                    "argv": list(self.prepare.argv),
+                    "creates": list(self.prepare.creates),
+                    "mark": self.prepare.mark,
+                }
+                if self.prepare is not None
+                else None
+            ),
+            "registry": (
+                {"path": self.registry.path, "raw": self.registry.raw} if self.registry is not None else None
+            ),
         }
         if self.slurm is not None:
-            out["slurm"] = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self.slurm).items()}
+            out["slurm"] = {
+                k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self.slurm).items()
+            }
         if self.preflight is not None:
             out["preflight"] = self.preflight
         if self.baseline is not None:
             out["baseline"] = dict(self.baseline)
         if self.trainer_flags is not None:
             f = self.trainer_flags
-            out["trainer_flags"] = {"checked": f.checked, "command": f.command, **({"why": f.why} if f.why else {})}
+            out["trainer_flags"] = {
+                "checked": f.checked,
+                "command": f.command,
+                **({"why": f.why} if f.why else {}),
+            }
         return {**out, **self.extra}
 
     def write(self, exp_dir: Path | str) -> None:
@@ -408,7 +504,9 @@ class ContinuationFile:
     created_at: str | None = None  # when it was recorded (ISO, local time)
     host: str | None = None  # where it was recorded
     user: str | None = None  # who recorded it ($USER)
-    origin: Mapping[str, Any] = field(default_factory=dict)  # provenance.collect: git, machine, trainer, launch_env
+    origin: Mapping[str, Any] = field(
+        default_factory=dict
+    )  # provenance.collect: git, machine, trainer, launch_env
     registry: RegistrySnapshot | None = None  # the registry as it was
     skipped: tuple[tuple[str, str], ...] = ()  # (leg, why) it did not run
     n: int | None = None  # its number: the file is plan.<n>.json
@@ -432,12 +530,20 @@ class ContinuationFile:
         if not (isinstance(again, list) and all(isinstance(a, str) for a in again)):
             bad.append("asks again for runs the dir does not have")
             again = []
-        return cls(continues=_str(data.get("continues")),
-                   runs=tuple(runs), again=tuple(again), dir=_str(data.get("dir")),
-                   created_at=_str(data.get("created_at")), host=_str(data.get("host")), user=_str(data.get("user")),
-                   origin={k: data[k] for k in ("git", "machine", "trainer", "launch_env") if k in data},
-                   registry=_snapshot(data.get("registry")), skipped=_skipped(data.get("skipped")),
-                   n=_int(data.get("n"), None, 1, 999_999), bad_runs=tuple(bad))
+        return cls(
+            continues=_str(data.get("continues")),
+            runs=tuple(runs),
+            again=tuple(again),
+            dir=_str(data.get("dir")),
+            created_at=_str(data.get("created_at")),
+            host=_str(data.get("host")),
+            user=_str(data.get("user")),
+            origin={k: data[k] for k in ("git", "machine", "trainer", "launch_env") if k in data},
+            registry=_snapshot(data.get("registry")),
+            skipped=_skipped(data.get("skipped")),
+            n=_int(data.get("n"), None, 1, 999_999),
+            bad_runs=tuple(bad),
+        )
 
     def problem(self, plan: Plan, names: set[str]) -> str | None:
         """Why it cannot be taken into `plan` (whose runs so far are `names`), or None: it must
@@ -460,12 +566,19 @@ class ContinuationFile:
         return None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"continues": self.continues, "dir": self.dir, "created_at": self.created_at, "host": self.host,
-                "user": self.user, **self.origin,
-                "registry": ({"path": self.registry.path, "raw": self.registry.raw} if self.registry else None),
-                "legs": [r.to_dict() for r in self.runs], "again": list(self.again),
-                "skipped": [{"leg": leg, "why": why} for leg, why in self.skipped],
-                **({"n": self.n} if self.n is not None else {})}
+        return {
+            "continues": self.continues,
+            "dir": self.dir,
+            "created_at": self.created_at,
+            "host": self.host,
+            "user": self.user,
+            **self.origin,
+            "registry": ({"path": self.registry.path, "raw": self.registry.raw} if self.registry else None),
+            "legs": [r.to_dict() for r in self.runs],
+            "again": list(self.again),
+            "skipped": [{"leg": leg, "why": why} for leg, why in self.skipped],
+            **({"n": self.n} if self.n is not None else {}),
+        }
 
     def publish(self, exp_dir: Path | str) -> int:
         """Publish it whole as the dir's next `plan.<n>.json` (never over anything); its n.
@@ -525,7 +638,9 @@ def _runs(specs: list[Any]) -> tuple[tuple[PlanRun, ...], tuple[str, ...]]:
     problems = []
     if bad:
         more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
-        problems.append(f"{safetext.oneline(repr(bad[0]))[:60]} is not a leg name a file can have{more}: left out")
+        problems.append(
+            f"{safetext.oneline(repr(bad[0]))[:60]} is not a leg name a file can have{more}: left out"
+        )
     if twice:
         problems.append(f"leg {safetext.oneline(twice[0])[:60]} is planned twice: its first entry taken")
     return tuple(runs), tuple(problems)
@@ -542,7 +657,9 @@ def _path(v: Any) -> str | None:
 
 def _strs(v: Any, nonempty: bool = False) -> tuple[str, ...]:
     """A list of strings no command line or path refuses (non-empty ones, when `nonempty`); else ()."""
-    ok = isinstance(v, list) and all(isinstance(x, str) and "\x00" not in x and (x or not nonempty) for x in v)
+    ok = isinstance(v, list) and all(
+        isinstance(x, str) and "\x00" not in x and (x or not nonempty) for x in v
+    )
     return tuple(v) if ok else ()
 
 
@@ -563,21 +680,34 @@ def _env(v: Any) -> dict[str, str]:
     """Names and string values only, never the marker that proves a process is a leg's."""
     if not isinstance(v, dict):
         return {}
-    return {k: x for k, x in v.items() if isinstance(k, str) and isinstance(x, str) and reg.ENV_NAME.match(k)
-            and "\x00" not in x and k not in (procs.ENV_EXP_DIR, procs.ENV_LEG)}
+    return {
+        k: x
+        for k, x in v.items()
+        if isinstance(k, str)
+        and isinstance(x, str)
+        and reg.ENV_NAME.match(k)
+        and "\x00" not in x
+        and k not in (procs.ENV_EXP_DIR, procs.ENV_LEG)
+    }
 
 
 def _gpu_idle(v: Any) -> reg.GpuIdle:
     d = v if isinstance(v, dict) else {}
     base = reg.GpuIdle()
-    return reg.GpuIdle(max_util_pct=_num(d.get("max_util_pct"), base.max_util_pct, 0.0, 100.0),
-                       max_mem_mib=_num(d.get("max_mem_mib"), base.max_mem_mib, 0.0, 1e9),
-                       wait_s=_num(d.get("wait_s"), base.wait_s, 0.0, reg.WAIT_S_MAX))
+    return reg.GpuIdle(
+        max_util_pct=_num(d.get("max_util_pct"), base.max_util_pct, 0.0, 100.0),
+        max_mem_mib=_num(d.get("max_mem_mib"), base.max_mem_mib, 0.0, 1e9),
+        wait_s=_num(d.get("wait_s"), base.wait_s, 0.0, reg.WAIT_S_MAX),
+    )
 
 
 def _gpus(v: Any) -> tuple[int, ...] | None:
-    ok = (isinstance(v, list) and v and all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i for i in v)
-          and len(set(v)) == len(v))
+    ok = (
+        isinstance(v, list)
+        and v
+        and all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i for i in v)
+        and len(set(v)) == len(v)
+    )
     return tuple(v) if ok else None
 
 
@@ -590,8 +720,11 @@ def _notify(v: Any) -> Notify | None:
 def _skipped(v: Any) -> tuple[tuple[str, str], ...]:
     if not isinstance(v, list):
         return ()
-    return tuple((x["leg"], x["why"]) for x in v if isinstance(x, dict) and isinstance(x.get("leg"), str)
-                 and isinstance(x.get("why"), str))
+    return tuple(
+        (x["leg"], x["why"])
+        for x in v
+        if isinstance(x, dict) and isinstance(x.get("leg"), str) and isinstance(x.get("why"), str)
+    )
 
 
 def _snapshot(v: Any) -> RegistrySnapshot | None:
@@ -605,4 +738,6 @@ def _slurm(v: Any) -> reg.SlurmSettings | None:
     if not isinstance(v, dict):
         return None
     known = {f.name for f in dataclasses.fields(reg.SlurmSettings)}
-    return reg.SlurmSettings(**{k: tuple(x) if isinstance(x, list) else x for k, x in v.items() if k in known})
+    return reg.SlurmSettings(
+        **{k: tuple(x) if isinstance(x, list) else x for k, x in v.items() if k in known}
+    )

@@ -43,8 +43,13 @@ def load_numpy() -> None:
 # steps (faint), the trainer's warm-up steps left out and each run's tail window shaded; loss, MFU
 # and drop % as they were printed. A metric that is absent, or 0 on every step (MFU on a CPU, drop %
 # of a dropless run), gets no plot.
-PLOTS = (("loss", "loss"), ("tok_per_sec", "tok/sec"), ("mfu", "MFU (%)"), ("dt_ms", "dt (ms)"),
-         ("drop_pct", "dropped tokens (%)"))
+PLOTS = (
+    ("loss", "loss"),
+    ("tok_per_sec", "tok/sec"),
+    ("mfu", "MFU (%)"),
+    ("dt_ms", "dt (ms)"),
+    ("drop_pct", "dropped tokens (%)"),
+)
 SMOOTHED = ("tok_per_sec", "dt_ms")
 NO_WARMUP = ("tok_per_sec", "dt_ms", "mfu")  # speed: the warm-up steps (compilation) would squash the scale
 WARMUP_STEPS = 11  # a run's first steps the trainer leaves out of its timing (`step - start_step > 10`)
@@ -111,12 +116,15 @@ class Collected:
 
     def add(self, table: logs.StepTable) -> None:
         step = table.column("step")
-        x = step.values.astype(np.float64) if step.values.dtype != object else np.array(
-            [float(v) if abs(v) < 2**1000 else np.inf for v in step.values.tolist()])  # a step of 400 digits
+        x = (
+            step.values.astype(np.float64)
+            if step.values.dtype != object
+            else np.array([float(v) if abs(v) < 2**1000 else np.inf for v in step.values.tolist()])
+        )  # a step of 400 digits
         if self.first_step is None and step.present.any():
             self.first_step = float(x[np.argmax(step.present)])
         if self.tail > 0:
-            self.tail_steps = np.concatenate((self.tail_steps, x[step.present & (x != 0)]))[-self.tail:]
+            self.tail_steps = np.concatenate((self.tail_steps, x[step.present & (x != 0)]))[-self.tail :]
         for attr, parts in self.parts.items():
             col = table.column(attr)
             keep = col.present & step.present & np.isfinite(col.values) & np.isfinite(x)
@@ -154,7 +162,11 @@ def decimate(x: Any, y: Any, buckets: int, smooth: Any = None) -> Series:
         x, y = x[order], y[order]
         smooth = smooth[order] if smooth is not None else None
     lo, hi = x[0], x[-1]
-    column = np.minimum(((x - lo) * (buckets / (hi - lo))).astype(np.int64), buckets - 1) if hi > lo else np.zeros(n, np.int64)
+    column = (
+        np.minimum(((x - lo) * (buckets / (hi - lo))).astype(np.int64), buckets - 1)
+        if hi > lo
+        else np.zeros(n, np.int64)
+    )
     starts = np.flatnonzero(np.concatenate(([True], column[1:] != column[:-1])))
     if smooth is not None:
         smooth = np.add.reduceat(smooth, starts) / np.diff(np.append(starts, n))
@@ -174,9 +186,14 @@ def plot_context(exp_dir: Path, plan: Plan | None) -> str:
     return safetext.printable(" · ".join(parts), newlines=False)
 
 
-def draw_plots(series: dict[str, dict[str, Series]], bars: Sequence[Bars] = (), tail: int = DEFAULT_TAIL,
-               context: str = "", baseline: BaselineMark | None = None,
-               formats: Sequence[str] = ("png",)) -> dict[str, dict[str, bytes]]:
+def draw_plots(
+    series: dict[str, dict[str, Series]],
+    bars: Sequence[Bars] = (),
+    tail: int = DEFAULT_TAIL,
+    context: str = "",
+    baseline: BaselineMark | None = None,
+    formats: Sequence[str] = ("png",),
+) -> dict[str, dict[str, bytes]]:
     """Each plot in `formats` (of FORMATS): each per-step metric (PLOTS), validation bpb against
     tokens, and the tail means with their 95% intervals as bars, one panel per entry of `bars`
     (EXTRA_PLOTS): attr -> {format: bytes}. A run keeps its colour in every plot, the baseline
@@ -189,7 +206,9 @@ def draw_plots(series: dict[str, dict[str, Series]], bars: Sequence[Bars] = (), 
 
     cycle = rcParams["axes.prop_cycle"].by_key()["color"]
     base = baseline.names if baseline is not None else frozenset()
-    names = [n for n in dict.fromkeys([*series, *(run for _, runs in bars for run, _ in runs)]) if n not in base]
+    names = [
+        n for n in dict.fromkeys([*series, *(run for _, runs in bars for run, _ in runs)]) if n not in base
+    ]
     colour = {run: cycle[i % len(cycle)] for i, run in enumerate(names)} | {n: BASE_COLOUR for n in base}
     made: dict[str, dict[str, bytes]] = {}
 
@@ -224,11 +243,25 @@ def draw_plots(series: dict[str, dict[str, Series]], bars: Sequence[Bars] = (), 
             name, c, dash = shown(run), colour[run], "--" if run in base else "-"
             faint = s.smooth is not None  # the steps themselves under their rolling mean
             if s.decimated:  # a band: stroking a zigzag through every min and max costs ten times more
-                ax.fill_between(s.steps, s.lows, s.highs, color=c, alpha=0.15 if faint else 0.4, linewidth=0.8,
-                                label=None if faint else name)
+                ax.fill_between(
+                    s.steps,
+                    s.lows,
+                    s.highs,
+                    color=c,
+                    alpha=0.15 if faint else 0.4,
+                    linewidth=0.8,
+                    label=None if faint else name,
+                )
             else:
-                ax.plot(s.steps, s.lows, color=c, alpha=0.3 if faint else 1.0, linewidth=0.7 if faint else 1.2,
-                        label=None if faint else name, linestyle="-" if faint else dash)
+                ax.plot(
+                    s.steps,
+                    s.lows,
+                    color=c,
+                    alpha=0.3 if faint else 1.0,
+                    linewidth=0.7 if faint else 1.2,
+                    label=None if faint else name,
+                    linestyle="-" if faint else dash,
+                )
             if faint:
                 ax.plot(s.steps, s.smooth, color=c, linewidth=1.6, label=name, linestyle=dash)
                 windows.add(s.window)
@@ -264,20 +297,37 @@ def draw_plots(series: dict[str, dict[str, Series]], bars: Sequence[Bars] = (), 
         fig = _figure()
         ax = fig.add_subplot()
         for run, s in sorted(val, key=lambda x: x[0] not in base):
-            ax.plot(s.steps * s.batch_tokens if tokens else s.steps, s.lows, marker="o", markersize=3,
-                    color=colour[run], label=shown(run), linewidth=1.2, linestyle="--" if run in base else "-")
+            ax.plot(
+                s.steps * s.batch_tokens if tokens else s.steps,
+                s.lows,
+                marker="o",
+                markersize=3,
+                color=colour[run],
+                label=shown(run),
+                linewidth=1.2,
+                linestyle="--" if run in base else "-",
+            )
         baseline_elsewhere(ax, "val_bpb", [run for run, _ in val])
         ax.set_xlabel("tokens" if tokens else "step")
         ax.set_ylabel("validation bpb")
-        title(ax, "validation bits per byte against " + ("tokens seen" if tokens else "step (a log without its batch size)"))
+        title(
+            ax,
+            "validation bits per byte against "
+            + ("tokens seen" if tokens else "step (a log without its batch size)"),
+        )
         ax.grid(True, alpha=0.3)
         _outside_legend(ax, *ax.get_legend_handles_labels())
         _thousands(ax.xaxis)
         made["val_bpb"] = _render(fig, formats)
 
     if bars:
-        made["tail_means"] = _draw_bars(list(bars), colour, f"tail{tail} means with 95% intervals"
-                                        + (f"\n{context}" if context else ""), base, formats)
+        made["tail_means"] = _draw_bars(
+            list(bars),
+            colour,
+            f"tail{tail} means with 95% intervals" + (f"\n{context}" if context else ""),
+            base,
+            formats,
+        )
     return made
 
 
@@ -324,14 +374,24 @@ def _render(fig: Any, formats: Sequence[str] = ("png",)) -> dict[str, bytes]:
     for fmt in formats:
         buf = io.BytesIO()
         with rc_context({"svg.hashsalt": "cockpit", "svg.fonttype": "none"}):
-            fig.savefig(buf, format=fmt, metadata={"Date": None} if fmt == "svg" else None, bbox_inches="tight",
-                        pad_inches=0.1)
+            fig.savefig(
+                buf,
+                format=fmt,
+                metadata={"Date": None} if fmt == "svg" else None,
+                bbox_inches="tight",
+                pad_inches=0.1,
+            )
         out[fmt] = buf.getvalue()
     return out
 
 
-def _draw_bars(bars: list[Bars], colour: dict[str, str], title: str, base: frozenset[str] = frozenset(),
-               formats: Sequence[str] = ("png",)) -> dict[str, bytes]:
+def _draw_bars(
+    bars: list[Bars],
+    colour: dict[str, str],
+    title: str,
+    base: frozenset[str] = frozenset(),
+    formats: Sequence[str] = ("png",),
+) -> dict[str, bytes]:
     """One panel per metric, a bar per run with its 95% interval, the baseline first (hatched,
     with a dashed line at its mean across the panel). Every bar starts at 0: the axis is never
     cut, so a difference of a few percent looks like one."""
@@ -343,16 +403,28 @@ def _draw_bars(bars: list[Bars], colour: dict[str, str], title: str, base: froze
         y = np.arange(len(runs))[::-1]
         means = np.array([e.mean for _, e in runs])
         half = np.array([e.half_width if math.isfinite(e.half_width) else 0.0 for _, e in runs])
-        drawn = ax.barh(y, means, xerr=half, color=[colour.get(run, "0.5") for run, _ in runs], alpha=0.8,
-                        error_kw={"capsize": 3, "linewidth": 1})
+        drawn = ax.barh(
+            y,
+            means,
+            xerr=half,
+            color=[colour.get(run, "0.5") for run, _ in runs],
+            alpha=0.8,
+            error_kw={"capsize": 3, "linewidth": 1},
+        )
         for patch, (run, e) in zip(drawn, runs, strict=True):
             if run in base:
                 patch.set_hatch("//")
                 patch.set_edgecolor("white")
                 ax.axvline(e.mean, color=BASE_COLOUR, linestyle="--", linewidth=1)
         ax.set_xlim(*bar_axis(means, half))
-        ax.set_yticks(y, [safetext.printable(run, newlines=False) + (" (baseline)" if run in base else "")
-                          for run, _ in runs], fontsize=8)
+        ax.set_yticks(
+            y,
+            [
+                safetext.printable(run, newlines=False) + (" (baseline)" if run in base else "")
+                for run, _ in runs
+            ],
+            fontsize=8,
+        )
         ax.set_xlabel(label, fontsize=8)
         _thousands(ax.xaxis)
         ax.tick_params(axis="x", labelsize=7)

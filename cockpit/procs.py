@@ -165,7 +165,9 @@ def running(p: psutil.Process) -> bool:
         return False
 
 
-def terminate(root: psutil.Process, grace_s: float, waiter: Callable[[float], None] | None = None) -> list[int]:
+def terminate(
+    root: psutil.Process, grace_s: float, waiter: Callable[[float], None] | None = None
+) -> list[int]:
     """SIGTERM `root` (a proven process), wait up to grace_s, then SIGKILL every process left of its tree.
 
     The tree is collected before any signal (torchrun's workers run in their own sessions and

@@ -87,8 +87,16 @@ def git_info(cwd: Path, exp_dir: Path | None = None, digest: bool = False) -> di
         info["dirty"], info["error"] = None, off
         return info
     lines = _Lines()
-    status = checkout.git(top, "status", "--porcelain", "--untracked-files=normal", checkout.SUBMODULES,
-                          overrides=off, timeout=GIT_TIMEOUT_S, sink=lines.add)
+    status = checkout.git(
+        top,
+        "status",
+        "--porcelain",
+        "--untracked-files=normal",
+        checkout.SUBMODULES,
+        overrides=off,
+        timeout=GIT_TIMEOUT_S,
+        sink=lines.add,
+    )
     if status.out is None:
         info["dirty"], info["error"] = None, f"git status: {status.why}"
         return info
@@ -136,15 +144,23 @@ def _save_patch(top: Path, exp_dir: Path | None, off: dict[str, str]) -> dict[st
         part = chunk[:room]
         view = memoryview(part)
         while view and fd is not None:
-            view = view[os.write(fd, view):]
+            view = view[os.write(fd, view) :]
         sha.update(part)
         size += len(part)
         cut = len(chunk) > room
         return not cut
 
     try:
-        r = checkout.git(top, "diff", "HEAD", "--no-color", *checkout.DIFF_OPTIONS, overrides=off,
-                         timeout=GIT_TIMEOUT_S, sink=write)
+        r = checkout.git(
+            top,
+            "diff",
+            "HEAD",
+            "--no-color",
+            *checkout.DIFF_OPTIONS,
+            overrides=off,
+            timeout=GIT_TIMEOUT_S,
+            sink=write,
+        )
     except OSError as e:
         r = checkout.Result(None, f"{PATCH_NAME} not written: {fsutil.oneline(e)}")
     finally:
@@ -157,8 +173,12 @@ def _save_patch(top: Path, exp_dir: Path | None, off: dict[str, str]) -> dict[st
         except OSError:
             pass
         return {"patch_error": r.why if (r.why or "").startswith(PATCH_NAME) else f"git diff HEAD: {r.why}"}
-    return {**({"patch": PATCH_NAME} if path is not None else {}), "patch_sha256": sha.hexdigest(), "patch_bytes": size,
-            **({"patch_truncated": True} if cut else {})}
+    return {
+        **({"patch": PATCH_NAME} if path is not None else {}),
+        "patch_sha256": sha.hexdigest(),
+        "patch_bytes": size,
+        **({"patch_truncated": True} if cut else {}),
+    }
 
 
 def legs_python(torchrun: str) -> str:
@@ -175,12 +195,20 @@ def legs_python(torchrun: str) -> str:
     return sys.executable
 
 
-def trainer_env(python: str, cwd: Path | str | None = None, timeout: float = PROBE_TIMEOUT_S) -> dict[str, Any]:
+def trainer_env(
+    python: str, cwd: Path | str | None = None, timeout: float = PROBE_TIMEOUT_S
+) -> dict[str, Any]:
     """The versions the trainer runs with, read by its interpreter: {"python", "torch", "cuda",
     "nccl", "executable"}; {"error": why} when that interpreter cannot say in time."""
     try:
-        out = subprocess.run([python, "-c", _PROBE], cwd=cwd, capture_output=True, timeout=timeout, text=True,
-                             stdin=subprocess.DEVNULL)
+        out = subprocess.run(
+            [python, "-c", _PROBE],
+            cwd=cwd,
+            capture_output=True,
+            timeout=timeout,
+            text=True,
+            stdin=subprocess.DEVNULL,
+        )
     except subprocess.TimeoutExpired:
         return {"executable": python, "error": f"{python} did not say its versions within {timeout:g}s"}
     except (OSError, ValueError) as e:
@@ -201,8 +229,14 @@ def env_vars(environ: dict[str, str] | None = None) -> dict[str, str]:
     return {k: environ[k] for k in sorted(environ) if k in ENV_NAMES or k.startswith(ENV_PREFIXES)}
 
 
-def collect(cwd: Path, torchrun: str, python: str | None = None, leg_env: dict[str, str] | None = None,
-            exp_dir: Path | None = None, digest: bool = False) -> dict[str, Any]:
+def collect(
+    cwd: Path,
+    torchrun: str,
+    python: str | None = None,
+    leg_env: dict[str, str] | None = None,
+    exp_dir: Path | None = None,
+    digest: bool = False,
+) -> dict[str, Any]:
     """Everything a plan records of a launch's origin: {"git": ..., "machine": ..., "trainer":
     ..., "launch_env": ...}, with `<exp_dir>/git.patch` written beside it when the tree is dirty.
     `python`: the legs' interpreter when the registry names one (else the one torchrun's first
@@ -252,6 +286,7 @@ def normal_argv(argv: list[str], exp_dir: str | None) -> list[str]:
 
 def _args_differ(base: list[str], run: list[str]) -> str | None:
     """`--depth 2 -> 4, --fp8 dropped` for two flag lists, or None when the same."""
+
     def as_map(flags: list[str]) -> dict[str, str | None]:
         out: dict[str, str | None] = {}
         i = 0
@@ -286,8 +321,12 @@ def unknown(base_plan: Plan | None, run_plan: Plan | None) -> str | None:
     return None
 
 
-def differences(base_plan: Plan | None, run_plan: Plan | None, base_leg: str | None = None,
-                expected_argv: list[str] | None = None) -> list[str]:
+def differences(
+    base_plan: Plan | None,
+    run_plan: Plan | None,
+    base_leg: str | None = None,
+    expected_argv: list[str] | None = None,
+) -> list[str]:
     """What differs between the launch a baseline ran in and the launch of the run compared with
     it, a few words each (`git commit 3f2a1b0c9d8e -> 9c8d7e6f5a4b`). `base_leg`: the baseline
     leg, whose args are compared with `expected_argv` (its flags as the run's launch would give
@@ -305,12 +344,19 @@ def differences(base_plan: Plan | None, run_plan: Plan | None, base_leg: str | N
     a_patch, b_patch = _get(base_plan, "git", "patch_sha256"), _get(run_plan, "git", "patch_sha256")
     a_dirty, b_dirty = _get(base_plan, "git", "dirty"), _get(run_plan, "git", "dirty")
     if (a_dirty, a_patch) != (b_dirty, b_patch):
+
         def said(dirty: Any, sha: Any) -> str:
-            return "clean" if dirty is False else (f"patch {sha[:12]}" if sha else "dirty" if dirty else "unknown")
+            return (
+                "clean"
+                if dirty is False
+                else (f"patch {sha[:12]}" if sha else "dirty" if dirty else "unknown")
+            )
+
         out.append(f"uncommitted changes {said(a_dirty, a_patch)} -> {said(b_dirty, b_patch)}")
     same("host", "host")
     a_gpus, b_gpus = _get(base_plan, "machine", "gpus"), _get(run_plan, "machine", "gpus")
     if a_gpus != b_gpus:
+
         def gpus_(g: Any) -> str:
             if not isinstance(g, list):
                 return "unknown"
@@ -318,6 +364,7 @@ def differences(base_plan: Plan | None, run_plan: Plan | None, base_leg: str | N
                 return "none"
             models = sorted({str(x) for x in g})
             return f"{len(g)} x {', '.join(models)}"
+
         out.append(f"GPUs {gpus_(a_gpus)} -> {gpus_(b_gpus)}")
     same("GPU driver", "machine", "driver")
     for key, what in (("python", "trainer Python"), ("torch", "torch"), ("cuda", "CUDA"), ("nccl", "NCCL")):

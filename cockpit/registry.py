@@ -65,7 +65,9 @@ DEFAULT_SEED = 42  # nanochat.base_train's --seed default (tests/test_registry.p
 _MODULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")  # an environment variable's name
 RESERVED_ENV = (procs.ENV_EXP_DIR, procs.ENV_LEG)  # the supervisor's marker on a leg's processes
-_NPROC = "nproc_per_node must be a positive integer up to {hi}, not {value}"  # the words of an nproc out of range
+_NPROC = (
+    "nproc_per_node must be a positive integer up to {hi}, not {value}"  # the words of an nproc out of range
+)
 _DEVICE = "device must be one of {choices}, not {value}"
 
 
@@ -77,9 +79,15 @@ _DEVICE = "device must be one of {choices}, not {value}"
 class GpuIdle:
     """`[project.gpu_idle]`: when a GPU counts as idle for the preflight, and how long to wait for it."""
 
-    max_util_pct: float = key(int, float, default=5.0, lo=0.0, hi=100.0, doc="utilization at most this (percent)")
-    max_mem_mib: float = key(int, float, default=1024.0, lo=0.0, hi=1e9, doc="memory in use at most this (MiB)")
-    wait_s: float = key(int, float, default=600.0, lo=0.0, hi=WAIT_S_MAX, doc="how long a leg waits for idle GPUs")
+    max_util_pct: float = key(
+        int, float, default=5.0, lo=0.0, hi=100.0, doc="utilization at most this (percent)"
+    )
+    max_mem_mib: float = key(
+        int, float, default=1024.0, lo=0.0, hi=1e9, doc="memory in use at most this (MiB)"
+    )
+    wait_s: float = key(
+        int, float, default=600.0, lo=0.0, hi=WAIT_S_MAX, doc="how long a leg waits for idle GPUs"
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -90,16 +98,34 @@ class SlurmSettings:
     partition: str | None = key(str, default=None, doc="the partition the jobs run in")
     account: str | None = key(str, default=None, doc="the account charged")
     qos: str | None = key(str, default=None, doc="the quality of service")
-    time: str | None = key(str, int, default=None, doc="the time limit in Slurm's syntax: 30, 4:00:00, 1-00:00:00")
+    time: str | None = key(
+        str, int, default=None, doc="the time limit in Slurm's syntax: 30, 4:00:00, 1-00:00:00"
+    )
     nodes: int = key(int, default=1, lo=1, hi=NODES_MAX, doc="nodes of each job")
-    gpus_per_node: int | None = key(int, default=None, lo=0, hi=NPROC_MAX,
-                                    doc="None: one per torchrun process (nproc_per_node); 0 for CPU legs")
-    cpus_per_task: int | None = key(int, default=None, lo=1, hi=CPUS_MAX,
-                                    doc="one task per node: the CPUs of one node's torchrun and workers")
+    gpus_per_node: int | None = key(
+        int,
+        default=None,
+        lo=0,
+        hi=NPROC_MAX,
+        doc="None: one per torchrun process (nproc_per_node); 0 for CPU legs",
+    )
+    cpus_per_task: int | None = key(
+        int,
+        default=None,
+        lo=1,
+        hi=CPUS_MAX,
+        doc="one task per node: the CPUs of one node's torchrun and workers",
+    )
     mem: str | None = key(str, default=None, doc="memory per node in Slurm's syntax: 64G")
-    extra_args: tuple[str, ...] = key(list, default=(), items=str, doc="more sbatch arguments, one argv item each")
-    setup: tuple[str, ...] = key(list, default=(), items=str,
-                                 doc="shell lines the job runs before srun (activate the venv, load modules)")
+    extra_args: tuple[str, ...] = key(
+        list, default=(), items=str, doc="more sbatch arguments, one argv item each"
+    )
+    setup: tuple[str, ...] = key(
+        list,
+        default=(),
+        items=str,
+        doc="shell lines the job runs before srun (activate the venv, load modules)",
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -108,24 +134,42 @@ class Settings:
 
     name: str = key(str, doc="the project's name (default: the registry's dir's)")
     exp_root: Path = key(str, own=True, doc="where experiment dirs are created (required)")
-    read_only: tuple[Path, ...] = key(list, default=(), own=True, doc="paths never written (a corpus, a tokenizer)")
+    read_only: tuple[Path, ...] = key(
+        list, default=(), own=True, doc="paths never written (a corpus, a tokenizer)"
+    )
     branch: str | None = key(str, default=None, doc="the git branch the legs are meant to run from")
-    tail: int = key(int, default=DEFAULT_TAIL, lo=1, hi=TAIL_MAX, doc="step lines in the report's tail window")
-    on_failure: str = key(str, default="stop", choices=FAILURE_POLICIES, doc="what the queue does after a failed leg")
+    tail: int = key(
+        int, default=DEFAULT_TAIL, lo=1, hi=TAIL_MAX, doc="step lines in the report's tail window"
+    )
+    on_failure: str = key(
+        str, default="stop", choices=FAILURE_POLICIES, doc="what the queue does after a failed leg"
+    )
     gpu_idle: GpuIdle = key(dict, default=GpuIdle(), own=True, doc="when a GPU counts as idle")
     # run by the supervisor when a leg ends done or failed: an argv (no shell), its placeholders
     # filled (NOTIFY_FIELDS); it may fail or time out, which is noted, never fatal
     notify: tuple[str, ...] | None = key(list, default=None, own=True, doc="a command run when a leg ends")
-    notify_timeout_s: float = key(int, float, default=10.0, lo=0.1, hi=NOTIFY_TIMEOUT_MAX,
-                                  doc="how long the notify command may run")
-    executor: str = key(str, default="local", choices=EXECUTORS,
-                        doc="who runs the legs unless an experiment says otherwise")
+    notify_timeout_s: float = key(
+        int, float, default=10.0, lo=0.1, hi=NOTIFY_TIMEOUT_MAX, doc="how long the notify command may run"
+    )
+    executor: str = key(
+        str, default="local", choices=EXECUTORS, doc="who runs the legs unless an experiment says otherwise"
+    )
     slurm: SlurmSettings = key(dict, default=SlurmSettings(), own=True, doc="every experiment's Slurm jobs")
-    max_parallel: int = key(int, default=1, lo=1, hi=PARALLEL_MAX,
-                            doc="legs of an experiment run side by side, unless it says otherwise (1: one at a time)")
+    max_parallel: int = key(
+        int,
+        default=1,
+        lo=1,
+        hi=PARALLEL_MAX,
+        doc="legs of an experiment run side by side, unless it says otherwise (1: one at a time)",
+    )
     # without NVML, legs run side by side only on GPUs named here
-    gpus: tuple[int, ...] | None = key(list, default=None, own=True, doc="the GPUs (NVML indices) legs may run on "
-                                       "(default: those CUDA_VISIBLE_DEVICES names, else every one NVML shows)")
+    gpus: tuple[int, ...] | None = key(
+        list,
+        default=None,
+        own=True,
+        doc="the GPUs (NVML indices) legs may run on "
+        "(default: those CUDA_VISIBLE_DEVICES names, else every one NVML shows)",
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -135,8 +179,13 @@ class Runtime:
     `[defaults]` sets them; an experiment may set its own (its env is added to the defaults')."""
 
     workdir: Path = key(str, own=True, doc="the checkout the legs run in (default: the registry's dir)")
-    python: Path | None = key(str, default=None, own=True, doc="the Python whose torchrun runs the legs (default: "
-                              "the cockpit's own: the torchrun beside it, else on PATH)")
+    python: Path | None = key(
+        str,
+        default=None,
+        own=True,
+        doc="the Python whose torchrun runs the legs (default: "
+        "the cockpit's own: the torchrun beside it, else on PATH)",
+    )
     env: dict[str, str] = key(dict, default={}, own=True, doc="environment variables added to the legs'")
 
     @property
@@ -151,11 +200,19 @@ class Defaults:
     """`[defaults]`: what every experiment's legs get unless the experiment or the leg says otherwise."""
 
     module: str = key(str, default="nanochat.base_train", doc="the trainer module torchrun runs (-m)")
-    nproc_per_node: int = key(int, default=1, lo=1, hi=NPROC_MAX, message=_NPROC, doc="torchrun processes per node")
-    device: str = key(str, default="cuda", choices=DEVICES, message=_DEVICE, doc="what the legs run on (cpu: no GPU)")
-    args: dict[str, Any] = key(dict, default={}, own=True, doc="trainer args of every leg (flag name without --)")
+    nproc_per_node: int = key(
+        int, default=1, lo=1, hi=NPROC_MAX, message=_NPROC, doc="torchrun processes per node"
+    )
+    device: str = key(
+        str, default="cuda", choices=DEVICES, message=_DEVICE, doc="what the legs run on (cpu: no GPU)"
+    )
+    args: dict[str, Any] = key(
+        dict, default={}, own=True, doc="trainer args of every leg (flag name without --)"
+    )
     runtime: Runtime = key(flat=Runtime, doc="the legs' checkout, Python and environment")
-    arg_lines: dict[str, int | None] = field(default_factory=dict, compare=False, repr=False)  # where each of args is
+    arg_lines: dict[str, int | None] = field(
+        default_factory=dict, compare=False, repr=False
+    )  # where each of args is
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -165,7 +222,9 @@ class Prepare:
     with their env."""
 
     argv: tuple[str, ...] = key(list, own=True, doc="the command ({python}: the legs' Python; {exp_root})")
-    creates: tuple[Path, ...] = key(str, list, own=True, doc="paths inside exp_root: it runs when one is missing")
+    creates: tuple[Path, ...] = key(
+        str, list, own=True, doc="paths inside exp_root: it runs when one is missing"
+    )
     line: int | None = None
     # A file the supervisor writes before the step starts and removes when it ends well: while it
     # is there (the step failed, was stopped, or its supervisor was killed), what the step left is
@@ -179,7 +238,9 @@ class Prepare:
     def missing(self) -> list[Path]:
         """What the step must make now (it runs when this is not empty): what it creates that is
         not there, or all of it after a run that did not end well."""
-        return list(self.creates) if self.unfinished() else [p for p in self.creates if not os.path.lexists(p)]
+        return (
+            list(self.creates) if self.unfinished() else [p for p in self.creates if not os.path.lexists(p)]
+        )
 
     def why(self) -> str | None:
         """Why a launch runs the step now, in a few words, or None when it does not."""
@@ -228,9 +289,16 @@ class Leg:
     name: str = key(str, own=True, doc="its runs' logs and states are named after it")
     description: str | None = key(str, default=None, doc="what it tries, in a line")
     nproc_per_node: int = key(int, lo=1, hi=NPROC_MAX, message=_NPROC, doc="torchrun processes per node")
-    repeats: int = key(int, default=1, lo=1, hi=REPEATS_MAX,
-                       doc="runs of the leg in one launch: run i is <leg>.r<i>, its --seed the base seed + i")
-    args: dict[str, Any] = key(dict, own=True, doc="merged: defaults < experiment < leg, in that insertion order")
+    repeats: int = key(
+        int,
+        default=1,
+        lo=1,
+        hi=REPEATS_MAX,
+        doc="runs of the leg in one launch: run i is <leg>.r<i>, its --seed the base seed + i",
+    )
+    args: dict[str, Any] = key(
+        dict, own=True, doc="merged: defaults < experiment < leg, in that insertion order"
+    )
     recorded: Recorded | None = key(dict, default=None, own=True, doc="the figures of a run made elsewhere")
     experiment: str
     module: str
@@ -261,7 +329,9 @@ class Leg:
         """The trainer's flags as an argv list; `{exp_dir}` in a value becomes the leg's dir."""
         return render_args(self.run_args(repeat), exp_dir)
 
-    def argv(self, exp_dir: Path | str | None = None, torchrun: str = "torchrun", repeat: int | None = None) -> list[str]:
+    def argv(
+        self, exp_dir: Path | str | None = None, torchrun: str = "torchrun", repeat: int | None = None
+    ) -> list[str]:
         """The exact command a launch runs: torchrun, the module, then the trainer's flags after `--`."""
         return [
             torchrun,
@@ -273,7 +343,9 @@ class Leg:
             *self.trainer_args(exp_dir, repeat),
         ]
 
-    def runs(self, exp_dir: Path | str | None = None, torchrun: str = "torchrun") -> list[tuple[str, int | None, list[str]]]:
+    def runs(
+        self, exp_dir: Path | str | None = None, torchrun: str = "torchrun"
+    ) -> list[tuple[str, int | None, list[str]]]:
         """(run name, repeat index or None, argv) of each run of the leg in a launch."""
         if self.repeats == 1:
             return [(self.name, None, self.argv(exp_dir, torchrun))]
@@ -286,24 +358,43 @@ class Experiment:
 
     id: str = key(str, own=True, doc="its dirs are <stamp>_<id>")
     title: str | None = key(str, default=None, doc="what it asks, in a line")
-    device: str = key(str, choices=DEVICES, message=_DEVICE, doc="what its legs run on (default: [defaults]')")
-    nproc_per_node: int = key(int, lo=1, hi=NPROC_MAX, message=_NPROC, doc="torchrun processes per node of its legs")
+    device: str = key(
+        str, choices=DEVICES, message=_DEVICE, doc="what its legs run on (default: [defaults]')"
+    )
+    nproc_per_node: int = key(
+        int, lo=1, hi=NPROC_MAX, message=_NPROC, doc="torchrun processes per node of its legs"
+    )
     baseline: str | None = key(str, default=None, doc="a leg of this experiment, or <experiment>/<leg>")
     decision: str | None = key(str, default=None, doc="what was decided from its figures")
     hypothesis: str | None = key(str, default=None, doc="what it expects")
     notes: tuple[str, ...] = key(list, default=(), items=str, doc="lines the resume guide shows")
-    repeats: int = key(int, default=1, lo=1, hi=REPEATS_MAX, doc="runs of each leg in a launch, unless the leg says")
+    repeats: int = key(
+        int, default=1, lo=1, hi=REPEATS_MAX, doc="runs of each leg in a launch, unless the leg says"
+    )
     args: dict[str, Any] = key(dict, default={}, own=True, doc="trainer args of its legs, over [defaults]'")
     legs: tuple[Leg, ...] = key(list, toml="leg", default=(), own=True, doc="its hand-written legs")
-    grid: dict[str, Any] | None = key(dict, default=None, own=True, doc="a sweep: a leg per combination (grid.py)")
+    grid: dict[str, Any] | None = key(
+        dict, default=None, own=True, doc="a sweep: a leg per combination (grid.py)"
+    )
     runtime: Runtime | None = key(flat=Runtime, default=None, doc="where and with what its legs run")
     prepare: Prepare | None = key(dict, default=None, own=True, doc="run before its first leg when needed")
-    executor: str = key(str, default="local", choices=EXECUTORS, doc="who runs its legs (default: the project's)")
-    slurm: SlurmSettings = key(dict, default=SlurmSettings(), own=True, doc="the project's, each key given replaced")
-    max_parallel: int = key(int, default=1, lo=1, hi=PARALLEL_MAX,
-                            doc="legs run side by side on disjoint GPU sets (local executor), at most this many")
+    executor: str = key(
+        str, default="local", choices=EXECUTORS, doc="who runs its legs (default: the project's)"
+    )
+    slurm: SlurmSettings = key(
+        dict, default=SlurmSettings(), own=True, doc="the project's, each key given replaced"
+    )
+    max_parallel: int = key(
+        int,
+        default=1,
+        lo=1,
+        hi=PARALLEL_MAX,
+        doc="legs run side by side on disjoint GPU sets (local executor), at most this many",
+    )
     line: int | None = None
-    arg_lines: dict[str, int | None] = field(default_factory=dict, compare=False, repr=False)  # where each of args is
+    arg_lines: dict[str, int | None] = field(
+        default_factory=dict, compare=False, repr=False
+    )  # where each of args is
 
     def leg(self, name: str) -> Leg | None:
         return next((leg for leg in self.legs if leg.name == name), None)
@@ -319,7 +410,9 @@ class Registry:
 
     settings: Settings = key(dict, toml="project", own=True, doc="where dirs go and how legs run")
     defaults: Defaults = key(dict, own=True, doc="what every leg gets unless its experiment says otherwise")
-    experiments: tuple[Experiment, ...] = key(list, toml="experiment", own=True, doc="the experiments, in order")
+    experiments: tuple[Experiment, ...] = key(
+        list, toml="experiment", own=True, doc="the experiments, in order"
+    )
     path: Path
     raw: dict[str, Any] = field(repr=False)  # the file as parsed: the plan's snapshot
 
@@ -372,13 +465,21 @@ def find_registry(start: Path | str | None = None, environ: Mapping[str, str] | 
     try:
         here = Path(os.path.abspath(start if start is not None else os.getcwd()))
     except FileNotFoundError:  # the current directory was removed under us
-        raise RegistryError(DEFAULT_REGISTRY, None, "registry file not found: the current directory no longer "
-                            "exists; give --registry PATH or set $" + REGISTRY_ENV) from None
+        raise RegistryError(
+            DEFAULT_REGISTRY,
+            None,
+            "registry file not found: the current directory no longer "
+            "exists; give --registry PATH or set $" + REGISTRY_ENV,
+        ) from None
     for d in (here, *here.parents):
         if (d / DEFAULT_REGISTRY).is_file():
             return Path(DEFAULT_REGISTRY) if start is None and d == here else d / DEFAULT_REGISTRY
-    raise RegistryError(DEFAULT_REGISTRY, None, f"registry file not found in {cut(str(here))} or any directory "
-                        f"above it; give --registry PATH or set ${REGISTRY_ENV}")
+    raise RegistryError(
+        DEFAULT_REGISTRY,
+        None,
+        f"registry file not found in {cut(str(here))} or any directory "
+        f"above it; give --registry PATH or set ${REGISTRY_ENV}",
+    )
 
 
 def load(path: Path | str = DEFAULT_REGISTRY) -> Registry:
@@ -425,11 +526,16 @@ def from_raw(raw: dict[str, Any], path: Path | str = DEFAULT_REGISTRY, text: str
         exp = _experiment(ld, table, ("experiment", i), settings, defaults, base, seen_ids)
         total_runs += sum(leg.repeats for leg in exp.legs)
         if total_runs > REGISTRY_RUNS_MAX:
-            raise ld.fail(("experiment", i), f"the registry has {count(total_runs)} runs (legs x repeats) up to "
-                                             f"experiment '{exp.id}': it holds at most {count(REGISTRY_RUNS_MAX)}")
+            raise ld.fail(
+                ("experiment", i),
+                f"the registry has {count(total_runs)} runs (legs x repeats) up to "
+                f"experiment '{exp.id}': it holds at most {count(REGISTRY_RUNS_MAX)}",
+            )
         experiments.append(exp)
 
-    registry = Registry(path=path, settings=settings, defaults=defaults, experiments=tuple(experiments), raw=raw)
+    registry = Registry(
+        path=path, settings=settings, defaults=defaults, experiments=tuple(experiments), raw=raw
+    )
     for i, exp in enumerate(registry.experiments):
         if exp.baseline and registry.find_leg(exp.baseline, exp.id) is None:
             raise ld.fail(
@@ -480,14 +586,27 @@ def _defaults(ld: Loader, table: dict, base: Path) -> Defaults:
     ld.check_table(table, Defaults, loc)
     args = ld.check_args(table.get("args", {}), loc + ("args",))
     if not _MODULE.match(module := table.get("module", "nanochat.base_train")):
-        raise ld.fail(loc + ("module",),
-                      f"'defaults.module' must be a Python module name (like nanochat.base_train), not {show(module)}")
-    return Defaults(**ld.read(table, Defaults, loc, "defaults"), args=args,
-                    arg_lines=ld.arg_lines(args, loc + ("args",)), runtime=_runtime(ld, table, loc, base, Runtime(workdir=base)))
+        raise ld.fail(
+            loc + ("module",),
+            f"'defaults.module' must be a Python module name (like nanochat.base_train), not {show(module)}",
+        )
+    return Defaults(
+        **ld.read(table, Defaults, loc, "defaults"),
+        args=args,
+        arg_lines=ld.arg_lines(args, loc + ("args",)),
+        runtime=_runtime(ld, table, loc, base, Runtime(workdir=base)),
+    )
 
 
-def _experiment(ld: Loader, table: Any, loc: tuple, settings: Settings, defaults: Defaults, base: Path,
-                seen_ids: dict[str, int | None]) -> Experiment:
+def _experiment(
+    ld: Loader,
+    table: Any,
+    loc: tuple,
+    settings: Settings,
+    defaults: Defaults,
+    base: Path,
+    seen_ids: dict[str, int | None],
+) -> Experiment:
     """An `[[experiment]]` with its legs (the hand-written ones, and its grid's where the grid stands)."""
     if not isinstance(table, dict):
         raise ld.fail(loc, "each [[experiment]] must be a table")
@@ -504,14 +623,21 @@ def _experiment(ld: Loader, table: Any, loc: tuple, settings: Settings, defaults
     exp_root = settings.exp_root
     args = ld.check_args(table.get("args", {}), loc + ("args",))
     exp = Experiment(
-        **{"device": defaults.device, "nproc_per_node": defaults.nproc_per_node, "executor": settings.executor,
-           "max_parallel": settings.max_parallel, **given},
+        **{
+            "device": defaults.device,
+            "nproc_per_node": defaults.nproc_per_node,
+            "executor": settings.executor,
+            "max_parallel": settings.max_parallel,
+            **given,
+        },
         id=exp_id,
         line=ld.line(loc),
         runtime=_runtime(ld, table, loc, base, defaults.runtime),
         args=_roots({**defaults.args, **args}, exp_root),
         arg_lines={**defaults.arg_lines, **ld.arg_lines(args, loc + ("args",))},
-        prepare=_prepare(ld, table["prepare"], loc + ("prepare",), base, settings) if "prepare" in table else None,
+        prepare=_prepare(ld, table["prepare"], loc + ("prepare",), base, settings)
+        if "prepare" in table
+        else None,
     )
     legs: list[Leg] = []
     seen: dict[str, int | None] = {}  # leg name -> its line
@@ -523,13 +649,23 @@ def _experiment(ld: Loader, table: Any, loc: tuple, settings: Settings, defaults
         # the grid's legs stand where the grid stands among the hand-written ones
         at = ld.line(loc + ("grid",)) or 0
         cut_at = sum(1 for leg in legs if (leg.line or 0) < at)
-        legs[cut_at:cut_at] = _grid_legs(ld, table["grid"], loc + ("grid",), exp, defaults.module, exp_root, seen, runs)
+        legs[cut_at:cut_at] = _grid_legs(
+            ld, table["grid"], loc + ("grid",), exp, defaults.module, exp_root, seen, runs
+        )
     slurm = _slurm(ld, settings.slurm, table.get("slurm", {}), loc + ("slurm",))
     return dataclasses.replace(exp, legs=tuple(legs), slurm=slurm)
 
 
-def _leg(ld: Loader, table: Any, loc: tuple, exp: Experiment, module: str, exp_root: Path,
-         seen: dict[str, int | None], runs: int) -> Leg:
+def _leg(
+    ld: Loader,
+    table: Any,
+    loc: tuple,
+    exp: Experiment,
+    module: str,
+    exp_root: Path,
+    seen: dict[str, int | None],
+    runs: int,
+) -> Leg:
     """An `[[experiment.leg]]`: a name that makes good file names and no other leg has, its args
     over the experiment's, and the runs it adds to the `runs` before it bounded (grid.RUNS_MAX)."""
     j = loc[-1]
@@ -539,27 +675,40 @@ def _leg(ld: Loader, table: Any, loc: tuple, exp: Experiment, module: str, exp_r
     name = table.get("name")
     if name is None:
         raise ld.fail(loc, f"leg {j} of '{exp.id}' has no 'name'")
-    given = {"nproc_per_node": exp.nproc_per_node, "repeats": exp.repeats,
-             **ld.read(table, Leg, loc, f"{exp.id}/{name}")}
+    given = {
+        "nproc_per_node": exp.nproc_per_node,
+        "repeats": exp.repeats,
+        **ld.read(table, Leg, loc, f"{exp.id}/{name}"),
+    }
     repeats = given["repeats"]
     if runs + repeats > RUNS_MAX:
-        raise ld.fail(loc, f"'{exp.id}' has {count(runs + repeats)} runs (legs x repeats) up to its leg {show(name)}: "
-                           f"an experiment holds at most {count(RUNS_MAX)}")
+        raise ld.fail(
+            loc,
+            f"'{exp.id}' has {count(runs + repeats)} runs (legs x repeats) up to its leg {show(name)}: "
+            f"an experiment holds at most {count(RUNS_MAX)}",
+        )
     if why := bad_name(name, LEG_FILES):
         raise ld.fail(loc + ("name",), f"leg name {show(name)} in '{exp.id}' {why}")
     if REPEAT_NAME.match(name):
-        raise ld.fail(loc + ("name",), f"leg name {show(name)} in '{exp.id}' ends like a repeat's run "
-                                       f"name (.r<N>, as in {repeat_name('dense', 0)}): choose another")
+        raise ld.fail(
+            loc + ("name",),
+            f"leg name {show(name)} in '{exp.id}' ends like a repeat's run "
+            f"name (.r<N>, as in {repeat_name('dense', 0)}): choose another",
+        )
     longest = repeat_name(name, repeats - 1) if repeats > 1 else name
     if longest != name and (why := bad_name(longest, LEG_FILES)):
         raise ld.fail(loc + ("repeats",), f"run name {show(longest)} of '{exp.id}/{name}' {why}")
     if why := path_too_long(exp_root, exp.id, longest):
         raise ld.fail(loc + ("name",), why)
     if name == PREPARE and exp.prepare is not None:
-        raise ld.fail(loc + ("name",), f"leg name '{PREPARE}' in '{exp.id}' is its prepare step's "
-                                       "(prepare.log): name the leg otherwise")
+        raise ld.fail(
+            loc + ("name",),
+            f"leg name '{PREPARE}' in '{exp.id}' is its prepare step's (prepare.log): name the leg otherwise",
+        )
     if name in seen:
-        raise ld.fail(loc + ("name",), f"duplicate leg name '{name}' in '{exp.id}' (first at line {seen[name]})")
+        raise ld.fail(
+            loc + ("name",), f"duplicate leg name '{name}' in '{exp.id}' (first at line {seen[name]})"
+        )
     seen[name] = ld.line(loc + ("name",))
     recorded = None
     if "recorded" in table:
@@ -567,29 +716,65 @@ def _leg(ld: Loader, table: Any, loc: tuple, exp: Experiment, module: str, exp_r
         ld.check_table(table["recorded"], Recorded, rloc)
         recorded = Recorded.of(ld.read(table["recorded"], Recorded, rloc, f"{exp.id}/{name} recorded"))
     args = ld.check_args(table.get("args", {}), loc + ("args",))
-    return Leg(**given, name=name, experiment=exp.id, module=module, device=exp.device,
-               args=_roots({**exp.args, **args}, exp_root), recorded=recorded, line=ld.line(loc),
-               runtime=exp.runtime, arg_lines={**exp.arg_lines, **ld.arg_lines(args, loc + ("args",))})
+    return Leg(
+        **given,
+        name=name,
+        experiment=exp.id,
+        module=module,
+        device=exp.device,
+        args=_roots({**exp.args, **args}, exp_root),
+        recorded=recorded,
+        line=ld.line(loc),
+        runtime=exp.runtime,
+        arg_lines={**exp.arg_lines, **ld.arg_lines(args, loc + ("args",))},
+    )
 
 
-def _grid_legs(ld: Loader, grid: dict, loc: tuple, exp: Experiment, module: str, exp_root: Path,
-               seen: dict[str, int | None], runs: int) -> list[Leg]:
+def _grid_legs(
+    ld: Loader,
+    grid: dict,
+    loc: tuple,
+    exp: Experiment,
+    module: str,
+    exp_root: Path,
+    seen: dict[str, int | None],
+    runs: int,
+) -> list[Leg]:
     """The legs of an experiment's `[experiment.grid]` (grid.expand), each run `exp.repeats` times."""
     legs = []
     for name, args, desc, values in expand(ld, grid, loc, exp.id, exp.args, seen, runs, exp.repeats):
-        if why := path_too_long(exp_root, exp.id, repeat_name(name, exp.repeats - 1) if exp.repeats > 1 else name):
+        if why := path_too_long(
+            exp_root, exp.id, repeat_name(name, exp.repeats - 1) if exp.repeats > 1 else name
+        ):
             raise ld.fail(loc + ("name",), why)
-        lines = {**exp.arg_lines, **ld.arg_lines(grid.get("args", {}), loc + ("args",)),
-                 **{k: ld.line(loc + (k,)) for k in values}}
-        legs.append(Leg(name=name, experiment=exp.id, module=module, device=exp.device, nproc_per_node=exp.nproc_per_node,
-                        args=_roots(args, exp_root), description=desc, line=ld.line(loc), grid=values,
-                        runtime=exp.runtime, repeats=exp.repeats, arg_lines=lines))
+        lines = {
+            **exp.arg_lines,
+            **ld.arg_lines(grid.get("args", {}), loc + ("args",)),
+            **{k: ld.line(loc + (k,)) for k in values},
+        }
+        legs.append(
+            Leg(
+                name=name,
+                experiment=exp.id,
+                module=module,
+                device=exp.device,
+                nproc_per_node=exp.nproc_per_node,
+                args=_roots(args, exp_root),
+                description=desc,
+                line=ld.line(loc),
+                grid=values,
+                runtime=exp.runtime,
+                repeats=exp.repeats,
+                arg_lines=lines,
+            )
+        )
     return legs
 
 
 def _resolve(p: str, base: Path, ld: Loader | None = None, loc: tuple = (), what: str = "path") -> Path:
     """A registry path made absolute (relative to the registry's dir, `~` expanded), or a located
     error: an empty path, `~user` of no such user, a NUL byte."""
+
     def bad(why: str) -> Exception:
         return ld.fail(loc, f"'{what}' {why}") if ld is not None else ValueError(why)
 
@@ -600,7 +785,11 @@ def _resolve(p: str, base: Path, ld: Loader | None = None, loc: tuple = (), what
     path = Path(os.path.expanduser(p))  # unchanged when there is no such user (Path's would raise)
     if p.startswith("~") and str(path).startswith("~"):
         user = p[1:].split("/", 1)[0]
-        raise bad(f"names the home of user '{user}', who does not exist here" if user else "needs a HOME to expand '~'")
+        raise bad(
+            f"names the home of user '{user}', who does not exist here"
+            if user
+            else "needs a HOME to expand '~'"
+        )
     try:
         return (path if path.is_absolute() else base / path).resolve()
     except (OSError, RuntimeError) as e:
@@ -638,16 +827,22 @@ def _notify(ld: Loader, proj: dict, base: Path) -> tuple[str, ...]:
     loc = ("project", "notify")
     argv = proj["notify"]
     if not argv or not all(isinstance(a, str) for a in argv):
-        raise ld.fail(loc, "'project.notify' must be a non-empty array of strings: a command and its arguments "
-                           "(no shell), e.g. [\"notify-send\", \"{experiment}/{leg}: {event}\"]")
+        raise ld.fail(
+            loc,
+            "'project.notify' must be a non-empty array of strings: a command and its arguments "
+            '(no shell), e.g. ["notify-send", "{experiment}/{leg}: {event}"]',
+        )
     if not argv[0].strip():
         raise ld.fail(loc, "'project.notify' names no program (its first item is empty)")
     for a in argv:
         if "\x00" in a:
             raise ld.fail(loc, "'project.notify' holds a NUL byte (no command line can)")
         if unknown := [n for n in PLACEHOLDER.findall(a) if n not in NOTIFY_FIELDS]:
-            raise ld.fail(loc, f"'project.notify' names {{{unknown[0]}}}; it knows "
-                               + ", ".join(f"{{{f}}}" for f in NOTIFY_FIELDS))
+            raise ld.fail(
+                loc,
+                f"'project.notify' names {{{unknown[0]}}}; it knows "
+                + ", ".join(f"{{{f}}}" for f in NOTIFY_FIELDS),
+            )
     program = argv[0]
     if "/" in program:
         path = _resolve_kept(ld, program, base, loc, "project.notify")
@@ -664,7 +859,10 @@ def fill_notify(argv: tuple[str, ...] | list[str], fields: dict[str, str]) -> li
 
 def _roots(args: dict, exp_root: Path) -> dict:
     """Trainer args with `{exp_root}` filled in their string values (a corpus a prepare made there)."""
-    return {k: v.replace(EXP_ROOT_PLACEHOLDER, str(exp_root)) if isinstance(v, str) else v for k, v in args.items()}
+    return {
+        k: v.replace(EXP_ROOT_PLACEHOLDER, str(exp_root)) if isinstance(v, str) else v
+        for k, v in args.items()
+    }
 
 
 def _prepare(ld: Loader, table: Any, loc: tuple, base: Path, settings: Settings) -> Prepare:
@@ -675,39 +873,60 @@ def _prepare(ld: Loader, table: Any, loc: tuple, base: Path, settings: Settings)
     ld.check_table(table, Prepare, loc)
     argv = table.get("argv")
     if not argv or not all(isinstance(a, str) for a in argv) or not argv[0].strip():
-        raise ld.fail(loc + ("argv",), "'prepare.argv' must be a non-empty array of strings: a command and its "
-                                       "arguments (no shell), e.g. [\"{python}\", \"-m\", \"nanochat.smoke_data\", "
-                                       "\"--out\", \"{exp_root}/_data/smoke\"]")
+        raise ld.fail(
+            loc + ("argv",),
+            "'prepare.argv' must be a non-empty array of strings: a command and its "
+            'arguments (no shell), e.g. ["{python}", "-m", "nanochat.smoke_data", '
+            '"--out", "{exp_root}/_data/smoke"]',
+        )
     known = (PYTHON_PLACEHOLDER[1:-1], EXP_ROOT_PLACEHOLDER[1:-1])
     for a in argv:
         if "\x00" in a:
             raise ld.fail(loc + ("argv",), "'prepare.argv' holds a NUL byte (no command line can)")
         if unknown := [n for n in PLACEHOLDER.findall(a) if n not in known]:
-            raise ld.fail(loc + ("argv",), f"'prepare.argv' names {{{unknown[0]}}}; it knows {{python}} and {{exp_root}}")
+            raise ld.fail(
+                loc + ("argv",),
+                f"'prepare.argv' names {{{unknown[0]}}}; it knows {{python}} and {{exp_root}}",
+            )
     if "creates" not in table:
-        raise ld.fail(loc, "a prepare entry needs 'creates': the paths it makes (it runs when one is missing)")
+        raise ld.fail(
+            loc, "a prepare entry needs 'creates': the paths it makes (it runs when one is missing)"
+        )
     given = table["creates"] if isinstance(table["creates"], list) else [table["creates"]]
     if not given or not all(isinstance(c, str) for c in given):
         raise ld.fail(loc + ("creates",), "'prepare.creates' must be a path or a non-empty array of paths")
     creates = []
     for c in given:
-        path = _resolve(c.replace(EXP_ROOT_PLACEHOLDER, str(exp_root)), base, ld, loc + ("creates",), "prepare.creates")
+        path = _resolve(
+            c.replace(EXP_ROOT_PLACEHOLDER, str(exp_root)), base, ld, loc + ("creates",), "prepare.creates"
+        )
         if not (path != exp_root and exp_root in path.parents):
-            raise ld.fail(loc + ("creates",), f"'prepare.creates' {cut(str(path))} must lie inside exp_root "
-                                              f"{cut(str(exp_root))} (the cockpit writes nowhere else): use "
-                                              "{exp_root}/...")
+            raise ld.fail(
+                loc + ("creates",),
+                f"'prepare.creates' {cut(str(path))} must lie inside exp_root "
+                f"{cut(str(exp_root))} (the cockpit writes nowhere else): use "
+                "{exp_root}/...",
+            )
         for ro in settings.read_only:
             if path == ro or ro in path.parents:
-                raise ld.fail(loc + ("creates",), f"'prepare.creates' {cut(str(path))} lies inside read-only path {ro}")
+                raise ld.fail(
+                    loc + ("creates",), f"'prepare.creates' {cut(str(path))} lies inside read-only path {ro}"
+                )
         creates.append(path)
-    return Prepare(argv=tuple(a.replace(EXP_ROOT_PLACEHOLDER, str(exp_root)) for a in argv), creates=tuple(creates),
-                   line=ld.line(loc), mark=prepare_mark(exp_root, creates))
+    return Prepare(
+        argv=tuple(a.replace(EXP_ROOT_PLACEHOLDER, str(exp_root)) for a in argv),
+        creates=tuple(creates),
+        line=ld.line(loc),
+        mark=prepare_mark(exp_root, creates),
+    )
 
 
 def prepare_mark(exp_root: Path, creates: list[Path] | tuple[Path, ...]) -> Path:
     """`<exp_root>/.cockpit-prepare/<key>.running`, the key naming the set of paths a prepare step
     creates (two experiments that prepare the same paths share it)."""
-    key = hashlib.sha256("\0".join(sorted(map(str, creates))).encode("utf-8", "surrogateescape")).hexdigest()[:16]
+    key = hashlib.sha256("\0".join(sorted(map(str, creates))).encode("utf-8", "surrogateescape")).hexdigest()[
+        :16
+    ]
     return exp_root / PREPARE_MARK_DIR / f"{key}.running"
 
 
@@ -733,12 +952,19 @@ def _runtime(ld: Loader, table: dict, loc: tuple, base: Path, parent: Runtime) -
     env = dict(parent.env)
     for name, value in table.get("env", {}).items():
         if not ENV_NAME.match(name):
-            raise ld.fail(loc + ("env", name), f"'{where}.env' key {show(name)} is not an environment variable name")
+            raise ld.fail(
+                loc + ("env", name), f"'{where}.env' key {show(name)} is not an environment variable name"
+            )
         if name in RESERVED_ENV:
-            raise ld.fail(loc + ("env", name), f"'{where}.env' may not set {name}: the cockpit marks a leg's processes with it")
+            raise ld.fail(
+                loc + ("env", name),
+                f"'{where}.env' may not set {name}: the cockpit marks a leg's processes with it",
+            )
         if not isinstance(value, str):
-            raise ld.fail(loc + ("env", name), f"'{where}.env.{name}' must be a string (quote it: \"{value}\"), "
-                                              f"not {type(value).__name__}")
+            raise ld.fail(
+                loc + ("env", name),
+                f"'{where}.env.{name}' must be a string (quote it: \"{value}\"), not {type(value).__name__}",
+            )
         if "\x00" in value:
             raise ld.fail(loc + ("env", name), f"'{where}.env.{name}' holds a NUL byte")
         env[name] = value
@@ -752,6 +978,8 @@ def _resolve_kept(ld: Loader, p: str, base: Path, loc: tuple, what: str) -> Path
     del real
     path = Path(os.path.expanduser(p))
     return Path(os.path.normpath(path if path.is_absolute() else base / path))
+
+
 def _stat(ld: Loader, path: Path, loc: tuple, what: str) -> os.stat_result | None:
     """A registry path's stat (its links followed), None when nothing is there, or a located error
     when the system cannot say (a name longer than the filesystem takes, a dir it may not search)."""
@@ -772,8 +1000,10 @@ def _is_file(st: os.stat_result | None) -> bool:
 def _gpus(ld: Loader, value: list, loc: tuple) -> tuple[int, ...]:
     """`project.gpus`, checked: a non-empty array of distinct GPU indices (as NVML numbers them)."""
     if not value or not all(is_a(v, (int,)) for v in value):
-        raise ld.fail(loc, f"'project.gpus' must be a non-empty array of GPU indices (like [0, 1, 2, 3]), "
-                           f"not {show(value)}")
+        raise ld.fail(
+            loc,
+            f"'project.gpus' must be a non-empty array of GPU indices (like [0, 1, 2, 3]), not {show(value)}",
+        )
     if bad := [v for v in value if not 0 <= v <= GPU_INDEX_MAX]:
         raise ld.fail(loc, f"'project.gpus' names GPU {bad[0]}: an index is between 0 and {GPU_INDEX_MAX}")
     if len(set(value)) != len(value):

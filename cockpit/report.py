@@ -42,23 +42,36 @@ from cockpit.vocab import DEFAULT_TAIL, METRICS, QUALITY, RunStatus, Source, Sta
 
 # Each metric's column (in vocab.METRICS order): its header, after `tail<N> ` when it is a tail
 # mean, and its format.
-COLUMNS = dict(zip(METRICS, (
-    ("tok/sec", ".2f", True),
-    ("dt (ms)", ".2f", True),
-    ("mfu", ".4f", True),
-    ("peak mem (MiB)", ".2f", False),
-    ("total time (min)", ".2f", False),
-), strict=True))
+COLUMNS = dict(
+    zip(
+        METRICS,
+        (
+            ("tok/sec", ".2f", True),
+            ("dt (ms)", ".2f", True),
+            ("mfu", ".4f", True),
+            ("peak mem (MiB)", ".2f", False),
+            ("total time (min)", ".2f", False),
+        ),
+        strict=True,
+    )
+)
 # The quality and routing table's columns (vocab.QUALITY order), the same way.
-QUALITY_COLUMNS = dict(zip(QUALITY, (
-    ("min val bpb", ".6f", False),
-    ("last val bpb", ".6f", False),
-    ("final loss", ".6f", False),
-    ("drop %", ".2f", True),
-    ("bal", ".4f", True),
-), strict=True))
+QUALITY_COLUMNS = dict(
+    zip(
+        QUALITY,
+        (
+            ("min val bpb", ".6f", False),
+            ("last val bpb", ".6f", False),
+            ("final loss", ".6f", False),
+            ("drop %", ".2f", True),
+            ("bal", ".4f", True),
+        ),
+        strict=True,
+    )
+)
 FORMATS = {**COLUMNS, **QUALITY_COLUMNS}
 DELTA_QUALITY = ("min_val_bpb", "final_loss", "drop_pct")  # the quality rows of a delta table
+
 
 class ReportError(Exception):
     """Bad report input (no such dir, unknown baseline): one line for the CLI."""
@@ -195,8 +208,9 @@ def row_from_recorded(name: str, recorded: reg.Recorded) -> ReportRow:
 
 def aggregate(leg: str, repeats: list[ReportRow]) -> ReportRow:
     """The aggregate row of a leg's repeats: each figure the mean over the repeats that have it."""
-    row = ReportRow(run=leg, figures=Figures.mean(r.figures for r in repeats), repeats=list(repeats),
-                    source=Source.LOG)
+    row = ReportRow(
+        run=leg, figures=Figures.mean(r.figures for r in repeats), repeats=list(repeats), source=Source.LOG
+    )
     statuses = {r.status for r in repeats}
     row.status = statuses.pop() if len(statuses) == 1 else "mixed"
     row.note = f"mean ± std over {len(repeats)} repeats"
@@ -293,7 +307,9 @@ def delta_rows(base: ReportRow, run: ReportRow, tail: int = DEFAULT_TAIL) -> lis
     in percent of the baseline's, and its 95% interval and verdict where both have samples."""
     out = []
     attrs = (*METRICS, *DELTA_QUALITY)
-    heads = dict(zip(METRICS, headers(tail), strict=True)) | dict(zip(QUALITY, quality_headers(tail), strict=True))
+    heads = dict(zip(METRICS, headers(tail), strict=True)) | dict(
+        zip(QUALITY, quality_headers(tail), strict=True)
+    )
     for attr in attrs:
         b, r = base.value(attr), run.value(attr)
         pct, why = stats.pct_change(b, r)
@@ -315,7 +331,9 @@ def baseline_row(b: Baseline, tail: int = DEFAULT_TAIL, now: float | None = None
     if b.problem:
         return ReportRow(run=b.leg, note=b.problem)
     if b.dir is None:
-        return row_from_recorded(f"{b.experiment}/{b.leg}" if b.experiment else b.leg, b.recorded or reg.Recorded())
+        return row_from_recorded(
+            f"{b.experiment}/{b.leg}" if b.experiment else b.leg, b.recorded or reg.Recorded()
+        )
     runs = [row_from_summary(logs.summarize(b.dir / f"{r}.log", tail=tail, now=now)) for r in b.runs]
     row = runs[0] if len(runs) == 1 else aggregate(b.leg, runs)
     row.run = b.leg

@@ -28,9 +28,23 @@ from cockpit.report import COLUMNS, ReportError, ReportRow, baseline_row, repeat
 from cockpit.vocab import DEFAULT_TAIL, METRICS, STEP_METRICS
 
 SUMMARY_COLUMNS = (
-    "run", "status", "source", "steps_observed", "last_step", "total_steps", "last_loss", "tail_n",
-    "tok_per_sec", "dt_ms", "mfu", "peak_mem_mib", "total_time_min", "error",
+    "run",
+    "status",
+    "source",
+    "steps_observed",
+    "last_step",
+    "total_steps",
+    "last_loss",
+    "tail_n",
+    "tok_per_sec",
+    "dt_ms",
+    "mfu",
+    "peak_mem_mib",
+    "total_time_min",
+    "error",
 )
+
+
 def _cell(v: object) -> str:
     """A summary CSV cell: empty for no figure; a float without float noise (numtext.computed)."""
     if v is None:
@@ -45,9 +59,13 @@ def _summary_rows(rows_: list[ReportRow]) -> Iterator[Sequence[str]]:
             continue  # a CSV row is a log's
         s = r.summary
         yield [
-            safetext.printable(r.run), r.status, r.source,
-            _cell(s.steps_observed if s else None), _cell(s.last_step if s else None),
-            _cell(s.total_steps if s else None), _cell(s.last_loss if s else None),
+            safetext.printable(r.run),
+            r.status,
+            r.source,
+            _cell(s.steps_observed if s else None),
+            _cell(s.last_step if s else None),
+            _cell(s.total_steps if s else None),
+            _cell(s.last_loss if s else None),
             _cell(s.tail_n if s else None),
             *(_cell(r.value(a)) for a in METRICS),
             safetext.printable((s.error_line or s.error or "") if s else ""),
@@ -55,7 +73,9 @@ def _summary_rows(rows_: list[ReportRow]) -> Iterator[Sequence[str]]:
 
 
 FIGURES = ("full", "paper")  # plots' titles: with the experiment, dir and commit, or without (for a paper)
-BaselineBar = tuple[str, ReportRow]  # the baseline's bar when it is no row of the dir: (its name, its figures)
+BaselineBar = tuple[
+    str, ReportRow
+]  # the baseline's bar when it is no row of the dir: (its name, its figures)
 
 
 def _tail_bars(rows_: Sequence[ReportRow], tail: int, extra: BaselineBar | None = None) -> list[plots_.Bars]:
@@ -64,8 +84,13 @@ def _tail_bars(rows_: Sequence[ReportRow], tail: int, extra: BaselineBar | None 
     from another dir, or recorded (a bar without an interval), first."""
     out = []
     for attr in STEP_METRICS:
-        runs = [(r.run, e) for r in rows_ if not repeat_with_aggregate(r, list(rows_))
-                and (e := r.estimate(attr)) is not None and math.isfinite(e.mean)]
+        runs = [
+            (r.run, e)
+            for r in rows_
+            if not repeat_with_aggregate(r, list(rows_))
+            and (e := r.estimate(attr)) is not None
+            and math.isfinite(e.mean)
+        ]
         if extra is not None:
             name, row = extra
             e = row.estimate(attr)
@@ -78,8 +103,9 @@ def _tail_bars(rows_: Sequence[ReportRow], tail: int, extra: BaselineBar | None 
     return out
 
 
-def baseline_in_files(b: Baseline | None, tail: int = DEFAULT_TAIL, now: float | None = None
-                      ) -> tuple[plots_.BaselineMark | None, list[tuple[str, str]], BaselineBar | None]:
+def baseline_in_files(
+    b: Baseline | None, tail: int = DEFAULT_TAIL, now: float | None = None
+) -> tuple[plots_.BaselineMark | None, list[tuple[str, str]], BaselineBar | None]:
     """The baseline in a report's per-step CSV and plots: (what of them is the baseline, the logs
     of another dir to add as (name, path), the bar to add). Its own dir's runs are there already;
     another dir's are added named `<run> (<its dir>)`; recorded figures are lines and a bar
@@ -95,14 +121,21 @@ def baseline_in_files(b: Baseline | None, tail: int = DEFAULT_TAIL, now: float |
     named = [(f"{run} ({b.dir.name})", str(b.dir / f"{run}.log")) for run in b.runs]
     jobs = [(name, path) for name, path in named if fsutil.is_regular(path)]
     label = f"{b.leg} ({b.dir.name})"  # its one run's series, or the aggregate of its repeats
-    return plots_.BaselineMark(frozenset({name for name, _ in jobs} | {label}), label), jobs, (label, baseline_row(b, tail, now))
+    return (
+        plots_.BaselineMark(frozenset({name for name, _ in jobs} | {label}), label),
+        jobs,
+        (label, baseline_row(b, tail, now)),
+    )
 
 
 def output_files(out: Path, plots: bool = True, svg: bool = False) -> dict[str, Path]:
     """Every file a report at `out` writes: the markdown, its two CSVs, its plots (PNG, and with
     `svg` each as SVG too, keyed `<plot>.svg`)."""
-    files = {"report": out, "steps": out.with_name(f"{out.stem}_steps.csv"),
-             "summary": out.with_name(f"{out.stem}_summary.csv")}
+    files = {
+        "report": out,
+        "steps": out.with_name(f"{out.stem}_steps.csv"),
+        "summary": out.with_name(f"{out.stem}_summary.csv"),
+    }
     if plots:
         for attr, _ in (*plots_.PLOTS, *plots_.EXTRA_PLOTS):
             files[attr] = out.with_name(f"{out.stem}_{attr}.png")
@@ -151,7 +184,9 @@ def write_report(
     root = exp_dir if fsutil.is_inside(out.parent, exp_dir) else None
     d = report.read_dir(exp_dir)  # once: the rows, the baseline, the flags and the plots' titles read it
     all_rows = report.rows(d, tail, now)
-    base = report_md.find_baseline(d, baseline, registry)  # an unknown --baseline fails before anything is written
+    base = report_md.find_baseline(
+        d, baseline, registry
+    )  # an unknown --baseline fails before anything is written
     mark, base_jobs, base_bar = baseline_in_files(base, tail, now)
     links = {"per-step CSV": files["steps"].name, "summary CSV": files["summary"].name}
     with fsutil.StagedFiles(root) as staged:
@@ -164,8 +199,14 @@ def write_report(
         if plots and series:
             context = plots_.plot_context(exp_dir, d.plan) if figures == "full" else ""
             try:
-                drawn = plots_.draw_plots(series, _tail_bars(all_rows, tail, base_bar), tail, context, mark,
-                                          ("png", "svg") if svg else ("png",))
+                drawn = plots_.draw_plots(
+                    series,
+                    _tail_bars(all_rows, tail, base_bar),
+                    tail,
+                    context,
+                    mark,
+                    ("png", "svg") if svg else ("png",),
+                )
             except Exception as e:  # noqa: BLE001 - a plot problem must not lose the report
                 drawn, plot_note = {}, f"plots not drawn: {type(e).__name__}: {e}"
             for attr, label in (*plots_.PLOTS, *plots_.EXTRA_PLOTS):

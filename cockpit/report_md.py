@@ -61,18 +61,32 @@ def render_quality(rows_: list[ReportRow], tail: int = DEFAULT_TAIL) -> str:
     return "\n".join(lines)
 
 
-def render_delta(base: ReportRow, run: ReportRow, tail: int = DEFAULT_TAIL, base_label: str | None = None) -> str:
+def render_delta(
+    base: ReportRow, run: ReportRow, tail: int = DEFAULT_TAIL, base_label: str | None = None
+) -> str:
     """`metric | baseline | run | delta | 95% CI | verdict`: one row per metric (see report.delta_rows)."""
     label = base_label or f"baseline {base.run}"
-    lines = [_md_row(["metric", label, run.run, "delta", "95% CI", "verdict"]),
-             "| --- | ---: | ---: | ---: | ---: | --- |"]
+    lines = [
+        _md_row(["metric", label, run.run, "delta", "95% CI", "verdict"]),
+        "| --- | ---: | ---: | ---: | ---: | --- |",
+    ]
     why = []
     ds = delta_rows(base, run, tail)
     for d in ds:
         if d.attr in DELTA_QUALITY and d.baseline is None and d.run is None:
             continue  # neither run has the figure (no validation, dropless routing): no row of dashes
-        lines.append(_md_row([d.metric, fmt_value(d.attr, d.baseline), fmt_value(d.attr, d.run),
-                              stats.fmt_pct(d.delta_pct), d.ci_text, d.verdict]))
+        lines.append(
+            _md_row(
+                [
+                    d.metric,
+                    fmt_value(d.attr, d.baseline),
+                    fmt_value(d.attr, d.run),
+                    stats.fmt_pct(d.delta_pct),
+                    d.ci_text,
+                    d.verdict,
+                ]
+            )
+        )
         if d.delta_pct is None and d.why and d.baseline is not None and d.run is not None:
             why.append(f"{d.metric}: {d.why}")
     if why:  # a missing figure speaks for itself; a zero, nan or inf one is said
@@ -87,12 +101,21 @@ def resolve_text(ds: list[DeltaRow]) -> str:
     """How many repeats would resolve each `within noise` delta of a run, if the difference is
     real (stats.repeats_to_resolve): `To resolve ... tail50 tok/sec (+1.20%): about 6 repeats of
     each leg (4 more).`; "" when no delta is within noise (or one is exactly 0)."""
-    parts = [f"{d.metric} ({stats.fmt_pct(d.delta_pct)}): {stats.fmt_resolve(d.resolve)}" for d in ds
-             if d.verdict == Verdict.WITHIN_NOISE and d.resolve is not None and d.delta_pct]
-    return f"To resolve `within noise` if the difference is real (80% power): {'; '.join(parts)}." if parts else ""
+    parts = [
+        f"{d.metric} ({stats.fmt_pct(d.delta_pct)}): {stats.fmt_resolve(d.resolve)}"
+        for d in ds
+        if d.verdict == Verdict.WITHIN_NOISE and d.resolve is not None and d.delta_pct
+    ]
+    return (
+        f"To resolve `within noise` if the difference is real (80% power): {'; '.join(parts)}."
+        if parts
+        else ""
+    )
 
 
-def repeat_lines(base: ReportRow, run: ReportRow, base_label: str, tail: int = DEFAULT_TAIL, metric: str = "tok_per_sec") -> list[str]:
+def repeat_lines(
+    base: ReportRow, run: ReportRow, base_label: str, tail: int = DEFAULT_TAIL, metric: str = "tok_per_sec"
+) -> list[str]:
     """For each side run with repeats: how much its repeats vary beyond their tail windows, and how
     well so few repeats know it (stats.Spread), on the tail tok/sec."""
     out = []
@@ -102,10 +125,12 @@ def repeat_lines(base: ReportRow, run: ReportRow, base_label: str, tail: int = D
         if e is None or e.spread is None or not e.mean or not math.isfinite(e.mean):
             continue
         sp, pct = e.spread, 100.0 / abs(e.mean)
-        out.append(f"{safetext.md_code(name)}: n={sp.repeats} repeats; between-repeat sd of {head} "
-                   f"{sp.between * pct:.2f}% of the mean (95% upper bound {sp.between_hi * pct:.2f}%: "
-                   f"{sp.repeats} repeats know it {'poorly' if sp.repeats < 5 else 'roughly'}), each window's own "
-                   f"{sp.within * pct:.2f}%.")
+        out.append(
+            f"{safetext.md_code(name)}: n={sp.repeats} repeats; between-repeat sd of {head} "
+            f"{sp.between * pct:.2f}% of the mean (95% upper bound {sp.between_hi * pct:.2f}%: "
+            f"{sp.repeats} repeats know it {'poorly' if sp.repeats < 5 else 'roughly'}), each window's own "
+            f"{sp.within * pct:.2f}%."
+        )
     return out
 
 
@@ -113,7 +138,11 @@ def no_delta_text(b: Baseline) -> str:
     """Why a dir has no deltas although it has a baseline (the pinned run failed, ...), and how to
     compare with another run for one report."""
     text = f"No deltas: {md_text(b.problem or 'the baseline has no figures')}"
-    text += ". The baseline was pinned when this dir was launched and is never replaced by another" if b.pinned else ""
+    text += (
+        ". The baseline was pinned when this dir was launched and is never replaced by another"
+        if b.pinned
+        else ""
+    )
     return text + (f". To compare with another run: {safetext.md_code(b.instead)}." if b.instead else ".")
 
 
@@ -124,17 +153,25 @@ def baseline_notes(b: Baseline, exp_dir: Path | None = None) -> list[str]:
         return []
     if b.dir is None:
         rec = b.recorded.source if b.recorded is not None and b.recorded.source else None
-        return [f"Baseline figures recorded{': ' + rec if rec else ''} (not measured here; no per-step samples, "
-                "so no verdict)."]
+        return [
+            f"Baseline figures recorded{': ' + rec if rec else ''} (not measured here; no per-step samples, "
+            "so no verdict)."
+        ]
     sibling = exp_dir is not None and os.path.realpath(b.dir.parent) == os.path.realpath(Path(exp_dir).parent)
     head = f"the baseline ran in another launch, {safetext.md_code(b.dir.name if sibling else str(b.dir))}"
     head += " (pinned when this dir was launched)" if b.pinned else ""
     if b.unknown:
         return [f"**Warning:** {head}; {md_text(b.unknown)}."]
     if not b.differs:
-        return [f"Note: {head}; what it recorded of its origin (git, host, GPUs, versions, environment, "
-                f"the baseline's args) is the same as this dir's."]
-    return [f"**Warning:** {head}, which differs from this dir's in: " + "; ".join(md_text(x) for x in b.differs) + "."]
+        return [
+            f"Note: {head}; what it recorded of its origin (git, host, GPUs, versions, environment, "
+            f"the baseline's args) is the same as this dir's."
+        ]
+    return [
+        f"**Warning:** {head}, which differs from this dir's in: "
+        + "; ".join(md_text(x) for x in b.differs)
+        + "."
+    ]
 
 
 def _fmt_loss(v: float | None) -> str:
@@ -154,7 +191,11 @@ def render_status_table(rows_: list[ReportRow]) -> str:
         if s is None:
             lines.append(_md_row([r.run, r.status, "-", "-", "-", ""]))
             continue
-        last = "-" if s.last_step is None else (f"{s.last_step}/{s.total_steps}" if s.total_steps else str(s.last_step))
+        last = (
+            "-"
+            if s.last_step is None
+            else (f"{s.last_step}/{s.total_steps}" if s.total_steps else str(s.last_step))
+        )
         observed = str(s.steps_observed) if s.exact_count else f"~{s.steps_observed}"
         err = s.error_line or (s.error or "")
         if r.status == RunStatus.FAILED and not err and s.failure:
@@ -163,8 +204,13 @@ def render_status_table(rows_: list[ReportRow]) -> str:
     return "\n".join(lines)
 
 
-def render_report(exp_dir: Path | str, baseline: str | None = None, tail: int = DEFAULT_TAIL, now: float | None = None,
-                  registry: reg.Registry | None = None) -> str:
+def render_report(
+    exp_dir: Path | str,
+    baseline: str | None = None,
+    tail: int = DEFAULT_TAIL,
+    now: float | None = None,
+    registry: reg.Registry | None = None,
+) -> str:
     """The whole report of a dir as markdown (`cockpit report` to stdout): the dir read once
     (report.read_dir), its rows, and its baseline (baseline.for_dir: `--baseline` when given,
     else its plan's; `registry`: for a dir of plain logs, the registry whose experiment its name
@@ -184,8 +230,14 @@ def find_baseline(d: ExpDir, ref: str | None, registry: reg.Registry | None = No
         raise ReportError(str(e)) from None
 
 
-def render(d: ExpDir, all_rows: list[ReportRow], base: Baseline | None, tail: int = DEFAULT_TAIL,
-           links: dict[str, str] | None = None, now: float | None = None) -> str:
+def render(
+    d: ExpDir,
+    all_rows: list[ReportRow],
+    base: Baseline | None,
+    tail: int = DEFAULT_TAIL,
+    links: dict[str, str] | None = None,
+    now: float | None = None,
+) -> str:
     """The markdown of a dir read already: its rows (report.rows) and baseline (None: none).
     `links`: label -> relative path of the CSVs and plots. Reads nothing."""
     exp_dir = d.path
@@ -205,7 +257,9 @@ def render(d: ExpDir, all_rows: list[ReportRow], base: Baseline | None, tail: in
     else:
         out.append("No run has step lines yet.")
     code, text_ = safetext.md_code, md_text
-    notes = [f"- {code(r.run)}: {text_(r.note)}" for r in all_rows if r.note and r.status != RunStatus.NOT_RUN]
+    notes = [
+        f"- {code(r.run)}: {text_(r.note)}" for r in all_rows if r.note and r.status != RunStatus.NOT_RUN
+    ]
     not_run = [r.run for r in all_rows if r.status == RunStatus.NOT_RUN]
     if not_run:
         notes.append("- Not run yet: " + ", ".join(code(n) for n in not_run) + ".")
@@ -233,12 +287,18 @@ def render(d: ExpDir, all_rows: list[ReportRow], base: Baseline | None, tail: in
                 continue
             if not r.is_aggregate and report.repeat_with_aggregate(r, all_rows):
                 continue  # a repeat: its leg's aggregate row has the delta
-            title = (f"{r.run} ({len(r.repeats)} repeats: interval from their windows and the spread between them)"
-                     if r.is_aggregate else r.run)
+            title = (
+                f"{r.run} ({len(r.repeats)} repeats: interval from their windows and the spread between them)"
+                if r.is_aggregate
+                else r.run
+            )
             sections += ["", f"### {md_text(title)}", "", render_delta(base_row, r, tail, base.column)]
             run_flags = d.plan.flags_of(r.run, exp_dir) if d.plan is not None and r.path else None
             if base.flags is not None and run_flags is not None:
-                sections += ["", f"args differ: {md_text(flags.format_diff(flags.diff_flags(base.flags, run_flags)))}"]
+                sections += [
+                    "",
+                    f"args differ: {md_text(flags.format_diff(flags.diff_flags(base.flags, run_flags)))}",
+                ]
         if sections:  # a dir holding only the baseline has no delta
             out += ["", f"## Delta vs baseline {safetext.md_code(name)}{where}{named}"]
             out += [f"\n{line}" for line in baseline_notes(base, exp_dir)]

@@ -58,11 +58,17 @@ class LegMark:
     def compared(self) -> bool:
         """Has the leg figures and a baseline with figures that is not the leg itself?"""
         b = self.baseline
-        if b is None or self.row is None or not self.row.has_figures or self.baseline_row is None \
-                or not self.baseline_row.has_figures:
+        if (
+            b is None
+            or self.row is None
+            or not self.row.has_figures
+            or self.baseline_row is None
+            or not self.baseline_row.has_figures
+        ):
             return False
         itself = b.experiment == self.experiment and b.leg == self.leg
         return not (itself and (b.dir is None or (self.dir is not None and b.dir == Path(self.dir))))
+
     not_here: str | None = None  # why this machine cannot run it (a leg still to run): "needs 8 GPUs, ..."
 
     @property
@@ -184,8 +190,13 @@ class ResumeState:
         elif not self.running and (todo := sum(len(e.todo) for e in self.experiments)):
             out.append(f"{_n(todo, 'leg')} to run")
             if far := len(self.not_here):
-                out.append(f"{far} of them not here" if far < todo else
-                           "not on this machine" if todo == 1 else "none of them here")
+                out.append(
+                    f"{far} of them not here"
+                    if far < todo
+                    else "not on this machine"
+                    if todo == 1
+                    else "none of them here"
+                )
         if unknown := sum(m.mark == Mark.UNKNOWN for m in self.marks()):
             out.append(f"{unknown} unknown")
         return out
@@ -216,33 +227,73 @@ def _leg_mark(exp: reg.Experiment, leg: reg.Leg, dirs: list[ExpDir], tail: int, 
         seen = []  # (run, state, summary) of each run of the leg here
         for run in runs:
             log = d.log(run)
-            seen.append((run, d.states.get(run), logs.summarize(log, tail=tail, now=now) if fsutil.is_regular(log) else None))
+            seen.append(
+                (
+                    run,
+                    d.states.get(run),
+                    logs.summarize(log, tail=tail, now=now) if fsutil.is_regular(log) else None,
+                )
+            )
         for run, st, summary in seen:
             if st is not None and st.status == Status.UNKNOWN:
-                return LegMark(exp.id, leg.name, Mark.UNKNOWN, str(d.path),
-                               report.row_from_summary(summary, RunStatus.UNKNOWN) if summary else None,
-                               summary, st.note, leg.description, state=st, run=run)
-        active = sorted((x for x in seen if x[1] is not None and x[1].active), key=lambda x: x[1].status != Status.RUNNING)
+                return LegMark(
+                    exp.id,
+                    leg.name,
+                    Mark.UNKNOWN,
+                    str(d.path),
+                    report.row_from_summary(summary, RunStatus.UNKNOWN) if summary else None,
+                    summary,
+                    st.note,
+                    leg.description,
+                    state=st,
+                    run=run,
+                )
+        active = sorted(
+            (x for x in seen if x[1] is not None and x[1].active), key=lambda x: x[1].status != Status.RUNNING
+        )
         if active:
             run, st, summary = active[0]
             note = st.waiting_reason if st.status == Status.WAITING else st.note
-            return LegMark(exp.id, leg.name, Mark(st.status), str(d.path),
-                           report.row_from_summary(summary, st.status) if summary else None,
-                           summary, note, leg.description, state=st, run=run)
+            return LegMark(
+                exp.id,
+                leg.name,
+                Mark(st.status),
+                str(d.path),
+                report.row_from_summary(summary, st.status) if summary else None,
+                summary,
+                note,
+                leg.description,
+                state=st,
+                run=run,
+            )
         for run, st, summary in seen:
             if st is None and summary is not None and d.plan is None and summary.status == RunStatus.RUNNING:
                 # a manual run (no state) whose log is still growing
-                return LegMark(exp.id, leg.name, Mark.RUNNING, str(d.path), report.row_from_summary(summary),
-                               summary, "log growing (no cockpit state)", leg.description, run=run)
+                return LegMark(
+                    exp.id,
+                    leg.name,
+                    Mark.RUNNING,
+                    str(d.path),
+                    report.row_from_summary(summary),
+                    summary,
+                    "log growing (no cockpit state)",
+                    leg.description,
+                    run=run,
+                )
         outcomes = []  # (mark, note, run, state, summary) of each run that ended
         for run, st, summary in seen:
             if st is not None:
                 outcome = Mark(st.status)
                 note = st.note or (st.error_tail[-1] if st.error_tail else None)
             elif summary is not None:
-                outcome = {RunStatus.COMPLETED: Mark.DONE, RunStatus.FAILED: Mark.FAILED}.get(summary.status, Mark.STOPPED)
-                note = summary.error_line if outcome == Mark.FAILED else (
-                    "log ended without its final lines" if outcome == Mark.STOPPED else None)
+                outcome = {RunStatus.COMPLETED: Mark.DONE, RunStatus.FAILED: Mark.FAILED}.get(
+                    summary.status, Mark.STOPPED
+                )
+                note = (
+                    summary.error_line
+                    if outcome == Mark.FAILED
+                    else ("log ended without its final lines" if outcome == Mark.STOPPED else None)
+                )
             else:
                 continue
             scheduler_said = st is not None and st.job_id is not None and st.note  # NODE_FAIL, TIMEOUT...
@@ -255,8 +306,9 @@ def _leg_mark(exp: reg.Experiment, leg: reg.Leg, dirs: list[ExpDir], tail: int, 
             if done_in is None:
                 done_in = (d, outcomes)
         elif last_outcome is None and done_in is None:
-            outcome, note, run, st, summary = next((o for o in outcomes if o[0] == Mark.FAILED), None) or next(
-                (o for o in outcomes if o[0] != Mark.DONE), outcomes[-1])
+            outcome, note, run, st, summary = next(
+                (o for o in outcomes if o[0] == Mark.FAILED), None
+            ) or next((o for o in outcomes if o[0] != Mark.DONE), outcomes[-1])
             if outcome == Mark.DONE:  # every run that ended is done, and some never started
                 outcome, note = Mark.STOPPED, f"{len(outcomes)} of {len(runs)} repeats done"
             last_outcome = (outcome, d, summary, note, st, run)
@@ -294,34 +346,48 @@ def gpu_status(registry: reg.Registry, sampler: gpus.Sampler | None = None) -> G
         return GpuStatus("unknown", "unknown (NVML sees no GPU)", visible=0)
     idle = registry.settings.gpu_idle
     busy = [
-        g for g in snap.gpus
+        g
+        for g in snap.gpus
         if (g.util_pct is not None and g.util_pct > idle.max_util_pct)
         or (g.mem_used_mib is not None and g.mem_used_mib > idle.max_mem_mib)
     ]
-    at = dt.datetime.fromtimestamp(snap.time or dt.datetime.now().timestamp()).astimezone().strftime("%H:%M %z")
+    at = (
+        dt.datetime.fromtimestamp(snap.time or dt.datetime.now().timestamp())
+        .astimezone()
+        .strftime("%H:%M %z")
+    )
     n = len(snap.gpus)
     util = max((g.util_pct or 0 for g in snap.gpus), default=0)
     mem = max((g.mem_used_mib or 0 for g in snap.gpus), default=0)
     if not busy:
         what = "1 GPU is" if n == 1 else f"{n} GPUs are"
-        return GpuStatus("idle", f"{what} idle (max `{util:.0f}% util`, max `{mem:.0f} MiB` used, at {at})", n,
-                         visible=n)
-    detail = ", ".join(f"GPU {g.index} ({g.util_pct or 0:.0f}% util, {g.mem_used_mib or 0:.0f} MiB)" for g in busy)
-    return GpuStatus("busy", f"{len(busy)} of {n} GPUs are busy at {at}: {detail}", n, [g.index for g in busy],
-                     visible=n)
+        return GpuStatus(
+            "idle", f"{what} idle (max `{util:.0f}% util`, max `{mem:.0f} MiB` used, at {at})", n, visible=n
+        )
+    detail = ", ".join(
+        f"GPU {g.index} ({g.util_pct or 0:.0f}% util, {g.mem_used_mib or 0:.0f} MiB)" for g in busy
+    )
+    return GpuStatus(
+        "busy", f"{len(busy)} of {n} GPUs are busy at {at}: {detail}", n, [g.index for g in busy], visible=n
+    )
 
 
 def prepare_text(p: reg.Prepare, exp_root: Path) -> str:
     """An experiment's prepare step in one line: whether a launch will run it, and its command."""
+
     def short(path: Path) -> str:
         return os.path.relpath(path, exp_root) if fsutil.is_inside(path, exp_root) else str(path)
 
     if p.unfinished():
-        return (f"its last run did not end well ({short(p.mark)} is there), so what it left under exp_root is not "
-                f"trusted: a launch runs `{shlex.join(p.command('python'))}` again first (output in <dir>/prepare.log)")
+        return (
+            f"its last run did not end well ({short(p.mark)} is there), so what it left under exp_root is not "
+            f"trusted: a launch runs `{shlex.join(p.command('python'))}` again first (output in <dir>/prepare.log)"
+        )
     if missing := p.missing():
-        return (f"{', '.join(short(m) for m in missing)} missing under exp_root: a launch runs "
-                f"`{shlex.join(p.command('python'))}` first (output in <dir>/prepare.log)")
+        return (
+            f"{', '.join(short(m) for m in missing)} missing under exp_root: a launch runs "
+            f"`{shlex.join(p.command('python'))}` first (output in <dir>/prepare.log)"
+        )
     return f"ready ({', '.join(short(c) for c in p.creates)} under exp_root)"
 
 
@@ -360,8 +426,10 @@ def execution_template(registry: reg.Registry, leg: reg.Leg) -> tuple[str, str]:
     exp = registry.experiment(leg.experiment)
     if exp is not None and exp.prepare is not None and exp.prepare.missing():
         python = "python" if torchrun == "torchrun" else str(rt.python)
-        prep = ["# its inputs, first (missing now):",
-                shlex.join(exp.prepare.command(python)) + ' 2>&1 | tee "$EXP_DIR/prepare.log"']
+        prep = [
+            "# its inputs, first (missing now):",
+            shlex.join(exp.prepare.command(python)) + ' 2>&1 | tee "$EXP_DIR/prepare.log"',
+        ]
     text = "\n".join(
         [
             *head,
@@ -456,8 +524,17 @@ def build_state(
                 m.not_here = not_here(exp, leg, gpu)
         experiments.append(
             ExperimentState(
-                exp.id, exp.title, exp.device, exp.nproc_per_node, exp.baseline, exp.decision, exp.hypothesis,
-                exp.notes, marks, [str(d.path) for d in mine], prepare=exp.prepare,
+                exp.id,
+                exp.title,
+                exp.device,
+                exp.nproc_per_node,
+                exp.baseline,
+                exp.decision,
+                exp.hypothesis,
+                exp.notes,
+                marks,
+                [str(d.path) for d in mine],
+                prepare=exp.prepare,
                 prepare_missing=[str(p) for p in exp.prepare.missing()] if exp.prepare else [],
                 prepare_text=prepare_text(exp.prepare, s.exp_root) if exp.prepare else None,
             )
@@ -493,8 +570,9 @@ def build_state(
         running=[m for m in marks if m.mark == Mark.RUNNING],
         active=[m for m in marks if m.mark in ACTIVE_MARKS],
         next=nxt,
-        next_elsewhere=first if first is not None and (nxt is None or first.leg != nxt.leg
-                                                       or first.experiment != nxt.experiment) else None,
+        next_elsewhere=first
+        if first is not None and (nxt is None or first.leg != nxt.leg or first.experiment != nxt.experiment)
+        else None,
         gpus=gpu,
         reports=reports[:5],  # of the newest dirs (expdir's order), not by a clock
         safety=safety_lines(registry),

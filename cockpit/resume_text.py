@@ -60,7 +60,13 @@ def render_guide(state: ResumeState) -> str:
     ]
     if state.checkout is not None:
         out.append(f"Branch: {state.checkout.text('`')}")
-    out += [f"Registry: `{state.registry_path}`", f"Experiment root: `{state.exp_root}`", "", "## Current State", ""]
+    out += [
+        f"Registry: `{state.registry_path}`",
+        f"Experiment root: `{state.exp_root}`",
+        "",
+        "## Current State",
+        "",
+    ]
     if state.running:
         out += [f"- Running: {_mark_line(m, state.tail)}" for m in state.running]
     elif state.activity == "all done":
@@ -91,15 +97,29 @@ def render_guide(state: ResumeState) -> str:
         if dirs:
             out.append("Experiment directories:")
             for d in dirs:
-                kinds = sorted({"recorded" if m.mark == Mark.RECORDED else "run here" for m in fin if m.dir == d})
+                kinds = sorted(
+                    {"recorded" if m.mark == Mark.RECORDED else "run here" for m in fin if m.dir == d}
+                )
                 out.append(f"- {safetext.md_code(d)} ({', '.join(kinds)})")
             out.append("")
-        out += ["Final metrics snapshot:", "", report_md.render_table([m.row for m in fin], state.tail, source_column=True)]
+        out += [
+            "Final metrics snapshot:",
+            "",
+            report_md.render_table([m.row for m in fin], state.tail, source_column=True),
+        ]
         if len({m.dir for m in fin if m.mark == Mark.DONE}) > 1:
-            out += ["", "These legs finished in more than one dir (above): each delta below compares a leg "
-                        "with the baseline of its own dir, or names the dir its baseline comes from."]
+            out += [
+                "",
+                "These legs finished in more than one dir (above): each delta below compares a leg "
+                "with the baseline of its own dir, or names the dir its baseline comes from.",
+            ]
         if any(m.row.value(q) is not None for m in fin for q in QUALITY):
-            out += ["", "Quality and routing:", "", report_md.render_quality([m.row for m in fin], state.tail)]
+            out += [
+                "",
+                "Quality and routing:",
+                "",
+                report_md.render_quality([m.row for m in fin], state.tail),
+            ]
         sources = sorted({m.note for m in fin if m.mark == Mark.RECORDED and m.note})
         if sources:
             out += ["", "Recorded figures (not measured here) come from: " + "; ".join(sources) + "."]
@@ -146,14 +166,23 @@ def render_guide(state: ResumeState) -> str:
         if e.hypothesis:
             out += ["Hypothesis:", f"- {e.hypothesis}", ""]
         if e.baseline:
-            out.append(f"Baseline: `{e.baseline}`" + (f" ({e.baseline_mark.mark})" if e.baseline_mark else ""))
+            out.append(
+                f"Baseline: `{e.baseline}`" + (f" ({e.baseline_mark.mark})" if e.baseline_mark else "")
+            )
         if e.prepare_text:
             out.append(f"Prepare: {_text(e.prepare_text)}")
-        out += [f"- {_mark_line(m)}" + (f"; not on this machine: {m.not_here}" if m.not_here else "") for m in todo]
+        out += [
+            f"- {_mark_line(m)}" + (f"; not on this machine: {m.not_here}" if m.not_here else "")
+            for m in todo
+        ]
     if far is not None:
         why = state.find(f"{far.experiment}/{far.leg}")
-        out += ["", f"Next leg on a machine that can run it: {_next_text(far)}. This machine cannot run it: "
-                    f"{why.not_here if why else 'see above'}.", ""]
+        out += [
+            "",
+            f"Next leg on a machine that can run it: {_next_text(far)}. This machine cannot run it: "
+            f"{why.not_here if why else 'see above'}.",
+            "",
+        ]
         out += _template(far)
     if nxt is not None:
         out += ["", f"Next leg{' here' if far is not None else ''}: {_next_text(nxt)}.", ""]
@@ -227,7 +256,9 @@ def delta_words(m: LegMark, metric: str = "tok_per_sec") -> str:
     ci = f" {stats.fmt_ci(d.ci_pct)}" + (f" ({basis})" if basis else "") if d.ci_pct is not None else ""
     verdict = f" {d.verdict}" if d.verdict != Verdict.NONE else ""
     figure = f" {report.fmt_value(metric, base)} {UNITS.get(metric, '')}".rstrip() if base is not None else ""
-    where = " (recorded)" if m.baseline.dir is None else f" ({m.baseline.source})" if m.baseline.source else ""
+    where = (
+        " (recorded)" if m.baseline.dir is None else f" ({m.baseline.source})" if m.baseline.source else ""
+    )
     return f"  Δ {stats.fmt_pct(pct)}{ci}{verdict} vs {m.baseline.leg}{figure}{where}"
 
 
@@ -251,7 +282,11 @@ def dir_line(d: ExpDir, known: bool = True) -> str:
     for leg in d.legs:
         st = d.states.get(leg)
         if st is not None:
-            pid = f" (pid {st.pid}{expdir.gpus_text(st)})" if st.status == Status.RUNNING and st.pid is not None else ""
+            pid = (
+                f" (pid {st.pid}{expdir.gpus_text(st)})"
+                if st.status == Status.RUNNING and st.pid is not None
+                else ""
+            )
             legs.append(f"{leg} {st.status}" + (f" ({expdir.job_text(st)})" if st.job_id else pid))
         elif fsutil.is_regular(d.log(leg)):
             legs.append(f"{leg} {'log' if d.plan else 'manual log'}")
@@ -296,7 +331,11 @@ def render_status(state: ResumeState) -> str:
             base = "  (baseline)" if m.is_baseline else ""
             pid = f"{m.process}  " if m.process else ""
             job = f"  {m.job}" if m.job and m.mark != Mark.RUNNING else ""
-            extra = f"  {pid}{progress(m, state.tail)}" if m.mark == Mark.RUNNING else job + _figures(m, state.tail)
+            extra = (
+                f"  {pid}{progress(m, state.tail)}"
+                if m.mark == Mark.RUNNING
+                else job + _figures(m, state.tail)
+            )
             noted = m.mark in NOTED_MARKS or (m.job is not None and m.mark == Mark.QUEUED)
             why = f"  ({m.note})" if m.note and noted else ""
             if m.state is not None and m.state.notify_error:
@@ -327,8 +366,11 @@ def guide_path(registry: reg.Registry, out_md: Path | str | None = None) -> Path
 
 
 def write_guide(
-    registry: reg.Registry, out_md: Path | str | None = None, sampler: gpus.Sampler | None = None,
-    now: float | None = None, dirs: list[ExpDir] | None = None,
+    registry: reg.Registry,
+    out_md: Path | str | None = None,
+    sampler: gpus.Sampler | None = None,
+    now: float | None = None,
+    dirs: list[ExpDir] | None = None,
 ) -> Path:
     """Write the guide at `guide_path(registry, out_md)` (regenerated in place), atomically;
     `dirs`: expdir.discover(exp_root) when the caller has it.

@@ -92,7 +92,9 @@ def word(text: str) -> str:
     if not text:
         raise SbatchError("an empty value cannot go on an #SBATCH line")
     if m := _CONTROL.search(text):
-        raise SbatchError(f"{text!r} holds a control character ({m.group()!r}): it cannot go on an #SBATCH line")
+        raise SbatchError(
+            f"{text!r} holds a control character ({m.group()!r}): it cannot go on an #SBATCH line"
+        )
     if _PLAIN.fullmatch(text) and not text.startswith(":") and not _HET_SEPARATOR.fullmatch(text):
         return text
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
@@ -152,7 +154,7 @@ def directives(script: str) -> list[str]:
     words: list[str] = []
     for line in script.split("\n"):
         if line.startswith("#SBATCH"):
-            words += split_line(line[len("#SBATCH"):])
+            words += split_line(line[len("#SBATCH") :])
         elif line.strip() and not line.strip().startswith("#"):
             break
     return words
@@ -192,8 +194,10 @@ def parse(items: Sequence[str]) -> list[Option]:
         item = items[i]
         i += 1
         if item == "--" or not item.startswith("-") or item == "-":
-            raise SbatchError(f"{item!r} is not an option (sbatch reads no more directives after it): give a value "
-                              "as --option=value, or right after an option that takes one")
+            raise SbatchError(
+                f"{item!r} is not an option (sbatch reads no more directives after it): give a value "
+                "as --option=value, or right after an option that takes one"
+            )
         if item.startswith("--"):
             name, value = _long(item)
             kind = LONG.get(name, OPTIONAL)  # a plugin's option: its value only after `=`

@@ -65,7 +65,9 @@ class JobState:
     source: str = "scontrol"  # where this came from: scontrol, squeue, sacct, or "" for forgotten
     name: str | None = None  # the job's name, as the scheduler has it
     user_id: int | None = None  # the uid it runs as
-    stdout: str | None = None  # its standard output's path as given to sbatch (None where the source does not say)
+    stdout: str | None = (
+        None  # its standard output's path as given to sbatch (None where the source does not say)
+    )
 
     @property
     def ran(self) -> bool:
@@ -106,8 +108,16 @@ def proof(job: JobState, name: str, log: str) -> str | None:
 # The scheduler's job states, by phase. Anything else that has ended counts as failed.
 _PENDING = {"PENDING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "RESV_DEL_HOLD"}
 _RUNNING = {
-    "RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED", "STOPPED", "SIGNALING",
-    "STAGE_OUT", "RESIZING", "POWER_UP_NODE", "UPDATE_DB",
+    "RUNNING",
+    "CONFIGURING",
+    "COMPLETING",
+    "SUSPENDED",
+    "STOPPED",
+    "SIGNALING",
+    "STAGE_OUT",
+    "RESIZING",
+    "POWER_UP_NODE",
+    "UPDATE_DB",
 }
 _COMPLETED = {"COMPLETED"}
 
@@ -116,7 +126,9 @@ _COMPLETED = {"COMPLETED"}
 # running Slurm's commands
 
 
-def call(argv: list[str], timeout: float = CALL_TIMEOUT_S, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+def call(
+    argv: list[str], timeout: float = CALL_TIMEOUT_S, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run one Slurm command (argv, no shell; `stdin`: its input); SlurmError when it is missing or
     hangs. Any exit code."""
     if shutil.which(argv[0]) is None:
@@ -244,9 +256,18 @@ def _from_scontrol(job_id: str) -> JobState | None:
 
 
 # squeue's fields, in order (-O, each ended by `|`); StdOut last: a path may hold a `|`
-_SQUEUE = (("JobId", "JobID"), ("JobName", "Name"), ("UserId", "UserID"), ("JobState", "State"),
-           ("Reason", "Reason"), ("NodeList", "NodeList"), ("RunTime", "TimeUsed"), ("StartTime", "StartTime"),
-           ("EndTime", "EndTime"), ("StdOut", "STDOUT"))
+_SQUEUE = (
+    ("JobId", "JobID"),
+    ("JobName", "Name"),
+    ("UserId", "UserID"),
+    ("JobState", "State"),
+    ("Reason", "Reason"),
+    ("NodeList", "NodeList"),
+    ("RunTime", "TimeUsed"),
+    ("StartTime", "StartTime"),
+    ("EndTime", "EndTime"),
+    ("StdOut", "STDOUT"),
+)
 
 
 def _from_squeue(job_id: str) -> JobState | None:
@@ -271,7 +292,17 @@ def _from_sacct(job_id: str) -> JobState | None:
     """The accounting's view of a finished job, or None where there is no accounting or no record."""
     if shutil.which("sacct") is None:
         return None
-    names = ("JobId", "JobState", "NodeList", "RunTime", "ExitCode", "StartTime", "EndTime", "UserId", "JobName")
+    names = (
+        "JobId",
+        "JobState",
+        "NodeList",
+        "RunTime",
+        "ExitCode",
+        "StartTime",
+        "EndTime",
+        "UserId",
+        "JobName",
+    )
     fmt = "JobID,State,NodeList,Elapsed,ExitCode,Start,End,UID,JobName"
     proc = call(["sacct", "--noheader", "--parsable2", "--allocations", "--jobs", job_id, f"--format={fmt}"])
     if proc.returncode != 0:
@@ -279,7 +310,10 @@ def _from_sacct(job_id: str) -> JobState | None:
     for line in proc.stdout.splitlines():
         parts = line.split("|")
         if len(parts) >= len(names) and parts[0] == job_id:
-            parts = [*parts[:len(names) - 1], "|".join(parts[len(names) - 1:])]  # the name last: it may hold a |
+            parts = [
+                *parts[: len(names) - 1],
+                "|".join(parts[len(names) - 1 :]),
+            ]  # the name last: it may hold a |
             fields = dict(zip(names, parts, strict=True))
             fields["NodeList"] = "" if fields["NodeList"] == "None assigned" else fields["NodeList"]
             # sacct says "CANCELLED by 0": the state word is the first
@@ -290,8 +324,12 @@ def _from_sacct(job_id: str) -> JobState | None:
 def job_state(job_id: str) -> JobState:
     """Where one job stands: the controller's view (scontrol, then squeue: one wrong "Invalid job
     id" is not enough), else the accounting's, else forgotten."""
-    return (_from_scontrol(job_id) or _from_squeue(job_id) or _from_sacct(job_id)
-            or JobState(job_id=job_id, phase="forgotten", source=""))
+    return (
+        _from_scontrol(job_id)
+        or _from_squeue(job_id)
+        or _from_sacct(job_id)
+        or JobState(job_id=job_id, phase="forgotten", source="")
+    )
 
 
 def job_states(job_ids: list[str]) -> dict[str, JobState]:

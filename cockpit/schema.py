@@ -137,7 +137,8 @@ class Loader:
             types = keys[name][1].types
             if not is_a(value, types):
                 raise self.fail(
-                    loc + (name,), f"'{where}' must be {a_type(types)}, not {type(value).__name__} {show(value)}"
+                    loc + (name,),
+                    f"'{where}' must be {a_type(types)}, not {type(value).__name__} {show(value)}",
                 )
             if isinstance(value, float) and not math.isfinite(value):
                 raise self.fail(loc + (name,), f"'{where}' must be a finite number, not {value!r}")
@@ -166,7 +167,9 @@ class Loader:
                 words = k.message or "'{what}' must be one of {choices}, not {value}"
                 raise self.fail(loc + (name,), words.format(choices=k.choices, **said))
             if k.items is not None and not all(is_a(v, (k.items,)) for v in value):
-                raise self.fail(loc + (name,), f"'{label}.{name}' must be an array of {type_name((k.items,))}s")
+                raise self.fail(
+                    loc + (name,), f"'{label}.{name}' must be an array of {type_name((k.items,))}s"
+                )
             if float in k.types and isinstance(value, int):
                 value = float(value)
             out[field_name] = tuple(value) if isinstance(value, list) else value
@@ -179,7 +182,8 @@ class Loader:
                 raise self.fail(loc + (name,), f"trainer arg {show(name)} is not a flag name")
             if isinstance(value, dict | list) or value is None:
                 raise self.fail(
-                    loc + (name,), f"trainer arg '{name}' must be a string, number or boolean, not {type(value).__name__}"
+                    loc + (name,),
+                    f"trainer arg '{name}' must be a string, number or boolean, not {type(value).__name__}",
                 )
             if isinstance(value, float) and not math.isfinite(value):
                 raise self.fail(loc + (name,), f"trainer arg '{name}' must be a finite number, not {value!r}")
@@ -210,7 +214,7 @@ def count(n: int) -> str:
 
 def cut(text: str, n: int = 100) -> str:
     """A long path or name cut in its middle, for a message that must stay readable."""
-    return text if len(text) <= n else f"{text[: n // 2 - 2]}...{text[-(n // 2 - 1):]}"
+    return text if len(text) <= n else f"{text[: n // 2 - 2]}...{text[-(n // 2 - 1) :]}"
 
 
 def show(value: Any) -> str:

@@ -29,14 +29,23 @@ COCKPIT_SBATCH = {
     **dict.fromkeys(("requeue", "no-requeue"), "a leg is never requeued behind your back"),
     **dict.fromkeys(("ntasks", "ntasks-per-node", "tasks-per-node"), "one torchrun per node"),
     **dict.fromkeys(("array", "wrap"), "one batch script per leg"),
-    **dict.fromkeys(("parsable", "test-only", "wait", "help", "usage", "version"), "how sbatch answers the cockpit"),
+    **dict.fromkeys(
+        ("parsable", "test-only", "wait", "help", "usage", "version"), "how sbatch answers the cockpit"
+    ),
     **dict.fromkeys(("cluster", "clusters"), "the cluster that squeue and scancel ask"),
     **dict.fromkeys(("uid", "gid"), "the user that proves a job is the leg's"),
 }
 # sbatch options a Slurm setting of the registry writes: extra_args names the setting instead
-SLURM_KEY_OPTIONS = {"partition": "partition", "account": "account", "qos": "qos", "time": "time",
-                     "nodes": "nodes", "gpus-per-node": "gpus_per_node", "cpus-per-task": "cpus_per_task",
-                     "mem": "mem"}
+SLURM_KEY_OPTIONS = {
+    "partition": "partition",
+    "account": "account",
+    "qos": "qos",
+    "time": "time",
+    "nodes": "nodes",
+    "gpus-per-node": "gpus_per_node",
+    "cpus-per-task": "cpus_per_task",
+    "mem": "mem",
+}
 WORDS = ("partition", "account", "qos", "time", "mem")  # the settings that are one word of an #SBATCH line
 
 
@@ -51,8 +60,11 @@ def extra_args_problem(items: Sequence[str]) -> str | None:
     except sbatch_opts.SbatchError as e:
         return str(e)
     for opt in options:
-        said = opt.written if opt.written == f"--{opt.name}" or opt.written.startswith(f"--{opt.name}=") \
+        said = (
+            opt.written
+            if opt.written == f"--{opt.name}" or opt.written.startswith(f"--{opt.name}=")
             else f"{opt.written} (sbatch reads --{opt.name})"
+        )
         if opt.name in COCKPIT_SBATCH:
             return f"{said} is set by the cockpit itself ({COCKPIT_SBATCH[opt.name]})"
         if opt.name in SLURM_KEY_OPTIONS:
@@ -66,8 +78,10 @@ def setting_problem(key: str, value: Any, what: str) -> str | None:
     if key in WORDS:
         word = str(value)
         if not word or SBATCH_UNSAFE.search(word):
-            return (f"'{what}' {show(word)} cannot go on an #SBATCH line (empty, or holds spaces, quotes, "
-                    "backslashes or #)")
+            return (
+                f"'{what}' {show(word)} cannot go on an #SBATCH line (empty, or holds spaces, quotes, "
+                "backslashes or #)"
+            )
         if key == "time" and not SLURM_TIME.match(word):
             return f"'{what}' must be a Slurm time limit (minutes, H:MM:SS, D-HH:MM:SS), not {show(value)}"
         if key == "mem" and not SLURM_MEM.match(word):

@@ -54,14 +54,24 @@ def _progress(m: LegMark) -> dict[str, Any] | None:
     s = m.summary
     if s is None or s.last_step is None:
         return None
-    return {"step": s.last_step, "total": s.total_steps, "pct": _num(s.pct), "loss": _num(s.last_loss),
-            "tok_per_sec": _num(s.tok_per_sec), "eta_min": _num(s.eta_min)}
+    return {
+        "step": s.last_step,
+        "total": s.total_steps,
+        "pct": _num(s.pct),
+        "loss": _num(s.last_loss),
+        "tok_per_sec": _num(s.tok_per_sec),
+        "eta_min": _num(s.eta_min),
+    }
 
 
 def _figures(row: report.ReportRow | None) -> dict[str, Any] | None:
     if row is None:
         return None
-    return {"source": str(row.source), "repeats": len(row.repeats), **{k: _num(v) for k, v in row.figures.items()}}
+    return {
+        "source": str(row.source),
+        "repeats": len(row.repeats),
+        **{k: _num(v) for k, v in row.figures.items()},
+    }
 
 
 def _delta(m: LegMark, tail: int) -> dict[str, Any] | None:
@@ -71,25 +81,61 @@ def _delta(m: LegMark, tail: int) -> dict[str, Any] | None:
     b = m.baseline
     assert b is not None and m.baseline_row is not None and m.row is not None
     rows = report.delta_rows(m.baseline_row, m.row, tail)
-    return {"vs": b.leg, "experiment": b.experiment, "dir": str(b.dir) if b.dir is not None else None,
-            "source": b.source,
-            "metrics": {d.attr: {"baseline": _num(d.baseline), "run": _num(d.run), "pct": _num(d.delta_pct),
-                                 "ci_pct": _num(d.ci_pct), "verdict": str(d.verdict), "why": d.why}
-                        for d in rows}}
+    return {
+        "vs": b.leg,
+        "experiment": b.experiment,
+        "dir": str(b.dir) if b.dir is not None else None,
+        "source": b.source,
+        "metrics": {
+            d.attr: {
+                "baseline": _num(d.baseline),
+                "run": _num(d.run),
+                "pct": _num(d.delta_pct),
+                "ci_pct": _num(d.ci_pct),
+                "verdict": str(d.verdict),
+                "why": d.why,
+            }
+            for d in rows
+        },
+    }
 
 
 def _leg(m: LegMark, tail: int) -> dict[str, Any]:
     log = str(Path(m.dir) / f"{m.log_name}.log") if m.dir and m.mark != Mark.RECORDED else None
-    return {"ref": m.ref, "experiment": m.experiment, "leg": m.leg, "mark": str(m.mark), "dir": m.dir,
-            "run": m.run, "log": log, "description": m.description, "baseline": m.is_baseline, "note": m.note,
-            "not_here": m.not_here, "pid": m.pid, "job": m.job, "progress": _progress(m),
-            "figures": _figures(m.row), "delta": _delta(m, tail)}
+    return {
+        "ref": m.ref,
+        "experiment": m.experiment,
+        "leg": m.leg,
+        "mark": str(m.mark),
+        "dir": m.dir,
+        "run": m.run,
+        "log": log,
+        "description": m.description,
+        "baseline": m.is_baseline,
+        "note": m.note,
+        "not_here": m.not_here,
+        "pid": m.pid,
+        "job": m.job,
+        "progress": _progress(m),
+        "figures": _figures(m.row),
+        "delta": _delta(m, tail),
+    }
 
 
 def _experiment(e: ExperimentState, tail: int) -> dict[str, Any]:
-    return {"id": e.id, "title": e.title, "device": e.device, "nproc_per_node": e.nproc_per_node,
-            "baseline": e.baseline, "hypothesis": e.hypothesis, "decision": e.decision, "notes": list(e.notes),
-            "prepare": e.prepare_text, "dirs": list(e.dirs), "legs": [_leg(m, tail) for m in e.legs]}
+    return {
+        "id": e.id,
+        "title": e.title,
+        "device": e.device,
+        "nproc_per_node": e.nproc_per_node,
+        "baseline": e.baseline,
+        "hypothesis": e.hypothesis,
+        "decision": e.decision,
+        "notes": list(e.notes),
+        "prepare": e.prepare_text,
+        "dirs": list(e.dirs),
+        "legs": [_leg(m, tail) for m in e.legs],
+    }
 
 
 def _dir(d: expdir.ExpDir) -> dict[str, Any]:
@@ -97,15 +143,24 @@ def _dir(d: expdir.ExpDir) -> dict[str, Any]:
     legs = {}
     for run in d.legs:
         st = d.states.get(run)
-        legs[run] = str(st.status) if st is not None else "log" if fsutil.is_regular(d.log(run)) else "not started"
+        legs[run] = (
+            str(st.status) if st is not None else "log" if fsutil.is_regular(d.log(run)) else "not started"
+        )
     return {"path": str(d.path), "experiment": d.experiment, "problem": d.problem, "legs": legs}
 
 
 def _next(n: NextLeg | None) -> dict[str, Any] | None:
     if n is None:
         return None
-    return {"experiment": n.experiment, "leg": n.leg, "mark": str(n.mark), "description": n.description,
-            "command": n.command, "report_command": n.report_command, "cockpit": n.cockpit}
+    return {
+        "experiment": n.experiment,
+        "leg": n.leg,
+        "mark": str(n.mark),
+        "description": n.description,
+        "command": n.command,
+        "report_command": n.report_command,
+        "cockpit": n.cockpit,
+    }
 
 
 def document(state: ResumeState) -> dict[str, Any]:
@@ -120,10 +175,17 @@ def document(state: ResumeState) -> dict[str, Any]:
         "workdir": state.workdir,
         "tail": state.tail,
         "activity": state.activity,
-        "branch": None if co is None else {"current": co.current, "expected": co.expected, "ok": co.ok,
-                                           "text": co.text()},
-        "gpus": {"state": g.state, "text": g.text, "count": g.count, "busy": list(g.busy), "visible": g.visible,
-                 "reason": g.reason},
+        "branch": None
+        if co is None
+        else {"current": co.current, "expected": co.expected, "ok": co.ok, "text": co.text()},
+        "gpus": {
+            "state": g.state,
+            "text": g.text,
+            "count": g.count,
+            "busy": list(g.busy),
+            "visible": g.visible,
+            "reason": g.reason,
+        },
         "experiments": [_experiment(e, state.tail) for e in state.experiments],
         "running": [m.ref for m in state.running],
         "active": [m.ref for m in state.active],
@@ -139,4 +201,3 @@ def dumps(state: ResumeState) -> str:
     """The document as JSON text: indented, ASCII only (every other character escaped), strict
     (no NaN or Infinity, which JSON does not have)."""
     return json.dumps(document(state), indent=2, ensure_ascii=True, allow_nan=False)
-

@@ -57,17 +57,71 @@ RESOLVE_MAX = 1000  # repeats per leg beyond which a difference is called unreso
 # Two-sided 95% quantiles of Student's t for 1..30 degrees of freedom; beyond 30 the
 # Cornish-Fisher expansion around the normal quantile is exact to 1e-4.
 _T975 = (
-    12.7062, 4.3027, 3.1824, 2.7764, 2.5706, 2.4469, 2.3646, 2.3060, 2.2622, 2.2281,
-    2.2010, 2.1788, 2.1604, 2.1448, 2.1314, 2.1199, 2.1098, 2.1009, 2.0930, 2.0860,
-    2.0796, 2.0739, 2.0687, 2.0639, 2.0595, 2.0555, 2.0518, 2.0484, 2.0452, 2.0423,
+    12.7062,
+    4.3027,
+    3.1824,
+    2.7764,
+    2.5706,
+    2.4469,
+    2.3646,
+    2.3060,
+    2.2622,
+    2.2281,
+    2.2010,
+    2.1788,
+    2.1604,
+    2.1448,
+    2.1314,
+    2.1199,
+    2.1098,
+    2.1009,
+    2.0930,
+    2.0860,
+    2.0796,
+    2.0739,
+    2.0687,
+    2.0639,
+    2.0595,
+    2.0555,
+    2.0518,
+    2.0484,
+    2.0452,
+    2.0423,
 )
 _Z975 = 1.959964
 # The 2.5% quantiles of chi-square for 1..30 degrees of freedom; beyond 30 the Wilson-Hilferty
 # cube-root approximation is exact to 1e-3 relative.
 _CHI2_025 = (
-    0.000982069, 0.0506356, 0.215795, 0.484419, 0.831212, 1.23734, 1.68987, 2.17973, 2.70039, 3.24697,
-    3.81575, 4.40379, 5.00875, 5.62873, 6.26214, 6.90766, 7.56419, 8.23075, 8.90652, 9.59078,
-    10.2829, 10.9823, 11.6886, 12.4012, 13.1197, 13.8439, 14.5734, 15.3079, 16.0471, 16.7908,
+    0.000982069,
+    0.0506356,
+    0.215795,
+    0.484419,
+    0.831212,
+    1.23734,
+    1.68987,
+    2.17973,
+    2.70039,
+    3.24697,
+    3.81575,
+    4.40379,
+    5.00875,
+    5.62873,
+    6.26214,
+    6.90766,
+    7.56419,
+    8.23075,
+    8.90652,
+    9.59078,
+    10.2829,
+    10.9823,
+    11.6886,
+    12.4012,
+    13.1197,
+    13.8439,
+    14.5734,
+    15.3079,
+    16.0471,
+    16.7908,
 )
 
 
@@ -262,7 +316,9 @@ def compare(base: Estimate | None, run: Estimate | None) -> Delta:
         return Delta(None, None, Verdict.NONE, why, runs)
     va, vb = base.rel_se * base.rel_se, run.rel_se * run.rel_se  # `*` overflows to inf; `**` raises
     if not (math.isfinite(va) and math.isfinite(vb)):
-        return Delta(pct, None, Verdict.NONE, "mean is 0" if 0 in (base.mean, run.mean) else "spread too large", runs)
+        return Delta(
+            pct, None, Verdict.NONE, "mean is 0" if 0 in (base.mean, run.mean) else "spread too large", runs
+        )
     ratio = run.mean / base.mean
     se = abs(ratio) * math.sqrt(va + vb)
     if se == 0:  # two constant series: any difference is exact

@@ -32,8 +32,18 @@ from cockpit.plots import Series
 from cockpit.vocab import DEFAULT_TAIL
 
 STEP_COLUMNS = (
-    "step", "total", "loss", "bal", "lrm", "dt_ms", "tok_per_sec", "mfu", "epoch",
-    "total_time_min", "eta_min", "drop_pct",
+    "step",
+    "total",
+    "loss",
+    "bal",
+    "lrm",
+    "dt_ms",
+    "tok_per_sec",
+    "mfu",
+    "epoch",
+    "total_time_min",
+    "eta_min",
+    "drop_pct",
 )
 BASELINE_COLUMN = "baseline"  # after the step columns: 1 on the baseline's rows
 
@@ -44,8 +54,12 @@ PARALLEL_MIN_BYTES = 64 << 20  # logs of less, all told, are read in this proces
 PARALLEL_MAX_WORKERS = 8
 
 
-def stream_steps(jobs: list[tuple[str, str]], out: BinaryIO, tail: int = DEFAULT_TAIL,
-                 baseline: frozenset[str] = frozenset()) -> dict[str, dict[str, Series]]:
+def stream_steps(
+    jobs: list[tuple[str, str]],
+    out: BinaryIO,
+    tail: int = DEFAULT_TAIL,
+    baseline: frozenset[str] = frozenset(),
+) -> dict[str, dict[str, Series]]:
     """Write every step line of each (run, log path) of `jobs` to `out` as CSV rows (bytes),
     numbers as the log printed them, `baseline` 1 for the runs named in `baseline`; return each
     run's plotted series.
@@ -58,7 +72,9 @@ def stream_steps(jobs: list[tuple[str, str]], out: BinaryIO, tail: int = DEFAULT
     workers = _workers([path for _, path in jobs])
     tmp = tempfile.mkdtemp(prefix="cockpit-report-") if workers > 1 else None  # private: 0700
     try:
-        done = _in_workers(jobs, tail, workers, tmp, baseline) if tmp else {}  # job -> (its part file, its series)
+        done = (
+            _in_workers(jobs, tail, workers, tmp, baseline) if tmp else {}
+        )  # job -> (its part file, its series)
         series: dict[str, dict[str, Series]] = {}
         for i, (run, path) in enumerate(jobs):
             if i in done:
@@ -98,22 +114,39 @@ def _workers(paths: list[str]) -> int:
     return max(1, min(len(paths), os.cpu_count() or 1, PARALLEL_MAX_WORKERS))
 
 
-def _in_workers(jobs: list[tuple[str, str]], tail: int, workers: int, tmp: str,
-                baseline: frozenset[str] = frozenset()) -> dict[int, tuple[str, dict[str, Series]]]:
+def _in_workers(
+    jobs: list[tuple[str, str]], tail: int, workers: int, tmp: str, baseline: frozenset[str] = frozenset()
+) -> dict[int, tuple[str, dict[str, Series]]]:
     """Jobs read by `workers` processes, job i by worker i % workers: {job: (part file, series)}
     for each one a worker did (its part complete, its series pickled beside it)."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        p for p in (str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")) if p)}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(
+            p for p in (str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")) if p
+        ),
+    }
     procs = []
     for w in range(workers):
         mine = list(range(w, len(jobs), workers))
         spec = os.path.join(tmp, f"w{w}.jobs")
         with open(fsutil.create_new(spec), "wb") as f:
-            pickle.dump([(i, jobs[i][0], jobs[i][1], tail, os.path.join(tmp, f"{i}.csv"), jobs[i][0] in baseline)
-                         for i in mine], f)
+            pickle.dump(
+                [
+                    (i, jobs[i][0], jobs[i][1], tail, os.path.join(tmp, f"{i}.csv"), jobs[i][0] in baseline)
+                    for i in mine
+                ],
+                f,
+            )
         try:
-            procs.append(subprocess.Popen([sys.executable, "-c", _WORKER, spec], env=env, stdin=subprocess.DEVNULL,
-                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-c", _WORKER, spec],
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
         except OSError:
             continue  # its logs are read here
     try:

@@ -159,7 +159,9 @@ class Supervisor:
         self.started: dict[str, Started] = {}  # runs running now
         self.max_parallel = 1
         self.record: dict = {}  # state/supervisor.json
-        self._waits: dict[str, tuple[float, str]] = {}  # run -> when its wait for busy GPUs began (clock, words)
+        self._waits: dict[
+            str, tuple[float, str]
+        ] = {}  # run -> when its wait for busy GPUs began (clock, words)
         self._snap: gpus.Snapshot | None = None
         self._snap_at = -1e9
         self._snap_for: str | None = None  # the run the last sample was taken for
@@ -196,7 +198,9 @@ class Supervisor:
         return try_lock(path, f"{what} is held by another supervisor", root=self.exp_dir)
 
     def _write_record(self) -> None:
-        fsutil.atomic_write_json(self.exp_dir / STATE_DIR / f"{SUPERVISOR}.json", self.record, root=self.exp_dir)
+        fsutil.atomic_write_json(
+            self.exp_dir / STATE_DIR / f"{SUPERVISOR}.json", self.record, root=self.exp_dir
+        )
 
     # ------------------------------------------------------------------------------------------
     def run(self) -> int:
@@ -220,25 +224,41 @@ class Supervisor:
         try:
             if self.lock_fd is None:  # started by hand: take the experiment's queue lock ourselves
                 root = self.exp_dir.parent
-                fds.append(try_lock(lock_path(root, plan.experiment),
-                                    f"experiment '{plan.experiment}' is held by another supervisor", root=root))
+                fds.append(
+                    try_lock(
+                        lock_path(root, plan.experiment),
+                        f"experiment '{plan.experiment}' is held by another supervisor",
+                        root=root,
+                    )
+                )
             for spec in plan.runs:  # a leg left running by a killed supervisor is never started twice
                 prev = read_state(self.exp_dir, spec.name)
                 if prev is not None and prev.status == Status.RUNNING:
-                    now = reconcile(self.exp_dir, prev, False, leg_expect(self.exp_dir, spec.name, list(spec.argv)))
+                    now = reconcile(
+                        self.exp_dir, prev, False, leg_expect(self.exp_dir, spec.name, list(spec.argv))
+                    )
                     if now.status == Status.RUNNING:
-                        raise RunError(f"leg {spec.name} still runs (torchrun pid {prev.pid}) from an earlier "
-                                       f"supervisor; stop it first: cockpit stop {self.exp_dir} {spec.name}")
+                        raise RunError(
+                            f"leg {spec.name} still runs (torchrun pid {prev.pid}) from an earlier "
+                            f"supervisor; stop it first: cockpit stop {self.exp_dir} {spec.name}"
+                        )
                     if now.status == Status.UNKNOWN:
-                        raise RunError(f"leg {spec.name} may still run (pid {prev.pid}): {now.note}; "
-                                       f"make sure it is gone before running this dir again")
+                        raise RunError(
+                            f"leg {spec.name} may still run (pid {prev.pid}): {now.note}; "
+                            f"make sure it is gone before running this dir again"
+                        )
             first = self._first_runs(plan)
         except BaseException:
             for fd in fds:
                 os.close(fd)
             raise
-        self.record = {"pid": self.me, "create_time": self.my_create_time, "started_at": now_iso(), "ended_at": None,
-                       "continuations": sorted(c.n for c in plan.continuations)}
+        self.record = {
+            "pid": self.me,
+            "create_time": self.my_create_time,
+            "started_at": now_iso(),
+            "ended_at": None,
+            "continuations": sorted(c.n for c in plan.continuations),
+        }
         old = self._install_signals()
         try:
             try:
@@ -270,7 +290,9 @@ class Supervisor:
             return out
         cont = plan.continuation(self.continuation)
         if cont is None:
-            raise RunError(f"{continuation_path(self.exp_dir, self.continuation)}: no such continuation of this dir")
+            raise RunError(
+                f"{continuation_path(self.exp_dir, self.continuation)}: no such continuation of this dir"
+            )
         return self._asked(cont)
 
     def _asked(self, cont: Continued) -> list[str]:
@@ -289,9 +311,16 @@ class Supervisor:
 
     def _enqueue(self, name: str) -> None:
         prev = self.states.get(name) or read_state(self.exp_dir, name)
-        self.put(LegState(name, Status.QUEUED, log=str(self.log_path(name)),
-                          log_id=prev.log_id if prev is not None else None,
-                          supervisor_pid=self.me, supervisor_create_time=self.my_create_time))
+        self.put(
+            LegState(
+                name,
+                Status.QUEUED,
+                log=str(self.log_path(name)),
+                log_id=prev.log_id if prev is not None else None,
+                supervisor_pid=self.me,
+                supervisor_create_time=self.my_create_time,
+            )
+        )
         self.queue.append(name)
 
     def _queue(self, plan: Plan, first: list[str]) -> int:
@@ -357,7 +386,9 @@ class Supervisor:
             for name in asked:
                 self._enqueue(name)
             self.record.setdefault("continuations", []).append(cont.n)
-            self.say(f"continuation {cont.file}: queued {', '.join(asked) or 'nothing (every run it asks for started already)'}")
+            self.say(
+                f"continuation {cont.file}: queued {', '.join(asked) or 'nothing (every run it asks for started already)'}"
+            )
             queued = queued or bool(asked)
         self.plan = dataclasses.replace(plan, runs=tuple(self.specs.values()))
         try:
@@ -374,8 +405,12 @@ class Supervisor:
                 self.queue.pop(0)
                 self._waits.pop(name, None)
                 waited = self.states[name].status == Status.WAITING
-                self._finish(name, Status.STOPPED, note="stopped by request " + (
-                    "while waiting for GPUs" if waited else "before it started"))
+                self._finish(
+                    name,
+                    Status.STOPPED,
+                    note="stopped by request "
+                    + ("while waiting for GPUs" if waited else "before it started"),
+                )
                 continue
             try:
                 placed = self._place(spec)
@@ -397,7 +432,9 @@ class Supervisor:
 
     def _fault_ends(self, name: str, e: BaseException) -> LegState:
         line = self.fault(name, e)
-        return self._finish(name, Status.FAILED, note=f"supervisor fault: {line}", error_tail=[f"supervisor: {line}"])
+        return self._finish(
+            name, Status.FAILED, note=f"supervisor fault: {line}", error_tail=[f"supervisor: {line}"]
+        )
 
     def _watch(self) -> None:
         """Each running leg: asked to stop, stop it (beside the loop: the others are watched on);
@@ -429,7 +466,9 @@ class Supervisor:
         if st.status == Status.FAILED and self.plan.on_failure == "stop" and self.queue:
             self.say(f"{st.leg} failed: stopping the queue (on_failure = stop)")
             for rest in self.queue:
-                self._finish(rest, Status.STOPPED, note=f"queue stopped after {st.leg} failed (on_failure = stop)")
+                self._finish(
+                    rest, Status.STOPPED, note=f"queue stopped after {st.leg} failed (on_failure = stop)"
+                )
             self.queue.clear()
             self._waits.clear()
 
@@ -450,8 +489,13 @@ class Supervisor:
         argv, creates = list(spec.argv), list(spec.creates)
         mark = spec.mark_in(self.exp_dir)  # this dir's exp_root's (a plan may name any file)
         log = self.exp_dir / f"{PREPARE}.log"
-        st = LegState(PREPARE, Status.QUEUED, log=str(log), supervisor_pid=self.me,
-                      supervisor_create_time=self.my_create_time)
+        st = LegState(
+            PREPARE,
+            Status.QUEUED,
+            log=str(log),
+            supervisor_pid=self.me,
+            supervisor_create_time=self.my_create_time,
+        )
         missing = [c for c in creates if not os.path.lexists(c)]
         if mark is not None and os.path.lexists(mark):
             missing = creates  # an earlier run did not end well: what it left is not trusted
@@ -462,7 +506,11 @@ class Supervisor:
             self.say(f"{PREPARE}: skipped, {', '.join(creates)} exist")
             return None
         if self.stop_all:
-            st.status, st.note, st.ended_at = Status.STOPPED, "stopped by request before it started", now_iso()
+            st.status, st.note, st.ended_at = (
+                Status.STOPPED,
+                "stopped by request before it started",
+                now_iso(),
+            )
             self._put_prepare(st)
             return st
         cwd = plan.cwd or str(self.exp_dir)
@@ -478,13 +526,22 @@ class Supervisor:
             try:
                 root = self.exp_dir.parent
                 fsutil.make_dirs(Path(mark).parent, root=root)
-                fsutil.atomic_write_json(mark, {"dir": str(self.exp_dir), "started_at": st.started_at}, root=root)
+                fsutil.atomic_write_json(
+                    mark, {"dir": str(self.exp_dir), "started_at": st.started_at}, root=root
+                )
             except OSError as e:
                 os.close(fd)
                 return self._prepare_done(st, Status.FAILED, f"cannot write {mark}: {fsutil.oneline(e)}")
         try:
-            proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=fd,
-                                    stderr=subprocess.STDOUT, start_new_session=True)
+            proc = subprocess.Popen(
+                argv,
+                cwd=cwd,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=fd,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         except (OSError, ValueError) as e:
             return self._prepare_done(st, Status.FAILED, f"could not start: {fsutil.oneline(e)}")
         finally:
@@ -523,7 +580,9 @@ class Supervisor:
         self._prepare_done(st, Status.DONE, None)
         return None
 
-    def _prepare_done(self, st: LegState, status: Status, note: str | None, tail: list[str] | None = None) -> LegState:
+    def _prepare_done(
+        self, st: LegState, status: Status, note: str | None, tail: list[str] | None = None
+    ) -> LegState:
         st.status, st.note, st.ended_at = status, note, now_iso()
         st.error_tail = list(tail or ([note] if note and status == Status.FAILED else []))
         self._put_prepare(st)
@@ -538,8 +597,12 @@ class Supervisor:
             if prep.status == Status.STOPPED:
                 self._finish(name, Status.STOPPED, note="stopped by request while preparing")
             elif i == 0:
-                st = self._finish(name, Status.FAILED, note=f"{PREPARE} failed: {prep.note}",
-                                  error_tail=[f"{PREPARE}: {line}" for line in prep.error_tail])
+                st = self._finish(
+                    name,
+                    Status.FAILED,
+                    note=f"{PREPARE} failed: {prep.note}",
+                    error_tail=[f"{PREPARE}: {line}" for line in prep.error_tail],
+                )
                 self._notify(plan, st)
             else:
                 self._finish(name, Status.STOPPED, note=f"not started: {PREPARE} failed")
@@ -607,9 +670,14 @@ class Supervisor:
                 return Placement(indices, {}, f"preflight: {why}{alone}")
             return self._wait_gpus(name, why, wait_s)
         if len(pool) < need:
-            return self._finish(name, Status.FAILED, note=f"needs {need} GPUs, {len(pool)} to place legs on",
-                                error_tail=[f"preflight: needs {need} GPUs, {source} gives {len(pool)}: "
-                                            f"{gpus.fmt_set(pool)}"])
+            return self._finish(
+                name,
+                Status.FAILED,
+                note=f"needs {need} GPUs, {len(pool)} to place legs on",
+                error_tail=[
+                    f"preflight: needs {need} GPUs, {source} gives {len(pool)}: {gpus.fmt_set(pool)}"
+                ],
+            )
         got, why = gpus.pick(snap, pool, held, need, max_util, max_mem)
         if got is not None:
             pin = {"CUDA_VISIBLE_DEVICES": gpus.fmt_set(got), "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
@@ -630,8 +698,12 @@ class Supervisor:
         since = self._waits.setdefault(name, (time.monotonic(), now_iso()))
         if time.monotonic() - since[0] >= wait_s:
             self._waits.pop(name, None)
-            return self._finish(name, Status.FAILED, note="GPUs not idle in time",
-                                error_tail=[f"preflight: GPUs not idle after {wait_s:.0f}s: {why}"])
+            return self._finish(
+                name,
+                Status.FAILED,
+                note="GPUs not idle in time",
+                error_tail=[f"preflight: GPUs not idle after {wait_s:.0f}s: {why}"],
+            )
         reason = f"{why} (waiting since {since[1]}, up to {wait_s:.0f}s)"
         if (st.status, st.waiting_reason) != (Status.WAITING, reason):
             st.status, st.waiting_reason = Status.WAITING, reason
@@ -647,8 +719,10 @@ class Supervisor:
             fd = fsutil.create_new(path, root=self.exp_dir)
         except FileExistsError:
             if st.log_id is None:
-                return (f"log path taken: {path} exists and was not created by the supervisor "
-                        f"({_what_is(path)}); nothing started")
+                return (
+                    f"log path taken: {path} exists and was not created by the supervisor "
+                    f"({_what_is(path)}); nothing started"
+                )
             try:
                 return fsutil.open_append(path, root=self.exp_dir, expect=tuple(st.log_id))
             except OSError as e:
@@ -690,16 +764,29 @@ class Supervisor:
         argv = list(spec.argv)
         log_fd = self._open_log(st)
         if isinstance(log_fd, str):
-            self._finish(name, Status.FAILED, note=log_fd, exit_code=None, error_tail=[log_fd], started_at=now_iso())
+            self._finish(
+                name, Status.FAILED, note=log_fd, exit_code=None, error_tail=[log_fd], started_at=now_iso()
+            )
             return None
         try:
             proc = subprocess.Popen(
-                argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=log_fd, stderr=subprocess.STDOUT,
+                argv,
+                cwd=cwd,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log_fd,
+                stderr=subprocess.STDOUT,
                 start_new_session=True,  # our signals only: a Ctrl-C at the terminal reaches us, not it
             )
         except (OSError, ValueError) as e:
-            self._finish(name, Status.FAILED, note="could not start torchrun", exit_code=None,
-                         error_tail=[f"{argv[0]}: {fsutil.oneline(e)}"], started_at=now_iso())
+            self._finish(
+                name,
+                Status.FAILED,
+                note="could not start torchrun",
+                exit_code=None,
+                error_tail=[f"{argv[0]}: {fsutil.oneline(e)}"],
+                started_at=now_iso(),
+            )
             return None
         finally:
             os.close(log_fd)  # the child holds its own copy
@@ -744,8 +831,10 @@ class Supervisor:
         left = procs.marked(leg_env(self.exp_dir, name))
         if left:
             killed = procs.terminate_all(left, min(self.grace_s, 5.0))
-            self.say(f"{name}: stopped {len(left)} processes left behind by torchrun "
-                     f"({len(killed)} needed SIGKILL): {', '.join(str(p.pid) for p in left)}")
+            self.say(
+                f"{name}: stopped {len(left)} processes left behind by torchrun "
+                f"({len(killed)} needed SIGKILL): {', '.join(str(p.pid) for p in left)}"
+            )
 
     # ------------------------------------------------------------------------------------------
     def _report(self, tail: int) -> None:
@@ -761,8 +850,13 @@ class Supervisor:
         hang or be missing: that is said in the supervisor's log and the leg's state, never more."""
         if plan.notify is None:
             return
-        fields = {"event": str(st.status), "experiment": plan.experiment, "leg": st.leg,
-                  "dir": str(self.exp_dir), "log": str(self.log_path(st.leg))}
+        fields = {
+            "event": str(st.status),
+            "experiment": plan.experiment,
+            "leg": st.leg,
+            "dir": str(self.exp_dir),
+            "log": str(self.log_path(st.leg)),
+        }
         why = run_notify(reg.fill_notify(list(plan.notify.argv), fields), plan.notify.timeout_s, self.exp_dir)
         if why is None:
             self.say(f"{st.leg}: notified ({st.status})")
@@ -814,8 +908,14 @@ def run_notify(argv: list[str], timeout_s: float, cwd: Path) -> str | None:
     it left behind holding stdout does not hold the queue up, and the pipe is closed then, so a
     child that goes on writing to it is not kept blocked on a supervisor that no longer reads."""
     try:
-        proc = subprocess.Popen(argv, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            argv,
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     except (OSError, ValueError) as e:
         return f"could not run: {safetext.oneline(fsutil.oneline(e))[:200]}"
     try:
@@ -858,13 +958,21 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m cockpit.supervisor", description=__doc__.split("\n")[0])
     p.add_argument("exp_dir")
     p.add_argument("--lock-fd", type=int, default=None, help="the experiment lock, handed over by launch")
-    p.add_argument("--grace", type=float, default=None, help="seconds between SIGTERM and SIGKILL (default: the plan's)")
-    p.add_argument("--continuation", type=int, default=None, metavar="N",
-                   help="run only what the dir's plan.<N>.json asks for (runs that never started)")
+    p.add_argument(
+        "--grace", type=float, default=None, help="seconds between SIGTERM and SIGKILL (default: the plan's)"
+    )
+    p.add_argument(
+        "--continuation",
+        type=int,
+        default=None,
+        metavar="N",
+        help="run only what the dir's plan.<N>.json asks for (runs that never started)",
+    )
     args = p.parse_args(argv)
     try:
-        return Supervisor(args.exp_dir, lock_fd=args.lock_fd, grace_s=args.grace,
-                          continuation=args.continuation).run()
+        return Supervisor(
+            args.exp_dir, lock_fd=args.lock_fd, grace_s=args.grace, continuation=args.continuation
+        ).run()
     except RunError as e:
         _last_words(f"supervisor: {e}")
         return 2

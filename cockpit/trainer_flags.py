@@ -53,11 +53,15 @@ class Known:
     command: str = ""  # what was asked: `python -m MODULE --help`
 
 
-_FIND = ("import importlib.util, sys; s = importlib.util.find_spec(sys.argv[1]); "
-         "print(s.origin if s is not None and s.origin else '')")
+_FIND = (
+    "import importlib.util, sys; s = importlib.util.find_spec(sys.argv[1]); "
+    "print(s.origin if s is not None and s.origin else '')"
+)
 
 
-def module_file(module: str, workdir: Path, python: str | None = None, env: Mapping[str, str] | None = None) -> Path | None:
+def module_file(
+    module: str, workdir: Path, python: str | None = None, env: Mapping[str, str] | None = None
+) -> Path | None:
     """The file `python -m MODULE` runs: in the checkout (MODULE.py, or a package's __main__.py),
     else where the legs' `python` finds it (an installed module; its parent package is imported
     to find it); None when neither says."""
@@ -68,8 +72,15 @@ def module_file(module: str, workdir: Path, python: str | None = None, env: Mapp
     if python is None:
         return None
     try:
-        out = subprocess.run([python, "-c", _FIND, module], cwd=workdir, env=_env(workdir, env), capture_output=True,
-                             text=True, timeout=FIND_TIMEOUT_S, stdin=subprocess.DEVNULL)
+        out = subprocess.run(
+            [python, "-c", _FIND, module],
+            cwd=workdir,
+            env=_env(workdir, env),
+            capture_output=True,
+            text=True,
+            timeout=FIND_TIMEOUT_S,
+            stdin=subprocess.DEVNULL,
+        )
     except (OSError, ValueError, subprocess.SubprocessError):
         return None
     found = Path(out.stdout.strip()) if out.returncode == 0 and out.stdout.strip() else None
@@ -92,8 +103,15 @@ def parse_help(text: str) -> frozenset[str]:
     return frozenset(_FLAG.findall(text)) - {"help"}
 
 
-def ask(module: str, python: str, workdir: Path, env: Mapping[str, str] | None = None,
-        exp_root: Path | None = None, write_cache: bool = False, timeout: float = HELP_TIMEOUT_S) -> Known:
+def ask(
+    module: str,
+    python: str,
+    workdir: Path,
+    env: Mapping[str, str] | None = None,
+    exp_root: Path | None = None,
+    write_cache: bool = False,
+    timeout: float = HELP_TIMEOUT_S,
+) -> Known:
     """The flags `module` takes, asked of it (see the module's docstring). `exp_root`: where the
     answer is cached (read; written too with `write_cache`, never by a dry run)."""
     command = f"{python} -m {module} --help"
@@ -102,7 +120,9 @@ def ask(module: str, python: str, workdir: Path, env: Mapping[str, str] | None =
     key = (python, module, digest) if digest is not None else None
     cache = exp_root / CACHE_DIR / f"{digest}.json" if exp_root is not None and digest is not None else None
     known = _memo.get(key) if key is not None else None
-    cached = known is None and cache is not None and (known := _read_cache(cache, module, command)) is not None
+    cached = (
+        known is None and cache is not None and (known := _read_cache(cache, module, command)) is not None
+    )
     if known is None:
         known = _run_help(module, python, workdir, env, timeout, command)
     if known.flags is not None and cache is not None and write_cache and not cached and exp_root is not None:
@@ -149,18 +169,27 @@ def _write_cache(path: Path, exp_root: Path, module: str, file: Path | None, kno
         return
     try:
         fsutil.make_dirs(path.parent, root=exp_root)
-        fsutil.atomic_write_json(path, {"module": module, "file": str(file), "flags": sorted(known.flags or ())},
-                                 root=path.parent)
+        fsutil.atomic_write_json(
+            path, {"module": module, "file": str(file), "flags": sorted(known.flags or ())}, root=path.parent
+        )
     except OSError:
         pass
 
 
-def _run_help(module: str, python: str, workdir: Path, env: Mapping[str, str] | None, timeout: float,
-              command: str) -> Known:
+def _run_help(
+    module: str, python: str, workdir: Path, env: Mapping[str, str] | None, timeout: float, command: str
+) -> Known:
     """`python -m MODULE --help` in the checkout, its own session (killed whole on a timeout)."""
     try:
-        proc = subprocess.Popen([python, "-m", module, "--help"], cwd=workdir, env=_env(workdir, env), stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+        proc = subprocess.Popen(
+            [python, "-m", module, "--help"],
+            cwd=workdir,
+            env=_env(workdir, env),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
     except (OSError, ValueError) as e:
         return Known(None, f"cannot run {python}: {fsutil.oneline(e)}", command)
     try:

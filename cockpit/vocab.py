@@ -102,7 +102,13 @@ DEFAULT_TAIL = 50
 # figures.Figures holds them, then QUALITY's, under these names.
 METRICS = ("tok_per_sec", "dt_ms", "mfu", "peak_mem_mib", "total_time_min")
 # Which way is better, for colouring a delta: more tokens and MFU; less time and memory.
-HIGHER_IS_BETTER = {"tok_per_sec": True, "dt_ms": False, "mfu": True, "peak_mem_mib": False, "total_time_min": False}
+HIGHER_IS_BETTER = {
+    "tok_per_sec": True,
+    "dt_ms": False,
+    "mfu": True,
+    "peak_mem_mib": False,
+    "total_time_min": False,
+}
 # The metrics measured at every step: their tail windows have a spread, so their deltas a verdict.
 STEP_METRICS = ("tok_per_sec", "dt_ms", "mfu")
 # Quality and routing, beside speed: the lowest and the last validation bpb, the last step's loss,

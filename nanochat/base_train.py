@@ -77,7 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog=PROG, description="Pretrain a nanochat GPT (dense or MoE).")
     # logging / runtime
     p.add_argument("--run", type=str, default="dummy", help="wandb run name ('dummy': no experiment tracker)")
-    p.add_argument("--wandb-log-every", type=int, default=100, help="log the step series to wandb every N steps (and the last)")
+    p.add_argument(
+        "--wandb-log-every",
+        type=int,
+        default=100,
+        help="log the step series to wandb every N steps (and the last)",
+    )
     p.add_argument("--device-type", type=str, default="", help="cuda|cpu|mps; empty = autodetect")
     p.add_argument("--seed", type=int, default=42)
     # model
@@ -87,14 +92,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-seq-len", type=int, default=2048)
     p.add_argument("--window-pattern", type=str, default="SSSL",
                    help="attention window per layer, tiled (L = full context, S = half); the last layer is L")  # fmt: skip
-    p.add_argument("--vocab-size", type=int, default=None, help="--data synthetic only (default 32768); parquet: the tokenizer's")
+    p.add_argument(
+        "--vocab-size",
+        type=int,
+        default=None,
+        help="--data synthetic only (default 32768); parquet: the tokenizer's",
+    )
     # mixture of experts
     p.add_argument("--use-moe", action="store_true", help="MoE block instead of the MLP")
     p.add_argument("--n-experts", type=int, default=8)
     p.add_argument("--expert-topk", type=int, default=2)
     p.add_argument("--moe-freq", type=int, default=1, help="MoE in every moe_freq-th layer")
     p.add_argument("--expert-hidden-mult", type=float, default=4.0, help="expert hidden = mult x model_dim")
-    p.add_argument("--balance-loss-coeff", type=float, default=0.01, help="x the balance losses summed over MoE layers")
+    p.add_argument(
+        "--balance-loss-coeff", type=float, default=0.01, help="x the balance losses summed over MoE layers"
+    )
     p.add_argument("--moe-capacity-factor", type=float, default=0.0, help="0 = dropless; >0 = fixed capacity")
     p.add_argument("--moe-drop-order", choices=moe_lib.DROP_ORDERS, default="token",
                    help="which assignments a full expert drops: token = the batch's last tokens (the fork's), "
@@ -104,30 +116,59 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fp8", action="store_true", help="FP8 matmuls for the linear layers (nanochat/fp8.py)")
     p.add_argument("--fp8-include-moe-experts", action="store_true", help="FP8 for the expert matmuls too")
     p.add_argument("--compile-mode", choices=["auto", "static", "dynamic", "none"], default="auto")
-    p.add_argument("--compile-backend", type=str, default="inductor", help="torch.compile backend (tests: aot_eager)")
+    p.add_argument(
+        "--compile-backend", type=str, default="inductor", help="torch.compile backend (tests: aot_eager)"
+    )
     # batch / schedule
     p.add_argument("--device-batch-size", type=int, default=16, help="sequences per rank per micro-step")
     p.add_argument("--total-batch-size", type=int, default=-1,
                    help="tokens per optimizer step; -1 = from the training horizon (2^19 at d12, x (D/D_d12)^0.383)")  # fmt: skip
-    p.add_argument("--num-iterations", type=int, default=-1, help="-1 = from --target-flops, else --target-param-data-ratio")
-    p.add_argument("--target-flops", type=float, default=-1.0, help="steps to spend this many FLOPs; -1 = not used")
-    p.add_argument("--target-param-data-ratio", type=float, default=10.5, help="training tokens per scaling parameter")
+    p.add_argument(
+        "--num-iterations",
+        type=int,
+        default=-1,
+        help="-1 = from --target-flops, else --target-param-data-ratio",
+    )
+    p.add_argument(
+        "--target-flops", type=float, default=-1.0, help="steps to spend this many FLOPs; -1 = not used"
+    )
+    p.add_argument(
+        "--target-param-data-ratio", type=float, default=10.5, help="training tokens per scaling parameter"
+    )
     # every lr below is multiplied by sqrt(total batch / 2^19), as the fork's
-    p.add_argument("--embedding-lr", type=float, default=0.3, help="AdamW, token and value embeddings (x 1/sqrt(width/768))")
+    p.add_argument(
+        "--embedding-lr",
+        type=float,
+        default=0.3,
+        help="AdamW, token and value embeddings (x 1/sqrt(width/768))",
+    )
     p.add_argument("--unembedding-lr", type=float, default=0.004, help="AdamW, lm_head (x 1/sqrt(width/768))")
     p.add_argument("--matrix-lr", type=float, default=0.02, help="Muon, every matrix in the blocks")
     p.add_argument("--router-lr", type=float, default=-1.0, help="Muon, MoE routers; -1 = --matrix-lr")
     p.add_argument("--scalar-lr", type=float, default=0.5, help="AdamW, x0_lambdas (resid_lambdas: x 0.01)")
     p.add_argument("--weight-decay", type=float, default=0.2,
                    help="Muon's cautious weight decay at d12 and batch 2^19 (scaled as the fork's), falls linearly to 0")  # fmt: skip
-    p.add_argument("--grad-clip", type=float, default=0.0, help="clip the global gradient norm; 0 = no clipping")
-    p.add_argument("--warmup-ratio", type=float, default=0.0, help="fraction of steps with lr rising linearly")
-    p.add_argument("--warmdown-ratio", type=float, default=0.5, help="fraction of steps with lr falling linearly")
-    p.add_argument("--final-lr-frac", type=float, default=0.0, help="lr at the end, as a fraction of the peak")
+    p.add_argument(
+        "--grad-clip", type=float, default=0.0, help="clip the global gradient norm; 0 = no clipping"
+    )
+    p.add_argument(
+        "--warmup-ratio", type=float, default=0.0, help="fraction of steps with lr rising linearly"
+    )
+    p.add_argument(
+        "--warmdown-ratio", type=float, default=0.5, help="fraction of steps with lr falling linearly"
+    )
+    p.add_argument(
+        "--final-lr-frac", type=float, default=0.0, help="lr at the end, as a fraction of the peak"
+    )
     # data
     p.add_argument("--data", choices=["synthetic", "parquet"], default="synthetic")
     p.add_argument("--data-dir", type=str, default="", help=f"parquet shards; default {DEFAULT_DATA_DIR}")
-    p.add_argument("--tokenizer-dir", type=str, default="", help=f"tokenizer.pkl + token_bytes.pt; default {DEFAULT_TOKENIZER_DIR}")
+    p.add_argument(
+        "--tokenizer-dir",
+        type=str,
+        default="",
+        help=f"tokenizer.pkl + token_bytes.pt; default {DEFAULT_TOKENIZER_DIR}",
+    )
     p.add_argument("--eval-tokens", type=int, default=40 * 524288, help="validation tokens per evaluation")
     # periodic actions (-1 disables, as upstream)
     p.add_argument("--eval-every", type=int, default=-1)
@@ -152,7 +193,10 @@ def validate(args: argparse.Namespace, world_size: int) -> None:
 
     need(args.depth >= 1, f"--depth must be >= 1 (got {args.depth})")
     need(args.aspect_ratio >= 1, f"--aspect-ratio must be >= 1 (got {args.aspect_ratio})")
-    need(args.head_dim >= 2 and args.head_dim % 2 == 0, f"--head-dim must be even and >= 2 (got {args.head_dim})")
+    need(
+        args.head_dim >= 2 and args.head_dim % 2 == 0,
+        f"--head-dim must be even and >= 2 (got {args.head_dim})",
+    )
     need(args.max_seq_len >= 1, f"--max-seq-len must be >= 1 (got {args.max_seq_len})")
     need(
         args.window_pattern != "" and not set(args.window_pattern.upper()) - {"S", "L"},
@@ -185,25 +229,51 @@ def validate(args: argparse.Namespace, world_size: int) -> None:
     for name in ("embedding_lr", "unembedding_lr", "matrix_lr", "scalar_lr", "weight_decay", "grad_clip", "peak_flops",
                  "final_lr_frac"):  # fmt: skip
         need(getattr(args, name) >= 0, f"--{name.replace('_', '-')} must be >= 0")
-    need(0 <= args.warmup_ratio <= 1 and 0 <= args.warmdown_ratio <= 1, "--warmup/warmdown-ratio must be in [0, 1]")
+    need(
+        0 <= args.warmup_ratio <= 1 and 0 <= args.warmdown_ratio <= 1,
+        "--warmup/warmdown-ratio must be in [0, 1]",
+    )
     need(args.warmup_ratio + args.warmdown_ratio <= 1, "--warmup-ratio + --warmdown-ratio must be <= 1")
-    need(args.device_type in ("", "cuda", "cpu", "mps"), f"--device-type must be cuda, cpu or mps (got {args.device_type!r})")
+    need(
+        args.device_type in ("", "cuda", "cpu", "mps"),
+        f"--device-type must be cuda, cpu or mps (got {args.device_type!r})",
+    )
     if args.fp8_include_moe_experts:
         need(args.fp8, "--fp8-include-moe-experts needs --fp8")
         need(args.use_moe, "--fp8-include-moe-experts needs --use-moe")
-    need(args.model_tag == "" or "/" not in args.model_tag, f"--model-tag must not contain '/' (got {args.model_tag!r})")
+    need(
+        args.model_tag == "" or "/" not in args.model_tag,
+        f"--model-tag must not contain '/' (got {args.model_tag!r})",
+    )
     if args.total_batch_size != -1:
         check_batch(args.total_batch_size, args, world_size, "--total-batch-size")
     need(args.eval_tokens >= 1, f"--eval-tokens must be >= 1 (got {args.eval_tokens})")
     if args.data == "parquet":
-        need(args.vocab_size is None, "--vocab-size is for --data synthetic; with parquet data the tokenizer gives the vocab")
+        need(
+            args.vocab_size is None,
+            "--vocab-size is for --data synthetic; with parquet data the tokenizer gives the vocab",
+        )
         for module in ("pyarrow", "tiktoken"):
-            need(importlib.util.find_spec(module) is not None, f"--data parquet needs {module}: pip install -e '.[train]'")
-        split_files(args.data_dir or DEFAULT_DATA_DIR, "train")  # DataDirError: one line saying how to make it
+            need(
+                importlib.util.find_spec(module) is not None,
+                f"--data parquet needs {module}: pip install -e '.[train]'",
+            )
+        split_files(
+            args.data_dir or DEFAULT_DATA_DIR, "train"
+        )  # DataDirError: one line saying how to make it
     else:
-        need(args.vocab_size is None or args.vocab_size >= 2, f"--vocab-size must be >= 2 (got {args.vocab_size})")
-        need(not args.data_dir and not args.tokenizer_dir, "--data-dir and --tokenizer-dir are only used with --data parquet")
-        need(args.eval_every == -1, "--eval-every needs --data parquet: bits per byte needs a tokenizer's token bytes")
+        need(
+            args.vocab_size is None or args.vocab_size >= 2,
+            f"--vocab-size must be >= 2 (got {args.vocab_size})",
+        )
+        need(
+            not args.data_dir and not args.tokenizer_dir,
+            "--data-dir and --tokenizer-dir are only used with --data parquet",
+        )
+        need(
+            args.eval_every == -1,
+            "--eval-every needs --data parquet: bits per byte needs a tokenizer's token bytes",
+        )
 
 
 def check_batch(total: int, args: argparse.Namespace, world_size: int, what: str) -> None:
@@ -216,7 +286,9 @@ def check_batch(total: int, args: argparse.Namespace, world_size: int, what: str
         )
 
 
-def lr_multiplier(step: int, num_iterations: int, warmup_ratio: float, warmdown_ratio: float, final_frac: float) -> float:
+def lr_multiplier(
+    step: int, num_iterations: int, warmup_ratio: float, warmdown_ratio: float, final_frac: float
+) -> float:
     """Upstream nanochat's schedule: linear warmup, flat, linear warmdown to final_frac."""
     warmup = round(warmup_ratio * num_iterations)
     warmdown = round(warmdown_ratio * num_iterations)
@@ -255,7 +327,9 @@ def main(argv: list[str] | None = None) -> int:
             paths = checkpoint_paths(checkpoint_dir(args.checkpoint_root, tag), args.resume_from_step, rank)
             for key in ("model", "meta", "optim"):
                 if not paths[key].is_file():
-                    raise UsageError(f"--resume-from-step {args.resume_from_step}: no checkpoint file {paths[key]}")
+                    raise UsageError(
+                        f"--resume-from-step {args.resume_from_step}: no checkpoint file {paths[key]}"
+                    )
         tokenizer = None
         if args.data == "parquet":
             tokenizer = Tokenizer.from_dir(args.tokenizer_dir or DEFAULT_TOKENIZER_DIR)
@@ -265,7 +339,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return train(args, tokenizer)
-    except (UsageError, DataDirError) as e:  # a derived value, or a shard, found bad once training has started
+    except (
+        UsageError,
+        DataDirError,
+    ) as e:  # a derived value, or a shard, found bad once training has started
         if is_rank0():
             print(f"{PROG}: error: {e}", file=sys.stderr, flush=True)
         return 2
@@ -301,7 +378,9 @@ def train(args: argparse.Namespace, tokenizer: Tokenizer | None) -> int:
         print0(f"Device type: {device_type}")
     is_master = rank == 0
     autocast_ctx = (
-        torch.autocast(device_type="cuda", dtype=torch.bfloat16) if device_type == "cuda" else contextlib.nullcontext()
+        torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+        if device_type == "cuda"
+        else contextlib.nullcontext()
     )
     compute_dtype = torch.bfloat16 if device_type == "cuda" else torch.float32
 
@@ -428,12 +507,17 @@ def train(args: argparse.Namespace, tokenizer: Tokenizer | None) -> int:
     # batch, schedule, optimizer
     tokens_per_fwdbwd = args.device_batch_size * args.max_seq_len * world_size
     grad_accum_steps = total_batch_size // tokens_per_fwdbwd
-    print0(f"Tokens / micro-batch / rank: {args.device_batch_size} x {args.max_seq_len} = {args.device_batch_size * args.max_seq_len:,}")
+    print0(
+        f"Tokens / micro-batch / rank: {args.device_batch_size} x {args.max_seq_len} = {args.device_batch_size * args.max_seq_len:,}"
+    )
     print0(f"Tokens / micro-batch: {tokens_per_fwdbwd:,}")
     print0(f"Total batch size {total_batch_size:,} => gradient accumulation steps: {grad_accum_steps}")
     not_done = [
         f"{flag} {v}"
-        for flag, v in (("--core-metric-every", args.core_metric_every), ("--sample-every", args.sample_every))
+        for flag, v in (
+            ("--core-metric-every", args.core_metric_every),
+            ("--sample-every", args.sample_every),
+        )
         if v != -1
     ]
     if not_done:
@@ -471,7 +555,9 @@ def train(args: argparse.Namespace, tokenizer: Tokenizer | None) -> int:
         loader = BestFitLoader(tokenizer, data_dir, "train", args.device_batch_size, args.max_seq_len, device,
                                rank, world_size)  # fmt: skip
     else:
-        loader = SyntheticStream(vocab_size, args.device_batch_size, args.max_seq_len, device, args.seed, rank)
+        loader = SyntheticStream(
+            vocab_size, args.device_batch_size, args.max_seq_len, device, args.seed, rank
+        )
 
     # validation: the same rows every time, read once (eval_tokens over all ranks)
     eval_steps = max(1, args.eval_tokens // tokens_per_fwdbwd)
@@ -487,7 +573,9 @@ def train(args: argparse.Namespace, tokenizer: Tokenizer | None) -> int:
 
     if args.eval_every > 0:
         token_bytes = tokenizer.token_bytes.to(device)
-        print0(f"Validation: {eval_steps} x {tokens_per_fwdbwd:,} tokens every {args.eval_every} steps and at the end")
+        print0(
+            f"Validation: {eval_steps} x {tokens_per_fwdbwd:,} tokens every {args.eval_every} steps and at the end"
+        )
 
     # ---------------------------------------------------------------------------------------
     # resume
@@ -509,7 +597,10 @@ def train(args: argparse.Namespace, tokenizer: Tokenizer | None) -> int:
         elif tokenizer is None:  # synthetic batches are a function of their index
             loader.load_state_dict({"batch_index": start_step * grad_accum_steps, "epoch": 0})
         else:
-            print0(f"{PROG}: error: checkpoint {ckpt_dir} step {start_step} has no data position", file=sys.stderr)
+            print0(
+                f"{PROG}: error: checkpoint {ckpt_dir} step {start_step} has no data position",
+                file=sys.stderr,
+            )
             return 2
         if start_step >= num_iterations:
             print0(f"Checkpoint step {start_step} >= --num-iterations {num_iterations}: nothing to train")
@@ -526,7 +617,10 @@ def train(args: argparse.Namespace, tokenizer: Tokenizer | None) -> int:
         if n_experts == 0:
             return torch.stack([stats["ce"].float(), *([torch.zeros((), device=device)] * 3)])
         return torch.cat(
-            [torch.stack([stats["ce"], stats["bal"], stats["dropped"], stats["assigned"]]).float(), stats["load"].float()]
+            [
+                torch.stack([stats["ce"], stats["bal"], stats["dropped"], stats["assigned"]]).float(),
+                stats["load"].float(),
+            ]
         )
 
     def save(step_done: int, last_loss: float, loader_state: dict) -> None:
@@ -573,7 +667,11 @@ def train(args: argparse.Namespace, tokenizer: Tokenizer | None) -> int:
             min_val_bpb = min(min_val_bpb, val_bpb)
             print0(f"Step {step:05d} | Validation bpb: {val_bpb:.6f}")
             tracker.log({tr.TOTAL_TIME: total_training_time, tr.VAL_BPB: val_bpb}, step)
-        if step > start_step and args.save_every != 0 and (last_step or (args.save_every > 0 and step % args.save_every == 0)):
+        if (
+            step > start_step
+            and args.save_every != 0
+            and (last_step or (args.save_every > 0 and step % args.save_every == 0))
+        ):
             gc.collect()  # the collector is off during training (below): collect at checkpoints
             save(step, train_loss, loader_state)
         if last_step:
@@ -615,7 +713,11 @@ def train(args: argparse.Namespace, tokenizer: Tokenizer | None) -> int:
             timed_time += dt
             timed_steps += 1
         tok_per_sec = int(total_batch_size / dt)
-        mfu = 100 * num_flops_per_token * total_batch_size / dt / (peak_flops * world_size) if peak_flops else 0.0
+        mfu = (
+            100 * num_flops_per_token * total_batch_size / dt / (peak_flops * world_size)
+            if peak_flops
+            else 0.0
+        )
         pct = 100 * step / num_iterations
         bal_str = f" | bal: {vals[1] / n_micro:.4f}" if args.use_moe else ""
         eta_str = ""

@@ -95,7 +95,9 @@ def save_checkpoint(
     try:
         paths["model"].parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise CheckpointError(f"cannot make checkpoint dir {paths['model'].parent}: {_why(e)}", exit_code=1) from None
+        raise CheckpointError(
+            f"cannot make checkpoint dir {paths['model'].parent}: {_why(e)}", exit_code=1
+        ) from None
     if rank == 0:
         _atomic_torch_save(model_state, paths["model"])
     if optim_state is not None:
@@ -108,7 +110,9 @@ def save_checkpoint(
     return paths["model"]
 
 
-def load_checkpoint(ckpt_dir: str | Path, step: int, device: torch.device, rank: int = 0) -> tuple[dict, dict | None, dict]:
+def load_checkpoint(
+    ckpt_dir: str | Path, step: int, device: torch.device, rank: int = 0
+) -> tuple[dict, dict | None, dict]:
     """(model_state, this rank's optim_state or None, meta). Raises FileNotFoundError naming the
     missing file, CheckpointError naming one that is not a checkpoint (truncated, garbage)."""
     paths = checkpoint_paths(ckpt_dir, step, rank)
@@ -129,5 +133,7 @@ def load_checkpoint(ckpt_dir: str | Path, step: int, device: torch.device, rank:
         if not isinstance(meta, dict) or not isinstance(meta.get("step"), int):
             raise ValueError("no step in it")
     except (OSError, ValueError) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
-        raise CheckpointError(f"{paths['meta']}: not a readable checkpoint meta file ({_why(e)})", exit_code=2) from None
+        raise CheckpointError(
+            f"{paths['meta']}: not a readable checkpoint meta file ({_why(e)})", exit_code=2
+        ) from None
     return model_state, optim_state, meta

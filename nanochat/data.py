@@ -15,6 +15,7 @@ Token streams for the trainer. Each yields (inputs, targets), both [B, T] int64 
   every row starts at a document's start. Its position (a cursor and the documents waiting in its
   buffer) is saved with checkpoints, and a resumed run gets exactly the rows it would have had.
 """
+
 from __future__ import annotations
 
 import bisect
@@ -66,7 +67,9 @@ class SyntheticStream:
 
     def batch(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         B, T1 = self.B, self.T + 1
-        g = torch.Generator().manual_seed(((self.seed * 1_000_003 + self.rank) * 1_000_000_007 + index) % 2**63)
+        g = torch.Generator().manual_seed(
+            ((self.seed * 1_000_003 + self.rank) * 1_000_000_007 + index) % 2**63
+        )
         fresh = torch.randint(0, self.V, (B, T1), generator=g)
         reset = torch.rand(B, T1, generator=g) < self.p_reset
         pos = torch.arange(T1).expand(B, T1)
@@ -174,14 +177,20 @@ class DocumentStream:
         if self._cached is None or self._cached[0] != unit:
             fi, rg = self.units[unit]
             try:  # a shard can be damaged past its footer (a corrupt page): found only here
-                column = self._pq.ParquetFile(self.files[fi]).read_row_group(rg, columns=["text"]).column("text")
+                column = (
+                    self._pq.ParquetFile(self.files[fi]).read_row_group(rg, columns=["text"]).column("text")
+                )
                 texts = [t if t is not None else "" for t in column.to_pylist()]
             except Exception as e:  # pyarrow's errors: OSError, ArrowInvalid, ...
                 why = " ".join(str(e).split())[:200]
-                raise DataDirError(f"{self.files[fi]}: row group {rg} unreadable ({type(e).__name__}: {why})") from None
+                raise DataDirError(
+                    f"{self.files[fi]}: row group {rg} unreadable ({type(e).__name__}: {why})"
+                ) from None
             if not all(isinstance(t, str) for t in texts):
                 bad = next(type(t).__name__ for t in texts if not isinstance(t, str))
-                raise DataDirError(f"{self.files[fi]}: row group {rg} of the `text` column holds a {bad}, not a string")
+                raise DataDirError(
+                    f"{self.files[fi]}: row group {rg} of the `text` column holds a {bad}, not a string"
+                )
             self._cached = (unit, texts)
         return self._cached[1]
 
@@ -235,7 +244,9 @@ class BestFitLoader:
         return self.docs.epoch
 
     def _add(self, ids: list[tuple[int, int]], texts: list[str]) -> None:
-        for doc_id, tokens in zip(ids, self.tokenizer.encode_batch(texts, prepend_bos=True, threads=self.threads), strict=True):
+        for doc_id, tokens in zip(
+            ids, self.tokenizer.encode_batch(texts, prepend_bos=True, threads=self.threads), strict=True
+        ):
             bisect.insort(self._keys, (len(tokens), self._arrivals))
             self._waiting[self._arrivals] = (doc_id, tokens)
             self._arrivals += 1
@@ -290,7 +301,13 @@ class BestFitLoader:
         for unit, row in waiting:  # arrival order is stream order: mostly one read per row group
             docs = self.docs.texts(unit) if 0 <= unit < len(self.docs.units) else []
             if not 0 <= row < len(docs):
-                raise DataDirError(f"the checkpoint's data position (row group {unit}, row {row}) is not in this data dir")
+                raise DataDirError(
+                    f"the checkpoint's data position (row group {unit}, row {row}) is not in this data dir"
+                )
             texts.append(docs[row])
         self._add(waiting, texts)
-        self.docs.epoch, self.docs.unit, self.docs.row = int(state["epoch"]), int(state["unit"]), int(state["row"])
+        self.docs.epoch, self.docs.unit, self.docs.row = (
+            int(state["epoch"]),
+            int(state["unit"]),
+            int(state["row"]),
+        )

@@ -139,8 +139,9 @@ def fp8_mm(a, b, a_inv, b_inv, out_dtype=torch.bfloat16, use_scaled_mm=False, fa
         # scale pointers at such offsets (CUBLAS_STATUS_NOT_SUPPORTED), and inductor's scaled-mm
         # template cannot lower a view of a view. A copy is a 0-dim tensor of its own.
         a_inv, b_inv = a_inv.clone(), b_inv.clone()
-        return torch._scaled_mm(a, b, scale_a=a_inv, scale_b=b_inv, out_dtype=out_dtype,
-                                use_fast_accum=fast_accum)
+        return torch._scaled_mm(
+            a, b, scale_a=a_inv, scale_b=b_inv, out_dtype=out_dtype, use_fast_accum=fast_accum
+        )
     # Emulation: the FP8 values are exact in fp32 (and in bf16); multiply them with fp32
     # accumulation like the tensor cores, then apply both scales in fp32 once, as _scaled_mm does.
     # Autocast off: it would round the fp32 operands of mm to bf16.
@@ -179,8 +180,14 @@ class _Fp8Matmul(torch.autograd.Function):
         # grad_x[M,K] = g[M,N] @ w[N,K]: w8 as column-major [N,K]
         grad_x = fp8_mm(g8, w8.t().contiguous().t(), g_inv, w_inv, torch.bfloat16, ctx.use_scaled_mm)
         # grad_w[N,K] = g.T[N,M] @ x[M,K]: g.T row-major, x column-major
-        grad_w = fp8_mm(g8.t().contiguous(), x8.t().contiguous().t(), g_inv, x_inv,
-                        _grad_dtype(ctx.w_dtype), ctx.use_scaled_mm)
+        grad_w = fp8_mm(
+            g8.t().contiguous(),
+            x8.t().contiguous().t(),
+            g_inv,
+            x_inv,
+            _grad_dtype(ctx.w_dtype),
+            ctx.use_scaled_mm,
+        )
         return grad_x.to(ctx.x_dtype), grad_w.to(ctx.w_dtype), None
 
 
@@ -256,8 +263,10 @@ class _Fp8Bmm(torch.autograd.Function):
         x8, x_inv = quantize(x, E4M3, dims=(1, 2))  # one scale per expert: x_inv [E,1,1]
         w8, w_inv = quantize(w, E4M3, dims=(1, 2))  # w_inv [E,1,1]
         w8_cm = w8.transpose(1, 2).contiguous()  # [E,N,K]: w8_cm[e].t() is [K,N] column-major
-        outs = [fp8_mm(x8[e], w8_cm[e].t(), x_inv[e], w_inv[e], torch.bfloat16, use_scaled_mm, True)
-                for e in range(x.size(0))]
+        outs = [
+            fp8_mm(x8[e], w8_cm[e].t(), x_inv[e], w_inv[e], torch.bfloat16, use_scaled_mm, True)
+            for e in range(x.size(0))
+        ]
         ctx.save_for_backward(x8, x_inv, w8, w_inv)
         ctx.use_scaled_mm = use_scaled_mm
         ctx.x_dtype, ctx.w_dtype = x.dtype, w.dtype
@@ -436,8 +445,9 @@ def probe_grouped(device: torch.device) -> bool:
             x8, x_inv = quantize_grouped(x, E4M3, _row_expert(offs, 80), 3)
             w8, w_inv = quantize(w, E4M3, dims=(1, 2))
             got = _grouped_scaled_mm_fwd(x8, x_inv, w8, w_inv, offs).float()
-            ref = torch._grouped_mm(_dequant(x8, x_inv, torch.bfloat16),
-                                    _dequant(w8, w_inv, torch.bfloat16), offs=offs).float()
+            ref = torch._grouped_mm(
+                _dequant(x8, x_inv, torch.bfloat16), _dequant(w8, w_inv, torch.bfloat16), offs=offs
+            ).float()
             ok = bool(((got - ref).norm() / ref.norm()).item() < 1e-2)
         except (RuntimeError, TypeError, NotImplementedError, ValueError):
             ok = False
@@ -464,8 +474,11 @@ def _kind(name: str) -> tuple[str, str]:
 
 def _expert_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     # The MoE expert banks announce themselves with a boolean `fp8` attribute (moe.py).
-    return [(n, m) for n, m in model.named_modules()
-            if isinstance(getattr(m, "fp8", None), bool) and not isinstance(m, nn.Linear)]
+    return [
+        (n, m)
+        for n, m in model.named_modules()
+        if isinstance(getattr(m, "fp8", None), bool) and not isinstance(m, nn.Linear)
+    ]
 
 
 def convert_to_fp8(model: nn.Module, include_experts: bool) -> dict:
@@ -520,22 +533,33 @@ def convert_to_fp8(model: nn.Module, include_experts: bool) -> dict:
     emulated = not uses_scaled_mm(device)
     parts = [" ".join(filter(None, (fam, "/".join(kinds[fam]), f"x{counts[fam]}"))) for fam in counts]
     if n_expert_layers:
-        parts.append(f"experts {'/'.join(expert_leaves)} x{n_expert_mats} "
-                     f"({n_expert_layers} MoE layers x {experts_per_layer} experts, per-expert scales)")
+        parts.append(
+            f"experts {'/'.join(expert_leaves)} x{n_expert_mats} "
+            f"({n_expert_layers} MoE layers x {experts_per_layer} experts, per-expert scales)"
+        )
     kept_txt = ", ".join(f"{k} x{kept.count(k)}" if kept.count(k) > 1 else k for k in dict.fromkeys(kept))
     scope = "MoE experts included" if include_experts else "MoE experts in bf16"
-    line = (f"✓ FP8 training enabled (tensorwise scaling, {scope}) - converted {n_linear + n_expert_mats} "
-            f"layers, skipped {len(skipped)} (dims not divisible by 16 or < {MIN_DIM})"
-            f" | converted: {', '.join(parts) or 'none'}")
+    line = (
+        f"✓ FP8 training enabled (tensorwise scaling, {scope}) - converted {n_linear + n_expert_mats} "
+        f"layers, skipped {len(skipped)} (dims not divisible by 16 or < {MIN_DIM})"
+        f" | converted: {', '.join(parts) or 'none'}"
+    )
     if kept_txt:
         line += f" | kept in high precision: {kept_txt}"
     if emulated:
         why = "forced" if _BACKEND == "emulate" else "needs CUDA compute capability >= 8.9"
         line += f" | FP8 EMULATED on {device.type} (no FP8 matmul: {why}): FP8 numerics, no speed-up"
     elif n_expert_layers:
-        dropless = ("_scaled_grouped_mm" if grouped else
-                    "grouped bf16 GEMM on FP8 values" if native else "per-expert masked GEMMs on FP8 values")
-        fixed = "_scaled_grouped_mm compiled, _scaled_mm per expert eager" if grouped else "_scaled_mm per expert"
+        dropless = (
+            "_scaled_grouped_mm"
+            if grouped
+            else "grouped bf16 GEMM on FP8 values"
+            if native
+            else "per-expert masked GEMMs on FP8 values"
+        )
+        fixed = (
+            "_scaled_grouped_mm compiled, _scaled_mm per expert eager" if grouped else "_scaled_mm per expert"
+        )
         line += f" | experts: {fixed} (fixed capacity), {dropless} (dropless)"
     return {
         "converted": n_linear + n_expert_mats,

@@ -140,9 +140,15 @@ class CausalSelfAttention(nn.Module):
         self.c_v = nn.Linear(d, d, bias=False)
         self.c_proj = nn.Linear(d, d, bias=False)
         self.ve_channels = min(VE_GATE_CHANNELS, d)
-        self.ve_gate = nn.Linear(self.ve_channels, config.n_head, bias=False) if config.has_value_embedding(layer_idx) else None
+        self.ve_gate = (
+            nn.Linear(self.ve_channels, config.n_head, bias=False)
+            if config.has_value_embedding(layer_idx)
+            else None
+        )
 
-    def forward(self, x: torch.Tensor, ve: torch.Tensor | None, cos_sin, mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, ve: torch.Tensor | None, cos_sin, mask: torch.Tensor | None
+    ) -> torch.Tensor:
         """mask None: plain causal attention; else a [T, T] bool window mask."""
         B, T, C = x.shape
         q = self.c_q(x).view(B, T, self.n_head, self.head_dim)
@@ -150,7 +156,9 @@ class CausalSelfAttention(nn.Module):
         v = self.c_v(x).view(B, T, self.n_head, self.head_dim)
         if ve is not None:  # value embedding, gated per head: 2 * sigmoid(.) is in (0, 2), 1 at init
             gate = 2 * torch.sigmoid(self.ve_gate(x[..., : self.ve_channels]))  # [B, T, H]
-            v = v + gate.unsqueeze(-1) * ve.view(B, T, self.n_head, self.head_dim).to(v.dtype)  # bf16 under autocast
+            v = v + gate.unsqueeze(-1) * ve.view(B, T, self.n_head, self.head_dim).to(
+                v.dtype
+            )  # bf16 under autocast
         cos, sin = cos_sin
         q, k = apply_rotary_emb(q, cos, sin), apply_rotary_emb(k, cos, sin)
         q, k = norm(q), norm(k)  # QK norm
@@ -215,7 +223,11 @@ class GPT(nn.Module):
         self.resid_lambdas = nn.Parameter(torch.ones(config.n_layer))  # values set by init_weights
         self.x0_lambdas = nn.Parameter(torch.zeros(config.n_layer))
         self.value_embeds = nn.ModuleDict(
-            {str(i): nn.Embedding(vocab, config.n_embd) for i in range(config.n_layer) if config.has_value_embedding(i)}
+            {
+                str(i): nn.Embedding(vocab, config.n_embd)
+                for i in range(config.n_layer)
+                if config.has_value_embedding(i)
+            }
         )
         head_dim = config.n_embd // config.n_head
         cos, sin = self._precompute_rotary(config.sequence_len, head_dim)
@@ -230,7 +242,9 @@ class GPT(nn.Module):
     def _precompute_rotary(self, seq_len: int, head_dim: int, base: float = 10000.0):
         """cos and sin [1, T, 1, hd/2], rounded to bf16 (the fork keeps them in bf16 everywhere)."""
         device = self.lm_head.weight.device
-        inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim))
+        inv_freq = 1.0 / (
+            base ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim)
+        )
         t = torch.arange(seq_len, dtype=torch.float32, device=device)
         freqs = torch.outer(t, inv_freq)
         return freqs.cos().bfloat16()[None, :, None, :], freqs.sin().bfloat16()[None, :, None, :]
@@ -307,7 +321,9 @@ class GPT(nn.Module):
         if targets is None:
             return logits
         if loss_reduction == "none":
-            ce = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1, reduction="none")
+            ce = F.cross_entropy(
+                logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1, reduction="none"
+            )
             return ce.view(B, T)
         ce = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
         stats = {"ce": ce.detach()}
@@ -352,7 +368,9 @@ class GPT(nn.Module):
             dict(adamw, params=[self.transformer.wte.weight], lr=embedding_lr * scale),
         ]
         if self.value_embeds:
-            groups.append(dict(adamw, params=[v.weight for v in self.value_embeds.values()], lr=embedding_lr * scale))
+            groups.append(
+                dict(adamw, params=[v.weight for v in self.value_embeds.values()], lr=embedding_lr * scale)
+            )
         groups.append(dict(adamw, params=[self.resid_lambdas], lr=scalar_lr * 0.01))
         groups.append(dict(adamw, params=[self.x0_lambdas], lr=scalar_lr, betas=(0.96, adam_betas[1])))
         routers = {id(m.router.weight) for m in self.moe_modules()}

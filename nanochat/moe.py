@@ -63,7 +63,9 @@ def expert_bmm(x: torch.Tensor, w: torch.Tensor, fp8: bool = False) -> torch.Ten
     return torch.bmm(x, w.to(x.dtype))
 
 
-def expert_grouped_mm(x: torch.Tensor, w: torch.Tensor, offs: torch.Tensor, fp8: bool = False) -> torch.Tensor:
+def expert_grouped_mm(
+    x: torch.Tensor, w: torch.Tensor, offs: torch.Tensor, fp8: bool = False
+) -> torch.Tensor:
     """[M, K] rows grouped by expert (int32 cumulative ends `offs`) @ [E, K, N] -> [M, N]."""
     if fp8:
         from nanochat.fp8 import active, fp8_grouped_mm

@@ -60,7 +60,9 @@ POLAR_EXPRESS = [
 ]
 
 # the single-tensor collectives: newer torch names them *_single, older ones *_tensor
-NS_DTYPE = torch.bfloat16  # the dtype of the Newton-Schulz iterations (the fork's; float32 to compare paths exactly)
+NS_DTYPE = (
+    torch.bfloat16
+)  # the dtype of the Newton-Schulz iterations (the fork's; float32 to compare paths exactly)
 
 _all_gather = getattr(dist, "all_gather_single", None) or getattr(dist, "all_gather_into_tensor", None)
 _reduce_scatter = getattr(dist, "reduce_scatter_single", None) or getattr(dist, "reduce_scatter_tensor", None)
@@ -221,7 +223,9 @@ class MuonAdamW(torch.optim.Optimizer):
         for group in muon:
             r, c = self.matrix_shape(group)
             k = self.share_size(group)
-            stacked = torch.zeros(k * W, r, c, dtype=group["params"][0].dtype, device=group["params"][0].device)
+            stacked = torch.zeros(
+                k * W, r, c, dtype=group["params"][0].dtype, device=group["params"][0].device
+            )
             torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).view(-1, r, c)
                        for p in group["params"]], out=stacked[: self.n_matrices(group)])  # fmt: skip
             if W > 1:
@@ -275,11 +279,15 @@ class MuonAdamW(torch.optim.Optimizer):
             else:
                 updated = self._muon_update(views, share[:n_own], state, group, n_own)
                 if n_own < share.shape[0]:
-                    updated = torch.cat([updated, updated.new_zeros(share.shape[0] - n_own, *updated.shape[1:])])
+                    updated = torch.cat(
+                        [updated, updated.new_zeros(share.shape[0] - n_own, *updated.shape[1:])]
+                    )
             if W == 1:
                 torch._foreach_copy_(views, list(updated.split([v.shape[0] for v in views])))
             else:
-                gathered = torch.empty(share.shape[0] * W, *share.shape[1:], dtype=share.dtype, device=share.device)
+                gathered = torch.empty(
+                    share.shape[0] * W, *share.shape[1:], dtype=share.dtype, device=share.device
+                )
                 works.append(_all_gather(gathered, updated, async_op=True))
                 gathers.append((gathered, group))
                 sent += [gathered, updated]
@@ -300,8 +308,12 @@ class MuonAdamW(torch.optim.Optimizer):
             state["exp_avg_sq"] = torch.zeros_like(p)
         state["step"] += 1
         beta1, beta2 = group["betas"]
-        hyper = self._hyperparams(state["step"], group["lr"], beta1, beta2, group["eps"], group["weight_decay"])
-        update = adamw_update if self.compile_backend is None else compiled(adamw_update, self.compile_backend)
+        hyper = self._hyperparams(
+            state["step"], group["lr"], beta1, beta2, group["eps"], group["weight_decay"]
+        )
+        update = (
+            adamw_update if self.compile_backend is None else compiled(adamw_update, self.compile_backend)
+        )
         update(p, grad, state["exp_avg"], state["exp_avg_sq"], *hyper)
 
     def _muon_update(self, views, grad: torch.Tensor, state: dict, group: dict, n_own: int) -> torch.Tensor:

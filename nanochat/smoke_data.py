@@ -34,7 +34,16 @@ from pathlib import Path
 PROG = "smoke_data"
 N_SHARDS = 5  # 4 training shards + 1 validation shard
 ROW_GROUPS = 8  # per shard: the most ranks that can each read their own part of a shard
-SKIP_DIRS = {"test", "tests", "idlelib", "lib2to3", "site-packages", "dist-packages", "turtledemo", "ensurepip"}
+SKIP_DIRS = {
+    "test",
+    "tests",
+    "idlelib",
+    "lib2to3",
+    "site-packages",
+    "dist-packages",
+    "turtledemo",
+    "ensurepip",
+}
 
 
 def stdlib_files() -> list[Path]:
@@ -64,7 +73,9 @@ def docstrings(path: Path, module: str) -> list[str]:
         if doc and len(doc) >= 40:  # a one-liner like "Return x." teaches little
             out.append(f"{name}\n\n{doc}")
         for child in getattr(node, "body", []):
-            if isinstance(child, ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef) and not child.name.startswith("_"):
+            if isinstance(
+                child, ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef
+            ) and not child.name.startswith("_"):
                 visit(child, f"{name}.{child.name}")
 
     visit(tree, module)
@@ -113,7 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog=PROG, description="Write a small real-text corpus and tokenizer.")
     p.add_argument("--out", required=True, help="DIR: DIR/base_data and DIR/tokenizer are made")
     p.add_argument("--chars", type=int, default=1_200_000, help="characters of text, about")
-    p.add_argument("--vocab-size", type=int, default=1024, help="tokenizer vocab, the 9 special tokens included")
+    p.add_argument(
+        "--vocab-size", type=int, default=1024, help="tokenizer vocab, the 9 special tokens included"
+    )
     args = p.parse_args(argv)
     if not 265 <= args.vocab_size <= 65536:
         print(f"{PROG}: error: --vocab-size must be in 265..65536 (got {args.vocab_size})", file=sys.stderr)
@@ -144,7 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         publish(lambda d: train_and_save(data_dir, d, args.vocab_size, max_chars=10**9), tok_dir)
         print(f"{tok_dir}: BPE tokenizer, vocab {args.vocab_size:,}")
-    print(f"done in {time.time() - t0:.1f}s; train with: --data parquet --data-dir {data_dir} --tokenizer-dir {tok_dir}")
+    print(
+        f"done in {time.time() - t0:.1f}s; train with: --data parquet --data-dir {data_dir} --tokenizer-dir {tok_dir}"
+    )
     return 0
 
 

@@ -58,7 +58,9 @@ def train_and_save(data_dir: str | Path, tokenizer_dir: str | Path, vocab_size: 
 def main(argv: list[str] | None = None) -> int:
     p = _Parser(prog=PROG, description="Train a BPE tokenizer (rustbpe) on the training shards.")
     p.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="parquet shards with a `text` column")
-    p.add_argument("--tokenizer-dir", default=DEFAULT_TOKENIZER_DIR, help="where tokenizer.pkl + token_bytes.pt go")
+    p.add_argument(
+        "--tokenizer-dir", default=DEFAULT_TOKENIZER_DIR, help="where tokenizer.pkl + token_bytes.pt go"
+    )
     p.add_argument("--vocab-size", type=int, default=32768, help="including the 9 special tokens")
     p.add_argument("--max-chars", type=int, default=2_000_000_000, help="characters to train on, at most")
     p.add_argument("--doc-cap", type=int, default=10_000, help="characters per document, at most")
@@ -69,7 +71,9 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--max-chars and --doc-cap must be >= 1")
     out = Path(args.tokenizer_dir).expanduser()
     if (out / "tokenizer.pkl").exists():
-        p.error(f"--tokenizer-dir {args.tokenizer_dir} already holds a tokenizer.pkl: choose another dir or remove it")
+        p.error(
+            f"--tokenizer-dir {args.tokenizer_dir} already holds a tokenizer.pkl: choose another dir or remove it"
+        )
     try:
         import rustbpe  # noqa: F401
         import tiktoken  # noqa: F401

@@ -51,12 +51,12 @@ SPECIAL_TOKENS = [
 # pattern, except that digits group by at most 2 (not 3), which spends fewer of a small vocab's
 # slots on numbers. Contractions, letter runs with one leading non-letter, 1-2 digits,
 # punctuation runs, newlines, other whitespace.
-SPLIT_PATTERN = (
-    r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,2}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"""
-)
+SPLIT_PATTERN = r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,2}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"""
 
 DEFAULT_TOKENIZER_DIR = "~/.cache/nanochat/tokenizer"
-HOW_TO_MAKE = "train one: python -m nanochat.tok_train --data-dir DATA_DIR --tokenizer-dir DIR --vocab-size 32768"
+HOW_TO_MAKE = (
+    "train one: python -m nanochat.tok_train --data-dir DATA_DIR --tokenizer-dir DIR --vocab-size 32768"
+)
 
 
 class TokenizerError(Exception):
@@ -76,8 +76,10 @@ def check_trusted(path: Path, st: os.stat_result) -> None:
     elif st.st_mode & stat.S_IWGRP and not _own_group(st.st_gid):
         why = f"is writable by group {_group_name(st.st_gid)} (mode {stat.S_IMODE(st.st_mode):o})"
     if why:
-        raise TokenizerError(f"{path} {why}: tokenizer.pkl is a pickle and loading it runs the code it holds, "
-                             f"so it is not loaded (chown it to you and chmod go-w it, or train your own)")
+        raise TokenizerError(
+            f"{path} {why}: tokenizer.pkl is a pickle and loading it runs the code it holds, "
+            f"so it is not loaded (chown it to you and chmod go-w it, or train your own)"
+        )
 
 
 def _group_name(gid: int) -> str:
@@ -139,7 +141,9 @@ class Tokenizer:
         """int32 [vocab]: bytes of each token (from its raw bytes, not a decoded string: a token
         can be part of a multi-byte character), 0 for special tokens (not counted by bpb)."""
         special = {self.enc.encode_single_token(s) for s in self.enc.special_tokens_set}
-        counts = [0 if i in special else len(self.enc.decode_single_token_bytes(i)) for i in range(self.vocab_size)]
+        counts = [
+            0 if i in special else len(self.enc.decode_single_token_bytes(i)) for i in range(self.vocab_size)
+        ]
         return torch.tensor(counts, dtype=torch.int32)
 
     # -- training, saving, loading -------------------------------------------------------------
@@ -195,7 +199,9 @@ class Tokenizer:
         except TokenizerError:
             raise
         except Exception as e:  # a truncated or foreign pickle: one line, not a traceback
-            raise TokenizerError(f"{pkl}: not a pickled tiktoken encoding ({type(e).__name__}: {e})") from None
+            raise TokenizerError(
+                f"{pkl}: not a pickled tiktoken encoding ({type(e).__name__}: {e})"
+            ) from None
         if not hasattr(enc, "encode_ordinary_batch"):
             raise TokenizerError(f"{pkl}: holds a {type(enc).__name__}, not a tiktoken Encoding")
         token_bytes = None
@@ -204,8 +210,9 @@ class Tokenizer:
                 token_bytes = torch.load(tb, map_location="cpu", weights_only=True).to(torch.int32)
             except Exception as e:  # truncated, or not a tensor
                 why = " ".join(str(e).split())[:200]
-                raise TokenizerError(f"{tb}: not a readable token table ({type(e).__name__}: {why})") from None
+                raise TokenizerError(
+                    f"{tb}: not a readable token table ({type(e).__name__}: {why})"
+                ) from None
             if token_bytes.shape != (enc.n_vocab,):
                 raise TokenizerError(f"{tb}: {tuple(token_bytes.shape)} entries for a vocab of {enc.n_vocab}")
         return cls(enc, token_bytes)
-

@@ -83,7 +83,9 @@ def open_tracker(run: str, config: dict[str, Any], master: bool) -> Tracker:
         started = wandb.init(project=project, name=run, config=config)
     except Exception as e:  # wandb's own errors (no API key, no network in online mode) have no common base
         # on one line, whole enough to act on (a settings error names the setting on its 2nd line)
-        reason = "; ".join(part.strip() for part in str(e).splitlines() if part.strip())[:400] or type(e).__name__
+        reason = (
+            "; ".join(part.strip() for part in str(e).splitlines() if part.strip())[:400] or type(e).__name__
+        )
         _say(f"wandb.init failed: {reason}: --run {run} is not tracked (training goes on); "
              f"WANDB_MODE=offline tracks without a login")  # fmt: skip
         return NoTracker()

@@ -64,15 +64,30 @@ class Env:
         return w
 
     def cockpit(self, *args: str, cwd: Path, timeout: float = 180) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "cockpit.cli", *args], cwd=cwd, env=self.env,
-                              capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(
+            [sys.executable, "-m", "cockpit.cli", *args],
+            cwd=cwd,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
-    def registry(self, w: Path, legs: dict[str, str], project: str = "", exp_id: str = "x", trainer: bool = False,
-                 on_failure: str = "continue") -> Path:
+    def registry(
+        self,
+        w: Path,
+        legs: dict[str, str],
+        project: str = "",
+        exp_id: str = "x",
+        trainer: bool = False,
+        on_failure: str = "continue",
+    ) -> Path:
         module = "tests.fake_trainer" if trainer else "nanochat.base_train"
-        text = (f'[project]\nexp_root = "exp"\non_failure = "{on_failure}"\n{project}\n[defaults]\nmodule = "{module}"\n'
-                f'device = "cpu"\nnproc_per_node = 1\n[defaults.args]\nstep-sleep = 0.05\n'
-                f'checkpoint-root = "{{exp_dir}}/ckpt_root"\n[[experiment]]\nid = "{exp_id}"\n')
+        text = (
+            f'[project]\nexp_root = "exp"\non_failure = "{on_failure}"\n{project}\n[defaults]\nmodule = "{module}"\n'
+            f'device = "cpu"\nnproc_per_node = 1\n[defaults.args]\nstep-sleep = 0.05\n'
+            f'checkpoint-root = "{{exp_dir}}/ckpt_root"\n[[experiment]]\nid = "{exp_id}"\n'
+        )
         text += "".join(f'[[experiment.leg]]\nname = "{n}"\nargs = {{ {a} }}\n' for n, a in legs.items())
         (w / "reg.toml").write_text(text)
         return w / "reg.toml"
@@ -110,8 +125,13 @@ def wait_for(pred, timeout: float, what: str):
 def quick_plan(d: Path, legs: dict[str, str], on_failure: str = "continue") -> Path:
     """A dir whose plan runs `python -c CODE` per leg (the supervisor runs any planned argv)."""
     (d / "state").mkdir(parents=True)
-    plan = {"experiment": "x", "on_failure": on_failure, "cwd": str(d), "stop_grace_s": 2,
-            "legs": [{"name": n, "device": "cpu", "argv": [sys.executable, "-c", c]} for n, c in legs.items()]}
+    plan = {
+        "experiment": "x",
+        "on_failure": on_failure,
+        "cwd": str(d),
+        "stop_grace_s": 2,
+        "legs": [{"name": n, "device": "cpu", "argv": [sys.executable, "-c", c]} for n, c in legs.items()],
+    }
     (d / "plan.json").write_text(json.dumps(plan))
     return d
 
@@ -119,19 +139,31 @@ def quick_plan(d: Path, legs: dict[str, str], on_failure: str = "continue") -> P
 def leg_code(fail: str | None = None, steps: int = 3) -> str:
     lines = [STEP.format(i=i, p=i * 10.0) for i in range(steps)]
     code = f"import sys\nfor ln in {lines!r}:\n    print(ln, flush=True)\n"
-    return code + (f"sys.stderr.write({fail!r} + '\\n')\nsys.exit(1)\n" if fail else f"sys.stdout.write({FINAL!r})\n")
+    return code + (
+        f"sys.stderr.write({fail!r} + '\\n')\nsys.exit(1)\n" if fail else f"sys.stdout.write({FINAL!r})\n"
+    )
 
 
 def run_supervisor(d: Path, env: Env, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cockpit.supervisor", str(d)], env=env.env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "cockpit.supervisor", str(d)],
+        env=env.env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def mount(where: Path, options: str) -> bool:
     if os.geteuid() != 0 or not shutil.which("mount"):
         return False
     where.mkdir(parents=True, exist_ok=True)
-    return subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True).returncode == 0
+    return (
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True
+        ).returncode
+        == 0
+    )
 
 
 def umount(where: Path) -> None:
@@ -149,13 +181,18 @@ def case_symlink_leg_log(env: Env) -> str:
     victim = w / "elsewhere" / "victim.txt"
     victim.parent.mkdir()
     victim.write_text("keep me\n")
-    path = env.registry(w, {"a": 'model-tag = "a", num-iterations = 60', "b": 'model-tag = "b", num-iterations = 3'},
-                        trainer=True)
+    path = env.registry(
+        w,
+        {"a": 'model-tag = "a", num-iterations = 60', "b": 'model-tag = "b", num-iterations = 3'},
+        trainer=True,
+    )
     r = env.cockpit("--registry", str(path), "launch", "x", cwd=w)
     check(r.returncode == 0, f"launch failed: {r.stderr.strip()}")
     d = Path(r.stdout.strip().splitlines()[-1])
     os.symlink(victim, d / "b.log")
-    wait_for(lambda: (st := expdir.read_state(d, "b")) and st.status in ("failed", "done"), 120, "leg b to end")
+    wait_for(
+        lambda: (st := expdir.read_state(d, "b")) and st.status in ("failed", "done"), 120, "leg b to end"
+    )
     b = expdir.read_state(d, "b")
     check(victim.read_text() == "keep me\n", "the symlink's target was written")
     check(b.status == "failed" and "log path taken" in (b.note or ""), f"leg b: {b.status} {b.note}")
@@ -179,7 +216,10 @@ def case_planted_links_in_dir(env: Env) -> str:
     shutil.rmtree(d2 / "state")
     os.symlink(w, d2 / "state")
     r = run_supervisor(d2, env)
-    check(r.returncode == 2 and "is a symlink" in r.stderr and r.stderr.count("\n") == 1, f"state link: {r.stderr[:200]}")
+    check(
+        r.returncode == 2 and "is a symlink" in r.stderr and r.stderr.count("\n") == 1,
+        f"state link: {r.stderr[:200]}",
+    )
     path = env.registry(w, {"a": 'model-tag = "a"'})
     os.symlink(victim, w / "exp" / "resume-guide.md")
     r = env.cockpit("--registry", str(path), "resume", "--out-md", str(w / "exp" / "resume-guide.md"), cwd=w)
@@ -210,7 +250,9 @@ def case_out_md_directory(env: Env) -> str:
     try:
         before = listing(w)
         seen = []
-        bad = [str(outdir), str(outdir) + "/", str(w / "afile" / "x.md")] + ([str(ro / "r.md")] if mounted else [])
+        bad = [str(outdir), str(outdir) + "/", str(w / "afile" / "x.md")] + (
+            [str(ro / "r.md")] if mounted else []
+        )
         for out in bad:
             r = env.cockpit("report", "--exp-dir", str(d), "--out-md", out, cwd=w)
             seen.append(one_line_2(r).split(": ", 2)[-1][:60])
@@ -242,8 +284,9 @@ def case_stop_unproven(env: Env) -> str:
         check("unknown: process identity not proven" in s.stdout, "status does not say unknown")
         out = quick_plan(w / "outside" / "20260101_000000_x", {"a": leg_code()})
         ct = psutil.Process(sleeper.pid).create_time()
-        (out / "state" / "a.json").write_text(json.dumps({"leg": "a", "status": "running", "pid": sleeper.pid,
-                                                          "create_time": ct}))
+        (out / "state" / "a.json").write_text(
+            json.dumps({"leg": "a", "status": "running", "pid": sleeper.pid, "create_time": ct})
+        )
         before = listing(out)
         r = env.cockpit("--registry", str(path), "stop", str(out), cwd=w)
         one_line_2(r, "not an experiment dir under exp_root")
@@ -294,8 +337,17 @@ def case_one_line_not_traceback(env: Env) -> str:
     w = env.work()
     seen = 0
     for exp_id, project in (("i" * 250, ""),):
-        one_line_2(env.cockpit("--registry", str(env.registry(w, {"a": ""}, exp_id=exp_id, project=project)),
-                               "launch", exp_id, "--dry-run", cwd=w), "too long")
+        one_line_2(
+            env.cockpit(
+                "--registry",
+                str(env.registry(w, {"a": ""}, exp_id=exp_id, project=project)),
+                "launch",
+                exp_id,
+                "--dry-run",
+                cwd=w,
+            ),
+            "too long",
+        )
         seen += 1
     for root in ("/etc/passwd", "~nosuchuser-hostile/x"):
         (w / "r.toml").write_text(f'[project]\nexp_root = "{root}"\n')
@@ -303,9 +355,13 @@ def case_one_line_not_traceback(env: Env) -> str:
             one_line_2(env.cockpit("--registry", str(w / "r.toml"), *cmd, cwd=w), f"{w / 'r.toml'}:2:")
             seen += 1
     (w / "r.toml").write_text('[project]\nexp_root = "exp"\ntail = 99999999999999999999\n')
-    one_line_2(env.cockpit("--registry", str(w / "r.toml"), "status", cwd=w), ":3:", "'project.tail' must be between")
+    one_line_2(
+        env.cockpit("--registry", str(w / "r.toml"), "status", cwd=w), ":3:", "'project.tail' must be between"
+    )
     d = _logs_dir(w)
-    one_line_2(env.cockpit("report", "--exp-dir", str(d), "--tail", "99999999999999999999999", cwd=w), "--tail")
+    one_line_2(
+        env.cockpit("report", "--exp-dir", str(d), "--tail", "99999999999999999999999", cwd=w), "--tail"
+    )
     seen += 2
     ro = w / "ro"
     if mount(ro, "size=1m,ro"):
@@ -313,8 +369,10 @@ def case_one_line_not_traceback(env: Env) -> str:
             path = env.registry(w, {"a": 'model-tag = "a"'}, trainer=True)
             path.write_text(path.read_text().replace('exp_root = "exp"', f'exp_root = "{ro}/exp"'))
             dry = env.cockpit("--registry", str(path), "launch", "x", "--dry-run", cwd=w)
-            check("a real launch would be refused here" in dry.stdout and "read-only" in dry.stdout,
-                  "dry run does not say the read-only refusal")
+            check(
+                "a real launch would be refused here" in dry.stdout and "read-only" in dry.stdout,
+                "dry run does not say the read-only refusal",
+            )
             one_line_2(env.cockpit("--registry", str(path), "launch", "x", cwd=w), "read-only filesystem")
             seen += 2
         finally:
@@ -340,30 +398,44 @@ def case_supervisor_enospc(env: Env) -> str:
     if not mount(fs, "size=4m"):
         return "(skipped: no tmpfs can be mounted here)"
     try:
-        path = env.registry(w, {
-            "a": 'model-tag = "a", num-iterations = 2000, line-bytes = 20000',
-            "b": 'model-tag = "b", num-iterations = 3'}, trainer=True)
+        path = env.registry(
+            w,
+            {
+                "a": 'model-tag = "a", num-iterations = 2000, line-bytes = 20000',
+                "b": 'model-tag = "b", num-iterations = 3',
+            },
+            trainer=True,
+        )
         registry = reg.load(path)
         plan = launch.plan_launch(registry, "x")
         d = launch.new_exp_dir(fs, "x")
         launch.write_plan(registry, plan, d)
         (d / "state").mkdir()
-        sup = subprocess.run([sys.executable, "-m", "cockpit.supervisor", str(d)], env=env.env, capture_output=True,
-                             text=True, timeout=300)
+        sup = subprocess.run(
+            [sys.executable, "-m", "cockpit.supervisor", str(d)],
+            env=env.env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         out, err = sup.stdout, sup.stderr
         check("Traceback" not in err + out, f"traceback: {(err + out)[-300:]}")
         check(sup.returncode == 1, f"exit {sup.returncode}: {err.strip()[-200:]}")
         states = {n: expdir.read_state(d, n) for n in "ab"}
         faults = [ln for ln in out.splitlines() if "fault: " in ln]
         said = ", ".join(f"{n} {st.status if st else '(state not written)'}" for n, st in states.items())
-        return f"exit 1, {said}, {len(faults)} fault lines" + (f", e.g. {faults[0].split('] ', 1)[1][:60]}" if faults else "")
+        return f"exit 1, {said}, {len(faults)} fault lines" + (
+            f", e.g. {faults[0].split('] ', 1)[1][:60]}" if faults else ""
+        )
     finally:
         umount(fs)
 
 
 def _supervisor_faults_simulated(env: Env, w: Path) -> str:
-    d = quick_plan(w / "exp" / "20260101_000000_x", {"a": leg_code(fail="OSError: [Errno 30] Read-only file system"),
-                                                    "b": leg_code(), "c": leg_code()})
+    d = quick_plan(
+        w / "exp" / "20260101_000000_x",
+        {"a": leg_code(fail="OSError: [Errno 30] Read-only file system"), "b": leg_code(), "c": leg_code()},
+    )
     real = {n: getattr(fsutil, n) for n in ("atomic_write_json", "create_new", "create_or_append")}
     on = {"x": False}
 
@@ -372,6 +444,7 @@ def _supervisor_faults_simulated(env: Env, w: Path) -> str:
             if on["x"]:
                 raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
             return real_fn(path, *a, **kw)
+
         return call
 
     for n, f in real.items():
@@ -403,7 +476,11 @@ def case_supervisor_reaped(env: Env) -> str:
         else:
             os.environ["PYTHONPATH"] = old
     pid = json.loads((d / "state" / "supervisor.json").read_text())["pid"]
-    wait_for(lambda: pid not in {c.pid for c in psutil.Process().children()}, 120, "the supervisor to end and be reaped")
+    wait_for(
+        lambda: pid not in {c.pid for c in psutil.Process().children()},
+        120,
+        "the supervisor to end and be reaped",
+    )
     check(procs.zombie_children() == [], f"zombies: {procs.zombie_children()}")
     return f"supervisor {pid} ended and was reaped; no <defunct> child"
 
@@ -422,12 +499,24 @@ def case_terminal_escapes(env: Env) -> str:
     (d / "we`ird|name.log").write_text(steps + FINAL)
     (d / f"t{ESC[:9]}.log").write_text(steps + FINAL)
     path = env.registry(w, {"a": 'model-tag = "a"'})
-    outs = [env.cockpit("report", "--exp-dir", str(d), cwd=w), env.cockpit("--registry", str(path), "status", cwd=w),
-            env.cockpit("--registry", str(path), "resume", cwd=w), env.cockpit("--registry", str(path), "stop", f"x{ESC}", cwd=w)]
+    outs = [
+        env.cockpit("report", "--exp-dir", str(d), cwd=w),
+        env.cockpit("--registry", str(path), "status", cwd=w),
+        env.cockpit("--registry", str(path), "resume", cwd=w),
+        env.cockpit("--registry", str(path), "stop", f"x{ESC}", cwd=w),
+    ]
     for r in outs:
-        check("\x1b" not in r.stdout + r.stderr and "\x07" not in r.stdout + r.stderr, f"escape reached: {r.args[3:]}")
-    check("| we\\`ird\\|name |" in outs[0].stdout and "``we`ird|name``" in outs[0].stdout, "markdown not escaped")
-    return "report, status, resume, stop: no ESC/BEL on the terminal; `|` and ` escaped in cells and code spans"
+        check(
+            "\x1b" not in r.stdout + r.stderr and "\x07" not in r.stdout + r.stderr,
+            f"escape reached: {r.args[3:]}",
+        )
+    check(
+        "| we\\`ird\\|name |" in outs[0].stdout and "``we`ird|name``" in outs[0].stdout,
+        "markdown not escaped",
+    )
+    return (
+        "report, status, resume, stop: no ESC/BEL on the terminal; `|` and ` escaped in cells and code spans"
+    )
 
 
 def case_coloured_log(env: Env) -> str:
@@ -448,9 +537,11 @@ def case_coloured_log(env: Env) -> str:
 # 9. memory
 
 
-PEAK = ("import sys\nfrom cockpit import cli\nrc = cli.main(sys.argv[1:])\n"
-        "hwm = next(ln for ln in open('/proc/self/status') if ln.startswith('VmHWM:')).split()[1]\n"
-        "print('PEAK', hwm, file=sys.stderr)\nsys.exit(rc)\n")
+PEAK = (
+    "import sys\nfrom cockpit import cli\nrc = cli.main(sys.argv[1:])\n"
+    "hwm = next(ln for ln in open('/proc/self/status') if ln.startswith('VmHWM:')).split()[1]\n"
+    "print('PEAK', hwm, file=sys.stderr)\nsys.exit(rc)\n"
+)
 
 
 def case_sparse_5gb(env: Env) -> str:
@@ -466,8 +557,13 @@ def case_sparse_5gb(env: Env) -> str:
     figures = []
     for extra in ([], ["--out-md", str(w / "r.md")]):
         t0 = time.monotonic()
-        r = subprocess.run([sys.executable, "-c", PEAK, "report", "--exp-dir", str(d), *extra], env=env.env,
-                           capture_output=True, text=True, timeout=600)
+        r = subprocess.run(
+            [sys.executable, "-c", PEAK, "report", "--exp-dir", str(d), *extra],
+            env=env.env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         check(r.returncode == 0, r.stderr[-200:])
         mib = int(r.stderr.split("PEAK")[1].split()[0]) / 1024
         check(mib < 250, f"peak {mib:.0f} MiB")
@@ -484,11 +580,16 @@ def case_numbers(env: Env) -> str:
     U+202E in a name: one line with file:line each; a BOM is accepted; no +nan% delta."""
     w = env.work()
     bad = [
-        ('[defaults]\nnproc_per_node = 100000\n', "nproc_per_node"), ('[project.gpu_idle]\nwait_s = -5\n', "wait_s"),
-        ('[project.gpu_idle]\nmax_util_pct = nan\n', "finite"), ('[defaults]\nmodule = "--help"\n', "module name"),
+        ("[defaults]\nnproc_per_node = 100000\n", "nproc_per_node"),
+        ("[project.gpu_idle]\nwait_s = -5\n", "wait_s"),
+        ("[project.gpu_idle]\nmax_util_pct = nan\n", "finite"),
+        ('[defaults]\nmodule = "--help"\n', "module name"),
         ('[defaults]\nmodule = "os; import os"\n', "module name"),
         ('[[experiment]]\nid = "e"\n[[experiment.leg]]\nname = "a\u202eb"\n', "U+202E"),
-        ('[[experiment]]\nid = "e"\n[[experiment.leg]]\nname = "l"\n[experiment.leg.recorded]\nmfu = inf\n', "finite"),
+        (
+            '[[experiment]]\nid = "e"\n[[experiment.leg]]\nname = "l"\n[experiment.leg.recorded]\nmfu = inf\n',
+            "finite",
+        ),
     ]
     for text, word in bad:
         (w / "r.toml").write_text('[project]\nexp_root = "exp"\n' + text)
@@ -502,7 +603,9 @@ def case_numbers(env: Env) -> str:
     for name, tok in (("base", "0"), ("run", "1,000"), ("nanrun", "nan")):
         (d / f"{name}.log").write_text(STEP.replace("1,000", tok).format(i=1, p=10.0) + "\n" + FINAL)
     r = env.cockpit("report", "--exp-dir", str(d), "--baseline", "base", cwd=w)
-    check(r.returncode == 0 and "nan%" not in r.stdout and "inf%" not in r.stdout, "a nan or inf delta printed")
+    check(
+        r.returncode == 0 and "nan%" not in r.stdout and "inf%" not in r.stdout, "a nan or inf delta printed"
+    )
     check("the baseline's figure is 0" in r.stdout, "no reason given for '-'")
     return f"{len(bad) + 1} refused with file:line; BOM accepted; deltas '-' with the reason"
 
@@ -512,8 +615,10 @@ def case_messages(env: Env) -> str:
     and kill -9 of torchrun (real launch): each a line that says what is wrong."""
     w = env.work()
     d = _logs_dir(w)
-    one_line_2(env.cockpit("report", "--exp-dir", str(d), "--out-md", "/etc/passwd/x.md", cwd=w),
-               "/etc/passwd is a file, not a directory")
+    one_line_2(
+        env.cockpit("report", "--exp-dir", str(d), "--out-md", "/etc/passwd/x.md", cwd=w),
+        "/etc/passwd is a file, not a directory",
+    )
     err = one_line_2(env.cockpit("report", "--exp-dir", str(d), "--baseline", "/nonexist/run", cwd=w))
     check(err.count("/nonexist/run.log") == 1, f"path listed more than once: {err}")
     one_line_2(env.cockpit("report", "--exp-dir", str(d), "--baseline", "", cwd=w), "--baseline is empty")
@@ -525,7 +630,11 @@ def case_messages(env: Env) -> str:
     r = env.cockpit("--registry", str(path), "launch", "k9", cwd=w)
     check(r.returncode == 0 and "nothing to run" not in r.stdout, r.stdout + r.stderr)
     x = Path(r.stdout.strip().splitlines()[-1])
-    st = wait_for(lambda: (s := expdir.read_state(x, "a")) and s.status == "running" and s.pid and s, 90, "leg a running")
+    st = wait_for(
+        lambda: (s := expdir.read_state(x, "a")) and s.status == "running" and s.pid and s,
+        90,
+        "leg a running",
+    )
     wait_for(lambda: (x / "a.log").exists() and b"step " in (x / "a.log").read_bytes(), 60, "steps")
     os.kill(st.pid, signal.SIGKILL)
     a = wait_for(lambda: (s := expdir.read_state(x, "a")) and s.status == "failed" and s, 60, "leg a failed")
@@ -549,13 +658,21 @@ def case_messages(env: Env) -> str:
 # fakes on PATH (no cluster needed): each says what the real one would, and records its calls.
 
 
-def slurm_world(env: Env, w: Path, legs: dict[str, str], slurm: str = "", on_failure: str = "stop",
-                prepare: bool = False) -> tuple[Path, dict, Path]:
+def slurm_world(
+    env: Env, w: Path, legs: dict[str, str], slurm: str = "", on_failure: str = "stop", prepare: bool = False
+) -> tuple[Path, dict, Path]:
     """A Slurm registry in `w`, an env whose PATH starts with `w/bin` (the fakes), the calls file."""
-    path = env.registry(w, legs, project=f'executor = "slurm"\n[project.slurm]\n{slurm}\n', on_failure=on_failure)
+    path = env.registry(
+        w, legs, project=f'executor = "slurm"\n[project.slurm]\n{slurm}\n', on_failure=on_failure
+    )
     if prepare:
-        path.write_text(path.read_text().replace('id = "x"\n', 'id = "x"\n[experiment.prepare]\nargv = ["{python}", '
-                                                 '"-c", "pass", "{exp_root}/_data/c"]\ncreates = "{exp_root}/_data/c"\n'))
+        path.write_text(
+            path.read_text().replace(
+                'id = "x"\n',
+                'id = "x"\n[experiment.prepare]\nargv = ["{python}", '
+                '"-c", "pass", "{exp_root}/_data/c"]\ncreates = "{exp_root}/_data/c"\n',
+            )
+        )
     (w / "bin").mkdir(exist_ok=True)
     calls = w / "calls"
     return path, {**env.env, "PATH": f"{w / 'bin'}:{env.env['PATH']}"}, calls
@@ -563,34 +680,51 @@ def slurm_world(env: Env, w: Path, legs: dict[str, str], slurm: str = "", on_fai
 
 def fake(w: Path, name: str, body: str) -> None:
     tool = w / "bin" / name
-    tool.write_text(f"#!/bin/bash\necho \"{name} $*\" >> {w / 'calls'}\n{body}\n")
+    tool.write_text(f'#!/bin/bash\necho "{name} $*" >> {w / "calls"}\n{body}\n')
     tool.chmod(0o755)
 
 
 def run_env(env: dict, *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cockpit.cli", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "cockpit.cli", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def slurm_dir(w: Path, legs: list[str], states: dict[str, dict]) -> Path:
     d = w / "exp" / "20260101_000000_x"
     (d / "state").mkdir(parents=True)
-    (d / "plan.json").write_text(json.dumps({"experiment": "x", "executor": "slurm", "on_failure": "stop",
-                                             "legs": [{"name": n} for n in legs]}))
+    (d / "plan.json").write_text(
+        json.dumps(
+            {
+                "experiment": "x",
+                "executor": "slurm",
+                "on_failure": "stop",
+                "legs": [{"name": n} for n in legs],
+            }
+        )
+    )
     for leg, st in states.items():
         (d / "state" / f"{leg}.json").write_text(json.dumps({"leg": leg, **st}))
     return d
 
 
 def scontrol_line(job: str, name: str, log: Path, uid: int | None = None, state: str = "RUNNING") -> str:
-    return (f"JobId={job} JobName={name} UserId=u({os.getuid() if uid is None else uid}) JobState={state} "
-            f"Reason=None NodeList=n1 RunTime=00:01:00 StartTime=2026-01-01T00:00:00 StdOut={log}")
+    return (
+        f"JobId={job} JobName={name} UserId=u({os.getuid() if uid is None else uid}) JobState={state} "
+        f"Reason=None NodeList=n1 RunTime=00:01:00 StartTime=2026-01-01T00:00:00 StdOut={log}"
+    )
 
 
 def case_sbatch_comment(env: Env) -> str:
     """A `#` (and a space) in exp_root, in the workdir, in a leg name: each #SBATCH value is read
     back whole by sbatch's own rules, never cut at the `#`."""
     from cockpit import sbatch_opts
+
     w = env.work()
     work = w / "check#out x"
     work.mkdir()
@@ -614,8 +748,11 @@ def case_sbatch_abbreviations(env: Env) -> str:
     seen = []
     for item in ("--outp=/tmp/x", "--chd=/tmp", "--depend=afterok:1", "--arr=1-3", "-Qo/tmp/x", "--jo=x"):
         path, _, _ = slurm_world(env, w, {"a": ""}, slurm=f'extra_args = ["{item}"]')
-        err = one_line_2(env.cockpit("--registry", str(path), "launch", "x", "--dry-run", cwd=w), f"{path}:6:",
-                         "is set by the cockpit itself")
+        err = one_line_2(
+            env.cockpit("--registry", str(path), "launch", "x", "--dry-run", cwd=w),
+            f"{path}:6:",
+            "is set by the cockpit itself",
+        )
         seen.append(err.split("(sbatch reads ")[1].split(")")[0] if "(sbatch reads" in err else item)
     return f"{len(seen)} refused with file:line: {', '.join(seen)}"
 
@@ -625,11 +762,19 @@ def case_foreign_job(env: Env) -> str:
     output): status says unknown, stop cancels nothing."""
     w = env.work()
     path, senv, calls = slurm_world(env, w, {"a": "", "b": "", "c": ""})
-    d = slurm_dir(w, ["a", "b", "c"], {n: {"status": "running", "job_id": j} for n, j in zip("abc", "123", strict=True)})
-    lines = {"1": scontrol_line("1", "someone/else", d / "a.log"),
-             "2": scontrol_line("2", f"{d.name}/b", d / "b.log", uid=os.getuid() + 1),
-             "3": scontrol_line("3", f"{d.name}/c", w / "elsewhere.log")}
-    fake(w, "scontrol", "case $4 in " + " ".join(f"{j}) echo '{line}';;" for j, line in lines.items()) + " esac")
+    d = slurm_dir(
+        w, ["a", "b", "c"], {n: {"status": "running", "job_id": j} for n, j in zip("abc", "123", strict=True)}
+    )
+    lines = {
+        "1": scontrol_line("1", "someone/else", d / "a.log"),
+        "2": scontrol_line("2", f"{d.name}/b", d / "b.log", uid=os.getuid() + 1),
+        "3": scontrol_line("3", f"{d.name}/c", w / "elsewhere.log"),
+    }
+    fake(
+        w,
+        "scontrol",
+        "case $4 in " + " ".join(f"{j}) echo '{line}';;" for j, line in lines.items()) + " esac",
+    )
     fake(w, "scancel", "exit 0")
     s = run_env(senv, "--registry", str(path), "status", cwd=w)
     check(s.stdout.count("is not proven the leg's") == 3, f"status: {s.stdout[-400:]}")
@@ -643,11 +788,21 @@ def case_wrong_invalid_job_id(env: Env) -> str:
     leg recorded failed by such an answer is revived, and a second launch is refused."""
     w = env.work()
     path, senv, calls = slurm_world(env, w, {"a": "", "b": ""})
-    d = slurm_dir(w, ["a", "b"], {"a": {"status": "running", "job_id": "5"},
-                                  "b": {"status": "failed", "job_id": "6", "forgotten_at": expdir.now_iso()}})
+    d = slurm_dir(
+        w,
+        ["a", "b"],
+        {
+            "a": {"status": "running", "job_id": "5"},
+            "b": {"status": "failed", "job_id": "6", "forgotten_at": expdir.now_iso()},
+        },
+    )
     fake(w, "scontrol", 'echo "slurm_load_jobs error: Invalid job id specified" >&2; exit 1')
-    fake(w, "squeue", f'case $4 in 5) echo "5|{d.name}/a|{os.getuid()}|RUNNING|None|n1|1:00|N/A|N/A|{d}/a.log";; '
-                      f'6) echo "6|{d.name}/b|{os.getuid()}|RUNNING|None|n2|1:00|N/A|N/A|{d}/b.log";; esac')
+    fake(
+        w,
+        "squeue",
+        f'case $4 in 5) echo "5|{d.name}/a|{os.getuid()}|RUNNING|None|n1|1:00|N/A|N/A|{d}/a.log";; '
+        f'6) echo "6|{d.name}/b|{os.getuid()}|RUNNING|None|n2|1:00|N/A|N/A|{d}/b.log";; esac',
+    )
     s = run_env(senv, "--registry", str(path), "status", cwd=w)
     check("a  running" in s.stdout and "b  running" in s.stdout, f"status: {s.stdout[-500:]}")
     check(json.loads((d / "state" / "b.json").read_text())["status"] == "running", "b not revived on disk")
@@ -659,13 +814,15 @@ def case_resubmit_fresh_log(env: Env) -> str:
     """A failed leg resubmitted twice: each attempt's log is kept whole under attempts/, the
     leg's log holds the new attempt alone, its state the new job."""
     from cockpit.executors import slurm as slurm_exec
+
     w = env.work()
     path, senv, calls = slurm_world(env, w, {"a": ""})
     d = slurm_dir(w, ["a"], {"a": {"status": "failed", "job_id": "7"}})
-    chain = slurm_exec.plan_chain([slurm_exec.LegCommand("a", "torchrun", 1, "m", ())], reg.SlurmSettings(), d, w,
-                                  d.name)
+    chain = slurm_exec.plan_chain(
+        [slurm_exec.LegCommand("a", "torchrun", 1, "m", ())], reg.SlurmSettings(), d, w, d.name
+    )
     slurm_exec.write_script(d, "a", chain.scripts[0][1])
-    fake(w, "sbatch", 'echo $((RANDOM + 100))')
+    fake(w, "sbatch", "echo $((RANDOM + 100))")
     for n in (1, 2):
         (d / "a.log").write_text(f"attempt {n}\n")
         if n == 2:
@@ -676,7 +833,10 @@ def case_resubmit_fresh_log(env: Env) -> str:
         check((d / "attempts" / f"a.{n}.log").read_text() == f"attempt {n}\n", f"attempt {n}'s log not kept")
         check((d / "a.log").read_bytes() == b"", "the new attempt's log is not fresh")
     job = json.loads((d / "state" / "a.json").read_text())["job_id"]
-    check(job not in ("7",) and f"sbatch --parsable {d}/slurm/a.sbatch" in calls.read_text(), "new job not recorded")
+    check(
+        job not in ("7",) and f"sbatch --parsable {d}/slurm/a.sbatch" in calls.read_text(),
+        "new job not recorded",
+    )
     return f"2 resubmissions: attempts 1 and 2 kept, job {job} recorded, fresh log"
 
 
@@ -695,7 +855,9 @@ def case_prepare_on_slurm(env: Env) -> str:
         subs = [line for line in calls.read_text().splitlines() if line.startswith("sbatch --parsable")]
         check(len(subs) == 3 and subs[0].endswith("/slurm/prepare.sbatch"), f"not prepare first: {subs}")
         prep = r.stdout.splitlines()[0].split("Slurm job ")[1].split()[0]
-        check(all(f"--dependency=afterok:{prep}" in x for x in subs[1:]), f"a leg does not wait for it: {subs}")
+        check(
+            all(f"--dependency=afterok:{prep}" in x for x in subs[1:]), f"a leg does not wait for it: {subs}"
+        )
         seen.append(on_failure)
     return f"prepare first, every leg afterok on it ({', '.join(seen)})"
 
@@ -723,7 +885,10 @@ def _repo(d: Path) -> Path:
 def _launched(env: Env, path: Path, cwd: Path, *extra: str, timeout: float = 180) -> Path:
     """`cockpit launch x --foreground`: the dir it made (its last line)."""
     r = env.cockpit("--registry", str(path), "launch", "x", "--foreground", *extra, cwd=cwd, timeout=timeout)
-    check(r.returncode in (0, 1) and "Traceback" not in r.stderr, f"launch: {r.returncode} {r.stderr.strip()[-200:]}")
+    check(
+        r.returncode in (0, 1) and "Traceback" not in r.stderr,
+        f"launch: {r.returncode} {r.stderr.strip()[-200:]}",
+    )
     return Path(r.stdout.strip().splitlines()[-1])
 
 
@@ -738,8 +903,14 @@ def case_git_config_runs_nothing(env: Env) -> str:
     (repo / ".gitattributes").write_text("*.py filter=evil diff=evil\n")
     _git(repo, "add", ".gitattributes")
     _git(repo, "commit", "-qm", "attributes")
-    planted = {"core.fsmonitor": "fsmonitor", "filter.evil.clean": "clean", "filter.evil.process": "process",
-               "diff.evil.textconv": "textconv", "diff.evil.command": "diff-command", "diff.external": "external"}
+    planted = {
+        "core.fsmonitor": "fsmonitor",
+        "filter.evil.clean": "clean",
+        "filter.evil.process": "process",
+        "diff.evil.textconv": "textconv",
+        "diff.evil.command": "diff-command",
+        "diff.external": "external",
+    }
     for key, name in planted.items():  # planted last: from here on, only the cockpit runs git here
         prog = w / f"{name}.sh"
         prog.write_text(f"#!/bin/sh\ntouch {marks}/{name}\ncat\n")
@@ -779,9 +950,11 @@ def case_not_a_checkout(env: Env) -> str:
     return f"{', '.join(seen)}: not a git checkout"
 
 
-NOTIFY_PLAN_PEAK = ("import sys\nfrom cockpit import supervisor\nrc = supervisor.main(sys.argv[1:])\n"
-                    "hwm = next(ln for ln in open('/proc/self/status') if ln.startswith('VmHWM:')).split()[1]\n"
-                    "print('PEAK', hwm, file=sys.stderr)\nsys.exit(rc)\n")
+NOTIFY_PLAN_PEAK = (
+    "import sys\nfrom cockpit import supervisor\nrc = supervisor.main(sys.argv[1:])\n"
+    "hwm = next(ln for ln in open('/proc/self/status') if ln.startswith('VmHWM:')).split()[1]\n"
+    "print('PEAK', hwm, file=sys.stderr)\nsys.exit(rc)\n"
+)
 
 
 def case_notifier_output(env: Env) -> str:
@@ -789,18 +962,27 @@ def case_notifier_output(env: Env) -> str:
     exits 0 leaving a child that holds its stdout and writes (a success at once; the child ends)."""
     w = env.work()
     marker = f"hostile-notify-{os.getpid()}"
-    child = (f"import subprocess, sys\nsubprocess.Popen([sys.executable, '-c', 'import sys\\nwhile True: "
-             f"sys.stdout.write(\"y\" * 4096)  # {marker}'])\n")
+    child = (
+        f"import subprocess, sys\nsubprocess.Popen([sys.executable, '-c', 'import sys\\nwhile True: "
+        f'sys.stdout.write("y" * 4096)  # {marker}\'])\n'
+    )
     said = []
-    for name, argv, timeout_s, want in (("yes", ["yes"], 3, "timed out after 3s (stopped)"),
-                                        ("child", [sys.executable, "-c", child], 30, None)):
+    for name, argv, timeout_s, want in (
+        ("yes", ["yes"], 3, "timed out after 3s (stopped)"),
+        ("child", [sys.executable, "-c", child], 30, None),
+    ):
         d = quick_plan(w / "exp" / f"20260101_00000{len(said)}_x", {"a": leg_code(), "b": leg_code()})
         plan = json.loads((d / "plan.json").read_text())
         plan["notify"] = {"argv": argv, "timeout_s": timeout_s}
         (d / "plan.json").write_text(json.dumps(plan))
         t0 = time.monotonic()
-        r = subprocess.run([sys.executable, "-c", NOTIFY_PLAN_PEAK, str(d)], env=env.env, capture_output=True,
-                           text=True, timeout=120)
+        r = subprocess.run(
+            [sys.executable, "-c", NOTIFY_PLAN_PEAK, str(d)],
+            env=env.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         took = time.monotonic() - t0
         mib = int(r.stderr.split("PEAK")[1].split()[0]) / 1024
         states = [expdir.read_state(d, n) for n in "ab"]
@@ -809,8 +991,17 @@ def case_notifier_output(env: Env) -> str:
         check(mib < 200, f"{name}: supervisor peak {mib:.0f} MiB")
         if name == "child":
             check(took < 20, f"the child held the queue {took:.0f}s")
-            wait_for(lambda: not [p for p in psutil.process_iter(["cmdline"])
-                                  if marker in " ".join(p.info["cmdline"] or [])], 10, "the writing child to end")
+            wait_for(
+                lambda: (
+                    not [
+                        p
+                        for p in psutil.process_iter(["cmdline"])
+                        if marker in " ".join(p.info["cmdline"] or [])
+                    ]
+                ),
+                10,
+                "the writing child to end",
+            )
         said.append(f"{name}: peak {mib:.0f} MiB, {took:.1f}s")
     return "; ".join(said)
 
@@ -822,19 +1013,30 @@ def case_huge_grids(env: Env) -> str:
     head = '[project]\nexp_root = "exp"\n[defaults]\ndevice = "cpu"\n'
     hundred = ", ".join(map(str, range(100)))
     ten = ", ".join(map(str, range(10)))
-    grid3 = f'[experiment.grid]\nname = "{{a}}_{{b}}_{{c}}"\na = [{hundred}]\nb = [{hundred}]\nc = [{hundred}]\n'
-    grid5 = ('repeats = 100\n[experiment.grid]\nname = "{a}{b}{c}{d}{e}"\n'
-             + "".join(f"{k} = [{ten}]\n" for k in "abcde"))
+    grid3 = (
+        f'[experiment.grid]\nname = "{{a}}_{{b}}_{{c}}"\na = [{hundred}]\nb = [{hundred}]\nc = [{hundred}]\n'
+    )
+    grid5 = 'repeats = 100\n[experiment.grid]\nname = "{a}{b}{c}{d}{e}"\n' + "".join(
+        f"{k} = [{ten}]\n" for k in "abcde"
+    )
     small = f'[experiment.grid]\nname = "{{a}}_{{b}}_{{c}}"\na = [{ten}]\nb = [{ten}]\nc = [{ten}]\n'
-    cases = [('[[experiment]]\nid = "x"\n' + grid3, 7, "makes 1,000,000 legs"),
-             ('[[experiment]]\nid = "x"\n' + grid5, 8, "makes 100,000 legs (10 x 10 x 10 x 10 x 10) x 100 repeats"),
-             ("".join(f'[[experiment]]\nid = "e{i}"\n{small}' for i in range(11)), 5 + 7 * 10, "11,000 runs")]
+    cases = [
+        ('[[experiment]]\nid = "x"\n' + grid3, 7, "makes 1,000,000 legs"),
+        (
+            '[[experiment]]\nid = "x"\n' + grid5,
+            8,
+            "makes 100,000 legs (10 x 10 x 10 x 10 x 10) x 100 repeats",
+        ),
+        ("".join(f'[[experiment]]\nid = "e{i}"\n{small}' for i in range(11)), 5 + 7 * 10, "11,000 runs"),
+    ]
     took = []
     for body, line, words in cases:
         (w / "reg.toml").write_text(head + body)
         for cmd in (["status"], ["launch", "x", "--dry-run"]):
             t0 = time.monotonic()
-            one_line_2(env.cockpit("--registry", str(w / "reg.toml"), *cmd, cwd=w), f"reg.toml:{line}:", words)
+            one_line_2(
+                env.cockpit("--registry", str(w / "reg.toml"), *cmd, cwd=w), f"reg.toml:{line}:", words
+            )
             took.append(time.monotonic() - t0)
     check(not (w / "exp").exists(), "something was written")
     return f"{len(took)} refusals with file:line, slowest {max(took):.1f}s"
@@ -851,23 +1053,32 @@ def case_failed_prepare(env: Env) -> str:
         wait = "time.sleep(60); " if how == "killed" else ""
         code = f"import os, sys, time; os.makedirs(sys.argv[1], exist_ok=True); {wait}sys.exit(3)"
         path = env.registry(ww, {"a": 'model-tag = "a", num-iterations = 3'}, trainer=True)
-        path.write_text(path.read_text().replace('id = "x"\n', f'id = "x"\n[experiment.prepare]\nargv = ["{{python}}", '
-                                                 f'"-c", {json.dumps(code)}, "{{exp_root}}/_data/made"]\n'
-                                                 'creates = "{exp_root}/_data/made"\n'))
+        path.write_text(
+            path.read_text().replace(
+                'id = "x"\n',
+                f'id = "x"\n[experiment.prepare]\nargv = ["{{python}}", '
+                f'"-c", {json.dumps(code)}, "{{exp_root}}/_data/made"]\n'
+                'creates = "{exp_root}/_data/made"\n',
+            )
+        )
         if how == "fails":
             _launched(env, path, ww)
         else:
             r = env.cockpit("--registry", str(path), "launch", "x", cwd=ww)
             d = Path(r.stdout.strip().splitlines()[-1])
-            prep = wait_for(lambda d=d: (p := expdir.open_dir(d).prepare) and p.status == "running" and p, 60, "prepare")
+            prep = wait_for(
+                lambda d=d: (p := expdir.open_dir(d).prepare) and p.status == "running" and p, 60, "prepare"
+            )
             os.kill(json.loads((d / "state" / "supervisor.json").read_text())["pid"], signal.SIGKILL)
             psutil.Process(prep.pid).kill()
         check((ww / "exp" / "_data" / "made").is_dir(), "the partial output is not there")
         dry = env.cockpit("--registry", str(path), "launch", "x", "--dry-run", cwd=ww).stdout
         check("# prepare, first (its last run did not end well" in dry, f"{how}: the dry run trusts it")
         again = expdir.open_dir(_launched(env, path, ww, "--rerun"))
-        check(again.prepare is not None and again.prepare.status == "failed" and again.prepare.exit_code == 3,
-              f"{how}: prepare not run again ({again.prepare and again.prepare.note})")
+        check(
+            again.prepare is not None and again.prepare.status == "failed" and again.prepare.exit_code == 3,
+            f"{how}: prepare not run again ({again.prepare and again.prepare.note})",
+        )
         said.append(how)
     return f"{' and '.join(said)}: run again by the next launch"
 
@@ -880,18 +1091,34 @@ def case_non_utf8_paths(env: Env) -> str:
     base.mkdir()
     path = env.registry(base, {"a": 'model-tag = "a", num-iterations = 3'}, trainer=True)
     strict = {**env.env, "PYTHONIOENCODING": "utf-8:strict"}
-    r = subprocess.run([sys.executable, "-m", "cockpit.cli", "--registry", str(path), "launch", "x", "--foreground"],
-                       cwd=w, env=strict, capture_output=True, text=True, timeout=180)
+    r = subprocess.run(
+        [sys.executable, "-m", "cockpit.cli", "--registry", str(path), "launch", "x", "--foreground"],
+        cwd=w,
+        env=strict,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     check(r.returncode == 0 and "not regenerated" not in r.stdout, f"launch: {(r.stdout + r.stderr)[-300:]}")
     d = next(p for p in (base / "exp").iterdir() if p.name.endswith("_x"))
     check((d / "report.md").is_file(), "no report.md")
-    for argv in (["--registry", str(path), "resume", "--out-md", str(base / "exp" / "guide.md")],
-                 ["report", "--exp-dir", str(d), "--out-md", os.fsdecode(os.fsencode(str(base)) + b"/r\xff.md")],
-                 ["--registry", str(path), "status"]):
-        r = subprocess.run([sys.executable, "-m", "cockpit.cli", *argv], cwd=w, env=strict, capture_output=True,
-                           text=True, timeout=120)
-        check(r.returncode == 0 and "Traceback" not in r.stderr and "caf\\xe9" in r.stdout,
-              f"{argv[-2]}: {r.returncode} {r.stderr.strip()[-200:]}")
+    for argv in (
+        ["--registry", str(path), "resume", "--out-md", str(base / "exp" / "guide.md")],
+        ["report", "--exp-dir", str(d), "--out-md", os.fsdecode(os.fsencode(str(base)) + b"/r\xff.md")],
+        ["--registry", str(path), "status"],
+    ):
+        r = subprocess.run(
+            [sys.executable, "-m", "cockpit.cli", *argv],
+            cwd=w,
+            env=strict,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        check(
+            r.returncode == 0 and "Traceback" not in r.stderr and "caf\\xe9" in r.stdout,
+            f"{argv[-2]}: {r.returncode} {r.stderr.strip()[-200:]}",
+        )
     return "report.md regenerated; resume --out-md, report --out-md, status printed caf\\xe9"
 
 
@@ -902,31 +1129,71 @@ def case_dir_order(env: Env) -> str:
     path = env.registry(w, {"a": 'model-tag = "a", num-iterations = 3'}, trainer=True)
     made = []
     for tz in ("Etc/GMT-14", "Etc/GMT+12"):
-        r = subprocess.run([sys.executable, "-m", "cockpit.cli", "--registry", str(path), "launch", "x",
-                            "--foreground", "--rerun"], cwd=w, env={**env.env, "TZ": tz}, capture_output=True,
-                           text=True, timeout=180)
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "cockpit.cli",
+                "--registry",
+                str(path),
+                "launch",
+                "x",
+                "--foreground",
+                "--rerun",
+            ],
+            cwd=w,
+            env={**env.env, "TZ": tz},
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
         made.append(Path(r.stdout.strip().splitlines()[-1]))
     check(made[1].name < made[0].name, f"the stamps did not go back: {[p.name for p in made]}")
     future = w / "exp" / "20991231_235959_x"
     future.mkdir()
     (future / "a.log").write_text(STEP.format(i=0, p=0.0) + "\n")
     order = [d.path for d in expdir.discover(w / "exp")]
-    check(order[-1] == made[1] and order.index(future) < order.index(made[0]), f"order {[p.name for p in order]}")
+    check(
+        order[-1] == made[1] and order.index(future) < order.index(made[0]),
+        f"order {[p.name for p in order]}",
+    )
     check(expdir.find_dir(w / "exp", "x") == made[1], "stop would pick another dir as the newest")
     return "the second launch is newest despite its stamp; the 2099 dir without a sequence comes first"
 
 
 def _trainer(env: Env, *args: str) -> subprocess.CompletedProcess:
-    tiny = ["--device-type", "cpu", "--depth", "2", "--max-seq-len", "64", "--device-batch-size", "2",
-            "--total-batch-size", "128", "--compile-mode", "none", "--num-iterations", "3"]
-    return subprocess.run([sys.executable, "-m", "nanochat.base_train", *tiny, *args], cwd=REPO,
-                          env={**env.env, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    tiny = [
+        "--device-type",
+        "cpu",
+        "--depth",
+        "2",
+        "--max-seq-len",
+        "64",
+        "--device-batch-size",
+        "2",
+        "--total-batch-size",
+        "128",
+        "--compile-mode",
+        "none",
+        "--num-iterations",
+        "3",
+    ]
+    return subprocess.run(
+        [sys.executable, "-m", "nanochat.base_train", *tiny, *args],
+        cwd=REPO,
+        env={**env.env, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def _trainer_line(r: subprocess.CompletedProcess, code: int, *words: str) -> str:
     lines = r.stderr.strip().splitlines()
-    check(r.returncode == code and len(lines) == 1 and "Traceback" not in r.stderr,
-          f"exit {r.returncode}: {r.stderr.strip()[-300:]}")
+    check(
+        r.returncode == code and len(lines) == 1 and "Traceback" not in r.stderr,
+        f"exit {r.returncode}: {r.stderr.strip()[-300:]}",
+    )
     for word in words:
         check(word in lines[0], f"{word!r} not in {lines[0][:200]!r}")
     return lines[0]
@@ -935,8 +1202,23 @@ def _trainer_line(r: subprocess.CompletedProcess, code: int, *words: str) -> str
 def _smoke(env: Env) -> Path:
     out = env.base / "smoke"
     if not (out / "tokenizer").is_dir():
-        subprocess.run([sys.executable, "-m", "nanochat.smoke_data", "--out", str(out), "--chars", "200000",
-                        "--vocab-size", "300"], env=env.env, capture_output=True, check=True, timeout=300)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "nanochat.smoke_data",
+                "--out",
+                str(out),
+                "--chars",
+                "200000",
+                "--vocab-size",
+                "300",
+            ],
+            env=env.env,
+            capture_output=True,
+            check=True,
+            timeout=300,
+        )
     return out
 
 
@@ -950,8 +1232,10 @@ def case_trainer_input(env: Env) -> str:
     w = env.work()
     tok = str(_smoke(env) / "tokenizer")
     seen = []
-    for kind, table in (("page", pa.table({"text": [f"doc {i} " * 20 for i in range(200)]})),
-                        ("int", pa.table({"text": list(range(200))}))):
+    for kind, table in (
+        ("page", pa.table({"text": [f"doc {i} " * 20 for i in range(200)]})),
+        ("int", pa.table({"text": list(range(200))})),
+    ):
         d = w / kind
         d.mkdir()
         for i in range(2):
@@ -966,24 +1250,51 @@ def case_trainer_input(env: Env) -> str:
     ck.mkdir(parents=True)
     for name in ("model_000001.pt", "optim_000001_rank0.pt", "meta_000001.json"):
         (ck / name).write_bytes(b"PK\x03\x04 cut")
-    r = _trainer(env, "--vocab-size", "256", "--checkpoint-root", str(w / "ck"), "--model-tag", "t",
-                 "--resume-from-step", "1")
-    seen.append(_trainer_line(r, 2, str(ck / "model_000001.pt"), "not a readable checkpoint").split(": ", 3)[-1][:40])
+    r = _trainer(
+        env,
+        "--vocab-size",
+        "256",
+        "--checkpoint-root",
+        str(w / "ck"),
+        "--model-tag",
+        "t",
+        "--resume-from-step",
+        "1",
+    )
+    seen.append(
+        _trainer_line(r, 2, str(ck / "model_000001.pt"), "not a readable checkpoint").split(": ", 3)[-1][:40]
+    )
     fs = w / "fs"
     if mount(fs, "size=1m"):
         try:
-            r = _trainer(env, "--vocab-size", "256", "--save-every", "2", "--checkpoint-root", str(fs), "--model-tag", "t")
+            r = _trainer(
+                env,
+                "--vocab-size",
+                "256",
+                "--save-every",
+                "2",
+                "--checkpoint-root",
+                str(fs),
+                "--model-tag",
+                "t",
+            )
             seen.append(_trainer_line(r, 1, "No space left on device").split(": ", 3)[-1][:40])
-            check(not [p for p in (fs / "t").iterdir() if p.name.endswith(".tmp")], "a temporary file was left")
+            check(
+                not [p for p in (fs / "t").iterdir() if p.name.endswith(".tmp")], "a temporary file was left"
+            )
         finally:
             umount(fs)
-    return f"{len(seen)} one-line errors" + ("" if len(seen) == 4 else " (no tmpfs here: the full disk skipped)")
+    return f"{len(seen)} one-line errors" + (
+        "" if len(seen) == 4 else " (no tmpfs here: the full disk skipped)"
+    )
 
 
-PATCH_PEAK = ("import sys\nfrom pathlib import Path\nfrom cockpit import provenance\n"
-              "info = provenance.git_info(Path(sys.argv[1]), Path(sys.argv[2]))\n"
-              "hwm = next(ln for ln in open('/proc/self/status') if ln.startswith('VmHWM:')).split()[1]\n"
-              "print(info.get('patch_bytes'), info.get('patch_truncated'), hwm)\n")
+PATCH_PEAK = (
+    "import sys\nfrom pathlib import Path\nfrom cockpit import provenance\n"
+    "info = provenance.git_info(Path(sys.argv[1]), Path(sys.argv[2]))\n"
+    "hwm = next(ln for ln in open('/proc/self/status') if ln.startswith('VmHWM:')).split()[1]\n"
+    "print(info.get('patch_bytes'), info.get('patch_truncated'), hwm)\n"
+)
 
 
 def case_huge_diff(env: Env) -> str:
@@ -1006,13 +1317,20 @@ def case_huge_diff(env: Env) -> str:
                     f.write(f"x = {i} # a line of a big change\n" * 32_000)
         out = w / f"out_{len(said)}"
         out.mkdir()
-        r = subprocess.run([sys.executable, "-c", PATCH_PEAK, str(repo), str(out)], env=env.env, capture_output=True,
-                           text=True, timeout=300)
+        r = subprocess.run(
+            [sys.executable, "-c", PATCH_PEAK, str(repo), str(out)],
+            env=env.env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         check(r.returncode == 0, r.stderr[-300:])
         size, cut, peak = r.stdout.split()
         mib = int(peak) / 1024
-        check(int(size) == 32 << 20 and cut == "True" and (out / "git.patch").stat().st_size == 32 << 20,
-              f"{kind}: patch {size} bytes, cut {cut}")
+        check(
+            int(size) == 32 << 20 and cut == "True" and (out / "git.patch").stat().st_size == 32 << 20,
+            f"{kind}: patch {size} bytes, cut {cut}",
+        )
         check(mib < 120, f"{kind}: peak {mib:.0f} MiB")
         said.append(f"{kind}: 32 MB patch, peak {mib:.0f} MiB")
     return "; ".join(said)
@@ -1042,10 +1360,14 @@ def case_tokenizer_pickle(env: Env) -> str:
             d.chmod(0o777)
         else:
             os.chown(d / "tokenizer.pkl", 12345, 12345)
-        r = _trainer(env, "--data", "parquet", "--data-dir", str(_smoke(env) / "base_data"), "--tokenizer-dir", str(d))
+        r = _trainer(
+            env, "--data", "parquet", "--data-dir", str(_smoke(env) / "base_data"), "--tokenizer-dir", str(d)
+        )
         seen.append(_trainer_line(r, 2, "tokenizer.pkl is a pickle").split(": ", 2)[-1][:50])
         check(not mark.exists(), f"{how}: the pickle's code ran")
-    return f"{len(seen)} refused, the code never ran" + ("" if len(seen) == 2 else " (not root: no chown case)")
+    return f"{len(seen)} refused, the code never ran" + (
+        "" if len(seen) == 2 else " (not root: no chown case)"
+    )
 
 
 CASES = [
@@ -1101,7 +1423,10 @@ def main() -> int:
             except Broken as e:
                 detail, verdict = str(e), "broken"
             except Exception as e:  # noqa: BLE001 - a case that crashes is a broken case, said in one line
-                detail, verdict = f"{type(e).__name__}: {e} at {traceback.extract_tb(e.__traceback__)[-1].lineno}", "broken"
+                detail, verdict = (
+                    f"{type(e).__name__}: {e} at {traceback.extract_tb(e.__traceback__)[-1].lineno}",
+                    "broken",
+                )
             broken += verdict == "broken"
             print(f"{verdict:<6} {item:>2}. {title:<36} {time.monotonic() - t0:5.1f}s  {detail}", flush=True)
     finally:

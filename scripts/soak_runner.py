@@ -68,8 +68,14 @@ args = {{ model-tag = "b", num-iterations = 30, progress-file = "{{exp_dir}}/ckp
 
 def cockpit(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", "cockpit.cli", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=180)
+    return subprocess.run(
+        [sys.executable, "-m", "cockpit.cli", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
 
 
 def wait_for(pred, timeout: float, what: str):
@@ -147,7 +153,9 @@ def one_round(i: int, mode: str, deaf: bool, base: Path) -> dict:
     stop_s = time.monotonic() - t_stop if mode != "finish" else None
     late = [p.pid for p in tree if _alive(p)] if stop_s is not None else []
     if late:
-        print(f"  round {i}: leg a's processes {late} still alive when `cockpit stop` returned", file=sys.stderr)
+        print(
+            f"  round {i}: leg a's processes {late} still alive when `cockpit stop` returned", file=sys.stderr
+        )
     wait_for(lambda: not (d := expdir.open_dir(exp_dir)).supervisor_alive and not d.active, 120, "queue end")
     d = expdir.open_dir(exp_dir)
     sup = d.supervisor or {}
@@ -171,9 +179,16 @@ def one_round(i: int, mode: str, deaf: bool, base: Path) -> dict:
         except psutil.NoSuchProcess:
             pass
     return {
-        "round": i, "mode": mode, "deaf": deaf, "a": d.states["a"].status,
-        "b": d.states["b"].status if "b" in d.states else "-", "secs": time.monotonic() - t0, "stop_s": stop_s,
-        "orphans": len(orphans), "written": written, "lost": lost,
+        "round": i,
+        "mode": mode,
+        "deaf": deaf,
+        "a": d.states["a"].status,
+        "b": d.states["b"].status if "b" in d.states else "-",
+        "secs": time.monotonic() - t0,
+        "stop_s": stop_s,
+        "orphans": len(orphans),
+        "written": written,
+        "lost": lost,
     }
 
 
@@ -188,23 +203,29 @@ def main() -> None:
     args = ap.parse_args()
     base = Path(tempfile.mkdtemp(prefix="cockpit-soak-"))
     rows = []
-    print(f"{'round':>5}  {'mode':<10} {'deaf':<5} {'a':<8} {'b':<8} {'secs':>5} {'stop s':>6} {'orphans':>7} "
-          f"{'log bytes':>9} {'lost':>4}")
+    print(
+        f"{'round':>5}  {'mode':<10} {'deaf':<5} {'a':<8} {'b':<8} {'secs':>5} {'stop s':>6} {'orphans':>7} "
+        f"{'log bytes':>9} {'lost':>4}"
+    )
     try:
         for i in range(args.n):
             row = one_round(i, MODES[i % len(MODES)], deaf=bool((i // len(MODES)) % 2 == 0), base=base)
             rows.append(row)
-            print(f"{row['round']:>5}  {row['mode']:<10} {'yes' if row['deaf'] else 'no':<5} {row['a']:<8} "
-                  f"{row['b']:<8} {row['secs']:>5.1f} {_s(row['stop_s']):>6} {row['orphans']:>7} {row['written']:>9} {row['lost']:>4}",
-                  flush=True)
+            print(
+                f"{row['round']:>5}  {row['mode']:<10} {'yes' if row['deaf'] else 'no':<5} {row['a']:<8} "
+                f"{row['b']:<8} {row['secs']:>5.1f} {_s(row['stop_s']):>6} {row['orphans']:>7} {row['written']:>9} {row['lost']:>4}",
+                flush=True,
+            )
     finally:
         if not args.keep:
             shutil.rmtree(base, ignore_errors=True)
     orphans = sum(r["orphans"] for r in rows)
     lost = sum(r["lost"] for r in rows)
     written = sum(r["written"] for r in rows)
-    print(f"soak: {len(rows)} launches, orphan processes {orphans} (must be 0), "
-          f"lost log bytes {lost} of {written} (must be 0)")
+    print(
+        f"soak: {len(rows)} launches, orphan processes {orphans} (must be 0), "
+        f"lost log bytes {lost} of {written} (must be 0)"
+    )
     sys.exit(0 if orphans == 0 and lost == 0 else 1)
 
 

@@ -29,8 +29,12 @@ def main() -> None:
     p.add_argument("--spawn-child", action="store_true", help="each worker starts a sleeping grandchild")
     p.add_argument("--line-bytes", type=int, default=0, help="pad each step line's extra field to this size")
     p.add_argument("--progress-file", default=None, help="rank 0 records '<last step> <bytes written>' here")
-    p.add_argument("--wait-for", default=None, help="every rank waits (up to 120 s) for this path before step 0")
-    p.add_argument("--echo-env", default="", help="rank 0 first prints 'env NAME=value' for each NAME (a,b,c)")
+    p.add_argument(
+        "--wait-for", default=None, help="every rank waits (up to 120 s) for this path before step 0"
+    )
+    p.add_argument(
+        "--echo-env", default="", help="rank 0 first prints 'env NAME=value' for each NAME (a,b,c)"
+    )
     args = p.parse_args()
 
     rank = int(os.environ.get("RANK", "0"))
@@ -38,7 +42,9 @@ def main() -> None:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
     child = None
     if args.spawn_child:
-        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=True)
+        child = subprocess.Popen(
+            [sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=True
+        )
     if args.progress_file and rank == 0:
         os.makedirs(os.path.dirname(os.path.abspath(args.progress_file)), exist_ok=True)
     if rank == 0:

@@ -50,6 +50,7 @@ _bin: list[Path] = []
 # ----------------------------------------------------------------------------------------------
 # live legs and supervisors: stand-ins the cockpit can prove are the dir's
 
+
 def fake_torchrun(bin_dir: Path) -> Path:
     """An executable named `torchrun` that only sleeps: a stand-in whose command line and
     environment can be made exactly those of a leg's torchrun."""
@@ -75,7 +76,7 @@ def spawn_leg_process(exp_dir: Path, leg: str, argv: list[str], marker: bool = T
     while time.monotonic() < deadline:
         try:
             cmdline = psutil.Process(p.pid).cmdline()
-            if argv[0] in cmdline[:2] and cmdline[len(cmdline) - len(argv) + 1:] == argv[1:]:
+            if argv[0] in cmdline[:2] and cmdline[len(cmdline) - len(argv) + 1 :] == argv[1:]:
                 break
         except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
             break
@@ -94,8 +95,16 @@ def _shared_torchrun() -> Path:
 def live_leg(exp_dir: Path, leg: str) -> tuple[int, float, list[str]]:
     """A process that is provably the leg's torchrun until the test ends: (pid, create time, the
     argv its plan must record). Put both in the dir's plan and the leg's state."""
-    argv = [str(_shared_torchrun()), "--standalone", "--nproc_per_node=1", "-m", "tests.fake_trainer", "--",
-            "--model-tag", leg]
+    argv = [
+        str(_shared_torchrun()),
+        "--standalone",
+        "--nproc_per_node=1",
+        "-m",
+        "tests.fake_trainer",
+        "--",
+        "--model-tag",
+        leg,
+    ]
     p = spawn_leg_process(Path(exp_dir), leg, argv)
     _spawned.append(p)
     return p.pid, psutil.Process(p.pid).create_time(), argv
@@ -128,6 +137,7 @@ def end_live_legs_and_locks() -> None:
 
 # ----------------------------------------------------------------------------------------------
 # registries, dirs and golden files
+
 
 def write_registry(
     tmp_path: Path,
@@ -166,8 +176,13 @@ id = "{exp_id}"
     return path
 
 
-def registry_file(dest: Path, text: str | None = None, read_only: str = "ro", iterations: int | None = None,
-                  corpus: Path | None = None) -> Path:
+def registry_file(
+    dest: Path,
+    text: str | None = None,
+    read_only: str = "ro",
+    iterations: int | None = None,
+    corpus: Path | None = None,
+) -> Path:
     """The bundled experiments.toml (or `text`) written in `dest`: exp_root `dest/exp`, the
     read-only paths under `dest/<read_only>/`; `iterations`: every leg's num-iterations (saves off);
     `corpus` (the `smoke_corpus` fixture): copied where cpu-smoke's prepare step would make it, so
@@ -175,7 +190,7 @@ def registry_file(dest: Path, text: str | None = None, read_only: str = "ro", it
     if corpus is not None:
         place_corpus(dest / "exp", corpus)
     text = (REPO / "experiments.toml").read_text() if text is None else text
-    text = re.sub(r'(?m)^exp_root = .*$', 'exp_root = "exp"', text, count=1)
+    text = re.sub(r"(?m)^exp_root = .*$", 'exp_root = "exp"', text, count=1)
     text = text.replace('"~/.cache/nanochat/', f'"{read_only}/')
     if iterations is not None:
         text = re.sub(r"^num-iterations = 40$", f"num-iterations = {iterations}", text, flags=re.M)
@@ -219,8 +234,11 @@ def make_dir(
     d = exp_root / name
     (d / "state").mkdir(parents=True)
     experiment = name.split("_", 2)[2]
-    plan = {"experiment": experiment, "dir": str(d),
-            "legs": [{"name": leg, "log": str(d / f"{leg}.log")} for leg in legs]}
+    plan = {
+        "experiment": experiment,
+        "dir": str(d),
+        "legs": [{"name": leg, "log": str(d / f"{leg}.log")} for leg in legs],
+    }
     if registry is not None:
         plan["registry"] = {"path": str(registry.path), "raw": registry.raw}  # as launch.write_plan writes it
     if supervisor:
@@ -261,30 +279,64 @@ def check_golden(name: str, text: str) -> None:
     assert text == path.read_text()
 
 
-def step_line(step: int, total: int, loss: float, dt_ms: float, tok: float, mfu: float, t_min: float,
-              eta: float | None = None) -> str:
-    line = (f"step {step:05d}/{total:05d} ({100 * step / total:.2f}%) | loss: {loss:.6f} | lrm: 1.00 | "
-            f"dt: {dt_ms:.2f}ms | tok/sec: {int(tok):,} | bf16_mfu: {mfu:.2f} | epoch: 0 | total time: {t_min:.2f}m")
+def step_line(
+    step: int,
+    total: int,
+    loss: float,
+    dt_ms: float,
+    tok: float,
+    mfu: float,
+    t_min: float,
+    eta: float | None = None,
+) -> str:
+    line = (
+        f"step {step:05d}/{total:05d} ({100 * step / total:.2f}%) | loss: {loss:.6f} | lrm: 1.00 | "
+        f"dt: {dt_ms:.2f}ms | tok/sec: {int(tok):,} | bf16_mfu: {mfu:.2f} | epoch: 0 | total time: {t_min:.2f}m"
+    )
     return line + (f" | eta: {eta:.1f}m" if eta is not None else "")
 
 
-def log_lines(steps: int, total: int, tok: float = 1000.0, dt_ms: float = 1024.0, finished: bool = True,
-              crash: bool = False) -> list[str]:
+def log_lines(
+    steps: int,
+    total: int,
+    tok: float = 1000.0,
+    dt_ms: float = 1024.0,
+    finished: bool = True,
+    crash: bool = False,
+) -> list[str]:
     out = ["Autodetected device type: cpu", "Estimated FLOPs per token: 1.0e+06"]
     for i in range(steps):
         wobble = (i % 5 - 2) * 0.01
-        out.append(step_line(i, total, 6.2 - 0.05 * i, dt_ms * (1 - wobble), tok * (1 + wobble), 0.5 + wobble,
-                             i * dt_ms / 60000, (total - i) * dt_ms / 60000 if i > 10 else None))
+        out.append(
+            step_line(
+                i,
+                total,
+                6.2 - 0.05 * i,
+                dt_ms * (1 - wobble),
+                tok * (1 + wobble),
+                0.5 + wobble,
+                i * dt_ms / 60000,
+                (total - i) * dt_ms / 60000 if i > 10 else None,
+            )
+        )
     if crash:
-        out += ["Traceback (most recent call last):", '  File "nanochat/base_train.py", line 1, in <module>',
-                "RuntimeError: CUDA out of memory (fake)"]
+        out += [
+            "Traceback (most recent call last):",
+            '  File "nanochat/base_train.py", line 1, in <module>',
+            "RuntimeError: CUDA out of memory (fake)",
+        ]
     elif finished:
         out += ["Peak memory usage: 812.50MiB", f"Total training time: {steps * dt_ms / 60000:.2f}m"]
     return out
 
 
-def write_dir(exp_root: Path, name: str, experiment: str, legs: dict[str, tuple[str, list[str]]],
-              supervisor_alive: bool = False) -> Path:
+def write_dir(
+    exp_root: Path,
+    name: str,
+    experiment: str,
+    legs: dict[str, tuple[str, list[str]]],
+    supervisor_alive: bool = False,
+) -> Path:
     """An experiment dir: plan.json, `<leg>.log` and state/<leg>.json per leg (status, log lines).
 
     A live supervisor (this test process, holding the dir's lock) keeps "running"/"queued" states
@@ -295,8 +347,12 @@ def write_dir(exp_root: Path, name: str, experiment: str, legs: dict[str, tuple[
     for leg, (status, lines) in legs.items():
         if lines or status != "queued":
             (d / f"{leg}.log").write_text("".join(x + "\n" for x in lines))
-        state = {"leg": leg, "status": status, "log": str(d / f"{leg}.log"),
-                 "started_at": "2026-02-24T19:00:00+08:00"}
+        state = {
+            "leg": leg,
+            "status": status,
+            "log": str(d / f"{leg}.log"),
+            "started_at": "2026-02-24T19:00:00+08:00",
+        }
         if status == "running":  # a live process, provably this leg's torchrun
             pid, created, argv = live_leg(d, leg)
             state |= {"pid": pid, "create_time": created}
@@ -313,16 +369,26 @@ def write_dir(exp_root: Path, name: str, experiment: str, legs: dict[str, tuple[
 def two_running_dirs(exp_root: Path) -> tuple[Path, Path]:
     """Two dirs, each with one leg running and its supervisor alive: cpu-smoke's `dense` (the
     older dir) and moe-fp8-capacity-opt-v3's `moe_fp8_experts_static_cap1p0_v3`."""
-    a = write_dir(exp_root, "20260224_170000_cpu-smoke", "cpu-smoke",
-                  {"dense": ("running", log_lines(5, 40, finished=False))}, supervisor_alive=True)
-    b = write_dir(exp_root, "20260224_180000_moe-fp8-capacity-opt-v3", "moe-fp8-capacity-opt-v3",
-                  {"moe_fp8_experts_static_cap1p0_v3": ("running", log_lines(5, 40, finished=False))},
-                  supervisor_alive=True)
+    a = write_dir(
+        exp_root,
+        "20260224_170000_cpu-smoke",
+        "cpu-smoke",
+        {"dense": ("running", log_lines(5, 40, finished=False))},
+        supervisor_alive=True,
+    )
+    b = write_dir(
+        exp_root,
+        "20260224_180000_moe-fp8-capacity-opt-v3",
+        "moe-fp8-capacity-opt-v3",
+        {"moe_fp8_experts_static_cap1p0_v3": ("running", log_lines(5, 40, finished=False))},
+        supervisor_alive=True,
+    )
     return a, b
 
 
 # ----------------------------------------------------------------------------------------------
 # the CLI, waiting, processes
+
 
 def child_env() -> dict[str, str]:
     """The test process's env with the checkout importable (for `-m tests.fake_trainer`)."""
@@ -401,8 +467,14 @@ class FakeSampler:
     """Fixed GPU figures: `gpus_` as given, else `n` H100s (those in `busy` at 97%, with the newest
     live leg's torchrun on them, else this process); `nvml=False`: no NVML, for `reason`."""
 
-    def __init__(self, n: int = 8, busy: tuple[int, ...] = (), nvml: bool = True,
-                 reason: str = "NVML Shared Library Not Found", gpus_: list[GpuInfo] | None = None):
+    def __init__(
+        self,
+        n: int = 8,
+        busy: tuple[int, ...] = (),
+        nvml: bool = True,
+        reason: str = "NVML Shared Library Not Found",
+        gpus_: list[GpuInfo] | None = None,
+    ):
         self.n, self.busy, self.nvml, self.reason, self.gpus = n, busy, nvml, reason, gpus_
         self.history: dict[str, deque] = {}
         self.calls = 0
@@ -419,12 +491,27 @@ class FakeSampler:
         for i in range(self.n):
             on = i in self.busy
             pids = (live_leg_pids()[-1:] or [os.getpid()]) if on else []
-            gpus.append(GpuInfo(i, "NVIDIA H100 80GB HBM3", 97.0 if on else 0.0, 18987.0 if on else 0.0,
-                                81559.0, 64.0 if on else 31.0, 612.0 if on else 71.0, pids,
-                                {p: 18432.0 for p in pids}, power_limit_w=700.0))
+            gpus.append(
+                GpuInfo(
+                    i,
+                    "NVIDIA H100 80GB HBM3",
+                    97.0 if on else 0.0,
+                    18987.0 if on else 0.0,
+                    81559.0,
+                    64.0 if on else 31.0,
+                    612.0 if on else 71.0,
+                    pids,
+                    {p: 18432.0 for p in pids},
+                    power_limit_w=700.0,
+                )
+            )
             ramp = [0.0, 0.4, 0.95, 0.97, 0.96, 0.97] if on else [0.0] * 6
-            for key, idle, busy in (("util_pct", 0.0, 100.0), ("mem_used_mib", 0.0, 19573.0),
-                                    ("temp_c", 31.0, 66.0), ("power_w", 71.0, 631.0)):
+            for key, idle, busy in (
+                ("util_pct", 0.0, 100.0),
+                ("mem_used_mib", 0.0, 19573.0),
+                ("temp_c", 31.0, 66.0),
+                ("power_w", 71.0, 631.0),
+            ):
                 self.history[f"gpu{i}.{key}"] = deque([idle + r * (busy - idle) for r in ramp])
         return Snapshot(True, None, gpus, host, CLOCK.timestamp())
 
@@ -500,6 +587,7 @@ async def until(pilot, cond, timeout: float = 15.0, what: str = "condition", ste
 
 # ----------------------------------------------------------------------------------------------
 # mounts, the local Slurm
+
 
 def mount_tmpfs(where: Path, options: str) -> bool:
     """Mount a small tmpfs at `where` (root with mount rights only); False when it cannot be done."""

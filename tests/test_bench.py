@@ -27,7 +27,9 @@ def test_bench_moe_prints_median_and_best_ratios():
     last = re.fullmatch(r"cap1\.0/dense fwd\+bwd: median (\d+\.\d\d), best \d+\.\d\d; guard median <= 1\.15: (held|BROKEN)",
                         lines[-1])  # fmt: skip
     assert last, lines[-1]
-    assert (last.group(2) == "held") == (float(last.group(1)) <= 1.15) and p.returncode == (last.group(2) != "held")
+    assert (last.group(2) == "held") == (float(last.group(1)) <= 1.15) and p.returncode == (
+        last.group(2) != "held"
+    )
     assert any(line.startswith("cap1.0/experts fwd+bwd (eager): median") for line in lines)
     assert sum(line.startswith("| ") for line in lines) == 2 + 5  # header, rule, 5 eager variants
     if platform.libc_ver()[0] == "glibc":  # its mallopt keeps the page faults of freed tensors out
@@ -77,7 +79,9 @@ def test_bench_gpu_verdict_flags_graph_breaks_recompiles_and_failures():
     assert verdict(results, [], compiled=True)[1]
     results["fp8_cap1p0_static"] = leg(rc=1, graphs=None, recompiles=None)
     lines, ok = verdict(results, [], compiled=True)
-    assert not ok and "FAILED: fp8_cap1p0_static" in lines[-1] and "RECOMPILED: fp8_cap1p0_static" in lines[-1]
+    assert (
+        not ok and "FAILED: fp8_cap1p0_static" in lines[-1] and "RECOMPILED: fp8_cap1p0_static" in lines[-1]
+    )
     assert verdict({"bf16_dropless_static": leg(graphs=9)}, [], compiled=False)[1]  # eager (CPU) legs
 
 
@@ -111,6 +115,10 @@ def test_bench_parity_runs_the_trainer_variants_and_prints_the_table(smoke_corpu
     lines = p.stdout.strip().splitlines()
     assert "| step | dense | dense fork | Δ | cap1.0 | cap1.0 fork | Δ |" in lines
     rows = [ln for ln in lines if re.match(r"^\| \d+ \| ", ln)]
-    assert [r.split(" | ")[0] for r in rows] == ["| 0", "| 1", "| 2"]  # an eval at each step, the fork's cells '-'
+    assert [r.split(" | ")[0] for r in rows] == [
+        "| 0",
+        "| 1",
+        "| 2",
+    ]  # an eval at each step, the fork's cells '-'
     assert all(re.fullmatch(r"\| \d \| \d\.\d{6} \| - \| - \| \d\.\d{6} \| - \| - \|", r) for r in rows), rows
     assert lines[-1].startswith("RESULT: final val bpb at step 2: dense ") and "no fork figures" in lines[-1]

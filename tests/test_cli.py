@@ -16,7 +16,18 @@ from cockpit import registry as reg
 def test_every_subcommand_help_has_its_description(capsys):
     parser = cli.build_parser()
     commands = parser._subparsers._group_actions[0].choices  # the subcommands argparse knows
-    assert set(commands) == {"status", "resume", "launch", "stop", "resubmit", "report", "gpus", "completion", "logs", "export"}
+    assert set(commands) == {
+        "status",
+        "resume",
+        "launch",
+        "stop",
+        "resubmit",
+        "report",
+        "gpus",
+        "completion",
+        "logs",
+        "export",
+    }
     for name in commands:
         with pytest.raises(SystemExit) as done:
             cli.main([name, "--help"])
@@ -64,16 +75,34 @@ def test_registry_from_the_environment(tmp_path, monkeypatch):
     assert reg.find_registry(elsewhere, {reg.REGISTRY_ENV: str(path)}) == path
     assert reg.find_registry(elsewhere, {}) == other
     env = {**child_env(), reg.REGISTRY_ENV: str(path)}
-    r = subprocess.run([sys.executable, "-m", "cockpit.cli", "status"], cwd=elsewhere, env=env,
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "cockpit.cli", "status"],
+        cwd=elsewhere,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 0 and r.stdout.splitlines()[0].endswith(f"({path})"), r.stderr
-    r = subprocess.run([sys.executable, "-m", "cockpit.cli", "status", "--registry", str(other)], cwd=tmp_path,
-                       env=env, capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "cockpit.cli", "status", "--registry", str(other)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 0 and r.stdout.splitlines()[0].endswith(f"({other})"), r.stderr
     # a $COCKPIT_REGISTRY that names nothing is one line, exit 2
     env[reg.REGISTRY_ENV] = str(tmp_path / "nope.toml")
-    r = subprocess.run([sys.executable, "-m", "cockpit.cli", "status"], cwd=tmp_path, env=env,
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "cockpit.cli", "status"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert (r.returncode, r.stdout) == (2, "")
     assert r.stderr == f"cockpit: {tmp_path}/nope.toml: $COCKPIT_REGISTRY names no registry file\n"
 
@@ -84,26 +113,44 @@ def test_no_registry_anywhere_says_where_it_looked(tmp_path, command):
     # tmp_path's parents hold no experiments.toml (/tmp and /): every command that needs one says so
     assert not any((d / "experiments.toml").exists() for d in tmp_path.parents)
     env = {k: v for k, v in child_env().items() if k != reg.REGISTRY_ENV}
-    r = subprocess.run([sys.executable, "-m", "cockpit.cli", *command], cwd=tmp_path, env=env,
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "cockpit.cli", *command],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert (r.returncode, r.stdout) == (2, "")
-    assert r.stderr == (f"cockpit: experiments.toml: registry file not found in {tmp_path} or any directory "
-                        "above it; give --registry PATH or set $COCKPIT_REGISTRY\n")
+    assert r.stderr == (
+        f"cockpit: experiments.toml: registry file not found in {tmp_path} or any directory "
+        "above it; give --registry PATH or set $COCKPIT_REGISTRY\n"
+    )
 
 
 @pytest.mark.slow
 def test_report_needs_no_registry(tmp_path):
     d = make_dir(tmp_path, "20261126_043113_cpu-smoke", {"dense": ("done", "cpu-smoke/dense.log")})
     env = {k: v for k, v in child_env().items() if k != reg.REGISTRY_ENV}
-    r = subprocess.run([sys.executable, "-m", "cockpit.cli", "report", "--exp-dir", str(d)], cwd=tmp_path,
-                       env=env, capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "cockpit.cli", "report", "--exp-dir", str(d)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 0 and "| dense |" in r.stdout, r.stderr
 
 
 @pytest.mark.slow
 def test_version_is_the_installed_distributions(monkeypatch):
     r = cockpit("--version")
-    assert (r.returncode, r.stdout, r.stderr) == (0, f"cockpit {importlib.metadata.version('nanochat-cockpit')}\n", "")
+    assert (r.returncode, r.stdout, r.stderr) == (
+        0,
+        f"cockpit {importlib.metadata.version('nanochat-cockpit')}\n",
+        "",
+    )
 
     def not_installed(name):
         raise importlib.metadata.PackageNotFoundError(name)
@@ -115,9 +162,13 @@ def test_version_is_the_installed_distributions(monkeypatch):
 def complete(script: str, words: list[str], cwd: Path) -> list[str]:
     """What bash offers for the last of `words` (a command line being typed), with the script loaded."""
     line = " ".join(words)
-    code = (f'source "$1"; COMP_WORDS=({" ".join(repr(w) for w in words)}); COMP_CWORD={len(words) - 1}; '
-            f'COMP_LINE={line!r}; COMP_POINT=${{#COMP_LINE}}; _shtab_cockpit; printf "%s\\n" "${{COMPREPLY[@]}}"')
-    r = subprocess.run(["bash", "-c", code, "bash", script], cwd=cwd, capture_output=True, text=True, timeout=60)
+    code = (
+        f'source "$1"; COMP_WORDS=({" ".join(repr(w) for w in words)}); COMP_CWORD={len(words) - 1}; '
+        f'COMP_LINE={line!r}; COMP_POINT=${{#COMP_LINE}}; _shtab_cockpit; printf "%s\\n" "${{COMPREPLY[@]}}"'
+    )
+    r = subprocess.run(
+        ["bash", "-c", code, "bash", script], cwd=cwd, capture_output=True, text=True, timeout=60
+    )
     assert r.returncode == 0, r.stderr
     return r.stdout.split()
 
@@ -145,5 +196,7 @@ def test_completion_scripts_complete_commands_flags_and_paths(tmp_path, capsys, 
     monkeypatch.setattr(cli, "shtab", None)
     assert cli.main(["completion", "bash"]) == 2
     out = capsys.readouterr()
-    assert out.out == "" and out.err == ("cockpit: completion needs shtab, which is not installed: "
-                                         "pip install -e '.[completion]' (or: pip install shtab)\n")
+    assert out.out == "" and out.err == (
+        "cockpit: completion needs shtab, which is not installed: "
+        "pip install -e '.[completion]' (or: pip install shtab)\n"
+    )

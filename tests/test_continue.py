@@ -92,7 +92,11 @@ def test_a_continuation_is_a_new_plan_file_every_reader_sees_and_plan_json_is_un
     n = continuation.record(registry, continuation.plan_continue(registry, "fake", d))
     assert n == 1 and _sha(d / "plan.json") == before
     cont = json.loads((d / "plan.1.json").read_text())
-    assert cont["continues"] == "fake" and [x["name"] for x in cont["legs"]] == ["b", "c"] and cont["again"] == []
+    assert (
+        cont["continues"] == "fake"
+        and [x["name"] for x in cont["legs"]] == ["b", "c"]
+        and cont["again"] == []
+    )
     assert cont["legs"][0]["argv"][-2:] == ["--model-tag", "b"] and "git" in cont and "trainer" in cont
     plan = Plan.read(d)
     assert plan.run_names == ["a", "b", "c"]
@@ -123,7 +127,9 @@ def test_a_bad_continuation_file_is_left_out_and_said(tmp_path):
     (d / "plan.1.json").write_text(json.dumps({"continues": "fake", "legs": [{"name": "a", "argv": ["x"]}]}))
     (d / "plan.2.json").write_text("{not json")
     (d / "plan.3.json").write_text(json.dumps({"continues": "other", "legs": []}))
-    (d / "plan.4.json").write_text(json.dumps({"continues": "fake", "legs": [{"name": "supervisor", "argv": ["x"]}]}))
+    (d / "plan.4.json").write_text(
+        json.dumps({"continues": "fake", "legs": [{"name": "supervisor", "argv": ["x"]}]})
+    )
     opened = expdir.open_dir(d)
     assert opened.legs == ["a"]
     assert "plan.4.json: names a run no file can be named after: 'supervisor'" in opened.problem
@@ -133,7 +139,12 @@ def test_a_bad_continuation_file_is_left_out_and_said(tmp_path):
     assert sup._first_runs(plan) == ["a"]
     assert "plan.1.json: adds run a, which the dir has already" in opened.problem
     assert "plan.2.json: unreadable" in opened.problem and "plan.3.json: continues 'other'" in opened.problem
-    assert [x.split(":")[0] for x in plan.left_out] == ["plan.1.json", "plan.2.json", "plan.3.json", "plan.4.json"]
+    assert [x.split(":")[0] for x in plan.left_out] == [
+        "plan.1.json",
+        "plan.2.json",
+        "plan.3.json",
+        "plan.4.json",
+    ]
 
 
 @pytest.mark.slow
@@ -201,15 +212,19 @@ def test_dry_run_into_says_what_would_run_and_writes_nothing(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_live_supervisor_that_does_not_take_it_in_time_is_said_and_foreground_is_refused(tmp_path,
-                                                                                           monkeypatch):
+def test_a_live_supervisor_that_does_not_take_it_in_time_is_said_and_foreground_is_refused(
+    tmp_path, monkeypatch
+):
     path = _registry(tmp_path)
     registry = reg.load(path)
     d = _planned(path, ["a"])
     _state(d, "a", "done")
     (d / "state" / "supervisor.json").write_text(json.dumps(hold_supervisor_lock(d)))  # this process: alive
-    with pytest.raises(RunError, match=r"supervisor \(pid \d+\) runs its queue: the legs join it there; "
-                                       "leave out --foreground"):
+    with pytest.raises(
+        RunError,
+        match=r"supervisor \(pid \d+\) runs its queue: the legs join it there; "
+        "leave out --foreground",
+    ):
         continuation.start(registry, "fake", d, foreground=True)
     assert continuation_numbers(d) == []
     asked = []
@@ -243,13 +258,18 @@ def test_the_remaining_legs_join_the_running_queue_of_the_dir(tmp_path, checkout
     assert r.returncode == 0, r.stderr
     d = Path(r.stdout.strip().splitlines()[-1])
     plan_sha = _sha(d / "plan.json")
-    wait_for(lambda: (st := expdir.read_state(d, "a")) and st.status == "running", timeout=60, what="a running")
+    wait_for(
+        lambda: (st := expdir.read_state(d, "a")) and st.status == "running", timeout=60, what="a running"
+    )
     r = cockpit("--registry", str(path), "launch", "fake", "--into", str(d))
     assert r.returncode == 0, r.stderr
     sup = json.loads((d / "state" / "supervisor.json").read_text())
     lines = r.stdout.strip().splitlines()
-    assert lines == [f"skip a: running in {d} already",
-                     f"b: joined the queue of {d}'s supervisor (pid {sup['pid']})", str(d)]
+    assert lines == [
+        f"skip a: running in {d} already",
+        f"b: joined the queue of {d}'s supervisor (pid {sup['pid']})",
+        str(d),
+    ]
     assert expdir.read_state(d, "b").status == "queued"
     (d / "go").touch()
     wait_for(lambda: not expdir.open_dir(d).supervisor_alive, timeout=90, what="the queue's end")
@@ -287,8 +307,13 @@ async def test_L_after_l_offers_to_continue_in_the_same_dir(tmp_path, monkeypatc
     from cockpit.tui.experiments import Selection
 
     path = _registry(tmp_path, {"a": 'model-tag = "a"', "b": 'model-tag = "b"'})
-    d = write_dir(tmp_path / "exp", "20260224_190000_fake", "fake", {"a": ("running", log_lines(3, 4, finished=False))},
-                  supervisor_alive=True)
+    d = write_dir(
+        tmp_path / "exp",
+        "20260224_190000_fake",
+        "fake",
+        {"a": ("running", log_lines(3, 4, finished=False))},
+        supervisor_alive=True,
+    )
     asked = []
 
     def start(registry, exp_id, exp_dir, *a, **kw):
@@ -306,15 +331,23 @@ async def test_L_after_l_offers_to_continue_in_the_same_dir(tmp_path, monkeypatc
         await pilot.press("n")
         await select(pilot, app, Selection("experiment", "fake"))
         await pilot.press("L")
-        screen = await until(pilot, lambda: isinstance(app.screen, ConfirmScreen) and app.screen, what="confirm L")
+        screen = await until(
+            pilot, lambda: isinstance(app.screen, ConfirmScreen) and app.screen, what="confirm L"
+        )
         body = str(screen.body)
         assert f"or continue in {d} [c]:" in body and "runs b there; its queue runs (supervisor pid" in body
         assert f"skips a: running in {d} already" in body
-        await until(pilot, lambda: "Launch [y]" in screen_text(app) and "Continue in dir [c]" in screen_text(app),
-                    what="both choices shown with their keys")
+        await until(
+            pilot,
+            lambda: "Launch [y]" in screen_text(app) and "Continue in dir [c]" in screen_text(app),
+            what="both choices shown with their keys",
+        )
         await pilot.press("c")
-        await until(pilot, lambda: any(f"b: joined the queue of {d}'s supervisor (pid 4242)" in m for m in notes(app)),
-                    what="the joined note")
+        await until(
+            pilot,
+            lambda: any(f"b: joined the queue of {d}'s supervisor (pid 4242)" in m for m in notes(app)),
+            what="the joined note",
+        )
     assert asked == [("fake", d)]
 
 

@@ -25,7 +25,9 @@ def test_a_clock_set_back_does_not_make_an_older_dir_newest(tmp_path):
     registry = reg.load(write_registry(tmp_path, {"a": 'model-tag = "a"'}))
     root = registry.settings.exp_root
     first = _launch_into(registry, "20260301_120000_fake")
-    second = _launch_into(registry, "20260301_090000_fake")  # the clock went back 3 hours (or the timezone moved)
+    second = _launch_into(
+        registry, "20260301_090000_fake"
+    )  # the clock went back 3 hours (or the timezone moved)
     seqs = [json.loads((d / "plan.json").read_text())["seq"] for d in (first, second)]
     assert [s["n"] for s in seqs] == [1, 2] and all(s["utc"].endswith("Z") for s in seqs)
     assert [d.path for d in expdir.discover(root)] == [first, second]
@@ -49,7 +51,8 @@ def test_dirs_launched_before_the_sequence_keep_their_stamp_order_and_come_first
     new = _launch_into(registry, "20240101_000000_fake")  # a clock far behind
     assert json.loads((new / "plan.json").read_text())["seq"]["n"] == 1  # the old dirs have none
     assert [d.path for d in expdir.discover(root)] == [old1, old2, manual, new]
-    (old2 / "plan.json").write_text(json.dumps({**json.loads((old2 / "plan.json").read_text()),
-                                                "seq": {"n": "7", "utc": 3}}))  # garbage: as if none
+    (old2 / "plan.json").write_text(
+        json.dumps({**json.loads((old2 / "plan.json").read_text()), "seq": {"n": "7", "utc": 3}})
+    )  # garbage: as if none
     assert [d.path for d in expdir.discover(root)] == [old1, old2, manual, new]
     assert expdir.next_seq(root).n == 2

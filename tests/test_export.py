@@ -29,7 +29,10 @@ def moe_lines() -> list[str]:
             step = int(line[5:10])
             if step % 4 == 0:
                 out.append(f"Step {step:05d} | Validation bpb: {1.5 - step / 100:.6f}")
-            line = line.replace(" | lrm:", f" | bal: {1.0 + step / 1000:.4f} | lrm:") + f" | drop: {step / 10:.1f}%"
+            line = (
+                line.replace(" | lrm:", f" | bal: {1.0 + step / 1000:.4f} | lrm:")
+                + f" | drop: {step / 10:.1f}%"
+            )
         out.append(line)
     return out
 
@@ -41,8 +44,15 @@ def exp_dir(tmp_path) -> Path:
     d = tmp_path / "20260224_190000_cpu-smoke"
     (d / "attempts").mkdir(parents=True)
     (d / "state").mkdir()
-    (d / "plan.json").write_text(json.dumps({"experiment": "cpu-smoke", "prepare": {"argv": ["true"]},
-                                             "legs": [{"name": "dense"}, {"name": "moe"}]}))
+    (d / "plan.json").write_text(
+        json.dumps(
+            {
+                "experiment": "cpu-smoke",
+                "prepare": {"argv": ["true"]},
+                "legs": [{"name": "dense"}, {"name": "moe"}],
+            }
+        )
+    )
     (d / "dense.log").write_text("\n".join(log_lines(12, 12)) + "\n")
     (d / "moe.log").write_text("\n".join(moe_lines()) + "\n")
     (d / "prepare.log").write_text("making the corpus\n")
@@ -62,9 +72,13 @@ def test_each_run_reads_back_as_the_log_says(exp_dir, tmp_path, capsys):
     out = tmp_path / "tb" / "new"
     code, text, err = run(capsys, "export", str(exp_dir), "--tensorboard", str(out))
     assert (code, err) == (0, "")
-    assert text.splitlines() == ["dense             12 steps, 0 validations", "moe               10 steps, 3 validations",
-                                 "manual            3 steps, 0 validations", "attempts/dense.1  4 steps, 0 validations",
-                                 str(out)]
+    assert text.splitlines() == [
+        "dense             12 steps, 0 validations",
+        "moe               10 steps, 3 validations",
+        "manual            3 steps, 0 validations",
+        "attempts/dense.1  4 steps, 0 validations",
+        str(out),
+    ]
     # TensorBoard's own idea of the runs: one per leg's log and per kept attempt, not the prepare step
     mux = EventMultiplexer().AddRunsFromDirectory(str(out))
     mux.Reload()
@@ -95,7 +109,11 @@ def test_each_run_reads_back_as_the_log_says(exp_dir, tmp_path, capsys):
 def test_a_dir_of_plain_logs_exports_too(tmp_path, capsys):
     logs_dir = Path(__file__).parent / "fixtures" / "cpu-smoke"
     code, text, _ = run(capsys, "export", str(logs_dir), "--tensorboard", str(tmp_path / "o"))
-    assert code == 0 and [ln.split()[0] for ln in text.splitlines()[:-1]] == ["dense", "moe_cap1p0", "moe_dropless"]
+    assert code == 0 and [ln.split()[0] for ln in text.splitlines()[:-1]] == [
+        "dense",
+        "moe_cap1p0",
+        "moe_dropless",
+    ]
     assert len(scalars(tmp_path / "o" / "moe_dropless")["train/bal"]) == 40
     (tmp_path / "empty").mkdir()  # an existing empty dir is fine
     assert run(capsys, "export", str(logs_dir), "--tensorboard", str(tmp_path / "empty"))[0] == 0
@@ -111,10 +129,13 @@ def test_out_must_be_new_or_empty_and_never_a_link(exp_dir, tmp_path, capsys):
     link.symlink_to(target)  # planted: an empty dir behind a link
     afile = tmp_path / "afile"
     afile.write_text("x")
-    for out, says in ((full, "is not empty: export writes into a new or empty dir"),
-                      (link, "is a symlink (refused: the cockpit never writes through a link)"),
-                      (afile, "exists and is not a dir"), (afile / "sub", "Not a directory"),
-                      ("  ", "--tensorboard: empty path")):
+    for out, says in (
+        (full, "is not empty: export writes into a new or empty dir"),
+        (link, "is a symlink (refused: the cockpit never writes through a link)"),
+        (afile, "exists and is not a dir"),
+        (afile / "sub", "Not a directory"),
+        ("  ", "--tensorboard: empty path"),
+    ):
         code, text, err = run(capsys, "export", str(exp_dir), "--tensorboard", str(out))
         assert (code, text) == (2, "") and err.count("\n") == 1 and says in err, (out, err)
     assert [p.name for p in full.iterdir()] == ["keep.txt"] and list(target.iterdir()) == []

@@ -139,8 +139,11 @@ def test_backend_choice(monkeypatch):
     # on a GPU, compiled code decides the path from the cache convert_to_fp8 filled: a dict read
     # that dynamo folds into the graph (no torch.cuda query, no graph break)
     monkeypatch.setitem(fp8._CUDA_FP8, 0, True)
-    f = torch.compile(lambda x: x + 1 if fp8.uses_scaled_mm(torch.device("cuda", 0)) else x - 1,
-                      fullgraph=True, backend="eager")
+    f = torch.compile(
+        lambda x: x + 1 if fp8.uses_scaled_mm(torch.device("cuda", 0)) else x - 1,
+        fullgraph=True,
+        backend="eager",
+    )
     assert f(torch.zeros(2)).tolist() == [1.0, 1.0]
     fp8.set_backend("emulate")
     try:
@@ -343,8 +346,18 @@ def test_flops_per_token_count_the_fp8_layers():
     # upstream nanochat once dropped FP8 layers from it and reported MFU ~10x low)
     from nanochat.gpt import GPT, GPTConfig
 
-    c = GPTConfig(sequence_len=64, vocab_size=512, n_layer=2, n_head=2, n_embd=128, use_moe=True,
-                  n_experts=4, expert_topk=2, expert_hidden_mult=2, moe_capacity_factor=1.0)
+    c = GPTConfig(
+        sequence_len=64,
+        vocab_size=512,
+        n_layer=2,
+        n_head=2,
+        n_embd=128,
+        use_moe=True,
+        n_experts=4,
+        expert_topk=2,
+        expert_hidden_mult=2,
+        moe_capacity_factor=1.0,
+    )
     model = GPT(c)
     before = model.estimate_flops()
     info = fp8.convert_to_fp8(model, include_experts=True)
@@ -371,8 +384,17 @@ def test_cpu_smoke_moe_leg_trains_with_fp8_under_torchrun(tmp_path, smoke_corpus
 
     leg = registry.load(registry_file(tmp_path, corpus=smoke_corpus)).find_leg("cpu-smoke/moe_cap1p0")
     args = leg.trainer_args(tmp_path) + ["--fp8", "--fp8-include-moe-experts", "--num-iterations", "20"]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           f"--nproc_per_node={leg.nproc_per_node}", "-m", leg.module, "--", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={leg.nproc_per_node}",
+        "-m",
+        leg.module,
+        "--",
+        *args,
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=240)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]

@@ -40,7 +40,9 @@ def test_value_embeddings_on_alternating_layers_ending_with_the_last():
     for n_layer, expected in ((4, [1, 3]), (5, [0, 2, 4]), (1, [0])):
         m = GPT(small_config(n_layer=n_layer))
         assert sorted(int(k) for k in m.value_embeds) == expected
-        assert [b.attn.ve_gate is not None for b in m.transformer.h] == [i in expected for i in range(n_layer)]
+        assert [b.attn.ve_gate is not None for b in m.transformer.h] == [
+            i in expected for i in range(n_layer)
+        ]
     assert tuple(GPT(small_config()).transformer.h[1].attn.ve_gate.weight.shape) == (2, 32)  # a gate per head
 
 
@@ -67,7 +69,9 @@ def test_a_short_window_attends_only_within_it():
     x2[0, 2] += 1.0  # token 2 is 13 back from token 15 (outside its window), 8 back from token 10
     y2 = attn(x2, None, (cos, sin), mask)
     assert torch.equal(y2[0, 15], y[0, 15]) and not torch.allclose(y2[0, 10], y[0, 10])
-    torch.testing.assert_close(attn(x, None, (cos, sin), None), attn(x, None, (cos, sin), window_mask(16, 16)))
+    torch.testing.assert_close(
+        attn(x, None, (cos, sin), None), attn(x, None, (cos, sin), window_mask(16, 16))
+    )
 
 
 def test_init_follows_the_fork():
@@ -79,9 +83,19 @@ def test_init_follows_the_fork():
     assert m.lm_head.weight.std().item() == pytest.approx(0.001, rel=0.1)
     bound = 3**0.5 / 32**0.5
     b0 = m.transformer.h[0]
-    for w in (b0.attn.c_q.weight, b0.moe.experts.w_fc, m.value_embeds["1"].weight, m.transformer.h[1].mlp.c_fc.weight):
+    for w in (
+        b0.attn.c_q.weight,
+        b0.moe.experts.w_fc,
+        m.value_embeds["1"].weight,
+        m.transformer.h[1].mlp.c_fc.weight,
+    ):
         assert w.abs().max() <= bound and w.std().item() == pytest.approx(32**-0.5, rel=0.15)
-    for w in (b0.attn.c_proj.weight, b0.moe.router.weight, b0.moe.experts.w_proj, m.transformer.h[1].attn.ve_gate.weight):
+    for w in (
+        b0.attn.c_proj.weight,
+        b0.moe.router.weight,
+        b0.moe.experts.w_proj,
+        m.transformer.h[1].attn.ve_gate.weight,
+    ):
         assert not w.any()
     assert m.resid_lambdas.tolist() == [1.0] * 4 and m.x0_lambdas.tolist() == pytest.approx([0.1] * 4)
 
@@ -104,9 +118,15 @@ def test_init_draws_the_fork_s_random_numbers_in_the_fork_s_order():
     ve1 = torch.empty(128, 32).uniform_(-s, s)
     assert torch.equal(m.transformer.wte.weight, wte) and torch.equal(m.lm_head.weight, head)
     b0, b1 = m.transformer.h
-    assert all(torch.equal(lin.weight, w) for lin, w in zip((b0.attn.c_q, b0.attn.c_k, b0.attn.c_v), qkv0, strict=True))
+    assert all(
+        torch.equal(lin.weight, w)
+        for lin, w in zip((b0.attn.c_q, b0.attn.c_k, b0.attn.c_v), qkv0, strict=True)
+    )
     assert all(torch.equal(b0.moe.experts.w_fc[e], experts[e].t()) for e in range(4))
-    assert all(torch.equal(lin.weight, w) for lin, w in zip((b1.attn.c_q, b1.attn.c_k, b1.attn.c_v), qkv1, strict=True))
+    assert all(
+        torch.equal(lin.weight, w)
+        for lin, w in zip((b1.attn.c_q, b1.attn.c_k, b1.attn.c_v), qkv1, strict=True)
+    )
     assert torch.equal(b1.mlp.c_fc.weight, mlp1) and torch.equal(m.value_embeds["1"].weight, ve1)
 
 

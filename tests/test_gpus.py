@@ -16,13 +16,20 @@ from cockpit import cli, gpus, resume
 
 
 def test_sample_eight_gpus_with_field_errors():
-    nv = FakeNVML(8, broken={(2, "power"), (3, "util"), (3, "mem"), (5, "procs"), (6, "name"), (7, "temp"),
-                             (4, "limit")})
+    nv = FakeNVML(
+        8,
+        broken={(2, "power"), (3, "util"), (3, "mem"), (5, "procs"), (6, "name"), (7, "temp"), (4, "limit")},
+    )
     nv.util[0], nv.mem_used_mib[0], nv.pids[0] = 97.0, 18987.8, [4242, 4243]
     snap = gpus.GpuSampler(nvml=nv).sample()
     assert snap.available and snap.reason is None and len(snap.gpus) == 8
     g0, g2, g3 = snap.gpus[0], snap.gpus[2], snap.gpus[3]
-    assert (g0.name, g0.util_pct, round(g0.mem_used_mib, 1), g0.mem_total_mib) == ("NVIDIA H100 80GB HBM3", 97.0, 18987.8, 81559.0)
+    assert (g0.name, g0.util_pct, round(g0.mem_used_mib, 1), g0.mem_total_mib) == (
+        "NVIDIA H100 80GB HBM3",
+        97.0,
+        18987.8,
+        81559.0,
+    )
     assert (g0.temp_c, g0.power_w, g0.pids) == (30.0, 70.0, [4242, 4243])
     assert g2.power_w is None and g2.util_pct == 0.0
     assert g0.power_limit_w == 700.0 and g2.power_limit_w == 700.0  # the limit has its own field
@@ -35,9 +42,13 @@ def test_sample_eight_gpus_with_field_errors():
     assert len(lines) == 10  # header, 8 GPUs, host
     assert "4242 (20260101_000000_x/dense), 4243" in lines[1] and "97%" in lines[1]
     assert lines[3].split()[-2] == "n/a"  # GPU 2's power
-    assert "70/700W" in lines[1] and lines[5].split()[-2] == "74W"  # the draw and its limit; GPU 4 has no limit
+    assert (
+        "70/700W" in lines[1] and lines[5].split()[-2] == "74W"
+    )  # the draw and its limit; GPU 4 has no limit
     assert "n/a" in lines[4] and "n/a/n/a" in lines[4]  # GPU 3: util and memory
-    assert lines[6].endswith("  n/a (Not Supported)") and lines[7].endswith("  -")  # GPU 5: not "no processes"
+    assert lines[6].endswith("  n/a (Not Supported)") and lines[7].endswith(
+        "  -"
+    )  # GPU 5: not "no processes"
     assert lines[-1].startswith("host: cpu ")
 
 
@@ -94,7 +105,9 @@ def test_history_is_bounded():
         sampler.sample()
     assert list(sampler.history["gpu1.util_pct"]) == [7.0, 8.0, 9.0, 10.0, 11.0]
     assert all(len(q) == 5 for q in sampler.history.values())
-    assert {"gpu0.mem_used_mib", "gpu0.temp_c", "gpu0.power_w", "host.ram_used_mib", "host.load1"} <= set(sampler.history)
+    assert {"gpu0.mem_used_mib", "gpu0.temp_c", "gpu0.power_w", "host.ram_used_mib", "host.load1"} <= set(
+        sampler.history
+    )
 
 
 def test_preflight_thresholds():
@@ -114,11 +127,18 @@ def test_preflight_judges_a_gpu_by_what_nvml_gives_and_says_what_it_could_not_ch
     and memory, so a leg can run on it; the note says the processes were not checked, and why."""
     nv = FakeNVML(4, broken={(1, "procs"), (2, "procs"), (3, "util")})
     sampler = gpus.GpuSampler(nvml=nv)
-    assert gpus.preflight(sampler.sample(), [0], 5, 1024) == (True, "GPUs 0 idle")  # every figure: nothing said
+    assert gpus.preflight(sampler.sample(), [0], 5, 1024) == (
+        True,
+        "GPUs 0 idle",
+    )  # every figure: nothing said
     assert gpus.preflight(sampler.sample(), [0, 1, 2, 3], 5, 1024) == (
-        True, "GPUs 0,1,2,3 idle; not checked: processes on GPUs 1,2 (NVML: Not Supported), utilization of GPUs 3")
+        True,
+        "GPUs 0,1,2,3 idle; not checked: processes on GPUs 1,2 (NVML: Not Supported), utilization of GPUs 3",
+    )
     assert gpus.pick(sampler.sample(), [0, 1, 2, 3], {0}, 1, 5, 1024) == (
-        [1], "GPUs 1 idle; not checked: processes on GPUs 1 (NVML: Not Supported)")
+        [1],
+        "GPUs 1 idle; not checked: processes on GPUs 1 (NVML: Not Supported)",
+    )
     nv.mem_used_mib[1] = 30000.0  # what NVML does give still makes a GPU busy
     assert gpus.preflight(sampler.sample(), [1], 5, 1024) == (False, "GPU 1 busy: mem 30000 MiB > 1024 MiB")
 

@@ -28,21 +28,55 @@ from cockpit import (
 )
 from cockpit.logs import follow, summary
 
-SETTINGS = settings(max_examples=120, deadline=None,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+SETTINGS = settings(
+    max_examples=120,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 
 # ----------------------------------------------------------------------------------------------
 # registries
 
-ODD = ["\u202e", "\u2066", "\x1b[2J", "\x1b]0;t\x07", "\x00", "\x7f", "\u0085", "é", "𝔘", "\ufeff", "`", "|", "\\",
-       "/", "..", "-", "~", "{exp_dir}", " ", "\t", "\n", "x" * 300]
-odd_text = st.one_of(st.text(max_size=12), st.sampled_from(ODD),
-                     st.lists(st.sampled_from(ODD + ["a", "b", "1"]), max_size=4).map("".join))
-numbers = st.one_of(st.integers(-(2**70), 2**70), st.floats(allow_nan=True, allow_infinity=True),
-                    st.sampled_from([0, -1, 1, 100000, 2**63, 99999999999999999999]))
+ODD = [
+    "\u202e",
+    "\u2066",
+    "\x1b[2J",
+    "\x1b]0;t\x07",
+    "\x00",
+    "\x7f",
+    "\u0085",
+    "é",
+    "𝔘",
+    "\ufeff",
+    "`",
+    "|",
+    "\\",
+    "/",
+    "..",
+    "-",
+    "~",
+    "{exp_dir}",
+    " ",
+    "\t",
+    "\n",
+    "x" * 300,
+]
+odd_text = st.one_of(
+    st.text(max_size=12),
+    st.sampled_from(ODD),
+    st.lists(st.sampled_from(ODD + ["a", "b", "1"]), max_size=4).map("".join),
+)
+numbers = st.one_of(
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from([0, -1, 1, 100000, 2**63, 99999999999999999999]),
+)
 scalars = st.one_of(st.booleans(), numbers, odd_text)
-values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=3),
-                                                      st.dictionaries(odd_text, inner, max_size=3)), max_leaves=6)
+values = st.recursive(
+    scalars,
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(odd_text, inner, max_size=3)),
+    max_leaves=6,
+)
 
 
 def field(good, bad=values) -> st.SearchStrategy:
@@ -52,35 +86,67 @@ def field(good, bad=values) -> st.SearchStrategy:
 
 plain = st.from_regex(r"[a-z][a-z0-9_.-]{0,12}", fullmatch=True)
 name = field(plain, odd_text)
-project = st.fixed_dictionaries({
-    "exp_root": field(st.just("exp"), st.one_of(values, odd_text.map(lambda t: f"exp/{t}"))),
-}, optional={
-    "name": name,
-    "read_only": field(st.lists(plain.map(lambda t: f"ro/{t}"), max_size=2)),
-    "branch": name,
-    "tail": field(st.integers(1, 200), numbers),
-    "on_failure": field(st.sampled_from(["stop", "continue"]), st.sampled_from(["retry", "", "STOP"])),
-    "gpu_idle": field(st.fixed_dictionaries({}, optional={
-        "max_util_pct": field(st.floats(0, 100), numbers), "max_mem_mib": field(st.integers(0, 10**5), numbers),
-        "wait_s": field(st.floats(0, 1000), numbers)})),
-})
-leg = st.fixed_dictionaries({"name": name}, optional={
-    "description": odd_text, "nproc_per_node": field(st.integers(1, 8), numbers),
-    "args": st.dictionaries(st.one_of(st.just("depth"), plain, odd_text), scalars, max_size=3),
-    "recorded": st.dictionaries(st.sampled_from(["tok_per_sec", "mfu", "dt_ms", "dir", "source", "nope"]),
-                                field(st.floats(0, 1e6), scalars), max_size=3),
-})
-experiment = st.fixed_dictionaries({"id": name, "leg": st.lists(leg, min_size=1, max_size=3)}, optional={
-    "title": odd_text, "device": field(st.sampled_from(["cpu", "cuda"]), st.sampled_from(["tpu", ""])),
-    "nproc_per_node": field(st.integers(1, 8), numbers), "baseline": name, "decision": odd_text,
-    "notes": st.lists(odd_text, max_size=2), "args": st.dictionaries(plain, scalars, max_size=2),
-})
-registry_tables = st.fixed_dictionaries({"project": project, "experiment": st.lists(experiment, min_size=1, max_size=3)},
-                                        optional={"defaults": st.fixed_dictionaries({}, optional={
-                                            "module": field(st.just("nanochat.base_train"), odd_text),
-                                            "device": field(st.just("cpu"), odd_text),
-                                            "nproc_per_node": field(st.integers(1, 8), numbers),
-                                            "args": st.dictionaries(plain, scalars, max_size=3)})})
+project = st.fixed_dictionaries(
+    {
+        "exp_root": field(st.just("exp"), st.one_of(values, odd_text.map(lambda t: f"exp/{t}"))),
+    },
+    optional={
+        "name": name,
+        "read_only": field(st.lists(plain.map(lambda t: f"ro/{t}"), max_size=2)),
+        "branch": name,
+        "tail": field(st.integers(1, 200), numbers),
+        "on_failure": field(st.sampled_from(["stop", "continue"]), st.sampled_from(["retry", "", "STOP"])),
+        "gpu_idle": field(
+            st.fixed_dictionaries(
+                {},
+                optional={
+                    "max_util_pct": field(st.floats(0, 100), numbers),
+                    "max_mem_mib": field(st.integers(0, 10**5), numbers),
+                    "wait_s": field(st.floats(0, 1000), numbers),
+                },
+            )
+        ),
+    },
+)
+leg = st.fixed_dictionaries(
+    {"name": name},
+    optional={
+        "description": odd_text,
+        "nproc_per_node": field(st.integers(1, 8), numbers),
+        "args": st.dictionaries(st.one_of(st.just("depth"), plain, odd_text), scalars, max_size=3),
+        "recorded": st.dictionaries(
+            st.sampled_from(["tok_per_sec", "mfu", "dt_ms", "dir", "source", "nope"]),
+            field(st.floats(0, 1e6), scalars),
+            max_size=3,
+        ),
+    },
+)
+experiment = st.fixed_dictionaries(
+    {"id": name, "leg": st.lists(leg, min_size=1, max_size=3)},
+    optional={
+        "title": odd_text,
+        "device": field(st.sampled_from(["cpu", "cuda"]), st.sampled_from(["tpu", ""])),
+        "nproc_per_node": field(st.integers(1, 8), numbers),
+        "baseline": name,
+        "decision": odd_text,
+        "notes": st.lists(odd_text, max_size=2),
+        "args": st.dictionaries(plain, scalars, max_size=2),
+    },
+)
+registry_tables = st.fixed_dictionaries(
+    {"project": project, "experiment": st.lists(experiment, min_size=1, max_size=3)},
+    optional={
+        "defaults": st.fixed_dictionaries(
+            {},
+            optional={
+                "module": field(st.just("nanochat.base_train"), odd_text),
+                "device": field(st.just("cpu"), odd_text),
+                "nproc_per_node": field(st.integers(1, 8), numbers),
+                "args": st.dictionaries(plain, scalars, max_size=3),
+            },
+        )
+    },
+)
 
 
 def toml_value(v) -> str:
@@ -99,6 +165,7 @@ def toml_value(v) -> str:
 
 def toml_string(text: str) -> str:
     """A TOML basic string: control characters (C0, DEL, C1) escaped, anything else as it is."""
+
     def one(c: str) -> str:
         if c in '"\\':
             return "\\" + c
@@ -140,7 +207,9 @@ def test_any_registry_loads_or_is_one_located_line_and_renders(tmp_path, tables,
         assert "\n" not in msg and msg.startswith(str(path))
         return
     state = resume.build_state(r, sampler=NoGpu(), dirs=[])
-    assert "\x1b" not in cli.safetext.printable(resume_text.render_status(state) + resume_text.render_guide(state))
+    assert "\x1b" not in cli.safetext.printable(
+        resume_text.render_status(state) + resume_text.render_guide(state)
+    )
     for exp in r.experiments:
         for leg_ in exp.legs:
             leg_.argv(r.settings.exp_root / "x")
@@ -160,35 +229,74 @@ def test_any_text_as_a_registry_is_a_registry_or_one_line(tmp_path, text):
 # logs
 
 HUGE = ["9" * 30, "1e999", "-1e999", "nan", "inf", "-0", "1" * 5000, "0x1F", "1_000", "١٢٣"]
-num_text = st.one_of(st.floats(allow_nan=True, allow_infinity=True).map(repr), st.integers(-(2**80), 2**80).map(str),
-                     st.sampled_from(HUGE))
+num_text = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True).map(repr),
+    st.integers(-(2**80), 2**80).map(str),
+    st.sampled_from(HUGE),
+)
 
 
 @st.composite
 def step_line(draw) -> str:
-    fields = [f"loss: {draw(num_text)}", f"dt: {draw(num_text)}ms", f"tok/sec: {draw(num_text)}",
-              f"bf16_mfu: {draw(num_text)}", f"total time: {draw(num_text)}m", f"bal: {draw(num_text)}"]
+    fields = [
+        f"loss: {draw(num_text)}",
+        f"dt: {draw(num_text)}ms",
+        f"tok/sec: {draw(num_text)}",
+        f"bf16_mfu: {draw(num_text)}",
+        f"total time: {draw(num_text)}m",
+        f"bal: {draw(num_text)}",
+    ]
     kept = draw(st.lists(st.sampled_from(fields), max_size=6, unique=True))
-    head = f"step {draw(st.one_of(st.integers(0, 10**6).map(lambda i: f'{i:05d}'), num_text))}/{draw(num_text)}"
+    head = (
+        f"step {draw(st.one_of(st.integers(0, 10**6).map(lambda i: f'{i:05d}'), num_text))}/{draw(num_text)}"
+    )
     return " | ".join([head, *kept])
 
 
 SGR = ["\x1b[32m", "\x1b[0m", "\x1b[1;31m", "\x1b[38;5;82m", "\x1b[K"]
-HOSTILE = ["\x1b]0;TITLE\x07", "\x1b[2J", "\x1b]52;c;ZXZpbA==\x07", "\u202e", "\x00", "\x9b31m", "\x1b", "\x1b["]
+HOSTILE = [
+    "\x1b]0;TITLE\x07",
+    "\x1b[2J",
+    "\x1b]52;c;ZXZpbA==\x07",
+    "\u202e",
+    "\x00",
+    "\x9b31m",
+    "\x1b",
+    "\x1b[",
+]
 other_line = st.one_of(
-    st.sampled_from(["Traceback (most recent call last):", '  File "x.py", line 1, in <module>',
-                     "RuntimeError: boom", "torch.OutOfMemoryError: CUDA out of memory.",
-                     "[rank0]: Traceback (most recent call last):", "Peak memory usage: 12.5MiB",
-                     "Total training time: 2.97m", "Step 00010 | Validation bpb: 0.8",
-                     "moe step 00001 | drop: 1.2% | load: 0.1,nan,inf | bal: 1.0", "usage: x [-h]",
-                     "x.py: error: unrecognized arguments: --bogus", "failed (exitcode: -9)"]),
+    st.sampled_from(
+        [
+            "Traceback (most recent call last):",
+            '  File "x.py", line 1, in <module>',
+            "RuntimeError: boom",
+            "torch.OutOfMemoryError: CUDA out of memory.",
+            "[rank0]: Traceback (most recent call last):",
+            "Peak memory usage: 12.5MiB",
+            "Total training time: 2.97m",
+            "Step 00010 | Validation bpb: 0.8",
+            "moe step 00001 | drop: 1.2% | load: 0.1,nan,inf | bal: 1.0",
+            "usage: x [-h]",
+            "x.py: error: unrecognized arguments: --bogus",
+            "failed (exitcode: -9)",
+        ]
+    ),
     st.text(max_size=40),
 )
-decorated = st.builds(lambda pre, line, post: pre + line + post, st.sampled_from([""] + SGR + HOSTILE + ["[rank3]: "]),
-                      st.one_of(step_line(), other_line), st.sampled_from(["", *SGR, *HOSTILE, " "]))
+decorated = st.builds(
+    lambda pre, line, post: pre + line + post,
+    st.sampled_from([""] + SGR + HOSTILE + ["[rank3]: "]),
+    st.one_of(step_line(), other_line),
+    st.sampled_from(["", *SGR, *HOSTILE, " "]),
+)
 log_bytes = st.one_of(
-    st.builds(lambda lines, seps: "".join(ln + seps[i % len(seps)] for i, ln in enumerate(lines)).encode("utf-8", "replace"),
-              st.lists(decorated, max_size=40), st.lists(st.sampled_from(["\n", "\r\n", "\r", "\n\n"]), min_size=1)),
+    st.builds(
+        lambda lines, seps: "".join(ln + seps[i % len(seps)] for i, ln in enumerate(lines)).encode(
+            "utf-8", "replace"
+        ),
+        st.lists(decorated, max_size=40),
+        st.lists(st.sampled_from(["\n", "\r\n", "\r", "\n\n"]), min_size=1),
+    ),
     st.binary(max_size=2000),
 )
 
@@ -241,14 +349,20 @@ def test_the_backward_tail_reader_sees_what_the_whole_file_says(tmp_path, monkey
     back = logs.summarize(log, tail=tail)
     monkeypatch.undo()
     for attr in ("tail_n", "tok_per_sec", "dt_ms", "mfu", "last_step", "last_loss", "error_line"):
-        assert _same(getattr(back, attr), getattr(whole, attr)), (attr, getattr(back, attr), getattr(whole, attr))
+        assert _same(getattr(back, attr), getattr(whole, attr)), (
+            attr,
+            getattr(back, attr),
+            getattr(whole, attr),
+        )
 
 
 @pytest.mark.slow
 @SETTINGS
 @given(data=log_bytes, tail=st.integers(1, 60), budget=st.integers(1, 400))
 @example(data=b"step 00001/0.0\nstep 00000/0.0\n", tail=1, budget=5)
-def test_with_a_tiny_text_budget_the_window_is_still_the_whole_files(tmp_path, monkeypatch, data, tail, budget):
+def test_with_a_tiny_text_budget_the_window_is_still_the_whole_files(
+    tmp_path, monkeypatch, data, tail, budget
+):
     """The text budget exceeded: the window's step lines are found by the backward scan alone."""
     log = tmp_path / "run.log"
     log.write_bytes(data)
@@ -259,7 +373,11 @@ def test_with_a_tiny_text_budget_the_window_is_still_the_whole_files(tmp_path, m
     back = logs.summarize(log, tail=tail)
     monkeypatch.undo()
     for attr in ("tail_n", "tok_per_sec", "dt_ms", "mfu", "last_step", "last_loss"):
-        assert _same(getattr(back, attr), getattr(whole, attr)), (attr, getattr(back, attr), getattr(whole, attr))
+        assert _same(getattr(back, attr), getattr(whole, attr)), (
+            attr,
+            getattr(back, attr),
+            getattr(whole, attr),
+        )
 
 
 @SETTINGS
@@ -273,7 +391,10 @@ def test_lines_read_backwards_are_the_lines_read_forwards(tmp_path, data, max_li
     p.write_bytes(data)
     with open(p, "rb") as f:
         back = [line for _, line in summary._lines_backwards(f, len(data), max_line=max_line, chunk=chunk)]
-        wanted = [line for _, line in summary._lines_backwards(f, len(data), need=b"s", max_line=max_line, chunk=chunk)]
+        wanted = [
+            line
+            for _, line in summary._lines_backwards(f, len(data), need=b"s", max_line=max_line, chunk=chunk)
+        ]
     assert back[::-1] == fwd
     assert wanted[::-1] == [line for line in fwd if b"s" in line]
 
@@ -283,8 +404,11 @@ def test_lines_read_backwards_are_the_lines_read_forwards(tmp_path, data, max_li
 
 
 @pytest.mark.slow
-@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow,
-                                                                 HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=8,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 @given(pattern=st.lists(decorated, min_size=1, max_size=20), long_line=st.booleans())
 def test_a_summary_stays_within_a_memory_bound_whatever_the_file(tmp_path, pattern, long_line):
     """Files of 8 MB made of a generated pattern (one line of 1 MB without a newline, maybe): the
@@ -312,14 +436,16 @@ def test_a_summary_stays_within_a_memory_bound_whatever_the_file(tmp_path, patte
 
 def test_unreadable_and_odd_files_under_exp_root_never_raise(tmp_path):
     root = tmp_path / "exp"
-    for i, make in enumerate([
-        lambda d: os.mkfifo(d / "plan.json"),
-        lambda d: os.symlink("/dev/zero", d / "a.log"),
-        lambda d: (d / "plan.json").write_bytes(os.urandom(3000)),
-        lambda d: (d / "state").write_text("x"),
-        lambda d: os.symlink(d, d / "state"),
-        lambda d: (d / "plan.json").write_text(json.dumps({"experiment": [], "legs": {"a": 1}})),
-    ]):
+    for i, make in enumerate(
+        [
+            lambda d: os.mkfifo(d / "plan.json"),
+            lambda d: os.symlink("/dev/zero", d / "a.log"),
+            lambda d: (d / "plan.json").write_bytes(os.urandom(3000)),
+            lambda d: (d / "state").write_text("x"),
+            lambda d: os.symlink(d, d / "state"),
+            lambda d: (d / "plan.json").write_text(json.dumps({"experiment": [], "legs": {"a": 1}})),
+        ]
+    ):
         d = root / f"2026010{i}_000000_x"
         d.mkdir(parents=True)
         make(d)

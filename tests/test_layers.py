@@ -13,16 +13,66 @@ REPO = Path(__file__).resolve().parents[1]
 
 # Every module of the cockpit, by layer (see ARCHITECTURE.md). A new module must be placed here.
 LAYERS = {
-    0: ["cockpit", "cockpit.fsutil", "cockpit.procs", "cockpit.scheduler", "cockpit.sbatch_opts", "cockpit.safetext", "cockpit.stats",
-        "cockpit.vocab", "cockpit.figures", "cockpit.lazy", "cockpit.numtext", "cockpit.pipes", "cockpit.checkout", "cockpit.flags", "cockpit.registry", "cockpit.toml_lines",
-        "cockpit.schema", "cockpit.names", "cockpit.grid", "cockpit.slurm_policy",
+    0: [
+        "cockpit",
+        "cockpit.fsutil",
+        "cockpit.procs",
+        "cockpit.scheduler",
+        "cockpit.sbatch_opts",
+        "cockpit.safetext",
+        "cockpit.stats",
+        "cockpit.vocab",
+        "cockpit.figures",
+        "cockpit.lazy",
+        "cockpit.numtext",
+        "cockpit.pipes",
+        "cockpit.checkout",
+        "cockpit.flags",
+        "cockpit.registry",
+        "cockpit.toml_lines",
+        "cockpit.schema",
+        "cockpit.names",
+        "cockpit.grid",
+        "cockpit.slurm_policy",
         "cockpit.logs",
-        "cockpit.logs.lines", "cockpit.logs.failure", "cockpit.logs.state", "cockpit.logs.follow",
-        "cockpit.logs.summary", "cockpit.logs.full", "cockpit.logs.progress"],
-    1: ["cockpit.plan", "cockpit.gpus", "cockpit.expdir", "cockpit.provenance", "cockpit.trainer_flags", "cockpit.leg_log"],
-    2: ["cockpit.baseline", "cockpit.export", "cockpit.plots", "cockpit.step_files", "cockpit.report", "cockpit.report_md", "cockpit.report_files", "cockpit.supervisor", "cockpit.executors", "cockpit.executors.local",
-        "cockpit.executors.slurm", "cockpit.executors.slurm_record", "cockpit.executors.resubmit"],
-    3: ["cockpit.launch", "cockpit.resume", "cockpit.resume_text", "cockpit.continuation", "cockpit.state_json"],
+        "cockpit.logs.lines",
+        "cockpit.logs.failure",
+        "cockpit.logs.state",
+        "cockpit.logs.follow",
+        "cockpit.logs.summary",
+        "cockpit.logs.full",
+        "cockpit.logs.progress",
+    ],
+    1: [
+        "cockpit.plan",
+        "cockpit.gpus",
+        "cockpit.expdir",
+        "cockpit.provenance",
+        "cockpit.trainer_flags",
+        "cockpit.leg_log",
+    ],
+    2: [
+        "cockpit.baseline",
+        "cockpit.export",
+        "cockpit.plots",
+        "cockpit.step_files",
+        "cockpit.report",
+        "cockpit.report_md",
+        "cockpit.report_files",
+        "cockpit.supervisor",
+        "cockpit.executors",
+        "cockpit.executors.local",
+        "cockpit.executors.slurm",
+        "cockpit.executors.slurm_record",
+        "cockpit.executors.resubmit",
+    ],
+    3: [
+        "cockpit.launch",
+        "cockpit.resume",
+        "cockpit.resume_text",
+        "cockpit.continuation",
+        "cockpit.state_json",
+    ],
     4: ["cockpit.cli", "cockpit.tui"],  # and every module of cockpit.tui
 }
 # What a function may import (a heavy library, loaded only by what needs it), with a comment saying why.
@@ -79,8 +129,12 @@ def graph() -> dict[str, set[str]]:
 @pytest.mark.slow
 def test_every_module_imports_only_its_own_layer_or_below():
     g = graph()
-    wrong = [f"{m} (layer {layer_of(m)}) imports {t} (layer {layer_of(t)})"
-             for m, targets in g.items() for t in targets if layer_of(t) > layer_of(m)]
+    wrong = [
+        f"{m} (layer {layer_of(m)}) imports {t} (layer {layer_of(t)})"
+        for m, targets in g.items()
+        for t in targets
+        if layer_of(t) > layer_of(m)
+    ]
     assert not wrong, wrong
 
 
@@ -119,12 +173,21 @@ def test_function_level_imports_are_heavy_libraries_and_say_why():
             if not in_function:
                 continue
             parts = target.split(".")
-            root = next((".".join(parts[:i]) for i in range(len(parts), 0, -1) if ".".join(parts[:i]) in FUNCTION_LEVEL), target)
+            root = next(
+                (
+                    ".".join(parts[:i])
+                    for i in range(len(parts), 0, -1)
+                    if ".".join(parts[:i]) in FUNCTION_LEVEL
+                ),
+                target,
+            )
             assert root in FUNCTION_LEVEL, f"{m}:{line} imports {target} inside a function"
             top = line - 1  # the comment: on the line, or above the block of imports it starts
             while top > 0 and lines[top - 1].strip().startswith(("import ", "from ")):
                 top -= 1
             said = lines[max(0, top - 1) : line]
-            assert any("#" in s and "function-level" in s for s in said), f"{m}:{line}: say why {target} is imported here"
+            assert any("#" in s and "function-level" in s for s in said), (
+                f"{m}:{line}: say why {target} is imported here"
+            )
             seen.add(root)
     assert seen == FUNCTION_LEVEL  # each exception is still needed

@@ -13,7 +13,13 @@ from hypothesis import strategies as st
 from cockpit import logs
 from cockpit.logs import summary
 
-FORMAT_FIXTURES = ["fork-log-excerpt", "upstream-bf16", "upstream-old-mfu", "trainer-junk", "crashed-torchrun"]
+FORMAT_FIXTURES = [
+    "fork-log-excerpt",
+    "upstream-bf16",
+    "upstream-old-mfu",
+    "trainer-junk",
+    "crashed-torchrun",
+]
 
 
 def records(path: Path) -> list:
@@ -42,13 +48,30 @@ def test_fork_line_fields():
     )
     r = logs.parse_step(line)
     assert (r.step, r.total, r.pct, r.loss, r.bal, r.lrm) == (279, 280, 99.64, 3.723798, 24.0192, 0.06)
-    assert (r.dt_ms, r.tok_per_sec, r.mfu, r.epoch, r.total_time_min, r.eta_min) == (637.19, 822814, 9.96, 1, 2.97, 0.0)
+    assert (r.dt_ms, r.tok_per_sec, r.mfu, r.epoch, r.total_time_min, r.eta_min) == (
+        637.19,
+        822814,
+        9.96,
+        1,
+        2.97,
+        0.0,
+    )
     assert r.extra == {}
 
 
 def test_fields_by_name_any_order_units_and_unknowns():
-    r = logs.parse_step("step 7/10 | mfu: 1.5 | tok/sec: 1,234,567 | dt: 0.5s | new: x | drop: 2.5% | loss: nan")
-    assert (r.step, r.total, r.pct, r.mfu, r.tok_per_sec, r.dt_ms, r.drop_pct) == (7, 10, None, 1.5, 1234567, 500, 2.5)
+    r = logs.parse_step(
+        "step 7/10 | mfu: 1.5 | tok/sec: 1,234,567 | dt: 0.5s | new: x | drop: 2.5% | loss: nan"
+    )
+    assert (r.step, r.total, r.pct, r.mfu, r.tok_per_sec, r.dt_ms, r.drop_pct) == (
+        7,
+        10,
+        None,
+        1.5,
+        1234567,
+        500,
+        2.5,
+    )
     assert r.loss != r.loss  # nan stays a float
     assert r.extra == {"new": "x"}
     bad = logs.parse_step("step 00001/00002 (50.00%) | loss: ??? | dt: 5ms")
@@ -75,7 +98,15 @@ def test_moe_val_final_lines():
     assert logs.parse_line("Minimum validation bpb: 0.801234") == logs.FinalLine("min_val_bpb", 0.801234)
     assert logs.parse_line("Total batch size 524,288 => gradient accumulation steps: 4").value == 524288
     assert logs.parse_line("Total batch size unknown") is None
-    for junk in ["", "\x00\x01", "Traceback (most recent call last):", "step", "[", "[rank0]: [", "Step x | y"]:
+    for junk in [
+        "",
+        "\x00\x01",
+        "Traceback (most recent call last):",
+        "step",
+        "[",
+        "[rank0]: [",
+        "Step x | y",
+    ]:
         assert logs.parse_line(junk) is None
 
 
@@ -83,7 +114,18 @@ def test_moe_val_final_lines():
 # chunking: any split of a byte stream gives the same lines and the same summary
 
 FIXTURE_BYTES = [(FIXTURES / f"{n}.log").read_bytes() for n in FORMAT_FIXTURES]
-JUNK = [b"\r", b"\r\n", b"\n", b"\xff\xfe", b"\xc3", b"\xe2\x82", b"junk | : |", b"step ", b"step 0000", b"moe step"]
+JUNK = [
+    b"\r",
+    b"\r\n",
+    b"\n",
+    b"\xff\xfe",
+    b"\xc3",
+    b"\xe2\x82",
+    b"junk | : |",
+    b"step ",
+    b"step 0000",
+    b"moe step",
+]
 
 
 @st.composite
@@ -244,7 +286,14 @@ def test_summary_of_a_finished_fork_log():
     s = logs.summarize(FIXTURES / "fork-log-excerpt.log")
     assert s.status == "completed" and s.finished and not s.failed
     # 20 step lines, step 0 among them (8.9 s of compilation): the tail means leave it out
-    assert (s.last_step, s.total_steps, s.pct, s.last_loss, s.steps_observed, s.tail_n) == (279, 280, 100.0, 3.723798, 20, 19)
+    assert (s.last_step, s.total_steps, s.pct, s.last_loss, s.steps_observed, s.tail_n) == (
+        279,
+        280,
+        100.0,
+        3.723798,
+        20,
+        19,
+    )
     assert s.tail_values["dt_ms"][0] == 617.79 and 8935.08 not in s.tail_values["dt_ms"]
     assert (s.peak_mem_mib, s.total_time_min, s.bal) == (18987.83, 2.97, 24.0192)
     s5 = logs.summarize(FIXTURES / "fork-log-excerpt.log", tail=5)  # steps 275-279
@@ -264,12 +313,18 @@ def test_progress_of_a_running_log_is_the_logs_own_line(tmp_path):
     from cockpit.logs import progress
 
     p = tmp_path / "run.log"
-    p.write_text("".join(f"step {i:05d}/00040 ({100 * i / 40:.2f}%) | loss: 2.000000 | dt: 100.00ms | "
-                         f"tok/sec: 1,000 | total time: 0.01m | eta: 2.6m\n" for i in range(40)))
+    p.write_text(
+        "".join(
+            f"step {i:05d}/00040 ({100 * i / 40:.2f}%) | loss: 2.000000 | dt: 100.00ms | "
+            f"tok/sec: 1,000 | total time: 0.01m | eta: 2.6m\n"
+            for i in range(40)
+        )
+    )
     s = logs.summarize(p, tail=50)
     assert (s.last_step, s.total_steps, s.pct, s.tail_n) == (39, 40, 97.5, 39)  # 39 of 40 steps: not 100%
-    assert progress.line(s, 50) == ("step 39/40 (97.50%), loss 2.0000, 1,000 tok/s (tail 39 of 50 steps, "
-                                    "step 0 left out), ETA 0:02:36")
+    assert progress.line(s, 50) == (
+        "step 39/40 (97.50%), loss 2.0000, 1,000 tok/s (tail 39 of 50 steps, step 0 left out), ETA 0:02:36"
+    )
     assert progress.tail_text(s.tail_n, 39) == "" and progress.short_tail(39, 50)
     # a log whose own percent rounds to 100 while it runs: still short of it
     p.write_text("step 39999/40000 (100.00%) | loss: 2.000000 | dt: 100.00ms\n")
@@ -281,8 +336,13 @@ def test_progress_of_a_running_log_is_the_logs_own_line(tmp_path):
     assert logs.summarize(p).pct == 25.0
     p.write_text("step 39/40 | loss: 2.000000\nPeak memory usage: 1.00MiB\nTotal training time: 0.01m\n")
     assert logs.summarize(p).pct == 100.0  # the final lines: done
-    assert [progress.eta_text(m) for m in (None, 0.5, 61.25, 1666.7, float("nan"))] == \
-        ["-", "0:00:30", "1:01:15", "27:46:42", "-"]
+    assert [progress.eta_text(m) for m in (None, 0.5, 61.25, 1666.7, float("nan"))] == [
+        "-",
+        "0:00:30",
+        "1:01:15",
+        "27:46:42",
+        "-",
+    ]
     assert (progress.step_text(None, 40), progress.step_text(3, None)) == ("-", "3/?")
 
 
@@ -291,8 +351,10 @@ def test_summary_reads_quality_and_routing(tmp_path):
     lines (tail means), the batch size; a log without the minimum line takes the least one seen."""
     lines = ["Total batch size 1,024 => gradient accumulation steps: 1"]
     for i in range(6):
-        lines.append(f"step {i:05d}/00006 ({100 * i / 6:.2f}%) | loss: {3 - i / 10:.6f} | bal: 1.{i}000 | lrm: 1.00 | "
-                     f"dt: 100.00ms | tok/sec: 10,240 | bf16_mfu: 0.00 | epoch: 0 | total time: 0.00m | drop: {i}.00%")
+        lines.append(
+            f"step {i:05d}/00006 ({100 * i / 6:.2f}%) | loss: {3 - i / 10:.6f} | bal: 1.{i}000 | lrm: 1.00 | "
+            f"dt: 100.00ms | tok/sec: 10,240 | bf16_mfu: 0.00 | epoch: 0 | total time: 0.00m | drop: {i}.00%"
+        )
         if i % 2 == 0:
             lines.append(f"Step {i:05d} | Validation bpb: {2 - i / 10:.6f}")
     lines += ["Step 00006 | Validation bpb: 1.700000"]
@@ -329,14 +391,20 @@ def test_torchrun_summary_alone_is_a_failure(tmp_path):
 def test_argparse_error_is_the_failure_cause(tmp_path):
     """A bad flag: argparse's usage + `prog: error:` (exit 2, no traceback), then torchrun's summary."""
     torchrun = (FIXTURES / "crashed-torchrun.log").read_text().split("W1126 04:10:31")[1]
-    torchrun = "W1126 04:10:31" + torchrun.replace("exitcode: 1", "exitcode: 2").replace("exitcode  : 1", "exitcode  : 2")
+    torchrun = "W1126 04:10:31" + torchrun.replace("exitcode: 1", "exitcode: 2").replace(
+        "exitcode  : 1", "exitcode  : 2"
+    )
     usage = "[rank0]: usage: base_train.py [-h] [--run RUN] [--device-type DEVICE_TYPE] [--depth DEPTH]"
     error = "[rank0]: base_train.py: error: unrecognized arguments: --bogus 1"
     p = tmp_path / "bad_flag.log"
-    p.write_text(f"Autodetected device type: cuda\n{usage}\n[rank0]:                      [--aspect-ratio N]\n{error}\n{torchrun}")
+    p.write_text(
+        f"Autodetected device type: cuda\n{usage}\n[rank0]:                      [--aspect-ratio N]\n{error}\n{torchrun}"
+    )
     s = logs.summarize(p)
     assert s.status == "failed" and s.failed and not s.finished and s.last_step is None
-    assert s.error_line == "base_train.py: error: unrecognized arguments: --bogus 1"  # before torchrun's lines
+    assert (
+        s.error_line == "base_train.py: error: unrecognized arguments: --bogus 1"
+    )  # before torchrun's lines
     assert s.failure[:2] == [usage, error] and "exitcode  : 2 (pid: 4253)" in s.failure
     assert not any("ChildFailedError" in ln for ln in s.failure)  # torchrun's own traceback is not the cause
     full = logs.parse_file(p)
@@ -362,7 +430,10 @@ def test_usage_lines_and_error_words_alone_are_not_failures(tmp_path):
     with open(p, "a") as f:
         f.write("eval.py: error: argument --task: invalid choice: 'x'\n")
     s = logs.summarize(p)
-    assert s.failed and s.failure == ["usage: summary printed after the run", "eval.py: error: argument --task: invalid choice: 'x'"]
+    assert s.failed and s.failure == [
+        "usage: summary printed after the run",
+        "eval.py: error: argument --task: invalid choice: 'x'",
+    ]
 
 
 def test_training_that_goes_on_after_a_traceback_is_not_failed(tmp_path):
@@ -420,7 +491,11 @@ def test_big_log_is_read_from_its_end_with_the_same_figures(tmp_path, monkeypatc
     monkeypatch.undo()
     assert p.stat().st_size > summary.SMALL_LOG_BYTES and not s.exact_count
     assert sum(n for n in reads if n and n > 0) < p.stat().st_size  # not the whole file
-    assert (s.tok_per_sec, s.dt_ms, s.mfu) == (full.tail_mean("tok_per_sec"), full.tail_mean("dt_ms"), full.tail_mean("mfu"))
+    assert (s.tok_per_sec, s.dt_ms, s.mfu) == (
+        full.tail_mean("tok_per_sec"),
+        full.tail_mean("dt_ms"),
+        full.tail_mean("mfu"),
+    )
     assert (s.last_step, s.steps_observed, s.peak_mem_mib, s.status) == (399, 400, 100.0, "completed")
     # no step line in the head: the count is what the tail read saw, marked as not exact
     p.write_text("\n".join(["x" * 100] * 50_000 + lines[30_000:]) + "\n")
@@ -456,11 +531,16 @@ def same_state(a: logs.LogState, b: logs.LogState) -> None:
     sa, sb = logs.summary_of(a, "x.log", now=0), logs.summary_of(b, "x.log", now=0)
     assert canon(dataclasses.asdict(sa)) == canon(dataclasses.asdict(sb))
     assert a.lines_seen == b.lines_seen
-    assert canon([dataclasses.asdict(r) for r in a.window]) == canon([dataclasses.asdict(r) for r in b.window])
+    assert canon([dataclasses.asdict(r) for r in a.window]) == canon(
+        [dataclasses.asdict(r) for r in b.window]
+    )
 
 
-@pytest.mark.parametrize("name", FORMAT_FIXTURES + ["seed/20260224_175412_moe-fp8-capacity-ablation-v1/static_cap1p0",
-                                                    "cpu-smoke/moe_cap1p0"])
+@pytest.mark.parametrize(
+    "name",
+    FORMAT_FIXTURES
+    + ["seed/20260224_175412_moe-fp8-capacity-ablation-v1/static_cap1p0", "cpu-smoke/moe_cap1p0"],
+)
 def test_full_parse_equals_the_line_parser(name):
     path = FIXTURES / f"{name}.log"
     state = logs.parse_file(path)
@@ -506,7 +586,7 @@ def test_full_parse_of_many_layouts_and_oddities(tmp_path):
         elif kind == 15:
             line = base.replace("loss: ", "loss: -") + tail  # a sign
         elif kind == 16:
-            line = base + tail.replace(f"{800_000 + i * 7:,}", f"{i ** 3:,}")  # tok/sec of 1 to 11 digits
+            line = base + tail.replace(f"{800_000 + i * 7:,}", f"{i**3:,}")  # tok/sec of 1 to 11 digits
         elif kind == 18:
             line = (base + tail).replace("/03000 ", "/3,000 ")  # int() reads no comma: total is None
         elif kind == 17:
@@ -527,14 +607,20 @@ def test_full_parse_of_many_layouts_and_oddities(tmp_path):
     rows = [dataclasses.asdict(r) for part in handed for r in part]
     assert canon(rows) == canon([dataclasses.asdict(r) for r in expected.table.rows()])
     assert len(handed) > 50 and max(map(len, handed)) <= 4096 // 50 and len(streamed.table) == 0
-    assert sum(1 for ln in lines if (r := logs.parse_step(ln)) and r.extra) > 100  # unknown fields, kept aside
+    assert (
+        sum(1 for ln in lines if (r := logs.parse_step(ln)) and r.extra) > 100
+    )  # unknown fields, kept aside
     assert expected.steps_observed > 1900 and not expected.failed
     assert expected.moe is not None and state.moe == expected.moe
     assert expected.table.as_lists()["total"].count(None) >= 3000 // 23  # the heads with a comma
 
 
 @pytest.mark.slow
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 @given(streams())
 def test_full_parse_of_any_stream(tmp_path, stream):
     data, _ = stream

@@ -34,8 +34,17 @@ def tiny_moe_gpt(capacity_factor: float, sequence_len: int = 32, window_pattern:
     from nanochat.gpt import GPT, GPTConfig
 
     cfg = GPTConfig(
-        sequence_len=sequence_len, vocab_size=64, n_layer=2, n_head=2, n_embd=32, use_moe=True, n_experts=4,
-        expert_topk=2, expert_hidden_mult=2, moe_capacity_factor=capacity_factor, window_pattern=window_pattern,
+        sequence_len=sequence_len,
+        vocab_size=64,
+        n_layer=2,
+        n_head=2,
+        n_embd=32,
+        use_moe=True,
+        n_experts=4,
+        expert_topk=2,
+        expert_hidden_mult=2,
+        moe_capacity_factor=capacity_factor,
+        window_pattern=window_pattern,
     )
     model = GPT(cfg)
     model.init_weights()

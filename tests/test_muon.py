@@ -82,7 +82,13 @@ def test_setup_optimizer_groups_as_the_fork():
     m = GPT(c)
     opt = m.setup_optimizer(embedding_lr=0.3, unembedding_lr=0.004, scalar_lr=0.5)
     group_of = {id(p): g for g in opt.param_groups for p in g["params"]}
-    adamw = [m.transformer.wte.weight, m.lm_head.weight, m.value_embeds["1"].weight, m.resid_lambdas, m.x0_lambdas]
+    adamw = [
+        m.transformer.wte.weight,
+        m.lm_head.weight,
+        m.value_embeds["1"].weight,
+        m.resid_lambdas,
+        m.x0_lambdas,
+    ]
     assert all(group_of[id(p)]["kind"] == "adamw" for p in adamw)
     assert sum(g["kind"] == "muon" for g in group_of.values()) == len(list(m.parameters())) - len(adamw)
     scale = (32 / 768) ** -0.5  # the embeddings' and the head's lr follow the width
@@ -97,7 +103,10 @@ def test_setup_optimizer_groups_as_the_fork():
     # value-embedding gate + 2 MLP matrices
     n_params = sum(p.numel() for p in m.parameters())
     n_adamw = sum(p.numel() for p in adamw)
-    assert opt.describe() == f"Muon (20 matrices, {n_params - n_adamw:,} params) + AdamW (5 tensors, {n_adamw:,} params)"
+    assert (
+        opt.describe()
+        == f"Muon (20 matrices, {n_params - n_adamw:,} params) + AdamW (5 tensors, {n_adamw:,} params)"
+    )
 
 
 def test_state_dict_round_trip_continues_identically():
@@ -141,7 +150,10 @@ def test_compiled_step_equals_eager_and_new_hyperparameters_do_not_recompile(mon
 
     def make(backend):
         torch.manual_seed(0)
-        params = [torch.nn.Parameter(torch.randn(2, 8, 12) * 0.1), torch.nn.Parameter(torch.randn(10, 4) * 0.1)]
+        params = [
+            torch.nn.Parameter(torch.randn(2, 8, 12) * 0.1),
+            torch.nn.Parameter(torch.randn(10, 4) * 0.1),
+        ]
         groups = [muon_group(params[:1], in_out=True),  # one graph for Muon (a bank), one for AdamW
                   dict(kind="adamw", params=params[1:], lr=0.01, betas=(0.8, 0.95), eps=1e-10, weight_decay=0.1)]  # fmt: skip
         return params, MuonAdamW(groups, compile_backend=backend)

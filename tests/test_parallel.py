@@ -49,16 +49,21 @@ def test_max_parallel_defaults_to_one_and_an_experiment_may_set_its_own(tmp_path
     assert _load(tmp_path, "max_parallel = 4", "max_parallel = 2").experiment("e").max_parallel == 2
 
 
-@pytest.mark.parametrize("project, experiment, line, words", [
-    ("max_parallel = 0", "", 3, "'project.max_parallel' must be between 1 and 64, not 0"),
-    ("", "max_parallel = 65", 6, "'e.max_parallel' must be between 1 and 64, not 65"),
-    ("", 'max_parallel = "2"', 6, "'experiment.max_parallel' must be an integer, not str '2'"),
-    ("gpus = []", "", 3, "'project.gpus' must be a non-empty array of GPU indices"),
-    ("gpus = [0, 1.5]", "", 3, "'project.gpus' must be a non-empty array of GPU indices"),
-    ("gpus = [0, -1]", "", 3, "'project.gpus' names GPU -1: an index is between 0 and 1023"),
-    ("gpus = [2, 3, 2]", "", 3, "'project.gpus' names GPU 2 twice"),
-])
-def test_bad_max_parallel_and_gpus_are_one_line_with_file_and_line(tmp_path, project, experiment, line, words):
+@pytest.mark.parametrize(
+    "project, experiment, line, words",
+    [
+        ("max_parallel = 0", "", 3, "'project.max_parallel' must be between 1 and 64, not 0"),
+        ("", "max_parallel = 65", 6, "'e.max_parallel' must be between 1 and 64, not 65"),
+        ("", 'max_parallel = "2"', 6, "'experiment.max_parallel' must be an integer, not str '2'"),
+        ("gpus = []", "", 3, "'project.gpus' must be a non-empty array of GPU indices"),
+        ("gpus = [0, 1.5]", "", 3, "'project.gpus' must be a non-empty array of GPU indices"),
+        ("gpus = [0, -1]", "", 3, "'project.gpus' names GPU -1: an index is between 0 and 1023"),
+        ("gpus = [2, 3, 2]", "", 3, "'project.gpus' names GPU 2 twice"),
+    ],
+)
+def test_bad_max_parallel_and_gpus_are_one_line_with_file_and_line(
+    tmp_path, project, experiment, line, words
+):
     with pytest.raises(reg.RegistryError) as e:
         _load(tmp_path, project, experiment)
     assert str(e.value).startswith(f"{tmp_path / 'r.toml'}:{line}: ") and words in str(e.value), str(e.value)
@@ -72,18 +77,27 @@ def test_the_plan_records_max_parallel_and_gpus(tmp_path):
 
 
 def test_the_dry_run_says_legs_run_side_by_side(tmp_path):
-    path = write_registry(tmp_path, {"a": 'model-tag = "a"', "b": 'model-tag = "b"'},
-                          extra_project="max_parallel = 2\ngpus = [2, 3]")
+    path = write_registry(
+        tmp_path,
+        {"a": 'model-tag = "a"', "b": 'model-tag = "b"'},
+        extra_project="max_parallel = 2\ngpus = [2, 3]",
+    )
     registry = reg.load(path)
     text = launch.dry_run_text(registry, launch.plan_launch(registry, "fake"))
-    assert ("# up to 2 legs at once, side by side: each on idle GPUs of 2,3 no other leg holds "
-            "(CUDA_VISIBLE_DEVICES set per leg), in this order") in text
-    one = reg.load(write_registry(tmp_path, {"a": 'model-tag = "a"', "b": 'model-tag = "b"'}, name="one.toml"))
+    assert (
+        "# up to 2 legs at once, side by side: each on idle GPUs of 2,3 no other leg holds "
+        "(CUDA_VISIBLE_DEVICES set per leg), in this order"
+    ) in text
+    one = reg.load(
+        write_registry(tmp_path, {"a": 'model-tag = "a"', "b": 'model-tag = "b"'}, name="one.toml")
+    )
     assert "side by side" not in launch.dry_run_text(one, launch.plan_launch(one, "fake"))
 
 
 def test_a_launch_refuses_registry_gpus_that_are_not_there_or_too_few(tmp_path, monkeypatch):
-    path = write_registry(tmp_path, {"a": 'model-tag = "a"'}, device="cuda", nproc=2, extra_project="gpus = [0, 9]")
+    path = write_registry(
+        tmp_path, {"a": 'model-tag = "a"'}, device="cuda", nproc=2, extra_project="gpus = [0, 9]"
+    )
     legs = list(reg.load(path).experiment("fake").legs)
     monkeypatch.setattr(gpus, "visible_gpus", lambda nvml=None: (8, None))
     assert launch.check_gpus(legs, (0, 9)) == "the registry's gpus name GPU 9, and NVML shows 8 (0-7)"
@@ -108,7 +122,10 @@ def _snap(n: int = 4, busy: dict[int, float] | None = None, driver: bool = True)
 def test_the_pool_is_the_registrys_gpus_else_cuda_visible_devices_else_every_gpu():
     snap = _snap(4)
     assert gpus.gpu_pool((2, 3), snap, {}) == ([2, 3], "the registry's gpus")
-    assert gpus.gpu_pool(None, snap, {"CUDA_VISIBLE_DEVICES": "3,1"}) == ([3, 1], "the GPUs CUDA_VISIBLE_DEVICES names")
+    assert gpus.gpu_pool(None, snap, {"CUDA_VISIBLE_DEVICES": "3,1"}) == (
+        [3, 1],
+        "the GPUs CUDA_VISIBLE_DEVICES names",
+    )
     assert gpus.gpu_pool(None, snap, {}) == ([0, 1, 2, 3], "every GPU NVML shows")
     pool, why = gpus.gpu_pool(None, snap, {"CUDA_VISIBLE_DEVICES": "GPU-8f2c,GPU-77aa"})
     assert pool is None and why == "CUDA_VISIBLE_DEVICES names GPUs other than by index"
@@ -126,14 +143,19 @@ def test_pick_takes_the_first_idle_gpus_no_leg_of_the_queue_holds():
     assert why == "needs 2 GPUs, 1 idle; GPUs 0,2 held by this queue's legs; GPU 1 busy: util 90% > 5%"
     # no NVML: the named GPUs no leg holds, unchecked, and said so
     assert gpus.pick(_snap(driver=False), [4, 5, 6], {4}, 2, 5.0, 1024.0) == (
-        [5, 6], "GPUs 5,6 (unchecked: NVML unavailable: Driver Not Loaded)")
+        [5, 6],
+        "GPUs 5,6 (unchecked: NVML unavailable: Driver Not Loaded)",
+    )
 
 
-def _placer(tmp_path: Path, nv: FakeNVML | None, max_parallel: int,
-            named: list[int] | None = None) -> supervisor.Supervisor:
+def _placer(
+    tmp_path: Path, nv: FakeNVML | None, max_parallel: int, named: list[int] | None = None
+) -> supervisor.Supervisor:
     nv = nv if nv is not None else FakeNVML(init_error=pynvml.NVML_ERROR_DRIVER_NOT_LOADED)
     sup = supervisor.Supervisor(tmp_path, sampler=gpus.GpuSampler(nvml=nv), echo=False)
-    sup.plan = Plan.from_dict({"legs": [], "max_parallel": max_parallel, "gpus": named, "gpu_idle": {"wait_s": 60}})
+    sup.plan = Plan.from_dict(
+        {"legs": [], "max_parallel": max_parallel, "gpus": named, "gpu_idle": {"wait_s": 60}}
+    )
     sup.max_parallel = max_parallel
     for name in "abc":
         sup.states[name] = LegState(name, "queued")
@@ -163,7 +185,8 @@ def test_side_by_side_legs_get_disjoint_gpus_pinned_by_cuda_visible_devices(tmp_
     assert sup._place(_leg("b")) is None
     b = sup.states["b"]
     assert b.status == "waiting" and b.waiting_reason.startswith(
-        "needs 2 GPUs, 1 idle; GPUs 0,2 held by this queue's legs; GPU 1 busy: util 90% > 5% (waiting since ")
+        "needs 2 GPUs, 1 idle; GPUs 0,2 held by this queue's legs; GPU 1 busy: util 90% > 5% (waiting since "
+    )
     assert "b" in sup._waits
     # GPU 1 went idle: b gets the two no leg of the queue holds
     nv.util[1] = 0.0
@@ -182,20 +205,26 @@ def test_without_nvml_gpu_legs_run_one_at_a_time_unless_the_registry_names_gpus(
     sup = _placer(tmp_path, None, 2)
     a = sup._place(_leg("a"))
     assert (a.gpus, a.env) == ([0, 1], {})
-    assert a.note == ("preflight skipped: NVML unavailable: Driver Not Loaded; GPU legs run one at a time: "
-                      "NVML unavailable (Driver Not Loaded) and the registry names no gpus")
+    assert a.note == (
+        "preflight skipped: NVML unavailable: Driver Not Loaded; GPU legs run one at a time: "
+        "NVML unavailable (Driver Not Loaded) and the registry names no gpus"
+    )
     _hold(sup, "a", a.gpus)
     assert sup._place(_leg("b")) is None  # waits for a
     sup = _placer(tmp_path, None, 2, named=[4, 5, 6, 7])
     a = sup._place(_leg("a"))
     assert a.env == {"CUDA_VISIBLE_DEVICES": "4,5", "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
-    assert a.note == ("preflight skipped: GPUs 4,5 (unchecked: NVML unavailable: Driver Not Loaded); "
-                      "side by side, of the registry's gpus")
+    assert a.note == (
+        "preflight skipped: GPUs 4,5 (unchecked: NVML unavailable: Driver Not Loaded); "
+        "side by side, of the registry's gpus"
+    )
     _hold(sup, "a", a.gpus)
     assert sup._place(_leg("b")).gpus == [6, 7]
     # a leg bigger than the whole pool can never run: it fails at once, saying so
     st = sup._place(_leg("c", nproc=8))
-    assert st.status == "failed" and st.error_tail == ["preflight: needs 8 GPUs, the registry's gpus gives 4: 4,5,6,7"]
+    assert st.status == "failed" and st.error_tail == [
+        "preflight: needs 8 GPUs, the registry's gpus gives 4: 4,5,6,7"
+    ]
 
 
 def test_one_at_a_time_on_the_registrys_gpus_the_leg_is_pinned_to_them(tmp_path):
@@ -213,6 +242,7 @@ def test_the_gpu_set_is_shown_by_status_and_the_tree(tmp_path):
     assert "a running (pid 4242 on GPUs 2,3)" in resume_text.dir_line(d)
     from cockpit.tui.experiments import leg_label
     from cockpit.tui.state import LegView
+
     assert "[GPUs 2,3]" in leg_label(LegView("e", "a", Mark.RUNNING, gpus="GPUs 2,3")).plain
 
 
@@ -288,8 +318,12 @@ def _dir_of(path: Path, exp: str = "fake") -> Path:
 def test_gpu_legs_run_side_by_side_on_disjoint_gpus_and_distinct_ports(tmp_path, checkout):
     echo = 'echo-env = "CUDA_VISIBLE_DEVICES,CUDA_DEVICE_ORDER,MASTER_PORT"'
     path = write_registry(
-        tmp_path, {n: f'model-tag = "{n}", num-iterations = {k}, {echo}' for n, k in (("a", 3), ("b", 3), ("c", 3))},
-        device="cuda", nproc=1, extra_project="max_parallel = 3\n[project.gpu_idle]\nwait_s = 0.5\n")
+        tmp_path,
+        {n: f'model-tag = "{n}", num-iterations = {k}, {echo}' for n, k in (("a", 3), ("b", 3), ("c", 3))},
+        device="cuda",
+        nproc=1,
+        extra_project="max_parallel = 3\n[project.gpu_idle]\nwait_s = 0.5\n",
+    )
     exp_dir = _dir_of(path)
     sup = Watcher(exp_dir, sampler=gpus.GpuSampler(nvml=FakeNVML(2)), poll_s=0.05, echo=False)
     assert sup.run() == 0
@@ -312,14 +346,24 @@ def test_gpu_legs_run_side_by_side_on_disjoint_gpus_and_distinct_ports(tmp_path,
 def test_a_failure_stops_the_queue_and_the_leg_beside_it_ends_as_it_would(tmp_path, checkout):
     # a goes on only once b has failed (it waits for a file the test makes then)
     path = write_registry(
-        tmp_path, {"a": 'model-tag = "a", num-iterations = 3, wait-for = "{exp_dir}/go"',
-                   "b": 'model-tag = "b", fail-at-step = 1', "c": 'model-tag = "c", num-iterations = 3'},
-        nproc=1, extra_project="max_parallel = 2")
+        tmp_path,
+        {
+            "a": 'model-tag = "a", num-iterations = 3, wait-for = "{exp_dir}/go"',
+            "b": 'model-tag = "b", fail-at-step = 1',
+            "c": 'model-tag = "c", num-iterations = 3',
+        },
+        nproc=1,
+        extra_project="max_parallel = 2",
+    )
     exp_dir = _dir_of(path)
     sup = Watcher(exp_dir, echo=False)
 
     def go_once_b_failed():
-        wait_for(lambda: (st := expdir.read_state(exp_dir, "b")) and st.status == "failed", timeout=60, what="b failed")
+        wait_for(
+            lambda: (st := expdir.read_state(exp_dir, "b")) and st.status == "failed",
+            timeout=60,
+            what="b failed",
+        )
         (exp_dir / "go").touch()
 
     opener = threading.Thread(target=go_once_b_failed, daemon=True)
@@ -335,8 +379,11 @@ def test_a_failure_stops_the_queue_and_the_leg_beside_it_ends_as_it_would(tmp_pa
 @pytest.mark.slow
 def test_stop_one_of_two_side_by_side_legs_then_the_whole_queue(tmp_path, checkout):
     path = write_registry(
-        tmp_path, {n: f'model-tag = "{n}", num-iterations = 4000, ignore-sigterm = true' for n in "abc"},
-        nproc=1, extra_project="max_parallel = 2")
+        tmp_path,
+        {n: f'model-tag = "{n}", num-iterations = 4000, ignore-sigterm = true' for n in "abc"},
+        nproc=1,
+        extra_project="max_parallel = 2",
+    )
     exp_dir = launch.start(reg.load(path), "fake", grace_s=1.0)
 
     def both_running():
@@ -344,12 +391,17 @@ def test_stop_one_of_two_side_by_side_legs_then_the_whole_queue(tmp_path, checko
         return d if all(n in d.states and d.states[n].status == "running" for n in "ab") else None
 
     d = wait_for(both_running, timeout=60, what="a and b running side by side")
-    trees = {n: wait_for(lambda n=n: tree_of(d.states[n].pid, 2), what=f"{n}'s torchrun and worker") for n in "ab"}
+    trees = {
+        n: wait_for(lambda n=n: tree_of(d.states[n].pid, 2), what=f"{n}'s torchrun and worker") for n in "ab"
+    }
     r = cockpit("--registry", str(path), "stop", str(exp_dir), "a")  # proven, then SIGTERM, grace, SIGKILL
     assert r.returncode == 0 and r.stdout.startswith("a: stopped"), r.stdout + r.stderr
     assert alive(trees["a"]) == [] and alive(trees["b"]) == trees["b"]
-    c = wait_for(lambda: (st := expdir.read_state(exp_dir, "c")) and st.status == "running" and st,
-                 timeout=60, what="c started in a's slot")
+    c = wait_for(
+        lambda: (st := expdir.read_state(exp_dir, "c")) and st.status == "running" and st,
+        timeout=60,
+        what="c started in a's slot",
+    )
     trees["c"] = wait_for(lambda: tree_of(c.pid, 2), what="c's torchrun and worker")
     t0 = time.monotonic()
     os.kill(expdir.open_dir(exp_dir).supervisor["pid"], signal.SIGTERM)  # what `cockpit stop DIR` sends

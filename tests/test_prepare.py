@@ -21,9 +21,12 @@ from cockpit import registry as reg
 def with_prepare(tmp_path: Path, code: str, creates: str = '"{exp_root}/_data/made"', legs: int = 2) -> Path:
     """A fake-trainer registry whose experiment prepares with `python -c code`."""
     path = write_registry(tmp_path, {n: f'model-tag = "{n}"' for n in "ab"[:legs]}, nproc=1)
-    text = path.read_text().replace('id = "fake"\n', f'id = "fake"\n[experiment.prepare]\n'
-                                    f'argv = ["{{python}}", "-c", {json.dumps(code)}, "{{exp_root}}/_data/made"]\n'
-                                    f"creates = {creates}\n")
+    text = path.read_text().replace(
+        'id = "fake"\n',
+        f'id = "fake"\n[experiment.prepare]\n'
+        f'argv = ["{{python}}", "-c", {json.dumps(code)}, "{{exp_root}}/_data/made"]\n'
+        f"creates = {creates}\n",
+    )
     path.write_text(text)
     return path
 
@@ -46,42 +49,63 @@ def test_the_bundled_cpu_smoke_prepares_its_corpus_under_exp_root(tmp_path):
     state = resume.build_state(registry)
     smoke = next(e for e in state.experiments if e.id == "cpu-smoke")
     assert smoke.prepare_missing == [str(root / "_data/smoke/base_data"), str(root / "_data/smoke/tokenizer")]
-    assert "  prepare: _data/smoke/base_data, _data/smoke/tokenizer missing under exp_root: a launch runs " \
-           f"`python -m nanochat.smoke_data --out {root}/_data/smoke` first (output in <dir>/prepare.log)" \
-           in resume_text.render_status(state).splitlines()
+    assert (
+        "  prepare: _data/smoke/base_data, _data/smoke/tokenizer missing under exp_root: a launch runs "
+        f"`python -m nanochat.smoke_data --out {root}/_data/smoke` first (output in <dir>/prepare.log)"
+        in resume_text.render_status(state).splitlines()
+    )
     text = launch.dry_run_text(registry, launch.plan_launch(registry, "cpu-smoke"))
     assert f"# prepare, first ({root}/_data/smoke/base_data, {root}/_data/smoke/tokenizer missing):" in text
-    assert f"{sys.executable} -m nanochat.smoke_data --out {root}/_data/smoke > \"$EXP_DIR/prepare.log\" 2>&1" in text
+    assert (
+        f'{sys.executable} -m nanochat.smoke_data --out {root}/_data/smoke > "$EXP_DIR/prepare.log" 2>&1'
+        in text
+    )
     assert "would fail at once" not in text
     # the resume guide's recipe makes the inputs first
-    assert '# its inputs, first (missing now):\npython -m nanochat.smoke_data --out ' in resume_text.render_guide(state)
+    assert (
+        "# its inputs, first (missing now):\npython -m nanochat.smoke_data --out "
+        in resume_text.render_guide(state)
+    )
 
 
 def test_dry_run_says_a_leg_whose_data_is_missing_would_fail_at_once(tmp_path):
     registry = bundled_registry(tmp_path)
     text = launch.dry_run_text(registry, launch.plan_launch(registry, "moe-fp8-capacity-opt-v3"))
-    assert ("# leg moe_fp8_experts_static_cap1p0_v3 would fail at once: --data-dir cache/base_data does not exist "
-            "(make it: python -m nanochat.smoke_data --out DIR (a small corpus and tokenizer), or upstream "
-            "nanochat's dataset download)") in text
+    assert (
+        "# leg moe_fp8_experts_static_cap1p0_v3 would fail at once: --data-dir cache/base_data does not exist "
+        "(make it: python -m nanochat.smoke_data --out DIR (a small corpus and tokenizer), or upstream "
+        "nanochat's dataset download)"
+    ) in text
     assert "--tokenizer-dir cache/tokenizer does not exist" in text
     (tmp_path / "cache" / "base_data").mkdir(parents=True)
     (tmp_path / "cache" / "tokenizer").mkdir()
-    assert "would fail at once" not in launch.dry_run_text(registry, launch.plan_launch(registry, "moe-fp8-capacity-opt-v3"))
+    assert "would fail at once" not in launch.dry_run_text(
+        registry, launch.plan_launch(registry, "moe-fp8-capacity-opt-v3")
+    )
 
 
-@pytest.mark.parametrize("prepare, line, words", [
-    ('argv = []\ncreates = "{exp_root}/x"', 19, ["'prepare.argv' must be a non-empty array of strings"]),
-    ('argv = ["x", "{out}"]\ncreates = "{exp_root}/x"', 19, ["'prepare.argv' names {out}; it knows {python} and {exp_root}"]),
-    ('argv = ["x"]', 18, ["needs 'creates'"]),
-    ('argv = ["x"]\ncreates = "elsewhere/x"', 20, ["must lie inside exp_root", "use {exp_root}/..."]),
-    ('argv = ["x"]\ncreates = "{exp_root}"', 20, ["must lie inside exp_root"]),
-    ('argv = ["x"]\ncreates = "ro/x"', 20, ["must lie inside exp_root"]),
-    ('argv = ["x"]\ncreates = []', 20, ["a path or a non-empty array of paths"]),
-    ('argv = ["x"]\ncreates = "{exp_root}/x"\nrun = "y"', 21, ["unknown key 'experiment.prepare.run'"]),
-])
+@pytest.mark.parametrize(
+    "prepare, line, words",
+    [
+        ('argv = []\ncreates = "{exp_root}/x"', 19, ["'prepare.argv' must be a non-empty array of strings"]),
+        (
+            'argv = ["x", "{out}"]\ncreates = "{exp_root}/x"',
+            19,
+            ["'prepare.argv' names {out}; it knows {python} and {exp_root}"],
+        ),
+        ('argv = ["x"]', 18, ["needs 'creates'"]),
+        ('argv = ["x"]\ncreates = "elsewhere/x"', 20, ["must lie inside exp_root", "use {exp_root}/..."]),
+        ('argv = ["x"]\ncreates = "{exp_root}"', 20, ["must lie inside exp_root"]),
+        ('argv = ["x"]\ncreates = "ro/x"', 20, ["must lie inside exp_root"]),
+        ('argv = ["x"]\ncreates = []', 20, ["a path or a non-empty array of paths"]),
+        ('argv = ["x"]\ncreates = "{exp_root}/x"\nrun = "y"', 21, ["unknown key 'experiment.prepare.run'"]),
+    ],
+)
 def test_bad_prepare_is_one_located_line(tmp_path, prepare, line, words):
     path = write_registry(tmp_path, {"a": 'model-tag = "a"'})
-    path.write_text(path.read_text().replace('id = "fake"\n', f'id = "fake"\n[experiment.prepare]\n{prepare}\n'))
+    path.write_text(
+        path.read_text().replace('id = "fake"\n', f'id = "fake"\n[experiment.prepare]\n{prepare}\n')
+    )
     with pytest.raises(reg.RegistryError) as e:
         reg.load(path)
     assert e.value.line == line, str(e.value)
@@ -92,8 +116,11 @@ def test_bad_prepare_is_one_located_line(tmp_path, prepare, line, words):
 def test_a_leg_may_not_be_named_prepare_beside_a_prepare_step(tmp_path):
     path = write_registry(tmp_path, {"prepare": 'model-tag = "p"'})
     assert reg.load(path).experiment("fake").leg("prepare") is not None  # no prepare step: any name
-    path.write_text(path.read_text().replace('id = "fake"\n', 'id = "fake"\n[experiment.prepare]\nargv = ["x"]\n'
-                                                               'creates = "{exp_root}/x"\n'))
+    path.write_text(
+        path.read_text().replace(
+            'id = "fake"\n', 'id = "fake"\n[experiment.prepare]\nargv = ["x"]\ncreates = "{exp_root}/x"\n'
+        )
+    )
     with pytest.raises(reg.RegistryError, match="leg name 'prepare' in 'fake' is its prepare step's"):
         reg.load(path)
 
@@ -117,8 +144,10 @@ def test_a_failed_prepare_fails_the_launch_with_its_last_lines(tmp_path):
     assert not (exp_dir / "a.log").exists() and not (exp_dir / "b.log").exists()  # no leg started
     # status and the report tell it; prepare.log is no run of the report
     status = cockpit("--registry", str(path), "status").stdout
-    assert f"  {exp_dir.name}  supervisor ended, legs not done;  prepare failed (exit 3: no network here);  " \
-           "a failed, b stopped" in status.splitlines()
+    assert (
+        f"  {exp_dir.name}  supervisor ended, legs not done;  prepare failed (exit 3: no network here);  "
+        "a failed, b stopped" in status.splitlines()
+    )
     assert [r_.run for r_ in report.rows(exp_dir)] == ["a", "b"]
 
 
@@ -156,8 +185,11 @@ def test_stopping_the_queue_while_it_prepares(tmp_path):
     code = f"import time; time.sleep(120)  # {marker}"
     path = with_prepare(tmp_path, code)
     exp_dir = launch.start(reg.load(path), "fake", grace_s=2.0)
-    prep = wait_for(lambda: (p := expdir.open_dir(exp_dir).prepare) is not None and p.status == "running" and p,
-                    timeout=30, what="the prepare step running")
+    prep = wait_for(
+        lambda: (p := expdir.open_dir(exp_dir).prepare) is not None and p.status == "running" and p,
+        timeout=30,
+        what="the prepare step running",
+    )
     assert psutil.pid_exists(prep.pid)
     dirs = cockpit("--registry", str(path), "status").stdout
     assert "prepare running;" in dirs
@@ -185,10 +217,15 @@ def test_a_failed_prepare_is_remembered_and_run_again(tmp_path):
     prep = reg.load(path).experiment("fake").prepare
     assert prep.unfinished() and prep.mark.parent == tmp_path / "exp" / ".cockpit-prepare"
     status = cockpit("--registry", str(path), "status").stdout
-    assert (f"  prepare: its last run did not end well (.cockpit-prepare/{prep.mark.name} is there), so what it left "
-            "under exp_root is not trusted: a launch runs `python -c") in status
+    assert (
+        f"  prepare: its last run did not end well (.cockpit-prepare/{prep.mark.name} is there), so what it left "
+        "under exp_root is not trusted: a launch runs `python -c"
+    ) in status
     dry = cockpit("--registry", str(path), "launch", "fake", "--dry-run").stdout
-    assert f"# prepare, first (its last run did not end well ({prep.mark} is there): what it left is not trusted):" in dry
+    assert (
+        f"# prepare, first (its last run did not end well ({prep.mark} is there): what it left is not trusted):"
+        in dry
+    )
     r = cockpit("--registry", str(path), "launch", "fake", "--rerun", "--foreground", timeout=60)
     again = expdir.open_dir(Path(r.stdout.strip().splitlines()[-1]))
     assert again.prepare.status == "failed" and "FileExistsError" in again.prepare.note  # it ran again
@@ -202,17 +239,34 @@ def test_a_prepare_that_ends_well_removes_its_mark(tmp_path):
     makes it run over outputs that exist; a plan's mark outside its exp_root is not written."""
     made, mark = tmp_path / "exp" / "_data" / "made", tmp_path / "exp" / ".cockpit-prepare" / "k.running"
     seen = tmp_path / "seen"
-    code = (f"import os, sys; print(os.path.exists({str(mark)!r}), file=open({str(seen)!r}, 'a')); "
-            "os.makedirs(sys.argv[1], exist_ok=True)")
+    code = (
+        f"import os, sys; print(os.path.exists({str(mark)!r}), file=open({str(seen)!r}, 'a')); "
+        "os.makedirs(sys.argv[1], exist_ok=True)"
+    )
 
     def run(mark: Path = mark) -> expdir.ExpDir:
         d = launch.new_exp_dir(tmp_path / "exp", "x")
         (d / "state").mkdir()
-        plan = {"experiment": "x", "cwd": str(tmp_path), "legs": [{"name": "a", "argv": [sys.executable, "-c", "0"]}],
-                "prepare": {"argv": [sys.executable, "-c", code, str(made)], "creates": [str(made)], "mark": str(mark)}}
+        plan = {
+            "experiment": "x",
+            "cwd": str(tmp_path),
+            "legs": [{"name": "a", "argv": [sys.executable, "-c", "0"]}],
+            "prepare": {
+                "argv": [sys.executable, "-c", code, str(made)],
+                "creates": [str(made)],
+                "mark": str(mark),
+            },
+        }
         (d / "plan.json").write_text(json.dumps(plan))
-        assert subprocess.run([sys.executable, "-m", "cockpit.supervisor", str(d)], env=child_env(),
-                              capture_output=True, timeout=60).returncode == 0
+        assert (
+            subprocess.run(
+                [sys.executable, "-m", "cockpit.supervisor", str(d)],
+                env=child_env(),
+                capture_output=True,
+                timeout=60,
+            ).returncode
+            == 0
+        )
         return expdir.open_dir(d)
 
     assert run().prepare.status == "done" and not mark.exists() and made.is_dir()

@@ -43,7 +43,11 @@ def test_git_clean_then_dirty_with_its_patch_and_nothing_changed(tmp_path):
     out.mkdir()
     info = provenance.git_info(d, out)
     assert (info["branch"], info["commit"], info["dirty"], info["untracked"]) == (
-        "main", git(d, "rev-parse", "HEAD").strip(), False, 0)
+        "main",
+        git(d, "rev-parse", "HEAD").strip(),
+        False,
+        0,
+    )
     assert "patch" not in info and not (out / "git.patch").exists()
     (d / "a.py").write_text("x = 2\n")
     (d / "new.txt").write_text("not in the patch\n")
@@ -90,9 +94,15 @@ def test_a_huge_diff_is_streamed_into_the_patch_and_cut(tmp_path, monkeypatch):
 
 # programs a checkout's git config can name, each planted to leave a mark if git runs it
 PLANTS = {
-    "core.fsmonitor": "fsmonitor", "filter.evil.clean": "clean", "filter.evil.smudge": "smudge",
-    "filter.evil.process": "process", "filter.a=b.clean": "clean-eq", "diff.evil.textconv": "textconv",
-    "diff.evil.command": "diff-command", "diff.external": "diff-external", "core.sshCommand": "ssh",
+    "core.fsmonitor": "fsmonitor",
+    "filter.evil.clean": "clean",
+    "filter.evil.smudge": "smudge",
+    "filter.evil.process": "process",
+    "filter.a=b.clean": "clean-eq",
+    "diff.evil.textconv": "textconv",
+    "diff.evil.command": "diff-command",
+    "diff.external": "diff-external",
+    "core.sshCommand": "ssh",
 }
 HOOKS = ("post-index-change", "reference-transaction", "post-checkout", "pre-auto-gc", "fsmonitor-watchman")
 
@@ -150,7 +160,10 @@ def test_a_dir_that_is_no_checkout_is_recorded_so(tmp_path):
     scratch.mkdir(parents=True)
     (scratch / "train.py").write_text("untracked\n")
     assert provenance.git_info(scratch) == nothing
-    assert checkout.branch_check(scratch, "main").text() == f"{scratch} is not a git checkout; the registry expects main"
+    assert (
+        checkout.branch_check(scratch, "main").text()
+        == f"{scratch} is not a git checkout; the registry expects main"
+    )
     sub = home / "src"
     sub.mkdir()
     (sub / "m.py").write_text("tracked\n")
@@ -170,8 +183,10 @@ def _registry_and_plan(workdir: Path):
 
 def test_trainer_versions_are_read_by_the_legs_python(tmp_path):
     torchrun = Path(sys.executable).parent / "torchrun"
-    assert provenance.legs_python(str(torchrun)) == sys.executable or Path(
-        provenance.legs_python(str(torchrun))).resolve() == Path(sys.executable).resolve()
+    assert (
+        provenance.legs_python(str(torchrun)) == sys.executable
+        or Path(provenance.legs_python(str(torchrun))).resolve() == Path(sys.executable).resolve()
+    )
     env = provenance.trainer_env(sys.executable)
     assert env["torch"] == importlib.metadata.version("torch")  # without importing torch
     assert env["python"] == ".".join(map(str, sys.version_info[:3])) and env["cuda"] is None  # the CPU wheel
@@ -179,7 +194,9 @@ def test_trainer_versions_are_read_by_the_legs_python(tmp_path):
     broken.write_text("#!/bin/sh\necho 'no python here' >&2\nexit 3\n")
     broken.chmod(0o755)
     assert provenance.trainer_env(str(broken)) == {
-        "executable": str(broken), "error": f"{broken} did not say its versions: no python here"}
+        "executable": str(broken),
+        "error": f"{broken} did not say its versions: no python here",
+    }
     slow = tmp_path / "slow"
     slow.write_text("#!/bin/sh\nsleep 5\n")
     slow.chmod(0o755)
@@ -193,12 +210,25 @@ def test_trainer_versions_are_read_by_the_legs_python(tmp_path):
 
 
 def test_environment_and_machine():
-    environ = {"NCCL_DEBUG": "INFO", "NCCL_P2P_DISABLE": "1", "OMP_NUM_THREADS": "4", "CUDA_VISIBLE_DEVICES": "0,1",
-               "HOME": "/root", "NCCLX": "no"}
-    assert provenance.env_vars(environ) == {"CUDA_VISIBLE_DEVICES": "0,1", "NCCL_DEBUG": "INFO",
-                                            "NCCL_P2P_DISABLE": "1", "OMP_NUM_THREADS": "4"}
-    assert gpus.machine(FakeNVML(n=2)) == {"gpus": ["NVIDIA H100 80GB HBM3"] * 2, "driver": "550.54.15",
-                                           "cuda_driver": "12.4"}
+    environ = {
+        "NCCL_DEBUG": "INFO",
+        "NCCL_P2P_DISABLE": "1",
+        "OMP_NUM_THREADS": "4",
+        "CUDA_VISIBLE_DEVICES": "0,1",
+        "HOME": "/root",
+        "NCCLX": "no",
+    }
+    assert provenance.env_vars(environ) == {
+        "CUDA_VISIBLE_DEVICES": "0,1",
+        "NCCL_DEBUG": "INFO",
+        "NCCL_P2P_DISABLE": "1",
+        "OMP_NUM_THREADS": "4",
+    }
+    assert gpus.machine(FakeNVML(n=2)) == {
+        "gpus": ["NVIDIA H100 80GB HBM3"] * 2,
+        "driver": "550.54.15",
+        "cuda_driver": "12.4",
+    }
     assert gpus.machine(FakeNVML(init_error=9))["error"].startswith("NVML unavailable: ")
 
 
@@ -206,7 +236,9 @@ def test_a_launch_records_its_origin_and_saves_the_patch(tmp_path, monkeypatch):
     d = repo(tmp_path)
     (d / "a.py").write_text("x = 3\n")
     reg_path = write_registry(d, {"a": "model-tag = 'a'"})
-    reg_path.write_text(reg_path.read_text().replace("[defaults.args]", 'env = { NCCL_ALGO = "Tree" }\n[defaults.args]'))
+    reg_path.write_text(
+        reg_path.read_text().replace("[defaults.args]", 'env = { NCCL_ALGO = "Tree" }\n[defaults.args]')
+    )
     registry = reg.load(reg_path)
     monkeypatch.setenv("NCCL_DEBUG", "WARN")
     monkeypatch.setenv("NCCL_ALGO", "Ring")
@@ -220,21 +252,46 @@ def test_a_launch_records_its_origin_and_saves_the_patch(tmp_path, monkeypatch):
     assert data.launch_env["NCCL_DEBUG"] == "WARN" and data.launch_env["NCCL_ALGO"] == "Tree"  # the legs' own
     assert data.env == {"NCCL_ALGO": "Tree"} and ("error" in data.machine or "gpus" in data.machine)
     assert set(data.trainer) >= {"python", "torch", "executable"}
-    assert (exp_dir / "git.patch").stat().st_mode & 0o777 == 0o644 and not os.path.islink(exp_dir / "git.patch")
+    assert (exp_dir / "git.patch").stat().st_mode & 0o777 == 0o644 and not os.path.islink(
+        exp_dir / "git.patch"
+    )
 
 
-BASE = {"dir": "/exp/20260101_000000_e", "host": "a", "git": {"commit": "1" * 40, "dirty": False},
-        "machine": {"gpus": ["NVIDIA H100"] * 8, "driver": "550"},
-        "trainer": {"python": "3.12.1", "torch": "2.11.0", "cuda": "12.8", "nccl": "2.27.3"},
-        "launch_env": {"OMP_NUM_THREADS": "1"},
-        "legs": [{"name": "dense", "argv": ["/x/torchrun", "--standalone", "--nproc_per_node=8", "-m", "m", "--",
-                                            "--depth", "12", "--checkpoint-root", "/exp/20260101_000000_e/ckpt"]}]}
+BASE = {
+    "dir": "/exp/20260101_000000_e",
+    "host": "a",
+    "git": {"commit": "1" * 40, "dirty": False},
+    "machine": {"gpus": ["NVIDIA H100"] * 8, "driver": "550"},
+    "trainer": {"python": "3.12.1", "torch": "2.11.0", "cuda": "12.8", "nccl": "2.27.3"},
+    "launch_env": {"OMP_NUM_THREADS": "1"},
+    "legs": [
+        {
+            "name": "dense",
+            "argv": [
+                "/x/torchrun",
+                "--standalone",
+                "--nproc_per_node=8",
+                "-m",
+                "m",
+                "--",
+                "--depth",
+                "12",
+                "--checkpoint-root",
+                "/exp/20260101_000000_e/ckpt",
+            ],
+        }
+    ],
+}
 
 
 def test_differences_name_what_differs():
-    same = json.loads(json.dumps(BASE).replace("20260101_000000_e", "20260202_000000_e").replace("/x/", "/y/"))
+    same = json.loads(
+        json.dumps(BASE).replace("20260101_000000_e", "20260202_000000_e").replace("/x/", "/y/")
+    )
     base = Plan.from_dict(BASE)
-    assert provenance.differences(base, Plan.from_dict(same), "dense") == []  # another dir, another torchrun path
+    assert (
+        provenance.differences(base, Plan.from_dict(same), "dense") == []
+    )  # another dir, another torchrun path
     other = json.loads(json.dumps(same))
     other["git"] = {"commit": "2" * 40, "dirty": True, "patch_sha256": "ab" * 32}
     other["host"] = "b"
@@ -257,9 +314,13 @@ def test_differences_name_what_differs():
     without = Plan.from_dict({**same, "legs": []})
     assert provenance.differences(base, without, "dense", expected) == []
     assert provenance.differences(base, without, "dense", [*expected, "--fp8"]) == [
-        "args of dense: --fp8 only in the run's"]
+        "args of dense: --fp8 only in the run's"
+    ]
     assert provenance.differences(None, base) == [] and provenance.unknown(base, base) is None
-    assert provenance.unknown(None, base) == "the baseline's dir has no plan.json: its git, host, GPUs and versions are unknown"
+    assert (
+        provenance.unknown(None, base)
+        == "the baseline's dir has no plan.json: its git, host, GPUs and versions are unknown"
+    )
     assert provenance.unknown(base, None).startswith("this dir has no plan.json")
     assert provenance.unknown(None, None).startswith("neither dir has a plan.json")
 
@@ -280,5 +341,6 @@ def test_a_git_that_cannot_switch_a_filter_off_is_not_asked_about_the_tree(tmp_p
     (d / "a.py").write_text("x = 2\n")
     info = provenance.git_info(d, tmp_path)
     assert info["dirty"] is None and info["error"] == (
-        "this git cannot switch off filter.evil.clean (that needs GIT_CONFIG_COUNT, git 2.31 or later)")
+        "this git cannot switch off filter.evil.clean (that needs GIT_CONFIG_COUNT, git 2.31 or later)"
+    )
     assert not mark.exists() and not (tmp_path / "git.patch").exists()

@@ -23,7 +23,9 @@ def test_a_given_batch_scales_lrs_by_its_square_root_and_the_weight_decay_by_the
     # the fork at --total-batch-size 2048 --num-iterations 200: "Scaling LRs by 0.0625",
     # "Scaling weight decay from 0.200000 to 0.314415 for depth 4"
     c = d4()
-    r = recipe.derive(c, recipe.reference_config(c, 64, 128), 2.241408e7, total_batch_size=2048, num_iterations=200)
+    r = recipe.derive(
+        c, recipe.reference_config(c, 64, 128), 2.241408e7, total_batch_size=2048, num_iterations=200
+    )
     assert (r.total_batch_size, r.num_iterations) == (2048, 200)
     assert r.lr_scale == 0.0625
     assert f"{r.weight_decay:.6f}" == "0.314415"

@@ -143,16 +143,30 @@ def test_repeats_run_a_leg_n_times_with_seed_base_plus_i() -> None:
     a, b, c = r.experiment("e").legs
     assert (a.repeats, b.repeats, c.repeats) == (2, 3, 1)
     assert a.run_names() == ["a.r0", "a.r1"] and c.run_names() == ["c"]
-    assert [argv[-4:] for _, _, argv in a.runs()] == [["--seed", "7", "--depth", "2"], ["--seed", "8", "--depth", "2"]]
+    assert [argv[-4:] for _, _, argv in a.runs()] == [
+        ["--seed", "7", "--depth", "2"],
+        ["--seed", "8", "--depth", "2"],
+    ]
     assert [(name, i, argv[-2:]) for name, i, argv in b.runs()] == [
-        (f"b.r{i}", i, ["--seed", str(reg.DEFAULT_SEED + i)]) for i in range(3)]
+        (f"b.r{i}", i, ["--seed", str(reg.DEFAULT_SEED + i)]) for i in range(3)
+    ]
     assert c.runs() == [("c", None, c.argv())] and "--seed" not in c.argv()
     assert reg.split_repeat("a.r12") == ("a", 12) and reg.split_repeat("a.r") == ("a.r", None)
     assert reg.split_repeat("a.r01") == ("a.r01", None)  # no run is named so
 
 
-TABLES = (reg.Registry, reg.Settings, reg.GpuIdle, reg.SlurmSettings, reg.Defaults, reg.Runtime, reg.Experiment,
-          reg.Prepare, reg.Leg, reg.Recorded)
+TABLES = (
+    reg.Registry,
+    reg.Settings,
+    reg.GpuIdle,
+    reg.SlurmSettings,
+    reg.Defaults,
+    reg.Runtime,
+    reg.Experiment,
+    reg.Prepare,
+    reg.Leg,
+    reg.Recorded,
+)
 
 
 def test_every_key_is_declared_once_with_its_types_and_a_doc() -> None:
@@ -167,20 +181,36 @@ def test_every_key_is_declared_once_with_its_types_and_a_doc() -> None:
     assert list(schema.keys_of(reg.Recorded)) == [*METRICS, "dir", "source"]
     assert list(schema.keys_of(reg.Registry)) == ["project", "defaults", "experiment"]
     # the runtime's keys sit in [defaults] and in each [[experiment]] itself
-    assert {"workdir", "python", "env"} <= set(schema.keys_of(reg.Defaults)) & set(schema.keys_of(reg.Experiment))
+    assert {"workdir", "python", "env"} <= set(schema.keys_of(reg.Defaults)) & set(
+        schema.keys_of(reg.Experiment)
+    )
 
 
 def test_what_a_table_leaves_out_is_its_declared_default() -> None:
     r = reg.loads(GOOD_HEAD + "[[experiment]]\nid = 'e'\n[[experiment.leg]]\nname = 'l'\n", "/tmp/r.toml")
     assert r.settings == reg.Settings(name="tmp", exp_root=Path("/tmp/exp"))
-    assert (r.settings.tail, r.settings.on_failure, r.settings.max_parallel, r.settings.executor) == (50, "stop", 1, "local")
+    assert (r.settings.tail, r.settings.on_failure, r.settings.max_parallel, r.settings.executor) == (
+        50,
+        "stop",
+        1,
+        "local",
+    )
     exp, leg = r.experiment("e"), r.experiment("e").leg("l")
     assert (exp.device, exp.nproc_per_node, exp.repeats, exp.slurm) == ("cuda", 1, 1, reg.SlurmSettings())
-    assert (leg.module, leg.device, leg.nproc_per_node, leg.repeats, leg.args) == ("nanochat.base_train", "cuda", 1, 1, {})
+    assert (leg.module, leg.device, leg.nproc_per_node, leg.repeats, leg.args) == (
+        "nanochat.base_train",
+        "cuda",
+        1,
+        1,
+        {},
+    )
     assert exp.runtime == r.runtime == reg.Runtime(workdir=Path("/tmp"))
     # an experiment's keys it leaves out are the project's and the defaults'; a leg's, its experiment's
-    r = reg.loads(GOOD_HEAD + "max_parallel = 3\nexecutor = 'slurm'\n[defaults]\ndevice = 'cpu'\nnproc_per_node = 2\n"
-                  "[[experiment]]\nid = 'e'\nrepeats = 2\n[[experiment.leg]]\nname = 'l'\n", "/tmp/r.toml")
+    r = reg.loads(
+        GOOD_HEAD + "max_parallel = 3\nexecutor = 'slurm'\n[defaults]\ndevice = 'cpu'\nnproc_per_node = 2\n"
+        "[[experiment]]\nid = 'e'\nrepeats = 2\n[[experiment.leg]]\nname = 'l'\n",
+        "/tmp/r.toml",
+    )
     exp = r.experiment("e")
     assert (exp.device, exp.nproc_per_node, exp.max_parallel, exp.executor) == ("cpu", 2, 3, "slurm")
     assert (exp.legs[0].nproc_per_node, exp.legs[0].repeats, exp.legs[0].device) == (2, 2, "cpu")
@@ -191,7 +221,9 @@ def test_default_seed_is_the_trainers() -> None:
     import re
 
     source = (ROOT / "nanochat" / "base_train.py").read_text()
-    assert re.search(r'add_argument\("--seed", type=int, default=(\d+)\)', source).group(1) == str(reg.DEFAULT_SEED)
+    assert re.search(r'add_argument\("--seed", type=int, default=(\d+)\)', source).group(1) == str(
+        reg.DEFAULT_SEED
+    )
 
 
 # ---- bad input: one line, file:line, the key ---------------------------------------------------
@@ -269,10 +301,16 @@ BAD = [
         ["trainer arg 'lr'"],
     ),
     (GOOD_HEAD + "[[experiment]]\nid = 'a'\nrepeats = 0\n", 5, ["'a.repeats' must be between 1 and 100"]),
-    (GOOD_HEAD + "[[experiment]]\nid = 'a'\n[[experiment.leg]]\nname = 'x'\nrepeats = 'two'\n", 7,
-     ["'experiment.leg.repeats' must be an integer"]),
-    (GOOD_HEAD + "[[experiment]]\nid = 'a'\n[[experiment.leg]]\nname = 'x.r1'\n", 6,
-     ["leg name 'x.r1'", "ends like a repeat's run name"]),
+    (
+        GOOD_HEAD + "[[experiment]]\nid = 'a'\n[[experiment.leg]]\nname = 'x'\nrepeats = 'two'\n",
+        7,
+        ["'experiment.leg.repeats' must be an integer"],
+    ),
+    (
+        GOOD_HEAD + "[[experiment]]\nid = 'a'\n[[experiment.leg]]\nname = 'x.r1'\n",
+        6,
+        ["leg name 'x.r1'", "ends like a repeat's run name"],
+    ),
 ]
 
 
@@ -290,23 +328,34 @@ def test_bad_registry_is_one_located_line(tmp_path: Path, text: str, line: int, 
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("body", "line", "what"), [
-    ("[defaults]\nworkdir = '{long}'\n", 4, "'defaults.workdir'"),
-    ("[defaults]\npython = '{long}'\n", 4, "'defaults.python'"),
-    ("[[experiment]]\nid = 'e'\npython = '{long}/python'\n", 5, "'experiment.python'"),
-    ("notify = ['./{long}']\n", 3, "'project.notify'"),
-])
-def test_a_path_the_system_cannot_look_at_is_one_located_line(tmp_path: Path, body: str, line: int, what: str) -> None:
+@pytest.mark.parametrize(
+    ("body", "line", "what"),
+    [
+        ("[defaults]\nworkdir = '{long}'\n", 4, "'defaults.workdir'"),
+        ("[defaults]\npython = '{long}'\n", 4, "'defaults.python'"),
+        ("[[experiment]]\nid = 'e'\npython = '{long}/python'\n", 5, "'experiment.python'"),
+        ("notify = ['./{long}']\n", 3, "'project.notify'"),
+    ],
+)
+def test_a_path_the_system_cannot_look_at_is_one_located_line(
+    tmp_path: Path, body: str, line: int, what: str
+) -> None:
     """A name longer than the filesystem takes (ENAMETOOLONG from stat) is the key's error, not a traceback."""
     path = tmp_path / "experiments.toml"
     path.write_text(GOOD_HEAD + body.replace("{long}", "n" * 300))
     with pytest.raises(reg.RegistryError) as info:
         reg.load(path)
     msg = str(info.value)
-    assert msg.startswith(f"{path}:{line}: {what} ") and msg.endswith(" cannot be looked at: File name too long"), msg
+    assert msg.startswith(f"{path}:{line}: {what} ") and msg.endswith(
+        " cannot be looked at: File name too long"
+    ), msg
     assert len(msg) < 300 + len(str(path))  # the path is cut in its middle
-    proc = subprocess.run([sys.executable, "-m", "cockpit.cli", "--registry", str(path), "status"],
-                          capture_output=True, text=True, cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-m", "cockpit.cli", "--registry", str(path), "status"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert proc.returncode == 2 and proc.stderr == f"cockpit: {msg}\n"
 
 
@@ -374,7 +423,9 @@ values = st.one_of(
     st.integers(min_value=-(2**40), max_value=2**40),
     st.floats(allow_nan=False, allow_infinity=False, width=64),
     st.text(min_size=1, max_size=20).filter(
-        lambda s: not s.startswith("--") and "{exp_dir}" not in s and "{exp_root}" not in s and "\x00" not in s  # no argv holds a NUL
+        lambda s: (
+            not s.startswith("--") and "{exp_dir}" not in s and "{exp_root}" not in s and "\x00" not in s
+        )  # no argv holds a NUL
     ),
 )
 

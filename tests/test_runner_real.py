@@ -30,7 +30,16 @@ def test_foreground_legs_then_skip_then_rerun_the_baseline_alone(tmp_path):
     reg_path = registry_file(tmp_path, iterations=20)
     corpus = tmp_path / "exp" / "_data" / "smoke"
     assert not corpus.exists()
-    r = cockpit("--registry", str(reg_path), "launch", "cpu-smoke", "--legs", ",".join(LEGS), "--foreground", timeout=300)
+    r = cockpit(
+        "--registry",
+        str(reg_path),
+        "launch",
+        "cpu-smoke",
+        "--legs",
+        ",".join(LEGS),
+        "--foreground",
+        timeout=300,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     exp_dir = Path(r.stdout.strip().splitlines()[-1])
     assert exp_dir.parent == tmp_path / "exp" and exp_dir.name.endswith("_cpu-smoke")
@@ -41,7 +50,9 @@ def test_foreground_legs_then_skip_then_rerun_the_baseline_alone(tmp_path):
     assert sorted(p.name for p in corpus.iterdir()) == ["base_data", "tokenizer"]
     assert "BPE tokenizer, vocab 1,024" in (exp_dir / "prepare.log").read_text()
     assert json.loads((exp_dir / "plan.json").read_text())["prepare"]["creates"] == [
-        str(corpus / "base_data"), str(corpus / "tokenizer")]
+        str(corpus / "base_data"),
+        str(corpus / "tokenizer"),
+    ]
     for leg in LEGS:
         st = d.states[leg]
         assert (st.status, st.exit_code, st.exit_code_known) == ("done", 0, True)
@@ -49,7 +60,9 @@ def test_foreground_legs_then_skip_then_rerun_the_baseline_alone(tmp_path):
         s = logs.summarize(exp_dir / f"{leg}.log")
         assert s.finished and not s.failed and s.steps_observed == 20 and s.last_step == 19
         text = (exp_dir / f"{leg}.log").read_text()
-        assert "Vocab size: 1,024" in text and "Step 00020 | Validation bpb: " in text  # the real recipe's lines
+        assert (
+            "Vocab size: 1,024" in text and "Step 00020 | Validation bpb: " in text
+        )  # the real recipe's lines
         assert (exp_dir / "ckpt_root").is_dir()
     argv = list(d.plan.runs[0].argv)
     assert argv[1:6] == ["--standalone", "--nproc_per_node=2", "-m", "nanochat.base_train", "--"]
@@ -65,11 +78,23 @@ def test_foreground_legs_then_skip_then_rerun_the_baseline_alone(tmp_path):
         "nothing to run in cpu-smoke",
     ]
     # no new dir: only the first one and the corpus its prepare step made (no experiment dir)
-    assert sorted(p.name for p in (tmp_path / "exp").iterdir() if not p.name.startswith(".")) == [exp_dir.name, "_data"]
+    assert sorted(p.name for p in (tmp_path / "exp").iterdir() if not p.name.startswith(".")) == [
+        exp_dir.name,
+        "_data",
+    ]
     assert [d.path for d in expdir.discover(tmp_path / "exp")] == [exp_dir]
 
-    rerun = cockpit("--registry", str(reg_path), "launch", "cpu-smoke", "--legs", "dense", "--rerun", "--foreground",
-                    timeout=240)
+    rerun = cockpit(
+        "--registry",
+        str(reg_path),
+        "launch",
+        "cpu-smoke",
+        "--legs",
+        "dense",
+        "--rerun",
+        "--foreground",
+        timeout=240,
+    )
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     new_dir = Path(rerun.stdout.strip().splitlines()[-1])
     assert new_dir != exp_dir and new_dir.parent == exp_dir.parent
@@ -92,7 +117,9 @@ def test_foreground_legs_then_skip_then_rerun_the_baseline_alone(tmp_path):
     assert delta_cells(guide.stdout, "Result of `moe_cap1p0` vs baseline `dense`:")[1] == f"{dense_old:.2f}"
     assert "baseline from" not in guide.stdout  # every leg had its own dir's baseline
     assert "finished in more than one dir" in guide.stdout
-    quality = guide.stdout.split("| run | min val bpb | last val bpb | final loss | tail50 drop % | tail50 bal |")[1]
+    quality = guide.stdout.split(
+        "| run | min val bpb | last val bpb | final loss | tail50 drop % | tail50 bal |"
+    )[1]
     moe_row = next(ln for ln in quality.splitlines() if ln.startswith("| moe_cap1p0 |")).split("|")
     assert float(moe_row[2]) > 0 and float(moe_row[5]) >= 0  # the real run's validation bpb and drop %
 
@@ -106,9 +133,19 @@ def test_foreground_legs_then_skip_then_rerun_the_baseline_alone(tmp_path):
 
     # the old dir's MoE leg against the new dense, asked for by name: labelled with its dir, and
     # the two launches' origins compared (same checkout and machine here: said so)
-    named = cockpit("--registry", str(reg_path), "report", "--exp-dir", str(exp_dir),
-                    "--baseline", f"{new_dir.name}/dense")
+    named = cockpit(
+        "--registry",
+        str(reg_path),
+        "report",
+        "--exp-dir",
+        str(exp_dir),
+        "--baseline",
+        f"{new_dir.name}/dense",
+    )
     assert named.returncode == 0, named.stderr
     assert f"## Delta vs baseline `dense` (baseline from {new_dir.name})" in named.stdout
-    assert f"| metric | dense (baseline from {new_dir.name}) | moe_cap1p0 | delta | 95% CI | verdict |" in named.stdout
+    assert (
+        f"| metric | dense (baseline from {new_dir.name}) | moe_cap1p0 | delta | 95% CI | verdict |"
+        in named.stdout
+    )
     assert "the baseline ran in another launch" in named.stdout

@@ -20,7 +20,7 @@ from cockpit import registry as reg
 FINAL = "step 00009/00010 (90.00%) | loss: 3.0 | dt: 10ms | tok/sec: 1,000\nPeak memory usage: 1.00MiB\nTotal training time: 0.10m\n"
 CRASH = (
     "step 00003/00010 (30.00%) | loss: 3.0 | dt: 10ms | tok/sec: 1,000\n"
-    "Traceback (most recent call last):\n  File \"x.py\", line 1, in <module>\n"
+    'Traceback (most recent call last):\n  File "x.py", line 1, in <module>\n'
     "RuntimeError: CUDA error: out of memory\n"
 )
 
@@ -33,7 +33,9 @@ def dead_process() -> tuple[int, float]:
 
 
 def test_state_roundtrip_atomic(tmp_path):
-    st = expdir.LegState("a", "running", pid=12, create_time=1.5, error_tail=["x"], log=str(tmp_path / "a.log"))
+    st = expdir.LegState(
+        "a", "running", pid=12, create_time=1.5, error_tail=["x"], log=str(tmp_path / "a.log")
+    )
     expdir.write_state(tmp_path, st)
     assert expdir.read_state(tmp_path, "a") == st
     assert sorted(p.name for p in (tmp_path / "state").iterdir()) == ["a.json"]  # no temp file left
@@ -85,14 +87,21 @@ def test_discover_manual_and_planned_dirs(tmp_path):
     (manual / "dynamic_cap1p0.log").write_text(CRASH)
     planned = tmp_path / "20260301_120000_exp"
     (planned / "state").mkdir(parents=True)
-    (planned / "plan.json").write_text(json.dumps({"experiment": "exp", "legs": [{"name": "a"}, {"name": "b"}]}))
+    (planned / "plan.json").write_text(
+        json.dumps({"experiment": "exp", "legs": [{"name": "a"}, {"name": "b"}]})
+    )
     expdir.write_state(planned, expdir.LegState("a", "done", exit_code=0))
     (tmp_path / ".cockpit-locks").mkdir()
     (tmp_path / "empty").mkdir()
     found = expdir.discover(tmp_path)
     assert [d.path.name for d in found] == [manual.name, planned.name]
     m, p = found
-    assert (m.experiment, m.created, m.plan, m.legs) == ("moe-v1-resume", "20260224_175412", None, ["dynamic_cap1p0", "static_cap1p0"])
+    assert (m.experiment, m.created, m.plan, m.legs) == (
+        "moe-v1-resume",
+        "20260224_175412",
+        None,
+        ["dynamic_cap1p0", "static_cap1p0"],
+    )
     assert p.experiment == "exp" and p.legs == ["a", "b"] and list(p.states) == ["a"]
     assert expdir.done_legs(tmp_path, "moe-v1-resume") == {"static_cap1p0": manual}
     assert expdir.done_legs(tmp_path, "exp") == {"a": planned}
@@ -107,14 +116,21 @@ def _orphan_dir(tmp_path: Path, log_text: str, legs=("a", "b")) -> Path:
     d = tmp_path / "exp" / "20260301_120000_exp"
     (d / "state").mkdir(parents=True)
     torchrun = str(fake_torchrun(tmp_path / "bin"))
-    (d / "plan.json").write_text(json.dumps({"experiment": "exp", "legs": [
-        {"name": n, "argv": [torchrun, *LEG_ARGV]} for n in legs]}))
+    (d / "plan.json").write_text(
+        json.dumps({"experiment": "exp", "legs": [{"name": n, "argv": [torchrun, *LEG_ARGV]} for n in legs]})
+    )
     sup_pid, sup_ct = dead_process()
-    (d / "state" / "supervisor.json").write_text(json.dumps({"pid": sup_pid, "create_time": sup_ct, "ended_at": None}))
+    (d / "state" / "supervisor.json").write_text(
+        json.dumps({"pid": sup_pid, "create_time": sup_ct, "ended_at": None})
+    )
     pid, ct = dead_process()
     (d / "a.log").write_text(log_text)
-    expdir.write_state(d, expdir.LegState("a", "running", pid=pid, create_time=ct, supervisor_pid=sup_pid,
-                                      log=str(d / "a.log")))
+    expdir.write_state(
+        d,
+        expdir.LegState(
+            "a", "running", pid=pid, create_time=ct, supervisor_pid=sup_pid, log=str(d / "a.log")
+        ),
+    )
     expdir.write_state(d, expdir.LegState("b", "queued", supervisor_pid=sup_pid))
     return d
 
@@ -279,8 +295,12 @@ def test_a_stop_that_came_after_the_leg_ended_says_so_and_leaves_no_request(tmp_
     assert r.stdout.splitlines()[0] == "a: done (stop came after it ended)"
     assert not expdir.stop_request_path(d, "a").exists()
     # a live supervisor (this process, holding the dir's lock) is neither asked nor signalled
-    live = make_dir(tmp_path / "exp", "20260301_130000_exp", {"a": ("done", "cpu-smoke/dense.log"), "b": ("queued", None)},
-                    supervisor=True)
+    live = make_dir(
+        tmp_path / "exp",
+        "20260301_130000_exp",
+        {"a": ("done", "cpu-smoke/dense.log"), "b": ("queued", None)},
+        supervisor=True,
+    )
     got: list[int] = []
     before = signal.signal(signal.SIGUSR1, lambda sig, _: got.append(sig))
     try:
@@ -301,7 +321,10 @@ def test_the_supervisor_judges_a_stop_that_raced_the_legs_end():
     late = (Status.DONE, expdir.STOP_CAME_LATE)
     assert supervisor.ended(stopped=True, rc=0, requested=True, finished=True) == late
     assert supervisor.ended(stopped=False, rc=0, requested=True, finished=True) == late
-    assert supervisor.ended(stopped=True, rc=0, requested=True, finished=False) == (Status.STOPPED, "stopped by request")
+    assert supervisor.ended(stopped=True, rc=0, requested=True, finished=False) == (
+        Status.STOPPED,
+        "stopped by request",
+    )
     assert supervisor.ended(stopped=True, rc=-15, requested=True, finished=True)[0] == Status.STOPPED
     assert supervisor.ended(stopped=False, rc=0, requested=False, finished=True) == (Status.DONE, None)
     assert supervisor.ended(stopped=False, rc=1, requested=False, finished=False) == (Status.FAILED, None)
@@ -327,8 +350,12 @@ def test_garbage_on_disk_never_crashes_discovery(tmp_path):
     root = tmp_path / "exp"
     d = root / "20260301_120000_exp"
     (d / "state").mkdir(parents=True)
-    (d / "plan.json").write_text(json.dumps({"experiment": 7, "legs": [{"name": "a"}, {"name": 3}, "x", {"name": "../b"}]}))
-    (d / "state" / "a.json").write_text(json.dumps({"leg": "a", "status": "running", "pid": "12", "create_time": "x"}))
+    (d / "plan.json").write_text(
+        json.dumps({"experiment": 7, "legs": [{"name": "a"}, {"name": 3}, "x", {"name": "../b"}]})
+    )
+    (d / "state" / "a.json").write_text(
+        json.dumps({"leg": "a", "status": "running", "pid": "12", "create_time": "x"})
+    )
     (d / "state" / "supervisor.json").write_text(json.dumps({"pid": [1], "create_time": None}))
     other = root / "20260301_120001_exp"
     (other / "state").mkdir(parents=True)
@@ -372,7 +399,11 @@ def test_repeats_are_planned_one_run_each_and_a_leg_is_done_when_all_its_repeats
     exp_dir = tmp_path / "exp" / "20261130_101010_fake"
     (exp_dir / "state").mkdir(parents=True)
     data = launch.plan_data(registry, plan, exp_dir, origin={"git": {}})
-    assert [(x.name, x.leg, x.repeat) for x in data.runs] == [("a.r0", "a", 0), ("a.r1", "a", 1), ("b", None, None)]
+    assert [(x.name, x.leg, x.repeat) for x in data.runs] == [
+        ("a.r0", "a", 0),
+        ("a.r1", "a", 1),
+        ("b", None, None),
+    ]
     seeds = [x.argv[x.argv.index("--seed") + 1] for x in data.runs[:2]]
     assert seeds == ["7", "8"] and data.runs[1].log == str(exp_dir / "a.r1.log")
     assert "--seed" not in data.runs[2].argv  # a leg without repeats keeps the trainer's default
@@ -380,8 +411,12 @@ def test_repeats_are_planned_one_run_each_and_a_leg_is_done_when_all_its_repeats
 
     def ended(run: str, status: str) -> None:
         (exp_dir / f"{run}.log").write_text(FINAL if status == "done" else CRASH)
-        expdir.write_state(exp_dir, expdir.LegState(run, status, exit_code=0 if status == "done" else 1,
-                                                    log=str(exp_dir / f"{run}.log")))
+        expdir.write_state(
+            exp_dir,
+            expdir.LegState(
+                run, status, exit_code=0 if status == "done" else 1, log=str(exp_dir / f"{run}.log")
+            ),
+        )
 
     ended("a.r0", "done")
     ended("a.r1", "failed")

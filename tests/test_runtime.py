@@ -42,13 +42,21 @@ def checkout(tmp_path_factory) -> Path:
     (root / "scripts").mkdir(parents=True)
     (root / "scripts" / "base_train.py").write_text(TRAINER)
     venv = root / ".venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], check=True)
+    subprocess.run(
+        [sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], check=True
+    )
     # torch comes from this test's environment (a .pth file); the torchrun script is pip's, by hand
-    purelib = subprocess.run([str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                             capture_output=True, text=True, check=True).stdout.strip()
+    purelib = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     Path(purelib, "outer.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     torchrun = venv / "bin" / "torchrun"
-    torchrun.write_text(f"#!{venv}/bin/python\nimport sys\nfrom torch.distributed.run import main\nsys.exit(main())\n")
+    torchrun.write_text(
+        f"#!{venv}/bin/python\nimport sys\nfrom torch.distributed.run import main\nsys.exit(main())\n"
+    )
     torchrun.chmod(0o755)
     return root
 
@@ -82,31 +90,46 @@ def write(tmp_path: Path, text: str) -> Path:
 
 
 def test_runtime_loads_and_merges(tmp_path, checkout):
-    r = reg.load(write(tmp_path, registry_text(checkout, extra_exp='env = { STAND_IN = "experiment", X = "1" }')))
+    r = reg.load(
+        write(tmp_path, registry_text(checkout, extra_exp='env = { STAND_IN = "experiment", X = "1" }'))
+    )
     rt = r.experiment("mine").runtime
     assert rt.workdir == checkout and rt.python == checkout / ".venv" / "bin" / "python"
     assert rt.torchrun == checkout / ".venv" / "bin" / "torchrun"
-    assert rt.env == {"OMP_NUM_THREADS": "1", "STAND_IN": "experiment", "X": "1"}  # the experiment's over the defaults'
+    assert rt.env == {
+        "OMP_NUM_THREADS": "1",
+        "STAND_IN": "experiment",
+        "X": "1",
+    }  # the experiment's over the defaults'
     assert r.experiment("mine").legs[0].runtime == rt and r.workdir == checkout
     # the venv's python is a symlink: kept as written, never resolved out of the venv
     assert rt.python.is_symlink() and rt.python.parent.name == "bin"
     # relative paths are the registry's dir's
     (tmp_path / "co").symlink_to(checkout)
-    r = reg.load(write(tmp_path, registry_text(checkout).replace(f'workdir = "{checkout}"', 'workdir = "co"')))
+    r = reg.load(
+        write(tmp_path, registry_text(checkout).replace(f'workdir = "{checkout}"', 'workdir = "co"'))
+    )
     assert r.workdir == tmp_path / "co"
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("defaults, line, words", [
-    ('workdir = "nope"', 7, ["'defaults.workdir'", "/nope does not exist"]),
-    ('workdir = "experiments.toml"', 7, ["is not a directory"]),
-    ('python = "nope/python"', 8, ["'defaults.python'", "does not exist"]),
-    ('python = "experiments.toml"', 8, ["is not an executable file"]),
-    ("env = { 1BAD = \"x\" }", 9, ["key '1BAD' is not an environment variable name"]),
-    ("env = { OMP_NUM_THREADS = 4 }", 9, ["'defaults.env.OMP_NUM_THREADS' must be a string (quote it: \"4\")"]),
-    ('env = { COCKPIT_LEG = "x" }', 9, ["may not set COCKPIT_LEG"]),
-    ("env = 3", 9, ["'defaults.env' must be a table"]),
-])
+@pytest.mark.parametrize(
+    "defaults, line, words",
+    [
+        ('workdir = "nope"', 7, ["'defaults.workdir'", "/nope does not exist"]),
+        ('workdir = "experiments.toml"', 7, ["is not a directory"]),
+        ('python = "nope/python"', 8, ["'defaults.python'", "does not exist"]),
+        ('python = "experiments.toml"', 8, ["is not an executable file"]),
+        ('env = { 1BAD = "x" }', 9, ["key '1BAD' is not an environment variable name"]),
+        (
+            "env = { OMP_NUM_THREADS = 4 }",
+            9,
+            ["'defaults.env.OMP_NUM_THREADS' must be a string (quote it: \"4\")"],
+        ),
+        ('env = { COCKPIT_LEG = "x" }', 9, ["may not set COCKPIT_LEG"]),
+        ("env = 3", 9, ["'defaults.env' must be a table"]),
+    ],
+)
 def test_bad_runtime_is_one_located_line(tmp_path, checkout, defaults, line, words):
     text = registry_text(checkout)
     key = defaults.split(" ")[0]
@@ -131,11 +154,18 @@ def test_dry_run_shows_the_checkout_the_python_and_the_env(tmp_path, checkout):
     i = lines.index(f"cd {checkout}")
     assert lines[i - 1] == f"# python: {checkout}/.venv/bin/python (its torchrun runs the legs)"
     assert lines[i + 1 : i + 3] == ["export OMP_NUM_THREADS=1", "export STAND_IN=defaults"]
-    assert f"{checkout}/.venv/bin/torchrun --standalone --nproc_per_node=1 -m scripts.base_train -- \\" in lines
+    assert (
+        f"{checkout}/.venv/bin/torchrun --standalone --nproc_per_node=1 -m scripts.base_train -- \\" in lines
+    )
     # a python with no torchrun beside it: a real launch would be refused, and says why
     bare = tmp_path / "bare"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(bare)], check=True)
-    write(tmp_path, registry_text(checkout).replace(f'python = "{checkout}/.venv/bin/python"', f'python = "{bare}/bin/python"'))
+    write(
+        tmp_path,
+        registry_text(checkout).replace(
+            f'python = "{checkout}/.venv/bin/python"', f'python = "{bare}/bin/python"'
+        ),
+    )
     r = cockpit("--registry", str(path), "launch", "mine", "--dry-run")
     assert f"# a real launch would be refused here: torchrun not found beside {bare}/bin/python" in r.stdout
     r = cockpit("--registry", str(path), "launch", "mine")
@@ -153,8 +183,13 @@ def test_legs_run_in_the_checkout_with_its_python_and_env(tmp_path, checkout):
     assert plan["cwd"] == str(checkout) and plan["python"] == f"{checkout}/.venv/bin/python"
     assert plan["torchrun"] == f"{checkout}/.venv/bin/torchrun"
     assert plan["env"] == {"OMP_NUM_THREADS": "1", "STAND_IN": "experiment"}
-    assert plan["legs"][0]["argv"][:5] == [f"{checkout}/.venv/bin/torchrun", "--standalone", "--nproc_per_node=1",
-                                           "-m", "scripts.base_train"]
+    assert plan["legs"][0]["argv"][:5] == [
+        f"{checkout}/.venv/bin/torchrun",
+        "--standalone",
+        "--nproc_per_node=1",
+        "-m",
+        "scripts.base_train",
+    ]
     log = (exp_dir / "a.log").read_text()
     assert f"python prefix: {checkout}/.venv\n" in log  # the workers run the venv's python
     assert f"cwd: {checkout}\n" in log and "STAND_IN: experiment OMP: 1\n" in log

@@ -61,12 +61,21 @@ def trainer_code(steps: int = 3, fail: str | None = None, kill: bool = False) ->
     return code
 
 
-def plan_dir(root: Path, legs: dict[str, str], on_failure: str = "continue", name: str = "20260101_000000_x") -> Path:
+def plan_dir(
+    root: Path, legs: dict[str, str], on_failure: str = "continue", name: str = "20260101_000000_x"
+) -> Path:
     """An experiment dir under root whose plan runs `python -c CODE` per leg."""
     d = root / name
     (d / "state").mkdir(parents=True)
-    plan = {"experiment": "x", "on_failure": on_failure, "cwd": str(d), "stop_grace_s": 2,
-            "legs": [{"name": n, "device": "cpu", "argv": [sys.executable, "-c", code]} for n, code in legs.items()]}
+    plan = {
+        "experiment": "x",
+        "on_failure": on_failure,
+        "cwd": str(d),
+        "stop_grace_s": 2,
+        "legs": [
+            {"name": n, "device": "cpu", "argv": [sys.executable, "-c", code]} for n, code in legs.items()
+        ],
+    }
     (d / "plan.json").write_text(json.dumps(plan))
     return d
 
@@ -122,7 +131,9 @@ def test_a_symlink_planted_at_a_legs_log_fails_that_leg_before_it_starts(tmp_pat
     assert states["a"].status == "done"
     for n in "bc":
         assert states[n].status == "failed" and states[n].pid is None
-        assert states[n].note.startswith(f"log path taken: {d}/{n}.log exists and was not created by the supervisor")
+        assert states[n].note.startswith(
+            f"log path taken: {d}/{n}.log exists and was not created by the supervisor"
+        )
         assert "a symlink to" in states[n].note and "nothing started" in states[n].note
     code, out, _ = run_cli(capsys, "--registry", str(registry_for(tmp_path)), "status")
     assert code == 0 and "b  failed    (log path taken:" in out and "c  failed    (log path taken:" in out
@@ -185,7 +196,9 @@ def test_planted_links_for_state_report_lock_stop_and_guide_are_never_followed(t
     for rel in ("report.md", "report_summary.csv", "state/a.json", "state/a.stop"):
         assert not (d2 / rel).is_symlink() and (d2 / rel).is_file()
     # a state file that names another leg ("../../x") is not that leg's, and is never written back
-    (d2 / "state" / "b.json").write_text(json.dumps({"leg": "../../../victim", "status": "running", "pid": 1}))
+    (d2 / "state" / "b.json").write_text(
+        json.dumps({"leg": "../../../victim", "status": "running", "pid": 1})
+    )
     assert expdir.read_state(d2, "b") is None
     with pytest.raises(fsutil.UnsafePath, match="lies outside"):
         expdir.write_state(d2, expdir.LegState("../../../x", "done"))
@@ -195,9 +208,17 @@ def test_planted_links_for_state_report_lock_stop_and_guide_are_never_followed(t
         expdir.try_lock(d2 / "state" / "a.lock", "held", root=d2)
     # the resume guide in exp_root, planted as a link: replaced, not written through
     os.symlink(victim, root / resume_text.GUIDE_NAME)
-    code, out, _ = run_cli(capsys, "--registry", str(registry_for(tmp_path)), "resume", "--out-md",
-                           str(root / resume_text.GUIDE_NAME))
-    assert code == 0 and victim.read_text() == "keep me\n" and not (root / resume_text.GUIDE_NAME).is_symlink()
+    code, out, _ = run_cli(
+        capsys,
+        "--registry",
+        str(registry_for(tmp_path)),
+        "resume",
+        "--out-md",
+        str(root / resume_text.GUIDE_NAME),
+    )
+    assert (
+        code == 0 and victim.read_text() == "keep me\n" and not (root / resume_text.GUIDE_NAME).is_symlink()
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -211,15 +232,18 @@ def _report_dir(tmp_path: Path) -> Path:
     return d
 
 
-@pytest.mark.parametrize("where, words", [
-    ("{tmp}/out", "is a directory (give a file name)"),
-    ("{tmp}/out/", "is a directory"),
-    ("{tmp}/afile/x.md", "is a file, not a directory"),
-    ("{tmp}/afile/deeper/x.md", "is a file, not a directory"),
-    ("{tmp}/clash.md", "clash_steps.csv is a directory"),  # a sibling output is a directory
-    ("{tmp}/" + "n" * 250 + ".md", "file name longer than 255 bytes"),
-    ("/proc/cockpit-hostile/x.md", ""),  # a place nobody can write
-])
+@pytest.mark.parametrize(
+    "where, words",
+    [
+        ("{tmp}/out", "is a directory (give a file name)"),
+        ("{tmp}/out/", "is a directory"),
+        ("{tmp}/afile/x.md", "is a file, not a directory"),
+        ("{tmp}/afile/deeper/x.md", "is a file, not a directory"),
+        ("{tmp}/clash.md", "clash_steps.csv is a directory"),  # a sibling output is a directory
+        ("{tmp}/" + "n" * 250 + ".md", "file name longer than 255 bytes"),
+        ("/proc/cockpit-hostile/x.md", ""),  # a place nobody can write
+    ],
+)
 def test_out_md_that_cannot_be_written_is_one_line_and_nothing_is_written(tmp_path, capsys, where, words):
     d = _report_dir(tmp_path)
     (tmp_path / "out").mkdir()
@@ -227,8 +251,18 @@ def test_out_md_that_cannot_be_written_is_one_line_and_nothing_is_written(tmp_pa
     (tmp_path / "clash_steps.csv").mkdir()
     before = listing(tmp_path)
     out_md = where.replace("{tmp}", str(tmp_path))
-    err = one_line_exit_2(*run_cli(capsys, "report", "--registry", str(tmp_path / "none.toml"), "--exp-dir", str(d),
-                                   "--out-md", out_md))
+    err = one_line_exit_2(
+        *run_cli(
+            capsys,
+            "report",
+            "--registry",
+            str(tmp_path / "none.toml"),
+            "--exp-dir",
+            str(d),
+            "--out-md",
+            out_md,
+        )
+    )
     assert words in err
     assert listing(tmp_path) == before
     assert not os.path.exists("/proc/cockpit-hostile")
@@ -238,7 +272,10 @@ def test_resume_out_md_is_checked_the_same_way(tmp_path, capsys):
     reg_path = registry_for(tmp_path)
     (tmp_path / "afile").write_text("x")
     before = listing(tmp_path)
-    for bad, words in ((str(tmp_path), "is a directory"), (f"{tmp_path}/afile/g.md", "is a file, not a directory")):
+    for bad, words in (
+        (str(tmp_path), "is a directory"),
+        (f"{tmp_path}/afile/g.md", "is a file, not a directory"),
+    ):
         err = one_line_exit_2(*run_cli(capsys, "--registry", str(reg_path), "resume", "--out-md", bad))
         assert words in err
     assert listing(tmp_path) == before
@@ -274,7 +311,10 @@ def test_stop_never_signals_an_unproven_supervisor_or_leg(tmp_path, capsys):
             assert "process identity not proven" in err and "nothing" in err, err
             assert victim.poll() is None, (sup, st)
             assert listing(d) == before
-        assert "unknown: process identity not proven" in run_cli(capsys, "--registry", str(reg_path), "status")[1]
+        assert (
+            "unknown: process identity not proven"
+            in run_cli(capsys, "--registry", str(reg_path), "status")[1]
+        )
     finally:
         victim.kill()
         victim.wait()
@@ -291,8 +331,13 @@ def test_stop_refuses_dirs_outside_exp_root_and_writes_nothing_there(tmp_path, c
         (tmp_path / "exp").mkdir(exist_ok=True)
         os.symlink(outside, tmp_path / "exp" / "20260101_000009_x")  # a link in exp_root to it
         before = listing(tmp_path / "elsewhere")
-        for target in (str(outside), str(tmp_path / "exp" / "20260101_000009_x"), "20260101_000009_x",
-                       str(tmp_path / "exp"), "/"):
+        for target in (
+            str(outside),
+            str(tmp_path / "exp" / "20260101_000009_x"),
+            "20260101_000009_x",
+            str(tmp_path / "exp"),
+            "/",
+        ):
             for leg in ([], ["a"]):
                 err = one_line_exit_2(*run_cli(capsys, "--registry", str(reg_path), "stop", target, *leg))
                 assert "is not an experiment dir under exp_root" in err or "no experiment dir" in err, err
@@ -305,7 +350,6 @@ def test_stop_refuses_dirs_outside_exp_root_and_writes_nothing_there(tmp_path, c
 
 
 def test_stop_of_a_proven_orphan_leg_kills_its_tree(tmp_path, leg_process):
-
 
     torchrun = str(fake_torchrun(tmp_path / "bin"))
     argv = [torchrun, "--standalone", "-m", "tests.fake_trainer", "--", "--x", "1"]
@@ -323,15 +367,20 @@ def test_stop_of_a_proven_orphan_leg_kills_its_tree(tmp_path, leg_process):
 # 4. names the filesystem cannot take are refused at load; one bad dir stays that dir's problem
 
 
-@pytest.mark.parametrize("leg, exp_id, words", [
-    ("x" * 300, "e", "is too long for a file name: 300 bytes, at most 250"),
-    ("é" * 126, "e", "252 bytes, at most 250"),  # 126 characters, but 252 bytes
-    ("a", "x" * 250, "experiment id 'xxxx"),
-    ("a", "ü" * 120, "240 bytes, at most 239"),
-])
+@pytest.mark.parametrize(
+    "leg, exp_id, words",
+    [
+        ("x" * 300, "e", "is too long for a file name: 300 bytes, at most 250"),
+        ("é" * 126, "e", "252 bytes, at most 250"),  # 126 characters, but 252 bytes
+        ("a", "x" * 250, "experiment id 'xxxx"),
+        ("a", "ü" * 120, "240 bytes, at most 239"),
+    ],
+)
 def test_names_too_long_for_the_filesystem_are_refused_at_load(tmp_path, leg, exp_id, words):
     path = tmp_path / "r.toml"
-    path.write_text(f'[project]\nexp_root = "exp"\n\n[[experiment]]\nid = "{exp_id}"\n[[experiment.leg]]\nname = "{leg}"\n')
+    path.write_text(
+        f'[project]\nexp_root = "exp"\n\n[[experiment]]\nid = "{exp_id}"\n[[experiment.leg]]\nname = "{leg}"\n'
+    )
     with pytest.raises(reg.RegistryError) as info:
         reg.load(path)
     msg = str(info.value)
@@ -339,8 +388,10 @@ def test_names_too_long_for_the_filesystem_are_refused_at_load(tmp_path, leg, ex
     deep = str(tmp_path)
     while len(deep) < 3582:  # an exp_root of 3,582 bytes: fine alone, too long with these names
         deep += "/" + "d" * max(1, min(200, 3582 - len(deep) - 1))
-    path.write_text(f'[project]\nexp_root = "{deep}"\n[[experiment]]\nid = "{"i" * 239}"\n'
-                    f'[[experiment.leg]]\nname = "{"l" * 250}"\n')
+    path.write_text(
+        f'[project]\nexp_root = "{deep}"\n[[experiment]]\nid = "{"i" * 239}"\n'
+        f'[[experiment.leg]]\nname = "{"l" * 250}"\n'
+    )
     with pytest.raises(reg.RegistryError, match="more than the 4095 a path may have"):
         reg.load(path)
 
@@ -357,7 +408,9 @@ def _bad_dirs(root: Path) -> dict[str, Path]:
     os.symlink("/dev/zero", d / "plan.json")
     d = out["long names"] = root / "20260101_000003_x"
     (d / "state").mkdir(parents=True)
-    (d / "plan.json").write_text(json.dumps({"experiment": "x", "legs": [{"name": "y" * 300}, {"name": "a"}]}))
+    (d / "plan.json").write_text(
+        json.dumps({"experiment": "x", "legs": [{"name": "y" * 300}, {"name": "a"}]})
+    )
     d = out["state is a file"] = root / "20260101_000004_x"
     d.mkdir()
     (d / "state").write_text("not a dir")
@@ -398,13 +451,16 @@ def test_bad_dirs_under_exp_root_are_their_own_problem_never_the_views(tmp_path,
 # 5. one line and exit 2 instead of a traceback
 
 
-@pytest.mark.parametrize("project, words", [
-    ('exp_root = "/etc/passwd"', "is a file, not a directory"),
-    ('exp_root = "/etc/passwd/exp"', "which is a file"),
-    ('exp_root = "~nosuchuser-cockpit/x"', "user 'nosuchuser-cockpit', who does not exist"),
-    ('exp_root = ""', "is empty"),
-    ('exp_root = "exp"\ntail = 99999999999999999999', "'project.tail' must be between 1 and"),
-])
+@pytest.mark.parametrize(
+    "project, words",
+    [
+        ('exp_root = "/etc/passwd"', "is a file, not a directory"),
+        ('exp_root = "/etc/passwd/exp"', "which is a file"),
+        ('exp_root = "~nosuchuser-cockpit/x"', "user 'nosuchuser-cockpit', who does not exist"),
+        ('exp_root = ""', "is empty"),
+        ('exp_root = "exp"\ntail = 99999999999999999999', "'project.tail' must be between 1 and"),
+    ],
+)
 def test_bad_exp_root_and_huge_tail_in_the_registry(tmp_path, capsys, project, words):
     (tmp_path / "r.toml").write_text(f"[project]\n{project}\n")
     for argv in (["status"], ["launch", "x", "--dry-run"], ["resume"], ["stop", "x"]):
@@ -412,12 +468,15 @@ def test_bad_exp_root_and_huge_tail_in_the_registry(tmp_path, capsys, project, w
         assert words in err and f"{tmp_path / 'r.toml'}:{2 + project.count(chr(10))}:" in err
 
 
-@pytest.mark.parametrize("argv, words", [
-    (["report", "--exp-dir", "{d}", "--tail", "99999999999999999999999"], "--tail must be at most"),
-    (["report", "--exp-dir", "{d}", "--tail", "-3"], "--tail must be at least 1"),
-    (["stop", "x", "--grace", "nan"], "--grace must be between 0 and"),
-    (["stop", "x", "--grace", "-1"], "--grace must be between 0 and"),
-])
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["report", "--exp-dir", "{d}", "--tail", "99999999999999999999999"], "--tail must be at most"),
+        (["report", "--exp-dir", "{d}", "--tail", "-3"], "--tail must be at least 1"),
+        (["stop", "x", "--grace", "nan"], "--grace must be between 0 and"),
+        (["stop", "x", "--grace", "-1"], "--grace must be between 0 and"),
+    ],
+)
 def test_huge_or_odd_numbers_on_the_command_line(tmp_path, capsys, argv, words):
     d = _report_dir(tmp_path)
     registry_for(tmp_path)
@@ -430,12 +489,26 @@ def test_launch_into_a_read_only_exp_root_is_refused_and_the_dry_run_says_so(tmp
     path = write_registry(tmp_path, {"a": 'model-tag = "a"'})
     path.write_text(path.read_text().replace('exp_root = "exp"', f'exp_root = "{readonly_dir}/exp"'))
     code, out, _ = run_cli(capsys, "--registry", str(path), "launch", "fake", "--dry-run")
-    assert code == 0 and f"# a real launch would be refused here: exp_root {readonly_dir}/exp cannot be created: " \
-                         f"{readonly_dir} is on a read-only filesystem" in out
+    assert (
+        code == 0
+        and f"# a real launch would be refused here: exp_root {readonly_dir}/exp cannot be created: "
+        f"{readonly_dir} is on a read-only filesystem"
+        in out
+    )
     err = one_line_exit_2(*run_cli(capsys, "--registry", str(path), "launch", "fake"))
     assert "is on a read-only filesystem" in err
-    err = one_line_exit_2(*run_cli(capsys, "report", "--registry", str(path), "--exp-dir", str(_report_dir(tmp_path)),
-                                   "--out-md", f"{readonly_dir}/r.md"))
+    err = one_line_exit_2(
+        *run_cli(
+            capsys,
+            "report",
+            "--registry",
+            str(path),
+            "--exp-dir",
+            str(_report_dir(tmp_path)),
+            "--out-md",
+            f"{readonly_dir}/r.md",
+        )
+    )
     assert "is on a read-only filesystem" in err
 
 
@@ -473,7 +546,11 @@ class Faults:
             real = getattr(fsutil, name)
             monkeypatch.setattr(fsutil, name, self._wrap(real))
         real_open = fsutil.StagedFiles.open
-        monkeypatch.setattr(fsutil.StagedFiles, "open", lambda s, path, mode="w": self._check(path) or real_open(s, path, mode))
+        monkeypatch.setattr(
+            fsutil.StagedFiles,
+            "open",
+            lambda s, path, mode="w": self._check(path) or real_open(s, path, mode),
+        )
 
     def _check(self, path) -> None:
         if self.on and self.when(str(path)):
@@ -484,17 +561,23 @@ class Faults:
         def call(path, *a, **kw):
             self._check(path)
             return real(path, *a, **kw)
+
         return call
 
 
 @pytest.mark.parametrize("code", [errno.EROFS, errno.ENOSPC, errno.EIO])
 @pytest.mark.parametrize("policy, rest", [("continue", "failed"), ("stop", "stopped")])
-def test_supervisor_faults_fail_the_leg_follow_the_policy_and_end_cleanly(tmp_path, capsys, monkeypatch, code, policy, rest):
+def test_supervisor_faults_fail_the_leg_follow_the_policy_and_end_cleanly(
+    tmp_path, capsys, monkeypatch, code, policy, rest
+):
     """The dir turns read-only (full, failing) while leg a runs: a fails as its trainer says (its
     checkpoint could not be saved), then nothing more can be written. One line per fault."""
     ckpt = "OSError: [Errno 30] Read-only file system: 'ckpt_root/model.pt'"
-    d = plan_dir(tmp_path / "exp", {"a": trainer_code(fail=ckpt), "b": trainer_code(), "c": trainer_code()},
-                 on_failure=policy)
+    d = plan_dir(
+        tmp_path / "exp",
+        {"a": trainer_code(fail=ckpt), "b": trainer_code(), "c": trainer_code()},
+        on_failure=policy,
+    )
     faults = Faults(monkeypatch, code)
     sup = supervisor.Supervisor(d, echo=True)
     real_put = sup.put
@@ -525,15 +608,23 @@ def test_supervisor_faults_fail_the_leg_follow_the_policy_and_end_cleanly(tmp_pa
 
 @pytest.mark.slow
 def test_supervisor_of_a_broken_plan_is_one_line(tmp_path):
-    for plan, words in ((["not", "a", "dict"], "not a JSON object"),
-                        ({"experiment": "x", "legs": [{"name": "../a", "argv": ["x"]}]}, "not a leg name"),
-                        ({"experiment": "x", "legs": [{"name": "a", "argv": "rm -rf /"}]}, "argv is not a list"),
-                        ({"experiment": "x", "legs": [{"name": "y" * 300, "argv": ["x"]}]}, "not a leg name")):
+    for plan, words in (
+        (["not", "a", "dict"], "not a JSON object"),
+        ({"experiment": "x", "legs": [{"name": "../a", "argv": ["x"]}]}, "not a leg name"),
+        ({"experiment": "x", "legs": [{"name": "a", "argv": "rm -rf /"}]}, "argv is not a list"),
+        ({"experiment": "x", "legs": [{"name": "y" * 300, "argv": ["x"]}]}, "not a leg name"),
+    ):
         d = tmp_path / f"d{len(os.listdir(tmp_path))}"
         d.mkdir()
         (d / "plan.json").write_text(json.dumps(plan))
-        r = subprocess.run([sys.executable, "-m", "cockpit.supervisor", str(d)], capture_output=True, text=True,
-                           env=child_env(), cwd=REPO, timeout=60)
+        r = subprocess.run(
+            [sys.executable, "-m", "cockpit.supervisor", str(d)],
+            capture_output=True,
+            text=True,
+            env=child_env(),
+            cwd=REPO,
+            timeout=60,
+        )
         assert r.returncode == 2 and words in r.stderr and r.stderr.count("\n") == 1, r.stderr
 
 
@@ -555,7 +646,11 @@ def test_a_supervisor_started_by_a_long_lived_process_is_reaped(tmp_path):
     while time.monotonic() < deadline and set(pids) & {c.pid for c in psutil.Process().children()}:
         time.sleep(0.05)
     assert not set(pids) & {c.pid for c in psutil.Process().children()}, procs.zombie_children()
-    assert all(expdir.open_dir(p).states["a"].status == "done" for p in (tmp_path / "exp").iterdir() if p.name[0] != ".")
+    assert all(
+        expdir.open_dir(p).states["a"].status == "done"
+        for p in (tmp_path / "exp").iterdir()
+        if p.name[0] != "."
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -566,7 +661,9 @@ def _hostile_log_dir(tmp_path: Path) -> Path:
     d = tmp_path / "exp" / "20260101_000000_x"
     d.mkdir(parents=True)
     steps = "".join(STEP.format(i=i, p=i * 10.0, loss=5.0) + "\n" for i in range(3))
-    (d / "a.log").write_text(steps + f"Traceback (most recent call last):\nRuntimeError: boom {ESCAPES}\x07\x08\r\n")
+    (d / "a.log").write_text(
+        steps + f"Traceback (most recent call last):\nRuntimeError: boom {ESCAPES}\x07\x08\r\n"
+    )
     (d / f"evil{ESCAPES[:9]}name.log").write_text(steps + FINAL)
     (d / "we`ird|name.log").write_text(steps + FINAL)
     return d
@@ -579,8 +676,20 @@ def test_escapes_in_logs_never_reach_stdout_and_markdown_is_escaped(tmp_path, ca
     assert "RuntimeError: boom" in out and "\\x1b" not in out  # sequences removed, not shown
     assert "| we\\`ird\\|name |" in out and "``we`ird|name``" in out  # a cell, a code span
     out_md = tmp_path / "r.md"
-    assert run_cli(capsys, "report", "--registry", str(tmp_path / "none.toml"), "--exp-dir", str(d),
-                   "--out-md", str(out_md), "--no-plots")[0] == 0
+    assert (
+        run_cli(
+            capsys,
+            "report",
+            "--registry",
+            str(tmp_path / "none.toml"),
+            "--exp-dir",
+            str(d),
+            "--out-md",
+            str(out_md),
+            "--no-plots",
+        )[0]
+        == 0
+    )
     for p in (out_md, tmp_path / "r_summary.csv", tmp_path / "r_steps.csv"):
         assert "\x1b" not in p.read_text()
 
@@ -609,8 +718,10 @@ def test_escapes_in_states_notes_and_names_never_reach_stdout(tmp_path, capsys):
 
 def _coloured(lines: list[str]) -> str:
     """Lines in SGR colours, two styles in turn, as a logger with colours writes them."""
-    return "".join(f"\x1b[32m{ln}\x1b[0m\n" if i % 2 else f"\x1b[38;5;82m{ln}\x1b[0m\x1b[K\n"
-                   for i, ln in enumerate(lines))
+    return "".join(
+        f"\x1b[32m{ln}\x1b[0m\n" if i % 2 else f"\x1b[38;5;82m{ln}\x1b[0m\x1b[K\n"
+        for i, ln in enumerate(lines)
+    )
 
 
 @pytest.mark.slow
@@ -622,19 +733,36 @@ def test_a_non_utf8_exp_root_is_reported_written_and_printed(tmp_path):
     os.mkdir(base)
     reg_path = registry_for(Path(base), ("a",))
     d = plan_dir(Path(base) / "exp", {"a": trainer_code()})
-    r = subprocess.run([sys.executable, "-m", "cockpit.supervisor", str(d)], env=child_env(), capture_output=True,
-                       timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "cockpit.supervisor", str(d)], env=child_env(), capture_output=True, timeout=60
+    )
     assert r.returncode == 0 and b"not regenerated" not in r.stdout, r.stdout + r.stderr
     assert f"`{tmp_path}/caf\\xe9/exp/20260101_000000_x`".encode() in (d / "report.md").read_bytes()
-    env = {**child_env(), "LC_ALL": "C.UTF-8", "PYTHONIOENCODING": "utf-8:strict"}  # printing a raw byte would fail
-    for argv in (["--registry", str(reg_path), "resume", "--out-md", str(Path(base) / "exp" / "guide.md")],
-                 ["report", "--exp-dir", str(d), "--out-md", os.fsdecode(os.fsencode(base) + b"/r\xff.md"), "--no-plots"],
-                 ["--registry", str(reg_path), "status"]):
-        r = subprocess.run([sys.executable, "-m", "cockpit.cli", *argv], env=env, capture_output=True, text=True,
-                           timeout=60)
+    env = {
+        **child_env(),
+        "LC_ALL": "C.UTF-8",
+        "PYTHONIOENCODING": "utf-8:strict",
+    }  # printing a raw byte would fail
+    for argv in (
+        ["--registry", str(reg_path), "resume", "--out-md", str(Path(base) / "exp" / "guide.md")],
+        [
+            "report",
+            "--exp-dir",
+            str(d),
+            "--out-md",
+            os.fsdecode(os.fsencode(base) + b"/r\xff.md"),
+            "--no-plots",
+        ],
+        ["--registry", str(reg_path), "status"],
+    ):
+        r = subprocess.run(
+            [sys.executable, "-m", "cockpit.cli", *argv], env=env, capture_output=True, text=True, timeout=60
+        )
         assert r.returncode == 0 and "Traceback" not in r.stderr, (argv, r.stderr[-500:])
         assert "caf\\xe9" in r.stdout
-    assert (Path(base) / "exp" / "guide.md").is_file() and os.path.isfile(os.fsencode(base) + b"/r\xff_steps.csv")
+    assert (Path(base) / "exp" / "guide.md").is_file() and os.path.isfile(
+        os.fsencode(base) + b"/r\xff_steps.csv"
+    )
     assert safetext.printable("caf\udce9 \ud800") == "caf\\xe9 \\ud800"
 
 
@@ -643,14 +771,22 @@ def test_sgr_coloured_step_lines_parse_in_every_path(tmp_path, monkeypatch):
     plain = tmp_path / "plain.log"
     plain.write_text("\n".join(lines) + "\n" + FINAL)
     col = tmp_path / "col.log"
-    col.write_text(_coloured(lines) + "\x1b[1mPeak memory usage: 1.00MiB\x1b[0m\n\x1b[1mTotal training time: 0.01m\x1b[0m\n")
+    col.write_text(
+        _coloured(lines)
+        + "\x1b[1mPeak memory usage: 1.00MiB\x1b[0m\n\x1b[1mTotal training time: 0.01m\x1b[0m\n"
+    )
     want = logs.summarize(plain)
     for path_kind in ("small", "big"):
         if path_kind == "big":  # the backward tail reader
             monkeypatch.setattr(summary, "SMALL_LOG_BYTES", 16)
         s = logs.summarize(col)
-        assert (s.steps_observed, s.tail_n, s.tok_per_sec, s.status, s.last_loss) == \
-               (want.steps_observed, want.tail_n, want.tok_per_sec, "completed", want.last_loss), path_kind
+        assert (s.steps_observed, s.tail_n, s.tok_per_sec, s.status, s.last_loss) == (
+            want.steps_observed,
+            want.tail_n,
+            want.tok_per_sec,
+            "completed",
+            want.last_loss,
+        ), path_kind
     full = logs.parse_file(col)
     assert len(full.table) == 10 and full.finished
     st = logs.LogState()
@@ -694,8 +830,23 @@ def test_report_of_a_5gb_sparse_log_stays_small_with_and_without_out_md(tmp_path
     code = f"import sys\nfrom cockpit import cli\nrc = cli.main(sys.argv[1:])\n{PEAK_RSS}print('MAXRSS', peak(), file=sys.stderr)\nsys.exit(rc)\n"
     for extra in ([], ["--out-md", str(tmp_path / "r.md")]):
         t0 = time.monotonic()
-        r = subprocess.run([sys.executable, "-c", code, "report", "--registry", str(tmp_path / "none.toml"),
-                            "--exp-dir", str(d), *extra], capture_output=True, text=True, env=child_env(), timeout=300)
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                code,
+                "report",
+                "--registry",
+                str(tmp_path / "none.toml"),
+                "--exp-dir",
+                str(d),
+                *extra,
+            ],
+            capture_output=True,
+            text=True,
+            env=child_env(),
+            timeout=300,
+        )
         assert r.returncode == 0, r.stderr
         rss_mib = int(r.stderr.split("MAXRSS")[1]) / 1024
         assert rss_mib < 250, (extra, rss_mib)  # the interpreter, numpy and matplotlib are most of it
@@ -714,11 +865,15 @@ def test_summary_and_streamed_parse_of_a_dense_log_hold_a_bounded_window(tmp_pat
     with open(p, "w") as f:
         for _ in range(10):
             f.write(line * (n // 10))
-    code = ("import sys\nfrom cockpit import logs\n"
-            "s = logs.summarize(sys.argv[1])\nseen = []\n"
-            "st = logs.parse_file(sys.argv[1], on_steps=lambda t: seen.append(len(t)))\n"
-            f"{PEAK_RSS}print(s.tail_n, sum(seen), st.steps_observed, peak())\n")
-    r = subprocess.run([sys.executable, "-c", code, str(p)], capture_output=True, text=True, env=child_env(), timeout=300)
+    code = (
+        "import sys\nfrom cockpit import logs\n"
+        "s = logs.summarize(sys.argv[1])\nseen = []\n"
+        "st = logs.parse_file(sys.argv[1], on_steps=lambda t: seen.append(len(t)))\n"
+        f"{PEAK_RSS}print(s.tail_n, sum(seen), st.steps_observed, peak())\n"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code, str(p)], capture_output=True, text=True, env=child_env(), timeout=300
+    )
     tail_n, streamed, observed, rss_kib = map(int, r.stdout.split())
     assert (tail_n, streamed, observed) == (50, n // 10 * 10, n // 10 * 10), r.stderr
     assert rss_kib / 1024 < 120, rss_kib / 1024
@@ -728,22 +883,35 @@ def test_summary_and_streamed_parse_of_a_dense_log_hold_a_bounded_window(tmp_pat
 # 10. numbers and shapes checked with a range, one line with file:line
 
 
-@pytest.mark.parametrize("text, line, words", [
-    ('[defaults]\nnproc_per_node = 100000\n', 4, "nproc_per_node must be a positive integer up to 128"),
-    ('[project.gpu_idle]\nwait_s = -5\n', 4, "'project.gpu_idle.wait_s' must be between 0 and"),
-    ('[project.gpu_idle]\nmax_util_pct = nan\n', 4, "must be a finite number, not nan"),
-    ('[project.gpu_idle]\nmax_util_pct = 250\n', 4, "between 0 and 100"),
-    ('[defaults]\nmodule = "--help"\n', 4, "must be a Python module name"),
-    ('[defaults]\nmodule = "os; import os"\n', 4, "must be a Python module name"),
-    ('[[experiment]]\nid = "e"\n[[experiment.leg]]\nname = "l"\n[experiment.leg.recorded]\ntok_per_sec = inf\n', 8,
-     "must be a finite number, not inf"),
-    ('[[experiment]]\nid = "e"\n[[experiment.leg]]\nname = "l"\n[experiment.leg.recorded]\nmfu = -1.0\n', 8,
-     "between 0 and"),
-    ('[[experiment]]\nid = "e"\n[[experiment.leg]]\nname = "ab\u202ecd"\n', 6, "U+202E RIGHT-TO-LEFT OVERRIDE"),
-    ('[[experiment]]\nid = "e\u2066x"\n', 4, "U+2066"),
-    ('[[experiment]]\nid = "e"\ntitle = "t\\u001b[2J"\n', 5, "U+001B"),
-    ('[defaults.args]\nlr = nan\n', 4, "trainer arg 'lr' must be a finite number"),
-])
+@pytest.mark.parametrize(
+    "text, line, words",
+    [
+        ("[defaults]\nnproc_per_node = 100000\n", 4, "nproc_per_node must be a positive integer up to 128"),
+        ("[project.gpu_idle]\nwait_s = -5\n", 4, "'project.gpu_idle.wait_s' must be between 0 and"),
+        ("[project.gpu_idle]\nmax_util_pct = nan\n", 4, "must be a finite number, not nan"),
+        ("[project.gpu_idle]\nmax_util_pct = 250\n", 4, "between 0 and 100"),
+        ('[defaults]\nmodule = "--help"\n', 4, "must be a Python module name"),
+        ('[defaults]\nmodule = "os; import os"\n', 4, "must be a Python module name"),
+        (
+            '[[experiment]]\nid = "e"\n[[experiment.leg]]\nname = "l"\n[experiment.leg.recorded]\ntok_per_sec = inf\n',
+            8,
+            "must be a finite number, not inf",
+        ),
+        (
+            '[[experiment]]\nid = "e"\n[[experiment.leg]]\nname = "l"\n[experiment.leg.recorded]\nmfu = -1.0\n',
+            8,
+            "between 0 and",
+        ),
+        (
+            '[[experiment]]\nid = "e"\n[[experiment.leg]]\nname = "ab\u202ecd"\n',
+            6,
+            "U+202E RIGHT-TO-LEFT OVERRIDE",
+        ),
+        ('[[experiment]]\nid = "e\u2066x"\n', 4, "U+2066"),
+        ('[[experiment]]\nid = "e"\ntitle = "t\\u001b[2J"\n', 5, "U+001B"),
+        ("[defaults.args]\nlr = nan\n", 4, "trainer arg 'lr' must be a finite number"),
+    ],
+)
 def test_numbers_and_names_are_checked_with_file_and_line(tmp_path, text, line, words):
     path = tmp_path / "r.toml"
     path.write_text('[project]\nexp_root = "exp"\n' + text)
@@ -759,18 +927,23 @@ def test_a_registry_with_a_byte_order_mark_loads(tmp_path, capsys):
     assert run_cli(capsys, "--registry", str(path), "status")[0] == 0
 
 
-@pytest.mark.parametrize("base, run_, why", [
-    (0.0, 5.0, "the baseline's figure is 0"),
-    (float("nan"), 5.0, "the baseline's figure is nan"),
-    (5.0, float("inf"), "the run's figure is inf"),
-    (1e-320, 1e300, "the change overflows"),
-])
+@pytest.mark.parametrize(
+    "base, run_, why",
+    [
+        (0.0, 5.0, "the baseline's figure is 0"),
+        (float("nan"), 5.0, "the baseline's figure is nan"),
+        (5.0, float("inf"), "the run's figure is inf"),
+        (1e-320, 1e300, "the change overflows"),
+    ],
+)
 def test_deltas_are_never_nan_or_inf_and_say_why(base, run_, why):
     b = report.ReportRow("b", Figures(tok_per_sec=base, dt_ms=1.0))
     r = report.ReportRow("r", Figures(tok_per_sec=run_, dt_ms=2.0))
     text = report_md.render_delta(b, r)
     assert "nan%" not in text and "inf%" not in text
-    assert "| tail50 tok/sec |" in text and text.split("| tail50 tok/sec |")[1].split("\n")[0].endswith("| - |")
+    assert "| tail50 tok/sec |" in text and text.split("| tail50 tok/sec |")[1].split("\n")[0].endswith(
+        "| - |"
+    )
     assert f"tail50 tok/sec: {why}" in text and "| +100.00% |" in text
     assert stats.pct_change(base, run_) == (None, why) and stats.fmt_pct(float("nan")) == "-"
 
@@ -782,11 +955,17 @@ def test_deltas_are_never_nan_or_inf_and_say_why(base, run_, why):
 def test_clear_messages(tmp_path, capsys):
     d = _report_dir(tmp_path)
     none = str(tmp_path / "none.toml")
-    err = one_line_exit_2(*run_cli(capsys, "report", "--registry", none, "--exp-dir", str(d), "--out-md", "/etc/passwd/x.md"))
+    err = one_line_exit_2(
+        *run_cli(capsys, "report", "--registry", none, "--exp-dir", str(d), "--out-md", "/etc/passwd/x.md")
+    )
     assert "/etc/passwd is a file, not a directory" in err and "File exists" not in err
-    err = one_line_exit_2(*run_cli(capsys, "report", "--registry", none, "--exp-dir", str(d), "--baseline", "/nonexist/run"))
+    err = one_line_exit_2(
+        *run_cli(capsys, "report", "--registry", none, "--exp-dir", str(d), "--baseline", "/nonexist/run")
+    )
     assert err.count("/nonexist/run.log") == 1 and "is not a dir" in err
-    err = one_line_exit_2(*run_cli(capsys, "report", "--registry", none, "--exp-dir", str(d), "--baseline", ""))
+    err = one_line_exit_2(
+        *run_cli(capsys, "report", "--registry", none, "--exp-dir", str(d), "--baseline", "")
+    )
     assert "--baseline is empty" in err
     reg_path = registry_for(tmp_path)
     err = one_line_exit_2(*run_cli(capsys, "--registry", str(reg_path), "stop", ""))
@@ -806,19 +985,27 @@ def test_a_killed_torchrun_is_said_as_the_cause(tmp_path):
     assert supervisor.Supervisor(d, echo=False).run() == 1
     a = expdir.read_state(d, "a")
     assert a.status == "failed" and a.exit_code == -signal.SIGKILL
-    assert a.error_tail[-1].startswith("torchrun was killed by SIGKILL (signal 9)") and a.note == a.error_tail[-1]
+    assert (
+        a.error_tail[-1].startswith("torchrun was killed by SIGKILL (signal 9)")
+        and a.note == a.error_tail[-1]
+    )
     assert a.error_tail[:-1] == [STEP.format(i=i, p=i * 10.0, loss=5 - i / 10) for i in range(3)]
-    assert supervisor.signal_cause(-15).startswith("torchrun was killed by SIGTERM") and supervisor.signal_cause(1) is None
+    assert (
+        supervisor.signal_cause(-15).startswith("torchrun was killed by SIGTERM")
+        and supervisor.signal_cause(1) is None
+    )
 
 
 @pytest.mark.slow
 def test_workers_left_behind_by_a_killed_torchrun_are_stopped(tmp_path):
     """torchrun killed, its workers (own sessions) live on: they carry the leg's marker, and the
     supervisor stops them when the leg ends; nothing else is touched."""
-    code = ("import os, subprocess, sys, time\n"
-            "w = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'], start_new_session=True)\n"
-            "open(os.path.join(os.getcwd(), 'worker.pid'), 'w').write(str(w.pid))\n"
-            "time.sleep(0.2)\nos.kill(os.getpid(), 9)\n")
+    code = (
+        "import os, subprocess, sys, time\n"
+        "w = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'], start_new_session=True)\n"
+        "open(os.path.join(os.getcwd(), 'worker.pid'), 'w').write(str(w.pid))\n"
+        "time.sleep(0.2)\nos.kill(os.getpid(), 9)\n"
+    )
     d = plan_dir(tmp_path / "exp", {"a": code})
     bystander = _victim()  # not of this leg: no marker
     try:

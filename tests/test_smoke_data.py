@@ -23,8 +23,12 @@ def test_smoke_corpus_layout_content_and_determinism(smoke_corpus, tmp_path, cap
     assert " the " in text and "Return" in text and "\x00" not in text
     # made again elsewhere: the same bytes; made again in place: nothing is touched
     assert smoke_data.main(["--out", str(tmp_path)]) == 0
-    for rel in ("base_data/shard_00000.parquet", "base_data/shard_00004.parquet", "tokenizer/tokenizer.pkl",
-                "tokenizer/token_bytes.pt"):
+    for rel in (
+        "base_data/shard_00000.parquet",
+        "base_data/shard_00004.parquet",
+        "tokenizer/tokenizer.pkl",
+        "tokenizer/token_bytes.pt",
+    ):
         assert (tmp_path / rel).read_bytes() == (smoke_corpus / rel).read_bytes(), rel
     before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
     capsys.readouterr()

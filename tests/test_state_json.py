@@ -22,20 +22,33 @@ def legs_of(doc: dict) -> dict[str, dict]:
 def test_status_json_is_the_state_the_text_renders(tmp_path, capsys):
     registry = bundled_registry(tmp_path)
     root = registry.settings.exp_root
-    done = make_dir(root, "20261126_010000_cpu-smoke",
-                    {"dense": ("done", "cpu-smoke/dense.log"), "moe_cap1p0": ("done", "cpu-smoke/moe_cap1p0.log")})
-    live = make_dir(root, "20261126_043113_cpu-smoke",
-                    {"moe_dropless": ("running", "cpu-smoke/moe_dropless.log")}, supervisor=True)
+    done = make_dir(
+        root,
+        "20261126_010000_cpu-smoke",
+        {"dense": ("done", "cpu-smoke/dense.log"), "moe_cap1p0": ("done", "cpu-smoke/moe_cap1p0.log")},
+    )
+    live = make_dir(
+        root,
+        "20261126_043113_cpu-smoke",
+        {"moe_dropless": ("running", "cpu-smoke/moe_dropless.log")},
+        supervisor=True,
+    )
     log = live / "moe_dropless.log"  # halfway: the log ends at step 20
     lines = log.read_text().splitlines(keepends=True)
-    log.write_text("".join(lines[: next(i for i, ln in enumerate(lines) if ln.startswith("step 00020/")) + 1]))
+    log.write_text(
+        "".join(lines[: next(i for i, ln in enumerate(lines) if ln.startswith("step 00020/")) + 1])
+    )
 
     code, out, err = run(capsys, "status", "--json", "--registry", str(registry.path))
     assert code == 0 and err == ""
     doc = json.loads(out)
     assert doc["schema"] == state_json.SCHEMA == 1
     assert (doc["project"], doc["registry"], doc["exp_root"], doc["tail"]) == (
-        "nanochat moe-fp8", str(registry.path), str(root), 50)
+        "nanochat moe-fp8",
+        str(registry.path),
+        str(root),
+        50,
+    )
     legs = legs_of(doc)
     state = resume.build_state(registry)
     assert {ref: leg["mark"] for ref, leg in legs.items()} == {m.ref: str(m.mark) for m in state.marks()}
@@ -77,7 +90,9 @@ def test_resume_json_is_the_same_document(tmp_path, capsys):
     assert a == b and b["next"]["cockpit"].startswith("cockpit launch ")
     assert b["safety"] == resume.safety_lines(registry)
     # --json prints, --out-md writes: asked together, one line and exit 2, nothing written
-    code, out, err = run(capsys, "resume", "--json", "--out-md", str(tmp_path / "g.md"), "--registry", str(registry.path))
+    code, out, err = run(
+        capsys, "resume", "--json", "--out-md", str(tmp_path / "g.md"), "--registry", str(registry.path)
+    )
     assert (code, out) == (2, "") and err.count("\n") == 1 and "--json" in err
     assert not (tmp_path / "g.md").exists()
 
@@ -90,11 +105,14 @@ def test_text_from_a_log_reaches_the_terminal_escaped_and_non_finite_figures_are
     (d / "dense.log").write_text(
         "step 00001/00040 (2.50%) | loss: nan | dt: 10.00ms | tok/sec: inf | bf16_mfu: 0.00\n"
         "Traceback (most recent call last):\n"
-        "RuntimeError: bad \x07 \u202e value\n")
+        "RuntimeError: bad \x07 \u202e value\n"
+    )
     code, out, _ = run(capsys, "status", "--json", "--registry", str(registry.path))
     assert code == 0 and out.isascii()
     assert not re.search(r"[\x00-\x09\x0b-\x1f\x7f]", out)  # newlines only
     assert "\\u0007" in out and "\\u202e" in out
     leg = legs_of(json.loads(out))["cpu-smoke/dense"]
-    assert leg["mark"] == "failed" and leg["note"] == "RuntimeError: bad \x07 \u202e value"  # the text as the file has it
+    assert (
+        leg["mark"] == "failed" and leg["note"] == "RuntimeError: bad \x07 \u202e value"
+    )  # the text as the file has it
     assert leg["figures"]["tok_per_sec"] is None and leg["progress"]["loss"] is None

@@ -42,8 +42,10 @@ def test_same_config_is_within_noise_about_95_percent():
     rng = random.Random(99)
     trials = 1000
     noise = sum(
-        stats.compare(stats.estimate(ar1(rng, 50, 0.3, 800.0, 40.0)),
-                      stats.estimate(ar1(rng, 50, 0.3, 800.0, 40.0))).verdict == Verdict.WITHIN_NOISE
+        stats.compare(
+            stats.estimate(ar1(rng, 50, 0.3, 800.0, 40.0)), stats.estimate(ar1(rng, 50, 0.3, 800.0, 40.0))
+        ).verdict
+        == Verdict.WITHIN_NOISE
         for _ in range(trials)
     )
     assert 0.92 <= noise / trials <= 0.985
@@ -132,16 +134,19 @@ def _repeats(rng: random.Random, k: int, between: float, mean: float = 100.0) ->
     return [stats.estimate(ar1(rng, 50, 0.3, mean + rng.gauss(0, between), 10.0)) for _ in range(k)]
 
 
-@pytest.mark.parametrize("k, between, at_least", [(2, 0.0, 0.93), (2, 1.0, 0.9), (2, 1.9, 0.87), (3, 1.9, 0.89),
-                                                  (5, 1.9, 0.89)])
+@pytest.mark.parametrize(
+    "k, between, at_least", [(2, 0.0, 0.93), (2, 1.0, 0.9), (2, 1.9, 0.87), (3, 1.9, 0.89), (5, 1.9, 0.89)]
+)
 def test_repeats_interval_combines_within_and_between_spread(k, between, at_least):
     """A leg's mean over its repeats: its interval holds the true mean about 95% of the time when
     the repeats differ only by their windows' noise, and about 90% or more with a between-repeat
     spread as large as that noise (the bounds leave room for 600 trials' own noise)."""
     rng = random.Random(11 * k + int(10 * between))
     trials = 600
-    hits = sum(abs(e.mean - 100.0) <= e.half_width
-               for e in (stats.pooled(_repeats(rng, k, between)) for _ in range(trials)))
+    hits = sum(
+        abs(e.mean - 100.0) <= e.half_width
+        for e in (stats.pooled(_repeats(rng, k, between)) for _ in range(trials))
+    )
     assert at_least <= hits / trials <= 0.99
 
 
@@ -160,7 +165,9 @@ def test_two_repeats_that_agree_rest_on_their_windows_not_on_t_with_one_degree_o
     e = stats.pooled(reps)
     assert e.spread.between_hi > e.spread.between and e.spread.within > 0 and e.runs == 2
     # repeats far apart beyond their windows: the interval rests on the 2 repeats (t, 1 dof)
-    far = stats.pooled([stats.estimate([100.0, 101.0, 100.5, 100.2]), stats.estimate([140.0, 141.0, 140.5, 140.2])])
+    far = stats.pooled(
+        [stats.estimate([100.0, 101.0, 100.5, 100.2]), stats.estimate([140.0, 141.0, 140.5, 140.2])]
+    )
     assert far.dof == pytest.approx(1.0, rel=0.01) and far.half_width > 100
     assert far.spread.between == pytest.approx(far.std * math.sqrt(1 - (far.spread.within / far.std) ** 2))
     # bare figures (one per repeat, no window: peak memory) are the classic interval of k values
@@ -183,9 +190,13 @@ def test_repeats_to_resolve_a_within_noise_verdict_give_it_80_percent_power():
     assert not r.at_least and 4 <= r.repeats <= 12 and r.more == r.repeats - 2
     assert stats.fmt_resolve(r) == f"about {r.repeats} repeats of each leg ({r.more} more)"
     trials = 200
-    sig = sum(stats.compare(stats.pooled(_repeats(rng, r.repeats, 0.5)),
-                            stats.pooled(_repeats(rng, r.repeats, 0.5, 103.0))).verdict == Verdict.SIGNIFICANT
-              for _ in range(trials))
+    sig = sum(
+        stats.compare(
+            stats.pooled(_repeats(rng, r.repeats, 0.5)), stats.pooled(_repeats(rng, r.repeats, 0.5, 103.0))
+        ).verdict
+        == Verdict.SIGNIFICANT
+        for _ in range(trials)
+    )
     assert 0.68 <= sig / trials <= 0.93
     # from measured repeats: a within-noise delta of two legs of 2 repeats says how many would do
     found = None
@@ -195,7 +206,9 @@ def test_repeats_to_resolve_a_within_noise_verdict_give_it_80_percent_power():
     assert found.resolve.repeats > 2 and not found.resolve.at_least
     assert stats.fmt_runs(found) == "n=2 repeats vs the baseline's 2"
     # a single run on a side: its run-to-run spread is unknown, the suggestion a floor
-    one = stats.compare(stats.estimate([100.0, 102.0, 99.0, 101.0]), stats.estimate([101.0, 103.0, 100.0, 102.0]))
+    one = stats.compare(
+        stats.estimate([100.0, 102.0, 99.0, 101.0]), stats.estimate([101.0, 103.0, 100.0, 102.0])
+    )
     assert one.verdict == Verdict.WITHIN_NOISE and one.resolve.at_least
     assert stats.fmt_resolve(one.resolve).startswith("at least ") and stats.fmt_runs(one) == ""
     same = stats.compare(stats.estimate([1.0, 2.0, 3.0]), stats.estimate([1.0, 2.0, 3.0]))

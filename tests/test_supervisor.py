@@ -79,7 +79,9 @@ def test_kill9_supervisor_leg_finishes_and_is_reconciled(tmp_path):
     status = cockpit("--registry", str(path), "status").stdout
     assert re.search(r"(?m)^\s+a\s+done\b", status) and "running: none" in status, status
     # no process of the leg is left behind
-    assert not [p for p in psutil.process_iter(["cmdline"]) if str(exp_dir) in " ".join(p.info["cmdline"] or [])]
+    assert not [
+        p for p in psutil.process_iter(["cmdline"]) if str(exp_dir) in " ".join(p.info["cmdline"] or [])
+    ]
 
 
 def test_stop_one_leg_kills_its_whole_tree_and_the_queue_goes_on(tmp_path):
@@ -87,8 +89,10 @@ def test_stop_one_leg_kills_its_whole_tree_and_the_queue_goes_on(tmp_path):
     # tree collected before the first signal can leave nothing behind
     path = write_registry(
         tmp_path,
-        {"a": 'model-tag = "a", num-iterations = 2000, ignore-sigterm = true, spawn-child = true',
-         "b": 'model-tag = "b", num-iterations = 5'},
+        {
+            "a": 'model-tag = "a", num-iterations = 2000, ignore-sigterm = true, spawn-child = true',
+            "b": 'model-tag = "b", num-iterations = 5',
+        },
     )
     registry = reg.load(path)
     grace = 2.0
@@ -118,7 +122,9 @@ def test_stop_the_queue(tmp_path):
     t0 = time.monotonic()
     sup = expdir.open_dir(exp_dir).supervisor
     os.kill(sup["pid"], signal.SIGTERM)  # what `cockpit stop DIR` sends
-    gone = wait_for(lambda: not alive(procs) and time.monotonic() - t0, timeout=30, what="the leg's processes")
+    gone = wait_for(
+        lambda: not alive(procs) and time.monotonic() - t0, timeout=30, what="the leg's processes"
+    )
     assert gone < 5.0, gone  # workers that honour SIGTERM are gone within the grace period
     wait_supervisor_gone(exp_dir)
     d = expdir.open_dir(exp_dir)
@@ -130,7 +136,9 @@ def test_stop_the_queue(tmp_path):
 
 
 def test_stop_orphaned_leg_after_supervisor_killed(tmp_path):
-    path = write_registry(tmp_path, {"a": 'model-tag = "a", num-iterations = 2000, ignore-sigterm = true, spawn-child = true'})
+    path = write_registry(
+        tmp_path, {"a": 'model-tag = "a", num-iterations = 2000, ignore-sigterm = true, spawn-child = true'}
+    )
     exp_dir = launch.start(reg.load(path), "fake")
     st = running_state(exp_dir, "a")
     procs = wait_for(lambda: tree_of(st.pid, 5), what="torchrun, 2 workers, 2 grandchildren")
@@ -148,7 +156,9 @@ def test_stop_orphaned_leg_after_supervisor_killed(tmp_path):
 @pytest.mark.parametrize("policy, b_status", [("stop", "stopped"), ("continue", "done")])
 def test_failed_leg_follows_policy(tmp_path, policy, b_status, capsys):
     path = write_registry(
-        tmp_path, {"a": 'model-tag = "a", fail-at-step = 1', "b": 'model-tag = "b", num-iterations = 3'}, on_failure=policy,
+        tmp_path,
+        {"a": 'model-tag = "a", fail-at-step = 1', "b": 'model-tag = "b", num-iterations = 3'},
+        on_failure=policy,
         extra_project="tail = 5",
     )
     exp_dir = launch.start(reg.load(path), "fake", foreground=True)
@@ -170,11 +180,14 @@ def test_two_concurrent_launches_one_refused(tmp_path):
     path = write_registry(tmp_path, {"a": 'model-tag = "a", num-iterations = 60'})
     cmd = [sys.executable, "-m", "cockpit.cli", "--registry", str(path), "launch", "fake"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    ps = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    ps = [
+        subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
     results = [(p.wait(60), *p.communicate()) for p in ps]
     assert sorted(rc for rc, _, _ in results) == [0, 2], results
-    (_, out, _), = [r for r in results if r[0] == 0]
-    (_, _, err), = [r for r in results if r[0] == 2]
+    ((_, out, _),) = [r for r in results if r[0] == 0]
+    ((_, _, err),) = [r for r in results if r[0] == 2]
     assert len(err.strip().splitlines()) == 1 and "fake" in err
     dirs = [p for p in (tmp_path / "exp").iterdir() if not p.name.startswith(".")]
     assert [str(p) for p in dirs] == [out.strip()]

@@ -41,7 +41,10 @@ def test_special_tokens_are_ids_past_the_merges_and_text_that_spells_them_is_pla
     assert tok.bos_id == ids[0] and tok.decode([tok.bos_id]) == "<|bos|>"
     spelled = tok.encode("a <|bos|> b <|assistant_end|>")
     assert not set(spelled) & set(ids)
-    assert tok.decode([tok.bos_id, *tok.encode("hi"), tok.encode_special("<|user_end|>")]) == "<|bos|>hi<|user_end|>"
+    assert (
+        tok.decode([tok.bos_id, *tok.encode("hi"), tok.encode_special("<|user_end|>")])
+        == "<|bos|>hi<|user_end|>"
+    )
     batch = tok.encode_batch(["one doc", "", "héllo wörld 12345"], prepend_bos=True)
     assert [b[0] for b in batch] == [tok.bos_id] * 3 and batch[1] == [tok.bos_id]
     assert tok.decode(batch[2][1:]) == "héllo wörld 12345"
@@ -62,10 +65,14 @@ def test_a_tokenizer_dir_in_upstreams_layout_loads(tmp_path):
     for merged in (b"th", b"the", b" the", b"in", b"ing"):
         ranks[merged] = len(ranks)
     specials = {name: len(ranks) + i for i, name in enumerate(SPECIAL_TOKENS)}
-    enc = tiktoken.Encoding(name="rustbpe", pat_str=SPLIT_PATTERN, mergeable_ranks=ranks, special_tokens=specials)
+    enc = tiktoken.Encoding(
+        name="rustbpe", pat_str=SPLIT_PATTERN, mergeable_ranks=ranks, special_tokens=specials
+    )
     with open(tmp_path / "tokenizer.pkl", "wb") as f:
         pickle.dump(enc, f)
-    token_bytes = [0 if i in specials.values() else len(enc.decode_single_token_bytes(i)) for i in range(enc.n_vocab)]
+    token_bytes = [
+        0 if i in specials.values() else len(enc.decode_single_token_bytes(i)) for i in range(enc.n_vocab)
+    ]
     torch.save(torch.tensor(token_bytes, dtype=torch.int32), tmp_path / "token_bytes.pt")
 
     t = Tokenizer.from_dir(tmp_path)
@@ -90,7 +97,9 @@ def test_bad_tokenizer_dirs_say_what_to_do(tmp_path):
         Tokenizer.from_dir(tmp_path)
 
 
-def test_tok_train_cli_trains_on_the_training_shards_and_keeps_an_existing_tokenizer(smoke_corpus, tmp_path, capsys):
+def test_tok_train_cli_trains_on_the_training_shards_and_keeps_an_existing_tokenizer(
+    smoke_corpus, tmp_path, capsys
+):
     out = tmp_path / "tok"
     args = ["--data-dir", str(smoke_corpus / "base_data"), "--tokenizer-dir", str(out), "--vocab-size", "300"]
     assert tok_train.main([*args, "--max-chars", "20000"]) == 0
@@ -124,12 +133,16 @@ def test_a_tokenizer_dir_someone_else_could_write_is_refused_before_the_pickle_r
         target.chmod(target.stat().st_mode | 0o002)
         with pytest.raises(TokenizerError) as e:
             Tokenizer.from_dir(d)
-        assert str(e.value).startswith(f"{target} is writable by every user (mode ") and "\n" not in str(e.value)
+        assert str(e.value).startswith(f"{target} is writable by every user (mode ") and "\n" not in str(
+            e.value
+        )
         assert "tokenizer.pkl is a pickle and loading it runs the code it holds" in str(e.value)
         target.chmod(target.stat().st_mode & ~0o002)
     if os.geteuid() == 0:  # only root can give a file away
         os.chown(d / "tokenizer.pkl", 12345, 12345)
-        with pytest.raises(TokenizerError, match=r"tokenizer\.pkl belongs to uid 12345, not to you \(uid 0\)"):
+        with pytest.raises(
+            TokenizerError, match=r"tokenizer\.pkl belongs to uid 12345, not to you \(uid 0\)"
+        ):
             Tokenizer.from_dir(d)
         os.chown(d / "tokenizer.pkl", 0, 0)
     tb = d / "token_bytes.pt"
@@ -144,5 +157,7 @@ def test_a_saved_tokenizer_is_writable_by_its_owner_alone_whatever_the_umask(smo
         Tokenizer.from_dir(smoke_corpus / "tokenizer").save(tmp_path / "t")
     finally:
         os.umask(old)
-    assert [stat.S_IMODE(p.stat().st_mode) & 0o022 for p in (tmp_path / "t", tmp_path / "t" / "tokenizer.pkl")] == [0, 0]
+    assert [
+        stat.S_IMODE(p.stat().st_mode) & 0o022 for p in (tmp_path / "t", tmp_path / "t" / "tokenizer.pkl")
+    ] == [0, 0]
     assert Tokenizer.from_dir(tmp_path / "t").vocab_size == 1024

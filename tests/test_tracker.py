@@ -108,16 +108,22 @@ def test_missing_wandb_is_one_line_and_training_goes_on(capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "wandb", None)  # `import wandb` raises ImportError
     out = train([*TINY, "--num-iterations", "2", "--run", "named"], capsys)
     lines = out.err.strip().splitlines()
-    assert len(lines) == 1 and "--run named is not tracked" in lines[0] and "pip install wandb" in lines[0], lines
+    assert len(lines) == 1 and "--run named is not tracked" in lines[0] and "pip install wandb" in lines[0], (
+        lines
+    )
     assert [s.step for s in map(parse_step, out.out.splitlines()) if s] == [0, 1]
 
 
 def test_wandb_init_failure_is_one_line_and_training_goes_on(fake_wandb, capsys, monkeypatch):
-    monkeypatch.setenv("FAKE_WANDB_INIT_FAILS", "api_key not configured (no-tty). call wandb.login(key=...)\nmore")
+    monkeypatch.setenv(
+        "FAKE_WANDB_INIT_FAILS", "api_key not configured (no-tty). call wandb.login(key=...)\nmore"
+    )
     out = train([*TINY, "--num-iterations", "2", "--run", "named"], capsys)
     lines = out.err.strip().splitlines()
     assert len(lines) == 1, lines
-    assert lines[0].startswith("wandb.init failed: api_key not configured (no-tty). call wandb.login(key=...); more: ")
+    assert lines[0].startswith(
+        "wandb.init failed: api_key not configured (no-tty). call wandb.login(key=...); more: "
+    )
     assert "--run named is not tracked" in lines[0]
     assert "WANDB_MODE=offline" in lines[0]
     assert [c["call"] for c in fake_wandb()] == ["import", "init"]  # nothing logged to a run that never began

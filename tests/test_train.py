@@ -101,7 +101,12 @@ def test_resume_reproduces_uninterrupted_losses(tmp_path):
     # the fork's per-layer scalars, value embeddings and gates are in the checkpoint, trained away
     # from their init (so the exact resume above depends on them), with their AdamW / Muon state
     model = torch.load(tmp_path / "r" / "model_000004.pt", weights_only=True)
-    assert {"resid_lambdas", "x0_lambdas", "value_embeds.1.weight", "transformer.h.1.attn.ve_gate.weight"} <= set(model)
+    assert {
+        "resid_lambdas",
+        "x0_lambdas",
+        "value_embeds.1.weight",
+        "transformer.h.1.attn.ve_gate.weight",
+    } <= set(model)
     assert not torch.allclose(model["x0_lambdas"], torch.full((2,), 0.1))
     assert not torch.equal(model["resid_lambdas"], torch.ones(2))
     assert model["transformer.h.1.attn.ve_gate.weight"].any()
@@ -137,7 +142,15 @@ SMOKE = [
 
 
 def torchrun(args, timeout=180, extra_env=None):
-    cmd = [str(VENV_BIN / "torchrun"), "--standalone", "--nproc_per_node=2", "-m", "nanochat.base_train", "--", *args]
+    cmd = [
+        str(VENV_BIN / "torchrun"),
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "nanochat.base_train",
+        "--",
+        *args,
+    ]
     return subprocess.run(cmd, cwd=ROOT, env={**env(), **(extra_env or {})}, capture_output=True, text=True,
                           timeout=timeout)  # fmt: skip
 
@@ -151,7 +164,10 @@ def test_real_recipe_on_the_smoke_corpus_two_ranks_bpb_falls_and_resume_is_exact
     data = ["--data-dir", str(smoke_corpus / "base_data"), "--tokenizer-dir", str(smoke_corpus / "tokenizer"),
             "--checkpoint-root", str(tmp_path), "--model-tag", "smoke"]  # fmt: skip
     calls = tmp_path / "wandb_calls.jsonl"
-    tracked = {"PYTHONPATH": f"{ROOT / 'tests' / 'fake_wandb'}{os.pathsep}{ROOT}", "FAKE_WANDB_CALLS": str(calls)}
+    tracked = {
+        "PYTHONPATH": f"{ROOT / 'tests' / 'fake_wandb'}{os.pathsep}{ROOT}",
+        "FAKE_WANDB_CALLS": str(calls),
+    }
     t0 = time.time()
     full = torchrun([*SMOKE, *data, "--save-every", "20", "--run", "smoke"], extra_env=tracked)
     assert full.returncode == 0, (full.stdout + full.stderr)[-3000:]
@@ -159,11 +175,20 @@ def test_real_recipe_on_the_smoke_corpus_two_ranks_bpb_falls_and_resume_is_exact
     wandb_calls = [json.loads(line) for line in calls.read_text().splitlines()]
     assert {c["rank"] for c in wandb_calls} == {"0"}
     assert [c["call"] for c in wandb_calls if c["call"] != "log"] == ["import", "init", "finish"]
-    assert {c["step"] for c in wandb_calls if c["call"] == "log"} == {0, 10, 20, 30, 39, 40}  # every 100, evals, last
+    assert {c["step"] for c in wandb_calls if c["call"] == "log"} == {
+        0,
+        10,
+        20,
+        30,
+        39,
+        40,
+    }  # every 100, evals, last
     out = full.stdout
     assert "Vocab size: 1,024" in out and "vocab 1024" in out
     # AdamW: lm_head, token embedding, layer 1's value embedding, resid_lambdas, x0_lambdas
-    assert re.search(r"^Optimizer: Muon \(27 matrices, [\d,]+ params\) \+ AdamW \(5 tensors, 393,220 params\)$", out, re.M)
+    assert re.search(
+        r"^Optimizer: Muon \(27 matrices, [\d,]+ params\) \+ AdamW \(5 tensors, 393,220 params\)$", out, re.M
+    )
     assert re.search(r"^Data: parquet .*base_data \(4 training shard\(s\) \+ 1 validation shard\)", out, re.M)
     evals = [(int(m.group(1)), float(m.group(2))) for m in VAL_RE.finditer(out)]
     assert [s for s, _ in evals] == [0, 10, 20, 30, 40]
@@ -172,7 +197,9 @@ def test_real_recipe_on_the_smoke_corpus_two_ranks_bpb_falls_and_resume_is_exact
     assert bpb[0] > 3.0 and bpb[-1] < bpb[0] - 0.2, bpb  # 3.87 -> 3.57 seen (lrs x sqrt(1024 / 2^19))
     assert f"Minimum validation bpb: {min(bpb):.6f}" in out.splitlines()[-1]
     steps = step_lines(out)
-    assert [int(m.group(1)) for m in steps] == list(range(40)) and {m.group(11) for m in steps} == {"1"}  # epoch 1
+    assert [int(m.group(1)) for m in steps] == list(range(40)) and {m.group(11) for m in steps} == {
+        "1"
+    }  # epoch 1
     for r in (0, 1):
         assert (tmp_path / "smoke" / f"optim_000020_rank{r}.pt").is_file()
 
@@ -196,25 +223,49 @@ def test_real_recipe_on_the_smoke_corpus_two_ranks_bpb_falls_and_resume_is_exact
         (["--use-moe", "--moe-capacity-factor", "-1"], "--moe-capacity-factor"),
         (["--depth", "0"], "--depth"),
         (["--moe-freq", "0"], "--moe-freq"),
-        (["--data", "parquet", "--data-dir", "/nonexistent/dir"], "/nonexistent/dir: no such directory; make one: "
-                                                                  "python -m nanochat.smoke_data --out DIR"),
-        (["--data", "parquet", "--data-dir", "SMOKE/base_data", "--tokenizer-dir", "/nonexistent/tok"],
-         "--tokenizer-dir /nonexistent/tok: no such directory; train one: python -m nanochat.tok_train"),
-        (["--data", "parquet", "--data-dir", "SMOKE/base_data", "--vocab-size", "512"], "the tokenizer gives the vocab"),
+        (
+            ["--data", "parquet", "--data-dir", "/nonexistent/dir"],
+            "/nonexistent/dir: no such directory; make one: python -m nanochat.smoke_data --out DIR",
+        ),
+        (
+            ["--data", "parquet", "--data-dir", "SMOKE/base_data", "--tokenizer-dir", "/nonexistent/tok"],
+            "--tokenizer-dir /nonexistent/tok: no such directory; train one: python -m nanochat.tok_train",
+        ),
+        (
+            ["--data", "parquet", "--data-dir", "SMOKE/base_data", "--vocab-size", "512"],
+            "the tokenizer gives the vocab",
+        ),
         (["--eval-every", "10"], "--eval-every needs --data parquet"),
         (["--tokenizer-dir", "/x"], "only used with --data parquet"),
         (["--total-batch-size", "1000"], "--total-batch-size"),
         (["--fp8-include-moe-experts", "--use-moe"], "needs --fp8"),
         (["--fp8", "--fp8-include-moe-experts"], "needs --use-moe"),
         (["--compile-mode", "fast"], "--compile-mode"),
-        (["--window-pattern", "SSX"], "--window-pattern must be letters S (half context) and L (full context)"),
+        (
+            ["--window-pattern", "SSX"],
+            "--window-pattern must be letters S (half context) and L (full context)",
+        ),
         (["--window-pattern", ""], "--window-pattern"),
         (["--use-moe", "--moe-drop-order", "random"], "--moe-drop-order"),
         (["--scalar-lr", "-1"], "--scalar-lr must be >= 0"),
         (["--target-flops", "0"], "--target-flops"),
-        (["--max-seq-len", "64", "--device-batch-size", "3", "--total-batch-size", "-1", "--depth", "1",
-          "--vocab-size", "64", "--target-param-data-ratio", "0.0001"],
-         "--total-batch-size -1: the derived batch"),
+        (
+            [
+                "--max-seq-len",
+                "64",
+                "--device-batch-size",
+                "3",
+                "--total-batch-size",
+                "-1",
+                "--depth",
+                "1",
+                "--vocab-size",
+                "64",
+                "--target-param-data-ratio",
+                "0.0001",
+            ],
+            "--total-batch-size -1: the derived batch",
+        ),
         (["--no-such-flag"], "--no-such-flag"),
         (["--wandb-log-every", "0"], "--wandb-log-every must be >= 1 (got 0)"),
         (["--resume-from-step", "5", "--checkpoint-root", "/nonexistent/ck"], "no checkpoint file"),
@@ -251,7 +302,9 @@ def test_lr_schedule_and_peak_flops_table():
     assert base_train.lr_multiplier(99, 100, 0.0, 0.5, 0.1) == pytest.approx(0.02 + 0.98 * 0.1)
     mom = [base_train.muon_momentum(s) for s in (0, 150, 300, 1000)]
     assert mom == pytest.approx([0.85, 0.90, 0.95, 0.95])
-    assert base_train.muon_weight_decay(0, 100, 0.2) == 0.2 and base_train.muon_weight_decay(75, 100, 0.2) == pytest.approx(0.05)
+    assert base_train.muon_weight_decay(0, 100, 0.2) == 0.2 and base_train.muon_weight_decay(
+        75, 100, 0.2
+    ) == pytest.approx(0.05)
     assert peak_flops_for("NVIDIA H100 80GB HBM3") == 989e12
     assert peak_flops_for("NVIDIA H100 PCIe") == 756e12
     assert peak_flops_for("NVIDIA H100 NVL") == 835e12
@@ -281,7 +334,9 @@ def test_workers_die_with_torchrun(tmp_path):
         while "step 00001" not in (tmp_path / "leg.log").read_text():
             assert p.poll() is None and time.time() < deadline, (tmp_path / "leg.log").read_text()[-2000:]
             time.sleep(0.2)
-        workers = [c for c in psutil.Process(p.pid).children(recursive=True) if "base_train" in " ".join(c.cmdline())]
+        workers = [
+            c for c in psutil.Process(p.pid).children(recursive=True) if "base_train" in " ".join(c.cmdline())
+        ]
         assert len(workers) == 2
         os.kill(p.pid, signal.SIGKILL)
         p.wait(10)

@@ -43,16 +43,24 @@ def run(capsys, *argv: str) -> tuple[int, str, str]:
 
 def test_a_typo_is_refused_with_its_line_and_a_did_you_mean(tmp_path, capsys):
     registry = registry_with(tmp_path, 'model-tag = "b", device-bach-size = 4, use-moe = true')
-    line = registry.path.read_text().splitlines().index('args = { model-tag = "b", device-bach-size = 4, use-moe = true }') + 1
-    want = (f"{registry.path}:{line}: fake/b: --device-bach-size is not a flag of mytrainer; "
-            "did you mean --device-batch-size?")
+    line = (
+        registry.path.read_text()
+        .splitlines()
+        .index('args = { model-tag = "b", device-bach-size = 4, use-moe = true }')
+        + 1
+    )
+    want = (
+        f"{registry.path}:{line}: fake/b: --device-bach-size is not a flag of mytrainer; "
+        "did you mean --device-batch-size?"
+    )
     plan = launch.plan_launch(registry, "fake")
     assert launch.check_flags(registry, plan).refusals == [want]
     with pytest.raises(RunError) as e:
         launch.start(registry, "fake", plan=plan)
     assert str(e.value) == want
     assert not (registry.settings.exp_root).exists() or not any(
-        p.name != ".cockpit-cache" for p in registry.settings.exp_root.iterdir())  # no dir was made
+        p.name != ".cockpit-cache" for p in registry.settings.exp_root.iterdir()
+    )  # no dir was made
     code, out, err = run(capsys, "--registry", str(registry.path), "launch", "fake")
     assert code == 2 and out == "" and err == f"cockpit: {want}\n"
     code, out, _ = run(capsys, "--registry", str(registry.path), "launch", "fake", "--dry-run")
@@ -66,8 +74,11 @@ def test_a_typo_is_refused_with_its_line_and_a_did_you_mean(tmp_path, capsys):
     registry = reg.load(registry.path)
     line = text.splitlines().index("step-slep = 0.05") + 1
     refused = launch.check_flags(registry, launch.plan_launch(registry, "fake")).refusals
-    assert refused == [f"{registry.path}:{line}: fake/{leg}: --step-slep is not a flag of mytrainer; did you mean "
-                       f"--step-sleep?" for leg in ("a", "b")]
+    assert refused == [
+        f"{registry.path}:{line}: fake/{leg}: --step-slep is not a flag of mytrainer; did you mean "
+        f"--step-sleep?"
+        for leg in ("a", "b")
+    ]
 
 
 def test_a_launch_records_the_check_in_its_plan_and_keeps_the_answer(tmp_path, monkeypatch):
@@ -92,19 +103,31 @@ def test_the_answer_is_cached_under_exp_root_by_the_module_files_hash(tmp_path, 
     registry.settings.exp_root.mkdir()
     assert launch.check_flags(registry, plan, write_cache=True).checked
     (kept,) = cache.iterdir()
-    assert json.loads(kept.read_text())["flags"] == ["checkpoint-root", "device-batch-size", "model-tag",
-                                                    "num-iterations", "seed", "step-sleep", "use-moe"]
+    assert json.loads(kept.read_text())["flags"] == [
+        "checkpoint-root",
+        "device-batch-size",
+        "model-tag",
+        "num-iterations",
+        "seed",
+        "step-sleep",
+        "use-moe",
+    ]
     asked = []
     monkeypatch.setattr(trainer_flags, "_memo", {})
-    monkeypatch.setattr(trainer_flags, "_run_help", lambda *a: asked.append(a) or trainer_flags.Known(None, "asked"))
+    monkeypatch.setattr(
+        trainer_flags, "_run_help", lambda *a: asked.append(a) or trainer_flags.Known(None, "asked")
+    )
     assert launch.check_flags(registry, plan).checked and not asked  # from the cache: not asked again
     (tmp_path / "mytrainer.py").write_text(TRAINER + "# a new version\n")
     assert not launch.check_flags(registry, plan).checked and len(asked) == 1  # a changed file is asked
 
 
 def test_a_module_that_cannot_be_asked_blocks_nothing_and_is_said(tmp_path, capsys, monkeypatch):
-    registry = registry_with(tmp_path, 'model-tag = "b", device-bach-size = 4',
-                             trainer="raise ModuleNotFoundError(\"No module named 'torch'\")\n")
+    registry = registry_with(
+        tmp_path,
+        'model-tag = "b", device-bach-size = 4',
+        trainer="raise ModuleNotFoundError(\"No module named 'torch'\")\n",
+    )
     plan = launch.plan_launch(registry, "fake")
     checked = launch.check_flags(registry, plan)
     assert not checked.checked and checked.refusals == []
@@ -112,14 +135,21 @@ def test_a_module_that_cannot_be_asked_blocks_nothing_and_is_said(tmp_path, caps
     assert checked.why == f"`{checked.command}` failed: ModuleNotFoundError: No module named 'torch'"
     assert launch.launch_refusals(registry, plan, registry.settings.exp_root / "x", checked=checked) == []
     code, out, _ = run(capsys, "--registry", str(registry.path), "launch", "fake", "--dry-run")
-    assert code == 0 and f"# trainer flags not checked: {checked.why} (a flag the trainer does not take fails its " \
-                         "leg at once)" in out
+    assert (
+        code == 0
+        and f"# trainer flags not checked: {checked.why} (a flag the trainer does not take fails its "
+        "leg at once)"
+        in out
+    )
     monkeypatch.setitem(launch.EXECUTORS, "local", SimpleNamespace(start=lambda *a: None))  # nothing runs
     code, out, err = run(capsys, "--registry", str(registry.path), "launch", "fake")
     assert code == 0 and err == f"cockpit: warning: trainer flags not checked: {checked.why}\n"
     d = Path(out.strip())
     assert json.loads((d / "plan.json").read_text())["trainer_flags"] == {
-        "checked": False, "command": checked.command, "why": checked.why}
+        "checked": False,
+        "command": checked.command,
+        "why": checked.why,
+    }
 
 
 @pytest.mark.slow
@@ -130,11 +160,13 @@ def test_a_module_that_does_not_answer_is_stopped_whole(tmp_path):
         "import os, subprocess, sys, time\n"
         "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
         f"open({str(pids)!r}, 'w').write(f'{{os.getpid()}} {{child.pid}}')\n"
-        "time.sleep(60)\n")
+        "time.sleep(60)\n"
+    )
     t0 = time.monotonic()
     known = trainer_flags.ask("slow", sys.executable, tmp_path, timeout=2.0)
     assert known.flags is None and known.why == f"`{sys.executable} -m slow --help` did not answer within 2s"
     assert time.monotonic() - t0 < 30
+
     def gone(pid: int) -> bool:  # killed: at most a zombie, once the kernel has finished its exit
         try:
             return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
@@ -144,13 +176,18 @@ def test_a_module_that_does_not_answer_is_stopped_whole(tmp_path):
     for pid in map(int, pids.read_text().split()):
         wait_for(lambda pid=pid: gone(pid), timeout=10, what=f"process {pid} gone")
     assert trainer_flags.parse_help("usage: x [-h] [--a-b A_B] [--c]\n  --a-b A_B  see --c") == {"a-b", "c"}
-    assert trainer_flags.unknown(["a-b", "a", "d-e"], frozenset({"a-b", "a-c", "d-f"})) == [("a", None), ("d-e", "d-f")]
+    assert trainer_flags.unknown(["a-b", "a", "d-e"], frozenset({"a-b", "a-c", "d-f"})) == [
+        ("a", None),
+        ("d-e", "d-f"),
+    ]
 
 
 def test_a_module_outside_the_checkout_is_found_where_the_legs_python_finds_it(tmp_path):
     """Its file (hashed for the cache) is the one the legs' Python would run, not imported here."""
     repo = Path(__file__).resolve().parents[1]
-    found = trainer_flags.module_file("tests.fake_trainer", tmp_path, sys.executable, {"PYTHONPATH": str(repo)})
+    found = trainer_flags.module_file(
+        "tests.fake_trainer", tmp_path, sys.executable, {"PYTHONPATH": str(repo)}
+    )
     assert found == repo / "tests" / "fake_trainer.py"
     assert trainer_flags.module_file("tests.fake_trainer", tmp_path) is None  # no python to ask
     assert trainer_flags.module_file("no_such_module_here", tmp_path, sys.executable) is None

@@ -74,7 +74,11 @@ def fake_registry(tmp_path: Path, **kw) -> Path:
 
 def exp_dirs(tmp_path: Path) -> list[Path]:
     root = tmp_path / "exp"
-    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) if root.exists() else []
+    return (
+        sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        if root.exists()
+        else []
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -86,9 +90,20 @@ async def test_opens_registry_file(tmp_path):
     async with app.run_test(size=SIZE) as pilot:
         main = await ready(pilot, app)
         text = screen_text(app)
-        for what in ("Experiments", "moe-fp8-capacity-ablation-v1", "static_cap1p0", "cpu-smoke", "GPUs",
-                     "NVML Shared Library Not Found", "host cpu", "Resume", "Completed (do not re-run)",
-                     "expected yxb/moe-add-sft-claude", "nothing running, 4 legs to run", "no NVML"):
+        for what in (
+            "Experiments",
+            "moe-fp8-capacity-ablation-v1",
+            "static_cap1p0",
+            "cpu-smoke",
+            "GPUs",
+            "NVML Shared Library Not Found",
+            "host cpu",
+            "Resume",
+            "Completed (do not re-run)",
+            "expected yxb/moe-add-sft-claude",
+            "nothing running, 4 legs to run",
+            "no NVML",
+        ):
             assert what in text, what
         marks = {leg.key: leg.mark for e in main.view.experiments for leg in e.legs}
         assert marks["moe-fp8-capacity-ablation-v1/static_cap1p0"] == "recorded"
@@ -118,11 +133,17 @@ async def test_broken_registry_is_shown_in_the_app_then_reloaded(tmp_path):
 @pytest.mark.slow
 async def test_reopening_finds_running_legs_and_follows_them(tmp_path):
     reg_path = registry_file(tmp_path)
-    d = write_dir(tmp_path / "exp", "20260224_175412_cpu-smoke", "cpu-smoke", {
-        "dense": ("done", log_lines(40, 40)),
-        "moe_dropless": ("running", log_lines(23, 40, finished=False)),
-        "moe_cap1p0": ("queued", []),
-    }, supervisor_alive=True)
+    d = write_dir(
+        tmp_path / "exp",
+        "20260224_175412_cpu-smoke",
+        "cpu-smoke",
+        {
+            "dense": ("done", log_lines(40, 40)),
+            "moe_dropless": ("running", log_lines(23, 40, finished=False)),
+            "moe_cap1p0": ("queued", []),
+        },
+        supervisor_alive=True,
+    )
     app = make_app(reg_path)
     async with app.run_test(size=SIZE) as pilot:
         main = await ready(pilot, app)
@@ -142,8 +163,21 @@ async def test_reopening_finds_running_legs_and_follows_them(tmp_path):
 # keys
 
 
-KEYS = ("l", "L", "s", "r", "g", "f", "m", "left_square_bracket", "right_square_bracket", "tab", "shift+tab",
-        "question_mark", "q")  # every key of the main screen (the README's table)
+KEYS = (
+    "l",
+    "L",
+    "s",
+    "r",
+    "g",
+    "f",
+    "m",
+    "left_square_bracket",
+    "right_square_bracket",
+    "tab",
+    "shift+tab",
+    "question_mark",
+    "q",
+)  # every key of the main screen (the README's table)
 
 
 def bindings_text(app: CockpitApp) -> str:
@@ -186,16 +220,32 @@ async def test_command_palette_offers_every_binding(tmp_path):
     async with app.run_test(size=SIZE) as pilot:
         main = await ready(pilot, app)
         # the help as the palette shows it (it reads markup): every `[y]` of a tooltip kept
-        offered = [f"{hit.text} {Content.from_markup(hit.help).plain}" async for hit in BindingCommands(main).discover()]
+        offered = [
+            f"{hit.text} {Content.from_markup(hit.help).plain}"
+            async for hit in BindingCommands(main).discover()
+        ]
         offered += [c.title for c in app.get_system_commands(main)]
         for b in MainScreen.BINDINGS:
             assert any(b.description in o for o in offered), b.description
-        for want in ("Launch the selected leg", "Launch all remaining legs of the selected experiment",
-                     "Stop the selected running leg, or the queue of the selected dir",
-                     "Write the report of the selected experiment dir", "Write the resume guide",
-                     "Follow the current log on/off", "Maximize", "Next log tab",
-                     "Previous log tab", "Next pane", "Previous pane", "Keys", "Quit", "key: g", "key: [",
-                     "(confirm [y]; a done leg asks for an explicit re-run with [R])", "(confirm [R])"):
+        for want in (
+            "Launch the selected leg",
+            "Launch all remaining legs of the selected experiment",
+            "Stop the selected running leg, or the queue of the selected dir",
+            "Write the report of the selected experiment dir",
+            "Write the resume guide",
+            "Follow the current log on/off",
+            "Maximize",
+            "Next log tab",
+            "Previous log tab",
+            "Next pane",
+            "Previous pane",
+            "Keys",
+            "Quit",
+            "key: g",
+            "key: [",
+            "(confirm [y]; a done leg asks for an explicit re-run with [R])",
+            "(confirm [R])",
+        ):
             assert any(want in o for o in offered), (want, offered)
         await pilot.press("ctrl+p")
         await pilot.press(*"launch leg")
@@ -240,8 +290,9 @@ async def test_header_says_what_is_true_and_the_fresh_dir_is_never_folded(tmp_pa
     app = make_app(registry_file(tmp_path))
     async with app.run_test(size=(120, 40)) as pilot:
         await ready(pilot, app)
-        text = await until(pilot, lambda: (t := screen_text(app)) and "nothing running" in t and t,
-                           what="the header's words")
+        text = await until(
+            pilot, lambda: (t := screen_text(app)) and "nothing running" in t and t, what="the header's words"
+        )
         header = text.splitlines()[0]
         assert "nothing running, 4 legs to run" in header and "paused" not in header, header
         assert not any(line.rstrip(" │┃").endswith("$(date") for line in text.splitlines()), text
@@ -295,14 +346,21 @@ async def test_d_shows_the_flags_that_differ_from_the_baseline_or_another_leg(tm
         assert any("select a leg first" in m and "[d]" in m for m in notes(app))
         await select(pilot, app, Selection("leg", "moe-fp8-capacity-ablation-v1", "dynamic_cap1p0"))
         await pilot.press("d")
-        screen = await until(pilot, lambda: isinstance(app.screen, DiffScreen) and app.screen, what="the diff")
+        screen = await until(
+            pilot, lambda: isinstance(app.screen, DiffScreen) and app.screen, what="the diff"
+        )
         await pilot.pause(0.2)
         title = str(screen.query_one("#diff-title").render())
         assert "differ from moe-fp8-capacity-ablation-v1/static_cap0p0_baseline (its baseline)" in title
         table = screen.query_one("#diff-table", DataTable)
-        rows = {str(table.get_row_at(i)[0]): (str(table.get_row_at(i)[1]), str(table.get_row_at(i)[2]))
-                for i in range(table.row_count)}
-        assert rows["--compile-mode"] == ("dynamic", "static") and rows["--moe-capacity-factor"] == ("1.0", "0.0")
+        rows = {
+            str(table.get_row_at(i)[0]): (str(table.get_row_at(i)[1]), str(table.get_row_at(i)[2]))
+            for i in range(table.row_count)
+        }
+        assert rows["--compile-mode"] == ("dynamic", "static") and rows["--moe-capacity-factor"] == (
+            "1.0",
+            "0.0",
+        )
         await pilot.press("down")  # the next leg: static_cap1p0 differs only in its tag and compile mode
         await pilot.pause(0.2)
         title = str(screen.query_one("#diff-title").render())
@@ -319,16 +377,22 @@ async def test_g_writes_the_guide_where_the_user_says(tmp_path):
     async with app.run_test(size=SIZE) as pilot:
         await ready(pilot, app)
         await pilot.press("g")
-        prompt = await until(pilot, lambda: isinstance(app.screen, PathPrompt) and app.screen, what="the prompt")
+        prompt = await until(
+            pilot, lambda: isinstance(app.screen, PathPrompt) and app.screen, what="the prompt"
+        )
         field = prompt.query_one("#prompt-input")
         assert field.value == str(tmp_path / "exp" / "resume-guide.md")
         assert "Write [enter]" in screen_text(app) and "Cancel [esc]" in screen_text(app)
         field.value = str(tmp_path / "ro" / "base_data" / "guide.md")  # a read-only path of the registry
         await pilot.press("enter")
-        await until(pilot, lambda: any("read-only; nothing written" in m for m in notes(app)), what="the refusal")
+        await until(
+            pilot, lambda: any("read-only; nothing written" in m for m in notes(app)), what="the refusal"
+        )
         assert not (tmp_path / "ro" / "base_data" / "guide.md").exists()
         await pilot.press("g")
-        prompt = await until(pilot, lambda: isinstance(app.screen, PathPrompt) and app.screen, what="the prompt")
+        prompt = await until(
+            pilot, lambda: isinstance(app.screen, PathPrompt) and app.screen, what="the prompt"
+        )
         prompt.query_one("#prompt-input").value = str(tmp_path / "notes" / "guide.md")
         await pilot.press("enter")
         await until(pilot, lambda: (tmp_path / "notes" / "guide.md").exists(), what="the guide where asked")
@@ -341,8 +405,13 @@ async def test_g_writes_the_guide_where_the_user_says(tmp_path):
 
 @pytest.mark.slow
 async def test_quit_says_running_legs_go_on(tmp_path):
-    write_dir(tmp_path / "exp", "20260224_175412_cpu-smoke", "cpu-smoke", {
-        "dense": ("running", log_lines(3, 40, finished=False))}, supervisor_alive=True)
+    write_dir(
+        tmp_path / "exp",
+        "20260224_175412_cpu-smoke",
+        "cpu-smoke",
+        {"dense": ("running", log_lines(3, 40, finished=False))},
+        supervisor_alive=True,
+    )
     app = make_app(registry_file(tmp_path))
     async with app.run_test(size=SIZE) as pilot:
         await ready(pilot, app)
@@ -360,7 +429,9 @@ async def test_launch_leg_confirm_cancel_then_launch(tmp_path, fake_env):
         main = await ready(pilot, app)
         await select(pilot, app, Selection("leg", "fake", "a"))
         await pilot.press("l")
-        screen = await until(pilot, lambda: isinstance(app.screen, ConfirmScreen) and app.screen, what="confirm")
+        screen = await until(
+            pilot, lambda: isinstance(app.screen, ConfirmScreen) and app.screen, what="confirm"
+        )
         body = str(screen.body)
         assert "fresh dir: " + str(tmp_path / "exp") in body
         assert "-m tests.fake_trainer --" in body and "--num-iterations 6" in body and "--model-tag a" in body
@@ -372,12 +443,16 @@ async def test_launch_leg_confirm_cancel_then_launch(tmp_path, fake_env):
         bells = []
         app.bell = lambda: bells.append(1)
         await pilot.press("l")
-        screen = await until(pilot, lambda: isinstance(app.screen, ConfirmScreen) and app.screen, what="confirm")
+        screen = await until(
+            pilot, lambda: isinstance(app.screen, ConfirmScreen) and app.screen, what="confirm"
+        )
         shown = str(screen.body).split("fresh dir: ", 1)[1].split("\n", 1)[0]
         await pilot.press("y")
         (d,) = await until(pilot, lambda: exp_dirs(tmp_path), what="the fresh dir")
         assert str(d) == shown  # the dir the confirmation showed is the one launched
-        await until(pilot, lambda: any(f"a in {d}" in m for m in notes(app)), timeout=30, what="the launched note")
+        await until(
+            pilot, lambda: any(f"a in {d}" in m for m in notes(app)), timeout=30, what="the launched note"
+        )
         await until(pilot, lambda: main.finished, timeout=30, what="the leg to finish")
         assert main.finished == [f"{d}/a:done"] and bells
         assert json.loads((d / "plan.json").read_text())["legs"][0]["name"] == "a"
@@ -392,7 +467,9 @@ async def test_launch_all_remaining_then_done_leg_needs_explicit_rerun(tmp_path,
         main = await ready(pilot, app)
         await select(pilot, app, Selection("experiment", "fake"))
         await pilot.press("L")
-        screen = await until(pilot, lambda: isinstance(app.screen, ConfirmScreen) and app.screen, what="confirm")
+        screen = await until(
+            pilot, lambda: isinstance(app.screen, ConfirmScreen) and app.screen, what="confirm"
+        )
         assert "Launch 2 legs of fake?" == screen.title_text
         assert "1. a" in str(screen.body) and "2. b" in str(screen.body)
         await pilot.press("y")
@@ -405,7 +482,9 @@ async def test_launch_all_remaining_then_done_leg_needs_explicit_rerun(tmp_path,
         await pilot.pause(0.6)
         await select(pilot, app, Selection("leg", "fake", "a"))
         await pilot.press("l")
-        screen = await until(pilot, lambda: isinstance(app.screen, ConfirmScreen) and app.screen, what="rerun")
+        screen = await until(
+            pilot, lambda: isinstance(app.screen, ConfirmScreen) and app.screen, what="rerun"
+        )
         assert screen.danger and screen.confirm_key == "R" and "is DONE" in str(screen.body)
         await pilot.press("y")
         await pilot.pause(0.3)
@@ -417,7 +496,9 @@ async def test_launch_all_remaining_then_done_leg_needs_explicit_rerun(tmp_path,
         await until(pilot, lambda: len(main.finished) == 3, timeout=30, what="the re-run")
         await select(pilot, app, Selection("experiment", "fake"))
         await pilot.press("L")
-        screen = await until(pilot, lambda: isinstance(app.screen, ConfirmScreen) and app.screen, what="re-run all")
+        screen = await until(
+            pilot, lambda: isinstance(app.screen, ConfirmScreen) and app.screen, what="re-run all"
+        )
         assert screen.title_text == "Re-run the whole experiment fake (2 done legs) in a fresh dir?"
         assert screen.danger and screen.confirm_key == "R"
         body = str(screen.body)
@@ -448,19 +529,30 @@ async def test_stop_running_leg(tmp_path, fake_env):
         assert screen.title_text == "Stop slow?" and screen.danger
         await pilot.press("escape")  # cancelled: nothing stops
         await pilot.pause(0.6)
-        assert not isinstance(app.screen, ConfirmScreen) and main.view.experiment("fake").leg("slow").mark == "running"
+        assert (
+            not isinstance(app.screen, ConfirmScreen)
+            and main.view.experiment("fake").leg("slow").mark == "running"
+        )
         await pilot.press("s")
         await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="stop again")
         await pilot.press("y")
-        await until(pilot, lambda: main.view.experiment("fake").leg("slow").mark == "stopped", timeout=30,
-                    what="stopped")
+        await until(
+            pilot,
+            lambda: main.view.experiment("fake").leg("slow").mark == "stopped",
+            timeout=30,
+            what="stopped",
+        )
         assert any(f.endswith("/slow:stopped") for f in main.finished)
 
 
 @pytest.mark.slow
 async def test_write_report_and_guide(tmp_path):
-    d = write_dir(tmp_path / "exp", "20260224_175412_cpu-smoke", "cpu-smoke",
-                  {"dense": ("done", log_lines(40, 40)), "moe_dropless": ("done", log_lines(40, 40, tok=1200))})
+    d = write_dir(
+        tmp_path / "exp",
+        "20260224_175412_cpu-smoke",
+        "cpu-smoke",
+        {"dense": ("done", log_lines(40, 40)), "moe_dropless": ("done", log_lines(40, 40, tok=1200))},
+    )
     reg_path = registry_file(tmp_path)
     reg_path.write_text(reg_path.read_text().replace("\ntail = 50 ", "\ntail = 20 ", 1))
     app = make_app(reg_path)
@@ -480,15 +572,21 @@ async def test_write_report_and_guide(tmp_path):
 
 @pytest.mark.slow
 async def test_follow_pause_and_resume(tmp_path):
-    d = write_dir(tmp_path / "exp", "20260224_175412_cpu-smoke", "cpu-smoke",
-                  {"dense": ("running", log_lines(60, 400, finished=False))}, supervisor_alive=True)
+    d = write_dir(
+        tmp_path / "exp",
+        "20260224_175412_cpu-smoke",
+        "cpu-smoke",
+        {"dense": ("running", log_lines(60, 400, finished=False))},
+        supervisor_alive=True,
+    )
     app = make_app(registry_file(tmp_path))
     async with app.run_test(size=SIZE) as pilot:
         await ready(pilot, app)
         panes = app.query_one(LogPanes)
         key = f"{d}/dense"
-        view: LogView = await until(pilot, lambda: panes.view(key) and panes.view(key).written and panes.view(key),
-                                    what="the pane")
+        view: LogView = await until(
+            pilot, lambda: panes.view(key) and panes.view(key).written and panes.view(key), what="the pane"
+        )
         log = view.query_one(LogText)
         await until(pilot, lambda: log.is_vertical_scroll_end and log.max_scroll_y > 0, what="the bottom")
         assert not view.paused
@@ -511,8 +609,13 @@ async def test_follow_pause_and_resume(tmp_path):
 
 @pytest.mark.slow
 async def test_log_pane_memory_is_bounded(tmp_path):
-    d = write_dir(tmp_path / "exp", "20260224_175412_cpu-smoke", "cpu-smoke",
-                  {"dense": ("running", log_lines(5000, 5000, finished=False))}, supervisor_alive=True)
+    d = write_dir(
+        tmp_path / "exp",
+        "20260224_175412_cpu-smoke",
+        "cpu-smoke",
+        {"dense": ("running", log_lines(5000, 5000, finished=False))},
+        supervisor_alive=True,
+    )
     app = make_app(registry_file(tmp_path), max_log_lines=300)
     async with app.run_test(size=SIZE) as pilot:
         await ready(pilot, app)
@@ -562,17 +665,28 @@ async def test_resume_panel_shows_next_command(tmp_path):
     app = make_app(registry_file(tmp_path), sampler=FakeSampler(8))  # 8 GPUs: the 8-GPU leg can run here
     async with app.run_test(size=SIZE) as pilot:
         await ready(pilot, app)
-        text = str(await until(pilot, lambda: "moe-fp8-capacity-opt-v3" in str(app.query_one(ResumePanel).render())
-                               and app.query_one(ResumePanel).render(), what="the 8-GPU leg next"))
+        text = str(
+            await until(
+                pilot,
+                lambda: (
+                    "moe-fp8-capacity-opt-v3" in str(app.query_one(ResumePanel).render())
+                    and app.query_one(ResumePanel).render()
+                ),
+                what="the 8-GPU leg next",
+            )
+        )
         assert "moe-fp8-capacity-opt-v3/moe_fp8_experts_static_cap1p0_v3" in text
         command = str(app.query_one(NextCommand).render())
         # the fresh dir: the command's EXP_DIR line, whole (the prose above never shows it folded)
-        assert f'EXP_DIR="{tmp_path / "exp"}/$(date +%Y%m%d_%H%M%S)_moe-fp8-capacity-opt-v3"' in command.splitlines()
+        assert (
+            f'EXP_DIR="{tmp_path / "exp"}/$(date +%Y%m%d_%H%M%S)_moe-fp8-capacity-opt-v3"'
+            in command.splitlines()
+        )
         assert "--moe-capacity-factor 1.0" in command and "--compile-mode static" in command
         # never folded: the cockpit one-liner first, then the command a line per flag (` \` between tokens)
         assert command.splitlines()[0].startswith("cockpit launch moe-fp8-capacity-opt-v3 --legs ")
         lines = command.splitlines()
-        flags = lines[next(i for i, x in enumerate(lines) if x.startswith("torchrun ")):]
+        flags = lines[next(i for i, x in enumerate(lines) if x.startswith("torchrun ")) :]
         assert len(flags) > 10 and all(x.endswith(" \\") for x in flags[:-1])
 
 
@@ -586,8 +700,13 @@ async def test_gpu_panel_with_the_real_sampler_over_fake_nvml(tmp_path):
     from cockpit.gpus import GpuSampler
     from cockpit.tui.gpu_panel import GpuPanel
 
-    d = write_dir(tmp_path / "exp", "20260224_175412_cpu-smoke", "cpu-smoke",
-                  {"dense": ("running", log_lines(5, 40, finished=False))}, supervisor_alive=True)
+    d = write_dir(
+        tmp_path / "exp",
+        "20260224_175412_cpu-smoke",
+        "cpu-smoke",
+        {"dense": ("running", log_lines(5, 40, finished=False))},
+        supervisor_alive=True,
+    )
     nv = FakeNVML(8)
     leg_pid = json.loads((d / "state" / "dense.json").read_text())["pid"]  # the leg's stand-in torchrun
     for i in (0, 1):  # its GPUs are the leg's
@@ -595,11 +714,15 @@ async def test_gpu_panel_with_the_real_sampler_over_fake_nvml(tmp_path):
     app = make_app(registry_file(tmp_path), sampler=GpuSampler(nvml=nv))
     async with app.run_test(size=SIZE) as pilot:
         main = await ready(pilot, app)
-        gpu = await until(pilot, lambda: main.view.gpu if main.view.gpu and main.view.gpu.gpus else None, what="GPUs")
+        gpu = await until(
+            pilot, lambda: main.view.gpu if main.view.gpu and main.view.gpu.gpus else None, what="GPUs"
+        )
         assert len(gpu.gpus) == 8 and [g.leg for g in gpu.gpus[:3]] == ["dense", "dense", None]
         assert gpu.summary == "2/8 GPUs busy"
         text = str(app.query_one(GpuPanel).render())
-        assert text.count("dense 1.0G") == 2 and "97%" in text and "18.5G/79.6G" in text  # its processes' memory
+        assert (
+            text.count("dense 1.0G") == 2 and "97%" in text and "18.5G/79.6G" in text
+        )  # its processes' memory
         assert all(h in text.splitlines()[0] for h in ("util", "mem", "temp", "power"))  # the history columns
         g0 = gpu.gpus[0]
         assert g0.util_hist and g0.mem_hist and g0.temp_hist and g0.power_hist and g0.leg_mem_mib == 1024.0
@@ -607,8 +730,10 @@ async def test_gpu_panel_with_the_real_sampler_over_fake_nvml(tmp_path):
     assert d.exists()
 
     (tmp_path / "b").mkdir()
-    broken = make_app(registry_file(tmp_path / "b"),
-                      sampler=GpuSampler(nvml=FakeNVML(init_error=pynvml.NVML_ERROR_DRIVER_NOT_LOADED)))
+    broken = make_app(
+        registry_file(tmp_path / "b"),
+        sampler=GpuSampler(nvml=FakeNVML(init_error=pynvml.NVML_ERROR_DRIVER_NOT_LOADED)),
+    )
     async with broken.run_test(size=SIZE) as pilot:
         main = await ready(pilot, broken)
         assert not main.view.gpu.available and "Driver Not Loaded" in screen_text(broken)
@@ -625,10 +750,14 @@ async def test_a_refused_launch_is_a_notification(tmp_path):
         main = await ready(pilot, app)
         await select(pilot, app, Selection("leg", "fake", "big"))
         await pilot.press("l")
-        screen = await until(pilot, lambda: isinstance(app.screen, ConfirmScreen) and app.screen, what="confirm")
+        screen = await until(
+            pilot, lambda: isinstance(app.screen, ConfirmScreen) and app.screen, what="confirm"
+        )
         assert "--nproc_per_node=64" in str(screen.body)
         await pilot.press("y")
-        await until(pilot, lambda: any(title == "launch failed" for title, _ in app.notes), what="the refusal")
+        await until(
+            pilot, lambda: any(title == "launch failed" for title, _ in app.notes), what="the refusal"
+        )
         assert exp_dirs(tmp_path) == []  # nothing written
         assert main.view is not None and app.is_running
 
@@ -637,8 +766,13 @@ async def test_a_refused_launch_is_a_notification(tmp_path):
 async def test_names_with_brackets_are_shown_as_written(tmp_path):
     """Leg names and messages are text, never markup: `x[red]y` shows as `x[red]y`."""
     reg_path = fake_registry(tmp_path, legs={"x[red]y": 'model-tag = "x"'})
-    write_dir(tmp_path / "exp", "20260224_175412_fake", "fake",
-              {"x[red]y": ("running", log_lines(5, 40, finished=False))}, supervisor_alive=True)
+    write_dir(
+        tmp_path / "exp",
+        "20260224_175412_fake",
+        "fake",
+        {"x[red]y": ("running", log_lines(5, 40, finished=False))},
+        supervisor_alive=True,
+    )
     app = make_app(reg_path)
     async with app.run_test(size=SIZE) as pilot:
         await ready(pilot, app)
@@ -653,7 +787,9 @@ async def test_stop_acts_only_under_exp_root(tmp_path):
     """The screen's stop, as `cockpit stop`: a dir outside the registry's exp_root is refused,
     with one line, and nothing in it is read or written."""
     reg_path = fake_registry(tmp_path)
-    outside = write_dir(tmp_path / "elsewhere", "20260224_175412_fake", "fake", {"a": ("done", log_lines(3, 3))})
+    outside = write_dir(
+        tmp_path / "elsewhere", "20260224_175412_fake", "fake", {"a": ("done", log_lines(3, 3))}
+    )
     before = sorted((p.name, p.stat().st_mtime_ns) for p in outside.rglob("*"))
     app = make_app(reg_path)
     async with app.run_test(size=SIZE) as pilot:
@@ -676,8 +812,17 @@ async def test_a_dirs_problem_and_an_unknown_leg_show_in_the_tree(tmp_path):
     os.mkfifo(broken / "plan.json")  # reading it would block: it is not a regular file
     d = write_dir(root, "20260224_175412_fake", "fake", {"a": ("done", log_lines(3, 3))})
     me = psutil.Process()  # a live process that is not the leg's torchrun: another command line
-    (d / "state" / "b.json").write_text(json.dumps({"leg": "b", "status": "running", "pid": me.pid,
-                                                    "create_time": me.create_time(), "log": str(d / "b.log")}))
+    (d / "state" / "b.json").write_text(
+        json.dumps(
+            {
+                "leg": "b",
+                "status": "running",
+                "pid": me.pid,
+                "create_time": me.create_time(),
+                "log": str(d / "b.log"),
+            }
+        )
+    )
     plan = json.loads((d / "plan.json").read_text())
     plan["legs"].append({"name": "b", "argv": ["torchrun", "--standalone", "-m", "nanochat.base_train"]})
     (d / "plan.json").write_text(json.dumps(plan))
@@ -709,7 +854,9 @@ async def test_notifications_show_text_from_files_printable(tmp_path):
     app = make_app(fake_registry(tmp_path))
     async with app.run_test(size=SIZE) as pilot:
         main = await ready(pilot, app)
-        main.post_message(Notice("leg a failed: boom \x1b]0;pwned\x07\x1b[2J in 2026\x1b[31m_x\u202e", "leg \x1b[1mfailed"))
+        main.post_message(
+            Notice("leg a failed: boom \x1b]0;pwned\x07\x1b[2J in 2026\x1b[31m_x\u202e", "leg \x1b[1mfailed")
+        )
         await until(pilot, lambda: len(app.notes) > 0 and "boom" in app.notes[-1][1], what="the notification")
         title, message = app.notes[-1]
         assert "\x1b" not in message + title and "\x07" not in message and "\u202e" not in message
@@ -723,8 +870,10 @@ def moe_log(steps: int, tok: float, drop: float | None = None) -> list[str]:
         if ln.startswith("step "):
             i = int(ln[5:10])
             head, _, rest = ln.partition(" | lrm:")
-            out.append(f"{head} | bal: {1.02 + i % 3 / 100:.4f} | lrm:{rest}"
-                       + (f" | drop: {drop + i % 4 / 10:.2f}%" if drop is not None else ""))
+            out.append(
+                f"{head} | bal: {1.02 + i % 3 / 100:.4f} | lrm:{rest}"
+                + (f" | drop: {drop + i % 4 / 10:.2f}%" if drop is not None else "")
+            )
             if i % 10 == 9:
                 out.append(f"Step {i + 1:05d} | Validation bpb: {2.1 - i / 100:.6f}")
         else:
@@ -747,17 +896,29 @@ async def test_final_table_is_the_report(tmp_path):
 
     root = tmp_path / "exp"
     write_dir(root, "20260224_160000_cpu-smoke", "cpu-smoke", {"dense": ("done", log_lines(40, 40))})
-    gone = write_dir(root, "20260224_180000_cpu-smoke", "cpu-smoke", {"moe_dropless": ("done", moe_log(40, tok=1250))})
+    gone = write_dir(
+        root, "20260224_180000_cpu-smoke", "cpu-smoke", {"moe_dropless": ("done", moe_log(40, tok=1250))}
+    )
     plan = json.loads((gone / "plan.json").read_text())  # pinned at launch to a dir removed since
-    pin = {"leg": "dense", "experiment": "cpu-smoke", "source": "dir", "dir": str(root / "20260224_150000_cpu-smoke"),
-           "runs": ["dense"]}
+    pin = {
+        "leg": "dense",
+        "experiment": "cpu-smoke",
+        "source": "dir",
+        "dir": str(root / "20260224_150000_cpu-smoke"),
+        "runs": ["dense"],
+    }
     (gone / "plan.json").write_text(json.dumps(plan | {"baseline": pin}))
-    d = write_dir(root, "20260224_170000_cpu-smoke", "cpu-smoke", {
-        "dense": ("failed", log_lines(12, 40, crash=True)),
-        "moe_dropless": ("done", moe_log(40, tok=1250)),
-        "moe_cap1p0.r0": ("done", moe_log(40, tok=1300, drop=2.0)),
-        "moe_cap1p0.r1": ("done", moe_log(40, tok=1320, drop=2.2)),
-    })
+    d = write_dir(
+        root,
+        "20260224_170000_cpu-smoke",
+        "cpu-smoke",
+        {
+            "dense": ("failed", log_lines(12, 40, crash=True)),
+            "moe_dropless": ("done", moe_log(40, tok=1250)),
+            "moe_cap1p0.r0": ("done", moe_log(40, tok=1300, drop=2.0)),
+            "moe_cap1p0.r1": ("done", moe_log(40, tok=1320, drop=2.2)),
+        },
+    )
     plan = json.loads((d / "plan.json").read_text())  # each repeat names its leg, as a launch writes it
     for spec in plan["legs"]:
         spec["leg"] = spec["name"].partition(".")[0]
@@ -766,13 +927,29 @@ async def test_final_table_is_the_report(tmp_path):
     async with app.run_test(size=(80, 24)) as pilot:
         main = await ready(pilot, app)
         await select(pilot, app, Selection("dir", "cpu-smoke", exp_dir=str(d)))
-        report = await until(pilot, lambda: main.report if main.report and main.report.exp_dir == str(d) else None,
-                             what="the dir's final table")
+        report = await until(
+            pilot,
+            lambda: main.report if main.report and main.report.exp_dir == str(d) else None,
+            what="the dir's final table",
+        )
         rows = {r.name: r for r in report.rows}
-        assert list(rows) == ["dense [baseline]", "dense", "moe_dropless", "moe_cap1p0.r0", "moe_cap1p0.r1", "moe_cap1p0"]
-        assert rows["dense [baseline]"].sub == "from 16:00:00 (other dir)" and rows["moe_cap1p0"].sub == "mean of 2 repeats"
+        assert list(rows) == [
+            "dense [baseline]",
+            "dense",
+            "moe_dropless",
+            "moe_cap1p0.r0",
+            "moe_cap1p0.r1",
+            "moe_cap1p0",
+        ]
+        assert (
+            rows["dense [baseline]"].sub == "from 16:00:00 (other dir)"
+            and rows["moe_cap1p0"].sub == "mean of 2 repeats"
+        )
         assert not rows["moe_cap1p0.r0"].deltas  # a repeat's delta is its leg's, on the mean's row
-        assert rows["moe_cap1p0"].figures.drop_pct is not None and rows["moe_dropless"].figures.min_val_bpb == 1.71
+        assert (
+            rows["moe_cap1p0"].figures.drop_pct is not None
+            and rows["moe_dropless"].figures.min_val_bpb == 1.71
+        )
 
         table = app.query_one(FinalTable)
         await until(pilot, lambda: table.row_count == 6, what="six rows")
@@ -798,7 +975,9 @@ async def test_final_table_is_the_report(tmp_path):
 
         # the report's words: the interval with what it rests on, and how to resolve `within noise`
         read = report_data.read_dir(d)
-        md = report_md.render(read, report_data.rows(read), baseline.choose(reg.load(registry_file(tmp_path)), "cpu-smoke", d))
+        md = report_md.render(
+            read, report_data.rows(read), baseline.choose(reg.load(registry_file(tmp_path)), "cpu-smoke", d)
+        )
         agg = table.get_row_at(5)  # moe_cap1p0, the mean of its repeats
         tok = agg[heads.index("tail50 tok/sec")]
         pct, ci, verdict, basis = (*tok.plain.splitlines()[1].split(" "), *tok.plain.splitlines()[2:])
@@ -812,14 +991,20 @@ async def test_final_table_is_the_report(tmp_path):
         assert f"dense: {resolves['dense']}" in app.query_one("#final-notes", Static).render().plain
 
         await select(pilot, app, Selection("dir", "cpu-smoke", exp_dir=str(gone)))
-        pinned = await until(pilot, lambda: main.report if main.report and main.report.exp_dir == str(gone) else None,
-                              what="the final table of the dir whose pinned baseline is gone")
-        why = (f"No deltas: the dir pinned at launch, 20260224_150000_cpu-smoke, is gone. The baseline was pinned when "
-               f"this dir was launched and is never replaced by another. To compare with another run: cockpit report "
-               f"--exp-dir {gone} --baseline 20260224_160000_cpu-smoke/dense.")
+        pinned = await until(
+            pilot,
+            lambda: main.report if main.report and main.report.exp_dir == str(gone) else None,
+            what="the final table of the dir whose pinned baseline is gone",
+        )
+        why = (
+            f"No deltas: the dir pinned at launch, 20260224_150000_cpu-smoke, is gone. The baseline was pinned when "
+            f"this dir was launched and is never replaced by another. To compare with another run: cockpit report "
+            f"--exp-dir {gone} --baseline 20260224_160000_cpu-smoke/dense."
+        )
         assert pinned.warnings == (why,) and pinned.head is None
-        assert why == report_md.no_delta_text(baseline.choose(reg.load(registry_file(tmp_path)), "cpu-smoke", gone)) \
-            .replace("`", "")
+        assert why == report_md.no_delta_text(
+            baseline.choose(reg.load(registry_file(tmp_path)), "cpu-smoke", gone)
+        ).replace("`", "")
         await pilot.pause(0.3)
         assert why in head.render().plain and head.size.height >= 3  # whole, wrapped
         assert "--baseline 20260224_160000_cpu-smoke/dense." in screen_text(app)
@@ -844,13 +1029,21 @@ async def test_a_delta_without_an_interval_is_never_coloured(tmp_path):
 @pytest.mark.slow
 async def test_a_stop_after_the_leg_ended_says_so(tmp_path):
     """The leg ended between the confirmation and the stop: the notification says it was done."""
-    d = write_dir(tmp_path / "exp", "20260224_175412_cpu-smoke", "cpu-smoke", {"dense": ("done", log_lines(40, 40))})
+    d = write_dir(
+        tmp_path / "exp", "20260224_175412_cpu-smoke", "cpu-smoke", {"dense": ("done", log_lines(40, 40))}
+    )
     app = make_app(registry_file(tmp_path))
     async with app.run_test(size=SIZE) as pilot:
         main = await ready(pilot, app)
         main._stop(str(d), "dense")
-        await until(pilot, lambda: any(t == "stop" and m == f"dense: done (stop came after it ended) in {d.name}"
-                                       for t, m in app.notes), what="the notice")
+        await until(
+            pilot,
+            lambda: any(
+                t == "stop" and m == f"dense: done (stop came after it ended) in {d.name}"
+                for t, m in app.notes
+            ),
+            what="the notice",
+        )
         assert not expdir.stop_request_path(d, "dense").exists()
 
 
@@ -859,15 +1052,21 @@ async def test_a_stop_after_the_leg_ended_says_so(tmp_path):
 async def test_the_dialogs_keys_are_always_on_screen(tmp_path, size):
     """However long the list of commands, `Launch [y]` / `Re-run [R]` and `Cancel [n/esc]` stay on
     screen, below the scrolling body."""
-    write_dir(tmp_path / "exp", "20260224_170000_cpu-smoke", "cpu-smoke", {"dense": ("done", log_lines(40, 40))})
+    write_dir(
+        tmp_path / "exp", "20260224_170000_cpu-smoke", "cpu-smoke", {"dense": ("done", log_lines(40, 40))}
+    )
     app = make_app(registry_file(tmp_path))
     async with app.run_test(size=size) as pilot:
         await ready(pilot, app)
-        for sel, key, label in ((Selection("experiment", "cpu-smoke"), "L", "Launch [y]"),
-                                (Selection("leg", "cpu-smoke", "dense"), "l", "Re-run [R]")):
+        for sel, key, label in (
+            (Selection("experiment", "cpu-smoke"), "L", "Launch [y]"),
+            (Selection("leg", "cpu-smoke", "dense"), "l", "Re-run [R]"),
+        ):
             await select(pilot, app, sel)
             await pilot.press(key)
-            screen = await until(pilot, lambda: isinstance(app.screen, ConfirmScreen) and app.screen, what="the dialog")
+            screen = await until(
+                pilot, lambda: isinstance(app.screen, ConfirmScreen) and app.screen, what="the dialog"
+            )
             await pilot.pause(0.3)
             body = screen.query_one("#confirm-body")
             assert body.max_scroll_y > 0 or key == "l" and size[1] > 30  # the commands scroll
@@ -897,11 +1096,18 @@ async def test_the_diff_shows_whole_flag_names_at_120_columns(tmp_path):
 async def test_deltas_that_are_no_number_show_a_dash(tmp_path):
     """A baseline whose figures are 0: the live and final delta cells say `-`, never inf or nan."""
     reg_path = fake_registry(tmp_path, legs={"base": 'model-tag = "base"', "a": 'model-tag = "a"'})
-    text = reg_path.read_text().replace('[[experiment.leg]]\nname = "base"',
-                                        '[[experiment.leg]]\nname = "base"\nrecorded = { tok_per_sec = 0.0, dt_ms = 0.0 }')
+    text = reg_path.read_text().replace(
+        '[[experiment.leg]]\nname = "base"',
+        '[[experiment.leg]]\nname = "base"\nrecorded = { tok_per_sec = 0.0, dt_ms = 0.0 }',
+    )
     reg_path.write_text(text.replace('id = "fake"', 'id = "fake"\nbaseline = "base"'))
-    write_dir(tmp_path / "exp", "20260224_175412_fake", "fake",
-              {"a": ("running", log_lines(12, 40, finished=False))}, supervisor_alive=True)
+    write_dir(
+        tmp_path / "exp",
+        "20260224_175412_fake",
+        "fake",
+        {"a": ("running", log_lines(12, 40, finished=False))},
+        supervisor_alive=True,
+    )
     app = make_app(reg_path)
     async with app.run_test(size=SIZE) as pilot:
         main = await ready(pilot, app)
@@ -909,7 +1115,9 @@ async def test_deltas_that_are_no_number_show_a_dash(tmp_path):
         assert main.view.live[0].delta_tok_pct is None
         live = app.query_one("#live")
         assert live.get_row_at(0)[COLUMNS.index("Δ base")].plain == "-"
-        await select(pilot, app, Selection("dir", "fake", exp_dir=str(tmp_path / "exp" / "20260224_175412_fake")))
+        await select(
+            pilot, app, Selection("dir", "fake", exp_dir=str(tmp_path / "exp" / "20260224_175412_fake"))
+        )
         await until(pilot, lambda: main.report is not None and main.report.rows, what="the final table")
         row = next(r for r in main.report.rows if r.run == "a")
         assert row.deltas["tok_per_sec"] is None and row.deltas["dt_ms"] is None
@@ -925,8 +1133,18 @@ def test_power_history_reads_against_the_gpus_power_limit():
     from cockpit.tui.state import GpuRow
 
     def power_spark(hist: tuple[float, ...], limit: float | None) -> str:
-        row = GpuRow(0, "NVIDIA H100 80GB HBM3", 97.0, 18987.0, 81559.0, 64.0, hist[-1], None,
-                     power_hist=hist, power_limit_w=limit)
+        row = GpuRow(
+            0,
+            "NVIDIA H100 80GB HBM3",
+            97.0,
+            18987.0,
+            81559.0,
+            64.0,
+            hist[-1],
+            None,
+            power_hist=hist,
+            power_limit_w=limit,
+        )
         return GpuPanel().render_gpus((row,)).plain.splitlines()[1].split()[-1]
 
     assert power_spark((612.0,) * 6, 700.0) == "▇" * 6 and power_spark((71.0,) * 6, 700.0) == "▂" * 6
@@ -940,15 +1158,27 @@ def test_the_top_line_cuts_the_training_state_first():
     from cockpit.tui.header import headline_text
     from cockpit.tui.state import Headline
 
-    h = Headline("nanochat-moe", "main", None, "nothing running, 4 legs to run, 1 of them not here",
-                 "GPUs unknown (no NVML)", 2)
+    h = Headline(
+        "nanochat-moe",
+        "main",
+        None,
+        "nothing running, 4 legs to run, 1 of them not here",
+        "GPUs unknown (no NVML)",
+        2,
+    )
     whole = headline_text(h).plain
-    assert whole.endswith("1 of them not here  │  GPUs unknown (no NVML)  │  ⚠ 2 problem(s): see the resume panel")
+    assert whole.endswith(
+        "1 of them not here  │  GPUs unknown (no NVML)  │  ⚠ 2 problem(s): see the resume panel"
+    )
     assert headline_text(h, 200).plain == whole
-    assert headline_text(h, 140).plain.endswith("1 of them not here  │  GPUs unknown (no NVML)  │  ⚠ 2 problem(s)")
+    assert headline_text(h, 140).plain.endswith(
+        "1 of them not here  │  GPUs unknown (no NVML)  │  ⚠ 2 problem(s)"
+    )
     line = headline_text(h, 120)
     assert line.cell_len <= 120
-    assert line.plain.endswith("│  nothing running, 4 legs to run…  │  GPUs unknown (no NVML)  │  ⚠ 2 problem(s)")
+    assert line.plain.endswith(
+        "│  nothing running, 4 legs to run…  │  GPUs unknown (no NVML)  │  ⚠ 2 problem(s)"
+    )
     assert "nothing running, 4 legs to run…  │  GPUs" in headline_text(h, 60).plain  # then cropped at the end
     calm = Headline("nanochat-moe", "main", None, "all done", "8 GPUs idle")
     assert headline_text(calm, 60).plain == " nanochat-moe   branch main  │  all done  │  8 GPUs idle"
@@ -964,7 +1194,10 @@ def test_the_top_line_is_green_while_legs_run_by_their_count():
         start = text.plain.index(h.training)
         return next(str(span.style) for span in text.spans if span.start == start)
 
-    assert style_of(Headline("p", "main", None, "2 legs running, 1 queued", "GPUs idle", running=2)) == "bold green"
+    assert (
+        style_of(Headline("p", "main", None, "2 legs running, 1 queued", "GPUs idle", running=2))
+        == "bold green"
+    )
     assert style_of(Headline("p", "main", None, "2 legs training", "GPUs idle", running=2)) == "bold green"
     assert style_of(Headline("p", "main", None, "nothing running, 1 queued", "GPUs idle")) == "bold"
     assert style_of(Headline("p", "main", None, "running: none", "GPUs idle")) == "bold"
@@ -973,8 +1206,15 @@ def test_the_top_line_is_green_while_legs_run_by_their_count():
 def test_text_shapes():
     assert fmt_pct(2.7) == "+2.70%" and fmt_pct(-2.93) == "-2.93%" and fmt_pct(None) == "-"
     assert fmt.spark([1, 2, 3, 4, 5, 6, 7, 8]) == "▁▂▃▄▅▆▇█" and fmt.spark([]) == ""
-    assert fmt.spark([5, 5, 5]) == "▅▅▅" and fmt.spark([0, 0]) == "▁▁" and len(fmt.spark(range(100), 16)) == 16
-    assert fmt.bar(100, 4) == "████" and fmt.bar(0, 4) == "    " and fmt.bar(50, 4) == "██  " and fmt.bar(None, 3) == "···"
+    assert (
+        fmt.spark([5, 5, 5]) == "▅▅▅" and fmt.spark([0, 0]) == "▁▁" and len(fmt.spark(range(100), 16)) == 16
+    )
+    assert (
+        fmt.bar(100, 4) == "████"
+        and fmt.bar(0, 4) == "    "
+        and fmt.bar(50, 4) == "██  "
+        and fmt.bar(None, 3) == "···"
+    )
     assert fmt.bar(5, 4) == "▎   " and len(fmt.bar(250, 6)) == 6
     assert fmt.mib(18987.0) == "18.5G" and fmt.mib(512) == "512M" and fmt.minutes(75) == "1h15m"
     assert fmt.num(806400.06, 0, comma=True) == "806,400" and fmt.pct(57.5) == "57.5%"
@@ -984,14 +1224,22 @@ def test_text_shapes():
 def test_collector_posts_at_most_twice_a_second_and_loses_no_line(tmp_path):
     """The worker side alone: the first view is posted at once; after that views and log lines
     go out at most every 0.5 s (however fast the log grows), and every line arrives, in order."""
-    d = write_dir(tmp_path / "exp", "20260224_175412_cpu-smoke", "cpu-smoke",
-                  {"dense": ("running", log_lines(5, 400, finished=False))}, supervisor_alive=True)
+    d = write_dir(
+        tmp_path / "exp",
+        "20260224_175412_cpu-smoke",
+        "cpu-smoke",
+        {"dense": ("running", log_lines(5, 400, finished=False))},
+        supervisor_alive=True,
+    )
     c = Collector(registry_file(tmp_path), sampler=FakeSampler(), branch="main", clock=fixed_clock)
     key = f"{d}/dense"
     c.request = Request(tabs=((key, str(d / "dense.log")),))
     posted: list[tuple[float, object]] = []
-    worker = threading.Thread(target=c.run, args=(lambda m: posted.append((time.monotonic(), m)), lambda: False),
-                              kwargs={"period": 0.02})
+    worker = threading.Thread(
+        target=c.run,
+        args=(lambda m: posted.append((time.monotonic(), m)), lambda: False),
+        kwargs={"period": 0.02},
+    )
     t0 = time.monotonic()
     worker.start()
     more = log_lines(150, 400, finished=False)[7:]  # the steps after the 5 already there
@@ -1031,23 +1279,33 @@ def test_live_row_routing_and_a_verdict_once_the_tail_window_is_full(tmp_path):
     reg_path.write_text(reg_path.read_text().replace('id = "fake"', 'id = "fake"\nbaseline = "base"'))
     registry = reg.load(reg_path)
 
-    def moe_lines(steps: int, tok: float, total: int = 80) -> list[str]:  # the trainer's MoE fields: bal after loss, drop last
+    def moe_lines(
+        steps: int, tok: float, total: int = 80
+    ) -> list[str]:  # the trainer's MoE fields: bal after loss, drop last
         out = [ln for ln in log_lines(steps, total, tok=tok, finished=False) if not ln.startswith("step ")]
-        for i, ln in enumerate(ln for ln in log_lines(steps, total, tok=tok, finished=False) if ln.startswith("step ")):
+        for i, ln in enumerate(
+            ln for ln in log_lines(steps, total, tok=tok, finished=False) if ln.startswith("step ")
+        ):
             head, _, rest = ln.partition(" | lrm:")
             out.append(f"{head} | bal: {1 + i / 1000:.4f} | lrm:{rest} | drop: {1 + i / 100:.2f}%")
         return out
 
     def row_of(steps: int, tok: float, name: str, total: int = 80):
-        write_dir(tmp_path / "exp", name, "fake",
-                  {"base": ("done", log_lines(80, 80)), "moe": ("running", moe_lines(steps, tok, total))},
-                  supervisor_alive=True)
+        write_dir(
+            tmp_path / "exp",
+            name,
+            "fake",
+            {"base": ("done", log_lines(80, 80)), "moe": ("running", moe_lines(steps, tok, total))},
+            supervisor_alive=True,
+        )
         state = resume.build_state(registry, FakeSampler(nvml=False))
         m = next(m for m in state.running if m.dir and Path(m.dir).name == name)
         return build.live_view(state, m, None)
 
     def cells(v) -> dict[str, Text]:
-        return {c: x if isinstance(x, Text) else Text(x) for c, x in zip(COLUMNS, LiveTable.row(v), strict=True)}
+        return {
+            c: x if isinstance(x, Text) else Text(x) for c, x in zip(COLUMNS, LiveTable.row(v), strict=True)
+        }
 
     filling = row_of(12, 1300.0, "20260224_175412_fake")  # steps 0-11: step 0 is never in the tail
     assert filling.verdict == "11/50 steps" and filling.delta_ci_pct is None
@@ -1061,9 +1319,15 @@ def test_live_row_routing_and_a_verdict_once_the_tail_window_is_full(tmp_path):
     full = row_of(60, 1300.0, "20260224_175413_fake")
     assert full.verdict == Verdict.SIGNIFICANT and full.delta_ci_pct is not None and 0 < full.delta_ci_pct < 5
     row = cells(full)
-    assert row["drop %"].plain == "1.59" and row["bal"].plain == "1.0590" and row["verdict"].plain == "significant"
+    assert (
+        row["drop %"].plain == "1.59"
+        and row["bal"].plain == "1.0590"
+        and row["verdict"].plain == "significant"
+    )
     assert row["Δ base"].plain == f"{fmt_pct(full.delta_tok_pct)} ±{full.delta_ci_pct:.2f}%"
-    assert row["Δ base"].style == "green" and "(" not in row["tail tok/sec"].plain  # faster, significant: green
+    assert (
+        row["Δ base"].style == "green" and "(" not in row["tail tok/sec"].plain
+    )  # faster, significant: green
     same = row_of(60, 1000.0, "20260224_175414_fake")  # the baseline's own config: inside the noise
     assert same.verdict == Verdict.WITHIN_NOISE and cells(same)["Δ base"].style == "dim"
     # a run shorter than the tail window, at its last step: its verdict over every step it has
@@ -1089,9 +1353,13 @@ def test_live_row_says_what_its_interval_rests_on_how_to_resolve_it_and_why_ther
     registry = reg.load(reg_path)
 
     def live(name: str, base: dict[str, tuple[str, list[str]]], pin: dict | None = None):
-        d = write_dir(tmp_path / "exp", name, "fake", {**base, "moe": ("running", log_lines(60, 80, tok=1015.0,
-                                                                                         finished=False))},
-                      supervisor_alive=True)
+        d = write_dir(
+            tmp_path / "exp",
+            name,
+            "fake",
+            {**base, "moe": ("running", log_lines(60, 80, tok=1015.0, finished=False))},
+            supervisor_alive=True,
+        )
         plan = json.loads((d / "plan.json").read_text())
         for spec in plan["legs"]:  # each repeat names its leg, as a launch writes it
             spec["leg"] = spec["name"].partition(".")[0]
@@ -1099,18 +1367,36 @@ def test_live_row_says_what_its_interval_rests_on_how_to_resolve_it_and_why_ther
         state = resume.build_state(registry, FakeSampler(nvml=False))
         m = next(m for m in state.running if m.dir and Path(m.dir).name == name)
         v = build.live_view(state, m, None)
-        return v, {c: x if isinstance(x, Text) else Text(x) for c, x in zip(COLUMNS, LiveTable.row(v), strict=True)}
+        return v, {
+            c: x if isinstance(x, Text) else Text(x) for c, x in zip(COLUMNS, LiveTable.row(v), strict=True)
+        }
 
-    v, row = live("20260224_175412_fake", {"base.r0": ("done", log_lines(80, 80, tok=1000.0)),
-                                           "base.r1": ("done", log_lines(80, 80, tok=1010.0))})
+    v, row = live(
+        "20260224_175412_fake",
+        {
+            "base.r0": ("done", log_lines(80, 80, tok=1000.0)),
+            "base.r1": ("done", log_lines(80, 80, tok=1010.0)),
+        },
+    )
     assert v.verdict == Verdict.WITHIN_NOISE and v.delta_basis == "n=1 run vs the baseline's 2 repeats"
-    assert row["Δ base"].plain == f"{fmt_pct(v.delta_tok_pct)} ±{v.delta_ci_pct:.2f}% (n=1 run vs the baseline's 2 repeats)"
-    assert re.fullmatch(r"at least (\d+) repeats of each leg \(\d+ more\)", v.resolve)  # a single run: a floor
+    assert (
+        row["Δ base"].plain
+        == f"{fmt_pct(v.delta_tok_pct)} ±{v.delta_ci_pct:.2f}% (n=1 run vs the baseline's 2 repeats)"
+    )
+    assert re.fullmatch(
+        r"at least (\d+) repeats of each leg \(\d+ more\)", v.resolve
+    )  # a single run: a floor
     assert row["verdict"].plain == f"within noise; to resolve: {v.resolve}" and v.baseline_problem is None
 
     pin = {"leg": "base", "experiment": "fake", "source": "own", "runs": ["base.r0", "base.r1"]}
-    v, row = live("20260224_175413_fake", {"base.r0": ("failed", log_lines(12, 80, crash=True)),
-                                           "base.r1": ("stopped", log_lines(3, 80, finished=False))}, pin)
+    v, row = live(
+        "20260224_175413_fake",
+        {
+            "base.r0": ("failed", log_lines(12, 80, crash=True)),
+            "base.r1": ("stopped", log_lines(3, 80, finished=False)),
+        },
+        pin,
+    )
     assert v.baseline_problem == "base: this dir's own run of base (the launch ran it) failed"
     assert v.delta_tok_pct is None and v.verdict == "" and v.resolve == ""
     assert (row["Δ base"].plain, row["verdict"].plain) == ("-", "-")

@@ -36,9 +36,13 @@ async def test_keys_launch_cpu_smoke_and_the_tables_fill(tmp_path, smoke_corpus)
         await until(pilot, lambda: main.selection == sel, 10, "the selection")
 
         await pilot.press("L")
-        screen = await until(pilot, lambda: isinstance(app.screen, ConfirmScreen) and app.screen, 20, "confirm")
+        screen = await until(
+            pilot, lambda: isinstance(app.screen, ConfirmScreen) and app.screen, 20, "confirm"
+        )
         assert screen.title_text == "Launch 2 legs of cpu-smoke?"
-        assert "-m nanochat.base_train" in str(screen.body) and "--model-tag smoke_moe_cap1p0" in str(screen.body)
+        assert "-m nanochat.base_train" in str(screen.body) and "--model-tag smoke_moe_cap1p0" in str(
+            screen.body
+        )
         await pilot.press("y")
 
         # while they run: a log tab per leg, filling with the trainer's step lines; live rows

@@ -44,20 +44,33 @@ def styled(log: LogText, style) -> list[str]:
 
 
 def log_screen(log: LogText) -> str:
-    return "\n".join("".join(seg.text for seg in log.render_line(y))
-                     for y in range(log.scrollable_content_region.height))
+    return "\n".join(
+        "".join(seg.text for seg in log.render_line(y)) for y in range(log.scrollable_content_region.height)
+    )
 
 
 @pytest.mark.slow
 async def test_search_filter_wrap_and_sideways_scroll(tmp_path):
-    d = write_dir(tmp_path / "exp", "20260224_175412_cpu-smoke", "cpu-smoke",
-                  {"dense": ("running", log_lines(60, 400, finished=False))}, supervisor_alive=True)
+    d = write_dir(
+        tmp_path / "exp",
+        "20260224_175412_cpu-smoke",
+        "cpu-smoke",
+        {"dense": ("running", log_lines(60, 400, finished=False))},
+        supervisor_alive=True,
+    )
     app = make_app(registry_file(tmp_path))
     async with app.run_test(size=SIZE) as pilot:
         await ready(pilot, app)
         panes = app.query_one(LogPanes)
-        pane = await until(pilot, lambda: panes.view(f"{d}/dense") and panes.view(f"{d}/dense").written >= 62
-                           and panes.view(f"{d}/dense"), what="the pane")
+        pane = await until(
+            pilot,
+            lambda: (
+                panes.view(f"{d}/dense")
+                and panes.view(f"{d}/dense").written >= 62
+                and panes.view(f"{d}/dense")
+            ),
+            what="the pane",
+        )
         log = pane.log
         await until(pilot, lambda: log.is_vertical_scroll_end and log.max_scroll_y > 0, what="the bottom")
 
@@ -139,7 +152,9 @@ async def test_ended_leg_keeps_its_tab_until_closed(tmp_path):
         assert any("its log tab stays until [x] closes it" in m for m in notes(app))
 
         panes.select(key_a)
-        await until(pilot, lambda: panes.current_key() == key_a, what="its tab in front")  # x closes the front tab
+        await until(
+            pilot, lambda: panes.current_key() == key_a, what="its tab in front"
+        )  # x closes the front tab
         await pilot.press("x")
         await until(pilot, lambda: key_a not in panes.keys, what="the tab to close")
         await pilot.pause(1.2)  # two more views: a closed tab is not reopened
@@ -161,8 +176,13 @@ async def test_a_leg_that_starts_comes_to_the_front_and_tabs_group_by_dir(tmp_pa
     by dir, oldest dir first (a new tab goes in its place), each saying its dir; the pane's title
     names the front tab's dir and its subtitle which tab of how many."""
     root = tmp_path / "exp"
-    a = write_dir(root, "20260224_170000_cpu-smoke", "cpu-smoke",
-                  {"dense": ("running", log_lines(5, 40, finished=False))}, supervisor_alive=True)
+    a = write_dir(
+        root,
+        "20260224_170000_cpu-smoke",
+        "cpu-smoke",
+        {"dense": ("running", log_lines(5, 40, finished=False))},
+        supervisor_alive=True,
+    )
     app = make_app(registry_file(tmp_path))
     async with app.run_test(size=SIZE) as pilot:
         await ready(pilot, app)
@@ -170,19 +190,33 @@ async def test_a_leg_that_starts_comes_to_the_front_and_tabs_group_by_dir(tmp_pa
         key_a = f"{a}/dense"
         await until(pilot, lambda: panes.current_key() == key_a, what="the running leg's tab in front")
         assert panes.title(key_a) == "▶ dense" and panes.border_title == f"Logs: {a.name}"
-        b = write_dir(root, "20260224_180000_moe-fp8-capacity-opt-v3", "moe-fp8-capacity-opt-v3",
-                      {"moe_fp8_experts_static_cap1p0_v3": ("running", log_lines(3, 40, finished=False))},
-                      supervisor_alive=True)
+        b = write_dir(
+            root,
+            "20260224_180000_moe-fp8-capacity-opt-v3",
+            "moe-fp8-capacity-opt-v3",
+            {"moe_fp8_experts_static_cap1p0_v3": ("running", log_lines(3, 40, finished=False))},
+            supervisor_alive=True,
+        )
         key_b = f"{b}/moe_fp8_experts_static_cap1p0_v3"
         await until(pilot, lambda: panes.current_key() == key_b, what="the leg that started, in front")
         await until(pilot, lambda: panes.border_title == f"Logs: {b.name}", what="the front tab's dir")
-        c = write_dir(root, "20260224_160000_cpu-smoke", "cpu-smoke",  # an older dir: its tab goes first
-                      {"moe_dropless": ("running", log_lines(3, 40, finished=False))}, supervisor_alive=True)
+        c = write_dir(
+            root,
+            "20260224_160000_cpu-smoke",
+            "cpu-smoke",  # an older dir: its tab goes first
+            {"moe_dropless": ("running", log_lines(3, 40, finished=False))},
+            supervisor_alive=True,
+        )
         key_c = f"{c}/moe_dropless"
-        await until(pilot, lambda: panes.current_key() == key_c and panes.settled, what="the third leg in front")
+        await until(
+            pilot, lambda: panes.current_key() == key_c and panes.settled, what="the third leg in front"
+        )
         order = [str(t.label) for t in panes.query("ContentTab")]
-        assert order == ["▶ moe_dropless · 16:00:00", "▶ dense · 17:00:00",
-                         "▶ moe_fp8_experts_static_cap1p0_v3 · 18:00:00"], order
+        assert order == [
+            "▶ moe_dropless · 16:00:00",
+            "▶ dense · 17:00:00",
+            "▶ moe_fp8_experts_static_cap1p0_v3 · 18:00:00",
+        ], order
         assert panes.keys == [key_c, key_a, key_b]
         await until(pilot, lambda: panes.border_subtitle.startswith("tab 1 of 3"), what="the tab's place")
         await pilot.press("right_square_bracket")  # `]` goes in the order shown
@@ -194,20 +228,27 @@ async def test_x_closes_the_tab_in_front_every_time(tmp_path):
     """Whatever the tab in front is (a running leg's, an ended one's, the selection's), `x` closes
     it, one tab a press, until none is left; then it says there is none."""
     a, b = two_running_dirs(tmp_path / "exp")
-    old = write_dir(tmp_path / "exp", "20260224_150000_cpu-smoke", "cpu-smoke",
-                    {"dense": ("done", log_lines(40, 40))})
+    old = write_dir(
+        tmp_path / "exp", "20260224_150000_cpu-smoke", "cpu-smoke", {"dense": ("done", log_lines(40, 40))}
+    )
     app = make_app(registry_file(tmp_path))
     async with app.run_test(size=SIZE) as pilot:
         await ready(pilot, app)
         panes = app.query_one(LogPanes)
         await select(pilot, app, Selection("dirleg", "cpu-smoke", "dense", str(old)))
-        await until(pilot, lambda: len(panes.keys) == 3 and panes.current_key() == f"{old}/dense",
-                    what="three tabs, the selection's in front")
+        await until(
+            pilot,
+            lambda: len(panes.keys) == 3 and panes.current_key() == f"{old}/dense",
+            what="three tabs, the selection's in front",
+        )
         for left in (2, 1, 0):
             front = panes.current_key()
             await pilot.press("x")  # at once: no waiting for the tabs to settle first
-            await until(pilot, lambda front=front, left=left: front not in panes.keys and len(panes.keys) == left,
-                        what=f"{front} closed")
+            await until(
+                pilot,
+                lambda front=front, left=left: front not in panes.keys and len(panes.keys) == left,
+                what=f"{front} closed",
+            )
             if left:
                 await until(pilot, lambda: panes.current_key() in panes.keys, what="another tab in front")
         await pilot.pause(1.2)  # two more views: none reopens
@@ -217,8 +258,11 @@ async def test_x_closes_the_tab_in_front_every_time(tmp_path):
         await select(pilot, app, Selection("leg", "cpu-smoke", "dense"))  # it opens again ...
         await until(pilot, lambda: panes.keys == [f"{a}/dense"], what="the selection's tab")
         await pilot.press("x", "x")  # ... and a second `x` while the first closes finds none: says so
-        await until(pilot, lambda: panes.keys == [] and len([m for m in notes(app) if "no log tab" in m]) == 2,
-                    what="closed, then the warning")
+        await until(
+            pilot,
+            lambda: panes.keys == [] and len([m for m in notes(app) if "no log tab" in m]) == 2,
+            what="closed, then the warning",
+        )
 
 
 @pytest.mark.slow
@@ -226,12 +270,23 @@ async def test_a_leg_or_a_dir_opens_its_own_log(tmp_path):
     """A leg done in an older dir and stopped in a newer one: selecting the leg opens the attempt
     just stopped; selecting a dir opens its running leg, else its last started one."""
     root = tmp_path / "exp"
-    old = write_dir(root, "20260224_170000_cpu-smoke", "cpu-smoke",
-                    {"dense": ("done", log_lines(40, 40)), "moe_dropless": ("done", log_lines(40, 40))})
-    new = write_dir(root, "20260224_180000_cpu-smoke", "cpu-smoke",
-                    {"dense": ("stopped", log_lines(7, 40, tok=777, finished=False)),
-                     "moe_dropless": ("running", log_lines(3, 40, tok=555, finished=False)),
-                     "moe_cap1p0": ("queued", [])}, supervisor_alive=True)
+    old = write_dir(
+        root,
+        "20260224_170000_cpu-smoke",
+        "cpu-smoke",
+        {"dense": ("done", log_lines(40, 40)), "moe_dropless": ("done", log_lines(40, 40))},
+    )
+    new = write_dir(
+        root,
+        "20260224_180000_cpu-smoke",
+        "cpu-smoke",
+        {
+            "dense": ("stopped", log_lines(7, 40, tok=777, finished=False)),
+            "moe_dropless": ("running", log_lines(3, 40, tok=555, finished=False)),
+            "moe_cap1p0": ("queued", []),
+        },
+        supervisor_alive=True,
+    )
     app = make_app(registry_file(tmp_path))
     async with app.run_test(size=SIZE) as pilot:
         main = await ready(pilot, app)
@@ -263,14 +318,17 @@ async def test_log_text_keeps_the_last_lines_and_their_matches():
         log = app.query_one(LogText)
         log.set_search("x")
         log.set_filter("keep")
-        log.write_lines([f"line {i} {'keep' if i % 3 == 0 else 'drop'} {'x' if i % 5 == 0 else ''}"
-                         for i in range(250)])
+        log.write_lines(
+            [f"line {i} {'keep' if i % 3 == 0 else 'drop'} {'x' if i % 5 == 0 else ''}" for i in range(250)]
+        )
         await pilot.pause()
         assert log.first == 150 and log.line_count == 100 and log.lines[0].startswith("line 150 ")
         assert log.matches == [n for n in range(150, 250) if n % 5 == 0]
         assert [r[0] for r in log._rows] == [n for n in range(150, 250) if n % 3 == 0]
         assert log.row_of(153) == 1 and log.row_of(151) is None and log.row_of(10) is None
-        log.write_lines(["\x1b]0;title\x07a \x1b[31mred\x1b[0m line\twith tab \u202e"])  # from a file: printable
+        log.write_lines(
+            ["\x1b]0;title\x07a \x1b[31mred\x1b[0m line\twith tab \u202e"]
+        )  # from a file: printable
         assert log.lines[-1] == "a red line      with tab \\u202e" and log.first == 151
         assert log.next_match(-1) == 240  # the newest kept line with both
 
@@ -303,8 +361,12 @@ async def open_and_close(ticks: int) -> None:
         panes.sync([("d/b", "b", "d/b.log"), ("d/c", "c", "d/c.log")])
         panes.append({"d/b": ["step 00002/00010 | loss: 8.000000"], "d/c": ["c line"]})
         panes.select("d/c")
-        await until(pilot, lambda: all(v.live for v in panes.views()) and panes.current_key() == "d/c",
-                    5, f"the tabs after {ticks} ticks")
+        await until(
+            pilot,
+            lambda: all(v.live for v in panes.views()) and panes.current_key() == "d/c",
+            5,
+            f"the tabs after {ticks} ticks",
+        )
         await pilot.pause()
         assert panes.keys == ["d/b", "d/c"]
         assert len(panes.query("TabPane")) == 2 and len(panes.query("ContentTab")) == 2

@@ -47,8 +47,14 @@ def app_for(case: str, sampler: FakeSampler, dirs=None) -> CockpitApp:
     return CockpitApp(registry, sampler=sampler, branch="main", clock=fixed_clock)
 
 
-def settled(select: Selection | None = None, maximize_resume: bool = False, search: str | None = None,
-            maximize: str | None = None, keys: str = "", until_screen: type | None = None):
+def settled(
+    select: Selection | None = None,
+    maximize_resume: bool = False,
+    search: str | None = None,
+    maximize: str | None = None,
+    keys: str = "",
+    until_screen: type | None = None,
+):
     """run_before: wait for the first view, the selection, the log panes at their bottom; then
     `maximize` a pane (by a selector of what to focus in it), press `keys`, wait for a screen."""
 
@@ -69,10 +75,14 @@ def settled(select: Selection | None = None, maximize_resume: bool = False, sear
             tree.move_cursor(node)
             while main.selection != select and time.monotonic() < deadline:
                 await pilot.pause(0.05)
-        await pilot.pause(1.2)  # two posts of the collector (0.5 s apart): the selection's report, the log tabs
+        await pilot.pause(
+            1.2
+        )  # two posts of the collector (0.5 s apart): the selection's report, the log tabs
         panes = app.query_one(LogPanes)
         for v in panes.views():
-            while (not v.written or not v.query_one(LogText).is_vertical_scroll_end) and time.monotonic() < deadline:
+            while (
+                not v.written or not v.query_one(LogText).is_vertical_scroll_end
+            ) and time.monotonic() < deadline:
                 await pilot.pause(0.05)
         if maximize_resume:
             app.query_one("#resume-box").focus()
@@ -86,7 +96,11 @@ def settled(select: Selection | None = None, maximize_resume: bool = False, sear
             await pilot.press("m")
         if keys:
             await pilot.press(*keys)
-        while until_screen is not None and not isinstance(app.screen, until_screen) and time.monotonic() < deadline:
+        while (
+            until_screen is not None
+            and not isinstance(app.screen, until_screen)
+            and time.monotonic() < deadline
+        ):
             await pilot.pause(0.05)
         await pilot.pause(0.2)
 
@@ -94,18 +108,29 @@ def settled(select: Selection | None = None, maximize_resume: bool = False, sear
 
 
 def running_dirs(root):
-    write_dir(root, "20260224_175412_cpu-smoke", "cpu-smoke", {
-        "dense": ("done", log_lines(40, 40)),
-        "moe_dropless": ("running", log_lines(23, 40, tok=900, finished=False)),
-        "moe_cap1p0": ("queued", []),
-    }, supervisor_alive=True)
+    write_dir(
+        root,
+        "20260224_175412_cpu-smoke",
+        "cpu-smoke",
+        {
+            "dense": ("done", log_lines(40, 40)),
+            "moe_dropless": ("running", log_lines(23, 40, tok=900, finished=False)),
+            "moe_cap1p0": ("queued", []),
+        },
+        supervisor_alive=True,
+    )
 
 
 def failed_dirs(root):
-    write_dir(root, "20260224_170000_cpu-smoke", "cpu-smoke", {
-        "dense": ("done", log_lines(40, 40)),
-        "moe_dropless": ("failed", log_lines(12, 40, tok=1100, crash=True)),
-    })
+    write_dir(
+        root,
+        "20260224_170000_cpu-smoke",
+        "cpu-smoke",
+        {
+            "dense": ("done", log_lines(40, 40)),
+            "moe_dropless": ("failed", log_lines(12, 40, tok=1100, crash=True)),
+        },
+    )
 
 
 @SIZES
@@ -120,8 +145,7 @@ def test_snapshot_legs_running(snap_compare, size):
     """cpu-smoke: dense done, moe_dropless running (live table, log tab), moe_cap1p0 queued; 8 busy
     GPUs with their histories and the leg's GPU memory."""
     app = app_for("legs-running", FakeSampler(busy=tuple(range(8))), running_dirs)
-    assert snap_compare(app, terminal_size=size,
-                        run_before=settled(Selection("experiment", "cpu-smoke")))
+    assert snap_compare(app, terminal_size=size, run_before=settled(Selection("experiment", "cpu-smoke")))
 
 
 @SIZES
@@ -177,12 +201,17 @@ def baseline_elsewhere_dirs(root):
     """cpu-smoke's baseline done in an older dir; in the newer one dense failed, so its deltas are
     against the older dir's dense (named, with what differs); moe_cap1p0 ran with 2 repeats."""
     write_dir(root, "20260224_160000_cpu-smoke", "cpu-smoke", {"dense": ("done", log_lines(40, 40))})
-    d = write_dir(root, "20260224_170000_cpu-smoke", "cpu-smoke", {
-        "dense": ("failed", log_lines(12, 40, crash=True)),
-        "moe_dropless": ("done", moe_lines(40, 40, tok=1250)),
-        "moe_cap1p0.r0": ("done", moe_lines(40, 40, tok=1300, drop=2.0)),
-        "moe_cap1p0.r1": ("done", moe_lines(40, 40, tok=1320, drop=2.2, seed=1)),
-    })
+    d = write_dir(
+        root,
+        "20260224_170000_cpu-smoke",
+        "cpu-smoke",
+        {
+            "dense": ("failed", log_lines(12, 40, crash=True)),
+            "moe_dropless": ("done", moe_lines(40, 40, tok=1250)),
+            "moe_cap1p0.r0": ("done", moe_lines(40, 40, tok=1300, drop=2.0)),
+            "moe_cap1p0.r1": ("done", moe_lines(40, 40, tok=1320, drop=2.2, seed=1)),
+        },
+    )
     plan = json.loads((d / "plan.json").read_text())  # each repeat names its leg, as a launch writes it
     for spec in plan["legs"]:
         spec["leg"] = spec["name"].partition(".")[0]
@@ -215,8 +244,11 @@ def test_snapshot_launch_dialog(snap_compare, size, monkeypatch):
     """`L` on cpu-smoke: the commands scroll, `Launch [y]` and `Cancel [n/esc]` stay on screen."""
     fixed_launch(monkeypatch)
     app = app_for("launch-dialog", FakeSampler())
-    assert snap_compare(app, terminal_size=size, run_before=settled(Selection("experiment", "cpu-smoke"), keys="L",
-                                                                    until_screen=ConfirmScreen))
+    assert snap_compare(
+        app,
+        terminal_size=size,
+        run_before=settled(Selection("experiment", "cpu-smoke"), keys="L", until_screen=ConfirmScreen),
+    )
 
 
 @pytest.mark.parametrize("size", [(80, 24), (120, 40)], ids=["80x24", "120x40"])
@@ -224,15 +256,20 @@ def test_snapshot_rerun_dialog(snap_compare, size, monkeypatch):
     """`l` on a done leg: it says DONE, and the only way on is `Re-run [R]` (or `Cancel`)."""
     fixed_launch(monkeypatch)
     app = app_for("rerun-dialog", FakeSampler(), failed_dirs)
-    assert snap_compare(app, terminal_size=size, run_before=settled(Selection("leg", "cpu-smoke", "dense"), keys="l",
-                                                                    until_screen=ConfirmScreen))
+    assert snap_compare(
+        app,
+        terminal_size=size,
+        run_before=settled(Selection("leg", "cpu-smoke", "dense"), keys="l", until_screen=ConfirmScreen),
+    )
 
 
 def test_snapshot_diff_dialog(snap_compare):
     """`d` at 120 columns: every flag name whole beside both legs' values."""
     app = app_for("diff-dialog", FakeSampler())
     sel = Selection("leg", "moe-fp8-capacity-ablation-v1", "nocompile_cap1p0")
-    assert snap_compare(app, terminal_size=(120, 40), run_before=settled(sel, keys="d", until_screen=DiffScreen))
+    assert snap_compare(
+        app, terminal_size=(120, 40), run_before=settled(sel, keys="d", until_screen=DiffScreen)
+    )
 
 
 def case_dir_path(case: str):

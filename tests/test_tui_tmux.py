@@ -21,23 +21,31 @@ from helpers import log_lines, registry_file, write_dir
 
 COCKPIT = Path(sys.executable).parent / "cockpit"
 
-pytestmark = pytest.mark.skipif(shutil.which("tmux") is None or not COCKPIT.exists(),
-                                reason="needs tmux and the installed `cockpit` console script")
+pytestmark = pytest.mark.skipif(
+    shutil.which("tmux") is None or not COCKPIT.exists(),
+    reason="needs tmux and the installed `cockpit` console script",
+)
 
 
 @pytest.mark.slow
 def test_cockpit_in_tmux(tmp_path):
     registry = registry_file(tmp_path)
-    d = write_dir(tmp_path / "exp", "20260224_175412_cpu-smoke", "cpu-smoke", {
-        "dense": ("running", log_lines(12, 40, finished=False))}, supervisor_alive=True)
+    d = write_dir(
+        tmp_path / "exp",
+        "20260224_175412_cpu-smoke",
+        "cpu-smoke",
+        {"dense": ("running", log_lines(12, 40, finished=False))},
+        supervisor_alive=True,
+    )
     sock = f"cockpit-test-{os.getpid()}"  # a private tmux server, killed at the end
     tmux = ["tmux", "-L", sock]
     env = {k: v for k, v in os.environ.items() if not k.startswith("TMUX")}
     env["TERM"] = "xterm-256color"
 
     def capture() -> str:
-        return subprocess.run([*tmux, "capture-pane", "-p", "-t", "t"], capture_output=True, text=True,
-                              env=env).stdout
+        return subprocess.run(
+            [*tmux, "capture-pane", "-p", "-t", "t"], capture_output=True, text=True, env=env
+        ).stdout
 
     def wait_for(pred, timeout: float, what: str) -> str:
         deadline = time.monotonic() + timeout
@@ -49,17 +57,31 @@ def test_cockpit_in_tmux(tmp_path):
             time.sleep(0.2)
         raise AssertionError(f"timed out waiting for {what}; screen:\n{screen}")
 
-    subprocess.run([*tmux, "new-session", "-d", "-s", "t", "-x", "160", "-y", "48", "-c", str(tmp_path)],
-                   check=True, env=env)
+    subprocess.run(
+        [*tmux, "new-session", "-d", "-s", "t", "-x", "160", "-y", "48", "-c", str(tmp_path)],
+        check=True,
+        env=env,
+    )
     subprocess.run([*tmux, "set-option", "-g", "set-clipboard", "on"], check=True, env=env)
     try:
         cmd = f'{COCKPIT} --registry {registry}; echo "COCKPIT""-EXIT=$?"'  # typed text != the output
         subprocess.run([*tmux, "send-keys", "-t", "t", cmd, "Enter"], check=True, env=env)
         # the whole first view painted (a capture may catch a frame half drawn)
-        screen = wait_for(lambda s: "Completed (do not re-run)" in s and "host cpu" in s
-                          and "│  1 leg running" in s, 30, "the cockpit")
-        for what in ("Experiments", "moe-fp8-capacity-ablation-v1", "cpu-smoke", "GPUs",
-                     "no GPU view", "Resume", "Remaining", "│  1 leg running"):
+        screen = wait_for(
+            lambda s: "Completed (do not re-run)" in s and "host cpu" in s and "│  1 leg running" in s,
+            30,
+            "the cockpit",
+        )
+        for what in (
+            "Experiments",
+            "moe-fp8-capacity-ablation-v1",
+            "cpu-smoke",
+            "GPUs",
+            "no GPU view",
+            "Resume",
+            "Remaining",
+            "│  1 leg running",
+        ):
             assert what in screen, what
 
         # `/` in the running leg's log, once its lines are in
@@ -78,7 +100,9 @@ def test_cockpit_in_tmux(tmp_path):
         subprocess.run([*tmux, "send-keys", "-t", "t", "c"], check=True, env=env)
         wait_for(lambda s: "next command copied [c]" in s, 10, "the copy's notification")
         pasted = subprocess.run([*tmux, "show-buffer"], capture_output=True, text=True, env=env).stdout
-        assert pasted.startswith("source ") and "torchrun --standalone" in pasted and 'EXP_DIR="' in pasted, pasted
+        assert pasted.startswith("source ") and "torchrun --standalone" in pasted and 'EXP_DIR="' in pasted, (
+            pasted
+        )
         subprocess.run([*tmux, "send-keys", "-t", "t", "q"], check=True, env=env)
         screen = wait_for(lambda s: "COCKPIT-EXIT=" in s, 20, "the cockpit to exit")
         assert "COCKPIT-EXIT=0" in screen, screen

@@ -47,7 +47,9 @@ NAME = "local"
 START_WAIT_S = 15.0  # how long a spawned supervisor may take to write its record
 
 
-def start(exp_dir: Path, plan: Plan, lock_fd: int, foreground: bool = False, grace_s: float | None = None) -> None:
+def start(
+    exp_dir: Path, plan: Plan, lock_fd: int, foreground: bool = False, grace_s: float | None = None
+) -> None:
     """Run the dir's planned legs: a detached supervisor (or, `foreground`, this process's, echoing
     its progress), handed the experiment's queue lock `lock_fd`. The supervisor reads the plan
     from the dir's plan.json. RunError when it cannot start."""
@@ -95,8 +97,10 @@ def spawn(exp_dir: Path, lock_fd: int, wait_s: float = START_WAIT_S, continuatio
             return
         if proc.poll() is not None:
             tail = tail_lines(log_path, 1)
-            raise RunError(f"supervisor exited at once ({proc.returncode}): "
-                           f"{safetext.oneline(tail[-1]) if tail else 'no output'}")
+            raise RunError(
+                f"supervisor exited at once ({proc.returncode}): "
+                f"{safetext.oneline(tail[-1]) if tail else 'no output'}"
+            )
         time.sleep(0.05)
     raise RunError(f"supervisor did not start within {wait_s:.0f}s (see {exp_dir}/state/supervisor.log)")
 
@@ -109,13 +113,17 @@ def _record_pid(record: Path) -> int | None:
     return data.get("pid") if isinstance(data, dict) else None
 
 
-def run_here(exp_dir: Path, lock_fd: int, grace_s: float | None = None, continuation: int | None = None) -> int:
+def run_here(
+    exp_dir: Path, lock_fd: int, grace_s: float | None = None, continuation: int | None = None
+) -> int:
     """Run the dir's queue in this process, echoing its progress; its exit code (0: every leg done).
     `continuation`: only what the dir's plan.<n>.json asks."""
     return Supervisor(exp_dir, lock_fd=lock_fd, echo=True, grace_s=grace_s, continuation=continuation).run()
 
 
-def stop(exp_dir: Path, leg: str | None = None, grace_s: float = STOP_GRACE_S, wait_s: float | None = None) -> None:
+def stop(
+    exp_dir: Path, leg: str | None = None, grace_s: float = STOP_GRACE_S, wait_s: float | None = None
+) -> None:
     """Stop one leg, or the whole queue, of a dir run by a supervisor.
 
     With a live supervisor (proven: see supervisor_identity), ask it (SIGTERM for the queue; a
@@ -136,7 +144,9 @@ def stop(exp_dir: Path, leg: str | None = None, grace_s: float = STOP_GRACE_S, w
             return  # the leg ended before the stop came: no request is left to be read as pending
         else:
             try:
-                fsutil.atomic_write_json(stop_request_path(exp_dir, leg), {"requested_at": now_iso()}, root=exp_dir)
+                fsutil.atomic_write_json(
+                    stop_request_path(exp_dir, leg), {"requested_at": now_iso()}, root=exp_dir
+                )
             except OSError as e:
                 raise RunError(f"cannot write the stop request: {describe(e)}") from None
             sig = signal.SIGUSR1
@@ -148,13 +158,21 @@ def stop(exp_dir: Path, leg: str | None = None, grace_s: float = STOP_GRACE_S, w
                 break
             if leg is not None and (leg not in d.states or not d.states[leg].active):
                 break
-            if leg is not None and d.states[leg].status == Status.QUEUED and stop_request_path(exp_dir, leg).exists():
+            if (
+                leg is not None
+                and d.states[leg].status == Status.QUEUED
+                and stop_request_path(exp_dir, leg).exists()
+            ):
                 break  # the supervisor will skip it when its turn comes
             time.sleep(0.1)
         if leg is not None and leg in d.states and not d.states[leg].active:
             clear_stop_request(exp_dir, leg)  # the supervisor removes it; not when it died meanwhile
         return
-    unproven = [f"leg {n}: {d.states[n].note}" for n in names if n in d.states and d.states[n].status == Status.UNKNOWN]
+    unproven = [
+        f"leg {n}: {d.states[n].note}"
+        for n in names
+        if n in d.states and d.states[n].status == Status.UNKNOWN
+    ]
     if sup.verdict == procs.UNPROVEN:
         unproven.insert(0, f"supervisor: {Status.UNKNOWN}: {procs.NOT_PROVEN} ({sup.why})")
     if not targets:
@@ -176,7 +194,9 @@ def stop(exp_dir: Path, leg: str | None = None, grace_s: float = STOP_GRACE_S, w
             ident = procs.identify(st.pid, st.create_time, d.expect(name))
             if ident.verdict == procs.UNPROVEN:
                 continue  # reconciled as unknown a moment ago; said by the caller from the state
-            stoppers.append(threading.Thread(target=_stop_orphan, args=(exp_dir, name, ident, grace_s), daemon=True))
+            stoppers.append(
+                threading.Thread(target=_stop_orphan, args=(exp_dir, name, ident, grace_s), daemon=True)
+            )
             stoppers[-1].start()
             st.note = "stopped by request (supervisor gone; exit code unknown)"
         else:

@@ -38,7 +38,16 @@ from cockpit.vocab import ACTIVE_STATUSES, Status
 ATTEMPTS_DIR = "attempts"  # <dir>/attempts/<leg>.<n>.log and .json: the earlier attempts of a resubmitted leg
 SCRIPT_MAX_BYTES = 1 << 20  # a batch script the cockpit wrote is a few KB
 # what a leg's or the prepare step's saved script sets of the options the cockpit sets itself
-_SCRIPT_SETS = {"job-name", "output", "error", "open-mode", "chdir", "ntasks-per-node", "ntasks", "no-requeue"}
+_SCRIPT_SETS = {
+    "job-name",
+    "output",
+    "error",
+    "open-mode",
+    "chdir",
+    "ntasks-per-node",
+    "ntasks",
+    "no-requeue",
+}
 
 
 def attempt_path(exp_dir: Path | str, leg: str, n: int, suffix: str) -> Path:
@@ -68,7 +77,9 @@ def check_script(exp_dir: Path, leg: str) -> Path:
     except FileNotFoundError:
         raise RunError(f"leg {leg}: no saved batch script {path} (was it launched on Slurm?)") from None
     except (OSError, UnicodeDecodeError) as e:
-        raise RunError(f"leg {leg}: cannot read {path}: {describe(e) if isinstance(e, OSError) else e}") from None
+        raise RunError(
+            f"leg {leg}: cannot read {path}: {describe(e) if isinstance(e, OSError) else e}"
+        ) from None
     except sbatch_opts.SbatchError as e:
         raise RunError(f"leg {leg}: {path} is not what the cockpit saved: {e}") from None
     got = {o.name: o.value for o in options}
@@ -76,11 +87,15 @@ def check_script(exp_dir: Path, leg: str) -> Path:
     want = {"job-name": job_name(exp_dir.name, leg), "output": log, "error": log, "open-mode": "append"}
     for key, value in want.items():
         if got.get(key) != value:
-            raise RunError(f"leg {leg}: {path} was changed (its --{key} is {got.get(key)!r}, not {value!r}): its job "
-                           "would not be the leg's; launch the leg again instead")
+            raise RunError(
+                f"leg {leg}: {path} was changed (its --{key} is {got.get(key)!r}, not {value!r}): its job "
+                "would not be the leg's; launch the leg again instead"
+            )
     if odd := sorted(k for k in got if k in COCKPIT_SBATCH and k not in _SCRIPT_SETS):
-        raise RunError(f"leg {leg}: {path} was changed (it sets --{odd[0]}, which the cockpit sets itself); "
-                       "launch the leg again instead")
+        raise RunError(
+            f"leg {leg}: {path} was changed (it sets --{odd[0]}, which the cockpit sets itself); "
+            "launch the leg again instead"
+        )
     return path
 
 
@@ -108,7 +123,10 @@ def _move(exp_dir: Path, src: Path, dst: Path) -> None:
         except OSError as e:
             if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK, errno.EXDEV):
                 raise
-            with fsutil.open_read(src, follow=False) as f, os.fdopen(fsutil.create_new(dst, root=exp_dir), "wb") as out:
+            with (
+                fsutil.open_read(src, follow=False) as f,
+                os.fdopen(fsutil.create_new(dst, root=exp_dir), "wb") as out,
+            ):
                 while chunk := f.read(1 << 20):
                     out.write(chunk)
         os.unlink(src.name, dir_fd=dfd)
@@ -160,15 +178,19 @@ class _Kept:
         return str(attempt_path(self.exp_dir, self.leg, self.n, ".log"))
 
 
-def resubmit(exp_dir: Path, legs: list[str], rerun: bool = False) -> list[tuple[slurm.SubmittedJob, str | None]]:
+def resubmit(
+    exp_dir: Path, legs: list[str], rerun: bool = False
+) -> list[tuple[slurm.SubmittedJob, str | None]]:
     """Submit the saved batch scripts of these legs of a Slurm dir again, as one chain in the
     plan's order, each with a fresh log (see the module's docstring). Returns each new job with
     where the leg's earlier attempt is kept (None when it had no log). RunError (one line) when
     anything refuses; then nothing is submitted and every attempt is where it was."""
     d = open_dir(exp_dir)
     if d.plan is None or d.plan.executor != slurm.NAME:
-        raise RunError(f"{exp_dir} was not launched on Slurm: a local leg runs again with "
-                       "`cockpit launch EXPERIMENT --legs LEG --rerun` (a fresh dir)")
+        raise RunError(
+            f"{exp_dir} was not launched on Slurm: a local leg runs again with "
+            "`cockpit launch EXPERIMENT --legs LEG --rerun` (a fresh dir)"
+        )
     names: list[str] = []
     for leg in legs:
         runs = [leg] if leg == PREPARE or leg in d.legs else d.runs(leg)
@@ -189,13 +211,26 @@ def resubmit(exp_dir: Path, legs: list[str], rerun: bool = False) -> list[tuple[
             k.keep()
         jobs = slurm.submit_chain(scripts, d.plan.on_failure, prepare=names[0] == PREPARE)
         for k, job in zip(kept, jobs, strict=True):
-            before = f"attempt {k.n} ({k.state.status}, Slurm job {k.state.job_id})" if k.state else f"attempt {k.n}"
+            before = (
+                f"attempt {k.n} ({k.state.status}, Slurm job {k.state.job_id})"
+                if k.state
+                else f"attempt {k.n}"
+            )
             k.recorded = True
-            write_state(exp_dir, LegState(
-                k.leg, Status.QUEUED, job_id=job.job_id, log=str(k.log),
-                note=f"attempt {k.n + 1}: resubmitted as Slurm job {job.job_id}; {before} kept in {ATTEMPTS_DIR}/"))
+            write_state(
+                exp_dir,
+                LegState(
+                    k.leg,
+                    Status.QUEUED,
+                    job_id=job.job_id,
+                    log=str(k.log),
+                    note=f"attempt {k.n + 1}: resubmitted as Slurm job {job.job_id}; {before} kept in {ATTEMPTS_DIR}/",
+                ),
+            )
             try:
-                os.unlink(stop_request_path(exp_dir, k.leg))  # the earlier attempt's: this one was not asked to stop
+                os.unlink(
+                    stop_request_path(exp_dir, k.leg)
+                )  # the earlier attempt's: this one was not asked to stop
             except FileNotFoundError:
                 pass
     except (OSError, SlurmError) as e:

@@ -113,9 +113,16 @@ def node_argv(cmd: LegCommand) -> list[str]:
     trainer's flags. `$SLURM_NNODES`, `$SLURM_JOB_ID`, `$rdzv_host` and `$rdzv_port` are the batch
     shell's variables, expanded when the job runs."""
     return [
-        cmd.torchrun, "--nnodes=$SLURM_NNODES", f"--nproc_per_node={int(cmd.nproc_per_node)}",
-        "--rdzv_id=$SLURM_JOB_ID", "--rdzv_backend=c10d", "--rdzv_endpoint=$rdzv_host:$rdzv_port",
-        "-m", cmd.module, "--", *cmd.args,
+        cmd.torchrun,
+        "--nnodes=$SLURM_NNODES",
+        f"--nproc_per_node={int(cmd.nproc_per_node)}",
+        "--rdzv_id=$SLURM_JOB_ID",
+        "--rdzv_backend=c10d",
+        "--rdzv_endpoint=$rdzv_host:$rdzv_port",
+        "-m",
+        cmd.module,
+        "--",
+        *cmd.args,
     ]
 
 
@@ -147,13 +154,17 @@ def render_batch_script(
     if int(settings.nodes) < 1 or int(cmd.nproc_per_node) < 1:
         raise SlurmError(f"leg {cmd.leg}: nodes and nproc_per_node must be at least 1")
     _sbatch_word("leg name", cmd.leg)  # it names a comment line and the log: one line, never empty
-    opts = [f"--nodes={int(settings.nodes)}",
-            "--ntasks-per-node=1"]  # one torchrun per node; it starts the node's nproc_per_node workers
+    opts = [
+        f"--nodes={int(settings.nodes)}",
+        "--ntasks-per-node=1",
+    ]  # one torchrun per node; it starts the node's nproc_per_node workers
     gpus = gpus_per_node(cmd, settings)
     if gpus > 0:
         opts.append(f"--gpus-per-node={gpus}")
-    lines = [f"# leg {cmd.leg}: a batch job of the nanochat cockpit; `cockpit resubmit DIR {cmd.leg}` runs it again"
-             " (a new job, a fresh log)"]
+    lines = [
+        f"# leg {cmd.leg}: a batch job of the nanochat cockpit; `cockpit resubmit DIR {cmd.leg}` runs it again"
+        " (a new job, a fresh log)"
+    ]
     lines += _job_head(settings, leg_log(exp_dir, cmd.leg), workdir, job_name, opts, cmd.env)
     # srun does not pass the job's --cpus-per-task on to its steps (Slurm 22.05+): say it again
     step_cpus = f" --cpus-per-task={int(settings.cpus_per_task)}" if settings.cpus_per_task else ""
@@ -165,7 +176,7 @@ def render_batch_script(
         "# torchrun's rendezvous lives on the first node of the allocation, at the address Slurm reaches it by",
         'head_node=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
         "head_addr=$(scontrol show node -o \"$head_node\" | tr ' ' '\\n' | sed -n 's/^NodeAddr=//p')",
-        'rdzv_host=${head_addr:-$head_node}',
+        "rdzv_host=${head_addr:-$head_node}",
         f"rdzv_port=$(({RDZV_PORT_BASE} + SLURM_JOB_ID % {RDZV_PORT_SPAN}))",
         "",
         f"exec srun --ntasks-per-node=1{step_cpus} --kill-on-bad-exit=1 \\",
@@ -177,8 +188,14 @@ def render_batch_script(
     return "\n".join(["#!/bin/bash", *lines])
 
 
-def _job_head(settings: SlurmSettings, log: Path, workdir: Path | str, job_name: str, opts: list[str],
-              env: tuple[tuple[str, str], ...]) -> list[str]:
+def _job_head(
+    settings: SlurmSettings,
+    log: Path,
+    workdir: Path | str,
+    job_name: str,
+    opts: list[str],
+    env: tuple[tuple[str, str], ...],
+) -> list[str]:
     """The lines every batch job of a launch starts with: its #SBATCH lines (its name, its log,
     the checkout, `opts`, the settings' resources, extra_args), the setup lines, the env."""
     pattern = output_pattern(str(log))
@@ -230,23 +247,33 @@ def render_prepare_script(
     `mark` (registry.Prepare.mark, under exp_root) is made before the step runs and removed only
     once it has ended well: a step that fails or is killed halfway leaves it, and the next launch
     does not trust what it left. Pure: reads nothing, writes nothing."""
-    if not argv or not creates or not all(isinstance(a, str) and a for a in [*argv, *creates, *([mark] if mark else [])]):
+    if (
+        not argv
+        or not creates
+        or not all(isinstance(a, str) and a for a in [*argv, *creates, *([mark] if mark else [])])
+    ):
         raise SlurmError(f"the plan's {PREPARE} step is not an argv and the paths it creates")
-    lines = [f"# the {PREPARE} step of a launch of the nanochat cockpit: it makes what the legs read, before them"]
-    lines += _job_head(settings, Path(exp_dir) / f"{PREPARE}.log", workdir, job_name, ["--nodes=1", "--ntasks=1"], env)
+    lines = [
+        f"# the {PREPARE} step of a launch of the nanochat cockpit: it makes what the legs read, before them"
+    ]
+    lines += _job_head(
+        settings, Path(exp_dir) / f"{PREPARE}.log", workdir, job_name, ["--nodes=1", "--ntasks=1"], env
+    )
     paths = " ".join(shlex.quote(c) for c in creates)
     trusted = f"[ ! -e {shlex.quote(mark)} ] && " if mark else ""
     lines += [
         f"export PYTHONPATH={shlex.quote(str(workdir))}${{PYTHONPATH:+:$PYTHONPATH}}",
         "",
-        "made() { for p in \"$@\"; do [ -e \"$p\" ] || [ -L \"$p\" ] || return 1; done; }",
-        f"if {trusted}made {paths}; then echo \"{PREPARE}: skipped, what it creates exists\"; exit 0; fi",
+        'made() { for p in "$@"; do [ -e "$p" ] || [ -L "$p" ] || return 1; done; }',
+        f'if {trusted}made {paths}; then echo "{PREPARE}: skipped, what it creates exists"; exit 0; fi',
     ]
     if mark:  # there until the step has ended well
-        lines += [f"mkdir -p {shlex.quote(str(Path(mark).parent))} && echo \"$SLURM_JOB_ID\" > {shlex.quote(mark)} || exit 1"]
+        lines += [
+            f'mkdir -p {shlex.quote(str(Path(mark).parent))} && echo "$SLURM_JOB_ID" > {shlex.quote(mark)} || exit 1'
+        ]
     lines += [
         shlex.join(argv),
-        f"for p in {paths}; do made \"$p\" || {{ echo \"{PREPARE}: exited 0 but did not create $p\" >&2; exit 1; }}; done",
+        f'for p in {paths}; do made "$p" || {{ echo "{PREPARE}: exited 0 but did not create $p" >&2; exit 1; }}; done',
         *([f"rm -f {shlex.quote(mark)}"] if mark else []),
         "",
     ]
@@ -285,8 +312,12 @@ def dependency_type(on_failure: OnFailure) -> str:
     return "afterok" if on_failure == "stop" else "afterany"
 
 
-def sbatch_argv(script: Path | str, after: str | None = None, on_failure: OnFailure = "stop",
-                prepared_by: str | None = None) -> list[str]:
+def sbatch_argv(
+    script: Path | str,
+    after: str | None = None,
+    on_failure: OnFailure = "stop",
+    prepared_by: str | None = None,
+) -> list[str]:
     """The sbatch command line of one job; `after` is the leg's job id it waits for, if any, and
     `prepared_by` the prepare step's, which it waits for to end well whatever on_failure says.
 
@@ -302,8 +333,12 @@ def sbatch_argv(script: Path | str, after: str | None = None, on_failure: OnFail
     return [*argv, str(script)]
 
 
-def submit(script: Path | str, after: str | None = None, on_failure: OnFailure = "stop",
-           prepared_by: str | None = None) -> tuple[str, list[str]]:
+def submit(
+    script: Path | str,
+    after: str | None = None,
+    on_failure: OnFailure = "stop",
+    prepared_by: str | None = None,
+) -> tuple[str, list[str]]:
     """Submit one batch script; its job id and the command line that submitted it."""
     argv = sbatch_argv(script, after, on_failure, prepared_by)
     proc = call(argv)
@@ -316,8 +351,9 @@ def submit(script: Path | str, after: str | None = None, on_failure: OnFailure =
     return job_id, argv
 
 
-def submit_chain(scripts: list[tuple[str, Path]], on_failure: OnFailure = "stop",
-                 prepare: bool = False) -> list[SubmittedJob]:
+def submit_chain(
+    scripts: list[tuple[str, Path]], on_failure: OnFailure = "stop", prepare: bool = False
+) -> list[SubmittedJob]:
     """Submit (leg, script) in order, each job depending on the one before it; with `prepare`,
     the first script is the prepare step's, and every leg also waits for it to end well.
 
@@ -380,13 +416,22 @@ def plan_chain(
     SlurmError on a bad setting."""
     dependency_type(on_failure)
     scripts = [
-        (c.leg, render_batch_script(c, settings, exp_dir, workdir, job_name(dir_name, c.leg))) for c in commands
+        (c.leg, render_batch_script(c, settings, exp_dir, workdir, job_name(dir_name, c.leg)))
+        for c in commands
     ]
     if prepare is not None:
         env = commands[0].env if commands else ()
         argv, creates, *rest = prepare
-        text = render_prepare_script(argv, creates, settings, exp_dir, workdir, job_name(dir_name, PREPARE), env,
-                                     rest[0] if rest else None)
+        text = render_prepare_script(
+            argv,
+            creates,
+            settings,
+            exp_dir,
+            workdir,
+            job_name(dir_name, PREPARE),
+            env,
+            rest[0] if rest else None,
+        )
         scripts.insert(0, (PREPARE, text))
     return ChainPlan(scripts, on_failure, prepare is not None)
 
@@ -398,7 +443,9 @@ def refusals(plan: ChainPlan) -> list[str]:
     for leg, text in plan.scripts:
         proc = call(["sbatch", "--test-only"], stdin=text)
         if proc.returncode != 0:
-            out.append(f"Slurm refuses leg {leg}: {last_line(proc.stderr) or last_line(proc.stdout) or 'no message'}")
+            out.append(
+                f"Slurm refuses leg {leg}: {last_line(proc.stderr) or last_line(proc.stdout) or 'no message'}"
+            )
     return out
 
 
@@ -415,10 +462,27 @@ def launch_chain(plan: ChainPlan, exp_dir: Path | str) -> list[SubmittedJob]:
 def chain_of(plan: Plan, exp_dir: Path | str) -> ChainPlan:
     """The chain of a plan (what launch.py writes as plan.json): every leg's script, rendered."""
     env = tuple(plan.env.items())
-    commands = [LegCommand(run.name, plan.torchrun or "torchrun", run.nproc_per_node, run.module or "",
-                           run.args, uses_gpus=run.uses_gpus, env=env) for run in plan.runs]
-    return plan_chain(commands, plan.slurm or SlurmSettings(), exp_dir, plan.cwd or str(exp_dir), Path(exp_dir).name,
-                      plan.on_failure, prepare_needed(plan, exp_dir))
+    commands = [
+        LegCommand(
+            run.name,
+            plan.torchrun or "torchrun",
+            run.nproc_per_node,
+            run.module or "",
+            run.args,
+            uses_gpus=run.uses_gpus,
+            env=env,
+        )
+        for run in plan.runs
+    ]
+    return plan_chain(
+        commands,
+        plan.slurm or SlurmSettings(),
+        exp_dir,
+        plan.cwd or str(exp_dir),
+        Path(exp_dir).name,
+        plan.on_failure,
+        prepare_needed(plan, exp_dir),
+    )
 
 
 def prepare_needed(plan: Plan, exp_dir: Path | str) -> tuple[list[str], list[str], str | None] | None:
@@ -440,12 +504,16 @@ def dry_run(plan: Plan, exp_dir: Path | str) -> list[str]:
     """What a launch would submit: each leg's batch script as it would be saved, then the sbatch
     command lines of the chain. Writes nothing."""
     chain = chain_of(plan, exp_dir)
-    out = [f"# executor: Slurm, one batch job per leg, chained {dependency_type(chain.on_failure)}; {PREFLIGHT}"]
+    out = [
+        f"# executor: Slurm, one batch job per leg, chained {dependency_type(chain.on_failure)}; {PREFLIGHT}"
+    ]
     if (prep := prepare_needed(plan, exp_dir)) is not None:
         missing = ", ".join(c for c in prep[1] if not os.path.lexists(c))
         why = f"{missing} missing" if missing else f"its last run did not end well: {prep[2]} is there"
-        out.append(f"# {PREPARE}, first ({why}): the chain's first job runs `{shlex.join(prep[0])}`; "
-                   "every leg waits for it to end well (afterok)")
+        out.append(
+            f"# {PREPARE}, first ({why}): the chain's first job runs `{shlex.join(prep[0])}`; "
+            "every leg waits for it to end well (afterok)"
+        )
     elif plan.prepare is not None:
         out.append(f"# {PREPARE}: skipped, what it creates exists")
     for leg, text in chain.scripts:
@@ -453,8 +521,14 @@ def dry_run(plan: Plan, exp_dir: Path | str) -> list[str]:
     return [*out, "", *chain.argv_lines(exp_dir)]
 
 
-def start(exp_dir: Path, plan: Plan, lock_fd: int | None = None, foreground: bool = False,
-          grace_s: float | None = None, echo: Callable[[str], None] | None = None) -> None:
+def start(
+    exp_dir: Path,
+    plan: Plan,
+    lock_fd: int | None = None,
+    foreground: bool = False,
+    grace_s: float | None = None,
+    echo: Callable[[str], None] | None = None,
+) -> None:
     """Submit the dir's planned legs as one chain and record each leg's job id in its state.
 
     Each leg's log is created new first (the job appends to that very file), then the scripts are
@@ -476,20 +550,40 @@ def start(exp_dir: Path, plan: Plan, lock_fd: int | None = None, foreground: boo
         raise RunError(f"cannot prepare the legs' files in {exp_dir}: {describe(e)}") from None
     try:
         if plan.prepare is not None and not chain.prepare:  # as a supervisor records it
-            write_state(exp_dir, LegState(PREPARE, Status.DONE, note="skipped: what it creates exists",
-                                          log=str(leg_log(exp_dir, PREPARE)), ended_at=now_iso()))
+            write_state(
+                exp_dir,
+                LegState(
+                    PREPARE,
+                    Status.DONE,
+                    note="skipped: what it creates exists",
+                    log=str(leg_log(exp_dir, PREPARE)),
+                    ended_at=now_iso(),
+                ),
+            )
         for job in jobs:
-            write_state(exp_dir, LegState(
-                job.leg, Status.QUEUED, job_id=job.job_id, log=str(leg_log(exp_dir, job.leg)),
-                note=f"submitted as Slurm job {job.job_id}" + (
-                    ": the chain's first job, the legs wait for it" if job.leg == PREPARE and chain.prepare
-                    else f"; {PREFLIGHT}")))
+            write_state(
+                exp_dir,
+                LegState(
+                    job.leg,
+                    Status.QUEUED,
+                    job_id=job.job_id,
+                    log=str(leg_log(exp_dir, job.leg)),
+                    note=f"submitted as Slurm job {job.job_id}"
+                    + (
+                        ": the chain's first job, the legs wait for it"
+                        if job.leg == PREPARE and chain.prepare
+                        else f"; {PREFLIGHT}"
+                    ),
+                ),
+            )
     except OSError as e:
         try:
             cancel([j.job_id for j in jobs])
         except SlurmError:
             pass  # the state error is the one to report
-        raise RunError(f"jobs cancelled: their states could not be recorded in {exp_dir}: {describe(e)}") from None
+        raise RunError(
+            f"jobs cancelled: their states could not be recorded in {exp_dir}: {describe(e)}"
+        ) from None
     if foreground:
         follow(exp_dir, echo or (lambda line: print(safetext.oneline(line), flush=True)))
 
@@ -510,7 +604,9 @@ def follow(exp_dir: Path, echo: Callable[[str], None], poll_s: float = FOLLOW_PO
         time.sleep(poll_s)
 
 
-def stop(exp_dir: Path, leg: str | None = None, grace_s: float | None = None, wait_s: float | None = None) -> None:
+def stop(
+    exp_dir: Path, leg: str | None = None, grace_s: float | None = None, wait_s: float | None = None
+) -> None:
     """Cancel a leg and the rest of its chain (no leg: the whole chain) through scancel, and wait
     until squeue lists none of their jobs: the scheduler has then ended their processes on every
     node. Each cancelled leg first gets its stop request (`state/<leg>.stop`), so whoever reads
@@ -518,9 +614,11 @@ def stop(exp_dir: Path, leg: str | None = None, grace_s: float | None = None, wa
     is queued or running there, or the scheduler refuses."""
     del grace_s  # the scheduler's KillWait is the grace period between SIGTERM and SIGKILL
     d = open_dir(exp_dir)
-    names = d.legs[d.legs.index(leg):] if leg is not None else d.legs
+    names = d.legs[d.legs.index(leg) :] if leg is not None else d.legs
     states = [d.states[n] for n in names if n in d.states and d.states[n].job_id]
-    if leg is None and d.prepare is not None and d.prepare.job_id:  # the chain's first job: the legs wait for it
+    if (
+        leg is None and d.prepare is not None and d.prepare.job_id
+    ):  # the chain's first job: the legs wait for it
         states.insert(0, d.prepare)
     unknown = [f"leg {s.leg}: {s.note}" for s in states if s.status == Status.UNKNOWN]
     targets = [s for s in states if s.active]
@@ -530,8 +628,11 @@ def stop(exp_dir: Path, leg: str | None = None, grace_s: float | None = None, wa
         raise RunError(f"nothing queued or running on Slurm in {exp_dir}")
     for s in targets:
         try:
-            fsutil.atomic_write_json(stop_request_path(exp_dir, s.leg), {"requested_at": now_iso(), "job_id": s.job_id},
-                                     root=exp_dir)
+            fsutil.atomic_write_json(
+                stop_request_path(exp_dir, s.leg),
+                {"requested_at": now_iso(), "job_id": s.job_id},
+                root=exp_dir,
+            )
         except OSError as e:
             raise RunError(f"cannot write the stop request: {describe(e)}") from None
     try:

@@ -110,7 +110,6 @@ class LineSplitter:
             self.partial += data
 
 
-
 class LogFollower:
     """Reads only the new bytes of a growing log at each `poll()`.
 

@@ -54,12 +54,17 @@ def line(s: LegSummary, tail: int) -> str:
     tok/s is the tail mean, said with how many steps it rests on while the window is not full."""
     if s.last_step is None:
         return "no step lines yet"
-    parts = [f"step {step_text(s.last_step, s.total_steps)}" + (f" ({pct_text(s.pct)})" if s.pct is not None else "")]
+    parts = [
+        f"step {step_text(s.last_step, s.total_steps)}"
+        + (f" ({pct_text(s.pct)})" if s.pct is not None else "")
+    ]
     if s.last_loss is not None:
         parts.append(f"loss {s.last_loss:.4f}")
     if s.tok_per_sec is not None:
-        parts.append(f"{s.tok_per_sec:,.0f} tok/s" + (f" ({tail_text(s.tail_n, tail)})" if short_tail(s.tail_n, tail)
-                                                      else ""))
+        parts.append(
+            f"{s.tok_per_sec:,.0f} tok/s"
+            + (f" ({tail_text(s.tail_n, tail)})" if short_tail(s.tail_n, tail) else "")
+        )
     else:
         parts.append("tok/s n/a")
     parts.append(f"ETA {eta_text(s.eta_min)}" if s.eta_min is not None else "ETA n/a")

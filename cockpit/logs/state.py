@@ -22,8 +22,19 @@ from cockpit.logs.lines import FinalLine, MoeLine, SetupLine, StepLine, ValLine,
 from cockpit.vocab import DEFAULT_TAIL
 
 STEP_FIELDS = (
-    "step", "total", "pct", "loss", "bal", "lrm", "dt_ms", "tok_per_sec", "mfu", "epoch",
-    "total_time_min", "eta_min", "drop_pct",
+    "step",
+    "total",
+    "pct",
+    "loss",
+    "bal",
+    "lrm",
+    "dt_ms",
+    "tok_per_sec",
+    "mfu",
+    "epoch",
+    "total_time_min",
+    "eta_min",
+    "drop_pct",
 )
 INT_FIELDS = ("step", "total", "epoch")  # the others are floats
 

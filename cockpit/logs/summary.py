@@ -74,10 +74,18 @@ class LegSummary:
     @property
     def figures(self) -> Figures:
         """Its figures as a report has them: speed and routing as tail means, the last loss."""
-        return Figures(tok_per_sec=self.tok_per_sec, dt_ms=self.dt_ms, mfu=self.mfu, peak_mem_mib=self.peak_mem_mib,
-                       total_time_min=self.total_time_min, min_val_bpb=self.min_val_bpb,
-                       last_val_bpb=self.last_val_bpb, final_loss=self.last_loss, drop_pct=self.tail_drop_pct,
-                       bal=self.tail_bal)
+        return Figures(
+            tok_per_sec=self.tok_per_sec,
+            dt_ms=self.dt_ms,
+            mfu=self.mfu,
+            peak_mem_mib=self.peak_mem_mib,
+            total_time_min=self.total_time_min,
+            min_val_bpb=self.min_val_bpb,
+            last_val_bpb=self.last_val_bpb,
+            final_loss=self.last_loss,
+            drop_pct=self.tail_drop_pct,
+            bal=self.tail_bal,
+        )
 
 
 def summarize(path: str | os.PathLike[str], tail: int = DEFAULT_TAIL, now: float | None = None) -> LegSummary:
@@ -211,7 +219,9 @@ def _in_window(line: bytes) -> bool:
     return _step_of(line) not in (None, 0)
 
 
-def _lines_backwards(f, end: int, need: bytes | None = None, max_line: int = MAX_LINE_BYTES, chunk: int = READ_CHUNK):
+def _lines_backwards(
+    f, end: int, need: bytes | None = None, max_line: int = MAX_LINE_BYTES, chunk: int = READ_CHUNK
+):
     """The non-empty lines of the file before byte `end`, newest first, as (start, bytes).
 
     Lines end at `\\n` or `\\r` and are cut to their first `max_line` bytes, as LineSplitter
@@ -381,7 +391,11 @@ def _fill(s: LegSummary, state: LogState, now: float | None, whole: bool = True)
         s.status = RunStatus.FAILED
     elif s.finished:
         s.status = RunStatus.COMPLETED
-    elif last is not None and s.mtime is not None and (time.time() if now is None else now) - s.mtime < RUNNING_STALE_S:
+    elif (
+        last is not None
+        and s.mtime is not None
+        and (time.time() if now is None else now) - s.mtime < RUNNING_STALE_S
+    ):
         s.status = RunStatus.RUNNING
     else:
         s.status = RunStatus.UNKNOWN

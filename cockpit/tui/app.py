@@ -41,8 +41,12 @@ class CockpitApp(App[None]):
         `refresh_s`: the most often the screen gets a new view; `poll_s`: how often logs are read."""
         super().__init__()
         self.main_screen = MainScreen(
-            Collector(registry_path, sampler=sampler, branch=branch, clock=clock, max_log_lines=max_log_lines),
-            poll_s=poll_s, refresh_s=refresh_s, max_log_lines=max_log_lines,
+            Collector(
+                registry_path, sampler=sampler, branch=branch, clock=clock, max_log_lines=max_log_lines
+            ),
+            poll_s=poll_s,
+            refresh_s=refresh_s,
+            max_log_lines=max_log_lines,
         )
         self.quit_message: str | None = None
         self.notes: deque[tuple[str, str]] = deque(maxlen=200)  # (title, message) of every notification

@@ -94,9 +94,17 @@ class Collector:
     # ------------------------------------------------------------------------------------------
     # the worker's loop
 
-    def run(self, post: Callable[[Message], object], cancelled: Callable[[], bool], period: float = 0.25,
-            post_every: float = 0.5, state_every: float = 10.0, gpu_every: float = 1.0,
-            live_every: float = 0.5, report_every: float = 2.0) -> None:
+    def run(
+        self,
+        post: Callable[[Message], object],
+        cancelled: Callable[[], bool],
+        period: float = 0.25,
+        post_every: float = 0.5,
+        state_every: float = 10.0,
+        gpu_every: float = 1.0,
+        live_every: float = 0.5,
+        report_every: float = 2.0,
+    ) -> None:
         """Until stopped (or `cancelled()`): follow the logs every `period`; recompute the live rows and the GPUs at
         most every `live_every`; recompute the whole state (dirs, marks, next leg, report) when the
         experiment dirs or the registry change on disk (a cheap stat fingerprint, every pass),
@@ -190,8 +198,13 @@ class Collector:
         view, registry, req = self.view, self.registry, self.request
         if view is None or registry is None:
             return
-        self.report = build.build_report(registry, view, req.report_exp, req.report_dir,
-                                         self._state.dirs if self._state is not None else None)
+        self.report = build.build_report(
+            registry,
+            view,
+            req.report_exp,
+            req.report_dir,
+            self._state.dirs if self._state is not None else None,
+        )
 
     def poke(self) -> None:
         """Recompute now (after a launch, a stop, a selection). Called from the UI thread."""
@@ -246,13 +259,24 @@ class Collector:
             self.view, self.report = None, None
             return
         dirs = expdir.discover(registry.settings.exp_root)
-        slurm_record.record_jobs(dirs)  # writes: what the scheduler said of Slurm legs, report.md of one ended
+        slurm_record.record_jobs(
+            dirs
+        )  # writes: what the scheduler said of Slurm legs, report.md of one ended
         view, self._state, self._running = build.build_view(
-            registry, self._snapshot, self.sampler, self.branch(), self.clock().timestamp(),
-            {k: f.state for k, f in self.followed.items()}, dirs)
+            registry,
+            self._snapshot,
+            self.sampler,
+            self.branch(),
+            self.clock().timestamp(),
+            {k: f.state for k, f in self.followed.items()},
+            dirs,
+        )
         self._slurm_active = any(m.job for m in self._state.active)
         req = self.request
-        self.view, self.report = view, build.build_report(registry, view, req.report_exp, req.report_dir, self._state.dirs)
+        self.view, self.report = (
+            view,
+            build.build_report(registry, view, req.report_exp, req.report_dir, self._state.dirs),
+        )
 
     def refresh_live(self) -> None:
         """Between two full passes: the live rows from the followed logs, and the GPUs."""
@@ -260,11 +284,17 @@ class Collector:
         if view is None or registry is None or state is None:
             return
         followed = {k: f.state for k, f in self.followed.items()}
-        live = tuple(build.live_view(state, m, followed.get(f"{m.dir}/{m.log_name}")) for m in state.running if m.dir)
+        live = tuple(
+            build.live_view(state, m, followed.get(f"{m.dir}/{m.log_name}")) for m in state.running if m.dir
+        )
         gpu = view.gpu
         if self._snapshot is not None:
-            gpu = build.gpu_view(self._snapshot, build.gpu_status(registry, self._snapshot),
-                                 build.owners(self._snapshot, self._running), self.sampler)
+            gpu = build.gpu_view(
+                self._snapshot,
+                build.gpu_status(registry, self._snapshot),
+                build.owners(self._snapshot, self._running),
+                self.sampler,
+            )
         self.view = dataclasses.replace(view, live=live, gpu=gpu)
 
     # ------------------------------------------------------------------------------------------
@@ -300,5 +330,10 @@ class Collector:
         except OSError:
             size = 0
         offset = max(0, size - FOLLOW_TAIL_BYTES)
-        return Followed(key, path, logs.LogFollower(path, offset=offset),
-                        logs.LogState(tail=tail, keep_steps=HIST), skip_partial=offset > 0)
+        return Followed(
+            key,
+            path,
+            logs.LogFollower(path, offset=offset),
+            logs.LogState(tail=tail, keep_steps=HIST),
+            skip_partial=offset > 0,
+        )

@@ -28,7 +28,11 @@ class BindingCommands(Provider):
         for b in screen.BINDINGS:
             if not isinstance(b, Binding) or b.system or b.description in taken:
                 continue
-            help_text = f"{b.tooltip} (key: {app.get_key_display(b)})" if b.tooltip else f"key: {app.get_key_display(b)}"
+            help_text = (
+                f"{b.tooltip} (key: {app.get_key_display(b)})"
+                if b.tooltip
+                else f"key: {app.get_key_display(b)}"
+            )
             yield b.description, escape(help_text), partial(screen.run_action, b.action)
 
     async def discover(self) -> Hits:

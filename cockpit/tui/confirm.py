@@ -39,8 +39,15 @@ class ConfirmScreen(ModalScreen[str | None]):
         Binding("escape,n", "answer(None)", "Cancel"),
     ]
 
-    def __init__(self, title: str, body: Text | str, confirm_label: str = "Launch", confirm_key: str = "y",
-                 danger: bool = False, more: Sequence[Choice] = ()) -> None:
+    def __init__(
+        self,
+        title: str,
+        body: Text | str,
+        confirm_label: str = "Launch",
+        confirm_key: str = "y",
+        danger: bool = False,
+        more: Sequence[Choice] = (),
+    ) -> None:
         """The first choice is `confirm_label [confirm_key]`, answering "yes"; `more` adds others."""
         super().__init__()
         self.title_text = title
@@ -63,8 +70,11 @@ class ConfirmScreen(ModalScreen[str | None]):
                 yield Static(self.body)
             with Horizontal(id="confirm-buttons"):
                 for i, c in enumerate(self.choices):
-                    yield Button(Content(f"{c.label} [{c.key}]"), id="confirm-yes" if i == 0 else f"confirm-{i}",
-                                 variant="error" if self.danger else "primary" if i == 0 else "default")
+                    yield Button(
+                        Content(f"{c.label} [{c.key}]"),
+                        id="confirm-yes" if i == 0 else f"confirm-{i}",
+                        variant="error" if self.danger else "primary" if i == 0 else "default",
+                    )
                 yield Button(Content(f"Cancel {CANCEL_KEYS}"), id="confirm-no")
 
     def on_mount(self) -> None:
@@ -80,7 +90,9 @@ class ConfirmScreen(ModalScreen[str | None]):
         box = self.query_one("#confirm-box")
         title, buttons = self.query_one("#confirm-title"), self.query_one("#confirm-buttons")
         frame = box.outer_size.height - box.content_region.height  # border and padding
-        taken = sum(w.outer_size.height + w.styles.margin.top + w.styles.margin.bottom for w in (title, buttons))
+        taken = sum(
+            w.outer_size.height + w.styles.margin.top + w.styles.margin.bottom for w in (title, buttons)
+        )
         room = int(self.size.height * BOX_HEIGHT) - frame - taken
         self.query_one("#confirm-body").styles.max_height = max(3, room)
 
@@ -91,8 +103,10 @@ class ConfirmScreen(ModalScreen[str | None]):
             self.dismiss(choice.value)
         elif event.key == "y":  # a done leg: the reflexive `y` does not re-run it
             event.stop()
-            self.notify(f"this needs an explicit [{self.confirm_key}] ({self.confirm_label}); [n/esc] cancels",
-                        severity="warning")
+            self.notify(
+                f"this needs an explicit [{self.confirm_key}] ({self.confirm_label}); [n/esc] cancels",
+                severity="warning",
+            )
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         ids = {("confirm-yes" if i == 0 else f"confirm-{i}"): c.value for i, c in enumerate(self.choices)}

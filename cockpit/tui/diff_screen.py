@@ -41,15 +41,22 @@ class DiffScreen(ModalScreen[None]):
         self.baseline = baseline
         # the baseline first, then the leg's own experiment, then the others
         others = [x for e in registry.experiments for x in e.legs if leg_ref(x) != leg_ref(leg)]
-        others.sort(key=lambda x: (baseline is None or leg_ref(x) != leg_ref(baseline), x.experiment != leg.experiment))
+        others.sort(
+            key=lambda x: (
+                baseline is None or leg_ref(x) != leg_ref(baseline),
+                x.experiment != leg.experiment,
+            )
+        )
         self.others = others
 
     def compose(self) -> ComposeResult:
         with Vertical(id="diff-box"):
             yield Static(id="diff-title")
             with Horizontal(id="diff-body"):
-                options = [Option(Text(leg_ref(x) + ("  (baseline)" if x is self.baseline else "")), id=str(i))
-                           for i, x in enumerate(self.others)]
+                options = [
+                    Option(Text(leg_ref(x) + ("  (baseline)" if x is self.baseline else "")), id=str(i))
+                    for i, x in enumerate(self.others)
+                ]
                 yield OptionList(*options, id="diff-legs")
                 yield DataTable(id="diff-table", cursor_type="row", zebra_stripes=True)
             yield Static(Text("↑↓ compare with another leg   esc close", style="dim"), id="diff-keys")
@@ -81,8 +88,10 @@ class DiffScreen(ModalScreen[None]):
         if other is self.baseline:
             title.append(" (its baseline)", style="italic")
         rows = self.registry.leg_diff(self.leg, other) or []
-        title.append(f": {len(rows)} flag{'s' if len(rows) != 1 else ''}" if rows else ": none, the same command",
-                     style="bold yellow" if rows else "green")
+        title.append(
+            f": {len(rows)} flag{'s' if len(rows) != 1 else ''}" if rows else ": none, the same command",
+            style="bold yellow" if rows else "green",
+        )
         self.query_one("#diff-title", Static).update(title)
         cells = [(Text(f"--{d.flag}"), value_text(d.run, ""), value_text(d.base, "cyan")) for d in rows]
         heads = (Text("flag"), Text(self.leg.name, style="bold"), Text(other.name, style="bold cyan"))

@@ -110,7 +110,11 @@ class ExperimentTree(Tree[Selection]):
 
     def watch_experiments(self, experiments: tuple[ExperimentView, ...]) -> None:
         shape = tuple(
-            (e.id, tuple(leg.name for leg in e.legs), tuple((d.path, tuple(x.name for x in d.legs)) for d in e.dirs))
+            (
+                e.id,
+                tuple(leg.name for leg in e.legs),
+                tuple((d.path, tuple(x.name for x in d.legs)) for d in e.dirs),
+            )
             for e in experiments
         )
         if shape != self._shape:
@@ -124,7 +128,9 @@ class ExperimentTree(Tree[Selection]):
             for d in exp.dirs:
                 self._relabel(Selection("dir", exp.id, exp_dir=d.path), dir_label(d))
                 for x in d.legs:
-                    self._relabel(Selection("dirleg", exp.id, x.name, d.path), dirleg_label(x.status, x.name, x.job))
+                    self._relabel(
+                        Selection("dirleg", exp.id, x.name, d.path), dirleg_label(x.status, x.name, x.job)
+                    )
 
     def _relabel(self, sel: Selection, label: Text) -> None:
         node = self._by_sel.get(sel)

@@ -26,7 +26,13 @@ from cockpit.vocab import DEFAULT_TAIL, HIGHER_IS_BETTER, METRICS, QUALITY, Mark
 
 FIGURES = (*METRICS, *QUALITY)  # the report's two tables, side by side
 # Which way is better for the quality figures that have a delta: less bpb, loss and dropping.
-BETTER = {**HIGHER_IS_BETTER, "min_val_bpb": False, "last_val_bpb": False, "final_loss": False, "drop_pct": False}
+BETTER = {
+    **HIGHER_IS_BETTER,
+    "min_val_bpb": False,
+    "last_val_bpb": False,
+    "final_loss": False,
+    "drop_pct": False,
+}
 
 
 def columns(tail: int) -> tuple[str, ...]:
@@ -119,8 +125,11 @@ class FinalPane(VerticalScroll, can_focus=False):
     def watch_report(self, report: ReportView | None) -> None:
         head, notes = self.query_one("#final-head", Static), self.query_one("#final-notes", Static)
         self.border_title = f"Final metrics: {report.title}" if report else "Final metrics"
-        self.border_subtitle = ("colour: significant only, green better, red worse; within noise dim"
-                                if report is not None and report.baseline_label else "")
+        self.border_subtitle = (
+            "colour: significant only, green better, red worse; within noise dim"
+            if report is not None and report.baseline_label
+            else ""
+        )
         text = Text()
         if report is not None:
             text.append(report.head or "", style="dim")
@@ -163,5 +172,10 @@ class FinalPane(VerticalScroll, can_focus=False):
 
 
 def status_style(status: str) -> str:
-    return {RunStatus.COMPLETED: "green", Mark.DONE: "green", Mark.RECORDED: "green", Mark.RUNNING: "cyan",
-            Mark.FAILED: "bold red"}.get(status, "yellow")
+    return {
+        RunStatus.COMPLETED: "green",
+        Mark.DONE: "green",
+        Mark.RECORDED: "green",
+        Mark.RUNNING: "cyan",
+        Mark.FAILED: "bold red",
+    }.get(status, "yellow")

@@ -13,16 +13,19 @@ SPARK = "▁▂▃▄▅▆▇█"
 DASH = "-"
 
 
-def spark(values: Iterable[float | None], width: int = 16, lo: float | None = None,
-          hi: float | None = None) -> str:
+def spark(
+    values: Iterable[float | None], width: int = 16, lo: float | None = None, hi: float | None = None
+) -> str:
     """The last `width` values as a block sparkline scaled to their own min..max, or to a fixed
     `lo`..`hi` (utilization 0..100 %, memory 0..total: a flat line then reads as its level)."""
     vals = [v for v in values if v is not None][-width:]
     if not vals:
         return ""
     if lo is not None and hi is not None and hi > lo:
-        return "".join(SPARK[max(0, min(len(SPARK) - 1, int((v - lo) / (hi - lo) * (len(SPARK) - 1) + 0.5)))]
-                       for v in vals)
+        return "".join(
+            SPARK[max(0, min(len(SPARK) - 1, int((v - lo) / (hi - lo) * (len(SPARK) - 1) + 0.5)))]
+            for v in vals
+        )
     lo, hi = min(vals), max(vals)
     span = hi - lo
     if span <= 0:

@@ -93,12 +93,18 @@ class GpuPanel(Static):
         fixed = 51 + proc_w  # index 3, util 14, memory 20, temp 6, power 8, processes
         spark_w = max(SPARK_MIN, min(SPARK_MAX, (self.frame_width() - fixed) // len(HISTORIES) - 2))
         out = Text(no_wrap=True, overflow="crop")
-        out.append(f"{'#':>2} {'util':<14}{'memory':<20}{'temp':>6}{'power':>6}  {'processes':<{proc_w}}",
-                   style="dim")
+        out.append(
+            f"{'#':>2} {'util':<14}{'memory':<20}{'temp':>6}{'power':>6}  {'processes':<{proc_w}}",
+            style="dim",
+        )
         for head, _, _ in HISTORIES:
             out.append(f"  {head:<{spark_w}}", style="dim")
         for g, proc in zip(rows, procs, strict=True):
-            mem_pct = 100.0 * g.mem_used_mib / g.mem_total_mib if g.mem_used_mib is not None and g.mem_total_mib else None
+            mem_pct = (
+                100.0 * g.mem_used_mib / g.mem_total_mib
+                if g.mem_used_mib is not None and g.mem_total_mib
+                else None
+            )
             busy = (g.util_pct or 0) > 5 or (mem_pct or 0) > 5
             out.append("\n")
             out.append(f"{g.index:>2} ", style="bold")
@@ -111,7 +117,11 @@ class GpuPanel(Static):
             out.append(proc.ljust(proc_w), style="bold cyan" if g.leg else "dim")
             # fixed scales (a flat line then reads as its level): power up to the GPU's enforced
             # limit; where NVML does not give the limit, power is scaled to its own range
-            scales = {"util_hist": (0.0, 100.0), "mem_hist": (0.0, g.mem_total_mib), "temp_hist": TEMP_SCALE_C}
+            scales = {
+                "util_hist": (0.0, 100.0),
+                "mem_hist": (0.0, g.mem_total_mib),
+                "temp_hist": TEMP_SCALE_C,
+            }
             if g.power_limit_w:
                 scales["power_hist"] = (0.0, g.power_limit_w)
             for _, field, style in HISTORIES:
@@ -126,7 +136,11 @@ class GpuPanel(Static):
         out.append((gpu.reason or "no GPUs found") + "\n", style="yellow")
         h = gpu.host
         if h is not None:
-            ram_pct = 100.0 * h.ram_used_mib / h.ram_total_mib if h.ram_used_mib is not None and h.ram_total_mib else None
+            ram_pct = (
+                100.0 * h.ram_used_mib / h.ram_total_mib
+                if h.ram_used_mib is not None and h.ram_total_mib
+                else None
+            )
             out.append("host cpu ", style="bold")
             out.append(fmt.bar(h.cpu_pct, 10), style="green")
             out.append(f" {fmt.pct(h.cpu_pct, 0):>4}  ")

@@ -21,7 +21,9 @@ class CockpitHeader(Static):
         if h is None:
             text = Text(no_wrap=True, overflow="ellipsis")
             text.append(" cockpit ", style="bold reverse")
-            text.append("  " + (self.error or "loading the registry..."), style="bold red" if self.error else "dim")
+            text.append(
+                "  " + (self.error or "loading the registry..."), style="bold red" if self.error else "dim"
+            )
             return text
         return headline_text(h, self.size.width)
 

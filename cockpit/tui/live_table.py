@@ -22,8 +22,24 @@ from cockpit.vocab import DEFAULT_TAIL, Verdict
 
 SPARK_WIDTH = 16
 # the delta and its verdict right after the tail mean they judge; routing (MoE legs) after them
-COLUMNS = ("leg", "step", "%", "loss", "dt (ms)", "tok/sec", "mfu", "tail tok/sec", "eta", "Δ base", "verdict",
-           "drop %", "bal", "baseline", "tok/sec", "loss")
+COLUMNS = (
+    "leg",
+    "step",
+    "%",
+    "loss",
+    "dt (ms)",
+    "tok/sec",
+    "mfu",
+    "tail tok/sec",
+    "eta",
+    "Δ base",
+    "verdict",
+    "drop %",
+    "bal",
+    "baseline",
+    "tok/sec",
+    "loss",
+)
 
 
 class LiveTable(DataTable):
@@ -41,9 +57,11 @@ class LiveTable(DataTable):
             self.add_column(c, width=SPARK_WIDTH if i >= len(COLUMNS) - 2 else None)
 
     def watch_tail(self, tail: int) -> None:
-        self.border_subtitle = (f"tail = last {tail} steps; Δ base = tail tok/sec vs the baseline of the leg's dir, "
-                                f"±95% interval and verdict once {tail} steps are in (a shorter run: all of it); "
-                                "coloured only when significant")
+        self.border_subtitle = (
+            f"tail = last {tail} steps; Δ base = tail tok/sec vs the baseline of the leg's dir, "
+            f"±95% interval and verdict once {tail} steps are in (a shorter run: all of it); "
+            "coloured only when significant"
+        )
 
     def watch_live(self, old: tuple[LiveView, ...], live: tuple[LiveView, ...]) -> None:
         self.border_title = "Live metrics" if live else "Live metrics: no leg running"
@@ -52,7 +70,9 @@ class LiveTable(DataTable):
             for r, (was, now) in enumerate(zip(old, live, strict=True)):  # the same legs: changed cells only
                 if was == now:
                     continue
-                for c, (a, b) in enumerate(zip(self.row(now, self.tail), self.row(was, self.tail), strict=True)):
+                for c, (a, b) in enumerate(
+                    zip(self.row(now, self.tail), self.row(was, self.tail), strict=True)
+                ):
                     if a != b:
                         self.update_cell_at(Coordinate(r, c), a, update_width=True)
             return
@@ -79,14 +99,16 @@ class LiveTable(DataTable):
             fmt.num(v.figures.dt_ms, 1),
             fmt.num(v.figures.tok_per_sec, 0, comma=True),
             fmt.num(v.figures.mfu, 2),
-            fmt.num(v.tail_tok_per_sec, 0, comma=True) + (f" ({v.tail_n} of {tail})" if progress.short_tail(v.tail_n, tail)
-                                                           else ""),
+            fmt.num(v.tail_tok_per_sec, 0, comma=True)
+            + (f" ({v.tail_n} of {tail})" if progress.short_tail(v.tail_n, tail) else ""),
             progress.eta_text(v.eta_min),
             Text(delta, style=dstyle),
             Text(verdict, style=f"bold {dstyle}" if v.verdict == Verdict.SIGNIFICANT else "dim"),
             fmt.num(v.figures.drop_pct, 2),
             fmt.num(v.figures.bal, 4),
-            Text(v.baseline_problem, style="yellow") if v.baseline_problem else Text(v.baseline_label or "-", style="italic"),
+            Text(v.baseline_problem, style="yellow")
+            if v.baseline_problem
+            else Text(v.baseline_label or "-", style="italic"),
             Text(fmt.spark(v.tok_hist, SPARK_WIDTH), style="green"),
             Text(fmt.spark(v.loss_hist, SPARK_WIDTH), style="yellow"),
         )

@@ -137,8 +137,9 @@ class LogPanes(TabbedContent):
         at = list(self._ids).index(key) + 1 if key in self._ids else 0
         where = f"tab {at} of {n}" if at else f"{n} tabs"
         hidden = " ".join(x for x in (f"◂{left}" if left else "", f"{right}▸" if right else "") if x)
-        self.border_subtitle = f"{where}" + (f" ({hidden} out of sight)" if hidden else "") + "  [ ] switch" \
-            if n > 1 else ""
+        self.border_subtitle = (
+            f"{where}" + (f" ({hidden} out of sight)" if hidden else "") + "  [ ] switch" if n > 1 else ""
+        )
 
     @property
     def keys(self) -> list[str]:

@@ -97,7 +97,7 @@ class LogText(ScrollView, can_focus=True):
         start = self.first + len(self._lines)  # the number of new[0]
         if len(new) > self.max_lines:  # more than the view keeps: the oldest are never kept
             start += len(new) - self.max_lines
-            new = new[-self.max_lines:]
+            new = new[-self.max_lines :]
         self._lines.extend(new)
         widths = [cell_len(x) for x in new]
         self._widths.extend(widths)
@@ -136,8 +136,11 @@ class LogText(ScrollView, can_focus=True):
     def set_search(self, text: str | None) -> None:
         """Highlight `text`; the current match becomes the newest line that has it."""
         self.search = text.lower() if text else None
-        self.matches = [self.first + i for i, x in enumerate(self._lines) if self.search in x.lower()] \
-            if self.search else []
+        self.matches = (
+            [self.first + i for i, x in enumerate(self._lines) if self.search in x.lower()]
+            if self.search
+            else []
+        )
         self.current = None
         self._cache.clear()
         self.refresh()
@@ -314,7 +317,9 @@ class LogText(ScrollView, can_focus=True):
                 at += max(1, n)
         if selection is not None and (span := selection.get_span(row_y)) is not None:
             a, b = span
-            text.stylize(self.screen.get_component_rich_style("screen--selection"), a, len(piece) if b == -1 else b)
+            text.stylize(
+                self.screen.get_component_rich_style("screen--selection"), a, len(piece) if b == -1 else b
+            )
         strip = Strip(text.render(self.app.console), cell_len(piece))
         if selection is None:
             self._cache[key] = strip

@@ -25,7 +25,10 @@ from cockpit.tui.log_text import LogText
 
 MAX_LINES = 2000
 FIND = {  # mode -> (the bar's prompt, its placeholder)
-    "search": ("/", "search: text to highlight (any case); enter keeps it, n / N next / previous, esc closes"),
+    "search": (
+        "/",
+        "search: text to highlight (any case); enter keeps it, n / N next / previous, esc closes",
+    ),
     "filter": ("&", "filter: only lines holding this text (any case); empty shows every line, esc closes"),
 }
 
@@ -207,12 +210,16 @@ class LogView(Vertical):
             at, n = log.match_index()
             text.append(f"  / {self.patterns['search']!r}: ", style="bold")
             # no current match yet (the lines came after the search): how many, and the keys reach them
-            text.append(f"{at}/{n} lines" if at else f"{n} lines" if n else "no match",
-                        style="bold yellow" if n else "bold red")
+            text.append(
+                f"{at}/{n} lines" if at else f"{n} lines" if n else "no match",
+                style="bold yellow" if n else "bold red",
+            )
             text.append("  n next, N previous", style="dim")
         if log.filter:
-            text.append(f"  & {self.patterns['filter']!r}: {log.shown_count()} of {log.line_count} lines",
-                        style="bold magenta")
+            text.append(
+                f"  & {self.patterns['filter']!r}: {log.shown_count()} of {log.line_count} lines",
+                style="bold magenta",
+            )
         if log.wrap:
             text.append("  wrap", style="bold")
         if not (log.search or log.filter):

@@ -62,40 +62,109 @@ class MainScreen(Screen[None]):
     # The one list of keys: the footer shows those with show=True, `?` opens Textual's keys panel
     # (description and tooltip of each), and the command palette offers each by its description.
     BINDINGS = [
-        Binding("l", "launch_leg", "Launch leg",
-                tooltip="Launch the selected leg (confirm [y]; a done leg asks for an explicit re-run with [R])"),
-        Binding("L", "launch_all", "Launch remaining",
-                tooltip="Launch all remaining legs of the selected experiment (confirm [y]), or continue in its "
-                        "newest dir when that has legs still to run ([c]); when every leg is done, re-run the "
-                        "whole experiment in a fresh dir (confirm [R])"),
-        Binding("s", "stop", "Stop", tooltip="Stop the selected running leg, or the queue of the selected dir (confirm)"),
+        Binding(
+            "l",
+            "launch_leg",
+            "Launch leg",
+            tooltip="Launch the selected leg (confirm [y]; a done leg asks for an explicit re-run with [R])",
+        ),
+        Binding(
+            "L",
+            "launch_all",
+            "Launch remaining",
+            tooltip="Launch all remaining legs of the selected experiment (confirm [y]), or continue in its "
+            "newest dir when that has legs still to run ([c]); when every leg is done, re-run the "
+            "whole experiment in a fresh dir (confirm [R])",
+        ),
+        Binding(
+            "s",
+            "stop",
+            "Stop",
+            tooltip="Stop the selected running leg, or the queue of the selected dir (confirm)",
+        ),
         Binding("question_mark", "toggle_keys", "Keys", tooltip="Show / hide this list of keys"),
-        Binding("slash", "find('search')", "Search log",
-                tooltip="Search the current log: every match highlighted; [n] / [N] next / previous match"),
-        Binding("ampersand", "find('filter')", "Filter log",
-                tooltip="Show only the lines of the current log that hold a text (empty: every line)"),
-        Binding("n", "next_match(1)", "Next match", show=False, tooltip="The next (newer) line matching the search"),
-        Binding("N", "next_match(-1)", "Previous match", show=False,
-                tooltip="The previous (older) line matching the search"),
-        Binding("w", "toggle_wrap", "Wrap", show=False,
-                tooltip="Wrap long log lines on/off (off: ← → scroll sideways to a step line's total time and eta)"),
+        Binding(
+            "slash",
+            "find('search')",
+            "Search log",
+            tooltip="Search the current log: every match highlighted; [n] / [N] next / previous match",
+        ),
+        Binding(
+            "ampersand",
+            "find('filter')",
+            "Filter log",
+            tooltip="Show only the lines of the current log that hold a text (empty: every line)",
+        ),
+        Binding(
+            "n",
+            "next_match(1)",
+            "Next match",
+            show=False,
+            tooltip="The next (newer) line matching the search",
+        ),
+        Binding(
+            "N",
+            "next_match(-1)",
+            "Previous match",
+            show=False,
+            tooltip="The previous (older) line matching the search",
+        ),
+        Binding(
+            "w",
+            "toggle_wrap",
+            "Wrap",
+            show=False,
+            tooltip="Wrap long log lines on/off (off: ← → scroll sideways to a step line's total time and eta)",
+        ),
         Binding("x", "close_tab", "Close log tab", show=False, tooltip="Close the current log tab"),
-        Binding("c", "copy_next", "Copy next",
-                tooltip="Copy the next leg's command (the resume panel's) to the clipboard"),
-        Binding("d", "show_diff", "Diff flags",
-                tooltip="The flags of the selected leg that differ from its baseline's (or another leg's)"),
+        Binding(
+            "c",
+            "copy_next",
+            "Copy next",
+            tooltip="Copy the next leg's command (the resume panel's) to the clipboard",
+        ),
+        Binding(
+            "d",
+            "show_diff",
+            "Diff flags",
+            tooltip="The flags of the selected leg that differ from its baseline's (or another leg's)",
+        ),
         Binding("r", "write_report", "Report", tooltip="Write the report of the selected experiment dir"),
-        Binding("g", "write_guide", "Resume guide",
-                tooltip=f"Write the resume guide: asks where (default <exp_root>/{GUIDE_NAME})"),
-        Binding("f", "toggle_follow", "Follow", tooltip="Follow the current log on/off (scrolling up pauses it too)"),
+        Binding(
+            "g",
+            "write_guide",
+            "Resume guide",
+            tooltip=f"Write the resume guide: asks where (default <exp_root>/{GUIDE_NAME})",
+        ),
+        Binding(
+            "f",
+            "toggle_follow",
+            "Follow",
+            tooltip="Follow the current log on/off (scrolling up pauses it too)",
+        ),
         Binding("m", "toggle_maximize", "Maximize", tooltip="Maximize the focused pane / restore"),
-        Binding("left_square_bracket", "cycle_tab(-1)", "Previous log tab", show=False,
-                tooltip="Bring the previous leg's log to the front"),
-        Binding("right_square_bracket", "cycle_tab(1)", "Next log tab", show=False,
-                tooltip="Bring the next leg's log to the front"),
+        Binding(
+            "left_square_bracket",
+            "cycle_tab(-1)",
+            "Previous log tab",
+            show=False,
+            tooltip="Bring the previous leg's log to the front",
+        ),
+        Binding(
+            "right_square_bracket",
+            "cycle_tab(1)",
+            "Next log tab",
+            show=False,
+            tooltip="Bring the next leg's log to the front",
+        ),
         Binding("tab", "app.focus_next", "Next pane", show=False, tooltip="Move the focus to the next pane"),
-        Binding("shift+tab", "app.focus_previous", "Previous pane", show=False,
-                tooltip="Move the focus to the previous pane"),
+        Binding(
+            "shift+tab",
+            "app.focus_previous",
+            "Previous pane",
+            show=False,
+            tooltip="Move the focus to the previous pane",
+        ),
         Binding("q", "app.quit", "Quit", tooltip="Quit the cockpit (running legs go on)"),
     ]
     COMMANDS = {BindingCommands}
@@ -106,8 +175,9 @@ class MainScreen(Screen[None]):
     report: var[ReportView | None] = var(None, init=False)
     selection: var[Selection | None] = var(None, init=False)  # the tree node under the cursor
 
-    def __init__(self, collector: Collector, *, poll_s: float = 0.25, refresh_s: float = 0.5,
-                 max_log_lines: int = 2000) -> None:
+    def __init__(
+        self, collector: Collector, *, poll_s: float = 0.25, refresh_s: float = 0.5, max_log_lines: int = 2000
+    ) -> None:
         super().__init__()
         self.collector = collector
         self.poll_s = poll_s
@@ -148,8 +218,9 @@ class MainScreen(Screen[None]):
     @work(thread=True, exclusive=True, group="collector", exit_on_error=False)
     def _collect(self) -> None:
         worker = get_current_worker()
-        self.collector.run(self.post_message, lambda: worker.is_cancelled, period=self.poll_s,
-                           post_every=self.refresh_s)
+        self.collector.run(
+            self.post_message, lambda: worker.is_cancelled, period=self.poll_s, post_every=self.refresh_s
+        )
 
     # ------------------------------------------------------------------------------------------
     # what the collector posts
@@ -192,9 +263,11 @@ class MainScreen(Screen[None]):
         header = self.query_one(CockpitHeader)
         header.headline = view.headline if view is not None else None
         header.error = error
-        self.query_one(ResumeBox).show(view.resume if view is not None else None,
-                                       view.errors + ((error,) if error else ()) if view is not None else (),
-                                       error if view is None else None)
+        self.query_one(ResumeBox).show(
+            view.resume if view is not None else None,
+            view.errors + ((error,) if error else ()) if view is not None else (),
+            error if view is None else None,
+        )
 
     def announce(self, old: CockpitView, new: CockpitView) -> None:
         """A notification and the terminal bell when a leg finishes or fails."""
@@ -204,8 +277,11 @@ class MainScreen(Screen[None]):
             if before.get(key) in ACTIVE_STATUSES and status in ENDED_STATUSES:
                 leg = Path(key).name
                 severity = "information" if status == Status.DONE else "error"
-                self.notify(f"{leg} {status} ({Path(key).parent.name}); its log tab stays until [x] closes it",
-                            title=f"leg {status}", severity=severity)
+                self.notify(
+                    f"{leg} {status} ({Path(key).parent.name}); its log tab stays until [x] closes it",
+                    title=f"leg {status}",
+                    severity=severity,
+                )
                 self.app.bell()
                 self.finished.append(f"{key}:{status}")
 
@@ -233,7 +309,12 @@ class MainScreen(Screen[None]):
         tabs = list(self.kept.values())
         if self.preview is not None and self.preview[0] not in self.kept:
             tabs.append(self.preview)
-        place = {f"{d.path}/{x.name}": (d.name, j) for e in view.experiments for d in e.dirs for j, x in enumerate(d.legs)}
+        place = {
+            f"{d.path}/{x.name}": (d.name, j)
+            for e in view.experiments
+            for d in e.dirs
+            for j, x in enumerate(d.legs)
+        }
         # by dir (a stamped name: oldest first), a dir's legs in plan order; a log no dir lists goes last
         tabs.sort(key=lambda t: place.get(t[0], ("\uffff", 0)))
         panes = self.query_one(LogPanes)
@@ -241,8 +322,9 @@ class MainScreen(Screen[None]):
         panes.sync([(k, self.tab_title(k, leg, dirs), p) for k, leg, p in tabs])
         if started:
             panes.select(started[-1])
-        self.collector.request = dataclasses.replace(self.collector.request,
-                                                     tabs=tuple((k, p) for k, _, p in tabs))
+        self.collector.request = dataclasses.replace(
+            self.collector.request, tabs=tuple((k, p) for k, _, p in tabs)
+        )
 
     def tab_title(self, key: str, leg: str, dirs: list[str]) -> str:
         """`✔ leg`: the leg's status glyph; with tabs of more than one dir among `dirs`, its dir's
@@ -298,8 +380,9 @@ class MainScreen(Screen[None]):
         if report_dir is None and sel.kind == "leg":  # a leg: the dir of its latest run here
             leg = self.selected_leg()
             report_dir = leg.exp_dir if leg is not None else None
-        self.collector.request = dataclasses.replace(self.collector.request, report_dir=report_dir,
-                                                     report_exp=sel.exp_id)
+        self.collector.request = dataclasses.replace(
+            self.collector.request, report_dir=report_dir, report_exp=sel.exp_id
+        )
         self.collector.poke()
         tab = self.selected_log()
         self.preview = tab
@@ -326,8 +409,9 @@ class MainScreen(Screen[None]):
         """The log pane in front, or None (with a notification that says how to get one)."""
         v = self.query_one(LogPanes).current()
         if v is None:
-            self.notify("no log open: select a leg or a dir that has a log (the experiments tree)",
-                        severity="warning")
+            self.notify(
+                "no log open: select a leg or a dir that has a log (the experiments tree)", severity="warning"
+            )
         return v
 
     def action_toggle_follow(self) -> None:
@@ -350,8 +434,11 @@ class MainScreen(Screen[None]):
         if not v.log.search:
             self.notify("no search in this log: [/] searches", severity="warning")
         elif not v.next_match(step):
-            self.notify(f"no line matches {v.patterns['search']!r}" + (" among the filtered ones" if v.log.filter
-                                                                        else ""), severity="warning")
+            self.notify(
+                f"no line matches {v.patterns['search']!r}"
+                + (" among the filtered ones" if v.log.filter else ""),
+                severity="warning",
+            )
 
     def action_toggle_wrap(self) -> None:
         v = self.current_log()
@@ -380,8 +467,11 @@ class MainScreen(Screen[None]):
             return
         self.app.copy_to_clipboard(command)
         lines = command.count("\n") + 1
-        self.notify(f"{view.resume.next_label}: {lines} lines ({len(command)} characters); paste them in a shell "
-                    "at the checkout", title="next command copied [c]")
+        self.notify(
+            f"{view.resume.next_label}: {lines} lines ({len(command)} characters); paste them in a shell "
+            "at the checkout",
+            title="next command copied [c]",
+        )
 
     def action_show_diff(self) -> None:
         """The flags of the selected leg that differ from its baseline's (or another leg's)."""
@@ -481,30 +571,43 @@ class MainScreen(Screen[None]):
         body = Text()
         into = message.into
         if into is not None:
-            queue = (f"its queue runs (supervisor pid {into.supervisor_pid}): they join it" if into.supervisor_pid
-                     else "its queue ended with legs still to run: a supervisor starts for them")
+            queue = (
+                f"its queue runs (supervisor pid {into.supervisor_pid}): they join it"
+                if into.supervisor_pid
+                else "its queue ended with legs still to run: a supervisor starts for them"
+            )
             body.append("or continue in ", style="bold")
             body.append(f"{into.exp_dir}", style="cyan")
             body.append(" [c]:\n", style="bold")
             body.append(f"  runs {', '.join(into.runs)} there; {queue}\n", style="cyan")
             for name, why in into.skipped:
                 body.append(f"  skips {name}: {why}\n", style="dim")
-            body.append("  (recorded as a new plan file beside plan.json: nothing in the dir is overwritten)\n\n",
-                        style="dim")
+            body.append(
+                "  (recorded as a new plan file beside plan.json: nothing in the dir is overwritten)\n\n",
+                style="dim",
+            )
         whole = rerun and len(plan.legs) > 1  # `L` on an experiment whose every leg is done
         if rerun:
             for name, why in plan.skipped:
                 body.append(f"{name} is DONE: {why}\n", style="bold yellow")
-            body.append(f"Re-running {'them' if whole else 'it'} makes a new dir; nothing of the earlier runs is "
-                        "touched.\n\n", style="yellow")
+            body.append(
+                f"Re-running {'them' if whole else 'it'} makes a new dir; nothing of the earlier runs is "
+                "touched.\n\n",
+                style="yellow",
+            )
         body.append("fresh dir: ", style="bold")
         body.append(f"{fresh}\n", style="cyan")
-        body.append("(created on confirm; if another launch took the name first, the next free one: never an "
-                    "existing dir)\n\n", style="dim")
+        body.append(
+            "(created on confirm; if another launch took the name first, the next free one: never an "
+            "existing dir)\n\n",
+            style="dim",
+        )
         if plan.executor == "slurm":
             body.append("on Slurm: ", style="bold")
-            body.append("each leg a batch job, chained; the scheduler finds the GPUs (no preflight here)\n\n",
-                        style="cyan")
+            body.append(
+                "each leg a batch job, chained; the scheduler finds the GPUs (no preflight here)\n\n",
+                style="cyan",
+            )
         for i, (name, text) in enumerate(launch.describe_legs(message.registry, plan, fresh), 1):
             body.append(f"{i}. {name}\n", style="bold")
             body.append(text + "\n\n")
@@ -519,9 +622,14 @@ class MainScreen(Screen[None]):
             title = f"Re-run done leg {plan.legs[0].name}?"
         else:
             title = f"Launch {n} leg{'s' if n != 1 else ''} of {plan.experiment.id}?"
-        screen = ConfirmScreen(title, body, confirm_label="Re-run" if rerun else "Launch",
-                               confirm_key="R" if rerun else "y", danger=rerun,
-                               more=[Choice("Continue in dir", "c", CONTINUE)] if into is not None else [])
+        screen = ConfirmScreen(
+            title,
+            body,
+            confirm_label="Re-run" if rerun else "Launch",
+            confirm_key="R" if rerun else "y",
+            danger=rerun,
+            more=[Choice("Continue in dir", "c", CONTINUE)] if into is not None else [],
+        )
 
         def answered(choice: str | None) -> None:
             if choice == CONTINUE and into is not None:
@@ -583,8 +691,11 @@ class MainScreen(Screen[None]):
             if leg is not None and leg.mark in active and leg.exp_dir:
                 target = (leg.exp_dir, leg.name)
         else:  # an experiment or a dir: its active queue
-            dirs = [d for d in exp.dirs if (sel.exp_dir is None or d.path == sel.exp_dir)
-                    and any(x.status in active for x in d.legs)]
+            dirs = [
+                d
+                for d in exp.dirs
+                if (sel.exp_dir is None or d.path == sel.exp_dir) and any(x.status in active for x in d.legs)
+            ]
             if dirs:
                 target = (dirs[-1].path, None)
         if target is None:
@@ -595,14 +706,23 @@ class MainScreen(Screen[None]):
         body.append(f"{'leg ' + leg if leg else 'the whole queue'} in\n", style="bold")
         body.append(f"{exp_dir}\n\n", style="cyan")
         if exp.executor == "slurm":
-            body.append("scancel of its Slurm job and of the rest of the chain; the scheduler ends their "
-                        "processes on every node. Logs and states stay.", style="dim")
+            body.append(
+                "scancel of its Slurm job and of the rest of the chain; the scheduler ends their "
+                "processes on every node. Logs and states stay.",
+                style="dim",
+            )
         else:
-            body.append("SIGTERM to torchrun, then after a grace period every process left of the leg's tree "
-                        "is killed. Its log and state stay.", style="dim")
-        screen = ConfirmScreen(f"Stop {leg or 'queue of ' + Path(exp_dir).name}?", body, confirm_label="Stop",
-                               danger=True)
-        self.app.push_screen(screen, lambda choice: self._stop(exp_dir, leg) if choice else self.notify("stop cancelled"))
+            body.append(
+                "SIGTERM to torchrun, then after a grace period every process left of the leg's tree "
+                "is killed. Its log and state stay.",
+                style="dim",
+            )
+        screen = ConfirmScreen(
+            f"Stop {leg or 'queue of ' + Path(exp_dir).name}?", body, confirm_label="Stop", danger=True
+        )
+        self.app.push_screen(
+            screen, lambda choice: self._stop(exp_dir, leg) if choice else self.notify("stop cancelled")
+        )
 
     @work(thread=True, group="actions", exit_on_error=False)
     def _stop(self, exp_dir: str, leg: str | None) -> None:
@@ -664,8 +784,14 @@ class MainScreen(Screen[None]):
         out = guide_path(registry, path)
         ro = next((ro for ro in registry.settings.read_only if fsutil.is_inside(out, ro)), None)
         if ro is not None:
-            self.post_message(Notice(f"{out}: inside {ro}, which the registry marks read-only; nothing written",
-                                     "resume guide", "error", 10))
+            self.post_message(
+                Notice(
+                    f"{out}: inside {ro}, which the registry marks read-only; nothing written",
+                    "resume guide",
+                    "error",
+                    10,
+                )
+            )
             return
         try:
             out = write_guide(registry, out)

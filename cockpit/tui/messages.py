@@ -48,7 +48,9 @@ class LaunchPlanned(Message, bubble=False):
     plan: launch.LaunchPlan
     fresh: Path  # the dir it would create
     rerun: bool  # the one leg asked for is done: confirming re-runs it in a new dir
-    into: continuation.Continuation | None = None  # `L`: the dir it may continue instead (its remaining legs there)
+    into: continuation.Continuation | None = (
+        None  # `L`: the dir it may continue instead (its remaining legs there)
+    )
 
 
 @dataclass

@@ -35,8 +35,11 @@ class ResumePanel(Static):
         if self.registry_error:
             if self.part != "state":
                 return Text()
-            return Text(f"⚠ {self.registry_error}\n\nFix the registry: the cockpit reloads it as soon as the "
-                        "file changes.", style="bold red")
+            return Text(
+                f"⚠ {self.registry_error}\n\nFix the registry: the cockpit reloads it as soon as the "
+                "file changes.",
+                style="bold red",
+            )
         resume = self.resume
         if resume is None:
             return Text()
@@ -61,8 +64,11 @@ class ResumePanel(Static):
             out.append(f"  {resume.next_label}\n", style="bold")
             # its fresh dir is the command's EXP_DIR line, shown whole below: folded in this
             # prose it would split `$(date` from `+%Y...` and no longer paste
-            out.append("  one key: select it, press l; or run the first line (cockpit), or the command under it\n"
-                       "  (c copies the command; ←→ scrolls a long line):", style="dim")
+            out.append(
+                "  one key: select it, press l; or run the first line (cockpit), or the command under it\n"
+                "  (c copies the command; ←→ scrolls a long line):",
+                style="dim",
+            )
         else:
             out.append("  no pending leg", style="dim")
         return out

@@ -109,7 +109,9 @@ class LiveView:
     eta_min: float | None = None
     delta_tok_pct: float | None = None  # tail tok/sec vs the baseline of its dir (baseline.choose)
     delta_ci_pct: float | None = None  # the delta's 95% interval, once the tail window is full
-    delta_basis: str = ""  # what the interval rests on when repeats are in it: `n=1 run vs the baseline's 2 repeats`
+    delta_basis: str = (
+        ""  # what the interval rests on when repeats are in it: `n=1 run vs the baseline's 2 repeats`
+    )
     verdict: str = ""  # a vocab.Verdict once the window is full, "12/50 steps" while it fills
     resolve: str = ""  # a `within noise` verdict: the repeats that would resolve it (stats.fmt_resolve)
     baseline: str | None = None
@@ -135,7 +137,9 @@ class RowView:
     label: str = ""  # the name shown: the run's, `dense [baseline]` for a baseline run elsewhere
     sub: str | None = None  # what the name does not say: `baseline`, `mean of 3 repeats`, `from <dir>`
     why: dict[str, str] = field(default_factory=dict)  # column heading -> why its delta is `-` (a 0 figure)
-    bases: dict[str, str] = field(default_factory=dict)  # what an interval rests on when repeats are in it: `n=2 repeats`
+    bases: dict[str, str] = field(
+        default_factory=dict
+    )  # what an interval rests on when repeats are in it: `n=2 repeats`
     resolve: str = ""  # the repeats that would resolve its `within noise` deltas, as the report says it
 
     @property
@@ -164,7 +168,9 @@ class ResumeView:
     completed: tuple[str, ...] = ()  # "experiment: leg (mark), ...", one line per experiment
     remaining: tuple[str, ...] = ()
     next_label: str | None = None  # "experiment/leg (pending)"
-    next_command: str | None = None  # the shell recipe (EXP_DIR=..., torchrun ... | tee), as the guide writes it
+    next_command: str | None = (
+        None  # the shell recipe (EXP_DIR=..., torchrun ... | tee), as the guide writes it
+    )
     next_cockpit: str | None = None  # the one-command equivalent
     rules: tuple[str, ...] = ()
     active: tuple[str, ...] = ()
@@ -201,7 +207,9 @@ class GpuRow:
     @property
     def leg_mem_mib(self) -> float | None:
         """GPU memory of the owning leg's processes on this GPU (None: NVML gives no per-process figure)."""
-        mems = [p.mem_mib for p in self.procs if p.leg is not None and p.leg == self.leg and p.mem_mib is not None]
+        mems = [
+            p.mem_mib for p in self.procs if p.leg is not None and p.leg == self.leg and p.mem_mib is not None
+        ]
         return sum(mems) if mems else None
 
 
@@ -245,13 +253,17 @@ class CockpitView:
     exp_root: str
     branch: str | None
     expected_branch: str | None
-    training: str  # resume.ResumeState.activity: "2 legs running", "nothing running, 4 legs to run", "all done"
+    training: (
+        str  # resume.ResumeState.activity: "2 legs running", "nothing running, 4 legs to run", "all done"
+    )
     experiments: tuple[ExperimentView, ...]
     gpu: GpuView | None
     live: tuple[LiveView, ...] = ()
     resume: ResumeView = ResumeView()
     errors: tuple[str, ...] = ()  # problems found while computing (shown, never raised)
-    tail: int = DEFAULT_TAIL  # the registry's tail window: live and final tables average the last `tail` steps
+    tail: int = (
+        DEFAULT_TAIL  # the registry's tail window: live and final tables average the last `tail` steps
+    )
     running: int = 0  # legs running (resume.ResumeState.running), counted beside the words in `training`
 
     def experiment(self, exp_id: str) -> ExperimentView | None:
@@ -259,9 +271,18 @@ class CockpitView:
 
     @property
     def headline(self) -> Headline:
-        return Headline(self.project, self.branch, self.expected_branch, self.training,
-                        self.gpu.summary if self.gpu else None, len(self.errors), self.running)
+        return Headline(
+            self.project,
+            self.branch,
+            self.expected_branch,
+            self.training,
+            self.gpu.summary if self.gpu else None,
+            len(self.errors),
+            self.running,
+        )
 
     def leg_marks(self) -> dict[str, str]:
         """`exp_dir/leg` -> status of every leg run here: the app compares two of these to notify."""
-        return {f"{d.path}/{leg.name}": leg.status for e in self.experiments for d in e.dirs for leg in d.legs}
+        return {
+            f"{d.path}/{leg.name}": leg.status for e in self.experiments for d in e.dirs for leg in d.legs
+        }

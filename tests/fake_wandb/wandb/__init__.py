@@ -10,7 +10,12 @@ import os
 
 
 def _put(call: str, **fields) -> None:
-    record = {"call": call, "rank": os.environ.get("RANK", "0"), "wandb_mode": os.environ.get("WANDB_MODE"), **fields}
+    record = {
+        "call": call,
+        "rank": os.environ.get("RANK", "0"),
+        "wandb_mode": os.environ.get("WANDB_MODE"),
+        **fields,
+    }
     with open(os.environ["FAKE_WANDB_CALLS"], "a") as f:
         f.write(json.dumps(record) + "\n")
 
