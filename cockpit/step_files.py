@@ -31,20 +31,8 @@ from cockpit import fsutil, lazy, logs, plots, safetext
 from cockpit.plots import Series
 from cockpit.vocab import DEFAULT_TAIL
 
-STEP_COLUMNS = (
-    "step",
-    "total",
-    "loss",
-    "bal",
-    "lrm",
-    "dt_ms",
-    "tok_per_sec",
-    "mfu",
-    "epoch",
-    "total_time_min",
-    "eta_min",
-    "drop_pct",
-)
+# The per-step CSV's columns: a step line's fields, less the percent (step / total says it).
+STEP_COLUMNS = tuple(f for f in logs.STEP_FIELDS if f != "pct")
 BASELINE_COLUMN = "baseline"  # after the step columns: 1 on the baseline's rows
 
 
