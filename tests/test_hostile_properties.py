@@ -405,18 +405,18 @@ def test_lines_read_backwards_are_the_lines_read_forwards(tmp_path, data, max_li
 
 @pytest.mark.slow
 @settings(
-    max_examples=8,
+    max_examples=5,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
 @given(pattern=st.lists(decorated, min_size=1, max_size=20), long_line=st.booleans())
 def test_a_summary_stays_within_a_memory_bound_whatever_the_file(tmp_path, pattern, long_line):
-    """Files of 8 MB made of a generated pattern (one line of 1 MB without a newline, maybe): the
+    """Files of 4 MB made of a generated pattern (one line of 1 MB without a newline, maybe): the
     summary's peak allocation stays under 2 MB with a 256 KB text budget."""
     unit = ("\n".join(pattern) + "\n").encode("utf-8", "replace")
     p = tmp_path / "big.log"
     with open(p, "wb") as f:
-        while f.tell() < 8 << 20:
+        while f.tell() < 4 << 20:
             f.write(unit * max(1, (1 << 20) // len(unit)))
             if long_line:
                 f.write(b"x" * (1 << 20))
