@@ -662,8 +662,13 @@ def slurm_world(
     env: Env, w: Path, legs: dict[str, str], slurm: str = "", on_failure: str = "stop", prepare: bool = False
 ) -> tuple[Path, dict, Path]:
     """A Slurm registry in `w`, an env whose PATH starts with `w/bin` (the fakes), the calls file."""
+    # The fake trainer: the launch asks the legs' module for its flags, and step-sleep is its.
     path = env.registry(
-        w, legs, project=f'executor = "slurm"\n[project.slurm]\n{slurm}\n', on_failure=on_failure
+        w,
+        legs,
+        project=f'executor = "slurm"\n[project.slurm]\n{slurm}\n',
+        trainer=True,
+        on_failure=on_failure,
     )
     if prepare:
         path.write_text(
